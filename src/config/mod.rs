@@ -1,0 +1,359 @@
+//! Configuration: raw TOML structs are parsed, then converted into the typed,
+//! validated [`Config`] below. Conversion collects every problem with its key
+//! path (`session.secrets[0]: ...`) so an operator sees them all at once; a bad
+//! config never binds a port (`main` exits 64).
+//!
+//! Parse, don't validate: everything downstream takes these types (durations,
+//! socket addresses, compiled regexes, CIDRs, resolved secrets) and never
+//! re-checks them.
+
+mod load;
+mod raw;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use regex::Regex;
+
+use crate::secret::Secret;
+
+pub use load::{ConfigError, ConfigProblem, LoadedConfig, load_file, load_str, parse_duration};
+
+/// Default values, named so the example config, the docs and the code agree.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";
+    pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
+    pub const MAX_HEADER_BYTES: usize = 16_384;
+    pub const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+    pub const UPSTREAM_TIMEOUT_SECS: u64 = 30;
+    pub const POOL_IDLE_TIMEOUT_SECS: u64 = 4;
+    pub const COOKIE_NAME: &str = "portcullis_session";
+    pub const SESSION_LIFETIME_SECS: u64 = 8 * 3600;
+    pub const SESSION_IDLE_TIMEOUT_SECS: u64 = 30 * 60;
+    pub const REVOCATION_CHECK_SECS: u64 = 2;
+    pub const MIN_SESSION_SECRET_BYTES: usize = 32;
+    pub const USER_HEADER: &str = "Remote-User";
+    pub const GROUPS_HEADER: &str = "Remote-Groups";
+    pub const EMAIL_HEADER: &str = "Remote-Email";
+    pub const NAME_HEADER: &str = "Remote-Name";
+    pub const PORTAL_PREFIX: &str = "/_portcullis";
+    pub const PORTAL_TITLE: &str = "Sign in";
+    pub const USERS_FILE: &str = "config/users.toml";
+    pub const PASSWORDLESS_FACTORS: [&str; 2] = ["push", "token:software:totp"];
+    pub const STORE_PATH: &str = "data/portcullis.db";
+    pub const MAX_FACTOR_FAILURES: u32 = 5;
+    pub const MAX_PASSWORD_FAILURES: u32 = 5;
+    pub const MAX_PASSWORD_FAILURES_PER_USER: u32 = 50;
+    pub const MAX_FAILURES_PER_IP: u32 = 50;
+    pub const REGULATION_WINDOW_SECS: u64 = 5 * 60;
+    pub const LOCKOUT_SECS: u64 = 15 * 60;
+    pub const TOTP_ISSUER: &str = "Portcullis";
+    pub const TOTP_DIGITS: u32 = 6;
+    pub const TOTP_PERIOD: u64 = 30;
+    pub const TOTP_SKEW: u8 = 1;
+    pub const CODE_LENGTH: u32 = 6;
+    pub const CODE_TTL_SECS: u64 = 5 * 60;
+    pub const RESEND_AFTER_SECS: u64 = 30;
+    pub const MAX_SENDS_PER_HOUR: u32 = 10;
+    pub const SMS_TEMPLATE: &str = "Your {app} sign-in code is {code}. It expires in {expires_in}.";
+    pub const EMAIL_SUBJECT: &str = "Your {app} sign-in code";
+    pub const PUSH_TTL_SECS: u64 = 60;
+    pub const RECOVERY_CODES: u32 = 10;
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Policy for requests no rule matches.
+    pub default_policy: PolicyKind,
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub session: SessionConfig,
+    pub identity_headers: IdentityHeaders,
+    pub portal: PortalConfig,
+    pub users: UsersConfig,
+    pub store: StoreConfig,
+    pub regulation: RegulationConfig,
+    pub factors: FactorsConfig,
+    pub rules: Vec<RuleConfig>,
+    pub log: LogConfig,
+}
+
+/// What a rule (or the default) requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyKind {
+    Bypass,
+    OneFactor,
+    TwoFactor,
+    Deny,
+}
+
+/// TLS material: PEM file paths, already read and parsed at load time.
+#[derive(Clone)]
+pub struct TlsConfig {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// The parsed server config (rustls, aws-lc-rs provider, h2 + http/1.1 ALPN).
+    pub server_config: std::sync::Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub shutdown_timeout: Duration,
+    /// Parsed `external_url` (scheme + authority, no trailing slash), if set.
+    pub external_url: Option<url::Url>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    /// Accepted bearer tokens, in config order (audit events name the index).
+    pub tokens: Vec<Secret>,
+    pub metrics_require_token: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// `http` or `https` base URL; its path, if any, is a prefix for forwarded paths.
+    pub url: url::Url,
+    /// Lower-cased host names (no port) routed here; empty = the default upstream.
+    pub hosts: Vec<String>,
+    pub preserve_host: bool,
+    pub timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    /// Extra CA certificates (PEM, already parsed) for an https upstream.
+    pub ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub cookie_name: String,
+    /// At least 32 bytes each; the first signs, all verify.
+    pub secrets: Vec<Secret>,
+    pub lifetime: Duration,
+    pub idle_timeout: Duration,
+    pub revocation_check: Duration,
+    /// Cookie `Domain`; `None` = host-only.
+    pub domain: Option<String>,
+    pub secure: bool,
+    pub same_site: SameSite,
+}
+
+/// Header names sent upstream (canonical spelling as configured).
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    pub user: http::HeaderName,
+    pub groups: http::HeaderName,
+    pub email: http::HeaderName,
+    pub name: http::HeaderName,
+}
+
+#[derive(Debug, Clone)]
+pub struct PortalConfig {
+    /// Starts with `/`, no trailing slash.
+    pub prefix: String,
+    pub title: String,
+    /// Lower-cased host names `rd=` may point at besides the request's own host.
+    pub allowed_redirect_hosts: Vec<String>,
+    /// Origins (`scheme://host[:port]`) allowed to call the JSON APIs with cookies.
+    pub trusted_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrollment {
+    FirstLogin,
+    AdminOnly,
+}
+
+#[derive(Debug, Clone)]
+pub struct UsersConfig {
+    pub file: Option<PathBuf>,
+    pub passwordless: bool,
+    pub passwordless_factors: Vec<String>,
+    pub enrollment: Enrollment,
+    /// The users file, parsed and validated at load time.
+    pub file_users: Vec<FileUser>,
+}
+
+/// A user from the users file.
+#[derive(Debug, Clone)]
+pub struct FileUser {
+    pub username: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub display_name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub groups: Vec<String>,
+    /// A config-provisioned TOTP secret (decoded from base32).
+    pub totp_secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    Memory,
+    Sqlite { path: PathBuf },
+    Postgres { url: Secret },
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// 32-byte keys; the first encrypts, all decrypt.
+    pub encryption_keys: Vec<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegulationConfig {
+    pub max_factor_failures: u32,
+    pub max_password_failures: u32,
+    pub max_password_failures_per_user: u32,
+    pub max_failures_per_ip: u32,
+    pub window: Duration,
+    pub lockout: Duration,
+    pub reveal_lockout: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TotpAlgorithm {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+#[derive(Debug, Clone)]
+pub struct TotpConfig {
+    pub enabled: bool,
+    pub issuer: String,
+    pub digits: u32,
+    pub period: u64,
+    pub algorithm: TotpAlgorithm,
+    pub skew: u8,
+}
+
+/// How codes and push challenges leave the gateway.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Webhook { url: url::Url, secret: Secret },
+    Command { program: PathBuf, args: Vec<String> },
+    Smtp(SmtpConfig),
+    /// Development only: writes messages (codes in clear) to the log.
+    Log,
+    /// Development only: appends messages (codes in clear) as JSON lines to a file.
+    File { path: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    StartTls,
+    Tls,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub from: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+/// SMS, voice call or e-mail codes.
+#[derive(Debug, Clone)]
+pub struct CodeFactorConfig {
+    pub enabled: bool,
+    pub delivery: Option<Delivery>,
+    pub code_length: u32,
+    pub ttl: Duration,
+    pub resend_after: Duration,
+    pub max_sends_per_hour: u32,
+    pub template: String,
+    /// E-mail only.
+    pub subject: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PushConfig {
+    pub enabled: bool,
+    pub delivery: Option<Delivery>,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecoveryCodesConfig {
+    pub enabled: bool,
+    pub count: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct FactorsConfig {
+    pub totp: TotpConfig,
+    pub sms: CodeFactorConfig,
+    pub call: CodeFactorConfig,
+    pub email: CodeFactorConfig,
+    pub push: PushConfig,
+    pub recovery_codes: RecoveryCodesConfig,
+}
+
+impl FactorsConfig {
+    /// True when at least one second-factor type can be used.
+    pub fn any_second_factor(&self) -> bool {
+        self.totp.enabled || self.sms.enabled || self.call.enabled || self.email.enabled || self.push.enabled
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    /// Lower-cased host names; empty = any host.
+    pub hosts: Vec<String>,
+    pub path: Option<Regex>,
+    /// Empty = any method.
+    pub methods: Vec<http::Method>,
+    /// Empty = any client address.
+    pub networks: Vec<IpNet>,
+    pub policy: PolicyKind,
+    pub groups: Vec<String>,
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing `EnvFilter` directive, e.g. `info` or `portcullis=debug`.
+    pub level: String,
+}

@@ -1,0 +1,93 @@
+//! Small cryptographic helpers shared by the session, CSRF and token code:
+//! random identifiers, per-purpose key derivation and HMAC tags.
+
+use hmac::{Hmac, KeyInit, Mac};
+use rand::RngExt;
+use sha2::Sha256;
+
+use crate::secret::{Secret, ct_eq};
+
+type HmacSha256 = Hmac<Sha256>;
+
+const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+
+/// A random identifier of `len` characters from `[a-zA-Z0-9]` (5.95 bits each).
+pub fn random_id(len: usize) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| char::from(ID_ALPHABET[rng.random_range(0..ID_ALPHABET.len())]))
+        .collect()
+}
+
+/// `n` random bytes from the operating system's CSPRNG.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::rng().fill(&mut v[..]);
+    v
+}
+
+/// A random token of 32 bytes, base64url without padding (43 characters).
+pub fn random_token() -> String {
+    b64(&random_bytes(32))
+}
+
+/// Base64url without padding.
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Decodes base64url without padding.
+pub fn unb64(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()
+}
+
+/// HMAC-SHA256 of `data` under `key`.
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// Derives a key for one purpose from a configured secret, so that a MAC made
+/// for one purpose (say, CSRF) is never valid for another (say, sessions).
+pub fn derive_key(secret: &Secret, purpose: &str) -> Secret {
+    let label = format!("portcullis/v1/{purpose}");
+    Secret::new(hmac_sha256(secret.expose(), label.as_bytes()).to_vec())
+}
+
+/// Checks an HMAC tag in constant time.
+pub fn verify_hmac(key: &[u8], data: &[u8], tag: &[u8]) -> bool {
+    ct_eq(&hmac_sha256(key, data), tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_ids_have_the_requested_shape() {
+        let a = random_id(17);
+        assert_eq!(a.len(), 17);
+        assert!(a.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_ne!(random_id(17), a);
+        assert_eq!(random_token().len(), 43);
+    }
+
+    #[test]
+    fn hmac_matches_rfc4231_case_2() {
+        let tag = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(hex::encode(tag), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert!(verify_hmac(b"Jefe", b"what do ya want for nothing?", &tag));
+        assert!(!verify_hmac(b"Jefe", b"what do ya want for nothing!", &tag));
+    }
+
+    #[test]
+    fn derived_keys_differ_by_purpose() {
+        let s = Secret::new(vec![7u8; 32]);
+        assert_ne!(derive_key(&s, "session"), derive_key(&s, "csrf"));
+        assert_eq!(derive_key(&s, "session"), derive_key(&s, "session"));
+    }
+}

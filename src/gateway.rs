@@ -1,0 +1,3 @@
+//! (being written)
+/// The assembled gateway.
+pub struct Gateway;
