@@ -67,9 +67,7 @@ pub fn system() -> SharedClock {
 /// Formats a Unix time as RFC 3339 UTC with milliseconds, as Okta does (`2026-11-22T12:00:00.000Z`).
 pub fn rfc3339(t: UnixTime) -> String {
     let dt = time::OffsetDateTime::from_unix_timestamp(t).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].000Z"
-    );
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].000Z");
     dt.format(&fmt).unwrap_or_default()
 }
 

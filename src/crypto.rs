@@ -79,7 +79,10 @@ mod tests {
     #[test]
     fn hmac_matches_rfc4231_case_2() {
         let tag = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(hex::encode(tag), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(
+            hex::encode(tag),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
         assert!(verify_hmac(b"Jefe", b"what do ya want for nothing?", &tag));
         assert!(!verify_hmac(b"Jefe", b"what do ya want for nothing!", &tag));
     }

@@ -142,11 +142,17 @@ struct ErrorBody<'a> {
 impl ApiError {
     /// An error with no causes.
     pub fn new(code: ErrorCode) -> Self {
-        Self { code, causes: Vec::new(), headers: Vec::new() }
+        Self {
+            code,
+            causes: Vec::new(),
+            headers: Vec::new(),
+        }
     }
     /// Adds a cause (a validation detail safe to show the caller).
     pub fn cause(mut self, summary: impl Into<String>) -> Self {
-        self.causes.push(ErrorCause { error_summary: summary.into() });
+        self.causes.push(ErrorCause {
+            error_summary: summary.into(),
+        });
         self
     }
     /// Adds a response header.

@@ -261,13 +261,21 @@ pub struct TotpConfig {
 /// How codes and push challenges leave the gateway.
 #[derive(Debug, Clone)]
 pub enum Delivery {
-    Webhook { url: url::Url, secret: Secret },
-    Command { program: PathBuf, args: Vec<String> },
+    Webhook {
+        url: url::Url,
+        secret: Secret,
+    },
+    Command {
+        program: PathBuf,
+        args: Vec<String>,
+    },
     Smtp(SmtpConfig),
     /// Development only: writes messages (codes in clear) to the log.
     Log,
     /// Development only: appends messages (codes in clear) as JSON lines to a file.
-    File { path: PathBuf },
+    File {
+        path: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -59,7 +59,10 @@ impl Store for MemoryStore {
     }
 
     async fn revoke_session(&self, sid: &str, expires_at: UnixTime) -> StoreResult<()> {
-        self.log(RevocationEvent::Session { sid: sid.to_owned(), expires_at });
+        self.log(RevocationEvent::Session {
+            sid: sid.to_owned(),
+            expires_at,
+        });
         Ok(())
     }
 
@@ -69,17 +72,27 @@ impl Store for MemoryStore {
             *e += 1;
             *e
         };
-        self.log(RevocationEvent::Epoch { user_id: user_id.to_owned(), epoch });
+        self.log(RevocationEvent::Epoch {
+            user_id: user_id.to_owned(),
+            epoch,
+        });
         Ok(epoch)
     }
 
     async fn epochs(&self) -> StoreResult<Vec<(String, u64)>> {
-        Ok(self.epochs.iter().map(|e| (e.key().clone(), *e.value())).collect())
+        Ok(self
+            .epochs
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect())
     }
 
     async fn revocations_since(&self, cursor: i64, now: UnixTime) -> StoreResult<RevocationBatch> {
         let log = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = RevocationBatch { events: Vec::new(), cursor };
+        let mut batch = RevocationBatch {
+            events: Vec::new(),
+            cursor,
+        };
         for (seq, ev) in log.iter().filter(|(s, _)| *s > cursor) {
             batch.cursor = *seq;
             match ev {
@@ -110,10 +123,10 @@ impl Store for MemoryStore {
     }
 
     async fn lock(&self, key: &CounterKey, until: UnixTime) -> StoreResult<()> {
-        let mut l = self
-            .locks
-            .entry(key.key.clone())
-            .or_insert(Lock { user_id: key.user_id.clone(), until });
+        let mut l = self.locks.entry(key.key.clone()).or_insert(Lock {
+            user_id: key.user_id.clone(),
+            until,
+        });
         l.until = l.until.max(until);
         Ok(())
     }
@@ -142,7 +155,8 @@ impl Store for MemoryStore {
         // Keep the newest entry so sequence numbers keep increasing.
         let last = log.last().map(|(s, _)| *s);
         log.retain(|(s, ev)| {
-            Some(*s) == last || !matches!(ev, RevocationEvent::Session { expires_at, .. } if *expires_at <= now)
+            Some(*s) == last
+                || !matches!(ev, RevocationEvent::Session { expires_at, .. } if *expires_at <= now)
         });
         Ok(())
     }

@@ -61,11 +61,17 @@ pub struct CounterKey {
 impl CounterKey {
     /// A key that concerns a user.
     pub fn for_user(key: impl Into<String>, user_id: &str) -> Self {
-        Self { key: key.into(), user_id: Some(user_id.to_owned()) }
+        Self {
+            key: key.into(),
+            user_id: Some(user_id.to_owned()),
+        }
     }
     /// A key that concerns no user (e.g. a client address).
     pub fn anonymous(key: impl Into<String>) -> Self {
-        Self { key: key.into(), user_id: None }
+        Self {
+            key: key.into(),
+            user_id: None,
+        }
     }
 }
 
