@@ -1,0 +1,643 @@
+//! Pure header-rewriting rules applied to every proxied request and response.
+//!
+//! Each function takes a `HeaderMap` and rewrites it in place, without sockets or
+//! state, so every rule is unit-tested on its own. They are written for the hot
+//! path: nothing allocates unless a header actually has to change.
+//!
+//! The rules and why they exist:
+//! - hop-by-hop headers describe one connection, not the message; forwarding them
+//!   lets a client steer the gateway's upstream connection (RFC 9110 section 7.6.1);
+//! - identity and forwarding headers are the upstream's source of truth about who
+//!   and where the caller is, so inbound copies are removed in every spelling an
+//!   upstream might fold together (`Remote_User` becomes `REMOTE_USER` in CGI-like
+//!   environments, exactly like `Remote-User`) before the gateway sets its own;
+//! - the gateway's cookies never leave the gateway, and the upstream cannot set them.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+
+use crate::config::IdentityHeaders;
+use crate::identity::Principal;
+
+/// `Keep-Alive` (not among `http`'s constants).
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// `Proxy-Connection`, a non-standard `Connection` some clients still send.
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Real-IP`.
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Identity values: controls and non-ASCII are always encoded (by
+/// `utf8_percent_encode`); `%` too, so an encoded value decodes unambiguously.
+const VALUE_SET: &AsciiSet = &CONTROLS.add(b'%');
+/// Group names additionally encode `,`, the separator of the groups header.
+const GROUP_SET: &AsciiSet = &VALUE_SET.add(b',');
+
+/// Compares a header name with a canonical (lower-case, `-`) name, ignoring case
+/// and treating `_` as `-`.
+pub fn same_name_loosely(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len() && name.iter().zip(canonical).all(|(&a, &b)| fold(a) == fold(b))
+}
+
+fn fold(b: u8) -> u8 {
+    if b == b'_' { b'-' } else { b.to_ascii_lowercase() }
+}
+
+/// True for a request asking to switch protocols: a `Connection` header listing
+/// `upgrade` and an `Upgrade` header.
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"upgrade")))
+}
+
+/// Non-empty, trimmed items of a comma-separated header value.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers: the fixed list of RFC 9110 / RFC 2616 and every
+/// header named in a `Connection` value.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Clone the Connection values (cheap: shared bytes) so the named headers can
+    // be removed from the same map; the Vec only allocates for a second value.
+    let mut first = None;
+    let mut rest = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        if first.is_none() {
+            first = Some(value.clone());
+        } else {
+            rest.push(value.clone());
+        }
+    }
+    for value in first.iter().chain(rest.iter()) {
+        for token in tokens(value.as_bytes()) {
+            // `remove(&str)` parses the name case-insensitively and ignores junk.
+            if let Ok(name) = std::str::from_utf8(token) {
+                headers.remove(name);
+            }
+        }
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::TE);
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::UPGRADE);
+}
+
+/// True for a header only the gateway may set upstream: one of the configured
+/// identity headers, `Forwarded`, `X-Real-IP` or any `X-Forwarded-*`, in any case
+/// and with `_` for `-`.
+pub fn is_reserved_inbound(name: &HeaderName, identity: &IdentityHeaders) -> bool {
+    const XF: &[u8] = b"x-forwarded-";
+    let n = name.as_str().as_bytes();
+    (n.len() > XF.len() && same_name_loosely(&n[..XF.len()], XF))
+        || same_name_loosely(n, b"forwarded")
+        || same_name_loosely(n, b"x-real-ip")
+        || [&identity.user, &identity.groups, &identity.email, &identity.name]
+            .iter()
+            .any(|id| same_name_loosely(n, id.as_str().as_bytes()))
+}
+
+/// Removes every inbound identity and forwarding header (see [`is_reserved_inbound`]).
+pub fn strip_reserved_inbound(headers: &mut HeaderMap, identity: &IdentityHeaders) {
+    // Allocates only when a client actually sent one of them.
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_reserved_inbound(n, identity))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Sets `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Real-IP`
+/// and `Forwarded` from what the gateway established (never from the client).
+/// `authority` is `None` when the client's Host is not a valid header value; the
+/// host parts are then left out rather than guessed.
+pub fn set_forwarding(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    scheme: &str,
+    authority: Option<&HeaderValue>,
+) {
+    // An IPv4 client on a dual-stack listener shows up as ::ffff:a.b.c.d; upstreams
+    // expect the IPv4 form.
+    let client = client.to_canonical();
+    let mut addr = String::with_capacity(48);
+    let _ = write!(addr, "{client}");
+    let proto = match scheme {
+        "https" => HeaderValue::from_static("https"),
+        "http" => HeaderValue::from_static("http"),
+        other => match HeaderValue::from_str(other) {
+            Ok(v) => v,
+            Err(_) => HeaderValue::from_static("http"),
+        },
+    };
+
+    let mut forwarded = String::with_capacity(addr.len() + 32 + authority.map_or(0, |a| a.len()));
+    match client {
+        IpAddr::V4(_) => {
+            let _ = write!(forwarded, "for={addr}");
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(forwarded, "for=\"[{addr}]\"");
+        }
+    }
+    let _ = write!(forwarded, ";proto={scheme}");
+    if let Some(host) = authority.and_then(|a| a.to_str().ok()) {
+        forwarded.push_str(";host=\"");
+        // quoted-string (RFC 7239): escape what would end or break the quotes.
+        for c in host.chars() {
+            if c == '"' || c == '\\' {
+                forwarded.push('\\');
+            }
+            forwarded.push(c);
+        }
+        forwarded.push('"');
+    }
+
+    if let Ok(addr) = HeaderValue::from_maybe_shared(Bytes::from(addr)) {
+        headers.insert(X_FORWARDED_FOR.clone(), addr.clone());
+        headers.insert(X_REAL_IP.clone(), addr);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), proto);
+    if let Some(authority) = authority {
+        headers.insert(X_FORWARDED_HOST.clone(), authority.clone());
+    }
+    if let Ok(forwarded) = HeaderValue::from_maybe_shared(Bytes::from(forwarded)) {
+        headers.insert(header::FORWARDED, forwarded);
+    }
+}
+
+/// True when `name` is one of `gateway` (case-insensitively, to be strict).
+fn is_gateway_cookie(name: &[u8], gateway: &[String]) -> bool {
+    gateway.iter().any(|g| g.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The name of a `name=value` cookie pair, trimmed; the whole pair when it has
+/// no `=` (browsers treat that as a nameless cookie, but stripping it is safer).
+fn pair_name(pair: &[u8]) -> &[u8] {
+    let name = match pair.iter().position(|&b| b == b'=') {
+        Some(i) => &pair[..i],
+        None => pair,
+    };
+    name.trim_ascii()
+}
+
+/// Removes the gateway's cookies from `Cookie`, dropping the header when nothing
+/// remains. Several `Cookie` headers (HTTP/2 sends one per cookie) are merged
+/// into one with `"; "`, as RFC 9113 section 8.2.3 requires before forwarding over
+/// HTTP/1.1. A single header without gateway cookies is left untouched.
+pub fn strip_gateway_cookies(headers: &mut HeaderMap, gateway: &[String]) {
+    let mut count = 0usize;
+    let mut total = 0usize;
+    let mut dirty = false;
+    for value in headers.get_all(header::COOKIE) {
+        count += 1;
+        total += value.len() + 2;
+        dirty = dirty
+            || value
+                .as_bytes()
+                .split(|&b| b == b';')
+                .any(|p| is_gateway_cookie(pair_name(p), gateway));
+    }
+    if !dirty && count <= 1 {
+        return;
+    }
+    let mut kept = Vec::with_capacity(total);
+    for value in headers.get_all(header::COOKIE) {
+        for pair in value.as_bytes().split(|&b| b == b';').map(<[u8]>::trim_ascii) {
+            if pair.is_empty() || is_gateway_cookie(pair_name(pair), gateway) {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(pair);
+        }
+    }
+    headers.remove(header::COOKIE);
+    if kept.is_empty() {
+        return;
+    }
+    // The pairs came from valid header values, so this cannot fail; if it did,
+    // sending no cookie is the safe side.
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(kept)) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// The cookie name a `Set-Cookie` value sets.
+fn set_cookie_name(value: &[u8]) -> &[u8] {
+    let pair = match value.iter().position(|&b| b == b';') {
+        Some(i) => &value[..i],
+        None => value,
+    };
+    pair_name(pair)
+}
+
+/// Drops every `Set-Cookie` that would set one of the gateway's cookies.
+pub fn filter_set_cookies(headers: &mut HeaderMap, gateway: &[String]) {
+    let hit = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .any(|v| is_gateway_cookie(set_cookie_name(v.as_bytes()), gateway));
+    if !hit {
+        return;
+    }
+    let kept: Vec<HeaderValue> = match headers.entry(header::SET_COOKIE) {
+        header::Entry::Occupied(e) => e
+            .remove_entry_mult()
+            .1
+            .filter(|v| !is_gateway_cookie(set_cookie_name(v.as_bytes()), gateway))
+            .collect(),
+        header::Entry::Vacant(_) => return,
+    };
+    for value in kept {
+        headers.append(header::SET_COOKIE, value);
+    }
+}
+
+/// Percent-encodes an identity value: `%`, controls and non-ASCII (as UTF-8).
+pub fn encode_value(value: &str) -> Cow<'_, str> {
+    utf8_percent_encode(value, VALUE_SET).into()
+}
+
+/// Joins group names with `,`, each encoded like [`encode_value`] plus `,`.
+pub fn encode_groups(groups: &[String]) -> String {
+    let mut out = String::with_capacity(groups.iter().map(|g| g.len() + 1).sum());
+    for (i, group) in groups.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.extend(utf8_percent_encode(group, GROUP_SET));
+    }
+    out
+}
+
+fn insert_encoded(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    // Encoded values are visible ASCII and spaces, always valid header values.
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name.clone(), value);
+    }
+}
+
+/// Sets the identity headers for `principal`; an absent or empty value leaves its
+/// header out (inbound copies must already be stripped).
+pub fn set_identity(headers: &mut HeaderMap, identity: &IdentityHeaders, principal: &Principal) {
+    insert_encoded(headers, &identity.user, &encode_value(&principal.username));
+    if !principal.groups.is_empty() {
+        insert_encoded(headers, &identity.groups, &encode_groups(&principal.groups));
+    }
+    if let Some(email) = principal.email.as_deref().filter(|e| !e.is_empty()) {
+        insert_encoded(headers, &identity.email, &encode_value(email));
+    }
+    if let Some(name) = principal.display_name.as_deref().filter(|n| !n.is_empty()) {
+        insert_encoded(headers, &identity.name, &encode_value(name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> IdentityHeaders {
+        IdentityHeaders {
+            user: HeaderName::from_static("remote-user"),
+            groups: HeaderName::from_static("remote-groups"),
+            email: HeaderName::from_static("remote-email"),
+            name: HeaderName::from_static("remote-name"),
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn all(h: &HeaderMap, name: &str) -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn principal() -> Principal {
+        Principal {
+            user_id: "00u1".into(),
+            username: "alice".into(),
+            display_name: Some("Alice Example".into()),
+            email: Some("alice@example.com".into()),
+            groups: vec!["admins".into(), "ops".into()],
+            level: 2,
+            session_id: "sid".into(),
+        }
+    }
+
+    #[test]
+    fn identity_headers_are_stripped_in_every_spelling() {
+        let mut h = map(&[
+            ("Remote_User", "a"),
+            ("REMOTE-USER", "b"),
+            ("remote_user", "c"),
+            ("Remote-Groups", "admins"),
+            ("remote_GROUPS", "admins"),
+            ("Remote_Email", "x@y"),
+            ("REMOTE_NAME", "X"),
+            ("Remote-Userx", "kept"),
+            ("x-remote-user", "kept"),
+            ("accept", "*/*"),
+        ]);
+        strip_reserved_inbound(&mut h, &identity());
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["accept", "remote-userx", "x-remote-user"]);
+    }
+
+    #[test]
+    fn custom_identity_header_names_are_matched_loosely() {
+        let ids = IdentityHeaders {
+            user: HeaderName::from_static("x-auth-request-user"),
+            ..identity()
+        };
+        let mut h = map(&[
+            ("X_Auth_Request_User", "a"),
+            ("x-auth_request-USER", "b"),
+            ("remote-user", "c"),
+        ]);
+        strip_reserved_inbound(&mut h, &ids);
+        assert!(!h.contains_key("x_auth_request_user"));
+        assert!(!h.contains_key("x-auth_request-user"));
+        assert!(
+            h.contains_key("remote-user"),
+            "only the configured names are identity headers"
+        );
+    }
+
+    #[test]
+    fn forwarding_headers_are_stripped_in_every_spelling() {
+        let mut h = map(&[
+            ("X-Forwarded-For", "1.2.3.4"),
+            ("X_Forwarded_For", "1.2.3.4"),
+            ("x-forwarded_host", "evil"),
+            ("X-FORWARDED-PROTO", "https"),
+            ("x-forwarded-prefix", "/admin"),
+            ("Forwarded", "for=1.2.3.4"),
+            ("X-Real-IP", "1.2.3.4"),
+            ("x_real_ip", "1.2.3.4"),
+            ("x-forwardedfor", "kept"),
+            ("x-forwarded-", "kept"),
+        ]);
+        strip_reserved_inbound(&mut h, &identity());
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["x-forwarded-", "x-forwardedfor"]);
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret, x-other"),
+            ("connection", "Foo"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("foo", "3"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authorization", "Basic abc"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("authorization", "Bearer t"),
+            ("x-kept", "4"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["authorization", "x-kept"]);
+    }
+
+    #[test]
+    fn junk_in_connection_is_ignored() {
+        let mut h = map(&[("connection", " , ,close,  "), ("x-a", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(all(&h, "x-a"), ["1"]);
+        assert!(!h.contains_key("connection"));
+    }
+
+    #[test]
+    fn upgrade_requests_are_recognized() {
+        assert!(is_upgrade_request(&map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket")
+        ])));
+        assert!(is_upgrade_request(&map(&[
+            ("connection", "x"),
+            ("connection", "UPGRADE"),
+            ("upgrade", "h2c")
+        ])));
+        assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
+        assert!(!is_upgrade_request(&map(&[
+            ("connection", "upgrades"),
+            ("upgrade", "websocket")
+        ])));
+    }
+
+    fn gateway() -> Vec<String> {
+        vec!["portcullis_session".into(), "portcullis_csrf".into()]
+    }
+
+    #[test]
+    fn gateway_cookies_are_removed_from_one_header() {
+        let mut h = map(&[("cookie", "a=1; portcullis_session=s; b=2;PORTCULLIS_CSRF=t ;c=3")]);
+        strip_gateway_cookies(&mut h, &gateway());
+        assert_eq!(all(&h, "cookie"), ["a=1; b=2; c=3"]);
+    }
+
+    #[test]
+    fn gateway_cookies_are_removed_from_several_headers_which_are_merged() {
+        let mut h = map(&[
+            ("cookie", "portcullis_session=s"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2; portcullis_csrf=t"),
+            ("cookie", " portcullis_session =again"),
+        ]);
+        strip_gateway_cookies(&mut h, &gateway());
+        assert_eq!(all(&h, "cookie"), ["a=1; b=2"]);
+    }
+
+    #[test]
+    fn cookie_header_disappears_when_only_gateway_cookies_were_sent() {
+        let mut h = map(&[
+            ("cookie", "portcullis_session=s"),
+            ("cookie", "portcullis_csrf=t;"),
+        ]);
+        strip_gateway_cookies(&mut h, &gateway());
+        assert!(!h.contains_key("cookie"));
+    }
+
+    #[test]
+    fn other_cookies_stay_untouched() {
+        let mut h = map(&[(
+            "cookie",
+            "a=1;b=2; portcullis_session_x=keep; xportcullis_session=keep",
+        )]);
+        strip_gateway_cookies(&mut h, &gateway());
+        assert_eq!(
+            all(&h, "cookie"),
+            ["a=1;b=2; portcullis_session_x=keep; xportcullis_session=keep"]
+        );
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        strip_gateway_cookies(&mut h, &gateway());
+        assert_eq!(all(&h, "cookie"), ["a=1; b=2"]);
+    }
+
+    #[test]
+    fn set_cookie_for_gateway_names_is_dropped() {
+        let mut h = map(&[
+            ("set-cookie", "app=1; Path=/"),
+            ("set-cookie", "portcullis_session=forged; Path=/; HttpOnly"),
+            ("set-cookie", "Portcullis_CSRF=x"),
+            ("set-cookie", " portcullis_session =y"),
+            ("set-cookie", "portcullis_session"),
+            ("set-cookie", "other=2; Domain=portcullis_session"),
+        ]);
+        filter_set_cookies(&mut h, &gateway());
+        assert_eq!(
+            all(&h, "set-cookie"),
+            ["app=1; Path=/", "other=2; Domain=portcullis_session"]
+        );
+        let mut untouched = map(&[("set-cookie", "a=1"), ("set-cookie", "b=2")]);
+        filter_set_cookies(&mut untouched, &gateway());
+        assert_eq!(all(&untouched, "set-cookie"), ["a=1", "b=2"]);
+    }
+
+    #[test]
+    fn identity_values_are_percent_encoded() {
+        assert_eq!(encode_value("alice"), "alice");
+        assert!(matches!(encode_value("plain ascii, ok!"), Cow::Borrowed(_)));
+        assert_eq!(encode_value("Zoë Ünal"), "Zo%C3%AB %C3%9Cnal");
+        assert_eq!(encode_value("100%"), "100%25");
+        assert_eq!(encode_value("a\r\nInjected: 1"), "a%0D%0AInjected: 1");
+        assert_eq!(
+            encode_value("Doe, Jane"),
+            "Doe, Jane",
+            "commas only matter in groups"
+        );
+        assert_eq!(
+            encode_groups(&[
+                "admins".into(),
+                "R&D, Europe".into(),
+                "ünits".into(),
+                "50%".into()
+            ]),
+            "admins,R&D%2C Europe,%C3%BCnits,50%25"
+        );
+        assert_eq!(encode_groups(&[]), "");
+    }
+
+    #[test]
+    fn identity_headers_are_set_from_the_principal() {
+        let mut h = HeaderMap::new();
+        set_identity(&mut h, &identity(), &principal());
+        assert_eq!(all(&h, "remote-user"), ["alice"]);
+        assert_eq!(all(&h, "remote-groups"), ["admins,ops"]);
+        assert_eq!(all(&h, "remote-email"), ["alice@example.com"]);
+        assert_eq!(all(&h, "remote-name"), ["Alice Example"]);
+
+        let bare = Principal {
+            username: "bj\u{f6}rn".into(),
+            display_name: None,
+            email: Some(String::new()),
+            groups: vec![],
+            ..principal()
+        };
+        let mut h = HeaderMap::new();
+        set_identity(&mut h, &identity(), &bare);
+        assert_eq!(all(&h, "remote-user"), ["bj%C3%B6rn"]);
+        assert!(!h.contains_key("remote-groups"));
+        assert!(!h.contains_key("remote-email"));
+        assert!(!h.contains_key("remote-name"));
+    }
+
+    #[test]
+    fn forwarding_headers_for_ipv4() {
+        let mut h = HeaderMap::new();
+        let host = HeaderValue::from_static("app.example.com:8443");
+        set_forwarding(&mut h, "192.0.2.7".parse().unwrap(), "https", Some(&host));
+        assert_eq!(all(&h, "x-forwarded-for"), ["192.0.2.7"]);
+        assert_eq!(all(&h, "x-real-ip"), ["192.0.2.7"]);
+        assert_eq!(all(&h, "x-forwarded-proto"), ["https"]);
+        assert_eq!(all(&h, "x-forwarded-host"), ["app.example.com:8443"]);
+        assert_eq!(
+            all(&h, "forwarded"),
+            ["for=192.0.2.7;proto=https;host=\"app.example.com:8443\""]
+        );
+    }
+
+    #[test]
+    fn forwarding_headers_for_ipv6() {
+        let mut h = HeaderMap::new();
+        let host = HeaderValue::from_static("[::1]:8080");
+        set_forwarding(&mut h, "::1".parse().unwrap(), "http", Some(&host));
+        assert_eq!(all(&h, "x-forwarded-for"), ["::1"]);
+        assert_eq!(
+            all(&h, "forwarded"),
+            ["for=\"[::1]\";proto=http;host=\"[::1]:8080\""]
+        );
+
+        let mut h = HeaderMap::new();
+        set_forwarding(&mut h, "2001:db8::5".parse().unwrap(), "https", None);
+        assert_eq!(all(&h, "forwarded"), ["for=\"[2001:db8::5]\";proto=https"]);
+        assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_are_shown_as_ipv4() {
+        let mut h = HeaderMap::new();
+        set_forwarding(&mut h, "::ffff:192.0.2.9".parse().unwrap(), "http", None);
+        assert_eq!(all(&h, "x-forwarded-for"), ["192.0.2.9"]);
+        assert_eq!(all(&h, "forwarded"), ["for=192.0.2.9;proto=http"]);
+    }
+
+    #[test]
+    fn forwarded_host_is_a_safe_quoted_string() {
+        let mut h = HeaderMap::new();
+        let host = HeaderValue::from_static("a\"b\\c");
+        set_forwarding(&mut h, "192.0.2.1".parse().unwrap(), "http", Some(&host));
+        assert_eq!(
+            all(&h, "forwarded"),
+            ["for=192.0.2.1;proto=http;host=\"a\\\"b\\\\c\""]
+        );
+    }
+}
