@@ -1,1 +1,579 @@
-//! (being written)
+//! The one conformance suite every [`Store`](super::Store) backend passes.
+//!
+//! Each case is an async function taking a fresh [`SharedStore`] and checking
+//! one part of the trait's contract, with every time passed explicitly. The
+//! `suite!` invocation at the bottom expands each case once per backend into a
+//! `#[tokio::test(flavor = "multi_thread")]`, named
+//! `store::conformance::<backend>::<case>`. Adding a backend means adding a
+//! fixture below and its name to that invocation.
+//!
+//! PostgreSQL runs only when `PORTCULLIS_TEST_POSTGRES_URL` is set (e.g.
+//! `postgres://postgres@127.0.0.1:5432/test`); each test then gets its own
+//! schema `t_<random>`, dropped afterwards even when the test fails.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt as _;
+
+use super::memory::MemoryStore;
+use super::postgres::PostgresStore;
+use super::sqlite::SqliteStore;
+use super::{CounterKey, RevocationEvent, SharedStore};
+use crate::clock::UnixTime;
+
+/// A time well past anything that could underflow, to which the cases add offsets.
+const T: UnixTime = 1_700_000_000;
+
+// ---- fixtures ------------------------------------------------------------
+
+mod fixtures {
+    use super::*;
+
+    pub(super) async fn memory<F, Fut>(case: F)
+    where
+        F: FnOnce(SharedStore) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        case(Arc::new(MemoryStore::new())).await;
+    }
+
+    pub(super) async fn sqlite<F, Fut>(case: F)
+    where
+        F: FnOnce(SharedStore) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory that does not exist yet: open creates it.
+        let store = SqliteStore::open(&dir.path().join("state/portcullis.db"))
+            .await
+            .unwrap();
+        case(Arc::new(store)).await;
+    }
+
+    pub(super) async fn postgres<F, Fut>(case: F)
+    where
+        F: FnOnce(SharedStore) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        with_postgres_schema(|url, schema| async move {
+            let store = PostgresStore::connect_with_schema(&url, &schema).await.unwrap();
+            case(Arc::new(store)).await;
+        })
+        .await;
+    }
+}
+
+/// The URL of the test PostgreSQL server, or `None` (with a note) when
+/// `PORTCULLIS_TEST_POSTGRES_URL` is not set.
+pub(crate) fn postgres_url() -> Option<String> {
+    match std::env::var("PORTCULLIS_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            println!("skipped: PORTCULLIS_TEST_POSTGRES_URL not set");
+            None
+        }
+    }
+}
+
+/// Runs `test(url, schema)` with a fresh schema name `t_<random>` on the test
+/// server, then drops that schema, also when `test` panics. Does nothing when
+/// no test server is configured.
+pub(crate) async fn with_postgres_schema<F, Fut>(test: F)
+where
+    F: FnOnce(String, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(url) = postgres_url() else { return };
+    let schema = format!("t_{:016x}", rand::random::<u64>());
+    let outcome = AssertUnwindSafe(test(url.clone(), schema.clone()))
+        .catch_unwind()
+        .await;
+    drop_schema(&url, &schema).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+}
+
+// ---- helpers ---------------------------------------------------------------
+
+fn session(sid: &str, expires_at: UnixTime) -> RevocationEvent {
+    RevocationEvent::Session {
+        sid: sid.into(),
+        expires_at,
+    }
+}
+
+fn epoch(user_id: &str, epoch: u64) -> RevocationEvent {
+    RevocationEvent::Epoch {
+        user_id: user_id.into(),
+        epoch,
+    }
+}
+
+async fn sorted_epochs(store: &SharedStore) -> Vec<(String, u64)> {
+    let mut epochs = store.epochs().await.unwrap();
+    epochs.sort();
+    epochs
+}
+
+// ---- the cases -------------------------------------------------------------
+
+async fn health_answers(store: SharedStore) {
+    store.health().await.unwrap();
+    assert!(["memory", "sqlite", "postgres"].contains(&store.kind()));
+}
+
+async fn epochs_start_at_zero_and_increase(store: SharedStore) {
+    assert!(
+        store.epochs().await.unwrap().is_empty(),
+        "every user starts at 0 (no row)"
+    );
+    assert_eq!(store.bump_epoch("alice").await.unwrap(), 1);
+    assert_eq!(store.bump_epoch("alice").await.unwrap(), 2);
+    assert_eq!(store.bump_epoch("bob").await.unwrap(), 1);
+    assert_eq!(store.bump_epoch("alice").await.unwrap(), 3);
+    assert_eq!(
+        sorted_epochs(&store).await,
+        [("alice".to_owned(), 3), ("bob".to_owned(), 1)]
+    );
+}
+
+async fn revocations_come_in_order_after_the_cursor(store: SharedStore) {
+    let empty = store.revocations_since(0, T).await.unwrap();
+    assert!(empty.events.is_empty());
+    assert_eq!(empty.cursor, 0, "no events: the cursor given comes back");
+
+    store.revoke_session("s1", T + 100).await.unwrap();
+    store.bump_epoch("alice").await.unwrap();
+    store.revoke_session("s2", T + 200).await.unwrap();
+    let all = store.revocations_since(0, T).await.unwrap();
+    assert_eq!(
+        all.events,
+        [session("s1", T + 100), epoch("alice", 1), session("s2", T + 200)]
+    );
+    assert!(all.cursor > 0);
+
+    let none = store.revocations_since(all.cursor, T).await.unwrap();
+    assert!(none.events.is_empty());
+    assert_eq!(none.cursor, all.cursor, "nothing new: the cursor stays");
+
+    store.bump_epoch("alice").await.unwrap();
+    store.revoke_session("s3", T + 300).await.unwrap();
+    let next = store.revocations_since(all.cursor, T).await.unwrap();
+    assert_eq!(next.events, [epoch("alice", 2), session("s3", T + 300)]);
+    assert!(next.cursor > all.cursor);
+
+    // Every cursor returns a suffix of the log, and every suffix is reachable.
+    let full = store.revocations_since(0, T).await.unwrap().events;
+    assert_eq!(full.len(), 5);
+    let mut lengths = BTreeSet::new();
+    for c in 0..=next.cursor {
+        let events = store.revocations_since(c, T).await.unwrap().events;
+        assert!(full.ends_with(&events), "cursor {c} gives a suffix");
+        lengths.insert(events.len());
+    }
+    assert_eq!(lengths, (0..=full.len()).collect::<BTreeSet<_>>());
+
+    // Past the end: nothing, and the cursor given comes back.
+    let beyond = store.revocations_since(next.cursor + 1_000, T).await.unwrap();
+    assert!(beyond.events.is_empty());
+    assert_eq!(beyond.cursor, next.cursor + 1_000);
+}
+
+async fn expired_session_events_are_skipped_but_the_cursor_advances(store: SharedStore) {
+    store.revoke_session("old", T + 10).await.unwrap();
+    store.revoke_session("edge", T + 20).await.unwrap();
+    let only_expired = store.revocations_since(0, T + 20).await.unwrap();
+    assert!(only_expired.events.is_empty(), "expires_at <= now is skipped");
+    assert!(only_expired.cursor > 0, "the cursor moves past skipped events");
+    let live = store.revocations_since(0, T + 19).await.unwrap();
+    assert_eq!(live.events, [session("edge", T + 20)]);
+    assert_eq!(live.cursor, only_expired.cursor);
+
+    store.bump_epoch("carol").await.unwrap();
+    store.revoke_session("live", T + 1_000).await.unwrap();
+    store.revoke_session("gone", T).await.unwrap();
+    let batch = store.revocations_since(0, T + 500).await.unwrap();
+    assert_eq!(
+        batch.events,
+        [epoch("carol", 1), session("live", T + 1_000)],
+        "epochs never expire"
+    );
+    let after = store.revocations_since(batch.cursor, T + 500).await.unwrap();
+    assert!(
+        after.events.is_empty(),
+        "the trailing expired event was passed too"
+    );
+    assert_eq!(after.cursor, batch.cursor);
+}
+
+async fn record_failure_counts_within_a_window_and_resets_after_it(store: SharedStore) {
+    let key = CounterKey::for_user("pw:alice:192.0.2.1", "alice");
+    let other = CounterKey::anonymous("ip:192.0.2.1");
+    assert_eq!(store.record_failure(&key, 60, T).await.unwrap(), 1);
+    assert_eq!(store.record_failure(&key, 60, T + 30).await.unwrap(), 2);
+    assert_eq!(
+        store.record_failure(&other, 60, T + 30).await.unwrap(),
+        1,
+        "keys are independent"
+    );
+    assert_eq!(store.record_failure(&key, 60, T + 59).await.unwrap(), 3);
+    // The window [T, T + 60) has run out: a new one starts at T + 60.
+    assert_eq!(store.record_failure(&key, 60, T + 60).await.unwrap(), 1);
+    assert_eq!(store.record_failure(&key, 60, T + 61).await.unwrap(), 2);
+    assert_eq!(store.record_failure(&key, 60, T + 119).await.unwrap(), 3);
+    assert_eq!(store.record_failure(&key, 60, T + 120).await.unwrap(), 1);
+    // Long after: still a fresh window of 1.
+    assert_eq!(store.record_failure(&key, 60, T + 10_000).await.unwrap(), 1);
+    assert_eq!(store.record_failure(&other, 60, T + 31).await.unwrap(), 2);
+}
+
+async fn clear_failures_forgets_only_that_key(store: SharedStore) {
+    let a = CounterKey::for_user("mfa:alice", "alice");
+    let b = CounterKey::for_user("pw:alice:192.0.2.1", "alice");
+    for _ in 0..3 {
+        store.record_failure(&a, 300, T).await.unwrap();
+        store.record_failure(&b, 300, T).await.unwrap();
+    }
+    store.clear_failures("mfa:alice").await.unwrap();
+    store.clear_failures("no-such-key").await.unwrap();
+    assert_eq!(store.record_failure(&a, 300, T + 1).await.unwrap(), 1);
+    assert_eq!(store.record_failure(&b, 300, T + 1).await.unwrap(), 4);
+}
+
+async fn lock_never_shortens_an_existing_lock(store: SharedStore) {
+    let key = CounterKey::for_user("user:alice", "alice");
+    store.lock(&key, T + 500).await.unwrap();
+    store.lock(&key, T + 300).await.unwrap();
+    assert_eq!(
+        store.locked_until(&["user:alice"], T).await.unwrap(),
+        Some(T + 500)
+    );
+    store.lock(&key, T + 800).await.unwrap();
+    assert_eq!(
+        store.locked_until(&["user:alice"], T).await.unwrap(),
+        Some(T + 800)
+    );
+    store.lock(&key, T + 800).await.unwrap();
+    assert_eq!(
+        store.locked_until(&["user:alice"], T).await.unwrap(),
+        Some(T + 800)
+    );
+}
+
+async fn locked_until_takes_the_latest_lock_in_force(store: SharedStore) {
+    store
+        .lock(&CounterKey::for_user("a", "alice"), T + 500)
+        .await
+        .unwrap();
+    store.lock(&CounterKey::anonymous("b"), T + 700).await.unwrap();
+    store
+        .lock(&CounterKey::for_user("c", "carol"), T + 900)
+        .await
+        .unwrap();
+    let keys = ["a", "b", "missing"];
+    assert_eq!(
+        store.locked_until(&keys, T).await.unwrap(),
+        Some(T + 700),
+        "c is not asked about"
+    );
+    assert_eq!(store.locked_until(&keys, T + 600).await.unwrap(), Some(T + 700));
+    assert_eq!(
+        store.locked_until(&keys, T + 700).await.unwrap(),
+        None,
+        "until <= now is over"
+    );
+    assert_eq!(store.locked_until(&["a"], T + 499).await.unwrap(), Some(T + 500));
+    assert_eq!(store.locked_until(&["a"], T + 500).await.unwrap(), None);
+    assert_eq!(store.locked_until(&["missing"], T).await.unwrap(), None);
+    assert_eq!(store.locked_until(&[], T).await.unwrap(), None);
+    assert_eq!(
+        store.locked_until(&["a", "a", "c"], T).await.unwrap(),
+        Some(T + 900)
+    );
+    // An expired lock can be renewed.
+    store
+        .lock(&CounterKey::for_user("a", "alice"), T + 2_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.locked_until(&["a"], T + 1_000).await.unwrap(),
+        Some(T + 2_000)
+    );
+}
+
+async fn unlock_user_clears_only_that_users_locks_and_counters(store: SharedStore) {
+    let alice_pw = CounterKey::for_user("pw:alice:192.0.2.1", "alice");
+    let alice_mfa = CounterKey::for_user("mfa:alice", "alice");
+    let bob = CounterKey::for_user("mfa:bob", "bob");
+    let ip = CounterKey::anonymous("ip:192.0.2.1");
+    store.lock(&alice_pw, T + 900).await.unwrap();
+    store.record_failure(&alice_mfa, 300, T).await.unwrap();
+    store.record_failure(&alice_mfa, 300, T).await.unwrap();
+    store.lock(&bob, T + 900).await.unwrap();
+    store.record_failure(&bob, 300, T).await.unwrap();
+    store.lock(&ip, T + 900).await.unwrap();
+    store.record_failure(&ip, 300, T).await.unwrap();
+
+    assert!(store.unlock_user("alice").await.unwrap());
+    assert_eq!(
+        store.locked_until(&["pw:alice:192.0.2.1"], T).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.record_failure(&alice_mfa, 300, T).await.unwrap(),
+        1,
+        "counter cleared"
+    );
+    assert_eq!(store.locked_until(&["mfa:bob"], T).await.unwrap(), Some(T + 900));
+    assert_eq!(store.record_failure(&bob, 300, T).await.unwrap(), 2);
+    assert_eq!(
+        store.locked_until(&["ip:192.0.2.1"], T).await.unwrap(),
+        Some(T + 900)
+    );
+    assert_eq!(store.record_failure(&ip, 300, T).await.unwrap(), 2);
+
+    store.clear_failures("mfa:alice").await.unwrap();
+    assert!(!store.unlock_user("alice").await.unwrap(), "nothing left");
+    assert!(!store.unlock_user("nobody").await.unwrap());
+
+    // A counter alone (no lock) is something to clear.
+    store
+        .record_failure(&CounterKey::for_user("pw:dave:x", "dave"), 300, T)
+        .await
+        .unwrap();
+    assert!(store.unlock_user("dave").await.unwrap());
+}
+
+async fn purge_expired_removes_only_what_is_over(store: SharedStore) {
+    let now = T + 100_000;
+    store
+        .lock(&CounterKey::for_user("over", "erin"), now - 1)
+        .await
+        .unwrap();
+    store
+        .lock(&CounterKey::for_user("in-force", "frank"), now + 100)
+        .await
+        .unwrap();
+    // A counter whose window started more than a day ago, and a recent one.
+    store
+        .record_failure(&CounterKey::for_user("old", "gina"), 300, now - 90_000)
+        .await
+        .unwrap();
+    store
+        .record_failure(&CounterKey::for_user("recent", "hank"), 300, now - 10)
+        .await
+        .unwrap();
+    store.bump_epoch("ivy").await.unwrap();
+    store.bump_epoch("ivy").await.unwrap();
+    store.revoke_session("expired", now - 1).await.unwrap();
+    store.revoke_session("at-now", now).await.unwrap();
+    store.revoke_session("kept", now + 1).await.unwrap();
+    // The newest event is expired too (the memory store keeps its row, to
+    // keep sequence numbers increasing; SQL backends never reuse them).
+    store.revoke_session("newest", now - 5).await.unwrap();
+    let cursor = store.revocations_since(0, now).await.unwrap().cursor;
+
+    store.purge_expired(now).await.unwrap();
+
+    assert_eq!(
+        store.locked_until(&["over"], now - 10).await.unwrap(),
+        None,
+        "the row is gone"
+    );
+    assert_eq!(
+        store.locked_until(&["in-force"], now).await.unwrap(),
+        Some(now + 100)
+    );
+    assert!(!store.unlock_user("erin").await.unwrap(), "expired lock purged");
+    assert!(!store.unlock_user("gina").await.unwrap(), "old counter purged");
+    assert!(store.unlock_user("hank").await.unwrap(), "recent counter kept");
+    assert!(store.unlock_user("frank").await.unwrap(), "lock in force kept");
+
+    // Asking as of long ago shows which rows are left.
+    let left = store.revocations_since(0, 0).await.unwrap().events;
+    assert!(left.contains(&session("kept", now + 1)));
+    assert!(!left.contains(&session("expired", now - 1)));
+    assert!(!left.contains(&session("at-now", now)));
+    assert!(left.contains(&epoch("ivy", 2)), "the latest epoch event stays");
+    assert_eq!(sorted_epochs(&store).await, [("ivy".to_owned(), 2)]);
+
+    // Sequence numbers keep increasing although the newest event was purged.
+    store.revoke_session("after", now + 50).await.unwrap();
+    let next = store.revocations_since(cursor, now).await.unwrap();
+    assert_eq!(next.events, [session("after", now + 50)]);
+    assert!(next.cursor > cursor);
+
+    store.purge_expired(now).await.unwrap();
+    assert!(
+        store.unlock_user("frank").await.is_ok(),
+        "purging twice is harmless"
+    );
+}
+
+async fn keys_are_opaque_strings(store: SharedStore) {
+    let odd = [
+        "pw:o'brien:2001:db8::1",
+        "x\"); DROP TABLE locks; --",
+        "100%_match\\",
+        "ünïcødé:ключ:鍵",
+        "",
+    ];
+    for (i, k) in odd.iter().enumerate() {
+        let key = CounterKey::for_user(*k, k);
+        assert_eq!(store.record_failure(&key, 60, T).await.unwrap(), 1);
+        assert_eq!(store.record_failure(&key, 60, T).await.unwrap(), 2);
+        store.lock(&key, T + 10 + i as i64).await.unwrap();
+        store.revoke_session(k, T + 10).await.unwrap();
+        assert_eq!(store.bump_epoch(k).await.unwrap(), 1);
+    }
+    for (i, k) in odd.iter().enumerate() {
+        assert_eq!(
+            store.locked_until(&[*k], T).await.unwrap(),
+            Some(T + 10 + i as i64)
+        );
+    }
+    assert_eq!(store.locked_until(&odd, T).await.unwrap(), Some(T + 14));
+    assert_eq!(
+        store.locked_until(&["pw:o'brien:%"], T).await.unwrap(),
+        None,
+        "no pattern matching"
+    );
+    let events = store.revocations_since(0, T).await.unwrap().events;
+    for k in odd {
+        assert!(events.contains(&session(k, T + 10)));
+        assert!(events.contains(&epoch(k, 1)));
+    }
+    assert!(store.unlock_user("x\"); DROP TABLE locks; --").await.unwrap());
+    assert_eq!(
+        store.locked_until(&["ünïcødé:ключ:鍵"], T).await.unwrap(),
+        Some(T + 13)
+    );
+}
+
+async fn record_failure_counts_concurrently(store: SharedStore) {
+    let key = CounterKey::for_user("mfa:carol", "carol");
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move { store.record_failure(&key, 300, T).await })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for task in tasks {
+        counts.push(task.await.unwrap().unwrap());
+    }
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        (1..=50).collect::<Vec<u32>>(),
+        "each caller sees its own count"
+    );
+    assert_eq!(
+        store.record_failure(&key, 300, T + 1).await.unwrap(),
+        51,
+        "the count is 50"
+    );
+}
+
+async fn bump_epoch_is_atomic_under_concurrency(store: SharedStore) {
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.bump_epoch("dave").await })
+        })
+        .collect();
+    let mut returned = BTreeSet::new();
+    for task in tasks {
+        assert!(
+            returned.insert(task.await.unwrap().unwrap()),
+            "epochs are distinct"
+        );
+    }
+    assert_eq!(returned, (1..=20).collect::<BTreeSet<u64>>());
+    assert_eq!(store.epochs().await.unwrap(), [("dave".to_owned(), 20)]);
+    let logged: BTreeSet<u64> = store
+        .revocations_since(0, T)
+        .await
+        .unwrap()
+        .events
+        .into_iter()
+        .filter_map(|e| match e {
+            RevocationEvent::Epoch { user_id, epoch } if user_id == "dave" => Some(epoch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(logged, returned, "every bump is logged");
+}
+
+async fn lock_keeps_the_maximum_under_concurrency(store: SharedStore) {
+    let tasks: Vec<_> = (0..20)
+        .map(|i: i64| {
+            let store = store.clone();
+            // Deadlines arrive in an order unrelated to their size.
+            let until = T + 100 + (i * 7) % 20;
+            tokio::spawn(async move {
+                store
+                    .lock(&CounterKey::for_user("user:erin", "erin"), until)
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        store.locked_until(&["user:erin"], T).await.unwrap(),
+        Some(T + 119)
+    );
+}
+
+// ---- expansion: every case against every backend --------------------------
+
+macro_rules! suite {
+    ($($backend:ident),+ ; $cases:tt) => {
+        $( suite!(@backend $backend $cases); )+
+    };
+    (@backend $backend:ident { $($case:ident),+ $(,)? }) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $case() {
+                    super::fixtures::$backend(super::$case).await;
+                }
+            )+
+        }
+    };
+}
+
+suite!(memory, sqlite, postgres; {
+    health_answers,
+    epochs_start_at_zero_and_increase,
+    revocations_come_in_order_after_the_cursor,
+    expired_session_events_are_skipped_but_the_cursor_advances,
+    record_failure_counts_within_a_window_and_resets_after_it,
+    clear_failures_forgets_only_that_key,
+    lock_never_shortens_an_existing_lock,
+    locked_until_takes_the_latest_lock_in_force,
+    unlock_user_clears_only_that_users_locks_and_counters,
+    purge_expired_removes_only_what_is_over,
+    keys_are_opaque_strings,
+    record_failure_counts_concurrently,
+    bump_epoch_is_atomic_under_concurrency,
+    lock_keeps_the_maximum_under_concurrency,
+});

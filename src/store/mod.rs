@@ -16,6 +16,7 @@
 //! - times are Unix seconds supplied by the caller, never read inside.
 
 pub mod memory;
+mod migrate;
 pub mod postgres;
 pub mod sqlite;
 

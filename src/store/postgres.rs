@@ -1,12 +1,523 @@
-//! (being written) PostgreSQL store.
-use super::{StoreError, StoreResult};
+//! The PostgreSQL store (`store.kind = "postgres"`): one database shared by
+//! several gateway replicas.
+//!
+//! Invariants and the choices behind them:
+//! - **Atomic single statements.** Every read-modify-write is one statement
+//!   (`INSERT ... ON CONFLICT DO UPDATE ... RETURNING`, or data-modifying
+//!   CTEs), so concurrent callers on any replica serialize on the row lock:
+//!   N failures count N and epochs never repeat. `bump_epoch` writes the new
+//!   epoch and its revocation event in the same statement, hence the same
+//!   transaction; the event's `seq` is drawn while the user's row is locked,
+//!   so one user's epoch events appear in `seq` order.
+//! - **Out-of-order visibility.** Identity values are allocated before commit,
+//!   so a smaller `seq` can become visible after a larger one; readers re-read
+//!   [`super::REVOCATION_OVERLAP`] behind their cursor to catch those.
+//! - **Schema.** Objects live in the schema first on the connection's
+//!   `search_path`: the URL's (`options=-c search_path=...`) with
+//!   [`PostgresStore::connect`], or one named explicitly with
+//!   [`PostgresStore::connect_with_schema`] (created if missing and set on every
+//!   connection).
+//! - **Migrations** run at connect, in one transaction holding a
+//!   transaction-scoped advisory lock keyed by the schema, so replicas starting
+//!   together apply them once (see [`super::migrate`]).
+//! - The connection URL holds a password: it never appears in `Debug` output or
+//!   in errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use super::migrate::{self, COUNTER_RETENTION, REVOCATION_BATCH_LIMIT, RevocationRow, db, sql_error};
+use super::{CounterKey, RevocationBatch, Store, StoreError, StoreResult};
+use crate::clock::UnixTime;
+
+/// How long a call waits for a pooled connection before the store counts as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections per replica.
+const MAX_CONNECTIONS: u32 = 10;
+
 /// PostgreSQL store.
-#[derive(Debug)]
-pub struct PostgresStore;
+pub struct PostgresStore {
+    pool: PgPool,
+    /// The schema given to [`PostgresStore::connect_with_schema`], if any.
+    schema: Option<String>,
+    /// Rows per `revocations_since` call (lowered by tests).
+    batch_limit: i64,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    // Not derived: the pool's options hold the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PostgresStore {
-    /// Connects and migrates.
-    pub async fn connect(url: &str) -> StoreResult<super::memory::MemoryStore> {
-        let _ = url;
-        Err(StoreError::Unavailable("not yet".into()))
+    /// Connects to `url` and migrates the schema first on its `search_path`.
+    pub async fn connect(url: &str) -> StoreResult<PostgresStore> {
+        Self::open(url, None).await
+    }
+
+    /// Connects to `url` and uses `schema` (created if missing) on every
+    /// connection; `schema` is an unquoted identifier (letters, digits, `_`).
+    pub async fn connect_with_schema(url: &str, schema: &str) -> StoreResult<PostgresStore> {
+        if !is_identifier(schema) {
+            return Err(StoreError::Unavailable(format!(
+                "invalid PostgreSQL schema name {schema:?}: use letters, digits and _"
+            )));
+        }
+        Self::open(url, Some(schema.to_owned())).await
+    }
+
+    async fn open(url: &str, schema: Option<String>) -> StoreResult<PostgresStore> {
+        let options: PgConnectOptions = url.parse().map_err(db("parse store.url"))?;
+        let mut pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT);
+        if let Some(schema) = &schema {
+            // Validated as an identifier above, so quoting it is enough. The
+            // schema may not exist yet on the first connection: PostgreSQL
+            // skips missing schemas and resolves the path again once it is
+            // created by the migration below.
+            let set: Arc<str> = format!("SET search_path TO \"{schema}\"").into();
+            pool = pool.after_connect(move |conn, _meta| {
+                let set = Arc::clone(&set);
+                Box::pin(async move {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(set))
+                        .execute(conn)
+                        .await
+                        .map(drop)
+                })
+            });
+        }
+        let pool = pool.connect_with(options).await.map_err(db("connect"))?;
+        migrate(&pool, schema.as_deref()).await?;
+        Ok(PostgresStore {
+            pool,
+            schema,
+            batch_limit: REVOCATION_BATCH_LIMIT,
+        })
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// True for a name that is safe to quote into SQL as an identifier.
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 63
+}
+
+/// Applies the migrations this database lacks, in one transaction that holds
+/// an advisory lock for the schema, so concurrent replicas take turns.
+async fn migrate(pool: &PgPool, schema: Option<&str>) -> StoreResult<()> {
+    let mut tx = pool.begin().await.map_err(db("begin migration"))?;
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtext('portcullis.migrate.' || coalesce($1::text, current_schema(), '')))",
+    )
+    .bind(schema)
+    .execute(&mut *tx)
+    .await
+    .map_err(db("lock for migration"))?;
+    if let Some(schema) = schema {
+        // Inside the lock: two replicas creating it at once would otherwise
+        // collide on a unique violation.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("create schema"))?;
+    }
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version    BIGINT      PRIMARY KEY,
+            name       TEXT        NOT NULL,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db("create schema_migrations"))?;
+    let applied: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, name FROM schema_migrations ORDER BY version")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("read schema_migrations"))?;
+    for m in migrate::pending(migrate::POSTGRES, &applied)? {
+        let op = format!("apply migration {:04}_{}", m.version, m.name);
+        sqlx::raw_sql(m.sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(&op, &e))?;
+        sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)")
+            .bind(m.version)
+            .bind(m.name)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(&op, &e))?;
+    }
+    tx.commit().await.map_err(db("commit migration"))
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(db("health check"))
+    }
+
+    async fn revoke_session(&self, sid: &str, expires_at: UnixTime) -> StoreResult<()> {
+        sqlx::query("INSERT INTO revocations (kind, sid, expires_at) VALUES ('session', $1, $2)")
+            .bind(sid)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(db("revoke session"))
+    }
+
+    async fn bump_epoch(&self, user_id: &str) -> StoreResult<u64> {
+        let epoch: i64 = sqlx::query_scalar(
+            "WITH bumped AS (
+                 INSERT INTO user_epochs (user_id, epoch) VALUES ($1, 1)
+                 ON CONFLICT (user_id) DO UPDATE SET epoch = user_epochs.epoch + 1
+                 RETURNING epoch
+             )
+             INSERT INTO revocations (kind, user_id, epoch)
+             SELECT 'epoch', $1, epoch FROM bumped
+             RETURNING epoch",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("bump epoch"))?;
+        migrate::epoch_from_db(epoch)
+    }
+
+    async fn epochs(&self) -> StoreResult<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT user_id, epoch FROM user_epochs")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read epochs"))?;
+        rows.into_iter()
+            .map(|(user, epoch)| Ok((user, migrate::epoch_from_db(epoch)?)))
+            .collect()
+    }
+
+    async fn revocations_since(&self, cursor: i64, now: UnixTime) -> StoreResult<RevocationBatch> {
+        let rows: Vec<RevocationRow> = sqlx::query_as(
+            "SELECT seq, kind, sid, user_id, epoch, expires_at FROM revocations
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(cursor)
+        .bind(self.batch_limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read revocations"))?;
+        migrate::revocation_batch(rows, cursor, now)
+    }
+
+    async fn record_failure(&self, key: &CounterKey, window: i64, now: UnixTime) -> StoreResult<u32> {
+        // One statement: concurrent callers serialize on the row (or on the
+        // speculative insert of a new key) and each sees its own count. `$4` is
+        // the latest window start that has run out, computed saturating here so
+        // no BIGINT arithmetic can overflow in SQL.
+        let count: i64 = sqlx::query_scalar(
+            "INSERT INTO failure_counters (key, user_id, window_start, count) VALUES ($1, $2, $3, 1)
+             ON CONFLICT (key) DO UPDATE SET
+                 window_start = CASE WHEN failure_counters.window_start <= $4
+                                     THEN excluded.window_start ELSE failure_counters.window_start END,
+                 count = CASE WHEN failure_counters.window_start <= $4
+                              THEN 1 ELSE failure_counters.count + 1 END
+             RETURNING count",
+        )
+        .bind(&key.key)
+        .bind(key.user_id.as_deref())
+        .bind(now)
+        .bind(now.saturating_sub(window))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("record failure"))?;
+        migrate::count_from_db(count)
+    }
+
+    async fn clear_failures(&self, key: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM failure_counters WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(db("clear failures"))
+    }
+
+    async fn lock(&self, key: &CounterKey, until: UnixTime) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO locks (key, user_id, until) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE SET until = GREATEST(locks.until, excluded.until)",
+        )
+        .bind(&key.key)
+        .bind(key.user_id.as_deref())
+        .bind(until)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(db("lock"))
+    }
+
+    async fn locked_until(&self, keys: &[&str], now: UnixTime) -> StoreResult<Option<UnixTime>> {
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        sqlx::query_scalar("SELECT max(until) FROM locks WHERE until > $1 AND key = ANY($2)")
+            .bind(now)
+            .bind(keys)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("locked until"))
+    }
+
+    async fn unlock_user(&self, user_id: &str) -> StoreResult<bool> {
+        let removed: i64 = sqlx::query_scalar(
+            "WITH l AS (DELETE FROM locks WHERE user_id = $1 RETURNING 1),
+                  c AS (DELETE FROM failure_counters WHERE user_id = $1 RETURNING 1)
+             SELECT (SELECT count(*) FROM l) + (SELECT count(*) FROM c)",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("unlock user"))?;
+        Ok(removed > 0)
+    }
+
+    async fn purge_expired(&self, now: UnixTime) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(db("purge"))?;
+        sqlx::query("DELETE FROM locks WHERE until <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("purge"))?;
+        sqlx::query("DELETE FROM failure_counters WHERE window_start <= $1")
+            .bind(now.saturating_sub(COUNTER_RETENTION))
+            .execute(&mut *tx)
+            .await
+            .map_err(db("purge"))?;
+        sqlx::query("DELETE FROM revocations WHERE kind = 'session' AND expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("purge"))?;
+        // An epoch event is superseded once the user's epoch has moved past it:
+        // readers keep the maximum, so the newest event says it all. The newest
+        // event commits together with the epoch row, so it is always visible.
+        sqlx::query(
+            "DELETE FROM revocations r USING user_epochs e
+             WHERE r.kind = 'epoch' AND e.user_id = r.user_id AND r.epoch < e.epoch",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db("purge"))?;
+        tx.commit().await.map_err(db("purge"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RevocationEvent;
+    use crate::store::conformance::with_postgres_schema;
+
+    async fn migrations(store: &PostgresStore) -> Vec<(i64, String)> {
+        sqlx::query_as("SELECT version, name FROM schema_migrations ORDER BY version")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+    }
+
+    fn known() -> Vec<(i64, String)> {
+        migrate::POSTGRES
+            .iter()
+            .map(|m| (m.version, m.name.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn schema_names_must_be_plain_identifiers() {
+        assert!(is_identifier("t_0123abc"));
+        assert!(is_identifier("portcullis"));
+        for bad in ["", "1abc", "a-b", "a\"b", "a b", "ä", &"x".repeat(64)] {
+            assert!(!is_identifier(bad), "{bad:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn migrations_are_recorded_and_reconnecting_is_a_no_op() {
+        with_postgres_schema(|url, schema| async move {
+            let store = PostgresStore::connect_with_schema(&url, &schema).await.unwrap();
+            assert_eq!(migrations(&store).await, known());
+            store.bump_epoch("alice").await.unwrap();
+            store.close().await;
+            let store = PostgresStore::connect_with_schema(&url, &schema).await.unwrap();
+            assert_eq!(migrations(&store).await, known());
+            assert_eq!(
+                store.epochs().await.unwrap(),
+                [("alice".to_owned(), 1)],
+                "data kept"
+            );
+            store.close().await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn replicas_starting_together_migrate_once() {
+        with_postgres_schema(|url, schema| async move {
+            let starts: Vec<_> = (0..4)
+                .map(|_| {
+                    let (url, schema) = (url.clone(), schema.clone());
+                    tokio::spawn(async move { PostgresStore::connect_with_schema(&url, &schema).await })
+                })
+                .collect();
+            let mut stores = Vec::new();
+            for start in starts {
+                stores.push(start.await.unwrap().unwrap());
+            }
+            assert_eq!(migrations(&stores[0]).await, known());
+            for store in stores {
+                store.close().await;
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_database_from_a_newer_release_is_refused() {
+        with_postgres_schema(|url, schema| async move {
+            let store = PostgresStore::connect_with_schema(&url, &schema).await.unwrap();
+            sqlx::query("INSERT INTO schema_migrations (version, name) VALUES (999, 'future')")
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            store.close().await;
+            let err = PostgresStore::connect_with_schema(&url, &schema)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Corrupt(m)
+                    if m.contains("database schema version 999 is newer than this build supports")),
+                "{err}"
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_url_search_path_is_honoured() {
+        with_postgres_schema(|url, schema| async move {
+            // Create the schema first: a URL's search_path is not created for us.
+            PostgresStore::connect_with_schema(&url, &schema)
+                .await
+                .unwrap()
+                .close()
+                .await;
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let with_path = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+            let store = PostgresStore::connect(&with_path).await.unwrap();
+            let current: String = sqlx::query_scalar("SELECT current_schema()")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(current, schema);
+            assert_eq!(migrations(&store).await, known());
+            store.close().await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn errors_and_debug_output_never_show_the_password() {
+        with_postgres_schema(|url, schema| async move {
+            let mut wrong = url::Url::parse(&url).unwrap();
+            wrong.set_password(Some("hunter2-secret")).unwrap();
+            wrong.set_path("/portcullis_no_such_database");
+            let err = PostgresStore::connect(wrong.as_str()).await.unwrap_err();
+            assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+
+            let mut right = url::Url::parse(&url).unwrap();
+            right.set_password(Some("hunter2-secret")).unwrap();
+            let store = PostgresStore::connect_with_schema(right.as_str(), &schema)
+                .await
+                .unwrap();
+            let debug = format!("{store:?}");
+            assert!(!debug.contains("hunter2"), "{debug}");
+            store.close().await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn revocations_are_read_in_bounded_batches() {
+        with_postgres_schema(|url, schema| async move {
+            let mut store = PostgresStore::connect_with_schema(&url, &schema).await.unwrap();
+            store.batch_limit = 3;
+            for i in 0..7 {
+                store
+                    .revoke_session(&format!("s{i}"), if i % 2 == 0 { 50 } else { 500 })
+                    .await
+                    .unwrap();
+            }
+            let mut cursor = 0;
+            let mut sizes = Vec::new();
+            loop {
+                let batch = store.revocations_since(cursor, 100).await.unwrap();
+                if batch.cursor == cursor {
+                    break;
+                }
+                sizes.push(batch.events.len());
+                cursor = batch.cursor;
+            }
+            assert_eq!(sizes, [1, 2, 0]);
+            store.close().await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn purge_drops_superseded_epoch_events() {
+        with_postgres_schema(|url, schema| async move {
+            let store = PostgresStore::connect_with_schema(&url, &schema).await.unwrap();
+            for _ in 0..3 {
+                store.bump_epoch("alice").await.unwrap();
+            }
+            store.purge_expired(1_000).await.unwrap();
+            let batch = store.revocations_since(0, 1_000).await.unwrap();
+            assert_eq!(
+                batch.events,
+                [RevocationEvent::Epoch {
+                    user_id: "alice".into(),
+                    epoch: 3
+                }]
+            );
+            store.close().await;
+        })
+        .await;
     }
 }

@@ -1,11 +1,581 @@
-//! (being written) SQLite store.
-use super::{StoreError, StoreResult};
+//! The SQLite store (`store.kind = "sqlite"`, the default): one file, one
+//! gateway process.
+//!
+//! Invariants and the choices behind them:
+//! - **One writer.** Every write goes through a pool holding exactly one
+//!   connection, so writes queue in the pool (fairly, with a timeout) instead
+//!   of racing for SQLite's write lock; read-modify-write statements are
+//!   therefore serialized and counters exact. Write transactions start with
+//!   `BEGIN IMMEDIATE` so that another process sharing the file (a backup, an
+//!   admin tool) is waited for through `busy_timeout` instead of failing on a
+//!   lock upgrade.
+//! - **Readers beside it.** Queries run on a separate small pool whose
+//!   connections are `query_only`. In WAL mode readers never block the writer
+//!   nor wait for it, so lock checks at sign-in and revocation refreshes stay
+//!   fast while a burst of failed attempts is being written. A reader starts
+//!   its snapshot when its statement starts, so it sees every write that
+//!   returned before.
+//! - **Durability.** `journal_mode = WAL` with `synchronous = FULL`: every
+//!   commit is fsynced before the call returns. `NORMAL` would already survive
+//!   a killed process (the WAL is in the OS page cache), but a power loss or
+//!   kernel crash could then roll back the last commits, which here are
+//!   logouts, lockouts and enrollments: security state we do not want to
+//!   quietly undo. The cost, one fsync per write, is paid on sign-in events,
+//!   never per proxied request.
+//! - `busy_timeout` is 5 s and foreign keys are enforced on every connection.
+//! - A new database file is created with mode 0600 (it will hold factor
+//!   material); SQLite gives its `-wal` and `-shm` files the same mode.
+//! - The schema is migrated at [`SqliteStore::open`] (see [`super::migrate`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::migrate::{self, COUNTER_RETENTION, REVOCATION_BATCH_LIMIT, RevocationRow, db, sql_error};
+use super::{CounterKey, RevocationBatch, Store, StoreError, StoreResult};
+use crate::clock::UnixTime;
+
+/// How long a statement waits for a lock held by another process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a call waits for a pooled connection before the store counts as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections in the read pool.
+const READERS: u32 = 4;
+
 /// SQLite store.
-#[derive(Debug)]
-pub struct SqliteStore;
+pub struct SqliteStore {
+    path: PathBuf,
+    /// Exactly one connection: the only one that writes.
+    writer: SqlitePool,
+    /// `query_only` connections for reads.
+    reader: SqlitePool,
+    /// Rows per `revocations_since` call (lowered by tests).
+    batch_limit: i64,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating and migrating) the database file.
-    pub async fn open(path: &std::path::Path) -> StoreResult<super::memory::MemoryStore> {
-        Err(StoreError::Unavailable(format!("{}", path.display())))
+    /// Opens the database file, creating it (and its parent directories) if
+    /// missing, and migrates its schema to this build's version.
+    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        create_file(path).await?;
+        let base = SqliteConnectOptions::new()
+            .filename(path)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true)
+            .synchronous(SqliteSynchronous::Full);
+        // WAL is a property of the file, set once by the writer; readers inherit it.
+        let writer_options = base.clone().journal_mode(SqliteJournalMode::Wal);
+        let reader_options = base.pragma("query_only", "ON");
+
+        // The writer connection is kept for the store's lifetime: no idle
+        // timeout, no maximum age. Closing the last connection makes SQLite
+        // checkpoint and remove the WAL, which only `close` should do.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
+            .connect_with(writer_options)
+            .await
+            .map_err(|e| sql_error(&format!("open {}", path.display()), &e))?;
+        migrate(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
+            .connect_with(reader_options)
+            .await
+            .map_err(|e| sql_error(&format!("open {}", path.display()), &e))?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            writer,
+            reader,
+            batch_limit: REVOCATION_BATCH_LIMIT,
+        })
+    }
+
+    /// Closes every connection, checkpointing the WAL into the main file.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+/// Creates `path`'s parent directories, and the file itself with mode 0600 if
+/// it does not exist yet (SQLite would create it world-readable).
+async fn create_file(path: &Path) -> StoreResult<()> {
+    let io_error =
+        |what: &str, e: std::io::Error| StoreError::Unavailable(format!("{what} {}: {e}", path.display()));
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| io_error("cannot create the directory of", e))?;
+    }
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    match options.open(path).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_error("cannot create", e)),
+    }
+}
+
+/// Applies the migrations this database lacks, all in one transaction.
+async fn migrate(writer: &SqlitePool) -> StoreResult<()> {
+    let mut tx = writer
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(db("begin migration"))?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version    INTEGER PRIMARY KEY,
+            name       TEXT    NOT NULL,
+            applied_at INTEGER NOT NULL DEFAULT (unixepoch())
+        ) STRICT",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db("create schema_migrations"))?;
+    let applied: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, name FROM schema_migrations ORDER BY version")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("read schema_migrations"))?;
+    for m in migrate::pending(migrate::SQLITE, &applied)? {
+        let op = format!("apply migration {:04}_{}", m.version, m.name);
+        sqlx::raw_sql(m.sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(&op, &e))?;
+        sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)")
+            .bind(m.version)
+            .bind(m.name)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(&op, &e))?;
+    }
+    tx.commit().await.map_err(db("commit migration"))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        // Asked of the writer: if writes are stuck, the store is not healthy.
+        sqlx::query("SELECT 1")
+            .execute(&self.writer)
+            .await
+            .map(drop)
+            .map_err(db("health check"))
+    }
+
+    async fn revoke_session(&self, sid: &str, expires_at: UnixTime) -> StoreResult<()> {
+        sqlx::query("INSERT INTO revocations (kind, sid, expires_at) VALUES ('session', $1, $2)")
+            .bind(sid)
+            .bind(expires_at)
+            .execute(&self.writer)
+            .await
+            .map(drop)
+            .map_err(db("revoke session"))
+    }
+
+    async fn bump_epoch(&self, user_id: &str) -> StoreResult<u64> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("bump epoch"))?;
+        let epoch: i64 = sqlx::query_scalar(
+            "INSERT INTO user_epochs (user_id, epoch) VALUES ($1, 1)
+             ON CONFLICT (user_id) DO UPDATE SET epoch = user_epochs.epoch + 1
+             RETURNING epoch",
+        )
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("bump epoch"))?;
+        sqlx::query("INSERT INTO revocations (kind, user_id, epoch) VALUES ('epoch', $1, $2)")
+            .bind(user_id)
+            .bind(epoch)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("bump epoch"))?;
+        tx.commit().await.map_err(db("bump epoch"))?;
+        migrate::epoch_from_db(epoch)
+    }
+
+    async fn epochs(&self) -> StoreResult<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT user_id, epoch FROM user_epochs")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db("read epochs"))?;
+        rows.into_iter()
+            .map(|(user, epoch)| Ok((user, migrate::epoch_from_db(epoch)?)))
+            .collect()
+    }
+
+    async fn revocations_since(&self, cursor: i64, now: UnixTime) -> StoreResult<RevocationBatch> {
+        let rows: Vec<RevocationRow> = sqlx::query_as(
+            "SELECT seq, kind, sid, user_id, epoch, expires_at FROM revocations
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(cursor)
+        .bind(self.batch_limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db("read revocations"))?;
+        migrate::revocation_batch(rows, cursor, now)
+    }
+
+    async fn record_failure(&self, key: &CounterKey, window: i64, now: UnixTime) -> StoreResult<u32> {
+        // One statement, so the read of the old count and the write of the new
+        // one cannot interleave with another caller's. `$4` is the latest
+        // window start that has run out (computed here, saturating, so no SQL
+        // arithmetic can overflow).
+        let count: i64 = sqlx::query_scalar(
+            "INSERT INTO failure_counters (key, user_id, window_start, count) VALUES ($1, $2, $3, 1)
+             ON CONFLICT (key) DO UPDATE SET
+                 window_start = CASE WHEN failure_counters.window_start <= $4
+                                     THEN excluded.window_start ELSE failure_counters.window_start END,
+                 count = CASE WHEN failure_counters.window_start <= $4
+                              THEN 1 ELSE failure_counters.count + 1 END
+             RETURNING count",
+        )
+        .bind(&key.key)
+        .bind(key.user_id.as_deref())
+        .bind(now)
+        .bind(now.saturating_sub(window))
+        .fetch_one(&self.writer)
+        .await
+        .map_err(db("record failure"))?;
+        migrate::count_from_db(count)
+    }
+
+    async fn clear_failures(&self, key: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM failure_counters WHERE key = $1")
+            .bind(key)
+            .execute(&self.writer)
+            .await
+            .map(drop)
+            .map_err(db("clear failures"))
+    }
+
+    async fn lock(&self, key: &CounterKey, until: UnixTime) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO locks (key, user_id, until) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE SET until = max(locks.until, excluded.until)",
+        )
+        .bind(&key.key)
+        .bind(key.user_id.as_deref())
+        .bind(until)
+        .execute(&self.writer)
+        .await
+        .map(drop)
+        .map_err(db("lock"))
+    }
+
+    async fn locked_until(&self, keys: &[&str], now: UnixTime) -> StoreResult<Option<UnixTime>> {
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        // The keys travel as one JSON array, so the statement text is fixed
+        // (prepared once, cached) whatever the number of keys.
+        let keys = serde_json::to_string(keys)
+            .map_err(|_| StoreError::Unavailable("locked until: cannot encode keys".into()))?;
+        sqlx::query_scalar(
+            "SELECT max(until) FROM locks
+             WHERE until > $1 AND key IN (SELECT value FROM json_each($2))",
+        )
+        .bind(now)
+        .bind(keys)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(db("locked until"))
+    }
+
+    async fn unlock_user(&self, user_id: &str) -> StoreResult<bool> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("unlock user"))?;
+        let locks = sqlx::query("DELETE FROM locks WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("unlock user"))?
+            .rows_affected();
+        let counters = sqlx::query("DELETE FROM failure_counters WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("unlock user"))?
+            .rows_affected();
+        tx.commit().await.map_err(db("unlock user"))?;
+        Ok(locks + counters > 0)
+    }
+
+    async fn purge_expired(&self, now: UnixTime) -> StoreResult<()> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("purge"))?;
+        sqlx::query("DELETE FROM locks WHERE until <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("purge"))?;
+        sqlx::query("DELETE FROM failure_counters WHERE window_start <= $1")
+            .bind(now.saturating_sub(COUNTER_RETENTION))
+            .execute(&mut *tx)
+            .await
+            .map_err(db("purge"))?;
+        sqlx::query("DELETE FROM revocations WHERE kind = 'session' AND expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("purge"))?;
+        // An epoch event is superseded once the user's epoch has moved past it:
+        // readers keep the maximum, so the newest event says it all.
+        sqlx::query(
+            "DELETE FROM revocations WHERE kind = 'epoch' AND epoch <
+                 (SELECT e.epoch FROM user_epochs e WHERE e.user_id = revocations.user_id)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db("purge"))?;
+        tx.commit().await.map_err(db("purge"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RevocationEvent;
+
+    async fn open_in(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("data/portcullis.db"))
+            .await
+            .unwrap()
+    }
+
+    async fn migrations(store: &SqliteStore) -> Vec<(i64, String, i64)> {
+        sqlx::query_as("SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
+            .fetch_all(&store.reader)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn data_survives_closing_and_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir).await;
+        store.revoke_session("sid-1", 2_000).await.unwrap();
+        assert_eq!(store.bump_epoch("alice").await.unwrap(), 1);
+        let key = CounterKey::for_user("mfa:alice", "alice");
+        assert_eq!(store.record_failure(&key, 300, 1_000).await.unwrap(), 1);
+        store.lock(&key, 1_900).await.unwrap();
+        store.close().await;
+        drop(store);
+
+        let store = open_in(&dir).await;
+        assert_eq!(store.epochs().await.unwrap(), [("alice".to_owned(), 1)]);
+        assert_eq!(store.bump_epoch("alice").await.unwrap(), 2);
+        let batch = store.revocations_since(0, 1_000).await.unwrap();
+        assert_eq!(batch.events.len(), 3);
+        assert!(batch.events.contains(&RevocationEvent::Session {
+            sid: "sid-1".into(),
+            expires_at: 2_000
+        }));
+        assert_eq!(store.record_failure(&key, 300, 1_010).await.unwrap(), 2);
+        assert_eq!(
+            store.locked_until(&["mfa:alice"], 1_000).await.unwrap(),
+            Some(1_900)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn answered_writes_are_in_the_files_a_killed_process_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir).await;
+        assert_eq!(store.bump_epoch("alice").await.unwrap(), 1);
+        store
+            .lock(&CounterKey::for_user("user:alice", "alice"), 5_000)
+            .await
+            .unwrap();
+        // Copy the files as they are now, with the store still open and never
+        // closed or checkpointed: what a SIGKILL at this point leaves behind.
+        let crashed = dir.path().join("crashed");
+        std::fs::create_dir(&crashed).unwrap();
+        for name in ["portcullis.db", "portcullis.db-wal"] {
+            std::fs::copy(dir.path().join("data").join(name), crashed.join(name)).unwrap();
+        }
+        let recovered = SqliteStore::open(&crashed.join("portcullis.db")).await.unwrap();
+        assert_eq!(recovered.epochs().await.unwrap(), [("alice".to_owned(), 1)]);
+        assert_eq!(
+            recovered.locked_until(&["user:alice"], 0).await.unwrap(),
+            Some(5_000)
+        );
+        recovered.close().await;
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn migrations_are_recorded_and_reopening_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir).await;
+        let first = migrations(&store).await;
+        let expected: Vec<_> = migrate::SQLITE
+            .iter()
+            .map(|m| (m.version, m.name.to_owned()))
+            .collect();
+        assert_eq!(
+            first.iter().map(|(v, n, _)| (*v, n.clone())).collect::<Vec<_>>(),
+            expected
+        );
+        assert!(
+            first.iter().all(|(_, _, at)| *at > 1_600_000_000),
+            "applied_at is a Unix time"
+        );
+        store.close().await;
+
+        let store = open_in(&dir).await;
+        assert_eq!(migrations(&store).await, first, "nothing re-applied");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_database_from_a_newer_release_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir).await;
+        sqlx::query("INSERT INTO schema_migrations (version, name) VALUES (999, 'future')")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        store.close().await;
+
+        let err = SqliteStore::open(&dir.path().join("data/portcullis.db"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt(m)
+                if m.contains("database schema version 999 is newer than this build supports")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_file_that_is_not_a_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("garbage.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let err = SqliteStore::open(&path).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn connections_use_wal_full_sync_busy_timeout_and_foreign_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir).await;
+        for pool in [&store.writer, &store.reader] {
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(mode, "wal");
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(sync, 2, "FULL");
+            let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(busy, 5_000);
+            let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(fk, 1);
+        }
+        let write = sqlx::query("DELETE FROM locks").execute(&store.reader).await;
+        assert!(write.is_err(), "readers are query_only");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let meta = std::fs::metadata(dir.path().join("data/portcullis.db")).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn revocations_are_read_in_bounded_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open_in(&dir).await;
+        store.batch_limit = 3;
+        for i in 0..7 {
+            // Every other event has expired: skipped, but still counted in the batch.
+            store
+                .revoke_session(&format!("s{i}"), if i % 2 == 0 { 50 } else { 500 })
+                .await
+                .unwrap();
+        }
+        let mut cursor = 0;
+        let mut sizes = Vec::new();
+        let mut sids = Vec::new();
+        loop {
+            let batch = store.revocations_since(cursor, 100).await.unwrap();
+            if batch.cursor == cursor {
+                break;
+            }
+            sizes.push(batch.events.len());
+            sids.extend(batch.events.into_iter().map(|e| match e {
+                RevocationEvent::Session { sid, .. } => sid,
+                RevocationEvent::Epoch { .. } => unreachable!(),
+            }));
+            cursor = batch.cursor;
+        }
+        assert_eq!(sizes, [1, 2, 0]);
+        assert_eq!(sids, ["s1", "s3", "s5"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn purge_drops_superseded_epoch_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir).await;
+        for _ in 0..3 {
+            store.bump_epoch("alice").await.unwrap();
+        }
+        store.purge_expired(1_000).await.unwrap();
+        let batch = store.revocations_since(0, 1_000).await.unwrap();
+        assert_eq!(
+            batch.events,
+            [RevocationEvent::Epoch {
+                user_id: "alice".into(),
+                epoch: 3
+            }]
+        );
     }
 }
