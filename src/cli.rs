@@ -1,1 +1,286 @@
-//! (being written)
+//! The command line: `serve`, `demo`, `check-config`, `hash-password`,
+//! `gen-key`, `users unlock`. Exit codes: 0 success, 1 runtime failure,
+//! 64 (EX_USAGE) for a bad config or bad arguments.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, LoadedConfig};
+use crate::gateway::Gateway;
+use crate::server::{self, ListenerOptions, Shutdown};
+
+/// Exit code for a bad config (EX_USAGE from sysexits.h).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Portcullis: an MFA gateway in front of web applications.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about)]
+pub struct Cli {
+    /// Config file (same as `serve --config`).
+    #[arg(long, global = false, env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The config file.
+        #[arg(long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the whole flow locally: the gateway in front of a built-in echo app.
+    Demo {
+        /// Main listener address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Admin listener address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: std::net::SocketAddr,
+        /// Keep state in memory instead of SQLite in a temporary folder.
+        #[arg(long)]
+        memory: bool,
+    },
+    /// Load and validate a config; print every problem and warning.
+    CheckConfig {
+        /// The config file.
+        #[arg(long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Read a password from stdin and print its argon2id hash.
+    HashPassword,
+    /// Print a new random 32-byte key, base64.
+    GenKey,
+    /// Manage users.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Clear a user's lockout.
+    Unlock {
+        /// Login or user id.
+        user: String,
+        /// The config file.
+        #[arg(long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match (cli.command, cli.config) {
+        (Some(Command::Serve { config }), _) | (None, Some(config)) => runtime.block_on(serve_file(&config)),
+        (None, None) => {
+            eprintln!(
+                "error: no command; try `portcullis demo` or `portcullis serve --config FILE` (see --help)"
+            );
+            ExitCode::from(EXIT_CONFIG)
+        }
+        (
+            Some(Command::Demo {
+                listen,
+                admin_listen,
+                memory,
+            }),
+            _,
+        ) => runtime.block_on(crate::demo::run(listen, admin_listen, memory)),
+        (Some(Command::CheckConfig { config }), _) => check_config(&config),
+        (Some(Command::HashPassword), _) => hash_password(),
+        (Some(Command::GenKey), _) => {
+            use base64::Engine;
+            println!(
+                "{}",
+                base64::engine::general_purpose::STANDARD.encode(crate::crypto::random_bytes(32))
+            );
+            ExitCode::SUCCESS
+        }
+        (
+            Some(Command::Users {
+                command: UsersCommand::Unlock { user, config },
+            }),
+            _,
+        ) => runtime.block_on(unlock(&user, &config)),
+    }
+}
+
+/// Loads a config, printing every problem to stderr; `None` when invalid.
+fn load(path: &Path) -> Option<LoadedConfig> {
+    match config::load_file(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            Some(loaded)
+        }
+        Err(e) => {
+            for p in &e.problems {
+                eprintln!("error: {p}");
+            }
+            eprintln!(
+                "{}: {} problem(s); nothing started",
+                path.display(),
+                e.problems.len()
+            );
+            None
+        }
+    }
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match load(path) {
+        Some(loaded) => {
+            println!("{}: OK ({} warning(s))", path.display(), loaded.warnings.len());
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::from(EXIT_CONFIG),
+    }
+}
+
+async fn serve_file(path: &Path) -> ExitCode {
+    let Some(loaded) = load(path) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    crate::telemetry::init(&loaded.config.log);
+    run(loaded.config, None).await
+}
+
+/// Binds both listeners and serves until SIGTERM/SIGINT (or `shutdown`).
+pub async fn run(config: config::Config, shutdown: Option<Shutdown>) -> ExitCode {
+    let main_opts = ListenerOptions {
+        tls: config.server.tls.as_ref().map(|t| t.server_config.clone()),
+        header_read_timeout: config.server.header_read_timeout,
+        max_header_bytes: config.server.max_header_bytes,
+        shutdown_timeout: config.server.shutdown_timeout,
+    };
+    let admin_opts = ListenerOptions {
+        tls: config.admin.tls.as_ref().map(|t| t.server_config.clone()),
+        ..main_opts.clone()
+    };
+    let (main_addr, admin_addr) = (config.server.listen, config.admin.listen);
+    let main_scheme = if main_opts.tls.is_some() { "https" } else { "http" };
+    let admin_scheme = if admin_opts.tls.is_some() { "https" } else { "http" };
+    let gateway = match Gateway::build(config).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let main_listener = match server::bind(main_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {main_addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin_listener = match server::bind(admin_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {admin_addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = shutdown.unwrap_or_default();
+    shutdown.on_signals();
+    tracing::info!(main = %format!("{main_scheme}://{main_addr}"), admin = %format!("{admin_scheme}://{admin_addr}"), "portcullis listening");
+    let admin = tokio::spawn(server::serve(
+        admin_listener,
+        gateway.admin_router(),
+        admin_opts,
+        shutdown.clone(),
+    ));
+    server::serve(main_listener, gateway.main_service(), main_opts, shutdown).await;
+    let _ = admin.await;
+    gateway.stop();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+fn hash_password() -> ExitCode {
+    let password = if std::io::stdin().is_terminal() {
+        match rpassword::prompt_password("Password: ") {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: cannot read the password: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let mut s = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+            eprintln!("error: cannot read stdin: {e}");
+            return ExitCode::FAILURE;
+        }
+        // One trailing newline is the terminator, not part of the password.
+        s.strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(&s)
+            .to_owned()
+    };
+    if password.is_empty() {
+        eprintln!("error: empty password");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match crate::passwords::hash_password(password.as_bytes()) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn unlock(user: &str, path: &Path) -> ExitCode {
+    let Some(loaded) = load(path) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let cfg = loaded.config;
+    let dir = crate::users::UserDirectory::from_file_users(&cfg.users.file_users);
+    let uid = dir
+        .by_login(user)
+        .map(|u| u.id.clone())
+        .unwrap_or_else(|| user.to_owned());
+    let store = match crate::store::open(&cfg.store).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match store.unlock_user(&uid).await {
+        Ok(true) => {
+            crate::audit!("user.unlocked", user = %user, actor = "cli");
+            println!("{user}: unlocked");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!("{user}: was not locked");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

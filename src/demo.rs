@@ -1,1 +1,234 @@
-//! (being written)
+//! `portcullis demo`: the whole flow on a laptop. Starts a built-in echo app
+//! (a page showing the identity headers it received), writes a config and a
+//! users file with a fresh demo user into a temporary folder, and runs the
+//! gateway in front of the echo app.
+//!
+//! The echo app is also the dummy upstream of the tests and benchmarks.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use axum::body::Body;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::portal::pages::esc;
+
+/// Serves the echo app on `addr` (port 0 picks one); returns the bound address.
+pub async fn spawn_echo(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(
+                        |req| async move { Ok::<_, std::convert::Infallible>(echo(req)) },
+                    );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+/// The echo app's answer: JSON for API clients (`Accept: application/json`),
+/// else an HTML page; `/small` answers a fixed tiny body (for benchmarks).
+fn echo<B>(req: Request<B>) -> Response<Body> {
+    if req.uri().path() == "/small" {
+        let mut res = Response::new(Body::from("ok\n"));
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        return res;
+    }
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let wants_json = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    if wants_json {
+        let body = serde_json::json!({
+            "method": req.method().as_str(),
+            "path": req.uri().path(),
+            "query": req.uri().query(),
+            "headers": headers.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
+        });
+        let mut res = Response::new(Body::from(body.to_string()));
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return res;
+    }
+    let user = req
+        .headers()
+        .get("remote-user")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("(none)");
+    let rows: String = headers
+        .iter()
+        .map(|(k, v)| {
+            let mark = if k.starts_with("remote-") {
+                " class=\"id\""
+            } else {
+                ""
+            };
+            format!("<tr{mark}><th>{}</th><td>{}</td></tr>", esc(k), esc(v))
+        })
+        .collect();
+    let page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Echo app</title>\
+         <style>body{{font-family:system-ui,sans-serif;margin:2rem}}td,th{{text-align:left;padding:.2rem .6rem;border-bottom:1px solid #eee}}.id{{background:#ecfdf5}}</style></head>\
+         <body><h1>Hello, {user}</h1><p>This is the demo app behind Portcullis. \
+         It received <code>{method} {path}</code> with these headers \
+         (identity headers highlighted):</p><table>{rows}</table>\
+         <p><a href=\"/_portcullis/\">Your account / sign out</a></p></body></html>",
+        user = esc(user),
+        method = esc(req.method().as_str()),
+        path = esc(req.uri().path()),
+    );
+    let mut res = Response::new(Body::from(page));
+    *res.status_mut() = StatusCode::OK;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    res
+}
+
+/// The demo's config text, for an echo app at `upstream`.
+pub fn demo_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    upstream: SocketAddr,
+    dir: &std::path::Path,
+    memory: bool,
+) -> String {
+    let secret = crate::crypto::b64(&crate::crypto::random_bytes(32));
+    let store = if memory {
+        "kind = \"memory\"".to_owned()
+    } else {
+        format!(
+            "kind = \"sqlite\"\npath = {}",
+            toml_str(&dir.join("portcullis.db").display().to_string())
+        )
+    };
+    format!(
+        r#"# Written by `portcullis demo`.
+default_policy = "one_factor"
+
+[server]
+listen = "{listen}"
+
+[admin]
+listen = "{admin}"
+tokens = []
+
+[[upstreams]]
+name = "echo"
+url = "http://{upstream}"
+
+[session]
+secrets = ["{secret}"]
+secure = false                      # the demo listens on plain http
+
+[users]
+file = {users}
+
+[store]
+{store}
+encryption_keys = []
+
+[factors.totp]
+enabled = false                     # second factors arrive with their own issue
+
+[factors.recovery_codes]
+enabled = false
+
+[[rules]]
+path = "^/public/"
+policy = "bypass"
+"#,
+        users = toml_str(&dir.join("users.toml").display().to_string()),
+    )
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// Runs the demo until interrupted.
+pub async fn run(listen: SocketAddr, admin: SocketAddr, memory: bool) -> ExitCode {
+    crate::telemetry::init(&crate::config::LogConfig {
+        format: crate::config::LogFormat::Text,
+        level: "info".into(),
+    });
+    let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", crate::crypto::random_id(8)));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("error: cannot create {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let upstream = match spawn_echo(
+        "127.0.0.1:0"
+            .parse()
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: cannot start the echo app: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let password = crate::crypto::random_id(16);
+    let hash = match crate::passwords::hash_password(password.as_bytes()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let users = format!(
+        "[[users]]\nusername = \"demo\"\npassword = {}\ndisplay_name = \"Demo User\"\nemail = \"demo@example.com\"\ngroups = [\"demo\"]\n",
+        toml_str(&hash)
+    );
+    let config_path = dir.join("portcullis.toml");
+    let written = std::fs::write(dir.join("users.toml"), users)
+        .and_then(|_| std::fs::write(&config_path, demo_config(listen, admin, upstream, &dir, memory)));
+    if let Err(e) = written {
+        eprintln!("error: cannot write the demo files: {e}");
+        return ExitCode::FAILURE;
+    }
+    let loaded = match crate::config::load_file(&config_path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: the demo config is invalid (a bug):\n{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!();
+    println!("  Portcullis demo");
+    println!("  open      http://{listen}/   (the echo app, behind the gateway)");
+    println!("  sign in   user: demo   password: {password}");
+    println!("  public    http://{listen}/public/   (a bypass rule)");
+    println!("  admin     http://{admin}/metrics");
+    println!("  files     {}", dir.display());
+    println!("  stop      Ctrl-C");
+    println!();
+    crate::cli::run(loaded.config, None).await
+}

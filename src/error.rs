@@ -203,3 +203,39 @@ mod tests {
         assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
     }
 }
+
+impl ApiError {
+    /// 429 E0000047 with `Date` and the `X-Rate-Limit-*` headers Okta clients read.
+    pub fn rate_limited(limit: u32, reset_at: crate::clock::UnixTime, now: crate::clock::UnixTime) -> Self {
+        Self::rate_limited_as(ErrorCode::E0000047, limit, reset_at, now)
+    }
+
+    /// A rate-limit error with another code (e.g. E0000109) and the same headers.
+    pub fn rate_limited_as(
+        code: ErrorCode,
+        limit: u32,
+        reset_at: crate::clock::UnixTime,
+        now: crate::clock::UnixTime,
+    ) -> Self {
+        let num =
+            |n: i64| HeaderValue::from_str(&n.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0"));
+        let mut e = Self::new(code)
+            .header(
+                header::HeaderName::from_static("x-rate-limit-limit"),
+                num(i64::from(limit)),
+            )
+            .header(
+                header::HeaderName::from_static("x-rate-limit-remaining"),
+                HeaderValue::from_static("0"),
+            )
+            .header(
+                header::HeaderName::from_static("x-rate-limit-reset"),
+                num(reset_at),
+            )
+            .header(header::RETRY_AFTER, num((reset_at - now).max(1)));
+        if let Ok(d) = HeaderValue::from_str(&crate::clock::http_date(now)) {
+            e = e.header(header::DATE, d);
+        }
+        e
+    }
+}

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `portcullis` binary; see [`portcullis::cli`].
+
+fn main() -> std::process::ExitCode {
+    portcullis::cli::main()
+}

@@ -1,1 +1,313 @@
-//! (being written)
+//! Regulation: counting failures and locking out, so that guessing is slow
+//! and strangers cannot cheaply lock anyone out.
+//!
+//! Wrong passwords count per (user, client address) first: that pair is
+//! blocked at `max_password_failures`. The user as a whole is locked only at
+//! the much higher `max_password_failures_per_user` (from all addresses
+//! together), and one address at `max_failures_per_ip` (IPv6 counted per /64).
+//! Wrong second-factor codes lock the user at `max_factor_failures`. All
+//! counts and locks live in the store, so replicas share them.
+
+use std::net::IpAddr;
+
+use crate::clock::{SharedClock, UnixTime};
+use crate::config::RegulationConfig;
+use crate::store::{CounterKey, SharedStore, StoreResult};
+
+/// Counts failures and answers whether a sign-in may proceed.
+#[derive(Debug, Clone)]
+pub struct Regulator {
+    store: SharedStore,
+    cfg: RegulationConfig,
+    clock: SharedClock,
+}
+
+/// Whether a sign-in attempt may be checked at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// Not blocked.
+    No,
+    /// The user is locked (from all addresses), until the given time.
+    User(UnixTime),
+    /// This (user, address) pair or this address is blocked, until the given time.
+    Client(UnixTime),
+}
+
+/// The address bucket counted for per-address limits: the address itself for
+/// IPv4, its /64 for IPv6 (one host usually owns a whole /64).
+pub fn address_bucket(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+fn user_lock(uid: &str) -> String {
+    format!("lock:user:{uid}")
+}
+fn pair_key(subject: &str, bucket: &str) -> String {
+    format!("pw:{subject}:{bucket}")
+}
+fn ip_key(bucket: &str) -> String {
+    format!("ip:{bucket}")
+}
+
+impl Regulator {
+    /// A regulator over `store`.
+    pub fn new(store: SharedStore, cfg: RegulationConfig, clock: SharedClock) -> Self {
+        Self { store, cfg, clock }
+    }
+
+    fn secs(d: std::time::Duration) -> i64 {
+        i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &RegulationConfig {
+        &self.cfg
+    }
+
+    /// Whether a password attempt for `subject` (the user id, or the login for
+    /// an unknown user) from `addr` is blocked.
+    pub async fn password_blocked(
+        &self,
+        user_id: Option<&str>,
+        subject: &str,
+        addr: IpAddr,
+    ) -> StoreResult<Blocked> {
+        let now = self.clock.now();
+        let bucket = address_bucket(addr);
+        if let Some(uid) = user_id
+            && let Some(until) = self.store.locked_until(&[&user_lock(uid)], now).await?
+        {
+            return Ok(Blocked::User(until));
+        }
+        let pair = pair_key(subject, &bucket);
+        let ip = ip_key(&bucket);
+        Ok(match self.store.locked_until(&[&pair, &ip], now).await? {
+            Some(until) => Blocked::Client(until),
+            None => Blocked::No,
+        })
+    }
+
+    /// Counts a failed password attempt; returns true if it locked the user.
+    pub async fn password_failed(
+        &self,
+        user_id: Option<&str>,
+        subject: &str,
+        addr: IpAddr,
+    ) -> StoreResult<bool> {
+        let now = self.clock.now();
+        let window = Self::secs(self.cfg.window);
+        let until = now + Self::secs(self.cfg.lockout);
+        let bucket = address_bucket(addr);
+        let tie = |k: String| match user_id {
+            Some(uid) => CounterKey::for_user(k, uid),
+            None => CounterKey::anonymous(k),
+        };
+        let pair = tie(pair_key(subject, &bucket));
+        if self.store.record_failure(&pair, window, now).await? >= self.cfg.max_password_failures {
+            self.store.lock(&pair, until).await?;
+        }
+        let ip = CounterKey::anonymous(ip_key(&bucket));
+        if self.store.record_failure(&ip, window, now).await? >= self.cfg.max_failures_per_ip {
+            self.store.lock(&ip, until).await?;
+        }
+        if let Some(uid) = user_id {
+            let user = CounterKey::for_user(format!("pwuser:{uid}"), uid);
+            if self.store.record_failure(&user, window, now).await? >= self.cfg.max_password_failures_per_user
+            {
+                self.store
+                    .lock(&CounterKey::for_user(user_lock(uid), uid), until)
+                    .await?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Clears the (user, address) pair's count after a correct password.
+    pub async fn password_succeeded(&self, subject: &str, addr: IpAddr) -> StoreResult<()> {
+        self.store
+            .clear_failures(&pair_key(subject, &address_bucket(addr)))
+            .await
+    }
+
+    /// Whether `uid` is locked (for second-factor attempts).
+    pub async fn user_locked(&self, uid: &str) -> StoreResult<Option<UnixTime>> {
+        self.store
+            .locked_until(&[&user_lock(uid)], self.clock.now())
+            .await
+    }
+
+    /// Counts a failed second-factor attempt (and one for the address);
+    /// returns true if it locked the user.
+    pub async fn factor_failed(&self, uid: &str, addr: IpAddr) -> StoreResult<bool> {
+        let now = self.clock.now();
+        let window = Self::secs(self.cfg.window);
+        let until = now + Self::secs(self.cfg.lockout);
+        let ip = CounterKey::anonymous(ip_key(&address_bucket(addr)));
+        if self.store.record_failure(&ip, window, now).await? >= self.cfg.max_failures_per_ip {
+            self.store.lock(&ip, until).await?;
+        }
+        let key = CounterKey::for_user(format!("mfa:{uid}"), uid);
+        if self.store.record_failure(&key, window, now).await? >= self.cfg.max_factor_failures {
+            self.store
+                .lock(&CounterKey::for_user(user_lock(uid), uid), until)
+                .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Clears every lock and count tied to `uid`; true if there were any.
+    pub async fn unlock(&self, uid: &str) -> StoreResult<bool> {
+        self.store.unlock_user(uid).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::memory::MemoryStore;
+
+    fn regulator(clock: &ManualClock) -> Regulator {
+        let cfg = RegulationConfig {
+            max_factor_failures: 3,
+            max_password_failures: 3,
+            max_password_failures_per_user: 6,
+            max_failures_per_ip: 10,
+            window: Duration::from_secs(300),
+            lockout: Duration::from_secs(900),
+            reveal_lockout: false,
+        };
+        Regulator::new(Arc::new(MemoryStore::new()), cfg, Arc::new(clock.clone()))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn blocks_the_pair_before_the_user() {
+        let clock = ManualClock::new(1_000);
+        let r = regulator(&clock);
+        for _ in 0..3 {
+            assert!(
+                !r.password_failed(Some("u1"), "u1", ip("192.0.2.1"))
+                    .await
+                    .unwrap()
+            );
+        }
+        assert!(matches!(
+            r.password_blocked(Some("u1"), "u1", ip("192.0.2.1"))
+                .await
+                .unwrap(),
+            Blocked::Client(_)
+        ));
+        // The same user from elsewhere is not blocked: a stranger cannot lock them out.
+        assert_eq!(
+            r.password_blocked(Some("u1"), "u1", ip("192.0.2.2"))
+                .await
+                .unwrap(),
+            Blocked::No
+        );
+        for _ in 0..2 {
+            assert!(
+                !r.password_failed(Some("u1"), "u1", ip("192.0.2.2"))
+                    .await
+                    .unwrap()
+            );
+        }
+        // The sixth failure overall locks the user everywhere.
+        assert!(
+            r.password_failed(Some("u1"), "u1", ip("192.0.2.3"))
+                .await
+                .unwrap()
+        );
+        assert!(matches!(
+            r.password_blocked(Some("u1"), "u1", ip("192.0.2.9"))
+                .await
+                .unwrap(),
+            Blocked::User(_)
+        ));
+        // Lockouts end.
+        clock.advance(901);
+        assert_eq!(
+            r.password_blocked(Some("u1"), "u1", ip("192.0.2.9"))
+                .await
+                .unwrap(),
+            Blocked::No
+        );
+    }
+
+    #[tokio::test]
+    async fn blocks_a_noisy_address() {
+        let clock = ManualClock::new(0);
+        let r = regulator(&clock);
+        for i in 0..10 {
+            r.password_failed(None, &format!("nobody{i}"), ip("2001:db8::1"))
+                .await
+                .unwrap();
+        }
+        // Another address in the same /64 is the same bucket.
+        assert!(matches!(
+            r.password_blocked(None, "x", ip("2001:db8::2")).await.unwrap(),
+            Blocked::Client(_)
+        ));
+        assert_eq!(
+            r.password_blocked(None, "x", ip("2001:db9::1")).await.unwrap(),
+            Blocked::No
+        );
+    }
+
+    #[tokio::test]
+    async fn success_clears_the_pair_and_unlock_clears_the_user() {
+        let clock = ManualClock::new(0);
+        let r = regulator(&clock);
+        for _ in 0..2 {
+            r.password_failed(Some("u1"), "u1", ip("192.0.2.1"))
+                .await
+                .unwrap();
+        }
+        r.password_succeeded("u1", ip("192.0.2.1")).await.unwrap();
+        r.password_failed(Some("u1"), "u1", ip("192.0.2.1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.password_blocked(Some("u1"), "u1", ip("192.0.2.1"))
+                .await
+                .unwrap(),
+            Blocked::No
+        );
+        for _ in 0..3 {
+            r.factor_failed("u1", ip("192.0.2.1")).await.unwrap();
+        }
+        assert!(r.user_locked("u1").await.unwrap().is_some());
+        assert!(r.unlock("u1").await.unwrap());
+        assert!(r.user_locked("u1").await.unwrap().is_none());
+        assert_eq!(
+            r.password_blocked(Some("u1"), "u1", ip("192.0.2.1"))
+                .await
+                .unwrap(),
+            Blocked::No
+        );
+    }
+
+    #[test]
+    fn buckets_addresses() {
+        assert_eq!(address_bucket(ip("192.0.2.1")), "192.0.2.1");
+        assert_eq!(address_bucket(ip("::ffff:192.0.2.1")), "192.0.2.1");
+        assert_eq!(address_bucket(ip("2001:db8:1:2:3:4:5:6")), "2001:db8:1:2::/64");
+    }
+}

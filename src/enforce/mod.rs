@@ -1,1 +1,408 @@
-//! (being written)
+//! The enforcement layer: [`MfaLayer`] wraps any service (the proxy, or an
+//! axum app) and lets a request through only with a session that satisfies
+//! the policy.
+//!
+//! For each request it normalizes the path (refusing the ambiguous ones),
+//! strips client-supplied identity headers, finds the matching rule, checks
+//! the session cookie (signature, lifetime, idle time, revocation) and
+//! decides. Allowed requests carry a [`Principal`] in their extensions;
+//! browsers without a good enough session are redirected to the portal, API
+//! clients get 401 with an Okta-style error. It fails closed: when the
+//! revocation view is stale (store unreachable) protected routes answer 503.
+//! The outcome travels up in the response's [`AccessInfo`] extension for the
+//! access log.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::response::IntoResponse;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+
+use crate::clock::SharedClock;
+use crate::config::IdentityHeaders;
+use crate::context::RequestContext;
+use crate::error::{ApiError, ErrorCode};
+use crate::gateway::prepare::{self, ConnInfo};
+use crate::identity::Principal;
+use crate::policy::normalize::normalize;
+use crate::policy::{Decision, Policy, RequestFacts, decide};
+use crate::session::revocation::RevocationView;
+use crate::session::{SessionClaims, SessionCodec, SessionReject};
+use crate::users::{SharedUsers, User};
+
+/// What the access log should say about a request; set on every response.
+#[derive(Debug, Clone, Default)]
+pub struct AccessInfo {
+    /// The decision label (`allow`, `bypass`, `challenge`, `deny`, `portal`, ...).
+    pub decision: &'static str,
+    /// The signed-in user, if any.
+    pub user: Option<String>,
+}
+
+/// A verified session and its user.
+#[derive(Debug, Clone)]
+pub struct ActiveSession {
+    pub claims: SessionClaims,
+    pub user: Arc<User>,
+}
+
+/// The result of looking at a request's session cookie.
+#[derive(Debug, Clone)]
+pub enum SessionState {
+    /// No cookie.
+    None,
+    /// A cookie that is no longer (or never was) valid; it should be cleared.
+    Invalid(SessionReject),
+    /// The revocation view is too stale to decide: fail closed.
+    Unavailable,
+    /// A valid session.
+    Valid(ActiveSession),
+}
+
+/// Everything the enforcement decision needs; shared by the layer and the portal.
+#[derive(Debug)]
+pub struct Enforcer {
+    pub policy: Policy,
+    pub sessions: SessionCodec,
+    pub revocations: Arc<RevocationView>,
+    pub users: SharedUsers,
+    pub clock: SharedClock,
+    /// The portal prefix (`/_portcullis`).
+    pub prefix: String,
+    pub identity: IdentityHeaders,
+    /// Trusted proxies, for deriving the client address when no gateway
+    /// context is present (the layer embedded in another app).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Enforcer {
+    /// Reads and verifies the session cookie in `headers`.
+    pub fn session(&self, headers: &http::HeaderMap) -> SessionState {
+        let Some(value) = self.sessions.find(headers) else {
+            return SessionState::None;
+        };
+        let claims = match self.sessions.decode(value, self.clock.now()) {
+            Ok(c) => c,
+            Err(e) => return SessionState::Invalid(e),
+        };
+        match self.revocations.check(&claims, Instant::now()) {
+            Ok(()) => {}
+            Err(SessionReject::Unavailable) => return SessionState::Unavailable,
+            Err(e) => return SessionState::Invalid(e),
+        }
+        let user = self
+            .users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&claims.uid)
+            .cloned();
+        match user {
+            Some(user) => SessionState::Valid(ActiveSession { claims, user }),
+            None => SessionState::Invalid(SessionReject::Revoked),
+        }
+    }
+
+    /// The request context: the gateway's, or one derived here when the layer
+    /// runs inside another app (from axum's `ConnectInfo` or our `ConnInfo`).
+    pub fn context(&self, req: &Request<Body>) -> Option<RequestContext> {
+        if let Some(ctx) = req.extensions().get::<RequestContext>() {
+            return Some(ctx.clone());
+        }
+        let conn = req.extensions().get::<ConnInfo>().copied().or_else(|| {
+            req.extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| ConnInfo {
+                    peer: c.0,
+                    tls: false,
+                })
+        })?;
+        let (authority, host) = prepare::authority(req.uri(), req.headers())?;
+        Some(RequestContext {
+            peer_addr: conn.peer,
+            client_addr: prepare::client_addr(conn.peer.ip(), req.headers(), &self.trusted_proxies),
+            scheme: prepare::scheme(&conn, req.headers(), &self.trusted_proxies),
+            authority,
+            host,
+            upstream: None,
+            request_id: String::new(),
+        })
+    }
+
+    /// The principal for a valid session.
+    pub fn principal(s: &ActiveSession) -> Principal {
+        Principal {
+            user_id: s.user.id.clone(),
+            username: s.user.username.clone(),
+            display_name: s.user.display_name.clone(),
+            email: s.user.email.clone(),
+            groups: s.user.groups.clone(),
+            level: s.claims.lvl,
+            session_id: s.claims.sid.clone(),
+        }
+    }
+
+    /// Removes every client-supplied copy of the identity and forwarding
+    /// headers, in any spelling (case, `_` for `-`).
+    pub fn strip_identity(&self, headers: &mut http::HeaderMap) {
+        crate::proxy::headers::strip_reserved_inbound(headers, &self.identity);
+    }
+}
+
+/// True when the client is a browser (it accepts HTML).
+pub fn is_browser(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/html"))
+}
+
+/// A small HTML page answer.
+pub fn html_status(status: StatusCode, title: &str, message: &str) -> Response<Body> {
+    let body = crate::portal::pages::message_page(title, message);
+    let mut res = (status, body).into_response();
+    crate::portal::pages::security_headers(res.headers_mut());
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    res
+}
+
+fn with_access(mut res: Response<Body>, decision: &'static str, user: Option<String>) -> Response<Body> {
+    res.extensions_mut().insert(AccessInfo { decision, user });
+    res
+}
+
+/// Builds the [`Mfa`] service around an inner service.
+#[derive(Debug, Clone)]
+pub struct MfaLayer {
+    enforcer: Arc<Enforcer>,
+}
+
+impl MfaLayer {
+    /// A layer enforcing with `enforcer`.
+    pub fn new(enforcer: Arc<Enforcer>) -> Self {
+        Self { enforcer }
+    }
+}
+
+impl<S> tower::Layer<S> for MfaLayer {
+    type Service = Mfa<S>;
+    fn layer(&self, inner: S) -> Mfa<S> {
+        Mfa {
+            enforcer: self.enforcer.clone(),
+            inner,
+        }
+    }
+}
+
+/// The enforcement service.
+#[derive(Debug, Clone)]
+pub struct Mfa<S> {
+    enforcer: Arc<Enforcer>,
+    inner: S,
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+impl<S> tower::Service<Request<Body>> for Mfa<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> BoxFuture {
+        // Take the service that was driven to readiness, leave a clone behind.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let enforcer = self.enforcer.clone();
+        Box::pin(async move { Ok(enforce(&enforcer, inner, req).await) })
+    }
+}
+
+async fn enforce<S>(e: &Enforcer, mut inner: S, mut req: Request<Body>) -> Response<Body>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    // The context first: deriving it may read a trusted proxy's X-Forwarded-For.
+    let Some(ctx) = e.context(&req) else {
+        return with_access(
+            ApiError::new(ErrorCode::E0000001)
+                .cause("missing or invalid Host")
+                .into_response(),
+            "invalid",
+            None,
+        );
+    };
+    e.strip_identity(req.headers_mut());
+    // Normalize (the gateway already has; embedded, we must): rules match the
+    // normal form and it is what the inner service sees.
+    match normalize(req.uri().path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => {}
+        Ok(std::borrow::Cow::Owned(p)) => {
+            if let Some(uri) = replace_path(req.uri(), &p) {
+                *req.uri_mut() = uri;
+            }
+        }
+        Err(_) => {
+            return with_access(
+                ApiError::new(ErrorCode::E0000001)
+                    .cause("invalid path")
+                    .into_response(),
+                "invalid",
+                None,
+            );
+        }
+    }
+    let facts = RequestFacts {
+        host: &ctx.host,
+        path: req.uri().path(),
+        method: req.method(),
+        client_addr: ctx.client_addr,
+    };
+    let requirement = e.policy.requirement(&facts);
+    let now = e.clock.now();
+
+    let (state, decision) = match requirement.policy {
+        crate::config::PolicyKind::Bypass | crate::config::PolicyKind::Deny => {
+            (SessionState::None, decide(&requirement, None, now))
+        }
+        _ => {
+            let state = e.session(req.headers());
+            let decision = match &state {
+                SessionState::Unavailable => {
+                    return with_access(
+                        ApiError::new(ErrorCode::E0000009).into_response(),
+                        "unavailable",
+                        None,
+                    );
+                }
+                SessionState::Valid(s) => decide(&requirement, Some((&s.claims, &s.user.groups)), now),
+                _ => decide(&requirement, None, now),
+            };
+            (state, decision)
+        }
+    };
+    let user = match &state {
+        SessionState::Valid(s) => Some(s.user.username.clone()),
+        _ => None,
+    };
+
+    match decision {
+        Decision::Bypass => {
+            let res = inner.call(req).await.unwrap_or_else(|never| match never {});
+            with_access(res, "bypass", None)
+        }
+        Decision::Allow => {
+            let SessionState::Valid(session) = state else {
+                // decide() allows only with a valid session; anything else is a bug: fail closed.
+                return with_access(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
+            };
+            req.extensions_mut().insert(Enforcer::principal(&session));
+            req.extensions_mut().insert(ctx);
+            let refresh = e.sessions.needs_refresh(&session.claims, now).then(|| {
+                let mut c = session.claims.clone();
+                c.last = now;
+                c.iat = now;
+                e.sessions.set_cookie(&c, now)
+            });
+            let mut res = inner.call(req).await.unwrap_or_else(|never| match never {});
+            if let Some(cookie) = refresh {
+                res.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            with_access(res, "allow", user)
+        }
+        Decision::Deny | Decision::Forbidden => {
+            let res = if is_browser(req.headers()) {
+                html_status(
+                    StatusCode::FORBIDDEN,
+                    "Access denied",
+                    "You do not have access to this page.",
+                )
+            } else {
+                ApiError::new(ErrorCode::E0000006).into_response()
+            };
+            with_access(
+                res,
+                if decision == Decision::Deny {
+                    "deny"
+                } else {
+                    "forbidden"
+                },
+                user,
+            )
+        }
+        Decision::Challenge { .. } => {
+            let mut res = challenge(e, &ctx, &req);
+            if matches!(state, SessionState::Invalid(_)) {
+                res.headers_mut()
+                    .append(header::SET_COOKIE, e.sessions.clear_cookie());
+            }
+            with_access(res, "challenge", user)
+        }
+    }
+}
+
+/// Sends a browser to the login page (302 for GET/HEAD, 303 otherwise), or
+/// answers an API client 401.
+fn challenge(e: &Enforcer, ctx: &RequestContext, req: &Request<Body>) -> Response<Body> {
+    if is_browser(req.headers()) {
+        let original = format!(
+            "{}://{}{}",
+            ctx.scheme,
+            ctx.authority,
+            req.uri().path_and_query().map_or("/", |p| p.as_str())
+        );
+        let location = format!(
+            "{}/login?rd={}",
+            e.prefix,
+            percent_encoding::utf8_percent_encode(&original, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let status = if req.method() == Method::GET || req.method() == Method::HEAD {
+            StatusCode::FOUND
+        } else {
+            StatusCode::SEE_OTHER
+        };
+        let mut res = Response::new(Body::empty());
+        *res.status_mut() = status;
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            res.headers_mut().insert(header::LOCATION, v);
+        }
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return res;
+    }
+    let www = format!(
+        "Portcullis realm=\"portcullis\", login=\"{}/api/v1/authn\"",
+        e.prefix
+    );
+    let mut err = ApiError::new(ErrorCode::E0000011).cause("a session is required");
+    if let Ok(v) = HeaderValue::from_str(&www) {
+        err = err.header(header::WWW_AUTHENTICATE, v);
+    }
+    err.into_response()
+}
+
+/// `uri` with its path replaced by `path` (query kept).
+pub fn replace_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
+}

@@ -1,1 +1,364 @@
-//! (being written)
+//! The portal: sign-in pages and the JSON authentication API, served under
+//! `portal.prefix` on every host of the main listener.
+//!
+//! Pages are plain forms (no JavaScript needed), protected by a signed
+//! double-submit CSRF token and an Origin check; every response carries the
+//! security headers of [`pages::security_headers`]. `rd=` targets are
+//! filtered by [`redirect::safe_target`].
+
+pub mod api;
+pub mod csrf;
+pub mod login;
+pub mod pages;
+pub mod redirect;
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use serde::Deserialize;
+
+use crate::context::RequestContext;
+use crate::enforce::{AccessInfo, SessionState};
+use crate::error::{ApiError, ErrorCode};
+use crate::gateway::{AppState, CSRF_COOKIE};
+use crate::policy::RequestFacts;
+use crate::secret::Secret;
+use crate::session::find_cookie;
+use login::LoginError;
+
+/// The request context, as an extractor (the gateway's, or derived when the
+/// portal is embedded in another app).
+#[derive(Debug, Clone)]
+pub struct Ctx(pub RequestContext);
+
+impl FromRequestParts<Arc<AppState>> for Ctx {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        if let Some(ctx) = parts.extensions.get::<RequestContext>() {
+            return Ok(Ctx(ctx.clone()));
+        }
+        let req = http::Request::from_parts(parts.clone(), Body::empty());
+        st.enforcer.context(&req).map(Ctx).ok_or_else(|| {
+            ApiError::new(ErrorCode::E0000001)
+                .cause("missing or invalid Host")
+                .into_response()
+        })
+    }
+}
+
+/// The portal's router (paths relative to the prefix).
+pub fn router(state: Arc<AppState>) -> axum::Router {
+    let api = axum::Router::new()
+        .route("/api/v1/authn", post(api::authn))
+        .route("/api/v1/sessions/me", get(api::me).delete(api::logout))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), api::cors));
+    axum::Router::new()
+        .route("/", get(account))
+        .route("/login", get(login_form).post(login_submit))
+        .route("/logout", get(account).post(logout_submit))
+        .route("/mfa", get(mfa_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(pages::STYLESHEET, get(stylesheet))
+        .merge(api)
+        .fallback(|| async { ApiError::new(ErrorCode::E0000007).into_response() })
+        .layer(axum::middleware::map_response(|mut res: Response| async move {
+            pages::security_headers(res.headers_mut());
+            res
+        }))
+        .with_state(state)
+}
+
+async fn stylesheet() -> Response {
+    let mut res = pages::CSS.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/css; charset=utf-8"),
+    );
+    res
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    let mut res = (status, body).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    res
+}
+
+fn see_other(location: &str) -> Response {
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
+/// The CSRF token to embed in a page: the request's, if genuine, else a new
+/// one (returned so the caller sets the cookie).
+fn csrf_token(st: &AppState, headers: &HeaderMap) -> (String, Option<HeaderValue>) {
+    match find_cookie(headers, CSRF_COOKIE).filter(|t| csrf::well_formed(&st.csrf_key, t)) {
+        Some(t) => (t.to_owned(), None),
+        None => {
+            let t = csrf::new_token(&st.csrf_key);
+            let c = csrf::cookie(&t, st.config.session.secure);
+            (t, Some(c))
+        }
+    }
+}
+
+/// True when an unsafe form post passes the CSRF and Origin checks.
+fn form_allowed(st: &AppState, ctx: &Ctx, headers: &HeaderMap, submitted: &str) -> bool {
+    let cfg = &st.config;
+    csrf::same_origin(
+        headers,
+        &ctx.0,
+        cfg.server.external_url.as_ref(),
+        &cfg.portal.trusted_origins,
+    ) && csrf::verify(&st.csrf_key, find_cookie(headers, CSRF_COOKIE), Some(submitted))
+}
+
+/// The session level the target URL's rule needs (GET), 0 when none.
+fn level_for_target(st: &AppState, ctx: &Ctx, target: &str) -> u8 {
+    let (host, path) = if target.starts_with('/') {
+        (
+            ctx.0.host.clone(),
+            target.split(['?', '#']).next().unwrap_or("/").to_owned(),
+        )
+    } else {
+        match url::Url::parse(target) {
+            Ok(u) => (
+                u.host_str().unwrap_or_default().to_ascii_lowercase(),
+                u.path().to_owned(),
+            ),
+            Err(_) => return 2,
+        }
+    };
+    let Ok(path) = crate::policy::normalize::normalize(&path) else {
+        return 2;
+    };
+    let facts = RequestFacts {
+        host: &host,
+        path: &path,
+        method: &Method::GET,
+        client_addr: ctx.0.client_addr,
+    };
+    st.enforcer.policy.requirement(&facts).level()
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[derive(Deserialize)]
+struct RdQuery {
+    rd: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LoginFormData {
+    username: String,
+    password: String,
+    csrf: String,
+    rd: String,
+}
+
+async fn login_form(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Query(q): Query<RdQuery>,
+) -> Response {
+    let cfg = &st.config;
+    let rd = redirect::safe_target(q.rd.as_deref(), &ctx.0.host, &cfg.portal.allowed_redirect_hosts);
+    // Already signed in well enough for the target: go there.
+    if let SessionState::Valid(s) = st.enforcer.session(&headers)
+        && s.claims.lvl >= level_for_target(&st, &ctx, &rd)
+    {
+        return see_other(&rd);
+    }
+    let (token, set) = csrf_token(&st, &headers);
+    let mut res = html(
+        StatusCode::OK,
+        pages::login_page(&cfg.portal.title, &cfg.portal.prefix, &token, &rd, "", None),
+    );
+    if let Some(c) = set {
+        res.headers_mut().append(header::SET_COOKIE, c);
+    }
+    res
+}
+
+async fn login_submit(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Form(f): Form<LoginFormData>,
+) -> Response {
+    let cfg = &st.config;
+    let prefix = &cfg.portal.prefix;
+    let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &cfg.portal.allowed_redirect_hosts);
+    if !form_allowed(&st, &ctx, &headers, &f.csrf) {
+        let (token, set) = csrf_token(&st, &headers);
+        let page = pages::login_page(
+            &cfg.portal.title,
+            prefix,
+            &token,
+            &rd,
+            &f.username,
+            Some("This form expired. Please sign in again."),
+        );
+        let mut res = html(StatusCode::FORBIDDEN, page);
+        if let Some(c) = set {
+            res.headers_mut().append(header::SET_COOKIE, c);
+        }
+        return res;
+    }
+    match login::check_password(&st, &f.username, Secret::new(f.password), ctx.0.client_addr).await {
+        Ok(user) => {
+            let (claims, cookie) = login::issue_session(&st, &user, 1, vec!["pwd".into()], None);
+            let target = if claims.lvl >= level_for_target(&st, &ctx, &rd) {
+                rd
+            } else {
+                format!("{prefix}/mfa?rd={}", enc(&rd))
+            };
+            let mut res = see_other(&target);
+            res.headers_mut().append(header::SET_COOKIE, cookie);
+            // A new session gets a new CSRF token too.
+            let token = csrf::new_token(&st.csrf_key);
+            res.headers_mut()
+                .append(header::SET_COOKIE, csrf::cookie(&token, cfg.session.secure));
+            res.extensions_mut().insert(AccessInfo {
+                decision: "portal",
+                user: Some(user.username.clone()),
+            });
+            res
+        }
+        Err(e) => {
+            let (status, message) = match e {
+                LoginError::Failed => (StatusCode::UNAUTHORIZED, "Incorrect username or password."),
+                LoginError::LockedRevealed => (
+                    StatusCode::FORBIDDEN,
+                    "This account is locked. Try again later or contact your administrator.",
+                ),
+                LoginError::Busy => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many sign-in attempts right now. Try again in a moment.",
+                ),
+                LoginError::Unavailable => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-in is temporarily unavailable. Try again shortly.",
+                ),
+            };
+            let (token, _) = csrf_token(&st, &headers);
+            html(
+                status,
+                pages::login_page(&cfg.portal.title, prefix, &token, &rd, &f.username, Some(message)),
+            )
+        }
+    }
+}
+
+async fn mfa_page(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Query(q): Query<RdQuery>,
+) -> Response {
+    let cfg = &st.config;
+    let rd = redirect::safe_target(q.rd.as_deref(), &ctx.0.host, &cfg.portal.allowed_redirect_hosts);
+    match st.enforcer.session(&headers) {
+        SessionState::Valid(s) if s.claims.lvl >= level_for_target(&st, &ctx, &rd) => see_other(&rd),
+        SessionState::Valid(_) => html(
+            StatusCode::FORBIDDEN,
+            pages::message_page(
+                "Second factor required",
+                "This page requires a second factor, and second-factor sign-in is not available on this gateway yet.",
+            ),
+        ),
+        _ => see_other(&format!("{}/login?rd={}", cfg.portal.prefix, enc(&rd))),
+    }
+}
+
+async fn account(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let cfg = &st.config;
+    match st.enforcer.session(&headers) {
+        SessionState::Valid(s) => {
+            let (token, set) = csrf_token(&st, &headers);
+            let mut res = html(
+                StatusCode::OK,
+                pages::signed_in_page(&cfg.portal.prefix, &token, &s.user.username, s.claims.lvl, None),
+            );
+            if let Some(c) = set {
+                res.headers_mut().append(header::SET_COOKIE, c);
+            }
+            res
+        }
+        _ => see_other(&format!("{}/login", cfg.portal.prefix)),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct CsrfOnly {
+    csrf: String,
+}
+
+async fn logout_submit(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let prefix = &st.config.portal.prefix;
+    if !form_allowed(&st, &ctx, &headers, &f.csrf) {
+        return html(
+            StatusCode::FORBIDDEN,
+            pages::message_page(
+                "Sign-out failed",
+                "This form expired. Reload the page and try again.",
+            ),
+        );
+    }
+    let mut user = None;
+    if let SessionState::Valid(s) = st.enforcer.session(&headers) {
+        if let Err(e) = login::revoke(&st, &s.claims).await {
+            tracing::error!(error = %e, "revoking a session failed");
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::message_page(
+                    "Sign-out failed",
+                    "The gateway could not record the sign-out. Try again.",
+                ),
+            );
+        }
+        crate::audit!("session.revoked", user = %s.user.username, reason = "logout");
+        user = Some(s.user.username.clone());
+    }
+    let mut res = html(
+        StatusCode::OK,
+        pages::layout(
+            "Signed out",
+            prefix,
+            &format!(
+                "<h1>Signed out</h1><p class=\"note\">You have been signed out.</p>\
+                 <p><a href=\"{}/login\">Sign in again</a></p>",
+                pages::esc(prefix)
+            ),
+        ),
+    );
+    res.headers_mut()
+        .append(header::SET_COOKIE, st.enforcer.sessions.clear_cookie());
+    res.extensions_mut().insert(AccessInfo {
+        decision: "portal",
+        user,
+    });
+    res
+}

@@ -1,1 +1,372 @@
-//! (being written)
+//! The signed session cookie and what makes a session invalid.
+//!
+//! A cookie value is `v1.<payload>.<tag>`: the payload is base64url JSON
+//! [`SessionClaims`], the tag HMAC-SHA256 over `v1.<payload>` under a key
+//! derived for the purpose "session" from a configured secret. The first
+//! secret signs; every secret verifies, so secrets rotate by prepending a new
+//! one and dropping the old after `lifetime`.
+//!
+//! A session is refused when its tag fails, it is older than `lifetime` (from
+//! sign-in), idle longer than `idle_timeout`, its id was revoked (logout), or
+//! its epoch is older than the user's ([`revocation::RevocationView`]); the
+//! last two are answered from memory, refreshed from the store at most
+//! `revocation_check` apart, so no request costs a store round trip.
+
+pub mod revocation;
+
+use http::HeaderValue;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::UnixTime;
+use crate::config::{SameSite, SessionConfig};
+use crate::crypto;
+use crate::identity::Level;
+use crate::secret::Secret;
+
+/// How often (seconds of activity) a cookie is re-issued to slide its idle timeout.
+pub const REISSUE_AFTER_SECS: i64 = 60;
+
+const VERSION: &str = "v1";
+
+/// What a session cookie carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClaims {
+    /// Random session id (new at every sign-in step).
+    pub sid: String,
+    /// User id.
+    pub uid: String,
+    /// 1 or 2.
+    pub lvl: Level,
+    /// Factors used (`pwd`, `totp`, `sms`, ...), in order.
+    pub amr: Vec<String>,
+    /// Sign-in time (first factor).
+    pub auth: UnixTime,
+    /// Second-factor time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfa: Option<UnixTime>,
+    /// When this cookie was issued.
+    pub iat: UnixTime,
+    /// Last activity.
+    pub last: UnixTime,
+    /// The user's session epoch when issued.
+    pub ep: u64,
+}
+
+impl SessionClaims {
+    /// Claims for a session that has just completed a sign-in step.
+    pub fn new(
+        uid: &str,
+        lvl: Level,
+        amr: Vec<String>,
+        auth: UnixTime,
+        mfa: Option<UnixTime>,
+        ep: u64,
+        now: UnixTime,
+    ) -> Self {
+        Self {
+            sid: crypto::random_id(24),
+            uid: uid.to_owned(),
+            lvl,
+            amr,
+            auth,
+            mfa,
+            iat: now,
+            last: now,
+            ep,
+        }
+    }
+}
+
+/// Why a cookie was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionReject {
+    #[error("malformed")]
+    Malformed,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("past its lifetime")]
+    Expired,
+    #[error("idle too long")]
+    Idle,
+    #[error("revoked")]
+    Revoked,
+    /// The revocation view is too stale to trust (store unreachable): fail closed.
+    #[error("revocation state unavailable")]
+    Unavailable,
+}
+
+/// Encodes, verifies and renders session cookies.
+#[derive(Debug, Clone)]
+pub struct SessionCodec {
+    signing: Secret,
+    verifying: Vec<Secret>,
+    cookie_name: String,
+    lifetime: i64,
+    idle: i64,
+    attributes: String,
+}
+
+impl SessionCodec {
+    /// Builds the codec from validated session settings.
+    pub fn new(cfg: &SessionConfig) -> Self {
+        let verifying: Vec<Secret> = cfg
+            .secrets
+            .iter()
+            .map(|s| crypto::derive_key(s, "session"))
+            .collect();
+        let signing = verifying.first().cloned().unwrap_or_default();
+        let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        Self {
+            signing,
+            verifying,
+            cookie_name: cfg.cookie_name.clone(),
+            lifetime: secs(cfg.lifetime),
+            idle: secs(cfg.idle_timeout),
+            attributes: cookie_attributes(cfg.domain.as_deref(), cfg.secure, cfg.same_site),
+        }
+    }
+
+    /// The cookie's name.
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie_name
+    }
+
+    /// The absolute lifetime in seconds.
+    pub fn lifetime(&self) -> i64 {
+        self.lifetime
+    }
+
+    /// The signed cookie value for `claims`.
+    pub fn encode(&self, claims: &SessionClaims) -> String {
+        let json = serde_json::to_vec(claims).unwrap_or_default();
+        let mut value = String::with_capacity(json.len() * 4 / 3 + 60);
+        value.push_str(VERSION);
+        value.push('.');
+        value.push_str(&crypto::b64(&json));
+        let tag = crypto::hmac_sha256(self.signing.expose(), value.as_bytes());
+        value.push('.');
+        value.push_str(&crypto::b64(&tag));
+        value
+    }
+
+    /// Verifies a cookie value's signature, lifetime and idle time at `now`.
+    /// Revocation is checked separately against the revocation view.
+    pub fn decode(&self, value: &str, now: UnixTime) -> Result<SessionClaims, SessionReject> {
+        let (signed, tag) = value.rsplit_once('.').ok_or(SessionReject::Malformed)?;
+        let (version, payload) = signed.split_once('.').ok_or(SessionReject::Malformed)?;
+        if version != VERSION {
+            return Err(SessionReject::Malformed);
+        }
+        let tag = crypto::unb64(tag).ok_or(SessionReject::Malformed)?;
+        // Check every key (no early exit) so timing does not reveal which one matched.
+        let ok = self.verifying.iter().fold(false, |ok, k| {
+            crypto::verify_hmac(k.expose(), signed.as_bytes(), &tag) | ok
+        });
+        if !ok {
+            return Err(SessionReject::BadSignature);
+        }
+        let json = crypto::unb64(payload).ok_or(SessionReject::Malformed)?;
+        let claims: SessionClaims = serde_json::from_slice(&json).map_err(|_| SessionReject::Malformed)?;
+        if !(1..=2).contains(&claims.lvl) {
+            return Err(SessionReject::Malformed);
+        }
+        if now >= claims.auth.saturating_add(self.lifetime) || claims.auth > now + 60 {
+            return Err(SessionReject::Expired);
+        }
+        if now >= claims.last.saturating_add(self.idle) {
+            return Err(SessionReject::Idle);
+        }
+        Ok(claims)
+    }
+
+    /// True when the cookie should be re-issued to slide the idle timeout.
+    pub fn needs_refresh(&self, claims: &SessionClaims, now: UnixTime) -> bool {
+        now - claims.last > REISSUE_AFTER_SECS
+    }
+
+    /// A `Set-Cookie` value carrying `claims`, expiring with the session's lifetime.
+    pub fn set_cookie(&self, claims: &SessionClaims, now: UnixTime) -> HeaderValue {
+        let max_age = (claims.auth + self.lifetime - now).max(0);
+        let s = format!(
+            "{}={}; Max-Age={max_age}{}",
+            self.cookie_name,
+            self.encode(claims),
+            self.attributes
+        );
+        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// A `Set-Cookie` value that deletes the cookie.
+    pub fn clear_cookie(&self) -> HeaderValue {
+        let s = format!("{}=; Max-Age=0{}", self.cookie_name, self.attributes);
+        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// Finds this gateway's session cookie value in a request's `Cookie` headers.
+    pub fn find<'a>(&self, headers: &'a http::HeaderMap) -> Option<&'a str> {
+        find_cookie(headers, &self.cookie_name)
+    }
+}
+
+/// The common cookie attributes: `; Path=/; HttpOnly[; Secure]; SameSite=..[; Domain=..]`.
+pub fn cookie_attributes(domain: Option<&str>, secure: bool, same_site: SameSite) -> String {
+    let mut a = String::from("; Path=/; HttpOnly");
+    if secure {
+        a.push_str("; Secure");
+    }
+    a.push_str(match same_site {
+        SameSite::Strict => "; SameSite=Strict",
+        SameSite::Lax => "; SameSite=Lax",
+        SameSite::None => "; SameSite=None",
+    });
+    if let Some(d) = domain {
+        a.push_str("; Domain=");
+        a.push_str(d);
+    }
+    a
+}
+
+/// Finds a cookie by exact name across all `Cookie` headers. When a name
+/// appears more than once (a sibling subdomain can plant a second cookie) the
+/// first is returned, which browsers send for the most specific path.
+pub fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn cfg(secrets: &[&str]) -> SessionConfig {
+        SessionConfig {
+            cookie_name: "portcullis_session".into(),
+            secrets: secrets
+                .iter()
+                .map(|s| Secret::new(s.as_bytes().to_vec()))
+                .collect(),
+            lifetime: Duration::from_secs(8 * 3600),
+            idle_timeout: Duration::from_secs(1800),
+            revocation_check: Duration::from_secs(2),
+            domain: None,
+            secure: true,
+            same_site: SameSite::Lax,
+        }
+    }
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn claims(now: i64) -> SessionClaims {
+        SessionClaims::new(
+            "00u1",
+            2,
+            vec!["pwd".into(), "totp".into()],
+            now,
+            Some(now),
+            3,
+            now,
+        )
+    }
+
+    #[test]
+    fn round_trips() {
+        let c = SessionCodec::new(&cfg(&[A]));
+        let cl = claims(1_000);
+        assert_eq!(c.decode(&c.encode(&cl), 1_001), Ok(cl));
+    }
+
+    #[test]
+    fn refuses_tampering() {
+        let c = SessionCodec::new(&cfg(&[A]));
+        let v = c.encode(&claims(1_000));
+        let (signed, tag) = v.rsplit_once('.').unwrap();
+        // Forge a level or user by re-encoding the payload with the old tag.
+        let mut forged = claims(1_000);
+        forged.uid = "00uADMIN".into();
+        let forged_payload = crypto::b64(&serde_json::to_vec(&forged).unwrap());
+        assert_eq!(
+            c.decode(&format!("v1.{forged_payload}.{tag}"), 1_001),
+            Err(SessionReject::BadSignature)
+        );
+        // Flip one tag character.
+        let mut t: Vec<char> = tag.chars().collect();
+        t[0] = if t[0] == 'A' { 'B' } else { 'A' };
+        let t: String = t.into_iter().collect();
+        assert_eq!(
+            c.decode(&format!("{signed}.{t}"), 1_001),
+            Err(SessionReject::BadSignature)
+        );
+        assert_eq!(c.decode("garbage", 1_001), Err(SessionReject::Malformed));
+        assert_eq!(
+            c.decode(&v.replacen("v1", "v2", 1), 1_001),
+            Err(SessionReject::Malformed)
+        );
+        // A cookie signed with another secret.
+        let other = SessionCodec::new(&cfg(&[B]));
+        assert_eq!(other.decode(&v, 1_001), Err(SessionReject::BadSignature));
+    }
+
+    #[test]
+    fn rotation_first_signs_all_verify() {
+        let old = SessionCodec::new(&cfg(&[A]));
+        let rotated = SessionCodec::new(&cfg(&[B, A]));
+        let v_old = old.encode(&claims(1_000));
+        assert!(rotated.decode(&v_old, 1_001).is_ok());
+        let v_new = rotated.encode(&claims(1_000));
+        assert_eq!(old.decode(&v_new, 1_001), Err(SessionReject::BadSignature));
+        assert!(SessionCodec::new(&cfg(&[B])).decode(&v_new, 1_001).is_ok());
+    }
+
+    #[test]
+    fn lifetime_and_idle_use_the_given_time() {
+        let c = SessionCodec::new(&cfg(&[A]));
+        let mut cl = claims(0);
+        let v = c.encode(&cl);
+        assert!(c.decode(&v, 1_799).is_ok());
+        assert_eq!(c.decode(&v, 1_800), Err(SessionReject::Idle));
+        // Active sessions still end at the absolute lifetime.
+        cl.last = 8 * 3600 - 10;
+        let v = c.encode(&cl);
+        assert!(c.decode(&v, 8 * 3600 - 1).is_ok());
+        assert_eq!(c.decode(&v, 8 * 3600), Err(SessionReject::Expired));
+    }
+
+    #[test]
+    fn cookie_headers_carry_the_attributes() {
+        let c = SessionCodec::new(&cfg(&[A]));
+        let h = c.set_cookie(&claims(100), 100);
+        let s = h.to_str().unwrap();
+        assert!(s.starts_with("portcullis_session=v1."));
+        assert!(s.contains("; Max-Age=28800; Path=/; HttpOnly; Secure; SameSite=Lax"));
+        assert!(
+            c.clear_cookie()
+                .to_str()
+                .unwrap()
+                .starts_with("portcullis_session=; Max-Age=0")
+        );
+    }
+
+    #[test]
+    fn finds_cookies_across_headers() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::COOKIE,
+            HeaderValue::from_static("a=1; portcullis_sessionx=no"),
+        );
+        h.append(
+            http::header::COOKIE,
+            HeaderValue::from_static("b=2;portcullis_session=yes"),
+        );
+        assert_eq!(find_cookie(&h, "portcullis_session"), Some("yes"));
+        assert_eq!(find_cookie(&h, "c"), None);
+    }
+}

@@ -1,3 +1,0 @@
-//! (being written)
-/// The assembled gateway.
-pub struct Gateway;

@@ -1,0 +1,214 @@
+//! The assembled gateway: builds every part from a validated [`Config`] and
+//! hands out the services the listeners serve.
+//!
+//! [`Gateway::main_service`] is the main listener's stack: prepare the
+//! request ([`prepare`]), split portal traffic from application traffic, then
+//! enforcement ([`crate::enforce`]) in front of the proxy ([`crate::proxy`]).
+//! [`Gateway::admin_router`] serves health, readiness and metrics.
+
+pub mod prepare;
+mod service;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use service::MainService;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::enforce::{Enforcer, MfaLayer};
+use crate::passwords::PasswordPool;
+use crate::policy::Policy;
+use crate::proxy::{Proxy, ProxySettings};
+use crate::regulation::Regulator;
+use crate::secret::Secret;
+use crate::session::SessionCodec;
+use crate::session::revocation::RevocationView;
+use crate::store::SharedStore;
+use crate::users::UserDirectory;
+
+/// The name of the double-submit CSRF cookie.
+pub const CSRF_COOKIE: &str = "portcullis_csrf";
+
+/// Why the gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("proxy: {0}")]
+    Proxy(String),
+}
+
+/// Everything a request handler may need, shared.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub clock: SharedClock,
+    pub store: SharedStore,
+    pub enforcer: Arc<Enforcer>,
+    pub passwords: PasswordPool,
+    pub regulator: Regulator,
+    /// Key for CSRF tokens (derived from the first session secret).
+    pub csrf_key: Secret,
+}
+
+/// A running gateway's parts.
+#[derive(Clone)]
+pub struct Gateway {
+    state: Arc<AppState>,
+    proxy: Proxy,
+    background: Arc<Vec<tokio::task::AbortHandle>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Opens the store and builds every part, on the system clock.
+    pub async fn build(config: Config) -> Result<Self, BuildError> {
+        Self::build_with(config, crate::clock::system()).await
+    }
+
+    /// Builds with an explicit clock (tests).
+    pub async fn build_with(config: Config, clock: SharedClock) -> Result<Self, BuildError> {
+        let store = crate::store::open(&config.store).await?;
+        Self::build_with_store(config, clock, store).await
+    }
+
+    /// Builds on an already opened store.
+    pub async fn build_with_store(
+        config: Config,
+        clock: SharedClock,
+        store: SharedStore,
+    ) -> Result<Self, BuildError> {
+        crate::metrics::install();
+        let config = Arc::new(config);
+        let revocations = Arc::new(RevocationView::new(config.session.revocation_check));
+        if let Err(e) = revocations.refresh(&store, clock.now(), Instant::now()).await {
+            // Not fatal: protected routes answer 503 until the store answers.
+            tracing::error!(error = %e, "initial revocation refresh failed; failing closed until the store answers");
+        }
+        let users = Arc::new(std::sync::RwLock::new(UserDirectory::from_file_users(
+            &config.users.file_users,
+        )));
+        let enforcer = Arc::new(Enforcer {
+            policy: Policy::new(config.rules.clone(), config.default_policy),
+            sessions: SessionCodec::new(&config.session),
+            revocations: revocations.clone(),
+            users,
+            clock: clock.clone(),
+            prefix: config.portal.prefix.clone(),
+            identity: config.identity_headers.clone(),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+        });
+        let proxy = Proxy::new(ProxySettings {
+            upstreams: config.upstreams.clone(),
+            identity: config.identity_headers.clone(),
+            gateway_cookies: vec![config.session.cookie_name.clone(), CSRF_COOKIE.to_owned()],
+        })
+        .map_err(|e| BuildError::Proxy(e.to_string()))?;
+        let csrf_key = config
+            .session
+            .secrets
+            .first()
+            .map(|s| crate::crypto::derive_key(s, "csrf"))
+            .unwrap_or_default();
+        let state = Arc::new(AppState {
+            regulator: Regulator::new(store.clone(), config.regulation.clone(), clock.clone()),
+            passwords: PasswordPool::for_this_machine(),
+            config: config.clone(),
+            clock: clock.clone(),
+            store: store.clone(),
+            enforcer,
+            csrf_key,
+        });
+        let background = vec![spawn_refresher(
+            store,
+            revocations,
+            clock,
+            config.session.revocation_check,
+        )];
+        Ok(Self {
+            state,
+            proxy,
+            background: Arc::new(background),
+        })
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// The enforcement layer, to put in front of any service.
+    pub fn mfa_layer(&self) -> MfaLayer {
+        MfaLayer::new(self.state.enforcer.clone())
+    }
+
+    /// The portal router (pages and JSON APIs), to nest at the portal prefix.
+    pub fn portal_router(&self) -> axum::Router {
+        crate::portal::router(self.state.clone())
+    }
+
+    /// The admin listener's router.
+    pub fn admin_router(&self) -> axum::Router {
+        crate::admin::router(self.state.clone())
+    }
+
+    /// The main listener's service.
+    pub fn main_service(&self) -> MainService {
+        MainService::new(
+            self.state.clone(),
+            self.proxy.clone(),
+            self.mfa_layer(),
+            self.portal_router(),
+        )
+    }
+
+    /// Stops background tasks (also done when the last clone is dropped).
+    pub fn stop(&self) {
+        for h in self.background.iter() {
+            h.abort();
+        }
+    }
+}
+
+fn spawn_refresher(
+    store: SharedStore,
+    view: Arc<RevocationView>,
+    clock: SharedClock,
+    check: Duration,
+) -> tokio::task::AbortHandle {
+    let period = (check / 2).max(Duration::from_millis(50));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_purge = Instant::now();
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            match view.refresh(&store, clock.now(), Instant::now()).await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("store reachable again; revocation view refreshed");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!(error = %e, "revocation refresh failed");
+                }
+                Err(_) => {}
+            }
+            if last_purge.elapsed() > Duration::from_secs(60) {
+                last_purge = Instant::now();
+                if let Err(e) = store.purge_expired(clock.now()).await {
+                    tracing::warn!(error = %e, "purging expired store rows failed");
+                }
+            }
+        }
+    })
+    .abort_handle()
+}

@@ -1,0 +1,188 @@
+//! Establishing the facts about a request before policy runs: who the client
+//! is (honouring `trusted_proxies` only), which scheme and host it asked for.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::HeaderMap;
+use ipnet::IpNet;
+
+/// How a connection reached us; inserted by the server into every request.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// True when the connection is TLS.
+    pub tls: bool,
+}
+
+fn trusted(addr: IpAddr, proxies: &[IpNet]) -> bool {
+    let addr = canonical(addr);
+    proxies.iter().any(|n| n.contains(&addr))
+}
+
+/// IPv4-mapped IPv6 addresses as plain IPv4, so rules and limits see one form.
+pub fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client address: the peer, or, when the peer is a trusted proxy, the
+/// right-most untrusted hop of `X-Forwarded-For`. An unparseable hop ends the
+/// walk at the hop to its right (never trusting what the client wrote).
+pub fn client_addr(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr {
+    let peer = canonical(peer);
+    if proxies.is_empty() || !trusted(peer, proxies) {
+        return peer;
+    }
+    let mut current = peer;
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        let Some(addr) = parse_hop(hop) else {
+            return current;
+        };
+        current = canonical(addr);
+        if !trusted(current, proxies) {
+            return current;
+        }
+    }
+    current
+}
+
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    // `1.2.3.4:5678` or `[::1]:5678`
+    hop.parse::<SocketAddr>().ok().map(|s| s.ip())
+}
+
+/// The scheme as the client sees it: TLS, or a trusted proxy's `X-Forwarded-Proto`.
+pub fn scheme(conn: &ConnInfo, headers: &HeaderMap, proxies: &[IpNet]) -> &'static str {
+    if conn.tls {
+        return "https";
+    }
+    if trusted(conn.peer.ip(), proxies)
+        && let Some(p) = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok())
+    {
+        match p
+            .rsplit(',')
+            .next()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            Some("https") => return "https",
+            Some("http") => return "http",
+            _ => {}
+        }
+    }
+    "http"
+}
+
+/// The authority the client asked for (URI authority for HTTP/2 and absolute
+/// form, else `Host`), and its lower-cased host without port. `None` when
+/// missing or malformed.
+pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(String, String)> {
+    let auth: http::uri::Authority = match uri.authority() {
+        Some(a) => a.clone(),
+        None => headers.get(http::header::HOST)?.to_str().ok()?.parse().ok()?,
+    };
+    if auth.as_str().contains('@') {
+        return None;
+    }
+    let host = auth.host().trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return None;
+    }
+    Some((auth.as_str().to_owned(), host))
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn h(xff: &[&str]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for v in xff {
+            m.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn ignores_forwarded_for_from_untrusted_peers() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "203.0.113.5".parse().unwrap();
+        assert_eq!(client_addr(peer, &h(&["1.1.1.1"]), &proxies), peer);
+        assert_eq!(client_addr(peer, &h(&["1.1.1.1"]), &[]), peer);
+    }
+
+    #[test]
+    fn takes_the_rightmost_untrusted_hop() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        // The client forged "6.6.6.6"; the real client is 198.51.100.7.
+        let got = client_addr(peer, &h(&["6.6.6.6, 198.51.100.7", "10.0.0.9"]), &proxies);
+        assert_eq!(got, "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(client_addr(peer, &h(&[]), &proxies), peer);
+        assert_eq!(client_addr(peer, &h(&["garbage"]), &proxies), peer);
+        assert_eq!(
+            client_addr(peer, &h(&["[2001:db8::1]:443"]), &proxies),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn reads_the_authority() {
+        let mut hm = HeaderMap::new();
+        hm.insert("host", HeaderValue::from_static("App.Example.com:8443"));
+        let uri: http::Uri = "/x".parse().unwrap();
+        assert_eq!(
+            authority(&uri, &hm),
+            Some(("App.Example.com:8443".into(), "app.example.com".into()))
+        );
+        let uri: http::Uri = "https://other.example/x".parse().unwrap();
+        assert_eq!(authority(&uri, &hm).unwrap().1, "other.example");
+        let mut bad = HeaderMap::new();
+        bad.insert("host", HeaderValue::from_static("user@evil"));
+        assert_eq!(authority(&"/".parse().unwrap(), &bad), None);
+        assert_eq!(authority(&"/".parse().unwrap(), &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn scheme_only_from_trusted_proxies() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut hm = HeaderMap::new();
+        hm.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let untrusted = ConnInfo {
+            peer: "203.0.113.1:1".parse().unwrap(),
+            tls: false,
+        };
+        let proxy = ConnInfo {
+            peer: "10.1.1.1:1".parse().unwrap(),
+            tls: false,
+        };
+        assert_eq!(scheme(&untrusted, &hm, &proxies), "http");
+        assert_eq!(scheme(&proxy, &hm, &proxies), "https");
+        assert_eq!(
+            scheme(
+                &ConnInfo {
+                    tls: true,
+                    ..untrusted
+                },
+                &HeaderMap::new(),
+                &proxies
+            ),
+            "https"
+        );
+    }
+}

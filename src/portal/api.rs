@@ -1,0 +1,255 @@
+//! The authentication API (`{prefix}/api/v1/...`), shaped like Okta's
+//! `/api/v1/authn` and `/api/v1/sessions/me`.
+//!
+//! Cross-site rules for every endpoint that reads or sets cookies: unsafe
+//! methods need `Content-Type: application/json` (else 415, which a plain
+//! HTML form cannot send) and, when the browser says where it comes from
+//! (`Origin`, `Sec-Fetch-Site`), the same origin or a `trusted_origins` one
+//! (else 403). CORS headers are only sent to trusted origins.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Ctx;
+use super::login::{self, LoginError};
+use crate::clock::rfc3339;
+use crate::enforce::{AccessInfo, SessionState};
+use crate::error::{ApiError, ErrorCode};
+use crate::gateway::AppState;
+use crate::secret::Secret;
+use crate::users::User;
+
+/// True when the content type is JSON (`application/json`, any parameters).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Applies the cross-site rules to an unsafe request; `Err` is the answer.
+pub fn cross_site_guard(
+    st: &AppState,
+    ctx: &Ctx,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    if !is_json(headers) {
+        return Err(ApiError::new(ErrorCode::E0000037).into_response());
+    }
+    let cfg = &st.config;
+    if !super::csrf::same_origin(
+        headers,
+        &ctx.0,
+        cfg.server.external_url.as_ref(),
+        &cfg.portal.trusted_origins,
+    ) {
+        return Err(ApiError::new(ErrorCode::E0000006)
+            .cause("cross-origin request refused")
+            .into_response());
+    }
+    Ok(())
+}
+
+/// Adds CORS headers for a trusted origin (and answers its preflight).
+pub async fn cors(
+    State(st): State<Arc<AppState>>,
+    req: http::Request<Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| st.config.portal.trusted_origins.iter().any(|t| t == o))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let preflight = req.method() == Method::OPTIONS;
+    let mut res = if preflight && origin.is_some() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        next.run(req).await
+    };
+    if let Some(o) = origin {
+        let h = res.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+        if preflight {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, PUT, DELETE"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("Content-Type, Accept, X-CSRF-Token"),
+            );
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        }
+    }
+    res
+}
+
+#[derive(Deserialize)]
+struct AuthnRequest {
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// The Okta user object embedded in authn answers.
+pub fn embedded_user(u: &User) -> serde_json::Value {
+    let (first, last) = match u.display_name.as_deref().map(str::trim) {
+        Some(n) => match n.rsplit_once(' ') {
+            Some((f, l)) => (f.to_owned(), l.to_owned()),
+            None => (n.to_owned(), String::new()),
+        },
+        None => (u.username.clone(), String::new()),
+    };
+    json!({
+        "id": u.id,
+        "profile": {
+            "login": u.username,
+            "firstName": first,
+            "lastName": last,
+            "locale": "en",
+            "timeZone": "UTC",
+        }
+    })
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut res = (status, body.to_string()).into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+/// Maps a failed password step to its API answer.
+pub fn login_error(st: &AppState, e: LoginError) -> Response {
+    match e {
+        LoginError::Failed => ApiError::new(ErrorCode::E0000004).into_response(),
+        LoginError::LockedRevealed => ApiError::new(ErrorCode::E0000069).into_response(),
+        LoginError::Busy => ApiError::rate_limited(1, st.clock.now() + 1, st.clock.now()).into_response(),
+        LoginError::Unavailable => ApiError::new(ErrorCode::E0000009).into_response(),
+    }
+}
+
+/// `POST {prefix}/api/v1/authn`: the password step.
+pub async fn authn(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(res) = cross_site_guard(&st, &ctx, &method, &headers) {
+        return res;
+    }
+    let Ok(req) = serde_json::from_slice::<AuthnRequest>(&body) else {
+        return ApiError::new(ErrorCode::E0000003).into_response();
+    };
+    let Some(username) = req.username.filter(|u| !u.trim().is_empty()) else {
+        return ApiError::new(ErrorCode::E0000001)
+            .cause("username: The field cannot be left blank")
+            .into_response();
+    };
+    let Some(password) = req.password else {
+        return ApiError::new(ErrorCode::E0000001)
+            .cause("password: The field cannot be left blank")
+            .into_response();
+    };
+    let user = match login::check_password(&st, &username, Secret::new(password), ctx.0.client_addr).await {
+        Ok(u) => u,
+        Err(e) => return login_error(&st, e),
+    };
+    let (claims, cookie) = login::issue_session(&st, &user, 1, vec!["pwd".into()], None);
+    // The second factor arrives with the factor issue; until a type is
+    // enabled a correct password is the whole sign-in.
+    let status = if st.config.factors.any_second_factor() {
+        "MFA_REQUIRED"
+    } else {
+        "SUCCESS"
+    };
+    let body = json!({
+        "status": status,
+        "expiresAt": rfc3339(claims.auth + st.enforcer.sessions.lifetime()),
+        "_embedded": { "user": embedded_user(&user) },
+        "_links": {},
+    });
+    let mut res = json_response(StatusCode::OK, body);
+    res.headers_mut().append(header::SET_COOKIE, cookie);
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.extensions_mut().insert(AccessInfo {
+        decision: "portal",
+        user: Some(user.username.clone()),
+    });
+    res
+}
+
+/// `GET {prefix}/api/v1/sessions/me`: the current session.
+pub async fn me(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    match st.enforcer.session(&headers) {
+        SessionState::Valid(s) => json_response(
+            StatusCode::OK,
+            json!({
+                "id": s.claims.sid,
+                "userId": s.user.id,
+                "login": s.user.username,
+                "status": "ACTIVE",
+                "createdAt": rfc3339(s.claims.auth),
+                "expiresAt": rfc3339(s.claims.auth + st.enforcer.sessions.lifetime()),
+                "lastFactorVerification": s.claims.mfa.map(rfc3339),
+                "lastPasswordVerification": rfc3339(s.claims.auth),
+                "amr": s.claims.amr,
+                "mfaActive": s.claims.lvl >= 2,
+            }),
+        ),
+        SessionState::Unavailable => ApiError::new(ErrorCode::E0000009).into_response(),
+        _ => ApiError::new(ErrorCode::E0000007).into_response(),
+    }
+}
+
+/// `DELETE {prefix}/api/v1/sessions/me`: logout.
+pub async fn logout(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(res) = cross_site_guard(&st, &ctx, &method, &headers) {
+        return res;
+    }
+    match st.enforcer.session(&headers) {
+        SessionState::Valid(s) => {
+            if let Err(e) = login::revoke(&st, &s.claims).await {
+                tracing::error!(error = %e, "revoking a session failed");
+                return ApiError::new(ErrorCode::E0000009).into_response();
+            }
+            crate::audit!("session.revoked", user = %s.user.username, reason = "logout");
+            let mut res = StatusCode::NO_CONTENT.into_response();
+            res.headers_mut()
+                .append(header::SET_COOKIE, st.enforcer.sessions.clear_cookie());
+            res
+        }
+        SessionState::Unavailable => ApiError::new(ErrorCode::E0000009).into_response(),
+        _ => {
+            let mut res = ApiError::new(ErrorCode::E0000007).into_response();
+            res.headers_mut()
+                .append(header::SET_COOKIE, st.enforcer.sessions.clear_cookie());
+            res
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! CSRF protection for forms and the self-service API: a double-submit
+//! cookie whose value is `<random>.<mac>`, so a value planted by a sibling
+//! subdomain (which cannot compute the MAC) is refused; plus an Origin /
+//! Sec-Fetch-Site check on every unsafe request, which stops login CSRF even
+//! with a token an attacker obtained for themselves.
+
+use http::{HeaderMap, HeaderValue};
+
+use crate::context::RequestContext;
+use crate::crypto;
+use crate::secret::{Secret, ct_eq};
+
+/// A fresh token (the cookie value and the form field value).
+pub fn new_token(key: &Secret) -> String {
+    let random = crypto::random_token();
+    let mac = crypto::hmac_sha256(key.expose(), random.as_bytes());
+    format!("{random}.{}", crypto::b64(&mac[..16]))
+}
+
+/// True when `token` carries a valid MAC.
+pub fn well_formed(key: &Secret, token: &str) -> bool {
+    let Some((random, mac)) = token.split_once('.') else {
+        return false;
+    };
+    let Some(mac) = crypto::unb64(mac) else {
+        return false;
+    };
+    ct_eq(&crypto::hmac_sha256(key.expose(), random.as_bytes())[..16], &mac)
+}
+
+/// True when the submitted token equals the cookie's and both are genuine.
+pub fn verify(key: &Secret, cookie: Option<&str>, submitted: Option<&str>) -> bool {
+    match (cookie, submitted) {
+        (Some(c), Some(s)) => well_formed(key, c) && ct_eq(c.as_bytes(), s.as_bytes()),
+        _ => false,
+    }
+}
+
+/// The `Set-Cookie` value for a CSRF token. Not HttpOnly: the self-service
+/// API's JavaScript echoes it in `X-CSRF-Token`.
+pub fn cookie(token: &str, secure: bool) -> HeaderValue {
+    let s = format!(
+        "{}={token}; Path=/; SameSite=Strict{}",
+        crate::gateway::CSRF_COOKIE,
+        if secure { "; Secure" } else { "" }
+    );
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The origin (`scheme://host[:port]`, default port omitted) of a URL string.
+fn origin_of(s: &str) -> Option<String> {
+    let u = url::Url::parse(s).ok()?;
+    match u.origin() {
+        url::Origin::Tuple(..) => Some(u.origin().ascii_serialization()),
+        url::Origin::Opaque(_) => None,
+    }
+}
+
+/// Cross-site check for an unsafe request: when the browser says where the
+/// request comes from (`Origin`, `Sec-Fetch-Site`), it must be this origin,
+/// the external URL's, or a trusted one. Requests that say nothing (non-browser
+/// clients) pass; browsers always send at least one of the two on a POST.
+pub fn same_origin(
+    headers: &HeaderMap,
+    ctx: &RequestContext,
+    external: Option<&url::Url>,
+    trusted: &[String],
+) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && !matches!(site, "same-origin" | "none")
+    {
+        // A cross-site fetch is allowed only from a trusted origin (checked below).
+        let origin = headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok());
+        return origin
+            .and_then(origin_of)
+            .is_some_and(|o| trusted.iter().any(|t| origin_of(t).as_deref() == Some(&o)));
+    }
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return true;
+    };
+    let Some(origin) = origin.to_str().ok().and_then(origin_of) else {
+        return false;
+    };
+    let own = origin_of(&format!("{}://{}", ctx.scheme, ctx.authority));
+    own.as_deref() == Some(origin.as_str())
+        || external.is_some_and(|e| e.origin().ascii_serialization() == origin)
+        || trusted
+            .iter()
+            .any(|t| origin_of(t).as_deref() == Some(origin.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> RequestContext {
+        RequestContext {
+            peer_addr: "127.0.0.1:1".parse().unwrap(),
+            client_addr: "127.0.0.1".parse().unwrap(),
+            scheme: "https",
+            authority: "app.example.com".into(),
+            host: "app.example.com".into(),
+            upstream: None,
+            request_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn tokens_verify_only_when_genuine_and_equal() {
+        let key = Secret::new(vec![1; 32]);
+        let t = new_token(&key);
+        assert!(verify(&key, Some(&t), Some(&t)));
+        assert!(!verify(&key, Some(&t), Some(&new_token(&key))));
+        assert!(!verify(&key, None, Some(&t)));
+        assert!(
+            !verify(&key, Some("abc.def"), Some("abc.def")),
+            "a planted token without a valid MAC"
+        );
+        assert!(!verify(&Secret::new(vec![2; 32]), Some(&t), Some(&t)));
+    }
+
+    #[test]
+    fn origin_checks() {
+        let mut h = HeaderMap::new();
+        assert!(
+            same_origin(&h, &ctx(), None, &[]),
+            "non-browser clients send neither header"
+        );
+        h.insert("origin", HeaderValue::from_static("https://app.example.com"));
+        assert!(same_origin(&h, &ctx(), None, &[]));
+        h.insert("origin", HeaderValue::from_static("https://evil.example"));
+        assert!(!same_origin(&h, &ctx(), None, &[]));
+        assert!(same_origin(&h, &ctx(), None, &["https://evil.example".into()]));
+        h.insert("origin", HeaderValue::from_static("null"));
+        assert!(!same_origin(&h, &ctx(), None, &[]));
+        let mut h = HeaderMap::new();
+        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(!same_origin(&h, &ctx(), None, &[]));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(same_origin(&h, &ctx(), None, &[]));
+    }
+}

@@ -1,0 +1,154 @@
+//! The password step shared by the login form and the authentication API,
+//! and issuing sessions.
+//!
+//! Every failure looks the same from outside: unknown user, wrong password,
+//! blocked pair and locked user all take one argon2 verification and answer
+//! the same generic error (unless `regulation.reveal_lockout`).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use crate::audit;
+use crate::gateway::AppState;
+use crate::identity::Level;
+use crate::regulation::Blocked;
+use crate::secret::Secret;
+use crate::session::SessionClaims;
+use crate::users::User;
+
+/// Logins longer than this cannot exist; they are failed without a lookup.
+pub const MAX_LOGIN_LEN: usize = 256;
+/// Passwords longer than this are refused (argon2 accepts any length; this
+/// bounds the work an anonymous caller can ask for).
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
+/// Why a password step did not sign anyone in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginError {
+    /// Wrong credentials, unknown user, or blocked: indistinguishable.
+    Failed,
+    /// The user is locked and the operator chose to reveal it.
+    LockedRevealed,
+    /// The password pool is saturated: try again shortly.
+    Busy,
+    /// The store could not be reached: fail closed.
+    Unavailable,
+}
+
+/// Checks a login and password from `addr`, counting failures.
+pub async fn check_password(
+    st: &AppState,
+    login: &str,
+    password: Secret,
+    addr: IpAddr,
+) -> Result<Arc<User>, LoginError> {
+    let login = login.trim();
+    let user = if login.is_empty() || login.len() > MAX_LOGIN_LEN {
+        None
+    } else {
+        st.enforcer
+            .users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_login(login)
+            .cloned()
+    };
+    let user_id = user.as_ref().map(|u| u.id.clone());
+    let subject = user_id.clone().unwrap_or_else(|| login.to_lowercase());
+    let blocked = st
+        .regulator
+        .password_blocked(user_id.as_deref(), &subject, addr)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "regulation check failed");
+            crate::metrics::login("error");
+            LoginError::Unavailable
+        })?;
+    let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
+    let password = if password.len() > MAX_PASSWORD_LEN {
+        Secret::new("")
+    } else {
+        password
+    };
+    let matched = st.passwords.verify(hash, password).await.map_err(|_| {
+        crate::metrics::login("busy");
+        LoginError::Busy
+    })?;
+    let unavailable = |e: crate::store::StoreError| {
+        tracing::error!(error = %e, "recording a sign-in failed");
+        LoginError::Unavailable
+    };
+    match (user, blocked) {
+        (Some(user), Blocked::No) if matched => {
+            st.regulator
+                .password_succeeded(&subject, addr)
+                .await
+                .map_err(unavailable)?;
+            crate::metrics::login("success");
+            audit!("signin.password.succeeded", user = %user.username, client = %addr);
+            Ok(user)
+        }
+        (user, Blocked::User(_)) => {
+            crate::metrics::login("locked");
+            let name = user.as_ref().map_or("-", |u| u.username.as_str());
+            audit!("signin.password.refused", user = %name, client = %addr, reason = "user locked");
+            if st.config.regulation.reveal_lockout {
+                Err(LoginError::LockedRevealed)
+            } else {
+                Err(LoginError::Failed)
+            }
+        }
+        (user, blocked) => {
+            crate::metrics::login(if blocked == Blocked::No {
+                "failure"
+            } else {
+                "locked"
+            });
+            let name = user.as_ref().map_or("-", |u| u.username.as_str());
+            let reason = match (&user, blocked) {
+                (_, Blocked::Client(_)) => "client blocked",
+                (None, _) => "unknown user",
+                _ => "wrong password",
+            };
+            audit!("signin.password.failed", user = %name, client = %addr, reason = reason);
+            let locked_now = st
+                .regulator
+                .password_failed(user_id.as_deref(), &subject, addr)
+                .await
+                .map_err(unavailable)?;
+            if locked_now {
+                crate::metrics::lockout("user");
+                audit!("user.locked", user = %name, reason = "password failures");
+            }
+            Err(LoginError::Failed)
+        }
+    }
+}
+
+/// Issues a new session (always a new id: no fixation) for `user` at `level`.
+/// `prior` carries over the sign-in time of a session being upgraded.
+pub fn issue_session(
+    st: &AppState,
+    user: &User,
+    level: Level,
+    amr: Vec<String>,
+    prior: Option<&SessionClaims>,
+) -> (SessionClaims, HeaderValue) {
+    let now = st.clock.now();
+    let auth = prior.filter(|p| p.uid == user.id).map_or(now, |p| p.auth);
+    let mfa = (level >= 2).then_some(now);
+    let epoch = st.enforcer.revocations.epoch(&user.id);
+    let claims = SessionClaims::new(&user.id, level, amr, auth, mfa, epoch, now);
+    let cookie = st.enforcer.sessions.set_cookie(&claims, now);
+    (claims, cookie)
+}
+
+/// Revokes one session (logout) in the store and in this replica's view.
+pub async fn revoke(st: &AppState, claims: &SessionClaims) -> Result<(), crate::store::StoreError> {
+    let expires_at = claims.auth + st.enforcer.sessions.lifetime();
+    st.store.revoke_session(&claims.sid, expires_at).await?;
+    st.enforcer.revocations.note_revoked(&claims.sid, expires_at);
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Where `rd=` may send a browser: a relative path, the request's own host,
+//! or one of `portal.allowed_redirect_hosts`; anything else becomes `/`.
+//! Open redirects are how phishing borrows a trusted login page.
+
+/// Returns the safe target for `rd` on a request to `own_host`.
+pub fn safe_target(rd: Option<&str>, own_host: &str, allowed_hosts: &[String]) -> String {
+    let Some(rd) = rd.map(str::trim).filter(|s| !s.is_empty()) else {
+        return "/".into();
+    };
+    if rd.chars().any(|c| c.is_control() || c == '\\') {
+        return "/".into();
+    }
+    if rd.starts_with('/') {
+        // `//host` and `/\host` are protocol-relative: other hosts.
+        if rd.starts_with("//") {
+            return "/".into();
+        }
+        return rd.to_owned();
+    }
+    let Ok(url) = url::Url::parse(rd) else {
+        return "/".into();
+    };
+    if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() || url.password().is_some() {
+        return "/".into();
+    }
+    let Some(host) = url
+        .host_str()
+        .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+    else {
+        return "/".into();
+    };
+    if host == own_host || allowed_hosts.iter().any(|h| *h == host) {
+        url.to_string()
+    } else {
+        "/".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_relative_own_and_listed_hosts() {
+        let allowed = vec!["intranet.example.com".to_string()];
+        assert_eq!(safe_target(Some("/x?y=1"), "app.example.com", &allowed), "/x?y=1");
+        assert_eq!(
+            safe_target(Some("https://app.example.com/a"), "app.example.com", &allowed),
+            "https://app.example.com/a"
+        );
+        assert_eq!(
+            safe_target(Some("https://INTRANET.example.com/"), "app.example.com", &allowed),
+            "https://intranet.example.com/"
+        );
+    }
+
+    #[test]
+    fn refuses_everything_else() {
+        for bad in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\\evil.example",
+            "javascript:alert(1)",
+            "https://app.example.com@evil.example/",
+            "https://user@app.example.com/",
+            "data:text/html,x",
+            "/x\r\nSet-Cookie: a=b",
+            "https://app.example.com.evil.example/",
+        ] {
+            assert_eq!(safe_target(Some(bad), "app.example.com", &[]), "/", "{bad}");
+        }
+        assert_eq!(safe_target(None, "a", &[]), "/");
+    }
+}

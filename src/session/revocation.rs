@@ -1,0 +1,214 @@
+//! What this replica knows about revoked sessions and user epochs.
+//!
+//! Checking a session must not cost a store round trip, so each replica keeps
+//! the revocation log in memory and refreshes it from the store every half
+//! `revocation_check`. Changes made by this replica are applied locally at
+//! once; changes made by another replica arrive with the next refresh. If no
+//! refresh has succeeded for longer than `revocation_check`, the view is
+//! stale and [`RevocationView::check`] answers `Unavailable`: protected routes
+//! then fail closed with 503 rather than trust what may be out of date.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use super::{SessionClaims, SessionReject};
+use crate::clock::UnixTime;
+use crate::store::{REVOCATION_OVERLAP, RevocationEvent, SharedStore, StoreResult};
+
+#[derive(Debug, Default)]
+struct State {
+    /// Revoked session ids and when they would have expired anyway.
+    revoked: HashMap<String, UnixTime>,
+    /// Current epoch per user (absent = 0).
+    epochs: HashMap<String, u64>,
+    cursor: i64,
+    last_ok: Option<Instant>,
+}
+
+/// The in-memory revocation view.
+#[derive(Debug)]
+pub struct RevocationView {
+    state: RwLock<State>,
+    max_staleness: Duration,
+}
+
+impl RevocationView {
+    /// An empty view that is stale until its first successful refresh.
+    pub fn new(max_staleness: Duration) -> Self {
+        Self {
+            state: RwLock::new(State::default()),
+            max_staleness,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks that `claims` is neither revoked nor from an old epoch, and that
+    /// the view is fresh enough to say so at `now_instant`.
+    pub fn check(&self, claims: &SessionClaims, now_instant: Instant) -> Result<(), SessionReject> {
+        let s = self.read();
+        match s.last_ok {
+            Some(t) if now_instant.saturating_duration_since(t) <= self.max_staleness => {}
+            _ => return Err(SessionReject::Unavailable),
+        }
+        if s.revoked.contains_key(&claims.sid) {
+            return Err(SessionReject::Revoked);
+        }
+        if claims.ep < s.epochs.get(&claims.uid).copied().unwrap_or(0) {
+            return Err(SessionReject::Revoked);
+        }
+        Ok(())
+    }
+
+    /// True while the view is fresh enough to trust.
+    pub fn is_fresh(&self, now_instant: Instant) -> bool {
+        self.read()
+            .last_ok
+            .is_some_and(|t| now_instant.saturating_duration_since(t) <= self.max_staleness)
+    }
+
+    /// The user's current epoch, for a session being issued.
+    pub fn epoch(&self, user_id: &str) -> u64 {
+        self.read().epochs.get(user_id).copied().unwrap_or(0)
+    }
+
+    /// Records a logout done by this replica (already written to the store).
+    pub fn note_revoked(&self, sid: &str, expires_at: UnixTime) {
+        self.write().revoked.insert(sid.to_owned(), expires_at);
+    }
+
+    /// Records an epoch change done by this replica (already written to the store).
+    pub fn note_epoch(&self, user_id: &str, epoch: u64) {
+        let mut s = self.write();
+        let e = s.epochs.entry(user_id.to_owned()).or_insert(0);
+        *e = (*e).max(epoch);
+    }
+
+    /// Pulls new revocation events from the store. On the first call it also
+    /// loads every user's epoch. On failure the view keeps what it knew and
+    /// its freshness runs down.
+    pub async fn refresh(&self, store: &SharedStore, now: UnixTime, now_instant: Instant) -> StoreResult<()> {
+        let (cursor, first) = {
+            let s = self.read();
+            (s.cursor, s.last_ok.is_none() && s.cursor == 0)
+        };
+        let epochs = if first { Some(store.epochs().await?) } else { None };
+        // Re-read a little behind the cursor: sequence numbers can become visible
+        // out of order on PostgreSQL; applying an event twice is harmless.
+        let batch = store
+            .revocations_since((cursor - REVOCATION_OVERLAP).max(0), now)
+            .await?;
+        let mut s = self.write();
+        if let Some(epochs) = epochs {
+            for (uid, ep) in epochs {
+                let e = s.epochs.entry(uid).or_insert(0);
+                *e = (*e).max(ep);
+            }
+        }
+        for ev in batch.events {
+            match ev {
+                RevocationEvent::Session { sid, expires_at } => {
+                    s.revoked.insert(sid, expires_at);
+                }
+                RevocationEvent::Epoch { user_id, epoch } => {
+                    let e = s.epochs.entry(user_id).or_insert(0);
+                    *e = (*e).max(epoch);
+                }
+            }
+        }
+        s.cursor = s.cursor.max(batch.cursor);
+        s.revoked.retain(|_, exp| *exp > now);
+        s.last_ok = Some(now_instant);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn claims(sid: &str, uid: &str, ep: u64) -> SessionClaims {
+        SessionClaims {
+            sid: sid.into(),
+            uid: uid.into(),
+            lvl: 1,
+            amr: vec![],
+            auth: 0,
+            mfa: None,
+            iat: 0,
+            last: 0,
+            ep,
+        }
+    }
+
+    #[tokio::test]
+    async fn sees_other_replicas_changes_after_refresh() {
+        let store: SharedStore = Arc::new(MemoryStore::new());
+        let a = RevocationView::new(Duration::from_secs(2));
+        let t0 = Instant::now();
+        a.refresh(&store, 100, t0).await.unwrap();
+        assert_eq!(a.check(&claims("s1", "u1", 0), t0), Ok(()));
+        // Another replica logs out s1 and revokes all of u2's sessions.
+        store.revoke_session("s1", 10_000).await.unwrap();
+        store.bump_epoch("u2").await.unwrap();
+        assert_eq!(a.check(&claims("s1", "u1", 0), t0), Ok(()), "not yet refreshed");
+        a.refresh(&store, 101, t0).await.unwrap();
+        assert_eq!(a.check(&claims("s1", "u1", 0), t0), Err(SessionReject::Revoked));
+        assert_eq!(a.check(&claims("s2", "u2", 0), t0), Err(SessionReject::Revoked));
+        assert_eq!(a.check(&claims("s3", "u2", 1), t0), Ok(()));
+        assert_eq!(a.epoch("u2"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_view_loads_epochs_and_is_stale_until_refreshed() {
+        let store: SharedStore = Arc::new(MemoryStore::new());
+        store.bump_epoch("u1").await.unwrap();
+        let v = RevocationView::new(Duration::from_secs(2));
+        let t0 = Instant::now();
+        assert_eq!(
+            v.check(&claims("s", "u1", 1), t0),
+            Err(SessionReject::Unavailable)
+        );
+        v.refresh(&store, 0, t0).await.unwrap();
+        assert_eq!(v.epoch("u1"), 1);
+        assert_eq!(v.check(&claims("s", "u1", 0), t0), Err(SessionReject::Revoked));
+    }
+
+    #[tokio::test]
+    async fn goes_stale_without_refreshes() {
+        let store: SharedStore = Arc::new(MemoryStore::new());
+        let v = RevocationView::new(Duration::from_secs(2));
+        let t0 = Instant::now();
+        v.refresh(&store, 0, t0).await.unwrap();
+        let c = claims("s", "u", 0);
+        assert_eq!(v.check(&c, t0 + Duration::from_secs(2)), Ok(()));
+        assert_eq!(
+            v.check(&c, t0 + Duration::from_millis(2_001)),
+            Err(SessionReject::Unavailable)
+        );
+        assert!(!v.is_fresh(t0 + Duration::from_secs(3)));
+    }
+
+    #[tokio::test]
+    async fn local_changes_apply_at_once() {
+        let v = RevocationView::new(Duration::from_secs(2));
+        let store: SharedStore = Arc::new(MemoryStore::new());
+        let t0 = Instant::now();
+        v.refresh(&store, 0, t0).await.unwrap();
+        v.note_revoked("s", 1_000);
+        v.note_epoch("u", 4);
+        assert_eq!(v.check(&claims("s", "x", 9), t0), Err(SessionReject::Revoked));
+        assert_eq!(v.check(&claims("t", "u", 3), t0), Err(SessionReject::Revoked));
+        assert_eq!(v.check(&claims("t", "u", 4), t0), Ok(()));
+    }
+}
