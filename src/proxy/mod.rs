@@ -171,6 +171,41 @@ impl Upstream {
     }
 }
 
+impl Inner {
+    /// Applies the request rules (module doc) to the headers going upstream.
+    fn rewrite_request_headers(
+        &self,
+        h: &mut http::HeaderMap,
+        ctx: &RequestContext,
+        principal: Option<&Principal>,
+        upstream: &Upstream,
+        upgrade_protocol: Option<HeaderValue>,
+    ) {
+        headers::strip_hop_by_hop(h);
+        headers::strip_reserved_inbound(h, &self.identity);
+        headers::strip_gateway_cookies(h, &self.gateway_cookies);
+        // hyper already answered `100-continue` to the client when the body was
+        // first read; the upstream gets the body at once and no 417 surprises.
+        h.remove(header::EXPECT);
+        let authority = HeaderValue::from_str(&ctx.authority)
+            .ok()
+            .filter(|a| !a.is_empty());
+        headers::set_forwarding(h, ctx.client_addr, ctx.scheme, authority.as_ref());
+        if let Some(principal) = principal {
+            headers::set_identity(h, &self.identity, principal);
+        }
+        let host = match authority {
+            Some(authority) if upstream.preserve_host => authority,
+            _ => upstream.host.clone(),
+        };
+        h.insert(header::HOST, host);
+        if let Some(protocol) = upgrade_protocol {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, protocol);
+        }
+    }
+}
+
 impl Proxy {
     /// Builds the proxy and one pooled client per upstream.
     pub fn new(settings: ProxySettings) -> Result<Self, ProxyError> {
@@ -239,27 +274,9 @@ impl Proxy {
             None => None,
         };
 
-        let identity = &self.inner.identity;
-        let h = &mut parts.headers;
-        headers::strip_hop_by_hop(h);
-        headers::strip_reserved_inbound(h, identity);
-        headers::strip_gateway_cookies(h, &self.inner.gateway_cookies);
-        let authority = HeaderValue::from_str(&ctx.authority)
-            .ok()
-            .filter(|a| !a.is_empty());
-        headers::set_forwarding(h, ctx.client_addr, ctx.scheme, authority.as_ref());
-        if let Some(principal) = parts.extensions.get::<Principal>() {
-            headers::set_identity(h, identity, principal);
-        }
-        let host = match authority {
-            Some(authority) if upstream.preserve_host => authority,
-            _ => upstream.host.clone(),
-        };
-        h.insert(header::HOST, host);
-        if let Some(protocol) = upgrade_protocol {
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(header::UPGRADE, protocol);
-        }
+        let principal = parts.extensions.get::<Principal>();
+        self.inner
+            .rewrite_request_headers(&mut parts.headers, &ctx, principal, upstream, upgrade_protocol);
 
         // A fresh request: the client's extensions (principal, upgrade handle,
         // server internals) stay on this side.
@@ -961,6 +978,96 @@ mod tests {
             });
             assert!(matches!(err, Err(ProxyError::Url { .. })), "{url}");
         }
+    }
+
+    #[tokio::test]
+    async fn expect_continue_is_handled_here() {
+        let addr = spawn_upstream().await;
+        let proxy = proxy(addr, "", true);
+        let req = request("/e")
+            .method("POST")
+            .header("expect", "100-continue")
+            .body(Body::from("x"))
+            .unwrap();
+        let echo = json(proxy.forward(req).await).await;
+        assert!(got(&echo, "expect").is_empty());
+        assert_eq!(echo["received"], 1);
+    }
+
+    #[test]
+    fn mounts_as_an_axum_fallback() {
+        fn assert_service<S: Clone + Send + Sync + 'static>(_: &S) {}
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let proxy = proxy_for(vec![upstream_config(
+            "http://127.0.0.1:1",
+            true,
+            Duration::from_secs(1),
+        )]);
+        assert_service(&proxy);
+        let _router: axum::Router = axum::Router::new().fallback_service(proxy);
+    }
+
+    /// An https upstream with a self-signed certificate for 127.0.0.1; returns its
+    /// address and the certificate to trust.
+    async fn spawn_tls_upstream() -> (SocketAddr, rustls_pki_types::CertificateDer<'static>) {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let cert = certified.cert.der().clone();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service_fn(upstream_handler))
+                        .await;
+                });
+            }
+        });
+        (addr, cert)
+    }
+
+    #[tokio::test]
+    async fn https_upstream_trusts_its_configured_ca_only() {
+        let (addr, cert) = spawn_tls_upstream().await;
+        let mut trusted = upstream_config(&format!("https://{addr}/tls"), false, Duration::from_secs(5));
+        trusted.ca = vec![cert];
+        let proxy = proxy_for(vec![trusted]);
+        let res = proxy
+            .forward(request("/x?y=1").body(Body::empty()).unwrap())
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let echo = json(res).await;
+        assert_eq!(echo["uri"], "/tls/x?y=1");
+        assert_eq!(got(&echo, "host"), [addr.to_string()]);
+
+        let untrusted = proxy_for(vec![upstream_config(
+            &format!("https://{addr}"),
+            true,
+            Duration::from_secs(5),
+        )]);
+        let res = untrusted.forward(request("/").body(Body::empty()).unwrap()).await;
+        assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
     }
 
     /// A real front server (hyper-util auto, with upgrades) that plays the gateway.
