@@ -21,6 +21,8 @@
 //!   gateway) and upstream `Set-Cookie` for those names is dropped (the upstream
 //!   cannot set or clear them);
 //! - bodies stream both ways, never buffered; the upstream request is HTTP/1.1;
+//!   `Expect: 100-continue` is answered by hyper on the client side, so it is not
+//!   forwarded; `CONNECT` is refused (405): there is nothing to tunnel to;
 //! - an upgrade is spliced only after the upstream answered 101 (see [`upgrade`]);
 //! - failures answer a small generic body (connect 502, timeout 504); the cause
 //!   goes to the log without header values, cookies or query strings.
