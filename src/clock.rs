@@ -97,6 +97,7 @@ mod tests {
     #[test]
     fn formats_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(http_date(1_795_000_000), "Sat, 18 Nov 2026 08:26:40 GMT");
+        assert_eq!(http_date(1_795_000_000), "Wed, 18 Nov 2026 11:06:40 GMT");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40.000Z");
     }
 }

@@ -186,24 +186,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_okta_error_object() {
-        let e = ApiError::new(ErrorCode::E0000001).cause("login: required");
-        let v: serde_json::Value = serde_json::from_str(&e.body()).expect("json");
-        assert_eq!(v["errorCode"], "E0000001");
-        assert_eq!(v["errorSummary"], "Api validation failed");
-        assert_eq!(v["errorCauses"][0]["errorSummary"], "login: required");
-        assert!(v["errorId"].as_str().is_some_and(|s| s.starts_with("oae")));
-        let res = e.into_response();
-        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
-    }
-}
-
 impl ApiError {
     /// 429 E0000047 with `Date` and the `X-Rate-Limit-*` headers Okta clients read.
     pub fn rate_limited(limit: u32, reset_at: crate::clock::UnixTime, now: crate::clock::UnixTime) -> Self {
@@ -237,5 +219,23 @@ impl ApiError {
             e = e.header(header::DATE, d);
         }
         e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_okta_error_object() {
+        let e = ApiError::new(ErrorCode::E0000001).cause("login: required");
+        let v: serde_json::Value = serde_json::from_str(&e.body()).expect("json");
+        assert_eq!(v["errorCode"], "E0000001");
+        assert_eq!(v["errorSummary"], "Api validation failed");
+        assert_eq!(v["errorCauses"][0]["errorSummary"], "login: required");
+        assert!(v["errorId"].as_str().is_some_and(|s| s.starts_with("oae")));
+        let res = e.into_response();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
     }
 }

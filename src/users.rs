@@ -95,6 +95,9 @@ impl UserDirectory {
     }
 }
 
+/// The directory shared between the request path and the code that changes it.
+pub type SharedUsers = Arc<std::sync::RwLock<UserDirectory>>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +127,3 @@ mod tests {
         assert!(dir.by_login("bob").is_none());
     }
 }
-
-/// The directory shared between the request path and the code that changes it.
-pub type SharedUsers = Arc<std::sync::RwLock<UserDirectory>>;

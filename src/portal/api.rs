@@ -40,12 +40,12 @@ pub fn cross_site_guard(
     ctx: &Ctx,
     method: &Method,
     headers: &HeaderMap,
-) -> Result<(), Response> {
+) -> Result<(), Box<Response>> {
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(());
     }
     if !is_json(headers) {
-        return Err(ApiError::new(ErrorCode::E0000037).into_response());
+        return Err(Box::new(ApiError::new(ErrorCode::E0000037).into_response()));
     }
     let cfg = &st.config;
     if !super::csrf::same_origin(
@@ -54,9 +54,8 @@ pub fn cross_site_guard(
         cfg.server.external_url.as_ref(),
         &cfg.portal.trusted_origins,
     ) {
-        return Err(ApiError::new(ErrorCode::E0000006)
-            .cause("cross-origin request refused")
-            .into_response());
+        let refused = ApiError::new(ErrorCode::E0000006).cause("cross-origin request refused");
+        return Err(Box::new(refused.into_response()));
     }
     Ok(())
 }
@@ -155,7 +154,7 @@ pub async fn authn(
     body: Bytes,
 ) -> Response {
     if let Err(res) = cross_site_guard(&st, &ctx, &method, &headers) {
-        return res;
+        return *res;
     }
     let Ok(req) = serde_json::from_slice::<AuthnRequest>(&body) else {
         return ApiError::new(ErrorCode::E0000003).into_response();
@@ -230,7 +229,7 @@ pub async fn logout(
     headers: HeaderMap,
 ) -> Response {
     if let Err(res) = cross_site_guard(&st, &ctx, &method, &headers) {
-        return res;
+        return *res;
     }
     match st.enforcer.session(&headers) {
         SessionState::Valid(s) => {

@@ -29,7 +29,7 @@ pub fn safe_target(rd: Option<&str>, own_host: &str, allowed_hosts: &[String]) -
     else {
         return "/".into();
     };
-    if host == own_host || allowed_hosts.iter().any(|h| *h == host) {
+    if host == own_host || allowed_hosts.contains(&host) {
         url.to_string()
     } else {
         "/".into()
