@@ -406,3 +406,134 @@ pub fn replace_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
     parts.path_and_query = Some(pq.parse().ok()?);
     http::Uri::from_parts(parts).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::extract::ConnectInfo;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::gateway::Gateway;
+
+    const CONFIG: &str = r#"
+default_policy = "one_factor"
+[admin]
+tokens = []
+[[upstreams]]
+name = "unused"
+url = "http://127.0.0.1:9"
+[session]
+secrets = ["0123456789abcdef0123456789abcdef"]
+[store]
+kind = "memory"
+encryption_keys = []
+[factors.totp]
+enabled = false
+[factors.recovery_codes]
+enabled = false
+[[rules]]
+path = "^/public$"
+policy = "bypass"
+[[rules]]
+path = "^/admin"
+policy = "one_factor"
+groups = ["admins"]
+"#;
+
+    async fn app() -> (Gateway, axum::Router, ManualClock) {
+        let loaded = crate::config::load_str(CONFIG, &|_| None).expect("config");
+        let clock = ManualClock::new(1_800_000_000);
+        let gw = Gateway::build_with(loaded.config, Arc::new(clock.clone()))
+            .await
+            .expect("gateway");
+        gw.state().enforcer.users.write().unwrap().insert(User {
+            id: "00uALICE".into(),
+            username: "alice".into(),
+            display_name: None,
+            email: None,
+            phone: None,
+            groups: vec!["staff".into()],
+            password_hash: None,
+            from_file: false,
+        });
+        let app = axum::Router::new()
+            .route(
+                "/",
+                get(
+                    |p: Option<axum::Extension<Principal>>, h: http::HeaderMap| async move {
+                        let spoofed = h.get("remote-user").is_some();
+                        format!("{}|{spoofed}", p.map(|p| p.0.username).unwrap_or_default())
+                    },
+                ),
+            )
+            .route("/public", get(|| async { "public" }))
+            .route("/admin", get(|| async { "admin" }))
+            .layer(gw.mfa_layer());
+        (gw, app, clock)
+    }
+
+    fn req(path: &str, cookie: Option<&str>) -> Request<Body> {
+        let mut r = Request::builder()
+            .uri(path)
+            .header("host", "app.test")
+            .header("remote-user", "mallory");
+        if let Some(c) = cookie {
+            r = r.header("cookie", format!("portcullis_session={c}"));
+        }
+        let mut r = r.body(Body::empty()).unwrap();
+        r.extensions_mut()
+            .insert(ConnectInfo("192.0.2.1:5000".parse::<SocketAddr>().unwrap()));
+        r
+    }
+
+    async fn body(res: Response<Body>) -> String {
+        let b = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn guards_an_axum_app_on_its_own() {
+        let (gw, app, clock) = app().await;
+        let now = clock.now();
+        // Anonymous: challenged; bypass passes without identity.
+        let res = app.clone().oneshot(req("/", None)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let res = app.clone().oneshot(req("/public", None)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        // Signed in: the handler sees the principal, never the spoofed header.
+        let claims = SessionClaims::new("00uALICE", 1, vec!["pwd".into()], now, None, 0, now);
+        let cookie = gw.state().enforcer.sessions.encode(&claims);
+        let res = app.clone().oneshot(req("/", Some(&cookie))).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(body(res).await, "alice|false");
+        // Group requirement: signed in but not an admin.
+        let res = app.clone().oneshot(req("/admin", Some(&cookie))).await.unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        // Sliding refresh after a minute of activity.
+        clock.advance(61);
+        let res = app.clone().oneshot(req("/", Some(&cookie))).await.unwrap();
+        assert!(res.headers().get(header::SET_COOKIE).is_some());
+        // Normalized before matching: a dot segment cannot reach around a rule.
+        let res = app
+            .clone()
+            .oneshot(req("/public/../admin", Some(&cookie)))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        let res = app.clone().oneshot(req("/public%2F..", None)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn fails_closed_without_a_client_address() {
+        let (_gw, app, _clock) = app().await;
+        let mut r = req("/public", None);
+        r.extensions_mut().remove::<ConnectInfo<SocketAddr>>();
+        let res = app.oneshot(r).await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    }
+}
