@@ -19,7 +19,9 @@ use regex::Regex;
 
 use crate::secret::Secret;
 
-pub use load::{ConfigError, ConfigProblem, LoadedConfig, load_file, load_str, parse_duration};
+pub use load::{
+    ConfigError, ConfigProblem, LoadedConfig, load_file, load_file_with_env, load_str, parse_duration,
+};
 
 /// Default values, named so the example config, the docs and the code agree.
 pub mod defaults {
@@ -62,6 +64,52 @@ pub mod defaults {
     pub const EMAIL_SUBJECT: &str = "Your {app} sign-in code";
     pub const PUSH_TTL_SECS: u64 = 60;
     pub const RECOVERY_CODES: u32 = 10;
+
+    // Added with the loader: the remaining defaults, so every key has a named one.
+    /// Policy for requests no rule matches (`default_policy`).
+    pub const DEFAULT_POLICY: &str = "two_factor";
+    /// Environment variable behind the default `session.secrets`.
+    pub const SESSION_SECRET_ENV: &str = "PORTCULLIS_SESSION_SECRET";
+    /// Environment variable behind the default `admin.tokens`.
+    pub const ADMIN_TOKEN_ENV: &str = "PORTCULLIS_ADMIN_TOKEN";
+    /// Environment variable behind the default `store.encryption_keys`.
+    pub const STORE_KEY_ENV: &str = "PORTCULLIS_STORE_KEY";
+    /// Length of a `store.encryption_keys` entry once base64-decoded.
+    pub const STORE_KEY_BYTES: usize = 32;
+    /// Whether `/metrics` on the admin listener needs a token.
+    pub const METRICS_REQUIRE_TOKEN: bool = false;
+    /// Forward the client's `Host` to upstreams.
+    pub const PRESERVE_HOST: bool = true;
+    /// The session cookie's `Secure` attribute.
+    pub const SESSION_SECURE: bool = true;
+    /// The session cookie's `SameSite` attribute.
+    pub const SAME_SITE: &str = "lax";
+    /// Username plus one possession factor instead of a password.
+    pub const PASSWORDLESS: bool = false;
+    /// Whether a user without factors may enroll at sign-in.
+    pub const ENROLLMENT: &str = "first_login";
+    /// Store backend.
+    pub const STORE_KIND: &str = "sqlite";
+    /// Tell a locked user so instead of the generic failure.
+    pub const REVEAL_LOCKOUT: bool = false;
+    /// Authenticator apps are on by default.
+    pub const TOTP_ENABLED: bool = true;
+    /// The only algorithm every authenticator app supports.
+    pub const TOTP_ALGORITHM: &str = "SHA1";
+    /// `enabled` of `[factors.sms]`, `[factors.call]` and `[factors.email]`.
+    pub const CODE_FACTOR_ENABLED: bool = false;
+    /// Text spoken by a voice call; repeated so it can be written down.
+    pub const CALL_TEMPLATE: &str = "Your {app} sign-in code is {code}. Again, your code is {code}.";
+    /// Body of a code e-mail.
+    pub const EMAIL_TEMPLATE: &str = "Your {app} sign-in code is {code}. It expires in {expires_in}.\n\nIf you did not try to sign in, you can ignore this message.";
+    /// Push approval needs a delivery, so it is off by default.
+    pub const PUSH_ENABLED: bool = false;
+    /// Recovery codes are on by default.
+    pub const RECOVERY_CODES_ENABLED: bool = true;
+    /// Human-readable logs by default.
+    pub const LOG_FORMAT: &str = "text";
+    /// A tracing `EnvFilter` directive.
+    pub const LOG_LEVEL: &str = "info";
 }
 
 /// The whole validated configuration.
