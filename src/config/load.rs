@@ -237,6 +237,10 @@ struct Ctx<'a> {
     env: Env<'a>,
     problems: Vec<ConfigProblem>,
     warnings: Vec<ConfigProblem>,
+    /// Keys already reported as malformed: their section is still checked
+    /// without them, and what their absence would cause (a missing required
+    /// key, a default secret that is not set) is not reported on top.
+    malformed: Vec<String>,
 }
 
 impl<'a> Ctx<'a> {
@@ -245,14 +249,22 @@ impl<'a> Ctx<'a> {
             env,
             problems: Vec::new(),
             warnings: Vec::new(),
+            malformed: Vec::new(),
         }
     }
 
     fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(ConfigProblem {
-            key: key.into(),
-            message: message.into(),
+        let key = key.into();
+        let follows_from_malformed = self.malformed.iter().any(|bad| {
+            key.strip_prefix(bad.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
         });
+        if !follows_from_malformed {
+            self.problems.push(ConfigProblem {
+                key,
+                message: message.into(),
+            });
+        }
     }
 
     fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
@@ -483,7 +495,7 @@ fn report_shape_error(cx: &mut Ctx<'_>, prefix: &str, e: ShapeError) {
             None => "invalid value (not shown)".to_owned(),
         };
     }
-    cx.error(key, message);
+    cx.problems.push(ConfigProblem { key, message });
 }
 
 fn is_secret_key(key: &str) -> bool {
@@ -496,7 +508,8 @@ fn is_secret_key(key: &str) -> bool {
 }
 
 /// Deserializes one value; on failure, retries key by key so that every bad
-/// key of a table is reported, not only the first one serde meets.
+/// key of a table is reported, not only the first one serde meets, and
+/// returns the table without its bad keys (the load fails regardless).
 fn deserialize_reporting<T: DeserializeOwned>(
     cx: &mut Ctx<'_>,
     prefix: &str,
@@ -506,26 +519,34 @@ fn deserialize_reporting<T: DeserializeOwned>(
         Ok(parsed) => return Some(parsed),
         Err(e) => e,
     };
-    let mut reported = false;
-    if let toml::Value::Table(table) = &value
-        && table.len() > 1
-    {
-        for (k, v) in table {
-            let mut one = toml::Table::new();
-            one.insert(k.clone(), v.clone());
-            if let Err(e) = deserialize::<T>(toml::Value::Table(one)) {
-                report_shape_error(cx, prefix, e);
-                reported = true;
-            }
+    let toml::Value::Table(mut table) = value else {
+        report_shape_error(cx, prefix, whole);
+        return None;
+    };
+    let mut bad = Vec::new();
+    for (k, v) in &table {
+        let mut one = toml::Table::new();
+        one.insert(k.clone(), v.clone());
+        if let Err(e) = deserialize::<T>(toml::Value::Table(one)) {
+            report_shape_error(cx, prefix, e);
+            bad.push(k.clone());
         }
     }
-    if !reported {
+    if bad.is_empty() {
         report_shape_error(cx, prefix, whole);
+        return None;
     }
-    None
+    // Check the rest of the section too, so that one mistyped key does not
+    // hide a bad value next to it.
+    for k in bad {
+        table.remove(&k);
+        cx.malformed.push(join_key(prefix, &k));
+    }
+    deserialize::<T>(toml::Value::Table(table)).ok()
 }
 
-/// A table section: absent means all defaults; `None` means it was reported as malformed.
+/// A table section: absent means all defaults; `None` means it was reported as
+/// malformed as a whole (not a table).
 fn section<T: DeserializeOwned + Default>(
     cx: &mut Ctx<'_>,
     key: &str,
@@ -2360,7 +2381,12 @@ fn convert_rule(cx: &mut Ctx<'_>, i: usize, raw: RawRule) -> Option<RuleConfig> 
     let path = raw.path.as_deref().and_then(|pattern| match Regex::new(pattern) {
         Ok(re) => Some(re),
         Err(e) => {
-            cx.error(k("path"), format!("invalid regex: {e}"));
+            // regex's message draws a caret under the pattern over several
+            // lines; keep one problem per line and name the pattern instead.
+            let detail = e.to_string();
+            let last = detail.lines().last().unwrap_or_default();
+            let last = last.strip_prefix("error: ").unwrap_or(last);
+            cx.error(k("path"), format!("invalid regex: {last} (in {pattern:?})"));
             None
         }
     });
@@ -2970,6 +2996,33 @@ url = "http://127.0.0.1:3000"
     }
 
     #[test]
+    fn a_mistyped_key_does_not_hide_its_neighbours_nor_cause_follow_ups() {
+        let env = |name: &str| {
+            if name == defaults::SESSION_SECRET_ENV {
+                None
+            } else {
+                std_env(name)
+            }
+        };
+        let text = "[server]\nlisten = \"localhost\"\nlistn = 1\n[session]\nsecrets = \"not-a-list\"\n\
+                    [[upstreams]]\nname = \"app\"\nurl = 3000\ntimeout = \"soon\"\n";
+        let e = load_str(text, &env).unwrap_err();
+        let errs: Vec<String> = e.problems.iter().map(ToString::to_string).collect();
+        assert_has(&errs, "server.listn", "unknown key");
+        assert_has(&errs, "server.listen", "IP address and port");
+        assert_has(&errs, "session.secrets", "invalid value (not shown)");
+        assert_has(&errs, "upstreams[0].url", "invalid value");
+        assert_has(&errs, "upstreams[0].timeout", "invalid duration");
+        // The missing-secret and missing-url follow-ups are not piled on.
+        assert!(
+            !has(&errs, "session.secrets", "PORTCULLIS_SESSION_SECRET"),
+            "{errs:#?}"
+        );
+        assert!(!has(&errs, "upstreams[0].url", "is required"), "{errs:#?}");
+        assert_eq!(errs.len(), 5, "{errs:#?}");
+    }
+
+    #[test]
     fn problems_in_different_sections_are_all_reported() {
         let text = r#"
 default_policy = "sometimes"
@@ -3035,7 +3088,12 @@ format = "xml"
             "at least regulation.max_password_failures",
         );
         assert_has(&errs, "factors.totp.digits", "must be 6 or 8");
-        assert_has(&errs, "rules[2].path", "invalid regex");
+        assert_has(
+            &errs,
+            "rules[2].path",
+            "invalid regex: unclosed group (in \"^/(unclosed\")",
+        );
+        assert!(errs.iter().all(|l| !l.contains('\n')), "{errs:#?}");
         assert_has(&errs, "log.format", "must be one of");
         assert!(errs.len() >= 12, "{errs:#?}");
         // The error's Display lists them all, one per line.
