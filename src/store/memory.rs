@@ -9,7 +9,10 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use dashmap::DashMap;
 
-use super::{CounterKey, RevocationBatch, RevocationEvent, Store, StoreResult};
+use super::{
+    CounterKey, FactorRecord, FactorStatus, RevocationBatch, RevocationEvent, SealedSecret, Store,
+    StoreResult, TransactionRecord,
+};
 use crate::clock::UnixTime;
 
 #[derive(Debug, Clone)]
@@ -33,6 +36,12 @@ pub struct MemoryStore {
     revocations: Mutex<Vec<(i64, RevocationEvent)>>,
     counters: DashMap<String, Counter>,
     locks: DashMap<String, Lock>,
+    /// Factors in insertion order (small per user; scans are fine here).
+    factors: Mutex<Vec<FactorRecord>>,
+    totp_steps: DashMap<String, i64>,
+    /// user id -> recovery code hashes.
+    recovery: DashMap<String, Vec<String>>,
+    transactions: DashMap<String, TransactionRecord>,
 }
 
 impl MemoryStore {
@@ -147,8 +156,180 @@ impl Store for MemoryStore {
         Ok(self.locks.len() + self.counters.len() != before)
     }
 
+    async fn insert_factor(&self, factor: &FactorRecord) -> StoreResult<()> {
+        self.factors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(factor.clone());
+        Ok(())
+    }
+
+    async fn get_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<Option<FactorRecord>> {
+        let f = self.factors.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(f.iter()
+            .find(|f| f.id == factor_id && f.user_id == user_id)
+            .cloned())
+    }
+
+    async fn list_factors(&self, user_id: &str) -> StoreResult<Vec<FactorRecord>> {
+        let f = self.factors.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(f.iter().filter(|f| f.user_id == user_id).cloned().collect())
+    }
+
+    async fn activate_factor(&self, user_id: &str, factor_id: &str, now: UnixTime) -> StoreResult<bool> {
+        let mut f = self.factors.lock().unwrap_or_else(|p| p.into_inner());
+        match f.iter_mut().find(|f| {
+            f.id == factor_id && f.user_id == user_id && f.status == FactorStatus::PendingActivation
+        }) {
+            Some(f) => {
+                f.status = FactorStatus::Active;
+                f.last_updated = now;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn delete_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<bool> {
+        let mut f = self.factors.lock().unwrap_or_else(|p| p.into_inner());
+        let before = f.len();
+        f.retain(|f| !(f.id == factor_id && f.user_id == user_id));
+        let deleted = f.len() != before;
+        drop(f);
+        if deleted {
+            self.totp_steps.remove(factor_id);
+        }
+        Ok(deleted)
+    }
+
+    async fn claim_totp_step(&self, factor_id: &str, step: i64) -> StoreResult<bool> {
+        let mut last = self.totp_steps.entry(factor_id.to_owned()).or_insert(i64::MIN);
+        if step > *last {
+            *last = step;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    async fn secret_key_ids(&self) -> StoreResult<Vec<String>> {
+        let f = self.factors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<String> = f
+            .iter()
+            .filter_map(|f| f.secret.as_ref().map(|s| s.key_id.clone()))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    async fn factors_sealed_with_other_keys(
+        &self,
+        key_id: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<FactorRecord>> {
+        let f = self.factors.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(f.iter()
+            .filter(|f| f.secret.as_ref().is_some_and(|s| s.key_id != key_id))
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .cloned()
+            .collect())
+    }
+
+    async fn replace_factor_secret(
+        &self,
+        factor_id: &str,
+        old: &SealedSecret,
+        new: &SealedSecret,
+    ) -> StoreResult<bool> {
+        let mut f = self.factors.lock().unwrap_or_else(|p| p.into_inner());
+        match f
+            .iter_mut()
+            .find(|f| f.id == factor_id && f.secret.as_ref() == Some(old))
+        {
+            Some(f) => {
+                f.secret = Some(new.clone());
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn replace_recovery_codes(
+        &self,
+        user_id: &str,
+        hashes: &[String],
+        _now: UnixTime,
+    ) -> StoreResult<()> {
+        self.recovery.insert(user_id.to_owned(), hashes.to_vec());
+        Ok(())
+    }
+
+    async fn use_recovery_code(&self, user_id: &str, hash: &str) -> StoreResult<bool> {
+        Ok(match self.recovery.get_mut(user_id) {
+            Some(mut codes) => {
+                let before = codes.len();
+                codes.retain(|h| h != hash);
+                codes.len() != before
+            }
+            None => false,
+        })
+    }
+
+    async fn recovery_codes_left(&self, user_id: &str) -> StoreResult<u32> {
+        Ok(self
+            .recovery
+            .get(user_id)
+            .map_or(0, |c| u32::try_from(c.len()).unwrap_or(u32::MAX)))
+    }
+
+    async fn put_transaction(&self, t: &TransactionRecord) -> StoreResult<()> {
+        self.transactions.insert(t.id.clone(), t.clone());
+        Ok(())
+    }
+
+    async fn get_transaction(
+        &self,
+        kind: &str,
+        id: &str,
+        now: UnixTime,
+    ) -> StoreResult<Option<TransactionRecord>> {
+        Ok(self
+            .transactions
+            .get(id)
+            .filter(|t| t.kind == kind && t.expires_at > now)
+            .map(|t| t.clone()))
+    }
+
+    async fn update_transaction(&self, t: &TransactionRecord, now: UnixTime) -> StoreResult<bool> {
+        Ok(match self.transactions.get_mut(&t.id) {
+            Some(mut cur) if cur.kind == t.kind && cur.version == t.version && cur.expires_at > now => {
+                *cur = TransactionRecord {
+                    version: t.version + 1,
+                    ..t.clone()
+                };
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn take_transaction(
+        &self,
+        kind: &str,
+        id: &str,
+        now: UnixTime,
+    ) -> StoreResult<Option<TransactionRecord>> {
+        Ok(self
+            .transactions
+            .remove_if(id, |_, t| t.kind == kind)
+            .map(|(_, t)| t)
+            .filter(|t| t.expires_at > now))
+    }
+
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<()> {
         self.locks.retain(|_, l| l.until > now);
+        self.transactions.retain(|_, t| t.expires_at > now);
         // Counters whose window ended long ago carry nothing.
         self.counters.retain(|_, c| c.window_start + 86_400 > now);
         let mut log = self.revocations.lock().unwrap_or_else(|p| p.into_inner());

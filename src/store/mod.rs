@@ -94,6 +94,82 @@ pub struct RevocationBatch {
     pub cursor: i64,
 }
 
+/// A factor's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum FactorStatus {
+    /// Enrolled, waiting for its first code (or device) to prove possession.
+    #[serde(rename = "PENDING_ACTIVATION")]
+    PendingActivation,
+    /// Usable for sign-in.
+    #[serde(rename = "ACTIVE")]
+    Active,
+}
+
+impl FactorStatus {
+    /// The Okta spelling (`PENDING_ACTIVATION`, `ACTIVE`), also the stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FactorStatus::PendingActivation => "PENDING_ACTIVATION",
+            FactorStatus::Active => "ACTIVE",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "PENDING_ACTIVATION" => Some(FactorStatus::PendingActivation),
+            "ACTIVE" => Some(FactorStatus::Active),
+            _ => None,
+        }
+    }
+}
+
+/// A factor secret encrypted at rest (see `crate::factors::sealing`): the id
+/// of the key that sealed it and the sealed bytes (nonce + ciphertext + tag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    /// Identifies the encryption key (derived from the key, never the key).
+    pub key_id: String,
+    /// Nonce, ciphertext and tag.
+    pub blob: Vec<u8>,
+}
+
+/// An enrolled factor as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactorRecord {
+    /// 20 characters, unique.
+    pub id: String,
+    pub user_id: String,
+    /// `token:software:totp`, `sms`, `call`, `email`, `push`.
+    pub factor_type: String,
+    /// `GOOGLE` or `OKTA`.
+    pub provider: String,
+    pub status: FactorStatus,
+    /// Type-specific profile (phone number, e-mail, device name and public key...).
+    pub profile: serde_json::Value,
+    /// The encrypted secret, for factors that have one (TOTP).
+    pub secret: Option<SealedSecret>,
+    pub created: UnixTime,
+    pub last_updated: UnixTime,
+}
+
+/// A short-lived record shared by replicas: an authentication transaction
+/// (`stateToken`), a one-time `sessionToken`, an OTP challenge, a push
+/// transaction. `id` is what the caller looks it up by (for bearer tokens, a
+/// hash of the token, never the token itself).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransactionRecord {
+    pub id: String,
+    /// What it is (`authn`, `session_token`, ...); lookups name the kind they expect.
+    pub kind: String,
+    pub user_id: String,
+    /// Kind-specific state.
+    pub data: serde_json::Value,
+    /// Bumped by every successful update (optimistic concurrency).
+    pub version: i64,
+    pub expires_at: UnixTime,
+}
+
 /// The gateway's persistent state.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -136,10 +212,103 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Clears every lock and failure counter tied to `user_id`; true if any existed.
     async fn unlock_user(&self, user_id: &str) -> StoreResult<bool>;
 
+    // ---- factors --------------------------------------------------------
+
+    /// Stores a new factor.
+    async fn insert_factor(&self, factor: &FactorRecord) -> StoreResult<()>;
+
+    /// The factor `factor_id` if it belongs to `user_id`.
+    async fn get_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<Option<FactorRecord>>;
+
+    /// Every factor of `user_id`, oldest first.
+    async fn list_factors(&self, user_id: &str) -> StoreResult<Vec<FactorRecord>>;
+
+    /// Moves a `PENDING_ACTIVATION` factor of `user_id` to `ACTIVE`; false if
+    /// there is no such pending factor.
+    async fn activate_factor(&self, user_id: &str, factor_id: &str, now: UnixTime) -> StoreResult<bool>;
+
+    /// Deletes a factor of `user_id` (and its TOTP step record); false if none.
+    async fn delete_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<bool>;
+
+    /// Records that TOTP time step `step` was used with `factor_id`. True only
+    /// if `step` is later than every step used before: atomically, so the same
+    /// code presented twice at once (on any replica) succeeds at most once.
+    /// Works for factors that are not stored here (users-file TOTP) too.
+    async fn claim_totp_step(&self, factor_id: &str, step: i64) -> StoreResult<bool>;
+
+    /// The distinct key ids that sealed the stored factor secrets.
+    async fn secret_key_ids(&self) -> StoreResult<Vec<String>>;
+
+    /// Up to `limit` factors whose secret is sealed with a key other than `key_id`.
+    async fn factors_sealed_with_other_keys(
+        &self,
+        key_id: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<FactorRecord>>;
+
+    /// Replaces a factor's sealed secret if it is still `old` (compare and
+    /// set, so rotation never overwrites a concurrent change); true if replaced.
+    async fn replace_factor_secret(
+        &self,
+        factor_id: &str,
+        old: &SealedSecret,
+        new: &SealedSecret,
+    ) -> StoreResult<bool>;
+
+    // ---- recovery codes -------------------------------------------------
+
+    /// Replaces all of `user_id`'s recovery codes with these hashes.
+    async fn replace_recovery_codes(
+        &self,
+        user_id: &str,
+        hashes: &[String],
+        now: UnixTime,
+    ) -> StoreResult<()>;
+
+    /// Consumes one recovery code by its hash; true if it existed (atomically:
+    /// a code is accepted once, even when presented twice at once).
+    async fn use_recovery_code(&self, user_id: &str, hash: &str) -> StoreResult<bool>;
+
+    /// How many unused recovery codes `user_id` has.
+    async fn recovery_codes_left(&self, user_id: &str) -> StoreResult<u32>;
+
+    // ---- transactions and one-time tokens -------------------------------
+
+    /// Stores a new transaction (its id must be new).
+    async fn put_transaction(&self, t: &TransactionRecord) -> StoreResult<()>;
+
+    /// The transaction `id` of `kind`, unless it has expired at `now`.
+    async fn get_transaction(
+        &self,
+        kind: &str,
+        id: &str,
+        now: UnixTime,
+    ) -> StoreResult<Option<TransactionRecord>>;
+
+    /// Writes `t` if the stored version still equals `t.version` (and it has not
+    /// expired); the stored version becomes `t.version + 1`. False if another
+    /// update won, or it is gone.
+    async fn update_transaction(&self, t: &TransactionRecord, now: UnixTime) -> StoreResult<bool>;
+
+    /// Deletes and returns the transaction (single use): of two concurrent
+    /// takes, one gets it. Expired ones are not returned.
+    async fn take_transaction(
+        &self,
+        kind: &str,
+        id: &str,
+        now: UnixTime,
+    ) -> StoreResult<Option<TransactionRecord>>;
+
     // ---- housekeeping ---------------------------------------------------
 
-    /// Deletes rows whose relevance has passed (expired revocations, old counters, locks).
+    /// Deletes rows whose relevance has passed (expired revocations, old counters,
+    /// locks, expired transactions).
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<()>;
+}
+
+/// The answer of a backend for an operation it does not implement yet.
+fn not_yet() -> StoreError {
+    StoreError::Unavailable("this store backend does not keep factors yet".into())
 }
 
 /// A shared store handle.
