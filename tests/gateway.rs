@@ -1,0 +1,22 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! End-to-end tests over real sockets: the gateway in front of the demo echo
+//! app (and a few purpose-built upstreams). One test binary on purpose: each
+//! file in `tests/` links separately and slowly. The harness is in
+//! `tests/support`, the tests in `tests/gateway/`.
+
+mod support;
+
+#[path = "gateway/cli.rs"]
+mod cli;
+#[path = "gateway/listeners.rs"]
+mod listeners;
+#[path = "gateway/login.rs"]
+mod login;
+#[path = "gateway/paths.rs"]
+mod paths;
+#[path = "gateway/proxying.rs"]
+mod proxying;
+#[path = "gateway/sessions.rs"]
+mod sessions;
+#[path = "gateway/websocket.rs"]
+mod websocket;

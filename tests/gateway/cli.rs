@@ -1,0 +1,353 @@
+//! The `portcullis` binary: check-config, hash-password, gen-key, and serve
+//! with JSON logs and SIGTERM.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use portcullis::secret::Secret;
+use serde_json::Value;
+
+use crate::support::{ALICE, csrf_field, form, free_port, set_cookie, toml_str, users_file};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn portcullis(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("PORTCULLIS_CONFIG")
+        .env_remove("PORTCULLIS_SESSION_SECRET")
+        .env_remove("PORTCULLIS_ADMIN_TOKEN")
+        .env_remove("PORTCULLIS_STORE_KEY");
+    c
+}
+
+/// A complete config for the binary (JSON logs).
+fn good_config(dir: &Path, main: u16, admin: u16, upstream: &str) -> String {
+    std::fs::write(dir.join("users.toml"), users_file()).unwrap();
+    format!(
+        r#"default_policy = "one_factor"
+
+[server]
+listen = "127.0.0.1:{main}"
+shutdown_timeout = "2s"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+tokens = []
+
+[[upstreams]]
+name = "echo"
+url = "{upstream}"
+
+[session]
+secrets = ["{secret}"]
+secure = false
+
+[users]
+file = {users}
+
+[store]
+kind = "memory"
+encryption_keys = []
+
+[factors.totp]
+enabled = false
+
+[factors.recovery_codes]
+enabled = false
+
+[[rules]]
+path = "^/public/"
+policy = "bypass"
+
+[log]
+format = "json"
+level = "info"
+"#,
+        secret = crate::support::SESSION_SECRET,
+        users = toml_str(&dir.join("users.toml").display().to_string()),
+    )
+}
+
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+#[test]
+fn check_config_reports_every_problem_and_binds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (main, admin) = (free_port(), free_port());
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"default_policy = "sometimes"
+
+[server]
+listen = "127.0.0.1:{main}"
+header_read_timeout = "10 parsecs"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[upstreams]]
+name = "app"
+url = "ftp://example.com"
+
+[session]
+secrets = ["too-short"]
+
+[store]
+kind = "memory"
+
+[[rules]]
+path = "^/public/"
+policy = "bypass"
+
+[[rules]]
+path = "([unclosed"
+policy = "bypass"
+"#
+        ),
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let out = portcullis(&["check-config", "--config", p]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "default_policy:",
+        "server.header_read_timeout:",
+        "upstreams[0].url:",
+        "session.secrets[0]:",
+        "rules[1].path:",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.contains(key)),
+            "{key} missing from:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("too-short"), "a secret was printed:\n{stderr}");
+
+    // `serve` with the same file refuses to start and binds nothing.
+    let started = Instant::now();
+    let out = portcullis(&["serve", "--config", p]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(port_is_free(main) && port_is_free(admin));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rules[1].path:"), "{stderr}");
+}
+
+#[test]
+fn check_config_accepts_a_good_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("good.toml");
+    std::fs::write(
+        &path,
+        good_config(dir.path(), free_port(), free_port(), "http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let out = portcullis(&["check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+}
+
+#[tokio::test]
+async fn hash_password_reads_stdin() {
+    let mut child = portcullis(&["hash-password"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret pass\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let pool = portcullis::passwords::PasswordPool::new(1);
+    assert_eq!(
+        pool.verify(Some(&hash), Secret::new("s3cret pass")).await,
+        Ok(true)
+    );
+    assert_eq!(
+        pool.verify(Some(&hash), Secret::new("s3cret pass\n")).await,
+        Ok(false),
+        "the newline ends the password"
+    );
+}
+
+#[test]
+fn gen_key_prints_32_random_bytes() {
+    let key = || {
+        let out = portcullis(&["gen-key"]).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .unwrap()
+    };
+    let (a, b) = (key(), key());
+    assert_eq!(a.len(), 32);
+    assert_eq!(b.len(), 32);
+    assert_ne!(a, b);
+}
+
+/// Kills the child if the test fails half-way.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_logs_json_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = portcullis::demo::spawn_echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (main, admin) = (free_port(), free_port());
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &path,
+        good_config(dir.path(), main, admin, &format!("http://{echo}")),
+    )
+    .unwrap();
+    let mut child = Reap(
+        portcullis(&["serve", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr_pipe = child.0.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr_pipe.read_to_string(&mut s);
+        s
+    });
+
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{main}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(res) = client.get(format!("{base}/_portcullis/healthz")).send().await
+            && res.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not come up");
+        assert!(child.0.try_wait().unwrap().is_none(), "the gateway exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let res = client
+        .get(format!("http://127.0.0.1:{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // Sign in through the form and use the session.
+    let res = client
+        .get(format!("{base}/_portcullis/login?rd=/private"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    let csrf = csrf_field(&res.text().await.unwrap());
+    let res = client
+        .post(format!("{base}/_portcullis/login"))
+        .header("cookie", format!("portcullis_csrf={csrf}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("csrf", &csrf),
+            ("rd", "/private"),
+            ("username", ALICE.username),
+            ("password", ALICE.password),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let (session, _) = set_cookie(&res, "portcullis_session").unwrap();
+    let res = client
+        .get(format!("{base}/private?token=query-secret"))
+        .header("accept", "application/json")
+        .header("cookie", format!("portcullis_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let pid = child.0.id().to_string();
+    let signalled = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(4),
+            "still running 4 s after SIGTERM (shutdown_timeout = 2s)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(TcpProbe::refused(main), "the main port is released");
+
+    let log = stderr.join().unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    assert!(!lines.is_empty(), "no JSON log lines in:\n{log}");
+    let access = lines
+        .iter()
+        .find(|l| l["path"] == "/private" && l["method"] == "GET")
+        .unwrap_or_else(|| panic!("no access line for GET /private in:\n{log}"));
+    assert_eq!(access["status"], 200, "{access}");
+    assert_eq!(access["decision"], "allow", "{access}");
+    assert_eq!(access["user"], "alice", "{access}");
+    let login_line = lines
+        .iter()
+        .find(|l| l["path"] == "/_portcullis/login" && l["method"] == "POST")
+        .unwrap_or_else(|| panic!("no access line for the login in:\n{log}"));
+    assert_eq!(login_line["status"], 303);
+    for secret in [session.as_str(), ALICE.password, "query-secret"] {
+        assert!(!log.contains(secret), "{secret:?} was logged:\n{log}");
+    }
+}
+
+struct TcpProbe;
+
+impl TcpProbe {
+    fn refused(port: u16) -> bool {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(1),
+        )
+        .is_err()
+    }
+}

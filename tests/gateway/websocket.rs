@@ -1,0 +1,128 @@
+//! WebSocket upgrades through the gateway on a protected route.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::support::{ALICE, TestGateway};
+
+/// What the WebSocket upstream saw.
+#[derive(Default)]
+struct Seen {
+    connections: AtomicUsize,
+    handshakes: Mutex<Vec<http::HeaderMap>>,
+}
+
+/// A WebSocket echo server on a raw TCP listener.
+async fn spawn_ws_upstream() -> (SocketAddr, Arc<Seen>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            s.connections.fetch_add(1, Ordering::SeqCst);
+            let s = s.clone();
+            tokio::spawn(async move {
+                let callback = |req: &Request, res: Response| -> Result<Response, ErrorResponse> {
+                    s.handshakes.lock().unwrap().push(req.headers().clone());
+                    Ok(res)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    match msg {
+                        Message::Text(_) | Message::Binary(_) => {
+                            if ws.send(msg).await.is_err() {
+                                return;
+                            }
+                        }
+                        Message::Close(_) => return,
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn websocket_echo_on_a_protected_route() {
+    let (upstream, seen) = spawn_ws_upstream().await;
+    let gw = TestGateway::start(&format!(
+        "[[upstreams]]\nname = \"ws\"\nurl = \"http://{upstream}\"\n"
+    ))
+    .await;
+    let login = gw.login(ALICE).await;
+
+    let mut req = format!("ws://{}/ws/chat", gw.main).into_client_request().unwrap();
+    req.headers_mut()
+        .insert("cookie", format!("{}; app=1", login.cookie()).parse().unwrap());
+    req.headers_mut()
+        .insert("remote-user", "mallory".parse().unwrap());
+    let (mut ws, res) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(res.status(), 101);
+    for text in ["hello", "wörld"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let got = ws.next().await.unwrap().unwrap();
+        assert_eq!(got.into_text().unwrap().as_str(), text);
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_data().as_ref(),
+        [0u8, 1, 2, 255]
+    );
+    ws.close(None).await.unwrap();
+
+    let handshakes = seen.handshakes.lock().unwrap().clone();
+    assert_eq!(handshakes.len(), 1);
+    let h = &handshakes[0];
+    assert_eq!(h.get("remote-user").unwrap(), "alice");
+    assert_eq!(h.get_all("remote-user").iter().count(), 1);
+    assert_eq!(
+        h.get("cookie").unwrap(),
+        "app=1",
+        "the session stays at the gateway"
+    );
+    assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.1");
+}
+
+#[tokio::test]
+async fn websocket_without_a_session_never_reaches_the_upstream() {
+    let (upstream, seen) = spawn_ws_upstream().await;
+    let gw = TestGateway::start(&format!(
+        "[[upstreams]]\nname = \"ws\"\nurl = \"http://{upstream}\"\n"
+    ))
+    .await;
+
+    for (accept, cookie, want) in [
+        (None, None, 401),
+        (Some("text/html"), None, 302),
+        (None, Some("portcullis_session=v1.e30.AAAA"), 401),
+    ] {
+        let mut req = format!("ws://{}/ws/chat", gw.main).into_client_request().unwrap();
+        if let Some(a) = accept {
+            req.headers_mut().insert("accept", a.parse().unwrap());
+        }
+        if let Some(c) = cookie {
+            req.headers_mut().insert("cookie", c.parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Err(WsError::Http(res)) => assert_eq!(res.status(), want),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("upgraded without a session"),
+        }
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 0);
+    assert!(seen.handshakes.lock().unwrap().is_empty());
+}
