@@ -119,6 +119,10 @@ pub fn demo_config(
     memory: bool,
 ) -> String {
     let secret = crate::crypto::b64(&crate::crypto::random_bytes(32));
+    let store_key = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(crate::crypto::random_bytes(32))
+    };
     let store = if memory {
         "kind = \"memory\"".to_owned()
     } else {
@@ -129,7 +133,7 @@ pub fn demo_config(
     };
     format!(
         r#"# Written by `portcullis demo`.
-default_policy = "one_factor"
+default_policy = "two_factor"
 
 [server]
 listen = "{listen}"
@@ -151,17 +155,15 @@ file = {users}
 
 [store]
 {store}
-encryption_keys = []
-
-[factors.totp]
-enabled = false                     # second factors arrive with their own issue
-
-[factors.recovery_codes]
-enabled = false
+encryption_keys = ["{store_key}"]
 
 [[rules]]
 path = "^/public/"
 policy = "bypass"
+
+[[rules]]
+path = "^/reports/"
+policy = "one_factor"               # a password is enough here
 "#,
         users = toml_str(&dir.join("users.toml").display().to_string()),
     )
@@ -225,7 +227,10 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr, memory: bool) -> ExitCod
     println!("  Portcullis demo");
     println!("  open      http://{listen}/   (the echo app, behind the gateway)");
     println!("  sign in   user: demo   password: {password}");
-    println!("  public    http://{listen}/public/   (a bypass rule)");
+    println!("  public    http://{listen}/public/   (a bypass rule; /reports/ needs only the password)");
+    println!(
+        "  factors   http://{listen}/_portcullis/factors   (authenticator app, recovery codes, sign out)"
+    );
     println!("  admin     http://{admin}/metrics");
     println!("  files     {}", dir.display());
     println!("  stop      Ctrl-C");

@@ -21,6 +21,7 @@ pub mod crypto;
 pub mod demo;
 pub mod enforce;
 pub mod error;
+pub mod factors;
 pub mod gateway;
 pub mod identity;
 pub mod metrics;

@@ -25,6 +25,8 @@ pub struct User {
     pub password_hash: Option<String>,
     /// True for users defined in the users file (read-only through the API).
     pub from_file: bool,
+    /// A TOTP secret provisioned by the users file (a read-only, active factor).
+    pub config_totp: Option<crate::secret::Secret>,
 }
 
 /// The stable id of a users-file user: `00u` + 17 characters derived from the login.
@@ -62,6 +64,7 @@ impl UserDirectory {
                 groups: u.groups.clone(),
                 password_hash: Some(u.password_hash.clone()),
                 from_file: true,
+                config_totp: u.totp_secret.clone(),
             });
         }
         dir

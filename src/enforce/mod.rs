@@ -346,7 +346,8 @@ where
             )
         }
         Decision::Challenge { .. } => {
-            let mut res = challenge(e, &ctx, &req);
+            let signed_in = matches!(state, SessionState::Valid(_));
+            let mut res = challenge(e, &ctx, &req, signed_in);
             if matches!(state, SessionState::Invalid(_)) {
                 res.headers_mut()
                     .append(header::SET_COOKIE, e.sessions.clear_cookie());
@@ -358,7 +359,7 @@ where
 
 /// Sends a browser to the login page (302 for GET/HEAD, 303 otherwise), or
 /// answers an API client 401.
-fn challenge(e: &Enforcer, ctx: &RequestContext, req: &Request<Body>) -> Response<Body> {
+fn challenge(e: &Enforcer, ctx: &RequestContext, req: &Request<Body>, signed_in: bool) -> Response<Body> {
     if is_browser(req.headers()) {
         let original = format!(
             "{}://{}{}",
@@ -366,9 +367,11 @@ fn challenge(e: &Enforcer, ctx: &RequestContext, req: &Request<Body>) -> Respons
             ctx.authority,
             req.uri().path_and_query().map_or("/", |p| p.as_str())
         );
+        // Signed in but not enough (second factor, step-up): straight to the challenge.
         let location = format!(
-            "{}/login?rd={}",
+            "{}/{}?rd={}",
             e.prefix,
+            if signed_in { "mfa" } else { "login" },
             percent_encoding::utf8_percent_encode(&original, percent_encoding::NON_ALPHANUMERIC)
         );
         let status = if req.method() == Method::GET || req.method() == Method::HEAD {
@@ -459,6 +462,7 @@ groups = ["admins"]
             groups: vec!["staff".into()],
             password_hash: None,
             from_file: false,
+            config_totp: None,
         });
         let app = axum::Router::new()
             .route(

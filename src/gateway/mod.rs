@@ -37,6 +37,8 @@ pub enum BuildError {
     Store(#[from] crate::store::StoreError),
     #[error("proxy: {0}")]
     Proxy(String),
+    #[error("{0}")]
+    Keys(String),
 }
 
 /// Everything a request handler may need, shared.
@@ -50,6 +52,9 @@ pub struct AppState {
     pub regulator: Regulator,
     /// Key for CSRF tokens (derived from the first session secret).
     pub csrf_key: Secret,
+    /// Seals factor secrets at rest; `None` without `store.encryption_keys`
+    /// (enrolling a factor then fails with a clear error).
+    pub sealer: Option<Arc<crate::factors::sealing::Sealer>>,
 }
 
 /// A running gateway's parts.
@@ -116,6 +121,11 @@ impl Gateway {
             .first()
             .map(|s| crate::crypto::derive_key(s, "csrf"))
             .unwrap_or_default();
+        let sealer = match crate::factors::sealing::Sealer::new(&config.store.encryption_keys) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(crate::factors::sealing::SealError::NoKeys) => None,
+            Err(e) => return Err(BuildError::Keys(e.to_string())),
+        };
         let state = Arc::new(AppState {
             regulator: Regulator::new(store.clone(), config.regulation.clone(), clock.clone()),
             passwords: PasswordPool::for_this_machine(),
@@ -124,6 +134,7 @@ impl Gateway {
             store: store.clone(),
             enforcer,
             csrf_key,
+            sealer,
         });
         let background = vec![spawn_refresher(
             store,

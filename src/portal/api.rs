@@ -9,20 +9,18 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use serde::Deserialize;
 use serde_json::json;
 
 use super::Ctx;
 use super::login::{self, LoginError};
 use crate::clock::rfc3339;
-use crate::enforce::{AccessInfo, SessionState};
+use crate::enforce::SessionState;
 use crate::error::{ApiError, ErrorCode};
 use crate::gateway::AppState;
-use crate::secret::Secret;
 use crate::users::User;
 
 /// True when the content type is JSON (`application/json`, any parameters).
@@ -101,12 +99,6 @@ pub async fn cors(
     res
 }
 
-#[derive(Deserialize)]
-struct AuthnRequest {
-    username: Option<String>,
-    password: Option<String>,
-}
-
 /// The Okta user object embedded in authn answers.
 pub fn embedded_user(u: &User) -> serde_json::Value {
     let (first, last) = match u.display_name.as_deref().map(str::trim) {
@@ -143,59 +135,6 @@ pub fn login_error(st: &AppState, e: LoginError) -> Response {
         LoginError::Busy => ApiError::rate_limited(1, st.clock.now() + 1, st.clock.now()).into_response(),
         LoginError::Unavailable => ApiError::new(ErrorCode::E0000009).into_response(),
     }
-}
-
-/// `POST {prefix}/api/v1/authn`: the password step.
-pub async fn authn(
-    State(st): State<Arc<AppState>>,
-    ctx: Ctx,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(res) = cross_site_guard(&st, &ctx, &method, &headers) {
-        return *res;
-    }
-    let Ok(req) = serde_json::from_slice::<AuthnRequest>(&body) else {
-        return ApiError::new(ErrorCode::E0000003).into_response();
-    };
-    let Some(username) = req.username.filter(|u| !u.trim().is_empty()) else {
-        return ApiError::new(ErrorCode::E0000001)
-            .cause("username: The field cannot be left blank")
-            .into_response();
-    };
-    let Some(password) = req.password else {
-        return ApiError::new(ErrorCode::E0000001)
-            .cause("password: The field cannot be left blank")
-            .into_response();
-    };
-    let user = match login::check_password(&st, &username, Secret::new(password), ctx.0.client_addr).await {
-        Ok(u) => u,
-        Err(e) => return login_error(&st, e),
-    };
-    let (claims, cookie) = login::issue_session(&st, &user, 1, vec!["pwd".into()], None);
-    // The second factor arrives with the factor issue; until a type is
-    // enabled a correct password is the whole sign-in.
-    let status = if st.config.factors.any_second_factor() {
-        "MFA_REQUIRED"
-    } else {
-        "SUCCESS"
-    };
-    let body = json!({
-        "status": status,
-        "expiresAt": rfc3339(claims.auth + st.enforcer.sessions.lifetime()),
-        "_embedded": { "user": embedded_user(&user) },
-        "_links": {},
-    });
-    let mut res = json_response(StatusCode::OK, body);
-    res.headers_mut().append(header::SET_COOKIE, cookie);
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res.extensions_mut().insert(AccessInfo {
-        decision: "portal",
-        user: Some(user.username.clone()),
-    });
-    res
 }
 
 /// `GET {prefix}/api/v1/sessions/me`: the current session.

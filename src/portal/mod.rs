@@ -7,8 +7,10 @@
 //! filtered by [`redirect::safe_target`].
 
 pub mod api;
+pub mod authn;
 pub mod csrf;
 pub mod login;
+pub mod mfa;
 pub mod pages;
 pub mod redirect;
 
@@ -20,14 +22,13 @@ use axum::extract::{FromRequestParts, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 
 use crate::context::RequestContext;
 use crate::enforce::{AccessInfo, SessionState};
 use crate::error::{ApiError, ErrorCode};
 use crate::gateway::{AppState, CSRF_COOKIE};
-use crate::policy::RequestFacts;
 use crate::secret::Secret;
 use crate::session::find_cookie;
 use login::LoginError;
@@ -56,14 +57,29 @@ impl FromRequestParts<Arc<AppState>> for Ctx {
 /// The portal's router (paths relative to the prefix).
 pub fn router(state: Arc<AppState>) -> axum::Router {
     let api = axum::Router::new()
-        .route("/api/v1/authn", post(api::authn))
+        .route("/api/v1/authn", post(authn::authn))
+        .route("/api/v1/authn/factors", post(authn::enroll))
+        .route("/api/v1/authn/factors/{factor_id}/verify", post(authn::verify))
+        .route(
+            "/api/v1/authn/factors/{factor_id}/lifecycle/activate",
+            post(authn::activate),
+        )
+        .route("/api/v1/authn/cancel", post(authn::cancel))
         .route("/api/v1/sessions/me", get(api::me).delete(api::logout))
         .layer(axum::middleware::from_fn_with_state(state.clone(), api::cors));
     axum::Router::new()
         .route("/", get(account))
         .route("/login", get(login_form).post(login_submit))
         .route("/logout", get(account).post(logout_submit))
-        .route("/mfa", get(mfa_page))
+        .route("/mfa", get(mfa::challenge))
+        .route("/mfa/verify", post(mfa::verify))
+        .route("/mfa/recovery", post(mfa::recovery))
+        .route("/enroll", get(mfa::enroll))
+        .route("/enroll/activate", post(mfa::activate))
+        .route("/factors", get(mfa::list))
+        .route("/factors/recovery", post(mfa::regenerate))
+        .route("/factors/{factor_id}/remove", post(mfa::remove))
+        .route("/session", get(authn::exchange))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(pages::STYLESHEET, get(stylesheet))
         .merge(api)
@@ -84,7 +100,7 @@ async fn stylesheet() -> Response {
     res
 }
 
-fn html(status: StatusCode, body: String) -> Response {
+pub(crate) fn html(status: StatusCode, body: String) -> Response {
     let mut res = (status, body).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -93,7 +109,7 @@ fn html(status: StatusCode, body: String) -> Response {
     res
 }
 
-fn see_other(location: &str) -> Response {
+pub(crate) fn see_other(location: &str) -> Response {
     let mut res = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(location) {
         res.headers_mut().insert(header::LOCATION, v);
@@ -103,7 +119,7 @@ fn see_other(location: &str) -> Response {
 
 /// The CSRF token to embed in a page: the request's, if genuine, else a new
 /// one (returned so the caller sets the cookie).
-fn csrf_token(st: &AppState, headers: &HeaderMap) -> (String, Option<HeaderValue>) {
+pub(crate) fn csrf_token(st: &AppState, headers: &HeaderMap) -> (String, Option<HeaderValue>) {
     match find_cookie(headers, CSRF_COOKIE).filter(|t| csrf::well_formed(&st.csrf_key, t)) {
         Some(t) => (t.to_owned(), None),
         None => {
@@ -115,7 +131,7 @@ fn csrf_token(st: &AppState, headers: &HeaderMap) -> (String, Option<HeaderValue
 }
 
 /// True when an unsafe form post passes the CSRF and Origin checks.
-fn form_allowed(st: &AppState, ctx: &Ctx, headers: &HeaderMap, submitted: &str) -> bool {
+pub(crate) fn form_allowed(st: &AppState, ctx: &Ctx, headers: &HeaderMap, submitted: &str) -> bool {
     let cfg = &st.config;
     csrf::same_origin(
         headers,
@@ -125,35 +141,7 @@ fn form_allowed(st: &AppState, ctx: &Ctx, headers: &HeaderMap, submitted: &str) 
     ) && csrf::verify(&st.csrf_key, find_cookie(headers, CSRF_COOKIE), Some(submitted))
 }
 
-/// The session level the target URL's rule needs (GET), 0 when none.
-fn level_for_target(st: &AppState, ctx: &Ctx, target: &str) -> u8 {
-    let (host, path) = if target.starts_with('/') {
-        (
-            ctx.0.host.clone(),
-            target.split(['?', '#']).next().unwrap_or("/").to_owned(),
-        )
-    } else {
-        match url::Url::parse(target) {
-            Ok(u) => (
-                u.host_str().unwrap_or_default().to_ascii_lowercase(),
-                u.path().to_owned(),
-            ),
-            Err(_) => return 2,
-        }
-    };
-    let Ok(path) = crate::policy::normalize::normalize(&path) else {
-        return 2;
-    };
-    let facts = RequestFacts {
-        host: &host,
-        path: &path,
-        method: &Method::GET,
-        client_addr: ctx.0.client_addr,
-    };
-    st.enforcer.policy.requirement(&facts).level()
-}
-
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
@@ -179,11 +167,12 @@ async fn login_form(
 ) -> Response {
     let cfg = &st.config;
     let rd = redirect::safe_target(q.rd.as_deref(), &ctx.0.host, &cfg.portal.allowed_redirect_hosts);
-    // Already signed in well enough for the target: go there.
-    if let SessionState::Valid(s) = st.enforcer.session(&headers)
-        && s.claims.lvl >= level_for_target(&st, &ctx, &rd)
-    {
-        return see_other(&rd);
+    // Already signed in: go on, to the second factor if the target needs more.
+    if let SessionState::Valid(s) = st.enforcer.session(&headers) {
+        if mfa::satisfied(&st, &ctx, &rd, &s) {
+            return see_other(&rd);
+        }
+        return see_other(&format!("{}/mfa?rd={}", cfg.portal.prefix, enc(&rd)));
     }
     let (token, set) = csrf_token(&st, &headers);
     let mut res = html(
@@ -224,7 +213,11 @@ async fn login_submit(
     match login::check_password(&st, &f.username, Secret::new(f.password), ctx.0.client_addr).await {
         Ok(user) => {
             let (claims, cookie) = login::issue_session(&st, &user, 1, vec!["pwd".into()], None);
-            let target = if claims.lvl >= level_for_target(&st, &ctx, &rd) {
+            let active = crate::enforce::ActiveSession {
+                claims,
+                user: user.clone(),
+            };
+            let target = if mfa::satisfied(&st, &ctx, &rd, &active) {
                 rd
             } else {
                 format!("{prefix}/mfa?rd={}", enc(&rd))
@@ -263,27 +256,6 @@ async fn login_submit(
                 pages::login_page(&cfg.portal.title, prefix, &token, &rd, &f.username, Some(message)),
             )
         }
-    }
-}
-
-async fn mfa_page(
-    State(st): State<Arc<AppState>>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    Query(q): Query<RdQuery>,
-) -> Response {
-    let cfg = &st.config;
-    let rd = redirect::safe_target(q.rd.as_deref(), &ctx.0.host, &cfg.portal.allowed_redirect_hosts);
-    match st.enforcer.session(&headers) {
-        SessionState::Valid(s) if s.claims.lvl >= level_for_target(&st, &ctx, &rd) => see_other(&rd),
-        SessionState::Valid(_) => html(
-            StatusCode::FORBIDDEN,
-            pages::message_page(
-                "Second factor required",
-                "This page requires a second factor, and second-factor sign-in is not available on this gateway yet.",
-            ),
-        ),
-        _ => see_other(&format!("{}/login?rd={}", cfg.portal.prefix, enc(&rd))),
     }
 }
 

@@ -54,6 +54,12 @@ button.secondary{background:#e5e7eb;color:#111827}
 .error{background:#fef2f2;color:#991b1b;border:1px solid #fecaca;padding:.6rem .75rem;border-radius:8px;font-size:.9rem}
 .note{color:#4b5563;font-size:.9rem}
 .user{font-weight:600}
+table{width:100%;border-collapse:collapse;margin:1rem 0}td,th{text-align:left;padding:.35rem .25rem;border-bottom:1px solid #e5e7eb;font-size:.9rem}
+form.inline button{margin:0;width:auto;padding:.3rem .7rem;font-size:.85rem}
+select{width:100%;padding:.55rem;border:1px solid #d1d5db;border-radius:8px;font-size:1rem}
+details{margin-top:1.25rem}summary{cursor:pointer}
+code{font-family:ui-monospace,Menlo,Consolas,monospace;background:#f3f4f6;padding:.1rem .3rem;border-radius:4px}
+ul#recovery-codes{columns:2;padding-left:1.2rem}
 "#;
 
 /// Wraps page content in the common layout.
@@ -123,6 +129,7 @@ pub fn signed_in_page(prefix: &str, csrf: &str, username: &str, level: u8, note:
         &format!(
             "<h1>Your account</h1><p>Signed in as <span class=\"user\">{user}</span> \
              ({factors}).</p>{note}\
+             <p><a href=\"{prefix}/factors\">Your sign-in methods</a></p>\
              <form method=\"post\" action=\"{prefix}/logout\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
              <button type=\"submit\" class=\"secondary\">Sign out</button></form>",

@@ -1,0 +1,398 @@
+//! Second factors: what a user has enrolled, enrolling, activating and
+//! verifying, with lockout and replay protection.
+//!
+//! A user's factors are the stored ones plus, for users-file users with a
+//! `totp` secret, one read-only ACTIVE factor provisioned by config (its id is
+//! derived from the user id, so it is stable across restarts; its replay
+//! protection and lockout go through the store like any other). Secrets of
+//! stored factors are sealed at rest (see `sealing`), bound to their row.
+//!
+//! Every verification checks the user's lock first, counts failures (wrong
+//! and replayed codes alike) through the [`crate::regulation::Regulator`], and
+//! answers the same way for a wrong code and a locked user unless the
+//! operator chose `reveal_lockout`.
+
+pub mod recovery;
+pub mod sealing;
+pub mod totp;
+
+use std::net::IpAddr;
+
+use crate::audit;
+use crate::gateway::AppState;
+use crate::secret::Secret;
+use crate::store::{FactorRecord, FactorStatus, StoreError};
+use crate::users::User;
+
+/// Okta's factor type for authenticator apps.
+pub const TOTP_TYPE: &str = "token:software:totp";
+
+/// The associated data binding a sealed factor secret to its row.
+pub fn secret_aad(factor_id: &str, user_id: &str) -> String {
+    format!("portcullis/factor-secret/v1|{factor_id}|{user_id}")
+}
+
+/// A factor of a user, stored or provisioned by config.
+#[derive(Debug, Clone)]
+pub struct Factor {
+    pub record: FactorRecord,
+    /// True for the users-file TOTP factor (read-only).
+    pub from_config: bool,
+}
+
+impl Factor {
+    /// True when usable for sign-in.
+    pub fn is_active(&self) -> bool {
+        self.record.status == FactorStatus::Active
+    }
+}
+
+/// The id of a users-file user's config-provisioned TOTP factor.
+pub fn config_factor_id(user_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let d = Sha256::digest(format!("portcullis/config-totp/{user_id}").as_bytes());
+    let mut id = String::from("uft");
+    id.extend(
+        d.iter()
+            .take(17)
+            .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()])),
+    );
+    id
+}
+
+/// A new factor id with Okta's prefix for the type (20 characters).
+pub fn new_factor_id(factor_type: &str, provider: &str) -> String {
+    let prefix = match (factor_type, provider) {
+        (TOTP_TYPE, "GOOGLE") => "uft",
+        (TOTP_TYPE, _) => "ost",
+        ("sms", _) => "mbl",
+        ("call", _) => "clf",
+        ("email", _) => "emf",
+        ("push", _) => "opf",
+        _ => "fac",
+    };
+    format!("{prefix}{}", crate::crypto::random_id(17))
+}
+
+/// Every factor of `user`: the config-provisioned one first, then stored ones.
+pub async fn list(st: &AppState, user: &User) -> Result<Vec<Factor>, StoreError> {
+    let mut out = Vec::new();
+    if user.config_totp.is_some() && st.config.factors.totp.enabled {
+        out.push(Factor {
+            record: FactorRecord {
+                id: config_factor_id(&user.id),
+                user_id: user.id.clone(),
+                factor_type: TOTP_TYPE.into(),
+                provider: "GOOGLE".into(),
+                status: FactorStatus::Active,
+                profile: serde_json::json!({ "credentialId": user.username }),
+                secret: None,
+                created: 0,
+                last_updated: 0,
+            },
+            from_config: true,
+        });
+    }
+    for record in st.store.list_factors(&user.id).await? {
+        out.push(Factor {
+            record,
+            from_config: false,
+        });
+    }
+    Ok(out)
+}
+
+/// The factor `factor_id` of `user`, if it is theirs.
+pub async fn find(st: &AppState, user: &User, factor_id: &str) -> Result<Option<Factor>, StoreError> {
+    Ok(list(st, user)
+        .await?
+        .into_iter()
+        .find(|f| f.record.id == factor_id))
+}
+
+/// The active factors among `factors`, usable for a challenge (enabled types only).
+pub fn usable(st: &AppState, factors: &[Factor]) -> Vec<Factor> {
+    factors
+        .iter()
+        .filter(|f| f.is_active() && type_enabled(st, &f.record.factor_type))
+        .cloned()
+        .collect()
+}
+
+/// True when the factor type is enabled in `[factors.*]`.
+pub fn type_enabled(st: &AppState, factor_type: &str) -> bool {
+    let f = &st.config.factors;
+    match factor_type {
+        TOTP_TYPE => f.totp.enabled,
+        "sms" => f.sms.enabled,
+        "call" => f.call.enabled,
+        "email" => f.email.enabled,
+        "push" => f.push.enabled,
+        _ => false,
+    }
+}
+
+/// Why enrolling failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("factor type not enabled or not supported")]
+    NotSupported,
+    #[error("no store.encryption_keys configured: factor secrets cannot be stored")]
+    NoKeys,
+    #[error("sealing the secret failed")]
+    Seal,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A freshly enrolled (pending) TOTP factor and what the user needs to add it.
+#[derive(Debug)]
+pub struct TotpEnrollment {
+    pub factor: FactorRecord,
+    pub secret: Secret,
+    /// The `otpauth://` key URI.
+    pub uri: String,
+}
+
+/// Enrolls a new pending TOTP factor for `user` (provider `GOOGLE` or `OKTA`).
+pub async fn enroll_totp(st: &AppState, user: &User, provider: &str) -> Result<TotpEnrollment, EnrollError> {
+    if !st.config.factors.totp.enabled || !matches!(provider, "GOOGLE" | "OKTA") {
+        return Err(EnrollError::NotSupported);
+    }
+    let sealer = st.sealer.as_ref().ok_or(EnrollError::NoKeys)?;
+    let now = st.clock.now();
+    let id = new_factor_id(TOTP_TYPE, provider);
+    let secret = totp::new_secret();
+    let sealed = sealer
+        .seal(secret.expose(), &secret_aad(&id, &user.id))
+        .map_err(|_| EnrollError::Seal)?;
+    let factor = FactorRecord {
+        id,
+        user_id: user.id.clone(),
+        factor_type: TOTP_TYPE.into(),
+        provider: provider.into(),
+        status: FactorStatus::PendingActivation,
+        profile: serde_json::json!({ "credentialId": user.username }),
+        secret: Some(sealed),
+        created: now,
+        last_updated: now,
+    };
+    st.store.insert_factor(&factor).await?;
+    crate::metrics::factor_event("enrolled", TOTP_TYPE);
+    audit!("factor.enrolled", user = %user.username, factor_type = TOTP_TYPE, factor_id = %factor.id);
+    let uri = totp::otpauth_uri(&st.config.factors.totp, secret.expose(), &user.username);
+    Ok(TotpEnrollment { factor, secret, uri })
+}
+
+/// The TOTP secret of a factor (config-provided, or unsealed).
+pub fn totp_secret(st: &AppState, user: &User, factor: &Factor) -> Option<Secret> {
+    if factor.from_config {
+        return user.config_totp.clone();
+    }
+    let sealed = factor.record.secret.as_ref()?;
+    let sealer = st.sealer.as_ref()?;
+    match sealer.open(sealed, &secret_aad(&factor.record.id, &user.id)) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(factor_id = %factor.record.id, error = %e, "cannot open a factor secret");
+            None
+        }
+    }
+}
+
+/// Why a code was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyError {
+    /// Wrong code (or locked, when lockouts are not revealed).
+    Invalid,
+    /// The code was already used (E0000082).
+    Replayed,
+    /// The user is locked and the operator reveals it (E0000069).
+    LockedRevealed,
+    /// The factor is not active (E0000154).
+    NotActive,
+    /// The store could not be reached.
+    Unavailable,
+}
+
+impl From<StoreError> for VerifyError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error during factor verification");
+        VerifyError::Unavailable
+    }
+}
+
+async fn locked(st: &AppState, user: &User) -> Result<bool, VerifyError> {
+    Ok(st.regulator.user_locked(&user.id).await?.is_some())
+}
+
+async fn failed(
+    st: &AppState,
+    user: &User,
+    factor_type: &str,
+    addr: IpAddr,
+    why: &'static str,
+) -> Result<(), VerifyError> {
+    crate::metrics::factor_verification(factor_type, why);
+    audit!("factor.verify.failed", user = %user.username, factor_type = factor_type, client = %addr, reason = why);
+    if st.regulator.factor_failed(&user.id, addr).await? {
+        crate::metrics::lockout("user");
+        audit!("user.locked", user = %user.username, reason = "second-factor failures");
+    }
+    Ok(())
+}
+
+fn locked_answer(st: &AppState) -> VerifyError {
+    if st.config.regulation.reveal_lockout {
+        VerifyError::LockedRevealed
+    } else {
+        VerifyError::Invalid
+    }
+}
+
+/// Checks a TOTP code against `factor`, once per time step. `pending_ok`
+/// allows a `PENDING_ACTIVATION` factor (activation).
+pub async fn verify_totp(
+    st: &AppState,
+    user: &User,
+    factor: &Factor,
+    code: &str,
+    addr: IpAddr,
+    pending_ok: bool,
+) -> Result<(), VerifyError> {
+    if factor.record.factor_type != TOTP_TYPE || !st.config.factors.totp.enabled {
+        return Err(VerifyError::NotActive);
+    }
+    if !factor.is_active() && !pending_ok {
+        return Err(VerifyError::NotActive);
+    }
+    if locked(st, user).await? {
+        crate::metrics::factor_verification(TOTP_TYPE, "locked");
+        audit!("factor.verify.refused", user = %user.username, client = %addr, reason = "user locked");
+        return Err(locked_answer(st));
+    }
+    let Some(secret) = totp_secret(st, user, factor) else {
+        return Err(VerifyError::Unavailable);
+    };
+    let Some(step) = totp::check(&st.config.factors.totp, secret.expose(), code, st.clock.now()) else {
+        failed(st, user, TOTP_TYPE, addr, "invalid").await?;
+        return Err(VerifyError::Invalid);
+    };
+    if !st.store.claim_totp_step(&factor.record.id, step).await? {
+        failed(st, user, TOTP_TYPE, addr, "replayed").await?;
+        return Err(VerifyError::Replayed);
+    }
+    crate::metrics::factor_verification(TOTP_TYPE, "success");
+    audit!("factor.verified", user = %user.username, factor_type = TOTP_TYPE, factor_id = %factor.record.id, client = %addr);
+    Ok(())
+}
+
+/// Activates a pending factor after a correct code.
+pub async fn activate_totp(
+    st: &AppState,
+    user: &User,
+    factor: &Factor,
+    code: &str,
+    addr: IpAddr,
+) -> Result<(), VerifyError> {
+    if factor.record.status != FactorStatus::PendingActivation {
+        return Err(VerifyError::NotActive);
+    }
+    verify_totp(st, user, factor, code, addr, true).await?;
+    if !st
+        .store
+        .activate_factor(&user.id, &factor.record.id, st.clock.now())
+        .await?
+    {
+        return Err(VerifyError::NotActive);
+    }
+    crate::metrics::factor_event("activated", TOTP_TYPE);
+    audit!("factor.activated", user = %user.username, factor_type = TOTP_TYPE, factor_id = %factor.record.id);
+    Ok(())
+}
+
+/// Checks and consumes a recovery code.
+pub async fn verify_recovery(
+    st: &AppState,
+    user: &User,
+    code: &str,
+    addr: IpAddr,
+) -> Result<(), VerifyError> {
+    if !st.config.factors.recovery_codes.enabled {
+        return Err(VerifyError::NotActive);
+    }
+    if locked(st, user).await? {
+        crate::metrics::factor_verification("recovery_code", "locked");
+        return Err(locked_answer(st));
+    }
+    if recovery::canonical(code).len() != 12
+        || !st
+            .store
+            .use_recovery_code(&user.id, &recovery::hash(&user.id, code))
+            .await?
+    {
+        failed(st, user, "recovery_code", addr, "invalid").await?;
+        return Err(VerifyError::Invalid);
+    }
+    crate::metrics::factor_verification("recovery_code", "success");
+    audit!("factor.verified", user = %user.username, factor_type = "recovery_code", client = %addr);
+    Ok(())
+}
+
+/// Replaces `user`'s recovery codes with new ones and returns them (shown once).
+pub async fn new_recovery_codes(st: &AppState, user: &User) -> Result<Vec<String>, StoreError> {
+    let codes = recovery::generate(st.config.factors.recovery_codes.count);
+    let hashes: Vec<String> = codes.iter().map(|c| recovery::hash(&user.id, c)).collect();
+    st.store
+        .replace_recovery_codes(&user.id, &hashes, st.clock.now())
+        .await?;
+    audit!("recovery_codes.generated", user = %user.username, count = codes.len());
+    Ok(codes)
+}
+
+/// True when the policy anywhere requires two factors (so the last factor of
+/// a user must not be removed).
+pub fn policy_requires_two(st: &AppState) -> bool {
+    use crate::config::PolicyKind;
+    st.config.default_policy == PolicyKind::TwoFactor
+        || st.config.rules.iter().any(|r| r.policy == PolicyKind::TwoFactor)
+}
+
+/// Why a factor could not be removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveError {
+    NotFound,
+    /// Provisioned by the users file.
+    ReadOnly,
+    /// The user's last active factor, while policy requires two.
+    LastFactor,
+    Unavailable,
+}
+
+/// Removes a stored factor of `user`.
+pub async fn remove(st: &AppState, user: &User, factor_id: &str, actor: &str) -> Result<(), RemoveError> {
+    let factors = list(st, user).await.map_err(|_| RemoveError::Unavailable)?;
+    let Some(factor) = factors.iter().find(|f| f.record.id == factor_id) else {
+        return Err(RemoveError::NotFound);
+    };
+    if factor.from_config {
+        return Err(RemoveError::ReadOnly);
+    }
+    let active_left = factors
+        .iter()
+        .filter(|f| f.is_active() && f.record.id != factor_id)
+        .count();
+    if factor.is_active() && active_left == 0 && policy_requires_two(st) {
+        return Err(RemoveError::LastFactor);
+    }
+    match st.store.delete_factor(&user.id, factor_id).await {
+        Ok(true) => {
+            crate::metrics::factor_event("removed", &factor.record.factor_type);
+            audit!("factor.removed", user = %user.username, factor_type = %factor.record.factor_type, factor_id = %factor_id, actor = %actor);
+            Ok(())
+        }
+        Ok(false) => Err(RemoveError::NotFound),
+        Err(_) => Err(RemoveError::Unavailable),
+    }
+}

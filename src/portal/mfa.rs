@@ -1,0 +1,755 @@
+//! The portal's second-factor pages: challenge (TOTP code or recovery
+//! code), first enrollment (QR code and secret, confirmed by a code, then
+//! recovery codes shown once), step-up, and `{prefix}/factors` where a
+//! signed-in user manages their own factors.
+//!
+//! They work on the level-1 (or older level-2) session cookie; every POST is
+//! CSRF-checked; a successful step issues a new session id. Changes on the
+//! factors page need a second factor within the last [`RECENT_MFA_SECS`].
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use http::{HeaderMap, StatusCode, header};
+use serde::Deserialize;
+
+use super::pages::{esc, layout};
+use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
+use crate::enforce::{ActiveSession, SessionState};
+use crate::factors::{self, Factor, TOTP_TYPE, VerifyError};
+use crate::gateway::AppState;
+use crate::policy::{Decision, RequestFacts};
+
+/// How recent a second factor must be to add or remove factors.
+pub const RECENT_MFA_SECS: i64 = 10 * 60;
+
+/// True when `claims` satisfies the rule for `target` (its level, and its
+/// `max_age`). A group mismatch counts as satisfied: the app answers 403.
+pub fn satisfied(st: &AppState, ctx: &Ctx, target: &str, s: &ActiveSession) -> bool {
+    let (host, path) = if target.starts_with('/') {
+        (
+            ctx.0.host.clone(),
+            target.split(['?', '#']).next().unwrap_or("/").to_owned(),
+        )
+    } else {
+        match url::Url::parse(target) {
+            Ok(u) => (
+                u.host_str().unwrap_or_default().to_ascii_lowercase(),
+                u.path().to_owned(),
+            ),
+            Err(_) => return false,
+        }
+    };
+    let Ok(path) = crate::policy::normalize::normalize(&path) else {
+        return false;
+    };
+    let facts = RequestFacts {
+        host: &host,
+        path: &path,
+        method: &http::Method::GET,
+        client_addr: ctx.0.client_addr,
+    };
+    let req = st.enforcer.policy.requirement(&facts);
+    matches!(
+        crate::policy::decide(&req, Some((&s.claims, &s.user.groups)), st.clock.now()),
+        Decision::Allow | Decision::Bypass | Decision::Forbidden | Decision::Deny
+    )
+}
+
+fn has_recent_mfa(st: &AppState, s: &ActiveSession) -> bool {
+    s.claims.lvl >= 2
+        && s.claims
+            .mfa
+            .is_some_and(|t| st.clock.now() - t <= RECENT_MFA_SECS)
+}
+
+fn session(st: &AppState, headers: &HeaderMap) -> Option<ActiveSession> {
+    match st.enforcer.session(headers) {
+        SessionState::Valid(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn to_login(st: &AppState, rd: &str) -> Response {
+    see_other(&format!("{}/login?rd={}", st.config.portal.prefix, enc(rd)))
+}
+
+fn with_csrf(mut res: Response, set: Option<http::HeaderValue>) -> Response {
+    if let Some(c) = set {
+        res.headers_mut().append(header::SET_COOKIE, c);
+    }
+    res
+}
+
+/// Upgrades the session to level 2 (new id) and sends the browser on.
+fn upgraded(st: &AppState, s: &ActiveSession, method: &str, target: &str) -> Response {
+    let mut amr = s.claims.amr.clone();
+    amr.push(method.into());
+    let (_, cookie) = login::issue_session(st, &s.user, 2, amr, Some(&s.claims));
+    let mut res = see_other(target);
+    res.headers_mut().append(header::SET_COOKIE, cookie);
+    res
+}
+
+fn verify_message(e: VerifyError) -> (StatusCode, &'static str) {
+    match e {
+        VerifyError::Invalid => (StatusCode::FORBIDDEN, "That code is not correct. Try again."),
+        VerifyError::Replayed => (
+            StatusCode::FORBIDDEN,
+            "That code was already used. Wait for the next one.",
+        ),
+        VerifyError::LockedRevealed => (
+            StatusCode::FORBIDDEN,
+            "This account is locked. Try again later or contact your administrator.",
+        ),
+        VerifyError::NotActive => (StatusCode::FORBIDDEN, "That factor cannot be used."),
+        VerifyError::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in is temporarily unavailable.",
+        ),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct MfaQuery {
+    rd: Option<String>,
+    /// Challenge even when the session already satisfies the target (factor changes).
+    fresh: Option<String>,
+}
+
+fn challenge_page(
+    st: &AppState,
+    csrf: &str,
+    rd: &str,
+    fresh: bool,
+    factors: &[Factor],
+    recovery: bool,
+    error: Option<&str>,
+) -> String {
+    let prefix = esc(&st.config.portal.prefix);
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
+        .unwrap_or_default();
+    let fresh_field = if fresh {
+        "<input type=\"hidden\" name=\"fresh\" value=\"1\">"
+    } else {
+        ""
+    };
+    let options: String = factors
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            format!(
+                "<option value=\"{}\"{}>Authenticator app{}</option>",
+                esc(&f.record.id),
+                if i == 0 { " selected" } else { "" },
+                if factors.len() > 1 {
+                    format!(" #{}", i + 1)
+                } else {
+                    String::new()
+                }
+            )
+        })
+        .collect();
+    let chooser = if factors.len() > 1 {
+        format!(
+            "<label for=\"factor\">Factor</label><select id=\"factor\" name=\"factor\">{options}</select>"
+        )
+    } else {
+        factors
+            .first()
+            .map(|f| {
+                format!(
+                    "<input type=\"hidden\" name=\"factor\" value=\"{}\">",
+                    esc(&f.record.id)
+                )
+            })
+            .unwrap_or_default()
+    };
+    let recovery_form = if recovery {
+        format!(
+            "<details><summary class=\"note\">Lost your device? Use a recovery code</summary>\
+             <form method=\"post\" action=\"{prefix}/mfa/recovery\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"rd\" value=\"{rd}\">{fresh_field}\
+             <label for=\"recovery\">Recovery code</label>\
+             <input type=\"text\" id=\"recovery\" name=\"code\" autocomplete=\"off\" autocapitalize=\"none\" required>\
+             <button type=\"submit\" class=\"secondary\">Use recovery code</button></form></details>",
+            csrf = esc(csrf),
+            rd = esc(rd),
+        )
+    } else {
+        String::new()
+    };
+    layout(
+        "Verify it's you",
+        &st.config.portal.prefix,
+        &format!(
+            "<h1>Verify it's you</h1>{error}\
+             <form method=\"post\" action=\"{prefix}/mfa/verify\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"rd\" value=\"{rd}\">{fresh_field}\
+             {chooser}<label for=\"code\">Code from your authenticator app</label>\
+             <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required autofocus>\
+             <button type=\"submit\">Verify</button></form>{recovery_form}",
+            csrf = esc(csrf),
+            rd = esc(rd),
+        ),
+    )
+}
+
+/// `GET {prefix}/mfa`: the second-factor challenge.
+pub async fn challenge(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Query(q): Query<MfaQuery>,
+) -> Response {
+    let rd = redirect::safe_target(
+        q.rd.as_deref(),
+        &ctx.0.host,
+        &st.config.portal.allowed_redirect_hosts,
+    );
+    let fresh = q.fresh.is_some();
+    let Some(s) = session(&st, &headers) else {
+        return to_login(&st, &rd);
+    };
+    if !fresh && satisfied(&st, &ctx, &rd, &s) {
+        return see_other(&rd);
+    }
+    render_challenge(&st, &headers, &s, &rd, fresh, None, StatusCode::OK).await
+}
+
+async fn render_challenge(
+    st: &AppState,
+    headers: &HeaderMap,
+    s: &ActiveSession,
+    rd: &str,
+    fresh: bool,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    let all = match factors::list(st, &s.user).await {
+        Ok(f) => f,
+        Err(_) => return unavailable_page(),
+    };
+    let totp: Vec<Factor> = factors::usable(st, &all)
+        .into_iter()
+        .filter(|f| f.record.factor_type == TOTP_TYPE)
+        .collect();
+    if totp.is_empty() {
+        if st.config.users.enrollment == crate::config::Enrollment::FirstLogin
+            && st.config.factors.totp.enabled
+        {
+            return see_other(&format!("{}/enroll?rd={}", st.config.portal.prefix, enc(rd)));
+        }
+        return html(
+            StatusCode::FORBIDDEN,
+            super::pages::message_page(
+                "Second factor required",
+                "This page requires a second factor, and your account has none. Ask your administrator to enroll one.",
+            ),
+        );
+    }
+    let recovery = st.config.factors.recovery_codes.enabled
+        && st
+            .store
+            .recovery_codes_left(&s.user.id)
+            .await
+            .map(|n| n > 0)
+            .unwrap_or(false);
+    let (token, set) = csrf_token(st, headers);
+    with_csrf(
+        html(
+            status,
+            challenge_page(st, &token, rd, fresh, &totp, recovery, error),
+        ),
+        set,
+    )
+}
+
+fn unavailable_page() -> Response {
+    html(
+        StatusCode::SERVICE_UNAVAILABLE,
+        super::pages::message_page(
+            "Temporarily unavailable",
+            "Sign-in is temporarily unavailable. Try again shortly.",
+        ),
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct CodeForm {
+    csrf: String,
+    rd: String,
+    factor: String,
+    code: String,
+    fresh: Option<String>,
+}
+
+/// `POST {prefix}/mfa/verify`: a TOTP code.
+pub async fn verify(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Form(f): Form<CodeForm>,
+) -> Response {
+    let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
+    let Some(s) = session(&st, &headers) else {
+        return to_login(&st, &rd);
+    };
+    if !form_allowed(&st, &ctx, &headers, &f.csrf) {
+        return render_challenge(
+            &st,
+            &headers,
+            &s,
+            &rd,
+            f.fresh.is_some(),
+            Some("This form expired. Try again."),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+    }
+    let factor = match factors::find(&st, &s.user, &f.factor).await {
+        Ok(Some(factor)) => factor,
+        Ok(None) => {
+            return render_challenge(
+                &st,
+                &headers,
+                &s,
+                &rd,
+                f.fresh.is_some(),
+                Some("Choose one of your factors."),
+                StatusCode::FORBIDDEN,
+            )
+            .await;
+        }
+        Err(_) => return unavailable_page(),
+    };
+    match factors::verify_totp(&st, &s.user, &factor, &f.code, ctx.0.client_addr, false).await {
+        Ok(()) => upgraded(&st, &s, "otp", &rd),
+        Err(e) => {
+            let (status, msg) = verify_message(e);
+            render_challenge(&st, &headers, &s, &rd, f.fresh.is_some(), Some(msg), status).await
+        }
+    }
+}
+
+/// `POST {prefix}/mfa/recovery`: a recovery code.
+pub async fn recovery(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Form(f): Form<CodeForm>,
+) -> Response {
+    let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
+    let Some(s) = session(&st, &headers) else {
+        return to_login(&st, &rd);
+    };
+    if !form_allowed(&st, &ctx, &headers, &f.csrf) {
+        return render_challenge(
+            &st,
+            &headers,
+            &s,
+            &rd,
+            f.fresh.is_some(),
+            Some("This form expired. Try again."),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+    }
+    match factors::verify_recovery(&st, &s.user, &f.code, ctx.0.client_addr).await {
+        Ok(()) => upgraded(&st, &s, "recovery", &rd),
+        Err(e) => {
+            let (status, msg) = match e {
+                VerifyError::Invalid => (StatusCode::FORBIDDEN, "That recovery code is not valid."),
+                other => verify_message(other),
+            };
+            render_challenge(&st, &headers, &s, &rd, f.fresh.is_some(), Some(msg), status).await
+        }
+    }
+}
+
+fn enroll_page(
+    st: &AppState,
+    csrf: &str,
+    rd: &str,
+    factor_id: &str,
+    secret_b32: &str,
+    qr: &str,
+    error: Option<&str>,
+) -> String {
+    let prefix = esc(&st.config.portal.prefix);
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
+        .unwrap_or_default();
+    // Groups of four are easier to type into an app by hand.
+    let spaced: Vec<String> = secret_b32
+        .as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    layout(
+        "Set up your authenticator app",
+        &st.config.portal.prefix,
+        &format!(
+            "<h1>Set up your authenticator app</h1>{error}\
+             <p class=\"note\">Scan this QR code with an authenticator app (Google Authenticator, Authy, 1Password, ...), \
+             or enter the key by hand.</p>\
+             <p><img src=\"{qr}\" alt=\"QR code for your authenticator app\" width=\"220\" height=\"220\"></p>\
+             <p class=\"note\">Key: <code id=\"secret\" data-secret=\"{secret}\">{spaced}</code></p>\
+             <form method=\"post\" action=\"{prefix}/enroll/activate\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"rd\" value=\"{rd}\">\
+             <input type=\"hidden\" name=\"factor\" value=\"{factor}\">\
+             <label for=\"code\">Code shown by the app</label>\
+             <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required autofocus>\
+             <button type=\"submit\">Confirm</button></form>",
+            qr = esc(qr),
+            secret = esc(secret_b32),
+            spaced = esc(&spaced.join(" ")),
+            csrf = esc(csrf),
+            rd = esc(rd),
+            factor = esc(factor_id),
+        ),
+    )
+}
+
+/// May this session enroll a factor now? First enrollment (no active factor)
+/// with `first_login`, or any time with a recent second factor.
+async fn may_enroll(st: &AppState, s: &ActiveSession) -> Result<bool, ()> {
+    if has_recent_mfa(st, s) {
+        return Ok(true);
+    }
+    let all = factors::list(st, &s.user).await.map_err(|_| ())?;
+    Ok(factors::usable(st, &all).is_empty()
+        && st.config.users.enrollment == crate::config::Enrollment::FirstLogin)
+}
+
+/// `GET {prefix}/enroll`: start (or resume) a TOTP enrollment.
+pub async fn enroll(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Query(q): Query<MfaQuery>,
+) -> Response {
+    let rd = redirect::safe_target(
+        q.rd.as_deref(),
+        &ctx.0.host,
+        &st.config.portal.allowed_redirect_hosts,
+    );
+    let Some(s) = session(&st, &headers) else {
+        return to_login(&st, &rd);
+    };
+    match may_enroll(&st, &s).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let back = format!("{}/enroll?rd={}", st.config.portal.prefix, enc(&rd));
+            return see_other(&format!(
+                "{}/mfa?fresh=1&rd={}",
+                st.config.portal.prefix,
+                enc(&back)
+            ));
+        }
+        Err(()) => return unavailable_page(),
+    }
+    let enrolled = match factors::enroll_totp(&st, &s.user, "GOOGLE").await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "portal enrollment failed");
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                super::pages::message_page(
+                    "Cannot set up a factor",
+                    "The gateway cannot store new factors right now.",
+                ),
+            );
+        }
+    };
+    let (token, set) = csrf_token(&st, &headers);
+    let page = enroll_page(
+        &st,
+        &token,
+        &rd,
+        &enrolled.factor.id,
+        &factors::totp::base32(enrolled.secret.expose()),
+        &factors::totp::qr_data_uri(&enrolled.uri),
+        None,
+    );
+    with_csrf(html(StatusCode::OK, page), set)
+}
+
+fn recovery_codes_page(st: &AppState, codes: &[String], rd: &str) -> String {
+    let items: String = codes
+        .iter()
+        .map(|c| format!("<li><code>{}</code></li>", esc(c)))
+        .collect();
+    layout(
+        "Save your recovery codes",
+        &st.config.portal.prefix,
+        &format!(
+            "<h1>Save your recovery codes</h1>\
+             <p class=\"note\">Each code signs you in once if you lose your device. \
+             They are shown only now: store them somewhere safe.</p>\
+             <ul id=\"recovery-codes\">{items}</ul>\
+             <p><a id=\"continue\" href=\"{rd}\">Continue</a></p>",
+            rd = esc(rd),
+        ),
+    )
+}
+
+/// `POST {prefix}/enroll/activate`: confirm the new factor with a code.
+pub async fn activate(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Form(f): Form<CodeForm>,
+) -> Response {
+    let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
+    let Some(s) = session(&st, &headers) else {
+        return to_login(&st, &rd);
+    };
+    let factor = match factors::find(&st, &s.user, &f.factor).await {
+        Ok(Some(factor)) if !factor.from_config => factor,
+        Ok(_) => return see_other(&format!("{}/enroll?rd={}", st.config.portal.prefix, enc(&rd))),
+        Err(_) => return unavailable_page(),
+    };
+    let secret = factors::totp_secret(&st, &s.user, &factor);
+    let rerender = |st: &AppState, token: &str, msg: &str| {
+        let b32 = secret
+            .as_ref()
+            .map(|s| factors::totp::base32(s.expose()))
+            .unwrap_or_default();
+        let uri = secret
+            .as_ref()
+            .map(|sec| factors::totp::otpauth_uri(&st.config.factors.totp, sec.expose(), &s.user.username))
+            .unwrap_or_default();
+        enroll_page(
+            st,
+            token,
+            &rd,
+            &factor.record.id,
+            &b32,
+            &factors::totp::qr_data_uri(&uri),
+            Some(msg),
+        )
+    };
+    let (token, _) = csrf_token(&st, &headers);
+    if !form_allowed(&st, &ctx, &headers, &f.csrf) {
+        return html(
+            StatusCode::FORBIDDEN,
+            rerender(&st, &token, "This form expired. Try again."),
+        );
+    }
+    match may_enroll(&st, &s).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return html(
+                StatusCode::FORBIDDEN,
+                rerender(&st, &token, "Verify with your current factor first."),
+            );
+        }
+        Err(()) => return unavailable_page(),
+    }
+    let first = match factors::list(&st, &s.user).await {
+        Ok(all) => factors::usable(&st, &all).is_empty(),
+        Err(_) => return unavailable_page(),
+    };
+    if let Err(e) = factors::activate_totp(&st, &s.user, &factor, &f.code, ctx.0.client_addr).await {
+        let (status, msg) = verify_message(e);
+        return html(status, rerender(&st, &token, msg));
+    }
+    let mut res = if first && st.config.factors.recovery_codes.enabled {
+        match factors::new_recovery_codes(&st, &s.user).await {
+            Ok(codes) => html(StatusCode::OK, recovery_codes_page(&st, &codes, &rd)),
+            Err(_) => return unavailable_page(),
+        }
+    } else {
+        see_other(&rd)
+    };
+    let mut amr = s.claims.amr.clone();
+    amr.push("otp".into());
+    let (_, cookie) = login::issue_session(&st, &s.user, 2, amr, Some(&s.claims));
+    res.headers_mut().append(header::SET_COOKIE, cookie);
+    res
+}
+
+fn factors_page(
+    st: &AppState,
+    s: &ActiveSession,
+    csrf: &str,
+    factors: &[Factor],
+    codes_left: u32,
+    notice: Option<&str>,
+) -> String {
+    let prefix = esc(&st.config.portal.prefix);
+    let notice = notice
+        .map(|n| format!("<p class=\"note\" role=\"status\">{}</p>", esc(n)))
+        .unwrap_or_default();
+    let rows: String = factors
+        .iter()
+        .map(|f| {
+            let name = match f.record.factor_type.as_str() {
+                TOTP_TYPE => "Authenticator app",
+                "sms" => "Text message",
+                "call" => "Voice call",
+                "email" => "E-mail",
+                "push" => "Push",
+                other => other,
+            };
+            let status = if f.is_active() { "active" } else { "not confirmed" };
+            let action = if f.from_config {
+                "<span class=\"note\">set by your administrator</span>".to_owned()
+            } else {
+                format!(
+                    "<form method=\"post\" action=\"{prefix}/factors/{id}/remove\" class=\"inline\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                     <button type=\"submit\" class=\"secondary\">Remove</button></form>",
+                    id = esc(&f.record.id),
+                    csrf = esc(csrf),
+                )
+            };
+            format!("<tr><td>{name}</td><td>{status}</td><td>{action}</td></tr>")
+        })
+        .collect();
+    let recovery = if st.config.factors.recovery_codes.enabled {
+        format!(
+            "<p>Recovery codes left: <span id=\"codes-left\">{codes_left}</span></p>\
+             <form method=\"post\" action=\"{prefix}/factors/recovery\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <button type=\"submit\" class=\"secondary\">New recovery codes</button></form>",
+            csrf = esc(csrf)
+        )
+    } else {
+        String::new()
+    };
+    let add = if st.config.factors.totp.enabled {
+        format!(
+            "<p><a href=\"{prefix}/enroll?rd={rd}\">Add an authenticator app</a></p>",
+            rd = esc(&enc(&format!("{}/factors", st.config.portal.prefix)))
+        )
+    } else {
+        String::new()
+    };
+    layout(
+        "Your sign-in methods",
+        &st.config.portal.prefix,
+        &format!(
+            "<h1>Your sign-in methods</h1><p>Signed in as <span class=\"user\">{user}</span>.</p>{notice}\
+             <table id=\"factors\"><tr><th>Method</th><th>Status</th><th></th></tr>{rows}</table>{add}{recovery}\
+             <form method=\"post\" action=\"{prefix}/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <button type=\"submit\" class=\"secondary\" id=\"sign-out\">Sign out</button></form>",
+            user = esc(&s.user.username),
+            csrf = esc(csrf),
+        ),
+    )
+}
+
+async fn render_factors(
+    st: &AppState,
+    headers: &HeaderMap,
+    s: &ActiveSession,
+    notice: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    let all = match factors::list(st, &s.user).await {
+        Ok(f) => f,
+        Err(_) => return unavailable_page(),
+    };
+    let left = st.store.recovery_codes_left(&s.user.id).await.unwrap_or(0);
+    let (token, set) = csrf_token(st, headers);
+    with_csrf(html(status, factors_page(st, s, &token, &all, left, notice)), set)
+}
+
+/// `GET {prefix}/factors`: the user's factors.
+pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let target = format!("{}/factors", st.config.portal.prefix);
+    let Some(s) = session(&st, &headers) else {
+        return to_login(&st, &target);
+    };
+    render_factors(&st, &headers, &s, None, StatusCode::OK).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+/// Guards a factor change: a session, CSRF, and a recent second factor
+/// (else a step-up that comes back to the factors page).
+fn change_guard(
+    st: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<ActiveSession, Response> {
+    let target = format!("{}/factors", st.config.portal.prefix);
+    let Some(s) = session(st, headers) else {
+        return Err(to_login(st, &target));
+    };
+    if !form_allowed(st, ctx, headers, csrf) {
+        return Err(see_other(&target));
+    }
+    if !has_recent_mfa(st, &s) {
+        // Users without any factor may only enroll, which has its own page.
+        return Err(see_other(&format!(
+            "{}/mfa?fresh=1&rd={}",
+            st.config.portal.prefix,
+            enc(&target)
+        )));
+    }
+    Ok(s)
+}
+
+/// `POST {prefix}/factors/{id}/remove`.
+pub async fn remove(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let s = match change_guard(&st, &ctx, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let (notice, status) = match factors::remove(&st, &s.user, &id, "self").await {
+        Ok(()) => ("The factor was removed.", StatusCode::OK),
+        Err(factors::RemoveError::LastFactor) => (
+            "This is your last factor and sign-in requires two: add another one first.",
+            StatusCode::CONFLICT,
+        ),
+        Err(factors::RemoveError::ReadOnly) => (
+            "This factor is managed by your administrator.",
+            StatusCode::FORBIDDEN,
+        ),
+        Err(factors::RemoveError::NotFound) => ("No such factor.", StatusCode::NOT_FOUND),
+        Err(factors::RemoveError::Unavailable) => return unavailable_page(),
+    };
+    render_factors(&st, &headers, &s, Some(notice), status).await
+}
+
+/// `POST {prefix}/factors/recovery`: new recovery codes (shown once).
+pub async fn regenerate(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let s = match change_guard(&st, &ctx, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !st.config.factors.recovery_codes.enabled {
+        return see_other(&format!("{}/factors", st.config.portal.prefix));
+    }
+    match factors::new_recovery_codes(&st, &s.user).await {
+        Ok(codes) => html(
+            StatusCode::OK,
+            recovery_codes_page(&st, &codes, &format!("{}/factors", st.config.portal.prefix)),
+        ),
+        Err(_) => unavailable_page(),
+    }
+}
