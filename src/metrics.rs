@@ -42,3 +42,15 @@ pub fn login(result: &'static str) {
 pub fn lockout(kind: &'static str) {
     metrics::counter!("portcullis_lockouts_total", "kind" => kind).increment(1);
 }
+
+/// Counts a second-factor verification by factor type and result.
+pub fn factor_verification(factor_type: &str, result: &'static str) {
+    metrics::counter!("portcullis_factor_verifications_total", "type" => factor_type.to_owned(), "result" => result)
+        .increment(1);
+}
+
+/// Counts a factor lifecycle event (`enrolled`, `activated`, `removed`).
+pub fn factor_event(event: &'static str, factor_type: &str) {
+    metrics::counter!("portcullis_factor_events_total", "event" => event, "type" => factor_type.to_owned())
+        .increment(1);
+}
