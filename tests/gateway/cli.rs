@@ -351,3 +351,52 @@ impl TcpProbe {
         .is_err()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_unlock_clears_a_lockout_in_a_shared_store() {
+    let gw = crate::support::TestGateway::start(
+        r#"
+[store]
+kind = "sqlite"
+path = "{tmp}/portcullis.db"
+
+[regulation]
+max_password_failures = 2
+max_password_failures_per_user = 2
+"#,
+    )
+    .await;
+    let client = gw.client();
+    let csrf = gw.login_page(&client, "/").await;
+    for _ in 0..2 {
+        let res = gw.post_login(&client, &csrf, "alice", "wrong", "/", &[]).await;
+        assert_eq!(res.status(), 401);
+    }
+    let res = gw
+        .post_login(&client, &csrf, "alice", ALICE.password, "/", &[])
+        .await;
+    assert_eq!(res.status(), 401, "locked");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(&config, &gw.config_text).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        portcullis(&["users", "unlock", "alice", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("alice: unlocked"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let res = gw
+        .post_login(&client, &csrf, "alice", ALICE.password, "/", &[])
+        .await;
+    assert_eq!(res.status(), 303, "unlocked by the CLI");
+}

@@ -52,7 +52,11 @@ async fn tls_listener_serves_http1_and_http2() {
         let res = client
             .get(gw.url("/private"))
             .header("accept", "application/json")
-            .header("cookie", login.cookie())
+            // One header per cookie, as browsers send them over HTTP/2.
+            .header("cookie", "app=1")
+            .header("cookie", format!("portcullis_session={}", login.session))
+            .header("cookie", format!("portcullis_csrf={}", login.csrf))
+            .header("cookie", "theme=dark")
             .send()
             .await
             .unwrap();
@@ -60,7 +64,7 @@ async fn tls_listener_serves_http1_and_http2() {
         let echo = Echo(res.json().await.unwrap());
         assert_eq!(echo.header("remote-user").as_deref(), Some("alice"));
         assert_eq!(echo.header("x-forwarded-proto").as_deref(), Some("https"));
-        assert_eq!(echo.header("cookie"), None);
+        assert_eq!(echo.header("cookie").as_deref(), Some("app=1; theme=dark"));
     }
 
     // Plain HTTP to the TLS port gets nothing useful.

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -125,4 +126,41 @@ async fn websocket_without_a_session_never_reaches_the_upstream() {
     }
     assert_eq!(seen.connections.load(Ordering::SeqCst), 0);
     assert!(seen.handshakes.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_open_websockets_after_the_drain() {
+    let (upstream, _seen) = spawn_ws_upstream().await;
+    let mut gw = TestGateway::start(&format!(
+        "[server]\nshutdown_timeout = \"500ms\"\n\n[[upstreams]]\nname = \"ws\"\nurl = \"http://{upstream}\"\n"
+    ))
+    .await;
+    let login = gw.login(ALICE).await;
+    let mut req = format!("ws://{}/ws", gw.main).into_client_request().unwrap();
+    req.headers_mut()
+        .insert("cookie", login.cookie().parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(),
+        "before"
+    );
+
+    gw.shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(3), gw.main_task.take().unwrap())
+        .await
+        .expect("serve returns within shutdown_timeout")
+        .unwrap();
+    // serve has returned: the WebSocket must not outlive it.
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = ws.send(Message::text("after")).await;
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the WebSocket is still open after shutdown");
 }
