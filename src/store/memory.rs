@@ -11,7 +11,7 @@ use dashmap::DashMap;
 
 use super::{
     CounterKey, FactorRecord, FactorStatus, RevocationBatch, RevocationEvent, SealedSecret, Store,
-    StoreResult, TransactionRecord,
+    StoreError, StoreResult, TransactionRecord,
 };
 use crate::clock::UnixTime;
 
@@ -55,6 +55,12 @@ impl MemoryStore {
         let seq = log.last().map_or(1, |(s, _)| s + 1);
         log.push((seq, event));
     }
+}
+
+/// What the SQL backends answer for a primary key that exists (a unique
+/// violation), so callers see the same failure from every backend.
+fn duplicate(op: &str) -> StoreError {
+    StoreError::Unavailable(format!("{op}: the id exists already"))
 }
 
 #[async_trait]
@@ -157,10 +163,11 @@ impl Store for MemoryStore {
     }
 
     async fn insert_factor(&self, factor: &FactorRecord) -> StoreResult<()> {
-        self.factors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(factor.clone());
+        let mut f = self.factors.lock().unwrap_or_else(|p| p.into_inner());
+        if f.iter().any(|f| f.id == factor.id) {
+            return Err(duplicate("insert factor"));
+        }
+        f.push(factor.clone());
         Ok(())
     }
 
@@ -173,7 +180,10 @@ impl Store for MemoryStore {
 
     async fn list_factors(&self, user_id: &str) -> StoreResult<Vec<FactorRecord>> {
         let f = self.factors.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(f.iter().filter(|f| f.user_id == user_id).cloned().collect())
+        let mut mine: Vec<FactorRecord> = f.iter().filter(|f| f.user_id == user_id).cloned().collect();
+        // Stable: insertion order among factors created in the same second.
+        mine.sort_by_key(|f| f.created);
+        Ok(mine)
     }
 
     async fn activate_factor(&self, user_id: &str, factor_id: &str, now: UnixTime) -> StoreResult<bool> {
@@ -203,13 +213,17 @@ impl Store for MemoryStore {
     }
 
     async fn claim_totp_step(&self, factor_id: &str, step: i64) -> StoreResult<bool> {
-        let mut last = self.totp_steps.entry(factor_id.to_owned()).or_insert(i64::MIN);
-        if step > *last {
-            *last = step;
-            Ok(true)
-        } else {
-            Ok(false)
-        }
+        Ok(match self.totp_steps.entry(factor_id.to_owned()) {
+            dashmap::Entry::Vacant(v) => {
+                v.insert(step);
+                true
+            }
+            dashmap::Entry::Occupied(mut last) if step > *last.get() => {
+                last.insert(step);
+                true
+            }
+            dashmap::Entry::Occupied(_) => false,
+        })
     }
 
     async fn secret_key_ids(&self) -> StoreResult<Vec<String>> {
@@ -261,7 +275,11 @@ impl Store for MemoryStore {
         hashes: &[String],
         _now: UnixTime,
     ) -> StoreResult<()> {
-        self.recovery.insert(user_id.to_owned(), hashes.to_vec());
+        let mut hashes = hashes.to_vec();
+        // A set, as in the SQL backends (the hash is part of the key).
+        hashes.sort();
+        hashes.dedup();
+        self.recovery.insert(user_id.to_owned(), hashes);
         Ok(())
     }
 
@@ -284,8 +302,13 @@ impl Store for MemoryStore {
     }
 
     async fn put_transaction(&self, t: &TransactionRecord) -> StoreResult<()> {
-        self.transactions.insert(t.id.clone(), t.clone());
-        Ok(())
+        match self.transactions.entry(t.id.clone()) {
+            dashmap::Entry::Occupied(_) => Err(duplicate("put transaction")),
+            dashmap::Entry::Vacant(v) => {
+                v.insert(t.clone());
+                Ok(())
+            }
+        }
     }
 
     async fn get_transaction(

@@ -16,7 +16,10 @@
 //! `migrations/postgres/000N_x.sql`, then append one entry to both lists
 //! below (the tests check that the lists agree and are numbered 1, 2, 3...).
 
-use super::{RevocationBatch, RevocationEvent, StoreError, StoreResult};
+use super::{
+    FactorRecord, FactorStatus, RevocationBatch, RevocationEvent, SealedSecret, StoreError, StoreResult,
+    TransactionRecord,
+};
 use crate::clock::UnixTime;
 
 /// One schema migration: its number, its name and the SQL that applies it.
@@ -31,18 +34,32 @@ pub(super) struct Migration {
 }
 
 /// Every SQLite migration, oldest first.
-pub(super) const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/sqlite/0001_init.sql"),
-}];
+pub(super) const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "factors",
+        sql: include_str!("../../migrations/sqlite/0002_factors.sql"),
+    },
+];
 
 /// Every PostgreSQL migration, oldest first.
-pub(super) const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/postgres/0001_init.sql"),
-}];
+pub(super) const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/postgres/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "factors",
+        sql: include_str!("../../migrations/postgres/0002_factors.sql"),
+    },
+];
 
 /// The migrations still to apply to a database that recorded `applied`
 /// (`(version, name)` pairs, in increasing version order).
@@ -129,6 +146,104 @@ pub(super) fn revocation_batch(
         }
     }
     Ok(batch)
+}
+
+/// The columns of `factors` every query selects, in [`FactorRow`] order (a
+/// macro so that `concat!` keeps each statement a `&'static str`).
+macro_rules! factor_columns {
+    () => {
+        "id, user_id, factor_type, provider, status, profile, secret_key_id, secret_blob, created, last_updated"
+    };
+}
+pub(super) use factor_columns;
+
+/// A `factors` row: `(id, user_id, factor_type, provider, status, profile,
+/// secret_key_id, secret_blob, created, last_updated)`.
+pub(super) type FactorRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<Vec<u8>>,
+    i64,
+    i64,
+);
+
+/// A sealed secret as its two columns, `(secret_key_id, secret_blob)`.
+pub(super) fn split_secret(secret: Option<&SealedSecret>) -> (Option<&str>, Option<&[u8]>) {
+    match secret {
+        Some(s) => (Some(s.key_id.as_str()), Some(s.blob.as_slice())),
+        None => (None, None),
+    }
+}
+
+/// A factor's profile as the JSON text stored.
+pub(super) fn factor_profile(factor: &FactorRecord) -> StoreResult<String> {
+    serde_json::to_string(&factor.profile)
+        .map_err(|_| StoreError::Corrupt("insert factor: the profile cannot be encoded".into()))
+}
+
+/// Decodes a `factors` row; a row this build cannot read is
+/// [`StoreError::Corrupt`] (the message names no stored value, not even the id).
+pub(super) fn factor_from_row(row: FactorRow) -> StoreResult<FactorRecord> {
+    let (id, user_id, factor_type, provider, status, profile, key_id, blob, created, last_updated) = row;
+    let status = FactorStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt("a factor has an unknown status".to_owned()))?;
+    let profile = serde_json::from_str(&profile)
+        .map_err(|_| StoreError::Corrupt("a factor has a profile that is not JSON".to_owned()))?;
+    let secret = match (key_id, blob) {
+        (Some(key_id), Some(blob)) => Some(SealedSecret { key_id, blob }),
+        (None, None) => None,
+        _ => {
+            return Err(StoreError::Corrupt("a factor has half a sealed secret".into()));
+        }
+    };
+    Ok(FactorRecord {
+        id,
+        user_id,
+        factor_type,
+        provider,
+        status,
+        profile,
+        secret,
+        created,
+        last_updated,
+    })
+}
+
+/// The columns of `transactions` every query selects, in [`TransactionRow`] order.
+macro_rules! transaction_columns {
+    () => {
+        "id, kind, user_id, data, version, expires_at"
+    };
+}
+pub(super) use transaction_columns;
+
+/// A `transactions` row: `(id, kind, user_id, data, version, expires_at)`.
+pub(super) type TransactionRow = (String, String, String, String, i64, i64);
+
+/// A transaction's data as JSON text.
+pub(super) fn transaction_data(t: &TransactionRecord) -> StoreResult<String> {
+    serde_json::to_string(&t.data)
+        .map_err(|_| StoreError::Corrupt("transaction data cannot be encoded".into()))
+}
+
+/// Decodes a `transactions` row.
+pub(super) fn transaction_from_row(row: TransactionRow) -> StoreResult<TransactionRecord> {
+    let (id, kind, user_id, data, version, expires_at) = row;
+    let data = serde_json::from_str(&data)
+        .map_err(|_| StoreError::Corrupt("a transaction holds data that is not JSON".into()))?;
+    Ok(TransactionRecord {
+        id,
+        kind,
+        user_id,
+        data,
+        version,
+        expires_at,
+    })
 }
 
 /// A stored epoch as the trait's `u64` (the schema keeps it positive).

@@ -4,7 +4,8 @@
 //!
 //! Everything that must survive a restart or be shared between replicas goes
 //! through [`Store`]: session revocations and user epochs, failure counters
-//! and lockouts (and, as the factor issues land, factors, challenges and
+//! and lockouts, factors and their sealed secrets, TOTP steps, recovery
+//! codes, and short-lived transactions (authentication state, challenges,
 //! one-time tokens). Every backend runs the same conformance suite
 //! (`store::conformance`), including the concurrency cases.
 //!
@@ -13,6 +14,11 @@
 //! - revocation events are returned in increasing `seq` order, and an event
 //!   once visible is never lost (readers re-read a small overlap, see
 //!   [`REVOCATION_OVERLAP`]);
+//! - single-use things are consumed atomically, also across replicas: a TOTP
+//!   step is claimed once, a recovery code used once, a transaction taken
+//!   once, and of concurrent updates of one transaction version one wins;
+//! - ids are never overwritten: inserting a factor or a transaction whose
+//!   id exists fails and keeps the stored one;
 //! - times are Unix seconds supplied by the caller, never read inside.
 
 pub mod memory;
@@ -214,7 +220,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     // ---- factors --------------------------------------------------------
 
-    /// Stores a new factor.
+    /// Stores a new factor; fails (keeping the stored one) if its id exists.
     async fn insert_factor(&self, factor: &FactorRecord) -> StoreResult<()>;
 
     /// The factor `factor_id` if it belongs to `user_id`.
@@ -274,7 +280,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     // ---- transactions and one-time tokens -------------------------------
 
-    /// Stores a new transaction (its id must be new).
+    /// Stores a new transaction; fails (keeping the stored one) if its id exists.
     async fn put_transaction(&self, t: &TransactionRecord) -> StoreResult<()>;
 
     /// The transaction `id` of `kind`, unless it has expired at `now`.
@@ -304,11 +310,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes rows whose relevance has passed (expired revocations, old counters,
     /// locks, expired transactions).
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<()>;
-}
-
-/// The answer of a backend for an operation it does not implement yet.
-fn not_yet() -> StoreError {
-    StoreError::Unavailable("this store backend does not keep factors yet".into())
 }
 
 /// A shared store handle.

@@ -29,8 +29,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::migrate::{self, COUNTER_RETENTION, REVOCATION_BATCH_LIMIT, RevocationRow, db, sql_error};
-use super::{CounterKey, RevocationBatch, Store, StoreError, StoreResult};
+use super::migrate::{
+    self, COUNTER_RETENTION, FactorRow, REVOCATION_BATCH_LIMIT, RevocationRow, TransactionRow, db,
+    factor_columns, split_secret, sql_error, transaction_columns,
+};
+use super::{
+    CounterKey, FactorRecord, RevocationBatch, SealedSecret, Store, StoreError, StoreResult,
+    TransactionRecord,
+};
 use crate::clock::UnixTime;
 
 /// How long a call waits for a pooled connection before the store counts as unavailable.
@@ -307,77 +313,293 @@ impl Store for PostgresStore {
         Ok(removed > 0)
     }
 
-    // ---- factors, recovery codes, transactions: not yet in this backend --------
-    // Transitional: these answer Unavailable (fail closed) until the SQL
-    // schema for them lands (issue 4).
+    // ---- factors --------------------------------------------------------
 
-    async fn insert_factor(&self, _f: &super::FactorRecord) -> StoreResult<()> {
-        Err(super::not_yet())
+    async fn insert_factor(&self, factor: &FactorRecord) -> StoreResult<()> {
+        let profile = migrate::factor_profile(factor)?;
+        let (key_id, blob) = split_secret(factor.secret.as_ref());
+        sqlx::query(
+            "INSERT INTO factors (id, user_id, factor_type, provider, status, profile,
+                                  secret_key_id, secret_blob, created, last_updated)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&factor.id)
+        .bind(&factor.user_id)
+        .bind(&factor.factor_type)
+        .bind(&factor.provider)
+        .bind(factor.status.as_str())
+        .bind(profile)
+        .bind(key_id)
+        .bind(blob)
+        .bind(factor.created)
+        .bind(factor.last_updated)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(db("insert factor"))
     }
-    async fn get_factor(&self, _u: &str, _f: &str) -> StoreResult<Option<super::FactorRecord>> {
-        Err(super::not_yet())
+
+    async fn get_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<Option<FactorRecord>> {
+        let row: Option<FactorRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            factor_columns!(),
+            " FROM factors WHERE id = $1 AND user_id = $2"
+        ))
+        .bind(factor_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("get factor"))?;
+        row.map(migrate::factor_from_row).transpose()
     }
-    async fn list_factors(&self, _u: &str) -> StoreResult<Vec<super::FactorRecord>> {
-        Err(super::not_yet())
+
+    async fn list_factors(&self, user_id: &str) -> StoreResult<Vec<FactorRecord>> {
+        let rows: Vec<FactorRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            factor_columns!(),
+            " FROM factors WHERE user_id = $1 ORDER BY created, seq"
+        ))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list factors"))?;
+        rows.into_iter().map(migrate::factor_from_row).collect()
     }
-    async fn activate_factor(&self, _u: &str, _f: &str, _now: UnixTime) -> StoreResult<bool> {
-        Err(super::not_yet())
+
+    async fn activate_factor(&self, user_id: &str, factor_id: &str, now: UnixTime) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE factors SET status = 'ACTIVE', last_updated = $3
+             WHERE id = $1 AND user_id = $2 AND status = 'PENDING_ACTIVATION'",
+        )
+        .bind(factor_id)
+        .bind(user_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db("activate factor"))?;
+        Ok(done.rows_affected() == 1)
     }
-    async fn delete_factor(&self, _u: &str, _f: &str) -> StoreResult<bool> {
-        Err(super::not_yet())
+
+    async fn delete_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<bool> {
+        // One statement, one transaction: the step record goes with the factor.
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH f AS (DELETE FROM factors WHERE id = $1 AND user_id = $2 RETURNING id),
+                  s AS (DELETE FROM totp_steps WHERE factor_id IN (SELECT id FROM f))
+             SELECT count(*) FROM f",
+        )
+        .bind(factor_id)
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("delete factor"))?;
+        Ok(deleted == 1)
     }
-    async fn claim_totp_step(&self, _f: &str, _step: i64) -> StoreResult<bool> {
-        Err(super::not_yet())
+
+    async fn claim_totp_step(&self, factor_id: &str, step: i64) -> StoreResult<bool> {
+        // One statement: concurrent claims on any replica serialize on the
+        // row (or on the speculative insert of the first one), and each
+        // compares with the step the previous one wrote. A refused claim
+        // changes no row.
+        let done = sqlx::query(
+            "INSERT INTO totp_steps (factor_id, last_step) VALUES ($1, $2)
+             ON CONFLICT (factor_id) DO UPDATE SET last_step = excluded.last_step
+             WHERE totp_steps.last_step < excluded.last_step",
+        )
+        .bind(factor_id)
+        .bind(step)
+        .execute(&self.pool)
+        .await
+        .map_err(db("claim totp step"))?;
+        Ok(done.rows_affected() == 1)
     }
+
     async fn secret_key_ids(&self) -> StoreResult<Vec<String>> {
-        Err(super::not_yet())
+        sqlx::query_scalar(
+            "SELECT DISTINCT secret_key_id FROM factors
+             WHERE secret_key_id IS NOT NULL ORDER BY secret_key_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read secret key ids"))
     }
+
     async fn factors_sealed_with_other_keys(
         &self,
-        _k: &str,
-        _l: u32,
-    ) -> StoreResult<Vec<super::FactorRecord>> {
-        Err(super::not_yet())
+        key_id: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<FactorRecord>> {
+        let rows: Vec<FactorRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            factor_columns!(),
+            " FROM factors
+             WHERE secret_key_id IS NOT NULL AND secret_key_id <> $1
+             ORDER BY seq LIMIT $2"
+        ))
+        .bind(key_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read factors to re-seal"))?;
+        rows.into_iter().map(migrate::factor_from_row).collect()
     }
+
     async fn replace_factor_secret(
         &self,
-        _f: &str,
-        _o: &super::SealedSecret,
-        _n: &super::SealedSecret,
+        factor_id: &str,
+        old: &SealedSecret,
+        new: &SealedSecret,
     ) -> StoreResult<bool> {
-        Err(super::not_yet())
+        let done = sqlx::query(
+            "UPDATE factors SET secret_key_id = $4, secret_blob = $5
+             WHERE id = $1 AND secret_key_id = $2 AND secret_blob = $3",
+        )
+        .bind(factor_id)
+        .bind(&old.key_id)
+        .bind(&old.blob)
+        .bind(&new.key_id)
+        .bind(&new.blob)
+        .execute(&self.pool)
+        .await
+        .map_err(db("replace factor secret"))?;
+        Ok(done.rows_affected() == 1)
     }
-    async fn replace_recovery_codes(&self, _u: &str, _h: &[String], _now: UnixTime) -> StoreResult<()> {
-        Err(super::not_yet())
+
+    // ---- recovery codes -------------------------------------------------
+
+    async fn replace_recovery_codes(
+        &self,
+        user_id: &str,
+        hashes: &[String],
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(db("replace recovery codes"))?;
+        // Two replacements for one user at once must not leave the union of
+        // both sets (under READ COMMITTED the second DELETE would not see the
+        // first one's inserts): they take turns on a per-user advisory lock.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('portcullis.recovery.' || $1))")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("replace recovery codes"))?;
+        sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("replace recovery codes"))?;
+        sqlx::query(
+            "INSERT INTO recovery_codes (user_id, hash, created)
+             SELECT $1, h, $3 FROM unnest($2::text[]) AS h
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(hashes)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("replace recovery codes"))?;
+        tx.commit().await.map_err(db("replace recovery codes"))
     }
-    async fn use_recovery_code(&self, _u: &str, _h: &str) -> StoreResult<bool> {
-        Err(super::not_yet())
+
+    async fn use_recovery_code(&self, user_id: &str, hash: &str) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1 AND hash = $2")
+            .bind(user_id)
+            .bind(hash)
+            .execute(&self.pool)
+            .await
+            .map_err(db("use recovery code"))?;
+        Ok(done.rows_affected() == 1)
     }
-    async fn recovery_codes_left(&self, _u: &str) -> StoreResult<u32> {
-        Err(super::not_yet())
+
+    async fn recovery_codes_left(&self, user_id: &str) -> StoreResult<u32> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM recovery_codes WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("count recovery codes"))?;
+        migrate::count_from_db(count)
     }
-    async fn put_transaction(&self, _t: &super::TransactionRecord) -> StoreResult<()> {
-        Err(super::not_yet())
+
+    // ---- transactions ---------------------------------------------------
+
+    async fn put_transaction(&self, t: &TransactionRecord) -> StoreResult<()> {
+        let data = migrate::transaction_data(t)?;
+        sqlx::query(
+            "INSERT INTO transactions (id, kind, user_id, data, version, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&t.id)
+        .bind(&t.kind)
+        .bind(&t.user_id)
+        .bind(data)
+        .bind(t.version)
+        .bind(t.expires_at)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(db("put transaction"))
     }
+
     async fn get_transaction(
         &self,
-        _k: &str,
-        _i: &str,
-        _now: UnixTime,
-    ) -> StoreResult<Option<super::TransactionRecord>> {
-        Err(super::not_yet())
+        kind: &str,
+        id: &str,
+        now: UnixTime,
+    ) -> StoreResult<Option<TransactionRecord>> {
+        let row: Option<TransactionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            transaction_columns!(),
+            " FROM transactions
+             WHERE id = $1 AND kind = $2 AND expires_at > $3"
+        ))
+        .bind(id)
+        .bind(kind)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("get transaction"))?;
+        row.map(migrate::transaction_from_row).transpose()
     }
-    async fn update_transaction(&self, _t: &super::TransactionRecord, _now: UnixTime) -> StoreResult<bool> {
-        Err(super::not_yet())
+
+    async fn update_transaction(&self, t: &TransactionRecord, now: UnixTime) -> StoreResult<bool> {
+        let data = migrate::transaction_data(t)?;
+        let done = sqlx::query(
+            "UPDATE transactions SET user_id = $4, data = $5, expires_at = $6, version = version + 1
+             WHERE id = $1 AND kind = $2 AND version = $3 AND expires_at > $7",
+        )
+        .bind(&t.id)
+        .bind(&t.kind)
+        .bind(t.version)
+        .bind(&t.user_id)
+        .bind(data)
+        .bind(t.expires_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db("update transaction"))?;
+        Ok(done.rows_affected() == 1)
     }
+
     async fn take_transaction(
         &self,
-        _k: &str,
-        _i: &str,
-        _now: UnixTime,
-    ) -> StoreResult<Option<super::TransactionRecord>> {
-        Err(super::not_yet())
+        kind: &str,
+        id: &str,
+        now: UnixTime,
+    ) -> StoreResult<Option<TransactionRecord>> {
+        let row: Option<TransactionRow> = sqlx::query_as(concat!(
+            "DELETE FROM transactions WHERE id = $1 AND kind = $2 AND expires_at > $3
+             RETURNING ",
+            transaction_columns!()
+        ))
+        .bind(id)
+        .bind(kind)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("take transaction"))?;
+        row.map(migrate::transaction_from_row).transpose()
     }
+
+    // ---- housekeeping ---------------------------------------------------
 
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<()> {
         let mut tx = self.pool.begin().await.map_err(db("purge"))?;
@@ -392,6 +614,11 @@ impl Store for PostgresStore {
             .await
             .map_err(db("purge"))?;
         sqlx::query("DELETE FROM revocations WHERE kind = 'session' AND expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("purge"))?;
+        sqlx::query("DELETE FROM transactions WHERE expires_at <= $1")
             .bind(now)
             .execute(&mut *tx)
             .await
