@@ -7,6 +7,12 @@
 //! `store::conformance::<backend>::<case>`. Adding a backend means adding a
 //! fixture below and its name to that invocation.
 //!
+//! The concurrency cases start 20 tasks on a multi-threaded runtime against
+//! one store (on PostgreSQL each uses its own pooled connection, so they race
+//! like replicas do) and check that single-use things are used once: a TOTP
+//! step, a recovery code, a one-time transaction, one version of a
+//! transaction, one sealed secret being replaced.
+//!
 //! PostgreSQL runs only when `PORTCULLIS_TEST_POSTGRES_URL` is set (e.g.
 //! `postgres://postgres@127.0.0.1:5432/test`); each test then gets its own
 //! schema `t_<random>`, dropped afterwards even when the test fails.
@@ -21,7 +27,11 @@ use futures_util::FutureExt as _;
 use super::memory::MemoryStore;
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
-use super::{CounterKey, RevocationEvent, SharedStore};
+use serde_json::json;
+
+use super::{
+    CounterKey, FactorRecord, FactorStatus, RevocationEvent, SealedSecret, SharedStore, TransactionRecord,
+};
 use crate::clock::UnixTime;
 
 /// A time well past anything that could underflow, to which the cases add offsets.
@@ -543,6 +553,590 @@ async fn lock_keeps_the_maximum_under_concurrency(store: SharedStore) {
     );
 }
 
+// ---- factors ---------------------------------------------------------------
+
+fn sealed(key_id: &str, blob: &[u8]) -> SealedSecret {
+    SealedSecret {
+        key_id: key_id.into(),
+        blob: blob.to_vec(),
+    }
+}
+
+fn factor(id: &str, user_id: &str, created: UnixTime, secret: Option<SealedSecret>) -> FactorRecord {
+    FactorRecord {
+        id: id.into(),
+        user_id: user_id.into(),
+        factor_type: "token:software:totp".into(),
+        provider: "GOOGLE".into(),
+        status: FactorStatus::PendingActivation,
+        profile: json!({ "credentialId": format!("{user_id}@example.com") }),
+        secret,
+        created,
+        last_updated: created,
+    }
+}
+
+async fn factors_round_trip_and_list_oldest_first(store: SharedStore) {
+    let mut sms = factor("sms-alice", "alice", T + 10, None);
+    sms.factor_type = "sms".into();
+    sms.provider = "OKTA".into();
+    sms.status = FactorStatus::Active;
+    sms.profile = json!({ "phoneNumber": "+1 555 0100", "nested": { "ünï": [1, 2.5, null, true] } });
+    // Every byte value survives, including NUL and invalid UTF-8.
+    let blob: Vec<u8> = (0..=255).collect();
+    let totp = factor("totp-alice", "alice", T + 20, Some(sealed("k1", &blob)));
+    let same_second = factor("push-alice", "alice", T + 20, None);
+    let bob = factor("totp-bob", "bob", T, Some(sealed("k1", b"b")));
+    // Inserted out of creation order: listing is by `created`, then insertion.
+    for f in [&totp, &sms, &same_second, &bob] {
+        store.insert_factor(f).await.unwrap();
+    }
+
+    assert_eq!(
+        store.get_factor("alice", "totp-alice").await.unwrap().as_ref(),
+        Some(&totp)
+    );
+    assert_eq!(
+        store.get_factor("alice", "sms-alice").await.unwrap().as_ref(),
+        Some(&sms)
+    );
+    assert_eq!(store.get_factor("alice", "missing").await.unwrap(), None);
+    let ids: Vec<String> = store
+        .list_factors("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(ids, ["sms-alice", "totp-alice", "push-alice"]);
+    assert_eq!(store.list_factors("bob").await.unwrap(), [bob]);
+    assert!(store.list_factors("carol").await.unwrap().is_empty());
+}
+
+async fn factors_are_scoped_by_user(store: SharedStore) {
+    let f = factor("f-alice", "alice", T, Some(sealed("k1", b"s")));
+    store.insert_factor(&f).await.unwrap();
+    store.claim_totp_step("f-alice", 100).await.unwrap();
+
+    assert_eq!(store.get_factor("bob", "f-alice").await.unwrap(), None);
+    assert!(!store.activate_factor("bob", "f-alice", T + 1).await.unwrap());
+    assert!(!store.delete_factor("bob", "f-alice").await.unwrap());
+    assert!(store.list_factors("bob").await.unwrap().is_empty());
+    // Nothing the other user tried changed alice's factor or its step.
+    assert_eq!(store.get_factor("alice", "f-alice").await.unwrap(), Some(f));
+    assert!(!store.claim_totp_step("f-alice", 100).await.unwrap());
+}
+
+async fn insert_factor_refuses_an_existing_id(store: SharedStore) {
+    let first = factor("f1", "alice", T, Some(sealed("k1", b"first")));
+    store.insert_factor(&first).await.unwrap();
+    let again = factor("f1", "mallory", T + 5, Some(sealed("k1", b"second")));
+    assert!(store.insert_factor(&again).await.is_err());
+    assert_eq!(store.get_factor("alice", "f1").await.unwrap(), Some(first));
+    assert_eq!(store.get_factor("mallory", "f1").await.unwrap(), None);
+}
+
+async fn activate_factor_moves_a_pending_factor_once(store: SharedStore) {
+    let f = factor("f1", "alice", T, None);
+    store.insert_factor(&f).await.unwrap();
+    assert!(store.activate_factor("alice", "f1", T + 30).await.unwrap());
+    let active = store.get_factor("alice", "f1").await.unwrap().unwrap();
+    assert_eq!(active.status, FactorStatus::Active);
+    assert_eq!(active.last_updated, T + 30);
+    assert_eq!(active.created, T);
+    assert!(
+        !store.activate_factor("alice", "f1", T + 40).await.unwrap(),
+        "already active"
+    );
+    assert_eq!(
+        store
+            .get_factor("alice", "f1")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_updated,
+        T + 30,
+        "a refused activation changes nothing"
+    );
+    assert!(!store.activate_factor("alice", "missing", T).await.unwrap());
+}
+
+async fn delete_factor_removes_it_and_its_totp_step(store: SharedStore) {
+    store
+        .insert_factor(&factor("f1", "alice", T, None))
+        .await
+        .unwrap();
+    store
+        .insert_factor(&factor("f2", "alice", T, None))
+        .await
+        .unwrap();
+    assert!(store.claim_totp_step("f1", 1_000).await.unwrap());
+    assert!(store.claim_totp_step("f2", 1_000).await.unwrap());
+
+    assert!(store.delete_factor("alice", "f1").await.unwrap());
+    assert_eq!(store.get_factor("alice", "f1").await.unwrap(), None);
+    assert!(!store.delete_factor("alice", "f1").await.unwrap(), "already gone");
+    let left: Vec<String> = store
+        .list_factors("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(left, ["f2"]);
+    // f1's step record went with it; f2's is untouched.
+    assert!(store.claim_totp_step("f1", 5).await.unwrap());
+    assert!(!store.claim_totp_step("f2", 1_000).await.unwrap());
+}
+
+async fn claim_totp_step_accepts_only_later_steps(store: SharedStore) {
+    assert!(store.claim_totp_step("f1", 100).await.unwrap(), "first use");
+    assert!(!store.claim_totp_step("f1", 100).await.unwrap(), "replay");
+    assert!(!store.claim_totp_step("f1", 99).await.unwrap(), "older step");
+    assert!(store.claim_totp_step("f1", 102).await.unwrap());
+    assert!(
+        !store.claim_totp_step("f1", 101).await.unwrap(),
+        "a skipped step is older now"
+    );
+    // Factors are independent, and need not be stored (users-file TOTP).
+    assert!(store.claim_totp_step("uft-not-stored", 100).await.unwrap());
+    assert!(store.claim_totp_step("f2", 0).await.unwrap());
+    assert!(store.claim_totp_step("f3", -5).await.unwrap());
+    assert!(!store.claim_totp_step("f3", -6).await.unwrap());
+}
+
+async fn claim_totp_step_succeeds_once_under_concurrency(store: SharedStore) {
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim_totp_step("f1", 57_000_000).await })
+        })
+        .collect();
+    let mut won = 0;
+    for task in tasks {
+        if task.await.unwrap().unwrap() {
+            won += 1;
+        }
+    }
+    assert_eq!(
+        won, 1,
+        "the same code presented 20 times at once is accepted once"
+    );
+    assert!(!store.claim_totp_step("f1", 57_000_000).await.unwrap());
+    assert!(
+        !store.claim_totp_step("f1", 56_999_999).await.unwrap(),
+        "an older step is refused afterwards"
+    );
+    assert!(store.claim_totp_step("f1", 57_000_001).await.unwrap());
+}
+
+async fn claim_totp_step_keeps_the_latest_under_concurrency(store: SharedStore) {
+    // Steps arrive in an order unrelated to their size: whatever the
+    // interleaving, the latest one ends up recorded.
+    let tasks: Vec<_> = (0..20)
+        .map(|i: i64| {
+            let store = store.clone();
+            let step = 1_000 + (i * 7) % 20;
+            tokio::spawn(async move { store.claim_totp_step("f1", step).await })
+        })
+        .collect();
+    let mut won = 0;
+    for task in tasks {
+        if task.await.unwrap().unwrap() {
+            won += 1;
+        }
+    }
+    assert!(won >= 1);
+    assert!(!store.claim_totp_step("f1", 1_019).await.unwrap());
+    assert!(store.claim_totp_step("f1", 1_020).await.unwrap());
+}
+
+async fn sealed_secrets_are_found_by_key_and_replaced_by_compare_and_set(store: SharedStore) {
+    assert!(store.secret_key_ids().await.unwrap().is_empty());
+    store
+        .insert_factor(&factor("a1", "alice", T, Some(sealed("old", b"a1-old"))))
+        .await
+        .unwrap();
+    store
+        .insert_factor(&factor("a2", "alice", T + 1, Some(sealed("new", b"a2-new"))))
+        .await
+        .unwrap();
+    store
+        .insert_factor(&factor("a3", "alice", T + 2, None))
+        .await
+        .unwrap();
+    store
+        .insert_factor(&factor("b1", "bob", T + 3, Some(sealed("older", b"b1-older"))))
+        .await
+        .unwrap();
+    assert_eq!(store.secret_key_ids().await.unwrap(), ["new", "old", "older"]);
+
+    let others = store.factors_sealed_with_other_keys("new", 10).await.unwrap();
+    let mut ids: Vec<&str> = others.iter().map(|f| f.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["a1", "b1"], "factors without a secret are not listed");
+    assert_eq!(
+        store
+            .factors_sealed_with_other_keys("new", 1)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "limit"
+    );
+    assert!(
+        store
+            .factors_sealed_with_other_keys("new", 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let a1_new = sealed("new", b"a1-resealed");
+    // Compare and set: a stale `old` (other blob, or other key id) changes nothing.
+    assert!(
+        !store
+            .replace_factor_secret("a1", &sealed("old", b"something else"), &a1_new)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .replace_factor_secret("a1", &sealed("new", b"a1-old"), &a1_new)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .replace_factor_secret("missing", &sealed("old", b"a1-old"), &a1_new)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .replace_factor_secret("a1", &sealed("old", b"a1-old"), &a1_new)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .replace_factor_secret("a1", &sealed("old", b"a1-old"), &sealed("new", b"again"))
+            .await
+            .unwrap(),
+        "the second swap from the same old value loses"
+    );
+    let a1 = store.get_factor("alice", "a1").await.unwrap().unwrap();
+    assert_eq!(a1.secret, Some(a1_new));
+    assert_eq!(a1.last_updated, T, "re-sealing is not a change of the factor");
+
+    assert!(
+        store
+            .replace_factor_secret("b1", &sealed("older", b"b1-older"), &sealed("new", b"b1-new"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.secret_key_ids().await.unwrap(), ["new"]);
+    assert!(
+        store
+            .factors_sealed_with_other_keys("new", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn replace_factor_secret_has_one_winner_under_concurrency(store: SharedStore) {
+    let old = sealed("old", b"original");
+    store
+        .insert_factor(&factor("f1", "alice", T, Some(old.clone())))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|i: u8| {
+            let (store, old) = (store.clone(), old.clone());
+            tokio::spawn(async move {
+                let new = sealed("new", &[i; 8]);
+                store
+                    .replace_factor_secret("f1", &old, &new)
+                    .await
+                    .map(|won| won.then_some(new))
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        winners.extend(task.await.unwrap().unwrap());
+    }
+    assert_eq!(winners.len(), 1, "one replica's re-seal wins, the others retry");
+    let stored = store.get_factor("alice", "f1").await.unwrap().unwrap();
+    assert_eq!(stored.secret.as_ref(), winners.first());
+}
+
+// ---- recovery codes --------------------------------------------------------
+
+fn hashes(list: &[&str]) -> Vec<String> {
+    list.iter().map(|h| (*h).to_owned()).collect()
+}
+
+async fn recovery_codes_are_used_once_and_replaced_as_a_set(store: SharedStore) {
+    assert_eq!(store.recovery_codes_left("alice").await.unwrap(), 0);
+    assert!(!store.use_recovery_code("alice", "h1").await.unwrap());
+    store
+        .replace_recovery_codes("alice", &hashes(&["h1", "h2", "h3"]), T)
+        .await
+        .unwrap();
+    store
+        .replace_recovery_codes("bob", &hashes(&["h1", "b2"]), T)
+        .await
+        .unwrap();
+    assert_eq!(store.recovery_codes_left("alice").await.unwrap(), 3);
+
+    assert!(store.use_recovery_code("alice", "h2").await.unwrap());
+    assert!(!store.use_recovery_code("alice", "h2").await.unwrap(), "used up");
+    assert!(
+        !store.use_recovery_code("alice", "b2").await.unwrap(),
+        "bob's code"
+    );
+    assert!(!store.use_recovery_code("carol", "h1").await.unwrap());
+    assert_eq!(store.recovery_codes_left("alice").await.unwrap(), 2);
+    assert_eq!(
+        store.recovery_codes_left("bob").await.unwrap(),
+        2,
+        "the same hash of another user is another code"
+    );
+
+    // A new set replaces the old one entirely; a repeated hash counts once.
+    store
+        .replace_recovery_codes("alice", &hashes(&["n1", "n2", "n1"]), T + 100)
+        .await
+        .unwrap();
+    assert_eq!(store.recovery_codes_left("alice").await.unwrap(), 2);
+    assert!(
+        !store.use_recovery_code("alice", "h1").await.unwrap(),
+        "old set revoked"
+    );
+    assert!(store.use_recovery_code("alice", "n1").await.unwrap());
+    assert!(!store.use_recovery_code("alice", "n1").await.unwrap());
+
+    store.replace_recovery_codes("alice", &[], T + 200).await.unwrap();
+    assert_eq!(store.recovery_codes_left("alice").await.unwrap(), 0);
+    assert!(!store.use_recovery_code("alice", "n2").await.unwrap());
+    assert!(store.use_recovery_code("bob", "h1").await.unwrap());
+}
+
+async fn a_recovery_code_is_used_once_under_concurrency(store: SharedStore) {
+    store
+        .replace_recovery_codes("alice", &hashes(&["h1", "h2"]), T)
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.use_recovery_code("alice", "h1").await })
+        })
+        .collect();
+    let mut won = 0;
+    for task in tasks {
+        if task.await.unwrap().unwrap() {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1, "one code presented 20 times at once is accepted once");
+    assert_eq!(store.recovery_codes_left("alice").await.unwrap(), 1);
+}
+
+// ---- transactions ----------------------------------------------------------
+
+fn transaction(id: &str, kind: &str, expires_at: UnixTime) -> TransactionRecord {
+    TransactionRecord {
+        id: id.into(),
+        kind: kind.into(),
+        user_id: "alice".into(),
+        data: json!({ "state": "MFA_REQUIRED", "factors": ["f1", "f2"], "n": 1 }),
+        version: 0,
+        expires_at,
+    }
+}
+
+async fn transactions_are_got_updated_and_taken_by_kind(store: SharedStore) {
+    let t = transaction("tx1", "authn", T + 300);
+    store.put_transaction(&t).await.unwrap();
+    assert_eq!(
+        store.get_transaction("authn", "tx1", T).await.unwrap().as_ref(),
+        Some(&t)
+    );
+    assert_eq!(
+        store.get_transaction("session_token", "tx1", T).await.unwrap(),
+        None,
+        "lookups name the kind they expect"
+    );
+    assert_eq!(store.get_transaction("authn", "tx2", T).await.unwrap(), None);
+
+    // Compare and set on the version; the stored version moves to version + 1.
+    let step = TransactionRecord {
+        data: json!({ "state": "MFA_CHALLENGE" }),
+        expires_at: T + 600,
+        ..t.clone()
+    };
+    assert!(store.update_transaction(&step, T + 1).await.unwrap());
+    let got = store
+        .get_transaction("authn", "tx1", T + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.version, 1);
+    assert_eq!(got.data, json!({ "state": "MFA_CHALLENGE" }));
+    assert_eq!(got.expires_at, T + 600, "an update can extend the expiry");
+    assert!(
+        !store.update_transaction(&step, T + 2).await.unwrap(),
+        "version 0 is stale now"
+    );
+    let wrong_kind = TransactionRecord {
+        kind: "push".into(),
+        ..got.clone()
+    };
+    assert!(!store.update_transaction(&wrong_kind, T + 2).await.unwrap());
+    let missing = TransactionRecord {
+        id: "nope".into(),
+        ..got.clone()
+    };
+    assert!(!store.update_transaction(&missing, T + 2).await.unwrap());
+    assert!(store.update_transaction(&got, T + 2).await.unwrap());
+    assert_eq!(
+        store
+            .get_transaction("authn", "tx1", T + 2)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        2
+    );
+
+    // Taken once, and only under its kind.
+    assert_eq!(store.take_transaction("push", "tx1", T + 3).await.unwrap(), None);
+    let taken = store
+        .take_transaction("authn", "tx1", T + 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.version, 2);
+    assert_eq!(taken.data, json!({ "state": "MFA_CHALLENGE" }));
+    assert_eq!(store.take_transaction("authn", "tx1", T + 3).await.unwrap(), None);
+    assert_eq!(store.get_transaction("authn", "tx1", T + 3).await.unwrap(), None);
+    assert!(!store.update_transaction(&taken, T + 3).await.unwrap());
+}
+
+async fn put_transaction_refuses_an_existing_id(store: SharedStore) {
+    let t = transaction("tx1", "authn", T + 300);
+    store.put_transaction(&t).await.unwrap();
+    let again = TransactionRecord {
+        user_id: "mallory".into(),
+        ..transaction("tx1", "authn", T + 900)
+    };
+    assert!(store.put_transaction(&again).await.is_err());
+    assert_eq!(store.get_transaction("authn", "tx1", T).await.unwrap(), Some(t));
+}
+
+async fn an_expired_transaction_cannot_be_got_updated_or_taken(store: SharedStore) {
+    let t = transaction("tx1", "otp", T + 300);
+    store.put_transaction(&t).await.unwrap();
+    assert!(
+        store
+            .get_transaction("otp", "tx1", T + 299)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // `expires_at <= now` is over.
+    assert_eq!(store.get_transaction("otp", "tx1", T + 300).await.unwrap(), None);
+    let later = TransactionRecord {
+        expires_at: T + 900,
+        ..t.clone()
+    };
+    assert!(
+        !store.update_transaction(&later, T + 300).await.unwrap(),
+        "an update cannot revive it"
+    );
+    assert_eq!(store.take_transaction("otp", "tx1", T + 300).await.unwrap(), None);
+    assert_eq!(store.get_transaction("otp", "tx1", T + 400).await.unwrap(), None);
+}
+
+async fn purge_expired_deletes_expired_transactions(store: SharedStore) {
+    store
+        .put_transaction(&transaction("gone", "authn", T + 100))
+        .await
+        .unwrap();
+    store
+        .put_transaction(&transaction("edge", "authn", T + 200))
+        .await
+        .unwrap();
+    store
+        .put_transaction(&transaction("kept", "authn", T + 201))
+        .await
+        .unwrap();
+    store.purge_expired(T + 200).await.unwrap();
+    // Asked as of before they expired: only the purged ones are missing.
+    assert_eq!(store.get_transaction("authn", "gone", T).await.unwrap(), None);
+    assert_eq!(store.get_transaction("authn", "edge", T).await.unwrap(), None);
+    assert!(store.get_transaction("authn", "kept", T).await.unwrap().is_some());
+    // The id of a purged transaction is free again.
+    store
+        .put_transaction(&transaction("gone", "authn", T + 900))
+        .await
+        .unwrap();
+}
+
+async fn a_transaction_is_taken_once_under_concurrency(store: SharedStore) {
+    store
+        .put_transaction(&transaction("tok", "session_token", T + 60))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.take_transaction("session_token", "tok", T).await })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for task in tasks {
+        got.extend(task.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        got.len(),
+        1,
+        "a one-time token presented 20 times at once is returned once"
+    );
+    assert_eq!(got[0].id, "tok");
+}
+
+async fn concurrent_updates_of_one_version_have_one_winner(store: SharedStore) {
+    let t = transaction("tx1", "authn", T + 300);
+    store.put_transaction(&t).await.unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|i: i64| {
+            let store = store.clone();
+            let mine = TransactionRecord {
+                data: json!({ "writer": i }),
+                ..t.clone()
+            };
+            tokio::spawn(async move {
+                store
+                    .update_transaction(&mine, T)
+                    .await
+                    .map(|won| won.then_some(i))
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        winners.extend(task.await.unwrap().unwrap());
+    }
+    assert_eq!(winners.len(), 1, "exactly one update of version 0 wins");
+    let stored = store.get_transaction("authn", "tx1", T).await.unwrap().unwrap();
+    assert_eq!(stored.version, 1);
+    assert_eq!(stored.data, json!({ "writer": winners[0] }));
+}
+
 // ---- expansion: every case against every backend --------------------------
 
 macro_rules! suite {
@@ -576,4 +1170,22 @@ suite!(memory, sqlite, postgres; {
     record_failure_counts_concurrently,
     bump_epoch_is_atomic_under_concurrency,
     lock_keeps_the_maximum_under_concurrency,
+    factors_round_trip_and_list_oldest_first,
+    factors_are_scoped_by_user,
+    insert_factor_refuses_an_existing_id,
+    activate_factor_moves_a_pending_factor_once,
+    delete_factor_removes_it_and_its_totp_step,
+    claim_totp_step_accepts_only_later_steps,
+    claim_totp_step_succeeds_once_under_concurrency,
+    claim_totp_step_keeps_the_latest_under_concurrency,
+    sealed_secrets_are_found_by_key_and_replaced_by_compare_and_set,
+    replace_factor_secret_has_one_winner_under_concurrency,
+    recovery_codes_are_used_once_and_replaced_as_a_set,
+    a_recovery_code_is_used_once_under_concurrency,
+    transactions_are_got_updated_and_taken_by_kind,
+    put_transaction_refuses_an_existing_id,
+    an_expired_transaction_cannot_be_got_updated_or_taken,
+    purge_expired_deletes_expired_transactions,
+    a_transaction_is_taken_once_under_concurrency,
+    concurrent_updates_of_one_version_have_one_winner,
 });
