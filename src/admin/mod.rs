@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::extract::Path;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use crate::error::{ApiError, ErrorCode};
@@ -20,6 +21,8 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/users/{id}/lifecycle/unlock", post(unlock))
+        .route("/api/v1/users/{id}/sessions", delete(revoke_sessions))
         .fallback(|| async { ApiError::new(ErrorCode::E0000007).into_response() })
         .with_state(state)
 }
@@ -74,4 +77,189 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     res
+}
+
+/// Finds a user by id or login.
+fn find_user(st: &AppState, id: &str) -> Option<Arc<crate::users::User>> {
+    let users = st.enforcer.users.read().unwrap_or_else(|p| p.into_inner());
+    users.get(id).or_else(|| users.by_login(id)).cloned()
+}
+
+/// Runs `f` for an authorized admin call on an existing user.
+fn guarded(
+    st: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(usize, Arc<crate::users::User>), Response> {
+    let Some(token) = authorized(st, headers) else {
+        return Err(ApiError::new(ErrorCode::E0000011).into_response());
+    };
+    match find_user(st, id) {
+        Some(u) => Ok((token, u)),
+        None => Err(ApiError::new(ErrorCode::E0000007).into_response()),
+    }
+}
+
+/// `POST /api/v1/users/{id}/lifecycle/unlock`: clears the user's lockouts.
+async fn unlock(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let (token, user) = match guarded(&st, &headers, &id) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match st.regulator.unlock(&user.id).await {
+        Ok(was_locked) => {
+            crate::audit!("user.unlocked", user = %user.username, actor = "admin", token = token, was_locked = was_locked);
+            let mut res = "{}".into_response();
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            res
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "unlock failed");
+            ApiError::new(ErrorCode::E0000009).into_response()
+        }
+    }
+}
+
+/// `DELETE /api/v1/users/{id}/sessions`: revokes every session of the user.
+async fn revoke_sessions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let (token, user) = match guarded(&st, &headers, &id) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match st.store.bump_epoch(&user.id).await {
+        Ok(epoch) => {
+            st.enforcer.revocations.note_epoch(&user.id, epoch);
+            crate::audit!("sessions.revoked", user = %user.username, actor = "admin", token = token);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "revoking sessions failed");
+            ApiError::new(ErrorCode::E0000009).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::gateway::Gateway;
+
+    const CONFIG: &str = r#"
+default_policy = "one_factor"
+[admin]
+tokens = ["first-admin-token-0123456789", "second-admin-token-0123456789"]
+[[upstreams]]
+name = "unused"
+url = "http://127.0.0.1:9"
+[session]
+secrets = ["0123456789abcdef0123456789abcdef"]
+[store]
+kind = "memory"
+encryption_keys = []
+[factors.totp]
+enabled = false
+[factors.recovery_codes]
+enabled = false
+"#;
+
+    async fn gateway() -> Gateway {
+        let loaded = crate::config::load_str(CONFIG, &|_| None).expect("config");
+        let gw = Gateway::build(loaded.config).await.expect("gateway");
+        gw.state()
+            .enforcer
+            .users
+            .write()
+            .unwrap()
+            .insert(crate::users::User {
+                id: "00uBOB".into(),
+                username: "bob".into(),
+                display_name: None,
+                email: None,
+                phone: None,
+                groups: vec![],
+                password_hash: None,
+                from_file: false,
+                config_totp: None,
+            });
+        gw
+    }
+
+    fn call(method: &str, path: &str, auth: Option<&str>) -> Request<Body> {
+        let mut r = Request::builder().method(method).uri(path);
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn unlock_needs_a_token_and_clears_the_lock() {
+        let gw = gateway().await;
+        let st = gw.state().clone();
+        for _ in 0..5 {
+            st.regulator
+                .factor_failed("00uBOB", "192.0.2.1".parse().unwrap())
+                .await
+                .unwrap();
+        }
+        assert!(st.regulator.user_locked("00uBOB").await.unwrap().is_some());
+        let app = gw.admin_router();
+        let path = "/api/v1/users/bob/lifecycle/unlock";
+        let res = app.clone().oneshot(call("POST", path, None)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let res = app
+            .clone()
+            .oneshot(call("POST", path, Some("SSWS wrong-token")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let res = app
+            .clone()
+            .oneshot(call(
+                "POST",
+                "/api/v1/users/nobody/lifecycle/unlock",
+                Some("SSWS second-admin-token-0123456789"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        assert!(
+            st.regulator.user_locked("00uBOB").await.unwrap().is_some(),
+            "refused calls change nothing"
+        );
+        let res = app
+            .clone()
+            .oneshot(call("POST", path, Some("Bearer second-admin-token-0123456789")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(st.regulator.user_locked("00uBOB").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn revoking_sessions_bumps_the_epoch() {
+        let gw = gateway().await;
+        let st = gw.state().clone();
+        let before = st.enforcer.revocations.epoch("00uBOB");
+        let res = gw
+            .admin_router()
+            .oneshot(call(
+                "DELETE",
+                "/api/v1/users/00uBOB/sessions",
+                Some("SSWS first-admin-token-0123456789"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+        assert_eq!(st.enforcer.revocations.epoch("00uBOB"), before + 1);
+    }
 }
