@@ -149,6 +149,7 @@ async fn login_form_needs_csrf_and_same_origin() {
         [("origin", "https://evil.example")],
         [("origin", "null")],
         [("sec-fetch-site", "cross-site")],
+        [("sec-fetch-site", "same-site")],
     ] {
         let res = gw
             .post_login(&client, &csrf, "alice", ALICE.password, "/", &headers)

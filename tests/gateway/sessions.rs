@@ -272,3 +272,36 @@ async fn a_second_replica_on_the_same_store_sees_a_logout() {
     let other = two.login(ALICE).await;
     assert_eq!(private(&one, &other.session).await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_stale_revocation_view_fails_closed() {
+    let gw = TestGateway::start(FAST_REVOCATION).await;
+    let login = gw.login(ALICE).await;
+    assert_eq!(private(&gw, &login.session).await.status(), 200);
+    let ready = gw.client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // Without its refresher the view cannot know about revocations made
+    // elsewhere: once older than revocation_check it must not be trusted.
+    gw.gateway.stop();
+    let got = gw
+        .wait_status("/private", &login.session_cookie(), 503, Duration::from_secs(2))
+        .await;
+    assert_eq!(got, 503, "protected routes fail closed");
+    let res = gw
+        .client()
+        .get(gw.url("/private"))
+        .header("accept", "text/html")
+        .header("cookie", login.cookie())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503, "browsers too, never forwarded");
+    assert_eq!(
+        gw.status("/public/x", None).await,
+        200,
+        "bypass does not need the view"
+    );
+    let ready = gw.client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+}

@@ -33,6 +33,8 @@ async fn spawn_ws_upstream() -> (SocketAddr, Arc<Seen>) {
             s.connections.fetch_add(1, Ordering::SeqCst);
             let s = s.clone();
             tokio::spawn(async move {
+                // The signature is tungstenite's.
+                #[allow(clippy::result_large_err)]
                 let callback = |req: &Request, res: Response| -> Result<Response, ErrorResponse> {
                     s.handshakes.lock().unwrap().push(req.headers().clone());
                     Ok(res)
@@ -41,14 +43,11 @@ async fn spawn_ws_upstream() -> (SocketAddr, Arc<Seen>) {
                     return;
                 };
                 while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(msg).await.is_err() {
-                                return;
-                            }
-                        }
-                        Message::Close(_) => return,
-                        _ => {}
+                    if msg.is_close() {
+                        return;
+                    }
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
                     }
                 }
             });
