@@ -396,3 +396,216 @@ pub async fn remove(st: &AppState, user: &User, factor_id: &str, actor: &str) ->
         Err(_) => Err(RemoveError::Unavailable),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::gateway::Gateway;
+
+    fn config(reveal: bool) -> String {
+        format!(
+            r#"
+default_policy = "two_factor"
+[admin]
+tokens = []
+[[upstreams]]
+name = "unused"
+url = "http://127.0.0.1:9"
+[session]
+secrets = ["0123456789abcdef0123456789abcdef"]
+[store]
+kind = "memory"
+encryption_keys = ["AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="]
+[regulation]
+max_factor_failures = 3
+reveal_lockout = {reveal}
+"#
+        )
+    }
+
+    fn user(totp: Option<&[u8]>) -> User {
+        User {
+            id: "00uCAROL".into(),
+            username: "carol".into(),
+            display_name: None,
+            email: None,
+            phone: None,
+            groups: vec![],
+            password_hash: None,
+            from_file: totp.is_some(),
+            config_totp: totp.map(|t| Secret::new(t.to_vec())),
+        }
+    }
+
+    async fn setup(reveal: bool) -> (Gateway, ManualClock) {
+        let loaded = crate::config::load_str(&config(reveal), &|_| None).expect("config");
+        let clock = ManualClock::new(1_800_000_000);
+        let gw = Gateway::build_with(loaded.config, Arc::new(clock.clone()))
+            .await
+            .expect("gateway");
+        (gw, clock)
+    }
+
+    const ADDR: &str = "192.0.2.10";
+
+    #[tokio::test]
+    async fn enroll_activate_verify_once_per_step() {
+        let (gw, clock) = setup(false).await;
+        let st = gw.state();
+        let u = user(None);
+        let e = enroll_totp(st, &u, "GOOGLE").await.unwrap();
+        assert_eq!(e.factor.status, FactorStatus::PendingActivation);
+        assert!(
+            e.factor
+                .secret
+                .as_ref()
+                .is_some_and(|s| !s.blob.windows(20).any(|w| w == e.secret.expose()))
+        );
+        let pending = find(st, &u, &e.factor.id).await.unwrap().unwrap();
+        let cfg = &st.config.factors.totp;
+        let code = totp::code_at(cfg, e.secret.expose(), clock.now());
+        // A pending factor cannot sign anyone in.
+        assert_eq!(
+            verify_totp(st, &u, &pending, &code, ADDR.parse().unwrap(), false).await,
+            Err(VerifyError::NotActive)
+        );
+        activate_totp(st, &u, &pending, &code, ADDR.parse().unwrap())
+            .await
+            .unwrap();
+        let active = find(st, &u, &e.factor.id).await.unwrap().unwrap();
+        assert!(active.is_active());
+        // The activation code's step is used up.
+        assert_eq!(
+            verify_totp(st, &u, &active, &code, ADDR.parse().unwrap(), false).await,
+            Err(VerifyError::Replayed)
+        );
+        clock.advance(30);
+        let next = totp::code_at(cfg, e.secret.expose(), clock.now());
+        assert_eq!(
+            verify_totp(st, &u, &active, &next, ADDR.parse().unwrap(), false).await,
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_codes_lock_and_locked_looks_like_wrong() {
+        let (gw, clock) = setup(false).await;
+        let st = gw.state();
+        let secret = b"12345678901234567890";
+        let u = user(Some(secret));
+        let f = list(st, &u).await.unwrap().remove(0);
+        assert!(f.from_config && f.is_active());
+        for _ in 0..3 {
+            assert_eq!(
+                verify_totp(st, &u, &f, "000000", ADDR.parse().unwrap(), false).await,
+                Err(VerifyError::Invalid)
+            );
+        }
+        let good = totp::code_at(&st.config.factors.totp, secret, clock.now());
+        assert_eq!(
+            verify_totp(st, &u, &f, &good, ADDR.parse().unwrap(), false).await,
+            Err(VerifyError::Invalid),
+            "locked: the right code is refused exactly like a wrong one"
+        );
+        clock.advance(15 * 60 + 1);
+        let good = totp::code_at(&st.config.factors.totp, secret, clock.now());
+        assert_eq!(
+            verify_totp(st, &u, &f, &good, ADDR.parse().unwrap(), false).await,
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn reveal_lockout_says_locked() {
+        let (gw, _clock) = setup(true).await;
+        let st = gw.state();
+        let u = user(Some(b"12345678901234567890"));
+        let f = list(st, &u).await.unwrap().remove(0);
+        for _ in 0..3 {
+            let _ = verify_totp(st, &u, &f, "000000", ADDR.parse().unwrap(), false).await;
+        }
+        assert_eq!(
+            verify_totp(st, &u, &f, "123456", ADDR.parse().unwrap(), false).await,
+            Err(VerifyError::LockedRevealed)
+        );
+    }
+
+    #[tokio::test]
+    async fn recovery_codes_are_single_use_and_replaced() {
+        let (gw, _clock) = setup(false).await;
+        let st = gw.state();
+        let u = user(None);
+        let codes = new_recovery_codes(st, &u).await.unwrap();
+        assert_eq!(codes.len(), 10);
+        assert_eq!(
+            verify_recovery(st, &u, &codes[0].to_uppercase(), ADDR.parse().unwrap()).await,
+            Ok(())
+        );
+        assert_eq!(
+            verify_recovery(st, &u, &codes[0], ADDR.parse().unwrap()).await,
+            Err(VerifyError::Invalid)
+        );
+        assert_eq!(st.store.recovery_codes_left(&u.id).await.unwrap(), 9);
+        let fresh = new_recovery_codes(st, &u).await.unwrap();
+        assert_eq!(
+            verify_recovery(st, &u, &codes[1], ADDR.parse().unwrap()).await,
+            Err(VerifyError::Invalid),
+            "old codes die"
+        );
+        assert_eq!(
+            verify_recovery(st, &u, &fresh[1], ADDR.parse().unwrap()).await,
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn the_last_factor_stays_while_policy_needs_two() {
+        let (gw, clock) = setup(false).await;
+        let st = gw.state();
+        let u = user(None);
+        let cfg = st.config.factors.totp.clone();
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let e = enroll_totp(st, &u, "GOOGLE").await.unwrap();
+            let f = find(st, &u, &e.factor.id).await.unwrap().unwrap();
+            clock.advance(30);
+            activate_totp(
+                st,
+                &u,
+                &f,
+                &totp::code_at(&cfg, e.secret.expose(), clock.now()),
+                ADDR.parse().unwrap(),
+            )
+            .await
+            .unwrap();
+            ids.push(e.factor.id);
+        }
+        assert_eq!(remove(st, &u, &ids[0], "test").await, Ok(()));
+        assert_eq!(
+            remove(st, &u, &ids[1], "test").await,
+            Err(RemoveError::LastFactor)
+        );
+        assert_eq!(remove(st, &u, "nope", "test").await, Err(RemoveError::NotFound));
+        let cu = user(Some(b"12345678901234567890"));
+        assert_eq!(
+            remove(st, &cu, &config_factor_id(&cu.id), "test").await,
+            Err(RemoveError::ReadOnly)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_copied_to_another_row_does_not_open() {
+        let (gw, _clock) = setup(false).await;
+        let st = gw.state();
+        let u = user(None);
+        let a = enroll_totp(st, &u, "GOOGLE").await.unwrap();
+        let b = enroll_totp(st, &u, "GOOGLE").await.unwrap();
+        let mut forged = find(st, &u, &b.factor.id).await.unwrap().unwrap();
+        forged.record.secret = a.factor.secret.clone();
+        assert!(totp_secret(st, &u, &forged).is_none());
+        assert!(totp_secret(st, &u, &find(st, &u, &a.factor.id).await.unwrap().unwrap()).is_some());
+    }
+}
