@@ -181,6 +181,10 @@ pub async fn run(config: config::Config, shutdown: Option<Shutdown>) -> ExitCode
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             eprintln!("error: {e}");
+            // Keys that do not fit the database are a configuration problem.
+            if matches!(e, crate::gateway::BuildError::Keys(_)) {
+                return ExitCode::from(EXIT_CONFIG);
+            }
             return ExitCode::FAILURE;
         }
     };

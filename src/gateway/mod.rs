@@ -126,6 +126,21 @@ impl Gateway {
             Err(crate::factors::sealing::SealError::NoKeys) => None,
             Err(e) => return Err(BuildError::Keys(e.to_string())),
         };
+        // A wrong or missing key is a start-up error. If the store cannot be
+        // asked now, start anyway (protected routes fail closed until it
+        // answers) and check once it does.
+        let mut background = Vec::new();
+        use crate::factors::sealing::{KeyCheckError, check_keys, check_keys_when_reachable};
+        match check_keys(store.as_ref(), sealer.as_deref()).await {
+            Ok(()) => {}
+            Err(KeyCheckError::Mismatch(m)) => return Err(BuildError::Keys(m)),
+            Err(e @ KeyCheckError::Store(_)) => {
+                tracing::warn!(error = %e, "checking store.encryption_keys once the store answers");
+                background.push(
+                    tokio::spawn(check_keys_when_reachable(store.clone(), sealer.clone())).abort_handle(),
+                );
+            }
+        }
         let state = Arc::new(AppState {
             regulator: Regulator::new(store.clone(), config.regulation.clone(), clock.clone()),
             passwords: PasswordPool::for_this_machine(),
@@ -136,12 +151,12 @@ impl Gateway {
             csrf_key,
             sealer,
         });
-        let background = vec![spawn_refresher(
+        background.push(spawn_refresher(
             store,
             revocations,
             clock,
             config.session.revocation_check,
-        )];
+        ));
         Ok(Self {
             state,
             proxy,
