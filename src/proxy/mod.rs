@@ -271,6 +271,7 @@ impl Proxy {
         } else {
             None
         };
+        let drained = parts.extensions.get::<crate::server::Drained>().cloned();
         let upgrade_protocol = match client_upgrade {
             Some(_) => parts.headers.get(header::UPGRADE).cloned(),
             None => None,
@@ -344,6 +345,7 @@ impl Proxy {
                 upstream_upgrade,
                 upstream.name.clone(),
                 ctx.request_id,
+                drained,
             );
         } else {
             let h = res.headers_mut();

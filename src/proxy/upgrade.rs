@@ -9,12 +9,16 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 /// Waits for both sides to finish switching protocols, then copies bytes both
-/// ways until either side closes. Runs on its own task so the 101 can be sent.
+/// ways until either side closes, or until the listener that accepted the
+/// client has drained (`drained`): upgraded connections are outside hyper's
+/// graceful shutdown, so they end when the drain does. Runs on its own task so
+/// the 101 can be sent.
 pub fn splice(
     client: OnUpgrade,
     upstream: OnUpgrade,
     upstream_name: metrics::SharedString,
     request_id: String,
+    drained: Option<crate::server::Drained>,
 ) {
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
@@ -28,7 +32,18 @@ pub fn splice(
         };
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
-        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        let result = match drained {
+            Some(d) => tokio::select! {
+                r = copy => r,
+                () = d.wait() => {
+                    tracing::debug!(upstream = %upstream_name, request_id, "closing an upgraded connection at shutdown");
+                    return;
+                }
+            },
+            None => copy.await,
+        };
+        match result {
             Ok((to_upstream, to_client)) => {
                 tracing::debug!(upstream = %upstream_name, request_id, to_upstream, to_client, "upgraded connection closed");
             }

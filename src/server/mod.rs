@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -90,6 +91,18 @@ impl Shutdown {
     }
 }
 
+/// Fires when a listener has finished draining; upgraded connections
+/// (WebSockets) spliced from it end then. Inserted into every request.
+#[derive(Debug, Clone)]
+pub struct Drained(watch::Receiver<bool>);
+
+impl Drained {
+    /// Resolves once the listener has drained.
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|v| *v).await;
+    }
+}
+
 /// Serves `service` on `listener` until `shutdown`, then drains in-flight
 /// requests for at most `shutdown_timeout` and returns.
 pub async fn serve<S>(listener: TcpListener, service: S, opts: ListenerOptions, shutdown: Shutdown)
@@ -116,6 +129,9 @@ where
     let builder = Arc::new(builder);
     let acceptor = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
+    let (drained_tx, drained_rx) = watch::channel(false);
+    let drained = Drained(drained_rx);
+    let first_request = opts.header_read_timeout;
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::unbounded_channel();
 
     loop {
@@ -151,16 +167,16 @@ where
             Some(conn) = conn_rx.recv() => {
                 match conn {
                     Conn::Plain(stream, peer, service) => {
-                        let svc = hyper_service(service, ConnInfo { peer, tls: false });
+                        let seen = Arc::new(AtomicBool::new(false));
+                        let svc = hyper_service(service, ConnInfo { peer, tls: false }, drained.clone(), seen.clone());
                         let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                        let c = graceful.watch(c.into_owned());
-                        tokio::spawn(async move { if let Err(e) = c.await { tracing::debug!(error = %e, "connection ended with an error"); } });
+                        tokio::spawn(run_connection(graceful.watch(c.into_owned()), seen, first_request));
                     }
                     Conn::Tls(stream, peer, service) => {
-                        let svc = hyper_service(service, ConnInfo { peer, tls: true });
+                        let seen = Arc::new(AtomicBool::new(false));
+                        let svc = hyper_service(service, ConnInfo { peer, tls: true }, drained.clone(), seen.clone());
                         let c = builder.serve_connection_with_upgrades(TokioIo::new(*stream), svc);
-                        let c = graceful.watch(c.into_owned());
-                        tokio::spawn(async move { if let Err(e) = c.await { tracing::debug!(error = %e, "connection ended with an error"); } });
+                        tokio::spawn(run_connection(graceful.watch(c.into_owned()), seen, first_request));
                     }
                 }
             }
@@ -173,6 +189,30 @@ where
         .is_err()
     {
         tracing::warn!("shutdown timeout reached; closing remaining connections");
+    }
+    // Upgraded connections are not tracked by the graceful watcher: end them now.
+    let _ = drained_tx.send(true);
+}
+
+/// Drives one connection. hyper's `header_read_timeout` only starts once it
+/// knows the protocol; until the first request arrives (protocol sniffing,
+/// an unfinished HTTP/2 preface, a silent TLS client) this deadline closes it.
+async fn run_connection<F, E>(conn: F, seen: Arc<AtomicBool>, first_request: Duration)
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let deadline = async {
+        tokio::time::sleep(first_request).await;
+        if seen.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            tracing::debug!(error = %e, "connection ended with an error");
+        },
+        () = deadline => tracing::debug!("connection closed: no request within header_read_timeout"),
     }
 }
 
@@ -190,6 +230,8 @@ enum Conn<S> {
 fn hyper_service<S>(
     service: S,
     conn: ConnInfo,
+    drained: Drained,
+    seen: Arc<AtomicBool>,
 ) -> impl hyper::service::Service<
     http::Request<Incoming>,
     Response = http::Response<Body>,
@@ -204,8 +246,10 @@ where
     S::Future: Send + 'static,
 {
     hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        seen.store(true, Ordering::Relaxed);
         let mut req = req.map(Body::new);
         req.extensions_mut().insert(conn);
+        req.extensions_mut().insert(drained.clone());
         service.clone().oneshot(req)
     })
 }

@@ -187,12 +187,12 @@ async fn oversized_headers_are_refused() {
 #[tokio::test]
 async fn small_max_header_bytes_is_enforced() {
     // The smallest value the config accepts.
-    let gw = TestGateway::start("[server]\nmax_header_bytes = 4096\n").await;
-    assert_eq!(big_header(&gw, 2_000).await, Some(200));
-    let over = big_header(&gw, 6_000).await;
+    let gw = TestGateway::start("[server]\nmax_header_bytes = 8192\n").await;
+    assert_eq!(big_header(&gw, 4_000).await, Some(200));
+    let over = big_header(&gw, 12_000).await;
     assert!(
         matches!(over, None | Some(431)),
-        "a 6 kB header block passed max_header_bytes = 4096: {over:?}"
+        "a 12 kB header block passed max_header_bytes = 8192: {over:?}"
     );
 }
 
