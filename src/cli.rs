@@ -1,6 +1,7 @@
 //! The command line: `serve`, `demo`, `check-config`, `hash-password`,
-//! `gen-key`, `users unlock`. Exit codes: 0 success, 1 runtime failure,
-//! 64 (EX_USAGE) for a bad config or bad arguments.
+//! `gen-key`, `users unlock`, `store rotate-key`. Exit codes: 0 success, 1
+//! runtime failure, 64 (EX_USAGE) for a bad config (including keys that do
+//! not fit the database) or bad arguments.
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -61,6 +62,22 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Manage the store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Re-encrypt every stored secret under the first key of `store.encryption_keys`
+    /// (safe while gateways keep running; each must already have that key).
+    RotateKey {
+        /// The config file.
+        #[arg(long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +134,12 @@ pub fn main() -> ExitCode {
             }),
             _,
         ) => runtime.block_on(unlock(&user, &config)),
+        (
+            Some(Command::Store {
+                command: StoreCommand::RotateKey { config },
+            }),
+            _,
+        ) => runtime.block_on(rotate_key(&config)),
     }
 }
 
@@ -280,6 +303,53 @@ async fn unlock(user: &str, path: &Path) -> ExitCode {
         }
         Ok(false) => {
             println!("{user}: was not locked");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `store rotate-key`: re-seals every factor secret not under the first key.
+async fn rotate_key(path: &Path) -> ExitCode {
+    use crate::factors::sealing::{self, KeyCheckError, Sealer};
+    let Some(loaded) = load(path) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let cfg = loaded.config;
+    let sealer = match Sealer::new(&cfg.store.encryption_keys) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: store.encryption_keys: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let store = match crate::store::open(&cfg.store).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Every key the database needs must be configured, or nothing can move.
+    match sealing::check_keys(store.as_ref(), Some(&sealer)).await {
+        Ok(()) => {}
+        Err(KeyCheckError::Mismatch(m)) => {
+            eprintln!("error: {m}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let key_id = sealer.current_key_id();
+    match sealing::rotate(store.as_ref(), &sealer).await {
+        Ok(n) => {
+            crate::audit!("store.key_rotated", key_id = %key_id, resealed = n, actor = "cli");
+            println!("re-sealed {n} factor secret(s) under key id {key_id}");
             ExitCode::SUCCESS
         }
         Err(e) => {

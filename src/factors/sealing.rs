@@ -21,11 +21,11 @@
 //! - Keys and opened secrets never reach `Debug` output, logs or errors; key
 //!   ids may (they are what an operator needs to find the right key).
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
-
 use std::sync::Arc;
 use std::time::Duration;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
 
 use crate::secret::Secret;
 use crate::store::{SealedSecret, SharedStore, Store, StoreError};
@@ -235,6 +235,81 @@ pub async fn check_keys_when_reachable(store: SharedStore, sealer: Option<Arc<Se
     }
 }
 
+/// Factors read per batch by [`rotate`].
+const ROTATE_BATCH: u32 = 100;
+
+/// Batches in a row without progress after which [`rotate`] gives up.
+const ROTATE_MAX_STALLS: u32 = 5;
+
+/// Why [`rotate`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    /// The store failed; what was re-sealed so far stays re-sealed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// A stored secret does not open with the configured keys.
+    #[error("factor {factor_id}: {error}; nothing was changed for it")]
+    Open {
+        /// The factor whose secret did not open.
+        factor_id: String,
+        /// Why.
+        error: SealError,
+    },
+    /// Secrets kept changing under the rotation.
+    #[error(
+        "{0} factor secret(s) kept changing while being re-sealed (is another rotate-key \
+         running with different keys?)"
+    )]
+    Contended(usize),
+}
+
+/// Re-seals, under the sealer's first key, every factor secret the store
+/// holds under another key, in batches; returns how many were re-sealed.
+///
+/// Safe while gateways keep running: each replacement is a compare-and-set on
+/// the old sealed value, so a factor that changed or was deleted meanwhile is
+/// left alone (and read again if it still needs re-sealing), and two
+/// rotations at once re-seal each secret once. Every replica must already
+/// have the new key configured, or it cannot open what this writes.
+pub async fn rotate(store: &dyn Store, sealer: &Sealer) -> Result<usize, RotateError> {
+    let current = sealer.current_key_id();
+    let mut resealed = 0;
+    let mut stalls = 0;
+    loop {
+        let batch = store
+            .factors_sealed_with_other_keys(current, ROTATE_BATCH)
+            .await?;
+        if batch.is_empty() {
+            return Ok(resealed);
+        }
+        let mut lost = 0;
+        for factor in &batch {
+            let Some(old) = &factor.secret else { continue };
+            let new = sealer
+                .reseal(old, &factor_secret_aad(&factor.id, &factor.user_id))
+                .map_err(|error| RotateError::Open {
+                    factor_id: factor.id.clone(),
+                    error,
+                })?;
+            if store.replace_factor_secret(&factor.id, old, &new).await? {
+                resealed += 1;
+            } else {
+                // Changed, deleted or re-sealed by someone else since it was
+                // read: the next batch reads it again if it still needs us.
+                lost += 1;
+            }
+        }
+        if lost == batch.len() {
+            stalls += 1;
+            if stalls >= ROTATE_MAX_STALLS {
+                return Err(RotateError::Contended(lost));
+            }
+        } else {
+            stalls = 0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,6 +451,124 @@ mod tests {
             factor_secret_aad("f", "u"),
             crate::factors::secret_aad("f", "u"),
             "rotate-key re-seals with this; enrolment and verification must agree"
+        );
+    }
+
+    fn totp_factor(id: &str, user_id: &str, secret: Option<SealedSecret>) -> FactorRecord {
+        FactorRecord {
+            id: id.into(),
+            user_id: user_id.into(),
+            factor_type: "token:software:totp".into(),
+            provider: "GOOGLE".into(),
+            status: FactorStatus::Active,
+            profile: serde_json::json!({}),
+            secret,
+            created: 0,
+            last_updated: 0,
+        }
+    }
+
+    /// 250 factors sealed with key A (more than a batch), one without a
+    /// secret and one already under B; returns the store and the plaintexts.
+    async fn sealed_with_a() -> (Arc<MemoryStore>, Vec<(String, String, Vec<u8>)>) {
+        let a = Sealer::new(&[key(0xa)]).unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let mut plain = Vec::new();
+        for i in 0..250 {
+            let (id, user) = (format!("f{i:03}"), format!("u{}", i % 7));
+            let secret = format!("secret-{i}").into_bytes();
+            let sealed = a.seal(&secret, &factor_secret_aad(&id, &user)).unwrap();
+            store
+                .insert_factor(&totp_factor(&id, &user, Some(sealed)))
+                .await
+                .unwrap();
+            plain.push((id, user, secret));
+        }
+        store
+            .insert_factor(&totp_factor("nosecret", "u0", None))
+            .await
+            .unwrap();
+        let b = Sealer::new(&[key(0xb)]).unwrap();
+        let under_b = b.seal(b"already", &factor_secret_aad("underb", "u1")).unwrap();
+        store
+            .insert_factor(&totp_factor("underb", "u1", Some(under_b)))
+            .await
+            .unwrap();
+        plain.push(("underb".into(), "u1".into(), b"already".to_vec()));
+        (store, plain)
+    }
+
+    async fn assert_open_with_b_only(store: &MemoryStore, plain: &[(String, String, Vec<u8>)]) {
+        let b_only = Sealer::new(&[key(0xb)]).unwrap();
+        for (id, user, secret) in plain {
+            let f = store.get_factor(user, id).await.unwrap().unwrap();
+            let sealed = f.secret.unwrap();
+            assert_eq!(sealed.key_id, b_only.current_key_id());
+            let opened = b_only.open(&sealed, &factor_secret_aad(id, user)).unwrap();
+            assert_eq!(opened.expose(), secret.as_slice(), "{id}");
+        }
+        assert_eq!(store.secret_key_ids().await.unwrap(), [b_only.current_key_id()]);
+        check_keys(store, Some(&b_only)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn rotate_reseals_everything_under_the_first_key() {
+        let (store, plain) = sealed_with_a().await;
+        let rotating = Sealer::new(&[key(0xb), key(0xa)]).unwrap();
+        assert_eq!(rotate(store.as_ref(), &rotating).await.unwrap(), 250);
+        assert_open_with_b_only(&store, &plain).await;
+        assert_eq!(
+            rotate(store.as_ref(), &rotating).await.unwrap(),
+            0,
+            "running it again finds nothing to do"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_rotations_reseal_each_secret_once() {
+        let (store, plain) = sealed_with_a().await;
+        let rotating = Arc::new(Sealer::new(&[key(0xb), key(0xa)]).unwrap());
+        let runs: Vec<_> = (0..3)
+            .map(|_| {
+                let (store, sealer) = (store.clone(), rotating.clone());
+                tokio::spawn(async move { rotate(store.as_ref(), &sealer).await })
+            })
+            .collect();
+        let mut total = 0;
+        for run in runs {
+            total += run.await.unwrap().unwrap();
+        }
+        assert_eq!(total, 250);
+        assert_open_with_b_only(&store, &plain).await;
+    }
+
+    #[tokio::test]
+    async fn rotate_stops_at_a_secret_that_does_not_open() {
+        let (store, _) = sealed_with_a().await;
+        let a = Sealer::new(&[key(0xa)]).unwrap();
+        // A value sealed for another row, copied here.
+        let moved = a.seal(b"x", &factor_secret_aad("elsewhere", "u9")).unwrap();
+        store
+            .insert_factor(&totp_factor("f000-copy", "u0", Some(moved)))
+            .await
+            .unwrap();
+        let rotating = Sealer::new(&[key(0xb), key(0xa)]).unwrap();
+        let err = rotate(store.as_ref(), &rotating).await.unwrap_err();
+        assert!(
+            matches!(&err, RotateError::Open { factor_id, error: SealError::Corrupt } if factor_id == "f000-copy"),
+            "{err}"
+        );
+        let without_a = Sealer::new(&[key(0xb)]).unwrap();
+        let err = rotate(store.as_ref(), &without_a).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                RotateError::Open {
+                    error: SealError::UnknownKey(_),
+                    ..
+                }
+            ),
+            "{err}"
         );
     }
 
