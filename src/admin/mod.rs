@@ -85,18 +85,18 @@ fn find_user(st: &AppState, id: &str) -> Option<Arc<crate::users::User>> {
     users.get(id).or_else(|| users.by_login(id)).cloned()
 }
 
-/// Runs `f` for an authorized admin call on an existing user.
+/// The token index and user for an authorized admin call on an existing user.
 fn guarded(
     st: &AppState,
     headers: &HeaderMap,
     id: &str,
-) -> Result<(usize, Arc<crate::users::User>), Response> {
+) -> Result<(usize, Arc<crate::users::User>), ApiError> {
     let Some(token) = authorized(st, headers) else {
-        return Err(ApiError::new(ErrorCode::E0000011).into_response());
+        return Err(ApiError::new(ErrorCode::E0000011));
     };
     match find_user(st, id) {
         Some(u) => Ok((token, u)),
-        None => Err(ApiError::new(ErrorCode::E0000007).into_response()),
+        None => Err(ApiError::new(ErrorCode::E0000007)),
     }
 }
 
@@ -104,7 +104,7 @@ fn guarded(
 async fn unlock(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let (token, user) = match guarded(&st, &headers, &id) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     match st.regulator.unlock(&user.id).await {
         Ok(was_locked) => {
@@ -129,7 +129,7 @@ async fn revoke_sessions(
 ) -> Response {
     let (token, user) = match guarded(&st, &headers, &id) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     match st.store.bump_epoch(&user.id).await {
         Ok(epoch) => {

@@ -684,21 +684,21 @@ fn change_guard(
     ctx: &Ctx,
     headers: &HeaderMap,
     csrf: &str,
-) -> Result<ActiveSession, Response> {
+) -> Result<ActiveSession, Box<Response>> {
     let target = format!("{}/factors", st.config.portal.prefix);
     let Some(s) = session(st, headers) else {
-        return Err(to_login(st, &target));
+        return Err(Box::new(to_login(st, &target)));
     };
     if !form_allowed(st, ctx, headers, csrf) {
-        return Err(see_other(&target));
+        return Err(Box::new(see_other(&target)));
     }
     if !has_recent_mfa(st, &s) {
         // Users without any factor may only enroll, which has its own page.
-        return Err(see_other(&format!(
+        return Err(Box::new(see_other(&format!(
             "{}/mfa?fresh=1&rd={}",
             st.config.portal.prefix,
             enc(&target)
-        )));
+        ))));
     }
     Ok(s)
 }
@@ -713,7 +713,7 @@ pub async fn remove(
 ) -> Response {
     let s = match change_guard(&st, &ctx, &headers, &f.csrf) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (notice, status) = match factors::remove(&st, &s.user, &id, "self").await {
         Ok(()) => ("The factor was removed.", StatusCode::OK),
@@ -740,7 +740,7 @@ pub async fn regenerate(
 ) -> Response {
     let s = match change_guard(&st, &ctx, &headers, &f.csrf) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !st.config.factors.recovery_codes.enabled {
         return see_other(&format!("{}/factors", st.config.portal.prefix));
