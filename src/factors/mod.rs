@@ -138,6 +138,12 @@ pub fn type_enabled(st: &AppState, factor_type: &str) -> bool {
 pub enum EnrollError {
     #[error("factor type not enabled or not supported")]
     NotSupported,
+    /// The profile is invalid (E0000001 with this cause).
+    #[error("{0}")]
+    Invalid(String),
+    /// Sending the activation code or push failed.
+    #[error("delivery failed")]
+    Delivery,
     #[error("no store.encryption_keys configured: factor secrets cannot be stored")]
     NoKeys,
     #[error("sealing the secret failed")]
@@ -349,6 +355,175 @@ pub async fn new_recovery_codes(st: &AppState, user: &User) -> Result<Vec<String
         .await?;
     audit!("recovery_codes.generated", user = %user.username, count = codes.len());
     Ok(codes)
+}
+
+// ---- the facade: one entry point per lifecycle step, dispatching on type ----
+//
+// The portal, the authn API and the admin Factors API call these; each factor
+// type implements its part (TOTP here; SMS, voice, e-mail and push in their
+// own modules). Adding a type means one module and one arm in each function.
+
+/// What an enrollment produced, for the caller to show or return.
+#[derive(Debug)]
+pub enum Enrolled {
+    /// An authenticator app: the secret and key URI to show once.
+    Totp(TotpEnrollment),
+    /// A code factor (sms, call, email): an activation code was sent.
+    Code {
+        factor: FactorRecord,
+        expires_at: crate::clock::UnixTime,
+    },
+    /// A push device to pair: the one-time activation token (shown as text and QR).
+    Push {
+        factor: FactorRecord,
+        activation_token: String,
+        expires_at: crate::clock::UnixTime,
+    },
+}
+
+impl Enrolled {
+    /// The enrolled factor.
+    pub fn factor(&self) -> &FactorRecord {
+        match self {
+            Enrolled::Totp(t) => &t.factor,
+            Enrolled::Code { factor, .. } | Enrolled::Push { factor, .. } => factor,
+        }
+    }
+}
+
+/// Enrolls a factor of `factor_type`/`provider` with a type-specific
+/// `profile` (`{phoneNumber}` for sms/call, `{email}` for email, `{}` for
+/// totp and push). The factor starts `PENDING_ACTIVATION`.
+pub async fn enroll(
+    st: &AppState,
+    user: &User,
+    factor_type: &str,
+    provider: &str,
+    profile: &serde_json::Value,
+) -> Result<Enrolled, EnrollError> {
+    let _ = profile;
+    match factor_type {
+        TOTP_TYPE => enroll_totp(st, user, provider).await.map(Enrolled::Totp),
+        _ => Err(EnrollError::NotSupported),
+    }
+}
+
+/// Activates a pending factor: a code for totp/sms/call/email (push
+/// devices activate themselves through the device API).
+pub async fn activate(
+    st: &AppState,
+    user: &User,
+    factor: &Factor,
+    pass_code: &str,
+    addr: IpAddr,
+) -> Result<(), VerifyError> {
+    match factor.record.factor_type.as_str() {
+        TOTP_TYPE => activate_totp(st, user, factor, pass_code, addr).await,
+        _ => Err(VerifyError::NotActive),
+    }
+}
+
+/// Where a challenge comes from, for messages and push context.
+#[derive(Debug, Clone)]
+pub struct ChallengeContext {
+    pub client_addr: IpAddr,
+    /// The host the user is signing in to.
+    pub app_host: String,
+}
+
+/// What starting a challenge produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// A code was sent; it expires then.
+    CodeSent { expires_at: crate::clock::UnixTime },
+    /// A push was sent; the browser shows `correct_answer`, the device sends it back.
+    Push {
+        transaction_id: String,
+        expires_at: crate::clock::UnixTime,
+        correct_answer: u8,
+    },
+}
+
+/// Why a challenge could not be started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChallengeError {
+    /// The factor type has no challenge (totp: the user reads the app).
+    #[error("this factor type is not challenged")]
+    NotChallenged,
+    #[error("factor not active")]
+    NotActive,
+    /// Sent too recently: retry after this time (E0000109).
+    #[error("sent too recently")]
+    TooSoon(crate::clock::UnixTime),
+    /// Too many sends in the period (E0000047), until this time.
+    #[error("too many sends")]
+    RateLimited(crate::clock::UnixTime),
+    /// The delivery failed (webhook down, SMTP refused...): a clear error to the caller.
+    #[error("delivery failed")]
+    Delivery,
+    #[error("store unavailable")]
+    Unavailable,
+}
+
+/// Starts a challenge: sends a code (sms, call, email) or a push.
+pub async fn challenge(
+    st: &AppState,
+    user: &User,
+    factor: &Factor,
+    ctx: &ChallengeContext,
+) -> Result<Challenge, ChallengeError> {
+    let _ = (st, user, ctx);
+    match factor.record.factor_type.as_str() {
+        TOTP_TYPE => Err(ChallengeError::NotChallenged),
+        _ => Err(ChallengeError::NotActive),
+    }
+}
+
+/// Verifies a passcode for an active factor (totp, or the code sent for sms/call/email).
+pub async fn verify(
+    st: &AppState,
+    user: &User,
+    factor: &Factor,
+    pass_code: &str,
+    addr: IpAddr,
+) -> Result<(), VerifyError> {
+    match factor.record.factor_type.as_str() {
+        TOTP_TYPE => verify_totp(st, user, factor, pass_code, addr, false).await,
+        _ => Err(VerifyError::NotActive),
+    }
+}
+
+/// The state of a push transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushResult {
+    Waiting,
+    Success,
+    Rejected,
+    Timeout,
+}
+
+impl PushResult {
+    /// Okta's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushResult::Waiting => "WAITING",
+            PushResult::Success => "SUCCESS",
+            PushResult::Rejected => "REJECTED",
+            PushResult::Timeout => "TIMEOUT",
+        }
+    }
+}
+
+/// Polls a push transaction of `factor`; `None` when there is no such
+/// transaction for this user and factor (E0000191).
+pub async fn push_status(
+    st: &AppState,
+    user: &User,
+    factor: &Factor,
+    transaction_id: &str,
+) -> Result<Option<PushResult>, StoreError> {
+    let _ = (st, user, factor, transaction_id);
+    Ok(None)
 }
 
 /// True when the policy anywhere requires two factors (so the last factor of
