@@ -83,11 +83,20 @@ fn with_csrf(mut res: Response, set: Option<http::HeaderValue>) -> Response {
     res
 }
 
+/// Revokes the session id an upgrade replaces, so only the new one carries on
+/// (best effort: the old one is a lower level and expires on its own).
+async fn retire(st: &AppState, s: &ActiveSession) {
+    if let Err(e) = login::revoke(st, &s.claims).await {
+        tracing::warn!(error = %e, "could not revoke the replaced session id");
+    }
+}
+
 /// Upgrades the session to level 2 (new id) and sends the browser on.
-fn upgraded(st: &AppState, s: &ActiveSession, method: &str, target: &str) -> Response {
+async fn upgraded(st: &AppState, s: &ActiveSession, method: &str, target: &str) -> Response {
     let mut amr = s.claims.amr.clone();
     amr.push(method.into());
     let (_, cookie) = login::issue_session(st, &s.user, 2, amr, Some(&s.claims));
+    retire(st, s).await;
     let mut res = see_other(target);
     res.headers_mut().append(header::SET_COOKIE, cookie);
     res
@@ -329,7 +338,7 @@ pub async fn verify(
         Err(_) => return unavailable_page(),
     };
     match factors::verify_totp(&st, &s.user, &factor, &f.code, ctx.0.client_addr, false).await {
-        Ok(()) => upgraded(&st, &s, "otp", &rd),
+        Ok(()) => upgraded(&st, &s, "otp", &rd).await,
         Err(e) => {
             let (status, msg) = verify_message(e);
             render_challenge(&st, &headers, &s, &rd, f.fresh.is_some(), Some(msg), status).await
@@ -361,7 +370,7 @@ pub async fn recovery(
         .await;
     }
     match factors::verify_recovery(&st, &s.user, &f.code, ctx.0.client_addr).await {
-        Ok(()) => upgraded(&st, &s, "recovery", &rd),
+        Ok(()) => upgraded(&st, &s, "recovery", &rd).await,
         Err(e) => {
             let (status, msg) = match e {
                 VerifyError::Invalid => (StatusCode::FORBIDDEN, "That recovery code is not valid."),
@@ -571,6 +580,7 @@ pub async fn activate(
     let mut amr = s.claims.amr.clone();
     amr.push("otp".into());
     let (_, cookie) = login::issue_session(&st, &s.user, 2, amr, Some(&s.claims));
+    retire(&st, &s).await;
     res.headers_mut().append(header::SET_COOKIE, cookie);
     res
 }
