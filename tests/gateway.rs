@@ -12,6 +12,8 @@ mod cli;
 mod listeners;
 #[path = "gateway/login.rs"]
 mod login;
+#[path = "gateway/mfa.rs"]
+mod mfa;
 #[path = "gateway/paths.rs"]
 mod paths;
 #[path = "gateway/proxying.rs"]

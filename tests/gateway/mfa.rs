@@ -1,0 +1,275 @@
+//! Second factors through the portal: a level-1 session meets a two-factor
+//! rule, the challenge upgrades it (with a new session id), `max_age` steps
+//! up, wrong codes lock, and a users-file TOTP factor works read-only.
+
+use std::sync::OnceLock;
+
+use portcullis::clock::Clock;
+use portcullis::config::{TotpAlgorithm, TotpConfig};
+
+use crate::support::*;
+
+/// RFC 6238's SHA-1 seed, provisioned for carol by the users file.
+const SEED: &[u8] = b"12345678901234567890";
+const SEED_B32: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+const PASSWORD: &str = "carol-tr0ub4dor-3";
+
+fn users_dir() -> &'static tempfile::TempDir {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = portcullis::passwords::hash_password(PASSWORD.as_bytes()).unwrap();
+        std::fs::write(
+            dir.path().join("users.toml"),
+            format!(
+                "[[users]]\nusername = \"carol\"\npassword = {}\ngroups = [\"finance\"]\ntotp = {{ secret = \"{SEED_B32}\" }}\n",
+                toml_str(&hash)
+            ),
+        )
+        .unwrap();
+        dir
+    })
+}
+
+async fn start(extra: &str) -> TestGateway {
+    let users = users_dir().path().join("users.toml");
+    TestGateway::start(&format!(
+        r#"
+[users]
+file = {users}
+
+[factors.totp]
+enabled = true
+
+[regulation]
+max_factor_failures = 3
+
+[[rules]]
+path = "^/pay(/|$)"
+policy = "two_factor"
+max_age = "15m"
+
+[[rules]]
+path = "^/secure(/|$)"
+policy = "two_factor"
+{extra}"#,
+        users = toml_str(&users.display().to_string()),
+    ))
+    .await
+}
+
+fn code(gw: &TestGateway) -> String {
+    let cfg = TotpConfig {
+        enabled: true,
+        issuer: "Portcullis".into(),
+        digits: 6,
+        period: 30,
+        algorithm: TotpAlgorithm::Sha1,
+        skew: 1,
+    };
+    portcullis::factors::totp::code_at(&cfg, SEED, gw.clock.now())
+}
+
+/// GETs `path` as a browser with `cookie`.
+async fn browse(gw: &TestGateway, path: &str, cookie: &str) -> reqwest::Response {
+    gw.client()
+        .get(gw.url(path))
+        .header("accept", "text/html")
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Opens the challenge page for `rd` and submits `code`; returns the answer.
+async fn submit_code(gw: &TestGateway, login: &Login, rd: &str, code: &str) -> reqwest::Response {
+    let page = browse(gw, &format!("/_portcullis/mfa?rd={}", enc(rd)), &login.cookie()).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let factor = portcullis::factors::config_factor_id(&TestGateway::uid("carol"));
+    assert!(
+        html.contains(&factor),
+        "the challenge offers carol's provisioned factor"
+    );
+    gw.client()
+        .post(gw.url("/_portcullis/mfa/verify"))
+        .header("accept", "text/html")
+        .header("cookie", login.cookie())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("csrf", &csrf_field(&html)),
+            ("rd", rd),
+            ("factor", &factor),
+            ("code", code),
+        ]))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn location(res: &reqwest::Response) -> String {
+    res.headers()["location"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_second_factor_upgrades_the_session_and_step_up_asks_again() {
+    let gw = start("").await;
+    let login = gw.login_rd("carol", PASSWORD, "/secure/x").await;
+    // The password alone is not enough for /secure: straight on to the challenge.
+    assert!(
+        login.location.contains("/_portcullis/mfa?rd="),
+        "{}",
+        login.location
+    );
+    let res = browse(&gw, "/secure/x", &login.cookie()).await;
+    assert_eq!(res.status(), 302);
+    assert!(
+        location(&res).starts_with("/_portcullis/mfa?rd="),
+        "signed in: the challenge, not the login page"
+    );
+    // A one-factor route already works.
+    assert_eq!(browse(&gw, "/other", &login.cookie()).await.status(), 200);
+
+    let res = submit_code(&gw, &login, "/secure/x", &code(&gw)).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), "/secure/x");
+    let (upgraded, _) = set_cookie(&res, "portcullis_session").expect("a new session cookie");
+    assert_ne!(upgraded, login.session);
+    let level2 = format!("portcullis_session={upgraded}; portcullis_csrf={}", login.csrf);
+    let res = browse(&gw, "/secure/x", &level2).await;
+    assert_eq!(res.status(), 200);
+    // The level-1 session it replaced is gone.
+    assert_eq!(browse(&gw, "/other", &login.cookie()).await.status(), 302);
+
+    // Step-up: /pay wants a second factor at most 15 minutes old.
+    assert_eq!(browse(&gw, "/pay", &level2).await.status(), 200);
+    gw.clock.advance(16 * 60);
+    let res = browse(&gw, "/pay", &level2).await;
+    assert_eq!(res.status(), 302);
+    assert!(location(&res).starts_with("/_portcullis/mfa?rd="));
+    // /secure has no max_age: still fine (and this keeps the session active).
+    assert_eq!(browse(&gw, "/secure/x", &level2).await.status(), 200);
+    let stepped = Login {
+        session: upgraded,
+        csrf: login.csrf.clone(),
+        set_cookie: String::new(),
+        location: String::new(),
+    };
+    let res = submit_code(&gw, &stepped, &gw.url("/pay"), &code(&gw)).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), gw.url("/pay"), "back to the original URL");
+    let (fresh, _) = set_cookie(&res, "portcullis_session").unwrap();
+    assert_eq!(
+        browse(&gw, "/pay", &format!("portcullis_session={fresh}"))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn codes_are_single_use_and_wrong_codes_lock() {
+    let gw = start("").await;
+    let login = gw.login_rd("carol", PASSWORD, "/secure/").await;
+    let good = code(&gw);
+    assert_eq!(submit_code(&gw, &login, "/secure/", &good).await.status(), 303);
+    // The same code again (another browser, same step): refused.
+    let other = gw.login_rd("carol", PASSWORD, "/secure/").await;
+    let res = submit_code(&gw, &other, "/secure/", &good).await;
+    assert_eq!(res.status(), 403);
+    assert!(res.text().await.unwrap().contains("already used"));
+    // Three wrong codes lock carol: then even the right one is refused, with
+    // the same words as a wrong one (reveal_lockout is off).
+    for _ in 0..2 {
+        let res = submit_code(&gw, &other, "/secure/", "000000").await;
+        assert_eq!(res.status(), 403);
+    }
+    gw.clock.advance(30);
+    let res = submit_code(&gw, &other, "/secure/", &code(&gw)).await;
+    assert_eq!(res.status(), 403);
+    assert!(res.text().await.unwrap().contains("not correct"));
+    // The password step is locked too, with the generic answer.
+    let client = gw.client();
+    let csrf = gw.login_page(&client, "/").await;
+    let res = gw.post_login(&client, &csrf, "carol", PASSWORD, "/", &[]).await;
+    assert_eq!(res.status(), 401);
+    // An administrator unlocks: the next step's code works.
+    let res = gw
+        .client()
+        .post(gw.admin_url("/api/v1/users/carol/lifecycle/unlock"))
+        .header("authorization", "SSWS test-admin-token-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    gw.clock.advance(30);
+    assert_eq!(
+        submit_code(&gw, &other, "/secure/", &code(&gw)).await.status(),
+        303
+    );
+}
+
+#[tokio::test]
+async fn the_api_flow_uses_the_provisioned_factor() {
+    let gw = start("").await;
+    let client = gw.client();
+    let res = client
+        .post(gw.url("/_portcullis/api/v1/authn"))
+        .header("content-type", "application/json")
+        .body(r#"{"username":"carol","password":"carol-tr0ub4dor-3"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "MFA_REQUIRED");
+    let factor = &body["_embedded"]["factors"][0];
+    assert_eq!(factor["factorType"], "token:software:totp");
+    let verify = gw.url(&format!(
+        "/_portcullis/api/v1/authn/factors/{}/verify",
+        factor["id"].as_str().unwrap()
+    ));
+    let send = |code: String| {
+        let body = serde_json::json!({ "stateToken": body["stateToken"], "passCode": code });
+        client
+            .post(verify.clone())
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let res = send("999999".into()).await.unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap()["errorCode"],
+        "E0000068"
+    );
+    let res = send(code(&gw)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let ok: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(ok["status"], "SUCCESS");
+    let token = ok["sessionToken"].as_str().unwrap();
+    // The transaction is over: its stateToken is spent.
+    let res = send(code(&gw)).await.unwrap();
+    assert_eq!(res.status(), 401);
+    // The sessionToken hands the session to a browser once.
+    let res = client
+        .get(gw.url(&format!("/_portcullis/session?token={token}&rd=/secure/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 302);
+    assert_eq!(location(&res), "/secure/");
+    let (session, _) = set_cookie(&res, "portcullis_session").unwrap();
+    assert_eq!(
+        browse(&gw, "/secure/", &format!("portcullis_session={session}"))
+            .await
+            .status(),
+        200
+    );
+    let res = client
+        .get(gw.url(&format!("/_portcullis/session?token={token}&rd=/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}
