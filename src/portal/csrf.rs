@@ -66,14 +66,20 @@ pub fn same_origin(
     external: Option<&url::Url>,
     trusted: &[String],
 ) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
-        && !matches!(site, "same-origin" | "none")
-    {
-        // A cross-site fetch is allowed only from a trusted origin (checked below).
-        let origin = headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok());
-        return origin
-            .and_then(origin_of)
-            .is_some_and(|o| trusted.iter().any(|t| origin_of(t).as_deref() == Some(&o)));
+    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        // The browser vouches for it (scripts cannot set `Sec-Fetch-*`). Its
+        // `Origin` may well be `null`: a page served with `Referrer-Policy:
+        // no-referrer`, as every portal page is, posts its forms with
+        // `Origin: null`, so the Origin check below would refuse our own forms.
+        Some("same-origin") => return true,
+        Some("none") | None => {}
+        Some(_) => {
+            // A cross-site fetch is allowed only from a trusted origin.
+            let origin = headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok());
+            return origin
+                .and_then(origin_of)
+                .is_some_and(|o| trusted.iter().any(|t| origin_of(t).as_deref() == Some(&o)));
+        }
     }
     let Some(origin) = headers.get(http::header::ORIGIN) else {
         return true;
@@ -138,5 +144,21 @@ mod tests {
         assert!(!same_origin(&h, &ctx(), None, &[]));
         h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
         assert!(same_origin(&h, &ctx(), None, &[]));
+    }
+
+    #[test]
+    fn own_forms_post_with_a_null_origin() {
+        // What Chromium sends for a form on a `Referrer-Policy: no-referrer` page.
+        let mut h = HeaderMap::new();
+        h.insert("origin", HeaderValue::from_static("null"));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(same_origin(&h, &ctx(), None, &[]));
+        // Without the browser's word, or from another site, `null` is refused.
+        h.remove("sec-fetch-site");
+        assert!(!same_origin(&h, &ctx(), None, &[]));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
+        assert!(!same_origin(&h, &ctx(), None, &[]));
+        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(!same_origin(&h, &ctx(), None, &[]));
     }
 }
