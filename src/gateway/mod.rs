@@ -216,7 +216,11 @@ fn spawn_refresher(
         let mut failing = false;
         loop {
             tick.tick().await;
-            match view.refresh(&store, clock.now(), Instant::now()).await {
+            let started = Instant::now();
+            let refreshed = view.refresh(&store, clock.now(), Instant::now()).await;
+            metrics::histogram!("portcullis_store_duration_seconds", "op" => "revocation_refresh")
+                .record(started.elapsed().as_secs_f64());
+            match refreshed {
                 Ok(()) if failing => {
                     failing = false;
                     tracing::info!("store reachable again; revocation view refreshed");

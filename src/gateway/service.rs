@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::response::IntoResponse;
+use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
 
@@ -54,8 +55,40 @@ impl Service<Request<Body>> for MainService {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.handle(req).await) })
+        Box::pin(async move { Ok(rescue(this.handle(req)).await) })
     }
+}
+
+/// The rescue: a bug that panics answers a generic 500 (the cause goes to
+/// the log) instead of dropping the connection.
+async fn rescue<F: Future<Output = Response<Body>>>(f: F) -> Response<Body> {
+    match std::panic::AssertUnwindSafe(f).catch_unwind().await {
+        Ok(res) => res,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "request handler panicked");
+            crate::metrics::request("panic", 500);
+            internal_error()
+        }
+    }
+}
+
+/// A generic 500 (no detail reaches the client).
+fn internal_error() -> Response<Body> {
+    let mut res = (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        r#"{"errorCode":"E0000009","errorSummary":"Internal Server Error"}"#,
+    )
+        .into_response();
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
 }
 
 fn bad_request(cause: &str) -> Response<Body> {
@@ -185,5 +218,20 @@ impl MainService {
             .await
             .unwrap_or_else(|never| match never {});
         (res, host, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_becomes_a_generic_500() {
+        let res = rescue(async { panic!("secret detail") }).await;
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains("secret detail"));
+        let ok = rescue(async { StatusCode::OK.into_response() }).await;
+        assert_eq!(ok.status(), StatusCode::OK);
     }
 }
