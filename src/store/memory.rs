@@ -11,7 +11,7 @@ use dashmap::DashMap;
 
 use super::{
     CounterKey, FactorRecord, FactorStatus, RevocationBatch, RevocationEvent, SealedSecret, Store,
-    StoreError, StoreResult, TransactionRecord,
+    StoreError, StoreResult, TransactionRecord, UserChanges, UserPatch, UserRecord, UserStatus, UserWrite,
 };
 use crate::clock::UnixTime;
 
@@ -42,6 +42,25 @@ pub struct MemoryStore {
     /// user id -> recovery code hashes.
     recovery: DashMap<String, Vec<String>>,
     transactions: DashMap<String, TransactionRecord>,
+    /// Stored users and their change log, under one lock.
+    users: Mutex<Users>,
+}
+
+/// Users by id, deletion entries, and the last change sequence number.
+#[derive(Debug, Default)]
+struct Users {
+    by_id: std::collections::BTreeMap<String, UserRecord>,
+    deleted: std::collections::BTreeMap<String, i64>,
+    seq: i64,
+}
+
+impl Users {
+    fn login_taken(&self, login: &str, except: Option<&str>) -> bool {
+        let key = login.to_lowercase();
+        self.by_id
+            .values()
+            .any(|u| u.login.to_lowercase() == key && Some(u.id.as_str()) != except)
+    }
 }
 
 impl MemoryStore {
@@ -348,6 +367,141 @@ impl Store for MemoryStore {
             .remove_if(id, |_, t| t.kind == kind)
             .map(|(_, t)| t)
             .filter(|t| t.expires_at > now))
+    }
+
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<UserWrite> {
+        let mut u = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if u.by_id.contains_key(&user.id) || u.deleted.contains_key(&user.id) {
+            return Err(duplicate("create user"));
+        }
+        if u.login_taken(&user.login, None) {
+            return Ok(UserWrite::LoginTaken);
+        }
+        u.seq += 1;
+        let stored = UserRecord {
+            seq: u.seq,
+            ..user.clone()
+        };
+        u.by_id.insert(stored.id.clone(), stored.clone());
+        Ok(UserWrite::Written(stored))
+    }
+
+    async fn get_user(&self, id: &str) -> StoreResult<Option<UserRecord>> {
+        let u = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(u.by_id.get(id).cloned())
+    }
+
+    async fn get_user_by_login(&self, login: &str) -> StoreResult<Option<UserRecord>> {
+        let key = login.to_lowercase();
+        let u = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(u.by_id.values().find(|r| r.login.to_lowercase() == key).cloned())
+    }
+
+    async fn list_users(&self, after: Option<&str>, limit: u32) -> StoreResult<Vec<UserRecord>> {
+        let u = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let take = usize::try_from(limit).unwrap_or(usize::MAX);
+        Ok(match after {
+            Some(a) => u
+                .by_id
+                .range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+                .map(|(_, r)| r.clone())
+                .take(take)
+                .collect(),
+            None => u.by_id.values().take(take).cloned().collect(),
+        })
+    }
+
+    async fn update_user(&self, id: &str, patch: &UserPatch, now: UnixTime) -> StoreResult<UserWrite> {
+        let mut u = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if !u.by_id.contains_key(id) {
+            return Ok(UserWrite::NotFound);
+        }
+        if let Some(login) = &patch.login
+            && u.login_taken(login, Some(id))
+        {
+            return Ok(UserWrite::LoginTaken);
+        }
+        u.seq += 1;
+        let seq = u.seq;
+        let Some(r) = u.by_id.get_mut(id) else {
+            return Ok(UserWrite::NotFound);
+        };
+        if let Some(login) = &patch.login {
+            r.login = login.clone();
+        }
+        if let Some(profile) = &patch.profile {
+            r.profile = profile.clone();
+        }
+        if let Some(hash) = &patch.password_hash {
+            r.password_hash = Some(hash.clone());
+            r.password_changed = Some(now);
+        }
+        if let Some(status) = patch.status
+            && status != r.status
+        {
+            r.status = status;
+            r.status_changed = Some(now);
+            if status == UserStatus::Active && r.activated.is_none() {
+                r.activated = Some(now);
+            }
+        }
+        r.last_updated = now;
+        r.seq = seq;
+        Ok(UserWrite::Written(r.clone()))
+    }
+
+    async fn delete_user(&self, id: &str, _now: UnixTime) -> StoreResult<bool> {
+        let mut u = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if u.by_id.remove(id).is_none() {
+            return Ok(false);
+        }
+        u.seq += 1;
+        let seq = u.seq;
+        u.deleted.insert(id.to_owned(), seq);
+        drop(u);
+        let mut f = self.factors.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<String> = f
+            .iter()
+            .filter(|f| f.user_id == id)
+            .map(|f| f.id.clone())
+            .collect();
+        f.retain(|f| f.user_id != id);
+        drop(f);
+        for factor_id in gone {
+            self.totp_steps.remove(&factor_id);
+        }
+        self.recovery.remove(id);
+        Ok(true)
+    }
+
+    async fn users_changed_since(&self, cursor: i64, limit: u32) -> StoreResult<UserChanges> {
+        let u = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries: Vec<(i64, Option<&UserRecord>, &str)> = u
+            .by_id
+            .values()
+            .filter(|r| r.seq > cursor)
+            .map(|r| (r.seq, Some(r), r.id.as_str()))
+            .chain(
+                u.deleted
+                    .iter()
+                    .filter(|(_, s)| **s > cursor)
+                    .map(|(id, s)| (*s, None, id.as_str())),
+            )
+            .collect();
+        entries.sort_by_key(|e| e.0);
+        entries.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let mut out = UserChanges {
+            cursor,
+            ..UserChanges::default()
+        };
+        for (seq, record, id) in entries {
+            out.cursor = seq;
+            match record {
+                Some(r) => out.users.push(r.clone()),
+                None => out.deleted.push((id.to_owned(), seq)),
+            }
+        }
+        Ok(out)
     }
 
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<()> {

@@ -18,7 +18,7 @@
 
 use super::{
     FactorRecord, FactorStatus, RevocationBatch, RevocationEvent, SealedSecret, StoreError, StoreResult,
-    TransactionRecord,
+    TransactionRecord, UserChanges, UserRecord, UserStatus,
 };
 use crate::clock::UnixTime;
 
@@ -45,6 +45,11 @@ pub(super) const SQLITE: &[Migration] = &[
         name: "factors",
         sql: include_str!("../../migrations/sqlite/0002_factors.sql"),
     },
+    Migration {
+        version: 3,
+        name: "users",
+        sql: include_str!("../../migrations/sqlite/0003_users.sql"),
+    },
 ];
 
 /// Every PostgreSQL migration, oldest first.
@@ -58,6 +63,11 @@ pub(super) const POSTGRES: &[Migration] = &[
         version: 2,
         name: "factors",
         sql: include_str!("../../migrations/postgres/0002_factors.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "users",
+        sql: include_str!("../../migrations/postgres/0003_users.sql"),
     },
 ];
 
@@ -244,6 +254,130 @@ pub(super) fn transaction_from_row(row: TransactionRow) -> StoreResult<Transacti
         version,
         expires_at,
     })
+}
+
+/// The columns of `users` every query selects, in [`UserRow`] order.
+macro_rules! user_columns {
+    () => {
+        "id, seq, login, status, profile, password_hash, created, activated, status_changed, last_updated, password_changed"
+    };
+}
+pub(super) use user_columns;
+
+/// A `users` row: `(id, seq, login, status, profile, password_hash, created,
+/// activated, status_changed, last_updated, password_changed)`.
+pub(super) type UserRow = (
+    String,
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    Option<i64>,
+);
+
+/// A change-log row: `(seq, id, deleted)` followed by the [`UserRow`]
+/// columns after `seq`, all `NULL` for a deletion.
+pub(super) type UserChangeRow = (
+    i64,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// A user's profile as the JSON text stored.
+pub(super) fn user_profile(profile: &serde_json::Value) -> StoreResult<String> {
+    serde_json::to_string(profile)
+        .map_err(|_| StoreError::Corrupt("write user: the profile cannot be encoded".into()))
+}
+
+/// The key a login is unique by: lower case, Unicode-aware (the same rule as
+/// the memory store and the user directory).
+pub(super) fn login_key(login: &str) -> String {
+    login.to_lowercase()
+}
+
+/// Decodes a `users` row (messages name no stored value).
+pub(super) fn user_from_row(row: UserRow) -> StoreResult<UserRecord> {
+    let (
+        id,
+        seq,
+        login,
+        status,
+        profile,
+        password_hash,
+        created,
+        activated,
+        status_changed,
+        last_updated,
+        password_changed,
+    ) = row;
+    let status = UserStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt("a user has an unknown status".into()))?;
+    let profile = serde_json::from_str(&profile)
+        .map_err(|_| StoreError::Corrupt("a user has a profile that is not JSON".into()))?;
+    Ok(UserRecord {
+        id,
+        login,
+        status,
+        profile,
+        password_hash,
+        created,
+        activated,
+        status_changed,
+        last_updated,
+        password_changed,
+        seq,
+    })
+}
+
+/// Turns change-log rows read in `seq` order after `cursor` into changes.
+pub(super) fn user_changes(rows: Vec<UserChangeRow>, cursor: i64) -> StoreResult<UserChanges> {
+    let mut out = UserChanges {
+        cursor,
+        ..UserChanges::default()
+    };
+    for row in rows {
+        let (seq, id, deleted, login, status, profile, hash, created, activated, changed, updated, pw) = row;
+        out.cursor = out.cursor.max(seq);
+        if deleted != 0 {
+            out.deleted.push((id, seq));
+            continue;
+        }
+        match (login, status, profile, created, updated) {
+            (Some(login), Some(status), Some(profile), Some(created), Some(updated)) => {
+                out.users.push(user_from_row((
+                    id, seq, login, status, profile, hash, created, activated, changed, updated, pw,
+                ))?);
+            }
+            _ => return Err(StoreError::Corrupt("a user change has an invalid shape".into())),
+        }
+    }
+    Ok(out)
+}
+
+/// True when `err` is a unique violation on `users.login_key` (the other
+/// unique key, the id, is random and never collides in practice).
+pub(super) fn is_login_conflict(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                && (db.constraint() == Some("users_login_key_key") || db.message().contains("login_key"))
+        }
+        _ => false,
+    }
 }
 
 /// A stored epoch as the trait's `u64` (the schema keeps it positive).

@@ -5,8 +5,9 @@
 //! Everything that must survive a restart or be shared between replicas goes
 //! through [`Store`]: session revocations and user epochs, failure counters
 //! and lockouts, factors and their sealed secrets, TOTP steps, recovery
-//! codes, and short-lived transactions (authentication state, challenges,
-//! one-time tokens). Every backend runs the same conformance suite
+//! codes, short-lived transactions (authentication state, challenges,
+//! one-time tokens), and users created through the Users API with their
+//! change log. Every backend runs the same conformance suite
 //! (`store::conformance`), including the concurrency cases.
 //!
 //! Invariants every backend keeps:
@@ -176,6 +177,98 @@ pub struct TransactionRecord {
     pub expires_at: UnixTime,
 }
 
+/// A user's stored lifecycle status (`LOCKED_OUT` is never stored: it is
+/// derived from the user's lockouts when the user is shown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserStatus {
+    /// Created with `activate=false`: cannot sign in yet.
+    Staged,
+    /// Can sign in.
+    Active,
+    /// Suspended by an administrator: cannot sign in.
+    Suspended,
+}
+
+impl UserStatus {
+    /// The Okta spelling, also the stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Staged => "STAGED",
+            UserStatus::Active => "ACTIVE",
+            UserStatus::Suspended => "SUSPENDED",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "STAGED" => Some(UserStatus::Staged),
+            "ACTIVE" => Some(UserStatus::Active),
+            "SUSPENDED" => Some(UserStatus::Suspended),
+            _ => None,
+        }
+    }
+}
+
+/// A user created through the Users API, as stored (users-file users are
+/// never stored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRecord {
+    /// `00u` + 17 characters, unique, never reused.
+    pub id: String,
+    /// Unique among stored users, compared case-insensitively.
+    pub login: String,
+    pub status: UserStatus,
+    /// The Okta profile object (`login`, `email`, `firstName`, ...), JSON.
+    pub profile: serde_json::Value,
+    /// argon2id PHC string; `None` for a user without a password.
+    pub password_hash: Option<String>,
+    pub created: UnixTime,
+    pub activated: Option<UnixTime>,
+    pub status_changed: Option<UnixTime>,
+    pub last_updated: UnixTime,
+    pub password_changed: Option<UnixTime>,
+    /// The user's place in the change log: set by the store on every write
+    /// (what the caller passes is ignored), increasing across all users.
+    pub seq: i64,
+}
+
+/// A change to a stored user; `None` fields stay as they are. The store sets
+/// `last_updated` (always), `password_changed` (with a password),
+/// `status_changed` (when the status changes) and `activated` (the first
+/// time the status becomes `ACTIVE`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserPatch {
+    /// A new login (with a new `profile`, whose `login` it should equal).
+    pub login: Option<String>,
+    pub profile: Option<serde_json::Value>,
+    pub password_hash: Option<String>,
+    pub status: Option<UserStatus>,
+}
+
+/// The outcome of writing a stored user.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserWrite {
+    /// Written; the user as stored now.
+    Written(UserRecord),
+    /// No such user.
+    NotFound,
+    /// Another stored user has this login (case-insensitively).
+    LoginTaken,
+}
+
+/// Stored users changed after a cursor, in increasing `seq` order, and the
+/// cursor to ask with next.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserChanges {
+    /// Users created or updated (their current state).
+    pub users: Vec<UserRecord>,
+    /// Ids of users deleted, with the `seq` of their deletion.
+    pub deleted: Vec<(String, i64)>,
+    /// The highest `seq` returned (or the cursor given, when none).
+    pub cursor: i64,
+}
+
 /// The gateway's persistent state.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -304,6 +397,35 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         id: &str,
         now: UnixTime,
     ) -> StoreResult<Option<TransactionRecord>>;
+
+    // ---- users (created through the Users API) --------------------------
+
+    /// Stores a new user; `LoginTaken` if a stored user has its login
+    /// (case-insensitively). An existing id is an error, as for factors.
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<UserWrite>;
+
+    /// The stored user `id`.
+    async fn get_user(&self, id: &str) -> StoreResult<Option<UserRecord>>;
+
+    /// The stored user whose login equals `login` case-insensitively.
+    async fn get_user_by_login(&self, login: &str) -> StoreResult<Option<UserRecord>>;
+
+    /// Up to `limit` stored users with ids greater than `after` (all when
+    /// `None`), in id order (byte order), for paging.
+    async fn list_users(&self, after: Option<&str>, limit: u32) -> StoreResult<Vec<UserRecord>>;
+
+    /// Applies `patch` to the stored user `id` at `now` (see [`UserPatch`]).
+    async fn update_user(&self, id: &str, patch: &UserPatch, now: UnixTime) -> StoreResult<UserWrite>;
+
+    /// Deletes the stored user `id` with their factors, TOTP steps and
+    /// recovery codes, leaving a deletion entry in the change log; false if
+    /// there was no such user.
+    async fn delete_user(&self, id: &str, now: UnixTime) -> StoreResult<bool>;
+
+    /// Users written or deleted with `seq > cursor`, at most `limit` entries,
+    /// in increasing `seq` order (replicas keep their user directory fresh
+    /// with it; on PostgreSQL they re-read an overlap, as for revocations).
+    async fn users_changed_since(&self, cursor: i64, limit: u32) -> StoreResult<UserChanges>;
 
     // ---- housekeeping ---------------------------------------------------
 

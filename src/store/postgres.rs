@@ -30,12 +30,12 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::migrate::{
-    self, COUNTER_RETENTION, FactorRow, REVOCATION_BATCH_LIMIT, RevocationRow, TransactionRow, db,
-    factor_columns, split_secret, sql_error, transaction_columns,
+    self, COUNTER_RETENTION, FactorRow, REVOCATION_BATCH_LIMIT, RevocationRow, TransactionRow, UserChangeRow,
+    UserRow, db, factor_columns, split_secret, sql_error, transaction_columns, user_columns,
 };
 use super::{
     CounterKey, FactorRecord, RevocationBatch, SealedSecret, Store, StoreError, StoreResult,
-    TransactionRecord,
+    TransactionRecord, UserChanges, UserPatch, UserRecord, UserWrite,
 };
 use crate::clock::UnixTime;
 
@@ -597,6 +597,156 @@ impl Store for PostgresStore {
         .await
         .map_err(db("take transaction"))?;
         row.map(migrate::transaction_from_row).transpose()
+    }
+
+    // ---- users ----------------------------------------------------------
+
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<UserWrite> {
+        let profile = migrate::user_profile(&user.profile)?;
+        // Concurrent creates of one login on any replica race for the unique
+        // index: one inserts, the others get the violation, answered as taken.
+        let row: Result<UserRow, sqlx::Error> = sqlx::query_as(concat!(
+            "INSERT INTO users (id, seq, login, login_key, status, profile, password_hash, created,
+                                activated, status_changed, last_updated, password_changed)
+             VALUES ($1, nextval('user_change_seq'), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             RETURNING ",
+            user_columns!()
+        ))
+        .bind(&user.id)
+        .bind(&user.login)
+        .bind(migrate::login_key(&user.login))
+        .bind(user.status.as_str())
+        .bind(profile)
+        .bind(user.password_hash.as_deref())
+        .bind(user.created)
+        .bind(user.activated)
+        .bind(user.status_changed)
+        .bind(user.last_updated)
+        .bind(user.password_changed)
+        .fetch_one(&self.pool)
+        .await;
+        match row {
+            Ok(row) => Ok(UserWrite::Written(migrate::user_from_row(row)?)),
+            Err(e) if migrate::is_login_conflict(&e) => Ok(UserWrite::LoginTaken),
+            Err(e) => Err(sql_error("create user", &e)),
+        }
+    }
+
+    async fn get_user(&self, id: &str) -> StoreResult<Option<UserRecord>> {
+        let row: Option<UserRow> =
+            sqlx::query_as(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("get user"))?;
+        row.map(migrate::user_from_row).transpose()
+    }
+
+    async fn get_user_by_login(&self, login: &str) -> StoreResult<Option<UserRecord>> {
+        let row: Option<UserRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE login_key = $1"
+        ))
+        .bind(migrate::login_key(login))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("get user by login"))?;
+        row.map(migrate::user_from_row).transpose()
+    }
+
+    async fn list_users(&self, after: Option<&str>, limit: u32) -> StoreResult<Vec<UserRecord>> {
+        // Byte order (COLLATE "C"), as the other backends and the directory
+        // sort, whatever the database's collation.
+        let rows: Vec<UserRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE $1::text IS NULL OR id COLLATE \"C\" > $1::text
+             ORDER BY id COLLATE \"C\" LIMIT $2"
+        ))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list users"))?;
+        rows.into_iter().map(migrate::user_from_row).collect()
+    }
+
+    async fn update_user(&self, id: &str, patch: &UserPatch, now: UnixTime) -> StoreResult<UserWrite> {
+        let profile = patch.profile.as_ref().map(migrate::user_profile).transpose()?;
+        // One statement; every SET expression reads the row as it was, so the
+        // status comparisons see the old status.
+        let row: Result<Option<UserRow>, sqlx::Error> = sqlx::query_as(concat!(
+            "UPDATE users SET
+                 login = coalesce($2::text, login),
+                 login_key = coalesce($3::text, login_key),
+                 profile = coalesce($4::text, profile),
+                 password_hash = coalesce($5::text, password_hash),
+                 password_changed = CASE WHEN $5::text IS NULL THEN password_changed ELSE $7::bigint END,
+                 status_changed = CASE WHEN $6::text IS NULL OR $6::text = status
+                                       THEN status_changed ELSE $7::bigint END,
+                 activated = CASE WHEN $6::text = 'ACTIVE' AND activated IS NULL THEN $7::bigint ELSE activated END,
+                 status = coalesce($6::text, status),
+                 last_updated = $7::bigint,
+                 seq = nextval('user_change_seq')
+             WHERE id = $1
+             RETURNING ",
+            user_columns!()
+        ))
+        .bind(id)
+        .bind(patch.login.as_deref())
+        .bind(patch.login.as_deref().map(migrate::login_key))
+        .bind(profile)
+        .bind(patch.password_hash.as_deref())
+        .bind(patch.status.map(|s| s.as_str()))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await;
+        match row {
+            Ok(Some(row)) => Ok(UserWrite::Written(migrate::user_from_row(row)?)),
+            Ok(None) => Ok(UserWrite::NotFound),
+            Err(e) if migrate::is_login_conflict(&e) => Ok(UserWrite::LoginTaken),
+            Err(e) => Err(sql_error("update user", &e)),
+        }
+    }
+
+    async fn delete_user(&self, id: &str, now: UnixTime) -> StoreResult<bool> {
+        // One statement, one transaction: the user, the deletion entry, and
+        // everything the user owned.
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH u AS (DELETE FROM users WHERE id = $1 RETURNING id),
+                  d AS (INSERT INTO deleted_users (id, seq, deleted_at)
+                        SELECT id, nextval('user_change_seq'), $2 FROM u),
+                  f AS (DELETE FROM factors WHERE user_id IN (SELECT id FROM u) RETURNING id),
+                  s AS (DELETE FROM totp_steps WHERE factor_id IN (SELECT id FROM f)),
+                  r AS (DELETE FROM recovery_codes WHERE user_id IN (SELECT id FROM u))
+             SELECT count(*) FROM u",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("delete user"))?;
+        Ok(deleted == 1)
+    }
+
+    async fn users_changed_since(&self, cursor: i64, limit: u32) -> StoreResult<UserChanges> {
+        let rows: Vec<UserChangeRow> = sqlx::query_as(
+            "SELECT seq, id, 0::bigint, login, status, profile, password_hash, created, activated,
+                    status_changed, last_updated, password_changed
+             FROM users WHERE seq > $1
+             UNION ALL
+             SELECT seq, id, 1::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint,
+                    NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint
+             FROM deleted_users WHERE seq > $1
+             ORDER BY 1 LIMIT $2",
+        )
+        .bind(cursor)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read user changes"))?;
+        migrate::user_changes(rows, cursor)
     }
 
     // ---- housekeeping ---------------------------------------------------

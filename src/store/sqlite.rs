@@ -36,12 +36,12 @@ use sqlx::sqlite::{
 };
 
 use super::migrate::{
-    self, COUNTER_RETENTION, FactorRow, REVOCATION_BATCH_LIMIT, RevocationRow, TransactionRow, db,
-    factor_columns, split_secret, sql_error, transaction_columns,
+    self, COUNTER_RETENTION, FactorRow, REVOCATION_BATCH_LIMIT, RevocationRow, TransactionRow, UserChangeRow,
+    UserRow, db, factor_columns, split_secret, sql_error, transaction_columns, user_columns,
 };
 use super::{
     CounterKey, FactorRecord, RevocationBatch, SealedSecret, Store, StoreError, StoreResult,
-    TransactionRecord,
+    TransactionRecord, UserChanges, UserPatch, UserRecord, UserWrite,
 };
 use crate::clock::UnixTime;
 
@@ -179,6 +179,15 @@ async fn migrate(writer: &SqlitePool) -> StoreResult<()> {
             .map_err(|e| sql_error(&op, &e))?;
     }
     tx.commit().await.map_err(db("commit migration"))
+}
+
+/// The next position in the users change log, inside the caller's write
+/// transaction (the single writer makes it strictly increasing).
+async fn next_user_seq(tx: &mut sqlx::SqliteConnection, op: &'static str) -> StoreResult<i64> {
+    sqlx::query_scalar("UPDATE user_change_seq SET seq = seq + 1 RETURNING seq")
+        .fetch_one(tx)
+        .await
+        .map_err(db(op))
 }
 
 #[async_trait]
@@ -632,6 +641,182 @@ impl Store for SqliteStore {
         .await
         .map_err(db("take transaction"))?;
         row.map(migrate::transaction_from_row).transpose()
+    }
+
+    // ---- users ----------------------------------------------------------
+
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<UserWrite> {
+        let profile = migrate::user_profile(&user.profile)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("create user"))?;
+        let seq = next_user_seq(&mut tx, "create user").await?;
+        let row: Result<UserRow, sqlx::Error> = sqlx::query_as(concat!(
+            "INSERT INTO users (id, seq, login, login_key, status, profile, password_hash, created,
+                                activated, status_changed, last_updated, password_changed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             RETURNING ",
+            user_columns!()
+        ))
+        .bind(&user.id)
+        .bind(seq)
+        .bind(&user.login)
+        .bind(migrate::login_key(&user.login))
+        .bind(user.status.as_str())
+        .bind(profile)
+        .bind(user.password_hash.as_deref())
+        .bind(user.created)
+        .bind(user.activated)
+        .bind(user.status_changed)
+        .bind(user.last_updated)
+        .bind(user.password_changed)
+        .fetch_one(&mut *tx)
+        .await;
+        match row {
+            Ok(row) => {
+                tx.commit().await.map_err(db("create user"))?;
+                Ok(UserWrite::Written(migrate::user_from_row(row)?))
+            }
+            Err(e) if migrate::is_login_conflict(&e) => Ok(UserWrite::LoginTaken),
+            Err(e) => Err(sql_error("create user", &e)),
+        }
+    }
+
+    async fn get_user(&self, id: &str) -> StoreResult<Option<UserRecord>> {
+        let row: Option<UserRow> =
+            sqlx::query_as(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(db("get user"))?;
+        row.map(migrate::user_from_row).transpose()
+    }
+
+    async fn get_user_by_login(&self, login: &str) -> StoreResult<Option<UserRecord>> {
+        let row: Option<UserRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE login_key = $1"
+        ))
+        .bind(migrate::login_key(login))
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db("get user by login"))?;
+        row.map(migrate::user_from_row).transpose()
+    }
+
+    async fn list_users(&self, after: Option<&str>, limit: u32) -> StoreResult<Vec<UserRecord>> {
+        let rows: Vec<UserRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE $1 IS NULL OR id > $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db("list users"))?;
+        rows.into_iter().map(migrate::user_from_row).collect()
+    }
+
+    async fn update_user(&self, id: &str, patch: &UserPatch, now: UnixTime) -> StoreResult<UserWrite> {
+        let profile = patch.profile.as_ref().map(migrate::user_profile).transpose()?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("update user"))?;
+        let seq = next_user_seq(&mut tx, "update user").await?;
+        // Every SET expression reads the row as it was, so the status
+        // comparisons below see the old status.
+        let row: Result<Option<UserRow>, sqlx::Error> = sqlx::query_as(concat!(
+            "UPDATE users SET
+                 login = coalesce($2, login),
+                 login_key = coalesce($3, login_key),
+                 profile = coalesce($4, profile),
+                 password_hash = coalesce($5, password_hash),
+                 password_changed = CASE WHEN $5 IS NULL THEN password_changed ELSE $7 END,
+                 status_changed = CASE WHEN $6 IS NULL OR $6 = status THEN status_changed ELSE $7 END,
+                 activated = CASE WHEN $6 = 'ACTIVE' AND activated IS NULL THEN $7 ELSE activated END,
+                 status = coalesce($6, status),
+                 last_updated = $7,
+                 seq = $8
+             WHERE id = $1
+             RETURNING ",
+            user_columns!()
+        ))
+        .bind(id)
+        .bind(patch.login.as_deref())
+        .bind(patch.login.as_deref().map(migrate::login_key))
+        .bind(profile)
+        .bind(patch.password_hash.as_deref())
+        .bind(patch.status.map(|s| s.as_str()))
+        .bind(now)
+        .bind(seq)
+        .fetch_optional(&mut *tx)
+        .await;
+        match row {
+            Ok(Some(row)) => {
+                tx.commit().await.map_err(db("update user"))?;
+                Ok(UserWrite::Written(migrate::user_from_row(row)?))
+            }
+            Ok(None) => Ok(UserWrite::NotFound),
+            Err(e) if migrate::is_login_conflict(&e) => Ok(UserWrite::LoginTaken),
+            Err(e) => Err(sql_error("update user", &e)),
+        }
+    }
+
+    async fn delete_user(&self, id: &str, now: UnixTime) -> StoreResult<bool> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("delete user"))?;
+        let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("delete user"))?
+            .rows_affected()
+            == 1;
+        if !deleted {
+            return Ok(false);
+        }
+        let seq = next_user_seq(&mut tx, "delete user").await?;
+        for statement in [
+            "INSERT INTO deleted_users (id, seq, deleted_at) VALUES ($1, $2, $3)",
+            "DELETE FROM totp_steps WHERE factor_id IN (SELECT id FROM factors WHERE user_id = $1)",
+            "DELETE FROM factors WHERE user_id = $1",
+            "DELETE FROM recovery_codes WHERE user_id = $1",
+        ] {
+            let mut q = sqlx::query(statement).bind(id);
+            if statement.contains("$2") {
+                q = q.bind(seq).bind(now);
+            }
+            q.execute(&mut *tx).await.map_err(db("delete user"))?;
+        }
+        tx.commit().await.map_err(db("delete user"))?;
+        Ok(true)
+    }
+
+    async fn users_changed_since(&self, cursor: i64, limit: u32) -> StoreResult<UserChanges> {
+        let rows: Vec<UserChangeRow> = sqlx::query_as(
+            "SELECT seq, id, 0, login, status, profile, password_hash, created, activated,
+                    status_changed, last_updated, password_changed
+             FROM users WHERE seq > $1
+             UNION ALL
+             SELECT seq, id, 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+             FROM deleted_users WHERE seq > $1
+             ORDER BY 1 LIMIT $2",
+        )
+        .bind(cursor)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db("read user changes"))?;
+        migrate::user_changes(rows, cursor)
     }
 
     // ---- housekeeping ---------------------------------------------------
