@@ -1,0 +1,15 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! End-to-end proofs with independent tools (issue 3): a person in headless
+//! Chromium against the real binary, the authentication API with codes from
+//! oathtool, and the API's state machine refusing every out-of-order step.
+//! Tests whose tools are missing say so and return; `.ci/run` installs them.
+//! One binary on purpose: each file in `tests/` links separately.
+
+#[path = "e2e/api.rs"]
+mod api;
+#[path = "e2e/browser.rs"]
+mod browser;
+#[path = "e2e/harness.rs"]
+mod harness;
+#[path = "e2e/state_machine.rs"]
+mod state_machine;
