@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod crypto;
+pub mod delivery;
 pub mod demo;
 pub mod enforce;
 pub mod error;

@@ -12,6 +12,8 @@
 //! answers the same way for a wrong code and a locked user unless the
 //! operator chose `reveal_lockout`.
 
+pub mod otp;
+pub mod push;
 pub mod recovery;
 pub mod sealing;
 pub mod totp;
@@ -401,9 +403,10 @@ pub async fn enroll(
     provider: &str,
     profile: &serde_json::Value,
 ) -> Result<Enrolled, EnrollError> {
-    let _ = profile;
     match factor_type {
         TOTP_TYPE => enroll_totp(st, user, provider).await.map(Enrolled::Totp),
+        "sms" | "call" | "email" => otp::enroll(st, user, factor_type, provider, profile).await,
+        "push" => push::enroll(st, user, provider).await,
         _ => Err(EnrollError::NotSupported),
     }
 }
@@ -419,6 +422,7 @@ pub async fn activate(
 ) -> Result<(), VerifyError> {
     match factor.record.factor_type.as_str() {
         TOTP_TYPE => activate_totp(st, user, factor, pass_code, addr).await,
+        "sms" | "call" | "email" => otp::activate(st, user, factor, pass_code, addr).await,
         _ => Err(VerifyError::NotActive),
     }
 }
@@ -465,16 +469,27 @@ pub enum ChallengeError {
     Unavailable,
 }
 
-/// Starts a challenge: sends a code (sms, call, email) or a push.
+/// Starts a challenge: sends a code (sms, call, email) or a push. For a
+/// code factor still `PENDING_ACTIVATION` this (re)sends its activation code.
 pub async fn challenge(
     st: &AppState,
     user: &User,
     factor: &Factor,
     ctx: &ChallengeContext,
 ) -> Result<Challenge, ChallengeError> {
-    let _ = (st, user, ctx);
-    match factor.record.factor_type.as_str() {
+    let ft = factor.record.factor_type.as_str();
+    if !type_enabled(st, ft) {
+        return Err(ChallengeError::NotActive);
+    }
+    match ft {
         TOTP_TYPE => Err(ChallengeError::NotChallenged),
+        "sms" | "call" | "email" => {
+            let app = otp::app_name(st, Some(&ctx.app_host));
+            otp::send_code(st, user, &factor.record, &app)
+                .await
+                .map(|expires_at| Challenge::CodeSent { expires_at })
+        }
+        "push" => push::challenge(st, user, factor, ctx).await,
         _ => Err(ChallengeError::NotActive),
     }
 }
@@ -489,6 +504,7 @@ pub async fn verify(
 ) -> Result<(), VerifyError> {
     match factor.record.factor_type.as_str() {
         TOTP_TYPE => verify_totp(st, user, factor, pass_code, addr, false).await,
+        "sms" | "call" | "email" => otp::check_code(st, user, factor, pass_code, addr, false).await,
         _ => Err(VerifyError::NotActive),
     }
 }
@@ -522,8 +538,10 @@ pub async fn push_status(
     factor: &Factor,
     transaction_id: &str,
 ) -> Result<Option<PushResult>, StoreError> {
-    let _ = (st, user, factor, transaction_id);
-    Ok(None)
+    match factor.record.factor_type.as_str() {
+        "push" => push::status(st, user, factor, transaction_id).await,
+        _ => Ok(None),
+    }
 }
 
 /// True when the policy anywhere requires two factors (so the last factor of

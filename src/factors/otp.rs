@@ -1,0 +1,671 @@
+//! Code factors: SMS, voice call and e-mail (Okta's `sms`, `call`, `email`).
+//!
+//! Enrollment takes a profile (`{phoneNumber}` in E.164, or `{email}`),
+//! stores the factor `PENDING_ACTIVATION` and sends an activation code;
+//! the code activates it. A challenge sends a fresh code.
+//!
+//! A factor's current code lives in one store record (kind `otp`, id
+//! `otp:{factorId}`) so every replica sees it: only an HMAC-SHA256 of the code
+//! under a server key derived from the first session secret (purpose `otp`),
+//! its expiry (`ttl`), its purpose (activation or sign-in), the number of
+//! attempts (at most [`MAX_ATTEMPTS`], then the code is dead) and when it was
+//! sent (`resend_after` is enforced from it). Every change is a
+//! compare-and-set on the record's version, so two replicas checking codes at
+//! once cannot exceed the attempts or both accept one code. Comparison is
+//! constant time; wrong codes also count through the regulator (lockout)
+//! like wrong TOTP codes.
+//!
+//! Sends are limited per user to `max_sends_per_hour` in a sliding hour
+//! ([`take_send_slot`], also used for pushes), kept in a store record too.
+
+use std::net::IpAddr;
+
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{ChallengeError, EnrollError, Enrolled, Factor, VerifyError};
+use crate::audit;
+use crate::clock::UnixTime;
+use crate::config::CodeFactorConfig;
+use crate::delivery::{self, Kind, Message};
+use crate::gateway::AppState;
+use crate::secret::{Secret, ct_eq};
+use crate::store::{FactorRecord, FactorStatus, StoreError, TransactionRecord};
+use crate::users::User;
+
+/// Wrong attempts a code survives: the fifth wrong one kills it.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Store record kind of a factor's current code.
+pub const KIND: &str = "otp";
+/// Store record kind of a user's recent sends.
+pub const SEND_LOG_KIND: &str = "send_log";
+/// The sliding window of `max_sends_per_hour`.
+pub const SEND_WINDOW: i64 = 3600;
+
+/// The code factor types.
+pub fn is_code_type(factor_type: &str) -> bool {
+    matches!(factor_type, "sms" | "call" | "email")
+}
+
+/// The config of a code factor type.
+pub fn config<'a>(st: &'a AppState, factor_type: &str) -> Option<&'a CodeFactorConfig> {
+    let f = &st.config.factors;
+    match factor_type {
+        "sms" => Some(&f.sms),
+        "call" => Some(&f.call),
+        "email" => Some(&f.email),
+        _ => None,
+    }
+}
+
+// ---- profiles ---------------------------------------------------------------
+
+/// Normalizes and checks an E.164 phone number: `+`, then 8 to 15 digits, the
+/// first not 0. Spaces, dots, dashes and parentheses are dropped first.
+pub fn normalize_phone(input: &str) -> Result<String, String> {
+    let compact: String = input
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        .collect();
+    let Some(digits) = compact.strip_prefix('+') else {
+        return Err("phoneNumber: must be in E.164 format, starting with + and the country code".into());
+    };
+    if !(8..=15).contains(&digits.len())
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || digits.starts_with('0')
+    {
+        return Err("phoneNumber: must be in E.164 format: + and 8 to 15 digits".into());
+    }
+    Ok(compact)
+}
+
+/// Checks an e-mail address (a practical subset of RFC 5321: what mail
+/// servers accept and no header tricks); returns it trimmed.
+pub fn normalize_email(input: &str) -> Result<String, String> {
+    let email = input.trim();
+    let invalid = || Err("email: must be a valid e-mail address".to_owned());
+    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return invalid();
+    }
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return invalid();
+    };
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local
+            .chars()
+            .all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+        });
+    if !local_ok || !domain_ok || email.parse::<lettre::Address>().is_err() {
+        return invalid();
+    }
+    Ok(email.to_owned())
+}
+
+/// A phone number as shown before sign-in: country code and the last two
+/// digits (`+1 *** *** **00`).
+pub fn mask_phone(phone: &str) -> String {
+    let digits: Vec<char> = phone.chars().filter(char::is_ascii_digit).collect();
+    if digits.len() < 6 {
+        return "***".into();
+    }
+    // North America (1) and Russia/Kazakhstan (7) have one-digit codes; most
+    // others two or three: showing two never reveals more than the code.
+    let cc = if matches!(digits[0], '1' | '7') { 1 } else { 2 };
+    let rest = &digits[cc..];
+    let masked: Vec<char> = rest
+        .iter()
+        .enumerate()
+        .map(|(i, c)| if i + 2 >= rest.len() { *c } else { '*' })
+        .collect();
+    let mut groups = Vec::new();
+    let mut i = 0;
+    // Groups of three, the last one holding the visible digits (4 or 5 long).
+    while masked.len() - i >= 7 {
+        groups.push(masked[i..i + 3].iter().collect::<String>());
+        i += 3;
+    }
+    groups.push(masked[i..].iter().collect::<String>());
+    format!(
+        "+{} {}",
+        digits[..cc].iter().collect::<String>(),
+        groups.join(" ")
+    )
+}
+
+/// An e-mail address as shown before sign-in: `a***@example.com`.
+pub fn mask_email(email: &str) -> String {
+    match email.rsplit_once('@') {
+        Some((local, domain)) => {
+            let first: String = local.chars().take(1).collect();
+            format!("{first}***@{domain}")
+        }
+        None => "***".into(),
+    }
+}
+
+/// The profile of a code factor with the address masked.
+pub fn masked_profile(factor_type: &str, profile: &Value) -> Value {
+    match factor_type {
+        "sms" | "call" => {
+            json!({ "phoneNumber": mask_phone(profile["phoneNumber"].as_str().unwrap_or_default()) })
+        }
+        "email" => json!({ "email": mask_email(profile["email"].as_str().unwrap_or_default()) }),
+        _ => json!({}),
+    }
+}
+
+/// Where a code factor's messages go.
+fn destination(factor: &FactorRecord) -> Option<String> {
+    let key = if factor.factor_type == "email" {
+        "email"
+    } else {
+        "phoneNumber"
+    };
+    factor.profile[key].as_str().map(str::to_owned)
+}
+
+// ---- codes ------------------------------------------------------------------
+
+/// A random code of `len` decimal digits from the CSPRNG.
+pub fn generate_code(len: u32) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
+        .collect()
+}
+
+/// The key codes are MACed under: derived from the first session secret.
+fn server_key(st: &AppState) -> Secret {
+    st.config
+        .session
+        .secrets
+        .first()
+        .map(|s| crate::crypto::derive_key(s, "otp"))
+        .unwrap_or_default()
+}
+
+/// The stored form of a code: HMAC-SHA256 bound to the factor and purpose.
+pub fn code_mac(key: &[u8], factor_id: &str, purpose: &str, code: &str) -> [u8; 32] {
+    crate::crypto::hmac_sha256(
+        key,
+        format!("portcullis/otp/v1|{factor_id}|{purpose}|{code}").as_bytes(),
+    )
+}
+
+/// What the `otp` record holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CodeState {
+    /// Hex HMAC of the live code; `None` once used, dead or never sent.
+    pub mac: Option<String>,
+    /// `activate` or `verify`.
+    pub purpose: String,
+    pub code_expires: UnixTime,
+    /// Attempts made against the live code.
+    pub attempts: u32,
+    pub sent_at: UnixTime,
+}
+
+/// The record id of a factor's current code.
+pub fn record_id(factor_id: &str) -> String {
+    format!("otp:{factor_id}")
+}
+
+fn purpose(factor: &FactorRecord) -> &'static str {
+    if factor.status == FactorStatus::Active {
+        "verify"
+    } else {
+        "activate"
+    }
+}
+
+/// Reads the record `kind`/`id`, lets `f` decide the new data and expiry (or
+/// refuse with `E`), and writes it back with compare-and-set, retrying when
+/// another writer won. An expired row that is not purged yet blocks a new
+/// one with the same id, so a failed insert purges once and tries again.
+pub(crate) async fn upsert<T, E>(
+    st: &AppState,
+    kind: &str,
+    id: &str,
+    user_id: &str,
+    mut f: impl FnMut(Option<&TransactionRecord>, UnixTime) -> Result<(Value, UnixTime, T), E>,
+) -> Result<Result<T, E>, StoreError> {
+    let mut purged = false;
+    let mut last = String::from("too much contention");
+    for _ in 0..8 {
+        let now = st.clock.now();
+        let cur = st.store.get_transaction(kind, id, now).await?;
+        let (data, expires_at, out) = match f(cur.as_ref(), now) {
+            Ok(x) => x,
+            Err(e) => return Ok(Err(e)),
+        };
+        match cur {
+            Some(c) => {
+                let rec = TransactionRecord {
+                    data,
+                    expires_at,
+                    ..c
+                };
+                if st.store.update_transaction(&rec, now).await? {
+                    return Ok(Ok(out));
+                }
+            }
+            None => {
+                let rec = TransactionRecord {
+                    id: id.to_owned(),
+                    kind: kind.to_owned(),
+                    user_id: user_id.to_owned(),
+                    data,
+                    version: 0,
+                    expires_at,
+                };
+                match st.store.put_transaction(&rec).await {
+                    Ok(()) => return Ok(Ok(out)),
+                    Err(e) => {
+                        last = e.to_string();
+                        if !purged {
+                            purged = true;
+                            st.store.purge_expired(now).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Err(StoreError::Unavailable(last))
+}
+
+/// Takes one of `user_id`'s `limit` sends per sliding hour for `what`
+/// (`otp`, `push`); `Err(reset)` says when the oldest send leaves the window.
+pub async fn take_send_slot(
+    st: &AppState,
+    user_id: &str,
+    what: &str,
+    limit: u32,
+) -> Result<Result<(), UnixTime>, StoreError> {
+    let id = format!("sends:{what}:{user_id}");
+    upsert(st, SEND_LOG_KIND, &id, user_id, |cur, now| {
+        let mut times: Vec<UnixTime> = cur
+            .and_then(|c| serde_json::from_value::<Vec<UnixTime>>(c.data["times"].clone()).ok())
+            .unwrap_or_default();
+        times.retain(|t| *t > now - SEND_WINDOW);
+        times.sort_unstable();
+        if times.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
+            return Err(times.first().copied().unwrap_or(now) + SEND_WINDOW);
+        }
+        times.push(now);
+        Ok((json!({ "times": times }), now + SEND_WINDOW, ()))
+    })
+    .await
+}
+
+/// The application name used in messages: the host signed in to, else the
+/// external URL's host, else the portal title.
+pub fn app_name(st: &AppState, host: Option<&str>) -> String {
+    host.filter(|h| !h.is_empty())
+        .map(str::to_owned)
+        .or_else(|| {
+            st.config
+                .server
+                .external_url
+                .as_ref()
+                .and_then(|u| u.host_str().map(str::to_owned))
+        })
+        .unwrap_or_else(|| st.config.portal.title.clone())
+}
+
+/// Sends a new code for `factor` (an activation code while it is pending).
+/// Returns when the code expires.
+pub async fn send_code(
+    st: &AppState,
+    user: &User,
+    factor: &FactorRecord,
+    app: &str,
+) -> Result<UnixTime, ChallengeError> {
+    let Some(cfg) = config(st, &factor.factor_type).filter(|c| c.enabled) else {
+        return Err(ChallengeError::NotActive);
+    };
+    let (Some(delivery), Some(kind), Some(to)) = (
+        cfg.delivery.as_ref(),
+        Kind::for_factor_type(&factor.factor_type),
+        destination(factor),
+    ) else {
+        return Err(ChallengeError::NotActive);
+    };
+    let unavailable = |e: StoreError| {
+        tracing::error!(error = %e, "store error while sending a code");
+        ChallengeError::Unavailable
+    };
+    let ttl = i64::try_from(cfg.ttl.as_secs()).unwrap_or(i64::MAX);
+    let resend_after = i64::try_from(cfg.resend_after.as_secs()).unwrap_or(i64::MAX);
+    let now = st.clock.now();
+    // Cheap refusals first, so a refused resend does not use up the hour.
+    if let Some(cur) = st
+        .store
+        .get_transaction(KIND, &record_id(&factor.id), now)
+        .await
+        .map_err(unavailable)?
+        && let Ok(state) = serde_json::from_value::<CodeState>(cur.data)
+        && state.sent_at + resend_after > now
+    {
+        return Err(ChallengeError::TooSoon(state.sent_at + resend_after));
+    }
+    if let Err(reset) = take_send_slot(st, &user.id, "otp", cfg.max_sends_per_hour)
+        .await
+        .map_err(unavailable)?
+    {
+        audit!("factor.challenge.refused", user = %user.username, factor_type = %factor.factor_type, reason = "hourly send limit");
+        return Err(ChallengeError::RateLimited(reset));
+    }
+    let code = generate_code(cfg.code_length);
+    let key = server_key(st);
+    let purpose = purpose(factor);
+    let mac = hex::encode(code_mac(key.expose(), &factor.id, purpose, &code));
+    let claimed = upsert(st, KIND, &record_id(&factor.id), &user.id, |cur, now| {
+        if let Some(state) = cur.and_then(|c| serde_json::from_value::<CodeState>(c.data.clone()).ok())
+            && state.sent_at + resend_after > now
+        {
+            return Err(state.sent_at + resend_after);
+        }
+        let state = CodeState {
+            mac: Some(mac.clone()),
+            purpose: purpose.into(),
+            code_expires: now + ttl,
+            attempts: 0,
+            sent_at: now,
+        };
+        let expires = (now + ttl).max(now + resend_after);
+        Ok((
+            serde_json::to_value(&state).unwrap_or(Value::Null),
+            expires,
+            now + ttl,
+        ))
+    })
+    .await
+    .map_err(unavailable)?;
+    let code_expires = match claimed {
+        Ok(t) => t,
+        Err(retry_at) => return Err(ChallengeError::TooSoon(retry_at)),
+    };
+    let in_text = if kind == Kind::Call {
+        delivery::spoken(&code)
+    } else {
+        code.clone()
+    };
+    let expires_in = delivery::human_duration(cfg.ttl);
+    let text = delivery::render(&cfg.template, &in_text, app, &user.username, &expires_in);
+    let subject = (kind == Kind::Email)
+        .then(|| delivery::render(&cfg.subject, &in_text, app, &user.username, &expires_in));
+    let msg = Message {
+        kind,
+        to,
+        text,
+        subject,
+        user: user.username.clone(),
+        app: app.to_owned(),
+        expires_at: code_expires,
+        transaction_id: None,
+        code: Some(Secret::new(code)),
+        context: Default::default(),
+    };
+    if let Err(e) = delivery::deliver(delivery, &msg, now).await {
+        tracing::error!(error = %e, factor_type = %factor.factor_type, user = %user.username, "sending a code failed");
+        // Let the user try again at once: the code never arrived.
+        let _ = upsert(st, KIND, &record_id(&factor.id), &user.id, |cur, now| {
+            let Some(mut state) = cur.and_then(|c| serde_json::from_value::<CodeState>(c.data.clone()).ok())
+            else {
+                return Err(());
+            };
+            state.mac = None;
+            state.sent_at = 0;
+            Ok((serde_json::to_value(&state).unwrap_or(Value::Null), now + 1, ()))
+        })
+        .await;
+        return Err(ChallengeError::Delivery);
+    }
+    crate::metrics::factor_event("challenged", &factor.factor_type);
+    audit!("factor.challenge.sent", user = %user.username, factor_type = %factor.factor_type, factor_id = %factor.id, purpose = purpose);
+    Ok(code_expires)
+}
+
+/// Checks a code sent for `factor`; `pending_ok` allows a pending factor
+/// (activation).
+pub async fn check_code(
+    st: &AppState,
+    user: &User,
+    factor: &Factor,
+    code: &str,
+    addr: IpAddr,
+    pending_ok: bool,
+) -> Result<(), VerifyError> {
+    let ft = factor.record.factor_type.as_str();
+    if !config(st, ft).is_some_and(|c| c.enabled) {
+        return Err(VerifyError::NotActive);
+    }
+    if !factor.is_active() && !pending_ok {
+        return Err(VerifyError::NotActive);
+    }
+    if super::locked(st, user).await? {
+        crate::metrics::factor_verification(ft, "locked");
+        audit!("factor.verify.refused", user = %user.username, client = %addr, reason = "user locked");
+        return Err(super::locked_answer(st));
+    }
+    let code: String = code.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    let key = server_key(st);
+    let purpose = purpose(&factor.record);
+    let presented = code_mac(key.expose(), &factor.record.id, purpose, &code);
+    let outcome = upsert(st, KIND, &record_id(&factor.record.id), &user.id, |cur, now| {
+        let Some(cur) = cur else { return Err("no code") };
+        let Ok(mut state) = serde_json::from_value::<CodeState>(cur.data.clone()) else {
+            return Err("no code");
+        };
+        let Some(mac) = state.mac.as_deref().and_then(|m| hex::decode(m).ok()) else {
+            return Err("no code");
+        };
+        if state.purpose != purpose || now >= state.code_expires {
+            return Err("expired");
+        }
+        if state.attempts >= MAX_ATTEMPTS {
+            return Err("too many attempts");
+        }
+        let matched = ct_eq(&presented, &mac);
+        state.attempts += 1;
+        if matched || state.attempts >= MAX_ATTEMPTS {
+            // Used, or dead after its last attempt.
+            state.mac = None;
+        }
+        Ok((
+            serde_json::to_value(&state).unwrap_or(Value::Null),
+            cur.expires_at,
+            matched,
+        ))
+    })
+    .await?;
+    match outcome {
+        Ok(true) => {
+            crate::metrics::factor_verification(ft, "success");
+            audit!("factor.verified", user = %user.username, factor_type = ft, factor_id = %factor.record.id, client = %addr);
+            Ok(())
+        }
+        Ok(false) => {
+            super::failed(st, user, ft, addr, "invalid").await?;
+            Err(VerifyError::Invalid)
+        }
+        Err(why) => {
+            super::failed(st, user, ft, addr, why).await?;
+            Err(VerifyError::Invalid)
+        }
+    }
+}
+
+/// Enrolls a code factor: validates the profile, stores it pending, sends
+/// the activation code. A failed send removes the factor again.
+pub async fn enroll(
+    st: &AppState,
+    user: &User,
+    factor_type: &str,
+    provider: &str,
+    profile: &Value,
+) -> Result<Enrolled, EnrollError> {
+    if !config(st, factor_type).is_some_and(|c| c.enabled) || provider != "OKTA" {
+        return Err(EnrollError::NotSupported);
+    }
+    let profile = if factor_type == "email" {
+        let given = profile["email"]
+            .as_str()
+            .or(user.email.as_deref())
+            .unwrap_or_default();
+        json!({ "email": normalize_email(given).map_err(EnrollError::Invalid)? })
+    } else {
+        let given = profile["phoneNumber"].as_str().unwrap_or_default();
+        json!({ "phoneNumber": normalize_phone(given).map_err(EnrollError::Invalid)? })
+    };
+    let now = st.clock.now();
+    let factor = FactorRecord {
+        id: super::new_factor_id(factor_type, provider),
+        user_id: user.id.clone(),
+        factor_type: factor_type.into(),
+        provider: provider.into(),
+        status: FactorStatus::PendingActivation,
+        profile,
+        secret: None,
+        created: now,
+        last_updated: now,
+    };
+    st.store.insert_factor(&factor).await?;
+    match send_code(st, user, &factor, &app_name(st, None)).await {
+        Ok(expires_at) => {
+            crate::metrics::factor_event("enrolled", factor_type);
+            audit!("factor.enrolled", user = %user.username, factor_type = factor_type, factor_id = %factor.id);
+            Ok(Enrolled::Code { factor, expires_at })
+        }
+        Err(e) => {
+            if let Err(de) = st.store.delete_factor(&user.id, &factor.id).await {
+                tracing::warn!(error = %de, "could not remove a factor whose activation code was not sent");
+            }
+            Err(match e {
+                ChallengeError::RateLimited(_) | ChallengeError::TooSoon(_) => EnrollError::Invalid(
+                    "Too many codes were sent to this user recently. Try again later.".into(),
+                ),
+                ChallengeError::Unavailable => {
+                    EnrollError::Store(StoreError::Unavailable("sending the activation code".into()))
+                }
+                _ => EnrollError::Delivery,
+            })
+        }
+    }
+}
+
+/// Activates a pending code factor with the code sent to it.
+pub async fn activate(
+    st: &AppState,
+    user: &User,
+    factor: &Factor,
+    code: &str,
+    addr: IpAddr,
+) -> Result<(), VerifyError> {
+    if factor.record.status != FactorStatus::PendingActivation {
+        return Err(VerifyError::NotActive);
+    }
+    check_code(st, user, factor, code, addr, true).await?;
+    if !st
+        .store
+        .activate_factor(&user.id, &factor.record.id, st.clock.now())
+        .await?
+    {
+        return Err(VerifyError::NotActive);
+    }
+    crate::metrics::factor_event("activated", &factor.record.factor_type);
+    audit!("factor.activated", user = %user.username, factor_type = %factor.record.factor_type, factor_id = %factor.record.id);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_numbers_must_be_e164() {
+        assert_eq!(normalize_phone("+1 (555) 555-0100").unwrap(), "+15555550100");
+        assert_eq!(normalize_phone("+4915112345678").unwrap(), "+4915112345678");
+        assert_eq!(normalize_phone("+12345678").unwrap(), "+12345678", "8 digits");
+        assert!(normalize_phone("+1234567").is_err(), "7 digits");
+        assert!(normalize_phone("+1234567890123456").is_err(), "16 digits");
+        assert!(normalize_phone("15555550100").is_err(), "no +");
+        assert!(normalize_phone("+05555550100").is_err(), "no country code 0");
+        assert!(normalize_phone("+1555555010x").is_err());
+        assert!(normalize_phone("").is_err());
+        assert!(normalize_phone("++15555550100").is_err());
+    }
+
+    #[test]
+    fn email_addresses_are_checked() {
+        assert_eq!(
+            normalize_email(" alice@example.com ").unwrap(),
+            "alice@example.com"
+        );
+        assert!(normalize_email("a.b+tag@mail.example.co.uk").is_ok());
+        for bad in [
+            "alice",
+            "alice@",
+            "@example.com",
+            "alice@localhost",
+            "al ice@example.com",
+            "alice@exa_mple.com",
+            "alice@example.com\r\nBcc: x@y.z",
+            "<alice@example.com>",
+            "a..b@example.com",
+            "alice@-example.com",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn masks_keep_only_what_the_user_recognizes() {
+        assert_eq!(mask_phone("+15555550100"), "+1 *** *** **00");
+        assert_eq!(mask_phone("+4915112345678"), "+49 *** *** ***78");
+        assert_eq!(mask_phone("+447700900123"), "+44 *** *** **23");
+        assert_eq!(mask_phone("+12"), "***");
+        assert_eq!(mask_email("alice@example.com"), "a***@example.com");
+        assert_eq!(
+            masked_profile("sms", &json!({"phoneNumber": "+15555550100"})),
+            json!({"phoneNumber": "+1 *** *** **00"})
+        );
+    }
+
+    #[test]
+    fn codes_are_random_digits_and_macs_bind_factor_and_purpose() {
+        let a = generate_code(6);
+        assert_eq!(a.len(), 6);
+        assert!(a.bytes().all(|b| b.is_ascii_digit()));
+        let codes: std::collections::HashSet<String> = (0..50).map(|_| generate_code(8)).collect();
+        assert!(codes.len() > 45, "codes repeat too often");
+        let k = b"k";
+        assert_ne!(
+            code_mac(k, "f1", "verify", "123456"),
+            code_mac(k, "f2", "verify", "123456")
+        );
+        assert_ne!(
+            code_mac(k, "f1", "verify", "123456"),
+            code_mac(k, "f1", "activate", "123456")
+        );
+        assert_ne!(
+            code_mac(k, "f1", "verify", "123456"),
+            code_mac(b"k2", "f1", "verify", "123456")
+        );
+    }
+}

@@ -1,0 +1,530 @@
+//! Push approval with number matching (SPEC section 8).
+//!
+//! **Enrollment.** Enrolling stores a `push` factor `PENDING_ACTIVATION` and
+//! returns a one-time activation token (kept in the store only as its
+//! SHA-256, valid [`ACTIVATION_TTL`] seconds). The device makes an Ed25519
+//! key pair and posts `{activationToken, publicKey, deviceName, address}` to
+//! `{prefix}/api/v1/push/devices` ([`register_device`]): the factor becomes
+//! `ACTIVE` with the public key and the address in its profile.
+//!
+//! **Challenge.** [`challenge`] creates a push transaction (store record kind
+//! `push`, so every replica can answer a poll) holding the factor, the user,
+//! the number the browser shows (10 to 99) and the expiry (`factors.push.ttl`),
+//! and sends a message through `factors.push.delivery` only: `to` is the
+//! device's address (data for the relay; the gateway never connects to it),
+//! with the transaction id, the factor id, the context (user, client address,
+//! app host, time) and `expires_at`, but never the number.
+//!
+//! **Answer.** The device posts `{decision, number, signature}` to
+//! `{prefix}/api/v1/push/transactions/{tid}` ([`answer`]); the signature is
+//! Ed25519 (base64url, 64 bytes) over the UTF-8 bytes of [`signed_bytes`]:
+//!
+//! ```text
+//! portcullis-push-v1\n{tid}\n{factorId}\n{decision}\n{number}\n{expiresAt}
+//! ```
+//!
+//! with `{number}` in decimal without leading zeros and `{expiresAt}` exactly
+//! the `expires_at` string of the message (RFC 3339 UTC with milliseconds,
+//! `2026-11-18T11:06:40.000Z`). Unsigned and wrongly signed answers are
+//! refused; so are answers after the expiry (late) and answers to a
+//! transaction already answered (repeated). Approving with a wrong number
+//! rejects the transaction (one guess only: number matching is there to stop
+//! a user approving a push they did not ask for) and counts as a failed
+//! second factor. A deny needs no number (any is accepted, signed like the rest).
+//!
+//! **Result.** [`status`] answers WAITING, SUCCESS (approved), REJECTED
+//! (denied or wrong number) or TIMEOUT (no answer before the expiry); the
+//! record stays readable [`KEEP_AFTER`] seconds after the expiry.
+
+use std::net::IpAddr;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{Challenge, ChallengeContext, ChallengeError, EnrollError, Enrolled, Factor, PushResult};
+use crate::audit;
+use crate::clock::{UnixTime, rfc3339};
+use crate::delivery::{self, Kind, Message};
+use crate::gateway::AppState;
+use crate::store::{FactorRecord, FactorStatus, StoreError, TransactionRecord};
+use crate::users::User;
+
+/// Store record kind of a push transaction.
+pub const KIND: &str = "push";
+/// Store record kind of an activation token.
+pub const ACTIVATION_KIND: &str = "push_activation";
+/// How long an activation token is valid.
+pub const ACTIVATION_TTL: i64 = 10 * 60;
+/// How long a push transaction stays readable after its expiry.
+pub const KEEP_AFTER: i64 = 10 * 60;
+/// Pushes per user per sliding hour (push bombing stops here).
+pub const MAX_PUSHES_PER_HOUR: u32 = 10;
+/// The first line of the signed text.
+pub const SIGNATURE_CONTEXT: &str = "portcullis-push-v1";
+/// Limits on what a device registers.
+pub const MAX_DEVICE_NAME: usize = 100;
+pub const MAX_ADDRESS: usize = 2048;
+
+/// The exact bytes a device signs.
+pub fn signed_bytes(tid: &str, factor_id: &str, decision: &str, number: u32, expires_at: &str) -> Vec<u8> {
+    format!("{SIGNATURE_CONTEXT}\n{tid}\n{factor_id}\n{decision}\n{number}\n{expires_at}").into_bytes()
+}
+
+/// A push transaction as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PushTx {
+    pub factor_id: String,
+    /// The number the browser shows.
+    pub number: u8,
+    /// `WAITING`, `APPROVED` or `REJECTED`.
+    pub status: String,
+    pub expires: UnixTime,
+    /// `expires` as sent to the device (the signed form).
+    pub expires_at: String,
+    pub created: UnixTime,
+    /// Why it was rejected (`denied`, `wrong_number`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn tx_of(rec: &TransactionRecord) -> Option<PushTx> {
+    serde_json::from_value(rec.data.clone()).ok()
+}
+
+/// The device's public key from a factor profile.
+pub fn public_key(factor: &FactorRecord) -> Option<VerifyingKey> {
+    let raw = crate::crypto::unb64(factor.profile["publicKey"].as_str()?)?;
+    VerifyingKey::from_bytes(&<[u8; 32]>::try_from(raw.as_slice()).ok()?).ok()
+}
+
+/// Enrolls a push factor and returns its activation token.
+pub async fn enroll(st: &AppState, user: &User, provider: &str) -> Result<Enrolled, EnrollError> {
+    if !st.config.factors.push.enabled || provider != "OKTA" {
+        return Err(EnrollError::NotSupported);
+    }
+    let now = st.clock.now();
+    let factor = FactorRecord {
+        id: super::new_factor_id("push", provider),
+        user_id: user.id.clone(),
+        factor_type: "push".into(),
+        provider: provider.into(),
+        status: FactorStatus::PendingActivation,
+        profile: json!({}),
+        secret: None,
+        created: now,
+        last_updated: now,
+    };
+    st.store.insert_factor(&factor).await?;
+    let token = crate::crypto::random_token();
+    let expires_at = now + ACTIVATION_TTL;
+    st.store
+        .put_transaction(&TransactionRecord {
+            id: crate::portal::authn::token_id(&token),
+            kind: ACTIVATION_KIND.into(),
+            user_id: user.id.clone(),
+            data: json!({ "factor_id": factor.id }),
+            version: 0,
+            expires_at,
+        })
+        .await?;
+    crate::metrics::factor_event("enrolled", "push");
+    audit!("factor.enrolled", user = %user.username, factor_type = "push", factor_id = %factor.id);
+    Ok(Enrolled::Push {
+        factor,
+        activation_token: token,
+        expires_at,
+    })
+}
+
+/// What a device posts to pair itself.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeviceRegistration {
+    #[serde(rename = "activationToken")]
+    pub activation_token: String,
+    /// 32 bytes, base64url (padding optional).
+    #[serde(rename = "publicKey")]
+    pub public_key: String,
+    #[serde(rename = "deviceName")]
+    pub device_name: String,
+    /// Opaque: how the relay reaches the device.
+    pub address: String,
+}
+
+/// Why a device could not pair.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// Unknown, used or expired activation token.
+    #[error("invalid or expired activation token")]
+    InvalidToken,
+    /// A field is wrong (E0000001 with this cause).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("store unavailable")]
+    Unavailable,
+}
+
+impl From<StoreError> for DeviceError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error during device pairing");
+        DeviceError::Unavailable
+    }
+}
+
+fn printable(s: &str) -> bool {
+    !s.chars().any(char::is_control)
+}
+
+/// Pairs a device: checks the fields, consumes the activation token and
+/// activates the factor with the device's key and address.
+pub async fn register_device(st: &AppState, reg: &DeviceRegistration) -> Result<FactorRecord, DeviceError> {
+    // Check the fields before using up the token, so a typo can be corrected.
+    let key = crate::crypto::unb64(reg.public_key.trim_end_matches('='))
+        .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
+        .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+        .filter(|k| !k.is_weak())
+        .ok_or_else(|| {
+            DeviceError::Invalid("publicKey: must be a 32-byte Ed25519 public key, base64url".into())
+        })?;
+    let name = reg.device_name.trim();
+    if name.is_empty() || name.chars().count() > MAX_DEVICE_NAME || !printable(name) {
+        return Err(DeviceError::Invalid(format!(
+            "deviceName: 1 to {MAX_DEVICE_NAME} printable characters"
+        )));
+    }
+    if reg.address.is_empty() || reg.address.len() > MAX_ADDRESS || !printable(&reg.address) {
+        return Err(DeviceError::Invalid(format!(
+            "address: 1 to {MAX_ADDRESS} printable characters"
+        )));
+    }
+    if !st.config.factors.push.enabled {
+        return Err(DeviceError::InvalidToken);
+    }
+    let now = st.clock.now();
+    let Some(token) = st
+        .store
+        .take_transaction(
+            ACTIVATION_KIND,
+            &crate::portal::authn::token_id(&reg.activation_token),
+            now,
+        )
+        .await?
+    else {
+        return Err(DeviceError::InvalidToken);
+    };
+    let factor_id = token.data["factor_id"].as_str().unwrap_or_default();
+    let Some(pending) = st.store.get_factor(&token.user_id, factor_id).await? else {
+        return Err(DeviceError::InvalidToken);
+    };
+    if pending.factor_type != "push" || pending.status != FactorStatus::PendingActivation {
+        return Err(DeviceError::InvalidToken);
+    }
+    let active = FactorRecord {
+        status: FactorStatus::Active,
+        profile: json!({
+            "credentialId": name,
+            "deviceName": name,
+            "publicKey": crate::crypto::b64(key.as_bytes()),
+            "address": reg.address,
+        }),
+        last_updated: now,
+        ..pending
+    };
+    // The store has no profile update: replace the row (same id and creation
+    // time). The token was taken atomically, so only one device gets here.
+    st.store.delete_factor(&active.user_id, &active.id).await?;
+    st.store.insert_factor(&active).await?;
+    crate::metrics::factor_event("activated", "push");
+    audit!("factor.activated", user_id = %active.user_id, factor_type = "push", factor_id = %active.id, device = %name);
+    Ok(active)
+}
+
+/// Starts a push: a transaction and a message through the relay.
+pub async fn challenge(
+    st: &AppState,
+    user: &User,
+    factor: &Factor,
+    ctx: &ChallengeContext,
+) -> Result<Challenge, ChallengeError> {
+    let cfg = &st.config.factors.push;
+    let Some(delivery) = cfg.delivery.as_ref().filter(|_| cfg.enabled) else {
+        return Err(ChallengeError::NotActive);
+    };
+    let address = factor.record.profile["address"].as_str().map(str::to_owned);
+    let (true, Some(address), Some(_)) = (factor.is_active(), address, public_key(&factor.record)) else {
+        return Err(ChallengeError::NotActive);
+    };
+    let unavailable = |e: StoreError| {
+        tracing::error!(error = %e, "store error while sending a push");
+        ChallengeError::Unavailable
+    };
+    if let Err(reset) = super::otp::take_send_slot(st, &user.id, "push", MAX_PUSHES_PER_HOUR)
+        .await
+        .map_err(unavailable)?
+    {
+        audit!("factor.challenge.refused", user = %user.username, factor_type = "push", reason = "hourly push limit");
+        return Err(ChallengeError::RateLimited(reset));
+    }
+    let now = st.clock.now();
+    let ttl = i64::try_from(cfg.ttl.as_secs()).unwrap_or(i64::MAX / 4);
+    let expires = now + ttl;
+    let number: u8 = rand::rng().random_range(10..=99);
+    let tid = format!("ptx{}", crate::crypto::random_id(29));
+    let tx = PushTx {
+        factor_id: factor.record.id.clone(),
+        number,
+        status: "WAITING".into(),
+        expires,
+        expires_at: rfc3339(expires),
+        created: now,
+        reason: None,
+    };
+    st.store
+        .put_transaction(&TransactionRecord {
+            id: tid.clone(),
+            kind: KIND.into(),
+            user_id: user.id.clone(),
+            data: serde_json::to_value(&tx).unwrap_or(Value::Null),
+            version: 0,
+            expires_at: expires + KEEP_AFTER,
+        })
+        .await
+        .map_err(unavailable)?;
+    let app = super::otp::app_name(st, Some(&ctx.app_host));
+    let mut context = serde_json::Map::new();
+    context.insert("factor_id".into(), json!(factor.record.id));
+    context.insert("client".into(), json!(ctx.client_addr.to_string()));
+    context.insert("time".into(), json!(rfc3339(now)));
+    let msg = Message {
+        kind: Kind::Push,
+        to: address,
+        text: format!(
+            "Sign-in request for {} to {app} from {}. Pick the number shown on the sign-in page.",
+            user.username, ctx.client_addr
+        ),
+        subject: None,
+        user: user.username.clone(),
+        app,
+        expires_at: expires,
+        transaction_id: Some(tid.clone()),
+        code: None,
+        context,
+    };
+    if let Err(e) = delivery::deliver(delivery, &msg, now).await {
+        tracing::error!(error = %e, user = %user.username, "sending a push failed");
+        let _ = st.store.take_transaction(KIND, &tid, now).await;
+        return Err(ChallengeError::Delivery);
+    }
+    crate::metrics::factor_event("challenged", "push");
+    audit!("factor.challenge.sent", user = %user.username, factor_type = "push", factor_id = %factor.record.id, transaction = %tid);
+    Ok(Challenge::Push {
+        transaction_id: tid,
+        expires_at: expires,
+        correct_answer: number,
+    })
+}
+
+fn result_of(tx: &PushTx, now: UnixTime) -> PushResult {
+    match tx.status.as_str() {
+        "APPROVED" => PushResult::Success,
+        "REJECTED" => PushResult::Rejected,
+        _ if now >= tx.expires => PushResult::Timeout,
+        _ => PushResult::Waiting,
+    }
+}
+
+/// The state of transaction `tid` of `factor` (`None`: no such transaction
+/// for this user and factor).
+pub async fn status(
+    st: &AppState,
+    user: &User,
+    factor: &Factor,
+    tid: &str,
+) -> Result<Option<PushResult>, StoreError> {
+    let now = st.clock.now();
+    let Some(rec) = st.store.get_transaction(KIND, tid, now).await? else {
+        return Ok(None);
+    };
+    Ok(tx_of(&rec)
+        .filter(|tx| rec.user_id == user.id && tx.factor_id == factor.record.id)
+        .map(|tx| result_of(&tx, now)))
+}
+
+/// Uses up an approved transaction (a sign-in completes once): true if it
+/// was approved and this caller took it.
+pub async fn consume(st: &AppState, user: &User, factor: &Factor, tid: &str) -> Result<bool, StoreError> {
+    if status(st, user, factor, tid).await? != Some(PushResult::Success) {
+        return Ok(false);
+    }
+    // Approved is final, so what is taken now is the approved transaction.
+    let taken = st.store.take_transaction(KIND, tid, st.clock.now()).await?;
+    Ok(taken
+        .and_then(|r| tx_of(&r).filter(|_| r.user_id == user.id))
+        .is_some_and(|tx| tx.status == "APPROVED" && tx.factor_id == factor.record.id))
+}
+
+/// Abandons a transaction (a new push replaces it); best effort.
+pub async fn abandon(st: &AppState, tid: &str) {
+    if let Err(e) = st.store.take_transaction(KIND, tid, st.clock.now()).await {
+        tracing::warn!(error = %e, "could not drop an abandoned push transaction");
+    }
+}
+
+/// A device's answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeviceAnswer {
+    pub decision: Option<String>,
+    pub number: Option<u32>,
+    /// Ed25519 signature, base64url.
+    pub signature: Option<String>,
+}
+
+/// Why an answer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    /// No such transaction (E0000191).
+    #[error("transaction not found")]
+    NotFound,
+    /// A field is missing or malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// Missing or wrong signature.
+    #[error("signature invalid")]
+    BadSignature,
+    /// Answered already (repeated).
+    #[error("already answered")]
+    Answered,
+    /// After the expiry (late).
+    #[error("expired")]
+    Expired,
+    /// Approved with the wrong number: rejected and counted as a failure.
+    #[error("wrong number")]
+    WrongNumber,
+    #[error("store unavailable")]
+    Unavailable,
+}
+
+impl From<StoreError> for AnswerError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error during a push answer");
+        AnswerError::Unavailable
+    }
+}
+
+/// Records a device's signed answer to transaction `tid`; `addr` is the
+/// device's client address (counted on a wrong number).
+pub async fn answer(
+    st: &AppState,
+    tid: &str,
+    ans: &DeviceAnswer,
+    addr: IpAddr,
+) -> Result<PushResult, AnswerError> {
+    let decision = match ans.decision.as_deref() {
+        Some(d @ ("approve" | "deny")) => d,
+        _ => {
+            return Err(AnswerError::Invalid(
+                "decision: must be \"approve\" or \"deny\"".into(),
+            ));
+        }
+    };
+    let Some(number) = ans.number else {
+        return Err(AnswerError::Invalid("number: required".into()));
+    };
+    let Some(signature) = ans
+        .signature
+        .as_deref()
+        .and_then(|s| crate::crypto::unb64(s.trim_end_matches('=')))
+        .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
+        .map(|b| Signature::from_bytes(&b))
+    else {
+        audit!("push.answer.refused", transaction = %tid, client = %addr, reason = "unsigned");
+        return Err(AnswerError::BadSignature);
+    };
+    for _ in 0..8 {
+        let now = st.clock.now();
+        let Some(rec) = st.store.get_transaction(KIND, tid, now).await? else {
+            return Err(AnswerError::NotFound);
+        };
+        let Some(mut tx) = tx_of(&rec) else {
+            return Err(AnswerError::NotFound);
+        };
+        let factor = st.store.get_factor(&rec.user_id, &tx.factor_id).await?;
+        let Some(key) = factor
+            .as_ref()
+            .filter(|f| f.status == FactorStatus::Active)
+            .and_then(public_key)
+        else {
+            return Err(AnswerError::NotFound);
+        };
+        let bytes = signed_bytes(tid, &tx.factor_id, decision, number, &tx.expires_at);
+        if key.verify_strict(&bytes, &signature).is_err() {
+            audit!("push.answer.refused", transaction = %tid, client = %addr, reason = "bad signature");
+            return Err(AnswerError::BadSignature);
+        }
+        if tx.status != "WAITING" {
+            audit!("push.answer.refused", transaction = %tid, client = %addr, reason = "repeated");
+            return Err(AnswerError::Answered);
+        }
+        if now >= tx.expires {
+            audit!("push.answer.refused", transaction = %tid, client = %addr, reason = "late");
+            return Err(AnswerError::Expired);
+        }
+        let wrong_number = decision == "approve" && number != u32::from(tx.number);
+        if decision == "approve" && !wrong_number {
+            tx.status = "APPROVED".into();
+        } else {
+            tx.status = "REJECTED".into();
+            tx.reason = Some(if wrong_number { "wrong_number" } else { "denied" }.into());
+        }
+        let updated = TransactionRecord {
+            data: serde_json::to_value(&tx).unwrap_or(Value::Null),
+            ..rec.clone()
+        };
+        if !st.store.update_transaction(&updated, now).await? {
+            continue;
+        }
+        let username = st
+            .enforcer
+            .users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&rec.user_id)
+            .map(|u| u.username.clone())
+            .unwrap_or_else(|| rec.user_id.clone());
+        if wrong_number {
+            crate::metrics::factor_verification("push", "wrong_number");
+            audit!("factor.verify.failed", user = %username, factor_type = "push", client = %addr, reason = "wrong number");
+            if st.regulator.factor_failed(&rec.user_id, addr).await? {
+                crate::metrics::lockout("user");
+                audit!("user.locked", user = %username, reason = "second-factor failures");
+            }
+            return Err(AnswerError::WrongNumber);
+        }
+        let result = result_of(&tx, now);
+        crate::metrics::factor_verification(
+            "push",
+            if result == PushResult::Success {
+                "success"
+            } else {
+                "rejected"
+            },
+        );
+        audit!("push.answered", user = %username, factor_id = %tx.factor_id, transaction = %tid, decision = decision);
+        return Ok(result);
+    }
+    Err(AnswerError::Unavailable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signed_text_is_exactly_specified() {
+        assert_eq!(
+            signed_bytes("ptxT", "opfF", "approve", 42, "2026-11-18T11:06:40.000Z"),
+            b"portcullis-push-v1\nptxT\nopfF\napprove\n42\n2026-11-18T11:06:40.000Z".to_vec()
+        );
+    }
+}
