@@ -1,8 +1,18 @@
 //! The user directory: who can sign in, looked up without I/O.
 //!
-//! Users from the users file get a stable id derived from their login, so
-//! state tied to them (factors, lockouts, epochs) survives restarts. Logins
-//! are matched case-insensitively.
+//! Two sources fill it. Users from the users file get a stable id derived
+//! from their login, so state tied to them (factors, lockouts, epochs)
+//! survives restarts; they are read-only through the API. Users created
+//! through the Users API live in the store; every replica keeps the ones
+//! that may sign in (status `ACTIVE`) in memory and follows the store's user
+//! change log ([`UserSync`], run by the gateway's background refresher at the
+//! `session.revocation_check` cadence), so the per-request lookup never waits
+//! on the store. Changes made by this replica are applied at once.
+//!
+//! Logins are matched case-insensitively. A login in the users file wins over
+//! a stored user with the same login (the API refuses to create one, but the
+//! file may be edited later): the stored user then cannot sign in until
+//! renamed, and a warning says so.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +20,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::config::FileUser;
+use crate::store::{REVOCATION_OVERLAP, SharedStore, StoreResult, UserRecord, UserStatus};
 
 /// A user who can sign in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,11 +54,46 @@ pub fn file_user_id(login: &str) -> String {
     id
 }
 
+impl User {
+    /// The sign-in view of a stored user: the profile's `firstName` and
+    /// `lastName` make the display name, `mobilePhone` the phone.
+    pub fn from_record(r: &UserRecord) -> User {
+        let text = |k: &str| {
+            r.profile
+                .get(k)
+                .and_then(|v| v.as_str())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let name: Vec<String> = ["firstName", "lastName"].iter().filter_map(|k| text(k)).collect();
+        User {
+            id: r.id.clone(),
+            username: r.login.clone(),
+            display_name: (!name.is_empty()).then(|| name.join(" ")),
+            email: text("email"),
+            phone: text("mobilePhone"),
+            groups: r
+                .profile
+                .get("groups")
+                .and_then(|g| g.as_array())
+                .map(|g| g.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default(),
+            password_hash: r.password_hash.clone(),
+            from_file: false,
+            config_totp: None,
+        }
+    }
+}
+
 /// Users by id and by lower-cased login.
 #[derive(Debug, Default, Clone)]
 pub struct UserDirectory {
     by_id: HashMap<String, Arc<User>>,
     by_login: HashMap<String, Arc<User>>,
+    /// The change-log position of the newest state applied per stored user
+    /// (deleted ones included), so an older state read late never wins.
+    store_seq: HashMap<String, i64>,
 }
 
 impl UserDirectory {
@@ -77,6 +123,57 @@ impl UserDirectory {
         self.by_id.insert(user.id.clone(), user);
     }
 
+    /// Removes the user `id` (and its login, if that login is still theirs).
+    pub fn remove(&mut self, id: &str) -> Option<Arc<User>> {
+        let user = self.by_id.remove(id)?;
+        let key = user.username.to_lowercase();
+        if self.by_login.get(&key).is_some_and(|u| u.id == id) {
+            self.by_login.remove(&key);
+        }
+        Some(user)
+    }
+
+    /// Applies the current state of a stored user: an `ACTIVE` user can sign
+    /// in, any other status cannot. A state older than one already applied is
+    /// ignored. Returns false when the user's login belongs to a users-file
+    /// user (the file wins).
+    pub fn apply_record(&mut self, r: &UserRecord) -> bool {
+        if self.store_seq.get(&r.id).is_some_and(|seen| *seen > r.seq) {
+            return true;
+        }
+        self.store_seq.insert(r.id.clone(), r.seq);
+        if self.by_id.get(&r.id).is_some_and(|u| u.from_file) {
+            return false;
+        }
+        self.remove(&r.id);
+        if r.status != UserStatus::Active {
+            return true;
+        }
+        if self.by_login(&r.login).is_some_and(|u| u.from_file) {
+            return false;
+        }
+        self.insert(User::from_record(r));
+        true
+    }
+
+    /// Applies the deletion of a stored user at change-log position `seq`.
+    pub fn apply_deleted(&mut self, id: &str, seq: i64) {
+        if self.store_seq.get(id).is_some_and(|seen| *seen > seq) {
+            return;
+        }
+        self.store_seq.insert(id.to_owned(), seq);
+        if !self.by_id.get(id).is_some_and(|u| u.from_file) {
+            self.remove(id);
+        }
+    }
+
+    /// The users-file users, in id order.
+    pub fn file_users(&self) -> Vec<Arc<User>> {
+        let mut v: Vec<Arc<User>> = self.by_id.values().filter(|u| u.from_file).cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
     /// The user with this id.
     pub fn get(&self, id: &str) -> Option<&Arc<User>> {
         self.by_id.get(id)
@@ -101,6 +198,65 @@ impl UserDirectory {
 /// The directory shared between the request path and the code that changes it.
 pub type SharedUsers = Arc<std::sync::RwLock<UserDirectory>>;
 
+/// Applies a stored user's state to the shared directory (after this replica
+/// wrote it, or when the change log says so).
+pub fn apply_record(users: &SharedUsers, r: &UserRecord) {
+    let applied = users.write().unwrap_or_else(|p| p.into_inner()).apply_record(r);
+    if !applied {
+        tracing::warn!(user_id = %r.id, "a stored user's login is also in the users file; the file's user wins");
+    }
+}
+
+/// Applies a stored user's deletion to the shared directory.
+pub fn apply_deleted(users: &SharedUsers, id: &str, seq: i64) {
+    users
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .apply_deleted(id, seq);
+}
+
+/// Change-log entries read per store call.
+const SYNC_BATCH: u32 = 5_000;
+
+/// Follows the store's user change log into a [`SharedUsers`] directory.
+#[derive(Debug, Default)]
+pub struct UserSync {
+    cursor: std::sync::atomic::AtomicI64,
+}
+
+impl UserSync {
+    /// A sync that has read nothing yet (its first refresh loads every user).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads every change after the last one seen (re-reading a small overlap,
+    /// as positions can become visible out of order on PostgreSQL) and
+    /// applies it. On failure nothing read in this call is lost: the cursor
+    /// only moves past what was applied.
+    pub async fn refresh(&self, store: &SharedStore, users: &SharedUsers) -> StoreResult<()> {
+        use std::sync::atomic::Ordering;
+        let mut cursor = self.cursor.load(Ordering::SeqCst);
+        let mut from = (cursor - REVOCATION_OVERLAP).max(0);
+        loop {
+            let batch = store.users_changed_since(from, SYNC_BATCH).await?;
+            let done = batch.cursor == from || batch.users.len() + batch.deleted.len() < SYNC_BATCH as usize;
+            for r in &batch.users {
+                apply_record(users, r);
+            }
+            for (id, seq) in &batch.deleted {
+                apply_deleted(users, id, *seq);
+            }
+            cursor = cursor.max(batch.cursor);
+            self.cursor.fetch_max(cursor, Ordering::SeqCst);
+            from = batch.cursor;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +268,102 @@ mod tests {
         assert_ne!(a, file_user_id("bob"));
         assert_eq!(a.len(), 20);
         assert!(a.starts_with("00u") && a.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+
+    fn record(id: &str, login: &str, status: UserStatus, seq: i64) -> UserRecord {
+        UserRecord {
+            id: id.into(),
+            login: login.into(),
+            status,
+            profile: serde_json::json!({ "login": login, "firstName": "Dana", "lastName": "Scully", "mobilePhone": "+15555550100", "groups": ["x"] }),
+            password_hash: Some("$argon2id$...".into()),
+            created: 1,
+            activated: None,
+            status_changed: None,
+            last_updated: 1,
+            password_changed: None,
+            seq,
+        }
+    }
+
+    fn file_dir() -> UserDirectory {
+        UserDirectory::from_file_users(&[FileUser {
+            username: "Alice".into(),
+            password_hash: "$argon2id$...".into(),
+            display_name: None,
+            email: None,
+            phone: None,
+            groups: vec![],
+            totp_secret: None,
+        }])
+    }
+
+    #[test]
+    fn stored_users_come_and_go_with_their_status_in_change_order() {
+        let mut dir = file_dir();
+        assert!(dir.apply_record(&record("00uD", "dana", UserStatus::Active, 3)));
+        let d = dir.by_login("DANA").unwrap().clone();
+        assert_eq!(d.display_name.as_deref(), Some("Dana Scully"));
+        assert_eq!(d.phone.as_deref(), Some("+15555550100"));
+        assert_eq!(d.groups, ["x"]);
+        assert!(!d.from_file);
+        // An older state read late changes nothing.
+        dir.apply_record(&record("00uD", "dana", UserStatus::Suspended, 2));
+        assert!(dir.get("00uD").is_some());
+        // Suspended, then renamed and active again.
+        dir.apply_record(&record("00uD", "dana", UserStatus::Suspended, 4));
+        assert!(dir.get("00uD").is_none() && dir.by_login("dana").is_none());
+        dir.apply_record(&record("00uD", "dana2", UserStatus::Active, 5));
+        assert_eq!(dir.by_login("dana2").unwrap().id, "00uD");
+        assert!(dir.by_login("dana").is_none());
+        // Deleted; a late re-read of an older state does not bring it back.
+        dir.apply_deleted("00uD", 6);
+        dir.apply_record(&record("00uD", "dana2", UserStatus::Active, 5));
+        assert!(dir.get("00uD").is_none() && dir.by_login("dana2").is_none());
+        assert_eq!(dir.file_users().len(), 1);
+    }
+
+    #[test]
+    fn the_users_file_wins_a_login() {
+        let mut dir = file_dir();
+        assert!(!dir.apply_record(&record("00uX", "ALICE", UserStatus::Active, 1)));
+        assert!(dir.get("00uX").is_none());
+        assert!(dir.by_login("alice").unwrap().from_file);
+        dir.apply_deleted("00uX", 2);
+        assert!(
+            dir.by_login("alice").is_some(),
+            "removing the stored user keeps the file's"
+        );
+    }
+
+    #[tokio::test]
+    async fn sync_follows_the_change_log() {
+        let store: SharedStore = Arc::new(crate::store::memory::MemoryStore::new());
+        let users: SharedUsers = Arc::new(std::sync::RwLock::new(file_dir()));
+        let sync = UserSync::new();
+        store
+            .create_user(&record("00uA", "amy", UserStatus::Active, 0))
+            .await
+            .unwrap();
+        store
+            .create_user(&record("00uB", "ben", UserStatus::Staged, 0))
+            .await
+            .unwrap();
+        sync.refresh(&store, &users).await.unwrap();
+        assert!(users.read().unwrap().by_login("amy").is_some());
+        assert!(
+            users.read().unwrap().by_login("ben").is_none(),
+            "staged users cannot sign in"
+        );
+        store.delete_user("00uA", 2).await.unwrap();
+        let patch = crate::store::UserPatch {
+            status: Some(UserStatus::Active),
+            ..Default::default()
+        };
+        store.update_user("00uB", &patch, 3).await.unwrap();
+        sync.refresh(&store, &users).await.unwrap();
+        assert!(users.read().unwrap().by_login("amy").is_none());
+        assert!(users.read().unwrap().by_login("ben").is_some());
     }
 
     #[test]

@@ -1,28 +1,229 @@
 //! The admin listener: `/healthz` (alive), `/readyz` (store reachable and
-//! revocation view fresh), `/metrics` (Prometheus text), and the management
-//! API as it lands. Tokens from `admin.tokens` are compared in constant time.
+//! revocation view fresh), `/metrics` (Prometheus text), `/openapi.json`,
+//! and the management API shaped like Okta's Users and Factors APIs
+//! ([`users`], [`factors`]).
+//!
+//! Every route is a row of [`ROUTES`]: the router is built from that table
+//! and the OpenAPI document is tested against it, so the two cannot drift.
+//! API routes take an [`Admin`] extractor first: a token from `admin.tokens`
+//! (`SSWS <token>` or `Bearer <token>`, compared in constant time against
+//! every token) or 401 `E0000011` before anything else is looked at. Every
+//! admin action is an audit event naming the token by its index.
+
+pub mod factors;
+pub mod openapi;
+pub mod users;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::Path;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
+use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use crate::error::{ApiError, ErrorCode};
 use crate::gateway::AppState;
 use crate::secret::ct_eq;
 
-/// The admin router.
+/// An HTTP method of a route table row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+impl Verb {
+    /// The method's name, as in the OpenAPI document (lower case there).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Post => "POST",
+            Verb::Put => "PUT",
+            Verb::Delete => "DELETE",
+        }
+    }
+
+    pub(crate) fn filter(self) -> MethodFilter {
+        match self {
+            Verb::Get => MethodFilter::GET,
+            Verb::Post => MethodFilter::POST,
+            Verb::Put => MethodFilter::PUT,
+            Verb::Delete => MethodFilter::DELETE,
+        }
+    }
+}
+
+/// One row of a route table: method, path (axum and OpenAPI share the
+/// `{param}` syntax) and what serves it.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<O> {
+    pub verb: Verb,
+    pub path: &'static str,
+    pub op: O,
+}
+
+/// What an admin route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Healthz,
+    Readyz,
+    Metrics,
+    OpenApi,
+    CreateUser,
+    ListUsers,
+    GetUser,
+    UpdateUser,
+    ReplaceUser,
+    DeleteUser,
+    ActivateUser,
+    SuspendUser,
+    UnsuspendUser,
+    UnlockUser,
+    RevokeSessions,
+    Factor(factors::FactorOp),
+    RecoveryCodesLeft,
+    NewRecoveryCodes,
+    RevokeRecoveryCodes,
+}
+
+const fn r(verb: Verb, path: &'static str, op: Op) -> Route<Op> {
+    Route { verb, path, op }
+}
+
+const USER: &str = "/api/v1/users/{id}";
+
+/// Every route of the admin listener.
+pub const ROUTES: &[Route<Op>] = &[
+    r(Verb::Get, "/healthz", Op::Healthz),
+    r(Verb::Get, "/readyz", Op::Readyz),
+    r(Verb::Get, "/metrics", Op::Metrics),
+    r(Verb::Get, "/openapi.json", Op::OpenApi),
+    r(Verb::Post, "/api/v1/users", Op::CreateUser),
+    r(Verb::Get, "/api/v1/users", Op::ListUsers),
+    r(Verb::Get, USER, Op::GetUser),
+    r(Verb::Post, USER, Op::UpdateUser),
+    r(Verb::Put, USER, Op::ReplaceUser),
+    r(Verb::Delete, USER, Op::DeleteUser),
+    r(
+        Verb::Post,
+        "/api/v1/users/{id}/lifecycle/activate",
+        Op::ActivateUser,
+    ),
+    r(
+        Verb::Post,
+        "/api/v1/users/{id}/lifecycle/suspend",
+        Op::SuspendUser,
+    ),
+    r(
+        Verb::Post,
+        "/api/v1/users/{id}/lifecycle/unsuspend",
+        Op::UnsuspendUser,
+    ),
+    r(Verb::Post, "/api/v1/users/{id}/lifecycle/unlock", Op::UnlockUser),
+    r(Verb::Delete, "/api/v1/users/{id}/sessions", Op::RevokeSessions),
+    r(
+        Verb::Get,
+        "/api/v1/users/{id}/recovery_codes",
+        Op::RecoveryCodesLeft,
+    ),
+    r(
+        Verb::Post,
+        "/api/v1/users/{id}/recovery_codes",
+        Op::NewRecoveryCodes,
+    ),
+    r(
+        Verb::Delete,
+        "/api/v1/users/{id}/recovery_codes",
+        Op::RevokeRecoveryCodes,
+    ),
+    r(
+        Verb::Get,
+        "/api/v1/users/{id}/factors",
+        Op::Factor(factors::FactorOp::List),
+    ),
+    r(
+        Verb::Post,
+        "/api/v1/users/{id}/factors",
+        Op::Factor(factors::FactorOp::Enroll),
+    ),
+    r(
+        Verb::Get,
+        "/api/v1/users/{id}/factors/catalog",
+        Op::Factor(factors::FactorOp::Catalog),
+    ),
+    r(
+        Verb::Get,
+        "/api/v1/users/{id}/factors/{factorId}",
+        Op::Factor(factors::FactorOp::Get),
+    ),
+    r(
+        Verb::Delete,
+        "/api/v1/users/{id}/factors/{factorId}",
+        Op::Factor(factors::FactorOp::Delete),
+    ),
+    r(
+        Verb::Get,
+        "/api/v1/users/{id}/factors/{factorId}/qr",
+        Op::Factor(factors::FactorOp::Qr),
+    ),
+    r(
+        Verb::Post,
+        "/api/v1/users/{id}/factors/{factorId}/lifecycle/activate",
+        Op::Factor(factors::FactorOp::Activate),
+    ),
+    r(
+        Verb::Post,
+        "/api/v1/users/{id}/factors/{factorId}/verify",
+        Op::Factor(factors::FactorOp::Verify),
+    ),
+    r(
+        Verb::Get,
+        "/api/v1/users/{id}/factors/{factorId}/transactions/{transactionId}",
+        Op::Factor(factors::FactorOp::Transaction),
+    ),
+    r(
+        Verb::Post,
+        "/api/v1/users/{id}/factors/{factorId}/resend",
+        Op::Factor(factors::FactorOp::Resend),
+    ),
+];
+
+/// The handler for `op` on the method `filter`.
+fn handler(op: Op, filter: MethodFilter) -> MethodRouter<Arc<AppState>> {
+    match op {
+        Op::Healthz => on(filter, || async { "ok\n" }),
+        Op::Readyz => on(filter, readyz),
+        Op::Metrics => on(filter, metrics),
+        Op::OpenApi => on(filter, openapi::serve),
+        Op::CreateUser => on(filter, users::create),
+        Op::ListUsers => on(filter, users::list),
+        Op::GetUser => on(filter, users::get),
+        Op::UpdateUser => on(filter, users::update),
+        Op::ReplaceUser => on(filter, users::replace),
+        Op::DeleteUser => on(filter, users::delete),
+        Op::ActivateUser => on(filter, users::activate),
+        Op::SuspendUser => on(filter, users::suspend),
+        Op::UnsuspendUser => on(filter, users::unsuspend),
+        Op::UnlockUser => on(filter, users::unlock),
+        Op::RevokeSessions => on(filter, users::revoke_sessions),
+        Op::RecoveryCodesLeft => on(filter, factors::recovery_left),
+        Op::NewRecoveryCodes => on(filter, factors::recovery_new),
+        Op::RevokeRecoveryCodes => on(filter, factors::recovery_revoke),
+        Op::Factor(op) => factors::admin_handler(op, filter),
+    }
+}
+
+/// The admin router, built from [`ROUTES`].
 pub fn router(state: Arc<AppState>) -> axum::Router {
-    axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/users/{id}/lifecycle/unlock", post(unlock))
-        .route("/api/v1/users/{id}/sessions", delete(revoke_sessions))
+    let mut router = axum::Router::new();
+    for route in ROUTES {
+        router = router.route(route.path, handler(route.op, route.verb.filter()));
+    }
+    router
         .fallback(|| async { ApiError::new(ErrorCode::E0000007).into_response() })
         .with_state(state)
 }
@@ -48,6 +249,74 @@ pub fn authorized(st: &AppState, headers: &HeaderMap) -> Option<usize> {
                 found
             }
         })
+}
+
+/// An authorized admin call: the token's index, and the origin this
+/// listener was reached at (for the absolute links in answers).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub token: usize,
+    pub origin: String,
+}
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, Response> {
+        let Some(token) = authorized(st, &parts.headers) else {
+            crate::audit!("admin.refused", method = %parts.method, path = %parts.uri.path(), reason = "missing or wrong token");
+            return Err(ApiError::new(ErrorCode::E0000011).into_response());
+        };
+        Ok(Admin {
+            token,
+            origin: origin(st, parts),
+        })
+    }
+}
+
+/// `scheme://authority` of the admin listener as the caller reached it.
+fn origin(st: &AppState, parts: &Parts) -> String {
+    let scheme = if st.config.admin.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| st.config.admin.listen.to_string());
+    format!("{scheme}://{authority}")
+}
+
+/// A JSON answer.
+pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut res = (status, body.to_string()).into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+/// A JSON answer that carries a secret or codes: never cached.
+pub(crate) fn json_no_store(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut res = json(status, body);
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// 503 for a store failure (the cause goes to the log only).
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "admin API: store unavailable");
+    ApiError::new(ErrorCode::E0000009).into_response()
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
@@ -77,71 +346,6 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     res
-}
-
-/// Finds a user by id or login.
-fn find_user(st: &AppState, id: &str) -> Option<Arc<crate::users::User>> {
-    let users = st.enforcer.users.read().unwrap_or_else(|p| p.into_inner());
-    users.get(id).or_else(|| users.by_login(id)).cloned()
-}
-
-/// The token index and user for an authorized admin call on an existing user.
-fn guarded(
-    st: &AppState,
-    headers: &HeaderMap,
-    id: &str,
-) -> Result<(usize, Arc<crate::users::User>), ApiError> {
-    let Some(token) = authorized(st, headers) else {
-        return Err(ApiError::new(ErrorCode::E0000011));
-    };
-    match find_user(st, id) {
-        Some(u) => Ok((token, u)),
-        None => Err(ApiError::new(ErrorCode::E0000007)),
-    }
-}
-
-/// `POST /api/v1/users/{id}/lifecycle/unlock`: clears the user's lockouts.
-async fn unlock(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let (token, user) = match guarded(&st, &headers, &id) {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
-    match st.regulator.unlock(&user.id).await {
-        Ok(was_locked) => {
-            crate::audit!("user.unlocked", user = %user.username, actor = "admin", token = token, was_locked = was_locked);
-            let mut res = "{}".into_response();
-            res.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            res
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "unlock failed");
-            ApiError::new(ErrorCode::E0000009).into_response()
-        }
-    }
-}
-
-/// `DELETE /api/v1/users/{id}/sessions`: revokes every session of the user.
-async fn revoke_sessions(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let (token, user) = match guarded(&st, &headers, &id) {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
-    match st.store.bump_epoch(&user.id).await {
-        Ok(epoch) => {
-            st.enforcer.revocations.note_epoch(&user.id, epoch);
-            crate::audit!("sessions.revoked", user = %user.username, actor = "admin", token = token);
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "revoking sessions failed");
-            ApiError::new(ErrorCode::E0000009).into_response()
-        }
-    }
 }
 
 #[cfg(test)]
@@ -187,7 +391,8 @@ enabled = false
                 phone: None,
                 groups: vec![],
                 password_hash: None,
-                from_file: false,
+                // As if from the users file: the API finds those in the directory.
+                from_file: true,
                 config_totp: None,
             });
         gw

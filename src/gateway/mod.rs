@@ -25,7 +25,7 @@ use crate::secret::Secret;
 use crate::session::SessionCodec;
 use crate::session::revocation::RevocationView;
 use crate::store::SharedStore;
-use crate::users::UserDirectory;
+use crate::users::{SharedUsers, UserDirectory, UserSync};
 
 /// The name of the double-submit CSRF cookie.
 pub const CSRF_COOKIE: &str = "portcullis_csrf";
@@ -99,11 +99,16 @@ impl Gateway {
         let users = Arc::new(std::sync::RwLock::new(UserDirectory::from_file_users(
             &config.users.file_users,
         )));
+        // Users created through the API: loaded now, then followed by the refresher.
+        let user_sync = Arc::new(UserSync::new());
+        if let Err(e) = user_sync.refresh(&store, &users).await {
+            tracing::error!(error = %e, "loading the stored users failed; they can sign in once the store answers");
+        }
         let enforcer = Arc::new(Enforcer {
             policy: Policy::new(config.rules.clone(), config.default_policy),
             sessions: SessionCodec::new(&config.session),
             revocations: revocations.clone(),
-            users,
+            users: users.clone(),
             clock: clock.clone(),
             prefix: config.portal.prefix.clone(),
             identity: config.identity_headers.clone(),
@@ -154,6 +159,7 @@ impl Gateway {
         background.push(spawn_refresher(
             store,
             revocations,
+            (users, user_sync),
             clock,
             config.session.revocation_check,
         ));
@@ -205,6 +211,7 @@ impl Gateway {
 fn spawn_refresher(
     store: SharedStore,
     view: Arc<RevocationView>,
+    (users, user_sync): (SharedUsers, Arc<UserSync>),
     clock: SharedClock,
     check: Duration,
 ) -> tokio::task::AbortHandle {
@@ -231,6 +238,11 @@ fn spawn_refresher(
                     tracing::error!(error = %e, "revocation refresh failed");
                 }
                 Err(_) => {}
+            }
+            // Stored users at the same cadence, so a user created, changed or
+            // deleted on another replica is seen here within `revocation_check`.
+            if !failing && let Err(e) = user_sync.refresh(&store, &users).await {
+                tracing::warn!(error = %e, "refreshing stored users failed");
             }
             if last_purge.elapsed() > Duration::from_secs(60) {
                 last_purge = Instant::now();

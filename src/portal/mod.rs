@@ -10,6 +10,7 @@ pub mod api;
 pub mod authn;
 pub mod csrf;
 pub mod login;
+pub mod me;
 pub mod mfa;
 pub mod pages;
 pub mod redirect;
@@ -66,6 +67,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         )
         .route("/api/v1/authn/cancel", post(authn::cancel))
         .route("/api/v1/sessions/me", get(api::me).delete(api::logout))
+        .merge(me::routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), api::cors));
     axum::Router::new()
         .route("/", get(account))

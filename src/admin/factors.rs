@@ -1,0 +1,805 @@
+//! The Factors API, shaped like Okta's, in one implementation for two
+//! callers: administrators (`/api/v1/users/{id}/factors...` on the admin
+//! listener) and signed-in users managing their own factors
+//! (`{prefix}/api/v1/users/me/factors...`, see `crate::portal::me`).
+//!
+//! Each operation takes a [`Scope`]: whose factors, the base URL their links
+//! hang from, and who acts (for the audit log). Factor ids in paths are
+//! always looked up among that user's factors, so another user's id answers
+//! 404 like an unknown one. Everything type-specific goes through the
+//! factor facade ([`crate::factors`]).
+//!
+//! Recovery codes are not Factor objects (Okta clients reject unknown
+//! factor types); administrators manage them at
+//! `/api/v1/users/{id}/recovery_codes`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter, on};
+use http::{HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Admin, json, json_no_store, unavailable};
+use crate::audit;
+use crate::clock::{UnixTime, rfc3339};
+use crate::error::{ApiError, ErrorCode};
+use crate::factors::{
+    self, Challenge, ChallengeError, EnrollError, Enrolled, Factor, TOTP_TYPE, VerifyError,
+};
+use crate::gateway::AppState;
+use crate::store::FactorStatus;
+use crate::users::User;
+
+/// A factor operation (one per route, for both callers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactorOp {
+    List,
+    Catalog,
+    Enroll,
+    Get,
+    Qr,
+    Activate,
+    Verify,
+    Transaction,
+    Resend,
+    Delete,
+}
+
+/// Whose factors an operation is about, and who acts.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub user: User,
+    /// Absolute URL of the user in this API (`.../api/v1/users/{id}` or
+    /// `.../api/v1/users/me`); factor links hang from it.
+    pub base: String,
+    /// Who acts, for the audit log (`admin`, `self`).
+    pub actor: &'static str,
+    /// The admin token's index, when an administrator acts.
+    pub token: Option<usize>,
+    pub client: IpAddr,
+    /// The host named in messages and pushes.
+    pub app_host: String,
+}
+
+impl Scope {
+    fn factor_url(&self, id: &str) -> String {
+        format!("{}/factors/{id}", self.base)
+    }
+}
+
+fn link(href: String, methods: &[&str]) -> Value {
+    json!({ "href": href, "hints": { "allow": methods } })
+}
+
+/// The Okta Factor object: the authn API's shape
+/// ([`crate::portal::authn::factor_json`]) with this API's links.
+pub fn factor_json(st: &AppState, scope: &Scope, f: &Factor) -> Value {
+    let mut v = crate::portal::authn::factor_json(st, f);
+    let r = &f.record;
+    let me = scope.factor_url(&r.id);
+    let mut links = json!({ "self": link(me.clone(), &["GET", "DELETE"]) });
+    match r.status {
+        FactorStatus::PendingActivation => {
+            if r.factor_type != "push" {
+                links["activate"] = link(format!("{me}/lifecycle/activate"), &["POST"]);
+            }
+            if r.factor_type == TOTP_TYPE {
+                links["qrcode"] = json!({ "href": format!("{me}/qr"), "type": "image/svg+xml" });
+            }
+            if matches!(r.factor_type.as_str(), "sms" | "call" | "email") {
+                links["resend"] = link(format!("{me}/resend"), &["POST"]);
+            }
+        }
+        FactorStatus::Active => {
+            links["verify"] = link(format!("{me}/verify"), &["POST"]);
+        }
+    }
+    v["_links"] = links;
+    if r.created <= 0 {
+        // Provisioned by the users file: no enrollment time to show.
+        if let Some(o) = v.as_object_mut() {
+            o.remove("created");
+            o.remove("lastUpdated");
+        }
+    }
+    v
+}
+
+fn not_found() -> Response {
+    ApiError::new(ErrorCode::E0000007).into_response()
+}
+
+fn validation(cause: impl Into<String>) -> Response {
+    ApiError::new(ErrorCode::E0000001).cause(cause).into_response()
+}
+
+/// The factor `id` of the scope's user, or 404 (also for another user's id).
+async fn owned(st: &AppState, scope: &Scope, id: &str) -> Result<Factor, Response> {
+    match factors::find(st, &scope.user, id).await {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err(not_found()),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// The send limit of a code factor type, for the rate-limit headers.
+fn send_limit(st: &AppState, factor_type: &str) -> u32 {
+    let f = &st.config.factors;
+    match factor_type {
+        "sms" => f.sms.max_sends_per_hour,
+        "call" => f.call.max_sends_per_hour,
+        "email" => f.email.max_sends_per_hour,
+        _ => 1,
+    }
+}
+
+fn verify_error(e: VerifyError) -> Response {
+    match e {
+        VerifyError::Invalid => ApiError::new(ErrorCode::E0000068).into_response(),
+        VerifyError::Replayed => ApiError::new(ErrorCode::E0000082).into_response(),
+        VerifyError::LockedRevealed => ApiError::new(ErrorCode::E0000069).into_response(),
+        VerifyError::NotActive => ApiError::new(ErrorCode::E0000154).into_response(),
+        VerifyError::Unavailable => ApiError::new(ErrorCode::E0000009).into_response(),
+    }
+}
+
+fn challenge_error(st: &AppState, factor_type: &str, e: ChallengeError) -> Response {
+    let now = st.clock.now();
+    match e {
+        ChallengeError::NotChallenged => validation("passCode: The field cannot be left blank"),
+        ChallengeError::NotActive => ApiError::new(ErrorCode::E0000154).into_response(),
+        ChallengeError::TooSoon(at) => {
+            ApiError::rate_limited_as(ErrorCode::E0000109, 1, at, now).into_response()
+        }
+        ChallengeError::RateLimited(at) => {
+            ApiError::rate_limited(send_limit(st, factor_type), at, now).into_response()
+        }
+        ChallengeError::Delivery => ApiError::new(ErrorCode::E0000009)
+            .cause("the message could not be delivered; try again later")
+            .into_response(),
+        ChallengeError::Unavailable => ApiError::new(ErrorCode::E0000009).into_response(),
+    }
+}
+
+fn pass_code(body: &[u8]) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => match m.get("passCode") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::new(ErrorCode::E0000001).cause("passCode: must be a string")),
+        },
+        _ => Err(ApiError::new(ErrorCode::E0000003)),
+    }
+}
+
+// ---- the operations ----------------------------------------------------------
+
+/// `GET .../factors`: every factor of the user.
+pub async fn list(st: &AppState, scope: &Scope) -> Response {
+    match factors::list(st, &scope.user).await {
+        Ok(all) => {
+            let out: Vec<Value> = all.iter().map(|f| factor_json(st, scope, f)).collect();
+            audit!("factors.listed", user = %scope.user.username, actor = scope.actor, token = ?scope.token);
+            json(StatusCode::OK, &Value::Array(out))
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+/// The `(factorType, provider)` pairs that can be enrolled now.
+fn enrollable(st: &AppState) -> Vec<(&'static str, &'static str)> {
+    let mut out = Vec::new();
+    for (t, providers) in [
+        (TOTP_TYPE, &["GOOGLE", "OKTA"][..]),
+        ("sms", &["OKTA"][..]),
+        ("call", &["OKTA"][..]),
+        ("email", &["OKTA"][..]),
+        ("push", &["OKTA"][..]),
+    ] {
+        if factors::type_enabled(st, t) {
+            out.extend(providers.iter().map(|p| (t, *p)));
+        }
+    }
+    out
+}
+
+/// `GET .../factors/catalog`: the factor types the user can enroll.
+pub async fn catalog(st: &AppState, scope: &Scope) -> Response {
+    let mine = match factors::list(st, &scope.user).await {
+        Ok(f) => f,
+        Err(e) => return unavailable(e),
+    };
+    let out: Vec<Value> = enrollable(st)
+        .into_iter()
+        .map(|(t, p)| {
+            let status = mine
+                .iter()
+                .find(|f| f.record.factor_type == t && f.record.provider == p)
+                .map_or("NOT_SETUP", |f| f.record.status.as_str());
+            json!({
+                "factorType": t,
+                "provider": p,
+                "vendorName": p,
+                "status": status,
+                "enrollment": "OPTIONAL",
+                "_links": { "enroll": link(format!("{}/factors", scope.base), &["POST"]) },
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &Value::Array(out))
+}
+
+/// Query of an enrollment.
+#[derive(Debug, Deserialize, Default)]
+pub struct EnrollQuery {
+    activate: Option<bool>,
+}
+
+impl EnrollQuery {
+    /// The `activate` parameter, if given.
+    pub fn activate(&self) -> Option<bool> {
+        self.activate
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EnrollBody {
+    #[serde(rename = "factorType")]
+    factor_type: Option<String>,
+    provider: Option<String>,
+    profile: Option<Value>,
+}
+
+/// `POST .../factors?activate=false`: enrolls a factor (`PENDING_ACTIVATION`).
+pub async fn enroll(st: &AppState, scope: &Scope, activate: Option<bool>, body: &[u8]) -> Response {
+    let Ok(req) = serde_json::from_slice::<EnrollBody>(body) else {
+        return ApiError::new(ErrorCode::E0000003).into_response();
+    };
+    if activate == Some(true) {
+        return validation(
+            "activate: factors are activated by proving possession (lifecycle/activate with a passCode)",
+        );
+    }
+    let Some(factor_type) = req.factor_type.filter(|t| !t.is_empty()) else {
+        return validation("factorType: The field cannot be left blank");
+    };
+    let provider = req.provider.unwrap_or_else(|| {
+        if factor_type == TOTP_TYPE {
+            "GOOGLE"
+        } else {
+            "OKTA"
+        }
+        .to_owned()
+    });
+    if !enrollable(st).contains(&(factor_type.as_str(), provider.as_str())) {
+        return validation(format!(
+            "factorType: {factor_type} with provider {provider} is not supported or not enabled"
+        ));
+    }
+    let profile = req.profile.unwrap_or_else(|| json!({}));
+    let enrolled = match factors::enroll(st, &scope.user, &factor_type, &provider, &profile).await {
+        Ok(e) => e,
+        Err(EnrollError::NotSupported) => {
+            return validation(format!(
+                "factorType: {factor_type} is not supported or not enabled"
+            ));
+        }
+        Err(EnrollError::Invalid(cause)) => return validation(cause),
+        Err(EnrollError::Delivery) => {
+            return ApiError::new(ErrorCode::E0000009)
+                .cause("the activation message could not be delivered; try again later")
+                .into_response();
+        }
+        Err(e) => return unavailable(e),
+    };
+    let factor = Factor {
+        record: enrolled.factor().clone(),
+        from_config: false,
+    };
+    audit!("factor.enrolled.api", user = %scope.user.username, factor_type = %factor_type, factor_id = %factor.record.id, actor = scope.actor, token = ?scope.token);
+    let mut v = factor_json(st, scope, &factor);
+    let qr_href = format!("{}/qr", scope.factor_url(&factor.record.id));
+    match &enrolled {
+        Enrolled::Totp(t) => {
+            let cfg = &st.config.factors.totp;
+            v["_embedded"] = json!({
+                "activation": {
+                    "timeStep": cfg.period,
+                    "sharedSecret": factors::totp::base32(t.secret.expose()),
+                    "encoding": "base32",
+                    "keyLength": t.secret.len(),
+                    "algorithm": factors::totp::algorithm_name(cfg.algorithm),
+                    "digits": cfg.digits,
+                    "_links": { "qrcode": { "href": qr_href, "type": "image/svg+xml" } },
+                }
+            });
+        }
+        Enrolled::Code { expires_at, .. } => {
+            v["_embedded"] = json!({ "activation": { "expiresAt": rfc3339(*expires_at) } });
+        }
+        Enrolled::Push {
+            activation_token,
+            expires_at,
+            ..
+        } => {
+            v["_embedded"] = json!({
+                "activation": {
+                    "expiresAt": rfc3339(*expires_at),
+                    "activationToken": activation_token,
+                    "factorResult": "WAITING",
+                    "_links": {
+                        "qrcode": { "href": factors::totp::qr_data_uri(activation_token), "type": "image/svg+xml" },
+                    },
+                }
+            });
+        }
+    }
+    json_no_store(StatusCode::OK, &v)
+}
+
+/// `GET .../factors/{fid}`.
+pub async fn get(st: &AppState, scope: &Scope, id: &str) -> Response {
+    match owned(st, scope, id).await {
+        Ok(f) => json(StatusCode::OK, &factor_json(st, scope, &f)),
+        Err(r) => r,
+    }
+}
+
+/// `GET .../factors/{fid}/qr`: the TOTP key URI as an SVG QR code, only
+/// while the factor is `PENDING_ACTIVATION` (the secret is opened from its
+/// sealed form; after activation it is never shown again).
+pub async fn qr(st: &AppState, scope: &Scope, id: &str) -> Response {
+    let f = match owned(st, scope, id).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if f.record.factor_type != TOTP_TYPE || f.record.status != FactorStatus::PendingActivation {
+        return not_found();
+    }
+    let Some(secret) = factors::totp_secret(st, &scope.user, &f) else {
+        return unavailable("the factor secret cannot be opened");
+    };
+    let uri = factors::totp::otpauth_uri(&st.config.factors.totp, secret.expose(), &scope.user.username);
+    let svg = match qrcode::QrCode::new(uri.as_bytes()) {
+        Ok(code) => code
+            .render::<qrcode::render::svg::Color<'_>>()
+            .min_dimensions(220, 220)
+            .quiet_zone(true)
+            .build(),
+        Err(e) => return unavailable(format!("QR code: {e}")),
+    };
+    audit!("factor.qr.shown", user = %scope.user.username, factor_id = %f.record.id, actor = scope.actor, token = ?scope.token);
+    let mut res = (StatusCode::OK, svg).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
+    res
+}
+
+/// `POST .../factors/{fid}/lifecycle/activate` `{passCode}`.
+pub async fn activate(st: &AppState, scope: &Scope, id: &str, body: &[u8]) -> Response {
+    let f = match owned(st, scope, id).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let code = match pass_code(body) {
+        Ok(Some(c)) => c,
+        Ok(None) => return validation("passCode: The field cannot be left blank"),
+        Err(e) => return e.into_response(),
+    };
+    if f.record.status != FactorStatus::PendingActivation || f.record.factor_type == "push" {
+        return ApiError::new(ErrorCode::E0000079)
+            .cause("only a factor PENDING_ACTIVATION is activated with a passCode")
+            .into_response();
+    }
+    if let Err(e) = factors::activate(st, &scope.user, &f, &code, scope.client).await {
+        return verify_error(e);
+    }
+    audit!("factor.activated.api", user = %scope.user.username, factor_id = %f.record.id, actor = scope.actor, token = ?scope.token);
+    match owned(st, scope, id).await {
+        Ok(f) => json(StatusCode::OK, &factor_json(st, scope, &f)),
+        Err(r) => r,
+    }
+}
+
+/// `POST .../factors/{fid}/verify` `{passCode?}`.
+pub async fn verify(st: &AppState, scope: &Scope, id: &str, body: &[u8]) -> Response {
+    let f = match owned(st, scope, id).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let code = match pass_code(body) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let ft = f.record.factor_type.clone();
+    if !f.is_active() || !factors::type_enabled(st, &ft) {
+        return ApiError::new(ErrorCode::E0000154).into_response();
+    }
+    let me = scope.factor_url(&f.record.id);
+    match (ft.as_str(), code) {
+        ("push", _) | ("sms" | "call" | "email", None) => {
+            let ctx = factors::ChallengeContext {
+                client_addr: scope.client,
+                app_host: scope.app_host.clone(),
+            };
+            match factors::challenge(st, &scope.user, &f, &ctx).await {
+                Ok(Challenge::CodeSent { expires_at }) => {
+                    audit!("factor.challenged.api", user = %scope.user.username, factor_type = %ft, actor = scope.actor, token = ?scope.token);
+                    json(
+                        StatusCode::OK,
+                        &json!({
+                            "factorResult": "CHALLENGE",
+                            "expiresAt": rfc3339(expires_at),
+                            "_links": {
+                                "verify": link(format!("{me}/verify"), &["POST"]),
+                                "factor": link(me, &["GET", "DELETE"]),
+                            },
+                        }),
+                    )
+                }
+                Ok(Challenge::Push {
+                    transaction_id,
+                    expires_at,
+                    correct_answer,
+                }) => {
+                    audit!("factor.challenged.api", user = %scope.user.username, factor_type = %ft, actor = scope.actor, token = ?scope.token);
+                    push_waiting(&me, &transaction_id, expires_at, correct_answer)
+                }
+                Err(e) => challenge_error(st, &ft, e),
+            }
+        }
+        (_, None) => validation("passCode: The field cannot be left blank"),
+        (_, Some(code)) => match factors::verify(st, &scope.user, &f, &code, scope.client).await {
+            Ok(()) => {
+                audit!("factor.verified.api", user = %scope.user.username, factor_type = %ft, actor = scope.actor, token = ?scope.token);
+                json(StatusCode::OK, &json!({ "factorResult": "SUCCESS" }))
+            }
+            Err(e) => verify_error(e),
+        },
+    }
+}
+
+/// 201 `WAITING` with the poll and cancel links and the number to show.
+fn push_waiting(me: &str, tid: &str, expires_at: UnixTime, correct_answer: u8) -> Response {
+    let poll = format!("{me}/transactions/{tid}");
+    json_no_store(
+        StatusCode::CREATED,
+        &json!({
+            "factorResult": "WAITING",
+            "expiresAt": rfc3339(expires_at),
+            "profile": {},
+            "_embedded": { "challenge": { "correctAnswer": correct_answer } },
+            "_links": {
+                "poll": link(poll.clone(), &["GET"]),
+                "cancel": link(poll, &["DELETE"]),
+            },
+        }),
+    )
+}
+
+/// `GET .../factors/{fid}/transactions/{tid}`: a push transaction's state.
+pub async fn transaction(st: &AppState, scope: &Scope, id: &str, tid: &str) -> Response {
+    let f = match owned(st, scope, id).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    match factors::push_status(st, &scope.user, &f, tid).await {
+        Ok(Some(result)) => {
+            let me = scope.factor_url(&f.record.id);
+            let mut v = json!({
+                "factorResult": result.as_str(),
+                "_links": { "factor": link(me.clone(), &["GET", "DELETE"]) },
+            });
+            if result == factors::PushResult::Waiting {
+                v["_links"]["poll"] = link(format!("{me}/transactions/{tid}"), &["GET"]);
+            }
+            json(StatusCode::OK, &v)
+        }
+        Ok(None) => ApiError::new(ErrorCode::E0000191).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `POST .../factors/{fid}/resend`: sends a pending code factor's
+/// activation code again (rate limited: 429 `E0000109`).
+pub async fn resend(st: &AppState, scope: &Scope, id: &str) -> Response {
+    let f = match owned(st, scope, id).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let ft = f.record.factor_type.clone();
+    if !matches!(ft.as_str(), "sms" | "call" | "email") || f.record.status != FactorStatus::PendingActivation
+    {
+        return ApiError::new(ErrorCode::E0000079)
+            .cause("only an sms, call or email factor PENDING_ACTIVATION has an activation code to resend")
+            .into_response();
+    }
+    let ctx = factors::ChallengeContext {
+        client_addr: scope.client,
+        app_host: scope.app_host.clone(),
+    };
+    match factors::challenge(st, &scope.user, &f, &ctx).await {
+        Ok(_) => {
+            audit!("factor.resent.api", user = %scope.user.username, factor_type = %ft, actor = scope.actor, token = ?scope.token);
+            json(StatusCode::OK, &factor_json(st, scope, &f))
+        }
+        Err(e) => challenge_error(st, &ft, e),
+    }
+}
+
+/// `DELETE .../factors/{fid}`: 204. An administrator's removal of an
+/// active factor also ends the user's sessions (a factor reset).
+pub async fn delete(st: &AppState, scope: &Scope, id: &str) -> Response {
+    let f = match owned(st, scope, id).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    match factors::remove(st, &scope.user, id, scope.actor).await {
+        Ok(()) => {}
+        Err(factors::RemoveError::NotFound) => return not_found(),
+        Err(factors::RemoveError::ReadOnly) => {
+            return ApiError::new(ErrorCode::E0000006)
+                .cause("this factor is provisioned by the users file and is read-only")
+                .into_response();
+        }
+        Err(factors::RemoveError::LastFactor) => {
+            return ApiError::new(ErrorCode::E0000006)
+                .cause("the last active factor cannot be removed while the policy requires two factors")
+                .into_response();
+        }
+        Err(factors::RemoveError::Unavailable) => return unavailable("removing a factor failed"),
+    }
+    if scope.actor == "admin" && f.is_active() {
+        match st.store.bump_epoch(&scope.user.id).await {
+            Ok(epoch) => st.enforcer.revocations.note_epoch(&scope.user.id, epoch),
+            Err(e) => return unavailable(e),
+        }
+    }
+    audit!("factor.removed.api", user = %scope.user.username, factor_id = %id, actor = scope.actor, token = ?scope.token);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+// ---- the admin routes --------------------------------------------------------
+
+async fn admin_scope(st: &AppState, admin: &Admin, key: &str, client: IpAddr) -> Result<Scope, Response> {
+    let s = super::users::subject(st, key).await?;
+    Ok(Scope {
+        base: format!("{}/api/v1/users/{}", admin.origin, s.id()),
+        user: s.user(),
+        actor: "admin",
+        token: Some(admin.token),
+        client,
+        app_host: st
+            .config
+            .server
+            .external_url
+            .as_ref()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_else(|| "admin".to_owned()),
+    })
+}
+
+/// The client address of an admin call (the socket peer).
+fn peer(conn: Option<axum::Extension<crate::gateway::prepare::ConnInfo>>) -> IpAddr {
+    conn.map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.peer.ip())
+}
+
+type Conn = Option<axum::Extension<crate::gateway::prepare::ConnInfo>>;
+
+/// The admin route for a factor operation.
+pub fn admin_handler(op: FactorOp, filter: MethodFilter) -> MethodRouter<Arc<AppState>> {
+    match op {
+        FactorOp::List => on(filter, admin_list),
+        FactorOp::Catalog => on(filter, admin_catalog),
+        FactorOp::Enroll => on(filter, admin_enroll),
+        FactorOp::Get => on(filter, admin_get),
+        FactorOp::Qr => on(filter, admin_qr),
+        FactorOp::Activate => on(filter, admin_activate),
+        FactorOp::Verify => on(filter, admin_verify),
+        FactorOp::Transaction => on(filter, admin_transaction),
+        FactorOp::Resend => on(filter, admin_resend),
+        FactorOp::Delete => on(filter, admin_delete),
+    }
+}
+
+macro_rules! scoped {
+    ($st:expr, $admin:expr, $uid:expr, $conn:expr) => {
+        match admin_scope(&$st, &$admin, &$uid, peer($conn)).await {
+            Ok(s) => s,
+            Err(r) => return r,
+        }
+    };
+}
+
+async fn admin_list(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Path(uid): Path<String>,
+    c: Conn,
+) -> Response {
+    let scope = scoped!(st, admin, uid, c);
+    list(&st, &scope).await
+}
+
+async fn admin_catalog(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Path(uid): Path<String>,
+    c: Conn,
+) -> Response {
+    let scope = scoped!(st, admin, uid, c);
+    catalog(&st, &scope).await
+}
+
+async fn admin_enroll(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Path(uid): Path<String>,
+    Query(q): Query<EnrollQuery>,
+    c: Conn,
+    body: Bytes,
+) -> Response {
+    let scope = scoped!(st, admin, uid, c);
+    enroll(&st, &scope, q.activate, &body).await
+}
+
+async fn admin_get(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Path((uid, fid)): Path<(String, String)>,
+    c: Conn,
+) -> Response {
+    let scope = scoped!(st, admin, uid, c);
+    get(&st, &scope, &fid).await
+}
+
+async fn admin_qr(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Path((uid, fid)): Path<(String, String)>,
+    c: Conn,
+) -> Response {
+    let scope = scoped!(st, admin, uid, c);
+    qr(&st, &scope, &fid).await
+}
+
+async fn admin_activate(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Path((uid, fid)): Path<(String, String)>,
+    c: Conn,
+    body: Bytes,
+) -> Response {
+    let scope = scoped!(st, admin, uid, c);
+    activate(&st, &scope, &fid, &body).await
+}
+
+async fn admin_verify(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Path((uid, fid)): Path<(String, String)>,
+    c: Conn,
+    body: Bytes,
+) -> Response {
+    let scope = scoped!(st, admin, uid, c);
+    verify(&st, &scope, &fid, &body).await
+}
+
+async fn admin_transaction(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Path((uid, fid, tid)): Path<(String, String, String)>,
+    c: Conn,
+) -> Response {
+    let scope = scoped!(st, admin, uid, c);
+    transaction(&st, &scope, &fid, &tid).await
+}
+
+async fn admin_resend(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Path((uid, fid)): Path<(String, String)>,
+    c: Conn,
+) -> Response {
+    let scope = scoped!(st, admin, uid, c);
+    resend(&st, &scope, &fid).await
+}
+
+async fn admin_delete(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Path((uid, fid)): Path<(String, String)>,
+    c: Conn,
+) -> Response {
+    let scope = scoped!(st, admin, uid, c);
+    delete(&st, &scope, &fid).await
+}
+
+// ---- recovery codes ----------------------------------------------------------
+
+fn recovery_disabled() -> Response {
+    ApiError::new(ErrorCode::E0000006)
+        .cause("recovery codes are disabled (factors.recovery_codes.enabled)")
+        .into_response()
+}
+
+/// `GET /api/v1/users/{id}/recovery_codes`: how many unused codes are left.
+pub async fn recovery_left(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Path(uid): Path<String>,
+) -> Response {
+    let s = match super::users::subject(&st, &uid).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match st.store.recovery_codes_left(s.id()).await {
+        Ok(n) => {
+            audit!("admin.recovery_codes.read", user = %s.login(), token = admin.token);
+            json(
+                StatusCode::OK,
+                &json!({ "count": n, "enabled": st.config.factors.recovery_codes.enabled }),
+            )
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `POST /api/v1/users/{id}/recovery_codes`: replaces the user's codes with
+/// new ones, shown once.
+pub async fn recovery_new(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Path(uid): Path<String>,
+) -> Response {
+    if !st.config.factors.recovery_codes.enabled {
+        return recovery_disabled();
+    }
+    let s = match super::users::subject(&st, &uid).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match factors::new_recovery_codes(&st, &s.user()).await {
+        Ok(codes) => {
+            audit!("admin.recovery_codes.generated", user = %s.login(), count = codes.len(), token = admin.token);
+            json_no_store(
+                StatusCode::OK,
+                &json!({ "count": codes.len(), "recoveryCodes": codes }),
+            )
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `DELETE /api/v1/users/{id}/recovery_codes`: revokes every code (204).
+pub async fn recovery_revoke(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Path(uid): Path<String>,
+) -> Response {
+    let s = match super::users::subject(&st, &uid).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match st.store.replace_recovery_codes(s.id(), &[], st.clock.now()).await {
+        Ok(()) => {
+            audit!("admin.recovery_codes.revoked", user = %s.login(), token = admin.token);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => unavailable(e),
+    }
+}
