@@ -594,8 +594,337 @@ pub async fn activate(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::gateway::Gateway;
+
+    pub(crate) const ADDR: &str = "192.0.2.10";
+
+    /// A gateway on a memory store and a manual clock whose sms, call, email
+    /// and push messages go to `messages.jsonl` in the returned folder.
+    pub(crate) async fn gateway(extra: &str) -> (Gateway, ManualClock, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("messages.jsonl");
+        let delivery = format!("{{ kind = \"file\", path = {:?} }}", file.display().to_string());
+        let text = format!(
+            r#"
+default_policy = "two_factor"
+[admin]
+tokens = []
+[[upstreams]]
+name = "unused"
+url = "http://127.0.0.1:9"
+[session]
+secrets = ["0123456789abcdef0123456789abcdef"]
+[store]
+kind = "memory"
+encryption_keys = ["AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="]
+[regulation]
+max_factor_failures = 50
+[factors.sms]
+enabled = true
+delivery = {delivery}
+max_sends_per_hour = 4
+[factors.call]
+enabled = true
+delivery = {delivery}
+[factors.email]
+enabled = true
+delivery = {delivery}
+[factors.push]
+enabled = true
+delivery = {delivery}
+ttl = "60s"
+{extra}
+"#
+        );
+        let loaded = crate::config::load_str(&text, &|_| None).expect("config");
+        let clock = ManualClock::new(1_800_000_000);
+        let gw = Gateway::build_with(loaded.config, Arc::new(clock.clone()))
+            .await
+            .expect("gateway");
+        (gw, clock, dir)
+    }
+
+    /// A gateway like `gw` with a changed config, on the same clock.
+    pub(crate) async fn rebuild(
+        gw: &Gateway,
+        clock: &ManualClock,
+        change: impl FnOnce(&mut crate::config::Config),
+    ) -> Gateway {
+        let mut config = (*gw.state().config).clone();
+        change(&mut config);
+        Gateway::build_with(config, Arc::new(clock.clone()))
+            .await
+            .unwrap()
+    }
+
+    /// Every message delivered so far.
+    pub(crate) fn messages(dir: &tempfile::TempDir) -> Vec<Value> {
+        std::fs::read_to_string(dir.path().join("messages.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub(crate) fn last_code(dir: &tempfile::TempDir) -> String {
+        messages(dir).last().unwrap()["code"].as_str().unwrap().to_owned()
+    }
+
+    pub(crate) fn user() -> User {
+        User {
+            id: "00uDAVE".into(),
+            username: "dave".into(),
+            display_name: None,
+            email: Some("dave@example.com".into()),
+            phone: None,
+            groups: vec![],
+            password_hash: None,
+            from_file: false,
+            config_totp: None,
+        }
+    }
+
+    fn ip() -> IpAddr {
+        ADDR.parse().unwrap()
+    }
+
+    fn ctx() -> super::super::ChallengeContext {
+        super::super::ChallengeContext {
+            client_addr: ip(),
+            app_host: "app.example.com".into(),
+        }
+    }
+
+    async fn active_sms(st: &AppState, dir: &tempfile::TempDir, clock: &ManualClock) -> Factor {
+        let u = user();
+        let e = super::super::enroll(st, &u, "sms", "OKTA", &json!({"phoneNumber": "+1 555 555 0100"}))
+            .await
+            .unwrap();
+        let f = super::super::find(st, &u, &e.factor().id).await.unwrap().unwrap();
+        super::super::activate(st, &u, &f, &last_code(dir), ip())
+            .await
+            .unwrap();
+        clock.advance(30);
+        super::super::find(st, &u, &f.record.id).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn enrollment_validates_sends_and_activates_with_the_code() {
+        let (gw, _clock, dir) = gateway("").await;
+        let st = gw.state();
+        let u = user();
+        let bad = super::super::enroll(st, &u, "sms", "OKTA", &json!({"phoneNumber": "555-0100"})).await;
+        assert!(matches!(bad, Err(EnrollError::Invalid(c)) if c.starts_with("phoneNumber")));
+        assert!(matches!(
+            super::super::enroll(st, &u, "sms", "GOOGLE", &json!({"phoneNumber": "+15555550100"})).await,
+            Err(EnrollError::NotSupported)
+        ));
+        let e = super::super::enroll(st, &u, "sms", "OKTA", &json!({"phoneNumber": "+1 555 555 0100"}))
+            .await
+            .unwrap();
+        let Enrolled::Code { factor, expires_at } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(factor.status, FactorStatus::PendingActivation);
+        assert_eq!(factor.profile["phoneNumber"], "+15555550100");
+        assert_eq!(*expires_at, 1_800_000_000 + 300);
+        let m = messages(&dir);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0]["kind"], "sms");
+        assert_eq!(m[0]["to"], "+15555550100");
+        let code = last_code(&dir);
+        assert_eq!(code.len(), 6);
+        assert!(m[0]["text"].as_str().unwrap().contains(&code));
+        assert!(m[0]["text"].as_str().unwrap().contains("5 minutes"));
+        // Only a MAC is stored.
+        let rec = st
+            .store
+            .get_transaction(KIND, &record_id(&factor.id), st.clock.now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!rec.data.to_string().contains(&code));
+        let pending = super::super::find(st, &u, &factor.id).await.unwrap().unwrap();
+        assert_eq!(
+            super::super::verify(st, &u, &pending, &code, ip()).await,
+            Err(VerifyError::NotActive),
+            "a pending factor cannot sign in"
+        );
+        assert_eq!(
+            super::super::activate(st, &u, &pending, "000000", ip()).await,
+            Err(VerifyError::Invalid)
+        );
+        super::super::activate(st, &u, &pending, &code, ip())
+            .await
+            .unwrap();
+        assert!(
+            super::super::find(st, &u, &factor.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_active()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_code_works_once_expires_and_resends_wait() {
+        let (gw, clock, dir) = gateway("").await;
+        let st = gw.state();
+        let u = user();
+        let f = active_sms(st, &dir, &clock).await;
+        let sent = super::super::challenge(st, &u, &f, &ctx()).await.unwrap();
+        assert_eq!(
+            sent,
+            super::super::Challenge::CodeSent {
+                expires_at: clock.now() + 300
+            }
+        );
+        assert_eq!(
+            super::super::challenge(st, &u, &f, &ctx()).await,
+            Err(ChallengeError::TooSoon(clock.now() + 30))
+        );
+        let code = last_code(&dir);
+        assert!(
+            messages(&dir).last().unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .contains("app.example.com")
+        );
+        assert_eq!(super::super::verify(st, &u, &f, &code, ip()).await, Ok(()));
+        assert_eq!(
+            super::super::verify(st, &u, &f, &code, ip()).await,
+            Err(VerifyError::Invalid),
+            "used"
+        );
+        clock.advance(30);
+        super::super::challenge(st, &u, &f, &ctx()).await.unwrap();
+        let code = last_code(&dir);
+        clock.advance(300);
+        assert_eq!(
+            super::super::verify(st, &u, &f, &code, ip()).await,
+            Err(VerifyError::Invalid),
+            "expired"
+        );
+    }
+
+    #[tokio::test]
+    async fn five_wrong_attempts_kill_the_code() {
+        let (gw, clock, dir) = gateway("").await;
+        let st = gw.state();
+        let u = user();
+        let f = active_sms(st, &dir, &clock).await;
+        super::super::challenge(st, &u, &f, &ctx()).await.unwrap();
+        let code = last_code(&dir);
+        let wrong = if code == "000000" { "111111" } else { "000000" };
+        for _ in 0..MAX_ATTEMPTS {
+            assert_eq!(
+                super::super::verify(st, &u, &f, wrong, ip()).await,
+                Err(VerifyError::Invalid)
+            );
+        }
+        assert_eq!(
+            super::super::verify(st, &u, &f, &code, ip()).await,
+            Err(VerifyError::Invalid),
+            "dead after five attempts"
+        );
+        // A new code (after resend_after) works again.
+        clock.advance(30);
+        super::super::challenge(st, &u, &f, &ctx()).await.unwrap();
+        assert_eq!(
+            super::super::verify(st, &u, &f, &last_code(&dir), ip()).await,
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_codes_lock_the_user() {
+        let (gw, clock, dir) = gateway("").await;
+        let gw = rebuild(&gw, &clock, |c| c.regulation.max_factor_failures = 3).await;
+        let st = gw.state();
+        let u = user();
+        let f = active_sms(st, &dir, &clock).await;
+        super::super::challenge(st, &u, &f, &ctx()).await.unwrap();
+        let code = last_code(&dir);
+        for _ in 0..3 {
+            let _ = super::super::verify(st, &u, &f, "999999x", ip()).await;
+        }
+        assert_eq!(
+            super::super::verify(st, &u, &f, &code, ip()).await,
+            Err(VerifyError::Invalid),
+            "locked: refused like a wrong code"
+        );
+        assert!(st.regulator.user_locked(&u.id).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn sends_per_hour_are_limited_per_user() {
+        let (gw, clock, dir) = gateway("").await;
+        let st = gw.state();
+        let u = user();
+        let first = clock.now();
+        let f = active_sms(st, &dir, &clock).await; // send 1 (activation)
+        for _ in 0..3 {
+            clock.advance(30);
+            super::super::challenge(st, &u, &f, &ctx()).await.unwrap();
+        }
+        clock.advance(30);
+        assert_eq!(
+            super::super::challenge(st, &u, &f, &ctx()).await,
+            Err(ChallengeError::RateLimited(first + SEND_WINDOW))
+        );
+        clock.set(first + SEND_WINDOW + 1);
+        super::super::challenge(st, &u, &f, &ctx()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn calls_speak_and_emails_have_a_subject() {
+        let (gw, _clock, dir) = gateway("").await;
+        let st = gw.state();
+        let u = user();
+        super::super::enroll(st, &u, "call", "OKTA", &json!({"phoneNumber": "+15555550100"}))
+            .await
+            .unwrap();
+        let m = messages(&dir).pop().unwrap();
+        assert_eq!(m["kind"], "call");
+        let spoken_code = crate::delivery::spoken(m["code"].as_str().unwrap());
+        assert!(m["text"].as_str().unwrap().contains(&spoken_code), "{m}");
+        // The e-mail address defaults to the user's own.
+        super::super::enroll(st, &u, "email", "OKTA", &json!({}))
+            .await
+            .unwrap();
+        let m = messages(&dir).pop().unwrap();
+        assert_eq!(m["kind"], "email");
+        assert_eq!(m["to"], "dave@example.com");
+        assert!(m["subject"].as_str().unwrap().contains("sign-in code"));
+        assert!(matches!(
+            super::super::enroll(st, &u, "email", "OKTA", &json!({"email": "nope"})).await,
+            Err(EnrollError::Invalid(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_delivery_is_an_error_and_leaves_no_factor() {
+        let (gw, clock, _dir) = gateway("").await;
+        let gw = rebuild(&gw, &clock, |c| {
+            c.factors.sms.delivery = Some(crate::config::Delivery::Command {
+                program: "/bin/false".into(),
+                args: vec![],
+            })
+        })
+        .await;
+        let st = gw.state();
+        let u = user();
+        assert!(matches!(
+            super::super::enroll(st, &u, "sms", "OKTA", &json!({"phoneNumber": "+15555550100"})).await,
+            Err(EnrollError::Delivery)
+        ));
+        assert!(super::super::list(st, &u).await.unwrap().is_empty());
+    }
 
     #[test]
     fn phone_numbers_must_be_e164() {

@@ -43,7 +43,9 @@ use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Challenge, ChallengeContext, ChallengeError, EnrollError, Enrolled, Factor, PushResult};
+use super::{
+    Challenge, ChallengeContext, ChallengeError, EnrollError, Enrolled, Factor, PushResult, VerifyError,
+};
 use crate::audit;
 use crate::clock::{UnixTime, rfc3339};
 use crate::delivery::{self, Kind, Message};
@@ -352,10 +354,16 @@ pub async fn status(
 }
 
 /// Uses up an approved transaction (a sign-in completes once): true if it
-/// was approved and this caller took it.
-pub async fn consume(st: &AppState, user: &User, factor: &Factor, tid: &str) -> Result<bool, StoreError> {
+/// was approved and this caller took it. A locked user is refused like a
+/// wrong code (or told, with `reveal_lockout`).
+pub async fn consume(st: &AppState, user: &User, factor: &Factor, tid: &str) -> Result<bool, VerifyError> {
     if status(st, user, factor, tid).await? != Some(PushResult::Success) {
         return Ok(false);
+    }
+    if super::locked(st, user).await? {
+        crate::metrics::factor_verification("push", "locked");
+        audit!("factor.verify.refused", user = %user.username, factor_type = "push", reason = "user locked");
+        return Err(super::locked_answer(st));
     }
     // Approved is final, so what is taken now is the approved transaction.
     let taken = st.store.take_transaction(KIND, tid, st.clock.now()).await?;
@@ -518,7 +526,301 @@ pub async fn answer(
 
 #[cfg(test)]
 mod tests {
+    use ed25519_dalek::{Signer, SigningKey};
+
+    use super::super::otp::tests::{ADDR, gateway, messages, user};
     use super::*;
+    use crate::clock::ManualClock;
+
+    fn ip() -> IpAddr {
+        ADDR.parse().unwrap()
+    }
+
+    fn ctx() -> ChallengeContext {
+        ChallengeContext {
+            client_addr: ip(),
+            app_host: "app.example.com".into(),
+        }
+    }
+
+    fn device_key() -> SigningKey {
+        SigningKey::from_bytes(&[7u8; 32])
+    }
+
+    async fn paired(st: &AppState) -> Factor {
+        let u = user();
+        let Enrolled::Push {
+            factor,
+            activation_token,
+            ..
+        } = enroll(st, &u, "OKTA").await.unwrap()
+        else {
+            panic!("not a push enrollment")
+        };
+        let reg = DeviceRegistration {
+            activation_token,
+            public_key: crate::crypto::b64(device_key().verifying_key().as_bytes()),
+            device_name: "Dave's phone".into(),
+            address: "relay:device-1".into(),
+        };
+        let active = register_device(st, &reg).await.unwrap();
+        assert_eq!(active.id, factor.id);
+        Factor {
+            record: active,
+            from_config: false,
+        }
+    }
+
+    fn signed(
+        tid: &str,
+        f: &Factor,
+        decision: &str,
+        number: u32,
+        expires_at: &str,
+        key: &SigningKey,
+    ) -> DeviceAnswer {
+        let sig = key.sign(&signed_bytes(tid, &f.record.id, decision, number, expires_at));
+        DeviceAnswer {
+            decision: Some(decision.into()),
+            number: Some(number),
+            signature: Some(crate::crypto::b64(&sig.to_bytes())),
+        }
+    }
+
+    async fn push(st: &AppState, f: &Factor) -> (String, u8, String) {
+        let Challenge::Push {
+            transaction_id,
+            correct_answer,
+            expires_at,
+        } = challenge(st, &user(), f, &ctx()).await.unwrap()
+        else {
+            panic!("not a push")
+        };
+        (transaction_id, correct_answer, rfc3339(expires_at))
+    }
+
+    #[tokio::test]
+    async fn pairing_checks_fields_and_uses_the_token_once() {
+        let (gw, _clock, _dir) = gateway("").await;
+        let st = gw.state();
+        let u = user();
+        let Enrolled::Push {
+            factor,
+            activation_token,
+            ..
+        } = enroll(st, &u, "OKTA").await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(factor.status, FactorStatus::PendingActivation);
+        let mut reg = DeviceRegistration {
+            activation_token: activation_token.clone(),
+            public_key: "short".into(),
+            device_name: "Phone".into(),
+            address: "relay:1".into(),
+        };
+        assert!(
+            matches!(register_device(st, &reg).await, Err(DeviceError::Invalid(c)) if c.starts_with("publicKey"))
+        );
+        reg.public_key = crate::crypto::b64(device_key().verifying_key().as_bytes());
+        reg.device_name = " ".into();
+        assert!(matches!(
+            register_device(st, &reg).await,
+            Err(DeviceError::Invalid(_))
+        ));
+        reg.device_name = "Phone".into();
+        reg.activation_token = "wrong".into();
+        assert_eq!(register_device(st, &reg).await, Err(DeviceError::InvalidToken));
+        reg.activation_token = activation_token;
+        let active = register_device(st, &reg).await.unwrap();
+        assert_eq!(active.status, FactorStatus::Active);
+        assert_eq!(active.profile["deviceName"], "Phone");
+        assert_eq!(active.profile["address"], "relay:1");
+        assert!(public_key(&active).is_some());
+        assert_eq!(
+            register_device(st, &reg).await,
+            Err(DeviceError::InvalidToken),
+            "used"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_message_carries_context_but_never_the_number() {
+        let (gw, _clock, dir) = gateway("").await;
+        let st = gw.state();
+        let f = paired(st).await;
+        let (tid, number, expires_at) = push(st, &f).await;
+        assert!((10..=99).contains(&number));
+        let m = messages(&dir).pop().unwrap();
+        assert_eq!(m["kind"], "push");
+        assert_eq!(m["to"], "relay:device-1");
+        assert_eq!(m["transaction_id"], tid.as_str());
+        assert_eq!(m["factor_id"], f.record.id.as_str());
+        assert_eq!(m["client"], ADDR);
+        assert_eq!(m["app"], "app.example.com");
+        assert_eq!(m["user"], "dave");
+        assert_eq!(m["expires_at"], expires_at.as_str());
+        assert!(m.get("code").is_none() && m.get("number").is_none());
+        assert!(
+            m.as_object()
+                .unwrap()
+                .values()
+                .all(|v| v.as_u64() != Some(u64::from(number))),
+            "no field carries the number"
+        );
+        assert_eq!(
+            status(st, &user(), &f, &tid).await.unwrap(),
+            Some(PushResult::Waiting)
+        );
+    }
+
+    #[tokio::test]
+    async fn approve_with_the_right_number_succeeds_once() {
+        let (gw, _clock, _dir) = gateway("").await;
+        let st = gw.state();
+        let f = paired(st).await;
+        let (tid, number, exp) = push(st, &f).await;
+        let ans = signed(&tid, &f, "approve", u32::from(number), &exp, &device_key());
+        assert_eq!(answer(st, &tid, &ans, ip()).await, Ok(PushResult::Success));
+        assert_eq!(
+            answer(st, &tid, &ans, ip()).await,
+            Err(AnswerError::Answered),
+            "repeated"
+        );
+        assert_eq!(push_status(st, &f, &tid).await, Some(PushResult::Success));
+        assert!(consume(st, &user(), &f, &tid).await.unwrap());
+        assert!(
+            !consume(st, &user(), &f, &tid).await.unwrap(),
+            "a sign-in completes once"
+        );
+    }
+
+    async fn push_status(st: &AppState, f: &Factor, tid: &str) -> Option<PushResult> {
+        status(st, &user(), f, tid).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn forged_and_malformed_answers_are_refused() {
+        let (gw, _clock, _dir) = gateway("").await;
+        let st = gw.state();
+        let f = paired(st).await;
+        let (tid, number, exp) = push(st, &f).await;
+        let n = u32::from(number);
+        let unsigned = DeviceAnswer {
+            decision: Some("approve".into()),
+            number: Some(n),
+            signature: None,
+        };
+        assert_eq!(
+            answer(st, &tid, &unsigned, ip()).await,
+            Err(AnswerError::BadSignature)
+        );
+        let other = SigningKey::from_bytes(&[8u8; 32]);
+        let forged = signed(&tid, &f, "approve", n, &exp, &other);
+        assert_eq!(
+            answer(st, &tid, &forged, ip()).await,
+            Err(AnswerError::BadSignature)
+        );
+        // Signed for deny, presented as approve.
+        let mut swapped = signed(&tid, &f, "deny", n, &exp, &device_key());
+        swapped.decision = Some("approve".into());
+        assert_eq!(
+            answer(st, &tid, &swapped, ip()).await,
+            Err(AnswerError::BadSignature)
+        );
+        // Signed over another expiry (or another transaction).
+        let stale = signed(&tid, &f, "approve", n, "2020-01-01T00:00:00.000Z", &device_key());
+        assert_eq!(
+            answer(st, &tid, &stale, ip()).await,
+            Err(AnswerError::BadSignature)
+        );
+        let mut bad = signed(&tid, &f, "approve", n, &exp, &device_key());
+        bad.decision = Some("maybe".into());
+        assert!(matches!(
+            answer(st, &tid, &bad, ip()).await,
+            Err(AnswerError::Invalid(_))
+        ));
+        assert_eq!(
+            answer(
+                st,
+                "ptxNOPE",
+                &signed("ptxNOPE", &f, "approve", n, &exp, &device_key()),
+                ip()
+            )
+            .await,
+            Err(AnswerError::NotFound)
+        );
+        assert_eq!(
+            push_status(st, &f, &tid).await,
+            Some(PushResult::Waiting),
+            "nothing changed"
+        );
+        // Another factor's poll does not see it.
+        let other_factor = Factor {
+            record: FactorRecord {
+                id: "opfOTHER".into(),
+                ..f.record.clone()
+            },
+            from_config: false,
+        };
+        assert_eq!(push_status(st, &other_factor, &tid).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_number_rejects_and_counts_as_a_failure() {
+        let (gw, _clock, _dir) = gateway("").await;
+        let st = gw.state();
+        let f = paired(st).await;
+        let (tid, number, exp) = push(st, &f).await;
+        let wrong = if number == 99 { 10 } else { u32::from(number) + 1 };
+        let ans = signed(&tid, &f, "approve", wrong, &exp, &device_key());
+        assert_eq!(answer(st, &tid, &ans, ip()).await, Err(AnswerError::WrongNumber));
+        assert_eq!(push_status(st, &f, &tid).await, Some(PushResult::Rejected));
+        let right = signed(&tid, &f, "approve", u32::from(number), &exp, &device_key());
+        assert_eq!(
+            answer(st, &tid, &right, ip()).await,
+            Err(AnswerError::Answered),
+            "one guess only"
+        );
+        assert!(!consume(st, &user(), &f, &tid).await.unwrap());
+        // The failure was counted (50 allowed in this config: not locked).
+        assert!(st.regulator.user_locked(&user().id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn deny_rejects_and_late_answers_time_out() {
+        let (gw, clock, _dir) = gateway("").await;
+        let st = gw.state();
+        let f = paired(st).await;
+        let (tid, _number, exp) = push(st, &f).await;
+        let deny = signed(&tid, &f, "deny", 0, &exp, &device_key());
+        assert_eq!(answer(st, &tid, &deny, ip()).await, Ok(PushResult::Rejected));
+        let (tid, number, exp) = push(st, &f).await;
+        clock.advance(60);
+        assert_eq!(push_status(st, &f, &tid).await, Some(PushResult::Timeout));
+        let late = signed(&tid, &f, "approve", u32::from(number), &exp, &device_key());
+        assert_eq!(answer(st, &tid, &late, ip()).await, Err(AnswerError::Expired));
+        assert_eq!(push_status(st, &f, &tid).await, Some(PushResult::Timeout));
+        clock.advance(KEEP_AFTER);
+        assert_eq!(push_status(st, &f, &tid).await, None, "forgotten after a while");
+        let _ = ManualClock::new(0);
+    }
+
+    #[tokio::test]
+    async fn pushes_per_hour_are_limited() {
+        let (gw, clock, _dir) = gateway("").await;
+        let st = gw.state();
+        let f = paired(st).await;
+        for _ in 0..MAX_PUSHES_PER_HOUR {
+            push(st, &f).await;
+        }
+        assert!(matches!(
+            challenge(st, &user(), &f, &ctx()).await,
+            Err(ChallengeError::RateLimited(_))
+        ));
+        clock.advance(3600);
+        push(st, &f).await;
+    }
 
     #[test]
     fn the_signed_text_is_exactly_specified() {
