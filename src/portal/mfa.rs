@@ -25,6 +25,9 @@ use crate::policy::{Decision, RequestFacts};
 /// How recent a second factor must be to add or remove factors.
 pub const RECENT_MFA_SECS: i64 = 10 * 60;
 
+/// A pending authenticator younger than this is shown again instead of a new one.
+pub const PENDING_REUSE_SECS: i64 = 15 * 60;
+
 /// True when `claims` satisfies the rule for `target` (its level, and its
 /// `max_age`). A group mismatch counts as satisfied: the app answers 403.
 pub fn satisfied(st: &AppState, ctx: &Ctx, target: &str, s: &ActiveSession) -> bool {
@@ -463,27 +466,44 @@ pub async fn enroll(
         }
         Err(()) => return unavailable_page(),
     }
-    let enrolled = match factors::enroll_totp(&st, &s.user, "GOOGLE").await {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(error = %e, "portal enrollment failed");
-            return html(
-                StatusCode::SERVICE_UNAVAILABLE,
-                super::pages::message_page(
-                    "Cannot set up a factor",
-                    "The gateway cannot store new factors right now.",
-                ),
-            );
-        }
+    // Resume a pending authenticator of this user (a reload, a second tab)
+    // rather than leaving one pending factor behind per page view.
+    let pending = match factors::list(&st, &s.user).await {
+        Ok(all) => all.into_iter().find(|f| {
+            !f.from_config
+                && f.record.factor_type == TOTP_TYPE
+                && f.record.status == crate::store::FactorStatus::PendingActivation
+                && st.clock.now() - f.record.created < PENDING_REUSE_SECS
+        }),
+        Err(_) => return unavailable_page(),
     };
+    let resumed =
+        pending.and_then(|f| factors::totp_secret(&st, &s.user, &f).map(|secret| (f.record.id, secret)));
+    let (factor_id, secret) = match resumed {
+        Some(r) => r,
+        None => match factors::enroll_totp(&st, &s.user, "GOOGLE").await {
+            Ok(e) => (e.factor.id, e.secret),
+            Err(e) => {
+                tracing::error!(error = %e, "portal enrollment failed");
+                return html(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    super::pages::message_page(
+                        "Cannot set up a factor",
+                        "The gateway cannot store new factors right now.",
+                    ),
+                );
+            }
+        },
+    };
+    let uri = factors::totp::otpauth_uri(&st.config.factors.totp, secret.expose(), &s.user.username);
     let (token, set) = csrf_token(&st, &headers);
     let page = enroll_page(
         &st,
         &token,
         &rd,
-        &enrolled.factor.id,
-        &factors::totp::base32(enrolled.secret.expose()),
-        &factors::totp::qr_data_uri(&enrolled.uri),
+        &factor_id,
+        &factors::totp::base32(secret.expose()),
+        &factors::totp::qr_data_uri(&uri),
         None,
     );
     with_csrf(html(StatusCode::OK, page), set)

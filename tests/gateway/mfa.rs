@@ -273,3 +273,42 @@ async fn the_api_flow_uses_the_provisioned_factor() {
         .unwrap();
     assert_eq!(res.status(), 401);
 }
+
+#[tokio::test]
+async fn reloading_the_enrollment_page_resumes_the_same_pending_factor() {
+    let gw = TestGateway::start(
+        "[factors.totp]\nenabled = true\n\n[[rules]]\npath = \"^/secure(/|$)\"\npolicy = \"two_factor\"\n",
+    )
+    .await;
+    let login = gw.login_rd(ALICE.username, ALICE.password, "/secure/").await;
+    let secret_of = |html: &str| {
+        let marker = "data-secret=\"";
+        let start = html.find(marker).expect("the key is on the page") + marker.len();
+        html[start..start + html[start..].find('"').unwrap()].to_owned()
+    };
+    let first = browse(&gw, "/_portcullis/enroll?rd=/secure/", &login.cookie())
+        .await
+        .text()
+        .await
+        .unwrap();
+    let again = browse(&gw, "/_portcullis/enroll?rd=/secure/", &login.cookie())
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(secret_of(&first), secret_of(&again));
+    let uid = TestGateway::uid(ALICE.username);
+    assert_eq!(
+        gw.gateway.state().store.list_factors(&uid).await.unwrap().len(),
+        1
+    );
+    // Much later, a new one is offered instead.
+    gw.clock.advance(16 * 60);
+    let relogin = gw.login_rd(ALICE.username, ALICE.password, "/secure/").await;
+    let later = browse(&gw, "/_portcullis/enroll?rd=/secure/", &relogin.cookie())
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_ne!(secret_of(&first), secret_of(&later));
+}
