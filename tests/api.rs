@@ -1,0 +1,23 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The management API (Users, Factors, recovery codes), the self-service
+//! factor API and the OpenAPI document over real sockets, plus the
+//! compatibility runs with independent clients: the official Okta Python SDK
+//! (`tests/okta/sdk_check.py`) and newman with the Postman collection in
+//! `examples/`, each against the real binary. Runs whose tools are missing
+//! say "skipped" and return; `.ci/run` installs them. One binary on purpose:
+//! each file in `tests/` links separately.
+
+mod support;
+
+#[path = "api/common.rs"]
+mod common;
+#[path = "api/factors.rs"]
+mod factors;
+#[path = "api/openapi.rs"]
+mod openapi;
+#[path = "api/self_service.rs"]
+mod self_service;
+#[path = "api/tools.rs"]
+mod tools;
+#[path = "api/users.rs"]
+mod users;

@@ -1,0 +1,180 @@
+//! What the API tests share: a gateway with TOTP and recovery codes on, and
+//! a small JSON client for the admin listener.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::support::TestGateway;
+
+/// The admin token of the base test config.
+pub const TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// TOML for the API tests: TOTP and recovery codes, and one two-factor rule
+/// (so a user's last factor is protected).
+pub const FACTORS: &str = r#"
+[factors.totp]
+enabled = true
+[factors.recovery_codes]
+enabled = true
+count = 10
+
+[[rules]]
+path = "^/public/"
+policy = "bypass"
+
+[[rules]]
+path = "^/secure/"
+policy = "two_factor"
+"#;
+
+/// A gateway for the API tests, with `extra` TOML merged after [`FACTORS`].
+pub async fn gateway(extra: &str) -> TestGateway {
+    TestGateway::start(&format!("{FACTORS}\n{extra}")).await
+}
+
+/// An answer: status, headers and JSON body (`Null` when empty or not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.to_str().unwrap().to_owned())
+    }
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+    /// Asserts the status and, for errors, the Okta error code.
+    pub fn expect(&self, status: u16, code: Option<&str>) -> &Self {
+        assert_eq!(self.status, status, "{}", self.text);
+        if let Some(code) = code {
+            assert_eq!(self.body["errorCode"], code, "{}", self.text);
+            assert!(self.body["errorId"].as_str().is_some_and(|s| !s.is_empty()));
+            assert!(self.body["errorCauses"].is_array());
+        }
+        self
+    }
+}
+
+/// Sends a request and reads the answer.
+pub async fn send(req: reqwest::RequestBuilder) -> Answer {
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let text = res.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
+/// An admin API call with the test token (`auth = None`: no Authorization).
+pub async fn admin_as(
+    gw: &TestGateway,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    auth: Option<&str>,
+) -> Answer {
+    let mut req = gw
+        .client()
+        .request(method, gw.admin_url(path))
+        .header("accept", "application/json");
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    send(req).await
+}
+
+/// An admin API call with the test token.
+pub async fn admin(gw: &TestGateway, method: Method, path: &str, body: Option<Value>) -> Answer {
+    admin_as(gw, method, path, body, Some(&format!("SSWS {TOKEN}"))).await
+}
+
+/// Creates a stored user through the API (asserting 200) and returns it.
+pub async fn create_user(gw: &TestGateway, login: &str, password: Option<&str>) -> Value {
+    let mut body = serde_json::json!({
+        "profile": { "login": login, "email": format!("{login}@example.com"), "firstName": "Test", "lastName": "User" }
+    });
+    if let Some(p) = password {
+        body["credentials"] = serde_json::json!({ "password": { "value": p } });
+    }
+    let a = admin(gw, Method::POST, "/api/v1/users?activate=true", Some(body)).await;
+    a.expect(200, None);
+    a.body
+}
+
+/// The TOTP code of a base32 secret at the gateway's clock, offset by `steps`.
+pub fn totp(gw: &TestGateway, secret_b32: &str, steps: i64) -> String {
+    use portcullis::clock::Clock as _;
+    let secret = base32::decode(base32::Alphabet::Rfc4648 { padding: false }, secret_b32).unwrap();
+    let cfg = gw.gateway.state().config.factors.totp.clone();
+    portcullis::factors::totp::code_at(&cfg, &secret, gw.clock.now() + steps * 30)
+}
+
+/// Enrolls and activates a TOTP factor for `uid` through the admin API;
+/// returns `(factor id, base32 secret)`. Moves the clock one step on so the
+/// activation code's step is used up and the next code is fresh.
+pub async fn active_totp(gw: &TestGateway, uid: &str) -> (String, String) {
+    let e = admin(
+        gw,
+        Method::POST,
+        &format!("/api/v1/users/{uid}/factors"),
+        Some(serde_json::json!({ "factorType": "token:software:totp", "provider": "GOOGLE" })),
+    )
+    .await;
+    e.expect(200, None);
+    let fid = e.body["id"].as_str().unwrap().to_owned();
+    let secret = e.body["_embedded"]["activation"]["sharedSecret"].as_str().unwrap().to_owned();
+    let code = totp(gw, &secret, 0);
+    admin(
+        gw,
+        Method::POST,
+        &format!("/api/v1/users/{uid}/factors/{fid}/lifecycle/activate"),
+        Some(serde_json::json!({ "passCode": code })),
+    )
+    .await
+    .expect(200, None);
+    gw.clock.advance(30);
+    (fid, secret)
+}
+
+/// Signs in through the authn API with a password and a TOTP code; returns
+/// the level-2 session cookie value.
+pub async fn level2(gw: &TestGateway, login: &str, password: &str, fid: &str, secret: &str) -> String {
+    let a = send(
+        gw.client()
+            .post(gw.url("/_portcullis/api/v1/authn"))
+            .json(&serde_json::json!({ "username": login, "password": password })),
+    )
+    .await;
+    a.expect(200, None);
+    assert_eq!(a.body["status"], "MFA_REQUIRED", "{}", a.text);
+    let token = a.body["stateToken"].as_str().unwrap().to_owned();
+    let code = totp(gw, secret, 0);
+    let v = gw
+        .client()
+        .post(gw.url(&format!("/_portcullis/api/v1/authn/factors/{fid}/verify")))
+        .json(&serde_json::json!({ "stateToken": token, "passCode": code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v.status(), 200);
+    let (session, _) = crate::support::set_cookie(&v, "portcullis_session").expect("a level-2 session");
+    gw.clock.advance(30);
+    session
+}

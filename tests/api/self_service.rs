@@ -1,0 +1,206 @@
+//! The self-service factor API under `{prefix}/api/v1/users/me/factors`:
+//! session, cross-site rules, the X-CSRF-Token double submit, the
+//! recent-second-factor rule, and ownership of factor ids.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::common::{Answer, active_totp, gateway, level2, send, totp};
+use crate::support::{ALICE, TestGateway};
+
+const ME: &str = "/_portcullis/api/v1/users/me/factors";
+
+/// A self-service call with the given cookies and `X-CSRF-Token`.
+async fn me(
+    gw: &TestGateway,
+    method: Method,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    let mut req = gw.client().request(method, gw.url(&format!("{ME}{path}")));
+    if !cookie.is_empty() {
+        req = req.header("cookie", cookie);
+    }
+    if let Some(t) = csrf {
+        req = req.header("x-csrf-token", t);
+    }
+    req = match body {
+        Some(b) => req.json(&b),
+        None => req.header("content-type", "application/json"),
+    };
+    send(req).await
+}
+
+#[tokio::test]
+async fn the_csrf_header_and_a_session_are_required() {
+    let gw = gateway("").await;
+    let login = gw.login(ALICE).await;
+    let cookies = login.cookie();
+    me(&gw, Method::GET, "", &cookies, None, None).await.expect(403, Some("E0000006"));
+    me(&gw, Method::GET, "", &cookies, Some("wrong.token"), None)
+        .await
+        .expect(403, Some("E0000006"));
+    let ok = me(&gw, Method::GET, "", &cookies, Some(&login.csrf), None).await;
+    ok.expect(200, None);
+    assert_eq!(ok.body, json!([]));
+    me(&gw, Method::GET, "/catalog", &cookies, Some(&login.csrf), None)
+        .await
+        .expect(200, None);
+    // No session: 401 whatever the CSRF token.
+    me(&gw, Method::GET, "", &format!("portcullis_csrf={}", login.csrf), Some(&login.csrf), None)
+        .await
+        .expect(401, Some("E0000011"));
+    // A client without a CSRF cookie gets one with the refusal, then succeeds.
+    let r = me(&gw, Method::GET, "", &login.session_cookie(), None, None).await;
+    r.expect(403, Some("E0000006"));
+    let set = r.all("set-cookie");
+    let fresh = set
+        .iter()
+        .find_map(|c| c.strip_prefix("portcullis_csrf="))
+        .map(|c| c.split(';').next().unwrap().to_owned())
+        .expect("a fresh CSRF cookie");
+    me(
+        &gw,
+        Method::GET,
+        "",
+        &format!("{}; portcullis_csrf={fresh}", login.session_cookie()),
+        Some(&fresh),
+        None,
+    )
+    .await
+    .expect(200, None);
+}
+
+#[tokio::test]
+async fn cross_site_rules_apply() {
+    let gw = gateway("").await;
+    let login = gw.login(ALICE).await;
+    let body = r#"{"factorType":"token:software:totp","provider":"GOOGLE"}"#;
+    let plain = send(
+        gw.client()
+            .post(gw.url(ME))
+            .header("cookie", login.cookie())
+            .header("x-csrf-token", &login.csrf)
+            .header("content-type", "text/plain")
+            .body(body),
+    )
+    .await;
+    plain.expect(415, Some("E0000037"));
+    let cross = send(
+        gw.client()
+            .post(gw.url(ME))
+            .header("cookie", login.cookie())
+            .header("x-csrf-token", &login.csrf)
+            .header("content-type", "application/json")
+            .header("origin", "https://evil.example")
+            .body(body),
+    )
+    .await;
+    cross.expect(403, Some("E0000006"));
+}
+
+#[tokio::test]
+async fn adding_and_removing_factors_needs_a_recent_second_factor() {
+    let gw = gateway("").await;
+    let login = gw.login(ALICE).await;
+    let level1 = login.cookie();
+    let csrf = login.csrf.clone();
+    let totp_body = json!({ "factorType": "token:software:totp", "provider": "GOOGLE" });
+
+    // A first enrollment is allowed at level 1 (users.enrollment = "first_login").
+    let e = me(&gw, Method::POST, "", &level1, Some(&csrf), Some(totp_body.clone())).await;
+    e.expect(200, None);
+    let fid = e.body["id"].as_str().unwrap().to_owned();
+    let secret = e.body["_embedded"]["activation"]["sharedSecret"].as_str().unwrap().to_owned();
+    let qr = e.body["_embedded"]["activation"]["_links"]["qrcode"]["href"].as_str().unwrap();
+    assert_eq!(qr, gw.url(&format!("{ME}/{fid}/qr")));
+    let q = me(&gw, Method::GET, &format!("/{fid}/qr"), &level1, Some(&csrf), None).await;
+    q.expect(200, None);
+    assert!(q.text.contains("<svg"));
+    let a = me(
+        &gw,
+        Method::POST,
+        &format!("/{fid}/lifecycle/activate"),
+        &level1,
+        Some(&csrf),
+        Some(json!({ "passCode": totp(&gw, &secret, 0) })),
+    )
+    .await;
+    a.expect(200, None);
+    assert_eq!(a.body["status"], "ACTIVE");
+    assert!(a.body["_links"]["self"]["href"].as_str().unwrap().contains("/users/me/factors/"));
+    gw.clock.advance(30);
+
+    // A second one needs a second factor within 10 minutes; so does removal.
+    let refused = me(&gw, Method::POST, "", &level1, Some(&csrf), Some(totp_body.clone())).await;
+    refused.expect(403, Some("E0000006"));
+    assert!(refused.text.contains("10 minutes"));
+    me(&gw, Method::DELETE, &format!("/{fid}"), &level1, Some(&csrf), None)
+        .await
+        .expect(403, Some("E0000006"));
+    // Verifying through this API checks the code but does not raise the session.
+    let v = me(
+        &gw,
+        Method::POST,
+        &format!("/{fid}/verify"),
+        &level1,
+        Some(&csrf),
+        Some(json!({ "passCode": totp(&gw, &secret, 0) })),
+    )
+    .await;
+    v.expect(200, None);
+    assert_eq!(v.body["factorResult"], "SUCCESS");
+    gw.clock.advance(30);
+
+    let session = level2(&gw, "alice", ALICE.password, &fid, &secret).await;
+    let level2_cookies = format!("portcullis_session={session}; portcullis_csrf={csrf}");
+    let second = me(&gw, Method::POST, "", &level2_cookies, Some(&csrf), Some(totp_body.clone())).await;
+    second.expect(200, None);
+    let second_id = second.body["id"].as_str().unwrap().to_owned();
+    // Without the header even a fresh level-2 session is refused.
+    me(&gw, Method::DELETE, &format!("/{second_id}"), &level2_cookies, None, None)
+        .await
+        .expect(403, Some("E0000006"));
+    me(&gw, Method::DELETE, &format!("/{second_id}"), &level2_cookies, Some(&csrf), None)
+        .await
+        .expect(204, None);
+
+    // Eleven minutes later removal is refused again.
+    gw.clock.advance(11 * 60);
+    me(&gw, Method::DELETE, &format!("/{fid}"), &level2_cookies, Some(&csrf), None)
+        .await
+        .expect(403, Some("E0000006"));
+    let list = me(&gw, Method::GET, "", &level2_cookies, Some(&csrf), None).await;
+    list.expect(200, None);
+    assert_eq!(list.body.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn another_users_factor_is_not_found() {
+    let gw = gateway("").await;
+    let (bob_factor, _) = active_totp(&gw, &TestGateway::uid("bob")).await;
+    let login = gw.login(ALICE).await;
+    for (method, suffix) in [
+        (Method::GET, String::new()),
+        (Method::GET, "/qr".to_owned()),
+        (Method::POST, "/verify".to_owned()),
+        (Method::GET, "/transactions/x".to_owned()),
+    ] {
+        me(
+            &gw,
+            method,
+            &format!("/{bob_factor}{suffix}"),
+            &login.cookie(),
+            Some(&login.csrf),
+            Some(json!({ "passCode": "123456" })),
+        )
+        .await
+        .expect(404, Some("E0000007"));
+    }
+    // Removal checks the recent second factor first, so it says nothing about the id.
+    me(&gw, Method::DELETE, &format!("/{bob_factor}"), &login.cookie(), Some(&login.csrf), None)
+        .await
+        .expect(403, Some("E0000006"));
+}

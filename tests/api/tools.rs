@@ -1,0 +1,1 @@
+//! Independent clients (below).

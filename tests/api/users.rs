@@ -1,0 +1,317 @@
+//! The Users API: tokens, create (with and without a password), get by id or
+//! login, paging with Link headers, updates, lifecycle, deletion, and the
+//! read-only users-file users.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::common::{TOKEN, admin, admin_as, create_user, gateway};
+use crate::support::{ALICE, TestGateway};
+
+#[tokio::test]
+async fn tokens_are_required_and_checked() {
+    let gw = gateway("").await;
+    let uid = TestGateway::uid("alice");
+    for auth in [
+        None,
+        Some("SSWS wrong-token"),
+        Some("Basic dGVzdA=="),
+        Some(TOKEN),
+        Some("SSWS"),
+    ] {
+        for (method, path) in [
+            (Method::GET, "/api/v1/users".to_owned()),
+            (Method::GET, format!("/api/v1/users/{uid}")),
+            (Method::GET, format!("/api/v1/users/{uid}/factors")),
+            (Method::DELETE, format!("/api/v1/users/{uid}/sessions")),
+            (Method::GET, format!("/api/v1/users/{uid}/recovery_codes")),
+        ] {
+            admin_as(&gw, method, &path, None, auth)
+                .await
+                .expect(401, Some("E0000011"));
+        }
+    }
+    for auth in [format!("SSWS {TOKEN}"), format!("Bearer {TOKEN}")] {
+        admin_as(&gw, Method::GET, "/api/v1/users/alice", None, Some(&auth))
+            .await
+            .expect(200, None);
+    }
+    // No token needed for health and the document.
+    for path in ["/healthz", "/openapi.json"] {
+        admin_as(&gw, Method::GET, path, None, None).await.expect(200, None);
+    }
+}
+
+#[tokio::test]
+async fn users_are_created_shown_and_sign_in() {
+    let gw = gateway("").await;
+    let u = create_user(&gw, "dana@example.com", Some("dana-password-1")).await;
+    let id = u["id"].as_str().unwrap();
+    assert!(id.len() == 20 && id.starts_with("00u") && id.bytes().all(|b| b.is_ascii_alphanumeric()));
+    assert_eq!(u["status"], "ACTIVE");
+    assert_eq!(u["profile"]["login"], "dana@example.com");
+    assert_eq!(u["profile"]["firstName"], "Test");
+    assert_eq!(u["credentials"]["provider"], json!({ "type": "OKTA", "name": "OKTA" }));
+    assert_eq!(u["credentials"]["password"], json!({}), "set, never shown");
+    for k in ["created", "activated", "statusChanged", "lastUpdated", "passwordChanged"] {
+        assert!(u[k].as_str().is_some_and(|t| t.ends_with(".000Z")), "{k}: {u}");
+    }
+    assert!(u["lastLogin"].is_null());
+    assert_eq!(u["_links"]["self"]["href"], gw.admin_url(&format!("/api/v1/users/{id}")));
+    assert!(!u.to_string().contains("dana-password-1") && !u.to_string().contains("argon2"));
+
+    // By id and by login (any case).
+    for key in [id.to_owned(), "DANA@example.com".to_owned()] {
+        let got = admin(&gw, Method::GET, &format!("/api/v1/users/{key}"), None).await;
+        got.expect(200, None);
+        assert_eq!(got.body["id"], id);
+    }
+    admin(&gw, Method::GET, "/api/v1/users/00uNOBODY", None)
+        .await
+        .expect(404, Some("E0000007"));
+
+    // The new user signs in through the portal at once (this replica applied it).
+    let login = gw.login_rd("dana@example.com", "dana-password-1", "/").await;
+    assert_eq!(gw.status("/app", Some(&login.session_cookie())).await, 200);
+
+    // Without a password: active, no password credential, cannot sign in with one.
+    let p = create_user(&gw, "erin", None).await;
+    assert_eq!(p["status"], "ACTIVE");
+    assert!(p["credentials"].get("password").is_none());
+}
+
+#[tokio::test]
+async fn logins_are_unique_and_profiles_checked() {
+    let gw = gateway("").await;
+    create_user(&gw, "frank", None).await;
+    for login in ["alice", "ALICE", "Frank"] {
+        let a = admin(
+            &gw,
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({ "profile": { "login": login } })),
+        )
+        .await;
+        a.expect(400, Some("E0000001"));
+        assert!(a.text.contains("already exists"), "{}", a.text);
+    }
+    for body in [
+        json!({ "profile": {} }),
+        json!({ "profile": { "login": "a b" } }),
+        json!({ "profile": { "login": "gina", "email": "not-an-email" } }),
+        json!({ "profile": { "login": "gina", "nickName": "g" } }),
+        json!({ "profile": { "login": "gina" }, "credentials": { "password": { "value": "short" } } }),
+        json!({}),
+    ] {
+        admin(&gw, Method::POST, "/api/v1/users", Some(body))
+            .await
+            .expect(400, Some("E0000001"));
+    }
+    let bad = crate::common::send(
+        gw.client()
+            .post(gw.admin_url("/api/v1/users"))
+            .header("authorization", format!("SSWS {TOKEN}"))
+            .header("content-type", "application/json")
+            .body("{not json"),
+    )
+    .await;
+    bad.expect(400, Some("E0000003"));
+}
+
+#[tokio::test]
+async fn users_page_by_id_with_link_headers() {
+    let gw = gateway("").await;
+    let mut want: Vec<String> = vec![TestGateway::uid("alice"), TestGateway::uid("bob")];
+    for i in 0..5 {
+        want.push(create_user(&gw, &format!("pager{i}"), None).await["id"].as_str().unwrap().to_owned());
+    }
+    want.sort();
+    let mut seen = Vec::new();
+    let mut next = Some(gw.admin_url("/api/v1/users?limit=2"));
+    let mut pages = 0;
+    while let Some(url) = next.take() {
+        let path = url.strip_prefix(&gw.admin_url("")).unwrap().to_owned();
+        let a = admin(&gw, Method::GET, &path, None).await;
+        a.expect(200, None);
+        pages += 1;
+        let links = a.all("link");
+        assert!(links.iter().any(|l| l.ends_with("rel=\"self\"")), "{links:?}");
+        for u in a.body.as_array().unwrap() {
+            seen.push(u["id"].as_str().unwrap().to_owned());
+            assert_eq!(u["_links"].as_object().unwrap().len(), 1, "a collection shows only self");
+        }
+        next = links.iter().find(|l| l.ends_with("rel=\"next\"")).map(|l| {
+            l.split(';').next().unwrap().trim().trim_start_matches('<').trim_end_matches('>').to_owned()
+        });
+    }
+    assert_eq!(seen, want, "every user once, in id order");
+    assert_eq!(pages, 4);
+    // Users-file users are listed too, marked by nothing but their read-only answers.
+    for limit in ["0", "201", "x"] {
+        admin(&gw, Method::GET, &format!("/api/v1/users?limit={limit}"), None)
+            .await
+            .expect(400, Some("E0000001"));
+    }
+    admin(&gw, Method::GET, "/api/v1/users?search=profile.login", None)
+        .await
+        .expect(400, Some("E0000001"));
+}
+
+#[tokio::test]
+async fn users_file_users_are_read_only() {
+    let gw = gateway("").await;
+    let uid = TestGateway::uid("alice");
+    let a = admin(&gw, Method::GET, "/api/v1/users/alice", None).await;
+    a.expect(200, None);
+    assert_eq!(a.body["id"], uid);
+    assert_eq!(a.body["profile"]["email"], "alice@example.com");
+    assert!(a.body["created"].is_null());
+    for (method, path, body) in [
+        (Method::PUT, format!("/api/v1/users/{uid}"), Some(json!({ "profile": { "login": "alice" } }))),
+        (Method::POST, format!("/api/v1/users/{uid}"), Some(json!({ "profile": { "firstName": "A" } }))),
+        (Method::DELETE, format!("/api/v1/users/{uid}"), None),
+        (Method::POST, format!("/api/v1/users/{uid}/lifecycle/suspend"), None),
+    ] {
+        admin(&gw, method, &path, body).await.expect(403, Some("E0000006"));
+    }
+    // A stored user cannot take a file user's login either.
+    let u = create_user(&gw, "hank", None).await;
+    let id = u["id"].as_str().unwrap();
+    admin(
+        &gw,
+        Method::PUT,
+        &format!("/api/v1/users/{id}"),
+        Some(json!({ "profile": { "login": "Alice" } })),
+    )
+    .await
+    .expect(400, Some("E0000001"));
+}
+
+#[tokio::test]
+async fn password_change_suspension_and_deletion_end_sessions() {
+    let gw = gateway("").await;
+    let u = create_user(&gw, "ivy", Some("ivy-password-1")).await;
+    let id = u["id"].as_str().unwrap().to_owned();
+    let s1 = gw.login_rd("ivy", "ivy-password-1", "/").await;
+    assert_eq!(gw.status("/app", Some(&s1.session_cookie())).await, 200);
+
+    // A profile change keeps sessions; the new profile is what is shown.
+    let a = admin(
+        &gw,
+        Method::POST,
+        &format!("/api/v1/users/{id}"),
+        Some(json!({ "profile": { "lastName": "Changed", "mobilePhone": "+15555550123" } })),
+    )
+    .await;
+    a.expect(200, None);
+    assert_eq!(a.body["profile"]["lastName"], "Changed");
+    assert_eq!(a.body["profile"]["firstName"], "Test", "a partial update keeps the rest");
+    assert_eq!(gw.status("/app", Some(&s1.session_cookie())).await, 200);
+
+    // A new password ends them, and only the new password works.
+    admin(
+        &gw,
+        Method::PUT,
+        &format!("/api/v1/users/{id}"),
+        Some(json!({ "profile": { "login": "ivy", "firstName": "Ivy" }, "credentials": { "password": { "value": "ivy-password-2" } } })),
+    )
+    .await
+    .expect(200, None);
+    assert_eq!(gw.status("/app", Some(&s1.session_cookie())).await, 401);
+    let client = gw.client();
+    let csrf = gw.login_page(&client, "/").await;
+    let res = gw.post_login(&client, &csrf, "ivy", "ivy-password-1", "/", &[]).await;
+    assert_eq!(res.status(), 401);
+    let s2 = gw.login_rd("ivy", "ivy-password-2", "/").await;
+
+    // Suspended: sessions end, no sign-in; unsuspended: sign-in again.
+    admin(&gw, Method::POST, &format!("/api/v1/users/{id}/lifecycle/suspend"), None)
+        .await
+        .expect(200, None);
+    assert_eq!(admin(&gw, Method::GET, &format!("/api/v1/users/{id}"), None).await.body["status"], "SUSPENDED");
+    assert_eq!(gw.status("/app", Some(&s2.session_cookie())).await, 401);
+    admin(&gw, Method::POST, &format!("/api/v1/users/{id}/lifecycle/suspend"), None)
+        .await
+        .expect(403, Some("E0000079"));
+    admin(&gw, Method::POST, &format!("/api/v1/users/{id}/lifecycle/unsuspend"), None)
+        .await
+        .expect(200, None);
+    let s3 = gw.login_rd("ivy", "ivy-password-2", "/").await;
+
+    // Deleted: 204, then gone everywhere.
+    admin(&gw, Method::DELETE, &format!("/api/v1/users/{id}"), None)
+        .await
+        .expect(204, None);
+    assert_eq!(gw.status("/app", Some(&s3.session_cookie())).await, 401);
+    admin(&gw, Method::GET, &format!("/api/v1/users/{id}"), None)
+        .await
+        .expect(404, Some("E0000007"));
+    admin(&gw, Method::DELETE, &format!("/api/v1/users/{id}"), None)
+        .await
+        .expect(404, Some("E0000007"));
+    let csrf = gw.login_page(&client, "/").await;
+    let res = gw.post_login(&client, &csrf, "ivy", "ivy-password-2", "/", &[]).await;
+    assert_eq!(res.status(), 401);
+}
+
+#[tokio::test]
+async fn staged_users_sign_in_after_activation() {
+    let gw = gateway("").await;
+    let a = admin(
+        &gw,
+        Method::POST,
+        "/api/v1/users?activate=false",
+        Some(json!({ "profile": { "login": "jay" }, "credentials": { "password": { "value": "jay-password-1" } } })),
+    )
+    .await;
+    a.expect(200, None);
+    assert_eq!(a.body["status"], "STAGED");
+    assert!(a.body["activated"].is_null());
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    assert!(a.body["_links"]["activate"]["href"].as_str().unwrap().ends_with("/lifecycle/activate"));
+    let client = gw.client();
+    let csrf = gw.login_page(&client, "/").await;
+    assert_eq!(gw.post_login(&client, &csrf, "jay", "jay-password-1", "/", &[]).await.status(), 401);
+    admin(&gw, Method::POST, &format!("/api/v1/users/{id}/lifecycle/activate"), None)
+        .await
+        .expect(200, None);
+    gw.login_rd("jay", "jay-password-1", "/").await;
+}
+
+#[tokio::test]
+async fn another_replica_sees_stored_users_within_revocation_check() {
+    let gw = gateway("").await;
+    let second = crate::support::TestGateway::builder()
+        .toml(crate::common::FACTORS)
+        .store(gw.gateway.state().store.clone())
+        .clock(gw.clock.clone())
+        .start()
+        .await;
+    let u = create_user(&gw, "kim", Some("kim-password-1")).await;
+    let id = u["id"].as_str().unwrap().to_owned();
+    let seen = |g: &TestGateway| {
+        g.gateway
+            .state()
+            .enforcer
+            .users
+            .read()
+            .unwrap()
+            .by_login("kim")
+            .is_some()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !seen(&second) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(seen(&second), "the other replica follows the change log");
+    second.login_rd("kim", "kim-password-1", "/").await;
+    admin(&gw, Method::DELETE, &format!("/api/v1/users/{id}"), None)
+        .await
+        .expect(204, None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while seen(&second) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!seen(&second), "and sees the deletion");
+    let _ = ALICE;
+}
