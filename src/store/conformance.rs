@@ -1396,7 +1396,11 @@ async fn user_changes_come_in_order_after_the_cursor(store: SharedStore) {
     );
     assert!(store.delete_user("00uB", T + 2).await.unwrap());
     let next = store.users_changed_since(all.cursor, 100).await.unwrap();
-    assert_eq!(next.users, [a2.clone()], "the current state of a changed user");
+    assert_eq!(
+        next.users,
+        std::slice::from_ref(&a2),
+        "the current state of a changed user"
+    );
     assert_eq!(next.deleted.len(), 1);
     assert_eq!(next.deleted[0].0, "00uB");
     assert!(next.deleted[0].1 > a2.seq);

@@ -25,8 +25,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
 
 use crate::harness::{CountingUpstream, Gateway, GatewayConfig, PASSWORD, StoreSpec, uid};
 
+/// Checks what a fixture holds, on the store that opened (and migrated) it.
+type Check = fn(SqliteStore) -> BoxFuture<'static, ()>;
+
 /// Each fixture's schema version and the check of its rows.
-const FIXTURES: &[(i64, fn(SqliteStore) -> BoxFuture<'static, ()>)] = &[(1, |s| Box::pin(check_v1(s)))];
+const FIXTURES: &[(i64, Check)] = &[(1, |s| Box::pin(check_v1(s)))];
 
 /// 2100-01-01T00:00:00Z: locks and revocations in the fixtures last until then.
 const FAR: i64 = 4_102_444_800;
