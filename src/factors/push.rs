@@ -353,6 +353,65 @@ pub async fn status(
         .map(|tx| result_of(&tx, now)))
 }
 
+/// The state of transaction `tid`, whoever it belongs to (the portal's
+/// polling script; it learns no more than WAITING or not). `None`: unknown.
+pub async fn status_by_id(st: &AppState, tid: &str) -> Result<Option<PushResult>, StoreError> {
+    let now = st.clock.now();
+    Ok(st
+        .store
+        .get_transaction(KIND, tid, now)
+        .await?
+        .as_ref()
+        .and_then(tx_of)
+        .map(|tx| result_of(&tx, now)))
+}
+
+/// A push transaction for a decoy factor (passwordless sign-in of an
+/// unknown user): rate limited and stored like a real one, so it answers
+/// polls the same way (WAITING, then TIMEOUT), but no message is sent.
+pub async fn decoy(st: &AppState, user_id: &str, factor_id: &str) -> Result<Challenge, ChallengeError> {
+    let unavailable = |e: StoreError| {
+        tracing::error!(error = %e, "store error while starting a push");
+        ChallengeError::Unavailable
+    };
+    if let Err(reset) = super::otp::take_send_slot(st, user_id, "push", MAX_PUSHES_PER_HOUR)
+        .await
+        .map_err(unavailable)?
+    {
+        return Err(ChallengeError::RateLimited(reset));
+    }
+    let now = st.clock.now();
+    let ttl = i64::try_from(st.config.factors.push.ttl.as_secs()).unwrap_or(i64::MAX / 4);
+    let expires = now + ttl;
+    let number: u8 = rand::rng().random_range(10..=99);
+    let tid = format!("ptx{}", crate::crypto::random_id(29));
+    let tx = PushTx {
+        factor_id: factor_id.to_owned(),
+        number,
+        status: "WAITING".into(),
+        expires,
+        expires_at: rfc3339(expires),
+        created: now,
+        reason: None,
+    };
+    st.store
+        .put_transaction(&TransactionRecord {
+            id: tid.clone(),
+            kind: KIND.into(),
+            user_id: user_id.to_owned(),
+            data: serde_json::to_value(&tx).unwrap_or(Value::Null),
+            version: 0,
+            expires_at: expires + KEEP_AFTER,
+        })
+        .await
+        .map_err(unavailable)?;
+    Ok(Challenge::Push {
+        transaction_id: tid,
+        expires_at: expires,
+        correct_answer: number,
+    })
+}
+
 /// Uses up an approved transaction (a sign-in completes once): true if it
 /// was approved and this caller took it. A locked user is refused like a
 /// wrong code (or told, with `reveal_lockout`).
@@ -458,12 +517,15 @@ pub async fn answer(
             return Err(AnswerError::NotFound);
         };
         let factor = st.store.get_factor(&rec.user_id, &tx.factor_id).await?;
+        // No key (a decoy transaction, or the factor was removed): nothing
+        // can be signed for it, and the answer says no more than that.
         let Some(key) = factor
             .as_ref()
             .filter(|f| f.status == FactorStatus::Active)
             .and_then(public_key)
         else {
-            return Err(AnswerError::NotFound);
+            audit!("push.answer.refused", transaction = %tid, client = %addr, reason = "no device key");
+            return Err(AnswerError::BadSignature);
         };
         let bytes = signed_bytes(tid, &tx.factor_id, decision, number, &tx.expires_at);
         if key.verify_strict(&bytes, &signature).is_err() {

@@ -16,6 +16,26 @@
 //! transaction (taken atomically, so it completes once) and returns a
 //! one-time `sessionToken` (60 s) that `GET {prefix}/session` exchanges for
 //! the cookie.
+//!
+//! Out-of-band factors: verifying an sms, call or email factor without a
+//! `passCode` sends a code and answers `MFA_CHALLENGE` (the transaction
+//! remembers the challenged factor); with one it checks it. Verifying a push
+//! factor sends a push and answers `MFA_CHALLENGE` with `factorResult:
+//! WAITING` and `_embedded.challenge.correctAnswer`; POSTing the same verify
+//! again only polls (never re-sends) until SUCCESS, REJECTED or TIMEOUT.
+//! `.../verify/resend` sends again (rate limited). Profiles are masked.
+//!
+//! Passwordless (`users.passwordless = true`, OneLogin's flow): a username
+//! without a password answers `MFA_REQUIRED` listing only the user's active
+//! factors of the `passwordless_factors` types. One verified possession
+//! factor gives a level-1 session; a password posted later with that
+//! session (here or on the portal) makes it level 2. An unknown username, or
+//! a user without such a factor, gets a decoy transaction of the same shape:
+//! a stable pseudo-random subset of the passwordless types with ids derived
+//! from the login (a users-file TOTP id is derived the same way), codes that
+//! never match and pushes that never arrive (but are rate limited and time
+//! out like real ones). Before sign-in the user object carries only the login
+//! as typed and a pseudonymous id, so nothing tells a decoy from a real user.
 
 use std::sync::Arc;
 
@@ -33,11 +53,13 @@ use super::login;
 use crate::clock::{UnixTime, rfc3339};
 use crate::enforce::AccessInfo;
 use crate::error::{ApiError, ErrorCode};
-use crate::factors::{self, Factor, TOTP_TYPE, VerifyError};
+use crate::factors::{
+    self, Challenge, ChallengeContext, ChallengeError, Factor, PushResult, TOTP_TYPE, VerifyError,
+};
 use crate::gateway::AppState;
 use crate::secret::Secret;
 use crate::session::SessionClaims;
-use crate::store::{StoreError, TransactionRecord};
+use crate::store::{FactorRecord, FactorStatus, StoreError, TransactionRecord};
 use crate::users::User;
 
 /// A transaction lives this long after its last step...
@@ -50,15 +72,50 @@ const KIND: &str = "authn";
 const SESSION_TOKEN: &str = "session_token";
 
 /// Where a transaction stands.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct AuthnState {
-    status: String,
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct AuthnState {
+    pub(crate) status: String,
     created: UnixTime,
     /// When the first factor was verified.
     auth: UnixTime,
-    amr: Vec<String>,
+    pub(crate) amr: Vec<String>,
     /// The factor enrolled in this transaction, if any.
     enrolled: Option<String>,
+    /// A passwordless sign-in (username, then one possession factor).
+    #[serde(default)]
+    pub(crate) passwordless: bool,
+    /// A decoy for an unknown user (or one without a passwordless factor).
+    #[serde(default)]
+    pub(crate) decoy: bool,
+    /// The login as typed (passwordless).
+    #[serde(default)]
+    pub(crate) login: String,
+    /// The factor challenged last (code sent, push waiting).
+    #[serde(default)]
+    pub(crate) challenge: Option<Pending>,
+}
+
+/// An out-of-band challenge in progress.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub(crate) factor_id: String,
+    /// Push: the transaction and the number the browser shows.
+    #[serde(default)]
+    pub(crate) transaction_id: Option<String>,
+    #[serde(default)]
+    pub(crate) correct_answer: Option<u8>,
+    pub(crate) expires_at: UnixTime,
+}
+
+/// The `amr` value a factor type adds (RFC 8176 where it has one).
+pub fn amr_of(factor_type: &str) -> &'static str {
+    match factor_type {
+        "sms" => "sms",
+        "call" => "tel",
+        "email" => "email",
+        "push" => "push",
+        _ => "otp",
+    }
 }
 
 /// Lookup id of a bearer token: its SHA-256, so stored ids cannot be replayed.
@@ -105,6 +162,147 @@ pub fn factor_json(st: &AppState, f: &Factor) -> Value {
     v
 }
 
+/// A factor as the authn API shows it: code factors' addresses masked, a
+/// push factor's device name only (never its key or address).
+pub fn authn_factor_json(st: &AppState, f: &Factor) -> Value {
+    let mut v = factor_json(st, f);
+    let t = f.record.factor_type.as_str();
+    if factors::otp::is_code_type(t) {
+        v["profile"] = factors::otp::masked_profile(t, &f.record.profile);
+    } else if t == "push" {
+        v["profile"] = json!({ "deviceName": f.record.profile["deviceName"] });
+    }
+    v
+}
+
+/// A factor as a passwordless answer shows it: nothing a decoy could not
+/// show as well (no times, no device name, the login as typed).
+fn passwordless_factor_json(st: &AppState, f: &Factor, login: &str) -> Value {
+    let r = &f.record;
+    let prefix = &st.config.portal.prefix;
+    let profile = if r.factor_type == TOTP_TYPE {
+        json!({ "credentialId": login })
+    } else {
+        json!({})
+    };
+    json!({
+        "id": r.id,
+        "factorType": r.factor_type,
+        "provider": r.provider,
+        "vendorName": r.provider,
+        "status": "ACTIVE",
+        "profile": profile,
+        "_links": {
+            "verify": { "href": format!("{prefix}/api/v1/authn/factors/{}/verify", r.id), "hints": { "allow": ["POST"] } }
+        },
+    })
+}
+
+/// Characters of a pseudonymous id derived from `login` under a server key.
+fn pseudonym(st: &AppState, what: &str, login: &str, len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let key = st
+        .config
+        .session
+        .secrets
+        .first()
+        .map(|s| crate::crypto::derive_key(s, "decoy"))
+        .unwrap_or_default();
+    let mac = crate::crypto::hmac_sha256(
+        key.expose(),
+        format!("{what}|{}", login.to_lowercase()).as_bytes(),
+    );
+    mac.iter()
+        .cycle()
+        .take(len)
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
+}
+
+/// The user object of a passwordless answer: the login as typed and a
+/// pseudonymous id (real and decoy alike).
+fn passwordless_user_json(st: &AppState, login: &str) -> Value {
+    json!({
+        "id": format!("00u{}", pseudonym(st, "user", login, 17)),
+        "profile": { "login": login, "locale": "en", "timeZone": "UTC" },
+    })
+}
+
+/// The passwordless factor types that are enabled.
+fn passwordless_types(st: &AppState) -> Vec<String> {
+    st.config
+        .users
+        .passwordless_factors
+        .iter()
+        .filter(|t| factors::type_enabled(st, t))
+        .cloned()
+        .collect()
+}
+
+/// The decoy factors of `login`: a stable, non-empty subset of the enabled
+/// passwordless types, with ids shaped like real ones.
+fn decoy_factors(st: &AppState, login: &str) -> Vec<Factor> {
+    let types = passwordless_types(st);
+    if types.is_empty() {
+        return Vec::new();
+    }
+    let bits = pseudonym(st, "subset", login, 1).bytes().next().unwrap_or(0);
+    let mut chosen: Vec<&String> = types
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits >> (i % 8) & 1 == 1)
+        .map(|(_, t)| t)
+        .collect();
+    if chosen.is_empty() {
+        chosen.push(&types[usize::from(bits) % types.len()]);
+    }
+    chosen
+        .into_iter()
+        .map(|t| {
+            let (id, provider) = if t == TOTP_TYPE {
+                // What a users-file TOTP of this login would be called.
+                (
+                    factors::config_factor_id(&crate::users::file_user_id(login)),
+                    "GOOGLE",
+                )
+            } else {
+                (format!("opf{}", pseudonym(st, t, login, 17)), "OKTA")
+            };
+            Factor {
+                record: FactorRecord {
+                    id,
+                    user_id: String::new(),
+                    factor_type: t.clone(),
+                    provider: provider.into(),
+                    status: FactorStatus::Active,
+                    profile: json!({}),
+                    secret: None,
+                    created: 0,
+                    last_updated: 0,
+                },
+                from_config: false,
+            }
+        })
+        .collect()
+}
+
+/// The factors a passwordless transaction offers.
+async fn passwordless_factors(
+    st: &AppState,
+    user: &User,
+    state: &AuthnState,
+) -> Result<Vec<Factor>, Response> {
+    if state.decoy {
+        return Ok(decoy_factors(st, &state.login));
+    }
+    let types = passwordless_types(st);
+    let all = factors::list(st, user).await.map_err(unavailable)?;
+    Ok(factors::usable(st, &all)
+        .into_iter()
+        .filter(|f| types.contains(&f.record.factor_type))
+        .collect())
+}
+
 /// The pseudo-factor for recovery codes in authn answers (not a Factor object
 /// of the Factors API; Okta clients never see it there).
 fn recovery_json(st: &AppState, user: &User) -> Value {
@@ -142,6 +340,18 @@ fn catalog(st: &AppState) -> Vec<Value> {
             }));
         }
     }
+    for t in ["sms", "call", "email", "push"] {
+        if factors::type_enabled(st, t) {
+            out.push(json!({
+                "factorType": t,
+                "provider": "OKTA",
+                "vendorName": "OKTA",
+                "status": "NOT_SETUP",
+                "enrollment": "OPTIONAL",
+                "_links": { "enroll": { "href": format!("{prefix}/api/v1/authn/factors"), "hints": { "allow": ["POST"] } } },
+            }));
+        }
+    }
     out
 }
 
@@ -155,11 +365,16 @@ fn state_answer(
     factors: Vec<Value>,
 ) -> Value {
     let prefix = &st.config.portal.prefix;
+    let user_json = if state.passwordless {
+        passwordless_user_json(st, &state.login)
+    } else {
+        embedded_user(user)
+    };
     json!({
         "stateToken": token,
         "expiresAt": rfc3339(expires),
         "status": state.status,
-        "_embedded": { "user": embedded_user(user), "factors": factors },
+        "_embedded": { "user": user_json, "factors": factors },
         "_links": { "cancel": { "href": format!("{prefix}/api/v1/authn/cancel"), "hints": { "allow": ["POST"] } } },
     })
 }
@@ -243,6 +458,26 @@ pub async fn authn(
             .into_response();
     };
     let Some(password) = req.password else {
+        if st.config.users.passwordless {
+            return match begin_passwordless(&st, &username).await {
+                Ok(started) => {
+                    let listed: Vec<Value> = started
+                        .factors
+                        .iter()
+                        .map(|f| passwordless_factor_json(&st, f, &started.state.login))
+                        .collect();
+                    json_response(state_answer(
+                        &st,
+                        &started.token,
+                        &started.state,
+                        started.expires,
+                        &started.user,
+                        listed,
+                    ))
+                }
+                Err(r) => r,
+            };
+        }
         return ApiError::new(ErrorCode::E0000001)
             .cause("password: The field cannot be left blank")
             .into_response();
@@ -252,6 +487,19 @@ pub async fn authn(
         Err(e) => return login_error(&st, e),
     };
     let now = st.clock.now();
+    // The password as the second step after a passwordless sign-in.
+    if let crate::enforce::SessionState::Valid(s) = st.enforcer.session(&headers)
+        && s.user.id == user.id
+        && s.claims.lvl == 1
+        && needs_password(&s.claims.amr)
+    {
+        let mut amr = s.claims.amr.clone();
+        amr.push("pwd".into());
+        if let Err(e) = login::revoke(&st, &s.claims).await {
+            tracing::warn!(error = %e, "could not revoke the replaced session id");
+        }
+        return success(&st, &user, 2, amr, s.claims.auth, None).await;
+    }
     let amr = vec!["pwd".to_owned()];
     if !st.config.factors.any_second_factor() {
         return success(&st, &user, 1, amr, now, None).await;
@@ -274,7 +522,7 @@ pub async fn authn(
         created: now,
         auth: now,
         amr,
-        enrolled: None,
+        ..AuthnState::default()
     };
     let listed: Vec<Value> = if enrolling {
         if st.config.users.enrollment == crate::config::Enrollment::FirstLogin {
@@ -283,7 +531,7 @@ pub async fn authn(
             Vec::new()
         }
     } else {
-        let mut v: Vec<Value> = factors.iter().map(|f| factor_json(&st, f)).collect();
+        let mut v: Vec<Value> = factors.iter().map(|f| authn_factor_json(&st, f)).collect();
         if recovery_left > 0 {
             v.push(recovery_json(&st, &user));
         }
@@ -313,6 +561,102 @@ pub async fn authn(
     res
 }
 
+/// True for a session signed in by a possession factor alone (passwordless):
+/// the password is its second step.
+pub fn needs_password(amr: &[String]) -> bool {
+    !amr.is_empty() && !amr.iter().any(|m| m == "pwd")
+}
+
+/// A passwordless transaction just begun.
+pub(crate) struct Started {
+    pub(crate) token: String,
+    pub(crate) state: AuthnState,
+    pub(crate) expires: UnixTime,
+    pub(crate) user: Arc<User>,
+    pub(crate) factors: Vec<Factor>,
+}
+
+/// Begins a passwordless sign-in for `login` (real or decoy; see the module docs).
+pub(crate) async fn begin_passwordless(st: &AppState, login: &str) -> Result<Started, Response> {
+    let login = login.trim();
+    let known = if login.len() > login::MAX_LOGIN_LEN {
+        None
+    } else {
+        st.enforcer
+            .users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_login(login)
+            .cloned()
+    };
+    let now = st.clock.now();
+    let mut state = AuthnState {
+        status: "MFA_REQUIRED".into(),
+        created: now,
+        auth: now,
+        passwordless: true,
+        login: login.to_owned(),
+        ..AuthnState::default()
+    };
+    let decoy_user = || {
+        Arc::new(User {
+            id: crate::users::file_user_id(login),
+            username: login.to_owned(),
+            display_name: None,
+            email: None,
+            phone: None,
+            groups: Vec::new(),
+            password_hash: None,
+            from_file: false,
+            config_totp: None,
+        })
+    };
+    let (user, listed) = match known {
+        Some(user) => {
+            let listed = passwordless_factors(st, &user, &state).await?;
+            if listed.is_empty() {
+                (decoy_user(), Vec::new())
+            } else {
+                (user, listed)
+            }
+        }
+        None => {
+            // The same store round trip a real user costs.
+            let _ = st.store.list_factors(&crate::users::file_user_id(login)).await;
+            (decoy_user(), Vec::new())
+        }
+    };
+    let listed = if listed.is_empty() {
+        state.decoy = true;
+        decoy_factors(st, login)
+    } else {
+        listed
+    };
+    if state.decoy {
+        crate::audit!("signin.passwordless.decoy", login = %login);
+    } else {
+        crate::audit!("signin.passwordless.started", user = %user.username);
+    }
+    let token = crate::crypto::random_token();
+    let expires = expiry(now, now);
+    let record = TransactionRecord {
+        id: token_id(&token),
+        kind: KIND.into(),
+        user_id: user.id.clone(),
+        data: serde_json::to_value(&state).unwrap_or(Value::Null),
+        version: 0,
+        expires_at: expires,
+    };
+    st.store.put_transaction(&record).await.map_err(unavailable)?;
+    Ok(Started {
+        token,
+        state,
+        expires,
+        user,
+        factors: listed,
+    })
+}
+
 #[derive(Deserialize)]
 struct StepRequest {
     #[serde(rename = "stateToken")]
@@ -322,14 +666,16 @@ struct StepRequest {
     #[serde(rename = "factorType")]
     factor_type: Option<String>,
     provider: Option<String>,
+    #[serde(default)]
+    profile: Option<Value>,
 }
 
 /// A loaded transaction with its user.
-struct Loaded {
-    token: String,
+pub(crate) struct Loaded {
+    pub(crate) token: String,
     record: TransactionRecord,
-    state: AuthnState,
-    user: Arc<User>,
+    pub(crate) state: AuthnState,
+    pub(crate) user: Arc<User>,
 }
 
 /// Parses the body, applies the cross-site rules and loads the transaction.
@@ -346,6 +692,12 @@ async fn load(
     let Some(token) = req.state_token.clone().filter(|t| !t.is_empty()) else {
         return Err(ApiError::new(ErrorCode::E0000011).into_response());
     };
+    Ok((load_token(st, &token).await?, req))
+}
+
+/// Loads the transaction of `token` (the portal's passwordless pages use it too).
+pub(crate) async fn load_token(st: &AppState, token: &str) -> Result<Loaded, Response> {
+    let token = token.to_owned();
     let now = st.clock.now();
     let record = match st.store.get_transaction(KIND, &token_id(&token), now).await {
         Ok(Some(r)) => r,
@@ -354,30 +706,40 @@ async fn load(
     };
     let state: AuthnState = serde_json::from_value(record.data.clone())
         .map_err(|_| ApiError::new(ErrorCode::E0000011).into_response())?;
-    let user = st
-        .enforcer
-        .users
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&record.user_id)
-        .cloned();
+    let user = if state.decoy {
+        Some(Arc::new(User {
+            id: record.user_id.clone(),
+            username: state.login.clone(),
+            display_name: None,
+            email: None,
+            phone: None,
+            groups: Vec::new(),
+            password_hash: None,
+            from_file: false,
+            config_totp: None,
+        }))
+    } else {
+        st.enforcer
+            .users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&record.user_id)
+            .cloned()
+    };
     let Some(user) = user else {
         return Err(ApiError::new(ErrorCode::E0000011).into_response());
     };
-    Ok((
-        Loaded {
-            token,
-            record,
-            state,
-            user,
-        },
-        req,
-    ))
+    Ok(Loaded {
+        token,
+        record,
+        state,
+        user,
+    })
 }
 
 /// Saves a changed transaction (sliding its expiry); `Err` when a concurrent
 /// step won or it expired meanwhile.
-async fn save(st: &AppState, loaded: &Loaded, state: &AuthnState) -> Result<UnixTime, Response> {
+pub(crate) async fn save(st: &AppState, loaded: &Loaded, state: &AuthnState) -> Result<UnixTime, Response> {
     let now = st.clock.now();
     let expires = expiry(state.created, now);
     let record = TransactionRecord {
@@ -393,7 +755,7 @@ async fn save(st: &AppState, loaded: &Loaded, state: &AuthnState) -> Result<Unix
 }
 
 /// Ends the transaction; only one concurrent finisher gets `Ok`.
-async fn finish(st: &AppState, loaded: &Loaded) -> Result<(), Response> {
+pub(crate) async fn finish(st: &AppState, loaded: &Loaded) -> Result<(), Response> {
     match st
         .store
         .take_transaction(KIND, &loaded.record.id, st.clock.now())
@@ -421,6 +783,243 @@ fn missing_passcode() -> Response {
         .into_response()
 }
 
+/// Maps a failed challenge to its answer (429s with the rate-limit headers).
+pub fn challenge_error(st: &AppState, factor_type: &str, e: ChallengeError) -> Response {
+    let now = st.clock.now();
+    match e {
+        ChallengeError::TooSoon(at) => {
+            ApiError::rate_limited_as(ErrorCode::E0000109, 1, at, now).into_response()
+        }
+        ChallengeError::RateLimited(at) => {
+            let limit = factors::otp::config(st, factor_type)
+                .map_or(factors::push::MAX_PUSHES_PER_HOUR, |c| c.max_sends_per_hour);
+            ApiError::rate_limited(limit, at, now).into_response()
+        }
+        ChallengeError::Delivery => ApiError::new(ErrorCode::E0000009)
+            .cause("The message could not be delivered. Try again later or use another factor.")
+            .into_response(),
+        ChallengeError::NotActive | ChallengeError::NotChallenged => {
+            ApiError::new(ErrorCode::E0000154).into_response()
+        }
+        ChallengeError::Unavailable => ApiError::new(ErrorCode::E0000009).into_response(),
+    }
+}
+
+/// The factor `factor_id` as this transaction may use it: a listed factor
+/// of a passwordless sign-in, else any usable factor of the user.
+async fn resolve_factor(st: &AppState, loaded: &Loaded, factor_id: &str) -> Result<Factor, Response> {
+    if loaded.state.passwordless {
+        return passwordless_factors(st, &loaded.user, &loaded.state)
+            .await?
+            .into_iter()
+            .find(|f| f.record.id == factor_id)
+            .ok_or_else(|| ApiError::new(ErrorCode::E0000007).into_response());
+    }
+    let factor = match factors::find(st, &loaded.user, factor_id).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err(ApiError::new(ErrorCode::E0000007).into_response()),
+        Err(e) => return Err(unavailable(e)),
+    };
+    if !factor.is_active() || !factors::type_enabled(st, &factor.record.factor_type) {
+        return Err(ApiError::new(ErrorCode::E0000154).into_response());
+    }
+    Ok(factor)
+}
+
+/// A wrong code for a decoy factor: counted and refused exactly like a real one.
+async fn decoy_failure(st: &AppState, loaded: &Loaded, addr: std::net::IpAddr) -> Response {
+    let uid = &loaded.record.user_id;
+    match st.regulator.user_locked(uid).await {
+        Ok(Some(_)) if st.config.regulation.reveal_lockout => {
+            return ApiError::new(ErrorCode::E0000069).into_response();
+        }
+        Ok(Some(_)) => return ApiError::new(ErrorCode::E0000068).into_response(),
+        Ok(None) => {}
+        Err(e) => return unavailable(e),
+    }
+    crate::audit!("factor.verify.failed", user = %loaded.state.login, client = %addr, reason = "invalid");
+    if let Err(e) = st.regulator.factor_failed(uid, addr).await {
+        return unavailable(e);
+    }
+    ApiError::new(ErrorCode::E0000068).into_response()
+}
+
+/// Completes the transaction after a verified factor: level 2 after a
+/// password, level 1 for a passwordless sign-in.
+async fn complete(st: &AppState, loaded: &Loaded, method: &str) -> Response {
+    if let Err(r) = finish(st, loaded).await {
+        return r;
+    }
+    let mut amr = loaded.state.amr.clone();
+    amr.push(method.into());
+    if loaded.state.passwordless {
+        crate::audit!("signin.passwordless.succeeded", user = %loaded.user.username, method = method);
+        success(st, &loaded.user, 1, amr, st.clock.now(), None).await
+    } else {
+        success(st, &loaded.user, 2, amr, loaded.state.auth, None).await
+    }
+}
+
+fn challenge_context(ctx: &Ctx) -> ChallengeContext {
+    ChallengeContext {
+        client_addr: ctx.0.client_addr,
+        app_host: ctx.0.host.clone(),
+    }
+}
+
+/// The `MFA_CHALLENGE` answer for `factor` (`push`: with its result and,
+/// while waiting, the number to show).
+fn challenge_answer(
+    st: &AppState,
+    loaded: &Loaded,
+    state: &AuthnState,
+    expires: UnixTime,
+    factor: &Factor,
+    push: Option<(PushResult, Option<u8>)>,
+) -> Response {
+    let prefix = &st.config.portal.prefix;
+    let fid = &factor.record.id;
+    let ft = factor.record.factor_type.as_str();
+    let mut body = state_answer(st, &loaded.token, state, expires, &loaded.user, Vec::new());
+    body["_embedded"]["factor"] = if state.passwordless {
+        passwordless_factor_json(st, factor, &state.login)
+    } else {
+        authn_factor_json(st, factor)
+    };
+    if let Some(obj) = body["_embedded"].as_object_mut() {
+        obj.remove("factors");
+    }
+    let verify_href = format!("{prefix}/api/v1/authn/factors/{fid}/verify");
+    body["_links"]["next"] = json!({
+        "name": if push.is_some() { "poll" } else { "verify" },
+        "href": verify_href,
+        "hints": { "allow": ["POST"] },
+    });
+    body["_links"]["resend"] = json!([{
+        "name": ft,
+        "href": format!("{verify_href}/resend"),
+        "hints": { "allow": ["POST"] },
+    }]);
+    if let Some((result, number)) = push {
+        body["factorResult"] = json!(result.as_str());
+        if let (PushResult::Waiting, Some(n)) = (result, number) {
+            body["_embedded"]["challenge"] = json!({ "correctAnswer": n });
+        }
+    }
+    json_response(body)
+}
+
+/// Sends a code for `factor` and answers `MFA_CHALLENGE`.
+async fn send_code(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) -> Response {
+    let sent = if loaded.state.decoy {
+        // Decoys list no code factors; refuse like an inactive factor.
+        Err(ChallengeError::NotActive)
+    } else {
+        factors::challenge(st, &loaded.user, factor, &challenge_context(ctx)).await
+    };
+    let expires_at = match sent {
+        Ok(Challenge::CodeSent { expires_at }) => expires_at,
+        Ok(Challenge::Push { .. }) => return ApiError::new(ErrorCode::E0000154).into_response(),
+        Err(e) => return challenge_error(st, &factor.record.factor_type, e),
+    };
+    let state = AuthnState {
+        status: "MFA_CHALLENGE".into(),
+        challenge: Some(Pending {
+            factor_id: factor.record.id.clone(),
+            transaction_id: None,
+            correct_answer: None,
+            expires_at,
+        }),
+        ..loaded.state.clone()
+    };
+    match save(st, loaded, &state).await {
+        Ok(expires) => challenge_answer(st, loaded, &state, expires, factor, None),
+        Err(r) => r,
+    }
+}
+
+/// Starts a push (or, for a decoy, a transaction no device answers).
+async fn start_push(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) -> Response {
+    if let Some(old) = loaded
+        .state
+        .challenge
+        .as_ref()
+        .and_then(|p| p.transaction_id.as_deref())
+    {
+        factors::push::abandon(st, old).await;
+    }
+    let started = if loaded.state.decoy {
+        factors::push::decoy(st, &loaded.record.user_id, &factor.record.id).await
+    } else {
+        factors::challenge(st, &loaded.user, factor, &challenge_context(ctx)).await
+    };
+    let (tid, expires_at, number) = match started {
+        Ok(Challenge::Push {
+            transaction_id,
+            expires_at,
+            correct_answer,
+        }) => (transaction_id, expires_at, correct_answer),
+        Ok(Challenge::CodeSent { .. }) => return ApiError::new(ErrorCode::E0000154).into_response(),
+        Err(e) => return challenge_error(st, "push", e),
+    };
+    let state = AuthnState {
+        status: "MFA_CHALLENGE".into(),
+        challenge: Some(Pending {
+            factor_id: factor.record.id.clone(),
+            transaction_id: Some(tid),
+            correct_answer: Some(number),
+            expires_at,
+        }),
+        ..loaded.state.clone()
+    };
+    match save(st, loaded, &state).await {
+        Ok(expires) => challenge_answer(
+            st,
+            loaded,
+            &state,
+            expires,
+            factor,
+            Some((PushResult::Waiting, Some(number))),
+        ),
+        Err(r) => r,
+    }
+}
+
+/// Polls the push in progress for `factor`: SUCCESS completes the sign-in;
+/// REJECTED and TIMEOUT end the challenge (the next verify sends a new push).
+async fn poll_push(st: &AppState, loaded: &Loaded, factor: &Factor, pending: &Pending) -> Response {
+    let tid = pending.transaction_id.as_deref().unwrap_or_default();
+    let result = match factors::push::status(st, &loaded.user, factor, tid).await {
+        Ok(r) => r.unwrap_or(PushResult::Timeout),
+        Err(e) => return unavailable(e),
+    };
+    match result {
+        PushResult::Waiting => challenge_answer(
+            st,
+            loaded,
+            &loaded.state,
+            loaded.record.expires_at,
+            factor,
+            Some((PushResult::Waiting, pending.correct_answer)),
+        ),
+        PushResult::Success => match factors::push::consume(st, &loaded.user, factor, tid).await {
+            Ok(true) => complete(st, loaded, "push").await,
+            Ok(false) => ApiError::new(ErrorCode::E0000011).into_response(),
+            Err(e) => verify_error(e),
+        },
+        done @ (PushResult::Rejected | PushResult::Timeout) => {
+            let state = AuthnState {
+                challenge: None,
+                ..loaded.state.clone()
+            };
+            match save(st, loaded, &state).await {
+                Ok(expires) => challenge_answer(st, loaded, &state, expires, factor, Some((done, None))),
+                Err(r) => r,
+            }
+        }
+    }
+}
+
 /// `POST {prefix}/api/v1/authn/factors/{factorId}/verify`.
 pub async fn verify(
     State(st): State<Arc<AppState>>,
@@ -436,8 +1035,8 @@ pub async fn verify(
     };
     let user = loaded.user.clone();
     let addr = ctx.0.client_addr;
-    // Recovery codes.
-    if factor_id == recovery_factor_id(&user.id) {
+    // Recovery codes (never for a passwordless sign-in).
+    if factor_id == recovery_factor_id(&user.id) && !loaded.state.passwordless {
         if !matches!(loaded.state.status.as_str(), "MFA_REQUIRED" | "MFA_CHALLENGE") {
             return ApiError::new(ErrorCode::E0000079).into_response();
         }
@@ -447,40 +1046,80 @@ pub async fn verify(
         if let Err(e) = factors::verify_recovery(&st, &user, &code, addr).await {
             return verify_error(e);
         }
-        if let Err(r) = finish(&st, &loaded).await {
+        return complete(&st, &loaded, "recovery").await;
+    }
+    if !matches!(loaded.state.status.as_str(), "MFA_REQUIRED" | "MFA_CHALLENGE") {
+        // Only after the factor lookup would say more than the state does.
+        if let Err(r) = resolve_factor(&st, &loaded, &factor_id).await {
             return r;
         }
-        let mut amr = loaded.state.amr.clone();
-        amr.push("recovery".into());
-        return success(&st, &user, 2, amr, loaded.state.auth, None).await;
-    }
-    let factor = match factors::find(&st, &user, &factor_id).await {
-        Ok(Some(f)) => f,
-        Ok(None) => return ApiError::new(ErrorCode::E0000007).into_response(),
-        Err(e) => return unavailable(e),
-    };
-    if !matches!(loaded.state.status.as_str(), "MFA_REQUIRED" | "MFA_CHALLENGE") {
         return ApiError::new(ErrorCode::E0000079).into_response();
     }
-    if !factor.is_active() || !factors::type_enabled(&st, &factor.record.factor_type) {
-        return ApiError::new(ErrorCode::E0000154).into_response();
-    }
-    if factor.record.factor_type != TOTP_TYPE {
-        // Out-of-band factors arrive with their own issue.
-        return ApiError::new(ErrorCode::E0000154).into_response();
-    }
-    let Some(code) = req.pass_code.filter(|c| !c.trim().is_empty()) else {
-        return missing_passcode();
+    let factor = match resolve_factor(&st, &loaded, &factor_id).await {
+        Ok(f) => f,
+        Err(r) => return r,
     };
-    if let Err(e) = factors::verify_totp(&st, &user, &factor, &code, addr, false).await {
-        return verify_error(e);
+    let code = req.pass_code.filter(|c| !c.trim().is_empty());
+    match factor.record.factor_type.as_str() {
+        TOTP_TYPE => {
+            let Some(code) = code else {
+                return missing_passcode();
+            };
+            if loaded.state.decoy {
+                return decoy_failure(&st, &loaded, addr).await;
+            }
+            if let Err(e) = factors::verify_totp(&st, &user, &factor, &code, addr, false).await {
+                return verify_error(e);
+            }
+            complete(&st, &loaded, "otp").await
+        }
+        t @ ("sms" | "call" | "email") => match code {
+            None => send_code(&st, &ctx, &loaded, &factor).await,
+            Some(code) => {
+                if let Err(e) = factors::verify(&st, &user, &factor, &code, addr).await {
+                    return verify_error(e);
+                }
+                complete(&st, &loaded, amr_of(t)).await
+            }
+        },
+        "push" => match loaded.state.challenge.clone() {
+            Some(p) if p.factor_id == factor.record.id && p.transaction_id.is_some() => {
+                poll_push(&st, &loaded, &factor, &p).await
+            }
+            _ => start_push(&st, &ctx, &loaded, &factor).await,
+        },
+        _ => ApiError::new(ErrorCode::E0000154).into_response(),
     }
-    if let Err(r) = finish(&st, &loaded).await {
-        return r;
+}
+
+/// `POST {prefix}/api/v1/authn/factors/{factorId}/verify/resend`: sends the
+/// code or push of the factor being challenged again (rate limited).
+pub async fn resend(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    Path(factor_id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (loaded, _) = match load(&st, &ctx, &method, &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let factor = match resolve_factor(&st, &loaded, &factor_id).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if loaded.state.status != "MFA_CHALLENGE"
+        || loaded.state.challenge.as_ref().map(|p| p.factor_id.as_str()) != Some(factor_id.as_str())
+    {
+        return ApiError::new(ErrorCode::E0000079).into_response();
     }
-    let mut amr = loaded.state.amr.clone();
-    amr.push("otp".into());
-    success(&st, &user, 2, amr, loaded.state.auth, None).await
+    match factor.record.factor_type.as_str() {
+        "sms" | "call" | "email" => send_code(&st, &ctx, &loaded, &factor).await,
+        "push" => start_push(&st, &ctx, &loaded, &factor).await,
+        _ => ApiError::new(ErrorCode::E0000079).into_response(),
+    }
 }
 
 /// `POST {prefix}/api/v1/authn/factors`: enroll a factor (only in `MFA_ENROLL`).
@@ -511,17 +1150,28 @@ pub async fn enroll(
         Err(e) => return unavailable(e),
     }
     let factor_type = req.factor_type.unwrap_or_default();
-    let provider = req.provider.unwrap_or_else(|| "GOOGLE".into());
-    if factor_type != TOTP_TYPE {
-        return ApiError::new(ErrorCode::E0000001)
-            .cause("factorType: not supported or not enabled")
-            .into_response();
-    }
-    let enrolled = match factors::enroll_totp(&st, &user, &provider).await {
+    let provider = req.provider.unwrap_or_else(|| {
+        if factor_type == TOTP_TYPE {
+            "GOOGLE"
+        } else {
+            "OKTA"
+        }
+        .into()
+    });
+    let profile = req.profile.unwrap_or_else(|| json!({}));
+    let enrolled = match factors::enroll(&st, &user, &factor_type, &provider, &profile).await {
         Ok(e) => e,
         Err(factors::EnrollError::NotSupported) => {
             return ApiError::new(ErrorCode::E0000001)
-                .cause("provider: not supported")
+                .cause("factorType: not supported or not enabled (or provider: not supported)")
+                .into_response();
+        }
+        Err(factors::EnrollError::Invalid(cause)) => {
+            return ApiError::new(ErrorCode::E0000001).cause(cause).into_response();
+        }
+        Err(factors::EnrollError::Delivery) => {
+            return ApiError::new(ErrorCode::E0000009)
+                .cause("The activation code could not be delivered. Try again later.")
                 .into_response();
         }
         Err(e) => {
@@ -531,39 +1181,74 @@ pub async fn enroll(
     };
     let state = AuthnState {
         status: "MFA_ENROLL_ACTIVATE".into(),
-        enrolled: Some(enrolled.factor.id.clone()),
+        enrolled: Some(enrolled.factor().id.clone()),
         ..loaded.state.clone()
     };
     let expires = match save(&st, &loaded, &state).await {
         Ok(e) => e,
         Err(r) => return r,
     };
-    let cfg = &st.config.factors.totp;
+    let record = enrolled.factor().clone();
+    let prefix = &st.config.portal.prefix;
+    let activate_href = format!("{prefix}/api/v1/authn/factors/{}/lifecycle/activate", record.id);
     let mut factor = factor_json(
         &st,
         &Factor {
-            record: enrolled.factor.clone(),
+            record: record.clone(),
             from_config: false,
         },
     );
-    factor["_embedded"] = json!({
-        "activation": {
-            "timeStep": cfg.period,
-            "sharedSecret": crate::factors::totp::base32(enrolled.secret.expose()),
-            "encoding": "base32",
-            "keyLength": enrolled.secret.len(),
-            "algorithm": crate::factors::totp::algorithm_name(cfg.algorithm),
-            "digits": cfg.digits,
-            "_links": { "qrcode": { "href": crate::factors::totp::qr_data_uri(&enrolled.uri), "type": "image/svg+xml" } },
-        }
-    });
-    factor["_links"] = json!({
-        "activate": {
-            "href": format!("{}/api/v1/authn/factors/{}/lifecycle/activate", st.config.portal.prefix, enrolled.factor.id),
-            "hints": { "allow": ["POST"] }
-        }
-    });
     let mut body = state_answer(&st, &loaded.token, &state, expires, &user, Vec::new());
+    match &enrolled {
+        factors::Enrolled::Totp(t) => {
+            let cfg = &st.config.factors.totp;
+            factor["_embedded"] = json!({
+                "activation": {
+                    "timeStep": cfg.period,
+                    "sharedSecret": crate::factors::totp::base32(t.secret.expose()),
+                    "encoding": "base32",
+                    "keyLength": t.secret.len(),
+                    "algorithm": crate::factors::totp::algorithm_name(cfg.algorithm),
+                    "digits": cfg.digits,
+                    "_links": { "qrcode": { "href": crate::factors::totp::qr_data_uri(&t.uri), "type": "image/svg+xml" } },
+                }
+            });
+            factor["_links"] =
+                json!({ "activate": { "href": activate_href, "hints": { "allow": ["POST"] } } });
+        }
+        factors::Enrolled::Code { expires_at, .. } => {
+            factor["_embedded"] = json!({ "activation": { "expiresAt": rfc3339(*expires_at) } });
+            factor["_links"] = json!({
+                "activate": { "href": activate_href, "hints": { "allow": ["POST"] } },
+                "resend": [{
+                    "name": record.factor_type,
+                    "href": format!("{prefix}/api/v1/authn/factors/{}/lifecycle/resend", record.id),
+                    "hints": { "allow": ["POST"] },
+                }],
+            });
+        }
+        factors::Enrolled::Push {
+            activation_token,
+            expires_at,
+            ..
+        } => {
+            let pairing = super::push::pairing_uri(&st, &super::push::base_url(&st, &ctx), activation_token);
+            factor["_embedded"] = json!({
+                "activation": {
+                    "activationToken": activation_token,
+                    "expiresAt": rfc3339(*expires_at),
+                    "factorResult": "WAITING",
+                    "_links": {
+                        "qrcode": { "href": crate::factors::totp::qr_data_uri(&pairing), "type": "image/svg+xml" },
+                        "device": { "href": format!("{prefix}/api/v1/push/devices"), "hints": { "allow": ["POST"] } },
+                    },
+                }
+            });
+            factor["_links"] = json!({ "poll": { "href": format!("{activate_href}/poll"), "hints": { "allow": ["POST"] } } });
+            body["factorResult"] = json!("WAITING");
+            body["_links"]["next"] = json!({ "name": "poll", "href": format!("{activate_href}/poll"), "hints": { "allow": ["POST"] } });
+        }
+    }
     body["_embedded"]["factor"] = factor;
     if let Some(obj) = body["_embedded"].as_object_mut() {
         obj.remove("factors");
@@ -595,11 +1280,33 @@ pub async fn activate(
     {
         return ApiError::new(ErrorCode::E0000079).into_response();
     }
-    let Some(code) = req.pass_code.filter(|c| !c.trim().is_empty()) else {
-        return missing_passcode();
-    };
-    if let Err(e) = factors::activate_totp(&st, &user, &factor, &code, ctx.0.client_addr).await {
-        return verify_error(e);
+    let method = amr_of(&factor.record.factor_type);
+    if factor.record.factor_type == "push" {
+        // The device activates the factor; this polls for it.
+        if !factor.is_active() {
+            let timed_out = st.clock.now() >= factor.record.created + factors::push::ACTIVATION_TTL;
+            let mut body = state_answer(
+                &st,
+                &loaded.token,
+                &loaded.state,
+                loaded.record.expires_at,
+                &user,
+                Vec::new(),
+            );
+            body["factorResult"] = json!(if timed_out { "TIMEOUT" } else { "WAITING" });
+            if let Some(obj) = body["_embedded"].as_object_mut() {
+                obj.remove("factors");
+            }
+            body["_embedded"]["factor"] = authn_factor_json(&st, &factor);
+            return json_response(body);
+        }
+    } else {
+        let Some(code) = req.pass_code.filter(|c| !c.trim().is_empty()) else {
+            return missing_passcode();
+        };
+        if let Err(e) = factors::activate(&st, &user, &factor, &code, ctx.0.client_addr).await {
+            return verify_error(e);
+        }
     }
     if let Err(r) = finish(&st, &loaded).await {
         return r;
@@ -613,7 +1320,7 @@ pub async fn activate(
         None
     };
     let mut amr = loaded.state.amr.clone();
-    amr.push("otp".into());
+    amr.push(method.into());
     success(
         &st,
         &user,
@@ -623,6 +1330,53 @@ pub async fn activate(
         codes.as_ref().map(|c| ("recoveryCodes", c.clone())),
     )
     .await
+}
+
+/// `POST {prefix}/api/v1/authn/factors/{factorId}/lifecycle/resend`: sends
+/// the activation code of the factor enrolled in this transaction again.
+pub async fn resend_activation(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    Path(factor_id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (loaded, _) = match load(&st, &ctx, &method, &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let factor = match factors::find(&st, &loaded.user, &factor_id).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return ApiError::new(ErrorCode::E0000007).into_response(),
+        Err(e) => return unavailable(e),
+    };
+    if loaded.state.status != "MFA_ENROLL_ACTIVATE"
+        || loaded.state.enrolled.as_deref() != Some(factor_id.as_str())
+        || !factors::otp::is_code_type(&factor.record.factor_type)
+    {
+        return ApiError::new(ErrorCode::E0000079).into_response();
+    }
+    if let Err(e) = factors::challenge(&st, &loaded.user, &factor, &challenge_context(&ctx)).await {
+        return challenge_error(&st, &factor.record.factor_type, e);
+    }
+    let expires = match save(&st, &loaded, &loaded.state).await {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    let mut body = state_answer(
+        &st,
+        &loaded.token,
+        &loaded.state,
+        expires,
+        &loaded.user,
+        Vec::new(),
+    );
+    if let Some(obj) = body["_embedded"].as_object_mut() {
+        obj.remove("factors");
+    }
+    body["_embedded"]["factor"] = factor_json(&st, &factor);
+    json_response(body)
 }
 
 /// `POST {prefix}/api/v1/authn/cancel`.

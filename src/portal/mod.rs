@@ -13,6 +13,7 @@ pub mod login;
 pub mod me;
 pub mod mfa;
 pub mod pages;
+pub mod push;
 pub mod redirect;
 
 use std::sync::Arc;
@@ -65,6 +66,20 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
             "/api/v1/authn/factors/{factor_id}/lifecycle/activate",
             post(authn::activate),
         )
+        .route(
+            "/api/v1/authn/factors/{factor_id}/verify/resend",
+            post(authn::resend),
+        )
+        .route(
+            "/api/v1/authn/factors/{factor_id}/lifecycle/activate/poll",
+            post(authn::activate),
+        )
+        .route(
+            "/api/v1/authn/factors/{factor_id}/lifecycle/resend",
+            post(authn::resend_activation),
+        )
+        .route("/api/v1/push/devices", post(push::register))
+        .route("/api/v1/push/transactions/{tid}", post(push::answer))
         .route("/api/v1/authn/cancel", post(authn::cancel))
         .route("/api/v1/sessions/me", get(api::me).delete(api::logout))
         .merge(me::routes())
@@ -84,6 +99,8 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route("/session", get(authn::exchange))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(pages::STYLESHEET, get(stylesheet))
+        .route(push::SCRIPT_PATH, get(push::script))
+        .route("/push/status", post(push::status))
         .merge(api)
         .fallback(|| async { ApiError::new(ErrorCode::E0000007).into_response() })
         .layer(axum::middleware::map_response(|mut res: Response| async move {

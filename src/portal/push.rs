@@ -1,0 +1,211 @@
+//! The push device API and the portal's push polling.
+//!
+//! Device endpoints (JSON, no cookie; SPEC section 8):
+//! - `POST {prefix}/api/v1/push/devices` `{activationToken, publicKey,
+//!   deviceName, address}` pairs a device and activates its factor; answers
+//!   `{id, factorId, factorType, status, profile}`;
+//! - `POST {prefix}/api/v1/push/transactions/{tid}` `{decision, number,
+//!   signature}` records a signed answer; answers `{factorResult}`.
+//!
+//! For the portal's pages: `POST {prefix}/push/status` `{transactionId}` (or,
+//! with the session cookie, `{factorId}` of one's own factor being paired)
+//! answers `{factorResult}`, which [`SCRIPT`] (served at
+//! `{prefix}/static/push.js`, allowed by the pages' CSP) polls; when the
+//! result is no longer `WAITING` the script submits the page's "Check again"
+//! form, which does the real work (and works without JavaScript).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Ctx;
+use super::api::cross_site_guard;
+use crate::enforce::SessionState;
+use crate::error::{ApiError, ErrorCode};
+use crate::factors::push::{self, AnswerError, DeviceAnswer, DeviceError, DeviceRegistration};
+use crate::gateway::AppState;
+
+/// Where the polling script is served, relative to the prefix.
+pub const SCRIPT_PATH: &str = "/static/push.js";
+
+/// Polls a push (or a device pairing) and submits the "Check again" form
+/// once it is no longer waiting.
+pub const SCRIPT: &str = r#"// Portcullis: wait for a push answer, then continue.
+(function () {
+  "use strict";
+  var box = document.getElementById("push-wait");
+  var form = document.getElementById("push-check");
+  if (!box || !form || !window.fetch) { return; }
+  var body = {};
+  if (box.getAttribute("data-tx")) { body.transactionId = box.getAttribute("data-tx"); }
+  if (box.getAttribute("data-factor")) { body.factorId = box.getAttribute("data-factor"); }
+  var until = Date.now() + 1000 * Number(box.getAttribute("data-ttl") || "120");
+  var status = document.getElementById("push-status");
+  function tick() {
+    if (Date.now() > until) { form.submit(); return; }
+    fetch(box.getAttribute("data-poll"), {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "Accept": "application/json" },
+      body: JSON.stringify(body)
+    }).then(function (r) {
+      return r.ok ? r.json() : { factorResult: "UNKNOWN" };
+    }).then(function (j) {
+      if (j.factorResult === "WAITING") { setTimeout(tick, 2000); }
+      else { if (status) { status.textContent = "Continuing..."; } form.submit(); }
+    }).catch(function () { setTimeout(tick, 4000); });
+  }
+  if (status) { status.textContent = "Waiting for your answer..."; }
+  setTimeout(tick, 1500);
+})();
+"#;
+
+/// `GET {prefix}/static/push.js`.
+pub async fn script() -> Response {
+    let mut res = SCRIPT.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    res
+}
+
+/// The gateway's base URL as a device should call it: `server.external_url`,
+/// else the scheme and Host of this request.
+pub fn base_url(st: &AppState, ctx: &Ctx) -> String {
+    match &st.config.server.external_url {
+        Some(u) => u.as_str().trim_end_matches('/').to_owned(),
+        None => format!("{}://{}", ctx.0.scheme, ctx.0.authority),
+    }
+}
+
+/// What the pairing QR code holds: where the device posts and the token.
+pub fn pairing_uri(st: &AppState, base: &str, token: &str) -> String {
+    format!(
+        "portcullis-push://pair?gateway={}&token={}",
+        super::enc(&format!("{base}{}", st.config.portal.prefix)),
+        super::enc(token)
+    )
+}
+
+fn json_ok(body: serde_json::Value) -> Response {
+    let mut res = (StatusCode::OK, body.to_string()).into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// `POST {prefix}/api/v1/push/devices`: a device pairs itself.
+pub async fn register(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(res) = cross_site_guard(&st, &ctx, &method, &headers) {
+        return *res;
+    }
+    let Ok(reg) = serde_json::from_slice::<DeviceRegistration>(&body) else {
+        return ApiError::new(ErrorCode::E0000003).into_response();
+    };
+    match push::register_device(&st, &reg).await {
+        Ok(f) => json_ok(json!({
+            "id": f.id,
+            "factorId": f.id,
+            "factorType": "push",
+            "provider": f.provider,
+            "status": f.status.as_str(),
+            "profile": { "deviceName": f.profile["deviceName"] },
+        })),
+        Err(DeviceError::InvalidToken) => ApiError::new(ErrorCode::E0000011)
+            .cause("activationToken: invalid, used or expired")
+            .into_response(),
+        Err(DeviceError::Invalid(cause)) => ApiError::new(ErrorCode::E0000001).cause(cause).into_response(),
+        Err(DeviceError::Unavailable) => ApiError::new(ErrorCode::E0000009).into_response(),
+    }
+}
+
+/// `POST {prefix}/api/v1/push/transactions/{tid}`: a device answers.
+pub async fn answer(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    Path(tid): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(res) = cross_site_guard(&st, &ctx, &method, &headers) {
+        return *res;
+    }
+    let Ok(ans) = serde_json::from_slice::<DeviceAnswer>(&body) else {
+        return ApiError::new(ErrorCode::E0000003).into_response();
+    };
+    match push::answer(&st, &tid, &ans, ctx.0.client_addr).await {
+        Ok(result) => json_ok(json!({ "factorResult": result.as_str() })),
+        Err(AnswerError::NotFound) => ApiError::new(ErrorCode::E0000191).into_response(),
+        Err(AnswerError::Invalid(cause)) => ApiError::new(ErrorCode::E0000001).cause(cause).into_response(),
+        Err(AnswerError::BadSignature) => ApiError::new(ErrorCode::E0000006)
+            .cause("signature: missing or invalid")
+            .into_response(),
+        Err(AnswerError::Answered) => ApiError::new(ErrorCode::E0000079)
+            .cause("this push was already answered")
+            .into_response(),
+        Err(AnswerError::Expired) => ApiError::new(ErrorCode::E0000079)
+            .cause("this push has expired")
+            .into_response(),
+        Err(AnswerError::WrongNumber) => ApiError::new(ErrorCode::E0000068)
+            .cause("number: not the number shown; the sign-in was rejected")
+            .into_response(),
+        Err(AnswerError::Unavailable) => ApiError::new(ErrorCode::E0000009).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct StatusRequest {
+    #[serde(rename = "transactionId")]
+    transaction_id: Option<String>,
+    #[serde(rename = "factorId")]
+    factor_id: Option<String>,
+}
+
+/// `POST {prefix}/push/status`: what the polling script asks.
+pub async fn status(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(res) = cross_site_guard(&st, &ctx, &method, &headers) {
+        return *res;
+    }
+    let Ok(req) = serde_json::from_slice::<StatusRequest>(&body) else {
+        return ApiError::new(ErrorCode::E0000003).into_response();
+    };
+    if let Some(tid) = req.transaction_id {
+        return match push::status_by_id(&st, &tid).await {
+            Ok(Some(r)) => json_ok(json!({ "factorResult": r.as_str() })),
+            Ok(None) => ApiError::new(ErrorCode::E0000191).into_response(),
+            Err(_) => ApiError::new(ErrorCode::E0000009).into_response(),
+        };
+    }
+    // Pairing a device: one's own pending factor becomes active.
+    let (Some(fid), SessionState::Valid(s)) = (req.factor_id, st.enforcer.session(&headers)) else {
+        return ApiError::new(ErrorCode::E0000007).into_response();
+    };
+    match crate::factors::find(&st, &s.user, &fid).await {
+        Ok(Some(f)) if f.record.factor_type == "push" => json_ok(json!({
+            "factorResult": if f.is_active() { "SUCCESS" } else { "WAITING" }
+        })),
+        Ok(_) => ApiError::new(ErrorCode::E0000007).into_response(),
+        Err(_) => ApiError::new(ErrorCode::E0000009).into_response(),
+    }
+}
