@@ -230,12 +230,16 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
 
 /// The index of the admin token presented (`SSWS <t>` or `Bearer <t>`), if any matches.
 pub fn authorized(st: &AppState, headers: &HeaderMap) -> Option<usize> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    if !(scheme.eq_ignore_ascii_case("ssws") || scheme.eq_ignore_ascii_case("bearer")) {
-        return None;
-    }
-    let token = token.trim().as_bytes();
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    // `SSWS <token>` or `Bearer <token>`. The space is optional: the official
+    // Okta Python SDK 3.x sends `SSWS<token>` (it concatenates mode and token).
+    let split = |scheme: &str| {
+        value
+            .get(..scheme.len())
+            .filter(|p| p.eq_ignore_ascii_case(scheme))
+            .map(|_| &value[scheme.len()..])
+    };
+    let token = split("SSWS").or_else(|| split("Bearer"))?.trim_start().as_bytes();
     // Compare against every token (no early exit).
     st.config
         .admin

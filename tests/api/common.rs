@@ -139,7 +139,10 @@ pub async fn active_totp(gw: &TestGateway, uid: &str) -> (String, String) {
     .await;
     e.expect(200, None);
     let fid = e.body["id"].as_str().unwrap().to_owned();
-    let secret = e.body["_embedded"]["activation"]["sharedSecret"].as_str().unwrap().to_owned();
+    let secret = e.body["_embedded"]["activation"]["sharedSecret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let code = totp(gw, &secret, 0);
     admin(
         gw,

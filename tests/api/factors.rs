@@ -21,11 +21,31 @@ async fn totp_enroll_qr_activate_verify() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| (f["factorType"].as_str().unwrap().into(), f["provider"].as_str().unwrap().into()))
+        .map(|f| {
+            (
+                f["factorType"].as_str().unwrap().into(),
+                f["provider"].as_str().unwrap().into(),
+            )
+        })
         .collect();
-    assert!(types.contains(&("token:software:totp".into(), "GOOGLE".into())), "{types:?}");
-    assert!(catalog.body.as_array().unwrap().iter().all(|f| f["status"] == "NOT_SETUP"));
-    assert!(catalog.body[0]["_links"]["enroll"]["href"].as_str().unwrap().ends_with("/factors"));
+    assert!(
+        types.contains(&("token:software:totp".into(), "GOOGLE".into())),
+        "{types:?}"
+    );
+    assert!(
+        catalog
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["status"] == "NOT_SETUP")
+    );
+    assert!(
+        catalog.body[0]["_links"]["enroll"]["href"]
+            .as_str()
+            .unwrap()
+            .ends_with("/factors")
+    );
 
     let e = admin(
         &gw,
@@ -40,7 +60,14 @@ async fn totp_enroll_qr_activate_verify() {
     let fid = f["id"].as_str().unwrap().to_owned();
     assert_eq!(fid.len(), 20);
     assert_eq!(f["status"], "PENDING_ACTIVATION");
-    assert_eq!((f["factorType"].as_str(), f["provider"].as_str(), f["vendorName"].as_str()), (Some("token:software:totp"), Some("GOOGLE"), Some("GOOGLE")));
+    assert_eq!(
+        (
+            f["factorType"].as_str(),
+            f["provider"].as_str(),
+            f["vendorName"].as_str()
+        ),
+        (Some("token:software:totp"), Some("GOOGLE"), Some("GOOGLE"))
+    );
     let act = &f["_embedded"]["activation"];
     assert_eq!(act["encoding"], "base32");
     assert_eq!(act["keyLength"], 20);
@@ -65,15 +92,30 @@ async fn totp_enroll_qr_activate_verify() {
     assert_eq!(gw.client().get(&qr).send().await.unwrap().status(), 401);
 
     // Not verifiable while pending; a wrong activation code is refused.
-    admin(&gw, Method::POST, &format!("{base}/{fid}/verify"), Some(json!({ "passCode": totp(&gw, &secret, 0) })))
-        .await
-        .expect(410, Some("E0000154"));
-    admin(&gw, Method::POST, &format!("{base}/{fid}/lifecycle/activate"), Some(json!({ "passCode": "000000" })))
-        .await
-        .expect(403, Some("E0000068"));
-    admin(&gw, Method::POST, &format!("{base}/{fid}/lifecycle/activate"), Some(json!({})))
-        .await
-        .expect(400, Some("E0000001"));
+    admin(
+        &gw,
+        Method::POST,
+        &format!("{base}/{fid}/verify"),
+        Some(json!({ "passCode": totp(&gw, &secret, 0) })),
+    )
+    .await
+    .expect(410, Some("E0000154"));
+    admin(
+        &gw,
+        Method::POST,
+        &format!("{base}/{fid}/lifecycle/activate"),
+        Some(json!({ "passCode": "000000" })),
+    )
+    .await
+    .expect(403, Some("E0000068"));
+    admin(
+        &gw,
+        Method::POST,
+        &format!("{base}/{fid}/lifecycle/activate"),
+        Some(json!({})),
+    )
+    .await
+    .expect(400, Some("E0000001"));
     let a = admin(
         &gw,
         Method::POST,
@@ -83,32 +125,68 @@ async fn totp_enroll_qr_activate_verify() {
     .await;
     a.expect(200, None);
     assert_eq!(a.body["status"], "ACTIVE");
-    assert!(a.body["_links"]["verify"]["href"].as_str().unwrap().ends_with(&format!("{fid}/verify")));
+    assert!(
+        a.body["_links"]["verify"]["href"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{fid}/verify"))
+    );
     admin(&gw, Method::GET, &format!("{base}/{fid}/qr"), None)
         .await
         .expect(404, Some("E0000007"));
-    admin(&gw, Method::POST, &format!("{base}/{fid}/lifecycle/activate"), Some(json!({ "passCode": "123456" })))
-        .await
-        .expect(403, Some("E0000079"));
+    admin(
+        &gw,
+        Method::POST,
+        &format!("{base}/{fid}/lifecycle/activate"),
+        Some(json!({ "passCode": "123456" })),
+    )
+    .await
+    .expect(403, Some("E0000079"));
 
     // Verify: the same step again is a replay, the next one succeeds once.
-    admin(&gw, Method::POST, &format!("{base}/{fid}/verify"), Some(json!({ "passCode": totp(&gw, &secret, 0) })))
-        .await
-        .expect(403, Some("E0000082"));
+    admin(
+        &gw,
+        Method::POST,
+        &format!("{base}/{fid}/verify"),
+        Some(json!({ "passCode": totp(&gw, &secret, 0) })),
+    )
+    .await
+    .expect(403, Some("E0000082"));
     gw.clock.advance(30);
     let code = totp(&gw, &secret, 0);
-    let v = admin(&gw, Method::POST, &format!("{base}/{fid}/verify"), Some(json!({ "passCode": code }))).await;
+    let v = admin(
+        &gw,
+        Method::POST,
+        &format!("{base}/{fid}/verify"),
+        Some(json!({ "passCode": code })),
+    )
+    .await;
     v.expect(200, None);
     assert_eq!(v.body, json!({ "factorResult": "SUCCESS" }));
-    admin(&gw, Method::POST, &format!("{base}/{fid}/verify"), Some(json!({ "passCode": code })))
-        .await
-        .expect(403, Some("E0000082"));
-    admin(&gw, Method::POST, &format!("{base}/{fid}/verify"), Some(json!({ "passCode": "000000" })))
-        .await
-        .expect(403, Some("E0000068"));
-    admin(&gw, Method::POST, &format!("{base}/{fid}/verify"), Some(json!({})))
-        .await
-        .expect(400, Some("E0000001"));
+    admin(
+        &gw,
+        Method::POST,
+        &format!("{base}/{fid}/verify"),
+        Some(json!({ "passCode": code })),
+    )
+    .await
+    .expect(403, Some("E0000082"));
+    admin(
+        &gw,
+        Method::POST,
+        &format!("{base}/{fid}/verify"),
+        Some(json!({ "passCode": "000000" })),
+    )
+    .await
+    .expect(403, Some("E0000068"));
+    admin(
+        &gw,
+        Method::POST,
+        &format!("{base}/{fid}/verify"),
+        Some(json!({})),
+    )
+    .await
+    .expect(400, Some("E0000001"));
 
     // Get, list; TOTP has no transactions and nothing to resend.
     let g = admin(&gw, Method::GET, &format!("{base}/{fid}"), None).await;
@@ -125,7 +203,13 @@ async fn totp_enroll_qr_activate_verify() {
         .await
         .expect(403, Some("E0000079"));
     let c = admin(&gw, Method::GET, &format!("{base}/catalog"), None).await;
-    assert!(c.body.as_array().unwrap().iter().any(|f| f["provider"] == "GOOGLE" && f["status"] == "ACTIVE"));
+    assert!(
+        c.body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["provider"] == "GOOGLE" && f["status"] == "ACTIVE")
+    );
 }
 
 #[tokio::test]
@@ -137,20 +221,38 @@ async fn factor_ids_are_checked_against_their_owner() {
     for (method, suffix, body) in [
         (Method::GET, String::new(), None),
         (Method::GET, "/qr".into(), None),
-        (Method::POST, "/verify".into(), Some(json!({ "passCode": totp(&gw, &secret, 0) }))),
-        (Method::POST, "/lifecycle/activate".into(), Some(json!({ "passCode": "123456" }))),
+        (
+            Method::POST,
+            "/verify".into(),
+            Some(json!({ "passCode": totp(&gw, &secret, 0) })),
+        ),
+        (
+            Method::POST,
+            "/lifecycle/activate".into(),
+            Some(json!({ "passCode": "123456" })),
+        ),
         (Method::GET, "/transactions/x".into(), None),
         (Method::POST, "/resend".into(), None),
         (Method::DELETE, String::new(), None),
     ] {
-        admin(&gw, method, &format!("/api/v1/users/{alice}/factors/{fid}{suffix}"), body)
-            .await
-            .expect(404, Some("E0000007"));
+        admin(
+            &gw,
+            method,
+            &format!("/api/v1/users/{alice}/factors/{fid}{suffix}"),
+            body,
+        )
+        .await
+        .expect(404, Some("E0000007"));
     }
     // Still bob's, still usable.
-    admin(&gw, Method::GET, &format!("/api/v1/users/{bob}/factors/{fid}"), None)
-        .await
-        .expect(200, None);
+    admin(
+        &gw,
+        Method::GET,
+        &format!("/api/v1/users/{bob}/factors/{fid}"),
+        None,
+    )
+    .await
+    .expect(200, None);
     admin(&gw, Method::GET, "/api/v1/users/nobody/factors", None)
         .await
         .expect(404, Some("E0000007"));
@@ -163,10 +265,19 @@ async fn enrollment_is_checked_and_the_last_factor_kept() {
     let base = format!("/api/v1/users/{uid}/factors");
     for (query, body) in [
         ("", json!({ "factorType": "question" })),
-        ("", json!({ "factorType": "sms", "provider": "OKTA", "profile": { "phoneNumber": "+15555550100" } })),
-        ("", json!({ "factorType": "token:software:totp", "provider": "RSA" })),
+        (
+            "",
+            json!({ "factorType": "sms", "provider": "OKTA", "profile": { "phoneNumber": "+15555550100" } }),
+        ),
+        (
+            "",
+            json!({ "factorType": "token:software:totp", "provider": "RSA" }),
+        ),
         ("", json!({ "provider": "GOOGLE" })),
-        ("?activate=true", json!({ "factorType": "token:software:totp", "provider": "GOOGLE" })),
+        (
+            "?activate=true",
+            json!({ "factorType": "token:software:totp", "provider": "GOOGLE" }),
+        ),
     ] {
         admin(&gw, Method::POST, &format!("{base}{query}"), Some(body))
             .await
@@ -184,12 +295,23 @@ async fn enrollment_is_checked_and_the_last_factor_kept() {
     last.expect(403, Some("E0000006"));
     assert!(last.text.contains("last active factor"));
     // A pending factor can always go.
-    let p = admin(&gw, Method::POST, &base, Some(json!({ "factorType": "token:software:totp", "provider": "OKTA" }))).await;
+    let p = admin(
+        &gw,
+        Method::POST,
+        &base,
+        Some(json!({ "factorType": "token:software:totp", "provider": "OKTA" })),
+    )
+    .await;
     p.expect(200, None);
     assert!(p.body["id"].as_str().unwrap().starts_with("ost"));
-    admin(&gw, Method::DELETE, &format!("{base}/{}", p.body["id"].as_str().unwrap()), None)
-        .await
-        .expect(204, None);
+    admin(
+        &gw,
+        Method::DELETE,
+        &format!("{base}/{}", p.body["id"].as_str().unwrap()),
+        None,
+    )
+    .await
+    .expect(204, None);
 }
 
 #[tokio::test]
@@ -200,9 +322,14 @@ async fn removing_an_active_factor_ends_the_users_sessions() {
     active_totp(&gw, &uid).await;
     let s = gw.login(crate::support::BOB).await;
     assert_eq!(gw.status("/app", Some(&s.session_cookie())).await, 200);
-    admin(&gw, Method::DELETE, &format!("/api/v1/users/{uid}/factors/{f1}"), None)
-        .await
-        .expect(204, None);
+    admin(
+        &gw,
+        Method::DELETE,
+        &format!("/api/v1/users/{uid}/factors/{f1}"),
+        None,
+    )
+    .await
+    .expect(204, None);
     assert_eq!(gw.status("/app", Some(&s.session_cookie())).await, 401);
 }
 
@@ -220,7 +347,13 @@ async fn recovery_codes_are_counted_generated_once_and_revoked() {
     assert_eq!(codes.len(), 10);
     assert_eq!(admin(&gw, Method::GET, &path, None).await.body["count"], 10);
     // Not a Factor object: the factor list does not show them.
-    let l = admin(&gw, Method::GET, &format!("/api/v1/users/{}/factors", TestGateway::uid("alice")), None).await;
+    let l = admin(
+        &gw,
+        Method::GET,
+        &format!("/api/v1/users/{}/factors", TestGateway::uid("alice")),
+        None,
+    )
+    .await;
     assert!(!l.text.contains("recovery"));
     admin(&gw, Method::DELETE, &path, None).await.expect(204, None);
     assert_eq!(admin(&gw, Method::GET, &path, None).await.body["count"], 0);
@@ -235,15 +368,30 @@ async fn a_locked_user_shows_locked_out_until_unlocked() {
     let uid = TestGateway::uid("bob");
     let (fid, _) = active_totp(&gw, &uid).await;
     for _ in 0..2 {
-        admin(&gw, Method::POST, &format!("/api/v1/users/{uid}/factors/{fid}/verify"), Some(json!({ "passCode": "000000" })))
-            .await
-            .expect(403, Some("E0000068"));
+        admin(
+            &gw,
+            Method::POST,
+            &format!("/api/v1/users/{uid}/factors/{fid}/verify"),
+            Some(json!({ "passCode": "000000" })),
+        )
+        .await
+        .expect(403, Some("E0000068"));
     }
     let u = admin(&gw, Method::GET, &format!("/api/v1/users/{uid}"), None).await;
     assert_eq!(u.body["status"], "LOCKED_OUT");
     assert!(u.body["_links"]["unlock"]["href"].is_string());
-    admin(&gw, Method::POST, &format!("/api/v1/users/{uid}/lifecycle/unlock"), None)
-        .await
-        .expect(200, None);
-    assert_eq!(admin(&gw, Method::GET, &format!("/api/v1/users/{uid}"), None).await.body["status"], "ACTIVE");
+    admin(
+        &gw,
+        Method::POST,
+        &format!("/api/v1/users/{uid}/lifecycle/unlock"),
+        None,
+    )
+    .await
+    .expect(200, None);
+    assert_eq!(
+        admin(&gw, Method::GET, &format!("/api/v1/users/{uid}"), None)
+            .await
+            .body["status"],
+        "ACTIVE"
+    );
 }

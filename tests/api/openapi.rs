@@ -39,7 +39,11 @@ async fn the_document_lists_exactly_the_routes_served() {
     let gw = gateway("").await;
     let doc = document(&gw).await;
     let ops = operations(&doc);
-    let admin_doc: BTreeSet<_> = ops.iter().filter(|(_, p)| !p.starts_with(PREFIX)).cloned().collect();
+    let admin_doc: BTreeSet<_> = ops
+        .iter()
+        .filter(|(_, p)| !p.starts_with(PREFIX))
+        .cloned()
+        .collect();
     let admin_table: BTreeSet<_> = portcullis::admin::ROUTES
         .iter()
         .map(|r| (r.verb.as_str().to_owned(), r.path.to_owned()))
@@ -71,7 +75,11 @@ async fn the_document_lists_exactly_the_routes_served() {
             .replace("{id}", &uid)
             .replace("{factorId}", "uftAAAAAAAAAAAAAAAAA")
             .replace("{transactionId}", "tx");
-        let url = if path.starts_with(PREFIX) { gw.url(&concrete) } else { gw.admin_url(&concrete) };
+        let url = if path.starts_with(PREFIX) {
+            gw.url(&concrete)
+        } else {
+            gw.admin_url(&concrete)
+        };
         let res = gw.client().patch(&url).send().await.unwrap();
         assert_eq!(res.status(), 405, "PATCH {path}");
         let allow: BTreeSet<String> = res.headers()["allow"]
@@ -117,10 +125,16 @@ fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) {
     }
     if let Some(req) = schema.get("required").and_then(Value::as_array) {
         for k in req {
-            assert!(value.get(k.as_str().unwrap()).is_some(), "{at}: {k} missing in {value}");
+            assert!(
+                value.get(k.as_str().unwrap()).is_some(),
+                "{at}: {k} missing in {value}"
+            );
         }
     }
-    if let (Some(props), Some(obj)) = (schema.get("properties").and_then(Value::as_object), value.as_object()) {
+    if let (Some(props), Some(obj)) = (
+        schema.get("properties").and_then(Value::as_object),
+        value.as_object(),
+    ) {
         for (k, s) in props {
             if let Some(v) = obj.get(k) {
                 validate(doc, s, v, &format!("{at}.{k}"));
@@ -168,7 +182,13 @@ async fn answers_validate_against_the_schemas() {
     check(&doc, "GET", "/api/v1/users", 401, &a.body);
     let a = admin(&gw, Method::GET, "/api/v1/users/nobody", None).await;
     check(&doc, "GET", "/api/v1/users/{id}", 404, &a.body);
-    let a = admin(&gw, Method::PUT, &format!("/api/v1/users/{uid}"), Some(json!({ "profile": { "login": "x" } }))).await;
+    let a = admin(
+        &gw,
+        Method::PUT,
+        &format!("/api/v1/users/{uid}"),
+        Some(json!({ "profile": { "login": "x" } })),
+    )
+    .await;
     check(&doc, "PUT", "/api/v1/users/{id}", 403, &a.body);
     let a = admin(&gw, Method::POST, "/api/v1/users", Some(json!({ "profile": {} }))).await;
     check(&doc, "POST", "/api/v1/users", 400, &a.body);
@@ -176,10 +196,19 @@ async fn answers_validate_against_the_schemas() {
     let base = format!("/api/v1/users/{id}/factors");
     let a = admin(&gw, Method::GET, &format!("{base}/catalog"), None).await;
     check(&doc, "GET", "/api/v1/users/{id}/factors/catalog", 200, &a.body);
-    let e = admin(&gw, Method::POST, &base, Some(json!({ "factorType": "token:software:totp", "provider": "OKTA" }))).await;
+    let e = admin(
+        &gw,
+        Method::POST,
+        &base,
+        Some(json!({ "factorType": "token:software:totp", "provider": "OKTA" })),
+    )
+    .await;
     check(&doc, "POST", "/api/v1/users/{id}/factors", 200, &e.body);
     let fid = e.body["id"].as_str().unwrap().to_owned();
-    let secret = e.body["_embedded"]["activation"]["sharedSecret"].as_str().unwrap().to_owned();
+    let secret = e.body["_embedded"]["activation"]["sharedSecret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let a = admin(
         &gw,
         Method::POST,
@@ -187,7 +216,13 @@ async fn answers_validate_against_the_schemas() {
         Some(json!({ "passCode": crate::common::totp(&gw, &secret, 0) })),
     )
     .await;
-    check(&doc, "POST", "/api/v1/users/{id}/factors/{factorId}/lifecycle/activate", 200, &a.body);
+    check(
+        &doc,
+        "POST",
+        "/api/v1/users/{id}/factors/{factorId}/lifecycle/activate",
+        200,
+        &a.body,
+    );
     gw.clock.advance(30);
     let a = admin(
         &gw,
@@ -196,16 +231,52 @@ async fn answers_validate_against_the_schemas() {
         Some(json!({ "passCode": crate::common::totp(&gw, &secret, 0) })),
     )
     .await;
-    check(&doc, "POST", "/api/v1/users/{id}/factors/{factorId}/verify", 200, &a.body);
-    let a = admin(&gw, Method::POST, &format!("{base}/{fid}/verify"), Some(json!({ "passCode": "000000" }))).await;
-    check(&doc, "POST", "/api/v1/users/{id}/factors/{factorId}/verify", 403, &a.body);
+    check(
+        &doc,
+        "POST",
+        "/api/v1/users/{id}/factors/{factorId}/verify",
+        200,
+        &a.body,
+    );
+    let a = admin(
+        &gw,
+        Method::POST,
+        &format!("{base}/{fid}/verify"),
+        Some(json!({ "passCode": "000000" })),
+    )
+    .await;
+    check(
+        &doc,
+        "POST",
+        "/api/v1/users/{id}/factors/{factorId}/verify",
+        403,
+        &a.body,
+    );
     let a = admin(&gw, Method::GET, &base, None).await;
     check(&doc, "GET", "/api/v1/users/{id}/factors", 200, &a.body);
     let a = admin(&gw, Method::GET, &format!("{base}/{fid}/transactions/x"), None).await;
-    check(&doc, "GET", "/api/v1/users/{id}/factors/{factorId}/transactions/{transactionId}", 404, &a.body);
-    let a = admin(&gw, Method::POST, &format!("/api/v1/users/{id}/recovery_codes"), None).await;
+    check(
+        &doc,
+        "GET",
+        "/api/v1/users/{id}/factors/{factorId}/transactions/{transactionId}",
+        404,
+        &a.body,
+    );
+    let a = admin(
+        &gw,
+        Method::POST,
+        &format!("/api/v1/users/{id}/recovery_codes"),
+        None,
+    )
+    .await;
     check(&doc, "POST", "/api/v1/users/{id}/recovery_codes", 200, &a.body);
-    let a = admin(&gw, Method::GET, &format!("/api/v1/users/{id}/recovery_codes"), None).await;
+    let a = admin(
+        &gw,
+        Method::GET,
+        &format!("/api/v1/users/{id}/recovery_codes"),
+        None,
+    )
+    .await;
     check(&doc, "GET", "/api/v1/users/{id}/recovery_codes", 200, &a.body);
 
     // The authentication and self-service APIs.
@@ -224,14 +295,26 @@ async fn answers_validate_against_the_schemas() {
             .header("x-csrf-token", &login.csrf),
     )
     .await;
-    check(&doc, "GET", &format!("{PREFIX}/api/v1/users/me/factors/catalog"), 200, &a.body);
+    check(
+        &doc,
+        "GET",
+        &format!("{PREFIX}/api/v1/users/me/factors/catalog"),
+        200,
+        &a.body,
+    );
     let a = send(
         gw.client()
             .get(gw.url(&format!("{PREFIX}/api/v1/users/me/factors")))
             .header("cookie", login.cookie()),
     )
     .await;
-    check(&doc, "GET", &format!("{PREFIX}/api/v1/users/me/factors"), 403, &a.body);
+    check(
+        &doc,
+        "GET",
+        &format!("{PREFIX}/api/v1/users/me/factors"),
+        403,
+        &a.body,
+    );
 }
 
 #[tokio::test]

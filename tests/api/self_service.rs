@@ -38,7 +38,9 @@ async fn the_csrf_header_and_a_session_are_required() {
     let gw = gateway("").await;
     let login = gw.login(ALICE).await;
     let cookies = login.cookie();
-    me(&gw, Method::GET, "", &cookies, None, None).await.expect(403, Some("E0000006"));
+    me(&gw, Method::GET, "", &cookies, None, None)
+        .await
+        .expect(403, Some("E0000006"));
     me(&gw, Method::GET, "", &cookies, Some("wrong.token"), None)
         .await
         .expect(403, Some("E0000006"));
@@ -49,9 +51,16 @@ async fn the_csrf_header_and_a_session_are_required() {
         .await
         .expect(200, None);
     // No session: 401 whatever the CSRF token.
-    me(&gw, Method::GET, "", &format!("portcullis_csrf={}", login.csrf), Some(&login.csrf), None)
-        .await
-        .expect(401, Some("E0000011"));
+    me(
+        &gw,
+        Method::GET,
+        "",
+        &format!("portcullis_csrf={}", login.csrf),
+        Some(&login.csrf),
+        None,
+    )
+    .await
+    .expect(401, Some("E0000011"));
     // A client without a CSRF cookie gets one with the refusal, then succeeds.
     let r = me(&gw, Method::GET, "", &login.session_cookie(), None, None).await;
     r.expect(403, Some("E0000006"));
@@ -110,13 +119,34 @@ async fn adding_and_removing_factors_needs_a_recent_second_factor() {
     let totp_body = json!({ "factorType": "token:software:totp", "provider": "GOOGLE" });
 
     // A first enrollment is allowed at level 1 (users.enrollment = "first_login").
-    let e = me(&gw, Method::POST, "", &level1, Some(&csrf), Some(totp_body.clone())).await;
+    let e = me(
+        &gw,
+        Method::POST,
+        "",
+        &level1,
+        Some(&csrf),
+        Some(totp_body.clone()),
+    )
+    .await;
     e.expect(200, None);
     let fid = e.body["id"].as_str().unwrap().to_owned();
-    let secret = e.body["_embedded"]["activation"]["sharedSecret"].as_str().unwrap().to_owned();
-    let qr = e.body["_embedded"]["activation"]["_links"]["qrcode"]["href"].as_str().unwrap();
+    let secret = e.body["_embedded"]["activation"]["sharedSecret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let qr = e.body["_embedded"]["activation"]["_links"]["qrcode"]["href"]
+        .as_str()
+        .unwrap();
     assert_eq!(qr, gw.url(&format!("{ME}/{fid}/qr")));
-    let q = me(&gw, Method::GET, &format!("/{fid}/qr"), &level1, Some(&csrf), None).await;
+    let q = me(
+        &gw,
+        Method::GET,
+        &format!("/{fid}/qr"),
+        &level1,
+        Some(&csrf),
+        None,
+    )
+    .await;
     q.expect(200, None);
     assert!(q.text.contains("<svg"));
     let a = me(
@@ -130,16 +160,36 @@ async fn adding_and_removing_factors_needs_a_recent_second_factor() {
     .await;
     a.expect(200, None);
     assert_eq!(a.body["status"], "ACTIVE");
-    assert!(a.body["_links"]["self"]["href"].as_str().unwrap().contains("/users/me/factors/"));
+    assert!(
+        a.body["_links"]["self"]["href"]
+            .as_str()
+            .unwrap()
+            .contains("/users/me/factors/")
+    );
     gw.clock.advance(30);
 
     // A second one needs a second factor within 10 minutes; so does removal.
-    let refused = me(&gw, Method::POST, "", &level1, Some(&csrf), Some(totp_body.clone())).await;
+    let refused = me(
+        &gw,
+        Method::POST,
+        "",
+        &level1,
+        Some(&csrf),
+        Some(totp_body.clone()),
+    )
+    .await;
     refused.expect(403, Some("E0000006"));
     assert!(refused.text.contains("10 minutes"));
-    me(&gw, Method::DELETE, &format!("/{fid}"), &level1, Some(&csrf), None)
-        .await
-        .expect(403, Some("E0000006"));
+    me(
+        &gw,
+        Method::DELETE,
+        &format!("/{fid}"),
+        &level1,
+        Some(&csrf),
+        None,
+    )
+    .await
+    .expect(403, Some("E0000006"));
     // Verifying through this API checks the code but does not raise the session.
     let v = me(
         &gw,
@@ -156,22 +206,51 @@ async fn adding_and_removing_factors_needs_a_recent_second_factor() {
 
     let session = level2(&gw, "alice", ALICE.password, &fid, &secret).await;
     let level2_cookies = format!("portcullis_session={session}; portcullis_csrf={csrf}");
-    let second = me(&gw, Method::POST, "", &level2_cookies, Some(&csrf), Some(totp_body.clone())).await;
+    let second = me(
+        &gw,
+        Method::POST,
+        "",
+        &level2_cookies,
+        Some(&csrf),
+        Some(totp_body.clone()),
+    )
+    .await;
     second.expect(200, None);
     let second_id = second.body["id"].as_str().unwrap().to_owned();
     // Without the header even a fresh level-2 session is refused.
-    me(&gw, Method::DELETE, &format!("/{second_id}"), &level2_cookies, None, None)
-        .await
-        .expect(403, Some("E0000006"));
-    me(&gw, Method::DELETE, &format!("/{second_id}"), &level2_cookies, Some(&csrf), None)
-        .await
-        .expect(204, None);
+    me(
+        &gw,
+        Method::DELETE,
+        &format!("/{second_id}"),
+        &level2_cookies,
+        None,
+        None,
+    )
+    .await
+    .expect(403, Some("E0000006"));
+    me(
+        &gw,
+        Method::DELETE,
+        &format!("/{second_id}"),
+        &level2_cookies,
+        Some(&csrf),
+        None,
+    )
+    .await
+    .expect(204, None);
 
     // Eleven minutes later removal is refused again.
     gw.clock.advance(11 * 60);
-    me(&gw, Method::DELETE, &format!("/{fid}"), &level2_cookies, Some(&csrf), None)
-        .await
-        .expect(403, Some("E0000006"));
+    me(
+        &gw,
+        Method::DELETE,
+        &format!("/{fid}"),
+        &level2_cookies,
+        Some(&csrf),
+        None,
+    )
+    .await
+    .expect(403, Some("E0000006"));
     let list = me(&gw, Method::GET, "", &level2_cookies, Some(&csrf), None).await;
     list.expect(200, None);
     assert_eq!(list.body.as_array().unwrap().len(), 1);
@@ -200,7 +279,14 @@ async fn another_users_factor_is_not_found() {
         .expect(404, Some("E0000007"));
     }
     // Removal checks the recent second factor first, so it says nothing about the id.
-    me(&gw, Method::DELETE, &format!("/{bob_factor}"), &login.cookie(), Some(&login.csrf), None)
-        .await
-        .expect(403, Some("E0000006"));
+    me(
+        &gw,
+        Method::DELETE,
+        &format!("/{bob_factor}"),
+        &login.cookie(),
+        Some(&login.csrf),
+        None,
+    )
+    .await
+    .expect(403, Some("E0000006"));
 }

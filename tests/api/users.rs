@@ -38,7 +38,9 @@ async fn tokens_are_required_and_checked() {
     }
     // No token needed for health and the document.
     for path in ["/healthz", "/openapi.json"] {
-        admin_as(&gw, Method::GET, path, None, None).await.expect(200, None);
+        admin_as(&gw, Method::GET, path, None, None)
+            .await
+            .expect(200, None);
     }
 }
 
@@ -51,13 +53,25 @@ async fn users_are_created_shown_and_sign_in() {
     assert_eq!(u["status"], "ACTIVE");
     assert_eq!(u["profile"]["login"], "dana@example.com");
     assert_eq!(u["profile"]["firstName"], "Test");
-    assert_eq!(u["credentials"]["provider"], json!({ "type": "OKTA", "name": "OKTA" }));
+    assert_eq!(
+        u["credentials"]["provider"],
+        json!({ "type": "OKTA", "name": "OKTA" })
+    );
     assert_eq!(u["credentials"]["password"], json!({}), "set, never shown");
-    for k in ["created", "activated", "statusChanged", "lastUpdated", "passwordChanged"] {
+    for k in [
+        "created",
+        "activated",
+        "statusChanged",
+        "lastUpdated",
+        "passwordChanged",
+    ] {
         assert!(u[k].as_str().is_some_and(|t| t.ends_with(".000Z")), "{k}: {u}");
     }
     assert!(u["lastLogin"].is_null());
-    assert_eq!(u["_links"]["self"]["href"], gw.admin_url(&format!("/api/v1/users/{id}")));
+    assert_eq!(
+        u["_links"]["self"]["href"],
+        gw.admin_url(&format!("/api/v1/users/{id}"))
+    );
     assert!(!u.to_string().contains("dana-password-1") && !u.to_string().contains("argon2"));
 
     // By id and by login (any case).
@@ -123,7 +137,12 @@ async fn users_page_by_id_with_link_headers() {
     let gw = gateway("").await;
     let mut want: Vec<String> = vec![TestGateway::uid("alice"), TestGateway::uid("bob")];
     for i in 0..5 {
-        want.push(create_user(&gw, &format!("pager{i}"), None).await["id"].as_str().unwrap().to_owned());
+        want.push(
+            create_user(&gw, &format!("pager{i}"), None).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     want.sort();
     let mut seen = Vec::new();
@@ -138,10 +157,20 @@ async fn users_page_by_id_with_link_headers() {
         assert!(links.iter().any(|l| l.ends_with("rel=\"self\"")), "{links:?}");
         for u in a.body.as_array().unwrap() {
             seen.push(u["id"].as_str().unwrap().to_owned());
-            assert_eq!(u["_links"].as_object().unwrap().len(), 1, "a collection shows only self");
+            assert_eq!(
+                u["_links"].as_object().unwrap().len(),
+                1,
+                "a collection shows only self"
+            );
         }
         next = links.iter().find(|l| l.ends_with("rel=\"next\"")).map(|l| {
-            l.split(';').next().unwrap().trim().trim_start_matches('<').trim_end_matches('>').to_owned()
+            l.split(';')
+                .next()
+                .unwrap()
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned()
         });
     }
     assert_eq!(seen, want, "every user once, in id order");
@@ -167,12 +196,26 @@ async fn users_file_users_are_read_only() {
     assert_eq!(a.body["profile"]["email"], "alice@example.com");
     assert!(a.body["created"].is_null());
     for (method, path, body) in [
-        (Method::PUT, format!("/api/v1/users/{uid}"), Some(json!({ "profile": { "login": "alice" } }))),
-        (Method::POST, format!("/api/v1/users/{uid}"), Some(json!({ "profile": { "firstName": "A" } }))),
+        (
+            Method::PUT,
+            format!("/api/v1/users/{uid}"),
+            Some(json!({ "profile": { "login": "alice" } })),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/users/{uid}"),
+            Some(json!({ "profile": { "firstName": "A" } })),
+        ),
         (Method::DELETE, format!("/api/v1/users/{uid}"), None),
-        (Method::POST, format!("/api/v1/users/{uid}/lifecycle/suspend"), None),
+        (
+            Method::POST,
+            format!("/api/v1/users/{uid}/lifecycle/suspend"),
+            None,
+        ),
     ] {
-        admin(&gw, method, &path, body).await.expect(403, Some("E0000006"));
+        admin(&gw, method, &path, body)
+            .await
+            .expect(403, Some("E0000006"));
     }
     // A stored user cannot take a file user's login either.
     let u = create_user(&gw, "hank", None).await;
@@ -205,7 +248,10 @@ async fn password_change_suspension_and_deletion_end_sessions() {
     .await;
     a.expect(200, None);
     assert_eq!(a.body["profile"]["lastName"], "Changed");
-    assert_eq!(a.body["profile"]["firstName"], "Test", "a partial update keeps the rest");
+    assert_eq!(
+        a.body["profile"]["firstName"], "Test",
+        "a partial update keeps the rest"
+    );
     assert_eq!(gw.status("/app", Some(&s1.session_cookie())).await, 200);
 
     // A new password ends them, and only the new password works.
@@ -220,22 +266,44 @@ async fn password_change_suspension_and_deletion_end_sessions() {
     assert_eq!(gw.status("/app", Some(&s1.session_cookie())).await, 401);
     let client = gw.client();
     let csrf = gw.login_page(&client, "/").await;
-    let res = gw.post_login(&client, &csrf, "ivy", "ivy-password-1", "/", &[]).await;
+    let res = gw
+        .post_login(&client, &csrf, "ivy", "ivy-password-1", "/", &[])
+        .await;
     assert_eq!(res.status(), 401);
     let s2 = gw.login_rd("ivy", "ivy-password-2", "/").await;
 
     // Suspended: sessions end, no sign-in; unsuspended: sign-in again.
-    admin(&gw, Method::POST, &format!("/api/v1/users/{id}/lifecycle/suspend"), None)
-        .await
-        .expect(200, None);
-    assert_eq!(admin(&gw, Method::GET, &format!("/api/v1/users/{id}"), None).await.body["status"], "SUSPENDED");
+    admin(
+        &gw,
+        Method::POST,
+        &format!("/api/v1/users/{id}/lifecycle/suspend"),
+        None,
+    )
+    .await
+    .expect(200, None);
+    assert_eq!(
+        admin(&gw, Method::GET, &format!("/api/v1/users/{id}"), None)
+            .await
+            .body["status"],
+        "SUSPENDED"
+    );
     assert_eq!(gw.status("/app", Some(&s2.session_cookie())).await, 401);
-    admin(&gw, Method::POST, &format!("/api/v1/users/{id}/lifecycle/suspend"), None)
-        .await
-        .expect(403, Some("E0000079"));
-    admin(&gw, Method::POST, &format!("/api/v1/users/{id}/lifecycle/unsuspend"), None)
-        .await
-        .expect(200, None);
+    admin(
+        &gw,
+        Method::POST,
+        &format!("/api/v1/users/{id}/lifecycle/suspend"),
+        None,
+    )
+    .await
+    .expect(403, Some("E0000079"));
+    admin(
+        &gw,
+        Method::POST,
+        &format!("/api/v1/users/{id}/lifecycle/unsuspend"),
+        None,
+    )
+    .await
+    .expect(200, None);
     let s3 = gw.login_rd("ivy", "ivy-password-2", "/").await;
 
     // Deleted: 204, then gone everywhere.
@@ -250,7 +318,9 @@ async fn password_change_suspension_and_deletion_end_sessions() {
         .await
         .expect(404, Some("E0000007"));
     let csrf = gw.login_page(&client, "/").await;
-    let res = gw.post_login(&client, &csrf, "ivy", "ivy-password-2", "/", &[]).await;
+    let res = gw
+        .post_login(&client, &csrf, "ivy", "ivy-password-2", "/", &[])
+        .await;
     assert_eq!(res.status(), 401);
 }
 
@@ -268,13 +338,28 @@ async fn staged_users_sign_in_after_activation() {
     assert_eq!(a.body["status"], "STAGED");
     assert!(a.body["activated"].is_null());
     let id = a.body["id"].as_str().unwrap().to_owned();
-    assert!(a.body["_links"]["activate"]["href"].as_str().unwrap().ends_with("/lifecycle/activate"));
+    assert!(
+        a.body["_links"]["activate"]["href"]
+            .as_str()
+            .unwrap()
+            .ends_with("/lifecycle/activate")
+    );
     let client = gw.client();
     let csrf = gw.login_page(&client, "/").await;
-    assert_eq!(gw.post_login(&client, &csrf, "jay", "jay-password-1", "/", &[]).await.status(), 401);
-    admin(&gw, Method::POST, &format!("/api/v1/users/{id}/lifecycle/activate"), None)
-        .await
-        .expect(200, None);
+    assert_eq!(
+        gw.post_login(&client, &csrf, "jay", "jay-password-1", "/", &[])
+            .await
+            .status(),
+        401
+    );
+    admin(
+        &gw,
+        Method::POST,
+        &format!("/api/v1/users/{id}/lifecycle/activate"),
+        None,
+    )
+    .await
+    .expect(200, None);
     gw.login_rd("jay", "jay-password-1", "/").await;
 }
 
