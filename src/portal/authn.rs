@@ -75,12 +75,12 @@ const SESSION_TOKEN: &str = "session_token";
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct AuthnState {
     pub(crate) status: String,
-    created: UnixTime,
+    pub(crate) created: UnixTime,
     /// When the first factor was verified.
-    auth: UnixTime,
+    pub(crate) auth: UnixTime,
     pub(crate) amr: Vec<String>,
     /// The factor enrolled in this transaction, if any.
-    enrolled: Option<String>,
+    pub(crate) enrolled: Option<String>,
     /// A passwordless sign-in (username, then one possession factor).
     #[serde(default)]
     pub(crate) passwordless: bool,
@@ -807,7 +807,11 @@ pub fn challenge_error(st: &AppState, factor_type: &str, e: ChallengeError) -> R
 
 /// The factor `factor_id` as this transaction may use it: a listed factor
 /// of a passwordless sign-in, else any usable factor of the user.
-async fn resolve_factor(st: &AppState, loaded: &Loaded, factor_id: &str) -> Result<Factor, Response> {
+pub(crate) async fn resolve_factor(
+    st: &AppState,
+    loaded: &Loaded,
+    factor_id: &str,
+) -> Result<Factor, Response> {
     if loaded.state.passwordless {
         return passwordless_factors(st, &loaded.user, &loaded.state)
             .await?
@@ -826,22 +830,29 @@ async fn resolve_factor(st: &AppState, loaded: &Loaded, factor_id: &str) -> Resu
     Ok(factor)
 }
 
-/// A wrong code for a decoy factor: counted and refused exactly like a real one.
-async fn decoy_failure(st: &AppState, loaded: &Loaded, addr: std::net::IpAddr) -> Response {
+/// The factors a passwordless transaction lists (decoys for a decoy).
+pub(crate) async fn listed_factors(st: &AppState, loaded: &Loaded) -> Result<Vec<Factor>, Response> {
+    passwordless_factors(st, &loaded.user, &loaded.state).await
+}
+
+/// A code for a decoy factor: counted and refused exactly like a wrong one
+/// (a locked decoy answers like a locked user).
+pub(crate) async fn decoy_verify(
+    st: &AppState,
+    loaded: &Loaded,
+    addr: std::net::IpAddr,
+) -> Result<(), VerifyError> {
     let uid = &loaded.record.user_id;
-    match st.regulator.user_locked(uid).await {
-        Ok(Some(_)) if st.config.regulation.reveal_lockout => {
-            return ApiError::new(ErrorCode::E0000069).into_response();
-        }
-        Ok(Some(_)) => return ApiError::new(ErrorCode::E0000068).into_response(),
-        Ok(None) => {}
-        Err(e) => return unavailable(e),
+    if st.regulator.user_locked(uid).await?.is_some() {
+        return Err(if st.config.regulation.reveal_lockout {
+            VerifyError::LockedRevealed
+        } else {
+            VerifyError::Invalid
+        });
     }
     crate::audit!("factor.verify.failed", user = %loaded.state.login, client = %addr, reason = "invalid");
-    if let Err(e) = st.regulator.factor_failed(uid, addr).await {
-        return unavailable(e);
-    }
-    ApiError::new(ErrorCode::E0000068).into_response()
+    st.regulator.factor_failed(uid, addr).await?;
+    Err(VerifyError::Invalid)
 }
 
 /// Completes the transaction after a verified factor: level 2 after a
@@ -1066,7 +1077,12 @@ pub async fn verify(
                 return missing_passcode();
             };
             if loaded.state.decoy {
-                return decoy_failure(&st, &loaded, addr).await;
+                return verify_error(
+                    decoy_verify(&st, &loaded, addr)
+                        .await
+                        .err()
+                        .unwrap_or(VerifyError::Invalid),
+                );
             }
             if let Err(e) = factors::verify_totp(&st, &user, &factor, &code, addr, false).await {
                 return verify_error(e);

@@ -68,18 +68,18 @@ fn has_recent_mfa(st: &AppState, s: &ActiveSession) -> bool {
             .is_some_and(|t| st.clock.now() - t <= RECENT_MFA_SECS)
 }
 
-fn session(st: &AppState, headers: &HeaderMap) -> Option<ActiveSession> {
+pub(super) fn session(st: &AppState, headers: &HeaderMap) -> Option<ActiveSession> {
     match st.enforcer.session(headers) {
         SessionState::Valid(s) => Some(s),
         _ => None,
     }
 }
 
-fn to_login(st: &AppState, rd: &str) -> Response {
+pub(super) fn to_login(st: &AppState, rd: &str) -> Response {
     see_other(&format!("{}/login?rd={}", st.config.portal.prefix, enc(rd)))
 }
 
-fn with_csrf(mut res: Response, set: Option<http::HeaderValue>) -> Response {
+pub(super) fn with_csrf(mut res: Response, set: Option<http::HeaderValue>) -> Response {
     if let Some(c) = set {
         res.headers_mut().append(header::SET_COOKIE, c);
     }
@@ -95,7 +95,7 @@ async fn retire(st: &AppState, s: &ActiveSession) {
 }
 
 /// Upgrades the session to level 2 (new id) and sends the browser on.
-async fn upgraded(st: &AppState, s: &ActiveSession, method: &str, target: &str) -> Response {
+pub(super) async fn upgraded(st: &AppState, s: &ActiveSession, method: &str, target: &str) -> Response {
     let mut amr = s.claims.amr.clone();
     amr.push(method.into());
     let (_, cookie) = login::issue_session(st, &s.user, 2, amr, Some(&s.claims));
@@ -105,7 +105,7 @@ async fn upgraded(st: &AppState, s: &ActiveSession, method: &str, target: &str) 
     res
 }
 
-fn verify_message(e: VerifyError) -> (StatusCode, &'static str) {
+pub(super) fn verify_message(e: VerifyError) -> (StatusCode, &'static str) {
     match e {
         VerifyError::Invalid => (StatusCode::FORBIDDEN, "That code is not correct. Try again."),
         VerifyError::Replayed => (
@@ -127,9 +127,12 @@ fn verify_message(e: VerifyError) -> (StatusCode, &'static str) {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub struct MfaQuery {
-    rd: Option<String>,
+    pub(super) rd: Option<String>,
     /// Challenge even when the session already satisfies the target (factor changes).
     fresh: Option<String>,
+    /// What to enroll (`totp`, `sms`, `call`, `email`, `push`).
+    #[serde(rename = "type")]
+    factor_type: Option<String>,
 }
 
 fn challenge_page(
@@ -137,10 +140,17 @@ fn challenge_page(
     csrf: &str,
     rd: &str,
     fresh: bool,
-    factors: &[Factor],
+    all: &[Factor],
     recovery: bool,
     error: Option<&str>,
 ) -> String {
+    let factors: Vec<Factor> = all
+        .iter()
+        .filter(|f| f.record.factor_type == TOTP_TYPE)
+        .cloned()
+        .collect();
+    let factors = &factors[..];
+    let oob = super::oob::challenge_buttons(st, csrf, rd, fresh, all);
     let prefix = esc(&st.config.portal.prefix);
     let error = error
         .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
@@ -195,19 +205,23 @@ fn challenge_page(
     } else {
         String::new()
     };
-    layout(
-        "Verify it's you",
-        &st.config.portal.prefix,
-        &format!(
-            "<h1>Verify it's you</h1>{error}\
-             <form method=\"post\" action=\"{prefix}/mfa/verify\">\
+    let totp_form = if factors.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<form method=\"post\" action=\"{prefix}/mfa/verify\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"rd\" value=\"{rd}\">{fresh_field}\
              {chooser}<label for=\"code\">Code from your authenticator app</label>\
              <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required autofocus>\
-             <button type=\"submit\">Verify</button></form>{recovery_form}",
+             <button type=\"submit\">Verify</button></form>",
             csrf = esc(csrf),
             rd = esc(rd),
-        ),
+        )
+    };
+    layout(
+        "Verify it's you",
+        &st.config.portal.prefix,
+        &format!("<h1>Verify it's you</h1>{error}{totp_form}{oob}{recovery_form}"),
     )
 }
 
@@ -233,7 +247,7 @@ pub async fn challenge(
     render_challenge(&st, &headers, &s, &rd, fresh, None, StatusCode::OK).await
 }
 
-async fn render_challenge(
+pub(super) async fn render_challenge(
     st: &AppState,
     headers: &HeaderMap,
     s: &ActiveSession,
@@ -242,17 +256,20 @@ async fn render_challenge(
     error: Option<&str>,
     status: StatusCode,
 ) -> Response {
+    if super::authn::needs_password(&s.claims.amr) {
+        // Signed in with a possession factor alone: the password is the second step.
+        let (token, set) = csrf_token(st, headers);
+        let page = super::oob::password_page(st, &token, rd, &s.user.username, error);
+        return with_csrf(html(status, page), set);
+    }
     let all = match factors::list(st, &s.user).await {
         Ok(f) => f,
         Err(_) => return unavailable_page(),
     };
-    let totp: Vec<Factor> = factors::usable(st, &all)
-        .into_iter()
-        .filter(|f| f.record.factor_type == TOTP_TYPE)
-        .collect();
+    let totp: Vec<Factor> = factors::usable(st, &all);
     if totp.is_empty() {
         if st.config.users.enrollment == crate::config::Enrollment::FirstLogin
-            && st.config.factors.totp.enabled
+            && st.config.factors.any_second_factor()
         {
             return see_other(&format!("{}/enroll?rd={}", st.config.portal.prefix, enc(rd)));
         }
@@ -281,7 +298,7 @@ async fn render_challenge(
     )
 }
 
-fn unavailable_page() -> Response {
+pub(super) fn unavailable_page() -> Response {
     html(
         StatusCode::SERVICE_UNAVAILABLE,
         super::pages::message_page(
@@ -340,8 +357,26 @@ pub async fn verify(
         }
         Err(_) => return unavailable_page(),
     };
-    match factors::verify_totp(&st, &s.user, &factor, &f.code, ctx.0.client_addr, false).await {
-        Ok(()) => upgraded(&st, &s, "otp", &rd).await,
+    if super::authn::needs_password(&s.claims.amr) {
+        // The second step of a passwordless sign-in is the password, not another device.
+        return render_challenge(
+            &st,
+            &headers,
+            &s,
+            &rd,
+            f.fresh.is_some(),
+            None,
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+    }
+    let ft = factor.record.factor_type.clone();
+    match factors::verify(&st, &s.user, &factor, &f.code, ctx.0.client_addr).await {
+        Ok(()) => upgraded(&st, &s, super::authn::amr_of(&ft), &rd).await,
+        Err(e) if factors::otp::is_code_type(&ft) => {
+            let (status, msg) = verify_message(e);
+            super::oob::code_retry(&st, &headers, &rd, f.fresh.is_some(), &factor, false, status, msg).await
+        }
         Err(e) => {
             let (status, msg) = verify_message(e);
             render_challenge(&st, &headers, &s, &rd, f.fresh.is_some(), Some(msg), status).await
@@ -368,6 +403,18 @@ pub async fn recovery(
             &rd,
             f.fresh.is_some(),
             Some("This form expired. Try again."),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+    }
+    if super::authn::needs_password(&s.claims.amr) {
+        return render_challenge(
+            &st,
+            &headers,
+            &s,
+            &rd,
+            f.fresh.is_some(),
+            None,
             StatusCode::FORBIDDEN,
         )
         .await;
@@ -430,7 +477,7 @@ fn enroll_page(
 
 /// May this session enroll a factor now? First enrollment (no active factor)
 /// with `first_login`, or any time with a recent second factor.
-async fn may_enroll(st: &AppState, s: &ActiveSession) -> Result<bool, ()> {
+pub(super) async fn may_enroll(st: &AppState, s: &ActiveSession) -> Result<bool, ()> {
     if has_recent_mfa(st, s) {
         return Ok(true);
     }
@@ -465,6 +512,19 @@ pub async fn enroll(
             ));
         }
         Err(()) => return unavailable_page(),
+    }
+    let oob_types: Vec<&str> = ["sms", "call", "email", "push"]
+        .into_iter()
+        .filter(|t| factors::type_enabled(&st, t))
+        .collect();
+    match q.factor_type.as_deref() {
+        Some(t) if oob_types.contains(&t) => {
+            return super::oob::enroll_page(&st, &ctx, &headers, &s, &rd, t).await;
+        }
+        None if !oob_types.is_empty() => {
+            return html(StatusCode::OK, super::oob::chooser_page(&st, &rd));
+        }
+        _ => {}
     }
     // Resume a pending authenticator of this user (a reload, a second tab)
     // rather than leaving one pending factor behind per page view.
@@ -544,6 +604,24 @@ pub async fn activate(
         Ok(_) => return see_other(&format!("{}/enroll?rd={}", st.config.portal.prefix, enc(&rd))),
         Err(_) => return unavailable_page(),
     };
+    if factors::otp::is_code_type(&factor.record.factor_type) {
+        let retry =
+            |status, msg| super::oob::code_retry(&st, &headers, &rd, false, &factor, true, status, msg);
+        if !form_allowed(&st, &ctx, &headers, &f.csrf) {
+            return retry(StatusCode::FORBIDDEN, "This form expired. Try again.").await;
+        }
+        match may_enroll(&st, &s).await {
+            Ok(true) => {}
+            Ok(false) => return retry(StatusCode::FORBIDDEN, "Verify with your current factor first.").await,
+            Err(()) => return unavailable_page(),
+        }
+        if let Err(e) = factors::activate(&st, &s.user, &factor, &f.code, ctx.0.client_addr).await {
+            let (status, msg) = verify_message(e);
+            return retry(status, msg).await;
+        }
+        let method = super::authn::amr_of(&factor.record.factor_type);
+        return enrolled(&st, &s, &rd, method).await;
+    }
     let secret = factors::totp_secret(&st, &s.user, &factor);
     let rerender = |st: &AppState, token: &str, msg: &str| {
         let b32 = secret
@@ -581,26 +659,32 @@ pub async fn activate(
         }
         Err(()) => return unavailable_page(),
     }
-    let first = match factors::list(&st, &s.user).await {
-        Ok(all) => factors::usable(&st, &all).is_empty(),
-        Err(_) => return unavailable_page(),
-    };
     if let Err(e) = factors::activate_totp(&st, &s.user, &factor, &f.code, ctx.0.client_addr).await {
         let (status, msg) = verify_message(e);
         return html(status, rerender(&st, &token, msg));
     }
+    enrolled(&st, &s, &rd, "otp").await
+}
+
+/// After a factor was activated: recovery codes when it is the user's first
+/// (shown once), and the session upgraded to level 2 (new id).
+pub(super) async fn enrolled(st: &AppState, s: &ActiveSession, rd: &str, method: &str) -> Response {
+    let first = match factors::list(st, &s.user).await {
+        Ok(all) => factors::usable(st, &all).len() <= 1,
+        Err(_) => return unavailable_page(),
+    };
     let mut res = if first && st.config.factors.recovery_codes.enabled {
-        match factors::new_recovery_codes(&st, &s.user).await {
-            Ok(codes) => html(StatusCode::OK, recovery_codes_page(&st, &codes, &rd)),
+        match factors::new_recovery_codes(st, &s.user).await {
+            Ok(codes) => html(StatusCode::OK, recovery_codes_page(st, &codes, rd)),
             Err(_) => return unavailable_page(),
         }
     } else {
-        see_other(&rd)
+        see_other(rd)
     };
     let mut amr = s.claims.amr.clone();
-    amr.push("otp".into());
-    let (_, cookie) = login::issue_session(&st, &s.user, 2, amr, Some(&s.claims));
-    retire(&st, &s).await;
+    amr.push(method.into());
+    let (_, cookie) = login::issue_session(st, &s.user, 2, amr, Some(&s.claims));
+    retire(st, s).await;
     res.headers_mut().append(header::SET_COOKIE, cookie);
     res
 }
@@ -654,14 +738,20 @@ fn factors_page(
     } else {
         String::new()
     };
-    let add = if st.config.factors.totp.enabled {
-        format!(
-            "<p><a href=\"{prefix}/enroll?rd={rd}\">Add an authenticator app</a></p>",
-            rd = esc(&enc(&format!("{}/factors", st.config.portal.prefix)))
-        )
-    } else {
-        String::new()
-    };
+    let back = esc(&enc(&format!("{}/factors", st.config.portal.prefix)));
+    let add: String = [
+        ("totp", TOTP_TYPE, "Add an authenticator app"),
+        ("sms", "sms", "Add a phone for text messages"),
+        ("call", "call", "Add a phone for voice calls"),
+        ("email", "email", "Add an e-mail address"),
+        ("push", "push", "Add a push device"),
+    ]
+    .iter()
+    .filter(|(_, t, _)| factors::type_enabled(st, t))
+    .map(|(q, _, label)| {
+        format!("<p><a href=\"{prefix}/enroll?type={q}&amp;rd={back}\" id=\"add-{q}\">{label}</a></p>")
+    })
+    .collect();
     layout(
         "Your sign-in methods",
         &st.config.portal.prefix,

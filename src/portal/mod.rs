@@ -12,7 +12,9 @@ pub mod csrf;
 pub mod login;
 pub mod me;
 pub mod mfa;
+pub mod oob;
 pub mod pages;
+pub mod passwordless;
 pub mod push;
 pub mod redirect;
 
@@ -87,12 +89,20 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     axum::Router::new()
         .route("/", get(account))
         .route("/login", get(login_form).post(login_submit))
+        .route("/login/factor", post(passwordless::factor_step))
         .route("/logout", get(account).post(logout_submit))
         .route("/mfa", get(mfa::challenge))
         .route("/mfa/verify", post(mfa::verify))
         .route("/mfa/recovery", post(mfa::recovery))
+        .route("/mfa/send", post(oob::send))
+        .route("/mfa/push", post(oob::push))
+        .route("/mfa/push/check", post(oob::push_check))
+        .route("/mfa/password", post(oob::password))
         .route("/enroll", get(mfa::enroll))
         .route("/enroll/activate", post(mfa::activate))
+        .route("/enroll/start", post(oob::enroll_start))
+        .route("/enroll/resend", post(oob::enroll_resend))
+        .route("/enroll/push/check", post(oob::enroll_push_check))
         .route("/factors", get(mfa::list))
         .route("/factors/recovery", post(mfa::regenerate))
         .route("/factors/{factor_id}/remove", post(mfa::remove))
@@ -167,6 +177,8 @@ pub(crate) fn enc(s: &str) -> String {
 #[derive(Deserialize)]
 struct RdQuery {
     rd: Option<String>,
+    /// With `users.passwordless`: the username and password form instead.
+    password: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -194,10 +206,12 @@ async fn login_form(
         return see_other(&format!("{}/mfa?rd={}", cfg.portal.prefix, enc(&rd)));
     }
     let (token, set) = csrf_token(&st, &headers);
-    let mut res = html(
-        StatusCode::OK,
-        pages::login_page(&cfg.portal.title, &cfg.portal.prefix, &token, &rd, "", None),
-    );
+    let page = if cfg.users.passwordless && q.password.is_none() {
+        passwordless::username_page(&st, &token, &rd, "", None)
+    } else {
+        pages::login_page(&cfg.portal.title, &cfg.portal.prefix, &token, &rd, "", None)
+    };
+    let mut res = html(StatusCode::OK, page);
     if let Some(c) = set {
         res.headers_mut().append(header::SET_COOKIE, c);
     }
@@ -228,6 +242,10 @@ async fn login_submit(
             res.headers_mut().append(header::SET_COOKIE, c);
         }
         return res;
+    }
+    if cfg.users.passwordless && f.password.is_empty() {
+        // Username only: a possession factor signs in (OneLogin's flow).
+        return passwordless::start(&st, &headers, &f.username, &rd).await;
     }
     match login::check_password(&st, &f.username, Secret::new(f.password), ctx.0.client_addr).await {
         Ok(user) => {

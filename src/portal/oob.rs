@@ -1,0 +1,825 @@
+//! The portal's pages for out-of-band factors: sending a code (sms, call,
+//! email) and entering it, push with the number to pick (polled by
+//! `push.js`, with a "Check again" button that works without JavaScript),
+//! the password as the second step after a passwordless sign-in, and
+//! enrolling a phone, an e-mail address or a push device.
+//!
+//! Like the other second-factor pages they work on the session cookie, check
+//! CSRF on every POST and issue a new session id at each step.
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::State;
+use axum::response::Response;
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+
+use super::mfa;
+use super::pages::{esc, layout};
+use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
+use crate::enforce::ActiveSession;
+use crate::factors::{self, Challenge, ChallengeContext, ChallengeError, Factor, PushResult};
+use crate::gateway::AppState;
+use crate::secret::Secret;
+
+/// How a factor is named on the pages.
+pub fn describe(f: &Factor) -> String {
+    let p = &f.record.profile;
+    match f.record.factor_type.as_str() {
+        "sms" => format!(
+            "Text message to {}",
+            factors::otp::mask_phone(p["phoneNumber"].as_str().unwrap_or_default())
+        ),
+        "call" => format!(
+            "Voice call to {}",
+            factors::otp::mask_phone(p["phoneNumber"].as_str().unwrap_or_default())
+        ),
+        "email" => format!(
+            "E-mail to {}",
+            factors::otp::mask_email(p["email"].as_str().unwrap_or_default())
+        ),
+        "push" => format!("Push to {}", p["deviceName"].as_str().unwrap_or("your device")),
+        _ => "Authenticator app".into(),
+    }
+}
+
+fn hidden(name: &str, value: &str) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+        esc(name),
+        esc(value)
+    )
+}
+
+fn error_html(error: Option<&str>) -> String {
+    error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
+        .unwrap_or_default()
+}
+
+/// The challenge page's buttons for out-of-band factors.
+pub fn challenge_buttons(st: &AppState, csrf: &str, rd: &str, fresh: bool, factors: &[Factor]) -> String {
+    let prefix = esc(&st.config.portal.prefix);
+    factors
+        .iter()
+        .filter(|f| f.record.factor_type != factors::TOTP_TYPE)
+        .map(|f| {
+            let (action, label) = if f.record.factor_type == "push" {
+                ("push", "Send a push")
+            } else {
+                ("send", "Send a code")
+            };
+            format!(
+                "<form method=\"post\" action=\"{prefix}/mfa/{action}\" class=\"oob\">{}{}{}{}\
+                 <p class=\"note\">{}</p><button type=\"submit\" class=\"secondary\">{label}</button></form>",
+                hidden("csrf", csrf),
+                hidden("rd", rd),
+                if fresh {
+                    hidden("fresh", "1")
+                } else {
+                    String::new()
+                },
+                hidden("factor", &f.record.id),
+                esc(&describe(f)),
+            )
+        })
+        .collect()
+}
+
+/// The page to type a sent code into.
+fn code_page(
+    st: &AppState,
+    csrf: &str,
+    rd: &str,
+    fresh: bool,
+    f: &Factor,
+    enrolling: bool,
+    error: Option<&str>,
+) -> String {
+    let prefix = esc(&st.config.portal.prefix);
+    let (verify, resend) = if enrolling {
+        ("enroll/activate", "enroll/resend")
+    } else {
+        ("mfa/verify", "mfa/send")
+    };
+    let common = format!(
+        "{}{}{}{}",
+        hidden("csrf", csrf),
+        hidden("rd", rd),
+        if fresh {
+            hidden("fresh", "1")
+        } else {
+            String::new()
+        },
+        hidden("factor", &f.record.id)
+    );
+    layout(
+        "Enter your code",
+        &st.config.portal.prefix,
+        &format!(
+            "<h1>Enter your code</h1>{error}<p class=\"note\">We sent a code: {what}.</p>\
+             <form method=\"post\" action=\"{prefix}/{verify}\">{common}\
+             <label for=\"code\">Code</label>\
+             <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required autofocus>\
+             <button type=\"submit\">Verify</button></form>\
+             <form method=\"post\" action=\"{prefix}/{resend}\">{common}\
+             <button type=\"submit\" class=\"secondary\" id=\"resend\">Send a new code</button></form>",
+            error = error_html(error),
+            what = esc(&describe(f)),
+        ),
+    )
+}
+
+/// The page showing the number to pick on the device, polled by push.js.
+#[allow(clippy::too_many_arguments)]
+pub fn push_page(
+    st: &AppState,
+    title: &str,
+    check_action: &str,
+    fields: &str,
+    tid: &str,
+    number: u8,
+    ttl_secs: i64,
+    error: Option<&str>,
+) -> String {
+    let prefix = esc(&st.config.portal.prefix);
+    layout(
+        title,
+        &st.config.portal.prefix,
+        &format!(
+            "<h1>{title}</h1>{error}<p class=\"note\">We sent a sign-in request to your device. \
+             Pick this number there to approve it:</p>\
+             <h2 class=\"number\" id=\"push-number\">{number}</h2>\
+             <div id=\"push-wait\" data-poll=\"{prefix}/push/status\" data-tx=\"{tid}\" data-ttl=\"{ttl}\">\
+             <p class=\"note\" id=\"push-status\"></p></div>\
+             <form method=\"post\" action=\"{prefix}/{check_action}\" id=\"push-check\">{fields}{num}\
+             <button type=\"submit\" class=\"secondary\">Check again</button></form>\
+             <script src=\"{prefix}{script}\"></script>",
+            title = esc(title),
+            error = error_html(error),
+            tid = esc(tid),
+            ttl = ttl_secs + 5,
+            num = hidden("number", &number.to_string()),
+            script = super::push::SCRIPT_PATH,
+        ),
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct OobForm {
+    csrf: String,
+    rd: String,
+    factor: String,
+    fresh: Option<String>,
+    tx: String,
+    number: String,
+    password: String,
+    #[serde(rename = "type")]
+    factor_type: String,
+    address: String,
+}
+
+struct Step {
+    st: Arc<AppState>,
+    s: ActiveSession,
+    rd: String,
+    fresh: bool,
+}
+
+/// Common checks of a challenge POST: session, CSRF, not a passwordless
+/// session (whose second step is the password).
+async fn step(st: Arc<AppState>, ctx: &Ctx, headers: &HeaderMap, f: &OobForm) -> Result<Step, Response> {
+    let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
+    let Some(s) = mfa::session(&st, headers) else {
+        return Err(mfa::to_login(&st, &rd));
+    };
+    let fresh = f.fresh.is_some();
+    if !form_allowed(&st, ctx, headers, &f.csrf) || super::authn::needs_password(&s.claims.amr) {
+        let q = if fresh { "fresh=1&" } else { "" };
+        return Err(see_other(&format!(
+            "{}/mfa?{q}rd={}",
+            st.config.portal.prefix,
+            enc(&rd)
+        )));
+    }
+    Ok(Step { st, s, rd, fresh })
+}
+
+async fn own_factor(st: &AppState, s: &ActiveSession, id: &str) -> Result<Factor, Response> {
+    match factors::find(st, &s.user, id).await {
+        Ok(Some(f)) if f.is_active() && factors::type_enabled(st, &f.record.factor_type) => Ok(f),
+        Ok(_) => Err(see_other(&format!("{}/mfa", st.config.portal.prefix))),
+        Err(_) => Err(mfa::unavailable_page()),
+    }
+}
+
+fn ctx_of(ctx: &Ctx) -> ChallengeContext {
+    ChallengeContext {
+        client_addr: ctx.0.client_addr,
+        app_host: ctx.0.host.clone(),
+    }
+}
+
+/// What to tell the user when a message could not be sent.
+pub fn challenge_message(st: &AppState, e: &ChallengeError) -> (StatusCode, String) {
+    let now = st.clock.now();
+    match e {
+        ChallengeError::TooSoon(at) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "A code was sent moments ago. Wait {} seconds before asking for another.",
+                (at - now).max(1)
+            ),
+        ),
+        ChallengeError::RateLimited(at) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "Too many messages were sent. Try again in {} minutes.",
+                ((at - now) / 60).max(1)
+            ),
+        ),
+        ChallengeError::Delivery => (
+            StatusCode::BAD_GATEWAY,
+            "The message could not be sent. Try again later or use another method.".into(),
+        ),
+        ChallengeError::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in is temporarily unavailable.".into(),
+        ),
+        ChallengeError::NotActive | ChallengeError::NotChallenged => {
+            (StatusCode::FORBIDDEN, "That method cannot be used.".into())
+        }
+    }
+}
+
+/// `POST {prefix}/mfa/send`: send a code, then ask for it.
+pub async fn send(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Form(f): Form<OobForm>,
+) -> Response {
+    let p = match step(st, &ctx, &headers, &f).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let factor = match own_factor(&p.st, &p.s, &f.factor).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let (token, set) = csrf_token(&p.st, &headers);
+    match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx)).await {
+        Ok(_) => mfa::with_csrf(
+            html(
+                StatusCode::OK,
+                code_page(&p.st, &token, &p.rd, p.fresh, &factor, false, None),
+            ),
+            set,
+        ),
+        Err(e @ ChallengeError::TooSoon(_)) => {
+            // A code is on its way already: let the user type it.
+            let (status, msg) = challenge_message(&p.st, &e);
+            mfa::with_csrf(
+                html(
+                    status,
+                    code_page(&p.st, &token, &p.rd, p.fresh, &factor, false, Some(&msg)),
+                ),
+                set,
+            )
+        }
+        Err(e) => {
+            let (status, msg) = challenge_message(&p.st, &e);
+            mfa::render_challenge(&p.st, &headers, &p.s, &p.rd, p.fresh, Some(&msg), status).await
+        }
+    }
+}
+
+/// Re-renders the code page after a wrong code for a code factor.
+#[allow(clippy::too_many_arguments)]
+pub async fn code_retry(
+    st: &AppState,
+    headers: &HeaderMap,
+    rd: &str,
+    fresh: bool,
+    factor: &Factor,
+    enrolling: bool,
+    status: StatusCode,
+    msg: &str,
+) -> Response {
+    let (token, set) = csrf_token(st, headers);
+    mfa::with_csrf(
+        html(
+            status,
+            code_page(st, &token, rd, fresh, factor, enrolling, Some(msg)),
+        ),
+        set,
+    )
+}
+
+fn push_fields(csrf: &str, rd: &str, fresh: bool, factor: &str, tid: &str) -> String {
+    format!(
+        "{}{}{}{}{}",
+        hidden("csrf", csrf),
+        hidden("rd", rd),
+        if fresh {
+            hidden("fresh", "1")
+        } else {
+            String::new()
+        },
+        hidden("factor", factor),
+        hidden("tx", tid)
+    )
+}
+
+fn push_ttl(st: &AppState) -> i64 {
+    i64::try_from(st.config.factors.push.ttl.as_secs()).unwrap_or(60)
+}
+
+/// `POST {prefix}/mfa/push`: send a push and show the number.
+pub async fn push(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Form(f): Form<OobForm>,
+) -> Response {
+    let p = match step(st, &ctx, &headers, &f).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let factor = match own_factor(&p.st, &p.s, &f.factor).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx)).await {
+        Ok(Challenge::Push {
+            transaction_id,
+            correct_answer,
+            ..
+        }) => {
+            let (token, set) = csrf_token(&p.st, &headers);
+            let fields = push_fields(&token, &p.rd, p.fresh, &factor.record.id, &transaction_id);
+            mfa::with_csrf(
+                html(
+                    StatusCode::OK,
+                    push_page(
+                        &p.st,
+                        "Approve on your device",
+                        "mfa/push/check",
+                        &fields,
+                        &transaction_id,
+                        correct_answer,
+                        push_ttl(&p.st),
+                        None,
+                    ),
+                ),
+                set,
+            )
+        }
+        Ok(Challenge::CodeSent { .. }) => see_other(&format!("{}/mfa", p.st.config.portal.prefix)),
+        Err(e) => {
+            let (status, msg) = challenge_message(&p.st, &e);
+            mfa::render_challenge(&p.st, &headers, &p.s, &p.rd, p.fresh, Some(&msg), status).await
+        }
+    }
+}
+
+/// `POST {prefix}/mfa/push/check`: the push's answer (the script submits
+/// this when it changes; without JavaScript, the "Check again" button).
+pub async fn push_check(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Form(f): Form<OobForm>,
+) -> Response {
+    let p = match step(st, &ctx, &headers, &f).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let factor = match own_factor(&p.st, &p.s, &f.factor).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let result = match factors::push_status(&p.st, &p.s.user, &factor, &f.tx).await {
+        Ok(r) => r.unwrap_or(PushResult::Timeout),
+        Err(_) => return mfa::unavailable_page(),
+    };
+    let msg = match result {
+        PushResult::Waiting => {
+            let (token, set) = csrf_token(&p.st, &headers);
+            let fields = push_fields(&token, &p.rd, p.fresh, &factor.record.id, &f.tx);
+            let number = f.number.parse().unwrap_or(0);
+            return mfa::with_csrf(
+                html(
+                    StatusCode::OK,
+                    push_page(
+                        &p.st,
+                        "Approve on your device",
+                        "mfa/push/check",
+                        &fields,
+                        &f.tx,
+                        number,
+                        push_ttl(&p.st),
+                        None,
+                    ),
+                ),
+                set,
+            );
+        }
+        PushResult::Success => match factors::push::consume(&p.st, &p.s.user, &factor, &f.tx).await {
+            Ok(true) => return mfa::upgraded(&p.st, &p.s, "push", &p.rd).await,
+            Ok(false) => "That sign-in request was already used. Send a new one.",
+            Err(e) => mfa::verify_message(e).1,
+        },
+        PushResult::Rejected => "The sign-in request was denied on your device.",
+        PushResult::Timeout => "The sign-in request expired. Send a new one.",
+    };
+    mfa::render_challenge(
+        &p.st,
+        &headers,
+        &p.s,
+        &p.rd,
+        p.fresh,
+        Some(msg),
+        StatusCode::FORBIDDEN,
+    )
+    .await
+}
+
+/// The password page: the second step of a passwordless sign-in.
+pub fn password_page(st: &AppState, csrf: &str, rd: &str, username: &str, error: Option<&str>) -> String {
+    let prefix = esc(&st.config.portal.prefix);
+    layout(
+        "Enter your password",
+        &st.config.portal.prefix,
+        &format!(
+            "<h1>Enter your password</h1>{error}\
+             <p class=\"note\">This page needs a second step: your password, <span class=\"user\">{user}</span>.</p>\
+             <form method=\"post\" action=\"{prefix}/mfa/password\">{csrf}{rd}\
+             <input type=\"hidden\" name=\"username\" value=\"{user}\" autocomplete=\"username\">\
+             <label for=\"password\">Password</label>\
+             <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required autofocus>\
+             <button type=\"submit\">Continue</button></form>",
+            error = error_html(error),
+            user = esc(username),
+            csrf = hidden("csrf", csrf),
+            rd = hidden("rd", rd),
+        ),
+    )
+}
+
+/// `POST {prefix}/mfa/password`: the password after a passwordless sign-in.
+pub async fn password(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Form(f): Form<OobForm>,
+) -> Response {
+    let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
+    let Some(s) = mfa::session(&st, &headers) else {
+        return mfa::to_login(&st, &rd);
+    };
+    if !super::authn::needs_password(&s.claims.amr) {
+        return see_other(&format!("{}/mfa?rd={}", st.config.portal.prefix, enc(&rd)));
+    }
+    let (token, set) = csrf_token(&st, &headers);
+    if !form_allowed(&st, &ctx, &headers, &f.csrf) {
+        let page = password_page(
+            &st,
+            &token,
+            &rd,
+            &s.user.username,
+            Some("This form expired. Try again."),
+        );
+        return mfa::with_csrf(html(StatusCode::FORBIDDEN, page), set);
+    }
+    match login::check_password(&st, &s.user.username, Secret::new(f.password), ctx.0.client_addr).await {
+        Ok(user) if user.id == s.user.id => mfa::upgraded(&st, &s, "pwd", &rd).await,
+        Ok(_) | Err(login::LoginError::Failed) => {
+            let page = password_page(&st, &token, &rd, &s.user.username, Some("Incorrect password."));
+            mfa::with_csrf(html(StatusCode::UNAUTHORIZED, page), set)
+        }
+        Err(login::LoginError::LockedRevealed) => {
+            let page = password_page(
+                &st,
+                &token,
+                &rd,
+                &s.user.username,
+                Some("This account is locked. Try again later or contact your administrator."),
+            );
+            mfa::with_csrf(html(StatusCode::FORBIDDEN, page), set)
+        }
+        Err(_) => mfa::unavailable_page(),
+    }
+}
+
+// ---- enrollment -------------------------------------------------------------
+
+/// The enrollment chooser: one link per enabled type.
+pub fn chooser_page(st: &AppState, rd: &str) -> String {
+    let prefix = esc(&st.config.portal.prefix);
+    let rd = enc(rd);
+    let items: String = [
+        ("totp", factors::TOTP_TYPE, "Authenticator app"),
+        ("sms", "sms", "Text message to your phone"),
+        ("call", "call", "Voice call to your phone"),
+        ("email", "email", "E-mail"),
+        ("push", "push", "Push to a device (approver app)"),
+    ]
+    .iter()
+    .filter(|(_, t, _)| factors::type_enabled(st, t))
+    .map(|(q, _, label)| {
+        format!("<li><a href=\"{prefix}/enroll?type={q}&amp;rd={rd}\" id=\"enroll-{q}\">{label}</a></li>")
+    })
+    .collect();
+    layout(
+        "Add a sign-in method",
+        &st.config.portal.prefix,
+        &format!("<h1>Add a sign-in method</h1><ul id=\"enroll-types\">{items}</ul>"),
+    )
+}
+
+/// The form asking for a phone number or an e-mail address.
+pub fn address_page(
+    st: &AppState,
+    csrf: &str,
+    rd: &str,
+    factor_type: &str,
+    value: &str,
+    error: Option<&str>,
+) -> String {
+    let prefix = esc(&st.config.portal.prefix);
+    let (title, label, input) = match factor_type {
+        "email" => (
+            "Add an e-mail address",
+            "E-mail address",
+            "type=\"email\" autocomplete=\"email\"",
+        ),
+        "call" => (
+            "Add a phone for voice calls",
+            "Phone number (with country code, e.g. +1 555 555 0100)",
+            "type=\"tel\" autocomplete=\"tel\"",
+        ),
+        _ => (
+            "Add a phone for text messages",
+            "Phone number (with country code, e.g. +1 555 555 0100)",
+            "type=\"tel\" autocomplete=\"tel\"",
+        ),
+    };
+    layout(
+        title,
+        &st.config.portal.prefix,
+        &format!(
+            "<h1>{title}</h1>{error}<form method=\"post\" action=\"{prefix}/enroll/start\">{csrf}{rd}{ty}\
+             <label for=\"address\">{label}</label>\
+             <input {input} id=\"address\" name=\"address\" value=\"{value}\" required autofocus>\
+             <button type=\"submit\">Send a code</button></form>",
+            error = error_html(error),
+            csrf = hidden("csrf", csrf),
+            rd = hidden("rd", rd),
+            ty = hidden("type", factor_type),
+            value = esc(value),
+        ),
+    )
+}
+
+/// The pairing page of a push device: the activation token as text and QR.
+fn pairing_page(
+    st: &AppState,
+    csrf: &str,
+    rd: &str,
+    factor_id: &str,
+    token: Option<&str>,
+    uri: &str,
+    error: Option<&str>,
+) -> String {
+    let prefix = esc(&st.config.portal.prefix);
+    let shown = match token {
+        Some(t) => format!(
+            "<p class=\"note\">Scan this code with your approver app, or give it the activation token.</p>\
+             <p><img src=\"{qr}\" alt=\"QR code to pair your device\" width=\"220\" height=\"220\"></p>\
+             <p class=\"note\">Activation token: <code id=\"activation-token\">{t}</code></p>\
+             <p class=\"note\">Pairing link: <code id=\"pairing-uri\">{u}</code></p>",
+            qr = esc(&factors::totp::qr_data_uri(uri)),
+            t = esc(t),
+            u = esc(uri),
+        ),
+        None => "<p class=\"note\">Waiting for your device to pair.</p>".into(),
+    };
+    layout(
+        "Pair your device",
+        &st.config.portal.prefix,
+        &format!(
+            "<h1>Pair your device</h1>{error}{shown}\
+             <div id=\"push-wait\" data-poll=\"{prefix}/push/status\" data-factor=\"{fid}\" data-ttl=\"{ttl}\">\
+             <p class=\"note\" id=\"push-status\"></p></div>\
+             <form method=\"post\" action=\"{prefix}/enroll/push/check\" id=\"push-check\">{csrf}{rdf}{factor}\
+             <button type=\"submit\" class=\"secondary\">I have paired my device</button></form>\
+             <p><a href=\"{prefix}/enroll?type=push&amp;rd={rde}\">Start over</a></p>\
+             <script src=\"{prefix}{script}\"></script>",
+            error = error_html(error),
+            fid = esc(factor_id),
+            ttl = factors::push::ACTIVATION_TTL,
+            csrf = hidden("csrf", csrf),
+            rdf = hidden("rd", rd),
+            factor = hidden("factor", factor_id),
+            rde = esc(&enc(rd)),
+            script = super::push::SCRIPT_PATH,
+        ),
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct EnrollQuery {
+    pub rd: Option<String>,
+    #[serde(rename = "type")]
+    pub factor_type: Option<String>,
+}
+
+/// `GET {prefix}/enroll?type=sms|call|email|push` (after [`mfa::enroll`]
+/// decided the session may enroll): the type's first page.
+pub async fn enroll_page(
+    st: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    s: &ActiveSession,
+    rd: &str,
+    factor_type: &str,
+) -> Response {
+    let (token, set) = csrf_token(st, headers);
+    if factor_type == "push" {
+        return match factors::enroll(st, &s.user, "push", "OKTA", &serde_json::json!({})).await {
+            Ok(factors::Enrolled::Push {
+                factor,
+                activation_token,
+                ..
+            }) => {
+                let uri = super::push::pairing_uri(st, &super::push::base_url(st, ctx), &activation_token);
+                let page = pairing_page(st, &token, rd, &factor.id, Some(&activation_token), &uri, None);
+                mfa::with_csrf(html(StatusCode::OK, page), set)
+            }
+            Ok(_) | Err(_) => mfa::unavailable_page(),
+        };
+    }
+    let value = if factor_type == "email" {
+        s.user.email.clone().unwrap_or_default()
+    } else {
+        s.user.phone.clone().unwrap_or_default()
+    };
+    mfa::with_csrf(
+        html(
+            StatusCode::OK,
+            address_page(st, &token, rd, factor_type, &value, None),
+        ),
+        set,
+    )
+}
+
+/// Guards an enrollment POST: session, CSRF, and may this session enroll.
+async fn enroll_step(
+    st: Arc<AppState>,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    f: &OobForm,
+) -> Result<Step, Response> {
+    let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
+    let Some(s) = mfa::session(&st, headers) else {
+        return Err(mfa::to_login(&st, &rd));
+    };
+    let back = format!("{}/enroll?rd={}", st.config.portal.prefix, enc(&rd));
+    if !form_allowed(&st, ctx, headers, &f.csrf) {
+        return Err(see_other(&back));
+    }
+    match mfa::may_enroll(&st, &s).await {
+        Ok(true) => Ok(Step {
+            st,
+            s,
+            rd,
+            fresh: false,
+        }),
+        Ok(false) => Err(see_other(&format!(
+            "{}/mfa?fresh=1&rd={}",
+            st.config.portal.prefix,
+            enc(&back)
+        ))),
+        Err(()) => Err(mfa::unavailable_page()),
+    }
+}
+
+/// `POST {prefix}/enroll/start`: enroll a phone or an e-mail address and
+/// send its activation code.
+pub async fn enroll_start(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Form(f): Form<OobForm>,
+) -> Response {
+    let p = match enroll_step(st, &ctx, &headers, &f).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let (token, set) = csrf_token(&p.st, &headers);
+    let profile = if f.factor_type == "email" {
+        serde_json::json!({ "email": f.address })
+    } else {
+        serde_json::json!({ "phoneNumber": f.address })
+    };
+    let rerender = |status: StatusCode, msg: &str| {
+        mfa::with_csrf(
+            html(
+                status,
+                address_page(&p.st, &token, &p.rd, &f.factor_type, &f.address, Some(msg)),
+            ),
+            set.clone(),
+        )
+    };
+    match factors::enroll(&p.st, &p.s.user, &f.factor_type, "OKTA", &profile).await {
+        Ok(e) => {
+            let factor = Factor {
+                record: e.factor().clone(),
+                from_config: false,
+            };
+            mfa::with_csrf(
+                html(
+                    StatusCode::OK,
+                    code_page(&p.st, &token, &p.rd, false, &factor, true, None),
+                ),
+                set,
+            )
+        }
+        Err(factors::EnrollError::Invalid(msg)) => rerender(StatusCode::BAD_REQUEST, &msg),
+        Err(factors::EnrollError::NotSupported) => {
+            rerender(StatusCode::BAD_REQUEST, "That method is not available.")
+        }
+        Err(factors::EnrollError::Delivery) => rerender(
+            StatusCode::BAD_GATEWAY,
+            "The code could not be sent. Check the address or try again later.",
+        ),
+        Err(_) => mfa::unavailable_page(),
+    }
+}
+
+/// `POST {prefix}/enroll/resend`: a new activation code.
+pub async fn enroll_resend(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Form(f): Form<OobForm>,
+) -> Response {
+    let p = match enroll_step(st, &ctx, &headers, &f).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let factor = match factors::find(&p.st, &p.s.user, &f.factor).await {
+        Ok(Some(x)) if !x.is_active() && factors::otp::is_code_type(&x.record.factor_type) => x,
+        Ok(_) => return see_other(&format!("{}/enroll?rd={}", p.st.config.portal.prefix, enc(&p.rd))),
+        Err(_) => return mfa::unavailable_page(),
+    };
+    let msg = match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx)).await {
+        Ok(_) => None,
+        Err(e) => Some(challenge_message(&p.st, &e)),
+    };
+    let (token, set) = csrf_token(&p.st, &headers);
+    let (status, msg) = match &msg {
+        Some((status, m)) => (*status, Some(m.as_str())),
+        None => (StatusCode::OK, None),
+    };
+    mfa::with_csrf(
+        html(status, code_page(&p.st, &token, &p.rd, false, &factor, true, msg)),
+        set,
+    )
+}
+
+/// `POST {prefix}/enroll/push/check`: has the device paired?
+pub async fn enroll_push_check(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Form(f): Form<OobForm>,
+) -> Response {
+    let p = match enroll_step(st, &ctx, &headers, &f).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let factor = match factors::find(&p.st, &p.s.user, &f.factor).await {
+        Ok(Some(x)) if x.record.factor_type == "push" => x,
+        Ok(_) => return see_other(&format!("{}/enroll?rd={}", p.st.config.portal.prefix, enc(&p.rd))),
+        Err(_) => return mfa::unavailable_page(),
+    };
+    if !factor.is_active() {
+        let (token, set) = csrf_token(&p.st, &headers);
+        let page = pairing_page(
+            &p.st,
+            &token,
+            &p.rd,
+            &factor.record.id,
+            None,
+            "",
+            Some("Your device has not paired yet."),
+        );
+        return mfa::with_csrf(html(StatusCode::OK, page), set);
+    }
+    mfa::enrolled(&p.st, &p.s, &p.rd, "push").await
+}

@@ -1,0 +1,357 @@
+//! The portal's passwordless sign-in (`users.passwordless = true`): the login
+//! page asks for the username only, then offers the user's passwordless
+//! factors (a TOTP code, a push with the number to pick); one verified
+//! possession factor gives a level-1 session, and a `two_factor` page then
+//! asks for the password ([`super::oob::password`]).
+//!
+//! The pages drive the same store transaction as the authentication API
+//! ([`super::authn::begin_passwordless`]), so unknown users get the same
+//! decoy factors and the same answers. The `stateToken` travels in a hidden
+//! field of POSTed forms (never in a URL). "Sign in with a password instead"
+//! is always offered, so users without a passwordless factor can sign in and
+//! the offer says nothing about who exists.
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::State;
+use axum::response::Response;
+use http::{HeaderMap, StatusCode, header};
+use serde::Deserialize;
+
+use super::authn::{self, Loaded, Pending};
+use super::pages::{esc, layout};
+use super::{Ctx, csrf, csrf_token, enc, form_allowed, html, login, mfa, redirect, see_other};
+use crate::enforce::{AccessInfo, ActiveSession};
+use crate::factors::{self, Challenge, ChallengeContext, Factor, PushResult, TOTP_TYPE, VerifyError};
+use crate::gateway::AppState;
+
+fn hidden(name: &str, value: &str) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+        esc(name),
+        esc(value)
+    )
+}
+
+fn error_html(error: Option<&str>) -> String {
+    error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
+        .unwrap_or_default()
+}
+
+fn password_link(st: &AppState, rd: &str) -> String {
+    format!(
+        "<p class=\"note\"><a href=\"{}/login?password=1&amp;rd={}\" id=\"use-password\">Sign in with a password instead</a></p>",
+        esc(&st.config.portal.prefix),
+        esc(&enc(rd))
+    )
+}
+
+/// The first page: the username only.
+pub fn username_page(st: &AppState, csrf: &str, rd: &str, username: &str, error: Option<&str>) -> String {
+    let title = &st.config.portal.title;
+    layout(
+        title,
+        &st.config.portal.prefix,
+        &format!(
+            "<h1>{t}</h1>{error}<form method=\"post\" action=\"{prefix}/login\">{csrf}{rdf}\
+             <label for=\"username\">Username</label>\
+             <input type=\"text\" id=\"username\" name=\"username\" value=\"{user}\" autocomplete=\"username\" autocapitalize=\"none\" required autofocus>\
+             <button type=\"submit\">Continue</button></form>{pw}",
+            t = esc(title),
+            error = error_html(error),
+            prefix = esc(&st.config.portal.prefix),
+            csrf = hidden("csrf", csrf),
+            rdf = hidden("rd", rd),
+            user = esc(username),
+            pw = password_link(st, rd),
+        ),
+    )
+}
+
+fn factors_page(
+    st: &AppState,
+    csrf: &str,
+    rd: &str,
+    token: &str,
+    factors: &[Factor],
+    error: Option<&str>,
+) -> String {
+    let prefix = esc(&st.config.portal.prefix);
+    let common = format!(
+        "{}{}{}",
+        hidden("csrf", csrf),
+        hidden("rd", rd),
+        hidden("state", token)
+    );
+    let forms: String = factors
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let id = hidden("factor", &f.record.id);
+            if f.record.factor_type == TOTP_TYPE {
+                format!(
+                    "<form method=\"post\" action=\"{prefix}/login/factor\">{common}{id}\
+                     <label for=\"code{i}\">Code from your authenticator app</label>\
+                     <input type=\"text\" id=\"code{i}\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required>\
+                     <button type=\"submit\">Sign in</button></form>"
+                )
+            } else {
+                format!(
+                    "<form method=\"post\" action=\"{prefix}/login/factor\">{common}{id}{a}\
+                     <button type=\"submit\" class=\"secondary\" id=\"send-push{i}\">Send a push to your device</button></form>",
+                    a = hidden("action", "push"),
+                )
+            }
+        })
+        .collect();
+    layout(
+        "Verify it's you",
+        &st.config.portal.prefix,
+        &format!(
+            "<h1>Verify it's you</h1>{error}{forms}{pw}",
+            error = error_html(error),
+            pw = password_link(st, rd)
+        ),
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct FactorForm {
+    csrf: String,
+    rd: String,
+    state: String,
+    factor: String,
+    code: String,
+    action: String,
+    tx: String,
+    number: String,
+}
+
+/// Begins a passwordless sign-in from the login form.
+pub async fn start(st: &AppState, headers: &HeaderMap, username: &str, rd: &str) -> Response {
+    let (token, set) = csrf_token(st, headers);
+    if username.trim().is_empty() {
+        let page = username_page(st, &token, rd, "", Some("Enter your username."));
+        return mfa::with_csrf(html(StatusCode::BAD_REQUEST, page), set);
+    }
+    match authn::begin_passwordless(st, username).await {
+        Ok(started) => {
+            let page = factors_page(st, &token, rd, &started.token, &started.factors, None);
+            mfa::with_csrf(html(StatusCode::OK, page), set)
+        }
+        Err(_) => mfa::unavailable_page(),
+    }
+}
+
+fn expired(st: &AppState, headers: &HeaderMap, rd: &str) -> Response {
+    let (token, set) = csrf_token(st, headers);
+    let page = username_page(
+        st,
+        &token,
+        rd,
+        "",
+        Some("This sign-in expired. Please start again."),
+    );
+    mfa::with_csrf(html(StatusCode::UNAUTHORIZED, page), set)
+}
+
+/// Signs the user in at level 1 after the possession factor, and sends the
+/// browser on (to the password step when the target needs two factors).
+async fn signed_in(st: &AppState, ctx: &Ctx, loaded: &Loaded, method: &str, rd: &str) -> Response {
+    if authn::finish(st, loaded).await.is_err() {
+        return see_other(&format!("{}/login?rd={}", st.config.portal.prefix, enc(rd)));
+    }
+    let (claims, cookie) = login::issue_session(st, &loaded.user, 1, vec![method.to_owned()], None);
+    crate::audit!("signin.passwordless.succeeded", user = %loaded.user.username, method = method);
+    let active = ActiveSession {
+        claims,
+        user: loaded.user.clone(),
+    };
+    let target = if mfa::satisfied(st, ctx, rd, &active) {
+        rd.to_owned()
+    } else {
+        format!("{}/mfa?rd={}", st.config.portal.prefix, enc(rd))
+    };
+    let mut res = see_other(&target);
+    res.headers_mut().append(header::SET_COOKIE, cookie);
+    let token = csrf::new_token(&st.csrf_key);
+    res.headers_mut()
+        .append(header::SET_COOKIE, csrf::cookie(&token, st.config.session.secure));
+    res.extensions_mut().insert(AccessInfo {
+        decision: "portal",
+        user: Some(loaded.user.username.clone()),
+    });
+    res
+}
+
+fn push_fields(csrf: &str, rd: &str, token: &str, factor: &str, tid: &str) -> String {
+    format!(
+        "{}{}{}{}{}{}",
+        hidden("csrf", csrf),
+        hidden("rd", rd),
+        hidden("state", token),
+        hidden("factor", factor),
+        hidden("tx", tid),
+        hidden("action", "check")
+    )
+}
+
+fn waiting_page(
+    st: &AppState,
+    csrf: &str,
+    rd: &str,
+    loaded: &Loaded,
+    factor: &Factor,
+    tid: &str,
+    number: u8,
+) -> String {
+    let fields = push_fields(csrf, rd, &loaded.token, &factor.record.id, tid);
+    super::oob::push_page(
+        st,
+        "Approve on your device",
+        "login/factor",
+        &fields,
+        tid,
+        number,
+        i64::try_from(st.config.factors.push.ttl.as_secs()).unwrap_or(60),
+        None,
+    )
+}
+
+/// `POST {prefix}/login/factor`: a code, "send a push", or "check again".
+pub async fn factor_step(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Form(f): Form<FactorForm>,
+) -> Response {
+    let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
+    if !form_allowed(&st, &ctx, &headers, &f.csrf) {
+        return expired(&st, &headers, &rd);
+    }
+    let Ok(loaded) = authn::load_token(&st, &f.state).await else {
+        return expired(&st, &headers, &rd);
+    };
+    if !loaded.state.passwordless || !matches!(loaded.state.status.as_str(), "MFA_REQUIRED" | "MFA_CHALLENGE")
+    {
+        return expired(&st, &headers, &rd);
+    }
+    let Ok(factor) = authn::resolve_factor(&st, &loaded, &f.factor).await else {
+        return expired(&st, &headers, &rd);
+    };
+    let (token, set) = csrf_token(&st, &headers);
+    let again = |status: StatusCode, msg: &str, listed: &[Factor]| {
+        let page = factors_page(&st, &token, &rd, &loaded.token, listed, Some(msg));
+        mfa::with_csrf(html(status, page), set.clone())
+    };
+    let listed = match authn::listed_factors(&st, &loaded).await {
+        Ok(l) => l,
+        Err(_) => return mfa::unavailable_page(),
+    };
+    let addr = ctx.0.client_addr;
+    if factor.record.factor_type == TOTP_TYPE {
+        let result = if loaded.state.decoy {
+            authn::decoy_verify(&st, &loaded, addr).await
+        } else {
+            factors::verify_totp(&st, &loaded.user, &factor, &f.code, addr, false).await
+        };
+        return match result {
+            Ok(()) => signed_in(&st, &ctx, &loaded, "otp", &rd).await,
+            Err(VerifyError::Unavailable) => mfa::unavailable_page(),
+            Err(e) => {
+                let (status, msg) = mfa::verify_message(e);
+                again(status, msg, &listed)
+            }
+        };
+    }
+    if f.action == "check"
+        && let Some(p) =
+            loaded.state.challenge.clone().filter(|p| {
+                p.factor_id == factor.record.id && p.transaction_id.as_deref() == Some(f.tx.as_str())
+            })
+    {
+        let result = match factors::push::status(&st, &loaded.user, &factor, &f.tx).await {
+            Ok(r) => r.unwrap_or(PushResult::Timeout),
+            Err(_) => return mfa::unavailable_page(),
+        };
+        let msg = match result {
+            PushResult::Waiting => {
+                let number = p.correct_answer.unwrap_or(0);
+                let page = waiting_page(&st, &token, &rd, &loaded, &factor, &f.tx, number);
+                return mfa::with_csrf(html(StatusCode::OK, page), set);
+            }
+            PushResult::Success => match factors::push::consume(&st, &loaded.user, &factor, &f.tx).await {
+                Ok(true) => return signed_in(&st, &ctx, &loaded, "push", &rd).await,
+                Ok(false) => "That sign-in request was already used. Send a new one.",
+                Err(e) => mfa::verify_message(e).1,
+            },
+            PushResult::Rejected => "The sign-in request was denied on your device.",
+            PushResult::Timeout => "The sign-in request expired. Send a new one.",
+        };
+        let cleared = authn::AuthnState {
+            challenge: None,
+            ..loaded.state.clone()
+        };
+        let _ = authn::save(&st, &loaded, &cleared).await;
+        return again(StatusCode::FORBIDDEN, msg, &listed);
+    }
+    // Send a push (a new one replaces any earlier one).
+    if let Some(old) = loaded
+        .state
+        .challenge
+        .as_ref()
+        .and_then(|p| p.transaction_id.as_deref())
+    {
+        factors::push::abandon(&st, old).await;
+    }
+    let started = if loaded.state.decoy {
+        factors::push::decoy(&st, &loaded.user.id, &factor.record.id).await
+    } else {
+        let cctx = ChallengeContext {
+            client_addr: addr,
+            app_host: ctx.0.host.clone(),
+        };
+        factors::challenge(&st, &loaded.user, &factor, &cctx).await
+    };
+    match started {
+        Ok(Challenge::Push {
+            transaction_id,
+            expires_at,
+            correct_answer,
+        }) => {
+            let state = authn::AuthnState {
+                status: "MFA_CHALLENGE".into(),
+                challenge: Some(Pending {
+                    factor_id: factor.record.id.clone(),
+                    transaction_id: Some(transaction_id.clone()),
+                    correct_answer: Some(correct_answer),
+                    expires_at,
+                }),
+                ..loaded.state.clone()
+            };
+            if authn::save(&st, &loaded, &state).await.is_err() {
+                return expired(&st, &headers, &rd);
+            }
+            let page = waiting_page(
+                &st,
+                &token,
+                &rd,
+                &loaded,
+                &factor,
+                &transaction_id,
+                correct_answer,
+            );
+            mfa::with_csrf(html(StatusCode::OK, page), set)
+        }
+        Ok(Challenge::CodeSent { .. }) => {
+            again(StatusCode::FORBIDDEN, "That method cannot be used.", &listed)
+        }
+        Err(e) => {
+            let (status, msg) = super::oob::challenge_message(&st, &e);
+            again(status, &msg, &listed)
+        }
+    }
+}
