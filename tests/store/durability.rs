@@ -188,9 +188,9 @@ async fn answered_writes_survive_sigkill_and_restart() {
 
     // Kill in the middle of the stream, once enough writes were answered.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while record.count(|a| matches!(a, Answered::Enrollment(e) if e.active)) < 6
-        || record.count(|a| matches!(a, Answered::Logout { .. })) < 4
-        || record.count(|a| matches!(a, Answered::Lockout { .. })) < 4
+    while record.count(|a| matches!(a, Answered::Enrollment(e) if e.active)) < 10
+        || record.count(|a| matches!(a, Answered::Logout { .. })) < 6
+        || record.count(|a| matches!(a, Answered::Lockout { .. })) < 6
     {
         assert!(Instant::now() < deadline, "the stream is too slow");
         tokio::time::sleep(Duration::from_millis(20)).await;
