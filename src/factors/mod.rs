@@ -29,10 +29,7 @@ use crate::users::User;
 /// Okta's factor type for authenticator apps.
 pub const TOTP_TYPE: &str = "token:software:totp";
 
-/// The associated data binding a sealed factor secret to its row.
-pub fn secret_aad(factor_id: &str, user_id: &str) -> String {
-    format!("portcullis/factor-secret/v1|{factor_id}|{user_id}")
-}
+pub use sealing::factor_secret_aad as secret_aad;
 
 /// A factor of a user, stored or provisioned by config.
 #[derive(Debug, Clone)]

@@ -445,15 +445,6 @@ mod tests {
         assert!(!debug.contains("0123456789abcdef"), "{debug}");
     }
 
-    #[test]
-    fn the_factor_code_binds_with_the_same_associated_data() {
-        assert_eq!(
-            factor_secret_aad("f", "u"),
-            crate::factors::secret_aad("f", "u"),
-            "rotate-key re-seals with this; enrolment and verification must agree"
-        );
-    }
-
     fn totp_factor(id: &str, user_id: &str, secret: Option<SealedSecret>) -> FactorRecord {
         FactorRecord {
             id: id.into(),
