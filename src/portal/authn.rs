@@ -1060,11 +1060,15 @@ pub async fn verify(
         return complete(&st, &loaded, "recovery").await;
     }
     if !matches!(loaded.state.status.as_str(), "MFA_REQUIRED" | "MFA_CHALLENGE") {
-        // Only after the factor lookup would say more than the state does.
-        if let Err(r) = resolve_factor(&st, &loaded, &factor_id).await {
-            return r;
-        }
-        return ApiError::new(ErrorCode::E0000079).into_response();
+        // Another user's (or no) factor is 404 first, as everywhere.
+        return match (
+            loaded.state.passwordless,
+            factors::find(&st, &user, &factor_id).await,
+        ) {
+            (false, Ok(None)) | (true, _) => ApiError::new(ErrorCode::E0000007).into_response(),
+            (false, Ok(Some(_))) => ApiError::new(ErrorCode::E0000079).into_response(),
+            (false, Err(e)) => unavailable(e),
+        };
     }
     let factor = match resolve_factor(&st, &loaded, &factor_id).await {
         Ok(f) => f,
