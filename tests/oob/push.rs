@@ -501,3 +501,89 @@ async fn passwordless_through_the_portal_then_the_password() {
     let echo = gw.echo("/", Some(&format!("portcullis_session={session}"))).await;
     assert_eq!(echo.header("remote-user").as_deref(), Some("alice"));
 }
+
+#[tokio::test]
+async fn password_then_push_through_the_portal() {
+    let s = setup(Mode::Approve, true).await;
+    let gw = &s.gw;
+    let login = gw.login(ALICE).await;
+    let c = login.cookie();
+    let page = gw
+        .client()
+        .get(gw.url("/_portcullis/mfa?rd=%2F"))
+        .header("accept", "text/html")
+        .header("cookie", &c)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Push to Test phone"), "{page}");
+    let csrf = field(&page, "csrf");
+    let post_form = |path: &'static str, pairs: Vec<(&'static str, String)>| {
+        let req = gw
+            .client()
+            .post(gw.url(path))
+            .header("accept", "text/html")
+            .header("cookie", c.clone())
+            .header("content-type", "application/x-www-form-urlencoded");
+        async move {
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            req.body(form(&pairs)).send().await.unwrap()
+        }
+    };
+    let res = post_form(
+        "/_portcullis/mfa/push",
+        vec![
+            ("csrf", csrf.clone()),
+            ("rd", "/".into()),
+            ("factor", s.factor_id.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    let start = page.find("id=\"push-number\">").unwrap() + "id=\"push-number\">".len();
+    let n: u64 = page[start..start + 2].parse().unwrap();
+    let tx = field(&page, "tx");
+    // Without JavaScript: "Check again" while waiting shows the same number.
+    let check = || {
+        post_form(
+            "/_portcullis/mfa/push/check",
+            vec![
+                ("csrf", csrf.clone()),
+                ("rd", "/".into()),
+                ("factor", s.factor_id.clone()),
+                ("tx", tx.clone()),
+                ("number", n.to_string()),
+            ],
+        )
+    };
+    let waiting = check().await;
+    assert_eq!(waiting.status(), 200);
+    assert!(
+        waiting
+            .text()
+            .await
+            .unwrap()
+            .contains(&format!("id=\"push-number\">{n}<"))
+    );
+    tell_number(s.approver, n).await;
+    let res = eventually(Duration::from_secs(5), "the approval", || async {
+        let r = check().await;
+        (r.status() == 303).then_some(r)
+    })
+    .await;
+    assert_eq!(res.headers()["location"], "/");
+    let (session, _) = set_cookie(&res, "portcullis_session").unwrap();
+    let cookie = format!("portcullis_session={session}");
+    let me: Value = gw
+        .get_json("/_portcullis/api/v1/sessions/me", Some(&cookie))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["amr"], json!(["pwd", "push"]));
+    assert_eq!(gw.status("/", Some(&cookie)).await, 200);
+}
