@@ -318,68 +318,64 @@ pub struct CodeForm {
     fresh: Option<String>,
 }
 
-/// `POST {prefix}/mfa/verify`: a TOTP code.
+/// The common start of a challenge answer: the safe target, the session, the
+/// CSRF check, and the passwordless rule (its second step is the password,
+/// not another device). `Err` is the page to answer instead.
+async fn challenge_step(
+    st: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    f: &CodeForm,
+) -> Result<(ActiveSession, String), Box<Response>> {
+    let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
+    let Some(s) = session(st, headers) else {
+        return Err(Box::new(to_login(st, &rd)));
+    };
+    let fresh = f.fresh.is_some();
+    if !form_allowed(st, ctx, headers, &f.csrf) {
+        let msg = Some("This form expired. Try again.");
+        return Err(Box::new(
+            render_challenge(st, headers, &s, &rd, fresh, msg, StatusCode::FORBIDDEN).await,
+        ));
+    }
+    if super::authn::needs_password(&s.claims.amr) {
+        return Err(Box::new(
+            render_challenge(st, headers, &s, &rd, fresh, None, StatusCode::FORBIDDEN).await,
+        ));
+    }
+    Ok((s, rd))
+}
+
+/// `POST {prefix}/mfa/verify`: a code from an authenticator app, SMS, call or e-mail.
 pub async fn verify(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     headers: HeaderMap,
     Form(f): Form<CodeForm>,
 ) -> Response {
-    let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
-    let Some(s) = session(&st, &headers) else {
-        return to_login(&st, &rd);
+    let (s, rd) = match challenge_step(&st, &ctx, &headers, &f).await {
+        Ok(x) => x,
+        Err(res) => return *res,
     };
-    if !form_allowed(&st, &ctx, &headers, &f.csrf) {
-        return render_challenge(
-            &st,
-            &headers,
-            &s,
-            &rd,
-            f.fresh.is_some(),
-            Some("This form expired. Try again."),
-            StatusCode::FORBIDDEN,
-        )
-        .await;
-    }
+    let fresh = f.fresh.is_some();
     let factor = match factors::find(&st, &s.user, &f.factor).await {
         Ok(Some(factor)) => factor,
         Ok(None) => {
-            return render_challenge(
-                &st,
-                &headers,
-                &s,
-                &rd,
-                f.fresh.is_some(),
-                Some("Choose one of your factors."),
-                StatusCode::FORBIDDEN,
-            )
-            .await;
+            let msg = Some("Choose one of your factors.");
+            return render_challenge(&st, &headers, &s, &rd, fresh, msg, StatusCode::FORBIDDEN).await;
         }
         Err(_) => return unavailable_page(),
     };
-    if super::authn::needs_password(&s.claims.amr) {
-        // The second step of a passwordless sign-in is the password, not another device.
-        return render_challenge(
-            &st,
-            &headers,
-            &s,
-            &rd,
-            f.fresh.is_some(),
-            None,
-            StatusCode::FORBIDDEN,
-        )
-        .await;
-    }
     let ft = factor.record.factor_type.clone();
     match factors::verify(&st, &s.user, &factor, &f.code, ctx.0.client_addr).await {
         Ok(()) => upgraded(&st, &s, super::authn::amr_of(&ft), &rd).await,
         Err(e) if factors::otp::is_code_type(&ft) => {
             let (status, msg) = verify_message(e);
-            super::oob::code_retry(&st, &headers, &rd, f.fresh.is_some(), &factor, false, status, msg).await
+            super::oob::code_retry(&st, &headers, &rd, fresh, &factor, false, status, msg).await
         }
         Err(e) => {
             let (status, msg) = verify_message(e);
-            render_challenge(&st, &headers, &s, &rd, f.fresh.is_some(), Some(msg), status).await
+            render_challenge(&st, &headers, &s, &rd, fresh, Some(msg), status).await
         }
     }
 }
@@ -391,34 +387,10 @@ pub async fn recovery(
     headers: HeaderMap,
     Form(f): Form<CodeForm>,
 ) -> Response {
-    let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
-    let Some(s) = session(&st, &headers) else {
-        return to_login(&st, &rd);
+    let (s, rd) = match challenge_step(&st, &ctx, &headers, &f).await {
+        Ok(x) => x,
+        Err(res) => return *res,
     };
-    if !form_allowed(&st, &ctx, &headers, &f.csrf) {
-        return render_challenge(
-            &st,
-            &headers,
-            &s,
-            &rd,
-            f.fresh.is_some(),
-            Some("This form expired. Try again."),
-            StatusCode::FORBIDDEN,
-        )
-        .await;
-    }
-    if super::authn::needs_password(&s.claims.amr) {
-        return render_challenge(
-            &st,
-            &headers,
-            &s,
-            &rd,
-            f.fresh.is_some(),
-            None,
-            StatusCode::FORBIDDEN,
-        )
-        .await;
-    }
     match factors::verify_recovery(&st, &s.user, &f.code, ctx.0.client_addr).await {
         Ok(()) => upgraded(&st, &s, "recovery", &rd).await,
         Err(e) => {
