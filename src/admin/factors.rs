@@ -46,6 +46,8 @@ pub enum FactorOp {
     Activate,
     Verify,
     Transaction,
+    /// Cancel a push transaction (`_links.cancel`).
+    Cancel,
     Resend,
     Delete,
 }
@@ -514,6 +516,32 @@ pub async fn transaction(st: &AppState, scope: &Scope, id: &str, tid: &str) -> R
     }
 }
 
+/// `DELETE .../factors/{fid}/transactions/{tid}` (the push's
+/// `_links.cancel`): a waiting push becomes `REJECTED` and the device's
+/// answer is refused; one no longer waiting keeps its state. Answers the
+/// transaction like a poll.
+pub async fn cancel(st: &AppState, scope: &Scope, id: &str, tid: &str) -> Response {
+    let f = match owned(st, scope, id).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    match factors::cancel_push(st, &scope.user, &f, tid).await {
+        Ok(Some(result)) => {
+            audit!("factor.push.cancelled.api", user = %scope.user.username, factor_id = %f.record.id, transaction = %tid, result = result.as_str(), actor = scope.actor, token = ?scope.token);
+            let me = scope.factor_url(&f.record.id);
+            json(
+                StatusCode::OK,
+                &json!({
+                    "factorResult": result.as_str(),
+                    "_links": { "factor": link(me, &["GET", "DELETE"]) },
+                }),
+            )
+        }
+        Ok(None) => ApiError::new(ErrorCode::E0000191).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
 /// `POST .../factors/{fid}/resend`: sends a pending code factor's
 /// activation code again (rate limited: 429 `E0000109`).
 pub async fn resend(st: &AppState, scope: &Scope, id: &str) -> Response {
@@ -611,6 +639,7 @@ pub fn admin_handler(op: FactorOp, filter: MethodFilter) -> MethodRouter<Arc<App
         FactorOp::Activate => on(filter, admin_activate),
         FactorOp::Verify => on(filter, admin_verify),
         FactorOp::Transaction => on(filter, admin_transaction),
+        FactorOp::Cancel => on(filter, admin_cancel),
         FactorOp::Resend => on(filter, admin_resend),
         FactorOp::Delete => on(filter, admin_delete),
     }
@@ -707,6 +736,16 @@ async fn admin_transaction(
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
     transaction(&st, &scope, &fid, &tid).await
+}
+
+async fn admin_cancel(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Path((uid, fid, tid)): Path<(String, String, String)>,
+    c: Conn,
+) -> Response {
+    let scope = scoped!(st, admin, uid, c);
+    cancel(&st, &scope, &fid, &tid).await
 }
 
 async fn admin_resend(

@@ -186,6 +186,11 @@ pub const ROUTES: &[Route<Op>] = &[
         Op::Factor(factors::FactorOp::Transaction),
     ),
     r(
+        Verb::Delete,
+        "/api/v1/users/{id}/factors/{factorId}/transactions/{transactionId}",
+        Op::Factor(factors::FactorOp::Cancel),
+    ),
+    r(
         Verb::Post,
         "/api/v1/users/{id}/factors/{factorId}/resend",
         Op::Factor(factors::FactorOp::Resend),

@@ -4,10 +4,11 @@
 //!
 //! The document is `openapi.json` beside this file, written for the default
 //! prefix `/_portcullis`; it is served with the configured prefix. Tests keep
-//! it true: its admin and self-service paths equal the route tables the
-//! routers are built from, every documented path answers on the real routers
-//! with exactly the documented methods, and real answers validate against
-//! its schemas.
+//! it true: its paths equal the route tables the routers are built from
+//! (`admin::ROUTES`, `portal::api::ROUTES`, `portal::me::ROUTES`), both ways;
+//! every documented path answers on the real routers with exactly the
+//! documented methods; and real answers validate against its schemas. The
+//! portal's HTML pages are not in it.
 
 use std::sync::Arc;
 

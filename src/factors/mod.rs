@@ -541,6 +541,23 @@ pub async fn push_status(
     }
 }
 
+/// Cancels a push transaction of `factor` (`_links.cancel` of a push
+/// verify): a waiting push becomes `REJECTED` and the device's answer is
+/// refused; one no longer waiting keeps its state. Answers the state after,
+/// or `None` when there is no such transaction for this user and factor
+/// (E0000191). See [`push::cancel`].
+pub async fn cancel_push(
+    st: &AppState,
+    user: &User,
+    factor: &Factor,
+    transaction_id: &str,
+) -> Result<Option<PushResult>, StoreError> {
+    match factor.record.factor_type.as_str() {
+        "push" => push::cancel(st, user, factor, transaction_id).await,
+        _ => Ok(None),
+    }
+}
+
 /// True when the policy anywhere requires two factors (so the last factor of
 /// a user must not be removed).
 pub fn policy_requires_two(st: &AppState) -> bool {

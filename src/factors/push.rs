@@ -233,10 +233,22 @@ pub async fn register_device(st: &AppState, reg: &DeviceRegistration) -> Result<
         last_updated: now,
         ..pending
     };
-    // The store has no profile update: replace the row (same id and creation
-    // time). The token was taken atomically, so only one device gets here.
-    st.store.delete_factor(&active.user_id, &active.id).await?;
-    st.store.insert_factor(&active).await?;
+    // The token was taken atomically, and the update only applies to a factor
+    // still pending: one device pairs, and a factor removed meanwhile stays gone.
+    let updated = st
+        .store
+        .update_factor_profile(
+            &active.user_id,
+            &active.id,
+            FactorStatus::PendingActivation,
+            &active.profile,
+            FactorStatus::Active,
+            now,
+        )
+        .await?;
+    if !updated {
+        return Err(DeviceError::InvalidToken);
+    }
     crate::metrics::factor_event("activated", "push");
     audit!("factor.activated", user_id = %active.user_id, factor_type = "push", factor_id = %active.id, device = %name);
     Ok(active)
@@ -353,6 +365,55 @@ pub async fn status(
         .map(|tx| result_of(&tx, now)))
 }
 
+/// Why a cancelled push is `REJECTED` (kept in [`PushTx::reason`]).
+pub const CANCELLED: &str = "cancelled";
+
+/// Cancels transaction `tid` of `factor` (the requester gave up waiting):
+/// a `WAITING` push becomes `REJECTED` with the reason [`CANCELLED`], so
+/// polls answer `REJECTED`, the sign-in it was for cannot complete, and the
+/// device's answer is refused ([`AnswerError::Cancelled`]). A push that is
+/// no longer waiting (approved, rejected, timed out) stays as it is:
+/// cancelling is idempotent and answers the state. `None`: no such
+/// transaction for this user and factor.
+pub async fn cancel(
+    st: &AppState,
+    user: &User,
+    factor: &Factor,
+    tid: &str,
+) -> Result<Option<PushResult>, StoreError> {
+    // Compare-and-set on the transaction's version; a device answering at
+    // the same moment makes one retry see its answer.
+    for _ in 0..8 {
+        let now = st.clock.now();
+        let Some(rec) = st.store.get_transaction(KIND, tid, now).await? else {
+            return Ok(None);
+        };
+        let Some(mut tx) =
+            tx_of(&rec).filter(|tx| rec.user_id == user.id && tx.factor_id == factor.record.id)
+        else {
+            return Ok(None);
+        };
+        let result = result_of(&tx, now);
+        if result != PushResult::Waiting {
+            return Ok(Some(result));
+        }
+        tx.status = "REJECTED".into();
+        tx.reason = Some(CANCELLED.into());
+        let updated = TransactionRecord {
+            data: serde_json::to_value(&tx).unwrap_or(Value::Null),
+            ..rec
+        };
+        if st.store.update_transaction(&updated, now).await? {
+            crate::metrics::factor_verification("push", "cancelled");
+            audit!("push.cancelled", user = %user.username, factor_id = %tx.factor_id, transaction = %tid);
+            return Ok(Some(PushResult::Rejected));
+        }
+    }
+    Err(StoreError::Unavailable(
+        "a push transaction kept changing while it was cancelled".into(),
+    ))
+}
+
 /// The state of transaction `tid`, whoever it belongs to (the portal's
 /// polling script; it learns no more than WAITING or not). `None`: unknown.
 pub async fn status_by_id(st: &AppState, tid: &str) -> Result<Option<PushResult>, StoreError> {
@@ -462,6 +523,9 @@ pub enum AnswerError {
     /// Answered already (repeated).
     #[error("already answered")]
     Answered,
+    /// The requester cancelled the push before the device answered.
+    #[error("cancelled")]
+    Cancelled,
     /// After the expiry (late).
     #[error("expired")]
     Expired,
@@ -531,6 +595,10 @@ pub async fn answer(
         if key.verify_strict(&bytes, &signature).is_err() {
             audit!("push.answer.refused", transaction = %tid, client = %addr, reason = "bad signature");
             return Err(AnswerError::BadSignature);
+        }
+        if tx.reason.as_deref() == Some(CANCELLED) {
+            audit!("push.answer.refused", transaction = %tid, client = %addr, reason = "cancelled");
+            return Err(AnswerError::Cancelled);
         }
         if tx.status != "WAITING" {
             audit!("push.answer.refused", transaction = %tid, client = %addr, reason = "repeated");
@@ -707,6 +775,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pairing_updates_the_pending_row_in_place() {
+        let (gw, clock, _dir) = gateway("").await;
+        let st = gw.state();
+        let u = user();
+        let Enrolled::Push {
+            factor,
+            activation_token,
+            ..
+        } = enroll(st, &u, "OKTA").await.unwrap()
+        else {
+            panic!()
+        };
+        // A factor enrolled in the same second, after it.
+        let later = crate::factors::enroll_totp(st, &u, "GOOGLE").await.unwrap();
+        clock.advance(5);
+        let reg = DeviceRegistration {
+            activation_token,
+            public_key: crate::crypto::b64(device_key().verifying_key().as_bytes()),
+            device_name: "Phone".into(),
+            address: "relay:1".into(),
+        };
+        register_device(st, &reg).await.unwrap();
+        let listed = st.store.list_factors(&u.id).await.unwrap();
+        let ids: Vec<&str> = listed.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [factor.id.as_str(), later.factor.id.as_str()],
+            "the same row, in its place (not deleted and inserted again)"
+        );
+        let paired = &listed[0];
+        assert_eq!(paired.status, FactorStatus::Active);
+        assert_eq!(
+            (paired.created, paired.last_updated),
+            (factor.created, factor.created + 5)
+        );
+        assert_eq!(paired.profile["deviceName"], "Phone");
+    }
+
+    #[tokio::test]
+    async fn a_factor_removed_before_pairing_stays_removed() {
+        let (gw, _clock, _dir) = gateway("").await;
+        let st = gw.state();
+        let u = user();
+        let Enrolled::Push {
+            factor,
+            activation_token,
+            ..
+        } = enroll(st, &u, "OKTA").await.unwrap()
+        else {
+            panic!()
+        };
+        assert!(st.store.delete_factor(&u.id, &factor.id).await.unwrap());
+        let reg = DeviceRegistration {
+            activation_token,
+            public_key: crate::crypto::b64(device_key().verifying_key().as_bytes()),
+            device_name: "Phone".into(),
+            address: "relay:1".into(),
+        };
+        assert_eq!(register_device(st, &reg).await, Err(DeviceError::InvalidToken));
+        assert!(st.store.list_factors(&u.id).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn the_message_carries_context_but_never_the_number() {
         let (gw, _clock, dir) = gateway("").await;
         let st = gw.state();
@@ -866,6 +997,57 @@ mod tests {
         clock.advance(KEEP_AFTER);
         assert_eq!(push_status(st, &f, &tid).await, None, "forgotten after a while");
         let _ = ManualClock::new(0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_push_is_rejected_and_the_device_refused() {
+        let (gw, clock, _dir) = gateway("").await;
+        let st = gw.state();
+        let f = paired(st).await;
+        let (tid, number, exp) = push(st, &f).await;
+        let other_factor = Factor {
+            record: FactorRecord {
+                id: "opfOTHER".into(),
+                ..f.record.clone()
+            },
+            from_config: false,
+        };
+        assert_eq!(
+            cancel(st, &user(), &other_factor, &tid).await.unwrap(),
+            None,
+            "another factor's transaction"
+        );
+        assert_eq!(cancel(st, &user(), &f, "ptxNOPE").await.unwrap(), None);
+        assert_eq!(push_status(st, &f, &tid).await, Some(PushResult::Waiting));
+        assert_eq!(
+            cancel(st, &user(), &f, &tid).await.unwrap(),
+            Some(PushResult::Rejected)
+        );
+        assert_eq!(push_status(st, &f, &tid).await, Some(PushResult::Rejected));
+        let late = signed(&tid, &f, "approve", u32::from(number), &exp, &device_key());
+        assert_eq!(answer(st, &tid, &late, ip()).await, Err(AnswerError::Cancelled));
+        assert_eq!(push_status(st, &f, &tid).await, Some(PushResult::Rejected));
+        assert!(!consume(st, &user(), &f, &tid).await.unwrap());
+        assert_eq!(
+            cancel(st, &user(), &f, &tid).await.unwrap(),
+            Some(PushResult::Rejected),
+            "idempotent"
+        );
+
+        // An approved push stays approved; a timed-out one stays timed out.
+        let (tid, number, exp) = push(st, &f).await;
+        let ok = signed(&tid, &f, "approve", u32::from(number), &exp, &device_key());
+        assert_eq!(answer(st, &tid, &ok, ip()).await, Ok(PushResult::Success));
+        assert_eq!(
+            cancel(st, &user(), &f, &tid).await.unwrap(),
+            Some(PushResult::Success)
+        );
+        let (tid, _, _) = push(st, &f).await;
+        clock.advance(61);
+        assert_eq!(
+            cancel(st, &user(), &f, &tid).await.unwrap(),
+            Some(PushResult::Timeout)
+        );
     }
 
     #[tokio::test]

@@ -1,5 +1,12 @@
 //! The authentication API (`{prefix}/api/v1/...`), shaped like Okta's
-//! `/api/v1/authn` and `/api/v1/sessions/me`.
+//! `/api/v1/authn` and `/api/v1/sessions/me`, with the push device API.
+//!
+//! Every JSON route under the prefix is a row of a route table: [`ROUTES`]
+//! here (authentication, sessions, the session hand-over, push devices) and
+//! [`super::me::ROUTES`] (self-service factors). The portal router builds
+//! them from those tables only, and a test keeps the OpenAPI document's
+//! paths under the prefix equal to the two tables, so a route cannot be
+//! added without its documentation.
 //!
 //! Cross-site rules for every endpoint that reads or sets cookies: unsafe
 //! methods need `Content-Type: application/json` (else 415, which a plain
@@ -12,16 +19,124 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::json;
 
-use super::Ctx;
 use super::login::{self, LoginError};
+use super::{Ctx, authn, push};
+use crate::admin::{Route, Verb};
 use crate::clock::rfc3339;
 use crate::enforce::SessionState;
 use crate::error::{ApiError, ErrorCode};
 use crate::gateway::AppState;
 use crate::users::User;
+
+/// What a route of [`ROUTES`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiOp {
+    /// Primary authentication (username, password or passwordless).
+    Authn,
+    /// Enroll a factor in `MFA_ENROLL`.
+    AuthnEnroll,
+    /// Verify a factor (a code, a challenge sent, a push started or polled).
+    AuthnVerify,
+    /// Send the code or push of the factor being challenged again.
+    AuthnResend,
+    /// Activate the factor enrolled in this transaction.
+    AuthnActivate,
+    /// Poll the push factor enrolled in this transaction until it pairs.
+    AuthnActivatePoll,
+    /// Send the activation code of the factor enrolled in this transaction again.
+    AuthnActivationResend,
+    /// Cancel the transaction.
+    AuthnCancel,
+    /// Exchange a one-time `sessionToken` for the session cookie (redirects).
+    SessionExchange,
+    /// The current session.
+    MySession,
+    /// Sign out.
+    Logout,
+    /// A push device pairs itself.
+    PushDevice,
+    /// A push device answers a push.
+    PushAnswer,
+}
+
+const fn r(verb: Verb, path: &'static str, op: ApiOp) -> Route<ApiOp> {
+    Route { verb, path, op }
+}
+
+/// Every authentication, session and push device route (relative to the
+/// portal prefix). The self-service factor routes are [`super::me::ROUTES`].
+pub const ROUTES: &[Route<ApiOp>] = &[
+    r(Verb::Post, "/api/v1/authn", ApiOp::Authn),
+    r(Verb::Post, "/api/v1/authn/factors", ApiOp::AuthnEnroll),
+    r(
+        Verb::Post,
+        "/api/v1/authn/factors/{factorId}/verify",
+        ApiOp::AuthnVerify,
+    ),
+    r(
+        Verb::Post,
+        "/api/v1/authn/factors/{factorId}/verify/resend",
+        ApiOp::AuthnResend,
+    ),
+    r(
+        Verb::Post,
+        "/api/v1/authn/factors/{factorId}/lifecycle/activate",
+        ApiOp::AuthnActivate,
+    ),
+    r(
+        Verb::Post,
+        "/api/v1/authn/factors/{factorId}/lifecycle/activate/poll",
+        ApiOp::AuthnActivatePoll,
+    ),
+    r(
+        Verb::Post,
+        "/api/v1/authn/factors/{factorId}/lifecycle/resend",
+        ApiOp::AuthnActivationResend,
+    ),
+    r(Verb::Post, "/api/v1/authn/cancel", ApiOp::AuthnCancel),
+    r(Verb::Get, "/session", ApiOp::SessionExchange),
+    r(Verb::Get, "/api/v1/sessions/me", ApiOp::MySession),
+    r(Verb::Delete, "/api/v1/sessions/me", ApiOp::Logout),
+    r(Verb::Post, "/api/v1/push/devices", ApiOp::PushDevice),
+    r(
+        Verb::Post,
+        "/api/v1/push/transactions/{transactionId}",
+        ApiOp::PushAnswer,
+    ),
+];
+
+fn handler(op: ApiOp, filter: MethodFilter) -> MethodRouter<Arc<AppState>> {
+    match op {
+        ApiOp::Authn => on(filter, authn::authn),
+        ApiOp::AuthnEnroll => on(filter, authn::enroll),
+        ApiOp::AuthnVerify => on(filter, authn::verify),
+        ApiOp::AuthnResend => on(filter, authn::resend),
+        // Activation with a passCode and the push pairing poll are one step.
+        ApiOp::AuthnActivate | ApiOp::AuthnActivatePoll => on(filter, authn::activate),
+        ApiOp::AuthnActivationResend => on(filter, authn::resend_activation),
+        ApiOp::AuthnCancel => on(filter, authn::cancel),
+        ApiOp::SessionExchange => on(filter, authn::exchange),
+        ApiOp::MySession => on(filter, me),
+        ApiOp::Logout => on(filter, logout),
+        ApiOp::PushDevice => on(filter, push::register),
+        ApiOp::PushAnswer => on(filter, push::answer),
+    }
+}
+
+/// The JSON API under the prefix: [`ROUTES`] and the self-service routes
+/// ([`super::me::ROUTES`]).
+pub fn routes() -> axum::Router<Arc<AppState>> {
+    ROUTES
+        .iter()
+        .fold(axum::Router::new(), |router, route| {
+            router.route(route.path, handler(route.op, route.verb.filter()))
+        })
+        .merge(super::me::routes())
+}
 
 /// True when the content type is JSON (`application/json`, any parameters).
 fn is_json(headers: &HeaderMap) -> bool {

@@ -65,6 +65,11 @@ pub const ROUTES: &[Route<FactorOp>] = &[
         FactorOp::Transaction,
     ),
     r(
+        Verb::Delete,
+        "/api/v1/users/me/factors/{factorId}/transactions/{transactionId}",
+        FactorOp::Cancel,
+    ),
+    r(
         Verb::Post,
         "/api/v1/users/me/factors/{factorId}/resend",
         FactorOp::Resend,
@@ -88,6 +93,7 @@ fn handler(op: FactorOp, filter: MethodFilter) -> MethodRouter<Arc<AppState>> {
         FactorOp::Activate => on(filter, activate),
         FactorOp::Verify => on(filter, verify),
         FactorOp::Transaction => on(filter, transaction),
+        FactorOp::Cancel => on(filter, cancel),
         FactorOp::Resend => on(filter, resend),
         FactorOp::Delete => on(filter, delete),
     }
@@ -104,7 +110,7 @@ fn recent_mfa(st: &AppState, s: &ActiveSession) -> bool {
 /// What a request may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Need {
-    /// Read, activate, verify, poll, resend.
+    /// Read, activate, verify, poll, cancel a push, resend.
     Session,
     /// Add a factor.
     Enroll,
@@ -259,6 +265,17 @@ async fn transaction(
 ) -> Response {
     let scope = me!(st, ctx, method, headers, Need::Session);
     api::transaction(&st, &scope, &fid, &tid).await
+}
+
+async fn cancel(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    method: Method,
+    headers: HeaderMap,
+    Path((fid, tid)): Path<(String, String)>,
+) -> Response {
+    let scope = me!(st, ctx, method, headers, Need::Session);
+    api::cancel(&st, &scope, &fid, &tid).await
 }
 
 async fn resend(

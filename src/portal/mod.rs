@@ -1,5 +1,7 @@
 //! The portal: sign-in pages and the JSON authentication API, served under
-//! `portal.prefix` on every host of the main listener.
+//! `portal.prefix` on every host of the main listener. The pages are routed
+//! here; the JSON API comes from the route tables `api::ROUTES` and
+//! `me::ROUTES`, which the OpenAPI document is tested against.
 //!
 //! Pages are plain forms (no JavaScript needed), protected by a signed
 //! double-submit CSRF token and an Origin check; every response carries the
@@ -60,32 +62,8 @@ impl FromRequestParts<Arc<AppState>> for Ctx {
 
 /// The portal's router (paths relative to the prefix).
 pub fn router(state: Arc<AppState>) -> axum::Router {
-    let api = axum::Router::new()
-        .route("/api/v1/authn", post(authn::authn))
-        .route("/api/v1/authn/factors", post(authn::enroll))
-        .route("/api/v1/authn/factors/{factor_id}/verify", post(authn::verify))
-        .route(
-            "/api/v1/authn/factors/{factor_id}/lifecycle/activate",
-            post(authn::activate),
-        )
-        .route(
-            "/api/v1/authn/factors/{factor_id}/verify/resend",
-            post(authn::resend),
-        )
-        .route(
-            "/api/v1/authn/factors/{factor_id}/lifecycle/activate/poll",
-            post(authn::activate),
-        )
-        .route(
-            "/api/v1/authn/factors/{factor_id}/lifecycle/resend",
-            post(authn::resend_activation),
-        )
-        .route("/api/v1/push/devices", post(push::register))
-        .route("/api/v1/push/transactions/{tid}", post(push::answer))
-        .route("/api/v1/authn/cancel", post(authn::cancel))
-        .route("/api/v1/sessions/me", get(api::me).delete(api::logout))
-        .merge(me::routes())
-        .layer(axum::middleware::from_fn_with_state(state.clone(), api::cors));
+    // Every JSON route comes from a route table (see `api`), never ad hoc.
+    let api = api::routes().layer(axum::middleware::from_fn_with_state(state.clone(), api::cors));
     axum::Router::new()
         .route("/", get(account))
         .route("/login", get(login_form).post(login_submit))
@@ -106,7 +84,6 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route("/factors", get(mfa::list))
         .route("/factors/recovery", post(mfa::regenerate))
         .route("/factors/{factor_id}/remove", post(mfa::remove))
-        .route("/session", get(authn::exchange))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(pages::STYLESHEET, get(stylesheet))
         .route(push::SCRIPT_PATH, get(push::script))

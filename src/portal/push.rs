@@ -158,6 +158,9 @@ pub async fn answer(
         Err(AnswerError::Answered) => ApiError::new(ErrorCode::E0000079)
             .cause("this push was already answered")
             .into_response(),
+        Err(AnswerError::Cancelled) => ApiError::new(ErrorCode::E0000079)
+            .cause("this push was cancelled")
+            .into_response(),
         Err(AnswerError::Expired) => ApiError::new(ErrorCode::E0000079)
             .cause("this push has expired")
             .into_response(),

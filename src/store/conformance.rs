@@ -662,6 +662,104 @@ async fn activate_factor_moves_a_pending_factor_once(store: SharedStore) {
     assert!(!store.activate_factor("alice", "missing", T).await.unwrap());
 }
 
+async fn update_factor_profile_sets_profile_and_status_under_a_status_guard(store: SharedStore) {
+    let secret = sealed("k1", b"kept");
+    let pending = factor("f1", "alice", T, Some(secret.clone()));
+    store.insert_factor(&pending).await.unwrap();
+    let device = json!({ "deviceName": "Phone", "publicKey": "AAAA", "nested": { "ünï": [1, null] } });
+    use FactorStatus::{Active, PendingActivation};
+
+    // Another user's id, a wrong expected status and an unknown id change nothing.
+    for (user, id, expected) in [
+        ("bob", "f1", PendingActivation),
+        ("alice", "f1", Active),
+        ("alice", "missing", PendingActivation),
+    ] {
+        assert!(
+            !store
+                .update_factor_profile(user, id, expected, &device, Active, T + 5)
+                .await
+                .unwrap(),
+            "{user} {id} {expected:?}"
+        );
+    }
+    assert_eq!(
+        store.get_factor("alice", "f1").await.unwrap(),
+        Some(pending.clone())
+    );
+
+    assert!(
+        store
+            .update_factor_profile("alice", "f1", PendingActivation, &device, Active, T + 30)
+            .await
+            .unwrap()
+    );
+    let updated = store.get_factor("alice", "f1").await.unwrap().unwrap();
+    assert_eq!(
+        updated,
+        FactorRecord {
+            status: Active,
+            profile: device.clone(),
+            last_updated: T + 30,
+            ..pending
+        },
+        "id, type, provider, secret and creation time stay"
+    );
+    assert_eq!(updated.secret, Some(secret));
+    assert!(
+        !store
+            .update_factor_profile("alice", "f1", PendingActivation, &json!({}), Active, T + 40)
+            .await
+            .unwrap(),
+        "no longer pending: the guard refuses"
+    );
+    // Active to active (a profile change) is allowed when asked for.
+    let renamed = json!({ "deviceName": "Tablet" });
+    assert!(
+        store
+            .update_factor_profile("alice", "f1", Active, &renamed, Active, T + 50)
+            .await
+            .unwrap()
+    );
+    let got = store.get_factor("alice", "f1").await.unwrap().unwrap();
+    assert_eq!((got.profile, got.last_updated), (renamed, T + 50));
+    assert_eq!(store.list_factors("alice").await.unwrap().len(), 1);
+}
+
+async fn update_factor_profile_has_one_winner_under_concurrency(store: SharedStore) {
+    store
+        .insert_factor(&factor("f1", "alice", T, None))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|i: u8| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let profile = json!({ "deviceName": format!("device {i}") });
+                store
+                    .update_factor_profile(
+                        "alice",
+                        "f1",
+                        FactorStatus::PendingActivation,
+                        &profile,
+                        FactorStatus::Active,
+                        T + 1,
+                    )
+                    .await
+                    .map(|won| won.then_some(profile))
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        winners.extend(task.await.unwrap().unwrap());
+    }
+    assert_eq!(winners.len(), 1, "one device pairs");
+    let stored = store.get_factor("alice", "f1").await.unwrap().unwrap();
+    assert_eq!(Some(&stored.profile), winners.first());
+    assert_eq!(stored.status, FactorStatus::Active);
+}
+
 async fn delete_factor_removes_it_and_its_totp_step(store: SharedStore) {
     store
         .insert_factor(&factor("f1", "alice", T, None))
@@ -1480,6 +1578,8 @@ suite!(memory, sqlite, postgres; {
     factors_are_scoped_by_user,
     insert_factor_refuses_an_existing_id,
     activate_factor_moves_a_pending_factor_once,
+    update_factor_profile_sets_profile_and_status_under_a_status_guard,
+    update_factor_profile_has_one_winner_under_concurrency,
     delete_factor_removes_it_and_its_totp_step,
     claim_totp_step_accepts_only_later_steps,
     claim_totp_step_succeeds_once_under_concurrency,

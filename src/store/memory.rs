@@ -219,6 +219,30 @@ impl Store for MemoryStore {
         }
     }
 
+    async fn update_factor_profile(
+        &self,
+        user_id: &str,
+        factor_id: &str,
+        expected: FactorStatus,
+        profile: &serde_json::Value,
+        status: FactorStatus,
+        now: UnixTime,
+    ) -> StoreResult<bool> {
+        let mut f = self.factors.lock().unwrap_or_else(|p| p.into_inner());
+        match f
+            .iter_mut()
+            .find(|f| f.id == factor_id && f.user_id == user_id && f.status == expected)
+        {
+            Some(f) => {
+                f.profile = profile.clone();
+                f.status = status;
+                f.last_updated = now;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     async fn delete_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<bool> {
         let mut f = self.factors.lock().unwrap_or_else(|p| p.into_inner());
         let before = f.len();

@@ -192,8 +192,13 @@ pub(super) fn split_secret(secret: Option<&SealedSecret>) -> (Option<&str>, Opti
 
 /// A factor's profile as the JSON text stored.
 pub(super) fn factor_profile(factor: &FactorRecord) -> StoreResult<String> {
-    serde_json::to_string(&factor.profile)
-        .map_err(|_| StoreError::Corrupt("insert factor: the profile cannot be encoded".into()))
+    profile_text(&factor.profile)
+}
+
+/// A profile as the JSON text stored.
+pub(super) fn profile_text(profile: &serde_json::Value) -> StoreResult<String> {
+    serde_json::to_string(profile)
+        .map_err(|_| StoreError::Corrupt("a factor profile cannot be encoded".into()))
 }
 
 /// Decodes a `factors` row; a row this build cannot read is

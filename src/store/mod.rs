@@ -326,6 +326,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// there is no such pending factor.
     async fn activate_factor(&self, user_id: &str, factor_id: &str, now: UnixTime) -> StoreResult<bool>;
 
+    /// Sets the profile and status of a factor of `user_id` (and its
+    /// `last_updated` to `now`) if its status is still `expected`: a status
+    /// guard, so of concurrent updates from one status one wins. The id,
+    /// type, provider, secret and creation time stay. False if there is no
+    /// such factor in that status (nothing changes then).
+    async fn update_factor_profile(
+        &self,
+        user_id: &str,
+        factor_id: &str,
+        expected: FactorStatus,
+        profile: &serde_json::Value,
+        status: FactorStatus,
+        now: UnixTime,
+    ) -> StoreResult<bool>;
+
     /// Deletes a factor of `user_id` (and its TOTP step record); false if none.
     async fn delete_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<bool>;
 

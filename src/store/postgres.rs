@@ -34,7 +34,7 @@ use super::migrate::{
     UserRow, db, factor_columns, split_secret, sql_error, transaction_columns, user_columns,
 };
 use super::{
-    CounterKey, FactorRecord, RevocationBatch, SealedSecret, Store, StoreError, StoreResult,
+    CounterKey, FactorRecord, FactorStatus, RevocationBatch, SealedSecret, Store, StoreError, StoreResult,
     TransactionRecord, UserChanges, UserPatch, UserRecord, UserWrite,
 };
 use crate::clock::UnixTime;
@@ -377,6 +377,32 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await
         .map_err(db("activate factor"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn update_factor_profile(
+        &self,
+        user_id: &str,
+        factor_id: &str,
+        expected: FactorStatus,
+        profile: &serde_json::Value,
+        status: FactorStatus,
+        now: UnixTime,
+    ) -> StoreResult<bool> {
+        let profile = migrate::profile_text(profile)?;
+        let done = sqlx::query(
+            "UPDATE factors SET profile = $4, status = $5, last_updated = $6
+             WHERE id = $1 AND user_id = $2 AND status = $3",
+        )
+        .bind(factor_id)
+        .bind(user_id)
+        .bind(expected.as_str())
+        .bind(profile)
+        .bind(status.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db("update factor profile"))?;
         Ok(done.rows_affected() == 1)
     }
 

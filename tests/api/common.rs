@@ -181,3 +181,51 @@ pub async fn level2(gw: &TestGateway, login: &str, password: &str, fid: &str, se
     gw.clock.advance(30);
     session
 }
+
+/// The `file` delivery's messages so far.
+pub fn messages(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// TOML enabling sms and push with a `file` delivery writing to `file`.
+pub fn sms_and_push(file: &std::path::Path) -> String {
+    let delivery = format!(
+        "{{ kind = \"file\", path = {} }}",
+        crate::support::toml_str(&file.display().to_string())
+    );
+    format!(
+        "[factors.sms]\nenabled = true\ndelivery = {delivery}\n\
+         [factors.push]\nenabled = true\nttl = \"60s\"\ndelivery = {delivery}\n"
+    )
+}
+
+/// What a device posts to `{prefix}/api/v1/push/devices` to pair with `key`.
+pub fn pairing(key: &ed25519_dalek::SigningKey, activation_token: &str) -> Value {
+    serde_json::json!({
+        "activationToken": activation_token,
+        "publicKey": portcullis::crypto::b64(key.verifying_key().as_bytes()),
+        "deviceName": "Test phone",
+        "address": "relay:device-1",
+    })
+}
+
+/// A device's signed answer to a push message (as the `file` delivery wrote it).
+pub fn device_answer(key: &ed25519_dalek::SigningKey, push: &Value, decision: &str, number: u32) -> Value {
+    use ed25519_dalek::Signer as _;
+    let bytes = portcullis::factors::push::signed_bytes(
+        push["transaction_id"].as_str().unwrap(),
+        push["factor_id"].as_str().unwrap(),
+        decision,
+        number,
+        push["expires_at"].as_str().unwrap(),
+    );
+    serde_json::json!({
+        "decision": decision,
+        "number": number,
+        "signature": portcullis::crypto::b64(&key.sign(&bytes).to_bytes()),
+    })
+}

@@ -1,11 +1,13 @@
 //! The self-service factor API under `{prefix}/api/v1/users/me/factors`:
 //! session, cross-site rules, the X-CSRF-Token double submit, the
-//! recent-second-factor rule, and ownership of factor ids.
+//! recent-second-factor rule, ownership of factor ids, and cancelling a push.
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::{Answer, active_totp, gateway, level2, send, totp};
+use crate::common::{
+    Answer, active_totp, admin, device_answer, gateway, level2, messages, pairing, send, sms_and_push, totp,
+};
 use crate::support::{ALICE, TestGateway};
 
 const ME: &str = "/_portcullis/api/v1/users/me/factors";
@@ -266,6 +268,7 @@ async fn another_users_factor_is_not_found() {
         (Method::GET, "/qr".to_owned()),
         (Method::POST, "/verify".to_owned()),
         (Method::GET, "/transactions/x".to_owned()),
+        (Method::DELETE, "/transactions/x".to_owned()),
     ] {
         me(
             &gw,
@@ -289,4 +292,131 @@ async fn another_users_factor_is_not_found() {
     )
     .await
     .expect(403, Some("E0000006"));
+}
+
+/// Enrolls a push factor for `uid` through the admin API and pairs `key` with it.
+async fn paired_push(gw: &TestGateway, uid: &str, key: &ed25519_dalek::SigningKey) -> String {
+    let e = admin(
+        gw,
+        Method::POST,
+        &format!("/api/v1/users/{uid}/factors"),
+        Some(json!({ "factorType": "push", "provider": "OKTA" })),
+    )
+    .await;
+    e.expect(200, None);
+    let token = e.body["_embedded"]["activation"]["activationToken"]
+        .as_str()
+        .unwrap();
+    send(
+        gw.client()
+            .post(gw.url("/_portcullis/api/v1/push/devices"))
+            .json(&pairing(key, token)),
+    )
+    .await
+    .expect(200, None);
+    e.body["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_user_cancels_their_own_push_and_the_device_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("messages.jsonl");
+    let gw = gateway(&sms_and_push(&file)).await;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]);
+    let alice_push = paired_push(&gw, &TestGateway::uid("alice"), &key).await;
+    let bob_push = paired_push(&gw, &TestGateway::uid("bob"), &key).await;
+    // A push of bob's, started by an administrator.
+    let b = admin(
+        &gw,
+        Method::POST,
+        &format!(
+            "/api/v1/users/{}/factors/{bob_push}/verify",
+            TestGateway::uid("bob")
+        ),
+        None,
+    )
+    .await;
+    b.expect(201, None);
+    let bob_tid = messages(&file).last().unwrap()["transaction_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let login = gw.login(ALICE).await;
+    let (cookie, csrf) = (login.cookie(), login.csrf.clone());
+    let w = me(
+        &gw,
+        Method::POST,
+        &format!("/{alice_push}/verify"),
+        &cookie,
+        Some(&csrf),
+        None,
+    )
+    .await;
+    w.expect(201, None);
+    assert_eq!(w.body["factorResult"], "WAITING");
+    let number = w.body["_embedded"]["challenge"]["correctAnswer"]
+        .as_u64()
+        .unwrap() as u32;
+    let push = messages(&file).last().unwrap().clone();
+    let tid = push["transaction_id"].as_str().unwrap().to_owned();
+    let cancel = w.body["_links"]["cancel"]["href"].as_str().unwrap();
+    assert_eq!(
+        cancel,
+        gw.url(&format!("{ME}/{alice_push}/transactions/{tid}")),
+        "_links.cancel is where DELETE is served"
+    );
+    assert_eq!(w.body["_links"]["cancel"]["hints"]["allow"], json!(["DELETE"]));
+
+    // The CSRF header is needed to cancel, as for every call.
+    let path = format!("/{alice_push}/transactions/{tid}");
+    me(&gw, Method::DELETE, &path, &cookie, None, None)
+        .await
+        .expect(403, Some("E0000006"));
+    // Another user's transaction, through one's own factor: not found, untouched.
+    me(
+        &gw,
+        Method::DELETE,
+        &format!("/{alice_push}/transactions/{bob_tid}"),
+        &cookie,
+        Some(&csrf),
+        None,
+    )
+    .await
+    .expect(404, Some("E0000191"));
+    let bob_poll = admin(
+        &gw,
+        Method::GET,
+        &format!(
+            "/api/v1/users/{}/factors/{bob_push}/transactions/{bob_tid}",
+            TestGateway::uid("bob")
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(bob_poll.body["factorResult"], "WAITING");
+
+    let c = me(&gw, Method::DELETE, &path, &cookie, Some(&csrf), None).await;
+    c.expect(200, None);
+    assert_eq!(c.body["factorResult"], "REJECTED");
+    let poll = me(&gw, Method::GET, &path, &cookie, Some(&csrf), None).await;
+    assert_eq!(
+        poll.body["factorResult"], "REJECTED",
+        "a cancelled push polls as REJECTED"
+    );
+    // The device answers too late: refused, and the push stays rejected.
+    let late = send(
+        gw.client()
+            .post(gw.url(&format!("/_portcullis/api/v1/push/transactions/{tid}")))
+            .json(&device_answer(&key, &push, "approve", number)),
+    )
+    .await;
+    late.expect(403, Some("E0000079"));
+    assert!(late.text.contains("cancelled"), "{}", late.text);
+    let poll = me(&gw, Method::GET, &path, &cookie, Some(&csrf), None).await;
+    assert_eq!(poll.body["factorResult"], "REJECTED");
+    // Cancelling again answers the same.
+    let again = me(&gw, Method::DELETE, &path, &cookie, Some(&csrf), None).await;
+    again.expect(200, None);
+    assert_eq!(again.body["factorResult"], "REJECTED");
 }
