@@ -77,7 +77,9 @@ impl ErrorCode {
             E0000069 => "User Locked",
             E0000079 => "This operation is not allowed in the current authentication state.",
             E0000082 => "Each code can only be used once. Please wait for a new code and try again.",
-            E0000109 => "An SMS message was recently sent. Please wait 30 seconds before trying again.",
+            // Okta's text names SMS and 30 seconds; here it is any code message
+            // and `resend_after` (the cause and Retry-After say how long).
+            E0000109 => "A code was sent recently. Please wait before requesting another one.",
             E0000154 => "Factor could not be verified because it is not active.",
             E0000191 => "Transaction not found.",
             E0000037 => "Unsupported media type. Send Content-Type: application/json.",
@@ -217,6 +219,12 @@ impl ApiError {
             .header(header::RETRY_AFTER, num((reset_at - now).max(1)));
         if let Ok(d) = HeaderValue::from_str(&crate::clock::http_date(now)) {
             e = e.header(header::DATE, d);
+        }
+        if code == ErrorCode::E0000109 {
+            e = e.cause(format!(
+                "another code can be sent in {} seconds",
+                (reset_at - now).max(1)
+            ));
         }
         e
     }

@@ -493,6 +493,37 @@ fn push_waiting(me: &str, tid: &str, expires_at: UnixTime, correct_answer: u8) -
     )
 }
 
+/// A push transaction's state as Okta answers a poll: `WAITING` links
+/// `poll` and `cancel`; `REJECTED` and `TIMEOUT` link `verify` (a new push).
+/// `_links.factor` also carries the factor's `factorType` and `id`: the Okta
+/// SDK 3.x parses that link of a `REJECTED` or `TIMEOUT` answer as a Factor,
+/// which needs its type.
+fn transaction_json(scope: &Scope, f: &Factor, tid: &str, result: factors::PushResult) -> Value {
+    let me = scope.factor_url(&f.record.id);
+    let mut factor = link(me.clone(), &["GET", "DELETE"]);
+    factor["factorType"] = json!(f.record.factor_type);
+    factor["id"] = json!(f.record.id);
+    let mut v = json!({
+        "factorResult": result.as_str(),
+        "_links": { "factor": factor },
+    });
+    if let Some(c) = f.record.profile.get("credentialId") {
+        v["profile"] = json!({ "credentialId": c });
+    }
+    match result {
+        factors::PushResult::Waiting => {
+            let poll = format!("{me}/transactions/{tid}");
+            v["_links"]["poll"] = link(poll.clone(), &["GET"]);
+            v["_links"]["cancel"] = link(poll, &["DELETE"]);
+        }
+        factors::PushResult::Rejected | factors::PushResult::Timeout => {
+            v["_links"]["verify"] = link(format!("{me}/verify"), &["POST"]);
+        }
+        factors::PushResult::Success => {}
+    }
+    v
+}
+
 /// `GET .../factors/{fid}/transactions/{tid}`: a push transaction's state.
 pub async fn transaction(st: &AppState, scope: &Scope, id: &str, tid: &str) -> Response {
     let f = match owned(st, scope, id).await {
@@ -500,17 +531,7 @@ pub async fn transaction(st: &AppState, scope: &Scope, id: &str, tid: &str) -> R
         Err(r) => return r,
     };
     match factors::push_status(st, &scope.user, &f, tid).await {
-        Ok(Some(result)) => {
-            let me = scope.factor_url(&f.record.id);
-            let mut v = json!({
-                "factorResult": result.as_str(),
-                "_links": { "factor": link(me.clone(), &["GET", "DELETE"]) },
-            });
-            if result == factors::PushResult::Waiting {
-                v["_links"]["poll"] = link(format!("{me}/transactions/{tid}"), &["GET"]);
-            }
-            json(StatusCode::OK, &v)
-        }
+        Ok(Some(result)) => json(StatusCode::OK, &transaction_json(scope, &f, tid, result)),
         Ok(None) => ApiError::new(ErrorCode::E0000191).into_response(),
         Err(e) => unavailable(e),
     }
@@ -528,14 +549,7 @@ pub async fn cancel(st: &AppState, scope: &Scope, id: &str, tid: &str) -> Respon
     match factors::cancel_push(st, &scope.user, &f, tid).await {
         Ok(Some(result)) => {
             audit!("factor.push.cancelled.api", user = %scope.user.username, factor_id = %f.record.id, transaction = %tid, result = result.as_str(), actor = scope.actor, token = ?scope.token);
-            let me = scope.factor_url(&f.record.id);
-            json(
-                StatusCode::OK,
-                &json!({
-                    "factorResult": result.as_str(),
-                    "_links": { "factor": link(me, &["GET", "DELETE"]) },
-                }),
-            )
+            json(StatusCode::OK, &transaction_json(scope, &f, tid, result))
         }
         Ok(None) => ApiError::new(ErrorCode::E0000191).into_response(),
         Err(e) => unavailable(e),

@@ -191,14 +191,15 @@ pub fn messages(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
-/// TOML enabling sms and push with a `file` delivery writing to `file`.
+/// TOML enabling sms (`resend_after = "20s"`) and push with a `file`
+/// delivery writing to `file`.
 pub fn sms_and_push(file: &std::path::Path) -> String {
     let delivery = format!(
         "{{ kind = \"file\", path = {} }}",
         crate::support::toml_str(&file.display().to_string())
     );
     format!(
-        "[factors.sms]\nenabled = true\ndelivery = {delivery}\n\
+        "[factors.sms]\nenabled = true\nresend_after = \"20s\"\ndelivery = {delivery}\n\
          [factors.push]\nenabled = true\nttl = \"60s\"\ndelivery = {delivery}\n"
     )
 }

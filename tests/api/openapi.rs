@@ -438,6 +438,13 @@ async fn sms_push_and_authn_answers_validate_against_the_schemas() {
         429,
         &a.body,
     );
+    assert_eq!(
+        a.body["errorCauses"][0]["errorSummary"], "another code can be sent in 20 seconds",
+        "the wait is resend_after"
+    );
+    for h in ["date", "retry-after", "x-rate-limit-reset", "x-rate-limit-limit"] {
+        assert!(a.header(h).is_some(), "429 without {h}");
+    }
     let code = messages(&file).last().unwrap()["code"]
         .as_str()
         .unwrap()

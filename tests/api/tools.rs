@@ -1,7 +1,9 @@
 //! Independent clients against the real binary: the official Okta Python
 //! SDK (`tests/okta/sdk_check.py`) and newman running the Postman collection
-//! (`examples/portcullis.postman_collection.json`). Each says "skipped" and
-//! returns when its tool is missing; `.ci/run` installs both.
+//! (`examples/portcullis.postman_collection.json`), both with SMS and push
+//! enabled (a `file` delivery the SDK check reads codes and pushes from).
+//! Each says "skipped" and returns when its tool is missing; `.ci/run`
+//! installs both.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -11,11 +13,29 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "tools-admin-token-0123456789abcdef";
 const PREFIX: &str = "/_portcullis";
 
+/// SMS and push on, their messages written to `{messages}` (a development
+/// delivery: the codes and pushes are there in clear for the clients under
+/// test); a resend is allowed after 2 seconds, so the SDK's 429 retry waits
+/// briefly, and a push times out after 5 seconds.
+const OOB: &str = r#"
+[factors.sms]
+enabled = true
+delivery = { kind = "file", path = {messages} }
+resend_after = "2s"
+
+[factors.push]
+enabled = true
+ttl = "5s"
+delivery = { kind = "file", path = {messages} }
+"#;
+
 /// The gateway binary, running until dropped.
 struct Binary {
     child: Child,
     main: String,
     admin: String,
+    /// Where the `file` delivery writes (see [`OOB`]).
+    messages: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -47,10 +67,16 @@ fn free_port() -> u16 {
 }
 
 /// Starts `portcullis serve` with SQLite, TOTP and recovery codes, the test
-/// users file, and `extra` TOML appended; waits for `/healthz`.
+/// users file, and `extra` TOML appended (`{messages}` in it is the path of
+/// [`Binary::messages`]); waits for both listeners.
 fn start(extra: &str) -> Binary {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("users.toml"), users_file()).unwrap();
+    let messages = dir.path().join("messages.jsonl");
+    let extra = extra.replace(
+        "{messages}",
+        &crate::support::toml_str(&messages.display().to_string()),
+    );
     let (main, admin) = (free_port(), free_port());
     let config = format!(
         r#"default_policy = "one_factor"
@@ -105,6 +131,7 @@ level = "warn"
         child,
         main: format!("http://127.0.0.1:{main}"),
         admin: format!("http://127.0.0.1:{admin}"),
+        messages,
         _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -128,13 +155,15 @@ fn has(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn run(mut cmd: Command, what: &str) {
+/// Runs `cmd`, asserts success and returns its output.
+fn run(mut cmd: Command, what: &str) -> String {
     let started = Instant::now();
     let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{what} ({:.1}s):\n{stdout}", started.elapsed().as_secs_f64());
     assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
+    stdout
 }
 
 #[test]
@@ -143,15 +172,20 @@ fn the_okta_python_sdk_works_against_the_gateway() {
         println!("skipped: okta SDK not installed (pip install okta pyotp)");
         return;
     }
-    let gw = start("");
+    let gw = start(OOB);
     let mut cmd = Command::new("python3");
     cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/okta/sdk_check.py"))
         .env("PORTCULLIS_ADMIN_URL", &gw.admin)
         .env("PORTCULLIS_ADMIN_TOKEN", TOKEN)
+        .env("PORTCULLIS_PORTAL_URL", format!("{}{PREFIX}", gw.main))
+        .env("PORTCULLIS_MESSAGES_FILE", &gw.messages)
+        .env("PORTCULLIS_REQUIRE_OOB", "1")
+        .env("PORTCULLIS_PUSH_TTL", "5")
         .env("OKTA_TESTING_TESTINGDISABLEHTTPSCHECK", "true")
         .env_remove("OKTA_CLIENT_TOKEN")
         .env_remove("OKTA_CLIENT_ORGURL");
-    run(cmd, "okta SDK check");
+    let out = run(cmd, "okta SDK check");
+    assert!(!out.contains("skipped"), "every SDK step ran:\n{out}");
 }
 
 #[test]
@@ -160,7 +194,7 @@ fn the_postman_collection_runs_with_newman() {
         println!("skipped: newman not installed (npm install -g newman)");
         return;
     }
-    let gw = start("");
+    let gw = start(OOB);
     let collection =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/portcullis.postman_collection.json");
     let mut cmd = Command::new("newman");
@@ -171,5 +205,16 @@ fn the_postman_collection_runs_with_newman() {
         .args(["--env-var", &format!("token={TOKEN}")])
         .args(["--env-var", &format!("prefix={PREFIX}")])
         .args(["--bail", "--color", "off", "--disable-unicode"]);
-    run(cmd, "newman run");
+    let out = run(cmd, "newman run");
+    assert!(
+        !out.contains("skipped: not enabled"),
+        "the SMS and push steps ran:\n{out}"
+    );
+    for step in [
+        "Pair a device",
+        "Cancel Push Transaction",
+        "Resend SMS activation code too soon",
+    ] {
+        assert!(out.contains(step), "{step} ran:\n{out}");
+    }
 }
