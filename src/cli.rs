@@ -283,17 +283,26 @@ async fn unlock(user: &str, path: &Path) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     };
     let cfg = loaded.config;
-    let dir = crate::users::UserDirectory::from_file_users(&cfg.users.file_users);
-    let uid = dir
-        .by_login(user)
-        .map(|u| u.id.clone())
-        .unwrap_or_else(|| user.to_owned());
     let store = match crate::store::open(&cfg.store).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // A login of the users file (which wins, as at sign-in), else of a user
+    // created through the Users API, else the argument is a user id.
+    let dir = crate::users::UserDirectory::from_file_users(&cfg.users.file_users);
+    let uid = match dir.by_login(user) {
+        Some(u) => u.id.clone(),
+        None => match store.get_user_by_login(user).await {
+            Ok(Some(u)) => u.id,
+            Ok(None) => user.to_owned(),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     match store.unlock_user(&uid).await {
         Ok(true) => {

@@ -1,11 +1,12 @@
 //! The Users API: tokens, create (with and without a password), get by id or
-//! login, paging with Link headers, updates, lifecycle, deletion, and the
-//! read-only users-file users.
+//! login, paging with Link headers, updates, lifecycle, deletion, the
+//! read-only users-file users, and `portcullis users unlock` (the real
+//! binary) finding a user created here by login.
 
 use reqwest::Method;
 use serde_json::json;
 
-use crate::common::{TOKEN, admin, admin_as, create_user, gateway};
+use crate::common::{TOKEN, active_totp, admin, admin_as, create_user, gateway};
 use crate::support::{ALICE, TestGateway};
 
 #[tokio::test]
@@ -399,4 +400,77 @@ async fn another_replica_sees_stored_users_within_revocation_check() {
     }
     assert!(!seen(&second), "and sees the deletion");
     let _ = ALICE;
+}
+
+/// `portcullis users unlock USER --config FILE` with the gateway's config.
+async fn cli_unlock(gw: &TestGateway, user: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(&config, &gw.config_text).unwrap();
+    let user = user.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["users", "unlock", &user, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), stdout)
+}
+
+async fn status(gw: &TestGateway, uid: &str) -> serde_json::Value {
+    admin(gw, Method::GET, &format!("/api/v1/users/{uid}"), None)
+        .await
+        .body["status"]
+        .clone()
+}
+
+/// Locks `uid` with wrong codes for `fid` (two are enough in the test config).
+async fn lock(gw: &TestGateway, uid: &str, fid: &str) {
+    for _ in 0..2 {
+        admin(
+            gw,
+            Method::POST,
+            &format!("/api/v1/users/{uid}/factors/{fid}/verify"),
+            Some(json!({ "passCode": "000000" })),
+        )
+        .await
+        .expect(403, Some("E0000068"));
+    }
+    assert_eq!(status(gw, uid).await, "LOCKED_OUT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_unlocks_an_api_created_user_by_login() {
+    let gw = gateway(
+        "[store]\nkind = \"sqlite\"\npath = \"{tmp}/portcullis.db\"\n\
+         [regulation]\nmax_factor_failures = 2\n",
+    )
+    .await;
+    let u = create_user(&gw, "Ursula.Locked", Some("ursula-password-1")).await;
+    let uid = u["id"].as_str().unwrap().to_owned();
+    let (fid, _) = active_totp(&gw, &uid).await;
+    // By login, in another case (logins compare case-insensitively).
+    lock(&gw, &uid, &fid).await;
+    let (_, out) = cli_unlock(&gw, "ursula.LOCKED").await;
+    assert!(out.contains("ursula.LOCKED: unlocked"), "{out}");
+    assert_eq!(status(&gw, &uid).await, "ACTIVE", "unlocked by the CLI");
+    let (_, out) = cli_unlock(&gw, "Ursula.Locked").await;
+    assert!(out.contains("was not locked"), "{out}");
+    // By id, as before.
+    lock(&gw, &uid, &fid).await;
+    let (_, out) = cli_unlock(&gw, &uid).await;
+    assert!(out.contains("unlocked") && !out.contains("not locked"), "{out}");
+    assert_eq!(status(&gw, &uid).await, "ACTIVE");
+    // A users-file login still resolves to that user.
+    let (_, out) = cli_unlock(&gw, "alice").await;
+    assert!(out.contains("alice: was not locked"), "{out}");
 }
