@@ -52,6 +52,22 @@ fn hidden(name: &str, value: &str) -> String {
     )
 }
 
+/// The hidden fields every challenge form carries: CSRF token, target,
+/// `fresh` when set, and the factor.
+fn factor_fields(csrf: &str, rd: &str, fresh: bool, factor: &str) -> String {
+    format!(
+        "{}{}{}{}",
+        hidden("csrf", csrf),
+        hidden("rd", rd),
+        if fresh {
+            hidden("fresh", "1")
+        } else {
+            String::new()
+        },
+        hidden("factor", factor)
+    )
+}
+
 fn error_html(error: Option<&str>) -> String {
     error
         .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
@@ -71,16 +87,9 @@ pub fn challenge_buttons(st: &AppState, csrf: &str, rd: &str, fresh: bool, facto
                 ("send", "Send a code")
             };
             format!(
-                "<form method=\"post\" action=\"{prefix}/mfa/{action}\" class=\"oob\">{}{}{}{}\
+                "<form method=\"post\" action=\"{prefix}/mfa/{action}\" class=\"oob\">{}\
                  <p class=\"note\">{}</p><button type=\"submit\" class=\"secondary\">{label}</button></form>",
-                hidden("csrf", csrf),
-                hidden("rd", rd),
-                if fresh {
-                    hidden("fresh", "1")
-                } else {
-                    String::new()
-                },
-                hidden("factor", &f.record.id),
+                factor_fields(csrf, rd, fresh, &f.record.id),
                 esc(&describe(f)),
             )
         })
@@ -103,17 +112,7 @@ fn code_page(
     } else {
         ("mfa/verify", "mfa/send")
     };
-    let common = format!(
-        "{}{}{}{}",
-        hidden("csrf", csrf),
-        hidden("rd", rd),
-        if fresh {
-            hidden("fresh", "1")
-        } else {
-            String::new()
-        },
-        hidden("factor", &f.record.id)
-    );
+    let common = factor_fields(csrf, rd, fresh, &f.record.id);
     layout(
         "Enter your code",
         &st.config.portal.prefix,
@@ -207,10 +206,18 @@ async fn step(st: Arc<AppState>, ctx: &Ctx, headers: &HeaderMap, f: &OobForm) ->
     Ok(Step { st, s, rd, fresh })
 }
 
-async fn own_factor(st: &AppState, s: &ActiveSession, id: &str) -> Result<Factor, Response> {
-    match factors::find(st, &s.user, id).await {
-        Ok(Some(f)) if f.is_active() && factors::type_enabled(st, &f.record.factor_type) => Ok(f),
-        Ok(_) => Err(see_other(&format!("{}/mfa", st.config.portal.prefix))),
+/// [`step`], then the form's factor: one of the user's active factors of an
+/// enabled type.
+async fn factor_step(
+    st: Arc<AppState>,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    f: &OobForm,
+) -> Result<(Step, Factor), Response> {
+    let p = step(st, ctx, headers, f).await?;
+    match factors::find(&p.st, &p.s.user, &f.factor).await {
+        Ok(Some(x)) if x.is_active() && factors::type_enabled(&p.st, &x.record.factor_type) => Ok((p, x)),
+        Ok(_) => Err(see_other(&format!("{}/mfa", p.st.config.portal.prefix))),
         Err(_) => Err(mfa::unavailable_page()),
     }
 }
@@ -261,32 +268,33 @@ pub async fn send(
     headers: HeaderMap,
     Form(f): Form<OobForm>,
 ) -> Response {
-    let p = match step(st, &ctx, &headers, &f).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let factor = match own_factor(&p.st, &p.s, &f.factor).await {
+    let (p, factor) = match factor_step(st, &ctx, &headers, &f).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let (token, set) = csrf_token(&p.st, &headers);
     match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx)).await {
-        Ok(_) => mfa::with_csrf(
-            html(
-                StatusCode::OK,
-                code_page(&p.st, &token, &p.rd, p.fresh, &factor, false, None),
-            ),
-            set,
+        Ok(_) => code_response(
+            &p.st,
+            &headers,
+            &p.rd,
+            p.fresh,
+            &factor,
+            false,
+            StatusCode::OK,
+            None,
         ),
         Err(e @ ChallengeError::TooSoon(_)) => {
             // A code is on its way already: let the user type it.
             let (status, msg) = challenge_message(&p.st, &e);
-            mfa::with_csrf(
-                html(
-                    status,
-                    code_page(&p.st, &token, &p.rd, p.fresh, &factor, false, Some(&msg)),
-                ),
-                set,
+            code_response(
+                &p.st,
+                &headers,
+                &p.rd,
+                p.fresh,
+                &factor,
+                false,
+                status,
+                Some(&msg),
             )
         }
         Err(e) => {
@@ -308,33 +316,56 @@ pub async fn code_retry(
     status: StatusCode,
     msg: &str,
 ) -> Response {
-    let (token, set) = csrf_token(st, headers);
-    mfa::with_csrf(
-        html(
-            status,
-            code_page(st, &token, rd, fresh, factor, enrolling, Some(msg)),
-        ),
-        set,
-    )
+    code_response(st, headers, rd, fresh, factor, enrolling, status, Some(msg))
 }
 
-fn push_fields(csrf: &str, rd: &str, fresh: bool, factor: &str, tid: &str) -> String {
-    format!(
-        "{}{}{}{}{}",
-        hidden("csrf", csrf),
-        hidden("rd", rd),
-        if fresh {
-            hidden("fresh", "1")
-        } else {
-            String::new()
-        },
-        hidden("factor", factor),
-        hidden("tx", tid)
+/// The code page as a response, with the CSRF cookie when it is new.
+#[allow(clippy::too_many_arguments)]
+fn code_response(
+    st: &AppState,
+    headers: &HeaderMap,
+    rd: &str,
+    fresh: bool,
+    factor: &Factor,
+    enrolling: bool,
+    status: StatusCode,
+    msg: Option<&str>,
+) -> Response {
+    let (token, set) = csrf_token(st, headers);
+    mfa::with_csrf(
+        html(status, code_page(st, &token, rd, fresh, factor, enrolling, msg)),
+        set,
     )
 }
 
 fn push_ttl(st: &AppState) -> i64 {
     i64::try_from(st.config.factors.push.ttl.as_secs()).unwrap_or(60)
+}
+
+/// The page waiting for the push `tid` with the number to pick.
+fn push_wait(p: &Step, headers: &HeaderMap, factor: &Factor, tid: &str, number: u8) -> Response {
+    let (token, set) = csrf_token(&p.st, headers);
+    let fields = format!(
+        "{}{}",
+        factor_fields(&token, &p.rd, p.fresh, &factor.record.id),
+        hidden("tx", tid)
+    );
+    mfa::with_csrf(
+        html(
+            StatusCode::OK,
+            push_page(
+                &p.st,
+                "Approve on your device",
+                "mfa/push/check",
+                &fields,
+                tid,
+                number,
+                push_ttl(&p.st),
+                None,
+            ),
+        ),
+        set,
+    )
 }
 
 /// `POST {prefix}/mfa/push`: send a push and show the number.
@@ -344,11 +375,7 @@ pub async fn push(
     headers: HeaderMap,
     Form(f): Form<OobForm>,
 ) -> Response {
-    let p = match step(st, &ctx, &headers, &f).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let factor = match own_factor(&p.st, &p.s, &f.factor).await {
+    let (p, factor) = match factor_step(st, &ctx, &headers, &f).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -357,26 +384,7 @@ pub async fn push(
             transaction_id,
             correct_answer,
             ..
-        }) => {
-            let (token, set) = csrf_token(&p.st, &headers);
-            let fields = push_fields(&token, &p.rd, p.fresh, &factor.record.id, &transaction_id);
-            mfa::with_csrf(
-                html(
-                    StatusCode::OK,
-                    push_page(
-                        &p.st,
-                        "Approve on your device",
-                        "mfa/push/check",
-                        &fields,
-                        &transaction_id,
-                        correct_answer,
-                        push_ttl(&p.st),
-                        None,
-                    ),
-                ),
-                set,
-            )
-        }
+        }) => push_wait(&p, &headers, &factor, &transaction_id, correct_answer),
         Ok(Challenge::CodeSent { .. }) => see_other(&format!("{}/mfa", p.st.config.portal.prefix)),
         Err(e) => {
             let (status, msg) = challenge_message(&p.st, &e);
@@ -393,11 +401,7 @@ pub async fn push_check(
     headers: HeaderMap,
     Form(f): Form<OobForm>,
 ) -> Response {
-    let p = match step(st, &ctx, &headers, &f).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let factor = match own_factor(&p.st, &p.s, &f.factor).await {
+    let (p, factor) = match factor_step(st, &ctx, &headers, &f).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -407,25 +411,7 @@ pub async fn push_check(
     };
     let msg = match result {
         PushResult::Waiting => {
-            let (token, set) = csrf_token(&p.st, &headers);
-            let fields = push_fields(&token, &p.rd, p.fresh, &factor.record.id, &f.tx);
-            let number = f.number.parse().unwrap_or(0);
-            return mfa::with_csrf(
-                html(
-                    StatusCode::OK,
-                    push_page(
-                        &p.st,
-                        "Approve on your device",
-                        "mfa/push/check",
-                        &fields,
-                        &f.tx,
-                        number,
-                        push_ttl(&p.st),
-                        None,
-                    ),
-                ),
-                set,
-            );
+            return push_wait(&p, &headers, &factor, &f.tx, f.number.parse().unwrap_or(0));
         }
         PushResult::Success => match factors::push::consume(&p.st, &p.s.user, &factor, &f.tx).await {
             Ok(true) => return mfa::upgraded(&p.st, &p.s, "push", &p.rd).await,
@@ -708,6 +694,19 @@ async fn enroll_step(
     }
 }
 
+/// The user's factor `id` when `fits` it, else back to the enrollment chooser.
+async fn enrolling_factor(p: &Step, id: &str, fits: impl Fn(&Factor) -> bool) -> Result<Factor, Response> {
+    match factors::find(&p.st, &p.s.user, id).await {
+        Ok(Some(x)) if fits(&x) => Ok(x),
+        Ok(_) => Err(see_other(&format!(
+            "{}/enroll?rd={}",
+            p.st.config.portal.prefix,
+            enc(&p.rd)
+        ))),
+        Err(_) => Err(mfa::unavailable_page()),
+    }
+}
+
 /// `POST {prefix}/enroll/start`: enroll a phone or an e-mail address and
 /// send its activation code.
 pub async fn enroll_start(
@@ -772,24 +771,23 @@ pub async fn enroll_resend(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let factor = match factors::find(&p.st, &p.s.user, &f.factor).await {
-        Ok(Some(x)) if !x.is_active() && factors::otp::is_code_type(&x.record.factor_type) => x,
-        Ok(_) => return see_other(&format!("{}/enroll?rd={}", p.st.config.portal.prefix, enc(&p.rd))),
-        Err(_) => return mfa::unavailable_page(),
+    let factor = match enrolling_factor(&p, &f.factor, |x| {
+        !x.is_active() && factors::otp::is_code_type(&x.record.factor_type)
+    })
+    .await
+    {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let msg = match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx)).await {
         Ok(_) => None,
         Err(e) => Some(challenge_message(&p.st, &e)),
     };
-    let (token, set) = csrf_token(&p.st, &headers);
     let (status, msg) = match &msg {
         Some((status, m)) => (*status, Some(m.as_str())),
         None => (StatusCode::OK, None),
     };
-    mfa::with_csrf(
-        html(status, code_page(&p.st, &token, &p.rd, false, &factor, true, msg)),
-        set,
-    )
+    code_response(&p.st, &headers, &p.rd, false, &factor, true, status, msg)
 }
 
 /// `POST {prefix}/enroll/push/check`: has the device paired?
@@ -803,10 +801,9 @@ pub async fn enroll_push_check(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let factor = match factors::find(&p.st, &p.s.user, &f.factor).await {
-        Ok(Some(x)) if x.record.factor_type == "push" => x,
-        Ok(_) => return see_other(&format!("{}/enroll?rd={}", p.st.config.portal.prefix, enc(&p.rd))),
-        Err(_) => return mfa::unavailable_page(),
+    let factor = match enrolling_factor(&p, &f.factor, |x| x.record.factor_type == "push").await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     if !factor.is_active() {
         let (token, set) = csrf_token(&p.st, &headers);
