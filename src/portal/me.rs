@@ -110,9 +110,9 @@ fn recent_mfa(st: &AppState, s: &ActiveSession) -> bool {
 /// What a request may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Need {
-    /// Read, activate, verify, poll, cancel a push, resend.
+    /// Read, verify, poll, cancel a push.
     Session,
-    /// Add a factor.
+    /// Add a factor: enroll, and show, activate or resend a pending one.
     Enroll,
     /// Remove a factor.
     Remove,
@@ -150,6 +150,8 @@ async fn scope(
     let allowed = match need {
         Need::Session => true,
         Need::Remove => recent_mfa(st, &s),
+        // Showing a pending factor's secret, activating it or resending its
+        // activation code is adding a factor: a password alone must not do it.
         Need::Enroll => {
             recent_mfa(st, &s) || {
                 let all = crate::factors::list(st, &s.user)
@@ -228,7 +230,7 @@ async fn qr(
     headers: HeaderMap,
     Path(fid): Path<String>,
 ) -> Response {
-    let scope = me!(st, ctx, method, headers, Need::Session);
+    let scope = me!(st, ctx, method, headers, Need::Enroll);
     api::qr(&st, &scope, &fid).await
 }
 
@@ -240,7 +242,7 @@ async fn activate(
     Path(fid): Path<String>,
     body: Bytes,
 ) -> Response {
-    let scope = me!(st, ctx, method, headers, Need::Session);
+    let scope = me!(st, ctx, method, headers, Need::Enroll);
     api::activate(&st, &scope, &fid, &body).await
 }
 
@@ -285,7 +287,7 @@ async fn resend(
     headers: HeaderMap,
     Path(fid): Path<String>,
 ) -> Response {
-    let scope = me!(st, ctx, method, headers, Need::Session);
+    let scope = me!(st, ctx, method, headers, Need::Enroll);
     api::resend(&st, &scope, &fid).await
 }
 

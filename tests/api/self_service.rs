@@ -420,3 +420,61 @@ async fn a_user_cancels_their_own_push_and_the_device_is_refused() {
     again.expect(200, None);
     assert_eq!(again.body["factorResult"], "REJECTED");
 }
+
+/// Found in review: with only the password (a level-1 session), reading the
+/// QR of a pending factor an administrator enrolled and activating it would
+/// add an attacker's authenticator and reach level 2. Showing, activating and
+/// resending a pending factor count as adding one.
+#[tokio::test]
+async fn a_password_alone_cannot_take_over_a_pending_factor() {
+    let gw = gateway("").await;
+    let uid = TestGateway::uid(ALICE.username);
+    active_totp(&gw, &uid).await;
+    let e = admin(
+        &gw,
+        Method::POST,
+        &format!("/api/v1/users/{uid}/factors"),
+        Some(json!({ "factorType": "token:software:totp", "provider": "GOOGLE" })),
+    )
+    .await;
+    e.expect(200, None);
+    let pending = e.body["id"].as_str().unwrap().to_owned();
+    let secret = e.body["_embedded"]["activation"]["sharedSecret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let login = gw.login(ALICE).await;
+    let (level1, csrf) = (login.cookie(), login.csrf.clone());
+    let listed = me(&gw, Method::GET, "", &level1, Some(&csrf), None).await;
+    listed.expect(200, None);
+    let q = me(
+        &gw,
+        Method::GET,
+        &format!("/{pending}/qr"),
+        &level1,
+        Some(&csrf),
+        None,
+    )
+    .await;
+    q.expect(403, Some("E0000006"));
+    assert!(!q.text.contains("otpauth"));
+    let a = me(
+        &gw,
+        Method::POST,
+        &format!("/{pending}/lifecycle/activate"),
+        &level1,
+        Some(&csrf),
+        Some(json!({ "passCode": totp(&gw, &secret, 0) })),
+    )
+    .await;
+    a.expect(403, Some("E0000006"));
+    let f = admin(
+        &gw,
+        Method::GET,
+        &format!("/api/v1/users/{uid}/factors/{pending}"),
+        None,
+    )
+    .await;
+    assert_eq!(f.body["status"], "PENDING_ACTIVATION");
+}
