@@ -14,6 +14,29 @@ use crate::clock::{SharedClock, UnixTime};
 use crate::config::RegulationConfig;
 use crate::store::{CounterKey, SharedStore, StoreResult};
 
+tokio::task_local! {
+    /// Set while a possession factor is the *first* factor (passwordless).
+    static FIRST_FACTOR: ();
+}
+
+/// Runs `f` with possession-factor failures counted as first-factor
+/// failures when `first` is true (passwordless sign-in). Without a password
+/// step anyone who knows a login can send codes, so such failures must count
+/// like wrong passwords: the (user, address) pair is blocked first and the
+/// user only at `max_password_failures_per_user`; a stranger cannot lock the
+/// user out with a handful of guesses.
+pub async fn as_first_factor<F: std::future::Future>(first: bool, f: F) -> F::Output {
+    if first {
+        FIRST_FACTOR.scope((), f).await
+    } else {
+        f.await
+    }
+}
+
+fn counting_first_factor() -> bool {
+    FIRST_FACTOR.try_with(|_| ()).is_ok()
+}
+
 /// Counts failures and answers whether a sign-in may proceed.
 #[derive(Debug, Clone)]
 pub struct Regulator {
@@ -166,6 +189,26 @@ impl Regulator {
         Ok(false)
     }
 
+    /// Whether a possession-factor attempt by `uid` from `addr` is blocked:
+    /// the user's lock for a second factor; as a first factor (see
+    /// [`as_first_factor`]) also the (user, address) pair and address blocks.
+    pub async fn possession_blocked(&self, uid: &str, addr: IpAddr) -> StoreResult<bool> {
+        if counting_first_factor() {
+            return Ok(self.password_blocked(Some(uid), uid, addr).await? != Blocked::No);
+        }
+        Ok(self.user_locked(uid).await?.is_some())
+    }
+
+    /// Counts a failed possession-factor attempt: as a second factor towards
+    /// the user's lock, as a first factor like a wrong password. True if it
+    /// locked the user.
+    pub async fn possession_failed(&self, uid: &str, addr: IpAddr) -> StoreResult<bool> {
+        if counting_first_factor() {
+            return self.password_failed(Some(uid), uid, addr).await;
+        }
+        self.factor_failed(uid, addr).await
+    }
+
     /// Clears every lock and count tied to `uid`; true if there were any.
     pub async fn unlock(&self, uid: &str) -> StoreResult<bool> {
         self.store.unlock_user(uid).await
@@ -302,6 +345,36 @@ mod tests {
                 .unwrap(),
             Blocked::No
         );
+    }
+
+    #[tokio::test]
+    async fn first_factor_failures_count_like_passwords() {
+        let clock = ManualClock::new(0);
+        let r = regulator(&clock);
+        // As a first factor: three failures block only this (user, address) pair...
+        for _ in 0..3 {
+            as_first_factor(true, r.possession_failed("u1", ip("192.0.2.1")))
+                .await
+                .unwrap();
+        }
+        assert!(
+            as_first_factor(true, r.possession_blocked("u1", ip("192.0.2.1")))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !as_first_factor(true, r.possession_blocked("u1", ip("192.0.2.2")))
+                .await
+                .unwrap()
+        );
+        // ...and the user is not locked: their password and second factor still work.
+        assert!(r.user_locked("u1").await.unwrap().is_none());
+        assert!(!r.possession_blocked("u1", ip("192.0.2.1")).await.unwrap());
+        // As a second factor the same three failures lock the user.
+        for _ in 0..3 {
+            r.possession_failed("u2", ip("192.0.2.1")).await.unwrap();
+        }
+        assert!(r.user_locked("u2").await.unwrap().is_some());
     }
 
     #[test]

@@ -232,6 +232,12 @@ async fn locked(st: &AppState, user: &User) -> Result<bool, VerifyError> {
     Ok(st.regulator.user_locked(&user.id).await?.is_some())
 }
 
+/// Whether this attempt is blocked, counted as a first or second factor
+/// (see [`crate::regulation::as_first_factor`]).
+async fn blocked(st: &AppState, user: &User, addr: IpAddr) -> Result<bool, VerifyError> {
+    Ok(st.regulator.possession_blocked(&user.id, addr).await?)
+}
+
 async fn failed(
     st: &AppState,
     user: &User,
@@ -241,9 +247,9 @@ async fn failed(
 ) -> Result<(), VerifyError> {
     crate::metrics::factor_verification(factor_type, why);
     audit!("factor.verify.failed", user = %user.username, factor_type = factor_type, client = %addr, reason = why);
-    if st.regulator.factor_failed(&user.id, addr).await? {
+    if st.regulator.possession_failed(&user.id, addr).await? {
         crate::metrics::lockout("user");
-        audit!("user.locked", user = %user.username, reason = "second-factor failures");
+        audit!("user.locked", user = %user.username, reason = "factor failures");
     }
     Ok(())
 }
@@ -272,7 +278,7 @@ pub async fn verify_totp(
     if !factor.is_active() && !pending_ok {
         return Err(VerifyError::NotActive);
     }
-    if locked(st, user).await? {
+    if blocked(st, user, addr).await? {
         crate::metrics::factor_verification(TOTP_TYPE, "locked");
         audit!("factor.verify.refused", user = %user.username, client = %addr, reason = "user locked");
         return Err(locked_answer(st));
@@ -327,7 +333,7 @@ pub async fn verify_recovery(
     if !st.config.factors.recovery_codes.enabled {
         return Err(VerifyError::NotActive);
     }
-    if locked(st, user).await? {
+    if blocked(st, user, addr).await? {
         crate::metrics::factor_verification("recovery_code", "locked");
         return Err(locked_answer(st));
     }

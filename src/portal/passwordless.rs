@@ -253,11 +253,16 @@ pub async fn factor_step(
     };
     let addr = ctx.0.client_addr;
     if factor.record.factor_type == TOTP_TYPE {
-        let result = if loaded.state.decoy {
-            authn::decoy_verify(&st, &loaded, addr).await
-        } else {
-            factors::verify_totp(&st, &loaded.user, &factor, &f.code, addr, false).await
-        };
+        // Without a password step this code is the first factor: count its
+        // failures like passwords, so strangers cannot lock the user out.
+        let result = crate::regulation::as_first_factor(true, async {
+            if loaded.state.decoy {
+                authn::decoy_verify(&st, &loaded, addr).await
+            } else {
+                factors::verify_totp(&st, &loaded.user, &factor, &f.code, addr, false).await
+            }
+        })
+        .await;
         return match result {
             Ok(()) => signed_in(&st, &ctx, &loaded, "otp", &rd).await,
             Err(VerifyError::Unavailable) => mfa::unavailable_page(),

@@ -104,9 +104,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// Headers some back ends and frameworks believe over the request line or the
+/// socket: a path override (IIS URL Rewrite, old Symfony/Zend), a client
+/// address, a method override. The policy never saw them, so a client must
+/// not be able to send them through (a bypass rule would otherwise reach
+/// another path, method or client identity).
+const OVERRIDES: [&[u8]; 12] = [
+    b"x-original-url",
+    b"x-rewrite-url",
+    b"x-original-uri",
+    b"true-client-ip",
+    b"x-client-ip",
+    b"cf-connecting-ip",
+    b"x-cluster-client-ip",
+    b"fastly-client-ip",
+    b"x-host",
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
+];
+
 /// True for a header only the gateway may set upstream: one of the configured
-/// identity headers, `Forwarded`, `X-Real-IP` or any `X-Forwarded-*`, in any case
-/// and with `_` for `-`.
+/// identity headers, `Forwarded`, `X-Real-IP` or any `X-Forwarded-*`, or one of
+/// the [`OVERRIDES`], in any case and with `_` for `-`.
 pub fn is_reserved_inbound(name: &HeaderName, identity: &IdentityHeaders) -> bool {
     const XF: &[u8] = b"x-forwarded-";
     let n = name.as_str().as_bytes();
@@ -116,6 +136,7 @@ pub fn is_reserved_inbound(name: &HeaderName, identity: &IdentityHeaders) -> boo
         || [&identity.user, &identity.groups, &identity.email, &identity.name]
             .iter()
             .any(|id| same_name_loosely(n, id.as_str().as_bytes()))
+        || OVERRIDES.iter().any(|o| same_name_loosely(n, o))
 }
 
 /// Removes every inbound identity and forwarding header (see [`is_reserved_inbound`]).
@@ -359,6 +380,26 @@ mod tests {
             level: 2,
             session_id: "sid".into(),
         }
+    }
+
+    #[test]
+    fn path_address_and_method_overrides_are_reserved() {
+        let id = identity();
+        for name in [
+            "x-original-url",
+            "X_Rewrite_URL",
+            "true-client-ip",
+            "CF-Connecting-IP",
+            "x-http-method-override",
+        ] {
+            let n = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(is_reserved_inbound(&n, &id), "{name}");
+        }
+        assert!(!is_reserved_inbound(
+            &HeaderName::from_static("x-original-thing"),
+            &id
+        ));
+        assert!(!is_reserved_inbound(&HeaderName::from_static("accept"), &id));
     }
 
     #[test]
