@@ -132,12 +132,25 @@ fn unavailable(e: StoreError) -> Response {
     ApiError::new(ErrorCode::E0000009).into_response()
 }
 
-fn json_response(body: Value) -> Response {
+/// A JSON answer (200, `no-store`).
+pub(super) fn json_response(body: Value) -> Response {
     let mut res = (StatusCode::OK, body.to_string()).into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
+}
+
+/// Applies the cross-site rules and parses the JSON body (else `E0000003`).
+pub(super) fn json_request<T: serde::de::DeserializeOwned>(
+    st: &AppState,
+    ctx: &Ctx,
+    method: &Method,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Response> {
+    cross_site_guard(st, ctx, method, headers).map_err(|r| *r)?;
+    serde_json::from_slice(body).map_err(|_| ApiError::new(ErrorCode::E0000003).into_response())
 }
 
 /// The Okta factor object as embedded in authn answers.
@@ -379,6 +392,22 @@ fn state_answer(
     })
 }
 
+/// [`state_answer`] about one factor: `_embedded.factor` instead of the list.
+fn factor_answer(
+    st: &AppState,
+    loaded: &Loaded,
+    state: &AuthnState,
+    expires: UnixTime,
+    factor: Value,
+) -> Value {
+    let mut body = state_answer(st, &loaded.token, state, expires, &loaded.user, Vec::new());
+    if let Some(obj) = body["_embedded"].as_object_mut() {
+        obj.remove("factors");
+    }
+    body["_embedded"]["factor"] = factor;
+    body
+}
+
 /// Issues the level-2 (or level-1) session, a one-time sessionToken, and the
 /// `SUCCESS` answer with the cookie.
 async fn success(
@@ -446,11 +475,9 @@ pub async fn authn(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(res) = cross_site_guard(&st, &ctx, &method, &headers) {
-        return *res;
-    }
-    let Ok(req) = serde_json::from_slice::<AuthnRequest>(&body) else {
-        return ApiError::new(ErrorCode::E0000003).into_response();
+    let req: AuthnRequest = match json_request(&st, &ctx, &method, &headers, &body) {
+        Ok(r) => r,
+        Err(r) => return r,
     };
     let Some(username) = req.username.filter(|u| !u.trim().is_empty()) else {
         return ApiError::new(ErrorCode::E0000001)
@@ -686,9 +713,7 @@ async fn load(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(Loaded, StepRequest), Response> {
-    cross_site_guard(st, ctx, method, headers).map_err(|r| *r)?;
-    let req: StepRequest =
-        serde_json::from_slice(body).map_err(|_| ApiError::new(ErrorCode::E0000003).into_response())?;
+    let req: StepRequest = json_request(st, ctx, method, headers, body)?;
     let Some(token) = req.state_token.clone().filter(|t| !t.is_empty()) else {
         return Err(ApiError::new(ErrorCode::E0000011).into_response());
     };
@@ -805,6 +830,15 @@ pub fn challenge_error(st: &AppState, factor_type: &str, e: ChallengeError) -> R
     }
 }
 
+/// The user's factor `factor_id` (else `E0000007`).
+async fn find_factor(st: &AppState, user: &User, factor_id: &str) -> Result<Factor, Response> {
+    match factors::find(st, user, factor_id).await {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err(ApiError::new(ErrorCode::E0000007).into_response()),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
 /// The factor `factor_id` as this transaction may use it: a listed factor
 /// of a passwordless sign-in, else any usable factor of the user.
 pub(crate) async fn resolve_factor(
@@ -819,11 +853,7 @@ pub(crate) async fn resolve_factor(
             .find(|f| f.record.id == factor_id)
             .ok_or_else(|| ApiError::new(ErrorCode::E0000007).into_response());
     }
-    let factor = match factors::find(st, &loaded.user, factor_id).await {
-        Ok(Some(f)) => f,
-        Ok(None) => return Err(ApiError::new(ErrorCode::E0000007).into_response()),
-        Err(e) => return Err(unavailable(e)),
-    };
+    let factor = find_factor(st, &loaded.user, factor_id).await?;
     if !factor.is_active() || !factors::type_enabled(st, &factor.record.factor_type) {
         return Err(ApiError::new(ErrorCode::E0000154).into_response());
     }
@@ -891,15 +921,12 @@ fn challenge_answer(
     let prefix = &st.config.portal.prefix;
     let fid = &factor.record.id;
     let ft = factor.record.factor_type.as_str();
-    let mut body = state_answer(st, &loaded.token, state, expires, &loaded.user, Vec::new());
-    body["_embedded"]["factor"] = if state.passwordless {
+    let embedded = if state.passwordless {
         passwordless_factor_json(st, factor, &state.login)
     } else {
         authn_factor_json(st, factor)
     };
-    if let Some(obj) = body["_embedded"].as_object_mut() {
-        obj.remove("factors");
-    }
+    let mut body = factor_answer(st, loaded, state, expires, embedded);
     let verify_href = format!("{prefix}/api/v1/authn/factors/{fid}/verify");
     body["_links"]["next"] = json!({
         "name": if push.is_some() { "poll" } else { "verify" },
@@ -1218,7 +1245,6 @@ pub async fn enroll(
             from_config: false,
         },
     );
-    let mut body = state_answer(&st, &loaded.token, &state, expires, &user, Vec::new());
     match &enrolled {
         factors::Enrolled::Totp(t) => {
             let cfg = &st.config.factors.totp;
@@ -1265,13 +1291,12 @@ pub async fn enroll(
                 }
             });
             factor["_links"] = json!({ "poll": { "href": format!("{activate_href}/poll"), "hints": { "allow": ["POST"] } } });
-            body["factorResult"] = json!("WAITING");
-            body["_links"]["next"] = json!({ "name": "poll", "href": format!("{activate_href}/poll"), "hints": { "allow": ["POST"] } });
         }
     }
-    body["_embedded"]["factor"] = factor;
-    if let Some(obj) = body["_embedded"].as_object_mut() {
-        obj.remove("factors");
+    let mut body = factor_answer(&st, &loaded, &state, expires, factor);
+    if let factors::Enrolled::Push { .. } = &enrolled {
+        body["factorResult"] = json!("WAITING");
+        body["_links"]["next"] = json!({ "name": "poll", "href": format!("{activate_href}/poll"), "hints": { "allow": ["POST"] } });
     }
     json_response(body)
 }
@@ -1290,10 +1315,9 @@ pub async fn activate(
         Err(r) => return r,
     };
     let user = loaded.user.clone();
-    let factor = match factors::find(&st, &user, &factor_id).await {
-        Ok(Some(f)) => f,
-        Ok(None) => return ApiError::new(ErrorCode::E0000007).into_response(),
-        Err(e) => return unavailable(e),
+    let factor = match find_factor(&st, &user, &factor_id).await {
+        Ok(f) => f,
+        Err(r) => return r,
     };
     if loaded.state.status != "MFA_ENROLL_ACTIVATE"
         || loaded.state.enrolled.as_deref() != Some(factor_id.as_str())
@@ -1305,19 +1329,14 @@ pub async fn activate(
         // The device activates the factor; this polls for it.
         if !factor.is_active() {
             let timed_out = st.clock.now() >= factor.record.created + factors::push::ACTIVATION_TTL;
-            let mut body = state_answer(
+            let mut body = factor_answer(
                 &st,
-                &loaded.token,
+                &loaded,
                 &loaded.state,
                 loaded.record.expires_at,
-                &user,
-                Vec::new(),
+                authn_factor_json(&st, &factor),
             );
             body["factorResult"] = json!(if timed_out { "TIMEOUT" } else { "WAITING" });
-            if let Some(obj) = body["_embedded"].as_object_mut() {
-                obj.remove("factors");
-            }
-            body["_embedded"]["factor"] = authn_factor_json(&st, &factor);
             return json_response(body);
         }
     } else {
@@ -1366,10 +1385,9 @@ pub async fn resend_activation(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let factor = match factors::find(&st, &loaded.user, &factor_id).await {
-        Ok(Some(f)) => f,
-        Ok(None) => return ApiError::new(ErrorCode::E0000007).into_response(),
-        Err(e) => return unavailable(e),
+    let factor = match find_factor(&st, &loaded.user, &factor_id).await {
+        Ok(f) => f,
+        Err(r) => return r,
     };
     if loaded.state.status != "MFA_ENROLL_ACTIVATE"
         || loaded.state.enrolled.as_deref() != Some(factor_id.as_str())
@@ -1384,19 +1402,13 @@ pub async fn resend_activation(
         Ok(e) => e,
         Err(r) => return r,
     };
-    let mut body = state_answer(
+    json_response(factor_answer(
         &st,
-        &loaded.token,
+        &loaded,
         &loaded.state,
         expires,
-        &loaded.user,
-        Vec::new(),
-    );
-    if let Some(obj) = body["_embedded"].as_object_mut() {
-        obj.remove("factors");
-    }
-    body["_embedded"]["factor"] = factor_json(&st, &factor);
-    json_response(body)
+        factor_json(&st, &factor),
+    ))
 }
 
 /// `POST {prefix}/api/v1/authn/cancel`.

@@ -19,12 +19,12 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, header};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::Ctx;
-use super::api::cross_site_guard;
+use super::authn::{json_request, json_response};
 use crate::enforce::SessionState;
 use crate::error::{ApiError, ErrorCode};
 use crate::factors::push::{self, AnswerError, DeviceAnswer, DeviceError, DeviceRegistration};
@@ -93,15 +93,6 @@ pub fn pairing_uri(st: &AppState, base: &str, token: &str) -> String {
     )
 }
 
-fn json_ok(body: serde_json::Value) -> Response {
-    let mut res = (StatusCode::OK, body.to_string()).into_response();
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
-}
-
 /// `POST {prefix}/api/v1/push/devices`: a device pairs itself.
 pub async fn register(
     State(st): State<Arc<AppState>>,
@@ -110,14 +101,12 @@ pub async fn register(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(res) = cross_site_guard(&st, &ctx, &method, &headers) {
-        return *res;
-    }
-    let Ok(reg) = serde_json::from_slice::<DeviceRegistration>(&body) else {
-        return ApiError::new(ErrorCode::E0000003).into_response();
+    let reg: DeviceRegistration = match json_request(&st, &ctx, &method, &headers, &body) {
+        Ok(r) => r,
+        Err(r) => return r,
     };
     match push::register_device(&st, &reg).await {
-        Ok(f) => json_ok(json!({
+        Ok(f) => json_response(json!({
             "id": f.id,
             "factorId": f.id,
             "factorType": "push",
@@ -142,14 +131,12 @@ pub async fn answer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(res) = cross_site_guard(&st, &ctx, &method, &headers) {
-        return *res;
-    }
-    let Ok(ans) = serde_json::from_slice::<DeviceAnswer>(&body) else {
-        return ApiError::new(ErrorCode::E0000003).into_response();
+    let ans: DeviceAnswer = match json_request(&st, &ctx, &method, &headers, &body) {
+        Ok(r) => r,
+        Err(r) => return r,
     };
     match push::answer(&st, &tid, &ans, ctx.0.client_addr).await {
-        Ok(result) => json_ok(json!({ "factorResult": result.as_str() })),
+        Ok(result) => json_response(json!({ "factorResult": result.as_str() })),
         Err(AnswerError::NotFound) => ApiError::new(ErrorCode::E0000191).into_response(),
         Err(AnswerError::Invalid(cause)) => ApiError::new(ErrorCode::E0000001).cause(cause).into_response(),
         Err(AnswerError::BadSignature) => ApiError::new(ErrorCode::E0000006)
@@ -187,15 +174,13 @@ pub async fn status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(res) = cross_site_guard(&st, &ctx, &method, &headers) {
-        return *res;
-    }
-    let Ok(req) = serde_json::from_slice::<StatusRequest>(&body) else {
-        return ApiError::new(ErrorCode::E0000003).into_response();
+    let req: StatusRequest = match json_request(&st, &ctx, &method, &headers, &body) {
+        Ok(r) => r,
+        Err(r) => return r,
     };
     if let Some(tid) = req.transaction_id {
         return match push::status_by_id(&st, &tid).await {
-            Ok(Some(r)) => json_ok(json!({ "factorResult": r.as_str() })),
+            Ok(Some(r)) => json_response(json!({ "factorResult": r.as_str() })),
             Ok(None) => ApiError::new(ErrorCode::E0000191).into_response(),
             Err(_) => ApiError::new(ErrorCode::E0000009).into_response(),
         };
@@ -205,7 +190,7 @@ pub async fn status(
         return ApiError::new(ErrorCode::E0000007).into_response();
     };
     match crate::factors::find(&st, &s.user, &fid).await {
-        Ok(Some(f)) if f.record.factor_type == "push" => json_ok(json!({
+        Ok(Some(f)) if f.record.factor_type == "push" => json_response(json!({
             "factorResult": if f.is_active() { "SUCCESS" } else { "WAITING" }
         })),
         Ok(_) => ApiError::new(ErrorCode::E0000007).into_response(),
