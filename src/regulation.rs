@@ -126,6 +126,26 @@ impl Regulator {
         subject: &str,
         addr: IpAddr,
     ) -> StoreResult<bool> {
+        self.count_password_failure(user_id, subject, addr, true).await
+    }
+
+    /// Counts a password attempt refused because the user is locked, with the
+    /// same store writes as [`Self::password_failed`] (so the answer takes as
+    /// long) but taking no new lock: attempts against a locked user must not
+    /// keep extending the lockout.
+    pub async fn password_refused_while_locked(&self, user_id: &str, addr: IpAddr) -> StoreResult<()> {
+        self.count_password_failure(Some(user_id), user_id, addr, false)
+            .await
+            .map(|_| ())
+    }
+
+    async fn count_password_failure(
+        &self,
+        user_id: Option<&str>,
+        subject: &str,
+        addr: IpAddr,
+        lock: bool,
+    ) -> StoreResult<bool> {
         let now = self.clock.now();
         let window = Self::secs(self.cfg.window);
         let until = now + Self::secs(self.cfg.lockout);
@@ -135,22 +155,25 @@ impl Regulator {
             None => CounterKey::anonymous(k),
         };
         let pair = tie(pair_key(subject, &bucket));
-        if self.store.record_failure(&pair, window, now).await? >= self.cfg.max_password_failures {
+        if self.store.record_failure(&pair, window, now).await? >= self.cfg.max_password_failures && lock {
             self.store.lock(&pair, until).await?;
         }
         let ip = CounterKey::anonymous(ip_key(&bucket));
-        if self.store.record_failure(&ip, window, now).await? >= self.cfg.max_failures_per_ip {
+        if self.store.record_failure(&ip, window, now).await? >= self.cfg.max_failures_per_ip && lock {
             self.store.lock(&ip, until).await?;
         }
-        if let Some(uid) = user_id {
-            let user = CounterKey::for_user(format!("pwuser:{uid}"), uid);
-            if self.store.record_failure(&user, window, now).await? >= self.cfg.max_password_failures_per_user
-            {
-                self.store
-                    .lock(&CounterKey::for_user(user_lock(uid), uid), until)
-                    .await?;
-                return Ok(true);
-            }
+        // Unknown logins get the same per-user write as real users, so the
+        // answer's timing does not tell whether the login exists.
+        let user = tie(format!("pwuser:{}", user_id.unwrap_or(subject)));
+        let count = self.store.record_failure(&user, window, now).await?;
+        if let Some(uid) = user_id
+            && lock
+            && count >= self.cfg.max_password_failures_per_user
+        {
+            self.store
+                .lock(&CounterKey::for_user(user_lock(uid), uid), until)
+                .await?;
+            return Ok(true);
         }
         Ok(false)
     }
@@ -341,6 +364,41 @@ mod tests {
         assert!(r.user_locked("u1").await.unwrap().is_none());
         assert_eq!(
             r.password_blocked(Some("u1"), "u1", ip("192.0.2.1"))
+                .await
+                .unwrap(),
+            Blocked::No
+        );
+    }
+
+    #[tokio::test]
+    async fn attempts_against_a_locked_user_do_not_extend_the_lock() {
+        let clock = ManualClock::new(0);
+        let r = regulator(&clock);
+        for i in 0..6 {
+            r.password_failed(Some("u1"), "u1", ip(&format!("192.0.2.{i}")))
+                .await
+                .unwrap();
+        }
+        let Blocked::User(until) = r
+            .password_blocked(Some("u1"), "u1", ip("198.51.100.1"))
+            .await
+            .unwrap()
+        else {
+            panic!("locked")
+        };
+        clock.advance(600);
+        r.password_refused_while_locked("u1", ip("198.51.100.1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.password_blocked(Some("u1"), "u1", ip("198.51.100.1"))
+                .await
+                .unwrap(),
+            Blocked::User(until)
+        );
+        clock.set(until);
+        assert_eq!(
+            r.password_blocked(Some("u1"), "u1", ip("198.51.100.1"))
                 .await
                 .unwrap(),
             Blocked::No

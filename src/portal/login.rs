@@ -94,6 +94,12 @@ pub async fn check_password(
             crate::metrics::login("locked");
             let name = user.as_ref().map_or("-", |u| u.username.as_str());
             audit!("signin.password.refused", user = %name, client = %addr, reason = "user locked");
+            if let Some(uid) = user_id.as_deref() {
+                st.regulator
+                    .password_refused_while_locked(uid, addr)
+                    .await
+                    .map_err(unavailable)?;
+            }
             if st.config.regulation.reveal_lockout {
                 Err(LoginError::LockedRevealed)
             } else {
