@@ -141,16 +141,17 @@ pub(super) fn json_response(body: Value) -> Response {
     res
 }
 
-/// Applies the cross-site rules and parses the JSON body (else `E0000003`).
+/// Applies the cross-site rules and parses the JSON body (else `E0000003`);
+/// `Err` is the answer.
 pub(super) fn json_request<T: serde::de::DeserializeOwned>(
     st: &AppState,
     ctx: &Ctx,
     method: &Method,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<T, Response> {
-    cross_site_guard(st, ctx, method, headers).map_err(|r| *r)?;
-    serde_json::from_slice(body).map_err(|_| ApiError::new(ErrorCode::E0000003).into_response())
+) -> Result<T, Box<Response>> {
+    cross_site_guard(st, ctx, method, headers)?;
+    serde_json::from_slice(body).map_err(|_| Box::new(ApiError::new(ErrorCode::E0000003).into_response()))
 }
 
 /// The Okta factor object as embedded in authn answers.
@@ -477,7 +478,7 @@ pub async fn authn(
 ) -> Response {
     let req: AuthnRequest = match json_request(&st, &ctx, &method, &headers, &body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(username) = req.username.filter(|u| !u.trim().is_empty()) else {
         return ApiError::new(ErrorCode::E0000001)
@@ -713,7 +714,7 @@ async fn load(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(Loaded, StepRequest), Response> {
-    let req: StepRequest = json_request(st, ctx, method, headers, body)?;
+    let req: StepRequest = json_request(st, ctx, method, headers, body).map_err(|r| *r)?;
     let Some(token) = req.state_token.clone().filter(|t| !t.is_empty()) else {
         return Err(ApiError::new(ErrorCode::E0000011).into_response());
     };

@@ -103,7 +103,7 @@ pub async fn register(
 ) -> Response {
     let reg: DeviceRegistration = match json_request(&st, &ctx, &method, &headers, &body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match push::register_device(&st, &reg).await {
         Ok(f) => json_response(json!({
@@ -133,7 +133,7 @@ pub async fn answer(
 ) -> Response {
     let ans: DeviceAnswer = match json_request(&st, &ctx, &method, &headers, &body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match push::answer(&st, &tid, &ans, ctx.0.client_addr).await {
         Ok(result) => json_response(json!({ "factorResult": result.as_str() })),
@@ -176,7 +176,7 @@ pub async fn status(
 ) -> Response {
     let req: StatusRequest = match json_request(&st, &ctx, &method, &headers, &body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Some(tid) = req.transaction_id {
         return match push::status_by_id(&st, &tid).await {
