@@ -348,6 +348,23 @@ fn result_of(tx: &PushTx, now: UnixTime) -> PushResult {
     }
 }
 
+/// Transaction `tid` when it is one of `factor` of `user` (`None`: no such
+/// transaction for this user and factor).
+async fn own_tx(
+    st: &AppState,
+    user: &User,
+    factor: &Factor,
+    tid: &str,
+    now: UnixTime,
+) -> Result<Option<(TransactionRecord, PushTx)>, StoreError> {
+    let Some(rec) = st.store.get_transaction(KIND, tid, now).await? else {
+        return Ok(None);
+    };
+    Ok(tx_of(&rec)
+        .filter(|tx| rec.user_id == user.id && tx.factor_id == factor.record.id)
+        .map(|tx| (rec, tx)))
+}
+
 /// The state of transaction `tid` of `factor` (`None`: no such transaction
 /// for this user and factor).
 pub async fn status(
@@ -357,12 +374,9 @@ pub async fn status(
     tid: &str,
 ) -> Result<Option<PushResult>, StoreError> {
     let now = st.clock.now();
-    let Some(rec) = st.store.get_transaction(KIND, tid, now).await? else {
-        return Ok(None);
-    };
-    Ok(tx_of(&rec)
-        .filter(|tx| rec.user_id == user.id && tx.factor_id == factor.record.id)
-        .map(|tx| result_of(&tx, now)))
+    Ok(own_tx(st, user, factor, tid, now)
+        .await?
+        .map(|(_, tx)| result_of(&tx, now)))
 }
 
 /// Why a cancelled push is `REJECTED` (kept in [`PushTx::reason`]).
@@ -385,12 +399,7 @@ pub async fn cancel(
     // the same moment makes one retry see its answer.
     for _ in 0..8 {
         let now = st.clock.now();
-        let Some(rec) = st.store.get_transaction(KIND, tid, now).await? else {
-            return Ok(None);
-        };
-        let Some(mut tx) =
-            tx_of(&rec).filter(|tx| rec.user_id == user.id && tx.factor_id == factor.record.id)
-        else {
+        let Some((rec, mut tx)) = own_tx(st, user, factor, tid, now).await? else {
             return Ok(None);
         };
         let result = result_of(&tx, now);
@@ -677,22 +686,43 @@ mod tests {
         SigningKey::from_bytes(&[7u8; 32])
     }
 
-    async fn paired(st: &AppState) -> Factor {
-        let u = user();
+    /// A push factor enrolled for `u`, pending, and its activation token.
+    async fn pending(st: &AppState, u: &User) -> (FactorRecord, String) {
         let Enrolled::Push {
             factor,
             activation_token,
             ..
-        } = enroll(st, &u, "OKTA").await.unwrap()
+        } = enroll(st, u, "OKTA").await.unwrap()
         else {
             panic!("not a push enrollment")
         };
-        let reg = DeviceRegistration {
+        (factor, activation_token)
+    }
+
+    /// A pairing request with [`device_key`].
+    fn registration(activation_token: String, device_name: &str, address: &str) -> DeviceRegistration {
+        DeviceRegistration {
             activation_token,
             public_key: crate::crypto::b64(device_key().verifying_key().as_bytes()),
-            device_name: "Dave's phone".into(),
-            address: "relay:device-1".into(),
-        };
+            device_name: device_name.into(),
+            address: address.into(),
+        }
+    }
+
+    /// `f` under another id.
+    fn other_factor(f: &Factor) -> Factor {
+        Factor {
+            record: FactorRecord {
+                id: "opfOTHER".into(),
+                ..f.record.clone()
+            },
+            from_config: false,
+        }
+    }
+
+    async fn paired(st: &AppState) -> Factor {
+        let (factor, activation_token) = pending(st, &user()).await;
+        let reg = registration(activation_token, "Dave's phone", "relay:device-1");
         let active = register_device(st, &reg).await.unwrap();
         assert_eq!(active.id, factor.id);
         Factor {
@@ -734,14 +764,7 @@ mod tests {
         let (gw, _clock, _dir) = gateway("").await;
         let st = gw.state();
         let u = user();
-        let Enrolled::Push {
-            factor,
-            activation_token,
-            ..
-        } = enroll(st, &u, "OKTA").await.unwrap()
-        else {
-            panic!()
-        };
+        let (factor, activation_token) = pending(st, &u).await;
         assert_eq!(factor.status, FactorStatus::PendingActivation);
         let mut reg = DeviceRegistration {
             activation_token: activation_token.clone(),
@@ -779,23 +802,11 @@ mod tests {
         let (gw, clock, _dir) = gateway("").await;
         let st = gw.state();
         let u = user();
-        let Enrolled::Push {
-            factor,
-            activation_token,
-            ..
-        } = enroll(st, &u, "OKTA").await.unwrap()
-        else {
-            panic!()
-        };
+        let (factor, activation_token) = pending(st, &u).await;
         // A factor enrolled in the same second, after it.
         let later = crate::factors::enroll_totp(st, &u, "GOOGLE").await.unwrap();
         clock.advance(5);
-        let reg = DeviceRegistration {
-            activation_token,
-            public_key: crate::crypto::b64(device_key().verifying_key().as_bytes()),
-            device_name: "Phone".into(),
-            address: "relay:1".into(),
-        };
+        let reg = registration(activation_token, "Phone", "relay:1");
         register_device(st, &reg).await.unwrap();
         let listed = st.store.list_factors(&u.id).await.unwrap();
         let ids: Vec<&str> = listed.iter().map(|f| f.id.as_str()).collect();
@@ -818,21 +829,9 @@ mod tests {
         let (gw, _clock, _dir) = gateway("").await;
         let st = gw.state();
         let u = user();
-        let Enrolled::Push {
-            factor,
-            activation_token,
-            ..
-        } = enroll(st, &u, "OKTA").await.unwrap()
-        else {
-            panic!()
-        };
+        let (factor, activation_token) = pending(st, &u).await;
         assert!(st.store.delete_factor(&u.id, &factor.id).await.unwrap());
-        let reg = DeviceRegistration {
-            activation_token,
-            public_key: crate::crypto::b64(device_key().verifying_key().as_bytes()),
-            device_name: "Phone".into(),
-            address: "relay:1".into(),
-        };
+        let reg = registration(activation_token, "Phone", "relay:1");
         assert_eq!(register_device(st, &reg).await, Err(DeviceError::InvalidToken));
         assert!(st.store.list_factors(&u.id).await.unwrap().is_empty());
     }
@@ -949,14 +948,7 @@ mod tests {
             "nothing changed"
         );
         // Another factor's poll does not see it.
-        let other_factor = Factor {
-            record: FactorRecord {
-                id: "opfOTHER".into(),
-                ..f.record.clone()
-            },
-            from_config: false,
-        };
-        assert_eq!(push_status(st, &other_factor, &tid).await, None);
+        assert_eq!(push_status(st, &other_factor(&f), &tid).await, None);
     }
 
     #[tokio::test]
@@ -1005,15 +997,8 @@ mod tests {
         let st = gw.state();
         let f = paired(st).await;
         let (tid, number, exp) = push(st, &f).await;
-        let other_factor = Factor {
-            record: FactorRecord {
-                id: "opfOTHER".into(),
-                ..f.record.clone()
-            },
-            from_config: false,
-        };
         assert_eq!(
-            cancel(st, &user(), &other_factor, &tid).await.unwrap(),
+            cancel(st, &user(), &other_factor(&f), &tid).await.unwrap(),
             None,
             "another factor's transaction"
         );
