@@ -211,7 +211,8 @@ pub async fn run(config: config::Config, shutdown: Option<Shutdown>) -> ExitCode
             return ExitCode::FAILURE;
         }
     };
-    let main_listener = match server::bind(main_addr).await {
+    // Served from one thread per core, each with its own socket on the port.
+    let main_listener = match server::bind_threads(main_addr, server::worker_threads()).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: cannot listen on {main_addr}: {e}");
@@ -234,10 +235,26 @@ pub async fn run(config: config::Config, shutdown: Option<Shutdown>) -> ExitCode
         admin_opts,
         shutdown.clone(),
     ));
-    server::serve(main_listener, gateway.main_service(), main_opts, shutdown).await;
+    let main_service = gateway.main_service();
+    let served = server::serve_threads(
+        main_listener,
+        move || main_service.with_own_pools(),
+        main_opts,
+        shutdown.clone(),
+    )
+    .await;
+    if let Err(e) = served {
+        eprintln!("error: cannot serve {main_addr}: {e}");
+        shutdown.trigger();
+        let _ = admin.await;
+        gateway.stop();
+        return ExitCode::FAILURE;
+    }
     let _ = admin.await;
     gateway.stop();
     tracing::info!("stopped");
+    // Access lines are written in batches; none may be lost on the way out.
+    crate::telemetry::flush();
     ExitCode::SUCCESS
 }
 

@@ -5,11 +5,20 @@
 //! `upstream_duration_seconds{upstream}`, `upstream_errors_total{upstream,kind}`,
 //! `logins_total{result}`, `lockouts_total{kind}`, `store_duration_seconds{op}`.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::Counter;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// How often histogram samples are folded into their summaries. Until then
+/// every sample is kept in memory (eight bytes per proxied request).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Installs the global recorder (once per process; later calls reuse it).
 pub fn install() -> Option<&'static PrometheusHandle> {
@@ -17,7 +26,24 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new().build_recorder();
             let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok().map(|_| handle)
+            let installed = metrics::set_global_recorder(recorder).ok().map(|_| handle);
+            if let Some(handle) = installed.clone() {
+                // `build_recorder` leaves upkeep to us: without it histogram
+                // samples pile up until someone scrapes /metrics. A plain thread,
+                // so it runs whatever runtimes come and go.
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-upkeep".into())
+                    .spawn(move || {
+                        loop {
+                            std::thread::sleep(UPKEEP_EVERY);
+                            handle.run_upkeep();
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
+                }
+            }
+            installed
         })
         .as_ref()
 }
@@ -27,10 +53,25 @@ pub fn render() -> String {
     install().map(|h| h.render()).unwrap_or_default()
 }
 
+thread_local! {
+    /// Counter handles by (decision, status), per thread: building a metric key
+    /// (label vector, status string, registry lookup) costs more than the
+    /// increment itself, and the set of label pairs is small.
+    static REQUESTS: RefCell<HashMap<(&'static str, u16), Counter>> = RefCell::new(HashMap::new());
+}
+
 /// Counts one request by decision and status.
 pub fn request(decision: &'static str, status: u16) {
-    metrics::counter!("portcullis_requests_total", "decision" => decision, "status" => status.to_string())
-        .increment(1);
+    REQUESTS.with(|cache| {
+        if let Ok(mut cache) = cache.try_borrow_mut() {
+            cache
+                .entry((decision, status))
+                .or_insert_with(|| {
+                    metrics::counter!("portcullis_requests_total", "decision" => decision, "status" => status.to_string())
+                })
+                .increment(1);
+        }
+    });
 }
 
 /// Counts one sign-in attempt by result (`success`, `failure`, `locked`, `busy`, `error`).

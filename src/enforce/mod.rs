@@ -238,7 +238,13 @@ where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
 {
     // The context first: deriving it may read a trusted proxy's X-Forwarded-For.
-    let Some(ctx) = e.context(&req) else {
+    // Taken rather than cloned (three strings per request); the arms that call
+    // the inner service put it back.
+    let Some(ctx) = req
+        .extensions_mut()
+        .remove::<RequestContext>()
+        .or_else(|| e.context(&req))
+    else {
         return with_access(
             ApiError::new(ErrorCode::E0000001)
                 .cause("missing or invalid Host")
@@ -303,6 +309,7 @@ where
 
     match decision {
         Decision::Bypass => {
+            req.extensions_mut().insert(ctx);
             let res = inner.call(req).await.unwrap_or_else(|never| match never {});
             with_access(res, "bypass", None)
         }

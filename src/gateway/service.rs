@@ -1,6 +1,7 @@
 //! The main listener's service: prepare each request, split portal from
 //! application traffic, enforce, proxy; then log one access line.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -10,8 +11,10 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::response::IntoResponse;
+use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::uri::PathAndQuery;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
 
 use super::AppState;
@@ -22,13 +25,25 @@ use crate::error::{ApiError, ErrorCode};
 use crate::policy::normalize::normalize;
 use crate::proxy::Proxy;
 
-/// The main listener's service.
+/// The response header carrying the request id.
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The main listener's service (cloned per connection and per request: one
+/// reference count).
 #[derive(Clone)]
 pub struct MainService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     state: Arc<AppState>,
     proxy: Proxy,
     protected: Mfa<Proxy>,
     portal: axum::Router,
+    /// The runtime this service was built on (the process's main runtime).
+    home: Option<tokio::runtime::Handle>,
+    /// Run portal requests on `home` rather than on the serving thread.
+    portal_at_home: bool,
 }
 
 impl MainService {
@@ -36,10 +51,45 @@ impl MainService {
         let protected = mfa.layer(proxy.clone());
         let portal = axum::Router::new().nest(&state.config.portal.prefix, portal);
         Self {
-            state,
-            proxy,
-            protected,
-            portal,
+            inner: Arc::new(Inner {
+                state,
+                proxy,
+                protected,
+                portal,
+                home: tokio::runtime::Handle::try_current().ok(),
+                portal_at_home: false,
+            }),
+        }
+    }
+
+    /// The same service with its own upstream connection pools, for a serving
+    /// thread of its own (see [`crate::server::serve_threads`]). Falls back to
+    /// sharing this service's pools if they cannot be built again.
+    ///
+    /// Portal requests (sign-in, factor and self-service APIs) are handed back to
+    /// the runtime this service was built on: their password hashing then shares
+    /// one blocking pool (argon2's 19 MiB buffers are kept by the allocator per
+    /// thread that ran them, so a pool per serving thread multiplies the memory
+    /// they hold), and their store connections stay on the runtime that opened
+    /// them. Proxied traffic stays on the serving thread.
+    pub fn with_own_pools(&self) -> Self {
+        let proxy = match self.inner.proxy.with_new_pools() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build per-thread upstream pools; sharing one");
+                return self.clone();
+            }
+        };
+        let mfa = MfaLayer::new(self.inner.state.enforcer.clone());
+        Self {
+            inner: Arc::new(Inner {
+                state: self.inner.state.clone(),
+                protected: mfa.layer(proxy.clone()),
+                proxy,
+                portal: self.inner.portal.clone(),
+                home: self.inner.home.clone(),
+                portal_at_home: self.inner.home.is_some(),
+            }),
         }
     }
 }
@@ -115,44 +165,50 @@ impl MainService {
             request_id = %request_id,
             method = %method,
             host = %host,
-            path = %path,
+            path = path.as_ref().map_or("", PathAndQuery::path),
             status,
             decision,
             user = info.user.as_deref().unwrap_or("-"),
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         );
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            res.headers_mut().insert("x-request-id", v);
+        // The id is alphanumeric: always a valid value, taken without a copy.
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(request_id)) {
+            res.headers_mut().insert(X_REQUEST_ID.clone(), v);
         }
         res
     }
 
-    /// Prepares and dispatches; returns the response and the host and path to log.
+    /// Prepares and dispatches; returns the response and the host and path to
+    /// log (the path shares the request's bytes: no copy per request).
     async fn route(
         &mut self,
         req: &mut Request<Body>,
         request_id: String,
-    ) -> (Response<Body>, String, String) {
-        let cfg = &self.state.config;
+    ) -> (Response<Body>, String, Option<PathAndQuery>) {
+        let inner = &*self.inner;
+        let cfg = &inner.state.config;
         let Some(conn) = req.extensions().get::<ConnInfo>().copied() else {
             // The server always inserts it; without it we cannot know the client.
             return (
                 ApiError::new(ErrorCode::E0000009).into_response(),
                 String::new(),
-                String::new(),
+                None,
             );
         };
         let Some((authority, host)) = prepare::authority(req.uri(), req.headers()) else {
-            return (
-                bad_request("missing or invalid Host"),
-                String::new(),
-                String::new(),
-            );
+            return (bad_request("missing or invalid Host"), String::new(), None);
         };
-        let path = match normalize(req.uri().path()) {
-            Ok(p) => p.into_owned(),
+        match normalize(req.uri().path()) {
+            Ok(Cow::Borrowed(_)) => {}
+            Ok(Cow::Owned(normal)) => match replace_path(req.uri(), &normal) {
+                Some(uri) => *req.uri_mut() = uri,
+                None => {
+                    let raw = req.uri().path_and_query().cloned();
+                    return (bad_request("invalid path"), host, raw);
+                }
+            },
             Err(e) => {
-                let raw = req.uri().path().to_owned();
+                let raw = req.uri().path_and_query().cloned();
                 let mut res = bad_request(&format!("invalid path: {e}"));
                 res.extensions_mut().insert(AccessInfo {
                     decision: "invalid",
@@ -160,13 +216,13 @@ impl MainService {
                 });
                 return (res, host, raw);
             }
-        };
-        if path != req.uri().path() {
-            match replace_path(req.uri(), &path) {
-                Some(uri) => *req.uri_mut() = uri,
-                None => return (bad_request("invalid path"), host, path),
-            }
         }
+        let path = req.uri().path();
+        let prefix = &cfg.portal.prefix;
+        let in_portal = path
+            .strip_prefix(prefix.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        let logged_path = req.uri().path_and_query().cloned();
         let ctx = RequestContext {
             peer_addr: conn.peer,
             client_addr: prepare::client_addr(conn.peer.ip(), req.headers(), &cfg.server.trusted_proxies),
@@ -177,47 +233,48 @@ impl MainService {
             request_id,
         };
         let req_owned = std::mem::take(req);
-        let prefix = &cfg.portal.prefix;
-        let in_portal = path
-            .strip_prefix(prefix.as_str())
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
         if in_portal {
             let mut r = req_owned;
             r.extensions_mut().insert(ctx);
-            let mut res = self
-                .portal
-                .clone()
-                .oneshot(r)
-                .await
-                .unwrap_or_else(|never| match never {});
+            let answer = inner.portal.clone().oneshot(r);
+            let mut res = match inner.home.as_ref().filter(|_| inner.portal_at_home) {
+                Some(home) => match home.spawn(answer).await {
+                    Ok(res) => res.unwrap_or_else(|never| match never {}),
+                    // The rescue around `handle` answers it like any other panic.
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    // The main runtime is going away: so is the process.
+                    Err(_) => ApiError::new(ErrorCode::E0000009).into_response(),
+                },
+                None => answer.await.unwrap_or_else(|never| match never {}),
+            };
             if res.extensions().get::<AccessInfo>().is_none() {
                 res.extensions_mut().insert(AccessInfo {
                     decision: "portal",
                     user: None,
                 });
             }
-            return (res, host, path);
+            return (res, host, logged_path);
         }
-        let Some(upstream) = self.proxy.select(&host) else {
+        let Some(upstream) = inner.proxy.select(&host) else {
             let mut res = (StatusCode::MISDIRECTED_REQUEST, "unknown host\n").into_response();
             res.extensions_mut().insert(AccessInfo {
                 decision: "misdirected",
                 user: None,
             });
-            return (res, host, path);
+            return (res, host, logged_path);
         };
         let mut r = req_owned;
         r.extensions_mut().insert(RequestContext {
             upstream: Some(upstream),
             ..ctx
         });
-        let res = self
+        let res = inner
             .protected
             .clone()
             .oneshot(r)
             .await
             .unwrap_or_else(|never| match never {});
-        (res, host, path)
+        (res, host, logged_path)
     }
 }
 

@@ -87,6 +87,8 @@ impl fmt::Debug for Proxy {
 }
 
 struct Inner {
+    /// What the proxy was built from, to build it again with fresh pools.
+    settings: ProxySettings,
     upstreams: Vec<Upstream>,
     /// The upstream with no `hosts`, if any.
     default: Option<usize>,
@@ -108,6 +110,9 @@ struct Upstream {
     preserve_host: bool,
     timeout: Duration,
     client: client::UpstreamClient,
+    /// `portcullis_upstream_duration_seconds{upstream}`, resolved once: looking
+    /// a metric up by name and labels on every request costs allocations.
+    duration: metrics::Histogram,
 }
 
 impl Upstream {
@@ -135,8 +140,10 @@ impl Upstream {
         };
         let authority_header = HeaderValue::from_str(&authority).map_err(|_| fail("invalid host"))?;
         let authority = Authority::try_from(authority).map_err(|_| fail("invalid host"))?;
+        let name = metrics::SharedString::from(Arc::<str>::from(config.name.as_str()));
         Ok(Self {
-            name: metrics::SharedString::from(Arc::<str>::from(config.name.as_str())),
+            duration: metrics::histogram!("portcullis_upstream_duration_seconds", "upstream" => name.clone()),
+            name,
             hosts: config.hosts.clone(),
             scheme,
             authority,
@@ -189,9 +196,12 @@ impl Inner {
         // hyper already answered `100-continue` to the client when the body was
         // first read; the upstream gets the body at once and no 417 surprises.
         h.remove(header::EXPECT);
-        let authority = HeaderValue::from_str(&ctx.authority)
-            .ok()
-            .filter(|a| !a.is_empty());
+        // Usually the client's own Host header: share its bytes instead of copying.
+        let authority = match h.get(header::HOST) {
+            Some(host) if host.as_bytes() == ctx.authority.as_bytes() => Some(host.clone()),
+            _ => HeaderValue::from_str(&ctx.authority).ok(),
+        }
+        .filter(|a| !a.is_empty());
         headers::set_forwarding(h, ctx.client_addr, ctx.scheme, authority.as_ref());
         if let Some(principal) = principal {
             headers::set_identity(h, &self.identity, principal);
@@ -209,7 +219,8 @@ impl Inner {
 }
 
 impl Proxy {
-    /// Builds the proxy and one pooled client per upstream.
+    /// Builds the proxy and one pooled client per upstream. Metric handles are
+    /// resolved here, so the metrics recorder must be installed first.
     pub fn new(settings: ProxySettings) -> Result<Self, ProxyError> {
         let upstreams = settings
             .upstreams
@@ -221,10 +232,17 @@ impl Proxy {
             inner: Arc::new(Inner {
                 upstreams,
                 default,
-                identity: settings.identity,
-                gateway_cookies: settings.gateway_cookies,
+                identity: settings.identity.clone(),
+                gateway_cookies: settings.gateway_cookies.clone(),
+                settings,
             }),
         })
+    }
+
+    /// The same proxy with its own, empty connection pools: one per serving
+    /// thread, so a thread's requests reuse connections driven by that thread.
+    pub fn with_new_pools(&self) -> Result<Self, ProxyError> {
+        Self::new(self.inner.settings.clone())
     }
 
     /// Index of the upstream serving `host` (lower-cased, no port): the one listing
@@ -321,8 +339,7 @@ impl Proxy {
                 );
             }
         };
-        metrics::histogram!("portcullis_upstream_duration_seconds", "upstream" => upstream.name.clone())
-            .record(started.elapsed().as_secs_f64());
+        upstream.duration.record(started.elapsed().as_secs_f64());
 
         let status = res.status();
         if status == StatusCode::SWITCHING_PROTOCOLS {

@@ -258,3 +258,195 @@ where
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
+
+/// How many threads serve the main listener: one per core.
+pub fn worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// Binds `addr` once per serving thread (see [`serve_threads`]). On Linux the
+/// sockets share the port with `SO_REUSEPORT`, so the kernel spreads new
+/// connections evenly over the threads (one socket shared by all lets the
+/// first thread to wake take a whole burst of connections). Elsewhere the
+/// threads share one socket.
+///
+/// The address behaves as with one socket: already in use is an error (a
+/// plain bind is tried first, so a second gateway cannot silently join the
+/// group), and port 0 picks one port for all. Call inside a tokio runtime.
+pub async fn bind_threads(addr: SocketAddr, threads: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let threads = threads.max(1);
+    #[cfg(target_os = "linux")]
+    {
+        let socket = |addr: SocketAddr| {
+            if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+        };
+        if addr.port() != 0 {
+            // Fails if anything listens there, reuse-port group or not.
+            let probe = socket(addr)?;
+            probe.set_reuseaddr(true)?;
+            probe.bind(addr)?;
+        }
+        let mut addr = addr;
+        let mut listeners = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let s = socket(addr)?;
+            s.set_reuseaddr(true)?;
+            s.set_reuseport(true)?;
+            s.bind(addr)?;
+            let listener = s.listen(1024)?;
+            addr = listener.local_addr()?;
+            listeners.push(listener.into_std()?);
+        }
+        Ok(listeners)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let first = TcpListener::bind(addr).await?.into_std()?;
+        let mut listeners = Vec::with_capacity(threads);
+        for _ in 1..threads {
+            listeners.push(first.try_clone()?);
+        }
+        listeners.push(first);
+        Ok(listeners)
+    }
+}
+
+/// Serves the listeners from [`bind_threads`], one per OS thread, each thread
+/// running its own single-threaded tokio runtime with its own service from
+/// `make_service` (called on that thread, so per-thread state such as
+/// upstream connection pools stays there). Returns once shutdown has drained
+/// every thread; an error when no thread could be started.
+///
+/// Why not one multi-threaded runtime: a proxied request wakes the client
+/// connection's task and the upstream connection's task in turn; on a
+/// work-stealing runtime these often sit on different workers, and every
+/// hand-over is a cross-thread wake-up (futex, context switch) plus contention
+/// on the shared upstream pool. Here a connection and everything it causes
+/// stay on one thread.
+pub async fn serve_threads<F, S>(
+    listeners: Vec<std::net::TcpListener>,
+    make_service: F,
+    opts: ListenerOptions,
+    shutdown: Shutdown,
+) -> std::io::Result<()>
+where
+    F: Fn() -> S + Send + Sync + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let make_service = Arc::new(make_service);
+    let mut running = Vec::with_capacity(listeners.len());
+    let mut last_error = None;
+    for (i, socket) in listeners.into_iter().enumerate() {
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let make_service = make_service.clone();
+        let opts = opts.clone();
+        let shutdown = shutdown.clone();
+        // A socket whose thread does not run is dropped with the closure, so the
+        // kernel stops handing it connections.
+        let spawned = std::thread::Builder::new()
+            .name(format!("portcullis-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a serving thread's runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => serve(listener, make_service(), opts, shutdown).await,
+                        Err(e) => tracing::error!(error = %e, "cannot register the listener"),
+                    }
+                });
+                // Connections still open after the drain are closed with the runtime.
+                drop(runtime);
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => running.push(finished),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a serving thread");
+                last_error = Some(e);
+            }
+        }
+    }
+    if running.is_empty() {
+        return Err(last_error.unwrap_or_else(|| std::io::Error::other("no listener to serve")));
+    }
+    for finished in running {
+        // An error means the thread ended early (logged there) or panicked.
+        let _ = finished.await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serving_threads_share_one_port_that_nobody_else_gets() {
+        let listeners = bind_threads("127.0.0.1:0".parse().unwrap(), 3).await.unwrap();
+        assert_eq!(listeners.len(), 3);
+        let addr = listeners[0].local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        for l in &listeners {
+            assert_eq!(l.local_addr().unwrap(), addr, "one port for every thread");
+        }
+        // A second gateway on the same address is refused, as with one socket.
+        let again = bind_threads(addr, 2).await;
+        assert_eq!(again.err().map(|e| e.kind()), Some(std::io::ErrorKind::AddrInUse));
+    }
+
+    #[tokio::test]
+    async fn every_thread_serves_until_shutdown() {
+        let listeners = bind_threads("127.0.0.1:0".parse().unwrap(), 2).await.unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let service = tower::service_fn(|_req: http::Request<Body>| async {
+            Ok::<_, Infallible>(http::Response::new(Body::from("hello")))
+        });
+        let opts = ListenerOptions {
+            tls: None,
+            header_read_timeout: Duration::from_secs(5),
+            max_header_bytes: 16384,
+            shutdown_timeout: Duration::from_secs(2),
+        };
+        let shutdown = Shutdown::new();
+        let served = tokio::spawn(serve_threads(listeners, move || service, opts, shutdown.clone()));
+        // Enough connections that both sockets get some.
+        for _ in 0..16 {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(
+                &mut stream,
+                b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let mut answer = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer)
+                .await
+                .unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            assert!(answer.ends_with("hello"), "{answer}");
+        }
+        shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("drained in time")
+            .unwrap()
+            .unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "the port is closed"
+        );
+    }
+}
