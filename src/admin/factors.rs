@@ -140,7 +140,8 @@ fn send_limit(st: &AppState, factor_type: &str) -> u32 {
     }
 }
 
-fn verify_error(e: VerifyError) -> Response {
+/// The answer to a refused code (the admin, self-service and authn APIs).
+pub(crate) fn verify_error(e: VerifyError) -> Response {
     match e {
         VerifyError::Invalid => ApiError::new(ErrorCode::E0000068).into_response(),
         VerifyError::Replayed => ApiError::new(ErrorCode::E0000082).into_response(),

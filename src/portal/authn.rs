@@ -50,6 +50,7 @@ use sha2::{Digest, Sha256};
 use super::Ctx;
 use super::api::{cross_site_guard, embedded_user, login_error};
 use super::login;
+use crate::admin::factors::verify_error;
 use crate::clock::{UnixTime, rfc3339};
 use crate::enforce::AccessInfo;
 use crate::error::{ApiError, ErrorCode};
@@ -790,16 +791,6 @@ pub(crate) async fn finish(st: &AppState, loaded: &Loaded) -> Result<(), Respons
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(ApiError::new(ErrorCode::E0000011).into_response()),
         Err(e) => Err(unavailable(e)),
-    }
-}
-
-fn verify_error(e: VerifyError) -> Response {
-    match e {
-        VerifyError::Invalid => ApiError::new(ErrorCode::E0000068).into_response(),
-        VerifyError::Replayed => ApiError::new(ErrorCode::E0000082).into_response(),
-        VerifyError::LockedRevealed => ApiError::new(ErrorCode::E0000069).into_response(),
-        VerifyError::NotActive => ApiError::new(ErrorCode::E0000154).into_response(),
-        VerifyError::Unavailable => ApiError::new(ErrorCode::E0000009).into_response(),
     }
 }
 
