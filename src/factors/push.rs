@@ -254,6 +254,40 @@ pub async fn register_device(st: &AppState, reg: &DeviceRegistration) -> Result<
     Ok(active)
 }
 
+/// Stores a new `WAITING` push transaction of `factor_id` of `user_id`,
+/// started `now`: its id, expiry and number to pick.
+async fn new_tx(
+    st: &AppState,
+    user_id: &str,
+    factor_id: &str,
+    now: UnixTime,
+) -> Result<(String, UnixTime, u8), StoreError> {
+    let ttl = i64::try_from(st.config.factors.push.ttl.as_secs()).unwrap_or(i64::MAX / 4);
+    let expires = now + ttl;
+    let number: u8 = rand::rng().random_range(10..=99);
+    let tid = format!("ptx{}", crate::crypto::random_id(29));
+    let tx = PushTx {
+        factor_id: factor_id.to_owned(),
+        number,
+        status: "WAITING".into(),
+        expires,
+        expires_at: rfc3339(expires),
+        created: now,
+        reason: None,
+    };
+    st.store
+        .put_transaction(&TransactionRecord {
+            id: tid.clone(),
+            kind: KIND.into(),
+            user_id: user_id.to_owned(),
+            data: serde_json::to_value(&tx).unwrap_or(Value::Null),
+            version: 0,
+            expires_at: expires + KEEP_AFTER,
+        })
+        .await?;
+    Ok((tid, expires, number))
+}
+
 /// Starts a push: a transaction and a message through the relay.
 pub async fn challenge(
     st: &AppState,
@@ -281,28 +315,7 @@ pub async fn challenge(
         return Err(ChallengeError::RateLimited(reset));
     }
     let now = st.clock.now();
-    let ttl = i64::try_from(cfg.ttl.as_secs()).unwrap_or(i64::MAX / 4);
-    let expires = now + ttl;
-    let number: u8 = rand::rng().random_range(10..=99);
-    let tid = format!("ptx{}", crate::crypto::random_id(29));
-    let tx = PushTx {
-        factor_id: factor.record.id.clone(),
-        number,
-        status: "WAITING".into(),
-        expires,
-        expires_at: rfc3339(expires),
-        created: now,
-        reason: None,
-    };
-    st.store
-        .put_transaction(&TransactionRecord {
-            id: tid.clone(),
-            kind: KIND.into(),
-            user_id: user.id.clone(),
-            data: serde_json::to_value(&tx).unwrap_or(Value::Null),
-            version: 0,
-            expires_at: expires + KEEP_AFTER,
-        })
+    let (tid, expires, number) = new_tx(st, &user.id, &factor.record.id, now)
         .await
         .map_err(unavailable)?;
     let app = super::otp::app_name(st, Some(&ctx.app_host));
@@ -451,30 +464,7 @@ pub async fn decoy(st: &AppState, user_id: &str, factor_id: &str) -> Result<Chal
         return Err(ChallengeError::RateLimited(reset));
     }
     let now = st.clock.now();
-    let ttl = i64::try_from(st.config.factors.push.ttl.as_secs()).unwrap_or(i64::MAX / 4);
-    let expires = now + ttl;
-    let number: u8 = rand::rng().random_range(10..=99);
-    let tid = format!("ptx{}", crate::crypto::random_id(29));
-    let tx = PushTx {
-        factor_id: factor_id.to_owned(),
-        number,
-        status: "WAITING".into(),
-        expires,
-        expires_at: rfc3339(expires),
-        created: now,
-        reason: None,
-    };
-    st.store
-        .put_transaction(&TransactionRecord {
-            id: tid.clone(),
-            kind: KIND.into(),
-            user_id: user_id.to_owned(),
-            data: serde_json::to_value(&tx).unwrap_or(Value::Null),
-            version: 0,
-            expires_at: expires + KEEP_AFTER,
-        })
-        .await
-        .map_err(unavailable)?;
+    let (tid, expires, number) = new_tx(st, user_id, factor_id, now).await.map_err(unavailable)?;
     Ok(Challenge::Push {
         transaction_id: tid,
         expires_at: expires,
