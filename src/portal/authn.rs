@@ -865,16 +865,20 @@ pub(crate) async fn decoy_verify(
     addr: std::net::IpAddr,
 ) -> Result<(), VerifyError> {
     let uid = &loaded.record.user_id;
-    if st.regulator.user_locked(uid).await?.is_some() {
-        return Err(if st.config.regulation.reveal_lockout {
-            VerifyError::LockedRevealed
-        } else {
-            VerifyError::Invalid
-        });
-    }
-    crate::audit!("factor.verify.failed", user = %loaded.state.login, client = %addr, reason = "invalid");
-    st.regulator.factor_failed(uid, addr).await?;
-    Err(VerifyError::Invalid)
+    // Decoys only exist in passwordless sign-ins: a first factor.
+    crate::regulation::as_first_factor(true, async {
+        if st.regulator.possession_blocked(uid, addr).await? {
+            return Err(if st.config.regulation.reveal_lockout {
+                VerifyError::LockedRevealed
+            } else {
+                VerifyError::Invalid
+            });
+        }
+        crate::audit!("factor.verify.failed", user = %loaded.state.login, client = %addr, reason = "invalid");
+        st.regulator.possession_failed(uid, addr).await?;
+        Err(VerifyError::Invalid)
+    })
+    .await
 }
 
 /// Completes the transaction after a verified factor: level 2 after a
@@ -1107,7 +1111,14 @@ pub async fn verify(
                         .unwrap_or(VerifyError::Invalid),
                 );
             }
-            if let Err(e) = factors::verify_totp(&st, &user, &factor, &code, addr, false).await {
+            // In a passwordless sign-in the code is the first factor: its
+            // failures count like passwords (strangers cannot lock the user).
+            let verified = crate::regulation::as_first_factor(
+                loaded.state.passwordless,
+                factors::verify_totp(&st, &user, &factor, &code, addr, false),
+            )
+            .await;
+            if let Err(e) = verified {
                 return verify_error(e);
             }
             complete(&st, &loaded, "otp").await
@@ -1429,12 +1440,32 @@ pub struct SessionQuery {
 
 /// `GET {prefix}/session?token=...&rd=...`: exchanges a one-time sessionToken
 /// for the session cookie and redirects.
-pub async fn exchange(State(st): State<Arc<AppState>>, ctx: Ctx, Query(q): Query<SessionQuery>) -> Response {
+pub async fn exchange(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Query(q): Query<SessionQuery>,
+) -> Response {
     let rd = super::redirect::safe_target(
         q.rd.as_deref(),
         &ctx.0.host,
         &st.config.portal.allowed_redirect_hosts,
     );
+    // Login CSRF: a link from another site must not sign the browser in to
+    // an account whose token the linking site obtained. Hand-offs come from
+    // the app's own site (same-origin or same-site navigations) or a typed URL.
+    if headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("cross-site") {
+        let mut res = super::html(
+            StatusCode::FORBIDDEN,
+            super::pages::message_page(
+                "Sign-in link refused",
+                "This sign-in link was opened from another site. Sign in here instead.",
+            ),
+        );
+        res.headers_mut()
+            .insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        return res;
+    }
     let now = st.clock.now();
     let taken = match q.token.filter(|t| !t.is_empty()) {
         Some(t) => st.store.take_transaction(SESSION_TOKEN, &token_id(&t), now).await,

@@ -32,11 +32,17 @@ fn users_dir() -> &'static tempfile::TempDir {
 }
 
 async fn start(extra: &str) -> TestGateway {
+    start_with_users("", extra).await
+}
+
+/// Like [`start`], with more keys for the `[users]` table.
+async fn start_with_users(users_extra: &str, extra: &str) -> TestGateway {
     let users = users_dir().path().join("users.toml");
     TestGateway::start(&format!(
         r#"
 [users]
 file = {users}
+{users_extra}
 
 [factors.totp]
 enabled = true
@@ -251,6 +257,16 @@ async fn the_api_flow_uses_the_provisioned_factor() {
     // The transaction is over: its stateToken is spent.
     let res = send(code(&gw)).await.unwrap();
     assert_eq!(res.status(), 401);
+    // A link opened from another site is refused (login CSRF) and does not
+    // spend the token.
+    let res = client
+        .get(gw.url(&format!("/_portcullis/session?token={token}&rd=/secure/")))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert!(set_cookie(&res, "portcullis_session").is_none());
     // The sessionToken hands the session to a browser once.
     let res = client
         .get(gw.url(&format!("/_portcullis/session?token={token}&rd=/secure/")))
@@ -311,4 +327,69 @@ async fn reloading_the_enrollment_page_resumes_the_same_pending_factor() {
         .await
         .unwrap();
     assert_ne!(secret_of(&first), secret_of(&later));
+}
+
+/// Found in review: with passwordless sign-in on, anyone who knows a login
+/// could lock that user out with a few wrong codes. A passwordless code is a
+/// first factor: its failures block only the (user, address) pair.
+#[tokio::test]
+async fn wrong_passwordless_codes_do_not_lock_the_user() {
+    let gw = start_with_users(
+        "passwordless = true\npasswordless_factors = [\"token:software:totp\"]",
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    )
+    .await;
+    let client = gw.client();
+    // The stranger and carol come through a trusted proxy, from two addresses.
+    let from = |addr: &'static str, path: &str, body: serde_json::Value| {
+        client
+            .post(gw.url(path))
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", addr)
+            .body(body.to_string())
+            .send()
+    };
+    const STRANGER: &str = "192.0.2.66";
+    for _ in 0..5 {
+        let res = from(
+            STRANGER,
+            "/_portcullis/api/v1/authn",
+            serde_json::json!({ "username": "carol" }),
+        )
+        .await
+        .unwrap();
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["status"], "MFA_REQUIRED", "{body}");
+        let fid = body["_embedded"]["factors"][0]["id"].as_str().unwrap().to_owned();
+        let res = from(
+            STRANGER,
+            &format!("/_portcullis/api/v1/authn/factors/{fid}/verify"),
+            serde_json::json!({ "stateToken": body["stateToken"], "passCode": "000000" }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status(), 403);
+    }
+    let uid = TestGateway::uid("carol");
+    assert!(
+        gw.gateway
+            .state()
+            .regulator
+            .user_locked(&uid)
+            .await
+            .unwrap()
+            .is_none(),
+        "carol is not locked"
+    );
+    let password = serde_json::json!({ "username": "carol", "password": PASSWORD });
+    // From the stranger's address the (carol, address) pair is blocked...
+    let res = from(STRANGER, "/_portcullis/api/v1/authn", password.clone())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    // ...while carol, from her own address, signs in with her password.
+    let res = from("198.51.100.7", "/_portcullis/api/v1/authn", password)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
 }
