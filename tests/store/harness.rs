@@ -237,42 +237,49 @@ pub enum Failure {
 
 impl Gateway {
     /// Starts `portcullis serve` and waits until both listeners answer.
+    /// Ports are picked free and released before the process binds them, so
+    /// another process can take one in between: then it starts again on
+    /// fresh ports.
     pub async fn start(cfg: &GatewayConfig, name: &str) -> Gateway {
-        let (main, admin) = (free_port(), free_port());
-        let config = cfg.write(main, admin);
-        let log = cfg.dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = portcullis(&["serve", "--config", config.to_str().unwrap()])
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        let gw = Gateway {
-            child: Mutex::new(child),
-            name: name.to_owned(),
-            main: SocketAddr::from(([127, 0, 0, 1], main)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
-            log,
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(15))
-                .no_proxy()
-                .build()
-                .unwrap(),
-        };
-        gw.wait_listening().await;
-        gw
+        for attempt in 1..=5 {
+            let (main, admin) = (free_port(), free_port());
+            let config = cfg.write(main, admin);
+            let log = cfg.dir.join(format!("{name}.log"));
+            let out = std::fs::File::create(&log).unwrap();
+            let child = portcullis(&["serve", "--config", config.to_str().unwrap()])
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .unwrap();
+            let gw = Gateway {
+                child: Mutex::new(child),
+                name: name.to_owned(),
+                main: SocketAddr::from(([127, 0, 0, 1], main)),
+                admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+                log,
+                client: reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .timeout(Duration::from_secs(15))
+                    .no_proxy()
+                    .build()
+                    .unwrap(),
+            };
+            match gw.wait_listening().await {
+                Ok(()) => return gw,
+                Err(log) if log.contains("Address already in use") && attempt < 5 => continue,
+                Err(log) => panic!("{name} exited at start:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
-    async fn wait_listening(&self) {
+    /// Waits until both listeners answer; `Err` with the log when the process
+    /// exited at start.
+    async fn wait_listening(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(Some(status)) = self.child.lock().unwrap().try_wait() {
-                panic!(
-                    "{} exited with {status} at start:\n{}",
-                    self.name,
-                    self.log_text()
-                );
+            if let Ok(Some(_)) = self.child.lock().unwrap().try_wait() {
+                return Err(self.log_text());
             }
             let main = self.get(&format!("{PREFIX}/healthz"), None).await;
             let admin = self
@@ -282,7 +289,7 @@ impl Gateway {
                 .await
                 .map(|r| r.status().as_u16());
             if matches!((&main, &admin), (Ok((200, _)), Ok(200))) {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
