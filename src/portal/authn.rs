@@ -488,6 +488,9 @@ pub async fn authn(
     };
     let Some(password) = req.password else {
         if st.config.users.passwordless {
+            if let Err(refused) = admit_passwordless(&st, &username, ctx.0.client_addr) {
+                return refused.api_error(&st).into_response();
+            }
             return match begin_passwordless(&st, &username).await {
                 Ok(started) => {
                     let listed: Vec<Value> = started
@@ -605,19 +608,59 @@ pub(crate) struct Started {
     pub(crate) factors: Vec<Factor>,
 }
 
-/// Begins a passwordless sign-in for `login` (real or decoy; see the module docs).
+/// Why an unauthenticated passwordless sign-in was not begun.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The login is longer than [`login::MAX_LOGIN_LEN`]: nobody has it.
+    TooLong,
+    /// This address opened too many transactions this minute.
+    Limited(crate::limits::RateInfo),
+}
+
+impl Refused {
+    /// The API's answer: the generic 401 E0000004, or 429 E0000047 with the
+    /// `Date` and `X-Rate-Limit-*` headers.
+    pub(crate) fn api_error(self, st: &AppState) -> ApiError {
+        match self {
+            Refused::TooLong => ApiError::new(ErrorCode::E0000004),
+            Refused::Limited(r) => ApiError::rate_limited(r.limit, r.reset, st.clock.now()),
+        }
+    }
+}
+
+/// Whether an unauthenticated passwordless transaction for `login` may be
+/// begun from `addr`: at most `regulation.max_transactions_per_ip_per_minute`
+/// per address (decoys included), and never for a login no user can have
+/// (it would be stored, echoed and logged).
+pub(crate) fn admit_passwordless(st: &AppState, login: &str, addr: std::net::IpAddr) -> Result<(), Refused> {
+    if let Err(r) = st.regulator.transaction_admitted(addr) {
+        crate::metrics::login("rate_limited");
+        crate::audit!("signin.passwordless.limited", client = %addr);
+        return Err(Refused::Limited(r));
+    }
+    if login.trim().len() > login::MAX_LOGIN_LEN {
+        crate::metrics::login("failure");
+        crate::audit!("signin.passwordless.refused", client = %addr, reason = "login too long");
+        return Err(Refused::TooLong);
+    }
+    Ok(())
+}
+
+/// Begins a passwordless sign-in for `login` (real or decoy; see the module
+/// docs). Callers check [`admit_passwordless`] first.
 pub(crate) async fn begin_passwordless(st: &AppState, login: &str) -> Result<Started, Response> {
     let login = login.trim();
-    let known = if login.len() > login::MAX_LOGIN_LEN {
-        None
-    } else {
-        st.enforcer
-            .users
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_login(login)
-            .cloned()
-    };
+    if login.len() > login::MAX_LOGIN_LEN {
+        // Never stored, echoed or logged.
+        return Err(ApiError::new(ErrorCode::E0000004).into_response());
+    }
+    let known = st
+        .enforcer
+        .users
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .by_login(login)
+        .cloned();
     let now = st.clock.now();
     let mut state = AuthnState {
         status: "MFA_REQUIRED".into(),
