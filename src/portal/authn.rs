@@ -488,9 +488,10 @@ pub async fn authn(
     };
     let Some(password) = req.password else {
         if st.config.users.passwordless {
-            if let Err(refused) = admit_passwordless(&st, &username, ctx.0.client_addr) {
-                return refused.api_error(&st).into_response();
-            }
+            let rate = match admit_passwordless(&st, &username, ctx.0.client_addr) {
+                Ok(rate) => rate,
+                Err(refused) => return refused.api_error(&st).into_response(),
+            };
             return match begin_passwordless(&st, &username).await {
                 Ok(started) => {
                     let listed: Vec<Value> = started
@@ -498,14 +499,16 @@ pub async fn authn(
                         .iter()
                         .map(|f| passwordless_factor_json(&st, f, &started.state.login))
                         .collect();
-                    json_response(state_answer(
+                    let mut res = json_response(state_answer(
                         &st,
                         &started.token,
                         &started.state,
                         started.expires,
                         &started.user,
                         listed,
-                    ))
+                    ));
+                    rate_headers(res.headers_mut(), rate);
+                    res
                 }
                 Err(r) => r,
             };
@@ -632,18 +635,37 @@ impl Refused {
 /// begun from `addr`: at most `regulation.max_transactions_per_ip_per_minute`
 /// per address (decoys included), and never for a login no user can have
 /// (it would be stored, echoed and logged).
-pub(crate) fn admit_passwordless(st: &AppState, login: &str, addr: std::net::IpAddr) -> Result<(), Refused> {
-    if let Err(r) = st.regulator.transaction_admitted(addr) {
-        crate::metrics::login("rate_limited");
-        crate::audit!("signin.passwordless.limited", client = %addr);
-        return Err(Refused::Limited(r));
-    }
+pub(crate) fn admit_passwordless(
+    st: &AppState,
+    login: &str,
+    addr: std::net::IpAddr,
+) -> Result<crate::limits::RateInfo, Refused> {
+    let rate = match st.regulator.transaction_admitted(addr) {
+        Ok(rate) => rate,
+        Err(r) => {
+            crate::metrics::login("rate_limited");
+            crate::audit!("signin.passwordless.limited", client = %addr);
+            return Err(Refused::Limited(r));
+        }
+    };
     if login.trim().len() > login::MAX_LOGIN_LEN {
         crate::metrics::login("failure");
         crate::audit!("signin.passwordless.refused", client = %addr, reason = "login too long");
         return Err(Refused::TooLong);
     }
-    Ok(())
+    Ok(rate)
+}
+
+/// The `X-Rate-Limit-*` headers Okta sends on every answer, so clients can
+/// slow down before they are refused.
+fn rate_headers(h: &mut HeaderMap, rate: crate::limits::RateInfo) {
+    for (name, value) in [
+        ("x-rate-limit-limit", i64::from(rate.limit)),
+        ("x-rate-limit-remaining", i64::from(rate.remaining)),
+        ("x-rate-limit-reset", rate.reset),
+    ] {
+        h.insert(header::HeaderName::from_static(name), HeaderValue::from(value));
+    }
 }
 
 /// Begins a passwordless sign-in for `login` (real or decoy; see the module

@@ -144,7 +144,7 @@ pub async fn start(
         return mfa::with_csrf(html(StatusCode::BAD_REQUEST, page), set);
     }
     match authn::admit_passwordless(st, username, addr) {
-        Ok(()) => {}
+        Ok(_) => {}
         Err(authn::Refused::TooLong) => {
             let page = username_page(
                 st,

@@ -231,6 +231,11 @@ async fn passwordless_transactions_are_limited_per_address() {
         };
         let res = post_json(&gw, "192.0.2.10", json!({ "username": login }).to_string()).await;
         assert_eq!(res.status(), 200, "transaction {i}");
+        let left = res.headers()["x-rate-limit-remaining"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(left, (LIMIT - 1 - i).to_string());
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["status"], "MFA_REQUIRED");
     }
