@@ -7,11 +7,26 @@
 //! together), and one address at `max_failures_per_ip` (IPv6 counted per /64).
 //! Wrong second-factor codes lock the user at `max_factor_failures`. All
 //! counts and locks live in the store, so replicas share them.
+//!
+//! Only attempts that were actually checked count toward the user's lock: an
+//! attempt refused because its (user, address) pair or its address is
+//! already blocked (or the user already locked) is counted for the pair and
+//! the address, never for the user, so one address alone can never lock a
+//! user out for everyone. Every failure path makes the same number of store
+//! writes, so refused, unknown and wrong answers take as long.
+//!
+//! Counter keys are bounded: a user is counted under their id, a login that
+//! names no user under a keyed hash of fixed length
+//! ([`Regulator::anonymous_subject`]), an address under its bucket.
 
 use std::net::IpAddr;
 
+use std::sync::Arc;
+
 use crate::clock::{SharedClock, UnixTime};
 use crate::config::RegulationConfig;
+use crate::limits::{AddressLimiter, RateInfo};
+use crate::secret::Secret;
 use crate::store::{CounterKey, SharedStore, StoreResult};
 
 tokio::task_local! {
@@ -43,6 +58,10 @@ pub struct Regulator {
     store: SharedStore,
     cfg: RegulationConfig,
     clock: SharedClock,
+    /// Keys the hash that unknown logins are counted under.
+    subject_key: Secret,
+    /// Unauthenticated sign-in transactions per address (this process).
+    transactions: Arc<AddressLimiter>,
 }
 
 /// Whether a sign-in attempt may be checked at all.
@@ -80,11 +99,49 @@ fn pair_key(subject: &str, bucket: &str) -> String {
 fn ip_key(bucket: &str) -> String {
     format!("ip:{bucket}")
 }
+/// The user-wide count of checked wrong passwords (it locks the user).
+fn user_count_key(subject: &str) -> String {
+    format!("pwuser:{subject}")
+}
+/// Where refused attempts are written instead, so that a refused attempt
+/// costs the same store writes as a checked one but never locks the user.
+fn refused_key(subject: &str) -> String {
+    format!("pwrefused:{subject}")
+}
 
 impl Regulator {
     /// A regulator over `store`.
     pub fn new(store: SharedStore, cfg: RegulationConfig, clock: SharedClock) -> Self {
-        Self { store, cfg, clock }
+        let transactions = Arc::new(AddressLimiter::new(cfg.max_transactions_per_ip_per_minute));
+        Self {
+            store,
+            cfg,
+            clock,
+            subject_key: Secret::default(),
+            transactions,
+        }
+    }
+
+    /// Sets the key of [`Self::anonymous_subject`]. Replicas sharing a store
+    /// must share it (the gateway derives it from the first session secret).
+    pub fn with_subject_key(mut self, key: Secret) -> Self {
+        self.subject_key = key;
+        self
+    }
+
+    /// What a login that names no user is counted under: a keyed hash of
+    /// fixed length of the case-folded login, so an attacker-chosen login of
+    /// any length never becomes part of a stored key.
+    pub fn anonymous_subject(&self, login: &str) -> String {
+        let mac = crate::crypto::hmac_sha256(self.subject_key.expose(), login.to_lowercase().as_bytes());
+        format!("h:{}", hex::encode(&mac[..16]))
+    }
+
+    /// Admits one unauthenticated sign-in transaction from `addr` (at most
+    /// `max_transactions_per_ip_per_minute` per address bucket and minute,
+    /// counted in this process). `Err` says when the window ends.
+    pub fn transaction_admitted(&self, addr: IpAddr) -> Result<RateInfo, RateInfo> {
+        self.transactions.check(addr, self.clock.now())
     }
 
     fn secs(d: std::time::Duration) -> i64 {
@@ -119,22 +176,39 @@ impl Regulator {
         })
     }
 
-    /// Counts a failed password attempt; returns true if it locked the user.
+    /// Counts a checked, failed password attempt (it was not blocked);
+    /// returns true if it locked the user.
     pub async fn password_failed(
         &self,
         user_id: Option<&str>,
         subject: &str,
         addr: IpAddr,
     ) -> StoreResult<bool> {
-        self.count_password_failure(user_id, subject, addr, true).await
+        self.count_password_failure(user_id, subject, addr, Blocked::No)
+            .await
     }
 
-    /// Counts a password attempt refused because the user is locked, with the
-    /// same store writes as [`Self::password_failed`] (so the answer takes as
-    /// long) but taking no new lock: attempts against a locked user must not
-    /// keep extending the lockout.
-    pub async fn password_refused_while_locked(&self, user_id: &str, addr: IpAddr) -> StoreResult<()> {
-        self.count_password_failure(Some(user_id), user_id, addr, false)
+    /// Counts a password attempt refused because of `why` (what
+    /// [`Self::password_blocked`] answered), with the same store writes as
+    /// [`Self::password_failed`] so the answer takes as long. It counts for
+    /// the (user, address) pair and the address (a blocked client keeps
+    /// itself blocked), never toward the user's lock: one address alone
+    /// cannot lock a user out, and attempts against a locked user do not
+    /// extend the lockout.
+    pub async fn password_refused(
+        &self,
+        user_id: Option<&str>,
+        subject: &str,
+        addr: IpAddr,
+        why: Blocked,
+    ) -> StoreResult<()> {
+        let why = if why == Blocked::No {
+            // Refused for another reason: still never toward the user.
+            Blocked::Client(self.clock.now())
+        } else {
+            why
+        };
+        self.count_password_failure(user_id, subject, addr, why)
             .await
             .map(|_| ())
     }
@@ -144,7 +218,7 @@ impl Regulator {
         user_id: Option<&str>,
         subject: &str,
         addr: IpAddr,
-        lock: bool,
+        blocked: Blocked,
     ) -> StoreResult<bool> {
         let now = self.clock.now();
         let window = Self::secs(self.cfg.window);
@@ -154,20 +228,34 @@ impl Regulator {
             Some(uid) => CounterKey::for_user(k, uid),
             None => CounterKey::anonymous(k),
         };
+        // A locked user takes no new lock of any kind; a blocked client may
+        // extend its own block.
+        let lock_client = !matches!(blocked, Blocked::User(_));
         let pair = tie(pair_key(subject, &bucket));
-        if self.store.record_failure(&pair, window, now).await? >= self.cfg.max_password_failures && lock {
+        if self.store.record_failure(&pair, window, now).await? >= self.cfg.max_password_failures
+            && lock_client
+        {
             self.store.lock(&pair, until).await?;
         }
         let ip = CounterKey::anonymous(ip_key(&bucket));
-        if self.store.record_failure(&ip, window, now).await? >= self.cfg.max_failures_per_ip && lock {
+        if self.store.record_failure(&ip, window, now).await? >= self.cfg.max_failures_per_ip && lock_client {
             self.store.lock(&ip, until).await?;
         }
         // Unknown logins get the same per-user write as real users, so the
-        // answer's timing does not tell whether the login exists.
-        let user = tie(format!("pwuser:{}", user_id.unwrap_or(subject)));
-        let count = self.store.record_failure(&user, window, now).await?;
+        // answer's timing does not tell whether the login exists; refused
+        // attempts write to a key that locks nobody.
+        let subject = user_id.unwrap_or(subject);
+        if blocked != Blocked::No {
+            self.store
+                .record_failure(&tie(refused_key(subject)), window, now)
+                .await?;
+            return Ok(false);
+        }
+        let count = self
+            .store
+            .record_failure(&tie(user_count_key(subject)), window, now)
+            .await?;
         if let Some(uid) = user_id
-            && lock
             && count >= self.cfg.max_password_failures_per_user
         {
             self.store
@@ -215,9 +303,18 @@ impl Regulator {
     /// Whether a possession-factor attempt by `uid` from `addr` is blocked:
     /// the user's lock for a second factor; as a first factor (see
     /// [`as_first_factor`]) also the (user, address) pair and address blocks.
+    ///
+    /// A refused first-factor attempt is counted here (like a refused
+    /// password: for the pair and the address, never toward the user), so
+    /// that it costs the same store writes as a wrong code.
     pub async fn possession_blocked(&self, uid: &str, addr: IpAddr) -> StoreResult<bool> {
         if counting_first_factor() {
-            return Ok(self.password_blocked(Some(uid), uid, addr).await? != Blocked::No);
+            let why = self.password_blocked(Some(uid), uid, addr).await?;
+            if why == Blocked::No {
+                return Ok(false);
+            }
+            self.password_refused(Some(uid), uid, addr, why).await?;
+            return Ok(true);
         }
         Ok(self.user_locked(uid).await?.is_some())
     }
@@ -253,6 +350,7 @@ mod tests {
             max_password_failures: 3,
             max_password_failures_per_user: 6,
             max_failures_per_ip: 10,
+            max_transactions_per_ip_per_minute: 5,
             window: Duration::from_secs(300),
             lockout: Duration::from_secs(900),
             reveal_lockout: false,
@@ -387,7 +485,7 @@ mod tests {
             panic!("locked")
         };
         clock.advance(600);
-        r.password_refused_while_locked("u1", ip("198.51.100.1"))
+        r.password_refused(Some("u1"), "u1", ip("198.51.100.1"), Blocked::User(until))
             .await
             .unwrap();
         assert_eq!(
@@ -433,6 +531,114 @@ mod tests {
             r.possession_failed("u2", ip("192.0.2.1")).await.unwrap();
         }
         assert!(r.user_locked("u2").await.unwrap().is_some());
+    }
+
+    /// What the sign-in paths do: check, then count as failed or refused.
+    async fn wrong_password(r: &Regulator, uid: &str, from: &str) -> Blocked {
+        let addr = ip(from);
+        let why = r.password_blocked(Some(uid), uid, addr).await.unwrap();
+        if why == Blocked::No {
+            r.password_failed(Some(uid), uid, addr).await.unwrap();
+        } else {
+            r.password_refused(Some(uid), uid, addr, why).await.unwrap();
+        }
+        why
+    }
+
+    #[tokio::test]
+    async fn one_address_alone_never_locks_the_user() {
+        let clock = ManualClock::new(0);
+        let r = regulator(&clock);
+        // Far more than the per-user limit (6), from one address, and again
+        // after every lockout ends.
+        for round in 0..3 {
+            for _ in 0..60 {
+                wrong_password(&r, "u1", "192.0.2.66").await;
+            }
+            assert!(
+                matches!(
+                    r.password_blocked(Some("u1"), "u1", ip("192.0.2.66"))
+                        .await
+                        .unwrap(),
+                    Blocked::Client(_)
+                ),
+                "round {round}: the attacker's pair stays blocked"
+            );
+            assert!(r.user_locked("u1").await.unwrap().is_none(), "round {round}");
+            assert_eq!(
+                r.password_blocked(Some("u1"), "u1", ip("198.51.100.7"))
+                    .await
+                    .unwrap(),
+                Blocked::No,
+                "round {round}: the user signs in from elsewhere"
+            );
+            clock.advance(901);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_noisy_address_adds_nothing_once_blocked() {
+        let clock = ManualClock::new(0);
+        let r = regulator(&clock);
+        // Three checked failures from .1 block that pair; more from .1 are refused.
+        for _ in 0..20 {
+            wrong_password(&r, "u1", "192.0.2.1").await;
+        }
+        // Two checked failures elsewhere: 5 checked in all, below 6.
+        for from in ["192.0.2.2", "192.0.2.3"] {
+            assert_eq!(wrong_password(&r, "u1", from).await, Blocked::No);
+        }
+        assert!(r.user_locked("u1").await.unwrap().is_none());
+        // The sixth checked failure locks the user everywhere.
+        assert_eq!(wrong_password(&r, "u1", "192.0.2.4").await, Blocked::No);
+        assert!(r.user_locked("u1").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn distributed_guessing_still_locks() {
+        let clock = ManualClock::new(0);
+        let r = regulator(&clock);
+        for i in 0..6 {
+            assert_eq!(
+                wrong_password(&r, "u1", &format!("203.0.113.{i}")).await,
+                Blocked::No
+            );
+        }
+        assert!(r.user_locked("u1").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn refused_first_factor_attempts_do_not_count_toward_the_user() {
+        let clock = ManualClock::new(0);
+        let r = regulator(&clock);
+        // Passwordless codes from one address: after 3 the pair is blocked,
+        // and the refused ones never reach the user's count.
+        for _ in 0..30 {
+            as_first_factor(true, async {
+                if !r.possession_blocked("u1", ip("192.0.2.1")).await.unwrap() {
+                    r.possession_failed("u1", ip("192.0.2.1")).await.unwrap();
+                }
+            })
+            .await;
+        }
+        for from in ["192.0.2.2", "192.0.2.3"] {
+            assert_eq!(wrong_password(&r, "u1", from).await, Blocked::No);
+        }
+        assert!(r.user_locked("u1").await.unwrap().is_none());
+    }
+
+    #[test]
+    fn unknown_logins_are_counted_under_a_keyed_hash() {
+        let clock = ManualClock::new(0);
+        let r = regulator(&clock).with_subject_key(Secret::new("k1"));
+        let huge = "x".repeat(1_500_000);
+        let h = r.anonymous_subject(&huge);
+        assert_eq!(h.len(), 34, "{h}");
+        assert!(!h.contains("xxxx"));
+        assert_eq!(r.anonymous_subject("Nobody"), r.anonymous_subject("nobody"));
+        assert_ne!(r.anonymous_subject("nobody"), r.anonymous_subject("nobody2"));
+        let other = regulator(&clock).with_subject_key(Secret::new("k2"));
+        assert_ne!(r.anonymous_subject("nobody"), other.anonymous_subject("nobody"));
     }
 
     #[test]

@@ -10,6 +10,8 @@ mod support;
 mod cli;
 #[path = "gateway/differential.rs"]
 mod differential;
+#[path = "gateway/flood.rs"]
+mod flood;
 #[path = "gateway/listeners.rs"]
 mod listeners;
 #[path = "gateway/login.rs"]

@@ -228,9 +228,10 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     for route in ROUTES {
         router = router.route(route.path, handler(route.op, route.verb.filter()));
     }
-    router
+    let router = router
         .fallback(|| async { ApiError::new(ErrorCode::E0000007).into_response() })
-        .with_state(state)
+        .with_state(state);
+    crate::limits::body_limit(router, crate::limits::ADMIN_BODY_LIMIT)
 }
 
 /// The index of the admin token presented (`SSWS <t>` or `Bearer <t>`), if any matches.

@@ -1587,6 +1587,15 @@ fn file_user(cx: &mut Ctx<'_>, i: usize, raw: RawUser) -> Option<FileUser> {
     let username = raw.username.unwrap_or_default();
     if username.is_empty() {
         cx.error(k("username"), "is required and must not be empty");
+    } else if username.len() > crate::limits::MAX_LOGIN_BYTES {
+        cx.error(
+            k("username"),
+            format!(
+                "is {} bytes long; a login has at most {} bytes",
+                username.len(),
+                crate::limits::MAX_LOGIN_BYTES
+            ),
+        );
     } else if username.chars().any(|c| c.is_whitespace() || c.is_control()) {
         cx.error(
             k("username"),
@@ -1868,6 +1877,11 @@ fn convert_regulation(cx: &mut Ctx<'_>, raw: RawRegulation) -> RegulationConfig 
         raw.max_failures_per_ip,
         defaults::MAX_FAILURES_PER_IP,
     );
+    let max_transactions_per_ip_per_minute = count(
+        "max_transactions_per_ip_per_minute",
+        raw.max_transactions_per_ip_per_minute,
+        defaults::MAX_TRANSACTIONS_PER_IP_PER_MINUTE,
+    );
     if max_password_failures_per_user < max_password_failures {
         cx.error(
             "regulation.max_password_failures_per_user",
@@ -1911,6 +1925,7 @@ fn convert_regulation(cx: &mut Ctx<'_>, raw: RawRegulation) -> RegulationConfig 
         max_password_failures,
         max_password_failures_per_user,
         max_failures_per_ip,
+        max_transactions_per_ip_per_minute,
         window,
         lockout,
         reveal_lockout: raw.reveal_lockout.unwrap_or(defaults::REVEAL_LOCKOUT),
@@ -2741,6 +2756,10 @@ url = "http://127.0.0.1:3000"
             defaults::MAX_PASSWORD_FAILURES_PER_USER
         );
         assert_eq!(r.max_failures_per_ip, defaults::MAX_FAILURES_PER_IP);
+        assert_eq!(
+            r.max_transactions_per_ip_per_minute,
+            defaults::MAX_TRANSACTIONS_PER_IP_PER_MINUTE
+        );
         assert_eq!(r.window, Duration::from_secs(defaults::REGULATION_WINDOW_SECS));
         assert_eq!(r.lockout, Duration::from_secs(defaults::LOCKOUT_SECS));
         assert_eq!(r.reveal_lockout, defaults::REVEAL_LOCKOUT);
@@ -3416,6 +3435,27 @@ format = "xml"
         let w = warnings(&loaded);
         assert_has(&w, "users.file", "users[1].totp.secret: legacy 80-bit secret");
         assert!(!w.iter().any(|l| l.contains("users[0].totp")), "{w:?}");
+    }
+
+    #[test]
+    fn over_long_logins_and_a_zero_transaction_limit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = cheap_hash("pw", Algorithm::Argon2id);
+        let text = users_config(
+            dir.path(),
+            &format!(
+                "[[users]]\nusername = \"{}\"\npassword = \"{good}\"\n",
+                "a".repeat(crate::limits::MAX_LOGIN_BYTES + 1)
+            ),
+        );
+        let text = format!("{text}\n[regulation]\nmax_transactions_per_ip_per_minute = 0\n");
+        let errs = errors(&text);
+        assert_has(&errs, "users.file", "users[0].username: is 257 bytes long");
+        assert_has(
+            &errs,
+            "regulation.max_transactions_per_ip_per_minute",
+            "must be at least 1",
+        );
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub mod defaults {
     pub const MAX_PASSWORD_FAILURES: u32 = 5;
     pub const MAX_PASSWORD_FAILURES_PER_USER: u32 = 50;
     pub const MAX_FAILURES_PER_IP: u32 = 50;
+    pub const MAX_TRANSACTIONS_PER_IP_PER_MINUTE: u32 = 60;
     pub const REGULATION_WINDOW_SECS: u64 = 5 * 60;
     pub const LOCKOUT_SECS: u64 = 15 * 60;
     pub const TOTP_ISSUER: &str = "Portcullis";
@@ -284,6 +285,9 @@ pub struct RegulationConfig {
     pub max_password_failures: u32,
     pub max_password_failures_per_user: u32,
     pub max_failures_per_ip: u32,
+    /// Unauthenticated (passwordless) sign-in transactions one address bucket
+    /// may open per minute (counted per process).
+    pub max_transactions_per_ip_per_minute: u32,
     pub window: Duration,
     pub lockout: Duration,
     pub reveal_lockout: bool,

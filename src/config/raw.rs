@@ -138,6 +138,7 @@ pub(super) struct RawRegulation {
     pub max_password_failures: Option<u32>,
     pub max_password_failures_per_user: Option<u32>,
     pub max_failures_per_ip: Option<u32>,
+    pub max_transactions_per_ip_per_minute: Option<u32>,
     pub window: Option<String>,
     pub lockout: Option<String>,
     pub reveal_lockout: Option<bool>,

@@ -126,6 +126,14 @@ impl Gateway {
             .first()
             .map(|s| crate::crypto::derive_key(s, "csrf"))
             .unwrap_or_default();
+        // Unknown logins are counted under a hash keyed by this; replicas
+        // share it because they share the session secrets.
+        let subject_key = config
+            .session
+            .secrets
+            .first()
+            .map(|s| crate::crypto::derive_key(s, "regulation-subject"))
+            .unwrap_or_default();
         let sealer = match crate::factors::sealing::Sealer::new(&config.store.encryption_keys) {
             Ok(s) => Some(Arc::new(s)),
             Err(crate::factors::sealing::SealError::NoKeys) => None,
@@ -147,7 +155,8 @@ impl Gateway {
             }
         }
         let state = Arc::new(AppState {
-            regulator: Regulator::new(store.clone(), config.regulation.clone(), clock.clone()),
+            regulator: Regulator::new(store.clone(), config.regulation.clone(), clock.clone())
+                .with_subject_key(subject_key),
             passwords: PasswordPool::for_this_machine(),
             config: config.clone(),
             clock: clock.clone(),

@@ -488,6 +488,10 @@ pub async fn authn(
     };
     let Some(password) = req.password else {
         if st.config.users.passwordless {
+            let rate = match admit_passwordless(&st, &username, ctx.0.client_addr) {
+                Ok(rate) => rate,
+                Err(refused) => return refused.api_error(&st).into_response(),
+            };
             return match begin_passwordless(&st, &username).await {
                 Ok(started) => {
                     let listed: Vec<Value> = started
@@ -495,14 +499,16 @@ pub async fn authn(
                         .iter()
                         .map(|f| passwordless_factor_json(&st, f, &started.state.login))
                         .collect();
-                    json_response(state_answer(
+                    let mut res = json_response(state_answer(
                         &st,
                         &started.token,
                         &started.state,
                         started.expires,
                         &started.user,
                         listed,
-                    ))
+                    ));
+                    rate_headers(res.headers_mut(), rate);
+                    res
                 }
                 Err(r) => r,
             };
@@ -605,19 +611,78 @@ pub(crate) struct Started {
     pub(crate) factors: Vec<Factor>,
 }
 
-/// Begins a passwordless sign-in for `login` (real or decoy; see the module docs).
+/// Why an unauthenticated passwordless sign-in was not begun.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The login is longer than [`login::MAX_LOGIN_LEN`]: nobody has it.
+    TooLong,
+    /// This address opened too many transactions this minute.
+    Limited(crate::limits::RateInfo),
+}
+
+impl Refused {
+    /// The API's answer: the generic 401 E0000004, or 429 E0000047 with the
+    /// `Date` and `X-Rate-Limit-*` headers.
+    pub(crate) fn api_error(self, st: &AppState) -> ApiError {
+        match self {
+            Refused::TooLong => ApiError::new(ErrorCode::E0000004),
+            Refused::Limited(r) => ApiError::rate_limited(r.limit, r.reset, st.clock.now()),
+        }
+    }
+}
+
+/// Whether an unauthenticated passwordless transaction for `login` may be
+/// begun from `addr`: at most `regulation.max_transactions_per_ip_per_minute`
+/// per address (decoys included), and never for a login no user can have
+/// (it would be stored, echoed and logged).
+pub(crate) fn admit_passwordless(
+    st: &AppState,
+    login: &str,
+    addr: std::net::IpAddr,
+) -> Result<crate::limits::RateInfo, Refused> {
+    let rate = match st.regulator.transaction_admitted(addr) {
+        Ok(rate) => rate,
+        Err(r) => {
+            crate::metrics::login("rate_limited");
+            crate::audit!("signin.passwordless.limited", client = %addr);
+            return Err(Refused::Limited(r));
+        }
+    };
+    if login.trim().len() > login::MAX_LOGIN_LEN {
+        crate::metrics::login("failure");
+        crate::audit!("signin.passwordless.refused", client = %addr, reason = "login too long");
+        return Err(Refused::TooLong);
+    }
+    Ok(rate)
+}
+
+/// The `X-Rate-Limit-*` headers Okta sends on every answer, so clients can
+/// slow down before they are refused.
+fn rate_headers(h: &mut HeaderMap, rate: crate::limits::RateInfo) {
+    for (name, value) in [
+        ("x-rate-limit-limit", i64::from(rate.limit)),
+        ("x-rate-limit-remaining", i64::from(rate.remaining)),
+        ("x-rate-limit-reset", rate.reset),
+    ] {
+        h.insert(header::HeaderName::from_static(name), HeaderValue::from(value));
+    }
+}
+
+/// Begins a passwordless sign-in for `login` (real or decoy; see the module
+/// docs). Callers check [`admit_passwordless`] first.
 pub(crate) async fn begin_passwordless(st: &AppState, login: &str) -> Result<Started, Response> {
     let login = login.trim();
-    let known = if login.len() > login::MAX_LOGIN_LEN {
-        None
-    } else {
-        st.enforcer
-            .users
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_login(login)
-            .cloned()
-    };
+    if login.len() > login::MAX_LOGIN_LEN {
+        // Never stored, echoed or logged.
+        return Err(ApiError::new(ErrorCode::E0000004).into_response());
+    }
+    let known = st
+        .enforcer
+        .users
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .by_login(login)
+        .cloned();
     let now = st.clock.now();
     let mut state = AuthnState {
         status: "MFA_REQUIRED".into(),

@@ -18,8 +18,9 @@ use crate::secret::Secret;
 use crate::session::SessionClaims;
 use crate::users::User;
 
-/// Logins longer than this cannot exist; they are failed without a lookup.
-pub const MAX_LOGIN_LEN: usize = 256;
+/// Logins longer than this cannot exist; they are failed without a lookup
+/// and counted under a hash (see [`crate::limits`]).
+pub const MAX_LOGIN_LEN: usize = crate::limits::MAX_LOGIN_BYTES;
 /// Passwords longer than this are refused (argon2 accepts any length; this
 /// bounds the work an anonymous caller can ask for).
 pub const MAX_PASSWORD_LEN: usize = 1024;
@@ -56,7 +57,11 @@ pub async fn check_password(
             .cloned()
     };
     let user_id = user.as_ref().map(|u| u.id.clone());
-    let subject = user_id.clone().unwrap_or_else(|| login.to_lowercase());
+    // An unknown (or over-long) login is counted under a keyed hash of fixed
+    // length: what an attacker types never becomes part of a stored key.
+    let subject = user_id
+        .clone()
+        .unwrap_or_else(|| st.regulator.anonymous_subject(login));
     let blocked = st
         .regulator
         .password_blocked(user_id.as_deref(), &subject, addr)
@@ -94,12 +99,10 @@ pub async fn check_password(
             crate::metrics::login("locked");
             let name = user.as_ref().map_or("-", |u| u.username.as_str());
             audit!("signin.password.refused", user = %name, client = %addr, reason = "user locked");
-            if let Some(uid) = user_id.as_deref() {
-                st.regulator
-                    .password_refused_while_locked(uid, addr)
-                    .await
-                    .map_err(unavailable)?;
-            }
+            st.regulator
+                .password_refused(user_id.as_deref(), &subject, addr, blocked)
+                .await
+                .map_err(unavailable)?;
             if st.config.regulation.reveal_lockout {
                 Err(LoginError::LockedRevealed)
             } else {
@@ -119,11 +122,20 @@ pub async fn check_password(
                 _ => "wrong password",
             };
             audit!("signin.password.failed", user = %name, client = %addr, reason = reason);
-            let locked_now = st
-                .regulator
-                .password_failed(user_id.as_deref(), &subject, addr)
-                .await
-                .map_err(unavailable)?;
+            // Only a checked attempt counts toward the user's lock; one
+            // refused because its pair or address is blocked does not.
+            let locked_now = if blocked == Blocked::No {
+                st.regulator
+                    .password_failed(user_id.as_deref(), &subject, addr)
+                    .await
+                    .map_err(unavailable)?
+            } else {
+                st.regulator
+                    .password_refused(user_id.as_deref(), &subject, addr, blocked)
+                    .await
+                    .map_err(unavailable)?;
+                false
+            };
             if locked_now {
                 crate::metrics::lockout("user");
                 audit!("user.locked", user = %name, reason = "password failures");

@@ -64,7 +64,7 @@ impl FromRequestParts<Arc<AppState>> for Ctx {
 pub fn router(state: Arc<AppState>) -> axum::Router {
     // Every JSON route comes from a route table (see `api`), never ad hoc.
     let api = api::routes().layer(axum::middleware::from_fn_with_state(state.clone(), api::cors));
-    axum::Router::new()
+    let router = axum::Router::new()
         .route("/", get(account))
         .route("/login", get(login_form).post(login_submit))
         .route("/login/factor", post(passwordless::factor_step))
@@ -89,12 +89,14 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route(push::SCRIPT_PATH, get(push::script))
         .route("/push/status", post(push::status))
         .merge(api)
-        .fallback(|| async { ApiError::new(ErrorCode::E0000007).into_response() })
-        .layer(axum::middleware::map_response(|mut res: Response| async move {
+        .fallback(|| async { ApiError::new(ErrorCode::E0000007).into_response() });
+    // Small bodies only: forms and JSON steps are a few hundred bytes.
+    crate::limits::body_limit(router.with_state(state), crate::limits::PORTAL_BODY_LIMIT).layer(
+        axum::middleware::map_response(|mut res: Response| async move {
             pages::security_headers(res.headers_mut());
             res
-        }))
-        .with_state(state)
+        }),
+    )
 }
 
 async fn stylesheet() -> Response {
@@ -211,7 +213,7 @@ async fn login_submit(
             prefix,
             &token,
             &rd,
-            &f.username,
+            crate::limits::shown_login(&f.username),
             Some("This form expired. Please sign in again."),
         );
         let mut res = html(StatusCode::FORBIDDEN, page);
@@ -222,7 +224,7 @@ async fn login_submit(
     }
     if cfg.users.passwordless && f.password.is_empty() {
         // Username only: a possession factor signs in (OneLogin's flow).
-        return passwordless::start(&st, &headers, &f.username, &rd).await;
+        return passwordless::start(&st, &headers, &f.username, &rd, ctx.0.client_addr).await;
     }
     match login::check_password(&st, &f.username, Secret::new(f.password), ctx.0.client_addr).await {
         Ok(user) => {
@@ -267,7 +269,14 @@ async fn login_submit(
             let (token, _) = csrf_token(&st, &headers);
             html(
                 status,
-                pages::login_page(&cfg.portal.title, prefix, &token, &rd, &f.username, Some(message)),
+                pages::login_page(
+                    &cfg.portal.title,
+                    prefix,
+                    &token,
+                    &rd,
+                    crate::limits::shown_login(&f.username),
+                    Some(message),
+                ),
             )
         }
     }

@@ -131,11 +131,45 @@ pub struct FactorForm {
 }
 
 /// Begins a passwordless sign-in from the login form.
-pub async fn start(st: &AppState, headers: &HeaderMap, username: &str, rd: &str) -> Response {
+pub async fn start(
+    st: &AppState,
+    headers: &HeaderMap,
+    username: &str,
+    rd: &str,
+    addr: std::net::IpAddr,
+) -> Response {
     let (token, set) = csrf_token(st, headers);
     if username.trim().is_empty() {
         let page = username_page(st, &token, rd, "", Some("Enter your username."));
         return mfa::with_csrf(html(StatusCode::BAD_REQUEST, page), set);
+    }
+    match authn::admit_passwordless(st, username, addr) {
+        Ok(_) => {}
+        Err(authn::Refused::TooLong) => {
+            let page = username_page(
+                st,
+                &token,
+                rd,
+                "",
+                Some("We could not sign you in with that username."),
+            );
+            return mfa::with_csrf(html(StatusCode::UNAUTHORIZED, page), set);
+        }
+        Err(authn::Refused::Limited(r)) => {
+            let page = username_page(
+                st,
+                &token,
+                rd,
+                crate::limits::shown_login(username),
+                Some("Too many sign-in attempts from your network. Try again in a minute."),
+            );
+            let mut res = mfa::with_csrf(html(StatusCode::TOO_MANY_REQUESTS, page), set);
+            let wait = (r.reset - st.clock.now()).max(1);
+            if let Ok(v) = http::HeaderValue::from_str(&wait.to_string()) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return res;
+        }
     }
     match authn::begin_passwordless(st, username).await {
         Ok(started) => {

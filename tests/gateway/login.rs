@@ -245,11 +245,13 @@ lockout = "15m"
     // A stranger at .1 cannot lock alice out: from .2 she signs in.
     assert_eq!(attempt(ALICE.password, "198.51.100.2").await.0, 303);
 
-    // Failures from all addresses add up to the per-user limit (6): the
-    // three above, the refused right password, and two more here.
+    // Checked failures from all addresses add up to the per-user limit (6):
+    // the three above (not the refused right password: a blocked pair's
+    // attempts do not count toward the user), two here and one more.
     for _ in 0..2 {
         assert_eq!(attempt("wrong", "198.51.100.3").await, (401, generic.clone()));
     }
+    assert_eq!(attempt("wrong", "198.51.100.8").await, (401, generic.clone()));
     assert_eq!(
         attempt(ALICE.password, "198.51.100.3").await,
         (401, generic.clone()),

@@ -1,0 +1,314 @@
+//! Hostile load on sign-in (issues 9 and 10), through real sockets: huge
+//! logins never reach the disk, one address alone cannot lock anyone out,
+//! distributed guessing still locks, and unauthenticated passwordless
+//! transactions are limited per address. Client addresses come from
+//! `X-Forwarded-For` through `trusted_proxies = ["127.0.0.1/32"]`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use portcullis::store::SharedStore;
+use portcullis::store::sqlite::SqliteStore;
+use serde_json::{Value, json};
+
+use crate::support::{ALICE, TestGateway, toml_str};
+
+const AUTHN: &str = "/_portcullis/api/v1/authn";
+
+/// Passwordless on (decoys for users without a TOTP), client addresses from
+/// `X-Forwarded-For`.
+fn passwordless_config(extra: &str) -> String {
+    format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n\
+         [users]\npasswordless = true\npasswordless_factors = [\"token:software:totp\"]\n\n\
+         [factors.totp]\nenabled = true\n\n{extra}"
+    )
+}
+
+async fn post_json(gw: &TestGateway, from: &str, body: String) -> reqwest::Response {
+    gw.client()
+        .post(gw.url(AUTHN))
+        .header("content-type", "application/json")
+        .header("x-forwarded-for", from)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn error_code(res: reqwest::Response) -> (u16, String) {
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text:.200}"));
+    (status, v["errorCode"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Bytes of every file in `dir`.
+fn folder_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+/// A form body with a `username` of `len` bytes and the CSRF token.
+fn login_form(csrf: &str, username: &str, password: &str) -> String {
+    crate::support::form(&[
+        ("csrf", csrf),
+        ("rd", "/"),
+        ("username", username),
+        ("password", password),
+    ])
+}
+
+#[tokio::test]
+async fn a_flood_of_huge_logins_stays_off_the_disk() {
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("portcullis.db");
+    // The baseline: a fresh database, checkpointed.
+    SqliteStore::open(&path).await.unwrap().close().await;
+    let before = folder_size(data.path());
+    let sqlite = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let store: SharedStore = sqlite.clone();
+    let gw = TestGateway::builder()
+        .toml(&passwordless_config(&format!(
+            "[store]\nkind = \"sqlite\"\npath = {}\n",
+            toml_str(&path.display().to_string())
+        )))
+        .store(store)
+        .start()
+        .await;
+    let huge = |i: usize, len: usize| format!("{i:04}{}", "x".repeat(len - 4));
+    const MB15: usize = 1_500_000;
+    const NEAR_LIMIT: usize = 15_000;
+
+    // Bodies over the portal's limit are refused before anything reads them:
+    // 413 with an Okta error object.
+    for i in 0..30 {
+        let from = format!("198.51.100.{}", i % 3);
+        let with_password = json!({ "username": huge(i, MB15), "password": "wrong" }).to_string();
+        let (status, code) = error_code(post_json(&gw, &from, with_password).await).await;
+        assert_eq!((status, code.as_str()), (413, "E0000003"), "password step");
+        let username_only = json!({ "username": huge(i, MB15) }).to_string();
+        let (status, code) = error_code(post_json(&gw, &from, username_only).await).await;
+        assert_eq!((status, code.as_str()), (413, "E0000003"), "passwordless step");
+    }
+    let client = gw.client();
+    let csrf = gw.login_page(&client, "/").await;
+    for i in 0..10 {
+        let res = client
+            .post(gw.url("/_portcullis/login"))
+            .header("cookie", format!("portcullis_csrf={csrf}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-forwarded-for", "198.51.100.9")
+            .body(login_form(&csrf, &huge(i, MB15), ""))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 413, "portal form");
+    }
+
+    // Logins that fit in a body but not in a login: the generic failure, no
+    // transaction, nothing echoed.
+    for i in 0..30 {
+        let from = format!("203.0.113.{}", i % 3);
+        let res = post_json(
+            &gw,
+            &from,
+            json!({ "username": huge(i, NEAR_LIMIT), "password": "wrong" }).to_string(),
+        )
+        .await;
+        assert_eq!(error_code(res).await, (401, "E0000004".to_owned()));
+        let res = post_json(&gw, &from, json!({ "username": huge(i, NEAR_LIMIT) }).to_string()).await;
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        assert_eq!(status, 401, "{text:.300}");
+        assert!(text.contains("E0000004") && text.len() < 1_000, "{text:.300}");
+    }
+    for (i, password) in [(0, ""), (1, "wrong")] {
+        let res = client
+            .post(gw.url("/_portcullis/login"))
+            .header("cookie", format!("portcullis_csrf={csrf}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(login_form(&csrf, &huge(i, NEAR_LIMIT), password))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "portal form");
+        let page = res.text().await.unwrap();
+        assert!(!page.contains("xxxxxxxxxxxxxxxx"), "the login is not echoed");
+    }
+
+    // A real user still gets in (the store works), then everything is
+    // checkpointed and measured.
+    let res = post_json(
+        &gw,
+        "192.0.2.1",
+        json!({ "username": ALICE.username, "password": ALICE.password }).to_string(),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let with_wal = folder_size(data.path());
+    sqlite.close().await;
+    let after = folder_size(data.path());
+    println!(
+        "data folder: {before} bytes before, {with_wal} bytes after the flood (with WAL), \
+         {after} bytes checkpointed: growth {} bytes",
+        after.saturating_sub(before)
+    );
+    assert!(
+        after.saturating_sub(before) < 256 * 1024,
+        "the data folder grew from {before} to {after} bytes"
+    );
+    assert!(
+        with_wal.saturating_sub(before) < 4 * 1024 * 1024,
+        "with its WAL the data folder grew from {before} to {with_wal} bytes"
+    );
+}
+
+#[tokio::test]
+async fn sixty_wrong_passwords_from_one_address_do_not_lock_the_user_out() {
+    let gw = TestGateway::start("[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n").await;
+    let wrong = json!({ "username": ALICE.username, "password": "wrong" }).to_string();
+    let right = json!({ "username": ALICE.username, "password": ALICE.password }).to_string();
+    for round in 0..2 {
+        for _ in 0..60 {
+            let res = post_json(&gw, "192.0.2.66", wrong.clone()).await;
+            assert_eq!(error_code(res).await, (401, "E0000004".to_owned()));
+        }
+        // The attacker's address is refused, even with the right password...
+        let res = post_json(&gw, "192.0.2.66", right.clone()).await;
+        assert_eq!(error_code(res).await, (401, "E0000004".to_owned()));
+        // ...while alice signs in from hers.
+        let res = post_json(&gw, "198.51.100.7", right.clone()).await;
+        assert_eq!(res.status(), 200, "round {round}: alice is not locked out");
+        // The attacker comes back when the block ends.
+        gw.clock.advance(15 * 60 + 1);
+    }
+}
+
+#[tokio::test]
+async fn distributed_guessing_still_locks_the_user() {
+    let gw = TestGateway::start(
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n\
+         [regulation]\nmax_password_failures = 3\nmax_password_failures_per_user = 12\n",
+    )
+    .await;
+    let wrong = json!({ "username": ALICE.username, "password": "wrong" }).to_string();
+    let right = json!({ "username": ALICE.username, "password": ALICE.password }).to_string();
+    // Ten tries from each address: three are checked, seven refused (they
+    // do not count toward alice's lock).
+    for a in 1..=3 {
+        for _ in 0..10 {
+            let res = post_json(&gw, &format!("203.0.113.{a}"), wrong.clone()).await;
+            assert_eq!(error_code(res).await, (401, "E0000004".to_owned()));
+        }
+    }
+    let res = post_json(&gw, "198.51.100.7", right.clone()).await;
+    assert_eq!(res.status(), 200, "9 checked failures: below 12");
+    // A fourth address brings the checked failures to 12: alice is locked everywhere.
+    for _ in 0..3 {
+        let res = post_json(&gw, "203.0.113.4", wrong.clone()).await;
+        assert_eq!(error_code(res).await, (401, "E0000004".to_owned()));
+    }
+    let res = post_json(&gw, "198.51.100.8", right.clone()).await;
+    assert_eq!(error_code(res).await, (401, "E0000004".to_owned()), "locked");
+    gw.clock.advance(15 * 60 + 1);
+    let res = post_json(&gw, "198.51.100.8", right).await;
+    assert_eq!(res.status(), 200, "the lockout ends");
+}
+
+#[tokio::test]
+async fn passwordless_transactions_are_limited_per_address() {
+    let gw = TestGateway::start(&passwordless_config("")).await;
+    const LIMIT: usize = 60; // the default
+    for i in 0..LIMIT {
+        let login = if i % 2 == 0 {
+            ALICE.username.to_owned()
+        } else {
+            format!("nobody{i}")
+        };
+        let res = post_json(&gw, "192.0.2.10", json!({ "username": login }).to_string()).await;
+        assert_eq!(res.status(), 200, "transaction {i}");
+        let left = res.headers()["x-rate-limit-remaining"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(left, (LIMIT - 1 - i).to_string());
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["status"], "MFA_REQUIRED");
+    }
+    let res = post_json(&gw, "192.0.2.10", json!({ "username": "nobody" }).to_string()).await;
+    assert_eq!(res.status(), 429);
+    let h = |n: &str| res.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+    assert!(h("date").is_some());
+    assert_eq!(h("x-rate-limit-limit").as_deref(), Some("60"));
+    assert_eq!(h("x-rate-limit-remaining").as_deref(), Some("0"));
+    let reset: i64 = h("x-rate-limit-reset").unwrap().parse().unwrap();
+    assert_eq!(reset, crate::support::T0 + 60);
+    assert_eq!(error_code(res).await, (429, "E0000047".to_owned()));
+    // The portal's username form from the same address is limited too.
+    let client = gw.client();
+    let csrf = gw.login_page(&client, "/").await;
+    let res = gw
+        .post_login(
+            &client,
+            &csrf,
+            "alice",
+            "",
+            "/",
+            &[("x-forwarded-for", "192.0.2.10")],
+        )
+        .await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().get("retry-after").is_some());
+    // Another address is not affected...
+    let res = post_json(&gw, "192.0.2.11", json!({ "username": "alice" }).to_string()).await;
+    assert_eq!(res.status(), 200);
+    let res = gw
+        .post_login(
+            &client,
+            &csrf,
+            "alice",
+            "",
+            "/",
+            &[("x-forwarded-for", "192.0.2.12")],
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    // ...and the next minute admits again.
+    gw.clock.advance(60);
+    let res = post_json(&gw, "192.0.2.10", json!({ "username": "alice" }).to_string()).await;
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn oversized_admin_bodies_get_413() {
+    let gw = TestGateway::start("").await;
+    let profile = json!({ "profile": { "login": "x".repeat(300 * 1024) } }).to_string();
+    let res = gw
+        .client()
+        .post(gw.admin_url("/api/v1/users?activate=true"))
+        .header("authorization", "SSWS test-admin-token-0123456789abcdef")
+        .header("content-type", "application/json")
+        .body(profile)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(res).await, (413, "E0000003".to_owned()));
+    // A long login within the body limit is a validation error of the create call.
+    let profile = json!({ "profile": { "login": "x".repeat(1_000), "email": "x@example.com",
+        "firstName": "X", "lastName": "Y" } })
+    .to_string();
+    let res = gw
+        .client()
+        .post(gw.admin_url("/api/v1/users?activate=true"))
+        .header("authorization", "SSWS test-admin-token-0123456789abcdef")
+        .header("content-type", "application/json")
+        .body(profile)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(res).await, (400, "E0000001".to_owned()));
+}
