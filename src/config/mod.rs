@@ -8,6 +8,8 @@
 //! re-checks them.
 
 mod load;
+#[cfg(test)]
+mod proptests;
 mod raw;
 
 use std::net::SocketAddr;

@@ -463,8 +463,9 @@ async fn success(
     res
 }
 
+/// The body of `POST {prefix}/api/v1/authn`.
 #[derive(Deserialize)]
-struct AuthnRequest {
+pub struct AuthnRequest {
     username: Option<String>,
     password: Option<String>,
 }
@@ -751,8 +752,9 @@ pub(crate) async fn begin_passwordless(st: &AppState, login: &str) -> Result<Sta
     })
 }
 
+/// The body of the steps after the password (verify, enroll, activate, resend, cancel).
 #[derive(Deserialize)]
-struct StepRequest {
+pub struct StepRequest {
     #[serde(rename = "stateToken")]
     state_token: Option<String>,
     #[serde(rename = "passCode")]

@@ -20,6 +20,16 @@ pub mod passwordless;
 pub mod push;
 pub mod redirect;
 
+/// The request body types of the JSON API, for the fuzz targets (`fuzz/`),
+/// which deserialize arbitrary bytes into them. Not a stable interface.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::authn::{AuthnRequest, StepRequest};
+    pub use super::passwordless::FactorForm;
+    pub use super::push::StatusRequest;
+    pub use crate::factors::push::{DeviceAnswer, DeviceRegistration};
+}
+
 use std::sync::Arc;
 
 use axum::Form;

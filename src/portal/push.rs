@@ -158,8 +158,9 @@ pub async fn answer(
     }
 }
 
+/// The body of `POST {prefix}/push/status`.
 #[derive(Deserialize)]
-struct StatusRequest {
+pub struct StatusRequest {
     #[serde(rename = "transactionId")]
     transaction_id: Option<String>,
     #[serde(rename = "factorId")]

@@ -12,6 +12,8 @@
 //! last two are answered from memory, refreshed from the store at most
 //! `revocation_check` apart, so no request costs a store round trip.
 
+#[cfg(test)]
+mod proptests;
 pub mod revocation;
 
 use http::HeaderValue;
