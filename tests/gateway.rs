@@ -12,6 +12,8 @@ mod cli;
 mod listeners;
 #[path = "gateway/login.rs"]
 mod login;
+#[path = "gateway/logs.rs"]
+mod logs;
 #[path = "gateway/mfa.rs"]
 mod mfa;
 #[path = "gateway/paths.rs"]

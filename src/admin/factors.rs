@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use http::{HeaderValue, StatusCode, header};
@@ -32,6 +32,7 @@ use crate::factors::{
     self, Challenge, ChallengeError, EnrollError, Enrolled, Factor, TOTP_TYPE, VerifyError,
 };
 use crate::gateway::AppState;
+use crate::ids::Ids;
 use crate::store::FactorStatus;
 use crate::users::User;
 
@@ -672,7 +673,7 @@ macro_rules! scoped {
 async fn admin_list(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path(uid): Path<String>,
+    Ids(uid): Ids<String>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -682,7 +683,7 @@ async fn admin_list(
 async fn admin_catalog(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path(uid): Path<String>,
+    Ids(uid): Ids<String>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -692,7 +693,7 @@ async fn admin_catalog(
 async fn admin_enroll(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path(uid): Path<String>,
+    Ids(uid): Ids<String>,
     Query(q): Query<EnrollQuery>,
     c: Conn,
     body: Bytes,
@@ -704,7 +705,7 @@ async fn admin_enroll(
 async fn admin_get(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid)): Path<(String, String)>,
+    Ids((uid, fid)): Ids<(String, String)>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -714,7 +715,7 @@ async fn admin_get(
 async fn admin_qr(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid)): Path<(String, String)>,
+    Ids((uid, fid)): Ids<(String, String)>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -724,7 +725,7 @@ async fn admin_qr(
 async fn admin_activate(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid)): Path<(String, String)>,
+    Ids((uid, fid)): Ids<(String, String)>,
     c: Conn,
     body: Bytes,
 ) -> Response {
@@ -735,7 +736,7 @@ async fn admin_activate(
 async fn admin_verify(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid)): Path<(String, String)>,
+    Ids((uid, fid)): Ids<(String, String)>,
     c: Conn,
     body: Bytes,
 ) -> Response {
@@ -746,7 +747,7 @@ async fn admin_verify(
 async fn admin_transaction(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid, tid)): Path<(String, String, String)>,
+    Ids((uid, fid, tid)): Ids<(String, String, String)>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -756,7 +757,7 @@ async fn admin_transaction(
 async fn admin_cancel(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid, tid)): Path<(String, String, String)>,
+    Ids((uid, fid, tid)): Ids<(String, String, String)>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -766,7 +767,7 @@ async fn admin_cancel(
 async fn admin_resend(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid)): Path<(String, String)>,
+    Ids((uid, fid)): Ids<(String, String)>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -776,7 +777,7 @@ async fn admin_resend(
 async fn admin_delete(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid)): Path<(String, String)>,
+    Ids((uid, fid)): Ids<(String, String)>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -792,11 +793,7 @@ fn recovery_disabled() -> Response {
 }
 
 /// `GET /api/v1/users/{id}/recovery_codes`: how many unused codes are left.
-pub async fn recovery_left(
-    admin: Admin,
-    State(st): State<Arc<AppState>>,
-    Path(uid): Path<String>,
-) -> Response {
+pub async fn recovery_left(admin: Admin, State(st): State<Arc<AppState>>, Ids(uid): Ids<String>) -> Response {
     let s = match super::users::subject(&st, &uid).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -815,11 +812,7 @@ pub async fn recovery_left(
 
 /// `POST /api/v1/users/{id}/recovery_codes`: replaces the user's codes with
 /// new ones, shown once.
-pub async fn recovery_new(
-    admin: Admin,
-    State(st): State<Arc<AppState>>,
-    Path(uid): Path<String>,
-) -> Response {
+pub async fn recovery_new(admin: Admin, State(st): State<Arc<AppState>>, Ids(uid): Ids<String>) -> Response {
     if !st.config.factors.recovery_codes.enabled {
         return recovery_disabled();
     }
@@ -843,7 +836,7 @@ pub async fn recovery_new(
 pub async fn recovery_revoke(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path(uid): Path<String>,
+    Ids(uid): Ids<String>,
 ) -> Response {
     let s = match super::users::subject(&st, &uid).await {
         Ok(s) => s,

@@ -40,7 +40,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde::{Deserialize, Serialize};
@@ -58,6 +58,7 @@ use crate::factors::{
     self, Challenge, ChallengeContext, ChallengeError, Factor, PushResult, TOTP_TYPE, VerifyError,
 };
 use crate::gateway::AppState;
+use crate::ids::Ids;
 use crate::secret::Secret;
 use crate::session::SessionClaims;
 use crate::store::{FactorRecord, FactorStatus, StoreError, TransactionRecord};
@@ -1058,7 +1059,7 @@ async fn poll_push(st: &AppState, loaded: &Loaded, factor: &Factor, pending: &Pe
 pub async fn verify(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
-    Path(factor_id): Path<String>,
+    Ids(factor_id): Ids<String>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
@@ -1147,7 +1148,7 @@ pub async fn verify(
 pub async fn resend(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
-    Path(factor_id): Path<String>,
+    Ids(factor_id): Ids<String>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
@@ -1308,7 +1309,7 @@ pub async fn enroll(
 pub async fn activate(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
-    Path(factor_id): Path<String>,
+    Ids(factor_id): Ids<String>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
@@ -1379,7 +1380,7 @@ pub async fn activate(
 pub async fn resend_activation(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
-    Path(factor_id): Path<String>,
+    Ids(factor_id): Ids<String>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,

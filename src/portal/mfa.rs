@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::Form;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
@@ -20,6 +20,7 @@ use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other
 use crate::enforce::{ActiveSession, SessionState};
 use crate::factors::{self, Factor, TOTP_TYPE, VerifyError};
 use crate::gateway::AppState;
+use crate::ids::Ids;
 use crate::policy::{Decision, RequestFacts};
 
 /// How recent a second factor must be to add or remove factors.
@@ -800,7 +801,7 @@ pub async fn remove(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Ids(id): Ids<String>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
     let s = match change_guard(&st, &ctx, &headers, &f.csrf) {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::Form;
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
@@ -19,6 +19,7 @@ use super::mfa;
 use super::pages::{esc, layout};
 use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
 use crate::enforce::ActiveSession;
+use crate::error::{ApiError, ErrorCode};
 use crate::factors::{self, Challenge, ChallengeContext, ChallengeError, Factor, PushResult};
 use crate::gateway::AppState;
 use crate::secret::Secret;
@@ -268,6 +269,11 @@ pub async fn send(
     headers: HeaderMap,
     Form(f): Form<OobForm>,
 ) -> Response {
+    let codes = &st.config.factors;
+    if !(codes.sms.enabled || codes.call.enabled || codes.email.enabled) {
+        // No code factor: 404 before anything else, like a disabled push.
+        return ApiError::new(ErrorCode::E0000007).into_response();
+    }
     let (p, factor) = match factor_step(st, &ctx, &headers, &f).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -375,6 +381,9 @@ pub async fn push(
     headers: HeaderMap,
     Form(f): Form<OobForm>,
 ) -> Response {
+    if let Some(r) = super::push::disabled(&st) {
+        return r;
+    }
     let (p, factor) = match factor_step(st, &ctx, &headers, &f).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -401,6 +410,9 @@ pub async fn push_check(
     headers: HeaderMap,
     Form(f): Form<OobForm>,
 ) -> Response {
+    if let Some(r) = super::push::disabled(&st) {
+        return r;
+    }
     let (p, factor) = match factor_step(st, &ctx, &headers, &f).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -797,6 +809,9 @@ pub async fn enroll_push_check(
     headers: HeaderMap,
     Form(f): Form<OobForm>,
 ) -> Response {
+    if let Some(r) = super::push::disabled(&st) {
+        return r;
+    }
     let p = match enroll_step(st, &ctx, &headers, &f).await {
         Ok(p) => p,
         Err(r) => return r,
