@@ -18,4 +18,5 @@ mod oob {
     mod codes;
     pub mod harness;
     mod push;
+    mod timing;
 }
