@@ -67,6 +67,8 @@ pub struct Scope {
     pub client: IpAddr,
     /// The host named in messages and pushes.
     pub app_host: String,
+    /// The flow codes sent here belong to (admin, or the user's session).
+    pub flow: factors::Flow,
 }
 
 impl Scope {
@@ -290,21 +292,22 @@ pub async fn enroll(st: &AppState, scope: &Scope, activate: Option<bool>, body: 
         ));
     }
     let profile = req.profile.unwrap_or_else(|| json!({}));
-    let enrolled = match factors::enroll(st, &scope.user, &factor_type, &provider, &profile).await {
-        Ok(e) => e,
-        Err(EnrollError::NotSupported) => {
-            return validation(format!(
-                "factorType: {factor_type} is not supported or not enabled"
-            ));
-        }
-        Err(EnrollError::Invalid(cause)) => return validation(cause),
-        Err(EnrollError::Delivery) => {
-            return ApiError::new(ErrorCode::E0000009)
-                .cause("the activation message could not be delivered; try again later")
-                .into_response();
-        }
-        Err(e) => return unavailable(e),
-    };
+    let enrolled =
+        match factors::enroll(st, &scope.user, &factor_type, &provider, &profile, &scope.flow).await {
+            Ok(e) => e,
+            Err(EnrollError::NotSupported) => {
+                return validation(format!(
+                    "factorType: {factor_type} is not supported or not enabled"
+                ));
+            }
+            Err(EnrollError::Invalid(cause)) => return validation(cause),
+            Err(EnrollError::Delivery) => {
+                return ApiError::new(ErrorCode::E0000009)
+                    .cause("the activation message could not be delivered; try again later")
+                    .into_response();
+            }
+            Err(e) => return unavailable(e),
+        };
     let factor = Factor {
         record: enrolled.factor().clone(),
         from_config: false,
@@ -409,7 +412,7 @@ pub async fn activate(st: &AppState, scope: &Scope, id: &str, body: &[u8]) -> Re
             .cause("only a factor PENDING_ACTIVATION is activated with a passCode")
             .into_response();
     }
-    if let Err(e) = factors::activate(st, &scope.user, &f, &code, scope.client).await {
+    if let Err(e) = factors::activate(st, &scope.user, &f, &code, scope.client, &scope.flow).await {
         return verify_error(e);
     }
     audit!("factor.activated.api", user = %scope.user.username, factor_id = %f.record.id, actor = scope.actor, token = ?scope.token);
@@ -439,6 +442,7 @@ pub async fn verify(st: &AppState, scope: &Scope, id: &str, body: &[u8]) -> Resp
             let ctx = factors::ChallengeContext {
                 client_addr: scope.client,
                 app_host: scope.app_host.clone(),
+                flow: scope.flow.clone(),
             };
             match factors::challenge(st, &scope.user, &f, &ctx).await {
                 Ok(Challenge::CodeSent { expires_at }) => {
@@ -467,7 +471,8 @@ pub async fn verify(st: &AppState, scope: &Scope, id: &str, body: &[u8]) -> Resp
             }
         }
         (_, None) => validation("passCode: The field cannot be left blank"),
-        (_, Some(code)) => match factors::verify(st, &scope.user, &f, &code, scope.client).await {
+        (_, Some(code)) => match factors::verify(st, &scope.user, &f, &code, scope.client, &scope.flow).await
+        {
             Ok(()) => {
                 audit!("factor.verified.api", user = %scope.user.username, factor_type = %ft, actor = scope.actor, token = ?scope.token);
                 json(StatusCode::OK, &json!({ "factorResult": "SUCCESS" }))
@@ -575,6 +580,7 @@ pub async fn resend(st: &AppState, scope: &Scope, id: &str) -> Response {
     let ctx = factors::ChallengeContext {
         client_addr: scope.client,
         app_host: scope.app_host.clone(),
+        flow: scope.flow.clone(),
     };
     match factors::challenge(st, &scope.user, &f, &ctx).await {
         Ok(_) => {
@@ -627,6 +633,7 @@ async fn admin_scope(st: &AppState, admin: &Admin, key: &str, client: IpAddr) ->
         actor: "admin",
         token: Some(admin.token),
         client,
+        flow: factors::Flow::Admin,
         app_host: st
             .config
             .server

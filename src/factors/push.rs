@@ -679,6 +679,7 @@ mod tests {
         ChallengeContext {
             client_addr: ip(),
             app_host: "app.example.com".into(),
+            flow: super::super::Flow::Admin,
         }
     }
 
@@ -843,6 +844,12 @@ mod tests {
         let f = paired(st).await;
         let (tid, number, expires_at) = push(st, &f).await;
         assert!((10..=99).contains(&number));
+        // Delivered in the background: wait for it.
+        let mut waited = 0;
+        while messages(&dir).is_empty() && waited < 500 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            waited += 1;
+        }
         let m = messages(&dir).pop().unwrap();
         assert_eq!(m["kind"], "push");
         assert_eq!(m["to"], "relay:device-1");

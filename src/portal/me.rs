@@ -179,6 +179,7 @@ async fn scope(
         token: None,
         client: ctx.0.client_addr,
         app_host: ctx.0.host.clone(),
+        flow: crate::factors::Flow::Session(s.claims.sid.clone()),
     })
 }
 

@@ -368,7 +368,16 @@ pub async fn verify(
         Err(_) => return unavailable_page(),
     };
     let ft = factor.record.factor_type.clone();
-    match factors::verify(&st, &s.user, &factor, &f.code, ctx.0.client_addr).await {
+    match factors::verify(
+        &st,
+        &s.user,
+        &factor,
+        &f.code,
+        ctx.0.client_addr,
+        &super::oob::session_flow(&s),
+    )
+    .await
+    {
         Ok(()) => upgraded(&st, &s, super::authn::amr_of(&ft), &rd).await,
         Err(e) if factors::otp::is_code_type(&ft) => {
             let (status, msg) = verify_message(e);
@@ -588,7 +597,16 @@ pub async fn activate(
             Ok(false) => return retry(StatusCode::FORBIDDEN, "Verify with your current factor first.").await,
             Err(()) => return unavailable_page(),
         }
-        if let Err(e) = factors::activate(&st, &s.user, &factor, &f.code, ctx.0.client_addr).await {
+        if let Err(e) = factors::activate(
+            &st,
+            &s.user,
+            &factor,
+            &f.code,
+            ctx.0.client_addr,
+            &super::oob::session_flow(&s),
+        )
+        .await
+        {
             let (status, msg) = verify_message(e);
             return retry(status, msg).await;
         }

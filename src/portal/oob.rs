@@ -223,11 +223,17 @@ async fn factor_step(
     }
 }
 
-fn ctx_of(ctx: &Ctx) -> ChallengeContext {
+fn ctx_of(ctx: &Ctx, s: &ActiveSession) -> ChallengeContext {
     ChallengeContext {
         client_addr: ctx.0.client_addr,
         app_host: ctx.0.host.clone(),
+        flow: session_flow(s),
     }
+}
+
+/// The flow of the portal's pages: codes sent in a session are usable in it only.
+pub(crate) fn session_flow(s: &ActiveSession) -> factors::Flow {
+    factors::Flow::Session(s.claims.sid.clone())
 }
 
 /// What to tell the user when a message could not be sent.
@@ -278,7 +284,7 @@ pub async fn send(
         Ok(x) => x,
         Err(r) => return r,
     };
-    match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx)).await {
+    match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx, &p.s)).await {
         Ok(_) => code_response(
             &p.st,
             &headers,
@@ -388,7 +394,7 @@ pub async fn push(
         Ok(x) => x,
         Err(r) => return r,
     };
-    match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx)).await {
+    match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx, &p.s)).await {
         Ok(Challenge::Push {
             transaction_id,
             correct_answer,
@@ -648,7 +654,16 @@ pub async fn enroll_page(
 ) -> Response {
     let (token, set) = csrf_token(st, headers);
     if factor_type == "push" {
-        return match factors::enroll(st, &s.user, "push", "OKTA", &serde_json::json!({})).await {
+        return match factors::enroll(
+            st,
+            &s.user,
+            "push",
+            "OKTA",
+            &serde_json::json!({}),
+            &session_flow(s),
+        )
+        .await
+        {
             Ok(factors::Enrolled::Push {
                 factor,
                 activation_token,
@@ -746,7 +761,16 @@ pub async fn enroll_start(
             set.clone(),
         )
     };
-    match factors::enroll(&p.st, &p.s.user, &f.factor_type, "OKTA", &profile).await {
+    match factors::enroll(
+        &p.st,
+        &p.s.user,
+        &f.factor_type,
+        "OKTA",
+        &profile,
+        &session_flow(&p.s),
+    )
+    .await
+    {
         Ok(e) => {
             let factor = Factor {
                 record: e.factor().clone(),
@@ -791,7 +815,7 @@ pub async fn enroll_resend(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let msg = match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx)).await {
+    let msg = match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx, &p.s)).await {
         Ok(_) => None,
         Err(e) => Some(challenge_message(&p.st, &e)),
     };
