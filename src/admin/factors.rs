@@ -757,10 +757,6 @@ async fn admin_transaction(
     Ids((uid, fid, tid)): Ids<(String, String, String)>,
     c: Conn,
 ) -> Response {
-    // A push route: not there while push is disabled.
-    if let Some(r) = crate::portal::push::disabled(&st) {
-        return r;
-    }
     let scope = scoped!(st, admin, uid, c);
     transaction(&st, &scope, &fid, &tid).await
 }
@@ -771,10 +767,6 @@ async fn admin_cancel(
     Ids((uid, fid, tid)): Ids<(String, String, String)>,
     c: Conn,
 ) -> Response {
-    // A push route: not there while push is disabled.
-    if let Some(r) = crate::portal::push::disabled(&st) {
-        return r;
-    }
     let scope = scoped!(st, admin, uid, c);
     cancel(&st, &scope, &fid, &tid).await
 }

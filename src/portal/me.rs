@@ -267,10 +267,6 @@ async fn transaction(
     headers: HeaderMap,
     Ids((fid, tid)): Ids<(String, String)>,
 ) -> Response {
-    // A push route: not there while push is disabled.
-    if let Some(r) = crate::portal::push::disabled(&st) {
-        return r;
-    }
     let scope = me!(st, ctx, method, headers, Need::Session);
     api::transaction(&st, &scope, &fid, &tid).await
 }
@@ -282,10 +278,6 @@ async fn cancel(
     headers: HeaderMap,
     Ids((fid, tid)): Ids<(String, String)>,
 ) -> Response {
-    // A push route: not there while push is disabled.
-    if let Some(r) = crate::portal::push::disabled(&st) {
-        return r;
-    }
     let scope = me!(st, ctx, method, headers, Need::Session);
     api::cancel(&st, &scope, &fid, &tid).await
 }

@@ -153,19 +153,6 @@ async fn hostile_run(format: &str, push: bool) -> String {
             .await
             .unwrap();
         assert_eq!(res.status(), 404);
-        // The admin API's push polling too, for a real user.
-        let uid = portcullis::users::file_user_id("alice");
-        let res = client
-            .get(format!(
-                "http://127.0.0.1:{admin}/api/v1/users/{uid}/factors/opf{MARK}/transactions/ptx{MARK}"
-            ))
-            .header("authorization", "SSWS test-admin-token-0123456789abcdef")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 404);
-        let body: Value = res.json().await.unwrap();
-        assert_eq!(body["errorCode"], "E0000007", "{body}");
     }
 
     // The passwordless decoy login, and an unknown login with a password.
