@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::harness::{Answer, authn, gateway, messages, post};
-use crate::support::{ALICE, TestGateway};
+use crate::support::{ALICE, Login, TestGateway};
 
 const TOKEN: &str = "test-admin-token-0123456789abcdef";
 
@@ -36,6 +36,26 @@ async fn sign_in(gw: &TestGateway, fid: &str) -> (String, String) {
     (token, format!("/_portcullis/api/v1/authn/factors/{fid}/verify"))
 }
 
+/// The self-service verify of a signed-in browser (`passCode` or none).
+async fn self_verify(gw: &TestGateway, login: &Login, fid: &str, body: Value) -> (u16, Value) {
+    let res = gw
+        .client()
+        .post(gw.url(&format!("/_portcullis/api/v1/users/me/factors/{fid}/verify")))
+        .header("cookie", login.cookie())
+        .header("x-csrf-token", &login.csrf)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+fn refused(s: u16, body: &Value) {
+    assert_eq!((s, body["errorCode"].as_str()), (403, Some("E0000068")), "{body}");
+}
+
 async fn verify(gw: &TestGateway, link: &str, token: &str, code: &str) -> Answer {
     post(gw, link, json!({ "stateToken": token, "passCode": code }), None).await
 }
@@ -45,7 +65,8 @@ async fn a_code_is_only_good_in_the_flow_that_sent_it() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("messages.jsonl");
     let gw = gateway(&format!(
-        "default_policy = \"two_factor\"\n[factors.sms]\nenabled = true\nresend_after = \"1s\"\n\
+        "default_policy = \"two_factor\"\n[regulation]\nmax_factor_failures = 50\n\
+         [factors.sms]\nenabled = true\nresend_after = \"1s\"\n\
          delivery = {{ kind = \"file\", path = {:?} }}\n",
         file.display().to_string()
     ))
@@ -88,6 +109,10 @@ async fn a_code_is_only_good_in_the_flow_that_sent_it() {
     );
     let (s, body) = admin(&gw, Method::POST, &admin_verify, json!({ "passCode": code_a })).await;
     assert_eq!((s, body["errorCode"].as_str()), (403, Some("E0000068")), "{body}");
+    // Nor can a signed-in browser through the self-service API.
+    let browser = gw.login(ALICE).await;
+    let (s, body) = self_verify(&gw, &browser, &fid, json!({ "passCode": code_a })).await;
+    refused(s, &body);
     // Sign-in A still can.
     let ok = verify(&gw, &link, &a, &code_a).await;
     assert_eq!(ok.json["status"], "SUCCESS", "{}", ok.json);
@@ -109,7 +134,33 @@ async fn a_code_is_only_good_in_the_flow_that_sent_it() {
         "{}",
         r.json
     );
+    let (s, body) = self_verify(&gw, &browser, &fid, json!({ "passCode": code_x })).await;
+    refused(s, &body);
     let (s, body) = admin(&gw, Method::POST, &admin_verify, json!({ "passCode": code_x })).await;
+    assert_eq!(
+        (s, body["factorResult"].as_str()),
+        (200, Some("SUCCESS")),
+        "{body}"
+    );
+
+    // A code the self-service API sent is good there only, in that session.
+    gw.clock.advance(5);
+    let (s, body) = self_verify(&gw, &browser, &fid, json!({})).await;
+    assert_eq!(
+        (s, body["factorResult"].as_str()),
+        (200, Some("CHALLENGE")),
+        "{body}"
+    );
+    let code_s = last_code(&file);
+    let (d, _) = sign_in(&gw, &fid).await;
+    let r = verify(&gw, &link, &d, &code_s).await;
+    refused(r.status, &r.json);
+    let (s, body) = admin(&gw, Method::POST, &admin_verify, json!({ "passCode": code_s })).await;
+    refused(s, &body);
+    let other = gw.login(ALICE).await;
+    let (s, body) = self_verify(&gw, &other, &fid, json!({ "passCode": code_s })).await;
+    refused(s, &body);
+    let (s, body) = self_verify(&gw, &browser, &fid, json!({ "passCode": code_s })).await;
     assert_eq!(
         (s, body["factorResult"].as_str()),
         (200, Some("SUCCESS")),
