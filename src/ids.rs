@@ -5,7 +5,7 @@
 //!
 //! Every id the gateway issues is ASCII letters and digits (a type prefix and
 //! a random or derived tail; see [`crate::crypto::random_id`]), at most
-//! [`MAX_ID`] long. A user path segment may also be a login (the admin API's
+//! [`MAX_ID`] long; `-` and `_` (base64url) are accepted too. A user path segment may also be a login (the admin API's
 //! `/api/v1/users/{id or login}`): at most [`crate::portal::login::MAX_LOGIN_LEN`]
 //! bytes and no control characters.
 
@@ -19,9 +19,14 @@ use crate::error::{ApiError, ErrorCode};
 /// The longest id accepted (issued ids are 20 to 32 characters).
 pub const MAX_ID: usize = 64;
 
-/// True for a well-formed id: 1 to [`MAX_ID`] ASCII letters or digits.
+/// True for a well-formed id: 1 to [`MAX_ID`] ASCII letters, digits, `-`
+/// or `_` (issued ids are letters and digits; the base64url characters are
+/// allowed for ids made elsewhere, such as credential ids).
 pub fn is_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= MAX_ID && s.bytes().all(|b| b.is_ascii_alphanumeric())
+    !s.is_empty()
+        && s.len() <= MAX_ID
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
 /// True for a user id or a plausible login (no control characters, bounded).
@@ -89,7 +94,8 @@ mod tests {
         assert!(is_id(&crate::factors::new_factor_id("sms", "OKTA")));
         assert!(!is_id(""));
         assert!(!is_id("x\nevent=\"user.unlocked\""));
-        assert!(!is_id("a-b"));
+        assert!(is_id("a-b_c"));
+        assert!(!is_id("a b") && !is_id("a%0A") && !is_id("a.b") && !is_id("a\"b"));
         assert!(!is_id(&"a".repeat(MAX_ID + 1)));
         assert!(is_user_key("alice@example.com"));
         assert!(!is_user_key("alice\n"));
