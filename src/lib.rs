@@ -25,6 +25,7 @@ pub mod error;
 pub mod factors;
 pub mod gateway;
 pub mod identity;
+pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod passwords;

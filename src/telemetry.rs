@@ -12,33 +12,53 @@
 //! the access lines before it, so the order holds and start-up, audit and
 //! error lines are never late. At most one window of access lines is lost if
 //! the process dies abruptly; an orderly exit logs "stopped", which flushes.
+//!
+//! Log lines cannot be forged. Values logged often come from a request (a
+//! login, a transaction id in a path), so escaping happens in two central
+//! places rather than at each call site: the text format writes every field
+//! through [`SafeFields`] (a value that is not a plain token is quoted, with
+//! quotes, backslashes and control characters escaped, so it can neither end
+//! the line nor fake another field), and the sink escapes any control
+//! character left in a formatted line, in either format, except the line's
+//! own final newline (JSON already escapes C0 controls, but not DEL, C1
+//! controls or U+2028/U+2029, which some log viewers treat as line breaks).
 
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::{FormatFields, Writer};
 
 use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global subscriber (a no-op if one is installed already).
 pub fn init(cfg: &LogConfig) {
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a person watching; a log file or collector gets
+    // plain text (and fewer bytes per access line).
+    let ansi = std::io::stderr().is_terminal();
+    let mode = Mode {
+        json: cfg.format == LogFormat::Json,
+        ansi,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(LogSink::start())
-        // Colour codes only for a person watching; a log file or collector gets
-        // plain text (and fewer bytes per access line).
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_writer(LogSink::start(mode))
+        .with_ansi(ansi);
     let _ = match cfg.format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Text => builder.with_target(true).try_init(),
+        LogFormat::Text => builder.with_target(true).fmt_fields(SafeFields).try_init(),
     };
 }
 
@@ -61,6 +81,17 @@ const MAX_PENDING: usize = 1 << 20;
 /// The access log's target, the only one batched.
 const ACCESS_TARGET: &str = "portcullis::access";
 
+/// What the sink must know about the lines it is given.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mode {
+    /// JSON lines: escapes are written as `\uXXXX` (valid inside a JSON
+    /// string, the only place a control character can be in such a line).
+    json: bool,
+    /// The formatter colours text with ESC sequences: ESC passes (values
+    /// never carry one: [`SafeFields`] escaped it).
+    ansi: bool,
+}
+
 /// The writer behind the subscriber (see the module doc).
 #[derive(Clone)]
 struct LogSink(Arc<Shared>);
@@ -78,6 +109,8 @@ struct Shared {
     out: Mutex<Output>,
     /// False when the batching thread could not be started: write directly.
     batching: AtomicBool,
+    /// How lines are escaped.
+    mode: Mode,
 }
 
 static SINK: OnceLock<LogSink> = OnceLock::new();
@@ -88,19 +121,20 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl LogSink {
     /// The process-wide sink on stderr, starting its thread on first use.
-    fn start() -> Self {
-        SINK.get_or_init(|| Self::new(Box::new(std::io::stderr())))
+    fn start(mode: Mode) -> Self {
+        SINK.get_or_init(|| Self::new(Box::new(std::io::stderr()), mode))
             .clone()
     }
 
     /// A sink writing to `out`, with its batching thread (which lives as long
     /// as the process; there is one sink per process outside tests).
-    fn new(out: Output) -> Self {
+    fn new(out: Output, mode: Mode) -> Self {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Vec::with_capacity(64 * 1024)),
             wake: Condvar::new(),
             out: Mutex::new(out),
             batching: AtomicBool::new(true),
+            mode,
         });
         let worker = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -179,10 +213,11 @@ struct EventWriter<'a> {
 
 impl Write for EventWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let line = clean_line(buf, self.sink.mode);
         if self.batch {
-            self.sink.append(buf);
+            self.sink.append(&line);
         } else {
-            self.sink.write_through(buf);
+            self.sink.write_through(&line);
         }
         Ok(buf.len())
     }
@@ -208,6 +243,165 @@ impl<'a> MakeWriter<'a> for LogSink {
             batch: meta.target() == ACCESS_TARGET,
         }
     }
+}
+
+/// True for a character that must never reach a log line as it is: control
+/// characters (C0, DEL, C1) and the Unicode line and paragraph separators.
+fn unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// `line` (one formatted event: the formatter hands over the whole line in
+/// one write) with every unsafe character but the final newline escaped.
+/// Lines without any (nearly all) are passed on without a copy.
+fn clean_line(line: &[u8], mode: Mode) -> Cow<'_, [u8]> {
+    let (body, newline) = match line.strip_suffix(b"\n") {
+        Some(body) => (body, true),
+        None => (line, false),
+    };
+    // Only control bytes and non-ASCII text can hold an unsafe character.
+    if body.iter().all(|&b| (0x20..0x7f).contains(&b)) {
+        return Cow::Borrowed(line);
+    }
+    let text = String::from_utf8_lossy(body);
+    let keep = |c: char| !unsafe_char(c) || (mode.ansi && !mode.json && c == '\u{1b}');
+    if text.chars().all(keep) && matches!(text, Cow::Borrowed(_)) {
+        return Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if keep(c) {
+            out.push(c);
+        } else if mode.json {
+            // Every unsafe character is in the Basic Multilingual Plane.
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        }
+    }
+    if newline {
+        out.push('\n');
+    }
+    Cow::Owned(out.into_bytes())
+}
+
+/// The text format's field formatter: `name=value` pairs in which a value
+/// can neither end the line nor pass for another field (see the module doc).
+/// Plain tokens (printable ASCII without spaces, quotes, backslashes or `=`)
+/// are written bare, as before; anything else is quoted and escaped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SafeFields;
+
+impl<'w> FormatFields<'w> for SafeFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut v = SafeVisitor {
+            writer,
+            first: true,
+            scratch: String::new(),
+            result: Ok(()),
+        };
+        fields.record(&mut v);
+        v.result
+    }
+}
+
+struct SafeVisitor<'w> {
+    writer: Writer<'w>,
+    first: bool,
+    /// Reused for each value formatted through `Debug`.
+    scratch: String,
+    result: fmt::Result,
+}
+
+impl SafeVisitor<'_> {
+    fn separator(&mut self) -> fmt::Result {
+        if self.first {
+            self.first = false;
+            Ok(())
+        } else {
+            self.writer.write_char(' ')
+        }
+    }
+
+    fn pair(&mut self, field: &Field, value: &str, always_quote: bool) {
+        if self.result.is_err() {
+            return;
+        }
+        let name = field.name();
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        self.result = self.separator().and_then(|()| {
+            if name == "message" {
+                // The event's own text, written without a name (as tracing's
+                // default does); only its control characters are escaped.
+                return write_escaped_controls(&mut self.writer, value);
+            }
+            write!(self.writer, "{name}=")?;
+            if !always_quote && (is_token(value) || is_quoted(value)) {
+                self.writer.write_str(value)
+            } else {
+                write!(self.writer, "{value:?}")
+            }
+        });
+    }
+}
+
+impl Visit for SafeVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        // Strings were always quoted (`reason="user locked"`): keep that.
+        self.pair(field, value, true);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        if write!(scratch, "{value:?}").is_err() {
+            self.result = Err(fmt::Error);
+        }
+        self.pair(field, &scratch, false);
+        self.scratch = scratch;
+    }
+}
+
+/// A plain token, safe without quotes.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| (0x21..0x7f).contains(&b) && !matches!(b, b'"' | b'\\' | b'='))
+}
+
+/// Already one well-formed quoted string (what `Debug` gives for a string):
+/// no unescaped quote inside, no unsafe character.
+fn is_quoted(s: &str) -> bool {
+    let Some(inner) = s.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) else {
+        return false;
+    };
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(next) if !unsafe_char(next) => {}
+                _ => return false,
+            },
+            '"' => return false,
+            c if unsafe_char(c) => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+fn write_escaped_controls(w: &mut Writer<'_>, s: &str) -> fmt::Result {
+    if !s.chars().any(unsafe_char) {
+        return w.write_str(s);
+    }
+    for c in s.chars() {
+        if unsafe_char(c) {
+            write!(w, "{}", c.escape_debug())?;
+        } else {
+            w.write_char(c)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -239,7 +433,7 @@ mod tests {
     #[test]
     fn access_lines_are_batched_and_other_lines_keep_the_order() {
         let buf = Buf::default();
-        let sink = LogSink::new(Box::new(buf.clone()));
+        let sink = LogSink::new(Box::new(buf.clone()), Mode::default());
         sink.0.append(b"access 1\n");
         sink.0.append(b"access 2\n");
         // Another event: what was queued before it goes first.
@@ -258,7 +452,7 @@ mod tests {
     #[test]
     fn a_full_queue_is_written_by_the_caller() {
         let buf = Buf::default();
-        let sink = LogSink::new(Box::new(buf.clone()));
+        let sink = LogSink::new(Box::new(buf.clone()), Mode::default());
         let line = vec![b'x'; MAX_PENDING];
         sink.0.append(b"first\n");
         sink.0.append(&line);
@@ -266,5 +460,113 @@ mod tests {
         let text = buf.text();
         assert!(text.starts_with("first\nxxx"), "{}", &text[..10.min(text.len())]);
         assert_eq!(text.len(), 6 + MAX_PENDING);
+    }
+
+    /// Logs `f`'s events in the given format through a sink on a buffer.
+    fn capture(json: bool, f: impl FnOnce()) -> String {
+        let buf = Buf::default();
+        let sink = LogSink::new(Box::new(buf.clone()), Mode { json, ansi: false });
+        let builder = tracing_subscriber::fmt()
+            .with_writer(sink.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO);
+        if json {
+            let sub = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .finish();
+            tracing::subscriber::with_default(sub, f);
+        } else {
+            let sub = builder.with_target(true).fmt_fields(SafeFields).finish();
+            tracing::subscriber::with_default(sub, f);
+        }
+        sink.0.write_through(&[]);
+        buf.text()
+    }
+
+    const EVIL: &str = "x\n2026-01-01T00:00:00Z  INFO portcullis::audit: event=\"user.unlocked\" user=alice actor=\"admin\"\r\u{1b}[2J\u{85}\u{2028}\u{7f}";
+
+    fn emit() {
+        let evil = EVIL.to_owned();
+        crate::audit!("signin.passwordless.decoy", login = %evil);
+        crate::audit!("push.answer.refused", transaction = ?evil, reason = "late");
+        crate::audit!("as.str", user = evil.as_str());
+        tracing::warn!("message with {evil}");
+        tracing::info!(target: "portcullis::access", path = %evil, status = 404u16);
+    }
+
+    #[test]
+    fn text_lines_cannot_be_forged() {
+        let text = capture(false, emit);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        for l in &lines {
+            assert!(!l.chars().any(unsafe_char), "{l:?}");
+            assert!(l.contains("portcullis"), "{l}");
+        }
+        // The value is one quoted field: its quotes are escaped, so
+        // `user=alice` cannot pass for a field of its own.
+        assert!(
+            lines[0].ends_with(r#"login="x\n2026-01-01T00:00:00Z  INFO portcullis::audit: event=\"user.unlocked\" user=alice actor=\"admin\"\r\u{1b}[2J\u{85}\u{2028}\u{7f}""#),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].contains(r#"transaction="x\n2026"#), "{}", lines[1]);
+        assert!(lines[2].contains(r#"user="x\n2026"#), "{}", lines[2]);
+        assert!(lines[3].contains(r#"message with x\n2026"#), "{}", lines[3]);
+        // Plain tokens stay bare, as before.
+        let plain = capture(false, || {
+            let client: std::net::IpAddr = [127, 0, 0, 1].into();
+            crate::audit!("factor.verified", user = %"alice", client = %client, reason = "invalid");
+        });
+        assert!(
+            plain.contains(r#"event="factor.verified" user=alice client=127.0.0.1 reason="invalid""#),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn json_lines_cannot_be_forged() {
+        let text = capture(true, emit);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        for l in &lines {
+            assert!(!l.chars().any(unsafe_char), "{l:?}");
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let value = ["login", "transaction", "user", "path"]
+                .iter()
+                .find_map(|k| v[k].as_str().map(str::to_owned))
+                .or_else(|| {
+                    v["message"]
+                        .as_str()
+                        .map(|m| m.trim_start_matches("message with ").to_owned())
+                })
+                .unwrap();
+            // Nothing lost: the value reads back whole.
+            assert!(value == EVIL || value == format!("{EVIL:?}"), "{l}");
+        }
+    }
+
+    #[test]
+    fn clean_lines_pass_without_a_copy() {
+        let line = b"2026 INFO portcullis::access: user=\"Zo\xc3\xab\"\n";
+        assert!(matches!(clean_line(line, Mode::default()), Cow::Borrowed(_)));
+        let ansi = Mode {
+            json: false,
+            ansi: true,
+        };
+        assert!(matches!(clean_line(b"\x1b[2mx\x1b[0m\n", ansi), Cow::Borrowed(_)));
+        assert_eq!(&*clean_line(b"a\nb\n", Mode::default()), b"a\\u{a}b\n");
+        assert_eq!(
+            &*clean_line(
+                b"a\x1bb",
+                Mode {
+                    json: true,
+                    ansi: true
+                }
+            ),
+            b"a\\u001bb"
+        );
     }
 }

@@ -16,6 +16,8 @@ mod flood;
 mod listeners;
 #[path = "gateway/login.rs"]
 mod login;
+#[path = "gateway/logs.rs"]
+mod logs;
 #[path = "gateway/mfa.rs"]
 mod mfa;
 #[path = "gateway/paths.rs"]

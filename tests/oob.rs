@@ -16,6 +16,8 @@ mod push_approver;
 
 mod oob {
     mod codes;
+    mod flows;
     pub mod harness;
     mod push;
+    mod timing;
 }

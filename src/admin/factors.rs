@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use http::{HeaderValue, StatusCode, header};
@@ -32,6 +32,7 @@ use crate::factors::{
     self, Challenge, ChallengeError, EnrollError, Enrolled, Factor, TOTP_TYPE, VerifyError,
 };
 use crate::gateway::AppState;
+use crate::ids::Ids;
 use crate::store::FactorStatus;
 use crate::users::User;
 
@@ -66,6 +67,8 @@ pub struct Scope {
     pub client: IpAddr,
     /// The host named in messages and pushes.
     pub app_host: String,
+    /// The flow codes sent here belong to (admin, or the user's session).
+    pub flow: factors::Flow,
 }
 
 impl Scope {
@@ -289,21 +292,22 @@ pub async fn enroll(st: &AppState, scope: &Scope, activate: Option<bool>, body: 
         ));
     }
     let profile = req.profile.unwrap_or_else(|| json!({}));
-    let enrolled = match factors::enroll(st, &scope.user, &factor_type, &provider, &profile).await {
-        Ok(e) => e,
-        Err(EnrollError::NotSupported) => {
-            return validation(format!(
-                "factorType: {factor_type} is not supported or not enabled"
-            ));
-        }
-        Err(EnrollError::Invalid(cause)) => return validation(cause),
-        Err(EnrollError::Delivery) => {
-            return ApiError::new(ErrorCode::E0000009)
-                .cause("the activation message could not be delivered; try again later")
-                .into_response();
-        }
-        Err(e) => return unavailable(e),
-    };
+    let enrolled =
+        match factors::enroll(st, &scope.user, &factor_type, &provider, &profile, &scope.flow).await {
+            Ok(e) => e,
+            Err(EnrollError::NotSupported) => {
+                return validation(format!(
+                    "factorType: {factor_type} is not supported or not enabled"
+                ));
+            }
+            Err(EnrollError::Invalid(cause)) => return validation(cause),
+            Err(EnrollError::Delivery) => {
+                return ApiError::new(ErrorCode::E0000009)
+                    .cause("the activation message could not be delivered; try again later")
+                    .into_response();
+            }
+            Err(e) => return unavailable(e),
+        };
     let factor = Factor {
         record: enrolled.factor().clone(),
         from_config: false,
@@ -408,7 +412,7 @@ pub async fn activate(st: &AppState, scope: &Scope, id: &str, body: &[u8]) -> Re
             .cause("only a factor PENDING_ACTIVATION is activated with a passCode")
             .into_response();
     }
-    if let Err(e) = factors::activate(st, &scope.user, &f, &code, scope.client).await {
+    if let Err(e) = factors::activate(st, &scope.user, &f, &code, scope.client, &scope.flow).await {
         return verify_error(e);
     }
     audit!("factor.activated.api", user = %scope.user.username, factor_id = %f.record.id, actor = scope.actor, token = ?scope.token);
@@ -438,6 +442,7 @@ pub async fn verify(st: &AppState, scope: &Scope, id: &str, body: &[u8]) -> Resp
             let ctx = factors::ChallengeContext {
                 client_addr: scope.client,
                 app_host: scope.app_host.clone(),
+                flow: scope.flow.clone(),
             };
             match factors::challenge(st, &scope.user, &f, &ctx).await {
                 Ok(Challenge::CodeSent { expires_at }) => {
@@ -466,7 +471,8 @@ pub async fn verify(st: &AppState, scope: &Scope, id: &str, body: &[u8]) -> Resp
             }
         }
         (_, None) => validation("passCode: The field cannot be left blank"),
-        (_, Some(code)) => match factors::verify(st, &scope.user, &f, &code, scope.client).await {
+        (_, Some(code)) => match factors::verify(st, &scope.user, &f, &code, scope.client, &scope.flow).await
+        {
             Ok(()) => {
                 audit!("factor.verified.api", user = %scope.user.username, factor_type = %ft, actor = scope.actor, token = ?scope.token);
                 json(StatusCode::OK, &json!({ "factorResult": "SUCCESS" }))
@@ -574,6 +580,7 @@ pub async fn resend(st: &AppState, scope: &Scope, id: &str) -> Response {
     let ctx = factors::ChallengeContext {
         client_addr: scope.client,
         app_host: scope.app_host.clone(),
+        flow: scope.flow.clone(),
     };
     match factors::challenge(st, &scope.user, &f, &ctx).await {
         Ok(_) => {
@@ -626,6 +633,7 @@ async fn admin_scope(st: &AppState, admin: &Admin, key: &str, client: IpAddr) ->
         actor: "admin",
         token: Some(admin.token),
         client,
+        flow: factors::Flow::Admin,
         app_host: st
             .config
             .server
@@ -672,7 +680,7 @@ macro_rules! scoped {
 async fn admin_list(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path(uid): Path<String>,
+    Ids(uid): Ids<String>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -682,7 +690,7 @@ async fn admin_list(
 async fn admin_catalog(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path(uid): Path<String>,
+    Ids(uid): Ids<String>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -692,7 +700,7 @@ async fn admin_catalog(
 async fn admin_enroll(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path(uid): Path<String>,
+    Ids(uid): Ids<String>,
     Query(q): Query<EnrollQuery>,
     c: Conn,
     body: Bytes,
@@ -704,7 +712,7 @@ async fn admin_enroll(
 async fn admin_get(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid)): Path<(String, String)>,
+    Ids((uid, fid)): Ids<(String, String)>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -714,7 +722,7 @@ async fn admin_get(
 async fn admin_qr(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid)): Path<(String, String)>,
+    Ids((uid, fid)): Ids<(String, String)>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -724,7 +732,7 @@ async fn admin_qr(
 async fn admin_activate(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid)): Path<(String, String)>,
+    Ids((uid, fid)): Ids<(String, String)>,
     c: Conn,
     body: Bytes,
 ) -> Response {
@@ -735,7 +743,7 @@ async fn admin_activate(
 async fn admin_verify(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid)): Path<(String, String)>,
+    Ids((uid, fid)): Ids<(String, String)>,
     c: Conn,
     body: Bytes,
 ) -> Response {
@@ -746,7 +754,7 @@ async fn admin_verify(
 async fn admin_transaction(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid, tid)): Path<(String, String, String)>,
+    Ids((uid, fid, tid)): Ids<(String, String, String)>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -756,7 +764,7 @@ async fn admin_transaction(
 async fn admin_cancel(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid, tid)): Path<(String, String, String)>,
+    Ids((uid, fid, tid)): Ids<(String, String, String)>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -766,7 +774,7 @@ async fn admin_cancel(
 async fn admin_resend(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid)): Path<(String, String)>,
+    Ids((uid, fid)): Ids<(String, String)>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -776,7 +784,7 @@ async fn admin_resend(
 async fn admin_delete(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path((uid, fid)): Path<(String, String)>,
+    Ids((uid, fid)): Ids<(String, String)>,
     c: Conn,
 ) -> Response {
     let scope = scoped!(st, admin, uid, c);
@@ -792,11 +800,7 @@ fn recovery_disabled() -> Response {
 }
 
 /// `GET /api/v1/users/{id}/recovery_codes`: how many unused codes are left.
-pub async fn recovery_left(
-    admin: Admin,
-    State(st): State<Arc<AppState>>,
-    Path(uid): Path<String>,
-) -> Response {
+pub async fn recovery_left(admin: Admin, State(st): State<Arc<AppState>>, Ids(uid): Ids<String>) -> Response {
     let s = match super::users::subject(&st, &uid).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -815,11 +819,7 @@ pub async fn recovery_left(
 
 /// `POST /api/v1/users/{id}/recovery_codes`: replaces the user's codes with
 /// new ones, shown once.
-pub async fn recovery_new(
-    admin: Admin,
-    State(st): State<Arc<AppState>>,
-    Path(uid): Path<String>,
-) -> Response {
+pub async fn recovery_new(admin: Admin, State(st): State<Arc<AppState>>, Ids(uid): Ids<String>) -> Response {
     if !st.config.factors.recovery_codes.enabled {
         return recovery_disabled();
     }
@@ -843,7 +843,7 @@ pub async fn recovery_new(
 pub async fn recovery_revoke(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path(uid): Path<String>,
+    Ids(uid): Ids<String>,
 ) -> Response {
     let s = match super::users::subject(&st, &uid).await {
         Ok(s) => s,

@@ -7,13 +7,16 @@
 //! and the OpenAPI document is tested against it, so the two cannot drift.
 //! API routes take an [`Admin`] extractor first: a token from `admin.tokens`
 //! (`SSWS <token>` or `Bearer <token>`, compared in constant time against
-//! every token) or 401 `E0000011` before anything else is looked at. Every
-//! admin action is an audit event naming the token by its index.
+//! every token) or 401 `E0000011` before anything else is looked at; wrong
+//! tokens are throttled per client address ([`throttle`]: 429 `E0000047`).
+//! Every admin action is an audit event naming the token by its index.
 
 pub mod factors;
 pub mod openapi;
+pub mod throttle;
 pub mod users;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -273,14 +276,38 @@ impl FromRequestParts<Arc<AppState>> for Admin {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, Response> {
-        let Some(token) = authorized(st, &parts.headers) else {
-            crate::audit!("admin.refused", method = %parts.method, path = %parts.uri.path(), reason = "missing or wrong token");
-            return Err(ApiError::new(ErrorCode::E0000011).into_response());
-        };
+        let token = checked_token(st, parts).map_err(|r| *r)?;
         Ok(Admin {
             token,
             origin: origin(st, parts),
         })
+    }
+}
+
+/// The index of the admin token of a call, after the per-address throttle
+/// ([`throttle`]); else the answer: 429 while throttled, 401 without a
+/// right token (a wrong one is counted).
+fn checked_token(st: &AppState, parts: &Parts) -> Result<usize, Box<Response>> {
+    let peer = parts
+        .extensions
+        .get::<crate::gateway::prepare::ConnInfo>()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.peer.ip());
+    let now = st.clock.now();
+    if let Some(reset) = st.admin_throttle.blocked(peer, now) {
+        crate::audit!("admin.refused", method = %parts.method, path = %parts.uri.path(), client = %peer, reason = "too many wrong tokens");
+        return Err(Box::new(
+            ApiError::rate_limited(throttle::MAX_FAILURES, reset, now).into_response(),
+        ));
+    }
+    match authorized(st, &parts.headers) {
+        Some(token) => Ok(token),
+        None => {
+            if parts.headers.contains_key(header::AUTHORIZATION) {
+                st.admin_throttle.failed(peer, now);
+            }
+            crate::audit!("admin.refused", method = %parts.method, path = %parts.uri.path(), client = %peer, reason = "missing or wrong token");
+            Err(Box::new(ApiError::new(ErrorCode::E0000011).into_response()))
+        }
     }
 }
 
@@ -346,9 +373,11 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if st.config.admin.metrics_require_token && authorized(&st, &headers).is_none() {
-        return ApiError::new(ErrorCode::E0000011).into_response();
+async fn metrics(State(st): State<Arc<AppState>>, parts: Parts) -> Response {
+    if st.config.admin.metrics_require_token
+        && let Err(refused) = checked_token(&st, &parts)
+    {
+        return *refused;
     }
     let mut res = crate::metrics::render().into_response();
     res.headers_mut().insert(

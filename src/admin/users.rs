@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde::Deserialize;
@@ -28,6 +28,7 @@ use crate::audit;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ErrorCode};
 use crate::gateway::AppState;
+use crate::ids::Ids;
 use crate::secret::Secret;
 use crate::store::{UserPatch, UserRecord, UserStatus, UserWrite};
 use crate::users::User;
@@ -550,7 +551,7 @@ pub async fn list(admin: Admin, State(st): State<Arc<AppState>>, Query(q): Query
 }
 
 /// `GET /api/v1/users/{id or login}`.
-pub async fn get(admin: Admin, State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub async fn get(admin: Admin, State(st): State<Arc<AppState>>, Ids(id): Ids<String>) -> Response {
     let s = match subject(&st, &id).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -564,7 +565,7 @@ pub async fn get(admin: Admin, State(st): State<Arc<AppState>>, Path(id): Path<S
 pub async fn update(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    Ids(id): Ids<String>,
     body: Bytes,
 ) -> Response {
     change(&st, &admin, &id, &body, true).await
@@ -574,7 +575,7 @@ pub async fn update(
 pub async fn replace(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    Ids(id): Ids<String>,
     body: Bytes,
 ) -> Response {
     change(&st, &admin, &id, &body, false).await
@@ -634,7 +635,7 @@ async fn change(st: &AppState, admin: &Admin, id: &str, body: &[u8], partial: bo
 
 /// `DELETE /api/v1/users/{id}`: deletes a stored user at once (with their
 /// factors and recovery codes) and ends their sessions.
-pub async fn delete(admin: Admin, State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub async fn delete(admin: Admin, State(st): State<Arc<AppState>>, Ids(id): Ids<String>) -> Response {
     let r = match stored(&st, &id).await {
         Ok(r) => r,
         Err(r) => return r,
@@ -697,7 +698,7 @@ async fn transition(
 }
 
 /// `POST /api/v1/users/{id}/lifecycle/activate`: `STAGED` to `ACTIVE`.
-pub async fn activate(admin: Admin, State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub async fn activate(admin: Admin, State(st): State<Arc<AppState>>, Ids(id): Ids<String>) -> Response {
     transition(
         &st,
         &admin,
@@ -710,7 +711,7 @@ pub async fn activate(admin: Admin, State(st): State<Arc<AppState>>, Path(id): P
 }
 
 /// `POST /api/v1/users/{id}/lifecycle/suspend`: `ACTIVE` to `SUSPENDED` (sessions end).
-pub async fn suspend(admin: Admin, State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub async fn suspend(admin: Admin, State(st): State<Arc<AppState>>, Ids(id): Ids<String>) -> Response {
     transition(
         &st,
         &admin,
@@ -723,7 +724,7 @@ pub async fn suspend(admin: Admin, State(st): State<Arc<AppState>>, Path(id): Pa
 }
 
 /// `POST /api/v1/users/{id}/lifecycle/unsuspend`: `SUSPENDED` to `ACTIVE`.
-pub async fn unsuspend(admin: Admin, State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub async fn unsuspend(admin: Admin, State(st): State<Arc<AppState>>, Ids(id): Ids<String>) -> Response {
     transition(
         &st,
         &admin,
@@ -736,7 +737,7 @@ pub async fn unsuspend(admin: Admin, State(st): State<Arc<AppState>>, Path(id): 
 }
 
 /// `POST /api/v1/users/{id}/lifecycle/unlock`: clears the user's lockouts.
-pub async fn unlock(admin: Admin, State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub async fn unlock(admin: Admin, State(st): State<Arc<AppState>>, Ids(id): Ids<String>) -> Response {
     let s = match subject(&st, &id).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -754,7 +755,7 @@ pub async fn unlock(admin: Admin, State(st): State<Arc<AppState>>, Path(id): Pat
 pub async fn revoke_sessions(
     admin: Admin,
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    Ids(id): Ids<String>,
 ) -> Response {
     let s = match subject(&st, &id).await {
         Ok(s) => s,

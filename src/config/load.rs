@@ -1048,10 +1048,11 @@ fn convert_admin(cx: &mut Ctx<'_>, raw: RawAdmin) -> AdminConfig {
                         format!("{label}must not contain whitespace or control characters"),
                     );
                 } else if secret.len() < MIN_ADMIN_TOKEN_BYTES {
-                    cx.warn(
+                    // A short token can be guessed: refused, not merely warned about.
+                    cx.error(
                         &key,
                         format!(
-                            "{label}short token ({} bytes): use a random one, e.g. from `portcullis gen-key`",
+                            "{label}too short ({} bytes; at least {MIN_ADMIN_TOKEN_BYTES}): use a random one, e.g. from `portcullis gen-key`",
                             secret.len()
                         ),
                     );
@@ -3331,10 +3332,15 @@ format = "xml"
     fn admin_tokens_are_checked() {
         let errs = errors(&with("[admin]\ntokens = [\"has space in it 0123456789\"]\n"));
         assert_has(&errs, "admin.tokens[0]", "whitespace");
-        let loaded = ok(&with(
-            "[admin]\ntokens = [\"short\"]\nmetrics_require_token = true\n",
+        let errs = errors(&with(
+            "[admin]\ntokens = [\"long-enough-token-0123456789\", \"short\"]\n",
         ));
-        assert_has(&warnings(&loaded), "admin.tokens[0]", "short token (5 bytes)");
+        assert_has(&errs, "admin.tokens[1]", "too short (5 bytes; at least 16)");
+        assert!(!errs.iter().any(|e| e.contains("admin.tokens[0]")), "{errs:?}");
+        assert!(
+            !errs.iter().any(|e| e.contains("short\"")),
+            "the token was printed: {errs:?}"
+        );
         let loaded = ok(&with("[admin]\ntokens = []\nmetrics_require_token = true\n"));
         assert_has(&warnings(&loaded), "admin.tokens", "disabled");
         assert_has(

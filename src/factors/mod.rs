@@ -405,10 +405,11 @@ pub async fn enroll(
     factor_type: &str,
     provider: &str,
     profile: &serde_json::Value,
+    flow: &Flow,
 ) -> Result<Enrolled, EnrollError> {
     match factor_type {
         TOTP_TYPE => enroll_totp(st, user, provider).await.map(Enrolled::Totp),
-        "sms" | "call" | "email" => otp::enroll(st, user, factor_type, provider, profile).await,
+        "sms" | "call" | "email" => otp::enroll(st, user, factor_type, provider, profile, flow).await,
         "push" => push::enroll(st, user, provider).await,
         _ => Err(EnrollError::NotSupported),
     }
@@ -422,10 +423,11 @@ pub async fn activate(
     factor: &Factor,
     pass_code: &str,
     addr: IpAddr,
+    flow: &Flow,
 ) -> Result<(), VerifyError> {
     match factor.record.factor_type.as_str() {
         TOTP_TYPE => activate_totp(st, user, factor, pass_code, addr).await,
-        "sms" | "call" | "email" => otp::activate(st, user, factor, pass_code, addr).await,
+        "sms" | "call" | "email" => otp::activate(st, user, factor, pass_code, addr, flow).await,
         _ => Err(VerifyError::NotActive),
     }
 }
@@ -436,6 +438,33 @@ pub struct ChallengeContext {
     pub client_addr: IpAddr,
     /// The host the user is signing in to.
     pub app_host: String,
+    /// The flow a code sent now belongs to.
+    pub flow: Flow,
+}
+
+/// The flow a one-time code (sms, call, email) is sent in: the code can be
+/// used in that flow only, so a code sent for one sign-in cannot finish
+/// another one, or an admin or self-service verification, and the reverse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flow {
+    /// An authentication API transaction (its record id).
+    Authn(String),
+    /// A signed-in session: the portal's pages and the self-service API
+    /// (the session id).
+    Session(String),
+    /// The admin API.
+    Admin,
+}
+
+impl Flow {
+    /// A stable text naming the flow (MACed before it is stored).
+    pub fn key(&self) -> String {
+        match self {
+            Flow::Authn(id) => format!("authn:{id}"),
+            Flow::Session(sid) => format!("session:{sid}"),
+            Flow::Admin => "admin".into(),
+        }
+    }
 }
 
 /// What starting a challenge produced.
@@ -488,7 +517,7 @@ pub async fn challenge(
         TOTP_TYPE => Err(ChallengeError::NotChallenged),
         "sms" | "call" | "email" => {
             let app = otp::app_name(st, Some(&ctx.app_host));
-            otp::send_code(st, user, &factor.record, &app)
+            otp::send_code(st, user, &factor.record, &app, &ctx.flow)
                 .await
                 .map(|expires_at| Challenge::CodeSent { expires_at })
         }
@@ -504,10 +533,11 @@ pub async fn verify(
     factor: &Factor,
     pass_code: &str,
     addr: IpAddr,
+    flow: &Flow,
 ) -> Result<(), VerifyError> {
     match factor.record.factor_type.as_str() {
         TOTP_TYPE => verify_totp(st, user, factor, pass_code, addr, false).await,
-        "sms" | "call" | "email" => otp::check_code(st, user, factor, pass_code, addr, false).await,
+        "sms" | "call" | "email" => otp::check_code(st, user, factor, pass_code, addr, false, flow).await,
         _ => Err(VerifyError::NotActive),
     }
 }

@@ -7,7 +7,10 @@
 //! A factor's current code lives in one store record (kind `otp`, id
 //! `otp:{factorId}`) so every replica sees it: only an HMAC-SHA256 of the code
 //! under a server key derived from the first session secret (purpose `otp`),
-//! its expiry (`ttl`), its purpose (activation or sign-in), the number of
+//! its expiry (`ttl`), its purpose (activation or sign-in), the flow it was
+//! sent in ([`super::Flow`]: an authn transaction, a signed-in session, or
+//! the admin API; only that flow can use it, and another flow's attempt
+//! leaves it alone), the number of
 //! attempts (at most [`MAX_ATTEMPTS`], then the code is dead) and when it was
 //! sent (`resend_after` is enforced from it). Every change is a
 //! compare-and-set on the record's version, so two replicas checking codes at
@@ -24,7 +27,7 @@ use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{ChallengeError, EnrollError, Enrolled, Factor, VerifyError};
+use super::{ChallengeError, EnrollError, Enrolled, Factor, Flow, VerifyError};
 use crate::audit;
 use crate::clock::UnixTime;
 use crate::config::CodeFactorConfig;
@@ -198,11 +201,19 @@ fn server_key(st: &AppState) -> Secret {
         .unwrap_or_default()
 }
 
-/// The stored form of a code: HMAC-SHA256 bound to the factor and purpose.
-pub fn code_mac(key: &[u8], factor_id: &str, purpose: &str, code: &str) -> [u8; 32] {
+/// The stored form of a code: HMAC-SHA256 bound to the factor, the purpose
+/// and the flow it was sent in.
+pub fn code_mac(key: &[u8], factor_id: &str, purpose: &str, flow: &Flow, code: &str) -> [u8; 32] {
     crate::crypto::hmac_sha256(
         key,
-        format!("portcullis/otp/v1|{factor_id}|{purpose}|{code}").as_bytes(),
+        format!("portcullis/otp/v2|{factor_id}|{purpose}|{}|{code}", flow.key()).as_bytes(),
+    )
+}
+
+/// What is stored of a flow: its MAC (a session id is never stored as such).
+fn flow_tag(key: &[u8], flow: &Flow) -> String {
+    hex::encode(
+        &crate::crypto::hmac_sha256(key, format!("portcullis/otp-flow/v1|{}", flow.key()).as_bytes())[..16],
     )
 }
 
@@ -213,6 +224,10 @@ pub struct CodeState {
     pub mac: Option<String>,
     /// `activate` or `verify`.
     pub purpose: String,
+    /// [`flow_tag`] of the flow the code was sent in (empty in records
+    /// written before codes were bound to flows: no flow matches).
+    #[serde(default)]
+    pub flow: String,
     pub code_expires: UnixTime,
     /// Attempts made against the live code.
     pub attempts: u32,
@@ -334,6 +349,7 @@ pub async fn send_code(
     user: &User,
     factor: &FactorRecord,
     app: &str,
+    flow: &Flow,
 ) -> Result<UnixTime, ChallengeError> {
     let Some(cfg) = config(st, &factor.factor_type).filter(|c| c.enabled) else {
         return Err(ChallengeError::NotActive);
@@ -373,7 +389,8 @@ pub async fn send_code(
     let code = generate_code(cfg.code_length);
     let key = server_key(st);
     let purpose = purpose(factor);
-    let mac = hex::encode(code_mac(key.expose(), &factor.id, purpose, &code));
+    let mac = hex::encode(code_mac(key.expose(), &factor.id, purpose, flow, &code));
+    let tag = flow_tag(key.expose(), flow);
     let claimed = upsert(st, KIND, &record_id(&factor.id), &user.id, |cur, now| {
         if let Some(state) = cur.and_then(|c| serde_json::from_value::<CodeState>(c.data.clone()).ok())
             && state.sent_at + resend_after > now
@@ -383,6 +400,7 @@ pub async fn send_code(
         let state = CodeState {
             mac: Some(mac.clone()),
             purpose: purpose.into(),
+            flow: tag.clone(),
             code_expires: now + ttl,
             attempts: 0,
             sent_at: now,
@@ -450,6 +468,7 @@ pub async fn check_code(
     code: &str,
     addr: IpAddr,
     pending_ok: bool,
+    flow: &Flow,
 ) -> Result<(), VerifyError> {
     let ft = factor.record.factor_type.as_str();
     if !config(st, ft).is_some_and(|c| c.enabled) {
@@ -466,7 +485,8 @@ pub async fn check_code(
     let code: String = code.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
     let key = server_key(st);
     let purpose = purpose(&factor.record);
-    let presented = code_mac(key.expose(), &factor.record.id, purpose, &code);
+    let presented = code_mac(key.expose(), &factor.record.id, purpose, flow, &code);
+    let tag = flow_tag(key.expose(), flow);
     let outcome = upsert(st, KIND, &record_id(&factor.record.id), &user.id, |cur, now| {
         let Some(cur) = cur else { return Err("no code") };
         let Ok(mut state) = serde_json::from_value::<CodeState>(cur.data.clone()) else {
@@ -475,6 +495,11 @@ pub async fn check_code(
         let Some(mac) = state.mac.as_deref().and_then(|m| hex::decode(m).ok()) else {
             return Err("no code");
         };
+        // A code of another flow is no code for this one, and this attempt
+        // leaves it alone (its own flow can still use it).
+        if !ct_eq(state.flow.as_bytes(), tag.as_bytes()) {
+            return Err("no code");
+        }
         if state.purpose != purpose || now >= state.code_expires {
             return Err("expired");
         }
@@ -523,6 +548,7 @@ pub async fn enroll(
     factor_type: &str,
     provider: &str,
     profile: &Value,
+    flow: &Flow,
 ) -> Result<Enrolled, EnrollError> {
     if !config(st, factor_type).is_some_and(|c| c.enabled) || provider != "OKTA" {
         return Err(EnrollError::NotSupported);
@@ -550,7 +576,7 @@ pub async fn enroll(
         last_updated: now,
     };
     st.store.insert_factor(&factor).await?;
-    match send_code(st, user, &factor, &app_name(st, None)).await {
+    match send_code(st, user, &factor, &app_name(st, None), flow).await {
         Ok(expires_at) => {
             crate::metrics::factor_event("enrolled", factor_type);
             audit!("factor.enrolled", user = %user.username, factor_type = factor_type, factor_id = %factor.id);
@@ -580,11 +606,12 @@ pub async fn activate(
     factor: &Factor,
     code: &str,
     addr: IpAddr,
+    flow: &Flow,
 ) -> Result<(), VerifyError> {
     if factor.record.status != FactorStatus::PendingActivation {
         return Err(VerifyError::NotActive);
     }
-    check_code(st, user, factor, code, addr, true).await?;
+    check_code(st, user, factor, code, addr, true, flow).await?;
     if !st
         .store
         .activate_factor(&user.id, &factor.record.id, st.clock.now())
@@ -701,16 +728,29 @@ ttl = "60s"
         super::super::ChallengeContext {
             client_addr: ip(),
             app_host: "app.example.com".into(),
+            flow: flow(),
         }
+    }
+
+    /// The flow the tests send and check codes in.
+    fn flow() -> Flow {
+        Flow::Admin
     }
 
     async fn active_sms(st: &AppState, dir: &tempfile::TempDir, clock: &ManualClock) -> Factor {
         let u = user();
-        let e = super::super::enroll(st, &u, "sms", "OKTA", &json!({"phoneNumber": "+1 555 555 0100"}))
-            .await
-            .unwrap();
+        let e = super::super::enroll(
+            st,
+            &u,
+            "sms",
+            "OKTA",
+            &json!({"phoneNumber": "+1 555 555 0100"}),
+            &flow(),
+        )
+        .await
+        .unwrap();
         let f = super::super::find(st, &u, &e.factor().id).await.unwrap().unwrap();
-        super::super::activate(st, &u, &f, &last_code(dir), ip())
+        super::super::activate(st, &u, &f, &last_code(dir), ip(), &flow())
             .await
             .unwrap();
         clock.advance(30);
@@ -722,15 +762,38 @@ ttl = "60s"
         let (gw, _clock, dir) = gateway("").await;
         let st = gw.state();
         let u = user();
-        let bad = super::super::enroll(st, &u, "sms", "OKTA", &json!({"phoneNumber": "555-0100"})).await;
+        let bad = super::super::enroll(
+            st,
+            &u,
+            "sms",
+            "OKTA",
+            &json!({"phoneNumber": "555-0100"}),
+            &flow(),
+        )
+        .await;
         assert!(matches!(bad, Err(EnrollError::Invalid(c)) if c.starts_with("phoneNumber")));
         assert!(matches!(
-            super::super::enroll(st, &u, "sms", "GOOGLE", &json!({"phoneNumber": "+15555550100"})).await,
+            super::super::enroll(
+                st,
+                &u,
+                "sms",
+                "GOOGLE",
+                &json!({"phoneNumber": "+15555550100"}),
+                &flow()
+            )
+            .await,
             Err(EnrollError::NotSupported)
         ));
-        let e = super::super::enroll(st, &u, "sms", "OKTA", &json!({"phoneNumber": "+1 555 555 0100"}))
-            .await
-            .unwrap();
+        let e = super::super::enroll(
+            st,
+            &u,
+            "sms",
+            "OKTA",
+            &json!({"phoneNumber": "+1 555 555 0100"}),
+            &flow(),
+        )
+        .await
+        .unwrap();
         let Enrolled::Code { factor, expires_at } = &e else {
             panic!("{e:?}")
         };
@@ -755,15 +818,15 @@ ttl = "60s"
         assert!(!rec.data.to_string().contains(&code));
         let pending = super::super::find(st, &u, &factor.id).await.unwrap().unwrap();
         assert_eq!(
-            super::super::verify(st, &u, &pending, &code, ip()).await,
+            super::super::verify(st, &u, &pending, &code, ip(), &flow()).await,
             Err(VerifyError::NotActive),
             "a pending factor cannot sign in"
         );
         assert_eq!(
-            super::super::activate(st, &u, &pending, "000000", ip()).await,
+            super::super::activate(st, &u, &pending, "000000", ip(), &flow()).await,
             Err(VerifyError::Invalid)
         );
-        super::super::activate(st, &u, &pending, &code, ip())
+        super::super::activate(st, &u, &pending, &code, ip(), &flow())
             .await
             .unwrap();
         assert!(
@@ -773,6 +836,38 @@ ttl = "60s"
                 .unwrap()
                 .is_active()
         );
+    }
+
+    #[tokio::test]
+    async fn a_code_is_bound_to_the_flow_that_sent_it() {
+        let (gw, clock, dir) = gateway("").await;
+        let st = gw.state();
+        let u = user();
+        let f = active_sms(st, &dir, &clock).await;
+        let one = Flow::Authn("tx-one".into());
+        let sent_in = super::super::ChallengeContext {
+            flow: one.clone(),
+            ..ctx()
+        };
+        super::super::challenge(st, &u, &f, &sent_in).await.unwrap();
+        let code = last_code(&dir);
+        // Every other flow: refused, more often than the attempts allow...
+        for other in [
+            Flow::Authn("tx-two".into()),
+            Flow::Session("sid".into()),
+            Flow::Admin,
+            Flow::Authn("tx-two".into()),
+            Flow::Session("sid".into()),
+            Flow::Admin,
+        ] {
+            assert_eq!(
+                super::super::verify(st, &u, &f, &code, ip(), &other).await,
+                Err(VerifyError::Invalid),
+                "{other:?}"
+            );
+        }
+        // ...and the code still works in its own flow.
+        super::super::verify(st, &u, &f, &code, ip(), &one).await.unwrap();
     }
 
     #[tokio::test]
@@ -799,9 +894,12 @@ ttl = "60s"
                 .unwrap()
                 .contains("app.example.com")
         );
-        assert_eq!(super::super::verify(st, &u, &f, &code, ip()).await, Ok(()));
         assert_eq!(
-            super::super::verify(st, &u, &f, &code, ip()).await,
+            super::super::verify(st, &u, &f, &code, ip(), &flow()).await,
+            Ok(())
+        );
+        assert_eq!(
+            super::super::verify(st, &u, &f, &code, ip(), &flow()).await,
             Err(VerifyError::Invalid),
             "used"
         );
@@ -810,7 +908,7 @@ ttl = "60s"
         let code = last_code(&dir);
         clock.advance(300);
         assert_eq!(
-            super::super::verify(st, &u, &f, &code, ip()).await,
+            super::super::verify(st, &u, &f, &code, ip(), &flow()).await,
             Err(VerifyError::Invalid),
             "expired"
         );
@@ -827,12 +925,12 @@ ttl = "60s"
         let wrong = if code == "000000" { "111111" } else { "000000" };
         for _ in 0..MAX_ATTEMPTS {
             assert_eq!(
-                super::super::verify(st, &u, &f, wrong, ip()).await,
+                super::super::verify(st, &u, &f, wrong, ip(), &flow()).await,
                 Err(VerifyError::Invalid)
             );
         }
         assert_eq!(
-            super::super::verify(st, &u, &f, &code, ip()).await,
+            super::super::verify(st, &u, &f, &code, ip(), &flow()).await,
             Err(VerifyError::Invalid),
             "dead after five attempts"
         );
@@ -840,7 +938,7 @@ ttl = "60s"
         clock.advance(30);
         super::super::challenge(st, &u, &f, &ctx()).await.unwrap();
         assert_eq!(
-            super::super::verify(st, &u, &f, &last_code(&dir), ip()).await,
+            super::super::verify(st, &u, &f, &last_code(&dir), ip(), &flow()).await,
             Ok(())
         );
     }
@@ -855,10 +953,10 @@ ttl = "60s"
         super::super::challenge(st, &u, &f, &ctx()).await.unwrap();
         let code = last_code(&dir);
         for _ in 0..3 {
-            let _ = super::super::verify(st, &u, &f, "999999x", ip()).await;
+            let _ = super::super::verify(st, &u, &f, "999999x", ip(), &flow()).await;
         }
         assert_eq!(
-            super::super::verify(st, &u, &f, &code, ip()).await,
+            super::super::verify(st, &u, &f, &code, ip(), &flow()).await,
             Err(VerifyError::Invalid),
             "locked: refused like a wrong code"
         );
@@ -890,15 +988,22 @@ ttl = "60s"
         let (gw, _clock, dir) = gateway("").await;
         let st = gw.state();
         let u = user();
-        super::super::enroll(st, &u, "call", "OKTA", &json!({"phoneNumber": "+15555550100"}))
-            .await
-            .unwrap();
+        super::super::enroll(
+            st,
+            &u,
+            "call",
+            "OKTA",
+            &json!({"phoneNumber": "+15555550100"}),
+            &flow(),
+        )
+        .await
+        .unwrap();
         let m = messages(&dir).pop().unwrap();
         assert_eq!(m["kind"], "call");
         let spoken_code = crate::delivery::spoken(m["code"].as_str().unwrap());
         assert!(m["text"].as_str().unwrap().contains(&spoken_code), "{m}");
         // The e-mail address defaults to the user's own.
-        super::super::enroll(st, &u, "email", "OKTA", &json!({}))
+        super::super::enroll(st, &u, "email", "OKTA", &json!({}), &flow())
             .await
             .unwrap();
         let m = messages(&dir).pop().unwrap();
@@ -906,7 +1011,7 @@ ttl = "60s"
         assert_eq!(m["to"], "dave@example.com");
         assert!(m["subject"].as_str().unwrap().contains("sign-in code"));
         assert!(matches!(
-            super::super::enroll(st, &u, "email", "OKTA", &json!({"email": "nope"})).await,
+            super::super::enroll(st, &u, "email", "OKTA", &json!({"email": "nope"}), &flow()).await,
             Err(EnrollError::Invalid(_))
         ));
     }
@@ -924,7 +1029,15 @@ ttl = "60s"
         let st = gw.state();
         let u = user();
         assert!(matches!(
-            super::super::enroll(st, &u, "sms", "OKTA", &json!({"phoneNumber": "+15555550100"})).await,
+            super::super::enroll(
+                st,
+                &u,
+                "sms",
+                "OKTA",
+                &json!({"phoneNumber": "+15555550100"}),
+                &flow()
+            )
+            .await,
             Err(EnrollError::Delivery)
         ));
         assert!(super::super::list(st, &u).await.unwrap().is_empty());
@@ -981,24 +1094,29 @@ ttl = "60s"
     }
 
     #[test]
-    fn codes_are_random_digits_and_macs_bind_factor_and_purpose() {
+    fn codes_are_random_digits_and_macs_bind_factor_purpose_and_flow() {
         let a = generate_code(6);
         assert_eq!(a.len(), 6);
         assert!(a.bytes().all(|b| b.is_ascii_digit()));
         let codes: std::collections::HashSet<String> = (0..50).map(|_| generate_code(8)).collect();
         assert!(codes.len() > 45, "codes repeat too often");
         let k = b"k";
+        let f = Flow::Admin;
+        let mac = code_mac(k, "f1", "verify", &f, "123456");
+        assert_ne!(mac, code_mac(k, "f2", "verify", &f, "123456"));
+        assert_ne!(mac, code_mac(k, "f1", "activate", &f, "123456"));
+        assert_ne!(mac, code_mac(b"k2", "f1", "verify", &f, "123456"));
+        let t1 = Flow::Authn("t1".into());
+        let m1 = code_mac(k, "f1", "verify", &t1, "123456");
+        assert_ne!(mac, m1);
         assert_ne!(
-            code_mac(k, "f1", "verify", "123456"),
-            code_mac(k, "f2", "verify", "123456")
+            m1,
+            code_mac(k, "f1", "verify", &Flow::Authn("t2".into()), "123456")
         );
         assert_ne!(
-            code_mac(k, "f1", "verify", "123456"),
-            code_mac(k, "f1", "activate", "123456")
+            m1,
+            code_mac(k, "f1", "verify", &Flow::Session("t1".into()), "123456")
         );
-        assert_ne!(
-            code_mac(k, "f1", "verify", "123456"),
-            code_mac(b"k2", "f1", "verify", "123456")
-        );
+        assert_ne!(flow_tag(k, &t1), flow_tag(k, &Flow::Session("t1".into())));
     }
 }

@@ -13,7 +13,9 @@
 //! and sends a message through `factors.push.delivery` only: `to` is the
 //! device's address (data for the relay; the gateway never connects to it),
 //! with the transaction id, the factor id, the context (user, client address,
-//! app host, time) and `expires_at`, but never the number.
+//! app host, time) and `expires_at`, but never the number. The message is
+//! sent in the background: the answer does not wait for the relay, so a
+//! real push and a passwordless decoy answer alike in time and content.
 //!
 //! **Answer.** The device posts `{decision, number, signature}` to
 //! `{prefix}/api/v1/push/transactions/{tid}` ([`answer`]); the signature is
@@ -338,11 +340,19 @@ pub async fn challenge(
         code: None,
         context,
     };
-    if let Err(e) = delivery::deliver(delivery, &msg, now).await {
-        tracing::error!(error = %e, user = %user.username, "sending a push failed");
-        let _ = st.store.take_transaction(KIND, &tid, now).await;
-        return Err(ChallengeError::Delivery);
-    }
+    // Delivered in the background: the answer never waits for the relay
+    // and never depends on it, so a real user's push answers in the same
+    // time and with the same content as a decoy's (passwordless sign-in
+    // must not tell who exists). A failure is logged (`delivery.failed`);
+    // the transaction stays WAITING and times out, as a decoy's does, and
+    // the user can ask again.
+    let delivery = delivery.clone();
+    let username = user.username.clone();
+    tokio::spawn(async move {
+        if let Err(e) = delivery::deliver(&delivery, &msg, now).await {
+            tracing::error!(error = %e, user = %username, "sending a push failed");
+        }
+    });
     crate::metrics::factor_event("challenged", "push");
     audit!("factor.challenge.sent", user = %user.username, factor_type = "push", factor_id = %factor.record.id, transaction = %tid);
     Ok(Challenge::Push {
@@ -669,6 +679,7 @@ mod tests {
         ChallengeContext {
             client_addr: ip(),
             app_host: "app.example.com".into(),
+            flow: super::super::Flow::Admin,
         }
     }
 
@@ -833,6 +844,12 @@ mod tests {
         let f = paired(st).await;
         let (tid, number, expires_at) = push(st, &f).await;
         assert!((10..=99).contains(&number));
+        // Delivered in the background: wait for it.
+        let mut waited = 0;
+        while messages(&dir).is_empty() && waited < 500 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            waited += 1;
+        }
         let m = messages(&dir).pop().unwrap();
         assert_eq!(m["kind"], "push");
         assert_eq!(m["to"], "relay:device-1");

@@ -55,6 +55,8 @@ pub struct AppState {
     /// Seals factor secrets at rest; `None` without `store.encryption_keys`
     /// (enrolling a factor then fails with a clear error).
     pub sealer: Option<Arc<crate::factors::sealing::Sealer>>,
+    /// Wrong admin tokens by client address (per process).
+    pub admin_throttle: crate::admin::throttle::TokenThrottle,
 }
 
 /// A running gateway's parts.
@@ -164,6 +166,7 @@ impl Gateway {
             enforcer,
             csrf_key,
             sealer,
+            admin_throttle: crate::admin::throttle::TokenThrottle::default(),
         });
         background.push(spawn_refresher(
             store,

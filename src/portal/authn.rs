@@ -40,7 +40,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde::{Deserialize, Serialize};
@@ -58,6 +58,7 @@ use crate::factors::{
     self, Challenge, ChallengeContext, ChallengeError, Factor, PushResult, TOTP_TYPE, VerifyError,
 };
 use crate::gateway::AppState;
+use crate::ids::Ids;
 use crate::secret::Secret;
 use crate::session::SessionClaims;
 use crate::store::{FactorRecord, FactorStatus, StoreError, TransactionRecord};
@@ -774,6 +775,13 @@ pub(crate) struct Loaded {
     pub(crate) user: Arc<User>,
 }
 
+impl Loaded {
+    /// The flow of this transaction: codes sent in it are usable in it only.
+    pub(crate) fn flow(&self) -> factors::Flow {
+        factors::Flow::Authn(self.record.id.clone())
+    }
+}
+
 /// Parses the body, applies the cross-site rules and loads the transaction.
 async fn load(
     st: &AppState,
@@ -964,10 +972,11 @@ async fn complete(st: &AppState, loaded: &Loaded, method: &str) -> Response {
     }
 }
 
-fn challenge_context(ctx: &Ctx) -> ChallengeContext {
+fn challenge_context(ctx: &Ctx, loaded: &Loaded) -> ChallengeContext {
     ChallengeContext {
         client_addr: ctx.0.client_addr,
         app_host: ctx.0.host.clone(),
+        flow: loaded.flow(),
     }
 }
 
@@ -1016,7 +1025,7 @@ async fn send_code(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) -
         // Decoys list no code factors; refuse like an inactive factor.
         Err(ChallengeError::NotActive)
     } else {
-        factors::challenge(st, &loaded.user, factor, &challenge_context(ctx)).await
+        factors::challenge(st, &loaded.user, factor, &challenge_context(ctx, loaded)).await
     };
     let expires_at = match sent {
         Ok(Challenge::CodeSent { expires_at }) => expires_at,
@@ -1052,7 +1061,7 @@ async fn start_push(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) 
     let started = if loaded.state.decoy {
         factors::push::decoy(st, &loaded.record.user_id, &factor.record.id).await
     } else {
-        factors::challenge(st, &loaded.user, factor, &challenge_context(ctx)).await
+        factors::challenge(st, &loaded.user, factor, &challenge_context(ctx, loaded)).await
     };
     let (tid, expires_at, number) = match started {
         Ok(Challenge::Push {
@@ -1125,7 +1134,7 @@ async fn poll_push(st: &AppState, loaded: &Loaded, factor: &Factor, pending: &Pe
 pub async fn verify(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
-    Path(factor_id): Path<String>,
+    Ids(factor_id): Ids<String>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
@@ -1193,7 +1202,7 @@ pub async fn verify(
         t @ ("sms" | "call" | "email") => match code {
             None => send_code(&st, &ctx, &loaded, &factor).await,
             Some(code) => {
-                if let Err(e) = factors::verify(&st, &user, &factor, &code, addr).await {
+                if let Err(e) = factors::verify(&st, &user, &factor, &code, addr, &loaded.flow()).await {
                     return verify_error(e);
                 }
                 complete(&st, &loaded, amr_of(t)).await
@@ -1214,7 +1223,7 @@ pub async fn verify(
 pub async fn resend(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
-    Path(factor_id): Path<String>,
+    Ids(factor_id): Ids<String>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
@@ -1276,7 +1285,8 @@ pub async fn enroll(
         .into()
     });
     let profile = req.profile.unwrap_or_else(|| json!({}));
-    let enrolled = match factors::enroll(&st, &user, &factor_type, &provider, &profile).await {
+    let enrolled = match factors::enroll(&st, &user, &factor_type, &provider, &profile, &loaded.flow()).await
+    {
         Ok(e) => e,
         Err(factors::EnrollError::NotSupported) => {
             return ApiError::new(ErrorCode::E0000001)
@@ -1375,7 +1385,7 @@ pub async fn enroll(
 pub async fn activate(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
-    Path(factor_id): Path<String>,
+    Ids(factor_id): Ids<String>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
@@ -1413,7 +1423,8 @@ pub async fn activate(
         let Some(code) = req.pass_code.filter(|c| !c.trim().is_empty()) else {
             return missing_passcode();
         };
-        if let Err(e) = factors::activate(&st, &user, &factor, &code, ctx.0.client_addr).await {
+        if let Err(e) = factors::activate(&st, &user, &factor, &code, ctx.0.client_addr, &loaded.flow()).await
+        {
             return verify_error(e);
         }
     }
@@ -1446,7 +1457,7 @@ pub async fn activate(
 pub async fn resend_activation(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
-    Path(factor_id): Path<String>,
+    Ids(factor_id): Ids<String>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
@@ -1465,7 +1476,7 @@ pub async fn resend_activation(
     {
         return ApiError::new(ErrorCode::E0000079).into_response();
     }
-    if let Err(e) = factors::challenge(&st, &loaded.user, &factor, &challenge_context(&ctx)).await {
+    if let Err(e) = factors::challenge(&st, &loaded.user, &factor, &challenge_context(&ctx, &loaded)).await {
         return challenge_error(&st, &factor.record.factor_type, e);
     }
     let expires = match save(&st, &loaded, &loaded.state).await {

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use http::{HeaderMap, Method, header};
@@ -28,6 +28,7 @@ use crate::admin::{Route, Verb};
 use crate::enforce::{ActiveSession, SessionState};
 use crate::error::{ApiError, ErrorCode};
 use crate::gateway::{AppState, CSRF_COOKIE};
+use crate::ids::Ids;
 use crate::session::find_cookie;
 
 /// The header that must echo the CSRF cookie.
@@ -178,6 +179,7 @@ async fn scope(
         token: None,
         client: ctx.0.client_addr,
         app_host: ctx.0.host.clone(),
+        flow: crate::factors::Flow::Session(s.claims.sid.clone()),
     })
 }
 
@@ -217,7 +219,7 @@ async fn get(
     ctx: Ctx,
     method: Method,
     headers: HeaderMap,
-    Path(fid): Path<String>,
+    Ids(fid): Ids<String>,
 ) -> Response {
     let scope = me!(st, ctx, method, headers, Need::Session);
     api::get(&st, &scope, &fid).await
@@ -228,7 +230,7 @@ async fn qr(
     ctx: Ctx,
     method: Method,
     headers: HeaderMap,
-    Path(fid): Path<String>,
+    Ids(fid): Ids<String>,
 ) -> Response {
     let scope = me!(st, ctx, method, headers, Need::Enroll);
     api::qr(&st, &scope, &fid).await
@@ -239,7 +241,7 @@ async fn activate(
     ctx: Ctx,
     method: Method,
     headers: HeaderMap,
-    Path(fid): Path<String>,
+    Ids(fid): Ids<String>,
     body: Bytes,
 ) -> Response {
     let scope = me!(st, ctx, method, headers, Need::Enroll);
@@ -251,7 +253,7 @@ async fn verify(
     ctx: Ctx,
     method: Method,
     headers: HeaderMap,
-    Path(fid): Path<String>,
+    Ids(fid): Ids<String>,
     body: Bytes,
 ) -> Response {
     let scope = me!(st, ctx, method, headers, Need::Session);
@@ -263,7 +265,7 @@ async fn transaction(
     ctx: Ctx,
     method: Method,
     headers: HeaderMap,
-    Path((fid, tid)): Path<(String, String)>,
+    Ids((fid, tid)): Ids<(String, String)>,
 ) -> Response {
     let scope = me!(st, ctx, method, headers, Need::Session);
     api::transaction(&st, &scope, &fid, &tid).await
@@ -274,7 +276,7 @@ async fn cancel(
     ctx: Ctx,
     method: Method,
     headers: HeaderMap,
-    Path((fid, tid)): Path<(String, String)>,
+    Ids((fid, tid)): Ids<(String, String)>,
 ) -> Response {
     let scope = me!(st, ctx, method, headers, Need::Session);
     api::cancel(&st, &scope, &fid, &tid).await
@@ -285,7 +287,7 @@ async fn resend(
     ctx: Ctx,
     method: Method,
     headers: HeaderMap,
-    Path(fid): Path<String>,
+    Ids(fid): Ids<String>,
 ) -> Response {
     let scope = me!(st, ctx, method, headers, Need::Enroll);
     api::resend(&st, &scope, &fid).await
@@ -296,7 +298,7 @@ async fn delete(
     ctx: Ctx,
     method: Method,
     headers: HeaderMap,
-    Path(fid): Path<String>,
+    Ids(fid): Ids<String>,
 ) -> Response {
     let scope = me!(st, ctx, method, headers, Need::Remove);
     api::delete(&st, &scope, &fid).await

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::Form;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
@@ -20,6 +20,7 @@ use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other
 use crate::enforce::{ActiveSession, SessionState};
 use crate::factors::{self, Factor, TOTP_TYPE, VerifyError};
 use crate::gateway::AppState;
+use crate::ids::Ids;
 use crate::policy::{Decision, RequestFacts};
 
 /// How recent a second factor must be to add or remove factors.
@@ -367,7 +368,16 @@ pub async fn verify(
         Err(_) => return unavailable_page(),
     };
     let ft = factor.record.factor_type.clone();
-    match factors::verify(&st, &s.user, &factor, &f.code, ctx.0.client_addr).await {
+    match factors::verify(
+        &st,
+        &s.user,
+        &factor,
+        &f.code,
+        ctx.0.client_addr,
+        &super::oob::session_flow(&s),
+    )
+    .await
+    {
         Ok(()) => upgraded(&st, &s, super::authn::amr_of(&ft), &rd).await,
         Err(e) if factors::otp::is_code_type(&ft) => {
             let (status, msg) = verify_message(e);
@@ -587,7 +597,16 @@ pub async fn activate(
             Ok(false) => return retry(StatusCode::FORBIDDEN, "Verify with your current factor first.").await,
             Err(()) => return unavailable_page(),
         }
-        if let Err(e) = factors::activate(&st, &s.user, &factor, &f.code, ctx.0.client_addr).await {
+        if let Err(e) = factors::activate(
+            &st,
+            &s.user,
+            &factor,
+            &f.code,
+            ctx.0.client_addr,
+            &super::oob::session_flow(&s),
+        )
+        .await
+        {
             let (status, msg) = verify_message(e);
             return retry(status, msg).await;
         }
@@ -800,7 +819,7 @@ pub async fn remove(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Ids(id): Ids<String>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
     let s = match change_guard(&st, &ctx, &headers, &f.csrf) {

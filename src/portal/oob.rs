@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::Form;
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
@@ -19,6 +19,7 @@ use super::mfa;
 use super::pages::{esc, layout};
 use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
 use crate::enforce::ActiveSession;
+use crate::error::{ApiError, ErrorCode};
 use crate::factors::{self, Challenge, ChallengeContext, ChallengeError, Factor, PushResult};
 use crate::gateway::AppState;
 use crate::secret::Secret;
@@ -222,11 +223,17 @@ async fn factor_step(
     }
 }
 
-fn ctx_of(ctx: &Ctx) -> ChallengeContext {
+fn ctx_of(ctx: &Ctx, s: &ActiveSession) -> ChallengeContext {
     ChallengeContext {
         client_addr: ctx.0.client_addr,
         app_host: ctx.0.host.clone(),
+        flow: session_flow(s),
     }
+}
+
+/// The flow of the portal's pages: codes sent in a session are usable in it only.
+pub(crate) fn session_flow(s: &ActiveSession) -> factors::Flow {
+    factors::Flow::Session(s.claims.sid.clone())
 }
 
 /// What to tell the user when a message could not be sent.
@@ -268,11 +275,16 @@ pub async fn send(
     headers: HeaderMap,
     Form(f): Form<OobForm>,
 ) -> Response {
+    let codes = &st.config.factors;
+    if !(codes.sms.enabled || codes.call.enabled || codes.email.enabled) {
+        // No code factor: 404 before anything else, like a disabled push.
+        return ApiError::new(ErrorCode::E0000007).into_response();
+    }
     let (p, factor) = match factor_step(st, &ctx, &headers, &f).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx)).await {
+    match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx, &p.s)).await {
         Ok(_) => code_response(
             &p.st,
             &headers,
@@ -375,11 +387,14 @@ pub async fn push(
     headers: HeaderMap,
     Form(f): Form<OobForm>,
 ) -> Response {
+    if let Some(r) = super::push::disabled(&st) {
+        return r;
+    }
     let (p, factor) = match factor_step(st, &ctx, &headers, &f).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx)).await {
+    match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx, &p.s)).await {
         Ok(Challenge::Push {
             transaction_id,
             correct_answer,
@@ -401,6 +416,9 @@ pub async fn push_check(
     headers: HeaderMap,
     Form(f): Form<OobForm>,
 ) -> Response {
+    if let Some(r) = super::push::disabled(&st) {
+        return r;
+    }
     let (p, factor) = match factor_step(st, &ctx, &headers, &f).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -636,7 +654,16 @@ pub async fn enroll_page(
 ) -> Response {
     let (token, set) = csrf_token(st, headers);
     if factor_type == "push" {
-        return match factors::enroll(st, &s.user, "push", "OKTA", &serde_json::json!({})).await {
+        return match factors::enroll(
+            st,
+            &s.user,
+            "push",
+            "OKTA",
+            &serde_json::json!({}),
+            &session_flow(s),
+        )
+        .await
+        {
             Ok(factors::Enrolled::Push {
                 factor,
                 activation_token,
@@ -734,7 +761,16 @@ pub async fn enroll_start(
             set.clone(),
         )
     };
-    match factors::enroll(&p.st, &p.s.user, &f.factor_type, "OKTA", &profile).await {
+    match factors::enroll(
+        &p.st,
+        &p.s.user,
+        &f.factor_type,
+        "OKTA",
+        &profile,
+        &session_flow(&p.s),
+    )
+    .await
+    {
         Ok(e) => {
             let factor = Factor {
                 record: e.factor().clone(),
@@ -779,7 +815,7 @@ pub async fn enroll_resend(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let msg = match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx)).await {
+    let msg = match factors::challenge(&p.st, &p.s.user, &factor, &ctx_of(&ctx, &p.s)).await {
         Ok(_) => None,
         Err(e) => Some(challenge_message(&p.st, &e)),
     };
@@ -797,6 +833,9 @@ pub async fn enroll_push_check(
     headers: HeaderMap,
     Form(f): Form<OobForm>,
 ) -> Response {
+    if let Some(r) = super::push::disabled(&st) {
+        return r;
+    }
     let p = match enroll_step(st, &ctx, &headers, &f).await {
         Ok(p) => p,
         Err(r) => return r,

@@ -352,6 +352,7 @@ pub async fn factor_step(
         let cctx = ChallengeContext {
             client_addr: addr,
             app_host: ctx.0.host.clone(),
+            flow: loaded.flow(),
         };
         factors::challenge(&st, &loaded.user, &factor, &cctx).await
     };

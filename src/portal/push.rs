@@ -93,6 +93,12 @@ pub fn pairing_uri(st: &AppState, base: &str, token: &str) -> String {
     )
 }
 
+/// The answer of every push route while push is disabled: 404 before
+/// anything else (no body read, no store access, nothing logged).
+pub(crate) fn disabled(st: &AppState) -> Option<Response> {
+    (!st.config.factors.push.enabled).then(|| ApiError::new(ErrorCode::E0000007).into_response())
+}
+
 /// `POST {prefix}/api/v1/push/devices`: a device pairs itself.
 pub async fn register(
     State(st): State<Arc<AppState>>,
@@ -101,6 +107,9 @@ pub async fn register(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(r) = disabled(&st) {
+        return r;
+    }
     let reg: DeviceRegistration = match json_request(&st, &ctx, &method, &headers, &body) {
         Ok(r) => r,
         Err(r) => return *r,
@@ -126,11 +135,18 @@ pub async fn register(
 pub async fn answer(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
+    // Not `Ids`: a disabled push answers E0000007 before the id is looked at.
     Path(tid): Path<String>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(r) = disabled(&st) {
+        return r;
+    }
+    if !crate::ids::is_id(&tid) {
+        return ApiError::new(ErrorCode::E0000191).into_response();
+    }
     let ans: DeviceAnswer = match json_request(&st, &ctx, &method, &headers, &body) {
         Ok(r) => r,
         Err(r) => return *r,
@@ -175,11 +191,17 @@ pub async fn status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(r) = disabled(&st) {
+        return r;
+    }
     let req: StatusRequest = match json_request(&st, &ctx, &method, &headers, &body) {
         Ok(r) => r,
         Err(r) => return *r,
     };
     if let Some(tid) = req.transaction_id {
+        if !crate::ids::is_id(&tid) {
+            return ApiError::new(ErrorCode::E0000191).into_response();
+        }
         return match push::status_by_id(&st, &tid).await {
             Ok(Some(r)) => json_response(json!({ "factorResult": r.as_str() })),
             Ok(None) => ApiError::new(ErrorCode::E0000191).into_response(),

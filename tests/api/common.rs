@@ -191,6 +191,26 @@ pub fn messages(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
+/// The message of the push a verify answer (201 `WAITING`) started: pushes
+/// are delivered in the background, so it is awaited (up to 5 s).
+pub async fn push_message(path: &std::path::Path, answer: &Value) -> Value {
+    let tid = answer["_links"]["cancel"]["href"]
+        .as_str()
+        .and_then(|h| h.rsplit('/').next())
+        .unwrap_or_else(|| panic!("no cancel link in {answer}"))
+        .to_owned();
+    for _ in 0..500 {
+        if let Some(m) = messages(path)
+            .into_iter()
+            .find(|m| m["transaction_id"] == tid.as_str())
+        {
+            return m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the push {tid} was never delivered")
+}
+
 /// TOML enabling sms (`resend_after = "20s"`) and push with a `file`
 /// delivery writing to `file`.
 pub fn sms_and_push(file: &std::path::Path) -> String {

@@ -13,7 +13,9 @@ use std::collections::BTreeSet;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::{admin, admin_as, create_user, device_answer, gateway, messages, pairing, send};
+use crate::common::{
+    admin, admin_as, create_user, device_answer, gateway, messages, pairing, push_message, send,
+};
 use crate::support::TestGateway;
 
 const PREFIX: &str = "/_portcullis";
@@ -518,7 +520,7 @@ async fn sms_push_and_authn_answers_validate_against_the_schemas() {
     c.expect(200, None);
     check(&doc, "DELETE", tx, 200, &c.body);
     assert_eq!(c.body["factorResult"], "REJECTED");
-    let message = messages(&file).last().unwrap().clone();
+    let message = push_message(&file, &w.body).await;
     assert_eq!(message["transaction_id"], tid.as_str());
     let late = post_main(
         &gw,
@@ -542,7 +544,7 @@ async fn sms_push_and_authn_answers_validate_against_the_schemas() {
     let n = w.body["_embedded"]["challenge"]["correctAnswer"]
         .as_u64()
         .unwrap() as u32;
-    let message = messages(&file).last().unwrap().clone();
+    let message = push_message(&file, &w.body).await;
     let ok = post_main(
         &gw,
         &format!(

@@ -6,7 +6,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::common::{
-    Answer, active_totp, admin, device_answer, gateway, level2, messages, pairing, send, sms_and_push, totp,
+    Answer, active_totp, admin, device_answer, gateway, level2, pairing, push_message, send, sms_and_push,
+    totp,
 };
 use crate::support::{ALICE, TestGateway};
 
@@ -337,7 +338,7 @@ async fn a_user_cancels_their_own_push_and_the_device_is_refused() {
     )
     .await;
     b.expect(201, None);
-    let bob_tid = messages(&file).last().unwrap()["transaction_id"]
+    let bob_tid = push_message(&file, &b.body).await["transaction_id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -358,7 +359,7 @@ async fn a_user_cancels_their_own_push_and_the_device_is_refused() {
     let number = w.body["_embedded"]["challenge"]["correctAnswer"]
         .as_u64()
         .unwrap() as u32;
-    let push = messages(&file).last().unwrap().clone();
+    let push = push_message(&file, &w.body).await;
     let tid = push["transaction_id"].as_str().unwrap().to_owned();
     let cancel = w.body["_links"]["cancel"]["href"].as_str().unwrap();
     assert_eq!(

@@ -13,21 +13,23 @@ use crate::support::{ALICE, TestGateway};
 async fn tokens_are_required_and_checked() {
     let gw = gateway("").await;
     let uid = TestGateway::uid("alice");
-    for auth in [
-        None,
-        Some("SSWS wrong-token"),
-        Some("Basic dGVzdA=="),
-        Some(TOKEN),
-        Some("SSWS"),
-    ] {
-        for (method, path) in [
-            (Method::GET, "/api/v1/users".to_owned()),
-            (Method::GET, format!("/api/v1/users/{uid}")),
-            (Method::GET, format!("/api/v1/users/{uid}/factors")),
-            (Method::DELETE, format!("/api/v1/users/{uid}/sessions")),
-            (Method::GET, format!("/api/v1/users/{uid}/recovery_codes")),
-        ] {
-            admin_as(&gw, method, &path, None, auth)
+    let paths = [
+        (Method::GET, "/api/v1/users".to_owned()),
+        (Method::GET, format!("/api/v1/users/{uid}")),
+        (Method::GET, format!("/api/v1/users/{uid}/factors")),
+        (Method::DELETE, format!("/api/v1/users/{uid}/sessions")),
+        (Method::GET, format!("/api/v1/users/{uid}/recovery_codes")),
+    ];
+    for (method, path) in &paths {
+        admin_as(&gw, method.clone(), path, None, None)
+            .await
+            .expect(401, Some("E0000011"));
+    }
+    // Wrong tokens count toward the per-address throttle (10 a minute):
+    // eight here, on two routes.
+    for auth in ["SSWS wrong-token", "Basic dGVzdA==", TOKEN, "SSWS"] {
+        for (method, path) in &paths[1..3] {
+            admin_as(&gw, method.clone(), path, None, Some(auth))
                 .await
                 .expect(401, Some("E0000011"));
         }
@@ -43,6 +45,43 @@ async fn tokens_are_required_and_checked() {
             .await
             .expect(200, None);
     }
+}
+
+#[tokio::test]
+async fn wrong_tokens_are_throttled_per_address() {
+    let gw = gateway("").await;
+    let right = format!("SSWS {TOKEN}");
+    for i in 0..10 {
+        admin_as(
+            &gw,
+            Method::GET,
+            "/api/v1/users",
+            None,
+            Some(&format!("SSWS guess-{i:02}-0123456789abcdef")),
+        )
+        .await
+        .expect(401, Some("E0000011"));
+    }
+    // The eleventh within the minute: 429, and so is the right token now
+    // (else the answer would tell a guesser which guess was right).
+    for auth in ["SSWS guess-10-0123456789abcdef", right.as_str()] {
+        let a = admin_as(&gw, Method::GET, "/api/v1/users", None, Some(auth)).await;
+        a.expect(429, Some("E0000047"));
+        assert_eq!(a.header("x-rate-limit-limit").as_deref(), Some("10"));
+        assert_eq!(a.header("x-rate-limit-remaining").as_deref(), Some("0"));
+        let retry: i64 = a.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        assert!(a.header("x-rate-limit-reset").is_some());
+    }
+    // Health checks take no token and are not throttled.
+    admin_as(&gw, Method::GET, "/healthz", None, None)
+        .await
+        .expect(200, None);
+    // After the window the right token works again.
+    gw.clock.advance(61);
+    admin_as(&gw, Method::GET, "/api/v1/users", None, Some(&right))
+        .await
+        .expect(200, None);
 }
 
 #[tokio::test]

@@ -160,6 +160,52 @@ fn check_config_accepts_a_good_config() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 }
 
+#[test]
+fn check_config_refuses_short_admin_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short.toml");
+    let good = good_config(dir.path(), free_port(), free_port(), "http://127.0.0.1:9");
+    // 15 bytes: an error naming the key, the token never printed.
+    let short = "shorty-15-bytes";
+    assert_eq!(short.len(), 15);
+    std::fs::write(
+        &path,
+        good.replace(
+            "tokens = []",
+            &format!("tokens = [\"a-long-enough-admin-token-0123\", \"{short}\"]"),
+        ),
+    )
+    .unwrap();
+    let out = portcullis(&["check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("admin.tokens[1]:") && l.contains("too short")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("admin.tokens[0]"), "{stderr}");
+    assert!(!stderr.contains(short), "a token was printed:\n{stderr}");
+    // 16 bytes is enough.
+    std::fs::write(
+        &path,
+        good.replace("tokens = []", "tokens = [\"sixteen-bytes-ok\"]"),
+    )
+    .unwrap();
+    let out = portcullis(&["check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn hash_password_reads_stdin() {
     let mut child = portcullis(&["hash-password"])
