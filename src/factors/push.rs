@@ -13,7 +13,8 @@
 //! and sends a message through `factors.push.delivery` only: `to` is the
 //! device's address (data for the relay; the gateway never connects to it),
 //! with the transaction id, the factor id, the context (user, client address,
-//! app host, time) and `expires_at`, but never the number.
+//! time), the app's name from configuration (never the request's Host) and
+//! `expires_at`, but never the number.
 //!
 //! **Answer.** The device posts `{decision, number, signature}` to
 //! `{prefix}/api/v1/push/transactions/{tid}` ([`answer`]); the signature is
@@ -318,7 +319,7 @@ pub async fn challenge(
     let (tid, expires, number) = new_tx(st, &user.id, &factor.record.id, now)
         .await
         .map_err(unavailable)?;
-    let app = super::otp::app_name(st, Some(&ctx.app_host));
+    let app = super::otp::app_name(st);
     let mut context = serde_json::Map::new();
     context.insert("factor_id".into(), json!(factor.record.id));
     context.insert("client".into(), json!(ctx.client_addr.to_string()));
@@ -666,10 +667,7 @@ mod tests {
     }
 
     fn ctx() -> ChallengeContext {
-        ChallengeContext {
-            client_addr: ip(),
-            app_host: "app.example.com".into(),
-        }
+        ChallengeContext { client_addr: ip() }
     }
 
     fn device_key() -> SigningKey {

@@ -225,7 +225,6 @@ async fn factor_step(
 fn ctx_of(ctx: &Ctx) -> ChallengeContext {
     ChallengeContext {
         client_addr: ctx.0.client_addr,
-        app_host: ctx.0.host.clone(),
     }
 }
 

@@ -179,7 +179,7 @@ async fn signed_in(st: &AppState, ctx: &Ctx, loaded: &Loaded, method: &str, rd: 
     res.headers_mut().append(header::SET_COOKIE, cookie);
     let token = csrf::new_token(&st.csrf_key);
     res.headers_mut()
-        .append(header::SET_COOKIE, csrf::cookie(&token, st.config.session.secure));
+        .append(header::SET_COOKIE, csrf::cookie(&st.config.session, &token));
     res.extensions_mut().insert(AccessInfo {
         decision: "portal",
         user: Some(loaded.user.username.clone()),
@@ -315,10 +315,7 @@ pub async fn factor_step(
     let started = if loaded.state.decoy {
         factors::push::decoy(&st, &loaded.user.id, &factor.record.id).await
     } else {
-        let cctx = ChallengeContext {
-            client_addr: addr,
-            app_host: ctx.0.host.clone(),
-        };
+        let cctx = ChallengeContext { client_addr: addr };
         factors::challenge(&st, &loaded.user, &factor, &cctx).await
     };
     match started {
