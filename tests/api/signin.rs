@@ -201,6 +201,45 @@ async fn removing_ones_own_factor_ends_the_users_other_sessions() {
 }
 
 #[tokio::test]
+async fn removing_ones_own_factor_on_the_portal_ends_the_users_other_sessions() {
+    let gw = gateway("").await;
+    let uid = TestGateway::uid("alice");
+    let (fid, secret) = active_totp(&gw, &uid).await;
+    let (spare, _) = active_totp(&gw, &uid).await;
+    let here = level2(&gw, "alice", ALICE.password, &fid, &secret).await;
+    let elsewhere = level2(&gw, "alice", ALICE.password, &fid, &secret).await;
+    let page = gw
+        .client()
+        .get(gw.url("/_portcullis/factors"))
+        .header("accept", "text/html")
+        .header("cookie", format!("portcullis_session={here}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let (csrf_cookie, _) = set_cookie(&page, "portcullis_csrf").expect("a CSRF cookie");
+    let csrf = csrf_field(&page.text().await.unwrap());
+    let res = gw
+        .client()
+        .post(gw.url(&format!("/_portcullis/factors/{spare}/remove")))
+        .header("accept", "text/html")
+        .header(
+            "cookie",
+            format!("portcullis_session={here}; portcullis_csrf={csrf_cookie}"),
+        )
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", &csrf)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (reissued, _) = set_cookie(&res, "portcullis_session").expect("the remover's session is re-issued");
+    assert!(res.text().await.unwrap().contains("The factor was removed."));
+    assert_eq!(private(&gw, &elsewhere).await, 401, "the other session ended");
+    assert_eq!(private(&gw, &reissued).await, 200, "the remover stays signed in");
+}
+
+#[tokio::test]
 async fn messages_name_the_configured_app_whatever_the_host_header() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("messages.jsonl");
