@@ -176,13 +176,13 @@ async fn removing_ones_own_factor_ends_the_users_other_sessions() {
     let cookie = format!("portcullis_session={here}; portcullis_csrf={csrf}");
     let r = me(&gw, Method::DELETE, &format!("/{spare}"), &cookie, &csrf).await;
     r.expect(204, None);
+    assert_eq!(private(&gw, &elsewhere).await, 401, "the other session ended");
     let reissued = r
         .all("set-cookie")
         .iter()
         .find_map(|c| c.strip_prefix("portcullis_session="))
         .map(|c| c.split(';').next().unwrap().to_owned())
         .expect("the caller's session is re-issued");
-    assert_eq!(private(&gw, &elsewhere).await, 401, "the other session ended");
     assert_eq!(
         private(&gw, &here).await,
         401,
@@ -233,9 +233,9 @@ async fn removing_ones_own_factor_on_the_portal_ends_the_users_other_sessions() 
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    assert_eq!(private(&gw, &elsewhere).await, 401, "the other session ended");
     let (reissued, _) = set_cookie(&res, "portcullis_session").expect("the remover's session is re-issued");
     assert!(res.text().await.unwrap().contains("The factor was removed."));
-    assert_eq!(private(&gw, &elsewhere).await, 401, "the other session ended");
     assert_eq!(private(&gw, &reissued).await, 200, "the remover stays signed in");
 }
 
