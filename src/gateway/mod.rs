@@ -252,10 +252,18 @@ fn spawn_refresher(
         loop {
             tick.tick().await;
             if !passwords_checked {
-                passwords_checked = sync_file_passwords(&store, &users, &view, clock.now()).await;
-                if !passwords_checked {
-                    // The view goes stale: fail closed until this succeeds.
-                    continue;
+                let file_users = users.read().unwrap_or_else(|p| p.into_inner()).file_users();
+                match crate::session::file_passwords::sync(&store, &file_users, &view, clock.now()).await {
+                    Ok(n) => {
+                        passwords_checked = true;
+                        tracing::info!(
+                            users_with_new_passwords = n,
+                            "users file passwords checked against the store"
+                        );
+                    }
+                    // The view goes stale: fail closed until this succeeds
+                    // (logged once at start-up, by `sync_file_passwords`).
+                    Err(_) => continue,
                 }
             }
             let started = Instant::now();
