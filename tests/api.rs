@@ -17,6 +17,8 @@ mod factors;
 mod openapi;
 #[path = "api/self_service.rs"]
 mod self_service;
+#[path = "api/signin.rs"]
+mod signin;
 #[path = "api/tools.rs"]
 mod tools;
 #[path = "api/users.rs"]

@@ -65,8 +65,6 @@ pub struct Scope {
     /// The admin token's index, when an administrator acts.
     pub token: Option<usize>,
     pub client: IpAddr,
-    /// The host named in messages and pushes.
-    pub app_host: String,
     /// The flow codes sent here belong to (admin, or the user's session).
     pub flow: factors::Flow,
 }
@@ -441,7 +439,6 @@ pub async fn verify(st: &AppState, scope: &Scope, id: &str, body: &[u8]) -> Resp
         ("push", _) | ("sms" | "call" | "email", None) => {
             let ctx = factors::ChallengeContext {
                 client_addr: scope.client,
-                app_host: scope.app_host.clone(),
                 flow: scope.flow.clone(),
             };
             match factors::challenge(st, &scope.user, &f, &ctx).await {
@@ -579,7 +576,6 @@ pub async fn resend(st: &AppState, scope: &Scope, id: &str) -> Response {
     }
     let ctx = factors::ChallengeContext {
         client_addr: scope.client,
-        app_host: scope.app_host.clone(),
         flow: scope.flow.clone(),
     };
     match factors::challenge(st, &scope.user, &f, &ctx).await {
@@ -591,13 +587,13 @@ pub async fn resend(st: &AppState, scope: &Scope, id: &str) -> Response {
     }
 }
 
-/// `DELETE .../factors/{fid}`: 204. An administrator's removal of an
-/// active factor also ends the user's sessions (a factor reset).
+/// `DELETE .../factors/{fid}`: 204. Removing an active factor also ends the
+/// user's sessions (a factor reset; see [`factors::remove`]); the self-service
+/// route re-issues the caller's own session.
 pub async fn delete(st: &AppState, scope: &Scope, id: &str) -> Response {
-    let f = match owned(st, scope, id).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    if let Err(r) = owned(st, scope, id).await {
+        return r;
+    }
     match factors::remove(st, &scope.user, id, scope.actor).await {
         Ok(()) => {}
         Err(factors::RemoveError::NotFound) => return not_found(),
@@ -612,12 +608,6 @@ pub async fn delete(st: &AppState, scope: &Scope, id: &str) -> Response {
                 .into_response();
         }
         Err(factors::RemoveError::Unavailable) => return unavailable("removing a factor failed"),
-    }
-    if scope.actor == "admin" && f.is_active() {
-        match st.store.bump_epoch(&scope.user.id).await {
-            Ok(epoch) => st.enforcer.revocations.note_epoch(&scope.user.id, epoch),
-            Err(e) => return unavailable(e),
-        }
     }
     audit!("factor.removed.api", user = %scope.user.username, factor_id = %id, actor = scope.actor, token = ?scope.token);
     StatusCode::NO_CONTENT.into_response()
@@ -634,13 +624,6 @@ async fn admin_scope(st: &AppState, admin: &Admin, key: &str, client: IpAddr) ->
         token: Some(admin.token),
         client,
         flow: factors::Flow::Admin,
-        app_host: st
-            .config
-            .server
-            .external_url
-            .as_ref()
-            .and_then(|u| u.host_str().map(str::to_owned))
-            .unwrap_or_else(|| "admin".to_owned()),
     })
 }
 

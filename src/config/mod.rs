@@ -35,6 +35,8 @@ pub mod defaults {
     pub const UPSTREAM_TIMEOUT_SECS: u64 = 30;
     pub const POOL_IDLE_TIMEOUT_SECS: u64 = 4;
     pub const COOKIE_NAME: &str = "portcullis_session";
+    /// The double-submit CSRF cookie's base name.
+    pub const CSRF_COOKIE_NAME: &str = "portcullis_csrf";
     pub const SESSION_LIFETIME_SECS: u64 = 8 * 3600;
     pub const SESSION_IDLE_TIMEOUT_SECS: u64 = 30 * 60;
     pub const REVOCATION_CHECK_SECS: u64 = 2;
@@ -215,6 +217,58 @@ pub struct SessionConfig {
     pub domain: Option<String>,
     pub secure: bool,
     pub same_site: SameSite,
+}
+
+/// The cookie prefix browsers reserve for `Secure`, `Path=/`, host-only cookies.
+pub const HOST_PREFIX: &str = "__Host-";
+
+impl SessionConfig {
+    /// True when the gateway's cookies take the `__Host-` prefix: `secure` and
+    /// host-only (no `domain`), so a sibling subdomain cannot plant them.
+    pub fn host_prefixed(&self) -> bool {
+        self.secure && self.domain.is_none()
+    }
+
+    /// The name `base` takes on the wire: `__Host-<base>` when
+    /// [`SessionConfig::host_prefixed`], unless `base` already carries a
+    /// `__Host-` or `__Secure-` prefix (then it is used as configured).
+    pub fn wire_name(&self, base: &str) -> String {
+        if self.host_prefixed() && !base.starts_with(HOST_PREFIX) && !base.starts_with("__Secure-") {
+            format!("{HOST_PREFIX}{base}")
+        } else {
+            base.to_owned()
+        }
+    }
+
+    /// The session cookie's name on the wire (see [`SessionConfig::wire_name`]).
+    pub fn session_cookie_name(&self) -> String {
+        self.wire_name(&self.cookie_name)
+    }
+
+    /// The CSRF cookie's name on the wire (see [`SessionConfig::wire_name`]).
+    pub fn csrf_cookie_name(&self) -> String {
+        self.wire_name(defaults::CSRF_COOKIE_NAME)
+    }
+
+    /// Every name the gateway's own cookies may have arrived under (with and
+    /// without the prefix), which the proxy strips from requests and from
+    /// upstream `Set-Cookie`s.
+    pub fn gateway_cookie_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for base in [self.cookie_name.as_str(), defaults::CSRF_COOKIE_NAME] {
+            let plain = base.strip_prefix(HOST_PREFIX).unwrap_or(base);
+            for n in [
+                plain.to_owned(),
+                format!("{HOST_PREFIX}{plain}"),
+                self.wire_name(base),
+            ] {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+        names
+    }
 }
 
 /// Header names sent upstream (canonical spelling as configured).

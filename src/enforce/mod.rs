@@ -493,7 +493,8 @@ groups = ["admins"]
             .header("host", "app.test")
             .header("remote-user", "mallory");
         if let Some(c) = cookie {
-            r = r.header("cookie", format!("portcullis_session={c}"));
+            // secure = true (the default) and no domain: the `__Host-` name.
+            r = r.header("cookie", format!("__Host-portcullis_session={c}"));
         }
         let mut r = r.body(Body::empty()).unwrap();
         r.extensions_mut()

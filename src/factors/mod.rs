@@ -432,12 +432,11 @@ pub async fn activate(
     }
 }
 
-/// Where a challenge comes from, for messages and push context.
+/// Where a challenge comes from, for push context. Messages name the app
+/// from configuration ([`otp::app_name`]), never from the request.
 #[derive(Debug, Clone)]
 pub struct ChallengeContext {
     pub client_addr: IpAddr,
-    /// The host the user is signing in to.
-    pub app_host: String,
     /// The flow a code sent now belongs to.
     pub flow: Flow,
 }
@@ -516,7 +515,7 @@ pub async fn challenge(
     match ft {
         TOTP_TYPE => Err(ChallengeError::NotChallenged),
         "sms" | "call" | "email" => {
-            let app = otp::app_name(st, Some(&ctx.app_host));
+            let app = otp::app_name(st);
             otp::send_code(st, user, &factor.record, &app, &ctx.flow)
                 .await
                 .map(|expires_at| Challenge::CodeSent { expires_at })
@@ -613,7 +612,12 @@ pub enum RemoveError {
     Unavailable,
 }
 
-/// Removes a stored factor of `user`.
+/// Removes a stored factor of `user`. Removing an active factor moves the
+/// user's session epoch first, so every session of the user ends (a factor
+/// reset, by an administrator or by the user: a session that a lost or stolen
+/// factor helped open must not outlive the factor). A caller acting for the
+/// user's own session re-issues it with the new epoch
+/// ([`crate::portal::login::reissue`]).
 pub async fn remove(st: &AppState, user: &User, factor_id: &str, actor: &str) -> Result<(), RemoveError> {
     let factors = list(st, user).await.map_err(|_| RemoveError::Unavailable)?;
     let Some(factor) = factors.iter().find(|f| f.record.id == factor_id) else {
@@ -628,6 +632,14 @@ pub async fn remove(st: &AppState, user: &User, factor_id: &str, actor: &str) ->
         .count();
     if factor.is_active() && active_left == 0 && policy_requires_two(st) {
         return Err(RemoveError::LastFactor);
+    }
+    if factor.is_active() {
+        // Before the delete: if the epoch cannot move, nothing is removed.
+        let epoch = st.store.bump_epoch(&user.id).await.map_err(|e| {
+            tracing::error!(error = %e, "moving the session epoch failed");
+            RemoveError::Unavailable
+        })?;
+        st.enforcer.revocations.note_epoch(&user.id, epoch);
     }
     match st.store.delete_factor(&user.id, factor_id).await {
         Ok(true) => {

@@ -327,19 +327,26 @@ pub async fn take_send_slot(
     .await
 }
 
-/// The application name used in messages: the host signed in to, else the
-/// external URL's host, else the portal title.
-pub fn app_name(st: &AppState, host: Option<&str>) -> String {
-    host.filter(|h| !h.is_empty())
-        .map(str::to_owned)
+/// The application name used in messages (SMS, call, e-mail, push), from
+/// configuration only, never from the request (its Host is the requester's
+/// to choose): `server.external_url`'s host, else the default upstream's
+/// name, else the first host name an upstream is configured for, else the
+/// portal title.
+pub fn app_name(st: &AppState) -> String {
+    let cfg = &st.config;
+    cfg.server
+        .external_url
+        .as_ref()
+        .and_then(|u| u.host_str().map(str::to_owned))
         .or_else(|| {
-            st.config
-                .server
-                .external_url
-                .as_ref()
-                .and_then(|u| u.host_str().map(str::to_owned))
+            cfg.upstreams
+                .iter()
+                .find(|u| u.hosts.is_empty())
+                .map(|u| u.name.clone())
         })
-        .unwrap_or_else(|| st.config.portal.title.clone())
+        .or_else(|| cfg.upstreams.iter().find_map(|u| u.hosts.first().cloned()))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| cfg.portal.title.clone())
 }
 
 /// Sends a new code for `factor` (an activation code while it is pending).
@@ -576,7 +583,7 @@ pub async fn enroll(
         last_updated: now,
     };
     st.store.insert_factor(&factor).await?;
-    match send_code(st, user, &factor, &app_name(st, None), flow).await {
+    match send_code(st, user, &factor, &app_name(st), flow).await {
         Ok(expires_at) => {
             crate::metrics::factor_event("enrolled", factor_type);
             audit!("factor.enrolled", user = %user.username, factor_type = factor_type, factor_id = %factor.id);
@@ -643,6 +650,8 @@ pub(crate) mod tests {
         let text = format!(
             r#"
 default_policy = "two_factor"
+[server]
+external_url = "https://app.example.com"
 [admin]
 tokens = []
 [[upstreams]]
@@ -727,7 +736,6 @@ ttl = "60s"
     fn ctx() -> super::super::ChallengeContext {
         super::super::ChallengeContext {
             client_addr: ip(),
-            app_host: "app.example.com".into(),
             flow: flow(),
         }
     }

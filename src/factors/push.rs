@@ -13,9 +13,10 @@
 //! and sends a message through `factors.push.delivery` only: `to` is the
 //! device's address (data for the relay; the gateway never connects to it),
 //! with the transaction id, the factor id, the context (user, client address,
-//! app host, time) and `expires_at`, but never the number. The message is
-//! sent in the background: the answer does not wait for the relay, so a
-//! real push and a passwordless decoy answer alike in time and content.
+//! time), the app's name from configuration (never the request's Host) and
+//! `expires_at`, but never the number. The message is sent in the
+//! background: the answer does not wait for the relay, so a real push and a
+//! passwordless decoy answer alike in time and content.
 //!
 //! **Answer.** The device posts `{decision, number, signature}` to
 //! `{prefix}/api/v1/push/transactions/{tid}` ([`answer`]); the signature is
@@ -320,7 +321,7 @@ pub async fn challenge(
     let (tid, expires, number) = new_tx(st, &user.id, &factor.record.id, now)
         .await
         .map_err(unavailable)?;
-    let app = super::otp::app_name(st, Some(&ctx.app_host));
+    let app = super::otp::app_name(st);
     let mut context = serde_json::Map::new();
     context.insert("factor_id".into(), json!(factor.record.id));
     context.insert("client".into(), json!(ctx.client_addr.to_string()));
@@ -678,7 +679,6 @@ mod tests {
     fn ctx() -> ChallengeContext {
         ChallengeContext {
             client_addr: ip(),
-            app_host: "app.example.com".into(),
             flow: super::super::Flow::Admin,
         }
     }

@@ -27,9 +27,6 @@ use crate::session::revocation::RevocationView;
 use crate::store::SharedStore;
 use crate::users::{SharedUsers, UserDirectory, UserSync};
 
-/// The name of the double-submit CSRF cookie.
-pub const CSRF_COOKIE: &str = "portcullis_csrf";
-
 /// Why the gateway could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -94,13 +91,17 @@ impl Gateway {
         crate::metrics::install();
         let config = Arc::new(config);
         let revocations = Arc::new(RevocationView::new(config.session.revocation_check));
-        if let Err(e) = revocations.refresh(&store, clock.now(), Instant::now()).await {
-            // Not fatal: protected routes answer 503 until the store answers.
-            tracing::error!(error = %e, "initial revocation refresh failed; failing closed until the store answers");
-        }
         let users = Arc::new(std::sync::RwLock::new(UserDirectory::from_file_users(
             &config.users.file_users,
         )));
+        // A password changed in the users file ends that user's old sessions.
+        // Until this has been checked, the view is not refreshed: protected
+        // routes fail closed rather than trust a session the change ended.
+        let passwords_checked = sync_file_passwords(&store, &users, &revocations, clock.now()).await;
+        if passwords_checked && let Err(e) = revocations.refresh(&store, clock.now(), Instant::now()).await {
+            // Not fatal: protected routes answer 503 until the store answers.
+            tracing::error!(error = %e, "initial revocation refresh failed; failing closed until the store answers");
+        }
         // Users created through the API: loaded now, then followed by the refresher.
         let user_sync = Arc::new(UserSync::new());
         if let Err(e) = user_sync.refresh(&store, &users).await {
@@ -119,7 +120,7 @@ impl Gateway {
         let proxy = Proxy::new(ProxySettings {
             upstreams: config.upstreams.clone(),
             identity: config.identity_headers.clone(),
-            gateway_cookies: vec![config.session.cookie_name.clone(), CSRF_COOKIE.to_owned()],
+            gateway_cookies: config.session.gateway_cookie_names(),
         })
         .map_err(|e| BuildError::Proxy(e.to_string()))?;
         let csrf_key = config
@@ -171,7 +172,7 @@ impl Gateway {
         background.push(spawn_refresher(
             store,
             revocations,
-            (users, user_sync),
+            (users, user_sync, passwords_checked),
             clock,
             config.session.revocation_check,
         ));
@@ -220,10 +221,36 @@ impl Gateway {
     }
 }
 
+/// Checks the users file's password hashes against the stored fingerprints
+/// ([`crate::session::file_passwords`]); false (logged) if the store could
+/// not be asked. A reload of the users file calls this again.
+pub async fn sync_file_passwords(
+    store: &SharedStore,
+    users: &SharedUsers,
+    view: &RevocationView,
+    now: crate::clock::UnixTime,
+) -> bool {
+    let file_users = users.read().unwrap_or_else(|p| p.into_inner()).file_users();
+    match crate::session::file_passwords::sync(store, &file_users, view, now).await {
+        Ok(0) => true,
+        Ok(n) => {
+            tracing::info!(
+                users = n,
+                "passwords changed in the users file; those users' sessions ended"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "checking the users file's passwords against the store failed; failing closed until it answers");
+            false
+        }
+    }
+}
+
 fn spawn_refresher(
     store: SharedStore,
     view: Arc<RevocationView>,
-    (users, user_sync): (SharedUsers, Arc<UserSync>),
+    (users, user_sync, passwords_checked): (SharedUsers, Arc<UserSync>, bool),
     clock: SharedClock,
     check: Duration,
 ) -> tokio::task::AbortHandle {
@@ -233,8 +260,24 @@ fn spawn_refresher(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_purge = Instant::now();
         let mut failing = false;
+        let mut passwords_checked = passwords_checked;
         loop {
             tick.tick().await;
+            if !passwords_checked {
+                let file_users = users.read().unwrap_or_else(|p| p.into_inner()).file_users();
+                match crate::session::file_passwords::sync(&store, &file_users, &view, clock.now()).await {
+                    Ok(n) => {
+                        passwords_checked = true;
+                        tracing::info!(
+                            users_with_new_passwords = n,
+                            "users file passwords checked against the store"
+                        );
+                    }
+                    // The view goes stale: fail closed until this succeeds
+                    // (logged once at start-up, by `sync_file_passwords`).
+                    Err(_) => continue,
+                }
+            }
             let started = Instant::now();
             let refreshed = view.refresh(&store, clock.now(), Instant::now()).await;
             metrics::histogram!("portcullis_store_duration_seconds", "op" => "revocation_refresh")

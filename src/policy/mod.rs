@@ -199,6 +199,7 @@ mod tests {
     fn claims(lvl: u8, auth: i64, mfa: Option<i64>) -> SessionClaims {
         SessionClaims {
             sid: "s".into(),
+            sin: "i".into(),
             uid: "u".into(),
             lvl,
             amr: vec![],

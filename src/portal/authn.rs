@@ -95,6 +95,18 @@ pub(crate) struct AuthnState {
     /// The factor challenged last (code sent, push waiting).
     #[serde(default)]
     pub(crate) challenge: Option<Pending>,
+    /// The level-1 session the password step issued: its id, retired when
+    /// the second factor upgrades it (the verify call need not carry that
+    /// cookie), and its sign-in id, which the upgraded session continues.
+    #[serde(default)]
+    pub(crate) session: Option<IssuedSession>,
+}
+
+/// A session id issued along a transaction, and its sign-in id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct IssuedSession {
+    pub(crate) sid: String,
+    pub(crate) sin: String,
 }
 
 /// An out-of-band challenge in progress.
@@ -413,17 +425,20 @@ fn factor_answer(
 
 /// Issues the level-2 (or level-1) session, a one-time sessionToken, and the
 /// `SUCCESS` answer with the cookie.
+/// `replaces` is the session this one upgrades (same sign-in): its sign-in
+/// id carries over and its session id is retired.
 async fn success(
     st: &AppState,
     user: &User,
     level: u8,
     amr: Vec<String>,
     auth: UnixTime,
+    replaces: Option<&IssuedSession>,
     extra: Option<(&str, Value)>,
 ) -> Response {
     let now = st.clock.now();
     let epoch = st.enforcer.revocations.epoch(&user.id);
-    let claims = SessionClaims::new(
+    let mut claims = SessionClaims::new(
         &user.id,
         level,
         amr,
@@ -432,6 +447,13 @@ async fn success(
         epoch,
         now,
     );
+    if let Some(old) = replaces {
+        claims = claims.in_sign_in(&old.sin);
+        // Best effort: signing out revokes the whole sign-in anyway.
+        if let Err(e) = login::retire(st, &old.sid, auth).await {
+            tracing::warn!(error = %e, "could not revoke the replaced session id");
+        }
+    }
     let session_token = crate::crypto::random_token();
     let record = TransactionRecord {
         id: token_id(&session_token),
@@ -531,15 +553,16 @@ pub async fn authn(
         && needs_password(&s.claims.amr)
     {
         let mut amr = s.claims.amr.clone();
-        amr.push("pwd".into());
-        if let Err(e) = login::revoke(&st, &s.claims).await {
-            tracing::warn!(error = %e, "could not revoke the replaced session id");
-        }
-        return success(&st, &user, 2, amr, s.claims.auth, None).await;
+        crate::session::add_method(&mut amr, "pwd");
+        let replaced = IssuedSession {
+            sid: s.claims.sid.clone(),
+            sin: s.claims.sin.clone(),
+        };
+        return success(&st, &user, 2, amr, s.claims.auth, Some(&replaced), None).await;
     }
     let amr = vec!["pwd".to_owned()];
     if !st.config.factors.any_second_factor() {
-        return success(&st, &user, 1, amr, now, None).await;
+        return success(&st, &user, 1, amr, now, None, None).await;
     }
     let factors = match factors::list(&st, &user).await {
         Ok(f) => factors::usable(&st, &f),
@@ -554,11 +577,18 @@ pub async fn authn(
         0
     };
     let enrolling = factors.is_empty();
+    // A correct password is one factor: the level-1 cookie now, level 2 after
+    // the second. The transaction remembers it, so the upgrade replaces it.
+    let (level1, cookie) = login::issue_session(&st, &user, 1, amr.clone(), None);
     let state = AuthnState {
         status: if enrolling { "MFA_ENROLL" } else { "MFA_REQUIRED" }.into(),
         created: now,
         auth: now,
         amr,
+        session: Some(IssuedSession {
+            sid: level1.sid,
+            sin: level1.sin,
+        }),
         ..AuthnState::default()
     };
     let listed: Vec<Value> = if enrolling {
@@ -587,8 +617,6 @@ pub async fn authn(
     if let Err(e) = st.store.put_transaction(&record).await {
         return unavailable(e);
     }
-    // A correct password is one factor: the level-1 cookie now, level 2 after the second.
-    let (_, cookie) = login::issue_session(&st, &user, 1, state.amr.clone(), None);
     let mut res = json_response(state_answer(&st, &token, &state, expires, &user, listed));
     res.headers_mut().append(header::SET_COOKIE, cookie);
     res.extensions_mut().insert(AccessInfo {
@@ -963,19 +991,27 @@ async fn complete(st: &AppState, loaded: &Loaded, method: &str) -> Response {
         return r;
     }
     let mut amr = loaded.state.amr.clone();
-    amr.push(method.into());
+    crate::session::add_method(&mut amr, method);
     if loaded.state.passwordless {
         crate::audit!("signin.passwordless.succeeded", user = %loaded.user.username, method = method);
-        success(st, &loaded.user, 1, amr, st.clock.now(), None).await
+        success(st, &loaded.user, 1, amr, st.clock.now(), None, None).await
     } else {
-        success(st, &loaded.user, 2, amr, loaded.state.auth, None).await
+        success(
+            st,
+            &loaded.user,
+            2,
+            amr,
+            loaded.state.auth,
+            loaded.state.session.as_ref(),
+            None,
+        )
+        .await
     }
 }
 
 fn challenge_context(ctx: &Ctx, loaded: &Loaded) -> ChallengeContext {
     ChallengeContext {
         client_addr: ctx.0.client_addr,
-        app_host: ctx.0.host.clone(),
         flow: loaded.flow(),
     }
 }
@@ -1440,13 +1476,14 @@ pub async fn activate(
         None
     };
     let mut amr = loaded.state.amr.clone();
-    amr.push(method.into());
+    crate::session::add_method(&mut amr, method);
     success(
         &st,
         &user,
         2,
         amr,
         loaded.state.auth,
+        loaded.state.session.as_ref(),
         codes.as_ref().map(|c| ("recoveryCodes", c.clone())),
     )
     .await

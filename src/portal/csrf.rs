@@ -38,11 +38,13 @@ pub fn verify(key: &Secret, cookie: Option<&str>, submitted: Option<&str>) -> bo
 
 /// The `Set-Cookie` value for a CSRF token. Not HttpOnly: the self-service
 /// API's JavaScript echoes it in `X-CSRF-Token`.
-pub fn cookie(token: &str, secure: bool) -> HeaderValue {
+/// Named `__Host-portcullis_csrf` when the session cookie is secure and
+/// host-only (see [`crate::config::SessionConfig::csrf_cookie_name`]).
+pub fn cookie(cfg: &crate::config::SessionConfig, token: &str) -> HeaderValue {
     let s = format!(
         "{}={token}; Path=/; SameSite=Strict{}",
-        crate::gateway::CSRF_COOKIE,
-        if secure { "; Secure" } else { "" }
+        cfg.csrf_cookie_name(),
+        if cfg.secure { "; Secure" } else { "" }
     );
     HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }

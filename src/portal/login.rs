@@ -146,7 +146,8 @@ pub async fn check_password(
 }
 
 /// Issues a new session (always a new id: no fixation) for `user` at `level`.
-/// `prior` carries over the sign-in time of a session being upgraded.
+/// `prior` is the session being upgraded: its sign-in time and sign-in id
+/// carry over (the caller retires its session id with [`retire`]).
 pub fn issue_session(
     st: &AppState,
     user: &User,
@@ -155,18 +156,48 @@ pub fn issue_session(
     prior: Option<&SessionClaims>,
 ) -> (SessionClaims, HeaderValue) {
     let now = st.clock.now();
-    let auth = prior.filter(|p| p.uid == user.id).map_or(now, |p| p.auth);
+    let prior = prior.filter(|p| p.uid == user.id);
+    let auth = prior.map_or(now, |p| p.auth);
     let mfa = (level >= 2).then_some(now);
     let epoch = st.enforcer.revocations.epoch(&user.id);
-    let claims = SessionClaims::new(&user.id, level, amr, auth, mfa, epoch, now);
+    let mut claims = SessionClaims::new(&user.id, level, amr, auth, mfa, epoch, now);
+    if let Some(p) = prior {
+        claims = claims.in_sign_in(&p.sin);
+    }
     let cookie = st.enforcer.sessions.set_cookie(&claims, now);
     (claims, cookie)
 }
 
-/// Revokes one session (logout) in the store and in this replica's view.
-pub async fn revoke(st: &AppState, claims: &SessionClaims) -> Result<(), crate::store::StoreError> {
-    let expires_at = claims.auth + st.enforcer.sessions.lifetime();
-    st.store.revoke_session(&claims.sid, expires_at).await?;
-    st.enforcer.revocations.note_revoked(&claims.sid, expires_at);
+/// Re-issues the current session with the user's current epoch (after this
+/// user's own change moved it, so the session that made the change carries
+/// on while every other one ends). Same session and sign-in ids.
+pub fn reissue(st: &AppState, claims: &SessionClaims) -> HeaderValue {
+    let now = st.clock.now();
+    let mut c = claims.clone();
+    c.ep = st.enforcer.revocations.epoch(&c.uid).max(c.ep);
+    c.iat = now;
+    c.last = now;
+    st.enforcer.sessions.set_cookie(&c, now)
+}
+
+/// Revokes one session id (one replaced by a later step of its sign-in) in
+/// the store and in this replica's view. `auth` is the sign-in time, which
+/// bounds how long the entry matters.
+pub async fn retire(
+    st: &AppState,
+    sid: &str,
+    auth: crate::clock::UnixTime,
+) -> Result<(), crate::store::StoreError> {
+    let expires_at = auth + st.enforcer.sessions.lifetime();
+    st.store.revoke_session(sid, expires_at).await?;
+    st.enforcer.revocations.note_revoked(sid, expires_at);
     Ok(())
+}
+
+/// Signs out: revokes the session id and its whole sign-in (every id issued
+/// along it: the password step's, each step-up's) in the store and in this
+/// replica's view; other replicas learn it within `revocation_check`.
+pub async fn revoke(st: &AppState, claims: &SessionClaims) -> Result<(), crate::store::StoreError> {
+    retire(st, &claims.sin, claims.auth).await?;
+    retire(st, &claims.sid, claims.auth).await
 }

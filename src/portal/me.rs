@@ -7,7 +7,8 @@
 //! (unsafe methods send `Content-Type: application/json`, browsers a
 //! same-origin or trusted `Origin`), a valid session (else 401 `E0000011`),
 //! and the header `X-CSRF-Token` equal to the `portcullis_csrf` cookie
-//! (double submit; else 403 `E0000006`, with a fresh cookie when the request
+//! (`__Host-portcullis_csrf` when the session cookie is secure and host-only;
+//! double submit; else 403 `E0000006`, with a fresh cookie when the request
 //! had no genuine one, so a client signed in through the authn API can get
 //! one). Adding a factor (enroll) or removing one also needs a second factor
 //! verified within the last 10 minutes, except a first enrollment when
@@ -27,7 +28,7 @@ use crate::admin::factors::{self as api, EnrollQuery, FactorOp, Scope};
 use crate::admin::{Route, Verb};
 use crate::enforce::{ActiveSession, SessionState};
 use crate::error::{ApiError, ErrorCode};
-use crate::gateway::{AppState, CSRF_COOKIE};
+use crate::gateway::AppState;
 use crate::ids::Ids;
 use crate::session::find_cookie;
 
@@ -133,17 +134,20 @@ async fn scope(
         SessionState::Unavailable => return Err(ApiError::new(ErrorCode::E0000009).into_response()),
         _ => return Err(ApiError::new(ErrorCode::E0000011).into_response()),
     };
-    let cookie = find_cookie(headers, CSRF_COOKIE);
+    let cookie = find_cookie(headers, &st.config.session.csrf_cookie_name());
     let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
     if !super::csrf::verify(&st.csrf_key, cookie, sent) {
         let mut res = ApiError::new(ErrorCode::E0000006)
-            .cause("the X-CSRF-Token header must equal the portcullis_csrf cookie")
+            .cause(format!(
+                "the X-CSRF-Token header must equal the {} cookie",
+                st.config.session.csrf_cookie_name()
+            ))
             .into_response();
         if !cookie.is_some_and(|c| super::csrf::well_formed(&st.csrf_key, c)) {
             let token = super::csrf::new_token(&st.csrf_key);
             res.headers_mut().append(
                 header::SET_COOKIE,
-                super::csrf::cookie(&token, st.config.session.secure),
+                super::csrf::cookie(&st.config.session, &token),
             );
         }
         return Err(res);
@@ -178,8 +182,7 @@ async fn scope(
         actor: "self",
         token: None,
         client: ctx.0.client_addr,
-        app_host: ctx.0.host.clone(),
-        flow: crate::factors::Flow::Session(s.claims.sid.clone()),
+        flow: crate::factors::Flow::Session(s.claims.sin.clone()),
     })
 }
 
@@ -301,5 +304,16 @@ async fn delete(
     Ids(fid): Ids<String>,
 ) -> Response {
     let scope = me!(st, ctx, method, headers, Need::Remove);
-    api::delete(&st, &scope, &fid).await
+    // Read before the removal moves the epoch (which ends this session too).
+    let current = match st.enforcer.session(&headers) {
+        SessionState::Valid(s) => s.claims,
+        _ => return ApiError::new(ErrorCode::E0000011).into_response(),
+    };
+    let mut res = api::delete(&st, &scope, &fid).await;
+    if res.status().is_success() {
+        // Every other session of the user ended; this one carries on.
+        res.headers_mut()
+            .append(header::SET_COOKIE, super::login::reissue(&st, &current));
+    }
+    res
 }

@@ -90,7 +90,8 @@ pub(super) fn with_csrf(mut res: Response, set: Option<http::HeaderValue>) -> Re
 /// Revokes the session id an upgrade replaces, so only the new one carries on
 /// (best effort: the old one is a lower level and expires on its own).
 async fn retire(st: &AppState, s: &ActiveSession) {
-    if let Err(e) = login::revoke(st, &s.claims).await {
+    // Best effort: signing out revokes the whole sign-in anyway.
+    if let Err(e) = login::retire(st, &s.claims.sid, s.claims.auth).await {
         tracing::warn!(error = %e, "could not revoke the replaced session id");
     }
 }
@@ -98,7 +99,7 @@ async fn retire(st: &AppState, s: &ActiveSession) {
 /// Upgrades the session to level 2 (new id) and sends the browser on.
 pub(super) async fn upgraded(st: &AppState, s: &ActiveSession, method: &str, target: &str) -> Response {
     let mut amr = s.claims.amr.clone();
-    amr.push(method.into());
+    crate::session::add_method(&mut amr, method);
     let (_, cookie) = login::issue_session(st, &s.user, 2, amr, Some(&s.claims));
     retire(st, s).await;
     let mut res = see_other(target);
@@ -673,7 +674,7 @@ pub(super) async fn enrolled(st: &AppState, s: &ActiveSession, rd: &str, method:
         see_other(rd)
     };
     let mut amr = s.claims.amr.clone();
-    amr.push(method.into());
+    crate::session::add_method(&mut amr, method);
     let (_, cookie) = login::issue_session(st, &s.user, 2, amr, Some(&s.claims));
     retire(st, s).await;
     res.headers_mut().append(header::SET_COOKIE, cookie);
@@ -826,8 +827,13 @@ pub async fn remove(
         Ok(s) => s,
         Err(r) => return *r,
     };
+    let mut reissued = None;
     let (notice, status) = match factors::remove(&st, &s.user, &id, "self").await {
-        Ok(()) => ("The factor was removed.", StatusCode::OK),
+        Ok(()) => {
+            // The epoch moved: every other session of the user ended; this one carries on.
+            reissued = Some(login::reissue(&st, &s.claims));
+            ("The factor was removed.", StatusCode::OK)
+        }
         Err(factors::RemoveError::LastFactor) => (
             "This is your last factor and sign-in requires two: add another one first.",
             StatusCode::CONFLICT,
@@ -839,7 +845,11 @@ pub async fn remove(
         Err(factors::RemoveError::NotFound) => ("No such factor.", StatusCode::NOT_FOUND),
         Err(factors::RemoveError::Unavailable) => return unavailable_page(),
     };
-    render_factors(&st, &headers, &s, Some(notice), status).await
+    let mut res = render_factors(&st, &headers, &s, Some(notice), status).await;
+    if let Some(cookie) = reissued {
+        res.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    res
 }
 
 /// `POST {prefix}/factors/recovery`: new recovery codes (shown once).

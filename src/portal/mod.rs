@@ -44,7 +44,7 @@ use serde::Deserialize;
 use crate::context::RequestContext;
 use crate::enforce::{AccessInfo, SessionState};
 use crate::error::{ApiError, ErrorCode};
-use crate::gateway::{AppState, CSRF_COOKIE};
+use crate::gateway::AppState;
 use crate::secret::Secret;
 use crate::session::find_cookie;
 use login::LoginError;
@@ -138,11 +138,13 @@ pub(crate) fn see_other(location: &str) -> Response {
 /// The CSRF token to embed in a page: the request's, if genuine, else a new
 /// one (returned so the caller sets the cookie).
 pub(crate) fn csrf_token(st: &AppState, headers: &HeaderMap) -> (String, Option<HeaderValue>) {
-    match find_cookie(headers, CSRF_COOKIE).filter(|t| csrf::well_formed(&st.csrf_key, t)) {
+    match find_cookie(headers, &st.config.session.csrf_cookie_name())
+        .filter(|t| csrf::well_formed(&st.csrf_key, t))
+    {
         Some(t) => (t.to_owned(), None),
         None => {
             let t = csrf::new_token(&st.csrf_key);
-            let c = csrf::cookie(&t, st.config.session.secure);
+            let c = csrf::cookie(&st.config.session, &t);
             (t, Some(c))
         }
     }
@@ -156,7 +158,11 @@ pub(crate) fn form_allowed(st: &AppState, ctx: &Ctx, headers: &HeaderMap, submit
         &ctx.0,
         cfg.server.external_url.as_ref(),
         &cfg.portal.trusted_origins,
-    ) && csrf::verify(&st.csrf_key, find_cookie(headers, CSRF_COOKIE), Some(submitted))
+    ) && csrf::verify(
+        &st.csrf_key,
+        find_cookie(headers, &st.config.session.csrf_cookie_name()),
+        Some(submitted),
+    )
 }
 
 pub(crate) fn enc(s: &str) -> String {
@@ -253,7 +259,7 @@ async fn login_submit(
             // A new session gets a new CSRF token too.
             let token = csrf::new_token(&st.csrf_key);
             res.headers_mut()
-                .append(header::SET_COOKIE, csrf::cookie(&token, cfg.session.secure));
+                .append(header::SET_COOKIE, csrf::cookie(&cfg.session, &token));
             res.extensions_mut().insert(AccessInfo {
                 decision: "portal",
                 user: Some(user.username.clone()),

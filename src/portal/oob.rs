@@ -226,14 +226,13 @@ async fn factor_step(
 fn ctx_of(ctx: &Ctx, s: &ActiveSession) -> ChallengeContext {
     ChallengeContext {
         client_addr: ctx.0.client_addr,
-        app_host: ctx.0.host.clone(),
         flow: session_flow(s),
     }
 }
 
 /// The flow of the portal's pages: codes sent in a session are usable in it only.
 pub(crate) fn session_flow(s: &ActiveSession) -> factors::Flow {
-    factors::Flow::Session(s.claims.sid.clone())
+    factors::Flow::Session(s.claims.sin.clone())
 }
 
 /// What to tell the user when a message could not be sent.

@@ -213,7 +213,7 @@ async fn signed_in(st: &AppState, ctx: &Ctx, loaded: &Loaded, method: &str, rd: 
     res.headers_mut().append(header::SET_COOKIE, cookie);
     let token = csrf::new_token(&st.csrf_key);
     res.headers_mut()
-        .append(header::SET_COOKIE, csrf::cookie(&token, st.config.session.secure));
+        .append(header::SET_COOKIE, csrf::cookie(&st.config.session, &token));
     res.extensions_mut().insert(AccessInfo {
         decision: "portal",
         user: Some(loaded.user.username.clone()),
@@ -351,7 +351,6 @@ pub async fn factor_step(
     } else {
         let cctx = ChallengeContext {
             client_addr: addr,
-            app_host: ctx.0.host.clone(),
             flow: loaded.flow(),
         };
         factors::challenge(&st, &loaded.user, &factor, &cctx).await

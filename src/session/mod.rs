@@ -11,9 +11,17 @@
 //! its epoch is older than the user's ([`revocation::RevocationView`]); the
 //! last two are answered from memory, refreshed from the store at most
 //! `revocation_check` apart, so no request costs a store round trip.
+//!
+//! Every session id issued along one sign-in (the password step's, each
+//! step-up's, the passwordless step's) shares one sign-in id (`sin`). A
+//! replaced id is revoked when its successor is issued, and signing out
+//! revokes the sign-in id, which ends every id of that sign-in at once (a
+//! saved copy of an earlier cookie included). The sign-in id is just another
+//! entry of the revocation list, so checking it costs one more hash lookup.
 
 #[cfg(test)]
 mod proptests;
+pub mod file_passwords;
 pub mod revocation;
 
 use http::HeaderValue;
@@ -30,11 +38,27 @@ pub const REISSUE_AFTER_SECS: i64 = 60;
 
 const VERSION: &str = "v1";
 
+/// At most this many entries in a session's `amr`: each method is listed
+/// once, so repeated step-ups never grow the cookie.
+pub const MAX_AMR: usize = 8;
+
+/// Adds `method` to a session's factor list unless it is already there (the
+/// list records which methods were used, not how often), keeping at most
+/// [`MAX_AMR`] entries.
+pub fn add_method(amr: &mut Vec<String>, method: &str) {
+    if amr.len() < MAX_AMR && !amr.iter().any(|m| m == method) {
+        amr.push(method.to_owned());
+    }
+}
+
 /// What a session cookie carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionClaims {
     /// Random session id (new at every sign-in step).
     pub sid: String,
+    /// Random sign-in id, shared by every session id issued along one
+    /// sign-in; signing out revokes it (and so all of them).
+    pub sin: String,
     /// User id.
     pub uid: String,
     /// 1 or 2.
@@ -55,7 +79,8 @@ pub struct SessionClaims {
 }
 
 impl SessionClaims {
-    /// Claims for a session that has just completed a sign-in step.
+    /// Claims for a session that has just completed a sign-in step (of a
+    /// new sign-in; see [`SessionClaims::in_sign_in`] to continue one).
     pub fn new(
         uid: &str,
         lvl: Level,
@@ -67,6 +92,7 @@ impl SessionClaims {
     ) -> Self {
         Self {
             sid: crypto::random_id(24),
+            sin: crypto::random_id(24),
             uid: uid.to_owned(),
             lvl,
             amr,
@@ -76,6 +102,14 @@ impl SessionClaims {
             last: now,
             ep,
         }
+    }
+
+    /// The same claims as a step of the sign-in `sin` (a step-up or upgrade
+    /// continues the sign-in whose session it replaces).
+    #[must_use]
+    pub fn in_sign_in(mut self, sin: &str) -> Self {
+        sin.clone_into(&mut self.sin);
+        self
     }
 }
 
@@ -121,14 +155,14 @@ impl SessionCodec {
         Self {
             signing,
             verifying,
-            cookie_name: cfg.cookie_name.clone(),
+            cookie_name: cfg.session_cookie_name(),
             lifetime: secs(cfg.lifetime),
             idle: secs(cfg.idle_timeout),
             attributes: cookie_attributes(cfg.domain.as_deref(), cfg.secure, cfg.same_site),
         }
     }
 
-    /// The cookie's name.
+    /// The cookie's name on the wire (`__Host-` prefixed when secure and host-only).
     pub fn cookie_name(&self) -> &str {
         &self.cookie_name
     }
@@ -347,14 +381,90 @@ mod tests {
         let c = SessionCodec::new(&cfg(&[A]));
         let h = c.set_cookie(&claims(100), 100);
         let s = h.to_str().unwrap();
-        assert!(s.starts_with("portcullis_session=v1."));
+        // Secure and host-only: the `__Host-` prefix, Path=/, no Domain.
+        assert!(s.starts_with("__Host-portcullis_session=v1."));
         assert!(s.contains("; Max-Age=28800; Path=/; HttpOnly; Secure; SameSite=Lax"));
+        assert!(!s.contains("Domain"));
         assert!(
             c.clear_cookie()
                 .to_str()
                 .unwrap()
-                .starts_with("portcullis_session=; Max-Age=0")
+                .starts_with("__Host-portcullis_session=; Max-Age=0")
         );
+        // Not secure, or a domain: the plain name.
+        let mut plain = cfg(&[A]);
+        plain.secure = false;
+        let c = SessionCodec::new(&plain);
+        assert!(
+            c.set_cookie(&claims(100), 100)
+                .to_str()
+                .unwrap()
+                .starts_with("portcullis_session=v1.")
+        );
+        let mut shared = cfg(&[A]);
+        shared.domain = Some("example.com".into());
+        let c = SessionCodec::new(&shared);
+        let s = c.set_cookie(&claims(100), 100);
+        assert!(s.to_str().unwrap().starts_with("portcullis_session=v1."));
+        assert!(s.to_str().unwrap().ends_with("; Domain=example.com"));
+    }
+
+    #[test]
+    fn cookie_names_take_the_host_prefix_when_secure_and_host_only() {
+        let mut c = cfg(&[A]);
+        assert_eq!(c.session_cookie_name(), "__Host-portcullis_session");
+        assert_eq!(c.csrf_cookie_name(), "__Host-portcullis_csrf");
+        // A configured name gets the prefix too, unless it has one already.
+        c.cookie_name = "gw".into();
+        assert_eq!(c.session_cookie_name(), "__Host-gw");
+        c.cookie_name = "__Host-gw".into();
+        assert_eq!(c.session_cookie_name(), "__Host-gw");
+        c.cookie_name = "__Secure-gw".into();
+        assert_eq!(c.session_cookie_name(), "__Secure-gw");
+        // The proxy strips every spelling.
+        c.cookie_name = "gw".into();
+        let names = c.gateway_cookie_names();
+        for n in ["gw", "__Host-gw", "portcullis_csrf", "__Host-portcullis_csrf"] {
+            assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
+        }
+        c.secure = false;
+        assert_eq!(c.session_cookie_name(), "gw");
+        assert_eq!(c.csrf_cookie_name(), "portcullis_csrf");
+    }
+
+    #[test]
+    fn amr_lists_each_method_once_and_is_bounded() {
+        let mut amr = vec!["pwd".to_owned()];
+        for _ in 0..100 {
+            add_method(&mut amr, "otp");
+            add_method(&mut amr, "pwd");
+        }
+        assert_eq!(amr, ["pwd", "otp"]);
+        for i in 0..100 {
+            add_method(&mut amr, &format!("m{i}"));
+        }
+        assert_eq!(amr.len(), MAX_AMR);
+    }
+
+    #[test]
+    fn claims_without_a_sign_in_id_are_refused() {
+        // Cookies from before sign-in ids existed do not verify as sessions.
+        let c = SessionCodec::new(&cfg(&[A]));
+        let mut v = serde_json::to_value(claims(1_000)).unwrap();
+        v.as_object_mut().unwrap().remove("sin");
+        let mut value = format!("v1.{}", crypto::b64(&serde_json::to_vec(&v).unwrap()));
+        let tag = crypto::hmac_sha256(
+            crypto::derive_key(&Secret::new(A.as_bytes().to_vec()), "session").expose(),
+            value.as_bytes(),
+        );
+        value = format!("{value}.{}", crypto::b64(&tag));
+        assert_eq!(c.decode(&value, 1_001), Err(SessionReject::Malformed));
+        // A continued sign-in keeps its id; a new one gets a fresh one.
+        let first = claims(1_000);
+        let next = claims(1_001).in_sign_in(&first.sin);
+        assert_eq!(next.sin, first.sin);
+        assert_ne!(next.sid, first.sid);
+        assert_ne!(claims(1_000).sin, first.sin);
     }
 
     #[test]

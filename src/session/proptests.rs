@@ -30,14 +30,15 @@ idle_timeout = "30m"
 /// Claims that are valid at `NOW`.
 fn claims() -> impl Strategy<Value = SessionClaims> {
     (
-        (any::<String>(), any::<String>(), 1u8..=2),
+        (any::<String>(), any::<String>(), any::<String>(), 1u8..=2),
         prop::collection::vec(any::<String>(), 0..4),
         (NOW - LIFETIME + 1..=NOW, NOW - IDLE + 1..=NOW),
         (any::<Option<i64>>(), any::<i64>(), any::<u64>()),
     )
         .prop_map(
-            |((sid, uid, lvl), amr, (auth, last), (mfa, iat, ep))| SessionClaims {
+            |((sid, sin, uid, lvl), amr, (auth, last), (mfa, iat, ep))| SessionClaims {
                 sid,
+                sin,
                 uid,
                 lvl,
                 amr,

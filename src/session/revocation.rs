@@ -58,7 +58,9 @@ impl RevocationView {
             Some(t) if now_instant.saturating_duration_since(t) <= self.max_staleness => {}
             _ => return Err(SessionReject::Unavailable),
         }
-        if s.revoked.contains_key(&claims.sid) {
+        // The session id (replaced by a later step, or signed out) or its
+        // whole sign-in (signed out).
+        if s.revoked.contains_key(&claims.sid) || s.revoked.contains_key(&claims.sin) {
             return Err(SessionReject::Revoked);
         }
         if claims.ep < s.epochs.get(&claims.uid).copied().unwrap_or(0) {
@@ -79,7 +81,8 @@ impl RevocationView {
         self.read().epochs.get(user_id).copied().unwrap_or(0)
     }
 
-    /// Records a logout done by this replica (already written to the store).
+    /// Records a revocation of a session id or sign-in id done by this
+    /// replica (already written to the store).
     pub fn note_revoked(&self, sid: &str, expires_at: UnixTime) {
         self.write().revoked.insert(sid.to_owned(), expires_at);
     }
@@ -140,6 +143,7 @@ mod tests {
     fn claims(sid: &str, uid: &str, ep: u64) -> SessionClaims {
         SessionClaims {
             sid: sid.into(),
+            sin: format!("in-{sid}"),
             uid: uid.into(),
             lvl: 1,
             amr: vec![],
@@ -197,6 +201,32 @@ mod tests {
             Err(SessionReject::Unavailable)
         );
         assert!(!v.is_fresh(t0 + Duration::from_secs(3)));
+    }
+
+    #[tokio::test]
+    async fn revoking_a_sign_in_ends_every_session_id_of_it_on_every_replica() {
+        let store: SharedStore = Arc::new(MemoryStore::new());
+        let (a, b) = (
+            RevocationView::new(Duration::from_secs(2)),
+            RevocationView::new(Duration::from_secs(2)),
+        );
+        let t0 = Instant::now();
+        a.refresh(&store, 0, t0).await.unwrap();
+        b.refresh(&store, 0, t0).await.unwrap();
+        let mut level1 = claims("s1", "u", 0);
+        level1.sin = "signin".into();
+        let mut level2 = claims("s2", "u", 0);
+        level2.sin = "signin".into();
+        let mut other = claims("s3", "u", 0);
+        other.sin = "another".into();
+        store.revoke_session("signin", 10_000).await.unwrap();
+        a.note_revoked("signin", 10_000);
+        assert_eq!(a.check(&level1, t0), Err(SessionReject::Revoked));
+        assert_eq!(a.check(&level2, t0), Err(SessionReject::Revoked));
+        assert_eq!(a.check(&other, t0), Ok(()));
+        b.refresh(&store, 1, t0).await.unwrap();
+        assert_eq!(b.check(&level1, t0), Err(SessionReject::Revoked));
+        assert_eq!(b.check(&other, t0), Ok(()));
     }
 
     #[tokio::test]

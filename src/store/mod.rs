@@ -162,8 +162,10 @@ pub struct FactorRecord {
 
 /// A short-lived record shared by replicas: an authentication transaction
 /// (`stateToken`), a one-time `sessionToken`, an OTP challenge, a push
-/// transaction. `id` is what the caller looks it up by (for bearer tokens, a
-/// hash of the token, never the token itself).
+/// transaction; also, never expiring, a users-file user's password
+/// fingerprint (`crate::session::file_passwords`). `id` is what the caller
+/// looks it up by (for bearer tokens, a hash of the token, never the token
+/// itself).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransactionRecord {
     pub id: String,

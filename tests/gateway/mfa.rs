@@ -393,3 +393,59 @@ async fn wrong_passwordless_codes_do_not_lock_the_user() {
         .unwrap();
     assert_eq!(res.status(), 200);
 }
+
+/// Repeated step-ups keep one `amr` entry per method, and signing out ends
+/// every session id the sign-in went through (each step-up's included).
+#[tokio::test]
+async fn step_ups_do_not_grow_amr_and_logout_ends_every_step() {
+    let gw = start("").await;
+    let login = gw.login_rd("carol", PASSWORD, "/secure/x").await;
+    let mut saved = vec![login.session.clone()];
+    let res = submit_code(&gw, &login, "/secure/x", &code(&gw)).await;
+    assert_eq!(res.status(), 303);
+    let mut current = set_cookie(&res, "portcullis_session").unwrap().0;
+    saved.push(current.clone());
+    for _ in 0..4 {
+        // Past max_age: /pay asks again; a fresh code steps up.
+        gw.clock.advance(16 * 60);
+        let step = Login {
+            session: current.clone(),
+            csrf: login.csrf.clone(),
+            set_cookie: String::new(),
+            location: String::new(),
+        };
+        let res = submit_code(&gw, &step, "/pay", &code(&gw)).await;
+        assert_eq!(res.status(), 303);
+        current = set_cookie(&res, "portcullis_session").unwrap().0;
+        saved.push(current.clone());
+    }
+    let me = gw
+        .get_json(
+            "/_portcullis/api/v1/sessions/me",
+            Some(&format!("portcullis_session={current}")),
+        )
+        .await;
+    assert_eq!(me.status(), 200);
+    let me: serde_json::Value = me.json().await.unwrap();
+    assert_eq!(me["amr"], serde_json::json!(["pwd", "otp"]), "{me}");
+    let cookie = |s: &str| format!("portcullis_session={s}; portcullis_csrf={}", login.csrf);
+    assert_eq!(browse(&gw, "/pay", &cookie(&current)).await.status(), 200);
+
+    let res = gw
+        .client()
+        .post(gw.url("/_portcullis/logout"))
+        .header("accept", "text/html")
+        .header("cookie", cookie(&current))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", &login.csrf)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    for (i, s) in saved.iter().enumerate() {
+        let res = gw
+            .get_json("/other", Some(&format!("portcullis_session={s}")))
+            .await;
+        assert_eq!(res.status(), 401, "saved cookie {i} of the signed-out sign-in");
+    }
+}

@@ -305,3 +305,60 @@ async fn a_stale_revocation_view_fails_closed() {
     let ready = gw.client().get(gw.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
 }
+
+/// The users file with alice's password hash replaced by one of `password`.
+fn users_with_alice_password(password: &str) -> String {
+    let text = crate::support::users_file();
+    let start = text.find("$argon2").expect("alice's hash comes first");
+    let end = start + text[start..].find('"').unwrap();
+    let hash = portcullis::passwords::hash_password(password.as_bytes()).unwrap();
+    format!("{}{hash}{}", &text[..start], &text[end..])
+}
+
+#[tokio::test]
+async fn a_password_changed_in_the_users_file_ends_old_sessions_at_restart() {
+    let one = TestGateway::start(FAST_REVOCATION).await;
+    let alice = one.login(ALICE).await;
+    let bob = one.login(crate::support::BOB).await;
+    let store = one.gateway.state().store.clone();
+    let restart = |users: Option<String>| {
+        let b = TestGateway::builder()
+            .toml(FAST_REVOCATION)
+            .store(store.clone())
+            .clock(one.clock.clone());
+        async move {
+            match users {
+                Some(u) => b.users(&u).start().await,
+                None => b.start().await,
+            }
+        }
+    };
+    // Restarted with the same file: sessions carry on.
+    let same = restart(None).await;
+    assert_eq!(private(&same, &alice.session).await.status(), 200);
+
+    // Restarted with a new hash for alice: her old sessions end (on the new
+    // process at once, on a replica still running within revocation_check);
+    // bob's do not.
+    let new_users = users_with_alice_password("alice-new-passphrase");
+    let changed = restart(Some(new_users.clone())).await;
+    let res = private(&changed, &alice.session).await;
+    assert_eq!(res.status(), 401, "the old password's session ended");
+    assert_clears_cookie(&res);
+    assert_eq!(private(&changed, &bob.session).await.status(), 200);
+    let got = one
+        .wait_status("/private", &alice.session_cookie(), 401, Duration::from_secs(2))
+        .await;
+    assert_eq!(got, 401, "the other replica within revocation_check");
+    // The new password signs in, and restarting again with it changes nothing.
+    let fresh = changed
+        .login(crate::support::TestUser {
+            password: "alice-new-passphrase",
+            ..ALICE
+        })
+        .await;
+    assert_eq!(private(&changed, &fresh.session).await.status(), 200);
+    let again = restart(Some(new_users)).await;
+    assert_eq!(private(&again, &fresh.session).await.status(), 200);
+    assert_eq!(private(&again, &bob.session).await.status(), 200);
+}

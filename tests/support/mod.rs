@@ -178,6 +178,7 @@ pub struct Builder {
     store: Option<SharedStore>,
     clock: Option<ManualClock>,
     tls: bool,
+    users: Option<String>,
 }
 
 impl Builder {
@@ -196,6 +197,11 @@ impl Builder {
         self.clock = Some(clock);
         self
     }
+    /// Another users file text instead of [`users_file`].
+    pub fn users(mut self, text: &str) -> Self {
+        self.users = Some(text.to_owned());
+        self
+    }
     /// Serves the main listener over TLS with a fresh self-signed certificate
     /// for `localhost`.
     pub fn tls(mut self) -> Self {
@@ -206,7 +212,8 @@ impl Builder {
     pub async fn start(self) -> TestGateway {
         init_crypto();
         let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join("users.toml"), users_file()).unwrap();
+        let users = self.users.as_deref().unwrap_or_else(|| users_file());
+        std::fs::write(tmp.path().join("users.toml"), users).unwrap();
         let echo = portcullis::demo::spawn_echo("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
