@@ -19,9 +19,9 @@
 //! saved copy of an earlier cookie included). The sign-in id is just another
 //! entry of the revocation list, so checking it costs one more hash lookup.
 
+pub mod file_passwords;
 #[cfg(test)]
 mod proptests;
-pub mod file_passwords;
 pub mod revocation;
 
 use http::HeaderValue;
