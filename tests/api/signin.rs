@@ -297,7 +297,15 @@ async fn messages_name_the_configured_app_whatever_the_host_header() {
         .await;
         v.expect(200, None);
         assert_eq!(v.body["status"], "MFA_CHALLENGE", "{}", v.text);
-        let all = messages(&file);
+        // Pushes leave in the background: wait (bounded) for the message.
+        let mut all = messages(&file);
+        for _ in 0..500 {
+            if all.len() > before {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            all = messages(&file);
+        }
         assert_eq!(all.len(), before + 1, "one message sent");
         let m = all.last().unwrap();
         assert_eq!(m["app"], "app.example.com", "{m}");
