@@ -8,6 +8,8 @@ mod support;
 
 #[path = "gateway/cli.rs"]
 mod cli;
+#[path = "gateway/hostile.rs"]
+mod hostile;
 #[path = "gateway/listeners.rs"]
 mod listeners;
 #[path = "gateway/login.rs"]
