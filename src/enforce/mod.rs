@@ -263,7 +263,8 @@ where
                 *req.uri_mut() = uri;
             }
         }
-        Err(_) => {
+        Err(reason) => {
+            crate::audit!("request.path_refused", reason = %reason, client = %ctx.client_addr);
             return with_access(
                 ApiError::new(ErrorCode::E0000001)
                     .cause("invalid path")

@@ -45,7 +45,12 @@ async fn recording_upstream() -> (SocketAddr, Log) {
             let headers = req
                 .headers()
                 .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect();
             log.lock().unwrap().push(Seen {
                 target: target.clone(),
