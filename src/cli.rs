@@ -170,10 +170,25 @@ fn check_config(path: &Path) -> ExitCode {
     match load(path) {
         Some(loaded) => {
             println!("{}: OK ({} warning(s))", path.display(), loaded.warnings.len());
+            println!("{}", paths_summary(loaded.config.case_insensitive_paths));
             ExitCode::SUCCESS
         }
         None => ExitCode::from(EXIT_CONFIG),
     }
+}
+
+/// What the gateway does with request paths, for `check-config`.
+pub fn paths_summary(case_insensitive: bool) -> String {
+    format!(
+        "paths: ';' parameters are stripped per segment for rule matching (strictest of \
+         Tomcat/nginx/IIS readings); %25XX, %3B, overlong UTF-8 and dot-lookalike segments \
+         answer 400; {} rules (case_insensitive_paths = {case_insensitive})",
+        if case_insensitive {
+            "case-insensitive"
+        } else {
+            "case-sensitive"
+        }
+    )
 }
 
 async fn serve_file(path: &Path) -> ExitCode {

@@ -12,6 +12,8 @@ mod cli;
 mod differential;
 #[path = "gateway/flood.rs"]
 mod flood;
+#[path = "gateway/hostile.rs"]
+mod hostile;
 #[path = "gateway/listeners.rs"]
 mod listeners;
 #[path = "gateway/login.rs"]

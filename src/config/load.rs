@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use regex::Regex;
+use regex::RegexBuilder;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
@@ -162,8 +162,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// The keys allowed at the top of the config file, in the documented order.
-const TOP_LEVEL_KEYS: [&str; 13] = [
+const TOP_LEVEL_KEYS: [&str; 14] = [
     "default_policy",
+    "case_insensitive_paths",
     "server",
     "admin",
     "upstreams",
@@ -298,6 +299,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
 
     let mut take = |key: &str| table.remove(key);
     let raw_default_policy = take("default_policy");
+    let raw_case_insensitive = take("case_insensitive_paths");
     let raw_server = take("server");
     let raw_admin = take("admin");
     let raw_upstreams = take("upstreams");
@@ -318,6 +320,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     }
 
     let default_policy = convert_default_policy(&mut cx, raw_default_policy);
+    let case_insensitive_paths = convert_case_insensitive_paths(&mut cx, raw_case_insensitive);
     let server = section::<RawServer>(&mut cx, "server", raw_server).map(|r| convert_server(&mut cx, r));
     let admin = section::<RawAdmin>(&mut cx, "admin", raw_admin).map(|r| convert_admin(&mut cx, r));
     let upstreams = convert_upstreams(&mut cx, raw_upstreams);
@@ -330,7 +333,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     let regulation = section::<RawRegulation>(&mut cx, "regulation", raw_regulation)
         .map(|r| convert_regulation(&mut cx, r));
     let factors = convert_factors(&mut cx, raw_factors);
-    let rules = convert_rules(&mut cx, raw_rules);
+    let rules = convert_rules(&mut cx, raw_rules, case_insensitive_paths.unwrap_or(false));
     let log = section::<RawLog>(&mut cx, "log", raw_log).map(|r| convert_log(&mut cx, r));
 
     cross_checks(
@@ -353,6 +356,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     }
     let (
         Some(default_policy),
+        Some(case_insensitive_paths),
         Some(server),
         Some(admin),
         Some(upstreams),
@@ -367,6 +371,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
         Some(log),
     ) = (
         default_policy,
+        case_insensitive_paths,
         server,
         admin,
         upstreams,
@@ -392,6 +397,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     Ok(LoadedConfig {
         config: Config {
             default_policy,
+            case_insensitive_paths,
             server,
             admin,
             upstreams,
@@ -952,6 +958,20 @@ fn convert_default_policy(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> Optio
         defaults::DEFAULT_POLICY,
         &POLICIES,
     ))
+}
+
+fn convert_case_insensitive_paths(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> Option<bool> {
+    match value {
+        None => Some(defaults::CASE_INSENSITIVE_PATHS),
+        Some(toml::Value::Boolean(b)) => Some(b),
+        Some(other) => {
+            cx.error(
+                "case_insensitive_paths",
+                format!("must be true or false, not a {}", other.type_str()),
+            );
+            None
+        }
+    }
 }
 
 fn convert_server(cx: &mut Ctx<'_>, raw: RawServer) -> ServerConfig {
@@ -2364,7 +2384,11 @@ fn convert_smtp(cx: &mut Ctx<'_>, key: &str, raw: RawDelivery) -> Option<SmtpCon
     })
 }
 
-fn convert_rules(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> Option<Vec<RuleConfig>> {
+fn convert_rules(
+    cx: &mut Ctx<'_>,
+    value: Option<toml::Value>,
+    case_insensitive: bool,
+) -> Option<Vec<RuleConfig>> {
     let items = array_section::<RawRule>(cx, "rules", value)?;
     let before = cx.error_count();
     let malformed = items.iter().any(Option::is_none);
@@ -2372,7 +2396,7 @@ fn convert_rules(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> Option<Vec<Rul
     let mut catch_all: Option<usize> = None;
     for (i, raw) in items.into_iter().enumerate() {
         let Some(raw) = raw else { continue };
-        let Some(rule) = convert_rule(cx, i, raw) else {
+        let Some(rule) = convert_rule(cx, i, raw, case_insensitive) else {
             continue;
         };
         if let Some(first) = catch_all {
@@ -2392,11 +2416,17 @@ fn convert_rules(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> Option<Vec<Rul
     (!malformed && cx.error_count() == before).then_some(out)
 }
 
-fn convert_rule(cx: &mut Ctx<'_>, i: usize, raw: RawRule) -> Option<RuleConfig> {
+fn convert_rule(cx: &mut Ctx<'_>, i: usize, raw: RawRule, case_insensitive: bool) -> Option<RuleConfig> {
     let k = |field: &str| format!("rules[{i}].{field}");
     let before = cx.error_count();
     let hosts = hosts(cx, &k("hosts"), raw.hosts);
-    let path = raw.path.as_deref().and_then(|pattern| match Regex::new(pattern) {
+    // With `case_insensitive_paths` the upstream ignores case, so must the rules.
+    let compiled = |pattern: &str| {
+        RegexBuilder::new(pattern)
+            .case_insensitive(case_insensitive)
+            .build()
+    };
+    let path = raw.path.as_deref().and_then(|pattern| match compiled(pattern) {
         Ok(re) => Some(re),
         Err(e) => {
             // regex's message draws a caret under the pattern over several
@@ -2831,6 +2861,7 @@ url = "http://127.0.0.1:3000"
         // Debug is a faithful structural dump (secrets are redacted on both sides).
         let same = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
         assert_eq!(e.default_policy, m.default_policy);
+        assert_eq!(e.case_insensitive_paths, m.case_insensitive_paths);
         assert!(same(&e.server, &m.server), "{:?}\n{:?}", e.server, m.server);
         assert!(same(&e.admin, &m.admin));
         assert!(same(&e.upstreams, &m.upstreams));
@@ -2890,7 +2921,10 @@ url = "http://127.0.0.1:3000"
     fn example_config_mentions_every_key_in_spec_order() {
         let keys = example_keys(EXAMPLE);
         let sections: Vec<(&str, Vec<String>)> = vec![
-            ("", vec!["default_policy".to_owned()]),
+            (
+                "",
+                vec!["default_policy".to_owned(), "case_insensitive_paths".to_owned()],
+            ),
             ("server", fields_of::<RawServer>()),
             ("admin", fields_of::<RawAdmin>()),
             ("upstreams", fields_of::<RawUpstream>()),
@@ -2943,7 +2977,7 @@ url = "http://127.0.0.1:3000"
 
         // Top-level sections appear in SPEC order, each once as a header.
         let mut last = 0;
-        for top in &TOP_LEVEL_KEYS[1..] {
+        for top in &TOP_LEVEL_KEYS[2..] {
             let header = if *top == "factors" {
                 "[factors.totp]".to_owned()
             } else if *top == "upstreams" || *top == "rules" {

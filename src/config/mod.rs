@@ -115,6 +115,8 @@ pub mod defaults {
     pub const LOG_FORMAT: &str = "text";
     /// A tracing `EnvFilter` directive.
     pub const LOG_LEVEL: &str = "info";
+    /// Rule paths match case-sensitively unless the upstream ignores case.
+    pub const CASE_INSENSITIVE_PATHS: bool = false;
 }
 
 /// The whole validated configuration.
@@ -122,6 +124,8 @@ pub mod defaults {
 pub struct Config {
     /// Policy for requests no rule matches.
     pub default_policy: PolicyKind,
+    /// Rules match paths ignoring case (for IIS and Windows file servers).
+    pub case_insensitive_paths: bool,
     pub server: ServerConfig,
     pub admin: AdminConfig,
     pub upstreams: Vec<UpstreamConfig>,

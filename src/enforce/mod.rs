@@ -30,7 +30,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::gateway::prepare::{self, ConnInfo};
 use crate::identity::Principal;
 use crate::policy::normalize::normalize;
-use crate::policy::{Decision, Policy, RequestFacts, decide};
+use crate::policy::{Decision, Policy, RequestFacts};
 use crate::session::revocation::RevocationView;
 use crate::session::{SessionClaims, SessionCodec, SessionReject};
 use crate::users::{SharedUsers, User};
@@ -263,7 +263,8 @@ where
                 *req.uri_mut() = uri;
             }
         }
-        Err(_) => {
+        Err(reason) => {
+            crate::audit!("request.path_refused", reason = %reason, client = %ctx.client_addr);
             return with_access(
                 ApiError::new(ErrorCode::E0000001)
                     .cause("invalid path")
@@ -279,28 +280,28 @@ where
         method: req.method(),
         client_addr: ctx.client_addr,
     };
-    let requirement = e.policy.requirement(&facts);
+    // Decided on the strictest reading of the path (`;params` dropped,
+    // trailing dots trimmed: see `Policy::evaluate`); the session is read only
+    // when some reading needs one.
+    let evaluation = e.policy.evaluate(&facts);
     let now = e.clock.now();
 
-    let (state, decision) = match requirement.policy {
-        crate::config::PolicyKind::Bypass | crate::config::PolicyKind::Deny => {
-            (SessionState::None, decide(&requirement, None, now))
-        }
-        _ => {
-            let state = e.session(req.headers());
-            let decision = match &state {
-                SessionState::Unavailable => {
-                    return with_access(
-                        ApiError::new(ErrorCode::E0000009).into_response(),
-                        "unavailable",
-                        None,
-                    );
-                }
-                SessionState::Valid(s) => decide(&requirement, Some((&s.claims, &s.user.groups)), now),
-                _ => decide(&requirement, None, now),
-            };
-            (state, decision)
-        }
+    let (state, (decision, _requirement)) = if evaluation.needs_session() {
+        let state = e.session(req.headers());
+        let decision = match &state {
+            SessionState::Unavailable => {
+                return with_access(
+                    ApiError::new(ErrorCode::E0000009).into_response(),
+                    "unavailable",
+                    None,
+                );
+            }
+            SessionState::Valid(s) => evaluation.decide(Some((&s.claims, &s.user.groups)), now),
+            _ => evaluation.decide(None, now),
+        };
+        (state, decision)
+    } else {
+        (SessionState::None, evaluation.decide(None, now))
     };
     let user = match &state {
         SessionState::Valid(s) => Some(s.user.username.clone()),

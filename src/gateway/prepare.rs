@@ -88,11 +88,27 @@ pub fn scheme(conn: &ConnInfo, headers: &HeaderMap, proxies: &[IpNet]) -> &'stat
 
 /// The authority the client asked for (URI authority for HTTP/2 and absolute
 /// form, else `Host`), and its lower-cased host without port. `None` when
-/// missing or malformed.
+/// missing or malformed, when there are two `Host` headers, or when a `Host`
+/// header disagrees with the URI's authority (an absolute-form target or
+/// HTTP/2's `:authority`): the policy and the upstream must see one host.
 pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(String, String)> {
-    let auth: http::uri::Authority = match uri.authority() {
-        Some(a) => a.clone(),
-        None => headers.get(http::header::HOST)?.to_str().ok()?.parse().ok()?,
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return None;
+    }
+    let parse = |v: &http::HeaderValue| -> Option<http::uri::Authority> { v.to_str().ok()?.parse().ok() };
+    let auth: http::uri::Authority = match (uri.authority(), host_header) {
+        (Some(a), Some(h)) => {
+            let h = parse(h)?;
+            if !same_authority(a, &h, uri.scheme_str()) {
+                return None;
+            }
+            a.clone()
+        }
+        (Some(a), None) => a.clone(),
+        (None, Some(h)) => parse(h)?,
+        (None, None) => return None,
     };
     if auth.as_str().contains('@') {
         return None;
@@ -102,6 +118,22 @@ pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(String, String
         return None;
     }
     Some((auth.as_str().to_owned(), host))
+}
+
+/// True when two authorities name the same host and port (case-insensitive
+/// host, trailing dot ignored, a missing port being the scheme's default).
+fn same_authority(a: &http::uri::Authority, b: &http::uri::Authority, scheme: Option<&str>) -> bool {
+    let default = if scheme.is_some_and(|s| s.eq_ignore_ascii_case("https")) {
+        443
+    } else {
+        80
+    };
+    a.host()
+        .trim_end_matches('.')
+        .eq_ignore_ascii_case(b.host().trim_end_matches('.'))
+        && a.port_u16().unwrap_or(default) == b.port_u16().unwrap_or(default)
+        && !a.as_str().contains('@')
+        && !b.as_str().contains('@')
 }
 
 #[cfg(test)]
@@ -151,11 +183,42 @@ mod tests {
             Some(("App.Example.com:8443".into(), "app.example.com".into()))
         );
         let uri: http::Uri = "https://other.example/x".parse().unwrap();
-        assert_eq!(authority(&uri, &hm).unwrap().1, "other.example");
+        assert_eq!(authority(&uri, &HeaderMap::new()).unwrap().1, "other.example");
         let mut bad = HeaderMap::new();
         bad.insert("host", HeaderValue::from_static("user@evil"));
         assert_eq!(authority(&"/".parse().unwrap(), &bad), None);
         assert_eq!(authority(&"/".parse().unwrap(), &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn refuses_two_hosts_and_disagreeing_authorities() {
+        let mut two = HeaderMap::new();
+        two.append("host", HeaderValue::from_static("a.example"));
+        two.append("host", HeaderValue::from_static("b.example"));
+        assert_eq!(authority(&"/".parse().unwrap(), &two), None);
+        let mut same_twice = HeaderMap::new();
+        same_twice.append("host", HeaderValue::from_static("a.example"));
+        same_twice.append("host", HeaderValue::from_static("a.example"));
+        assert_eq!(authority(&"/".parse().unwrap(), &same_twice), None);
+
+        let mut b = HeaderMap::new();
+        b.insert("host", HeaderValue::from_static("b.example"));
+        let abs: http::Uri = "http://a.example/x".parse().unwrap();
+        assert_eq!(authority(&abs, &b), None);
+        let mut port = HeaderMap::new();
+        port.insert("host", HeaderValue::from_static("a.example:8080"));
+        assert_eq!(authority(&abs, &port), None);
+
+        // The same authority spelt differently is one host.
+        for same in ["a.example", "A.Example", "a.example:80", "a.example."] {
+            let mut h = HeaderMap::new();
+            h.insert("host", HeaderValue::from_str(same).unwrap());
+            assert_eq!(authority(&abs, &h).unwrap().1, "a.example", "{same}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("a.example"));
+        let tls: http::Uri = "https://a.example:443/x".parse().unwrap();
+        assert!(authority(&tls, &h).is_some());
     }
 
     #[test]

@@ -209,6 +209,12 @@ impl MainService {
             },
             Err(e) => {
                 let raw = req.uri().path_and_query().cloned();
+                crate::audit!(
+                    "request.path_refused",
+                    reason = %e,
+                    client = %prepare::client_addr(conn.peer.ip(), req.headers(), &cfg.server.trusted_proxies),
+                    request_id = %request_id,
+                );
                 let mut res = bad_request(&format!("invalid path: {e}"));
                 res.extensions_mut().insert(AccessInfo {
                     decision: "invalid",

@@ -116,6 +116,129 @@ impl Policy {
     }
 }
 
+/// The requirements of every reading of a request's path (see
+/// [`Policy::evaluate`]): at most four, kept inline.
+#[derive(Debug, Clone, Copy)]
+pub struct Evaluation<'p> {
+    requirements: [Option<Requirement<'p>>; 4],
+}
+
+impl<'p> Evaluation<'p> {
+    /// The distinct requirements, the normalized path's own first.
+    pub fn requirements(&self) -> impl Iterator<Item = &Requirement<'p>> {
+        self.requirements.iter().flatten()
+    }
+
+    /// True when some reading needs a session to decide (not bypass or deny).
+    pub fn needs_session(&self) -> bool {
+        self.requirements()
+            .any(|r| matches!(r.policy, PolicyKind::OneFactor | PolicyKind::TwoFactor))
+    }
+
+    /// The strictest decision over every reading, and the requirement that
+    /// gave it (the first reading's on a tie). Precedence: deny, then
+    /// forbidden, then challenge (for the highest level asked; step-up when
+    /// any reading asks for it), then allow, then bypass.
+    pub fn decide(
+        &self,
+        session: Option<(&SessionClaims, &[String])>,
+        now: UnixTime,
+    ) -> (Decision, Requirement<'p>) {
+        let mut reqs = self.requirements();
+        let first = reqs.next().copied().unwrap_or(Requirement {
+            // `evaluate` always holds the path's own requirement; fail closed.
+            policy: PolicyKind::Deny,
+            groups: &[],
+            max_age: None,
+            rule: None,
+        });
+        let mut best = (decide(&first, session, now), first);
+        for req in reqs {
+            best = stricter(best, (decide(req, session, now), *req));
+        }
+        best
+    }
+}
+
+/// The stricter of two outcomes (`a` on a tie); two challenges merge.
+fn stricter<'p>(
+    a: (Decision, Requirement<'p>),
+    b: (Decision, Requirement<'p>),
+) -> (Decision, Requirement<'p>) {
+    match (a.0, b.0) {
+        (
+            Decision::Challenge {
+                level: la,
+                step_up: sa,
+            },
+            Decision::Challenge {
+                level: lb,
+                step_up: sb,
+            },
+        ) => (
+            Decision::Challenge {
+                level: la.max(lb),
+                step_up: sa || sb,
+            },
+            if lb > la { b.1 } else { a.1 },
+        ),
+        (da, db) if rank(db) > rank(da) => b,
+        _ => a,
+    }
+}
+
+/// How strict a decision is, for combining readings.
+fn rank(d: Decision) -> u8 {
+    match d {
+        Decision::Bypass => 0,
+        Decision::Allow => 1,
+        Decision::Challenge { .. } => 2,
+        Decision::Forbidden => 3,
+        Decision::Deny => 4,
+    }
+}
+
+impl Policy {
+    /// The requirements of a request under every reading an upstream may give
+    /// its normalized path (`facts.path`): the path itself (nginx, Apache),
+    /// without `;params` (Tomcat, Jetty, Spring), with trailing dots and spaces
+    /// trimmed (IIS), and both (see [`normalize::readings`]). A clean path has
+    /// one reading and costs one scan more than [`Policy::requirement`].
+    pub fn evaluate(&self, facts: &RequestFacts<'_>) -> Evaluation<'_> {
+        let mut requirements = [None; 4];
+        requirements[0] = Some(self.requirement(facts));
+        let mut n = 1;
+        for reading in normalize::readings(facts.path) {
+            let r = self.requirement(&RequestFacts {
+                path: &reading,
+                ..*facts
+            });
+            let seen = requirements
+                .iter()
+                .flatten()
+                .any(|q: &Requirement<'_>| q.rule == r.rule);
+            if !seen && n < requirements.len() {
+                requirements[n] = Some(r);
+                n += 1;
+            }
+        }
+        Evaluation { requirements }
+    }
+
+    /// Decides a request on the strictest reading of its path: the one
+    /// decision of inline mode and forward-auth. `session` is the caller's
+    /// verified session and groups, if any. Returns the decision and the
+    /// requirement that gave it (for logs and metrics).
+    pub fn decide_request(
+        &self,
+        facts: &RequestFacts<'_>,
+        session: Option<(&SessionClaims, &[String])>,
+        now: UnixTime,
+    ) -> (Decision, Requirement<'_>) {
+        self.evaluate(facts).decide(session, now)
+    }
+}
+
 fn matches(rule: &RuleConfig, facts: &RequestFacts<'_>) -> bool {
     (rule.hosts.is_empty() || rule.hosts.iter().any(|h| h == facts.host))
         && (rule.methods.is_empty() || rule.methods.iter().any(|m| m == facts.method))
@@ -345,5 +468,345 @@ mod tests {
             decide(&p.requirement(&facts("a", "/closed", &get)), Some((&c, &[])), 0),
             Decision::Deny
         );
+    }
+
+    // --- the strictest reading ---------------------------------------------
+
+    /// bypass / one_factor / two_factor / deny / group rules, a lax default.
+    fn hostile_policy(case_insensitive: bool) -> Policy {
+        let re = |p: &str| {
+            regex::RegexBuilder::new(p)
+                .case_insensitive(case_insensitive)
+                .build()
+                .unwrap()
+        };
+        let r = |p: &str, policy| RuleConfig {
+            path: Some(re(p)),
+            ..rule("^$", policy)
+        };
+        let mut admin = r("^/admin/", PolicyKind::OneFactor);
+        admin.groups = vec!["admins".into()];
+        let mut pay = r("^/pay(/|$)", PolicyKind::TwoFactor);
+        pay.max_age = Some(Duration::from_secs(600));
+        Policy::new(
+            vec![
+                r("^/public/", PolicyKind::Bypass),
+                admin,
+                pay,
+                r("^/secret(/|$)", PolicyKind::Deny),
+                r("^/app/", PolicyKind::OneFactor),
+            ],
+            PolicyKind::Bypass,
+        )
+    }
+
+    /// Strictness for comparing outcomes: the rank, then the challenged level.
+    fn strictness(d: Decision) -> (u8, u8) {
+        match d {
+            Decision::Challenge { level, .. } => (rank(d), level),
+            d => (rank(d), 0),
+        }
+    }
+
+    fn decision(p: &Policy, path: &str, session: Option<(&SessionClaims, &[String])>) -> Decision {
+        let get = Method::GET;
+        p.decide_request(&facts("a", path, &get), session, 1_000).0
+    }
+
+    #[test]
+    fn path_parameters_cannot_walk_around_rules() {
+        let p = hostile_policy(false);
+        let anon = Decision::Challenge {
+            level: 1,
+            step_up: false,
+        };
+        for path in [
+            "/admin;x/secret",
+            "/admin;/secret",
+            "/;x/admin/secret",
+            "/admin;jsessionid=1/x",
+            "/admin./x",
+            "/admin%20/x",
+            "/admin.;x/y",
+            "/admin;x./y",
+        ] {
+            assert_eq!(decision(&p, path, None), anon, "{path}");
+        }
+        assert_eq!(decision(&p, "/secret;x", None), Decision::Deny);
+        assert_eq!(decision(&p, "/secret.", None), Decision::Deny);
+        assert_eq!(
+            decision(&p, "/pay;x/now", None),
+            Decision::Challenge {
+                level: 2,
+                step_up: false
+            }
+        );
+        // The group requirement holds under the other reading too.
+        let c1 = claims(1, 900, None);
+        let users = ["users".to_string()];
+        let admins = ["admins".to_string()];
+        assert_eq!(
+            decision(&p, "/admin;x/secret", Some((&c1, &users))),
+            Decision::Forbidden
+        );
+        // ...and lets the right people through, path parameters and all.
+        assert_eq!(
+            decision(&p, "/admin/x;jsessionid=1", Some((&c1, &admins))),
+            Decision::Allow
+        );
+        assert_eq!(
+            decision(&p, "/app;jsessionid=1/x", Some((&c1, &users))),
+            Decision::Allow
+        );
+        // Bypass keeps bypassing with parameters.
+        assert_eq!(decision(&p, "/public/x;v=1", None), Decision::Bypass);
+        // Allow beats bypass: `/public;x/` is `/public/` to Tomcat but the
+        // default to nginx (bypass here), so it stays bypass; `/app/x` with
+        // parameters on the bypassed reading's side still needs the session.
+        assert_eq!(decision(&p, "/public;x/y", None), Decision::Bypass);
+    }
+
+    #[test]
+    fn readings_combine_to_the_strictest() {
+        let p = hostile_policy(false);
+        let get = Method::GET;
+        // The path's own reading is bypass (default), Tomcat's is the group rule.
+        let eval = p.evaluate(&facts("a", "/admin;x/secret", &get));
+        assert_eq!(eval.requirements().count(), 2);
+        assert!(eval.needs_session());
+        let (d, req) = eval.decide(None, 1_000);
+        assert_eq!(req.rule, Some(1));
+        assert!(matches!(d, Decision::Challenge { level: 1, .. }));
+        // A clean path has one reading and needs no session on bypass.
+        let eval = p.evaluate(&facts("a", "/public/x", &get));
+        assert_eq!(eval.requirements().count(), 1);
+        assert!(!eval.needs_session());
+        // Two challenges merge to the highest level, step-up if either.
+        let c2 = claims(2, 0, Some(0));
+        let (d, _) = p.decide_request(&facts("a", "/pay;x", &get), Some((&c2, &[])), 1_000);
+        assert_eq!(
+            d,
+            Decision::Challenge {
+                level: 2,
+                step_up: true
+            }
+        );
+        // Deny wins over everything.
+        let (d, req) = p.decide_request(&facts("a", "/secret;x/y", &get), Some((&c2, &[])), 1_000);
+        assert_eq!((d, req.rule), (Decision::Deny, Some(3)));
+    }
+
+    #[test]
+    fn case_insensitive_rules_cover_every_case() {
+        let sensitive = hostile_policy(false);
+        let insensitive = hostile_policy(true);
+        assert_eq!(decision(&sensitive, "/ADMIN/x", None), Decision::Bypass);
+        assert_eq!(
+            decision(&insensitive, "/ADMIN/x", None),
+            Decision::Challenge {
+                level: 1,
+                step_up: false
+            }
+        );
+        assert_eq!(decision(&insensitive, "/Secret./x", None), Decision::Deny);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::policy::normalize::{normalize, readings};
+
+        /// Sessions to decide with: none, level 1 (users, admins), level 2.
+        fn sessions() -> Vec<(SessionClaims, Vec<String>)> {
+            vec![
+                (claims(1, 900, None), vec!["users".into()]),
+                (claims(1, 900, None), vec!["admins".into()]),
+                (claims(2, 900, Some(950)), vec!["users".into()]),
+                (claims(2, 0, Some(0)), vec!["admins".into()]),
+            ]
+        }
+
+        fn assert_not_laxer(p: &Policy, base: &str, variant: &str) -> Result<(), TestCaseError> {
+            let Ok(normal) = normalize(variant) else {
+                return Ok(()); // refused: never laxer
+            };
+            let all = sessions();
+            let mut cases: Vec<Option<(&SessionClaims, &[String])>> = vec![None];
+            cases.extend(all.iter().map(|(c, g)| Some((c, g.as_slice()))));
+            for s in cases {
+                let want = decision(p, base, s);
+                let got = decision(p, &normal, s);
+                prop_assert!(
+                    strictness(got) >= strictness(want),
+                    "{variant:?} (normal {normal:?}) got {got:?}, {base:?} got {want:?}"
+                );
+            }
+            Ok(())
+        }
+
+        /// A base path: segments that hit each rule and some that do not.
+        fn base_path() -> impl Strategy<Value = String> {
+            let seg = prop::sample::select(vec![
+                "admin",
+                "public",
+                "pay",
+                "secret",
+                "app",
+                "x",
+                "a.b",
+                "Admin",
+                "index.html",
+                "~u",
+            ]);
+            (prop::collection::vec(seg, 1..5), any::<bool>()).prop_map(|(segs, slash)| {
+                let mut p = String::new();
+                for s in segs {
+                    p.push('/');
+                    p.push_str(s);
+                }
+                if slash {
+                    p.push('/');
+                }
+                p
+            })
+        }
+
+        /// One way of spelling a segment differently.
+        #[derive(Debug, Clone)]
+        enum Trick {
+            Encode(usize),
+            DotSegment,
+            DoubleSlash,
+            Params(String),
+            EmptyParams,
+            TrailingDots(usize),
+            TrailingSpace,
+            Upper(usize),
+            Same,
+        }
+
+        fn trick() -> impl Strategy<Value = Trick> {
+            prop_oneof![
+                (0usize..8).prop_map(Trick::Encode),
+                Just(Trick::DotSegment),
+                Just(Trick::DoubleSlash),
+                "[a-z0-9=]{0,8}".prop_map(Trick::Params),
+                Just(Trick::EmptyParams),
+                (1usize..3).prop_map(Trick::TrailingDots),
+                Just(Trick::TrailingSpace),
+                (0usize..8).prop_map(Trick::Upper),
+                Just(Trick::Same),
+            ]
+        }
+
+        /// Re-spells `base` segment by segment; `upper` allows case changes.
+        fn respell(base: &str, tricks: &[Trick], upper: bool) -> String {
+            let trailing = base.ends_with('/');
+            let segs: Vec<&str> = base.split('/').filter(|s| !s.is_empty()).collect();
+            let mut out = String::new();
+            for (i, seg) in segs.iter().enumerate() {
+                let t = tricks.get(i).cloned().unwrap_or(Trick::Same);
+                let mut s = (*seg).to_owned();
+                match t {
+                    Trick::Encode(k) => {
+                        if let Some(c) = s.chars().nth(k % s.len()) {
+                            let at = s.char_indices().nth(k % s.len()).map_or(0, |(j, _)| j);
+                            s.replace_range(at..at + c.len_utf8(), &format!("%{:02x}", c as u32));
+                        }
+                    }
+                    Trick::DotSegment => s = format!("./{s}"),
+                    Trick::DoubleSlash => s = format!("/{s}"),
+                    Trick::Params(p) => s = format!("{s};{p}"),
+                    Trick::EmptyParams => s = format!(";x/{s}"),
+                    Trick::TrailingDots(n) => s.push_str(&".".repeat(n)),
+                    Trick::TrailingSpace => s.push_str("%20"),
+                    Trick::Upper(k) if upper => {
+                        let at = k % s.len();
+                        s = s
+                            .char_indices()
+                            .map(|(j, c)| if j == at { c.to_ascii_uppercase() } else { c })
+                            .collect();
+                    }
+                    Trick::Upper(_) | Trick::Same => {}
+                }
+                out.push('/');
+                out.push_str(&s);
+            }
+            if trailing || out.is_empty() {
+                out.push('/');
+            }
+            out
+        }
+
+        /// Hostile-looking path text: escapes, dots, parameters, spaces.
+        fn hostile_text() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop_oneof![
+                    Just("/".to_owned()),
+                    Just(".".to_owned()),
+                    Just("..".to_owned()),
+                    Just(";".to_owned()),
+                    Just(" ".to_owned()),
+                    Just("%".to_owned()),
+                    Just("%20".to_owned()),
+                    Just("%2e".to_owned()),
+                    Just("%25".to_owned()),
+                    Just("%3b".to_owned()),
+                    Just("%c0%ae".to_owned()),
+                    Just("%C3%A9".to_owned()),
+                    "%[0-9a-fA-F]{2}",
+                    "[a-zA-Z0-9~_=-]{1,4}",
+                ],
+                0..16,
+            )
+            .prop_map(|parts| format!("/{}", parts.concat()))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn respelling_is_never_laxer(base in base_path(), tricks in prop::collection::vec(trick(), 0..5)) {
+                let p = hostile_policy(false);
+                assert_not_laxer(&p, &base, &respell(&base, &tricks, false))?;
+            }
+
+            #[test]
+            fn respelling_with_case_is_never_laxer_when_insensitive(
+                base in base_path(),
+                tricks in prop::collection::vec(trick(), 0..5),
+            ) {
+                let p = hostile_policy(true);
+                assert_not_laxer(&p, &base, &respell(&base, &tricks, true))?;
+            }
+
+            #[test]
+            fn normalizing_is_idempotent_and_readings_are_normal(path in hostile_text()) {
+                if let Ok(once) = normalize(&path) {
+                    let twice = normalize(&once);
+                    prop_assert_eq!(twice.as_deref(), Ok(once.as_ref()), "{:?}", path);
+                    for r in readings(&once) {
+                        let again = normalize(&r);
+                        prop_assert_eq!(again.as_deref(), Ok(r.as_str()), "{:?} -> {:?}", path, once);
+                    }
+                }
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics(text in any::<String>(), bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+                let p = hostile_policy(false);
+                let get = Method::GET;
+                let lossy = String::from_utf8_lossy(&bytes).into_owned();
+                let (rooted, rooted_lossy) = (format!("/{text}"), format!("/{lossy}"));
+                for t in [text.as_str(), lossy.as_str(), rooted.as_str(), rooted_lossy.as_str()] {
+                    if let Ok(n) = normalize(t) {
+                        let _ = readings(&n);
+                        let _ = p.decide_request(&facts("a", &n, &get), None, 0);
+                    }
+                    let _ = readings(t);
+                }
+            }
+        }
     }
 }

@@ -55,9 +55,12 @@ pub fn satisfied(st: &AppState, ctx: &Ctx, target: &str, s: &ActiveSession) -> b
         method: &http::Method::GET,
         client_addr: ctx.0.client_addr,
     };
-    let req = st.enforcer.policy.requirement(&facts);
+    let (decision, _) =
+        st.enforcer
+            .policy
+            .decide_request(&facts, Some((&s.claims, &s.user.groups)), st.clock.now());
     matches!(
-        crate::policy::decide(&req, Some((&s.claims, &s.user.groups)), st.clock.now()),
+        decision,
         Decision::Allow | Decision::Bypass | Decision::Forbidden | Decision::Deny
     )
 }

@@ -26,6 +26,8 @@ use crate::identity::Principal;
 
 /// `Keep-Alive` (not among `http`'s constants).
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// `HTTP2-Settings`, sent with `Upgrade: h2c`; it describes one connection.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 /// `Proxy-Connection`, a non-standard `Connection` some clients still send.
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// `X-Forwarded-For`.
@@ -61,6 +63,19 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .any(|v| tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"upgrade")))
+}
+
+/// True for an upgrade request to WebSocket, the only protocol ever spliced:
+/// an upgrade request (above) whose `Upgrade` lists `websocket`. Any other
+/// protocol (`h2c`, `TLS/1.0`, ...) is not offered upstream: the request goes
+/// on as an ordinary one, without `Upgrade` (RFC 9110 section 7.8 lets a
+/// server ignore it).
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    is_upgrade_request(headers)
+        && headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .any(|v| tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"websocket")))
 }
 
 /// Non-empty, trimmed items of a comma-separated header value.
@@ -102,6 +117,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRAILER);
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::UPGRADE);
+    headers.remove(&HTTP2_SETTINGS);
 }
 
 /// Headers some back ends and frameworks believe over the request line or the
@@ -506,6 +522,21 @@ mod tests {
             ("connection", "UPGRADE"),
             ("upgrade", "h2c")
         ])));
+        assert!(is_websocket_upgrade(&map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "WebSocket")
+        ])));
+        assert!(is_websocket_upgrade(&map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "h2c, websocket")
+        ])));
+        for other in ["h2c", "TLS/1.0", "HTTP/2.0", "websockets"] {
+            assert!(
+                !is_websocket_upgrade(&map(&[("connection", "upgrade"), ("upgrade", other)])),
+                "{other}"
+            );
+        }
+        assert!(!is_websocket_upgrade(&map(&[("upgrade", "websocket")])));
         assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
         assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
         assert!(!is_upgrade_request(&map(&[

@@ -9,8 +9,9 @@
 //! Invariants, in the order they are applied to a request:
 //! - no [`RequestContext`] or no upstream chosen: 502, never a guess;
 //! - hop-by-hop headers and those named in `Connection` are removed (RFC 9110
-//!   section 7.6.1), except that a real upgrade request keeps `Connection: upgrade`
-//!   and its `Upgrade` header;
+//!   section 7.6.1), and `HTTP2-Settings`, except that a real WebSocket upgrade
+//!   request keeps `Connection: upgrade` and `Upgrade: websocket`; no other
+//!   protocol (`h2c`, `TLS/1.0`) is ever offered upstream;
 //! - every inbound copy of the four identity headers, of `Forwarded`, `X-Real-IP`
 //!   and `X-Forwarded-*` is removed in any case and with `_` for `-` (upstreams,
 //!   CGI-style ones especially, fold those spellings into one name), then the
@@ -282,18 +283,19 @@ impl Proxy {
             return error_response(StatusCode::BAD_GATEWAY, wants_html, &ctx.request_id);
         };
 
-        // Only a connection hyper can actually upgrade (HTTP/1.1 served with
-        // upgrades) is offered upstream as one; otherwise Upgrade is just dropped.
-        let client_upgrade = if headers::is_upgrade_request(&parts.headers) {
+        // Only a WebSocket upgrade on a connection hyper can actually upgrade
+        // (HTTP/1.1 served with upgrades) is offered upstream as one; any other
+        // protocol (`h2c`, ...) or connection goes on as an ordinary request,
+        // its Upgrade, Connection and HTTP2-Settings dropped as hop-by-hop.
+        let client_upgrade = if headers::is_websocket_upgrade(&parts.headers) {
             parts.extensions.remove::<OnUpgrade>()
         } else {
             None
         };
         let drained = parts.extensions.get::<crate::server::Drained>().cloned();
-        let upgrade_protocol = match client_upgrade {
-            Some(_) => parts.headers.get(header::UPGRADE).cloned(),
-            None => None,
-        };
+        let upgrade_protocol = client_upgrade
+            .as_ref()
+            .map(|_| HeaderValue::from_static("websocket"));
 
         let principal = parts.extensions.get::<Principal>();
         self.inner

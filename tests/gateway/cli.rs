@@ -157,7 +157,15 @@ fn check_config_accepts_a_good_config() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("OK"));
+    // It says what it does with hostile paths.
+    assert!(
+        stdout.contains("paths: ';' parameters are stripped per segment")
+            && stdout.contains("%25XX, %3B, overlong UTF-8 and dot-lookalike segments answer 400")
+            && stdout.contains("case-sensitive rules (case_insensitive_paths = false)"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -1,0 +1,326 @@
+//! Hostile requests on the wire (issue 9): spellings of a path that common
+//! upstreams read as another path (Tomcat's `;params`, IIS's trailing dots,
+//! double decoding, overlong UTF-8, case), upgrades to other protocols than
+//! WebSocket, and disagreeing hosts. Each goes through a real gateway to a
+//! recording upstream: the upstream must see nothing for a refused request.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+
+use crate::support::{ALICE, BOB, RawResponse, TestGateway, raw, raw_get, spawn_upstream};
+
+/// What the upstream received: path and query, and every header (lower-case).
+#[derive(Debug, Clone)]
+struct Seen {
+    target: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+/// An upstream that records every request and answers 200 with its target.
+async fn recording_upstream() -> (SocketAddr, Log) {
+    let log: Log = Arc::default();
+    let kept = log.clone();
+    let addr = spawn_upstream(move |req| {
+        let log = kept.clone();
+        async move {
+            let target = req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+            let headers = req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            log.lock().unwrap().push(Seen {
+                target: target.clone(),
+                headers,
+            });
+            http::Response::new(Full::new(Bytes::from(target)))
+        }
+    })
+    .await;
+    (addr, log)
+}
+
+/// A gateway in front of the recording upstream: `/admin/` needs one factor
+/// and the `admins` group (alice, not bob), `/app/` one factor, `/denied`
+/// is denied, `/public/` and everything else is bypassed (the laxest default,
+/// so any way around a rule shows).
+async fn start(extra_top: &str) -> (TestGateway, Log) {
+    let (upstream, log) = recording_upstream().await;
+    let gw = TestGateway::builder()
+        .toml(&format!(
+            r#"
+default_policy = "bypass"
+{extra_top}
+
+[[upstreams]]
+name = "recorder"
+url = "http://{upstream}"
+timeout = "3s"
+
+[[rules]]
+path = "^/public/"
+policy = "bypass"
+
+[[rules]]
+path = "^/admin/"
+policy = "one_factor"
+groups = ["admins"]
+
+[[rules]]
+path = "^/app/"
+policy = "one_factor"
+
+[[rules]]
+path = "^/denied(/|$)"
+policy = "deny"
+"#
+        ))
+        .start()
+        .await;
+    (gw, log)
+}
+
+fn take(log: &Log) -> Vec<Seen> {
+    std::mem::take(&mut *log.lock().unwrap())
+}
+
+fn cookie_header(session: &str) -> String {
+    format!("Cookie: {session}\r\n")
+}
+
+#[tokio::test]
+async fn path_parameters_and_trailing_dots_cannot_walk_around_rules() {
+    let (gw, log) = start("").await;
+    let alice = cookie_header(&gw.login(ALICE).await.session_cookie());
+    let bob = cookie_header(&gw.login(BOB).await.session_cookie());
+    take(&log);
+    for target in [
+        "/admin;x/secret",
+        "/admin;/secret",
+        "/;x/admin/secret",
+        "/admin;jsessionid=1/secret",
+        "/public;x/../admin/x",
+        "/public/x;y/../../admin/x",
+        "/admin./x",
+        "/admin%2e/x",
+        "/admin%20/x",
+        "/admin.;x/y",
+        "/admin;x./y",
+    ] {
+        let res = raw_get(gw.main, target, "").await;
+        assert_eq!(res.status, 401, "{target} anonymous: {}", res.text());
+        let res = raw_get(gw.main, target, &bob).await;
+        assert_eq!(res.status, 403, "{target} as bob (not an admin): {}", res.text());
+        assert!(
+            take(&log).is_empty(),
+            "{target} reached the upstream without the admins group"
+        );
+        // The right people get through, with the path as normalized.
+        let res = raw_get(gw.main, target, &alice).await;
+        assert_eq!(res.status, 200, "{target} as alice: {}", res.text());
+        let seen = take(&log);
+        assert_eq!(seen.len(), 1, "{target}");
+        assert_eq!(seen[0].header("remote-user"), ["alice"], "{target}");
+    }
+    for target in ["/denied;x", "/denied./x", "/denied;x/y"] {
+        let res = raw_get(gw.main, target, &alice).await;
+        assert_eq!(res.status, 403, "{target}: {}", res.text());
+    }
+    assert!(take(&log).is_empty(), "a denied path reached the upstream");
+}
+
+#[tokio::test]
+async fn jsessionid_urls_keep_working_and_are_forwarded_unchanged() {
+    let (gw, log) = start("").await;
+    let bob = cookie_header(&gw.login(BOB).await.session_cookie());
+    take(&log);
+    for target in [
+        "/app;jsessionid=0123ABCD/page?x=1",
+        "/app/page;jsessionid=0123ABCD",
+        "/app/page;jsessionid=0123ABCD?x=1",
+    ] {
+        let res = raw_get(gw.main, target, "").await;
+        assert_eq!(res.status, 401, "{target}: {}", res.text());
+        assert!(take(&log).is_empty(), "{target}");
+        let res = raw_get(gw.main, target, &bob).await;
+        assert_eq!(res.status, 200, "{target}: {}", res.text());
+        let seen = take(&log);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].target, target);
+        assert_eq!(seen[0].header("remote-user"), ["bob"]);
+    }
+    // Bypassed routes too, without a session.
+    let res = raw_get(gw.main, "/public/x;jsessionid=1", "").await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(take(&log)[0].target, "/public/x;jsessionid=1");
+}
+
+#[tokio::test]
+async fn double_encoding_overlong_utf8_and_lookalikes_are_refused() {
+    let (gw, log) = start("").await;
+    let alice = cookie_header(&gw.login(ALICE).await.session_cookie());
+    take(&log);
+    for target in [
+        "/admin%3Bjsessionid=1/secret",
+        "/admin%3bx/secret",
+        "/%252e",
+        "/public/%252e%252e/admin/x",
+        "/public/%25%32%65%25%32%65/admin/x",
+        "/public/%C0%AE%C0%AE/admin/x",
+        "/public/%c0%af",
+        "/public/%E0%80%AE%E0%80%AE/admin/x",
+        "/public/%ED%A0%80",
+        "/public/%FF",
+        "/public/..%20/admin/x",
+        "/public/.../admin/x",
+        "/public/.%20/admin/x",
+        "/public/%2e%2e%2e/admin/x",
+        "/public/..%20;x/admin/x",
+    ] {
+        for extra in ["", alice.as_str()] {
+            let res = raw_get(gw.main, target, extra).await;
+            assert_eq!(
+                res.status,
+                400,
+                "{target} (cookie: {}): {}",
+                !extra.is_empty(),
+                res.text()
+            );
+            assert!(res.text().contains("invalid path"), "{target}: {}", res.text());
+        }
+        assert!(take(&log).is_empty(), "{target} reached the upstream");
+    }
+    // Escapes that are fine stay fine.
+    let res = raw_get(gw.main, "/public/caf%C3%A9/100%25", "").await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(take(&log)[0].target, "/public/caf%C3%A9/100%25");
+}
+
+#[tokio::test]
+async fn case_insensitive_paths_switch() {
+    // Off (the default): rules are case-sensitive, as nginx, Apache and Tomcat are.
+    let (gw, log) = start("").await;
+    let res = raw_get(gw.main, "/ADMIN/x", "").await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(take(&log)[0].target, "/ADMIN/x");
+    drop(gw);
+
+    // On: `^/admin/` covers every case, also with the other tricks.
+    let (gw, log) = start("case_insensitive_paths = true").await;
+    let bob = cookie_header(&gw.login(BOB).await.session_cookie());
+    let alice = cookie_header(&gw.login(ALICE).await.session_cookie());
+    take(&log);
+    for target in ["/ADMIN/x", "/Admin/x", "/aDmIn./x", "/ADMIN;x/y", "/%41DMIN/x"] {
+        let res = raw_get(gw.main, target, "").await;
+        assert_eq!(res.status, 401, "{target}: {}", res.text());
+        let res = raw_get(gw.main, target, &bob).await;
+        assert_eq!(res.status, 403, "{target}: {}", res.text());
+        assert!(take(&log).is_empty(), "{target} reached the upstream");
+        let res = raw_get(gw.main, target, &alice).await;
+        assert_eq!(res.status, 200, "{target}: {}", res.text());
+        assert_eq!(take(&log).len(), 1);
+    }
+    let res = raw_get(gw.main, "/DENIED", &alice).await;
+    assert_eq!(res.status, 403);
+    assert!(take(&log).is_empty());
+}
+
+/// `request` with `Host` set to the gateway.
+async fn send(gw: &TestGateway, request: &str) -> RawResponse {
+    raw(gw.main, &request.replace("{host}", &gw.main.to_string())).await
+}
+
+#[tokio::test]
+async fn only_websocket_upgrades_reach_the_upstream() {
+    let (gw, log) = start("").await;
+    for (connection, upgrade) in [
+        ("Upgrade, HTTP2-Settings, close", "h2c"),
+        ("Upgrade, close", "h2c"),
+        ("upgrade, close", "TLS/1.0"),
+        ("Upgrade, close", "HTTP/2.0, h2c"),
+    ] {
+        let res = send(
+            &gw,
+            &format!(
+                "GET /public/x HTTP/1.1\r\nHost: {{host}}\r\nConnection: {connection}\r\nUpgrade: {upgrade}\r\n\
+                 HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            ),
+        )
+        .await;
+        // Forwarded as an ordinary request, without the upgrade.
+        assert_eq!(res.status, 200, "{upgrade}: {}", res.text());
+        let seen = take(&log);
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].header("upgrade").is_empty(), "{upgrade}: {:?}", seen[0]);
+        assert!(
+            seen[0].header("http2-settings").is_empty(),
+            "{upgrade}: {:?}",
+            seen[0]
+        );
+        assert!(
+            seen[0]
+                .header("connection")
+                .iter()
+                .all(|v| !v.to_ascii_lowercase().contains("upgrade")),
+            "{upgrade}: {:?}",
+            seen[0]
+        );
+    }
+    // An HTTP2-Settings header alone never goes through either.
+    let res = send(
+        &gw,
+        "GET /public/x HTTP/1.1\r\nHost: {host}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert!(take(&log)[0].header("http2-settings").is_empty());
+}
+
+#[tokio::test]
+async fn two_hosts_or_a_disagreeing_absolute_target_answer_400() {
+    let (gw, log) = start("").await;
+    for request in [
+        "GET /public/x HTTP/1.1\r\nHost: {host}\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+        "GET /public/x HTTP/1.1\r\nHost: other.example\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        "GET /public/x HTTP/1.1\r\nHost: {host}\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        "GET http://other.example/public/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        "GET http://{host}/public/x HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+        "GET http://127.0.0.1:1/public/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+    ] {
+        let res = send(&gw, request).await;
+        assert_eq!(res.status, 400, "{request:?}: {}", res.text());
+        assert!(res.body.len() < 512, "a small body: {}", res.text());
+        assert!(take(&log).is_empty(), "{request:?} reached the upstream");
+    }
+    // One host, said the same way twice over, is fine.
+    let res = send(
+        &gw,
+        "GET http://{host}/public/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(take(&log).len(), 1);
+}
