@@ -83,8 +83,14 @@ fn requirement(path: &str) -> (u8, Option<usize>) {
         method: &method,
         client_addr: std::net::IpAddr::from([192, 0, 2, 7]),
     };
-    let r = POLICY.requirement(&facts);
-    (strictness(&r), r.rule)
+    // The gateway decides on the strictest of the path's readings (the path
+    // itself, without `;params`, with trailing dots and spaces trimmed).
+    POLICY
+        .evaluate(&facts)
+        .requirements()
+        .map(|r| (strictness(r), r.rule))
+        .max_by_key(|(s, _)| *s)
+        .unwrap_or((u8::MAX, None))
 }
 
 /// Byte offsets of the slashes of `path` (segment starts).
