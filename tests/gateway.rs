@@ -8,6 +8,8 @@ mod support;
 
 #[path = "gateway/cli.rs"]
 mod cli;
+#[path = "gateway/limits.rs"]
+mod limits;
 #[path = "gateway/listeners.rs"]
 mod listeners;
 #[path = "gateway/login.rs"]
