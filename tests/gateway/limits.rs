@@ -355,9 +355,7 @@ async fn serve_raises_its_open_file_limit_to_the_hard_limit() {
         .unwrap();
     let (main, admin) = (free_port(), free_port());
     let text = crate::support::config_text(
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:{main}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"
-        ),
+        &format!("[server]\nlisten = \"127.0.0.1:{main}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
         &format!("http://{echo}"),
         dir.path(),
     );
