@@ -1,4 +1,4 @@
-# Shared by bench/proxy.sh and bench/login_flood.sh (sourced, not run).
+# Shared by bench/proxy.sh, bench/login_flood.sh and bench/soak.sh (sourced, not run).
 #
 # Sets up, on 127.0.0.1 only: the echo upstream (examples/echo_upstream.rs),
 # nginx as a plain reverse proxy, and Portcullis (release build) with a bypass
@@ -23,6 +23,7 @@ RUNS=${RUNS:-3}          # runs per cell; the median is reported
 STORE=${STORE:-memory}   # memory | sqlite (the gateway's store)
 KEEP=${KEEP:-0}          # 1: keep the work directory (configs, logs)
 NGINX_LOG_BUFFER=${NGINX_LOG_BUFFER:-}  # e.g. 64k: buffer nginx's access log (default: a write per request)
+SERVER_EXTRA=${SERVER_EXTRA:-}          # lines added to the gateway's [server] table
 
 # Host names select the gateway's rules; the request is the same everywhere.
 BYPASS_HOST=bypass.bench  # rule: bypass
@@ -177,6 +178,7 @@ default_policy = "deny"
 
 [server]
 listen = "127.0.0.1:$GW_PORT"
+${SERVER_EXTRA:-}
 
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"

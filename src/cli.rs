@@ -201,16 +201,13 @@ async fn serve_file(path: &Path) -> ExitCode {
 
 /// Binds both listeners and serves until SIGTERM/SIGINT (or `shutdown`).
 pub async fn run(config: config::Config, shutdown: Option<Shutdown>) -> ExitCode {
-    let main_opts = ListenerOptions {
-        tls: config.server.tls.as_ref().map(|t| t.server_config.clone()),
-        header_read_timeout: config.server.header_read_timeout,
-        max_header_bytes: config.server.max_header_bytes,
-        shutdown_timeout: config.server.shutdown_timeout,
-    };
-    let admin_opts = ListenerOptions {
-        tls: config.admin.tls.as_ref().map(|t| t.server_config.clone()),
-        ..main_opts.clone()
-    };
+    // Idle sockets cost a descriptor each: take all the kernel allows.
+    server::raise_open_files_limit(config.server.max_connections);
+    let main_opts = ListenerOptions::main(&config.server);
+    let admin_opts = ListenerOptions::admin(
+        &config.server,
+        config.admin.tls.as_ref().map(|t| t.server_config.clone()),
+    );
     let (main_addr, admin_addr) = (config.server.listen, config.admin.listen);
     let main_scheme = if main_opts.tls.is_some() { "https" } else { "http" };
     let admin_scheme = if admin_opts.tls.is_some() { "https" } else { "http" };

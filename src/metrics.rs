@@ -3,7 +3,8 @@
 //!
 //! Metric names (all prefixed `portcullis_`): `requests_total{decision,status}`,
 //! `upstream_duration_seconds{upstream}`, `upstream_errors_total{upstream,kind}`,
-//! `logins_total{result}`, `lockouts_total{kind}`, `store_duration_seconds{op}`.
+//! `logins_total{result}`, `lockouts_total{kind}`, `store_duration_seconds{op}`,
+//! `connections_refused_total{listener,limit}`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -93,5 +94,12 @@ pub fn factor_verification(factor_type: &str, result: &'static str) {
 /// Counts a factor lifecycle event (`enrolled`, `activated`, `removed`).
 pub fn factor_event(event: &'static str, factor_type: &str) {
     metrics::counter!("portcullis_factor_events_total", "event" => event, "type" => factor_type.to_owned())
+        .increment(1);
+}
+
+/// Counts a connection turned away by a listener's limit (`connections`,
+/// `tls_handshakes`).
+pub fn connection_refused(listener: &'static str, limit: &'static str) {
+    metrics::counter!("portcullis_connections_refused_total", "listener" => listener, "limit" => limit)
         .increment(1);
 }

@@ -193,6 +193,8 @@ const SECRET_FIELDS: [&str; 6] = [
 /// hyper's smallest read buffer: below it the limit could not be enforced.
 const MIN_HEADER_BYTES: u64 = 8192;
 const MAX_HEADER_BYTES: u64 = 1 << 20;
+/// Upper bound of `server.max_connections` and `server.max_tls_handshakes`.
+const MAX_CONNECTIONS_LIMIT: u64 = 10_000_000;
 /// RFC 4226 requires at least 128 bits and recommends 160; 80-bit secrets are
 /// legacy (Google Authenticator era) and accepted only with a warning.
 const MIN_TOTP_SECRET_BYTES: usize = 10;
@@ -1023,6 +1025,32 @@ fn convert_server(cx: &mut Ctx<'_>, raw: RawServer) -> ServerConfig {
             }
         },
     };
+    let idle_timeout = duration(
+        cx,
+        "server.idle_timeout",
+        raw.idle_timeout,
+        defaults::IDLE_TIMEOUT_SECS,
+        false,
+    );
+    let max_connections = count(
+        cx,
+        "server.max_connections",
+        raw.max_connections,
+        defaults::MAX_CONNECTIONS,
+    );
+    let tls_handshake_timeout = duration(
+        cx,
+        "server.tls_handshake_timeout",
+        raw.tls_handshake_timeout,
+        defaults::TLS_HANDSHAKE_TIMEOUT_SECS,
+        false,
+    );
+    let max_tls_handshakes = count(
+        cx,
+        "server.max_tls_handshakes",
+        raw.max_tls_handshakes,
+        defaults::MAX_TLS_HANDSHAKES,
+    );
     ServerConfig {
         listen,
         tls,
@@ -1031,6 +1059,25 @@ fn convert_server(cx: &mut Ctx<'_>, raw: RawServer) -> ServerConfig {
         max_header_bytes,
         shutdown_timeout,
         external_url,
+        idle_timeout,
+        max_connections,
+        tls_handshake_timeout,
+        max_tls_handshakes,
+    }
+}
+
+/// A connection count: at least 1, at most [`MAX_CONNECTIONS_LIMIT`].
+fn count(cx: &mut Ctx<'_>, key: &str, value: Option<u64>, default: usize) -> usize {
+    match value {
+        None => default,
+        Some(n) if (1..=MAX_CONNECTIONS_LIMIT).contains(&n) => usize::try_from(n).unwrap_or(default),
+        Some(n) => {
+            cx.error(
+                key,
+                format!("must be between 1 and {MAX_CONNECTIONS_LIMIT} (got {n})"),
+            );
+            default
+        }
     }
 }
 
@@ -3435,6 +3482,38 @@ format = "xml"
         assert_eq!(loaded.config.server.shutdown_timeout, Duration::ZERO);
         let errs = errors(&with("[session]\nlifetime = \"8 hours\"\n"));
         assert_has(&errs, "session.lifetime", "invalid duration");
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_name_their_key() {
+        let loaded = ok(MINIMAL);
+        let s = &loaded.config.server;
+        assert_eq!(s.idle_timeout, Duration::from_secs(defaults::IDLE_TIMEOUT_SECS));
+        assert_eq!(s.max_connections, defaults::MAX_CONNECTIONS);
+        assert_eq!(
+            s.tls_handshake_timeout,
+            Duration::from_secs(defaults::TLS_HANDSHAKE_TIMEOUT_SECS)
+        );
+        assert_eq!(s.max_tls_handshakes, defaults::MAX_TLS_HANDSHAKES);
+
+        let loaded = ok(&with(
+            "[server]\nidle_timeout = \"90s\"\nmax_connections = 5\ntls_handshake_timeout = \"3s\"\nmax_tls_handshakes = 2\n",
+        ));
+        let s = &loaded.config.server;
+        assert_eq!(s.idle_timeout, Duration::from_secs(90));
+        assert_eq!(s.max_connections, 5);
+        assert_eq!(s.tls_handshake_timeout, Duration::from_secs(3));
+        assert_eq!(s.max_tls_handshakes, 2);
+
+        let errs = errors(&with(
+            "[server]\nidle_timeout = \"0s\"\nmax_connections = 0\ntls_handshake_timeout = \"soon\"\nmax_tls_handshakes = 20000000\n",
+        ));
+        assert_has(&errs, "server.idle_timeout", "greater than zero");
+        assert_has(&errs, "server.max_connections", "between 1 and");
+        assert_has(&errs, "server.tls_handshake_timeout", "");
+        assert_has(&errs, "server.max_tls_handshakes", "between 1 and");
+        let errs = errors(&with("[server]\nmax_connections = -3\n"));
+        assert_has(&errs, "server.max_connections", "");
     }
 
     // --- users file ---------------------------------------------------------

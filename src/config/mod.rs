@@ -32,6 +32,19 @@ pub mod defaults {
     pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
     pub const MAX_HEADER_BYTES: usize = 16_384;
     pub const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+    /// `server.idle_timeout`: a connection with no request in flight for this
+    /// long is closed (HTTP/2: GOAWAY).
+    pub const IDLE_TIMEOUT_SECS: u64 = 60;
+    /// `server.max_connections`: open connections (TLS handshakes included)
+    /// over all serving threads of the main listener.
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    /// `server.tls_handshake_timeout`.
+    pub const TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+    /// `server.max_tls_handshakes`: TLS handshakes in progress at once.
+    pub const MAX_TLS_HANDSHAKES: usize = 1_024;
+    /// The admin listener's own connection budget (not configurable): a flood
+    /// on the main listener never locks out health checks and operators.
+    pub const ADMIN_MAX_CONNECTIONS: usize = 256;
     pub const UPSTREAM_TIMEOUT_SECS: u64 = 30;
     pub const POOL_IDLE_TIMEOUT_SECS: u64 = 4;
     pub const COOKIE_NAME: &str = "portcullis_session";
@@ -177,6 +190,14 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Parsed `external_url` (scheme + authority, no trailing slash), if set.
     pub external_url: Option<url::Url>,
+    /// Close a connection after this long without a request in flight.
+    pub idle_timeout: Duration,
+    /// Open connections allowed on the main listener (all threads together).
+    pub max_connections: usize,
+    /// How long a TLS client may take to complete its handshake.
+    pub tls_handshake_timeout: Duration,
+    /// TLS handshakes in progress at once.
+    pub max_tls_handshakes: usize,
 }
 
 #[derive(Debug, Clone)]

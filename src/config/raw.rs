@@ -23,6 +23,10 @@ pub(super) struct RawServer {
     pub max_header_bytes: Option<u64>,
     pub shutdown_timeout: Option<String>,
     pub external_url: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<u64>,
+    pub tls_handshake_timeout: Option<String>,
+    pub max_tls_handshakes: Option<u64>,
 }
 
 /// `tls = { cert, key }` under `[server]` or `[admin]`.

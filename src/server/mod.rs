@@ -1,28 +1,38 @@
 //! Listeners: accept TCP (optionally rustls), serve HTTP/1.1 and HTTP/2 with
-//! hyper, and shut down gracefully.
+//! hyper, bound what a client can hold open, and shut down gracefully.
 //!
 //! hyper only enforces `header_read_timeout` when a timer is installed, so
 //! every connection builder gets a `TokioTimer`; the same timeout bounds how
-//! long an idle keep-alive connection may wait for its next request. Each
-//! request gets a [`ConnInfo`] extension (peer address, TLS or not), the only
-//! source of the client address the gateway trusts.
+//! long an idle HTTP/1 keep-alive connection may wait for its next request.
+//! hyper has no idle timeout for HTTP/2 (its PINGs only find dead peers), so
+//! each connection tracks its requests in flight ([`conn::Activity`]) and is
+//! closed gracefully (GOAWAY) after `idle_timeout` without one. Every
+//! connection, TLS handshake included, holds a slot of the listener's
+//! [`ConnectionLimit`] until its socket closes; over the limit a connection is
+//! turned away at once (plain HTTP gets a `503`), and accepting goes on.
+//! Each request gets a [`ConnInfo`] extension (peer address, TLS or not), the
+//! only source of the client address the gateway trusts.
+
+mod conn;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::{Service, ServiceExt};
 
+pub use conn::{ConnectionLimit, Slot, raise_open_files_limit};
+
+use crate::config::{ServerConfig, defaults};
 use crate::gateway::prepare::ConnInfo;
+use conn::{Activity, Io};
 
 /// Settings for one listener.
 #[derive(Debug, Clone)]
@@ -31,6 +41,43 @@ pub struct ListenerOptions {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub shutdown_timeout: Duration,
+    /// Close a connection after this long without a request in flight.
+    pub idle_timeout: Duration,
+    /// How long a TLS client may take to finish its handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Open connections, shared by every thread serving the listener.
+    pub connections: Arc<ConnectionLimit>,
+    /// TLS handshakes in progress, shared likewise.
+    pub handshakes: Arc<ConnectionLimit>,
+}
+
+impl ListenerOptions {
+    /// The main listener's options, from `[server]`.
+    pub fn main(server: &ServerConfig) -> Self {
+        Self {
+            tls: server.tls.as_ref().map(|t| t.server_config.clone()),
+            header_read_timeout: server.header_read_timeout,
+            max_header_bytes: server.max_header_bytes,
+            shutdown_timeout: server.shutdown_timeout,
+            idle_timeout: server.idle_timeout,
+            tls_handshake_timeout: server.tls_handshake_timeout,
+            connections: ConnectionLimit::new("main", "connections", server.max_connections),
+            handshakes: ConnectionLimit::new("main", "tls_handshakes", server.max_tls_handshakes),
+        }
+    }
+
+    /// The admin listener's: the same timeouts, its own TLS, and a budget of
+    /// its own ([`defaults::ADMIN_MAX_CONNECTIONS`]) so that a flood of the
+    /// main listener never locks out health checks and operators.
+    pub fn admin(server: &ServerConfig, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        let max = defaults::ADMIN_MAX_CONNECTIONS;
+        Self {
+            tls,
+            connections: ConnectionLimit::new("admin", "connections", max),
+            handshakes: ConnectionLimit::new("admin", "tls_handshakes", max.min(server.max_tls_handshakes)),
+            ..Self::main(server)
+        }
+    }
 }
 
 /// A shutdown signal shared by every listener.
@@ -104,7 +151,7 @@ impl Drained {
 }
 
 /// Serves `service` on `listener` until `shutdown`, then drains in-flight
-/// requests for at most `shutdown_timeout` and returns.
+/// requests for at most `shutdown_timeout`, closes what is left and returns.
 pub async fn serve<S>(listener: TcpListener, service: S, opts: ListenerOptions, shutdown: Shutdown)
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
@@ -128,11 +175,14 @@ where
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
     let acceptor = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let graceful = GracefulShutdown::new();
     let (drained_tx, drained_rx) = watch::channel(false);
     let drained = Drained(drained_rx);
-    let first_request = opts.header_read_timeout;
-    let (conn_tx, mut conn_rx) = tokio::sync::mpsc::unbounded_channel();
+    let timeouts = Timeouts {
+        first_request: opts.header_read_timeout,
+        idle: opts.idle_timeout,
+        handshake: opts.tls_handshake_timeout,
+    };
+    let mut connections = tokio::task::JoinSet::new();
 
     loop {
         tokio::select! {
@@ -146,92 +196,153 @@ where
                         continue;
                     }
                 };
+                let Some(slot) = opts.connections.try_acquire() else {
+                    conn::refuse(stream, &opts.connections, acceptor.is_some());
+                    continue;
+                };
+                let tls = match &acceptor {
+                    None => None,
+                    Some(acceptor) => match opts.handshakes.try_acquire() {
+                        Some(handshake) => Some((acceptor.clone(), handshake)),
+                        // Dropping the stream (and the slot) closes it.
+                        None => continue,
+                    },
+                };
                 let _ = stream.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let handshake_timeout = opts.header_read_timeout;
-                let service = service.clone();
-                let tx = conn_tx.clone();
-                tokio::spawn(async move {
-                    match acceptor {
-                        None => { let _ = tx.send(Conn::Plain(stream, peer, service)); }
-                        Some(acceptor) => {
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => { let _ = tx.send(Conn::Tls(Box::new(tls), peer, service)); }
-                                Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                            }
-                        }
-                    }
-                });
+                connections.spawn(connection(
+                    stream,
+                    peer,
+                    slot,
+                    tls,
+                    builder.clone(),
+                    service.clone(),
+                    drained.clone(),
+                    timeouts,
+                    shutdown.clone(),
+                ));
             }
-            Some(conn) = conn_rx.recv() => {
-                match conn {
-                    Conn::Plain(stream, peer, service) => {
-                        let seen = Arc::new(AtomicBool::new(false));
-                        let svc = hyper_service(service, ConnInfo { peer, tls: false }, drained.clone(), seen.clone());
-                        let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                        tokio::spawn(run_connection(graceful.watch(c.into_owned()), seen, first_request));
-                    }
-                    Conn::Tls(stream, peer, service) => {
-                        let seen = Arc::new(AtomicBool::new(false));
-                        let svc = hyper_service(service, ConnInfo { peer, tls: true }, drained.clone(), seen.clone());
-                        let c = builder.serve_connection_with_upgrades(TokioIo::new(*stream), svc);
-                        tokio::spawn(run_connection(graceful.watch(c.into_owned()), seen, first_request));
-                    }
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = ended && e.is_panic() {
+                    tracing::error!("a connection task panicked");
                 }
             }
             () = shutdown.wait() => break,
         }
     }
     drop(listener);
-    if tokio::time::timeout(opts.shutdown_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(opts.shutdown_timeout, drain).await.is_err() {
         tracing::warn!("shutdown timeout reached; closing remaining connections");
     }
-    // Upgraded connections are not tracked by the graceful watcher: end them now.
+    connections.shutdown().await;
+    // Upgraded connections are not tracked by hyper: end them now.
     let _ = drained_tx.send(true);
 }
 
-/// Drives one connection. hyper's `header_read_timeout` only starts once it
-/// knows the protocol; until the first request arrives (protocol sniffing,
-/// an unfinished HTTP/2 preface, a silent TLS client) this deadline closes it.
-async fn run_connection<F, E>(conn: F, seen: Arc<AtomicBool>, first_request: Duration)
-where
-    F: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    first_request: Duration,
+    idle: Duration,
+    handshake: Duration,
+}
+
+/// Handshakes (TLS) and serves one connection until it ends, it idles out,
+/// or shutdown drains it.
+#[allow(clippy::too_many_arguments)]
+async fn connection<S>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+    tls: Option<(tokio_rustls::TlsAcceptor, Slot)>,
+    builder: Arc<Builder<TokioExecutor>>,
+    service: S,
+    drained: Drained,
+    timeouts: Timeouts,
+    shutdown: Shutdown,
+) where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
 {
-    let deadline = async {
-        tokio::time::sleep(first_request).await;
-        if seen.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
+    let (io, is_tls) = match tls {
+        None => (Io::plain(stream, slot), false),
+        Some((acceptor, handshake)) => {
+            let accepted = tokio::time::timeout(timeouts.handshake, acceptor.accept(stream)).await;
+            drop(handshake);
+            match accepted {
+                Ok(Ok(stream)) => (Io::tls(stream, slot), true),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
         }
     };
-    tokio::select! {
-        r = conn => if let Err(e) = r {
-            tracing::debug!(error = %e, "connection ended with an error");
-        },
-        () = deadline => tracing::debug!("connection closed: no request within header_read_timeout"),
+    let activity = Activity::new();
+    let svc = hyper_service(service, ConnInfo { peer, tls: is_tls }, drained, activity.clone());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    // hyper's `header_read_timeout` only starts once it knows the protocol;
+    // until the first request arrives (protocol sniffing, an unfinished
+    // HTTP/2 preface) this deadline closes the connection.
+    let mut first_request = std::pin::pin!(async {
+        tokio::time::sleep(timeouts.first_request).await;
+        if activity.started() {
+            std::future::pending::<()>().await;
+        }
+    });
+    let mut idle = std::pin::pin!(activity.idle_for(timeouts.idle));
+    let mut stop = std::pin::pin!(shutdown.wait());
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = &mut first_request => {
+                tracing::debug!(%peer, "connection closed: no request within header_read_timeout");
+                return;
+            }
+            () = &mut stop, if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = &mut idle => {
+                if closing {
+                    // Asked to close (GOAWAY sent) and still idle a whole
+                    // period later: the client is not closing its end.
+                    tracing::debug!(%peer, "connection closed: idle after GOAWAY");
+                    return;
+                }
+                tracing::debug!(%peer, "closing a connection idle for server.idle_timeout");
+                // HTTP/2: GOAWAY, streams already started finish; HTTP/1:
+                // closed between requests.
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                activity.touch();
+                idle.set(activity.idle_for(timeouts.idle));
+            }
+        }
     }
 }
 
-enum Conn<S> {
-    Plain(tokio::net::TcpStream, SocketAddr, S),
-    Tls(
-        Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
-        SocketAddr,
-        S,
-    ),
-}
-
 /// Adapts a tower service over `Body` into a hyper service over `Incoming`,
-/// inserting the connection facts into every request.
+/// inserting the connection facts into every request and keeping the request
+/// in flight (for the idle timeout) until its response body is done.
 fn hyper_service<S>(
     service: S,
     conn: ConnInfo,
     drained: Drained,
-    seen: Arc<AtomicBool>,
+    activity: Arc<Activity>,
 ) -> impl hyper::service::Service<
     http::Request<Incoming>,
     Response = http::Response<Body>,
@@ -246,11 +357,15 @@ where
     S::Future: Send + 'static,
 {
     hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        seen.store(true, Ordering::Relaxed);
+        let busy = activity.begin();
         let mut req = req.map(Body::new);
         req.extensions_mut().insert(conn);
         req.extensions_mut().insert(drained.clone());
-        service.clone().oneshot(req)
+        let response = service.clone().oneshot(req);
+        async move {
+            let response = response.await?;
+            Ok(response.map(|body| Body::new(conn::Tracked::new(body, busy))))
+        }
     })
 }
 
@@ -393,6 +508,19 @@ where
 mod tests {
     use super::*;
 
+    fn test_options(max_connections: usize) -> ListenerOptions {
+        ListenerOptions {
+            tls: None,
+            header_read_timeout: Duration::from_secs(5),
+            max_header_bytes: 16384,
+            shutdown_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(5),
+            connections: ConnectionLimit::new("test", "connections", max_connections),
+            handshakes: ConnectionLimit::new("test", "tls_handshakes", 16),
+        }
+    }
+
     #[tokio::test]
     async fn serving_threads_share_one_port_that_nobody_else_gets() {
         let listeners = bind_threads("127.0.0.1:0".parse().unwrap(), 3).await.unwrap();
@@ -414,12 +542,7 @@ mod tests {
         let service = tower::service_fn(|_req: http::Request<Body>| async {
             Ok::<_, Infallible>(http::Response::new(Body::from("hello")))
         });
-        let opts = ListenerOptions {
-            tls: None,
-            header_read_timeout: Duration::from_secs(5),
-            max_header_bytes: 16384,
-            shutdown_timeout: Duration::from_secs(2),
-        };
+        let opts = test_options(100);
         let shutdown = Shutdown::new();
         let served = tokio::spawn(serve_threads(listeners, move || service, opts, shutdown.clone()));
         // Enough connections that both sockets get some.
@@ -448,5 +571,55 @@ mod tests {
             tokio::net::TcpStream::connect(addr).await.is_err(),
             "the port is closed"
         );
+    }
+
+    #[tokio::test]
+    async fn the_connection_limit_spans_every_serving_thread() {
+        let listeners = bind_threads("127.0.0.1:0".parse().unwrap(), 2).await.unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let service = tower::service_fn(|_req: http::Request<Body>| async {
+            Ok::<_, Infallible>(http::Response::new(Body::from("hello")))
+        });
+        let opts = test_options(3);
+        let limit = opts.connections.clone();
+        let shutdown = Shutdown::new();
+        let served = tokio::spawn(serve_threads(listeners, move || service, opts, shutdown.clone()));
+        let get = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        // Three kept-alive connections, wherever the kernel puts them.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stream, get)
+                .await
+                .unwrap();
+            let mut buf = [0u8; 256];
+            let n = tokio::io::AsyncReadExt::read(&mut stream, &mut buf)
+                .await
+                .unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            held.push(stream);
+        }
+        assert_eq!(limit.open(), 3);
+        // Every further one is turned away, whichever thread accepts it.
+        for _ in 0..6 {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stream, get)
+                .await
+                .unwrap();
+            let mut answer = String::new();
+            let _ = tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await;
+            assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        }
+        drop(held);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while limit.open() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "slots were not given back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.trigger();
+        served.await.unwrap().unwrap();
     }
 }

@@ -213,12 +213,7 @@ impl InProcess {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = Shutdown::new();
-        let opts = ListenerOptions {
-            tls: None,
-            header_read_timeout: config.server.header_read_timeout,
-            max_header_bytes: config.server.max_header_bytes,
-            shutdown_timeout: config.server.shutdown_timeout,
-        };
+        let opts = ListenerOptions::main(&config.server);
         tokio::spawn(portcullis::server::serve(
             listener,
             gateway.main_service(),

@@ -243,16 +243,8 @@ impl Builder {
         }
         .unwrap();
 
-        let main_opts = ListenerOptions {
-            tls: config.server.tls.as_ref().map(|t| t.server_config.clone()),
-            header_read_timeout: config.server.header_read_timeout,
-            max_header_bytes: config.server.max_header_bytes,
-            shutdown_timeout: config.server.shutdown_timeout,
-        };
-        let admin_opts = ListenerOptions {
-            tls: None,
-            ..main_opts.clone()
-        };
+        let main_opts = ListenerOptions::main(&config.server);
+        let admin_opts = ListenerOptions::admin(&config.server, None);
         let shutdown = Shutdown::new();
         let main_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,415 @@
+//! What a client can hold open: idle HTTP/2 connections end with GOAWAY, a
+//! connection cap turns the extra ones away and recovers, TLS handshakes are
+//! bounded in time and number, and the binary raises its open-file limit.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{TestGateway, free_port, spawn_upstream, users_file};
+
+// --- a minimal HTTP/2 client, frame by frame ---------------------------------
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+async fn write_frame(conn: &mut TcpStream, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).unwrap();
+    let mut frame = len.to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    conn.write_all(&frame).await.unwrap();
+}
+
+/// The next frame, or `None` once the server has closed the connection.
+async fn read_frame(conn: &mut TcpStream) -> Option<Frame> {
+    let mut head = [0u8; 9];
+    conn.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    conn.read_exact(&mut payload).await.ok()?;
+    Some(Frame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    })
+}
+
+/// A literal header field without indexing, its name from the static table.
+fn literal(name_index: u8, value: &str) -> Vec<u8> {
+    let mut out = vec![name_index, u8::try_from(value.len()).unwrap()];
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
+/// Opens a prior-knowledge (h2c) connection and sends `GET path` on stream 1.
+async fn h2c_get(gw: &TestGateway, path: &str) -> TcpStream {
+    let mut conn = TcpStream::connect(gw.main).await.unwrap();
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    write_frame(&mut conn, SETTINGS, 0, 0, &[]).await;
+    // :method GET, :scheme http (static table), :path and :authority literals.
+    let mut block = vec![0x82, 0x86];
+    block.extend(literal(0x04, path));
+    block.extend(literal(0x01, &gw.main.to_string()));
+    write_frame(&mut conn, HEADERS, END_HEADERS | END_STREAM, 1, &block).await;
+    conn
+}
+
+/// What the server did on an h2c connection, as a well-behaved client sees
+/// it (SETTINGS and PINGs are acknowledged).
+#[derive(Debug, Default)]
+struct Seen {
+    /// The response's `:status` was 200 (static-table index 8).
+    ok: bool,
+    /// When stream 1 ended (`END_STREAM`), after the start.
+    response_done: Option<Duration>,
+    /// When the first GOAWAY came, after the start.
+    goaway: Option<Duration>,
+    /// When the server closed the connection, after the start.
+    closed: Option<Duration>,
+    body: Vec<u8>,
+}
+
+/// Reads frames until the server closes or `within` passes.
+async fn watch_h2(conn: &mut TcpStream, started: Instant, within: Duration) -> Seen {
+    let mut seen = Seen::default();
+    let _ = tokio::time::timeout(within, async {
+        while let Some(frame) = read_frame(conn).await {
+            let at = started.elapsed();
+            match frame.kind {
+                SETTINGS if frame.flags & ACK == 0 => write_frame(conn, SETTINGS, ACK, 0, &[]).await,
+                PING if frame.flags & ACK == 0 => write_frame(conn, PING, ACK, 0, &frame.payload).await,
+                GOAWAY if seen.goaway.is_none() => seen.goaway = Some(at),
+                HEADERS if frame.stream == 1 => {
+                    seen.ok |= frame.payload.first() == Some(&0x88);
+                    if frame.flags & END_STREAM != 0 {
+                        seen.response_done = Some(at);
+                    }
+                }
+                DATA if frame.stream == 1 => {
+                    seen.body.extend_from_slice(&frame.payload);
+                    if frame.flags & END_STREAM != 0 {
+                        seen.response_done = Some(at);
+                    }
+                }
+                _ => {}
+            }
+        }
+        seen.closed = Some(started.elapsed());
+    })
+    .await;
+    seen
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_with_goaway() {
+    // header_read_timeout (5 s in the base config) must not be what closes it.
+    let gw = TestGateway::start("[server]\nidle_timeout = \"1s\"\n").await;
+    let started = Instant::now();
+    let mut conn = h2c_get(&gw, "/public/x").await;
+    let seen = watch_h2(&mut conn, started, Duration::from_secs(4)).await;
+    assert!(seen.ok, "{seen:?}");
+    let done = seen.response_done.expect("the response arrived");
+    let goaway = seen
+        .goaway
+        .unwrap_or_else(|| panic!("no GOAWAY within 4 s of an idle time of 1 s: {seen:?}"));
+    let closed = seen.closed.expect("the server closed the connection");
+    assert!(
+        goaway >= done + Duration::from_millis(800),
+        "GOAWAY before the connection was idle for 1 s: {seen:?}"
+    );
+    assert!(closed >= goaway, "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_busy_http2_connection_is_not_cut() {
+    // A request that takes 2.5 idle times: in flight, so not idle.
+    let upstream = spawn_upstream(|_req| async {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"done")))
+    })
+    .await;
+    let gw = TestGateway::start(&format!(
+        "[server]\nidle_timeout = \"1s\"\n\n[[upstreams]]\nname = \"slow\"\nurl = \"http://{upstream}\"\ntimeout = \"10s\"\n"
+    ))
+    .await;
+    let started = Instant::now();
+    let mut conn = h2c_get(&gw, "/public/slow").await;
+    let seen = watch_h2(&mut conn, started, Duration::from_secs(7)).await;
+    assert!(seen.ok, "{seen:?}");
+    assert_eq!(seen.body, b"done", "{seen:?}");
+    let done = seen.response_done.expect("the slow response arrived");
+    assert!(done >= Duration::from_millis(2400), "{seen:?}");
+    // No GOAWAY while the request was in flight, one once idle after it.
+    let goaway = seen.goaway.expect("GOAWAY once idle after the response");
+    assert!(goaway >= done + Duration::from_millis(800), "{seen:?}");
+    assert!(seen.closed.is_some(), "{seen:?}");
+}
+
+// --- the connection cap --------------------------------------------------------
+
+/// Sends a keep-alive request and reads the response head.
+async fn keep_alive_get(gw: &TestGateway) -> (TcpStream, String) {
+    let mut conn = TcpStream::connect(gw.main).await.unwrap();
+    conn.write_all(format!("GET /_portcullis/healthz HTTP/1.1\r\nHost: {}\r\n\r\n", gw.main).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let head = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+    .await
+    .expect("an answer");
+    (conn, head)
+}
+
+#[tokio::test]
+async fn the_connection_cap_refuses_politely_and_recovers() {
+    let gw = TestGateway::start("[server]\nmax_connections = 5\n").await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let (conn, head) = keep_alive_get(&gw).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        held.push(conn);
+    }
+
+    // The sixth is answered 503 and closed, not left hanging.
+    for _ in 0..3 {
+        let (mut conn, head) = keep_alive_get(&gw).await;
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(3), conn.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a refused connection stays open");
+    }
+    // The ones already open still work.
+    let conn = &mut held[0];
+    conn.write_all(format!("GET /_portcullis/healthz HTTP/1.1\r\nHost: {}\r\n\r\n", gw.main).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+    // Once two close, new connections are served again.
+    held.truncate(3);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut admitted = Vec::new();
+    while admitted.len() < 2 {
+        let (conn, head) = keep_alive_get(&gw).await;
+        if head.starts_with("HTTP/1.1 200") {
+            admitted.push(conn);
+        } else {
+            assert!(
+                Instant::now() < deadline,
+                "still refused after others closed: {head}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (_, head) = keep_alive_get(&gw).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "the cap still holds: {head}");
+
+    let metrics = gw
+        .client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("portcullis_connections_refused_total{")
+                && l.contains("listener=\"main\"")
+                && l.contains("limit=\"connections\"")),
+        "{metrics}"
+    );
+}
+
+// --- TLS handshakes ------------------------------------------------------------
+
+/// Waits until the server closes `conn`; how long it took.
+async fn closed_within(conn: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(within, async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| started.elapsed())
+}
+
+#[tokio::test]
+async fn a_silent_tls_client_is_dropped_after_the_handshake_timeout() {
+    // header_read_timeout is 5 s in the base config: the handshake has its own.
+    let gw = TestGateway::builder()
+        .tls()
+        .toml("[server]\ntls_handshake_timeout = \"1s\"\n")
+        .start()
+        .await;
+    let mut conn = TcpStream::connect(gw.main).await.unwrap();
+    let took = closed_within(&mut conn, Duration::from_secs(3))
+        .await
+        .expect("a client that never sends a ClientHello is disconnected");
+    assert!(took >= Duration::from_millis(800), "closed too early: {took:?}");
+
+    // A real TLS client is served.
+    let res = gw.client().get(gw.url("/public/x")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn concurrent_tls_handshakes_are_bounded() {
+    let gw = TestGateway::builder()
+        .tls()
+        .toml("[server]\nmax_tls_handshakes = 2\ntls_handshake_timeout = \"20s\"\n")
+        .start()
+        .await;
+    // Two clients that never finish their handshake take both places.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.push(TcpStream::connect(gw.main).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third is closed at once instead of waiting its turn.
+    let mut third = TcpStream::connect(gw.main).await.unwrap();
+    let took = closed_within(&mut third, Duration::from_secs(2))
+        .await
+        .expect("a handshake over the limit is refused at once");
+    assert!(took < Duration::from_secs(2));
+    // The places come back when the stalled clients go away.
+    drop(stalled);
+    let client = gw.client();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match client.get(gw.url("/public/x")).send().await {
+            Ok(res) if res.status() == 200 => break,
+            other => {
+                assert!(Instant::now() < deadline, "TLS still refused: {other:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+// --- the open-file limit -----------------------------------------------------
+
+/// The soft and hard "Max open files" of a process.
+#[cfg(target_os = "linux")]
+fn open_files_limit(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    (
+        fields.next().unwrap().to_owned(),
+        fields.next().unwrap().to_owned(),
+    )
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_raises_its_open_file_limit_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("users.toml"), users_file()).unwrap();
+    let echo = portcullis::demo::spawn_echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (main, admin) = (free_port(), free_port());
+    let text = crate::support::config_text(
+        &format!("[server]\nlisten = \"127.0.0.1:{main}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+        &format!("http://{echo}"),
+        dir.path(),
+    );
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, text).unwrap();
+    // Started with a low soft limit, as systemd's default of 1024 would be.
+    let (_, our_hard) = open_files_limit(std::process::id());
+    if our_hard.parse::<u64>().is_ok_and(|hard| hard <= 256) {
+        eprintln!("skipped: the hard open-file limit here ({our_hard}) leaves nothing to raise");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "skipped under CI");
+        return;
+    }
+    let child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -Sn 256 && exec \"$0\" serve --config \"$1\"",
+            env!("CARGO_BIN_EXE_portcullis"),
+            path.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reap(child);
+    let pid = child.0.id();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(res) = client
+            .get(format!("http://127.0.0.1:{main}/_portcullis/healthz"))
+            .send()
+            .await
+            && res.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not come up");
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "the gateway exited: {}",
+            std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (soft, hard) = open_files_limit(pid);
+    assert_eq!(
+        soft, hard,
+        "the soft open-file limit (256 at start) was not raised to the hard one"
+    );
+}
