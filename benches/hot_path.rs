@@ -212,6 +212,17 @@ fn policy(c: &mut Criterion) {
             decide(&r, Some((&claims, &groups)), NOW)
         })
     });
+    // What inline mode runs: every reading of the path, the strictest wins.
+    g.bench_function("decide_request (50 rules, clean path: one reading)", |b| {
+        b.iter(|| policy.decide_request(black_box(&facts), Some((&claims, &groups)), NOW))
+    });
+    let with_params = RequestFacts {
+        path: "/dashboard;jsessionid=0123ABCD/reports/2026/summary",
+        ..facts
+    };
+    g.bench_function("decide_request (50 rules, ;jsessionid: two readings)", |b| {
+        b.iter(|| policy.decide_request(black_box(&with_params), Some((&claims, &groups)), NOW))
+    });
     g.finish();
 }
 

@@ -196,7 +196,13 @@ impl MainService {
             );
         };
         let Some((authority, host)) = prepare::authority(req.uri(), req.headers()) else {
-            return (bad_request("missing or invalid Host"), String::new(), None);
+            // Also two Host headers, or one disagreeing with the target.
+            let mut res = bad_request("missing or invalid Host");
+            res.extensions_mut().insert(AccessInfo {
+                decision: "invalid",
+                user: None,
+            });
+            return (res, String::new(), None);
         };
         match normalize(req.uri().path()) {
             Ok(Cow::Borrowed(_)) => {}
