@@ -5,7 +5,9 @@
 //! - Bodies: the portal (forms, authentication and self-service JSON API) reads
 //!   at most [`PORTAL_BODY_LIMIT`] bytes, the admin listener at most
 //!   [`ADMIN_BODY_LIMIT`]; a larger body is answered 413 with an Okta error
-//!   object before any handler runs ([`body_limit`]).
+//!   object before any handler runs ([`body_limit`]). The whole body must also
+//!   arrive within `server.body_read_timeout` of the request head (else `408`,
+//!   see [`crate::server::BodyTimer`]).
 //! - Logins: a login longer than [`MAX_LOGIN_BYTES`] cannot exist; it is
 //!   never stored, echoed or logged, and it is counted under a keyed hash
 //!   (see [`crate::regulation::Regulator::anonymous_subject`]).
@@ -20,12 +22,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use axum::extract::DefaultBodyLimit;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
 use crate::clock::UnixTime;
 use crate::error::{ApiError, ErrorCode};
+use crate::server::BodyTimer;
 
 /// The longest login (bytes, after trimming) that can sign in; longer ones
 /// fail like an unknown user and are never stored or logged.
@@ -49,13 +53,21 @@ pub fn shown_login(login: &str) -> &str {
 }
 
 /// The body-limit layers of a router: axum's extractors refuse a body over
-/// `max` bytes, and the plain-text 413 they answer becomes an Okta error.
+/// `max` bytes, and the plain-text 413 they answer becomes an Okta error; and
+/// the body must arrive in time (a deadline for the whole body, from the
+/// [`BodyTimer`] the listener put on the request).
 pub fn body_limit(router: axum::Router, max: usize) -> axum::Router {
     router
         .layer(axum::middleware::map_response(move |res: Response| async move {
             too_large(res, max)
         }))
         .layer(DefaultBodyLimit::max(max))
+        .layer(axum::middleware::map_request(|req: Request| async move {
+            match req.extensions().get::<BodyTimer>().cloned() {
+                Some(timer) => req.map(|body| Body::new(timer.deadline(body))),
+                None => req,
+            }
+        }))
 }
 
 fn too_large(res: Response, max: usize) -> Response {

@@ -1051,6 +1051,27 @@ fn convert_server(cx: &mut Ctx<'_>, raw: RawServer) -> ServerConfig {
         raw.max_tls_handshakes,
         defaults::MAX_TLS_HANDSHAKES,
     );
+    // 0 is meaningful here: no per-address cap.
+    let max_connections_per_ip = match raw.max_connections_per_ip {
+        None => defaults::MAX_CONNECTIONS_PER_IP,
+        Some(n) if n <= MAX_CONNECTIONS_LIMIT => {
+            usize::try_from(n).unwrap_or(defaults::MAX_CONNECTIONS_PER_IP)
+        }
+        Some(n) => {
+            cx.error(
+                "server.max_connections_per_ip",
+                format!("must be between 0 (no cap) and {MAX_CONNECTIONS_LIMIT} (got {n})"),
+            );
+            defaults::MAX_CONNECTIONS_PER_IP
+        }
+    };
+    let body_read_timeout = duration(
+        cx,
+        "server.body_read_timeout",
+        raw.body_read_timeout,
+        defaults::BODY_READ_TIMEOUT_SECS,
+        false,
+    );
     ServerConfig {
         listen,
         tls,
@@ -1063,6 +1084,8 @@ fn convert_server(cx: &mut Ctx<'_>, raw: RawServer) -> ServerConfig {
         max_connections,
         tls_handshake_timeout,
         max_tls_handshakes,
+        max_connections_per_ip,
+        body_read_timeout,
     }
 }
 
@@ -3514,6 +3537,30 @@ format = "xml"
         assert_has(&errs, "server.max_tls_handshakes", "between 1 and");
         let errs = errors(&with("[server]\nmax_connections = -3\n"));
         assert_has(&errs, "server.max_connections", "");
+    }
+
+    #[test]
+    fn body_timeout_and_per_address_cap_have_defaults_and_name_their_key() {
+        let loaded = ok(MINIMAL);
+        let s = &loaded.config.server;
+        assert_eq!(s.max_connections_per_ip, defaults::MAX_CONNECTIONS_PER_IP);
+        assert_eq!(
+            s.body_read_timeout,
+            Duration::from_secs(defaults::BODY_READ_TIMEOUT_SECS)
+        );
+        let loaded = ok(&with(
+            "[server]\nmax_connections_per_ip = 0\nbody_read_timeout = \"1500ms\"\n",
+        ));
+        let s = &loaded.config.server;
+        assert_eq!(s.max_connections_per_ip, 0, "0 turns the cap off");
+        assert_eq!(s.body_read_timeout, Duration::from_millis(1500));
+        let errs = errors(&with(
+            "[server]\nmax_connections_per_ip = 20000000\nbody_read_timeout = \"0s\"\n",
+        ));
+        assert_has(&errs, "server.max_connections_per_ip", "between 0");
+        assert_has(&errs, "server.body_read_timeout", "greater than zero");
+        let errs = errors(&with("[server]\nbody_read_timeout = \"slowly\"\n"));
+        assert_has(&errs, "server.body_read_timeout", "");
     }
 
     // --- users file ---------------------------------------------------------

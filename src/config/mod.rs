@@ -42,6 +42,12 @@ pub mod defaults {
     pub const TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
     /// `server.max_tls_handshakes`: TLS handshakes in progress at once.
     pub const MAX_TLS_HANDSHAKES: usize = 1_024;
+    /// `server.max_connections_per_ip`: open connections per client address
+    /// (IPv6: per /64) on the main listener; 0 turns the cap off.
+    pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+    /// `server.body_read_timeout`: the whole body of a portal or admin
+    /// request, and the longest pause in any other (proxied) request body.
+    pub const BODY_READ_TIMEOUT_SECS: u64 = 10;
     /// The admin listener's own connection budget (not configurable): a flood
     /// on the main listener never locks out health checks and operators.
     pub const ADMIN_MAX_CONNECTIONS: usize = 256;
@@ -198,6 +204,10 @@ pub struct ServerConfig {
     pub tls_handshake_timeout: Duration,
     /// TLS handshakes in progress at once.
     pub max_tls_handshakes: usize,
+    /// Open connections per client address (0 = no cap).
+    pub max_connections_per_ip: usize,
+    /// Deadline for a portal/admin request body; longest pause in a proxied one.
+    pub body_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

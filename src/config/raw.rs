@@ -27,6 +27,8 @@ pub(super) struct RawServer {
     pub max_connections: Option<u64>,
     pub tls_handshake_timeout: Option<String>,
     pub max_tls_handshakes: Option<u64>,
+    pub max_connections_per_ip: Option<u64>,
+    pub body_read_timeout: Option<String>,
 }
 
 /// `tls = { cert, key }` under `[server]` or `[admin]`.

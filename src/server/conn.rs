@@ -9,10 +9,12 @@
 //!   flight until its response body has been sent (or dropped), not only
 //!   until its headers are ready: an idle close never cuts a download short.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -135,6 +137,89 @@ impl Drop for Refusing {
     }
 }
 
+/// A cap on the connections one client address holds open on a listener
+/// (`server.max_connections_per_ip`), counted by socket peer: an IPv4
+/// address, or an IPv6 /64 (one host usually has a whole /64). Peers in
+/// `server.trusted_proxies` are exempt (a front proxy carries many users).
+///
+/// The table only holds addresses with a connection open (an entry goes when
+/// its count drops to 0), so it never has more entries than the listener has
+/// connections.
+#[derive(Debug)]
+pub struct AddressLimit {
+    listener: &'static str,
+    max: usize,
+    exempt: Vec<ipnet::IpNet>,
+    open: Mutex<HashMap<u128, usize>>,
+}
+
+impl AddressLimit {
+    /// `max` connections per address on `listener`; `None` when `max` is 0 (off).
+    pub fn new(listener: &'static str, max: usize, exempt: Vec<ipnet::IpNet>) -> Option<Arc<Self>> {
+        (max > 0).then(|| {
+            Arc::new(Self {
+                listener,
+                max,
+                exempt,
+                open: Mutex::new(HashMap::new()),
+            })
+        })
+    }
+
+    /// The table key of `ip`: IPv4 as its IPv4-mapped form, IPv6 cut to its
+    /// /64 (whose low half is zero, so the two never collide).
+    fn bucket(ip: IpAddr) -> u128 {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+            IpAddr::V6(v6) => u128::from(v6) & !u128::from(u64::MAX),
+        }
+    }
+
+    /// Takes a place for a connection from `ip`, or `None` (counted) when
+    /// that address already holds the maximum.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        if self.exempt.iter().any(|net| net.contains(&ip.to_canonical())) {
+            return Some(AddressSlot(None));
+        }
+        let key = Self::bucket(ip);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            drop(open);
+            crate::metrics::connection_refused(self.listener, "connections_per_ip");
+            tracing::debug!(listener = self.listener, client = %ip, limit = self.max, "connection refused: server.max_connections_per_ip reached for this address");
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(Some((self.clone(), key))))
+    }
+
+    /// Addresses with a connection open (tests, metrics).
+    pub fn tracked(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// One connection's place under an [`AddressLimit`] (empty for an exempt
+/// peer), given back on drop.
+#[derive(Debug)]
+pub struct AddressSlot(Option<(Arc<AddressLimit>, u128)>);
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let Some((limit, key)) = self.0.take() else {
+            return;
+        };
+        let mut open = limit.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&key);
+            }
+        }
+    }
+}
+
 /// Turns away a connection accepted over the limit. Plain HTTP gets a short
 /// `503` (bounded in number and time); TLS is closed at once, since answering
 /// would need the handshake the limit is there to save.
@@ -170,6 +255,7 @@ pub(super) fn refuse(stream: TcpStream, limit: &Arc<ConnectionLimit>, tls: bool)
 pub(super) struct Io {
     stream: Stream,
     _slot: Slot,
+    _address: Option<AddressSlot>,
 }
 
 enum Stream {
@@ -178,17 +264,23 @@ enum Stream {
 }
 
 impl Io {
-    pub(super) fn plain(stream: TcpStream, slot: Slot) -> Self {
+    pub(super) fn plain(stream: TcpStream, slot: Slot, address: Option<AddressSlot>) -> Self {
         Self {
             stream: Stream::Plain(stream),
             _slot: slot,
+            _address: address,
         }
     }
 
-    pub(super) fn tls(stream: tokio_rustls::server::TlsStream<TcpStream>, slot: Slot) -> Self {
+    pub(super) fn tls(
+        stream: tokio_rustls::server::TlsStream<TcpStream>,
+        slot: Slot,
+        address: Option<AddressSlot>,
+    ) -> Self {
         Self {
             stream: Stream::Tls(Box::new(stream)),
             _slot: slot,
+            _address: address,
         }
     }
 }
@@ -403,6 +495,34 @@ mod tests {
         assert!(limit.try_acquire().is_none());
         drop((b, c));
         assert_eq!(limit.open(), 0);
+    }
+
+    #[test]
+    fn an_address_limit_counts_per_address_and_forgets_closed_ones() {
+        let exempt = vec!["10.0.0.0/8".parse().unwrap()];
+        let limit = AddressLimit::new("test", 2, exempt).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = limit.try_acquire(ip("192.0.2.1")).unwrap();
+        let b = limit.try_acquire(ip("192.0.2.1")).unwrap();
+        assert!(limit.try_acquire(ip("192.0.2.1")).is_none());
+        // The IPv4-mapped form is the same address.
+        assert!(limit.try_acquire(ip("::ffff:192.0.2.1")).is_none());
+        let other = limit.try_acquire(ip("192.0.2.2")).unwrap();
+        // One IPv6 /64 is one client.
+        let v6 = limit.try_acquire(ip("2001:db8::1")).unwrap();
+        let v6b = limit.try_acquire(ip("2001:db8::ffff:1")).unwrap();
+        assert!(limit.try_acquire(ip("2001:db8::2")).is_none());
+        assert!(limit.try_acquire(ip("2001:db8:0:1::2")).is_some());
+        // Trusted proxies are not capped and not tracked.
+        let proxied: Vec<_> = (0..5)
+            .map(|_| limit.try_acquire(ip("10.1.2.3")).unwrap())
+            .collect();
+        assert_eq!(limit.tracked(), 3);
+        drop(a);
+        let c = limit.try_acquire(ip("192.0.2.1")).unwrap();
+        drop((b, c, other, v6, v6b, proxied));
+        assert_eq!(limit.tracked(), 0, "entries go when their count drops to 0");
+        assert!(AddressLimit::new("test", 0, Vec::new()).is_none(), "0 is off");
     }
 
     #[test]

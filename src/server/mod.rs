@@ -13,6 +13,7 @@
 //! Each request gets a [`ConnInfo`] extension (peer address, TLS or not), the
 //! only source of the client address the gateway trusts.
 
+mod body;
 mod conn;
 
 use std::convert::Infallible;
@@ -28,7 +29,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::{Service, ServiceExt};
 
-pub use conn::{ConnectionLimit, Slot, raise_open_files_limit};
+pub use body::{BodyTimedOut, BodyTimer, TimedBody};
+pub use conn::{AddressLimit, AddressSlot, ConnectionLimit, Slot, raise_open_files_limit};
 
 use crate::config::{ServerConfig, defaults};
 use crate::gateway::prepare::ConnInfo;
@@ -49,6 +51,10 @@ pub struct ListenerOptions {
     pub connections: Arc<ConnectionLimit>,
     /// TLS handshakes in progress, shared likewise.
     pub handshakes: Arc<ConnectionLimit>,
+    /// Connections per client address, shared likewise; `None` = no cap.
+    pub per_address: Option<Arc<AddressLimit>>,
+    /// How long a request body may take (see [`body`]).
+    pub body_read_timeout: Duration,
 }
 
 impl ListenerOptions {
@@ -63,6 +69,12 @@ impl ListenerOptions {
             tls_handshake_timeout: server.tls_handshake_timeout,
             connections: ConnectionLimit::new("main", "connections", server.max_connections),
             handshakes: ConnectionLimit::new("main", "tls_handshakes", server.max_tls_handshakes),
+            per_address: AddressLimit::new(
+                "main",
+                server.max_connections_per_ip,
+                server.trusted_proxies.clone(),
+            ),
+            body_read_timeout: server.body_read_timeout,
         }
     }
 
@@ -75,6 +87,8 @@ impl ListenerOptions {
             tls,
             connections: ConnectionLimit::new("admin", "connections", max),
             handshakes: ConnectionLimit::new("admin", "tls_handshakes", max.min(server.max_tls_handshakes)),
+            // Operators' own listener: its small budget is the bound.
+            per_address: None,
             ..Self::main(server)
         }
     }
@@ -181,6 +195,7 @@ where
         first_request: opts.header_read_timeout,
         idle: opts.idle_timeout,
         handshake: opts.tls_handshake_timeout,
+        body: opts.body_read_timeout,
     };
     let mut connections = tokio::task::JoinSet::new();
 
@@ -195,6 +210,18 @@ where
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
+                };
+                // One address over its share is refused before it takes a
+                // place under the listener's limit.
+                let address = match &opts.per_address {
+                    None => None,
+                    Some(limit) => match limit.try_acquire(peer.ip()) {
+                        Some(address) => Some(address),
+                        None => {
+                            conn::refuse(stream, &opts.connections, acceptor.is_some());
+                            continue;
+                        }
+                    },
                 };
                 let Some(slot) = opts.connections.try_acquire() else {
                     conn::refuse(stream, &opts.connections, acceptor.is_some());
@@ -212,7 +239,7 @@ where
                 connections.spawn(connection(
                     stream,
                     peer,
-                    slot,
+                    (slot, address),
                     tls,
                     builder.clone(),
                     service.clone(),
@@ -244,6 +271,7 @@ struct Timeouts {
     first_request: Duration,
     idle: Duration,
     handshake: Duration,
+    body: Duration,
 }
 
 /// Handshakes (TLS) and serves one connection until it ends, it idles out,
@@ -252,7 +280,7 @@ struct Timeouts {
 async fn connection<S>(
     stream: TcpStream,
     peer: SocketAddr,
-    slot: Slot,
+    (slot, address): (Slot, Option<AddressSlot>),
     tls: Option<(tokio_rustls::TlsAcceptor, Slot)>,
     builder: Arc<Builder<TokioExecutor>>,
     service: S,
@@ -267,12 +295,12 @@ async fn connection<S>(
     S::Future: Send + 'static,
 {
     let (io, is_tls) = match tls {
-        None => (Io::plain(stream, slot), false),
+        None => (Io::plain(stream, slot, address), false),
         Some((acceptor, handshake)) => {
             let accepted = tokio::time::timeout(timeouts.handshake, acceptor.accept(stream)).await;
             drop(handshake);
             match accepted {
-                Ok(Ok(stream)) => (Io::tls(stream, slot), true),
+                Ok(Ok(stream)) => (Io::tls(stream, slot, address), true),
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, %peer, "TLS handshake failed");
                     return;
@@ -285,7 +313,13 @@ async fn connection<S>(
         }
     };
     let activity = Activity::new();
-    let svc = hyper_service(service, ConnInfo { peer, tls: is_tls }, drained, activity.clone());
+    let svc = hyper_service(
+        service,
+        ConnInfo { peer, tls: is_tls },
+        drained,
+        activity.clone(),
+        timeouts.body,
+    );
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
     // hyper's `header_read_timeout` only starts once it knows the protocol;
@@ -343,6 +377,7 @@ fn hyper_service<S>(
     conn: ConnInfo,
     drained: Drained,
     activity: Arc<Activity>,
+    body_read_timeout: Duration,
 ) -> impl hyper::service::Service<
     http::Request<Incoming>,
     Response = http::Response<Body>,
@@ -358,12 +393,26 @@ where
 {
     hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let busy = activity.begin();
-        let mut req = req.map(Body::new);
+        // A body that is still to come must keep coming (see `body`).
+        let timer = (!http_body::Body::is_end_stream(req.body())).then(|| BodyTimer::new(body_read_timeout));
+        let (api, version) = (body::is_api_path(req.uri().path()), req.version());
+        let mut req = match &timer {
+            None => req.map(Body::new),
+            Some(timer) => {
+                let mut req = req.map(|b| Body::new(timer.gap(b)));
+                req.extensions_mut().insert(timer.clone());
+                req
+            }
+        };
         req.extensions_mut().insert(conn);
         req.extensions_mut().insert(drained.clone());
         let response = service.clone().oneshot(req);
         async move {
-            let response = response.await?;
+            let mut response = response.await?;
+            if timer.is_some_and(|t| t.expired()) {
+                tracing::debug!(peer = %conn.peer, "request body timed out (server.body_read_timeout); answering 408");
+                response = body::timed_out(api, version);
+            }
             Ok(response.map(|body| Body::new(conn::Tracked::new(body, busy))))
         }
     })
@@ -518,6 +567,8 @@ mod tests {
             tls_handshake_timeout: Duration::from_secs(5),
             connections: ConnectionLimit::new("test", "connections", max_connections),
             handshakes: ConnectionLimit::new("test", "tls_handshakes", 16),
+            per_address: None,
+            body_read_timeout: Duration::from_secs(10),
         }
     }
 

@@ -1,5 +1,6 @@
 //! What a client can hold open: idle HTTP/2 connections end with GOAWAY, a
-//! connection cap turns the extra ones away and recovers, TLS handshakes are
+//! connection cap turns the extra ones away and recovers, one address gets
+//! only its share, request bodies must keep arriving, TLS handshakes are
 //! bounded in time and number, and the binary raises its open-file limit.
 
 use std::time::{Duration, Instant};
@@ -251,6 +252,311 @@ async fn the_connection_cap_refuses_politely_and_recovers() {
             .any(|l| l.starts_with("portcullis_connections_refused_total{")
                 && l.contains("listener=\"main\"")
                 && l.contains("limit=\"connections\"")),
+        "{metrics}"
+    );
+}
+
+// --- slow request bodies -------------------------------------------------------
+
+/// What a client that sends a request head and then part of its body saw.
+struct Trickled {
+    answer: String,
+    /// When the answer had fully arrived (the server closed), after the start.
+    closed: Option<Duration>,
+}
+
+/// Sends `head` and one body byte, then one more byte every `every` (never
+/// the whole body) until the server closes the connection or 6 s pass.
+async fn trickle(addr: std::net::SocketAddr, head: String, every: Option<Duration>) -> Trickled {
+    let started = Instant::now();
+    let conn = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = conn.into_split();
+    wr.write_all(head.as_bytes()).await.unwrap();
+    wr.write_all(b"u").await.unwrap();
+    let writer = tokio::spawn(async move {
+        let Some(every) = every else {
+            // Stalled: hold the connection open, send nothing more.
+            std::future::pending::<()>().await;
+            return;
+        };
+        loop {
+            tokio::time::sleep(every).await;
+            if wr.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(6), async {
+        // A reset after the answer (bytes sent after the close) ends it too.
+        let _ = rd.read_to_end(&mut buf).await;
+    })
+    .await
+    .ok()
+    .map(|()| started.elapsed());
+    writer.abort();
+    Trickled {
+        answer: String::from_utf8_lossy(&buf).into_owned(),
+        closed,
+    }
+}
+
+fn post_head(gw: &TestGateway, path: &str, content_type: &str, length: usize) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n",
+        gw.main
+    )
+}
+
+#[tokio::test]
+async fn slow_portal_bodies_get_408_and_free_their_slots() {
+    let gw = TestGateway::start(
+        "[server]\nmax_connections = 6\nbody_read_timeout = \"1s\"\nidle_timeout = \"30s\"\n",
+    )
+    .await;
+    let started = Instant::now();
+    // Every slot taken by a body that gains a byte every 300 ms: never idle
+    // for long, but never done either. One of them on the JSON API.
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let head = if i == 0 {
+            post_head(&gw, "/_portcullis/api/v1/authn", "application/json", 16000)
+        } else {
+            post_head(
+                &gw,
+                "/_portcullis/login",
+                "application/x-www-form-urlencoded",
+                16000,
+            )
+        };
+        clients.push(tokio::spawn(trickle(
+            gw.main,
+            head,
+            Some(Duration::from_millis(300)),
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile the listener is full.
+    let (_, head) = keep_alive_get(&gw).await;
+    assert!(
+        head.starts_with("HTTP/1.1 503"),
+        "the slow clients should hold every slot: {head}"
+    );
+
+    // A fresh request is served within the body timeout and a margin.
+    let deadline = started + Duration::from_secs(3);
+    loop {
+        let (_, head) = keep_alive_get(&gw).await;
+        if head.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slow bodies still hold the listener {:?} after they started: {head}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for (i, client) in clients.into_iter().enumerate() {
+        let seen = client.await.unwrap();
+        let closed = seen
+            .closed
+            .unwrap_or_else(|| panic!("a slow body kept its connection open: {}", seen.answer));
+        assert!(
+            closed >= Duration::from_millis(800),
+            "cut before the timeout: {closed:?} {}",
+            seen.answer
+        );
+        assert!(closed < Duration::from_secs(3), "closed late: {closed:?}");
+        assert!(seen.answer.starts_with("HTTP/1.1 408"), "{}", seen.answer);
+        assert!(
+            seen.answer.to_ascii_lowercase().contains("connection: close"),
+            "{}",
+            seen.answer
+        );
+        if i == 0 {
+            assert!(
+                seen.answer.contains("\"errorCode\":\"E0000003\""),
+                "{}",
+                seen.answer
+            );
+        } else {
+            assert!(
+                seen.answer.ends_with("request body timed out\n"),
+                "{}",
+                seen.answer
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_upload_is_aborted_but_a_slow_steady_one_completes() {
+    // Counts the bytes of each upload it receives.
+    let upstream = spawn_upstream(|req| async move {
+        use http_body_util::BodyExt;
+        let text = match req.into_body().collect().await {
+            Ok(body) => format!("got {}", body.to_bytes().len()),
+            Err(_) => "aborted".to_owned(),
+        };
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)))
+    })
+    .await;
+    let gw = TestGateway::start(&format!(
+        "[server]\nbody_read_timeout = \"1s\"\n\n[[upstreams]]\nname = \"sink\"\nurl = \"http://{upstream}\"\ntimeout = \"20s\"\n"
+    ))
+    .await;
+
+    // 16 chunks 200 ms apart: over 3 s in all, longer than the timeout, but
+    // never a second without progress. It is proxied whole.
+    let steady = tokio::spawn({
+        let head = post_head(&gw, "/public/upload", "application/octet-stream", 1 + 16 * 10);
+        let addr = gw.main;
+        async move {
+            let mut conn = TcpStream::connect(addr).await.unwrap();
+            conn.write_all(head.as_bytes()).await.unwrap();
+            conn.write_all(b"u").await.unwrap();
+            for _ in 0..16 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                conn.write_all(b"0123456789").await.unwrap();
+            }
+            let mut buf = [0u8; 4096];
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while !answer.ends_with(b"got 161") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => answer.extend_from_slice(&buf[..n]),
+                    }
+                }
+            })
+            .await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    });
+
+    // One that stops after its first byte is cut after the timeout, not
+    // after the upstream's 20 s.
+    let stalled = trickle(
+        gw.main,
+        post_head(&gw, "/public/upload", "application/octet-stream", 100_000),
+        None,
+    )
+    .await;
+    let closed = stalled
+        .closed
+        .unwrap_or_else(|| panic!("a stalled upload kept its connection for 6 s: {}", stalled.answer));
+    assert!(closed >= Duration::from_millis(800), "{closed:?}");
+    assert!(closed < Duration::from_secs(3), "{closed:?}");
+    assert!(stalled.answer.starts_with("HTTP/1.1 408"), "{}", stalled.answer);
+
+    let answer = steady.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("got 161"), "{answer}");
+}
+
+// --- connections per address ----------------------------------------------------
+
+/// A keep-alive request like [`keep_alive_get`], from local address `from`;
+/// `None` when that address cannot be bound here.
+async fn keep_alive_get_from(gw: &TestGateway, from: &str) -> Option<(TcpStream, String)> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).ok()?;
+    let mut conn = socket.connect(gw.main).await.ok()?;
+    conn.write_all(format!("GET /_portcullis/healthz HTTP/1.1\r\nHost: {}\r\n\r\n", gw.main).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("an answer");
+    Some((conn, String::from_utf8_lossy(&buf).into_owned()))
+}
+
+#[tokio::test]
+async fn one_address_gets_only_its_share_of_connections() {
+    let gw = TestGateway::start(
+        "[server]\nmax_connections = 100\nmax_connections_per_ip = 3\ntrusted_proxies = [\"127.0.0.3/32\"]\n",
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (conn, head) = keep_alive_get_from(&gw, "127.0.0.1").await.unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        held.push(conn);
+    }
+    // The fourth from the same address is refused like an over-limit one.
+    let (mut conn, head) = keep_alive_get_from(&gw, "127.0.0.1").await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), conn.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a refused connection stays open");
+
+    // Another address still gets in (127/8 is all loopback on Linux).
+    let Some((other, head)) = keep_alive_get_from(&gw, "127.0.0.2").await else {
+        eprintln!("skipped: cannot bind 127.0.0.2 here");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "skipped under CI");
+        return;
+    };
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "another address is refused: {head}"
+    );
+    // A trusted proxy carries many users: not capped.
+    let mut proxied = Vec::new();
+    for _ in 0..6 {
+        let (conn, head) = keep_alive_get_from(&gw, "127.0.0.3").await.unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "a trusted proxy was capped: {head}"
+        );
+        proxied.push(conn);
+    }
+
+    // Once one of its connections closes, the address is served again.
+    held.pop();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (conn, head) = keep_alive_get_from(&gw, "127.0.0.1").await.unwrap();
+        if head.starts_with("HTTP/1.1 200") {
+            held.push(conn);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refused after one closed: {head}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, head) = keep_alive_get_from(&gw, "127.0.0.1").await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 503"), "the cap still holds: {head}");
+    drop(other);
+
+    let metrics = gw
+        .client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("portcullis_connections_refused_total{")
+                && l.contains("listener=\"main\"")
+                && l.contains("limit=\"connections_per_ip\"")),
         "{metrics}"
     );
 }
