@@ -394,6 +394,76 @@ async fn wrong_passwordless_codes_do_not_lock_the_user() {
     assert_eq!(res.status(), 200);
 }
 
+/// A passwordless sign-in through the authentication API is a new sign-in:
+/// it ends the sign-in of the valid session cookie it was sent with, so a
+/// saved copy of the older (level-2) cookie is refused after signing out.
+#[tokio::test]
+async fn a_passwordless_sign_in_ends_the_sign_in_of_the_cookie_presented() {
+    let gw = start_with_users(
+        "passwordless = true\npasswordless_factors = [\"token:software:totp\"]",
+        "",
+    )
+    .await;
+    let login = gw.login_rd("carol", PASSWORD, "/secure/").await;
+    let res = submit_code(&gw, &login, "/secure/", &code(&gw)).await;
+    assert_eq!(res.status(), 303);
+    let a = format!(
+        "portcullis_session={}",
+        set_cookie(&res, "portcullis_session").unwrap().0
+    );
+    assert_eq!(browse(&gw, "/secure/x", &a).await.status(), 200, "level 2");
+    gw.clock.advance(30);
+    let authn = |path: String, body: serde_json::Value| {
+        gw.client()
+            .post(gw.url(&path))
+            .header("content-type", "application/json")
+            .header("cookie", a.clone())
+            .body(body.to_string())
+            .send()
+    };
+    let res = authn(
+        "/_portcullis/api/v1/authn".into(),
+        serde_json::json!({ "username": "carol" }),
+    )
+    .await
+    .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "MFA_REQUIRED", "{body}");
+    let fid = body["_embedded"]["factors"][0]["id"].as_str().unwrap().to_owned();
+    let res = authn(
+        format!("/_portcullis/api/v1/authn/factors/{fid}/verify"),
+        serde_json::json!({ "stateToken": body["stateToken"], "passCode": code(&gw) }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let b = format!(
+        "portcullis_session={}",
+        set_cookie(&res, "portcullis_session").unwrap().0
+    );
+    assert_eq!(browse(&gw, "/other", &b).await.status(), 200);
+    assert_eq!(
+        browse(&gw, "/other", &a).await.status(),
+        302,
+        "the older sign-in ended"
+    );
+    let res = gw
+        .client()
+        .delete(gw.url("/_portcullis/api/v1/sessions/me"))
+        .header("cookie", b.clone())
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(browse(&gw, "/other", &b).await.status(), 302);
+    assert_eq!(
+        browse(&gw, "/other", &a).await.status(),
+        302,
+        "a saved copy of A is refused"
+    );
+}
+
 /// Repeated step-ups keep one `amr` entry per method, and signing out ends
 /// every session id the sign-in went through (each step-up's included).
 #[tokio::test]
