@@ -462,6 +462,70 @@ async fn a_passwordless_sign_in_ends_the_sign_in_of_the_cookie_presented() {
         302,
         "a saved copy of A is refused"
     );
+
+    // The portal's passwordless form, with another level-2 cookie present.
+    gw.clock.advance(30);
+    let login = gw.login_rd("carol", PASSWORD, "/secure/").await;
+    let res = submit_code(&gw, &login, "/secure/", &code(&gw)).await;
+    assert_eq!(res.status(), 303);
+    let a = set_cookie(&res, "portcullis_session").unwrap().0;
+    gw.clock.advance(30);
+    let client = gw.client();
+    let csrf = gw.login_page(&client, "/").await;
+    let cookies = format!("portcullis_session={a}; portcullis_csrf={csrf}");
+    let post = |path: &str, fields: &[(&str, &str)]| {
+        gw.client()
+            .post(gw.url(path))
+            .header("accept", "text/html")
+            .header("cookie", cookies.clone())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(fields))
+            .send()
+    };
+    let res = post(
+        "/_portcullis/login",
+        &[("csrf", &csrf), ("rd", "/"), ("username", "carol")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    let field = |name: &str| {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = page
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no {name} in {page}"))
+            + marker.len();
+        page[start..start + page[start..].find('"').unwrap()].to_owned()
+    };
+    let (state, factor) = (field("state"), field("factor"));
+    let res = post(
+        "/_portcullis/login/factor",
+        &[
+            ("csrf", &csrf),
+            ("rd", "/"),
+            ("state", &state),
+            ("factor", &factor),
+            ("code", &code(&gw)),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 303);
+    let b = set_cookie(&res, "portcullis_session").unwrap().0;
+    assert_eq!(
+        browse(&gw, "/other", &format!("portcullis_session={b}"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        browse(&gw, "/other", &format!("portcullis_session={a}"))
+            .await
+            .status(),
+        302,
+        "the older sign-in ended with the portal's passwordless sign-in"
+    );
 }
 
 /// Repeated step-ups keep one `amr` entry per method, and signing out ends
