@@ -92,36 +92,51 @@ pub struct RateInfo {
     pub reset: UnixTime,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    start: UnixTime,
-    count: u32,
+/// The counts of one fixed window.
+#[derive(Debug, Default)]
+struct Table {
+    /// The window's index (`now / WINDOW`).
+    window: i64,
+    /// Requests admitted per address bucket in this window.
+    counts: HashMap<String, u32>,
+    /// Requests admitted in this window from buckets not in `counts`
+    /// (the table was full).
+    overflow: u32,
+    /// Whether the table was swept at capacity in this window.
+    swept: bool,
 }
 
-/// Fixed one-minute windows per address bucket, in memory.
+/// Fixed one-minute windows (aligned on the minute) per address bucket, in
+/// memory.
 ///
-/// Memory is bounded: expired windows are dropped once more than
-/// [`Self::PRUNE_AT`] buckets are tracked, and beyond [`Self::MAX_TRACKED`]
-/// live buckets new addresses are refused (fail closed) until windows end.
+/// Expiry is cheap: the whole table is cleared when the window rolls. Memory
+/// is bounded by [`Self::MAX_TRACKED`] buckets. When the table is full, it is
+/// swept once per window, keeping only the buckets already at their limit
+/// (they stay refused); if it is still full, new buckets are not tracked but
+/// share [`Self::OVERFLOW_BUDGET`] admissions until the window rolls. The
+/// trade-off: a client with more than 100,000 address buckets can spend that
+/// shared budget and so refuse addresses first seen later in the same window
+/// (at most one minute), but it never refuses addresses already tracked, and
+/// it can never exceed the per-address limit from a tracked address.
 #[derive(Debug)]
 pub struct AddressLimiter {
     per_minute: u32,
-    windows: Mutex<HashMap<String, Window>>,
+    table: Mutex<Table>,
 }
 
 impl AddressLimiter {
     /// The window length.
     pub const WINDOW: i64 = 60;
-    /// Tracked buckets above which expired ones are dropped.
-    pub const PRUNE_AT: usize = 4096;
-    /// Live buckets tracked at most.
+    /// Buckets tracked at most per window.
     pub const MAX_TRACKED: usize = 100_000;
+    /// Admissions per window shared by untracked buckets once the table is full.
+    pub const OVERFLOW_BUDGET: u32 = 10_000;
 
     /// A limiter admitting `per_minute` requests per address bucket and minute.
     pub fn new(per_minute: u32) -> Self {
         Self {
             per_minute,
-            windows: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
         }
     }
 
@@ -130,40 +145,52 @@ impl AddressLimiter {
     pub fn check(&self, addr: IpAddr, now: UnixTime) -> Result<RateInfo, RateInfo> {
         let bucket = crate::regulation::address_bucket(addr);
         let limit = self.per_minute;
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if windows.len() >= Self::PRUNE_AT && !windows.contains_key(&bucket) {
-            windows.retain(|_, w| w.start + Self::WINDOW > now);
-            if windows.len() >= Self::MAX_TRACKED {
-                return Err(RateInfo {
+        let window = now.div_euclid(Self::WINDOW);
+        let reset = (window + 1) * Self::WINDOW;
+        let refused = RateInfo {
+            limit,
+            remaining: 0,
+            reset,
+        };
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if t.window != window {
+            *t = Table {
+                window,
+                ..Table::default()
+            };
+        }
+        if !t.counts.contains_key(&bucket) && t.counts.len() >= Self::MAX_TRACKED {
+            if !t.swept {
+                t.swept = true;
+                t.counts.retain(|_, n| *n >= limit);
+            }
+            if t.counts.len() >= Self::MAX_TRACKED {
+                if t.overflow >= Self::OVERFLOW_BUDGET || limit == 0 {
+                    return Err(refused);
+                }
+                t.overflow += 1;
+                return Ok(RateInfo {
                     limit,
-                    remaining: 0,
-                    reset: now + Self::WINDOW,
+                    remaining: limit - 1,
+                    reset,
                 });
             }
         }
-        let w = windows.entry(bucket).or_insert(Window { start: now, count: 0 });
-        if w.start + Self::WINDOW <= now || w.start > now {
-            *w = Window { start: now, count: 0 };
+        let n = t.counts.entry(bucket).or_insert(0);
+        if *n >= limit {
+            return Err(refused);
         }
-        let reset = w.start + Self::WINDOW;
-        if w.count >= limit {
-            return Err(RateInfo {
-                limit,
-                remaining: 0,
-                reset,
-            });
-        }
-        w.count += 1;
+        *n += 1;
         Ok(RateInfo {
             limit,
-            remaining: limit - w.count,
+            remaining: limit - *n,
             reset,
         })
     }
 
     /// How many buckets are tracked (tests, metrics).
     pub fn tracked(&self) -> usize {
-        self.windows.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).counts.len()
     }
 }
 
@@ -175,34 +202,83 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn v4(i: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))
+    }
+
     #[test]
     fn admits_the_limit_per_address_and_minute() {
         let l = AddressLimiter::new(3);
         for left in [2, 1, 0] {
             assert_eq!(l.check(ip("192.0.2.1"), 100).unwrap().remaining, left);
         }
-        let refused = l.check(ip("192.0.2.1"), 130).unwrap_err();
-        assert_eq!(refused.reset, 160);
+        // Windows are aligned on the minute: [60, 120).
+        let refused = l.check(ip("192.0.2.1"), 110).unwrap_err();
+        assert_eq!(refused.reset, 120);
         // Another address is counted on its own; one /64 is one bucket.
-        assert!(l.check(ip("192.0.2.2"), 130).is_ok());
+        assert!(l.check(ip("192.0.2.2"), 110).is_ok());
         for _ in 0..3 {
-            assert!(l.check(ip("2001:db8::1"), 130).is_ok());
+            assert!(l.check(ip("2001:db8::1"), 110).is_ok());
         }
-        assert!(l.check(ip("2001:db8::ffff"), 130).is_err());
+        assert!(l.check(ip("2001:db8::ffff"), 110).is_err());
         // The next window admits again.
-        assert!(l.check(ip("192.0.2.1"), 160).is_ok());
+        assert!(l.check(ip("192.0.2.1"), 120).is_ok());
     }
 
     #[test]
-    fn memory_stays_bounded() {
+    fn the_table_is_cleared_when_the_window_rolls() {
         let l = AddressLimiter::new(1);
-        for i in 0..(AddressLimiter::PRUNE_AT as u32 + 10) {
-            let a = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            assert!(l.check(a, 0).is_ok());
+        for i in 0..5000 {
+            assert!(l.check(v4(i), 0).is_ok());
         }
-        // A minute later the old windows are dropped when a new address comes.
-        assert!(l.check(ip("192.0.2.1"), 61).is_ok());
+        assert!(l.check(v4(0), 59).is_err());
+        assert_eq!(l.tracked(), 5000);
+        // The first request of the next window starts an empty table.
+        assert!(l.check(ip("192.0.2.1"), 60).is_ok());
         assert_eq!(l.tracked(), 1);
+        assert!(l.check(v4(0), 61).is_ok());
+        // A clock stepping back also starts a new table (never a stuck one).
+        assert!(l.check(v4(0), 0).is_ok());
+    }
+
+    #[test]
+    fn a_full_table_keeps_only_addresses_over_their_limit() {
+        let l = AddressLimiter::new(2);
+        let max = u32::try_from(AddressLimiter::MAX_TRACKED).unwrap();
+        // One address at its limit, then the table filled with addresses under it.
+        for _ in 0..2 {
+            assert!(l.check(ip("192.0.2.1"), 0).is_ok());
+        }
+        for i in 1..max {
+            assert!(l.check(v4(i), 0).is_ok());
+        }
+        assert_eq!(l.tracked(), AddressLimiter::MAX_TRACKED);
+        // A new address is admitted: the sweep dropped those under their limit.
+        assert!(l.check(ip("192.0.2.2"), 1).is_ok());
+        assert_eq!(l.tracked(), 2);
+        assert!(l.check(ip("192.0.2.1"), 1).is_err(), "still over its limit");
+    }
+
+    #[test]
+    fn at_capacity_new_addresses_share_an_overflow_budget_until_the_window_rolls() {
+        let l = AddressLimiter::new(1);
+        let max = u32::try_from(AddressLimiter::MAX_TRACKED).unwrap();
+        for i in 0..max {
+            assert!(l.check(v4(i), 0).is_ok());
+        }
+        // Every tracked address is at its limit: new ones are not refused
+        // outright but share the overflow budget.
+        for i in 0..AddressLimiter::OVERFLOW_BUDGET {
+            assert!(l.check(v4(max + i), 1).is_ok(), "overflow admission {i}");
+        }
+        assert_eq!(l.tracked(), AddressLimiter::MAX_TRACKED);
+        let refused = l.check(ip("192.0.2.200"), 2).unwrap_err();
+        assert_eq!(refused.reset, 60);
+        assert!(l.check(v4(0), 2).is_err(), "a tracked address stays at its limit");
+        // The next window starts afresh.
+        assert!(l.check(ip("192.0.2.200"), 60).is_ok());
+        assert!(l.check(v4(0), 60).is_ok());
+        assert_eq!(l.tracked(), 2);
     }
 
     #[test]

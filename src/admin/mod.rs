@@ -288,10 +288,13 @@ impl FromRequestParts<Arc<AppState>> for Admin {
 /// ([`throttle`]); else the answer: 429 while throttled, 401 without a
 /// right token (a wrong one is counted).
 fn checked_token(st: &AppState, parts: &Parts) -> Result<usize, Box<Response>> {
+    // The client address as the main listener resolves it (trusted proxies
+    // and X-Forwarded-For), so one client behind a proxy throttles only itself.
     let peer = parts
         .extensions
         .get::<crate::gateway::prepare::ConnInfo>()
         .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.peer.ip());
+    let peer = crate::gateway::prepare::client_addr(peer, &parts.headers, &st.config.server.trusted_proxies);
     let now = st.clock.now();
     if let Some(reset) = st.admin_throttle.blocked(peer, now) {
         crate::audit!("admin.refused", method = %parts.method, path = %parts.uri.path(), client = %peer, reason = "too many wrong tokens");

@@ -562,6 +562,7 @@ pub async fn authn(
     }
     let amr = vec!["pwd".to_owned()];
     if !st.config.factors.any_second_factor() {
+        login::end_prior_sign_in(&st, &headers).await;
         return success(&st, &user, 1, amr, now, None, None).await;
     }
     let factors = match factors::list(&st, &user).await {
@@ -579,6 +580,7 @@ pub async fn authn(
     let enrolling = factors.is_empty();
     // A correct password is one factor: the level-1 cookie now, level 2 after
     // the second. The transaction remembers it, so the upgrade replaces it.
+    login::end_prior_sign_in(&st, &headers).await;
     let (level1, cookie) = login::issue_session(&st, &user, 1, amr.clone(), None);
     let state = AuthnState {
         status: if enrolling { "MFA_ENROLL" } else { "MFA_REQUIRED" }.into(),
@@ -986,7 +988,9 @@ pub(crate) async fn decoy_verify(
 
 /// Completes the transaction after a verified factor: level 2 after a
 /// password, level 1 for a passwordless sign-in.
-async fn complete(st: &AppState, loaded: &Loaded, method: &str) -> Response {
+/// `headers` are the request's: a passwordless sign-in is a new one, which
+/// ends the sign-in of a valid session cookie they carry.
+async fn complete(st: &AppState, headers: &HeaderMap, loaded: &Loaded, method: &str) -> Response {
     if let Err(r) = finish(st, loaded).await {
         return r;
     }
@@ -994,6 +998,7 @@ async fn complete(st: &AppState, loaded: &Loaded, method: &str) -> Response {
     crate::session::add_method(&mut amr, method);
     if loaded.state.passwordless {
         crate::audit!("signin.passwordless.succeeded", user = %loaded.user.username, method = method);
+        login::end_prior_sign_in(st, headers).await;
         success(st, &loaded.user, 1, amr, st.clock.now(), None, None).await
     } else {
         success(
@@ -1133,7 +1138,13 @@ async fn start_push(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) 
 
 /// Polls the push in progress for `factor`: SUCCESS completes the sign-in;
 /// REJECTED and TIMEOUT end the challenge (the next verify sends a new push).
-async fn poll_push(st: &AppState, loaded: &Loaded, factor: &Factor, pending: &Pending) -> Response {
+async fn poll_push(
+    st: &AppState,
+    headers: &HeaderMap,
+    loaded: &Loaded,
+    factor: &Factor,
+    pending: &Pending,
+) -> Response {
     let tid = pending.transaction_id.as_deref().unwrap_or_default();
     let result = match factors::push::status(st, &loaded.user, factor, tid).await {
         Ok(r) => r.unwrap_or(PushResult::Timeout),
@@ -1149,7 +1160,7 @@ async fn poll_push(st: &AppState, loaded: &Loaded, factor: &Factor, pending: &Pe
             Some((PushResult::Waiting, pending.correct_answer)),
         ),
         PushResult::Success => match factors::push::consume(st, &loaded.user, factor, tid).await {
-            Ok(true) => complete(st, loaded, "push").await,
+            Ok(true) => complete(st, headers, loaded, "push").await,
             Ok(false) => ApiError::new(ErrorCode::E0000011).into_response(),
             Err(e) => verify_error(e),
         },
@@ -1192,7 +1203,7 @@ pub async fn verify(
         if let Err(e) = factors::verify_recovery(&st, &user, &code, addr).await {
             return verify_error(e);
         }
-        return complete(&st, &loaded, "recovery").await;
+        return complete(&st, &headers, &loaded, "recovery").await;
     }
     if !matches!(loaded.state.status.as_str(), "MFA_REQUIRED" | "MFA_CHALLENGE") {
         // Another user's (or no) factor is 404 first, as everywhere.
@@ -1233,7 +1244,7 @@ pub async fn verify(
             if let Err(e) = verified {
                 return verify_error(e);
             }
-            complete(&st, &loaded, "otp").await
+            complete(&st, &headers, &loaded, "otp").await
         }
         t @ ("sms" | "call" | "email") => match code {
             None => send_code(&st, &ctx, &loaded, &factor).await,
@@ -1241,12 +1252,12 @@ pub async fn verify(
                 if let Err(e) = factors::verify(&st, &user, &factor, &code, addr, &loaded.flow()).await {
                     return verify_error(e);
                 }
-                complete(&st, &loaded, amr_of(t)).await
+                complete(&st, &headers, &loaded, amr_of(t)).await
             }
         },
         "push" => match loaded.state.challenge.clone() {
             Some(p) if p.factor_id == factor.record.id && p.transaction_id.is_some() => {
-                poll_push(&st, &loaded, &factor, &p).await
+                poll_push(&st, &headers, &loaded, &factor, &p).await
             }
             _ => start_push(&st, &ctx, &loaded, &factor).await,
         },

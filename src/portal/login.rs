@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 
 use crate::audit;
 use crate::gateway::AppState;
@@ -200,4 +200,18 @@ pub async fn retire(
 pub async fn revoke(st: &AppState, claims: &SessionClaims) -> Result<(), crate::store::StoreError> {
     retire(st, &claims.sin, claims.auth).await?;
     retire(st, &claims.sid, claims.auth).await
+}
+
+/// A new sign-in replaces the one of the session cookie the request carried,
+/// if that cookie is still valid: its whole sign-in is revoked (in the store,
+/// so on every replica, as at sign-out), so a saved copy of the older cookie
+/// stops working and signing out of the new sign-in leaves nothing behind.
+/// Best effort, like [`retire`]: the new sign-in goes on if the store fails.
+/// Call it when the new sign-in's session cookie is issued.
+pub async fn end_prior_sign_in(st: &AppState, headers: &HeaderMap) {
+    if let crate::enforce::SessionState::Valid(old) = st.enforcer.session(headers)
+        && let Err(e) = revoke(st, &old.claims).await
+    {
+        tracing::warn!(error = %e, "could not revoke the sign-in a new one replaces");
+    }
 }

@@ -244,6 +244,7 @@ async fn login_submit(
     }
     match login::check_password(&st, &f.username, Secret::new(f.password), ctx.0.client_addr).await {
         Ok(user) => {
+            login::end_prior_sign_in(&st, &headers).await;
             let (claims, cookie) = login::issue_session(&st, &user, 1, vec!["pwd".into()], None);
             let active = crate::enforce::ActiveSession {
                 claims,

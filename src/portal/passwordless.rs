@@ -194,10 +194,18 @@ fn expired(st: &AppState, headers: &HeaderMap, rd: &str) -> Response {
 
 /// Signs the user in at level 1 after the possession factor, and sends the
 /// browser on (to the password step when the target needs two factors).
-async fn signed_in(st: &AppState, ctx: &Ctx, loaded: &Loaded, method: &str, rd: &str) -> Response {
+async fn signed_in(
+    st: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    loaded: &Loaded,
+    method: &str,
+    rd: &str,
+) -> Response {
     if authn::finish(st, loaded).await.is_err() {
         return see_other(&format!("{}/login?rd={}", st.config.portal.prefix, enc(rd)));
     }
+    login::end_prior_sign_in(st, headers).await;
     let (claims, cookie) = login::issue_session(st, &loaded.user, 1, vec![method.to_owned()], None);
     crate::audit!("signin.passwordless.succeeded", user = %loaded.user.username, method = method);
     let active = ActiveSession {
@@ -298,7 +306,7 @@ pub async fn factor_step(
         })
         .await;
         return match result {
-            Ok(()) => signed_in(&st, &ctx, &loaded, "otp", &rd).await,
+            Ok(()) => signed_in(&st, &ctx, &headers, &loaded, "otp", &rd).await,
             Err(VerifyError::Unavailable) => mfa::unavailable_page(),
             Err(e) => {
                 let (status, msg) = mfa::verify_message(e);
@@ -323,7 +331,7 @@ pub async fn factor_step(
                 return mfa::with_csrf(html(StatusCode::OK, page), set);
             }
             PushResult::Success => match factors::push::consume(&st, &loaded.user, &factor, &f.tx).await {
-                Ok(true) => return signed_in(&st, &ctx, &loaded, "push", &rd).await,
+                Ok(true) => return signed_in(&st, &ctx, &headers, &loaded, "push", &rd).await,
                 Ok(false) => "That sign-in request was already used. Send a new one.",
                 Err(e) => mfa::verify_message(e).1,
             },

@@ -3,7 +3,8 @@
 //! portal); removing one's own factor ends the user's other sessions; text
 //! sent to a person names the app from configuration, whatever Host the
 //! request carried; `__Host-` cookie names when the cookie is secure and
-//! host-only.
+//! host-only; a new sign-in (portal or API) ends the sign-in of the valid
+//! session cookie it was sent with.
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -136,6 +137,86 @@ async fn portal_sign_out_ends_the_api_sign_in_it_continues() {
     assert_eq!(res.status(), 200);
     assert_eq!(private(&gw, &level2).await, 401);
     assert_eq!(private(&gw, &level1).await, 401, "the password step's cookie too");
+}
+
+/// Signs out through the API with a session cookie.
+async fn api_sign_out(gw: &TestGateway, session: &str) {
+    let res = gw
+        .client()
+        .delete(gw.url("/_portcullis/api/v1/sessions/me"))
+        .header("cookie", format!("portcullis_session={session}"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+}
+
+#[tokio::test]
+async fn signing_in_again_ends_the_sign_in_of_the_cookie_presented() {
+    let gw = gateway("").await;
+    let (fid, secret) = active_totp(&gw, &TestGateway::uid("alice")).await;
+
+    // Through the portal's login form, with the level-2 cookie A present.
+    let a = level2(&gw, "alice", ALICE.password, &fid, &secret).await;
+    assert_eq!(private(&gw, &a).await, 200);
+    let page = gw
+        .client()
+        .get(gw.url("/_portcullis/login"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let (csrf_cookie, _) = set_cookie(&page, "portcullis_csrf").expect("a CSRF cookie");
+    let csrf = csrf_field(&page.text().await.unwrap());
+    let res = gw
+        .client()
+        .post(gw.url("/_portcullis/login"))
+        .header("accept", "text/html")
+        .header(
+            "cookie",
+            format!("portcullis_session={a}; portcullis_csrf={csrf_cookie}"),
+        )
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("csrf", &csrf),
+            ("rd", "/"),
+            ("username", "alice"),
+            ("password", ALICE.password),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let (b, _) = set_cookie(&res, "portcullis_session").expect("a new session");
+    assert_eq!(private(&gw, &b).await, 200);
+    assert_eq!(
+        private(&gw, &a).await,
+        401,
+        "the older sign-in ended with the new one"
+    );
+    api_sign_out(&gw, &b).await;
+    assert_eq!(private(&gw, &b).await, 401);
+    assert_eq!(private(&gw, &a).await, 401, "a saved copy of A is refused");
+
+    // Through the authn API's password step, with another level-2 cookie present.
+    let a = level2(&gw, "alice", ALICE.password, &fid, &secret).await;
+    assert_eq!(private(&gw, &a).await, 200);
+    let res = gw
+        .client()
+        .post(gw.url(AUTHN))
+        .header("cookie", format!("portcullis_session={a}"))
+        .json(&json!({ "username": "alice", "password": ALICE.password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (c, _) = set_cookie(&res, "portcullis_session").expect("a level-1 cookie");
+    assert_eq!(private(&gw, &c).await, 200);
+    assert_eq!(private(&gw, &a).await, 401);
+    api_sign_out(&gw, &c).await;
+    assert_eq!(private(&gw, &a).await, 401, "a saved copy of A is refused");
 }
 
 /// A self-service call with cookies and `X-CSRF-Token`.

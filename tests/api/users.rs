@@ -84,6 +84,35 @@ async fn wrong_tokens_are_throttled_per_address() {
         .expect(200, None);
 }
 
+/// Behind a trusted reverse proxy, wrong tokens count per client address
+/// (`X-Forwarded-For`), not per proxy: one client's guesses never lock the
+/// admin API for the others.
+#[tokio::test]
+async fn wrong_tokens_behind_a_proxy_throttle_only_their_client() {
+    let gw = gateway("[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n").await;
+    let call = |xff: &'static str, auth: String| {
+        let req = gw
+            .client()
+            .get(gw.admin_url("/api/v1/users"))
+            .header("accept", "application/json")
+            .header("x-forwarded-for", xff)
+            .header("authorization", auth);
+        crate::common::send(req)
+    };
+    for i in 0..10 {
+        call("203.0.113.9", format!("SSWS guess-{i:02}-0123456789abcdef"))
+            .await
+            .expect(401, Some("E0000011"));
+    }
+    call("203.0.113.9", format!("SSWS {TOKEN}"))
+        .await
+        .expect(429, Some("E0000047"));
+    // Another client behind the same proxy is not throttled.
+    call("198.51.100.7", format!("SSWS {TOKEN}"))
+        .await
+        .expect(200, None);
+}
+
 #[tokio::test]
 async fn users_are_created_shown_and_sign_in() {
     let gw = gateway("").await;

@@ -394,6 +394,140 @@ async fn wrong_passwordless_codes_do_not_lock_the_user() {
     assert_eq!(res.status(), 200);
 }
 
+/// A passwordless sign-in through the authentication API is a new sign-in:
+/// it ends the sign-in of the valid session cookie it was sent with, so a
+/// saved copy of the older (level-2) cookie is refused after signing out.
+#[tokio::test]
+async fn a_passwordless_sign_in_ends_the_sign_in_of_the_cookie_presented() {
+    let gw = start_with_users(
+        "passwordless = true\npasswordless_factors = [\"token:software:totp\"]",
+        "",
+    )
+    .await;
+    let login = gw.login_rd("carol", PASSWORD, "/secure/").await;
+    let res = submit_code(&gw, &login, "/secure/", &code(&gw)).await;
+    assert_eq!(res.status(), 303);
+    let a = format!(
+        "portcullis_session={}",
+        set_cookie(&res, "portcullis_session").unwrap().0
+    );
+    assert_eq!(browse(&gw, "/secure/x", &a).await.status(), 200, "level 2");
+    gw.clock.advance(30);
+    let authn = |path: String, body: serde_json::Value| {
+        gw.client()
+            .post(gw.url(&path))
+            .header("content-type", "application/json")
+            .header("cookie", a.clone())
+            .body(body.to_string())
+            .send()
+    };
+    let res = authn(
+        "/_portcullis/api/v1/authn".into(),
+        serde_json::json!({ "username": "carol" }),
+    )
+    .await
+    .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "MFA_REQUIRED", "{body}");
+    let fid = body["_embedded"]["factors"][0]["id"].as_str().unwrap().to_owned();
+    let res = authn(
+        format!("/_portcullis/api/v1/authn/factors/{fid}/verify"),
+        serde_json::json!({ "stateToken": body["stateToken"], "passCode": code(&gw) }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let b = format!(
+        "portcullis_session={}",
+        set_cookie(&res, "portcullis_session").unwrap().0
+    );
+    assert_eq!(browse(&gw, "/other", &b).await.status(), 200);
+    assert_eq!(
+        browse(&gw, "/other", &a).await.status(),
+        302,
+        "the older sign-in ended"
+    );
+    let res = gw
+        .client()
+        .delete(gw.url("/_portcullis/api/v1/sessions/me"))
+        .header("cookie", b.clone())
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(browse(&gw, "/other", &b).await.status(), 302);
+    assert_eq!(
+        browse(&gw, "/other", &a).await.status(),
+        302,
+        "a saved copy of A is refused"
+    );
+
+    // The portal's passwordless form, with another level-2 cookie present.
+    gw.clock.advance(30);
+    let login = gw.login_rd("carol", PASSWORD, "/secure/").await;
+    let res = submit_code(&gw, &login, "/secure/", &code(&gw)).await;
+    assert_eq!(res.status(), 303);
+    let a = set_cookie(&res, "portcullis_session").unwrap().0;
+    gw.clock.advance(30);
+    let client = gw.client();
+    let csrf = gw.login_page(&client, "/").await;
+    let cookies = format!("portcullis_session={a}; portcullis_csrf={csrf}");
+    let post = |path: &str, fields: &[(&str, &str)]| {
+        gw.client()
+            .post(gw.url(path))
+            .header("accept", "text/html")
+            .header("cookie", cookies.clone())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(fields))
+            .send()
+    };
+    let res = post(
+        "/_portcullis/login",
+        &[("csrf", &csrf), ("rd", "/"), ("username", "carol")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    let field = |name: &str| {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = page
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no {name} in {page}"))
+            + marker.len();
+        page[start..start + page[start..].find('"').unwrap()].to_owned()
+    };
+    let (state, factor) = (field("state"), field("factor"));
+    let res = post(
+        "/_portcullis/login/factor",
+        &[
+            ("csrf", &csrf),
+            ("rd", "/"),
+            ("state", &state),
+            ("factor", &factor),
+            ("code", &code(&gw)),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 303);
+    let b = set_cookie(&res, "portcullis_session").unwrap().0;
+    assert_eq!(
+        browse(&gw, "/other", &format!("portcullis_session={b}"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        browse(&gw, "/other", &format!("portcullis_session={a}"))
+            .await
+            .status(),
+        302,
+        "the older sign-in ended with the portal's passwordless sign-in"
+    );
+}
+
 /// Repeated step-ups keep one `amr` entry per method, and signing out ends
 /// every session id the sign-in went through (each step-up's included).
 #[tokio::test]
