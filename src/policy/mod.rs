@@ -117,10 +117,11 @@ impl Policy {
 }
 
 /// The requirements of every reading of a request's path (see
-/// [`Policy::evaluate`]): at most four, kept inline.
+/// [`Policy::evaluate`]): at most eight (the path and its seven other
+/// readings), kept inline.
 #[derive(Debug, Clone, Copy)]
 pub struct Evaluation<'p> {
-    requirements: [Option<Requirement<'p>>; 4],
+    requirements: [Option<Requirement<'p>>; 8],
 }
 
 impl<'p> Evaluation<'p> {
@@ -202,15 +203,16 @@ impl Policy {
     /// The requirements of a request under every reading an upstream may give
     /// its normalized path (`facts.path`): the path itself (nginx, Apache),
     /// without `;params` (Tomcat, Jetty, Spring), with trailing dots and spaces
-    /// trimmed (IIS), and both (see [`normalize::readings`]). A clean path has
-    /// one reading and costs one scan more than [`Policy::requirement`].
+    /// trimmed (IIS), both, and each without a trailing `/` (Express, Spring
+    /// MVC; see [`normalize::readings`]). A clean path has one reading and
+    /// costs one scan more than [`Policy::requirement`].
     pub fn evaluate(&self, facts: &RequestFacts<'_>) -> Evaluation<'_> {
-        let mut requirements = [None; 4];
+        let mut requirements = [None; 8];
         requirements[0] = Some(self.requirement(facts));
         let mut n = 1;
         for reading in normalize::readings(facts.path) {
             let r = self.requirement(&RequestFacts {
-                path: &reading,
+                path: reading.as_ref(),
                 ..*facts
             });
             let seen = requirements
@@ -788,7 +790,7 @@ mod tests {
                     prop_assert_eq!(twice.as_deref(), Ok(once.as_ref()), "{:?}", path);
                     for r in readings(&once) {
                         let again = normalize(&r);
-                        prop_assert_eq!(again.as_deref(), Ok(r.as_str()), "{:?} -> {:?}", path, once);
+                        prop_assert_eq!(again.as_deref(), Ok(r.as_ref()), "{:?} -> {:?}", path, once);
                     }
                 }
             }
