@@ -497,6 +497,9 @@ mod tests {
                 pay,
                 r("^/secret(/|$)", PolicyKind::Deny),
                 r("^/app/", PolicyKind::OneFactor),
+                r(r"^/odata/\$metadata", PolicyKind::Deny),
+                r("^/%C3%BCber/", PolicyKind::Deny),
+                r("^/vault$", PolicyKind::Deny),
             ],
             PolicyKind::Bypass,
         )
@@ -569,6 +572,44 @@ mod tests {
     }
 
     #[test]
+    fn every_spelling_of_a_character_gets_the_same_decision() {
+        let p = hostile_policy(false);
+        let c2 = claims(2, 900, Some(950));
+        let admins = ["admins".to_string()];
+        for path in [
+            "/odata/$metadata",
+            "/odata/%24metadata",
+            "/%C3%BCber/x",
+            "/%c3%bcber/x",
+            "/über/x",
+            "/%C3%BCber/x",
+        ] {
+            let normal = normalize::normalize(path).unwrap();
+            assert_eq!(decision(&p, &normal, None), Decision::Deny, "{path}");
+            assert_eq!(
+                decision(&p, &normal, Some((&c2, &admins))),
+                Decision::Deny,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_trailing_slash_does_not_walk_around_an_anchored_rule() {
+        let p = hostile_policy(false);
+        assert_eq!(decision(&p, "/vault", None), Decision::Deny);
+        assert_eq!(decision(&p, "/vault/", None), Decision::Deny);
+        assert_eq!(decision(&p, "/vault;x/", None), Decision::Deny);
+        assert_eq!(decision(&p, "/vault./", None), Decision::Deny);
+        assert_eq!(decision(&p, "/vault/x", None), Decision::Bypass);
+        assert_eq!(decision(&p, "/", None), Decision::Bypass);
+        // Readings of all three kinds and the path itself fit inline.
+        let get = Method::GET;
+        let eval = p.evaluate(&facts("a", "/vault.;x/", &get));
+        assert_eq!(eval.decide(None, 1_000).0, Decision::Deny);
+    }
+
+    #[test]
     fn readings_combine_to_the_strictest() {
         let p = hostile_policy(false);
         let get = Method::GET;
@@ -633,6 +674,8 @@ mod tests {
             let Ok(normal) = normalize(variant) else {
                 return Ok(()); // refused: never laxer
             };
+            let base = normalize(base).map_err(|e| TestCaseError::fail(format!("{base}: {e}")))?;
+            let base = base.as_ref();
             let all = sessions();
             let mut cases: Vec<Option<(&SessionClaims, &[String])>> = vec![None];
             cases.extend(all.iter().map(|(c, g)| Some((c, g.as_slice()))));
@@ -660,6 +703,11 @@ mod tests {
                 "Admin",
                 "index.html",
                 "~u",
+                "odata",
+                "$metadata",
+                "%C3%BCber",
+                "vault",
+                "a=b,c",
             ]);
             (prop::collection::vec(seg, 1..5), any::<bool>()).prop_map(|(segs, slash)| {
                 let mut p = String::new();
@@ -685,6 +733,12 @@ mod tests {
             TrailingDots(usize),
             TrailingSpace,
             Upper(usize),
+            /// Escapes of non-ASCII characters written raw (`%C3%BC` -> `ü`).
+            Raw,
+            /// Escapes with lower-case hex.
+            LowerHex,
+            /// A trailing `/` after the last segment.
+            TrailingSlash,
             Same,
         }
 
@@ -698,6 +752,9 @@ mod tests {
                 (1usize..3).prop_map(Trick::TrailingDots),
                 Just(Trick::TrailingSpace),
                 (0usize..8).prop_map(Trick::Upper),
+                Just(Trick::Raw),
+                Just(Trick::LowerHex),
+                Just(Trick::TrailingSlash),
                 Just(Trick::Same),
             ]
         }
@@ -730,7 +787,24 @@ mod tests {
                             .map(|(j, c)| if j == at { c.to_ascii_uppercase() } else { c })
                             .collect();
                     }
-                    Trick::Upper(_) | Trick::Same => {}
+                    Trick::Raw => {
+                        if let Ok(raw) = percent_encoding::percent_decode_str(&s).decode_utf8() {
+                            s = raw.into_owned();
+                        }
+                    }
+                    Trick::LowerHex => {
+                        let b = s.as_bytes();
+                        s = b
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &c)| {
+                                let in_escape = (j >= 1 && b[j - 1] == b'%') || (j >= 2 && b[j - 2] == b'%');
+                                char::from(if in_escape { c.to_ascii_lowercase() } else { c })
+                            })
+                            .collect();
+                    }
+                    Trick::TrailingSlash if i + 1 == segs.len() => s.push('/'),
+                    Trick::Upper(_) | Trick::TrailingSlash | Trick::Same => {}
                 }
                 out.push('/');
                 out.push_str(&s);
