@@ -74,8 +74,9 @@ fn is_unreserved(b: u8) -> bool {
 
 /// Characters whose escape is decoded: they may appear raw in a segment and
 /// mean the same raw or encoded to every upstream (RFC 3986 `pchar` without
-/// `;`, which starts parameters for some upstreams).
-fn decodes(b: u8) -> bool {
+/// `;`, which starts parameters for some upstreams). A rule that spells one
+/// of them as an escape can never match.
+pub fn decodes(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,
