@@ -181,8 +181,10 @@ fn check_config(path: &Path) -> ExitCode {
 pub fn paths_summary(case_insensitive: bool) -> String {
     format!(
         "paths: ';' parameters are stripped per segment for rule matching (strictest of \
-         Tomcat/nginx/IIS readings); %25XX, %3B, overlong UTF-8 and dot-lookalike segments \
-         answer 400; {} rules (case_insensitive_paths = {case_insensitive})",
+         Tomcat/nginx/IIS readings, also without a trailing '/'); one spelling per character \
+         (escapes of unreserved characters, sub-delims, ':' and '@' decoded; raw non-ASCII and \
+         unsafe ASCII encoded, upper-case hex); %25XX, %3B, overlong UTF-8 and dot-lookalike \
+         segments answer 400; {} rules (case_insensitive_paths = {case_insensitive})",
         if case_insensitive {
             "case-insensitive"
         } else {

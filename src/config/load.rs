@@ -2486,6 +2486,63 @@ fn convert_rules(
     (!malformed && cx.error_count() == before).then_some(out)
 }
 
+/// Spellings in a rule's path regex that a normalized path never contains
+/// (see [`crate::policy::normalize`]), so the rule could never match there: a
+/// raw non-ASCII character (paths carry it percent-encoded, upper-case hex),
+/// an escape with lower-case hex (unless matching ignores case), and an
+/// escape of a character that is decoded (`%24` is always `$`).
+fn never_matching_spellings(pattern: &str, case_insensitive: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(c) = pattern.chars().find(|c| !c.is_ascii()) {
+        let mut buf = [0; 4];
+        let encoded: String = c
+            .encode_utf8(&mut buf)
+            .bytes()
+            .map(|b| format!("%{b:02X}"))
+            .collect();
+        out.push(format!(
+            "contains the raw non-ASCII character {c:?}, which never matches: paths are matched \
+             percent-encoded with upper-case hex, so write {encoded} (in {pattern:?})"
+        ));
+    }
+    let bytes = pattern.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |j: usize| bytes.get(j).copied().filter(u8::is_ascii_hexdigit);
+        let (Some(h), Some(l)) = (hex(i + 1), hex(i + 2)) else {
+            i += 1;
+            continue;
+        };
+        if bytes[i] != b'%' {
+            i += 1;
+            continue;
+        }
+        let text = &pattern[i..i + 3];
+        let hex_val = |d: u8| {
+            char::from(d)
+                .to_digit(16)
+                .and_then(|v| u8::try_from(v).ok())
+                .unwrap_or(0)
+        };
+        let v = hex_val(h) * 16 + hex_val(l);
+        if crate::policy::normalize::decodes(v) {
+            let c = char::from(v);
+            out.push(format!(
+                "the escape {text} never matches: paths are matched with it decoded, so write {c:?} \
+                 (escaped for the regex if needed) (in {pattern:?})"
+            ));
+        } else if !case_insensitive && text.bytes().any(|b| b.is_ascii_lowercase()) {
+            out.push(format!(
+                "the lower-case escape {text} never matches: paths are matched with upper-case hex, \
+                 so write {} (in {pattern:?})",
+                text.to_ascii_uppercase()
+            ));
+        }
+        i += 3;
+    }
+    out
+}
+
 fn convert_rule(cx: &mut Ctx<'_>, i: usize, raw: RawRule, case_insensitive: bool) -> Option<RuleConfig> {
     let k = |field: &str| format!("rules[{i}].{field}");
     let before = cx.error_count();
@@ -2496,6 +2553,11 @@ fn convert_rule(cx: &mut Ctx<'_>, i: usize, raw: RawRule, case_insensitive: bool
             .case_insensitive(case_insensitive)
             .build()
     };
+    if let Some(pattern) = raw.path.as_deref() {
+        for problem in never_matching_spellings(pattern, case_insensitive) {
+            cx.error(k("path"), problem);
+        }
+    }
     let path = raw.path.as_deref().and_then(|pattern| match compiled(pattern) {
         Ok(re) => Some(re),
         Err(e) => {
@@ -2756,6 +2818,56 @@ url = "http://127.0.0.1:3000"
     }
 
     // --- defaults -----------------------------------------------------------
+
+    #[test]
+    fn rule_paths_that_can_never_match_a_normalized_path_are_refused() {
+        let errs = errors(&with(
+            r#"
+[[rules]]
+path = "^/über/"
+policy = "deny"
+
+[[rules]]
+path = "^/caf%c3%a9/"
+policy = "deny"
+
+[[rules]]
+path = "^/odata/%24metadata"
+policy = "deny"
+
+[[rules]]
+path = "^/a%3ab"
+policy = "deny"
+"#,
+        ));
+        assert_has(&errs, "rules[0].path", "raw non-ASCII character 'ü'");
+        assert_has(&errs, "rules[0].path", "write %C3%BC");
+        assert_has(&errs, "rules[1].path", "lower-case escape %c3 never matches");
+        assert_has(&errs, "rules[1].path", "write %A9");
+        assert_has(&errs, "rules[2].path", "the escape %24 never matches");
+        assert_has(&errs, "rules[3].path", "the escape %3a never matches");
+        // The spellings a normalized path has load, and so does a kept escape.
+        ok(&with(
+            r#"
+[[rules]]
+path = "^/%C3%BCber/"
+policy = "deny"
+
+[[rules]]
+path = "^/odata/\\$metadata(/|$)"
+policy = "deny"
+
+[[rules]]
+path = "^/a%20b%3F%25/"
+policy = "deny"
+"#,
+        ));
+        // Matching that ignores case matches lower-case escapes too.
+        ok(&format!(
+            "case_insensitive_paths = true\n{}",
+            with("[[rules]]\npath = \"^/caf%c3%a9/\"\npolicy = \"deny\"\n")
+        ));
+    }
 
     #[test]
     fn minimal_config_loads_with_every_default() {

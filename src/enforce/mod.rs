@@ -258,11 +258,19 @@ where
     // normal form and it is what the inner service sees.
     match normalize(req.uri().path()) {
         Ok(std::borrow::Cow::Borrowed(_)) => {}
-        Ok(std::borrow::Cow::Owned(p)) => {
-            if let Some(uri) = replace_path(req.uri(), &p) {
-                *req.uri_mut() = uri;
+        Ok(std::borrow::Cow::Owned(p)) => match replace_path(req.uri(), &p) {
+            Some(uri) => *req.uri_mut() = uri,
+            // Fail closed: never decide on (or pass on) the unnormalized path.
+            None => {
+                return with_access(
+                    ApiError::new(ErrorCode::E0000001)
+                        .cause("invalid path")
+                        .into_response(),
+                    "invalid",
+                    None,
+                );
             }
-        }
+        },
         Err(reason) => {
             crate::audit!("request.path_refused", reason = %reason, client = %ctx.client_addr);
             return with_access(

@@ -117,10 +117,11 @@ impl Policy {
 }
 
 /// The requirements of every reading of a request's path (see
-/// [`Policy::evaluate`]): at most four, kept inline.
+/// [`Policy::evaluate`]): at most eight (the path and its seven other
+/// readings), kept inline.
 #[derive(Debug, Clone, Copy)]
 pub struct Evaluation<'p> {
-    requirements: [Option<Requirement<'p>>; 4],
+    requirements: [Option<Requirement<'p>>; 8],
 }
 
 impl<'p> Evaluation<'p> {
@@ -202,15 +203,16 @@ impl Policy {
     /// The requirements of a request under every reading an upstream may give
     /// its normalized path (`facts.path`): the path itself (nginx, Apache),
     /// without `;params` (Tomcat, Jetty, Spring), with trailing dots and spaces
-    /// trimmed (IIS), and both (see [`normalize::readings`]). A clean path has
-    /// one reading and costs one scan more than [`Policy::requirement`].
+    /// trimmed (IIS), both, and each without a trailing `/` (Express, Spring
+    /// MVC; see [`normalize::readings`]). A clean path has one reading and
+    /// costs one scan more than [`Policy::requirement`].
     pub fn evaluate(&self, facts: &RequestFacts<'_>) -> Evaluation<'_> {
-        let mut requirements = [None; 4];
+        let mut requirements = [None; 8];
         requirements[0] = Some(self.requirement(facts));
         let mut n = 1;
         for reading in normalize::readings(facts.path) {
             let r = self.requirement(&RequestFacts {
-                path: &reading,
+                path: reading.as_ref(),
                 ..*facts
             });
             let seen = requirements
@@ -495,6 +497,9 @@ mod tests {
                 pay,
                 r("^/secret(/|$)", PolicyKind::Deny),
                 r("^/app/", PolicyKind::OneFactor),
+                r(r"^/odata/\$metadata", PolicyKind::Deny),
+                r("^/%C3%BCber/", PolicyKind::Deny),
+                r("^/vault$", PolicyKind::Deny),
             ],
             PolicyKind::Bypass,
         )
@@ -567,6 +572,44 @@ mod tests {
     }
 
     #[test]
+    fn every_spelling_of_a_character_gets_the_same_decision() {
+        let p = hostile_policy(false);
+        let c2 = claims(2, 900, Some(950));
+        let admins = ["admins".to_string()];
+        for path in [
+            "/odata/$metadata",
+            "/odata/%24metadata",
+            "/%C3%BCber/x",
+            "/%c3%bcber/x",
+            "/über/x",
+            "/%C3%BCber/x",
+        ] {
+            let normal = normalize::normalize(path).unwrap();
+            assert_eq!(decision(&p, &normal, None), Decision::Deny, "{path}");
+            assert_eq!(
+                decision(&p, &normal, Some((&c2, &admins))),
+                Decision::Deny,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_trailing_slash_does_not_walk_around_an_anchored_rule() {
+        let p = hostile_policy(false);
+        assert_eq!(decision(&p, "/vault", None), Decision::Deny);
+        assert_eq!(decision(&p, "/vault/", None), Decision::Deny);
+        assert_eq!(decision(&p, "/vault;x/", None), Decision::Deny);
+        assert_eq!(decision(&p, "/vault./", None), Decision::Deny);
+        assert_eq!(decision(&p, "/vault/x", None), Decision::Bypass);
+        assert_eq!(decision(&p, "/", None), Decision::Bypass);
+        // Readings of all three kinds and the path itself fit inline.
+        let get = Method::GET;
+        let eval = p.evaluate(&facts("a", "/vault.;x/", &get));
+        assert_eq!(eval.decide(None, 1_000).0, Decision::Deny);
+    }
+
+    #[test]
     fn readings_combine_to_the_strictest() {
         let p = hostile_policy(false);
         let get = Method::GET;
@@ -631,6 +674,8 @@ mod tests {
             let Ok(normal) = normalize(variant) else {
                 return Ok(()); // refused: never laxer
             };
+            let base = normalize(base).map_err(|e| TestCaseError::fail(format!("{base}: {e}")))?;
+            let base = base.as_ref();
             let all = sessions();
             let mut cases: Vec<Option<(&SessionClaims, &[String])>> = vec![None];
             cases.extend(all.iter().map(|(c, g)| Some((c, g.as_slice()))));
@@ -658,6 +703,11 @@ mod tests {
                 "Admin",
                 "index.html",
                 "~u",
+                "odata",
+                "$metadata",
+                "%C3%BCber",
+                "vault",
+                "a=b,c",
             ]);
             (prop::collection::vec(seg, 1..5), any::<bool>()).prop_map(|(segs, slash)| {
                 let mut p = String::new();
@@ -683,6 +733,12 @@ mod tests {
             TrailingDots(usize),
             TrailingSpace,
             Upper(usize),
+            /// Escapes of non-ASCII characters written raw (`%C3%BC` -> `ü`).
+            Raw,
+            /// Escapes with lower-case hex.
+            LowerHex,
+            /// A trailing `/` after the last segment.
+            TrailingSlash,
             Same,
         }
 
@@ -696,6 +752,9 @@ mod tests {
                 (1usize..3).prop_map(Trick::TrailingDots),
                 Just(Trick::TrailingSpace),
                 (0usize..8).prop_map(Trick::Upper),
+                Just(Trick::Raw),
+                Just(Trick::LowerHex),
+                Just(Trick::TrailingSlash),
                 Just(Trick::Same),
             ]
         }
@@ -728,7 +787,24 @@ mod tests {
                             .map(|(j, c)| if j == at { c.to_ascii_uppercase() } else { c })
                             .collect();
                     }
-                    Trick::Upper(_) | Trick::Same => {}
+                    Trick::Raw => {
+                        if let Ok(raw) = percent_encoding::percent_decode_str(&s).decode_utf8() {
+                            s = raw.into_owned();
+                        }
+                    }
+                    Trick::LowerHex => {
+                        let b = s.as_bytes();
+                        s = b
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &c)| {
+                                let in_escape = (j >= 1 && b[j - 1] == b'%') || (j >= 2 && b[j - 2] == b'%');
+                                char::from(if in_escape { c.to_ascii_lowercase() } else { c })
+                            })
+                            .collect();
+                    }
+                    Trick::TrailingSlash if i + 1 == segs.len() => s.push('/'),
+                    Trick::Upper(_) | Trick::TrailingSlash | Trick::Same => {}
                 }
                 out.push('/');
                 out.push_str(&s);
@@ -788,7 +864,7 @@ mod tests {
                     prop_assert_eq!(twice.as_deref(), Ok(once.as_ref()), "{:?}", path);
                     for r in readings(&once) {
                         let again = normalize(&r);
-                        prop_assert_eq!(again.as_deref(), Ok(r.as_str()), "{:?} -> {:?}", path, once);
+                        prop_assert_eq!(again.as_deref(), Ok(r.as_ref()), "{:?} -> {:?}", path, once);
                     }
                 }
             }

@@ -4,8 +4,15 @@
 //! Rules are regexes over paths, so every spelling of a path must reach them in
 //! one form, or `/admin` could be reached as `/%61dmin`, `/public/../admin` or
 //! `//admin`. We therefore:
-//! - decode percent-encoded *unreserved* characters (`%61` -> `a`, `%2e` -> `.`)
-//!   and upper-case the hex of every other escape;
+//! - make every character's spelling canonical, as nginx, Apache and Tomcat
+//!   all decode both spellings to the same path: escapes of characters that
+//!   may appear raw in a segment are decoded (the unreserved `A-Z a-z 0-9 - .
+//!   _ ~`, the sub-delims `! $ & ' ( ) * + , =`, and `:` `@`: `%61` -> `a`,
+//!   `%24` -> `$`); every other escape keeps its form with upper-case hex
+//!   (`%c3%a9` -> `%C3%A9`); every raw byte that may not appear raw in a path
+//!   (non-ASCII, controls, space, `"` `<` `>` `[` `]` `^` `` ` `` `{` `|` `}`)
+//!   is percent-encoded (`é` -> `%C3%A9`). So the normalized path is ASCII,
+//!   and `/café`, `/caf%c3%a9` and `/caf%C3%A9` are all `/caf%C3%A9`;
 //! - resolve `.` and `..` segments (never above the root) and merge `//`;
 //! - refuse what back ends disagree about: an encoded `/` or `\` (`%2F`,
 //!   `%5C`), a raw `\`, a NUL (raw or `%00`), a malformed escape, a dot
@@ -65,6 +72,30 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// Characters whose escape is decoded: they may appear raw in a segment and
+/// mean the same raw or encoded to every upstream (RFC 3986 `pchar` without
+/// `;`, which starts parameters for some upstreams). A rule that spells one
+/// of them as an escape can never match.
+pub fn decodes(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@'
+        )
+}
+
+/// Raw bytes kept raw: those whose escape is decoded, plus `/`, `;` and `%`
+/// (an escape). Every other raw byte is percent-encoded.
+fn stays_raw(b: u8) -> bool {
+    decodes(b) || matches!(b, b'/' | b';' | b'%')
+}
+
+fn push_escape(out: &mut String, v: u8) {
+    out.push('%');
+    out.push(char::from(HEX[usize::from(v >> 4)]));
+    out.push(char::from(HEX[usize::from(v & 15)]));
+}
+
 /// Returns the normalized form of `path` (the path part of a request target,
 /// without the query), or why it is refused. Allocates only when the path
 /// changes.
@@ -78,7 +109,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Ok(Cow::Borrowed(path));
     }
 
-    // Pass 1: decode unreserved escapes, canonicalize the rest.
+    // Pass 1: one spelling per character (see the module docs).
     let mut decoded = String::with_capacity(path.len());
     let mut non_ascii_escape = false;
     let mut i = 0;
@@ -90,12 +121,10 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                 b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                 0 => return Err(PathError::Nul),
                 b';' => return Err(PathError::EncodedSemicolon),
-                v if is_unreserved(v) => decoded.push(char::from(v)),
+                v if decodes(v) => decoded.push(char::from(v)),
                 v => {
                     non_ascii_escape |= v >= 0x80;
-                    decoded.push('%');
-                    decoded.push(char::from(HEX[usize::from(v >> 4)]));
-                    decoded.push(char::from(HEX[usize::from(v & 15)]));
+                    push_escape(&mut decoded, v);
                 }
             }
             i += 3;
@@ -103,14 +132,12 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
             match b {
                 b'\\' => return Err(PathError::Backslash),
                 0 => return Err(PathError::Nul),
-                _ => {}
+                b if stays_raw(b) => decoded.push(char::from(b)),
+                // Each byte of a raw non-ASCII character (valid UTF-8: `path`
+                // is a str) and every raw byte not allowed in a path.
+                b => push_escape(&mut decoded, b),
             }
-            // Non-escape bytes are copied through as the str they are part of.
-            let start = i;
-            while i < bytes.len() && bytes[i] != b'%' && bytes[i] != b'\\' && bytes[i] != 0 {
-                i += 1;
-            }
-            decoded.push_str(&path[start..i]);
+            i += 1;
         }
     }
     // `%25` (an encoded `%`) followed by two hex digits, here or once the
@@ -213,7 +240,8 @@ fn is_dots_and_spaces(mut name: &[u8]) -> bool {
     true
 }
 
-/// True when `bytes` is already normal: no escapes, no `//`, no dot segments.
+/// True when `bytes` is already normal: no escapes, no byte to encode, no
+/// `//`, no dot segments.
 /// Errors early on the refused raw bytes.
 fn is_clean(bytes: &[u8]) -> Result<bool, PathError> {
     let mut prev_slash = false;
@@ -223,6 +251,7 @@ fn is_clean(bytes: &[u8]) -> Result<bool, PathError> {
             b'\\' => return Err(PathError::Backslash),
             0 => return Err(PathError::Nul),
             b'%' => return Ok(false),
+            b if !stays_raw(b) => return Ok(false),
             b'/' => {
                 if prev_slash {
                     return Ok(false);
@@ -252,32 +281,50 @@ fn is_dot_like(seg: &[u8]) -> bool {
 ///   Jetty, Spring: `/admin;x/y` and `/;x/admin/y` are `/admin/y`);
 /// - each segment with trailing dots and spaces (raw or `%20`) trimmed (IIS:
 ///   `/admin./y` is `/admin/y`);
-/// - both.
+/// - both;
+/// - the path and each reading above without a trailing `/` (Express and
+///   Spring MVC up to 5.3 route `/secret/` as `/secret`).
 ///
-/// Empty (and allocation-free) for the common path with no `;` and no segment
-/// ending in a dot or a space; never lists `path` itself or a reading twice.
-pub fn readings(path: &str) -> Vec<String> {
+/// Empty (and allocation-free) for the common path with no `;`, no segment
+/// ending in a dot or a space and no trailing `/` (other than `/` itself);
+/// never lists `path` itself or a reading twice; at most seven readings.
+pub fn readings(path: &str) -> Vec<Cow<'_, str>> {
     let bytes = path.as_bytes();
     let params = bytes.contains(&b';');
     let trims = has_trimmable_segment(bytes);
-    let mut out: Vec<String> = Vec::new();
-    if !params && !trims {
+    let slash = path.len() > 1 && path.ends_with('/');
+    let mut out: Vec<Cow<'_, str>> = Vec::new();
+    if !params && !trims && !slash {
         return out;
     }
-    let mut push = |r: String| {
+    fn push<'a>(out: &mut Vec<Cow<'a, str>>, path: &str, r: Cow<'a, str>) {
         if r != path && !out.contains(&r) {
             out.push(r);
         }
-    };
+    }
     if params {
-        push(rebuild(path, true, false));
+        push(&mut out, path, Cow::Owned(rebuild(path, true, false)));
     }
     if trims {
-        push(rebuild(path, false, true));
+        push(&mut out, path, Cow::Owned(rebuild(path, false, true)));
     }
-    // Parameters removed first: the trim then also reaches the name
-    // (`/admin.;x/y` is `/admin/y`).
-    push(rebuild(path, true, true));
+    if params || trims {
+        // Parameters removed first: the trim then also reaches the name
+        // (`/admin.;x/y` is `/admin/y`).
+        push(&mut out, path, Cow::Owned(rebuild(path, true, true)));
+    }
+    if slash {
+        push(&mut out, path, Cow::Borrowed(&path[..path.len() - 1]));
+    }
+    for k in 0..out.len() {
+        let r = &out[k];
+        if r.len() > 1
+            && let Some(cut) = r.strip_suffix('/')
+        {
+            let cut = Cow::Owned(cut.to_owned());
+            push(&mut out, path, cut);
+        }
+    }
     out
 }
 
@@ -462,7 +509,7 @@ mod tests {
 
     #[test]
     fn readings_of_parameters_and_trailing_dots() {
-        let r = |p: &str| readings(p);
+        let r = |p: &'static str| readings(p);
         assert!(r("/admin/secret").is_empty());
         assert!(r("/").is_empty());
         assert!(r("/a/b.html").is_empty());
@@ -470,14 +517,72 @@ mod tests {
         assert_eq!(r("/admin;/secret"), ["/admin/secret"]);
         assert_eq!(r("/;x/admin"), ["/admin"]);
         assert_eq!(r("/app;jsessionid=1"), ["/app"]);
-        assert_eq!(r("/a/;x"), ["/a/"]);
+        assert_eq!(r("/a/;x"), ["/a/", "/a"]);
         assert_eq!(r("/;x"), ["/"]);
         assert_eq!(r("/admin./x"), ["/admin/x"]);
         assert_eq!(r("/admin%20/x"), ["/admin/x"]);
-        assert_eq!(r("/admin. %20./"), ["/admin/"]);
+        assert_eq!(r("/admin. %20./"), ["/admin/", "/admin. %20.", "/admin"]);
         assert_eq!(r("/admin."), ["/admin"]);
         assert_eq!(r("/admin.;x/y"), ["/admin./y", "/admin/y"]);
         assert_eq!(r("/admin;x./y"), ["/admin/y", "/admin;x/y"]);
+    }
+
+    #[test]
+    fn one_spelling_per_character() {
+        // Sub-delims, `:` and `@` are decoded, like the unreserved ones.
+        assert_eq!(n("/odata/%24metadata").unwrap(), "/odata/$metadata");
+        assert_eq!(
+            n("/%21%24%26%27%28%29%2A%2b%2C%3D%3a%40").unwrap(),
+            "/!$&'()*+,=:@"
+        );
+        assert!(matches!(normalize("/odata/$metadata;x=1"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(normalize("/a:b@c/!$&'()*+,="), Ok(Cow::Borrowed(_))));
+        // Raw non-ASCII is encoded; escapes of it get upper-case hex.
+        for p in [
+            "/café/x",
+            "/caf%c3%a9/x",
+            "/caf%C3%A9/x",
+            "/caf%c3%A9/x",
+            "/café/x",
+        ] {
+            assert_eq!(n(p).unwrap(), "/caf%C3%A9/x", "{p}");
+        }
+        assert_eq!(n("/über/x").unwrap(), "/%C3%BCber/x");
+        assert_eq!(n("/%C3%BCber/x").unwrap(), "/%C3%BCber/x");
+        assert_eq!(n("/a\u{a0}b").unwrap(), "/a%C2%A0b");
+        assert_eq!(n("/\u{2028}").unwrap(), "/%E2%80%A8");
+        assert_eq!(n("/🦀").unwrap(), "/%F0%9F%A6%80");
+        // Raw characters not allowed in a path are encoded.
+        assert_eq!(n("/a\"{}|^`<>[]b").unwrap(), "/a%22%7B%7D%7C%5E%60%3C%3E%5B%5Db");
+        assert_eq!(n("/a b\tc\x7f").unwrap(), "/a%20b%09c%7F");
+        assert_eq!(n("/a%7b%22").unwrap(), "/a%7B%22");
+        // What stays encoded or refused.
+        assert_eq!(n("/a%3f%23%25%20").unwrap(), "/a%3F%23%25%20");
+        assert_eq!(n("/a%3B"), Err(PathError::EncodedSemicolon));
+        assert_eq!(n("/a%2F"), Err(PathError::EncodedSeparator));
+        assert_eq!(n("/a%5c"), Err(PathError::EncodedSeparator));
+        assert_eq!(n("/a%2524"), Err(PathError::DoubleEncoding));
+        // A raw character completing an encoded one is still not UTF-8.
+        assert_eq!(n("/é%A9"), Err(PathError::InvalidUtf8));
+        // Raw dots and spaces: a space-only segment is still refused.
+        assert_eq!(n("/a/ /b"), Err(PathError::DotLookalike));
+        for p in ["/café/x", "/a\"b", "/odata/%24metadata", "/über/%2e%2e/x"] {
+            let once = n(p).unwrap();
+            assert!(once.is_ascii(), "{p}");
+            assert_eq!(n(&once).unwrap(), once, "{p}");
+        }
+    }
+
+    #[test]
+    fn readings_without_a_trailing_slash() {
+        let r = |p: &'static str| readings(p);
+        assert_eq!(r("/secret/"), ["/secret"]);
+        assert_eq!(r("/a/b/"), ["/a/b"]);
+        assert!(r("/").is_empty());
+        assert_eq!(r("/secret./"), ["/secret/", "/secret.", "/secret"]);
+        assert_eq!(r("/secret;x/"), ["/secret/", "/secret;x", "/secret"]);
+        // Borrowed from the path: no copy for the common case.
+        assert!(matches!(r("/app/")[0], Cow::Borrowed(_)));
     }
 
     #[test]

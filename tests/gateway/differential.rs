@@ -12,9 +12,10 @@
 //! the path each server resolved, the table also reads it as the upstreams
 //! and frameworks of SPEC section 3 that we cannot install here would: with
 //! `;params` removed from each segment (Spring, after the server decoded
-//! `%3B`), decoded a second time, with overlong UTF-8 read leniently, and
-//! with trailing dots and spaces trimmed from segments as IIS does. Case is not folded: these servers are
-//! case-sensitive.
+//! `%3B`), decoded a second time, with overlong UTF-8 read leniently, with
+//! trailing dots and spaces trimmed from segments as IIS does, and each of
+//! those without a trailing `/` (Express, Spring MVC up to 5.3). Case is not
+//! folded: these servers are case-sensitive.
 //!
 //! The servers are started once, from configs in temporary folders
 //! (`tests/fixtures/differential/`), on free ports, and ended by a drop guard.
@@ -391,6 +392,12 @@ enum Rule {
     Secret,
     /// `^/reports(/|$)`: one_factor.
     Reports,
+    /// `^/odata/\$metadata`: deny.
+    OData,
+    /// `^/%C3%BCber/` (`/über/`): deny.
+    Uber,
+    /// `^/vault$`: deny.
+    Vault,
     /// No rule: default_policy two_factor.
     Default,
 }
@@ -412,6 +419,18 @@ policy = "deny"
 [[rules]]
 path = "^/reports(/|$)"
 policy = "one_factor"
+
+[[rules]]
+path = "^/odata/\\$metadata"
+policy = "deny"
+
+[[rules]]
+path = "^/%C3%BCber/"
+policy = "deny"
+
+[[rules]]
+path = "^/vault$"
+policy = "deny"
 "#;
 
 fn under(path: &[u8], dir: &[u8]) -> bool {
@@ -428,6 +447,12 @@ fn rule_for(path: &[u8]) -> Rule {
         Rule::Secret
     } else if under(path, b"/reports") {
         Rule::Reports
+    } else if path.starts_with(b"/odata/$metadata") {
+        Rule::OData
+    } else if path.starts_with("/über/".as_bytes()) {
+        Rule::Uber
+    } else if path == b"/vault" {
+        Rule::Vault
     } else {
         Rule::Default
     }
@@ -462,7 +487,7 @@ fn allowed(rule: Rule, who: Who) -> bool {
         Rule::Public => true,
         Rule::Reports => who != Who::Anonymous,
         Rule::Default => who == Who::Level2,
-        Rule::Admin | Rule::Secret => false,
+        Rule::Admin | Rule::Secret | Rule::OData | Rule::Uber | Rule::Vault => false,
     }
 }
 
@@ -576,7 +601,9 @@ fn iis_trim(path: &[u8]) -> Vec<u8> {
 }
 
 /// The readings of a resolved path: as the server resolved it, then as
-/// upstreams we cannot install would read it; only readings that differ.
+/// upstreams we cannot install would read it, each also without a trailing
+/// `/` (Express and Spring MVC up to 5.3 route `/vault/` as `/vault`); only
+/// readings that differ.
 fn readings(path: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     let mut out = vec![("as resolved", path.to_vec())];
     for (name, f) in [
@@ -588,6 +615,21 @@ fn readings(path: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
         let read = remove_dots(&f(path));
         if read != path && !out.iter().any(|(_, p)| *p == read) {
             out.push((name, read));
+        }
+    }
+    for k in 0..out.len() {
+        let (name, read) = &out[k];
+        if read.len() > 1
+            && let Some(cut) = read.strip_suffix(b"/")
+        {
+            let name = match *name {
+                "as resolved" => "trailing slash removed (Express, Spring MVC)",
+                _ => "and trailing slash removed",
+            };
+            let cut = cut.to_vec();
+            if !out.iter().any(|(_, p)| *p == cut) {
+                out.push((name, cut));
+            }
         }
     }
     out
@@ -655,6 +697,23 @@ const HOSTILE: &[&str] = &[
     // Fragments.
     "/public/x#/../admin",
     "/public#/../admin/x",
+    // One spelling per character: sub-delims and non-ASCII, raw or encoded.
+    "/odata/%24metadata",
+    "/odata/%24%6detadata",
+    "/odata/$metadata",
+    "/%C3%BCber/x",
+    "/%c3%bcber/x",
+    "/über/x",
+    "/public/../über/x",
+    "/public/%2e%2e/%C3%BCber/x",
+    // Trailing slash on an anchored rule (Express, Spring MVC).
+    "/vault",
+    "/vault/",
+    "/vault;x/",
+    "/vault./",
+    "/vault%2F",
+    "/public/../vault/",
+    "/secret/",
     // Absolute-form.
     "http://{host}/admin/x",
     "http://{host}/public/../admin/x",
@@ -670,6 +729,10 @@ const CONTROLS: &[(&str, &[Who])] = &[
     ("/reports/x", &[Who::Level1, Who::Level2]),
     ("/reports/x;jsessionid=ABC", &[Who::Level1, Who::Level2]),
     ("/x", &[Who::Level2]),
+    ("/vault/x", &[Who::Level2]),
+    ("/public/caf%C3%A9", &[Who::Anonymous, Who::Level1, Who::Level2]),
+    ("/public/café", &[Who::Anonymous, Who::Level1, Who::Level2]),
+    ("/public/$top", &[Who::Anonymous, Who::Level1, Who::Level2]),
 ];
 
 // ---- the gateway and its sessions -------------------------------------------
@@ -912,6 +975,13 @@ fn the_independent_evaluator_reads_paths_as_documented() {
     assert!(read(b"/admin;jsessionid=1/x").contains(&b"/admin/x".to_vec()));
     assert!(read(b"/public/..;x/admin/x").contains(&b"/admin/x".to_vec()));
     assert_eq!(read(b"/public/x"), [b"/public/x".to_vec()]);
+    assert_eq!(read(b"/vault/"), [b"/vault/".to_vec(), b"/vault".to_vec()]);
+    assert!(read(b"/vault;x/").contains(&b"/vault".to_vec()));
+    assert_eq!(read(b"/"), [b"/".to_vec()]);
+    assert_eq!(rule_for(b"/vault"), Rule::Vault);
+    assert_eq!(rule_for(b"/vault/x"), Rule::Default);
+    assert_eq!(rule_for("/über/x".as_bytes()), Rule::Uber);
+    assert_eq!(rule_for(b"/odata/$metadata"), Rule::OData);
     assert!(!allowed(Rule::Admin, Who::Level2));
     assert!(allowed(Rule::Default, Who::Level2));
     assert!(!allowed(Rule::Default, Who::Level1));

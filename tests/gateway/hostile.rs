@@ -65,7 +65,8 @@ async fn recording_upstream() -> (SocketAddr, Log) {
 
 /// A gateway in front of the recording upstream: `/admin/` needs one factor
 /// and the `admins` group (alice, not bob), `/app/` one factor, `/denied`
-/// is denied, `/public/` and everything else is bypassed (the laxest default,
+/// `/odata/$metadata`, `/über/` (as `/%C3%BCber/`) and exactly `/vault` are
+/// denied, `/public/` and everything else is bypassed (the laxest default,
 /// so any way around a rule shows).
 async fn start(extra_top: &str) -> (TestGateway, Log) {
     let (upstream, log) = recording_upstream().await;
@@ -95,6 +96,18 @@ policy = "one_factor"
 
 [[rules]]
 path = "^/denied(/|$)"
+policy = "deny"
+
+[[rules]]
+path = "^/odata/\\$metadata"
+policy = "deny"
+
+[[rules]]
+path = "^/%C3%BCber/"
+policy = "deny"
+
+[[rules]]
+path = "^/vault$"
 policy = "deny"
 "#
         ))
@@ -217,6 +230,71 @@ async fn double_encoding_overlong_utf8_and_lookalikes_are_refused() {
     let res = raw_get(gw.main, "/public/caf%C3%A9/100%25", "").await;
     assert_eq!(res.status, 200, "{}", res.text());
     assert_eq!(take(&log)[0].target, "/public/caf%C3%A9/100%25");
+}
+
+#[tokio::test]
+async fn every_spelling_of_a_character_is_one_and_the_upstream_sees_it_canonical() {
+    let (gw, log) = start("").await;
+    let alice = cookie_header(&gw.login(ALICE).await.session_cookie());
+    take(&log);
+    // Raw, encoded and lower-case spellings all meet the deny rule, and a
+    // trailing slash does not walk around an anchored one (Express, Spring).
+    for target in [
+        "/odata/$metadata",
+        "/odata/%24metadata",
+        "/odata/%24%6Detadata?x=1",
+        "/%C3%BCber/x",
+        "/%c3%bcber/x",
+        "/über/x",
+        "/%C3%BCber/../%C3%BCber/x",
+        "/vault",
+        "/vault/",
+        "/vault;x/",
+        "/vault./",
+        "/public/../vault/",
+    ] {
+        for extra in ["", alice.as_str()] {
+            let res = raw_get(gw.main, target, extra).await;
+            assert_eq!(res.status, 403, "{target}: {}", res.text());
+        }
+        assert!(take(&log).is_empty(), "{target} reached the upstream");
+    }
+    // Forwarded ones reach the upstream in the one canonical form: escapes of
+    // sub-delims decoded, raw non-ASCII and unsafe ASCII encoded, upper-case hex.
+    for (target, canonical) in [
+        ("/public/café/x", "/public/caf%C3%A9/x"),
+        ("/public/caf%c3%a9/x", "/public/caf%C3%A9/x"),
+        ("/public/%24top%3D1%2C2%40a%3ab", "/public/$top=1,2@a:b"),
+        ("/public/a\"b?q=1", "/public/a%22b?q=1"),
+        ("/public/{a}", "/public/%7Ba%7D"),
+        ("/public/a|b", "/public/a%7Cb"),
+        ("/public/a^b", "/public/a%5Eb"),
+        ("/public/a\u{a0}b/\u{2028}", "/public/a%C2%A0b/%E2%80%A8"),
+        ("/vault/x", "/vault/x"),
+        ("/public/%3f%23%25", "/public/%3F%23%25"),
+    ] {
+        let res = raw_get(gw.main, target, "").await;
+        assert_eq!(res.status, 200, "{target}: {}", res.text());
+        let seen = take(&log);
+        assert_eq!(seen.len(), 1, "{target}");
+        assert_eq!(seen[0].target, canonical, "{target}");
+    }
+    // hyper's HTTP/1.1 parser refuses these itself; were one ever let
+    // through, the upstream must see it encoded.
+    for (target, canonical) in [
+        ("/public/a`b", "/public/a%60b"),
+        ("/public/a<b", "/public/a%3Cb"),
+        ("/public/a>b", "/public/a%3Eb"),
+    ] {
+        let res = raw_get(gw.main, target, "").await;
+        let seen = take(&log);
+        if res.status == 200 {
+            assert_eq!(seen[0].target, canonical, "{target}");
+        } else {
+            assert_eq!(res.status, 400, "{target}: {}", res.text());
+            assert!(seen.is_empty(), "{target}");
+        }
+    }
 }
 
 #[tokio::test]
