@@ -137,6 +137,9 @@ default_policy = "two_factor"
 
 [server]
 listen = "{listen}"
+# a laptop needs few connections; the default (10000) asks for more descriptors
+# than some shells allow, and the gateway would warn about it
+max_connections = 1000
 
 [admin]
 listen = "{admin}"
