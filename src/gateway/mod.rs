@@ -108,7 +108,8 @@ impl Gateway {
             tracing::error!(error = %e, "loading the stored users failed; they can sign in once the store answers");
         }
         let enforcer = Arc::new(Enforcer {
-            policy: Policy::new(config.rules.clone(), config.default_policy),
+            policy: Policy::new(config.rules.clone(), config.default_policy)
+                .deny_windows_aliases(config.case_insensitive_paths),
             sessions: SessionCodec::new(&config.session),
             revocations: revocations.clone(),
             users: users.clone(),

@@ -23,6 +23,8 @@ use crate::session::SessionClaims;
 pub struct Policy {
     rules: Vec<RuleConfig>,
     default: PolicyKind,
+    /// Deny paths with a Windows alias (see [`normalize::windows_alias`]).
+    windows_aliases: bool,
 }
 
 /// The facts about a request that rules match on.
@@ -92,7 +94,20 @@ impl Decision {
 impl Policy {
     /// Builds the policy from validated rules.
     pub fn new(rules: Vec<RuleConfig>, default: PolicyKind) -> Self {
-        Self { rules, default }
+        Self {
+            rules,
+            default,
+            windows_aliases: false,
+        }
+    }
+
+    /// With `case_insensitive_paths` (IIS, Windows file servers): deny every
+    /// path with a segment that Windows resolves through an alias the rules
+    /// cannot see (an NTFS stream, an 8.3 short name, an ASP.NET cookieless
+    /// segment; see [`normalize::windows_alias`]).
+    pub fn deny_windows_aliases(mut self, on: bool) -> Self {
+        self.windows_aliases = on;
+        self
     }
 
     /// The requirement for a request: the first matching rule, else the default.
@@ -208,6 +223,15 @@ impl Policy {
     /// costs one scan more than [`Policy::requirement`].
     pub fn evaluate(&self, facts: &RequestFacts<'_>) -> Evaluation<'_> {
         let mut requirements = [None; 8];
+        if self.windows_aliases && normalize::windows_alias(facts.path) {
+            requirements[0] = Some(Requirement {
+                policy: PolicyKind::Deny,
+                groups: &[],
+                max_age: None,
+                rule: None,
+            });
+            return Evaluation { requirements };
+        }
         requirements[0] = Some(self.requirement(facts));
         let mut n = 1;
         for reading in normalize::readings(facts.path) {
@@ -884,5 +908,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn windows_aliases_are_denied_only_when_asked() {
+        let rules = vec![rule("^/public/", PolicyKind::Bypass)];
+        let now = 1_000;
+        let facts = |path| RequestFacts {
+            host: "h",
+            path,
+            method: &Method::GET,
+            client_addr: IpAddr::from([192, 0, 2, 1]),
+        };
+        let plain = Policy::new(rules.clone(), PolicyKind::Bypass);
+        let windows = Policy::new(rules, PolicyKind::Bypass).deny_windows_aliases(true);
+        for path in ["/public/x::$DATA", "/public/SECRET~1/x", "/(S(x))/public/x"] {
+            assert_eq!(
+                plain.decide_request(&facts(path), None, now).0,
+                Decision::Bypass,
+                "{path}"
+            );
+            assert_eq!(
+                windows.decide_request(&facts(path), None, now).0,
+                Decision::Deny,
+                "{path}"
+            );
+        }
+        assert_eq!(
+            windows.decide_request(&facts("/public/x"), None, now).0,
+            Decision::Bypass
+        );
     }
 }

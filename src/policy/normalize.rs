@@ -375,6 +375,21 @@ fn rebuild(path: &str, strip_params: bool, trim: bool) -> String {
     out
 }
 
+/// True when a segment of the normalized `path` names a file through an alias
+/// that IIS and Windows resolve but the rules cannot see: an NTFS stream
+/// (`admin::$INDEX_ALLOCATION`, `file.txt:secret`), an 8.3 short name
+/// (`ADMINI~1`), or an ASP.NET cookieless segment (`(S(abc))`), which ASP.NET
+/// removes before routing. Only meant for `case_insensitive_paths`
+/// deployments: elsewhere `:` and `~1` are ordinary characters.
+pub fn windows_alias(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let b = seg.as_bytes();
+        b.contains(&b':')
+            || b.windows(2).any(|w| w[0] == b'~' && w[1].is_ascii_digit())
+            || (b.first() == Some(&b'(') && b.last() == Some(&b')'))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,6 +610,22 @@ mod tests {
         for p in ["/a/../b//c/./d/", "/%61%2e%2e/x", "/x/%7e/a%20", "/..", "/a/b/.."] {
             let once = n(p).unwrap();
             assert_eq!(n(&once).unwrap(), once, "{p}");
+        }
+    }
+
+    #[test]
+    fn windows_aliases_are_recognised() {
+        for p in [
+            "/admin::$INDEX_ALLOCATION/x",
+            "/admin:stream/x",
+            "/ADMINI~1/x",
+            "/(S(abc))/admin/x",
+            "/x/(A(b))",
+        ] {
+            assert!(windows_alias(p), "{p}");
+        }
+        for p in ["/admin/x", "/~user/x", "/a~b/x", "/f(1).txt", "/", "/a/b/"] {
+            assert!(!windows_alias(p), "{p}");
         }
     }
 }

@@ -324,6 +324,29 @@ async fn case_insensitive_paths_switch() {
     let res = raw_get(gw.main, "/DENIED", &alice).await;
     assert_eq!(res.status, 403);
     assert!(take(&log).is_empty());
+
+    // Windows aliases the rules cannot see (an NTFS stream, an 8.3 short name,
+    // an ASP.NET cookieless segment) are denied, even on a bypass route.
+    for target in [
+        "/admin::$INDEX_ALLOCATION/x",
+        "/public/x::$DATA",
+        "/ADMINI~1/x",
+        "/(S(abc))/admin/x",
+        "/public/%28S%28abc%29%29/x",
+    ] {
+        let res = raw_get(gw.main, target, &alice).await;
+        assert_eq!(res.status, 403, "{target}: {}", res.text());
+        assert!(take(&log).is_empty(), "{target} reached the upstream");
+    }
+    let res = raw_get(gw.main, "/public/x", "").await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    drop(gw);
+
+    // Off, they are ordinary names (`:` and `~1` are common in other apps).
+    let (gw, log) = start("").await;
+    let res = raw_get(gw.main, "/public/x::$DATA", "").await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(take(&log).len(), 1);
 }
 
 /// `request` with `Host` set to the gateway.
