@@ -627,13 +627,6 @@ async fn admin_scope(st: &AppState, admin: &Admin, key: &str, client: IpAddr) ->
     })
 }
 
-/// The client address of an admin call (the socket peer).
-fn peer(conn: Option<axum::Extension<crate::gateway::prepare::ConnInfo>>) -> IpAddr {
-    conn.map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.peer.ip())
-}
-
-type Conn = Option<axum::Extension<crate::gateway::prepare::ConnInfo>>;
-
 /// The admin route for a factor operation.
 pub fn admin_handler(op: FactorOp, filter: MethodFilter) -> MethodRouter<Arc<AppState>> {
     match op {
@@ -652,31 +645,21 @@ pub fn admin_handler(op: FactorOp, filter: MethodFilter) -> MethodRouter<Arc<App
 }
 
 macro_rules! scoped {
-    ($st:expr, $admin:expr, $uid:expr, $conn:expr) => {
-        match admin_scope(&$st, &$admin, &$uid, peer($conn)).await {
+    ($st:expr, $admin:expr, $uid:expr) => {
+        match admin_scope(&$st, &$admin, &$uid, $admin.client).await {
             Ok(s) => s,
             Err(r) => return r,
         }
     };
 }
 
-async fn admin_list(
-    admin: Admin,
-    State(st): State<Arc<AppState>>,
-    Ids(uid): Ids<String>,
-    c: Conn,
-) -> Response {
-    let scope = scoped!(st, admin, uid, c);
+async fn admin_list(admin: Admin, State(st): State<Arc<AppState>>, Ids(uid): Ids<String>) -> Response {
+    let scope = scoped!(st, admin, uid);
     list(&st, &scope).await
 }
 
-async fn admin_catalog(
-    admin: Admin,
-    State(st): State<Arc<AppState>>,
-    Ids(uid): Ids<String>,
-    c: Conn,
-) -> Response {
-    let scope = scoped!(st, admin, uid, c);
+async fn admin_catalog(admin: Admin, State(st): State<Arc<AppState>>, Ids(uid): Ids<String>) -> Response {
+    let scope = scoped!(st, admin, uid);
     catalog(&st, &scope).await
 }
 
@@ -685,10 +668,9 @@ async fn admin_enroll(
     State(st): State<Arc<AppState>>,
     Ids(uid): Ids<String>,
     Query(q): Query<EnrollQuery>,
-    c: Conn,
     body: Bytes,
 ) -> Response {
-    let scope = scoped!(st, admin, uid, c);
+    let scope = scoped!(st, admin, uid);
     enroll(&st, &scope, q.activate, &body).await
 }
 
@@ -696,9 +678,8 @@ async fn admin_get(
     admin: Admin,
     State(st): State<Arc<AppState>>,
     Ids((uid, fid)): Ids<(String, String)>,
-    c: Conn,
 ) -> Response {
-    let scope = scoped!(st, admin, uid, c);
+    let scope = scoped!(st, admin, uid);
     get(&st, &scope, &fid).await
 }
 
@@ -706,9 +687,8 @@ async fn admin_qr(
     admin: Admin,
     State(st): State<Arc<AppState>>,
     Ids((uid, fid)): Ids<(String, String)>,
-    c: Conn,
 ) -> Response {
-    let scope = scoped!(st, admin, uid, c);
+    let scope = scoped!(st, admin, uid);
     qr(&st, &scope, &fid).await
 }
 
@@ -716,10 +696,9 @@ async fn admin_activate(
     admin: Admin,
     State(st): State<Arc<AppState>>,
     Ids((uid, fid)): Ids<(String, String)>,
-    c: Conn,
     body: Bytes,
 ) -> Response {
-    let scope = scoped!(st, admin, uid, c);
+    let scope = scoped!(st, admin, uid);
     activate(&st, &scope, &fid, &body).await
 }
 
@@ -727,10 +706,9 @@ async fn admin_verify(
     admin: Admin,
     State(st): State<Arc<AppState>>,
     Ids((uid, fid)): Ids<(String, String)>,
-    c: Conn,
     body: Bytes,
 ) -> Response {
-    let scope = scoped!(st, admin, uid, c);
+    let scope = scoped!(st, admin, uid);
     verify(&st, &scope, &fid, &body).await
 }
 
@@ -738,9 +716,8 @@ async fn admin_transaction(
     admin: Admin,
     State(st): State<Arc<AppState>>,
     Ids((uid, fid, tid)): Ids<(String, String, String)>,
-    c: Conn,
 ) -> Response {
-    let scope = scoped!(st, admin, uid, c);
+    let scope = scoped!(st, admin, uid);
     transaction(&st, &scope, &fid, &tid).await
 }
 
@@ -748,9 +725,8 @@ async fn admin_cancel(
     admin: Admin,
     State(st): State<Arc<AppState>>,
     Ids((uid, fid, tid)): Ids<(String, String, String)>,
-    c: Conn,
 ) -> Response {
-    let scope = scoped!(st, admin, uid, c);
+    let scope = scoped!(st, admin, uid);
     cancel(&st, &scope, &fid, &tid).await
 }
 
@@ -758,9 +734,8 @@ async fn admin_resend(
     admin: Admin,
     State(st): State<Arc<AppState>>,
     Ids((uid, fid)): Ids<(String, String)>,
-    c: Conn,
 ) -> Response {
-    let scope = scoped!(st, admin, uid, c);
+    let scope = scoped!(st, admin, uid);
     resend(&st, &scope, &fid).await
 }
 
@@ -768,9 +743,8 @@ async fn admin_delete(
     admin: Admin,
     State(st): State<Arc<AppState>>,
     Ids((uid, fid)): Ids<(String, String)>,
-    c: Conn,
 ) -> Response {
-    let scope = scoped!(st, admin, uid, c);
+    let scope = scoped!(st, admin, uid);
     delete(&st, &scope, &fid).await
 }
 

@@ -270,6 +270,9 @@ pub fn authorized(st: &AppState, headers: &HeaderMap) -> Option<usize> {
 pub struct Admin {
     pub token: usize,
     pub origin: String,
+    /// The caller's address as the main listener resolves it (trusted
+    /// proxies and X-Forwarded-For): what regulation counts failures by.
+    pub client: IpAddr,
 }
 
 impl FromRequestParts<Arc<AppState>> for Admin {
@@ -280,21 +283,28 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         Ok(Admin {
             token,
             origin: origin(st, parts),
+            client: client_addr(st, parts),
         })
     }
+}
+
+/// The client address of an admin call as the main listener resolves it
+/// (the socket peer, or X-Forwarded-For's right-most untrusted hop when the
+/// peer is in `trusted_proxies`).
+fn client_addr(st: &AppState, parts: &Parts) -> IpAddr {
+    let peer = parts
+        .extensions
+        .get::<crate::gateway::prepare::ConnInfo>()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.peer.ip());
+    crate::gateway::prepare::client_addr(peer, &parts.headers, &st.config.server.trusted_proxies)
 }
 
 /// The index of the admin token of a call, after the per-address throttle
 /// ([`throttle`]); else the answer: 429 while throttled, 401 without a
 /// right token (a wrong one is counted).
 fn checked_token(st: &AppState, parts: &Parts) -> Result<usize, Box<Response>> {
-    // The client address as the main listener resolves it (trusted proxies
-    // and X-Forwarded-For), so one client behind a proxy throttles only itself.
-    let peer = parts
-        .extensions
-        .get::<crate::gateway::prepare::ConnInfo>()
-        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.peer.ip());
-    let peer = crate::gateway::prepare::client_addr(peer, &parts.headers, &st.config.server.trusted_proxies);
+    // One client behind a proxy throttles only itself.
+    let peer = client_addr(st, parts);
     let now = st.clock.now();
     if let Some(reset) = st.admin_throttle.blocked(peer, now) {
         crate::audit!("admin.refused", method = %parts.method, path = %parts.uri.path(), client = %peer, reason = "too many wrong tokens");

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::common::{TOKEN, active_totp, admin, admin_as, create_user, gateway};
-use crate::support::{ALICE, TestGateway};
+use crate::support::{ALICE, BOB, TestGateway};
 
 #[tokio::test]
 async fn tokens_are_required_and_checked() {
@@ -111,6 +111,43 @@ async fn wrong_tokens_behind_a_proxy_throttle_only_their_client() {
     call("198.51.100.7", format!("SSWS {TOKEN}"))
         .await
         .expect(200, None);
+}
+
+#[tokio::test]
+async fn admin_verify_failures_count_against_the_client_behind_the_proxy() {
+    // Wrong codes through the admin API count toward the address of the
+    // client behind the trusted proxy, not toward the proxy itself (which
+    // would block every sign-in that proxy carries).
+    let gw = gateway(
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n[regulation]\nmax_failures_per_ip = 3\nmax_factor_failures = 20\n",
+    )
+    .await;
+    let uid = TestGateway::uid("alice");
+    let (fid, _secret) = active_totp(&gw, &uid).await;
+    for _ in 0..3 {
+        let req = gw
+            .client()
+            .post(gw.admin_url(&format!("/api/v1/users/{uid}/factors/{fid}/verify")))
+            .header("accept", "application/json")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("authorization", format!("SSWS {TOKEN}"))
+            .json(&json!({ "passCode": "000000" }));
+        crate::common::send(req).await.expect(403, Some("E0000068"));
+    }
+    let sign_in = |xff: Option<&'static str>| {
+        let mut req = gw
+            .client()
+            .post(gw.url("/_portcullis/api/v1/authn"))
+            .json(&json!({ "username": BOB.username, "password": BOB.password }));
+        if let Some(x) = xff {
+            req = req.header("x-forwarded-for", x);
+        }
+        crate::common::send(req)
+    };
+    // The proxy's own address (no X-Forwarded-For) is not blocked...
+    sign_in(None).await.expect(200, None);
+    // ...the client's is.
+    sign_in(Some("203.0.113.9")).await.expect(401, Some("E0000004"));
 }
 
 #[tokio::test]
