@@ -10,18 +10,12 @@ use base64::Engine;
 use portcullis::secret::Secret;
 use serde_json::Value;
 
-use crate::support::{ALICE, csrf_field, form, free_port, set_cookie, toml_str, users_file};
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+use crate::support::{
+    ALICE, Reap, csrf_field, form, free_port, portcullis_command, set_cookie, toml_str, users_file,
+};
 
 fn portcullis(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .env_remove("PORTCULLIS_CONFIG")
-        .env_remove("PORTCULLIS_SESSION_SECRET")
-        .env_remove("PORTCULLIS_ADMIN_TOKEN")
-        .env_remove("PORTCULLIS_STORE_KEY");
-    c
+    portcullis_command(args)
 }
 
 /// A complete config for the binary (JSON logs).
@@ -254,16 +248,6 @@ fn gen_key_prints_32_random_bytes() {
     assert_eq!(a.len(), 32);
     assert_eq!(b.len(), 32);
     assert_ne!(a, b);
-}
-
-/// Kills the child if the test fails half-way.
-struct Reap(std::process::Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,25 +10,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{free_port, toml_str, users_file};
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+use crate::support::{Reap, free_port, portcullis_command, toml_str, users_file};
 
 /// What an attacker wants to appear as a line of its own.
 const FORGED: &str = "event=\"user.unlocked\" user=alice actor=\"admin\"";
 
 /// A marker only the attacker's values carry.
 const MARK: &str = "forgedzq";
-
-/// Kills the child if the test fails half-way.
-struct Reap(std::process::Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn config(dir: &Path, main: u16, admin: u16, echo: &str, format: &str, push: bool) -> String {
     std::fs::write(dir.join("users.toml"), users_file()).unwrap();
@@ -92,10 +80,8 @@ async fn hostile_run(format: &str, push: bool) -> String {
     )
     .unwrap();
     let mut child = Reap(
-        Command::new(BIN)
-            .args(["serve", "--config", path.to_str().unwrap()])
+        portcullis_command(&["serve", "--config", path.to_str().unwrap()])
             .env_remove("RUST_LOG")
-            .env_remove("PORTCULLIS_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -681,3 +681,25 @@ where
     });
     addr
 }
+
+/// The `portcullis` binary of this build with `args`, without the config and
+/// secret variables of the test's environment.
+pub fn portcullis_command(args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    c.args(args)
+        .env_remove("PORTCULLIS_CONFIG")
+        .env_remove("PORTCULLIS_SESSION_SECRET")
+        .env_remove("PORTCULLIS_ADMIN_TOKEN")
+        .env_remove("PORTCULLIS_STORE_KEY");
+    c
+}
+
+/// A child process that is killed and reaped when dropped (also on panic).
+pub struct Reap(pub std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
