@@ -17,15 +17,40 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// How often histogram samples are folded into their summaries. Until then
+/// How often histogram samples are folded into their buckets. Until then
 /// every sample is kept in memory (eight bytes per proxied request).
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Bucket bounds, in seconds, of every latency histogram: from half a
+/// millisecond (a proxied request on a LAN) to 30 seconds (an upstream
+/// timeout). Histograms, unlike summaries, can be summed across replicas.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+];
+
+/// Label values of the counters whose labels are a closed set: they are
+/// registered at zero when the recorder is installed, so a dashboard's
+/// `rate()` sees a series before the first event and alerts on `increase()`
+/// fire on the first one.
+const LOGIN_RESULTS: [&str; 6] = ["success", "failure", "locked", "busy", "error", "rate_limited"];
+const LOCKOUT_KINDS: [&str; 2] = ["user", "client"];
+const REFUSED: [(&str, &str); 5] = [
+    ("main", "connections"),
+    ("main", "tls_handshakes"),
+    ("main", "connections_per_ip"),
+    ("admin", "connections"),
+    ("admin", "tls_handshakes"),
+];
 
 /// Installs the global recorder (once per process; later calls reuse it).
 pub fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = match PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS) {
+                Ok(builder) => builder.build_recorder(),
+                // Only an empty bucket list is refused; ours is not.
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
             let handle = recorder.handle();
             let installed = metrics::set_global_recorder(recorder).ok().map(|_| handle);
             if let Some(handle) = installed.clone() {
@@ -44,9 +69,26 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                     tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
                 }
             }
+            if installed.is_some() {
+                register_zeroes();
+            }
             installed
         })
         .as_ref()
+}
+
+/// Registers the closed-set counters at zero (see [`LOGIN_RESULTS`]).
+fn register_zeroes() {
+    for result in LOGIN_RESULTS {
+        metrics::counter!("portcullis_logins_total", "result" => result).increment(0);
+    }
+    for kind in LOCKOUT_KINDS {
+        metrics::counter!("portcullis_lockouts_total", "kind" => kind).increment(0);
+    }
+    for (listener, limit) in REFUSED {
+        metrics::counter!("portcullis_connections_refused_total", "listener" => listener, "limit" => limit)
+            .increment(0);
+    }
 }
 
 /// The metrics in Prometheus text format (empty if no recorder is installed).

@@ -269,10 +269,44 @@ async fn admin_listener_health_readiness_and_metrics() {
     let res = client.get(gw.admin_url("/metrics")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
+    // A series with these labels that has counted something (counters with
+    // closed label sets are registered at zero from start-up).
     let has = |metric: &str, labels: &[&str]| {
+        text.lines().any(|l| {
+            l.starts_with(&format!("{metric}{{"))
+                && labels.iter().all(|want| l.contains(want))
+                && l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|v| v > 0.0)
+        })
+    };
+    let present = |metric: &str, labels: &[&str]| {
         text.lines()
             .any(|l| l.starts_with(&format!("{metric}{{")) && labels.iter().all(|want| l.contains(want)))
     };
+    // Latencies are histograms (aggregatable across replicas), not summaries.
+    assert!(
+        has("portcullis_upstream_duration_seconds_bucket", &["le=\"+Inf\""]),
+        "{text}"
+    );
+    assert!(
+        present("portcullis_upstream_duration_seconds_bucket", &["le=\"0.005\""]),
+        "{text}"
+    );
+    assert!(!text.contains("quantile="), "{text}");
+    // Closed-set counters exist before their first event.
+    assert!(
+        present("portcullis_lockouts_total", &["kind=\"client\""]),
+        "{text}"
+    );
+    assert!(
+        present(
+            "portcullis_connections_refused_total",
+            &["listener=\"admin\"", "limit=\"tls_handshakes\""]
+        ),
+        "{text}"
+    );
     assert!(
         has(
             "portcullis_requests_total",
