@@ -13,6 +13,16 @@
 //! a stored user with the same login (the API refuses to create one, but the
 //! file may be edited later): the stored user then cannot sign in until
 //! renamed, and a warning says so.
+//!
+//! A third source is a directory (`[users.ldap]`, [`ldap`]): its users are
+//! mirrored here by the directory's refresher, keyed by an id derived from
+//! the directory's stable id (`entryUUID`, `objectGUID`), and checked live
+//! against the directory at every sign-in. The order between sources is:
+//! the users file, then users created through the API, then the directory.
+//! A login held by an earlier source shadows a directory user of the same
+//! name (logged at every refresh, never merged).
+
+pub mod ldap;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -94,6 +104,11 @@ pub struct UserDirectory {
     /// The change-log position of the newest state applied per stored user
     /// (deleted ones included), so an older state read late never wins.
     store_seq: HashMap<String, i64>,
+    /// Users mirrored from the directory, by id: where they live there.
+    directory: HashMap<String, ldap::DirectoryRef>,
+    /// True while the directory's view is older than `refresh_interval`
+    /// allows: directory users' sessions then fail closed (503).
+    directory_stale: bool,
 }
 
 impl UserDirectory {
@@ -182,6 +197,88 @@ impl UserDirectory {
     /// The user with this login (case-insensitive).
     pub fn by_login(&self, login: &str) -> Option<&Arc<User>> {
         self.by_login.get(&login.to_lowercase())
+    }
+
+    /// True for a user mirrored from the directory.
+    pub fn is_directory(&self, id: &str) -> bool {
+        self.directory.contains_key(id)
+    }
+
+    /// Where a directory user lives in the directory.
+    pub fn directory_ref(&self, id: &str) -> Option<&ldap::DirectoryRef> {
+        self.directory.get(id)
+    }
+
+    /// The directory users, in id order.
+    pub fn directory_users(&self) -> Vec<Arc<User>> {
+        let mut v: Vec<Arc<User>> = self
+            .directory
+            .keys()
+            .filter_map(|id| self.by_id.get(id).cloned())
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// True while directory users' sessions must fail closed.
+    pub fn directory_stale(&self) -> bool {
+        self.directory_stale
+    }
+
+    /// Marks the directory's view as too old to trust (or fresh again).
+    pub fn set_directory_stale(&mut self, stale: bool) {
+        self.directory_stale = stale;
+    }
+
+    /// Adds or updates one directory user. Returns false (and changes
+    /// nothing) when an earlier source (file, API) holds the login.
+    pub fn upsert_directory_user(&mut self, user: User, at: ldap::DirectoryRef) -> bool {
+        if self
+            .by_login(&user.username)
+            .is_some_and(|u| u.id != user.id && !self.directory.contains_key(&u.id))
+        {
+            return false;
+        }
+        if self.by_id.get(&user.id).is_some_and(|u| !self.directory.contains_key(&u.id)) {
+            return false;
+        }
+        // A rename: the old login must not keep pointing at this user.
+        if let Some(old) = self.by_id.get(&user.id).cloned() {
+            let key = old.username.to_lowercase();
+            if self.by_login.get(&key).is_some_and(|u| u.id == old.id) {
+                self.by_login.remove(&key);
+            }
+        }
+        self.directory.insert(user.id.clone(), at);
+        self.insert(user);
+        true
+    }
+
+    /// Replaces every directory user with `users` (a full read of the
+    /// directory). Returns the ids that are gone and the logins an earlier
+    /// source shadows.
+    pub fn replace_directory_users(&mut self, users: Vec<(User, ldap::DirectoryRef)>) -> (Vec<String>, Vec<String>) {
+        let keep: std::collections::HashSet<String> = users.iter().map(|(u, _)| u.id.clone()).collect();
+        let gone: Vec<String> = self.directory.keys().filter(|id| !keep.contains(*id)).cloned().collect();
+        for id in &gone {
+            self.remove_directory_user(id);
+        }
+        let mut shadowed = Vec::new();
+        for (user, at) in users {
+            let (id, login) = (user.id.clone(), user.username.clone());
+            if !self.upsert_directory_user(user, at) {
+                // Shadowed: its sessions end too (an earlier source owns the name now).
+                self.remove_directory_user(&id);
+                shadowed.push(login);
+            }
+        }
+        (gone, shadowed)
+    }
+
+    /// Forgets one directory user (gone from the directory, or disabled).
+    pub fn remove_directory_user(&mut self, id: &str) -> Option<Arc<User>> {
+        self.directory.remove(id)?;
+        self.remove(id)
     }
 
     /// Number of users.
