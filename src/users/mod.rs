@@ -199,6 +199,18 @@ impl UserDirectory {
         self.by_login.get(&login.to_lowercase())
     }
 
+    /// The users the API shows read-only (users file and directory), in id order.
+    pub fn read_only_users(&self) -> Vec<Arc<User>> {
+        let mut v: Vec<Arc<User>> = self
+            .by_id
+            .values()
+            .filter(|u| u.from_file || self.directory.contains_key(&u.id))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
     /// True for a user mirrored from the directory.
     pub fn is_directory(&self, id: &str) -> bool {
         self.directory.contains_key(id)
@@ -310,6 +322,98 @@ pub fn apply_deleted(users: &SharedUsers, id: &str, seq: i64) {
         .write()
         .unwrap_or_else(|p| p.into_inner())
         .apply_deleted(id, seq);
+}
+
+/// `portcullis users show NAME`: every source that has this login (or id),
+/// in the order sign-in asks them (users file, API, directory), and which
+/// one wins. Exit 0 when found, 1 when not (or a source could not be asked).
+pub async fn show(cfg: &crate::config::Config, key: &str) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let mut found: Vec<String> = Vec::new();
+    let mut failed = false;
+    let groups = |g: &[String]| if g.is_empty() { "-".to_owned() } else { g.join(", ") };
+    let files = UserDirectory::from_file_users(&cfg.users.file_users);
+    if let Some(u) = files.by_login(key).or_else(|| files.get(key)) {
+        println!("{}: users file, id {}, groups {}", u.username, u.id, groups(&u.groups));
+        found.push("users file".into());
+    }
+    match crate::store::open(&cfg.store).await {
+        Ok(store) => {
+            let stored = match store.get_user_by_login(key).await {
+                Ok(None) => store.get_user(key).await,
+                other => other,
+            };
+            match stored {
+                Ok(Some(r)) => {
+                    let u = User::from_record(&r);
+                    println!(
+                        "{}: API user, id {}, status {}, groups {}",
+                        r.login,
+                        r.id,
+                        r.status.as_str(),
+                        groups(&u.groups)
+                    );
+                    found.push("API".into());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("error: the store: {e}");
+                    failed = true;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: the store: {e}");
+            failed = true;
+        }
+    }
+    if let Some(lc) = &cfg.users.ldap {
+        match ldap::LdapDirectory::new(lc.clone()) {
+            Ok(dir) => match dir.find(key).await {
+                Ok(Some(e)) => {
+                    let (u, _) = e.to_user();
+                    println!(
+                        "{}: directory ({}), id {}, dn {}, {} {}, groups {}{}",
+                        e.username,
+                        lc.url,
+                        u.id,
+                        e.dn,
+                        lc.attributes.id,
+                        e.stable_id,
+                        groups(&e.groups),
+                        if e.disabled { ", DISABLED (cannot sign in)" } else { "" }
+                    );
+                    found.push("directory".into());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    failed = true;
+                }
+            },
+            Err(e) => {
+                eprintln!("error: users.ldap: {e}");
+                failed = true;
+            }
+        }
+    }
+    match found.len() {
+        0 => {
+            println!("{key}: no such user");
+            ExitCode::FAILURE
+        }
+        1 if !failed => ExitCode::SUCCESS,
+        1 => ExitCode::FAILURE,
+        _ => {
+            println!(
+                "warning: {key} is in {} sources ({}); the {} one signs in (order: users file, API, directory), the others cannot",
+                found.len(),
+                found.join(", "),
+                found[0]
+            );
+            if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+        }
+    }
 }
 
 /// Change-log entries read per store call.
