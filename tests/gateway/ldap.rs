@@ -656,3 +656,105 @@ async fn slow_or_garbage_directory_answers_503_within_timeout() {
         assert_eq!(password(&gw, "alice", ALICE.password).await.0, 200, "file users unaffected");
     }
 }
+
+#[test]
+fn check_config_lists_every_directory_problem_with_its_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("users.toml"), users_file()).unwrap();
+    let text = config_text(
+        r#"
+[users.ldap]
+url = "http://dc1.example.com"
+bind_dn = "cn=svc,,dc=example"
+bind_password = "env:PORTCULLIS_TEST_UNSET_LDAP_PASSWORD"
+base_dn = "dc=example,dc"
+user_filter = "(uid=alice)"
+ca = "/nonexistent/ca.pem"
+"#,
+        "http://127.0.0.1:9",
+        tmp.path(),
+    );
+    let path = tmp.path().join("portcullis.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = portcullis_command(&["check-config", "--config", path.to_str().unwrap()])
+        .env_remove("PORTCULLIS_TEST_UNSET_LDAP_PASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    for key in [
+        "users.ldap.url",
+        "users.ldap.bind_dn",
+        "users.ldap.bind_password",
+        "users.ldap.base_dn",
+        "users.ldap.user_filter",
+        "users.ldap.ca",
+    ] {
+        assert!(all.contains(key), "{key} missing:\n{all}");
+    }
+}
+
+#[tokio::test]
+async fn users_show_says_where_a_user_comes_from() {
+    if !have_slapd("users_show_says_where_a_user_comes_from") {
+        return;
+    }
+    let slapd = Slapd::start(&openldap_ldif(), false, None);
+    let gw = start_gateway(&slapd).await;
+    let path = slapd.dir.path().join("portcullis.toml");
+    std::fs::write(&path, &gw.config_text).unwrap();
+    let show = |user: &str| {
+        let out = portcullis_command(&["users", "show", user, "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, text) = show("dana");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("directory") && text.contains("uid=dana,ou=people,dc=example,dc=com"), "{text}");
+    assert!(text.contains("admins, staff"), "{text}");
+    let (code, text) = show("alice");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("users file") && !text.contains("directory"), "{text}");
+    let (code, text) = show("bob");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("users file") && text.contains("directory"), "{text}");
+    assert!(text.contains("warning: bob is in 2 sources"), "{text}");
+    let (code, text) = show("nobody");
+    assert_eq!(code, Some(1), "{text}");
+}
+
+/// Unknown user, wrong password and disabled account take about as long
+/// (each runs the same argon2 work and one bind).
+#[tokio::test]
+async fn refusals_take_about_the_same_time() {
+    if !have_slapd("refusals_take_about_the_same_time") {
+        return;
+    }
+    let ldif = format!("{BASE_LDIF}{}{}", ad_user("frank", &[1; 16], 512), ad_user("gina", &[2; 16], 514));
+    let slapd = Slapd::start(&ldif, true, None);
+    let gw = TestGateway::start(&gateway_toml(&format!(
+        "url = \"{}\"\nimplementation = \"active_directory\"\ngroup_filter = \"\"",
+        slapd.url()
+    )))
+    .await;
+    let mut medians = Vec::new();
+    for (user, pw) in [("frank", "wrong"), ("nobody", "wrong"), ("gina", "gina-ad-pw")] {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let started = Instant::now();
+            let (status, body, _) = password(&gw, user, pw).await;
+            times.push(started.elapsed());
+            assert_eq!(status, 401, "{user}: {body}");
+            assert_eq!(body["errorCode"], "E0000004");
+        }
+        times.sort();
+        medians.push(times[2]);
+    }
+    eprintln!("median refusal times (wrong password, unknown user, disabled account): {medians:?}");
+    let (min, max) = (medians.iter().min().unwrap(), medians.iter().max().unwrap());
+    assert!(
+        max.as_secs_f64() < min.as_secs_f64() * 3.0,
+        "refusal times differ too much: {medians:?}"
+    );
+}
