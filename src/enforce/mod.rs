@@ -102,6 +102,12 @@ impl Enforcer {
             if users.directory_stale() && users.is_directory(&claims.uid) {
                 return SessionState::Unavailable;
             }
+            // Before the directory's first read (start-up while it is down)
+            // an unknown id may be a directory user's: fail closed rather
+            // than end the session.
+            if users.directory_pending() && users.get(&claims.uid).is_none() {
+                return SessionState::Unavailable;
+            }
             users.get(&claims.uid).cloned()
         };
         match user {

@@ -109,6 +109,8 @@ pub struct UserDirectory {
     /// True while the directory's view is older than `refresh_interval`
     /// allows: directory users' sessions then fail closed (503).
     directory_stale: bool,
+    /// True from start-up until the directory's first full read.
+    directory_pending: bool,
 }
 
 impl UserDirectory {
@@ -235,6 +237,16 @@ impl UserDirectory {
     /// True while directory users' sessions must fail closed.
     pub fn directory_stale(&self) -> bool {
         self.directory_stale
+    }
+
+    /// True until the directory (if any) has been read once.
+    pub fn directory_pending(&self) -> bool {
+        self.directory_pending
+    }
+
+    /// Marks the directory as not read yet (or read).
+    pub fn set_directory_pending(&mut self, pending: bool) {
+        self.directory_pending = pending;
     }
 
     /// Marks the directory's view as too old to trust (or fresh again).
@@ -522,6 +534,52 @@ mod tests {
         dir.apply_record(&record("00uD", "dana2", UserStatus::Active, 5));
         assert!(dir.get("00uD").is_none() && dir.by_login("dana2").is_none());
         assert_eq!(dir.file_users().len(), 1);
+    }
+
+    fn dir_user(stable: &str, login: &str, groups: &[&str]) -> (User, ldap::DirectoryRef) {
+        ldap::DirEntry {
+            dn: format!("uid={login},dc=x"),
+            stable_id: stable.into(),
+            username: login.into(),
+            display_name: None,
+            email: None,
+            phone: None,
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            disabled: false,
+        }
+        .to_user()
+    }
+
+    #[test]
+    fn directory_users_are_mirrored_by_stable_id_after_earlier_sources() {
+        let mut dir = file_dir();
+        dir.apply_record(&record("00uS", "sam", UserStatus::Active, 1));
+        let (gone, shadowed) = dir.replace_directory_users(vec![
+            dir_user("uuid-1", "dana", &["admins"]),
+            dir_user("uuid-2", "alice", &[]),
+            dir_user("uuid-3", "sam", &[]),
+        ]);
+        assert!(gone.is_empty());
+        assert_eq!(shadowed, ["alice", "sam"], "file and API users own their logins");
+        assert!(dir.by_login("alice").unwrap().from_file);
+        assert_eq!(dir.by_login("sam").unwrap().id, "00uS");
+        let dana = dir.by_login("dana").unwrap().clone();
+        assert!(dir.is_directory(&dana.id));
+        assert_eq!(dana.id, ldap::directory_user_id("uuid-1"));
+        assert_eq!(dir.directory_users().len(), 1);
+        assert_eq!(dir.read_only_users().len(), 2, "alice and dana");
+        // Removed from a group; then recreated with a new stable id.
+        dir.replace_directory_users(vec![dir_user("uuid-1", "dana", &[])]);
+        assert!(dir.get(&dana.id).unwrap().groups.is_empty());
+        let (gone, _) = dir.replace_directory_users(vec![dir_user("uuid-9", "dana", &[])]);
+        assert_eq!(gone, [dana.id.clone()]);
+        assert!(dir.get(&dana.id).is_none(), "the old account's id is gone");
+        assert_eq!(dir.by_login("dana").unwrap().id, ldap::directory_user_id("uuid-9"));
+        // A sign-in of a renamed account moves its login.
+        let (renamed, at) = dir_user("uuid-9", "dana2", &[]);
+        assert!(dir.upsert_directory_user(renamed, at));
+        assert!(dir.by_login("dana").is_none());
+        assert!(dir.by_login("dana2").is_some());
     }
 
     #[test]

@@ -509,8 +509,10 @@ async fn ldap_directory_stopped_then_started_again() {
     }
     let mut slapd = Slapd::start(&openldap_ldif(), false, None);
     let gw = start_gateway(&slapd).await;
-    let (status, _, _) = password(&gw, "erin", "erin-directory-pw").await;
+    let (status, _, session) = password(&gw, "erin", "erin-directory-pw").await;
     assert_eq!(status, 200);
+    let session = session.unwrap();
+    assert_eq!(gw.status("/plain", Some(&session)).await, 200);
 
     slapd.stop();
     let started = Instant::now();
@@ -525,6 +527,16 @@ async fn ldap_directory_stopped_then_started_again() {
     assert_eq!(status, 503);
     assert!(text.contains("directory"), "{text}");
 
+    // Past refresh_interval (+ timeout) without a read, the session issued
+    // earlier fails closed: 503, not a forward on stale groups.
+    assert!(
+        eventually(Duration::from_secs(10), || async { gw.status("/plain", Some(&session)).await == 503 }).await,
+        "a directory user's session fails closed once the mirror is stale"
+    );
+    let (status, _, alice) = password(&gw, "alice", ALICE.password).await;
+    assert_eq!(status, 200);
+    assert_eq!(gw.status("/plain", Some(&alice.unwrap())).await, 200, "file users' sessions unaffected");
+
     slapd.run();
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -534,6 +546,10 @@ async fn ldap_directory_stopped_then_started_again() {
         "sign-ins work again"
     );
     assert!(eventually(Duration::from_secs(10), || async { readyz(&gw).await.0 == 200 }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async { gw.status("/plain", Some(&session)).await == 200 }).await,
+        "the earlier session works again once the directory is read"
+    );
 }
 
 #[tokio::test]
@@ -757,4 +773,33 @@ async fn refusals_take_about_the_same_time() {
         max.as_secs_f64() < min.as_secs_f64() * 3.0,
         "refusal times differ too much: {medians:?}"
     );
+}
+
+#[tokio::test]
+async fn ldap_lockout_is_keyed_by_the_stable_id() {
+    if !have_slapd("ldap_lockout_is_keyed_by_the_stable_id") {
+        return;
+    }
+    let slapd = Slapd::start(&openldap_ldif(), false, None);
+    let gw = TestGateway::start(&format!(
+        "{}\n[regulation]\nmax_password_failures = 3\n",
+        gateway_toml(&format!("url = \"{}\"", slapd.url()))
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(password(&gw, "erin", "wrong").await.0, 401);
+    }
+    let (status, body, _) = password(&gw, "erin", "erin-directory-pw").await;
+    assert_eq!(status, 401, "blocked after three wrong passwords: {body}");
+    assert_eq!(body["errorCode"], "E0000004");
+
+    // A new account under the same name is another user: not blocked.
+    slapd.modify("dn: uid=erin,ou=people,dc=example,dc=com\nchangetype: delete\n");
+    let recreated = person("erin", "erin-new-pw").replace(
+        "dn: uid=erin,ou=people,dc=example,dc=com\n",
+        "dn: uid=erin,ou=people,dc=example,dc=com\nchangetype: add\n",
+    );
+    slapd.modify(&recreated);
+    let (status, body, _) = password(&gw, "erin", "erin-new-pw").await;
+    assert_eq!(status, 200, "{body}");
 }

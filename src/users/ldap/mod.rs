@@ -686,10 +686,11 @@ impl LdapDirectory {
         let entries = self.list().await?;
         let mirror: Vec<(User, DirectoryRef)> = entries.iter().map(DirEntry::to_user).collect();
         let count = mirror.len();
-        let (gone, shadowed) = users
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace_directory_users(mirror);
+        let (gone, shadowed) = {
+            let mut u = users.write().unwrap_or_else(|p| p.into_inner());
+            u.set_directory_pending(false);
+            u.replace_directory_users(mirror)
+        };
         for login in &shadowed {
             tracing::warn!(
                 user = %login,
@@ -760,6 +761,10 @@ pub fn build(
         return Ok(None);
     };
     let dir = Arc::new(LdapDirectory::new(cfg.clone())?);
+    users
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .set_directory_pending(true);
     background.push(spawn_refresher(dir.clone(), users.clone(), store.clone(), view.clone()));
     Ok(Some(dir))
 }
