@@ -377,7 +377,11 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
         && let Some(Err(e)) = st.directory.as_ref().map(|d| d.ready())
     {
         tracing::warn!(error = %e, "readiness: directory unreachable");
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: directory unreachable\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: directory unreachable\n",
+        )
+            .into_response();
     }
     match (store, fresh) {
         (Ok(()), true) => "ready\n".into_response(),

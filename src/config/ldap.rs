@@ -217,7 +217,8 @@ pub fn convert(value: toml::Value, secret: &mut dyn FnMut(&str, &str) -> Option<
         None | Some("") => {
             err(
                 "url",
-                "is required, e.g. \"ldaps://dc1.example.com\" or \"ldap://ldap.example.com\" with start_tls".into(),
+                "is required, e.g. \"ldaps://dc1.example.com\" or \"ldap://ldap.example.com\" with start_tls"
+                    .into(),
             );
             String::new()
         }
@@ -277,7 +278,8 @@ pub fn convert(value: toml::Value, secret: &mut dyn FnMut(&str, &str) -> Option<
             // never let the service account be "signed in" that way.
             err(
                 "bind_password",
-                "is required (an empty password would be an anonymous bind); e.g. \"env:LDAP_BIND_PASSWORD\"".into(),
+                "is required (an empty password would be an anonymous bind); e.g. \"env:LDAP_BIND_PASSWORD\""
+                    .into(),
             );
             None
         }
@@ -332,7 +334,11 @@ pub fn convert(value: toml::Value, secret: &mut dyn FnMut(&str, &str) -> Option<
         for (name, given, slot) in pairs {
             let Some(v) = given else { continue };
             let v = v.trim();
-            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b';') {
+            if v.is_empty()
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b';')
+            {
                 out.errors.push((
                     key(&format!("attributes.{name}")),
                     format!("must be an attribute name (letters, digits, '-') (got {v:?})"),
@@ -395,7 +401,7 @@ pub fn convert(value: toml::Value, secret: &mut dyn FnMut(&str, &str) -> Option<
 }
 
 fn humanize(d: Duration) -> String {
-    if d.as_millis() % 1000 == 0 {
+    if d.as_millis().is_multiple_of(1000) {
         format!("{}s", d.as_secs())
     } else {
         format!("{}ms", d.as_millis())
@@ -405,7 +411,8 @@ fn humanize(d: Duration) -> String {
 /// `ldap://host[:port]` or `ldaps://host[:port]`, nothing else; a warning
 /// for passwords that would cross the network in clear.
 fn check_url(text: &str, start_tls: bool) -> Result<(String, Option<String>), String> {
-    let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e}): expected ldap://host or ldaps://host"))?;
+    let url = url::Url::parse(text)
+        .map_err(|e| format!("not a URL ({e}): expected ldap://host or ldaps://host"))?;
     let scheme = url.scheme();
     if scheme != "ldap" && scheme != "ldaps" {
         return Err(format!(
@@ -435,7 +442,8 @@ fn check_url(text: &str, start_tls: bool) -> Result<(String, Option<String>), St
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     let warning = (scheme == "ldap" && !start_tls && !loopback).then(|| {
-        "ldap:// without start_tls sends users' passwords in clear: use ldaps:// or start_tls = true".to_owned()
+        "ldap:// without start_tls sends users' passwords in clear: use ldaps:// or start_tls = true"
+            .to_owned()
     });
     Ok((clean, warning))
 }
@@ -484,7 +492,10 @@ mod tests {
     fn run(text: &str) -> Converted {
         let table: toml::Table = toml::from_str(text).unwrap();
         convert(toml::Value::Table(table), &mut |_k, v| {
-            Some(Secret::new(v.strip_prefix("env:").map_or(v.to_owned(), |n| format!("from-{n}"))))
+            Some(Secret::new(
+                v.strip_prefix("env:")
+                    .map_or(v.to_owned(), |n| format!("from-{n}")),
+            ))
         })
     }
 
@@ -555,7 +566,11 @@ mod tests {
             assert!(keys.contains(&k), "{k} missing from {:?}", out.errors);
         }
         let missing_ca = run(&format!("{BASE}ca = \"/nonexistent/ca.pem\"\n"));
-        assert!(missing_ca.errors[0].1.contains("cannot read"), "{:?}", missing_ca.errors);
+        assert!(
+            missing_ca.errors[0].1.contains("cannot read"),
+            "{:?}",
+            missing_ca.errors
+        );
     }
 
     #[test]
@@ -573,7 +588,10 @@ mod tests {
         assert!(check_url("ldaps://dc1", true).is_err(), "ldaps with start_tls");
         assert!(check_url("ldap://dc1/dc=x", false).is_err(), "a path");
         assert!(check_url("ldapi:///run/slapd", false).is_err());
-        assert!(check_url("ldap://dc1", false).unwrap().1.is_some(), "clear text warns");
+        assert!(
+            check_url("ldap://dc1", false).unwrap().1.is_some(),
+            "clear text warns"
+        );
         assert!(check_url("ldap://dc1", true).unwrap().1.is_none());
         assert!(check_url("ldap://127.0.0.1:3389", false).unwrap().1.is_none());
     }

@@ -53,7 +53,10 @@ pub async fn check_password(
     let plausible = !login.is_empty() && login.len() <= MAX_LOGIN_LEN;
     let user = if plausible {
         let users = st.enforcer.users.read().unwrap_or_else(|p| p.into_inner());
-        users.by_login(login).filter(|u| !users.is_directory(&u.id)).cloned()
+        users
+            .by_login(login)
+            .filter(|u| !users.is_directory(&u.id))
+            .cloned()
     } else {
         None
     };

@@ -263,7 +263,11 @@ impl UserDirectory {
         {
             return false;
         }
-        if self.by_id.get(&user.id).is_some_and(|u| !self.directory.contains_key(&u.id)) {
+        if self
+            .by_id
+            .get(&user.id)
+            .is_some_and(|u| !self.directory.contains_key(&u.id))
+        {
             return false;
         }
         // A rename: the old login must not keep pointing at this user.
@@ -281,9 +285,17 @@ impl UserDirectory {
     /// Replaces every directory user with `users` (a full read of the
     /// directory). Returns the ids that are gone and the logins an earlier
     /// source shadows.
-    pub fn replace_directory_users(&mut self, users: Vec<(User, ldap::DirectoryRef)>) -> (Vec<String>, Vec<String>) {
+    pub fn replace_directory_users(
+        &mut self,
+        users: Vec<(User, ldap::DirectoryRef)>,
+    ) -> (Vec<String>, Vec<String>) {
         let keep: std::collections::HashSet<String> = users.iter().map(|(u, _)| u.id.clone()).collect();
-        let gone: Vec<String> = self.directory.keys().filter(|id| !keep.contains(*id)).cloned().collect();
+        let gone: Vec<String> = self
+            .directory
+            .keys()
+            .filter(|id| !keep.contains(*id))
+            .cloned()
+            .collect();
         for id in &gone {
             self.remove_directory_user(id);
         }
@@ -343,10 +355,21 @@ pub async fn show(cfg: &crate::config::Config, key: &str) -> std::process::ExitC
     use std::process::ExitCode;
     let mut found: Vec<String> = Vec::new();
     let mut failed = false;
-    let groups = |g: &[String]| if g.is_empty() { "-".to_owned() } else { g.join(", ") };
+    let groups = |g: &[String]| {
+        if g.is_empty() {
+            "-".to_owned()
+        } else {
+            g.join(", ")
+        }
+    };
     let files = UserDirectory::from_file_users(&cfg.users.file_users);
     if let Some(u) = files.by_login(key).or_else(|| files.get(key)) {
-        println!("{}: users file, id {}, groups {}", u.username, u.id, groups(&u.groups));
+        println!(
+            "{}: users file, id {}, groups {}",
+            u.username,
+            u.id,
+            groups(&u.groups)
+        );
         found.push("users file".into());
     }
     match crate::store::open(&cfg.store).await {
@@ -393,7 +416,11 @@ pub async fn show(cfg: &crate::config::Config, key: &str) -> std::process::ExitC
                         lc.attributes.id,
                         e.stable_id,
                         groups(&e.groups),
-                        if e.disabled { ", DISABLED (cannot sign in)" } else { "" }
+                        if e.disabled {
+                            ", DISABLED (cannot sign in)"
+                        } else {
+                            ""
+                        }
                     );
                     found.push("directory".into());
                 }
@@ -423,7 +450,11 @@ pub async fn show(cfg: &crate::config::Config, key: &str) -> std::process::ExitC
                 found.join(", "),
                 found[0]
             );
-            if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
     }
 }
@@ -572,9 +603,12 @@ mod tests {
         dir.replace_directory_users(vec![dir_user("uuid-1", "dana", &[])]);
         assert!(dir.get(&dana.id).unwrap().groups.is_empty());
         let (gone, _) = dir.replace_directory_users(vec![dir_user("uuid-9", "dana", &[])]);
-        assert_eq!(gone, [dana.id.clone()]);
+        assert_eq!(gone, std::slice::from_ref(&dana.id));
         assert!(dir.get(&dana.id).is_none(), "the old account's id is gone");
-        assert_eq!(dir.by_login("dana").unwrap().id, ldap::directory_user_id("uuid-9"));
+        assert_eq!(
+            dir.by_login("dana").unwrap().id,
+            ldap::directory_user_id("uuid-9")
+        );
         // A sign-in of a renamed account moves its login.
         let (renamed, at) = dir_user("uuid-9", "dana2", &[]);
         assert!(dir.upsert_directory_user(renamed, at));

@@ -34,7 +34,10 @@ fn have_slapd(test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
-    eprintln!("SKIPPED {test}: {} not installed (apt-get install slapd ldap-utils)", missing.join(", "));
+    eprintln!(
+        "SKIPPED {test}: {} not installed (apt-get install slapd ldap-utils)",
+        missing.join(", ")
+    );
     assert!(!in_ci(), "{test} skipped under CI=true: slapd missing");
     false
 }
@@ -123,10 +126,19 @@ impl Slapd {
         std::fs::write(&conf_path, conf).unwrap();
         std::fs::write(d.join("init.ldif"), ldif).unwrap();
         let out = Command::new("/usr/sbin/slapadd")
-            .args(["-f", conf_path.to_str().unwrap(), "-l", d.join("init.ldif").to_str().unwrap()])
+            .args([
+                "-f",
+                conf_path.to_str().unwrap(),
+                "-l",
+                d.join("init.ldif").to_str().unwrap(),
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "slapadd: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "slapadd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut s = Slapd {
             conf: conf_path,
             port: free_port(),
@@ -182,7 +194,11 @@ impl Slapd {
             .unwrap();
         child.stdin.take().unwrap().write_all(ldif.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "ldapmodify: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ldapmodify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -409,7 +425,10 @@ async fn ldap_sign_in_enrollment_totp_groups_and_refused_attempts() {
     assert_eq!(status, 200, "{b}");
     assert_eq!(b["_embedded"]["user"]["id"], TestGateway::uid("bob").as_str());
     let (status, _, _) = password(&gw, "bob", "bob-directory-pw").await;
-    assert_eq!(status, 401, "the directory's bob cannot sign in: the file's bob owns the name");
+    assert_eq!(
+        status, 401,
+        "the directory's bob cannot sign in: the file's bob owns the name"
+    );
 
     // The admin Users API lists directory users read-only and manages their factors.
     assert!(
@@ -433,16 +452,31 @@ async fn ldap_sign_in_enrollment_totp_groups_and_refused_attempts() {
         .await,
         "directory users listed"
     );
-    let admin = |req: reqwest::RequestBuilder| req.header("authorization", "SSWS test-admin-token-0123456789abcdef");
+    let admin =
+        |req: reqwest::RequestBuilder| req.header("authorization", "SSWS test-admin-token-0123456789abcdef");
     let res = admin(gw.client().delete(gw.admin_url(&format!("/api/v1/users/{uid}"))))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 403, "directory users are read-only");
-    let res = admin(gw.client().get(gw.admin_url(&format!("/api/v1/users/{uid}/factors"))))
+    let res = admin(gw.client().post(gw.admin_url("/api/v1/users?activate=true")))
+        .header("content-type", "application/json")
+        .body(json!({ "profile": { "login": "dana", "email": "d@example.com" } }).to_string())
         .send()
         .await
         .unwrap();
+    assert_eq!(
+        res.status(),
+        400,
+        "a directory user's login cannot be taken by an API user"
+    );
+    let res = admin(
+        gw.client()
+            .get(gw.admin_url(&format!("/api/v1/users/{uid}/factors"))),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(res.status(), 200);
     let factors: Value = res.json().await.unwrap();
     assert_eq!(factors[0]["factorType"], "token:software:totp", "{factors}");
@@ -456,7 +490,10 @@ async fn ldap_sign_in_enrollment_totp_groups_and_refused_attempts() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("portcullis_directory_duration_seconds"), "{metrics}");
+    assert!(
+        metrics.contains("portcullis_directory_duration_seconds"),
+        "{metrics}"
+    );
     assert!(metrics.contains("portcullis_directory_errors_total"), "{metrics}");
     assert_eq!(readyz(&gw).await.0, 200);
 }
@@ -477,16 +514,26 @@ async fn ldap_group_removal_deletion_and_a_recreated_account() {
          member: uid=dana,ou=people,dc=example,dc=com\n",
     );
     assert!(
-        eventually(Duration::from_secs(5), || async { gw.status("/admin/x", Some(&cookie)).await == 403 }).await,
+        eventually(Duration::from_secs(5), || async {
+            gw.status("/admin/x", Some(&cookie)).await == 403
+        })
+        .await,
         "the admins route is refused once the group is gone"
     );
-    assert_eq!(gw.status("/secure/x", Some(&cookie)).await, 200, "other routes still work");
+    assert_eq!(
+        gw.status("/secure/x", Some(&cookie)).await,
+        200,
+        "other routes still work"
+    );
 
     // Deleted and recreated with the same uid: the old session ends and the
     // new account (a new entryUUID) inherits nothing.
     slapd.modify("dn: uid=dana,ou=people,dc=example,dc=com\nchangetype: delete\n");
     assert!(
-        eventually(Duration::from_secs(5), || async { gw.status("/secure/x", Some(&cookie)).await == 401 }).await,
+        eventually(Duration::from_secs(5), || async {
+            gw.status("/secure/x", Some(&cookie)).await == 401
+        })
+        .await,
         "a deleted user's session is refused"
     );
     let recreated = person("dana", "dana-new-pw").replace(
@@ -499,7 +546,11 @@ async fn ldap_group_removal_deletion_and_a_recreated_account() {
     assert_eq!(a["status"], "MFA_ENROLL", "no factor inherited: {a}");
     let new_uid = a["_embedded"]["user"]["id"].as_str().unwrap();
     assert_ne!(new_uid, old_uid);
-    assert_eq!(gw.status("/secure/x", Some(&cookie)).await, 401, "the old session stays refused");
+    assert_eq!(
+        gw.status("/secure/x", Some(&cookie)).await,
+        401,
+        "the old session stays refused"
+    );
 }
 
 #[tokio::test]
@@ -530,12 +581,19 @@ async fn ldap_directory_stopped_then_started_again() {
     // Past refresh_interval (+ timeout) without a read, the session issued
     // earlier fails closed: 503, not a forward on stale groups.
     assert!(
-        eventually(Duration::from_secs(10), || async { gw.status("/plain", Some(&session)).await == 503 }).await,
+        eventually(Duration::from_secs(10), || async {
+            gw.status("/plain", Some(&session)).await == 503
+        })
+        .await,
         "a directory user's session fails closed once the mirror is stale"
     );
     let (status, _, alice) = password(&gw, "alice", ALICE.password).await;
     assert_eq!(status, 200);
-    assert_eq!(gw.status("/plain", Some(&alice.unwrap())).await, 200, "file users' sessions unaffected");
+    assert_eq!(
+        gw.status("/plain", Some(&alice.unwrap())).await,
+        200,
+        "file users' sessions unaffected"
+    );
 
     slapd.run();
     assert!(
@@ -547,7 +605,10 @@ async fn ldap_directory_stopped_then_started_again() {
     );
     assert!(eventually(Duration::from_secs(10), || async { readyz(&gw).await.0 == 200 }).await);
     assert!(
-        eventually(Duration::from_secs(10), || async { gw.status("/plain", Some(&session)).await == 200 }).await,
+        eventually(Duration::from_secs(10), || async {
+            gw.status("/plain", Some(&session)).await == 200
+        })
+        .await,
         "the earlier session works again once the directory is read"
     );
 }
@@ -564,7 +625,10 @@ async fn ldaps_and_start_tls_with_a_private_ca() {
     let tls_port = slapd.tls_port.unwrap();
     for ldap in [
         format!("url = \"ldaps://localhost:{tls_port}\"\n{ca_line}"),
-        format!("url = \"ldap://localhost:{}\"\nstart_tls = true\n{ca_line}", slapd.port),
+        format!(
+            "url = \"ldap://localhost:{}\"\nstart_tls = true\n{ca_line}",
+            slapd.port
+        ),
     ] {
         let gw = TestGateway::start(&gateway_toml(&ldap)).await;
         let (status, body, _) = password(&gw, "erin", "erin-directory-pw").await;
@@ -635,7 +699,12 @@ async fn active_directory_preset_against_ad_shaped_entries() {
     assert!(
         eventually(Duration::from_secs(5), || async {
             let users = gw.gateway.state().enforcer.users.read().unwrap();
-            users.directory_users().iter().map(|u| u.username.clone()).collect::<Vec<_>>() == ["frank"]
+            users
+                .directory_users()
+                .iter()
+                .map(|u| u.username.clone())
+                .collect::<Vec<_>>()
+                == ["frank"]
         })
         .await
     );
@@ -653,13 +722,17 @@ async fn slow_or_garbage_directory_answers_503_within_timeout() {
             let mut held = Vec::new();
             while let Ok((mut s, _)) = listener.accept().await {
                 if garbage {
-                    let _ = s.write_all(b"\x30\x84\xff\xff\xff\xffHTTP/1.1 200 OK\r\n\r\ngarbage").await;
+                    let _ = s
+                        .write_all(b"\x30\x84\xff\xff\xff\xffHTTP/1.1 200 OK\r\n\r\ngarbage")
+                        .await;
                 }
                 held.push(s);
             }
         });
-        let gw = TestGateway::start(&gateway_toml(&format!("url = \"ldap://{addr}\"")).replace("\"2s\"", "\"1s\""))
-            .await;
+        let gw = TestGateway::start(
+            &gateway_toml(&format!("url = \"ldap://{addr}\"")).replace("\"2s\"", "\"1s\""),
+        )
+        .await;
         let started = Instant::now();
         let (status, body, cookie) = password(&gw, "dana", "dana-directory-pw").await;
         assert_eq!(status, 503, "garbage={garbage}: {body}");
@@ -669,7 +742,11 @@ async fn slow_or_garbage_directory_answers_503_within_timeout() {
             "garbage={garbage}: took {:?}",
             started.elapsed()
         );
-        assert_eq!(password(&gw, "alice", ALICE.password).await.0, 200, "file users unaffected");
+        assert_eq!(
+            password(&gw, "alice", ALICE.password).await.0,
+            200,
+            "file users unaffected"
+        );
     }
 }
 
@@ -697,7 +774,11 @@ ca = "/nonexistent/ca.pem"
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     for key in [
         "users.ldap.url",
         "users.ldap.bind_dn",
@@ -723,18 +804,30 @@ async fn users_show_says_where_a_user_comes_from() {
         let out = portcullis_command(&["users", "show", user, "--config", path.to_str().unwrap()])
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     let (code, text) = show("dana");
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("directory") && text.contains("uid=dana,ou=people,dc=example,dc=com"), "{text}");
+    assert!(
+        text.contains("directory") && text.contains("uid=dana,ou=people,dc=example,dc=com"),
+        "{text}"
+    );
     assert!(text.contains("admins, staff"), "{text}");
     let (code, text) = show("alice");
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("users file") && !text.contains("directory"), "{text}");
+    assert!(
+        text.contains("users file") && !text.contains("directory"),
+        "{text}"
+    );
     let (code, text) = show("bob");
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("users file") && text.contains("directory"), "{text}");
+    assert!(
+        text.contains("users file") && text.contains("directory"),
+        "{text}"
+    );
     assert!(text.contains("warning: bob is in 2 sources"), "{text}");
     let (code, text) = show("nobody");
     assert_eq!(code, Some(1), "{text}");
@@ -747,7 +840,11 @@ async fn refusals_take_about_the_same_time() {
     if !have_slapd("refusals_take_about_the_same_time") {
         return;
     }
-    let ldif = format!("{BASE_LDIF}{}{}", ad_user("frank", &[1; 16], 512), ad_user("gina", &[2; 16], 514));
+    let ldif = format!(
+        "{BASE_LDIF}{}{}",
+        ad_user("frank", &[1; 16], 512),
+        ad_user("gina", &[2; 16], 514)
+    );
     let slapd = Slapd::start(&ldif, true, None);
     let gw = TestGateway::start(&gateway_toml(&format!(
         "url = \"{}\"\nimplementation = \"active_directory\"\ngroup_filter = \"\"",

@@ -182,7 +182,10 @@ mod tests {
         assert_eq!(filter_value("jürgen"), "jürgen");
         assert_eq!(filter_value("x\ny"), "x\\0ay");
         // The filled filter parses and has exactly one equality assertion.
-        let f = fill("(&(objectClass=person)(uid={username}))", &[("{username}", "*)(|(uid=*")]);
+        let f = fill(
+            "(&(objectClass=person)(uid={username}))",
+            &[("{username}", "*)(|(uid=*")],
+        );
         assert_eq!(f, "(&(objectClass=person)(uid=\\2a\\29\\28|\\28uid=\\2a))");
         assert!(ldap3::parse_filter(&f).is_ok());
         assert_eq!(filter_bytes(&[0x01, 0xab, 0x2a]), "\\01\\ab\\2a");
@@ -210,13 +213,29 @@ mod tests {
     fn dns_parse_or_are_refused() {
         let p = parse_dn("cn=Admins+ou=x, dc=example,dc=com").unwrap();
         assert_eq!(p.len(), 3);
-        assert_eq!(p[0], vec![("cn".into(), "Admins".into()), ("ou".into(), "x".into())]);
+        assert_eq!(
+            p[0],
+            vec![("cn".into(), "Admins".into()), ("ou".into(), "x".into())]
+        );
         assert_eq!(parse_dn("cn=a\\2cb,dc=x").unwrap()[0][0].1, "a,b");
         assert!(parse_dn("1.3.6.1.4.1.1466.0=#04024869,dc=x").is_ok());
-        for bad in ["", "dc=x,", "=x", "dc", "cn=a;b", "cn=a\\", "cn=a\\zz", "dc=x,,dc=y", "cn=#0"] {
+        for bad in [
+            "",
+            "dc=x,",
+            "=x",
+            "dc",
+            "cn=a;b",
+            "cn=a\\",
+            "cn=a\\zz",
+            "dc=x,,dc=y",
+            "cn=#0",
+        ] {
             assert!(parse_dn(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(first_rdn_value("cn=Ops Team,ou=groups,dc=x", "cn").as_deref(), Some("Ops Team"));
+        assert_eq!(
+            first_rdn_value("cn=Ops Team,ou=groups,dc=x", "cn").as_deref(),
+            Some("Ops Team")
+        );
         assert_eq!(first_rdn_value("ou=x+cn=y,dc=x", "cn").as_deref(), Some("y"));
     }
 }

@@ -222,11 +222,12 @@ fn tls_config(cfg: &LdapConfig) -> Result<Arc<rustls::ClientConfig>, String> {
             roots.add(c.clone()).map_err(|e| format!("users.ldap.ca: {e}"))?;
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     Ok(Arc::new(tls))
 }
 
@@ -505,7 +506,9 @@ impl LdapDirectory {
     async fn find_on(&self, conn: &mut Conn, login: &str) -> Result<Option<DirEntry>, DirError> {
         self.bind_service(conn).await?;
         let filter = escape::fill(&self.cfg.user_filter, &[(USERNAME, login)]);
-        let found = self.search(&mut conn.ldap, &filter, &self.user_attrs(), 2).await?;
+        let found = self
+            .search(&mut conn.ldap, &filter, &self.user_attrs(), 2)
+            .await?;
         if found.len() > 1 {
             tracing::warn!(
                 filter = %filter,
@@ -625,8 +628,10 @@ impl LdapDirectory {
         self.with_deadline(self.bind_service(conn)).await?;
         let filter = self.cfg.user_filter.replace(USERNAME, "*");
         let attrs: Vec<String> = self.user_attrs().into_iter().map(str::to_owned).collect();
-        let adapters: Vec<Box<dyn Adapter<'_, String, Vec<String>>>> =
-            vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(PAGE_SIZE))];
+        let adapters: Vec<Box<dyn Adapter<'_, String, Vec<String>>>> = vec![
+            Box::new(EntriesOnly::new()),
+            Box::new(PagedResults::new(PAGE_SIZE)),
+        ];
         let timeout = self.cfg.timeout;
         let mut raw = Vec::new();
         {
@@ -765,7 +770,12 @@ pub fn build(
         .write()
         .unwrap_or_else(|p| p.into_inner())
         .set_directory_pending(true);
-    background.push(spawn_refresher(dir.clone(), users.clone(), store.clone(), view.clone()));
+    background.push(spawn_refresher(
+        dir.clone(),
+        users.clone(),
+        store.clone(),
+        view.clone(),
+    ));
     Ok(Some(dir))
 }
 
@@ -822,7 +832,10 @@ mod tests {
         let a = directory_user_id("0b4e5d6c-1111-2222-3333-444455556666");
         assert_eq!(a, directory_user_id("0B4E5D6C-1111-2222-3333-444455556666"));
         assert_ne!(a, directory_user_id("0b4e5d6c-1111-2222-3333-444455556667"));
-        assert_ne!(a, super::super::file_user_id("0b4e5d6c-1111-2222-3333-444455556666"));
+        assert_ne!(
+            a,
+            super::super::file_user_id("0b4e5d6c-1111-2222-3333-444455556666")
+        );
         assert!(a.starts_with("00u") && a.len() == 20);
     }
 
