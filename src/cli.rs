@@ -82,6 +82,14 @@ enum StoreCommand {
 
 #[derive(Debug, Subcommand)]
 enum UsersCommand {
+    /// Show where a user comes from (users file, API, directory) and their groups.
+    Show {
+        /// Login or user id.
+        user: String,
+        /// The config file.
+        #[arg(long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
     /// Clear a user's lockout.
     Unlock {
         /// Login or user id.
@@ -128,6 +136,15 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        (
+            Some(Command::Users {
+                command: UsersCommand::Show { user, config },
+            }),
+            _,
+        ) => match load(&config) {
+            Some(loaded) => runtime.block_on(crate::users::show(&loaded.config, &user)),
+            None => ExitCode::from(EXIT_CONFIG),
+        },
         (
             Some(Command::Users {
                 command: UsersCommand::Unlock { user, config },

@@ -14,6 +14,8 @@ mod differential;
 mod flood;
 #[path = "gateway/hostile.rs"]
 mod hostile;
+#[path = "gateway/ldap.rs"]
+mod ldap;
 #[path = "gateway/limits.rs"]
 mod limits;
 #[path = "gateway/listeners.rs"]

@@ -372,6 +372,17 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> Response {
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     let store = st.store.health().await;
     let fresh = st.enforcer.revocations.is_fresh(Instant::now());
+    if store.is_ok()
+        && fresh
+        && let Some(Err(e)) = st.directory.as_ref().map(|d| d.ready())
+    {
+        tracing::warn!(error = %e, "readiness: directory unreachable");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: directory unreachable\n",
+        )
+            .into_response();
+    }
     match (store, fresh) {
         (Ok(()), true) => "ready\n".into_response(),
         (Err(e), _) => {

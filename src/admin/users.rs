@@ -83,7 +83,7 @@ fn file_user(st: &AppState, key: &str) -> Option<Arc<User>> {
     let dir = st.enforcer.users.read().unwrap_or_else(|p| p.into_inner());
     dir.get(key)
         .or_else(|| dir.by_login(key))
-        .filter(|u| u.from_file)
+        .filter(|u| u.from_file || dir.is_directory(&u.id))
         .cloned()
 }
 
@@ -109,7 +109,7 @@ pub async fn subject(st: &AppState, key: &str) -> Result<Subject, Response> {
 
 fn read_only() -> Response {
     ApiError::new(ErrorCode::E0000006)
-        .cause("users from the users file are read-only through the API")
+        .cause("users from the users file or the directory are read-only through the API")
         .into_response()
 }
 
@@ -505,7 +505,7 @@ pub async fn list(admin: Admin, State(st): State<Arc<AppState>>, Query(q): Query
         .users
         .read()
         .unwrap_or_else(|p| p.into_inner())
-        .file_users()
+        .read_only_users()
         .into_iter()
         .filter(|u| after.as_deref().is_none_or(|a| u.id.as_str() > a))
         .collect();

@@ -1598,12 +1598,19 @@ fn convert_users(cx: &mut Ctx<'_>, raw: RawUsers) -> UsersConfig {
             ("admin_only", Enrollment::AdminOnly),
         ],
     );
+    let ldap = raw.ldap.and_then(|v| {
+        let out = super::ldap::convert(v, &mut |k, v| secret(cx, k, v));
+        out.warnings.into_iter().for_each(|(k, m)| cx.warn(k, m));
+        out.errors.into_iter().for_each(|(k, m)| cx.error(k, m));
+        out.config
+    });
     UsersConfig {
         file,
         passwordless,
         passwordless_factors,
         enrollment,
         file_users,
+        ldap,
     }
 }
 

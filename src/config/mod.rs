@@ -7,6 +7,7 @@
 //! socket addresses, compiled regexes, CIDRs, resolved secrets) and never
 //! re-checks them.
 
+pub mod ldap;
 mod load;
 #[cfg(test)]
 mod proptests;
@@ -340,6 +341,8 @@ pub struct UsersConfig {
     pub enrollment: Enrollment,
     /// The users file, parsed and validated at load time.
     pub file_users: Vec<FileUser>,
+    /// `[users.ldap]`: a directory as a further source of users.
+    pub ldap: Option<ldap::LdapConfig>,
 }
 
 /// A user from the users file.

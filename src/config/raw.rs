@@ -104,6 +104,8 @@ pub(super) struct RawUsers {
     pub passwordless: Option<bool>,
     pub passwordless_factors: Option<Vec<String>>,
     pub enrollment: Option<String>,
+    /// `[users.ldap]`, read by [`super::ldap`].
+    pub ldap: Option<toml::Value>,
 }
 
 /// One `[[users]]` entry of the users file.

@@ -95,12 +95,21 @@ impl Enforcer {
             Err(SessionReject::Unavailable) => return SessionState::Unavailable,
             Err(e) => return SessionState::Invalid(e),
         }
-        let user = self
-            .users
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&claims.uid)
-            .cloned();
+        let user = {
+            let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+            // A directory user's groups and state are only as good as the
+            // last read of the directory: past `refresh_interval`, fail closed.
+            if users.directory_stale() && users.is_directory(&claims.uid) {
+                return SessionState::Unavailable;
+            }
+            // Before the directory's first read (start-up while it is down)
+            // an unknown id may be a directory user's: fail closed rather
+            // than end the session.
+            if users.directory_pending() && users.get(&claims.uid).is_none() {
+                return SessionState::Unavailable;
+            }
+            users.get(&claims.uid).cloned()
+        };
         match user {
             Some(user) => SessionState::Valid(ActiveSession { claims, user }),
             None => SessionState::Invalid(SessionReject::Revoked),

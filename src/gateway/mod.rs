@@ -36,6 +36,8 @@ pub enum BuildError {
     Proxy(String),
     #[error("{0}")]
     Keys(String),
+    #[error("users.ldap: {0}")]
+    Directory(String),
 }
 
 /// Everything a request handler may need, shared.
@@ -54,6 +56,8 @@ pub struct AppState {
     pub sealer: Option<Arc<crate::factors::sealing::Sealer>>,
     /// Wrong admin tokens by client address (per process).
     pub admin_throttle: crate::admin::throttle::TokenThrottle,
+    /// `[users.ldap]`: the directory users sign in against, if configured.
+    pub directory: Option<Arc<crate::users::ldap::LdapDirectory>>,
 }
 
 /// A running gateway's parts.
@@ -158,6 +162,8 @@ impl Gateway {
                 );
             }
         }
+        let directory = crate::users::ldap::build(&config, &store, &revocations, &users, &mut background)
+            .map_err(BuildError::Directory)?;
         let state = Arc::new(AppState {
             regulator: Regulator::new(store.clone(), config.regulation.clone(), clock.clone())
                 .with_subject_key(subject_key),
@@ -169,6 +175,7 @@ impl Gateway {
             csrf_key,
             sealer,
             admin_throttle: crate::admin::throttle::TokenThrottle::default(),
+            directory,
         });
         background.push(spawn_refresher(
             store,

@@ -39,6 +39,10 @@ pub enum LoginError {
 }
 
 /// Checks a login and password from `addr`, counting failures.
+///
+/// Users of the users file and of the API are checked here (argon2); a login
+/// neither of them holds goes to the directory when `[users.ldap]` is set
+/// ([`check_directory_password`]). Source order: file, API, directory.
 pub async fn check_password(
     st: &AppState,
     login: &str,
@@ -46,31 +50,29 @@ pub async fn check_password(
     addr: IpAddr,
 ) -> Result<Arc<User>, LoginError> {
     let login = login.trim();
-    let user = if login.is_empty() || login.len() > MAX_LOGIN_LEN {
-        None
-    } else {
-        st.enforcer
-            .users
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+    let plausible = !login.is_empty() && login.len() <= MAX_LOGIN_LEN;
+    let user = if plausible {
+        let users = st.enforcer.users.read().unwrap_or_else(|p| p.into_inner());
+        users
             .by_login(login)
+            .filter(|u| !users.is_directory(&u.id))
             .cloned()
+    } else {
+        None
     };
+    if user.is_none()
+        && plausible
+        && let Some(dir) = &st.directory
+    {
+        return check_directory_password(st, dir, login, password, addr).await;
+    }
     let user_id = user.as_ref().map(|u| u.id.clone());
     // An unknown (or over-long) login is counted under a keyed hash of fixed
     // length: what an attacker types never becomes part of a stored key.
     let subject = user_id
         .clone()
         .unwrap_or_else(|| st.regulator.anonymous_subject(login));
-    let blocked = st
-        .regulator
-        .password_blocked(user_id.as_deref(), &subject, addr)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "regulation check failed");
-            crate::metrics::login("error");
-            LoginError::Unavailable
-        })?;
+    let blocked = password_blocked(st, user_id.as_deref(), &subject, addr).await?;
     let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
     let password = if password.len() > MAX_PASSWORD_LEN {
         Secret::new("")
@@ -81,6 +83,99 @@ pub async fn check_password(
         crate::metrics::login("busy");
         LoginError::Busy
     })?;
+    settle(st, user, &subject, blocked, matched, addr).await
+}
+
+async fn password_blocked(
+    st: &AppState,
+    user_id: Option<&str>,
+    subject: &str,
+    addr: IpAddr,
+) -> Result<Blocked, LoginError> {
+    st.regulator
+        .password_blocked(user_id, subject, addr)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "regulation check failed");
+            crate::metrics::login("error");
+            LoginError::Unavailable
+        })
+}
+
+/// The password step of a directory user: search with the service account,
+/// then bind as the user's DN. An unknown user, a disabled account and a
+/// blocked attempt bind as a decoy DN instead, and every path runs the same
+/// argon2 work as a users-file sign-in, so answers and timing agree. The
+/// directory down, slow or answering garbage: 503, never another source.
+async fn check_directory_password(
+    st: &AppState,
+    dir: &crate::users::ldap::LdapDirectory,
+    login: &str,
+    password: Secret,
+    addr: IpAddr,
+) -> Result<Arc<User>, LoginError> {
+    let unavailable = |e: crate::users::ldap::DirError| {
+        tracing::error!(error = %e, "directory sign-in could not be checked");
+        crate::metrics::login("error");
+        LoginError::Unavailable
+    };
+    let found = dir.find(login).await.map_err(unavailable)?;
+    if found.as_ref().is_some_and(|e| e.disabled) {
+        tracing::info!(user = %login, "directory account is disabled");
+    }
+    let found = found.filter(|e| !e.disabled).map(|e| e.to_user());
+    let user_id = found.as_ref().map(|(u, _)| u.id.clone());
+    let subject = user_id
+        .clone()
+        .unwrap_or_else(|| st.regulator.anonymous_subject(login));
+    let blocked = password_blocked(st, user_id.as_deref(), &subject, addr).await?;
+    let password = if password.len() > MAX_PASSWORD_LEN {
+        Secret::new("")
+    } else {
+        password
+    };
+    // The work a users-file sign-in does, so a directory user is not told
+    // apart by timing (the answer is not used).
+    st.passwords.verify(None, password.clone()).await.map_err(|_| {
+        crate::metrics::login("busy");
+        LoginError::Busy
+    })?;
+    let dn = found
+        .as_ref()
+        .filter(|_| blocked == Blocked::No)
+        .map(|(_, at)| at.dn.as_str());
+    // An empty password never reaches a bind (anonymous success on many servers).
+    let matched = dir.check_password(dn, &password).await.map_err(unavailable)?;
+    let user = match found {
+        Some((user, at)) if matched => {
+            let mirrored = st
+                .enforcer
+                .users
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .upsert_directory_user(user.clone(), at);
+            if !mirrored {
+                tracing::warn!(user = %user.username, "a directory user's login is also a users-file or API user; that one wins");
+            }
+            Some((Arc::new(user), mirrored))
+        }
+        Some((user, _)) => Some((Arc::new(user), true)),
+        None => None,
+    };
+    let matched = matched && user.as_ref().is_some_and(|(_, m)| *m);
+    settle(st, user.map(|(u, _)| u), &subject, blocked, matched, addr).await
+}
+
+/// Counts, audits and answers a checked password step.
+async fn settle(
+    st: &AppState,
+    user: Option<Arc<User>>,
+    subject: &str,
+    blocked: Blocked,
+    matched: bool,
+    addr: IpAddr,
+) -> Result<Arc<User>, LoginError> {
+    let user_id = user.as_ref().map(|u| u.id.clone());
     let unavailable = |e: crate::store::StoreError| {
         tracing::error!(error = %e, "recording a sign-in failed");
         LoginError::Unavailable
@@ -88,7 +183,7 @@ pub async fn check_password(
     match (user, blocked) {
         (Some(user), Blocked::No) if matched => {
             st.regulator
-                .password_succeeded(&subject, addr)
+                .password_succeeded(subject, addr)
                 .await
                 .map_err(unavailable)?;
             crate::metrics::login("success");
@@ -100,7 +195,7 @@ pub async fn check_password(
             let name = user.as_ref().map_or("-", |u| u.username.as_str());
             audit!("signin.password.refused", user = %name, client = %addr, reason = "user locked");
             st.regulator
-                .password_refused(user_id.as_deref(), &subject, addr, blocked)
+                .password_refused(user_id.as_deref(), subject, addr, blocked)
                 .await
                 .map_err(unavailable)?;
             if st.config.regulation.reveal_lockout {
@@ -126,12 +221,12 @@ pub async fn check_password(
             // refused because its pair or address is blocked does not.
             let locked_now = if blocked == Blocked::No {
                 st.regulator
-                    .password_failed(user_id.as_deref(), &subject, addr)
+                    .password_failed(user_id.as_deref(), subject, addr)
                     .await
                     .map_err(unavailable)?
             } else {
                 st.regulator
-                    .password_refused(user_id.as_deref(), &subject, addr, blocked)
+                    .password_refused(user_id.as_deref(), subject, addr, blocked)
                     .await
                     .map_err(unavailable)?;
                 false

@@ -13,6 +13,16 @@
 //! a stored user with the same login (the API refuses to create one, but the
 //! file may be edited later): the stored user then cannot sign in until
 //! renamed, and a warning says so.
+//!
+//! A third source is a directory (`[users.ldap]`, [`ldap`]): its users are
+//! mirrored here by the directory's refresher, keyed by an id derived from
+//! the directory's stable id (`entryUUID`, `objectGUID`), and checked live
+//! against the directory at every sign-in. The order between sources is:
+//! the users file, then users created through the API, then the directory.
+//! A login held by an earlier source shadows a directory user of the same
+//! name (logged at every refresh, never merged).
+
+pub mod ldap;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -94,6 +104,13 @@ pub struct UserDirectory {
     /// The change-log position of the newest state applied per stored user
     /// (deleted ones included), so an older state read late never wins.
     store_seq: HashMap<String, i64>,
+    /// Users mirrored from the directory, by id: where they live there.
+    directory: HashMap<String, ldap::DirectoryRef>,
+    /// True while the directory's view is older than `refresh_interval`
+    /// allows: directory users' sessions then fail closed (503).
+    directory_stale: bool,
+    /// True from start-up until the directory's first full read.
+    directory_pending: bool,
 }
 
 impl UserDirectory {
@@ -184,6 +201,122 @@ impl UserDirectory {
         self.by_login.get(&login.to_lowercase())
     }
 
+    /// The users the API shows read-only (users file and directory), in id order.
+    pub fn read_only_users(&self) -> Vec<Arc<User>> {
+        let mut v: Vec<Arc<User>> = self
+            .by_id
+            .values()
+            .filter(|u| u.from_file || self.directory.contains_key(&u.id))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// True for a user mirrored from the directory.
+    pub fn is_directory(&self, id: &str) -> bool {
+        self.directory.contains_key(id)
+    }
+
+    /// Where a directory user lives in the directory.
+    pub fn directory_ref(&self, id: &str) -> Option<&ldap::DirectoryRef> {
+        self.directory.get(id)
+    }
+
+    /// The directory users, in id order.
+    pub fn directory_users(&self) -> Vec<Arc<User>> {
+        let mut v: Vec<Arc<User>> = self
+            .directory
+            .keys()
+            .filter_map(|id| self.by_id.get(id).cloned())
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// True while directory users' sessions must fail closed.
+    pub fn directory_stale(&self) -> bool {
+        self.directory_stale
+    }
+
+    /// True until the directory (if any) has been read once.
+    pub fn directory_pending(&self) -> bool {
+        self.directory_pending
+    }
+
+    /// Marks the directory as not read yet (or read).
+    pub fn set_directory_pending(&mut self, pending: bool) {
+        self.directory_pending = pending;
+    }
+
+    /// Marks the directory's view as too old to trust (or fresh again).
+    pub fn set_directory_stale(&mut self, stale: bool) {
+        self.directory_stale = stale;
+    }
+
+    /// Adds or updates one directory user. Returns false (and changes
+    /// nothing) when an earlier source (file, API) holds the login.
+    pub fn upsert_directory_user(&mut self, user: User, at: ldap::DirectoryRef) -> bool {
+        if self
+            .by_login(&user.username)
+            .is_some_and(|u| u.id != user.id && !self.directory.contains_key(&u.id))
+        {
+            return false;
+        }
+        if self
+            .by_id
+            .get(&user.id)
+            .is_some_and(|u| !self.directory.contains_key(&u.id))
+        {
+            return false;
+        }
+        // A rename: the old login must not keep pointing at this user.
+        if let Some(old) = self.by_id.get(&user.id).cloned() {
+            let key = old.username.to_lowercase();
+            if self.by_login.get(&key).is_some_and(|u| u.id == old.id) {
+                self.by_login.remove(&key);
+            }
+        }
+        self.directory.insert(user.id.clone(), at);
+        self.insert(user);
+        true
+    }
+
+    /// Replaces every directory user with `users` (a full read of the
+    /// directory). Returns the ids that are gone and the logins an earlier
+    /// source shadows.
+    pub fn replace_directory_users(
+        &mut self,
+        users: Vec<(User, ldap::DirectoryRef)>,
+    ) -> (Vec<String>, Vec<String>) {
+        let keep: std::collections::HashSet<String> = users.iter().map(|(u, _)| u.id.clone()).collect();
+        let gone: Vec<String> = self
+            .directory
+            .keys()
+            .filter(|id| !keep.contains(*id))
+            .cloned()
+            .collect();
+        for id in &gone {
+            self.remove_directory_user(id);
+        }
+        let mut shadowed = Vec::new();
+        for (user, at) in users {
+            let (id, login) = (user.id.clone(), user.username.clone());
+            if !self.upsert_directory_user(user, at) {
+                // Shadowed: its sessions end too (an earlier source owns the name now).
+                self.remove_directory_user(&id);
+                shadowed.push(login);
+            }
+        }
+        (gone, shadowed)
+    }
+
+    /// Forgets one directory user (gone from the directory, or disabled).
+    pub fn remove_directory_user(&mut self, id: &str) -> Option<Arc<User>> {
+        self.directory.remove(id)?;
+        self.remove(id)
+    }
+
     /// Number of users.
     pub fn len(&self) -> usize {
         self.by_id.len()
@@ -213,6 +346,117 @@ pub fn apply_deleted(users: &SharedUsers, id: &str, seq: i64) {
         .write()
         .unwrap_or_else(|p| p.into_inner())
         .apply_deleted(id, seq);
+}
+
+/// `portcullis users show NAME`: every source that has this login (or id),
+/// in the order sign-in asks them (users file, API, directory), and which
+/// one wins. Exit 0 when found, 1 when not (or a source could not be asked).
+pub async fn show(cfg: &crate::config::Config, key: &str) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let mut found: Vec<String> = Vec::new();
+    let mut failed = false;
+    let groups = |g: &[String]| {
+        if g.is_empty() {
+            "-".to_owned()
+        } else {
+            g.join(", ")
+        }
+    };
+    let files = UserDirectory::from_file_users(&cfg.users.file_users);
+    if let Some(u) = files.by_login(key).or_else(|| files.get(key)) {
+        println!(
+            "{}: users file, id {}, groups {}",
+            u.username,
+            u.id,
+            groups(&u.groups)
+        );
+        found.push("users file".into());
+    }
+    match crate::store::open(&cfg.store).await {
+        Ok(store) => {
+            let stored = match store.get_user_by_login(key).await {
+                Ok(None) => store.get_user(key).await,
+                other => other,
+            };
+            match stored {
+                Ok(Some(r)) => {
+                    let u = User::from_record(&r);
+                    println!(
+                        "{}: API user, id {}, status {}, groups {}",
+                        r.login,
+                        r.id,
+                        r.status.as_str(),
+                        groups(&u.groups)
+                    );
+                    found.push("API".into());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("error: the store: {e}");
+                    failed = true;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: the store: {e}");
+            failed = true;
+        }
+    }
+    if let Some(lc) = &cfg.users.ldap {
+        match ldap::LdapDirectory::new(lc.clone()) {
+            Ok(dir) => match dir.find(key).await {
+                Ok(Some(e)) => {
+                    let (u, _) = e.to_user();
+                    println!(
+                        "{}: directory ({}), id {}, dn {}, {} {}, groups {}{}",
+                        e.username,
+                        lc.url,
+                        u.id,
+                        e.dn,
+                        lc.attributes.id,
+                        e.stable_id,
+                        groups(&e.groups),
+                        if e.disabled {
+                            ", DISABLED (cannot sign in)"
+                        } else {
+                            ""
+                        }
+                    );
+                    found.push("directory".into());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    failed = true;
+                }
+            },
+            Err(e) => {
+                eprintln!("error: users.ldap: {e}");
+                failed = true;
+            }
+        }
+    }
+    match found.len() {
+        0 => {
+            println!("{key}: no such user");
+            ExitCode::FAILURE
+        }
+        1 if !failed => ExitCode::SUCCESS,
+        1 => ExitCode::FAILURE,
+        _ => {
+            println!(
+                "warning: {key} is in {} sources ({}); the {} one signs in (order: users file, API, directory), the others cannot",
+                found.len(),
+                found.join(", "),
+                found[0]
+            );
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
 }
 
 /// Change-log entries read per store call.
@@ -321,6 +565,55 @@ mod tests {
         dir.apply_record(&record("00uD", "dana2", UserStatus::Active, 5));
         assert!(dir.get("00uD").is_none() && dir.by_login("dana2").is_none());
         assert_eq!(dir.file_users().len(), 1);
+    }
+
+    fn dir_user(stable: &str, login: &str, groups: &[&str]) -> (User, ldap::DirectoryRef) {
+        ldap::DirEntry {
+            dn: format!("uid={login},dc=x"),
+            stable_id: stable.into(),
+            username: login.into(),
+            display_name: None,
+            email: None,
+            phone: None,
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            disabled: false,
+        }
+        .to_user()
+    }
+
+    #[test]
+    fn directory_users_are_mirrored_by_stable_id_after_earlier_sources() {
+        let mut dir = file_dir();
+        dir.apply_record(&record("00uS", "sam", UserStatus::Active, 1));
+        let (gone, shadowed) = dir.replace_directory_users(vec![
+            dir_user("uuid-1", "dana", &["admins"]),
+            dir_user("uuid-2", "alice", &[]),
+            dir_user("uuid-3", "sam", &[]),
+        ]);
+        assert!(gone.is_empty());
+        assert_eq!(shadowed, ["alice", "sam"], "file and API users own their logins");
+        assert!(dir.by_login("alice").unwrap().from_file);
+        assert_eq!(dir.by_login("sam").unwrap().id, "00uS");
+        let dana = dir.by_login("dana").unwrap().clone();
+        assert!(dir.is_directory(&dana.id));
+        assert_eq!(dana.id, ldap::directory_user_id("uuid-1"));
+        assert_eq!(dir.directory_users().len(), 1);
+        assert_eq!(dir.read_only_users().len(), 2, "alice and dana");
+        // Removed from a group; then recreated with a new stable id.
+        dir.replace_directory_users(vec![dir_user("uuid-1", "dana", &[])]);
+        assert!(dir.get(&dana.id).unwrap().groups.is_empty());
+        let (gone, _) = dir.replace_directory_users(vec![dir_user("uuid-9", "dana", &[])]);
+        assert_eq!(gone, std::slice::from_ref(&dana.id));
+        assert!(dir.get(&dana.id).is_none(), "the old account's id is gone");
+        assert_eq!(
+            dir.by_login("dana").unwrap().id,
+            ldap::directory_user_id("uuid-9")
+        );
+        // A sign-in of a renamed account moves its login.
+        let (renamed, at) = dir_user("uuid-9", "dana2", &[]);
+        assert!(dir.upsert_directory_user(renamed, at));
+        assert!(dir.by_login("dana").is_none());
+        assert!(dir.by_login("dana2").is_some());
     }
 
     #[test]
