@@ -204,7 +204,7 @@ pub(super) async fn render_challenge(
     }
     let all = match factors::list(st, &s.user).await {
         Ok(f) => f,
-        Err(_) => return unavailable_page(&st),
+        Err(_) => return unavailable_page(st),
     };
     let totp: Vec<Factor> = factors::usable(st, &all);
     if totp.is_empty() {
@@ -571,12 +571,12 @@ pub async fn activate(
 pub(super) async fn enrolled(st: &AppState, s: &ActiveSession, rd: &str, method: &str) -> Response {
     let first = match factors::list(st, &s.user).await {
         Ok(all) => factors::usable(st, &all).len() <= 1,
-        Err(_) => return unavailable_page(&st),
+        Err(_) => return unavailable_page(st),
     };
     let mut res = if first && st.config.factors.recovery_codes.enabled {
         match factors::new_recovery_codes(st, &s.user).await {
             Ok(codes) => html(StatusCode::OK, recovery_codes_page(st, &codes, rd)),
-            Err(_) => return unavailable_page(&st),
+            Err(_) => return unavailable_page(st),
         }
     } else {
         see_other(rd)
@@ -652,7 +652,7 @@ async fn render_factors(
 ) -> Response {
     let all = match factors::list(st, &s.user).await {
         Ok(f) => f,
-        Err(_) => return unavailable_page(&st),
+        Err(_) => return unavailable_page(st),
     };
     let left = st.store.recovery_codes_left(&s.user.id).await.unwrap_or(0);
     let (token, set) = csrf_token(st, headers);

@@ -581,7 +581,7 @@ pub async fn enroll_page(
                 let page = pairing_page(st, &token, rd, &factor.id, Some(&activation_token), &uri, None);
                 mfa::with_csrf(html(StatusCode::OK, page), set)
             }
-            Ok(_) | Err(_) => mfa::unavailable_page(&st),
+            Ok(_) | Err(_) => mfa::unavailable_page(st),
         };
     }
     let value = if factor_type == "email" {

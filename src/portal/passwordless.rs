@@ -122,7 +122,7 @@ pub async fn start(
             let page = factors_page(st, &token, rd, &started.token, &started.factors, None);
             mfa::with_csrf(html(StatusCode::OK, page), set)
         }
-        Err(_) => mfa::unavailable_page(&st),
+        Err(_) => mfa::unavailable_page(st),
     }
 }
 
