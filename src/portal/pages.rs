@@ -350,6 +350,132 @@ mod tests {
         assert!(p.contains("<h1>Access denied</h1>"));
     }
 
+    /// Every template, in each of its branches, with the inputs its handler
+    /// passes: a misspelt or missing input fails here (undefined is strict).
+    #[test]
+    fn every_branch_of_every_page_renders() {
+        let t = Templates::builtin().unwrap();
+        let factor = |id: &str, totp: bool| context! { id, totp };
+        let cases: Vec<(&str, Value)> = vec![
+            ("message.html", context! { title => "T", message => "M" }),
+            (
+                "login.html",
+                context! { title => "T", csrf => "c", rd => "/", username => "u", error => None::<&str> },
+            ),
+            (
+                "account.html",
+                context! { csrf => "c", username => "u", level => 1, note => Some("n") },
+            ),
+            ("signed_out.html", context! {}),
+            (
+                "challenge.html",
+                context! {
+                    csrf => "c", rd => "/", fresh => true, recovery => true, error => Some("e"),
+                    totp => vec![context! { id => "t1" }, context! { id => "t2" }],
+                    oob => vec![context! { id => "o1", action => "send", button => "Send a code", description => "d" }],
+                },
+            ),
+            (
+                "challenge.html",
+                context! {
+                    csrf => "c", rd => "/", fresh => false, recovery => false, error => None::<&str>,
+                    totp => vec![context! { id => "t1" }], oob => Vec::<Value>::new(),
+                },
+            ),
+            (
+                "code.html",
+                context! { csrf => "c", rd => "/", fresh => true, factor => "f", enrolling => true, what => "w", error => None::<&str> },
+            ),
+            (
+                "push_wait.html",
+                context! {
+                    title => "T", check_action => "mfa/push/check", tx => "x", number => 42, ttl => 65,
+                    error => Some("e"), fields => vec![context! { name => "csrf", value => "c" }],
+                },
+            ),
+            (
+                "password.html",
+                context! { csrf => "c", rd => "/", username => "u", error => None::<&str> },
+            ),
+            (
+                "enroll_chooser.html",
+                context! { rd_query => "%2F", types => vec![context! { query => "sms", label => "L" }] },
+            ),
+            (
+                "enroll_address.html",
+                context! {
+                    title => "T", label => "L", input_type => "tel", kind => "sms", csrf => "c",
+                    rd => "/", value => "v", error => None::<&str>,
+                },
+            ),
+            (
+                "enroll_pairing.html",
+                context! {
+                    csrf => "c", rd => "/", rd_query => "%2F", factor => "f", token => Some("tok"),
+                    uri => "u", qr => Some("data:x"), ttl => 600, error => None::<&str>,
+                },
+            ),
+            (
+                "enroll_pairing.html",
+                context! {
+                    csrf => "c", rd => "/", rd_query => "%2F", factor => "f", token => None::<&str>,
+                    uri => "", qr => None::<&str>, ttl => 600, error => Some("e"),
+                },
+            ),
+            (
+                "enroll_totp.html",
+                context! {
+                    csrf => "c", rd => "/", factor => "f", secret => "ABCDEFGH",
+                    secret_groups => vec!["ABCD", "EFGH"], qr => "data:x", error => None::<&str>,
+                },
+            ),
+            (
+                "recovery_codes.html",
+                context! { codes => vec!["a-b", "c-d"], next => "/" },
+            ),
+            (
+                "factors.html",
+                context! {
+                    username => "u", notice => Some("n"), back_query => "%2F", recovery => true,
+                    codes_left => 3, csrf => "c",
+                    factors => vec![
+                        context! { id => "f1", name => "Push", active => true, managed => false },
+                        context! { id => "f2", name => "E-mail", active => false, managed => true },
+                    ],
+                    add => vec![context! { query => "totp", label => "L" }],
+                },
+            ),
+            (
+                "passwordless_username.html",
+                context! { title => "T", csrf => "c", rd => "/", rd_query => "%2F", username => "u", error => None::<&str> },
+            ),
+            (
+                "passwordless_factors.html",
+                context! {
+                    csrf => "c", rd => "/", rd_query => "%2F", state => "s", error => Some("e"),
+                    factors => vec![factor("a", true), factor("b", false)],
+                },
+            ),
+            (
+                "demo/echo.html",
+                context! {
+                    user => "u", method => "GET", path => "/",
+                    headers => vec![context! { name => "remote-user", value => "u", identity => true }],
+                },
+            ),
+        ];
+        for (name, ctx) in cases {
+            let page = t
+                .render(name, context! { prefix => "/_p", ..ctx })
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            if name != "demo/echo.html" {
+                assert!(page.contains("href=\"/_p/static/portal.css\""), "{name}: {page}");
+            }
+            let shown = page.replace("autocapitalize=\"none\"", "");
+            assert!(!shown.contains("none"), "{name} printed a missing value: {page}");
+        }
+    }
+
     #[test]
     fn a_missing_input_is_an_error_not_an_empty_string() {
         let t = Templates::builtin().unwrap();
