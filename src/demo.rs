@@ -12,8 +12,6 @@ use axum::body::Body;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::portal::pages::esc;
-
 /// Serves the echo app on `addr` (port 0 picks one); returns the bound address.
 pub async fn spawn_echo(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -79,27 +77,24 @@ fn echo<B>(req: Request<B>) -> Response<Body> {
         .get("remote-user")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("(none)");
-    let rows: String = headers
+    let rows: Vec<minijinja::Value> = headers
         .iter()
         .map(|(k, v)| {
-            let mark = if k.starts_with("remote-") {
-                " class=\"id\""
-            } else {
-                ""
-            };
-            format!("<tr{mark}><th>{}</th><td>{}</td></tr>", esc(k), esc(v))
+            minijinja::context! {
+                name => k.as_str(),
+                value => v.as_str(),
+                identity => k.starts_with("remote-"),
+            }
         })
         .collect();
-    let page = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Echo app</title>\
-         <style>body{{font-family:system-ui,sans-serif;margin:2rem}}td,th{{text-align:left;padding:.2rem .6rem;border-bottom:1px solid #eee}}.id{{background:#ecfdf5}}</style></head>\
-         <body><h1>Hello, {user}</h1><p>This is the demo app behind Portcullis. \
-         It received <code>{method} {path}</code> with these headers \
-         (identity headers highlighted):</p><table>{rows}</table>\
-         <p><a href=\"/_portcullis/\">Your account / sign out</a></p></body></html>",
-        user = esc(user),
-        method = esc(req.method().as_str()),
-        path = esc(req.uri().path()),
+    let page = crate::portal::pages::render_app(
+        "demo/echo.html",
+        minijinja::context! {
+            user,
+            method => req.method().as_str(),
+            path => req.uri().path(),
+            headers => rows,
+        },
     );
     let mut res = Response::new(Body::from(page));
     *res.status_mut() = StatusCode::OK;

@@ -26,6 +26,8 @@ mod login;
 mod logs;
 #[path = "gateway/mfa.rs"]
 mod mfa;
+#[path = "gateway/pages.rs"]
+mod pages;
 #[path = "gateway/paths.rs"]
 mod paths;
 #[path = "gateway/proxying.rs"]

@@ -171,9 +171,9 @@ pub fn is_browser(headers: &http::HeaderMap) -> bool {
         .any(|v| v.contains("text/html"))
 }
 
-/// A small HTML page answer.
-pub fn html_status(status: StatusCode, title: &str, message: &str) -> Response<Body> {
-    let body = crate::portal::pages::message_page(title, message);
+/// A small HTML page answer, styled from the portal at `prefix`.
+pub fn html_status(status: StatusCode, prefix: &str, title: &str, message: &str) -> Response<Body> {
+    let body = crate::portal::pages::message_page(prefix, title, message);
     let mut res = (status, body).into_response();
     crate::portal::pages::security_headers(res.headers_mut());
     res.headers_mut().insert(
@@ -354,6 +354,7 @@ where
             let res = if is_browser(req.headers()) {
                 html_status(
                     StatusCode::FORBIDDEN,
+                    &e.prefix,
                     "Access denied",
                     "You do not have access to this page.",
                 )

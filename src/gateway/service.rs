@@ -12,10 +12,10 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::response::IntoResponse;
 use bytes::Bytes;
-use futures_util::FutureExt;
 use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
+use tower_http::catch_panic::{CatchPanic, ResponseForPanic};
 
 use super::AppState;
 use super::prepare::{self, ConnInfo};
@@ -104,26 +104,51 @@ impl Service<Request<Body>> for MainService {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(rescue(this.handle(req)).await) })
+        let handler = Handler(self.clone());
+        let answer = CatchPanic::custom(handler, Rescue).call(req);
+        Box::pin(async move {
+            let res = answer.await.unwrap_or_else(|never| match never {});
+            Ok(res.map(Body::new))
+        })
     }
 }
 
-/// The rescue: a bug that panics answers a generic 500 (the cause goes to
-/// the log) instead of dropping the connection.
-async fn rescue<F: Future<Output = Response<Body>>>(f: F) -> Response<Body> {
-    match std::panic::AssertUnwindSafe(f).catch_unwind().await {
-        Ok(res) => res,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(panic = %what, "request handler panicked");
-            crate::metrics::request("panic", 500);
-            internal_error()
-        }
+/// [`MainService::handle`] as a service, for the rescue to wrap.
+struct Handler(MainService);
+
+impl Service<Request<Body>> for Handler {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.0.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}
+
+/// The rescue (tower-http's `CatchPanic`, with our answer): a bug that
+/// panics answers a generic 500 (the cause goes to the log) instead of
+/// dropping the connection.
+#[derive(Debug, Clone, Copy)]
+struct Rescue;
+
+impl ResponseForPanic for Rescue {
+    type ResponseBody = Body;
+
+    fn response_for_panic(&mut self, panic: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(panic = %what, "request handler panicked");
+        crate::metrics::request("panic", 500);
+        internal_error()
     }
 }
 
@@ -294,13 +319,30 @@ impl MainService {
 mod tests {
     use super::*;
 
+    /// The rescue around a service; `Ok` when the request panics.
+    async fn rescued<F>(f: F) -> Response<axum::body::Body>
+    where
+        F: Fn() -> Response<Body> + Clone + Send + 'static,
+    {
+        let svc = tower::service_fn(move |_req: Request<Body>| {
+            let f = f.clone();
+            async move { Ok::<_, Infallible>(f()) }
+        });
+        let res = CatchPanic::custom(svc, Rescue)
+            .oneshot(Request::new(Body::empty()))
+            .await
+            .unwrap_or_else(|never| match never {});
+        res.map(Body::new)
+    }
+
     #[tokio::test]
     async fn a_panic_becomes_a_generic_500() {
-        let res = rescue(async { panic!("secret detail") }).await;
+        let res = rescued(|| panic!("secret detail")).await;
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
         assert!(!String::from_utf8_lossy(&body).contains("secret detail"));
-        let ok = rescue(async { StatusCode::OK.into_response() }).await;
+        assert!(String::from_utf8_lossy(&body).contains("E0000009"));
+        let ok = rescued(|| StatusCode::OK.into_response()).await;
         assert_eq!(ok.status(), StatusCode::OK);
     }
 }

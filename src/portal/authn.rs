@@ -1584,6 +1584,7 @@ pub async fn exchange(
         let mut res = super::html(
             StatusCode::FORBIDDEN,
             super::pages::message_page(
+                &st.config.portal.prefix,
                 "Sign-in link refused",
                 "This sign-in link was opened from another site. Sign in here instead.",
             ),
@@ -1606,6 +1607,7 @@ pub async fn exchange(
         let mut res = super::html(
             StatusCode::UNAUTHORIZED,
             super::pages::message_page(
+                &st.config.portal.prefix,
                 "Sign-in link expired",
                 "This sign-in link is invalid or was already used. Sign in again.",
             ),

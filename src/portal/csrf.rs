@@ -41,12 +41,12 @@ pub fn verify(key: &Secret, cookie: Option<&str>, submitted: Option<&str>) -> bo
 /// Named `__Host-portcullis_csrf` when the session cookie is secure and
 /// host-only (see [`crate::config::SessionConfig::csrf_cookie_name`]).
 pub fn cookie(cfg: &crate::config::SessionConfig, token: &str) -> HeaderValue {
-    let s = format!(
-        "{}={token}; Path=/; SameSite=Strict{}",
-        cfg.csrf_cookie_name(),
-        if cfg.secure { "; Secure" } else { "" }
-    );
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+    let c = cookie::Cookie::build((cfg.csrf_cookie_name(), token))
+        .path("/")
+        .same_site(cookie::SameSite::Strict)
+        .secure(cfg.secure)
+        .build();
+    crate::session::set_cookie_header(&c)
 }
 
 /// The origin (`scheme://host[:port]`, default port omitted) of a URL string.

@@ -15,7 +15,10 @@ use axum::response::Response;
 use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 
-use super::pages::{esc, layout};
+use minijinja::context;
+use minijinja::value::Value;
+
+use super::pages::render;
 use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
 use crate::enforce::{ActiveSession, SessionState};
 use crate::factors::{self, Factor, TOTP_TYPE, VerifyError};
@@ -149,84 +152,16 @@ fn challenge_page(
     recovery: bool,
     error: Option<&str>,
 ) -> String {
-    let factors: Vec<Factor> = all
+    let totp: Vec<Value> = all
         .iter()
         .filter(|f| f.record.factor_type == TOTP_TYPE)
-        .cloned()
+        .map(|f| context! { id => f.record.id.as_str() })
         .collect();
-    let factors = &factors[..];
-    let oob = super::oob::challenge_buttons(st, csrf, rd, fresh, all);
-    let prefix = esc(&st.config.portal.prefix);
-    let error = error
-        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
-        .unwrap_or_default();
-    let fresh_field = if fresh {
-        "<input type=\"hidden\" name=\"fresh\" value=\"1\">"
-    } else {
-        ""
-    };
-    let options: String = factors
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            format!(
-                "<option value=\"{}\"{}>Authenticator app{}</option>",
-                esc(&f.record.id),
-                if i == 0 { " selected" } else { "" },
-                if factors.len() > 1 {
-                    format!(" #{}", i + 1)
-                } else {
-                    String::new()
-                }
-            )
-        })
-        .collect();
-    let chooser = if factors.len() > 1 {
-        format!(
-            "<label for=\"factor\">Factor</label><select id=\"factor\" name=\"factor\">{options}</select>"
-        )
-    } else {
-        factors
-            .first()
-            .map(|f| {
-                format!(
-                    "<input type=\"hidden\" name=\"factor\" value=\"{}\">",
-                    esc(&f.record.id)
-                )
-            })
-            .unwrap_or_default()
-    };
-    let recovery_form = if recovery {
-        format!(
-            "<details><summary class=\"note\">Lost your device? Use a recovery code</summary>\
-             <form method=\"post\" action=\"{prefix}/mfa/recovery\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"rd\" value=\"{rd}\">{fresh_field}\
-             <label for=\"recovery\">Recovery code</label>\
-             <input type=\"text\" id=\"recovery\" name=\"code\" autocomplete=\"off\" autocapitalize=\"none\" required>\
-             <button type=\"submit\" class=\"secondary\">Use recovery code</button></form></details>",
-            csrf = esc(csrf),
-            rd = esc(rd),
-        )
-    } else {
-        String::new()
-    };
-    let totp_form = if factors.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "<form method=\"post\" action=\"{prefix}/mfa/verify\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"rd\" value=\"{rd}\">{fresh_field}\
-             {chooser}<label for=\"code\">Code from your authenticator app</label>\
-             <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required autofocus>\
-             <button type=\"submit\">Verify</button></form>",
-            csrf = esc(csrf),
-            rd = esc(rd),
-        )
-    };
-    layout(
-        "Verify it's you",
+    let oob = super::oob::challenge_buttons(all);
+    render(
+        "challenge.html",
         &st.config.portal.prefix,
-        &format!("<h1>Verify it's you</h1>{error}{totp_form}{oob}{recovery_form}"),
+        context! { csrf, rd, fresh, totp, oob, recovery, error },
     )
 }
 
@@ -269,7 +204,7 @@ pub(super) async fn render_challenge(
     }
     let all = match factors::list(st, &s.user).await {
         Ok(f) => f,
-        Err(_) => return unavailable_page(),
+        Err(_) => return unavailable_page(st),
     };
     let totp: Vec<Factor> = factors::usable(st, &all);
     if totp.is_empty() {
@@ -281,6 +216,7 @@ pub(super) async fn render_challenge(
         return html(
             StatusCode::FORBIDDEN,
             super::pages::message_page(
+                &st.config.portal.prefix,
                 "Second factor required",
                 "This page requires a second factor, and your account has none. Ask your administrator to enroll one.",
             ),
@@ -303,10 +239,11 @@ pub(super) async fn render_challenge(
     )
 }
 
-pub(super) fn unavailable_page() -> Response {
+pub(super) fn unavailable_page(st: &AppState) -> Response {
     html(
         StatusCode::SERVICE_UNAVAILABLE,
         super::pages::message_page(
+            &st.config.portal.prefix,
             "Temporarily unavailable",
             "Sign-in is temporarily unavailable. Try again shortly.",
         ),
@@ -369,7 +306,7 @@ pub async fn verify(
             let msg = Some("Choose one of your factors.");
             return render_challenge(&st, &headers, &s, &rd, fresh, msg, StatusCode::FORBIDDEN).await;
         }
-        Err(_) => return unavailable_page(),
+        Err(_) => return unavailable_page(&st),
     };
     let ft = factor.record.factor_type.clone();
     match factors::verify(
@@ -426,38 +363,16 @@ fn enroll_page(
     qr: &str,
     error: Option<&str>,
 ) -> String {
-    let prefix = esc(&st.config.portal.prefix);
-    let error = error
-        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
-        .unwrap_or_default();
     // Groups of four are easier to type into an app by hand.
-    let spaced: Vec<String> = secret_b32
+    let secret_groups: Vec<String> = secret_b32
         .as_bytes()
         .chunks(4)
         .map(|c| String::from_utf8_lossy(c).into_owned())
         .collect();
-    layout(
-        "Set up your authenticator app",
+    render(
+        "enroll_totp.html",
         &st.config.portal.prefix,
-        &format!(
-            "<h1>Set up your authenticator app</h1>{error}\
-             <p class=\"note\">Scan this QR code with an authenticator app (Google Authenticator, Authy, 1Password, ...), \
-             or enter the key by hand.</p>\
-             <p><img src=\"{qr}\" alt=\"QR code for your authenticator app\" width=\"220\" height=\"220\"></p>\
-             <p class=\"note\">Key: <code id=\"secret\" data-secret=\"{secret}\">{spaced}</code></p>\
-             <form method=\"post\" action=\"{prefix}/enroll/activate\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"rd\" value=\"{rd}\">\
-             <input type=\"hidden\" name=\"factor\" value=\"{factor}\">\
-             <label for=\"code\">Code shown by the app</label>\
-             <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required autofocus>\
-             <button type=\"submit\">Confirm</button></form>",
-            qr = esc(qr),
-            secret = esc(secret_b32),
-            spaced = esc(&spaced.join(" ")),
-            csrf = esc(csrf),
-            rd = esc(rd),
-            factor = esc(factor_id),
-        ),
+        context! { csrf, rd, factor => factor_id, secret => secret_b32, secret_groups, qr, error },
     )
 }
 
@@ -497,7 +412,7 @@ pub async fn enroll(
                 enc(&back)
             ));
         }
-        Err(()) => return unavailable_page(),
+        Err(()) => return unavailable_page(&st),
     }
     let oob_types: Vec<&str> = ["sms", "call", "email", "push"]
         .into_iter()
@@ -521,7 +436,7 @@ pub async fn enroll(
                 && f.record.status == crate::store::FactorStatus::PendingActivation
                 && st.clock.now() - f.record.created < PENDING_REUSE_SECS
         }),
-        Err(_) => return unavailable_page(),
+        Err(_) => return unavailable_page(&st),
     };
     let resumed =
         pending.and_then(|f| factors::totp_secret(&st, &s.user, &f).map(|secret| (f.record.id, secret)));
@@ -534,6 +449,7 @@ pub async fn enroll(
                 return html(
                     StatusCode::SERVICE_UNAVAILABLE,
                     super::pages::message_page(
+                        &st.config.portal.prefix,
                         "Cannot set up a factor",
                         "The gateway cannot store new factors right now.",
                     ),
@@ -556,21 +472,10 @@ pub async fn enroll(
 }
 
 fn recovery_codes_page(st: &AppState, codes: &[String], rd: &str) -> String {
-    let items: String = codes
-        .iter()
-        .map(|c| format!("<li><code>{}</code></li>", esc(c)))
-        .collect();
-    layout(
-        "Save your recovery codes",
+    render(
+        "recovery_codes.html",
         &st.config.portal.prefix,
-        &format!(
-            "<h1>Save your recovery codes</h1>\
-             <p class=\"note\">Each code signs you in once if you lose your device. \
-             They are shown only now: store them somewhere safe.</p>\
-             <ul id=\"recovery-codes\">{items}</ul>\
-             <p><a id=\"continue\" href=\"{rd}\">Continue</a></p>",
-            rd = esc(rd),
-        ),
+        context! { codes => codes.to_vec(), next => rd },
     )
 }
 
@@ -588,7 +493,7 @@ pub async fn activate(
     let factor = match factors::find(&st, &s.user, &f.factor).await {
         Ok(Some(factor)) if !factor.from_config => factor,
         Ok(_) => return see_other(&format!("{}/enroll?rd={}", st.config.portal.prefix, enc(&rd))),
-        Err(_) => return unavailable_page(),
+        Err(_) => return unavailable_page(&st),
     };
     if factors::otp::is_code_type(&factor.record.factor_type) {
         let retry =
@@ -599,7 +504,7 @@ pub async fn activate(
         match may_enroll(&st, &s).await {
             Ok(true) => {}
             Ok(false) => return retry(StatusCode::FORBIDDEN, "Verify with your current factor first.").await,
-            Err(()) => return unavailable_page(),
+            Err(()) => return unavailable_page(&st),
         }
         if let Err(e) = factors::activate(
             &st,
@@ -652,7 +557,7 @@ pub async fn activate(
                 rerender(&st, &token, "Verify with your current factor first."),
             );
         }
-        Err(()) => return unavailable_page(),
+        Err(()) => return unavailable_page(&st),
     }
     if let Err(e) = factors::activate_totp(&st, &s.user, &factor, &f.code, ctx.0.client_addr).await {
         let (status, msg) = verify_message(e);
@@ -666,12 +571,12 @@ pub async fn activate(
 pub(super) async fn enrolled(st: &AppState, s: &ActiveSession, rd: &str, method: &str) -> Response {
     let first = match factors::list(st, &s.user).await {
         Ok(all) => factors::usable(st, &all).len() <= 1,
-        Err(_) => return unavailable_page(),
+        Err(_) => return unavailable_page(st),
     };
     let mut res = if first && st.config.factors.recovery_codes.enabled {
         match factors::new_recovery_codes(st, &s.user).await {
             Ok(codes) => html(StatusCode::OK, recovery_codes_page(st, &codes, rd)),
-            Err(_) => return unavailable_page(),
+            Err(_) => return unavailable_page(st),
         }
     } else {
         see_other(rd)
@@ -692,11 +597,7 @@ fn factors_page(
     codes_left: u32,
     notice: Option<&str>,
 ) -> String {
-    let prefix = esc(&st.config.portal.prefix);
-    let notice = notice
-        .map(|n| format!("<p class=\"note\" role=\"status\">{}</p>", esc(n)))
-        .unwrap_or_default();
-    let rows: String = factors
+    let rows: Vec<Value> = factors
         .iter()
         .map(|f| {
             let name = match f.record.factor_type.as_str() {
@@ -707,34 +608,15 @@ fn factors_page(
                 "push" => "Push",
                 other => other,
             };
-            let status = if f.is_active() { "active" } else { "not confirmed" };
-            let action = if f.from_config {
-                "<span class=\"note\">set by your administrator</span>".to_owned()
-            } else {
-                format!(
-                    "<form method=\"post\" action=\"{prefix}/factors/{id}/remove\" class=\"inline\">\
-                     <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-                     <button type=\"submit\" class=\"secondary\">Remove</button></form>",
-                    id = esc(&f.record.id),
-                    csrf = esc(csrf),
-                )
-            };
-            format!("<tr><td>{name}</td><td>{status}</td><td>{action}</td></tr>")
+            context! {
+                id => f.record.id.as_str(),
+                name,
+                active => f.is_active(),
+                managed => f.from_config,
+            }
         })
         .collect();
-    let recovery = if st.config.factors.recovery_codes.enabled {
-        format!(
-            "<p>Recovery codes left: <span id=\"codes-left\">{codes_left}</span></p>\
-             <form method=\"post\" action=\"{prefix}/factors/recovery\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-             <button type=\"submit\" class=\"secondary\">New recovery codes</button></form>",
-            csrf = esc(csrf)
-        )
-    } else {
-        String::new()
-    };
-    let back = esc(&enc(&format!("{}/factors", st.config.portal.prefix)));
-    let add: String = [
+    let add: Vec<Value> = [
         ("totp", TOTP_TYPE, "Add an authenticator app"),
         ("sms", "sms", "Add a phone for text messages"),
         ("call", "call", "Add a phone for voice calls"),
@@ -743,21 +625,21 @@ fn factors_page(
     ]
     .iter()
     .filter(|(_, t, _)| factors::type_enabled(st, t))
-    .map(|(q, _, label)| {
-        format!("<p><a href=\"{prefix}/enroll?type={q}&amp;rd={back}\" id=\"add-{q}\">{label}</a></p>")
-    })
+    .map(|(q, _, label)| context! { query => *q, label => *label })
     .collect();
-    layout(
-        "Your sign-in methods",
+    render(
+        "factors.html",
         &st.config.portal.prefix,
-        &format!(
-            "<h1>Your sign-in methods</h1><p>Signed in as <span class=\"user\">{user}</span>.</p>{notice}\
-             <table id=\"factors\"><tr><th>Method</th><th>Status</th><th></th></tr>{rows}</table>{add}{recovery}\
-             <form method=\"post\" action=\"{prefix}/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-             <button type=\"submit\" class=\"secondary\" id=\"sign-out\">Sign out</button></form>",
-            user = esc(&s.user.username),
-            csrf = esc(csrf),
-        ),
+        context! {
+            username => s.user.username.as_str(),
+            notice,
+            factors => rows,
+            add,
+            back_query => enc(&format!("{}/factors", st.config.portal.prefix)),
+            recovery => st.config.factors.recovery_codes.enabled,
+            codes_left,
+            csrf,
+        },
     )
 }
 
@@ -770,7 +652,7 @@ async fn render_factors(
 ) -> Response {
     let all = match factors::list(st, &s.user).await {
         Ok(f) => f,
-        Err(_) => return unavailable_page(),
+        Err(_) => return unavailable_page(st),
     };
     let left = st.store.recovery_codes_left(&s.user.id).await.unwrap_or(0);
     let (token, set) = csrf_token(st, headers);
@@ -846,7 +728,7 @@ pub async fn remove(
             StatusCode::FORBIDDEN,
         ),
         Err(factors::RemoveError::NotFound) => ("No such factor.", StatusCode::NOT_FOUND),
-        Err(factors::RemoveError::Unavailable) => return unavailable_page(),
+        Err(factors::RemoveError::Unavailable) => return unavailable_page(&st),
     };
     let mut res = render_factors(&st, &headers, &s, Some(notice), status).await;
     if let Some(cookie) = reissued {
@@ -874,6 +756,6 @@ pub async fn regenerate(
             StatusCode::OK,
             recovery_codes_page(&st, &codes, &format!("{}/factors", st.config.portal.prefix)),
         ),
-        Err(_) => unavailable_page(),
+        Err(_) => unavailable_page(&st),
     }
 }

@@ -334,6 +334,7 @@ async fn logout_submit(
         return html(
             StatusCode::FORBIDDEN,
             pages::message_page(
+                prefix,
                 "Sign-out failed",
                 "This form expired. Reload the page and try again.",
             ),
@@ -346,6 +347,7 @@ async fn logout_submit(
             return html(
                 StatusCode::SERVICE_UNAVAILABLE,
                 pages::message_page(
+                    prefix,
                     "Sign-out failed",
                     "The gateway could not record the sign-out. Try again.",
                 ),
@@ -354,18 +356,7 @@ async fn logout_submit(
         crate::audit!("session.revoked", user = %s.user.username, reason = "logout");
         user = Some(s.user.username.clone());
     }
-    let mut res = html(
-        StatusCode::OK,
-        pages::layout(
-            "Signed out",
-            prefix,
-            &format!(
-                "<h1>Signed out</h1><p class=\"note\">You have been signed out.</p>\
-                 <p><a href=\"{}/login\">Sign in again</a></p>",
-                pages::esc(prefix)
-            ),
-        ),
-    );
+    let mut res = html(StatusCode::OK, pages::signed_out_page(prefix));
     res.headers_mut()
         .append(header::SET_COOKIE, st.enforcer.sessions.clear_cookie());
     res.extensions_mut().insert(AccessInfo {

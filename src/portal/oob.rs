@@ -13,10 +13,12 @@ use axum::Form;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
+use minijinja::context;
+use minijinja::value::Value;
 use serde::Deserialize;
 
 use super::mfa;
-use super::pages::{esc, layout};
+use super::pages::render;
 use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
 use crate::enforce::ActiveSession;
 use crate::error::{ApiError, ErrorCode};
@@ -45,54 +47,24 @@ pub fn describe(f: &Factor) -> String {
     }
 }
 
-fn hidden(name: &str, value: &str) -> String {
-    format!(
-        "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-        esc(name),
-        esc(value)
-    )
-}
-
-/// The hidden fields every challenge form carries: CSRF token, target,
-/// `fresh` when set, and the factor.
-fn factor_fields(csrf: &str, rd: &str, fresh: bool, factor: &str) -> String {
-    format!(
-        "{}{}{}{}",
-        hidden("csrf", csrf),
-        hidden("rd", rd),
-        if fresh {
-            hidden("fresh", "1")
-        } else {
-            String::new()
-        },
-        hidden("factor", factor)
-    )
-}
-
-fn error_html(error: Option<&str>) -> String {
-    error
-        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
-        .unwrap_or_default()
-}
-
-/// The challenge page's buttons for out-of-band factors.
-pub fn challenge_buttons(st: &AppState, csrf: &str, rd: &str, fresh: bool, factors: &[Factor]) -> String {
-    let prefix = esc(&st.config.portal.prefix);
+/// The challenge page's buttons for out-of-band factors: each `{id, action,
+/// button, description}` (see `challenge.html`).
+pub fn challenge_buttons(factors: &[Factor]) -> Vec<Value> {
     factors
         .iter()
         .filter(|f| f.record.factor_type != factors::TOTP_TYPE)
         .map(|f| {
-            let (action, label) = if f.record.factor_type == "push" {
+            let (action, button) = if f.record.factor_type == "push" {
                 ("push", "Send a push")
             } else {
                 ("send", "Send a code")
             };
-            format!(
-                "<form method=\"post\" action=\"{prefix}/mfa/{action}\" class=\"oob\">{}\
-                 <p class=\"note\">{}</p><button type=\"submit\" class=\"secondary\">{label}</button></form>",
-                factor_fields(csrf, rd, fresh, &f.record.id),
-                esc(&describe(f)),
-            )
+            context! {
+                id => f.record.id.as_str(),
+                action,
+                button,
+                description => describe(f),
+            }
         })
         .collect()
 }
@@ -107,62 +79,50 @@ fn code_page(
     enrolling: bool,
     error: Option<&str>,
 ) -> String {
-    let prefix = esc(&st.config.portal.prefix);
-    let (verify, resend) = if enrolling {
-        ("enroll/activate", "enroll/resend")
-    } else {
-        ("mfa/verify", "mfa/send")
-    };
-    let common = factor_fields(csrf, rd, fresh, &f.record.id);
-    layout(
-        "Enter your code",
+    render(
+        "code.html",
         &st.config.portal.prefix,
-        &format!(
-            "<h1>Enter your code</h1>{error}<p class=\"note\">We sent a code: {what}.</p>\
-             <form method=\"post\" action=\"{prefix}/{verify}\">{common}\
-             <label for=\"code\">Code</label>\
-             <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required autofocus>\
-             <button type=\"submit\">Verify</button></form>\
-             <form method=\"post\" action=\"{prefix}/{resend}\">{common}\
-             <button type=\"submit\" class=\"secondary\" id=\"resend\">Send a new code</button></form>",
-            error = error_html(error),
-            what = esc(&describe(f)),
-        ),
+        context! {
+            csrf,
+            rd,
+            fresh,
+            factor => f.record.id.as_str(),
+            enrolling,
+            what => describe(f),
+            error,
+        },
     )
 }
 
 /// The page showing the number to pick on the device, polled by push.js.
+/// `fields` are the hidden fields of its "Check again" form.
 #[allow(clippy::too_many_arguments)]
 pub fn push_page(
     st: &AppState,
     title: &str,
     check_action: &str,
-    fields: &str,
+    fields: &[(&str, &str)],
     tid: &str,
     number: u8,
     ttl_secs: i64,
     error: Option<&str>,
 ) -> String {
-    let prefix = esc(&st.config.portal.prefix);
-    layout(
-        title,
+    let fields: Vec<Value> = fields
+        .iter()
+        .map(|(name, value)| context! { name => *name, value => *value })
+        .collect();
+    render(
+        "push_wait.html",
         &st.config.portal.prefix,
-        &format!(
-            "<h1>{title}</h1>{error}<p class=\"note\">We sent a sign-in request to your device. \
-             Pick this number there to approve it:</p>\
-             <h2 class=\"number\" id=\"push-number\">{number}</h2>\
-             <div id=\"push-wait\" data-poll=\"{prefix}/push/status\" data-tx=\"{tid}\" data-ttl=\"{ttl}\">\
-             <p class=\"note\" id=\"push-status\"></p></div>\
-             <form method=\"post\" action=\"{prefix}/{check_action}\" id=\"push-check\">{fields}{num}\
-             <button type=\"submit\" class=\"secondary\">Check again</button></form>\
-             <script src=\"{prefix}{script}\"></script>",
-            title = esc(title),
-            error = error_html(error),
-            tid = esc(tid),
-            ttl = ttl_secs + 5,
-            num = hidden("number", &number.to_string()),
-            script = super::push::SCRIPT_PATH,
-        ),
+        context! {
+            title,
+            check_action,
+            fields,
+            tx => tid,
+            number,
+            ttl => ttl_secs + 5,
+            error,
+        },
     )
 }
 
@@ -219,7 +179,7 @@ async fn factor_step(
     match factors::find(&p.st, &p.s.user, &f.factor).await {
         Ok(Some(x)) if x.is_active() && factors::type_enabled(&p.st, &x.record.factor_type) => Ok((p, x)),
         Ok(_) => Err(see_other(&format!("{}/mfa", p.st.config.portal.prefix))),
-        Err(_) => Err(mfa::unavailable_page()),
+        Err(_) => Err(mfa::unavailable_page(&p.st)),
     }
 }
 
@@ -356,11 +316,11 @@ fn push_ttl(st: &AppState) -> i64 {
 /// The page waiting for the push `tid` with the number to pick.
 fn push_wait(p: &Step, headers: &HeaderMap, factor: &Factor, tid: &str, number: u8) -> Response {
     let (token, set) = csrf_token(&p.st, headers);
-    let fields = format!(
-        "{}{}",
-        factor_fields(&token, &p.rd, p.fresh, &factor.record.id),
-        hidden("tx", tid)
-    );
+    let mut fields = vec![("csrf", token.as_str()), ("rd", p.rd.as_str())];
+    if p.fresh {
+        fields.push(("fresh", "1"));
+    }
+    fields.extend([("factor", factor.record.id.as_str()), ("tx", tid)]);
     mfa::with_csrf(
         html(
             StatusCode::OK,
@@ -424,7 +384,7 @@ pub async fn push_check(
     };
     let result = match factors::push_status(&p.st, &p.s.user, &factor, &f.tx).await {
         Ok(r) => r.unwrap_or(PushResult::Timeout),
-        Err(_) => return mfa::unavailable_page(),
+        Err(_) => return mfa::unavailable_page(&p.st),
     };
     let msg = match result {
         PushResult::Waiting => {
@@ -452,23 +412,10 @@ pub async fn push_check(
 
 /// The password page: the second step of a passwordless sign-in.
 pub fn password_page(st: &AppState, csrf: &str, rd: &str, username: &str, error: Option<&str>) -> String {
-    let prefix = esc(&st.config.portal.prefix);
-    layout(
-        "Enter your password",
+    render(
+        "password.html",
         &st.config.portal.prefix,
-        &format!(
-            "<h1>Enter your password</h1>{error}\
-             <p class=\"note\">This page needs a second step: your password, <span class=\"user\">{user}</span>.</p>\
-             <form method=\"post\" action=\"{prefix}/mfa/password\">{csrf}{rd}\
-             <input type=\"hidden\" name=\"username\" value=\"{user}\" autocomplete=\"username\">\
-             <label for=\"password\">Password</label>\
-             <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required autofocus>\
-             <button type=\"submit\">Continue</button></form>",
-            error = error_html(error),
-            user = esc(username),
-            csrf = hidden("csrf", csrf),
-            rd = hidden("rd", rd),
-        ),
+        context! { csrf, rd, username, error },
     )
 }
 
@@ -513,7 +460,7 @@ pub async fn password(
             );
             mfa::with_csrf(html(StatusCode::FORBIDDEN, page), set)
         }
-        Err(_) => mfa::unavailable_page(),
+        Err(_) => mfa::unavailable_page(&st),
     }
 }
 
@@ -521,9 +468,7 @@ pub async fn password(
 
 /// The enrollment chooser: one link per enabled type.
 pub fn chooser_page(st: &AppState, rd: &str) -> String {
-    let prefix = esc(&st.config.portal.prefix);
-    let rd = enc(rd);
-    let items: String = [
+    let types: Vec<Value> = [
         ("totp", factors::TOTP_TYPE, "Authenticator app"),
         ("sms", "sms", "Text message to your phone"),
         ("call", "call", "Voice call to your phone"),
@@ -532,14 +477,12 @@ pub fn chooser_page(st: &AppState, rd: &str) -> String {
     ]
     .iter()
     .filter(|(_, t, _)| factors::type_enabled(st, t))
-    .map(|(q, _, label)| {
-        format!("<li><a href=\"{prefix}/enroll?type={q}&amp;rd={rd}\" id=\"enroll-{q}\">{label}</a></li>")
-    })
+    .map(|(q, _, label)| context! { query => *q, label => *label })
     .collect();
-    layout(
-        "Add a sign-in method",
+    render(
+        "enroll_chooser.html",
         &st.config.portal.prefix,
-        &format!("<h1>Add a sign-in method</h1><ul id=\"enroll-types\">{items}</ul>"),
+        context! { types, rd_query => enc(rd) },
     )
 }
 
@@ -552,38 +495,23 @@ pub fn address_page(
     value: &str,
     error: Option<&str>,
 ) -> String {
-    let prefix = esc(&st.config.portal.prefix);
-    let (title, label, input) = match factor_type {
-        "email" => (
-            "Add an e-mail address",
-            "E-mail address",
-            "type=\"email\" autocomplete=\"email\"",
-        ),
+    let (title, label, input_type) = match factor_type {
+        "email" => ("Add an e-mail address", "E-mail address", "email"),
         "call" => (
             "Add a phone for voice calls",
             "Phone number (with country code, e.g. +1 555 555 0100)",
-            "type=\"tel\" autocomplete=\"tel\"",
+            "tel",
         ),
         _ => (
             "Add a phone for text messages",
             "Phone number (with country code, e.g. +1 555 555 0100)",
-            "type=\"tel\" autocomplete=\"tel\"",
+            "tel",
         ),
     };
-    layout(
-        title,
+    render(
+        "enroll_address.html",
         &st.config.portal.prefix,
-        &format!(
-            "<h1>{title}</h1>{error}<form method=\"post\" action=\"{prefix}/enroll/start\">{csrf}{rd}{ty}\
-             <label for=\"address\">{label}</label>\
-             <input {input} id=\"address\" name=\"address\" value=\"{value}\" required autofocus>\
-             <button type=\"submit\">Send a code</button></form>",
-            error = error_html(error),
-            csrf = hidden("csrf", csrf),
-            rd = hidden("rd", rd),
-            ty = hidden("type", factor_type),
-            value = esc(value),
-        ),
+        context! { title, label, input_type, kind => factor_type, csrf, rd, value, error },
     )
 }
 
@@ -597,39 +525,20 @@ fn pairing_page(
     uri: &str,
     error: Option<&str>,
 ) -> String {
-    let prefix = esc(&st.config.portal.prefix);
-    let shown = match token {
-        Some(t) => format!(
-            "<p class=\"note\">Scan this code with your approver app, or give it the activation token.</p>\
-             <p><img src=\"{qr}\" alt=\"QR code to pair your device\" width=\"220\" height=\"220\"></p>\
-             <p class=\"note\">Activation token: <code id=\"activation-token\">{t}</code></p>\
-             <p class=\"note\">Pairing link: <code id=\"pairing-uri\">{u}</code></p>",
-            qr = esc(&factors::totp::qr_data_uri(uri)),
-            t = esc(t),
-            u = esc(uri),
-        ),
-        None => "<p class=\"note\">Waiting for your device to pair.</p>".into(),
-    };
-    layout(
-        "Pair your device",
+    render(
+        "enroll_pairing.html",
         &st.config.portal.prefix,
-        &format!(
-            "<h1>Pair your device</h1>{error}{shown}\
-             <div id=\"push-wait\" data-poll=\"{prefix}/push/status\" data-factor=\"{fid}\" data-ttl=\"{ttl}\">\
-             <p class=\"note\" id=\"push-status\"></p></div>\
-             <form method=\"post\" action=\"{prefix}/enroll/push/check\" id=\"push-check\">{csrf}{rdf}{factor}\
-             <button type=\"submit\" class=\"secondary\">I have paired my device</button></form>\
-             <p><a href=\"{prefix}/enroll?type=push&amp;rd={rde}\">Start over</a></p>\
-             <script src=\"{prefix}{script}\"></script>",
-            error = error_html(error),
-            fid = esc(factor_id),
-            ttl = factors::push::ACTIVATION_TTL,
-            csrf = hidden("csrf", csrf),
-            rdf = hidden("rd", rd),
-            factor = hidden("factor", factor_id),
-            rde = esc(&enc(rd)),
-            script = super::push::SCRIPT_PATH,
-        ),
+        context! {
+            csrf,
+            rd,
+            rd_query => enc(rd),
+            factor => factor_id,
+            token,
+            uri,
+            qr => token.map(|_| factors::totp::qr_data_uri(uri)),
+            ttl => factors::push::ACTIVATION_TTL,
+            error,
+        },
     )
 }
 
@@ -672,7 +581,7 @@ pub async fn enroll_page(
                 let page = pairing_page(st, &token, rd, &factor.id, Some(&activation_token), &uri, None);
                 mfa::with_csrf(html(StatusCode::OK, page), set)
             }
-            Ok(_) | Err(_) => mfa::unavailable_page(),
+            Ok(_) | Err(_) => mfa::unavailable_page(st),
         };
     }
     let value = if factor_type == "email" {
@@ -716,7 +625,7 @@ async fn enroll_step(
             st.config.portal.prefix,
             enc(&back)
         ))),
-        Err(()) => Err(mfa::unavailable_page()),
+        Err(()) => Err(mfa::unavailable_page(&st)),
     }
 }
 
@@ -729,7 +638,7 @@ async fn enrolling_factor(p: &Step, id: &str, fits: impl Fn(&Factor) -> bool) ->
             p.st.config.portal.prefix,
             enc(&p.rd)
         ))),
-        Err(_) => Err(mfa::unavailable_page()),
+        Err(_) => Err(mfa::unavailable_page(&p.st)),
     }
 }
 
@@ -791,7 +700,7 @@ pub async fn enroll_start(
             StatusCode::BAD_GATEWAY,
             "The code could not be sent. Check the address or try again later.",
         ),
-        Err(_) => mfa::unavailable_page(),
+        Err(_) => mfa::unavailable_page(&p.st),
     }
 }
 

@@ -1,10 +1,207 @@
-//! HTML pages. Plain server-rendered forms that work without JavaScript;
-//! every value is escaped; every page carries the security headers.
+//! HTML pages: plain server-rendered forms that work without JavaScript,
+//! rendered from the templates in `templates/portal/` (compiled into the
+//! binary) through one layout. Every value a template prints is HTML-escaped
+//! unless the template marks it otherwise; every page carries the security
+//! headers of [`security_headers`].
+//!
+//! Each page's inputs are listed at the top of its template. Every render
+//! gets `prefix` (the portal prefix, so stylesheet, scripts and form actions
+//! work under a custom `portal.prefix`, on the portal's own pages and on the
+//! ones the enforcement layer answers on application hosts). The visible text
+//! lives in the templates, not in Rust, so operator overrides (a loader that
+//! looks in a directory first) and message catalogs (a `t()` function over
+//! per-language files) plug into [`Templates`] without touching handlers.
+
+use std::sync::LazyLock;
 
 use http::{HeaderMap, HeaderValue, header};
+use minijinja::value::Value;
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, context};
+
+/// Where the stylesheet is served, relative to the prefix.
+pub const STYLESHEET: &str = "/static/portal.css";
+
+/// The built-in templates: name and source. `.html` names are auto-escaped.
+const SOURCES: &[(&str, &str)] = &[
+    ("layout.html", include_str!("../../templates/portal/layout.html")),
+    ("forms.html", include_str!("../../templates/portal/forms.html")),
+    (
+        "message.html",
+        include_str!("../../templates/portal/message.html"),
+    ),
+    ("login.html", include_str!("../../templates/portal/login.html")),
+    (
+        "account.html",
+        include_str!("../../templates/portal/account.html"),
+    ),
+    (
+        "signed_out.html",
+        include_str!("../../templates/portal/signed_out.html"),
+    ),
+    (
+        "challenge.html",
+        include_str!("../../templates/portal/challenge.html"),
+    ),
+    ("code.html", include_str!("../../templates/portal/code.html")),
+    (
+        "push_wait.html",
+        include_str!("../../templates/portal/push_wait.html"),
+    ),
+    (
+        "password.html",
+        include_str!("../../templates/portal/password.html"),
+    ),
+    (
+        "enroll_chooser.html",
+        include_str!("../../templates/portal/enroll_chooser.html"),
+    ),
+    (
+        "enroll_address.html",
+        include_str!("../../templates/portal/enroll_address.html"),
+    ),
+    (
+        "enroll_pairing.html",
+        include_str!("../../templates/portal/enroll_pairing.html"),
+    ),
+    (
+        "enroll_totp.html",
+        include_str!("../../templates/portal/enroll_totp.html"),
+    ),
+    (
+        "recovery_codes.html",
+        include_str!("../../templates/portal/recovery_codes.html"),
+    ),
+    (
+        "factors.html",
+        include_str!("../../templates/portal/factors.html"),
+    ),
+    (
+        "passwordless_username.html",
+        include_str!("../../templates/portal/passwordless_username.html"),
+    ),
+    (
+        "passwordless_factors.html",
+        include_str!("../../templates/portal/passwordless_factors.html"),
+    ),
+    (
+        "password_link.html",
+        include_str!("../../templates/portal/password_link.html"),
+    ),
+    ("demo/echo.html", include_str!("../../templates/demo/echo.html")),
+];
+
+/// The page templates, ready to render.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates").finish_non_exhaustive()
+    }
+}
+
+impl Templates {
+    /// The templates compiled into the binary.
+    ///
+    /// # Errors
+    /// A template that does not parse (a bug caught by the tests).
+    pub fn builtin() -> Result<Self, minijinja::Error> {
+        let mut env = Environment::new();
+        // A misspelt variable is an error (caught by the tests), not an empty string.
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".html") {
+                AutoEscape::Html
+            } else {
+                AutoEscape::None
+            }
+        });
+        env.set_formatter(escape_html);
+        // Block tags on their own lines leave no blank lines behind.
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()?,
+        );
+        env.add_global("STYLESHEET", STYLESHEET);
+        env.add_global("PUSH_SCRIPT", super::push::SCRIPT_PATH);
+        for (name, source) in SOURCES {
+            env.add_template(name, source)?;
+        }
+        Ok(Self { env })
+    }
+
+    /// Renders the template `name` with `ctx`.
+    ///
+    /// # Errors
+    /// A template error (a missing input, a bug caught by the tests).
+    pub fn render(&self, name: &str, ctx: Value) -> Result<String, minijinja::Error> {
+        self.env.get_template(name)?.render(ctx)
+    }
+}
+
+/// The built-in templates, parsed once.
+static TEMPLATES: LazyLock<Option<Templates>> = LazyLock::new(|| match Templates::builtin() {
+    Ok(t) => Some(t),
+    Err(e) => {
+        tracing::error!(error = %e, "a built-in page template does not parse");
+        None
+    }
+});
+
+/// What a page shows when its template fails (never seen unless a template
+/// has a bug): a bare page with no inputs, so nothing can go unescaped.
+const BROKEN_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+    <title>Error</title></head><body><h1>Error</h1>\
+    <p>This page cannot be shown. Try again later.</p></body></html>\n";
+
+/// Renders the portal page `name` under the portal `prefix` (see the module
+/// documentation). A template error is logged and answered with a bare page.
+pub fn render(name: &str, prefix: &str, ctx: Value) -> String {
+    render_app(name, context! { prefix => prefix, ..ctx })
+}
+
+/// Renders a template that is not a portal page (the demo app's).
+pub fn render_app(name: &str, ctx: Value) -> String {
+    match TEMPLATES.as_ref().map(|t| t.render(name, ctx)) {
+        Some(Ok(page)) => page,
+        Some(Err(e)) => {
+            tracing::error!(template = name, error = %e, "rendering a page failed");
+            BROKEN_PAGE.to_owned()
+        }
+        None => BROKEN_PAGE.to_owned(),
+    }
+}
+
+/// The formatter: in auto-escaped templates every value not marked safe is
+/// escaped for element content and quoted attribute values (`& < > " '`).
+/// minijinja's own escaper also writes `/` as `&#x2f;`, which HTML does not
+/// need and which would turn every URL in a page into entities.
+fn escape_html(
+    out: &mut minijinja::Output,
+    state: &mut minijinja::State,
+    value: &Value,
+) -> Result<(), minijinja::Error> {
+    if *state.auto_escape() != AutoEscape::Html || value.is_safe() {
+        return minijinja::escape_formatter(out, state, value);
+    }
+    let text;
+    let s = match value.as_str() {
+        Some(s) => s,
+        None if value.is_undefined() || value.is_none() => "",
+        None => {
+            text = value.to_string();
+            &text
+        }
+    };
+    out.write_str(&esc(s))
+        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write failed").with_source(e))
+}
 
 /// Escapes text for HTML element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
+fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -37,9 +234,6 @@ pub fn security_headers(h: &mut HeaderMap) {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
-/// Where the stylesheet is served, relative to the prefix.
-pub const STYLESHEET: &str = "/static/portal.css";
-
 /// The stylesheet.
 pub const CSS: &str = r#"
 *{box-sizing:border-box}
@@ -62,25 +256,13 @@ code{font-family:ui-monospace,Menlo,Consolas,monospace;background:#f3f4f6;paddin
 ul#recovery-codes{columns:2;padding-left:1.2rem}
 "#;
 
-/// Wraps page content in the common layout.
-pub fn layout(title: &str, prefix: &str, body: &str) -> String {
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>{title}</title><link rel=\"stylesheet\" href=\"{prefix}{STYLESHEET}\"></head>\
-         <body><main>{body}</main></body></html>\n",
-        title = esc(title),
-        prefix = esc(prefix),
-    )
-}
-
-/// A page with a title and one message (errors, notices).
-pub fn message_page(title: &str, message: &str) -> String {
-    // No prefix known here: styles come from the default location.
-    layout(
-        title,
-        crate::config::defaults::PORTAL_PREFIX,
-        &format!("<h1>{}</h1><p class=\"note\">{}</p>", esc(title), esc(message)),
+/// A page with a title and one message (errors, notices, access denied),
+/// under the portal `prefix`.
+pub fn message_page(prefix: &str, title: &str, message: &str) -> String {
+    render(
+        "message.html",
+        prefix,
+        context! { title => title, message => message },
     )
 }
 
@@ -93,61 +275,28 @@ pub fn login_page(
     username: &str,
     error: Option<&str>,
 ) -> String {
-    let error = error
-        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
-        .unwrap_or_default();
-    layout(
-        title,
+    render(
+        "login.html",
         prefix,
-        &format!(
-            "<h1>{title}</h1>{error}\
-             <form method=\"post\" action=\"{prefix}/login\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-             <input type=\"hidden\" name=\"rd\" value=\"{rd}\">\
-             <label for=\"username\">Username</label>\
-             <input type=\"text\" id=\"username\" name=\"username\" value=\"{username}\" autocomplete=\"username\" autocapitalize=\"none\" required autofocus>\
-             <label for=\"password\">Password</label>\
-             <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
-             <button type=\"submit\">Sign in</button></form>",
-            title = esc(title),
-            prefix = esc(prefix),
-            csrf = esc(csrf),
-            rd = esc(rd),
-            username = esc(username),
-        ),
+        context! { title, csrf, rd, username, error },
     )
 }
 
 /// The signed-in page: who you are, and a sign-out button.
 pub fn signed_in_page(prefix: &str, csrf: &str, username: &str, level: u8, note: Option<&str>) -> String {
-    let note = note
-        .map(|n| format!("<p class=\"note\">{}</p>", esc(n)))
-        .unwrap_or_default();
-    layout(
-        "Your account",
-        prefix,
-        &format!(
-            "<h1>Your account</h1><p>Signed in as <span class=\"user\">{user}</span> \
-             ({factors}).</p>{note}\
-             <p><a href=\"{prefix}/factors\">Your sign-in methods</a></p>\
-             <form method=\"post\" action=\"{prefix}/logout\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-             <button type=\"submit\" class=\"secondary\">Sign out</button></form>",
-            user = esc(username),
-            factors = if level >= 2 {
-                "two factors"
-            } else {
-                "password only"
-            },
-            prefix = esc(prefix),
-            csrf = esc(csrf),
-        ),
-    )
+    render("account.html", prefix, context! { csrf, username, level, note })
+}
+
+/// The page after signing out.
+pub fn signed_out_page(prefix: &str) -> String {
+    render("signed_out.html", prefix, context! {})
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HOSTILE: &str = "\"><script>alert('x')</script>&";
 
     #[test]
     fn escapes_everything_dangerous() {
@@ -158,10 +307,180 @@ mod tests {
     }
 
     #[test]
+    fn every_template_parses() {
+        let t = Templates::builtin().unwrap();
+        for (name, _) in SOURCES {
+            t.env.get_template(name).unwrap();
+        }
+    }
+
+    #[test]
     fn login_page_escapes_reflected_values() {
         let p = login_page("Sign in", "/_p", "tok", "\"><script>", "<b>", Some("<i>"));
         assert!(!p.contains("<script>"));
         assert!(!p.contains("<b>"));
         assert!(p.contains("&lt;i&gt;"));
+        assert!(p.contains("name=\"csrf\" value=\"tok\""), "{p}");
+        assert!(p.contains("<link rel=\"stylesheet\" href=\"/_p/static/portal.css\">"));
+        assert!(p.contains("action=\"/_p/login\""));
+    }
+
+    #[test]
+    fn every_input_is_escaped_in_every_place() {
+        // Title, username, note and the CSRF value all carry markup.
+        let pages = [
+            login_page(HOSTILE, "/_p", HOSTILE, HOSTILE, HOSTILE, Some(HOSTILE)),
+            signed_in_page("/_p", HOSTILE, HOSTILE, 2, Some(HOSTILE)),
+            message_page("/_p", HOSTILE, HOSTILE),
+        ];
+        for p in pages {
+            assert!(!p.contains("<script>"), "{p}");
+            assert!(!p.contains("\"><script"), "{p}");
+            assert!(
+                p.contains("&quot;&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;"),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn message_pages_link_the_stylesheet_under_the_prefix() {
+        let p = message_page("/auth/gw", "Access denied", "No.");
+        assert!(p.contains("href=\"/auth/gw/static/portal.css\""), "{p}");
+        assert!(p.contains("<h1>Access denied</h1>"));
+    }
+
+    /// Every template, in each of its branches, with the inputs its handler
+    /// passes: a misspelt or missing input fails here (undefined is strict).
+    #[test]
+    fn every_branch_of_every_page_renders() {
+        let t = Templates::builtin().unwrap();
+        let factor = |id: &str, totp: bool| context! { id, totp };
+        let cases: Vec<(&str, Value)> = vec![
+            ("message.html", context! { title => "T", message => "M" }),
+            (
+                "login.html",
+                context! { title => "T", csrf => "c", rd => "/", username => "u", error => None::<&str> },
+            ),
+            (
+                "account.html",
+                context! { csrf => "c", username => "u", level => 1, note => Some("n") },
+            ),
+            ("signed_out.html", context! {}),
+            (
+                "challenge.html",
+                context! {
+                    csrf => "c", rd => "/", fresh => true, recovery => true, error => Some("e"),
+                    totp => vec![context! { id => "t1" }, context! { id => "t2" }],
+                    oob => vec![context! { id => "o1", action => "send", button => "Send a code", description => "d" }],
+                },
+            ),
+            (
+                "challenge.html",
+                context! {
+                    csrf => "c", rd => "/", fresh => false, recovery => false, error => None::<&str>,
+                    totp => vec![context! { id => "t1" }], oob => Vec::<Value>::new(),
+                },
+            ),
+            (
+                "code.html",
+                context! { csrf => "c", rd => "/", fresh => true, factor => "f", enrolling => true, what => "w", error => None::<&str> },
+            ),
+            (
+                "push_wait.html",
+                context! {
+                    title => "T", check_action => "mfa/push/check", tx => "x", number => 42, ttl => 65,
+                    error => Some("e"), fields => vec![context! { name => "csrf", value => "c" }],
+                },
+            ),
+            (
+                "password.html",
+                context! { csrf => "c", rd => "/", username => "u", error => None::<&str> },
+            ),
+            (
+                "enroll_chooser.html",
+                context! { rd_query => "%2F", types => vec![context! { query => "sms", label => "L" }] },
+            ),
+            (
+                "enroll_address.html",
+                context! {
+                    title => "T", label => "L", input_type => "tel", kind => "sms", csrf => "c",
+                    rd => "/", value => "v", error => None::<&str>,
+                },
+            ),
+            (
+                "enroll_pairing.html",
+                context! {
+                    csrf => "c", rd => "/", rd_query => "%2F", factor => "f", token => Some("tok"),
+                    uri => "u", qr => Some("data:x"), ttl => 600, error => None::<&str>,
+                },
+            ),
+            (
+                "enroll_pairing.html",
+                context! {
+                    csrf => "c", rd => "/", rd_query => "%2F", factor => "f", token => None::<&str>,
+                    uri => "", qr => None::<&str>, ttl => 600, error => Some("e"),
+                },
+            ),
+            (
+                "enroll_totp.html",
+                context! {
+                    csrf => "c", rd => "/", factor => "f", secret => "ABCDEFGH",
+                    secret_groups => vec!["ABCD", "EFGH"], qr => "data:x", error => None::<&str>,
+                },
+            ),
+            (
+                "recovery_codes.html",
+                context! { codes => vec!["a-b", "c-d"], next => "/" },
+            ),
+            (
+                "factors.html",
+                context! {
+                    username => "u", notice => Some("n"), back_query => "%2F", recovery => true,
+                    codes_left => 3, csrf => "c",
+                    factors => vec![
+                        context! { id => "f1", name => "Push", active => true, managed => false },
+                        context! { id => "f2", name => "E-mail", active => false, managed => true },
+                    ],
+                    add => vec![context! { query => "totp", label => "L" }],
+                },
+            ),
+            (
+                "passwordless_username.html",
+                context! { title => "T", csrf => "c", rd => "/", rd_query => "%2F", username => "u", error => None::<&str> },
+            ),
+            (
+                "passwordless_factors.html",
+                context! {
+                    csrf => "c", rd => "/", rd_query => "%2F", state => "s", error => Some("e"),
+                    factors => vec![factor("a", true), factor("b", false)],
+                },
+            ),
+            (
+                "demo/echo.html",
+                context! {
+                    user => "u", method => "GET", path => "/",
+                    headers => vec![context! { name => "remote-user", value => "u", identity => true }],
+                },
+            ),
+        ];
+        for (name, ctx) in cases {
+            let page = t
+                .render(name, context! { prefix => "/_p", ..ctx })
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            if name != "demo/echo.html" {
+                assert!(page.contains("href=\"/_p/static/portal.css\""), "{name}: {page}");
+            }
+            let shown = page.replace("autocapitalize=\"none\"", "");
+            assert!(!shown.contains("none"), "{name} printed a missing value: {page}");
+        }
+    }
+
+    #[test]
+    fn a_missing_input_is_an_error_not_an_empty_string() {
+        let t = Templates::builtin().unwrap();
+        assert!(t.render("message.html", context! { prefix => "/p" }).is_err());
+        // The public entry point answers a bare page instead (and logs).
+        assert!(render("message.html", "/p", context! {}).contains("cannot be shown"));
     }
 }

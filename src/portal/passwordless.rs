@@ -17,56 +17,30 @@ use axum::Form;
 use axum::extract::State;
 use axum::response::Response;
 use http::{HeaderMap, StatusCode, header};
+use minijinja::context;
+use minijinja::value::Value;
 use serde::Deserialize;
 
 use super::authn::{self, Loaded, Pending};
-use super::pages::{esc, layout};
+use super::pages::render;
 use super::{Ctx, csrf, csrf_token, enc, form_allowed, html, login, mfa, redirect, see_other};
 use crate::enforce::{AccessInfo, ActiveSession};
 use crate::factors::{self, Challenge, ChallengeContext, Factor, PushResult, TOTP_TYPE, VerifyError};
 use crate::gateway::AppState;
 
-fn hidden(name: &str, value: &str) -> String {
-    format!(
-        "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-        esc(name),
-        esc(value)
-    )
-}
-
-fn error_html(error: Option<&str>) -> String {
-    error
-        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
-        .unwrap_or_default()
-}
-
-fn password_link(st: &AppState, rd: &str) -> String {
-    format!(
-        "<p class=\"note\"><a href=\"{}/login?password=1&amp;rd={}\" id=\"use-password\">Sign in with a password instead</a></p>",
-        esc(&st.config.portal.prefix),
-        esc(&enc(rd))
-    )
-}
-
 /// The first page: the username only.
 pub fn username_page(st: &AppState, csrf: &str, rd: &str, username: &str, error: Option<&str>) -> String {
-    let title = &st.config.portal.title;
-    layout(
-        title,
+    render(
+        "passwordless_username.html",
         &st.config.portal.prefix,
-        &format!(
-            "<h1>{t}</h1>{error}<form method=\"post\" action=\"{prefix}/login\">{csrf}{rdf}\
-             <label for=\"username\">Username</label>\
-             <input type=\"text\" id=\"username\" name=\"username\" value=\"{user}\" autocomplete=\"username\" autocapitalize=\"none\" required autofocus>\
-             <button type=\"submit\">Continue</button></form>{pw}",
-            t = esc(title),
-            error = error_html(error),
-            prefix = esc(&st.config.portal.prefix),
-            csrf = hidden("csrf", csrf),
-            rdf = hidden("rd", rd),
-            user = esc(username),
-            pw = password_link(st, rd),
-        ),
+        context! {
+            title => st.config.portal.title.as_str(),
+            csrf,
+            rd,
+            rd_query => enc(rd),
+            username,
+            error,
+        },
     )
 }
 
@@ -78,42 +52,14 @@ fn factors_page(
     factors: &[Factor],
     error: Option<&str>,
 ) -> String {
-    let prefix = esc(&st.config.portal.prefix);
-    let common = format!(
-        "{}{}{}",
-        hidden("csrf", csrf),
-        hidden("rd", rd),
-        hidden("state", token)
-    );
-    let forms: String = factors
+    let factors: Vec<Value> = factors
         .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let id = hidden("factor", &f.record.id);
-            if f.record.factor_type == TOTP_TYPE {
-                format!(
-                    "<form method=\"post\" action=\"{prefix}/login/factor\">{common}{id}\
-                     <label for=\"code{i}\">Code from your authenticator app</label>\
-                     <input type=\"text\" id=\"code{i}\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required>\
-                     <button type=\"submit\">Sign in</button></form>"
-                )
-            } else {
-                format!(
-                    "<form method=\"post\" action=\"{prefix}/login/factor\">{common}{id}{a}\
-                     <button type=\"submit\" class=\"secondary\" id=\"send-push{i}\">Send a push to your device</button></form>",
-                    a = hidden("action", "push"),
-                )
-            }
-        })
+        .map(|f| context! { id => f.record.id.as_str(), totp => f.record.factor_type == TOTP_TYPE })
         .collect();
-    layout(
-        "Verify it's you",
+    render(
+        "passwordless_factors.html",
         &st.config.portal.prefix,
-        &format!(
-            "<h1>Verify it's you</h1>{error}{forms}{pw}",
-            error = error_html(error),
-            pw = password_link(st, rd)
-        ),
+        context! { csrf, rd, rd_query => enc(rd), state => token, factors, error },
     )
 }
 
@@ -176,7 +122,7 @@ pub async fn start(
             let page = factors_page(st, &token, rd, &started.token, &started.factors, None);
             mfa::with_csrf(html(StatusCode::OK, page), set)
         }
-        Err(_) => mfa::unavailable_page(),
+        Err(_) => mfa::unavailable_page(st),
     }
 }
 
@@ -229,18 +175,6 @@ async fn signed_in(
     res
 }
 
-fn push_fields(csrf: &str, rd: &str, token: &str, factor: &str, tid: &str) -> String {
-    format!(
-        "{}{}{}{}{}{}",
-        hidden("csrf", csrf),
-        hidden("rd", rd),
-        hidden("state", token),
-        hidden("factor", factor),
-        hidden("tx", tid),
-        hidden("action", "check")
-    )
-}
-
 fn waiting_page(
     st: &AppState,
     csrf: &str,
@@ -250,7 +184,14 @@ fn waiting_page(
     tid: &str,
     number: u8,
 ) -> String {
-    let fields = push_fields(csrf, rd, &loaded.token, &factor.record.id, tid);
+    let fields = [
+        ("csrf", csrf),
+        ("rd", rd),
+        ("state", loaded.token.as_str()),
+        ("factor", factor.record.id.as_str()),
+        ("tx", tid),
+        ("action", "check"),
+    ];
     super::oob::push_page(
         st,
         "Approve on your device",
@@ -291,7 +232,7 @@ pub async fn factor_step(
     };
     let listed = match authn::listed_factors(&st, &loaded).await {
         Ok(l) => l,
-        Err(_) => return mfa::unavailable_page(),
+        Err(_) => return mfa::unavailable_page(&st),
     };
     let addr = ctx.0.client_addr;
     if factor.record.factor_type == TOTP_TYPE {
@@ -307,7 +248,7 @@ pub async fn factor_step(
         .await;
         return match result {
             Ok(()) => signed_in(&st, &ctx, &headers, &loaded, "otp", &rd).await,
-            Err(VerifyError::Unavailable) => mfa::unavailable_page(),
+            Err(VerifyError::Unavailable) => mfa::unavailable_page(&st),
             Err(e) => {
                 let (status, msg) = mfa::verify_message(e);
                 again(status, msg, &listed)
@@ -322,7 +263,7 @@ pub async fn factor_step(
     {
         let result = match factors::push::status(&st, &loaded.user, &factor, &f.tx).await {
             Ok(r) => r.unwrap_or(PushResult::Timeout),
-            Err(_) => return mfa::unavailable_page(),
+            Err(_) => return mfa::unavailable_page(&st),
         };
         let msg = match result {
             PushResult::Waiting => {

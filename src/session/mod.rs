@@ -139,7 +139,9 @@ pub struct SessionCodec {
     cookie_name: String,
     lifetime: i64,
     idle: i64,
-    attributes: String,
+    domain: Option<String>,
+    secure: bool,
+    same_site: SameSite,
 }
 
 impl SessionCodec {
@@ -158,7 +160,9 @@ impl SessionCodec {
             cookie_name: cfg.session_cookie_name(),
             lifetime: secs(cfg.lifetime),
             idle: secs(cfg.idle_timeout),
-            attributes: cookie_attributes(cfg.domain.as_deref(), cfg.secure, cfg.same_site),
+            domain: cfg.domain.clone(),
+            secure: cfg.secure,
+            same_site: cfg.same_site,
         }
     }
 
@@ -223,19 +227,29 @@ impl SessionCodec {
     /// A `Set-Cookie` value carrying `claims`, expiring with the session's lifetime.
     pub fn set_cookie(&self, claims: &SessionClaims, now: UnixTime) -> HeaderValue {
         let max_age = (claims.auth + self.lifetime - now).max(0);
-        let s = format!(
-            "{}={}; Max-Age={max_age}{}",
-            self.cookie_name,
-            self.encode(claims),
-            self.attributes
-        );
-        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+        self.header(self.encode(claims), max_age)
     }
 
     /// A `Set-Cookie` value that deletes the cookie.
     pub fn clear_cookie(&self) -> HeaderValue {
-        let s = format!("{}=; Max-Age=0{}", self.cookie_name, self.attributes);
-        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+        self.header(String::new(), 0)
+    }
+
+    fn header(&self, value: String, max_age: i64) -> HeaderValue {
+        let mut c = cookie::Cookie::build((self.cookie_name.as_str(), value))
+            .max_age(cookie::time::Duration::seconds(max_age))
+            .path("/")
+            .http_only(true)
+            .secure(self.secure)
+            .same_site(match self.same_site {
+                SameSite::Strict => cookie::SameSite::Strict,
+                SameSite::Lax => cookie::SameSite::Lax,
+                SameSite::None => cookie::SameSite::None,
+            });
+        if let Some(d) = &self.domain {
+            c = c.domain(d.as_str());
+        }
+        set_cookie_header(&c.build())
     }
 
     /// Finds this gateway's session cookie value in a request's `Cookie` headers.
@@ -244,36 +258,32 @@ impl SessionCodec {
     }
 }
 
-/// The common cookie attributes: `; Path=/; HttpOnly[; Secure]; SameSite=..[; Domain=..]`.
-pub fn cookie_attributes(domain: Option<&str>, secure: bool, same_site: SameSite) -> String {
-    let mut a = String::from("; Path=/; HttpOnly");
-    if secure {
-        a.push_str("; Secure");
-    }
-    a.push_str(match same_site {
-        SameSite::Strict => "; SameSite=Strict",
-        SameSite::Lax => "; SameSite=Lax",
-        SameSite::None => "; SameSite=None",
-    });
-    if let Some(d) = domain {
-        a.push_str("; Domain=");
-        a.push_str(d);
-    }
-    a
+/// A cookie as a `Set-Cookie` value; an empty value (never sent) if it cannot
+/// be one, which only a name or value with control characters could cause.
+pub fn set_cookie_header(c: &cookie::Cookie<'_>) -> HeaderValue {
+    HeaderValue::from_str(&c.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Finds a cookie by exact name across all `Cookie` headers. When a name
 /// appears more than once (a sibling subdomain can plant a second cookie) the
-/// first is returned, which browsers send for the most specific path.
+/// first is returned, which browsers send for the most specific path. Pairs
+/// that do not parse (no `=`, an empty name) are skipped; spaces around names
+/// and values are not part of them; a value in double quotes is returned
+/// without them.
 pub fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim_matches('"'))
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .and_then(|c| c.value_raw())
+        .map(|v| {
+            v.strip_prefix('"')
+                .and_then(|inner| inner.strip_suffix('"'))
+                .unwrap_or(v)
+        })
 }
 
 #[cfg(test)]
@@ -376,37 +386,57 @@ mod tests {
         assert_eq!(c.decode(&v, 8 * 3600), Err(SessionReject::Expired));
     }
 
+    /// A `Set-Cookie` value's `name=value` and its attributes, sorted.
+    fn parts(h: &HeaderValue) -> (String, Vec<String>) {
+        let mut it = h.to_str().unwrap().split(';').map(|p| p.trim().to_owned());
+        let pair = it.next().unwrap();
+        let mut attrs: Vec<String> = it.collect();
+        attrs.sort();
+        (pair, attrs)
+    }
+
     #[test]
     fn cookie_headers_carry_the_attributes() {
         let c = SessionCodec::new(&cfg(&[A]));
-        let h = c.set_cookie(&claims(100), 100);
-        let s = h.to_str().unwrap();
+        let (pair, attrs) = parts(&c.set_cookie(&claims(100), 100));
         // Secure and host-only: the `__Host-` prefix, Path=/, no Domain.
-        assert!(s.starts_with("__Host-portcullis_session=v1."));
-        assert!(s.contains("; Max-Age=28800; Path=/; HttpOnly; Secure; SameSite=Lax"));
-        assert!(!s.contains("Domain"));
-        assert!(
-            c.clear_cookie()
-                .to_str()
-                .unwrap()
-                .starts_with("__Host-portcullis_session=; Max-Age=0")
+        assert!(pair.starts_with("__Host-portcullis_session=v1."), "{pair}");
+        assert_eq!(
+            attrs,
+            ["HttpOnly", "Max-Age=28800", "Path=/", "SameSite=Lax", "Secure"]
+        );
+        let (pair, attrs) = parts(&c.clear_cookie());
+        assert_eq!(pair, "__Host-portcullis_session=");
+        assert_eq!(
+            attrs,
+            ["HttpOnly", "Max-Age=0", "Path=/", "SameSite=Lax", "Secure"]
         );
         // Not secure, or a domain: the plain name.
         let mut plain = cfg(&[A]);
         plain.secure = false;
+        plain.same_site = SameSite::None;
         let c = SessionCodec::new(&plain);
-        assert!(
-            c.set_cookie(&claims(100), 100)
-                .to_str()
-                .unwrap()
-                .starts_with("portcullis_session=v1.")
-        );
+        let (pair, attrs) = parts(&c.set_cookie(&claims(100), 100));
+        assert!(pair.starts_with("portcullis_session=v1."), "{pair}");
+        // `SameSite=None` without `secure` stays without Secure (as configured).
+        assert_eq!(attrs, ["HttpOnly", "Max-Age=28800", "Path=/", "SameSite=None"]);
         let mut shared = cfg(&[A]);
         shared.domain = Some("example.com".into());
+        shared.same_site = SameSite::Strict;
         let c = SessionCodec::new(&shared);
-        let s = c.set_cookie(&claims(100), 100);
-        assert!(s.to_str().unwrap().starts_with("portcullis_session=v1."));
-        assert!(s.to_str().unwrap().ends_with("; Domain=example.com"));
+        let (pair, attrs) = parts(&c.set_cookie(&claims(100), 100));
+        assert!(pair.starts_with("portcullis_session=v1."), "{pair}");
+        assert_eq!(
+            attrs,
+            [
+                "Domain=example.com",
+                "HttpOnly",
+                "Max-Age=28800",
+                "Path=/",
+                "SameSite=Strict",
+                "Secure"
+            ]
+        );
     }
 
     #[test]
@@ -480,5 +510,37 @@ mod tests {
         );
         assert_eq!(find_cookie(&h, "portcullis_session"), Some("yes"));
         assert_eq!(find_cookie(&h, "c"), None);
+    }
+
+    #[test]
+    fn hostile_cookie_headers() {
+        let h = |values: &[&'static str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append(http::header::COOKIE, HeaderValue::from_static(v));
+            }
+            h
+        };
+        // Duplicates (a sibling subdomain planted one): the first wins, also
+        // across headers.
+        let dup = h(&["s=first; s=second", "s=third"]);
+        assert_eq!(find_cookie(&dup, "s"), Some("first"));
+        // Odd spacing and empty pairs; broken pairs are skipped, not fatal.
+        let odd = h(&[";;  ; junk ; =nameless;  s  =  spaced  ;t=\"quoted\";u=\"half"]);
+        assert_eq!(find_cookie(&odd, "s"), Some("spaced"));
+        assert_eq!(find_cookie(&odd, "t"), Some("quoted"));
+        assert_eq!(find_cookie(&odd, "u"), Some("\"half"));
+        assert_eq!(find_cookie(&odd, ""), None);
+        assert_eq!(find_cookie(&odd, "junk"), None);
+        // Names are exact: no prefix, case or substring match.
+        let near = h(&["S=1; ss=2; s_x=3"]);
+        assert_eq!(find_cookie(&near, "s"), None);
+        // A header that is not text is ignored; the next one still counts.
+        let mut bad = http::HeaderMap::new();
+        bad.append(http::header::COOKIE, HeaderValue::from_bytes(b"s=\xff").unwrap());
+        bad.append(http::header::COOKIE, HeaderValue::from_static("s=ok"));
+        assert_eq!(find_cookie(&bad, "s"), Some("ok"));
+        // Values keep `=` after the first one.
+        assert_eq!(find_cookie(&h(&["s=a=b=="]), "s"), Some("a=b=="));
     }
 }
