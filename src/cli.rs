@@ -355,7 +355,7 @@ async fn unlock(user: &str, path: &Path) -> ExitCode {
 
 /// `store rotate-key`: re-seals every factor secret not under the first key.
 async fn rotate_key(path: &Path) -> ExitCode {
-    use crate::factors::sealing::{self, KeyCheckError, Sealer};
+    use crate::sealing::{self, KeyCheckError, Sealer};
     let Some(loaded) = load(path) else {
         return ExitCode::from(EXIT_CONFIG);
     };

@@ -15,21 +15,20 @@
 pub mod otp;
 pub mod push;
 pub mod recovery;
-pub mod sealing;
 pub mod totp;
 
 use std::net::IpAddr;
 
 use crate::audit;
-use crate::gateway::AppState;
 use crate::secret::Secret;
+use crate::state::AppState;
 use crate::store::{FactorRecord, FactorStatus, StoreError};
 use crate::users::User;
 
 /// Okta's factor type for authenticator apps.
 pub const TOTP_TYPE: &str = "token:software:totp";
 
-pub use sealing::factor_secret_aad as secret_aad;
+pub use crate::sealing::factor_secret_aad as secret_aad;
 
 /// A factor of a user, stored or provisioned by config.
 #[derive(Debug, Clone)]
@@ -129,6 +128,16 @@ pub fn type_enabled(st: &AppState, factor_type: &str) -> bool {
         "email" => f.email.enabled,
         "push" => f.push.enabled,
         _ => false,
+    }
+}
+
+/// How many codes or pushes of `factor_type` one user may be sent per
+/// hour (the rate-limit headers of a refused send).
+pub fn send_limit(st: &AppState, factor_type: &str) -> u32 {
+    match otp::config(st, factor_type) {
+        Some(c) => c.max_sends_per_hour,
+        None if factor_type == "push" => push::MAX_PUSHES_PER_HOUR,
+        None => 1,
     }
 }
 
@@ -616,8 +625,7 @@ pub enum RemoveError {
 /// user's session epoch first, so every session of the user ends (a factor
 /// reset, by an administrator or by the user: a session that a lost or stolen
 /// factor helped open must not outlive the factor). A caller acting for the
-/// user's own session re-issues it with the new epoch
-/// ([`crate::portal::login::reissue`]).
+/// user's own session re-issues it with the new epoch.
 pub async fn remove(st: &AppState, user: &User, factor_id: &str, actor: &str) -> Result<(), RemoveError> {
     let factors = list(st, user).await.map_err(|_| RemoveError::Unavailable)?;
     let Some(factor) = factors.iter().find(|f| f.record.id == factor_id) else {
@@ -705,6 +713,19 @@ reveal_lockout = {reveal}
     }
 
     const ADDR: &str = "192.0.2.10";
+
+    #[test]
+    fn factor_ids_are_path_ids() {
+        for (t, p) in [
+            (TOTP_TYPE, "GOOGLE"),
+            (TOTP_TYPE, "OKTA"),
+            ("sms", "OKTA"),
+            ("push", "OKTA"),
+        ] {
+            let id = new_factor_id(t, p);
+            assert!(crate::ids::is_id(&id) && id.len() == 20, "{id}");
+        }
+    }
 
     #[tokio::test]
     async fn enroll_activate_verify_once_per_step() {

@@ -32,8 +32,8 @@ use crate::audit;
 use crate::clock::UnixTime;
 use crate::config::CodeFactorConfig;
 use crate::delivery::{self, Kind, Message};
-use crate::gateway::AppState;
 use crate::secret::{Secret, ct_eq};
+use crate::state::AppState;
 use crate::store::{FactorRecord, FactorStatus, StoreError, TransactionRecord};
 use crate::users::User;
 

@@ -52,7 +52,7 @@ use super::{
 use crate::audit;
 use crate::clock::{UnixTime, rfc3339};
 use crate::delivery::{self, Kind, Message};
-use crate::gateway::AppState;
+use crate::state::AppState;
 use crate::store::{FactorRecord, FactorStatus, StoreError, TransactionRecord};
 use crate::users::User;
 
@@ -126,7 +126,7 @@ pub async fn enroll(st: &AppState, user: &User, provider: &str) -> Result<Enroll
     let expires_at = now + ACTIVATION_TTL;
     st.store
         .put_transaction(&TransactionRecord {
-            id: crate::portal::authn::token_id(&token),
+            id: crate::crypto::token_id(&token),
             kind: ACTIVATION_KIND.into(),
             user_id: user.id.clone(),
             data: json!({ "factor_id": factor.id }),
@@ -211,7 +211,7 @@ pub async fn register_device(st: &AppState, reg: &DeviceRegistration) -> Result<
         .store
         .take_transaction(
             ACTIVATION_KIND,
-            &crate::portal::authn::token_id(&reg.activation_token),
+            &crate::crypto::token_id(&reg.activation_token),
             now,
         )
         .await?

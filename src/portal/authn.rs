@@ -50,18 +50,20 @@ use sha2::{Digest, Sha256};
 use super::Ctx;
 use super::api::{cross_site_guard, embedded_user, login_error};
 use super::login;
-use crate::admin::factors::verify_error;
+use crate::api::factors::okta_factor;
+use crate::api::{Caller, unavailable, verify_error};
 use crate::clock::{UnixTime, rfc3339};
+use crate::crypto::token_id;
 use crate::enforce::AccessInfo;
 use crate::error::{ApiError, ErrorCode};
 use crate::factors::{
     self, Challenge, ChallengeContext, ChallengeError, Factor, PushResult, TOTP_TYPE, VerifyError,
 };
-use crate::gateway::AppState;
 use crate::ids::Ids;
 use crate::secret::Secret;
 use crate::session::SessionClaims;
-use crate::store::{FactorRecord, FactorStatus, StoreError, TransactionRecord};
+use crate::state::AppState;
+use crate::store::{FactorRecord, FactorStatus, TransactionRecord};
 use crate::users::User;
 
 /// A transaction lives this long after its last step...
@@ -132,27 +134,13 @@ pub fn amr_of(factor_type: &str) -> &'static str {
     }
 }
 
-/// Lookup id of a bearer token: its SHA-256, so stored ids cannot be replayed.
-pub fn token_id(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
 fn expiry(created: UnixTime, now: UnixTime) -> UnixTime {
     (now + STEP_TTL).min(created + TOTAL_TTL)
 }
 
-fn unavailable(e: StoreError) -> Response {
-    tracing::error!(error = %e, "store error in the authentication API");
-    ApiError::new(ErrorCode::E0000009).into_response()
-}
-
 /// A JSON answer (200, `no-store`).
 pub(super) fn json_response(body: Value) -> Response {
-    let mut res = (StatusCode::OK, body.to_string()).into_response();
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+    crate::api::json_no_store(StatusCode::OK, &body)
 }
 
 /// Applies the cross-site rules and parses the JSON body (else `E0000003`);
@@ -168,32 +156,10 @@ pub(super) fn json_request<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(body).map_err(|_| Box::new(ApiError::new(ErrorCode::E0000003).into_response()))
 }
 
-/// The Okta factor object as embedded in authn answers.
-pub fn factor_json(st: &AppState, f: &Factor) -> Value {
-    let r = &f.record;
-    let prefix = &st.config.portal.prefix;
-    let mut v = json!({
-        "id": r.id,
-        "factorType": r.factor_type,
-        "provider": r.provider,
-        "vendorName": r.provider,
-        "status": r.status.as_str(),
-        "profile": r.profile,
-        "_links": {
-            "verify": { "href": format!("{prefix}/api/v1/authn/factors/{}/verify", r.id), "hints": { "allow": ["POST"] } }
-        },
-    });
-    if r.created > 0 {
-        v["created"] = json!(rfc3339(r.created));
-        v["lastUpdated"] = json!(rfc3339(r.last_updated));
-    }
-    v
-}
-
 /// A factor as the authn API shows it: code factors' addresses masked, a
 /// push factor's device name only (never its key or address).
 pub fn authn_factor_json(st: &AppState, f: &Factor) -> Value {
-    let mut v = factor_json(st, f);
+    let mut v = okta_factor(st, f);
     let t = f.record.factor_type.as_str();
     if factors::otp::is_code_type(t) {
         v["profile"] = factors::otp::masked_profile(t, &f.record.profile);
@@ -905,26 +871,8 @@ fn missing_passcode() -> Response {
         .into_response()
 }
 
-/// Maps a failed challenge to its answer (429s with the rate-limit headers).
-pub fn challenge_error(st: &AppState, factor_type: &str, e: ChallengeError) -> Response {
-    let now = st.clock.now();
-    match e {
-        ChallengeError::TooSoon(at) => {
-            ApiError::rate_limited_as(ErrorCode::E0000109, 1, at, now).into_response()
-        }
-        ChallengeError::RateLimited(at) => {
-            let limit = factors::otp::config(st, factor_type)
-                .map_or(factors::push::MAX_PUSHES_PER_HOUR, |c| c.max_sends_per_hour);
-            ApiError::rate_limited(limit, at, now).into_response()
-        }
-        ChallengeError::Delivery => ApiError::new(ErrorCode::E0000009)
-            .cause("The message could not be delivered. Try again later or use another factor.")
-            .into_response(),
-        ChallengeError::NotActive | ChallengeError::NotChallenged => {
-            ApiError::new(ErrorCode::E0000154).into_response()
-        }
-        ChallengeError::Unavailable => ApiError::new(ErrorCode::E0000009).into_response(),
-    }
+fn challenge_error(st: &AppState, factor_type: &str, e: ChallengeError) -> Response {
+    crate::api::challenge_error(st, Caller::Authn, factor_type, e)
 }
 
 /// The user's factor `factor_id` (else `E0000007`).
@@ -1365,7 +1313,7 @@ pub async fn enroll(
     let record = enrolled.factor().clone();
     let prefix = &st.config.portal.prefix;
     let activate_href = format!("{prefix}/api/v1/authn/factors/{}/lifecycle/activate", record.id);
-    let mut factor = factor_json(
+    let mut factor = okta_factor(
         &st,
         &Factor {
             record: record.clone(),
@@ -1536,7 +1484,7 @@ pub async fn resend_activation(
         &loaded,
         &loaded.state,
         expires,
-        factor_json(&st, &factor),
+        okta_factor(&st, &factor),
     ))
 }
 

@@ -44,9 +44,9 @@ use serde::Deserialize;
 use crate::context::RequestContext;
 use crate::enforce::{AccessInfo, SessionState};
 use crate::error::{ApiError, ErrorCode};
-use crate::gateway::AppState;
 use crate::secret::Secret;
 use crate::session::find_cookie;
+use crate::state::AppState;
 use login::LoginError;
 
 /// The request context, as an extractor (the gateway's, or derived when the

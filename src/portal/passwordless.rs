@@ -24,7 +24,7 @@ use super::pages::{esc, layout};
 use super::{Ctx, csrf, csrf_token, enc, form_allowed, html, login, mfa, redirect, see_other};
 use crate::enforce::{AccessInfo, ActiveSession};
 use crate::factors::{self, Challenge, ChallengeContext, Factor, PushResult, TOTP_TYPE, VerifyError};
-use crate::gateway::AppState;
+use crate::state::AppState;
 
 fn hidden(name: &str, value: &str) -> String {
     format!(

@@ -28,7 +28,7 @@ use super::authn::{json_request, json_response};
 use crate::enforce::SessionState;
 use crate::error::{ApiError, ErrorCode};
 use crate::factors::push::{self, AnswerError, DeviceAnswer, DeviceError, DeviceRegistration};
-use crate::gateway::AppState;
+use crate::state::AppState;
 
 /// Where the polling script is served, relative to the prefix.
 pub const SCRIPT_PATH: &str = "/static/push.js";
