@@ -25,8 +25,8 @@ use super::{Caller, json, json_no_store, link, unavailable, validation, verify_e
 use crate::audit;
 use crate::clock::{UnixTime, rfc3339};
 use crate::error::{ApiError, ErrorCode};
-use crate::factors::{self, Challenge, EnrollError, Enrolled, Factor, TOTP_TYPE};
-use crate::state::AppState;
+use crate::factors::{self, Challenge, EnrollError, Enrolled, Factor, FactorType, kind_of};
+use crate::state::Handles;
 use crate::store::FactorStatus;
 use crate::users::User;
 
@@ -71,7 +71,7 @@ impl Scope {
 
 /// The Okta factor object as the authn API embeds it (its `verify` link
 /// under the portal prefix).
-pub(crate) fn okta_factor(st: &AppState, f: &Factor) -> Value {
+pub(crate) fn okta_factor(st: &Handles, f: &Factor) -> Value {
     let r = &f.record;
     let prefix = &st.config.portal.prefix;
     let mut v = json!({
@@ -94,20 +94,21 @@ pub(crate) fn okta_factor(st: &AppState, f: &Factor) -> Value {
 
 /// The Okta Factor object: the authn API's shape ([`okta_factor`]) with this
 /// API's links.
-pub fn factor_json(st: &AppState, scope: &Scope, f: &Factor) -> Value {
+pub fn factor_json(st: &Handles, scope: &Scope, f: &Factor) -> Value {
     let mut v = okta_factor(st, f);
     let r = &f.record;
     let me = scope.factor_url(&r.id);
     let mut links = json!({ "self": link(me.clone(), &["GET", "DELETE"]) });
+    let kind = kind_of(&r.factor_type);
     match r.status {
         FactorStatus::PendingActivation => {
-            if r.factor_type != "push" {
+            if kind.is_none_or(|k| k.activated_by_code()) {
                 links["activate"] = link(format!("{me}/lifecycle/activate"), &["POST"]);
             }
-            if r.factor_type == TOTP_TYPE {
+            if kind.is_some_and(|k| k.shows_secret()) {
                 links["qrcode"] = json!({ "href": format!("{me}/qr"), "type": "image/svg+xml" });
             }
-            if matches!(r.factor_type.as_str(), "sms" | "call" | "email") {
+            if kind.is_some_and(|k| k.sends_code()) {
                 links["resend"] = link(format!("{me}/resend"), &["POST"]);
             }
         }
@@ -131,7 +132,7 @@ fn not_found() -> Response {
 }
 
 /// The factor `id` of the scope's user, or 404 (also for another user's id).
-async fn owned(st: &AppState, scope: &Scope, id: &str) -> Result<Factor, Response> {
+async fn owned(st: &Handles, scope: &Scope, id: &str) -> Result<Factor, Response> {
     match factors::find(st, &scope.user, id).await {
         Ok(Some(f)) => Ok(f),
         Ok(None) => Err(not_found()),
@@ -157,7 +158,7 @@ fn pass_code(body: &[u8]) -> Result<Option<String>, ApiError> {
 // ---- the operations ----------------------------------------------------------
 
 /// `GET .../factors`: every factor of the user.
-pub async fn list(st: &AppState, scope: &Scope) -> Response {
+pub async fn list(st: &Handles, scope: &Scope) -> Response {
     match factors::list(st, &scope.user).await {
         Ok(all) => {
             let out: Vec<Value> = all.iter().map(|f| factor_json(st, scope, f)).collect();
@@ -169,24 +170,14 @@ pub async fn list(st: &AppState, scope: &Scope) -> Response {
 }
 
 /// The `(factorType, provider)` pairs that can be enrolled now.
-fn enrollable(st: &AppState) -> Vec<(&'static str, &'static str)> {
-    let mut out = Vec::new();
-    for (t, providers) in [
-        (TOTP_TYPE, &["GOOGLE", "OKTA"][..]),
-        ("sms", &["OKTA"][..]),
-        ("call", &["OKTA"][..]),
-        ("email", &["OKTA"][..]),
-        ("push", &["OKTA"][..]),
-    ] {
-        if factors::type_enabled(st, t) {
-            out.extend(providers.iter().map(|p| (t, *p)));
-        }
-    }
-    out
+fn enrollable(st: &Handles) -> Vec<(&'static str, &'static str)> {
+    FactorType::enabled(&st.config.factors)
+        .flat_map(|t| t.kind().providers().iter().map(move |p| (t.as_str(), *p)))
+        .collect()
 }
 
 /// `GET .../factors/catalog`: the factor types the user can enroll.
-pub async fn catalog(st: &AppState, scope: &Scope) -> Response {
+pub async fn catalog(st: &Handles, scope: &Scope) -> Response {
     let mine = match factors::list(st, &scope.user).await {
         Ok(f) => f,
         Err(e) => return unavailable(e),
@@ -233,7 +224,7 @@ struct EnrollBody {
 }
 
 /// `POST .../factors?activate=false`: enrolls a factor (`PENDING_ACTIVATION`).
-pub async fn enroll(st: &AppState, scope: &Scope, activate: Option<bool>, body: &[u8]) -> Response {
+pub async fn enroll(st: &Handles, scope: &Scope, activate: Option<bool>, body: &[u8]) -> Response {
     let Ok(req) = serde_json::from_slice::<EnrollBody>(body) else {
         return ApiError::new(ErrorCode::E0000003).into_response();
     };
@@ -246,12 +237,10 @@ pub async fn enroll(st: &AppState, scope: &Scope, activate: Option<bool>, body: 
         return validation("factorType: The field cannot be left blank");
     };
     let provider = req.provider.unwrap_or_else(|| {
-        if factor_type == TOTP_TYPE {
-            "GOOGLE"
-        } else {
-            "OKTA"
-        }
-        .to_owned()
+        kind_of(&factor_type)
+            .and_then(|k| k.providers().first().copied())
+            .unwrap_or("OKTA")
+            .to_owned()
     });
     if !enrollable(st).contains(&(factor_type.as_str(), provider.as_str())) {
         return validation(format!(
@@ -321,7 +310,7 @@ pub async fn enroll(st: &AppState, scope: &Scope, activate: Option<bool>, body: 
 }
 
 /// `GET .../factors/{fid}`.
-pub async fn get(st: &AppState, scope: &Scope, id: &str) -> Response {
+pub async fn get(st: &Handles, scope: &Scope, id: &str) -> Response {
     match owned(st, scope, id).await {
         Ok(f) => json(StatusCode::OK, &factor_json(st, scope, &f)),
         Err(r) => r,
@@ -331,12 +320,14 @@ pub async fn get(st: &AppState, scope: &Scope, id: &str) -> Response {
 /// `GET .../factors/{fid}/qr`: the TOTP key URI as an SVG QR code, only
 /// while the factor is `PENDING_ACTIVATION` (the secret is opened from its
 /// sealed form; after activation it is never shown again).
-pub async fn qr(st: &AppState, scope: &Scope, id: &str) -> Response {
+pub async fn qr(st: &Handles, scope: &Scope, id: &str) -> Response {
     let f = match owned(st, scope, id).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if f.record.factor_type != TOTP_TYPE || f.record.status != FactorStatus::PendingActivation {
+    if !kind_of(&f.record.factor_type).is_some_and(|k| k.shows_secret())
+        || f.record.status != FactorStatus::PendingActivation
+    {
         return not_found();
     }
     let Some(secret) = factors::totp_secret(st, &scope.user, &f) else {
@@ -364,7 +355,7 @@ pub async fn qr(st: &AppState, scope: &Scope, id: &str) -> Response {
 }
 
 /// `POST .../factors/{fid}/lifecycle/activate` `{passCode}`.
-pub async fn activate(st: &AppState, scope: &Scope, id: &str, body: &[u8]) -> Response {
+pub async fn activate(st: &Handles, scope: &Scope, id: &str, body: &[u8]) -> Response {
     let f = match owned(st, scope, id).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -374,7 +365,9 @@ pub async fn activate(st: &AppState, scope: &Scope, id: &str, body: &[u8]) -> Re
         Ok(None) => return validation("passCode: The field cannot be left blank"),
         Err(e) => return e.into_response(),
     };
-    if f.record.status != FactorStatus::PendingActivation || f.record.factor_type == "push" {
+    if f.record.status != FactorStatus::PendingActivation
+        || kind_of(&f.record.factor_type).is_some_and(|k| !k.activated_by_code())
+    {
         return ApiError::new(ErrorCode::E0000079)
             .cause("only a factor PENDING_ACTIVATION is activated with a passCode")
             .into_response();
@@ -390,7 +383,7 @@ pub async fn activate(st: &AppState, scope: &Scope, id: &str, body: &[u8]) -> Re
 }
 
 /// `POST .../factors/{fid}/verify` `{passCode?}`.
-pub async fn verify(st: &AppState, scope: &Scope, id: &str, body: &[u8]) -> Response {
+pub async fn verify(st: &Handles, scope: &Scope, id: &str, body: &[u8]) -> Response {
     let f = match owned(st, scope, id).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -404,8 +397,12 @@ pub async fn verify(st: &AppState, scope: &Scope, id: &str, body: &[u8]) -> Resp
         return ApiError::new(ErrorCode::E0000154).into_response();
     }
     let me = scope.factor_url(&f.record.id);
-    match (ft.as_str(), code) {
-        ("push", _) | ("sms" | "call" | "email", None) => {
+    // A device answers (push), or a code is to be sent (sms, call, email
+    // without a passCode): start a challenge. Else check the code.
+    let challenge =
+        kind_of(&ft).is_some_and(|k| k.answered_by_device() || (k.sends_code() && code.is_none()));
+    match (challenge, code) {
+        (true, _) => {
             let ctx = factors::ChallengeContext {
                 client_addr: scope.client,
                 flow: scope.flow.clone(),
@@ -436,15 +433,16 @@ pub async fn verify(st: &AppState, scope: &Scope, id: &str, body: &[u8]) -> Resp
                 Err(e) => super::challenge_error(st, Caller::Factors, &ft, e),
             }
         }
-        (_, None) => validation("passCode: The field cannot be left blank"),
-        (_, Some(code)) => match factors::verify(st, &scope.user, &f, &code, scope.client, &scope.flow).await
-        {
-            Ok(()) => {
-                audit!("factor.verified.api", user = %scope.user.username, factor_type = %ft, actor = scope.actor, token = ?scope.token);
-                json(StatusCode::OK, &json!({ "factorResult": "SUCCESS" }))
+        (false, None) => validation("passCode: The field cannot be left blank"),
+        (false, Some(code)) => {
+            match factors::verify(st, &scope.user, &f, &code, scope.client, &scope.flow).await {
+                Ok(()) => {
+                    audit!("factor.verified.api", user = %scope.user.username, factor_type = %ft, actor = scope.actor, token = ?scope.token);
+                    json(StatusCode::OK, &json!({ "factorResult": "SUCCESS" }))
+                }
+                Err(e) => verify_error(e),
             }
-            Err(e) => verify_error(e),
-        },
+        }
     }
 }
 
@@ -498,7 +496,7 @@ fn transaction_json(scope: &Scope, f: &Factor, tid: &str, result: factors::PushR
 }
 
 /// `GET .../factors/{fid}/transactions/{tid}`: a push transaction's state.
-pub async fn transaction(st: &AppState, scope: &Scope, id: &str, tid: &str) -> Response {
+pub async fn transaction(st: &Handles, scope: &Scope, id: &str, tid: &str) -> Response {
     let f = match owned(st, scope, id).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -514,7 +512,7 @@ pub async fn transaction(st: &AppState, scope: &Scope, id: &str, tid: &str) -> R
 /// `_links.cancel`): a waiting push becomes `REJECTED` and the device's
 /// answer is refused; one no longer waiting keeps its state. Answers the
 /// transaction like a poll.
-pub async fn cancel(st: &AppState, scope: &Scope, id: &str, tid: &str) -> Response {
+pub async fn cancel(st: &Handles, scope: &Scope, id: &str, tid: &str) -> Response {
     let f = match owned(st, scope, id).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -531,14 +529,13 @@ pub async fn cancel(st: &AppState, scope: &Scope, id: &str, tid: &str) -> Respon
 
 /// `POST .../factors/{fid}/resend`: sends a pending code factor's
 /// activation code again (rate limited: 429 `E0000109`).
-pub async fn resend(st: &AppState, scope: &Scope, id: &str) -> Response {
+pub async fn resend(st: &Handles, scope: &Scope, id: &str) -> Response {
     let f = match owned(st, scope, id).await {
         Ok(f) => f,
         Err(r) => return r,
     };
     let ft = f.record.factor_type.clone();
-    if !matches!(ft.as_str(), "sms" | "call" | "email") || f.record.status != FactorStatus::PendingActivation
-    {
+    if !kind_of(&ft).is_some_and(|k| k.sends_code()) || f.record.status != FactorStatus::PendingActivation {
         return ApiError::new(ErrorCode::E0000079)
             .cause("only an sms, call or email factor PENDING_ACTIVATION has an activation code to resend")
             .into_response();
@@ -559,7 +556,7 @@ pub async fn resend(st: &AppState, scope: &Scope, id: &str) -> Response {
 /// `DELETE .../factors/{fid}`: 204. Removing an active factor also ends the
 /// user's sessions (a factor reset; see [`factors::remove`]); the self-service
 /// route re-issues the caller's own session.
-pub async fn delete(st: &AppState, scope: &Scope, id: &str) -> Response {
+pub async fn delete(st: &Handles, scope: &Scope, id: &str) -> Response {
     if let Err(r) = owned(st, scope, id).await {
         return r;
     }

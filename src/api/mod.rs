@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::factors::{ChallengeError, VerifyError};
-use crate::state::AppState;
+use crate::state::Handles;
 
 /// An HTTP method of a route table row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +111,7 @@ pub(crate) enum Caller {
 /// The answer to a challenge that could not be started; rate limits carry
 /// the factor type's send limit in their headers.
 pub(crate) fn challenge_error(
-    st: &AppState,
+    st: &Handles,
     caller: Caller,
     factor_type: &str,
     e: ChallengeError,

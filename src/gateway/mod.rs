@@ -22,7 +22,7 @@ use crate::proxy::{Proxy, ProxySettings};
 use crate::regulation::Regulator;
 use crate::session::SessionCodec;
 use crate::session::revocation::RevocationView;
-use crate::state::AppState;
+use crate::state::{AppState, Handles};
 use crate::store::SharedStore;
 use crate::users::{SharedUsers, UserDirectory, UserSync};
 
@@ -143,15 +143,19 @@ impl Gateway {
             }
         }
         let state = Arc::new(AppState {
-            regulator: Regulator::new(store.clone(), config.regulation.clone(), clock.clone())
-                .with_subject_key(subject_key),
+            handles: Handles {
+                regulator: Regulator::new(store.clone(), config.regulation.clone(), clock.clone())
+                    .with_subject_key(subject_key),
+                config: config.clone(),
+                clock: clock.clone(),
+                store: store.clone(),
+                sealer,
+                revocations: revocations.clone(),
+                users: users.clone(),
+            },
             passwords: PasswordPool::for_this_machine(),
-            config: config.clone(),
-            clock: clock.clone(),
-            store: store.clone(),
             enforcer,
             csrf_key,
-            sealer,
         });
         background.push(spawn_refresher(
             store,

@@ -57,7 +57,8 @@ use crate::crypto::token_id;
 use crate::enforce::AccessInfo;
 use crate::error::{ApiError, ErrorCode};
 use crate::factors::{
-    self, Challenge, ChallengeContext, ChallengeError, Factor, PushResult, TOTP_TYPE, VerifyError,
+    self, Challenge, ChallengeContext, ChallengeError, Factor, FactorType, PushResult, TOTP_TYPE,
+    VerifyError, kind_of,
 };
 use crate::ids::Ids;
 use crate::secret::Secret;
@@ -123,16 +124,7 @@ pub(crate) struct Pending {
     pub(crate) expires_at: UnixTime,
 }
 
-/// The `amr` value a factor type adds (RFC 8176 where it has one).
-pub fn amr_of(factor_type: &str) -> &'static str {
-    match factor_type {
-        "sms" => "sms",
-        "call" => "tel",
-        "email" => "email",
-        "push" => "push",
-        _ => "otp",
-    }
-}
+pub(crate) use crate::factors::amr_of;
 
 fn expiry(created: UnixTime, now: UnixTime) -> UnixTime {
     (now + STEP_TTL).min(created + TOTAL_TTL)
@@ -161,9 +153,10 @@ pub(super) fn json_request<T: serde::de::DeserializeOwned>(
 pub fn authn_factor_json(st: &AppState, f: &Factor) -> Value {
     let mut v = okta_factor(st, f);
     let t = f.record.factor_type.as_str();
-    if factors::otp::is_code_type(t) {
+    let kind = kind_of(t);
+    if kind.is_some_and(|k| k.sends_code()) {
         v["profile"] = factors::otp::masked_profile(t, &f.record.profile);
-    } else if t == "push" {
+    } else if kind.is_some_and(|k| k.answered_by_device()) {
         v["profile"] = json!({ "deviceName": f.record.profile["deviceName"] });
     }
     v
@@ -303,7 +296,7 @@ fn recovery_json(st: &AppState, user: &User) -> Value {
     let id = recovery_factor_id(&user.id);
     json!({
         "id": id,
-        "factorType": "recovery_code",
+        "factorType": factors::recovery::RECOVERY_TYPE,
         "provider": "PORTCULLIS",
         "vendorName": "PORTCULLIS",
         "status": "ACTIVE",
@@ -322,24 +315,12 @@ pub fn recovery_factor_id(user_id: &str) -> String {
 fn catalog(st: &AppState) -> Vec<Value> {
     let prefix = &st.config.portal.prefix;
     let mut out = Vec::new();
-    if st.config.factors.totp.enabled {
-        for provider in ["GOOGLE", "OKTA"] {
+    for t in FactorType::enabled(&st.config.factors) {
+        for provider in t.kind().providers() {
             out.push(json!({
-                "factorType": TOTP_TYPE,
+                "factorType": t.as_str(),
                 "provider": provider,
                 "vendorName": provider,
-                "status": "NOT_SETUP",
-                "enrollment": "OPTIONAL",
-                "_links": { "enroll": { "href": format!("{prefix}/api/v1/authn/factors"), "hints": { "allow": ["POST"] } } },
-            }));
-        }
-    }
-    for t in ["sms", "call", "email", "push"] {
-        if factors::type_enabled(st, t) {
-            out.push(json!({
-                "factorType": t,
-                "provider": "OKTA",
-                "vendorName": "OKTA",
                 "status": "NOT_SETUP",
                 "enrollment": "OPTIONAL",
                 "_links": { "enroll": { "href": format!("{prefix}/api/v1/authn/factors"), "hints": { "allow": ["POST"] } } },
@@ -1059,7 +1040,7 @@ async fn start_push(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) 
             correct_answer,
         }) => (transaction_id, expires_at, correct_answer),
         Ok(Challenge::CodeSent { .. }) => return ApiError::new(ErrorCode::E0000154).into_response(),
-        Err(e) => return challenge_error(st, "push", e),
+        Err(e) => return challenge_error(st, &factor.record.factor_type, e),
     };
     let state = AuthnState {
         status: "MFA_CHALLENGE".into(),
@@ -1108,7 +1089,7 @@ async fn poll_push(
             Some((PushResult::Waiting, pending.correct_answer)),
         ),
         PushResult::Success => match factors::push::consume(st, &loaded.user, factor, tid).await {
-            Ok(true) => complete(st, headers, loaded, "push").await,
+            Ok(true) => complete(st, headers, loaded, amr_of(&factor.record.factor_type)).await,
             Ok(false) => ApiError::new(ErrorCode::E0000011).into_response(),
             Err(e) => verify_error(e),
         },
@@ -1169,8 +1150,24 @@ pub async fn verify(
         Err(r) => return r,
     };
     let code = req.pass_code.filter(|c| !c.trim().is_empty());
-    match factor.record.factor_type.as_str() {
-        TOTP_TYPE => {
+    match kind_of(&factor.record.factor_type) {
+        Some(k) if k.answered_by_device() => match loaded.state.challenge.clone() {
+            Some(p) if p.factor_id == factor.record.id && p.transaction_id.is_some() => {
+                poll_push(&st, &headers, &loaded, &factor, &p).await
+            }
+            _ => start_push(&st, &ctx, &loaded, &factor).await,
+        },
+        Some(k) if k.sends_code() => match code {
+            None => send_code(&st, &ctx, &loaded, &factor).await,
+            Some(code) => {
+                if let Err(e) = factors::verify(&st, &user, &factor, &code, addr, &loaded.flow()).await {
+                    return verify_error(e);
+                }
+                complete(&st, &headers, &loaded, k.amr()).await
+            }
+        },
+        // A code the user reads from the factor (an authenticator app).
+        Some(k) => {
             let Some(code) = code else {
                 return missing_passcode();
             };
@@ -1186,30 +1183,15 @@ pub async fn verify(
             // failures count like passwords (strangers cannot lock the user).
             let verified = crate::regulation::as_first_factor(
                 loaded.state.passwordless,
-                factors::verify_totp(&st, &user, &factor, &code, addr, false),
+                factors::verify(&st, &user, &factor, &code, addr, &loaded.flow()),
             )
             .await;
             if let Err(e) = verified {
                 return verify_error(e);
             }
-            complete(&st, &headers, &loaded, "otp").await
+            complete(&st, &headers, &loaded, k.amr()).await
         }
-        t @ ("sms" | "call" | "email") => match code {
-            None => send_code(&st, &ctx, &loaded, &factor).await,
-            Some(code) => {
-                if let Err(e) = factors::verify(&st, &user, &factor, &code, addr, &loaded.flow()).await {
-                    return verify_error(e);
-                }
-                complete(&st, &headers, &loaded, amr_of(t)).await
-            }
-        },
-        "push" => match loaded.state.challenge.clone() {
-            Some(p) if p.factor_id == factor.record.id && p.transaction_id.is_some() => {
-                poll_push(&st, &headers, &loaded, &factor, &p).await
-            }
-            _ => start_push(&st, &ctx, &loaded, &factor).await,
-        },
-        _ => ApiError::new(ErrorCode::E0000154).into_response(),
+        None => ApiError::new(ErrorCode::E0000154).into_response(),
     }
 }
 
@@ -1236,9 +1218,9 @@ pub async fn resend(
     {
         return ApiError::new(ErrorCode::E0000079).into_response();
     }
-    match factor.record.factor_type.as_str() {
-        "sms" | "call" | "email" => send_code(&st, &ctx, &loaded, &factor).await,
-        "push" => start_push(&st, &ctx, &loaded, &factor).await,
+    match kind_of(&factor.record.factor_type) {
+        Some(k) if k.sends_code() => send_code(&st, &ctx, &loaded, &factor).await,
+        Some(k) if k.answered_by_device() => start_push(&st, &ctx, &loaded, &factor).await,
         _ => ApiError::new(ErrorCode::E0000079).into_response(),
     }
 }
@@ -1272,12 +1254,10 @@ pub async fn enroll(
     }
     let factor_type = req.factor_type.unwrap_or_default();
     let provider = req.provider.unwrap_or_else(|| {
-        if factor_type == TOTP_TYPE {
-            "GOOGLE"
-        } else {
-            "OKTA"
-        }
-        .into()
+        kind_of(&factor_type)
+            .and_then(|k| k.providers().first().copied())
+            .unwrap_or("OKTA")
+            .into()
     });
     let profile = req.profile.unwrap_or_else(|| json!({}));
     let enrolled = match factors::enroll(&st, &user, &factor_type, &provider, &profile, &loaded.flow()).await
@@ -1400,7 +1380,7 @@ pub async fn activate(
         return ApiError::new(ErrorCode::E0000079).into_response();
     }
     let method = amr_of(&factor.record.factor_type);
-    if factor.record.factor_type == "push" {
+    if kind_of(&factor.record.factor_type).is_some_and(|k| !k.activated_by_code()) {
         // The device activates the factor; this polls for it.
         if !factor.is_active() {
             let timed_out = st.clock.now() >= factor.record.created + factors::push::ACTIVATION_TTL;
@@ -1468,7 +1448,7 @@ pub async fn resend_activation(
     };
     if loaded.state.status != "MFA_ENROLL_ACTIVATE"
         || loaded.state.enrolled.as_deref() != Some(factor_id.as_str())
-        || !factors::otp::is_code_type(&factor.record.factor_type)
+        || !kind_of(&factor.record.factor_type).is_some_and(|k| k.sends_code())
     {
         return ApiError::new(ErrorCode::E0000079).into_response();
     }
