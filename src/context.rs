@@ -53,6 +53,21 @@ pub fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
+/// The address bucket counted for per-address limits: the address itself for
+/// IPv4, its /64 for IPv6 (one host usually owns a whole /64).
+pub fn address_bucket(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
 /// The client address: the peer, or, when the peer is a trusted proxy, the
 /// right-most untrusted hop of `X-Forwarded-For`. An unparseable hop ends the
 /// walk at the hop to its right (never trusting what the client wrote).
