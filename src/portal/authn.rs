@@ -43,13 +43,15 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::Ctx;
 use super::api::{cross_site_guard, embedded_user, login_error};
 use super::login;
+use super::transaction::expiry;
+pub(crate) use super::transaction::{AuthnState, IssuedSession, Mode, Pending, Status};
 use crate::api::factors::okta_factor;
 use crate::api::{Caller, unavailable, verify_error};
 use crate::clock::{UnixTime, rfc3339};
@@ -67,68 +69,12 @@ use crate::state::AppState;
 use crate::store::{FactorRecord, FactorStatus, TransactionRecord};
 use crate::users::User;
 
-/// A transaction lives this long after its last step...
-pub const STEP_TTL: i64 = 5 * 60;
-/// ...and at most this long after it began.
-pub const TOTAL_TTL: i64 = 15 * 60;
 /// A `sessionToken` is valid this long, once.
 pub const SESSION_TOKEN_TTL: i64 = 60;
 const KIND: &str = "authn";
 const SESSION_TOKEN: &str = "session_token";
 
-/// Where a transaction stands.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct AuthnState {
-    pub(crate) status: String,
-    pub(crate) created: UnixTime,
-    /// When the first factor was verified.
-    pub(crate) auth: UnixTime,
-    pub(crate) amr: Vec<String>,
-    /// The factor enrolled in this transaction, if any.
-    pub(crate) enrolled: Option<String>,
-    /// A passwordless sign-in (username, then one possession factor).
-    #[serde(default)]
-    pub(crate) passwordless: bool,
-    /// A decoy for an unknown user (or one without a passwordless factor).
-    #[serde(default)]
-    pub(crate) decoy: bool,
-    /// The login as typed (passwordless).
-    #[serde(default)]
-    pub(crate) login: String,
-    /// The factor challenged last (code sent, push waiting).
-    #[serde(default)]
-    pub(crate) challenge: Option<Pending>,
-    /// The level-1 session the password step issued: its id, retired when
-    /// the second factor upgrades it (the verify call need not carry that
-    /// cookie), and its sign-in id, which the upgraded session continues.
-    #[serde(default)]
-    pub(crate) session: Option<IssuedSession>,
-}
-
-/// A session id issued along a transaction, and its sign-in id.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct IssuedSession {
-    pub(crate) sid: String,
-    pub(crate) sin: String,
-}
-
-/// An out-of-band challenge in progress.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct Pending {
-    pub(crate) factor_id: String,
-    /// Push: the transaction and the number the browser shows.
-    #[serde(default)]
-    pub(crate) transaction_id: Option<String>,
-    #[serde(default)]
-    pub(crate) correct_answer: Option<u8>,
-    pub(crate) expires_at: UnixTime,
-}
-
 pub(crate) use crate::factors::amr_of;
-
-fn expiry(created: UnixTime, now: UnixTime) -> UnixTime {
-    (now + STEP_TTL).min(created + TOTAL_TTL)
-}
 
 /// A JSON answer (200, `no-store`).
 pub(super) fn json_response(body: Value) -> Response {
@@ -279,7 +225,7 @@ async fn passwordless_factors(
     user: &User,
     state: &AuthnState,
 ) -> Result<Vec<Factor>, Response> {
-    if state.decoy {
+    if state.mode.is_decoy() {
         return Ok(decoy_factors(st, &state.login));
     }
     let types = passwordless_types(st);
@@ -340,7 +286,7 @@ fn state_answer(
     factors: Vec<Value>,
 ) -> Value {
     let prefix = &st.config.portal.prefix;
-    let user_json = if state.passwordless {
+    let user_json = if state.mode.is_passwordless() {
         passwordless_user_json(st, &state.login)
     } else {
         embedded_user(user)
@@ -348,7 +294,7 @@ fn state_answer(
     json!({
         "stateToken": token,
         "expiresAt": rfc3339(expires),
-        "status": state.status,
+        "status": state.status.as_str(),
         "_embedded": { "user": user_json, "factors": factors },
         "_links": { "cancel": { "href": format!("{prefix}/api/v1/authn/cancel"), "hints": { "allow": ["POST"] } } },
     })
@@ -530,7 +476,11 @@ pub async fn authn(
     login::end_prior_sign_in(&st, &headers).await;
     let (level1, cookie) = login::issue_session(&st, &user, 1, amr.clone(), None);
     let state = AuthnState {
-        status: if enrolling { "MFA_ENROLL" } else { "MFA_REQUIRED" }.into(),
+        status: if enrolling {
+            Status::Enroll
+        } else {
+            Status::Required
+        },
         created: now,
         auth: now,
         amr,
@@ -664,10 +614,10 @@ pub(crate) async fn begin_passwordless(st: &AppState, login: &str) -> Result<Sta
         .cloned();
     let now = st.clock.now();
     let mut state = AuthnState {
-        status: "MFA_REQUIRED".into(),
+        status: Status::Required,
+        mode: Mode::Passwordless,
         created: now,
         auth: now,
-        passwordless: true,
         login: login.to_owned(),
         ..AuthnState::default()
     };
@@ -700,12 +650,12 @@ pub(crate) async fn begin_passwordless(st: &AppState, login: &str) -> Result<Sta
         }
     };
     let listed = if listed.is_empty() {
-        state.decoy = true;
+        state.mode = Mode::Decoy;
         decoy_factors(st, login)
     } else {
         listed
     };
-    if state.decoy {
+    if state.mode.is_decoy() {
         crate::audit!("signin.passwordless.decoy", login = %login);
     } else {
         crate::audit!("signin.passwordless.started", user = %user.username);
@@ -785,7 +735,7 @@ pub(crate) async fn load_token(st: &AppState, token: &str) -> Result<Loaded, Res
     };
     let state: AuthnState = serde_json::from_value(record.data.clone())
         .map_err(|_| ApiError::new(ErrorCode::E0000011).into_response())?;
-    let user = if state.decoy {
+    let user = if state.mode.is_decoy() {
         Some(Arc::new(User {
             id: record.user_id.clone(),
             username: state.login.clone(),
@@ -872,7 +822,7 @@ pub(crate) async fn resolve_factor(
     loaded: &Loaded,
     factor_id: &str,
 ) -> Result<Factor, Response> {
-    if loaded.state.passwordless {
+    if loaded.state.mode.is_passwordless() {
         return passwordless_factors(st, &loaded.user, &loaded.state)
             .await?
             .into_iter()
@@ -925,7 +875,7 @@ async fn complete(st: &AppState, headers: &HeaderMap, loaded: &Loaded, method: &
     }
     let mut amr = loaded.state.amr.clone();
     crate::session::add_method(&mut amr, method);
-    if loaded.state.passwordless {
+    if loaded.state.mode.is_passwordless() {
         crate::audit!("signin.passwordless.succeeded", user = %loaded.user.username, method = method);
         login::end_prior_sign_in(st, headers).await;
         success(st, &loaded.user, 1, amr, st.clock.now(), None, None).await
@@ -963,7 +913,7 @@ fn challenge_answer(
     let prefix = &st.config.portal.prefix;
     let fid = &factor.record.id;
     let ft = factor.record.factor_type.as_str();
-    let embedded = if state.passwordless {
+    let embedded = if state.mode.is_passwordless() {
         passwordless_factor_json(st, factor, &state.login)
     } else {
         authn_factor_json(st, factor)
@@ -991,7 +941,7 @@ fn challenge_answer(
 
 /// Sends a code for `factor` and answers `MFA_CHALLENGE`.
 async fn send_code(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) -> Response {
-    let sent = if loaded.state.decoy {
+    let sent = if loaded.state.mode.is_decoy() {
         // Decoys list no code factors; refuse like an inactive factor.
         Err(ChallengeError::NotActive)
     } else {
@@ -1002,16 +952,12 @@ async fn send_code(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) -
         Ok(Challenge::Push { .. }) => return ApiError::new(ErrorCode::E0000154).into_response(),
         Err(e) => return challenge_error(st, &factor.record.factor_type, e),
     };
-    let state = AuthnState {
-        status: "MFA_CHALLENGE".into(),
-        challenge: Some(Pending {
-            factor_id: factor.record.id.clone(),
-            transaction_id: None,
-            correct_answer: None,
-            expires_at,
-        }),
-        ..loaded.state.clone()
-    };
+    let state = loaded.state.challenged(Pending {
+        factor_id: factor.record.id.clone(),
+        transaction_id: None,
+        correct_answer: None,
+        expires_at,
+    });
     match save(st, loaded, &state).await {
         Ok(expires) => challenge_answer(st, loaded, &state, expires, factor, None),
         Err(r) => r,
@@ -1028,7 +974,7 @@ async fn start_push(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) 
     {
         factors::push::abandon(st, old).await;
     }
-    let started = if loaded.state.decoy {
+    let started = if loaded.state.mode.is_decoy() {
         factors::push::decoy(st, &loaded.record.user_id, &factor.record.id).await
     } else {
         factors::challenge(st, &loaded.user, factor, &challenge_context(ctx, loaded)).await
@@ -1042,16 +988,12 @@ async fn start_push(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) 
         Ok(Challenge::CodeSent { .. }) => return ApiError::new(ErrorCode::E0000154).into_response(),
         Err(e) => return challenge_error(st, &factor.record.factor_type, e),
     };
-    let state = AuthnState {
-        status: "MFA_CHALLENGE".into(),
-        challenge: Some(Pending {
-            factor_id: factor.record.id.clone(),
-            transaction_id: Some(tid),
-            correct_answer: Some(number),
-            expires_at,
-        }),
-        ..loaded.state.clone()
-    };
+    let state = loaded.state.challenged(Pending {
+        factor_id: factor.record.id.clone(),
+        transaction_id: Some(tid),
+        correct_answer: Some(number),
+        expires_at,
+    });
     match save(st, loaded, &state).await {
         Ok(expires) => challenge_answer(
             st,
@@ -1094,10 +1036,7 @@ async fn poll_push(
             Err(e) => verify_error(e),
         },
         done @ (PushResult::Rejected | PushResult::Timeout) => {
-            let state = AuthnState {
-                challenge: None,
-                ..loaded.state.clone()
-            };
+            let state = loaded.state.challenge_ended();
             match save(st, loaded, &state).await {
                 Ok(expires) => challenge_answer(st, loaded, &state, expires, factor, Some((done, None))),
                 Err(r) => r,
@@ -1122,8 +1061,8 @@ pub async fn verify(
     let user = loaded.user.clone();
     let addr = ctx.0.client_addr;
     // Recovery codes (never for a passwordless sign-in).
-    if factor_id == recovery_factor_id(&user.id) && !loaded.state.passwordless {
-        if !matches!(loaded.state.status.as_str(), "MFA_REQUIRED" | "MFA_CHALLENGE") {
+    if factor_id == recovery_factor_id(&user.id) && !loaded.state.mode.is_passwordless() {
+        if !loaded.state.status.may_verify() {
             return ApiError::new(ErrorCode::E0000079).into_response();
         }
         let Some(code) = req.pass_code.filter(|c| !c.trim().is_empty()) else {
@@ -1134,10 +1073,10 @@ pub async fn verify(
         }
         return complete(&st, &headers, &loaded, "recovery").await;
     }
-    if !matches!(loaded.state.status.as_str(), "MFA_REQUIRED" | "MFA_CHALLENGE") {
+    if !loaded.state.status.may_verify() {
         // Another user's (or no) factor is 404 first, as everywhere.
         return match (
-            loaded.state.passwordless,
+            loaded.state.mode.is_passwordless(),
             factors::find(&st, &user, &factor_id).await,
         ) {
             (false, Ok(None)) | (true, _) => ApiError::new(ErrorCode::E0000007).into_response(),
@@ -1171,7 +1110,7 @@ pub async fn verify(
             let Some(code) = code else {
                 return missing_passcode();
             };
-            if loaded.state.decoy {
+            if loaded.state.mode.is_decoy() {
                 return verify_error(
                     decoy_verify(&st, &loaded, addr)
                         .await
@@ -1182,7 +1121,7 @@ pub async fn verify(
             // In a passwordless sign-in the code is the first factor: its
             // failures count like passwords (strangers cannot lock the user).
             let verified = crate::regulation::as_first_factor(
-                loaded.state.passwordless,
+                loaded.state.mode.is_passwordless(),
                 factors::verify(&st, &user, &factor, &code, addr, &loaded.flow()),
             )
             .await;
@@ -1213,9 +1152,7 @@ pub async fn resend(
         Ok(f) => f,
         Err(r) => return r,
     };
-    if loaded.state.status != "MFA_CHALLENGE"
-        || loaded.state.challenge.as_ref().map(|p| p.factor_id.as_str()) != Some(factor_id.as_str())
-    {
+    if !loaded.state.is_challenging(&factor_id) {
         return ApiError::new(ErrorCode::E0000079).into_response();
     }
     match kind_of(&factor.record.factor_type) {
@@ -1237,7 +1174,7 @@ pub async fn enroll(
         Ok(x) => x,
         Err(r) => return r,
     };
-    if loaded.state.status != "MFA_ENROLL"
+    if loaded.state.status != Status::Enroll
         || st.config.users.enrollment != crate::config::Enrollment::FirstLogin
     {
         return ApiError::new(ErrorCode::E0000079).into_response();
@@ -1281,11 +1218,7 @@ pub async fn enroll(
             return ApiError::new(ErrorCode::E0000009).into_response();
         }
     };
-    let state = AuthnState {
-        status: "MFA_ENROLL_ACTIVATE".into(),
-        enrolled: Some(enrolled.factor().id.clone()),
-        ..loaded.state.clone()
-    };
+    let state = loaded.state.enrolled(&enrolled.factor().id);
     let expires = match save(&st, &loaded, &state).await {
         Ok(e) => e,
         Err(r) => return r,
@@ -1374,9 +1307,7 @@ pub async fn activate(
         Ok(f) => f,
         Err(r) => return r,
     };
-    if loaded.state.status != "MFA_ENROLL_ACTIVATE"
-        || loaded.state.enrolled.as_deref() != Some(factor_id.as_str())
-    {
+    if !loaded.state.is_activating(&factor_id) {
         return ApiError::new(ErrorCode::E0000079).into_response();
     }
     let method = amr_of(&factor.record.factor_type);
@@ -1446,8 +1377,7 @@ pub async fn resend_activation(
         Ok(f) => f,
         Err(r) => return r,
     };
-    if loaded.state.status != "MFA_ENROLL_ACTIVATE"
-        || loaded.state.enrolled.as_deref() != Some(factor_id.as_str())
+    if !loaded.state.is_activating(&factor_id)
         || !kind_of(&factor.record.factor_type).is_some_and(|k| k.sends_code())
     {
         return ApiError::new(ErrorCode::E0000079).into_response();

@@ -19,6 +19,7 @@ pub mod pages;
 pub mod passwordless;
 pub mod push;
 pub mod redirect;
+mod transaction;
 
 /// The request body types of the JSON API, for the fuzz targets (`fuzz/`),
 /// which deserialize arbitrary bytes into them. Not a stable interface.
