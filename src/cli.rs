@@ -117,7 +117,12 @@ pub fn main() -> ExitCode {
                 memory,
             }),
             _,
-        ) => runtime.block_on(crate::demo::run(listen, admin_listen, memory)),
+        ) => runtime.block_on(async {
+            match crate::demo::prepare(listen, admin_listen, memory).await {
+                Ok(config) => run(config, None).await,
+                Err(code) => code,
+            }
+        }),
         (Some(Command::CheckConfig { config }), _) => check_config(&config),
         (Some(Command::HashPassword), _) => hash_password(),
         (Some(Command::GenKey), _) => {
