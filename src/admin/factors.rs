@@ -41,7 +41,7 @@ async fn admin_scope(st: &AppState, admin: &Admin, key: &str, client: IpAddr) ->
 }
 
 /// The admin route for a factor operation.
-pub fn admin_handler(op: FactorOp, filter: MethodFilter) -> MethodRouter<Arc<AppState>> {
+pub(crate) fn admin_handler(op: FactorOp, filter: MethodFilter) -> MethodRouter<Arc<AppState>> {
     match op {
         FactorOp::List => on(filter, admin_list),
         FactorOp::Catalog => on(filter, admin_catalog),
@@ -170,7 +170,11 @@ fn recovery_disabled() -> Response {
 }
 
 /// `GET /api/v1/users/{id}/recovery_codes`: how many unused codes are left.
-pub async fn recovery_left(admin: Admin, State(st): State<Arc<AppState>>, Ids(uid): Ids<String>) -> Response {
+pub(crate) async fn recovery_left(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Ids(uid): Ids<String>,
+) -> Response {
     let s = match super::users::subject(&st, &uid).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -189,7 +193,11 @@ pub async fn recovery_left(admin: Admin, State(st): State<Arc<AppState>>, Ids(ui
 
 /// `POST /api/v1/users/{id}/recovery_codes`: replaces the user's codes with
 /// new ones, shown once.
-pub async fn recovery_new(admin: Admin, State(st): State<Arc<AppState>>, Ids(uid): Ids<String>) -> Response {
+pub(crate) async fn recovery_new(
+    admin: Admin,
+    State(st): State<Arc<AppState>>,
+    Ids(uid): Ids<String>,
+) -> Response {
     if !st.config.factors.recovery_codes.enabled {
         return recovery_disabled();
     }
@@ -210,7 +218,7 @@ pub async fn recovery_new(admin: Admin, State(st): State<Arc<AppState>>, Ids(uid
 }
 
 /// `DELETE /api/v1/users/{id}/recovery_codes`: revokes every code (204).
-pub async fn recovery_revoke(
+pub(crate) async fn recovery_revoke(
     admin: Admin,
     State(st): State<Arc<AppState>>,
     Ids(uid): Ids<String>,

@@ -49,7 +49,7 @@ pub enum FactorOp {
 
 /// Whose factors an operation is about, and who acts.
 #[derive(Debug, Clone)]
-pub struct Scope {
+pub(crate) struct Scope {
     pub user: User,
     /// Absolute URL of the user in this API (`.../api/v1/users/{id}` or
     /// `.../api/v1/users/me`); factor links hang from it.
@@ -94,7 +94,7 @@ pub(crate) fn okta_factor(st: &Handles, f: &Factor) -> Value {
 
 /// The Okta Factor object: the authn API's shape ([`okta_factor`]) with this
 /// API's links.
-pub fn factor_json(st: &Handles, scope: &Scope, f: &Factor) -> Value {
+pub(crate) fn factor_json(st: &Handles, scope: &Scope, f: &Factor) -> Value {
     let mut v = okta_factor(st, f);
     let r = &f.record;
     let me = scope.factor_url(&r.id);
@@ -158,7 +158,7 @@ fn pass_code(body: &[u8]) -> Result<Option<String>, ApiError> {
 // ---- the operations ----------------------------------------------------------
 
 /// `GET .../factors`: every factor of the user.
-pub async fn list(st: &Handles, scope: &Scope) -> Response {
+pub(crate) async fn list(st: &Handles, scope: &Scope) -> Response {
     match factors::list(st, &scope.user).await {
         Ok(all) => {
             let out: Vec<Value> = all.iter().map(|f| factor_json(st, scope, f)).collect();
@@ -177,7 +177,7 @@ fn enrollable(st: &Handles) -> Vec<(&'static str, &'static str)> {
 }
 
 /// `GET .../factors/catalog`: the factor types the user can enroll.
-pub async fn catalog(st: &Handles, scope: &Scope) -> Response {
+pub(crate) async fn catalog(st: &Handles, scope: &Scope) -> Response {
     let mine = match factors::list(st, &scope.user).await {
         Ok(f) => f,
         Err(e) => return unavailable(e),
@@ -204,7 +204,7 @@ pub async fn catalog(st: &Handles, scope: &Scope) -> Response {
 
 /// Query of an enrollment.
 #[derive(Debug, Deserialize, Default)]
-pub struct EnrollQuery {
+pub(crate) struct EnrollQuery {
     activate: Option<bool>,
 }
 
@@ -224,7 +224,7 @@ struct EnrollBody {
 }
 
 /// `POST .../factors?activate=false`: enrolls a factor (`PENDING_ACTIVATION`).
-pub async fn enroll(st: &Handles, scope: &Scope, activate: Option<bool>, body: &[u8]) -> Response {
+pub(crate) async fn enroll(st: &Handles, scope: &Scope, activate: Option<bool>, body: &[u8]) -> Response {
     let Ok(req) = serde_json::from_slice::<EnrollBody>(body) else {
         return ApiError::new(ErrorCode::E0000003).into_response();
     };
@@ -310,7 +310,7 @@ pub async fn enroll(st: &Handles, scope: &Scope, activate: Option<bool>, body: &
 }
 
 /// `GET .../factors/{fid}`.
-pub async fn get(st: &Handles, scope: &Scope, id: &str) -> Response {
+pub(crate) async fn get(st: &Handles, scope: &Scope, id: &str) -> Response {
     match owned(st, scope, id).await {
         Ok(f) => json(StatusCode::OK, &factor_json(st, scope, &f)),
         Err(r) => r,
@@ -320,7 +320,7 @@ pub async fn get(st: &Handles, scope: &Scope, id: &str) -> Response {
 /// `GET .../factors/{fid}/qr`: the TOTP key URI as an SVG QR code, only
 /// while the factor is `PENDING_ACTIVATION` (the secret is opened from its
 /// sealed form; after activation it is never shown again).
-pub async fn qr(st: &Handles, scope: &Scope, id: &str) -> Response {
+pub(crate) async fn qr(st: &Handles, scope: &Scope, id: &str) -> Response {
     let f = match owned(st, scope, id).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -355,7 +355,7 @@ pub async fn qr(st: &Handles, scope: &Scope, id: &str) -> Response {
 }
 
 /// `POST .../factors/{fid}/lifecycle/activate` `{passCode}`.
-pub async fn activate(st: &Handles, scope: &Scope, id: &str, body: &[u8]) -> Response {
+pub(crate) async fn activate(st: &Handles, scope: &Scope, id: &str, body: &[u8]) -> Response {
     let f = match owned(st, scope, id).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -383,7 +383,7 @@ pub async fn activate(st: &Handles, scope: &Scope, id: &str, body: &[u8]) -> Res
 }
 
 /// `POST .../factors/{fid}/verify` `{passCode?}`.
-pub async fn verify(st: &Handles, scope: &Scope, id: &str, body: &[u8]) -> Response {
+pub(crate) async fn verify(st: &Handles, scope: &Scope, id: &str, body: &[u8]) -> Response {
     let f = match owned(st, scope, id).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -496,7 +496,7 @@ fn transaction_json(scope: &Scope, f: &Factor, tid: &str, result: factors::PushR
 }
 
 /// `GET .../factors/{fid}/transactions/{tid}`: a push transaction's state.
-pub async fn transaction(st: &Handles, scope: &Scope, id: &str, tid: &str) -> Response {
+pub(crate) async fn transaction(st: &Handles, scope: &Scope, id: &str, tid: &str) -> Response {
     let f = match owned(st, scope, id).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -512,7 +512,7 @@ pub async fn transaction(st: &Handles, scope: &Scope, id: &str, tid: &str) -> Re
 /// `_links.cancel`): a waiting push becomes `REJECTED` and the device's
 /// answer is refused; one no longer waiting keeps its state. Answers the
 /// transaction like a poll.
-pub async fn cancel(st: &Handles, scope: &Scope, id: &str, tid: &str) -> Response {
+pub(crate) async fn cancel(st: &Handles, scope: &Scope, id: &str, tid: &str) -> Response {
     let f = match owned(st, scope, id).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -529,7 +529,7 @@ pub async fn cancel(st: &Handles, scope: &Scope, id: &str, tid: &str) -> Respons
 
 /// `POST .../factors/{fid}/resend`: sends a pending code factor's
 /// activation code again (rate limited: 429 `E0000109`).
-pub async fn resend(st: &Handles, scope: &Scope, id: &str) -> Response {
+pub(crate) async fn resend(st: &Handles, scope: &Scope, id: &str) -> Response {
     let f = match owned(st, scope, id).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -556,7 +556,7 @@ pub async fn resend(st: &Handles, scope: &Scope, id: &str) -> Response {
 /// `DELETE .../factors/{fid}`: 204. Removing an active factor also ends the
 /// user's sessions (a factor reset; see [`factors::remove`]); the self-service
 /// route re-issues the caller's own session.
-pub async fn delete(st: &Handles, scope: &Scope, id: &str) -> Response {
+pub(crate) async fn delete(st: &Handles, scope: &Scope, id: &str) -> Response {
     if let Err(r) = owned(st, scope, id).await {
         return r;
     }

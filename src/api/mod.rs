@@ -5,7 +5,7 @@
 //! these; the Factors API itself, one implementation for both callers, is
 //! [`factors`].
 
-pub(crate) mod factors;
+pub mod factors;
 
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodFilter;

@@ -13,9 +13,9 @@
 //! operator chose `reveal_lockout`.
 
 mod kind;
-pub mod otp;
+pub(crate) mod otp;
 pub mod push;
-pub mod recovery;
+pub(crate) mod recovery;
 pub mod totp;
 
 use std::net::IpAddr;

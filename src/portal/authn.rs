@@ -70,7 +70,7 @@ use crate::store::{FactorRecord, FactorStatus, TransactionRecord};
 use crate::users::User;
 
 /// A `sessionToken` is valid this long, once.
-pub const SESSION_TOKEN_TTL: i64 = 60;
+pub(crate) const SESSION_TOKEN_TTL: i64 = 60;
 const KIND: &str = "authn";
 const SESSION_TOKEN: &str = "session_token";
 
@@ -96,7 +96,7 @@ pub(super) fn json_request<T: serde::de::DeserializeOwned>(
 
 /// A factor as the authn API shows it: code factors' addresses masked, a
 /// push factor's device name only (never its key or address).
-pub fn authn_factor_json(st: &AppState, f: &Factor) -> Value {
+pub(crate) fn authn_factor_json(st: &AppState, f: &Factor) -> Value {
     let mut v = okta_factor(st, f);
     let t = f.record.factor_type.as_str();
     let kind = kind_of(t);
@@ -387,7 +387,7 @@ pub struct AuthnRequest {
 }
 
 /// `POST {prefix}/api/v1/authn`: the password step.
-pub async fn authn(
+pub(crate) async fn authn(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     method: Method,
@@ -527,7 +527,7 @@ pub async fn authn(
 
 /// True for a session signed in by a possession factor alone (passwordless):
 /// the password is its second step.
-pub fn needs_password(amr: &[String]) -> bool {
+pub(crate) fn needs_password(amr: &[String]) -> bool {
     !amr.is_empty() && !amr.iter().any(|m| m == "pwd")
 }
 
@@ -1046,7 +1046,7 @@ async fn poll_push(
 }
 
 /// `POST {prefix}/api/v1/authn/factors/{factorId}/verify`.
-pub async fn verify(
+pub(crate) async fn verify(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     Ids(factor_id): Ids<String>,
@@ -1136,7 +1136,7 @@ pub async fn verify(
 
 /// `POST {prefix}/api/v1/authn/factors/{factorId}/verify/resend`: sends the
 /// code or push of the factor being challenged again (rate limited).
-pub async fn resend(
+pub(crate) async fn resend(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     Ids(factor_id): Ids<String>,
@@ -1163,7 +1163,7 @@ pub async fn resend(
 }
 
 /// `POST {prefix}/api/v1/authn/factors`: enroll a factor (only in `MFA_ENROLL`).
-pub async fn enroll(
+pub(crate) async fn enroll(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     method: Method,
@@ -1290,7 +1290,7 @@ pub async fn enroll(
 }
 
 /// `POST {prefix}/api/v1/authn/factors/{factorId}/lifecycle/activate`.
-pub async fn activate(
+pub(crate) async fn activate(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     Ids(factor_id): Ids<String>,
@@ -1361,7 +1361,7 @@ pub async fn activate(
 
 /// `POST {prefix}/api/v1/authn/factors/{factorId}/lifecycle/resend`: sends
 /// the activation code of the factor enrolled in this transaction again.
-pub async fn resend_activation(
+pub(crate) async fn resend_activation(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     Ids(factor_id): Ids<String>,
@@ -1399,7 +1399,7 @@ pub async fn resend_activation(
 }
 
 /// `POST {prefix}/api/v1/authn/cancel`.
-pub async fn cancel(
+pub(crate) async fn cancel(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     method: Method,
@@ -1417,14 +1417,14 @@ pub async fn cancel(
 }
 
 #[derive(Deserialize)]
-pub struct SessionQuery {
+pub(crate) struct SessionQuery {
     token: Option<String>,
     rd: Option<String>,
 }
 
 /// `GET {prefix}/session?token=...&rd=...`: exchanges a one-time sessionToken
 /// for the session cookie and redirects.
-pub async fn exchange(
+pub(crate) async fn exchange(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     headers: HeaderMap,
