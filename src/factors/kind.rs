@@ -1,13 +1,8 @@
-//! The factor registry: [`FactorType`] names every factor type Portcullis
-//! knows, and [`FactorType::kind`] is the one place that maps a type to the
-//! file implementing it ([`FactorKind`]). Everything type-specific that the
-//! faces need (labels, `amr`, Okta provider names, id prefixes, send limits,
-//! which lifecycle steps exist) is asked of the kind, never spelt out by type
-//! name outside this folder.
-//!
-//! Adding a factor type: one file in this folder implementing
-//! [`FactorKind`], one variant here with its arm in [`FactorType::kind`],
-//! and its section in `[factors]` of the config.
+//! [`FactorKind`]: what one factor type is and does. Everything
+//! type-specific that the faces need (labels, `amr`, Okta provider names, id
+//! prefixes, send limits, which lifecycle steps exist) is asked of the kind,
+//! never spelt out by type name outside this folder. The registry that maps
+//! a [`FactorType`] to its kind is in the folder's `mod.rs`.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -25,59 +20,6 @@ use crate::users::User;
 
 /// A boxed future, so the kinds can sit behind one trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Every factor type, in the order catalogs list them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FactorType {
-    Totp,
-    Sms,
-    Call,
-    Email,
-    Push,
-}
-
-impl FactorType {
-    /// Every type, in catalog order.
-    pub const ALL: [FactorType; 5] = [
-        FactorType::Totp,
-        FactorType::Sms,
-        FactorType::Call,
-        FactorType::Email,
-        FactorType::Push,
-    ];
-
-    /// The registry: the implementation of this type.
-    pub fn kind(self) -> &'static dyn FactorKind {
-        match self {
-            FactorType::Totp => &super::totp::Totp,
-            FactorType::Sms => &super::otp::SMS,
-            FactorType::Call => &super::otp::CALL,
-            FactorType::Email => &super::otp::EMAIL,
-            FactorType::Push => &super::push::Push,
-        }
-    }
-
-    /// The type named by Okta's `factorType`, if Portcullis knows it.
-    pub fn parse(okta_type: &str) -> Option<FactorType> {
-        Self::ALL.into_iter().find(|t| t.as_str() == okta_type)
-    }
-
-    /// Okta's `factorType`.
-    pub fn as_str(self) -> &'static str {
-        self.kind().okta_type()
-    }
-
-    /// The types enabled in `[factors.*]`: the registry as this
-    /// configuration builds it.
-    pub fn enabled(cfg: &FactorsConfig) -> impl Iterator<Item = FactorType> + '_ {
-        Self::ALL.into_iter().filter(|t| t.kind().enabled(cfg))
-    }
-}
-
-/// The kind of a stored `factorType`, if Portcullis knows it.
-pub fn kind_of(okta_type: &str) -> Option<&'static dyn FactorKind> {
-    FactorType::parse(okta_type).map(FactorType::kind)
-}
 
 /// One factor type: what it is called, how it is enrolled, activated,
 /// challenged and verified. The lifecycle steps take the narrow
@@ -210,7 +152,7 @@ pub trait FactorKind: Sync {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::factors::{FactorType, kind_of};
 
     #[test]
     fn every_type_parses_back_and_has_a_distinct_prefix() {

@@ -21,15 +21,75 @@ pub mod totp;
 use std::net::IpAddr;
 
 use crate::audit;
+use crate::config::FactorsConfig;
 use crate::state::Handles;
 use crate::store::{FactorRecord, FactorStatus, StoreError};
 use crate::users::User;
 
-pub use kind::{BoxFuture, FactorKind, FactorType, kind_of};
+pub use kind::{BoxFuture, FactorKind};
 pub use recovery::{new_recovery_codes, verify_recovery};
 pub use totp::{TOTP_TYPE, TotpEnrollment, activate_totp, enroll_totp, totp_secret, verify_totp};
 
 pub use crate::sealing::factor_secret_aad as secret_aad;
+
+// ---- the registry ----------------------------------------------------------
+//
+// Adding a factor type: one file in this folder implementing [`FactorKind`],
+// its `mod` line above, one variant below with its arm in [`FactorType::kind`],
+// and its section in `[factors]` of the config.
+
+/// Every factor type, in the order catalogs list them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FactorType {
+    Totp,
+    Sms,
+    Call,
+    Email,
+    Push,
+}
+
+impl FactorType {
+    /// Every type, in catalog order.
+    pub const ALL: [FactorType; 5] = [
+        FactorType::Totp,
+        FactorType::Sms,
+        FactorType::Call,
+        FactorType::Email,
+        FactorType::Push,
+    ];
+
+    /// The registry: the implementation of this type.
+    pub fn kind(self) -> &'static dyn FactorKind {
+        match self {
+            FactorType::Totp => &totp::Totp,
+            FactorType::Sms => &otp::SMS,
+            FactorType::Call => &otp::CALL,
+            FactorType::Email => &otp::EMAIL,
+            FactorType::Push => &push::Push,
+        }
+    }
+
+    /// The type named by Okta's `factorType`, if Portcullis knows it.
+    pub fn parse(okta_type: &str) -> Option<FactorType> {
+        Self::ALL.into_iter().find(|t| t.as_str() == okta_type)
+    }
+
+    /// Okta's `factorType`.
+    pub fn as_str(self) -> &'static str {
+        self.kind().okta_type()
+    }
+
+    /// The types enabled in `[factors.*]`: the registry as this
+    /// configuration builds it.
+    pub fn enabled(cfg: &FactorsConfig) -> impl Iterator<Item = FactorType> + '_ {
+        Self::ALL.into_iter().filter(|t| t.kind().enabled(cfg))
+    }
+}
+
+/// The kind of a stored `factorType`, if Portcullis knows it.
+pub fn kind_of(okta_type: &str) -> Option<&'static dyn FactorKind> {
+    FactorType::parse(okta_type).map(FactorType::kind)
+}
 
 /// A factor of a user, stored or provisioned by config.
 #[derive(Debug, Clone)]
@@ -205,7 +265,7 @@ fn locked_answer(st: &Handles) -> VerifyError {
 // ---- the facade: one entry point per lifecycle step ----
 //
 // The portal, the authn API and the Factors API call these; each asks the
-// factor's kind ([`FactorKind`], found through the registry in `kind.rs`).
+// factor's kind ([`FactorKind`], found through the registry above).
 
 /// What an enrollment produced, for the caller to show or return.
 #[derive(Debug)]
