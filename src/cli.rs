@@ -125,7 +125,12 @@ pub fn main() -> ExitCode {
                 memory,
             }),
             _,
-        ) => runtime.block_on(crate::demo::run(listen, admin_listen, memory)),
+        ) => runtime.block_on(async {
+            match crate::demo::prepare(listen, admin_listen, memory).await {
+                Ok(config) => run(config, None).await,
+                Err(code) => code,
+            }
+        }),
         (Some(Command::CheckConfig { config }), _) => check_config(&config),
         (Some(Command::HashPassword), _) => hash_password(),
         (Some(Command::GenKey), _) => {
@@ -372,7 +377,7 @@ async fn unlock(user: &str, path: &Path) -> ExitCode {
 
 /// `store rotate-key`: re-seals every factor secret not under the first key.
 async fn rotate_key(path: &Path) -> ExitCode {
-    use crate::factors::sealing::{self, KeyCheckError, Sealer};
+    use crate::sealing::{self, KeyCheckError, Sealer};
     let Some(loaded) = load(path) else {
         return ExitCode::from(EXIT_CONFIG);
     };

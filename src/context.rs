@@ -1,9 +1,16 @@
-//! Per-request facts the gateway establishes before policy and the proxy run.
+//! Per-request facts the gateway establishes before policy and the proxy run,
+//! and how they are established: who the client is (honouring
+//! `trusted_proxies` only), which scheme and host it asked for.
 //!
 //! The gateway inserts one [`RequestContext`] into the request extensions as soon
 //! as it has decided who the peer is, which host was asked for and which upstream
 //! serves it. Everything downstream (policy, enforcement, the proxy) reads it from
 //! there instead of re-deriving it from headers a client could forge.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::HeaderMap;
+use ipnet::IpNet;
 
 /// Facts about a request established by the gateway before policy runs.
 #[derive(Debug, Clone)]
@@ -22,4 +29,263 @@ pub struct RequestContext {
     pub upstream: Option<usize>,
     /// The request id (also in logs and the response).
     pub request_id: String,
+}
+
+/// How a connection reached us; inserted by the server into every request.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// True when the connection is TLS.
+    pub tls: bool,
+}
+
+fn trusted(addr: IpAddr, proxies: &[IpNet]) -> bool {
+    let addr = canonical(addr);
+    proxies.iter().any(|n| n.contains(&addr))
+}
+
+/// IPv4-mapped IPv6 addresses as plain IPv4, so rules and limits see one form.
+pub fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The address bucket counted for per-address limits: the address itself for
+/// IPv4, its /64 for IPv6 (one host usually owns a whole /64).
+pub fn address_bucket(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// The client address: the peer, or, when the peer is a trusted proxy, the
+/// right-most untrusted hop of `X-Forwarded-For`. An unparseable hop ends the
+/// walk at the hop to its right (never trusting what the client wrote).
+pub fn client_addr(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr {
+    let peer = canonical(peer);
+    if proxies.is_empty() || !trusted(peer, proxies) {
+        return peer;
+    }
+    let mut current = peer;
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        let Some(addr) = parse_hop(hop) else {
+            return current;
+        };
+        current = canonical(addr);
+        if !trusted(current, proxies) {
+            return current;
+        }
+    }
+    current
+}
+
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    // `1.2.3.4:5678` or `[::1]:5678`
+    hop.parse::<SocketAddr>().ok().map(|s| s.ip())
+}
+
+/// The scheme as the client sees it: TLS, or a trusted proxy's `X-Forwarded-Proto`.
+pub fn scheme(conn: &ConnInfo, headers: &HeaderMap, proxies: &[IpNet]) -> &'static str {
+    if conn.tls {
+        return "https";
+    }
+    if trusted(conn.peer.ip(), proxies)
+        && let Some(p) = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok())
+    {
+        match p
+            .rsplit(',')
+            .next()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            Some("https") => return "https",
+            Some("http") => return "http",
+            _ => {}
+        }
+    }
+    "http"
+}
+
+/// The authority the client asked for (URI authority for HTTP/2 and absolute
+/// form, else `Host`), and its lower-cased host without port. `None` when
+/// missing or malformed, when there are two `Host` headers, or when a `Host`
+/// header disagrees with the URI's authority (an absolute-form target or
+/// HTTP/2's `:authority`): the policy and the upstream must see one host.
+pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(String, String)> {
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return None;
+    }
+    let parse = |v: &http::HeaderValue| -> Option<http::uri::Authority> { v.to_str().ok()?.parse().ok() };
+    let auth: http::uri::Authority = match (uri.authority(), host_header) {
+        (Some(a), Some(h)) => {
+            let h = parse(h)?;
+            if !same_authority(a, &h, uri.scheme_str()) {
+                return None;
+            }
+            a.clone()
+        }
+        (Some(a), None) => a.clone(),
+        (None, Some(h)) => parse(h)?,
+        (None, None) => return None,
+    };
+    if auth.as_str().contains('@') {
+        return None;
+    }
+    let host = auth.host().trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return None;
+    }
+    Some((auth.as_str().to_owned(), host))
+}
+
+/// True when two authorities name the same host and port (case-insensitive
+/// host, trailing dot ignored, a missing port being the scheme's default).
+fn same_authority(a: &http::uri::Authority, b: &http::uri::Authority, scheme: Option<&str>) -> bool {
+    let default = if scheme.is_some_and(|s| s.eq_ignore_ascii_case("https")) {
+        443
+    } else {
+        80
+    };
+    a.host()
+        .trim_end_matches('.')
+        .eq_ignore_ascii_case(b.host().trim_end_matches('.'))
+        && a.port_u16().unwrap_or(default) == b.port_u16().unwrap_or(default)
+        && !a.as_str().contains('@')
+        && !b.as_str().contains('@')
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn h(xff: &[&str]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for v in xff {
+            m.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn ignores_forwarded_for_from_untrusted_peers() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "203.0.113.5".parse().unwrap();
+        assert_eq!(client_addr(peer, &h(&["1.1.1.1"]), &proxies), peer);
+        assert_eq!(client_addr(peer, &h(&["1.1.1.1"]), &[]), peer);
+    }
+
+    #[test]
+    fn takes_the_rightmost_untrusted_hop() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        // The client forged "6.6.6.6"; the real client is 198.51.100.7.
+        let got = client_addr(peer, &h(&["6.6.6.6, 198.51.100.7", "10.0.0.9"]), &proxies);
+        assert_eq!(got, "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(client_addr(peer, &h(&[]), &proxies), peer);
+        assert_eq!(client_addr(peer, &h(&["garbage"]), &proxies), peer);
+        assert_eq!(
+            client_addr(peer, &h(&["[2001:db8::1]:443"]), &proxies),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn reads_the_authority() {
+        let mut hm = HeaderMap::new();
+        hm.insert("host", HeaderValue::from_static("App.Example.com:8443"));
+        let uri: http::Uri = "/x".parse().unwrap();
+        assert_eq!(
+            authority(&uri, &hm),
+            Some(("App.Example.com:8443".into(), "app.example.com".into()))
+        );
+        let uri: http::Uri = "https://other.example/x".parse().unwrap();
+        assert_eq!(authority(&uri, &HeaderMap::new()).unwrap().1, "other.example");
+        let mut bad = HeaderMap::new();
+        bad.insert("host", HeaderValue::from_static("user@evil"));
+        assert_eq!(authority(&"/".parse().unwrap(), &bad), None);
+        assert_eq!(authority(&"/".parse().unwrap(), &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn refuses_two_hosts_and_disagreeing_authorities() {
+        let mut two = HeaderMap::new();
+        two.append("host", HeaderValue::from_static("a.example"));
+        two.append("host", HeaderValue::from_static("b.example"));
+        assert_eq!(authority(&"/".parse().unwrap(), &two), None);
+        let mut same_twice = HeaderMap::new();
+        same_twice.append("host", HeaderValue::from_static("a.example"));
+        same_twice.append("host", HeaderValue::from_static("a.example"));
+        assert_eq!(authority(&"/".parse().unwrap(), &same_twice), None);
+
+        let mut b = HeaderMap::new();
+        b.insert("host", HeaderValue::from_static("b.example"));
+        let abs: http::Uri = "http://a.example/x".parse().unwrap();
+        assert_eq!(authority(&abs, &b), None);
+        let mut port = HeaderMap::new();
+        port.insert("host", HeaderValue::from_static("a.example:8080"));
+        assert_eq!(authority(&abs, &port), None);
+
+        // The same authority spelt differently is one host.
+        for same in ["a.example", "A.Example", "a.example:80", "a.example."] {
+            let mut h = HeaderMap::new();
+            h.insert("host", HeaderValue::from_str(same).unwrap());
+            assert_eq!(authority(&abs, &h).unwrap().1, "a.example", "{same}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("a.example"));
+        let tls: http::Uri = "https://a.example:443/x".parse().unwrap();
+        assert!(authority(&tls, &h).is_some());
+    }
+
+    #[test]
+    fn scheme_only_from_trusted_proxies() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut hm = HeaderMap::new();
+        hm.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let untrusted = ConnInfo {
+            peer: "203.0.113.1:1".parse().unwrap(),
+            tls: false,
+        };
+        let proxy = ConnInfo {
+            peer: "10.1.1.1:1".parse().unwrap(),
+            tls: false,
+        };
+        assert_eq!(scheme(&untrusted, &hm, &proxies), "http");
+        assert_eq!(scheme(&proxy, &hm, &proxies), "https");
+        assert_eq!(
+            scheme(
+                &ConnInfo {
+                    tls: true,
+                    ..untrusted
+                },
+                &HeaderMap::new(),
+                &proxies
+            ),
+            "https"
+        );
+    }
 }

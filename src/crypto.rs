@@ -11,6 +11,12 @@ type HmacSha256 = Hmac<Sha256>;
 
 const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 
+/// Lookup id of a bearer token: its SHA-256, so stored ids cannot be replayed.
+pub fn token_id(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
 /// A random identifier of `len` characters from `[a-zA-Z0-9]` (5.95 bits each).
 pub fn random_id(len: usize) -> String {
     let mut rng = rand::rng();

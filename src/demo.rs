@@ -12,6 +12,8 @@ use axum::body::Body;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::config::Config;
+
 /// Serves the echo app on `addr` (port 0 picks one); returns the bound address.
 pub async fn spawn_echo(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -171,8 +173,10 @@ fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
-/// Runs the demo until interrupted.
-pub async fn run(listen: SocketAddr, admin: SocketAddr, memory: bool) -> ExitCode {
+/// Sets the demo up (logging, the echo app, a users file and a config in a
+/// fresh temporary directory) and returns its config for the command line
+/// to serve; `Err` is the exit code after the error was printed.
+pub async fn prepare(listen: SocketAddr, admin: SocketAddr, memory: bool) -> Result<Config, ExitCode> {
     crate::telemetry::init(&crate::config::LogConfig {
         format: crate::config::LogFormat::Text,
         level: "info".into(),
@@ -180,7 +184,7 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr, memory: bool) -> ExitCod
     let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", crate::crypto::random_id(8)));
     if let Err(e) = std::fs::create_dir_all(&dir) {
         eprintln!("error: cannot create {}: {e}", dir.display());
-        return ExitCode::FAILURE;
+        return Err(ExitCode::FAILURE);
     }
     let upstream = match spawn_echo(
         "127.0.0.1:0"
@@ -192,7 +196,7 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr, memory: bool) -> ExitCod
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: cannot start the echo app: {e}");
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
     };
     let password = crate::crypto::random_id(16);
@@ -200,7 +204,7 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr, memory: bool) -> ExitCod
         Ok(h) => h,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
     };
     let users = format!(
@@ -212,13 +216,13 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr, memory: bool) -> ExitCod
         .and_then(|_| std::fs::write(&config_path, demo_config(listen, admin, upstream, &dir, memory)));
     if let Err(e) = written {
         eprintln!("error: cannot write the demo files: {e}");
-        return ExitCode::FAILURE;
+        return Err(ExitCode::FAILURE);
     }
     let loaded = match crate::config::load_file(&config_path) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: the demo config is invalid (a bug):\n{e}");
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
     };
     println!();
@@ -233,5 +237,5 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr, memory: bool) -> ExitCod
     println!("  files     {}", dir.display());
     println!("  stop      Ctrl-C");
     println!();
-    crate::cli::run(loaded.config, None).await
+    Ok(loaded.config)
 }

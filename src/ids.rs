@@ -6,7 +6,7 @@
 //! Every id the gateway issues is ASCII letters and digits (a type prefix and
 //! a random or derived tail; see [`crate::crypto::random_id`]), at most
 //! [`MAX_ID`] long; `-` and `_` (base64url) are accepted too. A user path segment may also be a login (the admin API's
-//! `/api/v1/users/{id or login}`): at most [`crate::portal::login::MAX_LOGIN_LEN`]
+//! `/api/v1/users/{id or login}`): at most [`crate::limits::MAX_LOGIN_BYTES`]
 //! bytes and no control characters.
 
 use axum::extract::{FromRequestParts, Path, RawPathParams};
@@ -33,7 +33,7 @@ pub fn is_id(s: &str) -> bool {
 pub fn is_user_key(s: &str) -> bool {
     is_id(s)
         || (!s.is_empty()
-            && s.len() <= crate::portal::login::MAX_LOGIN_LEN
+            && s.len() <= crate::limits::MAX_LOGIN_BYTES
             && !s
                 .chars()
                 .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')))
@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn ids_are_letters_and_digits_of_bounded_length() {
         assert!(is_id("ptxAbc123"));
-        assert!(is_id(&crate::factors::new_factor_id("sms", "OKTA")));
+        assert!(is_id(&format!("mbl{}", crate::crypto::random_id(17))));
         assert!(!is_id(""));
         assert!(!is_id("x\nevent=\"user.unlocked\""));
         assert!(is_id("a-b_c"));

@@ -13,6 +13,7 @@
 //! [`session`] cookie; [`proxy`] forwards allowed requests upstream.
 
 pub mod admin;
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -33,9 +34,11 @@ pub mod policy;
 pub mod portal;
 pub mod proxy;
 pub mod regulation;
+pub mod sealing;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod users;

@@ -143,7 +143,7 @@ impl AddressLimiter {
     /// Counts a request from `addr` at `now`: `Ok` if admitted, `Err` (with
     /// the window's end) if over the limit. A refused request is not counted.
     pub fn check(&self, addr: IpAddr, now: UnixTime) -> Result<RateInfo, RateInfo> {
-        let bucket = crate::regulation::address_bucket(addr);
+        let bucket = crate::context::address_bucket(addr);
         let limit = self.per_minute;
         let window = now.div_euclid(Self::WINDOW);
         let reset = (window + 1) * Self::WINDOW;

@@ -16,6 +16,10 @@ use tokio::sync::Semaphore;
 
 use crate::secret::Secret;
 
+/// Passwords longer than this are refused (argon2 accepts any length; this
+/// bounds the work an anonymous caller can ask for).
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
 /// How many verifications may wait for a permit before new ones are refused.
 pub const MAX_QUEUED: usize = 256;
 

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use crate::clock::{SharedClock, UnixTime};
 use crate::config::RegulationConfig;
+use crate::context::address_bucket;
 use crate::limits::{AddressLimiter, RateInfo};
 use crate::secret::Secret;
 use crate::store::{CounterKey, SharedStore, StoreResult};
@@ -73,21 +74,6 @@ pub enum Blocked {
     User(UnixTime),
     /// This (user, address) pair or this address is blocked, until the given time.
     Client(UnixTime),
-}
-
-/// The address bucket counted for per-address limits: the address itself for
-/// IPv4, its /64 for IPv6 (one host usually owns a whole /64).
-pub fn address_bucket(addr: IpAddr) -> String {
-    match addr {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
-    }
 }
 
 fn user_lock(uid: &str) -> String {

@@ -26,48 +26,11 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
+use crate::api::factors::FactorOp;
+use crate::api::{Route, Verb};
 use crate::error::{ApiError, ErrorCode};
-use crate::gateway::AppState;
 use crate::secret::ct_eq;
-
-/// An HTTP method of a route table row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verb {
-    Get,
-    Post,
-    Put,
-    Delete,
-}
-
-impl Verb {
-    /// The method's name, as in the OpenAPI document (lower case there).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verb::Get => "GET",
-            Verb::Post => "POST",
-            Verb::Put => "PUT",
-            Verb::Delete => "DELETE",
-        }
-    }
-
-    pub(crate) fn filter(self) -> MethodFilter {
-        match self {
-            Verb::Get => MethodFilter::GET,
-            Verb::Post => MethodFilter::POST,
-            Verb::Put => MethodFilter::PUT,
-            Verb::Delete => MethodFilter::DELETE,
-        }
-    }
-}
-
-/// One row of a route table: method, path (axum and OpenAPI share the
-/// `{param}` syntax) and what serves it.
-#[derive(Debug, Clone, Copy)]
-pub struct Route<O> {
-    pub verb: Verb,
-    pub path: &'static str,
-    pub op: O,
-}
+use crate::state::AppState;
 
 /// What an admin route does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +50,7 @@ pub enum Op {
     UnsuspendUser,
     UnlockUser,
     RevokeSessions,
-    Factor(factors::FactorOp),
+    Factor(FactorOp),
     RecoveryCodesLeft,
     NewRecoveryCodes,
     RevokeRecoveryCodes,
@@ -146,57 +109,57 @@ pub const ROUTES: &[Route<Op>] = &[
     r(
         Verb::Get,
         "/api/v1/users/{id}/factors",
-        Op::Factor(factors::FactorOp::List),
+        Op::Factor(FactorOp::List),
     ),
     r(
         Verb::Post,
         "/api/v1/users/{id}/factors",
-        Op::Factor(factors::FactorOp::Enroll),
+        Op::Factor(FactorOp::Enroll),
     ),
     r(
         Verb::Get,
         "/api/v1/users/{id}/factors/catalog",
-        Op::Factor(factors::FactorOp::Catalog),
+        Op::Factor(FactorOp::Catalog),
     ),
     r(
         Verb::Get,
         "/api/v1/users/{id}/factors/{factorId}",
-        Op::Factor(factors::FactorOp::Get),
+        Op::Factor(FactorOp::Get),
     ),
     r(
         Verb::Delete,
         "/api/v1/users/{id}/factors/{factorId}",
-        Op::Factor(factors::FactorOp::Delete),
+        Op::Factor(FactorOp::Delete),
     ),
     r(
         Verb::Get,
         "/api/v1/users/{id}/factors/{factorId}/qr",
-        Op::Factor(factors::FactorOp::Qr),
+        Op::Factor(FactorOp::Qr),
     ),
     r(
         Verb::Post,
         "/api/v1/users/{id}/factors/{factorId}/lifecycle/activate",
-        Op::Factor(factors::FactorOp::Activate),
+        Op::Factor(FactorOp::Activate),
     ),
     r(
         Verb::Post,
         "/api/v1/users/{id}/factors/{factorId}/verify",
-        Op::Factor(factors::FactorOp::Verify),
+        Op::Factor(FactorOp::Verify),
     ),
     r(
         Verb::Get,
         "/api/v1/users/{id}/factors/{factorId}/transactions/{transactionId}",
-        Op::Factor(factors::FactorOp::Transaction),
+        Op::Factor(FactorOp::Transaction),
     ),
     r(
         Verb::Delete,
         "/api/v1/users/{id}/factors/{factorId}/transactions/{transactionId}",
-        Op::Factor(factors::FactorOp::Cancel),
+        Op::Factor(FactorOp::Cancel),
     ),
     r(
         Verb::Post,
         "/api/v1/users/{id}/factors/{factorId}/resend",
-        Op::Factor(factors::FactorOp::Resend),
+        Op::Factor(FactorOp::Resend),
     ),
 ];
 
@@ -226,14 +189,15 @@ fn handler(op: Op, filter: MethodFilter) -> MethodRouter<Arc<AppState>> {
 }
 
 /// The admin router, built from [`ROUTES`].
-pub fn router(state: Arc<AppState>) -> axum::Router {
+pub fn router(state: Arc<AppState>, throttle: Arc<throttle::TokenThrottle>) -> axum::Router {
     let mut router = axum::Router::new();
     for route in ROUTES {
         router = router.route(route.path, handler(route.op, route.verb.filter()));
     }
     let router = router
         .fallback(|| async { ApiError::new(ErrorCode::E0000007).into_response() })
-        .with_state(state);
+        .with_state(state)
+        .layer(axum::Extension(throttle));
     crate::limits::body_limit(router, crate::limits::ADMIN_BODY_LIMIT)
 }
 
@@ -294,9 +258,9 @@ impl FromRequestParts<Arc<AppState>> for Admin {
 fn client_addr(st: &AppState, parts: &Parts) -> IpAddr {
     let peer = parts
         .extensions
-        .get::<crate::gateway::prepare::ConnInfo>()
+        .get::<crate::context::ConnInfo>()
         .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.peer.ip());
-    crate::gateway::prepare::client_addr(peer, &parts.headers, &st.config.server.trusted_proxies)
+    crate::context::client_addr(peer, &parts.headers, &st.config.server.trusted_proxies)
 }
 
 /// The index of the admin token of a call, after the per-address throttle
@@ -306,7 +270,13 @@ fn checked_token(st: &AppState, parts: &Parts) -> Result<usize, Box<Response>> {
     // One client behind a proxy throttles only itself.
     let peer = client_addr(st, parts);
     let now = st.clock.now();
-    if let Some(reset) = st.admin_throttle.blocked(peer, now) {
+    // The router always carries the throttle; a router built without one
+    // would count nothing, so it refuses instead.
+    let Some(throttle) = parts.extensions.get::<Arc<throttle::TokenThrottle>>() else {
+        tracing::error!("admin router without its token throttle");
+        return Err(Box::new(ApiError::new(ErrorCode::E0000009).into_response()));
+    };
+    if let Some(reset) = throttle.blocked(peer, now) {
         crate::audit!("admin.refused", method = %parts.method, path = %parts.uri.path(), client = %peer, reason = "too many wrong tokens");
         return Err(Box::new(
             ApiError::rate_limited(throttle::MAX_FAILURES, reset, now).into_response(),
@@ -316,7 +286,7 @@ fn checked_token(st: &AppState, parts: &Parts) -> Result<usize, Box<Response>> {
         Some(token) => Ok(token),
         None => {
             if parts.headers.contains_key(header::AUTHORIZATION) {
-                st.admin_throttle.failed(peer, now);
+                throttle.failed(peer, now);
             }
             crate::audit!("admin.refused", method = %parts.method, path = %parts.uri.path(), client = %peer, reason = "missing or wrong token");
             Err(Box::new(ApiError::new(ErrorCode::E0000011).into_response()))
@@ -345,28 +315,6 @@ fn origin(st: &AppState, parts: &Parts) -> String {
         })
         .unwrap_or_else(|| st.config.admin.listen.to_string());
     format!("{scheme}://{authority}")
-}
-
-/// A JSON answer.
-pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Response {
-    let mut res = (status, body.to_string()).into_response();
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    res
-}
-
-/// A JSON answer that carries a secret or codes: never cached.
-pub(crate) fn json_no_store(status: StatusCode, body: &serde_json::Value) -> Response {
-    let mut res = json(status, body);
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
-}
-
-/// 503 for a store failure (the cause goes to the log only).
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "admin API: store unavailable");
-    ApiError::new(ErrorCode::E0000009).into_response()
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {

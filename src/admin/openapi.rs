@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, header};
 
-use crate::gateway::AppState;
+use crate::state::AppState;
 
 /// The document as written (default prefix).
 pub const DOCUMENT: &str = include_str!("openapi.json");

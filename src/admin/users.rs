@@ -23,13 +23,14 @@ use http::{HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Admin, json, unavailable};
+use super::Admin;
+use crate::api::{json, unavailable};
 use crate::audit;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ErrorCode};
-use crate::gateway::AppState;
 use crate::ids::Ids;
 use crate::secret::Secret;
+use crate::state::AppState;
 use crate::store::{UserPatch, UserRecord, UserStatus, UserWrite};
 use crate::users::User;
 
@@ -377,9 +378,9 @@ fn check_password(body: &Map<String, Value>) -> Result<Option<Secret>, ApiError>
         Some(v) if v.chars().count() < MIN_PASSWORD => Err(invalid(vec![format!(
             "password: Password requirements were not met: at least {MIN_PASSWORD} characters"
         )])),
-        Some(v) if v.len() > crate::portal::login::MAX_PASSWORD_LEN => Err(invalid(vec![format!(
+        Some(v) if v.len() > crate::passwords::MAX_PASSWORD_LEN => Err(invalid(vec![format!(
             "password: at most {} bytes",
-            crate::portal::login::MAX_PASSWORD_LEN
+            crate::passwords::MAX_PASSWORD_LEN
         )])),
         Some(v) => Ok(Some(Secret::new(v))),
         None => Err(invalid(vec![

@@ -25,9 +25,8 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 
 use crate::clock::SharedClock;
 use crate::config::IdentityHeaders;
-use crate::context::RequestContext;
+use crate::context::{self, ConnInfo, RequestContext};
 use crate::error::{ApiError, ErrorCode};
-use crate::gateway::prepare::{self, ConnInfo};
 use crate::identity::Principal;
 use crate::policy::normalize::normalize;
 use crate::policy::{Decision, Policy, RequestFacts};
@@ -130,11 +129,11 @@ impl Enforcer {
                     tls: false,
                 })
         })?;
-        let (authority, host) = prepare::authority(req.uri(), req.headers())?;
+        let (authority, host) = context::authority(req.uri(), req.headers())?;
         Some(RequestContext {
             peer_addr: conn.peer,
-            client_addr: prepare::client_addr(conn.peer.ip(), req.headers(), &self.trusted_proxies),
-            scheme: prepare::scheme(&conn, req.headers(), &self.trusted_proxies),
+            client_addr: context::client_addr(conn.peer.ip(), req.headers(), &self.trusted_proxies),
+            scheme: context::scheme(&conn, req.headers(), &self.trusted_proxies),
             authority,
             host,
             upstream: None,

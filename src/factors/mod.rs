@@ -12,24 +12,84 @@
 //! answers the same way for a wrong code and a locked user unless the
 //! operator chose `reveal_lockout`.
 
-pub mod otp;
+mod kind;
+pub(crate) mod otp;
 pub mod push;
-pub mod recovery;
-pub mod sealing;
+pub(crate) mod recovery;
 pub mod totp;
 
 use std::net::IpAddr;
 
 use crate::audit;
-use crate::gateway::AppState;
-use crate::secret::Secret;
+use crate::config::FactorsConfig;
+use crate::state::Handles;
 use crate::store::{FactorRecord, FactorStatus, StoreError};
 use crate::users::User;
 
-/// Okta's factor type for authenticator apps.
-pub const TOTP_TYPE: &str = "token:software:totp";
+pub use kind::{BoxFuture, FactorKind};
+pub use recovery::{new_recovery_codes, verify_recovery};
+pub use totp::{TOTP_TYPE, TotpEnrollment, activate_totp, enroll_totp, totp_secret, verify_totp};
 
-pub use sealing::factor_secret_aad as secret_aad;
+pub use crate::sealing::factor_secret_aad as secret_aad;
+
+// ---- the registry ----------------------------------------------------------
+//
+// Adding a factor type: one file in this folder implementing [`FactorKind`],
+// its `mod` line above, one variant below with its arm in [`FactorType::kind`],
+// and its section in `[factors]` of the config.
+
+/// Every factor type, in the order catalogs list them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FactorType {
+    Totp,
+    Sms,
+    Call,
+    Email,
+    Push,
+}
+
+impl FactorType {
+    /// Every type, in catalog order.
+    pub const ALL: [FactorType; 5] = [
+        FactorType::Totp,
+        FactorType::Sms,
+        FactorType::Call,
+        FactorType::Email,
+        FactorType::Push,
+    ];
+
+    /// The registry: the implementation of this type.
+    pub fn kind(self) -> &'static dyn FactorKind {
+        match self {
+            FactorType::Totp => &totp::Totp,
+            FactorType::Sms => &otp::SMS,
+            FactorType::Call => &otp::CALL,
+            FactorType::Email => &otp::EMAIL,
+            FactorType::Push => &push::Push,
+        }
+    }
+
+    /// The type named by Okta's `factorType`, if Portcullis knows it.
+    pub fn parse(okta_type: &str) -> Option<FactorType> {
+        Self::ALL.into_iter().find(|t| t.as_str() == okta_type)
+    }
+
+    /// Okta's `factorType`.
+    pub fn as_str(self) -> &'static str {
+        self.kind().okta_type()
+    }
+
+    /// The types enabled in `[factors.*]`: the registry as this
+    /// configuration builds it.
+    pub fn enabled(cfg: &FactorsConfig) -> impl Iterator<Item = FactorType> + '_ {
+        Self::ALL.into_iter().filter(|t| t.kind().enabled(cfg))
+    }
+}
+
+/// The kind of a stored `factorType`, if Portcullis knows it.
+pub fn kind_of(okta_type: &str) -> Option<&'static dyn FactorKind> {
+    FactorType::parse(okta_type).map(FactorType::kind)
+}
 
 /// A factor of a user, stored or provisioned by config.
 #[derive(Debug, Clone)]
@@ -62,20 +122,12 @@ pub fn config_factor_id(user_id: &str) -> String {
 
 /// A new factor id with Okta's prefix for the type (20 characters).
 pub fn new_factor_id(factor_type: &str, provider: &str) -> String {
-    let prefix = match (factor_type, provider) {
-        (TOTP_TYPE, "GOOGLE") => "uft",
-        (TOTP_TYPE, _) => "ost",
-        ("sms", _) => "mbl",
-        ("call", _) => "clf",
-        ("email", _) => "emf",
-        ("push", _) => "opf",
-        _ => "fac",
-    };
+    let prefix = kind_of(factor_type).map_or("fac", |k| k.id_prefix(provider));
     format!("{prefix}{}", crate::crypto::random_id(17))
 }
 
 /// Every factor of `user`: the config-provisioned one first, then stored ones.
-pub async fn list(st: &AppState, user: &User) -> Result<Vec<Factor>, StoreError> {
+pub async fn list(st: &Handles, user: &User) -> Result<Vec<Factor>, StoreError> {
     let mut out = Vec::new();
     if user.config_totp.is_some() && st.config.factors.totp.enabled {
         out.push(Factor {
@@ -103,7 +155,7 @@ pub async fn list(st: &AppState, user: &User) -> Result<Vec<Factor>, StoreError>
 }
 
 /// The factor `factor_id` of `user`, if it is theirs.
-pub async fn find(st: &AppState, user: &User, factor_id: &str) -> Result<Option<Factor>, StoreError> {
+pub async fn find(st: &Handles, user: &User, factor_id: &str) -> Result<Option<Factor>, StoreError> {
     Ok(list(st, user)
         .await?
         .into_iter()
@@ -111,7 +163,7 @@ pub async fn find(st: &AppState, user: &User, factor_id: &str) -> Result<Option<
 }
 
 /// The active factors among `factors`, usable for a challenge (enabled types only).
-pub fn usable(st: &AppState, factors: &[Factor]) -> Vec<Factor> {
+pub fn usable(st: &Handles, factors: &[Factor]) -> Vec<Factor> {
     factors
         .iter()
         .filter(|f| f.is_active() && type_enabled(st, &f.record.factor_type))
@@ -120,16 +172,19 @@ pub fn usable(st: &AppState, factors: &[Factor]) -> Vec<Factor> {
 }
 
 /// True when the factor type is enabled in `[factors.*]`.
-pub fn type_enabled(st: &AppState, factor_type: &str) -> bool {
-    let f = &st.config.factors;
-    match factor_type {
-        TOTP_TYPE => f.totp.enabled,
-        "sms" => f.sms.enabled,
-        "call" => f.call.enabled,
-        "email" => f.email.enabled,
-        "push" => f.push.enabled,
-        _ => false,
-    }
+pub fn type_enabled(st: &Handles, factor_type: &str) -> bool {
+    kind_of(factor_type).is_some_and(|k| k.enabled(&st.config.factors))
+}
+
+/// The `amr` value a factor type adds (RFC 8176 where it has one).
+pub fn amr_of(factor_type: &str) -> &'static str {
+    kind_of(factor_type).map_or("otp", |k| k.amr())
+}
+
+/// How many codes or pushes of `factor_type` one user may be sent per
+/// hour (the rate-limit headers of a refused send).
+pub fn send_limit(st: &Handles, factor_type: &str) -> u32 {
+    kind_of(factor_type).map_or(1, |k| k.send_limit(&st.config.factors))
 }
 
 /// Why enrolling failed.
@@ -149,61 +204,6 @@ pub enum EnrollError {
     Seal,
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// A freshly enrolled (pending) TOTP factor and what the user needs to add it.
-#[derive(Debug)]
-pub struct TotpEnrollment {
-    pub factor: FactorRecord,
-    pub secret: Secret,
-    /// The `otpauth://` key URI.
-    pub uri: String,
-}
-
-/// Enrolls a new pending TOTP factor for `user` (provider `GOOGLE` or `OKTA`).
-pub async fn enroll_totp(st: &AppState, user: &User, provider: &str) -> Result<TotpEnrollment, EnrollError> {
-    if !st.config.factors.totp.enabled || !matches!(provider, "GOOGLE" | "OKTA") {
-        return Err(EnrollError::NotSupported);
-    }
-    let sealer = st.sealer.as_ref().ok_or(EnrollError::NoKeys)?;
-    let now = st.clock.now();
-    let id = new_factor_id(TOTP_TYPE, provider);
-    let secret = totp::new_secret();
-    let sealed = sealer
-        .seal(secret.expose(), &secret_aad(&id, &user.id))
-        .map_err(|_| EnrollError::Seal)?;
-    let factor = FactorRecord {
-        id,
-        user_id: user.id.clone(),
-        factor_type: TOTP_TYPE.into(),
-        provider: provider.into(),
-        status: FactorStatus::PendingActivation,
-        profile: serde_json::json!({ "credentialId": user.username }),
-        secret: Some(sealed),
-        created: now,
-        last_updated: now,
-    };
-    st.store.insert_factor(&factor).await?;
-    crate::metrics::factor_event("enrolled", TOTP_TYPE);
-    audit!("factor.enrolled", user = %user.username, factor_type = TOTP_TYPE, factor_id = %factor.id);
-    let uri = totp::otpauth_uri(&st.config.factors.totp, secret.expose(), &user.username);
-    Ok(TotpEnrollment { factor, secret, uri })
-}
-
-/// The TOTP secret of a factor (config-provided, or unsealed).
-pub fn totp_secret(st: &AppState, user: &User, factor: &Factor) -> Option<Secret> {
-    if factor.from_config {
-        return user.config_totp.clone();
-    }
-    let sealed = factor.record.secret.as_ref()?;
-    let sealer = st.sealer.as_ref()?;
-    match sealer.open(sealed, &secret_aad(&factor.record.id, &user.id)) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::error!(factor_id = %factor.record.id, error = %e, "cannot open a factor secret");
-            None
-        }
-    }
 }
 
 /// Why a code was not accepted.
@@ -228,18 +228,18 @@ impl From<StoreError> for VerifyError {
     }
 }
 
-async fn locked(st: &AppState, user: &User) -> Result<bool, VerifyError> {
+async fn locked(st: &Handles, user: &User) -> Result<bool, VerifyError> {
     Ok(st.regulator.user_locked(&user.id).await?.is_some())
 }
 
 /// Whether this attempt is blocked, counted as a first or second factor
 /// (see [`crate::regulation::as_first_factor`]).
-async fn blocked(st: &AppState, user: &User, addr: IpAddr) -> Result<bool, VerifyError> {
+async fn blocked(st: &Handles, user: &User, addr: IpAddr) -> Result<bool, VerifyError> {
     Ok(st.regulator.possession_blocked(&user.id, addr).await?)
 }
 
 async fn failed(
-    st: &AppState,
+    st: &Handles,
     user: &User,
     factor_type: &str,
     addr: IpAddr,
@@ -254,7 +254,7 @@ async fn failed(
     Ok(())
 }
 
-fn locked_answer(st: &AppState) -> VerifyError {
+fn locked_answer(st: &Handles) -> VerifyError {
     if st.config.regulation.reveal_lockout {
         VerifyError::LockedRevealed
     } else {
@@ -262,111 +262,10 @@ fn locked_answer(st: &AppState) -> VerifyError {
     }
 }
 
-/// Checks a TOTP code against `factor`, once per time step. `pending_ok`
-/// allows a `PENDING_ACTIVATION` factor (activation).
-pub async fn verify_totp(
-    st: &AppState,
-    user: &User,
-    factor: &Factor,
-    code: &str,
-    addr: IpAddr,
-    pending_ok: bool,
-) -> Result<(), VerifyError> {
-    if factor.record.factor_type != TOTP_TYPE || !st.config.factors.totp.enabled {
-        return Err(VerifyError::NotActive);
-    }
-    if !factor.is_active() && !pending_ok {
-        return Err(VerifyError::NotActive);
-    }
-    if blocked(st, user, addr).await? {
-        crate::metrics::factor_verification(TOTP_TYPE, "locked");
-        audit!("factor.verify.refused", user = %user.username, client = %addr, reason = "user locked");
-        return Err(locked_answer(st));
-    }
-    let Some(secret) = totp_secret(st, user, factor) else {
-        return Err(VerifyError::Unavailable);
-    };
-    let Some(step) = totp::check(&st.config.factors.totp, secret.expose(), code, st.clock.now()) else {
-        failed(st, user, TOTP_TYPE, addr, "invalid").await?;
-        return Err(VerifyError::Invalid);
-    };
-    if !st.store.claim_totp_step(&factor.record.id, step).await? {
-        failed(st, user, TOTP_TYPE, addr, "replayed").await?;
-        return Err(VerifyError::Replayed);
-    }
-    crate::metrics::factor_verification(TOTP_TYPE, "success");
-    audit!("factor.verified", user = %user.username, factor_type = TOTP_TYPE, factor_id = %factor.record.id, client = %addr);
-    Ok(())
-}
-
-/// Activates a pending factor after a correct code.
-pub async fn activate_totp(
-    st: &AppState,
-    user: &User,
-    factor: &Factor,
-    code: &str,
-    addr: IpAddr,
-) -> Result<(), VerifyError> {
-    if factor.record.status != FactorStatus::PendingActivation {
-        return Err(VerifyError::NotActive);
-    }
-    verify_totp(st, user, factor, code, addr, true).await?;
-    if !st
-        .store
-        .activate_factor(&user.id, &factor.record.id, st.clock.now())
-        .await?
-    {
-        return Err(VerifyError::NotActive);
-    }
-    crate::metrics::factor_event("activated", TOTP_TYPE);
-    audit!("factor.activated", user = %user.username, factor_type = TOTP_TYPE, factor_id = %factor.record.id);
-    Ok(())
-}
-
-/// Checks and consumes a recovery code.
-pub async fn verify_recovery(
-    st: &AppState,
-    user: &User,
-    code: &str,
-    addr: IpAddr,
-) -> Result<(), VerifyError> {
-    if !st.config.factors.recovery_codes.enabled {
-        return Err(VerifyError::NotActive);
-    }
-    if blocked(st, user, addr).await? {
-        crate::metrics::factor_verification("recovery_code", "locked");
-        return Err(locked_answer(st));
-    }
-    if recovery::canonical(code).len() != 12
-        || !st
-            .store
-            .use_recovery_code(&user.id, &recovery::hash(&user.id, code))
-            .await?
-    {
-        failed(st, user, "recovery_code", addr, "invalid").await?;
-        return Err(VerifyError::Invalid);
-    }
-    crate::metrics::factor_verification("recovery_code", "success");
-    audit!("factor.verified", user = %user.username, factor_type = "recovery_code", client = %addr);
-    Ok(())
-}
-
-/// Replaces `user`'s recovery codes with new ones and returns them (shown once).
-pub async fn new_recovery_codes(st: &AppState, user: &User) -> Result<Vec<String>, StoreError> {
-    let codes = recovery::generate(st.config.factors.recovery_codes.count);
-    let hashes: Vec<String> = codes.iter().map(|c| recovery::hash(&user.id, c)).collect();
-    st.store
-        .replace_recovery_codes(&user.id, &hashes, st.clock.now())
-        .await?;
-    audit!("recovery_codes.generated", user = %user.username, count = codes.len());
-    Ok(codes)
-}
-
-// ---- the facade: one entry point per lifecycle step, dispatching on type ----
+// ---- the facade: one entry point per lifecycle step ----
 //
-// The portal, the authn API and the admin Factors API call these; each factor
-// type implements its part (TOTP here; SMS, voice, e-mail and push in their
-// own modules). Adding a type means one module and one arm in each function.
+// The portal, the authn API and the Factors API call these; each asks the
+// factor's kind ([`FactorKind`], found through the registry above).
 
 /// What an enrollment produced, for the caller to show or return.
 #[derive(Debug)]
@@ -400,35 +299,32 @@ impl Enrolled {
 /// `profile` (`{phoneNumber}` for sms/call, `{email}` for email, `{}` for
 /// totp and push). The factor starts `PENDING_ACTIVATION`.
 pub async fn enroll(
-    st: &AppState,
+    st: &Handles,
     user: &User,
     factor_type: &str,
     provider: &str,
     profile: &serde_json::Value,
     flow: &Flow,
 ) -> Result<Enrolled, EnrollError> {
-    match factor_type {
-        TOTP_TYPE => enroll_totp(st, user, provider).await.map(Enrolled::Totp),
-        "sms" | "call" | "email" => otp::enroll(st, user, factor_type, provider, profile, flow).await,
-        "push" => push::enroll(st, user, provider).await,
-        _ => Err(EnrollError::NotSupported),
+    match kind_of(factor_type) {
+        Some(k) => k.enroll(st, user, provider, profile, flow).await,
+        None => Err(EnrollError::NotSupported),
     }
 }
 
 /// Activates a pending factor: a code for totp/sms/call/email (push
 /// devices activate themselves through the device API).
 pub async fn activate(
-    st: &AppState,
+    st: &Handles,
     user: &User,
     factor: &Factor,
     pass_code: &str,
     addr: IpAddr,
     flow: &Flow,
 ) -> Result<(), VerifyError> {
-    match factor.record.factor_type.as_str() {
-        TOTP_TYPE => activate_totp(st, user, factor, pass_code, addr).await,
-        "sms" | "call" | "email" => otp::activate(st, user, factor, pass_code, addr, flow).await,
-        _ => Err(VerifyError::NotActive),
+    match kind_of(&factor.record.factor_type) {
+        Some(k) => k.activate(st, user, factor, pass_code, addr, flow).await,
+        None => Err(VerifyError::NotActive),
     }
 }
 
@@ -503,41 +399,29 @@ pub enum ChallengeError {
 /// Starts a challenge: sends a code (sms, call, email) or a push. For a
 /// code factor still `PENDING_ACTIVATION` this (re)sends its activation code.
 pub async fn challenge(
-    st: &AppState,
+    st: &Handles,
     user: &User,
     factor: &Factor,
     ctx: &ChallengeContext,
 ) -> Result<Challenge, ChallengeError> {
-    let ft = factor.record.factor_type.as_str();
-    if !type_enabled(st, ft) {
-        return Err(ChallengeError::NotActive);
-    }
-    match ft {
-        TOTP_TYPE => Err(ChallengeError::NotChallenged),
-        "sms" | "call" | "email" => {
-            let app = otp::app_name(st);
-            otp::send_code(st, user, &factor.record, &app, &ctx.flow)
-                .await
-                .map(|expires_at| Challenge::CodeSent { expires_at })
-        }
-        "push" => push::challenge(st, user, factor, ctx).await,
+    match kind_of(&factor.record.factor_type) {
+        Some(k) if k.enabled(&st.config.factors) => k.challenge(st, user, factor, ctx).await,
         _ => Err(ChallengeError::NotActive),
     }
 }
 
 /// Verifies a passcode for an active factor (totp, or the code sent for sms/call/email).
 pub async fn verify(
-    st: &AppState,
+    st: &Handles,
     user: &User,
     factor: &Factor,
     pass_code: &str,
     addr: IpAddr,
     flow: &Flow,
 ) -> Result<(), VerifyError> {
-    match factor.record.factor_type.as_str() {
-        TOTP_TYPE => verify_totp(st, user, factor, pass_code, addr, false).await,
-        "sms" | "call" | "email" => otp::check_code(st, user, factor, pass_code, addr, false, flow).await,
-        _ => Err(VerifyError::NotActive),
+    match kind_of(&factor.record.factor_type) {
+        Some(k) => k.verify(st, user, factor, pass_code, addr, flow).await,
+        None => Err(VerifyError::NotActive),
     }
 }
 
@@ -565,14 +449,14 @@ impl PushResult {
 /// Polls a push transaction of `factor`; `None` when there is no such
 /// transaction for this user and factor (E0000191).
 pub async fn push_status(
-    st: &AppState,
+    st: &Handles,
     user: &User,
     factor: &Factor,
     transaction_id: &str,
 ) -> Result<Option<PushResult>, StoreError> {
-    match factor.record.factor_type.as_str() {
-        "push" => push::status(st, user, factor, transaction_id).await,
-        _ => Ok(None),
+    match kind_of(&factor.record.factor_type) {
+        Some(k) => k.status(st, user, factor, transaction_id).await,
+        None => Ok(None),
     }
 }
 
@@ -582,20 +466,20 @@ pub async fn push_status(
 /// or `None` when there is no such transaction for this user and factor
 /// (E0000191). See [`push::cancel`].
 pub async fn cancel_push(
-    st: &AppState,
+    st: &Handles,
     user: &User,
     factor: &Factor,
     transaction_id: &str,
 ) -> Result<Option<PushResult>, StoreError> {
-    match factor.record.factor_type.as_str() {
-        "push" => push::cancel(st, user, factor, transaction_id).await,
-        _ => Ok(None),
+    match kind_of(&factor.record.factor_type) {
+        Some(k) => k.cancel(st, user, factor, transaction_id).await,
+        None => Ok(None),
     }
 }
 
 /// True when the policy anywhere requires two factors (so the last factor of
 /// a user must not be removed).
-pub fn policy_requires_two(st: &AppState) -> bool {
+pub fn policy_requires_two(st: &Handles) -> bool {
     use crate::config::PolicyKind;
     st.config.default_policy == PolicyKind::TwoFactor
         || st.config.rules.iter().any(|r| r.policy == PolicyKind::TwoFactor)
@@ -616,9 +500,8 @@ pub enum RemoveError {
 /// user's session epoch first, so every session of the user ends (a factor
 /// reset, by an administrator or by the user: a session that a lost or stolen
 /// factor helped open must not outlive the factor). A caller acting for the
-/// user's own session re-issues it with the new epoch
-/// ([`crate::portal::login::reissue`]).
-pub async fn remove(st: &AppState, user: &User, factor_id: &str, actor: &str) -> Result<(), RemoveError> {
+/// user's own session re-issues it with the new epoch.
+pub async fn remove(st: &Handles, user: &User, factor_id: &str, actor: &str) -> Result<(), RemoveError> {
     let factors = list(st, user).await.map_err(|_| RemoveError::Unavailable)?;
     let Some(factor) = factors.iter().find(|f| f.record.id == factor_id) else {
         return Err(RemoveError::NotFound);
@@ -639,7 +522,7 @@ pub async fn remove(st: &AppState, user: &User, factor_id: &str, actor: &str) ->
             tracing::error!(error = %e, "moving the session epoch failed");
             RemoveError::Unavailable
         })?;
-        st.enforcer.revocations.note_epoch(&user.id, epoch);
+        st.revocations.note_epoch(&user.id, epoch);
     }
     match st.store.delete_factor(&user.id, factor_id).await {
         Ok(true) => {
@@ -659,6 +542,7 @@ mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock};
     use crate::gateway::Gateway;
+    use crate::secret::Secret;
 
     fn config(reveal: bool) -> String {
         format!(
@@ -705,6 +589,16 @@ reveal_lockout = {reveal}
     }
 
     const ADDR: &str = "192.0.2.10";
+
+    #[test]
+    fn factor_ids_are_path_ids() {
+        for t in FactorType::ALL {
+            for p in t.kind().providers() {
+                let id = new_factor_id(t.as_str(), p);
+                assert!(crate::ids::is_id(&id) && id.len() == 20, "{id}");
+            }
+        }
+    }
 
     #[tokio::test]
     async fn enroll_activate_verify_once_per_step() {

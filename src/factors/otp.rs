@@ -27,13 +27,16 @@ use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{ChallengeError, EnrollError, Enrolled, Factor, Flow, VerifyError};
+use super::{
+    BoxFuture, Challenge, ChallengeContext, ChallengeError, EnrollError, Enrolled, Factor, FactorKind, Flow,
+    VerifyError,
+};
 use crate::audit;
 use crate::clock::UnixTime;
-use crate::config::CodeFactorConfig;
+use crate::config::{CodeFactorConfig, FactorsConfig};
 use crate::delivery::{self, Kind, Message};
-use crate::gateway::AppState;
 use crate::secret::{Secret, ct_eq};
+use crate::state::Handles;
 use crate::store::{FactorRecord, FactorStatus, StoreError, TransactionRecord};
 use crate::users::User;
 
@@ -52,7 +55,7 @@ pub fn is_code_type(factor_type: &str) -> bool {
 }
 
 /// The config of a code factor type.
-pub fn config<'a>(st: &'a AppState, factor_type: &str) -> Option<&'a CodeFactorConfig> {
+pub fn config<'a>(st: &'a Handles, factor_type: &str) -> Option<&'a CodeFactorConfig> {
     let f = &st.config.factors;
     match factor_type {
         "sms" => Some(&f.sms),
@@ -192,7 +195,7 @@ pub fn generate_code(len: u32) -> String {
 }
 
 /// The key codes are MACed under: derived from the first session secret.
-fn server_key(st: &AppState) -> Secret {
+fn server_key(st: &Handles) -> Secret {
     st.config
         .session
         .secrets
@@ -252,7 +255,7 @@ fn purpose(factor: &FactorRecord) -> &'static str {
 /// another writer won. An expired row that is not purged yet blocks a new
 /// one with the same id, so a failed insert purges once and tries again.
 pub(crate) async fn upsert<T, E>(
-    st: &AppState,
+    st: &Handles,
     kind: &str,
     id: &str,
     user_id: &str,
@@ -306,7 +309,7 @@ pub(crate) async fn upsert<T, E>(
 /// Takes one of `user_id`'s `limit` sends per sliding hour for `what`
 /// (`otp`, `push`); `Err(reset)` says when the oldest send leaves the window.
 pub async fn take_send_slot(
-    st: &AppState,
+    st: &Handles,
     user_id: &str,
     what: &str,
     limit: u32,
@@ -332,7 +335,7 @@ pub async fn take_send_slot(
 /// to choose): `server.external_url`'s host, else the default upstream's
 /// name, else the first host name an upstream is configured for, else the
 /// portal title.
-pub fn app_name(st: &AppState) -> String {
+pub fn app_name(st: &Handles) -> String {
     let cfg = &st.config;
     cfg.server
         .external_url
@@ -352,7 +355,7 @@ pub fn app_name(st: &AppState) -> String {
 /// Sends a new code for `factor` (an activation code while it is pending).
 /// Returns when the code expires.
 pub async fn send_code(
-    st: &AppState,
+    st: &Handles,
     user: &User,
     factor: &FactorRecord,
     app: &str,
@@ -469,7 +472,7 @@ pub async fn send_code(
 /// Checks a code sent for `factor`; `pending_ok` allows a pending factor
 /// (activation).
 pub async fn check_code(
-    st: &AppState,
+    st: &Handles,
     user: &User,
     factor: &Factor,
     code: &str,
@@ -550,7 +553,7 @@ pub async fn check_code(
 /// Enrolls a code factor: validates the profile, stores it pending, sends
 /// the activation code. A failed send removes the factor again.
 pub async fn enroll(
-    st: &AppState,
+    st: &Handles,
     user: &User,
     factor_type: &str,
     provider: &str,
@@ -608,7 +611,7 @@ pub async fn enroll(
 
 /// Activates a pending code factor with the code sent to it.
 pub async fn activate(
-    st: &AppState,
+    st: &Handles,
     user: &User,
     factor: &Factor,
     code: &str,
@@ -629,6 +632,134 @@ pub async fn activate(
     crate::metrics::factor_event("activated", &factor.record.factor_type);
     audit!("factor.activated", user = %user.username, factor_type = %factor.record.factor_type, factor_id = %factor.record.id);
     Ok(())
+}
+
+/// A factor that is sent a one-time code: text message, voice call or
+/// e-mail. The three differ in name, address and wording only.
+#[derive(Debug)]
+pub struct CodeKind {
+    okta_type: &'static str,
+    id_prefix: &'static str,
+    label: &'static str,
+    amr: &'static str,
+    config: fn(&FactorsConfig) -> &CodeFactorConfig,
+}
+
+/// Codes by text message.
+pub const SMS: CodeKind = CodeKind {
+    okta_type: "sms",
+    id_prefix: "mbl",
+    label: "Text message",
+    amr: "sms",
+    config: sms_config,
+};
+/// Codes read out by a voice call.
+pub const CALL: CodeKind = CodeKind {
+    okta_type: "call",
+    id_prefix: "clf",
+    label: "Voice call",
+    amr: "tel",
+    config: call_config,
+};
+/// Codes by e-mail.
+pub const EMAIL: CodeKind = CodeKind {
+    okta_type: "email",
+    id_prefix: "emf",
+    label: "E-mail",
+    amr: "email",
+    config: email_config,
+};
+
+fn sms_config(f: &FactorsConfig) -> &CodeFactorConfig {
+    &f.sms
+}
+
+fn call_config(f: &FactorsConfig) -> &CodeFactorConfig {
+    &f.call
+}
+
+fn email_config(f: &FactorsConfig) -> &CodeFactorConfig {
+    &f.email
+}
+
+impl FactorKind for CodeKind {
+    fn okta_type(&self) -> &'static str {
+        self.okta_type
+    }
+
+    fn id_prefix(&self, _provider: &str) -> &'static str {
+        self.id_prefix
+    }
+
+    fn label(&self) -> &'static str {
+        self.label
+    }
+
+    fn amr(&self) -> &'static str {
+        self.amr
+    }
+
+    fn enabled(&self, cfg: &FactorsConfig) -> bool {
+        (self.config)(cfg).enabled
+    }
+
+    fn send_limit(&self, cfg: &FactorsConfig) -> u32 {
+        (self.config)(cfg).max_sends_per_hour
+    }
+
+    fn sends_code(&self) -> bool {
+        true
+    }
+
+    fn enroll<'a>(
+        &'a self,
+        st: &'a Handles,
+        user: &'a User,
+        provider: &'a str,
+        profile: &'a Value,
+        flow: &'a Flow,
+    ) -> BoxFuture<'a, Result<Enrolled, EnrollError>> {
+        Box::pin(enroll(st, user, self.okta_type, provider, profile, flow))
+    }
+
+    fn activate<'a>(
+        &'a self,
+        st: &'a Handles,
+        user: &'a User,
+        factor: &'a Factor,
+        code: &'a str,
+        addr: IpAddr,
+        flow: &'a Flow,
+    ) -> BoxFuture<'a, Result<(), VerifyError>> {
+        Box::pin(activate(st, user, factor, code, addr, flow))
+    }
+
+    fn challenge<'a>(
+        &'a self,
+        st: &'a Handles,
+        user: &'a User,
+        factor: &'a Factor,
+        ctx: &'a ChallengeContext,
+    ) -> BoxFuture<'a, Result<Challenge, ChallengeError>> {
+        Box::pin(async move {
+            let app = app_name(st);
+            send_code(st, user, &factor.record, &app, &ctx.flow)
+                .await
+                .map(|expires_at| Challenge::CodeSent { expires_at })
+        })
+    }
+
+    fn verify<'a>(
+        &'a self,
+        st: &'a Handles,
+        user: &'a User,
+        factor: &'a Factor,
+        code: &'a str,
+        addr: IpAddr,
+        flow: &'a Flow,
+    ) -> BoxFuture<'a, Result<(), VerifyError>> {
+        Box::pin(check_code(st, user, factor, code, addr, false, flow))
+    }
 }
 
 #[cfg(test)]
@@ -745,7 +876,7 @@ ttl = "60s"
         Flow::Admin
     }
 
-    async fn active_sms(st: &AppState, dir: &tempfile::TempDir, clock: &ManualClock) -> Factor {
+    async fn active_sms(st: &Handles, dir: &tempfile::TempDir, clock: &ManualClock) -> Factor {
         let u = user();
         let e = super::super::enroll(
             st,

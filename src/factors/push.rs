@@ -47,12 +47,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{
-    Challenge, ChallengeContext, ChallengeError, EnrollError, Enrolled, Factor, PushResult, VerifyError,
+    BoxFuture, Challenge, ChallengeContext, ChallengeError, EnrollError, Enrolled, Factor, FactorKind, Flow,
+    PushResult, VerifyError,
 };
 use crate::audit;
 use crate::clock::{UnixTime, rfc3339};
+use crate::config::FactorsConfig;
 use crate::delivery::{self, Kind, Message};
-use crate::gateway::AppState;
+use crate::state::Handles;
 use crate::store::{FactorRecord, FactorStatus, StoreError, TransactionRecord};
 use crate::users::User;
 
@@ -105,7 +107,7 @@ pub fn public_key(factor: &FactorRecord) -> Option<VerifyingKey> {
 }
 
 /// Enrolls a push factor and returns its activation token.
-pub async fn enroll(st: &AppState, user: &User, provider: &str) -> Result<Enrolled, EnrollError> {
+pub async fn enroll(st: &Handles, user: &User, provider: &str) -> Result<Enrolled, EnrollError> {
     if !st.config.factors.push.enabled || provider != "OKTA" {
         return Err(EnrollError::NotSupported);
     }
@@ -126,7 +128,7 @@ pub async fn enroll(st: &AppState, user: &User, provider: &str) -> Result<Enroll
     let expires_at = now + ACTIVATION_TTL;
     st.store
         .put_transaction(&TransactionRecord {
-            id: crate::portal::authn::token_id(&token),
+            id: crate::crypto::token_id(&token),
             kind: ACTIVATION_KIND.into(),
             user_id: user.id.clone(),
             data: json!({ "factor_id": factor.id }),
@@ -183,7 +185,7 @@ fn printable(s: &str) -> bool {
 
 /// Pairs a device: checks the fields, consumes the activation token and
 /// activates the factor with the device's key and address.
-pub async fn register_device(st: &AppState, reg: &DeviceRegistration) -> Result<FactorRecord, DeviceError> {
+pub async fn register_device(st: &Handles, reg: &DeviceRegistration) -> Result<FactorRecord, DeviceError> {
     // Check the fields before using up the token, so a typo can be corrected.
     let key = crate::crypto::unb64(reg.public_key.trim_end_matches('='))
         .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
@@ -211,7 +213,7 @@ pub async fn register_device(st: &AppState, reg: &DeviceRegistration) -> Result<
         .store
         .take_transaction(
             ACTIVATION_KIND,
-            &crate::portal::authn::token_id(&reg.activation_token),
+            &crate::crypto::token_id(&reg.activation_token),
             now,
         )
         .await?
@@ -260,7 +262,7 @@ pub async fn register_device(st: &AppState, reg: &DeviceRegistration) -> Result<
 /// Stores a new `WAITING` push transaction of `factor_id` of `user_id`,
 /// started `now`: its id, expiry and number to pick.
 async fn new_tx(
-    st: &AppState,
+    st: &Handles,
     user_id: &str,
     factor_id: &str,
     now: UnixTime,
@@ -293,7 +295,7 @@ async fn new_tx(
 
 /// Starts a push: a transaction and a message through the relay.
 pub async fn challenge(
-    st: &AppState,
+    st: &Handles,
     user: &User,
     factor: &Factor,
     ctx: &ChallengeContext,
@@ -375,7 +377,7 @@ fn result_of(tx: &PushTx, now: UnixTime) -> PushResult {
 /// Transaction `tid` when it is one of `factor` of `user` (`None`: no such
 /// transaction for this user and factor).
 async fn own_tx(
-    st: &AppState,
+    st: &Handles,
     user: &User,
     factor: &Factor,
     tid: &str,
@@ -392,7 +394,7 @@ async fn own_tx(
 /// The state of transaction `tid` of `factor` (`None`: no such transaction
 /// for this user and factor).
 pub async fn status(
-    st: &AppState,
+    st: &Handles,
     user: &User,
     factor: &Factor,
     tid: &str,
@@ -414,7 +416,7 @@ pub const CANCELLED: &str = "cancelled";
 /// cancelling is idempotent and answers the state. `None`: no such
 /// transaction for this user and factor.
 pub async fn cancel(
-    st: &AppState,
+    st: &Handles,
     user: &User,
     factor: &Factor,
     tid: &str,
@@ -449,7 +451,7 @@ pub async fn cancel(
 
 /// The state of transaction `tid`, whoever it belongs to (the portal's
 /// polling script; it learns no more than WAITING or not). `None`: unknown.
-pub async fn status_by_id(st: &AppState, tid: &str) -> Result<Option<PushResult>, StoreError> {
+pub async fn status_by_id(st: &Handles, tid: &str) -> Result<Option<PushResult>, StoreError> {
     let now = st.clock.now();
     Ok(st
         .store
@@ -463,7 +465,7 @@ pub async fn status_by_id(st: &AppState, tid: &str) -> Result<Option<PushResult>
 /// A push transaction for a decoy factor (passwordless sign-in of an
 /// unknown user): rate limited and stored like a real one, so it answers
 /// polls the same way (WAITING, then TIMEOUT), but no message is sent.
-pub async fn decoy(st: &AppState, user_id: &str, factor_id: &str) -> Result<Challenge, ChallengeError> {
+pub async fn decoy(st: &Handles, user_id: &str, factor_id: &str) -> Result<Challenge, ChallengeError> {
     let unavailable = |e: StoreError| {
         tracing::error!(error = %e, "store error while starting a push");
         ChallengeError::Unavailable
@@ -486,7 +488,7 @@ pub async fn decoy(st: &AppState, user_id: &str, factor_id: &str) -> Result<Chal
 /// Uses up an approved transaction (a sign-in completes once): true if it
 /// was approved and this caller took it. A locked user is refused like a
 /// wrong code (or told, with `reveal_lockout`).
-pub async fn consume(st: &AppState, user: &User, factor: &Factor, tid: &str) -> Result<bool, VerifyError> {
+pub async fn consume(st: &Handles, user: &User, factor: &Factor, tid: &str) -> Result<bool, VerifyError> {
     if status(st, user, factor, tid).await? != Some(PushResult::Success) {
         return Ok(false);
     }
@@ -503,7 +505,7 @@ pub async fn consume(st: &AppState, user: &User, factor: &Factor, tid: &str) -> 
 }
 
 /// Abandons a transaction (a new push replaces it); best effort.
-pub async fn abandon(st: &AppState, tid: &str) {
+pub async fn abandon(st: &Handles, tid: &str) {
     if let Err(e) = st.store.take_transaction(KIND, tid, st.clock.now()).await {
         tracing::warn!(error = %e, "could not drop an abandoned push transaction");
     }
@@ -556,7 +558,7 @@ impl From<StoreError> for AnswerError {
 /// Records a device's signed answer to transaction `tid`; `addr` is the
 /// device's client address (counted on a wrong number).
 pub async fn answer(
-    st: &AppState,
+    st: &Handles,
     tid: &str,
     ans: &DeviceAnswer,
     addr: IpAddr,
@@ -633,7 +635,6 @@ pub async fn answer(
             continue;
         }
         let username = st
-            .enforcer
             .users
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -664,6 +665,86 @@ pub async fn answer(
     Err(AnswerError::Unavailable)
 }
 
+/// Push to a paired device (the approver app): the device pairs itself
+/// and answers each push with a signature.
+#[derive(Debug)]
+pub struct Push;
+
+impl FactorKind for Push {
+    fn okta_type(&self) -> &'static str {
+        "push"
+    }
+
+    fn id_prefix(&self, _provider: &str) -> &'static str {
+        "opf"
+    }
+
+    fn label(&self) -> &'static str {
+        "Push"
+    }
+
+    fn amr(&self) -> &'static str {
+        "push"
+    }
+
+    fn enabled(&self, cfg: &FactorsConfig) -> bool {
+        cfg.push.enabled
+    }
+
+    fn send_limit(&self, _cfg: &FactorsConfig) -> u32 {
+        MAX_PUSHES_PER_HOUR
+    }
+
+    fn activated_by_code(&self) -> bool {
+        false
+    }
+
+    fn answered_by_device(&self) -> bool {
+        true
+    }
+
+    fn enroll<'a>(
+        &'a self,
+        st: &'a Handles,
+        user: &'a User,
+        provider: &'a str,
+        _profile: &'a Value,
+        _flow: &'a Flow,
+    ) -> BoxFuture<'a, Result<Enrolled, EnrollError>> {
+        Box::pin(enroll(st, user, provider))
+    }
+
+    fn challenge<'a>(
+        &'a self,
+        st: &'a Handles,
+        user: &'a User,
+        factor: &'a Factor,
+        ctx: &'a ChallengeContext,
+    ) -> BoxFuture<'a, Result<Challenge, ChallengeError>> {
+        Box::pin(challenge(st, user, factor, ctx))
+    }
+
+    fn status<'a>(
+        &'a self,
+        st: &'a Handles,
+        user: &'a User,
+        factor: &'a Factor,
+        transaction_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PushResult>, StoreError>> {
+        Box::pin(status(st, user, factor, transaction_id))
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        st: &'a Handles,
+        user: &'a User,
+        factor: &'a Factor,
+        transaction_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PushResult>, StoreError>> {
+        Box::pin(cancel(st, user, factor, transaction_id))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use ed25519_dalek::{Signer, SigningKey};
@@ -688,7 +769,7 @@ mod tests {
     }
 
     /// A push factor enrolled for `u`, pending, and its activation token.
-    async fn pending(st: &AppState, u: &User) -> (FactorRecord, String) {
+    async fn pending(st: &Handles, u: &User) -> (FactorRecord, String) {
         let Enrolled::Push {
             factor,
             activation_token,
@@ -721,7 +802,7 @@ mod tests {
         }
     }
 
-    async fn paired(st: &AppState) -> Factor {
+    async fn paired(st: &Handles) -> Factor {
         let (factor, activation_token) = pending(st, &user()).await;
         let reg = registration(activation_token, "Dave's phone", "relay:device-1");
         let active = register_device(st, &reg).await.unwrap();
@@ -748,7 +829,7 @@ mod tests {
         }
     }
 
-    async fn push(st: &AppState, f: &Factor) -> (String, u8, String) {
+    async fn push(st: &Handles, f: &Factor) -> (String, u8, String) {
         let Challenge::Push {
             transaction_id,
             correct_answer,
@@ -894,7 +975,7 @@ mod tests {
         );
     }
 
-    async fn push_status(st: &AppState, f: &Factor, tid: &str) -> Option<PushResult> {
+    async fn push_status(st: &Handles, f: &Factor, tid: &str) -> Option<PushResult> {
         status(st, &user(), f, tid).await.unwrap()
     }
 

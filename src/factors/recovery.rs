@@ -6,8 +6,20 @@
 //! is enough at rest (no slow hash needed), and it lets the store look a code
 //! up by its hash.
 
+use std::net::IpAddr;
+
 use rand::RngExt;
 use sha2::{Digest, Sha256};
+
+use super::VerifyError;
+use crate::audit;
+use crate::state::Handles;
+use crate::store::StoreError;
+use crate::users::User;
+
+/// The `factorType` under which the authn API offers recovery codes (a
+/// pseudo-factor: not a Factor object of the Factors API).
+pub const RECOVERY_TYPE: &str = "recovery_code";
 
 /// Letters used in codes (no 0/o, 1/l/i).
 const ALPHABET: &[u8] = b"23456789abcdefghjkmnpqrstuvwxyz";
@@ -42,6 +54,40 @@ pub fn hash(user_id: &str, code: &str) -> String {
     h.update(b"\0");
     h.update(canonical(code).as_bytes());
     hex::encode(h.finalize())
+}
+
+/// Checks and consumes a recovery code.
+pub async fn verify_recovery(st: &Handles, user: &User, code: &str, addr: IpAddr) -> Result<(), VerifyError> {
+    if !st.config.factors.recovery_codes.enabled {
+        return Err(VerifyError::NotActive);
+    }
+    if super::blocked(st, user, addr).await? {
+        crate::metrics::factor_verification(RECOVERY_TYPE, "locked");
+        return Err(super::locked_answer(st));
+    }
+    if canonical(code).len() != 12
+        || !st
+            .store
+            .use_recovery_code(&user.id, &hash(&user.id, code))
+            .await?
+    {
+        super::failed(st, user, RECOVERY_TYPE, addr, "invalid").await?;
+        return Err(VerifyError::Invalid);
+    }
+    crate::metrics::factor_verification(RECOVERY_TYPE, "success");
+    audit!("factor.verified", user = %user.username, factor_type = RECOVERY_TYPE, client = %addr);
+    Ok(())
+}
+
+/// Replaces `user`'s recovery codes with new ones and returns them (shown once).
+pub async fn new_recovery_codes(st: &Handles, user: &User) -> Result<Vec<String>, StoreError> {
+    let codes = generate(st.config.factors.recovery_codes.count);
+    let hashes: Vec<String> = codes.iter().map(|c| hash(&user.id, c)).collect();
+    st.store
+        .replace_recovery_codes(&user.id, &hashes, st.clock.now())
+        .await?;
+    audit!("recovery_codes.generated", user = %user.username, count = codes.len());
+    Ok(codes)
 }
 
 #[cfg(test)]

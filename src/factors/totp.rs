@@ -4,12 +4,28 @@
 //! totp-rs compares codes in constant time; what it leaves to us is replay:
 //! a code is accepted once per factor, enforced by the store's atomic
 //! `claim_totp_step` (so also across replicas).
+//!
+//! The factor's lifecycle is here too: enrolling a sealed secret,
+//! activating and verifying with a code ([`Totp`], its [`FactorKind`]).
 
-use totp_rs::{Algorithm, Builder, Totp};
+use std::net::IpAddr;
 
+use serde_json::Value;
+use totp_rs::{Algorithm, Builder, Totp as Generator};
+
+use super::{
+    BoxFuture, EnrollError, Enrolled, Factor, FactorKind, Flow, VerifyError, new_factor_id, secret_aad,
+};
+use crate::audit;
 use crate::clock::UnixTime;
-use crate::config::{TotpAlgorithm, TotpConfig};
+use crate::config::{FactorsConfig, TotpAlgorithm, TotpConfig};
 use crate::secret::Secret;
+use crate::state::Handles;
+use crate::store::{FactorRecord, FactorStatus};
+use crate::users::User;
+
+/// Okta's factor type for authenticator apps.
+pub const TOTP_TYPE: &str = "token:software:totp";
 
 /// Bytes in a new secret: 160 bits, as RFC 4226 recommends.
 pub const SECRET_BYTES: usize = 20;
@@ -44,7 +60,7 @@ pub fn algorithm_name(a: TotpAlgorithm) -> &'static str {
 /// Builds the generator. Secrets shorter than 128 bits (legacy 80-bit secrets
 /// provisioned in the users file, accepted with a warning at load) are built
 /// without totp-rs' length check.
-fn totp(cfg: &TotpConfig, secret: &[u8], account: &str) -> Totp {
+fn totp(cfg: &TotpConfig, secret: &[u8], account: &str) -> Generator {
     let digits = u8::try_from(cfg.digits).unwrap_or(6);
     let builder = Builder::new()
         .with_algorithm(algorithm(cfg.algorithm))
@@ -97,6 +113,187 @@ pub fn qr_data_uri(data: &str) -> String {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(svg.as_bytes())
     })
+}
+
+/// A freshly enrolled (pending) TOTP factor and what the user needs to add it.
+#[derive(Debug)]
+pub struct TotpEnrollment {
+    pub factor: FactorRecord,
+    pub secret: Secret,
+    /// The `otpauth://` key URI.
+    pub uri: String,
+}
+
+/// Enrolls a new pending TOTP factor for `user` (provider `GOOGLE` or `OKTA`).
+pub async fn enroll_totp(st: &Handles, user: &User, provider: &str) -> Result<TotpEnrollment, EnrollError> {
+    if !st.config.factors.totp.enabled || !matches!(provider, "GOOGLE" | "OKTA") {
+        return Err(EnrollError::NotSupported);
+    }
+    let sealer = st.sealer.as_ref().ok_or(EnrollError::NoKeys)?;
+    let now = st.clock.now();
+    let id = new_factor_id(TOTP_TYPE, provider);
+    let secret = new_secret();
+    let sealed = sealer
+        .seal(secret.expose(), &secret_aad(&id, &user.id))
+        .map_err(|_| EnrollError::Seal)?;
+    let factor = FactorRecord {
+        id,
+        user_id: user.id.clone(),
+        factor_type: TOTP_TYPE.into(),
+        provider: provider.into(),
+        status: FactorStatus::PendingActivation,
+        profile: serde_json::json!({ "credentialId": user.username }),
+        secret: Some(sealed),
+        created: now,
+        last_updated: now,
+    };
+    st.store.insert_factor(&factor).await?;
+    crate::metrics::factor_event("enrolled", TOTP_TYPE);
+    audit!("factor.enrolled", user = %user.username, factor_type = TOTP_TYPE, factor_id = %factor.id);
+    let uri = otpauth_uri(&st.config.factors.totp, secret.expose(), &user.username);
+    Ok(TotpEnrollment { factor, secret, uri })
+}
+
+/// The TOTP secret of a factor (config-provided, or unsealed).
+pub fn totp_secret(st: &Handles, user: &User, factor: &Factor) -> Option<Secret> {
+    if factor.from_config {
+        return user.config_totp.clone();
+    }
+    let sealed = factor.record.secret.as_ref()?;
+    let sealer = st.sealer.as_ref()?;
+    match sealer.open(sealed, &secret_aad(&factor.record.id, &user.id)) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(factor_id = %factor.record.id, error = %e, "cannot open a factor secret");
+            None
+        }
+    }
+}
+
+/// Checks a TOTP code against `factor`, once per time step. `pending_ok`
+/// allows a `PENDING_ACTIVATION` factor (activation).
+pub async fn verify_totp(
+    st: &Handles,
+    user: &User,
+    factor: &Factor,
+    code: &str,
+    addr: IpAddr,
+    pending_ok: bool,
+) -> Result<(), VerifyError> {
+    if factor.record.factor_type != TOTP_TYPE || !st.config.factors.totp.enabled {
+        return Err(VerifyError::NotActive);
+    }
+    if !factor.is_active() && !pending_ok {
+        return Err(VerifyError::NotActive);
+    }
+    if super::blocked(st, user, addr).await? {
+        crate::metrics::factor_verification(TOTP_TYPE, "locked");
+        audit!("factor.verify.refused", user = %user.username, client = %addr, reason = "user locked");
+        return Err(super::locked_answer(st));
+    }
+    let Some(secret) = totp_secret(st, user, factor) else {
+        return Err(VerifyError::Unavailable);
+    };
+    let Some(step) = check(&st.config.factors.totp, secret.expose(), code, st.clock.now()) else {
+        super::failed(st, user, TOTP_TYPE, addr, "invalid").await?;
+        return Err(VerifyError::Invalid);
+    };
+    if !st.store.claim_totp_step(&factor.record.id, step).await? {
+        super::failed(st, user, TOTP_TYPE, addr, "replayed").await?;
+        return Err(VerifyError::Replayed);
+    }
+    crate::metrics::factor_verification(TOTP_TYPE, "success");
+    audit!("factor.verified", user = %user.username, factor_type = TOTP_TYPE, factor_id = %factor.record.id, client = %addr);
+    Ok(())
+}
+
+/// Activates a pending factor after a correct code.
+pub async fn activate_totp(
+    st: &Handles,
+    user: &User,
+    factor: &Factor,
+    code: &str,
+    addr: IpAddr,
+) -> Result<(), VerifyError> {
+    if factor.record.status != FactorStatus::PendingActivation {
+        return Err(VerifyError::NotActive);
+    }
+    verify_totp(st, user, factor, code, addr, true).await?;
+    if !st
+        .store
+        .activate_factor(&user.id, &factor.record.id, st.clock.now())
+        .await?
+    {
+        return Err(VerifyError::NotActive);
+    }
+    crate::metrics::factor_event("activated", TOTP_TYPE);
+    audit!("factor.activated", user = %user.username, factor_type = TOTP_TYPE, factor_id = %factor.record.id);
+    Ok(())
+}
+
+/// Authenticator apps.
+#[derive(Debug)]
+pub struct Totp;
+
+impl FactorKind for Totp {
+    fn okta_type(&self) -> &'static str {
+        TOTP_TYPE
+    }
+
+    fn providers(&self) -> &'static [&'static str] {
+        &["GOOGLE", "OKTA"]
+    }
+
+    fn id_prefix(&self, provider: &str) -> &'static str {
+        if provider == "GOOGLE" { "uft" } else { "ost" }
+    }
+
+    fn label(&self) -> &'static str {
+        "Authenticator app"
+    }
+
+    fn enabled(&self, cfg: &FactorsConfig) -> bool {
+        cfg.totp.enabled
+    }
+
+    fn shows_secret(&self) -> bool {
+        true
+    }
+
+    fn enroll<'a>(
+        &'a self,
+        st: &'a Handles,
+        user: &'a User,
+        provider: &'a str,
+        _profile: &'a Value,
+        _flow: &'a Flow,
+    ) -> BoxFuture<'a, Result<Enrolled, EnrollError>> {
+        Box::pin(async move { enroll_totp(st, user, provider).await.map(Enrolled::Totp) })
+    }
+
+    fn activate<'a>(
+        &'a self,
+        st: &'a Handles,
+        user: &'a User,
+        factor: &'a Factor,
+        code: &'a str,
+        addr: IpAddr,
+        _flow: &'a Flow,
+    ) -> BoxFuture<'a, Result<(), VerifyError>> {
+        Box::pin(activate_totp(st, user, factor, code, addr))
+    }
+
+    fn verify<'a>(
+        &'a self,
+        st: &'a Handles,
+        user: &'a User,
+        factor: &'a Factor,
+        code: &'a str,
+        addr: IpAddr,
+        _flow: &'a Flow,
+    ) -> BoxFuture<'a, Result<(), VerifyError>> {
+        Box::pin(verify_totp(st, user, factor, code, addr, false))
+    }
 }
 
 #[cfg(test)]

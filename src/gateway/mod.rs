@@ -2,11 +2,10 @@
 //! hands out the services the listeners serve.
 //!
 //! [`Gateway::main_service`] is the main listener's stack: prepare the
-//! request ([`prepare`]), split portal traffic from application traffic, then
+//! request ([`crate::context`]), split portal traffic from application traffic, then
 //! enforcement ([`crate::enforce`]) in front of the proxy ([`crate::proxy`]).
 //! [`Gateway::admin_router`] serves health, readiness and metrics.
 
-pub mod prepare;
 mod service;
 
 use std::sync::Arc;
@@ -21,9 +20,9 @@ use crate::passwords::PasswordPool;
 use crate::policy::Policy;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::regulation::Regulator;
-use crate::secret::Secret;
 use crate::session::SessionCodec;
 use crate::session::revocation::RevocationView;
+use crate::state::{AppState, Handles};
 use crate::store::SharedStore;
 use crate::users::{SharedUsers, UserDirectory, UserSync};
 
@@ -40,31 +39,14 @@ pub enum BuildError {
     Directory(String),
 }
 
-/// Everything a request handler may need, shared.
-#[derive(Debug)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub clock: SharedClock,
-    pub store: SharedStore,
-    pub enforcer: Arc<Enforcer>,
-    pub passwords: PasswordPool,
-    pub regulator: Regulator,
-    /// Key for CSRF tokens (derived from the first session secret).
-    pub csrf_key: Secret,
-    /// Seals factor secrets at rest; `None` without `store.encryption_keys`
-    /// (enrolling a factor then fails with a clear error).
-    pub sealer: Option<Arc<crate::factors::sealing::Sealer>>,
-    /// Wrong admin tokens by client address (per process).
-    pub admin_throttle: crate::admin::throttle::TokenThrottle,
-    /// `[users.ldap]`: the directory users sign in against, if configured.
-    pub directory: Option<Arc<crate::users::ldap::LdapDirectory>>,
-}
-
 /// A running gateway's parts.
 #[derive(Clone)]
 pub struct Gateway {
     state: Arc<AppState>,
     proxy: Proxy,
+    /// Wrong admin tokens by client address (per process, shared by every
+    /// admin router this gateway hands out).
+    admin_throttle: Arc<crate::admin::throttle::TokenThrottle>,
     background: Arc<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -142,16 +124,16 @@ impl Gateway {
             .first()
             .map(|s| crate::crypto::derive_key(s, "regulation-subject"))
             .unwrap_or_default();
-        let sealer = match crate::factors::sealing::Sealer::new(&config.store.encryption_keys) {
+        let sealer = match crate::sealing::Sealer::new(&config.store.encryption_keys) {
             Ok(s) => Some(Arc::new(s)),
-            Err(crate::factors::sealing::SealError::NoKeys) => None,
+            Err(crate::sealing::SealError::NoKeys) => None,
             Err(e) => return Err(BuildError::Keys(e.to_string())),
         };
         // A wrong or missing key is a start-up error. If the store cannot be
         // asked now, start anyway (protected routes fail closed until it
         // answers) and check once it does.
         let mut background = Vec::new();
-        use crate::factors::sealing::{KeyCheckError, check_keys, check_keys_when_reachable};
+        use crate::sealing::{KeyCheckError, check_keys, check_keys_when_reachable};
         match check_keys(store.as_ref(), sealer.as_deref()).await {
             Ok(()) => {}
             Err(KeyCheckError::Mismatch(m)) => return Err(BuildError::Keys(m)),
@@ -165,16 +147,19 @@ impl Gateway {
         let directory = crate::users::ldap::build(&config, &store, &revocations, &users, &mut background)
             .map_err(BuildError::Directory)?;
         let state = Arc::new(AppState {
-            regulator: Regulator::new(store.clone(), config.regulation.clone(), clock.clone())
-                .with_subject_key(subject_key),
+            handles: Handles {
+                regulator: Regulator::new(store.clone(), config.regulation.clone(), clock.clone())
+                    .with_subject_key(subject_key),
+                config: config.clone(),
+                clock: clock.clone(),
+                store: store.clone(),
+                sealer,
+                revocations: revocations.clone(),
+                users: users.clone(),
+            },
             passwords: PasswordPool::for_this_machine(),
-            config: config.clone(),
-            clock: clock.clone(),
-            store: store.clone(),
             enforcer,
             csrf_key,
-            sealer,
-            admin_throttle: crate::admin::throttle::TokenThrottle::default(),
             directory,
         });
         background.push(spawn_refresher(
@@ -187,6 +172,7 @@ impl Gateway {
         Ok(Self {
             state,
             proxy,
+            admin_throttle: Arc::default(),
             background: Arc::new(background),
         })
     }
@@ -208,7 +194,7 @@ impl Gateway {
 
     /// The admin listener's router.
     pub fn admin_router(&self) -> axum::Router {
-        crate::admin::router(self.state.clone())
+        crate::admin::router(self.state.clone(), self.admin_throttle.clone())
     }
 
     /// The main listener's service.

@@ -18,8 +18,7 @@ use tower::{Layer, Service, ServiceExt};
 use tower_http::catch_panic::{CatchPanic, ResponseForPanic};
 
 use super::AppState;
-use super::prepare::{self, ConnInfo};
-use crate::context::RequestContext;
+use crate::context::{self, ConnInfo, RequestContext};
 use crate::enforce::{AccessInfo, Mfa, MfaLayer, replace_path};
 use crate::error::{ApiError, ErrorCode};
 use crate::policy::normalize::normalize;
@@ -220,7 +219,7 @@ impl MainService {
                 None,
             );
         };
-        let Some((authority, host)) = prepare::authority(req.uri(), req.headers()) else {
+        let Some((authority, host)) = context::authority(req.uri(), req.headers()) else {
             // Also two Host headers, or one disagreeing with the target.
             let mut res = bad_request("missing or invalid Host");
             res.extensions_mut().insert(AccessInfo {
@@ -243,7 +242,7 @@ impl MainService {
                 crate::audit!(
                     "request.path_refused",
                     reason = %e,
-                    client = %prepare::client_addr(conn.peer.ip(), req.headers(), &cfg.server.trusted_proxies),
+                    client = %context::client_addr(conn.peer.ip(), req.headers(), &cfg.server.trusted_proxies),
                     request_id = %request_id,
                 );
                 let mut res = bad_request(&format!("invalid path: {e}"));
@@ -262,8 +261,8 @@ impl MainService {
         let logged_path = req.uri().path_and_query().cloned();
         let ctx = RequestContext {
             peer_addr: conn.peer,
-            client_addr: prepare::client_addr(conn.peer.ip(), req.headers(), &cfg.server.trusted_proxies),
-            scheme: prepare::scheme(&conn, req.headers(), &cfg.server.trusted_proxies),
+            client_addr: context::client_addr(conn.peer.ip(), req.headers(), &cfg.server.trusted_proxies),
+            scheme: context::scheme(&conn, req.headers(), &cfg.server.trusted_proxies),
             authority,
             host: host.clone(),
             upstream: None,

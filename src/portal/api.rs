@@ -25,11 +25,11 @@ use serde_json::json;
 
 use super::login::{self, LoginError};
 use super::{Ctx, authn, push};
-use crate::admin::{Route, Verb};
+use crate::api::{Route, Verb};
 use crate::clock::rfc3339;
 use crate::enforce::SessionState;
 use crate::error::{ApiError, ErrorCode};
-use crate::gateway::AppState;
+use crate::state::AppState;
 use crate::users::User;
 
 /// What a route of [`ROUTES`] does.

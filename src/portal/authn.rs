@@ -43,116 +43,42 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::Ctx;
 use super::api::{cross_site_guard, embedded_user, login_error};
 use super::login;
-use crate::admin::factors::verify_error;
+use super::transaction::expiry;
+pub(crate) use super::transaction::{AuthnState, IssuedSession, Mode, Pending, Status};
+use crate::api::factors::okta_factor;
+use crate::api::{Caller, unavailable, verify_error};
 use crate::clock::{UnixTime, rfc3339};
+use crate::crypto::token_id;
 use crate::enforce::AccessInfo;
 use crate::error::{ApiError, ErrorCode};
 use crate::factors::{
-    self, Challenge, ChallengeContext, ChallengeError, Factor, PushResult, TOTP_TYPE, VerifyError,
+    self, Challenge, ChallengeContext, ChallengeError, Factor, FactorType, PushResult, TOTP_TYPE,
+    VerifyError, kind_of,
 };
-use crate::gateway::AppState;
 use crate::ids::Ids;
 use crate::secret::Secret;
 use crate::session::SessionClaims;
-use crate::store::{FactorRecord, FactorStatus, StoreError, TransactionRecord};
+use crate::state::AppState;
+use crate::store::{FactorRecord, FactorStatus, TransactionRecord};
 use crate::users::User;
 
-/// A transaction lives this long after its last step...
-pub const STEP_TTL: i64 = 5 * 60;
-/// ...and at most this long after it began.
-pub const TOTAL_TTL: i64 = 15 * 60;
 /// A `sessionToken` is valid this long, once.
-pub const SESSION_TOKEN_TTL: i64 = 60;
+pub(crate) const SESSION_TOKEN_TTL: i64 = 60;
 const KIND: &str = "authn";
 const SESSION_TOKEN: &str = "session_token";
 
-/// Where a transaction stands.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct AuthnState {
-    pub(crate) status: String,
-    pub(crate) created: UnixTime,
-    /// When the first factor was verified.
-    pub(crate) auth: UnixTime,
-    pub(crate) amr: Vec<String>,
-    /// The factor enrolled in this transaction, if any.
-    pub(crate) enrolled: Option<String>,
-    /// A passwordless sign-in (username, then one possession factor).
-    #[serde(default)]
-    pub(crate) passwordless: bool,
-    /// A decoy for an unknown user (or one without a passwordless factor).
-    #[serde(default)]
-    pub(crate) decoy: bool,
-    /// The login as typed (passwordless).
-    #[serde(default)]
-    pub(crate) login: String,
-    /// The factor challenged last (code sent, push waiting).
-    #[serde(default)]
-    pub(crate) challenge: Option<Pending>,
-    /// The level-1 session the password step issued: its id, retired when
-    /// the second factor upgrades it (the verify call need not carry that
-    /// cookie), and its sign-in id, which the upgraded session continues.
-    #[serde(default)]
-    pub(crate) session: Option<IssuedSession>,
-}
-
-/// A session id issued along a transaction, and its sign-in id.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct IssuedSession {
-    pub(crate) sid: String,
-    pub(crate) sin: String,
-}
-
-/// An out-of-band challenge in progress.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct Pending {
-    pub(crate) factor_id: String,
-    /// Push: the transaction and the number the browser shows.
-    #[serde(default)]
-    pub(crate) transaction_id: Option<String>,
-    #[serde(default)]
-    pub(crate) correct_answer: Option<u8>,
-    pub(crate) expires_at: UnixTime,
-}
-
-/// The `amr` value a factor type adds (RFC 8176 where it has one).
-pub fn amr_of(factor_type: &str) -> &'static str {
-    match factor_type {
-        "sms" => "sms",
-        "call" => "tel",
-        "email" => "email",
-        "push" => "push",
-        _ => "otp",
-    }
-}
-
-/// Lookup id of a bearer token: its SHA-256, so stored ids cannot be replayed.
-pub fn token_id(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-fn expiry(created: UnixTime, now: UnixTime) -> UnixTime {
-    (now + STEP_TTL).min(created + TOTAL_TTL)
-}
-
-fn unavailable(e: StoreError) -> Response {
-    tracing::error!(error = %e, "store error in the authentication API");
-    ApiError::new(ErrorCode::E0000009).into_response()
-}
+pub(crate) use crate::factors::amr_of;
 
 /// A JSON answer (200, `no-store`).
 pub(super) fn json_response(body: Value) -> Response {
-    let mut res = (StatusCode::OK, body.to_string()).into_response();
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+    crate::api::json_no_store(StatusCode::OK, &body)
 }
 
 /// Applies the cross-site rules and parses the JSON body (else `E0000003`);
@@ -168,36 +94,15 @@ pub(super) fn json_request<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(body).map_err(|_| Box::new(ApiError::new(ErrorCode::E0000003).into_response()))
 }
 
-/// The Okta factor object as embedded in authn answers.
-pub fn factor_json(st: &AppState, f: &Factor) -> Value {
-    let r = &f.record;
-    let prefix = &st.config.portal.prefix;
-    let mut v = json!({
-        "id": r.id,
-        "factorType": r.factor_type,
-        "provider": r.provider,
-        "vendorName": r.provider,
-        "status": r.status.as_str(),
-        "profile": r.profile,
-        "_links": {
-            "verify": { "href": format!("{prefix}/api/v1/authn/factors/{}/verify", r.id), "hints": { "allow": ["POST"] } }
-        },
-    });
-    if r.created > 0 {
-        v["created"] = json!(rfc3339(r.created));
-        v["lastUpdated"] = json!(rfc3339(r.last_updated));
-    }
-    v
-}
-
 /// A factor as the authn API shows it: code factors' addresses masked, a
 /// push factor's device name only (never its key or address).
-pub fn authn_factor_json(st: &AppState, f: &Factor) -> Value {
-    let mut v = factor_json(st, f);
+pub(crate) fn authn_factor_json(st: &AppState, f: &Factor) -> Value {
+    let mut v = okta_factor(st, f);
     let t = f.record.factor_type.as_str();
-    if factors::otp::is_code_type(t) {
+    let kind = kind_of(t);
+    if kind.is_some_and(|k| k.sends_code()) {
         v["profile"] = factors::otp::masked_profile(t, &f.record.profile);
-    } else if t == "push" {
+    } else if kind.is_some_and(|k| k.answered_by_device()) {
         v["profile"] = json!({ "deviceName": f.record.profile["deviceName"] });
     }
     v
@@ -320,7 +225,7 @@ async fn passwordless_factors(
     user: &User,
     state: &AuthnState,
 ) -> Result<Vec<Factor>, Response> {
-    if state.decoy {
+    if state.mode.is_decoy() {
         return Ok(decoy_factors(st, &state.login));
     }
     let types = passwordless_types(st);
@@ -337,7 +242,7 @@ fn recovery_json(st: &AppState, user: &User) -> Value {
     let id = recovery_factor_id(&user.id);
     json!({
         "id": id,
-        "factorType": "recovery_code",
+        "factorType": factors::recovery::RECOVERY_TYPE,
         "provider": "PORTCULLIS",
         "vendorName": "PORTCULLIS",
         "status": "ACTIVE",
@@ -356,24 +261,12 @@ pub fn recovery_factor_id(user_id: &str) -> String {
 fn catalog(st: &AppState) -> Vec<Value> {
     let prefix = &st.config.portal.prefix;
     let mut out = Vec::new();
-    if st.config.factors.totp.enabled {
-        for provider in ["GOOGLE", "OKTA"] {
+    for t in FactorType::enabled(&st.config.factors) {
+        for provider in t.kind().providers() {
             out.push(json!({
-                "factorType": TOTP_TYPE,
+                "factorType": t.as_str(),
                 "provider": provider,
                 "vendorName": provider,
-                "status": "NOT_SETUP",
-                "enrollment": "OPTIONAL",
-                "_links": { "enroll": { "href": format!("{prefix}/api/v1/authn/factors"), "hints": { "allow": ["POST"] } } },
-            }));
-        }
-    }
-    for t in ["sms", "call", "email", "push"] {
-        if factors::type_enabled(st, t) {
-            out.push(json!({
-                "factorType": t,
-                "provider": "OKTA",
-                "vendorName": "OKTA",
                 "status": "NOT_SETUP",
                 "enrollment": "OPTIONAL",
                 "_links": { "enroll": { "href": format!("{prefix}/api/v1/authn/factors"), "hints": { "allow": ["POST"] } } },
@@ -393,7 +286,7 @@ fn state_answer(
     factors: Vec<Value>,
 ) -> Value {
     let prefix = &st.config.portal.prefix;
-    let user_json = if state.passwordless {
+    let user_json = if state.mode.is_passwordless() {
         passwordless_user_json(st, &state.login)
     } else {
         embedded_user(user)
@@ -401,7 +294,7 @@ fn state_answer(
     json!({
         "stateToken": token,
         "expiresAt": rfc3339(expires),
-        "status": state.status,
+        "status": state.status.as_str(),
         "_embedded": { "user": user_json, "factors": factors },
         "_links": { "cancel": { "href": format!("{prefix}/api/v1/authn/cancel"), "hints": { "allow": ["POST"] } } },
     })
@@ -494,7 +387,7 @@ pub struct AuthnRequest {
 }
 
 /// `POST {prefix}/api/v1/authn`: the password step.
-pub async fn authn(
+pub(crate) async fn authn(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     method: Method,
@@ -583,7 +476,11 @@ pub async fn authn(
     login::end_prior_sign_in(&st, &headers).await;
     let (level1, cookie) = login::issue_session(&st, &user, 1, amr.clone(), None);
     let state = AuthnState {
-        status: if enrolling { "MFA_ENROLL" } else { "MFA_REQUIRED" }.into(),
+        status: if enrolling {
+            Status::Enroll
+        } else {
+            Status::Required
+        },
         created: now,
         auth: now,
         amr,
@@ -630,7 +527,7 @@ pub async fn authn(
 
 /// True for a session signed in by a possession factor alone (passwordless):
 /// the password is its second step.
-pub fn needs_password(amr: &[String]) -> bool {
+pub(crate) fn needs_password(amr: &[String]) -> bool {
     !amr.is_empty() && !amr.iter().any(|m| m == "pwd")
 }
 
@@ -717,10 +614,10 @@ pub(crate) async fn begin_passwordless(st: &AppState, login: &str) -> Result<Sta
         .cloned();
     let now = st.clock.now();
     let mut state = AuthnState {
-        status: "MFA_REQUIRED".into(),
+        status: Status::Required,
+        mode: Mode::Passwordless,
         created: now,
         auth: now,
-        passwordless: true,
         login: login.to_owned(),
         ..AuthnState::default()
     };
@@ -753,12 +650,12 @@ pub(crate) async fn begin_passwordless(st: &AppState, login: &str) -> Result<Sta
         }
     };
     let listed = if listed.is_empty() {
-        state.decoy = true;
+        state.mode = Mode::Decoy;
         decoy_factors(st, login)
     } else {
         listed
     };
-    if state.decoy {
+    if state.mode.is_decoy() {
         crate::audit!("signin.passwordless.decoy", login = %login);
     } else {
         crate::audit!("signin.passwordless.started", user = %user.username);
@@ -838,7 +735,7 @@ pub(crate) async fn load_token(st: &AppState, token: &str) -> Result<Loaded, Res
     };
     let state: AuthnState = serde_json::from_value(record.data.clone())
         .map_err(|_| ApiError::new(ErrorCode::E0000011).into_response())?;
-    let user = if state.decoy {
+    let user = if state.mode.is_decoy() {
         Some(Arc::new(User {
             id: record.user_id.clone(),
             username: state.login.clone(),
@@ -905,26 +802,8 @@ fn missing_passcode() -> Response {
         .into_response()
 }
 
-/// Maps a failed challenge to its answer (429s with the rate-limit headers).
-pub fn challenge_error(st: &AppState, factor_type: &str, e: ChallengeError) -> Response {
-    let now = st.clock.now();
-    match e {
-        ChallengeError::TooSoon(at) => {
-            ApiError::rate_limited_as(ErrorCode::E0000109, 1, at, now).into_response()
-        }
-        ChallengeError::RateLimited(at) => {
-            let limit = factors::otp::config(st, factor_type)
-                .map_or(factors::push::MAX_PUSHES_PER_HOUR, |c| c.max_sends_per_hour);
-            ApiError::rate_limited(limit, at, now).into_response()
-        }
-        ChallengeError::Delivery => ApiError::new(ErrorCode::E0000009)
-            .cause("The message could not be delivered. Try again later or use another factor.")
-            .into_response(),
-        ChallengeError::NotActive | ChallengeError::NotChallenged => {
-            ApiError::new(ErrorCode::E0000154).into_response()
-        }
-        ChallengeError::Unavailable => ApiError::new(ErrorCode::E0000009).into_response(),
-    }
+fn challenge_error(st: &AppState, factor_type: &str, e: ChallengeError) -> Response {
+    crate::api::challenge_error(st, Caller::Authn, factor_type, e)
 }
 
 /// The user's factor `factor_id` (else `E0000007`).
@@ -943,7 +822,7 @@ pub(crate) async fn resolve_factor(
     loaded: &Loaded,
     factor_id: &str,
 ) -> Result<Factor, Response> {
-    if loaded.state.passwordless {
+    if loaded.state.mode.is_passwordless() {
         return passwordless_factors(st, &loaded.user, &loaded.state)
             .await?
             .into_iter()
@@ -996,7 +875,7 @@ async fn complete(st: &AppState, headers: &HeaderMap, loaded: &Loaded, method: &
     }
     let mut amr = loaded.state.amr.clone();
     crate::session::add_method(&mut amr, method);
-    if loaded.state.passwordless {
+    if loaded.state.mode.is_passwordless() {
         crate::audit!("signin.passwordless.succeeded", user = %loaded.user.username, method = method);
         login::end_prior_sign_in(st, headers).await;
         success(st, &loaded.user, 1, amr, st.clock.now(), None, None).await
@@ -1034,7 +913,7 @@ fn challenge_answer(
     let prefix = &st.config.portal.prefix;
     let fid = &factor.record.id;
     let ft = factor.record.factor_type.as_str();
-    let embedded = if state.passwordless {
+    let embedded = if state.mode.is_passwordless() {
         passwordless_factor_json(st, factor, &state.login)
     } else {
         authn_factor_json(st, factor)
@@ -1062,7 +941,7 @@ fn challenge_answer(
 
 /// Sends a code for `factor` and answers `MFA_CHALLENGE`.
 async fn send_code(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) -> Response {
-    let sent = if loaded.state.decoy {
+    let sent = if loaded.state.mode.is_decoy() {
         // Decoys list no code factors; refuse like an inactive factor.
         Err(ChallengeError::NotActive)
     } else {
@@ -1073,16 +952,12 @@ async fn send_code(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) -
         Ok(Challenge::Push { .. }) => return ApiError::new(ErrorCode::E0000154).into_response(),
         Err(e) => return challenge_error(st, &factor.record.factor_type, e),
     };
-    let state = AuthnState {
-        status: "MFA_CHALLENGE".into(),
-        challenge: Some(Pending {
-            factor_id: factor.record.id.clone(),
-            transaction_id: None,
-            correct_answer: None,
-            expires_at,
-        }),
-        ..loaded.state.clone()
-    };
+    let state = loaded.state.challenged(Pending {
+        factor_id: factor.record.id.clone(),
+        transaction_id: None,
+        correct_answer: None,
+        expires_at,
+    });
     match save(st, loaded, &state).await {
         Ok(expires) => challenge_answer(st, loaded, &state, expires, factor, None),
         Err(r) => r,
@@ -1099,7 +974,7 @@ async fn start_push(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) 
     {
         factors::push::abandon(st, old).await;
     }
-    let started = if loaded.state.decoy {
+    let started = if loaded.state.mode.is_decoy() {
         factors::push::decoy(st, &loaded.record.user_id, &factor.record.id).await
     } else {
         factors::challenge(st, &loaded.user, factor, &challenge_context(ctx, loaded)).await
@@ -1111,18 +986,14 @@ async fn start_push(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) 
             correct_answer,
         }) => (transaction_id, expires_at, correct_answer),
         Ok(Challenge::CodeSent { .. }) => return ApiError::new(ErrorCode::E0000154).into_response(),
-        Err(e) => return challenge_error(st, "push", e),
+        Err(e) => return challenge_error(st, &factor.record.factor_type, e),
     };
-    let state = AuthnState {
-        status: "MFA_CHALLENGE".into(),
-        challenge: Some(Pending {
-            factor_id: factor.record.id.clone(),
-            transaction_id: Some(tid),
-            correct_answer: Some(number),
-            expires_at,
-        }),
-        ..loaded.state.clone()
-    };
+    let state = loaded.state.challenged(Pending {
+        factor_id: factor.record.id.clone(),
+        transaction_id: Some(tid),
+        correct_answer: Some(number),
+        expires_at,
+    });
     match save(st, loaded, &state).await {
         Ok(expires) => challenge_answer(
             st,
@@ -1160,15 +1031,12 @@ async fn poll_push(
             Some((PushResult::Waiting, pending.correct_answer)),
         ),
         PushResult::Success => match factors::push::consume(st, &loaded.user, factor, tid).await {
-            Ok(true) => complete(st, headers, loaded, "push").await,
+            Ok(true) => complete(st, headers, loaded, amr_of(&factor.record.factor_type)).await,
             Ok(false) => ApiError::new(ErrorCode::E0000011).into_response(),
             Err(e) => verify_error(e),
         },
         done @ (PushResult::Rejected | PushResult::Timeout) => {
-            let state = AuthnState {
-                challenge: None,
-                ..loaded.state.clone()
-            };
+            let state = loaded.state.challenge_ended();
             match save(st, loaded, &state).await {
                 Ok(expires) => challenge_answer(st, loaded, &state, expires, factor, Some((done, None))),
                 Err(r) => r,
@@ -1178,7 +1046,7 @@ async fn poll_push(
 }
 
 /// `POST {prefix}/api/v1/authn/factors/{factorId}/verify`.
-pub async fn verify(
+pub(crate) async fn verify(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     Ids(factor_id): Ids<String>,
@@ -1193,8 +1061,8 @@ pub async fn verify(
     let user = loaded.user.clone();
     let addr = ctx.0.client_addr;
     // Recovery codes (never for a passwordless sign-in).
-    if factor_id == recovery_factor_id(&user.id) && !loaded.state.passwordless {
-        if !matches!(loaded.state.status.as_str(), "MFA_REQUIRED" | "MFA_CHALLENGE") {
+    if factor_id == recovery_factor_id(&user.id) && !loaded.state.mode.is_passwordless() {
+        if !loaded.state.status.may_verify() {
             return ApiError::new(ErrorCode::E0000079).into_response();
         }
         let Some(code) = req.pass_code.filter(|c| !c.trim().is_empty()) else {
@@ -1205,10 +1073,10 @@ pub async fn verify(
         }
         return complete(&st, &headers, &loaded, "recovery").await;
     }
-    if !matches!(loaded.state.status.as_str(), "MFA_REQUIRED" | "MFA_CHALLENGE") {
+    if !loaded.state.status.may_verify() {
         // Another user's (or no) factor is 404 first, as everywhere.
         return match (
-            loaded.state.passwordless,
+            loaded.state.mode.is_passwordless(),
             factors::find(&st, &user, &factor_id).await,
         ) {
             (false, Ok(None)) | (true, _) => ApiError::new(ErrorCode::E0000007).into_response(),
@@ -1221,12 +1089,28 @@ pub async fn verify(
         Err(r) => return r,
     };
     let code = req.pass_code.filter(|c| !c.trim().is_empty());
-    match factor.record.factor_type.as_str() {
-        TOTP_TYPE => {
+    match kind_of(&factor.record.factor_type) {
+        Some(k) if k.answered_by_device() => match loaded.state.challenge.clone() {
+            Some(p) if p.factor_id == factor.record.id && p.transaction_id.is_some() => {
+                poll_push(&st, &headers, &loaded, &factor, &p).await
+            }
+            _ => start_push(&st, &ctx, &loaded, &factor).await,
+        },
+        Some(k) if k.sends_code() => match code {
+            None => send_code(&st, &ctx, &loaded, &factor).await,
+            Some(code) => {
+                if let Err(e) = factors::verify(&st, &user, &factor, &code, addr, &loaded.flow()).await {
+                    return verify_error(e);
+                }
+                complete(&st, &headers, &loaded, k.amr()).await
+            }
+        },
+        // A code the user reads from the factor (an authenticator app).
+        Some(k) => {
             let Some(code) = code else {
                 return missing_passcode();
             };
-            if loaded.state.decoy {
+            if loaded.state.mode.is_decoy() {
                 return verify_error(
                     decoy_verify(&st, &loaded, addr)
                         .await
@@ -1237,37 +1121,22 @@ pub async fn verify(
             // In a passwordless sign-in the code is the first factor: its
             // failures count like passwords (strangers cannot lock the user).
             let verified = crate::regulation::as_first_factor(
-                loaded.state.passwordless,
-                factors::verify_totp(&st, &user, &factor, &code, addr, false),
+                loaded.state.mode.is_passwordless(),
+                factors::verify(&st, &user, &factor, &code, addr, &loaded.flow()),
             )
             .await;
             if let Err(e) = verified {
                 return verify_error(e);
             }
-            complete(&st, &headers, &loaded, "otp").await
+            complete(&st, &headers, &loaded, k.amr()).await
         }
-        t @ ("sms" | "call" | "email") => match code {
-            None => send_code(&st, &ctx, &loaded, &factor).await,
-            Some(code) => {
-                if let Err(e) = factors::verify(&st, &user, &factor, &code, addr, &loaded.flow()).await {
-                    return verify_error(e);
-                }
-                complete(&st, &headers, &loaded, amr_of(t)).await
-            }
-        },
-        "push" => match loaded.state.challenge.clone() {
-            Some(p) if p.factor_id == factor.record.id && p.transaction_id.is_some() => {
-                poll_push(&st, &headers, &loaded, &factor, &p).await
-            }
-            _ => start_push(&st, &ctx, &loaded, &factor).await,
-        },
-        _ => ApiError::new(ErrorCode::E0000154).into_response(),
+        None => ApiError::new(ErrorCode::E0000154).into_response(),
     }
 }
 
 /// `POST {prefix}/api/v1/authn/factors/{factorId}/verify/resend`: sends the
 /// code or push of the factor being challenged again (rate limited).
-pub async fn resend(
+pub(crate) async fn resend(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     Ids(factor_id): Ids<String>,
@@ -1283,20 +1152,18 @@ pub async fn resend(
         Ok(f) => f,
         Err(r) => return r,
     };
-    if loaded.state.status != "MFA_CHALLENGE"
-        || loaded.state.challenge.as_ref().map(|p| p.factor_id.as_str()) != Some(factor_id.as_str())
-    {
+    if !loaded.state.is_challenging(&factor_id) {
         return ApiError::new(ErrorCode::E0000079).into_response();
     }
-    match factor.record.factor_type.as_str() {
-        "sms" | "call" | "email" => send_code(&st, &ctx, &loaded, &factor).await,
-        "push" => start_push(&st, &ctx, &loaded, &factor).await,
+    match kind_of(&factor.record.factor_type) {
+        Some(k) if k.sends_code() => send_code(&st, &ctx, &loaded, &factor).await,
+        Some(k) if k.answered_by_device() => start_push(&st, &ctx, &loaded, &factor).await,
         _ => ApiError::new(ErrorCode::E0000079).into_response(),
     }
 }
 
 /// `POST {prefix}/api/v1/authn/factors`: enroll a factor (only in `MFA_ENROLL`).
-pub async fn enroll(
+pub(crate) async fn enroll(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     method: Method,
@@ -1307,7 +1174,7 @@ pub async fn enroll(
         Ok(x) => x,
         Err(r) => return r,
     };
-    if loaded.state.status != "MFA_ENROLL"
+    if loaded.state.status != Status::Enroll
         || st.config.users.enrollment != crate::config::Enrollment::FirstLogin
     {
         return ApiError::new(ErrorCode::E0000079).into_response();
@@ -1324,12 +1191,10 @@ pub async fn enroll(
     }
     let factor_type = req.factor_type.unwrap_or_default();
     let provider = req.provider.unwrap_or_else(|| {
-        if factor_type == TOTP_TYPE {
-            "GOOGLE"
-        } else {
-            "OKTA"
-        }
-        .into()
+        kind_of(&factor_type)
+            .and_then(|k| k.providers().first().copied())
+            .unwrap_or("OKTA")
+            .into()
     });
     let profile = req.profile.unwrap_or_else(|| json!({}));
     let enrolled = match factors::enroll(&st, &user, &factor_type, &provider, &profile, &loaded.flow()).await
@@ -1353,11 +1218,7 @@ pub async fn enroll(
             return ApiError::new(ErrorCode::E0000009).into_response();
         }
     };
-    let state = AuthnState {
-        status: "MFA_ENROLL_ACTIVATE".into(),
-        enrolled: Some(enrolled.factor().id.clone()),
-        ..loaded.state.clone()
-    };
+    let state = loaded.state.enrolled(&enrolled.factor().id);
     let expires = match save(&st, &loaded, &state).await {
         Ok(e) => e,
         Err(r) => return r,
@@ -1365,7 +1226,7 @@ pub async fn enroll(
     let record = enrolled.factor().clone();
     let prefix = &st.config.portal.prefix;
     let activate_href = format!("{prefix}/api/v1/authn/factors/{}/lifecycle/activate", record.id);
-    let mut factor = factor_json(
+    let mut factor = okta_factor(
         &st,
         &Factor {
             record: record.clone(),
@@ -1429,7 +1290,7 @@ pub async fn enroll(
 }
 
 /// `POST {prefix}/api/v1/authn/factors/{factorId}/lifecycle/activate`.
-pub async fn activate(
+pub(crate) async fn activate(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     Ids(factor_id): Ids<String>,
@@ -1446,13 +1307,11 @@ pub async fn activate(
         Ok(f) => f,
         Err(r) => return r,
     };
-    if loaded.state.status != "MFA_ENROLL_ACTIVATE"
-        || loaded.state.enrolled.as_deref() != Some(factor_id.as_str())
-    {
+    if !loaded.state.is_activating(&factor_id) {
         return ApiError::new(ErrorCode::E0000079).into_response();
     }
     let method = amr_of(&factor.record.factor_type);
-    if factor.record.factor_type == "push" {
+    if kind_of(&factor.record.factor_type).is_some_and(|k| !k.activated_by_code()) {
         // The device activates the factor; this polls for it.
         if !factor.is_active() {
             let timed_out = st.clock.now() >= factor.record.created + factors::push::ACTIVATION_TTL;
@@ -1502,7 +1361,7 @@ pub async fn activate(
 
 /// `POST {prefix}/api/v1/authn/factors/{factorId}/lifecycle/resend`: sends
 /// the activation code of the factor enrolled in this transaction again.
-pub async fn resend_activation(
+pub(crate) async fn resend_activation(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     Ids(factor_id): Ids<String>,
@@ -1518,9 +1377,8 @@ pub async fn resend_activation(
         Ok(f) => f,
         Err(r) => return r,
     };
-    if loaded.state.status != "MFA_ENROLL_ACTIVATE"
-        || loaded.state.enrolled.as_deref() != Some(factor_id.as_str())
-        || !factors::otp::is_code_type(&factor.record.factor_type)
+    if !loaded.state.is_activating(&factor_id)
+        || !kind_of(&factor.record.factor_type).is_some_and(|k| k.sends_code())
     {
         return ApiError::new(ErrorCode::E0000079).into_response();
     }
@@ -1536,12 +1394,12 @@ pub async fn resend_activation(
         &loaded,
         &loaded.state,
         expires,
-        factor_json(&st, &factor),
+        okta_factor(&st, &factor),
     ))
 }
 
 /// `POST {prefix}/api/v1/authn/cancel`.
-pub async fn cancel(
+pub(crate) async fn cancel(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     method: Method,
@@ -1559,14 +1417,14 @@ pub async fn cancel(
 }
 
 #[derive(Deserialize)]
-pub struct SessionQuery {
+pub(crate) struct SessionQuery {
     token: Option<String>,
     rd: Option<String>,
 }
 
 /// `GET {prefix}/session?token=...&rd=...`: exchanges a one-time sessionToken
 /// for the session cookie and redirects.
-pub async fn exchange(
+pub(crate) async fn exchange(
     State(st): State<Arc<AppState>>,
     ctx: Ctx,
     headers: HeaderMap,

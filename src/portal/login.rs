@@ -11,19 +11,18 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 
 use crate::audit;
-use crate::gateway::AppState;
 use crate::identity::Level;
 use crate::regulation::Blocked;
 use crate::secret::Secret;
 use crate::session::SessionClaims;
+use crate::state::AppState;
 use crate::users::User;
 
 /// Logins longer than this cannot exist; they are failed without a lookup
 /// and counted under a hash (see [`crate::limits`]).
 pub const MAX_LOGIN_LEN: usize = crate::limits::MAX_LOGIN_BYTES;
-/// Passwords longer than this are refused (argon2 accepts any length; this
-/// bounds the work an anonymous caller can ask for).
-pub const MAX_PASSWORD_LEN: usize = 1024;
+/// Passwords longer than this are refused (see [`crate::passwords`]).
+pub const MAX_PASSWORD_LEN: usize = crate::passwords::MAX_PASSWORD_LEN;
 
 /// Why a password step did not sign anyone in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The self-service factor API: a signed-in user's own factors at
 //! `{prefix}/api/v1/users/me/factors...`, with the same operations and
 //! answers as the admin Factors API (one implementation,
-//! [`crate::admin::factors`], given "who is the user").
+//! [`crate::api::factors`], given "who is the user").
 //!
 //! Every request needs, in this order: the section 6 cross-site rules
 //! (unsafe methods send `Content-Type: application/json`, browsers a
@@ -24,13 +24,13 @@ use http::{HeaderMap, Method, header};
 
 use super::Ctx;
 use super::api::cross_site_guard;
-use crate::admin::factors::{self as api, EnrollQuery, FactorOp, Scope};
-use crate::admin::{Route, Verb};
+use crate::api::factors::{self as api, EnrollQuery, FactorOp, Scope};
+use crate::api::{Route, Verb};
 use crate::enforce::{ActiveSession, SessionState};
 use crate::error::{ApiError, ErrorCode};
-use crate::gateway::AppState;
 use crate::ids::Ids;
 use crate::session::find_cookie;
+use crate::state::AppState;
 
 /// The header that must echo the CSRF cookie.
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -161,7 +161,7 @@ async fn scope(
             recent_mfa(st, &s) || {
                 let all = crate::factors::list(st, &s.user)
                     .await
-                    .map_err(crate::admin::unavailable)?;
+                    .map_err(crate::api::unavailable)?;
                 crate::factors::usable(st, &all).is_empty()
                     && st.config.users.enrollment == crate::config::Enrollment::FirstLogin
             }

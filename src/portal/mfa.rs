@@ -22,9 +22,9 @@ use super::pages::render;
 use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
 use crate::enforce::{ActiveSession, SessionState};
 use crate::factors::{self, Factor, TOTP_TYPE, VerifyError};
-use crate::gateway::AppState;
 use crate::ids::Ids;
 use crate::policy::{Decision, RequestFacts};
+use crate::state::AppState;
 
 /// How recent a second factor must be to add or remove factors.
 pub const RECENT_MFA_SECS: i64 = 10 * 60;

@@ -19,6 +19,7 @@ pub mod pages;
 pub mod passwordless;
 pub mod push;
 pub mod redirect;
+mod transaction;
 
 /// The request body types of the JSON API, for the fuzz targets (`fuzz/`),
 /// which deserialize arbitrary bytes into them. Not a stable interface.
@@ -44,9 +45,9 @@ use serde::Deserialize;
 use crate::context::RequestContext;
 use crate::enforce::{AccessInfo, SessionState};
 use crate::error::{ApiError, ErrorCode};
-use crate::gateway::AppState;
 use crate::secret::Secret;
 use crate::session::find_cookie;
+use crate::state::AppState;
 use login::LoginError;
 
 /// The request context, as an extractor (the gateway's, or derived when the

@@ -23,8 +23,8 @@ use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other
 use crate::enforce::ActiveSession;
 use crate::error::{ApiError, ErrorCode};
 use crate::factors::{self, Challenge, ChallengeContext, ChallengeError, Factor, PushResult};
-use crate::gateway::AppState;
 use crate::secret::Secret;
+use crate::state::AppState;
 
 /// How a factor is named on the pages.
 pub fn describe(f: &Factor) -> String {

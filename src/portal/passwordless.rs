@@ -26,7 +26,7 @@ use super::pages::render;
 use super::{Ctx, csrf, csrf_token, enc, form_allowed, html, login, mfa, redirect, see_other};
 use crate::enforce::{AccessInfo, ActiveSession};
 use crate::factors::{self, Challenge, ChallengeContext, Factor, PushResult, TOTP_TYPE, VerifyError};
-use crate::gateway::AppState;
+use crate::state::AppState;
 
 /// The first page: the username only.
 pub fn username_page(st: &AppState, csrf: &str, rd: &str, username: &str, error: Option<&str>) -> String {
@@ -218,8 +218,7 @@ pub async fn factor_step(
     let Ok(loaded) = authn::load_token(&st, &f.state).await else {
         return expired(&st, &headers, &rd);
     };
-    if !loaded.state.passwordless || !matches!(loaded.state.status.as_str(), "MFA_REQUIRED" | "MFA_CHALLENGE")
-    {
+    if !loaded.state.mode.is_passwordless() || !loaded.state.status.may_verify() {
         return expired(&st, &headers, &rd);
     }
     let Ok(factor) = authn::resolve_factor(&st, &loaded, &f.factor).await else {
@@ -239,7 +238,7 @@ pub async fn factor_step(
         // Without a password step this code is the first factor: count its
         // failures like passwords, so strangers cannot lock the user out.
         let result = crate::regulation::as_first_factor(true, async {
-            if loaded.state.decoy {
+            if loaded.state.mode.is_decoy() {
                 authn::decoy_verify(&st, &loaded, addr).await
             } else {
                 factors::verify_totp(&st, &loaded.user, &factor, &f.code, addr, false).await
@@ -279,10 +278,7 @@ pub async fn factor_step(
             PushResult::Rejected => "The sign-in request was denied on your device.",
             PushResult::Timeout => "The sign-in request expired. Send a new one.",
         };
-        let cleared = authn::AuthnState {
-            challenge: None,
-            ..loaded.state.clone()
-        };
+        let cleared = loaded.state.challenge_ended();
         let _ = authn::save(&st, &loaded, &cleared).await;
         return again(StatusCode::FORBIDDEN, msg, &listed);
     }
@@ -295,7 +291,7 @@ pub async fn factor_step(
     {
         factors::push::abandon(&st, old).await;
     }
-    let started = if loaded.state.decoy {
+    let started = if loaded.state.mode.is_decoy() {
         factors::push::decoy(&st, &loaded.user.id, &factor.record.id).await
     } else {
         let cctx = ChallengeContext {
@@ -310,16 +306,12 @@ pub async fn factor_step(
             expires_at,
             correct_answer,
         }) => {
-            let state = authn::AuthnState {
-                status: "MFA_CHALLENGE".into(),
-                challenge: Some(Pending {
-                    factor_id: factor.record.id.clone(),
-                    transaction_id: Some(transaction_id.clone()),
-                    correct_answer: Some(correct_answer),
-                    expires_at,
-                }),
-                ..loaded.state.clone()
-            };
+            let state = loaded.state.challenged(Pending {
+                factor_id: factor.record.id.clone(),
+                transaction_id: Some(transaction_id.clone()),
+                correct_answer: Some(correct_answer),
+                expires_at,
+            });
             if authn::save(&st, &loaded, &state).await.is_err() {
                 return expired(&st, &headers, &rd);
             }

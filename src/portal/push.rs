@@ -27,8 +27,9 @@ use super::Ctx;
 use super::authn::{json_request, json_response};
 use crate::enforce::SessionState;
 use crate::error::{ApiError, ErrorCode};
+use crate::factors::FactorType;
 use crate::factors::push::{self, AnswerError, DeviceAnswer, DeviceError, DeviceRegistration};
-use crate::gateway::AppState;
+use crate::state::AppState;
 
 /// Where the polling script is served, relative to the prefix.
 pub const SCRIPT_PATH: &str = "/static/push.js";
@@ -118,7 +119,7 @@ pub async fn register(
         Ok(f) => json_response(json!({
             "id": f.id,
             "factorId": f.id,
-            "factorType": "push",
+            "factorType": f.factor_type,
             "provider": f.provider,
             "status": f.status.as_str(),
             "profile": { "deviceName": f.profile["deviceName"] },
@@ -213,9 +214,11 @@ pub async fn status(
         return ApiError::new(ErrorCode::E0000007).into_response();
     };
     match crate::factors::find(&st, &s.user, &fid).await {
-        Ok(Some(f)) if f.record.factor_type == "push" => json_response(json!({
-            "factorResult": if f.is_active() { "SUCCESS" } else { "WAITING" }
-        })),
+        Ok(Some(f)) if FactorType::parse(&f.record.factor_type) == Some(FactorType::Push) => {
+            json_response(json!({
+                "factorResult": if f.is_active() { "SUCCESS" } else { "WAITING" }
+            }))
+        }
         Ok(_) => ApiError::new(ErrorCode::E0000007).into_response(),
         Err(_) => ApiError::new(ErrorCode::E0000009).into_response(),
     }

@@ -33,7 +33,7 @@ pub use body::{BodyTimedOut, BodyTimer, TimedBody};
 pub use conn::{AddressLimit, AddressSlot, ConnectionLimit, Slot, raise_open_files_limit};
 
 use crate::config::{ServerConfig, defaults};
-use crate::gateway::prepare::ConnInfo;
+use crate::context::ConnInfo;
 use conn::{Activity, Io};
 
 /// Settings for one listener.

@@ -131,7 +131,7 @@ impl FactorStatus {
     }
 }
 
-/// A factor secret encrypted at rest (see `crate::factors::sealing`): the id
+/// A factor secret encrypted at rest (see `Sealer`, which seals and opens it): the id
 /// of the key that sealed it and the sealed bytes (nonce + ciphertext + tag).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedSecret {

@@ -41,7 +41,7 @@ fn operations(doc: &Value) -> BTreeSet<(String, String)> {
 }
 
 /// `(METHOD, path)` of a route table, under `prefix`.
-fn table<O>(routes: &[portcullis::admin::Route<O>], prefix: &str) -> BTreeSet<(String, String)> {
+fn table<O>(routes: &[portcullis::api::Route<O>], prefix: &str) -> BTreeSet<(String, String)> {
     routes
         .iter()
         .map(|r| (r.verb.as_str().to_owned(), format!("{prefix}{}", r.path)))

@@ -33,7 +33,7 @@ pub fn key(b: u8) -> String {
 
 /// The key id `portcullis` gives the key [`key`]`(b)`.
 pub fn key_id(b: u8) -> String {
-    portcullis::factors::sealing::key_id(&[b; 32])
+    portcullis::sealing::key_id(&[b; 32])
 }
 
 /// The user id of a users-file user.

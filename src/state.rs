@@ -1,0 +1,60 @@
+//! The shared handles every face of the gateway (the portal, the admin API,
+//! the main service) works with. Built once by [`crate::gateway::Gateway`].
+//!
+//! [`Handles`] is the narrow part the domain below the faces needs (the
+//! factors and the Factors API): configuration, clock, store, regulation,
+//! the sealer, the revocation view and the user directory. [`AppState`]
+//! adds what only the faces use (the session enforcer, password hashing,
+//! the CSRF key) and derefs to its handles, so a face passes `&state`
+//! wherever handles are asked for.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::enforce::Enforcer;
+use crate::passwords::PasswordPool;
+use crate::regulation::Regulator;
+use crate::sealing::Sealer;
+use crate::secret::Secret;
+use crate::session::revocation::RevocationView;
+use crate::store::SharedStore;
+use crate::users::SharedUsers;
+
+/// What factors and the Factors API work with.
+#[derive(Debug)]
+pub struct Handles {
+    pub config: Arc<Config>,
+    pub clock: SharedClock,
+    pub store: SharedStore,
+    pub regulator: Regulator,
+    /// Seals factor secrets at rest; `None` without `store.encryption_keys`
+    /// (enrolling a factor then fails with a clear error).
+    pub sealer: Option<Arc<Sealer>>,
+    /// The revocation view the enforcer reads: a factor reset moves the
+    /// user's session epoch here at once.
+    pub revocations: Arc<RevocationView>,
+    /// The user directory (users file and stored users) the enforcer reads.
+    pub users: SharedUsers,
+}
+
+/// Everything a request handler may need, shared.
+#[derive(Debug)]
+pub struct AppState {
+    pub handles: Handles,
+    pub enforcer: Arc<Enforcer>,
+    pub passwords: PasswordPool,
+    /// Key for CSRF tokens (derived from the first session secret).
+    pub csrf_key: Secret,
+    /// `[users.ldap]`: the directory users sign in against, if configured.
+    pub directory: Option<Arc<crate::users::ldap::LdapDirectory>>,
+}
+
+impl Deref for AppState {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        &self.handles
+    }
+}
