@@ -47,6 +47,17 @@ impl<'a> Ctx<'a> {
         });
     }
 
+    /// True when a problem was reported under a key starting with `key`
+    /// (`key` itself, `key.x`, `key[0]`, ...).
+    pub(super) fn has_problem_under(&self, key: &str) -> bool {
+        self.problems.iter().any(|p| p.key.starts_with(key))
+    }
+
+    /// True when a problem was reported at exactly `key`.
+    pub(super) fn has_problem_at(&self, key: &str) -> bool {
+        self.problems.iter().any(|p| p.key == key)
+    }
+
     pub(super) fn error_count(&self) -> usize {
         self.problems.len()
     }

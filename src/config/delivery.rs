@@ -8,7 +8,25 @@ use super::raw::RawDelivery;
 use super::secrets::secret;
 use super::{Delivery, SmtpConfig, SmtpTls};
 
-pub(super) fn convert_delivery(
+/// A factor's `delivery`: converted when given, and required when the factor
+/// is enabled (unless the one given was already reported as bad). `kinds`
+/// lists the choices for the message.
+pub(super) fn factor_delivery(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    raw: Option<RawDelivery>,
+    allow_smtp: bool,
+    enabled: bool,
+    kinds: &str,
+) -> Option<Delivery> {
+    let delivery = raw.and_then(|d| convert_delivery(cx, key, d, allow_smtp, enabled));
+    if enabled && delivery.is_none() && !cx.has_problem_under(key) {
+        cx.error(key, format!("is required when enabled ({kinds})"));
+    }
+    delivery
+}
+
+fn convert_delivery(
     cx: &mut Ctx<'_>,
     key: &str,
     raw: RawDelivery,
@@ -166,7 +184,7 @@ fn convert_smtp(cx: &mut Ctx<'_>, key: &str, raw: RawDelivery) -> Option<SmtpCon
         None => None,
         Some(text) => secret(cx, &k("password"), &text),
     };
-    if username.is_some() != password.is_some() && cx.problems.iter().all(|p| p.key != k("password")) {
+    if username.is_some() != password.is_some() && !cx.has_problem_at(&k("password")) {
         cx.error(k("username"), "username and password must be given together");
     }
     if tls == SmtpTls::None && password.is_some() {

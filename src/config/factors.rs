@@ -2,9 +2,9 @@
 //! recovery codes.
 
 use super::context::Ctx;
-use super::delivery::convert_delivery;
+use super::delivery::factor_delivery;
 use super::duration::duration;
-use super::fields::choice;
+use super::fields::{choice, in_range};
 use super::raw::{RawCodeFactor, RawPush, RawRecoveryCodes, RawTotp};
 use super::shape::section;
 use super::{
@@ -85,21 +85,10 @@ fn convert_totp(cx: &mut Ctx<'_>, raw: RawTotp) -> TotpConfig {
             defaults::TOTP_DIGITS
         }
     };
-    let period = match raw.period {
-        None => defaults::TOTP_PERIOD,
-        Some(p) if TOTP_PERIODS.contains(&p) => p,
-        Some(p) => {
-            cx.error(
-                "factors.totp.period",
-                format!(
-                    "must be between {} and {} seconds (got {p})",
-                    TOTP_PERIODS.start(),
-                    TOTP_PERIODS.end()
-                ),
-            );
-            defaults::TOTP_PERIOD
-        }
-    };
+    let period = raw
+        .period
+        .and_then(|p| in_range(cx, "factors.totp.period", p, TOTP_PERIODS, " seconds"))
+        .unwrap_or(defaults::TOTP_PERIOD);
     let algorithm = choice(
         cx,
         "factors.totp.algorithm",
@@ -117,17 +106,10 @@ fn convert_totp(cx: &mut Ctx<'_>, raw: RawTotp) -> TotpConfig {
             "many authenticator apps support only SHA1 and silently produce wrong codes",
         );
     }
-    let skew = match raw.skew {
-        None => defaults::TOTP_SKEW,
-        Some(s) if s <= MAX_TOTP_SKEW => s,
-        Some(s) => {
-            cx.error(
-                "factors.totp.skew",
-                format!("must be between 0 and {MAX_TOTP_SKEW} steps (got {s})"),
-            );
-            defaults::TOTP_SKEW
-        }
-    };
+    let skew = raw
+        .skew
+        .and_then(|s| in_range(cx, "factors.totp.skew", s, 0..=MAX_TOTP_SKEW, " steps"))
+        .unwrap_or(defaults::TOTP_SKEW);
     TotpConfig {
         enabled: raw.enabled.unwrap_or(defaults::TOTP_ENABLED),
         issuer,
@@ -159,26 +141,12 @@ fn check_template(text: &str) -> Result<(), String> {
 fn convert_code_factor(cx: &mut Ctx<'_>, which: &str, raw: RawCodeFactor) -> CodeFactorConfig {
     let k = |field: &str| format!("factors.{which}.{field}");
     let enabled = raw.enabled.unwrap_or(defaults::CODE_FACTOR_ENABLED);
-    let delivery = raw
-        .delivery
-        .and_then(|d| convert_delivery(cx, &k("delivery"), d, which == "email", enabled));
-    if enabled && delivery.is_none() && !cx.problems.iter().any(|p| p.key.starts_with(&k("delivery"))) {
-        cx.error(
-            k("delivery"),
-            "is required when enabled (webhook, command, smtp for email, or log/file for development)",
-        );
-    }
-    let code_length = match raw.code_length {
-        None => defaults::CODE_LENGTH,
-        Some(n) if (MIN_CODE_LENGTH..=MAX_CODE_LENGTH).contains(&n) => n,
-        Some(n) => {
-            cx.error(
-                k("code_length"),
-                format!("must be between {MIN_CODE_LENGTH} and {MAX_CODE_LENGTH} (got {n})"),
-            );
-            defaults::CODE_LENGTH
-        }
-    };
+    let kinds = "webhook, command, smtp for email, or log/file for development";
+    let delivery = factor_delivery(cx, &k("delivery"), raw.delivery, which == "email", enabled, kinds);
+    let code_length = raw
+        .code_length
+        .and_then(|n| in_range(cx, &k("code_length"), n, MIN_CODE_LENGTH..=MAX_CODE_LENGTH, ""))
+        .unwrap_or(defaults::CODE_LENGTH);
     let ttl = duration(cx, &k("ttl"), raw.ttl, defaults::CODE_TTL_SECS, false);
     let resend_after = duration(
         cx,
@@ -234,21 +202,8 @@ fn convert_code_factor(cx: &mut Ctx<'_>, which: &str, raw: RawCodeFactor) -> Cod
 
 fn convert_push(cx: &mut Ctx<'_>, raw: RawPush) -> PushConfig {
     let enabled = raw.enabled.unwrap_or(defaults::PUSH_ENABLED);
-    let delivery = raw
-        .delivery
-        .and_then(|d| convert_delivery(cx, "factors.push.delivery", d, false, enabled));
-    if enabled
-        && delivery.is_none()
-        && !cx
-            .problems
-            .iter()
-            .any(|p| p.key.starts_with("factors.push.delivery"))
-    {
-        cx.error(
-            "factors.push.delivery",
-            "is required when enabled (webhook, command, or log/file for development)",
-        );
-    }
+    let kinds = "webhook, command, or log/file for development";
+    let delivery = factor_delivery(cx, "factors.push.delivery", raw.delivery, false, enabled, kinds);
     let ttl = duration(cx, "factors.push.ttl", raw.ttl, defaults::PUSH_TTL_SECS, false);
     PushConfig {
         enabled,
@@ -258,17 +213,10 @@ fn convert_push(cx: &mut Ctx<'_>, raw: RawPush) -> PushConfig {
 }
 
 fn convert_recovery(cx: &mut Ctx<'_>, raw: RawRecoveryCodes) -> RecoveryCodesConfig {
-    let count = match raw.count {
-        None => defaults::RECOVERY_CODES,
-        Some(n) if (1..=MAX_RECOVERY_CODES).contains(&n) => n,
-        Some(n) => {
-            cx.error(
-                "factors.recovery_codes.count",
-                format!("must be between 1 and {MAX_RECOVERY_CODES} (got {n})"),
-            );
-            defaults::RECOVERY_CODES
-        }
-    };
+    let count = raw
+        .count
+        .and_then(|n| in_range(cx, "factors.recovery_codes.count", n, 1..=MAX_RECOVERY_CODES, ""))
+        .unwrap_or(defaults::RECOVERY_CODES);
     RecoveryCodesConfig {
         enabled: raw.enabled.unwrap_or(defaults::RECOVERY_CODES_ENABLED),
         count,

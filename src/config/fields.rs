@@ -1,7 +1,9 @@
 //! Pass 3 field helpers shared by the sections: choices, addresses, CIDRs,
 //! host names, URLs and lists, each reporting its problems under its key.
 
+use std::fmt::Display;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
 
 use ipnet::IpNet;
 
@@ -65,14 +67,48 @@ pub(super) fn parse_cidr(text: &str) -> Result<IpNet, String> {
 }
 
 pub(super) fn cidrs(cx: &mut Ctx<'_>, key: &str, values: Option<Vec<String>>) -> Vec<IpNet> {
+    each(cx, key, values, parse_cidr)
+}
+
+/// Converts each entry of a list; a bad entry is reported as `key[i]` and left out.
+pub(super) fn each<T>(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    values: Option<Vec<String>>,
+    mut convert: impl FnMut(&str) -> Result<T, String>,
+) -> Vec<T> {
     let mut out = Vec::new();
     for (i, text) in values.unwrap_or_default().iter().enumerate() {
-        match parse_cidr(text) {
-            Ok(net) => out.push(net),
+        match convert(text) {
+            Ok(value) => out.push(value),
             Err(e) => cx.error(format!("{key}[{i}]"), e),
         }
     }
     out
+}
+
+/// `value` when it lies in `range`; otherwise an error naming the range
+/// (`unit` follows its upper bound, e.g. `" seconds"`) and `None`, so that
+/// the caller falls back to its default.
+pub(super) fn in_range<T: PartialOrd + Display>(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    value: T,
+    range: RangeInclusive<T>,
+    unit: &str,
+) -> Option<T> {
+    if range.contains(&value) {
+        return Some(value);
+    }
+    cx.error(
+        key,
+        format!(
+            "must be between {} and {}{unit} (got {value})",
+            range.start(),
+            range.end()
+        ),
+    );
+    None
 }
 
 /// A `Host` name as the gateway compares it: lower-case, no port, no trailing dot.
@@ -121,15 +157,13 @@ pub(super) fn hosts(cx: &mut Ctx<'_>, key: &str, values: Option<Vec<String>>) ->
 }
 
 pub(super) fn non_empty_strings(cx: &mut Ctx<'_>, key: &str, values: Option<Vec<String>>) -> Vec<String> {
-    let mut out = Vec::new();
-    for (i, text) in values.unwrap_or_default().into_iter().enumerate() {
+    each(cx, key, values, |text| {
         if text.trim().is_empty() {
-            cx.error(format!("{key}[{i}]"), "must not be empty");
+            Err("must not be empty".into())
         } else {
-            out.push(text);
+            Ok(text.to_owned())
         }
-    }
-    out
+    })
 }
 
 /// An `http`/`https` URL with a host and without credentials, query or fragment.

@@ -8,9 +8,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::context::Ctx;
 use super::duration::duration;
-use super::fields::{cidrs, http_url, listen_addr};
+use super::fields::{cidrs, http_url, in_range, listen_addr};
 use super::raw::{RawAdmin, RawServer, RawTls};
-use super::secrets::{NamedSecret, secret_list};
+use super::secrets::{Absent, NamedSecret, secret_list};
 use super::{AdminConfig, ServerConfig, TlsConfig, defaults};
 
 /// hyper's smallest read buffer: below it the limit could not be enforced.
@@ -33,19 +33,12 @@ pub(super) fn convert_server(cx: &mut Ctx<'_>, raw: RawServer) -> ServerConfig {
         defaults::HEADER_READ_TIMEOUT_SECS,
         false,
     );
-    let max_header_bytes = match raw.max_header_bytes {
-        None => defaults::MAX_HEADER_BYTES,
-        Some(n) if (MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&n) => {
-            usize::try_from(n).unwrap_or(defaults::MAX_HEADER_BYTES)
-        }
-        Some(n) => {
-            cx.error(
-                "server.max_header_bytes",
-                format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES} (got {n})"),
-            );
-            defaults::MAX_HEADER_BYTES
-        }
-    };
+    let header_bytes = MIN_HEADER_BYTES..=MAX_HEADER_BYTES;
+    let max_header_bytes = raw
+        .max_header_bytes
+        .and_then(|n| in_range(cx, "server.max_header_bytes", n, header_bytes, ""))
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(defaults::MAX_HEADER_BYTES);
     // Zero is meaningful here: close remaining connections right away.
     let shutdown_timeout = duration(
         cx,
@@ -137,67 +130,48 @@ pub(super) fn convert_server(cx: &mut Ctx<'_>, raw: RawServer) -> ServerConfig {
 
 /// A connection count: at least 1, at most [`MAX_CONNECTIONS_LIMIT`].
 fn count(cx: &mut Ctx<'_>, key: &str, value: Option<u64>, default: usize) -> usize {
-    match value {
-        None => default,
-        Some(n) if (1..=MAX_CONNECTIONS_LIMIT).contains(&n) => usize::try_from(n).unwrap_or(default),
-        Some(n) => {
-            cx.error(
-                key,
-                format!("must be between 1 and {MAX_CONNECTIONS_LIMIT} (got {n})"),
-            );
-            default
-        }
-    }
+    value
+        .and_then(|n| in_range(cx, key, n, 1..=MAX_CONNECTIONS_LIMIT, ""))
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(default)
 }
 
 pub(super) fn convert_admin(cx: &mut Ctx<'_>, raw: RawAdmin) -> AdminConfig {
     let listen = listen_addr(cx, "admin.listen", raw.listen, defaults::ADMIN_LISTEN);
     let tls = raw.tls.and_then(|t| convert_tls(cx, "admin", t));
-    let tokens = match secret_list(cx, "admin.tokens", raw.tokens, defaults::ADMIN_TOKEN_ENV) {
-        None => {
-            cx.warn(
-                "admin.tokens",
+    let absent = Absent {
+        is_error: false,
+        unset: &format!(
+            "no admin token ({} is not set): the admin API is disabled",
+            defaults::ADMIN_TOKEN_ENV
+        ),
+        empty: "no admin token configured: the admin API is disabled",
+    };
+    let mut tokens = Vec::new();
+    for NamedSecret { key, label, secret } in
+        secret_list(cx, "admin.tokens", raw.tokens, defaults::ADMIN_TOKEN_ENV, absent)
+    {
+        if secret
+            .expose()
+            .iter()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            cx.error(
+                &key,
+                format!("{label}must not contain whitespace or control characters"),
+            );
+        } else if secret.len() < MIN_ADMIN_TOKEN_BYTES {
+            // A short token can be guessed: refused, not merely warned about.
+            cx.error(
+                &key,
                 format!(
-                    "no admin token ({} is not set): the admin API is disabled",
-                    defaults::ADMIN_TOKEN_ENV
+                    "{label}too short ({} bytes; at least {MIN_ADMIN_TOKEN_BYTES}): use a random one, e.g. from `portcullis gen-key`",
+                    secret.len()
                 ),
             );
-            Vec::new()
         }
-        Some(list) if list.is_empty() => {
-            cx.warn(
-                "admin.tokens",
-                "no admin token configured: the admin API is disabled",
-            );
-            Vec::new()
-        }
-        Some(list) => {
-            let mut tokens = Vec::new();
-            for NamedSecret { key, label, secret } in list {
-                if secret
-                    .expose()
-                    .iter()
-                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-                {
-                    cx.error(
-                        &key,
-                        format!("{label}must not contain whitespace or control characters"),
-                    );
-                } else if secret.len() < MIN_ADMIN_TOKEN_BYTES {
-                    // A short token can be guessed: refused, not merely warned about.
-                    cx.error(
-                        &key,
-                        format!(
-                            "{label}too short ({} bytes; at least {MIN_ADMIN_TOKEN_BYTES}): use a random one, e.g. from `portcullis gen-key`",
-                            secret.len()
-                        ),
-                    );
-                }
-                tokens.push(secret);
-            }
-            tokens
-        }
-    };
+        tokens.push(secret);
+    }
     let metrics_require_token = raw
         .metrics_require_token
         .unwrap_or(defaults::METRICS_REQUIRE_TOKEN);

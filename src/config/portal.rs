@@ -2,7 +2,7 @@
 //! and `[identity_headers]` (the headers that tell upstreams who signed in).
 
 use super::context::Ctx;
-use super::fields::{hosts, http_url};
+use super::fields::{each, hosts, http_url};
 use super::raw::{RawIdentityHeaders, RawPortal};
 use super::{IdentityHeaders, PortalConfig, defaults};
 
@@ -91,13 +91,7 @@ pub(super) fn convert_portal(cx: &mut Ctx<'_>, raw: RawPortal) -> PortalConfig {
     }
     let title = raw.title.unwrap_or_else(|| defaults::PORTAL_TITLE.to_owned());
     let allowed_redirect_hosts = hosts(cx, "portal.allowed_redirect_hosts", raw.allowed_redirect_hosts);
-    let mut trusted_origins = Vec::new();
-    for (i, text) in raw.trusted_origins.unwrap_or_default().iter().enumerate() {
-        match origin(text) {
-            Ok(o) => trusted_origins.push(o),
-            Err(e) => cx.error(format!("portal.trusted_origins[{i}]"), e),
-        }
-    }
+    let trusted_origins = each(cx, "portal.trusted_origins", raw.trusted_origins, origin);
     PortalConfig {
         prefix,
         title,

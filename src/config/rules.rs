@@ -6,7 +6,7 @@ use regex::RegexBuilder;
 
 use super::context::Ctx;
 use super::duration::parse_duration;
-use super::fields::{choice, cidrs, hosts, non_empty_strings};
+use super::fields::{choice, cidrs, each, hosts, non_empty_strings};
 use super::raw::RawRule;
 use super::shape::array_section;
 use super::{PolicyKind, RuleConfig, defaults};
@@ -169,16 +169,15 @@ fn convert_rule(cx: &mut Ctx<'_>, i: usize, raw: RawRule, case_insensitive: bool
             None
         }
     });
-    let mut methods = Vec::new();
-    for (j, m) in raw.methods.unwrap_or_default().iter().enumerate() {
-        match http::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()) {
-            Ok(method) if !m.trim().is_empty() => methods.push(method),
-            _ => cx.error(
-                format!("rules[{i}].methods[{j}]"),
-                format!("is not an HTTP method (got {m:?})"),
-            ),
-        }
-    }
+    let methods = each(
+        cx,
+        &k("methods"),
+        raw.methods,
+        |m| match http::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()) {
+            Ok(method) if !m.trim().is_empty() => Ok(method),
+            _ => Err(format!("is not an HTTP method (got {m:?})")),
+        },
+    );
     let networks = cidrs(cx, &k("networks"), raw.networks);
     let policy = match raw.policy {
         None => {

@@ -66,23 +66,38 @@ pub(super) struct NamedSecret {
     pub(super) secret: Secret,
 }
 
-/// A secret list whose default is one `env:` reference: `None` when the key
-/// is not configured and the variable is unset (the caller decides whether
-/// that is an error or a warning). Configured references must resolve.
+/// What an empty secret list means, and how it is reported under the list's key.
+pub(super) struct Absent<'m> {
+    /// An error (the gateway cannot run without it) rather than a warning.
+    pub(super) is_error: bool,
+    /// The key is not configured and its default variable is unset.
+    pub(super) unset: &'m str,
+    /// The key is configured, but no entry of it resolved.
+    pub(super) empty: &'m str,
+}
+
+/// A secret list whose default is one `env:` reference. Configured
+/// references must resolve; an empty result is reported as `absent` says.
 pub(super) fn secret_list(
     cx: &mut Ctx<'_>,
     key: &str,
     values: Option<Vec<String>>,
     env_name: &str,
-) -> Option<Vec<NamedSecret>> {
-    match values {
-        None => cx.var(env_name).map(|v| {
-            vec![NamedSecret {
-                key: key.to_owned(),
-                label: format!("{env_name}: "),
-                secret: Secret::new(v),
-            }]
-        }),
+    absent: Absent<'_>,
+) -> Vec<NamedSecret> {
+    let (out, why) = match values {
+        None => {
+            let out: Vec<NamedSecret> = cx
+                .var(env_name)
+                .map(|v| NamedSecret {
+                    key: key.to_owned(),
+                    label: format!("{env_name}: "),
+                    secret: Secret::new(v),
+                })
+                .into_iter()
+                .collect();
+            (out, absent.unset)
+        }
         Some(list) => {
             let mut out = Vec::new();
             for (i, text) in list.iter().enumerate() {
@@ -95,9 +110,17 @@ pub(super) fn secret_list(
                     });
                 }
             }
-            Some(out)
+            (out, absent.empty)
+        }
+    };
+    if out.is_empty() {
+        if absent.is_error {
+            cx.error(key, why);
+        } else {
+            cx.warn(key, why);
         }
     }
+    out
 }
 
 #[cfg(test)]

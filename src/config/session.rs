@@ -6,7 +6,7 @@ use super::context::Ctx;
 use super::duration::duration;
 use super::fields::{choice, normalize_host};
 use super::raw::RawSession;
-use super::secrets::{NamedSecret, secret_list};
+use super::secrets::{Absent, NamedSecret, secret_list};
 use super::{SameSite, SessionConfig, defaults};
 
 /// RFC 6265 `cookie-name` is an RFC 7230 `token`.
@@ -26,42 +26,34 @@ pub(super) fn convert_session(cx: &mut Ctx<'_>, raw: RawSession) -> SessionConfi
             format!("must be a cookie name token (letters, digits, !#$%&'*+-.^_`|~), got {cookie_name:?}"),
         );
     }
-    let secrets = match secret_list(cx, "session.secrets", raw.secrets, defaults::SESSION_SECRET_ENV) {
-        None => {
+    let absent = Absent {
+        is_error: true,
+        unset: &format!(
+            "no session secret: set the environment variable {} (generate a value with `portcullis gen-key`) or configure session.secrets",
+            defaults::SESSION_SECRET_ENV
+        ),
+        empty: "at least one secret is required (generate one with `portcullis gen-key`)",
+    };
+    let mut secrets = Vec::new();
+    for NamedSecret { key, label, secret } in secret_list(
+        cx,
+        "session.secrets",
+        raw.secrets,
+        defaults::SESSION_SECRET_ENV,
+        absent,
+    ) {
+        if secret.len() < defaults::MIN_SESSION_SECRET_BYTES {
             cx.error(
-                "session.secrets",
+                key,
                 format!(
-                    "no session secret: set the environment variable {} (generate a value with `portcullis gen-key`) or configure session.secrets",
-                    defaults::SESSION_SECRET_ENV
+                    "{label}must be at least {} bytes (got {}); generate one with `portcullis gen-key`",
+                    defaults::MIN_SESSION_SECRET_BYTES,
+                    secret.len()
                 ),
             );
-            Vec::new()
         }
-        Some(list) if list.is_empty() => {
-            cx.error(
-                "session.secrets",
-                "at least one secret is required (generate one with `portcullis gen-key`)",
-            );
-            Vec::new()
-        }
-        Some(list) => {
-            let mut secrets = Vec::new();
-            for NamedSecret { key, label, secret } in list {
-                if secret.len() < defaults::MIN_SESSION_SECRET_BYTES {
-                    cx.error(
-                        key,
-                        format!(
-                            "{label}must be at least {} bytes (got {}); generate one with `portcullis gen-key`",
-                            defaults::MIN_SESSION_SECRET_BYTES,
-                            secret.len()
-                        ),
-                    );
-                }
-                secrets.push(secret);
-            }
-            secrets
-        }
-    };
+        secrets.push(secret);
+    }
     let lifetime = duration(
         cx,
         "session.lifetime",

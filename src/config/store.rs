@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use super::context::Ctx;
 use super::fields::choice;
 use super::raw::RawStore;
-use super::secrets::{NamedSecret, secret, secret_list};
+use super::secrets::{Absent, NamedSecret, secret, secret_list};
 use super::{StoreConfig, StoreKind, defaults};
 use crate::secret::Secret;
 
@@ -72,48 +72,38 @@ pub(super) fn convert_store(cx: &mut Ctx<'_>, raw: RawStore) -> StoreConfig {
             StoreKind::Postgres { url }
         }
     };
-    let encryption_keys = match secret_list(
+    let absent = Absent {
+        is_error: false,
+        unset: &format!(
+            "no encryption key ({} is not set): factor secrets cannot be encrypted at rest; generate a key with `portcullis gen-key`",
+            defaults::STORE_KEY_ENV
+        ),
+        empty: "no encryption key configured: factor secrets cannot be encrypted at rest; generate a key with `portcullis gen-key`",
+    };
+    let mut encryption_keys = Vec::new();
+    for NamedSecret { key, label, secret } in secret_list(
         cx,
         "store.encryption_keys",
         raw.encryption_keys,
         defaults::STORE_KEY_ENV,
+        absent,
     ) {
-        None => {
-            cx.warn(
-                "store.encryption_keys",
+        match secret.expose_str().and_then(decode_base64) {
+            Some(bytes) if bytes.len() == defaults::STORE_KEY_BYTES => encryption_keys.push(Secret::new(bytes)),
+            Some(bytes) => cx.error(
+                key,
                 format!(
-                    "no encryption key ({} is not set): factor secrets cannot be encrypted at rest; generate a key with `portcullis gen-key`",
-                    defaults::STORE_KEY_ENV
+                    "{label}must be base64 of exactly {} bytes (got {} bytes); generate one with `portcullis gen-key`",
+                    defaults::STORE_KEY_BYTES,
+                    bytes.len()
                 ),
-            );
-            Vec::new()
+            ),
+            None => cx.error(
+                key,
+                format!("{label}is not valid base64; generate a key with `portcullis gen-key`"),
+            ),
         }
-        Some(list) if list.is_empty() => {
-            cx.warn(
-                "store.encryption_keys",
-                "no encryption key configured: factor secrets cannot be encrypted at rest; generate a key with `portcullis gen-key`",
-            );
-            Vec::new()
-        }
-        Some(list) => {
-            let mut keys = Vec::new();
-            for NamedSecret { key, label, secret } in list {
-                match secret.expose_str().and_then(decode_base64) {
-                    Some(bytes) if bytes.len() == defaults::STORE_KEY_BYTES => keys.push(Secret::new(bytes)),
-                    Some(bytes) => cx.error(
-                        key,
-                        format!(
-                            "{label}must be base64 of exactly {} bytes (got {} bytes); generate one with `portcullis gen-key`",
-                            defaults::STORE_KEY_BYTES,
-                            bytes.len()
-                        ),
-                    ),
-                    None => cx.error(key, format!("{label}is not valid base64; generate a key with `portcullis gen-key`")),
-                }
-            }
-            keys
-        }
-    };
+    }
     StoreConfig {
         kind,
         encryption_keys,

@@ -21,22 +21,16 @@ pub(super) fn convert_users(cx: &mut Ctx<'_>, raw: RawUsers) -> UsersConfig {
     let (file, file_users) = match raw.file.as_deref().map(str::trim) {
         // Explicitly empty: no users file, on purpose.
         Some("") => (None, Vec::new()),
-        Some(path) => {
-            let path = PathBuf::from(path);
+        configured => {
+            let path = PathBuf::from(configured.unwrap_or(defaults::USERS_FILE));
             if path.exists() {
                 let users = users_file(cx, &path);
                 (Some(path), users)
-            } else {
+            } else if configured.is_some() {
                 cx.error("users.file", format!("{} does not exist", path.display()));
                 (None, Vec::new())
-            }
-        }
-        None => {
-            let path = PathBuf::from(defaults::USERS_FILE);
-            if path.exists() {
-                let users = users_file(cx, &path);
-                (Some(path), users)
             } else {
+                // The default file is optional.
                 cx.warn(
                     "users.file",
                     format!("{} does not exist: no users from a file (users can still be created through the admin API)", path.display()),
