@@ -1,4 +1,10 @@
 //! Durations as the config writes them: `"30s"`, `"15m"`, `"1h30m"`.
+//!
+//! Hand-written on purpose rather than `humantime::parse_duration`: that one
+//! reads a wider grammar (`"5 s"`, `"5sec"`, `"2h 15m"`, weeks, months as
+//! `M` next to minutes as `m`, even `"1 0s"` as ten seconds) with other
+//! messages, and the config's strict form and its messages are pinned by
+//! tests and by what `check-config` shows operators.
 
 use std::time::Duration;
 
