@@ -7,11 +7,31 @@
 //! socket addresses, compiled regexes, CIDRs, resolved secrets) and never
 //! re-checks them.
 
+mod context;
+mod delivery;
+mod duration;
+#[cfg(test)]
+mod examples;
+mod factors;
+mod fields;
+mod listeners;
 pub mod ldap;
 mod load;
+mod log;
+mod portal;
 #[cfg(test)]
 mod proptests;
 mod raw;
+mod regulation;
+mod rules;
+mod secrets;
+mod session;
+mod shape;
+mod store;
+#[cfg(test)]
+mod test_support;
+mod upstreams;
+mod users;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,9 +42,8 @@ use regex::Regex;
 
 use crate::secret::Secret;
 
-pub use load::{
-    ConfigError, ConfigProblem, LoadedConfig, load_file, load_file_with_env, load_str, parse_duration,
-};
+pub use duration::parse_duration;
+pub use load::{ConfigError, ConfigProblem, LoadedConfig, load_file, load_file_with_env, load_str};
 
 /// Default values, named so the example config, the docs and the code agree.
 pub mod defaults {
