@@ -13,6 +13,7 @@
 //! [`session`] cookie; [`proxy`] forwards allowed requests upstream.
 
 pub mod admin;
+pub mod authz;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -162,7 +162,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// The keys allowed at the top of the config file, in the documented order.
-const TOP_LEVEL_KEYS: [&str; 14] = [
+const TOP_LEVEL_KEYS: [&str; 15] = [
     "default_policy",
     "case_insensitive_paths",
     "server",
@@ -177,6 +177,7 @@ const TOP_LEVEL_KEYS: [&str; 14] = [
     "factors",
     "rules",
     "log",
+    "forward_auth",
 ];
 
 /// Fields whose values are secrets: serde's messages quote the offending value,
@@ -314,6 +315,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     let raw_factors = take("factors");
     let raw_rules = take("rules");
     let raw_log = take("log");
+    let raw_forward_auth = take("forward_auth");
     for key in table.keys() {
         cx.error(
             key.clone(),
@@ -337,6 +339,13 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     let factors = convert_factors(&mut cx, raw_factors);
     let rules = convert_rules(&mut cx, raw_rules, case_insensitive_paths.unwrap_or(false));
     let log = section::<RawLog>(&mut cx, "log", raw_log).map(|r| convert_log(&mut cx, r));
+    let forward_auth = section::<super::forward_auth::RawForwardAuth>(&mut cx, "forward_auth", raw_forward_auth)
+        .map(super::forward_auth::convert);
+    for (key, message) in forward_auth.as_ref().map_or_else(Vec::new, |fa| {
+        super::forward_auth::check(fa, server.as_ref().map(|s| s.trusted_proxies.as_slice()))
+    }) {
+        cx.error(key, message);
+    }
 
     cross_checks(
         &mut cx,
@@ -412,6 +421,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
             factors,
             rules,
             log,
+            forward_auth: forward_auth.unwrap_or_default(),
         },
         warnings: cx.warnings,
     })
@@ -3055,6 +3065,7 @@ policy = "deny"
         assert!(same(&e.regulation, &m.regulation));
         assert!(same(&e.factors, &m.factors), "{:?}\n{:?}", e.factors, m.factors);
         assert!(same(&e.log, &m.log));
+        assert_eq!(e.forward_auth, m.forward_auth);
         assert_eq!(e.rules.len(), 1);
         assert_eq!(e.rules[0].policy, PolicyKind::Bypass);
         assert!(e.rules[0].path.as_ref().unwrap().is_match("/favicon.ico"));
@@ -3136,6 +3147,7 @@ policy = "deny"
             ("factors.recovery_codes", fields_of::<RawRecoveryCodes>()),
             ("rules", fields_of::<RawRule>()),
             ("log", fields_of::<RawLog>()),
+            ("forward_auth", fields_of::<super::super::forward_auth::RawForwardAuth>()),
         ];
         let mut missing = Vec::new();
         for (section, fields) in &sections {

@@ -7,6 +7,7 @@
 //! socket addresses, compiled regexes, CIDRs, resolved secrets) and never
 //! re-checks them.
 
+mod forward_auth;
 mod load;
 #[cfg(test)]
 mod proptests;
@@ -21,6 +22,7 @@ use regex::Regex;
 
 use crate::secret::Secret;
 
+pub use forward_auth::ForwardAuthConfig;
 pub use load::{
     ConfigError, ConfigProblem, LoadedConfig, load_file, load_file_with_env, load_str, parse_duration,
 };
@@ -157,6 +159,8 @@ pub struct Config {
     pub factors: FactorsConfig,
     pub rules: Vec<RuleConfig>,
     pub log: LogConfig,
+    /// `[forward_auth]` (SPEC section 11).
+    pub forward_auth: ForwardAuthConfig,
 }
 
 /// What a rule (or the default) requires.
