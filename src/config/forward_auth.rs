@@ -45,8 +45,6 @@ pub(super) fn check(fa: &ForwardAuthConfig, trusted_proxies: Option<&[ipnet::IpN
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     const BASE: &str = r#"
 [[upstreams]]
 name = "app"
