@@ -435,16 +435,19 @@ mod tests {
         }
         // Missing, doubled or unparsable method; two URLs.
         assert!(original_url(&map(&[("x-original-url", "http://a/x")])).is_err());
-        assert!(original_url(&map(&[("x-original-method", "G ET"), ("x-original-url", "http://a/x")])).is_err());
+        assert!(
+            original_url(&map(&[
+                ("x-original-method", "G ET"),
+                ("x-original-url", "http://a/x")
+            ]))
+            .is_err()
+        );
         let two = map(&[
             ("x-original-method", "GET"),
             ("x-original-url", "http://a/public/"),
             ("x-original-url", "http://a/admin"),
         ]);
-        assert_eq!(
-            original_url(&two),
-            Err(BadOriginal::Repeated("x-original-url"))
-        );
+        assert_eq!(original_url(&two), Err(BadOriginal::Repeated("x-original-url")));
     }
 
     #[test]
@@ -456,7 +459,10 @@ mod tests {
             ("x-forwarded-uri", "/x;jsessionid=1?q"),
         ]);
         let o = forwarded(&ok).unwrap();
-        assert_eq!((o.path.as_str(), o.query.as_deref()), ("/x;jsessionid=1", Some("q")));
+        assert_eq!(
+            (o.path.as_str(), o.query.as_deref()),
+            ("/x;jsessionid=1", Some("q"))
+        );
         for (name, bad) in [
             ("x-forwarded-proto", "gopher"),
             ("x-forwarded-proto", "https, http"),

@@ -32,7 +32,10 @@ pub(super) fn convert(raw: RawForwardAuth) -> ForwardAuthConfig {
 /// Problems `(key, message)` that need another section: the endpoints only
 /// answer peers in `server.trusted_proxies`, so enabling them without any
 /// would refuse every call.
-pub(super) fn check(fa: &ForwardAuthConfig, trusted_proxies: Option<&[ipnet::IpNet]>) -> Vec<(String, String)> {
+pub(super) fn check(
+    fa: &ForwardAuthConfig,
+    trusted_proxies: Option<&[ipnet::IpNet]>,
+) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     if fa.enabled && trusted_proxies.is_some_and(<[_]>::is_empty) {
         problems.push((
@@ -65,7 +68,8 @@ encryption_keys = []
     #[test]
     fn off_by_default_and_on_with_trusted_proxies() {
         assert!(!load("").unwrap().config.forward_auth.enabled);
-        let on = load("[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[forward_auth]\nenabled = true\n").unwrap();
+        let on =
+            load("[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[forward_auth]\nenabled = true\n").unwrap();
         assert!(on.config.forward_auth.enabled);
     }
 
@@ -76,7 +80,9 @@ encryption_keys = []
         assert!(e.contains("trusted_proxies"), "{e}");
         let e = load("[forward_auth]\nenable = true\n").unwrap_err().to_string();
         assert!(e.contains("forward_auth.enable"), "{e}");
-        let e = load("[forward_auth]\nenabled = \"yes\"\n").unwrap_err().to_string();
+        let e = load("[forward_auth]\nenabled = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("forward_auth.enabled"), "{e}");
     }
 }

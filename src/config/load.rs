@@ -339,8 +339,9 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     let factors = convert_factors(&mut cx, raw_factors);
     let rules = convert_rules(&mut cx, raw_rules, case_insensitive_paths.unwrap_or(false));
     let log = section::<RawLog>(&mut cx, "log", raw_log).map(|r| convert_log(&mut cx, r));
-    let forward_auth = section::<super::forward_auth::RawForwardAuth>(&mut cx, "forward_auth", raw_forward_auth)
-        .map(super::forward_auth::convert);
+    let forward_auth =
+        section::<super::forward_auth::RawForwardAuth>(&mut cx, "forward_auth", raw_forward_auth)
+            .map(super::forward_auth::convert);
     for (key, message) in forward_auth.as_ref().map_or_else(Vec::new, |fa| {
         super::forward_auth::check(fa, server.as_ref().map(|s| s.trusted_proxies.as_slice()))
     }) {
@@ -3147,7 +3148,10 @@ policy = "deny"
             ("factors.recovery_codes", fields_of::<RawRecoveryCodes>()),
             ("rules", fields_of::<RawRule>()),
             ("log", fields_of::<RawLog>()),
-            ("forward_auth", fields_of::<super::super::forward_auth::RawForwardAuth>()),
+            (
+                "forward_auth",
+                fields_of::<super::super::forward_auth::RawForwardAuth>(),
+            ),
         ];
         let mut missing = Vec::new();
         for (section, fields) in &sections {

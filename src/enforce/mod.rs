@@ -164,7 +164,11 @@ impl Enforcer {
 
     /// The session cookie to send back with an allowed request: a re-issued
     /// one when the sliding idle timeout needs it, else `None`.
-    pub fn refreshed_cookie(&self, session: &ActiveSession, now: crate::clock::UnixTime) -> Option<HeaderValue> {
+    pub fn refreshed_cookie(
+        &self,
+        session: &ActiveSession,
+        now: crate::clock::UnixTime,
+    ) -> Option<HeaderValue> {
         self.sessions.needs_refresh(&session.claims, now).then(|| {
             let mut c = session.claims.clone();
             c.last = now;
@@ -214,7 +218,11 @@ pub fn html_status(status: StatusCode, title: &str, message: &str) -> Response<B
     res
 }
 
-pub(crate) fn with_access(mut res: Response<Body>, decision: &'static str, user: Option<String>) -> Response<Body> {
+pub(crate) fn with_access(
+    mut res: Response<Body>,
+    decision: &'static str,
+    user: Option<String>,
+) -> Response<Body> {
     res.extensions_mut().insert(AccessInfo { decision, user });
     res
 }
@@ -398,7 +406,12 @@ where
 
 /// Sends a browser to the login page (302 for GET/HEAD, 303 otherwise), or
 /// answers an API client 401.
-pub(crate) fn challenge(e: &Enforcer, ctx: &RequestContext, req: &Request<Body>, signed_in: bool) -> Response<Body> {
+pub(crate) fn challenge(
+    e: &Enforcer,
+    ctx: &RequestContext,
+    req: &Request<Body>,
+    signed_in: bool,
+) -> Response<Body> {
     if is_browser(req.headers()) {
         let original = format!(
             "{}://{}{}",

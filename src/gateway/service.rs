@@ -52,7 +52,8 @@ impl MainService {
     pub(super) fn new(state: Arc<AppState>, proxy: Proxy, mfa: MfaLayer, portal: axum::Router) -> Self {
         let protected = mfa.layer(proxy.clone());
         let portal = axum::Router::new().nest(&state.config.portal.prefix, portal);
-        let forward_auth = crate::authz::ForwardAuth::new(state.enforcer.clone(), &state.config).map(Arc::new);
+        let forward_auth =
+            crate::authz::ForwardAuth::new(state.enforcer.clone(), &state.config).map(Arc::new);
         Self {
             inner: Arc::new(Inner {
                 state,

@@ -19,7 +19,10 @@ async fn browser_through_nginx_forward_auth() {
         return;
     };
     if !crate::harness::have("chromedriver") {
-        skipped("chromium", "chromedriver is not installed (apt-get install chromium-driver)");
+        skipped(
+            "chromium",
+            "chromedriver is not installed (apt-get install chromium-driver)",
+        );
         return;
     }
     if !crate::harness::have_oathtool("browser_through_nginx_forward_auth") {
@@ -29,8 +32,11 @@ async fn browser_through_nginx_forward_auth() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let gw = GatewayProcess::start_with(dir.path(), |config| {
-        config.replacen("[server]\n", "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n", 1)
-            + "\n[forward_auth]\nenabled = true\n"
+        config.replacen(
+            "[server]\n",
+            "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+            1,
+        ) + "\n[forward_auth]\nenabled = true\n"
     })
     .await;
     let portcullis: SocketAddr = gw.base.trim_start_matches("http://").parse().unwrap();

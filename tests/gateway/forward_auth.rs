@@ -208,7 +208,11 @@ async fn sign_in(
     password: &str,
 ) -> String {
     let res = browser.page(original).await;
-    assert_eq!(res.status(), 302, "an anonymous browser at {original} is redirected");
+    assert_eq!(
+        res.status(),
+        302,
+        "an anonymous browser at {original} is redirected"
+    );
     let login = location(&res);
     assert!(
         login.starts_with(&format!("{portal}/_portcullis/login?rd=")),
@@ -388,7 +392,11 @@ fn under(path: &str, top: &str) -> bool {
 /// Sends every trick as `who` (a `Cookie` header or none) and returns the
 /// violations: the app received a path this caller may not reach, read the
 /// strictest way. Also returns how many reached the app.
-async fn tricks(front: &Front, cookie: Option<&str>, may_reach: &dyn Fn(&str) -> bool) -> (Vec<String>, usize) {
+async fn tricks(
+    front: &Front,
+    cookie: Option<&str>,
+    may_reach: &dyn Fn(&str) -> bool,
+) -> (Vec<String>, usize) {
     let mut violations = Vec::new();
     let mut reached = 0;
     let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
@@ -400,7 +408,11 @@ async fn tricks(front: &Front, cookie: Option<&str>, may_reach: &dyn Fn(&str) ->
         let Some(res) = try_raw(front.addr(), &request).await else {
             continue;
         };
-        let body = if res.head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let body = if res
+            .head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             // Small bodies: the first chunk is the whole body.
             let text = res.text();
             text.split_once("\r\n")
@@ -471,7 +483,11 @@ async fn through(gw: &TestGateway, front: &Front) {
     let echo = echo_of(bob.api(&format!("{app}/private"), &SPOOFED).await).await;
     assert_eq!(echo.header("remote-user").as_deref(), Some("bob"));
     assert_no_spoof(&echo);
-    assert_eq!(bob.api(&format!("{app}/two/x"), &[]).await.status(), 401, "{name}: level 1 on a two-factor route");
+    assert_eq!(
+        bob.api(&format!("{app}/two/x"), &[]).await.status(),
+        401,
+        "{name}: level 1 on a two-factor route"
+    );
     let res = bob.page(&format!("{app}/two/x")).await;
     assert_eq!(res.status(), 302);
     assert!(
@@ -479,7 +495,11 @@ async fn through(gw: &TestGateway, front: &Front) {
         "{name}: straight to the second factor: {}",
         location(&res)
     );
-    assert_eq!(bob.api(&format!("{app}/admin/x"), &[]).await.status(), 403, "{name}: outside the group");
+    assert_eq!(
+        bob.api(&format!("{app}/admin/x"), &[]).await.status(),
+        403,
+        "{name}: outside the group"
+    );
     assert_eq!(bob.api(&format!("{app}/denied"), &[]).await.status(), 403);
     assert_eq!(alice.api(&format!("{app}/denied"), &[]).await.status(), 403);
 
@@ -487,10 +507,17 @@ async fn through(gw: &TestGateway, front: &Front) {
     let res = anon
         .api(
             &format!("{app}/_portcullis/authz/auth-request"),
-            &[("x-original-method", "GET"), ("x-original-url", "http://x/public/")],
+            &[
+                ("x-original-method", "GET"),
+                ("x-original-url", "http://x/public/"),
+            ],
         )
         .await;
-    assert_eq!(res.status(), 404, "{name}: clients cannot call the auth endpoints");
+    assert_eq!(
+        res.status(),
+        404,
+        "{name}: clients cannot call the auth endpoints"
+    );
 
     // Path tricks: the app never receives a path its caller may not reach.
     let bob_cookie = bob.cookies(&app);
@@ -501,7 +528,10 @@ async fn through(gw: &TestGateway, front: &Front) {
     .await;
     violations.extend(more);
     assert!(violations.is_empty(), "{name}: {violations:#?}");
-    assert!(reached_anon >= 1 && reached_bob >= 2, "{name}: the controls reach the app");
+    assert!(
+        reached_anon >= 1 && reached_bob >= 2,
+        "{name}: the controls reach the app"
+    );
 
     // Signing out ends access, also for a copy of the cookie kept from before.
     let alice_cookie = alice.cookies(&app);
@@ -517,11 +547,17 @@ async fn through(gw: &TestGateway, front: &Front) {
     let replay = Browser::new(front);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let status = replay.api(&format!("{app}/private"), &[("cookie", &alice_cookie)]).await.status();
+        let status = replay
+            .api(&format!("{app}/private"), &[("cookie", &alice_cookie)])
+            .await
+            .status();
         if status == 401 {
             break;
         }
-        assert!(Instant::now() < deadline, "{name}: the old cookie still works ({status})");
+        assert!(
+            Instant::now() < deadline,
+            "{name}: the old cookie still works ({status})"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -620,7 +656,15 @@ async fn nginx_challenges_point_to_the_sign_in_host() {
     };
     let browser = Browser::new(&front);
     let original = format!("{}/two/page", front.origin(APP));
-    let back = sign_in(&gw, &browser, &original, &front.origin(AUTH), "alice", ALICE_PASSWORD).await;
+    let back = sign_in(
+        &gw,
+        &browser,
+        &original,
+        &front.origin(AUTH),
+        "alice",
+        ALICE_PASSWORD,
+    )
+    .await;
     assert_eq!(back, original);
     let echo = echo_of(browser.api(&original, &[]).await).await;
     assert_eq!(echo.header("remote-user").as_deref(), Some("alice"));
@@ -660,7 +704,10 @@ fn call(path: &str, headers: &[(&str, &str)]) -> String {
 #[tokio::test]
 async fn direct_calls_untrusted_peers_and_garbage() {
     let gw = gateway("").await;
-    let good = [("X-Original-Method", "GET"), ("X-Original-URL", "http://app.example.com/public/x")];
+    let good = [
+        ("X-Original-Method", "GET"),
+        ("X-Original-URL", "http://app.example.com/public/x"),
+    ];
     // A trusted peer (127.0.0.1) gets its answer; 127.0.0.2 is refused.
     let res = raw_from("127.0.0.1", gw.main, &call("auth-request", &good)).await;
     assert_eq!(res.status, 200, "{}", res.text());
@@ -672,8 +719,18 @@ async fn direct_calls_untrusted_peers_and_garbage() {
         ("X-Forwarded-Host", "app.example.com"),
         ("X-Forwarded-Uri", "/public/x"),
     ];
-    assert_eq!(raw_from("127.0.0.1", gw.main, &call("forward-auth", &fwd)).await.status, 200);
-    assert_eq!(raw_from("127.0.0.2", gw.main, &call("forward-auth", &fwd)).await.status, 403);
+    assert_eq!(
+        raw_from("127.0.0.1", gw.main, &call("forward-auth", &fwd))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        raw_from("127.0.0.2", gw.main, &call("forward-auth", &fwd))
+            .await
+            .status,
+        403
+    );
 
     // Garbage or hostile original URLs: 400, never 200.
     for url in [
@@ -693,12 +750,21 @@ async fn direct_calls_untrusted_peers_and_garbage() {
         let res = raw_from(
             "127.0.0.1",
             gw.main,
-            &call("auth-request", &[("X-Original-Method", "GET"), ("X-Original-URL", url)]),
+            &call(
+                "auth-request",
+                &[("X-Original-Method", "GET"), ("X-Original-URL", url)],
+            ),
         )
         .await;
         assert_eq!(res.status, 400, "X-Original-URL {url:?}: {}", res.text());
     }
-    for uri in ["", "public/x", "http://app.example.com/public/x", "/public/%2fx", "/public/..;/x"] {
+    for uri in [
+        "",
+        "public/x",
+        "http://app.example.com/public/x",
+        "/public/%2fx",
+        "/public/..;/x",
+    ] {
         let mut h = fwd.to_vec();
         h[3] = ("X-Forwarded-Uri", uri);
         let res = raw_from("127.0.0.1", gw.main, &call("forward-auth", &h)).await;
@@ -708,7 +774,10 @@ async fn direct_calls_untrusted_peers_and_garbage() {
     let res = raw_from(
         "127.0.0.1",
         gw.main,
-        &call("auth-request", &[("X-Original-URL", "http://app.example.com/public/x")]),
+        &call(
+            "auth-request",
+            &[("X-Original-URL", "http://app.example.com/public/x")],
+        ),
     )
     .await;
     assert_eq!(res.status, 400);
@@ -731,22 +800,39 @@ async fn direct_calls_untrusted_peers_and_garbage() {
     let res = raw_from(
         "127.0.0.1",
         gw.main,
-        &call("auth-request", &[("X-Original-Method", "POST"), ("X-Original-URL", "https://app.example.com/two/x?a=b")]),
+        &call(
+            "auth-request",
+            &[
+                ("X-Original-Method", "POST"),
+                ("X-Original-URL", "https://app.example.com/two/x?a=b"),
+            ],
+        ),
     )
     .await;
     assert_eq!(res.status, 401);
     assert_eq!(
         res.header("location").as_deref(),
-        Some("https://app.example.com/_portcullis/login?rd=https%3A%2F%2Fapp%2Eexample%2Ecom%2Ftwo%2Fx%3Fa%3Db")
+        Some(
+            "https://app.example.com/_portcullis/login?rd=https%3A%2F%2Fapp%2Eexample%2Ecom%2Ftwo%2Fx%3Fa%3Db"
+        )
     );
     let mut browser = fwd.to_vec();
     browser[3] = ("X-Forwarded-Uri", "/two/x");
     browser.push(("Accept", "text/html"));
     let res = raw_from("127.0.0.1", gw.main, &call("forward-auth", &browser)).await;
     assert_eq!(res.status, 302);
-    assert!(res.header("location").unwrap().starts_with("https://app.example.com/_portcullis/login?rd="));
+    assert!(
+        res.header("location")
+            .unwrap()
+            .starts_with("https://app.example.com/_portcullis/login?rd=")
+    );
     browser[0] = ("X-Forwarded-Method", "POST");
-    assert_eq!(raw_from("127.0.0.1", gw.main, &call("forward-auth", &browser)).await.status, 303);
+    assert_eq!(
+        raw_from("127.0.0.1", gw.main, &call("forward-auth", &browser))
+            .await
+            .status,
+        303
+    );
     browser.pop();
     let res = raw_from("127.0.0.1", gw.main, &call("forward-auth", &browser)).await;
     assert_eq!(res.status, 401);
@@ -757,7 +843,12 @@ async fn direct_calls_untrusted_peers_and_garbage() {
     assert_eq!(res.status, 200);
 
     // Counted like inline decisions, and audited refusals are in the log.
-    let metrics = reqwest::get(gw.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(gw.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("decision=\"untrusted\""), "{metrics}");
 }
 
@@ -770,7 +861,13 @@ async fn disabled_endpoints_answer_404() {
     let res = raw_from(
         "127.0.0.1",
         gw.main,
-        &call("auth-request", &[("X-Original-Method", "GET"), ("X-Original-URL", "http://a.example/public/x")]),
+        &call(
+            "auth-request",
+            &[
+                ("X-Original-Method", "GET"),
+                ("X-Original-URL", "http://a.example/public/x"),
+            ],
+        ),
     )
     .await;
     assert_eq!(res.status, 404);

@@ -68,7 +68,10 @@ pub fn recipe(name: &str) -> String {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let begin = format!("<!-- recipe:{name}:begin -->");
     let end = format!("<!-- recipe:{name}:end -->");
-    let start = readme.find(&begin).unwrap_or_else(|| panic!("no {begin} in README.md")) + begin.len();
+    let start = readme
+        .find(&begin)
+        .unwrap_or_else(|| panic!("no {begin} in README.md"))
+        + begin.len();
     let stop = readme[start..]
         .find(&end)
         .unwrap_or_else(|| panic!("no {end} in README.md"))
@@ -146,7 +149,12 @@ impl Front {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "{} not ready:\n{}", self.name, self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready:\n{}",
+                self.name,
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -164,7 +172,12 @@ fn spawn(mut cmd: Command, out: &Path) -> Child {
 /// nginx with the README's recipes `names` inside a minimal `http {}`: one
 /// process, no daemon, everything in a temporary folder.
 /// `port`: where it listens (else a free port).
-pub async fn start_nginx(names: &[&str], portcullis: SocketAddr, app: SocketAddr, port: Option<u16>) -> Option<Front> {
+pub async fn start_nginx(
+    names: &[&str],
+    portcullis: SocketAddr,
+    app: SocketAddr,
+    port: Option<u16>,
+) -> Option<Front> {
     let Some(nginx) = find_program("nginx") else {
         skipped("nginx", "nginx is not installed (apt-get install nginx)");
         return None;
@@ -275,4 +288,3 @@ pub async fn try_raw(addr: SocketAddr, request: &str) -> Option<Raw> {
         body: buf[end + 4..].to_vec(),
     })
 }
-
