@@ -322,7 +322,9 @@ fn scheme(text: &str) -> Option<&'static str> {
 /// The authority and its host as the inline gateway reads `Host`: no
 /// userinfo, no list, a non-empty host.
 fn authority(text: &str) -> Option<(String, String)> {
-    if text.contains([',', '@', ' ', '\\']) {
+    // An empty port (`host:`) is legal but never sent by a front proxy: it
+    // is how `http://hosthttp://evil/x` would smuggle a second URL in.
+    if text.contains([',', '@', ' ', '\\']) || text.ends_with(':') {
         return None;
     }
     let auth: http::uri::Authority = text.parse().ok()?;

@@ -62,6 +62,11 @@ groups = ["admins"]
 [[rules]]
 path = "^/two(/|$)"
 policy = "two_factor"
+
+[[rules]]
+hosts = ["app.example.com"]
+path = "^/hostonly(/|$)"
+policy = "two_factor"
 "#;
 
 fn users() -> String {
@@ -528,6 +533,22 @@ async fn through(gw: &TestGateway, front: &Front) {
     .await;
     violations.extend(more);
     assert!(violations.is_empty(), "{name}: {violations:#?}");
+
+    // A rule for the app's host holds whatever Host a client sends beside an
+    // absolute-form target (the front proxy serves the target's host).
+    for host in ["other.example.net", "APP.example.com", ""] {
+        let request = format!(
+            "GET {app}/hostonly/x HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nCookie: {bob_cookie}\r\nConnection: close\r\n\r\n"
+        );
+        if let Some(res) = try_raw(front.addr(), &request).await {
+            assert!(
+                !res.text().contains("\"path\""),
+                "{name}: Host {host:?} beside {app}/hostonly/x reached the app ({})",
+                res.status
+            );
+        }
+    }
+    assert_eq!(bob.api(&format!("{app}/hostonly/x"), &[]).await.status(), 401);
     assert!(
         reached_anon >= 1 && reached_bob >= 2,
         "{name}: the controls reach the app"
