@@ -20,7 +20,8 @@
 # least 0.9x ideal's throughput with p99 within 1.2x.
 #
 # Environment: DURATION (5), RUNS (3), CONNS ("16 128"), BASE_PORT (24180), KEEP=1,
-# NO_BUILD=1, PORTCULLIS_BIN and ECHO_BIN (see bench/lib.sh).
+# NO_BUILD=1, PORTCULLIS_BIN and ECHO_BIN (see bench/lib.sh); PROFILE=1 records
+# where Portcullis spends its time on the auth_request path (perf) instead.
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -135,6 +136,21 @@ got=$(curl -sS -H "Host: $AUTH_HOST" -H "Cookie: portcullis_session=$SESSION" "h
 got=$(curl -sS -o /dev/null -w '%{http_code}' -H "Host: $AUTH_HOST" "http://127.0.0.1:$FA_PORT$PATH_SMALL")
 [ "$got" = 401 ] || die "without a session nginx + auth_request answered $got, not 401"
 machine_summary
+
+# PROFILE=1: where Portcullis spends its time answering auth_request (perf),
+# instead of the table.
+if [ "${PROFILE:-0}" = 1 ]; then
+  command -v perf >/dev/null || die "PROFILE=1 needs perf (apt-get install linux-perf)"
+  wrk -t2 -c16 -d20s -H "Host: $AUTH_HOST" -H "Cookie: portcullis_session=$SESSION" \
+    "http://127.0.0.1:$FA_PORT$PATH_SMALL" >"$WORK/profile-wrk.txt" &
+  wrk_pid=$!
+  sleep 3
+  perf record -F 999 -g -o "$WORK/perf.data" -p "$GW_PID" -- sleep 12 >"$WORK/perf-record.log" 2>&1 || { cat "$WORK/perf-record.log" >&2; die "perf record failed"; }
+  wait "$wrk_pid"
+  perf report -i "$WORK/perf.data" --stdio --no-children -g none --sort dso,symbol --percent-limit 0.7 2>/dev/null | grep -v "^$" | head -80
+  grep -i 'requests/sec' "$WORK/profile-wrk.txt"
+  exit 0
+fi
 log "forward-auth: $RUNS runs x ${DURATION}s per cell, connections: $CONNS"
 
 TARGETS=(nginx ideal fwdauth inline)
