@@ -7,7 +7,8 @@
 //!
 //! Through the front proxy: an anonymous browser is sent to the portal and
 //! comes back to the original URL after signing in with TOTP; an API client
-//! gets 401; a signed-in user reaches the app with identity headers; spoofed
+//! gets 401; a signed-in user reaches the app with identity headers (and is
+//! stepped up on a `max_age` route once the second factor is old); spoofed
 //! identity headers never arrive (any case, `_` spellings); hostile paths never
 //! reach a protected place (checked against the path the app received, read by
 //! a small table of our own, not the gateway's code); a password-only session
@@ -62,6 +63,11 @@ groups = ["admins"]
 [[rules]]
 path = "^/two(/|$)"
 policy = "two_factor"
+
+[[rules]]
+path = "^/fresh(/|$)"
+policy = "two_factor"
+max_age = "1m"
 
 [[rules]]
 hosts = ["app.example.com"]
@@ -479,6 +485,20 @@ async fn through(gw: &TestGateway, front: &Front) {
     assert_eq!(echo.header("remote-user").as_deref(), Some("alice"));
     assert_eq!(echo.header("remote-groups").as_deref(), Some("admins,dev"));
     assert_no_spoof(&echo);
+
+    // max_age step-up: a second factor older than a minute is sent back to
+    // the challenge for that route only.
+    assert_eq!(alice.api(&format!("{app}/fresh/x"), &[]).await.status(), 200);
+    gw.clock.advance(120);
+    let res = alice.page(&format!("{app}/fresh/x")).await;
+    assert_eq!(res.status(), 302, "{name}: step-up");
+    assert!(
+        location(&res).starts_with(&format!("{app}/_portcullis/mfa?rd=")),
+        "{name}: step-up goes to the challenge: {}",
+        location(&res)
+    );
+    assert_eq!(alice.api(&format!("{app}/fresh/x"), &[]).await.status(), 401);
+    assert_eq!(alice.api(&format!("{app}/two/page"), &[]).await.status(), 200);
 
     // bob: a password-only session. One-factor routes pass, two-factor routes
     // ask for the second factor, group rules and deny rules answer 403.
