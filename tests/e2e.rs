@@ -9,6 +9,10 @@
 mod api;
 #[path = "e2e/browser.rs"]
 mod browser;
+#[path = "e2e/forward_auth.rs"]
+mod forward_auth;
+#[path = "support/front.rs"]
+mod front;
 #[path = "e2e/harness.rs"]
 mod harness;
 #[path = "e2e/state_machine.rs"]

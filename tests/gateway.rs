@@ -12,6 +12,8 @@ mod cli;
 mod differential;
 #[path = "gateway/flood.rs"]
 mod flood;
+#[path = "gateway/forward_auth.rs"]
+mod forward_auth;
 #[path = "gateway/hostile.rs"]
 mod hostile;
 #[path = "gateway/ldap.rs"]

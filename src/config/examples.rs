@@ -35,6 +35,7 @@ fn example_config_loads_and_its_values_are_the_defaults() {
     assert!(same(&e.regulation, &m.regulation));
     assert!(same(&e.factors, &m.factors), "{:?}\n{:?}", e.factors, m.factors);
     assert!(same(&e.log, &m.log));
+    assert_eq!(e.forward_auth, m.forward_auth);
     assert_eq!(e.rules.len(), 1);
     assert_eq!(e.rules[0].policy, PolicyKind::Bypass);
     assert!(e.rules[0].path.as_ref().unwrap().is_match("/favicon.ico"));
@@ -116,6 +117,7 @@ fn example_config_mentions_every_key_in_spec_order() {
         ("factors.recovery_codes", fields_of::<RawRecoveryCodes>()),
         ("rules", fields_of::<RawRule>()),
         ("log", fields_of::<RawLog>()),
+        ("forward_auth", fields_of::<super::forward_auth::RawForwardAuth>()),
     ];
     let mut missing = Vec::new();
     for (section, fields) in &sections {

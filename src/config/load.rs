@@ -95,7 +95,7 @@ pub fn load_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Load
 }
 
 /// The keys allowed at the top of the config file, in the documented order.
-pub(super) const TOP_LEVEL_KEYS: [&str; 14] = [
+pub(super) const TOP_LEVEL_KEYS: [&str; 15] = [
     "default_policy",
     "case_insensitive_paths",
     "server",
@@ -110,6 +110,7 @@ pub(super) const TOP_LEVEL_KEYS: [&str; 14] = [
     "factors",
     "rules",
     "log",
+    "forward_auth",
 ];
 
 fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedConfig, ConfigError> {
@@ -138,6 +139,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     let raw_factors = take("factors");
     let raw_rules = take("rules");
     let raw_log = take("log");
+    let raw_forward_auth = take("forward_auth");
     for key in table.keys() {
         cx.error(
             key.clone(),
@@ -161,6 +163,14 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     let factors = convert_factors(&mut cx, raw_factors);
     let rules = convert_rules(&mut cx, raw_rules, case_insensitive_paths.unwrap_or(false));
     let log = section::<RawLog>(&mut cx, "log", raw_log).map(|r| convert_log(&mut cx, r));
+    let forward_auth =
+        section::<super::forward_auth::RawForwardAuth>(&mut cx, "forward_auth", raw_forward_auth)
+            .map(super::forward_auth::convert);
+    for (key, message) in forward_auth.as_ref().map_or_else(Vec::new, |fa| {
+        super::forward_auth::check(fa, server.as_ref().map(|s| s.trusted_proxies.as_slice()))
+    }) {
+        cx.error(key, message);
+    }
 
     cross_checks(
         &mut cx,
@@ -236,6 +246,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
             factors,
             rules,
             log,
+            forward_auth: forward_auth.unwrap_or_default(),
         },
         warnings: cx.warnings,
     })

@@ -14,8 +14,9 @@ mod duration;
 mod examples;
 mod factors;
 mod fields;
-mod listeners;
+mod forward_auth;
 pub mod ldap;
+mod listeners;
 mod load;
 mod log;
 mod portal;
@@ -43,6 +44,7 @@ use regex::Regex;
 use crate::secret::Secret;
 
 pub use duration::parse_duration;
+pub use forward_auth::ForwardAuthConfig;
 pub use load::{ConfigError, ConfigProblem, LoadedConfig, load_file, load_file_with_env, load_str};
 
 /// Default values, named so the example config, the docs and the code agree.
@@ -177,6 +179,8 @@ pub struct Config {
     pub factors: FactorsConfig,
     pub rules: Vec<RuleConfig>,
     pub log: LogConfig,
+    /// `[forward_auth]` (SPEC section 11).
+    pub forward_auth: ForwardAuthConfig,
 }
 
 /// What a rule (or the default) requires.

@@ -63,7 +63,12 @@ pub enum SessionState {
     Valid(ActiveSession),
 }
 
-/// Everything the enforcement decision needs; shared by the layer and the portal.
+/// The store could not be asked recently enough to trust a session (503).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreUnavailable;
+
+/// Everything the enforcement decision needs; shared by the layer, the
+/// portal and the forward-auth endpoints.
 #[derive(Debug)]
 pub struct Enforcer {
     pub policy: Policy,
@@ -141,6 +146,45 @@ impl Enforcer {
         })
     }
 
+    /// The one decision of inline mode and forward-auth: the rules under
+    /// every reading of the path ([`Policy::evaluate`]), the session cookie in
+    /// `headers` read only when some reading needs one, and the strictest
+    /// outcome. `Err(StoreUnavailable)` when the revocation view is too stale to
+    /// trust a session (fail closed: answer 503).
+    pub fn decide(
+        &self,
+        facts: &RequestFacts<'_>,
+        headers: &http::HeaderMap,
+        now: crate::clock::UnixTime,
+    ) -> Result<(Decision, SessionState), StoreUnavailable> {
+        let evaluation = self.policy.evaluate(facts);
+        if !evaluation.needs_session() {
+            return Ok((evaluation.decide(None, now).0, SessionState::None));
+        }
+        let state = self.session(headers);
+        let (decision, _requirement) = match &state {
+            SessionState::Unavailable => return Err(StoreUnavailable),
+            SessionState::Valid(s) => evaluation.decide(Some((&s.claims, &s.user.groups)), now),
+            _ => evaluation.decide(None, now),
+        };
+        Ok((decision, state))
+    }
+
+    /// The session cookie to send back with an allowed request: a re-issued
+    /// one when the sliding idle timeout needs it, else `None`.
+    pub fn refreshed_cookie(
+        &self,
+        session: &ActiveSession,
+        now: crate::clock::UnixTime,
+    ) -> Option<HeaderValue> {
+        self.sessions.needs_refresh(&session.claims, now).then(|| {
+            let mut c = session.claims.clone();
+            c.last = now;
+            c.iat = now;
+            self.sessions.set_cookie(&c, now)
+        })
+    }
+
     /// The principal for a valid session.
     pub fn principal(s: &ActiveSession) -> Principal {
         Principal {
@@ -182,7 +226,11 @@ pub fn html_status(status: StatusCode, prefix: &str, title: &str, message: &str)
     res
 }
 
-fn with_access(mut res: Response<Body>, decision: &'static str, user: Option<String>) -> Response<Body> {
+pub(crate) fn with_access(
+    mut res: Response<Body>,
+    decision: &'static str,
+    user: Option<String>,
+) -> Response<Body> {
     res.extensions_mut().insert(AccessInfo { decision, user });
     res
 }
@@ -299,25 +347,13 @@ where
     // Decided on the strictest reading of the path (`;params` dropped,
     // trailing dots trimmed: see `Policy::evaluate`); the session is read only
     // when some reading needs one.
-    let evaluation = e.policy.evaluate(&facts);
     let now = e.clock.now();
-
-    let (state, (decision, _requirement)) = if evaluation.needs_session() {
-        let state = e.session(req.headers());
-        let decision = match &state {
-            SessionState::Unavailable => {
-                return with_access(
-                    ApiError::new(ErrorCode::E0000009).into_response(),
-                    "unavailable",
-                    None,
-                );
-            }
-            SessionState::Valid(s) => evaluation.decide(Some((&s.claims, &s.user.groups)), now),
-            _ => evaluation.decide(None, now),
-        };
-        (state, decision)
-    } else {
-        (SessionState::None, evaluation.decide(None, now))
+    let Ok((decision, state)) = e.decide(&facts, req.headers(), now) else {
+        return with_access(
+            ApiError::new(ErrorCode::E0000009).into_response(),
+            "unavailable",
+            None,
+        );
     };
     let user = match &state {
         SessionState::Valid(s) => Some(s.user.username.clone()),
@@ -337,12 +373,7 @@ where
             };
             req.extensions_mut().insert(Enforcer::principal(&session));
             req.extensions_mut().insert(ctx);
-            let refresh = e.sessions.needs_refresh(&session.claims, now).then(|| {
-                let mut c = session.claims.clone();
-                c.last = now;
-                c.iat = now;
-                e.sessions.set_cookie(&c, now)
-            });
+            let refresh = e.refreshed_cookie(&session, now);
             let mut res = inner.call(req).await.unwrap_or_else(|never| match never {});
             if let Some(cookie) = refresh {
                 res.headers_mut().append(header::SET_COOKIE, cookie);
@@ -384,7 +415,12 @@ where
 
 /// Sends a browser to the login page (302 for GET/HEAD, 303 otherwise), or
 /// answers an API client 401.
-fn challenge(e: &Enforcer, ctx: &RequestContext, req: &Request<Body>, signed_in: bool) -> Response<Body> {
+pub(crate) fn challenge(
+    e: &Enforcer,
+    ctx: &RequestContext,
+    req: &Request<Body>,
+    signed_in: bool,
+) -> Response<Body> {
     if is_browser(req.headers()) {
         let original = format!(
             "{}://{}{}",
@@ -392,31 +428,44 @@ fn challenge(e: &Enforcer, ctx: &RequestContext, req: &Request<Body>, signed_in:
             ctx.authority,
             req.uri().path_and_query().map_or("/", |p| p.as_str())
         );
-        // Signed in but not enough (second factor, step-up): straight to the challenge.
-        let location = format!(
-            "{}/{}?rd={}",
-            e.prefix,
-            if signed_in { "mfa" } else { "login" },
-            percent_encoding::utf8_percent_encode(&original, percent_encoding::NON_ALPHANUMERIC)
-        );
+        let location = portal_location("", &e.prefix, &original, signed_in);
         let status = if req.method() == Method::GET || req.method() == Method::HEAD {
             StatusCode::FOUND
         } else {
             StatusCode::SEE_OTHER
         };
-        let mut res = Response::new(Body::empty());
-        *res.status_mut() = status;
-        if let Ok(v) = HeaderValue::from_str(&location) {
-            res.headers_mut().insert(header::LOCATION, v);
-        }
-        res.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        return res;
+        return redirect(status, &location);
     }
-    let www = format!(
-        "Portcullis realm=\"portcullis\", login=\"{}/api/v1/authn\"",
-        e.prefix
-    );
+    api_challenge(&e.prefix)
+}
+
+/// Where to send a browser that must sign in (or, `signed_in`, step up) to
+/// reach `original`: `{base}{prefix}/login?rd=...` or `.../mfa?rd=...`; `base`
+/// is empty (same host) or a scheme and authority.
+pub(crate) fn portal_location(base: &str, prefix: &str, original: &str, signed_in: bool) -> String {
+    format!(
+        "{base}{prefix}/{}?rd={}",
+        if signed_in { "mfa" } else { "login" },
+        percent_encoding::utf8_percent_encode(original, percent_encoding::NON_ALPHANUMERIC)
+    )
+}
+
+/// A redirect that no cache keeps.
+pub(crate) fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// The API client's answer to a missing session: 401 `E0000011` with
+/// `WWW-Authenticate` naming the authn API.
+pub(crate) fn api_challenge(prefix: &str) -> Response<Body> {
+    let www = format!("Portcullis realm=\"portcullis\", login=\"{prefix}/api/v1/authn\"");
     let mut err = ApiError::new(ErrorCode::E0000011).cause("a session is required");
     if let Ok(v) = HeaderValue::from_str(&www) {
         err = err.header(header::WWW_AUTHENTICATE, v);

@@ -39,6 +39,8 @@ struct Inner {
     proxy: Proxy,
     protected: Mfa<Proxy>,
     portal: axum::Router,
+    /// The forward-auth endpoints, when enabled (answered on the serving thread).
+    forward_auth: Option<Arc<crate::authz::ForwardAuth>>,
     /// The runtime this service was built on (the process's main runtime).
     home: Option<tokio::runtime::Handle>,
     /// Run portal requests on `home` rather than on the serving thread.
@@ -49,12 +51,15 @@ impl MainService {
     pub(super) fn new(state: Arc<AppState>, proxy: Proxy, mfa: MfaLayer, portal: axum::Router) -> Self {
         let protected = mfa.layer(proxy.clone());
         let portal = axum::Router::new().nest(&state.config.portal.prefix, portal);
+        let forward_auth =
+            crate::authz::ForwardAuth::new(state.enforcer.clone(), &state.config).map(Arc::new);
         Self {
             inner: Arc::new(Inner {
                 state,
                 proxy,
                 protected,
                 portal,
+                forward_auth,
                 home: tokio::runtime::Handle::try_current().ok(),
                 portal_at_home: false,
             }),
@@ -86,6 +91,7 @@ impl MainService {
                 protected: mfa.layer(proxy.clone()),
                 proxy,
                 portal: self.inner.portal.clone(),
+                forward_auth: self.inner.forward_auth.clone(),
                 home: self.inner.home.clone(),
                 portal_at_home: self.inner.home.is_some(),
             }),
@@ -268,6 +274,12 @@ impl MainService {
             upstream: None,
             request_id,
         };
+        if in_portal
+            && let Some(fa) = &inner.forward_auth
+            && let Some(endpoint) = fa.endpoint(path)
+        {
+            return (fa.answer(endpoint, req, &ctx), host, logged_path);
+        }
         let req_owned = std::mem::take(req);
         if in_portal {
             let mut r = req_owned;

@@ -20,7 +20,7 @@ const PAGE_TIMEOUT: Duration = Duration::from_secs(15);
 const SKEW: i64 = 1;
 
 /// A free port (a moment ago).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -28,7 +28,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     #[allow(clippy::disallowed_methods)] // the real clock is the point here
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -37,7 +37,7 @@ fn unix_now() -> i64 {
 }
 
 /// Polls `probe` until it is true or `within` passes.
-async fn until(within: Duration, mut probe: impl AsyncFnMut() -> bool) -> bool {
+pub(crate) async fn until(within: Duration, mut probe: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     loop {
         if probe().await {
@@ -51,13 +51,13 @@ async fn until(within: Duration, mut probe: impl AsyncFnMut() -> bool) -> bool {
 }
 
 /// A child process (and the process group it leads), ended on drop.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     name: &'static str,
 }
 
 impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command) -> Self {
+    pub(crate) fn spawn(name: &'static str, cmd: &mut Command) -> Self {
         use std::os::unix::process::CommandExt;
         // Its own process group, so that what it starts (Chromium) ends with it.
         let child = cmd
@@ -82,7 +82,7 @@ impl Drop for Proc {
 }
 
 /// The path of `program` on PATH.
-fn which(program: &str) -> Option<PathBuf> {
+pub(crate) fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|d| d.join(program))
@@ -94,15 +94,15 @@ fn which(program: &str) -> Option<PathBuf> {
 /// replay rule (each accepted step must be later than the last one) and its
 /// skew: when the next unused step is beyond `now + skew`, wait for time to
 /// catch up, as a person waits for their app's next code.
-struct Authenticator {
-    secret: String,
-    last: Option<i64>,
+pub(crate) struct Authenticator {
+    pub(crate) secret: String,
+    pub(crate) last: Option<i64>,
 }
 
 impl Authenticator {
     /// The next usable code and its step. Call [`Self::accepted`] once the
     /// gateway took it.
-    async fn code(&self) -> (String, i64) {
+    pub(crate) async fn code(&self) -> (String, i64) {
         loop {
             let now = unix_now();
             let step = now / 30;
@@ -117,20 +117,27 @@ impl Authenticator {
         }
     }
 
-    fn accepted(&mut self, step: i64) {
+    pub(crate) fn accepted(&mut self, step: i64) {
         self.last = Some(step);
     }
 }
 
 /// The `portcullis` binary serving a two-factor config on SQLite.
-struct GatewayProcess {
-    base: String,
+pub(crate) struct GatewayProcess {
+    pub(crate) base: String,
+    /// The echo app behind it.
+    pub(crate) upstream: std::net::SocketAddr,
     config: PathBuf,
     _proc: Proc,
 }
 
 impl GatewayProcess {
-    async fn start(dir: &Path) -> Self {
+    pub(crate) async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, |c| c).await
+    }
+
+    /// Started with its config text passed through `edit` first.
+    pub(crate) async fn start_with(dir: &Path, edit: impl FnOnce(String) -> String) -> Self {
         let (main, admin) = (free_port(), free_port());
         let setup = Setup {
             listen: ([127, 0, 0, 1], main).into(),
@@ -141,7 +148,8 @@ impl GatewayProcess {
             skew: u32::try_from(SKEW).unwrap(),
         };
         let config = dir.join("portcullis.toml");
-        std::fs::write(&config, setup.config(dir)).unwrap();
+        let upstream = setup.upstream;
+        std::fs::write(&config, edit(setup.config(dir))).unwrap();
         let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
         let proc = Proc::spawn(
             "portcullis",
@@ -170,13 +178,14 @@ impl GatewayProcess {
         );
         GatewayProcess {
             base,
+            upstream,
             config,
             _proc: proc,
         }
     }
 
     /// `portcullis users unlock USER --config FILE`, as an operator runs it.
-    fn unlock(&self, user: &str) -> String {
+    pub(crate) fn unlock(&self, user: &str) -> String {
         let out = Command::new(BIN)
             .args(["users", "unlock", user, "--config"])
             .arg(&self.config)
@@ -193,7 +202,12 @@ impl GatewayProcess {
 }
 
 /// chromedriver on a free port, with a Chromium session in headless mode.
-async fn browser(chromium: &Path, profile: &Path) -> (Proc, Client) {
+pub(crate) async fn browser(chromium: &Path, profile: &Path) -> (Proc, Client) {
+    browser_with(chromium, profile, &[]).await
+}
+
+/// [`browser`] with more Chromium arguments.
+pub(crate) async fn browser_with(chromium: &Path, profile: &Path, extra: &[String]) -> (Proc, Client) {
     let port = free_port();
     let driver = Proc::spawn(
         "chromedriver",
@@ -215,17 +229,25 @@ async fn browser(chromium: &Path, profile: &Path) -> (Proc, Client) {
     })
     .await;
     assert!(ready, "chromedriver did not become ready");
+    let mut args = vec![
+        "--headless".to_owned(),
+        "--no-sandbox".to_owned(),
+        "--disable-gpu".to_owned(),
+        "--disable-quic".to_owned(),
+        "--no-first-run".to_owned(),
+        "--disable-background-networking".to_owned(),
+        "--disable-component-update".to_owned(),
+        "--disable-sync".to_owned(),
+        "--disable-dev-shm-usage".to_owned(),
+        "--window-size=1000,1100".to_owned(),
+        format!("--user-data-dir={}", profile.display()),
+    ];
+    args.extend_from_slice(extra);
     let caps = json!({
         "browserName": "chrome",
         "goog:chromeOptions": {
             "binary": chromium,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1000,1100",
-                format!("--user-data-dir={}", profile.display()),
-            ],
+            "args": args,
         },
     });
     let serde_json::Value::Object(caps) = caps else {
@@ -240,23 +262,23 @@ async fn browser(chromium: &Path, profile: &Path) -> (Proc, Client) {
 }
 
 /// The person at the browser.
-struct Person {
-    b: Client,
-    base: String,
-    shots: PathBuf,
+pub(crate) struct Person {
+    pub(crate) b: Client,
+    pub(crate) base: String,
+    pub(crate) shots: PathBuf,
 }
 
 impl Person {
-    async fn goto(&self, path: &str) {
+    pub(crate) async fn goto(&self, path: &str) {
         self.b.goto(&format!("{}{path}", self.base)).await.unwrap();
     }
 
-    async fn path(&self) -> String {
+    pub(crate) async fn path(&self) -> String {
         self.b.current_url().await.unwrap().path().to_owned()
     }
 
     /// Waits until the browser shows `path`.
-    async fn on(&self, path: &str) {
+    pub(crate) async fn on(&self, path: &str) {
         let ok = until(PAGE_TIMEOUT, async || self.path().await == path).await;
         if !ok {
             let html = self.b.source().await.unwrap_or_default();
@@ -267,7 +289,7 @@ impl Person {
         }
     }
 
-    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+    pub(crate) async fn find(&self, css: &str) -> fantoccini::elements::Element {
         self.b
             .wait()
             .at_most(PAGE_TIMEOUT)
@@ -276,30 +298,30 @@ impl Person {
             .unwrap_or_else(|e| panic!("no {css}: {e}"))
     }
 
-    async fn text(&self, css: &str) -> String {
+    pub(crate) async fn text(&self, css: &str) -> String {
         self.find(css).await.text().await.unwrap()
     }
 
-    async fn type_into(&self, css: &str, text: &str) {
+    pub(crate) async fn type_into(&self, css: &str, text: &str) {
         let field = self.find(css).await;
         field.clear().await.unwrap();
         field.send_keys(text).await.unwrap();
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         self.find(css).await.click().await.unwrap();
     }
 
     /// Clicks what navigates (a submit button, a link) and waits until the
     /// old page is gone, so the next look is at the new one.
-    async fn click_and_load(&self, css: &str) {
+    pub(crate) async fn click_and_load(&self, css: &str) {
         let old = self.b.find(Locator::Css("html")).await.unwrap();
         self.click(css).await;
         let gone = until(PAGE_TIMEOUT, async || old.tag_name().await.is_err()).await;
         assert!(gone, "clicking {css} loaded no new page");
     }
 
-    async fn screenshot(&self, name: &str) {
+    pub(crate) async fn screenshot(&self, name: &str) {
         let png = self.b.screenshot().await.unwrap();
         let file = self.shots.join(name);
         std::fs::write(&file, png).unwrap();
@@ -307,7 +329,7 @@ impl Person {
     }
 
     /// Opens the app, gets sent to the login page, and signs in.
-    async fn sign_in(&self) {
+    pub(crate) async fn sign_in(&self) {
         self.goto("/hello").await;
         self.on("/_portcullis/login").await;
         let rd = self.b.current_url().await.unwrap();
@@ -322,7 +344,7 @@ impl Person {
     }
 
     /// The app is reached, and told who signed in.
-    async fn at_the_app(&self) {
+    pub(crate) async fn at_the_app(&self) {
         self.on("/hello").await;
         assert_eq!(self.text("h1").await, "Hello, alice");
         let row = self
@@ -334,7 +356,7 @@ impl Person {
     }
 
     /// Signs out on the factors page; returns the recovery codes left it showed.
-    async fn sign_out(&self) -> u32 {
+    pub(crate) async fn sign_out(&self) -> u32 {
         self.goto("/_portcullis/factors").await;
         self.on("/_portcullis/factors").await;
         let left = self.text("#codes-left").await.parse().unwrap();
@@ -348,14 +370,14 @@ impl Person {
     }
 
     /// Types a TOTP code on the challenge page and submits it.
-    async fn enter_code(&self, code: &str) {
+    pub(crate) async fn enter_code(&self, code: &str) {
         self.type_into("#code", code).await;
         self.click_and_load("form[action$='/mfa/verify'] button[type=submit]")
             .await;
     }
 
     /// The error a refused code left on the challenge page.
-    async fn refusal(&self) -> String {
+    pub(crate) async fn refusal(&self) -> String {
         self.on("/_portcullis/mfa/verify").await;
         self.text("p.error").await
     }

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod front;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
