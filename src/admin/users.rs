@@ -517,7 +517,9 @@ impl UserOpError {
 impl std::fmt::Display for UserOpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            UserOpError::NotFound => f.write_str("no such user"),
+            UserOpError::NotFound => {
+                f.write_str("no such user (not in the users file, the store or the directory)")
+            }
             UserOpError::ReadOnly(Source::File) => f.write_str(
                 "the user is defined in the users file (users.file): remove or change them there, then reload",
             ),

@@ -418,7 +418,7 @@ async fn list(st: &AppState, as_json: bool) -> ExitCode {
             r["id"].as_str().unwrap_or_default(),
             r["source"].as_str().unwrap_or_default(),
             r["status"].as_str().unwrap_or_default(),
-            r["factors"],
+            r["factors"].as_u64().unwrap_or_default(),
             r["lockedUntil"].as_str().unwrap_or("-"),
         );
     }
