@@ -381,7 +381,7 @@ async fn list(st: &AppState, as_json: bool) -> ExitCode {
         Source::Api => 1,
         Source::Directory => 2,
     };
-    subjects.sort_by(|a, b| (order(a), a.login().to_lowercase()).cmp(&(order(b), b.login().to_lowercase())));
+    subjects.sort_by_key(|s| (order(s), s.login().to_lowercase()));
     let mut rows = Vec::with_capacity(subjects.len());
     for s in &subjects {
         match describe(st, s).await {
