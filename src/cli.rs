@@ -1,7 +1,8 @@
 //! The command line: `serve`, `demo`, `check-config`, `hash-password`,
-//! `gen-key`, `users unlock`, `store rotate-key`. Exit codes: 0 success, 1
-//! runtime failure, 64 (EX_USAGE) for a bad config (including keys that do
-//! not fit the database) or bad arguments.
+//! `gen-key`, `users ...` ([`users`]), `store rotate-key`. Exit codes: 0
+//! success, 1 runtime failure, 2 no such user (`users` commands), 64
+//! (EX_USAGE) for a bad config (including keys that do not fit the
+//! database) or bad arguments.
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -13,8 +14,14 @@ use crate::config::{self, LoadedConfig};
 use crate::gateway::Gateway;
 use crate::server::{self, ListenerOptions, Shutdown};
 
+mod users;
+use users::UsersCommand;
+
 /// Exit code for a bad config (EX_USAGE from sysexits.h).
 pub const EXIT_CONFIG: u8 = 64;
+
+/// Exit code of the `users` commands for an unknown user or factor.
+pub use users::EXIT_NO_USER;
 
 /// Portcullis: an MFA gateway in front of web applications.
 #[derive(Debug, Parser)]
@@ -80,29 +87,20 @@ enum StoreCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum UsersCommand {
-    /// Show where a user comes from (users file, API, directory) and their groups.
-    Show {
-        /// Login or user id.
-        user: String,
-        /// The config file.
-        #[arg(long, env = "PORTCULLIS_CONFIG")]
-        config: PathBuf,
-    },
-    /// Clear a user's lockout.
-    Unlock {
-        /// Login or user id.
-        user: String,
-        /// The config file.
-        #[arg(long, env = "PORTCULLIS_CONFIG")]
-        config: PathBuf,
-    },
-}
-
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout with 0; bad arguments exit 64 (not clap's 2).
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -141,21 +139,7 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        (
-            Some(Command::Users {
-                command: UsersCommand::Show { user, config },
-            }),
-            _,
-        ) => match load(&config) {
-            Some(loaded) => runtime.block_on(crate::users::show(&loaded.config, &user)),
-            None => ExitCode::from(EXIT_CONFIG),
-        },
-        (
-            Some(Command::Users {
-                command: UsersCommand::Unlock { user, config },
-            }),
-            _,
-        ) => runtime.block_on(unlock(&user, &config)),
+        (Some(Command::Users { command }), _) => users::run(&runtime, command),
         (
             Some(Command::Store {
                 command: StoreCommand::RotateKey { config },
@@ -295,20 +279,22 @@ pub async fn run(config: config::Config, shutdown: Option<Shutdown>) -> ExitCode
     ExitCode::SUCCESS
 }
 
-fn hash_password() -> ExitCode {
+/// Reads a password: prompted without echo on a terminal, else stdin (one
+/// trailing newline is the terminator). Empty is a usage error.
+fn read_password() -> Result<String, ExitCode> {
     let password = if std::io::stdin().is_terminal() {
         match rpassword::prompt_password("Password: ") {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("error: cannot read the password: {e}");
-                return ExitCode::FAILURE;
+                return Err(ExitCode::FAILURE);
             }
         }
     } else {
         let mut s = String::new();
         if let Err(e) = std::io::stdin().read_to_string(&mut s) {
             eprintln!("error: cannot read stdin: {e}");
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
         // One trailing newline is the terminator, not part of the password.
         s.strip_suffix('\n')
@@ -318,54 +304,19 @@ fn hash_password() -> ExitCode {
     };
     if password.is_empty() {
         eprintln!("error: empty password");
-        return ExitCode::from(EXIT_CONFIG);
+        return Err(ExitCode::from(EXIT_CONFIG));
     }
+    Ok(password)
+}
+
+fn hash_password() -> ExitCode {
+    let password = match read_password() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     match crate::passwords::hash_password(password.as_bytes()) {
         Ok(h) => {
             println!("{h}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn unlock(user: &str, path: &Path) -> ExitCode {
-    let Some(loaded) = load(path) else {
-        return ExitCode::from(EXIT_CONFIG);
-    };
-    let cfg = loaded.config;
-    let store = match crate::store::open(&cfg.store).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // A login of the users file (which wins, as at sign-in), else of a user
-    // created through the Users API, else the argument is a user id.
-    let dir = crate::users::UserDirectory::from_file_users(&cfg.users.file_users);
-    let uid = match dir.by_login(user) {
-        Some(u) => u.id.clone(),
-        None => match store.get_user_by_login(user).await {
-            Ok(Some(u)) => u.id,
-            Ok(None) => user.to_owned(),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-    };
-    match store.unlock_user(&uid).await {
-        Ok(true) => {
-            crate::audit!("user.unlocked", user = %user, actor = "cli");
-            println!("{user}: unlocked");
-            ExitCode::SUCCESS
-        }
-        Ok(false) => {
-            println!("{user}: was not locked");
             ExitCode::SUCCESS
         }
         Err(e) => {

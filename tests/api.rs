@@ -15,6 +15,8 @@ mod common;
 mod factors;
 #[path = "api/openapi.rs"]
 mod openapi;
+#[path = "api/reset.rs"]
+mod reset;
 #[path = "api/self_service.rs"]
 mod self_service;
 #[path = "api/signin.rs"]

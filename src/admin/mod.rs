@@ -49,6 +49,7 @@ pub enum Op {
     SuspendUser,
     UnsuspendUser,
     UnlockUser,
+    ResetFactors,
     RevokeSessions,
     Factor(FactorOp),
     RecoveryCodesLeft,
@@ -90,6 +91,11 @@ pub const ROUTES: &[Route<Op>] = &[
         Op::UnsuspendUser,
     ),
     r(Verb::Post, "/api/v1/users/{id}/lifecycle/unlock", Op::UnlockUser),
+    r(
+        Verb::Post,
+        "/api/v1/users/{id}/lifecycle/reset_factors",
+        Op::ResetFactors,
+    ),
     r(Verb::Delete, "/api/v1/users/{id}/sessions", Op::RevokeSessions),
     r(
         Verb::Get,
@@ -180,6 +186,7 @@ fn handler(op: Op, filter: MethodFilter) -> MethodRouter<Arc<AppState>> {
         Op::SuspendUser => on(filter, users::suspend),
         Op::UnsuspendUser => on(filter, users::unsuspend),
         Op::UnlockUser => on(filter, users::unlock),
+        Op::ResetFactors => on(filter, users::reset),
         Op::RevokeSessions => on(filter, users::revoke_sessions),
         Op::RecoveryCodesLeft => on(filter, factors::recovery_left),
         Op::NewRecoveryCodes => on(filter, factors::recovery_new),

@@ -28,6 +28,7 @@ use crate::api::{json, unavailable};
 use crate::audit;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ErrorCode};
+use crate::factors;
 use crate::ids::Ids;
 use crate::secret::Secret;
 use crate::state::AppState;
@@ -267,7 +268,7 @@ fn login_exists() -> Response {
 /// Checks a profile object and returns it normalized (trimmed strings,
 /// `null`s dropped) with its login. `base` is the profile being updated
 /// (partial updates merge into it); `None` for a full profile.
-fn check_profile(given: &Value, base: Option<&Value>) -> Result<(String, Value), ApiError> {
+pub(crate) fn check_profile(given: &Value, base: Option<&Value>) -> Result<(String, Value), ApiError> {
     let Some(given) = given.as_object() else {
         return Err(invalid(vec!["profile: must be an object".into()]));
     };
@@ -375,18 +376,27 @@ fn check_password(body: &Map<String, Value>) -> Result<Option<Secret>, ApiError>
         ]));
     }
     match password.get("value").and_then(Value::as_str) {
-        Some(v) if v.chars().count() < MIN_PASSWORD => Err(invalid(vec![format!(
-            "password: Password requirements were not met: at least {MIN_PASSWORD} characters"
-        )])),
-        Some(v) if v.len() > crate::passwords::MAX_PASSWORD_LEN => Err(invalid(vec![format!(
-            "password: at most {} bytes",
-            crate::passwords::MAX_PASSWORD_LEN
-        )])),
-        Some(v) => Ok(Some(Secret::new(v))),
+        Some(v) => check_password_value(v).map(Some).map_err(|c| invalid(vec![c])),
         None => Err(invalid(vec![
             "credentials.password.value: must be a string".into(),
         ])),
     }
+}
+
+/// Checks a new password (the API and the command line).
+pub(crate) fn check_password_value(v: &str) -> Result<Secret, String> {
+    if v.chars().count() < MIN_PASSWORD {
+        return Err(format!(
+            "password: Password requirements were not met: at least {MIN_PASSWORD} characters"
+        ));
+    }
+    if v.len() > crate::passwords::MAX_PASSWORD_LEN {
+        return Err(format!(
+            "password: at most {} bytes",
+            crate::passwords::MAX_PASSWORD_LEN
+        ));
+    }
+    Ok(Secret::new(v))
 }
 
 /// argon2id on the blocking pool (it is slow and memory-hard on purpose).
@@ -408,6 +418,317 @@ fn file_login(st: &AppState, login: &str) -> bool {
 /// other replicas at their next refresh.
 async fn end_sessions(st: &AppState, user_id: &str) -> Result<(), Response> {
     let epoch = st.store.bump_epoch(user_id).await.map_err(unavailable)?;
+    st.enforcer.revocations.note_epoch(user_id, epoch);
+    Ok(())
+}
+
+// ---- operations shared with the command line ---------------------------------
+
+/// Who acts on a user, for the audit log: an admin token (by index) or the
+/// `portcullis users ...` command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    Admin(usize),
+    Cli,
+}
+
+impl Actor {
+    /// The audit log's `actor`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Actor::Admin(_) => "admin",
+            Actor::Cli => "cli",
+        }
+    }
+
+    /// The admin token's index, if a token acted.
+    pub fn token(self) -> Option<usize> {
+        match self {
+            Actor::Admin(t) => Some(t),
+            Actor::Cli => None,
+        }
+    }
+}
+
+/// Where a user comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    File,
+    Api,
+    Directory,
+}
+
+impl Source {
+    /// How the command line names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::File => "file",
+            Source::Api => "api",
+            Source::Directory => "directory",
+        }
+    }
+}
+
+/// The source of a user the API knows.
+pub fn source_of(s: &Subject) -> Source {
+    match s {
+        Subject::Stored(_) => Source::Api,
+        Subject::File(u) if u.from_file => Source::File,
+        Subject::File(_) => Source::Directory,
+    }
+}
+
+/// Why a user operation failed (the API and the command line each say it
+/// their way).
+#[derive(Debug)]
+pub enum UserOpError {
+    /// No user with that id or login.
+    NotFound,
+    /// The user is from the users file or the directory: change them there.
+    ReadOnly(Source),
+    /// The login is taken (in this source or an earlier one).
+    LoginTaken(Source),
+    /// No such factor of this user.
+    FactorNotFound,
+    /// The factor is provisioned by the users file.
+    FactorReadOnly,
+    Invalid(Vec<String>),
+    Unavailable(String),
+}
+
+impl UserOpError {
+    /// The Okta error answer.
+    pub fn response(&self) -> Response {
+        match self {
+            UserOpError::NotFound | UserOpError::FactorNotFound => {
+                ApiError::new(ErrorCode::E0000007).into_response()
+            }
+            UserOpError::ReadOnly(_) => read_only(),
+            UserOpError::LoginTaken(_) => login_exists(),
+            UserOpError::FactorReadOnly => ApiError::new(ErrorCode::E0000006)
+                .cause("this factor is provisioned by the users file and is read-only")
+                .into_response(),
+            UserOpError::Invalid(causes) => validation(causes.clone()),
+            UserOpError::Unavailable(e) => unavailable(e),
+        }
+    }
+}
+
+impl std::fmt::Display for UserOpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserOpError::NotFound => {
+                f.write_str("no such user (not in the users file, the store or the directory)")
+            }
+            UserOpError::ReadOnly(Source::File) => f.write_str(
+                "the user is defined in the users file (users.file): remove or change them there, then reload",
+            ),
+            UserOpError::ReadOnly(_) => f.write_str(
+                "the user comes from the directory (users.ldap): remove or disable them in the directory",
+            ),
+            UserOpError::LoginTaken(s) => write!(f, "the login already exists (source: {})", s.as_str()),
+            UserOpError::FactorNotFound => f.write_str("the user has no factor with that id"),
+            UserOpError::FactorReadOnly => f.write_str(
+                "the factor is provisioned by the users file (totp_secret): remove it there",
+            ),
+            UserOpError::Invalid(causes) => f.write_str(&causes.join("; ")),
+            UserOpError::Unavailable(e) => write!(f, "the store: {e}"),
+        }
+    }
+}
+
+fn unavailable_op(e: impl std::fmt::Display) -> UserOpError {
+    UserOpError::Unavailable(e.to_string())
+}
+
+/// Finds a user by id or login, or [`UserOpError::NotFound`].
+pub async fn find_subject(st: &AppState, key: &str) -> Result<Subject, UserOpError> {
+    match find(st, key).await {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(UserOpError::NotFound),
+        Err(e) => Err(unavailable_op(e)),
+    }
+}
+
+/// The stored (API) user `key`; users-file and directory users are refused.
+async fn stored_op(st: &AppState, key: &str) -> Result<UserRecord, UserOpError> {
+    match find_subject(st, key).await? {
+        Subject::Stored(r) => Ok(r),
+        s @ Subject::File(_) => Err(UserOpError::ReadOnly(source_of(&s))),
+    }
+}
+
+/// The source other than the store that holds `login`, if any: the users
+/// file or the directory. Before the directory's first full read (the
+/// command line; a gateway just started) the directory is asked directly.
+async fn login_elsewhere(st: &AppState, login: &str) -> Result<Option<Source>, UserOpError> {
+    if let Some(u) = file_user(st, login) {
+        return Ok(Some(if u.from_file {
+            Source::File
+        } else {
+            Source::Directory
+        }));
+    }
+    let pending = st
+        .enforcer
+        .users
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .directory_pending();
+    if pending && let Some(dir) = &st.directory {
+        return match dir.find(login).await {
+            Ok(Some(_)) => Ok(Some(Source::Directory)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(UserOpError::Unavailable(format!("the directory: {e}"))),
+        };
+    }
+    Ok(None)
+}
+
+/// Creates a stored user (the password, if any, is hashed here).
+pub async fn create_user(
+    st: &AppState,
+    login: String,
+    profile: Value,
+    password: Option<Secret>,
+    active: bool,
+    actor: Actor,
+) -> Result<UserRecord, UserOpError> {
+    if let Some(source) = login_elsewhere(st, &login).await? {
+        return Err(UserOpError::LoginTaken(source));
+    }
+    let password_hash = match password {
+        Some(p) => Some(hash_op(p).await?),
+        None => None,
+    };
+    let now = st.clock.now();
+    let record = UserRecord {
+        id: format!("00u{}", crate::crypto::random_id(17)),
+        login,
+        status: if active {
+            UserStatus::Active
+        } else {
+            UserStatus::Staged
+        },
+        profile,
+        password_changed: password_hash.as_ref().map(|_| now),
+        password_hash,
+        created: now,
+        activated: active.then_some(now),
+        status_changed: active.then_some(now),
+        last_updated: now,
+        seq: 0,
+    };
+    match st.store.create_user(&record).await {
+        Ok(UserWrite::Written(r)) => {
+            crate::users::apply_record(&st.enforcer.users, &r);
+            audit!("admin.user.created", user = %r.login, user_id = %r.id, status = r.status.as_str(), actor = actor.name(), token = ?actor.token());
+            Ok(r)
+        }
+        Ok(_) => Err(UserOpError::LoginTaken(Source::Api)),
+        Err(e) => Err(unavailable_op(e)),
+    }
+}
+
+/// Deletes a stored user (with their factors and recovery codes) and ends
+/// their sessions.
+pub async fn delete_user(st: &AppState, key: &str, actor: Actor) -> Result<UserRecord, UserOpError> {
+    let r = stored_op(st, key).await?;
+    match st.store.delete_user(&r.id, st.clock.now()).await {
+        Ok(true) => {}
+        Ok(false) => return Err(UserOpError::NotFound),
+        Err(e) => return Err(unavailable_op(e)),
+    }
+    // Deleted ids are never reused: no later state of this id can exist.
+    crate::users::apply_deleted(&st.enforcer.users, &r.id, i64::MAX);
+    end_sessions_op(st, &r.id).await?;
+    audit!("admin.user.deleted", user = %r.login, user_id = %r.id, actor = actor.name(), token = ?actor.token());
+    Ok(r)
+}
+
+/// Clears the user's lockouts; true if one was in force.
+pub async fn unlock_user(st: &AppState, key: &str, actor: Actor) -> Result<(Subject, bool), UserOpError> {
+    let s = find_subject(st, key).await?;
+    let was_locked = st.regulator.unlock(s.id()).await.map_err(unavailable_op)?;
+    audit!("user.unlocked", user = %s.login(), actor = actor.name(), token = ?actor.token(), was_locked = was_locked);
+    Ok((s, was_locked))
+}
+
+/// What a factor reset did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FactorReset {
+    /// The ids of the removed factors.
+    pub removed: Vec<String>,
+    /// Factors provisioned by the users file (left alone).
+    pub read_only: usize,
+}
+
+/// Removes every factor of a user (or only `factor`), the last active one
+/// included, and ends their sessions: the helpdesk's "lost phone". With
+/// `users.enrollment = "first_login"` the user enrolls again at the next
+/// sign-in. Factors provisioned by the users file stay (read-only).
+pub async fn reset_factors(
+    st: &AppState,
+    key: &str,
+    factor: Option<&str>,
+    actor: Actor,
+) -> Result<(Subject, FactorReset), UserOpError> {
+    let s = find_subject(st, key).await?;
+    let user = s.user();
+    let all = factors::list(st, &user).await.map_err(unavailable_op)?;
+    let mut reset = FactorReset::default();
+    let chosen: Vec<&factors::Factor> = match factor {
+        Some(id) => match all.iter().find(|f| f.record.id == id) {
+            Some(f) if f.from_config => return Err(UserOpError::FactorReadOnly),
+            Some(f) => vec![f],
+            None => return Err(UserOpError::FactorNotFound),
+        },
+        None => {
+            reset.read_only = all.iter().filter(|f| f.from_config).count();
+            all.iter().filter(|f| !f.from_config).collect()
+        }
+    };
+    for f in chosen {
+        match factors::remove_by(
+            st,
+            &user,
+            &f.record.id,
+            actor.name(),
+            factors::Remover::Administrator,
+        )
+        .await
+        {
+            Ok(()) | Err(factors::RemoveError::NotFound) => reset.removed.push(f.record.id.clone()),
+            Err(factors::RemoveError::ReadOnly) => reset.read_only += 1,
+            Err(factors::RemoveError::LastFactor) => {
+                return Err(UserOpError::Unavailable("the last factor was kept".into()));
+            }
+            Err(factors::RemoveError::Unavailable) => {
+                return Err(UserOpError::Unavailable("removing a factor failed".into()));
+            }
+        }
+    }
+    // Pending factors do not move the epoch when removed; a reset always ends sessions.
+    end_sessions_op(st, s.id()).await?;
+    audit!("user.factors.reset", user = %s.login(), user_id = %s.id(), removed = reset.removed.len(), factor_id = ?factor, actor = actor.name(), token = ?actor.token());
+    Ok((s, reset))
+}
+
+async fn hash_op(password: Secret) -> Result<String, UserOpError> {
+    let done = tokio::task::spawn_blocking(move || crate::passwords::hash_password(password.expose())).await;
+    match done {
+        Ok(Ok(h)) => Ok(h),
+        Ok(Err(e)) => Err(UserOpError::Unavailable(format!(
+            "hashing a password failed: {e}"
+        ))),
+        Err(e) => Err(UserOpError::Unavailable(format!(
+            "hashing a password failed: {e}"
+        ))),
+    }
+}
+
+async fn end_sessions_op(st: &AppState, user_id: &str) -> Result<(), UserOpError> {
+    let epoch = st.store.bump_epoch(user_id).await.map_err(unavailable_op)?;
     st.enforcer.revocations.note_epoch(user_id, epoch);
     Ok(())
 }
@@ -438,43 +759,10 @@ pub async fn create(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    if file_login(&st, &login) {
-        return login_exists();
-    }
-    let password_hash = match password {
-        Some(p) => match hash(p).await {
-            Ok(h) => Some(h),
-            Err(r) => return r,
-        },
-        None => None,
-    };
-    let now = st.clock.now();
     let active = q.activate.unwrap_or(true);
-    let record = UserRecord {
-        id: format!("00u{}", crate::crypto::random_id(17)),
-        login,
-        status: if active {
-            UserStatus::Active
-        } else {
-            UserStatus::Staged
-        },
-        profile,
-        password_changed: password_hash.as_ref().map(|_| now),
-        password_hash,
-        created: now,
-        activated: active.then_some(now),
-        status_changed: active.then_some(now),
-        last_updated: now,
-        seq: 0,
-    };
-    match st.store.create_user(&record).await {
-        Ok(UserWrite::Written(r)) => {
-            crate::users::apply_record(&st.enforcer.users, &r);
-            audit!("admin.user.created", user = %r.login, user_id = %r.id, status = r.status.as_str(), token = admin.token);
-            answer_user(&st, &admin.origin, &Subject::Stored(r)).await
-        }
-        Ok(_) => login_exists(),
-        Err(e) => unavailable(e),
+    match create_user(&st, login, profile, password, active, Actor::Admin(admin.token)).await {
+        Ok(r) => answer_user(&st, &admin.origin, &Subject::Stored(r)).await,
+        Err(e) => e.response(),
     }
 }
 
@@ -637,22 +925,10 @@ async fn change(st: &AppState, admin: &Admin, id: &str, body: &[u8], partial: bo
 /// `DELETE /api/v1/users/{id}`: deletes a stored user at once (with their
 /// factors and recovery codes) and ends their sessions.
 pub async fn delete(admin: Admin, State(st): State<Arc<AppState>>, Ids(id): Ids<String>) -> Response {
-    let r = match stored(&st, &id).await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    match st.store.delete_user(&r.id, st.clock.now()).await {
-        Ok(true) => {}
-        Ok(false) => return ApiError::new(ErrorCode::E0000007).into_response(),
-        Err(e) => return unavailable(e),
+    match delete_user(&st, &id, Actor::Admin(admin.token)).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.response(),
     }
-    // Deleted ids are never reused: no later state of this id can exist.
-    crate::users::apply_deleted(&st.enforcer.users, &r.id, i64::MAX);
-    if let Err(res) = end_sessions(&st, &r.id).await {
-        return res;
-    }
-    audit!("admin.user.deleted", user = %r.login, user_id = %r.id, token = admin.token);
-    StatusCode::NO_CONTENT.into_response()
 }
 
 /// Moves a stored user from `from` to `to`; `end` ends their sessions.
@@ -739,16 +1015,19 @@ pub async fn unsuspend(admin: Admin, State(st): State<Arc<AppState>>, Ids(id): I
 
 /// `POST /api/v1/users/{id}/lifecycle/unlock`: clears the user's lockouts.
 pub async fn unlock(admin: Admin, State(st): State<Arc<AppState>>, Ids(id): Ids<String>) -> Response {
-    let s = match subject(&st, &id).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    match st.regulator.unlock(s.id()).await {
-        Ok(was_locked) => {
-            audit!("user.unlocked", user = %s.login(), actor = "admin", token = admin.token, was_locked = was_locked);
-            json(StatusCode::OK, &json!({}))
-        }
-        Err(e) => unavailable(e),
+    match unlock_user(&st, &id, Actor::Admin(admin.token)).await {
+        Ok(_) => json(StatusCode::OK, &json!({})),
+        Err(e) => e.response(),
+    }
+}
+
+/// `POST /api/v1/users/{id}/lifecycle/reset_factors`: removes every factor
+/// of the user, the last one included, and ends their sessions; the user
+/// enrolls again at the next sign-in (`users.enrollment = "first_login"`).
+pub async fn reset(admin: Admin, State(st): State<Arc<AppState>>, Ids(id): Ids<String>) -> Response {
+    match reset_factors(&st, &id, None, Actor::Admin(admin.token)).await {
+        Ok(_) => json(StatusCode::OK, &json!({})),
+        Err(e) => e.response(),
     }
 }
 

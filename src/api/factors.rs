@@ -554,13 +554,21 @@ pub(crate) async fn resend(st: &Handles, scope: &Scope, id: &str) -> Response {
 }
 
 /// `DELETE .../factors/{fid}`: 204. Removing an active factor also ends the
-/// user's sessions (a factor reset; see [`factors::remove`]); the self-service
-/// route re-issues the caller's own session.
+/// user's sessions (a factor reset; see [`factors::remove_by`]); the
+/// self-service route re-issues the caller's own session. An administrator
+/// may remove the last active factor; the user may not (two-factor policy).
 pub(crate) async fn delete(st: &Handles, scope: &Scope, id: &str) -> Response {
     if let Err(r) = owned(st, scope, id).await {
         return r;
     }
-    match factors::remove(st, &scope.user, id, scope.actor).await {
+    // An administrator may remove the last factor (the user enrolls again);
+    // the user themselves may not while policy requires two.
+    let by = if scope.token.is_some() {
+        factors::Remover::Administrator
+    } else {
+        factors::Remover::User
+    };
+    match factors::remove_by(st, &scope.user, id, scope.actor, by).await {
         Ok(()) => {}
         Err(factors::RemoveError::NotFound) => return not_found(),
         Err(factors::RemoveError::ReadOnly) => {

@@ -496,12 +496,34 @@ pub enum RemoveError {
     Unavailable,
 }
 
+/// Removes a stored factor of `user`, for the user themselves: the last
+/// active factor stays while policy requires two. See [`remove_by`].
+pub async fn remove(st: &Handles, user: &User, factor_id: &str, actor: &str) -> Result<(), RemoveError> {
+    remove_by(st, user, factor_id, actor, Remover::User).await
+}
+
+/// Who removes a factor: the user may not remove their last active factor
+/// while policy requires two; an administrator (the admin API, the command
+/// line) may (the helpdesk's "lost phone"), and the user then enrolls again
+/// at the next sign-in when `users.enrollment = "first_login"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remover {
+    User,
+    Administrator,
+}
+
 /// Removes a stored factor of `user`. Removing an active factor moves the
 /// user's session epoch first, so every session of the user ends (a factor
 /// reset, by an administrator or by the user: a session that a lost or stolen
 /// factor helped open must not outlive the factor). A caller acting for the
 /// user's own session re-issues it with the new epoch.
-pub async fn remove(st: &Handles, user: &User, factor_id: &str, actor: &str) -> Result<(), RemoveError> {
+pub async fn remove_by(
+    st: &Handles,
+    user: &User,
+    factor_id: &str,
+    actor: &str,
+    by: Remover,
+) -> Result<(), RemoveError> {
     let factors = list(st, user).await.map_err(|_| RemoveError::Unavailable)?;
     let Some(factor) = factors.iter().find(|f| f.record.id == factor_id) else {
         return Err(RemoveError::NotFound);
@@ -513,7 +535,7 @@ pub async fn remove(st: &Handles, user: &User, factor_id: &str, actor: &str) -> 
         .iter()
         .filter(|f| f.is_active() && f.record.id != factor_id)
         .count();
-    if factor.is_active() && active_left == 0 && policy_requires_two(st) {
+    if by == Remover::User && factor.is_active() && active_left == 0 && policy_requires_two(st) {
         return Err(RemoveError::LastFactor);
     }
     if factor.is_active() {

@@ -438,8 +438,8 @@ pub async fn show(cfg: &crate::config::Config, key: &str) -> std::process::ExitC
     }
     match found.len() {
         0 => {
-            println!("{key}: no such user");
-            ExitCode::FAILURE
+            eprintln!("error: {key}: no such user (not in the users file, the store or the directory)");
+            ExitCode::from(crate::cli::EXIT_NO_USER)
         }
         1 if !failed => ExitCode::SUCCESS,
         1 => ExitCode::FAILURE,

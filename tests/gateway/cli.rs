@@ -439,3 +439,187 @@ max_password_failures_per_user = 2
         .await;
     assert_eq!(res.status(), 303, "unlocked by the CLI");
 }
+
+/// Runs `portcullis ARGS --config FILE` (stdin given, or closed) off the
+/// runtime; returns (exit code, stdout, stderr).
+async fn users_cli(args: &[&str], config: &Path, stdin: Option<&str>) -> (Option<i32>, String, String) {
+    let mut argv: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    argv.push("--config".into());
+    argv.push(config.display().to_string());
+    let stdin = stdin.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut child = portcullis(&argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut input = child.stdin.take().unwrap();
+            if let Some(s) = stdin {
+                input.write_all(s.as_bytes()).unwrap();
+            }
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// True when a log line is the audit event `event` with `actor` cli.
+fn audited_by_cli(stderr: &str, event: &str) -> bool {
+    stderr.lines().any(|l| {
+        l.contains(event)
+            && (l.contains("actor=\"cli\"") || l.contains("actor=cli") || l.contains("\"actor\":\"cli\""))
+    })
+}
+
+#[tokio::test]
+async fn users_add_list_show_remove_round_trip_on_sqlite() {
+    let gw = crate::support::TestGateway::start(
+        r#"
+[store]
+kind = "sqlite"
+path = "{tmp}/portcullis.db"
+"#,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(&config, &gw.config_text).unwrap();
+
+    // add: the password from stdin, profile options; audited as the CLI.
+    let (code, out, err) = users_cli(
+        &[
+            "users",
+            "add",
+            "carol",
+            "--email",
+            "carol@example.com",
+            "--first-name",
+            "Carol",
+            "--group",
+            "staff",
+            "--group",
+            "ops",
+        ],
+        &config,
+        Some("carol-password-1\n"),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("carol: created (api user"), "{out}");
+    assert!(audited_by_cli(&err, "admin.user.created"), "{err}");
+    // A name another source holds is refused, naming the source.
+    let (code, _, err) = users_cli(&["users", "add", "alice", "--no-password"], &config, None).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("source: file"), "{err}");
+    let (code, _, err) = users_cli(&["users", "add", "Carol", "--no-password"], &config, None).await;
+    assert_eq!(code, Some(1), "{err}");
+    // A short password is a usage error.
+    let (code, _, err) = users_cli(&["users", "add", "dave"], &config, Some("short\n")).await;
+    assert_eq!(code, Some(64), "{err}");
+
+    // list --json: every source, with status, factors and lockout.
+    let (code, out, err) = users_cli(&["users", "list", "--json"], &config, None).await;
+    assert_eq!(code, Some(0), "{err}");
+    let rows: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let row = |login: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["login"] == login)
+            .unwrap_or_else(|| panic!("{login} not in {rows}"))
+            .clone()
+    };
+    assert_eq!(row("alice")["source"], "file");
+    assert_eq!(row("bob")["source"], "file");
+    let carol = row("carol");
+    assert_eq!(carol["source"], "api");
+    assert_eq!(carol["status"], "ACTIVE");
+    assert_eq!(carol["factors"], 0);
+    assert!(carol["lockedUntil"].is_null());
+    let carol_id = carol["id"].as_str().unwrap().to_owned();
+    assert!(carol_id.starts_with("00u"));
+    let (code, table, _) = users_cli(&["users", "list"], &config, None).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("carol") && l.contains("api") && l.contains(&carol_id)),
+        "{table}"
+    );
+
+    // show, by login and by id.
+    let (code, out, err) = users_cli(&["users", "show", "carol"], &config, None).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("API user") && out.contains("staff, ops"), "{out}");
+    assert!(out.contains("0 active factor(s)"), "{out}");
+    let (code, out, _) = users_cli(&["users", "show", &carol_id], &config, None).await;
+    assert_eq!(code, Some(0), "{out}");
+
+    // The running gateway follows the store: carol signs in with that password.
+    let client = gw.client();
+    let csrf = gw.login_page(&client, "/").await;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let res = gw
+            .post_login(&client, &csrf, "carol", "carol-password-1", "/", &[])
+            .await;
+        if res.status() == 303 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "carol never signed in: {}",
+            res.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // remove: file users are refused with where to remove them.
+    let (code, _, err) = users_cli(&["users", "remove", "alice"], &config, None).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("users file"), "{err}");
+    let (code, out, err) = users_cli(&["users", "remove", "carol"], &config, None).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("carol: removed"), "{out}");
+    assert!(audited_by_cli(&err, "admin.user.deleted"), "{err}");
+
+    // Unknown users: exit 2 and a clear message, for every command.
+    for args in [
+        &["users", "show", "carol"][..],
+        &["users", "remove", "carol"],
+        &["users", "reset-factors", "carol"],
+        &["users", "unlock", "carol"],
+    ] {
+        let (code, out, err) = users_cli(args, &config, None).await;
+        assert_eq!(code, Some(2), "{args:?}: {out}{err}");
+        assert!(err.contains("carol: no such user"), "{args:?}: {err}");
+    }
+    // And the gateway forgets carol.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let res = gw
+            .post_login(&client, &csrf, "carol", "carol-password-1", "/", &[])
+            .await;
+        if res.status() == 401 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "carol still signs in: {}",
+            res.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Bad arguments are a usage error (64), not clap's 2.
+    let (code, _, _) = users_cli(&["users", "frobnicate"], &config, None).await;
+    assert_eq!(code, Some(64));
+}

@@ -830,7 +830,7 @@ async fn users_show_says_where_a_user_comes_from() {
     );
     assert!(text.contains("warning: bob is in 2 sources"), "{text}");
     let (code, text) = show("nobody");
-    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(code, Some(2), "an unknown user exits 2: {text}");
 }
 
 /// Unknown user, wrong password and disabled account take about as long
