@@ -14,8 +14,8 @@ mod duration;
 mod examples;
 mod factors;
 mod fields;
-mod listeners;
 pub mod ldap;
+mod listeners;
 mod load;
 mod log;
 mod portal;
@@ -44,6 +44,7 @@ use crate::secret::Secret;
 
 pub use duration::parse_duration;
 pub use load::{ConfigError, ConfigProblem, LoadedConfig, load_file, load_file_with_env, load_str};
+pub use users::MAX_LOGIN_BYTES;
 
 /// Default values, named so the example config, the docs and the code agree.
 pub mod defaults {

@@ -1441,7 +1441,7 @@ pub(crate) async fn exchange(
     if headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("cross-site") {
         let mut res = super::html(
             StatusCode::FORBIDDEN,
-            super::pages::message_page(
+            crate::pages::message_page(
                 &st.config.portal.prefix,
                 "Sign-in link refused",
                 "This sign-in link was opened from another site. Sign in here instead.",
@@ -1464,7 +1464,7 @@ pub(crate) async fn exchange(
     let Some(claims) = claims else {
         let mut res = super::html(
             StatusCode::UNAUTHORIZED,
-            super::pages::message_page(
+            crate::pages::message_page(
                 &st.config.portal.prefix,
                 "Sign-in link expired",
                 "This sign-in link is invalid or was already used. Sign in again.",

@@ -18,11 +18,11 @@ use serde::Deserialize;
 use minijinja::context;
 use minijinja::value::Value;
 
-use super::pages::render;
 use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
 use crate::enforce::{ActiveSession, SessionState};
 use crate::factors::{self, Factor, TOTP_TYPE, VerifyError};
 use crate::ids::Ids;
+use crate::pages::render;
 use crate::policy::{Decision, RequestFacts};
 use crate::state::AppState;
 
@@ -215,7 +215,7 @@ pub(super) async fn render_challenge(
         }
         return html(
             StatusCode::FORBIDDEN,
-            super::pages::message_page(
+            crate::pages::message_page(
                 &st.config.portal.prefix,
                 "Second factor required",
                 "This page requires a second factor, and your account has none. Ask your administrator to enroll one.",
@@ -242,7 +242,7 @@ pub(super) async fn render_challenge(
 pub(super) fn unavailable_page(st: &AppState) -> Response {
     html(
         StatusCode::SERVICE_UNAVAILABLE,
-        super::pages::message_page(
+        crate::pages::message_page(
             &st.config.portal.prefix,
             "Temporarily unavailable",
             "Sign-in is temporarily unavailable. Try again shortly.",
@@ -448,7 +448,7 @@ pub async fn enroll(
                 tracing::error!(error = %e, "portal enrollment failed");
                 return html(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    super::pages::message_page(
+                    crate::pages::message_page(
                         &st.config.portal.prefix,
                         "Cannot set up a factor",
                         "The gateway cannot store new factors right now.",

@@ -18,11 +18,11 @@ use minijinja::value::Value;
 use serde::Deserialize;
 
 use super::mfa;
-use super::pages::render;
 use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
 use crate::enforce::ActiveSession;
 use crate::error::{ApiError, ErrorCode};
 use crate::factors::{self, Challenge, ChallengeContext, ChallengeError, Factor, PushResult};
+use crate::pages::render;
 use crate::secret::Secret;
 use crate::state::AppState;
 

@@ -22,10 +22,10 @@ use minijinja::value::Value;
 use serde::Deserialize;
 
 use super::authn::{self, Loaded, Pending};
-use super::pages::render;
 use super::{Ctx, csrf, csrf_token, enc, form_allowed, html, login, mfa, redirect, see_other};
 use crate::enforce::{AccessInfo, ActiveSession};
 use crate::factors::{self, Challenge, ChallengeContext, Factor, PushResult, TOTP_TYPE, VerifyError};
+use crate::pages::render;
 use crate::state::AppState;
 
 /// The first page: the username only.

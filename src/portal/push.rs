@@ -32,7 +32,7 @@ use crate::factors::push::{self, AnswerError, DeviceAnswer, DeviceError, DeviceR
 use crate::state::AppState;
 
 /// Where the polling script is served, relative to the prefix.
-pub const SCRIPT_PATH: &str = "/static/push.js";
+pub const SCRIPT_PATH: &str = crate::pages::PUSH_SCRIPT;
 
 /// Polls a push (or a device pairing) and submits the "Check again" form
 /// once it is no longer waiting.
