@@ -89,7 +89,7 @@ fn echo<B>(req: Request<B>) -> Response<Body> {
             }
         })
         .collect();
-    let page = crate::portal::pages::render_app(
+    let page = crate::pages::render_app(
         "demo/echo.html",
         minijinja::context! {
             user,

@@ -31,9 +31,9 @@ use crate::clock::UnixTime;
 use crate::error::{ApiError, ErrorCode};
 use crate::server::BodyTimer;
 
-/// The longest login (bytes, after trimming) that can sign in; longer ones
-/// fail like an unknown user and are never stored or logged.
-pub const MAX_LOGIN_BYTES: usize = 256;
+/// The longest login (bytes, after trimming) that can sign in; owned by the
+/// config, whose users file must not hold a longer one.
+pub use crate::config::MAX_LOGIN_BYTES;
 
 /// The largest request body the portal reads (forms, authn and self-service API).
 pub const PORTAL_BODY_LIMIT: usize = 16 * 1024;

@@ -460,9 +460,9 @@ fn read_ca(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, Strin
     Ok(certs)
 }
 
-/// A DN must parse as RFC 4514 (see [`crate::users::ldap::escape::parse_dn`]).
+/// A DN must parse as RFC 4514 (see [`crate::ldap_escape::parse_dn`]).
 fn check_dn(dn: &str) -> Result<(), String> {
-    crate::users::ldap::escape::parse_dn(dn)
+    crate::ldap_escape::parse_dn(dn)
         .map(|_| ())
         .map_err(|e| format!("not a valid DN: {e}"))
 }

@@ -46,6 +46,7 @@ use crate::secret::Secret;
 pub use duration::parse_duration;
 pub use forward_auth::ForwardAuthConfig;
 pub use load::{ConfigError, ConfigProblem, LoadedConfig, load_file, load_file_with_env, load_str};
+pub use users::MAX_LOGIN_BYTES;
 
 /// Default values, named so the example config, the docs and the code agree.
 pub mod defaults {

@@ -14,6 +14,11 @@ use crate::secret::Secret;
 
 /// RFC 4226 requires at least 128 bits and recommends 160; 80-bit secrets are
 /// legacy (Google Authenticator era) and accepted only with a warning.
+/// The longest login (bytes, after trimming) that can sign in; longer ones
+/// fail like an unknown user and are never stored or logged (see
+/// `crate::limits`). A users-file login may not be longer.
+pub const MAX_LOGIN_BYTES: usize = 256;
+
 const MIN_TOTP_SECRET_BYTES: usize = 10;
 const RECOMMENDED_TOTP_SECRET_BYTES: usize = 16;
 
@@ -163,13 +168,13 @@ fn file_user(cx: &mut Ctx<'_>, i: usize, raw: RawUser) -> Option<FileUser> {
     let username = raw.username.unwrap_or_default();
     if username.is_empty() {
         cx.error(k("username"), "is required and must not be empty");
-    } else if username.len() > crate::limits::MAX_LOGIN_BYTES {
+    } else if username.len() > MAX_LOGIN_BYTES {
         cx.error(
             k("username"),
             format!(
                 "is {} bytes long; a login has at most {} bytes",
                 username.len(),
-                crate::limits::MAX_LOGIN_BYTES
+                MAX_LOGIN_BYTES
             ),
         );
     } else if username.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -357,7 +362,7 @@ mod tests {
             dir.path(),
             &format!(
                 "[[users]]\nusername = \"{}\"\npassword = \"{good}\"\n",
-                "a".repeat(crate::limits::MAX_LOGIN_BYTES + 1)
+                "a".repeat(MAX_LOGIN_BYTES + 1)
             ),
         );
         let text = format!("{text}\n[regulation]\nmax_transactions_per_ip_per_minute = 0\n");

@@ -216,9 +216,9 @@ pub fn is_browser(headers: &http::HeaderMap) -> bool {
 
 /// A small HTML page answer, styled from the portal at `prefix`.
 pub fn html_status(status: StatusCode, prefix: &str, title: &str, message: &str) -> Response<Body> {
-    let body = crate::portal::pages::message_page(prefix, title, message);
+    let body = crate::pages::message_page(prefix, title, message);
     let mut res = (status, body).into_response();
-    crate::portal::pages::security_headers(res.headers_mut());
+    crate::pages::security_headers(res.headers_mut());
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),

@@ -18,6 +18,57 @@ use crate::state::Handles;
 use crate::store::StoreError;
 use crate::users::User;
 
+/// The kind of address a factor is enrolled with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Address {
+    /// A phone number, in E.164 once normalized.
+    Phone,
+    /// An e-mail address.
+    Email,
+}
+
+impl Address {
+    /// The factor profile's key for it (Okta's).
+    pub fn profile_key(self) -> &'static str {
+        match self {
+            Address::Phone => "phoneNumber",
+            Address::Email => "email",
+        }
+    }
+
+    /// The label of the form field that asks for it.
+    pub fn field_label(self) -> &'static str {
+        match self {
+            Address::Phone => "Phone number (with country code, e.g. +1 555 555 0100)",
+            Address::Email => "E-mail address",
+        }
+    }
+
+    /// The HTML input type of that field.
+    pub fn input_type(self) -> &'static str {
+        match self {
+            Address::Phone => "tel",
+            Address::Email => "email",
+        }
+    }
+
+    /// The user's own address of this kind (the form's default), if known.
+    pub fn of_user(self, user: &User) -> Option<&str> {
+        match self {
+            Address::Phone => user.phone.as_deref(),
+            Address::Email => user.email.as_deref(),
+        }
+    }
+
+    /// The address as pages show it (most of it hidden).
+    pub fn mask(self, value: &str) -> String {
+        match self {
+            Address::Phone => super::otp::mask_phone(value),
+            Address::Email => super::otp::mask_email(value),
+        }
+    }
+}
+
 /// A boxed future, so the kinds can sit behind one trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -40,6 +91,32 @@ pub trait FactorKind: Sync {
 
     /// A short name for pages ("Text message").
     fn label(&self) -> &'static str;
+
+    /// The short name pages use for the type (the enrollment chooser's
+    /// `?type=`); the Okta type unless that is long.
+    fn short_name(&self) -> &'static str {
+        self.okta_type()
+    }
+
+    /// The type's entry in the portal's enrollment chooser.
+    fn enroll_label(&self) -> &'static str {
+        self.label()
+    }
+
+    /// The invitation to enroll one more of this type (the portal's factor
+    /// list, and the title of its address form).
+    fn add_label(&self) -> &'static str;
+
+    /// The address a user types to enroll it (sms, call, email), if any.
+    fn address(&self) -> Option<Address> {
+        None
+    }
+
+    /// How one enrolled factor is named on pages, from its `profile`
+    /// ("Text message to +1 *** *** **00").
+    fn describe(&self, _profile: &Value) -> String {
+        self.label().to_owned()
+    }
 
     /// The `amr` value a verification adds (RFC 8176 where it has one).
     fn amr(&self) -> &'static str {

@@ -26,8 +26,8 @@ use crate::state::Handles;
 use crate::store::{FactorRecord, FactorStatus, StoreError};
 use crate::users::User;
 
-pub use kind::{BoxFuture, FactorKind};
-pub use recovery::{new_recovery_codes, verify_recovery};
+pub use kind::{Address, BoxFuture, FactorKind};
+pub use recovery::{AMR as RECOVERY_AMR, new_recovery_codes, verify_recovery};
 pub use totp::{TOTP_TYPE, TotpEnrollment, activate_totp, enroll_totp, totp_secret, verify_totp};
 
 pub use crate::sealing::factor_secret_aad as secret_aad;

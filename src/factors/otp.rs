@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{
-    BoxFuture, Challenge, ChallengeContext, ChallengeError, EnrollError, Enrolled, Factor, FactorKind, Flow,
-    VerifyError,
+    Address, BoxFuture, Challenge, ChallengeContext, ChallengeError, EnrollError, Enrolled, Factor,
+    FactorKind, Flow, VerifyError,
 };
 use crate::audit;
 use crate::clock::UnixTime;
@@ -641,6 +641,9 @@ pub struct CodeKind {
     okta_type: &'static str,
     id_prefix: &'static str,
     label: &'static str,
+    enroll_label: &'static str,
+    add_label: &'static str,
+    address: Address,
     amr: &'static str,
     config: fn(&FactorsConfig) -> &CodeFactorConfig,
 }
@@ -650,6 +653,9 @@ pub const SMS: CodeKind = CodeKind {
     okta_type: "sms",
     id_prefix: "mbl",
     label: "Text message",
+    enroll_label: "Text message to your phone",
+    add_label: "Add a phone for text messages",
+    address: Address::Phone,
     amr: "sms",
     config: sms_config,
 };
@@ -658,6 +664,9 @@ pub const CALL: CodeKind = CodeKind {
     okta_type: "call",
     id_prefix: "clf",
     label: "Voice call",
+    enroll_label: "Voice call to your phone",
+    add_label: "Add a phone for voice calls",
+    address: Address::Phone,
     amr: "tel",
     config: call_config,
 };
@@ -666,6 +675,9 @@ pub const EMAIL: CodeKind = CodeKind {
     okta_type: "email",
     id_prefix: "emf",
     label: "E-mail",
+    enroll_label: "E-mail",
+    add_label: "Add an e-mail address",
+    address: Address::Email,
     amr: "email",
     config: email_config,
 };
@@ -693,6 +705,24 @@ impl FactorKind for CodeKind {
 
     fn label(&self) -> &'static str {
         self.label
+    }
+
+    fn enroll_label(&self) -> &'static str {
+        self.enroll_label
+    }
+
+    fn add_label(&self) -> &'static str {
+        self.add_label
+    }
+
+    fn address(&self) -> Option<Address> {
+        Some(self.address)
+    }
+
+    fn describe(&self, profile: &Value) -> String {
+        let a = self.address;
+        let value = profile[a.profile_key()].as_str().unwrap_or_default();
+        format!("{} to {}", self.label, a.mask(value))
     }
 
     fn amr(&self) -> &'static str {

@@ -683,6 +683,21 @@ impl FactorKind for Push {
         "Push"
     }
 
+    fn enroll_label(&self) -> &'static str {
+        "Push to a device (approver app)"
+    }
+
+    fn add_label(&self) -> &'static str {
+        "Add a push device"
+    }
+
+    fn describe(&self, profile: &Value) -> String {
+        format!(
+            "Push to {}",
+            profile["deviceName"].as_str().unwrap_or("your device")
+        )
+    }
+
     fn amr(&self) -> &'static str {
         "push"
     }

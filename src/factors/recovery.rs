@@ -21,6 +21,9 @@ use crate::users::User;
 /// pseudo-factor: not a Factor object of the Factors API).
 pub const RECOVERY_TYPE: &str = "recovery_code";
 
+/// The `amr` value a recovery code adds to a session.
+pub const AMR: &str = "recovery";
+
 /// Letters used in codes (no 0/o, 1/l/i).
 const ALPHABET: &[u8] = b"23456789abcdefghjkmnpqrstuvwxyz";
 

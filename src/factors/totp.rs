@@ -252,6 +252,14 @@ impl FactorKind for Totp {
         "Authenticator app"
     }
 
+    fn short_name(&self) -> &'static str {
+        "totp"
+    }
+
+    fn add_label(&self) -> &'static str {
+        "Add an authenticator app"
+    }
+
     fn enabled(&self, cfg: &FactorsConfig) -> bool {
         cfg.totp.enabled
     }

@@ -23,14 +23,14 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::json;
 
-use super::login::{self, LoginError};
+pub use super::common::{cross_site_guard, embedded_user, login_error};
+use super::login;
 use super::{Ctx, authn, push};
 use crate::api::{Route, Verb};
 use crate::clock::rfc3339;
 use crate::enforce::SessionState;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
-use crate::users::User;
 
 /// What a route of [`ROUTES`] does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,41 +138,6 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
         .merge(super::me::routes())
 }
 
-/// True when the content type is JSON (`application/json`, any parameters).
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-}
-
-/// Applies the cross-site rules to an unsafe request; `Err` is the answer.
-pub fn cross_site_guard(
-    st: &AppState,
-    ctx: &Ctx,
-    method: &Method,
-    headers: &HeaderMap,
-) -> Result<(), Box<Response>> {
-    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
-        return Ok(());
-    }
-    if !is_json(headers) {
-        return Err(Box::new(ApiError::new(ErrorCode::E0000037).into_response()));
-    }
-    let cfg = &st.config;
-    if !super::csrf::same_origin(
-        headers,
-        &ctx.0,
-        cfg.server.external_url.as_ref(),
-        &cfg.portal.trusted_origins,
-    ) {
-        let refused = ApiError::new(ErrorCode::E0000006).cause("cross-origin request refused");
-        return Err(Box::new(refused.into_response()));
-    }
-    Ok(())
-}
-
 /// Adds CORS headers for a trusted origin (and answers its preflight).
 pub async fn cors(
     State(st): State<Arc<AppState>>,
@@ -214,42 +179,11 @@ pub async fn cors(
     res
 }
 
-/// The Okta user object embedded in authn answers.
-pub fn embedded_user(u: &User) -> serde_json::Value {
-    let (first, last) = match u.display_name.as_deref().map(str::trim) {
-        Some(n) => match n.rsplit_once(' ') {
-            Some((f, l)) => (f.to_owned(), l.to_owned()),
-            None => (n.to_owned(), String::new()),
-        },
-        None => (u.username.clone(), String::new()),
-    };
-    json!({
-        "id": u.id,
-        "profile": {
-            "login": u.username,
-            "firstName": first,
-            "lastName": last,
-            "locale": "en",
-            "timeZone": "UTC",
-        }
-    })
-}
-
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
     let mut res = (status, body.to_string()).into_response();
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
-}
-
-/// Maps a failed password step to its API answer.
-pub fn login_error(st: &AppState, e: LoginError) -> Response {
-    match e {
-        LoginError::Failed => ApiError::new(ErrorCode::E0000004).into_response(),
-        LoginError::LockedRevealed => ApiError::new(ErrorCode::E0000069).into_response(),
-        LoginError::Busy => ApiError::rate_limited(1, st.clock.now() + 1, st.clock.now()).into_response(),
-        LoginError::Unavailable => ApiError::new(ErrorCode::E0000009).into_response(),
-    }
 }
 
 /// `GET {prefix}/api/v1/sessions/me`: the current session.

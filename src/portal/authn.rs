@@ -48,7 +48,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::Ctx;
-use super::api::{cross_site_guard, embedded_user, login_error};
+pub(crate) use super::common::needs_password;
+use super::common::{embedded_user, json_request, json_response, login_error};
 use super::login;
 use super::transaction::expiry;
 pub(crate) use super::transaction::{AuthnState, IssuedSession, Mode, Pending, Status};
@@ -75,24 +76,6 @@ const KIND: &str = "authn";
 const SESSION_TOKEN: &str = "session_token";
 
 pub(crate) use crate::factors::amr_of;
-
-/// A JSON answer (200, `no-store`).
-pub(super) fn json_response(body: Value) -> Response {
-    crate::api::json_no_store(StatusCode::OK, &body)
-}
-
-/// Applies the cross-site rules and parses the JSON body (else `E0000003`);
-/// `Err` is the answer.
-pub(super) fn json_request<T: serde::de::DeserializeOwned>(
-    st: &AppState,
-    ctx: &Ctx,
-    method: &Method,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<T, Box<Response>> {
-    cross_site_guard(st, ctx, method, headers)?;
-    serde_json::from_slice(body).map_err(|_| Box::new(ApiError::new(ErrorCode::E0000003).into_response()))
-}
 
 /// A factor as the authn API shows it: code factors' addresses masked, a
 /// push factor's device name only (never its key or address).
@@ -523,12 +506,6 @@ pub(crate) async fn authn(
         user: Some(user.username.clone()),
     });
     res
-}
-
-/// True for a session signed in by a possession factor alone (passwordless):
-/// the password is its second step.
-pub(crate) fn needs_password(amr: &[String]) -> bool {
-    !amr.is_empty() && !amr.iter().any(|m| m == "pwd")
 }
 
 /// A passwordless transaction just begun.
@@ -1071,7 +1048,7 @@ pub(crate) async fn verify(
         if let Err(e) = factors::verify_recovery(&st, &user, &code, addr).await {
             return verify_error(e);
         }
-        return complete(&st, &headers, &loaded, "recovery").await;
+        return complete(&st, &headers, &loaded, factors::RECOVERY_AMR).await;
     }
     if !loaded.state.status.may_verify() {
         // Another user's (or no) factor is 404 first, as everywhere.
@@ -1441,7 +1418,7 @@ pub(crate) async fn exchange(
     if headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("cross-site") {
         let mut res = super::html(
             StatusCode::FORBIDDEN,
-            super::pages::message_page(
+            crate::pages::message_page(
                 &st.config.portal.prefix,
                 "Sign-in link refused",
                 "This sign-in link was opened from another site. Sign in here instead.",
@@ -1464,7 +1441,7 @@ pub(crate) async fn exchange(
     let Some(claims) = claims else {
         let mut res = super::html(
             StatusCode::UNAUTHORIZED,
-            super::pages::message_page(
+            crate::pages::message_page(
                 &st.config.portal.prefix,
                 "Sign-in link expired",
                 "This sign-in link is invalid or was already used. Sign in again.",

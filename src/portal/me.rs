@@ -23,7 +23,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use http::{HeaderMap, Method, header};
 
 use super::Ctx;
-use super::api::cross_site_guard;
+use super::common::cross_site_guard;
 use crate::api::factors::{self as api, EnrollQuery, FactorOp, Scope};
 use crate::api::{Route, Verb};
 use crate::enforce::{ActiveSession, SessionState};
@@ -106,7 +106,7 @@ fn recent_mfa(st: &AppState, s: &ActiveSession) -> bool {
     s.claims.lvl >= 2
         && s.claims
             .mfa
-            .is_some_and(|t| st.clock.now() - t <= super::mfa::RECENT_MFA_SECS)
+            .is_some_and(|t| st.clock.now() - t <= super::common::RECENT_MFA_SECS)
 }
 
 /// What a request may do.

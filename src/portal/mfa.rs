@@ -18,16 +18,15 @@ use serde::Deserialize;
 use minijinja::context;
 use minijinja::value::Value;
 
-use super::pages::render;
 use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
 use crate::enforce::{ActiveSession, SessionState};
-use crate::factors::{self, Factor, TOTP_TYPE, VerifyError};
+use crate::factors::{self, Factor, FactorType, TOTP_TYPE, VerifyError};
 use crate::ids::Ids;
+use crate::pages::render;
 use crate::policy::{Decision, RequestFacts};
 use crate::state::AppState;
 
-/// How recent a second factor must be to add or remove factors.
-pub const RECENT_MFA_SECS: i64 = 10 * 60;
+pub use super::common::RECENT_MFA_SECS;
 
 /// A pending authenticator younger than this is shown again instead of a new one.
 pub const PENDING_REUSE_SECS: i64 = 15 * 60;
@@ -196,7 +195,7 @@ pub(super) async fn render_challenge(
     error: Option<&str>,
     status: StatusCode,
 ) -> Response {
-    if super::authn::needs_password(&s.claims.amr) {
+    if super::common::needs_password(&s.claims.amr) {
         // Signed in with a possession factor alone: the password is the second step.
         let (token, set) = csrf_token(st, headers);
         let page = super::oob::password_page(st, &token, rd, &s.user.username, error);
@@ -215,7 +214,7 @@ pub(super) async fn render_challenge(
         }
         return html(
             StatusCode::FORBIDDEN,
-            super::pages::message_page(
+            crate::pages::message_page(
                 &st.config.portal.prefix,
                 "Second factor required",
                 "This page requires a second factor, and your account has none. Ask your administrator to enroll one.",
@@ -242,7 +241,7 @@ pub(super) async fn render_challenge(
 pub(super) fn unavailable_page(st: &AppState) -> Response {
     html(
         StatusCode::SERVICE_UNAVAILABLE,
-        super::pages::message_page(
+        crate::pages::message_page(
             &st.config.portal.prefix,
             "Temporarily unavailable",
             "Sign-in is temporarily unavailable. Try again shortly.",
@@ -280,7 +279,7 @@ async fn challenge_step(
             render_challenge(st, headers, &s, &rd, fresh, msg, StatusCode::FORBIDDEN).await,
         ));
     }
-    if super::authn::needs_password(&s.claims.amr) {
+    if super::common::needs_password(&s.claims.amr) {
         return Err(Box::new(
             render_challenge(st, headers, &s, &rd, fresh, None, StatusCode::FORBIDDEN).await,
         ));
@@ -319,7 +318,7 @@ pub async fn verify(
     )
     .await
     {
-        Ok(()) => upgraded(&st, &s, super::authn::amr_of(&ft), &rd).await,
+        Ok(()) => upgraded(&st, &s, factors::amr_of(&ft), &rd).await,
         Err(e) if factors::otp::is_code_type(&ft) => {
             let (status, msg) = verify_message(e);
             super::oob::code_retry(&st, &headers, &rd, fresh, &factor, false, status, msg).await
@@ -343,7 +342,7 @@ pub async fn recovery(
         Err(res) => return *res,
     };
     match factors::verify_recovery(&st, &s.user, &f.code, ctx.0.client_addr).await {
-        Ok(()) => upgraded(&st, &s, "recovery", &rd).await,
+        Ok(()) => upgraded(&st, &s, factors::RECOVERY_AMR, &rd).await,
         Err(e) => {
             let (status, msg) = match e {
                 VerifyError::Invalid => (StatusCode::FORBIDDEN, "That recovery code is not valid."),
@@ -414,9 +413,9 @@ pub async fn enroll(
         }
         Err(()) => return unavailable_page(&st),
     }
-    let oob_types: Vec<&str> = ["sms", "call", "email", "push"]
-        .into_iter()
-        .filter(|t| factors::type_enabled(&st, t))
+    let oob_types: Vec<&str> = FactorType::enabled(&st.config.factors)
+        .map(FactorType::as_str)
+        .filter(|t| super::oob::out_of_band(t))
         .collect();
     match q.factor_type.as_deref() {
         Some(t) if oob_types.contains(&t) => {
@@ -448,7 +447,7 @@ pub async fn enroll(
                 tracing::error!(error = %e, "portal enrollment failed");
                 return html(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    super::pages::message_page(
+                    crate::pages::message_page(
                         &st.config.portal.prefix,
                         "Cannot set up a factor",
                         "The gateway cannot store new factors right now.",
@@ -519,7 +518,7 @@ pub async fn activate(
             let (status, msg) = verify_message(e);
             return retry(status, msg).await;
         }
-        let method = super::authn::amr_of(&factor.record.factor_type);
+        let method = factors::amr_of(&factor.record.factor_type);
         return enrolled(&st, &s, &rd, method).await;
     }
     let secret = factors::totp_secret(&st, &s.user, &factor);
@@ -600,14 +599,8 @@ fn factors_page(
     let rows: Vec<Value> = factors
         .iter()
         .map(|f| {
-            let name = match f.record.factor_type.as_str() {
-                TOTP_TYPE => "Authenticator app",
-                "sms" => "Text message",
-                "call" => "Voice call",
-                "email" => "E-mail",
-                "push" => "Push",
-                other => other,
-            };
+            let name =
+                factors::kind_of(&f.record.factor_type).map_or(f.record.factor_type.as_str(), |k| k.label());
             context! {
                 id => f.record.id.as_str(),
                 name,
@@ -616,17 +609,9 @@ fn factors_page(
             }
         })
         .collect();
-    let add: Vec<Value> = [
-        ("totp", TOTP_TYPE, "Add an authenticator app"),
-        ("sms", "sms", "Add a phone for text messages"),
-        ("call", "call", "Add a phone for voice calls"),
-        ("email", "email", "Add an e-mail address"),
-        ("push", "push", "Add a push device"),
-    ]
-    .iter()
-    .filter(|(_, t, _)| factors::type_enabled(st, t))
-    .map(|(q, _, label)| context! { query => *q, label => *label })
-    .collect();
+    let add: Vec<Value> = FactorType::enabled(&st.config.factors)
+        .map(|t| context! { query => t.kind().short_name(), label => t.kind().add_label() })
+        .collect();
     render(
         "factors.html",
         &st.config.portal.prefix,

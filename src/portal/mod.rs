@@ -5,17 +5,17 @@
 //!
 //! Pages are plain forms (no JavaScript needed), protected by a signed
 //! double-submit CSRF token and an Origin check; every response carries the
-//! security headers of [`pages::security_headers`]. `rd=` targets are
+//! security headers of [`crate::pages::security_headers`]. `rd=` targets are
 //! filtered by [`redirect::safe_target`].
 
 pub mod api;
 pub mod authn;
+mod common;
 pub mod csrf;
 pub mod login;
 pub mod me;
 pub mod mfa;
 pub mod oob;
-pub mod pages;
 pub mod passwordless;
 pub mod push;
 pub mod redirect;
@@ -45,6 +45,7 @@ use serde::Deserialize;
 use crate::context::RequestContext;
 use crate::enforce::{AccessInfo, SessionState};
 use crate::error::{ApiError, ErrorCode};
+use crate::pages;
 use crate::secret::Secret;
 use crate::session::find_cookie;
 use crate::state::AppState;

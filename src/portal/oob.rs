@@ -18,33 +18,33 @@ use minijinja::value::Value;
 use serde::Deserialize;
 
 use super::mfa;
-use super::pages::render;
 use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
 use crate::enforce::ActiveSession;
 use crate::error::{ApiError, ErrorCode};
-use crate::factors::{self, Challenge, ChallengeContext, ChallengeError, Factor, PushResult};
+use crate::factors::{
+    self, Address, Challenge, ChallengeContext, ChallengeError, Factor, FactorKind, FactorType, PushResult,
+};
+use crate::pages::render;
 use crate::secret::Secret;
 use crate::state::AppState;
 
 /// How a factor is named on the pages.
 pub fn describe(f: &Factor) -> String {
-    let p = &f.record.profile;
-    match f.record.factor_type.as_str() {
-        "sms" => format!(
-            "Text message to {}",
-            factors::otp::mask_phone(p["phoneNumber"].as_str().unwrap_or_default())
-        ),
-        "call" => format!(
-            "Voice call to {}",
-            factors::otp::mask_phone(p["phoneNumber"].as_str().unwrap_or_default())
-        ),
-        "email" => format!(
-            "E-mail to {}",
-            factors::otp::mask_email(p["email"].as_str().unwrap_or_default())
-        ),
-        "push" => format!("Push to {}", p["deviceName"].as_str().unwrap_or("your device")),
-        _ => "Authenticator app".into(),
+    match factors::kind_of(&f.record.factor_type) {
+        Some(k) => k.describe(&f.record.profile),
+        None => "Authenticator app".into(),
     }
+}
+
+/// True for a type enrolled and challenged out of band on these pages: a
+/// code sent to an address, or a device that answers.
+pub fn out_of_band(factor_type: &str) -> bool {
+    factors::kind_of(factor_type).is_some_and(|k| k.address().is_some() || k.answered_by_device())
+}
+
+/// True for a type whose verification is a device's answer (push).
+fn answered_by_device(factor_type: &str) -> bool {
+    factors::kind_of(factor_type).is_some_and(|k| k.answered_by_device())
 }
 
 /// The challenge page's buttons for out-of-band factors: each `{id, action,
@@ -52,9 +52,9 @@ pub fn describe(f: &Factor) -> String {
 pub fn challenge_buttons(factors: &[Factor]) -> Vec<Value> {
     factors
         .iter()
-        .filter(|f| f.record.factor_type != factors::TOTP_TYPE)
+        .filter(|f| out_of_band(&f.record.factor_type))
         .map(|f| {
-            let (action, button) = if f.record.factor_type == "push" {
+            let (action, button) = if answered_by_device(&f.record.factor_type) {
                 ("push", "Send a push")
             } else {
                 ("send", "Send a code")
@@ -156,7 +156,7 @@ async fn step(st: Arc<AppState>, ctx: &Ctx, headers: &HeaderMap, f: &OobForm) ->
         return Err(mfa::to_login(&st, &rd));
     };
     let fresh = f.fresh.is_some();
-    if !form_allowed(&st, ctx, headers, &f.csrf) || super::authn::needs_password(&s.claims.amr) {
+    if !form_allowed(&st, ctx, headers, &f.csrf) || super::common::needs_password(&s.claims.amr) {
         let q = if fresh { "fresh=1&" } else { "" };
         return Err(see_other(&format!(
             "{}/mfa?{q}rd={}",
@@ -391,7 +391,10 @@ pub async fn push_check(
             return push_wait(&p, &headers, &factor, &f.tx, f.number.parse().unwrap_or(0));
         }
         PushResult::Success => match factors::push::consume(&p.st, &p.s.user, &factor, &f.tx).await {
-            Ok(true) => return mfa::upgraded(&p.st, &p.s, "push", &p.rd).await,
+            Ok(true) => {
+                let amr = factors::amr_of(&factor.record.factor_type);
+                return mfa::upgraded(&p.st, &p.s, amr, &p.rd).await;
+            }
             Ok(false) => "That sign-in request was already used. Send a new one.",
             Err(e) => mfa::verify_message(e).1,
         },
@@ -430,7 +433,7 @@ pub async fn password(
     let Some(s) = mfa::session(&st, &headers) else {
         return mfa::to_login(&st, &rd);
     };
-    if !super::authn::needs_password(&s.claims.amr) {
+    if !super::common::needs_password(&s.claims.amr) {
         return see_other(&format!("{}/mfa?rd={}", st.config.portal.prefix, enc(&rd)));
     }
     let (token, set) = csrf_token(&st, &headers);
@@ -468,17 +471,9 @@ pub async fn password(
 
 /// The enrollment chooser: one link per enabled type.
 pub fn chooser_page(st: &AppState, rd: &str) -> String {
-    let types: Vec<Value> = [
-        ("totp", factors::TOTP_TYPE, "Authenticator app"),
-        ("sms", "sms", "Text message to your phone"),
-        ("call", "call", "Voice call to your phone"),
-        ("email", "email", "E-mail"),
-        ("push", "push", "Push to a device (approver app)"),
-    ]
-    .iter()
-    .filter(|(_, t, _)| factors::type_enabled(st, t))
-    .map(|(q, _, label)| context! { query => *q, label => *label })
-    .collect();
+    let types: Vec<Value> = FactorType::enabled(&st.config.factors)
+        .map(|t| context! { query => t.kind().short_name(), label => t.kind().enroll_label() })
+        .collect();
     render(
         "enroll_chooser.html",
         &st.config.portal.prefix,
@@ -495,24 +490,21 @@ pub fn address_page(
     value: &str,
     error: Option<&str>,
 ) -> String {
-    let (title, label, input_type) = match factor_type {
-        "email" => ("Add an e-mail address", "E-mail address", "email"),
-        "call" => (
-            "Add a phone for voice calls",
-            "Phone number (with country code, e.g. +1 555 555 0100)",
-            "tel",
-        ),
-        _ => (
-            "Add a phone for text messages",
-            "Phone number (with country code, e.g. +1 555 555 0100)",
-            "tel",
-        ),
-    };
+    let (kind, address) = address_kind(factor_type);
+    let (title, label, input_type) = (kind.add_label(), address.field_label(), address.input_type());
     render(
         "enroll_address.html",
         &st.config.portal.prefix,
         context! { title, label, input_type, kind => factor_type, csrf, rd, value, error },
     )
+}
+
+/// The kind of an address-enrolled `factor_type` (from a form: an unknown one
+/// is shown as the text-message form, and refused when enrolled).
+fn address_kind(factor_type: &str) -> (&'static dyn FactorKind, Address) {
+    factors::kind_of(factor_type)
+        .and_then(|k| Some((k, k.address()?)))
+        .unwrap_or((FactorType::Sms.kind(), Address::Phone))
 }
 
 /// The pairing page of a push device: the activation token as text and QR.
@@ -561,11 +553,11 @@ pub async fn enroll_page(
     factor_type: &str,
 ) -> Response {
     let (token, set) = csrf_token(st, headers);
-    if factor_type == "push" {
+    if answered_by_device(factor_type) {
         return match factors::enroll(
             st,
             &s.user,
-            "push",
+            factor_type,
             "OKTA",
             &serde_json::json!({}),
             &session_flow(s),
@@ -584,15 +576,11 @@ pub async fn enroll_page(
             Ok(_) | Err(_) => mfa::unavailable_page(st),
         };
     }
-    let value = if factor_type == "email" {
-        s.user.email.clone().unwrap_or_default()
-    } else {
-        s.user.phone.clone().unwrap_or_default()
-    };
+    let value = address_kind(factor_type).1.of_user(&s.user).unwrap_or_default();
     mfa::with_csrf(
         html(
             StatusCode::OK,
-            address_page(st, &token, rd, factor_type, &value, None),
+            address_page(st, &token, rd, factor_type, value, None),
         ),
         set,
     )
@@ -655,11 +643,12 @@ pub async fn enroll_start(
         Err(r) => return r,
     };
     let (token, set) = csrf_token(&p.st, &headers);
-    let profile = if f.factor_type == "email" {
-        serde_json::json!({ "email": f.address })
-    } else {
-        serde_json::json!({ "phoneNumber": f.address })
-    };
+    let mut profile = serde_json::Map::new();
+    profile.insert(
+        address_kind(&f.factor_type).1.profile_key().into(),
+        f.address.clone().into(),
+    );
+    let profile = serde_json::Value::Object(profile);
     let rerender = |status: StatusCode, msg: &str| {
         mfa::with_csrf(
             html(
@@ -748,7 +737,7 @@ pub async fn enroll_push_check(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let factor = match enrolling_factor(&p, &f.factor, |x| x.record.factor_type == "push").await {
+    let factor = match enrolling_factor(&p, &f.factor, |x| answered_by_device(&x.record.factor_type)).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -765,5 +754,5 @@ pub async fn enroll_push_check(
         );
         return mfa::with_csrf(html(StatusCode::OK, page), set);
     }
-    mfa::enrolled(&p.st, &p.s, &p.rd, "push").await
+    mfa::enrolled(&p.st, &p.s, &p.rd, factors::amr_of(&factor.record.factor_type)).await
 }

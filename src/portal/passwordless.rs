@@ -22,10 +22,10 @@ use minijinja::value::Value;
 use serde::Deserialize;
 
 use super::authn::{self, Loaded, Pending};
-use super::pages::render;
 use super::{Ctx, csrf, csrf_token, enc, form_allowed, html, login, mfa, redirect, see_other};
 use crate::enforce::{AccessInfo, ActiveSession};
 use crate::factors::{self, Challenge, ChallengeContext, Factor, PushResult, TOTP_TYPE, VerifyError};
+use crate::pages::render;
 use crate::state::AppState;
 
 /// The first page: the username only.
@@ -271,7 +271,10 @@ pub async fn factor_step(
                 return mfa::with_csrf(html(StatusCode::OK, page), set);
             }
             PushResult::Success => match factors::push::consume(&st, &loaded.user, &factor, &f.tx).await {
-                Ok(true) => return signed_in(&st, &ctx, &headers, &loaded, "push", &rd).await,
+                Ok(true) => {
+                    let amr = factors::amr_of(&factor.record.factor_type);
+                    return signed_in(&st, &ctx, &headers, &loaded, amr, &rd).await;
+                }
                 Ok(false) => "That sign-in request was already used. Send a new one.",
                 Err(e) => mfa::verify_message(e).1,
             },

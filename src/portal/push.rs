@@ -24,7 +24,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Ctx;
-use super::authn::{json_request, json_response};
+pub use super::common::{base_url, pairing_uri};
+use super::common::{json_request, json_response};
 use crate::enforce::SessionState;
 use crate::error::{ApiError, ErrorCode};
 use crate::factors::FactorType;
@@ -32,7 +33,7 @@ use crate::factors::push::{self, AnswerError, DeviceAnswer, DeviceError, DeviceR
 use crate::state::AppState;
 
 /// Where the polling script is served, relative to the prefix.
-pub const SCRIPT_PATH: &str = "/static/push.js";
+pub const SCRIPT_PATH: &str = crate::pages::PUSH_SCRIPT;
 
 /// Polls a push (or a device pairing) and submits the "Check again" form
 /// once it is no longer waiting.
@@ -74,24 +75,6 @@ pub async fn script() -> Response {
         HeaderValue::from_static("text/javascript; charset=utf-8"),
     );
     res
-}
-
-/// The gateway's base URL as a device should call it: `server.external_url`,
-/// else the scheme and Host of this request.
-pub fn base_url(st: &AppState, ctx: &Ctx) -> String {
-    match &st.config.server.external_url {
-        Some(u) => u.as_str().trim_end_matches('/').to_owned(),
-        None => format!("{}://{}", ctx.0.scheme, ctx.0.authority),
-    }
-}
-
-/// What the pairing QR code holds: where the device posts and the token.
-pub fn pairing_uri(st: &AppState, base: &str, token: &str) -> String {
-    format!(
-        "portcullis-push://pair?gateway={}&token={}",
-        super::enc(&format!("{base}{}", st.config.portal.prefix)),
-        super::enc(token)
-    )
 }
 
 /// The answer of every push route while push is disabled: 404 before

@@ -28,7 +28,7 @@
 //!
 //! [`UserDirectory`]: super::UserDirectory
 
-pub mod escape;
+pub use crate::ldap_escape as escape;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

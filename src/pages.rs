@@ -1,4 +1,4 @@
-//! HTML pages: plain server-rendered forms that work without JavaScript,
+//! HTML pages of the portal and of the enforcement layer: plain server-rendered forms that work without JavaScript,
 //! rendered from the templates in `templates/portal/` (compiled into the
 //! binary) through one layout. Every value a template prints is HTML-escaped
 //! unless the template marks it otherwise; every page carries the security
@@ -21,73 +21,64 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior, context};
 /// Where the stylesheet is served, relative to the prefix.
 pub const STYLESHEET: &str = "/static/portal.css";
 
+/// Where the push polling script is served, relative to the prefix.
+pub const PUSH_SCRIPT: &str = "/static/push.js";
+
 /// The built-in templates: name and source. `.html` names are auto-escaped.
 const SOURCES: &[(&str, &str)] = &[
-    ("layout.html", include_str!("../../templates/portal/layout.html")),
-    ("forms.html", include_str!("../../templates/portal/forms.html")),
-    (
-        "message.html",
-        include_str!("../../templates/portal/message.html"),
-    ),
-    ("login.html", include_str!("../../templates/portal/login.html")),
-    (
-        "account.html",
-        include_str!("../../templates/portal/account.html"),
-    ),
+    ("layout.html", include_str!("../templates/portal/layout.html")),
+    ("forms.html", include_str!("../templates/portal/forms.html")),
+    ("message.html", include_str!("../templates/portal/message.html")),
+    ("login.html", include_str!("../templates/portal/login.html")),
+    ("account.html", include_str!("../templates/portal/account.html")),
     (
         "signed_out.html",
-        include_str!("../../templates/portal/signed_out.html"),
+        include_str!("../templates/portal/signed_out.html"),
     ),
     (
         "challenge.html",
-        include_str!("../../templates/portal/challenge.html"),
+        include_str!("../templates/portal/challenge.html"),
     ),
-    ("code.html", include_str!("../../templates/portal/code.html")),
+    ("code.html", include_str!("../templates/portal/code.html")),
     (
         "push_wait.html",
-        include_str!("../../templates/portal/push_wait.html"),
+        include_str!("../templates/portal/push_wait.html"),
     ),
-    (
-        "password.html",
-        include_str!("../../templates/portal/password.html"),
-    ),
+    ("password.html", include_str!("../templates/portal/password.html")),
     (
         "enroll_chooser.html",
-        include_str!("../../templates/portal/enroll_chooser.html"),
+        include_str!("../templates/portal/enroll_chooser.html"),
     ),
     (
         "enroll_address.html",
-        include_str!("../../templates/portal/enroll_address.html"),
+        include_str!("../templates/portal/enroll_address.html"),
     ),
     (
         "enroll_pairing.html",
-        include_str!("../../templates/portal/enroll_pairing.html"),
+        include_str!("../templates/portal/enroll_pairing.html"),
     ),
     (
         "enroll_totp.html",
-        include_str!("../../templates/portal/enroll_totp.html"),
+        include_str!("../templates/portal/enroll_totp.html"),
     ),
     (
         "recovery_codes.html",
-        include_str!("../../templates/portal/recovery_codes.html"),
+        include_str!("../templates/portal/recovery_codes.html"),
     ),
-    (
-        "factors.html",
-        include_str!("../../templates/portal/factors.html"),
-    ),
+    ("factors.html", include_str!("../templates/portal/factors.html")),
     (
         "passwordless_username.html",
-        include_str!("../../templates/portal/passwordless_username.html"),
+        include_str!("../templates/portal/passwordless_username.html"),
     ),
     (
         "passwordless_factors.html",
-        include_str!("../../templates/portal/passwordless_factors.html"),
+        include_str!("../templates/portal/passwordless_factors.html"),
     ),
     (
         "password_link.html",
-        include_str!("../../templates/portal/password_link.html"),
+        include_str!("../templates/portal/password_link.html"),
     ),
-    ("demo/echo.html", include_str!("../../templates/demo/echo.html")),
+    ("demo/echo.html", include_str!("../templates/demo/echo.html")),
 ];
 
 /// The page templates, ready to render.
@@ -126,7 +117,7 @@ impl Templates {
                 .build()?,
         );
         env.add_global("STYLESHEET", STYLESHEET);
-        env.add_global("PUSH_SCRIPT", super::push::SCRIPT_PATH);
+        env.add_global("PUSH_SCRIPT", PUSH_SCRIPT);
         for (name, source) in SOURCES {
             env.add_template(name, source)?;
         }
