@@ -139,7 +139,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, command: UsersCommand) -> ExitCode
     };
     if let UsersCommand::Show { user, .. } = &command {
         // Every source that knows the name, with a warning when several do.
-        let code = runtime.block_on(crate::users::show(&config, user));
+        let code = runtime.block_on(show_sources(&config, user));
         if code != ExitCode::SUCCESS {
             return code;
         }
@@ -423,4 +423,114 @@ async fn list(st: &AppState, as_json: bool) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `portcullis users show NAME`: every source that has this login (or id),
+/// in the order sign-in asks them (users file, API, directory), and which
+/// one wins. Exit 0 when found, 2 when not, 1 when a source could not be asked.
+async fn show_sources(cfg: &crate::config::Config, key: &str) -> std::process::ExitCode {
+    let mut found: Vec<String> = Vec::new();
+    let mut failed = false;
+    let groups = |g: &[String]| {
+        if g.is_empty() {
+            "-".to_owned()
+        } else {
+            g.join(", ")
+        }
+    };
+    let files = crate::users::UserDirectory::from_file_users(&cfg.users.file_users);
+    if let Some(u) = files.by_login(key).or_else(|| files.get(key)) {
+        println!(
+            "{}: users file, id {}, groups {}",
+            u.username,
+            u.id,
+            groups(&u.groups)
+        );
+        found.push("users file".into());
+    }
+    match crate::store::open(&cfg.store).await {
+        Ok(store) => {
+            let stored = match store.get_user_by_login(key).await {
+                Ok(None) => store.get_user(key).await,
+                other => other,
+            };
+            match stored {
+                Ok(Some(r)) => {
+                    let u = crate::users::User::from_record(&r);
+                    println!(
+                        "{}: API user, id {}, status {}, groups {}",
+                        r.login,
+                        r.id,
+                        r.status.as_str(),
+                        groups(&u.groups)
+                    );
+                    found.push("API".into());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("error: the store: {e}");
+                    failed = true;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: the store: {e}");
+            failed = true;
+        }
+    }
+    if let Some(lc) = &cfg.users.ldap {
+        match crate::users::ldap::LdapDirectory::new(lc.clone()) {
+            Ok(dir) => match dir.find(key).await {
+                Ok(Some(e)) => {
+                    let (u, _) = e.to_user();
+                    println!(
+                        "{}: directory ({}), id {}, dn {}, {} {}, groups {}{}",
+                        e.username,
+                        lc.url,
+                        u.id,
+                        e.dn,
+                        lc.attributes.id,
+                        e.stable_id,
+                        groups(&e.groups),
+                        if e.disabled {
+                            ", DISABLED (cannot sign in)"
+                        } else {
+                            ""
+                        }
+                    );
+                    found.push("directory".into());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    failed = true;
+                }
+            },
+            Err(e) => {
+                eprintln!("error: users.ldap: {e}");
+                failed = true;
+            }
+        }
+    }
+    match found.len() {
+        0 => {
+            eprintln!("error: {key}: no such user (not in the users file, the store or the directory)");
+            ExitCode::from(EXIT_NO_USER)
+        }
+        1 if !failed => ExitCode::SUCCESS,
+        1 => ExitCode::FAILURE,
+        _ => {
+            println!(
+                "warning: {key} is in {} sources ({}); the {} one signs in (order: users file, API, directory), the others cannot",
+                found.len(),
+                found.join(", "),
+                found[0]
+            );
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
 }
