@@ -1898,8 +1898,9 @@ fn convert_store(cx: &mut Ctx<'_>, raw: RawStore) -> StoreConfig {
             cx.warn(
                 "store.encryption_keys",
                 format!(
-                    "no encryption key ({} is not set): factor secrets cannot be encrypted at rest; generate a key with `portcullis gen-key`",
-                    defaults::STORE_KEY_ENV
+                    "no encryption key ({} is not set): {}",
+                    defaults::STORE_KEY_ENV,
+                    default_key_note(&kind)
                 ),
             );
             Vec::new()
@@ -1907,7 +1908,7 @@ fn convert_store(cx: &mut Ctx<'_>, raw: RawStore) -> StoreConfig {
         Some(list) if list.is_empty() => {
             cx.warn(
                 "store.encryption_keys",
-                "no encryption key configured: factor secrets cannot be encrypted at rest; generate a key with `portcullis gen-key`",
+                format!("no encryption key configured: {}", default_key_note(&kind)),
             );
             Vec::new()
         }
@@ -1933,6 +1934,22 @@ fn convert_store(cx: &mut Ctx<'_>, raw: RawStore) -> StoreConfig {
     StoreConfig {
         kind,
         encryption_keys,
+    }
+}
+
+/// What the gateway does without `store.encryption_keys` (see `gateway::keys`).
+fn default_key_note(kind: &StoreKind) -> String {
+    match kind {
+        StoreKind::Memory => "factor secrets are sealed with a key generated for each process".into(),
+        StoreKind::Sqlite { path } => {
+            let mut file = path.as_os_str().to_owned();
+            file.push(".key");
+            format!(
+                "factor secrets are sealed with the key in {} (generated, mode 0600, if missing); back it up with the database",
+                std::path::Path::new(&file).display()
+            )
+        }
+        StoreKind::Postgres { .. } => "factor enrollment is refused: with PostgreSQL every replica must be configured with the same key; generate one with `portcullis gen-key`".into(),
     }
 }
 
