@@ -125,7 +125,7 @@ pub fn main() -> ExitCode {
             _,
         ) => runtime.block_on(async {
             match crate::demo::prepare(listen, admin_listen, memory).await {
-                Ok(config) => run(config, None).await,
+                Ok(config) => run(config, None, None).await,
                 Err(code) => code,
             }
         }),
@@ -205,11 +205,16 @@ async fn serve_file(path: &Path) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     };
     crate::telemetry::init(&loaded.config.log);
-    run(loaded.config, None).await
+    run(loaded.config, None, Some(path.to_path_buf())).await
 }
 
-/// Binds both listeners and serves until SIGTERM/SIGINT (or `shutdown`).
-pub async fn run(config: config::Config, shutdown: Option<Shutdown>) -> ExitCode {
+/// Binds both listeners and serves until SIGTERM/SIGINT (or `shutdown`);
+/// with `config_path`, `SIGHUP` reloads from that file ([`crate::gateway::Live`]).
+pub async fn run(
+    config: config::Config,
+    shutdown: Option<Shutdown>,
+    config_path: Option<PathBuf>,
+) -> ExitCode {
     // Idle sockets cost a descriptor each: take all the kernel allows.
     server::raise_open_files_limit(config.server.max_connections);
     let main_opts = ListenerOptions::main(&config.server);
@@ -250,16 +255,22 @@ pub async fn run(config: config::Config, shutdown: Option<Shutdown>) -> ExitCode
     let shutdown = shutdown.unwrap_or_default();
     shutdown.on_signals();
     tracing::info!(main = %format!("{main_scheme}://{main_addr}"), admin = %format!("{admin_scheme}://{admin_addr}"), "portcullis listening");
+    let reloadable = config_path.is_some();
+    let live = crate::gateway::Live::new(gateway, config_path);
+    #[cfg(unix)]
+    if reloadable {
+        live.reload_on_sighup();
+    }
     let admin = tokio::spawn(server::serve(
         admin_listener,
-        gateway.admin_router(),
+        live.admin_service(),
         admin_opts,
         shutdown.clone(),
     ));
-    let main_service = gateway.main_service();
+    let threads = live.clone();
     let served = server::serve_threads(
         main_listener,
-        move || main_service.with_own_pools(),
+        move || threads.main_service(),
         main_opts,
         shutdown.clone(),
     )
@@ -268,11 +279,11 @@ pub async fn run(config: config::Config, shutdown: Option<Shutdown>) -> ExitCode
         eprintln!("error: cannot serve {main_addr}: {e}");
         shutdown.trigger();
         let _ = admin.await;
-        gateway.stop();
+        live.gateway().stop();
         return ExitCode::FAILURE;
     }
     let _ = admin.await;
-    gateway.stop();
+    live.gateway().stop();
     tracing::info!("stopped");
     // Access lines are written in batches; none may be lost on the way out.
     crate::telemetry::flush();

@@ -34,6 +34,8 @@ mod pages;
 mod paths;
 #[path = "gateway/proxying.rs"]
 mod proxying;
+#[path = "gateway/reload.rs"]
+mod reload;
 #[path = "gateway/sessions.rs"]
 mod sessions;
 #[path = "gateway/websocket.rs"]

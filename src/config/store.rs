@@ -72,13 +72,14 @@ pub(super) fn convert_store(cx: &mut Ctx<'_>, raw: RawStore) -> StoreConfig {
             StoreKind::Postgres { url }
         }
     };
+    let note = default_key_note(&kind);
     let absent = Absent {
         is_error: false,
         unset: &format!(
-            "no encryption key ({} is not set): factor secrets cannot be encrypted at rest; generate a key with `portcullis gen-key`",
+            "no encryption key ({} is not set): {note}",
             defaults::STORE_KEY_ENV
         ),
-        empty: "no encryption key configured: factor secrets cannot be encrypted at rest; generate a key with `portcullis gen-key`",
+        empty: &format!("no encryption key configured: {note}"),
     };
     let mut encryption_keys = Vec::new();
     for NamedSecret { key, label, secret } in secret_list(
@@ -118,6 +119,22 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
     [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
         .iter()
         .find_map(|engine| engine.decode(t).ok())
+}
+
+/// What the gateway does without `store.encryption_keys` (see `gateway::keys`).
+fn default_key_note(kind: &StoreKind) -> String {
+    match kind {
+        StoreKind::Memory => "factor secrets are sealed with a key generated for each process".into(),
+        StoreKind::Sqlite { path } => {
+            let mut file = path.as_os_str().to_owned();
+            file.push(".key");
+            format!(
+                "factor secrets are sealed with the key in {} (generated, mode 0600, if missing); back it up with the database",
+                std::path::Path::new(&file).display()
+            )
+        }
+        StoreKind::Postgres { .. } => "factor enrollment is refused: with PostgreSQL every replica must be configured with the same key; generate one with `portcullis gen-key`".into(),
+    }
 }
 
 #[cfg(test)]

@@ -198,7 +198,9 @@ pub enum EnrollError {
     /// Sending the activation code or push failed.
     #[error("delivery failed")]
     Delivery,
-    #[error("no store.encryption_keys configured: factor secrets cannot be stored")]
+    #[error(
+        "no store.encryption_keys configured: factor secrets cannot be stored (with PostgreSQL every replica needs the same key: `portcullis gen-key`)"
+    )]
     NoKeys,
     #[error("sealing the secret failed")]
     Seal,

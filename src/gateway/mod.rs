@@ -6,11 +6,14 @@
 //! enforcement ([`crate::enforce`]) in front of the proxy ([`crate::proxy`]).
 //! [`Gateway::admin_router`] serves health, readiness and metrics.
 
+pub mod keys;
+mod live;
 mod service;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use live::{Live, LiveAdmin, LiveMain, ReloadOutcome};
 pub use service::MainService;
 
 use crate::clock::SharedClock;
@@ -63,7 +66,9 @@ impl Gateway {
     }
 
     /// Builds with an explicit clock (tests).
-    pub async fn build_with(config: Config, clock: SharedClock) -> Result<Self, BuildError> {
+    /// Without `store.encryption_keys`, the default key ([`keys::resolve`]).
+    pub async fn build_with(mut config: Config, clock: SharedClock) -> Result<Self, BuildError> {
+        keys::resolve(&mut config.store).map_err(BuildError::Keys)?;
         let store = crate::store::open(&config.store).await?;
         Self::build_with_store(config, clock, store).await
     }

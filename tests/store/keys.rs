@@ -95,9 +95,13 @@ async fn keys_that_do_not_fit_the_database_stop_the_start_and_rotate_key_moves_e
         !text.contains(&a) && !text.contains(&b),
         "a key was printed:\n{text}"
     );
+    // No key configured: the generated key file's key is not A either.
     cfg.keys = vec![];
     let text = refused_start(&cfg);
-    assert!(text.contains("store.encryption_keys is empty"), "{text}");
+    assert!(
+        text.contains(&key_id(0xa)) && text.contains("wrong or missing key"),
+        "{text}"
+    );
 
     // Rolling out B first: [B, A] opens both, seals with B.
     cfg.keys = vec![b.clone(), a.clone()];
@@ -168,4 +172,64 @@ fn ok_text(out: &Output) -> String {
     let t = output_text(out);
     assert_eq!(out.status.code(), Some(0), "{t}");
     t
+}
+
+/// Without `store.encryption_keys`, SQLite gets a key file beside the
+/// database (mode 0600), created once and used again after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_without_keys_generates_a_private_key_file_and_keeps_using_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = CountingUpstream::spawn().await;
+    let db = dir.path().join("portcullis.db");
+    let mut cfg = GatewayConfig::new(
+        dir.path(),
+        upstream.addr(),
+        StoreSpec::Sqlite(db),
+        vec!["alice".into()],
+    );
+    cfg.keys = vec![];
+    let key_file = dir.path().join("portcullis.db.key");
+
+    // check-config says what will happen.
+    let config = cfg.write(free_port(), free_port());
+    let text = ok_text(&run(&["check-config", "--config", config.to_str().unwrap()]));
+    assert!(
+        text.contains("store.encryption_keys") && text.contains(&key_file.display().to_string()),
+        "{text}"
+    );
+    assert!(!key_file.exists(), "check-config creates nothing");
+
+    let gw = Gateway::start(&cfg, "generated-key").await;
+    let alice = gw.enroll_totp("alice", |_| {}).await.unwrap();
+    let log = gw.log_text();
+    assert!(
+        log.contains(&key_file.display().to_string()),
+        "the key file is logged:\n{log}"
+    );
+    gw.terminate();
+    drop(gw);
+    let written = std::fs::read(&key_file).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    assert!(
+        !log.contains(String::from_utf8_lossy(&written).trim()),
+        "the key was logged"
+    );
+
+    // Restarted: the same file, and the factor still verifies.
+    let gw = Gateway::start(&cfg, "generated-key-again").await;
+    let (status, body) = gw
+        .verify_totp("alice", &alice.factor_id, &totp(&alice.secret, now() + 30))
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("SUCCESS")),
+        "{body}"
+    );
+    gw.terminate();
+    assert_eq!(std::fs::read(&key_file).unwrap(), written, "created once");
 }

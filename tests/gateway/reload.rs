@@ -1,0 +1,398 @@
+//! `SIGHUP` reloads the config and users files of the real binary: rules and
+//! users change at once (also on kept-alive connections), a broken file is
+//! refused with every problem and the old config keeps serving, sessions
+//! survive, and settings bound at start-up are logged as needing a restart.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    ALICE, Reap, SESSION_SECRET, csrf_field, form, free_port, portcullis_command, set_cookie, toml_str,
+    users_file,
+};
+
+fn config(dir: &Path, main: u16, admin: u16, upstream: &str, public_policy: &str) -> String {
+    format!(
+        r#"default_policy = "one_factor"
+
+[server]
+listen = "127.0.0.1:{main}"
+shutdown_timeout = "2s"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+tokens = []
+
+[[upstreams]]
+name = "echo"
+url = "{upstream}"
+
+[session]
+secrets = ["{SESSION_SECRET}"]
+secure = false
+
+[users]
+file = {users}
+
+[store]
+kind = "memory"
+encryption_keys = ["AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="]
+
+[factors.totp]
+enabled = true
+
+[factors.recovery_codes]
+enabled = false
+
+[[rules]]
+path = "^/public/"
+policy = "{public_policy}"
+
+[log]
+format = "json"
+level = "info"
+"#,
+        users = toml_str(&dir.join("users.toml").display().to_string()),
+    )
+}
+
+struct Running {
+    child: Reap,
+    log: Arc<Mutex<String>>,
+    client: reqwest::Client,
+    base: String,
+    admin: String,
+}
+
+impl Running {
+    fn hup(&self) {
+        let pid = self.child.0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until `needle` occurs `count` times in the log.
+    async fn wait_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.log().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} x{count} not logged:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn status(&self, path: &str, session: Option<&str>) -> u16 {
+        let mut req = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("accept", "application/json");
+        if let Some(s) = session {
+            req = req.header("cookie", format!("portcullis_session={s}"));
+        }
+        req.send().await.unwrap().status().as_u16()
+    }
+
+    /// Signs in through the form; the session cookie, or `None` if refused.
+    async fn sign_in(&self, username: &str, password: &str) -> Option<String> {
+        let res = self
+            .client
+            .get(format!("{}/_portcullis/login?rd=/private", self.base))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        let csrf = csrf_field(&res.text().await.unwrap());
+        let res = self
+            .client
+            .post(format!("{}/_portcullis/login", self.base))
+            .header("cookie", format!("portcullis_csrf={csrf}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[
+                ("csrf", &csrf),
+                ("rd", "/private"),
+                ("username", username),
+                ("password", password),
+            ]))
+            .send()
+            .await
+            .unwrap();
+        (res.status() == 303)
+            .then(|| set_cookie(&res, "portcullis_session").map(|(v, _)| v))
+            .flatten()
+    }
+
+    async fn metrics(&self) -> String {
+        let res = self
+            .client
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.text().await.unwrap()
+    }
+}
+
+async fn start(path: &Path, main: u16, admin: u16) -> Running {
+    let mut child = Reap(
+        portcullis_command(&["serve", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut pipe = child.0.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    // One client, one pool: requests after a reload reuse kept-alive connections.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let running = Running {
+        child,
+        log,
+        client,
+        base: format!("http://127.0.0.1:{main}"),
+        admin: format!("http://127.0.0.1:{admin}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(res) = running
+            .client
+            .get(format!("{}/_portcullis/healthz", running.base))
+            .send()
+            .await
+            && res.status() == 200
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not come up:\n{}",
+            running.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running
+}
+
+fn counter(metrics: &str, result: &str) -> u64 {
+    let prefix = format!("portcullis_config_reloads_total{{result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_rules_and_users_keeps_sessions_and_refuses_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = portcullis::demo::spawn_echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let upstream = format!("http://{echo}");
+    let (main, admin) = (free_port(), free_port());
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(dir.path().join("users.toml"), users_file()).unwrap();
+    std::fs::write(&path, config(dir.path(), main, admin, &upstream, "bypass")).unwrap();
+    let gw = start(&path, main, admin).await;
+
+    let m = gw.metrics().await;
+    assert_eq!((counter(&m, "success"), counter(&m, "failure")), (0, 0));
+    assert_eq!(gw.status("/public/page", None).await, 200);
+    let session = gw
+        .sign_in(ALICE.username, ALICE.password)
+        .await
+        .expect("alice signs in");
+    assert_eq!(gw.status("/private", Some(&session)).await, 200);
+    assert!(gw.sign_in("carol", "carol-new-password").await.is_none());
+
+    // A rule changes: /public/ goes from bypass to two_factor, at once, on the
+    // same kept-alive connection.
+    std::fs::write(&path, config(dir.path(), main, admin, &upstream, "two_factor")).unwrap();
+    gw.hup();
+    gw.wait_log("configuration reloaded", 1).await;
+    assert_ne!(gw.status("/public/page", None).await, 200, "the new rule applies");
+    assert_ne!(
+        gw.status("/public/page", Some(&session)).await,
+        200,
+        "a one-factor session is not enough any more"
+    );
+    assert_eq!(
+        gw.status("/private", Some(&session)).await,
+        200,
+        "the session survives the reload"
+    );
+
+    // A user is added to the users file and can sign in after the reload.
+    let hash = portcullis::passwords::hash_password(b"carol-new-password").unwrap();
+    let carol = format!(
+        "{}[[users]]\nusername = \"carol\"\npassword = {}\ndisplay_name = \"Carol\"\nemail = \"carol@example.com\"\ngroups = []\n",
+        users_file(),
+        toml_str(&hash)
+    );
+    std::fs::write(dir.path().join("users.toml"), carol).unwrap();
+    gw.hup();
+    gw.wait_log("configuration reloaded", 2).await;
+    let carol_session = gw
+        .sign_in("carol", "carol-new-password")
+        .await
+        .expect("carol signs in");
+    assert_eq!(gw.status("/private", Some(&carol_session)).await, 200);
+
+    // A broken file is refused with every problem; the running config stays.
+    let broken = config(dir.path(), main, admin, &upstream, "bypass")
+        .replace(
+            "default_policy = \"one_factor\"",
+            "default_policy = \"sometimes\"",
+        )
+        .replace("path = \"^/public/\"", "path = \"([unclosed\"");
+    std::fs::write(&path, broken).unwrap();
+    gw.hup();
+    gw.wait_log("reload refused; the running configuration stays", 1)
+        .await;
+    let log = gw.log();
+    for key in ["default_policy:", "rules[0].path:"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("reload refused") && l.contains(key)),
+            "{key} not logged:\n{log}"
+        );
+    }
+    assert_ne!(
+        gw.status("/public/page", None).await,
+        200,
+        "the reloaded rule still holds"
+    );
+    assert_eq!(gw.status("/private", Some(&session)).await, 200);
+    assert_eq!(gw.status("/private", Some(&carol_session)).await, 200);
+
+    // A new listen address needs a restart: logged, and the old one keeps serving;
+    // the rest of the file (the rule back to bypass) applies.
+    let other = free_port();
+    std::fs::write(&path, config(dir.path(), other, admin, &upstream, "bypass")).unwrap();
+    gw.hup();
+    gw.wait_log("configuration reloaded", 3).await;
+    let log = gw.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("needs a restart") && l.contains("server.listen")),
+        "{log}"
+    );
+    assert_eq!(gw.status("/public/page", None).await, 200);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", other)).is_err(),
+        "nothing listens on the new address"
+    );
+
+    let m = gw.metrics().await;
+    assert_eq!((counter(&m, "success"), counter(&m, "failure")), (3, 1));
+    for secret in [
+        session.as_str(),
+        ALICE.password,
+        "carol-new-password",
+        SESSION_SECRET,
+    ] {
+        assert!(!log.contains(secret), "{secret:?} was logged");
+    }
+}
+
+/// Without `store.encryption_keys` the memory store seals factor secrets with
+/// a key of its own: TOTP enrollment works (it used to answer 503).
+#[tokio::test]
+async fn the_memory_store_without_keys_enrolls_totp() {
+    use serde_json::{Value, json};
+    let gw = crate::support::TestGateway::start(
+        r#"
+[store]
+kind = "memory"
+encryption_keys = []
+
+[users]
+enrollment = "first_login"
+
+[factors.totp]
+enabled = true
+"#,
+    )
+    .await;
+    let authn = |path: &str, body: Value| {
+        let req = gw
+            .client()
+            .post(gw.url(&format!("/_portcullis/api/v1/authn{path}")))
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .body(body.to_string());
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, a) = authn(
+        "",
+        json!({ "username": ALICE.username, "password": ALICE.password }),
+    )
+    .await;
+    assert_eq!((status, a["status"].as_str()), (200, Some("MFA_ENROLL")), "{a}");
+    let state = a["stateToken"].as_str().unwrap().to_owned();
+    let (status, e) = authn(
+        "/factors",
+        json!({ "stateToken": state, "factorType": "token:software:totp", "provider": "GOOGLE" }),
+    )
+    .await;
+    assert_eq!(
+        (status, e["status"].as_str()),
+        (200, Some("MFA_ENROLL_ACTIVATE")),
+        "{e}"
+    );
+    let fid = e["_embedded"]["factor"]["id"].as_str().unwrap().to_owned();
+    let shared = e["_embedded"]["factor"]["_embedded"]["activation"]["sharedSecret"]
+        .as_str()
+        .unwrap();
+    let secret = base32::decode(base32::Alphabet::Rfc4648 { padding: false }, shared).unwrap();
+    let cfg = gw.gateway.state().config.factors.totp.clone();
+    use portcullis::clock::Clock;
+    let code = portcullis::factors::totp::code_at(&cfg, &secret, gw.clock.now());
+    let (status, done) = authn(
+        &format!("/factors/{fid}/lifecycle/activate"),
+        json!({ "stateToken": state, "passCode": code }),
+    )
+    .await;
+    assert_eq!(
+        (status, done["status"].as_str()),
+        (200, Some("SUCCESS")),
+        "{done}"
+    );
+}
