@@ -162,7 +162,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// The keys allowed at the top of the config file, in the documented order.
-const TOP_LEVEL_KEYS: [&str; 14] = [
+const TOP_LEVEL_KEYS: [&str; 15] = [
     "default_policy",
     "case_insensitive_paths",
     "server",
@@ -177,6 +177,7 @@ const TOP_LEVEL_KEYS: [&str; 14] = [
     "factors",
     "rules",
     "log",
+    "audit",
 ];
 
 /// Fields whose values are secrets: serde's messages quote the offending value,
@@ -314,6 +315,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     let raw_factors = take("factors");
     let raw_rules = take("rules");
     let raw_log = take("log");
+    let raw_audit = take("audit");
     for key in table.keys() {
         cx.error(
             key.clone(),
@@ -337,6 +339,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     let factors = convert_factors(&mut cx, raw_factors);
     let rules = convert_rules(&mut cx, raw_rules, case_insensitive_paths.unwrap_or(false));
     let log = section::<RawLog>(&mut cx, "log", raw_log).map(|r| convert_log(&mut cx, r));
+    let audit = super::audit::convert(raw_audit, &mut |k, m| cx.error(k, m));
 
     cross_checks(
         &mut cx,
@@ -412,6 +415,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
             factors,
             rules,
             log,
+            audit,
         },
         warnings: cx.warnings,
     })

@@ -7,6 +7,7 @@
 //! socket addresses, compiled regexes, CIDRs, resolved secrets) and never
 //! re-checks them.
 
+pub mod audit;
 pub mod ldap;
 mod load;
 #[cfg(test)]
@@ -158,6 +159,8 @@ pub struct Config {
     pub factors: FactorsConfig,
     pub rules: Vec<RuleConfig>,
     pub log: LogConfig,
+    /// `[audit]`.
+    pub audit: audit::AuditConfig,
 }
 
 /// What a rule (or the default) requires.
