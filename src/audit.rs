@@ -48,18 +48,32 @@ pub struct RawEvent {
     pub fields: BTreeMap<String, String>,
 }
 
-/// The writer's channel, when one runs in this process.
-static SENDER: RwLock<Option<mpsc::Sender<RawEvent>>> = RwLock::new(None);
+/// The writers' channels in this process (normally one: one gateway; a
+/// process running several gateways gives every event to each of them).
+static SENDERS: RwLock<Vec<mpsc::Sender<RawEvent>>> = RwLock::new(Vec::new());
 /// Events dropped because the channel was full (or the store refused them).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-/// Hands an event to the writer without waiting; counts it as dropped when
-/// the queue is full.
+/// Hands an event to the writers without waiting; counts it as dropped when
+/// a queue is full.
 pub fn submit(event: RawEvent) {
-    let guard = SENDER.read().unwrap_or_else(|p| p.into_inner());
-    let Some(tx) = guard.as_ref() else { return };
-    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(event) {
-        dropped(1);
+    let mut closed = false;
+    {
+        let senders = SENDERS.read().unwrap_or_else(|p| p.into_inner());
+        for tx in senders.iter() {
+            match tx.try_send(event.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => dropped(1),
+                Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
+            }
+        }
+    }
+    if closed {
+        // A stopped gateway's writer: forget it.
+        SENDERS
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|tx| !tx.is_closed());
     }
 }
 
@@ -118,12 +132,15 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Starts the writer on `store` (replacing an earlier one in this process)
-/// and returns its task; events older than `retention` are purged.
+/// Starts a writer on `store` and returns its task (aborting it stops the
+/// writer); events older than `retention` are purged.
 pub fn start(store: SharedStore, retention: Duration) -> tokio::task::AbortHandle {
     metrics::counter!("portcullis_audit_dropped_total").increment(0);
     let (tx, rx) = mpsc::channel(QUEUE);
-    *SENDER.write().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    let mut senders = SENDERS.write().unwrap_or_else(|p| p.into_inner());
+    senders.retain(|tx| !tx.is_closed());
+    senders.push(tx);
+    drop(senders);
     tokio::spawn(write_loop(store, rx, retention)).abort_handle()
 }
 

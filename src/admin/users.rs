@@ -745,7 +745,7 @@ pub async fn unlock(admin: Admin, State(st): State<Arc<AppState>>, Ids(id): Ids<
     };
     match st.regulator.unlock(s.id()).await {
         Ok(was_locked) => {
-            audit!("user.unlocked", user = %s.login(), actor = "admin", token = admin.token, was_locked = was_locked);
+            audit!("user.unlocked", user = %s.login(), user_id = %s.id(), actor = "admin", token = admin.token, was_locked = was_locked);
             json(StatusCode::OK, &json!({}))
         }
         Err(e) => unavailable(e),
