@@ -501,6 +501,23 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let (tx, mut rx) = mpsc::channel(1);
+        SENDERS.write().unwrap().push(tx);
+        let before = DROPPED.load(Ordering::Relaxed);
+        let e = raw(&[("event", "session.started"), ("user", "queue-test")]);
+        submit(e.clone());
+        submit(e.clone());
+        assert!(DROPPED.load(Ordering::Relaxed) > before, "the second did not fit");
+        assert_eq!(rx.try_recv().unwrap().fields["user"], "queue-test");
+        assert!(rx.try_recv().is_err());
+        // A stopped writer is forgotten at the next event.
+        drop(rx);
+        submit(e);
+        assert!(SENDERS.read().unwrap().iter().all(|tx| !tx.is_closed()));
+    }
+
+    #[test]
     fn times_round_trip() {
         assert_eq!(
             parse_rfc3339_ms("2026-01-02T03:04:05.678Z"),

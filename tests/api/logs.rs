@@ -163,6 +163,13 @@ async fn story(gw: TestGateway) {
         .collect();
     assert!(published.windows(2).all(|w| w[0] <= w[1]), "ascending by default");
 
+    // The answers are what the OpenAPI document says.
+    let doc = crate::openapi::document(&gw).await;
+    let page = logs(&gw, "?limit=1000").await;
+    crate::openapi::check(&doc, "GET", "/api/v1/logs", 200, &page.body);
+    let bad = logs(&gw, "?since=yesterday").await;
+    crate::openapi::check(&doc, "GET", "/api/v1/logs", 400, &bad.body);
+
     // Nothing secret anywhere: not the password, the wrong one, the code or
     // the TOTP secret, nor the admin token.
     let all = logs(&gw, "?limit=1000").await;
