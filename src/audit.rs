@@ -126,6 +126,10 @@ impl Visit for Fields {
     }
 }
 
+/// Wall-clock Unix milliseconds. Not `crate::clock`: an event is stamped
+/// inside the tracing layer, which belongs to no gateway (and so to no
+/// gateway's clock); the retention purge uses the same time.
+#[allow(clippy::disallowed_methods)]
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -59,49 +59,46 @@ fn decode_cursor(s: &str) -> Option<AuditCursor> {
     })
 }
 
-/// Checks the parameters; the store query, or the 400 answer.
-fn parse(q: &LogsQuery) -> Result<AuditQuery, Response> {
+/// Checks the parameters; the store query, or the cause of the 400 answer
+/// (naming the parameter).
+fn parse(q: &LogsQuery) -> Result<AuditQuery, String> {
     let time = |name: &str, v: &Option<String>| match v.as_deref() {
         None => Ok(None),
         Some(s) => parse_rfc3339_ms(s)
             .map(Some)
-            .ok_or_else(|| validation(format!("{name}: not an RFC 3339 time"))),
+            .ok_or_else(|| format!("{name}: not an RFC 3339 time")),
     };
     let since_ms = time("since", &q.since)?;
     let until_ms = time("until", &q.until)?;
     if let (Some(s), Some(u)) = (since_ms, until_ms)
         && s > u
     {
-        return Err(validation("until: before since"));
+        return Err("until: before since".into());
     }
     let limit = match q.limit.as_deref() {
         None => DEFAULT_LIMIT,
         Some(s) => match s.parse::<u32>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
             _ => {
-                return Err(validation(format!(
-                    "limit: must be a number from 1 to {MAX_LIMIT}"
-                )));
+                return Err(format!("limit: must be a number from 1 to {MAX_LIMIT}"));
             }
         },
     };
     let descending = match q.sort_order.as_deref() {
         None | Some("ASCENDING") => false,
         Some("DESCENDING") => true,
-        Some(_) => return Err(validation("sortOrder: must be ASCENDING or DESCENDING")),
+        Some(_) => return Err("sortOrder: must be ASCENDING or DESCENDING".into()),
     };
     let text = match q.q.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(s) if s.chars().count() > MAX_Q => {
-            return Err(validation(format!("q: at most {MAX_Q} characters")));
+            return Err(format!("q: at most {MAX_Q} characters"));
         }
         Some(s) => Some(s.to_lowercase()),
     };
     let after = match q.after.as_deref() {
         None | Some("") => None,
-        Some(s) => {
-            Some(decode_cursor(s).ok_or_else(|| validation("after: not a cursor from a Link header"))?)
-        }
+        Some(s) => Some(decode_cursor(s).ok_or("after: not a cursor from a Link header")?),
     };
     Ok(AuditQuery {
         since_ms,
@@ -144,7 +141,7 @@ pub async fn list(
     };
     let mut aq = match parse(&q) {
         Ok(aq) => aq,
-        Err(r) => return r,
+        Err(cause) => return validation(cause),
     };
     let limit = aq.limit;
     // One more than asked tells whether there is a next page.
