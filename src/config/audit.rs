@@ -8,8 +8,6 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
 /// How long audit events are kept when `retention` is not given.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -28,29 +26,30 @@ impl Default for AuditConfig {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawAudit {
-    retention: Option<String>,
-}
-
 /// Reads the `[audit]` table (absent: the defaults); every problem goes to
 /// `error` with its key, and the defaults stand in for what was wrong.
 pub(super) fn convert(value: Option<toml::Value>, error: &mut dyn FnMut(&str, String)) -> AuditConfig {
     let mut out = AuditConfig::default();
     let Some(value) = value else { return out };
-    let raw = match RawAudit::deserialize(value) {
-        Ok(raw) => raw,
-        Err(e) => {
-            error("audit", e.to_string());
-            return out;
-        }
+    let toml::Value::Table(table) = value else {
+        error("audit", "expected a table ([audit])".into());
+        return out;
     };
-    if let Some(text) = raw.retention {
-        match super::parse_duration(&text) {
-            Ok(d) if d >= Duration::from_secs(60) => out.retention = d,
-            Ok(_) => error("audit.retention", "must be at least one minute".into()),
-            Err(e) => error("audit.retention", e),
+    for (key, value) in table {
+        match (key.as_str(), value) {
+            ("retention", toml::Value::String(text)) => match super::parse_duration(&text) {
+                Ok(d) if d >= Duration::from_secs(60) => out.retention = d,
+                Ok(_) => error("audit.retention", "must be at least one minute".into()),
+                Err(e) => error("audit.retention", e),
+            },
+            ("retention", _) => error(
+                "audit.retention",
+                "expected a duration string such as \"30d\"".into(),
+            ),
+            (other, _) => error(
+                &format!("audit.{other}"),
+                "unknown key (keys are: retention)".into(),
+            ),
         }
     }
     out
@@ -85,9 +84,8 @@ mod tests {
         let (_, errors) = read("[audit]\nretention = \"10s\"");
         assert_eq!(errors, ["audit.retention: must be at least one minute"]);
         let (_, errors) = read("[audit]\nkeep = \"1d\"");
-        assert!(
-            errors[0].starts_with("audit: ") && errors[0].contains("keep"),
-            "{errors:?}"
-        );
+        assert_eq!(errors, ["audit.keep: unknown key (keys are: retention)"]);
+        let (_, errors) = read("[audit]\nretention = 30");
+        assert!(errors[0].starts_with("audit.retention: expected"), "{errors:?}");
     }
 }
