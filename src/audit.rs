@@ -87,18 +87,9 @@ fn dropped(n: u64) {
 pub struct AuditLayer;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AuditLayer {
-    fn register_callsite(&self, meta: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
-        if meta.target() == TARGET {
-            tracing::subscriber::Interest::always()
-        } else {
-            tracing::subscriber::Interest::never()
-        }
-    }
-
-    fn enabled(&self, meta: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
-        meta.target() == TARGET
-    }
-
+    // No `register_callsite` or `enabled`: in tracing-subscriber a layer's
+    // `enabled` is a global filter, and saying "no" to other events here
+    // would silence the log formatter too. Events are picked in `on_event`.
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
         if event.metadata().target() != TARGET {
             return;
@@ -519,6 +510,32 @@ mod tests {
         drop(rx);
         submit(e);
         assert!(SENDERS.read().unwrap().iter().all(|tx| !tx.is_closed()));
+    }
+
+    #[test]
+    fn the_layer_leaves_other_events_to_the_formatter() {
+        use std::sync::atomic::AtomicUsize;
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+
+        static SEEN: AtomicUsize = AtomicUsize::new(0);
+        struct Count;
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+            fn on_event(&self, _: &tracing::Event<'_>, _: Context<'_, S>) {
+                SEEN.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let filter = tracing_subscriber::filter::LevelFilter::INFO;
+        let sub = tracing_subscriber::registry()
+            .with(Count.with_filter(filter))
+            .with(AuditLayer);
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!("an ordinary line");
+            tracing::warn!(target: "portcullis::server", "another");
+            tracing::debug!("filtered out by the formatter's level");
+            crate::audit!("session.started", user = "layer-test");
+        });
+        assert_eq!(SEEN.load(Ordering::Relaxed), 3);
     }
 
     #[test]
