@@ -38,8 +38,16 @@ use tracing_subscriber::fmt::format::{FormatFields, Writer};
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber (a no-op if one is installed already).
+/// Installs the global subscriber (a no-op if one is installed already):
+/// the formatter, filtered by `log.level`, and beside it the
+/// [`AuditLayer`](crate::audit::AuditLayer), unfiltered, which copies audit
+/// events to the store's writer (so a quieter log level keeps the audit
+/// trail).
 pub fn init(cfg: &LogConfig) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{Layer as _, fmt};
+
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour codes only for a person watching; a log file or collector gets
     // plain text (and fewer bytes per access line).
@@ -48,18 +56,24 @@ pub fn init(cfg: &LogConfig) {
         json: cfg.format == LogFormat::Json,
         ansi,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(LogSink::start(mode))
-        .with_ansi(ansi);
-    let _ = match cfg.format {
-        LogFormat::Json => builder
+    let base = fmt::layer().with_writer(LogSink::start(mode)).with_ansi(ansi);
+    let formatter = match cfg.format {
+        LogFormat::Json => base
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .try_init(),
-        LogFormat::Text => builder.with_target(true).fmt_fields(SafeFields).try_init(),
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => base
+            .with_target(true)
+            .fmt_fields(SafeFields)
+            .with_filter(filter)
+            .boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(formatter)
+        .with(crate::audit::AuditLayer)
+        .try_init();
 }
 
 /// Emits an audit event: `event` names what happened; fields say who and how.

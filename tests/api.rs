@@ -13,6 +13,8 @@ mod support;
 mod common;
 #[path = "api/factors.rs"]
 mod factors;
+#[path = "api/logs.rs"]
+mod logs;
 #[path = "api/openapi.rs"]
 mod openapi;
 #[path = "api/reset.rs"]

@@ -12,6 +12,7 @@
 //! Every admin action is an audit event naming the token by its index.
 
 pub mod factors;
+pub mod logs;
 pub mod openapi;
 pub mod throttle;
 pub mod users;
@@ -55,6 +56,7 @@ pub enum Op {
     RecoveryCodesLeft,
     NewRecoveryCodes,
     RevokeRecoveryCodes,
+    Logs,
 }
 
 const fn r(verb: Verb, path: &'static str, op: Op) -> Route<Op> {
@@ -69,6 +71,7 @@ pub const ROUTES: &[Route<Op>] = &[
     r(Verb::Get, "/readyz", Op::Readyz),
     r(Verb::Get, "/metrics", Op::Metrics),
     r(Verb::Get, "/openapi.json", Op::OpenApi),
+    r(Verb::Get, "/api/v1/logs", Op::Logs),
     r(Verb::Post, "/api/v1/users", Op::CreateUser),
     r(Verb::Get, "/api/v1/users", Op::ListUsers),
     r(Verb::Get, USER, Op::GetUser),
@@ -192,6 +195,7 @@ fn handler(op: Op, filter: MethodFilter) -> MethodRouter<Arc<AppState>> {
         Op::NewRecoveryCodes => on(filter, factors::recovery_new),
         Op::RevokeRecoveryCodes => on(filter, factors::recovery_revoke),
         Op::Factor(op) => factors::admin_handler(op, filter),
+        Op::Logs => on(filter, logs::list),
     }
 }
 

@@ -650,7 +650,7 @@ pub async fn delete_user(st: &AppState, key: &str, actor: Actor) -> Result<UserR
 pub async fn unlock_user(st: &AppState, key: &str, actor: Actor) -> Result<(Subject, bool), UserOpError> {
     let s = find_subject(st, key).await?;
     let was_locked = st.regulator.unlock(s.id()).await.map_err(unavailable_op)?;
-    audit!("user.unlocked", user = %s.login(), actor = actor.name(), token = ?actor.token(), was_locked = was_locked);
+    audit!("user.unlocked", user = %s.login(), user_id = %s.id(), actor = actor.name(), token = ?actor.token(), was_locked = was_locked);
     Ok((s, was_locked))
 }
 

@@ -95,7 +95,7 @@ pub fn load_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Load
 }
 
 /// The keys allowed at the top of the config file, in the documented order.
-pub(super) const TOP_LEVEL_KEYS: [&str; 15] = [
+pub(super) const TOP_LEVEL_KEYS: [&str; 16] = [
     "default_policy",
     "case_insensitive_paths",
     "server",
@@ -111,6 +111,7 @@ pub(super) const TOP_LEVEL_KEYS: [&str; 15] = [
     "rules",
     "log",
     "forward_auth",
+    "audit",
 ];
 
 fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedConfig, ConfigError> {
@@ -140,6 +141,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     let raw_rules = take("rules");
     let raw_log = take("log");
     let raw_forward_auth = take("forward_auth");
+    let raw_audit = take("audit");
     for key in table.keys() {
         cx.error(
             key.clone(),
@@ -166,6 +168,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     let forward_auth =
         section::<super::forward_auth::RawForwardAuth>(&mut cx, "forward_auth", raw_forward_auth)
             .map(super::forward_auth::convert);
+    let audit = super::audit::convert(raw_audit, &mut |k, m| cx.error(k, m));
     for (key, message) in forward_auth.as_ref().map_or_else(Vec::new, |fa| {
         super::forward_auth::check(fa, server.as_ref().map(|s| s.trusted_proxies.as_slice()))
     }) {
@@ -247,6 +250,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
             rules,
             log,
             forward_auth: forward_auth.unwrap_or_default(),
+            audit,
         },
         warnings: cx.warnings,
     })

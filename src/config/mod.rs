@@ -7,6 +7,7 @@
 //! socket addresses, compiled regexes, CIDRs, resolved secrets) and never
 //! re-checks them.
 
+pub mod audit;
 mod context;
 mod delivery;
 mod duration;
@@ -182,6 +183,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[forward_auth]` (SPEC section 11).
     pub forward_auth: ForwardAuthConfig,
+    /// `[audit]`.
+    pub audit: audit::AuditConfig,
 }
 
 /// What a rule (or the default) requires.

@@ -167,6 +167,8 @@ impl Gateway {
             csrf_key,
             directory,
         });
+        // Audit events into the (shared) store, kept for `audit.retention`.
+        background.push(crate::audit::start(store.clone(), config.audit.retention));
         background.push(spawn_refresher(
             store,
             revocations,

@@ -254,11 +254,15 @@ pub fn issue_session(
     let auth = prior.map_or(now, |p| p.auth);
     let mfa = (level >= 2).then_some(now);
     let epoch = st.enforcer.revocations.epoch(&user.id);
+    let method = amr.join(" ");
     let mut claims = SessionClaims::new(&user.id, level, amr, auth, mfa, epoch, now);
     if let Some(p) = prior {
         claims = claims.in_sign_in(&p.sin);
     }
     let cookie = st.enforcer.sessions.set_cookie(&claims, now);
+    if prior.is_none() {
+        audit!("session.started", user = %user.username, user_id = %user.id, level = level, method = %method);
+    }
     (claims, cookie)
 }
 

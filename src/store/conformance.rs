@@ -30,8 +30,8 @@ use super::sqlite::SqliteStore;
 use serde_json::json;
 
 use super::{
-    CounterKey, FactorRecord, FactorStatus, RevocationEvent, SealedSecret, SharedStore, TransactionRecord,
-    UserPatch, UserRecord, UserStatus, UserWrite,
+    AuditCursor, AuditQuery, AuditRecord, CounterKey, FactorRecord, FactorStatus, RevocationEvent,
+    SealedSecret, SharedStore, TransactionRecord, UserPatch, UserRecord, UserStatus, UserWrite,
 };
 use crate::clock::UnixTime;
 
@@ -1541,6 +1541,175 @@ async fn concurrent_creates_of_one_login_have_one_winner(store: SharedStore) {
     assert_eq!(store.list_users(None, 100).await.unwrap().len(), 1);
 }
 
+// ---- audit events --------------------------------------------------------
+
+/// Milliseconds well past anything that could underflow.
+const MS: i64 = 1_700_000_000_000;
+
+fn audit_event(n: u32, published_ms: i64, event_type: &str, actor: &str) -> AuditRecord {
+    AuditRecord {
+        uuid: format!("uuid-{n:04}"),
+        published_ms,
+        event_type: event_type.to_owned(),
+        search: format!("{event_type} {actor} event {n}").to_lowercase(),
+        body: json!({ "uuid": format!("uuid-{n:04}"), "eventType": event_type, "actor": { "alternateId": actor } }),
+        seq: 0,
+    }
+}
+
+fn uuids(events: &[AuditRecord]) -> Vec<String> {
+    events.iter().map(|e| e.uuid.clone()).collect()
+}
+
+fn all_audit() -> AuditQuery {
+    AuditQuery {
+        limit: 1000,
+        ..AuditQuery::default()
+    }
+}
+
+async fn audit_events_round_trip_in_time_order(store: SharedStore) {
+    // Inserted out of time order, in two batches; two share a millisecond.
+    store
+        .insert_audit_events(&[
+            audit_event(1, MS + 20, "user.session.start", "alice"),
+            audit_event(2, MS + 10, "user.account.lock", "bob"),
+        ])
+        .await
+        .unwrap();
+    store
+        .insert_audit_events(&[audit_event(3, MS + 10, "user.session.end", "Alice")])
+        .await
+        .unwrap();
+    store.insert_audit_events(&[]).await.unwrap();
+    let got = store.query_audit_events(&all_audit()).await.unwrap();
+    assert_eq!(uuids(&got), ["uuid-0002", "uuid-0003", "uuid-0001"]);
+    assert_eq!(got[0].body["eventType"], "user.account.lock");
+    assert_eq!(got[0].event_type, "user.account.lock");
+    assert_eq!(got[0].published_ms, MS + 10);
+    assert!(got[0].seq < got[1].seq, "seq breaks the tie in insertion order");
+    assert_eq!(got[2].body, audit_event(1, 0, "user.session.start", "alice").body);
+    let desc = store
+        .query_audit_events(&AuditQuery {
+            descending: true,
+            ..all_audit()
+        })
+        .await
+        .unwrap();
+    assert_eq!(uuids(&desc), ["uuid-0001", "uuid-0003", "uuid-0002"]);
+    // A uuid is never stored twice.
+    assert!(
+        store
+            .insert_audit_events(&[audit_event(1, MS, "x", "y")])
+            .await
+            .is_err()
+    );
+    assert_eq!(store.query_audit_events(&all_audit()).await.unwrap().len(), 3);
+}
+
+async fn audit_events_filter_by_time_and_text(store: SharedStore) {
+    let events: Vec<AuditRecord> = (0..10)
+        .map(|i| {
+            let who = if i % 2 == 0 { "alice" } else { "bob" };
+            audit_event(i, MS + i64::from(i) * 1000, "user.session.start", who)
+        })
+        .collect();
+    store.insert_audit_events(&events).await.unwrap();
+    // since inclusive, until exclusive.
+    let got = store
+        .query_audit_events(&AuditQuery {
+            since_ms: Some(MS + 3000),
+            until_ms: Some(MS + 7000),
+            ..all_audit()
+        })
+        .await
+        .unwrap();
+    assert_eq!(uuids(&got), ["uuid-0003", "uuid-0004", "uuid-0005", "uuid-0006"]);
+    let got = store
+        .query_audit_events(&AuditQuery {
+            q: Some("bob".into()),
+            since_ms: Some(MS + 4000),
+            ..all_audit()
+        })
+        .await
+        .unwrap();
+    assert_eq!(uuids(&got), ["uuid-0005", "uuid-0007", "uuid-0009"]);
+    // Substring, not a pattern: `%` and `_` mean themselves.
+    for q in ["%", "_", "ali_e"] {
+        let got = store
+            .query_audit_events(&AuditQuery {
+                q: Some(q.into()),
+                ..all_audit()
+            })
+            .await
+            .unwrap();
+        assert!(got.is_empty(), "{q}: {:?}", uuids(&got));
+    }
+    let got = store
+        .query_audit_events(&AuditQuery {
+            limit: 3,
+            descending: true,
+            ..all_audit()
+        })
+        .await
+        .unwrap();
+    assert_eq!(uuids(&got), ["uuid-0009", "uuid-0008", "uuid-0007"]);
+}
+
+async fn audit_events_page_after_a_cursor_in_both_orders(store: SharedStore) {
+    // Pairs of events share a millisecond, so the cursor needs the seq.
+    let events: Vec<AuditRecord> = (0..9)
+        .map(|i| audit_event(i, MS + i64::from(i / 2), "user.session.start", "alice"))
+        .collect();
+    store.insert_audit_events(&events).await.unwrap();
+    for descending in [false, true] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .query_audit_events(&AuditQuery {
+                    limit: 2,
+                    after,
+                    descending,
+                    ..all_audit()
+                })
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            assert!(page.len() <= 2);
+            after = Some(AuditCursor {
+                published_ms: last.published_ms,
+                seq: last.seq,
+            });
+            seen.extend(uuids(&page));
+        }
+        let mut want: Vec<String> = uuids(&events);
+        if descending {
+            want.reverse();
+        }
+        assert_eq!(seen, want, "descending={descending}");
+    }
+}
+
+async fn purge_audit_events_keeps_what_is_within_retention(store: SharedStore) {
+    let events: Vec<AuditRecord> = (0..5)
+        .map(|i| audit_event(i, MS + i64::from(i) * 1000, "user.session.start", "alice"))
+        .collect();
+    store.insert_audit_events(&events).await.unwrap();
+    assert_eq!(store.purge_audit_events(MS + 2000).await.unwrap(), 2);
+    assert_eq!(store.purge_audit_events(MS + 2000).await.unwrap(), 0);
+    let got = store.query_audit_events(&all_audit()).await.unwrap();
+    assert_eq!(uuids(&got), ["uuid-0002", "uuid-0003", "uuid-0004"]);
+    // New events after a purge still sort after the old ones.
+    store
+        .insert_audit_events(&[audit_event(9, MS + 9000, "user.session.end", "alice")])
+        .await
+        .unwrap();
+    let got = store.query_audit_events(&all_audit()).await.unwrap();
+    assert_eq!(got.last().unwrap().uuid, "uuid-0009");
+    assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
+}
+
 // ---- expansion: every case against every backend --------------------------
 
 macro_rules! suite {
@@ -1601,4 +1770,8 @@ suite!(memory, sqlite, postgres; {
     delete_user_removes_what_the_user_owned,
     user_changes_come_in_order_after_the_cursor,
     concurrent_creates_of_one_login_have_one_winner,
+    audit_events_round_trip_in_time_order,
+    audit_events_filter_by_time_and_text,
+    audit_events_page_after_a_cursor_in_both_orders,
+    purge_audit_events_keeps_what_is_within_retention,
 });

@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 
 use super::{
-    CounterKey, FactorRecord, FactorStatus, RevocationBatch, RevocationEvent, SealedSecret, Store,
-    StoreError, StoreResult, TransactionRecord, UserChanges, UserPatch, UserRecord, UserStatus, UserWrite,
+    AuditQuery, AuditRecord, CounterKey, FactorRecord, FactorStatus, RevocationBatch, RevocationEvent,
+    SealedSecret, Store, StoreError, StoreResult, TransactionRecord, UserChanges, UserPatch, UserRecord,
+    UserStatus, UserWrite,
 };
 use crate::clock::UnixTime;
 
@@ -44,6 +45,8 @@ pub struct MemoryStore {
     transactions: DashMap<String, TransactionRecord>,
     /// Stored users and their change log, under one lock.
     users: Mutex<Users>,
+    /// Audit events in insertion (`seq`) order, and the last `seq` given.
+    audit: Mutex<(Vec<AuditRecord>, i64)>,
 }
 
 /// Users by id, deletion entries, and the last change sequence number.
@@ -526,6 +529,54 @@ impl Store for MemoryStore {
             }
         }
         Ok(out)
+    }
+
+    async fn insert_audit_events(&self, events: &[AuditRecord]) -> StoreResult<()> {
+        let mut audit = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        let (log, seq) = &mut *audit;
+        if events.iter().any(|e| log.iter().any(|l| l.uuid == e.uuid)) {
+            return Err(StoreError::Unavailable("audit event uuid exists".into()));
+        }
+        for e in events {
+            *seq += 1;
+            log.push(AuditRecord {
+                seq: *seq,
+                ..e.clone()
+            });
+        }
+        Ok(())
+    }
+
+    async fn query_audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
+        let audit = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        let key = |e: &AuditRecord| (e.published_ms, e.seq);
+        let mut out: Vec<AuditRecord> = audit
+            .0
+            .iter()
+            .filter(|e| query.since_ms.is_none_or(|s| e.published_ms >= s))
+            .filter(|e| query.until_ms.is_none_or(|u| e.published_ms < u))
+            .filter(|e| query.q.as_deref().is_none_or(|q| e.search.contains(q)))
+            .filter(|e| {
+                query.after.is_none_or(|a| {
+                    let c = (a.published_ms, a.seq);
+                    if query.descending { key(e) < c } else { key(e) > c }
+                })
+            })
+            .cloned()
+            .collect();
+        out.sort_by_key(key);
+        if query.descending {
+            out.reverse();
+        }
+        out.truncate(query.limit as usize);
+        Ok(out)
+    }
+
+    async fn purge_audit_events(&self, before_ms: i64) -> StoreResult<u64> {
+        let mut audit = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        let n = audit.0.len();
+        audit.0.retain(|e| e.published_ms >= before_ms);
+        Ok((n - audit.0.len()) as u64)
     }
 
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<()> {

@@ -17,8 +17,8 @@
 //! below (the tests check that the lists agree and are numbered 1, 2, 3...).
 
 use super::{
-    FactorRecord, FactorStatus, RevocationBatch, RevocationEvent, SealedSecret, StoreError, StoreResult,
-    TransactionRecord, UserChanges, UserRecord, UserStatus,
+    AuditRecord, FactorRecord, FactorStatus, RevocationBatch, RevocationEvent, SealedSecret, StoreError,
+    StoreResult, TransactionRecord, UserChanges, UserRecord, UserStatus,
 };
 use crate::clock::UnixTime;
 
@@ -50,6 +50,11 @@ pub(super) const SQLITE: &[Migration] = &[
         name: "users",
         sql: include_str!("../../migrations/sqlite/0003_users.sql"),
     },
+    Migration {
+        version: 4,
+        name: "audit",
+        sql: include_str!("../../migrations/sqlite/0004_audit.sql"),
+    },
 ];
 
 /// Every PostgreSQL migration, oldest first.
@@ -68,6 +73,11 @@ pub(super) const POSTGRES: &[Migration] = &[
         version: 3,
         name: "users",
         sql: include_str!("../../migrations/postgres/0003_users.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "audit",
+        sql: include_str!("../../migrations/postgres/0004_audit.sql"),
     },
 ];
 
@@ -236,6 +246,84 @@ macro_rules! transaction_columns {
     };
 }
 pub(super) use transaction_columns;
+
+/// An `audit_events` row: `(seq, uuid, published_ms, event_type, search, body)`.
+pub(super) type AuditRow = (i64, String, i64, String, String, String);
+
+/// Decodes an `audit_events` row.
+pub(super) fn audit_from_row(row: AuditRow) -> StoreResult<AuditRecord> {
+    let (seq, uuid, published_ms, event_type, search, body) = row;
+    let body =
+        serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("audit event {uuid}: {e}")))?;
+    Ok(AuditRecord {
+        uuid,
+        published_ms,
+        event_type,
+        search,
+        body,
+        seq,
+    })
+}
+
+/// An audit query with numbered parameters: $1 since, $2 until, $3 q, $4/$5
+/// the cursor, $6 the limit. `int`/`text` are the casts PostgreSQL needs for
+/// parameters that may be NULL, `find` the substring test.
+macro_rules! audit_query {
+    ($int:literal, $text:literal, $find:literal, $cmp:literal, $dir:literal) => {
+        concat!(
+            "SELECT seq, uuid, published_ms, event_type, search, body FROM audit_events
+             WHERE ($1",
+            $int,
+            " IS NULL OR published_ms >= $1",
+            $int,
+            ")
+               AND ($2",
+            $int,
+            " IS NULL OR published_ms < $2",
+            $int,
+            ")
+               AND ($3",
+            $text,
+            " IS NULL OR ",
+            $find,
+            " > 0)
+               AND ($4",
+            $int,
+            " IS NULL OR published_ms ",
+            $cmp,
+            " $4",
+            $int,
+            "
+                    OR (published_ms = $4",
+            $int,
+            " AND seq ",
+            $cmp,
+            " $5",
+            $int,
+            "))
+             ORDER BY published_ms ",
+            $dir,
+            ", seq ",
+            $dir,
+            " LIMIT $6"
+        )
+    };
+}
+
+/// The audit query for a backend (`pg`) and an order.
+pub(super) fn audit_query_sql(descending: bool, pg: bool) -> &'static str {
+    match (pg, descending) {
+        (false, false) => audit_query!("", "", "instr(search, $3)", ">", "ASC"),
+        (false, true) => audit_query!("", "", "instr(search, $3)", "<", "DESC"),
+        (true, false) => audit_query!("::bigint", "::text", "strpos(search, $3::text)", ">", "ASC"),
+        (true, true) => audit_query!("::bigint", "::text", "strpos(search, $3::text)", "<", "DESC"),
+    }
+}
+
+/// An audit event's body as stored text.
+pub(super) fn audit_body(e: &AuditRecord) -> StoreResult<String> {
+    serde_json::to_string(&e.body).map_err(|err| StoreError::Corrupt(format!("audit event: {err}")))
+}
 
 /// A `transactions` row: `(id, kind, user_id, data, version, expires_at)`.
 pub(super) type TransactionRow = (String, String, String, String, i64, i64);

@@ -271,6 +271,50 @@ pub struct UserChanges {
     pub cursor: i64,
 }
 
+/// One audit event as stored (see `crate::audit`): the Okta System Log
+/// object the API answers with, plus what queries filter and sort on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    /// The event's `uuid`, unique.
+    pub uuid: String,
+    /// When it happened, Unix milliseconds (the `published` of the body).
+    pub published_ms: i64,
+    /// The Okta `eventType`.
+    pub event_type: String,
+    /// Lower-cased text a `q` filter looks in (actor, targets, event type,
+    /// message): never a secret.
+    pub search: String,
+    /// The System Log event object.
+    pub body: serde_json::Value,
+    /// Set by the store on insert (what the caller passes is ignored):
+    /// breaks ties between events of one millisecond, for paging.
+    pub seq: i64,
+}
+
+/// Where a page of audit events ended: the last event's time and `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditCursor {
+    pub published_ms: i64,
+    pub seq: i64,
+}
+
+/// Which audit events to read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditQuery {
+    /// Only events published at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Only events published before this time (Unix ms).
+    pub until_ms: Option<i64>,
+    /// Only events whose `search` text contains this (already lower-cased).
+    pub q: Option<String>,
+    /// At most this many.
+    pub limit: u32,
+    /// Only events after this cursor in the chosen order.
+    pub after: Option<AuditCursor>,
+    /// Newest first (else oldest first); ties by `seq` in the same direction.
+    pub descending: bool,
+}
+
 /// The gateway's persistent state.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -443,6 +487,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// in increasing `seq` order (replicas keep their user directory fresh
     /// with it; on PostgreSQL they re-read an overlap, as for revocations).
     async fn users_changed_since(&self, cursor: i64, limit: u32) -> StoreResult<UserChanges>;
+
+    // ---- audit events ----------------------------------------------------
+
+    /// Appends audit events (one batch, one transaction where the backend
+    /// has them). `seq` is assigned by the store, increasing.
+    async fn insert_audit_events(&self, events: &[AuditRecord]) -> StoreResult<()>;
+
+    /// Audit events matching `query`, ordered by (`published_ms`, `seq`),
+    /// ascending or descending as asked.
+    async fn query_audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>>;
+
+    /// Deletes audit events published before `before_ms` (retention);
+    /// returns how many.
+    async fn purge_audit_events(&self, before_ms: i64) -> StoreResult<u64>;
 
     // ---- housekeeping ---------------------------------------------------
 

@@ -30,12 +30,12 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::migrate::{
-    self, COUNTER_RETENTION, FactorRow, REVOCATION_BATCH_LIMIT, RevocationRow, TransactionRow, UserChangeRow,
-    UserRow, db, factor_columns, split_secret, sql_error, transaction_columns, user_columns,
+    self, AuditRow, COUNTER_RETENTION, FactorRow, REVOCATION_BATCH_LIMIT, RevocationRow, TransactionRow,
+    UserChangeRow, UserRow, db, factor_columns, split_secret, sql_error, transaction_columns, user_columns,
 };
 use super::{
-    CounterKey, FactorRecord, FactorStatus, RevocationBatch, SealedSecret, Store, StoreError, StoreResult,
-    TransactionRecord, UserChanges, UserPatch, UserRecord, UserWrite,
+    AuditQuery, AuditRecord, CounterKey, FactorRecord, FactorStatus, RevocationBatch, SealedSecret, Store,
+    StoreError, StoreResult, TransactionRecord, UserChanges, UserPatch, UserRecord, UserWrite,
 };
 use crate::clock::UnixTime;
 
@@ -776,6 +776,51 @@ impl Store for PostgresStore {
     }
 
     // ---- housekeeping ---------------------------------------------------
+
+    async fn insert_audit_events(&self, events: &[AuditRecord]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(db("insert audit events"))?;
+        for e in events {
+            sqlx::query(
+                "INSERT INTO audit_events (uuid, published_ms, event_type, search, body)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&e.uuid)
+            .bind(e.published_ms)
+            .bind(&e.event_type)
+            .bind(&e.search)
+            .bind(migrate::audit_body(e)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("insert audit events"))?;
+        }
+        tx.commit().await.map_err(db("insert audit events"))
+    }
+
+    async fn query_audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
+        let rows: Vec<AuditRow> = sqlx::query_as(migrate::audit_query_sql(query.descending, true))
+            .bind(query.since_ms)
+            .bind(query.until_ms)
+            .bind(query.q.as_deref())
+            .bind(query.after.map(|a| a.published_ms))
+            .bind(query.after.map(|a| a.seq))
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("query audit events"))?;
+        rows.into_iter().map(migrate::audit_from_row).collect()
+    }
+
+    async fn purge_audit_events(&self, before_ms: i64) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM audit_events WHERE published_ms < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db("purge audit events"))?;
+        Ok(done.rows_affected())
+    }
 
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<()> {
         let mut tx = self.pool.begin().await.map_err(db("purge"))?;

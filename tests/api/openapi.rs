@@ -20,7 +20,7 @@ use crate::support::TestGateway;
 
 const PREFIX: &str = "/_portcullis";
 
-async fn document(gw: &TestGateway) -> Value {
+pub(crate) async fn document(gw: &TestGateway) -> Value {
     let a = admin_as(gw, Method::GET, "/openapi.json", None, None).await;
     a.expect(200, None);
     assert_eq!(a.header("content-type").as_deref(), Some("application/json"));
@@ -215,7 +215,7 @@ fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) {
 }
 
 /// Validates an answer against the documented response of `method path`.
-fn check(doc: &Value, method: &str, path: &str, status: u16, body: &Value) {
+pub(crate) fn check(doc: &Value, method: &str, path: &str, status: u16, body: &Value) {
     let op = &doc["paths"][path][method.to_lowercase()];
     assert!(op.is_object(), "{method} {path} is not documented");
     let res = &op["responses"][status.to_string()];

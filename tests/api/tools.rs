@@ -214,6 +214,7 @@ fn the_postman_collection_runs_with_newman() {
         "Pair a device",
         "Cancel Push Transaction",
         "Resend SMS activation code too soon",
+        "List System Log events about the user",
     ] {
         assert!(out.contains(step), "{step} ran:\n{out}");
     }
