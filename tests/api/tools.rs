@@ -58,13 +58,7 @@ fn users_file() -> &'static str {
     })
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+include!("../support/ports.rs");
 
 /// Starts `portcullis serve` with SQLite, TOTP and recovery codes, the test
 /// users file, and `extra` TOML appended (`{messages}` in it is the path of

@@ -19,14 +19,7 @@ const PAGE_TIMEOUT: Duration = Duration::from_secs(15);
 /// `factors.totp.skew` of the gateway under test (the default).
 const SKEW: i64 = 1;
 
-/// A free port (a moment ago).
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+include!("../support/ports.rs");
 
 pub(crate) fn unix_now() -> i64 {
     #[allow(clippy::disallowed_methods)] // the real clock is the point here

@@ -185,14 +185,7 @@ fn users_file(users: &[String]) -> String {
         .collect()
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+include!("../support/ports.rs");
 
 /// `portcullis` with the given arguments and no configuration from the environment.
 pub fn portcullis(args: &[&str]) -> Command {

@@ -647,14 +647,7 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+include!("ports.rs");
 
 /// A one-route hyper upstream answering with `f`.
 pub async fn spawn_upstream<F, Fut>(f: F) -> SocketAddr
