@@ -4,6 +4,8 @@
 //! file in `tests/` links separately and slowly. The harness is in
 //! `tests/support`, the tests in `tests/gateway/`.
 
+#[path = "support/skip.rs"]
+mod skip;
 mod support;
 
 #[path = "gateway/cli.rs"]
