@@ -178,10 +178,15 @@ fn load(path: &Path) -> Option<LoadedConfig> {
             for p in &e.problems {
                 eprintln!("error: {p}");
             }
+            // Found in the same pass: fixing the errors should not reveal them.
+            for w in &e.warnings {
+                eprintln!("warning: {w}");
+            }
             eprintln!(
-                "{}: {} problem(s); nothing started",
+                "{}: {} problem(s), {} warning(s); nothing started",
                 path.display(),
-                e.problems.len()
+                e.problems.len(),
+                e.warnings.len()
             );
             None
         }

@@ -64,6 +64,8 @@ impl std::fmt::Display for ConfigProblem {
 pub struct ConfigError {
     /// All problems, in the order of the config's sections.
     pub problems: Vec<ConfigProblem>,
+    /// The warnings found in the same pass, shown beside the problems.
+    pub warnings: Vec<ConfigProblem>,
 }
 
 /// A valid config and the warnings found while loading it.
@@ -90,6 +92,7 @@ pub fn load_file_with_env(
             key: path.display().to_string(),
             message: format!("cannot read the config file: {e}"),
         }],
+        warnings: Vec::new(),
     })?;
     load_text(&text, Some(path), env)
 }
@@ -294,6 +297,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
         Err(e) => {
             return Err(ConfigError {
                 problems: vec![syntax_problem(text, source, &e)],
+                warnings: Vec::new(),
             });
         }
     };
@@ -354,6 +358,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     if !cx.problems.is_empty() {
         return Err(ConfigError {
             problems: cx.problems,
+            warnings: cx.warnings,
         });
     }
     let (
@@ -394,6 +399,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
                 key: "config".into(),
                 message: "invalid configuration".into(),
             }],
+            warnings: cx.warnings,
         });
     };
     Ok(LoadedConfig {
@@ -674,7 +680,16 @@ fn listen_addr(cx: &mut Ctx<'_>, key: &str, value: Option<String>, default: &str
 fn parse_cidr(text: &str) -> Result<IpNet, String> {
     let t = text.trim();
     if let Ok(net) = t.parse::<IpNet>() {
-        return Ok(net.trunc());
+        // `10.0.0.1/8` is most likely a typo for a host or for `10.0.0.0/8`:
+        // refused rather than silently widened or narrowed.
+        if net.trunc() != net {
+            return Err(format!(
+                "{t:?} has host bits set; did you mean \"{}\" (the network) or \"{}\" (the address alone)?",
+                net.trunc(),
+                net.addr()
+            ));
+        }
+        return Ok(net);
     }
     if let Ok(ip) = t.parse::<IpAddr>() {
         return Ok(IpNet::from(ip));
@@ -953,13 +968,15 @@ fn convert_default_policy(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> Optio
             return None;
         }
     };
-    Some(choice(
-        cx,
-        "default_policy",
-        word,
-        defaults::DEFAULT_POLICY,
-        &POLICIES,
-    ))
+    let policy = choice(cx, "default_policy", word, defaults::DEFAULT_POLICY, &POLICIES);
+    if policy == PolicyKind::Bypass {
+        cx.warn(
+            "default_policy",
+            "\"bypass\" lets every path no rule matches through without signing in; \
+             prefer \"two_factor\" (or \"deny\") with bypass rules for the public paths",
+        );
+    }
+    Some(policy)
 }
 
 fn convert_case_insensitive_paths(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> Option<bool> {
@@ -1184,20 +1201,20 @@ fn convert_upstreams(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> Option<Vec
     let mut default_upstream: Option<usize> = None;
     for (i, raw) in items.into_iter().enumerate() {
         let Some(raw) = raw else { continue };
-        let Some(upstream) = convert_upstream(cx, i, raw) else {
-            continue;
-        };
-        if !upstream.name.is_empty() {
-            if let Some(first) = names.get(&upstream.name) {
+        // Names and the default are checked on the raw entry, so an entry with
+        // another problem (a bad URL, say) is still compared in the same pass.
+        let name = raw.name.as_deref().map(str::trim).unwrap_or_default().to_owned();
+        if !name.is_empty() {
+            if let Some(first) = names.get(&name) {
                 cx.error(
                     format!("upstreams[{i}].name"),
-                    format!("{:?} is already used by upstreams[{first}]", upstream.name),
+                    format!("{name:?} is already used by upstreams[{first}]"),
                 );
             } else {
-                names.insert(upstream.name.clone(), i);
+                names.insert(name, i);
             }
         }
-        if upstream.hosts.is_empty() {
+        if raw.hosts.as_ref().is_none_or(Vec::is_empty) {
             match default_upstream {
                 Some(first) => cx.error(
                     format!("upstreams[{i}].hosts"),
@@ -1206,6 +1223,9 @@ fn convert_upstreams(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> Option<Vec
                 None => default_upstream = Some(i),
             }
         }
+        let Some(upstream) = convert_upstream(cx, i, raw) else {
+            continue;
+        };
         for host in &upstream.hosts {
             if let Some(first) = host_owner.get(host) {
                 cx.error(
@@ -3905,7 +3925,7 @@ format = "xml"
     #[test]
     fn server_values_are_parsed() {
         let loaded = ok(&with(
-            "[server]\nlisten = \"[::1]:8443\"\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.7\", \"fd00::/8\", \"10.1.2.3/16\"]\n\
+            "[server]\nlisten = \"[::1]:8443\"\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.7\", \"fd00::/8\", \"10.1.0.0/16\"]\n\
              external_url = \"https://App.Example.com/\"\nmax_header_bytes = 65536\n",
         ));
         let s = &loaded.config.server;
@@ -4004,6 +4024,81 @@ format = "xml"
         assert_has(&errs, "portal.trusted_origins[0]", "without a path");
         assert_has(&errs, "portal.trusted_origins[1]", "invalid URL");
         assert_has(&errs, "portal.allowed_redirect_hosts[0]", "bare host name");
+    }
+
+    // --- check-config gaps: one pass, host bits, a bypass default -------------
+
+    #[test]
+    fn cidrs_with_host_bits_are_refused_with_the_network_suggested() {
+        let errs = errors(&with(
+            "[server]\ntrusted_proxies = [\"10.0.0.1/8\", \"fd00::1/8\", \"10.0.0.0/8\", \"192.168.1.7\"]\n\
+             [[rules]]\npath = \"^/intranet/\"\npolicy = \"one_factor\"\nnetworks = [\"192.168.1.1/24\"]\n",
+        ));
+        assert_has(&errs, "server.trusted_proxies[0]", "did you mean \"10.0.0.0/8\"");
+        assert_has(&errs, "server.trusted_proxies[1]", "did you mean \"fd00::/8\"");
+        assert_has(&errs, "rules[0].networks[0]", "did you mean \"192.168.1.0/24\"");
+        assert!(
+            !errs
+                .iter()
+                .any(|e| e.starts_with("server.trusted_proxies[2]")
+                    || e.starts_with("server.trusted_proxies[3]")),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn upstream_duplicates_are_reported_beside_other_errors_and_warnings() {
+        let Err(err) = load(
+            r#"
+default_policy = "bypass"
+[[upstreams]]
+name = "app"
+url = "ftp://nowhere"
+
+[[upstreams]]
+name = "app"
+url = "http://127.0.0.1:3001"
+
+[[upstreams]]
+name = "other"
+url = "not a url"
+
+[server]
+trusted_proxies = ["10.0.0.1/8"]
+"#,
+        ) else {
+            panic!("the config has errors");
+        };
+        let errs: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        // Entries with their own errors still take part in the name and
+        // default checks, in the same pass as the other sections' errors.
+        assert_has(&errs, "upstreams[0].url", "scheme");
+        assert_has(&errs, "upstreams[1].name", "already used by upstreams[0]");
+        assert_has(
+            &errs,
+            "upstreams[1].hosts",
+            "only one upstream may leave hosts empty",
+        );
+        assert_has(
+            &errs,
+            "upstreams[2].hosts",
+            "only one upstream may leave hosts empty",
+        );
+        assert_has(&errs, "server.trusted_proxies[0]", "host bits");
+        let warns: Vec<String> = err.warnings.iter().map(ToString::to_string).collect();
+        assert_has(&warns, "default_policy", "bypass");
+    }
+
+    #[test]
+    fn a_bypass_default_policy_warns() {
+        let loaded = ok(&format!("default_policy = \"bypass\"\n{MINIMAL}"));
+        assert_has(&warnings(&loaded), "default_policy", "without signing in");
+        let loaded = ok(&format!("default_policy = \"deny\"\n{MINIMAL}"));
+        assert!(
+            !warnings(&loaded).iter().any(|w| w.starts_with("default_policy")),
+            "{:?}",
+            warnings(&loaded)
+        );
     }
 
     // --- upstreams ----------------------------------------------------------

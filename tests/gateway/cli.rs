@@ -137,6 +137,66 @@ policy = "bypass"
     assert!(stderr.contains("rules[1].path:"), "{stderr}");
 }
 
+/// Duplicate upstream names, a second default upstream and a CIDR with host
+/// bits come out in one run, next to the other errors and the warnings.
+#[test]
+fn check_config_shows_upstream_duplicates_host_bits_and_warnings_in_one_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"default_policy = "bypass"
+
+[server]
+trusted_proxies = ["10.0.0.1/8"]
+header_read_timeout = "10 parsecs"
+
+[session]
+secrets = ["a-session-secret-long-enough-0123456789abc"]
+
+[store]
+kind = "memory"
+
+[[upstreams]]
+name = "app"
+url = "http://127.0.0.1:3000"
+
+[[upstreams]]
+name = "app"
+url = "ftp://example.com"
+
+[[rules]]
+path = "^/office/"
+policy = "one_factor"
+networks = ["192.168.1.1/24"]
+"#,
+    )
+    .unwrap();
+    let out = portcullis(&["check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "error: upstreams[1].name: \"app\" is already used by upstreams[0]",
+        "error: upstreams[1].hosts: only one upstream may leave hosts empty",
+        "error: upstreams[1].url:",
+        "error: server.header_read_timeout:",
+        "error: server.trusted_proxies[0]: \"10.0.0.1/8\" has host bits set; did you mean \"10.0.0.0/8\"",
+        "error: rules[0].networks[0]: \"192.168.1.1/24\" has host bits set; did you mean \"192.168.1.0/24\"",
+        "warning: default_policy: \"bypass\"",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(line)),
+            "{line} missing from:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("6 problem(s), ") && stderr.contains(" warning(s); nothing started"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_config_accepts_a_good_config() {
     let dir = tempfile::tempdir().unwrap();
