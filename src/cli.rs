@@ -127,7 +127,13 @@ pub fn main() -> ExitCode {
             _,
         ) => runtime.block_on(async {
             match crate::demo::prepare(listen, admin_listen, memory).await {
-                Ok(config) => run(config, None).await,
+                Ok((config, dir)) => {
+                    let code = run(config, None).await;
+                    // The temporary folder goes, whether the gateway stopped
+                    // on a signal or failed to start.
+                    drop(dir);
+                    code
+                }
                 Err(code) => code,
             }
         }),

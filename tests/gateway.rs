@@ -10,6 +10,8 @@ mod support;
 
 #[path = "gateway/cli.rs"]
 mod cli;
+#[path = "gateway/demo.rs"]
+mod demo;
 #[path = "gateway/differential.rs"]
 mod differential;
 #[path = "gateway/flood.rs"]
