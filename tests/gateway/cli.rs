@@ -393,6 +393,15 @@ async fn serve_runs_logs_json_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    // A portal page of the signed-in user.
+    let res = client
+        .get(format!("{base}/_portcullis/factors"))
+        .header("accept", "text/html")
+        .header("cookie", format!("portcullis_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
 
     let pid = child.0.id().to_string();
     let signalled = Instant::now();
@@ -428,6 +437,19 @@ async fn serve_runs_logs_json_and_stops_on_sigterm() {
         .unwrap_or_else(|| panic!("no access line for GET /private in:\n{log}"));
     assert_eq!(access["status"], 200, "{access}");
     assert_eq!(access["decision"], "allow", "{access}");
+    // Portal requests name their signed-in user too.
+    let page = lines
+        .iter()
+        .find(|l| l["path"] == "/_portcullis/factors")
+        .unwrap_or_else(|| panic!("no access line for the factors page in:\n{log}"));
+    assert_eq!(page["user"], ALICE.username, "{page}");
+    assert_eq!(page["decision"], "portal", "{page}");
+    // Durations in whole microseconds: at most three decimals, no float noise.
+    for line in lines.iter().filter(|l| l.get("duration_ms").is_some()) {
+        let ms = line["duration_ms"].to_string();
+        let decimals = ms.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= 3, "duration_ms = {ms} in {line}");
+    }
     assert_eq!(access["user"], "alice", "{access}");
     let login_line = lines
         .iter()
