@@ -125,7 +125,13 @@ pub fn main() -> ExitCode {
             _,
         ) => runtime.block_on(async {
             match crate::demo::prepare(listen, admin_listen, memory).await {
-                Ok(config) => run(config, None, None).await,
+                Ok((config, dir)) => {
+                    let code = run(config, None, None).await;
+                    // The temporary folder goes, whether the gateway stopped
+                    // on a signal or failed to start.
+                    drop(dir);
+                    code
+                }
                 Err(code) => code,
             }
         }),
@@ -162,10 +168,15 @@ fn load(path: &Path) -> Option<LoadedConfig> {
             for p in &e.problems {
                 eprintln!("error: {p}");
             }
+            // Found in the same pass: fixing the errors should not reveal them.
+            for w in &e.warnings {
+                eprintln!("warning: {w}");
+            }
             eprintln!(
-                "{}: {} problem(s); nothing started",
+                "{}: {} problem(s), {} warning(s); nothing started",
                 path.display(),
-                e.problems.len()
+                e.problems.len(),
+                e.warnings.len()
             );
             None
         }

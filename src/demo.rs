@@ -5,7 +5,10 @@
 //!
 //! The echo app is also the dummy upstream of the tests and benchmarks.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use axum::body::Body;
@@ -107,13 +110,81 @@ fn echo<B>(req: Request<B>) -> Response<Body> {
     res
 }
 
-/// The demo's config text, for an echo app at `upstream`.
+/// The demo's temporary folder: private to the user running it (0700, its
+/// files 0600: it holds a password hash, the session secret, the store key
+/// and the admin token) and removed when this is dropped, which the command
+/// line does after the gateway stopped (Ctrl-C, SIGTERM) or failed to start.
+#[derive(Debug)]
+pub struct DemoDir {
+    path: PathBuf,
+}
+
+impl DemoDir {
+    /// A fresh folder under the system's temporary directory; refuses one
+    /// that already exists (a name planted in a shared /tmp).
+    pub fn create() -> std::io::Result<DemoDir> {
+        let path = std::env::temp_dir().join(format!("portcullis-demo-{}", crate::crypto::random_id(12)));
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(DemoDir { path })
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes a new file `name` with mode 0600.
+    fn write(&self, name: &str, contents: &str) -> std::io::Result<()> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.path.join(name))?
+            .write_all(contents.as_bytes())
+    }
+}
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("warning: cannot remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Refuses a busy address before anything is written, naming the option that
+/// chooses another one (both are held at once: the same address twice is
+/// refused too).
+fn check_ports(listen: SocketAddr, admin: SocketAddr) -> Result<(), ExitCode> {
+    let mut held = Vec::new();
+    for (addr, option) in [(listen, "--listen"), (admin, "--admin-listen")] {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => held.push(l),
+            Err(e) => {
+                eprintln!(
+                    "error: cannot listen on {addr} ({e}); choose another address with {option}, \
+                     e.g. `portcullis demo {option} {}:{}`",
+                    addr.ip(),
+                    addr.port().wrapping_add(1).max(1024)
+                );
+                return Err(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The demo's config text, for an echo app at `upstream`; `admin_token` is
+/// accepted by the admin API.
 pub fn demo_config(
     listen: SocketAddr,
     admin: SocketAddr,
     upstream: SocketAddr,
     dir: &std::path::Path,
     memory: bool,
+    admin_token: &str,
 ) -> String {
     let secret = crate::crypto::b64(&crate::crypto::random_bytes(32));
     let store_key = {
@@ -140,7 +211,7 @@ max_connections = 1000
 
 [admin]
 listen = "{admin}"
-tokens = []
+tokens = ["{admin_token}"]
 
 [[upstreams]]
 name = "echo"
@@ -175,17 +246,28 @@ fn toml_str(s: &str) -> String {
 
 /// Sets the demo up (logging, the echo app, a users file and a config in a
 /// fresh temporary directory) and returns its config for the command line
-/// to serve; `Err` is the exit code after the error was printed.
-pub async fn prepare(listen: SocketAddr, admin: SocketAddr, memory: bool) -> Result<Config, ExitCode> {
+/// to serve, with the folder to drop (remove) once the gateway stopped; `Err`
+/// is the exit code after the error was printed (the folder is gone then).
+pub async fn prepare(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    memory: bool,
+) -> Result<(Config, DemoDir), ExitCode> {
     crate::telemetry::init(&crate::config::LogConfig {
         format: crate::config::LogFormat::Text,
         level: "info".into(),
     });
-    let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", crate::crypto::random_id(8)));
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        eprintln!("error: cannot create {}: {e}", dir.display());
-        return Err(ExitCode::FAILURE);
-    }
+    check_ports(listen, admin)?;
+    let dir = match DemoDir::create() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!(
+                "error: cannot create a folder in {}: {e}",
+                std::env::temp_dir().display()
+            );
+            return Err(ExitCode::FAILURE);
+        }
+    };
     let upstream = match spawn_echo(
         "127.0.0.1:0"
             .parse()
@@ -211,9 +293,14 @@ pub async fn prepare(listen: SocketAddr, admin: SocketAddr, memory: bool) -> Res
         "[[users]]\nusername = \"demo\"\npassword = {}\ndisplay_name = \"Demo User\"\nemail = \"demo@example.com\"\ngroups = [\"demo\"]\n",
         toml_str(&hash)
     );
-    let config_path = dir.join("portcullis.toml");
-    let written = std::fs::write(dir.join("users.toml"), users)
-        .and_then(|_| std::fs::write(&config_path, demo_config(listen, admin, upstream, &dir, memory)));
+    let admin_token = format!("demo-{}", crate::crypto::random_id(32));
+    let config_path = dir.path().join("portcullis.toml");
+    let written = dir.write("users.toml", &users).and_then(|_| {
+        dir.write(
+            "portcullis.toml",
+            &demo_config(listen, admin, upstream, dir.path(), memory, &admin_token),
+        )
+    });
     if let Err(e) = written {
         eprintln!("error: cannot write the demo files: {e}");
         return Err(ExitCode::FAILURE);
@@ -233,9 +320,18 @@ pub async fn prepare(listen: SocketAddr, admin: SocketAddr, memory: bool) -> Res
     println!(
         "  factors   http://{listen}/_portcullis/factors   (authenticator app, recovery codes, sign out)"
     );
-    println!("  admin     http://{admin}/metrics");
-    println!("  files     {}", dir.display());
+    println!("  admin     http://{admin}/metrics   and the admin API:");
+    println!("            curl -H 'Authorization: SSWS {admin_token}' http://{admin}/api/v1/users");
+    println!("  token     {admin_token}   (this run's admin token)");
+    println!(
+        "  postman   newman run examples/portcullis.postman_collection.json --env-var gateway=http://{listen} \
+         --env-var admin=http://{admin} --env-var token={admin_token} --env-var prefix=/_portcullis"
+    );
+    println!(
+        "  files     {}   (removed when the demo stops)",
+        dir.path().display()
+    );
     println!("  stop      Ctrl-C");
     println!();
-    Ok(loaded.config)
+    Ok((loaded.config, dir))
 }

@@ -257,6 +257,20 @@ pub fn message_page(prefix: &str, title: &str, message: &str) -> String {
     )
 }
 
+/// The 404 page a browser gets under the portal prefix, with a way back in.
+pub fn not_found_page(prefix: &str) -> String {
+    render(
+        "message.html",
+        prefix,
+        context! {
+            title => "Page not found",
+            message => "There is no page at this address. Check the link, or go back to the application.",
+            link => format!("{prefix}/"),
+            link_text => "Your account",
+        },
+    )
+}
+
 /// The password login form.
 pub fn login_page(
     title: &str,

@@ -4,9 +4,11 @@
 //! compatibility runs with independent clients: the official Okta Python SDK
 //! (`tests/okta/sdk_check.py`) and newman with the Postman collection in
 //! `examples/`, each against the real binary. Runs whose tools are missing
-//! say "skipped" and return; `.ci/run` installs them. One binary on purpose:
+//! report `SKIPPED` (tests/support/skip.rs) and return; `.ci/run` installs them. One binary on purpose:
 //! each file in `tests/` links separately.
 
+#[path = "support/skip.rs"]
+mod skip;
 mod support;
 
 #[path = "api/common.rs"]

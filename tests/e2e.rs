@@ -2,7 +2,7 @@
 //! End-to-end proofs with independent tools (issue 3): a person in headless
 //! Chromium against the real binary, the authentication API with codes from
 //! oathtool, and the API's state machine refusing every out-of-order step.
-//! Tests whose tools are missing say so and return; `.ci/run` installs them.
+//! Tests whose tools are missing report `SKIPPED` and return; `.ci/run` installs them.
 //! One binary on purpose: each file in `tests/` links separately.
 
 #[path = "e2e/api.rs"]
@@ -15,5 +15,7 @@ mod forward_auth;
 mod front;
 #[path = "e2e/harness.rs"]
 mod harness;
+#[path = "support/skip.rs"]
+mod skip;
 #[path = "e2e/state_machine.rs"]
 mod state_machine;

@@ -4,10 +4,14 @@
 //! file in `tests/` links separately and slowly. The harness is in
 //! `tests/support`, the tests in `tests/gateway/`.
 
+#[path = "support/skip.rs"]
+mod skip;
 mod support;
 
 #[path = "gateway/cli.rs"]
 mod cli;
+#[path = "gateway/demo.rs"]
+mod demo;
 #[path = "gateway/differential.rs"]
 mod differential;
 #[path = "gateway/flood.rs"]

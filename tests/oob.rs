@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/skip.rs"]
+mod skip;
 #[path = "support/mod.rs"]
 mod support;
 

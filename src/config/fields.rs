@@ -56,7 +56,16 @@ pub(super) fn listen_addr(cx: &mut Ctx<'_>, key: &str, value: Option<String>, de
 pub(super) fn parse_cidr(text: &str) -> Result<IpNet, String> {
     let t = text.trim();
     if let Ok(net) = t.parse::<IpNet>() {
-        return Ok(net.trunc());
+        // `10.0.0.1/8` is most likely a typo for a host or for `10.0.0.0/8`:
+        // refused rather than silently widened or narrowed.
+        if net.trunc() != net {
+            return Err(format!(
+                "{t:?} has host bits set; did you mean \"{}\" (the network) or \"{}\" (the address alone)?",
+                net.trunc(),
+                net.addr()
+            ));
+        }
+        return Ok(net);
     }
     if let Ok(ip) = t.parse::<IpAddr>() {
         return Ok(IpNet::from(ip));

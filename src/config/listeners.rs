@@ -261,7 +261,7 @@ mod tests {
     #[test]
     fn server_values_are_parsed() {
         let loaded = ok(&with(
-            "[server]\nlisten = \"[::1]:8443\"\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.7\", \"fd00::/8\", \"10.1.2.3/16\"]\n\
+            "[server]\nlisten = \"[::1]:8443\"\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.7\", \"fd00::/8\", \"10.1.0.0/16\"]\n\
              external_url = \"https://App.Example.com/\"\nmax_header_bytes = 65536\n",
         ));
         let s = &loaded.config.server;

@@ -59,6 +59,8 @@ impl std::fmt::Display for ConfigProblem {
 pub struct ConfigError {
     /// All problems, in the order of the config's sections.
     pub problems: Vec<ConfigProblem>,
+    /// The warnings found in the same pass, shown beside the problems.
+    pub warnings: Vec<ConfigProblem>,
 }
 
 /// A valid config and the warnings found while loading it.
@@ -85,6 +87,7 @@ pub fn load_file_with_env(
             key: path.display().to_string(),
             message: format!("cannot read the config file: {e}"),
         }],
+        warnings: Vec::new(),
     })?;
     load_text(&text, Some(path), env)
 }
@@ -120,6 +123,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
         Err(e) => {
             return Err(ConfigError {
                 problems: vec![syntax_problem(text, source, &e)],
+                warnings: Vec::new(),
             });
         }
     };
@@ -191,6 +195,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     if !cx.problems.is_empty() {
         return Err(ConfigError {
             problems: cx.problems,
+            warnings: cx.warnings,
         });
     }
     let (
@@ -231,6 +236,7 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
                 key: "config".into(),
                 message: "invalid configuration".into(),
             }],
+            warnings: cx.warnings,
         });
     };
     Ok(LoadedConfig {

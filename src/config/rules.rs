@@ -30,13 +30,15 @@ pub(super) fn convert_default_policy(cx: &mut Ctx<'_>, value: Option<toml::Value
             return None;
         }
     };
-    Some(choice(
-        cx,
-        "default_policy",
-        word,
-        defaults::DEFAULT_POLICY,
-        &POLICIES,
-    ))
+    let policy = choice(cx, "default_policy", word, defaults::DEFAULT_POLICY, &POLICIES);
+    if policy == PolicyKind::Bypass {
+        cx.warn(
+            "default_policy",
+            "\"bypass\" lets every path no rule matches through without signing in; \
+             prefer \"two_factor\" (or \"deny\") with bypass rules for the public paths",
+        );
+    }
+    Some(policy)
 }
 
 pub(super) fn convert_case_insensitive_paths(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> Option<bool> {

@@ -25,20 +25,20 @@ pub(super) fn convert_upstreams(cx: &mut Ctx<'_>, value: Option<toml::Value>) ->
     let mut default_upstream: Option<usize> = None;
     for (i, raw) in items.into_iter().enumerate() {
         let Some(raw) = raw else { continue };
-        let Some(upstream) = convert_upstream(cx, i, raw) else {
-            continue;
-        };
-        if !upstream.name.is_empty() {
-            if let Some(first) = names.get(&upstream.name) {
+        // Names and the default are checked on the raw entry, so an entry with
+        // another problem (a bad URL, say) is still compared in the same pass.
+        let name = raw.name.as_deref().map(str::trim).unwrap_or_default().to_owned();
+        if !name.is_empty() {
+            if let Some(first) = names.get(&name) {
                 cx.error(
                     format!("upstreams[{i}].name"),
-                    format!("{:?} is already used by upstreams[{first}]", upstream.name),
+                    format!("{name:?} is already used by upstreams[{first}]"),
                 );
             } else {
-                names.insert(upstream.name.clone(), i);
+                names.insert(name, i);
             }
         }
-        if upstream.hosts.is_empty() {
+        if raw.hosts.as_ref().is_none_or(Vec::is_empty) {
             match default_upstream {
                 Some(first) => cx.error(
                     format!("upstreams[{i}].hosts"),
@@ -47,6 +47,9 @@ pub(super) fn convert_upstreams(cx: &mut Ctx<'_>, value: Option<toml::Value>) ->
                 None => default_upstream = Some(i),
             }
         }
+        let Some(upstream) = convert_upstream(cx, i, raw) else {
+            continue;
+        };
         for host in &upstream.hosts {
             if let Some(first) = host_owner.get(host) {
                 cx.error(
@@ -121,6 +124,81 @@ fn convert_upstream(cx: &mut Ctx<'_>, i: usize, raw: RawUpstream) -> Option<Upst
 mod tests {
     use crate::config::test_support::*;
     use crate::config::*;
+
+    // --- check-config gaps: one pass, host bits, a bypass default -------------
+
+    #[test]
+    fn cidrs_with_host_bits_are_refused_with_the_network_suggested() {
+        let errs = errors(&with(
+            "[server]\ntrusted_proxies = [\"10.0.0.1/8\", \"fd00::1/8\", \"10.0.0.0/8\", \"192.168.1.7\"]\n\
+             [[rules]]\npath = \"^/intranet/\"\npolicy = \"one_factor\"\nnetworks = [\"192.168.1.1/24\"]\n",
+        ));
+        assert_has(&errs, "server.trusted_proxies[0]", "did you mean \"10.0.0.0/8\"");
+        assert_has(&errs, "server.trusted_proxies[1]", "did you mean \"fd00::/8\"");
+        assert_has(&errs, "rules[0].networks[0]", "did you mean \"192.168.1.0/24\"");
+        assert!(
+            !errs
+                .iter()
+                .any(|e| e.starts_with("server.trusted_proxies[2]")
+                    || e.starts_with("server.trusted_proxies[3]")),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn upstream_duplicates_are_reported_beside_other_errors_and_warnings() {
+        let Err(err) = load(
+            r#"
+default_policy = "bypass"
+[[upstreams]]
+name = "app"
+url = "ftp://nowhere"
+
+[[upstreams]]
+name = "app"
+url = "http://127.0.0.1:3001"
+
+[[upstreams]]
+name = "other"
+url = "not a url"
+
+[server]
+trusted_proxies = ["10.0.0.1/8"]
+"#,
+        ) else {
+            panic!("the config has errors");
+        };
+        let errs: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        // Entries with their own errors still take part in the name and
+        // default checks, in the same pass as the other sections' errors.
+        assert_has(&errs, "upstreams[0].url", "scheme");
+        assert_has(&errs, "upstreams[1].name", "already used by upstreams[0]");
+        assert_has(
+            &errs,
+            "upstreams[1].hosts",
+            "only one upstream may leave hosts empty",
+        );
+        assert_has(
+            &errs,
+            "upstreams[2].hosts",
+            "only one upstream may leave hosts empty",
+        );
+        assert_has(&errs, "server.trusted_proxies[0]", "host bits");
+        let warns: Vec<String> = err.warnings.iter().map(ToString::to_string).collect();
+        assert_has(&warns, "default_policy", "bypass");
+    }
+
+    #[test]
+    fn a_bypass_default_policy_warns() {
+        let loaded = ok(&format!("default_policy = \"bypass\"\n{MINIMAL}"));
+        assert_has(&warnings(&loaded), "default_policy", "without signing in");
+        let loaded = ok(&format!("default_policy = \"deny\"\n{MINIMAL}"));
+        assert!(
+            !warnings(&loaded).iter().any(|w| w.starts_with("default_policy")),
+            "{:?}",
+            warnings(&loaded)
+        );
+    }
 
     #[test]
     fn upstreams_are_checked() {

@@ -72,6 +72,18 @@ impl FromRequestParts<Arc<AppState>> for Ctx {
     }
 }
 
+/// Nothing under the prefix here: an HTML page for a browser, the API's
+/// `E0000007` for everything else.
+async fn not_found(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if crate::enforce::is_browser(&headers) {
+        return html(
+            StatusCode::NOT_FOUND,
+            pages::not_found_page(&st.config.portal.prefix),
+        );
+    }
+    ApiError::new(ErrorCode::E0000007).into_response()
+}
+
 /// The portal's router (paths relative to the prefix).
 pub fn router(state: Arc<AppState>) -> axum::Router {
     // Every JSON route comes from a route table (see `api`), never ad hoc.
@@ -101,7 +113,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route(push::SCRIPT_PATH, get(push::script))
         .route("/push/status", post(push::status))
         .merge(api)
-        .fallback(|| async { ApiError::new(ErrorCode::E0000007).into_response() });
+        .fallback(not_found);
     // Small bodies only: forms and JSON steps are a few hundred bytes.
     crate::limits::body_limit(router.with_state(state), crate::limits::PORTAL_BODY_LIMIT).layer(
         axum::middleware::map_response(|mut res: Response| async move {

@@ -29,6 +29,10 @@ use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use serde_json::json;
 
+/// Skips reported like the integration tests' (see the file).
+#[path = "../../tests/support/skip.rs"]
+mod skip;
+
 use super::{
     AuditCursor, AuditQuery, AuditRecord, CounterKey, FactorRecord, FactorStatus, RevocationEvent,
     SealedSecret, SharedStore, TransactionRecord, UserPatch, UserRecord, UserStatus, UserWrite,
@@ -83,7 +87,10 @@ pub(crate) fn postgres_url() -> Option<String> {
     match std::env::var("PORTCULLIS_TEST_POSTGRES_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            println!("skipped: PORTCULLIS_TEST_POSTGRES_URL not set");
+            skip::test(
+                &skip::current_test(),
+                "PostgreSQL: PORTCULLIS_TEST_POSTGRES_URL is not set (.ci/run starts one)",
+            );
             None
         }
     }

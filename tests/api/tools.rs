@@ -2,10 +2,9 @@
 //! SDK (`tests/okta/sdk_check.py`) and newman running the Postman collection
 //! (`examples/portcullis.postman_collection.json`), both with SMS and push
 //! enabled (a `file` delivery the SDK check reads codes and pushes from).
-//! Each says "skipped" and returns when its tool is missing; `.ci/run`
+//! Each reports `SKIPPED` and returns when its tool is missing; `.ci/run`
 //! installs both.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -163,7 +162,10 @@ fn run(mut cmd: Command, what: &str) -> String {
 #[test]
 fn the_okta_python_sdk_works_against_the_gateway() {
     if !has("python3", &["-c", "import okta"]) {
-        println!("skipped: okta SDK not installed (pip install okta pyotp)");
+        crate::skip::test(
+            "the_okta_python_sdk_works_against_the_gateway",
+            "the okta SDK is not installed (pip install okta pyotp)",
+        );
         return;
     }
     let gw = start(OOB);
@@ -185,7 +187,10 @@ fn the_okta_python_sdk_works_against_the_gateway() {
 #[test]
 fn the_postman_collection_runs_with_newman() {
     if !has("newman", &["--version"]) {
-        println!("skipped: newman not installed (npm install -g newman)");
+        crate::skip::test(
+            "the_postman_collection_runs_with_newman",
+            "newman is not installed (npm install -g newman)",
+        );
         return;
     }
     let gw = start(OOB);

@@ -140,8 +140,9 @@ async fn key_uri_in_the_qr_code_is_standard() {
         return;
     }
     if !crate::harness::have("zbarimg") {
-        eprintln!(
-            "key_uri_in_the_qr_code_is_standard: skipped: zbarimg not installed (apt-get install zbar-tools)"
+        crate::skip::test(
+            "key_uri_in_the_qr_code_is_standard",
+            "zbarimg not installed (apt-get install zbar-tools)",
         );
         return;
     }

@@ -383,8 +383,9 @@ async fn browser_enrolls_signs_in_and_gets_locked_out() {
         have("chromedriver"),
     );
     let (Some(chromium), true) = tools else {
-        eprintln!(
-            "browser_enrolls_signs_in_and_gets_locked_out: skipped: chromium/chromedriver not installed"
+        crate::skip::test(
+            "browser_enrolls_signs_in_and_gets_locked_out",
+            "chromium/chromedriver not installed (apt-get install chromium chromium-driver)",
         );
         return;
     };

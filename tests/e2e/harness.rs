@@ -454,7 +454,7 @@ pub fn have_oathtool(test: &str) -> bool {
     if have("oathtool") {
         return true;
     }
-    eprintln!("{test}: skipped: oathtool not installed (apt-get install oathtool)");
+    crate::skip::test(test, "oathtool not installed (apt-get install oathtool)");
     false
 }
 
@@ -546,7 +546,11 @@ print(json.dumps(dict(parser=parser, issuer=issuer, account=account, secret=secr
     {
         Ok(o) => o,
         Err(_) => {
-            eprintln!("key URI check skipped: python3 not installed");
+            crate::skip::part(
+                &crate::skip::current_test(),
+                "key URI check",
+                "python3 not installed",
+            );
             return None;
         }
     };
@@ -568,7 +572,11 @@ pub fn decode_qr(image: &Path) -> Option<String> {
     {
         Ok(o) => o,
         Err(_) => {
-            eprintln!("QR decoding skipped: zbarimg not installed (apt-get install zbar-tools)");
+            crate::skip::part(
+                &crate::skip::current_test(),
+                "QR decoding",
+                "zbarimg not installed (apt-get install zbar-tools)",
+            );
             return None;
         }
     };

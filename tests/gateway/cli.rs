@@ -137,6 +137,66 @@ policy = "bypass"
     assert!(stderr.contains("rules[1].path:"), "{stderr}");
 }
 
+/// Duplicate upstream names, a second default upstream and a CIDR with host
+/// bits come out in one run, next to the other errors and the warnings.
+#[test]
+fn check_config_shows_upstream_duplicates_host_bits_and_warnings_in_one_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"default_policy = "bypass"
+
+[server]
+trusted_proxies = ["10.0.0.1/8"]
+header_read_timeout = "10 parsecs"
+
+[session]
+secrets = ["a-session-secret-long-enough-0123456789abc"]
+
+[store]
+kind = "memory"
+
+[[upstreams]]
+name = "app"
+url = "http://127.0.0.1:3000"
+
+[[upstreams]]
+name = "app"
+url = "ftp://example.com"
+
+[[rules]]
+path = "^/office/"
+policy = "one_factor"
+networks = ["192.168.1.1/24"]
+"#,
+    )
+    .unwrap();
+    let out = portcullis(&["check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "error: upstreams[1].name: \"app\" is already used by upstreams[0]",
+        "error: upstreams[1].hosts: only one upstream may leave hosts empty",
+        "error: upstreams[1].url:",
+        "error: server.header_read_timeout:",
+        "error: server.trusted_proxies[0]: \"10.0.0.1/8\" has host bits set; did you mean \"10.0.0.0/8\"",
+        "error: rules[0].networks[0]: \"192.168.1.1/24\" has host bits set; did you mean \"192.168.1.0/24\"",
+        "warning: default_policy: \"bypass\"",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(line)),
+            "{line} missing from:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("6 problem(s), ") && stderr.contains(" warning(s); nothing started"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_config_accepts_a_good_config() {
     let dir = tempfile::tempdir().unwrap();
@@ -333,6 +393,15 @@ async fn serve_runs_logs_json_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    // A portal page of the signed-in user.
+    let res = client
+        .get(format!("{base}/_portcullis/factors"))
+        .header("accept", "text/html")
+        .header("cookie", format!("portcullis_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
 
     let pid = child.0.id().to_string();
     let signalled = Instant::now();
@@ -368,6 +437,19 @@ async fn serve_runs_logs_json_and_stops_on_sigterm() {
         .unwrap_or_else(|| panic!("no access line for GET /private in:\n{log}"));
     assert_eq!(access["status"], 200, "{access}");
     assert_eq!(access["decision"], "allow", "{access}");
+    // Portal requests name their signed-in user too.
+    let page = lines
+        .iter()
+        .find(|l| l["path"] == "/_portcullis/factors")
+        .unwrap_or_else(|| panic!("no access line for the factors page in:\n{log}"));
+    assert_eq!(page["user"], ALICE.username, "{page}");
+    assert_eq!(page["decision"], "portal", "{page}");
+    // Durations in whole microseconds: at most three decimals, no float noise.
+    for line in lines.iter().filter(|l| l.get("duration_ms").is_some()) {
+        let ms = line["duration_ms"].to_string();
+        let decimals = ms.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= 3, "duration_ms = {ms} in {line}");
+    }
     assert_eq!(access["user"], "alice", "{access}");
     let login_line = lines
         .iter()

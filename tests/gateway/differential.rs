@@ -19,7 +19,7 @@
 //!
 //! The servers are started once, from configs in temporary folders
 //! (`tests/fixtures/differential/`), on free ports, and ended by a drop guard.
-//! A missing server is reported as `SKIPPED differential <server>: <reason>`;
+//! A missing server is reported as `SKIPPED differential [<server>]: <reason>`;
 //! with `CI=true` that is a failure.
 
 use std::fmt::Write as _;
@@ -116,15 +116,9 @@ impl Server {
     }
 }
 
-/// True when CI=true: a skipped server is then a failure.
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
-}
-
-/// Reports a server that cannot run here.
+/// Reports a server that cannot run here (a failure under CI=true).
 fn skipped(server: &str, reason: &str) {
-    eprintln!("SKIPPED differential {server}: {reason}");
-    assert!(!in_ci(), "differential {server} skipped under CI=true: {reason}");
+    crate::skip::part("differential", server, reason);
 }
 
 /// `program` from PATH, else from the sbin folders (not on a user's PATH).
@@ -814,7 +808,7 @@ async fn hostile_paths_never_reach_a_place_the_rules_keep_from_the_caller() {
         .flatten()
         .collect();
     if servers.is_empty() {
-        eprintln!("SKIPPED differential: no upstream server is installed");
+        crate::skip::test("differential", "no upstream server is installed");
         return;
     }
 

@@ -224,3 +224,36 @@ async fn hostile_user_data_is_escaped_on_every_page() {
         "{page}"
     );
 }
+
+/// An unknown path under the prefix: a styled HTML 404 with a way back for a
+/// browser, the API's JSON `E0000007` for other clients.
+#[tokio::test]
+async fn unknown_portal_paths_answer_html_to_browsers_and_json_to_clients() {
+    let prefix = "/auth/gw";
+    let gw = TestGateway::start("[portal]\nprefix = \"/auth/gw\"\n").await;
+    let client = gw.client();
+    let url = gw.url(&format!("{prefix}/no-such-page"));
+
+    let res = client
+        .get(&url)
+        .header("accept", "text/html,application/xhtml+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
+    let page = res.text().await.unwrap();
+    assert!(page.contains("Page not found"), "{page}");
+    assert!(page.contains(&format!("href=\"{prefix}/\"")), "{page}");
+    assert_styled(&gw, &page, prefix).await;
+
+    let res = client
+        .get(&url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let body = res.text().await.unwrap();
+    assert!(body.contains("E0000007"), "{body}");
+}

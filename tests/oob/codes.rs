@@ -205,7 +205,10 @@ impl Smtp {
             .output()
             .is_ok_and(|o| o.status.success());
         if !ok {
-            eprintln!("SKIPPED: python3 with aiosmtpd is not available (pip install aiosmtpd)");
+            crate::skip::test(
+                &crate::skip::current_test(),
+                "python3 with aiosmtpd is not available (pip install aiosmtpd)",
+            );
             return None;
         }
         let maildir = tempfile::tempdir().unwrap();

@@ -629,7 +629,10 @@ pub fn postgres_url() -> Option<String> {
     match std::env::var("PORTCULLIS_TEST_POSTGRES_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            println!("skipped: PORTCULLIS_TEST_POSTGRES_URL not set");
+            crate::skip::test(
+                &crate::skip::current_test(),
+                "PostgreSQL: PORTCULLIS_TEST_POSTGRES_URL is not set (.ci/run starts one)",
+            );
             None
         }
     }
