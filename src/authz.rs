@@ -26,7 +26,7 @@ use ipnet::IpNet;
 use crate::context::RequestContext;
 use crate::context::canonical;
 use crate::enforce::{
-    Enforcer, SessionState, api_challenge, html_status, is_browser, portal_location, redirect, with_access,
+    Enforcer, SessionState, api_challenge, is_browser, portal_location, redirect, with_access,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::policy::normalize::normalize;
@@ -219,12 +219,7 @@ impl ForwardAuth {
             }
             Decision::Deny | Decision::Forbidden => {
                 let res = if is_browser(headers) {
-                    html_status(
-                        StatusCode::FORBIDDEN,
-                        &e.prefix,
-                        "Access denied",
-                        "You do not have access to this page.",
-                    )
+                    crate::enforce::denied::denied_page(e, headers, &path)
                 } else {
                     ApiError::new(ErrorCode::E0000006).into_response()
                 };

@@ -27,6 +27,7 @@ pub mod enforce;
 pub mod error;
 pub mod factors;
 pub mod gateway;
+pub mod i18n;
 pub mod identity;
 pub mod ids;
 pub mod ldap_escape;

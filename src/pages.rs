@@ -24,6 +24,80 @@ pub const STYLESHEET: &str = "/static/portal.css";
 /// Where the push polling script is served, relative to the prefix.
 pub const PUSH_SCRIPT: &str = "/static/push.js";
 
+/// Where the recovery codes' copy and download script is served.
+pub const CODES_SCRIPT: &str = "/static/codes.js";
+
+/// Where the branding stylesheet (`portal.accent_color`) is served.
+pub const BRAND_STYLESHEET: &str = "/static/brand.css";
+
+/// The operator's branding of the portal pages (`[portal]` title, logo and
+/// accent colour), in force for the request being answered (see [`scope`]).
+#[derive(Debug, Clone, Default)]
+pub struct Branding {
+    /// `portal.title`.
+    pub title: String,
+    /// `portal.logo_url`.
+    pub logo_url: Option<String>,
+    /// `portal.accent_color`.
+    pub accent_color: Option<String>,
+}
+
+impl Branding {
+    /// The branding of a portal configuration.
+    pub fn of(p: &crate::config::PortalConfig) -> Self {
+        Self {
+            title: p.title.clone(),
+            logo_url: p.logo_url.clone(),
+            accent_color: p.accent_color.clone(),
+        }
+    }
+
+    /// The logo's origin when it is on another host (for `img-src`).
+    pub fn logo_origin(&self) -> Option<String> {
+        let u = url::Url::parse(self.logo_url.as_deref()?).ok()?;
+        Some(u.origin().ascii_serialization())
+    }
+
+    /// The branding stylesheet's text.
+    pub fn css(&self) -> String {
+        match &self.accent_color {
+            Some(c) => format!(":root{{--accent:{c}}}\n"),
+            None => String::new(),
+        }
+    }
+}
+
+tokio::task_local! {
+    static BRAND: std::sync::Arc<Branding>;
+}
+
+/// Runs `f` with `brand` and the language `accept_language` asks for in
+/// force for every page it renders.
+pub async fn scope<F: std::future::Future>(
+    brand: std::sync::Arc<Branding>,
+    accept_language: Option<&str>,
+    f: F,
+) -> F::Output {
+    BRAND.scope(brand, crate::i18n::scope(accept_language, f)).await
+}
+
+/// Like [`scope`], for synchronous rendering.
+pub fn sync_scope<R>(brand: std::sync::Arc<Branding>, accept_language: Option<&str>, f: impl FnOnce() -> R) -> R {
+    BRAND.sync_scope(brand, || crate::i18n::sync_scope(accept_language, f))
+}
+
+fn brand_context() -> Value {
+    BRAND
+        .try_with(|b| {
+            context! {
+                title => b.title.as_str(),
+                logo => b.logo_url.as_deref(),
+                accent => b.accent_color.is_some(),
+            }
+        })
+        .unwrap_or_else(|_| context! { title => crate::config::defaults::PORTAL_TITLE, logo => None::<&str>, accent => false })
+}
+
 /// The built-in templates: name and source. `.html` names are auto-escaped.
 const SOURCES: &[(&str, &str)] = &[
     ("layout.html", include_str!("../templates/portal/layout.html")),
@@ -66,6 +140,7 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../templates/portal/recovery_codes.html"),
     ),
     ("factors.html", include_str!("../templates/portal/factors.html")),
+    ("denied.html", include_str!("../templates/portal/denied.html")),
     (
         "passwordless_username.html",
         include_str!("../templates/portal/passwordless_username.html"),
@@ -118,6 +193,21 @@ impl Templates {
         );
         env.add_global("STYLESHEET", STYLESHEET);
         env.add_global("PUSH_SCRIPT", PUSH_SCRIPT);
+        env.add_global("CODES_SCRIPT", CODES_SCRIPT);
+        env.add_global("BRAND_STYLESHEET", BRAND_STYLESHEET);
+        // `t("key", name=value)`: the message in the request's language.
+        env.add_function(
+            "t",
+            |key: &str, kwargs: minijinja::value::Kwargs| -> Result<String, minijinja::Error> {
+                let text = crate::i18n::t(key);
+                let mut out = text.to_owned();
+                for name in kwargs.args() {
+                    let v: Value = kwargs.get(name)?;
+                    out = out.replace(&format!("{{{name}}}"), &v.to_string());
+                }
+                Ok(out)
+            },
+        );
         for (name, source) in SOURCES {
             env.add_template(name, source)?;
         }
@@ -151,7 +241,10 @@ const BROKEN_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charse
 /// Renders the portal page `name` under the portal `prefix` (see the module
 /// documentation). A template error is logged and answered with a bare page.
 pub fn render(name: &str, prefix: &str, ctx: Value) -> String {
-    render_app(name, context! { prefix => prefix, ..ctx })
+    render_app(
+        name,
+        context! { prefix => prefix, lang => crate::i18n::lang(), brand => brand_context(), ..ctx },
+    )
 }
 
 /// Renders a template that is not a portal page (the demo app's).
@@ -207,16 +300,25 @@ fn esc(s: &str) -> String {
     out
 }
 
+/// The Content-Security-Policy of every portal page (no inline script or style).
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; \
+     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
 /// The security headers every portal page sends (SPEC section 5).
 pub fn security_headers(h: &mut HeaderMap) {
+    security_headers_with_logo(h, None);
+}
+
+/// [`security_headers`], letting images load from `logo_origin` too (a
+/// `portal.logo_url` on another host).
+pub fn security_headers_with_logo(h: &mut HeaderMap, logo_origin: Option<&str>) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; \
-             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
+    let csp = match logo_origin {
+        Some(o) => HeaderValue::from_str(&CSP.replace("img-src 'self' data:", &format!("img-src 'self' data: {o}")))
+            .unwrap_or_else(|_| HeaderValue::from_static(CSP)),
+        None => HeaderValue::from_static(CSP),
+    };
+    h.insert(header::CONTENT_SECURITY_POLICY, csp);
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -227,15 +329,19 @@ pub fn security_headers(h: &mut HeaderMap) {
 
 /// The stylesheet.
 pub const CSS: &str = r#"
+:root{--accent:#1d4ed8}
 *{box-sizing:border-box}
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;background:#f3f4f6;color:#111827;margin:0;display:flex;min-height:100vh;align-items:center;justify-content:center}
-main{background:#fff;padding:2rem 2.25rem;border-radius:12px;box-shadow:0 4px 24px rgba(0,0,0,.08);width:100%;max-width:24rem}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;background:#f3f4f6;color:#111827;margin:0;display:flex;min-height:100vh;align-items:center;justify-content:center;padding:1rem}
+main{background:#fff;padding:2rem 2.25rem;border-radius:12px;box-shadow:0 4px 24px rgba(0,0,0,.08);width:100%;max-width:26rem;overflow-wrap:anywhere}
+@media (max-width:480px){body{padding:.5rem;align-items:flex-start}main{padding:1.5rem 1.25rem}}
+.logo{display:block;max-width:12rem;max-height:3.5rem;margin:0 0 1.25rem}
 h1{font-size:1.35rem;margin:0 0 1.25rem}
+a{color:var(--accent)}
 label{display:block;font-size:.9rem;margin:.9rem 0 .3rem;color:#374151}
-input[type=text],input[type=password]{width:100%;padding:.6rem .7rem;border:1px solid #d1d5db;border-radius:8px;font-size:1rem}
-input:focus{outline:2px solid #2563eb;border-color:#2563eb}
-button{margin-top:1.25rem;width:100%;padding:.65rem;border:0;border-radius:8px;background:#1d4ed8;color:#fff;font-size:1rem;cursor:pointer}
-button.secondary{background:#e5e7eb;color:#111827}
+input[type=text],input[type=password],input[type=email],input[type=tel]{width:100%;padding:.6rem .7rem;border:1px solid #d1d5db;border-radius:8px;font-size:1rem}
+input:focus{outline:2px solid var(--accent);border-color:var(--accent)}
+button,.button{display:block;text-align:center;text-decoration:none;margin-top:1.25rem;width:100%;padding:.65rem;border:0;border-radius:8px;background:var(--accent);color:#fff;font-size:1rem;cursor:pointer;font-family:inherit}
+button.secondary,.button.secondary{background:#e5e7eb;color:#111827}
 .error{background:#fef2f2;color:#991b1b;border:1px solid #fecaca;padding:.6rem .75rem;border-radius:8px;font-size:.9rem}
 .note{color:#4b5563;font-size:.9rem}
 .user{font-weight:600}
@@ -244,7 +350,14 @@ form.inline button{margin:0;width:auto;padding:.3rem .7rem;font-size:.85rem}
 select{width:100%;padding:.55rem;border:1px solid #d1d5db;border-radius:8px;font-size:1rem}
 details{margin-top:1.25rem}summary{cursor:pointer}
 code{font-family:ui-monospace,Menlo,Consolas,monospace;background:#f3f4f6;padding:.1rem .3rem;border-radius:4px}
-ul#recovery-codes{columns:2;padding-left:1.2rem}
+code#secret{white-space:normal;word-spacing:.2rem}
+.qr{text-align:center}.qr img{max-width:100%;height:auto}
+ul#recovery-codes{list-style:none;padding:0;margin:1rem 0;display:grid;grid-template-columns:repeat(auto-fill,minmax(9.5rem,1fr));gap:.5rem}
+ul#recovery-codes code{display:block;white-space:nowrap;text-align:center;font-size:1rem;padding:.4rem .5rem;letter-spacing:.03em}
+.actions{display:flex;gap:.5rem;flex-wrap:wrap}.actions .button,.actions button{flex:1 1 8rem;margin-top:.5rem}
+.row{display:flex;gap:.75rem;align-items:center;justify-content:space-between;flex-wrap:wrap;margin-top:1.5rem}
+.row form button{margin:0;width:auto;padding:.45rem .9rem;font-size:.9rem}
+.hidden{display:none}
 "#;
 
 /// A page with a title and one message (errors, notices, access denied),
@@ -263,12 +376,21 @@ pub fn not_found_page(prefix: &str) -> String {
         "message.html",
         prefix,
         context! {
-            title => "Page not found",
-            message => "There is no page at this address. Check the link, or go back to the application.",
+            title => crate::i18n::t("not_found.title"),
+            message => crate::i18n::t("not_found.message"),
             link => format!("{prefix}/"),
-            link_text => "Your account",
+            link_text => crate::i18n::t("account.title"),
         },
     )
+}
+
+/// `portal.title` as shown: the default is shown in the page's language.
+pub fn shown_title(title: &str) -> &str {
+    if title == crate::config::defaults::PORTAL_TITLE {
+        crate::i18n::t("login.sign_in")
+    } else {
+        title
+    }
 }
 
 /// The password login form.
@@ -283,7 +405,7 @@ pub fn login_page(
     render(
         "login.html",
         prefix,
-        context! { title, csrf, rd, username, error },
+        context! { title => shown_title(title), csrf, rd, username, error },
     )
 }
 
@@ -372,6 +494,8 @@ mod tests {
                 context! { csrf => "c", username => "u", level => 1, note => Some("n") },
             ),
             ("signed_out.html", context! {}),
+            ("denied.html", context! { back => "/", csrf => "c", signed_in => true }),
+            ("denied.html", context! { back => "/_p/", csrf => "", signed_in => false }),
             (
                 "challenge.html",
                 context! {
@@ -432,17 +556,18 @@ mod tests {
                 context! {
                     csrf => "c", rd => "/", factor => "f", secret => "ABCDEFGH",
                     secret_groups => vec!["ABCD", "EFGH"], qr => "data:x", error => None::<&str>,
+                    uri => "otpauth://totp/x?secret=ABCDEFGH",
                 },
             ),
             (
                 "recovery_codes.html",
-                context! { codes => vec!["a-b", "c-d"], next => "/" },
+                context! { codes => vec!["a-b", "c-d"], next => "/", download => "data:text/plain,a-b" },
             ),
             (
                 "factors.html",
                 context! {
                     username => "u", notice => Some("n"), back_query => "%2F", recovery => true,
-                    codes_left => 3, csrf => "c",
+                    codes_left => 3, csrf => "c", back => "/app",
                     factors => vec![
                         context! { id => "f1", name => "Push", active => true, managed => false },
                         context! { id => "f2", name => "E-mail", active => false, managed => true },
@@ -471,7 +596,10 @@ mod tests {
         ];
         for (name, ctx) in cases {
             let page = t
-                .render(name, context! { prefix => "/_p", ..ctx })
+                .render(
+                    name,
+                    context! { prefix => "/_p", lang => "en", brand => brand_context(), ..ctx },
+                )
                 .unwrap_or_else(|e| panic!("{name}: {e:#}"));
             if name != "demo/echo.html" {
                 assert!(page.contains("href=\"/_p/static/portal.css\""), "{name}: {page}");
@@ -479,6 +607,32 @@ mod tests {
             let shown = page.replace("autocapitalize=\"none\"", "");
             assert!(!shown.contains("none"), "{name} printed a missing value: {page}");
         }
+    }
+
+    #[test]
+    fn branding_and_language_reach_the_layout() {
+        let brand = std::sync::Arc::new(Branding {
+            title: "Acme".into(),
+            logo_url: Some("https://cdn.example.com/l.svg".into()),
+            accent_color: Some("#0a7".into()),
+        });
+        let p = sync_scope(brand.clone(), Some("fr-CH, en;q=0.5"), || message_page("/_p", "T", "M"));
+        assert!(p.contains("<html lang=\"fr\">"), "{p}");
+        assert!(p.contains("<img class=\"logo\" src=\"https://cdn.example.com/l.svg\" alt=\"Acme\">"), "{p}");
+        assert!(p.contains("href=\"/_p/static/brand.css\""), "{p}");
+        assert!(!p.contains("style="), "no inline style: {p}");
+        assert_eq!(brand.css(), ":root{--accent:#0a7}\n");
+        assert_eq!(brand.logo_origin().as_deref(), Some("https://cdn.example.com"));
+        let mut h = HeaderMap::new();
+        security_headers_with_logo(&mut h, brand.logo_origin().as_deref());
+        let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("img-src 'self' data: https://cdn.example.com;"), "{csp}");
+        let plain = message_page("/_p", "T", "M");
+        assert!(plain.contains("<html lang=\"en\">") && !plain.contains("logo") && !plain.contains("brand.css"));
+        let login = sync_scope(std::sync::Arc::default(), Some("de"), || {
+            login_page(crate::config::defaults::PORTAL_TITLE, "/_p", "c", "/", "", None)
+        });
+        assert!(login.contains("<h1>Anmelden</h1>") && login.contains("Passwort"), "{login}");
     }
 
     #[test]

@@ -79,6 +79,11 @@ pub enum Blocked {
 fn user_lock(uid: &str) -> String {
     format!("lock:user:{uid}")
 }
+/// Set beside the user's lock when wrong second-factor codes locked the user:
+/// a correct password may then be told to wait (it proved who is asking).
+fn factor_lock(uid: &str) -> String {
+    format!("lock:mfa:{uid}")
+}
 fn pair_key(subject: &str, bucket: &str) -> String {
     format!("pw:{subject}:{bucket}")
 }
@@ -266,6 +271,27 @@ impl Regulator {
             .await
     }
 
+    /// Until when `uid` is locked because of wrong second-factor codes (not
+    /// passwords): only then may someone who gave the right password be told
+    /// to wait, since a stranger guessing passwords cannot cause such a lock.
+    /// A lock from password failures stays unrevealed, so a locked account is
+    /// no oracle for guessing its password. The later of the two locks counts.
+    pub async fn factor_locked(&self, uid: &str) -> StoreResult<Option<UnixTime>> {
+        let now = self.clock.now();
+        if self.store.locked_until(&[&factor_lock(uid)], now).await?.is_none() {
+            return Ok(None);
+        }
+        self.store.locked_until(&[&user_lock(uid), &factor_lock(uid)], now).await
+    }
+
+    /// Whether the (user, address) pair or the address is blocked, whatever
+    /// the user's own lock says.
+    pub async fn client_blocked(&self, subject: &str, addr: IpAddr) -> StoreResult<bool> {
+        let bucket = address_bucket(addr);
+        let (pair, ip) = (pair_key(subject, &bucket), ip_key(&bucket));
+        Ok(self.store.locked_until(&[&pair, &ip], self.clock.now()).await?.is_some())
+    }
+
     /// Counts a failed second-factor attempt (and one for the address);
     /// returns true if it locked the user.
     pub async fn factor_failed(&self, uid: &str, addr: IpAddr) -> StoreResult<bool> {
@@ -280,6 +306,9 @@ impl Regulator {
         if self.store.record_failure(&key, window, now).await? >= self.cfg.max_factor_failures {
             self.store
                 .lock(&CounterKey::for_user(user_lock(uid), uid), until)
+                .await?;
+            self.store
+                .lock(&CounterKey::for_user(factor_lock(uid), uid), until)
                 .await?;
             return Ok(true);
         }

@@ -36,6 +36,8 @@ mod mfa;
 mod pages;
 #[path = "gateway/paths.rs"]
 mod paths;
+#[path = "gateway/portal_polish.rs"]
+mod portal_polish;
 #[path = "gateway/proxying.rs"]
 mod proxying;
 #[path = "gateway/reload.rs"]

@@ -348,6 +348,10 @@ pub struct PortalConfig {
     /// Starts with `/`, no trailing slash.
     pub prefix: String,
     pub title: String,
+    /// A logo above every page: an `https://` URL or a path on this origin.
+    pub logo_url: Option<String>,
+    /// The buttons' and links' colour, `#rgb` or `#rrggbb` (lower case).
+    pub accent_color: Option<String>,
     /// Lower-cased host names `rd=` may point at besides the request's own host.
     pub allowed_redirect_hosts: Vec<String>,
     /// Origins (`scheme://host[:port]`) allowed to call the JSON APIs with cookies.

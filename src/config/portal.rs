@@ -92,9 +92,28 @@ pub(super) fn convert_portal(cx: &mut Ctx<'_>, raw: RawPortal) -> PortalConfig {
     let title = raw.title.unwrap_or_else(|| defaults::PORTAL_TITLE.to_owned());
     let allowed_redirect_hosts = hosts(cx, "portal.allowed_redirect_hosts", raw.allowed_redirect_hosts);
     let trusted_origins = each(cx, "portal.trusted_origins", raw.trusted_origins, origin);
+    if title.trim().is_empty() || title.chars().count() > 100 || title.chars().any(char::is_control) {
+        cx.error("portal.title", "must be 1 to 100 characters without control characters");
+    }
+    let logo_url = raw.logo_url.and_then(|v| match logo_url(&v) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            cx.error("portal.logo_url", e);
+            None
+        }
+    });
+    let accent_color = raw.accent_color.and_then(|v| match accent_color(&v) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            cx.error("portal.accent_color", e);
+            None
+        }
+    });
     PortalConfig {
         prefix,
         title,
+        logo_url,
+        accent_color,
         allowed_redirect_hosts,
         trusted_origins,
     }
@@ -127,6 +146,40 @@ fn check_prefix(prefix: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A logo: `https://host/...` (any host: it is only an image) or a path on
+/// the gateway's own origin (`/static/logo.svg`); never `http:`, `data:`,
+/// `javascript:` or a protocol-relative `//host`.
+fn logo_url(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\' || c == '"') {
+        return Err(format!("must not contain spaces, quotes or backslashes (got {text:?})"));
+    }
+    if t.starts_with('/') && !t.starts_with("//") {
+        return Ok(t.to_owned());
+    }
+    let url = url::Url::parse(t).map_err(|_| {
+        format!("must be an https:// URL or a path starting with \"/\" (got {text:?})")
+    })?;
+    if url.scheme() != "https" || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("must be an https:// URL or a path starting with \"/\" (got {text:?})"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain credentials".into());
+    }
+    Ok(url.to_string())
+}
+
+/// `#rgb` or `#rrggbb`, lower-cased.
+fn accent_color(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    let hex = t.strip_prefix('#').unwrap_or("");
+    if (hex.len() == 3 || hex.len() == 6) && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(t.to_ascii_lowercase())
+    } else {
+        Err(format!("must be a colour like \"#1d4ed8\" or \"#15c\" (got {text:?})"))
+    }
 }
 
 /// `scheme://host[:port]`, serialized the way browsers send `Origin`.
@@ -185,5 +238,26 @@ mod tests {
         assert_has(&errs, "portal.trusted_origins[0]", "without a path");
         assert_has(&errs, "portal.trusted_origins[1]", "invalid URL");
         assert_has(&errs, "portal.allowed_redirect_hosts[0]", "bare host name");
+    }
+
+    #[test]
+    fn branding_is_checked() {
+        let loaded = ok(&with(
+            "[portal]\ntitle = \"Acme sign-in\"\nlogo_url = \"https://cdn.example.com/logo.svg\"\naccent_color = \"#0A7\"\n",
+        ));
+        let p = &loaded.config.portal;
+        assert_eq!(p.logo_url.as_deref(), Some("https://cdn.example.com/logo.svg"));
+        assert_eq!(p.accent_color.as_deref(), Some("#0a7"));
+        assert!(ok(&with("[portal]\nlogo_url = \"/static/logo.png\"\n")).config.portal.logo_url.is_some());
+        for bad in ["http://x.example/l.png", "//x.example/l.png", "javascript:alert(1)", "data:image/png;base64,AA", "logo.png"] {
+            let errs = errors(&with(&format!("[portal]\nlogo_url = \"{bad}\"\n")));
+            assert_has(&errs, "portal.logo_url", "");
+        }
+        for bad in ["red", "#12", "#1234567", "#ggg", "1d4ed8", "#1d4ed8;x"] {
+            let errs = errors(&with(&format!("[portal]\naccent_color = \"{bad}\"\n")));
+            assert_has(&errs, "portal.accent_color", "");
+        }
+        let errs = errors(&with("[portal]\ntitle = \"\"\n"));
+        assert_has(&errs, "portal.title", "");
     }
 }

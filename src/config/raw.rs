@@ -92,6 +92,8 @@ pub(super) struct RawIdentityHeaders {
 pub(super) struct RawPortal {
     pub prefix: Option<String>,
     pub title: Option<String>,
+    pub logo_url: Option<String>,
+    pub accent_color: Option<String>,
     pub allowed_redirect_hosts: Option<Vec<String>>,
     pub trusted_origins: Option<Vec<String>>,
 }

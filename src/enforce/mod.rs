@@ -23,6 +23,8 @@ use axum::body::Body;
 use axum::response::IntoResponse;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 
+pub mod denied;
+
 use crate::clock::SharedClock;
 use crate::config::IdentityHeaders;
 use crate::context::{self, ConnInfo, RequestContext};
@@ -82,6 +84,9 @@ pub struct Enforcer {
     /// Trusted proxies, for deriving the client address when no gateway
     /// context is present (the layer embedded in another app).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The CSRF key and cookie settings for the denied page's sign-out
+    /// button (none when the layer is embedded without a portal).
+    pub sign_out: Option<denied::SignOut>,
 }
 
 impl Enforcer {
@@ -216,7 +221,11 @@ pub fn is_browser(headers: &http::HeaderMap) -> bool {
 
 /// A small HTML page answer, styled from the portal at `prefix`.
 pub fn html_status(status: StatusCode, prefix: &str, title: &str, message: &str) -> Response<Body> {
-    let body = crate::pages::message_page(prefix, title, message);
+    html_status_body(status, crate::pages::message_page(prefix, title, message))
+}
+
+/// An HTML answer with the portal's security headers.
+pub(crate) fn html_status_body(status: StatusCode, body: String) -> Response<Body> {
     let mut res = (status, body).into_response();
     crate::pages::security_headers(res.headers_mut());
     res.headers_mut().insert(
@@ -382,12 +391,7 @@ where
         }
         Decision::Deny | Decision::Forbidden => {
             let res = if is_browser(req.headers()) {
-                html_status(
-                    StatusCode::FORBIDDEN,
-                    &e.prefix,
-                    "Access denied",
-                    "You do not have access to this page.",
-                )
+                denied::denied_page(e, req.headers(), req.uri().path())
             } else {
                 ApiError::new(ErrorCode::E0000006).into_response()
             };

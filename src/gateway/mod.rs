@@ -98,6 +98,12 @@ impl Gateway {
         if let Err(e) = user_sync.refresh(&store, &users).await {
             tracing::error!(error = %e, "loading the stored users failed; they can sign in once the store answers");
         }
+        let csrf_key = config
+            .session
+            .secrets
+            .first()
+            .map(|s| crate::crypto::derive_key(s, "csrf"))
+            .unwrap_or_default();
         let enforcer = Arc::new(Enforcer {
             policy: Policy::new(config.rules.clone(), config.default_policy)
                 .deny_windows_aliases(config.case_insensitive_paths),
@@ -108,6 +114,11 @@ impl Gateway {
             prefix: config.portal.prefix.clone(),
             identity: config.identity_headers.clone(),
             trusted_proxies: config.server.trusted_proxies.clone(),
+            sign_out: Some(crate::enforce::denied::SignOut {
+                csrf_key: csrf_key.clone(),
+                session: config.session.clone(),
+                brand: Arc::new(crate::pages::Branding::of(&config.portal)),
+            }),
         });
         let proxy = Proxy::new(ProxySettings {
             upstreams: config.upstreams.clone(),
@@ -115,12 +126,6 @@ impl Gateway {
             gateway_cookies: config.session.gateway_cookie_names(),
         })
         .map_err(|e| BuildError::Proxy(e.to_string()))?;
-        let csrf_key = config
-            .session
-            .secrets
-            .first()
-            .map(|s| crate::crypto::derive_key(s, "csrf"))
-            .unwrap_or_default();
         // Unknown logins are counted under a hash keyed by this; replicas
         // share it because they share the session secrets.
         let subject_key = config

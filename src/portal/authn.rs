@@ -1420,8 +1420,8 @@ pub(crate) async fn exchange(
             StatusCode::FORBIDDEN,
             crate::pages::message_page(
                 &st.config.portal.prefix,
-                "Sign-in link refused",
-                "This sign-in link was opened from another site. Sign in here instead.",
+                crate::i18n::t("link.refused_title"),
+                crate::i18n::t("link.refused"),
             ),
         );
         res.headers_mut()
@@ -1443,8 +1443,8 @@ pub(crate) async fn exchange(
             StatusCode::UNAUTHORIZED,
             crate::pages::message_page(
                 &st.config.portal.prefix,
-                "Sign-in link expired",
-                "This sign-in link is invalid or was already used. Sign in again.",
+                crate::i18n::t("link.expired_title"),
+                crate::i18n::t("link.expired"),
             ),
         );
         res.headers_mut()

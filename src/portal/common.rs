@@ -75,7 +75,9 @@ pub fn embedded_user(u: &User) -> serde_json::Value {
 pub fn login_error(st: &AppState, e: LoginError) -> Response {
     match e {
         LoginError::Failed => ApiError::new(ErrorCode::E0000004).into_response(),
-        LoginError::LockedRevealed => ApiError::new(ErrorCode::E0000069).into_response(),
+        LoginError::LockedRevealed | LoginError::FactorLocked(_) => {
+            ApiError::new(ErrorCode::E0000069).into_response()
+        }
         LoginError::Busy => ApiError::rate_limited(1, st.clock.now() + 1, st.clock.now()).into_response(),
         LoginError::Unavailable => ApiError::new(ErrorCode::E0000009).into_response(),
     }

@@ -31,6 +31,10 @@ pub enum LoginError {
     Failed,
     /// The user is locked and the operator chose to reveal it.
     LockedRevealed,
+    /// The password was right but wrong second-factor codes locked the user
+    /// until then: the person asking proved who they are, so they are told
+    /// to wait (a wrong password never gets this answer).
+    FactorLocked(crate::clock::UnixTime),
     /// The password pool is saturated: try again shortly.
     Busy,
     /// The store could not be reached: fail closed.
@@ -193,10 +197,22 @@ async fn settle(
             crate::metrics::login("locked");
             let name = user.as_ref().map_or("-", |u| u.username.as_str());
             audit!("signin.password.refused", user = %name, client = %addr, reason = "user locked");
+            // Asked before this attempt is counted, so the attempt that blocks
+            // a client is not the one told.
+            let client_blocked = st
+                .regulator
+                .client_blocked(subject, addr)
+                .await
+                .map_err(unavailable)?;
             st.regulator
                 .password_refused(user_id.as_deref(), subject, addr, blocked)
                 .await
                 .map_err(unavailable)?;
+            if let Some(uid) = user_id.as_deref().filter(|_| matched && !client_blocked)
+                && let Some(until) = st.regulator.factor_locked(uid).await.map_err(unavailable)?
+            {
+                return Err(LoginError::FactorLocked(until));
+            }
             if st.config.regulation.reveal_lockout {
                 Err(LoginError::LockedRevealed)
             } else {

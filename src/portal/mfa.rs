@@ -21,6 +21,7 @@ use minijinja::value::Value;
 use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
 use crate::enforce::{ActiveSession, SessionState};
 use crate::factors::{self, Factor, FactorType, TOTP_TYPE, VerifyError};
+use crate::i18n::{t, tf};
 use crate::ids::Ids;
 use crate::pages::render;
 use crate::policy::{Decision, RequestFacts};
@@ -114,20 +115,11 @@ pub(super) async fn upgraded(st: &AppState, s: &ActiveSession, method: &str, tar
 
 pub(super) fn verify_message(e: VerifyError) -> (StatusCode, &'static str) {
     match e {
-        VerifyError::Invalid => (StatusCode::FORBIDDEN, "That code is not correct. Try again."),
-        VerifyError::Replayed => (
-            StatusCode::FORBIDDEN,
-            "That code was already used. Wait for the next one.",
-        ),
-        VerifyError::LockedRevealed => (
-            StatusCode::FORBIDDEN,
-            "This account is locked. Try again later or contact your administrator.",
-        ),
-        VerifyError::NotActive => (StatusCode::FORBIDDEN, "That factor cannot be used."),
-        VerifyError::Unavailable => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Sign-in is temporarily unavailable.",
-        ),
+        VerifyError::Invalid => (StatusCode::FORBIDDEN, t("verify.invalid")),
+        VerifyError::Replayed => (StatusCode::FORBIDDEN, t("verify.replayed")),
+        VerifyError::LockedRevealed => (StatusCode::FORBIDDEN, t("common.locked")),
+        VerifyError::NotActive => (StatusCode::FORBIDDEN, t("verify.not_active")),
+        VerifyError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, t("common.unavailable")),
     }
 }
 
@@ -205,6 +197,16 @@ pub(super) async fn render_challenge(
         Ok(f) => f,
         Err(_) => return unavailable_page(st),
     };
+    // The password is proven by now: wrong codes that locked the user are
+    // worth a wait, not the words of a wrong code.
+    let wait = match st.regulator.factor_locked(&s.user.id).await {
+        Ok(Some(until)) => Some(tf(
+            "login.factor_locked",
+            &[("wait", &crate::i18n::wait_minutes(st.clock.now(), until))],
+        )),
+        _ => None,
+    };
+    let error = wait.as_deref().or(error);
     let totp: Vec<Factor> = factors::usable(st, &all);
     if totp.is_empty() {
         if st.config.users.enrollment == crate::config::Enrollment::FirstLogin
@@ -216,8 +218,8 @@ pub(super) async fn render_challenge(
             StatusCode::FORBIDDEN,
             crate::pages::message_page(
                 &st.config.portal.prefix,
-                "Second factor required",
-                "This page requires a second factor, and your account has none. Ask your administrator to enroll one.",
+                t("challenge.none_title"),
+                t("challenge.none"),
             ),
         );
     }
@@ -243,8 +245,8 @@ pub(super) fn unavailable_page(st: &AppState) -> Response {
         StatusCode::SERVICE_UNAVAILABLE,
         crate::pages::message_page(
             &st.config.portal.prefix,
-            "Temporarily unavailable",
-            "Sign-in is temporarily unavailable. Try again shortly.",
+            t("common.unavailable_title"),
+            t("common.unavailable"),
         ),
     )
 }
@@ -274,7 +276,7 @@ async fn challenge_step(
     };
     let fresh = f.fresh.is_some();
     if !form_allowed(st, ctx, headers, &f.csrf) {
-        let msg = Some("This form expired. Try again.");
+        let msg = Some(t("common.form_expired"));
         return Err(Box::new(
             render_challenge(st, headers, &s, &rd, fresh, msg, StatusCode::FORBIDDEN).await,
         ));
@@ -302,7 +304,7 @@ pub async fn verify(
     let factor = match factors::find(&st, &s.user, &f.factor).await {
         Ok(Some(factor)) => factor,
         Ok(None) => {
-            let msg = Some("Choose one of your factors.");
+            let msg = Some(t("challenge.choose"));
             return render_challenge(&st, &headers, &s, &rd, fresh, msg, StatusCode::FORBIDDEN).await;
         }
         Err(_) => return unavailable_page(&st),
@@ -345,7 +347,7 @@ pub async fn recovery(
         Ok(()) => upgraded(&st, &s, factors::RECOVERY_AMR, &rd).await,
         Err(e) => {
             let (status, msg) = match e {
-                VerifyError::Invalid => (StatusCode::FORBIDDEN, "That recovery code is not valid."),
+                VerifyError::Invalid => (StatusCode::FORBIDDEN, t("verify.recovery_invalid")),
                 other => verify_message(other),
             };
             render_challenge(&st, &headers, &s, &rd, f.fresh.is_some(), Some(msg), status).await
@@ -359,9 +361,11 @@ fn enroll_page(
     rd: &str,
     factor_id: &str,
     secret_b32: &str,
-    qr: &str,
+    uri: &str,
     error: Option<&str>,
 ) -> String {
+    // The QR code for a camera, the `otpauth://` link to tap on the phone itself.
+    let qr = factors::totp::qr_data_uri(uri);
     // Groups of four are easier to type into an app by hand.
     let secret_groups: Vec<String> = secret_b32
         .as_bytes()
@@ -371,7 +375,7 @@ fn enroll_page(
     render(
         "enroll_totp.html",
         &st.config.portal.prefix,
-        context! { csrf, rd, factor => factor_id, secret => secret_b32, secret_groups, qr, error },
+        context! { csrf, rd, factor => factor_id, secret => secret_b32, secret_groups, qr, uri, error },
     )
 }
 
@@ -449,8 +453,8 @@ pub async fn enroll(
                     StatusCode::SERVICE_UNAVAILABLE,
                     crate::pages::message_page(
                         &st.config.portal.prefix,
-                        "Cannot set up a factor",
-                        "The gateway cannot store new factors right now.",
+                        t("enroll.cannot_title"),
+                        t("enroll.cannot"),
                     ),
                 );
             }
@@ -464,17 +468,24 @@ pub async fn enroll(
         &rd,
         &factor_id,
         &factors::totp::base32(secret.expose()),
-        &factors::totp::qr_data_uri(&uri),
+        &uri,
         None,
     );
     with_csrf(html(StatusCode::OK, page), set)
+}
+
+/// The codes as a `text/plain` `data:` URL, for the download link (it works
+/// without JavaScript; the page's script offers the same through a Blob).
+fn codes_data_url(codes: &[String]) -> String {
+    let text: String = codes.iter().map(|c| format!("{c}\r\n")).collect();
+    format!("data:text/plain;charset=utf-8,{}", enc(&text))
 }
 
 fn recovery_codes_page(st: &AppState, codes: &[String], rd: &str) -> String {
     render(
         "recovery_codes.html",
         &st.config.portal.prefix,
-        context! { codes => codes.to_vec(), next => rd },
+        context! { codes => codes.to_vec(), next => rd, download => codes_data_url(codes) },
     )
 }
 
@@ -498,11 +509,11 @@ pub async fn activate(
         let retry =
             |status, msg| super::oob::code_retry(&st, &headers, &rd, false, &factor, true, status, msg);
         if !form_allowed(&st, &ctx, &headers, &f.csrf) {
-            return retry(StatusCode::FORBIDDEN, "This form expired. Try again.").await;
+            return retry(StatusCode::FORBIDDEN, t("common.form_expired")).await;
         }
         match may_enroll(&st, &s).await {
             Ok(true) => {}
-            Ok(false) => return retry(StatusCode::FORBIDDEN, "Verify with your current factor first.").await,
+            Ok(false) => return retry(StatusCode::FORBIDDEN, t("enroll.verify_first")).await,
             Err(()) => return unavailable_page(&st),
         }
         if let Err(e) = factors::activate(
@@ -537,7 +548,7 @@ pub async fn activate(
             &rd,
             &factor.record.id,
             &b32,
-            &factors::totp::qr_data_uri(&uri),
+            &uri,
             Some(msg),
         )
     };
@@ -545,7 +556,7 @@ pub async fn activate(
     if !form_allowed(&st, &ctx, &headers, &f.csrf) {
         return html(
             StatusCode::FORBIDDEN,
-            rerender(&st, &token, "This form expired. Try again."),
+            rerender(&st, &token, t("common.form_expired")),
         );
     }
     match may_enroll(&st, &s).await {
@@ -553,7 +564,7 @@ pub async fn activate(
         Ok(false) => {
             return html(
                 StatusCode::FORBIDDEN,
-                rerender(&st, &token, "Verify with your current factor first."),
+                rerender(&st, &token, t("enroll.verify_first")),
             );
         }
         Err(()) => return unavailable_page(&st),
@@ -595,12 +606,13 @@ fn factors_page(
     factors: &[Factor],
     codes_left: u32,
     notice: Option<&str>,
+    back: &str,
 ) -> String {
     let rows: Vec<Value> = factors
         .iter()
         .map(|f| {
             let name =
-                factors::kind_of(&f.record.factor_type).map_or(f.record.factor_type.as_str(), |k| k.label());
+                factors::kind_of(&f.record.factor_type).map_or(f.record.factor_type.clone(), |k| super::words::label(k).to_owned());
             context! {
                 id => f.record.id.as_str(),
                 name,
@@ -610,7 +622,7 @@ fn factors_page(
         })
         .collect();
     let add: Vec<Value> = FactorType::enabled(&st.config.factors)
-        .map(|t| context! { query => t.kind().short_name(), label => t.kind().add_label() })
+        .map(|t| context! { query => t.kind().short_name(), label => super::words::add_label(t.kind()) })
         .collect();
     render(
         "factors.html",
@@ -624,6 +636,7 @@ fn factors_page(
             recovery => st.config.factors.recovery_codes.enabled,
             codes_left,
             csrf,
+            back,
         },
     )
 }
@@ -634,6 +647,7 @@ async fn render_factors(
     s: &ActiveSession,
     notice: Option<&str>,
     status: StatusCode,
+    back: &str,
 ) -> Response {
     let all = match factors::list(st, &s.user).await {
         Ok(f) => f,
@@ -641,16 +655,30 @@ async fn render_factors(
     };
     let left = st.store.recovery_codes_left(&s.user.id).await.unwrap_or(0);
     let (token, set) = csrf_token(st, headers);
-    with_csrf(html(status, factors_page(st, s, &token, &all, left, notice)), set)
+    with_csrf(html(status, factors_page(st, s, &token, &all, left, notice, back)), set)
 }
 
-/// `GET {prefix}/factors`: the user's factors.
-pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let target = format!("{}/factors", st.config.portal.prefix);
+/// Where the factors page's "back to the application" link goes.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct BackQuery {
+    rd: Option<String>,
+}
+
+/// `GET {prefix}/factors?rd=`: the user's factors, with a link back to `rd`
+/// (same origin only, else `/`).
+pub async fn list(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Query(q): Query<BackQuery>,
+) -> Response {
+    let back = redirect::same_origin_target(q.rd.as_deref(), &ctx.0.host);
+    let target = format!("{}/factors?rd={}", st.config.portal.prefix, enc(&back));
     let Some(s) = session(&st, &headers) else {
         return to_login(&st, &target);
     };
-    render_factors(&st, &headers, &s, None, StatusCode::OK).await
+    render_factors(&st, &headers, &s, None, StatusCode::OK, &back).await
 }
 
 #[derive(Deserialize, Default)]
@@ -702,20 +730,20 @@ pub async fn remove(
         Ok(()) => {
             // The epoch moved: every other session of the user ended; this one carries on.
             reissued = Some(login::reissue(&st, &s.claims));
-            ("The factor was removed.", StatusCode::OK)
+            (t("factors.removed"), StatusCode::OK)
         }
         Err(factors::RemoveError::LastFactor) => (
-            "This is your last factor and sign-in requires two: add another one first.",
+            t("factors.last"),
             StatusCode::CONFLICT,
         ),
         Err(factors::RemoveError::ReadOnly) => (
-            "This factor is managed by your administrator.",
+            t("factors.managed_by_admin"),
             StatusCode::FORBIDDEN,
         ),
-        Err(factors::RemoveError::NotFound) => ("No such factor.", StatusCode::NOT_FOUND),
+        Err(factors::RemoveError::NotFound) => (t("factors.not_found"), StatusCode::NOT_FOUND),
         Err(factors::RemoveError::Unavailable) => return unavailable_page(&st),
     };
-    let mut res = render_factors(&st, &headers, &s, Some(notice), status).await;
+    let mut res = render_factors(&st, &headers, &s, Some(notice), status, "/").await;
     if let Some(cookie) = reissued {
         res.headers_mut().append(header::SET_COOKIE, cookie);
     }

@@ -9,6 +9,7 @@
 //! filtered by [`redirect::safe_target`].
 
 pub mod api;
+mod assets;
 pub mod authn;
 mod common;
 pub mod csrf;
@@ -20,6 +21,7 @@ pub mod passwordless;
 pub mod push;
 pub mod redirect;
 mod transaction;
+mod words;
 
 /// The request body types of the JSON API, for the fuzz targets (`fuzz/`),
 /// which deserialize arbitrary bytes into them. Not a stable interface.
@@ -45,6 +47,7 @@ use serde::Deserialize;
 use crate::context::RequestContext;
 use crate::enforce::{AccessInfo, SessionState};
 use crate::error::{ApiError, ErrorCode};
+use crate::i18n::{t, tf};
 use crate::pages;
 use crate::secret::Secret;
 use crate::session::find_cookie;
@@ -111,14 +114,38 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route(pages::STYLESHEET, get(stylesheet))
         .route(push::SCRIPT_PATH, get(push::script))
+        .route(pages::CODES_SCRIPT, get(assets::codes_script))
+        .route(pages::BRAND_STYLESHEET, get(assets::brand_css))
         .route("/push/status", post(push::status))
         .merge(api)
         .fallback(not_found);
+    // Every page in the browser's language and the operator's branding.
+    let brand = Arc::new(pages::Branding::of(&state.config.portal));
+    let logo_origin = brand.logo_origin();
+    let router = router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let brand = brand.clone();
+            let lang = req
+                .headers()
+                .get(header::ACCEPT_LANGUAGE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            async move {
+                let mut res = pages::scope(brand, lang.as_deref(), next.run(req)).await;
+                res.headers_mut()
+                    .append(header::VARY, HeaderValue::from_static("Accept-Language"));
+                res
+            }
+        },
+    ));
     // Small bodies only: forms and JSON steps are a few hundred bytes.
     crate::limits::body_limit(router.with_state(state), crate::limits::PORTAL_BODY_LIMIT).layer(
-        axum::middleware::map_response(|mut res: Response| async move {
-            pages::security_headers(res.headers_mut());
-            res
+        axum::middleware::map_response(move |mut res: Response| {
+            let logo_origin = logo_origin.clone();
+            async move {
+                pages::security_headers_with_logo(res.headers_mut(), logo_origin.as_deref());
+                res
+            }
         }),
     )
 }
@@ -244,7 +271,7 @@ async fn login_submit(
             &token,
             &rd,
             crate::limits::shown_login(&f.username),
-            Some("This form expired. Please sign in again."),
+            Some(t("login.form_expired")),
         );
         let mut res = html(StatusCode::FORBIDDEN, page);
         if let Some(c) = set {
@@ -283,19 +310,17 @@ async fn login_submit(
         }
         Err(e) => {
             let (status, message) = match e {
-                LoginError::Failed => (StatusCode::UNAUTHORIZED, "Incorrect username or password."),
-                LoginError::LockedRevealed => (
+                LoginError::Failed => (StatusCode::UNAUTHORIZED, t("login.failed").to_owned()),
+                LoginError::LockedRevealed => (StatusCode::FORBIDDEN, t("common.locked").to_owned()),
+                LoginError::FactorLocked(until) => (
                     StatusCode::FORBIDDEN,
-                    "This account is locked. Try again later or contact your administrator.",
+                    tf(
+                        "login.factor_locked",
+                        &[("wait", &crate::i18n::wait_minutes(st.clock.now(), until))],
+                    ),
                 ),
-                LoginError::Busy => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "Too many sign-in attempts right now. Try again in a moment.",
-                ),
-                LoginError::Unavailable => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Sign-in is temporarily unavailable. Try again shortly.",
-                ),
+                LoginError::Busy => (StatusCode::TOO_MANY_REQUESTS, t("login.busy").to_owned()),
+                LoginError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, t("login.unavailable").to_owned()),
             };
             let (token, _) = csrf_token(&st, &headers);
             html(
@@ -306,7 +331,7 @@ async fn login_submit(
                     &token,
                     &rd,
                     crate::limits::shown_login(&f.username),
-                    Some(message),
+                    Some(&message),
                 ),
             )
         }
@@ -347,11 +372,7 @@ async fn logout_submit(
     if !form_allowed(&st, &ctx, &headers, &f.csrf) {
         return html(
             StatusCode::FORBIDDEN,
-            pages::message_page(
-                prefix,
-                "Sign-out failed",
-                "This form expired. Reload the page and try again.",
-            ),
+            pages::message_page(prefix, t("signout.failed"), t("signout.expired")),
         );
     }
     let mut user = None;
@@ -360,11 +381,7 @@ async fn logout_submit(
             tracing::error!(error = %e, "revoking a session failed");
             return html(
                 StatusCode::SERVICE_UNAVAILABLE,
-                pages::message_page(
-                    prefix,
-                    "Sign-out failed",
-                    "The gateway could not record the sign-out. Try again.",
-                ),
+                pages::message_page(prefix, t("signout.failed"), t("signout.not_recorded")),
             );
         }
         crate::audit!("session.revoked", user = %s.user.username, reason = "logout");

@@ -21,6 +21,7 @@ use super::mfa;
 use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
 use crate::enforce::ActiveSession;
 use crate::error::{ApiError, ErrorCode};
+use crate::i18n::{t, tf};
 use crate::factors::{
     self, Address, Challenge, ChallengeContext, ChallengeError, Factor, FactorKind, FactorType, PushResult,
 };
@@ -30,10 +31,7 @@ use crate::state::AppState;
 
 /// How a factor is named on the pages.
 pub fn describe(f: &Factor) -> String {
-    match factors::kind_of(&f.record.factor_type) {
-        Some(k) => k.describe(&f.record.profile),
-        None => "Authenticator app".into(),
-    }
+    super::words::describe(f)
 }
 
 /// True for a type enrolled and challenged out of band on these pages: a
@@ -55,9 +53,9 @@ pub fn challenge_buttons(factors: &[Factor]) -> Vec<Value> {
         .filter(|f| out_of_band(&f.record.factor_type))
         .map(|f| {
             let (action, button) = if answered_by_device(&f.record.factor_type) {
-                ("push", "Send a push")
+                ("push", t("challenge.send_push"))
             } else {
-                ("send", "Send a code")
+                ("send", t("enroll.send_code"))
             };
             context! {
                 id => f.record.id.as_str(),
@@ -201,28 +199,22 @@ pub fn challenge_message(st: &AppState, e: &ChallengeError) -> (StatusCode, Stri
     match e {
         ChallengeError::TooSoon(at) => (
             StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "A code was sent moments ago. Wait {} seconds before asking for another.",
-                (at - now).max(1)
-            ),
+            tf("send.too_soon", &[("n", &(at - now).max(1))]),
         ),
         ChallengeError::RateLimited(at) => (
             StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "Too many messages were sent. Try again in {} minutes.",
-                ((at - now) / 60).max(1)
-            ),
+            tf("send.rate_limited", &[("wait", &crate::i18n::wait_minutes(now, *at))]),
         ),
         ChallengeError::Delivery => (
             StatusCode::BAD_GATEWAY,
-            "The message could not be sent. Try again later or use another method.".into(),
+            t("send.delivery").into(),
         ),
         ChallengeError::Unavailable => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "Sign-in is temporarily unavailable.".into(),
+            t("common.unavailable").into(),
         ),
         ChallengeError::NotActive | ChallengeError::NotChallenged => {
-            (StatusCode::FORBIDDEN, "That method cannot be used.".into())
+            (StatusCode::FORBIDDEN, t("send.not_usable").into())
         }
     }
 }
@@ -326,7 +318,7 @@ fn push_wait(p: &Step, headers: &HeaderMap, factor: &Factor, tid: &str, number: 
             StatusCode::OK,
             push_page(
                 &p.st,
-                "Approve on your device",
+                t("push.title"),
                 "mfa/push/check",
                 &fields,
                 tid,
@@ -395,11 +387,11 @@ pub async fn push_check(
                 let amr = factors::amr_of(&factor.record.factor_type);
                 return mfa::upgraded(&p.st, &p.s, amr, &p.rd).await;
             }
-            Ok(false) => "That sign-in request was already used. Send a new one.",
+            Ok(false) => t("push.used"),
             Err(e) => mfa::verify_message(e).1,
         },
-        PushResult::Rejected => "The sign-in request was denied on your device.",
-        PushResult::Timeout => "The sign-in request expired. Send a new one.",
+        PushResult::Rejected => t("push.rejected"),
+        PushResult::Timeout => t("push.expired"),
     };
     mfa::render_challenge(
         &p.st,
@@ -443,24 +435,24 @@ pub async fn password(
             &token,
             &rd,
             &s.user.username,
-            Some("This form expired. Try again."),
+            Some(t("common.form_expired")),
         );
         return mfa::with_csrf(html(StatusCode::FORBIDDEN, page), set);
     }
     match login::check_password(&st, &s.user.username, Secret::new(f.password), ctx.0.client_addr).await {
         Ok(user) if user.id == s.user.id => mfa::upgraded(&st, &s, "pwd", &rd).await,
         Ok(_) | Err(login::LoginError::Failed) => {
-            let page = password_page(&st, &token, &rd, &s.user.username, Some("Incorrect password."));
+            let page = password_page(&st, &token, &rd, &s.user.username, Some(t("password.incorrect")));
             mfa::with_csrf(html(StatusCode::UNAUTHORIZED, page), set)
         }
         Err(login::LoginError::LockedRevealed) => {
-            let page = password_page(
-                &st,
-                &token,
-                &rd,
-                &s.user.username,
-                Some("This account is locked. Try again later or contact your administrator."),
-            );
+            let page = password_page(&st, &token, &rd, &s.user.username, Some(t("common.locked")));
+            mfa::with_csrf(html(StatusCode::FORBIDDEN, page), set)
+        }
+        Err(login::LoginError::FactorLocked(until)) => {
+            let wait = crate::i18n::wait_minutes(st.clock.now(), until);
+            let message = tf("login.factor_locked", &[("wait", &wait)]);
+            let page = password_page(&st, &token, &rd, &s.user.username, Some(&message));
             mfa::with_csrf(html(StatusCode::FORBIDDEN, page), set)
         }
         Err(_) => mfa::unavailable_page(&st),
@@ -472,7 +464,7 @@ pub async fn password(
 /// The enrollment chooser: one link per enabled type.
 pub fn chooser_page(st: &AppState, rd: &str) -> String {
     let types: Vec<Value> = FactorType::enabled(&st.config.factors)
-        .map(|t| context! { query => t.kind().short_name(), label => t.kind().enroll_label() })
+        .map(|t| context! { query => t.kind().short_name(), label => super::words::enroll_label(t.kind()) })
         .collect();
     render(
         "enroll_chooser.html",
@@ -491,7 +483,11 @@ pub fn address_page(
     error: Option<&str>,
 ) -> String {
     let (kind, address) = address_kind(factor_type);
-    let (title, label, input_type) = (kind.add_label(), address.field_label(), address.input_type());
+    let (title, label, input_type) = (
+        super::words::add_label(kind),
+        super::words::field_label(address),
+        address.input_type(),
+    );
     render(
         "enroll_address.html",
         &st.config.portal.prefix,
@@ -683,11 +679,11 @@ pub async fn enroll_start(
         }
         Err(factors::EnrollError::Invalid(msg)) => rerender(StatusCode::BAD_REQUEST, &msg),
         Err(factors::EnrollError::NotSupported) => {
-            rerender(StatusCode::BAD_REQUEST, "That method is not available.")
+            rerender(StatusCode::BAD_REQUEST, t("enroll.not_available"))
         }
         Err(factors::EnrollError::Delivery) => rerender(
             StatusCode::BAD_GATEWAY,
-            "The code could not be sent. Check the address or try again later.",
+            t("enroll.delivery"),
         ),
         Err(_) => mfa::unavailable_page(&p.st),
     }
@@ -750,7 +746,7 @@ pub async fn enroll_push_check(
             &factor.record.id,
             None,
             "",
-            Some("Your device has not paired yet."),
+            Some(t("pairing.not_yet")),
         );
         return mfa::with_csrf(html(StatusCode::OK, page), set);
     }

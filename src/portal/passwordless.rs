@@ -34,7 +34,7 @@ pub fn username_page(st: &AppState, csrf: &str, rd: &str, username: &str, error:
         "passwordless_username.html",
         &st.config.portal.prefix,
         context! {
-            title => st.config.portal.title.as_str(),
+            title => crate::pages::shown_title(&st.config.portal.title),
             csrf,
             rd,
             rd_query => enc(rd),
@@ -86,7 +86,7 @@ pub async fn start(
 ) -> Response {
     let (token, set) = csrf_token(st, headers);
     if username.trim().is_empty() {
-        let page = username_page(st, &token, rd, "", Some("Enter your username."));
+        let page = username_page(st, &token, rd, "", Some(crate::i18n::t("passwordless.enter_username")));
         return mfa::with_csrf(html(StatusCode::BAD_REQUEST, page), set);
     }
     match authn::admit_passwordless(st, username, addr) {
@@ -97,7 +97,7 @@ pub async fn start(
                 &token,
                 rd,
                 "",
-                Some("We could not sign you in with that username."),
+                Some(crate::i18n::t("passwordless.unknown")),
             );
             return mfa::with_csrf(html(StatusCode::UNAUTHORIZED, page), set);
         }
@@ -107,7 +107,7 @@ pub async fn start(
                 &token,
                 rd,
                 crate::limits::shown_login(username),
-                Some("Too many sign-in attempts from your network. Try again in a minute."),
+                Some(crate::i18n::t("passwordless.too_many")),
             );
             let mut res = mfa::with_csrf(html(StatusCode::TOO_MANY_REQUESTS, page), set);
             let wait = (r.reset - st.clock.now()).max(1);
@@ -133,7 +133,7 @@ fn expired(st: &AppState, headers: &HeaderMap, rd: &str) -> Response {
         &token,
         rd,
         "",
-        Some("This sign-in expired. Please start again."),
+        Some(crate::i18n::t("passwordless.expired")),
     );
     mfa::with_csrf(html(StatusCode::UNAUTHORIZED, page), set)
 }
@@ -194,7 +194,7 @@ fn waiting_page(
     ];
     super::oob::push_page(
         st,
-        "Approve on your device",
+        crate::i18n::t("push.title"),
         "login/factor",
         &fields,
         tid,
@@ -275,11 +275,11 @@ pub async fn factor_step(
                     let amr = factors::amr_of(&factor.record.factor_type);
                     return signed_in(&st, &ctx, &headers, &loaded, amr, &rd).await;
                 }
-                Ok(false) => "That sign-in request was already used. Send a new one.",
+                Ok(false) => crate::i18n::t("push.used"),
                 Err(e) => mfa::verify_message(e).1,
             },
-            PushResult::Rejected => "The sign-in request was denied on your device.",
-            PushResult::Timeout => "The sign-in request expired. Send a new one.",
+            PushResult::Rejected => crate::i18n::t("push.rejected"),
+            PushResult::Timeout => crate::i18n::t("push.expired"),
         };
         let cleared = loaded.state.challenge_ended();
         let _ = authn::save(&st, &loaded, &cleared).await;
@@ -330,7 +330,7 @@ pub async fn factor_step(
             mfa::with_csrf(html(StatusCode::OK, page), set)
         }
         Ok(Challenge::CodeSent { .. }) => {
-            again(StatusCode::FORBIDDEN, "That method cannot be used.", &listed)
+            again(StatusCode::FORBIDDEN, crate::i18n::t("send.not_usable"), &listed)
         }
         Err(e) => {
             let (status, msg) = super::oob::challenge_message(&st, &e);

@@ -59,10 +59,10 @@ pub const SCRIPT: &str = r#"// Portcullis: wait for a push answer, then continue
       return r.ok ? r.json() : { factorResult: "UNKNOWN" };
     }).then(function (j) {
       if (j.factorResult === "WAITING") { setTimeout(tick, 2000); }
-      else { if (status) { status.textContent = "Continuing..."; } form.submit(); }
+      else { if (status) { status.textContent = box.getAttribute("data-continuing") || "..."; } form.submit(); }
     }).catch(function () { setTimeout(tick, 4000); });
   }
-  if (status) { status.textContent = "Waiting for your answer..."; }
+  if (status) { status.textContent = box.getAttribute("data-waiting") || "..."; }
   setTimeout(tick, 1500);
 })();
 "#;

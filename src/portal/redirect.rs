@@ -36,9 +36,38 @@ pub fn safe_target(rd: Option<&str>, own_host: &str, allowed_hosts: &[String]) -
     }
 }
 
+/// A "back to the application" link: `rd` only when it stays on this origin
+/// (a relative path, or an absolute URL on the request's own host, given back
+/// as its path so scheme and port cannot differ), else `/`. Stricter than
+/// [`safe_target`]: the link is shown, not followed, so nothing listed in
+/// `allowed_redirect_hosts` is needed.
+pub fn same_origin_target(rd: Option<&str>, own_host: &str) -> String {
+    let safe = safe_target(rd, own_host, &[]);
+    if safe.starts_with('/') {
+        return safe;
+    }
+    match url::Url::parse(&safe) {
+        Ok(u) => match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_owned(),
+        },
+        Err(_) => "/".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn back_links_stay_on_this_origin() {
+        assert_eq!(same_origin_target(Some("/app?x=1"), "a.example"), "/app?x=1");
+        assert_eq!(same_origin_target(Some("https://a.example:8443/p?q"), "a.example"), "/p?q");
+        for bad in ["https://evil.example/", "//evil.example", "javascript:alert(1)", "/\\evil"] {
+            assert_eq!(same_origin_target(Some(bad), "a.example"), "/", "{bad}");
+        }
+        assert_eq!(same_origin_target(None, "a.example"), "/");
+    }
 
     #[test]
     fn allows_relative_own_and_listed_hosts() {

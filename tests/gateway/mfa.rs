@@ -184,8 +184,9 @@ async fn codes_are_single_use_and_wrong_codes_lock() {
     let res = submit_code(&gw, &other, "/secure/", &good).await;
     assert_eq!(res.status(), 403);
     assert!(res.text().await.unwrap().contains("already used"));
-    // Three wrong codes lock carol: then even the right one is refused, with
-    // the same words as a wrong one (reveal_lockout is off).
+    // Three wrong codes lock carol: then even the right one is refused. Her
+    // password is proven by now, so she is told to wait rather than that the
+    // code is wrong.
     for _ in 0..2 {
         let res = submit_code(&gw, &other, "/secure/", "000000").await;
         assert_eq!(res.status(), 403);
@@ -193,12 +194,28 @@ async fn codes_are_single_use_and_wrong_codes_lock() {
     gw.clock.advance(30);
     let res = submit_code(&gw, &other, "/secure/", &code(&gw)).await;
     assert_eq!(res.status(), 403);
-    assert!(res.text().await.unwrap().contains("not correct"));
-    // The password step is locked too, with the generic answer.
+    let text = res.text().await.unwrap();
+    assert!(text.contains("Try again in about 15 minutes."), "{text}");
+    // The password step is locked too: a wrong password gets the generic
+    // answer (no hint that the account exists or is locked) ...
     let client = gw.client();
     let csrf = gw.login_page(&client, "/").await;
-    let res = gw.post_login(&client, &csrf, "carol", PASSWORD, "/", &[]).await;
+    let res = gw.post_login(&client, &csrf, "carol", "not-her-password", "/", &[]).await;
     assert_eq!(res.status(), 401);
+    let text = res.text().await.unwrap();
+    assert!(text.contains("Incorrect username or password.") && !text.contains("Try again in"), "{text}");
+    let res = gw.post_login(&client, &csrf, "nobody", "not-her-password", "/", &[]).await;
+    assert_eq!(res.status(), 401);
+    // ... the right one is told to wait (coarsely), without a session, in
+    // the browser's language.
+    gw.clock.advance(5 * 60);
+    let res = gw
+        .post_login(&client, &csrf, "carol", PASSWORD, "/", &[("accept-language", "de")])
+        .await;
+    assert_eq!(res.status(), 403);
+    assert!(set_cookie(&res, "portcullis_session").is_none());
+    let text = res.text().await.unwrap();
+    assert!(text.contains("Versuchen Sie es in etwa 10 Minuten erneut."), "{text}");
     // An administrator unlocks: the next step's code works.
     let res = gw
         .client()
