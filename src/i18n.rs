@@ -149,7 +149,11 @@ pub fn negotiate(accept_language: Option<&str>) -> &'static str {
         let tag = parts.next().unwrap_or("").trim();
         let mut q = 1000u16;
         for p in parts {
-            if let Some(v) = p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")) {
+            if let Some(v) = p
+                .trim()
+                .strip_prefix("q=")
+                .or_else(|| p.trim().strip_prefix("Q="))
+            {
                 q = parse_q(v.trim()).unwrap_or(0);
             }
         }
@@ -160,10 +164,7 @@ pub fn negotiate(accept_language: Option<&str>) -> &'static str {
         let found = if primary == "*" {
             Some(FALLBACK)
         } else {
-            CATALOGS
-                .iter()
-                .map(|(l, _)| *l)
-                .find(|l| *l == primary)
+            CATALOGS.iter().map(|(l, _)| *l).find(|l| *l == primary)
         };
         if let Some(l) = found
             && best.is_none_or(|(bq, _)| q > bq)

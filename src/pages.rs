@@ -82,7 +82,11 @@ pub async fn scope<F: std::future::Future>(
 }
 
 /// Like [`scope`], for synchronous rendering.
-pub fn sync_scope<R>(brand: std::sync::Arc<Branding>, accept_language: Option<&str>, f: impl FnOnce() -> R) -> R {
+pub fn sync_scope<R>(
+    brand: std::sync::Arc<Branding>,
+    accept_language: Option<&str>,
+    f: impl FnOnce() -> R,
+) -> R {
     BRAND.sync_scope(brand, || crate::i18n::sync_scope(accept_language, f))
 }
 
@@ -314,8 +318,10 @@ pub fn security_headers(h: &mut HeaderMap) {
 pub fn security_headers_with_logo(h: &mut HeaderMap, logo_origin: Option<&str>) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     let csp = match logo_origin {
-        Some(o) => HeaderValue::from_str(&CSP.replace("img-src 'self' data:", &format!("img-src 'self' data: {o}")))
-            .unwrap_or_else(|_| HeaderValue::from_static(CSP)),
+        Some(o) => {
+            HeaderValue::from_str(&CSP.replace("img-src 'self' data:", &format!("img-src 'self' data: {o}")))
+                .unwrap_or_else(|_| HeaderValue::from_static(CSP))
+        }
         None => HeaderValue::from_static(CSP),
     };
     h.insert(header::CONTENT_SECURITY_POLICY, csp);
@@ -494,8 +500,14 @@ mod tests {
                 context! { csrf => "c", username => "u", level => 1, note => Some("n") },
             ),
             ("signed_out.html", context! {}),
-            ("denied.html", context! { back => "/", csrf => "c", signed_in => true }),
-            ("denied.html", context! { back => "/_p/", csrf => "", signed_in => false }),
+            (
+                "denied.html",
+                context! { back => "/", csrf => "c", signed_in => true },
+            ),
+            (
+                "denied.html",
+                context! { back => "/_p/", csrf => "", signed_in => false },
+            ),
             (
                 "challenge.html",
                 context! {
@@ -616,9 +628,14 @@ mod tests {
             logo_url: Some("https://cdn.example.com/l.svg".into()),
             accent_color: Some("#0a7".into()),
         });
-        let p = sync_scope(brand.clone(), Some("fr-CH, en;q=0.5"), || message_page("/_p", "T", "M"));
+        let p = sync_scope(brand.clone(), Some("fr-CH, en;q=0.5"), || {
+            message_page("/_p", "T", "M")
+        });
         assert!(p.contains("<html lang=\"fr\">"), "{p}");
-        assert!(p.contains("<img class=\"logo\" src=\"https://cdn.example.com/l.svg\" alt=\"Acme\">"), "{p}");
+        assert!(
+            p.contains("<img class=\"logo\" src=\"https://cdn.example.com/l.svg\" alt=\"Acme\">"),
+            "{p}"
+        );
         assert!(p.contains("href=\"/_p/static/brand.css\""), "{p}");
         assert!(!p.contains("style="), "no inline style: {p}");
         assert_eq!(brand.css(), ":root{--accent:#0a7}\n");
@@ -626,13 +643,21 @@ mod tests {
         let mut h = HeaderMap::new();
         security_headers_with_logo(&mut h, brand.logo_origin().as_deref());
         let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
-        assert!(csp.contains("img-src 'self' data: https://cdn.example.com;"), "{csp}");
+        assert!(
+            csp.contains("img-src 'self' data: https://cdn.example.com;"),
+            "{csp}"
+        );
         let plain = message_page("/_p", "T", "M");
-        assert!(plain.contains("<html lang=\"en\">") && !plain.contains("logo") && !plain.contains("brand.css"));
+        assert!(
+            plain.contains("<html lang=\"en\">") && !plain.contains("logo") && !plain.contains("brand.css")
+        );
         let login = sync_scope(std::sync::Arc::default(), Some("de"), || {
             login_page(crate::config::defaults::PORTAL_TITLE, "/_p", "c", "/", "", None)
         });
-        assert!(login.contains("<h1>Anmelden</h1>") && login.contains("Passwort"), "{login}");
+        assert!(
+            login.contains("<h1>Anmelden</h1>") && login.contains("Passwort"),
+            "{login}"
+        );
     }
 
     #[test]

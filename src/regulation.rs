@@ -278,10 +278,17 @@ impl Regulator {
     /// no oracle for guessing its password. The later of the two locks counts.
     pub async fn factor_locked(&self, uid: &str) -> StoreResult<Option<UnixTime>> {
         let now = self.clock.now();
-        if self.store.locked_until(&[&factor_lock(uid)], now).await?.is_none() {
+        if self
+            .store
+            .locked_until(&[&factor_lock(uid)], now)
+            .await?
+            .is_none()
+        {
             return Ok(None);
         }
-        self.store.locked_until(&[&user_lock(uid), &factor_lock(uid)], now).await
+        self.store
+            .locked_until(&[&user_lock(uid), &factor_lock(uid)], now)
+            .await
     }
 
     /// Whether the (user, address) pair or the address is blocked, whatever
@@ -289,7 +296,11 @@ impl Regulator {
     pub async fn client_blocked(&self, subject: &str, addr: IpAddr) -> StoreResult<bool> {
         let bucket = address_bucket(addr);
         let (pair, ip) = (pair_key(subject, &bucket), ip_key(&bucket));
-        Ok(self.store.locked_until(&[&pair, &ip], self.clock.now()).await?.is_some())
+        Ok(self
+            .store
+            .locked_until(&[&pair, &ip], self.clock.now())
+            .await?
+            .is_some())
     }
 
     /// Counts a failed second-factor attempt (and one for the address);

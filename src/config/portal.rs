@@ -93,7 +93,10 @@ pub(super) fn convert_portal(cx: &mut Ctx<'_>, raw: RawPortal) -> PortalConfig {
     let allowed_redirect_hosts = hosts(cx, "portal.allowed_redirect_hosts", raw.allowed_redirect_hosts);
     let trusted_origins = each(cx, "portal.trusted_origins", raw.trusted_origins, origin);
     if title.trim().is_empty() || title.chars().count() > 100 || title.chars().any(char::is_control) {
-        cx.error("portal.title", "must be 1 to 100 characters without control characters");
+        cx.error(
+            "portal.title",
+            "must be 1 to 100 characters without control characters",
+        );
     }
     let logo_url = raw.logo_url.and_then(|v| match logo_url(&v) {
         Ok(u) => Some(u),
@@ -153,17 +156,22 @@ fn check_prefix(prefix: &str) -> Result<(), String> {
 /// `javascript:` or a protocol-relative `//host`.
 fn logo_url(text: &str) -> Result<String, String> {
     let t = text.trim();
-    if t.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\' || c == '"') {
-        return Err(format!("must not contain spaces, quotes or backslashes (got {text:?})"));
+    if t.chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '\\' || c == '"')
+    {
+        return Err(format!(
+            "must not contain spaces, quotes or backslashes (got {text:?})"
+        ));
     }
     if t.starts_with('/') && !t.starts_with("//") {
         return Ok(t.to_owned());
     }
-    let url = url::Url::parse(t).map_err(|_| {
-        format!("must be an https:// URL or a path starting with \"/\" (got {text:?})")
-    })?;
+    let url = url::Url::parse(t)
+        .map_err(|_| format!("must be an https:// URL or a path starting with \"/\" (got {text:?})"))?;
     if url.scheme() != "https" || url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("must be an https:// URL or a path starting with \"/\" (got {text:?})"));
+        return Err(format!(
+            "must be an https:// URL or a path starting with \"/\" (got {text:?})"
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not contain credentials".into());
@@ -178,7 +186,9 @@ fn accent_color(text: &str) -> Result<String, String> {
     if (hex.len() == 3 || hex.len() == 6) && hex.chars().all(|c| c.is_ascii_hexdigit()) {
         Ok(t.to_ascii_lowercase())
     } else {
-        Err(format!("must be a colour like \"#1d4ed8\" or \"#15c\" (got {text:?})"))
+        Err(format!(
+            "must be a colour like \"#1d4ed8\" or \"#15c\" (got {text:?})"
+        ))
     }
 }
 
@@ -248,8 +258,20 @@ mod tests {
         let p = &loaded.config.portal;
         assert_eq!(p.logo_url.as_deref(), Some("https://cdn.example.com/logo.svg"));
         assert_eq!(p.accent_color.as_deref(), Some("#0a7"));
-        assert!(ok(&with("[portal]\nlogo_url = \"/static/logo.png\"\n")).config.portal.logo_url.is_some());
-        for bad in ["http://x.example/l.png", "//x.example/l.png", "javascript:alert(1)", "data:image/png;base64,AA", "logo.png"] {
+        assert!(
+            ok(&with("[portal]\nlogo_url = \"/static/logo.png\"\n"))
+                .config
+                .portal
+                .logo_url
+                .is_some()
+        );
+        for bad in [
+            "http://x.example/l.png",
+            "//x.example/l.png",
+            "javascript:alert(1)",
+            "data:image/png;base64,AA",
+            "logo.png",
+        ] {
             let errs = errors(&with(&format!("[portal]\nlogo_url = \"{bad}\"\n")));
             assert_has(&errs, "portal.logo_url", "");
         }

@@ -3,7 +3,9 @@
 //!
 //! Every failure looks the same from outside: unknown user, wrong password,
 //! blocked pair and locked user all take one argon2 verification and answer
-//! the same generic error (unless `regulation.reveal_lockout`).
+//! the same generic error (unless `regulation.reveal_lockout`). One exception:
+//! the right password of a user whom wrong second-factor codes locked is told
+//! to wait ([`LoginError::FactorLocked`]); it proved who is asking.
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -542,15 +542,7 @@ pub async fn activate(
             .as_ref()
             .map(|sec| factors::totp::otpauth_uri(&st.config.factors.totp, sec.expose(), &s.user.username))
             .unwrap_or_default();
-        enroll_page(
-            st,
-            token,
-            &rd,
-            &factor.record.id,
-            &b32,
-            &uri,
-            Some(msg),
-        )
+        enroll_page(st, token, &rd, &factor.record.id, &b32, &uri, Some(msg))
     };
     let (token, _) = csrf_token(&st, &headers);
     if !form_allowed(&st, &ctx, &headers, &f.csrf) {
@@ -611,8 +603,9 @@ fn factors_page(
     let rows: Vec<Value> = factors
         .iter()
         .map(|f| {
-            let name =
-                factors::kind_of(&f.record.factor_type).map_or(f.record.factor_type.clone(), |k| super::words::label(k).to_owned());
+            let name = factors::kind_of(&f.record.factor_type).map_or(f.record.factor_type.clone(), |k| {
+                super::words::label(k).to_owned()
+            });
             context! {
                 id => f.record.id.as_str(),
                 name,
@@ -655,7 +648,10 @@ async fn render_factors(
     };
     let left = st.store.recovery_codes_left(&s.user.id).await.unwrap_or(0);
     let (token, set) = csrf_token(st, headers);
-    with_csrf(html(status, factors_page(st, s, &token, &all, left, notice, back)), set)
+    with_csrf(
+        html(status, factors_page(st, s, &token, &all, left, notice, back)),
+        set,
+    )
 }
 
 /// Where the factors page's "back to the application" link goes.
@@ -732,14 +728,8 @@ pub async fn remove(
             reissued = Some(login::reissue(&st, &s.claims));
             (t("factors.removed"), StatusCode::OK)
         }
-        Err(factors::RemoveError::LastFactor) => (
-            t("factors.last"),
-            StatusCode::CONFLICT,
-        ),
-        Err(factors::RemoveError::ReadOnly) => (
-            t("factors.managed_by_admin"),
-            StatusCode::FORBIDDEN,
-        ),
+        Err(factors::RemoveError::LastFactor) => (t("factors.last"), StatusCode::CONFLICT),
+        Err(factors::RemoveError::ReadOnly) => (t("factors.managed_by_admin"), StatusCode::FORBIDDEN),
         Err(factors::RemoveError::NotFound) => (t("factors.not_found"), StatusCode::NOT_FOUND),
         Err(factors::RemoveError::Unavailable) => return unavailable_page(&st),
     };

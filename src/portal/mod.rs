@@ -320,7 +320,9 @@ async fn login_submit(
                     ),
                 ),
                 LoginError::Busy => (StatusCode::TOO_MANY_REQUESTS, t("login.busy").to_owned()),
-                LoginError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, t("login.unavailable").to_owned()),
+                LoginError::Unavailable => {
+                    (StatusCode::SERVICE_UNAVAILABLE, t("login.unavailable").to_owned())
+                }
             };
             let (token, _) = csrf_token(&st, &headers);
             html(

@@ -21,10 +21,10 @@ use super::mfa;
 use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
 use crate::enforce::ActiveSession;
 use crate::error::{ApiError, ErrorCode};
-use crate::i18n::{t, tf};
 use crate::factors::{
     self, Address, Challenge, ChallengeContext, ChallengeError, Factor, FactorKind, FactorType, PushResult,
 };
+use crate::i18n::{t, tf};
 use crate::pages::render;
 use crate::secret::Secret;
 use crate::state::AppState;
@@ -203,16 +203,13 @@ pub fn challenge_message(st: &AppState, e: &ChallengeError) -> (StatusCode, Stri
         ),
         ChallengeError::RateLimited(at) => (
             StatusCode::TOO_MANY_REQUESTS,
-            tf("send.rate_limited", &[("wait", &crate::i18n::wait_minutes(now, *at))]),
+            tf(
+                "send.rate_limited",
+                &[("wait", &crate::i18n::wait_minutes(now, *at))],
+            ),
         ),
-        ChallengeError::Delivery => (
-            StatusCode::BAD_GATEWAY,
-            t("send.delivery").into(),
-        ),
-        ChallengeError::Unavailable => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            t("common.unavailable").into(),
-        ),
+        ChallengeError::Delivery => (StatusCode::BAD_GATEWAY, t("send.delivery").into()),
+        ChallengeError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, t("common.unavailable").into()),
         ChallengeError::NotActive | ChallengeError::NotChallenged => {
             (StatusCode::FORBIDDEN, t("send.not_usable").into())
         }
@@ -430,13 +427,7 @@ pub async fn password(
     }
     let (token, set) = csrf_token(&st, &headers);
     if !form_allowed(&st, &ctx, &headers, &f.csrf) {
-        let page = password_page(
-            &st,
-            &token,
-            &rd,
-            &s.user.username,
-            Some(t("common.form_expired")),
-        );
+        let page = password_page(&st, &token, &rd, &s.user.username, Some(t("common.form_expired")));
         return mfa::with_csrf(html(StatusCode::FORBIDDEN, page), set);
     }
     match login::check_password(&st, &s.user.username, Secret::new(f.password), ctx.0.client_addr).await {
@@ -681,10 +672,7 @@ pub async fn enroll_start(
         Err(factors::EnrollError::NotSupported) => {
             rerender(StatusCode::BAD_REQUEST, t("enroll.not_available"))
         }
-        Err(factors::EnrollError::Delivery) => rerender(
-            StatusCode::BAD_GATEWAY,
-            t("enroll.delivery"),
-        ),
+        Err(factors::EnrollError::Delivery) => rerender(StatusCode::BAD_GATEWAY, t("enroll.delivery")),
         Err(_) => mfa::unavailable_page(&p.st),
     }
 }

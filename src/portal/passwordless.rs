@@ -86,19 +86,19 @@ pub async fn start(
 ) -> Response {
     let (token, set) = csrf_token(st, headers);
     if username.trim().is_empty() {
-        let page = username_page(st, &token, rd, "", Some(crate::i18n::t("passwordless.enter_username")));
+        let page = username_page(
+            st,
+            &token,
+            rd,
+            "",
+            Some(crate::i18n::t("passwordless.enter_username")),
+        );
         return mfa::with_csrf(html(StatusCode::BAD_REQUEST, page), set);
     }
     match authn::admit_passwordless(st, username, addr) {
         Ok(_) => {}
         Err(authn::Refused::TooLong) => {
-            let page = username_page(
-                st,
-                &token,
-                rd,
-                "",
-                Some(crate::i18n::t("passwordless.unknown")),
-            );
+            let page = username_page(st, &token, rd, "", Some(crate::i18n::t("passwordless.unknown")));
             return mfa::with_csrf(html(StatusCode::UNAUTHORIZED, page), set);
         }
         Err(authn::Refused::Limited(r)) => {
@@ -128,13 +128,7 @@ pub async fn start(
 
 fn expired(st: &AppState, headers: &HeaderMap, rd: &str) -> Response {
     let (token, set) = csrf_token(st, headers);
-    let page = username_page(
-        st,
-        &token,
-        rd,
-        "",
-        Some(crate::i18n::t("passwordless.expired")),
-    );
+    let page = username_page(st, &token, rd, "", Some(crate::i18n::t("passwordless.expired")));
     mfa::with_csrf(html(StatusCode::UNAUTHORIZED, page), set)
 }
 

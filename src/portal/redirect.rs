@@ -62,8 +62,16 @@ mod tests {
     #[test]
     fn back_links_stay_on_this_origin() {
         assert_eq!(same_origin_target(Some("/app?x=1"), "a.example"), "/app?x=1");
-        assert_eq!(same_origin_target(Some("https://a.example:8443/p?q"), "a.example"), "/p?q");
-        for bad in ["https://evil.example/", "//evil.example", "javascript:alert(1)", "/\\evil"] {
+        assert_eq!(
+            same_origin_target(Some("https://a.example:8443/p?q"), "a.example"),
+            "/p?q"
+        );
+        for bad in [
+            "https://evil.example/",
+            "//evil.example",
+            "javascript:alert(1)",
+            "/\\evil",
+        ] {
             assert_eq!(same_origin_target(Some(bad), "a.example"), "/", "{bad}");
         }
         assert_eq!(same_origin_target(None, "a.example"), "/");

@@ -200,22 +200,39 @@ async fn codes_are_single_use_and_wrong_codes_lock() {
     // answer (no hint that the account exists or is locked) ...
     let client = gw.client();
     let csrf = gw.login_page(&client, "/").await;
-    let res = gw.post_login(&client, &csrf, "carol", "not-her-password", "/", &[]).await;
+    let res = gw
+        .post_login(&client, &csrf, "carol", "not-her-password", "/", &[])
+        .await;
     assert_eq!(res.status(), 401);
     let text = res.text().await.unwrap();
-    assert!(text.contains("Incorrect username or password.") && !text.contains("Try again in"), "{text}");
-    let res = gw.post_login(&client, &csrf, "nobody", "not-her-password", "/", &[]).await;
+    assert!(
+        text.contains("Incorrect username or password.") && !text.contains("Try again in"),
+        "{text}"
+    );
+    let res = gw
+        .post_login(&client, &csrf, "nobody", "not-her-password", "/", &[])
+        .await;
     assert_eq!(res.status(), 401);
     // ... the right one is told to wait (coarsely), without a session, in
     // the browser's language.
     gw.clock.advance(5 * 60);
     let res = gw
-        .post_login(&client, &csrf, "carol", PASSWORD, "/", &[("accept-language", "de")])
+        .post_login(
+            &client,
+            &csrf,
+            "carol",
+            PASSWORD,
+            "/",
+            &[("accept-language", "de")],
+        )
         .await;
     assert_eq!(res.status(), 403);
     assert!(set_cookie(&res, "portcullis_session").is_none());
     let text = res.text().await.unwrap();
-    assert!(text.contains("Versuchen Sie es in etwa 10 Minuten erneut."), "{text}");
+    assert!(
+        text.contains("Versuchen Sie es in etwa 10 Minuten erneut."),
+        "{text}"
+    );
     // An administrator unlocks: the next step's code works.
     let res = gw
         .client()

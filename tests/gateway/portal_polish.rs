@@ -48,8 +48,14 @@ async fn the_denied_page_links_back_and_signs_out_with_a_csrf_form() {
     let login = gw.login(ALICE).await;
     let res = browse(&gw, "/denied/x", &login.cookie(), "").await;
     assert_eq!(res.status(), 403);
-    let csp = res.headers()["content-security-policy"].to_str().unwrap().to_owned();
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     let html = res.text().await.unwrap();
     assert!(html.contains("<h1>Access denied</h1>"), "{html}");
     assert_eq!(href_of(&html, "back-to-app"), "/");
@@ -70,8 +76,15 @@ async fn the_denied_page_links_back_and_signs_out_with_a_csrf_form() {
     assert_eq!(gw.status("/other", Some(&login.cookie())).await, 401);
 
     // Signed out (no session): still a way back, no sign-out button.
-    let html = browse(&gw, "/denied", "", "de-DE,de;q=0.9").await.text().await.unwrap();
-    assert!(html.contains("<html lang=\"de\">") && html.contains("Zugriff verweigert"), "{html}");
+    let html = browse(&gw, "/denied", "", "de-DE,de;q=0.9")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("<html lang=\"de\">") && html.contains("Zugriff verweigert"),
+        "{html}"
+    );
     assert!(html.contains("Zurück zur Anwendung"), "{html}");
     assert!(!html.contains("/logout"), "{html}");
 }
@@ -87,7 +100,13 @@ async fn the_factors_page_links_back_only_on_this_origin() {
         ("javascript:alert(1)", "/"),
         ("/\\evil.example", "/"),
     ] {
-        let res = browse(&gw, &format!("/_portcullis/factors?rd={}", enc(rd)), &login.cookie(), "").await;
+        let res = browse(
+            &gw,
+            &format!("/_portcullis/factors?rd={}", enc(rd)),
+            &login.cookie(),
+            "",
+        )
+        .await;
         assert_eq!(res.status(), 200, "{rd}");
         let html = res.text().await.unwrap();
         assert_eq!(href_of(&html, "back-to-app").replace("&amp;", "&"), want, "{rd}");
@@ -96,11 +115,16 @@ async fn the_factors_page_links_back_only_on_this_origin() {
     }
     // Its own host in an absolute URL becomes a path (same scheme and port).
     let own = gw.url("/app/");
-    let html = browse(&gw, &format!("/_portcullis/factors?rd={}", enc(&own)), &login.cookie(), "")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let html = browse(
+        &gw,
+        &format!("/_portcullis/factors?rd={}", enc(&own)),
+        &login.cookie(),
+        "",
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
     assert_eq!(href_of(&html, "back-to-app"), "/app/");
 }
 
@@ -160,14 +184,28 @@ async fn enrollment_offers_an_otpauth_link_and_recovery_codes_to_copy_and_downlo
     // Copy needs the script (hidden until it runs); download works without it.
     assert!(page.contains("id=\"copy-codes\""), "{page}");
     let download = href_of(&page, "download-codes");
-    assert!(download.starts_with("data:text/plain;charset=utf-8,"), "{download}");
-    assert!(download.contains(&codes[0].replace('-', "%2D")), "{download} {codes:?}");
+    assert!(
+        download.starts_with("data:text/plain;charset=utf-8,"),
+        "{download}"
+    );
+    assert!(
+        download.contains(&codes[0].replace('-', "%2D")),
+        "{download} {codes:?}"
+    );
     assert!(page.contains("download=\"recovery-codes.txt\""));
     assert!(page.contains("<script src=\"/_portcullis/static/codes.js\"></script>"));
-    assert!(!page.contains("<script>") && !page.contains("style=\""), "no inline script or style");
+    assert!(
+        !page.contains("<script>") && !page.contains("style=\""),
+        "no inline script or style"
+    );
     let js = browse(&gw, "/_portcullis/static/codes.js", "", "").await;
     assert_eq!(js.status(), 200);
-    assert!(js.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
     assert!(js.text().await.unwrap().contains("clipboard"));
 }
 
@@ -182,7 +220,12 @@ async fn pages_follow_accept_language_with_q_values() {
     ] {
         let res = browse(&gw, "/_portcullis/login", "", lang).await;
         assert_eq!(res.status(), 200);
-        assert!(res.headers()["vary"].to_str().unwrap().contains("Accept-Language"));
+        assert!(
+            res.headers()["vary"]
+                .to_str()
+                .unwrap()
+                .contains("Accept-Language")
+        );
         let html = res.text().await.unwrap();
         assert!(html.contains(&format!("<h1>{want}</h1>")), "{lang}: {html}");
         assert!(html.contains(&format!("<html lang=\"{html_lang}\">")), "{lang}");
@@ -191,12 +234,28 @@ async fn pages_follow_accept_language_with_q_values() {
     let client = gw.client();
     let csrf = gw.login_page(&client, "/").await;
     let res = gw
-        .post_login(&client, &csrf, "alice", "wrong", "/", &[("accept-language", "de")])
+        .post_login(
+            &client,
+            &csrf,
+            "alice",
+            "wrong",
+            "/",
+            &[("accept-language", "de")],
+        )
         .await;
     assert_eq!(res.status(), 401);
-    assert!(res.text().await.unwrap().contains("Benutzername oder Passwort ist falsch."));
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .contains("Benutzername oder Passwort ist falsch.")
+    );
     // The 404 page too.
-    let html = browse(&gw, "/_portcullis/nothing-here", "", "fr").await.text().await.unwrap();
+    let html = browse(&gw, "/_portcullis/nothing-here", "", "fr")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(html.contains("Page introuvable"), "{html}");
 }
 
@@ -207,18 +266,39 @@ async fn branding_is_applied_without_inline_style() {
     )
     .await;
     let res = browse(&gw, "/_portcullis/login", "", "de").await;
-    let csp = res.headers()["content-security-policy"].to_str().unwrap().to_owned();
-    assert!(csp.contains("img-src 'self' data: https://cdn.example.com;"), "{csp}");
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("img-src 'self' data: https://cdn.example.com;"),
+        "{csp}"
+    );
     assert!(csp.contains("style-src 'self';"), "{csp}");
     let html = res.text().await.unwrap();
-    assert!(html.contains("<h1>Acme Corp</h1>"), "a custom title is not translated: {html}");
-    assert!(html.contains("src=\"https://cdn.example.com/acme.svg\""), "{html}");
+    assert!(
+        html.contains("<h1>Acme Corp</h1>"),
+        "a custom title is not translated: {html}"
+    );
+    assert!(
+        html.contains("src=\"https://cdn.example.com/acme.svg\""),
+        "{html}"
+    );
     assert!(html.contains("href=\"/_portcullis/static/brand.css\""), "{html}");
     assert!(!html.contains("style=\""), "{html}");
     let css = browse(&gw, "/_portcullis/static/brand.css", "", "").await;
-    assert!(css.headers()["content-type"].to_str().unwrap().starts_with("text/css"));
+    assert!(
+        css.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
     assert_eq!(css.text().await.unwrap(), ":root{--accent:#0a7f3c}\n");
-    let main = browse(&gw, "/_portcullis/static/portal.css", "", "").await.text().await.unwrap();
+    let main = browse(&gw, "/_portcullis/static/portal.css", "", "")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(main.contains("var(--accent)"));
 }
 
@@ -229,14 +309,13 @@ fn bad_branding_exits_64_naming_the_key() {
     for (extra, key) in [
         ("logo_url = \"http://cdn.example.com/l.svg\"", "portal.logo_url:"),
         ("logo_url = \"javascript:alert(1)\"", "portal.logo_url:"),
-        ("accent_color = \"red; background:url(x)\"", "portal.accent_color:"),
+        (
+            "accent_color = \"red; background:url(x)\"",
+            "portal.accent_color:",
+        ),
         ("accent_color = \"#12345\"", "portal.accent_color:"),
     ] {
-        let text = config_text(
-            &format!("[portal]\n{extra}\n"),
-            "http://127.0.0.1:9",
-            dir.path(),
-        );
+        let text = config_text(&format!("[portal]\n{extra}\n"), "http://127.0.0.1:9", dir.path());
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, text).unwrap();
         let out = portcullis_command(&["check-config", "--config", path.to_str().unwrap()])
@@ -244,6 +323,9 @@ fn bad_branding_exits_64_naming_the_key() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{extra}: {stderr}");
-        assert!(stderr.lines().any(|l| l.contains(key)), "{key} missing from:\n{stderr}");
+        assert!(
+            stderr.lines().any(|l| l.contains(key)),
+            "{key} missing from:\n{stderr}"
+        );
     }
 }
