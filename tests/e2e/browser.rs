@@ -473,23 +473,26 @@ async fn browser_enrolls_signs_in_and_gets_locked_out() {
     me.sign_in().await;
     me.on("/_portcullis/mfa").await;
     let wrong = wrong_code(&app.secret, unix_now(), 3);
+    let wait = "Your password was right, but too many wrong codes were entered for your \
+                second factor. Try again in about 15 minutes.";
     for attempt in 1..=3 {
         me.enter_code(&wrong).await;
         assert_eq!(
             me.refusal().await,
-            "That code is not correct. Try again.",
+            if attempt < 3 {
+                "That code is not correct. Try again."
+            } else {
+                wait
+            },
             "wrong code #{attempt}"
         );
     }
-    // Locked: now even the right code is refused, in the same words
-    // (reveal_lockout = false), and the app stays out of reach.
+    // Locked: now even the right code is refused. The password is proven,
+    // so alice is told to wait rather than that the code is wrong; the app
+    // stays out of reach.
     let (code, step) = app.code().await;
     me.enter_code(&code).await;
-    assert_eq!(
-        me.refusal().await,
-        "That code is not correct. Try again.",
-        "a locked user sees the wrong-code answer"
-    );
+    assert_eq!(me.refusal().await, wait, "a locked user is told to wait");
     me.goto("/hello").await;
     me.on("/_portcullis/mfa").await;
 
