@@ -50,7 +50,17 @@ struct Inner {
 impl MainService {
     pub(super) fn new(state: Arc<AppState>, proxy: Proxy, mfa: MfaLayer, portal: axum::Router) -> Self {
         let protected = mfa.layer(proxy.clone());
-        let portal = axum::Router::new().nest(&state.config.portal.prefix, portal);
+        let prefix = state.config.portal.prefix.clone();
+        // `{prefix}/` (a link's or a user's trailing slash) is the account page
+        // at `{prefix}`; the nested router alone answers it 404.
+        let account = prefix.clone();
+        let portal = axum::Router::new().nest(&prefix, portal).route(
+            &format!("{prefix}/"),
+            axum::routing::get(move || {
+                let to = account.clone();
+                async move { axum::response::Redirect::to(&to) }
+            }),
+        );
         let forward_auth =
             crate::authz::ForwardAuth::new(state.enforcer.clone(), &state.config).map(Arc::new);
         Self {

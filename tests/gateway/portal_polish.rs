@@ -75,6 +75,12 @@ async fn the_denied_page_links_back_and_signs_out_with_a_csrf_form() {
     assert_eq!(res.status(), 200);
     assert_eq!(gw.status("/other", Some(&login.cookie())).await, 401);
 
+    // Where the way back goes when "/" itself is refused (and the 404 page's
+    // link): the account page.
+    let res = browse(&gw, "/_portcullis/", "", "").await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/_portcullis");
+
     // Signed out (no session): still a way back, no sign-out button.
     let html = browse(&gw, "/denied", "", "de-DE,de;q=0.9")
         .await
