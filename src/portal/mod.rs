@@ -113,6 +113,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route(push::SCRIPT_PATH, get(push::script))
         .route("/push/status", post(push::status))
         .merge(api)
+        .merge(crate::console::routes())
         .fallback(not_found);
     // Small bodies only: forms and JSON steps are a few hundred bytes.
     crate::limits::body_limit(router.with_state(state), crate::limits::PORTAL_BODY_LIMIT).layer(
