@@ -436,8 +436,8 @@ async fn resetting_the_last_factor_makes_the_user_enroll_again() {
 
     // The user's sessions ended, and the next sign-in asks to enroll.
     assert_eq!(
-        gw.wait_status("/other", &erin.cookie(), 302, Duration::from_secs(5)).await,
-        302
+        gw.wait_status("/other", &erin.cookie(), 401, Duration::from_secs(5)).await,
+        401
     );
     assert_eq!(erin_signs_in(&gw).await, "MFA_ENROLL");
 
@@ -490,8 +490,8 @@ async fn reset_all_unlock_revoke_and_new_recovery_codes() {
     let p = submit(&gw, &format!("{}/revoke", erin_path()), &carol, &[]).await;
     assert_eq!(p.location, format!("{}?done=revoked", erin_path()));
     assert_eq!(
-        gw.wait_status("/other", &erin.cookie(), 302, Duration::from_secs(5)).await,
-        302
+        gw.wait_status("/other", &erin.cookie(), 401, Duration::from_secs(5)).await,
+        401
     );
     audited(&gw, "erin", |e| e["eventType"] == "user.session.clear" && by_carol(e)).await;
 
