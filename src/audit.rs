@@ -326,9 +326,8 @@ pub fn to_record(e: &RawEvent) -> AuditRecord {
     });
     // An administrator signed in to the admin console acted (`console:<login>`).
     let console_admin = get("actor").and_then(|a| a.strip_prefix("console:").map(str::to_owned));
-    let console_actor = |login: &str| {
-        json!({ "id": login, "type": "User", "alternateId": login, "displayName": login })
-    };
+    let console_actor =
+        |login: &str| json!({ "id": login, "type": "User", "alternateId": login, "displayName": login });
     let (actor, mut target) = match (&user, by_admin) {
         (Some(u), _) if console_admin.is_some() => (
             console_actor(console_admin.as_deref().unwrap_or_default()),

@@ -84,8 +84,14 @@ const SOURCES: &[(&str, &str)] = &[
         "console/layout.html",
         include_str!("../templates/console/layout.html"),
     ),
-    ("console/users.html", include_str!("../templates/console/users.html")),
-    ("console/user.html", include_str!("../templates/console/user.html")),
+    (
+        "console/users.html",
+        include_str!("../templates/console/users.html"),
+    ),
+    (
+        "console/user.html",
+        include_str!("../templates/console/user.html"),
+    ),
     (
         "console/events.html",
         include_str!("../templates/console/events.html"),

@@ -746,7 +746,7 @@ pub async fn reset_factors(
     }
     // Pending factors do not move the epoch when removed; a reset always ends sessions.
     end_sessions_op(st, s.id()).await?;
-    audit!("user.factors.reset", user = %s.login(), user_id = %s.id(), removed = reset.removed.len(), factor_id = ?factor, actor = %actor, token = ?actor.token());
+    audit!("user.factors.reset", user = %s.login(), user_id = %s.id(), removed = reset.removed.len(), factor_id = factor, actor = %actor, token = ?actor.token());
     Ok((s, reset))
 }
 

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::pages::{NewUserForm, new_user_page, recovery_codes_page};
-use super::{BASE, admit_change, page, refused, unavailable, user_path, with_cookie};
+use super::{BASE, admit_change, no_such_user, page, refused, unavailable, user_path, with_cookie};
 use crate::admin::factors::new_recovery_codes_for;
 use crate::admin::users::{
     UserOpError, check_password_value, check_profile, create_user as create_op, delete_user, reset_factors,
@@ -45,7 +45,7 @@ fn back_to(st: &AppState, id: &str, done: &str) -> Response {
 fn failed(st: &AppState, login: &str, e: &UserOpError) -> Response {
     match e {
         UserOpError::Unavailable(cause) => unavailable(st, cause),
-        UserOpError::NotFound => refused_404(st),
+        UserOpError::NotFound => no_such_user(st),
         other => {
             let body = crate::pages::render(
                 "message.html",
@@ -62,22 +62,6 @@ fn failed(st: &AppState, login: &str, e: &UserOpError) -> Response {
     }
 }
 
-fn refused_404(st: &AppState) -> Response {
-    super::html(
-        StatusCode::NOT_FOUND,
-        crate::pages::render(
-            "message.html",
-            &st.config.portal.prefix,
-            minijinja::context! {
-                title => "No such user",
-                message => "There is no user with this id. They may have been removed.",
-                link => format!("{}{BASE}/", st.config.portal.prefix),
-                link_text => "All users",
-            },
-        ),
-    )
-}
-
 /// `POST {prefix}/console/users/{id}/reset`: removes one factor (`factor`)
 /// or every factor, the last one included, and ends the user's sessions.
 pub async fn reset(
@@ -91,7 +75,13 @@ pub async fn reset(
         Ok(a) => a,
         Err(r) => return *r,
     };
+    if !crate::ids::is_user_key(&id) {
+        return no_such_user(&st);
+    }
     let one = (!f.factor.is_empty()).then_some(f.factor.as_str());
+    if one.is_some_and(|fid| !crate::ids::is_id(fid)) {
+        return failed(&st, admin.login(), &UserOpError::FactorNotFound);
+    }
     match reset_factors(&st, &id, one, admin.actor()).await {
         Ok((s, _)) => back_to(&st, s.id(), if one.is_some() { "reset" } else { "reset-all" }),
         Err(e) => failed(&st, admin.login(), &e),
@@ -110,6 +100,9 @@ pub async fn unlock(
         Ok(a) => a,
         Err(r) => return *r,
     };
+    if !crate::ids::is_user_key(&id) {
+        return no_such_user(&st);
+    }
     match unlock_user(&st, &id, admin.actor()).await {
         Ok((s, true)) => back_to(&st, s.id(), "unlocked"),
         Ok((s, false)) => back_to(&st, s.id(), "not-locked"),
@@ -129,6 +122,9 @@ pub async fn revoke(
         Ok(a) => a,
         Err(r) => return *r,
     };
+    if !crate::ids::is_user_key(&id) {
+        return no_such_user(&st);
+    }
     match revoke_sessions_of(&st, &id, admin.actor()).await {
         Ok(s) => back_to(&st, s.id(), "revoked"),
         Err(e) => failed(&st, admin.login(), &e),
@@ -148,6 +144,9 @@ pub async fn recovery_codes(
         Ok(a) => a,
         Err(r) => return *r,
     };
+    if !crate::ids::is_user_key(&id) {
+        return no_such_user(&st);
+    }
     if !st.config.factors.recovery_codes.enabled {
         return refused(
             &st,
@@ -180,6 +179,9 @@ pub async fn delete(
         Ok(a) => a,
         Err(r) => return *r,
     };
+    if !crate::ids::is_user_key(&id) {
+        return no_such_user(&st);
+    }
     match delete_user(&st, &id, admin.actor()).await {
         Ok(_) => see_other(&format!("{}{BASE}/?deleted=1", st.config.portal.prefix)),
         Err(e) => failed(&st, admin.login(), &e),

@@ -51,7 +51,10 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
         .route("/console/users/{id}/reset", post(actions::reset))
         .route("/console/users/{id}/unlock", post(actions::unlock))
         .route("/console/users/{id}/revoke", post(actions::revoke))
-        .route("/console/users/{id}/recovery-codes", post(actions::recovery_codes))
+        .route(
+            "/console/users/{id}/recovery-codes",
+            post(actions::recovery_codes),
+        )
         .route("/console/users/{id}/delete", post(actions::delete))
         .route(STYLESHEET, get(stylesheet))
 }
@@ -128,6 +131,24 @@ pub(crate) fn refused(st: &AppState, title: &str, message: &str, user: Option<&s
         user: user.map(str::to_owned),
     });
     res
+}
+
+/// The 404 page for a user id that names nobody.
+pub(crate) fn no_such_user(st: &AppState) -> Response {
+    let prefix = &st.config.portal.prefix;
+    html(
+        StatusCode::NOT_FOUND,
+        crate::pages::render(
+            "message.html",
+            prefix,
+            minijinja::context! {
+                title => "No such user",
+                message => "There is no user with this id. They may have been removed.",
+                link => format!("{prefix}{BASE}/"),
+                link_text => "All users",
+            },
+        ),
+    )
 }
 
 /// The 503 page (store or revocation view unavailable).
@@ -255,7 +276,7 @@ button.danger{background:#b91c1c}
 .muted{color:#6b7280}
 form.create{max-width:28rem}
 input[type=email]{width:100%;padding:.6rem .7rem;border:1px solid #d1d5db;border-radius:8px;font-size:1rem}
-@media (max-width:40rem){main{margin:0;border-radius:0;padding:1.25rem 1rem}nav.console .who{margin-left:0;width:100%}td,th{font-size:.85rem}}
+@media (max-width:40rem){.opt{display:none}main{margin:0;border-radius:0;padding:1.25rem 1rem}nav.console .who{margin-left:0;width:100%}td,th{font-size:.85rem}}
 "#;
 
 #[cfg(test)]

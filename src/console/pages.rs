@@ -12,9 +12,8 @@ use minijinja::context;
 use minijinja::value::Value;
 use serde::Deserialize;
 
-use super::{BASE, ConsoleAdmin, admit, page, unavailable, user_path, with_cookie};
+use super::{BASE, ConsoleAdmin, admit, no_such_user, page, unavailable, user_path, with_cookie};
 use crate::admin::users::{Source, Subject, UserOpError, every_user, find_subject, source_of};
-use crate::clock::rfc3339;
 use crate::factors;
 use crate::pages::render;
 use crate::portal::csrf_token;
@@ -75,7 +74,11 @@ pub struct UsersQuery {
 }
 
 /// `GET {prefix}/console/`: the users, searched by login, name or e-mail.
-pub async fn users(State(st): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<UsersQuery>) -> Response {
+pub async fn users(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<UsersQuery>,
+) -> Response {
     let admin = match admit(&st, &headers, "/console/") {
         Ok(a) => a,
         Err(r) => return *r,
@@ -93,10 +96,14 @@ pub async fn users(State(st): State<Arc<AppState>>, headers: HeaderMap, Query(q)
                 return true;
             }
             let u = s.user();
-            [Some(u.username.as_str()), u.display_name.as_deref(), u.email.as_deref()]
-                .into_iter()
-                .flatten()
-                .any(|v| v.to_lowercase().contains(&needle))
+            [
+                Some(u.username.as_str()),
+                u.display_name.as_deref(),
+                u.email.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|v| v.to_lowercase().contains(&needle))
         })
         .collect();
     found.sort_by_key(|s| s.login().to_lowercase());
@@ -154,6 +161,12 @@ fn done_notice(key: &str) -> Option<&'static str> {
     })
 }
 
+/// A time for people: `2026-01-02 03:04:05` (UTC; the tables say so).
+pub fn shown_time(ms: i64) -> String {
+    let t = crate::audit::rfc3339_ms(ms);
+    format!("{} {}", &t[..10], &t[11..19])
+}
+
 /// An audit event as a table row.
 fn event_row(st: &AppState, e: &AuditRecord) -> Value {
     let b = &e.body;
@@ -179,7 +192,7 @@ fn event_row(st: &AppState, e: &AuditRecord) -> Value {
         .unwrap_or_default();
     let result = b["outcome"]["result"].as_str().unwrap_or_default();
     context! {
-        time => crate::audit::rfc3339_ms(e.published_ms),
+        time => shown_time(e.published_ms),
         message => b["displayMessage"].as_str().unwrap_or_default(),
         event_type => b["eventType"].as_str().unwrap_or_default(),
         result,
@@ -255,7 +268,7 @@ async fn last_use(st: &AppState, factor_id: &str) -> Result<Option<String>, crat
                 .is_some_and(|t| t.iter().any(|t| t["id"].as_str() == Some(factor_id)))
     };
     let (found, _) = newest_events(st, Some(factor_id.to_lowercase()), None, None, 1, &keep).await?;
-    Ok(found.first().map(|e| crate::audit::rfc3339_ms(e.published_ms)))
+    Ok(found.first().map(|e| shown_time(e.published_ms)))
 }
 
 /// `GET {prefix}/console/users/{id}`: one user.
@@ -269,23 +282,14 @@ pub async fn user(
         Ok(a) => a,
         Err(r) => return *r,
     };
-    let s = match find_subject(&st, &id).await {
+    let found = if crate::ids::is_user_key(&id) {
+        find_subject(&st, &id).await
+    } else {
+        Err(UserOpError::NotFound)
+    };
+    let s = match found {
         Ok(s) => s,
-        Err(UserOpError::NotFound) => {
-            return super::html(
-                StatusCode::NOT_FOUND,
-                crate::pages::render(
-                    "message.html",
-                    &st.config.portal.prefix,
-                    context! {
-                        title => "No such user",
-                        message => "There is no user with this id. They may have been removed.",
-                        link => format!("{}{BASE}/", st.config.portal.prefix),
-                        link_text => "All users",
-                    },
-                ),
-            );
-        }
+        Err(UserOpError::NotFound) => return no_such_user(&st),
         Err(e) => return unavailable(&st, &e),
     };
     match user_page(&st, &headers, &admin, &s, done_notice(&q.done)).await {
@@ -315,11 +319,15 @@ async fn user_page(
             factor_type => f.record.factor_type.as_str(),
             active => f.is_active(),
             read_only => f.from_config,
-            enrolled => (!f.from_config).then(|| rfc3339(f.record.created)),
+            enrolled => (!f.from_config).then(|| shown_time(f.record.created.saturating_mul(1000))),
             last_used => last_use(st, &f.record.id).await?,
         });
     }
-    let locked_until = st.regulator.user_locked(s.id()).await?.map(rfc3339);
+    let locked_until = st
+        .regulator
+        .user_locked(s.id())
+        .await?
+        .map(|t| shown_time(t.saturating_mul(1000)));
     let recovery = st.config.factors.recovery_codes.enabled;
     let codes_left = if recovery {
         Some(st.store.recovery_codes_left(s.id()).await?)
@@ -419,7 +427,9 @@ pub fn of_kind(e: &AuditRecord, kind: &str) -> bool {
             b["actor"]["type"] == "ApiToken"
                 || b["actor"]["alternateId"] == "cli"
                 || (b["actor"]["type"] == "User"
-                    && b["target"].as_array().is_some_and(|t| t.iter().any(|t| t["type"] == "User")))
+                    && b["target"]
+                        .as_array()
+                        .is_some_and(|t| t.iter().any(|t| t["type"] == "User")))
                 || b["debugContext"]["debugData"]["portcullisEvent"]
                     .as_str()
                     .is_some_and(|ev| ev.starts_with("admin.") || ev.starts_with("console."))
@@ -459,13 +469,16 @@ pub async fn events(
     // Unknown filter values count as "all" (a hand-edited link, not an error).
     let kind = KINDS.iter().find(|k| k.0 == q.kind).map_or("", |k| k.0);
     let result = RESULTS.iter().find(|r| r.0 == q.result).map_or("", |r| r.0);
-    let period = PERIODS.iter().find(|p| p.0 == q.period).copied().unwrap_or(PERIODS[0]);
+    let period = PERIODS
+        .iter()
+        .find(|p| p.0 == q.period)
+        .copied()
+        .unwrap_or(PERIODS[0]);
     let text = cut(&q.q);
     let since_ms = (period.2 > 0).then(|| crate::audit::now_ms() - period.2);
     let after = decode_cursor(&q.before);
-    let keep = |e: &AuditRecord| {
-        of_kind(e, kind) && (result.is_empty() || e.body["outcome"]["result"] == result)
-    };
+    let keep =
+        |e: &AuditRecord| of_kind(e, kind) && (result.is_empty() || e.body["outcome"]["result"] == result);
     let search = (!text.is_empty()).then(|| text.to_lowercase());
     let (found, next) = match newest_events(&st, search, since_ms, after, EVENTS_SHOWN, &keep).await {
         Ok(x) => x,
@@ -474,7 +487,12 @@ pub async fn events(
     let rows: Vec<Value> = found.iter().map(|e| event_row(&st, e)).collect();
     let older = next.map(|c| {
         let mut ser = url::form_urlencoded::Serializer::new(String::new());
-        for (k, v) in [("q", text.as_str()), ("kind", kind), ("result", result), ("period", period.0)] {
+        for (k, v) in [
+            ("q", text.as_str()),
+            ("kind", kind),
+            ("result", result),
+            ("period", period.0),
+        ] {
             if !v.is_empty() {
                 ser.append_pair(k, v);
             }
@@ -581,6 +599,11 @@ pub(super) mod render_tests {
             admin, csrf, tab => "users", console => "/_p/console", console_css => "/_p/console/static/console.css",
             fresh => false, max_age_minutes => 15,
         }
+    }
+
+    #[test]
+    fn times_are_shown_plainly() {
+        assert_eq!(shown_time(1_767_323_045_678), "2026-01-02 03:04:05");
     }
 
     #[test]

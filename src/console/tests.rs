@@ -108,7 +108,10 @@ fn every_console_page_renders_and_escapes() {
     for (name, ctx) in cases("plain") {
         let page = t.render(name, context! { prefix => "/_p", ..ctx }).unwrap();
         if name != "console/users.html" {
-            assert!(page.contains("name=\"csrf\" value=\"plain\"") || !page.contains("method=\"post\""), "{name}: every form carries the token");
+            assert!(
+                page.contains("name=\"csrf\" value=\"plain\"") || !page.contains("method=\"post\""),
+                "{name}: every form carries the token"
+            );
         }
         assert_eq!(
             page.matches("method=\"post\"").count(),

@@ -132,7 +132,10 @@ async fn helpdesk_resets_a_last_factor_in_the_console() {
     assert!(me.text("#count").await.starts_with("1 user"));
     me.click_and_load("#users a").await;
     let bob_page = me.path().await;
-    assert!(bob_page.starts_with("/_portcullis/console/users/00u"), "{bob_page}");
+    assert!(
+        bob_page.starts_with("/_portcullis/console/users/00u"),
+        "{bob_page}"
+    );
     let reset = me.find("#factors button[id^='reset-']").await;
     let reset_id = reset.attr("id").await.unwrap().unwrap();
     me.both_widths("user").await;
@@ -141,7 +144,14 @@ async fn helpdesk_resets_a_last_factor_in_the_console() {
     // her to step up first, and back to bob's page.
     tokio::time::sleep(Duration::from_secs(MAX_AGE_SECS + 1)).await;
     me.goto(&bob_page).await;
-    assert!(me.find(".note").await.text().await.unwrap().contains("second factor"));
+    assert!(
+        me.find(".note")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("second factor")
+    );
     me.click_and_load(&format!("#{reset_id}")).await;
     me.on("/_portcullis/mfa").await;
     let (code, step) = app.code().await;

@@ -148,7 +148,15 @@ async fn browse(gw: &TestGateway, path: &str, cookie: &str) -> Page {
 
 /// Posts a console form the way a browser on the console page does.
 async fn submit(gw: &TestGateway, path: &str, admin: &Login, fields: &[(&str, &str)]) -> Page {
-    submit_with(gw, path, admin, &admin.csrf, fields, &[("sec-fetch-site", "same-origin")]).await
+    submit_with(
+        gw,
+        path,
+        admin,
+        &admin.csrf,
+        fields,
+        &[("sec-fetch-site", "same-origin")],
+    )
+    .await
 }
 
 async fn submit_with(
@@ -177,7 +185,12 @@ async fn submit_with(
 /// Answers the portal's second-factor challenge for `rd` with carol's or
 /// dave's provisioned factor; returns the upgraded sign-in and where it went.
 async fn second_factor(gw: &TestGateway, login: &Login, username: &str, rd: &str) -> (Login, String) {
-    let challenge = browse(gw, &format!("/_portcullis/mfa?fresh=1&rd={}", enc(rd)), &login.cookie()).await;
+    let challenge = browse(
+        gw,
+        &format!("/_portcullis/mfa?fresh=1&rd={}", enc(rd)),
+        &login.cookie(),
+    )
+    .await;
     assert_eq!(challenge.status, 200, "{}", challenge.body);
     let factor = portcullis::factors::config_factor_id(&TestGateway::uid(username));
     let fields = [
@@ -223,7 +236,12 @@ async fn two_factor(gw: &TestGateway, username: &str) -> Login {
     two
 }
 
-async fn admin_api(gw: &TestGateway, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+async fn admin_api(
+    gw: &TestGateway,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut req = gw
         .client()
         .request(method, gw.admin_url(path))
@@ -292,7 +310,10 @@ async fn audited(gw: &TestGateway, q: &str, pred: impl Fn(&Value) -> bool) -> Va
         if let Some(e) = events.as_array().unwrap().iter().find(|e| pred(e)) {
             return e.clone();
         }
-        assert!(Instant::now() < deadline, "no such audit event about {q}: {events}");
+        assert!(
+            Instant::now() < deadline,
+            "no such audit event about {q}: {events}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -333,7 +354,12 @@ async fn only_two_factor_members_get_in() {
     for path in [format!("{CONSOLE}/"), erin_path(), format!("{CONSOLE}/events")] {
         let p = browse(&gw, &path, &dave.cookie()).await;
         assert_eq!(p.status, 403, "{path}");
-        assert!(p.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+        assert!(
+            p.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
         assert!(p.body.contains("Access denied"), "{}", p.body);
         assert!(!p.body.contains("erin"), "nothing about users leaks");
     }
@@ -361,11 +387,20 @@ async fn only_two_factor_members_get_in() {
     assert!(p.body.contains("/_portcullis/console/static/console.css"));
     let css = browse(&gw, "/_portcullis/console/static/console.css", "").await;
     assert_eq!(css.status, 200);
-    assert!(css.headers["content-type"].to_str().unwrap().starts_with("text/css"));
+    assert!(
+        css.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
 
     // Search by name, by e-mail; nothing found.
     let p = browse(&gw, &format!("{CONSOLE}/?q=Caller"), &carol.cookie()).await;
-    assert!(p.body.contains(">erin</a>") && !p.body.contains(">dave</a>"), "{}", p.body);
+    assert!(
+        p.body.contains(">erin</a>") && !p.body.contains(">dave</a>"),
+        "{}",
+        p.body
+    );
     let p = browse(&gw, &format!("{CONSOLE}/?q=DAVE%40example"), &carol.cookie()).await;
     assert!(p.body.contains(">dave</a>") && !p.body.contains(">erin</a>"));
     let p = browse(&gw, &format!("{CONSOLE}/?q=%3Cscript%3E"), &carol.cookie()).await;
@@ -393,7 +428,12 @@ async fn only_two_factor_members_get_in() {
     // Without `admin.console_groups`, nobody gets in.
     let closed = start_with("").await;
     let carol = two_factor(&closed, "carol").await;
-    assert_eq!(browse(&closed, &format!("{CONSOLE}/"), &carol.cookie()).await.status, 403);
+    assert_eq!(
+        browse(&closed, &format!("{CONSOLE}/"), &carol.cookie())
+            .await
+            .status,
+        403
+    );
 }
 
 #[tokio::test]
@@ -413,7 +453,13 @@ async fn resetting_the_last_factor_makes_the_user_enroll_again() {
     assert!(p.body.contains("id=\"reset-all\""));
 
     // A factor of another user, or one that does not exist: nothing changes.
-    let p = submit(&gw, &format!("{}/reset", erin_path()), &carol, &[("factor", "uftNoSuchFactor00000")]).await;
+    let p = submit(
+        &gw,
+        &format!("{}/reset", erin_path()),
+        &carol,
+        &[("factor", "uftNoSuchFactor00000")],
+    )
+    .await;
     assert_eq!(p.status, 409, "{}", p.body);
     // Carol's own factor is provisioned by the users file: read-only.
     let carol_factor = portcullis::factors::config_factor_id(&TestGateway::uid("carol"));
@@ -427,7 +473,13 @@ async fn resetting_the_last_factor_makes_the_user_enroll_again() {
     assert_eq!(p.status, 409);
     assert!(p.body.contains("users file"), "{}", p.body);
 
-    let p = submit(&gw, &format!("{}/reset", erin_path()), &carol, &[("factor", &fid)]).await;
+    let p = submit(
+        &gw,
+        &format!("{}/reset", erin_path()),
+        &carol,
+        &[("factor", &fid)],
+    )
+    .await;
     assert_eq!(p.status, 303, "{}", p.body);
     assert_eq!(p.location, format!("{}?done=reset", erin_path()));
     let p = browse(&gw, &p.location, &carol.cookie()).await;
@@ -436,7 +488,8 @@ async fn resetting_the_last_factor_makes_the_user_enroll_again() {
 
     // The user's sessions ended, and the next sign-in asks to enroll.
     assert_eq!(
-        gw.wait_status("/other", &erin.cookie(), 401, Duration::from_secs(5)).await,
+        gw.wait_status("/other", &erin.cookie(), 401, Duration::from_secs(5))
+            .await,
         401
     );
     assert_eq!(erin_signs_in(&gw).await, "MFA_ENROLL");
@@ -447,9 +500,18 @@ async fn resetting_the_last_factor_makes_the_user_enroll_again() {
     })
     .await;
     assert_eq!(e["target"][0]["alternateId"], "erin");
-    audited(&gw, "erin", |e| e["eventType"] == "user.mfa.factor.deactivate" && by_carol(e)).await;
+    audited(&gw, "erin", |e| {
+        e["eventType"] == "user.mfa.factor.deactivate" && by_carol(e)
+    })
+    .await;
     // The same operation as the API: the API sees no factor either.
-    let (status, list) = admin_api(&gw, reqwest::Method::GET, &format!("/api/v1/users/{uid}/factors"), None).await;
+    let (status, list) = admin_api(
+        &gw,
+        reqwest::Method::GET,
+        &format!("/api/v1/users/{uid}/factors"),
+        None,
+    )
+    .await;
     assert_eq!((status, list), (200, json!([])));
 }
 
@@ -465,13 +527,25 @@ async fn reset_all_unlock_revoke_and_new_recovery_codes() {
 
     // Reset all.
     let p = submit(&gw, &format!("{}/reset", erin_path()), &carol, &[]).await;
-    assert_eq!((p.status, p.location.clone()), (303, format!("{}?done=reset-all", erin_path())));
-    let (_, list) = admin_api(&gw, reqwest::Method::GET, &format!("/api/v1/users/{uid}/factors"), None).await;
+    assert_eq!(
+        (p.status, p.location.clone()),
+        (303, format!("{}?done=reset-all", erin_path()))
+    );
+    let (_, list) = admin_api(
+        &gw,
+        reqwest::Method::GET,
+        &format!("/api/v1/users/{uid}/factors"),
+        None,
+    )
+    .await;
     assert_eq!(list, json!([]));
 
     // Unlock.
     for _ in 0..10 {
-        st.regulator.factor_failed(&uid, "192.0.2.1".parse().unwrap()).await.unwrap();
+        st.regulator
+            .factor_failed(&uid, "192.0.2.1".parse().unwrap())
+            .await
+            .unwrap();
     }
     assert!(st.regulator.user_locked(&uid).await.unwrap().is_some());
     let p = browse(&gw, &erin_path(), &carol.cookie()).await;
@@ -482,7 +556,10 @@ async fn reset_all_unlock_revoke_and_new_recovery_codes() {
     assert!(st.regulator.user_locked(&uid).await.unwrap().is_none());
     let p = submit(&gw, &format!("{}/unlock", erin_path()), &carol, &[]).await;
     assert_eq!(p.location, format!("{}?done=not-locked", erin_path()));
-    audited(&gw, "erin", |e| e["eventType"] == "user.account.unlock_by_admin" && by_carol(e)).await;
+    audited(&gw, "erin", |e| {
+        e["eventType"] == "user.account.unlock_by_admin" && by_carol(e)
+    })
+    .await;
 
     // Sign out everywhere.
     let erin = gw.login_rd("erin", PASSWORD, "/").await;
@@ -490,10 +567,14 @@ async fn reset_all_unlock_revoke_and_new_recovery_codes() {
     let p = submit(&gw, &format!("{}/revoke", erin_path()), &carol, &[]).await;
     assert_eq!(p.location, format!("{}?done=revoked", erin_path()));
     assert_eq!(
-        gw.wait_status("/other", &erin.cookie(), 401, Duration::from_secs(5)).await,
+        gw.wait_status("/other", &erin.cookie(), 401, Duration::from_secs(5))
+            .await,
         401
     );
-    audited(&gw, "erin", |e| e["eventType"] == "user.session.clear" && by_carol(e)).await;
+    audited(&gw, "erin", |e| {
+        e["eventType"] == "user.session.clear" && by_carol(e)
+    })
+    .await;
 
     // New recovery codes, shown once on the answer.
     let p = submit(&gw, &format!("{}/recovery-codes", erin_path()), &carol, &[]).await;
@@ -504,7 +585,10 @@ async fn reset_all_unlock_revoke_and_new_recovery_codes() {
     assert_eq!(st.store.recovery_codes_left(&uid).await.unwrap() as usize, shown);
     let again = browse(&gw, &erin_path(), &carol.cookie()).await;
     assert!(again.body.contains(&format!("id=\"codes-left\">{shown}<")));
-    assert!(!again.body.contains("<li><code>"), "the codes are not shown again");
+    assert!(
+        !again.body.contains("<li><code>"),
+        "the codes are not shown again"
+    );
     audited(&gw, "erin", |e| {
         e["debugContext"]["debugData"]["portcullisEvent"] == "admin.recovery_codes.generated" && by_carol(e)
     })
@@ -540,7 +624,11 @@ async fn a_stale_second_factor_steps_up_first_and_comes_back() {
     let carol = two_factor(&strict, "carol").await;
     strict.clock.advance(90);
     let p = submit(&strict, &format!("{}/revoke", erin_path()), &carol, &[]).await;
-    assert!(p.location.starts_with("/_portcullis/mfa?fresh=1&rd="), "{}", p.location);
+    assert!(
+        p.location.starts_with("/_portcullis/mfa?fresh=1&rd="),
+        "{}",
+        p.location
+    );
 }
 
 #[tokio::test]
@@ -554,7 +642,10 @@ async fn cross_site_and_tokenless_posts_are_refused() {
         // A page of another site posting with the victim's cookies.
         (
             carol.csrf.as_str(),
-            vec![("sec-fetch-site", "cross-site"), ("origin", "https://evil.example")],
+            vec![
+                ("sec-fetch-site", "cross-site"),
+                ("origin", "https://evil.example"),
+            ],
         ),
         (carol.csrf.as_str(), vec![("origin", "https://evil.example")]),
         // No token, or one that is not the cookie's.
@@ -618,7 +709,10 @@ async fn api_users_are_created_and_removed() {
     assert!(list.body.contains("<td>API</td>"));
     // The new user signs in with the password set here.
     gw.login_rd(&login, "frank-long-password", "/").await;
-    audited(&gw, &login, |e| e["eventType"] == "user.lifecycle.create" && by_carol(e)).await;
+    audited(&gw, &login, |e| {
+        e["eventType"] == "user.lifecycle.create" && by_carol(e)
+    })
+    .await;
 
     // Users-file users cannot be removed here.
     let erin = browse(&gw, &erin_path(), &carol.cookie()).await;
@@ -627,10 +721,16 @@ async fn api_users_are_created_and_removed() {
     assert_eq!(p.status, 409);
 
     let p = submit(&gw, &format!("{CONSOLE}/users/{id}/delete"), &carol, &[]).await;
-    assert_eq!((p.status, p.location.as_str()), (303, "/_portcullis/console/?deleted=1"));
+    assert_eq!(
+        (p.status, p.location.as_str()),
+        (303, "/_portcullis/console/?deleted=1")
+    );
     let (status, _) = admin_api(&gw, reqwest::Method::GET, &format!("/api/v1/users/{id}"), None).await;
     assert_eq!(status, 404);
-    audited(&gw, &login, |e| e["eventType"] == "user.lifecycle.delete.completed" && by_carol(e)).await;
+    audited(&gw, &login, |e| {
+        e["eventType"] == "user.lifecycle.delete.completed" && by_carol(e)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -639,27 +739,56 @@ async fn the_events_page_lists_and_filters_the_audit_log() {
     let uid = TestGateway::uid("erin");
     let st = gw.gateway.state().clone();
     for _ in 0..10 {
-        st.regulator.factor_failed(&uid, "192.0.2.1".parse().unwrap()).await.unwrap();
+        st.regulator
+            .factor_failed(&uid, "192.0.2.1".parse().unwrap())
+            .await
+            .unwrap();
     }
     let carol = two_factor(&gw, "carol").await;
     let p = submit(&gw, &format!("{}/unlock", erin_path()), &carol, &[]).await;
     assert_eq!(p.status, 303);
-    audited(&gw, "erin", |e| e["eventType"] == "user.account.unlock_by_admin" && by_carol(e)).await;
+    audited(&gw, "erin", |e| {
+        e["eventType"] == "user.account.unlock_by_admin" && by_carol(e)
+    })
+    .await;
 
     let p = browse(&gw, &format!("{CONSOLE}/events?q=erin"), &carol.cookie()).await;
     assert_eq!(p.status, 200, "{}", p.body);
     assert!(p.body.contains("Unlock user account by admin"), "{}", p.body);
-    assert!(p.body.contains(&format!("href=\"{}\"", erin_path())), "targets link to the user");
+    assert!(
+        p.body.contains(&format!("href=\"{}\"", erin_path())),
+        "targets link to the user"
+    );
     // Filters: by kind and by result.
-    let p = browse(&gw, &format!("{CONSOLE}/events?q=erin&kind=signin"), &carol.cookie()).await;
+    let p = browse(
+        &gw,
+        &format!("{CONSOLE}/events?q=erin&kind=signin"),
+        &carol.cookie(),
+    )
+    .await;
     assert!(!p.body.contains("Unlock user account by admin"));
-    let p = browse(&gw, &format!("{CONSOLE}/events?q=erin&kind=lockout&result=SUCCESS&period=1h"), &carol.cookie()).await;
+    let p = browse(
+        &gw,
+        &format!("{CONSOLE}/events?q=erin&kind=lockout&result=SUCCESS&period=1h"),
+        &carol.cookie(),
+    )
+    .await;
     assert!(p.body.contains("Unlock user account by admin"));
     assert!(p.body.contains("<option value=\"lockout\" selected>"));
-    let p = browse(&gw, &format!("{CONSOLE}/events?q=erin&result=DENY"), &carol.cookie()).await;
+    let p = browse(
+        &gw,
+        &format!("{CONSOLE}/events?q=erin&result=DENY"),
+        &carol.cookie(),
+    )
+    .await;
     assert!(!p.body.contains("Unlock user account by admin"));
     // Unknown filter values are "all", never an error.
-    let p = browse(&gw, &format!("{CONSOLE}/events?kind=%3Cx%3E&before=nope"), &carol.cookie()).await;
+    let p = browse(
+        &gw,
+        &format!("{CONSOLE}/events?kind=%3Cx%3E&before=nope"),
+        &carol.cookie(),
+    )
+    .await;
     assert_eq!(p.status, 200);
     // The user's page shows the latest events about them.
     let p = browse(&gw, &erin_path(), &carol.cookie()).await;
