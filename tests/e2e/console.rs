@@ -117,6 +117,7 @@ async fn helpdesk_resets_a_last_factor_in_the_console() {
     me.goto("/_portcullis/console/").await;
     me.on("/_portcullis/console/").await;
     assert_eq!(me.text("h1").await, "Access denied");
+    me.both_widths("denied").await;
     me.b.delete_all_cookies().await.unwrap();
 
     // alice, the helpdesk, signs in with two factors and lands in the console.
@@ -196,6 +197,9 @@ async fn helpdesk_resets_a_last_factor_in_the_console() {
     .await;
     assert!(ok, "the reset is in the audit log");
     me.both_widths("events").await;
+    me.goto("/_portcullis/console/new-user").await;
+    me.find("#create").await;
+    me.both_widths("new-user").await;
 
     // bob's next sign-in asks him to enroll again.
     me.b.delete_all_cookies().await.unwrap();

@@ -60,20 +60,84 @@ groups = ["staff"]
     })
 }
 
-/// The audit layer as the binary installs it (without the formatter).
-fn audit_layer() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
+/// Audit events of this test's thread. Not the binary's global audit layer:
+/// that one hands every event of the process to every gateway's store, and
+/// other tests here measure their store. This one is the thread's default
+/// subscriber (the gateway under test runs on the test's single-threaded
+/// runtime), and [`flush`] writes what it caught to one gateway's store.
+type Caught = std::sync::Arc<std::sync::Mutex<Vec<portcullis::audit::RawEvent>>>;
+
+thread_local! {
+    static CAUGHT: std::cell::RefCell<Option<Caught>> = const { std::cell::RefCell::new(None) };
+}
+
+struct Catch(Caught);
+
+#[derive(Default)]
+struct Fields(std::collections::BTreeMap<String, String>);
+
+impl tracing::field::Visit for Fields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Catch {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != portcullis::audit::TARGET {
+            return;
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        #[allow(clippy::disallowed_methods)] // audit events carry the wall clock
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        self.0.lock().unwrap().push(portcullis::audit::RawEvent {
+            at_ms: i64::try_from(at_ms).unwrap(),
+            fields: fields.0,
+        });
+    }
+}
+
+/// Catches this thread's audit events from now on (once per test thread).
+fn catch_audit_events() {
+    CAUGHT.with(|c| {
+        if c.borrow().is_some() {
+            return;
+        }
         use tracing_subscriber::layer::SubscriberExt as _;
-        use tracing_subscriber::util::SubscriberInitExt as _;
-        let _ = tracing_subscriber::registry()
-            .with(portcullis::audit::AuditLayer)
-            .try_init();
+        let caught = Caught::default();
+        let subscriber = tracing_subscriber::registry().with(Catch(caught.clone()));
+        // For the rest of this test's thread.
+        std::mem::forget(tracing::subscriber::set_default(subscriber));
+        *c.borrow_mut() = Some(caught);
     });
 }
 
+/// Writes the audit events caught so far to `gw`'s store.
+async fn flush(gw: &TestGateway) {
+    let events: Vec<_> = CAUGHT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .map(|caught| std::mem::take(&mut *caught.lock().unwrap()))
+            .unwrap_or_default()
+    });
+    let records: Vec<_> = events.iter().map(portcullis::audit::to_record).collect();
+    gw.gateway
+        .state()
+        .store
+        .insert_audit_events(&records)
+        .await
+        .unwrap();
+}
+
 async fn start_with(admin: &str) -> TestGateway {
-    audit_layer();
+    catch_audit_events();
     let users = users_dir().path().join("users.toml");
     TestGateway::start(&format!(
         r#"
@@ -299,6 +363,7 @@ async fn erin_signs_in(gw: &TestGateway) -> String {
 async fn audited(gw: &TestGateway, q: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
+        flush(gw).await;
         let (status, events) = admin_api(
             gw,
             reqwest::Method::GET,
