@@ -121,7 +121,7 @@ impl Visit for Fields {
 /// inside the tracing layer, which belongs to no gateway (and so to no
 /// gateway's clock); the retention purge uses the same time.
 #[allow(clippy::disallowed_methods)]
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -324,7 +324,19 @@ pub fn to_record(e: &RawEvent) -> AuditRecord {
     let cli_actor = json!({
         "id": "cli", "type": "SystemPrincipal", "alternateId": "cli", "displayName": "portcullis command line",
     });
+    // An administrator signed in to the admin console acted (`console:<login>`).
+    let console_admin = get("actor").and_then(|a| a.strip_prefix("console:").map(str::to_owned));
+    let console_actor =
+        |login: &str| json!({ "id": login, "type": "User", "alternateId": login, "displayName": login });
     let (actor, mut target) = match (&user, by_admin) {
+        (Some(u), _) if console_admin.is_some() => (
+            console_actor(console_admin.as_deref().unwrap_or_default()),
+            vec![u.clone()],
+        ),
+        (None, _) if console_admin.is_some() => (
+            console_actor(console_admin.as_deref().unwrap_or_default()),
+            Vec::new(),
+        ),
         (Some(u), _) if by_cli => (cli_actor, vec![u.clone()]),
         (None, _) if by_cli => (cli_actor, Vec::new()),
         (Some(u), true) => (admin_actor(token), vec![u.clone()]),
@@ -477,6 +489,18 @@ mod tests {
         assert_eq!(r.body["actor"]["id"], "admin-token-1");
         assert_eq!(r.body["target"][0]["alternateId"], "bob");
         assert_eq!(r.body["debugContext"]["debugData"]["was_locked"], "true");
+
+        // An administrator in the admin console: the actor is that user.
+        let r = to_record(&raw(&[
+            ("event", "user.factors.reset"),
+            ("user", "bob"),
+            ("actor", "console:carol"),
+            ("token", "None"),
+        ]));
+        assert_eq!(r.body["actor"]["type"], "User");
+        assert_eq!(r.body["actor"]["alternateId"], "carol");
+        assert_eq!(r.body["target"][0]["alternateId"], "bob");
+        assert!(r.search.contains("carol"));
 
         let r = to_record(&raw(&[("event", "factor.qr.shown"), ("user", "c")]));
         assert_eq!(r.body["eventType"], "portcullis.factor.qr.shown");

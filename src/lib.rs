@@ -19,6 +19,7 @@ pub mod authz;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod context;
 pub mod crypto;
 pub mod delivery;

@@ -158,6 +158,31 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../templates/portal/password_link.html"),
     ),
     ("demo/echo.html", include_str!("../templates/demo/echo.html")),
+    // The admin console (`crate::console`), inside the same layout.
+    (
+        "console/layout.html",
+        include_str!("../templates/console/layout.html"),
+    ),
+    (
+        "console/users.html",
+        include_str!("../templates/console/users.html"),
+    ),
+    (
+        "console/user.html",
+        include_str!("../templates/console/user.html"),
+    ),
+    (
+        "console/events.html",
+        include_str!("../templates/console/events.html"),
+    ),
+    (
+        "console/new_user.html",
+        include_str!("../templates/console/new_user.html"),
+    ),
+    (
+        "console/recovery_codes.html",
+        include_str!("../templates/console/recovery_codes.html"),
+    ),
 ];
 
 /// The page templates, ready to render.

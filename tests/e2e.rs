@@ -9,6 +9,8 @@
 mod api;
 #[path = "e2e/browser.rs"]
 mod browser;
+#[path = "e2e/console.rs"]
+mod console;
 #[path = "e2e/forward_auth.rs"]
 mod forward_auth;
 #[path = "support/front.rs"]

@@ -10,6 +10,8 @@ mod support;
 
 #[path = "gateway/cli.rs"]
 mod cli;
+#[path = "gateway/console.rs"]
+mod console;
 #[path = "gateway/demo.rs"]
 mod demo;
 #[path = "gateway/differential.rs"]

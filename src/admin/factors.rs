@@ -15,6 +15,7 @@ use http::StatusCode;
 use serde_json::json;
 
 use super::Admin;
+use super::users::{Actor, Subject, UserOpError};
 use crate::api::factors::{
     EnrollQuery, FactorOp, Scope, activate, cancel, catalog, delete, enroll, get, list, qr, resend,
     transaction, verify,
@@ -201,19 +202,30 @@ pub(crate) async fn recovery_new(
     if !st.config.factors.recovery_codes.enabled {
         return recovery_disabled();
     }
-    let s = match super::users::subject(&st, &uid).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    match factors::new_recovery_codes(&st, &s.user()).await {
+    match new_recovery_codes_for(&st, &uid, Actor::Admin(admin.token)).await {
+        Ok((_, codes)) => json_no_store(
+            StatusCode::OK,
+            &json!({ "count": codes.len(), "recoveryCodes": codes }),
+        ),
+        Err(e) => e.response(),
+    }
+}
+
+/// Replaces a user's recovery codes with new ones and returns them (to be
+/// shown once): the admin API and the admin console. The caller checks that
+/// recovery codes are enabled.
+pub async fn new_recovery_codes_for(
+    st: &AppState,
+    key: &str,
+    actor: Actor,
+) -> Result<(Subject, Vec<String>), UserOpError> {
+    let s = super::users::find_subject(st, key).await?;
+    match factors::new_recovery_codes(st, &s.user()).await {
         Ok(codes) => {
-            audit!("admin.recovery_codes.generated", user = %s.login(), count = codes.len(), token = admin.token);
-            json_no_store(
-                StatusCode::OK,
-                &json!({ "count": codes.len(), "recoveryCodes": codes }),
-            )
+            audit!("admin.recovery_codes.generated", user = %s.login(), user_id = %s.id(), count = codes.len(), actor = %actor, token = ?actor.token());
+            Ok((s, codes))
         }
-        Err(e) => unavailable(e),
+        Err(e) => Err(UserOpError::Unavailable(e.to_string())),
     }
 }
 

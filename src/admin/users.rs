@@ -424,28 +424,41 @@ async fn end_sessions(st: &AppState, user_id: &str) -> Result<(), Response> {
 
 // ---- operations shared with the command line ---------------------------------
 
-/// Who acts on a user, for the audit log: an admin token (by index) or the
-/// `portcullis users ...` command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who acts on a user, for the audit log: an admin token (by index), the
+/// `portcullis users ...` command line, or an administrator signed in to the
+/// admin console (by login). Its `Display` is the audit log's `actor` field
+/// (`admin`, `cli`, `console:<login>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
     Admin(usize),
     Cli,
+    Console(String),
 }
 
 impl Actor {
-    /// The audit log's `actor`.
-    pub fn name(self) -> &'static str {
+    /// The kind of actor: `admin`, `cli` or `console`.
+    pub fn name(&self) -> &'static str {
         match self {
             Actor::Admin(_) => "admin",
             Actor::Cli => "cli",
+            Actor::Console(_) => "console",
         }
     }
 
     /// The admin token's index, if a token acted.
-    pub fn token(self) -> Option<usize> {
+    pub fn token(&self) -> Option<usize> {
         match self {
-            Actor::Admin(t) => Some(t),
-            Actor::Cli => None,
+            Actor::Admin(t) => Some(*t),
+            Actor::Cli | Actor::Console(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Actor::Console(login) => write!(f, "console:{login}"),
+            other => f.write_str(other.name()),
         }
     }
 }
@@ -541,6 +554,29 @@ fn unavailable_op(e: impl std::fmt::Display) -> UserOpError {
     UserOpError::Unavailable(e.to_string())
 }
 
+/// Every user of every source: the users file and the directory (as this
+/// replica knows them), then the store's, read page by page.
+pub async fn every_user(st: &AppState) -> Result<Vec<Subject>, crate::store::StoreError> {
+    let mut subjects: Vec<Subject> = st
+        .users
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .read_only_users()
+        .into_iter()
+        .map(Subject::File)
+        .collect();
+    let mut after: Option<String> = None;
+    loop {
+        let page = st.store.list_users(after.as_deref(), MAX_PAGE).await?;
+        let full = page.len() == MAX_PAGE as usize;
+        after = page.last().map(|r| r.id.clone());
+        subjects.extend(page.into_iter().map(Subject::Stored));
+        if !full {
+            return Ok(subjects);
+        }
+    }
+}
+
 /// Finds a user by id or login, or [`UserOpError::NotFound`].
 pub async fn find_subject(st: &AppState, key: &str) -> Result<Subject, UserOpError> {
     match find(st, key).await {
@@ -622,7 +658,7 @@ pub async fn create_user(
     match st.store.create_user(&record).await {
         Ok(UserWrite::Written(r)) => {
             crate::users::apply_record(&st.enforcer.users, &r);
-            audit!("admin.user.created", user = %r.login, user_id = %r.id, status = r.status.as_str(), actor = actor.name(), token = ?actor.token());
+            audit!("admin.user.created", user = %r.login, user_id = %r.id, status = r.status.as_str(), actor = %actor, token = ?actor.token());
             Ok(r)
         }
         Ok(_) => Err(UserOpError::LoginTaken(Source::Api)),
@@ -642,7 +678,7 @@ pub async fn delete_user(st: &AppState, key: &str, actor: Actor) -> Result<UserR
     // Deleted ids are never reused: no later state of this id can exist.
     crate::users::apply_deleted(&st.enforcer.users, &r.id, i64::MAX);
     end_sessions_op(st, &r.id).await?;
-    audit!("admin.user.deleted", user = %r.login, user_id = %r.id, actor = actor.name(), token = ?actor.token());
+    audit!("admin.user.deleted", user = %r.login, user_id = %r.id, actor = %actor, token = ?actor.token());
     Ok(r)
 }
 
@@ -650,7 +686,7 @@ pub async fn delete_user(st: &AppState, key: &str, actor: Actor) -> Result<UserR
 pub async fn unlock_user(st: &AppState, key: &str, actor: Actor) -> Result<(Subject, bool), UserOpError> {
     let s = find_subject(st, key).await?;
     let was_locked = st.regulator.unlock(s.id()).await.map_err(unavailable_op)?;
-    audit!("user.unlocked", user = %s.login(), user_id = %s.id(), actor = actor.name(), token = ?actor.token(), was_locked = was_locked);
+    audit!("user.unlocked", user = %s.login(), user_id = %s.id(), actor = %actor, token = ?actor.token(), was_locked = was_locked);
     Ok((s, was_locked))
 }
 
@@ -693,7 +729,7 @@ pub async fn reset_factors(
             st,
             &user,
             &f.record.id,
-            actor.name(),
+            &actor.to_string(),
             factors::Remover::Administrator,
         )
         .await
@@ -710,8 +746,17 @@ pub async fn reset_factors(
     }
     // Pending factors do not move the epoch when removed; a reset always ends sessions.
     end_sessions_op(st, s.id()).await?;
-    audit!("user.factors.reset", user = %s.login(), user_id = %s.id(), removed = reset.removed.len(), factor_id = ?factor, actor = actor.name(), token = ?actor.token());
+    audit!("user.factors.reset", user = %s.login(), user_id = %s.id(), removed = reset.removed.len(), factor_id = factor, actor = %actor, token = ?actor.token());
     Ok((s, reset))
+}
+
+/// Ends every session of a user (the session epoch moves): the admin API's
+/// `DELETE /api/v1/users/{id}/sessions` and the console's "sign out everywhere".
+pub async fn revoke_sessions_of(st: &AppState, key: &str, actor: Actor) -> Result<Subject, UserOpError> {
+    let s = find_subject(st, key).await?;
+    end_sessions_op(st, s.id()).await?;
+    audit!("sessions.revoked", user = %s.login(), user_id = %s.id(), actor = %actor, token = ?actor.token());
+    Ok(s)
 }
 
 async fn hash_op(password: Secret) -> Result<String, UserOpError> {
@@ -1037,15 +1082,10 @@ pub async fn revoke_sessions(
     State(st): State<Arc<AppState>>,
     Ids(id): Ids<String>,
 ) -> Response {
-    let s = match subject(&st, &id).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    if let Err(r) = end_sessions(&st, s.id()).await {
-        return r;
+    match revoke_sessions_of(&st, &id, Actor::Admin(admin.token)).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.response(),
     }
-    audit!("sessions.revoked", user = %s.login(), actor = "admin", token = admin.token);
-    StatusCode::NO_CONTENT.into_response()
 }
 
 #[cfg(test)]

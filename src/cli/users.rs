@@ -351,31 +351,13 @@ async fn describe(st: &AppState, s: &Subject) -> Result<Value, UserOpError> {
 }
 
 async fn list(st: &AppState, as_json: bool) -> ExitCode {
-    let mut subjects: Vec<Subject> = st
-        .users
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .read_only_users()
-        .into_iter()
-        .map(Subject::File)
-        .collect();
-    let mut after: Option<String> = None;
-    loop {
-        match st.store.list_users(after.as_deref(), ops::MAX_PAGE).await {
-            Ok(page) => {
-                let full = page.len() == ops::MAX_PAGE as usize;
-                after = page.last().map(|r| r.id.clone());
-                subjects.extend(page.into_iter().map(Subject::Stored));
-                if !full {
-                    break;
-                }
-            }
-            Err(e) => {
-                eprintln!("error: the store: {e}");
-                return ExitCode::FAILURE;
-            }
+    let mut subjects = match ops::every_user(st).await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: the store: {e}");
+            return ExitCode::FAILURE;
         }
-    }
+    };
     let order = |s: &Subject| match ops::source_of(s) {
         Source::File => 0,
         Source::Api => 1,

@@ -8,7 +8,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::context::Ctx;
 use super::duration::duration;
-use super::fields::{cidrs, http_url, in_range, listen_addr};
+use super::fields::{cidrs, http_url, in_range, listen_addr, non_empty_strings};
 use super::raw::{RawAdmin, RawServer, RawTls};
 use super::secrets::{Absent, NamedSecret, secret_list};
 use super::{AdminConfig, ServerConfig, TlsConfig, defaults};
@@ -181,11 +181,21 @@ pub(super) fn convert_admin(cx: &mut Ctx<'_>, raw: RawAdmin) -> AdminConfig {
             "no admin token is configured, so /metrics cannot be scraped",
         );
     }
+    let console_groups = non_empty_strings(cx, "admin.console_groups", raw.console_groups);
+    let console_max_age = duration(
+        cx,
+        "admin.console_max_age",
+        raw.console_max_age,
+        defaults::CONSOLE_MAX_AGE_SECS,
+        false,
+    );
     AdminConfig {
         listen,
         tls,
         tokens,
         metrics_require_token,
+        console_groups,
+        console_max_age,
     }
 }
 

@@ -126,6 +126,8 @@ pub mod defaults {
     pub const STORE_KEY_BYTES: usize = 32;
     /// Whether `/metrics` on the admin listener needs a token.
     pub const METRICS_REQUIRE_TOKEN: bool = false;
+    /// `admin.console_max_age` in seconds.
+    pub const CONSOLE_MAX_AGE_SECS: u64 = 15 * 60;
     /// Forward the client's `Host` to upstreams.
     pub const PRESERVE_HOST: bool = true;
     /// The session cookie's `Secure` attribute.
@@ -245,6 +247,11 @@ pub struct AdminConfig {
     /// Accepted bearer tokens, in config order (audit events name the index).
     pub tokens: Vec<Secret>,
     pub metrics_require_token: bool,
+    /// Groups whose members may use the admin console (`{prefix}/console/`);
+    /// empty: nobody may.
+    pub console_groups: Vec<String>,
+    /// How old the second factor may be for a change made in the console.
+    pub console_max_age: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -47,6 +47,8 @@ pub(super) struct RawAdmin {
     pub tls: Option<RawTls>,
     pub tokens: Option<Vec<String>>,
     pub metrics_require_token: Option<bool>,
+    pub console_groups: Option<Vec<String>>,
+    pub console_max_age: Option<String>,
 }
 
 /// One `[[upstreams]]` entry.

@@ -118,6 +118,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route(pages::BRAND_STYLESHEET, get(assets::brand_css))
         .route("/push/status", post(push::status))
         .merge(api)
+        .merge(crate::console::routes())
         .fallback(not_found);
     // Every page in the browser's language and the operator's branding.
     let brand = Arc::new(pages::Branding::of(&state.config.portal));
