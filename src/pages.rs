@@ -90,7 +90,7 @@ pub fn sync_scope<R>(
     BRAND.sync_scope(brand, || crate::i18n::sync_scope(accept_language, f))
 }
 
-fn brand_context() -> Value {
+pub(crate) fn brand_context() -> Value {
     BRAND
         .try_with(|b| {
             context! {

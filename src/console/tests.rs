@@ -99,14 +99,22 @@ fn every_console_page_renders_and_escapes() {
     let t = Templates::builtin().unwrap();
     for (name, ctx) in cases(HOSTILE) {
         let page = t
-            .render(name, context! { prefix => "/_p", ..ctx })
+            .render(
+                name,
+                context! { prefix => "/_p", lang => "en", brand => crate::pages::brand_context(), ..ctx },
+            )
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert!(page.contains("href=\"/_p/static/portal.css\""), "{name}: {page}");
         assert!(page.contains("/_p/console/static/console.css"), "{name}: {page}");
         assert!(!page.contains("<script>"), "{name}: {page}");
     }
     for (name, ctx) in cases("plain") {
-        let page = t.render(name, context! { prefix => "/_p", ..ctx }).unwrap();
+        let page = t
+            .render(
+                name,
+                context! { prefix => "/_p", lang => "en", brand => crate::pages::brand_context(), ..ctx },
+            )
+            .unwrap();
         if name != "console/users.html" {
             assert!(
                 page.contains("name=\"csrf\" value=\"plain\"") || !page.contains("method=\"post\""),
