@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod authn;
+mod challenge;
 mod common;
 pub mod csrf;
 pub mod login;

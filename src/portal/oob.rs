@@ -17,7 +17,7 @@ use minijinja::context;
 use minijinja::value::Value;
 use serde::Deserialize;
 
-use super::mfa;
+use super::challenge::{self, answered_by_device, describe, password_page};
 use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
 use crate::enforce::ActiveSession;
 use crate::error::{ApiError, ErrorCode};
@@ -27,47 +27,6 @@ use crate::factors::{
 use crate::pages::render;
 use crate::secret::Secret;
 use crate::state::AppState;
-
-/// How a factor is named on the pages.
-pub fn describe(f: &Factor) -> String {
-    match factors::kind_of(&f.record.factor_type) {
-        Some(k) => k.describe(&f.record.profile),
-        None => "Authenticator app".into(),
-    }
-}
-
-/// True for a type enrolled and challenged out of band on these pages: a
-/// code sent to an address, or a device that answers.
-pub fn out_of_band(factor_type: &str) -> bool {
-    factors::kind_of(factor_type).is_some_and(|k| k.address().is_some() || k.answered_by_device())
-}
-
-/// True for a type whose verification is a device's answer (push).
-fn answered_by_device(factor_type: &str) -> bool {
-    factors::kind_of(factor_type).is_some_and(|k| k.answered_by_device())
-}
-
-/// The challenge page's buttons for out-of-band factors: each `{id, action,
-/// button, description}` (see `challenge.html`).
-pub fn challenge_buttons(factors: &[Factor]) -> Vec<Value> {
-    factors
-        .iter()
-        .filter(|f| out_of_band(&f.record.factor_type))
-        .map(|f| {
-            let (action, button) = if answered_by_device(&f.record.factor_type) {
-                ("push", "Send a push")
-            } else {
-                ("send", "Send a code")
-            };
-            context! {
-                id => f.record.id.as_str(),
-                action,
-                button,
-                description => describe(f),
-            }
-        })
-        .collect()
-}
 
 /// The page to type a sent code into.
 fn code_page(
@@ -152,8 +111,8 @@ struct Step {
 /// session (whose second step is the password).
 async fn step(st: Arc<AppState>, ctx: &Ctx, headers: &HeaderMap, f: &OobForm) -> Result<Step, Response> {
     let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
-    let Some(s) = mfa::session(&st, headers) else {
-        return Err(mfa::to_login(&st, &rd));
+    let Some(s) = challenge::session(&st, headers) else {
+        return Err(challenge::to_login(&st, &rd));
     };
     let fresh = f.fresh.is_some();
     if !form_allowed(&st, ctx, headers, &f.csrf) || super::common::needs_password(&s.claims.amr) {
@@ -179,7 +138,7 @@ async fn factor_step(
     match factors::find(&p.st, &p.s.user, &f.factor).await {
         Ok(Some(x)) if x.is_active() && factors::type_enabled(&p.st, &x.record.factor_type) => Ok((p, x)),
         Ok(_) => Err(see_other(&format!("{}/mfa", p.st.config.portal.prefix))),
-        Err(_) => Err(mfa::unavailable_page(&p.st)),
+        Err(_) => Err(challenge::unavailable_page(&p.st)),
     }
 }
 
@@ -270,7 +229,7 @@ pub async fn send(
         }
         Err(e) => {
             let (status, msg) = challenge_message(&p.st, &e);
-            mfa::render_challenge(&p.st, &headers, &p.s, &p.rd, p.fresh, Some(&msg), status).await
+            challenge::render_challenge(&p.st, &headers, &p.s, &p.rd, p.fresh, Some(&msg), status).await
         }
     }
 }
@@ -303,7 +262,7 @@ fn code_response(
     msg: Option<&str>,
 ) -> Response {
     let (token, set) = csrf_token(st, headers);
-    mfa::with_csrf(
+    challenge::with_csrf(
         html(status, code_page(st, &token, rd, fresh, factor, enrolling, msg)),
         set,
     )
@@ -321,7 +280,7 @@ fn push_wait(p: &Step, headers: &HeaderMap, factor: &Factor, tid: &str, number: 
         fields.push(("fresh", "1"));
     }
     fields.extend([("factor", factor.record.id.as_str()), ("tx", tid)]);
-    mfa::with_csrf(
+    challenge::with_csrf(
         html(
             StatusCode::OK,
             push_page(
@@ -362,7 +321,7 @@ pub async fn push(
         Ok(Challenge::CodeSent { .. }) => see_other(&format!("{}/mfa", p.st.config.portal.prefix)),
         Err(e) => {
             let (status, msg) = challenge_message(&p.st, &e);
-            mfa::render_challenge(&p.st, &headers, &p.s, &p.rd, p.fresh, Some(&msg), status).await
+            challenge::render_challenge(&p.st, &headers, &p.s, &p.rd, p.fresh, Some(&msg), status).await
         }
     }
 }
@@ -384,7 +343,7 @@ pub async fn push_check(
     };
     let result = match factors::push_status(&p.st, &p.s.user, &factor, &f.tx).await {
         Ok(r) => r.unwrap_or(PushResult::Timeout),
-        Err(_) => return mfa::unavailable_page(&p.st),
+        Err(_) => return challenge::unavailable_page(&p.st),
     };
     let msg = match result {
         PushResult::Waiting => {
@@ -393,15 +352,15 @@ pub async fn push_check(
         PushResult::Success => match factors::push::consume(&p.st, &p.s.user, &factor, &f.tx).await {
             Ok(true) => {
                 let amr = factors::amr_of(&factor.record.factor_type);
-                return mfa::upgraded(&p.st, &p.s, amr, &p.rd).await;
+                return challenge::upgraded(&p.st, &p.s, amr, &p.rd).await;
             }
             Ok(false) => "That sign-in request was already used. Send a new one.",
-            Err(e) => mfa::verify_message(e).1,
+            Err(e) => challenge::verify_message(e).1,
         },
         PushResult::Rejected => "The sign-in request was denied on your device.",
         PushResult::Timeout => "The sign-in request expired. Send a new one.",
     };
-    mfa::render_challenge(
+    challenge::render_challenge(
         &p.st,
         &headers,
         &p.s,
@@ -413,15 +372,6 @@ pub async fn push_check(
     .await
 }
 
-/// The password page: the second step of a passwordless sign-in.
-pub fn password_page(st: &AppState, csrf: &str, rd: &str, username: &str, error: Option<&str>) -> String {
-    render(
-        "password.html",
-        &st.config.portal.prefix,
-        context! { csrf, rd, username, error },
-    )
-}
-
 /// `POST {prefix}/mfa/password`: the password after a passwordless sign-in.
 pub async fn password(
     State(st): State<Arc<AppState>>,
@@ -430,8 +380,8 @@ pub async fn password(
     Form(f): Form<OobForm>,
 ) -> Response {
     let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
-    let Some(s) = mfa::session(&st, &headers) else {
-        return mfa::to_login(&st, &rd);
+    let Some(s) = challenge::session(&st, &headers) else {
+        return challenge::to_login(&st, &rd);
     };
     if !super::common::needs_password(&s.claims.amr) {
         return see_other(&format!("{}/mfa?rd={}", st.config.portal.prefix, enc(&rd)));
@@ -445,13 +395,13 @@ pub async fn password(
             &s.user.username,
             Some("This form expired. Try again."),
         );
-        return mfa::with_csrf(html(StatusCode::FORBIDDEN, page), set);
+        return challenge::with_csrf(html(StatusCode::FORBIDDEN, page), set);
     }
     match login::check_password(&st, &s.user.username, Secret::new(f.password), ctx.0.client_addr).await {
-        Ok(user) if user.id == s.user.id => mfa::upgraded(&st, &s, "pwd", &rd).await,
+        Ok(user) if user.id == s.user.id => challenge::upgraded(&st, &s, "pwd", &rd).await,
         Ok(_) | Err(login::LoginError::Failed) => {
             let page = password_page(&st, &token, &rd, &s.user.username, Some("Incorrect password."));
-            mfa::with_csrf(html(StatusCode::UNAUTHORIZED, page), set)
+            challenge::with_csrf(html(StatusCode::UNAUTHORIZED, page), set)
         }
         Err(login::LoginError::LockedRevealed) => {
             let page = password_page(
@@ -461,9 +411,9 @@ pub async fn password(
                 &s.user.username,
                 Some("This account is locked. Try again later or contact your administrator."),
             );
-            mfa::with_csrf(html(StatusCode::FORBIDDEN, page), set)
+            challenge::with_csrf(html(StatusCode::FORBIDDEN, page), set)
         }
-        Err(_) => mfa::unavailable_page(&st),
+        Err(_) => challenge::unavailable_page(&st),
     }
 }
 
@@ -542,7 +492,7 @@ pub struct EnrollQuery {
     pub factor_type: Option<String>,
 }
 
-/// `GET {prefix}/enroll?type=sms|call|email|push` (after [`mfa::enroll`]
+/// `GET {prefix}/enroll?type=sms|call|email|push` (after [`super::mfa::enroll`]
 /// decided the session may enroll): the type's first page.
 pub async fn enroll_page(
     st: &AppState,
@@ -571,13 +521,13 @@ pub async fn enroll_page(
             }) => {
                 let uri = super::push::pairing_uri(st, &super::push::base_url(st, ctx), &activation_token);
                 let page = pairing_page(st, &token, rd, &factor.id, Some(&activation_token), &uri, None);
-                mfa::with_csrf(html(StatusCode::OK, page), set)
+                challenge::with_csrf(html(StatusCode::OK, page), set)
             }
-            Ok(_) | Err(_) => mfa::unavailable_page(st),
+            Ok(_) | Err(_) => challenge::unavailable_page(st),
         };
     }
     let value = address_kind(factor_type).1.of_user(&s.user).unwrap_or_default();
-    mfa::with_csrf(
+    challenge::with_csrf(
         html(
             StatusCode::OK,
             address_page(st, &token, rd, factor_type, value, None),
@@ -594,14 +544,14 @@ async fn enroll_step(
     f: &OobForm,
 ) -> Result<Step, Response> {
     let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
-    let Some(s) = mfa::session(&st, headers) else {
-        return Err(mfa::to_login(&st, &rd));
+    let Some(s) = challenge::session(&st, headers) else {
+        return Err(challenge::to_login(&st, &rd));
     };
     let back = format!("{}/enroll?rd={}", st.config.portal.prefix, enc(&rd));
     if !form_allowed(&st, ctx, headers, &f.csrf) {
         return Err(see_other(&back));
     }
-    match mfa::may_enroll(&st, &s).await {
+    match challenge::may_enroll(&st, &s).await {
         Ok(true) => Ok(Step {
             st,
             s,
@@ -613,7 +563,7 @@ async fn enroll_step(
             st.config.portal.prefix,
             enc(&back)
         ))),
-        Err(()) => Err(mfa::unavailable_page(&st)),
+        Err(()) => Err(challenge::unavailable_page(&st)),
     }
 }
 
@@ -626,7 +576,7 @@ async fn enrolling_factor(p: &Step, id: &str, fits: impl Fn(&Factor) -> bool) ->
             p.st.config.portal.prefix,
             enc(&p.rd)
         ))),
-        Err(_) => Err(mfa::unavailable_page(&p.st)),
+        Err(_) => Err(challenge::unavailable_page(&p.st)),
     }
 }
 
@@ -650,7 +600,7 @@ pub async fn enroll_start(
     );
     let profile = serde_json::Value::Object(profile);
     let rerender = |status: StatusCode, msg: &str| {
-        mfa::with_csrf(
+        challenge::with_csrf(
             html(
                 status,
                 address_page(&p.st, &token, &p.rd, &f.factor_type, &f.address, Some(msg)),
@@ -673,7 +623,7 @@ pub async fn enroll_start(
                 record: e.factor().clone(),
                 from_config: false,
             };
-            mfa::with_csrf(
+            challenge::with_csrf(
                 html(
                     StatusCode::OK,
                     code_page(&p.st, &token, &p.rd, false, &factor, true, None),
@@ -689,7 +639,7 @@ pub async fn enroll_start(
             StatusCode::BAD_GATEWAY,
             "The code could not be sent. Check the address or try again later.",
         ),
-        Err(_) => mfa::unavailable_page(&p.st),
+        Err(_) => challenge::unavailable_page(&p.st),
     }
 }
 
@@ -752,7 +702,7 @@ pub async fn enroll_push_check(
             "",
             Some("Your device has not paired yet."),
         );
-        return mfa::with_csrf(html(StatusCode::OK, page), set);
+        return challenge::with_csrf(html(StatusCode::OK, page), set);
     }
-    mfa::enrolled(&p.st, &p.s, &p.rd, factors::amr_of(&factor.record.factor_type)).await
+    challenge::enrolled(&p.st, &p.s, &p.rd, factors::amr_of(&factor.record.factor_type)).await
 }
