@@ -492,7 +492,7 @@ pub struct EnrollQuery {
     pub factor_type: Option<String>,
 }
 
-/// `GET {prefix}/enroll?type=sms|call|email|push` (after [`super::mfa::enroll`]
+/// `GET {prefix}/enroll?type=sms|call|email|push` (after `mfa::enroll`
 /// decided the session may enroll): the type's first page.
 pub async fn enroll_page(
     st: &AppState,

@@ -25,6 +25,7 @@
 pub mod memory;
 mod migrate;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 #[cfg(test)]
