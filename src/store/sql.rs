@@ -45,45 +45,24 @@ pub(super) enum Arg<'a> {
     Bytes(Option<&'a [u8]>),
 }
 
-impl<'a> From<&'a str> for Arg<'a> {
-    fn from(v: &'a str) -> Self {
-        Arg::Text(Some(v.into()))
-    }
+/// `From` for each type an operation passes as an argument.
+macro_rules! arg_from {
+    ($($t:ty => |$v:ident| $e:expr;)*) => {
+        $(impl<'a> From<$t> for Arg<'a> {
+            fn from($v: $t) -> Self {
+                $e
+            }
+        })*
+    };
 }
-impl<'a> From<&'a String> for Arg<'a> {
-    fn from(v: &'a String) -> Self {
-        Arg::Text(Some(v.as_str().into()))
-    }
-}
-impl From<String> for Arg<'_> {
-    fn from(v: String) -> Self {
-        Arg::Text(Some(v.into()))
-    }
-}
-impl<'a> From<Option<&'a str>> for Arg<'a> {
-    fn from(v: Option<&'a str>) -> Self {
-        Arg::Text(v.map(Into::into))
-    }
-}
-impl From<Option<String>> for Arg<'_> {
-    fn from(v: Option<String>) -> Self {
-        Arg::Text(v.map(Into::into))
-    }
-}
-impl From<i64> for Arg<'_> {
-    fn from(v: i64) -> Self {
-        Arg::Int(Some(v))
-    }
-}
-impl From<Option<i64>> for Arg<'_> {
-    fn from(v: Option<i64>) -> Self {
-        Arg::Int(v)
-    }
-}
-impl<'a> From<Option<&'a [u8]>> for Arg<'a> {
-    fn from(v: Option<&'a [u8]>) -> Self {
-        Arg::Bytes(v)
-    }
+arg_from! {
+    &'a str => |v| Arg::Text(Some(v.into()));
+    &'a String => |v| Arg::Text(Some(v.as_str().into()));
+    String => |v| Arg::Text(Some(v.into()));
+    Option<&'a str> => |v| Arg::Text(v.map(Into::into));
+    i64 => |v| Arg::Int(Some(v));
+    Option<i64> => |v| Arg::Int(v);
+    Option<&'a [u8]> => |v| Arg::Bytes(v);
 }
 
 /// A statement to run: the operation it belongs to (for error messages), its

@@ -159,18 +159,17 @@ async fn migrate(writer: &SqlitePool) -> StoreResult<()> {
     .execute(&mut *tx)
     .await
     .map_err(db("create schema_migrations"))?;
-    let applied: Vec<(i64, String)> =
-        sqlx::query_as("SELECT version, name FROM schema_migrations ORDER BY version")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("read schema_migrations"))?;
+    let applied: Vec<(i64, String)> = sqlx::query_as(migrate::APPLIED)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("read schema_migrations"))?;
     for m in migrate::pending(migrate::SQLITE, &applied)? {
         let op = format!("apply migration {:04}_{}", m.version, m.name);
         sqlx::raw_sql(m.sql)
             .execute(&mut *tx)
             .await
             .map_err(|e| sql_error(&op, &e))?;
-        sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)")
+        sqlx::query(migrate::RECORD)
             .bind(m.version)
             .bind(m.name)
             .execute(&mut *tx)
