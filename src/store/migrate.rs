@@ -109,12 +109,6 @@ pub(super) const POSTGRES: &[Migration] = &[
     },
 ];
 
-/// The versions and names a database recorded, oldest first (both backends).
-pub(super) const APPLIED: &str = "SELECT version, name FROM schema_migrations ORDER BY version";
-
-/// Records one applied migration, `$1` its version and `$2` its name (both backends).
-pub(super) const RECORD: &str = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)";
-
 /// The migrations still to apply to a database that recorded `applied`
 /// (`(version, name)` pairs, in increasing version order).
 ///
@@ -144,6 +138,12 @@ pub(super) fn pending<'a>(known: &'a [Migration], applied: &[(i64, String)]) -> 
     }
     Ok(&known[applied.len()..])
 }
+
+/// The versions and names a database recorded, oldest first (both backends).
+pub(super) const APPLIED: &str = "SELECT version, name FROM schema_migrations ORDER BY version";
+
+/// Records one applied migration, `$1` its version and `$2` its name (both backends).
+pub(super) const RECORD: &str = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)";
 
 #[cfg(test)]
 mod tests {
