@@ -25,8 +25,10 @@
 pub mod memory;
 mod migrate;
 pub mod postgres;
-mod sql;
 pub mod sqlite;
+
+/// The statements, rows and errors the SQL backends share.
+mod sql;
 
 #[cfg(test)]
 pub(crate) mod conformance;
