@@ -19,15 +19,21 @@ use minijinja::context;
 use minijinja::value::Value;
 
 use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
-use crate::enforce::{ActiveSession, SessionState};
+use crate::enforce::ActiveSession;
 use crate::factors::{self, Factor, FactorType, TOTP_TYPE, VerifyError};
-use crate::i18n::{t, tf};
+use crate::i18n::t;
 use crate::ids::Ids;
 use crate::pages::render;
 use crate::policy::{Decision, RequestFacts};
 use crate::state::AppState;
 
 pub use super::common::RECENT_MFA_SECS;
+// The steps every second-factor page shares, also used from here by the
+// passwordless pages.
+use super::challenge::{enrolled, has_recent_mfa, may_enroll, recovery_codes_page};
+pub(super) use super::challenge::{
+    render_challenge, session, to_login, unavailable_page, upgraded, verify_message, with_csrf,
+};
 
 /// A pending authenticator younger than this is shown again instead of a new one.
 pub const PENDING_REUSE_SECS: i64 = 15 * 60;
@@ -68,61 +74,6 @@ pub fn satisfied(st: &AppState, ctx: &Ctx, target: &str, s: &ActiveSession) -> b
     )
 }
 
-fn has_recent_mfa(st: &AppState, s: &ActiveSession) -> bool {
-    s.claims.lvl >= 2
-        && s.claims
-            .mfa
-            .is_some_and(|t| st.clock.now() - t <= RECENT_MFA_SECS)
-}
-
-pub(super) fn session(st: &AppState, headers: &HeaderMap) -> Option<ActiveSession> {
-    match st.enforcer.session(headers) {
-        SessionState::Valid(s) => Some(s),
-        _ => None,
-    }
-}
-
-pub(super) fn to_login(st: &AppState, rd: &str) -> Response {
-    see_other(&format!("{}/login?rd={}", st.config.portal.prefix, enc(rd)))
-}
-
-pub(super) fn with_csrf(mut res: Response, set: Option<http::HeaderValue>) -> Response {
-    if let Some(c) = set {
-        res.headers_mut().append(header::SET_COOKIE, c);
-    }
-    res
-}
-
-/// Revokes the session id an upgrade replaces, so only the new one carries on
-/// (best effort: the old one is a lower level and expires on its own).
-async fn retire(st: &AppState, s: &ActiveSession) {
-    // Best effort: signing out revokes the whole sign-in anyway.
-    if let Err(e) = login::retire(st, &s.claims.sid, s.claims.auth).await {
-        tracing::warn!(error = %e, "could not revoke the replaced session id");
-    }
-}
-
-/// Upgrades the session to level 2 (new id) and sends the browser on.
-pub(super) async fn upgraded(st: &AppState, s: &ActiveSession, method: &str, target: &str) -> Response {
-    let mut amr = s.claims.amr.clone();
-    crate::session::add_method(&mut amr, method);
-    let (_, cookie) = login::issue_session(st, &s.user, 2, amr, Some(&s.claims));
-    retire(st, s).await;
-    let mut res = see_other(target);
-    res.headers_mut().append(header::SET_COOKIE, cookie);
-    res
-}
-
-pub(super) fn verify_message(e: VerifyError) -> (StatusCode, &'static str) {
-    match e {
-        VerifyError::Invalid => (StatusCode::FORBIDDEN, t("verify.invalid")),
-        VerifyError::Replayed => (StatusCode::FORBIDDEN, t("verify.replayed")),
-        VerifyError::LockedRevealed => (StatusCode::FORBIDDEN, t("common.locked")),
-        VerifyError::NotActive => (StatusCode::FORBIDDEN, t("verify.not_active")),
-        VerifyError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, t("common.unavailable")),
-    }
-}
-
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub struct MfaQuery {
@@ -132,28 +83,6 @@ pub struct MfaQuery {
     /// What to enroll (`totp`, `sms`, `call`, `email`, `push`).
     #[serde(rename = "type")]
     factor_type: Option<String>,
-}
-
-fn challenge_page(
-    st: &AppState,
-    csrf: &str,
-    rd: &str,
-    fresh: bool,
-    all: &[Factor],
-    recovery: bool,
-    error: Option<&str>,
-) -> String {
-    let totp: Vec<Value> = all
-        .iter()
-        .filter(|f| f.record.factor_type == TOTP_TYPE)
-        .map(|f| context! { id => f.record.id.as_str() })
-        .collect();
-    let oob = super::oob::challenge_buttons(all);
-    render(
-        "challenge.html",
-        &st.config.portal.prefix,
-        context! { csrf, rd, fresh, totp, oob, recovery, error },
-    )
 }
 
 /// `GET {prefix}/mfa`: the second-factor challenge.
@@ -176,79 +105,6 @@ pub async fn challenge(
         return see_other(&rd);
     }
     render_challenge(&st, &headers, &s, &rd, fresh, None, StatusCode::OK).await
-}
-
-pub(super) async fn render_challenge(
-    st: &AppState,
-    headers: &HeaderMap,
-    s: &ActiveSession,
-    rd: &str,
-    fresh: bool,
-    error: Option<&str>,
-    status: StatusCode,
-) -> Response {
-    if super::common::needs_password(&s.claims.amr) {
-        // Signed in with a possession factor alone: the password is the second step.
-        let (token, set) = csrf_token(st, headers);
-        let page = super::oob::password_page(st, &token, rd, &s.user.username, error);
-        return with_csrf(html(status, page), set);
-    }
-    let all = match factors::list(st, &s.user).await {
-        Ok(f) => f,
-        Err(_) => return unavailable_page(st),
-    };
-    // The password is proven by now: wrong codes that locked the user are
-    // worth a wait, not the words of a wrong code.
-    let wait = match st.regulator.factor_locked(&s.user.id).await {
-        Ok(Some(until)) => Some(tf(
-            "login.factor_locked",
-            &[("wait", &crate::i18n::wait_minutes(st.clock.now(), until))],
-        )),
-        _ => None,
-    };
-    let error = wait.as_deref().or(error);
-    let totp: Vec<Factor> = factors::usable(st, &all);
-    if totp.is_empty() {
-        if st.config.users.enrollment == crate::config::Enrollment::FirstLogin
-            && st.config.factors.any_second_factor()
-        {
-            return see_other(&format!("{}/enroll?rd={}", st.config.portal.prefix, enc(rd)));
-        }
-        return html(
-            StatusCode::FORBIDDEN,
-            crate::pages::message_page(
-                &st.config.portal.prefix,
-                t("challenge.none_title"),
-                t("challenge.none"),
-            ),
-        );
-    }
-    let recovery = st.config.factors.recovery_codes.enabled
-        && st
-            .store
-            .recovery_codes_left(&s.user.id)
-            .await
-            .map(|n| n > 0)
-            .unwrap_or(false);
-    let (token, set) = csrf_token(st, headers);
-    with_csrf(
-        html(
-            status,
-            challenge_page(st, &token, rd, fresh, &totp, recovery, error),
-        ),
-        set,
-    )
-}
-
-pub(super) fn unavailable_page(st: &AppState) -> Response {
-    html(
-        StatusCode::SERVICE_UNAVAILABLE,
-        crate::pages::message_page(
-            &st.config.portal.prefix,
-            t("common.unavailable_title"),
-            t("common.unavailable"),
-        ),
-    )
 }
 
 #[derive(Deserialize, Default)]
@@ -379,17 +235,6 @@ fn enroll_page(
     )
 }
 
-/// May this session enroll a factor now? First enrollment (no active factor)
-/// with `first_login`, or any time with a recent second factor.
-pub(super) async fn may_enroll(st: &AppState, s: &ActiveSession) -> Result<bool, ()> {
-    if has_recent_mfa(st, s) {
-        return Ok(true);
-    }
-    let all = factors::list(st, &s.user).await.map_err(|_| ())?;
-    Ok(factors::usable(st, &all).is_empty()
-        && st.config.users.enrollment == crate::config::Enrollment::FirstLogin)
-}
-
 /// `GET {prefix}/enroll`: start (or resume) a TOTP enrollment.
 pub async fn enroll(
     State(st): State<Arc<AppState>>,
@@ -419,7 +264,7 @@ pub async fn enroll(
     }
     let oob_types: Vec<&str> = FactorType::enabled(&st.config.factors)
         .map(FactorType::as_str)
-        .filter(|t| super::oob::out_of_band(t))
+        .filter(|t| super::challenge::out_of_band(t))
         .collect();
     match q.factor_type.as_deref() {
         Some(t) if oob_types.contains(&t) => {
@@ -468,25 +313,10 @@ pub async fn enroll(
         &rd,
         &factor_id,
         &factors::totp::base32(secret.expose()),
-        &uri,
+        &factors::totp::qr_data_uri(&uri),
         None,
     );
     with_csrf(html(StatusCode::OK, page), set)
-}
-
-/// The codes as a `text/plain` `data:` URL, for the download link (it works
-/// without JavaScript; the page's script offers the same through a Blob).
-fn codes_data_url(codes: &[String]) -> String {
-    let text: String = codes.iter().map(|c| format!("{c}\r\n")).collect();
-    format!("data:text/plain;charset=utf-8,{}", enc(&text))
-}
-
-fn recovery_codes_page(st: &AppState, codes: &[String], rd: &str) -> String {
-    render(
-        "recovery_codes.html",
-        &st.config.portal.prefix,
-        context! { codes => codes.to_vec(), next => rd, download => codes_data_url(codes) },
-    )
 }
 
 /// `POST {prefix}/enroll/activate`: confirm the new factor with a code.
@@ -566,29 +396,6 @@ pub async fn activate(
         return html(status, rerender(&st, &token, msg));
     }
     enrolled(&st, &s, &rd, "otp").await
-}
-
-/// After a factor was activated: recovery codes when it is the user's first
-/// (shown once), and the session upgraded to level 2 (new id).
-pub(super) async fn enrolled(st: &AppState, s: &ActiveSession, rd: &str, method: &str) -> Response {
-    let first = match factors::list(st, &s.user).await {
-        Ok(all) => factors::usable(st, &all).len() <= 1,
-        Err(_) => return unavailable_page(st),
-    };
-    let mut res = if first && st.config.factors.recovery_codes.enabled {
-        match factors::new_recovery_codes(st, &s.user).await {
-            Ok(codes) => html(StatusCode::OK, recovery_codes_page(st, &codes, rd)),
-            Err(_) => return unavailable_page(st),
-        }
-    } else {
-        see_other(rd)
-    };
-    let mut amr = s.claims.amr.clone();
-    crate::session::add_method(&mut amr, method);
-    let (_, cookie) = login::issue_session(st, &s.user, 2, amr, Some(&s.claims));
-    retire(st, s).await;
-    res.headers_mut().append(header::SET_COOKIE, cookie);
-    res
 }
 
 fn factors_page(

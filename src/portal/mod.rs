@@ -11,6 +11,7 @@
 pub mod api;
 mod assets;
 pub mod authn;
+mod challenge;
 mod common;
 pub mod csrf;
 pub mod login;

@@ -17,7 +17,7 @@ use minijinja::context;
 use minijinja::value::Value;
 use serde::Deserialize;
 
-use super::mfa;
+use super::challenge::{self, answered_by_device, describe, password_page};
 use super::{Ctx, csrf_token, enc, form_allowed, html, login, redirect, see_other};
 use crate::enforce::ActiveSession;
 use crate::error::{ApiError, ErrorCode};
@@ -28,44 +28,6 @@ use crate::i18n::{t, tf};
 use crate::pages::render;
 use crate::secret::Secret;
 use crate::state::AppState;
-
-/// How a factor is named on the pages.
-pub fn describe(f: &Factor) -> String {
-    super::words::describe(f)
-}
-
-/// True for a type enrolled and challenged out of band on these pages: a
-/// code sent to an address, or a device that answers.
-pub fn out_of_band(factor_type: &str) -> bool {
-    factors::kind_of(factor_type).is_some_and(|k| k.address().is_some() || k.answered_by_device())
-}
-
-/// True for a type whose verification is a device's answer (push).
-fn answered_by_device(factor_type: &str) -> bool {
-    factors::kind_of(factor_type).is_some_and(|k| k.answered_by_device())
-}
-
-/// The challenge page's buttons for out-of-band factors: each `{id, action,
-/// button, description}` (see `challenge.html`).
-pub fn challenge_buttons(factors: &[Factor]) -> Vec<Value> {
-    factors
-        .iter()
-        .filter(|f| out_of_band(&f.record.factor_type))
-        .map(|f| {
-            let (action, button) = if answered_by_device(&f.record.factor_type) {
-                ("push", t("challenge.send_push"))
-            } else {
-                ("send", t("enroll.send_code"))
-            };
-            context! {
-                id => f.record.id.as_str(),
-                action,
-                button,
-                description => describe(f),
-            }
-        })
-        .collect()
-}
 
 /// The page to type a sent code into.
 fn code_page(
@@ -150,8 +112,8 @@ struct Step {
 /// session (whose second step is the password).
 async fn step(st: Arc<AppState>, ctx: &Ctx, headers: &HeaderMap, f: &OobForm) -> Result<Step, Response> {
     let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
-    let Some(s) = mfa::session(&st, headers) else {
-        return Err(mfa::to_login(&st, &rd));
+    let Some(s) = challenge::session(&st, headers) else {
+        return Err(challenge::to_login(&st, &rd));
     };
     let fresh = f.fresh.is_some();
     if !form_allowed(&st, ctx, headers, &f.csrf) || super::common::needs_password(&s.claims.amr) {
@@ -177,7 +139,7 @@ async fn factor_step(
     match factors::find(&p.st, &p.s.user, &f.factor).await {
         Ok(Some(x)) if x.is_active() && factors::type_enabled(&p.st, &x.record.factor_type) => Ok((p, x)),
         Ok(_) => Err(see_other(&format!("{}/mfa", p.st.config.portal.prefix))),
-        Err(_) => Err(mfa::unavailable_page(&p.st)),
+        Err(_) => Err(challenge::unavailable_page(&p.st)),
     }
 }
 
@@ -259,7 +221,7 @@ pub async fn send(
         }
         Err(e) => {
             let (status, msg) = challenge_message(&p.st, &e);
-            mfa::render_challenge(&p.st, &headers, &p.s, &p.rd, p.fresh, Some(&msg), status).await
+            challenge::render_challenge(&p.st, &headers, &p.s, &p.rd, p.fresh, Some(&msg), status).await
         }
     }
 }
@@ -292,7 +254,7 @@ fn code_response(
     msg: Option<&str>,
 ) -> Response {
     let (token, set) = csrf_token(st, headers);
-    mfa::with_csrf(
+    challenge::with_csrf(
         html(status, code_page(st, &token, rd, fresh, factor, enrolling, msg)),
         set,
     )
@@ -310,7 +272,7 @@ fn push_wait(p: &Step, headers: &HeaderMap, factor: &Factor, tid: &str, number: 
         fields.push(("fresh", "1"));
     }
     fields.extend([("factor", factor.record.id.as_str()), ("tx", tid)]);
-    mfa::with_csrf(
+    challenge::with_csrf(
         html(
             StatusCode::OK,
             push_page(
@@ -351,7 +313,7 @@ pub async fn push(
         Ok(Challenge::CodeSent { .. }) => see_other(&format!("{}/mfa", p.st.config.portal.prefix)),
         Err(e) => {
             let (status, msg) = challenge_message(&p.st, &e);
-            mfa::render_challenge(&p.st, &headers, &p.s, &p.rd, p.fresh, Some(&msg), status).await
+            challenge::render_challenge(&p.st, &headers, &p.s, &p.rd, p.fresh, Some(&msg), status).await
         }
     }
 }
@@ -373,7 +335,7 @@ pub async fn push_check(
     };
     let result = match factors::push_status(&p.st, &p.s.user, &factor, &f.tx).await {
         Ok(r) => r.unwrap_or(PushResult::Timeout),
-        Err(_) => return mfa::unavailable_page(&p.st),
+        Err(_) => return challenge::unavailable_page(&p.st),
     };
     let msg = match result {
         PushResult::Waiting => {
@@ -382,15 +344,15 @@ pub async fn push_check(
         PushResult::Success => match factors::push::consume(&p.st, &p.s.user, &factor, &f.tx).await {
             Ok(true) => {
                 let amr = factors::amr_of(&factor.record.factor_type);
-                return mfa::upgraded(&p.st, &p.s, amr, &p.rd).await;
+                return challenge::upgraded(&p.st, &p.s, amr, &p.rd).await;
             }
             Ok(false) => t("push.used"),
-            Err(e) => mfa::verify_message(e).1,
+            Err(e) => challenge::verify_message(e).1,
         },
         PushResult::Rejected => t("push.rejected"),
         PushResult::Timeout => t("push.expired"),
     };
-    mfa::render_challenge(
+    challenge::render_challenge(
         &p.st,
         &headers,
         &p.s,
@@ -402,15 +364,6 @@ pub async fn push_check(
     .await
 }
 
-/// The password page: the second step of a passwordless sign-in.
-pub fn password_page(st: &AppState, csrf: &str, rd: &str, username: &str, error: Option<&str>) -> String {
-    render(
-        "password.html",
-        &st.config.portal.prefix,
-        context! { csrf, rd, username, error },
-    )
-}
-
 /// `POST {prefix}/mfa/password`: the password after a passwordless sign-in.
 pub async fn password(
     State(st): State<Arc<AppState>>,
@@ -419,8 +372,8 @@ pub async fn password(
     Form(f): Form<OobForm>,
 ) -> Response {
     let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
-    let Some(s) = mfa::session(&st, &headers) else {
-        return mfa::to_login(&st, &rd);
+    let Some(s) = challenge::session(&st, &headers) else {
+        return challenge::to_login(&st, &rd);
     };
     if !super::common::needs_password(&s.claims.amr) {
         return see_other(&format!("{}/mfa?rd={}", st.config.portal.prefix, enc(&rd)));
@@ -428,25 +381,25 @@ pub async fn password(
     let (token, set) = csrf_token(&st, &headers);
     if !form_allowed(&st, &ctx, &headers, &f.csrf) {
         let page = password_page(&st, &token, &rd, &s.user.username, Some(t("common.form_expired")));
-        return mfa::with_csrf(html(StatusCode::FORBIDDEN, page), set);
+        return challenge::with_csrf(html(StatusCode::FORBIDDEN, page), set);
     }
     match login::check_password(&st, &s.user.username, Secret::new(f.password), ctx.0.client_addr).await {
-        Ok(user) if user.id == s.user.id => mfa::upgraded(&st, &s, "pwd", &rd).await,
+        Ok(user) if user.id == s.user.id => challenge::upgraded(&st, &s, "pwd", &rd).await,
         Ok(_) | Err(login::LoginError::Failed) => {
             let page = password_page(&st, &token, &rd, &s.user.username, Some(t("password.incorrect")));
-            mfa::with_csrf(html(StatusCode::UNAUTHORIZED, page), set)
+            challenge::with_csrf(html(StatusCode::UNAUTHORIZED, page), set)
         }
         Err(login::LoginError::LockedRevealed) => {
             let page = password_page(&st, &token, &rd, &s.user.username, Some(t("common.locked")));
-            mfa::with_csrf(html(StatusCode::FORBIDDEN, page), set)
+            challenge::with_csrf(html(StatusCode::FORBIDDEN, page), set)
         }
         Err(login::LoginError::FactorLocked(until)) => {
             let wait = crate::i18n::wait_minutes(st.clock.now(), until);
             let message = tf("login.factor_locked", &[("wait", &wait)]);
             let page = password_page(&st, &token, &rd, &s.user.username, Some(&message));
-            mfa::with_csrf(html(StatusCode::FORBIDDEN, page), set)
+            challenge::with_csrf(html(StatusCode::FORBIDDEN, page), set)
         }
-        Err(_) => mfa::unavailable_page(&st),
+        Err(_) => challenge::unavailable_page(&st),
     }
 }
 
@@ -529,7 +482,7 @@ pub struct EnrollQuery {
     pub factor_type: Option<String>,
 }
 
-/// `GET {prefix}/enroll?type=sms|call|email|push` (after [`mfa::enroll`]
+/// `GET {prefix}/enroll?type=sms|call|email|push` (after `mfa::enroll`
 /// decided the session may enroll): the type's first page.
 pub async fn enroll_page(
     st: &AppState,
@@ -558,13 +511,13 @@ pub async fn enroll_page(
             }) => {
                 let uri = super::push::pairing_uri(st, &super::push::base_url(st, ctx), &activation_token);
                 let page = pairing_page(st, &token, rd, &factor.id, Some(&activation_token), &uri, None);
-                mfa::with_csrf(html(StatusCode::OK, page), set)
+                challenge::with_csrf(html(StatusCode::OK, page), set)
             }
-            Ok(_) | Err(_) => mfa::unavailable_page(st),
+            Ok(_) | Err(_) => challenge::unavailable_page(st),
         };
     }
     let value = address_kind(factor_type).1.of_user(&s.user).unwrap_or_default();
-    mfa::with_csrf(
+    challenge::with_csrf(
         html(
             StatusCode::OK,
             address_page(st, &token, rd, factor_type, value, None),
@@ -581,14 +534,14 @@ async fn enroll_step(
     f: &OobForm,
 ) -> Result<Step, Response> {
     let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
-    let Some(s) = mfa::session(&st, headers) else {
-        return Err(mfa::to_login(&st, &rd));
+    let Some(s) = challenge::session(&st, headers) else {
+        return Err(challenge::to_login(&st, &rd));
     };
     let back = format!("{}/enroll?rd={}", st.config.portal.prefix, enc(&rd));
     if !form_allowed(&st, ctx, headers, &f.csrf) {
         return Err(see_other(&back));
     }
-    match mfa::may_enroll(&st, &s).await {
+    match challenge::may_enroll(&st, &s).await {
         Ok(true) => Ok(Step {
             st,
             s,
@@ -600,7 +553,7 @@ async fn enroll_step(
             st.config.portal.prefix,
             enc(&back)
         ))),
-        Err(()) => Err(mfa::unavailable_page(&st)),
+        Err(()) => Err(challenge::unavailable_page(&st)),
     }
 }
 
@@ -613,7 +566,7 @@ async fn enrolling_factor(p: &Step, id: &str, fits: impl Fn(&Factor) -> bool) ->
             p.st.config.portal.prefix,
             enc(&p.rd)
         ))),
-        Err(_) => Err(mfa::unavailable_page(&p.st)),
+        Err(_) => Err(challenge::unavailable_page(&p.st)),
     }
 }
 
@@ -637,7 +590,7 @@ pub async fn enroll_start(
     );
     let profile = serde_json::Value::Object(profile);
     let rerender = |status: StatusCode, msg: &str| {
-        mfa::with_csrf(
+        challenge::with_csrf(
             html(
                 status,
                 address_page(&p.st, &token, &p.rd, &f.factor_type, &f.address, Some(msg)),
@@ -660,7 +613,7 @@ pub async fn enroll_start(
                 record: e.factor().clone(),
                 from_config: false,
             };
-            mfa::with_csrf(
+            challenge::with_csrf(
                 html(
                     StatusCode::OK,
                     code_page(&p.st, &token, &p.rd, false, &factor, true, None),
@@ -673,7 +626,7 @@ pub async fn enroll_start(
             rerender(StatusCode::BAD_REQUEST, t("enroll.not_available"))
         }
         Err(factors::EnrollError::Delivery) => rerender(StatusCode::BAD_GATEWAY, t("enroll.delivery")),
-        Err(_) => mfa::unavailable_page(&p.st),
+        Err(_) => challenge::unavailable_page(&p.st),
     }
 }
 
@@ -736,7 +689,7 @@ pub async fn enroll_push_check(
             "",
             Some(t("pairing.not_yet")),
         );
-        return mfa::with_csrf(html(StatusCode::OK, page), set);
+        return challenge::with_csrf(html(StatusCode::OK, page), set);
     }
-    mfa::enrolled(&p.st, &p.s, &p.rd, factors::amr_of(&factor.record.factor_type)).await
+    challenge::enrolled(&p.st, &p.s, &p.rd, factors::amr_of(&factor.record.factor_type)).await
 }

@@ -27,6 +27,9 @@ mod migrate;
 pub mod postgres;
 pub mod sqlite;
 
+/// The statements, rows and errors the SQL backends share.
+mod sql;
+
 #[cfg(test)]
 pub(crate) mod conformance;
 

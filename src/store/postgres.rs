@@ -27,12 +27,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Postgres;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
-use super::migrate::{
-    self, AuditRow, COUNTER_RETENTION, FactorRow, REVOCATION_BATCH_LIMIT, RevocationRow, TransactionRow,
-    UserChangeRow, UserRow, db, factor_columns, split_secret, sql_error, transaction_columns, user_columns,
-};
+use super::migrate;
+use super::sql::{self, Dialect, REVOCATION_BATCH_LIMIT, Statement, UserRow, db, sql_error, user_columns};
 use super::{
     AuditQuery, AuditRecord, CounterKey, FactorRecord, FactorStatus, RevocationBatch, SealedSecret, Store,
     StoreError, StoreResult, TransactionRecord, UserChanges, UserPatch, UserRecord, UserWrite,
@@ -155,18 +154,17 @@ async fn migrate(pool: &PgPool, schema: Option<&str>) -> StoreResult<()> {
     .execute(&mut *tx)
     .await
     .map_err(db("create schema_migrations"))?;
-    let applied: Vec<(i64, String)> =
-        sqlx::query_as("SELECT version, name FROM schema_migrations ORDER BY version")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("read schema_migrations"))?;
+    let applied: Vec<(i64, String)> = sqlx::query_as(migrate::APPLIED)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("read schema_migrations"))?;
     for m in migrate::pending(migrate::POSTGRES, &applied)? {
         let op = format!("apply migration {:04}_{}", m.version, m.name);
         sqlx::raw_sql(m.sql)
             .execute(&mut *tx)
             .await
             .map_err(|e| sql_error(&op, &e))?;
-        sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)")
+        sqlx::query(migrate::RECORD)
             .bind(m.version)
             .bind(m.name)
             .execute(&mut *tx)
@@ -174,6 +172,54 @@ async fn migrate(pool: &PgPool, schema: Option<&str>) -> StoreResult<()> {
             .map_err(|e| sql_error(&op, &e))?;
     }
     tx.commit().await.map_err(db("commit migration"))
+}
+
+/// The dialect of the shared statements this backend runs.
+const DIALECT: Dialect = Dialect::Postgres;
+
+/// What a row type must be to be read from PostgreSQL.
+trait PgRowType: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin {}
+impl<R: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin> PgRowType for R {}
+
+/// Running the shared statements of [`super::sql`], all on the one pool.
+impl PostgresStore {
+    /// Runs `s` and answers the number of rows it changed.
+    async fn execute(&self, s: Statement<'_>) -> StoreResult<u64> {
+        let args = s.arguments::<Postgres>()?;
+        let done = sqlx::query_with(s.sql, args).execute(&self.pool).await;
+        Ok(done.map_err(db(s.op))?.rows_affected())
+    }
+
+    async fn fetch_one<R: PgRowType>(&self, s: Statement<'_, R>) -> StoreResult<R> {
+        let args = s.arguments::<Postgres>()?;
+        let query = sqlx::query_as_with::<_, R, _>(s.sql, args);
+        query.fetch_one(&self.pool).await.map_err(db(s.op))
+    }
+
+    async fn fetch_optional<R: PgRowType>(&self, s: Statement<'_, R>) -> StoreResult<Option<R>> {
+        let args = s.arguments::<Postgres>()?;
+        let query = sqlx::query_as_with::<_, R, _>(s.sql, args);
+        query.fetch_optional(&self.pool).await.map_err(db(s.op))
+    }
+
+    async fn fetch_all<R: PgRowType>(&self, s: Statement<'_, R>) -> StoreResult<Vec<R>> {
+        let args = s.arguments::<Postgres>()?;
+        let query = sqlx::query_as_with::<_, R, _>(s.sql, args);
+        query.fetch_all(&self.pool).await.map_err(db(s.op))
+    }
+
+    /// Runs `statements` in one transaction.
+    async fn execute_all(&self, op: &'static str, statements: Vec<Statement<'_>>) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(db(op))?;
+        for s in statements {
+            let args = s.arguments::<Postgres>()?;
+            sqlx::query_with(s.sql, args)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(s.op))?;
+        }
+        tx.commit().await.map_err(db(op))
+    }
 }
 
 #[async_trait]
@@ -191,13 +237,7 @@ impl Store for PostgresStore {
     }
 
     async fn revoke_session(&self, sid: &str, expires_at: UnixTime) -> StoreResult<()> {
-        sqlx::query("INSERT INTO revocations (kind, sid, expires_at) VALUES ('session', $1, $2)")
-            .bind(sid)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(db("revoke session"))
+        self.execute(sql::revoke_session(sid, expires_at)).await.map(drop)
     }
 
     async fn bump_epoch(&self, user_id: &str) -> StoreResult<u64> {
@@ -215,77 +255,34 @@ impl Store for PostgresStore {
         .fetch_one(&self.pool)
         .await
         .map_err(db("bump epoch"))?;
-        migrate::epoch_from_db(epoch)
+        sql::epoch_from_db(epoch)
     }
 
     async fn epochs(&self) -> StoreResult<Vec<(String, u64)>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT user_id, epoch FROM user_epochs")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("read epochs"))?;
+        let rows = self.fetch_all(sql::epochs()).await?;
         rows.into_iter()
-            .map(|(user, epoch)| Ok((user, migrate::epoch_from_db(epoch)?)))
+            .map(|(user, epoch)| Ok((user, sql::epoch_from_db(epoch)?)))
             .collect()
     }
 
     async fn revocations_since(&self, cursor: i64, now: UnixTime) -> StoreResult<RevocationBatch> {
-        let rows: Vec<RevocationRow> = sqlx::query_as(
-            "SELECT seq, kind, sid, user_id, epoch, expires_at FROM revocations
-             WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(cursor)
-        .bind(self.batch_limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("read revocations"))?;
-        migrate::revocation_batch(rows, cursor, now)
+        let rows = self
+            .fetch_all(sql::revocations_since(cursor, self.batch_limit))
+            .await?;
+        sql::revocation_batch(rows, cursor, now)
     }
 
     async fn record_failure(&self, key: &CounterKey, window: i64, now: UnixTime) -> StoreResult<u32> {
-        // One statement: concurrent callers serialize on the row (or on the
-        // speculative insert of a new key) and each sees its own count. `$4` is
-        // the latest window start that has run out, computed saturating here so
-        // no BIGINT arithmetic can overflow in SQL.
-        let count: i64 = sqlx::query_scalar(
-            "INSERT INTO failure_counters (key, user_id, window_start, count) VALUES ($1, $2, $3, 1)
-             ON CONFLICT (key) DO UPDATE SET
-                 window_start = CASE WHEN failure_counters.window_start <= $4
-                                     THEN excluded.window_start ELSE failure_counters.window_start END,
-                 count = CASE WHEN failure_counters.window_start <= $4
-                              THEN 1 ELSE failure_counters.count + 1 END
-             RETURNING count",
-        )
-        .bind(&key.key)
-        .bind(key.user_id.as_deref())
-        .bind(now)
-        .bind(now.saturating_sub(window))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db("record failure"))?;
-        migrate::count_from_db(count)
+        let (count,) = self.fetch_one(sql::record_failure(key, window, now)).await?;
+        sql::count_from_db(count)
     }
 
     async fn clear_failures(&self, key: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM failure_counters WHERE key = $1")
-            .bind(key)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(db("clear failures"))
+        self.execute(sql::clear_failures(key)).await.map(drop)
     }
 
     async fn lock(&self, key: &CounterKey, until: UnixTime) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO locks (key, user_id, until) VALUES ($1, $2, $3)
-             ON CONFLICT (key) DO UPDATE SET until = GREATEST(locks.until, excluded.until)",
-        )
-        .bind(&key.key)
-        .bind(key.user_id.as_deref())
-        .bind(until)
-        .execute(&self.pool)
-        .await
-        .map(drop)
-        .map_err(db("lock"))
+        self.execute(sql::lock(DIALECT, key, until)).await.map(drop)
     }
 
     async fn locked_until(&self, keys: &[&str], now: UnixTime) -> StoreResult<Option<UnixTime>> {
@@ -316,68 +313,24 @@ impl Store for PostgresStore {
     // ---- factors --------------------------------------------------------
 
     async fn insert_factor(&self, factor: &FactorRecord) -> StoreResult<()> {
-        let profile = migrate::factor_profile(factor)?;
-        let (key_id, blob) = split_secret(factor.secret.as_ref());
-        sqlx::query(
-            "INSERT INTO factors (id, user_id, factor_type, provider, status, profile,
-                                  secret_key_id, secret_blob, created, last_updated)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&factor.id)
-        .bind(&factor.user_id)
-        .bind(&factor.factor_type)
-        .bind(&factor.provider)
-        .bind(factor.status.as_str())
-        .bind(profile)
-        .bind(key_id)
-        .bind(blob)
-        .bind(factor.created)
-        .bind(factor.last_updated)
-        .execute(&self.pool)
-        .await
-        .map(drop)
-        .map_err(db("insert factor"))
+        self.execute(sql::insert_factor(factor)?).await.map(drop)
     }
 
     async fn get_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<Option<FactorRecord>> {
-        let row: Option<FactorRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            factor_columns!(),
-            " FROM factors WHERE id = $1 AND user_id = $2"
-        ))
-        .bind(factor_id)
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("get factor"))?;
-        row.map(migrate::factor_from_row).transpose()
+        let row = self.fetch_optional(sql::get_factor(user_id, factor_id)).await?;
+        row.map(sql::factor_from_row).transpose()
     }
 
     async fn list_factors(&self, user_id: &str) -> StoreResult<Vec<FactorRecord>> {
-        let rows: Vec<FactorRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            factor_columns!(),
-            " FROM factors WHERE user_id = $1 ORDER BY created, seq"
-        ))
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("list factors"))?;
-        rows.into_iter().map(migrate::factor_from_row).collect()
+        let rows = self.fetch_all(sql::list_factors(DIALECT, user_id)).await?;
+        rows.into_iter().map(sql::factor_from_row).collect()
     }
 
     async fn activate_factor(&self, user_id: &str, factor_id: &str, now: UnixTime) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE factors SET status = 'ACTIVE', last_updated = $3
-             WHERE id = $1 AND user_id = $2 AND status = 'PENDING_ACTIVATION'",
-        )
-        .bind(factor_id)
-        .bind(user_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(db("activate factor"))?;
-        Ok(done.rows_affected() == 1)
+        Ok(self
+            .execute(sql::activate_factor(user_id, factor_id, now))
+            .await?
+            == 1)
     }
 
     async fn update_factor_profile(
@@ -389,21 +342,8 @@ impl Store for PostgresStore {
         status: FactorStatus,
         now: UnixTime,
     ) -> StoreResult<bool> {
-        let profile = migrate::profile_text(profile)?;
-        let done = sqlx::query(
-            "UPDATE factors SET profile = $4, status = $5, last_updated = $6
-             WHERE id = $1 AND user_id = $2 AND status = $3",
-        )
-        .bind(factor_id)
-        .bind(user_id)
-        .bind(expected.as_str())
-        .bind(profile)
-        .bind(status.as_str())
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(db("update factor profile"))?;
-        Ok(done.rows_affected() == 1)
+        let statement = sql::update_factor_profile(user_id, factor_id, expected, profile, status, now)?;
+        Ok(self.execute(statement).await? == 1)
     }
 
     async fn delete_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<bool> {
@@ -422,31 +362,12 @@ impl Store for PostgresStore {
     }
 
     async fn claim_totp_step(&self, factor_id: &str, step: i64) -> StoreResult<bool> {
-        // One statement: concurrent claims on any replica serialize on the
-        // row (or on the speculative insert of the first one), and each
-        // compares with the step the previous one wrote. A refused claim
-        // changes no row.
-        let done = sqlx::query(
-            "INSERT INTO totp_steps (factor_id, last_step) VALUES ($1, $2)
-             ON CONFLICT (factor_id) DO UPDATE SET last_step = excluded.last_step
-             WHERE totp_steps.last_step < excluded.last_step",
-        )
-        .bind(factor_id)
-        .bind(step)
-        .execute(&self.pool)
-        .await
-        .map_err(db("claim totp step"))?;
-        Ok(done.rows_affected() == 1)
+        Ok(self.execute(sql::claim_totp_step(factor_id, step)).await? == 1)
     }
 
     async fn secret_key_ids(&self) -> StoreResult<Vec<String>> {
-        sqlx::query_scalar(
-            "SELECT DISTINCT secret_key_id FROM factors
-             WHERE secret_key_id IS NOT NULL ORDER BY secret_key_id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("read secret key ids"))
+        let rows = self.fetch_all(sql::secret_key_ids()).await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     async fn factors_sealed_with_other_keys(
@@ -454,19 +375,10 @@ impl Store for PostgresStore {
         key_id: &str,
         limit: u32,
     ) -> StoreResult<Vec<FactorRecord>> {
-        let rows: Vec<FactorRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            factor_columns!(),
-            " FROM factors
-             WHERE secret_key_id IS NOT NULL AND secret_key_id <> $1
-             ORDER BY seq LIMIT $2"
-        ))
-        .bind(key_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("read factors to re-seal"))?;
-        rows.into_iter().map(migrate::factor_from_row).collect()
+        let rows = self
+            .fetch_all(sql::factors_sealed_with_other_keys(DIALECT, key_id, limit))
+            .await?;
+        rows.into_iter().map(sql::factor_from_row).collect()
     }
 
     async fn replace_factor_secret(
@@ -475,19 +387,10 @@ impl Store for PostgresStore {
         old: &SealedSecret,
         new: &SealedSecret,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE factors SET secret_key_id = $4, secret_blob = $5
-             WHERE id = $1 AND secret_key_id = $2 AND secret_blob = $3",
-        )
-        .bind(factor_id)
-        .bind(&old.key_id)
-        .bind(&old.blob)
-        .bind(&new.key_id)
-        .bind(&new.blob)
-        .execute(&self.pool)
-        .await
-        .map_err(db("replace factor secret"))?;
-        Ok(done.rows_affected() == 1)
+        Ok(self
+            .execute(sql::replace_factor_secret(factor_id, old, new))
+            .await?
+            == 1)
     }
 
     // ---- recovery codes -------------------------------------------------
@@ -527,42 +430,18 @@ impl Store for PostgresStore {
     }
 
     async fn use_recovery_code(&self, user_id: &str, hash: &str) -> StoreResult<bool> {
-        let done = sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1 AND hash = $2")
-            .bind(user_id)
-            .bind(hash)
-            .execute(&self.pool)
-            .await
-            .map_err(db("use recovery code"))?;
-        Ok(done.rows_affected() == 1)
+        Ok(self.execute(sql::use_recovery_code(user_id, hash)).await? == 1)
     }
 
     async fn recovery_codes_left(&self, user_id: &str) -> StoreResult<u32> {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM recovery_codes WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("count recovery codes"))?;
-        migrate::count_from_db(count)
+        let (count,) = self.fetch_one(sql::recovery_codes_left(user_id)).await?;
+        sql::count_from_db(count)
     }
 
     // ---- transactions ---------------------------------------------------
 
     async fn put_transaction(&self, t: &TransactionRecord) -> StoreResult<()> {
-        let data = migrate::transaction_data(t)?;
-        sqlx::query(
-            "INSERT INTO transactions (id, kind, user_id, data, version, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&t.id)
-        .bind(&t.kind)
-        .bind(&t.user_id)
-        .bind(data)
-        .bind(t.version)
-        .bind(t.expires_at)
-        .execute(&self.pool)
-        .await
-        .map(drop)
-        .map_err(db("put transaction"))
+        self.execute(sql::put_transaction(t)?).await.map(drop)
     }
 
     async fn get_transaction(
@@ -571,38 +450,12 @@ impl Store for PostgresStore {
         id: &str,
         now: UnixTime,
     ) -> StoreResult<Option<TransactionRecord>> {
-        let row: Option<TransactionRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            transaction_columns!(),
-            " FROM transactions
-             WHERE id = $1 AND kind = $2 AND expires_at > $3"
-        ))
-        .bind(id)
-        .bind(kind)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("get transaction"))?;
-        row.map(migrate::transaction_from_row).transpose()
+        let row = self.fetch_optional(sql::get_transaction(kind, id, now)).await?;
+        row.map(sql::transaction_from_row).transpose()
     }
 
     async fn update_transaction(&self, t: &TransactionRecord, now: UnixTime) -> StoreResult<bool> {
-        let data = migrate::transaction_data(t)?;
-        let done = sqlx::query(
-            "UPDATE transactions SET user_id = $4, data = $5, expires_at = $6, version = version + 1
-             WHERE id = $1 AND kind = $2 AND version = $3 AND expires_at > $7",
-        )
-        .bind(&t.id)
-        .bind(&t.kind)
-        .bind(t.version)
-        .bind(&t.user_id)
-        .bind(data)
-        .bind(t.expires_at)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(db("update transaction"))?;
-        Ok(done.rows_affected() == 1)
+        Ok(self.execute(sql::update_transaction(t, now)?).await? == 1)
     }
 
     async fn take_transaction(
@@ -611,24 +464,14 @@ impl Store for PostgresStore {
         id: &str,
         now: UnixTime,
     ) -> StoreResult<Option<TransactionRecord>> {
-        let row: Option<TransactionRow> = sqlx::query_as(concat!(
-            "DELETE FROM transactions WHERE id = $1 AND kind = $2 AND expires_at > $3
-             RETURNING ",
-            transaction_columns!()
-        ))
-        .bind(id)
-        .bind(kind)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("take transaction"))?;
-        row.map(migrate::transaction_from_row).transpose()
+        let row = self.fetch_optional(sql::take_transaction(kind, id, now)).await?;
+        row.map(sql::transaction_from_row).transpose()
     }
 
     // ---- users ----------------------------------------------------------
 
     async fn create_user(&self, user: &UserRecord) -> StoreResult<UserWrite> {
-        let profile = migrate::user_profile(&user.profile)?;
+        let profile = sql::user_profile(&user.profile)?;
         // Concurrent creates of one login on any replica race for the unique
         // index: one inserts, the others get the violation, answered as taken.
         let row: Result<UserRow, sqlx::Error> = sqlx::query_as(concat!(
@@ -640,7 +483,7 @@ impl Store for PostgresStore {
         ))
         .bind(&user.id)
         .bind(&user.login)
-        .bind(migrate::login_key(&user.login))
+        .bind(sql::login_key(&user.login))
         .bind(user.status.as_str())
         .bind(profile)
         .bind(user.password_hash.as_deref())
@@ -652,54 +495,29 @@ impl Store for PostgresStore {
         .fetch_one(&self.pool)
         .await;
         match row {
-            Ok(row) => Ok(UserWrite::Written(migrate::user_from_row(row)?)),
-            Err(e) if migrate::is_login_conflict(&e) => Ok(UserWrite::LoginTaken),
+            Ok(row) => Ok(UserWrite::Written(sql::user_from_row(row)?)),
+            Err(e) if sql::is_login_conflict(&e) => Ok(UserWrite::LoginTaken),
             Err(e) => Err(sql_error("create user", &e)),
         }
     }
 
     async fn get_user(&self, id: &str) -> StoreResult<Option<UserRecord>> {
-        let row: Option<UserRow> =
-            sqlx::query_as(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("get user"))?;
-        row.map(migrate::user_from_row).transpose()
+        let row = self.fetch_optional(sql::get_user(id)).await?;
+        row.map(sql::user_from_row).transpose()
     }
 
     async fn get_user_by_login(&self, login: &str) -> StoreResult<Option<UserRecord>> {
-        let row: Option<UserRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE login_key = $1"
-        ))
-        .bind(migrate::login_key(login))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("get user by login"))?;
-        row.map(migrate::user_from_row).transpose()
+        let row = self.fetch_optional(sql::get_user_by_login(login)).await?;
+        row.map(sql::user_from_row).transpose()
     }
 
     async fn list_users(&self, after: Option<&str>, limit: u32) -> StoreResult<Vec<UserRecord>> {
-        // Byte order (COLLATE "C"), as the other backends and the directory
-        // sort, whatever the database's collation.
-        let rows: Vec<UserRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE $1::text IS NULL OR id COLLATE \"C\" > $1::text
-             ORDER BY id COLLATE \"C\" LIMIT $2"
-        ))
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("list users"))?;
-        rows.into_iter().map(migrate::user_from_row).collect()
+        let rows = self.fetch_all(sql::list_users(DIALECT, after, limit)).await?;
+        rows.into_iter().map(sql::user_from_row).collect()
     }
 
     async fn update_user(&self, id: &str, patch: &UserPatch, now: UnixTime) -> StoreResult<UserWrite> {
-        let profile = patch.profile.as_ref().map(migrate::user_profile).transpose()?;
+        let profile = patch.profile.as_ref().map(sql::user_profile).transpose()?;
         // One statement; every SET expression reads the row as it was, so the
         // status comparisons see the old status.
         let row: Result<Option<UserRow>, sqlx::Error> = sqlx::query_as(concat!(
@@ -721,7 +539,7 @@ impl Store for PostgresStore {
         ))
         .bind(id)
         .bind(patch.login.as_deref())
-        .bind(patch.login.as_deref().map(migrate::login_key))
+        .bind(patch.login.as_deref().map(sql::login_key))
         .bind(profile)
         .bind(patch.password_hash.as_deref())
         .bind(patch.status.map(|s| s.as_str()))
@@ -729,9 +547,9 @@ impl Store for PostgresStore {
         .fetch_optional(&self.pool)
         .await;
         match row {
-            Ok(Some(row)) => Ok(UserWrite::Written(migrate::user_from_row(row)?)),
+            Ok(Some(row)) => Ok(UserWrite::Written(sql::user_from_row(row)?)),
             Ok(None) => Ok(UserWrite::NotFound),
-            Err(e) if migrate::is_login_conflict(&e) => Ok(UserWrite::LoginTaken),
+            Err(e) if sql::is_login_conflict(&e) => Ok(UserWrite::LoginTaken),
             Err(e) => Err(sql_error("update user", &e)),
         }
     }
@@ -757,22 +575,10 @@ impl Store for PostgresStore {
     }
 
     async fn users_changed_since(&self, cursor: i64, limit: u32) -> StoreResult<UserChanges> {
-        let rows: Vec<UserChangeRow> = sqlx::query_as(
-            "SELECT seq, id, 0::bigint, login, status, profile, password_hash, created, activated,
-                    status_changed, last_updated, password_changed
-             FROM users WHERE seq > $1
-             UNION ALL
-             SELECT seq, id, 1::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint,
-                    NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint
-             FROM deleted_users WHERE seq > $1
-             ORDER BY 1 LIMIT $2",
-        )
-        .bind(cursor)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("read user changes"))?;
-        migrate::user_changes(rows, cursor)
+        let rows = self
+            .fetch_all(sql::users_changed_since(DIALECT, cursor, limit))
+            .await?;
+        sql::user_changes(rows, cursor)
     }
 
     // ---- housekeeping ---------------------------------------------------
@@ -781,80 +587,21 @@ impl Store for PostgresStore {
         if events.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(db("insert audit events"))?;
-        for e in events {
-            sqlx::query(
-                "INSERT INTO audit_events (uuid, published_ms, event_type, search, body)
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&e.uuid)
-            .bind(e.published_ms)
-            .bind(&e.event_type)
-            .bind(&e.search)
-            .bind(migrate::audit_body(e)?)
-            .execute(&mut *tx)
+        self.execute_all("insert audit events", sql::insert_audit_events(events)?)
             .await
-            .map_err(db("insert audit events"))?;
-        }
-        tx.commit().await.map_err(db("insert audit events"))
     }
 
     async fn query_audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
-        let rows: Vec<AuditRow> = sqlx::query_as(migrate::audit_query_sql(query.descending, true))
-            .bind(query.since_ms)
-            .bind(query.until_ms)
-            .bind(query.q.as_deref())
-            .bind(query.after.map(|a| a.published_ms))
-            .bind(query.after.map(|a| a.seq))
-            .bind(i64::from(query.limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("query audit events"))?;
-        rows.into_iter().map(migrate::audit_from_row).collect()
+        let rows = self.fetch_all(sql::query_audit_events(DIALECT, query)).await?;
+        rows.into_iter().map(sql::audit_from_row).collect()
     }
 
     async fn purge_audit_events(&self, before_ms: i64) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM audit_events WHERE published_ms < $1")
-            .bind(before_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(db("purge audit events"))?;
-        Ok(done.rows_affected())
+        self.execute(sql::purge_audit_events(before_ms)).await
     }
 
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(db("purge"))?;
-        sqlx::query("DELETE FROM locks WHERE until <= $1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("purge"))?;
-        sqlx::query("DELETE FROM failure_counters WHERE window_start <= $1")
-            .bind(now.saturating_sub(COUNTER_RETENTION))
-            .execute(&mut *tx)
-            .await
-            .map_err(db("purge"))?;
-        sqlx::query("DELETE FROM revocations WHERE kind = 'session' AND expires_at <= $1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("purge"))?;
-        sqlx::query("DELETE FROM transactions WHERE expires_at <= $1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("purge"))?;
-        // An epoch event is superseded once the user's epoch has moved past it:
-        // readers keep the maximum, so the newest event says it all. The newest
-        // event commits together with the epoch row, so it is always visible.
-        sqlx::query(
-            "DELETE FROM revocations r USING user_epochs e
-             WHERE r.kind = 'epoch' AND e.user_id = r.user_id AND r.epoch < e.epoch",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(db("purge"))?;
-        tx.commit().await.map_err(db("purge"))
+        self.execute_all("purge", sql::purge_expired(DIALECT, now)).await
     }
 }
 
