@@ -390,7 +390,14 @@ pub struct FileUser {
 pub enum StoreKind {
     Memory,
     Sqlite { path: PathBuf },
-    Postgres { url: Secret },
+    Postgres {
+        /// Where queries go: PostgreSQL itself, or a pooler (PgBouncer) in
+        /// transaction mode when `listen_url` is set.
+        url: Secret,
+        /// `store.listen_url`: a direct connection for LISTEN, migrations and
+        /// advisory locks; `None` when `url` is direct and serves for all.
+        listen_url: Option<Secret>,
+    },
 }
 
 #[derive(Debug, Clone)]
