@@ -13,6 +13,8 @@ mod durability;
 mod fail_closed;
 #[path = "store/fixtures.rs"]
 mod fixtures;
+#[path = "store/fleet.rs"]
+mod fleet;
 #[path = "store/harness.rs"]
 mod harness;
 #[path = "store/keys.rs"]

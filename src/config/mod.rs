@@ -389,7 +389,9 @@ pub struct FileUser {
 #[derive(Debug, Clone)]
 pub enum StoreKind {
     Memory,
-    Sqlite { path: PathBuf },
+    Sqlite {
+        path: PathBuf,
+    },
     Postgres {
         /// Where queries go: PostgreSQL itself, or a pooler (PgBouncer) in
         /// transaction mode when `listen_url` is set.

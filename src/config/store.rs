@@ -223,7 +223,9 @@ mod tests {
         assert!(
             matches!(&loaded.config.store.kind, StoreKind::Postgres { listen_url: Some(l), .. } if l.expose() == b"postgres://db:5432/x")
         );
-        let loaded = ok(&with("[store]\nkind = \"sqlite\"\nlisten_url = \"postgres://db/x\"\n"));
+        let loaded = ok(&with(
+            "[store]\nkind = \"sqlite\"\nlisten_url = \"postgres://db/x\"\n",
+        ));
         assert_has(&warnings(&loaded), "store.listen_url", "ignored");
         let loaded = ok(&with("[store]\nkind = \"memory\"\npath = \"x.db\"\n"));
         assert!(matches!(loaded.config.store.kind, StoreKind::Memory));

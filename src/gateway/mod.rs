@@ -273,7 +273,9 @@ fn spawn_listener(
     let sink: notify::Sink = {
         let (view, wake) = (view.clone(), wake.clone());
         Arc::new(move |notice| match notice {
-            Notice::Revoked(RevocationEvent::Session { sid, expires_at }) => view.note_revoked(&sid, expires_at),
+            Notice::Revoked(RevocationEvent::Session { sid, expires_at }) => {
+                view.note_revoked(&sid, expires_at)
+            }
             Notice::Revoked(RevocationEvent::Epoch { user_id, epoch }) => view.note_epoch(&user_id, epoch),
             Notice::Wake => wake.notify_one(),
         })

@@ -25,8 +25,8 @@
 pub mod memory;
 mod migrate;
 pub mod notify;
-pub mod postgres;
 mod pooled;
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]

@@ -76,7 +76,10 @@ pub fn parse(payload: &str) -> Result<Notice, &'static str> {
             if uid.is_empty() {
                 return Err("empty user id");
             }
-            let epoch = u64::try_from(ep).ok().filter(|e| *e > 0).ok_or("epoch out of range")?;
+            let epoch = u64::try_from(ep)
+                .ok()
+                .filter(|e| *e > 0)
+                .ok_or("epoch out of range")?;
             Notice::Revoked(RevocationEvent::Epoch { user_id: uid, epoch })
         }
         Payload::Wake => Notice::Wake,
@@ -153,7 +156,9 @@ async fn listen(
         Err(e) => return db("listen: find the channel")(e),
     };
     let Some(channel) = channel else {
-        return StoreError::Unavailable("listen: no revocations table on store.listen_url (not migrated?)".into());
+        return StoreError::Unavailable(
+            "listen: no revocations table on store.listen_url (not migrated?)".into(),
+        );
     };
     if let Err(e) = listener.listen(&channel).await {
         return db("listen")(e);

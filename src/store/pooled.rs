@@ -25,9 +25,9 @@
 
 use std::ops::{Deref, DerefMut};
 
-use futures_util::{StreamExt as _, TryStreamExt as _};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgPool, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Either, Error, Execute, Executor, Postgres, SqlStr, Transaction};
@@ -42,7 +42,9 @@ pub(crate) struct Db {
 impl std::fmt::Debug for Db {
     // Not derived: the pool's options hold the password.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("pooled", &self.pooled).finish_non_exhaustive()
+        f.debug_struct("Db")
+            .field("pooled", &self.pooled)
+            .finish_non_exhaustive()
     }
 }
 
@@ -160,7 +162,11 @@ impl<'c> Executor<'c> for &'c Db {
         })
     }
 
-    fn prepare_with<'e>(self, sql: SqlStr, parameters: &'e [PgTypeInfo]) -> BoxFuture<'e, Result<PgStatement, Error>>
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<PgStatement, Error>>
     where
         'c: 'e,
     {
@@ -179,7 +185,9 @@ pub(crate) struct TxConn {
 
 impl std::fmt::Debug for TxConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TxConn").field("pooled", &self.pooled).finish_non_exhaustive()
+        f.debug_struct("TxConn")
+            .field("pooled", &self.pooled)
+            .finish_non_exhaustive()
     }
 }
 
@@ -234,7 +242,11 @@ impl<'c> Executor<'c> for &'c mut TxConn {
         }
     }
 
-    fn prepare_with<'e>(self, sql: SqlStr, parameters: &'e [PgTypeInfo]) -> BoxFuture<'e, Result<PgStatement, Error>>
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<PgStatement, Error>>
     where
         'c: 'e,
     {

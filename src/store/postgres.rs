@@ -33,11 +33,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::pooled::Db;
 use super::migrate::{
     self, AuditRow, COUNTER_RETENTION, FactorRow, REVOCATION_BATCH_LIMIT, RevocationRow, TransactionRow,
     UserChangeRow, UserRow, db, factor_columns, split_secret, sql_error, transaction_columns, user_columns,
 };
+use super::pooled::Db;
 use super::{
     AuditQuery, AuditRecord, CounterKey, FactorRecord, FactorStatus, RevocationBatch, SealedSecret, Store,
     StoreError, StoreResult, TransactionRecord, UserChanges, UserPatch, UserRecord, UserWrite,
