@@ -289,6 +289,19 @@ async fn three_replicas_one_behind_pgbouncer_get_revocations_pushed() {
             ms(relisten),
             ms(pushed)
         );
+        // The replica behind the pooler wrote sessions, counters, locks and
+        // audit events through it without one store error.
+        let log = c.log_text();
+        for bad in ["prepared statement", "store unavailable", "\"level\":\"ERROR\""] {
+            assert!(!log.contains(bad), "{bad} in replica-c's log:\n{log}");
+        }
+        let audited: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{schema}\".audit_events"
+        )))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert!(audited > 0);
         drop(bouncer);
     })
     .await;
