@@ -171,7 +171,9 @@ EOF
     memory) store='kind = "memory"' ;;
     sqlite) store="kind = \"sqlite\"
 path = \"$WORK/portcullis.db\"" ;;
-    *) die "STORE must be memory or sqlite" ;;
+    postgres) store="kind = \"postgres\"
+url = \"${STORE_URL:?STORE=postgres needs STORE_URL}\"" ;;
+    *) die "STORE must be memory, sqlite or postgres" ;;
   esac
   cat >"$WORK/portcullis.toml" <<EOF
 default_policy = "deny"

@@ -400,8 +400,17 @@ pub struct FileUser {
 #[derive(Debug, Clone)]
 pub enum StoreKind {
     Memory,
-    Sqlite { path: PathBuf },
-    Postgres { url: Secret },
+    Sqlite {
+        path: PathBuf,
+    },
+    Postgres {
+        /// Where queries go: PostgreSQL itself, or a pooler (PgBouncer) in
+        /// transaction mode when `listen_url` is set.
+        url: Secret,
+        /// `store.listen_url`: a direct connection for LISTEN, migrations and
+        /// advisory locks; `None` when `url` is direct and serves for all.
+        listen_url: Option<Secret>,
+    },
 }
 
 #[derive(Debug, Clone)]

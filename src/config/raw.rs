@@ -139,6 +139,7 @@ pub(super) struct RawStore {
     pub kind: Option<String>,
     pub path: Option<String>,
     pub url: Option<String>,
+    pub listen_url: Option<String>,
     pub encryption_keys: Option<Vec<String>>,
 }
 

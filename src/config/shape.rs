@@ -13,13 +13,14 @@ use super::load::{ConfigProblem, TOP_LEVEL_KEYS};
 
 /// Fields whose values are secrets: serde's messages quote the offending value,
 /// so for these only the expected type is reported.
-const SECRET_FIELDS: [&str; 6] = [
+const SECRET_FIELDS: [&str; 7] = [
     "secrets",
     "tokens",
     "encryption_keys",
     "secret",
     "password",
     "url",
+    "listen_url",
 ];
 
 /// A serde failure: the path inside the deserialized value and the message.

@@ -33,6 +33,12 @@ pub(super) fn convert_store(cx: &mut Ctx<'_>, raw: RawStore) -> StoreConfig {
     if kind != Kind::Postgres && raw.url.is_some() {
         cx.warn("store.url", "ignored: only used by store.kind = \"postgres\"");
     }
+    if kind != Kind::Postgres && raw.listen_url.is_some() {
+        cx.warn(
+            "store.listen_url",
+            "ignored: only used by store.kind = \"postgres\"",
+        );
+    }
     let kind = match kind {
         Kind::Memory => StoreKind::Memory,
         Kind::Sqlite => {
@@ -53,23 +59,14 @@ pub(super) fn convert_store(cx: &mut Ctx<'_>, raw: RawStore) -> StoreConfig {
                     );
                     Secret::default()
                 }
-                Some(text) => match secret(cx, "store.url", &text) {
-                    Some(url) => {
-                        let ok = url
-                            .expose_str()
-                            .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
-                        if !ok {
-                            cx.error(
-                                "store.url",
-                                "must be a postgres:// or postgresql:// URL (value not shown)",
-                            );
-                        }
-                        url
-                    }
-                    None => Secret::default(),
-                },
+                Some(text) => postgres_url(cx, "store.url", &text),
             };
-            StoreKind::Postgres { url }
+            // A direct URL for the session-level work a pooler in transaction
+            // mode cannot carry (LISTEN, advisory locks); see `store::notify`.
+            let listen_url = raw
+                .listen_url
+                .map(|text| postgres_url(cx, "store.listen_url", &text));
+            StoreKind::Postgres { url, listen_url }
         }
     };
     let note = default_key_note(&kind);
@@ -108,6 +105,26 @@ pub(super) fn convert_store(cx: &mut Ctx<'_>, raw: RawStore) -> StoreConfig {
     StoreConfig {
         kind,
         encryption_keys,
+    }
+}
+
+/// A `postgres://` URL given as a secret (`env:NAME`, `file:PATH` or the
+/// value); its value is never shown in a message.
+fn postgres_url(cx: &mut Ctx<'_>, key: &str, text: &str) -> Secret {
+    match secret(cx, key, text) {
+        Some(url) => {
+            let ok = url
+                .expose_str()
+                .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+            if !ok {
+                cx.error(
+                    key,
+                    "must be a postgres:// or postgresql:// URL (value not shown)",
+                );
+            }
+            url
+        }
+        None => Secret::default(),
     }
 }
 
@@ -193,8 +210,23 @@ mod tests {
         )
         .unwrap();
         assert!(
-            matches!(&loaded.config.store.kind, StoreKind::Postgres { url } if url.expose() == b"postgres://u:p@db/portcullis")
+            matches!(&loaded.config.store.kind, StoreKind::Postgres { url, listen_url: None } if url.expose() == b"postgres://u:p@db/portcullis")
         );
+        let errs = errors(&with(
+            "[store]\nkind = \"postgres\"\nurl = \"postgres://db/x\"\nlisten_url = \"mysql://other-secret@db\"\n",
+        ));
+        assert_has(&errs, "store.listen_url", "postgres://");
+        assert!(!errs.join("\n").contains("other-secret"));
+        let loaded = ok(&with(
+            "[store]\nkind = \"postgres\"\nurl = \"postgres://pooler:6432/x\"\nlisten_url = \"postgres://db:5432/x\"\n",
+        ));
+        assert!(
+            matches!(&loaded.config.store.kind, StoreKind::Postgres { listen_url: Some(l), .. } if l.expose() == b"postgres://db:5432/x")
+        );
+        let loaded = ok(&with(
+            "[store]\nkind = \"sqlite\"\nlisten_url = \"postgres://db/x\"\n",
+        ));
+        assert_has(&warnings(&loaded), "store.listen_url", "ignored");
         let loaded = ok(&with("[store]\nkind = \"memory\"\npath = \"x.db\"\n"));
         assert!(matches!(loaded.config.store.kind, StoreKind::Memory));
         assert_has(&warnings(&loaded), "store.path", "ignored");

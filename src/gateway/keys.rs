@@ -148,6 +148,7 @@ mod tests {
         let mut pg = StoreConfig {
             kind: StoreKind::Postgres {
                 url: Secret::new("postgres://x/y"),
+                listen_url: None,
             },
             encryption_keys: Vec::new(),
         };

@@ -266,8 +266,22 @@ fn same_store(a: &StoreKind, b: &StoreKind) -> bool {
     match (a, b) {
         (StoreKind::Memory, StoreKind::Memory) => true,
         (StoreKind::Sqlite { path: a }, StoreKind::Sqlite { path: b }) => a == b,
-        (StoreKind::Postgres { url: a }, StoreKind::Postgres { url: b }) => {
+        (
+            StoreKind::Postgres {
+                url: a,
+                listen_url: la,
+            },
+            StoreKind::Postgres {
+                url: b,
+                listen_url: lb,
+            },
+        ) => {
             crate::secret::ct_eq(a.expose(), b.expose())
+                && match (la, lb) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => crate::secret::ct_eq(a.expose(), b.expose()),
+                    _ => false,
+                }
         }
         _ => false,
     }

@@ -26,7 +26,7 @@ use crate::regulation::Regulator;
 use crate::session::SessionCodec;
 use crate::session::revocation::RevocationView;
 use crate::state::{AppState, Handles};
-use crate::store::SharedStore;
+use crate::store::{RevocationEvent, SharedStore};
 use crate::users::{SharedUsers, UserDirectory, UserSync};
 
 /// Why the gateway could not be built.
@@ -174,11 +174,17 @@ impl Gateway {
         });
         // Audit events into the (shared) store, kept for `audit.retention`.
         background.push(crate::audit::start(store.clone(), config.audit.retention));
+        // Revocations pushed by PostgreSQL (see `store::notify`): applied at
+        // once; a wake-up makes the refresher read the log now.
+        let wake = Arc::new(tokio::sync::Notify::new());
+        if let Some(handle) = spawn_listener(&config, &store, &revocations, &wake) {
+            background.push(handle);
+        }
         background.push(spawn_refresher(
             store,
             revocations,
             (users, user_sync, passwords_checked),
-            clock,
+            (clock, wake),
             config.session.revocation_check,
         ));
         Ok(Self {
@@ -253,11 +259,51 @@ pub async fn sync_file_passwords(
     }
 }
 
+/// With a PostgreSQL store, listens on `store.listen_url` (else `store.url`)
+/// for revocations written by any replica.
+fn spawn_listener(
+    config: &Config,
+    store: &SharedStore,
+    view: &Arc<RevocationView>,
+    wake: &Arc<tokio::sync::Notify>,
+) -> Option<tokio::task::AbortHandle> {
+    use crate::store::notify::{self, Notice};
+    let crate::config::StoreKind::Postgres { url, listen_url } = &config.store.kind else {
+        return None;
+    };
+    if store.kind() != "postgres" {
+        return None;
+    }
+    let url = listen_url.as_ref().unwrap_or(url).expose_str()?;
+    let sink: notify::Sink = {
+        let (view, wake) = (view.clone(), wake.clone());
+        Arc::new(move |notice| match notice {
+            Notice::Revoked(RevocationEvent::Session { sid, expires_at }) => {
+                view.note_revoked(&sid, expires_at)
+            }
+            Notice::Revoked(RevocationEvent::Epoch { user_id, epoch }) => view.note_epoch(&user_id, epoch),
+            Notice::Wake => wake.notify_one(),
+        })
+    };
+    // Checked this often while quiet, so a dead connection is noticed soon.
+    let heartbeat = config
+        .session
+        .revocation_check
+        .clamp(Duration::from_secs(1), Duration::from_secs(10));
+    match notify::spawn(url, heartbeat, sink) {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::error!(error = %e, "revocation notifications disabled; polling only");
+            None
+        }
+    }
+}
+
 fn spawn_refresher(
     store: SharedStore,
     view: Arc<RevocationView>,
     (users, user_sync, passwords_checked): (SharedUsers, Arc<UserSync>, bool),
-    clock: SharedClock,
+    (clock, wake): (SharedClock, Arc<tokio::sync::Notify>),
     check: Duration,
 ) -> tokio::task::AbortHandle {
     let period = (check / 2).max(Duration::from_millis(50));
@@ -268,7 +314,11 @@ fn spawn_refresher(
         let mut failing = false;
         let mut passwords_checked = passwords_checked;
         loop {
-            tick.tick().await;
+            // The poll, or earlier when a notification asks for it.
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = wake.notified() => {}
+            }
             if !passwords_checked {
                 let file_users = users.read().unwrap_or_else(|p| p.into_inner()).file_users();
                 match crate::session::file_passwords::sync(&store, &file_users, &view, clock.now()).await {

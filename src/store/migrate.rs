@@ -83,6 +83,11 @@ pub(super) const SQLITE: &[Migration] = &[
         name: "audit",
         sql: include_str!("../../migrations/sqlite/0004_audit.sql"),
     },
+    Migration {
+        version: 5,
+        name: "notify",
+        sql: include_str!("../../migrations/sqlite/0005_notify.sql"),
+    },
 ];
 
 /// Every PostgreSQL migration, oldest first.
@@ -106,6 +111,11 @@ pub(super) const POSTGRES: &[Migration] = &[
         version: 4,
         name: "audit",
         sql: include_str!("../../migrations/postgres/0004_audit.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "notify",
+        sql: include_str!("../../migrations/postgres/0005_notify.sql"),
     },
 ];
 

@@ -24,6 +24,8 @@
 
 pub mod memory;
 mod migrate;
+pub mod notify;
+mod pooled;
 pub mod postgres;
 pub mod sqlite;
 
@@ -520,11 +522,24 @@ pub async fn open(config: &StoreConfig) -> StoreResult<SharedStore> {
     Ok(match &config.kind {
         StoreKind::Memory => Arc::new(memory::MemoryStore::new()) as SharedStore,
         StoreKind::Sqlite { path } => Arc::new(sqlite::SqliteStore::open(path).await?),
-        StoreKind::Postgres { url } => {
+        StoreKind::Postgres { url, listen_url } => {
             let url = url
                 .expose_str()
                 .ok_or_else(|| StoreError::Unavailable("store.url is not UTF-8".into()))?;
-            Arc::new(postgres::PostgresStore::connect(url).await?)
+            let direct = listen_url
+                .as_ref()
+                .map(|u| {
+                    u.expose_str()
+                        .ok_or_else(|| StoreError::Unavailable("store.listen_url is not UTF-8".into()))
+                })
+                .transpose()?;
+            match direct {
+                // A separate direct URL: `store.url` may be a transaction-mode pooler.
+                Some(direct) if direct != url => {
+                    Arc::new(postgres::PostgresStore::connect_pooled(url, direct).await?)
+                }
+                _ => Arc::new(postgres::PostgresStore::connect(url).await?),
+            }
         }
     })
 }

@@ -22,6 +22,10 @@
 //!   together apply them once (see [`super::migrate`]).
 //! - The connection URL holds a password: it never appears in `Debug` output or
 //!   in errors.
+//! - **Behind a pooler.** [`PostgresStore::connect_pooled`] sends queries to a
+//!   pooler in transaction mode (see [`super::pooled`]) and does what needs a
+//!   session (the migration's advisory lock) over a direct URL, after checking
+//!   that both resolve to the same schema.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +35,7 @@ use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
 use super::migrate;
+use super::pooled::Db;
 use super::sql::{self, Dialect, REVOCATION_BATCH_LIMIT, Statement, UserRow, db, sql_error, user_columns};
 use super::{
     AuditQuery, AuditRecord, CounterKey, FactorRecord, FactorStatus, RevocationBatch, SealedSecret, Store,
@@ -46,7 +51,7 @@ const MAX_CONNECTIONS: u32 = 10;
 
 /// PostgreSQL store.
 pub struct PostgresStore {
-    pool: PgPool,
+    pool: Db,
     /// The schema given to [`PostgresStore::connect_with_schema`], if any.
     schema: Option<String>,
     /// Rows per `revocations_since` call (lowered by tests).
@@ -65,7 +70,16 @@ impl std::fmt::Debug for PostgresStore {
 impl PostgresStore {
     /// Connects to `url` and migrates the schema first on its `search_path`.
     pub async fn connect(url: &str) -> StoreResult<PostgresStore> {
-        Self::open(url, None).await
+        Self::open(url, None, None).await
+    }
+
+    /// Connects to `pooled_url`, a pooler (PgBouncer) in transaction mode, for
+    /// every query, and to `direct_url`, PostgreSQL itself, to migrate. Both
+    /// must lead to the same database and schema (the schema comes from the
+    /// pooler's database entry or the role's `search_path`: a pooler passes
+    /// no `options`); a mismatch is refused.
+    pub async fn connect_pooled(pooled_url: &str, direct_url: &str) -> StoreResult<PostgresStore> {
+        Self::open(pooled_url, None, Some(direct_url)).await
     }
 
     /// Connects to `url` and uses `schema` (created if missing) on every
@@ -76,11 +90,17 @@ impl PostgresStore {
                 "invalid PostgreSQL schema name {schema:?}: use letters, digits and _"
             )));
         }
-        Self::open(url, Some(schema.to_owned())).await
+        Self::open(url, Some(schema.to_owned()), None).await
     }
 
-    async fn open(url: &str, schema: Option<String>) -> StoreResult<PostgresStore> {
-        let options: PgConnectOptions = url.parse().map_err(db("parse store.url"))?;
+    async fn open(url: &str, schema: Option<String>, direct: Option<&str>) -> StoreResult<PostgresStore> {
+        let mut options: PgConnectOptions = url.parse().map_err(db("parse store.url"))?;
+        if direct.is_some() {
+            // Through a pooler: no statement outlives its transaction (see
+            // `pooled`), and no startup parameter the pooler does not know
+            // (PgBouncer refuses `extra_float_digits`; no floats are stored).
+            options = options.statement_cache_capacity(0).extra_float_digits(None);
+        }
         let mut pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT);
@@ -101,7 +121,29 @@ impl PostgresStore {
             });
         }
         let pool = pool.connect_with(options).await.map_err(db("connect"))?;
-        migrate(&pool, schema.as_deref()).await?;
+        let pool = match direct {
+            None => {
+                migrate(&pool, schema.as_deref()).await?;
+                Db::new(pool, false)
+            }
+            Some(direct) => {
+                let direct: PgConnectOptions = direct.parse().map_err(db("parse store.listen_url"))?;
+                let direct = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_with(direct)
+                    .await
+                    .map_err(db("connect (store.listen_url)"))?;
+                let checked = async {
+                    migrate(&direct, None).await?;
+                    same_schema(&pool, &direct).await
+                }
+                .await;
+                direct.close().await;
+                checked?;
+                Db::new(pool, true)
+            }
+        };
         Ok(PostgresStore {
             pool,
             schema,
@@ -113,6 +155,28 @@ impl PostgresStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Refuses a pooled URL and a direct URL that lead to different schemas (or
+/// databases): the replicas would write in one and listen to the other.
+async fn same_schema(pooled: &PgPool, direct: &PgPool) -> StoreResult<()> {
+    const WHERE: &str = "SELECT current_database() || '.' || coalesce(current_schema(), '')";
+    let via_pooler: String = sqlx::query_scalar(WHERE)
+        .fetch_one(pooled)
+        .await
+        .map_err(db("check store.url"))?;
+    let direct: String = sqlx::query_scalar(WHERE)
+        .fetch_one(direct)
+        .await
+        .map_err(db("check store.listen_url"))?;
+    if via_pooler != direct {
+        return Err(StoreError::Unavailable(format!(
+            "store.url leads to schema {via_pooler:?} but store.listen_url to {direct:?}: \
+             set the schema in the pooler's database entry (connect_query) or with \
+             ALTER ROLE ... SET search_path, as in the direct URL"
+        )));
+    }
+    Ok(())
 }
 
 /// True for a name that is safe to quote into SQL as an identifier.

@@ -58,6 +58,11 @@ pub fn now() -> i64 {
 pub enum StoreSpec {
     Sqlite(PathBuf),
     Postgres(String),
+    /// Queries through a pooler (`url`), LISTEN and migrations direct (`listen_url`).
+    Pooled {
+        url: String,
+        listen_url: String,
+    },
 }
 
 /// What a gateway process is started with; each start writes a config with
@@ -99,6 +104,11 @@ impl GatewayConfig {
                 toml_str(&path.display().to_string())
             ),
             StoreSpec::Postgres(url) => format!("kind = \"postgres\"\nurl = {}", toml_str(url)),
+            StoreSpec::Pooled { url, listen_url } => format!(
+                "kind = \"postgres\"\nurl = {}\nlisten_url = {}",
+                toml_str(url),
+                toml_str(listen_url)
+            ),
         };
         let keys: Vec<String> = self.keys.iter().map(|k| toml_str(k)).collect();
         let text = format!(
@@ -292,6 +302,11 @@ impl Gateway {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
     }
 
     /// What the process wrote so far.
