@@ -329,7 +329,7 @@ pub async fn factor_step(
             );
             mfa::with_csrf(html(StatusCode::OK, page), set)
         }
-        Ok(Challenge::CodeSent { .. }) => {
+        Ok(Challenge::CodeSent { .. } | Challenge::WebAuthn { .. }) => {
             again(StatusCode::FORBIDDEN, "That method cannot be used.", &listed)
         }
         Err(e) => {
