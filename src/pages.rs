@@ -23,6 +23,8 @@ pub const STYLESHEET: &str = "/static/portal.css";
 
 /// Where the push polling script is served, relative to the prefix.
 pub const PUSH_SCRIPT: &str = "/static/push.js";
+/// Where the WebAuthn script is served, relative to the prefix.
+pub const WEBAUTHN_SCRIPT: &str = "/static/webauthn.js";
 
 /// The built-in templates: name and source. `.html` names are auto-escaped.
 const SOURCES: &[(&str, &str)] = &[
@@ -66,6 +68,11 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../templates/portal/recovery_codes.html"),
     ),
     ("factors.html", include_str!("../templates/portal/factors.html")),
+    ("webauthn.html", include_str!("../templates/portal/webauthn.html")),
+    (
+        "webauthn_rename.html",
+        include_str!("../templates/portal/webauthn_rename.html"),
+    ),
     (
         "passwordless_username.html",
         include_str!("../templates/portal/passwordless_username.html"),
@@ -118,6 +125,7 @@ impl Templates {
         );
         env.add_global("STYLESHEET", STYLESHEET);
         env.add_global("PUSH_SCRIPT", PUSH_SCRIPT);
+        env.add_global("WEBAUTHN_SCRIPT", WEBAUTHN_SCRIPT);
         for (name, source) in SOURCES {
             env.add_template(name, source)?;
         }

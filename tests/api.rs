@@ -29,3 +29,7 @@ mod signin;
 mod tools;
 #[path = "api/users.rs"]
 mod users;
+#[path = "api/webauthn.rs"]
+mod webauthn;
+#[path = "support/soft_authenticator.rs"]
+mod soft;

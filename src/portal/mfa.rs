@@ -418,6 +418,9 @@ pub async fn enroll(
         .filter(|t| super::oob::out_of_band(t))
         .collect();
     match q.factor_type.as_deref() {
+        Some(factors::webauthn::WEBAUTHN_TYPE) if factors::type_enabled(&st, factors::webauthn::WEBAUTHN_TYPE) => {
+            return super::webauthn::enroll_page(&st, &headers, &s, &rd).await;
+        }
         Some(t) if oob_types.contains(&t) => {
             return super::oob::enroll_page(&st, &ctx, &headers, &s, &rd, t).await;
         }
@@ -599,13 +602,20 @@ fn factors_page(
     let rows: Vec<Value> = factors
         .iter()
         .map(|f| {
-            let name =
-                factors::kind_of(&f.record.factor_type).map_or(f.record.factor_type.as_str(), |k| k.label());
+            let kind = factors::kind_of(&f.record.factor_type);
+            // Keys are told apart by the names their users gave them.
+            let named = kind.is_some_and(|k| k.ceremony());
+            let name = match kind {
+                Some(k) if named => k.describe(&f.record.profile),
+                Some(k) => k.label().to_owned(),
+                None => f.record.factor_type.clone(),
+            };
             context! {
                 id => f.record.id.as_str(),
                 name,
                 active => f.is_active(),
                 managed => f.from_config,
+                rename => named && !f.from_config,
             }
         })
         .collect();
@@ -628,7 +638,7 @@ fn factors_page(
     )
 }
 
-async fn render_factors(
+pub(super) async fn render_factors(
     st: &AppState,
     headers: &HeaderMap,
     s: &ActiveSession,
@@ -661,7 +671,7 @@ pub struct CsrfForm {
 
 /// Guards a factor change: a session, CSRF, and a recent second factor
 /// (else a step-up that comes back to the factors page).
-fn change_guard(
+pub(super) fn change_guard(
     st: &AppState,
     ctx: &Ctx,
     headers: &HeaderMap,

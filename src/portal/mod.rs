@@ -19,6 +19,7 @@ pub mod oob;
 pub mod passwordless;
 pub mod push;
 pub mod redirect;
+mod webauthn;
 mod transaction;
 
 /// The request body types of the JSON API, for the fuzz targets (`fuzz/`),
@@ -108,6 +109,14 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route("/factors", get(mfa::list))
         .route("/factors/recovery", post(mfa::regenerate))
         .route("/factors/{factor_id}/remove", post(mfa::remove))
+        .route(
+            "/factors/{factor_id}/rename",
+            get(webauthn::rename_form).post(webauthn::rename_submit),
+        )
+        .route("/enroll/webauthn", post(webauthn::enroll_submit))
+        .route("/mfa/webauthn", post(webauthn::challenge))
+        .route("/mfa/webauthn/verify", post(webauthn::verify))
+        .route(pages::WEBAUTHN_SCRIPT, get(webauthn::script))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(pages::STYLESHEET, get(stylesheet))
         .route(push::SCRIPT_PATH, get(push::script))

@@ -42,6 +42,11 @@ pub fn out_of_band(factor_type: &str) -> bool {
     factors::kind_of(factor_type).is_some_and(|k| k.address().is_some() || k.answered_by_device())
 }
 
+/// True for a type verified by a WebAuthn ceremony (security keys).
+fn ceremony(factor_type: &str) -> bool {
+    factors::kind_of(factor_type).is_some_and(|k| k.ceremony())
+}
+
 /// True for a type whose verification is a device's answer (push).
 fn answered_by_device(factor_type: &str) -> bool {
     factors::kind_of(factor_type).is_some_and(|k| k.answered_by_device())
@@ -52,9 +57,11 @@ fn answered_by_device(factor_type: &str) -> bool {
 pub fn challenge_buttons(factors: &[Factor]) -> Vec<Value> {
     factors
         .iter()
-        .filter(|f| out_of_band(&f.record.factor_type))
+        .filter(|f| out_of_band(&f.record.factor_type) || ceremony(&f.record.factor_type))
         .map(|f| {
-            let (action, button) = if answered_by_device(&f.record.factor_type) {
+            let (action, button) = if ceremony(&f.record.factor_type) {
+                ("webauthn", "Use this key")
+            } else if answered_by_device(&f.record.factor_type) {
                 ("push", "Send a push")
             } else {
                 ("send", "Send a code")
