@@ -68,6 +68,10 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../templates/portal/recovery_codes.html"),
     ),
     ("factors.html", include_str!("../templates/portal/factors.html")),
+    (
+        "passkey_link.html",
+        include_str!("../templates/portal/passkey_link.html"),
+    ),
     ("webauthn.html", include_str!("../templates/portal/webauthn.html")),
     (
         "webauthn_rename.html",
@@ -288,10 +292,23 @@ pub fn login_page(
     username: &str,
     error: Option<&str>,
 ) -> String {
+    login_page_with(title, prefix, csrf, rd, username, error, None)
+}
+
+/// [`login_page`] with a "Sign in with a passkey" link to `passkey`.
+pub fn login_page_with(
+    title: &str,
+    prefix: &str,
+    csrf: &str,
+    rd: &str,
+    username: &str,
+    error: Option<&str>,
+    passkey: Option<&str>,
+) -> String {
     render(
         "login.html",
         prefix,
-        context! { title, csrf, rd, username, error },
+        context! { title, csrf, rd, username, error, passkey },
     )
 }
 

@@ -331,6 +331,12 @@ fn creation_options(ccr: &impl Serialize) -> Value {
         // A hint would hide platform passkeys from some browsers.
         o.remove("hints");
     }
+    if let Some(ext) = pk.get_mut("extensions").and_then(Value::as_object_mut) {
+        // Chromium refuses a credProtect request its authenticator cannot
+        // keep with NotSupportedError, even when not enforced.
+        ext.remove("credentialProtectionPolicy");
+        ext.remove("enforceCredentialProtectionPolicy");
+    }
     pk
 }
 

@@ -150,7 +150,9 @@ fn passwordless_types(st: &AppState) -> Vec<String> {
         .users
         .passwordless_factors
         .iter()
-        .filter(|t| factors::type_enabled(st, t))
+        // A passkey signs in without a username ("Sign in with a passkey"),
+        // not as the possession step after one.
+        .filter(|t| factors::type_enabled(st, t) && t.as_str() != factors::webauthn::WEBAUTHN_TYPE)
         .cloned()
         .collect()
 }

@@ -415,7 +415,7 @@ pub async fn enroll(
     }
     let oob_types: Vec<&str> = FactorType::enabled(&st.config.factors)
         .map(FactorType::as_str)
-        .filter(|t| super::oob::out_of_band(t))
+        .filter(|t| super::oob::out_of_band(t) || factors::kind_of(t).is_some_and(|k| k.ceremony()))
         .collect();
     match q.factor_type.as_deref() {
         Some(factors::webauthn::WEBAUTHN_TYPE) if factors::type_enabled(&st, factors::webauthn::WEBAUTHN_TYPE) => {

@@ -114,6 +114,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
             get(webauthn::rename_form).post(webauthn::rename_submit),
         )
         .route("/enroll/webauthn", post(webauthn::enroll_submit))
+        .route("/login/passkey", get(webauthn::passkey_page).post(webauthn::passkey_submit))
         .route("/mfa/webauthn", post(webauthn::challenge))
         .route("/mfa/webauthn/verify", post(webauthn::verify))
         .route(pages::WEBAUTHN_SCRIPT, get(webauthn::script))
@@ -227,7 +228,8 @@ async fn login_form(
     let page = if cfg.users.passwordless && q.password.is_none() {
         passwordless::username_page(&st, &token, &rd, "", None)
     } else {
-        pages::login_page(&cfg.portal.title, &cfg.portal.prefix, &token, &rd, "", None)
+        let passkey = webauthn::passkey_href(&st, &rd);
+        pages::login_page_with(&cfg.portal.title, &cfg.portal.prefix, &token, &rd, "", None, passkey.as_deref())
     };
     let mut res = html(StatusCode::OK, page);
     if let Some(c) = set {

@@ -40,6 +40,7 @@ pub fn username_page(st: &AppState, csrf: &str, rd: &str, username: &str, error:
             rd_query => enc(rd),
             username,
             error,
+            passkey => super::webauthn::passkey_href(st, rd),
         },
     )
 }

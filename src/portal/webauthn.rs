@@ -414,3 +414,106 @@ pub async fn rename_submit(
         Err(_) => unavailable(&st),
     }
 }
+
+// ---- usernameless sign-in with a passkey ------------------------------------
+
+/// The passkey sign-in link for the sign-in pages, when `[factors.webauthn]`
+/// is on and `users.passwordless_factors` lists `webauthn`.
+pub fn passkey_href(st: &AppState, rd: &str) -> Option<String> {
+    let on = st.config.factors.webauthn.enabled
+        && st.config.users.passwordless_factors.iter().any(|f| f == WEBAUTHN_TYPE);
+    on.then(|| format!("{}/login/passkey?rd={}", st.config.portal.prefix, enc(rd)))
+}
+
+/// The flow of a usernameless ceremony: bound to the browser's CSRF token
+/// (the cookie and the form must both carry it).
+fn passkey_flow(csrf: &str) -> factors::Flow {
+    factors::Flow::Authn(format!("passkey:{}", crate::crypto::token_id(csrf)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct RdQuery {
+    rd: Option<String>,
+}
+
+async fn passkey_render(st: &AppState, headers: &HeaderMap, rd: &str, error: Option<&str>, status: StatusCode) -> Response {
+    let (token, set) = csrf_token(st, headers);
+    let (options, _) = match wa::challenge_discoverable(st, &passkey_flow(&token)).await {
+        Ok(x) => x,
+        Err(_) => return unavailable(st),
+    };
+    let prefix = &st.config.portal.prefix;
+    let action = format!("{prefix}/login/passkey");
+    let back = format!("{prefix}/login?rd={}", enc(rd));
+    let mut body = page(st, "get", &options, &action, &[("csrf", &token), ("rd", rd)], "", Some(&back), error);
+    body = body.replace("Use your security key</h1>", "Sign in with a passkey</h1>");
+    with_csrf(html(status, body), set)
+}
+
+/// `GET {prefix}/login/passkey?rd=`: a usernameless ceremony.
+pub async fn passkey_page(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<RdQuery>,
+) -> Response {
+    let rd = redirect::safe_target(q.rd.as_deref(), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
+    if passkey_href(&st, &rd).is_none() {
+        return see_other(&format!("{}/login?rd={}", st.config.portal.prefix, enc(&rd)));
+    }
+    passkey_render(&st, &headers, &rd, None, StatusCode::OK).await
+}
+
+/// `POST {prefix}/login/passkey`: the passkey's answer. With user
+/// verification (which the ceremony requires) it proves two factors, the
+/// key and the PIN or biometrics that unlocked it: a level-2 session.
+pub async fn passkey_submit(
+    State(st): State<Arc<AppState>>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Form(f): Form<CeremonyForm>,
+) -> Response {
+    let rd = redirect::safe_target(Some(&f.rd), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
+    if passkey_href(&st, &rd).is_none() {
+        return see_other(&format!("{}/login?rd={}", st.config.portal.prefix, enc(&rd)));
+    }
+    if !form_allowed(&st, &ctx, &headers, &f.csrf) {
+        return passkey_render(&st, &headers, &rd, Some("This form expired. Try again."), StatusCode::FORBIDDEN).await;
+    }
+    let proof = proof_of(&f.response).unwrap_or_else(|| r#"{"clientData":""}"#.to_owned());
+    // No password came first: failures count like wrong passwords, so a
+    // stranger naming a user cannot lock that user out.
+    let done = crate::regulation::as_first_factor(
+        true,
+        wa::verify_discoverable(&st, &st.users, &proof, ctx.0.client_addr, &passkey_flow(&f.csrf)),
+    )
+    .await;
+    let (user, uv) = match done {
+        Ok((user, _factor, uv)) => (user, uv),
+        Err(wa::DiscoverableError::Verify(factors::VerifyError::Unavailable)) => return unavailable(&st),
+        Err(e) => {
+            crate::audit!("signin.passkey.failed", client = %ctx.0.client_addr, reason = ?e);
+            return passkey_render(
+                &st,
+                &headers,
+                &rd,
+                Some("That passkey was not accepted. Try again, or sign in another way."),
+                StatusCode::UNAUTHORIZED,
+            )
+            .await;
+        }
+    };
+    super::login::end_prior_sign_in(&st, &headers).await;
+    let level = if uv { 2 } else { 1 };
+    let mut amr = Vec::new();
+    crate::session::add_method(&mut amr, factors::amr_of(WEBAUTHN_TYPE));
+    if uv {
+        crate::session::add_method(&mut amr, "mfa");
+    }
+    crate::audit!("signin.passwordless.succeeded", user = %user.username, method = "passkey", level = level);
+    let (_, cookie) = super::login::issue_session(&st, &user, level, amr, None);
+    let mut res = see_other(&rd);
+    res.headers_mut().append(header::SET_COOKIE, cookie);
+    res
+}
