@@ -411,7 +411,11 @@ pub(crate) async fn verify(st: &Handles, scope: &Scope, id: &str, body: &[u8]) -
         Err(r) => return r,
     };
     let ceremony = kind_of(&f.record.factor_type).is_some_and(|k| k.ceremony());
-    let code = match if ceremony { ceremony_proof(body) } else { pass_code(body) } {
+    let code = match if ceremony {
+        ceremony_proof(body)
+    } else {
+        pass_code(body)
+    } {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -422,9 +426,8 @@ pub(crate) async fn verify(st: &Handles, scope: &Scope, id: &str, body: &[u8]) -
     let me = scope.factor_url(&f.record.id);
     // A device answers (push), or a code is to be sent (sms, call, email
     // without a passCode): start a challenge. Else check the code.
-    let challenge = kind_of(&ft).is_some_and(|k| {
-        k.answered_by_device() || ((k.sends_code() || k.ceremony()) && code.is_none())
-    });
+    let challenge = kind_of(&ft)
+        .is_some_and(|k| k.answered_by_device() || ((k.sends_code() || k.ceremony()) && code.is_none()));
     match (challenge, code) {
         (true, _) => {
             let ctx = factors::ChallengeContext {

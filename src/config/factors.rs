@@ -18,7 +18,15 @@ const MAX_TOTP_SKEW: u8 = 3;
 const TOTP_PERIODS: std::ops::RangeInclusive<u64> = 15..=120;
 const TEMPLATE_PLACEHOLDERS: [&str; 4] = ["code", "app", "user", "expires_in"];
 
-const FACTOR_KEYS: [&str; 7] = ["totp", "sms", "call", "email", "push", "recovery_codes", "webauthn"];
+const FACTOR_KEYS: [&str; 7] = [
+    "totp",
+    "sms",
+    "call",
+    "email",
+    "push",
+    "recovery_codes",
+    "webauthn",
+];
 
 pub(super) fn convert_factors(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> Option<FactorsConfig> {
     let mut table = match value {

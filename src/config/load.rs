@@ -304,8 +304,7 @@ fn cross_checks(cx: &mut Ctx<'_>, v: CrossView<'_>) {
     if let Some(factors) = v.factors
         && !factors.any_second_factor()
     {
-        const WHY: &str =
-            "requires a second factor, but none is enabled (enable factors.totp, sms, call, email, push or webauthn)";
+        const WHY: &str = "requires a second factor, but none is enabled (enable factors.totp, sms, call, email, push or webauthn)";
         if v.default_policy == Some(&PolicyKind::TwoFactor) {
             cx.error("default_policy", WHY);
         }

@@ -179,7 +179,9 @@ mod tests {
             "[server]\nexternal_url = \"https://app.example.com\"\n[factors.webauthn]\nenabled = true\n",
         ));
         let w = &loaded.config.factors.webauthn;
-        let (rp, origins) = w.relying_party(loaded.config.server.external_url.as_ref()).unwrap();
+        let (rp, origins) = w
+            .relying_party(loaded.config.server.external_url.as_ref())
+            .unwrap();
         assert_eq!(rp, "app.example.com");
         assert_eq!(origins[0].as_str(), "https://app.example.com/");
         let errs = errors(&with("[factors.webauthn]\nenabled = true\n"));

@@ -303,9 +303,9 @@ impl Enrolled {
     pub fn factor(&self) -> &FactorRecord {
         match self {
             Enrolled::Totp(t) => &t.factor,
-            Enrolled::Code { factor, .. } | Enrolled::Push { factor, .. } | Enrolled::WebAuthn { factor, .. } => {
-                factor
-            }
+            Enrolled::Code { factor, .. }
+            | Enrolled::Push { factor, .. }
+            | Enrolled::WebAuthn { factor, .. } => factor,
         }
     }
 }

@@ -31,12 +31,15 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use webauthn_rs::prelude::{
     AuthenticationResult, CredentialID, DiscoverableAuthentication, DiscoverableKey, Passkey,
-    PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential, SecurityKey,
-    SecurityKeyAuthentication, SecurityKeyRegistration, Uuid, Webauthn, WebauthnBuilder, WebauthnError,
+    PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential,
+    SecurityKey, SecurityKeyAuthentication, SecurityKeyRegistration, Uuid, Webauthn, WebauthnBuilder,
+    WebauthnError,
 };
 
 use super::kind::{BoxFuture, FactorKind};
-use super::{Challenge, ChallengeContext, ChallengeError, EnrollError, Enrolled, Factor, Flow, VerifyError, secret_aad};
+use super::{
+    Challenge, ChallengeContext, ChallengeError, EnrollError, Enrolled, Factor, Flow, VerifyError, secret_aad,
+};
 use crate::audit;
 use crate::clock::UnixTime;
 use crate::config::{FactorsConfig, UserVerification};
@@ -70,7 +73,10 @@ pub fn relying_party(st: &Handles) -> Option<Webauthn> {
     }
     let (rp_id, origins) = cfg.relying_party(st.config.server.external_url.as_ref())?;
     let first = origins.first()?;
-    let name = cfg.rp_name.clone().unwrap_or_else(|| st.config.portal.title.clone());
+    let name = cfg
+        .rp_name
+        .clone()
+        .unwrap_or_else(|| st.config.portal.title.clone());
     let mut b = WebauthnBuilder::new(&rp_id, first)
         .ok()?
         .rp_name(&name)
@@ -150,7 +156,11 @@ pub struct Proof {
     pub client_data: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<String>,
-    #[serde(rename = "authenticatorData", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "authenticatorData",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub authenticator_data: Option<String>,
     #[serde(rename = "signatureData", default, skip_serializing_if = "Option::is_none")]
     pub signature_data: Option<String>,
@@ -323,7 +333,10 @@ fn state_id(flow: &Flow, factor_id: &str) -> String {
 fn creation_options(ccr: &impl Serialize) -> Value {
     let mut v = serde_json::to_value(ccr).unwrap_or(Value::Null);
     let mut pk = v["publicKey"].take();
-    if let Some(sel) = pk.get_mut("authenticatorSelection").and_then(Value::as_object_mut) {
+    if let Some(sel) = pk
+        .get_mut("authenticatorSelection")
+        .and_then(Value::as_object_mut)
+    {
         sel.insert("residentKey".into(), json!("preferred"));
         sel.insert("requireResidentKey".into(), json!(false));
     }
@@ -360,7 +373,6 @@ async fn existing_ids(st: &Handles, user: &User, except: &str) -> Result<Vec<Cre
         .into_iter()
         .filter(|f| f.factor_type == WEBAUTHN_TYPE && f.id != except)
         .filter_map(|f| f.profile["credentialId"].as_str().and_then(unb64))
-        .map(CredentialID::from)
         .collect())
 }
 
@@ -408,7 +420,12 @@ pub fn name_of(profile: &Value) -> Result<String, EnrollError> {
 
 /// Enrolls a pending key named by `profile`: answers the creation options
 /// the browser's `navigator.credentials.create` takes.
-pub async fn enroll(st: &Handles, user: &User, provider: &str, profile: &Value) -> Result<Enrolled, EnrollError> {
+pub async fn enroll(
+    st: &Handles,
+    user: &User,
+    provider: &str,
+    profile: &Value,
+) -> Result<Enrolled, EnrollError> {
     if provider != PROVIDER {
         return Err(EnrollError::NotSupported);
     }
@@ -450,14 +467,22 @@ pub async fn restart_registration(st: &Handles, user: &User, factor: &Factor) ->
     let (options, reg) = new_registration(st, &w, user, existing_ids(st, user, &rec.id).await?)?;
     let new = seal(st, &rec.id, &user.id, &Sealed::Registration(reg))?;
     if !st.store.replace_factor_secret(&rec.id, old, &new).await? {
-        return Err(EnrollError::Invalid("the key changed meanwhile; try again".into()));
+        return Err(EnrollError::Invalid(
+            "the key changed meanwhile; try again".into(),
+        ));
     }
     Ok(options)
 }
 
 /// Activates a pending key with the browser's registration answer
 /// (`clientData`, `attestation`). A wrong answer counts as a failure.
-pub async fn activate(st: &Handles, user: &User, factor: &Factor, proof: &str, addr: IpAddr) -> Result<(), VerifyError> {
+pub async fn activate(
+    st: &Handles,
+    user: &User,
+    factor: &Factor,
+    proof: &str,
+    addr: IpAddr,
+) -> Result<(), VerifyError> {
     let rec = &factor.record;
     if rec.status != FactorStatus::PendingActivation || rec.factor_type != WEBAUTHN_TYPE {
         return Err(VerifyError::NotActive);
@@ -482,7 +507,9 @@ pub async fn activate(st: &Handles, user: &User, factor: &Factor, proof: &str, a
         Registration::SecurityKey(r) => w
             .finish_securitykey_registration(&answer, r)
             .and_then(|k| serde_json::to_value(k).map_err(|_| WebauthnError::InvalidUserUniqueId))
-            .and_then(|v| serde_json::from_value::<Passkey>(v).map_err(|_| WebauthnError::InvalidUserUniqueId)),
+            .and_then(|v| {
+                serde_json::from_value::<Passkey>(v).map_err(|_| WebauthnError::InvalidUserUniqueId)
+            }),
     };
     let passkey = match finished {
         Ok(p) => p,
@@ -499,7 +526,8 @@ pub async fn activate(st: &Handles, user: &User, factor: &Factor, proof: &str, a
         super::failed(st, user, WEBAUTHN_TYPE, addr, "duplicate").await?;
         return Err(VerifyError::Invalid);
     }
-    let new = seal(st, &rec.id, &user.id, &Sealed::Credential(passkey)).map_err(|_| VerifyError::Unavailable)?;
+    let new =
+        seal(st, &rec.id, &user.id, &Sealed::Credential(passkey)).map_err(|_| VerifyError::Unavailable)?;
     // Compare and set: one registration answer activates the key, once.
     if !st.store.replace_factor_secret(&rec.id, old, &new).await? {
         super::failed(st, user, WEBAUTHN_TYPE, addr, "replayed").await?;
@@ -542,7 +570,10 @@ async fn put_ceremony(
         ChallengeError::Unavailable
     };
     // A new challenge replaces the one before (which stops working).
-    st.store.take_transaction(KIND, &id, now).await.map_err(unavailable)?;
+    st.store
+        .take_transaction(KIND, &id, now)
+        .await
+        .map_err(unavailable)?;
     let data = serde_json::to_value(c).map_err(|_| ChallengeError::Unavailable)?;
     st.store
         .put_transaction(&TransactionRecord {
@@ -560,7 +591,12 @@ async fn put_ceremony(
 
 /// Starts an authentication ceremony with an active key: the request
 /// options for `navigator.credentials.get`, bound to the flow.
-pub async fn challenge(st: &Handles, user: &User, factor: &Factor, flow: &Flow) -> Result<Challenge, ChallengeError> {
+pub async fn challenge(
+    st: &Handles,
+    user: &User,
+    factor: &Factor,
+    flow: &Flow,
+) -> Result<Challenge, ChallengeError> {
     let Some(w) = relying_party(st) else {
         return Err(ChallengeError::NotActive);
     };
@@ -606,7 +642,12 @@ fn counter_of(pk: &Passkey) -> u64 {
 /// new one, compare-and-set on the sealed secret: of two answers carrying
 /// the same counter (a cloned key, or one answer raced twice) one is
 /// accepted. False: the counter did not move forward.
-async fn store_counter(st: &Handles, user: &User, factor_id: &str, result: &AuthenticationResult) -> Result<bool, VerifyError> {
+async fn store_counter(
+    st: &Handles,
+    user: &User,
+    factor_id: &str,
+    result: &AuthenticationResult,
+) -> Result<bool, VerifyError> {
     for _ in 0..5 {
         let Some(rec) = st.store.get_factor(&user.id, factor_id).await? else {
             return Err(VerifyError::NotActive);
@@ -622,7 +663,8 @@ async fn store_counter(st: &Handles, user: &User, factor_id: &str, result: &Auth
         if pk.update_credential(result) != Some(true) {
             return Ok(true);
         }
-        let new = seal(st, factor_id, &user.id, &Sealed::Credential(pk)).map_err(|_| VerifyError::Unavailable)?;
+        let new =
+            seal(st, factor_id, &user.id, &Sealed::Credential(pk)).map_err(|_| VerifyError::Unavailable)?;
         if st.store.replace_factor_secret(factor_id, &old, &new).await? {
             return Ok(true);
         }
@@ -630,7 +672,13 @@ async fn store_counter(st: &Handles, user: &User, factor_id: &str, result: &Auth
     Err(VerifyError::Unavailable)
 }
 
-async fn refused(st: &Handles, user: &User, factor_id: &str, addr: IpAddr, why: &'static str) -> Result<(), VerifyError> {
+async fn refused(
+    st: &Handles,
+    user: &User,
+    factor_id: &str,
+    addr: IpAddr,
+    why: &'static str,
+) -> Result<(), VerifyError> {
     if why == "counter" {
         crate::metrics::factor_verification(WEBAUTHN_TYPE, "counter_regressed");
         audit!("factor.webauthn.counter_refused", user = %user.username, factor_id = %factor_id, client = %addr);
@@ -747,7 +795,9 @@ pub async fn verify_discoverable(
         .take_transaction(KIND, &state_id(flow, DISCOVERABLE), st.clock.now())
         .await
         .map_err(|e| DiscoverableError::Verify(e.into()))?;
-    let Some(Ceremony::Discoverable(state)) = taken.and_then(|t| serde_json::from_value::<Ceremony>(t.data).ok()) else {
+    let Some(Ceremony::Discoverable(state)) =
+        taken.and_then(|t| serde_json::from_value::<Ceremony>(t.data).ok())
+    else {
         return Err(DiscoverableError::Refused);
     };
     let Some(answer) = parse_proof(proof).and_then(|p| assertion_of(&p, None)) else {
@@ -771,9 +821,13 @@ pub async fn verify_discoverable(
     let cred_id = crate::crypto::b64(answer.get_credential_id());
     let factors = super::list(st, &user).await.map_err(|e| v(e.into()))?;
     let Some(factor) = factors.into_iter().find(|f| {
-        f.is_active() && f.record.factor_type == WEBAUTHN_TYPE && f.record.profile["credentialId"] == json!(cred_id)
+        f.is_active()
+            && f.record.factor_type == WEBAUTHN_TYPE
+            && f.record.profile["credentialId"] == json!(cred_id)
     }) else {
-        super::failed(st, &user, WEBAUTHN_TYPE, addr, "unknown credential").await.map_err(v)?;
+        super::failed(st, &user, WEBAUTHN_TYPE, addr, "unknown credential")
+            .await
+            .map_err(v)?;
         return Err(v(VerifyError::Invalid));
     };
     let Some(pk) = credential(st, &factor.record) else {
@@ -783,12 +837,19 @@ pub async fn verify_discoverable(
         Ok(r) => r,
         Err(e) => {
             tracing::info!(error = %e, "webauthn assertion refused");
-            refused(st, &user, &factor.record.id, addr, refusal(&e)).await.map_err(v)?;
+            refused(st, &user, &factor.record.id, addr, refusal(&e))
+                .await
+                .map_err(v)?;
             return Err(v(VerifyError::Invalid));
         }
     };
-    if !store_counter(st, &user, &factor.record.id, &result).await.map_err(v)? {
-        refused(st, &user, &factor.record.id, addr, "counter").await.map_err(v)?;
+    if !store_counter(st, &user, &factor.record.id, &result)
+        .await
+        .map_err(v)?
+    {
+        refused(st, &user, &factor.record.id, addr, "counter")
+            .await
+            .map_err(v)?;
         return Err(v(VerifyError::Invalid));
     }
     crate::metrics::factor_verification(WEBAUTHN_TYPE, "success");
@@ -894,14 +955,17 @@ impl FactorKind for WebAuthn {
         addr: IpAddr,
         flow: &'a Flow,
     ) -> BoxFuture<'a, Result<(), VerifyError>> {
-        Box::pin(async move { verify_assertion(st, user, factor, code, addr, flow).await.map(|_| ()) })
+        Box::pin(async move {
+            verify_assertion(st, user, factor, code, addr, flow)
+                .await
+                .map(|_| ())
+        })
     }
 }
 
 #[cfg(test)]
 #[path = "../../tests/support/soft_authenticator.rs"]
 pub(crate) mod soft;
-
 
 #[cfg(test)]
 mod tests {
@@ -972,17 +1036,24 @@ user_verification = "{uv}"
     /// Enrolls and activates a key; answers the active factor.
     async fn enrolled(st: &Handles, u: &User, key: &mut SoftKey) -> Factor {
         let Enrolled::WebAuthn { factor, options, .. } =
-            enroll(st, u, PROVIDER, &json!({ "authenticatorName": "Blue key" })).await.unwrap()
+            enroll(st, u, PROVIDER, &json!({ "authenticatorName": "Blue key" }))
+                .await
+                .unwrap()
         else {
             panic!("not a webauthn enrollment")
         };
         assert_eq!(options["rp"]["id"], RP);
         assert!(options["challenge"].as_str().is_some_and(|c| c.len() >= 22));
         let pending = super::super::find(st, u, &factor.id).await.unwrap().unwrap();
-        activate(st, u, &pending, &proof(&key.register(&options)), ip()).await.unwrap();
+        activate(st, u, &pending, &proof(&key.register(&options)), ip())
+            .await
+            .unwrap();
         let active = super::super::find(st, u, &factor.id).await.unwrap().unwrap();
         assert!(active.is_active());
-        assert_eq!(active.record.profile["credentialId"], json!(soft::b64(&key.cred_id)));
+        assert_eq!(
+            active.record.profile["credentialId"],
+            json!(soft::b64(&key.cred_id))
+        );
         assert_eq!(active.record.profile["authenticatorName"], "Blue key");
         active
     }
@@ -996,7 +1067,11 @@ user_verification = "{uv}"
 
     #[test]
     fn user_handles_name_their_user() {
-        for id in ["00uEveEXAMPLE1234567", "00u99999999999999999", "00uaaaaaaaaaaaaaaaaa"] {
+        for id in [
+            "00uEveEXAMPLE1234567",
+            "00u99999999999999999",
+            "00uaaaaaaaaaaaaaaaaa",
+        ] {
             assert_eq!(user_of_handle(user_handle(id).as_bytes()).as_deref(), Some(id));
         }
         assert_eq!(user_of_handle(user_handle("someone-else").as_bytes()), None);
@@ -1016,7 +1091,11 @@ user_verification = "{uv}"
                 let o = options(st, &u, &f, &flow).await;
                 assert_eq!(o["allowCredentials"][0]["id"], json!(soft::b64(&key.cred_id)));
                 let a = key.assert(&o, RP);
-                assert_eq!(verify_assertion(st, &u, &f, &proof(&a), ip(), &flow).await, Ok(true), "{uv}");
+                assert_eq!(
+                    verify_assertion(st, &u, &f, &proof(&a), ip(), &flow).await,
+                    Ok(true),
+                    "{uv}"
+                );
             }
             let rec = st.store.get_factor(&u.id, &f.record.id).await.unwrap().unwrap();
             let stored = serde_json::to_value(credential(st, &rec).unwrap()).unwrap();
@@ -1040,7 +1119,10 @@ user_verification = "{uv}"
             verify_assertion(st, &u, &f, &proof(&a), ip(), &other).await,
             Err(VerifyError::Replayed)
         );
-        assert_eq!(verify_assertion(st, &u, &f, &proof(&a), ip(), &flow).await, Ok(true));
+        assert_eq!(
+            verify_assertion(st, &u, &f, &proof(&a), ip(), &flow).await,
+            Ok(true)
+        );
         // The same answer again: the challenge is used up.
         assert_eq!(
             verify_assertion(st, &u, &f, &proof(&a), ip(), &flow).await,
@@ -1066,8 +1148,10 @@ user_verification = "{uv}"
         let o = options(st, &u, &f, &flow).await;
         let mut phished = key.assert(&o, RP);
         phished["clientData"] = json!(soft::b64(
-            &serde_json::to_vec(&json!({"type": "webauthn.get", "challenge": o["challenge"], "origin": "https://evil.test"}))
-                .unwrap()
+            &serde_json::to_vec(
+                &json!({"type": "webauthn.get", "challenge": o["challenge"], "origin": "https://evil.test"})
+            )
+            .unwrap()
         ));
         assert_eq!(
             verify_assertion(st, &u, &f, &proof(&phished), ip(), &flow).await,
@@ -1076,7 +1160,15 @@ user_verification = "{uv}"
         // Malformed.
         let _ = options(st, &u, &f, &flow).await;
         assert_eq!(
-            verify_assertion(st, &u, &f, &proof(&json!({"clientData": "%%%", "signatureData": 7})), ip(), &flow).await,
+            verify_assertion(
+                st,
+                &u,
+                &f,
+                &proof(&json!({"clientData": "%%%", "signatureData": 7})),
+                ip(),
+                &flow
+            )
+            .await,
             Err(VerifyError::Invalid)
         );
     }
@@ -1110,8 +1202,9 @@ user_verification = "{uv}"
         let (gw, _clock) = gateway("required", 50).await;
         let st = gw.state();
         let u = user();
-        let Enrolled::WebAuthn { factor, options: o, .. } =
-            enroll(st, &u, PROVIDER, &json!({})).await.unwrap()
+        let Enrolled::WebAuthn {
+            factor, options: o, ..
+        } = enroll(st, &u, PROVIDER, &json!({})).await.unwrap()
         else {
             panic!()
         };

@@ -418,7 +418,9 @@ pub async fn enroll(
         .filter(|t| super::oob::out_of_band(t) || factors::kind_of(t).is_some_and(|k| k.ceremony()))
         .collect();
     match q.factor_type.as_deref() {
-        Some(factors::webauthn::WEBAUTHN_TYPE) if factors::type_enabled(&st, factors::webauthn::WEBAUTHN_TYPE) => {
+        Some(factors::webauthn::WEBAUTHN_TYPE)
+            if factors::type_enabled(&st, factors::webauthn::WEBAUTHN_TYPE) =>
+        {
             return super::webauthn::enroll_page(&st, &headers, &s, &rd).await;
         }
         Some(t) if oob_types.contains(&t) => {

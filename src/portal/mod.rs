@@ -19,8 +19,8 @@ pub mod oob;
 pub mod passwordless;
 pub mod push;
 pub mod redirect;
-mod webauthn;
 mod transaction;
+mod webauthn;
 
 /// The request body types of the JSON API, for the fuzz targets (`fuzz/`),
 /// which deserialize arbitrary bytes into them. Not a stable interface.
@@ -114,7 +114,10 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
             get(webauthn::rename_form).post(webauthn::rename_submit),
         )
         .route("/enroll/webauthn", post(webauthn::enroll_submit))
-        .route("/login/passkey", get(webauthn::passkey_page).post(webauthn::passkey_submit))
+        .route(
+            "/login/passkey",
+            get(webauthn::passkey_page).post(webauthn::passkey_submit),
+        )
         .route("/mfa/webauthn", post(webauthn::challenge))
         .route("/mfa/webauthn/verify", post(webauthn::verify))
         .route(pages::WEBAUTHN_SCRIPT, get(webauthn::script))
@@ -229,7 +232,15 @@ async fn login_form(
         passwordless::username_page(&st, &token, &rd, "", None)
     } else {
         let passkey = webauthn::passkey_href(&st, &rd);
-        pages::login_page_with(&cfg.portal.title, &cfg.portal.prefix, &token, &rd, "", None, passkey.as_deref())
+        pages::login_page_with(
+            &cfg.portal.title,
+            &cfg.portal.prefix,
+            &token,
+            &rd,
+            "",
+            None,
+            passkey.as_deref(),
+        )
     };
     let mut res = html(StatusCode::OK, page);
     if let Some(c) = set {

@@ -200,11 +200,21 @@ pub async fn enroll_submit(
     }
     let factor = match factors::find(&st, &s.user, &f.factor).await {
         Ok(Some(x)) if x.record.factor_type == WEBAUTHN_TYPE && !x.is_active() => x,
-        Ok(_) => return see_other(&format!("{}/enroll?type=webauthn&rd={}", st.config.portal.prefix, enc(&rd))),
+        Ok(_) => {
+            return see_other(&format!(
+                "{}/enroll?type=webauthn&rd={}",
+                st.config.portal.prefix,
+                enc(&rd)
+            ));
+        }
         Err(_) => return unavailable(&st),
     };
     if wa::name_of(&serde_json::json!({ "authenticatorName": f.name })).is_err() {
-        return again("Give the key a name of at most 64 characters.", StatusCode::BAD_REQUEST).await;
+        return again(
+            "Give the key a name of at most 64 characters.",
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
     }
     let Some(proof) = proof_of(&f.response) else {
         return again("Your browser sent no answer. Try again.", StatusCode::BAD_REQUEST).await;
@@ -260,6 +270,7 @@ async fn challenge_step(
 }
 
 /// Renders the sign-in ceremony for `factor` with a new challenge.
+#[allow(clippy::too_many_arguments)]
 async fn challenge_render(
     st: &AppState,
     ctx: &Ctx,
@@ -282,8 +293,16 @@ async fn challenge_render(
     let (token, set) = csrf_token(st, headers);
     let prefix = &st.config.portal.prefix;
     let action = format!("{prefix}/mfa/webauthn/verify");
-    let back = format!("{prefix}/mfa?{}rd={}", if fresh { "fresh=1&" } else { "" }, enc(rd));
-    let mut fields = vec![("csrf", token.as_str()), ("rd", rd), ("factor", factor.record.id.as_str())];
+    let back = format!(
+        "{prefix}/mfa?{}rd={}",
+        if fresh { "fresh=1&" } else { "" },
+        enc(rd)
+    );
+    let mut fields = vec![
+        ("csrf", token.as_str()),
+        ("rd", rd),
+        ("factor", factor.record.id.as_str()),
+    ];
     if fresh {
         fields.push(("fresh", "1"));
     }
@@ -302,7 +321,18 @@ pub async fn challenge(
         Ok(x) => x,
         Err(r) => return r,
     };
-    challenge_render(&st, &ctx, &headers, &s, &rd, f.fresh.is_some(), &factor, None, StatusCode::OK).await
+    challenge_render(
+        &st,
+        &ctx,
+        &headers,
+        &s,
+        &rd,
+        f.fresh.is_some(),
+        &factor,
+        None,
+        StatusCode::OK,
+    )
+    .await
 }
 
 /// `POST {prefix}/mfa/webauthn/verify`: the key's answer.
@@ -367,7 +397,11 @@ async fn own_key(st: &AppState, s: &ActiveSession, id: &str) -> Result<Factor, R
 }
 
 /// `GET {prefix}/factors/{id}/rename`.
-pub async fn rename_form(State(st): State<Arc<AppState>>, headers: HeaderMap, Ids(id): Ids<String>) -> Response {
+pub async fn rename_form(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Ids(id): Ids<String>,
+) -> Response {
     let target = format!("{}/factors", st.config.portal.prefix);
     let Some(s) = mfa::session(&st, &headers) else {
         return mfa::to_login(&st, &target);
@@ -376,9 +410,15 @@ pub async fn rename_form(State(st): State<Arc<AppState>>, headers: HeaderMap, Id
         Ok(f) => f,
         Err(r) => return r,
     };
-    let name = f.record.profile["authenticatorName"].as_str().unwrap_or_default().to_owned();
+    let name = f.record.profile["authenticatorName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let (token, set) = csrf_token(&st, &headers);
-    with_csrf(html(StatusCode::OK, rename_page(&st, &token, &f, &name, None)), set)
+    with_csrf(
+        html(StatusCode::OK, rename_page(&st, &token, &f, &name, None)),
+        set,
+    )
 }
 
 /// `POST {prefix}/factors/{id}/rename` (a recent second factor, like every change).
@@ -407,7 +447,10 @@ pub async fn rename_submit(
             let (token, set) = csrf_token(&st, &headers);
             let msg = Some("Give the key a name of at most 64 characters.");
             with_csrf(
-                html(StatusCode::BAD_REQUEST, rename_page(&st, &token, &key, &f.name, msg)),
+                html(
+                    StatusCode::BAD_REQUEST,
+                    rename_page(&st, &token, &key, &f.name, msg),
+                ),
                 set,
             )
         }
@@ -421,7 +464,12 @@ pub async fn rename_submit(
 /// is on and `users.passwordless_factors` lists `webauthn`.
 pub fn passkey_href(st: &AppState, rd: &str) -> Option<String> {
     let on = st.config.factors.webauthn.enabled
-        && st.config.users.passwordless_factors.iter().any(|f| f == WEBAUTHN_TYPE);
+        && st
+            .config
+            .users
+            .passwordless_factors
+            .iter()
+            .any(|f| f == WEBAUTHN_TYPE);
     on.then(|| format!("{}/login/passkey?rd={}", st.config.portal.prefix, enc(rd)))
 }
 
@@ -437,7 +485,13 @@ pub struct RdQuery {
     rd: Option<String>,
 }
 
-async fn passkey_render(st: &AppState, headers: &HeaderMap, rd: &str, error: Option<&str>, status: StatusCode) -> Response {
+async fn passkey_render(
+    st: &AppState,
+    headers: &HeaderMap,
+    rd: &str,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
     let (token, set) = csrf_token(st, headers);
     let (options, _) = match wa::challenge_discoverable(st, &passkey_flow(&token)).await {
         Ok(x) => x,
@@ -446,7 +500,16 @@ async fn passkey_render(st: &AppState, headers: &HeaderMap, rd: &str, error: Opt
     let prefix = &st.config.portal.prefix;
     let action = format!("{prefix}/login/passkey");
     let back = format!("{prefix}/login?rd={}", enc(rd));
-    let mut body = page(st, "get", &options, &action, &[("csrf", &token), ("rd", rd)], "", Some(&back), error);
+    let mut body = page(
+        st,
+        "get",
+        &options,
+        &action,
+        &[("csrf", &token), ("rd", rd)],
+        "",
+        Some(&back),
+        error,
+    );
     body = body.replace("Use your security key</h1>", "Sign in with a passkey</h1>");
     with_csrf(html(status, body), set)
 }
@@ -458,7 +521,11 @@ pub async fn passkey_page(
     headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<RdQuery>,
 ) -> Response {
-    let rd = redirect::safe_target(q.rd.as_deref(), &ctx.0.host, &st.config.portal.allowed_redirect_hosts);
+    let rd = redirect::safe_target(
+        q.rd.as_deref(),
+        &ctx.0.host,
+        &st.config.portal.allowed_redirect_hosts,
+    );
     if passkey_href(&st, &rd).is_none() {
         return see_other(&format!("{}/login?rd={}", st.config.portal.prefix, enc(&rd)));
     }
@@ -479,7 +546,14 @@ pub async fn passkey_submit(
         return see_other(&format!("{}/login?rd={}", st.config.portal.prefix, enc(&rd)));
     }
     if !form_allowed(&st, &ctx, &headers, &f.csrf) {
-        return passkey_render(&st, &headers, &rd, Some("This form expired. Try again."), StatusCode::FORBIDDEN).await;
+        return passkey_render(
+            &st,
+            &headers,
+            &rd,
+            Some("This form expired. Try again."),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
     }
     let proof = proof_of(&f.response).unwrap_or_else(|| r#"{"clientData":""}"#.to_owned());
     // No password came first: failures count like wrong passwords, so a

@@ -54,7 +54,10 @@ async fn active_key(gw: &TestGateway, uid: &str, key: &mut SoftKey) -> String {
     a.expect(200, None);
     assert_eq!(a.body["status"], "ACTIVE");
     assert_eq!(a.body["profile"]["authenticatorName"], "Blue key");
-    assert_eq!(a.body["profile"]["credentialId"], json!(crate::soft::b64(&key.cred_id)));
+    assert_eq!(
+        a.body["profile"]["credentialId"],
+        json!(crate::soft::b64(&key.cred_id))
+    );
     fid
 }
 
@@ -78,9 +81,20 @@ async fn factors_api_enroll_activate_challenge_verify() {
     let gw = gateway(WEBAUTHN).await;
     let u = create_user(&gw, "wanda", None).await;
     let uid = u["id"].as_str().unwrap().to_owned();
-    let catalog = admin(&gw, Method::GET, &format!("/api/v1/users/{uid}/factors/catalog"), None).await;
+    let catalog = admin(
+        &gw,
+        Method::GET,
+        &format!("/api/v1/users/{uid}/factors/catalog"),
+        None,
+    )
+    .await;
     assert!(
-        catalog.body.as_array().unwrap().iter().any(|f| f["factorType"] == "webauthn" && f["provider"] == "FIDO"),
+        catalog
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["factorType"] == "webauthn" && f["provider"] == "FIDO"),
         "{}",
         catalog.text
     );
@@ -90,21 +104,30 @@ async fn factors_api_enroll_activate_challenge_verify() {
 
     let o = challenge(&gw, &verify).await;
     assert_eq!(o["rpId"], RP);
-    assert_eq!(o["allowCredentials"][0]["id"], json!(crate::soft::b64(&key.cred_id)));
+    assert_eq!(
+        o["allowCredentials"][0]["id"],
+        json!(crate::soft::b64(&key.cred_id))
+    );
     let good = assertion(&key.assert(&o, RP));
     let v = admin(&gw, Method::POST, &verify, Some(good.clone())).await;
     v.expect(200, None);
     assert_eq!(v.body["factorResult"], "SUCCESS");
     // The same answer again: its challenge is used up.
-    admin(&gw, Method::POST, &verify, Some(good)).await.expect(403, Some("E0000082"));
+    admin(&gw, Method::POST, &verify, Some(good))
+        .await
+        .expect(403, Some("E0000082"));
 
     // Malformed, and a cloned key whose counter went backwards.
     let _ = challenge(&gw, &verify).await;
     let bad = json!({ "clientData": "not base64!", "authenticatorData": "", "signatureData": "" });
-    admin(&gw, Method::POST, &verify, Some(bad)).await.expect(403, Some("E0000068"));
+    admin(&gw, Method::POST, &verify, Some(bad))
+        .await
+        .expect(403, Some("E0000068"));
     let o = challenge(&gw, &verify).await;
     let cloned = assertion(&key.assert_with_counter(&o, RP, 1));
-    admin(&gw, Method::POST, &verify, Some(cloned)).await.expect(403, Some("E0000068"));
+    admin(&gw, Method::POST, &verify, Some(cloned))
+        .await
+        .expect(403, Some("E0000068"));
     // The key still works with its own counter.
     let o = challenge(&gw, &verify).await;
     admin(&gw, Method::POST, &verify, Some(assertion(&key.assert(&o, RP))))
@@ -113,7 +136,9 @@ async fn factors_api_enroll_activate_challenge_verify() {
 }
 
 fn no_session(a: &Answer) -> bool {
-    !a.all("set-cookie").iter().any(|c| c.starts_with("portcullis_session="))
+    !a.all("set-cookie")
+        .iter()
+        .any(|c| c.starts_with("portcullis_session="))
 }
 
 async fn authn(gw: &TestGateway, body: Value, path: &str) -> Answer {
@@ -137,7 +162,11 @@ async fn authn_api_signs_in_with_a_key_and_never_with_a_bad_answer() {
         a.expect(200, None);
         assert_eq!(a.body["status"], "MFA_REQUIRED", "{}", a.text);
         assert!(
-            a.body["_embedded"]["factors"].as_array().unwrap().iter().any(|f| f["factorType"] == "webauthn"),
+            a.body["_embedded"]["factors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["factorType"] == "webauthn"),
             "{}",
             a.text
         );

@@ -36,7 +36,10 @@ async fn virtual_authenticator(driver: &str, b: &fantoccini::Client) -> String {
         .json()
         .await
         .unwrap();
-    r["value"].as_str().unwrap_or_else(|| panic!("no authenticator: {r}")).to_owned()
+    r["value"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no authenticator: {r}"))
+        .to_owned()
 }
 
 /// Runs the page's ceremony and waits for the next page (else fails with
@@ -44,10 +47,16 @@ async fn virtual_authenticator(driver: &str, b: &fantoccini::Client) -> String {
 async fn ceremony(me: &Person) {
     let old = me.b.find(fantoccini::Locator::Css("html")).await.unwrap();
     me.click("#webauthn-start").await;
-    let gone = until(std::time::Duration::from_secs(15), async || old.tag_name().await.is_err()).await;
+    let gone = until(std::time::Duration::from_secs(15), async || {
+        old.tag_name().await.is_err()
+    })
+    .await;
     if !gone {
         let status = me.text("#webauthn-status").await;
-        panic!("the ceremony did not finish: {status:?}\n{}", me.b.source().await.unwrap_or_default());
+        panic!(
+            "the ceremony did not finish: {status:?}\n{}",
+            me.b.source().await.unwrap_or_default()
+        );
     }
 }
 
@@ -66,8 +75,14 @@ async fn status_says(me: &Person, want: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_security_key_and_passkey() {
     const NAME: &str = "browser_security_key_and_passkey";
-    let (Some(chromium), true) = (which("chromium").or_else(|| which("chromium-browser")), have("chromedriver")) else {
-        crate::skip::test(NAME, "chromium/chromedriver not installed (apt-get install chromium chromium-driver)");
+    let (Some(chromium), true) = (
+        which("chromium").or_else(|| which("chromium-browser")),
+        have("chromedriver"),
+    ) else {
+        crate::skip::test(
+            NAME,
+            "chromium/chromedriver not installed (apt-get install chromium chromium-driver)",
+        );
         return;
     };
     crate::harness::init_crypto();
@@ -123,7 +138,8 @@ async fn browser_security_key_and_passkey() {
     me.sign_out().await;
     me.sign_in().await;
     me.on("/_portcullis/mfa").await;
-    me.click_and_load("form[action$='/mfa/webauthn'] button[type=submit]").await;
+    me.click_and_load("form[action$='/mfa/webauthn'] button[type=submit]")
+        .await;
     ceremony(&me).await;
     me.at_the_app().await;
 
@@ -157,5 +173,8 @@ async fn browser_security_key_and_passkey() {
     me.at_the_app().await;
 
     me.b.clone().close().await.unwrap();
-    eprintln!("webauthn browser scenario took {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "webauthn browser scenario took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -18,7 +18,9 @@ pub fn b64(b: &[u8]) -> String {
 }
 
 fn unb64(s: &str) -> Vec<u8> {
-    URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).expect("base64url")
+    URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .expect("base64url")
 }
 
 fn cbor_head(major: u8, n: usize, out: &mut Vec<u8>) {
