@@ -390,7 +390,30 @@ mod tests {
             ("message.html", context! { title => "T", message => "M" }),
             (
                 "login.html",
-                context! { title => "T", csrf => "c", rd => "/", username => "u", error => None::<&str> },
+                context! { title => "T", csrf => "c", rd => "/", username => "u", error => None::<&str>, passkey => None::<&str> },
+            ),
+            (
+                "login.html",
+                context! { title => "T", csrf => "c", rd => "/", username => "u", error => None::<&str>, passkey => Some("/_p/login/passkey") },
+            ),
+            (
+                "webauthn.html",
+                context! {
+                    mode => "create", title => "T", intro => "I", button => "B", action => "/a", name => "n",
+                    back => Some("/b"), error => Some("e"), options => "{\"challenge\":\"x\"}",
+                    fields => vec![context! { name => "csrf", value => "c" }],
+                },
+            ),
+            (
+                "webauthn.html",
+                context! {
+                    mode => "get", title => "T", intro => "I", button => "B", action => "/a", name => "",
+                    back => None::<&str>, error => None::<&str>, options => "{}", fields => Vec::<Value>::new(),
+                },
+            ),
+            (
+                "webauthn_rename.html",
+                context! { csrf => "c", factor => "f1", name => "n", error => Some("e") },
             ),
             (
                 "account.html",
@@ -469,15 +492,16 @@ mod tests {
                     username => "u", notice => Some("n"), back_query => "%2F", recovery => true,
                     codes_left => 3, csrf => "c",
                     factors => vec![
-                        context! { id => "f1", name => "Push", active => true, managed => false },
-                        context! { id => "f2", name => "E-mail", active => false, managed => true },
+                        context! { id => "f1", name => "Push", active => true, managed => false, rename => false },
+                        context! { id => "f2", name => "E-mail", active => false, managed => true, rename => false },
+                        context! { id => "f3", name => "Key", active => true, managed => false, rename => true },
                     ],
                     add => vec![context! { query => "totp", label => "L" }],
                 },
             ),
             (
                 "passwordless_username.html",
-                context! { title => "T", csrf => "c", rd => "/", rd_query => "%2F", username => "u", error => None::<&str> },
+                context! { title => "T", csrf => "c", rd => "/", rd_query => "%2F", username => "u", error => None::<&str>, passkey => Some("/p") },
             ),
             (
                 "passwordless_factors.html",
