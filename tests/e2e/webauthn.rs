@@ -133,6 +133,12 @@ async fn browser_security_key_and_passkey() {
     me.goto("/_portcullis/factors").await;
     let table = me.text("#factors").await;
     assert!(table.contains("Blue key"), "{table}");
+    // Rename it.
+    me.click_and_load("#factors a.rename").await;
+    me.type_into("#name", "Red key").await;
+    me.click_and_load("form[action$='/rename'] button[type=submit]").await;
+    let table = me.text("#factors").await;
+    assert!(table.contains("Red key") && !table.contains("Blue key"), "{table}");
 
     // Second sign-in: the key as the second factor.
     me.sign_out().await;
