@@ -136,9 +136,13 @@ async fn browser_security_key_and_passkey() {
     // Rename it.
     me.click_and_load("#factors a.rename").await;
     me.type_into("#name", "Red key").await;
-    me.click_and_load("form[action$='/rename'] button[type=submit]").await;
+    me.click_and_load("form[action$='/rename'] button[type=submit]")
+        .await;
     let table = me.text("#factors").await;
-    assert!(table.contains("Red key") && !table.contains("Blue key"), "{table}");
+    assert!(
+        table.contains("Red key") && !table.contains("Blue key"),
+        "{table}"
+    );
 
     // Second sign-in: the key as the second factor.
     me.sign_out().await;
