@@ -23,6 +23,8 @@ pub const STYLESHEET: &str = "/static/portal.css";
 
 /// Where the push polling script is served, relative to the prefix.
 pub const PUSH_SCRIPT: &str = "/static/push.js";
+/// Where the WebAuthn script is served, relative to the prefix.
+pub const WEBAUTHN_SCRIPT: &str = "/static/webauthn.js";
 
 /// Where the recovery codes' copy and download script is served.
 pub const CODES_SCRIPT: &str = "/static/codes.js";
@@ -146,6 +148,15 @@ const SOURCES: &[(&str, &str)] = &[
     ("factors.html", include_str!("../templates/portal/factors.html")),
     ("denied.html", include_str!("../templates/portal/denied.html")),
     (
+        "passkey_link.html",
+        include_str!("../templates/portal/passkey_link.html"),
+    ),
+    ("webauthn.html", include_str!("../templates/portal/webauthn.html")),
+    (
+        "webauthn_rename.html",
+        include_str!("../templates/portal/webauthn_rename.html"),
+    ),
+    (
         "passwordless_username.html",
         include_str!("../templates/portal/passwordless_username.html"),
     ),
@@ -237,6 +248,7 @@ impl Templates {
                 Ok(out)
             },
         );
+        env.add_global("WEBAUTHN_SCRIPT", WEBAUTHN_SCRIPT);
         for (name, source) in SOURCES {
             env.add_template(name, source)?;
         }
@@ -433,10 +445,23 @@ pub fn login_page(
     username: &str,
     error: Option<&str>,
 ) -> String {
+    login_page_with(title, prefix, csrf, rd, username, error, None)
+}
+
+/// [`login_page`] with a "Sign in with a passkey" link to `passkey`.
+pub fn login_page_with(
+    title: &str,
+    prefix: &str,
+    csrf: &str,
+    rd: &str,
+    username: &str,
+    error: Option<&str>,
+    passkey: Option<&str>,
+) -> String {
     render(
         "login.html",
         prefix,
-        context! { title => shown_title(title), csrf, rd, username, error },
+        context! { title => shown_title(title), csrf, rd, username, error, passkey },
     )
 }
 
@@ -518,7 +543,30 @@ mod tests {
             ("message.html", context! { title => "T", message => "M" }),
             (
                 "login.html",
-                context! { title => "T", csrf => "c", rd => "/", username => "u", error => None::<&str> },
+                context! { title => "T", csrf => "c", rd => "/", username => "u", error => None::<&str>, passkey => None::<&str> },
+            ),
+            (
+                "login.html",
+                context! { title => "T", csrf => "c", rd => "/", username => "u", error => None::<&str>, passkey => Some("/_p/login/passkey") },
+            ),
+            (
+                "webauthn.html",
+                context! {
+                    mode => "create", title => "T", intro => "I", button => "B", action => "/a", name => "n",
+                    back => Some("/b"), error => Some("e"), options => "{\"challenge\":\"x\"}",
+                    fields => vec![context! { name => "csrf", value => "c" }],
+                },
+            ),
+            (
+                "webauthn.html",
+                context! {
+                    mode => "get", title => "T", intro => "I", button => "B", action => "/a", name => "",
+                    back => None::<&str>, error => None::<&str>, options => "{}", fields => Vec::<Value>::new(),
+                },
+            ),
+            (
+                "webauthn_rename.html",
+                context! { csrf => "c", factor => "f1", name => "n", error => Some("e") },
             ),
             (
                 "account.html",
@@ -606,15 +654,16 @@ mod tests {
                     username => "u", notice => Some("n"), back_query => "%2F", recovery => true,
                     codes_left => 3, csrf => "c", back => "/app",
                     factors => vec![
-                        context! { id => "f1", name => "Push", active => true, managed => false },
-                        context! { id => "f2", name => "E-mail", active => false, managed => true },
+                        context! { id => "f1", name => "Push", active => true, managed => false, rename => false },
+                        context! { id => "f2", name => "E-mail", active => false, managed => true, rename => false },
+                        context! { id => "f3", name => "Key", active => true, managed => false, rename => true },
                     ],
                     add => vec![context! { query => "totp", label => "L" }],
                 },
             ),
             (
                 "passwordless_username.html",
-                context! { title => "T", csrf => "c", rd => "/", rd_query => "%2F", username => "u", error => None::<&str> },
+                context! { title => "T", csrf => "c", rd => "/", rd_query => "%2F", username => "u", error => None::<&str>, passkey => Some("/p") },
             ),
             (
                 "passwordless_factors.html",

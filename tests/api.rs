@@ -25,7 +25,11 @@ mod reset;
 mod self_service;
 #[path = "api/signin.rs"]
 mod signin;
+#[path = "support/soft_authenticator.rs"]
+mod soft;
 #[path = "api/tools.rs"]
 mod tools;
 #[path = "api/users.rs"]
 mod users;
+#[path = "api/webauthn.rs"]
+mod webauthn;

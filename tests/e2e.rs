@@ -21,3 +21,5 @@ mod harness;
 mod skip;
 #[path = "e2e/state_machine.rs"]
 mod state_machine;
+#[path = "e2e/webauthn.rs"]
+mod webauthn;

@@ -155,6 +155,19 @@ fn pass_code(body: &[u8]) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// The answer of a WebAuthn ceremony in a JSON body (`clientData` with
+/// `attestation`, or with `authenticatorData` and `signatureData`), as the
+/// proof text the factor checks; `None` when the body carries none.
+fn ceremony_proof(body: &[u8]) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v @ Value::Object(_)) => Ok(factors::webauthn::proof_from_body(&v)),
+        _ => Err(ApiError::new(ErrorCode::E0000003)),
+    }
+}
+
 // ---- the operations ----------------------------------------------------------
 
 /// `GET .../factors`: every factor of the user.
@@ -289,6 +302,9 @@ pub(crate) async fn enroll(st: &Handles, scope: &Scope, activate: Option<bool>, 
         Enrolled::Code { expires_at, .. } => {
             v["_embedded"] = json!({ "activation": { "expiresAt": rfc3339(*expires_at) } });
         }
+        Enrolled::WebAuthn { options, .. } => {
+            v["_embedded"] = json!({ "activation": options });
+        }
         Enrolled::Push {
             activation_token,
             expires_at,
@@ -360,10 +376,16 @@ pub(crate) async fn activate(st: &Handles, scope: &Scope, id: &str, body: &[u8])
         Ok(f) => f,
         Err(r) => return r,
     };
-    let code = match pass_code(body) {
-        Ok(Some(c)) => c,
-        Ok(None) => return validation("passCode: The field cannot be left blank"),
-        Err(e) => return e.into_response(),
+    let ceremony = kind_of(&f.record.factor_type).is_some_and(|k| k.ceremony());
+    let code = match (ceremony, pass_code(body)) {
+        (true, _) => match ceremony_proof(body) {
+            Ok(Some(p)) => p,
+            Ok(None) => return validation("clientData: The field cannot be left blank"),
+            Err(e) => return e.into_response(),
+        },
+        (false, Ok(Some(c))) => c,
+        (false, Ok(None)) => return validation("passCode: The field cannot be left blank"),
+        (false, Err(e)) => return e.into_response(),
     };
     if f.record.status != FactorStatus::PendingActivation
         || kind_of(&f.record.factor_type).is_some_and(|k| !k.activated_by_code())
@@ -388,7 +410,12 @@ pub(crate) async fn verify(st: &Handles, scope: &Scope, id: &str, body: &[u8]) -
         Ok(f) => f,
         Err(r) => return r,
     };
-    let code = match pass_code(body) {
+    let ceremony = kind_of(&f.record.factor_type).is_some_and(|k| k.ceremony());
+    let code = match if ceremony {
+        ceremony_proof(body)
+    } else {
+        pass_code(body)
+    } {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -399,8 +426,8 @@ pub(crate) async fn verify(st: &Handles, scope: &Scope, id: &str, body: &[u8]) -
     let me = scope.factor_url(&f.record.id);
     // A device answers (push), or a code is to be sent (sms, call, email
     // without a passCode): start a challenge. Else check the code.
-    let challenge =
-        kind_of(&ft).is_some_and(|k| k.answered_by_device() || (k.sends_code() && code.is_none()));
+    let challenge = kind_of(&ft)
+        .is_some_and(|k| k.answered_by_device() || ((k.sends_code() || k.ceremony()) && code.is_none()));
     match (challenge, code) {
         (true, _) => {
             let ctx = factors::ChallengeContext {
@@ -429,6 +456,22 @@ pub(crate) async fn verify(st: &Handles, scope: &Scope, id: &str, body: &[u8]) -
                 }) => {
                     audit!("factor.challenged.api", user = %scope.user.username, factor_type = %ft, actor = scope.actor, token = ?scope.token);
                     push_waiting(&me, &transaction_id, expires_at, correct_answer)
+                }
+                Ok(Challenge::WebAuthn { options, expires_at }) => {
+                    audit!("factor.challenged.api", user = %scope.user.username, factor_type = %ft, actor = scope.actor, token = ?scope.token);
+                    json_no_store(
+                        StatusCode::OK,
+                        &json!({
+                            "factorResult": "CHALLENGE",
+                            "expiresAt": rfc3339(expires_at),
+                            "profile": f.record.profile,
+                            "_embedded": { "challenge": options },
+                            "_links": {
+                                "verify": link(format!("{me}/verify"), &["POST"]),
+                                "factor": link(me, &["GET", "DELETE"]),
+                            },
+                        }),
+                    )
                 }
                 Err(e) => super::challenge_error(st, Caller::Factors, &ft, e),
             }

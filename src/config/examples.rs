@@ -115,6 +115,7 @@ fn example_config_mentions_every_key_in_spec_order() {
         ("factors.email", fields_of::<RawCodeFactor>()),
         ("factors.push", fields_of::<RawPush>()),
         ("factors.recovery_codes", fields_of::<RawRecoveryCodes>()),
+        ("factors.webauthn", fields_of::<super::webauthn::RawWebauthn>()),
         ("rules", fields_of::<RawRule>()),
         ("log", fields_of::<RawLog>()),
         ("forward_auth", fields_of::<super::forward_auth::RawForwardAuth>()),

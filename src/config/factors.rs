@@ -1,5 +1,5 @@
 //! `[factors.*]`: TOTP, the code factors (sms, call, email), push and
-//! recovery codes.
+//! recovery codes (WebAuthn in `webauthn.rs`).
 
 use super::context::Ctx;
 use super::delivery::factor_delivery;
@@ -18,7 +18,15 @@ const MAX_TOTP_SKEW: u8 = 3;
 const TOTP_PERIODS: std::ops::RangeInclusive<u64> = 15..=120;
 const TEMPLATE_PLACEHOLDERS: [&str; 4] = ["code", "app", "user", "expires_in"];
 
-const FACTOR_KEYS: [&str; 6] = ["totp", "sms", "call", "email", "push", "recovery_codes"];
+const FACTOR_KEYS: [&str; 7] = [
+    "totp",
+    "sms",
+    "call",
+    "email",
+    "push",
+    "recovery_codes",
+    "webauthn",
+];
 
 pub(super) fn convert_factors(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> Option<FactorsConfig> {
     let mut table = match value {
@@ -38,6 +46,7 @@ pub(super) fn convert_factors(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> O
         take("push"),
         take("recovery_codes"),
     );
+    let webauthn = take("webauthn");
     for key in table.keys() {
         cx.error(
             format!("factors.{key}"),
@@ -52,6 +61,8 @@ pub(super) fn convert_factors(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> O
     let push = section::<RawPush>(cx, "factors.push", push).map(|r| convert_push(cx, r));
     let recovery_codes =
         section::<RawRecoveryCodes>(cx, "factors.recovery_codes", recovery).map(|r| convert_recovery(cx, r));
+    let webauthn = section::<super::webauthn::RawWebauthn>(cx, "factors.webauthn", webauthn)
+        .map(|r| super::webauthn::convert_webauthn(cx, r));
     Some(FactorsConfig {
         totp: totp?,
         sms: sms?,
@@ -59,6 +70,7 @@ pub(super) fn convert_factors(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> O
         email: email?,
         push: push?,
         recovery_codes: recovery_codes?,
+        webauthn: webauthn?,
     })
 }
 

@@ -304,8 +304,7 @@ fn cross_checks(cx: &mut Ctx<'_>, v: CrossView<'_>) {
     if let Some(factors) = v.factors
         && !factors.any_second_factor()
     {
-        const WHY: &str =
-            "requires a second factor, but none is enabled (enable factors.totp, sms, call, email or push)";
+        const WHY: &str = "requires a second factor, but none is enabled (enable factors.totp, sms, call, email, push or webauthn)";
         if v.default_policy == Some(&PolicyKind::TwoFactor) {
             cx.error("default_policy", WHY);
         }
@@ -314,6 +313,9 @@ fn cross_checks(cx: &mut Ctx<'_>, v: CrossView<'_>) {
                 cx.error(format!("rules[{i}].policy"), WHY);
             }
         }
+    }
+    if let (Some(factors), Some(server)) = (v.factors, v.server) {
+        super::webauthn::check(cx, &factors.webauthn, server.external_url.as_ref());
     }
     if let (Some(server), Some(admin)) = (v.server, v.admin)
         && server.listen == admin.listen
@@ -344,6 +346,7 @@ fn cross_checks(cx: &mut Ctx<'_>, v: CrossView<'_>) {
         for f in &users.passwordless_factors {
             let on = match f.as_str() {
                 "push" => factors.push.enabled,
+                "webauthn" => factors.webauthn.enabled,
                 _ => factors.totp.enabled,
             };
             if !on {

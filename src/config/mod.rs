@@ -34,6 +34,7 @@ mod store;
 mod test_support;
 mod upstreams;
 mod users;
+mod webauthn;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +49,7 @@ pub use duration::parse_duration;
 pub use forward_auth::ForwardAuthConfig;
 pub use load::{ConfigError, ConfigProblem, LoadedConfig, load_file, load_file_with_env, load_str};
 pub use users::MAX_LOGIN_BYTES;
+pub use webauthn::{UserVerification, WebauthnConfig};
 
 /// Default values, named so the example config, the docs and the code agree.
 pub mod defaults {
@@ -523,12 +525,18 @@ pub struct FactorsConfig {
     pub email: CodeFactorConfig,
     pub push: PushConfig,
     pub recovery_codes: RecoveryCodesConfig,
+    pub webauthn: WebauthnConfig,
 }
 
 impl FactorsConfig {
     /// True when at least one second-factor type can be used.
     pub fn any_second_factor(&self) -> bool {
-        self.totp.enabled || self.sms.enabled || self.call.enabled || self.email.enabled || self.push.enabled
+        self.totp.enabled
+            || self.sms.enabled
+            || self.call.enabled
+            || self.email.enabled
+            || self.push.enabled
+            || self.webauthn.enabled
     }
 }
 

@@ -44,6 +44,9 @@ pub(super) fn convert_users(cx: &mut Ctx<'_>, raw: RawUsers) -> UsersConfig {
             }
         }
     };
+    /// What `users.passwordless_factors` may list: the defaults, and
+    /// `webauthn` (a discoverable passkey, no username).
+    const PASSWORDLESS_ALLOWED: [&str; 3] = ["push", "token:software:totp", "webauthn"];
     let passwordless = raw.passwordless.unwrap_or(defaults::PASSWORDLESS);
     let passwordless_factors = match raw.passwordless_factors {
         None => defaults::PASSWORDLESS_FACTORS
@@ -53,10 +56,10 @@ pub(super) fn convert_users(cx: &mut Ctx<'_>, raw: RawUsers) -> UsersConfig {
         Some(list) => {
             let mut out: Vec<String> = Vec::new();
             for (i, f) in list.into_iter().enumerate() {
-                if !defaults::PASSWORDLESS_FACTORS.contains(&f.as_str()) {
+                if !PASSWORDLESS_ALLOWED.contains(&f.as_str()) {
                     cx.error(
                         format!("users.passwordless_factors[{i}]"),
-                        format!("must be one of {:?} (got {f:?})", defaults::PASSWORDLESS_FACTORS),
+                        format!("must be one of {PASSWORDLESS_ALLOWED:?} (got {f:?})"),
                     );
                 } else if !out.contains(&f) {
                     out.push(f);

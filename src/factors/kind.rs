@@ -151,6 +151,14 @@ pub trait FactorKind: Sync {
         false
     }
 
+    /// True when proving possession is a WebAuthn ceremony: enrolling
+    /// answers creation options, verifying without an answer starts a
+    /// challenge (request options), and the "code" of activation and
+    /// verification is the answer (see `webauthn::proof_from_body`).
+    fn ceremony(&self) -> bool {
+        false
+    }
+
     /// True when a pending factor's secret may be shown as a QR code (totp).
     fn shows_secret(&self) -> bool {
         false

@@ -17,6 +17,7 @@ pub(crate) mod otp;
 pub mod push;
 pub(crate) mod recovery;
 pub mod totp;
+pub mod webauthn;
 
 use std::net::IpAddr;
 
@@ -46,16 +47,18 @@ pub enum FactorType {
     Call,
     Email,
     Push,
+    WebAuthn,
 }
 
 impl FactorType {
     /// Every type, in catalog order.
-    pub const ALL: [FactorType; 5] = [
+    pub const ALL: [FactorType; 6] = [
         FactorType::Totp,
         FactorType::Sms,
         FactorType::Call,
         FactorType::Email,
         FactorType::Push,
+        FactorType::WebAuthn,
     ];
 
     /// The registry: the implementation of this type.
@@ -66,6 +69,7 @@ impl FactorType {
             FactorType::Call => &otp::CALL,
             FactorType::Email => &otp::EMAIL,
             FactorType::Push => &push::Push,
+            FactorType::WebAuthn => &webauthn::WebAuthn,
         }
     }
 
@@ -285,6 +289,13 @@ pub enum Enrolled {
         activation_token: String,
         expires_at: crate::clock::UnixTime,
     },
+    /// A security key or passkey to register: the browser's creation
+    /// options (`navigator.credentials.create({publicKey})`).
+    WebAuthn {
+        factor: FactorRecord,
+        options: serde_json::Value,
+        expires_at: crate::clock::UnixTime,
+    },
 }
 
 impl Enrolled {
@@ -292,7 +303,9 @@ impl Enrolled {
     pub fn factor(&self) -> &FactorRecord {
         match self {
             Enrolled::Totp(t) => &t.factor,
-            Enrolled::Code { factor, .. } | Enrolled::Push { factor, .. } => factor,
+            Enrolled::Code { factor, .. }
+            | Enrolled::Push { factor, .. }
+            | Enrolled::WebAuthn { factor, .. } => factor,
         }
     }
 }
@@ -374,6 +387,12 @@ pub enum Challenge {
         transaction_id: String,
         expires_at: crate::clock::UnixTime,
         correct_answer: u8,
+    },
+    /// A WebAuthn ceremony: the browser's request options
+    /// (`navigator.credentials.get({publicKey})`), single use, until then.
+    WebAuthn {
+        options: serde_json::Value,
+        expires_at: crate::clock::UnixTime,
     },
 }
 

@@ -150,7 +150,9 @@ fn passwordless_types(st: &AppState) -> Vec<String> {
         .users
         .passwordless_factors
         .iter()
-        .filter(|t| factors::type_enabled(st, t))
+        // A passkey signs in without a username ("Sign in with a passkey"),
+        // not as the possession step after one.
+        .filter(|t| factors::type_enabled(st, t) && t.as_str() != factors::webauthn::WEBAUTHN_TYPE)
         .cloned()
         .collect()
 }
@@ -669,6 +671,17 @@ pub struct StepRequest {
     provider: Option<String>,
     #[serde(default)]
     profile: Option<Value>,
+    /// A WebAuthn answer (`clientData`, `attestation`, `authenticatorData`,
+    /// `signatureData`...), kept whole for the factor to read.
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
+}
+
+impl StepRequest {
+    /// The WebAuthn answer this step carries, as the factor's proof text.
+    fn ceremony_proof(&self) -> Option<String> {
+        factors::webauthn::proof_from_body(&Value::Object(self.rest.clone()))
+    }
 }
 
 /// A loaded transaction with its user.
@@ -887,6 +900,18 @@ fn challenge_answer(
     factor: &Factor,
     push: Option<(PushResult, Option<u8>)>,
 ) -> Response {
+    json_response(challenge_body(st, loaded, state, expires, factor, push))
+}
+
+/// The body of [`challenge_answer`].
+fn challenge_body(
+    st: &AppState,
+    loaded: &Loaded,
+    state: &AuthnState,
+    expires: UnixTime,
+    factor: &Factor,
+    push: Option<(PushResult, Option<u8>)>,
+) -> Value {
     let prefix = &st.config.portal.prefix;
     let fid = &factor.record.id;
     let ft = factor.record.factor_type.as_str();
@@ -913,7 +938,7 @@ fn challenge_answer(
             body["_embedded"]["challenge"] = json!({ "correctAnswer": n });
         }
     }
-    json_response(body)
+    body
 }
 
 /// Sends a code for `factor` and answers `MFA_CHALLENGE`.
@@ -926,7 +951,9 @@ async fn send_code(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) -
     };
     let expires_at = match sent {
         Ok(Challenge::CodeSent { expires_at }) => expires_at,
-        Ok(Challenge::Push { .. }) => return ApiError::new(ErrorCode::E0000154).into_response(),
+        Ok(Challenge::Push { .. } | Challenge::WebAuthn { .. }) => {
+            return ApiError::new(ErrorCode::E0000154).into_response();
+        }
         Err(e) => return challenge_error(st, &factor.record.factor_type, e),
     };
     let state = loaded.state.challenged(Pending {
@@ -962,7 +989,9 @@ async fn start_push(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) 
             expires_at,
             correct_answer,
         }) => (transaction_id, expires_at, correct_answer),
-        Ok(Challenge::CodeSent { .. }) => return ApiError::new(ErrorCode::E0000154).into_response(),
+        Ok(Challenge::CodeSent { .. } | Challenge::WebAuthn { .. }) => {
+            return ApiError::new(ErrorCode::E0000154).into_response();
+        }
         Err(e) => return challenge_error(st, &factor.record.factor_type, e),
     };
     let state = loaded.state.challenged(Pending {
@@ -980,6 +1009,37 @@ async fn start_push(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) 
             factor,
             Some((PushResult::Waiting, Some(number))),
         ),
+        Err(r) => r,
+    }
+}
+
+/// Starts a WebAuthn ceremony with `factor`: `MFA_CHALLENGE` with the
+/// request options in `_embedded.challenge` (a decoy has no keys).
+async fn start_ceremony(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) -> Response {
+    if loaded.state.mode.is_decoy() {
+        return ApiError::new(ErrorCode::E0000154).into_response();
+    }
+    let (options, expires_at) =
+        match factors::challenge(st, &loaded.user, factor, &challenge_context(ctx, loaded)).await {
+            Ok(Challenge::WebAuthn { options, expires_at }) => (options, expires_at),
+            Ok(_) => return ApiError::new(ErrorCode::E0000154).into_response(),
+            Err(e) => return challenge_error(st, &factor.record.factor_type, e),
+        };
+    let state = loaded.state.challenged(Pending {
+        factor_id: factor.record.id.clone(),
+        transaction_id: None,
+        correct_answer: None,
+        expires_at,
+    });
+    match save(st, loaded, &state).await {
+        Ok(expires) => {
+            let mut v = challenge_body(st, loaded, &state, expires, factor, None);
+            v["_embedded"]["challenge"] = options;
+            if let Some(o) = v["_links"].as_object_mut() {
+                o.remove("resend");
+            }
+            json_response(v)
+        }
         Err(r) => r,
     }
 }
@@ -1065,6 +1125,7 @@ pub(crate) async fn verify(
         Ok(f) => f,
         Err(r) => return r,
     };
+    let proof = req.ceremony_proof();
     let code = req.pass_code.filter(|c| !c.trim().is_empty());
     match kind_of(&factor.record.factor_type) {
         Some(k) if k.answered_by_device() => match loaded.state.challenge.clone() {
@@ -1072,6 +1133,20 @@ pub(crate) async fn verify(
                 poll_push(&st, &headers, &loaded, &factor, &p).await
             }
             _ => start_push(&st, &ctx, &loaded, &factor).await,
+        },
+        Some(k) if k.ceremony() => match proof {
+            None => start_ceremony(&st, &ctx, &loaded, &factor).await,
+            Some(proof) => {
+                let verified = crate::regulation::as_first_factor(
+                    loaded.state.mode.is_passwordless(),
+                    factors::verify(&st, &user, &factor, &proof, addr, &loaded.flow()),
+                )
+                .await;
+                if let Err(e) = verified {
+                    return verify_error(e);
+                }
+                complete(&st, &headers, &loaded, k.amr()).await
+            }
         },
         Some(k) if k.sends_code() => match code {
             None => send_code(&st, &ctx, &loaded, &factor).await,
@@ -1227,6 +1302,11 @@ pub(crate) async fn enroll(
             factor["_links"] =
                 json!({ "activate": { "href": activate_href, "hints": { "allow": ["POST"] } } });
         }
+        factors::Enrolled::WebAuthn { options, .. } => {
+            factor["_embedded"] = json!({ "activation": options });
+            factor["_links"] =
+                json!({ "activate": { "href": activate_href, "hints": { "allow": ["POST"] } } });
+        }
         factors::Enrolled::Code { expires_at, .. } => {
             factor["_embedded"] = json!({ "activation": { "expiresAt": rfc3339(*expires_at) } });
             factor["_links"] = json!({
@@ -1303,8 +1383,20 @@ pub(crate) async fn activate(
             return json_response(body);
         }
     } else {
-        let Some(code) = req.pass_code.filter(|c| !c.trim().is_empty()) else {
-            return missing_passcode();
+        let ceremony = kind_of(&factor.record.factor_type).is_some_and(|k| k.ceremony());
+        let code = if ceremony {
+            req.ceremony_proof()
+        } else {
+            req.pass_code.clone().filter(|c| !c.trim().is_empty())
+        };
+        let Some(code) = code else {
+            return if ceremony {
+                ApiError::new(ErrorCode::E0000001)
+                    .cause("clientData: The field cannot be left blank")
+                    .into_response()
+            } else {
+                missing_passcode()
+            };
         };
         if let Err(e) = factors::activate(&st, &user, &factor, &code, ctx.0.client_addr, &loaded.flow()).await
         {

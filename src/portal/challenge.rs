@@ -80,6 +80,11 @@ pub fn out_of_band(factor_type: &str) -> bool {
     factors::kind_of(factor_type).is_some_and(|k| k.address().is_some() || k.answered_by_device())
 }
 
+/// True for a type verified by a WebAuthn ceremony (security keys).
+fn ceremony(factor_type: &str) -> bool {
+    factors::kind_of(factor_type).is_some_and(|k| k.ceremony())
+}
+
 /// True for a type whose verification is a device's answer (push).
 pub(super) fn answered_by_device(factor_type: &str) -> bool {
     factors::kind_of(factor_type).is_some_and(|k| k.answered_by_device())
@@ -90,11 +95,13 @@ pub(super) fn answered_by_device(factor_type: &str) -> bool {
 pub fn challenge_buttons(factors: &[Factor]) -> Vec<Value> {
     factors
         .iter()
-        .filter(|f| out_of_band(&f.record.factor_type))
+        .filter(|f| out_of_band(&f.record.factor_type) || ceremony(&f.record.factor_type))
         .map(|f| {
             // The form posts to `{prefix}/mfa/<action>`: the push route is
             // named after its type, codes of every type go to `send`.
-            let (action, button) = if answered_by_device(&f.record.factor_type) {
+            let (action, button) = if ceremony(&f.record.factor_type) {
+                ("webauthn", t("challenge.use_key"))
+            } else if answered_by_device(&f.record.factor_type) {
                 (FactorType::Push.as_str(), t("challenge.send_push"))
             } else {
                 ("send", t("enroll.send_code"))

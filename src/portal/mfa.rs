@@ -264,9 +264,14 @@ pub async fn enroll(
     }
     let oob_types: Vec<&str> = FactorType::enabled(&st.config.factors)
         .map(FactorType::as_str)
-        .filter(|t| super::challenge::out_of_band(t))
+        .filter(|t| super::challenge::out_of_band(t) || factors::kind_of(t).is_some_and(|k| k.ceremony()))
         .collect();
     match q.factor_type.as_deref() {
+        Some(factors::webauthn::WEBAUTHN_TYPE)
+            if factors::type_enabled(&st, factors::webauthn::WEBAUTHN_TYPE) =>
+        {
+            return super::webauthn::enroll_page(&st, &headers, &s, &rd).await;
+        }
         Some(t) if oob_types.contains(&t) => {
             return super::oob::enroll_page(&st, &ctx, &headers, &s, &rd, t).await;
         }
@@ -410,14 +415,20 @@ fn factors_page(
     let rows: Vec<Value> = factors
         .iter()
         .map(|f| {
-            let name = factors::kind_of(&f.record.factor_type).map_or(f.record.factor_type.clone(), |k| {
-                super::words::label(k).to_owned()
-            });
+            let kind = factors::kind_of(&f.record.factor_type);
+            // Keys are told apart by the names their users gave them.
+            let named = kind.is_some_and(|k| k.ceremony());
+            let name = match kind {
+                Some(_) if named => super::words::describe(f),
+                Some(k) => super::words::label(k).to_owned(),
+                None => f.record.factor_type.clone(),
+            };
             context! {
                 id => f.record.id.as_str(),
                 name,
                 active => f.is_active(),
                 managed => f.from_config,
+                rename => named && !f.from_config,
             }
         })
         .collect();
@@ -441,7 +452,7 @@ fn factors_page(
     )
 }
 
-async fn render_factors(
+pub(super) async fn render_factors(
     st: &AppState,
     headers: &HeaderMap,
     s: &ActiveSession,
@@ -492,7 +503,7 @@ pub struct CsrfForm {
 
 /// Guards a factor change: a session, CSRF, and a recent second factor
 /// (else a step-up that comes back to the factors page).
-fn change_guard(
+pub(super) fn change_guard(
     st: &AppState,
     ctx: &Ctx,
     headers: &HeaderMap,

@@ -22,6 +22,7 @@ pub mod passwordless;
 pub mod push;
 pub mod redirect;
 mod transaction;
+mod webauthn;
 mod words;
 
 /// The request body types of the JSON API, for the fuzz targets (`fuzz/`),
@@ -112,6 +113,18 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route("/factors", get(mfa::list))
         .route("/factors/recovery", post(mfa::regenerate))
         .route("/factors/{factor_id}/remove", post(mfa::remove))
+        .route(
+            "/factors/{factor_id}/rename",
+            get(webauthn::rename_form).post(webauthn::rename_submit),
+        )
+        .route("/enroll/webauthn", post(webauthn::enroll_submit))
+        .route(
+            "/login/passkey",
+            get(webauthn::passkey_page).post(webauthn::passkey_submit),
+        )
+        .route("/mfa/webauthn", post(webauthn::challenge))
+        .route("/mfa/webauthn/verify", post(webauthn::verify))
+        .route(pages::WEBAUTHN_SCRIPT, get(webauthn::script))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(pages::STYLESHEET, get(stylesheet))
         .route(push::SCRIPT_PATH, get(push::script))
@@ -247,7 +260,16 @@ async fn login_form(
     let page = if cfg.users.passwordless && q.password.is_none() {
         passwordless::username_page(&st, &token, &rd, "", None)
     } else {
-        pages::login_page(&cfg.portal.title, &cfg.portal.prefix, &token, &rd, "", None)
+        let passkey = webauthn::passkey_href(&st, &rd);
+        pages::login_page_with(
+            &cfg.portal.title,
+            &cfg.portal.prefix,
+            &token,
+            &rd,
+            "",
+            None,
+            passkey.as_deref(),
+        )
     };
     let mut res = html(StatusCode::OK, page);
     if let Some(c) = set {

@@ -310,7 +310,9 @@ pub async fn push(
             correct_answer,
             ..
         }) => push_wait(&p, &headers, &factor, &transaction_id, correct_answer),
-        Ok(Challenge::CodeSent { .. }) => see_other(&format!("{}/mfa", p.st.config.portal.prefix)),
+        Ok(Challenge::CodeSent { .. } | Challenge::WebAuthn { .. }) => {
+            see_other(&format!("{}/mfa", p.st.config.portal.prefix))
+        }
         Err(e) => {
             let (status, msg) = challenge_message(&p.st, &e);
             challenge::render_challenge(&p.st, &headers, &p.s, &p.rd, p.fresh, Some(&msg), status).await

@@ -40,6 +40,7 @@ pub fn username_page(st: &AppState, csrf: &str, rd: &str, username: &str, error:
             rd_query => enc(rd),
             username,
             error,
+            passkey => super::webauthn::passkey_href(st, rd),
         },
     )
 }
@@ -323,7 +324,7 @@ pub async fn factor_step(
             );
             mfa::with_csrf(html(StatusCode::OK, page), set)
         }
-        Ok(Challenge::CodeSent { .. }) => {
+        Ok(Challenge::CodeSent { .. } | Challenge::WebAuthn { .. }) => {
             again(StatusCode::FORBIDDEN, crate::i18n::t("send.not_usable"), &listed)
         }
         Err(e) => {

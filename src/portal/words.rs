@@ -43,6 +43,11 @@ pub fn describe(f: &Factor) -> String {
         let value = f.record.profile[a.profile_key()].as_str().unwrap_or_default();
         return tf("factor.to", &[("label", &label(kind)), ("to", &a.mask(value))]);
     }
+    if kind.ceremony() {
+        // Security keys go by the names their users gave them.
+        let name = f.record.profile["authenticatorName"].as_str().unwrap_or_default();
+        return tf("factor.webauthn.named", &[("name", &name)]);
+    }
     if kind.answered_by_device() {
         return match f.record.profile["deviceName"].as_str() {
             Some(d) => tf("factor.push_to", &[("device", &d)]),

@@ -201,6 +201,13 @@ pub(crate) async fn browser(chromium: &Path, profile: &Path) -> (Proc, Client) {
 
 /// [`browser`] with more Chromium arguments.
 pub(crate) async fn browser_with(chromium: &Path, profile: &Path, extra: &[String]) -> (Proc, Client) {
+    let (driver, client, _) = browser_at(chromium, profile, extra).await;
+    (driver, client)
+}
+
+/// [`browser_with`], also answering chromedriver's URL (for WebDriver
+/// extensions fantoccini has no call for, such as virtual authenticators).
+pub(crate) async fn browser_at(chromium: &Path, profile: &Path, extra: &[String]) -> (Proc, Client, String) {
     let port = free_port();
     let driver = Proc::spawn(
         "chromedriver",
@@ -251,7 +258,7 @@ pub(crate) async fn browser_with(chromium: &Path, profile: &Path, extra: &[Strin
         .connect(&url)
         .await
         .expect("a WebDriver session in Chromium");
-    (driver, client)
+    (driver, client, url)
 }
 
 /// The person at the browser.
