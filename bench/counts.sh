@@ -8,10 +8,10 @@
 #   bench/counts.sh                  # N=2000 requests per measurement
 #
 # Environment: N (2000), FLAME_DIR (also write flame graphs there), NO_BUILD=1, PORTCULLIS_BIN / ECHO_BIN (other builds),
-# BASE_PORT (24280). Allocations are calls of Rust's allocator entry points
-# (`__rust_alloc`, `__rust_alloc_zeroed`, `__rust_realloc`), so they count the
-# same whichever global allocator is linked; build without fat LTO so those
-# symbols stay visible (CARGO_PROFILE_RELEASE_LTO=off).
+# BASE_PORT (24280). Allocations are allocation requests: calls of Rust's
+# allocator entry points and of the C allocator (not counting the system
+# allocator's calls on Rust's behalf), so they count the same whichever global
+# allocator is linked and with or without LTO.
 
 BASE_PORT=${BASE_PORT:-24280}
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -35,25 +35,33 @@ requests() { # host [cookie]
 callgrind_totals() { # out-file
   python3 - "$1" <<'PY'
 import re, sys
-names, ir, allocs, cur = {}, 0, 0, None
-alloc_fns = {"__rust_alloc", "__rust_alloc_zeroed", "__rust_realloc"}
+# Allocation requests: calls of Rust's allocator entry points, plus calls of
+# the C allocator not made by Rust's system-allocator shim (C libraries, and
+# every Rust allocation once fat LTO has inlined the shim).
+RUST = {"__rust_alloc", "__rust_alloc_zeroed", "__rust_realloc"}
+LIBC = {"malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign"}
+SHIM = RUST | {"__rdl_alloc", "__rdl_alloc_zeroed", "__rdl_realloc", "__rg_alloc", "__rg_alloc_zeroed", "__rg_realloc"}
+names, ir, allocs, fn, callee = {}, 0, 0, "", None
+def name(m):
+    if m.group(2):
+        names[m.group(1)] = m.group(2).strip()
+    return names.get(m.group(1), "")
 for line in open(sys.argv[1], errors="replace"):
     if line.startswith("summary:") or line.startswith("totals:"):
         ir = int(line.split()[1])
-    m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line)
-    if m:
-        if m.group(2):
-            names[m.group(1)] = m.group(2).strip()
-        cur = names.get(m.group(1), "")
-        continue
-    if line.startswith("calls=") and cur is not None:
-        if cur in alloc_fns:
-            allocs += int(line.split("=")[1].split()[0])
-        cur = None
         continue
     m = re.match(r"fn=\((\d+)\)(?: (.*))?", line)
-    if m and m.group(2):
-        names[m.group(1)] = m.group(2).strip()
+    if m:
+        fn = name(m)
+        continue
+    m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line)
+    if m:
+        callee = name(m)
+        continue
+    if line.startswith("calls=") and callee is not None:
+        if callee in RUST or (callee in LIBC and fn not in SHIM):
+            allocs += int(line.split("=")[1].split()[0])
+        callee = None
 print(ir, allocs)
 PY
 }
