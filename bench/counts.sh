@@ -5,9 +5,9 @@
 # requests from one client. Unlike req/s on a shared machine, these counts do
 # not move with what else runs, so before/after comparisons hold across runs.
 #
-#   bench/counts.sh                  # N=2000 requests per measurement
+#   bench/counts.sh                  # N=200 requests per measurement
 #
-# Environment: N (2000), FLAME_DIR (also write flame graphs there), NO_BUILD=1, PORTCULLIS_BIN / ECHO_BIN (other builds),
+# Environment: N (200), WARM (50 warm-up requests), FLAME_DIR (also write flame graphs there), NO_BUILD=1, PORTCULLIS_BIN / ECHO_BIN (other builds),
 # BASE_PORT (24280). Allocations are allocation requests: calls of Rust's
 # allocator entry points and of the C allocator (not counting the system
 # allocator's calls on Rust's behalf), so they count the same whichever global
@@ -15,19 +15,23 @@
 
 BASE_PORT=${BASE_PORT:-24280}
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-N=${N:-2000}
+N=${N:-200}
+WARM=${WARM:-50}
 
 command -v valgrind >/dev/null || die "valgrind is needed (apt-get install valgrind)"
 command -v strace >/dev/null || die "strace is needed (apt-get install strace)"
 [ "${NO_BUILD:-0}" = 1 ] || build
 start_upstream
 
-# N kept-alive GETs from one curl process.
-requests() { # host [cookie]
+# N kept-alive GETs from one curl process. The session route signs in just
+# before it is measured: a cookie older than a minute is re-issued on every
+# request (as in bench/proxy.sh, which signs in before each run).
+requests() { # host [cookie] [count]
+  local count=${3:-$N}
   local args=(-s -H "Host: $1")
   [ -n "${2:-}" ] && args+=(-H "Cookie: _ga=GA1.2.1234567890.1790000000; portcullis_session=$2; theme=dark")
   local urls=() i
-  for ((i = 0; i < N; i++)); do urls+=("http://127.0.0.1:$GW_PORT$PATH_SMALL"); done
+  for ((i = 0; i < count; i++)); do urls+=("http://127.0.0.1:$GW_PORT$PATH_SMALL"); done
   curl "${args[@]}" "${urls[@]}" >/dev/null
 }
 
@@ -69,7 +73,8 @@ PY
 measure_callgrind() { # label host [cookie]
   local out="$WORK/callgrind.$1"
   rm -f "$WORK"/callgrind.out.*
-  requests "$2" "${3:-}" # warm-up
+  [ "$1" = session ] && { signin; set -- "$1" "$2" "$SESSION"; }
+  requests "$2" "${3:-}" "$WARM" # warm-up
   callgrind_control -z "$GW_PID" >/dev/null
   requests "$2" "${3:-}"
   callgrind_control -d "$GW_PID" >/dev/null
@@ -84,7 +89,8 @@ measure_callgrind() { # label host [cookie]
 
 measure_strace() { # label host [cookie]
   local out="$WORK/strace.$1"
-  requests "$2" "${3:-}" # warm-up
+  [ "$1" = session ] && { signin; set -- "$1" "$2" "$SESSION"; }
+  requests "$2" "${3:-}" "$WARM" # warm-up
   strace -c -f -p "$GW_PID" -o "$out" 2>/dev/null &
   local st=$!
   sleep 1
