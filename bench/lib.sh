@@ -24,6 +24,7 @@ STORE=${STORE:-memory}   # memory | sqlite (the gateway's store)
 KEEP=${KEEP:-0}          # 1: keep the work directory (configs, logs)
 NGINX_LOG_BUFFER=${NGINX_LOG_BUFFER:-}  # e.g. 64k: buffer nginx's access log (default: a write per request)
 SERVER_EXTRA=${SERVER_EXTRA:-}          # lines added to the gateway's [server] table
+GW_WRAP=${GW_WRAP:-}                    # a command to run the gateway under (bench/counts.sh)
 
 # Host names select the gateway's rules; the request is the same everywhere.
 BYPASS_HOST=bypass.bench  # rule: bypass
@@ -85,7 +86,7 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_http() { # url [host]
   local i
-  for i in $(seq 100); do
+  for i in $(seq "${WAIT_TRIES:-100}"); do
     curl -sf -o /dev/null -H "Host: ${2:-127.0.0.1}" "$1" && return 0
     sleep 0.1
   done
@@ -235,7 +236,9 @@ EOF
   "$PORTCULLIS" check-config --config "$WORK/portcullis.toml" >"$WORK/check-config.log" 2>&1 \
     || { cat "$WORK/check-config.log" >&2; die "the bench config is invalid"; }
   # Access lines go to a file, as nginx's do (stderr appended, so truncating works).
-  "$PORTCULLIS" serve --config "$WORK/portcullis.toml" >>"$WORK/portcullis.log" 2>&1 &
+  # GW_WRAP (bench/counts.sh): a command the gateway runs under, e.g. valgrind.
+  # shellcheck disable=SC2086
+  ${GW_WRAP:-} "$PORTCULLIS" serve --config "$WORK/portcullis.toml" >>"$WORK/portcullis.log" 2>&1 &
   GW_PID=$!
   PIDS+=("$GW_PID")
   wait_http "http://127.0.0.1:$GW_PORT/_portcullis/healthz"

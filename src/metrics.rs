@@ -4,7 +4,9 @@
 //! Metric names (all prefixed `portcullis_`): `requests_total{decision,status}`,
 //! `upstream_duration_seconds{upstream}`, `upstream_errors_total{upstream,kind}`,
 //! `logins_total{result}`, `lockouts_total{kind}`, `store_duration_seconds{op}`,
-//! `connections_refused_total{listener,limit}`.
+//! `connections_refused_total{listener,limit}`,
+//! `rule_decisions_total{rule,path,decision}` (kept by the policy: see
+//! [`crate::policy::counters`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -93,7 +95,9 @@ fn register_zeroes() {
 
 /// The metrics in Prometheus text format (empty if no recorder is installed).
 pub fn render() -> String {
-    install().map(|h| h.render()).unwrap_or_default()
+    let mut text = install().map(|h| h.render()).unwrap_or_default();
+    text.push_str(&crate::policy::counters::render());
+    text
 }
 
 thread_local! {

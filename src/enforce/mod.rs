@@ -164,14 +164,17 @@ impl Enforcer {
     ) -> Result<(Decision, SessionState), StoreUnavailable> {
         let evaluation = self.policy.evaluate(facts);
         if !evaluation.needs_session() {
-            return Ok((evaluation.decide(None, now).0, SessionState::None));
+            let (decision, requirement) = evaluation.decide(None, now);
+            self.policy.count(&requirement, decision);
+            return Ok((decision, SessionState::None));
         }
         let state = self.session(headers);
-        let (decision, _requirement) = match &state {
+        let (decision, requirement) = match &state {
             SessionState::Unavailable => return Err(StoreUnavailable),
             SessionState::Valid(s) => evaluation.decide(Some((&s.claims, &s.user.groups)), now),
             _ => evaluation.decide(None, now),
         };
+        self.policy.count(&requirement, decision);
         Ok((decision, state))
     }
 

@@ -151,7 +151,7 @@ impl Live {
         self.current.store(Arc::new(Current::of(gateway)));
         self.generation.fetch_add(1, Ordering::AcqRel);
         // Requests already inside the old gateway finish with it; its refreshers stop.
-        old.gateway.stop();
+        old.gateway.retire();
         ReloadOutcome::Applied { needs_restart }
     }
 

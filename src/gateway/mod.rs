@@ -231,6 +231,13 @@ impl Gateway {
             h.abort();
         }
     }
+
+    /// Stops background tasks and retires the policy's decision counters:
+    /// a reload replaced this gateway.
+    pub fn retire(&self) {
+        self.stop();
+        self.state.enforcer.policy.retire_counters();
+    }
 }
 
 /// Checks the users file's password hashes against the stored fingerprints

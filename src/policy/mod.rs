@@ -8,6 +8,7 @@
 //! groups gets 403, so a later catch-all can never let anyone around a group
 //! rule. Everything here is plain data and functions of time; no I/O.
 
+pub mod counters;
 pub mod normalize;
 
 use std::net::IpAddr;
@@ -25,6 +26,8 @@ pub struct Policy {
     default: PolicyKind,
     /// Deny paths with a Windows alias (see [`normalize::windows_alias`]).
     windows_aliases: bool,
+    /// Decisions per rule, for `/metrics`.
+    counters: std::sync::Arc<counters::RuleCounters>,
 }
 
 /// The facts about a request that rules match on.
@@ -95,10 +98,23 @@ impl Policy {
     /// Builds the policy from validated rules.
     pub fn new(rules: Vec<RuleConfig>, default: PolicyKind) -> Self {
         Self {
+            counters: counters::RuleCounters::for_rules(&rules, default),
             rules,
             default,
             windows_aliases: false,
         }
+    }
+
+    /// Stops showing this policy's decision counters (a reload replaced it);
+    /// the series stay while another live policy was built from the same rules.
+    pub fn retire_counters(&self) {
+        self.counters.retire();
+    }
+
+    /// Counts one request's decision under the rule that gave it (see
+    /// [`counters`]).
+    pub fn count(&self, requirement: &Requirement<'_>, decision: Decision) {
+        self.counters.count(requirement.rule, decision);
     }
 
     /// With `case_insensitive_paths` (IIS, Windows file servers): deny every

@@ -134,8 +134,8 @@ pub enum SessionReject {
 /// Encodes, verifies and renders session cookies.
 #[derive(Debug, Clone)]
 pub struct SessionCodec {
-    signing: Secret,
-    verifying: Vec<Secret>,
+    signing: crypto::HmacKey,
+    verifying: Vec<crypto::HmacKey>,
     cookie_name: String,
     lifetime: i64,
     idle: i64,
@@ -147,12 +147,15 @@ pub struct SessionCodec {
 impl SessionCodec {
     /// Builds the codec from validated session settings.
     pub fn new(cfg: &SessionConfig) -> Self {
-        let verifying: Vec<Secret> = cfg
+        let verifying: Vec<crypto::HmacKey> = cfg
             .secrets
             .iter()
-            .map(|s| crypto::derive_key(s, "session"))
+            .map(|s| crypto::HmacKey::new(crypto::derive_key(s, "session").expose()))
             .collect();
-        let signing = verifying.first().cloned().unwrap_or_default();
+        let signing = verifying
+            .first()
+            .cloned()
+            .unwrap_or_else(|| crypto::HmacKey::new(Secret::default().expose()));
         let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         Self {
             signing,
@@ -183,7 +186,7 @@ impl SessionCodec {
         value.push_str(VERSION);
         value.push('.');
         value.push_str(&crypto::b64(&json));
-        let tag = crypto::hmac_sha256(self.signing.expose(), value.as_bytes());
+        let tag = self.signing.tag(value.as_bytes());
         value.push('.');
         value.push_str(&crypto::b64(&tag));
         value
@@ -197,11 +200,25 @@ impl SessionCodec {
         if version != VERSION {
             return Err(SessionReject::Malformed);
         }
-        let tag = crypto::unb64(tag).ok_or(SessionReject::Malformed)?;
+        // A tag is 32 bytes (43 characters): decoded on the stack; anything
+        // longer the usual way (it then fails the check, as before).
+        let mut tag_bytes = [0u8; 32];
+        let long_tag;
+        let tag = {
+            use base64::Engine;
+            match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(tag, &mut tag_bytes) {
+                Ok(n) => &tag_bytes[..n],
+                Err(_) => {
+                    long_tag = crypto::unb64(tag).ok_or(SessionReject::Malformed)?;
+                    &long_tag[..]
+                }
+            }
+        };
         // Check every key (no early exit) so timing does not reveal which one matched.
-        let ok = self.verifying.iter().fold(false, |ok, k| {
-            crypto::verify_hmac(k.expose(), signed.as_bytes(), &tag) | ok
-        });
+        let ok = self
+            .verifying
+            .iter()
+            .fold(false, |ok, k| k.verify(signed.as_bytes(), tag) | ok);
         if !ok {
             return Err(SessionReject::BadSignature);
         }

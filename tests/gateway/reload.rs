@@ -396,3 +396,93 @@ enabled = true
         "{done}"
     );
 }
+
+/// `portcullis_rule_decisions_total{rule,path,decision}` of one series.
+fn rule_count(metrics: &str, rule: &str, path: &str, decision: &str) -> Option<u64> {
+    let prefix = format!(
+        "portcullis_rule_decisions_total{{rule=\"{rule}\",path=\"{path}\",decision=\"{decision}\"}} "
+    );
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_per_rule_at_zero_counted_inline_and_forward_auth_and_reset_by_a_rule_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = portcullis::demo::spawn_echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let upstream = format!("http://{echo}");
+    let (main, admin) = (free_port(), free_port());
+    let path = dir.path().join("portcullis.toml");
+    let with_authz = |policy: &str| {
+        config(dir.path(), main, admin, &upstream, policy)
+            .replace(
+                "shutdown_timeout = \"2s\"\n",
+                "shutdown_timeout = \"2s\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+            )
+            .replace("[log]\n", "[forward_auth]\nenabled = true\n\n[log]\n")
+    };
+    std::fs::write(dir.path().join("users.toml"), users_file()).unwrap();
+    std::fs::write(&path, with_authz("bypass")).unwrap();
+    let gw = start(&path, main, admin).await;
+
+    // Every configured rule and the default, every decision, at zero.
+    let m = gw.metrics().await;
+    for decision in ["bypass", "allow", "challenge", "forbidden", "deny"] {
+        assert_eq!(rule_count(&m, "0", "^/public/", decision), Some(0), "{m}");
+        assert_eq!(rule_count(&m, "default", "", decision), Some(0), "{m}");
+    }
+
+    // Inline: two bypasses under rule 0, a challenge and an allow under the default.
+    assert_eq!(gw.status("/public/a", None).await, 200);
+    assert_eq!(gw.status("/public/b", None).await, 200);
+    assert_eq!(gw.status("/private", None).await, 401);
+    let session = gw
+        .sign_in(ALICE.username, ALICE.password)
+        .await
+        .expect("alice signs in");
+    assert_eq!(gw.status("/private", Some(&session)).await, 200);
+    // Forward-auth: one more bypass under rule 0, one more allow under the default.
+    for (uri, cookie) in [("/public/c", None), ("/private", Some(&session))] {
+        let mut req = gw
+            .client
+            .get(format!("{}/_portcullis/authz/forward-auth", gw.base))
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-proto", "http")
+            .header("x-forwarded-host", format!("127.0.0.1:{main}"))
+            .header("x-forwarded-uri", uri)
+            .header("accept", "application/json");
+        if let Some(s) = cookie {
+            req = req.header("cookie", format!("portcullis_session={s}"));
+        }
+        assert_eq!(req.send().await.unwrap().status(), 200, "forward-auth {uri}");
+    }
+    let m = gw.metrics().await;
+    assert_eq!(rule_count(&m, "0", "^/public/", "bypass"), Some(3), "{m}");
+    assert_eq!(rule_count(&m, "default", "", "challenge"), Some(1), "{m}");
+    assert_eq!(rule_count(&m, "default", "", "allow"), Some(2), "{m}");
+
+    // A reload with the same rules keeps counting in the same series.
+    gw.hup();
+    gw.wait_log("configuration reloaded", 1).await;
+    let m = gw.metrics().await;
+    assert_eq!(rule_count(&m, "0", "^/public/", "bypass"), Some(3), "{m}");
+
+    // A rule change starts the rule set's series again at zero.
+    std::fs::write(&path, with_authz("deny")).unwrap();
+    gw.hup();
+    gw.wait_log("configuration reloaded", 2).await;
+    assert_eq!(gw.status("/public/a", None).await, 403);
+    let m = gw.metrics().await;
+    assert_eq!(rule_count(&m, "0", "^/public/", "bypass"), Some(0), "{m}");
+    assert_eq!(rule_count(&m, "0", "^/public/", "deny"), Some(1), "{m}");
+    assert_eq!(rule_count(&m, "default", "", "allow"), Some(0), "{m}");
+    assert_eq!(
+        m.matches("portcullis_rule_decisions_total{").count(),
+        10,
+        "one rule and the default, five decisions each:\n{m}"
+    );
+}

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Load-independent costs per request of the gateway: CPU instructions and heap
+# allocations (valgrind callgrind) and syscalls (strace -c), for the bypass
+# route and for a signed-in request, over a fixed number of kept-alive
+# requests from one client. Unlike req/s on a shared machine, these counts do
+# not move with what else runs, so before/after comparisons hold across runs.
+#
+#   bench/counts.sh                  # N=200 requests per measurement
+#
+# Environment: N (200), WARM (50 warm-up requests), FLAME_DIR (also write flame graphs there), NO_BUILD=1, PORTCULLIS_BIN / ECHO_BIN (other builds),
+# BASE_PORT (24280). Allocations are allocation requests: calls of Rust's
+# allocator entry points and of the C allocator (not counting the system
+# allocator's calls on Rust's behalf), so they count the same whichever global
+# allocator is linked and with or without LTO.
+
+BASE_PORT=${BASE_PORT:-24280}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+N=${N:-200}
+WARM=${WARM:-50}
+
+command -v valgrind >/dev/null || die "valgrind is needed (apt-get install valgrind)"
+command -v strace >/dev/null || die "strace is needed (apt-get install strace)"
+[ "${NO_BUILD:-0}" = 1 ] || build
+start_upstream
+
+# N kept-alive GETs from one curl process. The session route signs in just
+# before it is measured: a cookie older than a minute is re-issued on every
+# request (as in bench/proxy.sh, which signs in before each run).
+requests() { # host [cookie] [count]
+  local count=${3:-$N}
+  local args=(-s -H "Host: $1")
+  [ -n "${2:-}" ] && args+=(-H "Cookie: _ga=GA1.2.1234567890.1790000000; portcullis_session=$2; theme=dark")
+  local urls=() i
+  for ((i = 0; i < count; i++)); do urls+=("http://127.0.0.1:$GW_PORT$PATH_SMALL"); done
+  curl "${args[@]}" "${urls[@]}" >/dev/null
+}
+
+# Callgrind totals of the events since the last zeroing: "Ir allocs".
+callgrind_totals() { # out-file
+  python3 - "$1" <<'PY'
+import re, sys
+# Allocation requests: calls of Rust's allocator entry points, plus calls of
+# the C allocator not made by Rust's system-allocator shim (C libraries, and
+# every Rust allocation once fat LTO has inlined the shim).
+RUST = {"__rust_alloc", "__rust_alloc_zeroed", "__rust_realloc"}
+LIBC = {"malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign"}
+SHIM = RUST | {"__rdl_alloc", "__rdl_alloc_zeroed", "__rdl_realloc", "__rg_alloc", "__rg_alloc_zeroed", "__rg_realloc"}
+names, ir, allocs, fn, callee = {}, 0, 0, "", None
+def name(m):
+    if m.group(2):
+        names[m.group(1)] = m.group(2).strip()
+    return names.get(m.group(1), "")
+for line in open(sys.argv[1], errors="replace"):
+    if line.startswith("summary:") or line.startswith("totals:"):
+        ir = int(line.split()[1])
+        continue
+    m = re.match(r"fn=\((\d+)\)(?: (.*))?", line)
+    if m:
+        fn = name(m)
+        continue
+    m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line)
+    if m:
+        callee = name(m)
+        continue
+    if line.startswith("calls=") and callee is not None:
+        if callee in RUST or (callee in LIBC and fn not in SHIM):
+            allocs += int(line.split("=")[1].split()[0])
+        callee = None
+print(ir, allocs)
+PY
+}
+
+measure_callgrind() { # label host [cookie]
+  local out="$WORK/callgrind.$1"
+  rm -f "$WORK"/callgrind.out.*
+  [ "$1" = session ] && { signin; set -- "$1" "$2" "$SESSION"; }
+  requests "$2" "${3:-}" "$WARM" # warm-up
+  callgrind_control -z "$GW_PID" >/dev/null
+  requests "$2" "${3:-}"
+  callgrind_control -d "$GW_PID" >/dev/null
+  sleep 1
+  local f
+  f=$(ls -t "$WORK"/callgrind.out.* | head -1)
+  cp "$f" "$out"
+  read -r ir allocs < <(callgrind_totals "$out")
+  awk -v l="$1" -v ir="$ir" -v a="$allocs" -v n="$N" \
+    'BEGIN { printf "%-10s instructions/request %8.0f   allocations/request %6.1f\n", l, ir / n, a / n }'
+}
+
+measure_strace() { # label host [cookie]
+  local out="$WORK/strace.$1"
+  [ "$1" = session ] && { signin; set -- "$1" "$2" "$SESSION"; }
+  requests "$2" "${3:-}" "$WARM" # warm-up
+  strace -c -f -p "$GW_PID" -o "$out" 2>/dev/null &
+  local st=$!
+  sleep 1
+  requests "$2" "${3:-}"
+  sleep 0.5
+  kill -INT "$st"
+  wait "$st" 2>/dev/null || true
+  awk -v l="$1" -v n="$N" '/ total$/ { printf "%-10s syscalls/request %8.2f\n", l, $4 / n }' "$out"
+  grep -E '^ *[0-9]' "$out" | sort -k4 -n -r | head -8 | awk -v n="$N" '{ printf "    %-16s %6.2f/request\n", $NF, $4 / n }'
+}
+
+# 1. Under callgrind (slow: start-up and the sign-in's argon2 take a while).
+GW_WRAP="valgrind --tool=callgrind --callgrind-out-file=$WORK/callgrind.out.%p --dump-instr=no --collect-jumps=no" \
+  WAIT_TRIES=1200 start_gateway
+signin
+log "callgrind: $N requests per route, session level $SESSION_LEVEL"
+measure_callgrind bypass "$BYPASS_HOST"
+measure_callgrind session "$AUTH_HOST" "$SESSION"
+kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
+
+# 2. Natively under strace.
+BASE_PORT=$((BASE_PORT + 10)); GW_PORT=$((BASE_PORT + 3)); ADMIN_PORT=$((BASE_PORT + 4))
+: >"$WORK/portcullis.log"
+GW_WRAP="" start_gateway
+signin
+log "strace: $N requests per route"
+measure_strace bypass "$BYPASS_HOST"
+measure_strace session "$AUTH_HOST" "$SESSION"
+# 3. Flame graphs (FLAME_DIR=dir): perf samples of the gateway under wrk (16 connections).
+if [ -n "${FLAME_DIR:-}" ] && command -v perf >/dev/null && command -v wrk >/dev/null; then
+  mkdir -p "$FLAME_DIR"
+  for route in bypass session; do
+    if [ "$route" = bypass ]; then host=$BYPASS_HOST; cookie=""; else host=$AUTH_HOST; cookie=$SESSION; fi
+    args=(-t2 -c16 -d8s -H "Host: $host")
+    [ -n "$cookie" ] && args+=(-H "Cookie: _ga=GA1.2.1234567890.1790000000; portcullis_session=$cookie; theme=dark")
+    wrk "${args[@]}" "http://127.0.0.1:$GW_PORT$PATH_SMALL" >/dev/null &
+    w=$!
+    sleep 1
+    perf record -q -e cpu-clock -F 999 -g -p "$GW_PID" -o "$WORK/perf.$route" -- sleep 5 2>/dev/null || true
+    wait "$w" || true
+    perf script -i "$WORK/perf.$route" 2>/dev/null \
+      | python3 "$BENCH_DIR/flamegraph.py" "portcullis $route, wrk 16 connections" >"$FLAME_DIR/flame-$route.svg"
+    log "flame graph: $FLAME_DIR/flame-$route.svg"
+  done
+fi
+echo "commit $(cd "$REPO" && git rev-parse --short HEAD)$(cd "$REPO" && git diff --quiet || echo +changes); $N kept-alive requests from one client per route"
