@@ -207,7 +207,7 @@ impl Gateway {
 
     /// The portal router (pages and JSON APIs), to nest at the portal prefix.
     pub fn portal_router(&self) -> axum::Router {
-        crate::portal::router(self.state.clone())
+        crate::portal::router(self.state.clone(), crate::console::routes())
     }
 
     /// The admin listener's router.

@@ -82,7 +82,7 @@ pub struct MfaQuery {
     fresh: Option<String>,
     /// What to enroll (`totp`, `sms`, `call`, `email`, `push`).
     #[serde(rename = "type")]
-    factor_type: Option<String>,
+    pub(super) factor_type: Option<String>,
 }
 
 /// `GET {prefix}/mfa`: the second-factor challenge.
@@ -235,67 +235,25 @@ fn enroll_page(
     )
 }
 
-/// `GET {prefix}/enroll`: start (or resume) a TOTP enrollment.
-pub async fn enroll(
-    State(st): State<Arc<AppState>>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    Query(q): Query<MfaQuery>,
-) -> Response {
-    let rd = redirect::safe_target(
-        q.rd.as_deref(),
-        &ctx.0.host,
-        &st.config.portal.allowed_redirect_hosts,
-    );
-    let Some(s) = session(&st, &headers) else {
-        return to_login(&st, &rd);
-    };
-    match may_enroll(&st, &s).await {
-        Ok(true) => {}
-        Ok(false) => {
-            let back = format!("{}/enroll?rd={}", st.config.portal.prefix, enc(&rd));
-            return see_other(&format!(
-                "{}/mfa?fresh=1&rd={}",
-                st.config.portal.prefix,
-                enc(&back)
-            ));
-        }
-        Err(()) => return unavailable_page(&st),
-    }
-    let oob_types: Vec<&str> = FactorType::enabled(&st.config.factors)
-        .map(FactorType::as_str)
-        .filter(|t| super::challenge::out_of_band(t) || factors::kind_of(t).is_some_and(|k| k.ceremony()))
-        .collect();
-    match q.factor_type.as_deref() {
-        Some(factors::webauthn::WEBAUTHN_TYPE)
-            if factors::type_enabled(&st, factors::webauthn::WEBAUTHN_TYPE) =>
-        {
-            return super::webauthn::enroll_page(&st, &headers, &s, &rd).await;
-        }
-        Some(t) if oob_types.contains(&t) => {
-            return super::oob::enroll_page(&st, &ctx, &headers, &s, &rd, t).await;
-        }
-        None if !oob_types.is_empty() => {
-            return html(StatusCode::OK, super::oob::chooser_page(&st, &rd));
-        }
-        _ => {}
-    }
+/// The TOTP part of `GET {prefix}/enroll` (after [`super::enroll::enroll`]'s
+/// checks): start, or resume, an authenticator-app enrollment.
+pub(super) async fn enroll_totp(st: &AppState, headers: &HeaderMap, s: &ActiveSession, rd: &str) -> Response {
     // Resume a pending authenticator of this user (a reload, a second tab)
     // rather than leaving one pending factor behind per page view.
-    let pending = match factors::list(&st, &s.user).await {
+    let pending = match factors::list(st, &s.user).await {
         Ok(all) => all.into_iter().find(|f| {
             !f.from_config
                 && f.record.factor_type == TOTP_TYPE
                 && f.record.status == crate::store::FactorStatus::PendingActivation
                 && st.clock.now() - f.record.created < PENDING_REUSE_SECS
         }),
-        Err(_) => return unavailable_page(&st),
+        Err(_) => return unavailable_page(st),
     };
     let resumed =
-        pending.and_then(|f| factors::totp_secret(&st, &s.user, &f).map(|secret| (f.record.id, secret)));
+        pending.and_then(|f| factors::totp_secret(st, &s.user, &f).map(|secret| (f.record.id, secret)));
     let (factor_id, secret) = match resumed {
         Some(r) => r,
-        None => match factors::enroll_totp(&st, &s.user, "GOOGLE").await {
+        None => match factors::enroll_totp(st, &s.user, "GOOGLE").await {
             Ok(e) => (e.factor.id, e.secret),
             Err(e) => {
                 tracing::error!(error = %e, "portal enrollment failed");
@@ -311,14 +269,14 @@ pub async fn enroll(
         },
     };
     let uri = factors::totp::otpauth_uri(&st.config.factors.totp, secret.expose(), &s.user.username);
-    let (token, set) = csrf_token(&st, &headers);
+    let (token, set) = csrf_token(st, headers);
     let page = enroll_page(
-        &st,
+        st,
         &token,
-        &rd,
+        rd,
         &factor_id,
         &factors::totp::base32(secret.expose()),
-        &factors::totp::qr_data_uri(&uri),
+        &uri,
         None,
     );
     with_csrf(html(StatusCode::OK, page), set)

@@ -14,6 +14,7 @@ pub mod authn;
 mod challenge;
 mod common;
 pub mod csrf;
+mod enroll;
 pub mod login;
 pub mod me;
 pub mod mfa;
@@ -89,8 +90,10 @@ async fn not_found(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     ApiError::new(ErrorCode::E0000007).into_response()
 }
 
-/// The portal's router (paths relative to the prefix).
-pub fn router(state: Arc<AppState>) -> axum::Router {
+/// The portal's router (paths relative to the prefix), with `pages` (the
+/// admin console's, given by the gateway so the portal does not import it)
+/// served under the same language, branding, body limit and security headers.
+pub fn router(state: Arc<AppState>, pages: axum::Router<Arc<AppState>>) -> axum::Router {
     // Every JSON route comes from a route table (see `api`), never ad hoc.
     let api = api::routes().layer(axum::middleware::from_fn_with_state(state.clone(), api::cors));
     let router = axum::Router::new()
@@ -105,7 +108,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route("/mfa/push", post(oob::push))
         .route("/mfa/push/check", post(oob::push_check))
         .route("/mfa/password", post(oob::password))
-        .route("/enroll", get(mfa::enroll))
+        .route("/enroll", get(enroll::enroll))
         .route("/enroll/activate", post(mfa::activate))
         .route("/enroll/start", post(oob::enroll_start))
         .route("/enroll/resend", post(oob::enroll_resend))
@@ -132,7 +135,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route(pages::BRAND_STYLESHEET, get(assets::brand_css))
         .route("/push/status", post(push::status))
         .merge(api)
-        .merge(crate::console::routes())
+        .merge(pages)
         .fallback(not_found);
     // Every page in the browser's language and the operator's branding.
     let brand = Arc::new(pages::Branding::of(&state.config.portal));
