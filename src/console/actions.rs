@@ -15,7 +15,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::pages::{NewUserForm, new_user_page, recovery_codes_page};
-use super::{BASE, admit_change, no_such_user, page, refused, unavailable, user_path, with_cookie};
+use super::{
+    BASE, ConsoleAdmin, admit_change, no_such_user, page, refused, unavailable, user_path, with_cookie,
+};
 use crate::admin::factors::new_recovery_codes_for;
 use crate::admin::users::{
     UserOpError, check_password_value, check_profile, create_user as create_op, delete_user, reset_factors,
@@ -62,6 +64,22 @@ fn failed(st: &AppState, login: &str, e: &UserOpError) -> Response {
     }
 }
 
+/// [`admit_change`] for a change to the user `id`, whose page the admin
+/// returns to; an id that cannot name a user answers "no such user".
+fn admit_user_change(
+    st: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    csrf: &str,
+    id: &str,
+) -> Result<ConsoleAdmin, Box<Response>> {
+    let admin = admit_change(st, ctx, headers, csrf, &user_path(id))?;
+    if !crate::ids::is_user_key(id) {
+        return Err(Box::new(no_such_user(st)));
+    }
+    Ok(admin)
+}
+
 /// `POST {prefix}/console/users/{id}/reset`: removes one factor (`factor`)
 /// or every factor, the last one included, and ends the user's sessions.
 pub async fn reset(
@@ -71,13 +89,10 @@ pub async fn reset(
     Path(id): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let admin = match admit_change(&st, &ctx, &headers, &f.csrf, &user_path(&id)) {
+    let admin = match admit_user_change(&st, &ctx, &headers, &f.csrf, &id) {
         Ok(a) => a,
         Err(r) => return *r,
     };
-    if !crate::ids::is_user_key(&id) {
-        return no_such_user(&st);
-    }
     let one = (!f.factor.is_empty()).then_some(f.factor.as_str());
     if one.is_some_and(|fid| !crate::ids::is_id(fid)) {
         return failed(&st, admin.login(), &UserOpError::FactorNotFound);
@@ -96,13 +111,10 @@ pub async fn unlock(
     Path(id): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let admin = match admit_change(&st, &ctx, &headers, &f.csrf, &user_path(&id)) {
+    let admin = match admit_user_change(&st, &ctx, &headers, &f.csrf, &id) {
         Ok(a) => a,
         Err(r) => return *r,
     };
-    if !crate::ids::is_user_key(&id) {
-        return no_such_user(&st);
-    }
     match unlock_user(&st, &id, admin.actor()).await {
         Ok((s, true)) => back_to(&st, s.id(), "unlocked"),
         Ok((s, false)) => back_to(&st, s.id(), "not-locked"),
@@ -118,13 +130,10 @@ pub async fn revoke(
     Path(id): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let admin = match admit_change(&st, &ctx, &headers, &f.csrf, &user_path(&id)) {
+    let admin = match admit_user_change(&st, &ctx, &headers, &f.csrf, &id) {
         Ok(a) => a,
         Err(r) => return *r,
     };
-    if !crate::ids::is_user_key(&id) {
-        return no_such_user(&st);
-    }
     match revoke_sessions_of(&st, &id, admin.actor()).await {
         Ok(s) => back_to(&st, s.id(), "revoked"),
         Err(e) => failed(&st, admin.login(), &e),
@@ -140,13 +149,10 @@ pub async fn recovery_codes(
     Path(id): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let admin = match admit_change(&st, &ctx, &headers, &f.csrf, &user_path(&id)) {
+    let admin = match admit_user_change(&st, &ctx, &headers, &f.csrf, &id) {
         Ok(a) => a,
         Err(r) => return *r,
     };
-    if !crate::ids::is_user_key(&id) {
-        return no_such_user(&st);
-    }
     if !st.config.factors.recovery_codes.enabled {
         return refused(
             &st,
@@ -175,13 +181,10 @@ pub async fn delete(
     Path(id): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let admin = match admit_change(&st, &ctx, &headers, &f.csrf, &user_path(&id)) {
+    let admin = match admit_user_change(&st, &ctx, &headers, &f.csrf, &id) {
         Ok(a) => a,
         Err(r) => return *r,
     };
-    if !crate::ids::is_user_key(&id) {
-        return no_such_user(&st);
-    }
     match delete_user(&st, &id, admin.actor()).await {
         Ok(_) => see_other(&format!("{}{BASE}/?deleted=1", st.config.portal.prefix)),
         Err(e) => failed(&st, admin.login(), &e),
