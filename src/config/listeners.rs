@@ -22,6 +22,34 @@ const MAX_CONNECTIONS_LIMIT: u64 = 10_000_000;
 /// Below this an admin token is guessable enough to deserve a warning.
 const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 
+/// A listener's certificate and key, replaceable while it serves: a reload
+/// (`SIGHUP`) puts a renewed certificate in, and the next handshake uses it;
+/// connections already open keep the one they were made with.
+#[derive(Debug)]
+pub struct ListenerCert(arc_swap::ArcSwap<rustls::sign::CertifiedKey>);
+
+impl ListenerCert {
+    fn new(certified: Arc<rustls::sign::CertifiedKey>) -> Self {
+        Self(arc_swap::ArcSwap::new(certified))
+    }
+
+    /// Serves `certified` from the next handshake on.
+    pub fn replace(&self, certified: Arc<rustls::sign::CertifiedKey>) {
+        self.0.store(certified);
+    }
+
+    /// The certificate served now.
+    pub fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.0.load_full()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ListenerCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
 pub(super) fn convert_server(cx: &mut Ctx<'_>, raw: RawServer) -> ServerConfig {
     let listen = listen_addr(cx, "server.listen", raw.listen, defaults::LISTEN);
     let tls = raw.tls.and_then(|t| convert_tls(cx, "server", t));
@@ -240,16 +268,28 @@ fn convert_tls(cx: &mut Ctx<'_>, prefix: &str, raw: RawTls) -> Option<TlsConfig>
         });
     let (certs, key, cert_path, key_path) = (certs?, key?, cert_path?, key_path?);
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let built = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key));
+    // The key must belong to the certificate (checked here, so a mismatch is a
+    // config problem rather than failed handshakes).
+    let built = rustls::sign::CertifiedKey::from_der(certs, key, &provider).and_then(|certified| {
+        let certified = Arc::new(certified);
+        let cert = Arc::new(ListenerCert::new(certified.clone()));
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| {
+                b.with_no_client_auth()
+                    .with_cert_resolver(cert.clone() as Arc<dyn rustls::server::ResolvesServerCert>)
+            })
+            .map(|config| (config, cert, certified))
+    });
     match built {
-        Ok(mut server_config) => {
+        Ok((mut server_config, cert, certified)) => {
             server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             Some(TlsConfig {
                 cert_path: PathBuf::from(cert_path),
                 key_path: PathBuf::from(key_path),
                 server_config: Arc::new(server_config),
+                cert,
+                certified,
             })
         }
         Err(e) => {

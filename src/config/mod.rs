@@ -47,6 +47,7 @@ use crate::secret::Secret;
 
 pub use duration::parse_duration;
 pub use forward_auth::ForwardAuthConfig;
+pub use listeners::ListenerCert;
 pub use load::{ConfigError, ConfigProblem, LoadedConfig, load_file, load_file_with_env, load_str};
 pub use users::MAX_LOGIN_BYTES;
 pub use webauthn::{UserVerification, WebauthnConfig};
@@ -205,8 +206,13 @@ pub enum PolicyKind {
 pub struct TlsConfig {
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
-    /// The parsed server config (rustls, aws-lc-rs provider, h2 + http/1.1 ALPN).
+    /// The parsed server config (rustls, aws-lc-rs provider, h2 + http/1.1 ALPN),
+    /// serving its certificate from `cert`.
     pub server_config: std::sync::Arc<rustls::ServerConfig>,
+    /// The certificate the listener serves; a reload replaces what it holds.
+    pub cert: std::sync::Arc<ListenerCert>,
+    /// The certificate and key read from the files when this config was loaded.
+    pub certified: std::sync::Arc<rustls::sign::CertifiedKey>,
 }
 
 impl std::fmt::Debug for TlsConfig {

@@ -9,8 +9,10 @@
 //! A reload reads the config file (and through it the users file) with the
 //! same loader as `check-config`. A file with problems is logged, problem by
 //! problem, and nothing changes. Settings bound at start-up (listen
-//! addresses, listener limits and timeouts, TLS, the store) keep their old
-//! values and are logged as needing a restart. The new gateway is built on
+//! addresses, listener limits and timeouts, turning TLS on or off, the store)
+//! keep their old values and are logged as needing a restart. TLS
+//! certificates and keys are read again: a renewed certificate (same or new
+//! files) is served from the next handshake on. The new gateway is built on
 //! the same store, so sessions survive; the old one's background tasks stop.
 
 use std::convert::Infallible;
@@ -142,6 +144,7 @@ impl Live {
         let old = self.current.load_full();
         let old_config = old.gateway.state().config.clone();
         let (config, needs_restart) = keep_restart_settings(&old_config, loaded.config);
+        let tls = [config.server.tls.clone(), config.admin.tls.clone()];
         let store = old.gateway.state().store.clone();
         let clock = old.gateway.state().clock.clone();
         let gateway = match Gateway::build_with_store(config, clock, store).await {
@@ -150,6 +153,11 @@ impl Live {
         };
         self.current.store(Arc::new(Current::of(gateway)));
         self.generation.fetch_add(1, Ordering::AcqRel);
+        for (key, tls) in ["server.tls", "admin.tls"].into_iter().zip(tls) {
+            if let Some(tls) = tls {
+                renew_certificate(key, &tls);
+            }
+        }
         // Requests already inside the old gateway finish with it; its refreshers stop.
         old.gateway.retire();
         ReloadOutcome::Applied { needs_restart }
@@ -193,7 +201,7 @@ fn keep_restart_settings(old: &Config, mut new: Config) -> (Config, Vec<&'static
     let (o, n) = (&old.server, &new.server);
     let checks: [(&'static str, bool); 9] = [
         ("server.listen", o.listen != n.listen),
-        ("server.tls", tls_differs(o.tls.as_ref(), n.tls.as_ref())),
+        ("server.tls", o.tls.is_some() != n.tls.is_some()),
         (
             "server.header_read_timeout",
             o.header_read_timeout != n.header_read_timeout,
@@ -231,7 +239,7 @@ fn keep_restart_settings(old: &Config, mut new: Config) -> (Config, Vec<&'static
     if old.admin.listen != new.admin.listen {
         kept.push("admin.listen");
     }
-    if tls_differs(old.admin.tls.as_ref(), new.admin.tls.as_ref()) {
+    if old.admin.tls.is_some() != new.admin.tls.is_some() {
         kept.push("admin.tls");
     }
     if !same_store(&old.store.kind, &new.store.kind) {
@@ -244,21 +252,47 @@ fn keep_restart_settings(old: &Config, mut new: Config) -> (Config, Vec<&'static
         kept.push("store.encryption_keys");
     }
     // Listener settings are bound to the sockets; trusted proxies and the
-    // external URL are read per request and do change.
+    // external URL are read per request and do change, and so does the TLS
+    // certificate (through the listener's certificate slot).
     let server = std::mem::replace(&mut new.server, old.server.clone());
     new.server.trusted_proxies = server.trusted_proxies;
     new.server.external_url = server.external_url;
+    new.server.tls = keep_listener_tls(old.server.tls.as_ref(), server.tls);
     new.admin.listen = old.admin.listen;
-    new.admin.tls = old.admin.tls.clone();
+    new.admin.tls = keep_listener_tls(old.admin.tls.as_ref(), new.admin.tls.take());
     new.store = old.store.clone();
     (new, kept)
 }
 
-fn tls_differs(a: Option<&crate::config::TlsConfig>, b: Option<&crate::config::TlsConfig>) -> bool {
-    match (a, b) {
-        (None, None) => false,
-        (Some(a), Some(b)) => a.cert_path != b.cert_path || a.key_path != b.key_path,
-        _ => true,
+/// The listener serves the certificate just read from the files (the loader
+/// checked that the key belongs to it) from its next handshake on; logged
+/// when it is a different certificate.
+fn renew_certificate(key: &str, tls: &crate::config::TlsConfig) {
+    if tls.cert.current().cert == tls.certified.cert {
+        return;
+    }
+    tls.cert.replace(tls.certified.clone());
+    tracing::info!(
+        key,
+        cert = %tls.cert_path.display(),
+        "TLS certificate reloaded; new connections get it"
+    );
+}
+
+/// The TLS settings of a running listener after a reload: the file paths and
+/// the certificate just read, served through the listener's own config and
+/// certificate slot. Turning TLS on or off needs a restart: the old stays.
+fn keep_listener_tls(
+    old: Option<&crate::config::TlsConfig>,
+    new: Option<crate::config::TlsConfig>,
+) -> Option<crate::config::TlsConfig> {
+    match (old, new) {
+        (Some(old), Some(new)) => Some(crate::config::TlsConfig {
+            server_config: old.server_config.clone(),
+            cert: old.cert.clone(),
+            ..new
+        }),
+        (old, _) => old.cloned(),
     }
 }
 

@@ -486,3 +486,131 @@ async fn decisions_per_rule_at_zero_counted_inline_and_forward_auth_and_reset_by
         "one rule and the default, five decisions each:\n{m}"
     );
 }
+
+/// A TLS certificate renewed in place (certbot's way: same files, new
+/// contents) is served after `SIGHUP` to new connections, while connections
+/// already open keep theirs; a certificate whose key does not match is refused
+/// with the running one kept; turning TLS off needs a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_serves_a_renewed_tls_certificate_to_new_connections() {
+    crate::support::init_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let (main, admin) = (free_port(), free_port());
+    let upstream = format!(
+        "http://{}",
+        portcullis::demo::spawn_echo("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+    );
+    std::fs::write(dir.path().join("users.toml"), users_file()).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let write_cert = || {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(&cert_path, ck.cert.pem()).unwrap();
+        std::fs::write(&key_path, ck.signing_key.serialize_pem()).unwrap();
+        (ck.cert.pem(), ck.signing_key.serialize_pem())
+    };
+    let tls_config = |tls: bool| {
+        let mut text = config(dir.path(), main, admin, &upstream, "bypass");
+        if tls {
+            text.push_str(&format!(
+                "\n[server.tls]\ncert = {}\nkey = {}\n",
+                toml_str(&cert_path.display().to_string()),
+                toml_str(&key_path.display().to_string())
+            ));
+        }
+        text
+    };
+    let (first, _) = write_cert();
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, tls_config(true)).unwrap();
+    let trusting = |pem: &str| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(1)
+            .tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()])
+            .resolve("localhost", ([127, 0, 0, 1], main).into())
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://localhost:{main}/public/page");
+    let mut child = Reap(
+        portcullis_command(&["serve", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut pipe = child.0.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let gw = Running {
+        child,
+        log,
+        client: trusting(&first),
+        base: format!("https://localhost:{main}"),
+        admin: format!("http://127.0.0.1:{admin}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gw.client.get(&url).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not come up:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // `gw.client` keeps its connection (made with the first certificate) open.
+
+    let (second, _) = write_cert();
+    gw.hup();
+    gw.wait_log("configuration reloaded", 1).await;
+    gw.wait_log("TLS certificate reloaded", 1).await;
+    let res = trusting(&second).get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200, "a new connection gets the renewed certificate");
+    assert!(
+        trusting(&first).get(&url).send().await.is_err(),
+        "a new connection no longer gets the old certificate"
+    );
+    assert_eq!(
+        gw.client.get(&url).send().await.unwrap().status(),
+        200,
+        "an open connection keeps the certificate it was made with"
+    );
+
+    // A key that does not belong to the certificate: refused, the running one stays.
+    let (_, other_key) = {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        (ck.cert.pem(), ck.signing_key.serialize_pem())
+    };
+    std::fs::write(&key_path, other_key).unwrap();
+    gw.hup();
+    gw.wait_log("reload refused; the running configuration stays", 1)
+        .await;
+    assert!(gw.log().contains("server.tls"), "{}", gw.log());
+    assert_eq!(trusting(&second).get(&url).send().await.unwrap().status(), 200);
+
+    // Turning TLS off needs a restart: the listener keeps serving TLS.
+    std::fs::write(&path, tls_config(false)).unwrap();
+    gw.hup();
+    gw.wait_log("configuration reloaded", 2).await;
+    let log = gw.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("needs a restart") && l.contains("server.tls")),
+        "{log}"
+    );
+    assert_eq!(trusting(&second).get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(log.matches("TLS certificate reloaded").count(), 1, "{log}");
+    assert!(!log.contains("PRIVATE KEY"), "{log}");
+}
