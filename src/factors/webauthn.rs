@@ -1198,6 +1198,68 @@ user_verification = "{uv}"
     }
 
     #[tokio::test]
+    async fn a_passkey_signs_in_only_the_user_it_is_registered_to() {
+        let (gw, _clock) = gateway("required", 50).await;
+        let st = gw.state();
+        let eve = user();
+        let mallory = User {
+            id: "00uMalloryEXAMPLE123".into(),
+            username: "mallory".into(),
+            display_name: None,
+            ..user()
+        };
+        for u in [&eve, &mallory] {
+            st.users.write().unwrap().insert(u.clone());
+        }
+        let mut eve_key = SoftKey::new(ORIGIN);
+        let eve_factor = enrolled(st, &eve, &mut eve_key).await;
+        let mut mallory_key = SoftKey::new(ORIGIN);
+        enrolled(st, &mallory, &mut mallory_key).await;
+        let flow = Flow::Authn("passkey:test".into());
+        let eve_handle = json!(soft::b64(user_handle(&eve.id).as_bytes()));
+        // The user handle is not covered by the signature: Mallory's own
+        // answer claiming Eve's handle, with her own credential id and then
+        // with Eve's, signs nobody in.
+        for eves_credential in [false, true] {
+            let (o, _) = challenge_discoverable(st, &flow).await.unwrap();
+            let mut a = mallory_key.assert(&o, RP);
+            a["userHandle"] = eve_handle.clone();
+            if eves_credential {
+                a["credentialId"] = json!(soft::b64(&eve_key.cred_id));
+            }
+            assert_eq!(
+                verify_discoverable(st, &st.users, &proof(&a), ip(), &flow)
+                    .await
+                    .err(),
+                Some(DiscoverableError::Verify(VerifyError::Invalid)),
+                "Eve's credential: {eves_credential}"
+            );
+        }
+        // Eve's own answer signs Eve in, with her key, once.
+        let (o, _) = challenge_discoverable(st, &flow).await.unwrap();
+        let a = proof(&eve_key.assert(&o, RP));
+        let (who, key, uv) = verify_discoverable(st, &st.users, &a, ip(), &flow).await.unwrap();
+        assert_eq!(
+            (who.id.as_str(), key.record.id.as_str(), uv),
+            (eve.id.as_str(), eve_factor.record.id.as_str(), true)
+        );
+        assert_eq!(
+            verify_discoverable(st, &st.users, &a, ip(), &flow).await.err(),
+            Some(DiscoverableError::Refused),
+            "the challenge is used up"
+        );
+        // An answer made for another browser's ceremony finds no challenge here.
+        let (o, _) = challenge_discoverable(st, &Flow::Authn("passkey:other".into()))
+            .await
+            .unwrap();
+        let a = proof(&eve_key.assert(&o, RP));
+        assert_eq!(
+            verify_discoverable(st, &st.users, &a, ip(), &flow).await.err(),
+            Some(DiscoverableError::Refused)
+        );
+    }
+
+    #[tokio::test]
     async fn a_registration_answer_activates_once_and_pending_keys_cannot_sign_in() {
         let (gw, _clock) = gateway("required", 50).await;
         let st = gw.state();

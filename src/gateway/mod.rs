@@ -174,8 +174,9 @@ impl Gateway {
         });
         // Audit events into the (shared) store, kept for `audit.retention`.
         background.push(crate::audit::start(store.clone(), config.audit.retention));
-        // Revocations pushed by PostgreSQL (see `store::notify`): applied at
-        // once; a wake-up makes the refresher read the log now.
+        // Revocations pushed by PostgreSQL (see `store::notify`): a revoked
+        // session id is applied at once; a wake-up (also sent for an epoch
+        // change) makes the refresher read the log now.
         let wake = Arc::new(tokio::sync::Notify::new());
         if let Some(handle) = spawn_listener(&config, &store, &revocations, &wake) {
             background.push(handle);

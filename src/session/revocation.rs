@@ -84,7 +84,7 @@ impl RevocationView {
     /// Records a revocation of a session id or sign-in id done by this
     /// replica (already written to the store).
     pub fn note_revoked(&self, sid: &str, expires_at: UnixTime) {
-        self.write().revoked.insert(sid.to_owned(), expires_at);
+        keep_revoked(&mut self.write().revoked, sid.to_owned(), expires_at);
     }
 
     /// Records an epoch change done by this replica (already written to the store).
@@ -118,7 +118,7 @@ impl RevocationView {
         for ev in batch.events {
             match ev {
                 RevocationEvent::Session { sid, expires_at } => {
-                    s.revoked.insert(sid, expires_at);
+                    keep_revoked(&mut s.revoked, sid, expires_at);
                 }
                 RevocationEvent::Epoch { user_id, epoch } => {
                     let e = s.epochs.entry(user_id).or_insert(0);
@@ -131,6 +131,16 @@ impl RevocationView {
         s.last_ok = Some(now_instant);
         Ok(())
     }
+}
+
+/// Records that `sid` is revoked until at least `expires_at`. A second
+/// event for the same id never shortens the entry: revocation only ever
+/// refuses more (an event with an earlier expiry, such as a forged
+/// notification, would otherwise let the next refresh drop the entry and
+/// accept the revoked session again).
+fn keep_revoked(revoked: &mut HashMap<String, UnixTime>, sid: String, expires_at: UnixTime) {
+    let e = revoked.entry(sid).or_insert(expires_at);
+    *e = (*e).max(expires_at);
 }
 
 #[cfg(test)]
@@ -227,6 +237,30 @@ mod tests {
         b.refresh(&store, 1, t0).await.unwrap();
         assert_eq!(b.check(&level1, t0), Err(SessionReject::Revoked));
         assert_eq!(b.check(&other, t0), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_later_event_with_an_earlier_expiry_does_not_unrevoke() {
+        let store: SharedStore = Arc::new(MemoryStore::new());
+        let v = RevocationView::new(Duration::from_secs(2));
+        let t0 = Instant::now();
+        v.refresh(&store, 100, t0).await.unwrap();
+        let c = claims("stolen", "u", 0);
+        v.note_revoked("stolen", 10_000);
+        // A second event for the same id that says it expired long ago (a
+        // forged NOTIFY payload, or a second revocation logged with an
+        // earlier end): the entry keeps the later expiry.
+        v.note_revoked("stolen", 1);
+        v.refresh(&store, 200, t0).await.unwrap();
+        assert_eq!(v.check(&c, t0), Err(SessionReject::Revoked));
+        // The same through the store's log.
+        store.revoke_session("other", 10_000).await.unwrap();
+        store.revoke_session("other", 1).await.unwrap();
+        v.refresh(&store, 300, t0).await.unwrap();
+        assert_eq!(v.check(&claims("other", "u", 0), t0), Err(SessionReject::Revoked));
+        // Entries still go once their session would have expired anyway.
+        v.refresh(&store, 10_000, t0).await.unwrap();
+        assert_eq!(v.check(&c, t0), Ok(()));
     }
 
     #[tokio::test]

@@ -5,8 +5,10 @@
 //! wrote it, on a channel per schema ([`CHANNEL_SQL`]). Each replica keeps one
 //! dedicated connection to `store.listen_url` (PostgreSQL itself: a pooler in
 //! transaction mode cannot carry LISTEN) that receives them, and hands each
-//! one to the gateway as a [`Notice`]: a revocation it applies at once, or a
-//! wake-up that makes it read the log from the store now.
+//! one to the gateway as a [`Notice`]: a revoked session id it applies at
+//! once, or a wake-up that makes it read the log from the store now (also
+//! for an epoch change, whose number is never taken from a payload: see
+//! [`parse`]).
 //!
 //! A notification is only a hint that arrives early. Polling the log every
 //! half `session.revocation_check` stays, and so does the rule that a replica
@@ -63,6 +65,16 @@ enum Payload {
 }
 
 /// Parses a payload written by the trigger; `Err` says why it is not one.
+///
+/// Any role that may connect to the database can NOTIFY on any channel
+/// (PostgreSQL checks no privilege for it), so a payload is trusted only
+/// where applying a forged one can do nothing but refuse sessions: a session
+/// id is applied at once (and an entry is never shortened, see
+/// [`crate::session::revocation`]), but an epoch change only wakes the
+/// refresher, which reads the epoch from the store. Taken from the payload,
+/// a forged epoch far above the store's would become the epoch of sessions
+/// issued afterwards, and those would outlive the user's next real
+/// revocation ("sign out everywhere", a factor reset).
 pub fn parse(payload: &str) -> Result<Notice, &'static str> {
     let parsed: Payload = serde_json::from_str(payload).map_err(|_| "not a revocation payload")?;
     Ok(match parsed {
@@ -76,11 +88,11 @@ pub fn parse(payload: &str) -> Result<Notice, &'static str> {
             if uid.is_empty() {
                 return Err("empty user id");
             }
-            let epoch = u64::try_from(ep)
+            u64::try_from(ep)
                 .ok()
                 .filter(|e| *e > 0)
                 .ok_or("epoch out of range")?;
-            Notice::Revoked(RevocationEvent::Epoch { user_id: uid, epoch })
+            Notice::Wake
         }
         Payload::Wake => Notice::Wake,
     })
@@ -225,12 +237,10 @@ mod tests {
                 expires_at: 1_700_000_000
             }))
         );
+        // An epoch is read from the store, never taken from the payload.
         assert_eq!(
             parse(r#"{"k" : "epoch", "seq" : 8, "uid" : "00u1", "ep" : 3}"#),
-            Ok(Notice::Revoked(RevocationEvent::Epoch {
-                user_id: "00u1".into(),
-                epoch: 3
-            }))
+            Ok(Notice::Wake)
         );
         assert_eq!(parse(r#"{"k":"wake"}"#), Ok(Notice::Wake));
         // Fields added later are ignored.
@@ -258,6 +268,22 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_forged_epoch_only_wakes_the_poll() {
+        // Anyone connected to the database may send this: far above the
+        // store's epoch, it must not become the epoch of new sessions.
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink: Sink = {
+            let seen = seen.clone();
+            Arc::new(move |n| seen.lock().unwrap().push(n))
+        };
+        deliver(
+            r#"{"k":"epoch","seq":1,"uid":"00uEveEXAMPLE1234567","ep":9223372036854775807}"#,
+            &sink,
+        );
+        assert_eq!(*seen.lock().unwrap(), [Notice::Wake]);
     }
 
     #[test]
