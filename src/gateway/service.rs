@@ -200,18 +200,17 @@ impl MainService {
         };
         let status = res.status().as_u16();
         crate::metrics::request(decision, status);
-        tracing::info!(
-            target: "portcullis::access",
-            request_id = %request_id,
-            method = %method,
-            host = %host,
-            path = path.as_ref().map_or("", PathAndQuery::path),
+        crate::telemetry::access(&crate::telemetry::AccessLine {
+            request_id: &request_id,
+            method: method.as_str(),
+            host: &host,
+            path: path.as_ref().map_or("", PathAndQuery::path),
             status,
             decision,
-            user = info.user.as_deref().unwrap_or("-"),
+            user: info.user.as_deref().unwrap_or("-"),
             // Whole microseconds: `0.412`, not `0.41203700000000003`.
-            duration_ms = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX) as f64 / 1000.0,
-        );
+            duration_ms: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX) as f64 / 1000.0,
+        });
         // The id is alphanumeric: always a valid value, taken without a copy.
         if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(request_id)) {
             res.headers_mut().insert(X_REQUEST_ID.clone(), v);
