@@ -48,7 +48,8 @@ pub struct AccessInfo {
 /// A verified session and its user.
 #[derive(Debug, Clone)]
 pub struct ActiveSession {
-    pub claims: SessionClaims,
+    /// Shared with this thread's cache of verified cookies.
+    pub claims: Arc<SessionClaims>,
     pub user: Arc<User>,
 }
 
@@ -90,12 +91,15 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
-    /// Reads and verifies the session cookie in `headers`.
+    /// Reads and verifies the session cookie in `headers`: its signature
+    /// (remembered per thread, see [`SessionCodec::verify`]), then on every
+    /// request its lifetime and idle time, revocation, the user's epoch, the
+    /// directory's freshness and the user.
     pub fn session(&self, headers: &http::HeaderMap) -> SessionState {
         let Some(value) = self.sessions.find(headers) else {
             return SessionState::None;
         };
-        let claims = match self.sessions.decode(value, self.clock.now()) {
+        let claims = match self.sessions.verify(value, self.clock.now()) {
             Ok(c) => c,
             Err(e) => return SessionState::Invalid(e),
         };
@@ -186,7 +190,7 @@ impl Enforcer {
         now: crate::clock::UnixTime,
     ) -> Option<HeaderValue> {
         self.sessions.needs_refresh(&session.claims, now).then(|| {
-            let mut c = session.claims.clone();
+            let mut c = SessionClaims::clone(&session.claims);
             c.last = now;
             c.iat = now;
             self.sessions.set_cookie(&c, now)
