@@ -334,16 +334,22 @@ pub fn set_cookie_header(c: &cookie::Cookie<'_>) -> HeaderValue {
 /// first is returned, which browsers send for the most specific path. Pairs
 /// that do not parse (no `=`, an empty name) are skipped; spaces around names
 /// and values are not part of them; a value in double quotes is returned
-/// without them.
+/// without them. A header that is not visible ASCII is skipped whole.
+///
+/// The same reading as the `cookie` crate's `Cookie::split_parse` (without
+/// percent-decoding), which the property tests hold it to, without building
+/// a cookie per pair: it runs on every signed-in request.
 pub fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .filter_map(Result::ok)
-        .find(|c| c.name() == name)
-        .and_then(|c| c.value_raw())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (n, v) = pair.split_once('=')?;
+            let n = n.trim();
+            (!n.is_empty() && n == name).then(|| v.trim())
+        })
         .map(|v| {
             v.strip_prefix('"')
                 .and_then(|inner| inner.strip_suffix('"'))
