@@ -22,7 +22,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use crate::config::IdentityHeaders;
-use crate::identity::Principal;
+use crate::identity::{IdentityValues, Principal, PrincipalInfo};
 
 /// `Keep-Alive` (not among `http`'s constants).
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -333,25 +333,47 @@ pub fn encode_groups(groups: &[String]) -> String {
     out
 }
 
-fn insert_encoded(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+/// An encoded identity value as a header value.
+fn encoded(value: &str) -> Option<HeaderValue> {
     // Encoded values are visible ASCII and spaces, always valid header values.
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name.clone(), value);
+    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes())).ok()
+}
+
+/// The identity header values of a principal: the login, the groups joined
+/// by `,`, the e-mail address and the display name, percent-encoded (see
+/// [`encode_value`], [`encode_groups`]); no groups, or an absent or empty
+/// e-mail address or name, has none. Built once per principal
+/// ([`Principal::new`]), not per request.
+pub fn identity_values(p: &PrincipalInfo) -> IdentityValues {
+    let text = |v: &Option<String>| {
+        v.as_deref()
+            .filter(|v| !v.is_empty())
+            .and_then(|v| encoded(&encode_value(v)))
+    };
+    IdentityValues {
+        user: encoded(&encode_value(&p.username)),
+        groups: (!p.groups.is_empty())
+            .then(|| encoded(&encode_groups(&p.groups)))
+            .flatten(),
+        email: text(&p.email),
+        name: text(&p.display_name),
     }
 }
 
-/// Sets the identity headers for `principal`; an absent or empty value leaves its
-/// header out (inbound copies must already be stripped).
+/// Sets the identity headers for `principal` (its values were encoded when it
+/// was built); an absent or empty value leaves its header out (inbound copies
+/// must already be stripped).
 pub fn set_identity(headers: &mut HeaderMap, identity: &IdentityHeaders, principal: &Principal) {
-    insert_encoded(headers, &identity.user, &encode_value(&principal.username));
-    if !principal.groups.is_empty() {
-        insert_encoded(headers, &identity.groups, &encode_groups(&principal.groups));
-    }
-    if let Some(email) = principal.email.as_deref().filter(|e| !e.is_empty()) {
-        insert_encoded(headers, &identity.email, &encode_value(email));
-    }
-    if let Some(name) = principal.display_name.as_deref().filter(|n| !n.is_empty()) {
-        insert_encoded(headers, &identity.name, &encode_value(name));
+    let values = principal.identity_values();
+    for (name, value) in [
+        (&identity.user, &values.user),
+        (&identity.groups, &values.groups),
+        (&identity.email, &values.email),
+        (&identity.name, &values.name),
+    ] {
+        if let Some(value) = value {
+            headers.insert(name.clone(), value.clone());
+        }
     }
 }
 
@@ -386,8 +408,8 @@ mod tests {
             .collect()
     }
 
-    fn principal() -> Principal {
-        Principal {
+    fn info() -> PrincipalInfo {
+        PrincipalInfo {
             user_id: "00u1".into(),
             username: "alice".into(),
             display_name: Some("Alice Example".into()),
@@ -396,6 +418,10 @@ mod tests {
             level: 2,
             session_id: "sid".into(),
         }
+    }
+
+    fn principal() -> Principal {
+        Principal::new(info())
     }
 
     #[test]
@@ -647,13 +673,13 @@ mod tests {
         assert_eq!(all(&h, "remote-email"), ["alice@example.com"]);
         assert_eq!(all(&h, "remote-name"), ["Alice Example"]);
 
-        let bare = Principal {
+        let bare = Principal::new(PrincipalInfo {
             username: "bj\u{f6}rn".into(),
             display_name: None,
             email: Some(String::new()),
             groups: vec![],
-            ..principal()
-        };
+            ..info()
+        });
         let mut h = HeaderMap::new();
         set_identity(&mut h, &identity(), &bare);
         assert_eq!(all(&h, "remote-user"), ["bj%C3%B6rn"]);
