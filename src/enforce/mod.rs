@@ -207,11 +207,15 @@ impl Enforcer {
                     cache.resize_with(PRINCIPAL_SLOTS, || None);
                 }
                 // Fibonacci hashing of the claims' address: its top bits.
-                let slot = Arc::as_ptr(&s.claims).addr().wrapping_mul(0x9E37_79B9_7F4A_7C15_usize)
+                let slot = Arc::as_ptr(&s.claims)
+                    .addr()
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15_usize)
                     >> (usize::BITS - PRINCIPAL_SLOTS.trailing_zeros());
                 let entry = cache.get_mut(slot)?;
                 match entry {
-                    Some((claims, user, p)) if Arc::ptr_eq(claims, &s.claims) && Arc::ptr_eq(user, &s.user) => {
+                    Some((claims, user, p))
+                        if Arc::ptr_eq(claims, &s.claims) && Arc::ptr_eq(user, &s.user) =>
+                    {
                         Some(p.clone())
                     }
                     _ => {
@@ -598,7 +602,10 @@ groups = ["admins"]
                 get(
                     |p: Option<axum::Extension<Principal>>, h: http::HeaderMap| async move {
                         let spoofed = h.get("remote-user").is_some();
-                        format!("{}|{spoofed}", p.map(|p| p.0.username.clone()).unwrap_or_default())
+                        format!(
+                            "{}|{spoofed}",
+                            p.map(|p| p.0.username.clone()).unwrap_or_default()
+                        )
                     },
                 ),
             )
@@ -699,7 +706,10 @@ groups = ["admins"]
         // Signed out (its session id revoked): refused, cached or not, and
         // the layer challenges it.
         e.revocations.note_revoked(&claims.sid, now + 3600);
-        assert!(matches!(e.session(&h), SessionState::Invalid(SessionReject::Revoked)));
+        assert!(matches!(
+            e.session(&h),
+            SessionState::Invalid(SessionReject::Revoked)
+        ));
         let res = app.clone().oneshot(req("/", Some(&cookie))).await.unwrap();
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 
@@ -709,14 +719,20 @@ groups = ["admins"]
         valid(e.session(&h));
         valid(e.session(&h));
         e.revocations.note_revoked(&claims.sin, now + 3600);
-        assert!(matches!(e.session(&h), SessionState::Invalid(SessionReject::Revoked)));
+        assert!(matches!(
+            e.session(&h),
+            SessionState::Invalid(SessionReject::Revoked)
+        ));
 
         // The user's epoch moved on (every session of the user ended).
         let (cookie, _) = issue();
         let h = cookie_headers(&cookie);
         valid(e.session(&h));
         e.revocations.note_epoch("00uALICE", 1);
-        assert!(matches!(e.session(&h), SessionState::Invalid(SessionReject::Revoked)));
+        assert!(matches!(
+            e.session(&h),
+            SessionState::Invalid(SessionReject::Revoked)
+        ));
 
         // Idle too long, then past its lifetime: the time is checked each time.
         let claims = SessionClaims::new("00uALICE", 1, vec!["pwd".into()], now, None, 1, now);
@@ -735,7 +751,10 @@ groups = ["admins"]
         let h = cookie_headers(&e.sessions.encode(&claims));
         assert_eq!(valid(e.session(&h)).user.groups, ["staff"]);
         let alice = e.users.write().unwrap().remove("00uALICE").unwrap();
-        assert!(matches!(e.session(&h), SessionState::Invalid(SessionReject::Revoked)));
+        assert!(matches!(
+            e.session(&h),
+            SessionState::Invalid(SessionReject::Revoked)
+        ));
         e.users.write().unwrap().insert(User {
             groups: vec!["admins".into()],
             ..User::clone(&alice)

@@ -227,6 +227,49 @@ pub fn set_forwarding(
     }
 }
 
+/// The index of the first `needle` in `haystack`, looked for eight bytes at a
+/// time: the session cookie's value (a few hundred bytes) is scanned on every
+/// signed-in request.
+pub fn find_byte(haystack: &[u8], needle: u8) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let pattern = ONES * u64::from(needle);
+    let words = haystack.chunks_exact(8);
+    let tail = words.remainder();
+    for (n, word) in words.enumerate() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        // Bytes equal to the needle become zero; the lowest byte flagged by
+        // the zero-byte test is always a real zero (a borrow only ever
+        // flags bytes above one), and little-endian puts it first.
+        let x = u64::from_le_bytes(w) ^ pattern;
+        let zero = x.wrapping_sub(ONES) & !x & HIGHS;
+        if zero != 0 {
+            return Some(n * 8 + (zero.trailing_zeros() / 8) as usize);
+        }
+    }
+    let done = haystack.len() - tail.len();
+    tail.iter().position(|&b| b == needle).map(|i| done + i)
+}
+
+/// `bytes.split(|&b| b == sep)`, searching with [`find_byte`].
+pub fn split_byte(bytes: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(bytes);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match find_byte(r, sep) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
 /// True when `name` is one of `gateway` (case-insensitively, to be strict).
 fn is_gateway_cookie(name: &[u8], gateway: &[String]) -> bool {
     gateway.iter().any(|g| g.as_bytes().eq_ignore_ascii_case(name))
@@ -235,7 +278,7 @@ fn is_gateway_cookie(name: &[u8], gateway: &[String]) -> bool {
 /// The name of a `name=value` cookie pair, trimmed; the whole pair when it has
 /// no `=` (browsers treat that as a nameless cookie, but stripping it is safer).
 fn pair_name(pair: &[u8]) -> &[u8] {
-    let name = match pair.iter().position(|&b| b == b'=') {
+    let name = match find_byte(pair, b'=') {
         Some(i) => &pair[..i],
         None => pair,
     };
@@ -253,18 +296,14 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap, gateway: &[String]) {
     for value in headers.get_all(header::COOKIE) {
         count += 1;
         total += value.len() + 2;
-        dirty = dirty
-            || value
-                .as_bytes()
-                .split(|&b| b == b';')
-                .any(|p| is_gateway_cookie(pair_name(p), gateway));
+        dirty = dirty || split_byte(value.as_bytes(), b';').any(|p| is_gateway_cookie(pair_name(p), gateway));
     }
     if !dirty && count <= 1 {
         return;
     }
     let mut kept = Vec::with_capacity(total);
     for value in headers.get_all(header::COOKIE) {
-        for pair in value.as_bytes().split(|&b| b == b';').map(<[u8]>::trim_ascii) {
+        for pair in split_byte(value.as_bytes(), b';').map(<[u8]>::trim_ascii) {
             if pair.is_empty() || is_gateway_cookie(pair_name(pair), gateway) {
                 continue;
             }
@@ -573,6 +612,34 @@ mod tests {
 
     fn gateway() -> Vec<String> {
         vec!["portcullis_session".into(), "portcullis_csrf".into()]
+    }
+
+    #[test]
+    fn bytes_are_found_and_split_as_the_slice_methods_do() {
+        let text: Vec<u8> = b";a=1; portcullis_session=v1.abc.def;;b=\xff\x80;c;".to_vec();
+        for start in 0..text.len() {
+            for end in start..=text.len() {
+                let hay = &text[start..end];
+                for needle in [b';', b'=', b'\xff', b'\x80', b'z', 0] {
+                    assert_eq!(
+                        find_byte(hay, needle),
+                        hay.iter().position(|&b| b == needle),
+                        "{hay:?} {needle}"
+                    );
+                    let ours: Vec<&[u8]> = split_byte(hay, needle).collect();
+                    let std: Vec<&[u8]> = hay.split(|&b| b == needle).collect();
+                    assert_eq!(ours, std);
+                }
+            }
+        }
+        // Every position of a long haystack, and bytes one apart from the needle.
+        let mut long = vec![b'<'; 100];
+        for i in 0..long.len() {
+            long[i] = b';';
+            assert_eq!(find_byte(&long, b';'), Some(i));
+            assert_eq!(find_byte(&long, b':'), None);
+            long[i] = b'<';
+        }
     }
 
     #[test]

@@ -493,8 +493,14 @@ mod tests {
         forged.uid = "00uADMIN".into();
         let forged = format!("v1.{}.{tag}", crypto::b64(&serde_json::to_vec(&forged).unwrap()));
         assert_eq!(c.verify(&forged, 1_001), Err(SessionReject::BadSignature));
-        assert_eq!(c.verify(&format!("{v}x"), 1_001), Err(SessionReject::BadSignature));
-        assert_eq!(c.verify(&v[..v.len() - 1], 1_001), Err(SessionReject::BadSignature));
+        assert_eq!(
+            c.verify(&format!("{v}x"), 1_001),
+            Err(SessionReject::BadSignature)
+        );
+        assert_eq!(
+            c.verify(&v[..v.len() - 1], 1_001),
+            Err(SessionReject::BadSignature)
+        );
         assert!(verified::tests::slot_of(&v) < verified::SLOTS);
     }
 

@@ -6,7 +6,8 @@
 //! what a signed-in request costs over a bypass one, so each serving thread
 //! remembers the claims of the last cookie values it verified: [`SLOTS`]
 //! slots, each chosen by a keyed hash (SipHash, with this thread's random
-//! keys) of the whole cookie value and holding that value and its claims.
+//! keys) of the cookie value's length and its last bytes (where its HMAC tag
+//! is) and holding the whole value and its claims.
 //!
 //! A lookup answers only when the slot holds exactly the same value, compared
 //! byte for byte in constant time, so a value that differs anywhere (a
@@ -30,6 +31,9 @@ use crate::secret::ct_eq;
 /// bytes each at most (the value and its claims), so tens of kilobytes per
 /// serving thread when full.
 pub const SLOTS: usize = 128;
+
+/// How many of a value's last bytes choose its slot (a tag is 43).
+const HASHED_TAIL: usize = 48;
 
 /// Identifies one codec's keys in the cache; each codec built gets a new one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +61,14 @@ struct Cache {
 
 impl Cache {
     fn slot(&self, value: &str) -> usize {
+        // The value's length and its last bytes, which hold the HMAC tag: of
+        // the values stored (verified ones), those differ between any two
+        // sessions, and hashing them is a fraction of hashing the whole value.
+        // Which slot a value takes only decides where to look; the whole
+        // value is compared before anything is answered.
+        let tail = &value.as_bytes()[value.len().saturating_sub(HASHED_TAIL)..];
         // The modulo of a 64-bit hash by a power of two: its low bits.
-        (self.hasher.hash_one(value) % SLOTS as u64) as usize
+        (self.hasher.hash_one((value.len(), tail)) % SLOTS as u64) as usize
     }
 
     /// Empties the cache if it holds another codec's values.
@@ -115,7 +125,15 @@ pub(super) mod tests {
     use super::*;
 
     fn claims(uid: &str) -> Arc<SessionClaims> {
-        Arc::new(SessionClaims::new(uid, 1, vec!["pwd".into()], 1_000, None, 0, 1_000))
+        Arc::new(SessionClaims::new(
+            uid,
+            1,
+            vec!["pwd".into()],
+            1_000,
+            None,
+            0,
+            1_000,
+        ))
     }
 
     /// The slot `value` would take in this thread's cache.
