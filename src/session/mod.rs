@@ -340,21 +340,37 @@ pub fn set_cookie_header(c: &cookie::Cookie<'_>) -> HeaderValue {
 /// percent-decoding), which the property tests hold it to, without building
 /// a cookie per pair: it runs on every signed-in request.
 pub fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (n, v) = pair.split_once('=')?;
-            let n = n.trim();
-            (!n.is_empty() && n == name).then(|| v.trim())
-        })
-        .map(|v| {
-            v.strip_prefix('"')
-                .and_then(|inner| inner.strip_suffix('"'))
-                .unwrap_or(v)
-        })
+    use crate::proxy::headers::find_byte;
+    for header in headers.get_all(http::header::COOKIE) {
+        // Visible ASCII (and tabs) only, so every byte offset is a character
+        // boundary and `trim` trims spaces and tabs.
+        let Ok(text) = header.to_str() else {
+            continue;
+        };
+        let mut rest = text;
+        loop {
+            let (pair, next) = match find_byte(rest.as_bytes(), b';') {
+                Some(i) => (rest.get(..i)?, rest.get(i + 1..)),
+                None => (rest, None),
+            };
+            if let Some(eq) = find_byte(pair.as_bytes(), b'=') {
+                let n = pair.get(..eq)?.trim();
+                if !n.is_empty() && n == name {
+                    let v = pair.get(eq + 1..)?.trim();
+                    return Some(
+                        v.strip_prefix('"')
+                            .and_then(|inner| inner.strip_suffix('"'))
+                            .unwrap_or(v),
+                    );
+                }
+            }
+            match next {
+                Some(next) => rest = next,
+                None => break,
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

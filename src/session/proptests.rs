@@ -152,6 +152,23 @@ proptest! {
     }
 
     #[test]
+    fn cookie_pairs_are_found_as_the_cookie_crate_reads_them(
+        headers in prop::collection::vec(
+            "([ \t]{0,2}(a|b|ab|\"a\"|=|)[ \t]{0,2}(=[ \t]{0,2}[ab\"=\\x80]{0,4}[ \t]{0,2})?;?){0,6}",
+            0..4,
+        ),
+        name in "a|b|ab|\"a\"|",
+    ) {
+        let mut h = http::HeaderMap::new();
+        for v in &headers {
+            if let Ok(v) = http::HeaderValue::from_str(v) {
+                h.append(http::header::COOKIE, v);
+            }
+        }
+        prop_assert_eq!(super::find_cookie(&h, &name), oracle(&h, &name));
+    }
+
+    #[test]
     fn cookie_shaped_text_never_verifies(
         version in "v[0-9]|v1",
         payload in "[A-Za-z0-9_=-]{0,200}",
