@@ -91,7 +91,8 @@ mod tests {
         for len in 0..base.len() {
             let a = &base[..len];
             assert!(ct_eq(a, a));
-            assert!(ct_eq(a, &a.to_vec()));
+            let copy = a.to_vec();
+            assert!(ct_eq(a, &copy));
             // Any one byte, in a whole word or in the tail, any bit.
             for i in 0..len {
                 for bit in 0..8 {

@@ -249,6 +249,9 @@ impl Enforcer {
     }
 }
 
+/// A principal and the verified claims and user it was built from.
+type PrincipalEntry = (Arc<SessionClaims>, Arc<User>, Principal);
+
 /// Principals per thread ([`PRINCIPAL_SLOTS`], direct-mapped).
 const PRINCIPAL_SLOTS: usize = 128;
 
@@ -260,7 +263,7 @@ thread_local! {
     /// principal, its identity header values included, instead of copies of
     /// the user's fields. Holding both `Arc`s keeps their addresses from being
     /// reused while an entry names them.
-    static PRINCIPALS: std::cell::RefCell<Vec<Option<(Arc<SessionClaims>, Arc<User>, Principal)>>> =
+    static PRINCIPALS: std::cell::RefCell<Vec<Option<PrincipalEntry>>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
