@@ -252,40 +252,6 @@ pub fn find_byte(haystack: &[u8], needle: u8) -> Option<usize> {
     tail.iter().position(|&b| b == needle).map(|i| done + i)
 }
 
-/// A header value as text when `HeaderValue::to_str` would give it (every
-/// byte a tab or visible ASCII, `0x20..=0x7e`), checked eight bytes at a
-/// time: the `Cookie` header, with its session cookie, is read on every
-/// signed-in request.
-pub fn visible_ascii(value: &HeaderValue) -> Option<&str> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let bytes = value.as_bytes();
-    let ok = |b: u8| b == b'\t' || (0x20..0x7f).contains(&b);
-    let words = bytes.chunks_exact(8);
-    let tail = words.remainder();
-    for word in words {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(word);
-        let x = u64::from_le_bytes(w);
-        if x & HIGHS != 0 {
-            return None;
-        }
-        // With every byte below 0x80, these flag a word holding a byte below
-        // 0x20 (a tab, or a control) or a 0x7f; such a word is checked byte
-        // by byte.
-        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
-        let del = x ^ (ONES * 0x7f);
-        let del = del.wrapping_sub(ONES) & !del & HIGHS;
-        if (below_space | del) != 0 && !word.iter().all(|&b| ok(b)) {
-            return None;
-        }
-    }
-    if !tail.iter().all(|&b| ok(b)) {
-        return None;
-    }
-    std::str::from_utf8(bytes).ok()
-}
-
 /// `bytes.split(|&b| b == sep)`, searching with [`find_byte`].
 pub fn split_byte(bytes: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
     let mut rest = Some(bytes);
@@ -674,25 +640,6 @@ mod tests {
             assert_eq!(find_byte(&long, b':'), None);
             long[i] = b'<';
         }
-    }
-
-    #[test]
-    fn visible_ascii_is_to_str() {
-        // Every byte value a header value may hold, at every position of
-        // values around a word's length, among visible and tab bytes.
-        for len in [1usize, 7, 8, 9, 16, 17] {
-            for at in 0..len {
-                for b in (0..=255u8).filter(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)) {
-                    let mut bytes: Vec<u8> = (0..len)
-                        .map(|i| if i % 5 == 0 { b'\t' } else { b'a' + (i % 26) as u8 })
-                        .collect();
-                    bytes[at] = b;
-                    let v = HeaderValue::from_bytes(&bytes).unwrap();
-                    assert_eq!(visible_ascii(&v), v.to_str().ok(), "{bytes:?}");
-                }
-            }
-        }
-        assert_eq!(visible_ascii(&HeaderValue::from_static("")), Some(""));
     }
 
     #[test]

@@ -340,11 +340,11 @@ pub fn set_cookie_header(c: &cookie::Cookie<'_>) -> HeaderValue {
 /// percent-decoding), which the property tests hold it to, without building
 /// a cookie per pair: it runs on every signed-in request.
 pub fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    use crate::proxy::headers::{find_byte, visible_ascii};
+    use crate::proxy::headers::find_byte;
     for header in headers.get_all(http::header::COOKIE) {
-        // Visible ASCII (and tabs) only, as `to_str` reads it, so every byte
-        // offset is a character boundary and `trim` trims spaces and tabs.
-        let Some(text) = visible_ascii(header) else {
+        // Visible ASCII (and tabs) only, so every byte offset is a character
+        // boundary and `trim` trims spaces and tabs.
+        let Ok(text) = header.to_str() else {
             continue;
         };
         let mut rest = text;
