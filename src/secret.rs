@@ -56,13 +56,56 @@ impl Drop for Secret {
 }
 
 /// Constant-time comparison of two byte strings (length is not hidden).
+///
+/// Eight bytes at a time: each word is compared with `subtle`'s constant-time
+/// `u64` comparison and the results are combined without branching, so the
+/// time depends on the length only, at an eighth of the optimisation
+/// barriers of comparing byte by byte (a session cookie of some 300 bytes is
+/// compared on every signed-in request).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && bool::from(a.ct_eq(b))
+    if a.len() != b.len() {
+        return false;
+    }
+    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut equal = a_words.remainder().ct_eq(b_words.remainder());
+    for (x, y) in a_words.zip(b_words) {
+        equal &= word(x).ct_eq(&word(y));
+    }
+    bool::from(equal)
+}
+
+/// Eight bytes as a word (any byte order: both sides use the same).
+fn word(bytes: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(bytes);
+    u64::from_ne_bytes(w)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ct_eq_is_equality() {
+        let base: Vec<u8> = (0..=40u8).collect();
+        for len in 0..base.len() {
+            let a = &base[..len];
+            assert!(ct_eq(a, a));
+            let copy = a.to_vec();
+            assert!(ct_eq(a, &copy));
+            // Any one byte, in a whole word or in the tail, any bit.
+            for i in 0..len {
+                for bit in 0..8 {
+                    let mut b = a.to_vec();
+                    b[i] ^= 1 << bit;
+                    assert!(!ct_eq(a, &b), "len {len}, byte {i}, bit {bit}");
+                }
+            }
+            assert!(!ct_eq(a, &base[..len + 1]));
+            assert!(!ct_eq(&base[..len + 1], a));
+        }
+        assert!(ct_eq(b"", b""));
+    }
 
     #[test]
     fn debug_is_redacted() {

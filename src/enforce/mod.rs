@@ -29,7 +29,7 @@ use crate::clock::SharedClock;
 use crate::config::IdentityHeaders;
 use crate::context::{self, ConnInfo, RequestContext};
 use crate::error::{ApiError, ErrorCode};
-use crate::identity::Principal;
+use crate::identity::{Principal, PrincipalInfo};
 use crate::policy::normalize::normalize;
 use crate::policy::{Decision, Policy, RequestFacts};
 use crate::session::revocation::RevocationView;
@@ -48,7 +48,8 @@ pub struct AccessInfo {
 /// A verified session and its user.
 #[derive(Debug, Clone)]
 pub struct ActiveSession {
-    pub claims: SessionClaims,
+    /// Shared with this thread's cache of verified cookies.
+    pub claims: Arc<SessionClaims>,
     pub user: Arc<User>,
 }
 
@@ -90,12 +91,15 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
-    /// Reads and verifies the session cookie in `headers`.
+    /// Reads and verifies the session cookie in `headers`: its signature
+    /// (remembered per thread, see [`SessionCodec::verify`]), then on every
+    /// request its lifetime and idle time, revocation, the user's epoch, the
+    /// directory's freshness and the user.
     pub fn session(&self, headers: &http::HeaderMap) -> SessionState {
         let Some(value) = self.sessions.find(headers) else {
             return SessionState::None;
         };
-        let claims = match self.sessions.decode(value, self.clock.now()) {
+        let claims = match self.sessions.verify(value, self.clock.now()) {
             Ok(c) => c,
             Err(e) => return SessionState::Invalid(e),
         };
@@ -186,16 +190,48 @@ impl Enforcer {
         now: crate::clock::UnixTime,
     ) -> Option<HeaderValue> {
         self.sessions.needs_refresh(&session.claims, now).then(|| {
-            let mut c = session.claims.clone();
+            let mut c = SessionClaims::clone(&session.claims);
             c.last = now;
             c.iat = now;
             self.sessions.set_cookie(&c, now)
         })
     }
 
-    /// The principal for a valid session.
+    /// The principal for a valid session: built once per session and user on
+    /// each thread and then shared (see `PRINCIPALS`).
     pub fn principal(s: &ActiveSession) -> Principal {
-        Principal {
+        PRINCIPALS
+            .try_with(|cache| {
+                let mut cache = cache.try_borrow_mut().ok()?;
+                if cache.is_empty() {
+                    cache.resize_with(PRINCIPAL_SLOTS, || None);
+                }
+                // Fibonacci hashing of the claims' address: its top bits.
+                let slot = Arc::as_ptr(&s.claims)
+                    .addr()
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15_usize)
+                    >> (usize::BITS - PRINCIPAL_SLOTS.trailing_zeros());
+                let entry = cache.get_mut(slot)?;
+                match entry {
+                    Some((claims, user, p))
+                        if Arc::ptr_eq(claims, &s.claims) && Arc::ptr_eq(user, &s.user) =>
+                    {
+                        Some(p.clone())
+                    }
+                    _ => {
+                        let p = Self::build_principal(s);
+                        *entry = Some((s.claims.clone(), s.user.clone(), p.clone()));
+                        Some(p)
+                    }
+                }
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Self::build_principal(s))
+    }
+
+    fn build_principal(s: &ActiveSession) -> Principal {
+        Principal::new(PrincipalInfo {
             user_id: s.user.id.clone(),
             username: s.user.username.clone(),
             display_name: s.user.display_name.clone(),
@@ -203,7 +239,7 @@ impl Enforcer {
             groups: s.user.groups.clone(),
             level: s.claims.lvl,
             session_id: s.claims.sid.clone(),
-        }
+        })
     }
 
     /// Removes every client-supplied copy of the identity and forwarding
@@ -211,6 +247,24 @@ impl Enforcer {
     pub fn strip_identity(&self, headers: &mut http::HeaderMap) {
         crate::proxy::headers::strip_reserved_inbound(headers, &self.identity);
     }
+}
+
+/// A principal and the verified claims and user it was built from.
+type PrincipalEntry = (Arc<SessionClaims>, Arc<User>, Principal);
+
+/// Principals per thread ([`PRINCIPAL_SLOTS`], direct-mapped).
+const PRINCIPAL_SLOTS: usize = 128;
+
+thread_local! {
+    /// The principals this thread built lately, with the verified claims and
+    /// the user they were built from: a request whose session verified to the
+    /// same shared claims (see [`SessionCodec::verify`]) for the same user
+    /// (a changed user is a new `Arc` in the directory) gets the same
+    /// principal, its identity header values included, instead of copies of
+    /// the user's fields. Holding both `Arc`s keeps their addresses from being
+    /// reused while an entry names them.
+    static PRINCIPALS: std::cell::RefCell<Vec<Option<PrincipalEntry>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// True when the client is a browser (it accepts HTML).
@@ -551,7 +605,10 @@ groups = ["admins"]
                 get(
                     |p: Option<axum::Extension<Principal>>, h: http::HeaderMap| async move {
                         let spoofed = h.get("remote-user").is_some();
-                        format!("{}|{spoofed}", p.map(|p| p.0.username).unwrap_or_default())
+                        format!(
+                            "{}|{spoofed}",
+                            p.map(|p| p.0.username.clone()).unwrap_or_default()
+                        )
                     },
                 ),
             )
@@ -612,6 +669,119 @@ groups = ["admins"]
         assert_eq!(res.status(), StatusCode::FORBIDDEN);
         let res = app.clone().oneshot(req("/public%2F..", None)).await.unwrap();
         assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    }
+
+    /// A `Cookie` header map carrying `cookie` as the session.
+    fn cookie_headers(cookie: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("a=1; __Host-portcullis_session={cookie}; b=2")).unwrap(),
+        );
+        h
+    }
+
+    fn valid(state: SessionState) -> ActiveSession {
+        match state {
+            SessionState::Valid(s) => s,
+            other => panic!("not valid: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cached_cookie_is_still_checked_on_every_request() {
+        let (gw, app, clock) = app().await;
+        let e = &gw.state().enforcer;
+        let now = clock.now();
+        let issue = || {
+            let claims = SessionClaims::new("00uALICE", 1, vec!["pwd".into()], now, None, 0, now);
+            (e.sessions.encode(&claims), claims)
+        };
+
+        // The second look at a cookie is answered from this thread's cache.
+        let (cookie, claims) = issue();
+        let h = cookie_headers(&cookie);
+        let first = valid(e.session(&h));
+        let second = valid(e.session(&h));
+        assert!(Arc::ptr_eq(&first.claims, &second.claims));
+        assert_eq!(*second.claims, claims);
+
+        // Signed out (its session id revoked): refused, cached or not, and
+        // the layer challenges it.
+        e.revocations.note_revoked(&claims.sid, now + 3600);
+        assert!(matches!(
+            e.session(&h),
+            SessionState::Invalid(SessionReject::Revoked)
+        ));
+        let res = app.clone().oneshot(req("/", Some(&cookie))).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+        // Its whole sign-in revoked.
+        let (cookie, claims) = issue();
+        let h = cookie_headers(&cookie);
+        valid(e.session(&h));
+        valid(e.session(&h));
+        e.revocations.note_revoked(&claims.sin, now + 3600);
+        assert!(matches!(
+            e.session(&h),
+            SessionState::Invalid(SessionReject::Revoked)
+        ));
+
+        // The user's epoch moved on (every session of the user ended).
+        let (cookie, _) = issue();
+        let h = cookie_headers(&cookie);
+        valid(e.session(&h));
+        e.revocations.note_epoch("00uALICE", 1);
+        assert!(matches!(
+            e.session(&h),
+            SessionState::Invalid(SessionReject::Revoked)
+        ));
+
+        // Idle too long, then past its lifetime: the time is checked each time.
+        let claims = SessionClaims::new("00uALICE", 1, vec!["pwd".into()], now, None, 1, now);
+        let cookie = e.sessions.encode(&claims);
+        let h = cookie_headers(&cookie);
+        valid(e.session(&h));
+        clock.advance(e.sessions.lifetime().min(1800) + 1);
+        assert!(matches!(
+            e.session(&h),
+            SessionState::Invalid(SessionReject::Idle | SessionReject::Expired)
+        ));
+
+        // The user is gone, or changed: read from the directory each time.
+        let now = clock.now();
+        let claims = SessionClaims::new("00uALICE", 1, vec!["pwd".into()], now, None, 1, now);
+        let h = cookie_headers(&e.sessions.encode(&claims));
+        assert_eq!(valid(e.session(&h)).user.groups, ["staff"]);
+        let alice = e.users.write().unwrap().remove("00uALICE").unwrap();
+        assert!(matches!(
+            e.session(&h),
+            SessionState::Invalid(SessionReject::Revoked)
+        ));
+        e.users.write().unwrap().insert(User {
+            groups: vec!["admins".into()],
+            ..User::clone(&alice)
+        });
+        assert_eq!(valid(e.session(&h)).user.groups, ["admins"]);
+
+        // A directory user's session while the directory is stale: fail closed.
+        let mut carol = User::clone(&alice);
+        carol.id = "00uCAROL".into();
+        carol.username = "carol".into();
+        e.users.write().unwrap().upsert_directory_user(
+            carol,
+            crate::users::ldap::DirectoryRef {
+                dn: "uid=carol".into(),
+                stable_id: "carol-1".into(),
+            },
+        );
+        let claims = SessionClaims::new("00uCAROL", 1, vec!["pwd".into()], now, None, 0, now);
+        let h = cookie_headers(&e.sessions.encode(&claims));
+        valid(e.session(&h));
+        e.users.write().unwrap().set_directory_stale(true);
+        assert!(matches!(e.session(&h), SessionState::Unavailable));
+        e.users.write().unwrap().set_directory_stale(false);
+        valid(e.session(&h));
     }
 
     #[tokio::test]

@@ -315,7 +315,7 @@ async fn login_submit(
             login::end_prior_sign_in(&st, &headers).await;
             let (claims, cookie) = login::issue_session(&st, &user, 1, vec!["pwd".into()], None);
             let active = crate::enforce::ActiveSession {
-                claims,
+                claims: claims.into(),
                 user: user.clone(),
             };
             let target = if mfa::satisfied(&st, &ctx, &rd, &active) {

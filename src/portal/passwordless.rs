@@ -150,7 +150,7 @@ async fn signed_in(
     let (claims, cookie) = login::issue_session(st, &loaded.user, 1, vec![method.to_owned()], None);
     crate::audit!("signin.passwordless.succeeded", user = %loaded.user.username, method = method);
     let active = ActiveSession {
-        claims,
+        claims: claims.into(),
         user: loaded.user.clone(),
     };
     let target = if mfa::satisfied(st, ctx, rd, &active) {

@@ -22,7 +22,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use crate::config::IdentityHeaders;
-use crate::identity::Principal;
+use crate::identity::{IdentityValues, Principal, PrincipalInfo};
 
 /// `Keep-Alive` (not among `http`'s constants).
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -227,6 +227,49 @@ pub fn set_forwarding(
     }
 }
 
+/// The index of the first `needle` in `haystack`, looked for eight bytes at a
+/// time: the session cookie's value (a few hundred bytes) is scanned on every
+/// signed-in request.
+pub fn find_byte(haystack: &[u8], needle: u8) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let pattern = ONES * u64::from(needle);
+    let words = haystack.chunks_exact(8);
+    let tail = words.remainder();
+    for (n, word) in words.enumerate() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        // Bytes equal to the needle become zero; the lowest byte flagged by
+        // the zero-byte test is always a real zero (a borrow only ever
+        // flags bytes above one), and little-endian puts it first.
+        let x = u64::from_le_bytes(w) ^ pattern;
+        let zero = x.wrapping_sub(ONES) & !x & HIGHS;
+        if zero != 0 {
+            return Some(n * 8 + (zero.trailing_zeros() / 8) as usize);
+        }
+    }
+    let done = haystack.len() - tail.len();
+    tail.iter().position(|&b| b == needle).map(|i| done + i)
+}
+
+/// `bytes.split(|&b| b == sep)`, searching with [`find_byte`].
+pub fn split_byte(bytes: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(bytes);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match find_byte(r, sep) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
 /// True when `name` is one of `gateway` (case-insensitively, to be strict).
 fn is_gateway_cookie(name: &[u8], gateway: &[String]) -> bool {
     gateway.iter().any(|g| g.as_bytes().eq_ignore_ascii_case(name))
@@ -235,7 +278,7 @@ fn is_gateway_cookie(name: &[u8], gateway: &[String]) -> bool {
 /// The name of a `name=value` cookie pair, trimmed; the whole pair when it has
 /// no `=` (browsers treat that as a nameless cookie, but stripping it is safer).
 fn pair_name(pair: &[u8]) -> &[u8] {
-    let name = match pair.iter().position(|&b| b == b'=') {
+    let name = match find_byte(pair, b'=') {
         Some(i) => &pair[..i],
         None => pair,
     };
@@ -253,18 +296,14 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap, gateway: &[String]) {
     for value in headers.get_all(header::COOKIE) {
         count += 1;
         total += value.len() + 2;
-        dirty = dirty
-            || value
-                .as_bytes()
-                .split(|&b| b == b';')
-                .any(|p| is_gateway_cookie(pair_name(p), gateway));
+        dirty = dirty || split_byte(value.as_bytes(), b';').any(|p| is_gateway_cookie(pair_name(p), gateway));
     }
     if !dirty && count <= 1 {
         return;
     }
     let mut kept = Vec::with_capacity(total);
     for value in headers.get_all(header::COOKIE) {
-        for pair in value.as_bytes().split(|&b| b == b';').map(<[u8]>::trim_ascii) {
+        for pair in split_byte(value.as_bytes(), b';').map(<[u8]>::trim_ascii) {
             if pair.is_empty() || is_gateway_cookie(pair_name(pair), gateway) {
                 continue;
             }
@@ -333,25 +372,47 @@ pub fn encode_groups(groups: &[String]) -> String {
     out
 }
 
-fn insert_encoded(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+/// An encoded identity value as a header value.
+fn encoded(value: &str) -> Option<HeaderValue> {
     // Encoded values are visible ASCII and spaces, always valid header values.
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name.clone(), value);
+    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes())).ok()
+}
+
+/// The identity header values of a principal: the login, the groups joined
+/// by `,`, the e-mail address and the display name, percent-encoded (see
+/// [`encode_value`], [`encode_groups`]); no groups, or an absent or empty
+/// e-mail address or name, has none. Built once per principal
+/// ([`Principal::new`]), not per request.
+pub fn identity_values(p: &PrincipalInfo) -> IdentityValues {
+    let text = |v: &Option<String>| {
+        v.as_deref()
+            .filter(|v| !v.is_empty())
+            .and_then(|v| encoded(&encode_value(v)))
+    };
+    IdentityValues {
+        user: encoded(&encode_value(&p.username)),
+        groups: (!p.groups.is_empty())
+            .then(|| encoded(&encode_groups(&p.groups)))
+            .flatten(),
+        email: text(&p.email),
+        name: text(&p.display_name),
     }
 }
 
-/// Sets the identity headers for `principal`; an absent or empty value leaves its
-/// header out (inbound copies must already be stripped).
+/// Sets the identity headers for `principal` (its values were encoded when it
+/// was built); an absent or empty value leaves its header out (inbound copies
+/// must already be stripped).
 pub fn set_identity(headers: &mut HeaderMap, identity: &IdentityHeaders, principal: &Principal) {
-    insert_encoded(headers, &identity.user, &encode_value(&principal.username));
-    if !principal.groups.is_empty() {
-        insert_encoded(headers, &identity.groups, &encode_groups(&principal.groups));
-    }
-    if let Some(email) = principal.email.as_deref().filter(|e| !e.is_empty()) {
-        insert_encoded(headers, &identity.email, &encode_value(email));
-    }
-    if let Some(name) = principal.display_name.as_deref().filter(|n| !n.is_empty()) {
-        insert_encoded(headers, &identity.name, &encode_value(name));
+    let values = principal.identity_values();
+    for (name, value) in [
+        (&identity.user, &values.user),
+        (&identity.groups, &values.groups),
+        (&identity.email, &values.email),
+        (&identity.name, &values.name),
+    ] {
+        if let Some(value) = value {
+            headers.insert(name.clone(), value.clone());
+        }
     }
 }
 
@@ -386,8 +447,8 @@ mod tests {
             .collect()
     }
 
-    fn principal() -> Principal {
-        Principal {
+    fn info() -> PrincipalInfo {
+        PrincipalInfo {
             user_id: "00u1".into(),
             username: "alice".into(),
             display_name: Some("Alice Example".into()),
@@ -396,6 +457,10 @@ mod tests {
             level: 2,
             session_id: "sid".into(),
         }
+    }
+
+    fn principal() -> Principal {
+        Principal::new(info())
     }
 
     #[test]
@@ -550,6 +615,34 @@ mod tests {
     }
 
     #[test]
+    fn bytes_are_found_and_split_as_the_slice_methods_do() {
+        let text: Vec<u8> = b";a=1; portcullis_session=v1.abc.def;;b=\xff\x80;c;".to_vec();
+        for start in 0..text.len() {
+            for end in start..=text.len() {
+                let hay = &text[start..end];
+                for needle in [b';', b'=', b'\xff', b'\x80', b'z', 0] {
+                    assert_eq!(
+                        find_byte(hay, needle),
+                        hay.iter().position(|&b| b == needle),
+                        "{hay:?} {needle}"
+                    );
+                    let ours: Vec<&[u8]> = split_byte(hay, needle).collect();
+                    let std: Vec<&[u8]> = hay.split(|&b| b == needle).collect();
+                    assert_eq!(ours, std);
+                }
+            }
+        }
+        // Every position of a long haystack, and bytes one apart from the needle.
+        let mut long = vec![b'<'; 100];
+        for i in 0..long.len() {
+            long[i] = b';';
+            assert_eq!(find_byte(&long, b';'), Some(i));
+            assert_eq!(find_byte(&long, b':'), None);
+            long[i] = b'<';
+        }
+    }
+
+    #[test]
     fn gateway_cookies_are_removed_from_one_header() {
         let mut h = map(&[("cookie", "a=1; portcullis_session=s; b=2;PORTCULLIS_CSRF=t ;c=3")]);
         strip_gateway_cookies(&mut h, &gateway());
@@ -647,13 +740,13 @@ mod tests {
         assert_eq!(all(&h, "remote-email"), ["alice@example.com"]);
         assert_eq!(all(&h, "remote-name"), ["Alice Example"]);
 
-        let bare = Principal {
+        let bare = Principal::new(PrincipalInfo {
             username: "bj\u{f6}rn".into(),
             display_name: None,
             email: Some(String::new()),
             groups: vec![],
-            ..principal()
-        };
+            ..info()
+        });
         let mut h = HeaderMap::new();
         set_identity(&mut h, &identity(), &bare);
         assert_eq!(all(&h, "remote-user"), ["bj%C3%B6rn"]);

@@ -485,6 +485,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::identity::PrincipalInfo;
 
     type Reply = Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>;
 
@@ -663,7 +664,7 @@ mod tests {
     }
 
     fn alice() -> Principal {
-        Principal {
+        Principal::new(PrincipalInfo {
             user_id: "00u1".into(),
             username: "alice".into(),
             display_name: Some("Zoë Example".into()),
@@ -671,7 +672,7 @@ mod tests {
             groups: vec!["admins".into(), "R&D, EU".into()],
             level: 2,
             session_id: "sid".into(),
-        }
+        })
     }
 
     fn request(uri: &str) -> http::request::Builder {

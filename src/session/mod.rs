@@ -23,6 +23,9 @@ pub mod file_passwords;
 #[cfg(test)]
 mod proptests;
 pub mod revocation;
+mod verified;
+
+use std::sync::Arc;
 
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
@@ -142,6 +145,10 @@ pub struct SessionCodec {
     domain: Option<String>,
     secure: bool,
     same_site: SameSite,
+    /// These keys in the per-thread cache of verified cookies
+    /// ([`SessionCodec::verify`]): a cache filled under other keys is emptied
+    /// before it answers.
+    keys: verified::KeysId,
 }
 
 impl SessionCodec {
@@ -166,6 +173,7 @@ impl SessionCodec {
             domain: cfg.domain.clone(),
             secure: cfg.secure,
             same_site: cfg.same_site,
+            keys: verified::KeysId::new(),
         }
     }
 
@@ -195,6 +203,40 @@ impl SessionCodec {
     /// Verifies a cookie value's signature, lifetime and idle time at `now`.
     /// Revocation is checked separately against the revocation view.
     pub fn decode(&self, value: &str, now: UnixTime) -> Result<SessionClaims, SessionReject> {
+        let claims = self.authenticate(value)?;
+        self.check_times(&claims, now)?;
+        Ok(claims)
+    }
+
+    /// [`SessionCodec::decode`] for the request path: the same checks, with
+    /// the signature check and the claims' decoding remembered per thread.
+    ///
+    /// A cookie value this thread has verified under these keys before is
+    /// found again by a keyed hash of the whole value and confirmed by a
+    /// constant-time comparison of every byte, and its claims are shared
+    /// instead of decoded again; any other value (a new cookie, a tampered
+    /// one, one under keys a reload replaced) is verified in full. Only the
+    /// signature and the decoding are remembered: the lifetime and idle time
+    /// are checked at `now` on every call, and revocation, the user's epoch
+    /// and the user are for the caller to check, as after `decode`.
+    pub fn verify(&self, value: &str, now: UnixTime) -> Result<Arc<SessionClaims>, SessionReject> {
+        let claims = match verified::lookup(&self.keys, value) {
+            Some(claims) => claims,
+            None => {
+                let claims = Arc::new(self.authenticate(value)?);
+                // Remembered only once it is good now: an expired cookie
+                // would only take a slot.
+                self.check_times(&claims, now)?;
+                verified::remember(&self.keys, value, claims.clone());
+                return Ok(claims);
+            }
+        };
+        self.check_times(&claims, now)?;
+        Ok(claims)
+    }
+
+    /// The signature, the claims' decoding and their shape; no time check.
+    fn authenticate(&self, value: &str) -> Result<SessionClaims, SessionReject> {
         let (signed, tag) = value.rsplit_once('.').ok_or(SessionReject::Malformed)?;
         let (version, payload) = signed.split_once('.').ok_or(SessionReject::Malformed)?;
         if version != VERSION {
@@ -227,13 +269,19 @@ impl SessionCodec {
         if !(1..=2).contains(&claims.lvl) {
             return Err(SessionReject::Malformed);
         }
+        Ok(claims)
+    }
+
+    /// The absolute lifetime (from sign-in, with a minute of clock skew for
+    /// a sign-in time ahead of ours) and the idle timeout at `now`.
+    fn check_times(&self, claims: &SessionClaims, now: UnixTime) -> Result<(), SessionReject> {
         if now >= claims.auth.saturating_add(self.lifetime) || claims.auth > now + 60 {
             return Err(SessionReject::Expired);
         }
         if now >= claims.last.saturating_add(self.idle) {
             return Err(SessionReject::Idle);
         }
-        Ok(claims)
+        Ok(())
     }
 
     /// True when the cookie should be re-issued to slide the idle timeout.
@@ -286,21 +334,43 @@ pub fn set_cookie_header(c: &cookie::Cookie<'_>) -> HeaderValue {
 /// first is returned, which browsers send for the most specific path. Pairs
 /// that do not parse (no `=`, an empty name) are skipped; spaces around names
 /// and values are not part of them; a value in double quotes is returned
-/// without them.
+/// without them. A header that is not visible ASCII is skipped whole.
+///
+/// The same reading as the `cookie` crate's `Cookie::split_parse` (without
+/// percent-decoding), which the property tests hold it to, without building
+/// a cookie per pair: it runs on every signed-in request.
 pub fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .filter_map(Result::ok)
-        .find(|c| c.name() == name)
-        .and_then(|c| c.value_raw())
-        .map(|v| {
-            v.strip_prefix('"')
-                .and_then(|inner| inner.strip_suffix('"'))
-                .unwrap_or(v)
-        })
+    use crate::proxy::headers::find_byte;
+    for header in headers.get_all(http::header::COOKIE) {
+        // Visible ASCII (and tabs) only, so every byte offset is a character
+        // boundary and `trim` trims spaces and tabs.
+        let Ok(text) = header.to_str() else {
+            continue;
+        };
+        let mut rest = text;
+        loop {
+            let (pair, next) = match find_byte(rest.as_bytes(), b';') {
+                Some(i) => (rest.get(..i)?, rest.get(i + 1..)),
+                None => (rest, None),
+            };
+            if let Some(eq) = find_byte(pair.as_bytes(), b'=') {
+                let n = pair.get(..eq)?.trim();
+                if !n.is_empty() && n == name {
+                    let v = pair.get(eq + 1..)?.trim();
+                    return Some(
+                        v.strip_prefix('"')
+                            .and_then(|inner| inner.strip_suffix('"'))
+                            .unwrap_or(v),
+                    );
+                }
+            }
+            match next {
+                Some(next) => rest = next,
+                None => break,
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -401,6 +471,84 @@ mod tests {
         let v = c.encode(&cl);
         assert!(c.decode(&v, 8 * 3600 - 1).is_ok());
         assert_eq!(c.decode(&v, 8 * 3600), Err(SessionReject::Expired));
+    }
+
+    #[test]
+    fn verify_remembers_a_verified_value_and_its_claims() {
+        let c = SessionCodec::new(&cfg(&[A]));
+        let cl = claims(1_000);
+        let v = c.encode(&cl);
+        let first = c.verify(&v, 1_001).unwrap();
+        assert_eq!(*first, cl);
+        // The second time from the cache: the same claims, shared.
+        let second = c.verify(&v, 1_002).unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!(c.decode(&v, 1_002).as_ref(), Ok(&*second));
+        // A clone of the codec has the same keys and the same cache.
+        assert!(Arc::ptr_eq(&c.clone().verify(&v, 1_003).unwrap(), &first));
+    }
+
+    #[test]
+    fn verify_never_answers_a_tampered_value_from_the_cache() {
+        let c = SessionCodec::new(&cfg(&[A]));
+        let v = c.encode(&claims(1_000));
+        assert!(c.verify(&v, 1_001).is_ok());
+        // Every single-byte change of a cached value, even one planted in the
+        // cached value's own slot, is verified in full and refused.
+        let bytes = v.as_bytes();
+        for i in 0..bytes.len() {
+            let mut t = bytes.to_vec();
+            t[i] = if t[i] == b'A' { b'B' } else { b'A' };
+            let t = String::from_utf8(t).unwrap();
+            verified::tests::plant(&c.keys, &t, &v, c.verify(&v, 1_001).unwrap());
+            assert!(c.verify(&t, 1_001).is_err(), "byte {i} changed: {t}");
+        }
+        // A forged payload with the cached tag.
+        let (_, tag) = v.rsplit_once('.').unwrap();
+        let mut forged = claims(1_000);
+        forged.uid = "00uADMIN".into();
+        let forged = format!("v1.{}.{tag}", crypto::b64(&serde_json::to_vec(&forged).unwrap()));
+        assert_eq!(c.verify(&forged, 1_001), Err(SessionReject::BadSignature));
+        // One character more or fewer (the tag no longer decodes).
+        assert!(c.verify(&format!("{v}x"), 1_001).is_err());
+        assert!(c.verify(&v[..v.len() - 1], 1_001).is_err());
+        assert!(verified::tests::slot_of(&v) < verified::SLOTS);
+    }
+
+    #[test]
+    fn verify_checks_lifetime_and_idle_time_on_every_call() {
+        let c = SessionCodec::new(&cfg(&[A]));
+        let mut cl = claims(0);
+        let v = c.encode(&cl);
+        assert!(c.verify(&v, 10).is_ok());
+        assert!(c.verify(&v, 1_799).is_ok());
+        assert_eq!(c.verify(&v, 1_800), Err(SessionReject::Idle));
+        cl.last = 8 * 3600 - 10;
+        let v = c.encode(&cl);
+        assert!(c.verify(&v, 8 * 3600 - 1).is_ok());
+        assert_eq!(c.verify(&v, 8 * 3600), Err(SessionReject::Expired));
+        // Issued in the future (beyond the minute of skew), cached or not.
+        assert_eq!(c.verify(&v, -61), Err(SessionReject::Expired));
+        // An expired value is not remembered: verifying it again fails again.
+        assert_eq!(c.verify(&v, 8 * 3600), Err(SessionReject::Expired));
+    }
+
+    #[test]
+    fn verify_under_new_keys_forgets_the_old_ones() {
+        // A reload that drops secret A: cookies signed with A stop verifying,
+        // although this thread cached them under the old codec.
+        let old = SessionCodec::new(&cfg(&[B, A]));
+        let v = SessionCodec::new(&cfg(&[A])).encode(&claims(1_000));
+        assert!(old.verify(&v, 1_001).is_ok());
+        assert!(old.verify(&v, 1_001).is_ok());
+        let new = SessionCodec::new(&cfg(&[B]));
+        assert_eq!(new.verify(&v, 1_001), Err(SessionReject::BadSignature));
+        // Even a reload with the same secrets starts from an empty cache.
+        let same = SessionCodec::new(&cfg(&[B, A]));
+        let a = same.verify(&v, 1_001).unwrap();
+        let b = same.verify(&v, 1_001).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &old.verify(&v, 1_001).unwrap()));
     }
 
     /// A `Set-Cookie` value's `name=value` and its attributes, sorted.

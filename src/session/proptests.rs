@@ -1,6 +1,8 @@
 //! Property tests of the session cookie: any changed byte or bit of a valid
-//! cookie never verifies, arbitrary text never panics (and never verifies),
-//! and arbitrary claims round-trip.
+//! cookie never verifies (also once the valid one is in the thread's cache of
+//! verified cookies), arbitrary text never panics (and never verifies),
+//! arbitrary claims round-trip, and the cookie is found in `Cookie` headers
+//! as the `cookie` crate reads them.
 
 use proptest::prelude::*;
 
@@ -67,7 +69,8 @@ fn no_single_change_of_a_cookie_verifies() {
         NOW - 5,
     );
     let valid = codec.encode(&c);
-    assert_eq!(codec.decode(&valid, NOW), Ok(c));
+    assert_eq!(codec.decode(&valid, NOW), Ok(c.clone()));
+    assert_eq!(codec.verify(&valid, NOW).as_deref(), Ok(&c));
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=";
     for i in 0..valid.len() {
         let mut changes: Vec<u8> = (0..8).map(|bit| valid.as_bytes()[i] ^ (1 << bit)).collect();
@@ -79,6 +82,11 @@ fn no_single_change_of_a_cookie_verifies() {
                 assert!(
                     codec.decode(&s, NOW).is_err(),
                     "byte {i} set to {b:#04x} verified: {s}"
+                );
+                // The valid value is cached; the changed one is not taken for it.
+                assert!(
+                    codec.verify(&s, NOW).is_err(),
+                    "byte {i} set to {b:#04x} verified from the cache: {s}"
                 );
             }
         }
@@ -99,13 +107,16 @@ proptest! {
         mask in 1u8..=255,
     ) {
         let codec = codec();
-        let mut bytes = codec.encode(&c).into_bytes();
+        let valid = codec.encode(&c);
+        prop_assert!(codec.verify(&valid, NOW).is_ok());
+        let mut bytes = valid.into_bytes();
         let i = at.index(bytes.len());
         bytes[i] ^= mask;
         // A value that is not text never reaches `decode` (header values are
         // read with `to_str`).
         if let Ok(s) = String::from_utf8(bytes) {
             prop_assert!(codec.decode(&s, NOW).is_err(), "byte {} xor {:#04x} verified: {}", i, mask, s);
+            prop_assert!(codec.verify(&s, NOW).is_err(), "byte {} xor {:#04x} verified from the cache: {}", i, mask, s);
         }
     }
 
@@ -123,6 +134,38 @@ proptest! {
     #[test]
     fn arbitrary_text_never_panics_or_verifies(s in any::<String>()) {
         prop_assert!(codec().decode(&s, NOW).is_err());
+        prop_assert!(codec().verify(&s, NOW).is_err());
+    }
+
+    #[test]
+    fn cookies_are_found_as_the_cookie_crate_reads_them(
+        headers in prop::collection::vec("[ \t;=\"a-c_\\x21-\\x7e\\x80-\\xff]{0,40}", 0..4),
+        name in "[ \"a-c_=]{0,3}",
+    ) {
+        let mut h = http::HeaderMap::new();
+        for v in &headers {
+            if let Ok(v) = http::HeaderValue::from_str(v) {
+                h.append(http::header::COOKIE, v);
+            }
+        }
+        prop_assert_eq!(super::find_cookie(&h, &name), oracle(&h, &name));
+    }
+
+    #[test]
+    fn cookie_pairs_are_found_as_the_cookie_crate_reads_them(
+        headers in prop::collection::vec(
+            "([ \t]{0,2}(a|b|ab|\"a\"|=|)[ \t]{0,2}(=[ \t]{0,2}[ab\"=\\x80]{0,4}[ \t]{0,2})?;?){0,6}",
+            0..4,
+        ),
+        name in "a|b|ab|\"a\"|",
+    ) {
+        let mut h = http::HeaderMap::new();
+        for v in &headers {
+            if let Ok(v) = http::HeaderValue::from_str(v) {
+                h.append(http::header::COOKIE, v);
+            }
+        }
+        prop_assert_eq!(super::find_cookie(&h, &name), oracle(&h, &name));
     }
 
     #[test]
@@ -135,4 +178,21 @@ proptest! {
         let value = format!("{version}.{payload}.{tag}");
         prop_assert!(codec().decode(&value, i64::from(now)).is_err());
     }
+}
+
+/// `find_cookie` as it was written with the `cookie` crate.
+fn oracle<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .and_then(|c| c.value_raw())
+        .map(|v| {
+            v.strip_prefix('"')
+                .and_then(|inner| inner.strip_suffix('"'))
+                .unwrap_or(v)
+        })
 }
