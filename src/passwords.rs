@@ -9,11 +9,13 @@
 //! password.
 //!
 //! Memory: each permit owns one argon2 work area (19 MiB with the default
-//! parameters), allocated on first use and reused by every later
-//! verification under that permit, so a flood costs `concurrency` work areas
-//! and no allocator churn (a fresh 19 MiB allocation per login made the
-//! allocator map, fault in and keep ever more memory). A work area is wiped
-//! after each use: it holds password-derived state.
+//! parameters), allocated on first use and reused by the next verification
+//! under that permit while logins keep coming, so a flood costs `concurrency`
+//! work areas and no allocator churn (a fresh 19 MiB allocation per login made
+//! the allocator map, fault in and keep ever more memory). Once nothing waits
+//! for a permit the pooled areas are freed, so an idle gateway does not keep
+//! 19 MiB per permit. A work area is wiped after each use: it holds
+//! password-derived state.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -74,6 +76,13 @@ impl WorkAreas {
         if area.len() == DEFAULT_BLOCKS {
             self.0.lock().unwrap_or_else(PoisonError::into_inner).push(area);
         }
+    }
+
+    /// Frees the pooled work areas (those in use stay with their verifications).
+    fn release(&self) {
+        drop(std::mem::take(
+            &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
+        ));
     }
 
     #[cfg(test)]
@@ -177,9 +186,15 @@ impl PasswordPool {
         let known = hash.is_some();
         let hash: Arc<str> = hash.map_or_else(|| self.dummy_hash.clone(), Arc::from);
         let areas = self.areas.clone();
+        let queued = self.queued.clone();
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            verify_in(&areas, &hash, password.expose())
+            let matched = verify_in(&areas, &hash, password.expose());
+            // Nobody waiting for a permit: the pool is going idle.
+            if queued.load(Ordering::SeqCst) == 0 {
+                areas.release();
+            }
+            matched
         })
         .await
         .unwrap_or(false);
@@ -231,6 +246,8 @@ mod tests {
     async fn agrees_with_argon2_on_other_variants_and_parameters() {
         use argon2::PasswordVerifier as _;
         let pool = PasswordPool::new(1);
+        // As if one more login were waiting: the work area is kept between checks.
+        pool.queued.store(1, Ordering::SeqCst);
         let cases = [
             (
                 Algorithm::Argon2id,
@@ -274,7 +291,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_work_area_per_permit_reused_and_wiped() {
+    async fn one_work_area_per_permit_reused_and_wiped_then_freed_when_idle() {
         let h = hash_password(b"pw").unwrap();
         let pool = PasswordPool::new(2);
         assert_eq!(
@@ -282,6 +299,8 @@ mod tests {
             0,
             "nothing is allocated before the first login"
         );
+        // As if one more login were waiting all along: the work areas are kept.
+        pool.queued.store(1, Ordering::SeqCst);
         let checks = (0..6).map(|i| {
             let pool = pool.clone();
             let h = h.clone();
@@ -297,13 +316,16 @@ mod tests {
         );
         let pooled = pool.areas.pooled();
         assert!((1..=2).contains(&pooled), "{pooled} work areas for 2 permits");
-        let areas = pool.areas.0.lock().unwrap();
-        for area in areas.iter() {
+        for area in pool.areas.0.lock().unwrap().iter() {
             assert_eq!(area.len(), DEFAULT_BLOCKS);
             assert!(
                 area.iter().all(|b| b.as_ref().iter().all(|w| *w == 0)),
                 "wiped after use"
             );
         }
+        // Nobody waits any more: the last verification frees them.
+        pool.queued.store(0, Ordering::SeqCst);
+        assert_eq!(pool.verify(Some(&h), Secret::new("pw")).await, Ok(true));
+        assert_eq!(pool.areas.pooled(), 0);
     }
 }
