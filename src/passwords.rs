@@ -7,11 +7,22 @@
 //! instead of queueing without end. Unknown users are checked against a dummy
 //! hash with the same parameters, so their answers take as long as a wrong
 //! password.
+//!
+//! Memory: each permit owns one argon2 work area (19 MiB with the default
+//! parameters), allocated on first use and reused by the next verification
+//! under that permit while logins keep coming, so a flood costs `concurrency`
+//! work areas and no allocator churn (a fresh 19 MiB allocation per login made
+//! the allocator map, fault in and keep ever more memory). Once nothing waits
+//! for a permit the pooled areas are freed, so an idle gateway does not keep
+//! 19 MiB per permit. A work area is wiped after each use: it holds
+//! password-derived state.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier as _};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher, Version};
+use base64::Engine as _;
+use subtle::ConstantTimeEq as _;
 use tokio::sync::Semaphore;
 
 use crate::secret::Secret;
@@ -36,26 +47,127 @@ pub fn hash_password(password: &[u8]) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The argon2 work areas of a pool: at most one per permit, since a
+/// verification takes one only while it holds a permit.
+#[derive(Debug, Default)]
+struct WorkAreas(Mutex<Vec<Vec<Block>>>);
+
+impl WorkAreas {
+    /// A work area of at least `blocks` blocks: a pooled one when the
+    /// default parameters' size suffices, else a new one (`None` when the
+    /// memory cannot be had: a hash asking for more than the machine has).
+    fn take(&self, blocks: usize) -> Option<Vec<Block>> {
+        if blocks <= DEFAULT_BLOCKS
+            && let Some(area) = self.0.lock().unwrap_or_else(PoisonError::into_inner).pop()
+        {
+            return Some(area);
+        }
+        let len = blocks.max(DEFAULT_BLOCKS);
+        let mut area = Vec::new();
+        area.try_reserve_exact(len).ok()?;
+        area.resize(len, Block::default());
+        Some(area)
+    }
+
+    /// Wipes `area` and keeps it for the next verification, unless it was
+    /// made for larger parameters than the defaults (those are rare: not kept).
+    fn give_back(&self, mut area: Vec<Block>) {
+        area.fill(Block::default());
+        if area.len() == DEFAULT_BLOCKS {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).push(area);
+        }
+    }
+
+    /// Frees the pooled work areas (those in use stay with their verifications).
+    fn release(&self) {
+        drop(std::mem::take(
+            &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
+        ));
+    }
+
+    #[cfg(test)]
+    fn pooled(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+/// Blocks (1 KiB each) in the work area of the default parameters.
+const DEFAULT_BLOCKS: usize = Params::DEFAULT.block_count();
+
+/// True when `password` matches the PHC string `hash` (any argon2 variant,
+/// the hash's own parameters), computed in `areas`' memory; the outputs are
+/// compared in constant time. False for anything that does not parse.
+fn verify_in(areas: &WorkAreas, hash: &str, password: &[u8]) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let argon2 = Argon2::new(algorithm, version, params);
+    let mut out = vec![0u8; expected.len()];
+    let Some(mut area) = areas.take(blocks) else {
+        return false;
+    };
+    let hashed = argon2.hash_password_into_with_memory(password, salt, &mut out, &mut area[..]);
+    areas.give_back(area);
+    hashed.is_ok() && bool::from(out.as_slice().ct_eq(expected.as_bytes()))
+}
+
+/// A PHC string with the default parameters, a random salt and a random
+/// output: checking a password against it costs what checking a real
+/// default hash costs, and nothing matches it. No hashing needed to make it.
+fn dummy_hash() -> String {
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let p = Params::DEFAULT;
+    format!(
+        "${}$v={}$m={},t={},p={}${}${}",
+        Algorithm::Argon2id.as_str(),
+        u32::from(Version::V0x13),
+        p.m_cost(),
+        p.t_cost(),
+        p.p_cost(),
+        b64.encode(crate::crypto::random_bytes(16)),
+        b64.encode(crate::crypto::random_bytes(Params::DEFAULT_OUTPUT_LEN)),
+    )
+}
+
 /// Verifies passwords on a bounded pool.
 #[derive(Debug, Clone)]
 pub struct PasswordPool {
     permits: Arc<Semaphore>,
     queued: Arc<AtomicUsize>,
-    dummy_hash: Arc<String>,
+    areas: Arc<WorkAreas>,
+    dummy_hash: Arc<str>,
 }
 
 impl PasswordPool {
-    /// A pool running at most `concurrency` verifications at once.
+    /// A pool running at most `concurrency` verifications at once, each in
+    /// its own work area (19 MiB with the default parameters).
     pub fn new(concurrency: usize) -> Self {
-        let dummy = hash_password(&crate::crypto::random_bytes(16)).unwrap_or_default();
         Self {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             queued: Arc::new(AtomicUsize::new(0)),
-            dummy_hash: Arc::new(dummy),
+            areas: Arc::new(WorkAreas::default()),
+            dummy_hash: dummy_hash().into(),
         }
     }
 
-    /// A pool sized for this machine: half its cores, at least one.
+    /// A pool sized for this machine: half its cores, at least one. The other
+    /// half stays with the proxied traffic during a login flood, and memory
+    /// stays bounded at one 19 MiB work area per permit.
     pub fn for_this_machine() -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         Self::new(cores / 2)
@@ -72,17 +184,17 @@ impl PasswordPool {
         self.queued.fetch_sub(1, Ordering::SeqCst);
         let Ok(permit) = permit else { return Err(Busy) };
         let known = hash.is_some();
-        let hash = hash
-            .map(str::to_owned)
-            .unwrap_or_else(|| self.dummy_hash.as_ref().clone());
+        let hash: Arc<str> = hash.map_or_else(|| self.dummy_hash.clone(), Arc::from);
+        let areas = self.areas.clone();
+        let queued = self.queued.clone();
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let Ok(parsed) = PasswordHash::new(&hash) else {
-                return false;
-            };
-            Argon2::default()
-                .verify_password(password.expose(), &parsed)
-                .is_ok()
+            let matched = verify_in(&areas, &hash, password.expose());
+            // Nobody waiting for a permit: the pool is going idle.
+            if queued.load(Ordering::SeqCst) == 0 {
+                areas.release();
+            }
+            matched
         })
         .await
         .unwrap_or(false);
@@ -113,5 +225,107 @@ mod tests {
         let pool = PasswordPool::new(1);
         pool.queued.store(MAX_QUEUED, Ordering::SeqCst);
         assert_eq!(pool.verify(None, Secret::new("x")).await, Err(Busy));
+    }
+
+    #[tokio::test]
+    async fn the_dummy_hash_costs_what_a_real_one_costs() {
+        let dummy_string = dummy_hash();
+        let real_string = hash_password(b"x").unwrap();
+        let dummy = PasswordHash::new(&dummy_string).unwrap();
+        let real = PasswordHash::new(&real_string).unwrap();
+        assert_eq!(dummy.algorithm, real.algorithm);
+        assert_eq!(dummy.version, real.version);
+        assert_eq!(dummy.params, real.params);
+        assert_eq!(dummy.salt.map(|s| s.len()), real.salt.map(|s| s.len()));
+        assert_eq!(dummy.hash.map(|h| h.len()), real.hash.map(|h| h.len()));
+        // Two pools do not share a dummy.
+        assert_ne!(dummy_string, dummy_hash());
+    }
+
+    #[tokio::test]
+    async fn agrees_with_argon2_on_other_variants_and_parameters() {
+        use argon2::PasswordVerifier as _;
+        let pool = PasswordPool::new(1);
+        // As if one more login were waiting: the work area is kept between checks.
+        pool.queued.store(1, Ordering::SeqCst);
+        let cases = [
+            (
+                Algorithm::Argon2id,
+                Version::V0x13,
+                Params::new(64, 1, 1, None).unwrap(),
+            ),
+            (
+                Algorithm::Argon2i,
+                Version::V0x13,
+                Params::new(256, 3, 2, Some(16)).unwrap(),
+            ),
+            (
+                Algorithm::Argon2d,
+                Version::V0x10,
+                Params::new(128, 2, 1, Some(64)).unwrap(),
+            ),
+            // Larger than the defaults: a work area of its own, not kept.
+            (
+                Algorithm::Argon2id,
+                Version::V0x13,
+                Params::new(DEFAULT_BLOCKS as u32 + 1024, 1, 1, None).unwrap(),
+            ),
+        ];
+        for (algorithm, version, params) in cases {
+            let argon2 = Argon2::new(algorithm, version, params);
+            let hash = argon2.hash_password(b"right").unwrap().to_string();
+            let parsed = PasswordHash::new(&hash).unwrap();
+            for (password, expected) in [(&b"right"[..], true), (b"wrong", false), (b"right", true)] {
+                let reference = Argon2::default().verify_password(password, &parsed).is_ok();
+                assert_eq!(reference, expected, "{hash}");
+                let ours = pool
+                    .verify(Some(&hash), Secret::new(std::str::from_utf8(password).unwrap()))
+                    .await;
+                assert_eq!(ours, Ok(expected), "{hash}");
+            }
+        }
+        assert_eq!(pool.areas.pooled(), 1, "the large work area is not kept");
+        // A hash asking for more memory than can be had is a mismatch, not an abort.
+        let huge = "$argon2id$v=19$m=4294967295,t=1,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        assert_eq!(pool.verify(Some(huge), Secret::new("x")).await, Ok(false));
+    }
+
+    #[tokio::test]
+    async fn one_work_area_per_permit_reused_and_wiped_then_freed_when_idle() {
+        let h = hash_password(b"pw").unwrap();
+        let pool = PasswordPool::new(2);
+        assert_eq!(
+            pool.areas.pooled(),
+            0,
+            "nothing is allocated before the first login"
+        );
+        // As if one more login were waiting all along: the work areas are kept.
+        pool.queued.store(1, Ordering::SeqCst);
+        let checks = (0..6).map(|i| {
+            let pool = pool.clone();
+            let h = h.clone();
+            async move {
+                pool.verify(Some(&h), Secret::new(if i % 2 == 0 { "pw" } else { "no" }))
+                    .await
+            }
+        });
+        let results = futures_util::future::join_all(checks).await;
+        assert_eq!(
+            results,
+            [Ok(true), Ok(false), Ok(true), Ok(false), Ok(true), Ok(false)]
+        );
+        let pooled = pool.areas.pooled();
+        assert!((1..=2).contains(&pooled), "{pooled} work areas for 2 permits");
+        for area in pool.areas.0.lock().unwrap().iter() {
+            assert_eq!(area.len(), DEFAULT_BLOCKS);
+            assert!(
+                area.iter().all(|b| b.as_ref().iter().all(|w| *w == 0)),
+                "wiped after use"
+            );
+        }
+        // Nobody waits any more: the last verification frees them.
+        pool.queued.store(0, Ordering::SeqCst);
+        assert_eq!(pool.verify(Some(&h), Secret::new("pw")).await, Ok(true));
+        assert_eq!(pool.areas.pooled(), 0);
     }
 }

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Memory benchmark: the gateway's resident set at each stage of bench/proxy.sh's
+# load, then during a login flood.
+#
+#   bench/memory.sh           # builds, installs wrk if missing, runs (~1 minute)
+#
+# Stages, in order, on one gateway process: right after start-up; after one
+# sign-in (password + TOTP); wrk -t2 -c128 GET /small signed in, then on the
+# bypass rule (DURATION seconds each, as bench/proxy.sh); then the same signed-in
+# load while a second wrk (FLOOD_CONNS connections) sends wrong passwords to
+# the authentication API, so every login costs an argon2 verification. Prints
+# VmRSS after each stage and the peak (VmHWM) so far, the split of the final
+# resident set (heap and stacks vs the binary's mapped pages, from
+# /proc/PID/smaps_rollup), the thread count, and the signed-in throughput at
+# 128 connections during the flood over alone.
+#
+# Environment: DURATION (5), CONNS (128), FLOOD_CONNS (16), BASE_PORT (24380),
+# NO_BUILD=1, PORTCULLIS_BIN / ECHO_BIN (other builds); the gateway inherits the
+# environment, so allocator settings (MIMALLOC_*) can be tried without a build.
+
+BASE_PORT=${BASE_PORT:-24380}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+CONNS=${CONNS:-128}
+FLOOD_CONNS=${FLOOD_CONNS:-16}
+
+ensure_tools
+[ "${NO_BUILD:-0}" = 1 ] || build
+start_upstream
+start_gateway
+machine_summary
+
+kb() { awk -v k="$2" '$1 == k ":" { print $2 }' "$1"; }
+mb() { awk -v v="$1" 'BEGIN { printf "%.1f", v / 1024 }'; }
+stage() { # label -> one line: VmRSS now, VmHWM so far, threads
+  local s="/proc/$GW_PID/status"
+  printf '%-44s %8s %8s %8s\n' "$1" "$(mb "$(kb "$s" VmRSS)")" "$(mb "$(kb "$s" VmHWM)")" "$(kb "$s" Threads)"
+}
+
+URL="http://127.0.0.1:$GW_PORT$PATH_SMALL"
+echo
+printf '%-44s %8s %8s %8s\n' stage rss_mb peak_mb threads
+stage "started"
+signin
+stage "one sign-in"
+read -r session_rps _ < <(wrk_run "$CONNS" "$URL" "$AUTH_HOST" "$SESSION" "$GW_PID")
+stage "wrk $CONNS conns, ${SESSION_LEVEL}FA session"
+read -r bypass_rps _ < <(wrk_run "$CONNS" "$URL" "$BYPASS_HOST" "" "$GW_PID")
+stage "wrk $CONNS conns, bypass"
+PEAK_LOAD=$(peak_rss_mb "$GW_PID")
+
+signin
+timeout $((DURATION + 30)) wrk -t1 -c"$FLOOD_CONNS" -d$((DURATION + 2))s --timeout 10s \
+  -s "$BENCH_DIR/login_flood.lua" -H "Host: $TWO_HOST" \
+  "http://127.0.0.1:$GW_PORT/_portcullis/api/v1/authn" >"$WORK/flood.out" 2>&1 &
+flood=$!
+PIDS+=("$flood")
+sleep 1 # let the password pool fill up
+read -r flooded_rps _ < <(wrk_run "$CONNS" "$URL" "$AUTH_HOST" "$SESSION" "$GW_PID")
+wait "$flood" || true
+stage "wrk $CONNS conns session + login flood"
+PEAK_FLOOD=$(peak_rss_mb "$GW_PID")
+logins=$(sed -nE 's/^RESULT requests=([0-9]+).*/\1/p' "$WORK/flood.out")
+
+r="/proc/$GW_PID/smaps_rollup"
+echo
+echo "final resident set: $(mb "$(kb "$r" Rss)") MB = anonymous (heap, stacks) $(mb "$(kb "$r" Anonymous)") MB" \
+  "+ file-backed (the binary, libraries) $(mb $(( $(kb "$r" Rss) - $(kb "$r" Anonymous) ))) MB"
+echo "signed-in req/s at $CONNS conns: alone $session_rps, during the flood $flooded_rps" \
+  "(ratio $(awk -v a="$session_rps" -v f="$flooded_rps" 'BEGIN { printf "%.2f", f / a }')); bypass $bypass_rps;" \
+  "flood: ${logins:-?} logins answered in $((DURATION + 2))s"
+echo "peak RSS (VmHWM): after the $CONNS-connection runs ${PEAK_LOAD} MB; with the login flood ${PEAK_FLOOD} MB"
+echo "single runs of ${DURATION}s; load now: $(cut -d' ' -f1-3 /proc/loadavg)"
