@@ -148,7 +148,8 @@ impl Running {
     }
 }
 
-async fn start(path: &Path, main: u16, admin: u16) -> Running {
+/// `portcullis serve --config path`, its stderr gathered into a string.
+fn serve_logged(path: &Path) -> (Reap, Arc<Mutex<String>>) {
     let mut child = Reap(
         portcullis_command(&["serve", "--config", path.to_str().unwrap()])
             .stdout(Stdio::null())
@@ -168,6 +169,11 @@ async fn start(path: &Path, main: u16, admin: u16) -> Running {
             sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
+    (child, log)
+}
+
+async fn start(path: &Path, main: u16, admin: u16) -> Running {
+    let (child, log) = serve_logged(path);
     // One client, one pool: requests after a reload reuse kept-alive connections.
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -535,25 +541,7 @@ async fn sighup_serves_a_renewed_tls_certificate_to_new_connections() {
             .unwrap()
     };
     let url = format!("https://localhost:{main}/public/page");
-    let mut child = Reap(
-        portcullis_command(&["serve", "--config", path.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut pipe = child.0.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
+    let (child, log) = serve_logged(&path);
     let gw = Running {
         child,
         log,
