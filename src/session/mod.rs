@@ -212,26 +212,24 @@ impl SessionCodec {
     /// the signature check and the claims' decoding remembered per thread.
     ///
     /// A cookie value this thread has verified under these keys before is
-    /// found again by a keyed hash of the whole value and confirmed by a
-    /// constant-time comparison of every byte, and its claims are shared
-    /// instead of decoded again; any other value (a new cookie, a tampered
-    /// one, one under keys a reload replaced) is verified in full. Only the
-    /// signature and the decoding are remembered: the lifetime and idle time
-    /// are checked at `now` on every call, and revocation, the user's epoch
-    /// and the user are for the caller to check, as after `decode`.
+    /// found again (its slot chosen by a keyed hash of its length and tag)
+    /// and confirmed by a constant-time comparison of every byte, and its
+    /// claims are shared instead of decoded again; any other value (a new
+    /// cookie, a tampered one, one under keys a reload replaced) is verified
+    /// in full. Only the signature and the decoding are remembered: the
+    /// lifetime and idle time are checked at `now` on every call, and
+    /// revocation, the user's epoch and the user are for the caller to
+    /// check, as after `decode`.
     pub fn verify(&self, value: &str, now: UnixTime) -> Result<Arc<SessionClaims>, SessionReject> {
-        let claims = match verified::lookup(&self.keys, value) {
-            Some(claims) => claims,
-            None => {
-                let claims = Arc::new(self.authenticate(value)?);
-                // Remembered only once it is good now: an expired cookie
-                // would only take a slot.
-                self.check_times(&claims, now)?;
-                verified::remember(&self.keys, value, claims.clone());
-                return Ok(claims);
-            }
-        };
+        if let Some(claims) = verified::lookup(&self.keys, value) {
+            self.check_times(&claims, now)?;
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.authenticate(value)?);
+        // Remembered only once it is good now: an expired cookie would only
+        // take a slot.
         self.check_times(&claims, now)?;
+        verified::remember(&self.keys, value, claims.clone());
         Ok(claims)
     }
 
