@@ -689,6 +689,36 @@ groups = ["admins"]
     }
 
     #[tokio::test]
+    async fn a_changed_user_gets_a_new_principal() {
+        let (gw, _app, clock) = app().await;
+        let e = &gw.state().enforcer;
+        let now = clock.now();
+        let claims = SessionClaims::new("00uALICE", 2, vec!["pwd".into()], now, None, 0, now);
+        let h = cookie_headers(&e.sessions.encode(&claims));
+        let s = valid(e.session(&h));
+        let first = Enforcer::principal(&s);
+        // The same session and user again: the same shared principal.
+        let again = Enforcer::principal(&valid(e.session(&h)));
+        assert!(first == again && first.groups == ["staff"]);
+        // The user changed in the directory (a new `Arc`): built anew.
+        let alice = e.users.read().unwrap().get("00uALICE").cloned().unwrap();
+        e.users.write().unwrap().insert(User {
+            groups: vec!["admins".into()],
+            ..User::clone(&alice)
+        });
+        let changed = Enforcer::principal(&valid(e.session(&h)));
+        assert_eq!(changed.groups, ["admins"]);
+        assert_eq!(
+            changed
+                .identity_values()
+                .groups
+                .as_ref()
+                .map(|v| v.to_str().unwrap().to_owned()),
+            Some("admins".to_owned())
+        );
+    }
+
+    #[tokio::test]
     async fn a_cached_cookie_is_still_checked_on_every_request() {
         let (gw, app, clock) = app().await;
         let e = &gw.state().enforcer;
