@@ -30,6 +30,7 @@
 
 pub mod client;
 pub mod headers;
+pub mod pool;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -102,15 +103,14 @@ struct Upstream {
     /// Metrics label and log field; shared so cloning per request is a refcount.
     name: metrics::SharedString,
     hosts: Vec<String>,
-    scheme: Scheme,
-    authority: Authority,
     /// The URL's path without its trailing `/` ("" for none).
     prefix: String,
     /// `Host` when `preserve_host` is false.
     host: HeaderValue,
     preserve_host: bool,
     timeout: Duration,
-    client: client::UpstreamClient,
+    /// This thread's kept-alive connections to the upstream.
+    pool: pool::Pool,
     /// `portcullis_upstream_duration_seconds{upstream}`, resolved once: looking
     /// a metric up by name and labels on every request costs allocations.
     duration: metrics::Histogram,
@@ -141,22 +141,27 @@ impl Upstream {
         };
         let authority_header = HeaderValue::from_str(&authority).map_err(|_| fail("invalid host"))?;
         let authority = Authority::try_from(authority).map_err(|_| fail("invalid host"))?;
+        let target = Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query("/")
+            .build()
+            .map_err(|_| fail("invalid host"))?;
         let name = metrics::SharedString::from(Arc::<str>::from(config.name.as_str()));
         Ok(Self {
             duration: metrics::histogram!("portcullis_upstream_duration_seconds", "upstream" => name.clone()),
             name,
             hosts: config.hosts.clone(),
-            scheme,
-            authority,
             prefix: url.path().trim_end_matches('/').to_owned(),
             host: authority_header,
             preserve_host: config.preserve_host,
             timeout: config.timeout,
-            client: client::build(config)?,
+            pool: client::build(config, target)?,
         })
     }
 
-    /// The upstream URI: base scheme and authority, the base path as a prefix, then
+    /// The request target sent upstream, in origin form (`/path?query`, as
+    /// HTTP/1.1 to an origin server wants it): the base path as a prefix, then
     /// the request's (already normalized) path and query.
     fn uri(&self, request: &Uri) -> Option<Uri> {
         let path_and_query = match request.path_and_query() {
@@ -173,11 +178,7 @@ impl Upstream {
             None if self.prefix.is_empty() => PathAndQuery::from_static("/"),
             None => PathAndQuery::from_maybe_shared(Bytes::from(format!("{}/", self.prefix))).ok()?,
         };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path_and_query);
-        Uri::from_parts(parts).ok()
+        Some(Uri::from(path_and_query))
     }
 }
 
@@ -310,7 +311,7 @@ impl Proxy {
         *outbound.headers_mut() = parts.headers;
 
         let started = Instant::now();
-        let sent = tokio::time::timeout(upstream.timeout, upstream.client.request(outbound)).await;
+        let sent = tokio::time::timeout(upstream.timeout, upstream.pool.send(outbound, started)).await;
         let mut res = match sent {
             Ok(Ok(res)) => res,
             Ok(Err(error)) => {
