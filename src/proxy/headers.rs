@@ -89,6 +89,11 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// Removes hop-by-hop headers: the fixed list of RFC 9110 / RFC 2616 and every
 /// header named in a `Connection` value.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none of them (an HTTP/1.1 client keeps alive without
+    // saying so): one pass over the names instead of a lookup per listed name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // Clone the Connection values (cheap: shared bytes) so the named headers can
     // be removed from the same map; the Vec only allocates for a second value.
     let mut first = None;
@@ -118,6 +123,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::UPGRADE);
     headers.remove(&HTTP2_SETTINGS);
+}
+
+/// True for a header of the fixed hop-by-hop list (`Connection` included).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == HTTP2_SETTINGS
 }
 
 /// Headers some back ends and frameworks believe over the request line or the
@@ -182,7 +201,12 @@ pub fn set_forwarding(
     // expect the IPv4 form.
     let client = client.to_canonical();
     let mut addr = String::with_capacity(48);
-    let _ = write!(addr, "{client}");
+    match client {
+        IpAddr::V4(v4) => push_ipv4(&mut addr, v4),
+        IpAddr::V6(v6) => {
+            let _ = write!(addr, "{v6}");
+        }
+    }
     let proto = match scheme {
         "https" => HeaderValue::from_static("https"),
         "http" => HeaderValue::from_static("http"),
@@ -195,22 +219,28 @@ pub fn set_forwarding(
     let mut forwarded = String::with_capacity(addr.len() + 32 + authority.map_or(0, |a| a.len()));
     match client {
         IpAddr::V4(_) => {
-            let _ = write!(forwarded, "for={addr}");
+            forwarded.push_str("for=");
+            forwarded.push_str(&addr);
         }
         IpAddr::V6(_) => {
-            let _ = write!(forwarded, "for=\"[{addr}]\"");
+            forwarded.push_str("for=\"[");
+            forwarded.push_str(&addr);
+            forwarded.push_str("]\"");
         }
     }
-    let _ = write!(forwarded, ";proto={scheme}");
+    forwarded.push_str(";proto=");
+    forwarded.push_str(scheme);
     if let Some(host) = authority.and_then(|a| a.to_str().ok()) {
         forwarded.push_str(";host=\"");
         // quoted-string (RFC 7239): escape what would end or break the quotes.
-        for c in host.chars() {
-            if c == '"' || c == '\\' {
-                forwarded.push('\\');
-            }
-            forwarded.push(c);
+        let mut rest = host;
+        while let Some(at) = rest.find(['"', '\\']) {
+            forwarded.push_str(&rest[..at]);
+            forwarded.push('\\');
+            forwarded.push_str(&rest[at..=at]);
+            rest = &rest[at + 1..];
         }
+        forwarded.push_str(rest);
         forwarded.push('"');
     }
 
@@ -224,6 +254,22 @@ pub fn set_forwarding(
     }
     if let Ok(forwarded) = HeaderValue::from_maybe_shared(Bytes::from(forwarded)) {
         headers.insert(header::FORWARDED, forwarded);
+    }
+}
+
+/// `a.b.c.d`, as `Display` writes it, without the formatter.
+fn push_ipv4(out: &mut String, ip: std::net::Ipv4Addr) {
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
     }
 }
 
@@ -569,6 +615,31 @@ mod tests {
     }
 
     #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        // Without a Connection header too (the fast path's check).
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "http2-settings",
+        ] {
+            let mut h = map(&[(name, "x"), ("x-kept", "1")]);
+            strip_hop_by_hop(&mut h);
+            assert!(!h.contains_key(name), "{name}");
+            assert_eq!(all(&h, "x-kept"), ["1"]);
+        }
+        let mut h = map(&[("x-kept", "1"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "nothing else is touched");
+    }
+
+    #[test]
     fn junk_in_connection_is_ignored() {
         let mut h = map(&[("connection", " , ,close,  "), ("x-a", "1")]);
         strip_hop_by_hop(&mut h);
@@ -804,5 +875,25 @@ mod tests {
             all(&h, "forwarded"),
             ["for=192.0.2.1;proto=http;host=\"a\\\"b\\\\c\""]
         );
+    }
+
+    #[test]
+    fn ipv4_addresses_are_written_as_display_writes_them() {
+        for ip in ["0.0.0.0", "10.0.0.1", "192.0.2.7", "255.255.255.255", "1.20.100.9", "100.10.1.0"] {
+            let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+            let mut out = String::new();
+            push_ipv4(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_ipv4_address_is_written_as_display_writes_it(bits: u32) {
+            let ip = std::net::Ipv4Addr::from(bits);
+            let mut out = String::new();
+            push_ipv4(&mut out, ip);
+            proptest::prop_assert_eq!(out, ip.to_string());
+        }
     }
 }
