@@ -153,7 +153,10 @@ impl Pool {
         loop {
             let (mut sender, idle_for) = match self.checkout(now) {
                 Some((sender, idle_for)) => (sender, Some(idle_for)),
-                None => (self.connect().await?, None),
+                // Boxed: connecting (TCP, TLS, hand-shake) is rare, and its
+                // large state would otherwise be moved with every request's
+                // future.
+                None => (Box::pin(self.connect()).await?, None),
             };
             let reused = idle_for.is_some();
             // A reused connection may still be finishing the previous exchange:

@@ -340,9 +340,15 @@ pub fn set_cookie_header(c: &cookie::Cookie<'_>) -> HeaderValue {
 pub fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     use crate::proxy::headers::find_byte;
     for header in headers.get_all(http::header::COOKIE) {
-        // Visible ASCII (and tabs) only, so every byte offset is a character
-        // boundary and `trim` trims spaces and tabs.
-        let Ok(text) = header.to_str() else {
+        // Visible ASCII (and tabs) only, as `HeaderValue::to_str` demands, so
+        // every byte offset is a character boundary and `trim` trims spaces
+        // and tabs. Checked without stopping early, so the check runs on whole
+        // vectors: a signed-in request's header is a few hundred bytes.
+        let bytes = header.as_bytes();
+        if !bytes.iter().fold(true, |ok, &b| ok & ((0x20..0x7f).contains(&b) | (b == b'\t'))) {
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(bytes) else {
             continue;
         };
         let mut rest = text;
