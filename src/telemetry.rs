@@ -287,9 +287,9 @@ fn write_u64(out: &mut Vec<u8>, mut n: u64) {
 /// escape, so it is quoted as it is; anything else goes through `Debug`.
 fn write_debug_str(out: &mut Vec<u8>, s: &str) {
     // Not short-circuiting, so the check runs on whole vectors.
-    let plain = s
-        .bytes()
-        .fold(true, |ok, b| ok & ((0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\')));
+    let plain = s.bytes().fold(true, |ok, b| {
+        ok & ((0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\'))
+    });
     if plain {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -315,7 +315,11 @@ fn write_ms(out: &mut Vec<u8>, ms: f64, json: bool) {
         if frac == 0 {
             out.push(b'0');
         } else {
-            let digits = [b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8];
+            let digits = [
+                b'0' + (frac / 100) as u8,
+                b'0' + (frac / 10 % 10) as u8,
+                b'0' + (frac % 10) as u8,
+            ];
             let len = 3 - digits.iter().rev().take_while(|&&d| d == b'0').count();
             out.extend_from_slice(&digits[..len]);
         }

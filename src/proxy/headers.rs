@@ -879,7 +879,14 @@ mod tests {
 
     #[test]
     fn ipv4_addresses_are_written_as_display_writes_them() {
-        for ip in ["0.0.0.0", "10.0.0.1", "192.0.2.7", "255.255.255.255", "1.20.100.9", "100.10.1.0"] {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "192.0.2.7",
+            "255.255.255.255",
+            "1.20.100.9",
+            "100.10.1.0",
+        ] {
             let ip: std::net::Ipv4Addr = ip.parse().unwrap();
             let mut out = String::new();
             push_ipv4(&mut out, ip);

@@ -751,6 +751,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn requests_go_upstream_in_origin_form_and_options_star_as_star() {
+        let addr = spawn_upstream().await;
+        for prefix in ["", "/base"] {
+            let proxy = proxy(addr, prefix, true);
+            // An absolute-form request target (a client speaking to a proxy)
+            // reaches the upstream as a path, as HTTP/1.1 to an origin wants.
+            let req = request("http://app.example.com:8443/x?y=1")
+                .body(Body::empty())
+                .unwrap();
+            let echo = json(proxy.forward(req).await).await;
+            assert_eq!(echo["uri"], format!("{prefix}/x?y=1"));
+            let req = request("*").method("OPTIONS").body(Body::empty()).unwrap();
+            let echo = json(proxy.forward(req).await).await;
+            assert_eq!(echo["method"], "OPTIONS");
+            assert_eq!(
+                echo["uri"], "*",
+                "OPTIONS * addresses the server, under any prefix"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn without_a_principal_identity_is_only_stripped() {
         let addr = spawn_upstream().await;
         let proxy = proxy(addr, "", true);

@@ -149,7 +149,11 @@ impl Pool {
 
     /// Sends `req` (origin-form URI, `Host` set) and waits for the response
     /// head. `now` is the time the caller started, to judge idle connections.
-    pub async fn send(&self, mut req: Request<Body>, now: Instant) -> Result<Response<PooledBody>, SendError> {
+    pub async fn send(
+        &self,
+        mut req: Request<Body>,
+        now: Instant,
+    ) -> Result<Response<PooledBody>, SendError> {
         loop {
             let (mut sender, idle_for) = match self.checkout(now) {
                 Some((sender, idle_for)) => (sender, Some(idle_for)),
@@ -176,7 +180,9 @@ impl Pool {
                     // Written, and the connection closed without a word: the
                     // upstream closed it as it went out. Safe to send again.
                     (None, Some(copy)) if error.error().is_incomplete_message() => {
-                        tracing::debug!("kept-alive upstream connection closed under the request; sending it again");
+                        tracing::debug!(
+                            "kept-alive upstream connection closed under the request; sending it again"
+                        );
                         req = copy;
                     }
                     _ => return Err(SendError::Request(error.into_error())),
@@ -253,7 +259,9 @@ fn give_back(pool: &Weak<Shared>, sender: SendRequest<Body>) {
     }
     // The sweeper needs a runtime; without one (never, on a serving thread)
     // the connection is closed rather than kept without a limit.
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
     let mut idle = shared.idle();
     if idle.conns.len() >= MAX_IDLE {
         return;
@@ -311,7 +319,10 @@ impl http_body::Body for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
@@ -378,7 +389,9 @@ mod tests {
         let (c, r, e) = (connections.clone(), requests.clone(), closed_by_client.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 c.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(serve(stream, script, r.clone(), e.clone()));
             }
@@ -391,7 +404,12 @@ mod tests {
         }
     }
 
-    async fn serve(mut stream: TcpStream, script: Script, requests: Arc<AtomicUsize>, closed: Arc<AtomicUsize>) {
+    async fn serve(
+        mut stream: TcpStream,
+        script: Script,
+        requests: Arc<AtomicUsize>,
+        closed: Arc<AtomicUsize>,
+    ) {
         let mut buf = Vec::new();
         loop {
             // One request head (the tests send no bodies).
@@ -409,7 +427,9 @@ mod tests {
             buf.drain(..end);
             requests.fetch_add(1, Ordering::SeqCst);
             let answer: Vec<u8> = match script {
-                Script::KeepAlive | Script::CloseSilently => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                Script::KeepAlive | Script::CloseSilently => {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()
+                }
                 Script::ConnectionClose => {
                     b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok".to_vec()
                 }
@@ -434,11 +454,13 @@ mod tests {
         http.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(
-                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .unwrap()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
             )
             .https_or_http()
             .enable_http1()
@@ -479,7 +501,11 @@ mod tests {
             assert_eq!(get_ok(&pool).await, "ok");
         }
         assert_eq!(up.requests.load(Ordering::SeqCst), 10);
-        assert_eq!(up.connections.load(Ordering::SeqCst), 1, "every request on the kept-alive connection");
+        assert_eq!(
+            up.connections.load(Ordering::SeqCst),
+            1,
+            "every request on the kept-alive connection"
+        );
         assert_eq!(pool.idle_count(), 1);
     }
 
@@ -498,7 +524,10 @@ mod tests {
         }
         assert_eq!(up.requests.load(Ordering::SeqCst), 24);
         let opened = up.connections.load(Ordering::SeqCst);
-        assert!((1..=8).contains(&opened), "at most one connection per concurrent request: {opened}");
+        assert!(
+            (1..=8).contains(&opened),
+            "at most one connection per concurrent request: {opened}"
+        );
         assert_eq!(pool.idle_count(), opened);
     }
 
@@ -513,7 +542,11 @@ mod tests {
             assert_eq!(get_ok(&pool).await, "ok");
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
-        assert_eq!(up.requests.load(Ordering::SeqCst), 6, "each request reached the upstream once");
+        assert_eq!(
+            up.requests.load(Ordering::SeqCst),
+            6,
+            "each request reached the upstream once"
+        );
         assert_eq!(up.connections.load(Ordering::SeqCst), 6);
     }
 
@@ -523,7 +556,10 @@ mod tests {
     /// open and ready, writes the request, and only then reads the close.
     /// Returns the second answer's body and the (connections, requests) the
     /// upstream saw.
-    async fn closed_under_the_request(second: Request<Body>, idle_for: Duration) -> (Option<Bytes>, (usize, usize)) {
+    async fn closed_under_the_request(
+        second: Request<Body>,
+        idle_for: Duration,
+    ) -> (Option<Bytes>, (usize, usize)) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let target: Uri = format!("http://{addr}/").parse().unwrap();
@@ -543,7 +579,9 @@ mod tests {
                 }
                 connections += 1;
                 requests += 1;
-                stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").unwrap();
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .unwrap();
                 if connections == 1 {
                     // Kept alive until told, then closed without a word.
                     closing.recv().unwrap();
@@ -572,7 +610,11 @@ mod tests {
     async fn an_idempotent_request_on_a_connection_that_closes_under_it_goes_out_again() {
         // The connection idled for two seconds: it may have been closed.
         let (body, seen) = closed_under_the_request(get(), Duration::from_secs(2)).await;
-        assert_eq!(body.as_deref(), Some(&b"ok"[..]), "sent again on a new connection");
+        assert_eq!(
+            body.as_deref(),
+            Some(&b"ok"[..]),
+            "sent again on a new connection"
+        );
         assert_eq!(seen, (2, 2), "one request on each connection");
     }
 
@@ -614,7 +656,9 @@ mod tests {
     #[tokio::test]
     async fn nothing_listening_is_a_connect_error() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let target: Uri = format!("http://{}/", listener.local_addr().unwrap()).parse().unwrap();
+        let target: Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
         drop(listener);
         let pool = pool(&target, Duration::from_secs(30));
         let error = pool.send(get(), Instant::now()).await.err().expect("refused");
@@ -647,7 +691,11 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(11);
         let res = pool.send(get(), later).await.unwrap();
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
-        assert_eq!(up.connections.load(Ordering::SeqCst), 2, "the stale connection was passed over");
+        assert_eq!(
+            up.connections.load(Ordering::SeqCst),
+            2,
+            "the stale connection was passed over"
+        );
     }
 
     #[tokio::test]
