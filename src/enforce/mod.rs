@@ -360,20 +360,23 @@ where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
 {
     // The context first: deriving it may read a trusted proxy's X-Forwarded-For.
-    // Taken rather than cloned (three strings per request); the arms that call
-    // the inner service put it back.
-    let Some(ctx) = req
-        .extensions_mut()
-        .remove::<RequestContext>()
-        .or_else(|| e.context(&req))
-    else {
-        return with_access(
-            ApiError::new(ErrorCode::E0000001)
-                .cause("missing or invalid Host")
-                .into_response(),
-            "invalid",
-            None,
-        );
+    // It stays in the request's extensions, where the inner service reads it
+    // (neither copied nor boxed again per request).
+    if req.extensions().get::<RequestContext>().is_none() {
+        let Some(ctx) = e.context(&req) else {
+            return with_access(
+                ApiError::new(ErrorCode::E0000001)
+                    .cause("missing or invalid Host")
+                    .into_response(),
+                "invalid",
+                None,
+            );
+        };
+        req.extensions_mut().insert(ctx);
+    }
+    let Some(client_addr) = req.extensions().get::<RequestContext>().map(|c| c.client_addr) else {
+        // Inserted above; never missing. Fail closed all the same.
+        return with_access(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
     };
     e.strip_identity(req.headers_mut());
     // Normalize (the gateway already has; embedded, we must): rules match the
@@ -394,7 +397,7 @@ where
             }
         },
         Err(reason) => {
-            crate::audit!("request.path_refused", reason = %reason, client = %ctx.client_addr);
+            crate::audit!("request.path_refused", reason = %reason, client = %client_addr);
             return with_access(
                 ApiError::new(ErrorCode::E0000001)
                     .cause("invalid path")
@@ -404,11 +407,14 @@ where
             );
         }
     }
+    let Some(ctx) = req.extensions().get::<RequestContext>() else {
+        return with_access(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
+    };
     let facts = RequestFacts {
         host: &ctx.host,
         path: req.uri().path(),
         method: req.method(),
-        client_addr: ctx.client_addr,
+        client_addr,
     };
     // Decided on the strictest reading of the path (`;params` dropped,
     // trailing dots trimmed: see `Policy::evaluate`); the session is read only
@@ -428,7 +434,6 @@ where
 
     match decision {
         Decision::Bypass => {
-            req.extensions_mut().insert(ctx);
             let res = inner.call(req).await.unwrap_or_else(|never| match never {});
             with_access(res, "bypass", None)
         }
@@ -438,7 +443,6 @@ where
                 return with_access(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
             };
             req.extensions_mut().insert(Enforcer::principal(&session));
-            req.extensions_mut().insert(ctx);
             let refresh = e.refreshed_cookie(&session, now);
             let mut res = inner.call(req).await.unwrap_or_else(|never| match never {});
             if let Some(cookie) = refresh {
@@ -464,7 +468,7 @@ where
         }
         Decision::Challenge { .. } => {
             let signed_in = matches!(state, SessionState::Valid(_));
-            let mut res = challenge(e, &ctx, &req, signed_in);
+            let mut res = challenge(e, ctx, &req, signed_in);
             if matches!(state, SessionState::Invalid(_)) {
                 res.headers_mut()
                     .append(header::SET_COOKIE, e.sessions.clear_cookie());

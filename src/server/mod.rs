@@ -153,7 +153,8 @@ impl Shutdown {
 }
 
 /// Fires when a listener has finished draining; upgraded connections
-/// (WebSockets) spliced from it end then. Inserted into every request.
+/// (WebSockets) spliced from it end then. Inserted into every request with an
+/// `Upgrade` header (nothing else is spliced).
 #[derive(Debug, Clone)]
 pub struct Drained(watch::Receiver<bool>);
 
@@ -405,7 +406,11 @@ where
             }
         };
         req.extensions_mut().insert(conn);
-        req.extensions_mut().insert(drained.clone());
+        // Only an upgrade can outlive its request (a spliced WebSocket), so
+        // only an upgrade request carries the drain signal.
+        if req.headers().contains_key(http::header::UPGRADE) {
+            req.extensions_mut().insert(drained.clone());
+        }
         let response = service.clone().oneshot(req);
         async move {
             let mut response = response.await?;
