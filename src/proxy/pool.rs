@@ -8,9 +8,10 @@
 //! times, took its mutex twice and spawned a task per request to put a
 //! connection back; see `bench/results/`.)
 //!
-//! - A request takes the most recently used idle connection (last in, first
-//!   out: the warm ones stay warm, the rest idle out), skipping any that closed
-//!   or idled longer than `pool_idle_timeout`; without one it connects.
+//! - A request takes the most recently used idle connection that takes a
+//!   request now (last in, first out: the warm ones stay warm, the rest idle
+//!   out), skipping any that closed or idled longer than `pool_idle_timeout`
+//!   and never waiting for one still busy; without one it connects.
 //! - A connection goes back when the response body has been read to its end
 //!   (at once for an empty body). A body dropped early, a body error or a
 //!   `101 Switching Protocols` never give it back: hyper closes it, or hands it
@@ -196,13 +197,25 @@ impl Pool {
         self.shared.idle().conns.len()
     }
 
-    /// The most recently used open idle connection, and how long it idled.
+    /// The most recently used idle connection that is open and takes a
+    /// request now, and how long it idled. One whose exchange is not over yet
+    /// (it went back when its response ended, but hyper has yet to see that,
+    /// or the request body is still being sent, an upstream having answered
+    /// early) stays where it is: waiting for it could take as long as the
+    /// upload. Only the newest few are looked at; the sweeper clears the rest.
     fn checkout(&self, now: Instant) -> Option<(SendRequest<Body>, Duration)> {
+        const LOOK_AT: usize = 8;
         let mut idle = self.shared.idle();
-        while let Some(conn) = idle.conns.pop() {
+        let mut at = idle.conns.len();
+        let oldest = at.saturating_sub(LOOK_AT);
+        while at > oldest {
+            at -= 1;
+            let conn = &idle.conns[at];
             let idle_for = now.saturating_duration_since(conn.since);
-            if idle_for < self.shared.idle_timeout && !conn.sender.is_closed() {
-                return Some((conn.sender, idle_for));
+            if idle_for >= self.shared.idle_timeout || conn.sender.is_closed() {
+                idle.conns.remove(at);
+            } else if conn.sender.is_ready() {
+                return Some((idle.conns.remove(at).sender, idle_for));
             }
         }
         None
@@ -629,6 +642,28 @@ mod tests {
         let (body, seen) = closed_under_the_request(post, Duration::from_secs(2)).await;
         assert_eq!(body, None, "a failure (502), not a second attempt");
         assert_eq!(seen, (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_a_request_body_is_not_waited_for() {
+        // The upstream answers at once without reading the body, and the body
+        // never ends: the response is over, the connection is not.
+        let up = upstream(Script::KeepAlive).await;
+        let pool = pool(&up.target, Duration::from_secs(30));
+        let upload = Request::builder()
+            .method("POST")
+            .uri("/upload")
+            .header("host", "upstream")
+            .body(Body::from_stream(futures_util::stream::pending::<
+                Result<Bytes, std::io::Error>,
+            >()))
+            .unwrap();
+        let res = pool.send(upload, Instant::now()).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        // The next request goes out on another connection at once.
+        let next = tokio::time::timeout(Duration::from_secs(2), get_ok(&pool)).await;
+        assert_eq!(next.expect("not stuck behind the upload"), "ok");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
