@@ -18,9 +18,9 @@
 //!   to the upgrade.
 //! - A request that was never written because the kept-alive connection had
 //!   just closed (the upstream's keep-alive timeout, a restart) is sent again
-//!   on the next connection. So is an idempotent request without a body that
-//!   was written to a connection idle for a second or more which then closed
-//!   without any answer (see [`STALE_AFTER`]). Any other failure is the
+//!   on the next connection. So, once and on a new connection, is a GET,
+//!   HEAD or OPTIONS without a body that was written to a connection idle for
+//!   a second or more which then closed without any answer (see [`STALE_AFTER`]). Any other failure is the
 //!   answer (502): the request may have had effects upstream, and a fresh
 //!   connection's failure is never retried.
 //! - A sweeper task, running only while connections are idle, closes those
@@ -62,11 +62,10 @@ const STALE_AFTER: Duration = Duration::from_secs(1);
 /// method (RFC 9110, section 9.2.2) and no body.
 fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
     use http::Method;
-    let idempotent = matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    );
-    if !idempotent || !req.body().is_end_stream() {
+    // Safe methods only: PUT and DELETE are idempotent by the RFC, not
+    // always in a legacy app.
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe || !req.body().is_end_stream() {
         return None;
     }
     let mut copy = Request::new(Body::empty());
@@ -155,8 +154,12 @@ impl Pool {
         mut req: Request<Body>,
         now: Instant,
     ) -> Result<Response<PooledBody>, SendError> {
+        // At most one replay, and on a new connection: a request that kills
+        // its upstream worker must not be sent once per idle connection.
+        let mut replayed = false;
         loop {
-            let (mut sender, idle_for) = match self.checkout(now) {
+            let checked = if replayed { None } else { self.checkout(now) };
+            let (mut sender, idle_for) = match checked {
                 Some((sender, idle_for)) => (sender, Some(idle_for)),
                 // Boxed: connecting (TCP, TLS, hand-shake) is rare, and its
                 // large state would otherwise be moved with every request's
@@ -170,7 +173,7 @@ impl Pool {
                 continue;
             }
             let replay = match idle_for {
-                Some(idle_for) if idle_for >= STALE_AFTER => replayable(&req),
+                Some(idle_for) if idle_for >= STALE_AFTER && !replayed => replayable(&req),
                 _ => None,
             };
             match sender.try_send_request(req).await {
@@ -181,9 +184,10 @@ impl Pool {
                     // Written, and the connection closed without a word: the
                     // upstream closed it as it went out. Safe to send again.
                     (None, Some(copy)) if error.error().is_incomplete_message() => {
-                        tracing::debug!(
-                            "kept-alive upstream connection closed under the request; sending it again"
+                        tracing::info!(
+                            "kept-alive upstream connection closed under the request; sending it again on a new connection"
                         );
+                        replayed = true;
                         req = copy;
                     }
                     _ => return Err(SendError::Request(error.into_error())),
@@ -277,7 +281,8 @@ fn give_back(pool: &Weak<Shared>, sender: SendRequest<Body>) {
     };
     let mut idle = shared.idle();
     if idle.conns.len() >= MAX_IDLE {
-        return;
+        // The oldest goes, not the warmest.
+        idle.conns.remove(0);
     }
     idle.conns.push(IdleConn {
         sender,
@@ -629,6 +634,19 @@ mod tests {
             "sent again on a new connection"
         );
         assert_eq!(seen, (2, 2), "one request on each connection");
+    }
+
+    #[tokio::test]
+    async fn a_put_without_a_body_is_not_sent_again() {
+        let put = Request::builder()
+            .method("PUT")
+            .uri("/")
+            .header("host", "upstream")
+            .body(Body::empty())
+            .unwrap();
+        let (body, seen) = closed_under_the_request(put, Duration::from_secs(2)).await;
+        assert_eq!(body, None, "only GET, HEAD and OPTIONS are sent again");
+        assert_eq!(seen, (1, 1));
     }
 
     #[tokio::test]
