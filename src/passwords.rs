@@ -1,10 +1,13 @@
 //! Password hashing and verification (argon2id) on a bounded blocking pool.
 //!
 //! Argon2 is deliberately expensive (19 MiB, two passes), so a login flood
-//! could starve the proxied traffic sharing the machine. Verifications run on
-//! tokio's blocking threads, at most `max(1, cores / 2)` at once, with a
-//! bounded queue behind them: past it, logins are refused as busy (429)
-//! instead of queueing without end. Unknown users are checked against a dummy
+//! could starve the proxied traffic sharing the machine. Verifications run
+//! at most `max(1, cores / 2)` at once, with a bounded queue behind them: past
+//! it, logins are refused as busy (429) instead of queueing without end. Each
+//! runs on a thread of its own at a lower CPU priority (nice +10 on Linux), so
+//! when the cores are contended the kernel gives the serving threads the
+//! larger share and signed-in traffic keeps its pace; on an idle machine a
+//! verification runs at full speed. Unknown users are checked against a dummy
 //! hash with the same parameters, so their answers take as long as a wrong
 //! password.
 //!
@@ -33,6 +36,11 @@ pub const MAX_PASSWORD_LEN: usize = 1024;
 
 /// How many verifications may wait for a permit before new ones are refused.
 pub const MAX_QUEUED: usize = 256;
+
+/// How much the nice value of a verification thread is raised over the
+/// process's: at +10 a contended core gives it about a tenth of what a serving
+/// thread gets (kernel weights 110 against 1024).
+pub const NICE_INCREMENT: i32 = 10;
 
 /// The pool was full: refuse the login as rate limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -187,7 +195,7 @@ impl PasswordPool {
         let hash: Arc<str> = hash.map_or_else(|| self.dummy_hash.clone(), Arc::from);
         let areas = self.areas.clone();
         let queued = self.queued.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let verification = run_at_low_priority(move || {
             let _permit = permit;
             let matched = verify_in(&areas, &hash, password.expose());
             // Nobody waiting for a permit: the pool is going idle.
@@ -195,10 +203,42 @@ impl PasswordPool {
                 areas.release();
             }
             matched
-        })
-        .await
-        .unwrap_or(false);
+        });
+        // No thread could be had (a process or memory limit): busy, not an error page.
+        let result = verification.map_err(|_| Busy)?.await.unwrap_or(false);
         Ok(known && result)
+    }
+}
+
+/// Runs `work` on a new thread at a lower CPU priority and hands back its
+/// result. A thread per verification costs tens of microseconds against an
+/// argon2 run's tens of milliseconds, and its priority cannot leak into
+/// threads that serve requests (lowering a nice value is one-way for an
+/// unprivileged process, so tokio's shared blocking threads are not used).
+fn run_at_low_priority<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<T>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("portcullis-argon2".into())
+        .spawn(move || {
+            lower_this_threads_priority();
+            let _ = tx.send(work());
+        })?;
+    Ok(rx)
+}
+
+/// Raises the calling thread's nice value by [`NICE_INCREMENT`] (at most 19).
+/// On Linux the nice value belongs to the thread; elsewhere `setpriority`
+/// would lower the whole process, so this does nothing there. A failure
+/// leaves the thread as it was: the verification still runs.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        if let Ok(nice) = getpriority_process(None) {
+            let _ = setpriority_process(None, (nice + NICE_INCREMENT).min(19));
+        }
     }
 }
 
@@ -218,6 +258,72 @@ mod tests {
         assert_eq!(pool.verify(Some(&h), Secret::new("wrong")).await, Ok(false));
         assert_eq!(pool.verify(None, Secret::new("correct horse")).await, Ok(false));
         assert_eq!(pool.verify(Some("not a hash"), Secret::new("x")).await, Ok(false));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn verifications_run_below_the_serving_threads_priority() {
+        use rustix::process::getpriority_process;
+        let serving = getpriority_process(None).unwrap();
+        let seen = run_at_low_priority(|| getpriority_process(None).unwrap())
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(seen, (serving + NICE_INCREMENT).min(19));
+        assert_eq!(
+            getpriority_process(None).unwrap(),
+            serving,
+            "the caller's thread keeps its priority"
+        );
+    }
+
+    /// A verification in flight shows up as a thread named for it, with the
+    /// lowered nice value (field 19 of its /proc stat line).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_verification_runs_on_a_thread_with_the_lowered_priority() {
+        use rustix::process::getpriority_process;
+        let serving = getpriority_process(None).unwrap();
+        let pool = PasswordPool::new(1);
+        // The default memory with 40 passes: long enough to be seen.
+        let slow = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(DEFAULT_BLOCKS as u32, 40, 1, None).unwrap(),
+        )
+        .hash_password(b"pw")
+        .unwrap()
+        .to_string();
+        let check = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.verify(Some(&slow), Secret::new("pw")).await }
+        });
+        let mut seen = None;
+        for _ in 0..400 {
+            seen = argon2_threads_nice();
+            if seen.is_some() || check.is_finished() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(seen, Some((serving + NICE_INCREMENT).min(19)));
+        assert_eq!(check.await.unwrap(), Ok(true));
+    }
+
+    #[cfg(target_os = "linux")]
+    fn argon2_threads_nice() -> Option<i32> {
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let Ok(task) = task else { continue };
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ... : the comm is in parentheses, the rest after it.
+            let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
+            if head.ends_with("(portcullis-argo") {
+                return rest.split(' ').nth(16).and_then(|n| n.parse().ok());
+            }
+        }
+        None
     }
 
     #[tokio::test]
