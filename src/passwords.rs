@@ -4,10 +4,13 @@
 //! could starve the proxied traffic sharing the machine. Verifications run
 //! at most `max(1, cores / 2)` at once, with a bounded queue behind them: past
 //! it, logins are refused as busy (429) instead of queueing without end. Each
-//! runs on a thread of its own at a lower CPU priority (nice +10 on Linux), so
-//! when the cores are contended the kernel gives the serving threads the
-//! larger share and signed-in traffic keeps its pace; on an idle machine a
-//! verification runs at full speed. Unknown users are checked against a dummy
+//! runs on a thread of its own. While more than [`FLOOD_QUEUE`] verifications
+//! wait, a new one runs in Linux's idle scheduling class (`SCHED_IDLE`): it
+//! gets the CPU time the serving threads leave, and a woken serving thread
+//! takes its core at once, so a login flood cannot take the CPU from signed-in
+//! traffic. A lone sign-in runs at normal priority, so a busy host (the
+//! application behind the gateway, say) does not stall it. Unknown users are
+//! checked against a dummy
 //! hash with the same parameters, so their answers take as long as a wrong
 //! password.
 //!
@@ -37,10 +40,10 @@ pub const MAX_PASSWORD_LEN: usize = 1024;
 /// How many verifications may wait for a permit before new ones are refused.
 pub const MAX_QUEUED: usize = 256;
 
-/// How much the nice value of a verification thread is raised over the
-/// process's: at +10 a contended core gives it about a tenth of what a serving
-/// thread gets (kernel weights 110 against 1024).
-pub const NICE_INCREMENT: i32 = 10;
+/// More verifications than this waiting for a permit is a flood: the next
+/// ones run in the idle scheduling class. Three sign-ins queued behind a
+/// running one (each some 20 ms) are more than a site's users make at once.
+pub const FLOOD_QUEUE: usize = 2;
 
 /// The pool was full: refuse the login as rate limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -195,7 +198,12 @@ impl PasswordPool {
         let hash: Arc<str> = hash.map_or_else(|| self.dummy_hash.clone(), Arc::from);
         let areas = self.areas.clone();
         let queued = self.queued.clone();
-        let verification = run_at_low_priority(move || {
+        let priority = if self.queued.load(Ordering::SeqCst) > FLOOD_QUEUE {
+            Priority::Idle
+        } else {
+            Priority::Normal
+        };
+        let verification = run_on_own_thread(priority, move || {
             let _permit = permit;
             let matched = verify_in(&areas, &hash, password.expose());
             // Nobody waiting for a permit: the pool is going idle.
@@ -210,34 +218,53 @@ impl PasswordPool {
     }
 }
 
-/// Runs `work` on a new thread at a lower CPU priority and hands back its
-/// result. A thread per verification costs tens of microseconds against an
-/// argon2 run's tens of milliseconds, and its priority cannot leak into
-/// threads that serve requests (lowering a nice value is one-way for an
-/// unprivileged process, so tokio's shared blocking threads are not used).
-fn run_at_low_priority<T: Send + 'static>(
+/// The CPU priority of a verification thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Priority {
+    /// The process's own.
+    Normal,
+    /// Only what the rest leaves (Linux `SCHED_IDLE`; elsewhere, Normal).
+    Idle,
+}
+
+/// Runs `work` on a new thread with `priority` and hands back its result. A
+/// thread per verification costs tens of microseconds against an argon2
+/// run's tens of milliseconds, and its priority cannot leak into threads that
+/// serve requests (leaving the idle class again needs privileges, so tokio's
+/// shared blocking threads are not used).
+fn run_on_own_thread<T: Send + 'static>(
+    priority: Priority,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> std::io::Result<tokio::sync::oneshot::Receiver<T>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("portcullis-argon2".into())
         .spawn(move || {
-            lower_this_threads_priority();
+            if priority == Priority::Idle {
+                enter_idle_class();
+            }
             let _ = tx.send(work());
         })?;
     Ok(rx)
 }
 
-/// Raises the calling thread's nice value by [`NICE_INCREMENT`] (at most 19).
-/// On Linux the nice value belongs to the thread; elsewhere `setpriority`
-/// would lower the whole process, so this does nothing there. A failure
-/// leaves the thread as it was: the verification still runs.
-fn lower_this_threads_priority() {
+/// Moves the calling thread into the idle scheduling class; where that is
+/// refused (a seccomp filter, say), to the lowest nice value instead. A
+/// failure of both leaves the thread as it was: the verification still runs.
+fn enter_idle_class() {
     #[cfg(target_os = "linux")]
     {
-        use rustix::process::{getpriority_process, setpriority_process};
-        if let Ok(nice) = getpriority_process(None) {
-            let _ = setpriority_process(None, (nice + NICE_INCREMENT).min(19));
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+            thread_native_id, thread_schedule_policy,
+        };
+        use thread_priority::{ThreadPriority, set_current_thread_priority};
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        // The crate also sets a nice value after the policy, and reports that
+        // step's refusal (raising it back) as an error: judge by the policy.
+        let _ = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle);
+        if thread_schedule_policy().ok() != Some(idle) {
+            let _ = set_current_thread_priority(ThreadPriority::Min);
         }
     }
 }
@@ -260,31 +287,35 @@ mod tests {
         assert_eq!(pool.verify(Some("not a hash"), Secret::new("x")).await, Ok(false));
     }
 
+    /// The scheduling policy in a /proc stat line (field 41; 5: SCHED_IDLE).
     #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn verifications_run_below_the_serving_threads_priority() {
-        use rustix::process::getpriority_process;
-        let serving = getpriority_process(None).unwrap();
-        let seen = run_at_low_priority(|| getpriority_process(None).unwrap())
-            .unwrap()
-            .await
-            .unwrap();
-        assert_eq!(seen, (serving + NICE_INCREMENT).min(19));
-        assert_eq!(
-            getpriority_process(None).unwrap(),
-            serving,
-            "the caller's thread keeps its priority"
-        );
+    fn policy_in(stat: &str) -> Option<u32> {
+        // pid (comm) state ppid ... : the comm is in parentheses, the rest after it.
+        let (_, rest) = stat.rsplit_once(") ")?;
+        rest.split(' ').nth(38)?.parse().ok()
     }
 
-    /// A verification in flight shows up as a thread named for it, with the
-    /// lowered nice value (field 19 of its /proc stat line).
+    /// The policy of a verification in flight: its thread is named for it.
     #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn a_verification_runs_on_a_thread_with_the_lowered_priority() {
-        use rustix::process::getpriority_process;
-        let serving = getpriority_process(None).unwrap();
+    fn argon2_threads_policy() -> Option<u32> {
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let Ok(task) = task else { continue };
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            if stat.contains("(portcullis-argo) ") {
+                return policy_in(&stat);
+            }
+        }
+        None
+    }
+
+    /// The policy seen on the verification thread while a slow check runs,
+    /// with `waiting` other sign-ins pretended to be queued.
+    #[cfg(target_os = "linux")]
+    async fn policy_of_a_verification_with(waiting: usize) -> Option<u32> {
         let pool = PasswordPool::new(1);
+        pool.queued.store(waiting, Ordering::SeqCst);
         // The default memory with 40 passes: long enough to be seen.
         let slow = Argon2::new(
             Algorithm::Argon2id,
@@ -300,30 +331,33 @@ mod tests {
         });
         let mut seen = None;
         for _ in 0..400 {
-            seen = argon2_threads_nice();
+            seen = argon2_threads_policy();
             if seen.is_some() || check.is_finished() {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        assert_eq!(seen, Some((serving + NICE_INCREMENT).min(19)));
         assert_eq!(check.await.unwrap(), Ok(true));
+        seen
     }
 
     #[cfg(target_os = "linux")]
-    fn argon2_threads_nice() -> Option<i32> {
-        for task in std::fs::read_dir("/proc/self/task").ok()? {
-            let Ok(task) = task else { continue };
-            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-                continue;
-            };
-            // pid (comm) state ppid ... : the comm is in parentheses, the rest after it.
-            let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
-            if head.ends_with("(portcullis-argo") {
-                return rest.split(' ').nth(16).and_then(|n| n.parse().ok());
-            }
-        }
-        None
+    #[tokio::test]
+    async fn a_lone_sign_in_runs_at_normal_priority_and_a_flood_in_the_idle_class() {
+        const SCHED_OTHER: u32 = 0;
+        const SCHED_IDLE: u32 = 5;
+        assert_eq!(policy_of_a_verification_with(0).await, Some(SCHED_OTHER));
+        assert_eq!(
+            policy_of_a_verification_with(FLOOD_QUEUE).await,
+            Some(SCHED_OTHER)
+        );
+        assert_eq!(
+            policy_of_a_verification_with(FLOOD_QUEUE + 1).await,
+            Some(SCHED_IDLE)
+        );
+        // The caller's thread is untouched.
+        let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        assert_eq!(policy_in(&own), Some(SCHED_OTHER));
     }
 
     #[tokio::test]
