@@ -50,6 +50,12 @@ fi
 grep -q '^ExecReload=/bin/kill -HUP \$MAINPID' "$unit" || fail "the unit has no ExecReload"
 grep -q '^NoNewPrivileges=true' "$unit" || fail "the unit does not set NoNewPrivileges"
 grep -q '^CapabilityBoundingSet=CAP_NET_BIND_SERVICE$' "$unit" || fail "the unit keeps more capabilities than CAP_NET_BIND_SERVICE"
+# The filter drops @resources, then gives back what a login flood's password checks
+# use to enter the idle scheduling class; a refused call must fail, not kill.
+awk '/^SystemCallFilter=~.*@resources/ { dropped = 1 }
+     dropped && /^SystemCallFilter=[^~]/ && /sched_setscheduler/ && /setpriority/ { ok = 1 }
+     END { exit !ok }' "$unit" || fail "the unit's system-call filter refuses sched_setscheduler/setpriority"
+grep -q '^SystemCallErrorNumber=EPERM$' "$unit" || fail "a refused system call would kill the gateway (no SystemCallErrorNumber=EPERM)"
 
 # What systemd would do: the secrets as environment, the state folder owned by the user.
 mkdir -p /var/lib/portcullis
