@@ -198,11 +198,7 @@ impl PasswordPool {
         let hash: Arc<str> = hash.map_or_else(|| self.dummy_hash.clone(), Arc::from);
         let areas = self.areas.clone();
         let queued = self.queued.clone();
-        let priority = if self.queued.load(Ordering::SeqCst) > FLOOD_QUEUE {
-            Priority::Idle
-        } else {
-            Priority::Normal
-        };
+        let priority = Priority::with_waiting(self.queued.load(Ordering::SeqCst));
         let verification = run_on_own_thread(priority, move || {
             let _permit = permit;
             let matched = verify_in(&areas, &hash, password.expose());
@@ -225,6 +221,17 @@ enum Priority {
     Normal,
     /// Only what the rest leaves (Linux `SCHED_IDLE`; elsewhere, Normal).
     Idle,
+}
+
+impl Priority {
+    /// The priority of a verification with `waiting` others queued behind it.
+    fn with_waiting(waiting: usize) -> Self {
+        if waiting > FLOOD_QUEUE {
+            Self::Idle
+        } else {
+            Self::Normal
+        }
+    }
 }
 
 /// Runs `work` on a new thread with `priority` and hands back its result. A
@@ -295,69 +302,41 @@ mod tests {
         rest.split(' ').nth(38)?.parse().ok()
     }
 
-    /// The policy of a verification in flight: its thread is named for it.
+    /// The scheduling policy of the calling thread.
     #[cfg(target_os = "linux")]
-    fn argon2_threads_policy() -> Option<u32> {
-        for task in std::fs::read_dir("/proc/self/task").ok()? {
-            let Ok(task) = task else { continue };
-            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-                continue;
-            };
-            if stat.contains("(portcullis-argo) ") {
-                return policy_in(&stat);
-            }
-        }
-        None
+    fn own_policy() -> Option<u32> {
+        policy_in(&std::fs::read_to_string("/proc/thread-self/stat").ok()?)
     }
 
-    /// The policy seen on the verification thread while a slow check runs,
-    /// with `waiting` other sign-ins pretended to be queued.
-    #[cfg(target_os = "linux")]
-    async fn policy_of_a_verification_with(waiting: usize) -> Option<u32> {
-        let pool = PasswordPool::new(1);
-        pool.queued.store(waiting, Ordering::SeqCst);
-        // The default memory with 40 passes: long enough to be seen.
-        let slow = Argon2::new(
-            Algorithm::Argon2id,
-            Version::V0x13,
-            Params::new(DEFAULT_BLOCKS as u32, 40, 1, None).unwrap(),
-        )
-        .hash_password(b"pw")
-        .unwrap()
-        .to_string();
-        let check = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.verify(Some(&slow), Secret::new("pw")).await }
-        });
-        let mut seen = None;
-        for _ in 0..400 {
-            seen = argon2_threads_policy();
-            if seen.is_some() || check.is_finished() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        assert_eq!(check.await.unwrap(), Ok(true));
-        seen
+    #[test]
+    fn a_lone_sign_in_runs_at_normal_priority_and_a_flood_in_the_idle_class() {
+        assert_eq!(Priority::with_waiting(0), Priority::Normal);
+        assert_eq!(Priority::with_waiting(FLOOD_QUEUE), Priority::Normal);
+        assert_eq!(Priority::with_waiting(FLOOD_QUEUE + 1), Priority::Idle);
+        assert_eq!(Priority::with_waiting(MAX_QUEUED), Priority::Idle);
     }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn a_lone_sign_in_runs_at_normal_priority_and_a_flood_in_the_idle_class() {
+    async fn verification_threads_take_their_scheduling_class() {
         const SCHED_OTHER: u32 = 0;
         const SCHED_IDLE: u32 = 5;
-        assert_eq!(policy_of_a_verification_with(0).await, Some(SCHED_OTHER));
+        let on_thread = |priority| async move {
+            run_on_own_thread(priority, || {
+                (own_policy(), std::thread::current().name().map(str::to_owned))
+            })
+            .unwrap()
+            .await
+            .unwrap()
+        };
+        let name = Some("portcullis-argon2".to_owned());
         assert_eq!(
-            policy_of_a_verification_with(FLOOD_QUEUE).await,
-            Some(SCHED_OTHER)
+            on_thread(Priority::Normal).await,
+            (Some(SCHED_OTHER), name.clone())
         );
-        assert_eq!(
-            policy_of_a_verification_with(FLOOD_QUEUE + 1).await,
-            Some(SCHED_IDLE)
-        );
+        assert_eq!(on_thread(Priority::Idle).await, (Some(SCHED_IDLE), name));
         // The caller's thread is untouched.
-        let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        assert_eq!(policy_in(&own), Some(SCHED_OTHER));
+        assert_eq!(own_policy(), Some(SCHED_OTHER));
     }
 
     #[tokio::test]
