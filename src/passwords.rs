@@ -256,7 +256,7 @@ fn run_on_own_thread<T: Send + 'static>(
 }
 
 /// Moves the calling thread into the idle scheduling class; where that is
-/// refused (a seccomp filter, say), to the lowest nice value instead. A
+/// refused (a seccomp filter, say), to nice 19 (the lowest priority). A
 /// failure of both leaves the thread as it was: the verification still runs.
 fn enter_idle_class() {
     #[cfg(target_os = "linux")]
