@@ -187,12 +187,12 @@ impl PasswordPool {
     /// True when `password` matches `hash`. With `hash = None` (unknown user)
     /// the dummy hash is checked, the work is the same, and the answer is false.
     pub async fn verify(&self, hash: Option<&str>, password: Secret) -> Result<bool, Busy> {
-        if self.queued.fetch_add(1, Ordering::SeqCst) >= MAX_QUEUED {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
+        let waiting = Waiting::enter(&self.queued);
+        if waiting.ahead >= MAX_QUEUED {
             return Err(Busy);
         }
         let permit = self.permits.clone().acquire_owned().await;
-        self.queued.fetch_sub(1, Ordering::SeqCst);
+        drop(waiting);
         let Ok(permit) = permit else { return Err(Busy) };
         let known = hash.is_some();
         let hash: Arc<str> = hash.map_or_else(|| self.dummy_hash.clone(), Arc::from);
@@ -211,6 +211,28 @@ impl PasswordPool {
         // No thread could be had (a process or memory limit): busy, not an error page.
         let result = verification.map_err(|_| Busy)?.await.unwrap_or(false);
         Ok(known && result)
+    }
+}
+
+/// One verification counted in a pool's queue until this is dropped: also
+/// when the request is dropped while it waits (a client hanging up), so the
+/// count, which picks the priority and bounds the queue, never drifts up.
+struct Waiting<'a> {
+    queued: &'a AtomicUsize,
+    /// How many were queued before this one.
+    ahead: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(queued: &'a AtomicUsize) -> Self {
+        let ahead = queued.fetch_add(1, Ordering::SeqCst);
+        Self { queued, ahead }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -255,24 +277,25 @@ fn run_on_own_thread<T: Send + 'static>(
     Ok(rx)
 }
 
-/// Moves the calling thread into the idle scheduling class; where that is
-/// refused (a seccomp filter, say), to nice 19 (the lowest priority). A
-/// failure of both leaves the thread as it was: the verification still runs.
+/// Moves the calling thread into the idle scheduling class. Where that is
+/// refused (a seccomp filter) the thread stays as it was and the
+/// verification still runs, at normal priority.
 fn enter_idle_class() {
     #[cfg(target_os = "linux")]
     {
+        use thread_priority::ThreadPriority;
         use thread_priority::unix::{
             NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
-            thread_native_id, thread_schedule_policy,
+            thread_native_id,
         };
-        use thread_priority::{ThreadPriority, set_current_thread_priority};
-        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        // The crate also sets a nice value after the policy, and reports that
-        // step's refusal (raising it back) as an error: judge by the policy.
-        let _ = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle);
-        if thread_schedule_policy().ok() != Some(idle) {
-            let _ = set_current_thread_priority(ThreadPriority::Min);
-        }
+        // The crate sets the policy, then a nice value (0 for the idle class,
+        // where nice does not count): refused only when the process runs
+        // niced, and harmless then. Nothing to do about either failure.
+        let _ = set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        );
     }
 }
 
@@ -337,6 +360,25 @@ mod tests {
         assert_eq!(on_thread(Priority::Idle).await, (Some(SCHED_IDLE), name));
         // The caller's thread is untouched.
         assert_eq!(own_policy(), Some(SCHED_OTHER));
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_dropped_while_waiting_leaves_the_queue() {
+        let pool = PasswordPool::new(1);
+        let held = pool.permits.clone().acquire_owned().await.unwrap();
+        for _ in 0..5 {
+            // The client hangs up while its check waits for the busy pool.
+            let waited = tokio::time::timeout(
+                std::time::Duration::from_millis(10),
+                pool.verify(None, Secret::new("x")),
+            )
+            .await;
+            assert!(waited.is_err(), "it was still waiting");
+        }
+        assert_eq!(pool.queued.load(Ordering::SeqCst), 0);
+        drop(held);
+        assert_eq!(pool.verify(None, Secret::new("x")).await, Ok(false));
+        assert_eq!(pool.queued.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
