@@ -1,4 +1,4 @@
-//! Password hashing and verification (argon2id) on a bounded blocking pool.
+//! Password hashing and verification (argon2id) on a bounded pool of threads.
 //!
 //! Argon2 is deliberately expensive (19 MiB, two passes), so a login flood
 //! could starve the proxied traffic sharing the machine. Verifications run
@@ -10,9 +10,8 @@
 //! takes its core at once, so a login flood cannot take the CPU from signed-in
 //! traffic. A lone sign-in runs at normal priority, so a busy host (the
 //! application behind the gateway, say) does not stall it. Unknown users are
-//! checked against a dummy
-//! hash with the same parameters, so their answers take as long as a wrong
-//! password.
+//! checked against a dummy hash with the same parameters, so their answers
+//! take as long as a wrong password.
 //!
 //! Memory: each permit owns one argon2 work area (19 MiB with the default
 //! parameters), allocated on first use and reused by the next verification
@@ -198,7 +197,7 @@ impl PasswordPool {
         let hash: Arc<str> = hash.map_or_else(|| self.dummy_hash.clone(), Arc::from);
         let areas = self.areas.clone();
         let queued = self.queued.clone();
-        let priority = Priority::with_waiting(self.queued.load(Ordering::SeqCst));
+        let priority = Priority::with_waiting(queued.load(Ordering::SeqCst));
         let verification = run_on_own_thread(priority, move || {
             let _permit = permit;
             let matched = verify_in(&areas, &hash, password.expose());

@@ -20,9 +20,10 @@
 //!   just closed (the upstream's keep-alive timeout, a restart) is sent again
 //!   on the next connection. So, once and on a new connection, is a GET,
 //!   HEAD or OPTIONS without a body that was written to a connection idle for
-//!   a second or more which then closed without any answer (see [`STALE_AFTER`]). Any other failure is the
-//!   answer (502): the request may have had effects upstream, and a fresh
-//!   connection's failure is never retried.
+//!   a second or more which then closed without any answer (see
+//!   [`STALE_AFTER`]). Any other failure is the answer (502): the request may
+//!   have had effects upstream, and a fresh connection's failure is never
+//!   retried.
 //! - A sweeper task, running only while connections are idle, closes those
 //!   idle for longer than `pool_idle_timeout`, so none is held open once traffic
 //!   stops.
@@ -53,13 +54,13 @@ pub const MAX_IDLE: usize = 4096;
 
 /// A connection idle this long may be closed by the upstream just as a request
 /// goes out on it (its keep-alive timeout, a restart). Requests that are safe
-/// to repeat (idempotent method, no body) are then copied before they are
+/// to repeat (GET, HEAD or OPTIONS, no body) are then copied before they are
 /// sent on it, and sent again on another connection if it closes without an
 /// answer. Under load connections idle for microseconds, so the copy is rare.
 const STALE_AFTER: Duration = Duration::from_secs(1);
 
-/// A copy of `req` to send again, if repeating it is safe: an idempotent
-/// method (RFC 9110, section 9.2.2) and no body.
+/// A copy of `req` to send again, if repeating it is safe: GET, HEAD or
+/// OPTIONS (safe methods, RFC 9110, section 9.2.1) and no body.
 fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
     use http::Method;
     // Safe methods only: PUT and DELETE are idempotent by the RFC, not
@@ -166,14 +167,11 @@ impl Pool {
                 // future.
                 None => (Box::pin(self.connect()).await?, None),
             };
+            // `checkout` hands out only connections that take a request now.
             let reused = idle_for.is_some();
-            // A reused connection may still be finishing the previous exchange:
-            // wait until it takes a request (or turns out closed).
-            if reused && !sender.is_ready() && sender.ready().await.is_err() {
-                continue;
-            }
+            // After a replay nothing is reused, so nothing is replayed twice.
             let replay = match idle_for {
-                Some(idle_for) if idle_for >= STALE_AFTER && !replayed => replayable(&req),
+                Some(idle_for) if idle_for >= STALE_AFTER => replayable(&req),
                 _ => None,
             };
             match sender.try_send_request(req).await {
