@@ -13,22 +13,22 @@
 //! checked against a dummy hash with the same parameters, so their answers
 //! take as long as a wrong password.
 //!
-//! Memory: each permit owns one argon2 work area (19 MiB with the default
-//! parameters), allocated on first use and reused by the next verification
-//! under that permit while logins keep coming, so a flood costs `concurrency`
-//! work areas and no allocator churn (a fresh 19 MiB allocation per login made
-//! the allocator map, fault in and keep ever more memory). Once nothing waits
-//! for a permit the pooled areas are freed, so an idle gateway does not keep
-//! 19 MiB per permit. A work area is wiped after each use: it holds
+//! Memory: a verification's argon2 work area (19 MiB with the default
+//! parameters) lives on its thread's stack, so at most `concurrency` exist at
+//! once, and each goes back to the operating system when its thread ends:
+//! after a sign-in, or a flood, the gateway's resident memory falls back to
+//! what it was. (A heap area, freed or pooled, stayed resident: the allocator
+//! keeps freed memory.) A work area is wiped after use: it holds
 //! password-derived state.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher, Version};
 use base64::Engine as _;
 use subtle::ConstantTimeEq as _;
 use tokio::sync::Semaphore;
+use zeroize::Zeroize as _;
 
 use crate::secret::Secret;
 
@@ -57,57 +57,26 @@ pub fn hash_password(password: &[u8]) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The argon2 work areas of a pool: at most one per permit, since a
-/// verification takes one only while it holds a permit.
-#[derive(Debug, Default)]
-struct WorkAreas(Mutex<Vec<Vec<Block>>>);
-
-impl WorkAreas {
-    /// A work area of at least `blocks` blocks: a pooled one when the
-    /// default parameters' size suffices, else a new one (`None` when the
-    /// memory cannot be had: a hash asking for more than the machine has).
-    fn take(&self, blocks: usize) -> Option<Vec<Block>> {
-        if blocks <= DEFAULT_BLOCKS
-            && let Some(area) = self.0.lock().unwrap_or_else(PoisonError::into_inner).pop()
-        {
-            return Some(area);
-        }
-        let len = blocks.max(DEFAULT_BLOCKS);
-        let mut area = Vec::new();
-        area.try_reserve_exact(len).ok()?;
-        area.resize(len, Block::default());
-        Some(area)
-    }
-
-    /// Wipes `area` and keeps it for the next verification, unless it was
-    /// made for larger parameters than the defaults (those are rare: not kept).
-    fn give_back(&self, mut area: Vec<Block>) {
-        area.fill(Block::default());
-        if area.len() == DEFAULT_BLOCKS {
-            self.0.lock().unwrap_or_else(PoisonError::into_inner).push(area);
-        }
-    }
-
-    /// Frees the pooled work areas (those in use stay with their verifications).
-    fn release(&self) {
-        drop(std::mem::take(
-            &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
-        ));
-    }
-
-    #[cfg(test)]
-    fn pooled(&self) -> usize {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
-    }
-}
-
 /// Blocks (1 KiB each) in the work area of the default parameters.
 const DEFAULT_BLOCKS: usize = Params::DEFAULT.block_count();
 
+/// The stack of a verification thread: the default parameters' work area
+/// lives on it (see [`verify_on_this_thread`]), with room to spare for the
+/// frames around it (unoptimized test builds need more than release ones).
+const THREAD_STACK: usize = DEFAULT_BLOCKS * Block::SIZE + 2 * 1024 * 1024;
+
 /// True when `password` matches the PHC string `hash` (any argon2 variant,
-/// the hash's own parameters), computed in `areas`' memory; the outputs are
-/// compared in constant time. False for anything that does not parse.
-fn verify_in(areas: &WorkAreas, hash: &str, password: &[u8]) -> bool {
+/// the hash's own parameters); the outputs are compared in constant time.
+/// False for anything that does not parse, or whose memory cannot be had.
+///
+/// The work area of the default parameters (and of smaller ones) is an
+/// array on this thread's stack, so it goes back to the operating system
+/// when the thread ends: glibc discards a finished thread's stack pages
+/// (`MADV_DONTNEED`), where a freed heap block of 19 MiB stays resident in
+/// the allocator. Larger parameters (an operator's own hashes) take a heap
+/// area of their own. Either is wiped before it is given up: it holds
+/// password-derived state.
+fn verify_on_this_thread(hash: &str, password: &[u8]) -> bool {
     let Ok(parsed) = PasswordHash::new(hash) else {
         return false;
     };
@@ -128,12 +97,27 @@ fn verify_in(areas: &WorkAreas, hash: &str, password: &[u8]) -> bool {
     let blocks = params.block_count();
     let argon2 = Argon2::new(algorithm, version, params);
     let mut out = vec![0u8; expected.len()];
-    let Some(mut area) = areas.take(blocks) else {
-        return false;
+    let hashed = if blocks <= DEFAULT_BLOCKS {
+        let mut area = [Block::new(); DEFAULT_BLOCKS];
+        hash_in(&argon2, password, salt, &mut out, &mut area[..blocks])
+    } else {
+        let mut area = Vec::new();
+        if area.try_reserve_exact(blocks).is_err() {
+            return false;
+        }
+        area.resize(blocks, Block::new());
+        hash_in(&argon2, password, salt, &mut out, &mut area)
     };
-    let hashed = argon2.hash_password_into_with_memory(password, salt, &mut out, &mut area[..]);
-    areas.give_back(area);
-    hashed.is_ok() && bool::from(out.as_slice().ct_eq(expected.as_bytes()))
+    let matched = hashed && bool::from(out.as_slice().ct_eq(expected.as_bytes()));
+    out.zeroize();
+    matched
+}
+
+/// Hashes `password` into `out` in the work area `area`, then wipes the area.
+fn hash_in(argon2: &Argon2<'_>, password: &[u8], salt: &[u8], out: &mut [u8], area: &mut [Block]) -> bool {
+    let hashed = argon2.hash_password_into_with_memory(password, salt, out, &mut *area);
+    area.iter_mut().for_each(zeroize::Zeroize::zeroize);
+    hashed.is_ok()
 }
 
 /// A PHC string with the default parameters, a random salt and a random
@@ -159,7 +143,6 @@ fn dummy_hash() -> String {
 pub struct PasswordPool {
     permits: Arc<Semaphore>,
     queued: Arc<AtomicUsize>,
-    areas: Arc<WorkAreas>,
     dummy_hash: Arc<str>,
 }
 
@@ -170,7 +153,6 @@ impl PasswordPool {
         Self {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             queued: Arc::new(AtomicUsize::new(0)),
-            areas: Arc::new(WorkAreas::default()),
             dummy_hash: dummy_hash().into(),
         }
     }
@@ -195,20 +177,21 @@ impl PasswordPool {
         let Ok(permit) = permit else { return Err(Busy) };
         let known = hash.is_some();
         let hash: Arc<str> = hash.map_or_else(|| self.dummy_hash.clone(), Arc::from);
-        let areas = self.areas.clone();
-        let queued = self.queued.clone();
-        let priority = Priority::with_waiting(queued.load(Ordering::SeqCst));
-        let verification = run_on_own_thread(priority, move || {
-            let _permit = permit;
-            let matched = verify_in(&areas, &hash, password.expose());
-            // Nobody waiting for a permit: the pool is going idle.
-            if queued.load(Ordering::SeqCst) == 0 {
-                areas.release();
-            }
-            matched
+        let priority = Priority::with_waiting(self.queued.load(Ordering::SeqCst));
+        // No thread could be had (a process or memory limit): busy, not an
+        // error page (the permit goes back as this returns).
+        let (verification, thread) =
+            run_on_own_thread(priority, move || verify_on_this_thread(&hash, password.expose()))
+                .map_err(|_| Busy)?;
+        // The permit goes back once the thread has ended, and with it its
+        // stack (the work area) has gone back to the system: at most
+        // `concurrency` work areas are ever resident, even when an idle-class
+        // thread takes a while to finish after answering.
+        tokio::task::spawn_blocking(move || {
+            let _ = thread.join();
+            drop(permit);
         });
-        // No thread could be had (a process or memory limit): busy, not an error page.
-        let result = verification.map_err(|_| Busy)?.await.unwrap_or(false);
+        let result = verification.await.unwrap_or(false);
         Ok(known && result)
     }
 }
@@ -255,7 +238,8 @@ impl Priority {
     }
 }
 
-/// Runs `work` on a new thread with `priority` and hands back its result. A
+/// Runs `work` on a new thread with `priority`: its result to come and the
+/// thread, for joining (its stack is freed when it has ended). A
 /// thread per verification costs tens of microseconds against an argon2
 /// run's tens of milliseconds, and its priority cannot leak into threads that
 /// serve requests (leaving the idle class again needs privileges, so tokio's
@@ -263,17 +247,18 @@ impl Priority {
 fn run_on_own_thread<T: Send + 'static>(
     priority: Priority,
     work: impl FnOnce() -> T + Send + 'static,
-) -> std::io::Result<tokio::sync::oneshot::Receiver<T>> {
+) -> std::io::Result<(tokio::sync::oneshot::Receiver<T>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("portcullis-argon2".into())
+        .stack_size(THREAD_STACK)
         .spawn(move || {
             if priority == Priority::Idle {
                 enter_idle_class();
             }
             let _ = tx.send(work());
         })?;
-    Ok(rx)
+    Ok((rx, thread))
 }
 
 /// Moves the calling thread into the idle scheduling class. Where that is
@@ -348,6 +333,7 @@ mod tests {
                 (own_policy(), std::thread::current().name().map(str::to_owned))
             })
             .unwrap()
+            .0
             .await
             .unwrap()
         };
@@ -380,6 +366,20 @@ mod tests {
         assert_eq!(pool.queued.load(Ordering::SeqCst), 0);
     }
 
+    #[test]
+    fn the_work_area_is_wiped_after_use() {
+        let argon2 = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(64, 1, 1, None).unwrap(),
+        );
+        let mut area = vec![Block::new(); 64];
+        let mut out = [0u8; 32];
+        assert!(hash_in(&argon2, b"pw", b"saltsaltsalt", &mut out, &mut area));
+        assert_ne!(out, [0u8; 32]);
+        assert!(area.iter().all(|b| b.as_ref().iter().all(|w| *w == 0)));
+    }
+
     #[tokio::test]
     async fn refuses_past_the_queue_bound() {
         let pool = PasswordPool::new(1);
@@ -406,8 +406,6 @@ mod tests {
     async fn agrees_with_argon2_on_other_variants_and_parameters() {
         use argon2::PasswordVerifier as _;
         let pool = PasswordPool::new(1);
-        // As if one more login were waiting: the work area is kept between checks.
-        pool.queued.store(1, Ordering::SeqCst);
         let cases = [
             (
                 Algorithm::Argon2id,
@@ -424,7 +422,7 @@ mod tests {
                 Version::V0x10,
                 Params::new(128, 2, 1, Some(64)).unwrap(),
             ),
-            // Larger than the defaults: a work area of its own, not kept.
+            // Larger than the defaults: a work area on the heap.
             (
                 Algorithm::Argon2id,
                 Version::V0x13,
@@ -444,48 +442,8 @@ mod tests {
                 assert_eq!(ours, Ok(expected), "{hash}");
             }
         }
-        assert_eq!(pool.areas.pooled(), 1, "the large work area is not kept");
         // A hash asking for more memory than can be had is a mismatch, not an abort.
         let huge = "$argon2id$v=19$m=4294967295,t=1,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
         assert_eq!(pool.verify(Some(huge), Secret::new("x")).await, Ok(false));
-    }
-
-    #[tokio::test]
-    async fn one_work_area_per_permit_reused_and_wiped_then_freed_when_idle() {
-        let h = hash_password(b"pw").unwrap();
-        let pool = PasswordPool::new(2);
-        assert_eq!(
-            pool.areas.pooled(),
-            0,
-            "nothing is allocated before the first login"
-        );
-        // As if one more login were waiting all along: the work areas are kept.
-        pool.queued.store(1, Ordering::SeqCst);
-        let checks = (0..6).map(|i| {
-            let pool = pool.clone();
-            let h = h.clone();
-            async move {
-                pool.verify(Some(&h), Secret::new(if i % 2 == 0 { "pw" } else { "no" }))
-                    .await
-            }
-        });
-        let results = futures_util::future::join_all(checks).await;
-        assert_eq!(
-            results,
-            [Ok(true), Ok(false), Ok(true), Ok(false), Ok(true), Ok(false)]
-        );
-        let pooled = pool.areas.pooled();
-        assert!((1..=2).contains(&pooled), "{pooled} work areas for 2 permits");
-        for area in pool.areas.0.lock().unwrap().iter() {
-            assert_eq!(area.len(), DEFAULT_BLOCKS);
-            assert!(
-                area.iter().all(|b| b.as_ref().iter().all(|w| *w == 0)),
-                "wiped after use"
-            );
-        }
-        // Nobody waits any more: the last verification frees them.
-        pool.queued.store(0, Ordering::SeqCst);
-        assert_eq!(pool.verify(Some(&h), Secret::new("pw")).await, Ok(true));
-        assert_eq!(pool.areas.pooled(), 0);
     }
 }

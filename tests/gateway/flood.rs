@@ -312,3 +312,96 @@ async fn oversized_admin_bodies_get_413() {
         .unwrap();
     assert_eq!(error_code(res).await, (400, "E0000001".to_owned()));
 }
+
+/// Anonymous resident memory of a process, in KiB (`RssAnon` in
+/// `/proc/<pid>/status`: the heap and stacks, not the binary's pages).
+#[cfg(target_os = "linux")]
+fn anonymous_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Argon2 needs 19 MiB per verification. The binary gives that memory back
+/// once the sign-ins are over, instead of keeping it resident for good (a
+/// freed heap area stayed with the allocator).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_give_their_argon2_memory_back() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("users.toml"), crate::support::users_file()).unwrap();
+    let echo = portcullis::demo::spawn_echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (main, admin) = (crate::support::free_port(), crate::support::free_port());
+    let text = crate::support::config_text(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{main}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nlevel = \"warn\"\n"
+        ),
+        &format!("http://{echo}"),
+        dir.path(),
+    );
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, text).unwrap();
+    let child = crate::support::portcullis_command(&["serve", "--config", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = crate::support::Reap(child);
+    let pid = child.0.id();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://127.0.0.1:{main}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(res) = client.get(format!("{base}/_portcullis/healthz")).send().await
+            && res.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not come up");
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "the gateway exited: {}",
+            std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = anonymous_kib(pid);
+    // Right and wrong passwords, some at once (from addresses of their own).
+    let sign_ins = (0..6).map(|i| {
+        let client = client.clone();
+        let url = format!("{base}{AUTHN}");
+        async move {
+            let password = if i % 2 == 0 { ALICE.password } else { "wrong" };
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-forwarded-for", format!("198.51.100.{i}"))
+                .body(json!({ "username": ALICE.username, "password": password }).to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    let statuses = futures_util::future::join_all(sign_ins).await;
+    assert_eq!(statuses, [200, 401, 200, 401, 200, 401]);
+    // The verification threads end just after their answers.
+    let limit = before + 8 * 1024;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut after = anonymous_kib(pid);
+    while after > limit && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = anonymous_kib(pid);
+    }
+    println!("anonymous memory: {before} KiB before the sign-ins, {after} KiB after");
+    assert!(
+        after <= limit,
+        "{after} KiB resident after the sign-ins against {before} KiB before: \
+         the argon2 work area (19 MiB) was kept"
+    );
+}
