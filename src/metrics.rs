@@ -8,8 +8,8 @@
 //! `rule_decisions_total{rule,path,decision}` (kept by the policy: see
 //! [`crate::policy::counters`]).
 
+use foldhash::HashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -104,7 +104,7 @@ thread_local! {
     /// Counter handles by (decision, status), per thread: building a metric key
     /// (label vector, status string, registry lookup) costs more than the
     /// increment itself, and the set of label pairs is small.
-    static REQUESTS: RefCell<HashMap<(&'static str, u16), Counter>> = RefCell::new(HashMap::new());
+    static REQUESTS: RefCell<HashMap<(&'static str, u16), Counter>> = RefCell::new(HashMap::default());
 }
 
 /// Counts one request by decision and status.

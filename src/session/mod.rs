@@ -332,34 +332,37 @@ pub fn set_cookie_header(c: &cookie::Cookie<'_>) -> HeaderValue {
 /// first is returned, which browsers send for the most specific path. Pairs
 /// that do not parse (no `=`, an empty name) are skipped; spaces around names
 /// and values are not part of them; a value in double quotes is returned
-/// without them. A header that is not visible ASCII is skipped whole.
+/// without them. When the first pair of that name has a value that is not
+/// visible ASCII, the header it is in is skipped (a later header may still
+/// hold the cookie); bytes outside ASCII elsewhere in a header do not hide it.
 ///
 /// The same reading as the `cookie` crate's `Cookie::split_parse` (without
 /// percent-decoding), which the property tests hold it to, without building
-/// a cookie per pair: it runs on every signed-in request.
+/// a cookie per pair or checking a whole header as text: it runs on every
+/// signed-in request.
 pub fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     use crate::proxy::headers::find_byte;
-    for header in headers.get_all(http::header::COOKIE) {
-        // Visible ASCII (and tabs) only, so every byte offset is a character
-        // boundary and `trim` trims spaces and tabs.
-        let Ok(text) = header.to_str() else {
-            continue;
-        };
-        let mut rest = text;
+    'headers: for header in headers.get_all(http::header::COOKIE) {
+        let mut rest = header.as_bytes();
         loop {
-            let (pair, next) = match find_byte(rest.as_bytes(), b';') {
-                Some(i) => (rest.get(..i)?, rest.get(i + 1..)),
+            let (pair, next) = match find_byte(rest, b';') {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
                 None => (rest, None),
             };
-            if let Some(eq) = find_byte(pair.as_bytes(), b'=') {
-                let n = pair.get(..eq)?.trim();
-                if !n.is_empty() && n == name {
-                    let v = pair.get(eq + 1..)?.trim();
-                    return Some(
-                        v.strip_prefix('"')
-                            .and_then(|inner| inner.strip_suffix('"'))
-                            .unwrap_or(v),
-                    );
+            if let Some(eq) = find_byte(pair, b'=') {
+                let n = pair[..eq].trim_ascii();
+                if !n.is_empty() && n == name.as_bytes() {
+                    let v = pair[eq + 1..].trim_ascii();
+                    let v = v
+                        .strip_prefix(b"\"")
+                        .and_then(|inner| inner.strip_suffix(b"\""))
+                        .unwrap_or(v);
+                    // A header value holds no control bytes but tabs (hyper and
+                    // `http` refuse them), so ASCII is visible ASCII here.
+                    if !v.is_ascii() {
+                        continue 'headers;
+                    }
+                    return std::str::from_utf8(v).ok();
                 }
             }
             match next {
@@ -703,6 +706,13 @@ mod tests {
         bad.append(http::header::COOKIE, HeaderValue::from_bytes(b"s=\xff").unwrap());
         bad.append(http::header::COOKIE, HeaderValue::from_static("s=ok"));
         assert_eq!(find_cookie(&bad, "s"), Some("ok"));
+        // Bytes outside ASCII in another pair do not hide the cookie.
+        let mut mixed = http::HeaderMap::new();
+        mixed.append(
+            http::header::COOKIE,
+            HeaderValue::from_bytes(b"x=\xff; s=mine").unwrap(),
+        );
+        assert_eq!(find_cookie(&mixed, "s"), Some("mine"));
         // Values keep `=` after the first one.
         assert_eq!(find_cookie(&h(&["s=a=b=="]), "s"), Some("a=b=="));
     }

@@ -8,7 +8,7 @@
 //! stale and [`RevocationView::check`] answers `Unavailable`: protected routes
 //! then fail closed with 503 rather than trust what may be out of date.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 

@@ -20,7 +20,9 @@
 //! checks it on every request.
 
 use std::cell::RefCell;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -83,7 +85,7 @@ impl Cache {
 thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache {
         keys: 0,
-        hasher: RandomState::new(),
+        hasher: RandomState::default(),
         slots: Vec::new(),
     });
 }

@@ -24,7 +24,7 @@
 
 pub mod ldap;
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
