@@ -344,17 +344,7 @@ async fn serve_runs_logs_json_and_stops_on_sigterm() {
         .build()
         .unwrap();
     let base = format!("http://127.0.0.1:{main}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(res) = client.get(format!("{base}/_portcullis/healthz")).send().await
-            && res.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the gateway did not come up");
-        assert!(child.0.try_wait().unwrap().is_none(), "the gateway exited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::support::wait_until_healthy(&mut child, &client, &base, None).await;
     let res = client
         .get(format!("http://127.0.0.1:{admin}/readyz"))
         .send()

@@ -354,21 +354,8 @@ async fn sign_ins_give_their_argon2_memory_back() {
     let pid = child.0.id();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let base = format!("http://127.0.0.1:{main}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(res) = client.get(format!("{base}/_portcullis/healthz")).send().await
-            && res.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the gateway did not come up");
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "the gateway exited: {}",
-            std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let stderr = dir.path().join("stderr.log");
+    crate::support::wait_until_healthy(&mut child, &client, &base, Some(&stderr)).await;
     let before = anonymous_kib(pid);
     // Right and wrong passwords, some at once (from addresses of their own).
     let sign_ins = (0..6).map(|i| {

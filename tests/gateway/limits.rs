@@ -693,24 +693,14 @@ async fn serve_raises_its_open_file_limit_to_the_hard_limit() {
     let mut child = crate::support::Reap(child);
     let pid = child.0.id();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(res) = client
-            .get(format!("http://127.0.0.1:{main}/_portcullis/healthz"))
-            .send()
-            .await
-            && res.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the gateway did not come up");
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "the gateway exited: {}",
-            std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let stderr = dir.path().join("stderr.log");
+    crate::support::wait_until_healthy(
+        &mut child,
+        &client,
+        &format!("http://127.0.0.1:{main}"),
+        Some(&stderr),
+    )
+    .await;
     let (soft, hard) = open_files_limit(pid);
     assert_eq!(
         soft, hard,

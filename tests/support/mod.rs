@@ -698,3 +698,34 @@ impl Drop for Reap {
         let _ = self.0.wait();
     }
 }
+
+/// Waits (at most 15 s) until the gateway `child` answers
+/// `GET {base}/_portcullis/healthz` with 200; fails the test if it exits
+/// first, with its standard error when `stderr` names the file it goes to.
+pub async fn wait_until_healthy(
+    child: &mut Reap,
+    client: &reqwest::Client,
+    base: &str,
+    stderr: Option<&std::path::Path>,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if let Ok(res) = client.get(format!("{base}/_portcullis/healthz")).send().await
+            && res.status() == 200
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not come up"
+        );
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "the gateway exited: {}",
+            stderr
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
