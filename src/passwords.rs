@@ -1,33 +1,38 @@
-//! Password hashing and verification (argon2id) on a bounded pool of threads.
+//! Password hashing and verification (argon2id) on a bounded set of threads.
 //!
 //! Argon2 is deliberately expensive (19 MiB, two passes), so a login flood
-//! could starve the proxied traffic sharing the machine. Verifications run
-//! at most `max(1, cores / 2)` at once, with a bounded queue behind them: past
-//! it, logins are refused as busy (429) instead of queueing without end. Each
-//! runs on a thread of its own. While more than [`FLOOD_QUEUE`] verifications
-//! wait, a new one runs in Linux's idle scheduling class (`SCHED_IDLE`): it
-//! gets the CPU time the serving threads leave, and a woken serving thread
-//! takes its core at once, so a login flood cannot take the CPU from signed-in
-//! traffic. A lone sign-in runs at normal priority, so a busy host (the
-//! application behind the gateway, say) does not stall it. Unknown users are
-//! checked against a dummy hash with the same parameters, so their answers
-//! take as long as a wrong password.
+//! could starve the proxied traffic sharing the machine. At most
+//! `max(1, cores / 2)` verification threads run at once, with a bounded queue
+//! behind them: past it, logins are refused as busy (429) instead of queueing
+//! without end. While more than [`FLOOD_QUEUE`] verifications wait, the next
+//! one runs in Linux's idle scheduling class (`SCHED_IDLE`): it gets the CPU
+//! time the serving threads leave, and a woken serving thread takes its core
+//! at once, so a login flood cannot take the CPU from signed-in traffic. A
+//! lone sign-in runs at normal priority, so a busy host (the application
+//! behind the gateway, say) does not stall it. Unknown users are checked
+//! against a dummy hash with the same parameters, so their answers take as
+//! long as a wrong password. A verification whose caller has gone (a client
+//! that hung up while it waited) is dropped from the queue unrun.
 //!
 //! Memory: a verification's argon2 work area (19 MiB with the default
 //! parameters) lives on its thread's stack, so at most `concurrency` exist at
-//! once, and each goes back to the operating system when its thread ends:
-//! after a sign-in, or a flood, the gateway's resident memory falls back to
-//! what it was. (A heap area, freed or pooled, stayed resident: the allocator
-//! keeps freed memory.) A work area is wiped after use: it holds
-//! password-derived state.
+//! once, and each goes back to the operating system when its thread ends. A
+//! thread takes the next waiting verification itself while there is one and
+//! its priority suits it (its work area is already in memory, which saves
+//! the faulting in of 19 MiB per verification in a flood), and ends when
+//! none waits: after a sign-in, or a flood, the gateway's resident memory
+//! falls back to what it was. (A heap area, freed or pooled, stayed resident:
+//! the allocator keeps freed memory.) A work area is wiped after each use: it
+//! holds password-derived state.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 
 use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher, Version};
 use base64::Engine as _;
 use subtle::ConstantTimeEq as _;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 use zeroize::Zeroize as _;
 
 use crate::secret::Secret;
@@ -113,11 +118,23 @@ fn verify_on_this_thread(hash: &str, password: &[u8]) -> bool {
     matched
 }
 
-/// Hashes `password` into `out` in the work area `area`, then wipes the area.
+/// Hashes `password` into `out` in the work area `area`, then wipes the area
+/// (also when argon2 panics).
 fn hash_in(argon2: &Argon2<'_>, password: &[u8], salt: &[u8], out: &mut [u8], area: &mut [Block]) -> bool {
-    let hashed = argon2.hash_password_into_with_memory(password, salt, out, &mut *area);
-    area.iter_mut().for_each(zeroize::Zeroize::zeroize);
-    hashed.is_ok()
+    let area = WipedOnDrop(area);
+    argon2
+        .hash_password_into_with_memory(password, salt, out, &mut *area.0)
+        .is_ok()
+}
+
+/// A work area borrowed for one hash, wiped when the borrow ends, however it
+/// ends. (Borrowed, not owned: wrapping the array itself would move 19 MiB.)
+struct WipedOnDrop<'a>(&'a mut [Block]);
+
+impl Drop for WipedOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.iter_mut().for_each(zeroize::Zeroize::zeroize);
+    }
 }
 
 /// A PHC string with the default parameters, a random salt and a random
@@ -138,12 +155,176 @@ fn dummy_hash() -> String {
     )
 }
 
-/// Verifies passwords on a bounded pool.
+/// Verifies passwords on a bounded set of threads (see the module doc).
 #[derive(Debug, Clone)]
 pub struct PasswordPool {
-    permits: Arc<Semaphore>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     dummy_hash: Arc<str>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Verification threads alive at most.
+    concurrency: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Verification threads alive, each counted until it has been joined
+    /// (its stack, with the work area, is gone then).
+    threads: usize,
+    /// Verifications waiting for a thread, oldest first.
+    queue: VecDeque<Job>,
+    /// Threads started so far.
+    started: u64,
+    /// Verifications run so far (not those whose caller had gone).
+    ran: u64,
+    /// The scheduling policy each verification ran in, in order.
+    #[cfg(test)]
+    classes: Vec<Option<u32>>,
+}
+
+impl State {
+    /// The oldest waiting verification whose caller still waits for it
+    /// (a client that hung up takes no argon2 run).
+    fn next_job(&mut self) -> Option<Job> {
+        while let Some(job) = self.queue.pop_front() {
+            if !job.reply.is_closed() {
+                return Some(job);
+            }
+        }
+        None
+    }
+}
+
+/// One verification: a hash, the password to check against it and where the
+/// answer goes.
+struct Job {
+    hash: Arc<str>,
+    password: Secret,
+    reply: oneshot::Sender<bool>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing is left half-changed under this lock.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts `job` on a thread of its own if one may start, else queues it;
+    /// busy when the queue is full or no thread could be had.
+    fn submit(self: &Arc<Self>, job: Job) -> Result<(), Busy> {
+        let mut state = self.state();
+        if state.threads >= self.concurrency {
+            if state.queue.len() >= MAX_QUEUED {
+                // Callers that hung up leave their places first.
+                state.queue.retain(|job| !job.reply.is_closed());
+                if state.queue.len() >= MAX_QUEUED {
+                    return Err(Busy);
+                }
+            }
+            state.queue.push_back(job);
+            return Ok(());
+        }
+        // A free place, so nothing waits: a sign-in on its own, normal priority.
+        state.threads += 1;
+        state.started += 1;
+        drop(state);
+        match start_thread(self.clone(), Priority::Normal, job) {
+            Ok(thread) => {
+                let shared = self.clone();
+                tokio::task::spawn_blocking(move || shared.supervise(thread));
+                Ok(())
+            }
+            Err(_) => {
+                // No thread could be had (a process or memory limit).
+                self.state().threads -= 1;
+                Err(Busy)
+            }
+        }
+    }
+
+    /// Runs `job`, then, while verifications wait, the next ones on this
+    /// same thread (its work area is already in memory) as long as its
+    /// priority suits them: a normal thread moves into the idle class when a
+    /// flood starts; an idle one cannot move back (that needs privileges) and
+    /// ends, handing back the next job for a new thread.
+    fn work(&self, mut priority: Priority, mut job: Job) -> Option<Job> {
+        if priority == Priority::Idle {
+            enter_idle_class();
+        }
+        loop {
+            let Job {
+                hash,
+                password,
+                reply,
+            } = job;
+            if !reply.is_closed() {
+                self.state().ran += 1;
+                let matched = verify_on_this_thread(&hash, password.expose());
+                #[cfg(test)]
+                self.state().classes.push(tests::own_policy());
+                let _ = reply.send(matched);
+            }
+            // The password is wiped as it goes.
+            drop(password);
+            let mut state = self.state();
+            let next = state.next_job()?;
+            let wanted = Priority::with_waiting(state.queue.len());
+            drop(state);
+            match (priority, wanted) {
+                (Priority::Idle, Priority::Normal) => return Some(next),
+                (Priority::Normal, Priority::Idle) => {
+                    enter_idle_class();
+                    priority = Priority::Idle;
+                }
+                _ => {}
+            }
+            job = next;
+        }
+    }
+
+    /// Waits (on tokio's blocking pool) for a verification thread to end,
+    /// then starts the next one for what it handed back or what is queued,
+    /// until nothing is left: so a new thread, with a new work area, starts
+    /// only once the old one's stack has gone, and at most `concurrency` work
+    /// areas are ever resident, even when an idle-class thread takes a while
+    /// to finish.
+    fn supervise(self: Arc<Self>, first: JoinHandle<Option<Job>>) {
+        let mut thread = Some(first);
+        loop {
+            // A thread that panicked dropped its job: that caller hears busy.
+            let handed_back = thread.take().and_then(|t| t.join().ok().flatten());
+            let mut state = self.state();
+            let Some(job) = handed_back.or_else(|| state.next_job()) else {
+                state.threads -= 1;
+                return;
+            };
+            let priority = Priority::with_waiting(state.queue.len());
+            state.started += 1;
+            drop(state);
+            // No thread could be had: the job went with the closure, so its
+            // caller hears busy; the next waiting one is tried in turn.
+            thread = start_thread(self.clone(), priority, job).ok();
+        }
+    }
+}
+
+/// Starts a verification thread for `job` with `priority` (see
+/// [`Shared::work`]); it hands back a job it could not take.
+fn start_thread(
+    shared: Arc<Shared>,
+    priority: Priority,
+    job: Job,
+) -> std::io::Result<JoinHandle<Option<Job>>> {
+    run_on_own_thread(move || shared.work(priority, job))
 }
 
 impl PasswordPool {
@@ -151,15 +332,17 @@ impl PasswordPool {
     /// its own work area (19 MiB with the default parameters).
     pub fn new(concurrency: usize) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            queued: Arc::new(AtomicUsize::new(0)),
+            shared: Arc::new(Shared {
+                concurrency: concurrency.max(1),
+                state: Mutex::new(State::default()),
+            }),
             dummy_hash: dummy_hash().into(),
         }
     }
 
     /// A pool sized for this machine: half its cores, at least one. The other
     /// half stays with the proxied traffic during a login flood, and memory
-    /// stays bounded at one 19 MiB work area per permit.
+    /// stays bounded at one 19 MiB work area per thread.
     pub fn for_this_machine() -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         Self::new(cores / 2)
@@ -168,53 +351,17 @@ impl PasswordPool {
     /// True when `password` matches `hash`. With `hash = None` (unknown user)
     /// the dummy hash is checked, the work is the same, and the answer is false.
     pub async fn verify(&self, hash: Option<&str>, password: Secret) -> Result<bool, Busy> {
-        let waiting = Waiting::enter(&self.queued);
-        if waiting.ahead >= MAX_QUEUED {
-            return Err(Busy);
-        }
-        let permit = self.permits.clone().acquire_owned().await;
-        drop(waiting);
-        let Ok(permit) = permit else { return Err(Busy) };
         let known = hash.is_some();
         let hash: Arc<str> = hash.map_or_else(|| self.dummy_hash.clone(), Arc::from);
-        let priority = Priority::with_waiting(self.queued.load(Ordering::SeqCst));
-        // No thread could be had (a process or memory limit): busy, not an
-        // error page (the permit goes back as this returns).
-        let (verification, thread) =
-            run_on_own_thread(priority, move || verify_on_this_thread(&hash, password.expose()))
-                .map_err(|_| Busy)?;
-        // The permit goes back once the thread has ended, and with it its
-        // stack (the work area) has gone back to the system: at most
-        // `concurrency` work areas are ever resident, even when an idle-class
-        // thread takes a while to finish after answering.
-        tokio::task::spawn_blocking(move || {
-            let _ = thread.join();
-            drop(permit);
-        });
-        let result = verification.await.unwrap_or(false);
-        Ok(known && result)
-    }
-}
-
-/// One verification counted in a pool's queue until this is dropped: also
-/// when the request is dropped while it waits (a client hanging up), so the
-/// count, which picks the priority and bounds the queue, never drifts up.
-struct Waiting<'a> {
-    queued: &'a AtomicUsize,
-    /// How many were queued before this one.
-    ahead: usize,
-}
-
-impl<'a> Waiting<'a> {
-    fn enter(queued: &'a AtomicUsize) -> Self {
-        let ahead = queued.fetch_add(1, Ordering::SeqCst);
-        Self { queued, ahead }
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.queued.fetch_sub(1, Ordering::SeqCst);
+        let (reply, answer) = oneshot::channel();
+        self.shared.submit(Job {
+            hash,
+            password,
+            reply,
+        })?;
+        // Dropped unanswered: no thread could be had for it, or it panicked.
+        let matched = answer.await.map_err(|_| Busy)?;
+        Ok(known && matched)
     }
 }
 
@@ -238,27 +385,18 @@ impl Priority {
     }
 }
 
-/// Runs `work` on a new thread with `priority`: its result to come and the
-/// thread, for joining (its stack is freed when it has ended). A
-/// thread per verification costs tens of microseconds against an argon2
-/// run's tens of milliseconds, and its priority cannot leak into threads that
+/// Runs `work` on a new verification thread, with a stack that holds the
+/// default parameters' work area: the thread, for joining (its stack is
+/// freed when it has ended). Its priority cannot leak into threads that
 /// serve requests (leaving the idle class again needs privileges, so tokio's
 /// shared blocking threads are not used).
 fn run_on_own_thread<T: Send + 'static>(
-    priority: Priority,
     work: impl FnOnce() -> T + Send + 'static,
-) -> std::io::Result<(tokio::sync::oneshot::Receiver<T>, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let thread = std::thread::Builder::new()
+) -> std::io::Result<JoinHandle<T>> {
+    std::thread::Builder::new()
         .name("portcullis-argon2".into())
         .stack_size(THREAD_STACK)
-        .spawn(move || {
-            if priority == Priority::Idle {
-                enter_idle_class();
-            }
-            let _ = tx.send(work());
-        })?;
-    Ok((rx, thread))
+        .spawn(work)
 }
 
 /// Moves the calling thread into the idle scheduling class. Where that is
@@ -309,11 +447,16 @@ mod tests {
         rest.split(' ').nth(38)?.parse().ok()
     }
 
-    /// The scheduling policy of the calling thread.
-    #[cfg(target_os = "linux")]
-    fn own_policy() -> Option<u32> {
-        policy_in(&std::fs::read_to_string("/proc/thread-self/stat").ok()?)
+    /// The scheduling policy of the calling thread (None off Linux).
+    pub(super) fn own_policy() -> Option<u32> {
+        #[cfg(target_os = "linux")]
+        return policy_in(&std::fs::read_to_string("/proc/thread-self/stat").ok()?);
+        #[cfg(not(target_os = "linux"))]
+        None
     }
+
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_IDLE: u32 = 5;
 
     #[test]
     fn a_lone_sign_in_runs_at_normal_priority_and_a_flood_in_the_idle_class() {
@@ -323,34 +466,98 @@ mod tests {
         assert_eq!(Priority::with_waiting(MAX_QUEUED), Priority::Idle);
     }
 
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn verification_threads_take_their_scheduling_class() {
-        const SCHED_OTHER: u32 = 0;
-        const SCHED_IDLE: u32 = 5;
-        let on_thread = |priority| async move {
-            run_on_own_thread(priority, || {
-                (own_policy(), std::thread::current().name().map(str::to_owned))
-            })
-            .unwrap()
-            .0
-            .await
-            .unwrap()
-        };
-        let name = Some("portcullis-argon2".to_owned());
-        assert_eq!(
-            on_thread(Priority::Normal).await,
-            (Some(SCHED_OTHER), name.clone())
-        );
-        assert_eq!(on_thread(Priority::Idle).await, (Some(SCHED_IDLE), name));
-        // The caller's thread is untouched.
-        assert_eq!(own_policy(), Some(SCHED_OTHER));
+    /// A hash that is quick to check (64 KiB, one pass).
+    fn quick_hash(password: &str) -> String {
+        Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(64, 1, 1, None).unwrap(),
+        )
+        .hash_password(password.as_bytes())
+        .unwrap()
+        .to_string()
+    }
+
+    /// Takes every place of `pool`, as running verifications would: what is
+    /// submitted now waits.
+    fn plug(pool: &PasswordPool) {
+        pool.shared.state().threads = pool.shared.concurrency;
+    }
+
+    fn unplug(pool: &PasswordPool) {
+        pool.shared.state().threads = 0;
+    }
+
+    /// Waits until every verification thread of `pool` has been joined.
+    async fn settled(pool: &PasswordPool) {
+        for _ in 0..500 {
+            if pool.shared.state().threads == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("verification threads still running");
     }
 
     #[tokio::test]
-    async fn a_sign_in_dropped_while_waiting_leaves_the_queue() {
+    async fn a_flood_is_verified_on_few_threads_in_the_idle_class() {
         let pool = PasswordPool::new(1);
-        let held = pool.permits.clone().acquire_owned().await.unwrap();
+        let hash = quick_hash("right");
+        plug(&pool);
+        let mut waiting = Vec::new();
+        for i in 0..12 {
+            let (pool, hash) = (pool.clone(), hash.clone());
+            let password = if i % 3 == 0 { "right" } else { "wrong" };
+            waiting.push((
+                i % 3 == 0,
+                tokio::spawn(async move { pool.verify(Some(&hash), Secret::new(password)).await }),
+            ));
+        }
+        while pool.shared.state().queue.len() < 12 {
+            tokio::task::yield_now().await;
+        }
+        unplug(&pool);
+        // This one finds a free place and starts a thread; that thread goes
+        // on with the twelve waiting.
+        assert_eq!(pool.verify(Some(&hash), Secret::new("right")).await, Ok(true));
+        for (expected, task) in waiting {
+            assert_eq!(task.await.unwrap(), Ok(expected));
+        }
+        settled(&pool).await;
+        let state = pool.shared.state();
+        assert_eq!(state.ran, 13);
+        // The first thread ran its own job at normal priority, moved into the
+        // idle class for the nine that had more than FLOOD_QUEUE behind them,
+        // and handed the tenth to a new thread at normal priority (an idle
+        // one cannot leave its class), which ran the last three.
+        assert_eq!(state.started, 2);
+        if cfg!(target_os = "linux") {
+            let mut expected = vec![Some(SCHED_OTHER)];
+            expected.extend([Some(SCHED_IDLE); 9]);
+            expected.extend([Some(SCHED_OTHER); 3]);
+            assert_eq!(state.classes, expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn verification_threads_are_named_and_leave_the_caller_alone() {
+        let thread = run_on_own_thread(|| {
+            enter_idle_class();
+            (own_policy(), std::thread::current().name().map(str::to_owned))
+        })
+        .unwrap();
+        let (policy, name) = thread.join().unwrap();
+        assert_eq!(name.as_deref(), Some("portcullis-argon2"));
+        if cfg!(target_os = "linux") {
+            assert_eq!(policy, Some(SCHED_IDLE));
+            assert_eq!(own_policy(), Some(SCHED_OTHER));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_dropped_while_waiting_is_not_run() {
+        let pool = PasswordPool::new(1);
+        plug(&pool);
         for _ in 0..5 {
             // The client hangs up while its check waits for the busy pool.
             let waited = tokio::time::timeout(
@@ -360,10 +567,12 @@ mod tests {
             .await;
             assert!(waited.is_err(), "it was still waiting");
         }
-        assert_eq!(pool.queued.load(Ordering::SeqCst), 0);
-        drop(held);
+        unplug(&pool);
         assert_eq!(pool.verify(None, Secret::new("x")).await, Ok(false));
-        assert_eq!(pool.queued.load(Ordering::SeqCst), 0);
+        settled(&pool).await;
+        let state = pool.shared.state();
+        assert_eq!((state.ran, state.started), (1, 1));
+        assert!(state.queue.is_empty());
     }
 
     #[test]
@@ -380,11 +589,42 @@ mod tests {
         assert!(area.iter().all(|b| b.as_ref().iter().all(|w| *w == 0)));
     }
 
+    #[test]
+    fn the_work_area_is_wiped_when_hashing_panics() {
+        let mut area = vec![Block::new(); 4];
+        area.iter_mut().for_each(|b| b.as_mut().fill(0x5a5a));
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _area = WipedOnDrop(&mut area);
+            panic!("argon2 gave up");
+        }));
+        assert!(unwound.is_err());
+        assert!(area.iter().all(|b| b.as_ref().iter().all(|w| *w == 0)));
+    }
+
     #[tokio::test]
     async fn refuses_past_the_queue_bound() {
         let pool = PasswordPool::new(1);
-        pool.queued.store(MAX_QUEUED, Ordering::SeqCst);
+        plug(&pool);
+        let mut answers = Vec::new();
+        for _ in 0..MAX_QUEUED {
+            let (reply, answer) = oneshot::channel();
+            answers.push(answer);
+            let job = Job {
+                hash: pool.dummy_hash.clone(),
+                password: Secret::new("x"),
+                reply,
+            };
+            pool.shared.submit(job).unwrap();
+        }
         assert_eq!(pool.verify(None, Secret::new("x")).await, Err(Busy));
+        // Callers that have gone leave their places to new ones.
+        answers.truncate(MAX_QUEUED - 1);
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            pool.verify(None, Secret::new("x")),
+        )
+        .await;
+        assert!(waited.is_err(), "it waited instead of being refused");
     }
 
     #[tokio::test]

@@ -47,11 +47,9 @@ impl Eq for Secret {}
 
 impl Drop for Secret {
     fn drop(&mut self) {
-        // Best effort: overwrite before the allocation is released.
-        for b in self.0.iter_mut() {
-            // SAFETY-free volatile substitute: a black_box keeps the write.
-            *b = std::hint::black_box(0);
-        }
+        // Overwritten before the allocation is released (volatile writes
+        // the compiler cannot drop).
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

@@ -1,8 +1,9 @@
 //! Property tests of the session cookie: any changed byte or bit of a valid
 //! cookie never verifies (also once the valid one is in the thread's cache of
 //! verified cookies), arbitrary text never panics (and never verifies),
-//! arbitrary claims round-trip, and the cookie is found in `Cookie` headers
-//! as the `cookie` crate reads them.
+//! arbitrary claims round-trip, the cookie is found in `Cookie` headers
+//! as the `cookie` crate reads them, and one the gateway would read is never
+//! forwarded upstream.
 
 use proptest::prelude::*;
 
@@ -166,6 +167,40 @@ proptest! {
             }
         }
         prop_assert_eq!(super::find_cookie(&h, &name).map(str::to_owned), oracle(&h, &name));
+    }
+
+    /// Whatever the gateway would read as its cookie, from any arrangement
+    /// of `Cookie` headers, is gone from what goes upstream.
+    #[test]
+    fn a_cookie_the_gateway_reads_is_never_forwarded(
+        headers in prop::collection::vec(
+            "([ \t]{0,2}(portcullis_session|Portcullis_Session|__Host-portcullis_session|xportcullis_session|portcullis_session_x|a|)[ \t]{0,2}(=[ \t]{0,2}[ab\"=;\\x80]{0,4}[ \t]{0,2})?;?){0,6}",
+            0..4,
+        ),
+    ) {
+        let gateway = vec![
+            "portcullis_session".to_owned(),
+            "__Host-portcullis_session".to_owned(),
+        ];
+        let mut h = http::HeaderMap::new();
+        for v in &headers {
+            if let Ok(v) = http::HeaderValue::from_str(v) {
+                h.append(http::header::COOKIE, v);
+            }
+        }
+        let mut forwarded = h.clone();
+        crate::proxy::headers::strip_gateway_cookies(&mut forwarded, &gateway);
+        for name in &gateway {
+            prop_assert_eq!(super::find_cookie(&forwarded, name), None, "{:?}", h);
+            // Nor any spelling of the name, read as a server might.
+            let lowered = name.to_ascii_lowercase();
+            for header in forwarded.get_all(http::header::COOKIE) {
+                for pair in header.as_bytes().split(|&b| b == b';') {
+                    let n = pair.split(|&b| b == b'=').next().unwrap_or_default().trim_ascii();
+                    prop_assert!(!n.eq_ignore_ascii_case(lowered.as_bytes()), "{:?} -> {:?}", h, forwarded);
+                }
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! moment ago. Checking its HMAC tag and decoding its JSON again is most of
 //! what a signed-in request costs over a bypass one, so each serving thread
 //! remembers the claims of the last cookie values it verified: [`SLOTS`]
-//! slots, each chosen by a keyed hash (SipHash, with this thread's random
+//! slots, each chosen by a keyed hash (foldhash, with this thread's random
 //! keys) of the cookie value's length and its last bytes (where its HMAC tag
 //! is) and holding the whole value and its claims.
 //!
