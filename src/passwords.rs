@@ -10,8 +10,8 @@
 //! at once, so a login flood cannot take the CPU from signed-in traffic. A
 //! lone sign-in runs at normal priority, so a busy host (the application
 //! behind the gateway, say) does not stall it. Unknown users are checked
-//! against a dummy hash with the same parameters, so their answers take as
-//! long as a wrong password. A verification whose caller has gone (a client
+//! against a dummy hash of a cost that real users' hashes have ([`HashCost`]),
+//! so their answers take as long as a wrong password. A verification whose caller has gone (a client
 //! that hung up while it waited) is dropped from the queue unrun.
 //!
 //! Memory: a verification's argon2 work area (19 MiB with the default
@@ -25,7 +25,7 @@
 //! the allocator keeps freed memory.) A work area is wiped after each use: it
 //! holds password-derived state.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
@@ -70,6 +70,9 @@ const DEFAULT_BLOCKS: usize = Params::DEFAULT.block_count();
 /// frames around it (unoptimized test builds need more than release ones).
 const THREAD_STACK: usize = DEFAULT_BLOCKS * Block::SIZE + 2 * 1024 * 1024;
 
+/// The stack of the thread that starts and joins verification threads.
+const SUPERVISOR_STACK: usize = 64 * 1024;
+
 /// True when `password` matches the PHC string `hash` (any argon2 variant,
 /// the hash's own parameters); the outputs are compared in constant time.
 /// False for anything that does not parse, or whose memory cannot be had.
@@ -88,34 +91,55 @@ fn verify_on_this_thread(hash: &str, password: &[u8]) -> bool {
     let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
         return false;
     };
-    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm.as_str()) else {
+    let Some(cost) = HashCost::of_parsed(&parsed) else {
         return false;
-    };
-    let version = match parsed.version.map(Version::try_from) {
-        None => Version::default(),
-        Some(Ok(v)) => v,
-        Some(Err(_)) => return false,
     };
     let Ok(params) = Params::try_from(&parsed) else {
         return false;
     };
-    let blocks = params.block_count();
-    let argon2 = Argon2::new(algorithm, version, params);
+    let argon2 = Argon2::new(cost.algorithm, cost.version, params);
     let mut out = vec![0u8; expected.len()];
-    let hashed = if blocks <= DEFAULT_BLOCKS {
-        let mut area = [Block::new(); DEFAULT_BLOCKS];
-        hash_in(&argon2, password, salt, &mut out, &mut area[..blocks])
+    let hashed = if cost.blocks() <= DEFAULT_BLOCKS {
+        hash_in_stack_area(&argon2, password, salt, &mut out, cost.blocks())
     } else {
-        let mut area = Vec::new();
-        if area.try_reserve_exact(blocks).is_err() {
-            return false;
-        }
-        area.resize(blocks, Block::new());
-        hash_in(&argon2, password, salt, &mut out, &mut area)
+        hash_in_heap_area(&argon2, password, salt, &mut out, cost.blocks())
     };
     let matched = hashed && bool::from(out.as_slice().ct_eq(expected.as_bytes()));
     out.zeroize();
     matched
+}
+
+/// [`hash_in`] with the first `blocks` of an array on this thread's stack.
+/// A frame of its own: a heap-area verification must not reserve (and have
+/// the stack probes fault in) the 19 MiB array as well.
+#[inline(never)]
+fn hash_in_stack_area(
+    argon2: &Argon2<'_>,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+    blocks: usize,
+) -> bool {
+    let mut area = [Block::new(); DEFAULT_BLOCKS];
+    hash_in(argon2, password, salt, out, &mut area[..blocks])
+}
+
+/// [`hash_in`] with a heap area of `blocks` (an operator's larger
+/// parameters); false when that memory cannot be had.
+#[inline(never)]
+fn hash_in_heap_area(
+    argon2: &Argon2<'_>,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+    blocks: usize,
+) -> bool {
+    let mut area = Vec::new();
+    if area.try_reserve_exact(blocks).is_err() {
+        return false;
+    }
+    area.resize(blocks, Block::new());
+    hash_in(argon2, password, salt, out, &mut area)
 }
 
 /// Hashes `password` into `out` in the work area `area`, then wipes the area
@@ -137,29 +161,99 @@ impl Drop for WipedOnDrop<'_> {
     }
 }
 
-/// A PHC string with the default parameters, a random salt and a random
-/// output: checking a password against it costs what checking a real
-/// default hash costs, and nothing matches it. No hashing needed to make it.
-fn dummy_hash() -> String {
-    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
-    let p = Params::DEFAULT;
-    format!(
-        "${}$v={}$m={},t={},p={}${}${}",
-        Algorithm::Argon2id.as_str(),
-        u32::from(Version::V0x13),
-        p.m_cost(),
-        p.t_cost(),
-        p.p_cost(),
-        b64.encode(crate::crypto::random_bytes(16)),
-        b64.encode(crate::crypto::random_bytes(Params::DEFAULT_OUTPUT_LEN)),
-    )
+/// What checking a password against a hash costs: its variant, version,
+/// parameters and output length (a salt's length costs next to nothing).
+/// Unknown logins are checked against a dummy hash of a cost the real users
+/// have, so they answer in a time real users' wrong passwords take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HashCost {
+    algorithm: Algorithm,
+    version: Version,
+    m_cost: u32,
+    t_cost: u32,
+    p_cost: u32,
+    output_len: usize,
 }
+
+impl HashCost {
+    /// The cost of [`hash_password`]'s hashes.
+    pub const DEFAULT: Self = Self {
+        algorithm: Algorithm::Argon2id,
+        version: Version::V0x13,
+        m_cost: Params::DEFAULT.m_cost(),
+        t_cost: Params::DEFAULT.t_cost(),
+        p_cost: Params::DEFAULT.p_cost(),
+        output_len: Params::DEFAULT_OUTPUT_LEN,
+    };
+
+    /// The cost of checking against the PHC string `phc`; `None` when it is
+    /// no argon2 hash (checking it then costs nothing: it never matches).
+    pub fn of(phc: &str) -> Option<Self> {
+        Self::of_parsed(&PasswordHash::new(phc).ok()?)
+    }
+
+    fn of_parsed(parsed: &PasswordHash) -> Option<Self> {
+        let algorithm = Algorithm::try_from(parsed.algorithm.as_str()).ok()?;
+        let version = match parsed.version.map(Version::try_from) {
+            None => Version::default(),
+            Some(v) => v.ok()?,
+        };
+        let params = Params::try_from(parsed).ok()?;
+        Some(Self {
+            algorithm,
+            version,
+            m_cost: params.m_cost(),
+            t_cost: params.t_cost(),
+            p_cost: params.p_cost(),
+            output_len: parsed.hash.as_ref()?.len(),
+        })
+    }
+
+    /// Blocks (1 KiB each) in this cost's work area.
+    fn blocks(&self) -> usize {
+        Params::new(self.m_cost, self.t_cost, self.p_cost, None).map_or(usize::MAX, |p| p.block_count())
+    }
+
+    /// A PHC string of this cost with a random salt and a random output:
+    /// checking a password against it costs what checking a real hash of
+    /// this cost costs, and nothing matches it. No hashing needed to make it.
+    fn dummy(&self) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+        format!(
+            "${}$v={}$m={},t={},p={}${}${}",
+            self.algorithm.as_str(),
+            u32::from(self.version),
+            self.m_cost,
+            self.t_cost,
+            self.p_cost,
+            b64.encode(crate::crypto::random_bytes(16)),
+            b64.encode(crate::crypto::random_bytes(self.output_len)),
+        )
+    }
+
+    /// True when this cost asks less memory × passes of an attacker than
+    /// [`hash_password`]'s.
+    pub fn is_weaker_than_default(&self) -> bool {
+        let work = |c: &Self| u64::from(c.m_cost) * u64::from(c.t_cost);
+        work(self) < work(&Self::DEFAULT)
+    }
+
+    /// `m=…, t=…, p=…` for messages.
+    pub fn params(&self) -> String {
+        format!("m={}, t={}, p={}", self.m_cost, self.t_cost, self.p_cost)
+    }
+}
+
+/// Dummy hashes kept per cost, at most this many (costs come from the
+/// configured users, not from requests; past the bound one is made per use).
+const MAX_DUMMIES: usize = 16;
 
 /// Verifies passwords on a bounded set of threads (see the module doc).
 #[derive(Debug, Clone)]
 pub struct PasswordPool {
     shared: Arc<Shared>,
-    dummy_hash: Arc<str>,
+    /// The dummy hash of each cost asked for so far.
+    dummies: Arc<Mutex<BTreeMap<HashCost, Arc<str>>>>,
 }
 
 #[derive(Debug)]
@@ -183,6 +277,9 @@ struct State {
     /// The scheduling policy each verification ran in, in order.
     #[cfg(test)]
     classes: Vec<Option<u32>>,
+    /// Whether each next thread start is refused (a process limit).
+    #[cfg(test)]
+    refuse: VecDeque<bool>,
 }
 
 impl State {
@@ -195,6 +292,14 @@ impl State {
             }
         }
         None
+    }
+
+    /// How many verifications wait whose callers still wait for them
+    /// (those that hung up are dropped here): callers that have gone do not
+    /// make a flood.
+    fn waiting(&mut self) -> usize {
+        self.queue.retain(|job| !job.reply.is_closed());
+        self.queue.len()
     }
 }
 
@@ -235,19 +340,44 @@ impl Shared {
         }
         // A free place, so nothing waits: a sign-in on its own, normal priority.
         state.threads += 1;
-        state.started += 1;
         drop(state);
-        match start_thread(self.clone(), Priority::Normal, job) {
-            Ok(thread) => {
-                let shared = self.clone();
-                tokio::task::spawn_blocking(move || shared.supervise(thread));
-                Ok(())
-            }
-            Err(_) => {
-                // No thread could be had (a process or memory limit).
-                self.state().threads -= 1;
-                Err(Busy)
-            }
+        let shared = self.clone();
+        let supervisor = self.spawn("portcullis-pool", SUPERVISOR_STACK, move || {
+            shared.supervise(Priority::Normal, job);
+        });
+        if supervisor.is_err() {
+            // No thread could be had (a process or memory limit): the job
+            // went with the closure, and so did its caller's answer.
+            self.give_up_place();
+            return Err(Busy);
+        }
+        Ok(())
+    }
+
+    /// [`spawn_thread`], which tests can make fail.
+    fn spawn<T: Send + 'static>(
+        &self,
+        name: &str,
+        stack: usize,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> std::io::Result<JoinHandle<T>> {
+        #[cfg(test)]
+        if self.state().refuse.pop_front() == Some(true) {
+            return Err(std::io::Error::other("refused by the test"));
+        }
+        spawn_thread(name, stack, work)
+    }
+
+    /// Gives back a place whose thread could not be started. Verifications
+    /// queued meanwhile (they saw the place taken) are answered busy when no
+    /// other thread is left to take them, rather than wait for good.
+    fn give_up_place(&self) {
+        let mut state = self.state();
+        state.threads -= 1;
+        if state.threads == 0 {
+            let stranded = std::mem::take(&mut state.queue);
+            drop(state);
+            drop(stranded);
         }
     }
 
@@ -277,7 +407,7 @@ impl Shared {
             drop(password);
             let mut state = self.state();
             let next = state.next_job()?;
-            let wanted = Priority::with_waiting(state.queue.len());
+            let wanted = Priority::with_waiting(state.waiting());
             drop(state);
             match (priority, wanted) {
                 (Priority::Idle, Priority::Normal) => return Some(next),
@@ -291,40 +421,39 @@ impl Shared {
         }
     }
 
-    /// Waits (on tokio's blocking pool) for a verification thread to end,
-    /// then starts the next one for what it handed back or what is queued,
-    /// until nothing is left: so a new thread, with a new work area, starts
-    /// only once the old one's stack has gone, and at most `concurrency` work
+    /// Runs on a small thread of its own for as long as a place is taken:
+    /// starts a verification thread for `job`, waits for it to end, then
+    /// starts the next one for what it handed back or what is queued, until
+    /// nothing is left. So a new thread, with a new work area, starts only
+    /// once the old one's stack has gone, and at most `concurrency` work
     /// areas are ever resident, even when an idle-class thread takes a while
-    /// to finish.
-    fn supervise(self: Arc<Self>, first: JoinHandle<Option<Job>>) {
-        let mut thread = Some(first);
+    /// to finish. The place is given back here only, after a last look at
+    /// the queue under the lock: no verification is left waiting without a
+    /// thread to take it. (Not tokio's blocking pool: a task it drops at
+    /// shutdown, or cannot start, would keep the place for good.)
+    fn supervise(self: Arc<Self>, priority: Priority, job: Job) {
+        let mut next = Some((priority, job));
         loop {
-            // A thread that panicked dropped its job: that caller hears busy.
-            let handed_back = thread.take().and_then(|t| t.join().ok().flatten());
+            let handed_back = next.take().and_then(|(priority, job)| {
+                self.state().started += 1;
+                let shared = self.clone();
+                // No thread could be had: the job went with the closure, so
+                // its caller hears busy. A thread that panicked dropped its
+                // job too. Either way, the next waiting one is tried.
+                self.spawn("portcullis-argon2", THREAD_STACK, move || {
+                    shared.work(priority, job)
+                })
+                .ok()
+                .and_then(|thread| thread.join().ok().flatten())
+            });
             let mut state = self.state();
             let Some(job) = handed_back.or_else(|| state.next_job()) else {
                 state.threads -= 1;
                 return;
             };
-            let priority = Priority::with_waiting(state.queue.len());
-            state.started += 1;
-            drop(state);
-            // No thread could be had: the job went with the closure, so its
-            // caller hears busy; the next waiting one is tried in turn.
-            thread = start_thread(self.clone(), priority, job).ok();
+            next = Some((Priority::with_waiting(state.waiting()), job));
         }
     }
-}
-
-/// Starts a verification thread for `job` with `priority` (see
-/// [`Shared::work`]); it hands back a job it could not take.
-fn start_thread(
-    shared: Arc<Shared>,
-    priority: Priority,
-    job: Job,
-) -> std::io::Result<JoinHandle<Option<Job>>> {
-    run_on_own_thread(move || shared.work(priority, job))
 }
 
 impl PasswordPool {
@@ -336,7 +465,7 @@ impl PasswordPool {
                 concurrency: concurrency.max(1),
                 state: Mutex::new(State::default()),
             }),
-            dummy_hash: dummy_hash().into(),
+            dummies: Arc::default(),
         }
     }
 
@@ -348,11 +477,34 @@ impl PasswordPool {
         Self::new(cores / 2)
     }
 
-    /// True when `password` matches `hash`. With `hash = None` (unknown user)
-    /// the dummy hash is checked, the work is the same, and the answer is false.
-    pub async fn verify(&self, hash: Option<&str>, password: Secret) -> Result<bool, Busy> {
-        let known = hash.is_some();
-        let hash: Arc<str> = hash.map_or_else(|| self.dummy_hash.clone(), Arc::from);
+    /// True when `password` matches the PHC string `hash`.
+    pub async fn verify(&self, hash: &str, password: Secret) -> Result<bool, Busy> {
+        self.run(hash.into(), password).await
+    }
+
+    /// The work of checking `password` against a hash of `cost` (the
+    /// default one when `None`), for a sign-in that names no one who has a
+    /// password: it takes as long as a wrong password for a user with such a
+    /// hash, and it never matches.
+    pub async fn imitate(&self, cost: Option<&HashCost>, password: Secret) -> Result<(), Busy> {
+        let dummy = self.dummy_for(cost.unwrap_or(&HashCost::DEFAULT));
+        self.run(dummy, password).await.map(|_| ())
+    }
+
+    /// The dummy hash of `cost`, the same one each time (within bounds).
+    fn dummy_for(&self, cost: &HashCost) -> Arc<str> {
+        let mut dummies = self.dummies.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(dummy) = dummies.get(cost) {
+            return dummy.clone();
+        }
+        let dummy: Arc<str> = cost.dummy().into();
+        if dummies.len() < MAX_DUMMIES {
+            dummies.insert(*cost, dummy.clone());
+        }
+        dummy
+    }
+
+    async fn run(&self, hash: Arc<str>, password: Secret) -> Result<bool, Busy> {
         let (reply, answer) = oneshot::channel();
         self.shared.submit(Job {
             hash,
@@ -360,8 +512,7 @@ impl PasswordPool {
             reply,
         })?;
         // Dropped unanswered: no thread could be had for it, or it panicked.
-        let matched = answer.await.map_err(|_| Busy)?;
-        Ok(known && matched)
+        answer.await.map_err(|_| Busy)
     }
 }
 
@@ -385,17 +536,19 @@ impl Priority {
     }
 }
 
-/// Runs `work` on a new verification thread, with a stack that holds the
-/// default parameters' work area: the thread, for joining (its stack is
-/// freed when it has ended). Its priority cannot leak into threads that
-/// serve requests (leaving the idle class again needs privileges, so tokio's
+/// Runs `work` on a new thread, for joining (its stack is freed when it has
+/// ended). Verification threads get a stack that holds the default
+/// parameters' work area; their priority cannot leak into threads that serve
+/// requests (leaving the idle class again needs privileges, so tokio's
 /// shared blocking threads are not used).
-fn run_on_own_thread<T: Send + 'static>(
+fn spawn_thread<T: Send + 'static>(
+    name: &str,
+    stack: usize,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> std::io::Result<JoinHandle<T>> {
     std::thread::Builder::new()
-        .name("portcullis-argon2".into())
-        .stack_size(THREAD_STACK)
+        .name(name.into())
+        .stack_size(stack)
         .spawn(work)
 }
 
@@ -430,13 +583,10 @@ mod tests {
         let h = hash_password(b"correct horse").unwrap();
         assert!(h.starts_with("$argon2id$"));
         let pool = PasswordPool::new(1);
-        assert_eq!(
-            pool.verify(Some(&h), Secret::new("correct horse")).await,
-            Ok(true)
-        );
-        assert_eq!(pool.verify(Some(&h), Secret::new("wrong")).await, Ok(false));
-        assert_eq!(pool.verify(None, Secret::new("correct horse")).await, Ok(false));
-        assert_eq!(pool.verify(Some("not a hash"), Secret::new("x")).await, Ok(false));
+        assert_eq!(pool.verify(&h, Secret::new("correct horse")).await, Ok(true));
+        assert_eq!(pool.verify(&h, Secret::new("wrong")).await, Ok(false));
+        assert_eq!(pool.imitate(None, Secret::new("correct horse")).await, Ok(()));
+        assert_eq!(pool.verify("not a hash", Secret::new("x")).await, Ok(false));
     }
 
     /// The scheduling policy in a /proc stat line (field 41; 5: SCHED_IDLE).
@@ -510,7 +660,7 @@ mod tests {
             let password = if i % 3 == 0 { "right" } else { "wrong" };
             waiting.push((
                 i % 3 == 0,
-                tokio::spawn(async move { pool.verify(Some(&hash), Secret::new(password)).await }),
+                tokio::spawn(async move { pool.verify(&hash, Secret::new(password)).await }),
             ));
         }
         while pool.shared.state().queue.len() < 12 {
@@ -519,7 +669,7 @@ mod tests {
         unplug(&pool);
         // This one finds a free place and starts a thread; that thread goes
         // on with the twelve waiting.
-        assert_eq!(pool.verify(Some(&hash), Secret::new("right")).await, Ok(true));
+        assert_eq!(pool.verify(&hash, Secret::new("right")).await, Ok(true));
         for (expected, task) in waiting {
             assert_eq!(task.await.unwrap(), Ok(expected));
         }
@@ -541,7 +691,7 @@ mod tests {
 
     #[tokio::test]
     async fn verification_threads_are_named_and_leave_the_caller_alone() {
-        let thread = run_on_own_thread(|| {
+        let thread = spawn_thread("portcullis-argon2", THREAD_STACK, || {
             enter_idle_class();
             (own_policy(), std::thread::current().name().map(str::to_owned))
         })
@@ -555,6 +705,79 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_thread_that_cannot_be_had_answers_busy_and_strands_no_one() {
+        let pool = PasswordPool::new(1);
+        let hash = quick_hash("right");
+        // No supervisor thread: this sign-in is busy, the place is free again.
+        pool.shared.state().refuse.push_back(true);
+        assert_eq!(pool.verify(&hash, Secret::new("right")).await, Err(Busy));
+        assert_eq!(pool.shared.state().threads, 0);
+        assert_eq!(pool.verify(&hash, Secret::new("right")).await, Ok(true));
+        settled(&pool).await;
+
+        // Sign-ins queued while a start failed (they saw the place taken)
+        // are answered busy when no thread is left, not left waiting.
+        plug(&pool);
+        let queued = {
+            let pool = pool.clone();
+            let hash = hash.clone();
+            tokio::spawn(async move { pool.verify(&hash, Secret::new("right")).await })
+        };
+        while pool.shared.state().queue.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        pool.shared.give_up_place();
+        assert_eq!(queued.await.unwrap(), Err(Busy));
+
+        // A verification thread that cannot be had: that sign-in is busy,
+        // the ones queued behind it still run, and the place comes back.
+        plug(&pool);
+        let mut waiting = Vec::new();
+        for password in ["right", "wrong"] {
+            let pool = pool.clone();
+            let hash = hash.clone();
+            waiting.push(tokio::spawn(async move {
+                pool.verify(&hash, Secret::new(password)).await
+            }));
+        }
+        while pool.shared.state().queue.len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        pool.shared.state().refuse.extend([false, true]);
+        unplug(&pool);
+        assert_eq!(pool.verify(&hash, Secret::new("right")).await, Err(Busy));
+        let answers: Vec<_> = futures_util::future::join_all(waiting).await;
+        let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers, [Ok(true), Ok(false)]);
+        settled(&pool).await;
+    }
+
+    #[test]
+    fn a_runtime_that_shuts_down_leaves_the_pool_working() {
+        let pool = PasswordPool::new(1);
+        let hash = quick_hash("right");
+        for _ in 0..3 {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let started = {
+                let (pool, hash) = (pool.clone(), hash.clone());
+                runtime.spawn(async move { pool.verify(&hash, Secret::new("right")).await })
+            };
+            // Shut down with the verification submitted or not, running or not.
+            runtime.block_on(tokio::task::yield_now());
+            runtime.shutdown_background();
+            drop(started);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            assert_eq!(pool.verify(&hash, Secret::new("right")).await, Ok(true));
+            settled(&pool).await;
+        });
+    }
+
+    #[tokio::test]
     async fn a_sign_in_dropped_while_waiting_is_not_run() {
         let pool = PasswordPool::new(1);
         plug(&pool);
@@ -562,13 +785,13 @@ mod tests {
             // The client hangs up while its check waits for the busy pool.
             let waited = tokio::time::timeout(
                 std::time::Duration::from_millis(10),
-                pool.verify(None, Secret::new("x")),
+                pool.imitate(None, Secret::new("x")),
             )
             .await;
             assert!(waited.is_err(), "it was still waiting");
         }
         unplug(&pool);
-        assert_eq!(pool.verify(None, Secret::new("x")).await, Ok(false));
+        assert_eq!(pool.imitate(None, Secret::new("x")).await, Ok(()));
         settled(&pool).await;
         let state = pool.shared.state();
         assert_eq!((state.ran, state.started), (1, 1));
@@ -610,27 +833,30 @@ mod tests {
             let (reply, answer) = oneshot::channel();
             answers.push(answer);
             let job = Job {
-                hash: pool.dummy_hash.clone(),
+                hash: pool.dummy_for(&HashCost::DEFAULT),
                 password: Secret::new("x"),
                 reply,
             };
             pool.shared.submit(job).unwrap();
         }
-        assert_eq!(pool.verify(None, Secret::new("x")).await, Err(Busy));
+        assert_eq!(pool.imitate(None, Secret::new("x")).await, Err(Busy));
         // Callers that have gone leave their places to new ones.
         answers.truncate(MAX_QUEUED - 1);
         let waited = tokio::time::timeout(
             std::time::Duration::from_millis(20),
-            pool.verify(None, Secret::new("x")),
+            pool.imitate(None, Secret::new("x")),
         )
         .await;
         assert!(waited.is_err(), "it waited instead of being refused");
     }
 
-    #[tokio::test]
-    async fn the_dummy_hash_costs_what_a_real_one_costs() {
-        let dummy_string = dummy_hash();
+    #[test]
+    fn a_dummy_hash_costs_what_a_real_one_of_its_cost_costs() {
+        let pool = PasswordPool::new(1);
         let real_string = hash_password(b"x").unwrap();
+        let cost = HashCost::of(&real_string).unwrap();
+        assert_eq!(cost, HashCost::DEFAULT);
+        let dummy_string = pool.dummy_for(&cost);
         let dummy = PasswordHash::new(&dummy_string).unwrap();
         let real = PasswordHash::new(&real_string).unwrap();
         assert_eq!(dummy.algorithm, real.algorithm);
@@ -638,8 +864,25 @@ mod tests {
         assert_eq!(dummy.params, real.params);
         assert_eq!(dummy.salt.map(|s| s.len()), real.salt.map(|s| s.len()));
         assert_eq!(dummy.hash.map(|h| h.len()), real.hash.map(|h| h.len()));
-        // Two pools do not share a dummy.
-        assert_ne!(dummy_string, dummy_hash());
+        // The same dummy each time in a pool; another pool has its own.
+        assert_eq!(dummy_string, pool.dummy_for(&cost));
+        assert_ne!(dummy_string, PasswordPool::new(1).dummy_for(&cost));
+
+        // An operator's own parameters, variant and output length.
+        let theirs = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x10,
+            Params::new(4096, 3, 2, Some(64)).unwrap(),
+        )
+        .hash_password(b"x")
+        .unwrap()
+        .to_string();
+        let cost = HashCost::of(&theirs).unwrap();
+        assert_eq!(cost.params(), "m=4096, t=3, p=2");
+        let dummy = pool.dummy_for(&cost);
+        assert_eq!(HashCost::of(&dummy), Some(cost));
+        assert!(dummy.starts_with("$argon2i$v=16$m=4096,t=3,p=2$"), "{dummy}");
+        assert_eq!(HashCost::of("not a hash"), None);
     }
 
     #[tokio::test]
@@ -677,13 +920,13 @@ mod tests {
                 let reference = Argon2::default().verify_password(password, &parsed).is_ok();
                 assert_eq!(reference, expected, "{hash}");
                 let ours = pool
-                    .verify(Some(&hash), Secret::new(std::str::from_utf8(password).unwrap()))
+                    .verify(&hash, Secret::new(std::str::from_utf8(password).unwrap()))
                     .await;
                 assert_eq!(ours, Ok(expected), "{hash}");
             }
         }
         // A hash asking for more memory than can be had is a mismatch, not an abort.
         let huge = "$argon2id$v=19$m=4294967295,t=1,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-        assert_eq!(pool.verify(Some(huge), Secret::new("x")).await, Ok(false));
+        assert_eq!(pool.verify(huge, Secret::new("x")).await, Ok(false));
     }
 }

@@ -10,6 +10,7 @@ use super::raw::{RawUser, RawUsers};
 use super::secrets::secret;
 use super::shape::array_section;
 use super::{Enrollment, FileUser, UsersConfig, defaults};
+use crate::passwords::HashCost;
 use crate::secret::Secret;
 
 /// RFC 4226 requires at least 128 bits and recommends 160; 80-bit secrets are
@@ -194,6 +195,16 @@ fn file_user(cx: &mut Ctx<'_>, i: usize, raw: RawUser) -> Option<FileUser> {
         );
     } else if let Err(e) = check_password_hash(&password_hash) {
         cx.error(k("password"), e);
+    } else if let Some(cost) = HashCost::of(&password_hash).filter(HashCost::is_weaker_than_default) {
+        cx.warn(
+            k("password"),
+            format!(
+                "argon2 parameters {} are weaker than those of `portcullis hash-password` ({}): \
+                 the file is cheap to crack if it leaks; rehash this password",
+                cost.params(),
+                HashCost::DEFAULT.params()
+            ),
+        );
     }
     let display_name = raw.display_name.filter(|s| !s.trim().is_empty());
     let email = raw.email.filter(|s| !s.trim().is_empty());
@@ -354,6 +365,11 @@ mod tests {
         assert!(users[0].display_name.is_none());
         let w = warnings(&loaded);
         assert_has(&w, "users.file", "users[1].totp.secret: legacy 80-bit secret");
+        assert_has(
+            &w,
+            "users.file",
+            "users[0].password: argon2 parameters m=8, t=1, p=1 are weaker than those of `portcullis hash-password` (m=19456, t=2, p=1)",
+        );
         assert!(!w.iter().any(|l| l.contains("users[0].totp")), "{w:?}");
     }
 

@@ -84,11 +84,33 @@ pub async fn check_password(
     } else {
         password
     };
-    let matched = st.passwords.verify(hash, password).await.map_err(|_| {
+    let matched = match hash {
+        Some(hash) => st.passwords.verify(hash, password).await,
+        None => {
+            let cost = imitated_cost(st, login);
+            st.passwords
+                .imitate(cost.as_ref(), password)
+                .await
+                .map(|()| false)
+        }
+    }
+    .map_err(|_| {
         crate::metrics::login("busy");
         LoginError::Busy
     })?;
     settle(st, user, &subject, blocked, matched, addr).await
+}
+
+/// The hash cost a sign-in for `login`, which names no one with a password,
+/// imitates: one the users have, the same for this login each time
+/// ([`crate::users::UserDirectory::cost_for_unknown`]).
+fn imitated_cost(st: &AppState, login: &str) -> Option<crate::passwords::HashCost> {
+    let key = st.regulator.anonymous_subject(login);
+    st.enforcer
+        .users
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .cost_for_unknown(&key)
 }
 
 async fn password_blocked(
@@ -141,10 +163,14 @@ async fn check_directory_password(
     };
     // The work a users-file sign-in does, so a directory user is not told
     // apart by timing (the answer is not used).
-    st.passwords.verify(None, password.clone()).await.map_err(|_| {
-        crate::metrics::login("busy");
-        LoginError::Busy
-    })?;
+    let cost = imitated_cost(st, login);
+    st.passwords
+        .imitate(cost.as_ref(), password.clone())
+        .await
+        .map_err(|_| {
+            crate::metrics::login("busy");
+            LoginError::Busy
+        })?;
     let dn = found
         .as_ref()
         .filter(|_| blocked == Blocked::No)

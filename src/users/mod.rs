@@ -25,11 +25,13 @@
 pub mod ldap;
 
 use foldhash::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use crate::config::FileUser;
+use crate::passwords::HashCost;
 use crate::store::{REVOCATION_OVERLAP, SharedStore, StoreResult, UserRecord, UserStatus};
 
 /// A user who can sign in.
@@ -111,6 +113,8 @@ pub struct UserDirectory {
     directory_stale: bool,
     /// True from start-up until the directory's first full read.
     directory_pending: bool,
+    /// How many users' password hashes have each cost.
+    hash_costs: BTreeMap<HashCost, usize>,
 }
 
 impl UserDirectory {
@@ -136,13 +140,17 @@ impl UserDirectory {
     /// Adds or replaces a user.
     pub fn insert(&mut self, user: User) {
         let user = Arc::new(user);
+        self.count_cost(&user, 1);
         self.by_login.insert(user.username.to_lowercase(), user.clone());
-        self.by_id.insert(user.id.clone(), user);
+        if let Some(old) = self.by_id.insert(user.id.clone(), user) {
+            self.count_cost(&old, -1);
+        }
     }
 
     /// Removes the user `id` (and its login, if that login is still theirs).
     pub fn remove(&mut self, id: &str) -> Option<Arc<User>> {
         let user = self.by_id.remove(id)?;
+        self.count_cost(&user, -1);
         let key = user.username.to_lowercase();
         if self.by_login.get(&key).is_some_and(|u| u.id == id) {
             self.by_login.remove(&key);
@@ -194,6 +202,43 @@ impl UserDirectory {
     /// The user with this id.
     pub fn get(&self, id: &str) -> Option<&Arc<User>> {
         self.by_id.get(id)
+    }
+
+    fn count_cost(&mut self, user: &User, by: isize) {
+        let Some(cost) = user.password_hash.as_deref().and_then(HashCost::of) else {
+            return;
+        };
+        let n = self.hash_costs.entry(cost).or_default();
+        *n = n.saturating_add_signed(by);
+        if *n == 0 {
+            self.hash_costs.remove(&cost);
+        }
+    }
+
+    /// The hash cost that a sign-in naming no one with a password imitates
+    /// ([`crate::passwords::PasswordPool::imitate`]): one the users' hashes
+    /// have, picked by `key` (a keyed hash of the login, stable across
+    /// restarts) with each cost as likely as it is among the users. Where
+    /// users' hashes differ in cost, a slow or quick answer then says
+    /// nothing about whether a login exists. `None` without hashed users.
+    pub fn cost_for_unknown(&self, key: &str) -> Option<HashCost> {
+        let total: usize = self.hash_costs.values().sum();
+        if total == 0 {
+            return None;
+        }
+        let digest = Sha256::digest(key.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        // `total` is a count of users: the modulo bias is negligible.
+        let mut pick = u64::from_le_bytes(first) % total as u64;
+        for (cost, n) in &self.hash_costs {
+            let n = *n as u64;
+            if pick < n {
+                return Some(*cost);
+            }
+            pick -= n;
+        }
+        None
     }
 
     /// The user with this login (case-insensitive).
@@ -562,5 +607,67 @@ mod tests {
         let u = dir.by_login("alice").unwrap();
         assert_eq!(dir.get(&u.id).unwrap().username, "Alice");
         assert!(dir.by_login("bob").is_none());
+    }
+
+    /// A PHC string of the given cost (the salt and output are not checked
+    /// here, only parsed).
+    fn hash_of(m: u32, t: u32) -> String {
+        format!("$argon2id$v=19$m={m},t={t},p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+    }
+
+    #[test]
+    fn unknown_logins_imitate_the_users_costs_in_proportion_and_stably() {
+        let mut dir = UserDirectory::default();
+        assert_eq!(dir.cost_for_unknown("h:anyone"), None);
+        let file_user = |name: &str, hash: String| FileUser {
+            username: name.into(),
+            password_hash: hash,
+            display_name: None,
+            email: None,
+            phone: None,
+            groups: vec![],
+            totp_secret: None,
+        };
+        let users: Vec<FileUser> = (0..3)
+            .map(|i| file_user(&format!("u{i}"), hash_of(19456, 2)))
+            .chain([file_user("heavy", hash_of(65536, 3))])
+            .collect();
+        dir = UserDirectory::from_file_users(&users);
+        // A passwordless user and a stored user with the default cost.
+        dir.insert(User {
+            password_hash: None,
+            ..(*dir.by_login("u0").unwrap().clone()).clone()
+        });
+        let mut stored = record("00uS", "stored", UserStatus::Active, 1);
+        stored.password_hash = Some(hash_of(19456, 2));
+        assert!(dir.apply_record(&stored));
+        // Costs now: default × 3 (u1, u2, stored), heavy × 1.
+        let light = HashCost::of(&hash_of(19456, 2)).unwrap();
+        let heavy = HashCost::of(&hash_of(65536, 3)).unwrap();
+        let picks: Vec<HashCost> = (0..4000)
+            .map(|i| dir.cost_for_unknown(&format!("h:{i:032x}")).unwrap())
+            .collect();
+        let heavies = picks.iter().filter(|c| **c == heavy).count();
+        assert!(
+            (800..1200).contains(&heavies),
+            "{heavies} of 4000 heavy, want ~1000"
+        );
+        assert!(picks.iter().all(|c| *c == heavy || *c == light));
+        // The same login, the same cost, every time.
+        for (i, pick) in picks.iter().enumerate().take(50) {
+            let key = format!("h:{i:032x}");
+            assert_eq!(dir.cost_for_unknown(&key).as_ref(), Some(pick));
+        }
+        // Counts follow removals: with the heavy user gone, only the default.
+        dir.remove(&file_user_id("heavy"));
+        assert!((0..200).all(|i| dir.cost_for_unknown(&format!("h:{i}")) == Some(light)));
+        // A user replaced under the same id is counted once.
+        let u1 = dir.by_login("u1").unwrap().clone();
+        dir.insert(User {
+            password_hash: Some(hash_of(65536, 3)),
+            ..(*u1).clone()
+        });
+        assert_eq!(dir.hash_costs.get(&heavy), Some(&1));
+        assert_eq!(dir.hash_costs.get(&light), Some(&2));
     }
 }

@@ -97,6 +97,50 @@ async fn failed_logins_are_indistinguishable() {
     }
 }
 
+/// An operator's users file whose hashes cost more than the default: a
+/// login that names no one takes as long as a wrong password of a real user
+/// (before, it was checked against a default-cost dummy, some 5 times
+/// quicker here, which told which logins exist).
+#[tokio::test]
+async fn unknown_logins_take_as_long_as_the_users_own_hashes() {
+    use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, Version};
+    let heavy = Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(65536, 3, 1, None).unwrap(),
+    )
+    .hash_password(b"heavy-secret")
+    .unwrap()
+    .to_string();
+    let users = format!("[[users]]\nusername = \"heavy\"\npassword = \"{heavy}\"\n");
+    let gw = TestGateway::builder().users(&users).start().await;
+    let client = gw.client();
+    let csrf = gw.login_page(&client, "/").await;
+    let timed = |login: &'static str| {
+        let (gw, client, csrf) = (&gw, &client, &csrf);
+        async move {
+            let started = std::time::Instant::now();
+            let res = gw
+                .post_login(client, csrf, login, "not-the-password", "/", &[])
+                .await;
+            assert_eq!(res.status(), 401, "{login}");
+            started.elapsed()
+        }
+    };
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        known.push(timed("heavy").await);
+        unknown.push(timed(["nobody", "ghost", "nemo"][i]).await);
+    }
+    known.sort();
+    unknown.sort();
+    let (known, unknown) = (known[1], unknown[1]);
+    assert!(
+        unknown * 2 > known && known * 2 > unknown,
+        "median of 3: a real user's wrong password {known:?}, an unknown login {unknown:?}"
+    );
+}
+
 #[tokio::test]
 async fn login_form_needs_csrf_and_same_origin() {
     let gw = TestGateway::start("").await;
