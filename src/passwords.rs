@@ -12,11 +12,15 @@
 //! behind the gateway, say) does not stall it. Unknown users are checked
 //! against a dummy hash of a cost that real users' hashes have ([`HashCost`]),
 //! so their answers take as long as a wrong password. A verification whose caller has gone (a client
-//! that hung up while it waited) is dropped from the queue unrun.
+//! that hung up while it waited) is dropped from the queue unrun. Should
+//! the idle-class threads make no progress for [`RESCUE_AFTER`] (every core
+//! kept busy at normal priority, by the proxied traffic or by an attacker),
+//! the oldest waiting verification runs on one extra thread at normal
+//! priority, so sign-ins still advance.
 //!
 //! Memory: a verification's argon2 work area (19 MiB with the default
 //! parameters) lives on its thread's stack, so at most `concurrency` exist at
-//! once, and each goes back to the operating system when its thread ends. A
+//! once (one more while a stalled flood is rescued), and each goes back to the operating system when its thread ends. A
 //! thread takes the next waiting verification itself while there is one and
 //! its priority suits it (its work area is already in memory, which saves
 //! the faulting in of 19 MiB per verification in a flood), and ends when
@@ -28,6 +32,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher, Version};
 use base64::Engine as _;
@@ -48,6 +53,11 @@ pub const MAX_QUEUED: usize = 256;
 /// ones run in the idle scheduling class. Three sign-ins queued behind a
 /// running one (each some 20 ms) are more than a site's users make at once.
 pub const FLOOD_QUEUE: usize = 2;
+
+/// When the idle-class verification threads have made no progress for this
+/// long (normal-priority work has kept every core busy), the oldest waiting
+/// verification runs on an extra thread at normal priority.
+pub const RESCUE_AFTER: Duration = Duration::from_secs(1);
 
 /// The pool was full: refuse the login as rate limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -277,6 +287,15 @@ struct State {
     /// The scheduling policy each verification ran in, in order.
     #[cfg(test)]
     classes: Vec<Option<u32>>,
+    /// Verification threads in the idle class now.
+    idle: usize,
+    /// When a verification last finished, or a thread last entered the idle
+    /// class: how long the pool has gone without progress.
+    progress: Option<Instant>,
+    /// True while a rescue thread runs (see [`Shared::rescue_if_stalled`]).
+    rescuing: bool,
+    /// Verifications run by rescue threads so far.
+    rescued: u64,
     /// Whether each next thread start is refused (a process limit).
     #[cfg(test)]
     refuse: VecDeque<bool>,
@@ -387,24 +406,15 @@ impl Shared {
     /// flood starts; an idle one cannot move back (that needs privileges) and
     /// ends, handing back the next job for a new thread.
     fn work(&self, mut priority: Priority, mut job: Job) -> Option<Job> {
+        let mut mark = IdleMark {
+            shared: self,
+            idle: false,
+        };
         if priority == Priority::Idle {
-            enter_idle_class();
+            mark.enter();
         }
         loop {
-            let Job {
-                hash,
-                password,
-                reply,
-            } = job;
-            if !reply.is_closed() {
-                self.state().ran += 1;
-                let matched = verify_on_this_thread(&hash, password.expose());
-                #[cfg(test)]
-                self.state().classes.push(tests::own_policy());
-                let _ = reply.send(matched);
-            }
-            // The password is wiped as it goes.
-            drop(password);
+            self.run_job(job);
             let mut state = self.state();
             let next = state.next_job()?;
             let wanted = Priority::with_waiting(state.waiting());
@@ -412,12 +422,67 @@ impl Shared {
             match (priority, wanted) {
                 (Priority::Idle, Priority::Normal) => return Some(next),
                 (Priority::Normal, Priority::Idle) => {
-                    enter_idle_class();
+                    mark.enter();
                     priority = Priority::Idle;
                 }
                 _ => {}
             }
             job = next;
+        }
+    }
+
+    /// Runs one verification on this thread, unless its caller has gone.
+    fn run_job(&self, job: Job) {
+        let Job {
+            hash,
+            password,
+            reply,
+        } = job;
+        if !reply.is_closed() {
+            self.state().ran += 1;
+            let matched = verify_on_this_thread(&hash, password.expose());
+            let mut state = self.state();
+            state.progress = Some(Instant::now());
+            #[cfg(test)]
+            state.classes.push(tests::own_policy());
+            drop(state);
+            let _ = reply.send(matched);
+        }
+        // The password is wiped as it goes.
+        drop(password);
+    }
+
+    /// Called by each waiting caller every half [`RESCUE_AFTER`].
+    /// When every verification thread is in the idle class and none has
+    /// made progress for that long (normal-priority work, the proxied
+    /// traffic or an attacker's, keeps every core busy), the oldest waiting
+    /// verification runs on one extra thread at normal priority. So sign-ins
+    /// still advance, by at least one every [`RESCUE_AFTER`] or so, on a host
+    /// that idle-class work cannot get onto, at the cost of at most one more
+    /// work area and one verification's CPU time per stall.
+    fn rescue_if_stalled(self: &Arc<Self>) {
+        let mut state = self.state();
+        let stalled = state.threads > 0
+            && state.idle >= state.threads
+            && !state.rescuing
+            && state.progress.is_some_and(|t| t.elapsed() >= RESCUE_AFTER);
+        if !stalled {
+            return;
+        }
+        let Some(job) = state.next_job() else {
+            return;
+        };
+        state.rescuing = true;
+        state.rescued += 1;
+        drop(state);
+        let shared = self.clone();
+        let rescue = self.spawn("portcullis-argon2", THREAD_STACK, move || {
+            shared.run_job(job);
+            shared.state().rescuing = false;
+        });
+        if rescue.is_err() {
+            // The job went with the closure: its caller hears busy.
+            self.state().rescuing = false;
         }
     }
 
@@ -452,6 +517,32 @@ impl Shared {
                 return;
             };
             next = Some((Priority::with_waiting(state.waiting()), job));
+        }
+    }
+}
+
+/// Counts a verification thread in the idle class from [`IdleMark::enter`]
+/// until it ends, however it ends.
+struct IdleMark<'a> {
+    shared: &'a Shared,
+    idle: bool,
+}
+
+impl IdleMark<'_> {
+    /// Moves the calling verification thread into the idle class.
+    fn enter(&mut self) {
+        enter_idle_class();
+        self.idle = true;
+        let mut state = self.shared.state();
+        state.idle += 1;
+        state.progress = Some(Instant::now());
+    }
+}
+
+impl Drop for IdleMark<'_> {
+    fn drop(&mut self) {
+        if self.idle {
+            self.shared.state().idle -= 1;
         }
     }
 }
@@ -511,8 +602,14 @@ impl PasswordPool {
             password,
             reply,
         })?;
-        // Dropped unanswered: no thread could be had for it, or it panicked.
-        answer.await.map_err(|_| Busy)
+        let mut answer = answer;
+        loop {
+            match tokio::time::timeout(RESCUE_AFTER / 2, &mut answer).await {
+                // Dropped unanswered: no thread could be had for it, or it panicked.
+                Ok(answered) => return answered.map_err(|_| Busy),
+                Err(_) => self.shared.rescue_if_stalled(),
+            }
+        }
     }
 }
 
@@ -757,7 +854,10 @@ mod tests {
         let pool = PasswordPool::new(1);
         let hash = quick_hash("right");
         for _ in 0..3 {
-            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             let started = {
                 let (pool, hash) = (pool.clone(), hash.clone());
                 runtime.spawn(async move { pool.verify(&hash, Secret::new("right")).await })
@@ -775,6 +875,89 @@ mod tests {
             assert_eq!(pool.verify(&hash, Secret::new("right")).await, Ok(true));
             settled(&pool).await;
         });
+    }
+
+    /// Makes `pool` look like one whose every thread has sat in the idle
+    /// class without progress since `ago`.
+    fn stall(pool: &PasswordPool, ago: Duration) {
+        let mut state = pool.shared.state();
+        state.threads = pool.shared.concurrency;
+        state.idle = pool.shared.concurrency;
+        state.progress = Instant::now().checked_sub(ago);
+    }
+
+    async fn rescue_done(pool: &PasswordPool) {
+        while pool.shared.state().rescuing {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_flood_still_lets_the_oldest_sign_in_through_at_normal_priority() {
+        let pool = PasswordPool::new(1);
+        let hash = quick_hash("right");
+        stall(&pool, Duration::from_secs(5));
+        // The caller waits half RESCUE_AFTER, finds no progress, and its
+        // verification runs on a rescue thread at normal priority.
+        let started = Instant::now();
+        let answer =
+            tokio::time::timeout(Duration::from_secs(10), pool.verify(&hash, Secret::new("right"))).await;
+        assert_eq!(answer, Ok(Ok(true)), "no rescue");
+        let waited = started.elapsed();
+        assert!(
+            waited >= RESCUE_AFTER / 2 && waited < RESCUE_AFTER * 3,
+            "{waited:?}"
+        );
+        {
+            let state = pool.shared.state();
+            assert_eq!((state.rescued, state.threads), (1, 1));
+            if cfg!(target_os = "linux") {
+                assert_eq!(state.classes, [Some(SCHED_OTHER)]);
+            }
+        }
+        rescue_done(&pool).await;
+        // Only the oldest goes, one at a time; a rescue counts as progress.
+        let mut waiting = Vec::new();
+        for password in ["right", "wrong"] {
+            let pool = pool.clone();
+            let hash = hash.clone();
+            waiting.push(tokio::spawn(async move {
+                pool.verify(&hash, Secret::new(password)).await
+            }));
+        }
+        while pool.shared.state().queue.len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        stall(&pool, Duration::from_secs(5));
+        pool.shared.state().rescuing = true;
+        pool.shared.rescue_if_stalled();
+        assert_eq!(pool.shared.state().queue.len(), 2, "a second rescue at once");
+        pool.shared.state().rescuing = false;
+        pool.shared.rescue_if_stalled();
+        assert_eq!(pool.shared.state().queue.len(), 1);
+        pool.shared.rescue_if_stalled();
+        assert_eq!(pool.shared.state().queue.len(), 1, "rescued while one runs");
+        let first = waiting.remove(0).await.unwrap();
+        assert_eq!(first, Ok(true));
+        rescue_done(&pool).await;
+        assert!(pool.shared.state().progress.unwrap().elapsed() < RESCUE_AFTER);
+        pool.shared.rescue_if_stalled();
+        assert_eq!(pool.shared.state().queue.len(), 1, "rescued despite progress");
+        // A thread at normal priority, however slow, is no stall.
+        stall(&pool, Duration::from_secs(5));
+        pool.shared.state().idle = 0;
+        pool.shared.rescue_if_stalled();
+        assert_eq!(
+            pool.shared.state().queue.len(),
+            1,
+            "rescued a normal thread's queue"
+        );
+        unplug(&pool);
+        pool.shared.state().idle = 0;
+        assert_eq!(pool.verify(&hash, Secret::new("x")).await, Ok(false));
+        assert_eq!(waiting.remove(0).await.unwrap(), Ok(false));
+        settled(&pool).await;
+        assert_eq!(pool.shared.state().rescued, 2);
     }
 
     #[tokio::test]
