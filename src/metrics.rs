@@ -91,6 +91,7 @@ fn register_zeroes() {
         metrics::counter!("portcullis_connections_refused_total", "listener" => listener, "limit" => limit)
             .increment(0);
     }
+    metrics::counter!("portcullis_password_rescues_total").increment(0);
 }
 
 /// The metrics in Prometheus text format (empty if no recorder is installed).
@@ -124,6 +125,13 @@ pub fn request(decision: &'static str, status: u16) {
 /// Counts one sign-in attempt by result (`success`, `failure`, `locked`, `busy`, `error`).
 pub fn login(result: &'static str) {
     metrics::counter!("portcullis_logins_total", "result" => result).increment(1);
+}
+
+/// Counts a password verification run by the pool's rescue thread (the
+/// idle-class verifications made no progress for a while: see
+/// `crate::passwords::RESCUE_AFTER`).
+pub fn password_rescue() {
+    metrics::counter!("portcullis_password_rescues_total").increment(1);
 }
 
 /// Counts a lockout by kind (`user`, `client`).

@@ -30,7 +30,7 @@
 //! holds password-derived state.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -461,7 +461,13 @@ impl Shared {
     /// that idle-class work cannot get onto, at the cost of at most one more
     /// work area and one verification's CPU time per stall.
     fn rescue_if_stalled(self: &Arc<Self>) {
-        let mut state = self.state();
+        // Never waits for the lock: an idle-class thread may hold it while
+        // it waits for a core, and the caller here serves requests.
+        let mut state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(state)) => state.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
         let stalled = state.threads > 0
             && state.idle >= state.threads
             && !state.rescuing
@@ -475,10 +481,11 @@ impl Shared {
         state.rescuing = true;
         state.rescued += 1;
         drop(state);
+        crate::metrics::password_rescue();
         let shared = self.clone();
         let rescue = self.spawn("portcullis-argon2", THREAD_STACK, move || {
+            let _flag = RescueFlag(&shared);
             shared.run_job(job);
-            shared.state().rescuing = false;
         });
         if rescue.is_err() {
             // The job went with the closure: its caller hears busy.
@@ -521,6 +528,16 @@ impl Shared {
     }
 }
 
+/// Clears [`State::rescuing`] when a rescue thread's work ends, however it
+/// ends.
+struct RescueFlag<'a>(&'a Shared);
+
+impl Drop for RescueFlag<'_> {
+    fn drop(&mut self) {
+        self.0.state().rescuing = false;
+    }
+}
+
 /// Counts a verification thread in the idle class from [`IdleMark::enter`]
 /// until it ends, however it ends.
 struct IdleMark<'a> {
@@ -531,7 +548,11 @@ struct IdleMark<'a> {
 impl IdleMark<'_> {
     /// Moves the calling verification thread into the idle class.
     fn enter(&mut self) {
-        enter_idle_class();
+        // A thread the idle class was refused to runs at normal priority,
+        // and is no reason for a rescue.
+        if self.idle || !enter_idle_class() {
+            return;
+        }
         self.idle = true;
         let mut state = self.shared.state();
         state.idle += 1;
@@ -649,10 +670,10 @@ fn spawn_thread<T: Send + 'static>(
         .spawn(work)
 }
 
-/// Moves the calling thread into the idle scheduling class. Where that is
-/// refused (a seccomp filter) the thread stays as it was and the
-/// verification still runs, at normal priority.
-fn enter_idle_class() {
+/// Moves the calling thread into the idle scheduling class; true when it is
+/// there. Where that is refused (a seccomp filter) the thread stays as it
+/// was and the verification still runs, at normal priority.
+fn enter_idle_class() -> bool {
     #[cfg(target_os = "linux")]
     {
         use thread_priority::ThreadPriority;
@@ -662,13 +683,13 @@ fn enter_idle_class() {
         };
         // The crate sets the policy, then a nice value (0 for the idle class,
         // where nice does not count): refused only when the process runs
-        // niced, and harmless then. Nothing to do about either failure.
-        let _ = set_thread_priority_and_policy(
-            thread_native_id(),
-            ThreadPriority::Min,
-            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
-        );
+        // niced, and harmless then. So the policy is read back.
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        let _ = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle);
+        thread_priority::unix::thread_schedule_policy().is_ok_and(|p| p == idle)
     }
+    #[cfg(not(target_os = "linux"))]
+    false
 }
 
 #[cfg(test)]

@@ -229,8 +229,13 @@ impl UserDirectory {
         let digest = Sha256::digest(key.as_bytes());
         let mut first = [0u8; 8];
         first.copy_from_slice(&digest[..8]);
-        // `total` is a count of users: the modulo bias is negligible.
-        let mut pick = u64::from_le_bytes(first) % total as u64;
+        // The key's place in [0, 1) scaled to the users (not a modulo): a
+        // user added or removed moves the boundaries between costs a little,
+        // so it changes the cost of few unknown logins (about one in
+        // `total`), not of half of them, and comparing answers before and
+        // after a change tells little.
+        let scaled = (u128::from(u64::from_le_bytes(first)) * total as u128) >> 64;
+        let mut pick = u64::try_from(scaled).unwrap_or(u64::MAX);
         for (cost, n) in &self.hash_costs {
             let n = *n as u64;
             if pick < n {
@@ -669,5 +674,45 @@ mod tests {
         });
         assert_eq!(dir.hash_costs.get(&heavy), Some(&1));
         assert_eq!(dir.hash_costs.get(&light), Some(&2));
+    }
+
+    #[test]
+    fn a_user_added_changes_the_cost_of_few_unknown_logins() {
+        let file_user = |name: String, hash: String| FileUser {
+            username: name,
+            password_hash: hash,
+            display_name: None,
+            email: None,
+            phone: None,
+            groups: vec![],
+            totp_secret: None,
+        };
+        let users: Vec<FileUser> = (0..20)
+            .map(|i| {
+                file_user(
+                    format!("u{i}"),
+                    if i < 10 {
+                        hash_of(19456, 2)
+                    } else {
+                        hash_of(65536, 3)
+                    },
+                )
+            })
+            .collect();
+        let mut dir = UserDirectory::from_file_users(&users);
+        let keys: Vec<String> = (0..10_000).map(|i| format!("h:{i:032x}")).collect();
+        let before: Vec<_> = keys.iter().map(|k| dir.cost_for_unknown(k)).collect();
+        dir.insert(User {
+            id: "00uNEW".into(),
+            username: "new".into(),
+            ..(*dir.by_login("u0").unwrap().clone()).clone()
+        });
+        let flipped = keys
+            .iter()
+            .zip(&before)
+            .filter(|(k, b)| dir.cost_for_unknown(k) != **b)
+            .count();
+        // About 1 in 21 would be expected; a modulo pick re-rolls half.
+        assert!(flipped < 1_000, "{flipped} of 10 000 unknown logins changed cost");
     }
 }

@@ -300,6 +300,7 @@ async fn admin_listener_health_readiness_and_metrics() {
         present("portcullis_lockouts_total", &["kind=\"client\""]),
         "{text}"
     );
+    assert!(text.contains("\nportcullis_password_rescues_total 0\n"), "{text}");
     assert!(
         present(
             "portcullis_connections_refused_total",
