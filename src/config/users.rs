@@ -163,6 +163,22 @@ fn parse_users_file(cx: &mut Ctx<'_>, path: &Path) -> Vec<FileUser> {
         seen.insert(folded, i);
         out.push(user);
     }
+    let costs: std::collections::BTreeSet<HashCost> = out
+        .iter()
+        .filter_map(|u| HashCost::of(&u.password_hash))
+        .collect();
+    if costs.len() > 1 {
+        cx.warn(
+            "users",
+            format!(
+                "the password hashes have {} different argon2 costs: sign-ins take a different \
+                 time per cost, and unknown logins imitate the mix, but each change to the users \
+                 moves a few unknown logins to another cost; rehash them all with \
+                 `portcullis hash-password` for one sign-in time",
+                costs.len()
+            ),
+        );
+    }
     out
 }
 
@@ -371,6 +387,30 @@ mod tests {
             "users[0].password: argon2 parameters m=8, t=1, p=1 are weaker than those of `portcullis hash-password` (m=19456, t=2, p=1)",
         );
         assert!(!w.iter().any(|l| l.contains("users[0].totp")), "{w:?}");
+        assert!(!w.iter().any(|l| l.contains("different argon2 costs")), "{w:?}");
+
+        // Two costs in one file.
+        let other = {
+            use argon2::PasswordHasher as _;
+            let params = argon2::Params::new(16, 1, 1, None).unwrap();
+            argon2::Argon2::new(Algorithm::Argon2id, argon2::Version::V0x13, params)
+                .hash_password(b"pw")
+                .unwrap()
+                .to_string()
+        };
+        let text = users_config(
+            dir.path(),
+            &format!(
+                "[[users]]\nusername = \"alice\"\npassword = \"{hash}\"\n\
+                 [[users]]\nusername = \"bob\"\npassword = \"{other}\"\n"
+            ),
+        );
+        let loaded = load_str(&text, &env).unwrap();
+        assert_has(
+            &warnings(&loaded),
+            "users.file",
+            "users: the password hashes have 2 different argon2 costs",
+        );
     }
 
     #[test]
