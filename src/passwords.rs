@@ -822,6 +822,26 @@ mod tests {
         }
     }
 
+    /// Queues a right and a wrong password for `hash` behind a pool whose
+    /// places are taken; their answers, in order.
+    async fn queue_right_and_wrong(
+        pool: &PasswordPool,
+        hash: &str,
+    ) -> Vec<tokio::task::JoinHandle<Result<bool, Busy>>> {
+        let mut waiting = Vec::new();
+        for password in ["right", "wrong"] {
+            let pool = pool.clone();
+            let hash = hash.to_owned();
+            waiting.push(tokio::spawn(async move {
+                pool.verify(&hash, Secret::new(password)).await
+            }));
+        }
+        while pool.shared.state().queue.len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        waiting
+    }
+
     #[tokio::test]
     async fn a_thread_that_cannot_be_had_answers_busy_and_strands_no_one() {
         let pool = PasswordPool::new(1);
@@ -850,17 +870,7 @@ mod tests {
         // A verification thread that cannot be had: that sign-in is busy,
         // the ones queued behind it still run, and the place comes back.
         plug(&pool);
-        let mut waiting = Vec::new();
-        for password in ["right", "wrong"] {
-            let pool = pool.clone();
-            let hash = hash.clone();
-            waiting.push(tokio::spawn(async move {
-                pool.verify(&hash, Secret::new(password)).await
-            }));
-        }
-        while pool.shared.state().queue.len() < 2 {
-            tokio::task::yield_now().await;
-        }
+        let waiting = queue_right_and_wrong(&pool, &hash).await;
         pool.shared.state().refuse.extend([false, true]);
         unplug(&pool);
         assert_eq!(pool.verify(&hash, Secret::new("right")).await, Err(Busy));
@@ -938,17 +948,7 @@ mod tests {
         }
         rescue_done(&pool).await;
         // Only the oldest goes, one at a time; a rescue counts as progress.
-        let mut waiting = Vec::new();
-        for password in ["right", "wrong"] {
-            let pool = pool.clone();
-            let hash = hash.clone();
-            waiting.push(tokio::spawn(async move {
-                pool.verify(&hash, Secret::new(password)).await
-            }));
-        }
-        while pool.shared.state().queue.len() < 2 {
-            tokio::task::yield_now().await;
-        }
+        let mut waiting = queue_right_and_wrong(&pool, &hash).await;
         stall(&pool, Duration::from_secs(5));
         pool.shared.state().rescuing = true;
         pool.shared.rescue_if_stalled();

@@ -614,6 +614,18 @@ mod tests {
         assert!(dir.by_login("bob").is_none());
     }
 
+    fn hashed_user(name: &str, hash: String) -> FileUser {
+        FileUser {
+            username: name.into(),
+            password_hash: hash,
+            display_name: None,
+            email: None,
+            phone: None,
+            groups: vec![],
+            totp_secret: None,
+        }
+    }
+
     /// A PHC string of the given cost (the salt and output are not checked
     /// here, only parsed).
     fn hash_of(m: u32, t: u32) -> String {
@@ -624,18 +636,9 @@ mod tests {
     fn unknown_logins_imitate_the_users_costs_in_proportion_and_stably() {
         let mut dir = UserDirectory::default();
         assert_eq!(dir.cost_for_unknown("h:anyone"), None);
-        let file_user = |name: &str, hash: String| FileUser {
-            username: name.into(),
-            password_hash: hash,
-            display_name: None,
-            email: None,
-            phone: None,
-            groups: vec![],
-            totp_secret: None,
-        };
         let users: Vec<FileUser> = (0..3)
-            .map(|i| file_user(&format!("u{i}"), hash_of(19456, 2)))
-            .chain([file_user("heavy", hash_of(65536, 3))])
+            .map(|i| hashed_user(&format!("u{i}"), hash_of(19456, 2)))
+            .chain([hashed_user("heavy", hash_of(65536, 3))])
             .collect();
         dir = UserDirectory::from_file_users(&users);
         // A passwordless user and a stored user with the default cost.
@@ -678,19 +681,10 @@ mod tests {
 
     #[test]
     fn a_user_added_changes_the_cost_of_few_unknown_logins() {
-        let file_user = |name: String, hash: String| FileUser {
-            username: name,
-            password_hash: hash,
-            display_name: None,
-            email: None,
-            phone: None,
-            groups: vec![],
-            totp_secret: None,
-        };
         let users: Vec<FileUser> = (0..20)
             .map(|i| {
-                file_user(
-                    format!("u{i}"),
+                hashed_user(
+                    &format!("u{i}"),
                     if i < 10 {
                         hash_of(19456, 2)
                     } else {
