@@ -96,10 +96,15 @@ impl Enforcer {
     /// request its lifetime and idle time, revocation, the user's epoch, the
     /// directory's freshness and the user.
     pub fn session(&self, headers: &http::HeaderMap) -> SessionState {
+        self.session_at(headers, self.clock.now())
+    }
+
+    /// [`Enforcer::session`] at `now` (a request's clock, read once).
+    fn session_at(&self, headers: &http::HeaderMap, now: crate::clock::UnixTime) -> SessionState {
         let Some(value) = self.sessions.find(headers) else {
             return SessionState::None;
         };
-        let claims = match self.sessions.verify(value, self.clock.now()) {
+        let claims = match self.sessions.verify(value, now) {
             Ok(c) => c,
             Err(e) => return SessionState::Invalid(e),
         };
@@ -172,7 +177,7 @@ impl Enforcer {
             self.policy.count(&requirement, decision);
             return Ok((decision, SessionState::None));
         }
-        let state = self.session(headers);
+        let state = self.session_at(headers, now);
         let (decision, requirement) = match &state {
             SessionState::Unavailable => return Err(StoreUnavailable),
             SessionState::Valid(s) => evaluation.decide(Some((&s.claims, &s.user.groups)), now),
@@ -301,6 +306,13 @@ pub(crate) fn with_access(
     res
 }
 
+/// A response and what its access line says, side by side (the gateway
+/// takes them as they are; the tower service puts the second into the
+/// response's extensions with [`with_access`]).
+fn passed(res: Response<Body>, decision: &'static str, user: Option<String>) -> (Response<Body>, AccessInfo) {
+    (res, AccessInfo { decision, user })
+}
+
 /// Builds the [`Mfa`] service around an inner service.
 #[derive(Debug, Clone)]
 pub struct MfaLayer {
@@ -351,20 +363,39 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let enforcer = self.enforcer.clone();
-        Box::pin(async move { Ok(enforce(&enforcer, inner, req).await) })
+        let pass = move |req| {
+            let mut inner = inner;
+            async move { inner.call(req).await.unwrap_or_else(|never| match never {}) }
+        };
+        Box::pin(async move {
+            let (res, info) = enforce(&enforcer, pass, req).await;
+            Ok(with_access(res, info.decision, info.user))
+        })
     }
 }
 
-async fn enforce<S>(e: &Enforcer, mut inner: S, mut req: Request<Body>) -> Response<Body>
+impl Mfa<crate::proxy::Proxy> {
+    /// Enforces and proxies `req`, as [`tower::Service::call`] does, inside
+    /// the caller's future (the gateway's: no box per layer per request);
+    /// what the access line says comes beside the response, not in its
+    /// extensions.
+    pub(crate) async fn forward(&self, req: Request<Body>) -> (Response<Body>, AccessInfo) {
+        enforce(&self.enforcer, |req| self.inner.forward(req), req).await
+    }
+}
+
+/// Decides on `req` and hands it to `pass` when it may go on.
+async fn enforce<F, Fut>(e: &Enforcer, pass: F, mut req: Request<Body>) -> (Response<Body>, AccessInfo)
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
 {
     // The context first: deriving it may read a trusted proxy's X-Forwarded-For.
     // It stays in the request's extensions, where the inner service reads it
     // (neither copied nor boxed again per request).
     if req.extensions().get::<RequestContext>().is_none() {
         let Some(ctx) = e.context(&req) else {
-            return with_access(
+            return passed(
                 ApiError::new(ErrorCode::E0000001)
                     .cause("missing or invalid Host")
                     .into_response(),
@@ -376,7 +407,7 @@ where
     }
     let Some(client_addr) = req.extensions().get::<RequestContext>().map(|c| c.client_addr) else {
         // Inserted above; never missing. Fail closed all the same.
-        return with_access(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
+        return passed(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
     };
     e.strip_identity(req.headers_mut());
     // Normalize (the gateway already has; embedded, we must): rules match the
@@ -387,7 +418,7 @@ where
             Some(uri) => *req.uri_mut() = uri,
             // Fail closed: never decide on (or pass on) the unnormalized path.
             None => {
-                return with_access(
+                return passed(
                     ApiError::new(ErrorCode::E0000001)
                         .cause("invalid path")
                         .into_response(),
@@ -398,7 +429,7 @@ where
         },
         Err(reason) => {
             crate::audit!("request.path_refused", reason = %reason, client = %client_addr);
-            return with_access(
+            return passed(
                 ApiError::new(ErrorCode::E0000001)
                     .cause("invalid path")
                     .into_response(),
@@ -408,7 +439,7 @@ where
         }
     }
     let Some(ctx) = req.extensions().get::<RequestContext>() else {
-        return with_access(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
+        return passed(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
     };
     let facts = RequestFacts {
         host: &ctx.host,
@@ -421,7 +452,7 @@ where
     // when some reading needs one.
     let now = e.clock.now();
     let Ok((decision, state)) = e.decide(&facts, req.headers(), now) else {
-        return with_access(
+        return passed(
             ApiError::new(ErrorCode::E0000009).into_response(),
             "unavailable",
             None,
@@ -434,21 +465,21 @@ where
 
     match decision {
         Decision::Bypass => {
-            let res = inner.call(req).await.unwrap_or_else(|never| match never {});
-            with_access(res, "bypass", None)
+            let res = pass(req).await;
+            passed(res, "bypass", None)
         }
         Decision::Allow => {
             let SessionState::Valid(session) = state else {
                 // decide() allows only with a valid session; anything else is a bug: fail closed.
-                return with_access(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
+                return passed(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
             };
             req.extensions_mut().insert(Enforcer::principal(&session));
             let refresh = e.refreshed_cookie(&session, now);
-            let mut res = inner.call(req).await.unwrap_or_else(|never| match never {});
+            let mut res = pass(req).await;
             if let Some(cookie) = refresh {
                 res.headers_mut().append(header::SET_COOKIE, cookie);
             }
-            with_access(res, "allow", user)
+            passed(res, "allow", user)
         }
         Decision::Deny | Decision::Forbidden => {
             let res = if is_browser(req.headers()) {
@@ -456,7 +487,7 @@ where
             } else {
                 ApiError::new(ErrorCode::E0000006).into_response()
             };
-            with_access(
+            passed(
                 res,
                 if decision == Decision::Deny {
                     "deny"
@@ -473,7 +504,7 @@ where
                 res.headers_mut()
                     .append(header::SET_COOKIE, e.sessions.clear_cookie());
             }
-            with_access(res, "challenge", user)
+            passed(res, "challenge", user)
         }
     }
 }

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
-use tower_http::catch_panic::{CatchPanic, ResponseForPanic};
 
 use super::AppState;
 use crate::context::{self, ConnInfo, RequestContext};
@@ -119,51 +118,29 @@ impl Service<Request<Body>> for MainService {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let handler = Handler(self.clone());
-        let answer = CatchPanic::custom(handler, Rescue).call(req);
-        Box::pin(async move {
-            let res = answer.await.unwrap_or_else(|never| match never {});
-            Ok(res.map(Body::new))
-        })
+        let this = self.clone();
+        // One box per request: the handler and its rescue in one future.
+        Box::pin(async move { Ok(rescued(this.handle(req)).await) })
     }
 }
 
-/// [`MainService::handle`] as a service, for the rescue to wrap.
-struct Handler(MainService);
-
-impl Service<Request<Body>> for Handler {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let this = self.0.clone();
-        Box::pin(async move { Ok(this.handle(req).await) })
-    }
-}
-
-/// The rescue (tower-http's `CatchPanic`, with our answer): a bug that
-/// panics answers a generic 500 (the cause goes to the log) instead of
-/// dropping the connection.
-#[derive(Debug, Clone, Copy)]
-struct Rescue;
-
-impl ResponseForPanic for Rescue {
-    type ResponseBody = Body;
-
-    fn response_for_panic(&mut self, panic: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        tracing::error!(panic = %what, "request handler panicked");
-        crate::metrics::request("panic", 500);
-        internal_error()
+/// The rescue: a bug that panics while a request is handled answers a
+/// generic 500 (the cause goes to the log) instead of dropping the
+/// connection. The response body is passed on as it is (no further boxing).
+async fn rescued(handling: impl Future<Output = Response<Body>>) -> Response<Body> {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(handling).catch_unwind().await {
+        Ok(res) => res,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "request handler panicked");
+            crate::metrics::request("panic", 500);
+            internal_error()
+        }
     }
 }
 
@@ -190,9 +167,14 @@ impl MainService {
         let started = Instant::now();
         let method = req.method().clone();
         let request_id = crate::crypto::random_id(16);
-        let (res, host, path) = self.route(&mut req, request_id.clone()).await;
+        let mut proxied = None;
+        let (res, host, path) = self.route(&mut req, request_id.clone(), &mut proxied).await;
         let mut res = res;
-        let info = res.extensions_mut().remove::<AccessInfo>().unwrap_or_default();
+        // A proxied request's comes beside its response; the others' in
+        // the response's extensions.
+        let info = proxied
+            .or_else(|| res.extensions_mut().remove::<AccessInfo>())
+            .unwrap_or_default();
         let decision = if info.decision.is_empty() {
             "error"
         } else {
@@ -219,11 +201,14 @@ impl MainService {
     }
 
     /// Prepares and dispatches; returns the response and the host and path to
-    /// log (the path shares the request's bytes: no copy per request).
+    /// log (the path shares the request's bytes: no copy per request). A
+    /// request that went through enforcement to the upstream leaves what its
+    /// access line says in `proxied`.
     async fn route(
         &mut self,
         req: &mut Request<Body>,
         request_id: String,
+        proxied: &mut Option<AccessInfo>,
     ) -> (Response<Body>, String, Option<PathAndQuery>) {
         let inner = &*self.inner;
         let cfg = &inner.state.config;
@@ -342,12 +327,12 @@ impl MainService {
             upstream: Some(upstream),
             ..ctx
         });
-        let res = inner
-            .protected
-            .clone()
-            .oneshot(r)
-            .await
-            .unwrap_or_else(|never| match never {});
+        // Boxed: enforcing and proxying make a future of several kilobytes,
+        // and held inline every future around it would be as large and be
+        // copied whole each time one is built or moved (measured: four such
+        // copies per request cost more than this allocation).
+        let (res, info) = Box::pin(inner.protected.forward(r)).await;
+        *proxied = Some(info);
         (res, host, logged_path)
     }
 }
@@ -356,30 +341,23 @@ impl MainService {
 mod tests {
     use super::*;
 
-    /// The rescue around a service; `Ok` when the request panics.
-    async fn rescued<F>(f: F) -> Response<axum::body::Body>
-    where
-        F: Fn() -> Response<Body> + Clone + Send + 'static,
-    {
-        let svc = tower::service_fn(move |_req: Request<Body>| {
-            let f = f.clone();
-            async move { Ok::<_, Infallible>(f()) }
-        });
-        let res = CatchPanic::custom(svc, Rescue)
-            .oneshot(Request::new(Body::empty()))
-            .await
-            .unwrap_or_else(|never| match never {});
-        res.map(Body::new)
-    }
-
     #[tokio::test]
     async fn a_panic_becomes_a_generic_500() {
-        let res = rescued(|| panic!("secret detail")).await;
+        // A panic in the future itself, and one past an await point.
+        let res = rescued(async { panic!("secret detail") }).await;
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
         assert!(!String::from_utf8_lossy(&body).contains("secret detail"));
         assert!(String::from_utf8_lossy(&body).contains("E0000009"));
-        let ok = rescued(|| StatusCode::OK.into_response()).await;
+        let res = rescued(async {
+            tokio::task::yield_now().await;
+            panic!("{}", String::from("secret detail"))
+        })
+        .await;
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains("secret detail"));
+        let ok = rescued(async { StatusCode::OK.into_response() }).await;
         assert_eq!(ok.status(), StatusCode::OK);
     }
 }

@@ -216,7 +216,18 @@ pub fn set_forwarding(
         },
     };
 
-    let mut forwarded = String::with_capacity(addr.len() + 32 + authority.map_or(0, |a| a.len()));
+    // Allocated at its exact length: `Bytes` then takes the buffer as it is.
+    let host = authority.and_then(|a| a.to_str().ok());
+    let exact = match client {
+        IpAddr::V4(_) => "for=".len(),
+        IpAddr::V6(_) => "for=\"[]\"".len(),
+    } + addr.len()
+        + ";proto=".len()
+        + scheme.len()
+        + host.map_or(0, |h| {
+            ";host=\"\"".len() + h.len() + h.bytes().filter(|b| matches!(b, b'"' | b'\\')).count()
+        });
+    let mut forwarded = String::with_capacity(exact);
     match client {
         IpAddr::V4(_) => {
             forwarded.push_str("for=");
@@ -230,7 +241,7 @@ pub fn set_forwarding(
     }
     forwarded.push_str(";proto=");
     forwarded.push_str(scheme);
-    if let Some(host) = authority.and_then(|a| a.to_str().ok()) {
+    if let Some(host) = host {
         forwarded.push_str(";host=\"");
         // quoted-string (RFC 7239): escape what would end or break the quotes.
         let mut rest = host;
@@ -243,6 +254,7 @@ pub fn set_forwarding(
         forwarded.push_str(rest);
         forwarded.push('"');
     }
+    debug_assert_eq!(forwarded.len(), exact);
 
     if let Ok(addr) = HeaderValue::from_maybe_shared(Bytes::from(addr)) {
         headers.insert(X_FORWARDED_FOR.clone(), addr.clone());
@@ -318,18 +330,29 @@ fn pair_name(pair: &[u8]) -> &[u8] {
 /// into one with `"; "`, as RFC 9113 section 8.2.3 requires before forwarding over
 /// HTTP/1.1. A single header without gateway cookies is left untouched.
 pub fn strip_gateway_cookies(headers: &mut HeaderMap, gateway: &[String]) {
+    // One pass decides and measures what is kept, so the new value is
+    // allocated once at its exact size (`Bytes` then takes the buffer as it
+    // is, without a second allocation to share it).
     let mut count = 0usize;
-    let mut total = 0usize;
+    let mut exact = 0usize;
     let mut dirty = false;
     for value in headers.get_all(header::COOKIE) {
         count += 1;
-        total += value.len() + 2;
-        dirty = dirty || split_byte(value.as_bytes(), b';').any(|p| is_gateway_cookie(pair_name(p), gateway));
+        for pair in split_byte(value.as_bytes(), b';').map(<[u8]>::trim_ascii) {
+            if pair.is_empty() {
+                continue;
+            }
+            if is_gateway_cookie(pair_name(pair), gateway) {
+                dirty = true;
+            } else {
+                exact += if exact == 0 { pair.len() } else { pair.len() + 2 };
+            }
+        }
     }
     if !dirty && count <= 1 {
         return;
     }
-    let mut kept = Vec::with_capacity(total);
+    let mut kept = Vec::with_capacity(exact);
     for value in headers.get_all(header::COOKIE) {
         for pair in split_byte(value.as_bytes(), b';').map(<[u8]>::trim_ascii) {
             if pair.is_empty() || is_gateway_cookie(pair_name(pair), gateway) {
@@ -341,6 +364,7 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap, gateway: &[String]) {
             kept.extend_from_slice(pair);
         }
     }
+    debug_assert_eq!(kept.len(), exact);
     headers.remove(header::COOKIE);
     if kept.is_empty() {
         return;

@@ -311,7 +311,9 @@ impl Proxy {
         *outbound.headers_mut() = parts.headers;
 
         let started = Instant::now();
-        let sent = tokio::time::timeout(upstream.timeout, upstream.pool.send(outbound, started)).await;
+        // The deadline from the same clock reading (one read fewer per request).
+        let deadline = tokio::time::Instant::from_std(started) + upstream.timeout;
+        let sent = tokio::time::timeout_at(deadline, upstream.pool.send(outbound, started)).await;
         let mut res = match sent {
             Ok(Ok(res)) => res,
             Ok(Err(error)) => {

@@ -344,6 +344,17 @@ pub(super) struct Activity {
     /// Milliseconds after `origin` of the last change to idle.
     last_ms: AtomicU64,
     started: AtomicBool,
+    /// An HTTP/2 request has been seen: the head limit no longer applies.
+    h2: AtomicBool,
+}
+
+/// Why a connection's watchdog ([`Activity::quiet`]) fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Quiet {
+    /// No complete request head within `header_read_timeout`.
+    NoHead,
+    /// No request in flight for `idle_timeout`.
+    Idle,
 }
 
 impl Activity {
@@ -353,17 +364,23 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             started: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
         })
     }
 
-    /// A request begins; it is in flight until the returned guard drops.
-    pub(super) fn begin(self: &Arc<Self>) -> Busy {
+    /// A request (its head complete) begins; it is in flight until the
+    /// returned guard drops.
+    pub(super) fn begin(self: &Arc<Self>, version: http::Version) -> Busy {
         self.started.store(true, Ordering::Relaxed);
+        if version == http::Version::HTTP_2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         Busy(self.clone())
     }
 
     /// Whether any request has arrived yet.
+    #[cfg(test)]
     pub(super) fn started(&self) -> bool {
         self.started.load(Ordering::Relaxed)
     }
@@ -380,19 +397,32 @@ impl Activity {
             .then(|| self.origin + Duration::from_millis(self.last_ms.load(Ordering::SeqCst)))
     }
 
-    /// Resolves once the connection has been idle for `timeout`.
-    pub(super) async fn idle_for(&self, timeout: Duration) {
+    /// Resolves once the connection has had no request in flight for too
+    /// long: `head` (`server.header_read_timeout`) over HTTP/1 and before
+    /// the first request of any protocol, the time a client has to send a
+    /// complete request head, counted from the connection's start or the
+    /// end of its last request (so it also bounds an idle keep-alive
+    /// connection, and trickling bytes does not extend it); `idle`
+    /// (`server.idle_timeout`) when that is shorter, or once the connection
+    /// speaks HTTP/2. One timer, which wakes only at its deadline: a request
+    /// costs no timer of its own.
+    pub(super) async fn quiet(&self, head: Duration, idle: Duration) -> Quiet {
         loop {
+            let (limit, why) = if self.h2.load(Ordering::Relaxed) || idle < head {
+                (idle, Quiet::Idle)
+            } else {
+                (head, Quiet::NoHead)
+            };
             match self.idle_since() {
                 Some(since) => {
-                    let deadline = since + timeout;
+                    let deadline = since + limit;
                     if Instant::now() >= deadline {
-                        return;
+                        return why;
                     }
                     tokio::time::sleep_until(deadline).await;
                 }
                 // The end of the request restarts the clock; look again later.
-                None => tokio::time::sleep(timeout).await,
+                None => tokio::time::sleep(limit).await,
             }
         }
     }
@@ -537,18 +567,49 @@ mod tests {
     #[tokio::test]
     async fn idle_waits_for_requests_in_flight() {
         let activity = Activity::new();
-        let busy = activity.begin();
-        let idle = Duration::from_millis(200);
+        let busy = activity.begin(http::Version::HTTP_2);
+        let (head, idle) = (Duration::from_secs(10), Duration::from_millis(200));
         // Busy for longer than the idle time: never idle meanwhile.
         assert!(
-            tokio::time::timeout(Duration::from_millis(600), activity.idle_for(idle))
+            tokio::time::timeout(Duration::from_millis(600), activity.quiet(head, idle))
                 .await
                 .is_err()
         );
         drop(busy);
         let ended = Instant::now();
-        activity.idle_for(idle).await;
+        assert_eq!(activity.quiet(head, idle).await, Quiet::Idle);
         assert!(ended.elapsed() >= idle);
         assert!(ended.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn the_head_limit_holds_before_the_first_request_and_over_http1_only() {
+        let (head, idle) = (Duration::from_millis(150), Duration::from_millis(450));
+        let activity = Activity::new();
+        let born = Instant::now();
+        assert!(!activity.started());
+        assert_eq!(activity.quiet(head, idle).await, Quiet::NoHead);
+        assert!((head..idle).contains(&born.elapsed()), "{:?}", born.elapsed());
+
+        // HTTP/1: counted from the end of the last request.
+        drop(activity.begin(http::Version::HTTP_11));
+        let ended = Instant::now();
+        assert_eq!(activity.quiet(head, idle).await, Quiet::NoHead);
+        assert!((head..idle).contains(&ended.elapsed()), "{:?}", ended.elapsed());
+
+        // HTTP/2 streams come and go: only the idle limit applies.
+        drop(activity.begin(http::Version::HTTP_2));
+        let ended = Instant::now();
+        assert_eq!(activity.quiet(head, idle).await, Quiet::Idle);
+        assert!(ended.elapsed() >= idle);
+
+        // An idle limit shorter than the head limit comes first.
+        let activity = Activity::new();
+        assert_eq!(
+            activity
+                .quiet(Duration::from_secs(10), Duration::from_millis(100))
+                .await,
+            Quiet::Idle
+        );
     }
 }

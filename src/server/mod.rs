@@ -1,12 +1,17 @@
 //! Listeners: accept TCP (optionally rustls), serve HTTP/1.1 and HTTP/2 with
 //! hyper, bound what a client can hold open, and shut down gracefully.
 //!
-//! hyper only enforces `header_read_timeout` when a timer is installed, so
-//! every connection builder gets a `TokioTimer`; the same timeout bounds how
-//! long an idle HTTP/1 keep-alive connection may wait for its next request.
+//! Each connection tracks its requests in flight ([`conn::Activity`]), and
+//! one watchdog per connection enforces both quiet-time limits from it:
+//! `header_read_timeout` bounds how long an HTTP/1 connection (and any
+//! connection before its first request) may go without a complete request
+//! head, which also bounds how long an idle keep-alive connection waits for
+//! its next request; past it the connection is closed. hyper's own header
+//! timer is not used: it is armed anew (a boxed timer, a clock read, a timer
+//! wheel entry) for every request, the watchdog only wakes at its deadline.
 //! hyper has no idle timeout for HTTP/2 (its PINGs only find dead peers), so
-//! each connection tracks its requests in flight ([`conn::Activity`]) and is
-//! closed gracefully (GOAWAY) after `idle_timeout` without one. Every
+//! an HTTP/2 connection is closed gracefully (GOAWAY) after `idle_timeout`
+//! without a request in flight. Every
 //! connection, TLS handshake included, holds a slot of the listener's
 //! [`ConnectionLimit`] until its socket closes; over the limit a connection is
 //! turned away at once (plain HTTP gets a `503`), and accepting goes on.
@@ -22,6 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -34,7 +41,7 @@ pub use conn::{AddressLimit, AddressSlot, ConnectionLimit, Slot, raise_open_file
 
 use crate::config::{ServerConfig, defaults};
 use crate::context::ConnInfo;
-use conn::{Activity, Io};
+use conn::{Activity, Io, Quiet};
 
 /// Settings for one listener.
 #[derive(Debug, Clone)]
@@ -178,8 +185,9 @@ where
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
+        // Enforced by the connection's watchdog instead (module doc); hyper
+        // needs no timer for HTTP/1 then.
+        .header_read_timeout(None)
         .max_buf_size(opts.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -193,7 +201,7 @@ where
     let (drained_tx, drained_rx) = watch::channel(false);
     let drained = Drained(drained_rx);
     let timeouts = Timeouts {
-        first_request: opts.header_read_timeout,
+        head: opts.header_read_timeout,
         idle: opts.idle_timeout,
         handshake: opts.tls_handshake_timeout,
         body: opts.body_read_timeout,
@@ -269,7 +277,7 @@ where
 
 #[derive(Debug, Clone, Copy)]
 struct Timeouts {
-    first_request: Duration,
+    head: Duration,
     idle: Duration,
     handshake: Duration,
     body: Duration,
@@ -323,17 +331,14 @@ async fn connection<S>(
     );
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
-    // hyper's `header_read_timeout` only starts once it knows the protocol;
-    // until the first request arrives (protocol sniffing, an unfinished
-    // HTTP/2 preface) this deadline closes the connection.
-    let mut first_request = std::pin::pin!(async {
-        tokio::time::sleep(timeouts.first_request).await;
-        if activity.started() {
-            std::future::pending::<()>().await;
-        }
-    });
-    let mut idle = std::pin::pin!(activity.idle_for(timeouts.idle));
-    let mut stop = std::pin::pin!(shutdown.wait());
+    // The watchdog (no request head in time, also before the first request:
+    // protocol sniffing, an unfinished HTTP/2 preface; or idle: see
+    // `Activity::quiet`) and the shutdown signal, in a set that is polled
+    // only when one of them was woken: the connection's task wakes a few
+    // times per request, and polling a timer and a watch channel each time
+    // costs more than the rest of the loop.
+    let mut guards = FuturesUnordered::new();
+    guards.push(guard(&activity, &shutdown, &timeouts, false));
     let mut closing = false;
     loop {
         tokio::select! {
@@ -343,15 +348,20 @@ async fn connection<S>(
                 }
                 return;
             }
-            () = &mut first_request => {
-                tracing::debug!(%peer, "connection closed: no request within header_read_timeout");
-                return;
-            }
-            () = &mut stop, if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            () = &mut idle => {
+            Some(event) = guards.next() => {
+                let quiet = match event {
+                    Guard::Stop => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                        guards.push(guard(&activity, &shutdown, &timeouts, closing));
+                        continue;
+                    }
+                    Guard::Quiet(quiet) => quiet,
+                };
+                if quiet == Quiet::NoHead {
+                    tracing::debug!(%peer, "connection closed: no request head within header_read_timeout");
+                    return;
+                }
                 if closing {
                     // Asked to close (GOAWAY sent) and still idle a whole
                     // period later: the client is not closing its end.
@@ -364,9 +374,28 @@ async fn connection<S>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
                 activity.touch();
-                idle.set(activity.idle_for(timeouts.idle));
+                guards.push(guard(&activity, &shutdown, &timeouts, closing));
             }
         }
+    }
+}
+
+/// What woke a connection's [`guard`].
+enum Guard {
+    Quiet(Quiet),
+    Stop,
+}
+
+/// A connection's watchdog, and the shutdown signal unless it is `closing`
+/// already.
+async fn guard(activity: &Activity, shutdown: &Shutdown, timeouts: &Timeouts, closing: bool) -> Guard {
+    let quiet = activity.quiet(timeouts.head, timeouts.idle);
+    if closing {
+        return Guard::Quiet(quiet.await);
+    }
+    tokio::select! {
+        quiet = quiet => Guard::Quiet(quiet),
+        () = shutdown.wait() => Guard::Stop,
     }
 }
 
@@ -393,10 +422,15 @@ where
     S::Future: Send + 'static,
 {
     hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let busy = activity.begin();
+        let busy = activity.begin(req.version());
         // A body that is still to come must keep coming (see `body`).
         let timer = (!http_body::Body::is_end_stream(req.body())).then(|| BodyTimer::new(body_read_timeout));
-        let (api, version) = (body::is_api_path(req.uri().path()), req.version());
+        // Only a request with a body to come can time out (and needs to know
+        // how to say so).
+        let (api, version) = (
+            timer.is_some() && body::is_api_path(req.uri().path()),
+            req.version(),
+        );
         let mut req = match &timer {
             None => req.map(Body::new),
             Some(timer) => {
