@@ -139,6 +139,25 @@ async fn an_idle_http2_connection_is_closed_with_goaway() {
 }
 
 #[tokio::test]
+async fn header_read_timeout_does_not_cut_an_idle_http2_connection() {
+    // HTTP/2 streams come and go on one connection: only idle_timeout
+    // applies once it speaks HTTP/2, even when header_read_timeout is shorter.
+    let gw = TestGateway::start("[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"3s\"\n").await;
+    let started = Instant::now();
+    let mut conn = h2c_get(&gw, "/public/x").await;
+    let seen = watch_h2(&mut conn, started, Duration::from_secs(6)).await;
+    assert!(seen.ok, "{seen:?}");
+    let done = seen.response_done.expect("the response arrived");
+    let goaway = seen
+        .goaway
+        .unwrap_or_else(|| panic!("closed without GOAWAY (header_read_timeout?): {seen:?}"));
+    assert!(
+        goaway >= done + Duration::from_millis(2800),
+        "GOAWAY before the connection was idle for idle_timeout: {seen:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_busy_http2_connection_is_not_cut() {
     // A request that takes 2.5 idle times: in flight, so not idle.
     let upstream = spawn_upstream(|_req| async {
