@@ -312,7 +312,13 @@ impl Proxy {
 
         let started = Instant::now();
         // The deadline from the same clock reading (one read fewer per request).
-        let deadline = tokio::time::Instant::from_std(started) + upstream.timeout;
+        // A timeout past what the clock can hold waits a year instead (as
+        // `tokio::time::timeout` would wait "forever"); never a panic.
+        let start = tokio::time::Instant::from_std(started);
+        let deadline = start
+            .checked_add(upstream.timeout)
+            .or_else(|| start.checked_add(Duration::from_secs(365 * 86_400)))
+            .unwrap_or(start);
         let sent = tokio::time::timeout_at(deadline, upstream.pool.send(outbound, started)).await;
         let mut res = match sent {
             Ok(Ok(res)) => res,

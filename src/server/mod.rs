@@ -342,6 +342,9 @@ async fn connection<S>(
     let mut closing = false;
     loop {
         tokio::select! {
+            // The connection first: a head that completes in the same
+            // wake-up as the watchdog's deadline is served, as hyper did.
+            biased;
             ended = conn.as_mut() => {
                 if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection ended with an error");
