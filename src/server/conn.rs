@@ -6,8 +6,13 @@
 //!   socket is closed. The slot lives inside the [`Io`] that hyper owns, so an
 //!   upgraded connection (WebSocket) keeps counting while it is spliced.
 //! - A connection is idle when no request is in flight, and a request is in
-//!   flight until its response body has been sent (or dropped), not only
-//!   until its headers are ready: an idle close never cuts a download short.
+//!   flight until its response body has been sent (or dropped) and its
+//!   request body has arrived (or been dropped), not only until its headers
+//!   are ready: an idle close never cuts a download or an upload short.
+//! - A client that stops reading what the connection writes (a write that
+//!   cannot go on) gets `idle_timeout` without progress, in flight or not,
+//!   then the connection is closed: a buffered tail is not lost to a
+//!   shorter limit, and a client cannot hold a response open by not reading.
 
 use std::collections::HashMap;
 use std::io;
@@ -251,9 +256,12 @@ pub(super) fn refuse(stream: TcpStream, limit: &Arc<ConnectionLimit>, tls: bool)
     });
 }
 
-/// The socket hyper serves: plain or TLS, holding the connection's slot.
+/// The socket hyper serves: plain or TLS, holding the connection's slot,
+/// and telling the connection's [`Activity`] when its output waits for the
+/// client.
 pub(super) struct Io {
     stream: Stream,
+    activity: Arc<Activity>,
     _slot: Slot,
     _address: Option<AddressSlot>,
 }
@@ -264,9 +272,15 @@ enum Stream {
 }
 
 impl Io {
-    pub(super) fn plain(stream: TcpStream, slot: Slot, address: Option<AddressSlot>) -> Self {
+    pub(super) fn plain(
+        stream: TcpStream,
+        activity: Arc<Activity>,
+        slot: Slot,
+        address: Option<AddressSlot>,
+    ) -> Self {
         Self {
             stream: Stream::Plain(stream),
+            activity,
             _slot: slot,
             _address: address,
         }
@@ -274,11 +288,13 @@ impl Io {
 
     pub(super) fn tls(
         stream: tokio_rustls::server::TlsStream<TcpStream>,
+        activity: Arc<Activity>,
         slot: Slot,
         address: Option<AddressSlot>,
     ) -> Self {
         Self {
             stream: Stream::Tls(Box::new(stream)),
+            activity,
             _slot: slot,
             _address: address,
         }
@@ -296,10 +312,13 @@ impl AsyncRead for Io {
 
 impl AsyncWrite for Io {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let polled = match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        };
+        this.activity.output(polled.is_pending());
+        polled
     }
 
     fn poll_write_vectored(
@@ -307,10 +326,13 @@ impl AsyncWrite for Io {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let polled = match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
+        };
+        this.activity.output(polled.is_pending());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -321,10 +343,13 @@ impl AsyncWrite for Io {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let polled = match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        };
+        this.activity.output(polled.is_pending());
+        polled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -335,15 +360,18 @@ impl AsyncWrite for Io {
     }
 }
 
-/// How busy one connection is: requests in flight and when the last one
-/// ended.
+/// How busy one connection is: requests in flight, when the last one ended,
+/// and whether its output waits for the client.
 #[derive(Debug)]
 pub(super) struct Activity {
     origin: Instant,
     in_flight: AtomicUsize,
-    /// Milliseconds after `origin` of the last change to idle.
+    /// Milliseconds after `origin` of the last change to idle, or of the
+    /// last progress (or start of a wait) of blocked output.
     last_ms: AtomicU64,
-    started: AtomicBool,
+    /// A write could not go on (the client is not reading) and has not
+    /// progressed since.
+    blocked: AtomicBool,
     /// An HTTP/2 request has been seen: the head limit no longer applies.
     h2: AtomicBool,
 }
@@ -355,6 +383,8 @@ pub(super) enum Quiet {
     NoHead,
     /// No request in flight for `idle_timeout`.
     Idle,
+    /// Output waiting for the client without progress for `idle_timeout`.
+    Stalled,
 }
 
 impl Activity {
@@ -363,7 +393,7 @@ impl Activity {
             origin: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
-            started: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
             h2: AtomicBool::new(false),
         })
     }
@@ -371,18 +401,11 @@ impl Activity {
     /// A request (its head complete) begins; it is in flight until the
     /// returned guard drops.
     pub(super) fn begin(self: &Arc<Self>, version: http::Version) -> Busy {
-        self.started.store(true, Ordering::Relaxed);
         if version == http::Version::HTTP_2 {
             self.h2.store(true, Ordering::Relaxed);
         }
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         Busy(self.clone())
-    }
-
-    /// Whether any request has arrived yet.
-    #[cfg(test)]
-    pub(super) fn started(&self) -> bool {
-        self.started.load(Ordering::Relaxed)
     }
 
     /// Restarts the idle clock.
@@ -391,39 +414,55 @@ impl Activity {
         self.last_ms.store(ms, Ordering::SeqCst);
     }
 
-    /// Since when the connection has been idle; `None` while a request is in flight.
-    fn idle_since(&self) -> Option<Instant> {
-        (self.in_flight.load(Ordering::SeqCst) == 0)
-            .then(|| self.origin + Duration::from_millis(self.last_ms.load(Ordering::SeqCst)))
+    /// A write to the client could not go on (`waiting`) or went on. Only a
+    /// change costs anything (a clock reading): the start of a wait and the
+    /// first progress after it both restart the clock.
+    #[inline]
+    pub(super) fn output(&self, waiting: bool) {
+        if waiting != self.blocked.load(Ordering::Relaxed) {
+            self.touch();
+            self.blocked.store(waiting, Ordering::SeqCst);
+        }
     }
 
-    /// Resolves once the connection has had no request in flight for too
-    /// long: `head` (`server.header_read_timeout`) over HTTP/1 and before
-    /// the first request of any protocol, the time a client has to send a
-    /// complete request head, counted from the connection's start or the
-    /// end of its last request (so it also bounds an idle keep-alive
-    /// connection, and trickling bytes does not extend it); `idle`
-    /// (`server.idle_timeout`) when that is shorter, or once the connection
-    /// speaks HTTP/2. One timer, which wakes only at its deadline: a request
-    /// costs no timer of its own.
+    fn last(&self) -> Instant {
+        self.origin + Duration::from_millis(self.last_ms.load(Ordering::SeqCst))
+    }
+
+    /// Resolves once the connection has been quiet for too long:
+    ///
+    /// - Output waiting for the client (it is not reading) without progress
+    ///   for `idle` (`server.idle_timeout`), whether requests are in flight
+    ///   or not: [`Quiet::Stalled`].
+    /// - Otherwise, with no request in flight, over HTTP/1 and before the
+    ///   first request of any protocol: no complete request head for `head`
+    ///   (`server.header_read_timeout`), or `idle` if that is shorter,
+    ///   counted from the connection's start or the end of its last request
+    ///   (so it also bounds an idle keep-alive connection, and trickling
+    ///   bytes does not extend it): [`Quiet::NoHead`].
+    /// - Once the connection speaks HTTP/2, no request in flight for `idle`:
+    ///   [`Quiet::Idle`].
+    ///
+    /// One timer, which wakes only at its deadline: a request costs no timer
+    /// of its own.
     pub(super) async fn quiet(&self, head: Duration, idle: Duration) -> Quiet {
         loop {
-            let (limit, why) = if self.h2.load(Ordering::Relaxed) || idle < head {
-                (idle, Quiet::Idle)
+            let (deadline, why) = if self.blocked.load(Ordering::SeqCst) {
+                (self.last() + idle, Quiet::Stalled)
+            } else if self.in_flight.load(Ordering::SeqCst) > 0 {
+                // The end of the request (or a blocked write) restarts the
+                // clock; look again later.
+                tokio::time::sleep(head.min(idle)).await;
+                continue;
+            } else if self.h2.load(Ordering::Relaxed) {
+                (self.last() + idle, Quiet::Idle)
             } else {
-                (head, Quiet::NoHead)
+                (self.last() + head.min(idle), Quiet::NoHead)
             };
-            match self.idle_since() {
-                Some(since) => {
-                    let deadline = since + limit;
-                    if Instant::now() >= deadline {
-                        return why;
-                    }
-                    tokio::time::sleep_until(deadline).await;
-                }
-                // The end of the request restarts the clock; look again later.
-                None => tokio::time::sleep(limit).await,
+            if Instant::now() >= deadline {
+                return why;
             }
+            tokio::time::sleep_until(deadline).await;
         }
     }
 }
@@ -432,6 +471,15 @@ impl Activity {
 #[derive(Debug)]
 pub(super) struct Busy(Arc<Activity>);
 
+impl Busy {
+    /// The same request in flight once more, for as long as the returned
+    /// guard lives too (its request body, beside its response body).
+    pub(super) fn also(&self) -> Busy {
+        self.0.in_flight.fetch_add(1, Ordering::SeqCst);
+        Busy(self.0.clone())
+    }
+}
+
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.touch();
@@ -439,29 +487,42 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its request in flight until hyper is done
-/// with it (sent or dropped). Size and end are passed through, so a body
+/// A body (a response's, or a request's that is still to come) that keeps
+/// its request in flight until it has ended or is dropped: until hyper has
+/// sent the response, until the request body has arrived (an upload may go on
+/// after the upstream answered). Size and end are passed through, so a body
 /// with a known length still gets a `content-length`.
-pub(super) struct Tracked {
-    inner: axum::body::Body,
-    _busy: Busy,
+pub(super) struct Tracked<B> {
+    inner: B,
+    busy: Option<Busy>,
 }
 
-impl Tracked {
-    pub(super) fn new(inner: axum::body::Body, busy: Busy) -> Self {
-        Self { inner, _busy: busy }
+impl<B> Tracked<B> {
+    pub(super) fn new(inner: B, busy: Busy) -> Self {
+        Self {
+            inner,
+            busy: Some(busy),
+        }
     }
 }
 
-impl http_body::Body for Tracked {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
+impl<B> http_body::Body for Tracked<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = polled {
+            this.busy = None;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -587,7 +648,6 @@ mod tests {
         let (head, idle) = (Duration::from_millis(150), Duration::from_millis(450));
         let activity = Activity::new();
         let born = Instant::now();
-        assert!(!activity.started());
         assert_eq!(activity.quiet(head, idle).await, Quiet::NoHead);
         assert!((head..idle).contains(&born.elapsed()), "{:?}", born.elapsed());
 
@@ -603,13 +663,79 @@ mod tests {
         assert_eq!(activity.quiet(head, idle).await, Quiet::Idle);
         assert!(ended.elapsed() >= idle);
 
-        // An idle limit shorter than the head limit comes first.
+        // An idle limit shorter than the head limit bounds the head too
+        // (a hard close, not a GOAWAY that a trickling client ignores).
         let activity = Activity::new();
+        let born = Instant::now();
         assert_eq!(
             activity
                 .quiet(Duration::from_secs(10), Duration::from_millis(100))
                 .await,
-            Quiet::Idle
+            Quiet::NoHead
         );
+        assert!(born.elapsed() < Duration::from_secs(2), "{:?}", born.elapsed());
+    }
+
+    #[tokio::test]
+    async fn output_the_client_does_not_read_gets_the_idle_limit_from_its_last_progress() {
+        let (head, idle) = (Duration::from_millis(100), Duration::from_millis(400));
+        // After the last request, a tail still waiting for the client is not
+        // cut at the head limit while it moves.
+        let activity = Activity::new();
+        drop(activity.begin(http::Version::HTTP_11));
+        activity.output(true);
+        let watch = activity.clone();
+        let quiet = tokio::spawn(async move { watch.quiet(head, idle).await });
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            activity.output(false);
+            activity.output(true);
+        }
+        let stalled = Instant::now();
+        assert_eq!(quiet.await.unwrap(), Quiet::Stalled);
+        assert!((idle - Duration::from_millis(50)..idle * 3).contains(&stalled.elapsed()));
+
+        // In flight too: a client that reads nothing of a response is not
+        // held for ever.
+        let activity = Activity::new();
+        let busy = activity.begin(http::Version::HTTP_2);
+        activity.output(true);
+        let blocked = Instant::now();
+        assert_eq!(activity.quiet(head, idle).await, Quiet::Stalled);
+        assert!(blocked.elapsed() >= idle);
+        // Once it reads again, the request is in flight as before.
+        activity.output(false);
+        assert!(
+            tokio::time::timeout(idle * 2, activity.quiet(head, idle))
+                .await
+                .is_err()
+        );
+        drop(busy);
+    }
+
+    #[tokio::test]
+    async fn a_request_body_keeps_its_request_in_flight_until_it_ends() {
+        use http_body_util::BodyExt as _;
+        let activity = Activity::new();
+        let busy = activity.begin(http::Version::HTTP_11);
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+        let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+        });
+        let mut body = Tracked::new(axum::body::Body::from_stream(chunks), busy.also());
+        drop(busy); // the response is done
+        assert_eq!(activity.in_flight.load(Ordering::SeqCst), 1);
+        tx.send(bytes::Bytes::from_static(b"x")).await.unwrap();
+        assert!(body.frame().await.is_some());
+        assert_eq!(activity.in_flight.load(Ordering::SeqCst), 1);
+        drop(tx);
+        assert!(body.frame().await.is_none());
+        assert_eq!(
+            activity.in_flight.load(Ordering::SeqCst),
+            0,
+            "released at its end"
+        );
+        drop(body);
+        assert_eq!(activity.in_flight.load(Ordering::SeqCst), 0, "once");
     }
 }

@@ -11,7 +11,9 @@
 //! wheel entry) for every request, the watchdog only wakes at its deadline.
 //! hyper has no idle timeout for HTTP/2 (its PINGs only find dead peers), so
 //! an HTTP/2 connection is closed gracefully (GOAWAY) after `idle_timeout`
-//! without a request in flight. Every
+//! without a request in flight. A client that stops reading (the socket
+//! takes no more of a response) is closed after `idle_timeout` without
+//! progress, in flight or not. Every
 //! connection, TLS handshake included, holds a slot of the listener's
 //! [`ConnectionLimit`] until its socket closes; over the limit a connection is
 //! turned away at once (plain HTTP gets a `503`), and accepting goes on.
@@ -303,13 +305,24 @@ async fn connection<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let (io, is_tls) = match tls {
-        None => (Io::plain(stream, slot, address), false),
+    let (io, activity, is_tls) = match tls {
+        None => {
+            let activity = Activity::new();
+            (
+                Io::plain(stream, activity.clone(), slot, address),
+                activity,
+                false,
+            )
+        }
         Some((acceptor, handshake)) => {
             let accepted = tokio::time::timeout(timeouts.handshake, acceptor.accept(stream)).await;
             drop(handshake);
             match accepted {
-                Ok(Ok(stream)) => (Io::tls(stream, slot, address), true),
+                Ok(Ok(stream)) => {
+                    // The head limit counts from the end of the handshake.
+                    let activity = Activity::new();
+                    (Io::tls(stream, activity.clone(), slot, address), activity, true)
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, %peer, "TLS handshake failed");
                     return;
@@ -321,7 +334,6 @@ async fn connection<S>(
             }
         }
     };
-    let activity = Activity::new();
     let svc = hyper_service(
         service,
         ConnInfo { peer, tls: is_tls },
@@ -361,9 +373,16 @@ async fn connection<S>(
                     }
                     Guard::Quiet(quiet) => quiet,
                 };
-                if quiet == Quiet::NoHead {
-                    tracing::debug!(%peer, "connection closed: no request head within header_read_timeout");
-                    return;
+                match quiet {
+                    Quiet::NoHead => {
+                        tracing::debug!(%peer, "connection closed: no request head within header_read_timeout");
+                        return;
+                    }
+                    Quiet::Stalled => {
+                        tracing::debug!(%peer, "connection closed: the client read nothing for server.idle_timeout");
+                        return;
+                    }
+                    Quiet::Idle => {}
                 }
                 if closing {
                     // Asked to close (GOAWAY sent) and still idle a whole
@@ -437,7 +456,9 @@ where
         let mut req = match &timer {
             None => req.map(Body::new),
             Some(timer) => {
-                let mut req = req.map(|b| Body::new(timer.gap(b)));
+                // In flight until the body has arrived, too: an upload may go
+                // on after the upstream has answered.
+                let mut req = req.map(|b| Body::new(timer.gap(conn::Tracked::new(b, busy.also()))));
                 req.extensions_mut().insert(timer.clone());
                 req
             }

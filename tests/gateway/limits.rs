@@ -471,6 +471,152 @@ async fn a_stalled_upload_is_aborted_but_a_slow_steady_one_completes() {
     assert!(answer.ends_with("got 161"), "{answer}");
 }
 
+#[tokio::test]
+async fn an_upload_that_goes_on_after_the_answer_is_not_cut() {
+    // An upstream that answers as soon as it has the request head, then
+    // reads the upload to its end and reports its length (hyper's server
+    // stops reading a body once it has answered, so this one is raw).
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let head_end = loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            seen.extend_from_slice(&buf[..n]);
+            if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            assert!(n > 0, "no request head");
+        };
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+            .await
+            .unwrap();
+        let mut body = seen.len() - head_end;
+        while body < 101 {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body += n,
+            }
+        }
+        let _ = got_tx.send(body);
+    });
+    let gw = TestGateway::start(&format!(
+        "[server]\nheader_read_timeout = \"1s\"\nbody_read_timeout = \"2s\"\n\n[[upstreams]]\nname = \"sink\"\nurl = \"http://{upstream}\"\n"
+    ))
+    .await;
+    let mut conn = TcpStream::connect(gw.main).await.unwrap();
+    let head = post_head(&gw, "/public/upload", "application/octet-stream", 1 + 10 * 10);
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(b"u").await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.ends_with(b"early") {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("an early answer")
+            .unwrap();
+        assert!(n > 0, "closed before the answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The answer is complete, the upload goes on for 3 s: three times the
+    // head limit, never a pause as long as the body limit.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        conn.write_all(b"0123456789").await.unwrap();
+        eprintln!("DEBUG wrote");
+    }
+    let received = tokio::time::timeout(Duration::from_secs(5), got.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(received, 101, "the upstream got the whole upload");
+}
+
+// --- clients that do not read -------------------------------------------------------
+
+/// A `GET` of `path` (closing the connection after it) from a socket with a
+/// small receive buffer, which reads the first bytes of the answer, waits
+/// `pause`, then reads the rest: how many body bytes arrived in all.
+async fn read_after_a_pause(gw: &TestGateway, path: &str, pause: Duration) -> usize {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8 * 1024).unwrap();
+    let mut conn = socket.connect(gw.main).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        gw.main
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = conn.read(&mut answer).await.unwrap();
+    answer.truncate(n);
+    tokio::time::sleep(pause).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer[..answer.len().min(200)]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    answer.len() - body - 4
+}
+
+/// How many bytes the kernel takes on loopback for a client with the receive
+/// buffer of [`read_after_a_pause`] that reads nothing.
+async fn absorbed_by_a_client_that_does_not_read() -> usize {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8 * 1024).unwrap();
+    let _client = socket.connect(listener.local_addr().unwrap()).await.unwrap();
+    let (mut server, _) = listener.accept().await.unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut total = 0;
+    // The send buffer grows while it is filled: until nothing more goes for a while.
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), server.write(&chunk)).await {
+        total += n;
+    }
+    total
+}
+
+#[tokio::test]
+async fn a_slow_reader_gets_the_whole_answer_but_one_that_stops_reading_is_dropped() {
+    // More than the kernel holds, less than what the gateway buffers on top:
+    // the answer's end has been taken from the upstream but not yet sent.
+    let tail = absorbed_by_a_client_that_does_not_read().await + 200 * 1024;
+    const BIG: usize = 16 * 1024 * 1024;
+    let upstream = spawn_upstream(move |req| async move {
+        let size = if req.uri().path().ends_with("/big") {
+            BIG
+        } else {
+            tail
+        };
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; size])))
+    })
+    .await;
+    let gw = TestGateway::start(&format!(
+        "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"3s\"\n\n[[upstreams]]\nname = \"files\"\nurl = \"http://{upstream}\"\n"
+    ))
+    .await;
+    // An answer that the gateway has buffered whole, read after a pause
+    // longer than the head limit: it all arrives.
+    let read = read_after_a_pause(&gw, "/public/tail", Duration::from_millis(2000)).await;
+    assert_eq!(read, tail, "a buffered tail was cut");
+    // One whose reader pauses longer than idle_timeout is dropped, though
+    // its response is still in flight.
+    let big = read_after_a_pause(&gw, "/public/big", Duration::from_millis(5000)).await;
+    assert!(
+        big < BIG,
+        "a client that read nothing for 5 s held its response open"
+    );
+}
+
 // --- connections per address ----------------------------------------------------
 
 /// A keep-alive request like [`keep_alive_get`], from local address `from`;

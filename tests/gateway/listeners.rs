@@ -103,7 +103,15 @@ fn assert_no_response_or_408(buf: &[u8]) {
 #[tokio::test]
 async fn header_read_timeout_closes_slow_clients() {
     let gw = TestGateway::start("[server]\nheader_read_timeout = \"1s\"\n").await;
+    slow_heads_are_closed_after_a_second(&gw).await;
+    // The smaller of the two limits applies, to a trickled head too.
+    let gw = TestGateway::start("[server]\nheader_read_timeout = \"10s\"\nidle_timeout = \"1s\"\n").await;
+    slow_heads_are_closed_after_a_second(&gw).await;
+}
 
+/// A partial head and a trickled one are both closed about a second after
+/// their connection opened.
+async fn slow_heads_are_closed_after_a_second(gw: &TestGateway) {
     // A request line and part of the headers, then nothing.
     let mut conn = TcpStream::connect(gw.main).await.unwrap();
     conn.write_all(b"GET /public/x HTTP/1.1\r\nHost: x\r\nX-Partial: ")
