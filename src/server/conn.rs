@@ -256,45 +256,86 @@ pub(super) fn refuse(stream: TcpStream, limit: &Arc<ConnectionLimit>, tls: bool)
     });
 }
 
-/// The socket hyper serves: plain or TLS, holding the connection's slot,
-/// and telling the connection's [`Activity`] when its output waits for the
-/// client.
+/// The client's socket, telling the connection's [`Activity`] when a write
+/// cannot go on and when it goes on again. Under TLS too (rustls writes
+/// through it), so progress is seen per system call, not per TLS buffer.
+pub(super) struct Watched {
+    socket: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl Watched {
+    pub(super) fn new(socket: TcpStream, activity: Arc<Activity>) -> Self {
+        Self { socket, activity }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.socket).poll_write(cx, buf);
+        this.activity.output(polled.is_pending());
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.socket).poll_write_vectored(cx, bufs);
+        this.activity.output(polled.is_pending());
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_shutdown(cx)
+    }
+}
+
+/// The socket hyper serves: plain or TLS, holding the connection's slot.
 pub(super) struct Io {
     stream: Stream,
-    activity: Arc<Activity>,
     _slot: Slot,
     _address: Option<AddressSlot>,
 }
 
 enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Plain(Watched),
+    Tls(Box<tokio_rustls::server::TlsStream<Watched>>),
 }
 
 impl Io {
-    pub(super) fn plain(
-        stream: TcpStream,
-        activity: Arc<Activity>,
-        slot: Slot,
-        address: Option<AddressSlot>,
-    ) -> Self {
+    pub(super) fn plain(stream: Watched, slot: Slot, address: Option<AddressSlot>) -> Self {
         Self {
             stream: Stream::Plain(stream),
-            activity,
             _slot: slot,
             _address: address,
         }
     }
 
     pub(super) fn tls(
-        stream: tokio_rustls::server::TlsStream<TcpStream>,
-        activity: Arc<Activity>,
+        stream: tokio_rustls::server::TlsStream<Watched>,
         slot: Slot,
         address: Option<AddressSlot>,
     ) -> Self {
         Self {
             stream: Stream::Tls(Box::new(stream)),
-            activity,
             _slot: slot,
             _address: address,
         }
@@ -312,13 +353,10 @@ impl AsyncRead for Io {
 
 impl AsyncWrite for Io {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = match &mut this.stream {
+        match &mut self.get_mut().stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        };
-        this.activity.output(polled.is_pending());
-        polled
+        }
     }
 
     fn poll_write_vectored(
@@ -326,13 +364,10 @@ impl AsyncWrite for Io {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = match &mut this.stream {
+        match &mut self.get_mut().stream {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        };
-        this.activity.output(polled.is_pending());
-        polled
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -343,13 +378,10 @@ impl AsyncWrite for Io {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let polled = match &mut this.stream {
+        match &mut self.get_mut().stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        };
-        this.activity.output(polled.is_pending());
-        polled
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -365,13 +397,22 @@ impl AsyncWrite for Io {
 #[derive(Debug)]
 pub(super) struct Activity {
     origin: Instant,
-    in_flight: AtomicUsize,
-    /// Milliseconds after `origin` of the last change to idle, or of the
-    /// last progress (or start of a wait) of blocked output.
+    /// Requests in flight: answers not yet sent (low 32 bits) and request
+    /// bodies still arriving (high 32 bits), in one word so that one atomic
+    /// operation moves either.
+    in_flight: AtomicU64,
+    /// Milliseconds after `origin` of the last change to idle (the end of
+    /// the last request, the end of the TLS handshake, a GOAWAY): the clock
+    /// of the head and idle limits, which output never moves.
     last_ms: AtomicU64,
+    /// Milliseconds after `origin` of the start of the current wait for the
+    /// client to read, or of the last progress after one.
+    output_ms: AtomicU64,
     /// A write could not go on (the client is not reading) and has not
     /// progressed since.
     blocked: AtomicBool,
+    /// A request has begun on this connection.
+    served: AtomicBool,
     /// An HTTP/2 request has been seen: the head limit no longer applies.
     h2: AtomicBool,
 }
@@ -385,15 +426,27 @@ pub(super) enum Quiet {
     Idle,
     /// Output waiting for the client without progress for `idle_timeout`.
     Stalled,
+    /// A request body still arriving `idle_timeout` after its answer was
+    /// sent.
+    Upload,
 }
+
+/// One answer in flight (see [`Activity::in_flight`]).
+const ANSWER: u64 = 1;
+/// One request body in flight.
+const UPLOAD: u64 = 1 << 32;
+/// The answers' part of [`Activity::in_flight`].
+const ANSWERS: u64 = UPLOAD - 1;
 
 impl Activity {
     pub(super) fn new() -> Arc<Self> {
         Arc::new(Self {
             origin: Instant::now(),
-            in_flight: AtomicUsize::new(0),
+            in_flight: AtomicU64::new(0),
             last_ms: AtomicU64::new(0),
+            output_ms: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
+            served: AtomicBool::new(false),
             h2: AtomicBool::new(false),
         })
     }
@@ -401,32 +454,40 @@ impl Activity {
     /// A request (its head complete) begins; it is in flight until the
     /// returned guard drops.
     pub(super) fn begin(self: &Arc<Self>, version: http::Version) -> Busy {
+        if !self.served.load(Ordering::Relaxed) {
+            self.served.store(true, Ordering::Relaxed);
+        }
         if version == http::Version::HTTP_2 {
             self.h2.store(true, Ordering::Relaxed);
         }
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        Busy(self.clone())
+        self.in_flight.fetch_add(ANSWER, Ordering::SeqCst);
+        Busy(self.clone(), ANSWER)
     }
 
-    /// Restarts the idle clock.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Restarts the idle clock. Requests end on several tasks: a late store
+    /// never moves it back.
     pub(super) fn touch(&self) {
-        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::SeqCst);
+        self.last_ms.fetch_max(self.now_ms(), Ordering::SeqCst);
     }
 
     /// A write to the client could not go on (`waiting`) or went on. Only a
     /// change costs anything (a clock reading): the start of a wait and the
-    /// first progress after it both restart the clock.
+    /// first progress after it both restart the output clock (only the
+    /// connection's own task writes, so one writer).
     #[inline]
     pub(super) fn output(&self, waiting: bool) {
         if waiting != self.blocked.load(Ordering::Relaxed) {
-            self.touch();
+            self.output_ms.store(self.now_ms(), Ordering::SeqCst);
             self.blocked.store(waiting, Ordering::SeqCst);
         }
     }
 
-    fn last(&self) -> Instant {
-        self.origin + Duration::from_millis(self.last_ms.load(Ordering::SeqCst))
+    fn at(&self, ms: &AtomicU64) -> Instant {
+        self.origin + Duration::from_millis(ms.load(Ordering::SeqCst))
     }
 
     /// Resolves once the connection has been quiet for too long:
@@ -434,8 +495,8 @@ impl Activity {
     /// - Output waiting for the client (it is not reading) without progress
     ///   for `idle` (`server.idle_timeout`), whether requests are in flight
     ///   or not: [`Quiet::Stalled`].
-    /// - Otherwise, with no request in flight, over HTTP/1 and before the
-    ///   first request of any protocol: no complete request head for `head`
+    /// - With no request in flight, over HTTP/1 and before the first request
+    ///   of any protocol: no complete request head for `head`
     ///   (`server.header_read_timeout`), or `idle` if that is shorter,
     ///   counted from the connection's start or the end of its last request
     ///   (so it also bounds an idle keep-alive connection, and trickling
@@ -443,21 +504,52 @@ impl Activity {
     /// - Once the connection speaks HTTP/2, no request in flight for `idle`:
     ///   [`Quiet::Idle`].
     ///
+    /// The end of an answer still waiting for its client when its request
+    /// ended gets up to `idle` after that end instead, once: a client's
+    /// reading never moves the head and idle clock, so reading slowly cannot
+    /// stretch the time it has to send its next head (or, over HTTP/2,
+    /// any request).
+    ///
     /// One timer, which wakes only at its deadline: a request costs no timer
     /// of its own.
     pub(super) async fn quiet(&self, head: Duration, idle: Duration) -> Quiet {
         loop {
-            let (deadline, why) = if self.blocked.load(Ordering::SeqCst) {
-                (self.last() + idle, Quiet::Stalled)
-            } else if self.in_flight.load(Ordering::SeqCst) > 0 {
-                // The end of the request (or a blocked write) restarts the
-                // clock; look again later.
-                tokio::time::sleep(head.min(idle)).await;
-                continue;
-            } else if self.h2.load(Ordering::Relaxed) {
-                (self.last() + idle, Quiet::Idle)
+            let blocked = self.blocked.load(Ordering::SeqCst);
+            let stalled = blocked.then(|| (self.at(&self.output_ms) + idle, Quiet::Stalled));
+            let in_flight = self.in_flight.load(Ordering::SeqCst);
+            let quiet = if in_flight == 0 {
+                let (limit, why) = if self.h2.load(Ordering::Relaxed) {
+                    (idle, Quiet::Idle)
+                } else {
+                    (head.min(idle), Quiet::NoHead)
+                };
+                let tail = blocked && self.served.load(Ordering::Relaxed);
+                Some((
+                    self.at(&self.last_ms) + if tail { limit.max(idle) } else { limit },
+                    why,
+                ))
+            } else if in_flight & ANSWERS == 0 {
+                // Only request bodies still arriving, their answers sent: an
+                // upload may go on after the upstream answered, for `idle`.
+                Some((self.at(&self.last_ms) + idle, Quiet::Upload))
             } else {
-                (self.last() + head.min(idle), Quiet::NoHead)
+                None
+            };
+            let (deadline, why) = match (stalled, quiet) {
+                (Some(a), Some(b)) => {
+                    if a.0 <= b.0 {
+                        a
+                    } else {
+                        b
+                    }
+                }
+                (Some(first), None) | (None, Some(first)) => first,
+                (None, None) => {
+                    // The end of the request (or a blocked write) sets the
+                    // next deadline; look again later.
+                    tokio::time::sleep(head.min(idle)).await;
+                    continue;
+                }
             };
             if Instant::now() >= deadline {
                 return why;
@@ -467,23 +559,38 @@ impl Activity {
     }
 }
 
-/// A request in flight (see [`Activity::begin`]).
+/// A request in flight (see [`Activity::begin`]): its answer, or its body.
 #[derive(Debug)]
-pub(super) struct Busy(Arc<Activity>);
+pub(super) struct Busy(Arc<Activity>, u64);
 
 impl Busy {
-    /// The same request in flight once more, for as long as the returned
-    /// guard lives too (its request body, beside its response body).
-    pub(super) fn also(&self) -> Busy {
-        self.0.in_flight.fetch_add(1, Ordering::SeqCst);
-        Busy(self.0.clone())
+    /// The same request's body, in flight until the returned guard drops;
+    /// once the answer has been sent, for at most `idle_timeout` more.
+    pub(super) fn upload(&self) -> Busy {
+        self.0.in_flight.fetch_add(UPLOAD, Ordering::SeqCst);
+        Busy(self.0.clone(), UPLOAD)
     }
 }
 
 impl Drop for Busy {
+    /// The last answer out, and any body after it, restarts the idle clock
+    /// (before leaving, so the watchdog never sees the connection idle with
+    /// an old clock).
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let (activity, unit) = (&self.0, self.1);
+        let mut n = activity.in_flight.load(Ordering::SeqCst);
+        loop {
+            if (n - unit) & ANSWERS == 0 {
+                activity.touch();
+            }
+            match activity
+                .in_flight
+                .compare_exchange(n, n - unit, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return,
+                Err(now) => n = now,
+            }
+        }
     }
 }
 
@@ -677,12 +784,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn output_the_client_does_not_read_gets_the_idle_limit_from_its_last_progress() {
+    async fn output_the_client_does_not_read_is_bounded_by_the_idle_limit() {
         let (head, idle) = (Duration::from_millis(100), Duration::from_millis(400));
-        // After the last request, a tail still waiting for the client is not
-        // cut at the head limit while it moves.
+        let within = |t: Duration, from: Duration, to: Duration| {
+            assert!((from..to).contains(&t), "{t:?} not in {from:?}..{to:?}");
+        };
+
+        // In flight: a client that reads nothing of a response is dropped
+        // `idle` after the last progress; reading renews it.
         let activity = Activity::new();
-        drop(activity.begin(http::Version::HTTP_11));
+        let busy = activity.begin(http::Version::HTTP_11);
         activity.output(true);
         let watch = activity.clone();
         let quiet = tokio::spawn(async move { watch.quiet(head, idle).await });
@@ -691,26 +802,38 @@ mod tests {
             activity.output(false);
             activity.output(true);
         }
-        let stalled = Instant::now();
+        let last_progress = Instant::now();
         assert_eq!(quiet.await.unwrap(), Quiet::Stalled);
-        assert!((idle - Duration::from_millis(50)..idle * 3).contains(&stalled.elapsed()));
-
-        // In flight too: a client that reads nothing of a response is not
-        // held for ever.
-        let activity = Activity::new();
-        let busy = activity.begin(http::Version::HTTP_2);
-        activity.output(true);
-        let blocked = Instant::now();
-        assert_eq!(activity.quiet(head, idle).await, Quiet::Stalled);
-        assert!(blocked.elapsed() >= idle);
-        // Once it reads again, the request is in flight as before.
-        activity.output(false);
-        assert!(
-            tokio::time::timeout(idle * 2, activity.quiet(head, idle))
-                .await
-                .is_err()
+        within(
+            last_progress.elapsed(),
+            idle - Duration::from_millis(50),
+            idle * 3,
         );
+
+        // The end of an answer still waiting once its request ended gets
+        // `idle` after that end (not `head`), and reading does not renew it:
+        // reading slowly cannot stretch the time to send the next head.
+        activity.output(false);
         drop(busy);
+        let ended = Instant::now();
+        activity.output(true);
+        let watch = activity.clone();
+        let quiet = tokio::spawn(async move { watch.quiet(head, idle).await });
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            activity.output(false);
+            activity.output(true);
+        }
+        assert_eq!(quiet.await.unwrap(), Quiet::NoHead);
+        within(ended.elapsed(), idle - Duration::from_millis(50), idle * 2);
+
+        // Before any request (HTTP/2 control frames a client does not read):
+        // no allowance, the head limit holds.
+        let activity = Activity::new();
+        let born = Instant::now();
+        activity.output(true);
+        assert_eq!(activity.quiet(head, idle).await, Quiet::NoHead);
+        within(born.elapsed(), head, idle);
     }
 
     #[tokio::test]
@@ -722,12 +845,21 @@ mod tests {
         let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
         });
-        let mut body = Tracked::new(axum::body::Body::from_stream(chunks), busy.also());
-        drop(busy); // the response is done
-        assert_eq!(activity.in_flight.load(Ordering::SeqCst), 1);
+        let mut body = Tracked::new(axum::body::Body::from_stream(chunks), busy.upload());
+        drop(busy); // the answer has been sent
+        assert_eq!(activity.in_flight.load(Ordering::SeqCst), UPLOAD);
         tx.send(bytes::Bytes::from_static(b"x")).await.unwrap();
         assert!(body.frame().await.is_some());
-        assert_eq!(activity.in_flight.load(Ordering::SeqCst), 1);
+        assert_eq!(activity.in_flight.load(Ordering::SeqCst), UPLOAD);
+        // Not cut at the head limit, but bounded once answered.
+        let answered = Instant::now();
+        let (head, idle) = (Duration::from_millis(100), Duration::from_millis(400));
+        assert_eq!(activity.quiet(head, idle).await, Quiet::Upload);
+        let took = answered.elapsed();
+        assert!(
+            took >= idle - Duration::from_millis(50) && took < idle * 3,
+            "{took:?}"
+        );
         drop(tx);
         assert!(body.frame().await.is_none());
         assert_eq!(

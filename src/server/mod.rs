@@ -43,7 +43,7 @@ pub use conn::{AddressLimit, AddressSlot, ConnectionLimit, Slot, raise_open_file
 
 use crate::config::{ServerConfig, defaults};
 use crate::context::ConnInfo;
-use conn::{Activity, Io, Quiet};
+use conn::{Activity, Io, Quiet, Watched};
 
 /// Settings for one listener.
 #[derive(Debug, Clone)]
@@ -305,23 +305,18 @@ async fn connection<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let (io, activity, is_tls) = match tls {
-        None => {
-            let activity = Activity::new();
-            (
-                Io::plain(stream, activity.clone(), slot, address),
-                activity,
-                false,
-            )
-        }
+    let activity = Activity::new();
+    let stream = Watched::new(stream, activity.clone());
+    let (io, is_tls) = match tls {
+        None => (Io::plain(stream, slot, address), false),
         Some((acceptor, handshake)) => {
             let accepted = tokio::time::timeout(timeouts.handshake, acceptor.accept(stream)).await;
             drop(handshake);
             match accepted {
                 Ok(Ok(stream)) => {
                     // The head limit counts from the end of the handshake.
-                    let activity = Activity::new();
-                    (Io::tls(stream, activity.clone(), slot, address), activity, true)
+                    activity.touch();
+                    (Io::tls(stream, slot, address), true)
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, %peer, "TLS handshake failed");
@@ -380,6 +375,10 @@ async fn connection<S>(
                     }
                     Quiet::Stalled => {
                         tracing::debug!(%peer, "connection closed: the client read nothing for server.idle_timeout");
+                        return;
+                    }
+                    Quiet::Upload => {
+                        tracing::debug!(%peer, "connection closed: a request body still arriving server.idle_timeout after its answer");
                         return;
                     }
                     Quiet::Idle => {}
@@ -458,7 +457,7 @@ where
             Some(timer) => {
                 // In flight until the body has arrived, too: an upload may go
                 // on after the upstream has answered.
-                let mut req = req.map(|b| Body::new(timer.gap(conn::Tracked::new(b, busy.also()))));
+                let mut req = req.map(|b| Body::new(timer.gap(conn::Tracked::new(b, busy.upload()))));
                 req.extensions_mut().insert(timer.clone());
                 req
             }

@@ -531,7 +531,6 @@ async fn an_upload_that_goes_on_after_the_answer_is_not_cut() {
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         conn.write_all(b"0123456789").await.unwrap();
-        eprintln!("DEBUG wrote");
     }
     let received = tokio::time::timeout(Duration::from_secs(5), got.recv())
         .await
