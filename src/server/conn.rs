@@ -8,11 +8,14 @@
 //! - A connection is idle when no request is in flight, and a request is in
 //!   flight until its response body has been sent (or dropped) and its
 //!   request body has arrived (or been dropped), not only until its headers
-//!   are ready: an idle close never cuts a download or an upload short.
-//! - A client that stops reading what the connection writes (a write that
-//!   cannot go on) gets `idle_timeout` without progress, in flight or not,
-//!   then the connection is closed: a buffered tail is not lost to a
-//!   shorter limit, and a client cannot hold a response open by not reading.
+//!   are ready: an idle close never cuts a download short, nor an upload
+//!   within `idle_timeout` of its answer.
+//! - A client that stops reading what the socket takes (a write that cannot
+//!   go on) gets `idle_timeout` without progress, in flight or not, then the
+//!   connection is closed: a buffered tail is not lost to a shorter limit,
+//!   and a client cannot hold a response open by not reading its socket
+//!   (HTTP/2 flow control withheld is not caught: socket level only).
+//!   Reading never moves the head and idle clock.
 
 use std::collections::HashMap;
 use std::io;
@@ -626,8 +629,11 @@ where
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None | Some(Err(_))) = polled {
-            this.busy = None;
+        match &polled {
+            Poll::Ready(None | Some(Err(_))) => this.busy = None,
+            // A reader may stop at the end without polling once more.
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.busy = None,
+            _ => {}
         }
         polled
     }
