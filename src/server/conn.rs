@@ -538,21 +538,12 @@ impl Activity {
             } else {
                 None
             };
-            let (deadline, why) = match (stalled, quiet) {
-                (Some(a), Some(b)) => {
-                    if a.0 <= b.0 {
-                        a
-                    } else {
-                        b
-                    }
-                }
-                (Some(first), None) | (None, Some(first)) => first,
-                (None, None) => {
-                    // The end of the request (or a blocked write) sets the
-                    // next deadline; look again later.
-                    tokio::time::sleep(head.min(idle)).await;
-                    continue;
-                }
+            // The earlier of the two.
+            let Some((deadline, why)) = stalled.into_iter().chain(quiet).min_by_key(|(at, _)| *at) else {
+                // The end of the request (or a blocked write) sets the next
+                // deadline; look again later.
+                tokio::time::sleep(head.min(idle)).await;
+                continue;
             };
             if Instant::now() >= deadline {
                 return why;
@@ -789,6 +780,27 @@ mod tests {
         assert!(born.elapsed() < Duration::from_secs(2), "{:?}", born.elapsed());
     }
 
+    /// Starts the watchdog of `activity` while its output waits for the
+    /// client, which then reads a little every `every`, `times` times, and
+    /// leaves it waiting again.
+    async fn watched_while_read_slowly(
+        activity: &Arc<Activity>,
+        head: Duration,
+        idle: Duration,
+        every: Duration,
+        times: usize,
+    ) -> tokio::task::JoinHandle<Quiet> {
+        activity.output(true);
+        let watch = activity.clone();
+        let quiet = tokio::spawn(async move { watch.quiet(head, idle).await });
+        for _ in 0..times {
+            tokio::time::sleep(every).await;
+            activity.output(false);
+            activity.output(true);
+        }
+        quiet
+    }
+
     #[tokio::test]
     async fn output_the_client_does_not_read_is_bounded_by_the_idle_limit() {
         let (head, idle) = (Duration::from_millis(100), Duration::from_millis(400));
@@ -800,14 +812,7 @@ mod tests {
         // `idle` after the last progress; reading renews it.
         let activity = Activity::new();
         let busy = activity.begin(http::Version::HTTP_11);
-        activity.output(true);
-        let watch = activity.clone();
-        let quiet = tokio::spawn(async move { watch.quiet(head, idle).await });
-        for _ in 0..3 {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            activity.output(false);
-            activity.output(true);
-        }
+        let quiet = watched_while_read_slowly(&activity, head, idle, Duration::from_millis(250), 3).await;
         let last_progress = Instant::now();
         assert_eq!(quiet.await.unwrap(), Quiet::Stalled);
         within(
@@ -822,14 +827,7 @@ mod tests {
         activity.output(false);
         drop(busy);
         let ended = Instant::now();
-        activity.output(true);
-        let watch = activity.clone();
-        let quiet = tokio::spawn(async move { watch.quiet(head, idle).await });
-        for _ in 0..4 {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            activity.output(false);
-            activity.output(true);
-        }
+        let quiet = watched_while_read_slowly(&activity, head, idle, Duration::from_millis(150), 4).await;
         assert_eq!(quiet.await.unwrap(), Quiet::NoHead);
         within(ended.elapsed(), idle - Duration::from_millis(50), idle * 2);
 
