@@ -418,6 +418,29 @@ pub(super) struct Activity {
     served: AtomicBool,
     /// An HTTP/2 request has been seen: the head limit no longer applies.
     h2: AtomicBool,
+    /// HTTP/2 answers waiting for hyper to take their next frame, by the
+    /// watchdog's look (see [`Offers`]).
+    offers: Mutex<Offers>,
+}
+
+/// HTTP/2 answers that hyper has not asked for their next frame (a new
+/// answer, or one that just gave a frame). Over HTTP/2 the socket need not
+/// block for an answer to wait: hyper asks only while the client's
+/// flow-control window is open, and a client can keep reading its socket
+/// (PINGs, SETTINGS) while it never opens the window, which would hold the
+/// stream and its upstream connection for ever. The watchdog looks every
+/// `idle_timeout` while HTTP/2 answers are in flight: an answer offered
+/// before its previous look and still not taken has waited at least that
+/// long (at most twice that). Counted per look rather than timed per
+/// answer, so a frame costs no clock reading.
+#[derive(Debug, Default)]
+struct Offers {
+    /// The looks so far (wrapping).
+    look: u32,
+    /// Answers offered since the last look and not yet taken.
+    since: u32,
+    /// Answers offered before the last look and not yet taken.
+    before: u32,
 }
 
 /// Why a connection's watchdog ([`Activity::quiet`]) fired.
@@ -432,6 +455,9 @@ pub(super) enum Quiet {
     /// A request body still arriving `idle_timeout` after its answer was
     /// sent.
     Upload,
+    /// An HTTP/2 answer not taken for `idle_timeout` (up to twice that):
+    /// the client keeps its flow-control window shut.
+    Unread,
 }
 
 /// One answer in flight (see [`Activity::in_flight`]).
@@ -451,6 +477,7 @@ impl Activity {
             blocked: AtomicBool::new(false),
             served: AtomicBool::new(false),
             h2: AtomicBool::new(false),
+            offers: Mutex::new(Offers::default()),
         })
     }
 
@@ -489,6 +516,43 @@ impl Activity {
         }
     }
 
+    fn offers(&self) -> std::sync::MutexGuard<'_, Offers> {
+        self.offers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An HTTP/2 answer waits for hyper to take its next frame; returns the
+    /// look it was offered in, for [`Activity::taken`].
+    fn offer(&self) -> u32 {
+        let mut offers = self.offers();
+        offers.since += 1;
+        offers.look
+    }
+
+    /// Hyper asked for the next frame of an answer offered in `look` (or
+    /// dropped it).
+    fn taken(&self, look: u32) {
+        let mut offers = self.offers();
+        if look == offers.look {
+            offers.since = offers.since.saturating_sub(1);
+        } else {
+            // One look earlier: an older offer has already been reported
+            // (the connection is closing).
+            offers.before = offers.before.saturating_sub(1);
+        }
+    }
+
+    /// The watchdog's look: true when an answer offered before the previous
+    /// look is still not taken.
+    fn look(&self) -> bool {
+        let mut offers = self.offers();
+        if offers.before > 0 {
+            return true;
+        }
+        offers.before = std::mem::take(&mut offers.since);
+        offers.look = offers.look.wrapping_add(1);
+        false
+    }
+
     fn at(&self, ms: &AtomicU64) -> Instant {
         self.origin + Duration::from_millis(ms.load(Ordering::SeqCst))
     }
@@ -506,6 +570,9 @@ impl Activity {
     ///   bytes does not extend it): [`Quiet::NoHead`].
     /// - Once the connection speaks HTTP/2, no request in flight for `idle`:
     ///   [`Quiet::Idle`].
+    /// - Over HTTP/2, an answer whose next frame hyper has not taken (the
+    ///   client keeps its flow-control window shut) for between `idle` and
+    ///   twice that: [`Quiet::Unread`] (see [`Offers`]).
     ///
     /// The end of an answer still waiting for its client when its request
     /// ended gets up to `idle` after that end instead, once: a client's
@@ -516,6 +583,7 @@ impl Activity {
     /// One timer, which wakes only at its deadline: a request costs no timer
     /// of its own.
     pub(super) async fn quiet(&self, head: Duration, idle: Duration) -> Quiet {
+        let mut next_look = Instant::now() + idle;
         loop {
             let blocked = self.blocked.load(Ordering::SeqCst);
             let stalled = blocked.then(|| (self.at(&self.output_ms) + idle, Quiet::Stalled));
@@ -538,17 +606,29 @@ impl Activity {
             } else {
                 None
             };
-            // The earlier of the two.
-            let Some((deadline, why)) = stalled.into_iter().chain(quiet).min_by_key(|(at, _)| *at) else {
+            // HTTP/2 answers in flight: look at the ones not taken.
+            let look = (in_flight & ANSWERS != 0 && self.h2.load(Ordering::Relaxed))
+                .then_some((next_look, Quiet::Unread));
+            // The earliest.
+            let Some((deadline, why)) = stalled
+                .into_iter()
+                .chain(quiet)
+                .chain(look)
+                .min_by_key(|(at, _)| *at)
+            else {
                 // The end of the request (or a blocked write) sets the next
                 // deadline; look again later.
                 tokio::time::sleep(head.min(idle)).await;
                 continue;
             };
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now < deadline {
+                tokio::time::sleep_until(deadline).await;
+            } else if why != Quiet::Unread || self.look() {
                 return why;
+            } else {
+                next_look = now + idle;
             }
-            tokio::time::sleep_until(deadline).await;
         }
     }
 }
@@ -596,14 +676,47 @@ impl Drop for Busy {
 pub(super) struct Tracked<B> {
     inner: B,
     busy: Option<Busy>,
+    /// An HTTP/2 answer: offered to hyper (see [`Offers`]) whenever it may
+    /// take the next frame.
+    h2: bool,
+    /// The watchdog's look this answer was offered in, until hyper takes it.
+    offered: Option<u32>,
 }
 
 impl<B> Tracked<B> {
+    /// A request body, or an HTTP/1 answer (whose client, when it does not
+    /// read, blocks the socket: see [`Watched`]).
     pub(super) fn new(inner: B, busy: Busy) -> Self {
         Self {
             inner,
             busy: Some(busy),
+            h2: false,
+            offered: None,
         }
+    }
+
+    /// An answer over HTTP/2: also offered to hyper until it asks for a
+    /// frame, so that the watchdog sees a client that keeps its window shut.
+    pub(super) fn answer(inner: B, busy: Busy, h2: bool) -> Self {
+        let offered = h2.then(|| busy.0.offer());
+        Self {
+            inner,
+            busy: Some(busy),
+            h2,
+            offered,
+        }
+    }
+
+    fn take_offer(&mut self) {
+        if let (Some(look), Some(busy)) = (self.offered.take(), &self.busy) {
+            busy.0.taken(look);
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.take_offer();
     }
 }
 
@@ -619,11 +732,15 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
+        this.take_offer();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None | Some(Err(_))) => this.busy = None,
             // A reader may stop at the end without polling once more.
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.busy = None,
+            // Hyper takes the next frame when the client's window allows.
+            Poll::Ready(Some(Ok(_))) if this.h2 => this.offered = this.busy.as_ref().map(|b| b.0.offer()),
+            // `Pending`: waiting for the upstream, not for the client.
             _ => {}
         }
         polled
@@ -873,5 +990,74 @@ mod tests {
         );
         drop(body);
         assert_eq!(activity.in_flight.load(Ordering::SeqCst), 0, "once");
+    }
+
+    #[tokio::test]
+    async fn an_http2_answer_left_untaken_is_bounded_by_the_idle_limit() {
+        use http_body_util::BodyExt as _;
+        let (head, idle) = (Duration::from_millis(100), Duration::from_millis(300));
+        let activity = Activity::new();
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+        let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+        });
+        let mut answer = Tracked::answer(
+            axum::body::Body::from_stream(chunks),
+            activity.begin(http::Version::HTTP_2),
+            true,
+        );
+        let watch = activity.clone();
+        let mut quiet = tokio::spawn(async move { watch.quiet(head, idle).await });
+
+        // Taken a frame at a time (the client opens its window now and
+        // then), then waiting for its upstream: not cut in four idle times.
+        for _ in 0..4 {
+            tokio::time::sleep(idle / 2).await;
+            tx.send(bytes::Bytes::from_static(b"x")).await.unwrap();
+            assert!(answer.frame().await.is_some());
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), answer.frame())
+                .await
+                .is_err(),
+            "waits for its upstream"
+        );
+        tokio::time::sleep(idle * 2).await;
+        assert!(!quiet.is_finished());
+
+        // A frame taken, the next never asked for (the window stays shut).
+        tx.send(bytes::Bytes::from_static(b"x")).await.unwrap();
+        assert!(answer.frame().await.is_some());
+        let offered = Instant::now();
+        let why = tokio::time::timeout(idle * 4, &mut quiet)
+            .await
+            .expect("the watchdog sees the untaken answer")
+            .unwrap();
+        assert_eq!(why, Quiet::Unread);
+        let took = offered.elapsed();
+        assert!(
+            took >= idle - Duration::from_millis(50) && took < idle * 3,
+            "{took:?}"
+        );
+
+        // An answer dropped (its stream reset) no longer waits; an HTTP/1
+        // answer is never offered (its socket blocks instead).
+        let activity = Activity::new();
+        let answer = Tracked::answer(
+            axum::body::Body::from("x"),
+            activity.begin(http::Version::HTTP_2),
+            true,
+        );
+        assert_eq!(activity.offers().since, 1);
+        drop(answer);
+        assert_eq!(activity.offers().since, 0);
+        assert_eq!(activity.in_flight.load(Ordering::SeqCst), 0);
+        let answer = Tracked::answer(
+            axum::body::Body::from("x"),
+            activity.begin(http::Version::HTTP_11),
+            false,
+        );
+        assert_eq!(activity.offers().since, 0);
+        drop(answer);
     }
 }

@@ -381,6 +381,10 @@ async fn connection<S>(
                         tracing::debug!(%peer, "connection closed: a request body still arriving server.idle_timeout after its answer");
                         return;
                     }
+                    Quiet::Unread => {
+                        tracing::debug!(%peer, "connection closed: an HTTP/2 answer left unread (flow-control window kept shut) for server.idle_timeout");
+                        return;
+                    }
                     Quiet::Idle => {}
                 }
                 if closing {
@@ -475,7 +479,8 @@ where
                 tracing::debug!(peer = %conn.peer, "request body timed out (server.body_read_timeout); answering 408");
                 response = body::timed_out(api, version);
             }
-            Ok(response.map(|body| Body::new(conn::Tracked::new(body, busy))))
+            let h2 = version == http::Version::HTTP_2;
+            Ok(response.map(|body| Body::new(conn::Tracked::answer(body, busy, h2))))
         }
     })
 }

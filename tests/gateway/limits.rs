@@ -17,6 +17,7 @@ const HEADERS: u8 = 0x1;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
 const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
@@ -61,9 +62,22 @@ fn literal(name_index: u8, value: &str) -> Vec<u8> {
 
 /// Opens a prior-knowledge (h2c) connection and sends `GET path` on stream 1.
 async fn h2c_get(gw: &TestGateway, path: &str) -> TcpStream {
+    h2c_get_with(gw, path, &[]).await
+}
+
+/// `SETTINGS_INITIAL_WINDOW_SIZE` (0x4) = `bytes`: what a stream may be sent
+/// before the client opens its window further.
+fn initial_window(bytes: u32) -> Vec<u8> {
+    let mut setting = vec![0x00, 0x04];
+    setting.extend_from_slice(&bytes.to_be_bytes());
+    setting
+}
+
+/// [`h2c_get`] with the client's `settings` (a SETTINGS frame's payload).
+async fn h2c_get_with(gw: &TestGateway, path: &str, settings: &[u8]) -> TcpStream {
     let mut conn = TcpStream::connect(gw.main).await.unwrap();
     conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
-    write_frame(&mut conn, SETTINGS, 0, 0, &[]).await;
+    write_frame(&mut conn, SETTINGS, 0, 0, settings).await;
     // :method GET, :scheme http (static table), :path and :authority literals.
     let mut block = vec![0x82, 0x86];
     block.extend(literal(0x04, path));
@@ -176,6 +190,149 @@ async fn a_busy_http2_connection_is_not_cut() {
     let goaway = seen.goaway.expect("GOAWAY once idle after the response");
     assert!(goaway >= done + Duration::from_millis(800), "{seen:?}");
     assert!(seen.closed.is_some(), "{seen:?}");
+}
+
+// --- HTTP/2 flow control -----------------------------------------------------------
+
+/// A raw HTTP/1.1 upstream answering every request with `first` bytes at
+/// once, then, `pause` later, `last` more (so the answer waits for its
+/// upstream in between). Sends the time of each connection's end (the
+/// gateway closed it, or a write failed) on the returned channel.
+async fn paced_upstream(
+    first: usize,
+    pause: Duration,
+    last: usize,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Instant>,
+) {
+    let (ended_tx, ended) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let ended_tx = ended_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                'requests: loop {
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => break 'requests,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.clear();
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", first + last);
+                    let (mut rd, mut wr) = conn.split();
+                    let answered = async {
+                        wr.write_all(head.as_bytes()).await?;
+                        wr.write_all(&vec![b'a'; first]).await?;
+                        tokio::time::sleep(pause).await;
+                        wr.write_all(&vec![b'z'; last]).await
+                    };
+                    // The gateway sends no next request before this answer
+                    // ends: anything read meanwhile is its end.
+                    let closed = async {
+                        let mut byte = [0u8; 1];
+                        let _ = rd.read(&mut byte).await;
+                    };
+                    tokio::select! {
+                        answered = answered => if answered.is_err() { break },
+                        () = closed => break,
+                    }
+                }
+                let _ = ended_tx.send(Instant::now());
+            });
+        }
+    });
+    (addr, ended)
+}
+
+#[tokio::test]
+async fn an_http2_client_that_keeps_its_window_shut_is_dropped_and_its_upstream_let_go() {
+    // Such a client reads its socket (SETTINGS, PINGs) but never lets the
+    // answer through: its socket never blocks, only the answer waits.
+    // An answer that cannot end before the test does.
+    let (upstream, mut ended) = paced_upstream(100_000, Duration::from_secs(30), 1).await;
+    let gw = TestGateway::start(&format!(
+        "[server]\nidle_timeout = \"1s\"\n\n[[upstreams]]\nname = \"paced\"\nurl = \"http://{upstream}\"\n"
+    ))
+    .await;
+    // No window from the start, and a window that shuts after 16 KiB.
+    for window in [0, 16_384] {
+        let started = Instant::now();
+        let mut conn = h2c_get_with(&gw, "/public/paced", &initial_window(window)).await;
+        let seen = watch_h2(&mut conn, started, Duration::from_secs(8)).await;
+        assert!(seen.ok, "window {window}: {seen:?}");
+        assert_eq!(seen.body.len(), window as usize, "window {window}");
+        assert!(seen.response_done.is_none(), "window {window}: {seen:?}");
+        let closed = seen
+            .closed
+            .unwrap_or_else(|| panic!("window {window}: still open after 8 s: {seen:?}"));
+        // Between one and two idle times after the answer started (plus
+        // the watchdog's wake-ups).
+        assert!(
+            closed >= Duration::from_millis(900) && closed < Duration::from_millis(3500),
+            "window {window}: closed after {closed:?}"
+        );
+        let upstream_ended = tokio::time::timeout(Duration::from_secs(3), ended.recv())
+            .await
+            .unwrap_or_else(|_| panic!("window {window}: the upstream connection was held"))
+            .unwrap();
+        assert!(
+            upstream_ended.duration_since(started) < Duration::from_secs(5),
+            "window {window}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_http2_client_that_opens_its_window_slowly_gets_the_whole_answer() {
+    // 96 KiB at once, the last 4 KiB 1.5 s later; the client starts with no
+    // window and opens 16 KiB every 150 ms: the answer waits for the client
+    // and for the upstream in turns, for three idle times in all.
+    let (first, last) = (96 * 1024, 4096);
+    let (upstream, _ended) = paced_upstream(first, Duration::from_millis(1500), last).await;
+    let gw = TestGateway::start(&format!(
+        "[server]\nidle_timeout = \"500ms\"\n\n[[upstreams]]\nname = \"paced\"\nurl = \"http://{upstream}\"\n"
+    ))
+    .await;
+    let started = Instant::now();
+    let mut conn = h2c_get_with(&gw, "/public/paced", &initial_window(0)).await;
+    let (mut body, mut done, mut ok) = (0usize, false, false);
+    let (grant, mut granted) = (16_384u32, 0usize);
+    while !done {
+        let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut conn))
+            .await
+            .unwrap_or_else(|_| panic!("stuck after {body} bytes"))
+            .unwrap_or_else(|| panic!("closed after {body} bytes, {:?}", started.elapsed()));
+        match frame.kind {
+            SETTINGS if frame.flags & ACK == 0 => write_frame(&mut conn, SETTINGS, ACK, 0, &[]).await,
+            PING if frame.flags & ACK == 0 => write_frame(&mut conn, PING, ACK, 0, &frame.payload).await,
+            HEADERS if frame.stream == 1 => ok = frame.payload.first() == Some(&0x88),
+            DATA if frame.stream == 1 => {
+                body += frame.payload.len();
+                done = frame.flags & END_STREAM != 0;
+            }
+            _ => {}
+        }
+        // All that was let through has arrived: a while later, let more through
+        // (the stream's window and the connection's).
+        if ok && !done && body == granted {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            write_frame(&mut conn, WINDOW_UPDATE, 0, 1, &grant.to_be_bytes()).await;
+            write_frame(&mut conn, WINDOW_UPDATE, 0, 0, &grant.to_be_bytes()).await;
+            granted += grant as usize;
+        }
+    }
+    assert!(ok);
+    assert_eq!(body, first + last);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 // --- the connection cap --------------------------------------------------------
