@@ -535,8 +535,8 @@ impl Activity {
         if look == offers.look {
             offers.since = offers.since.saturating_sub(1);
         } else {
-            // One look earlier: an older offer has already been reported
-            // (the connection is closing).
+            // Offered before the last look (never earlier: the look after
+            // that would have reported it).
             offers.before = offers.before.saturating_sub(1);
         }
     }
@@ -681,6 +681,8 @@ pub(super) struct Tracked<B> {
     h2: bool,
     /// The watchdog's look this answer was offered in, until hyper takes it.
     offered: Option<u32>,
+    /// What is left of an HTTP/2 answer's data frame cut into [`PIECE`]s.
+    rest: Option<bytes::Bytes>,
 }
 
 impl<B> Tracked<B> {
@@ -692,6 +694,7 @@ impl<B> Tracked<B> {
             busy: Some(busy),
             h2: false,
             offered: None,
+            rest: None,
         }
     }
 
@@ -704,6 +707,7 @@ impl<B> Tracked<B> {
             busy: Some(busy),
             h2,
             offered,
+            rest: None,
         }
     }
 
@@ -720,11 +724,20 @@ impl<B> Drop for Tracked<B> {
     }
 }
 
+/// The most of an HTTP/2 answer handed to hyper at once. Hyper asks for the
+/// next frame only once the client's window has let the previous one out
+/// (h2 counts buffered data against the window), and a chunk read from the
+/// upstream can be hundreds of KiB while the client is slow: cut into
+/// pieces, an answer needs only this much progress per `idle_timeout` not
+/// to count as unread (see [`Offers`]), however large the upstream's chunks.
+/// HTTP/2's default frame size.
+const PIECE: usize = 16 * 1024;
+
 impl<B> http_body::Body for Tracked<B>
 where
-    B: http_body::Body + Unpin,
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
 {
-    type Data = B::Data;
+    type Data = bytes::Bytes;
     type Error = B::Error;
 
     fn poll_frame(
@@ -733,25 +746,50 @@ where
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         this.take_offer();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None | Some(Err(_))) => this.busy = None,
+        let frame = match this.rest.take() {
+            Some(rest) => http_body::Frame::data(rest),
+            None => match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                // Waiting for the upstream, not for the client.
+                Poll::Pending => return Poll::Pending,
+                ended => {
+                    this.busy = None;
+                    return ended;
+                }
+            },
+        };
+        let frame = match frame.into_data() {
+            Ok(mut data) if this.h2 && data.len() > PIECE => {
+                this.rest = Some(data.split_off(PIECE));
+                http_body::Frame::data(data)
+            }
+            Ok(data) => http_body::Frame::data(data),
+            Err(frame) => frame,
+        };
+        if http_body::Body::is_end_stream(this) {
             // A reader may stop at the end without polling once more.
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.busy = None,
+            this.busy = None;
+        } else if this.h2 {
             // Hyper takes the next frame when the client's window allows.
-            Poll::Ready(Some(Ok(_))) if this.h2 => this.offered = this.busy.as_ref().map(|b| b.0.offer()),
-            // `Pending`: waiting for the upstream, not for the client.
-            _ => {}
+            this.offered = this.busy.as_ref().map(|b| b.0.offer());
         }
-        polled
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        if let Some(rest) = &self.rest {
+            let n = rest.len() as u64;
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper.saturating_add(n));
+            }
+            hint.set_lower(hint.lower().saturating_add(n));
+        }
+        hint
     }
 }
 
@@ -1059,5 +1097,45 @@ mod tests {
         );
         assert_eq!(activity.offers().since, 0);
         drop(answer);
+    }
+
+    #[tokio::test]
+    async fn an_http2_answer_goes_to_hyper_in_pieces() {
+        use http_body::Body as _;
+        use http_body_util::BodyExt as _;
+        let activity = Activity::new();
+        let whole = bytes::Bytes::from(vec![7u8; 2 * PIECE + 100]);
+        let mut answer = Tracked::answer(
+            http_body_util::Full::new(whole.clone()),
+            activity.begin(http::Version::HTTP_2),
+            true,
+        );
+        assert_eq!(answer.size_hint().exact(), Some(whole.len() as u64));
+        let mut got = Vec::new();
+        while let Some(frame) = answer.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            assert!(data.len() <= PIECE);
+            got.push(data.len());
+            let left = (whole.len() - got.iter().sum::<usize>()) as u64;
+            assert_eq!(answer.size_hint().exact(), Some(left));
+            assert_eq!(answer.is_end_stream(), left == 0);
+        }
+        assert_eq!(got, [PIECE, PIECE, 100]);
+        assert_eq!(
+            activity.in_flight.load(Ordering::SeqCst),
+            0,
+            "released at its end"
+        );
+        assert_eq!(activity.offers().since, 0);
+
+        // Over HTTP/1 the frame goes whole.
+        let mut answer = Tracked::answer(
+            http_body_util::Full::new(whole.clone()),
+            activity.begin(http::Version::HTTP_11),
+            false,
+        );
+        let frame = answer.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap().len(), whole.len());
+        assert!(answer.is_end_stream());
     }
 }

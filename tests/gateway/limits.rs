@@ -287,21 +287,15 @@ async fn an_http2_client_that_keeps_its_window_shut_is_dropped_and_its_upstream_
     }
 }
 
-#[tokio::test]
-async fn an_http2_client_that_opens_its_window_slowly_gets_the_whole_answer() {
-    // 96 KiB at once, the last 4 KiB 1.5 s later; the client starts with no
-    // window and opens 16 KiB every 150 ms: the answer waits for the client
-    // and for the upstream in turns, for three idle times in all.
-    let (first, last) = (96 * 1024, 4096);
-    let (upstream, _ended) = paced_upstream(first, Duration::from_millis(1500), last).await;
-    let gw = TestGateway::start(&format!(
-        "[server]\nidle_timeout = \"500ms\"\n\n[[upstreams]]\nname = \"paced\"\nurl = \"http://{upstream}\"\n"
-    ))
-    .await;
+/// A GET over h2c from a client that starts with no window and, each time
+/// all it let through has arrived, waits `every` and lets `grant` more
+/// through (on the stream and the connection). Returns the body's length
+/// once the stream ended, panicking if the connection closes first.
+async fn download_through_a_slow_window(gw: &TestGateway, path: &str, grant: u32, every: Duration) -> usize {
     let started = Instant::now();
-    let mut conn = h2c_get_with(&gw, "/public/paced", &initial_window(0)).await;
+    let mut conn = h2c_get_with(gw, path, &initial_window(0)).await;
     let (mut body, mut done, mut ok) = (0usize, false, false);
-    let (grant, mut granted) = (16_384u32, 0usize);
+    let mut granted = 0usize;
     while !done {
         let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut conn))
             .await
@@ -317,19 +311,35 @@ async fn an_http2_client_that_opens_its_window_slowly_gets_the_whole_answer() {
             }
             _ => {}
         }
-        // All that was let through has arrived: a while later, let more through
-        // (the stream's window and the connection's).
         if ok && !done && body == granted {
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            tokio::time::sleep(every).await;
             write_frame(&mut conn, WINDOW_UPDATE, 0, 1, &grant.to_be_bytes()).await;
             write_frame(&mut conn, WINDOW_UPDATE, 0, 0, &grant.to_be_bytes()).await;
             granted += grant as usize;
         }
     }
     assert!(ok);
+    body
+}
+
+#[tokio::test]
+async fn an_http2_client_that_opens_its_window_slowly_gets_the_whole_answer() {
+    // 256 KiB at once (the gateway reads it from the upstream in chunks
+    // that grow to 100 KiB and more while the client is slow), the last
+    // 4 KiB 2 s later. The client opens 16 KiB every 100 ms: the answer
+    // waits for the client and for the upstream in turns, for more than
+    // four idle times, and no single upstream chunk gets out within one.
+    let (first, last) = (256 * 1024, 4096);
+    let (upstream, _ended) = paced_upstream(first, Duration::from_secs(2), last).await;
+    let gw = TestGateway::start(&format!(
+        "[server]\nidle_timeout = \"500ms\"\n\n[[upstreams]]\nname = \"paced\"\nurl = \"http://{upstream}\"\n"
+    ))
+    .await;
+    let started = Instant::now();
+    let body = download_through_a_slow_window(&gw, "/public/paced", 16_384, Duration::from_millis(100)).await;
     assert_eq!(body, first + last);
     assert!(
-        started.elapsed() >= Duration::from_millis(1500),
+        started.elapsed() >= Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
