@@ -797,7 +797,23 @@ mod tests {
         // The first thread ran its own job at normal priority, moved into the
         // idle class for the nine that had more than FLOOD_QUEUE behind them,
         // and handed the tenth to a new thread at normal priority (an idle
-        // one cannot leave its class), which ran the last three.
+        // one cannot leave its class), which ran the last three. On a machine
+        // busy enough that the idle-class thread got no core for
+        // RESCUE_AFTER (other tests, a build), waiting callers rescued their
+        // oldest verifications at normal priority, as they should: then only
+        // the start is fixed.
+        if state.rescued > 0 {
+            eprintln!(
+                "note: {} verifications rescued on a loaded machine; the order of classes is not checked",
+                state.rescued
+            );
+            assert!(state.started <= 3, "{}", state.started);
+            assert_eq!(state.classes.len(), 13);
+            if cfg!(target_os = "linux") {
+                assert_eq!(state.classes[0], Some(SCHED_OTHER));
+            }
+            return;
+        }
         assert_eq!(state.started, 2);
         if cfg!(target_os = "linux") {
             let mut expected = vec![Some(SCHED_OTHER)];
