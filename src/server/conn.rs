@@ -711,6 +711,17 @@ impl<B> Tracked<B> {
         }
     }
 
+    /// The next [`PIECE`] of a chunk too large to hand to hyper whole, the
+    /// rest kept for the next poll. A copy: what h2 holds while the
+    /// client's window is shut (the last pieces of an answer, after it has
+    /// ended here) never keeps a whole upstream chunk's memory alive.
+    fn piece_of(&mut self, mut chunk: bytes::Bytes) -> http_body::Frame<bytes::Bytes> {
+        if chunk.len() > PIECE {
+            self.rest = Some(chunk.split_off(PIECE));
+        }
+        http_body::Frame::data(bytes::Bytes::copy_from_slice(&chunk))
+    }
+
     fn take_offer(&mut self) {
         if let (Some(look), Some(busy)) = (self.offered.take(), &self.busy) {
             busy.0.taken(look);
@@ -724,13 +735,15 @@ impl<B> Drop for Tracked<B> {
     }
 }
 
-/// The most of an HTTP/2 answer handed to hyper at once. Hyper asks for the
-/// next frame only once the client's window has let the previous one out
-/// (h2 counts buffered data against the window), and a chunk read from the
-/// upstream can be hundreds of KiB while the client is slow: cut into
-/// pieces, an answer needs only this much progress per `idle_timeout` not
-/// to count as unread (see [`Offers`]), however large the upstream's chunks.
-/// HTTP/2's default frame size.
+/// The most of an HTTP/2 answer handed to hyper at once. Hyper asks for
+/// frame N+1 as soon as it has handed frame N to h2, and h2 lets it only
+/// once the client's window has let frame N-1 out (buffered data counts
+/// against the window); a chunk read from the upstream can be hundreds of
+/// KiB while the client is slow. Cut into pieces, an answer needs only a
+/// little more than this much progress per `idle_timeout` not to count as
+/// unread (see [`Offers`]), however large the upstream's chunks, and what h2
+/// holds unsent for a stream is at most two pieces. HTTP/2's default frame
+/// size.
 const PIECE: usize = 16 * 1024;
 
 impl<B> http_body::Body for Tracked<B>
@@ -747,9 +760,13 @@ where
         let this = self.get_mut();
         this.take_offer();
         let frame = match this.rest.take() {
-            Some(rest) => http_body::Frame::data(rest),
+            Some(rest) => this.piece_of(rest),
             None => match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if this.h2 && data.len() > PIECE => this.piece_of(data),
+                    Ok(data) => http_body::Frame::data(data),
+                    Err(frame) => frame,
+                },
                 // Waiting for the upstream, not for the client.
                 Poll::Pending => return Poll::Pending,
                 ended => {
@@ -757,14 +774,6 @@ where
                     return ended;
                 }
             },
-        };
-        let frame = match frame.into_data() {
-            Ok(mut data) if this.h2 && data.len() > PIECE => {
-                this.rest = Some(data.split_off(PIECE));
-                http_body::Frame::data(data)
-            }
-            Ok(data) => http_body::Frame::data(data),
-            Err(frame) => frame,
         };
         if http_body::Body::is_end_stream(this) {
             // A reader may stop at the end without polling once more.
@@ -1119,6 +1128,11 @@ mod tests {
             let left = (whole.len() - got.iter().sum::<usize>()) as u64;
             assert_eq!(answer.size_hint().exact(), Some(left));
             assert_eq!(answer.is_end_stream(), left == 0);
+            // Between pieces: in flight, and offered for the next one.
+            if left > 0 {
+                assert_eq!(activity.in_flight.load(Ordering::SeqCst), ANSWER);
+                assert_eq!(activity.offers().since, 1);
+            }
         }
         assert_eq!(got, [PIECE, PIECE, 100]);
         assert_eq!(
@@ -1126,6 +1140,34 @@ mod tests {
             0,
             "released at its end"
         );
+        assert_eq!(activity.offers().since, 0);
+
+        // A streamed answer whose end comes with its trailers: every byte
+        // in order, the trailers after the last piece, released at the end.
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", http::HeaderValue::from_static("1"));
+        let frames: Vec<Result<_, std::convert::Infallible>> = vec![
+            Ok(http_body::Frame::data(bytes::Bytes::from(vec![1u8; PIECE + 1]))),
+            Ok(http_body::Frame::data(bytes::Bytes::from(vec![2u8; 10]))),
+            Ok(http_body::Frame::trailers(trailers.clone())),
+        ];
+        let mut answer = Tracked::answer(
+            http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
+            activity.begin(http::Version::HTTP_2),
+            true,
+        );
+        let (mut data, mut got_trailers) = (Vec::new(), None);
+        while let Some(frame) = answer.frame().await {
+            match frame.unwrap().into_data() {
+                Ok(piece) => data.extend_from_slice(&piece),
+                Err(frame) => got_trailers = frame.into_trailers().ok(),
+            }
+        }
+        let mut expected = vec![1u8; PIECE + 1];
+        expected.extend([2u8; 10]);
+        assert_eq!(data, expected);
+        assert_eq!(got_trailers, Some(trailers));
+        assert_eq!(activity.in_flight.load(Ordering::SeqCst), 0);
         assert_eq!(activity.offers().since, 0);
 
         // Over HTTP/1 the frame goes whole.
