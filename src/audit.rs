@@ -229,7 +229,9 @@ fn kind(event: &str, fields: &BTreeMap<String, String>) -> Kind {
         "factors.reset" | "admin.factors.reset" | "user.factors.reset" => {
             k("user.mfa.factor.reset_all", "Reset all factors for user")
         }
-        "request.path_refused" | "admin.refused" => k("security.request.blocked", "Request blocked"),
+        "request.path_refused" | "request.method_refused" | "admin.refused" => {
+            k("security.request.blocked", "Request blocked")
+        }
         "admin.user.created" => k("user.lifecycle.create", "Create user"),
         "admin.user.deleted" => k("user.lifecycle.delete.completed", "Delete user"),
         "admin.user.updated" => k("user.account.update_profile", "Update user profile"),

@@ -302,7 +302,10 @@ fn single<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, Bad
 }
 
 fn method(headers: &HeaderMap, name: &'static str) -> Result<Method, BadOriginal> {
-    Method::from_bytes(single(headers, name)?.as_bytes()).map_err(|_| BadOriginal::Invalid(name))
+    Method::from_bytes(single(headers, name)?.as_bytes())
+        .ok()
+        .filter(crate::context::is_canonical_method)
+        .ok_or(BadOriginal::Invalid(name))
 }
 
 fn scheme(text: &str) -> Option<&'static str> {
@@ -433,13 +436,16 @@ mod tests {
         }
         // Missing, doubled or unparsable method; two URLs.
         assert!(original_url(&map(&[("x-original-url", "http://a/x")])).is_err());
-        assert!(
-            original_url(&map(&[
-                ("x-original-method", "G ET"),
-                ("x-original-url", "http://a/x")
-            ]))
-            .is_err()
-        );
+        for bad in ["G ET", "delete", "Delete", "GET!"] {
+            assert!(
+                original_url(&map(&[
+                    ("x-original-method", bad),
+                    ("x-original-url", "http://a/x")
+                ]))
+                .is_err(),
+                "{bad:?} was accepted"
+            );
+        }
         let two = map(&[
             ("x-original-method", "GET"),
             ("x-original-url", "http://a/public/"),

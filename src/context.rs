@@ -126,6 +126,19 @@ pub fn scheme(conn: &ConnInfo, headers: &HeaderMap, proxies: &[IpNet]) -> &'stat
     "http"
 }
 
+/// True when `method` is spelled as methods are: upper-case letters, `-` and
+/// `_` (nginx's rule; every registered method, WebDAV's included, fits).
+/// Methods are case-sensitive, so `delete` is not `DELETE` to a rule with
+/// `methods = ["DELETE"]`, while many applications upper-case what they
+/// receive: such a request would pass a rule meant to stop it. Refused
+/// (400) at the door and in a forward-auth call's original method.
+pub fn is_canonical_method(method: &http::Method) -> bool {
+    let m = method.as_str();
+    !m.is_empty()
+        && m.bytes()
+            .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+}
+
 /// The authority the client asked for (URI authority for HTTP/2 and absolute
 /// form, else `Host`), and its lower-cased host without port. `None` when
 /// missing or malformed, when there are two `Host` headers, or when a `Host`

@@ -220,6 +220,19 @@ impl MainService {
                 None,
             );
         };
+        if !context::is_canonical_method(req.method()) {
+            crate::audit!(
+                "request.method_refused",
+                client = %context::client_addr(conn.peer.ip(), req.headers(), &cfg.server.trusted_proxies),
+                request_id = %request_id,
+            );
+            let mut res = bad_request("invalid method: methods are upper case");
+            res.extensions_mut().insert(AccessInfo {
+                decision: "invalid",
+                user: None,
+            });
+            return (res, String::new(), None);
+        }
         let Some((authority, host)) = context::authority(req.uri(), req.headers()) else {
             // Also two Host headers, or one disagreeing with the target.
             let mut res = bad_request("missing or invalid Host");

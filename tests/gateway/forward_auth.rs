@@ -569,6 +569,20 @@ async fn through(gw: &TestGateway, front: &Front) {
         }
     }
     assert_eq!(bob.api(&format!("{app}/hostonly/x"), &[]).await.status(), 401);
+    // A method spelled in lower case never reaches the app: a rule's
+    // `methods` would not see it (nginx refuses it itself; behind Caddy the
+    // auth call refuses the original method), while the same request in
+    // upper case does.
+    for (method, reaches) in [("GET", true), ("get", false), ("Delete", false)] {
+        let host = app.trim_start_matches("http://");
+        let request = format!(
+            "{method} /public/x HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        );
+        let reached = try_raw(front.addr(), &request)
+            .await
+            .is_some_and(|res| res.text().contains("\"path\""));
+        assert_eq!(reached, reaches, "{name}: {method} {app}/public/x");
+    }
     assert!(
         reached_anon >= 1 && reached_bob >= 2,
         "{name}: the controls reach the app"

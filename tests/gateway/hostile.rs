@@ -15,6 +15,7 @@ use crate::support::{ALICE, BOB, RawResponse, TestGateway, raw, raw_get, spawn_u
 /// What the upstream received: path and query, and every header (lower-case).
 #[derive(Debug, Clone)]
 struct Seen {
+    method: String,
     target: String,
     headers: Vec<(String, String)>,
 }
@@ -53,6 +54,7 @@ async fn recording_upstream() -> (SocketAddr, Log) {
                 })
                 .collect();
             log.lock().unwrap().push(Seen {
+                method: req.method().to_string(),
                 target: target.clone(),
                 headers,
             });
@@ -398,6 +400,43 @@ async fn only_websocket_upgrades_reach_the_upstream() {
     .await;
     assert_eq!(res.status, 200);
     assert!(take(&log)[0].header("http2-settings").is_empty());
+}
+
+#[tokio::test]
+async fn a_method_spelled_in_lower_case_cannot_slip_past_a_method_rule() {
+    // Methods are case-sensitive: `delete` is another method than `DELETE`
+    // to a rule, but many applications upper-case what they receive.
+    let (gw, log) =
+        start("[[rules]]\npath = \"^/public/\"\nmethods = [\"DELETE\"]\npolicy = \"deny\"\n").await;
+    let res = send(
+        &gw,
+        "DELETE /public/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(res.status, 403, "{}", res.text());
+    assert!(take(&log).is_empty());
+    for method in ["delete", "Delete", "dELETE", "DELETe"] {
+        let res = send(
+            &gw,
+            &format!("{method} /public/x HTTP/1.1\r\nHost: {{host}}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(res.status, 400, "{method}: {}", res.text());
+        assert!(res.text().contains("E0000001"), "{method}: {}", res.text());
+        assert!(take(&log).is_empty(), "{method} reached the upstream");
+    }
+    // Upper-case extension methods (WebDAV's) go through as they are.
+    for method in ["PROPFIND", "VERSION-CONTROL", "GET"] {
+        let res = send(
+            &gw,
+            &format!("{method} /public/x HTTP/1.1\r\nHost: {{host}}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(res.status, 200, "{method}: {}", res.text());
+        let seen = take(&log);
+        assert_eq!(seen.len(), 1, "{method}");
+        assert_eq!(seen[0].method, method);
+    }
 }
 
 #[tokio::test]
