@@ -176,8 +176,10 @@ fn convert_rule(cx: &mut Ctx<'_>, i: usize, raw: RawRule, case_insensitive: bool
         &k("methods"),
         raw.methods,
         |m| match http::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()) {
-            Ok(method) if !m.trim().is_empty() => Ok(method),
-            _ => Err(format!("is not an HTTP method (got {m:?})")),
+            // The gateway refuses any other spelling at the door, so such a
+            // rule could never match.
+            Ok(method) if crate::context::is_canonical_method(&method) => Ok(method),
+            _ => Err(format!("is not an HTTP method (letters, '-' and '_'; got {m:?})")),
         },
     );
     let networks = cidrs(cx, &k("networks"), raw.networks);
@@ -348,7 +350,7 @@ policy = "deny"
 max_age = "5m"
 
 [[rules]]
-methods = ["GE T"]
+methods = ["GE T", "GET!", "M-SEARCH", "propfind"]
 networks = ["10.0.0.0/40"]
 policy = "two_factor"
 max_age = "500ms"
@@ -360,6 +362,13 @@ hosts = ["x.example.com"]
         assert_has(&errs, "rules[0].groups", "no effect on a bypass rule");
         assert_has(&errs, "rules[1].max_age", "no effect on a deny rule");
         assert_has(&errs, "rules[2].methods[0]", "not an HTTP method");
+        assert_has(&errs, "rules[2].methods[1]", "not an HTTP method");
+        assert!(
+            !errs
+                .iter()
+                .any(|e| e.contains("methods[2]") || e.contains("methods[3]")),
+            "{errs:?}"
+        );
         assert_has(&errs, "rules[2].networks[0]", "CIDR");
         assert_has(&errs, "rules[2].max_age", "at least 1s");
         assert_has(&errs, "rules[3].policy", "is required");
