@@ -460,6 +460,22 @@ pub(super) enum Quiet {
     Unread,
 }
 
+impl Quiet {
+    /// Why the connection is dropped at once, for the log; `None` for
+    /// [`Quiet::Idle`], which first closes gracefully.
+    pub(super) fn hard_close(self) -> Option<&'static str> {
+        match self {
+            Quiet::NoHead => Some("no request head within header_read_timeout"),
+            Quiet::Stalled => Some("the client read nothing for server.idle_timeout"),
+            Quiet::Upload => Some("a request body still arriving server.idle_timeout after its answer"),
+            Quiet::Unread => {
+                Some("an HTTP/2 answer left unread (flow-control window kept shut) for server.idle_timeout")
+            }
+            Quiet::Idle => None,
+        }
+    }
+}
+
 /// One answer in flight (see [`Activity::in_flight`]).
 const ANSWER: u64 = 1;
 /// One request body in flight.
@@ -689,13 +705,7 @@ impl<B> Tracked<B> {
     /// A request body, or an HTTP/1 answer (whose client, when it does not
     /// read, blocks the socket: see [`Watched`]).
     pub(super) fn new(inner: B, busy: Busy) -> Self {
-        Self {
-            inner,
-            busy: Some(busy),
-            h2: false,
-            offered: None,
-            rest: None,
-        }
+        Self::answer(inner, busy, false)
     }
 
     /// An answer over HTTP/2: also offered to hyper until it asks for a
@@ -762,11 +772,12 @@ where
         let frame = match this.rest.take() {
             Some(rest) => this.piece_of(rest),
             None => match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) if this.h2 && data.len() > PIECE => this.piece_of(data),
+                Poll::Ready(Some(Ok(frame))) if this.h2 => match frame.into_data() {
+                    Ok(data) if data.len() > PIECE => this.piece_of(data),
                     Ok(data) => http_body::Frame::data(data),
                     Err(frame) => frame,
                 },
+                Poll::Ready(Some(Ok(frame))) => frame,
                 // Waiting for the upstream, not for the client.
                 Poll::Pending => return Poll::Pending,
                 ended => {

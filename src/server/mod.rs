@@ -368,24 +368,9 @@ async fn connection<S>(
                     }
                     Guard::Quiet(quiet) => quiet,
                 };
-                match quiet {
-                    Quiet::NoHead => {
-                        tracing::debug!(%peer, "connection closed: no request head within header_read_timeout");
-                        return;
-                    }
-                    Quiet::Stalled => {
-                        tracing::debug!(%peer, "connection closed: the client read nothing for server.idle_timeout");
-                        return;
-                    }
-                    Quiet::Upload => {
-                        tracing::debug!(%peer, "connection closed: a request body still arriving server.idle_timeout after its answer");
-                        return;
-                    }
-                    Quiet::Unread => {
-                        tracing::debug!(%peer, "connection closed: an HTTP/2 answer left unread (flow-control window kept shut) for server.idle_timeout");
-                        return;
-                    }
-                    Quiet::Idle => {}
+                if let Some(why) = quiet.hard_close() {
+                    tracing::debug!(%peer, "connection closed: {why}");
+                    return;
                 }
                 if closing {
                     // Asked to close (GOAWAY sent) and still idle a whole
