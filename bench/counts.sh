@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Load-independent costs per request of the gateway: CPU instructions and heap
 # allocations (valgrind callgrind) and syscalls (strace -c), for the bypass
-# route and for a signed-in request, over a fixed number of kept-alive
-# requests from one client. Unlike req/s on a shared machine, these counts do
+# route, for a signed-in request and for a forward-auth check (nginx's
+# `auth_request` call to `/_portcullis/authz/auth-request` with the same
+# session: no upstream), over a fixed number of kept-alive requests from one
+# client. Unlike req/s on a shared machine, these counts do
 # not move with what else runs, so before/after comparisons hold across runs.
 #
 #   bench/counts.sh                  # N=200 requests per measurement
@@ -14,6 +16,13 @@
 # global allocator is linked and with or without LTO (see callgrind_totals).
 
 BASE_PORT=${BASE_PORT:-24280}
+# Forward-auth on, and only 127.0.0.2 trusted to ask (the forward-auth calls
+# come from there): the other routes' requests, from 127.0.0.1, are a direct
+# client's as before (one trusted-proxy check more than with the setting off).
+SERVER_EXTRA='trusted_proxies = ["127.0.0.2/32"]
+
+[forward_auth]
+enabled = true'
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 N=${N:-200}
 WARM=${WARM:-50}
@@ -26,12 +35,19 @@ start_upstream
 # N kept-alive GETs from one curl process. The session route signs in just
 # before it is measured: a cookie older than a minute is re-issued on every
 # request (as in bench/proxy.sh, which signs in before each run).
+# With AUTHZ=1, the same request as nginx's auth_request sends it (the
+# forward_auth.sh recipe: Host is the upstream block's name).
 requests() { # host [cookie] [count]
   local count=${3:-$N}
-  local args=(-s -H "Host: $1")
+  local args=(-s -H "Host: $1") url="http://127.0.0.1:$GW_PORT$PATH_SMALL"
   [ -n "${2:-}" ] && args+=(-H "Cookie: _ga=GA1.2.1234567890.1790000000; portcullis_session=$2; theme=dark")
+  if [ "${AUTHZ:-0}" = 1 ]; then
+    args=(-s --interface 127.0.0.2 -H "Host: portcullis" -H "X-Original-Method: GET" -H "X-Original-URL: http://$1$PATH_SMALL"
+      -H "X-Forwarded-For: 127.0.0.1" -H "X-Forwarded-Proto: http" "${args[@]:3}")
+    url="http://127.0.0.1:$GW_PORT/_portcullis/authz/auth-request"
+  fi
   local urls=() i
-  for ((i = 0; i < count; i++)); do urls+=("http://127.0.0.1:$GW_PORT$PATH_SMALL"); done
+  for ((i = 0; i < count; i++)); do urls+=("$url"); done
   curl "${args[@]}" "${urls[@]}" >/dev/null
 }
 
@@ -96,7 +112,7 @@ PY
 measure_callgrind() { # label host [cookie]
   local out="$WORK/callgrind.$1"
   rm -f "$WORK"/callgrind.out.*
-  [ "$1" = session ] && { signin; set -- "$1" "$2" "$SESSION"; }
+  [ "$1" != bypass ] && { signin; set -- "$1" "$2" "$SESSION"; }
   requests "$2" "${3:-}" "$WARM" # warm-up
   callgrind_control -z "$GW_PID" >/dev/null
   requests "$2" "${3:-}"
@@ -112,7 +128,7 @@ measure_callgrind() { # label host [cookie]
 
 measure_strace() { # label host [cookie]
   local out="$WORK/strace.$1"
-  [ "$1" = session ] && { signin; set -- "$1" "$2" "$SESSION"; }
+  [ "$1" != bypass ] && { signin; set -- "$1" "$2" "$SESSION"; }
   requests "$2" "${3:-}" "$WARM" # warm-up
   strace -c -f -p "$GW_PID" -o "$out" 2>/dev/null &
   local st=$!
@@ -132,6 +148,7 @@ signin
 log "callgrind: $N requests per route, session level $SESSION_LEVEL"
 measure_callgrind bypass "$BYPASS_HOST"
 measure_callgrind session "$AUTH_HOST" "$SESSION"
+AUTHZ=1 measure_callgrind authz "$AUTH_HOST"
 kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
 
 # 2. Natively under strace.
@@ -142,6 +159,7 @@ signin
 log "strace: $N requests per route"
 measure_strace bypass "$BYPASS_HOST"
 measure_strace session "$AUTH_HOST" "$SESSION"
+AUTHZ=1 measure_strace authz "$AUTH_HOST"
 # 3. Flame graphs (FLAME_DIR=dir): perf samples of the gateway under wrk (16 connections).
 # The release build keeps no frame pointers, so stacks are unwound from DWARF
 # (16 KiB of stack per sample; hardware counters are not needed: cpu-clock).

@@ -16,11 +16,12 @@
 //! URL being asked about; an original URL that is missing, unparsable, doubled
 //! or hostile answers 400, never 200; the request body is never read.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::IntoResponse;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use ipnet::IpNet;
 
 use crate::context::RequestContext;
@@ -78,20 +79,20 @@ pub enum BadOriginal {
     Invalid(&'static str),
 }
 
-/// The request the front proxy asks about.
+/// The request the front proxy asks about, borrowed from the call's headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Original {
+pub struct Original<'h> {
     pub method: Method,
     /// `http` or `https`.
     pub scheme: &'static str,
     /// The authority as sent (host and optional port).
-    pub authority: String,
+    pub authority: &'h str,
     /// Lower-cased host without port or trailing dot.
-    pub host: String,
+    pub host: Cow<'h, str>,
     /// The raw path (not yet normalized).
-    pub path: String,
+    pub path: &'h str,
     /// The raw query, if any.
-    pub query: Option<String>,
+    pub query: Option<&'h str>,
 }
 
 impl ForwardAuth {
@@ -165,7 +166,7 @@ impl ForwardAuth {
         };
         // The inline normalizer: the same refusals (encoded `/`, double
         // encoding, `..;`, overlong UTF-8, ...) and the same canonical path.
-        let path = match normalize(&original.path) {
+        let path = match normalize(original.path) {
             Ok(p) => p,
             Err(e) => {
                 crate::audit!(
@@ -288,8 +289,9 @@ fn invalid(cause: &str) -> Response<Body> {
 
 /// The one value of `name`, as UTF-8 (nginx passes raw bytes of the request
 /// line, so non-ASCII is possible; the normalizer encodes it).
-fn single<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, BadOriginal> {
-    let mut values = headers.get_all(name).iter();
+fn single<'h>(headers: &'h HeaderMap, header: &'static HeaderName) -> Result<&'h str, BadOriginal> {
+    let name = header.as_str();
+    let mut values = headers.get_all(header).iter();
     let value = values.next().ok_or(BadOriginal::Missing(name))?;
     if values.next().is_some() {
         return Err(BadOriginal::Repeated(name));
@@ -301,11 +303,11 @@ fn single<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, Bad
     Ok(text)
 }
 
-fn method(headers: &HeaderMap, name: &'static str) -> Result<Method, BadOriginal> {
-    Method::from_bytes(single(headers, name)?.as_bytes())
+fn method(headers: &HeaderMap, header: &'static HeaderName) -> Result<Method, BadOriginal> {
+    Method::from_bytes(single(headers, header)?.as_bytes())
         .ok()
         .filter(crate::context::is_canonical_method)
-        .ok_or(BadOriginal::Invalid(name))
+        .ok_or(BadOriginal::Invalid(header.as_str()))
 }
 
 fn scheme(text: &str) -> Option<&'static str> {
@@ -320,33 +322,50 @@ fn scheme(text: &str) -> Option<&'static str> {
 
 /// The authority and its host as the inline gateway reads `Host`: no
 /// userinfo, no list, a non-empty host.
-fn authority(text: &str) -> Option<(String, String)> {
+fn authority(text: &str) -> Option<(&str, Cow<'_, str>)> {
     // An empty port (`host:`) is legal but never sent by a front proxy: it
     // is how `http://hosthttp://evil/x` would smuggle a second URL in.
     if text.contains([',', '@', ' ', '\\']) || text.ends_with(':') {
         return None;
     }
+    // Parsed to validate it; the parts are slices of `text` (an authority is
+    // taken as it is written, so the parsed host is the same text).
     let auth: http::uri::Authority = text.parse().ok()?;
-    let host = auth.host().trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then(|| (auth.as_str().to_owned(), host))
+    // No userinfo (refused above): the host opens the authority.
+    let host = text.get(..auth.host().len())?.trim_end_matches('.');
+    if host.is_empty() {
+        return None;
+    }
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    };
+    Some((text, host))
 }
 
 /// An origin-form target: `/` first, no fragment, characters a request line
 /// may carry. Returns the raw path and query.
-fn target(text: &str) -> Option<(String, Option<String>)> {
+fn target(text: &str) -> Option<(&str, Option<&str>)> {
     if !text.starts_with('/') || text.contains('#') {
         return None;
     }
-    let pq: http::uri::PathAndQuery = text.parse().ok()?;
-    Some((pq.path().to_owned(), pq.query().map(str::to_owned)))
+    // Parsed to validate the characters; the parts are slices of `text`.
+    let _: http::uri::PathAndQuery = text.parse().ok()?;
+    Some(match text.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (text, None),
+    })
 }
 
 /// The original request of an nginx `auth_request` call: `X-Original-Method`
 /// and the absolute `X-Original-URL` (`$scheme://$http_host$request_uri`).
-pub fn original_url(headers: &HeaderMap) -> Result<Original, BadOriginal> {
+pub fn original_url(headers: &HeaderMap) -> Result<Original<'_>, BadOriginal> {
+    static METHOD: HeaderName = HeaderName::from_static("x-original-method");
+    static URL_HEADER: HeaderName = HeaderName::from_static("x-original-url");
     const URL: &str = "x-original-url";
-    let method = method(headers, "x-original-method")?;
-    let url = single(headers, URL)?;
+    let method = method(headers, &METHOD)?;
+    let url = single(headers, &URL_HEADER)?;
     let (scheme_text, rest) = url.split_once("://").ok_or(BadOriginal::Invalid(URL))?;
     let scheme = scheme(scheme_text).ok_or(BadOriginal::Invalid(URL))?;
     let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -365,14 +384,16 @@ pub fn original_url(headers: &HeaderMap) -> Result<Original, BadOriginal> {
 
 /// The original request of a Traefik / Caddy / HAProxy call:
 /// `X-Forwarded-Method`, `-Proto`, `-Host` and `-Uri`, one value each.
-pub fn forwarded(headers: &HeaderMap) -> Result<Original, BadOriginal> {
-    const PROTO: &str = "x-forwarded-proto";
-    const HOST: &str = "x-forwarded-host";
-    const URI: &str = "x-forwarded-uri";
-    let method = method(headers, "x-forwarded-method")?;
-    let scheme = scheme(single(headers, PROTO)?).ok_or(BadOriginal::Invalid(PROTO))?;
-    let (authority, host) = authority(single(headers, HOST)?).ok_or(BadOriginal::Invalid(HOST))?;
-    let (path, query) = target(single(headers, URI)?).ok_or(BadOriginal::Invalid(URI))?;
+pub fn forwarded(headers: &HeaderMap) -> Result<Original<'_>, BadOriginal> {
+    static METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+    static PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    static HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    static URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+    let invalid = |h: &'static HeaderName| BadOriginal::Invalid(h.as_str());
+    let method = method(headers, &METHOD)?;
+    let scheme = scheme(single(headers, &PROTO)?).ok_or(invalid(&PROTO))?;
+    let (authority, host) = authority(single(headers, &HOST)?).ok_or(invalid(&HOST))?;
+    let (path, query) = target(single(headers, &URI)?).ok_or(invalid(&URI))?;
     Ok(Original {
         method,
         scheme,
@@ -400,17 +421,27 @@ mod tests {
 
     #[test]
     fn reads_an_original_url() {
-        let o = original_url(&map(&[
+        let h = map(&[
             ("x-original-method", "POST"),
             ("x-original-url", "HTTPS://App.Example.com.:8443/a/../b%2e?x=1&y"),
-        ]))
-        .unwrap();
+        ]);
+        let o = original_url(&h).unwrap();
         assert_eq!(o.method, Method::POST);
         assert_eq!(o.scheme, "https");
         assert_eq!(o.authority, "App.Example.com.:8443");
         assert_eq!(o.host, "app.example.com");
         assert_eq!(o.path, "/a/../b%2e");
-        assert_eq!(o.query.as_deref(), Some("x=1&y"));
+        assert_eq!(o.query, Some("x=1&y"));
+        // Slices of the header where nothing changes; an IPv6 host keeps
+        // its brackets, as the inline gateway reads `Host`.
+        let h = map(&[
+            ("x-original-method", "GET"),
+            ("x-original-url", "http://[::1]:8080/x?"),
+        ]);
+        let o = original_url(&h).unwrap();
+        assert_eq!((o.authority, &*o.host), ("[::1]:8080", "[::1]"));
+        assert!(matches!(o.host, Cow::Borrowed(_)));
+        assert_eq!((o.path, o.query), ("/x", Some("")));
     }
 
     #[test]
@@ -463,10 +494,7 @@ mod tests {
             ("x-forwarded-uri", "/x;jsessionid=1?q"),
         ]);
         let o = forwarded(&ok).unwrap();
-        assert_eq!(
-            (o.path.as_str(), o.query.as_deref()),
-            ("/x;jsessionid=1", Some("q"))
-        );
+        assert_eq!((o.path, o.query), ("/x;jsessionid=1", Some("q")));
         for (name, bad) in [
             ("x-forwarded-proto", "gopher"),
             ("x-forwarded-proto", "https, http"),

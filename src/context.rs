@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
 /// Facts about a request established by the gateway before policy runs.
@@ -22,7 +22,7 @@ pub struct RequestContext {
     /// `"http"` or `"https"`, as the client sees it.
     pub scheme: &'static str,
     /// The Host the client asked for, as sent (may include a port).
-    pub authority: String,
+    pub authority: http::uri::Authority,
     /// Lower-cased host without port.
     pub host: String,
     /// Index into `Config.upstreams` chosen by Host (`None` = no upstream).
@@ -68,6 +68,10 @@ pub fn address_bucket(addr: IpAddr) -> String {
     }
 }
 
+// Header names built once: a lookup by `&str` parses the name every time.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// The client address: the peer, or, when the peer is a trusted proxy, the
 /// right-most untrusted hop of `X-Forwarded-For`. An unparseable hop ends the
 /// walk at the hop to its right (never trusting what the client wrote).
@@ -77,14 +81,14 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAd
         return peer;
     }
     let mut current = peer;
-    let hops: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+    // Right to left, across the field lines in order (no list is built).
+    let hops = headers
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    for hop in hops.iter().rev() {
+        .map(str::trim);
+    for hop in hops.rev() {
         let Some(addr) = parse_hop(hop) else {
             return current;
         };
@@ -110,17 +114,14 @@ pub fn scheme(conn: &ConnInfo, headers: &HeaderMap, proxies: &[IpNet]) -> &'stat
         return "https";
     }
     if trusted(conn.peer.ip(), proxies)
-        && let Some(p) = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok())
+        && let Some(p) = headers.get(&X_FORWARDED_PROTO).and_then(|v| v.to_str().ok())
     {
-        match p
-            .rsplit(',')
-            .next()
-            .map(|s| s.trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            Some("https") => return "https",
-            Some("http") => return "http",
-            _ => {}
+        let last = p.rsplit(',').next().unwrap_or_default().trim();
+        if last.eq_ignore_ascii_case("https") {
+            return "https";
+        }
+        if last.eq_ignore_ascii_case("http") {
+            return "http";
         }
     }
     "http"
@@ -144,7 +145,7 @@ pub fn is_canonical_method(method: &http::Method) -> bool {
 /// missing or malformed, when there are two `Host` headers, or when a `Host`
 /// header disagrees with the URI's authority (an absolute-form target or
 /// HTTP/2's `:authority`): the policy and the upstream must see one host.
-pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(String, String)> {
+pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(http::uri::Authority, String)> {
     let mut hosts = headers.get_all(http::header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
@@ -170,7 +171,7 @@ pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(String, String
     if host.is_empty() {
         return None;
     }
-    Some((auth.as_str().to_owned(), host))
+    Some((auth, host))
 }
 
 /// True when two authorities name the same host and port (case-insensitive
@@ -231,9 +232,11 @@ mod tests {
         let mut hm = HeaderMap::new();
         hm.insert("host", HeaderValue::from_static("App.Example.com:8443"));
         let uri: http::Uri = "/x".parse().unwrap();
+        // As sent (an `Authority` compares without case: compare the text).
+        let (auth, host) = authority(&uri, &hm).unwrap();
         assert_eq!(
-            authority(&uri, &hm),
-            Some(("App.Example.com:8443".into(), "app.example.com".into()))
+            (auth.as_str(), host.as_str()),
+            ("App.Example.com:8443", "app.example.com")
         );
         let uri: http::Uri = "https://other.example/x".parse().unwrap();
         assert_eq!(authority(&uri, &HeaderMap::new()).unwrap().1, "other.example");

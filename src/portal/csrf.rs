@@ -106,7 +106,7 @@ mod tests {
             peer_addr: "127.0.0.1:1".parse().unwrap(),
             client_addr: "127.0.0.1".parse().unwrap(),
             scheme: "https",
-            authority: "app.example.com".into(),
+            authority: http::uri::Authority::from_static("app.example.com"),
             host: "app.example.com".into(),
             upstream: None,
             request_id: String::new(),

@@ -200,8 +200,8 @@ impl Inner {
         h.remove(header::EXPECT);
         // Usually the client's own Host header: share its bytes instead of copying.
         let authority = match h.get(header::HOST) {
-            Some(host) if host.as_bytes() == ctx.authority.as_bytes() => Some(host.clone()),
-            _ => HeaderValue::from_str(&ctx.authority).ok(),
+            Some(host) if host.as_bytes() == ctx.authority.as_str().as_bytes() => Some(host.clone()),
+            _ => HeaderValue::from_str(ctx.authority.as_str()).ok(),
         }
         .filter(|a| !a.is_empty());
         headers::set_forwarding(h, ctx.client_addr, ctx.scheme, authority.as_ref());
@@ -665,7 +665,7 @@ mod tests {
             peer_addr: SocketAddr::new(client_addr, 40000),
             client_addr,
             scheme: "https",
-            authority: "app.example.com:8443".into(),
+            authority: http::uri::Authority::from_static("app.example.com:8443"),
             host: "app.example.com".into(),
             upstream: Some(0),
             request_id: "req-1".into(),
