@@ -274,6 +274,19 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Extra CA certificates (PEM, already parsed) for an https upstream.
     pub ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// How header names are spelled on the way upstream.
+    pub header_case: HeaderCase,
+}
+
+/// `upstreams[].header_case`: how the gateway spells header names in the
+/// requests it sends upstream (HTTP/1.1 names are case-insensitive, but some
+/// legacy apps compare them case-sensitively).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderCase {
+    /// `Remote-User`, `X-Forwarded-For` (the default, for legacy apps).
+    Title,
+    /// `remote-user`, as HTTP/2 clients send them; a little cheaper per request.
+    Lower,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -62,6 +62,7 @@ pub(super) struct RawUpstream {
     pub timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
     pub ca: Option<String>,
+    pub header_case: Option<String>,
 }
 
 /// `[session]`.

@@ -4,11 +4,11 @@ use std::collections::HashMap;
 
 use super::context::Ctx;
 use super::duration::duration;
-use super::fields::{hosts, http_url};
+use super::fields::{choice, hosts, http_url};
 use super::listeners::load_certs;
 use super::raw::RawUpstream;
 use super::shape::array_section;
-use super::{UpstreamConfig, defaults};
+use super::{HeaderCase, UpstreamConfig, defaults};
 
 pub(super) fn convert_upstreams(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> Option<Vec<UpstreamConfig>> {
     let absent = value.is_none();
@@ -109,6 +109,13 @@ fn convert_upstream(cx: &mut Ctx<'_>, i: usize, raw: RawUpstream) -> Option<Upst
             load_certs(cx, &k("ca"), path).unwrap_or_default()
         }
     };
+    let header_case = choice(
+        cx,
+        &k("header_case"),
+        raw.header_case,
+        "title",
+        &[("title", HeaderCase::Title), ("lower", HeaderCase::Lower)],
+    );
     Some(UpstreamConfig {
         name,
         url: url?,
@@ -117,6 +124,7 @@ fn convert_upstream(cx: &mut Ctx<'_>, i: usize, raw: RawUpstream) -> Option<Upst
         timeout,
         pool_idle_timeout,
         ca,
+        header_case,
     })
 }
 
@@ -213,8 +221,11 @@ url = "https://wiki.internal:8443/base"
 hosts = ["Wiki.Example.com", "docs.example.com."]
 preserve_host = false
 timeout = "5s"
+header_case = "lower"
 "#);
+        assert_eq!(loaded.config.upstreams[0].header_case, HeaderCase::Title);
         let u = &loaded.config.upstreams[1];
+        assert_eq!(u.header_case, HeaderCase::Lower);
         assert_eq!(u.hosts, ["wiki.example.com", "docs.example.com"]);
         assert_eq!(u.url.path(), "/base");
         assert!(!u.preserve_host);
@@ -234,6 +245,7 @@ url = "http://127.0.0.1:3001"
 name = "a"
 url = "http://127.0.0.1:3002"
 hosts = ["a.example.com", "b.example.com:80"]
+header_case = "preserve"
 
 [[upstreams]]
 name = ""
@@ -251,6 +263,11 @@ hosts = ["c.example.com"]
             "only one upstream may leave hosts empty",
         );
         assert_has(&errs, "upstreams[2].hosts[1]", "must not include a port");
+        assert_has(
+            &errs,
+            "upstreams[2].header_case",
+            "must be one of \"title\", \"lower\"",
+        );
         assert_has(&errs, "upstreams[3].name", "must not be empty");
         assert_has(&errs, "upstreams[3].url", "credentials");
         assert_has(&errs, "upstreams[4].name", "is required");

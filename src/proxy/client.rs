@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::ProxyError;
 use super::pool::Pool;
-use crate::config::UpstreamConfig;
+use crate::config::{HeaderCase, UpstreamConfig};
 
 /// Builds the rustls client config for one upstream.
 fn tls_config(upstream: &UpstreamConfig) -> Result<rustls::ClientConfig, ProxyError> {
@@ -58,6 +58,8 @@ pub fn build(upstream: &UpstreamConfig, target: Uri) -> Result<Pool, ProxyError>
         .wrap_connector(http);
 
     // Legacy upstreams sometimes compare header names case-sensitively
-    // (`Remote-User`); hyper otherwise writes them lower-case.
-    Ok(Pool::new(https, target, upstream.pool_idle_timeout, true))
+    // (`Remote-User`), so names go out in title case unless the operator
+    // chose lower case (hyper's own spelling, which saves the re-casing).
+    let title_case = upstream.header_case == HeaderCase::Title;
+    Ok(Pool::new(https, target, upstream.pool_idle_timeout, title_case))
 }

@@ -630,6 +630,7 @@ mod tests {
             timeout,
             pool_idle_timeout: Duration::from_secs(4),
             ca: vec![],
+            header_case: crate::config::HeaderCase::Title,
         }
     }
 
@@ -756,6 +757,62 @@ mod tests {
             assert!(got(&echo, hop).is_empty(), "{hop} reached the upstream");
         }
         assert_ne!(got(&echo, "connection"), ["upgrade"]);
+    }
+
+    /// The request head one raw upstream connection received, as bytes on
+    /// the wire (the echo app's server would lower-case the names).
+    async fn head_on_the_wire(header_case: crate::config::HeaderCase) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the connection closed before the head ended");
+                head.extend_from_slice(&chunk[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let mut config = upstream_config(&format!("http://{addr}"), true, Duration::from_secs(5));
+        config.header_case = header_case;
+        let proxy = proxy_for(vec![config]);
+        let req = request("/x")
+            .header("user-agent", "test")
+            .extension(alice())
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(proxy.forward(req).await.status(), StatusCode::NO_CONTENT);
+        upstream.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn header_names_go_upstream_in_title_case_unless_lower_is_chosen() {
+        use crate::config::HeaderCase;
+        let title = head_on_the_wire(HeaderCase::Title).await;
+        for line in [
+            "\r\nHost: ",
+            "\r\nUser-Agent: test\r\n",
+            "\r\nRemote-User: alice\r\n",
+            "\r\nX-Forwarded-For: ",
+        ] {
+            assert!(title.contains(line), "{line:?} not in {title:?}");
+        }
+        let lower = head_on_the_wire(HeaderCase::Lower).await;
+        for line in [
+            "\r\nhost: ",
+            "\r\nuser-agent: test\r\n",
+            "\r\nremote-user: alice\r\n",
+            "\r\nx-forwarded-for: ",
+        ] {
+            assert!(lower.contains(line), "{line:?} not in {lower:?}");
+        }
+        assert!(!lower.contains("Remote-User"), "{lower:?}");
     }
 
     #[tokio::test]
