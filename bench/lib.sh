@@ -24,6 +24,7 @@ STORE=${STORE:-memory}   # memory | sqlite (the gateway's store)
 KEEP=${KEEP:-0}          # 1: keep the work directory (configs, logs)
 NGINX_LOG_BUFFER=${NGINX_LOG_BUFFER:-}  # e.g. 64k: buffer nginx's access log (default: a write per request)
 SERVER_EXTRA=${SERVER_EXTRA:-}          # lines added to the gateway's [server] table
+UPSTREAM_EXTRA=${UPSTREAM_EXTRA:-}      # lines added to its [[upstreams]] table (header_case = "lower")
 GW_WRAP=${GW_WRAP:-}                    # a command to run the gateway under (bench/counts.sh)
 
 # Host names select the gateway's rules; the request is the same everywhere.
@@ -190,6 +191,7 @@ tokens = []
 [[upstreams]]
 name = "echo"
 url = "http://127.0.0.1:$UP_PORT"
+${UPSTREAM_EXTRA:-}
 
 [session]
 secrets = ["$(head -c 32 /dev/urandom | base64 | tr -d '\n')"]
