@@ -363,15 +363,15 @@ fn target(text: &str) -> Option<(&str, Option<&str>)> {
 pub fn original_url(headers: &HeaderMap) -> Result<Original<'_>, BadOriginal> {
     static METHOD: HeaderName = HeaderName::from_static("x-original-method");
     static URL_HEADER: HeaderName = HeaderName::from_static("x-original-url");
-    const URL: &str = "x-original-url";
+    let url_name = URL_HEADER.as_str();
     let method = method(headers, &METHOD)?;
     let url = single(headers, &URL_HEADER)?;
-    let (scheme_text, rest) = url.split_once("://").ok_or(BadOriginal::Invalid(URL))?;
-    let scheme = scheme(scheme_text).ok_or(BadOriginal::Invalid(URL))?;
+    let (scheme_text, rest) = url.split_once("://").ok_or(BadOriginal::Invalid(url_name))?;
+    let scheme = scheme(scheme_text).ok_or(BadOriginal::Invalid(url_name))?;
     let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority_text, target_text) = rest.split_at(split);
-    let (authority, host) = authority(authority_text).ok_or(BadOriginal::Invalid(URL))?;
-    let (path, query) = target(target_text).ok_or(BadOriginal::Invalid(URL))?;
+    let (authority, host) = authority(authority_text).ok_or(BadOriginal::Invalid(url_name))?;
+    let (path, query) = target(target_text).ok_or(BadOriginal::Invalid(url_name))?;
     Ok(Original {
         method,
         scheme,
@@ -442,6 +442,26 @@ mod tests {
         assert_eq!((o.authority, &*o.host), ("[::1]:8080", "[::1]"));
         assert!(matches!(o.host, Cow::Borrowed(_)));
         assert_eq!((o.path, o.query), ("/x", Some("")));
+        // A second `?` stays in the query; a trailing dot and upper case
+        // come off the host as the inline gateway reads `Host`.
+        let h = map(&[
+            ("x-original-method", "GET"),
+            ("x-original-url", "http://[::1].:8080/a?b?c"),
+        ]);
+        let o = original_url(&h).unwrap();
+        assert_eq!((&*o.host, o.path, o.query), ("[::1]", "/a", Some("b?c")));
+        let h = map(&[
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "App.Example.COM.:80"),
+            ("x-forwarded-uri", "/a?b?c"),
+        ]);
+        let o = forwarded(&h).unwrap();
+        assert_eq!(
+            (o.authority, &*o.host),
+            ("App.Example.COM.:80", "app.example.com")
+        );
+        assert_eq!((o.path, o.query), ("/a", Some("b?c")));
     }
 
     #[test]

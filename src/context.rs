@@ -219,6 +219,9 @@ mod tests {
         // The client forged "6.6.6.6"; the real client is 198.51.100.7.
         let got = client_addr(peer, &h(&["6.6.6.6, 198.51.100.7", "10.0.0.9"]), &proxies);
         assert_eq!(got, "198.51.100.7".parse::<IpAddr>().unwrap());
+        // Across field lines too: the last line's hops come first.
+        let got = client_addr(peer, &h(&["198.51.100.7", "6.6.6.6, 10.0.0.9"]), &proxies);
+        assert_eq!(got, "6.6.6.6".parse::<IpAddr>().unwrap());
         assert_eq!(client_addr(peer, &h(&[]), &proxies), peer);
         assert_eq!(client_addr(peer, &h(&["garbage"]), &proxies), peer);
         assert_eq!(
