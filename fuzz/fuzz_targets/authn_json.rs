@@ -115,7 +115,7 @@ fn request(path: &str, body: Vec<u8>, client: IpAddr) -> Request<Body> {
         peer_addr: SocketAddr::new(client, 40000),
         client_addr: client,
         scheme: "http",
-        authority: "app.example.com".into(),
+        authority: http::uri::Authority::from_static("app.example.com"),
         host: "app.example.com".into(),
         upstream: None,
         request_id: "fuzz".into(),
