@@ -142,26 +142,41 @@ fn parse_users_file(cx: &mut Ctx<'_>, path: &Path) -> Vec<FileUser> {
     if list.is_none() {
         cx.warn(shown, "defines no [[users]]");
     }
+    // Sign-in names are matched case-insensitively, so "Alice" and "alice"
+    // would collide. Read from the raw tables, so that a duplicate is reported
+    // with the other problems of either entry, not only once they are fixed.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut duplicate = Vec::new();
+    if let Some(toml::Value::Array(entries)) = &list {
+        for (i, entry) in entries.iter().enumerate() {
+            let Some(name) = entry.get("username").and_then(toml::Value::as_str) else {
+                continue;
+            };
+            match seen.get(&name.to_lowercase()) {
+                Some(first) => {
+                    cx.error(
+                        format!("users[{i}].username"),
+                        format!("{name:?} is already used by users[{first}]"),
+                    );
+                    duplicate.push(i);
+                }
+                None => {
+                    seen.insert(name.to_lowercase(), i);
+                }
+            }
+        }
+    }
     let Some(items) = array_section::<RawUser>(cx, "users", list) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, raw) in items.into_iter().enumerate() {
         let Some(user) = raw.and_then(|raw| file_user(cx, i, raw)) else {
             continue;
         };
-        // Sign-in names are matched case-insensitively, so "Alice" and "alice" would collide.
-        let folded = user.username.to_lowercase();
-        if let Some(first) = seen.get(&folded) {
-            cx.error(
-                format!("users[{i}].username"),
-                format!("{:?} is already used by users[{first}]", user.username),
-            );
-            continue;
+        if !duplicate.contains(&i) {
+            out.push(user);
         }
-        seen.insert(folded, i);
-        out.push(user);
     }
     let costs: std::collections::BTreeSet<HashCost> = out
         .iter()
@@ -431,6 +446,24 @@ mod tests {
             &errs,
             "regulation.max_transactions_per_ip_per_minute",
             "must be at least 1",
+        );
+    }
+
+    #[test]
+    fn a_duplicate_name_is_reported_beside_the_entries_other_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = users_config(
+            dir.path(),
+            "[[users]]\nusername = \"alice\"\npassword = \"plaintext\"\n\
+             [[users]]\nusername = \"Alice\"\npassword = \"plaintext\"\nnickname = \"x\"\n",
+        );
+        let errs = errors(&text);
+        assert_has(&errs, "users.file", "users[0].password");
+        assert_has(&errs, "users.file", "users[1].nickname");
+        assert_has(
+            &errs,
+            "users.file",
+            "users[1].username: \"Alice\" is already used by users[0]",
         );
     }
 

@@ -235,8 +235,9 @@ impl Policy {
     /// its normalized path (`facts.path`): the path itself (nginx, Apache),
     /// without `;params` (Tomcat, Jetty, Spring), with trailing dots and spaces
     /// trimmed (IIS), both, and each without a trailing `/` (Express, Spring
-    /// MVC; see [`normalize::readings`]). A clean path has one reading and
-    /// costs one scan more than [`Policy::requirement`].
+    /// MVC; see [`normalize::readings`]; such a reading counts only when a
+    /// rule matches it, not through the default policy). A clean path has one
+    /// reading and costs one scan more than [`Policy::requirement`].
     pub fn evaluate(&self, facts: &RequestFacts<'_>) -> Evaluation<'_> {
         let mut requirements = [None; 8];
         if self.windows_aliases && normalize::windows_alias(facts.path) {
@@ -250,11 +251,21 @@ impl Policy {
         }
         requirements[0] = Some(self.requirement(facts));
         let mut n = 1;
+        let slash = facts.path.ends_with('/');
         for reading in normalize::readings(facts.path) {
             let r = self.requirement(&RequestFacts {
                 path: reading.as_ref(),
                 ..*facts
             });
+            // A reading without the path's trailing `/` counts only where a
+            // rule names it (`^/vault$` still covers `/vault/`): the default
+            // policy is for paths no rule names, and `/public/` under a
+            // bypass rule `^/public/` is that rule's, not the default's.
+            // (The other readings remove `;params` or trailing dots and keep
+            // the slash; they count with the default too.)
+            if slash && !reading.ends_with('/') && r.rule.is_none() {
+                continue;
+            }
             let seen = requirements
                 .iter()
                 .flatten()
@@ -647,6 +658,41 @@ mod tests {
         let get = Method::GET;
         let eval = p.evaluate(&facts("a", "/vault.;x/", &get));
         assert_eq!(eval.decide(None, 1_000).0, Decision::Deny);
+    }
+
+    #[test]
+    fn a_rule_covers_its_own_directory_under_a_strict_default() {
+        // The demo's rules: `/public/` must be bypassed and `/reports/` must
+        // take a password, though `/public` and `/reports` fall to the
+        // default. An explicit rule still sees the reading without the slash.
+        for default in [PolicyKind::TwoFactor, PolicyKind::Deny] {
+            let p = Policy::new(
+                vec![
+                    rule("^/public/", PolicyKind::Bypass),
+                    rule("^/reports/", PolicyKind::OneFactor),
+                    rule("^/vault$", PolicyKind::Deny),
+                ],
+                default,
+            );
+            let strict = decision(&p, "/elsewhere", None);
+            assert_eq!(decision(&p, "/public/", None), Decision::Bypass, "{default:?}");
+            assert_eq!(decision(&p, "/public/x/", None), Decision::Bypass, "{default:?}");
+            assert_eq!(decision(&p, "/public", None), strict, "{default:?}");
+            let c1 = claims(1, 0, None);
+            assert_eq!(
+                decision(&p, "/reports/", Some((&c1, &[]))),
+                Decision::Allow,
+                "{default:?}"
+            );
+            assert_eq!(
+                decision(&p, "/vault/", Some((&c1, &[]))),
+                Decision::Deny,
+                "{default:?}"
+            );
+            // Hostile spellings keep every reading, the default's too.
+            assert_eq!(decision(&p, "/public;x", None), strict, "{default:?}");
+            assert_eq!(decision(&p, "/public.", None), strict, "{default:?}");
+        }
     }
 
     #[test]

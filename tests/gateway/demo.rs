@@ -103,6 +103,21 @@ async fn demo_folder_is_private_has_an_admin_token_and_goes_on_ctrl_c() {
     let refused = client.get(&users).send().await.unwrap();
     assert_eq!(refused.status(), 401);
 
+    // The printed bypass URL answers without a sign-in (its rule is `^/public/`,
+    // under a two-factor default); the site's root does not.
+    let public = banner
+        .lines()
+        .find_map(|l| match l.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["public", url, ..] => Some(url.to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no public URL in:\n{banner}"));
+    assert!(public.ends_with("/public/"), "{public}");
+    let open = client.get(&public).send().await.unwrap();
+    assert_eq!(open.status(), 200, "{public}");
+    let closed = client.get(format!("http://{main_addr}/")).send().await.unwrap();
+    assert_eq!(closed.status(), 401, "the root needs a sign-in");
+
     // Private: the folder 0700, every file in it 0600 (the SQLite database,
     // created by the gateway, too).
     assert_eq!(mode(&files), 0o700, "{}", files.display());
