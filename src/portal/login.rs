@@ -3,9 +3,11 @@
 //!
 //! Every failure looks the same from outside: unknown user, wrong password,
 //! blocked pair and locked user all take one argon2 verification and answer
-//! the same generic error (unless `regulation.reveal_lockout`). One exception:
-//! the right password of a user whom wrong second-factor codes locked is told
-//! to wait ([`LoginError::FactorLocked`]); it proved who is asking.
+//! the same generic error, whatever locked the user and whether the password
+//! was right (SPEC section 6). Only with `regulation.reveal_lockout` is a
+//! locked user told ([`LoginError::LockedRevealed`]), and the right password
+//! of a user whom wrong second-factor codes locked is told how long to wait
+//! ([`LoginError::FactorLocked`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -33,9 +35,10 @@ pub enum LoginError {
     Failed,
     /// The user is locked and the operator chose to reveal it.
     LockedRevealed,
-    /// The password was right but wrong second-factor codes locked the user
-    /// until then: the person asking proved who they are, so they are told
-    /// to wait (a wrong password never gets this answer).
+    /// With `reveal_lockout`: the password was right but wrong second-factor
+    /// codes locked the user until then, so they are told how long to wait
+    /// (a wrong password never gets this answer; without `reveal_lockout`
+    /// nobody does).
     FactorLocked(crate::clock::UnixTime),
     /// The password pool is saturated: try again shortly.
     Busy,
@@ -225,27 +228,32 @@ async fn settle(
             crate::metrics::login("locked");
             let name = user.as_ref().map_or("-", |u| u.username.as_str());
             audit!("signin.password.refused", user = %name, client = %addr, reason = "user locked");
+            let reveal = st.config.regulation.reveal_lockout;
             // Asked before this attempt is counted, so the attempt that blocks
             // a client is not the one told.
-            let client_blocked = st
-                .regulator
-                .client_blocked(subject, addr)
-                .await
-                .map_err(unavailable)?;
+            let client_blocked = if reveal && matched {
+                st.regulator
+                    .client_blocked(subject, addr)
+                    .await
+                    .map_err(unavailable)?
+            } else {
+                true
+            };
             st.regulator
                 .password_refused(user_id.as_deref(), subject, addr, blocked)
                 .await
                 .map_err(unavailable)?;
+            if !reveal {
+                // SPEC section 6: a locked user answers like a wrong password,
+                // whatever locked them and whether this password was right.
+                return Err(LoginError::Failed);
+            }
             if let Some(uid) = user_id.as_deref().filter(|_| matched && !client_blocked)
                 && let Some(until) = st.regulator.factor_locked(uid).await.map_err(unavailable)?
             {
                 return Err(LoginError::FactorLocked(until));
             }
-            if st.config.regulation.reveal_lockout {
-                Err(LoginError::LockedRevealed)
-            } else {
-                Err(LoginError::Failed)
-            }
+            Err(LoginError::LockedRevealed)
         }
         (user, blocked) => {
             crate::metrics::login(if blocked == Blocked::No {

@@ -4,8 +4,8 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::common::{active_totp, admin, create_user, gateway, totp};
-use crate::support::TestGateway;
+use crate::common::{active_totp, admin, create_user, gateway, send, totp};
+use crate::support::{BOB, TestGateway, set_cookie};
 
 #[tokio::test]
 async fn totp_enroll_qr_activate_verify() {
@@ -361,6 +361,87 @@ async fn recovery_codes_are_counted_generated_once_and_revoked() {
     admin(&gw, Method::GET, "/api/v1/users/nobody/recovery_codes", None)
         .await
         .expect(404, Some("E0000007"));
+}
+
+/// Locks bob with two wrong codes through the admin verify (the config sets
+/// `max_factor_failures = 2`); returns his user id.
+async fn lock_bob_by_codes(gw: &TestGateway) -> String {
+    let uid = TestGateway::uid("bob");
+    let (fid, _) = active_totp(gw, &uid).await;
+    for _ in 0..2 {
+        admin(
+            gw,
+            Method::POST,
+            &format!("/api/v1/users/{uid}/factors/{fid}/verify"),
+            Some(json!({ "passCode": "000000" })),
+        )
+        .await
+        .expect(403, Some("E0000068"));
+    }
+    let u = admin(gw, Method::GET, &format!("/api/v1/users/{uid}"), None).await;
+    assert_eq!(u.body["status"], "LOCKED_OUT");
+    uid
+}
+
+/// The authn API's password step (which must set no cookie here).
+async fn authn(gw: &TestGateway, user: &str, password: &str) -> crate::common::Answer {
+    let a = send(
+        gw.client()
+            .post(gw.url("/_portcullis/api/v1/authn"))
+            .json(&json!({ "username": user, "password": password })),
+    )
+    .await;
+    assert!(a.header("set-cookie").is_none(), "{:?}", a.headers);
+    a
+}
+
+#[tokio::test]
+async fn a_user_locked_by_codes_signs_in_like_a_wrong_password() {
+    let gw = gateway("[regulation]\nmax_factor_failures = 2\n").await;
+    lock_bob_by_codes(&gw).await;
+    // SPEC section 6: the right password of a locked user gets exactly the
+    // answer of a wrong one (and of an unknown user), not E0000069.
+    let mut bodies = Vec::new();
+    for (user, password) in [("bob", BOB.password), ("bob", "wrong"), ("nobody", "wrong")] {
+        let a = authn(&gw, user, password).await;
+        a.expect(401, Some("E0000004"));
+        let mut body = a.body;
+        body.as_object_mut().unwrap().remove("errorId");
+        bodies.push(body);
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    assert_eq!(bodies[1], bodies[2]);
+    // The login form too: the generic words, no wait and no session.
+    let client = gw.client();
+    for password in [BOB.password, "wrong"] {
+        let csrf = gw.login_page(&client, "/").await;
+        let res = gw.post_login(&client, &csrf, "bob", password, "/", &[]).await;
+        assert_eq!(res.status(), 401);
+        assert!(set_cookie(&res, "portcullis_session").is_none());
+        let text = res.text().await.unwrap();
+        assert!(
+            text.contains("Incorrect username or password.") && !text.contains("Try again"),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn reveal_lockout_tells_a_user_locked_by_codes() {
+    let gw = gateway("[regulation]\nmax_factor_failures = 2\nreveal_lockout = true\n").await;
+    lock_bob_by_codes(&gw).await;
+    authn(&gw, "bob", BOB.password)
+        .await
+        .expect(403, Some("E0000069"));
+    authn(&gw, "bob", "wrong").await.expect(403, Some("E0000069"));
+    // The form tells the right password how long to wait.
+    let client = gw.client();
+    let csrf = gw.login_page(&client, "/").await;
+    let res = gw.post_login(&client, &csrf, "bob", BOB.password, "/", &[]).await;
+    assert_eq!(res.status(), 403);
+    assert!(set_cookie(&res, "portcullis_session").is_none());
+    let text = res.text().await.unwrap();
+    assert!(text.contains("Try again in about 15 minutes."), "{text}");
 }
 
 #[tokio::test]

@@ -37,6 +37,11 @@ async fn start(extra: &str) -> TestGateway {
 
 /// Like [`start`], with more keys for the `[users]` table.
 async fn start_with_users(users_extra: &str, extra: &str) -> TestGateway {
+    start_with(users_extra, "", extra).await
+}
+
+/// Like [`start_with_users`], with more keys for the `[regulation]` table.
+async fn start_with(users_extra: &str, regulation_extra: &str, extra: &str) -> TestGateway {
     let users = users_dir().path().join("users.toml");
     TestGateway::start(&format!(
         r#"
@@ -49,6 +54,7 @@ enabled = true
 
 [regulation]
 max_factor_failures = 3
+{regulation_extra}
 
 [[rules]]
 path = "^/pay(/|$)"
@@ -196,23 +202,61 @@ async fn codes_are_single_use_and_wrong_codes_lock() {
     assert_eq!(res.status(), 403);
     let text = res.text().await.unwrap();
     assert!(text.contains("Try again in about 15 minutes."), "{text}");
-    // The password step is locked too: a wrong password gets the generic
-    // answer (no hint that the account exists or is locked) ...
+    // The password step is locked too, and says nothing of it (SPEC section
+    // 6, `reveal_lockout` off): the right password, a wrong one and an
+    // unknown user all get the generic answer and no session.
     let client = gw.client();
     let csrf = gw.login_page(&client, "/").await;
+    for (user, password) in [
+        ("carol", "not-her-password"),
+        ("nobody", "not-her-password"),
+        ("carol", PASSWORD),
+    ] {
+        let res = gw.post_login(&client, &csrf, user, password, "/", &[]).await;
+        assert_eq!(res.status(), 401, "{user} {password}");
+        assert!(set_cookie(&res, "portcullis_session").is_none());
+        let text = res.text().await.unwrap();
+        assert!(
+            text.contains("Incorrect username or password.") && !text.contains("Try again in"),
+            "{text}"
+        );
+    }
+    // An administrator unlocks: the next step's code works.
+    let res = gw
+        .client()
+        .post(gw.admin_url("/api/v1/users/carol/lifecycle/unlock"))
+        .header("authorization", "SSWS test-admin-token-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    gw.clock.advance(30);
+    assert_eq!(
+        submit_code(&gw, &other, "/secure/", &code(&gw)).await.status(),
+        303
+    );
+}
+
+#[tokio::test]
+async fn with_reveal_lockout_the_right_password_is_told_to_wait() {
+    let gw = start_with("", "reveal_lockout = true", "").await;
+    let login = gw.login_rd("carol", PASSWORD, "/secure/").await;
+    for _ in 0..3 {
+        let res = submit_code(&gw, &login, "/secure/", "000000").await;
+        assert_eq!(res.status(), 403);
+    }
+    let client = gw.client();
+    let csrf = gw.login_page(&client, "/").await;
+    // A wrong password is told the account is locked, never how long ...
     let res = gw
         .post_login(&client, &csrf, "carol", "not-her-password", "/", &[])
         .await;
-    assert_eq!(res.status(), 401);
+    assert_eq!(res.status(), 403);
     let text = res.text().await.unwrap();
     assert!(
-        text.contains("Incorrect username or password.") && !text.contains("Try again in"),
+        text.contains("This account is locked.") && !text.contains("Try again in"),
         "{text}"
     );
-    let res = gw
-        .post_login(&client, &csrf, "nobody", "not-her-password", "/", &[])
-        .await;
-    assert_eq!(res.status(), 401);
     // ... the right one is told to wait (coarsely), without a session, in
     // the browser's language.
     gw.clock.advance(5 * 60);
@@ -232,20 +276,6 @@ async fn codes_are_single_use_and_wrong_codes_lock() {
     assert!(
         text.contains("Versuchen Sie es in etwa 10 Minuten erneut."),
         "{text}"
-    );
-    // An administrator unlocks: the next step's code works.
-    let res = gw
-        .client()
-        .post(gw.admin_url("/api/v1/users/carol/lifecycle/unlock"))
-        .header("authorization", "SSWS test-admin-token-0123456789abcdef")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    gw.clock.advance(30);
-    assert_eq!(
-        submit_code(&gw, &other, "/secure/", &code(&gw)).await.status(),
-        303
     );
 }
 
