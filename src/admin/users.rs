@@ -905,7 +905,8 @@ pub async fn update(
     change(&st, &admin, &id, &body, true).await
 }
 
-/// `PUT /api/v1/users/{id}`: replaces the profile (and sets the password if given).
+/// `PUT /api/v1/users/{id}`: replaces the profile, the password, or both
+/// (a body with neither is refused).
 pub async fn replace(
     admin: Admin,
     State(st): State<Arc<AppState>>,
@@ -924,6 +925,10 @@ async fn change(st: &AppState, admin: &Admin, id: &str, body: &[u8], partial: bo
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
+    let password = match check_password(&body) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
     let mut patch = UserPatch::default();
     match body.get("profile").filter(|p| !p.is_null()) {
         Some(given) => {
@@ -938,13 +943,15 @@ async fn change(st: &AppState, admin: &Admin, id: &str, body: &[u8], partial: bo
             patch.login = Some(login);
             patch.profile = Some(profile);
         }
-        None if !partial => return validation(vec!["profile: The field cannot be left blank".into()]),
+        // Okta's PUT replaces the profile, the credentials or both: without
+        // a profile, a new password alone keeps the stored one.
+        None if !partial && password.is_none() => {
+            return validation(vec![
+                "profile: The field cannot be left blank (or give credentials.password.value)".into(),
+            ]);
+        }
         None => {}
     }
-    let password = match check_password(&body) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
     if let Some(p) = password {
         match hash(p).await {
             Ok(h) => patch.password_hash = Some(h),

@@ -337,6 +337,52 @@ async fn users_file_users_are_read_only() {
 }
 
 #[tokio::test]
+async fn put_with_only_a_password_changes_it_and_keeps_the_profile() {
+    let gw = gateway("").await;
+    let u = create_user(&gw, "jude", Some("jude-password-1")).await;
+    let id = u["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/users/{id}");
+    let s1 = gw.login_rd("jude", "jude-password-1", "/").await;
+    assert_eq!(gw.status("/app", Some(&s1.session_cookie())).await, 200);
+    let put = |body: serde_json::Value| admin(&gw, Method::PUT, &path, Some(body));
+
+    // The same password rules as elsewhere; nothing changes on a refusal.
+    let a = put(json!({ "credentials": { "password": { "value": "short" } } })).await;
+    a.expect(400, Some("E0000001"));
+    assert!(a.text.contains("at least 8"), "{}", a.text);
+    // Neither profile nor password: refused, with a cause.
+    for body in [
+        json!({}),
+        json!({ "credentials": {} }),
+        json!({ "profile": null }),
+    ] {
+        let a = put(body).await;
+        a.expect(400, Some("E0000001"));
+        assert!(a.text.contains("profile"), "{}", a.text);
+    }
+    assert_eq!(gw.status("/app", Some(&s1.session_cookie())).await, 200);
+
+    // Okta's PUT with credentials alone: a new password, the profile kept,
+    // the user's sessions ended.
+    let a = put(json!({ "credentials": { "password": { "value": "jude-password-2" } } })).await;
+    a.expect(200, None);
+    assert_eq!(a.body["profile"], u["profile"], "{}", a.text);
+    assert!(a.body["credentials"]["password"].is_object());
+    assert_eq!(
+        admin(&gw, Method::GET, &path, None).await.body["profile"],
+        u["profile"]
+    );
+    assert_eq!(gw.status("/app", Some(&s1.session_cookie())).await, 401);
+    let client = gw.client();
+    let csrf = gw.login_page(&client, "/").await;
+    let res = gw
+        .post_login(&client, &csrf, "jude", "jude-password-1", "/", &[])
+        .await;
+    assert_eq!(res.status(), 401);
+    gw.login_rd("jude", "jude-password-2", "/").await;
+}
+
+#[tokio::test]
 async fn password_change_suspension_and_deletion_end_sessions() {
     let gw = gateway("").await;
     let u = create_user(&gw, "ivy", Some("ivy-password-1")).await;
