@@ -22,6 +22,8 @@ pub enum ErrorCode {
     E0000006,
     /// 404 not found.
     E0000007,
+    /// 405 the endpoint does not support the method (`Allow` lists those it does).
+    E0000022,
     /// 401 invalid session or token.
     E0000011,
     /// 429 rate limit exceeded.
@@ -55,6 +57,7 @@ impl ErrorCode {
             E0000004 | E0000011 => StatusCode::UNAUTHORIZED,
             E0000006 | E0000068 | E0000069 | E0000079 | E0000082 => StatusCode::FORBIDDEN,
             E0000007 | E0000191 => StatusCode::NOT_FOUND,
+            E0000022 => StatusCode::METHOD_NOT_ALLOWED,
             E0000047 | E0000109 => StatusCode::TOO_MANY_REQUESTS,
             E0000154 => StatusCode::GONE,
             E0000037 => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -71,6 +74,7 @@ impl ErrorCode {
             E0000004 => "Authentication failed",
             E0000006 => "You do not have permission to perform the requested action",
             E0000007 => "Not found: Resource not found",
+            E0000022 => "The endpoint does not support the provided HTTP method",
             E0000011 => "Invalid token provided",
             E0000047 => "API call exceeded rate limit due to too many requests.",
             E0000068 => "Invalid Passcode/Answer",
@@ -96,6 +100,7 @@ impl ErrorCode {
             E0000004 => "E0000004",
             E0000006 => "E0000006",
             E0000007 => "E0000007",
+            E0000022 => "E0000022",
             E0000011 => "E0000011",
             E0000047 => "E0000047",
             E0000068 => "E0000068",

@@ -206,6 +206,7 @@ pub fn router(state: Arc<AppState>, throttle: Arc<throttle::TokenThrottle>) -> a
         router = router.route(route.path, handler(route.op, route.verb.filter()));
     }
     let router = router
+        .method_not_allowed_fallback(crate::api::method_not_allowed)
         .fallback(|| async { ApiError::new(ErrorCode::E0000007).into_response() })
         .with_state(state)
         .layer(axum::Extension(throttle));

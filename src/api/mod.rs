@@ -55,6 +55,14 @@ pub struct Route<O> {
     pub op: O,
 }
 
+/// 405 `E0000022`: a path of a route table asked with a method it does not
+/// serve. Install it with `Router::method_not_allowed_fallback` after the
+/// router's last route (it reaches only the routes already there); axum still
+/// adds the `Allow` header.
+pub(crate) async fn method_not_allowed() -> Response {
+    ApiError::new(ErrorCode::E0000022).into_response()
+}
+
 /// A JSON answer.
 pub(crate) fn json(status: StatusCode, body: &Value) -> Response {
     let mut res = (status, body.to_string()).into_response();

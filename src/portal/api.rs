@@ -128,7 +128,7 @@ fn handler(op: ApiOp, filter: MethodFilter) -> MethodRouter<Arc<AppState>> {
 }
 
 /// The JSON API under the prefix: [`ROUTES`] and the self-service routes
-/// ([`super::me::ROUTES`]).
+/// ([`super::me::ROUTES`]); a method they do not serve answers 405 `E0000022`.
 pub fn routes() -> axum::Router<Arc<AppState>> {
     ROUTES
         .iter()
@@ -136,6 +136,7 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
             router.route(route.path, handler(route.op, route.verb.filter()))
         })
         .merge(super::me::routes())
+        .method_not_allowed_fallback(crate::api::method_not_allowed)
 }
 
 /// Adds CORS headers for a trusted origin (and answers its preflight).

@@ -3,7 +3,7 @@
 //! (admin, self-service, authentication with sessions and push devices),
 //! both ways, so a route added without documentation fails here; every
 //! documented path answers on the real listeners with exactly the
-//! documented methods; real answers validate against its schemas (TOTP,
+//! documented methods (any other: 405 `E0000022` with `Allow`); real answers validate against its schemas (TOTP,
 //! SMS, push with pairing, device answers and cancelling, the authn steps);
 //! and an independent validator (openapi-spec-validator, when installed)
 //! accepts it.
@@ -139,10 +139,11 @@ async fn the_document_lists_exactly_the_routes_served() {
         } else {
             gw.admin_url(&concrete)
         };
-        let res = gw.client().patch(&url).send().await.unwrap();
-        assert_eq!(res.status(), 405, "PATCH {path}");
-        let allow: BTreeSet<String> = res.headers()["allow"]
-            .to_str()
+        let a = send(gw.client().patch(&url)).await;
+        a.expect(405, Some("E0000022"));
+        method_not_allowed_body(&a, &format!("PATCH {path}"));
+        let allow: BTreeSet<String> = a
+            .header("allow")
             .unwrap()
             .split(',')
             .map(|m| m.trim().to_owned())
@@ -150,6 +151,29 @@ async fn the_document_lists_exactly_the_routes_served() {
             .collect();
         assert_eq!(allow, documented, "methods served at {path}");
     }
+    // The two the review named: GET on the authn step, PATCH with a token.
+    let a = send(gw.client().get(gw.url(&format!("{PREFIX}/api/v1/authn")))).await;
+    a.expect(405, Some("E0000022"));
+    method_not_allowed_body(&a, "GET authn");
+    assert_eq!(a.header("allow").as_deref(), Some("POST"));
+    let a = admin(&gw, Method::PATCH, "/api/v1/users", None).await;
+    a.expect(405, Some("E0000022"));
+    method_not_allowed_body(&a, "PATCH users");
+}
+
+/// Asserts a 405 carries the Okta error object (as every other JSON error).
+fn method_not_allowed_body(a: &crate::common::Answer, what: &str) {
+    assert_eq!(
+        a.header("content-type").as_deref(),
+        Some("application/json"),
+        "{what}"
+    );
+    assert_eq!(
+        a.body["errorSummary"], "The endpoint does not support the provided HTTP method",
+        "{what}"
+    );
+    assert_eq!(a.body["errorLink"], "E0000022", "{what}");
+    assert_eq!(a.body["errorCauses"], json!([]), "{what}");
 }
 
 /// Checks `value` against a schema of the document (the subset it uses:
