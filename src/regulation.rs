@@ -80,7 +80,8 @@ fn user_lock(uid: &str) -> String {
     format!("lock:user:{uid}")
 }
 /// Set beside the user's lock when wrong second-factor codes locked the user:
-/// a correct password may then be told to wait (it proved who is asking).
+/// a correct password may then be told to wait (it proved who is asking) on
+/// the challenge page, and at the password step with `reveal_lockout`.
 fn factor_lock(uid: &str) -> String {
     format!("lock:mfa:{uid}")
 }
@@ -273,7 +274,9 @@ impl Regulator {
 
     /// Until when `uid` is locked because of wrong second-factor codes (not
     /// passwords): only then may someone who gave the right password be told
-    /// to wait, since a stranger guessing passwords cannot cause such a lock.
+    /// to wait (the challenge page; the password step only with
+    /// `reveal_lockout`), since a stranger guessing passwords cannot cause
+    /// such a lock.
     /// A lock from password failures stays unrevealed, so a locked account is
     /// no oracle for guessing its password. The later of the two locks counts.
     pub async fn factor_locked(&self, uid: &str) -> StoreResult<Option<UnixTime>> {
