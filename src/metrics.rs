@@ -4,13 +4,14 @@
 //! Metric names (all prefixed `portcullis_`): `requests_total{decision,status}`,
 //! `upstream_duration_seconds{upstream}`, `upstream_errors_total{upstream,kind}`,
 //! `logins_total{result}`, `lockouts_total{kind}`, `store_duration_seconds{op}`,
+//! `factor_verifications_total{type,result}`, `factor_events_total{event,type}`,
 //! `connections_refused_total{listener,limit}`,
 //! `rule_decisions_total{rule,path,decision}` (kept by the policy: see
 //! [`crate::policy::counters`]).
 
 use foldhash::HashMap;
 use std::cell::RefCell;
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock, RwLock};
 use std::time::Duration;
 
 use metrics::Counter;
@@ -36,6 +37,9 @@ const LATENCY_BUCKETS: [f64; 16] = [
 /// fire on the first one.
 const LOGIN_RESULTS: [&str; 6] = ["success", "failure", "locked", "busy", "error", "rate_limited"];
 const LOCKOUT_KINDS: [&str; 2] = ["user", "client"];
+/// Upstream errors counted without an upstream (`upstream=""`): a request
+/// that reached the proxy without its context or an upstream.
+const UNROUTED_UPSTREAM_ERRORS: [&str; 2] = ["no_context", "no_upstream"];
 const REFUSED: [(&str, &str); 5] = [
     ("main", "connections"),
     ("main", "tls_handshakes"),
@@ -92,6 +96,132 @@ fn register_zeroes() {
             .increment(0);
     }
     metrics::counter!("portcullis_password_rescues_total").increment(0);
+    for kind in UNROUTED_UPSTREAM_ERRORS {
+        metrics::counter!("portcullis_upstream_errors_total", "upstream" => "", "kind" => kind).increment(0);
+    }
+}
+
+/// The `kind` of `portcullis_upstream_errors_total{upstream,kind}` for a
+/// configured upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    Connect,
+    Request,
+    Timeout,
+    Protocol,
+    Upgrade,
+}
+
+impl UpstreamError {
+    /// Every kind, in the order of [`UpstreamErrors`]' handles.
+    pub const ALL: [UpstreamError; 5] = [
+        UpstreamError::Connect,
+        UpstreamError::Request,
+        UpstreamError::Timeout,
+        UpstreamError::Protocol,
+        UpstreamError::Upgrade,
+    ];
+
+    /// The label value (and log field).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamError::Connect => "connect",
+            UpstreamError::Request => "request",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Protocol => "protocol",
+            UpstreamError::Upgrade => "upgrade",
+        }
+    }
+}
+
+/// One upstream's `portcullis_upstream_errors_total` handles, registered at
+/// zero when the proxy is built: counting an error builds no labels.
+#[derive(Clone)]
+pub struct UpstreamErrors {
+    /// By [`UpstreamError`], in the order of [`UpstreamError::ALL`].
+    counters: [Counter; 5],
+}
+
+impl UpstreamErrors {
+    /// Registers (at zero) the series of the upstream named `upstream`.
+    /// The recorder must be installed first.
+    pub fn new(upstream: &metrics::SharedString) -> Self {
+        let counters = UpstreamError::ALL.map(|kind| {
+            let c = metrics::counter!("portcullis_upstream_errors_total", "upstream" => upstream.clone(), "kind" => kind.as_str());
+            c.increment(0);
+            c
+        });
+        Self { counters }
+    }
+
+    /// Counts one error of `kind`.
+    pub fn count(&self, kind: UpstreamError) {
+        self.counters[kind as usize].increment(1);
+    }
+}
+
+/// The handles of one factor type's counters, by label value.
+#[derive(Default)]
+struct FactorCounters {
+    /// `portcullis_factor_verifications_total{type,result}` by result.
+    verifications: HashMap<&'static str, Counter>,
+    /// `portcullis_factor_events_total{event,type}` by event.
+    events: HashMap<&'static str, Counter>,
+}
+
+/// The registered factor types' handles, by Okta factor type. Filled at
+/// start-up (and by a reload enabling another type) for the enabled types.
+static FACTORS: LazyLock<RwLock<HashMap<&'static str, FactorCounters>>> =
+    LazyLock::new(|| RwLock::new(HashMap::default()));
+
+/// Registers at zero a factor type's verification results and lifecycle
+/// events: every label value its code records, so each series exists before
+/// its first event. Called for each enabled type when a gateway is built.
+pub fn register_factor_type(
+    factor_type: &'static str,
+    results: &'static [&'static str],
+    events: &'static [&'static str],
+) {
+    // Handles taken before the recorder is installed would count nothing.
+    install();
+    let mut all = FACTORS.write().unwrap_or_else(|p| p.into_inner());
+    let counters = all.entry(factor_type).or_default();
+    for &result in results {
+        counters.verifications.entry(result).or_insert_with(|| {
+            let c = metrics::counter!("portcullis_factor_verifications_total", "type" => factor_type, "result" => result);
+            c.increment(0);
+            c
+        });
+    }
+    for &event in events {
+        counters.events.entry(event).or_insert_with(|| {
+            let c =
+                metrics::counter!("portcullis_factor_events_total", "event" => event, "type" => factor_type);
+            c.increment(0);
+            c
+        });
+    }
+}
+
+/// Counts through a registered handle; false when the type (or the label
+/// value) was not registered.
+fn count_factor(factor_type: &str, pick: impl FnOnce(&FactorCounters) -> Option<&Counter>) -> bool {
+    let all = FACTORS.read().unwrap_or_else(|p| p.into_inner());
+    match all.get(factor_type) {
+        Some(counters) => match pick(counters) {
+            Some(c) => {
+                c.increment(1);
+                true
+            }
+            None => {
+                // A registered type recorded a value its list does not name:
+                // that series would be missing until its first event.
+                debug_assert!(false, "a label value of {factor_type} is not registered");
+                false
+            }
+        },
+        None => false,
+    }
 }
 
 /// The metrics in Prometheus text format (empty if no recorder is installed).
@@ -139,16 +269,22 @@ pub fn lockout(kind: &'static str) {
     metrics::counter!("portcullis_lockouts_total", "kind" => kind).increment(1);
 }
 
-/// Counts a second-factor verification by factor type and result.
+/// Counts a second-factor verification by factor type and result (one of
+/// the results the type registered: see [`register_factor_type`]).
 pub fn factor_verification(factor_type: &str, result: &'static str) {
-    metrics::counter!("portcullis_factor_verifications_total", "type" => factor_type.to_owned(), "result" => result)
-        .increment(1);
+    if !count_factor(factor_type, |c| c.verifications.get(result)) {
+        metrics::counter!("portcullis_factor_verifications_total", "type" => factor_type.to_owned(), "result" => result)
+            .increment(1);
+    }
 }
 
-/// Counts a factor lifecycle event (`enrolled`, `activated`, `removed`).
+/// Counts a factor lifecycle event (`enrolled`, `activated`, `removed`,
+/// `challenged`).
 pub fn factor_event(event: &'static str, factor_type: &str) {
-    metrics::counter!("portcullis_factor_events_total", "event" => event, "type" => factor_type.to_owned())
-        .increment(1);
+    if !count_factor(factor_type, |c| c.events.get(event)) {
+        metrics::counter!("portcullis_factor_events_total", "event" => event, "type" => factor_type.to_owned())
+            .increment(1);
+    }
 }
 
 /// Counts a connection turned away by a listener's limit (`connections`,

@@ -89,6 +89,11 @@ pub trait FactorKind: Sync {
     /// The prefix of a new factor id for `provider` (Okta's prefixes).
     fn id_prefix(&self, provider: &str) -> &'static str;
 
+    /// Every `result` its verifications (and activations) count in
+    /// `portcullis_factor_verifications_total`: registered at zero at
+    /// start-up, so the list must name each value the code records.
+    fn verification_results(&self) -> &'static [&'static str];
+
     /// A short name for pages ("Text message").
     fn label(&self) -> &'static str;
 

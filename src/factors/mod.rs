@@ -90,6 +90,26 @@ impl FactorType {
     }
 }
 
+/// Registers at zero the factor counters of every type `cfg` enables (and of
+/// recovery codes when on): each result its verifications count and each
+/// lifecycle event it records. A reload enabling another type adds its own.
+pub fn register_metrics(cfg: &FactorsConfig) {
+    const EVENTS: &[&str] = &["enrolled", "activated", "removed"];
+    const CHALLENGED_TOO: &[&str] = &["enrolled", "activated", "removed", "challenged"];
+    for t in FactorType::enabled(cfg) {
+        let kind = t.kind();
+        let events = if kind.sends_code() || kind.answered_by_device() {
+            CHALLENGED_TOO
+        } else {
+            EVENTS
+        };
+        crate::metrics::register_factor_type(t.as_str(), kind.verification_results(), events);
+    }
+    if cfg.recovery_codes.enabled {
+        crate::metrics::register_factor_type(recovery::RECOVERY_TYPE, recovery::RESULTS, &[]);
+    }
+}
+
 /// The kind of a stored `factorType`, if Portcullis knows it.
 pub fn kind_of(okta_type: &str) -> Option<&'static dyn FactorKind> {
     FactorType::parse(okta_type).map(FactorType::kind)

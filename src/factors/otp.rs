@@ -498,23 +498,23 @@ pub async fn check_code(
     let presented = code_mac(key.expose(), &factor.record.id, purpose, flow, &code);
     let tag = flow_tag(key.expose(), flow);
     let outcome = upsert(st, KIND, &record_id(&factor.record.id), &user.id, |cur, now| {
-        let Some(cur) = cur else { return Err("no code") };
+        let Some(cur) = cur else { return Err("no_code") };
         let Ok(mut state) = serde_json::from_value::<CodeState>(cur.data.clone()) else {
-            return Err("no code");
+            return Err("no_code");
         };
         let Some(mac) = state.mac.as_deref().and_then(|m| hex::decode(m).ok()) else {
-            return Err("no code");
+            return Err("no_code");
         };
         // A code of another flow is no code for this one, and this attempt
         // leaves it alone (its own flow can still use it).
         if !ct_eq(state.flow.as_bytes(), tag.as_bytes()) {
-            return Err("no code");
+            return Err("no_code");
         }
         if state.purpose != purpose || now >= state.code_expires {
             return Err("expired");
         }
         if state.attempts >= MAX_ATTEMPTS {
-            return Err("too many attempts");
+            return Err("too_many_attempts");
         }
         let matched = ct_eq(&presented, &mac);
         state.attempts += 1;
@@ -697,6 +697,17 @@ fn email_config(f: &FactorsConfig) -> &CodeFactorConfig {
 impl FactorKind for CodeKind {
     fn okta_type(&self) -> &'static str {
         self.okta_type
+    }
+
+    fn verification_results(&self) -> &'static [&'static str] {
+        &[
+            "success",
+            "invalid",
+            "no_code",
+            "expired",
+            "too_many_attempts",
+            "locked",
+        ]
     }
 
     fn id_prefix(&self, _provider: &str) -> &'static str {

@@ -675,6 +675,10 @@ impl FactorKind for Push {
         "push"
     }
 
+    fn verification_results(&self) -> &'static [&'static str] {
+        &["success", "rejected", "wrong_number", "cancelled", "locked"]
+    }
+
     fn id_prefix(&self, _provider: &str) -> &'static str {
         "opf"
     }

@@ -21,6 +21,10 @@ use crate::users::User;
 /// pseudo-factor: not a Factor object of the Factors API).
 pub const RECOVERY_TYPE: &str = "recovery_code";
 
+/// Every `result` [`verify_recovery`] counts (see
+/// [`super::FactorKind::verification_results`]).
+pub const RESULTS: &[&str] = &["success", "invalid", "locked"];
+
 /// The `amr` value a recovery code adds to a session.
 pub const AMR: &str = "recovery";
 

@@ -240,6 +240,10 @@ impl FactorKind for Totp {
         TOTP_TYPE
     }
 
+    fn verification_results(&self) -> &'static [&'static str] {
+        &["success", "invalid", "replayed", "locked"]
+    }
+
     fn providers(&self) -> &'static [&'static str] {
         &["GOOGLE", "OKTA"]
     }

@@ -625,7 +625,7 @@ pub async fn challenge(
 /// Why the library refused an assertion, for the audit trail.
 fn refusal(e: &WebauthnError) -> &'static str {
     match e {
-        WebauthnError::CredentialPossibleCompromise => "counter",
+        WebauthnError::CredentialPossibleCompromise => "counter_regressed",
         _ => "invalid",
     }
 }
@@ -679,8 +679,7 @@ async fn refused(
     addr: IpAddr,
     why: &'static str,
 ) -> Result<(), VerifyError> {
-    if why == "counter" {
-        crate::metrics::factor_verification(WEBAUTHN_TYPE, "counter_regressed");
+    if why == "counter_regressed" {
         audit!("factor.webauthn.counter_refused", user = %user.username, factor_id = %factor_id, client = %addr);
     }
     super::failed(st, user, WEBAUTHN_TYPE, addr, why).await
@@ -742,7 +741,7 @@ pub async fn verify_assertion(
         }
     };
     if !store_counter(st, user, &rec.id, &result).await? {
-        refused(st, user, &rec.id, addr, "counter").await?;
+        refused(st, user, &rec.id, addr, "counter_regressed").await?;
         return Err(VerifyError::Invalid);
     }
     crate::metrics::factor_verification(WEBAUTHN_TYPE, "success");
@@ -825,7 +824,7 @@ pub async fn verify_discoverable(
             && f.record.factor_type == WEBAUTHN_TYPE
             && f.record.profile["credentialId"] == json!(cred_id)
     }) else {
-        super::failed(st, &user, WEBAUTHN_TYPE, addr, "unknown credential")
+        super::failed(st, &user, WEBAUTHN_TYPE, addr, "unknown_credential")
             .await
             .map_err(v)?;
         return Err(v(VerifyError::Invalid));
@@ -847,7 +846,7 @@ pub async fn verify_discoverable(
         .await
         .map_err(v)?
     {
-        refused(st, &user, &factor.record.id, addr, "counter")
+        refused(st, &user, &factor.record.id, addr, "counter_regressed")
             .await
             .map_err(v)?;
         return Err(v(VerifyError::Invalid));
@@ -876,6 +875,19 @@ pub struct WebAuthn;
 impl FactorKind for WebAuthn {
     fn okta_type(&self) -> &'static str {
         WEBAUTHN_TYPE
+    }
+
+    fn verification_results(&self) -> &'static [&'static str] {
+        &[
+            "success",
+            "invalid",
+            "malformed",
+            "duplicate",
+            "replayed",
+            "counter_regressed",
+            "unknown_credential",
+            "locked",
+        ]
     }
 
     fn providers(&self) -> &'static [&'static str] {

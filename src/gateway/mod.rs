@@ -80,6 +80,7 @@ impl Gateway {
         store: SharedStore,
     ) -> Result<Self, BuildError> {
         crate::metrics::install();
+        crate::factors::register_metrics(&config.factors);
         let config = Arc::new(config);
         let revocations = Arc::new(RevocationView::new(config.session.revocation_check));
         let users = Arc::new(std::sync::RwLock::new(UserDirectory::from_file_users(

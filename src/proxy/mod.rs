@@ -50,6 +50,7 @@ use hyper::upgrade::OnUpgrade;
 use crate::config::{IdentityHeaders, UpstreamConfig};
 use crate::context::RequestContext;
 use crate::identity::Principal;
+use crate::metrics::UpstreamError;
 
 /// What the proxy needs from the configuration.
 #[derive(Debug, Clone)]
@@ -114,6 +115,8 @@ struct Upstream {
     /// `portcullis_upstream_duration_seconds{upstream}`, resolved once: looking
     /// a metric up by name and labels on every request costs allocations.
     duration: metrics::Histogram,
+    /// `portcullis_upstream_errors_total{upstream,kind}`, registered at zero.
+    errors: crate::metrics::UpstreamErrors,
 }
 
 impl Upstream {
@@ -150,6 +153,7 @@ impl Upstream {
         let name = metrics::SharedString::from(Arc::<str>::from(config.name.as_str()));
         Ok(Self {
             duration: metrics::histogram!("portcullis_upstream_duration_seconds", "upstream" => name.clone()),
+            errors: crate::metrics::UpstreamErrors::new(&name),
             name,
             hosts: config.hosts.clone(),
             prefix: url.path().trim_end_matches('/').to_owned(),
@@ -324,9 +328,9 @@ impl Proxy {
             Ok(Ok(res)) => res,
             Ok(Err(error)) => {
                 let (kind, message) = if error.is_connect() {
-                    ("connect", "upstream connect failed")
+                    (UpstreamError::Connect, "upstream connect failed")
                 } else {
-                    ("request", "upstream request failed")
+                    (UpstreamError::Request, "upstream request failed")
                 };
                 return upstream_error(
                     upstream,
@@ -343,7 +347,7 @@ impl Proxy {
                     upstream,
                     &ctx,
                     wants_html,
-                    "timeout",
+                    UpstreamError::Timeout,
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream response head timed out",
                     &elapsed,
@@ -356,7 +360,7 @@ impl Proxy {
         if status == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 tracing::warn!(upstream = %upstream.name, request_id = %ctx.request_id, "upstream switched protocols without being asked");
-                metrics::counter!("portcullis_upstream_errors_total", "upstream" => upstream.name.clone(), "kind" => "protocol").increment(1);
+                upstream.errors.count(UpstreamError::Protocol);
                 return error_response(StatusCode::BAD_GATEWAY, wants_html, &ctx.request_id);
             };
             let upstream_upgrade = hyper::upgrade::on(&mut res);
@@ -372,6 +376,7 @@ impl Proxy {
                 client_upgrade,
                 upstream_upgrade,
                 upstream.name.clone(),
+                upstream.errors.clone(),
                 ctx.request_id,
                 drained,
             );
@@ -422,13 +427,13 @@ fn upstream_error(
     upstream: &Upstream,
     ctx: &RequestContext,
     wants_html: bool,
-    kind: &'static str,
+    kind: UpstreamError,
     status: StatusCode,
     message: &'static str,
     error: &(dyn std::error::Error + 'static),
 ) -> Response<Body> {
-    tracing::warn!(upstream = %upstream.name, request_id = %ctx.request_id, kind, error = %Chain(error), "{message}");
-    metrics::counter!("portcullis_upstream_errors_total", "upstream" => upstream.name.clone(), "kind" => kind).increment(1);
+    tracing::warn!(upstream = %upstream.name, request_id = %ctx.request_id, kind = kind.as_str(), error = %Chain(error), "{message}");
+    upstream.errors.count(kind);
     error_response(status, wants_html, &ctx.request_id)
 }
 

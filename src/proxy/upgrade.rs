@@ -17,6 +17,7 @@ pub fn splice(
     client: OnUpgrade,
     upstream: OnUpgrade,
     upstream_name: metrics::SharedString,
+    errors: crate::metrics::UpstreamErrors,
     request_id: String,
     drained: Option<crate::server::Drained>,
 ) {
@@ -25,8 +26,7 @@ pub fn splice(
             Ok(both) => both,
             Err(error) => {
                 tracing::warn!(upstream = %upstream_name, request_id, %error, "upgrade failed before splicing");
-                metrics::counter!("portcullis_upstream_errors_total", "upstream" => upstream_name, "kind" => "upgrade")
-                    .increment(1);
+                errors.count(crate::metrics::UpstreamError::Upgrade);
                 return;
             }
         };

@@ -255,6 +255,111 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         .unwrap();
 }
 
+/// SPEC section 14: every counter exists from start-up at zero. Factor
+/// verifications by (type, result) and lifecycle events for each enabled
+/// type, every value the code records; upstream errors by kind for each
+/// configured upstream.
+#[tokio::test]
+async fn factor_and_upstream_counters_exist_at_zero_from_start_up() {
+    let gw = TestGateway::start(
+        r#"
+[server]
+external_url = "https://app.example.com"
+[factors.totp]
+enabled = true
+[factors.recovery_codes]
+enabled = true
+[factors.webauthn]
+enabled = true
+
+[[upstreams]]
+name = "echo"
+url = "{echo}"
+
+[[upstreams]]
+name = "zero-check"
+url = "{echo}"
+hosts = ["zero-check.example"]
+"#,
+    )
+    .await;
+    let res = gw.client().get(gw.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    // The value of the series with exactly these labels, if there is one.
+    let value = |metric: &str, labels: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{metric}{{{labels}}} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let verifications = [
+        (
+            "token:software:totp",
+            &["success", "invalid", "replayed", "locked"][..],
+        ),
+        ("recovery_code", &["success", "invalid", "locked"][..]),
+        (
+            "webauthn",
+            &[
+                "success",
+                "invalid",
+                "malformed",
+                "duplicate",
+                "replayed",
+                "counter_regressed",
+                "unknown_credential",
+                "locked",
+            ][..],
+        ),
+    ];
+    for (factor_type, results) in verifications {
+        for result in results {
+            // Other tests in this binary share the recorder: present is enough.
+            assert!(
+                value(
+                    "portcullis_factor_verifications_total",
+                    &format!("type=\"{factor_type}\",result=\"{result}\"")
+                )
+                .is_some(),
+                "{factor_type} {result}:\n{text}"
+            );
+        }
+    }
+    for factor_type in ["token:software:totp", "webauthn"] {
+        for event in ["enrolled", "activated", "removed"] {
+            assert!(
+                value(
+                    "portcullis_factor_events_total",
+                    &format!("event=\"{event}\",type=\"{factor_type}\"")
+                )
+                .is_some(),
+                "{factor_type} {event}:\n{text}"
+            );
+        }
+    }
+    // No other test names this upstream: exactly zero.
+    for kind in ["connect", "request", "timeout", "protocol", "upgrade"] {
+        assert_eq!(
+            value(
+                "portcullis_upstream_errors_total",
+                &format!("upstream=\"zero-check\",kind=\"{kind}\"")
+            ),
+            Some(0.0),
+            "{kind}:\n{text}"
+        );
+    }
+    for kind in ["no_context", "no_upstream"] {
+        assert!(
+            value(
+                "portcullis_upstream_errors_total",
+                &format!("upstream=\"\",kind=\"{kind}\"")
+            )
+            .is_some(),
+            "{kind}:\n{text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn admin_listener_health_readiness_and_metrics() {
     let gw = TestGateway::start("").await;
