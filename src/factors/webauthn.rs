@@ -343,6 +343,9 @@ fn creation_options(ccr: &impl Serialize) -> Value {
     if let Some(o) = pk.as_object_mut() {
         // A hint would hide platform passkeys from some browsers.
         o.remove("hints");
+        // The library leaves the list out when it is empty; Okta's clients
+        // (and SPEC section 13) expect it always, `[]` for a user's first key.
+        o.entry("excludeCredentials").or_insert_with(|| json!([]));
     }
     if let Some(ext) = pk.get_mut("extensions").and_then(Value::as_object_mut) {
         // Chromium refuses a credProtect request its authenticator cannot

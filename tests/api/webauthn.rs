@@ -42,6 +42,8 @@ async fn active_key(gw: &TestGateway, uid: &str, key: &mut SoftKey) -> String {
     }
     assert_eq!(activation["rp"]["id"], RP);
     assert_eq!(activation["attestation"], "none");
+    // Always listed (SPEC section 13), empty for the user's first key.
+    assert_eq!(activation["excludeCredentials"], json!([]), "{activation}");
     let fid = e.body["id"].as_str().unwrap().to_owned();
     let answer = key.register(activation);
     let a = admin(
@@ -101,6 +103,27 @@ async fn factors_api_enroll_activate_challenge_verify() {
     let mut key = SoftKey::new(ORIGIN);
     let fid = active_key(&gw, &uid, &mut key).await;
     let verify = format!("/api/v1/users/{uid}/factors/{fid}/verify");
+
+    // A second key's creation options exclude the first one.
+    let second = admin(
+        &gw,
+        Method::POST,
+        &format!("/api/v1/users/{uid}/factors"),
+        Some(json!({ "factorType": "webauthn", "provider": "FIDO", "profile": { "authenticatorName": "Red key" } })),
+    )
+    .await;
+    second.expect(200, None);
+    let excluded = &second.body["_embedded"]["activation"]["excludeCredentials"];
+    assert_eq!(excluded.as_array().map(Vec::len), Some(1), "{}", second.text);
+    assert_eq!(excluded[0]["id"], json!(crate::soft::b64(&key.cred_id)));
+    let pending = second.body["id"].as_str().unwrap();
+    admin(
+        &gw,
+        Method::DELETE,
+        &format!("/api/v1/users/{uid}/factors/{pending}"),
+        None,
+    )
+    .await;
 
     let o = challenge(&gw, &verify).await;
     assert_eq!(o["rpId"], RP);
