@@ -301,6 +301,43 @@ fn factor_answer(
     body
 }
 
+/// The authn API's activate link of a factor (the factor's own `_links.activate`).
+fn activate_href(prefix: &str, factor_id: &str) -> String {
+    format!("{prefix}/api/v1/authn/factors/{factor_id}/lifecycle/activate")
+}
+
+/// The `_links` of a pending factor activated by a code sent to it (sms,
+/// call, email): `activate`, and `resend` for another code.
+fn code_activation_links(prefix: &str, record: &FactorRecord) -> Value {
+    json!({
+        "activate": { "href": activate_href(prefix, &record.id), "hints": { "allow": ["POST"] } },
+        "resend": [{
+            "name": record.factor_type,
+            "href": format!("{prefix}/api/v1/authn/factors/{}/lifecycle/resend", record.id),
+            "hints": { "allow": ["POST"] },
+        }],
+    })
+}
+
+/// Adds Okta's top-level links of an `MFA_ENROLL_ACTIVATE` answer about the
+/// factor enrolled in the transaction, beside `cancel`: `next` (`activate`,
+/// the factor's own activate link; `poll` for a factor its device
+/// activates) and, when its activation code can be sent again, `resend`.
+/// No `prev`: there is no `{prefix}/api/v1/authn/previous`.
+fn enroll_activate_links(st: &AppState, body: &mut Value, record: &FactorRecord) {
+    let prefix = &st.config.portal.prefix;
+    let activate_href = activate_href(prefix, &record.id);
+    let kind = kind_of(&record.factor_type);
+    body["_links"]["next"] = if kind.is_some_and(|k| !k.activated_by_code()) {
+        json!({ "name": "poll", "href": format!("{activate_href}/poll"), "hints": { "allow": ["POST"] } })
+    } else {
+        json!({ "name": "activate", "href": activate_href, "hints": { "allow": ["POST"] } })
+    };
+    if kind.is_some_and(|k| k.sends_code()) {
+        body["_links"]["resend"] = code_activation_links(prefix, record)["resend"].take();
+    }
+}
+
 /// Issues the level-2 (or level-1) session, a one-time sessionToken, and the
 /// `SUCCESS` answer with the cookie.
 /// `replaces` is the session this one upgrades (same sign-in): its sign-in
@@ -1277,7 +1314,7 @@ pub(crate) async fn enroll(
     };
     let record = enrolled.factor().clone();
     let prefix = &st.config.portal.prefix;
-    let activate_href = format!("{prefix}/api/v1/authn/factors/{}/lifecycle/activate", record.id);
+    let activate_href = activate_href(prefix, &record.id);
     let mut factor = okta_factor(
         &st,
         &Factor {
@@ -1309,14 +1346,7 @@ pub(crate) async fn enroll(
         }
         factors::Enrolled::Code { expires_at, .. } => {
             factor["_embedded"] = json!({ "activation": { "expiresAt": rfc3339(*expires_at) } });
-            factor["_links"] = json!({
-                "activate": { "href": activate_href, "hints": { "allow": ["POST"] } },
-                "resend": [{
-                    "name": record.factor_type,
-                    "href": format!("{prefix}/api/v1/authn/factors/{}/lifecycle/resend", record.id),
-                    "hints": { "allow": ["POST"] },
-                }],
-            });
+            factor["_links"] = code_activation_links(prefix, &record);
         }
         factors::Enrolled::Push {
             activation_token,
@@ -1339,9 +1369,9 @@ pub(crate) async fn enroll(
         }
     }
     let mut body = factor_answer(&st, &loaded, &state, expires, factor);
+    enroll_activate_links(&st, &mut body, &record);
     if let factors::Enrolled::Push { .. } = &enrolled {
         body["factorResult"] = json!("WAITING");
-        body["_links"]["next"] = json!({ "name": "poll", "href": format!("{activate_href}/poll"), "hints": { "allow": ["POST"] } });
     }
     json_response(body)
 }
@@ -1379,6 +1409,9 @@ pub(crate) async fn activate(
                 loaded.record.expires_at,
                 authn_factor_json(&st, &factor),
             );
+            if !timed_out {
+                enroll_activate_links(&st, &mut body, &factor.record);
+            }
             body["factorResult"] = json!(if timed_out { "TIMEOUT" } else { "WAITING" });
             return json_response(body);
         }
@@ -1458,13 +1491,11 @@ pub(crate) async fn resend_activation(
         Ok(e) => e,
         Err(r) => return r,
     };
-    json_response(factor_answer(
-        &st,
-        &loaded,
-        &loaded.state,
-        expires,
-        okta_factor(&st, &factor),
-    ))
+    let mut embedded = okta_factor(&st, &factor);
+    embedded["_links"] = code_activation_links(&st.config.portal.prefix, &factor.record);
+    let mut body = factor_answer(&st, &loaded, &loaded.state, expires, embedded);
+    enroll_activate_links(&st, &mut body, &factor.record);
+    json_response(body)
 }
 
 /// `POST {prefix}/api/v1/authn/cancel`.

@@ -4,7 +4,8 @@
 //! sent to a person names the app from configuration, whatever Host the
 //! request carried; `__Host-` cookie names when the cookie is secure and
 //! host-only; a new sign-in (portal or API) ends the sign-in of the valid
-//! session cookie it was sent with.
+//! session cookie it was sent with; `MFA_ENROLL_ACTIVATE` answers link the
+//! next step as Okta does.
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -542,4 +543,104 @@ async fn secure_host_only_cookies_take_the_host_prefix() {
     .await;
     r.expect(403, Some("E0000006"));
     assert!(r.text.contains("__Host-portcullis_csrf"), "{}", r.text);
+}
+
+/// Okta's `MFA_ENROLL_ACTIVATE` links the next step at the top: `next`
+/// (`activate`, the factor's own activate link; `poll` for push), `cancel`,
+/// and `resend` for a factor whose code can be sent again. There is no
+/// `{prefix}/api/v1/authn/previous`, so no `prev`.
+#[tokio::test]
+async fn enroll_activate_answers_link_the_next_step_as_okta_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("messages.jsonl");
+    let gw = gateway(&format!(
+        "{}\n[server]\nexternal_url = \"https://app.example.com\"\n[factors.webauthn]\nenabled = true\n",
+        sms_and_push(&file)
+    ))
+    .await;
+    let enroll = |login: &'static str, factor_type: &'static str, provider: &'static str| {
+        let gw = &gw;
+        async move {
+            crate::common::create_user(gw, login, Some("enroll-password-1")).await;
+            let a = send(
+                gw.client()
+                    .post(gw.url(AUTHN))
+                    .json(&json!({ "username": login, "password": "enroll-password-1" })),
+            )
+            .await;
+            assert_eq!(a.body["status"], "MFA_ENROLL", "{}", a.text);
+            let state = a.body["stateToken"].as_str().unwrap().to_owned();
+            let e = send(
+                gw.client()
+                    .post(gw.url(&format!("{AUTHN}/factors")))
+                    .json(&json!({
+                        "stateToken": state, "factorType": factor_type, "provider": provider,
+                        "profile": { "phoneNumber": "+15555550122" },
+                    })),
+            )
+            .await;
+            e.expect(200, None);
+            assert_eq!(e.body["status"], "MFA_ENROLL_ACTIVATE", "{}", e.text);
+            (state, e)
+        }
+    };
+    let links_of = |e: &Answer, name: &str| {
+        let fid = e.body["_embedded"]["factor"]["id"].as_str().unwrap();
+        let links = &e.body["_links"];
+        let activate = format!("{AUTHN}/factors/{fid}/lifecycle/activate");
+        assert_eq!(links["cancel"]["href"], format!("{AUTHN}/cancel"), "{}", e.text);
+        assert_eq!(links["next"]["name"], name, "{}", e.text);
+        assert_eq!(links["next"]["hints"]["allow"], json!(["POST"]), "{}", e.text);
+        assert!(links.get("prev").is_none(), "{}", e.text);
+        if name == "activate" {
+            assert_eq!(links["next"]["href"], activate.as_str(), "{}", e.text);
+            assert_eq!(
+                links["next"]["href"], e.body["_embedded"]["factor"]["_links"]["activate"]["href"],
+                "the factor's own activate link: {}",
+                e.text
+            );
+        } else {
+            assert_eq!(links["next"]["href"], format!("{activate}/poll"), "{}", e.text);
+        }
+        links.clone()
+    };
+
+    for (login, factor_type, provider) in [
+        ("tess", "token:software:totp", "GOOGLE"),
+        ("wynn", "webauthn", "FIDO"),
+    ] {
+        let (_, e) = enroll(login, factor_type, provider).await;
+        let links = links_of(&e, "activate");
+        assert!(links.get("resend").is_none(), "{factor_type}: {}", e.text);
+        if factor_type == "webauthn" {
+            // SPEC section 13: the creation options always list the
+            // credentials to exclude (none yet).
+            let activation = &e.body["_embedded"]["factor"]["_embedded"]["activation"];
+            assert_eq!(activation["excludeCredentials"], json!([]), "{}", e.text);
+        }
+    }
+
+    // SMS: `resend` too, the factor's own resend link; the answer to a
+    // resend is shaped the same.
+    let (state, e) = enroll("sid", "sms", "OKTA").await;
+    let links = links_of(&e, "activate");
+    let own = &e.body["_embedded"]["factor"]["_links"]["resend"];
+    assert_eq!(links["resend"], *own, "{}", e.text);
+    assert_eq!(links["resend"][0]["name"], "sms", "{}", e.text);
+    gw.clock.advance(21);
+    let fid = e.body["_embedded"]["factor"]["id"].as_str().unwrap();
+    let r = send(
+        gw.client()
+            .post(gw.url(&format!("{AUTHN}/factors/{fid}/lifecycle/resend")))
+            .json(&json!({ "stateToken": state })),
+    )
+    .await;
+    r.expect(200, None);
+    assert_eq!(r.body["status"], "MFA_ENROLL_ACTIVATE", "{}", r.text);
+    assert_eq!(links_of(&r, "activate")["resend"], links["resend"], "{}", r.text);
+
+    // Push keeps `next` = poll, and has no resend.
+    let (_, e) = enroll("pia", "push", "OKTA").await;
+    let links = links_of(&e, "poll");
+    assert!(links.get("resend").is_none(), "{}", e.text);
 }
