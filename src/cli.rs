@@ -200,7 +200,7 @@ pub fn paths_summary(case_insensitive: bool) -> String {
         "paths: ';' parameters are stripped per segment for rule matching (strictest of \
          Tomcat/nginx/IIS readings, also without a trailing '/'); one spelling per character \
          (escapes of unreserved characters, sub-delims, ':' and '@' decoded; raw non-ASCII and \
-         unsafe ASCII encoded, upper-case hex); %25XX, %3B, control characters, overlong UTF-8 and dot-lookalike \
+         unsafe ASCII encoded, upper-case hex); %25XX, %3B, control characters, leading spaces, overlong UTF-8 and dot-lookalike \
          segments answer 400; {} (case_insensitive_paths = {case_insensitive})",
         if case_insensitive {
             "case-insensitive rules; Windows aliases (NTFS streams ':', 8.3 names '~1', \

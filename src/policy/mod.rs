@@ -235,8 +235,9 @@ impl Policy {
     /// its normalized path (`facts.path`): the path itself (nginx, Apache),
     /// without `;params` (Tomcat, Jetty, Spring), with trailing dots and spaces
     /// trimmed (IIS), both, and each without a trailing `/` (Express, Spring
-    /// MVC; see [`normalize::readings`]; such a reading counts only when a
-    /// rule matches it, not through the default policy). A clean path has one
+    /// MVC; see [`normalize::readings`]; for a rule's own directory, such as
+    /// `/public/` under `^/public/`, that reading counts only when a rule
+    /// matches it, not through the default policy). A clean path has one
     /// reading and costs one scan more than [`Policy::requirement`].
     pub fn evaluate(&self, facts: &RequestFacts<'_>) -> Evaluation<'_> {
         let mut requirements = [None; 8];
@@ -251,19 +252,28 @@ impl Policy {
         }
         requirements[0] = Some(self.requirement(facts));
         let mut n = 1;
-        let slash = facts.path.ends_with('/');
+        // `/public/` under a rule `^/public/`: the rule's match is the whole
+        // path, so the path is that rule's directory itself. Its reading
+        // without the slash (`/public`, which Express and Spring MVC route
+        // as `/public/`) is then not decided by the default policy, which is
+        // for paths no rule names: a strict default would otherwise refuse
+        // every such rule's own directory. Any rule matching that reading
+        // still counts (`^/vault$` covers `/vault/`), and a rule matching
+        // only part of the path (`/static/`, `/$`) leaves the default in.
+        let own_directory = facts.path.len() > 1
+            && facts.path.ends_with('/')
+            && requirements[0]
+                .and_then(|r| r.rule)
+                .and_then(|i| self.rules[i].path.as_ref())
+                .and_then(|re| re.find(facts.path))
+                .is_some_and(|m| m.start() == 0 && m.end() == facts.path.len());
+        let cut = &facts.path[..facts.path.len().saturating_sub(1)];
         for reading in normalize::readings(facts.path) {
             let r = self.requirement(&RequestFacts {
                 path: reading.as_ref(),
                 ..*facts
             });
-            // A reading without the path's trailing `/` counts only where a
-            // rule names it (`^/vault$` still covers `/vault/`): the default
-            // policy is for paths no rule names, and `/public/` under a
-            // bypass rule `^/public/` is that rule's, not the default's.
-            // (The other readings remove `;params` or trailing dots and keep
-            // the slash; they count with the default too.)
-            if slash && !reading.ends_with('/') && r.rule.is_none() {
+            if own_directory && r.rule.is_none() && reading == cut {
                 continue;
             }
             let seen = requirements
@@ -692,6 +702,19 @@ mod tests {
             // Hostile spellings keep every reading, the default's too.
             assert_eq!(decision(&p, "/public;x", None), strict, "{default:?}");
             assert_eq!(decision(&p, "/public.", None), strict, "{default:?}");
+            assert_eq!(decision(&p, "/public;x/", None), strict, "{default:?}");
+        }
+        // A rule that matches only part of the path does not make it a
+        // directory of its own: `/files/static/` is `/files/static` to
+        // Express, which the default covers.
+        for lax in ["/static/", "/$", r"\.well-known/"] {
+            let p = Policy::new(vec![rule(lax, PolicyKind::Bypass)], PolicyKind::TwoFactor);
+            let strict = decision(&p, "/elsewhere", None);
+            for path in ["/files/static/", "/admin/", "/admin/x/", "/admin/.well-known/"] {
+                if p.requirement(&facts("a", path, &Method::GET)).rule.is_some() {
+                    assert_eq!(decision(&p, path, None), strict, "{lax} {path}");
+                }
+            }
         }
     }
 

@@ -17,7 +17,8 @@
 //! - refuse what back ends disagree about: an encoded `/` or `\` (`%2F`,
 //!   `%5C`), a raw `\`, a NUL or another control character (raw or
 //!   escaped, `%00`-`%1F` and `%7F`: Spring trims a `%09` at a segment's end,
-//!   so `/admin%09/x` would be `/admin/x` there), a malformed escape, a dot
+//!   so `/admin%09/x` would be `/admin/x` there), a segment starting with a
+//!   space (`/%20admin/x`: `String::trim` again), a malformed escape, a dot
 //!   segment carrying parameters (`..;x`, `.;x`: Tomcat treats `..;` as `..`),
 //!   a double encoding (`%25` and two hex digits: `%252e` is `.` to an upstream
 //!   that decodes twice), escapes that do not decode to valid UTF-8 (overlong
@@ -51,6 +52,8 @@ pub enum PathError {
     Nul,
     #[error("control character in path")]
     Control,
+    #[error("segment starting with a space")]
+    LeadingSpace,
     #[error("dot segment with parameters")]
     DotSegmentParameters,
     #[error("double percent-encoding")]
@@ -172,6 +175,11 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                 }
                 if is_dots_and_spaces(name.as_bytes()) {
                     return Err(PathError::DotLookalike);
+                }
+                // Spring's `trimTokens` (`String::trim`) reads `/%20admin/x`
+                // as `/admin/x`; no rule would see that reading.
+                if name.starts_with("%20") {
+                    return Err(PathError::LeadingSpace);
                 }
                 out.push(s);
             }
@@ -533,6 +541,11 @@ mod tests {
         }
         // Dot segments with parameters keep their own answer.
         assert_eq!(n("/a/..;x/b"), Err(PathError::DotSegmentParameters));
+        // A name starting with a space (Spring trims it): refused too.
+        for p in ["/%20admin/x", "/ admin/x", "/a/%20b", "/a/%20.x/"] {
+            assert_eq!(n(p), Err(PathError::LeadingSpace), "{p}");
+        }
+        assert_eq!(n("/a/b%20c").unwrap(), "/a/b%20c");
         // Dots and spaces inside a name are ordinary.
         assert_eq!(n("/a/.well-known/x").unwrap(), "/a/.well-known/x");
         assert_eq!(n("/a/..b/c").unwrap(), "/a/..b/c");

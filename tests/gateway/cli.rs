@@ -217,7 +217,7 @@ fn check_config_accepts_a_good_config() {
     assert!(
         stdout.contains("paths: ';' parameters are stripped per segment")
             && stdout.contains(
-                "%25XX, %3B, control characters, overlong UTF-8 and dot-lookalike segments answer 400"
+                "%25XX, %3B, control characters, leading spaces, overlong UTF-8 and dot-lookalike segments answer 400"
             )
             && stdout.contains("one spelling per character")
             && stdout.contains("case-sensitive rules (case_insensitive_paths = false)"),
