@@ -24,6 +24,9 @@ use crate::session::SessionClaims;
 pub struct Policy {
     rules: Vec<RuleConfig>,
     default: PolicyKind,
+    /// `/admin` for each rule whose path starts with a literal directory,
+    /// `^/admin/` (see [`Policy::evaluate`]).
+    directories: Vec<String>,
     /// Deny paths with a Windows alias (see [`normalize::windows_alias`]).
     windows_aliases: bool,
     /// Decisions per rule, for `/metrics`.
@@ -99,6 +102,10 @@ impl Policy {
     pub fn new(rules: Vec<RuleConfig>, default: PolicyKind) -> Self {
         Self {
             counters: counters::RuleCounters::for_rules(&rules, default),
+            directories: rules
+                .iter()
+                .filter_map(|r| r.path.as_ref().and_then(|re| literal_directory(re.as_str())))
+                .collect(),
             rules,
             default,
             windows_aliases: false,
@@ -239,7 +246,7 @@ impl Policy {
     /// `/public/` under `^/public/`, that reading counts only when a rule
     /// matches it, not through the default policy). A clean path has one
     /// reading and costs one scan more than [`Policy::requirement`].
-    pub fn evaluate(&self, facts: &RequestFacts<'_>) -> Evaluation<'_> {
+    pub fn evaluate<'p>(&'p self, facts: &RequestFacts<'_>) -> Evaluation<'p> {
         let mut requirements = [None; 8];
         if self.windows_aliases && normalize::windows_alias(facts.path) {
             requirements[0] = Some(Requirement {
@@ -268,6 +275,35 @@ impl Policy {
                 .and_then(|re| re.find(facts.path))
                 .is_some_and(|m| m.start() == 0 && m.end() == facts.path.len());
         let cut = &facts.path[..facts.path.len().saturating_sub(1)];
+        let mut full = false;
+        let mut add = |r: Requirement<'p>, requirements: &mut [Option<Requirement<'p>>; 8]| {
+            let seen = requirements
+                .iter()
+                .flatten()
+                .any(|q: &Requirement<'_>| q.rule == r.rule);
+            if !seen {
+                if n < requirements.len() {
+                    requirements[n] = Some(r);
+                    n += 1;
+                } else {
+                    full = true;
+                }
+            }
+        };
+        // `/admin` under a rule `^/admin/`: Express (`app.use("/admin", ..)`)
+        // and servlet mappings (`/admin/*`) serve it as that directory, so the
+        // directory's rule applies to it as well (only rules, not the default:
+        // this reading can only make the decision stricter).
+        let as_directory = |path: &str| -> Option<String> {
+            (!path.ends_with('/') && self.directories.iter().any(|d| d.eq_ignore_ascii_case(path)))
+                .then(|| format!("{path}/"))
+        };
+        if let Some(dir) = as_directory(facts.path) {
+            let r = self.requirement(&RequestFacts { path: &dir, ..*facts });
+            if r.rule.is_some() {
+                add(r, &mut requirements);
+            }
+        }
         for reading in normalize::readings(facts.path) {
             let r = self.requirement(&RequestFacts {
                 path: reading.as_ref(),
@@ -276,14 +312,24 @@ impl Policy {
             if own_directory && r.rule.is_none() && reading == cut {
                 continue;
             }
-            let seen = requirements
-                .iter()
-                .flatten()
-                .any(|q: &Requirement<'_>| q.rule == r.rule);
-            if !seen && n < requirements.len() {
-                requirements[n] = Some(r);
-                n += 1;
+            add(r, &mut requirements);
+            if let Some(dir) = as_directory(&reading) {
+                let r = self.requirement(&RequestFacts { path: &dir, ..*facts });
+                if r.rule.is_some() {
+                    add(r, &mut requirements);
+                }
             }
+        }
+        if full {
+            // More distinct requirements than slots: never decide on fewer
+            // than all of them.
+            requirements = [None; 8];
+            requirements[0] = Some(Requirement {
+                policy: PolicyKind::Deny,
+                groups: &[],
+                max_age: None,
+                rule: None,
+            });
         }
         Evaluation { requirements }
     }
@@ -300,6 +346,19 @@ impl Policy {
     ) -> (Decision, Requirement<'_>) {
         self.evaluate(facts).decide(session, now)
     }
+}
+
+/// The directory a rule path starts with, without its `/`: `/admin` for
+/// `^/admin/` or `^/admin/.*\.php$`; `None` unless the regex starts with `^`
+/// and a literal path ending in `/` (characters with no meaning in a regex).
+fn literal_directory(regex: &str) -> Option<String> {
+    let rest = regex.strip_prefix('^')?;
+    let literal: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || "/_-%~!,=:@;'".contains(*c))
+        .collect();
+    let dir = literal.get(..literal.rfind('/')?)?;
+    (dir.len() > 1 && dir.starts_with('/')).then(|| dir.to_owned())
 }
 
 fn matches(rule: &RuleConfig, facts: &RequestFacts<'_>) -> bool {
@@ -704,6 +763,34 @@ mod tests {
             assert_eq!(decision(&p, "/public.", None), strict, "{default:?}");
             assert_eq!(decision(&p, "/public;x/", None), strict, "{default:?}");
         }
+        // `/admin` is the directory `/admin/` to Express and servlets: a
+        // stricter rule of that directory applies to it; a laxer one does not
+        // loosen the default.
+        let mut admin = rule("^/admin/", PolicyKind::TwoFactor);
+        admin.groups = vec!["admins".into()];
+        let p = Policy::new(
+            vec![admin, rule("^/public/.*", PolicyKind::Bypass)],
+            PolicyKind::OneFactor,
+        );
+        let c1 = claims(1, 0, None);
+        let c2 = claims(2, 0, Some(0));
+        assert!(matches!(
+            decision(&p, "/admin", Some((&c1, &[]))),
+            Decision::Challenge { level: 2, .. }
+        ));
+        assert_eq!(decision(&p, "/admin", Some((&c2, &[]))), Decision::Forbidden);
+        assert_eq!(decision(&p, "/admin;x", Some((&c2, &[]))), Decision::Forbidden);
+        assert_eq!(decision(&p, "/public", Some((&c1, &[]))), Decision::Allow);
+        assert!(matches!(
+            decision(&p, "/public", None),
+            Decision::Challenge { level: 1, .. }
+        ));
+        assert_eq!(literal_directory("^/admin/"), Some("/admin".into()));
+        assert_eq!(literal_directory(r"^/a-b/c/.*\.php$"), Some("/a-b/c".into()));
+        assert_eq!(literal_directory("^/admin"), None);
+        assert_eq!(literal_directory("/admin/"), None);
+        assert_eq!(literal_directory("^/"), None);
+
         // A rule that matches only part of the path does not make it a
         // directory of its own: `/files/static/` is `/files/static` to
         // Express, which the default covers.
