@@ -78,7 +78,11 @@ ensure_tools() {
 
 build() {
   log "building the release binary and the echo upstream (cargo build --release)"
-  (cd "$REPO" && cargo build --release --quiet --bin portcullis --example echo_upstream)
+  # Two builds: the example pulls in dev-dependencies, whose features would
+  # change the gateway's dependencies (and its symbol names, so that
+  # packaging/symbol-order.txt would no longer match) in a joint build. The
+  # gateway is built exactly as `cargo build --release` builds it.
+  (cd "$REPO" && cargo build --release --quiet --bin portcullis && cargo build --release --quiet --example echo_upstream)
 }
 
 # --- processes ---------------------------------------------------------------

@@ -29,6 +29,14 @@ ensure_tools
 start_upstream
 start_gateway
 machine_summary
+# Start-up and hot code side by side (build.rs): how many of the listed
+# functions this binary has (a stale list after a dependency change packs less).
+order="$REPO/packaging/symbol-order.txt"
+if [ -f "$order" ] && command -v nm >/dev/null; then
+  nm --defined-only "$PORTCULLIS" | awk 'NR == FNR { want[$1] = 1; n++; next }
+    ($3 in want) { m++; delete want[$3] }
+    END { printf "symbol order: %d of the %d functions in packaging/symbol-order.txt found in the binary\n", m, n }' "$order" -
+fi
 
 kb() { awk -v k="$2" '$1 == k ":" { print $2 }' "$1"; }
 mb() { awk -v v="$1" 'BEGIN { printf "%.1f", v / 1024 }'; }

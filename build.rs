@@ -1,0 +1,41 @@
+//! Release builds of the `portcullis` binary place the functions that start-up
+//! and the request path run next to each other (`packaging/symbol-order.txt`,
+//! written by `bench/order.sh`), so that the kernel maps a few MB of the binary
+//! instead of most of it: the pages around each first call become resident,
+//! and scattered code made about 10 MB of the 17 MB text resident at start-up
+//! (see bench/results/README.md, "Twelfth round").
+//!
+//! Only where the linker is known to be LLD (rustc's default on
+//! x86_64-unknown-linux-gnu since 1.90) and no other linker was chosen: GNU ld
+//! does not know the option. `PORTCULLIS_SYMBOL_ORDER=0` turns it off. A name
+//! the binary no longer has is skipped without a word; `bench/order.sh`
+//! reports how many still match.
+
+use std::env;
+use std::path::Path;
+
+const ORDER: &str = "packaging/symbol-order.txt";
+
+fn main() {
+    println!("cargo:rerun-if-changed={ORDER}");
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=PORTCULLIS_SYMBOL_ORDER");
+    let var = |k: &str| env::var(k).unwrap_or_default();
+    let release = var("PROFILE") == "release";
+    let lld_by_default = var("TARGET") == "x86_64-unknown-linux-gnu";
+    // Another linker, or rustc told to use one: leave the link alone.
+    let flags = var("CARGO_ENCODED_RUSTFLAGS");
+    let other_linker = env::var_os("RUSTC_LINKER").is_some()
+        || ["linker", "link-self-contained", "fuse-ld"]
+            .iter()
+            .any(|f| flags.contains(f));
+    let off = var("PORTCULLIS_SYMBOL_ORDER") == "0";
+    let file = Path::new(&var("CARGO_MANIFEST_DIR")).join(ORDER);
+    if release && lld_by_default && !other_linker && !off && file.is_file() {
+        println!(
+            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+            file.display()
+        );
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    }
+}
