@@ -332,7 +332,12 @@ impl Enrolled {
 
 /// Enrolls a factor of `factor_type`/`provider` with a type-specific
 /// `profile` (`{phoneNumber}` for sms/call, `{email}` for email, `{}` for
-/// totp and push). The factor starts `PENDING_ACTIVATION`.
+/// totp and push). The factor starts `PENDING_ACTIVATION`, and replaces any
+/// factor of the same type and provider the user still has
+/// `PENDING_ACTIVATION` (an abandoned enrollment): enrolling again and again
+/// leaves one pending factor per type, not one per attempt. Active factors
+/// are never touched. The authn API, the self-service and admin Factors
+/// APIs and the portal all enroll here.
 pub async fn enroll(
     st: &Handles,
     user: &User,
@@ -341,9 +346,41 @@ pub async fn enroll(
     profile: &serde_json::Value,
     flow: &Flow,
 ) -> Result<Enrolled, EnrollError> {
-    match kind_of(factor_type) {
-        Some(k) => k.enroll(st, user, provider, profile, flow).await,
-        None => Err(EnrollError::NotSupported),
+    let enrolled = match kind_of(factor_type) {
+        Some(k) => k.enroll(st, user, provider, profile, flow).await?,
+        None => return Err(EnrollError::NotSupported),
+    };
+    replace_pending(st, user, enrolled.factor()).await;
+    Ok(enrolled)
+}
+
+/// Removes `user`'s other `PENDING_ACTIVATION` factors of the type and
+/// provider of `enrolled`, the new factor that replaces them. Only while
+/// still pending (a factor activated meanwhile stays); best effort: a
+/// failure is logged, the new enrollment stands.
+async fn replace_pending(st: &Handles, user: &User, enrolled: &FactorRecord) {
+    let stale = match st.store.list_factors(&user.id).await {
+        Ok(all) => all.into_iter().filter(|f| {
+            f.id != enrolled.id
+                && f.status == FactorStatus::PendingActivation
+                && f.factor_type == enrolled.factor_type
+                && f.provider == enrolled.provider
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the pending factors an enrollment replaces");
+            return;
+        }
+    };
+    for f in stale {
+        match st.store.delete_pending_factor(&user.id, &f.id).await {
+            Ok(true) => {
+                audit!("factor.pending.replaced", user = %user.username, factor_type = %f.factor_type, factor_id = %f.id, replaced_by = %enrolled.id);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, factor_id = %f.id, "could not remove a replaced pending factor")
+            }
+        }
     }
 }
 

@@ -253,7 +253,20 @@ pub(super) async fn enroll_totp(st: &AppState, headers: &HeaderMap, s: &ActiveSe
         pending.and_then(|f| factors::totp_secret(st, &s.user, &f).map(|secret| (f.record.id, secret)));
     let (factor_id, secret) = match resumed {
         Some(r) => r,
-        None => match factors::enroll_totp(st, &s.user, "GOOGLE").await {
+        // Through `factors::enroll`: an older pending authenticator is replaced.
+        None => match factors::enroll(
+            st,
+            &s.user,
+            TOTP_TYPE,
+            "GOOGLE",
+            &serde_json::json!({}),
+            &super::oob::session_flow(s),
+        )
+        .await
+        .and_then(|e| match e {
+            factors::Enrolled::Totp(e) => Ok(e),
+            _ => Err(factors::EnrollError::NotSupported),
+        }) {
             Ok(e) => (e.factor.id, e.secret),
             Err(e) => {
                 tracing::error!(error = %e, "portal enrollment failed");

@@ -77,6 +77,25 @@ impl MemoryStore {
         let seq = log.last().map_or(1, |(s, _)| s + 1);
         log.push((seq, event));
     }
+
+    /// Deletes a factor of `user_id` whose status passes `status_ok` (and its
+    /// TOTP step record).
+    fn delete_factor_if(
+        &self,
+        user_id: &str,
+        factor_id: &str,
+        status_ok: impl Fn(FactorStatus) -> bool,
+    ) -> StoreResult<bool> {
+        let mut f = self.factors.lock().unwrap_or_else(|p| p.into_inner());
+        let before = f.len();
+        f.retain(|f| !(f.id == factor_id && f.user_id == user_id && status_ok(f.status)));
+        let deleted = f.len() != before;
+        drop(f);
+        if deleted {
+            self.totp_steps.remove(factor_id);
+        }
+        Ok(deleted)
+    }
 }
 
 /// What the SQL backends answer for a primary key that exists (a unique
@@ -247,15 +266,11 @@ impl Store for MemoryStore {
     }
 
     async fn delete_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<bool> {
-        let mut f = self.factors.lock().unwrap_or_else(|p| p.into_inner());
-        let before = f.len();
-        f.retain(|f| !(f.id == factor_id && f.user_id == user_id));
-        let deleted = f.len() != before;
-        drop(f);
-        if deleted {
-            self.totp_steps.remove(factor_id);
-        }
-        Ok(deleted)
+        self.delete_factor_if(user_id, factor_id, |_| true)
+    }
+
+    async fn delete_pending_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<bool> {
+        self.delete_factor_if(user_id, factor_id, |s| s == FactorStatus::PendingActivation)
     }
 
     async fn claim_totp_step(&self, factor_id: &str, step: i64) -> StoreResult<bool> {

@@ -395,6 +395,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes a factor of `user_id` (and its TOTP step record); false if none.
     async fn delete_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<bool>;
 
+    /// Deletes a factor of `user_id` only while it is `PENDING_ACTIVATION`
+    /// (and its TOTP step record): a status guard, so a factor activated
+    /// meanwhile stays. False if there is no such pending factor.
+    async fn delete_pending_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<bool>;
+
     /// Records that TOTP time step `step` was used with `factor_id`. True only
     /// if `step` is later than every step used before: atomically, so the same
     /// code presented twice at once (on any replica) succeeds at most once.

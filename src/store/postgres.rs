@@ -425,6 +425,21 @@ impl Store for PostgresStore {
         Ok(deleted == 1)
     }
 
+    async fn delete_pending_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<bool> {
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH f AS (DELETE FROM factors
+                        WHERE id = $1 AND user_id = $2 AND status = 'PENDING_ACTIVATION' RETURNING id),
+                  s AS (DELETE FROM totp_steps WHERE factor_id IN (SELECT id FROM f))
+             SELECT count(*) FROM f",
+        )
+        .bind(factor_id)
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("delete factor"))?;
+        Ok(deleted == 1)
+    }
+
     async fn claim_totp_step(&self, factor_id: &str, step: i64) -> StoreResult<bool> {
         Ok(self.execute(sql::claim_totp_step(factor_id, step)).await? == 1)
     }

@@ -245,6 +245,45 @@ async fn next_user_seq(tx: &mut sqlx::SqliteConnection, op: &'static str) -> Sto
         .map_err(db(op))
 }
 
+impl SqliteStore {
+    /// Deletes a factor of `user_id` (only while `PENDING_ACTIVATION` when
+    /// `only_pending`) and its TOTP step record, in one write transaction.
+    async fn delete_factor_where(
+        &self,
+        user_id: &str,
+        factor_id: &str,
+        only_pending: bool,
+    ) -> StoreResult<bool> {
+        let statement = if only_pending {
+            "DELETE FROM factors WHERE id = $1 AND user_id = $2 AND status = 'PENDING_ACTIVATION'"
+        } else {
+            "DELETE FROM factors WHERE id = $1 AND user_id = $2"
+        };
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("delete factor"))?;
+        let deleted = sqlx::query(statement)
+            .bind(factor_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("delete factor"))?
+            .rows_affected()
+            == 1;
+        if deleted {
+            sqlx::query("DELETE FROM totp_steps WHERE factor_id = $1")
+                .bind(factor_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("delete factor"))?;
+        }
+        tx.commit().await.map_err(db("delete factor"))?;
+        Ok(deleted)
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn kind(&self) -> &'static str {
@@ -394,28 +433,11 @@ impl Store for SqliteStore {
     }
 
     async fn delete_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<bool> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("delete factor"))?;
-        let deleted = sqlx::query("DELETE FROM factors WHERE id = $1 AND user_id = $2")
-            .bind(factor_id)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("delete factor"))?
-            .rows_affected()
-            == 1;
-        if deleted {
-            sqlx::query("DELETE FROM totp_steps WHERE factor_id = $1")
-                .bind(factor_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("delete factor"))?;
-        }
-        tx.commit().await.map_err(db("delete factor"))?;
-        Ok(deleted)
+        self.delete_factor_where(user_id, factor_id, false).await
+    }
+
+    async fn delete_pending_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<bool> {
+        self.delete_factor_where(user_id, factor_id, true).await
     }
 
     async fn claim_totp_step(&self, factor_id: &str, step: i64) -> StoreResult<bool> {

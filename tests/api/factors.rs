@@ -477,3 +477,54 @@ async fn a_locked_user_shows_locked_out_until_unlocked() {
         "ACTIVE"
     );
 }
+
+/// Enrolling a type and provider the user has pending replaces that pending
+/// factor; an active factor of the same type stays, and another provider's
+/// pending factor too.
+#[tokio::test]
+async fn enrolling_again_replaces_a_pending_factor_and_keeps_active_ones() {
+    let gw = gateway("").await;
+    let u = create_user(&gw, "penny", None).await;
+    let uid = u["id"].as_str().unwrap().to_owned();
+    let base = format!("/api/v1/users/{uid}/factors");
+    let (active, _) = active_totp(&gw, &uid).await;
+    let enroll = |provider: &'static str| {
+        let (gw, base) = (&gw, &base);
+        async move {
+            let e = admin(
+                gw,
+                Method::POST,
+                base,
+                Some(json!({ "factorType": "token:software:totp", "provider": provider })),
+            )
+            .await;
+            e.expect(200, None);
+            e.body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let okta = enroll("OKTA").await;
+    let _abandoned = enroll("GOOGLE").await;
+    let latest = enroll("GOOGLE").await;
+    let list = admin(&gw, Method::GET, &base, None).await;
+    list.expect(200, None);
+    let mut got: Vec<(String, String)> = list
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["id"].as_str().unwrap().into(),
+                f["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (active, "ACTIVE".to_owned()),
+        (okta, "PENDING_ACTIVATION".to_owned()),
+        (latest, "PENDING_ACTIVATION".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(got, want, "{}", list.text);
+}

@@ -644,3 +644,44 @@ async fn enroll_activate_answers_link_the_next_step_as_okta_does() {
     let links = links_of(&e, "poll");
     assert!(links.get("resend").is_none(), "{}", e.text);
 }
+
+/// An abandoned enrollment does not pile up: enrolling the same factor type
+/// again (in a new sign-in) replaces the pending factor left behind.
+#[tokio::test]
+async fn enrolling_again_replaces_the_abandoned_pending_factor() {
+    let gw = gateway("").await;
+    let u = crate::common::create_user(&gw, "abby", Some("enroll-password-1")).await;
+    let uid = u["id"].as_str().unwrap();
+    let mut enrolled = Vec::new();
+    for _ in 0..3 {
+        let a = send(
+            gw.client()
+                .post(gw.url(AUTHN))
+                .json(&json!({ "username": "abby", "password": "enroll-password-1" })),
+        )
+        .await;
+        assert_eq!(a.body["status"], "MFA_ENROLL", "{}", a.text);
+        let e = send(gw.client().post(gw.url(&format!("{AUTHN}/factors"))).json(&json!({
+            "stateToken": a.body["stateToken"], "factorType": "token:software:totp", "provider": "GOOGLE",
+        })))
+        .await;
+        e.expect(200, None);
+        enrolled.push(e.body["_embedded"]["factor"]["id"].as_str().unwrap().to_owned());
+    }
+    let list = admin(&gw, Method::GET, &format!("/api/v1/users/{uid}/factors"), None).await;
+    list.expect(200, None);
+    let pending: Vec<(&str, &str)> = list
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["id"].as_str().unwrap(), f["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        pending,
+        [(enrolled[2].as_str(), "PENDING_ACTIVATION")],
+        "{}",
+        list.text
+    );
+}
+

@@ -798,6 +798,37 @@ async fn delete_factor_removes_it_and_its_totp_step(store: SharedStore) {
     assert!(!store.claim_totp_step("f2", 1_000).await.unwrap());
 }
 
+async fn delete_pending_factor_leaves_an_active_factor(store: SharedStore) {
+    store
+        .insert_factor(&factor("f1", "alice", T, None))
+        .await
+        .unwrap();
+    store
+        .insert_factor(&factor("f2", "alice", T, None))
+        .await
+        .unwrap();
+    assert!(store.activate_factor("alice", "f2", T + 1).await.unwrap());
+    assert!(store.claim_totp_step("f1", 1_000).await.unwrap());
+
+    assert!(
+        !store.delete_pending_factor("bob", "f1").await.unwrap(),
+        "another user's"
+    );
+    assert!(
+        !store.delete_pending_factor("alice", "f2").await.unwrap(),
+        "active: kept"
+    );
+    assert!(store.get_factor("alice", "f2").await.unwrap().is_some());
+    assert!(store.delete_pending_factor("alice", "f1").await.unwrap());
+    assert_eq!(store.get_factor("alice", "f1").await.unwrap(), None);
+    assert!(
+        !store.delete_pending_factor("alice", "f1").await.unwrap(),
+        "already gone"
+    );
+    // f1's step record went with it.
+    assert!(store.claim_totp_step("f1", 5).await.unwrap());
+}
+
 async fn claim_totp_step_accepts_only_later_steps(store: SharedStore) {
     assert!(store.claim_totp_step("f1", 100).await.unwrap(), "first use");
     assert!(!store.claim_totp_step("f1", 100).await.unwrap(), "replay");
@@ -1288,6 +1319,7 @@ suite!(memory, sqlite, postgres; {
     update_factor_profile_sets_profile_and_status_under_a_status_guard,
     update_factor_profile_has_one_winner_under_concurrency,
     delete_factor_removes_it_and_its_totp_step,
+    delete_pending_factor_leaves_an_active_factor,
     claim_totp_step_accepts_only_later_steps,
     claim_totp_step_succeeds_once_under_concurrency,
     claim_totp_step_keeps_the_latest_under_concurrency,
