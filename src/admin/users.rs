@@ -332,11 +332,26 @@ pub(crate) fn check_profile(given: &Value, base: Option<&Value>) -> Result<(Stri
             _ => causes.push("email: Does not match required pattern".into()),
         }
     }
-    for (k, max) in [("firstName", 50), ("lastName", 50), ("mobilePhone", 100)] {
+    for (k, max) in [("firstName", 50), ("lastName", 50)] {
         if let Some(v) = merged.get(k)
             && let Some(t) = text(k, v, 1, max, &mut causes)
         {
             out.insert(k.into(), json!(t));
+        }
+    }
+    // E.164, as the users file requires and SMS/call enrollment checks
+    // (stored normalized: separators dropped).
+    if let Some(v) = merged.get("mobilePhone")
+        && let Some(t) = text("mobilePhone", v, 1, 100, &mut causes)
+    {
+        match crate::factors::otp::normalize_phone(&t) {
+            Ok(phone) => {
+                out.insert("mobilePhone".into(), json!(phone));
+            }
+            Err(cause) => causes.push(format!(
+                "profile.mobilePhone{}",
+                cause.strip_prefix("phoneNumber").unwrap_or(&cause)
+            )),
         }
     }
     if let Some(v) = merged.get("groups") {

@@ -238,6 +238,54 @@ async fn logins_are_unique_and_profiles_checked() {
     bad.expect(400, Some("E0000003"));
 }
 
+/// `profile.mobilePhone` is E.164 (as in the users file and SMS enrollment),
+/// on creation and on both kinds of profile update; stored normalized.
+#[tokio::test]
+async fn mobile_phones_are_e164() {
+    let gw = gateway("").await;
+    for phone in ["abc", "15555550100", "+1555"] {
+        let a = admin(
+            &gw,
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({ "profile": { "login": "hank", "mobilePhone": phone } })),
+        )
+        .await;
+        a.expect(400, Some("E0000001"));
+        assert!(
+            a.body["errorCauses"][0]["errorSummary"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("profile.mobilePhone: ")),
+            "{}",
+            a.text
+        );
+    }
+    let a = admin(
+        &gw,
+        Method::POST,
+        "/api/v1/users",
+        Some(json!({ "profile": { "login": "hank", "mobilePhone": "+1 (555) 555-0100" } })),
+    )
+    .await;
+    a.expect(200, None);
+    assert_eq!(a.body["profile"]["mobilePhone"], "+15555550100", "{}", a.text);
+    let uid = a.body["id"].as_str().unwrap();
+    let path = format!("/api/v1/users/{uid}");
+    for method in [Method::POST, Method::PUT] {
+        let a = admin(
+            &gw,
+            method.clone(),
+            &path,
+            Some(json!({ "profile": { "login": "hank", "mobilePhone": "abc" } })),
+        )
+        .await;
+        a.expect(400, Some("E0000001"));
+        assert!(a.text.contains("profile.mobilePhone"), "{method}: {}", a.text);
+    }
+    let a = admin(&gw, Method::GET, &path, None).await;
+    assert_eq!(a.body["profile"]["mobilePhone"], "+15555550100", "{}", a.text);
+}
+
 #[tokio::test]
 async fn users_page_by_id_with_link_headers() {
     let gw = gateway("").await;
