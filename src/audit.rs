@@ -306,13 +306,7 @@ pub fn to_record(e: &RawEvent) -> AuditRecord {
         })
     });
     // An admin token acted (admin API, or a factor call with a token).
-    let token = get("token").and_then(|t| {
-        let t = t
-            .strip_prefix("Some(")
-            .and_then(|t| t.strip_suffix(')'))
-            .unwrap_or(&t);
-        t.parse::<usize>().ok()
-    });
+    let token = get("token").and_then(|t| t.parse::<usize>().ok());
     let by_admin = token.is_some() || get("actor").as_deref() == Some("admin");
     let admin_actor = |n: Option<usize>| {
         let id = n.map_or_else(|| "admin".to_owned(), |n| format!("admin-token-{n}"));

@@ -384,7 +384,7 @@ async fn rotate_key(path: &Path) -> ExitCode {
     let key_id = sealer.current_key_id();
     match sealing::rotate(store.as_ref(), &sealer).await {
         Ok(n) => {
-            crate::audit!("store.key_rotated", key_id = %key_id, resealed = n, actor = "cli");
+            crate::audit!("store.key_rotated", key_id = %key_id, resealed = n, actor = %"cli");
             println!("re-sealed {n} factor secret(s) under key id {key_id}");
             ExitCode::SUCCESS
         }

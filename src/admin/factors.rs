@@ -222,7 +222,7 @@ pub async fn new_recovery_codes_for(
     let s = super::users::find_subject(st, key).await?;
     match factors::new_recovery_codes(st, &s.user()).await {
         Ok(codes) => {
-            audit!("admin.recovery_codes.generated", user = %s.login(), user_id = %s.id(), count = codes.len(), actor = %actor, token = ?actor.token());
+            audit!("admin.recovery_codes.generated", user = %s.login(), user_id = %s.id(), count = codes.len(), actor = %actor, token = actor.token());
             Ok((s, codes))
         }
         Err(e) => Err(UserOpError::Unavailable(e.to_string())),

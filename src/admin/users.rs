@@ -673,7 +673,7 @@ pub async fn create_user(
     match st.store.create_user(&record).await {
         Ok(UserWrite::Written(r)) => {
             crate::users::apply_record(&st.enforcer.users, &r);
-            audit!("admin.user.created", user = %r.login, user_id = %r.id, status = r.status.as_str(), actor = %actor, token = ?actor.token());
+            audit!("admin.user.created", user = %r.login, user_id = %r.id, status = r.status.as_str(), actor = %actor, token = actor.token());
             Ok(r)
         }
         Ok(_) => Err(UserOpError::LoginTaken(Source::Api)),
@@ -693,7 +693,7 @@ pub async fn delete_user(st: &AppState, key: &str, actor: Actor) -> Result<UserR
     // Deleted ids are never reused: no later state of this id can exist.
     crate::users::apply_deleted(&st.enforcer.users, &r.id, i64::MAX);
     end_sessions_op(st, &r.id).await?;
-    audit!("admin.user.deleted", user = %r.login, user_id = %r.id, actor = %actor, token = ?actor.token());
+    audit!("admin.user.deleted", user = %r.login, user_id = %r.id, actor = %actor, token = actor.token());
     Ok(r)
 }
 
@@ -701,7 +701,7 @@ pub async fn delete_user(st: &AppState, key: &str, actor: Actor) -> Result<UserR
 pub async fn unlock_user(st: &AppState, key: &str, actor: Actor) -> Result<(Subject, bool), UserOpError> {
     let s = find_subject(st, key).await?;
     let was_locked = st.regulator.unlock(s.id()).await.map_err(unavailable_op)?;
-    audit!("user.unlocked", user = %s.login(), user_id = %s.id(), actor = %actor, token = ?actor.token(), was_locked = was_locked);
+    audit!("user.unlocked", user = %s.login(), user_id = %s.id(), actor = %actor, token = actor.token(), was_locked = was_locked);
     Ok((s, was_locked))
 }
 
@@ -761,7 +761,7 @@ pub async fn reset_factors(
     }
     // Pending factors do not move the epoch when removed; a reset always ends sessions.
     end_sessions_op(st, s.id()).await?;
-    audit!("user.factors.reset", user = %s.login(), user_id = %s.id(), removed = reset.removed.len(), factor_id = factor, actor = %actor, token = ?actor.token());
+    audit!("user.factors.reset", user = %s.login(), user_id = %s.id(), removed = reset.removed.len(), factor_id = factor, actor = %actor, token = actor.token());
     Ok((s, reset))
 }
 
@@ -770,7 +770,7 @@ pub async fn reset_factors(
 pub async fn revoke_sessions_of(st: &AppState, key: &str, actor: Actor) -> Result<Subject, UserOpError> {
     let s = find_subject(st, key).await?;
     end_sessions_op(st, s.id()).await?;
-    audit!("sessions.revoked", user = %s.login(), user_id = %s.id(), actor = %actor, token = ?actor.token());
+    audit!("sessions.revoked", user = %s.login(), user_id = %s.id(), actor = %actor, token = actor.token());
     Ok(s)
 }
 

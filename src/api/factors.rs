@@ -175,7 +175,7 @@ pub(crate) async fn list(st: &Handles, scope: &Scope) -> Response {
     match factors::list(st, &scope.user).await {
         Ok(all) => {
             let out: Vec<Value> = all.iter().map(|f| factor_json(st, scope, f)).collect();
-            audit!("factors.listed", user = %scope.user.username, actor = scope.actor, token = ?scope.token);
+            audit!("factors.listed", user = %scope.user.username, actor = %scope.actor, token = scope.token);
             json(StatusCode::OK, &Value::Array(out))
         }
         Err(e) => unavailable(e),
@@ -281,7 +281,7 @@ pub(crate) async fn enroll(st: &Handles, scope: &Scope, activate: Option<bool>, 
         record: enrolled.factor().clone(),
         from_config: false,
     };
-    audit!("factor.enrolled.api", user = %scope.user.username, factor_type = %factor_type, factor_id = %factor.record.id, actor = scope.actor, token = ?scope.token);
+    audit!("factor.enrolled.api", user = %scope.user.username, factor_type = %factor_type, factor_id = %factor.record.id, actor = %scope.actor, token = scope.token);
     let mut v = factor_json(st, scope, &factor);
     let qr_href = format!("{}/qr", scope.factor_url(&factor.record.id));
     match &enrolled {
@@ -358,7 +358,7 @@ pub(crate) async fn qr(st: &Handles, scope: &Scope, id: &str) -> Response {
             .build(),
         Err(e) => return unavailable(format!("QR code: {e}")),
     };
-    audit!("factor.qr.shown", user = %scope.user.username, factor_id = %f.record.id, actor = scope.actor, token = ?scope.token);
+    audit!("factor.qr.shown", user = %scope.user.username, factor_id = %f.record.id, actor = %scope.actor, token = scope.token);
     let mut res = (StatusCode::OK, svg).into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"));
@@ -397,7 +397,7 @@ pub(crate) async fn activate(st: &Handles, scope: &Scope, id: &str, body: &[u8])
     if let Err(e) = factors::activate(st, &scope.user, &f, &code, scope.client, &scope.flow).await {
         return verify_error(e);
     }
-    audit!("factor.activated.api", user = %scope.user.username, factor_id = %f.record.id, actor = scope.actor, token = ?scope.token);
+    audit!("factor.activated.api", user = %scope.user.username, factor_id = %f.record.id, actor = %scope.actor, token = scope.token);
     match owned(st, scope, id).await {
         Ok(f) => json(StatusCode::OK, &factor_json(st, scope, &f)),
         Err(r) => r,
@@ -436,7 +436,7 @@ pub(crate) async fn verify(st: &Handles, scope: &Scope, id: &str, body: &[u8]) -
             };
             match factors::challenge(st, &scope.user, &f, &ctx).await {
                 Ok(Challenge::CodeSent { expires_at }) => {
-                    audit!("factor.challenged.api", user = %scope.user.username, factor_type = %ft, actor = scope.actor, token = ?scope.token);
+                    audit!("factor.challenged.api", user = %scope.user.username, factor_type = %ft, actor = %scope.actor, token = scope.token);
                     json(
                         StatusCode::OK,
                         &json!({
@@ -454,11 +454,11 @@ pub(crate) async fn verify(st: &Handles, scope: &Scope, id: &str, body: &[u8]) -
                     expires_at,
                     correct_answer,
                 }) => {
-                    audit!("factor.challenged.api", user = %scope.user.username, factor_type = %ft, actor = scope.actor, token = ?scope.token);
+                    audit!("factor.challenged.api", user = %scope.user.username, factor_type = %ft, actor = %scope.actor, token = scope.token);
                     push_waiting(&me, &transaction_id, expires_at, correct_answer)
                 }
                 Ok(Challenge::WebAuthn { options, expires_at }) => {
-                    audit!("factor.challenged.api", user = %scope.user.username, factor_type = %ft, actor = scope.actor, token = ?scope.token);
+                    audit!("factor.challenged.api", user = %scope.user.username, factor_type = %ft, actor = %scope.actor, token = scope.token);
                     json_no_store(
                         StatusCode::OK,
                         &json!({
@@ -480,7 +480,7 @@ pub(crate) async fn verify(st: &Handles, scope: &Scope, id: &str, body: &[u8]) -
         (false, Some(code)) => {
             match factors::verify(st, &scope.user, &f, &code, scope.client, &scope.flow).await {
                 Ok(()) => {
-                    audit!("factor.verified.api", user = %scope.user.username, factor_type = %ft, actor = scope.actor, token = ?scope.token);
+                    audit!("factor.verified.api", user = %scope.user.username, factor_type = %ft, actor = %scope.actor, token = scope.token);
                     json(StatusCode::OK, &json!({ "factorResult": "SUCCESS" }))
                 }
                 Err(e) => verify_error(e),
@@ -562,7 +562,7 @@ pub(crate) async fn cancel(st: &Handles, scope: &Scope, id: &str, tid: &str) -> 
     };
     match factors::cancel_push(st, &scope.user, &f, tid).await {
         Ok(Some(result)) => {
-            audit!("factor.push.cancelled.api", user = %scope.user.username, factor_id = %f.record.id, transaction = %tid, result = result.as_str(), actor = scope.actor, token = ?scope.token);
+            audit!("factor.push.cancelled.api", user = %scope.user.username, factor_id = %f.record.id, transaction = %tid, result = result.as_str(), actor = %scope.actor, token = scope.token);
             json(StatusCode::OK, &transaction_json(scope, &f, tid, result))
         }
         Ok(None) => ApiError::new(ErrorCode::E0000191).into_response(),
@@ -589,7 +589,7 @@ pub(crate) async fn resend(st: &Handles, scope: &Scope, id: &str) -> Response {
     };
     match factors::challenge(st, &scope.user, &f, &ctx).await {
         Ok(_) => {
-            audit!("factor.resent.api", user = %scope.user.username, factor_type = %ft, actor = scope.actor, token = ?scope.token);
+            audit!("factor.resent.api", user = %scope.user.username, factor_type = %ft, actor = %scope.actor, token = scope.token);
             json(StatusCode::OK, &factor_json(st, scope, &f))
         }
         Err(e) => super::challenge_error(st, Caller::Factors, &ft, e),
@@ -626,6 +626,6 @@ pub(crate) async fn delete(st: &Handles, scope: &Scope, id: &str) -> Response {
         }
         Err(factors::RemoveError::Unavailable) => return unavailable("removing a factor failed"),
     }
-    audit!("factor.removed.api", user = %scope.user.username, factor_id = %id, actor = scope.actor, token = ?scope.token);
+    audit!("factor.removed.api", user = %scope.user.username, factor_id = %id, actor = %scope.actor, token = scope.token);
     StatusCode::NO_CONTENT.into_response()
 }

@@ -439,7 +439,7 @@ pub async fn rename_submit(
     };
     match wa::rename(&st, &s.user, &key, &f.name).await {
         Ok(true) => {
-            crate::audit!("factor.renamed", user = %s.user.username, factor_id = %id, actor = "self");
+            crate::audit!("factor.renamed", user = %s.user.username, factor_id = %id, actor = %"self");
             mfa::render_factors(
                 &st,
                 &headers,

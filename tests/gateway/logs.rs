@@ -171,6 +171,30 @@ async fn hostile_run(format: &str, push: bool) -> String {
         .unwrap();
     assert_eq!(res.status(), 401);
 
+    // Admin calls with the first token: a user API event and a Factors API
+    // event name the actor and the token the same way.
+    let admin_base = format!("http://127.0.0.1:{admin}/api/v1/users");
+    let res = client
+        .post(format!("{admin_base}?activate=true"))
+        .header("authorization", "SSWS test-admin-token-0123456789abcdef")
+        .header("content-type", "application/json")
+        .body(json!({ "profile": { "login": "tokenlog" } }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let uid = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = client
+        .get(format!("{admin_base}/{uid}/factors"))
+        .header("authorization", "SSWS test-admin-token-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
     let pid = child.0.id().to_string();
     assert!(
         Command::new("kill")
@@ -217,6 +241,19 @@ async fn text_log_lines_cannot_be_forged() {
         decoy.contains(&format!(r#"login="{MARK}\nevent=\"user.unlocked\" user=alice"#)),
         "{decoy}"
     );
+    // The admin token's index is a plain number and the actor a bare word,
+    // in every audit line.
+    for event in ["admin.user.created", "factors.listed"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("event=\"{event}\"")))
+            .unwrap_or_else(|| panic!("no {event} line in:\n{log}"));
+        assert!(
+            line.contains(" actor=admin ") && line.contains(" token=0"),
+            "{line}"
+        );
+        assert!(!line.contains("Some(") && !line.contains("actor=\""), "{line}");
+    }
     // Push is disabled: its routes logged nothing but the access line, whose
     // path keeps the percent-encoding.
     for line in log.lines().filter(|l| l.contains(MARK) && !l.contains("signin.")) {
@@ -245,6 +282,17 @@ async fn json_log_lines_cannot_be_forged() {
             .starts_with(&format!("{MARK}\n{FORGED}\u{85}\u{2028}")),
         "{decoy}"
     );
+    for event in ["admin.user.created", "factors.listed"] {
+        let line = lines
+            .iter()
+            .find(|l| l["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} line in:\n{log}"));
+        assert_eq!(
+            (&line["actor"], &line["token"]),
+            (&json!("admin"), &json!(0)),
+            "{line}"
+        );
+    }
     // An invalid transaction id is refused before it is used or logged.
     for l in lines.iter().filter(|l| l.to_string().contains(MARK)) {
         assert!(
