@@ -27,7 +27,8 @@ use ipnet::IpNet;
 use crate::context::RequestContext;
 use crate::context::canonical;
 use crate::enforce::{
-    Enforcer, SessionState, api_challenge, is_browser, portal_location, redirect, with_access,
+    Enforcer, SessionState, api_challenge, challenge_cause, is_browser, portal_location, redirect,
+    with_access,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::policy::normalize::normalize;
@@ -231,8 +232,9 @@ impl ForwardAuth {
                 };
                 with_access(res, label, user)
             }
-            Decision::Challenge { .. } => {
+            Decision::Challenge { level, step_up } => {
                 let signed_in = matches!(state, SessionState::Valid(_));
+                let cause = challenge_cause(signed_in, level, step_up);
                 let target = match &original.query {
                     Some(q) => format!("{}://{}{path}?{q}", original.scheme, original.authority),
                     None => format!("{}://{}{path}", original.scheme, original.authority),
@@ -246,7 +248,7 @@ impl ForwardAuth {
                     // nginx turns it into a redirect (`error_page 401 =302
                     // $auth_location`) for browsers and API clients alike.
                     Endpoint::AuthRequest => {
-                        let mut res = api_challenge(&e.prefix);
+                        let mut res = api_challenge(&e.prefix, cause);
                         if let Ok(v) = HeaderValue::from_str(&location) {
                             res.headers_mut().insert(header::LOCATION, v);
                         }
@@ -260,7 +262,7 @@ impl ForwardAuth {
                         };
                         redirect(status, &location)
                     }
-                    Endpoint::ForwardAuth => api_challenge(&e.prefix),
+                    Endpoint::ForwardAuth => api_challenge(&e.prefix, cause),
                 };
                 if matches!(state, SessionState::Invalid(_)) {
                     res.headers_mut()

@@ -497,9 +497,10 @@ where
                 user,
             )
         }
-        Decision::Challenge { .. } => {
+        Decision::Challenge { level, step_up } => {
             let signed_in = matches!(state, SessionState::Valid(_));
-            let mut res = challenge(e, ctx, &req, signed_in);
+            let cause = challenge_cause(signed_in, level, step_up);
+            let mut res = challenge(e, ctx, &req, signed_in, cause);
             if matches!(state, SessionState::Invalid(_)) {
                 res.headers_mut()
                     .append(header::SET_COOKIE, e.sessions.clear_cookie());
@@ -516,6 +517,7 @@ pub(crate) fn challenge(
     ctx: &RequestContext,
     req: &Request<Body>,
     signed_in: bool,
+    cause: &'static str,
 ) -> Response<Body> {
     if is_browser(req.headers()) {
         let original = format!(
@@ -532,7 +534,7 @@ pub(crate) fn challenge(
         };
         return redirect(status, &location);
     }
-    api_challenge(&e.prefix)
+    api_challenge(&e.prefix, cause)
 }
 
 /// Where to send a browser that must sign in (or, `signed_in`, step up) to
@@ -558,11 +560,23 @@ pub(crate) fn redirect(status: StatusCode, location: &str) -> Response<Body> {
     res
 }
 
-/// The API client's answer to a missing session: 401 `E0000011` with
-/// `WWW-Authenticate` naming the authn API.
-pub(crate) fn api_challenge(prefix: &str) -> Response<Body> {
+/// What an API client that gets a challenge lacks (the cause of its 401):
+/// a session, or, signed in (`signed_in`), a second factor (a recent one
+/// when `step_up`) or a recent sign-in.
+pub(crate) fn challenge_cause(signed_in: bool, level: u8, step_up: bool) -> &'static str {
+    match (signed_in, level >= 2, step_up) {
+        (false, _, _) => "a session is required",
+        (true, true, false) => "a second factor is required",
+        (true, true, true) => "a recent second factor is required",
+        (true, false, _) => "a recent sign-in is required",
+    }
+}
+
+/// The API client's answer to a challenge: 401 `E0000011` with `cause`
+/// (see [`challenge_cause`]) and `WWW-Authenticate` naming the authn API.
+pub(crate) fn api_challenge(prefix: &str, cause: &str) -> Response<Body> {
     let www = format!("Portcullis realm=\"portcullis\", login=\"{prefix}/api/v1/authn\"");
-    let mut err = ApiError::new(ErrorCode::E0000011).cause("a session is required");
+    let mut err = ApiError::new(ErrorCode::E0000011).cause(cause);
     if let Ok(v) = HeaderValue::from_str(&www) {
         err = err.header(header::WWW_AUTHENTICATE, v);
     }

@@ -685,3 +685,22 @@ async fn enrolling_again_replaces_the_abandoned_pending_factor() {
     );
 }
 
+/// An API client's 401 on a two-factor route says what it lacks: a session
+/// without one, a second factor with a level-1 session.
+#[tokio::test]
+async fn a_level1_session_on_a_two_factor_route_is_told_a_second_factor_is_required() {
+    let gw = gateway("").await;
+    active_totp(&gw, &TestGateway::uid("alice")).await;
+    let (_, level1) = password_step(&gw).await;
+    for (cookie, cause) in [
+        (None, "a session is required"),
+        (
+            Some(format!("portcullis_session={level1}")),
+            "a second factor is required",
+        ),
+    ] {
+        let a = send_response(gw.get_json("/secure/x", cookie.as_deref()).await).await;
+        a.expect(401, Some("E0000011"));
+        assert_eq!(a.body["errorCauses"][0]["errorSummary"], cause, "{}", a.text);
+    }
+}
