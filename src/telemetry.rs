@@ -44,11 +44,45 @@ use crate::config::{LogConfig, LogFormat};
 /// events to the store's writer (so a quieter log level keeps the audit
 /// trail).
 pub fn init(cfg: &LogConfig) {
+    install(cfg, None);
+}
+
+/// What the command-line subcommands (`portcullis users ...`) add to
+/// `log.level`: a library's lines below WARN (sqlx's PostgreSQL notices,
+/// such as `relation "schema_migrations" already exists, skipping`) and the
+/// store's revocation listener starting are left out, so a command prints
+/// its own lines (audit events) and warnings and errors only. `serve` keeps
+/// `log.level` as it is.
+pub const CLI_QUIET: &str = "sqlx=warn,portcullis::store::notify=warn";
+
+/// [`init`] for a command-line subcommand: `log.level` with [`CLI_QUIET`].
+pub fn init_cli(cfg: &LogConfig) {
+    install(cfg, Some(CLI_QUIET));
+}
+
+/// The formatter's filter: `log.level` (`info` when it cannot be read),
+/// and, with `quiet` (directives such as [`CLI_QUIET`]), those targets at
+/// most at the level `quiet` gives them: `quiet` only ever leaves lines out.
+fn level_filter<S>(level: &str, quiet: Option<&str>) -> impl tracing_subscriber::layer::Filter<S> + use<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use std::str::FromStr as _;
+    use tracing_subscriber::filter::{FilterExt as _, LevelFilter, Targets};
+    let level = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let quiet = quiet
+        .and_then(|q| Targets::from_str(q).ok())
+        .unwrap_or_default()
+        .with_default(LevelFilter::TRACE);
+    level.and(quiet)
+}
+
+fn install(cfg: &LogConfig, extra: Option<&str>) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::{Layer as _, fmt};
 
-    let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = level_filter(&cfg.level, extra);
     // Colour codes only for a person watching; a log file or collector gets
     // plain text (and fewer bytes per access line).
     let ansi = std::io::stderr().is_terminal();
@@ -764,6 +798,54 @@ mod tests {
         crate::audit!("as.str", user = evil.as_str());
         tracing::warn!("message with {evil}");
         tracing::info!(target: "portcullis::access", path = %evil, status = 404u16);
+    }
+
+    /// The commands' filter: `log.level` for our lines, libraries and the
+    /// revocation listener from WARN; `serve`'s keeps `log.level`.
+    #[test]
+    fn the_cli_filter_leaves_out_library_info_lines() {
+        fn run(
+            filter: impl tracing_subscriber::layer::Filter<tracing_subscriber::Registry> + Send + Sync + 'static,
+        ) -> String {
+            use tracing_subscriber::Layer as _;
+            use tracing_subscriber::layer::SubscriberExt as _;
+            let buf = Buf::default();
+            let sink = LogSink::new(Box::new(buf.clone()), Mode::default());
+            let layer = tracing_subscriber::fmt::layer()
+                .with_writer(sink.clone())
+                .with_ansi(false)
+                .with_filter(filter);
+            tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+                tracing::info!(target: "sqlx::postgres::notice", "relation already exists, skipping");
+                tracing::info!(target: "portcullis::store::notify", "revocation notifications: listening");
+                tracing::warn!(target: "sqlx::pool", "pool warning");
+                crate::audit!("admin.user.created", actor = %"cli");
+            });
+            sink.0.write_through(&[]);
+            buf.text()
+        }
+        for level in ["info", "debug", "not a [level"] {
+            let cli = run(level_filter(level, Some(CLI_QUIET)));
+            assert!(
+                !cli.contains("skipping") && !cli.contains("listening"),
+                "{level}: {cli}"
+            );
+            assert!(
+                cli.contains("pool warning") && cli.contains("admin.user.created"),
+                "{level}: {cli}"
+            );
+        }
+        let serve = run(level_filter("info", None));
+        assert!(
+            serve.contains("skipping") && serve.contains("listening"),
+            "{serve}"
+        );
+        // A stricter level stays stricter.
+        let quiet = run(level_filter("error", Some(CLI_QUIET)));
+        assert!(
+            !quiet.contains("pool warning") && !quiet.contains("admin.user"),
+            "{quiet}"
+        );
     }
 
     #[test]

@@ -144,7 +144,8 @@ pub fn run(runtime: &tokio::runtime::Runtime, command: UsersCommand) -> ExitCode
             return code;
         }
     }
-    crate::telemetry::init(&config.log);
+    // A command prints warnings and errors of libraries only (no sqlx notices).
+    crate::telemetry::init_cli(&config.log);
     runtime.block_on(async move {
         let gateway = match Gateway::build(config).await {
             Ok(g) => g,

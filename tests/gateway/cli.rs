@@ -694,3 +694,69 @@ path = "{tmp}/portcullis.db"
     let (code, _, _) = users_cli(&["users", "frobnicate"], &config, None).await;
     assert_eq!(code, Some(64));
 }
+
+/// `portcullis users ...` prints libraries' warnings and errors only: no
+/// sqlx notice (`relation "schema_migrations" already exists, skipping` on
+/// PostgreSQL) and no revocation listener line, run after run. On
+/// PostgreSQL when `PORTCULLIS_TEST_POSTGRES_URL` is set, else on SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_commands_print_no_library_info_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let postgres = std::env::var("PORTCULLIS_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let schema = format!("t_{:016x}", rand::random::<u64>());
+    let store = match &postgres {
+        Some(url) => {
+            // Created and migrated first: a URL's search_path is not created for us.
+            portcullis::store::postgres::PostgresStore::connect_with_schema(url, &schema)
+                .await
+                .unwrap()
+                .close()
+                .await;
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+            format!("kind = \"postgres\"\nurl = {}", toml_str(&url))
+        }
+        None => format!(
+            "kind = \"sqlite\"\npath = {}",
+            toml_str(&dir.path().join("portcullis.db").display().to_string())
+        ),
+    };
+    let text = good_config(dir.path(), free_port(), free_port(), "http://127.0.0.1:9")
+        .replace("[store]\nkind = \"memory\"\n", &format!("[store]\n{store}\n"));
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut runs = Vec::new();
+    for args in [["users", "list"], ["users", "list"]] {
+        runs.push(users_cli(&args, &config, None).await);
+    }
+    if let Some(url) = &postgres {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    for (code, out, err) in runs {
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(out.contains("alice"), "{out}");
+        for line in err.lines() {
+            assert!(
+                !line.contains("sqlx") && !line.contains("revocation notifications"),
+                "{line}"
+            );
+            // Log lines (JSON here) below WARN are the command's audit events only.
+            if let Ok(l) = serde_json::from_str::<Value>(line) {
+                assert!(
+                    matches!(l["level"].as_str(), Some("WARN" | "ERROR"))
+                        || l["target"] == "portcullis::audit",
+                    "only warnings and errors: {line}"
+                );
+            }
+        }
+    }
+}
