@@ -71,30 +71,35 @@ async fn activate_only_the_factor_enrolled_in_this_transaction() {
         return;
     }
     let gw = InProcess::start(10).await;
-    // Two transactions of alice each enroll a factor.
+    // Two transactions of alice each enroll a factor; the second replaces the
+    // first's, still pending (an abandoned enrollment leaves nothing behind).
     let st1 = gw.authn(ALICE).await.ok("MFA_ENROLL").state_token();
     let e1 = gw.enroll_totp(&st1).await.ok("MFA_ENROLL_ACTIVATE");
     let st2 = gw.authn(ALICE).await.ok("MFA_ENROLL").state_token();
     let e2 = gw.enroll_totp(&st2).await.ok("MFA_ENROLL_ACTIVATE");
     let (f1, s1) = (e1.enrolled_factor_id(), e1.shared_secret());
-    let f2 = e2.enrolled_factor_id();
+    let (f2, s2) = (e2.enrolled_factor_id(), e2.shared_secret());
     assert_ne!(f1, f2);
     // Activating the other transaction's factor (hers, so found) is out of order.
-    let c1 = oathtool(&s1, gw.now());
-    gw.activate(&st2, &f1, &c1).await.error(403, "E0000079");
+    let c2 = oathtool(&s2, gw.now());
+    gw.activate(&st1, &f2, &c2).await.error(403, "E0000079");
+    // The replaced one is gone.
+    gw.activate(&st1, &f1, &oathtool(&s1, gw.now()))
+        .await
+        .error(404, "E0000007");
 
     // Bob's factor id in alice's transaction: not found.
     let bob_st = gw.authn(BOB).await.ok("MFA_ENROLL").state_token();
     let bob_factor = gw.enroll_totp(&bob_st).await.ok("MFA_ENROLL_ACTIVATE");
     let (bf, bs) = (bob_factor.enrolled_factor_id(), bob_factor.shared_secret());
-    gw.activate(&st1, &bf, &oathtool(&bs, gw.now()))
+    gw.activate(&st2, &bf, &oathtool(&bs, gw.now()))
         .await
         .error(404, "E0000007");
     // ...and alice's in bob's.
-    gw.activate(&bob_st, &f1, &c1).await.error(404, "E0000007");
+    gw.activate(&bob_st, &f2, &c2).await.error(404, "E0000007");
 
     // None of that consumed anything: each transaction activates its own.
-    gw.activate(&st1, &f1, &c1).await.ok("SUCCESS");
+    gw.activate(&st2, &f2, &c2).await.ok("SUCCESS");
     gw.activate(&bob_st, &bf, &oathtool(&bs, gw.now()))
         .await
         .ok("SUCCESS");
