@@ -58,6 +58,14 @@ pub struct Requirement<'a> {
 }
 
 impl Requirement<'_> {
+    /// Deny whatever the rules say (a Windows alias, too many readings).
+    const DENY: Requirement<'static> = Requirement {
+        policy: PolicyKind::Deny,
+        groups: &[],
+        max_age: None,
+        rule: None,
+    };
+
     /// The session level this requirement needs (0 for bypass and deny).
     pub fn level(&self) -> u8 {
         match self.policy {
@@ -249,12 +257,7 @@ impl Policy {
     pub fn evaluate<'p>(&'p self, facts: &RequestFacts<'_>) -> Evaluation<'p> {
         let mut requirements = [None; 8];
         if self.windows_aliases && normalize::windows_alias(facts.path) {
-            requirements[0] = Some(Requirement {
-                policy: PolicyKind::Deny,
-                groups: &[],
-                max_age: None,
-                rule: None,
-            });
+            requirements[0] = Some(Requirement::DENY);
             return Evaluation { requirements };
         }
         requirements[0] = Some(self.requirement(facts));
@@ -294,15 +297,15 @@ impl Policy {
         // and servlet mappings (`/admin/*`) serve it as that directory, so the
         // directory's rule applies to it as well (only rules, not the default:
         // this reading can only make the decision stricter).
-        let as_directory = |path: &str| -> Option<String> {
-            (!path.ends_with('/') && self.directories.iter().any(|d| d.eq_ignore_ascii_case(path)))
-                .then(|| format!("{path}/"))
-        };
-        if let Some(dir) = as_directory(facts.path) {
-            let r = self.requirement(&RequestFacts { path: &dir, ..*facts });
-            if r.rule.is_some() {
-                add(r, &mut requirements);
+        let as_directory = |path: &str| -> Option<Requirement<'p>> {
+            if path.ends_with('/') || !self.directories.iter().any(|d| d.eq_ignore_ascii_case(path)) {
+                return None;
             }
+            let dir = format!("{path}/");
+            Some(self.requirement(&RequestFacts { path: &dir, ..*facts })).filter(|r| r.rule.is_some())
+        };
+        if let Some(r) = as_directory(facts.path) {
+            add(r, &mut requirements);
         }
         for reading in normalize::readings(facts.path) {
             let r = self.requirement(&RequestFacts {
@@ -313,23 +316,15 @@ impl Policy {
                 continue;
             }
             add(r, &mut requirements);
-            if let Some(dir) = as_directory(&reading) {
-                let r = self.requirement(&RequestFacts { path: &dir, ..*facts });
-                if r.rule.is_some() {
-                    add(r, &mut requirements);
-                }
+            if let Some(r) = as_directory(&reading) {
+                add(r, &mut requirements);
             }
         }
         if full {
             // More distinct requirements than slots: never decide on fewer
             // than all of them.
             requirements = [None; 8];
-            requirements[0] = Some(Requirement {
-                policy: PolicyKind::Deny,
-                groups: &[],
-                max_age: None,
-                rule: None,
-            });
+            requirements[0] = Some(Requirement::DENY);
         }
         Evaluation { requirements }
     }
