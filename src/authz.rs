@@ -196,7 +196,7 @@ impl ForwardAuth {
             );
         };
         let user = match &state {
-            SessionState::Valid(s) => Some(s.user.username.clone()),
+            SessionState::Valid(s) => Some(crate::enforce::LoggedUser::User(s.user.clone())),
             _ => None,
         };
         match decision {

@@ -112,7 +112,7 @@ pub(crate) fn page(status: StatusCode, body: String, user: &str) -> Response {
     let mut res = html(status, body);
     res.extensions_mut().insert(AccessInfo {
         decision: "console",
-        user: Some(user.to_owned()),
+        user: Some(user.to_owned().into()),
     });
     res
 }
@@ -128,7 +128,7 @@ pub(crate) fn refused(st: &AppState, title: &str, message: &str, user: Option<&s
     let mut res = html(StatusCode::FORBIDDEN, body);
     res.extensions_mut().insert(AccessInfo {
         decision: "console",
-        user: user.map(str::to_owned),
+        user: user.map(|u| u.to_owned().into()),
     });
     res
 }

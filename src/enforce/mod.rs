@@ -42,7 +42,31 @@ pub struct AccessInfo {
     /// The decision label (`allow`, `bypass`, `challenge`, `deny`, `portal`, ...).
     pub decision: &'static str,
     /// The signed-in user, if any.
-    pub user: Option<String>,
+    pub user: Option<LoggedUser>,
+}
+
+/// Whom an access line names: a name, or a signed-in user as the session
+/// check found it (shared, so a proxied request copies no name for its line).
+#[derive(Debug, Clone)]
+pub enum LoggedUser {
+    Name(String),
+    User(Arc<User>),
+}
+
+impl LoggedUser {
+    /// The login name the line shows.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Name(name) => name,
+            Self::User(user) => &user.username,
+        }
+    }
+}
+
+impl From<String> for LoggedUser {
+    fn from(name: String) -> Self {
+        Self::Name(name)
+    }
 }
 
 /// A verified session and its user.
@@ -101,10 +125,10 @@ impl Enforcer {
 
     /// [`Enforcer::session`] at `now` (a request's clock, read once).
     fn session_at(&self, headers: &http::HeaderMap, now: crate::clock::UnixTime) -> SessionState {
-        let Some(value) = self.sessions.find(headers) else {
+        let Some(value) = self.sessions.find_bytes(headers) else {
             return SessionState::None;
         };
-        let claims = match self.sessions.verify(value, now) {
+        let claims = match self.sessions.verify_bytes(value, now) {
             Ok(c) => c,
             Err(e) => return SessionState::Invalid(e),
         };
@@ -300,7 +324,7 @@ pub(crate) fn html_status_body(status: StatusCode, body: String) -> Response<Bod
 pub(crate) fn with_access(
     mut res: Response<Body>,
     decision: &'static str,
-    user: Option<String>,
+    user: Option<LoggedUser>,
 ) -> Response<Body> {
     res.extensions_mut().insert(AccessInfo { decision, user });
     res
@@ -309,7 +333,11 @@ pub(crate) fn with_access(
 /// A response and what its access line says, side by side (the gateway
 /// takes them as they are; the tower service puts the second into the
 /// response's extensions with [`with_access`]).
-fn passed(res: Response<Body>, decision: &'static str, user: Option<String>) -> (Response<Body>, AccessInfo) {
+fn passed(
+    res: Response<Body>,
+    decision: &'static str,
+    user: Option<LoggedUser>,
+) -> (Response<Body>, AccessInfo) {
     (res, AccessInfo { decision, user })
 }
 
@@ -459,7 +487,7 @@ where
         );
     };
     let user = match &state {
-        SessionState::Valid(s) => Some(s.user.username.clone()),
+        SessionState::Valid(s) => Some(LoggedUser::User(s.user.clone())),
         _ => None,
     };
 

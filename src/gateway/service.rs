@@ -189,7 +189,7 @@ impl MainService {
             path: path.as_ref().map_or("", PathAndQuery::path),
             status,
             decision,
-            user: info.user.as_deref().unwrap_or("-"),
+            user: info.user.as_ref().map_or("-", crate::enforce::LoggedUser::name),
             // Whole microseconds: `0.412`, not `0.41203700000000003`.
             duration_ms: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX) as f64 / 1000.0,
         });
@@ -293,7 +293,7 @@ impl MainService {
         // cookie's MAC, the revocation view and the users table.
         let portal_user = in_portal
             .then(|| match inner.state.enforcer.session(req.headers()) {
-                crate::enforce::SessionState::Valid(s) => Some(s.user.username.clone()),
+                crate::enforce::SessionState::Valid(s) => Some(crate::enforce::LoggedUser::User(s.user)),
                 _ => None,
             })
             .flatten();

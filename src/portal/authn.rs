@@ -396,7 +396,7 @@ async fn success(
         .append(header::SET_COOKIE, st.enforcer.sessions.set_cookie(&claims, now));
     res.extensions_mut().insert(AccessInfo {
         decision: "portal",
-        user: Some(user.username.clone()),
+        user: Some(user.username.clone().into()),
     });
     res
 }
@@ -542,7 +542,7 @@ pub(crate) async fn authn(
     res.headers_mut().append(header::SET_COOKIE, cookie);
     res.extensions_mut().insert(AccessInfo {
         decision: "portal",
-        user: Some(user.username.clone()),
+        user: Some(user.username.clone().into()),
     });
     res
 }

@@ -331,7 +331,7 @@ async fn login_submit(
                 .append(header::SET_COOKIE, csrf::cookie(&cfg.session, &token));
             res.extensions_mut().insert(AccessInfo {
                 decision: "portal",
-                user: Some(user.username.clone()),
+                user: Some(user.username.clone().into()),
             });
             res
         }
@@ -414,7 +414,7 @@ async fn logout_submit(
             );
         }
         crate::audit!("session.revoked", user = %s.user.username, reason = "logout");
-        user = Some(s.user.username.clone());
+        user = Some(crate::enforce::LoggedUser::User(s.user.clone()));
     }
     let mut res = html(StatusCode::OK, pages::signed_out_page(prefix));
     res.headers_mut()

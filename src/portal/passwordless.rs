@@ -165,7 +165,7 @@ async fn signed_in(
         .append(header::SET_COOKIE, csrf::cookie(&st.config.session, &token));
     res.extensions_mut().insert(AccessInfo {
         decision: "portal",
-        user: Some(loaded.user.username.clone()),
+        user: Some(loaded.user.username.clone().into()),
     });
     res
 }

@@ -163,16 +163,66 @@ const OVERRIDES: [&[u8]; 12] = [
 /// identity headers, `Forwarded`, `X-Real-IP` or any `X-Forwarded-*`, or one of
 /// the [`OVERRIDES`], in any case and with `_` for `-`.
 pub fn is_reserved_inbound(name: &HeaderName, identity: &IdentityHeaders) -> bool {
-    const XF: &[u8] = b"x-forwarded-";
     let n = name.as_str().as_bytes();
-    (n.len() > XF.len() && same_name_loosely(&n[..XF.len()], XF))
-        || same_name_loosely(n, b"forwarded")
-        || same_name_loosely(n, b"x-real-ip")
+    // Most request headers (Host, Accept, User-Agent, Cookie, ...) have no
+    // fixed reserved name's first letter and length: a table lookup rules
+    // them out of the fixed list (this runs for every header of every request).
+    let fixed = may_be_fixed_reserved(n) && is_fixed_reserved(n);
+    fixed
         || [&identity.user, &identity.groups, &identity.email, &identity.name]
             .iter()
             .any(|id| same_name_loosely(n, id.as_str().as_bytes()))
-        || OVERRIDES.iter().any(|o| same_name_loosely(n, o))
 }
+
+/// `X-Forwarded-*` (the prefix of the fixed names below).
+const XF: &[u8] = b"x-forwarded-";
+/// The other fixed reserved names (besides the [`OVERRIDES`]).
+const FIXED: [&[u8]; 2] = [b"forwarded", b"x-real-ip"];
+
+/// True for `X-Forwarded-*`, one of [`FIXED`] or one of the [`OVERRIDES`], in
+/// any case and with `_` for `-`.
+fn is_fixed_reserved(n: &[u8]) -> bool {
+    (n.len() > XF.len() && same_name_loosely(&n[..XF.len()], XF))
+        || FIXED
+            .iter()
+            .chain(OVERRIDES.iter())
+            .any(|f| same_name_loosely(n, f))
+}
+
+/// False when `n` is surely none of the fixed reserved names: by its first
+/// letter (folded) and its length, looked up in [`FIXED_SHAPES`].
+fn may_be_fixed_reserved(n: &[u8]) -> bool {
+    let Some(&first) = n.first() else {
+        return false;
+    };
+    let lengths = FIXED_SHAPES[usize::from(fold(first))];
+    match u32::try_from(n.len()) {
+        Ok(len) if len < u64::BITS => (lengths >> len) & 1 == 1,
+        // Longer than any fixed name but `X-Forwarded-*` ones.
+        _ => (lengths >> (u64::BITS - 1)) & 1 == 1,
+    }
+}
+
+/// For each first byte, the lengths (bit `len`, the last bit for 63 bytes and
+/// more) of the fixed reserved names starting with it, derived from the lists
+/// themselves. `Host`, `Cookie`, `Accept` and the like match none of them.
+const FIXED_SHAPES: [u64; 256] = {
+    let mut shapes = [0u64; 256];
+    // `x-forwarded-` and at least one more byte: every longer length.
+    shapes[XF[0] as usize] |= !0u64 << (XF.len() + 1);
+    let mut i = 0;
+    while i < FIXED.len() + OVERRIDES.len() {
+        let name = if i < FIXED.len() {
+            FIXED[i]
+        } else {
+            OVERRIDES[i - FIXED.len()]
+        };
+        assert!(name.len() < u64::BITS as usize);
+        shapes[name[0] as usize] |= 1 << name.len();
+        i += 1;
+    }
+    shapes
+};
 
 /// Removes every inbound identity and forwarding header (see [`is_reserved_inbound`]).
 pub fn strip_reserved_inbound(headers: &mut HeaderMap, identity: &IdentityHeaders) {
@@ -330,9 +380,14 @@ fn pair_name(pair: &[u8]) -> &[u8] {
 /// into one with `"; "`, as RFC 9113 section 8.2.3 requires before forwarding over
 /// HTTP/1.1. A single header without gateway cookies is left untouched.
 pub fn strip_gateway_cookies(headers: &mut HeaderMap, gateway: &[String]) {
-    // One pass decides and measures what is kept, so the new value is
-    // allocated once at its exact size (`Bytes` then takes the buffer as it
-    // is, without a second allocation to share it).
+    // One pass over the pairs decides, measures and remembers what is kept
+    // (the first `INLINE` pairs on the stack), so the new value is allocated
+    // once at its exact size (`Bytes` then takes the buffer as it is, without
+    // a second allocation to share it) and no header is scanned twice.
+    const INLINE: usize = 16;
+    let mut inline: [&[u8]; INLINE] = [&[]; INLINE];
+    let mut spilled: Vec<&[u8]> = Vec::new();
+    let mut kept_pairs = 0usize;
     let mut count = 0usize;
     let mut exact = 0usize;
     let mut dirty = false;
@@ -344,35 +399,46 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap, gateway: &[String]) {
             }
             if is_gateway_cookie(pair_name(pair), gateway) {
                 dirty = true;
-            } else {
-                exact += if exact == 0 { pair.len() } else { pair.len() + 2 };
+                continue;
             }
+            exact += if exact == 0 { pair.len() } else { pair.len() + 2 };
+            match inline.get_mut(kept_pairs) {
+                Some(slot) => *slot = pair,
+                None => spilled.push(pair),
+            }
+            kept_pairs += 1;
         }
     }
     if !dirty && count <= 1 {
         return;
     }
     let mut kept = Vec::with_capacity(exact);
-    for value in headers.get_all(header::COOKIE) {
-        for pair in split_byte(value.as_bytes(), b';').map(<[u8]>::trim_ascii) {
-            if pair.is_empty() || is_gateway_cookie(pair_name(pair), gateway) {
-                continue;
-            }
-            if !kept.is_empty() {
-                kept.extend_from_slice(b"; ");
-            }
-            kept.extend_from_slice(pair);
+    for pair in inline[..kept_pairs.min(INLINE)].iter().chain(&spilled) {
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
         }
+        kept.extend_from_slice(pair);
     }
     debug_assert_eq!(kept.len(), exact);
-    headers.remove(header::COOKIE);
-    if kept.is_empty() {
-        return;
-    }
+    drop(spilled);
     // The pairs came from valid header values, so this cannot fail; if it did,
     // sending no cookie is the safe side.
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(kept)) {
-        headers.insert(header::COOKIE, value);
+    let value = (!kept.is_empty())
+        .then(|| HeaderValue::from_maybe_shared(Bytes::from(kept)).ok())
+        .flatten();
+    match (count, value) {
+        // One header (HTTP/1.1's usual case): its value replaced where it is.
+        (1, Some(value)) => {
+            if let Some(slot) = headers.get_mut(header::COOKIE) {
+                *slot = value;
+            }
+        }
+        (_, value) => {
+            headers.remove(header::COOKIE);
+            if let Some(value) = value {
+                headers.insert(header::COOKIE, value);
+            }
+        }
     }
 }
 
@@ -900,7 +966,96 @@ mod tests {
         }
     }
 
+    #[test]
+    fn many_cookies_with_a_gateway_one_among_them_keep_their_order() {
+        // More kept pairs than the stack holds: the rest are remembered on the heap.
+        let pairs: Vec<String> = (0..40).map(|i| format!("c{i}={i}")).collect();
+        let mut sent = pairs.clone();
+        sent.insert(20, "portcullis_session=s".into());
+        let mut h = map(&[("cookie", &sent.join(";"))]);
+        strip_gateway_cookies(&mut h, &gateway());
+        assert_eq!(all(&h, "cookie"), [pairs.join("; ")]);
+        // The same over several headers, merged.
+        let (first, second) = sent.split_at(25);
+        let mut h = map(&[("cookie", &first.join("; ")), ("cookie", &second.join("; "))]);
+        strip_gateway_cookies(&mut h, &gateway());
+        assert_eq!(all(&h, "cookie"), [pairs.join("; ")]);
+    }
+
+    #[test]
+    fn a_lone_gateway_cookie_takes_its_header_with_it() {
+        let mut h = map(&[("cookie", " portcullis_session=s ; "), ("x-kept", "1")]);
+        strip_gateway_cookies(&mut h, &gateway());
+        assert!(!h.contains_key("cookie"));
+        assert_eq!(all(&h, "x-kept"), ["1"]);
+    }
+
+    /// The definition of a reserved inbound name, without the shortcut of
+    /// [`is_reserved_inbound`] (first letter and length).
+    fn reserved_by_definition(n: &[u8], identity: &IdentityHeaders) -> bool {
+        (n.len() > XF.len() && same_name_loosely(&n[..XF.len()], XF))
+            || same_name_loosely(n, b"forwarded")
+            || same_name_loosely(n, b"x-real-ip")
+            || [&identity.user, &identity.groups, &identity.email, &identity.name]
+                .iter()
+                .any(|id| same_name_loosely(n, id.as_str().as_bytes()))
+            || OVERRIDES.iter().any(|o| same_name_loosely(n, o))
+    }
+
+    #[test]
+    fn every_fixed_reserved_name_is_caught_in_any_spelling() {
+        let identity = identity();
+        let names = OVERRIDES
+            .iter()
+            .chain(FIXED.iter())
+            .map(|n| String::from_utf8(n.to_vec()).unwrap())
+            .chain(["x-forwarded-port".to_owned(), "x-forwarded-prefix".to_owned()])
+            // Longer than the lengths the shortcut tells apart.
+            .chain([format!("x-forwarded-{}", "a".repeat(70))]);
+        for name in names {
+            for spelling in [name.clone(), name.to_ascii_uppercase(), name.replace('-', "_")] {
+                let parsed = HeaderName::from_bytes(spelling.as_bytes()).unwrap();
+                assert!(is_reserved_inbound(&parsed, &identity), "{spelling}");
+            }
+        }
+        let long = format!("x-{}", "a".repeat(70));
+        for kept in [
+            "host",
+            "accept",
+            "cookie",
+            "user-agent",
+            "content-type",
+            "x-request-id",
+            "forwardedx",
+            &long,
+        ] {
+            assert!(
+                !is_reserved_inbound(&HeaderName::from_bytes(kept.as_bytes()).unwrap(), &identity),
+                "{kept}"
+            );
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn the_shortcut_by_first_letter_and_length_agrees_with_the_definition(
+            name in "([xX][-_][fF][oO][rR][wW][aA][rR][dD][eE][dD][-_])?[a-zA-Z_-][a-zA-Z0-9_-]{0,70}",
+            custom in "[a-z][a-z0-9-]{0,16}",
+        ) {
+            // Names made of the letters the reserved names are made of, and an
+            // identity header named anything (it is checked in full, whatever
+            // its first letter).
+            let mut identity = identity();
+            identity.email = HeaderName::from_bytes(custom.as_bytes()).unwrap();
+            let parsed = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            proptest::prop_assert_eq!(
+                is_reserved_inbound(&parsed, &identity),
+                reserved_by_definition(parsed.as_str().as_bytes(), &identity)
+            );
+            let email = HeaderName::from_bytes(custom.to_ascii_uppercase().as_bytes()).unwrap();
+            proptest::prop_assert!(is_reserved_inbound(&email, &identity));
+        }
+
         #[test]
         fn any_ipv4_address_is_written_as_display_writes_it(bits: u32) {
             let ip = std::net::Ipv4Addr::from(bits);

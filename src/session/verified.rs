@@ -62,13 +62,13 @@ struct Cache {
 }
 
 impl Cache {
-    fn slot(&self, value: &str) -> usize {
+    fn slot(&self, value: &[u8]) -> usize {
         // The value's length and its last bytes, which hold the HMAC tag: of
         // the values stored (verified ones), those differ between any two
         // sessions, and hashing them is a fraction of hashing the whole value.
         // Which slot a value takes only decides where to look; the whole
         // value is compared before anything is answered.
-        let tail = &value.as_bytes()[value.len().saturating_sub(HASHED_TAIL)..];
+        let tail = &value[value.len().saturating_sub(HASHED_TAIL)..];
         // The modulo of a 64-bit hash by a power of two: its low bits.
         (self.hasher.hash_one((value.len(), tail)) % SLOTS as u64) as usize
     }
@@ -92,13 +92,13 @@ thread_local! {
 
 /// The claims of `value` if this thread verified exactly this value under
 /// `keys` before.
-pub(super) fn lookup(keys: &KeysId, value: &str) -> Option<Arc<SessionClaims>> {
+pub(super) fn lookup(keys: &KeysId, value: &[u8]) -> Option<Arc<SessionClaims>> {
     CACHE
         .try_with(|cache| {
             let mut cache = cache.try_borrow_mut().ok()?;
             cache.own(keys);
             let entry = cache.slots.get(cache.slot(value))?.as_ref()?;
-            ct_eq(entry.value.as_bytes(), value.as_bytes()).then(|| entry.claims.clone())
+            ct_eq(entry.value.as_bytes(), value).then(|| entry.claims.clone())
         })
         .ok()
         .flatten()
@@ -114,7 +114,7 @@ pub(super) fn remember(keys: &KeysId, value: &str, claims: Arc<SessionClaims>) {
         if cache.slots.is_empty() {
             cache.slots.resize_with(SLOTS, || None);
         }
-        let i = cache.slot(value);
+        let i = cache.slot(value.as_bytes());
         cache.slots[i] = Some(Entry {
             value: value.into(),
             claims,
@@ -140,7 +140,7 @@ pub(super) mod tests {
 
     /// The slot `value` would take in this thread's cache.
     pub(in crate::session) fn slot_of(value: &str) -> usize {
-        CACHE.with(|c| c.borrow().slot(value))
+        CACHE.with(|c| c.borrow().slot(value.as_bytes()))
     }
 
     /// Puts `claims` for `stored` into the slot of `value` (a collision).
@@ -151,7 +151,7 @@ pub(super) mod tests {
             if c.slots.is_empty() {
                 c.slots.resize_with(SLOTS, || None);
             }
-            let i = c.slot(value);
+            let i = c.slot(value.as_bytes());
             c.slots[i] = Some(Entry {
                 value: stored.into(),
                 claims,
@@ -164,15 +164,15 @@ pub(super) mod tests {
         let keys = KeysId::new();
         let alice = claims("00uALICE");
         remember(&keys, "v1.payload.tag", alice.clone());
-        let hit = lookup(&keys, "v1.payload.tag").expect("a hit");
+        let hit = lookup(&keys, b"v1.payload.tag").expect("a hit");
         assert!(Arc::ptr_eq(&hit, &alice));
-        assert!(lookup(&keys, "v1.payload.taG").is_none());
-        assert!(lookup(&keys, "v1.payload.ta").is_none());
-        assert!(lookup(&keys, "v1.payload.tagg").is_none());
+        assert!(lookup(&keys, b"v1.payload.taG").is_none());
+        assert!(lookup(&keys, b"v1.payload.ta").is_none());
+        assert!(lookup(&keys, b"v1.payload.tagg").is_none());
         // Another codec's keys: the cache empties, also for the first keys.
         let other = KeysId::new();
-        assert!(lookup(&other, "v1.payload.tag").is_none());
-        assert!(lookup(&keys, "v1.payload.tag").is_none());
+        assert!(lookup(&other, b"v1.payload.tag").is_none());
+        assert!(lookup(&keys, b"v1.payload.tag").is_none());
     }
 
     #[test]
@@ -181,10 +181,10 @@ pub(super) mod tests {
         // about: plant a different value in the asked one's slot.
         let keys = KeysId::new();
         plant(&keys, "v1.forged.tag", "v1.genuine.tag", claims("00uADMIN"));
-        assert!(lookup(&keys, "v1.forged.tag").is_none());
+        assert!(lookup(&keys, b"v1.forged.tag").is_none());
         // Same length, one byte apart.
         plant(&keys, "v1.genuine.taG", "v1.genuine.tag", claims("00uADMIN"));
-        assert!(lookup(&keys, "v1.genuine.taG").is_none());
+        assert!(lookup(&keys, b"v1.genuine.taG").is_none());
     }
 
     #[test]

@@ -426,6 +426,7 @@ async fn serve_runs_logs_json_and_stops_on_sigterm() {
         .unwrap_or_else(|| panic!("no access line for GET /private in:\n{log}"));
     assert_eq!(access["status"], 200, "{access}");
     assert_eq!(access["decision"], "allow", "{access}");
+    assert_eq!(access["user"], ALICE.username, "{access}");
     // Portal requests name their signed-in user too.
     let page = lines
         .iter()
