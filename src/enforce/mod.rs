@@ -47,7 +47,8 @@ pub struct AccessInfo {
 
 /// Whom an access line names: a name, or a signed-in user as the session
 /// check found it (shared, so a proxied request copies no name for its line).
-#[derive(Debug, Clone)]
+/// Its `Debug` shows the name only (a user holds a password hash).
+#[derive(Clone)]
 pub enum LoggedUser {
     Name(String),
     User(Arc<User>),
@@ -60,6 +61,12 @@ impl LoggedUser {
             Self::Name(name) => name,
             Self::User(user) => &user.username,
         }
+    }
+}
+
+impl std::fmt::Debug for LoggedUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LoggedUser").field(&self.name()).finish()
     }
 }
 
@@ -713,6 +720,34 @@ groups = ["admins"]
     async fn body(res: Response<Body>) -> String {
         let b = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
         String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_logged_user_shows_only_its_name() {
+        let user = Arc::new(User {
+            id: "00uALICE".into(),
+            username: "alice".into(),
+            display_name: None,
+            email: Some("alice@example.com".into()),
+            phone: None,
+            groups: vec![],
+            password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into()),
+            from_file: false,
+            config_totp: None,
+        });
+        let shown = format!(
+            "{:?}",
+            AccessInfo {
+                decision: "allow",
+                user: Some(LoggedUser::User(user)),
+            }
+        );
+        assert!(shown.contains("\"alice\""), "{shown}");
+        assert!(
+            !shown.contains("argon2") && !shown.contains("example.com"),
+            "{shown}"
+        );
+        assert_eq!(LoggedUser::from("bob".to_owned()).name(), "bob");
     }
 
     #[tokio::test]
