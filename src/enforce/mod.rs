@@ -739,7 +739,7 @@ groups = ["admins"]
             "{:?}",
             AccessInfo {
                 decision: "allow",
-                user: Some(LoggedUser::User(user)),
+                user: Some(LoggedUser::User(user.clone())),
             }
         );
         assert!(shown.contains("\"alice\""), "{shown}");
@@ -748,6 +748,24 @@ groups = ["admins"]
             "{shown}"
         );
         assert_eq!(LoggedUser::from("bob".to_owned()).name(), "bob");
+        // Nor does the user itself, as a verified session holds it.
+        let session = ActiveSession {
+            claims: Arc::new(SessionClaims::new(
+                "00uALICE",
+                1,
+                vec!["pwd".into()],
+                1,
+                None,
+                0,
+                1,
+            )),
+            user,
+        };
+        let shown = format!("{session:?}");
+        assert!(
+            shown.contains("<redacted>") && !shown.contains("argon2"),
+            "{shown}"
+        );
     }
 
     #[tokio::test]

@@ -34,8 +34,8 @@ use crate::config::FileUser;
 use crate::passwords::HashCost;
 use crate::store::{REVOCATION_OVERLAP, SharedStore, StoreResult, UserRecord, UserStatus};
 
-/// A user who can sign in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A user who can sign in. Its `Debug` leaves the password hash out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct User {
     /// `00u` + 17 alphanumerics.
     pub id: String,
@@ -50,6 +50,25 @@ pub struct User {
     pub from_file: bool,
     /// A TOTP secret provisioned by the users file (a read-only, active factor).
     pub config_totp: Option<crate::secret::Secret>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("display_name", &self.display_name)
+            .field("email", &self.email)
+            .field("phone", &self.phone)
+            .field("groups", &self.groups)
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "<redacted>"),
+            )
+            .field("from_file", &self.from_file)
+            .field("config_totp", &self.config_totp)
+            .finish()
+    }
 }
 
 /// The stable id of a users-file user: `00u` + 17 characters derived from the login.
