@@ -284,6 +284,33 @@ impl PostgresStore {
         }
         tx.commit().await.map_err(db(op))
     }
+
+    /// Deletes a factor (only while pending activation, with `only_pending`)
+    /// and its TOTP step record in one statement, one transaction.
+    async fn delete_factor_where(
+        &self,
+        user_id: &str,
+        factor_id: &str,
+        only_pending: bool,
+    ) -> StoreResult<bool> {
+        let statement = if only_pending {
+            "WITH f AS (DELETE FROM factors
+                        WHERE id = $1 AND user_id = $2 AND status = 'PENDING_ACTIVATION' RETURNING id),
+                  s AS (DELETE FROM totp_steps WHERE factor_id IN (SELECT id FROM f))
+             SELECT count(*) FROM f"
+        } else {
+            "WITH f AS (DELETE FROM factors WHERE id = $1 AND user_id = $2 RETURNING id),
+                  s AS (DELETE FROM totp_steps WHERE factor_id IN (SELECT id FROM f))
+             SELECT count(*) FROM f"
+        };
+        let deleted: i64 = sqlx::query_scalar(statement)
+            .bind(factor_id)
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("delete factor"))?;
+        Ok(deleted == 1)
+    }
 }
 
 #[async_trait]
@@ -411,33 +438,11 @@ impl Store for PostgresStore {
     }
 
     async fn delete_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<bool> {
-        // One statement, one transaction: the step record goes with the factor.
-        let deleted: i64 = sqlx::query_scalar(
-            "WITH f AS (DELETE FROM factors WHERE id = $1 AND user_id = $2 RETURNING id),
-                  s AS (DELETE FROM totp_steps WHERE factor_id IN (SELECT id FROM f))
-             SELECT count(*) FROM f",
-        )
-        .bind(factor_id)
-        .bind(user_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db("delete factor"))?;
-        Ok(deleted == 1)
+        self.delete_factor_where(user_id, factor_id, false).await
     }
 
     async fn delete_pending_factor(&self, user_id: &str, factor_id: &str) -> StoreResult<bool> {
-        let deleted: i64 = sqlx::query_scalar(
-            "WITH f AS (DELETE FROM factors
-                        WHERE id = $1 AND user_id = $2 AND status = 'PENDING_ACTIVATION' RETURNING id),
-                  s AS (DELETE FROM totp_steps WHERE factor_id IN (SELECT id FROM f))
-             SELECT count(*) FROM f",
-        )
-        .bind(factor_id)
-        .bind(user_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db("delete factor"))?;
-        Ok(deleted == 1)
+        self.delete_factor_where(user_id, factor_id, true).await
     }
 
     async fn claim_totp_step(&self, factor_id: &str, step: i64) -> StoreResult<bool> {
