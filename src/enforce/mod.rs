@@ -398,8 +398,12 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let enforcer = self.enforcer.clone();
-        let pass = move |req| {
+        let pass = move |mut req: Request<Body>, principal: Option<Principal>| {
             let mut inner = inner;
+            // An embedded app reads who signed in from the extensions.
+            if let Some(principal) = principal {
+                req.extensions_mut().insert(principal);
+            }
             async move { inner.call(req).await.unwrap_or_else(|never| match never {}) }
         };
         Box::pin(async move {
@@ -415,14 +419,20 @@ impl Mfa<crate::proxy::Proxy> {
     /// what the access line says comes beside the response, not in its
     /// extensions.
     pub(crate) async fn forward(&self, req: Request<Body>) -> (Response<Body>, AccessInfo) {
-        enforce(&self.enforcer, |req| self.inner.forward(req), req).await
+        enforce(
+            &self.enforcer,
+            |req, principal| self.inner.forward_as(req, principal),
+            req,
+        )
+        .await
     }
 }
 
-/// Decides on `req` and hands it to `pass` when it may go on.
+/// Decides on `req` and hands it to `pass` when it may go on, with the
+/// principal on an allowed protected route (`None` on a bypass route).
 async fn enforce<F, Fut>(e: &Enforcer, pass: F, mut req: Request<Body>) -> (Response<Body>, AccessInfo)
 where
-    F: FnOnce(Request<Body>) -> Fut,
+    F: FnOnce(Request<Body>, Option<Principal>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
     // The context first: deriving it may read a trusted proxy's X-Forwarded-For.
@@ -500,7 +510,7 @@ where
 
     match decision {
         Decision::Bypass => {
-            let res = pass(req).await;
+            let res = pass(req, None).await;
             passed(res, "bypass", None)
         }
         Decision::Allow => {
@@ -508,9 +518,9 @@ where
                 // decide() allows only with a valid session; anything else is a bug: fail closed.
                 return passed(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
             };
-            req.extensions_mut().insert(Enforcer::principal(&session));
+            let principal = Enforcer::principal(&session);
             let refresh = e.refreshed_cookie(&session, now);
-            let mut res = pass(req).await;
+            let mut res = pass(req, Some(principal)).await;
             if let Some(cookie) = refresh {
                 res.headers_mut().append(header::SET_COOKIE, cookie);
             }

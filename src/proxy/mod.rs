@@ -267,7 +267,15 @@ impl Proxy {
 
     /// Forwards a request. Reads `RequestContext` and optional `Principal` from
     /// request extensions. Never panics.
-    pub async fn forward(&self, req: Request<Body>) -> Response<Body> {
+    pub async fn forward(&self, mut req: Request<Body>) -> Response<Body> {
+        let principal = req.extensions_mut().remove::<Principal>();
+        self.forward_as(req, principal).await
+    }
+
+    /// Forwards a request for `principal` (its identity headers are set;
+    /// `None`: none are). Reads `RequestContext` from the request's
+    /// extensions. Never panics.
+    pub async fn forward_as(&self, req: Request<Body>, principal: Option<Principal>) -> Response<Body> {
         let wants_html = wants_html(req.headers());
         let (mut parts, body) = req.into_parts();
 
@@ -306,9 +314,13 @@ impl Proxy {
             .as_ref()
             .map(|_| HeaderValue::from_static("websocket"));
 
-        let principal = parts.extensions.get::<Principal>();
-        self.inner
-            .rewrite_request_headers(&mut parts.headers, &ctx, principal, upstream, upgrade_protocol);
+        self.inner.rewrite_request_headers(
+            &mut parts.headers,
+            &ctx,
+            principal.as_ref(),
+            upstream,
+            upgrade_protocol,
+        );
 
         // A fresh request: the client's extensions (principal, upgrade handle,
         // server internals) stay on this side.

@@ -140,6 +140,8 @@ pub struct SessionCodec {
     signing: crypto::HmacKey,
     verifying: Vec<crypto::HmacKey>,
     cookie_name: String,
+    /// Searches `Cookie` headers for `cookie_name` ([`find_cookie_with`]).
+    cookie_finder: memchr::memmem::Finder<'static>,
     lifetime: i64,
     idle: i64,
     domain: Option<String>,
@@ -164,10 +166,12 @@ impl SessionCodec {
             .cloned()
             .unwrap_or_else(|| crypto::HmacKey::new(Secret::default().expose()));
         let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        let cookie_name = cfg.session_cookie_name();
         Self {
             signing,
             verifying,
-            cookie_name: cfg.session_cookie_name(),
+            cookie_finder: memchr::memmem::Finder::new(cookie_name.as_bytes()).into_owned(),
+            cookie_name,
             lifetime: secs(cfg.lifetime),
             idle: secs(cfg.idle_timeout),
             domain: cfg.domain.clone(),
@@ -331,7 +335,7 @@ impl SessionCodec {
 
     /// [`SessionCodec::find`] as bytes (visible ASCII), for [`SessionCodec::verify_bytes`].
     pub fn find_bytes<'a>(&self, headers: &'a http::HeaderMap) -> Option<&'a [u8]> {
-        find_cookie_bytes(headers, &self.cookie_name)
+        find_cookie_with(headers, &self.cookie_finder)
     }
 }
 
@@ -360,34 +364,61 @@ pub fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a s
 
 /// [`find_cookie`]'s value as bytes, all of them visible ASCII.
 pub fn find_cookie_bytes<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+    find_cookie_with(headers, &memchr::memmem::Finder::new(name.as_bytes()))
+}
+
+/// [`find_cookie_bytes`] with the name's searcher built beforehand (the
+/// session codec keeps its own).
+///
+/// Rather than splitting every pair, it looks for the name itself and takes
+/// an occurrence only where a pair's name is: after the header's start or a
+/// `;` and spaces, and before spaces and `=`. That is the first pair of that
+/// name, as splitting would find it: pairs hold no `;`, and a pair's name
+/// ends at its first `=`. A name that no pair could have (empty, with `;` or
+/// `=`, or spaces around it) is never found.
+pub fn find_cookie_with<'a>(
+    headers: &'a http::HeaderMap,
+    name: &memchr::memmem::Finder<'_>,
+) -> Option<&'a [u8]> {
     use crate::proxy::headers::find_byte;
+    let needle = name.needle();
+    let (Some(first), Some(last)) = (needle.first(), needle.last()) else {
+        return None;
+    };
+    if first.is_ascii_whitespace()
+        || last.is_ascii_whitespace()
+        || needle.iter().any(|&b| b == b';' || b == b'=')
+    {
+        return None;
+    }
     'headers: for header in headers.get_all(http::header::COOKIE) {
-        let mut rest = header.as_bytes();
-        loop {
-            let (pair, next) = match find_byte(rest, b';') {
-                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-                None => (rest, None),
+        let bytes = header.as_bytes();
+        let mut from = 0;
+        while let Some(found) = bytes.get(from..).and_then(|rest| name.find(rest)) {
+            let at = from + found;
+            from = at + 1;
+            let before = bytes[..at].trim_ascii_end();
+            if !(before.is_empty() || before.ends_with(b";")) {
+                continue;
+            }
+            let Some(value) = bytes[at + needle.len()..].trim_ascii_start().strip_prefix(b"=") else {
+                continue;
             };
-            if let Some(eq) = find_byte(pair, b'=') {
-                let n = pair[..eq].trim_ascii();
-                if !n.is_empty() && n == name.as_bytes() {
-                    let v = pair[eq + 1..].trim_ascii();
-                    let v = v
-                        .strip_prefix(b"\"")
-                        .and_then(|inner| inner.strip_suffix(b"\""))
-                        .unwrap_or(v);
-                    // A header value holds no control bytes but tabs (hyper and
-                    // `http` refuse them), so ASCII is visible ASCII here.
-                    if !v.is_ascii() {
-                        continue 'headers;
-                    }
-                    return Some(v);
-                }
+            let value = match find_byte(value, b';') {
+                Some(end) => &value[..end],
+                None => value,
             }
-            match next {
-                Some(next) => rest = next,
-                None => break,
+            .trim_ascii();
+            let value = value
+                .strip_prefix(b"\"")
+                .and_then(|inner| inner.strip_suffix(b"\""))
+                .unwrap_or(value);
+            // A header value holds no control bytes but tabs (hyper and
+            // `http` refuse them), so ASCII is visible ASCII here.
+            if !value.is_ascii() {
+                continue 'headers;
             }
+            return Some(value);
         }
     }
     None
