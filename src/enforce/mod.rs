@@ -398,16 +398,18 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let enforcer = self.enforcer.clone();
-        let pass = move |mut req: Request<Body>, principal: Option<Principal>| {
+        let pass = move |mut req: Request<Body>, ctx: RequestContext, principal: Option<Principal>| {
             let mut inner = inner;
-            // An embedded app reads who signed in from the extensions.
+            // An embedded app reads the context and who signed in from the
+            // extensions.
+            req.extensions_mut().insert(ctx);
             if let Some(principal) = principal {
                 req.extensions_mut().insert(principal);
             }
             async move { inner.call(req).await.unwrap_or_else(|never| match never {}) }
         };
         Box::pin(async move {
-            let (res, info) = enforce(&enforcer, pass, req).await;
+            let (res, info) = enforce(&enforcer, pass, req, None).await;
             Ok(with_access(res, info.decision, info.user))
         })
     }
@@ -418,42 +420,54 @@ impl Mfa<crate::proxy::Proxy> {
     /// the caller's future (the gateway's: no box per layer per request);
     /// what the access line says comes beside the response, not in its
     /// extensions.
-    pub(crate) async fn forward(&self, req: Request<Body>) -> (Response<Body>, AccessInfo) {
+    pub(crate) async fn forward(
+        &self,
+        req: Request<Body>,
+        ctx: RequestContext,
+    ) -> (Response<Body>, AccessInfo) {
         enforce(
             &self.enforcer,
-            |req, principal| self.inner.forward_as(req, principal),
+            |req, ctx, principal| self.inner.forward_as(req, ctx, principal),
             req,
+            Some(ctx),
         )
         .await
     }
 }
 
-/// Decides on `req` and hands it to `pass` when it may go on, with the
-/// principal on an allowed protected route (`None` on a bypass route).
-async fn enforce<F, Fut>(e: &Enforcer, pass: F, mut req: Request<Body>) -> (Response<Body>, AccessInfo)
+/// Decides on `req` and hands it to `pass` when it may go on, with its
+/// context and the principal on an allowed protected route (`None` on a
+/// bypass route). The context is `ctx` (the gateway's), else the one in the
+/// request's extensions, else one derived here (an embedded layer).
+async fn enforce<F, Fut>(
+    e: &Enforcer,
+    pass: F,
+    mut req: Request<Body>,
+    ctx: Option<RequestContext>,
+) -> (Response<Body>, AccessInfo)
 where
-    F: FnOnce(Request<Body>, Option<Principal>) -> Fut,
+    F: FnOnce(Request<Body>, RequestContext, Option<Principal>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
     // The context first: deriving it may read a trusted proxy's X-Forwarded-For.
-    // It stays in the request's extensions, where the inner service reads it
-    // (neither copied nor boxed again per request).
-    if req.extensions().get::<RequestContext>().is_none() {
-        let Some(ctx) = e.context(&req) else {
-            return passed(
-                ApiError::new(ErrorCode::E0000001)
-                    .cause("missing or invalid Host")
-                    .into_response(),
-                "invalid",
-                None,
-            );
-        };
-        req.extensions_mut().insert(ctx);
-    }
-    let Some(client_addr) = req.extensions().get::<RequestContext>().map(|c| c.client_addr) else {
-        // Inserted above; never missing. Fail closed all the same.
-        return passed(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
+    // It goes to `pass` with the request (the gateway's proxy takes it as it
+    // is; an embedded layer puts it back into the extensions).
+    let ctx = match ctx.or_else(|| req.extensions_mut().remove::<RequestContext>()) {
+        Some(ctx) => ctx,
+        None => match e.context(&req) {
+            Some(ctx) => ctx,
+            None => {
+                return passed(
+                    ApiError::new(ErrorCode::E0000001)
+                        .cause("missing or invalid Host")
+                        .into_response(),
+                    "invalid",
+                    None,
+                );
+            }
+        },
     };
+    let client_addr = ctx.client_addr;
     e.strip_identity(req.headers_mut());
     // Normalize (the gateway already has; embedded, we must): rules match the
     // normal form and it is what the inner service sees.
@@ -483,9 +497,6 @@ where
             );
         }
     }
-    let Some(ctx) = req.extensions().get::<RequestContext>() else {
-        return passed(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
-    };
     let facts = RequestFacts {
         host: &ctx.host,
         path: req.uri().path(),
@@ -510,7 +521,7 @@ where
 
     match decision {
         Decision::Bypass => {
-            let res = pass(req, None).await;
+            let res = pass(req, ctx, None).await;
             passed(res, "bypass", None)
         }
         Decision::Allow => {
@@ -520,7 +531,7 @@ where
             };
             let principal = Enforcer::principal(&session);
             let refresh = e.refreshed_cookie(&session, now);
-            let mut res = pass(req, Some(principal)).await;
+            let mut res = pass(req, ctx, Some(principal)).await;
             if let Some(cookie) = refresh {
                 res.headers_mut().append(header::SET_COOKIE, cookie);
             }
@@ -545,7 +556,7 @@ where
         Decision::Challenge { level, step_up } => {
             let signed_in = matches!(state, SessionState::Valid(_));
             let cause = challenge_cause(signed_in, level, step_up);
-            let mut res = challenge(e, ctx, &req, signed_in, cause);
+            let mut res = challenge(e, &ctx, &req, signed_in, cause);
             if matches!(state, SessionState::Invalid(_)) {
                 res.headers_mut()
                     .append(header::SET_COOKIE, e.sessions.clear_cookie());

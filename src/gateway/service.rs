@@ -335,16 +335,15 @@ impl MainService {
             });
             return (res, host, logged_path);
         };
-        let mut r = req_owned;
-        r.extensions_mut().insert(RequestContext {
+        let ctx = RequestContext {
             upstream: Some(upstream),
             ..ctx
-        });
+        };
         // Boxed: enforcing and proxying make a future of several kilobytes,
         // and held inline every future around it would be as large and be
         // copied whole each time one is built or moved (measured: four such
         // copies per request cost more than this allocation).
-        let (res, info) = Box::pin(inner.protected.forward(r)).await;
+        let (res, info) = Box::pin(inner.protected.forward(req_owned, ctx)).await;
         *proxied = Some(info);
         (res, host, logged_path)
     }

@@ -268,23 +268,26 @@ impl Proxy {
     /// Forwards a request. Reads `RequestContext` and optional `Principal` from
     /// request extensions. Never panics.
     pub async fn forward(&self, mut req: Request<Body>) -> Response<Body> {
-        let principal = req.extensions_mut().remove::<Principal>();
-        self.forward_as(req, principal).await
-    }
-
-    /// Forwards a request for `principal` (its identity headers are set;
-    /// `None`: none are). Reads `RequestContext` from the request's
-    /// extensions. Never panics.
-    pub async fn forward_as(&self, req: Request<Body>, principal: Option<Principal>) -> Response<Body> {
-        let wants_html = wants_html(req.headers());
-        let (mut parts, body) = req.into_parts();
-
-        let Some(ctx) = parts.extensions.remove::<RequestContext>() else {
+        let Some(ctx) = req.extensions_mut().remove::<RequestContext>() else {
             tracing::error!("request reached the proxy without a RequestContext; not forwarding");
             metrics::counter!("portcullis_upstream_errors_total", "upstream" => "", "kind" => "no_context")
                 .increment(1);
-            return error_response(StatusCode::BAD_GATEWAY, wants_html, "");
+            return error_response(StatusCode::BAD_GATEWAY, wants_html(req.headers()), "");
         };
+        let principal = req.extensions_mut().remove::<Principal>();
+        self.forward_as(req, ctx, principal).await
+    }
+
+    /// Forwards a request in `ctx` for `principal` (its identity headers are
+    /// set; `None`: none are). Never panics.
+    pub async fn forward_as(
+        &self,
+        req: Request<Body>,
+        ctx: RequestContext,
+        principal: Option<Principal>,
+    ) -> Response<Body> {
+        let wants_html = wants_html(req.headers());
+        let (mut parts, body) = req.into_parts();
         let Some(upstream) = ctx.upstream.and_then(|i| self.inner.upstreams.get(i)) else {
             tracing::warn!(request_id = %ctx.request_id, host = %ctx.host, "no upstream for this request; not forwarding");
             metrics::counter!("portcullis_upstream_errors_total", "upstream" => "", "kind" => "no_upstream")

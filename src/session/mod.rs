@@ -140,8 +140,9 @@ pub struct SessionCodec {
     signing: crypto::HmacKey,
     verifying: Vec<crypto::HmacKey>,
     cookie_name: String,
-    /// Searches `Cookie` headers for `cookie_name` ([`find_cookie_with`]).
-    cookie_finder: memchr::memmem::Finder<'static>,
+    /// Searches `Cookie` headers for `cookie_name` ([`find_cookie_with`]);
+    /// `None` for a name no cookie pair could have (never found).
+    cookie_finder: Option<CookieFinder>,
     lifetime: i64,
     idle: i64,
     domain: Option<String>,
@@ -170,7 +171,7 @@ impl SessionCodec {
         Self {
             signing,
             verifying,
-            cookie_finder: memchr::memmem::Finder::new(cookie_name.as_bytes()).into_owned(),
+            cookie_finder: CookieFinder::new(&cookie_name),
             cookie_name,
             lifetime: secs(cfg.lifetime),
             idle: secs(cfg.idle_timeout),
@@ -335,7 +336,7 @@ impl SessionCodec {
 
     /// [`SessionCodec::find`] as bytes (visible ASCII), for [`SessionCodec::verify_bytes`].
     pub fn find_bytes<'a>(&self, headers: &'a http::HeaderMap) -> Option<&'a [u8]> {
-        find_cookie_with(headers, &self.cookie_finder)
+        find_cookie_with(headers, self.cookie_finder.as_ref()?)
     }
 }
 
@@ -364,7 +365,29 @@ pub fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a s
 
 /// [`find_cookie`]'s value as bytes, all of them visible ASCII.
 pub fn find_cookie_bytes<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
-    find_cookie_with(headers, &memchr::memmem::Finder::new(name.as_bytes()))
+    find_cookie_with(headers, &CookieFinder::new(name)?)
+}
+
+/// A searcher for one cookie name ([`find_cookie_with`]). Only a name some
+/// cookie pair could have gets one: not empty, without `;` or `=` (a pair's
+/// name ends at its first `=`), and without spaces around it (they are not
+/// part of a name).
+#[derive(Debug, Clone)]
+pub struct CookieFinder(memchr::memmem::Finder<'static>);
+
+impl CookieFinder {
+    /// The searcher for `name`, or `None` if no pair could have that name.
+    pub fn new(name: &str) -> Option<Self> {
+        let bytes = name.as_bytes();
+        let (first, last) = (bytes.first()?, bytes.last()?);
+        if first.is_ascii_whitespace()
+            || last.is_ascii_whitespace()
+            || bytes.iter().any(|&b| b == b';' || b == b'=')
+        {
+            return None;
+        }
+        Some(Self(memchr::memmem::Finder::new(bytes).into_owned()))
+    }
 }
 
 /// [`find_cookie_bytes`] with the name's searcher built beforehand (the
@@ -374,27 +397,15 @@ pub fn find_cookie_bytes<'a>(headers: &'a http::HeaderMap, name: &str) -> Option
 /// an occurrence only where a pair's name is: after the header's start or a
 /// `;` and spaces, and before spaces and `=`. That is the first pair of that
 /// name, as splitting would find it: pairs hold no `;`, and a pair's name
-/// ends at its first `=`. A name that no pair could have (empty, with `;` or
-/// `=`, or spaces around it) is never found.
-pub fn find_cookie_with<'a>(
-    headers: &'a http::HeaderMap,
-    name: &memchr::memmem::Finder<'_>,
-) -> Option<&'a [u8]> {
+/// ends at its first `=` (a [`CookieFinder`] name holds neither and has no
+/// spaces around it).
+pub fn find_cookie_with<'a>(headers: &'a http::HeaderMap, name: &CookieFinder) -> Option<&'a [u8]> {
     use crate::proxy::headers::find_byte;
-    let needle = name.needle();
-    let (Some(first), Some(last)) = (needle.first(), needle.last()) else {
-        return None;
-    };
-    if first.is_ascii_whitespace()
-        || last.is_ascii_whitespace()
-        || needle.iter().any(|&b| b == b';' || b == b'=')
-    {
-        return None;
-    }
+    let (finder, needle) = (&name.0, name.0.needle());
     'headers: for header in headers.get_all(http::header::COOKIE) {
         let bytes = header.as_bytes();
         let mut from = 0;
-        while let Some(found) = bytes.get(from..).and_then(|rest| name.find(rest)) {
+        while let Some(found) = bytes.get(from..).and_then(|rest| finder.find(rest)) {
             let at = from + found;
             from = at + 1;
             let before = bytes[..at].trim_ascii_end();
