@@ -49,11 +49,12 @@ pub fn init(cfg: &LogConfig) {
 
 /// What the command-line subcommands (`portcullis users ...`) add to
 /// `log.level`: a library's lines below WARN (sqlx's PostgreSQL notices,
-/// such as `relation "schema_migrations" already exists, skipping`) and the
-/// store's revocation listener starting are left out, so a command prints
+/// such as `relation "schema_migrations" already exists, skipping`), the
+/// store's revocation listener starting and the SQLite key file being read
+/// (its creation is a warning and stays) are left out, so a command prints
 /// its own lines (audit events) and warnings and errors only. `serve` keeps
 /// `log.level` as it is.
-pub const CLI_QUIET: &str = "sqlx=warn,portcullis::store::notify=warn";
+pub const CLI_QUIET: &str = "sqlx=warn,portcullis::store::notify=warn,portcullis::gateway::keys=warn";
 
 /// [`init`] for a command-line subcommand: `log.level` with [`CLI_QUIET`].
 pub fn init_cli(cfg: &LogConfig) {
