@@ -449,6 +449,13 @@ where
     F: FnOnce(Request<Body>, RequestContext, Option<Principal>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
+    let invalid = |cause: &str| {
+        passed(
+            ApiError::new(ErrorCode::E0000001).cause(cause).into_response(),
+            "invalid",
+            None,
+        )
+    };
     // The context first: deriving it may read a trusted proxy's X-Forwarded-For.
     // It goes to `pass` with the request (the gateway's proxy takes it as it
     // is; an embedded layer puts it back into the extensions).
@@ -456,15 +463,7 @@ where
         Some(ctx) => ctx,
         None => match e.context(&req) {
             Some(ctx) => ctx,
-            None => {
-                return passed(
-                    ApiError::new(ErrorCode::E0000001)
-                        .cause("missing or invalid Host")
-                        .into_response(),
-                    "invalid",
-                    None,
-                );
-            }
+            None => return invalid("missing or invalid Host"),
         },
     };
     let client_addr = ctx.client_addr;
@@ -476,25 +475,11 @@ where
         Ok(std::borrow::Cow::Owned(p)) => match replace_path(req.uri(), &p) {
             Some(uri) => *req.uri_mut() = uri,
             // Fail closed: never decide on (or pass on) the unnormalized path.
-            None => {
-                return passed(
-                    ApiError::new(ErrorCode::E0000001)
-                        .cause("invalid path")
-                        .into_response(),
-                    "invalid",
-                    None,
-                );
-            }
+            None => return invalid("invalid path"),
         },
         Err(reason) => {
             crate::audit!("request.path_refused", reason = %reason, client = %client_addr);
-            return passed(
-                ApiError::new(ErrorCode::E0000001)
-                    .cause("invalid path")
-                    .into_response(),
-                "invalid",
-                None,
-            );
+            return invalid("invalid path");
         }
     }
     let facts = RequestFacts {
