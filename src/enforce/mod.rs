@@ -702,7 +702,13 @@ groups = ["admins"]
                     },
                 ),
             )
-            .route("/public", get(|| async { "public" }))
+            // A bypass route's handler still gets the request's context.
+            .route(
+                "/public",
+                get(|c: Option<axum::Extension<RequestContext>>| async move {
+                    c.map(|c| c.0.host.clone()).unwrap_or_default()
+                }),
+            )
             .route("/admin", get(|| async { "admin" }))
             .layer(gw.mfa_layer());
         (gw, app, clock)
@@ -783,6 +789,7 @@ groups = ["admins"]
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
         let res = app.clone().oneshot(req("/public", None)).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(body(res).await, "app.test", "the context reaches the app");
         // Signed in: the handler sees the principal, never the spoofed header.
         let claims = SessionClaims::new("00uALICE", 1, vec!["pwd".into()], now, None, 0, now);
         let cookie = gw.state().enforcer.sessions.encode(&claims);
