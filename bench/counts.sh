@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Load-independent costs per request of the gateway: CPU instructions and heap
 # allocations (valgrind callgrind) and syscalls (strace -c), for the bypass
-# route, for a signed-in request and for a forward-auth check (nginx's
+# route, for a signed-in request, for a forward-auth check (nginx's
 # `auth_request` call to `/_portcullis/authz/auth-request` with the same
-# session: no upstream), over a fixed number of kept-alive requests from one
+# session: no upstream) and for the bypass route with a path of a usual
+# length (PATH_LONG, 43 bytes; the echo app answers it with a page instead
+# of "ok"), over a fixed number of kept-alive requests from one
 # client. Unlike req/s on a shared machine, these counts do
 # not move with what else runs, so before/after comparisons hold across runs.
 #
@@ -37,12 +39,12 @@ start_upstream
 # request (as in bench/proxy.sh, which signs in before each run).
 # With AUTHZ=1, the same request as nginx's auth_request sends it (the
 # forward_auth.sh recipe: Host is the upstream block's name).
-requests() { # host [cookie] [count]
-  local count=${3:-$N}
-  local args=(-s -H "Host: $1") url="http://127.0.0.1:$GW_PORT$PATH_SMALL"
+requests() { # host [cookie] [count]; REQ_PATH: another path than PATH_SMALL
+  local count=${3:-$N} path=${REQ_PATH:-$PATH_SMALL}
+  local args=(-s -H "Host: $1") url="http://127.0.0.1:$GW_PORT$path"
   [ -n "${2:-}" ] && args+=(-H "Cookie: _ga=GA1.2.1234567890.1790000000; portcullis_session=$2; theme=dark")
   if [ "${AUTHZ:-0}" = 1 ]; then
-    args=(-s --interface 127.0.0.2 -H "Host: portcullis" -H "X-Original-Method: GET" -H "X-Original-URL: http://$1$PATH_SMALL"
+    args=(-s --interface 127.0.0.2 -H "Host: portcullis" -H "X-Original-Method: GET" -H "X-Original-URL: http://$1$path"
       -H "X-Forwarded-For: 127.0.0.1" -H "X-Forwarded-Proto: http" "${args[@]:3}")
     url="http://127.0.0.1:$GW_PORT/_portcullis/authz/auth-request"
   fi
@@ -112,7 +114,7 @@ PY
 measure_callgrind() { # label host [cookie]
   local out="$WORK/callgrind.$1"
   rm -f "$WORK"/callgrind.out.*
-  [ "$1" != bypass ] && { signin; set -- "$1" "$2" "$SESSION"; }
+  case "$1" in bypass | long) ;; *) signin; set -- "$1" "$2" "$SESSION" ;; esac
   requests "$2" "${3:-}" "$WARM" # warm-up
   callgrind_control -z "$GW_PID" >/dev/null
   requests "$2" "${3:-}"
@@ -149,6 +151,7 @@ log "callgrind: $N requests per route, session level $SESSION_LEVEL"
 measure_callgrind bypass "$BYPASS_HOST"
 measure_callgrind session "$AUTH_HOST" "$SESSION"
 AUTHZ=1 measure_callgrind authz "$AUTH_HOST"
+REQ_PATH=$PATH_LONG measure_callgrind long "$BYPASS_HOST"
 kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
 
 # 2. Natively under strace.

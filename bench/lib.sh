@@ -32,6 +32,9 @@ BYPASS_HOST=bypass.bench  # rule: bypass
 ONE_HOST=one.bench        # rule: one_factor
 TWO_HOST=two.bench        # rule: two_factor
 PATH_SMALL=/small         # the echo app's fixed tiny answer ("ok\n")
+# A path of the length real applications use, on the bypass host (its own
+# rule, after the others: their requests match before reaching it).
+PATH_LONG=/app/reports/2026/q3/summary-by-region.html
 
 # A base32 TOTP secret (160 bits) for the bench user; used once TOTP exists.
 TOTP_SECRET=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP
@@ -238,6 +241,11 @@ policy = "one_factor"
 hosts = ["$TWO_HOST"]
 path = "^/small\$"
 policy = "two_factor"
+
+[[rules]]
+hosts = ["$BYPASS_HOST"]
+path = "^/app/"
+policy = "bypass"
 EOF
   "$PORTCULLIS" check-config --config "$WORK/portcullis.toml" >"$WORK/check-config.log" 2>&1 \
     || { cat "$WORK/check-config.log" >&2; die "the bench config is invalid"; }

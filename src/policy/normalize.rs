@@ -75,15 +75,13 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-fn is_unreserved(b: u8) -> bool {
+const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-/// Characters whose escape is decoded: they may appear raw in a segment and
-/// mean the same raw or encoded to every upstream (RFC 3986 `pchar` without
-/// `;`, which starts parameters for some upstreams). A rule that spells one
-/// of them as an escape can never match.
-pub fn decodes(b: u8) -> bool {
+/// The definition behind [`decodes`] (see there); [`CLASS`] holds its answer
+/// for every byte.
+const fn decodes_def(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,
@@ -91,10 +89,54 @@ pub fn decodes(b: u8) -> bool {
         )
 }
 
+/// The definition behind [`stays_raw`].
+const fn stays_raw_def(b: u8) -> bool {
+    decodes_def(b) || matches!(b, b'/' | b';' | b'%')
+}
+
+/// [`CLASS`] bit: [`decodes`].
+const DECODES: u8 = 1;
+/// [`CLASS`] bit: [`stays_raw`].
+const STAYS_RAW: u8 = 2;
+/// [`CLASS`] bit: stays raw and needs no second look in a clean path (not
+/// `/` or `%`), so [`is_clean`] passes it with one lookup.
+const PLAIN: u8 = 4;
+
+/// Each byte's classes: one load per byte of a path instead of a dozen
+/// comparisons (normalizing runs twice on every request).
+static CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut class = 0;
+        if decodes_def(b) {
+            class |= DECODES;
+        }
+        if stays_raw_def(b) {
+            class |= STAYS_RAW;
+            if b != b'/' && b != b'%' {
+                class |= PLAIN;
+            }
+        }
+        table[i] = class;
+        i += 1;
+    }
+    table
+};
+
+/// Characters whose escape is decoded: they may appear raw in a segment and
+/// mean the same raw or encoded to every upstream (RFC 3986 `pchar` without
+/// `;`, which starts parameters for some upstreams). A rule that spells one
+/// of them as an escape can never match.
+pub fn decodes(b: u8) -> bool {
+    CLASS[usize::from(b)] & DECODES != 0
+}
+
 /// Raw bytes kept raw: those whose escape is decoded, plus `/`, `;` and `%`
 /// (an escape). Every other raw byte is percent-encoded.
 fn stays_raw(b: u8) -> bool {
-    decodes(b) || matches!(b, b'/' | b';' | b'%')
+    CLASS[usize::from(b)] & STAYS_RAW != 0
 }
 
 fn push_escape(out: &mut String, v: u8) {
@@ -261,6 +303,11 @@ fn is_clean(bytes: &[u8]) -> Result<bool, PathError> {
     let mut prev_slash = false;
     let mut seg_start = 0;
     for (i, &b) in bytes.iter().enumerate() {
+        // Most bytes of a path: letters, digits, `-._~` and the like.
+        if CLASS[usize::from(b)] & PLAIN != 0 {
+            prev_slash = false;
+            continue;
+        }
         match b {
             b'\\' => return Err(PathError::Backslash),
             0 => return Err(PathError::Nul),
@@ -271,7 +318,7 @@ fn is_clean(bytes: &[u8]) -> Result<bool, PathError> {
                 if prev_slash {
                     return Ok(false);
                 }
-                if i > 0 && is_dot_like(&bytes[seg_start..i]) {
+                if i > 0 && starts_dot_like(&bytes[seg_start..i]) && is_dot_like(&bytes[seg_start..i]) {
                     return Ok(false);
                 }
                 prev_slash = true;
@@ -280,7 +327,14 @@ fn is_clean(bytes: &[u8]) -> Result<bool, PathError> {
             _ => prev_slash = false,
         }
     }
-    Ok(!is_dot_like(&bytes[seg_start..]))
+    let last = &bytes[seg_start..];
+    Ok(!(starts_dot_like(last) && is_dot_like(last)))
+}
+
+/// A segment [`is_dot_like`] may hold: one starting with a dot or a space.
+/// Most segments do not, and are not scanned again.
+fn starts_dot_like(seg: &[u8]) -> bool {
+    matches!(seg.first(), Some(b'.' | b' '))
 }
 
 /// A segment whose name (before any `;`) is made only of dots and spaces:
@@ -411,6 +465,57 @@ mod tests {
 
     fn n(p: &str) -> Result<String, PathError> {
         normalize(p).map(|c| c.into_owned())
+    }
+
+    /// `is_clean` as it was before the byte table: every byte through the
+    /// definitions, no fast path.
+    fn is_clean_by_definition(bytes: &[u8]) -> Result<bool, PathError> {
+        let mut prev_slash = false;
+        let mut seg_start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            match b {
+                b'\\' => return Err(PathError::Backslash),
+                0 => return Err(PathError::Nul),
+                1..=0x1F | 0x7F => return Err(PathError::Control),
+                b'%' => return Ok(false),
+                b if !stays_raw_def(b) => return Ok(false),
+                b'/' => {
+                    if prev_slash || (i > 0 && is_dot_like(&bytes[seg_start..i])) {
+                        return Ok(false);
+                    }
+                    prev_slash = true;
+                    seg_start = i + 1;
+                }
+                _ => prev_slash = false,
+            }
+        }
+        Ok(!is_dot_like(&bytes[seg_start..]))
+    }
+
+    #[test]
+    fn the_byte_table_agrees_with_the_definitions() {
+        for b in 0..=255u8 {
+            assert_eq!(decodes(b), decodes_def(b), "decodes({b:#04x})");
+            assert_eq!(stays_raw(b), stays_raw_def(b), "stays_raw({b:#04x})");
+        }
+        // Every path of up to three bytes after the leading `/` (all 256
+        // bytes in the first place, the interesting ones after it): the
+        // clean-path scan answers as the definitions do.
+        let interesting = b"a.;/%-_~ \\\0\x01\x7f\x80!:@=\"<";
+        for a in 0..=255u8 {
+            for &b in interesting {
+                for &c in interesting {
+                    for path in [
+                        vec![b'/', a],
+                        vec![b'/', a, b],
+                        vec![b'/', a, b, c],
+                        vec![b'/', b, a, c],
+                    ] {
+                        assert_eq!(is_clean(&path), is_clean_by_definition(&path), "{path:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
