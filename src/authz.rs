@@ -117,6 +117,18 @@ impl ForwardAuth {
         })
     }
 
+    /// The same endpoints deciding with `enforcer` (a serving thread's own
+    /// copy, [`Enforcer::for_thread`]).
+    pub fn with_enforcer(&self, enforcer: Arc<Enforcer>) -> Self {
+        Self {
+            enforcer,
+            trusted_proxies: self.trusted_proxies.clone(),
+            auth_request: self.auth_request.clone(),
+            forward_auth: self.forward_auth.clone(),
+            portal_origin: self.portal_origin.clone(),
+        }
+    }
+
     /// The endpoint a (normalized) request path names, if any.
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
         if path == self.auth_request {

@@ -102,8 +102,9 @@ pub enum SessionState {
 pub struct StoreUnavailable;
 
 /// Everything the enforcement decision needs; shared by the layer, the
-/// portal and the forward-auth endpoints.
-#[derive(Debug)]
+/// portal and the forward-auth endpoints (each serving thread has its own
+/// copy: [`Enforcer::for_thread`]).
+#[derive(Debug, Clone)]
 pub struct Enforcer {
     pub policy: Policy,
     pub sessions: SessionCodec,
@@ -122,6 +123,16 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
+    /// A copy for one serving thread: the same users, revocations, clock,
+    /// keys and per-rule counters (all shared), with the rules' regexes
+    /// cloned. A regex hands its scratch space without locking to the first
+    /// thread that used it only; every other thread takes it from a locked
+    /// stack and gives it back on each match, so on a thread of its own each
+    /// rule's regex is that thread's first.
+    pub fn for_thread(&self) -> Self {
+        self.clone()
+    }
+
     /// Reads and verifies the session cookie in `headers`: its signature
     /// (remembered per thread, see [`SessionCodec::verify`]), then on every
     /// request its lifetime and idle time, revocation, the user's epoch, the

@@ -93,14 +93,21 @@ impl MainService {
                 return self.clone();
             }
         };
-        let mfa = MfaLayer::new(self.inner.state.enforcer.clone());
+        // The thread's own copy of the enforcer: its rules' regexes then
+        // match without a lock (see `Enforcer::for_thread`).
+        let enforcer = Arc::new(self.inner.state.enforcer.for_thread());
+        let mfa = MfaLayer::new(enforcer.clone());
         Self {
             inner: Arc::new(Inner {
                 state: self.inner.state.clone(),
                 protected: mfa.layer(proxy.clone()),
                 proxy,
                 portal: self.inner.portal.clone(),
-                forward_auth: self.inner.forward_auth.clone(),
+                forward_auth: self
+                    .inner
+                    .forward_auth
+                    .as_ref()
+                    .map(|f| Arc::new(f.with_enforcer(enforcer))),
                 home: self.inner.home.clone(),
                 portal_at_home: self.inner.home.is_some(),
             }),
