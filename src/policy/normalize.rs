@@ -518,6 +518,33 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// Longer paths than the exhaustive test reaches: runs of plain
+        /// bytes, dots, `;`, `/` and the refused or encoded bytes in any
+        /// order. The clean-path scan answers as the definitions do, and a
+        /// path it calls clean is normalized to itself.
+        #[test]
+        fn the_clean_path_scan_agrees_on_long_paths(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "a", "Z9", "-_~", "...", ".", "..", ";", ";x=1", "/", "//", "%", "%2e", " ",
+                    "\\", "\u{0}", "\u{1}", "\u{7f}", "é", "!$&'()*+,=:@", "\"", "<", "summary.html",
+                ]),
+                0..24,
+            )
+        ) {
+            let path = format!("/{}", pieces.concat());
+            let scanned = is_clean(path.as_bytes());
+            proptest::prop_assert_eq!(scanned, is_clean_by_definition(path.as_bytes()), "{:?}", path);
+            if scanned == Ok(true) {
+                let normal = normalize(&path);
+                proptest::prop_assert_eq!(normal.as_deref(), Ok(path.as_str()));
+            }
+        }
+    }
+
     #[test]
     fn clean_paths_are_borrowed() {
         assert!(matches!(normalize("/a/b/c.html"), Ok(Cow::Borrowed(_))));
