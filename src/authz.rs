@@ -58,7 +58,7 @@ impl Endpoint {
 }
 
 /// The forward-auth endpoints; built only when `forward_auth.enabled`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ForwardAuth {
     enforcer: Arc<Enforcer>,
     trusted_proxies: Vec<IpNet>,
@@ -122,10 +122,7 @@ impl ForwardAuth {
     pub fn with_enforcer(&self, enforcer: Arc<Enforcer>) -> Self {
         Self {
             enforcer,
-            trusted_proxies: self.trusted_proxies.clone(),
-            auth_request: self.auth_request.clone(),
-            forward_auth: self.forward_auth.clone(),
-            portal_origin: self.portal_origin.clone(),
+            ..self.clone()
         }
     }
 

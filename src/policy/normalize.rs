@@ -318,7 +318,7 @@ fn is_clean(bytes: &[u8]) -> Result<bool, PathError> {
                 if prev_slash {
                     return Ok(false);
                 }
-                if i > 0 && starts_dot_like(&bytes[seg_start..i]) && is_dot_like(&bytes[seg_start..i]) {
+                if i > 0 && is_dot_like(&bytes[seg_start..i]) {
                     return Ok(false);
                 }
                 prev_slash = true;
@@ -327,19 +327,16 @@ fn is_clean(bytes: &[u8]) -> Result<bool, PathError> {
             _ => prev_slash = false,
         }
     }
-    let last = &bytes[seg_start..];
-    Ok(!(starts_dot_like(last) && is_dot_like(last)))
-}
-
-/// A segment [`is_dot_like`] may hold: one starting with a dot or a space.
-/// Most segments do not, and are not scanned again.
-fn starts_dot_like(seg: &[u8]) -> bool {
-    matches!(seg.first(), Some(b'.' | b' '))
+    Ok(!is_dot_like(&bytes[seg_start..]))
 }
 
 /// A segment whose name (before any `;`) is made only of dots and spaces:
 /// a dot segment, or one that needs refusing.
 fn is_dot_like(seg: &[u8]) -> bool {
+    // Most segments start with another byte: no scan for their `;`.
+    if !matches!(seg.first(), Some(b'.' | b' ')) {
+        return false;
+    }
     let name = seg.split(|&b| b == b';').next().unwrap_or_default();
     !name.is_empty() && name.iter().all(|&b| b == b'.' || b == b' ')
 }
@@ -467,6 +464,12 @@ mod tests {
         normalize(p).map(|c| c.into_owned())
     }
 
+    /// `is_dot_like` without its first-byte shortcut.
+    fn is_dot_like_by_definition(seg: &[u8]) -> bool {
+        let name = seg.split(|&b| b == b';').next().unwrap_or_default();
+        !name.is_empty() && name.iter().all(|&b| b == b'.' || b == b' ')
+    }
+
     /// `is_clean` as it was before the byte table: every byte through the
     /// definitions, no fast path.
     fn is_clean_by_definition(bytes: &[u8]) -> Result<bool, PathError> {
@@ -480,7 +483,7 @@ mod tests {
                 b'%' => return Ok(false),
                 b if !stays_raw_def(b) => return Ok(false),
                 b'/' => {
-                    if prev_slash || (i > 0 && is_dot_like(&bytes[seg_start..i])) {
+                    if prev_slash || (i > 0 && is_dot_like_by_definition(&bytes[seg_start..i])) {
                         return Ok(false);
                     }
                     prev_slash = true;
@@ -489,7 +492,7 @@ mod tests {
                 _ => prev_slash = false,
             }
         }
-        Ok(!is_dot_like(&bytes[seg_start..]))
+        Ok(!is_dot_like_by_definition(&bytes[seg_start..]))
     }
 
     #[test]
