@@ -29,9 +29,23 @@ fn main() {
         || ["linker", "link-self-contained", "fuse-ld"]
             .iter()
             .any(|f| flags.contains(f));
+    if !(release && lld_by_default && !other_linker) {
+        return;
+    }
+    // The relative relocations of a position-independent binary (one per
+    // pointer in its vtables and constant tables, some 35 000 here) packed as
+    // DT_RELR: about 15 KB instead of 830 KB that the dynamic loader reads,
+    // and so maps, at every start. Needs glibc 2.36 or later (Debian 12); the
+    // linker records that as a version the binary requires, so an older
+    // glibc refuses to load it with a clear message instead of misreading it.
+    // `PORTCULLIS_PACKED_RELOCS=0` links the classic table.
+    println!("cargo:rerun-if-env-changed=PORTCULLIS_PACKED_RELOCS");
+    if var("PORTCULLIS_PACKED_RELOCS") != "0" {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
     let off = var("PORTCULLIS_SYMBOL_ORDER") == "0";
     let file = Path::new(&var("CARGO_MANIFEST_DIR")).join(ORDER);
-    if release && lld_by_default && !other_linker && !off && file.is_file() {
+    if !off && file.is_file() {
         println!(
             "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
             file.display()
