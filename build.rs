@@ -5,11 +5,15 @@
 //! and scattered code made about 10 MB of the 17 MB text resident at start-up
 //! (see bench/results/README.md, "Twelfth round").
 //!
+//! They also pack their relative relocations (DT_RELR, see below).
+//!
 //! Only where the linker is known to be LLD (rustc's default on
 //! x86_64-unknown-linux-gnu since 1.90) and no other linker was chosen: GNU ld
-//! does not know the option. `PORTCULLIS_SYMBOL_ORDER=0` turns it off. A name
-//! the binary no longer has is skipped without a word; `bench/order.sh`
-//! reports how many still match.
+//! does not know the option. `PORTCULLIS_SYMBOL_ORDER=0` turns the order off,
+//! `PORTCULLIS_PACKED_RELOCS=0` the packing. A name the binary no longer has
+//! is skipped without a word; `packaging/check-symbol-order.sh` (run by CI)
+//! fails when fewer than 99 % still match, and `bench/order.sh` writes the
+//! list anew.
 
 use std::env;
 use std::path::Path;
