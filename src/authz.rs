@@ -27,8 +27,8 @@ use ipnet::IpNet;
 use crate::context::RequestContext;
 use crate::context::canonical;
 use crate::enforce::{
-    Enforcer, SessionState, api_challenge, challenge_cause, is_browser, portal_location, redirect,
-    with_access,
+    AccessInfo, Enforcer, SessionState, api_challenge, challenge_cause, is_browser, passed, portal_location,
+    redirect,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::policy::normalize::normalize;
@@ -139,7 +139,12 @@ impl ForwardAuth {
 
     /// Answers a call. `ctx` is the gateway's view of the call itself (its
     /// TCP peer and, through `trusted_proxies`, the client's address).
-    pub fn answer<B>(&self, endpoint: Endpoint, req: &Request<B>, ctx: &RequestContext) -> Response<Body> {
+    pub fn answer<B>(
+        &self,
+        endpoint: Endpoint,
+        req: &Request<B>,
+        ctx: &RequestContext,
+    ) -> (Response<Body>, AccessInfo) {
         let peer = canonical(ctx.peer_addr.ip());
         if !self.trusted_proxies.iter().any(|n| n.contains(&peer)) {
             crate::audit!(
@@ -148,7 +153,7 @@ impl ForwardAuth {
                 endpoint = endpoint.name(),
                 request_id = %ctx.request_id,
             );
-            return with_access(
+            return passed(
                 ApiError::new(ErrorCode::E0000006)
                     .cause("forward-auth answers only server.trusted_proxies")
                     .into_response(),
@@ -198,7 +203,7 @@ impl ForwardAuth {
         let e = &*self.enforcer;
         let now = e.clock.now();
         let Ok((decision, state)) = e.decide(&facts, headers, now) else {
-            return with_access(
+            return passed(
                 ApiError::new(ErrorCode::E0000009).into_response(),
                 "unavailable",
                 None,
@@ -209,11 +214,11 @@ impl ForwardAuth {
             _ => None,
         };
         match decision {
-            Decision::Bypass => with_access(ok(), "bypass", None),
+            Decision::Bypass => passed(ok(), "bypass", None),
             Decision::Allow => {
                 let SessionState::Valid(session) = &state else {
                     // `decide` allows only with a valid session: fail closed.
-                    return with_access(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
+                    return passed(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
                 };
                 let mut res = ok();
                 // Fresh from the session's user, never from the call's headers.
@@ -226,7 +231,7 @@ impl ForwardAuth {
                 if let Some(cookie) = e.refreshed_cookie(session, now) {
                     res.headers_mut().append(header::SET_COOKIE, cookie);
                 }
-                with_access(res, "allow", user)
+                passed(res, "allow", user)
             }
             Decision::Deny | Decision::Forbidden => {
                 let res = if is_browser(headers) {
@@ -239,7 +244,7 @@ impl ForwardAuth {
                 } else {
                     "forbidden"
                 };
-                with_access(res, label, user)
+                passed(res, label, user)
             }
             Decision::Challenge { level, step_up } => {
                 let signed_in = matches!(state, SessionState::Valid(_));
@@ -277,7 +282,7 @@ impl ForwardAuth {
                     res.headers_mut()
                         .append(header::SET_COOKIE, e.sessions.clear_cookie());
                 }
-                with_access(res, "challenge", user)
+                passed(res, "challenge", user)
             }
         }
     }
@@ -285,13 +290,16 @@ impl ForwardAuth {
 
 fn ok() -> Response<Body> {
     let mut res = Response::new(Body::empty());
+    // Room for what an allowed check carries (Cache-Control, four identity
+    // headers, a refreshed cookie, the request id) without growing twice.
+    *res.headers_mut() = http::HeaderMap::with_capacity(8);
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
 
-fn invalid(cause: &str) -> Response<Body> {
-    with_access(
+fn invalid(cause: &str) -> (Response<Body>, AccessInfo) {
+    passed(
         ApiError::new(ErrorCode::E0000001).cause(cause).into_response(),
         "invalid",
         None,

@@ -351,7 +351,7 @@ pub(crate) fn with_access(
 /// A response and what its access line says, side by side (the gateway
 /// takes them as they are; the tower service puts the second into the
 /// response's extensions with [`with_access`]).
-fn passed(
+pub(crate) fn passed(
     res: Response<Body>,
     decision: &'static str,
     user: Option<LoggedUser>,

@@ -30,6 +30,8 @@ use tower::{Service, ServiceExt};
 
 use super::{Gateway, MainService};
 use crate::config::{Config, StoreKind};
+use crate::context::ConnInfo;
+use crate::server::ForConnection;
 
 struct Current {
     gateway: Gateway,
@@ -90,6 +92,7 @@ impl Live {
         LiveMain {
             live: self.clone(),
             local: Arc::new(ArcSwap::from_pointee((generation, main))),
+            conn: None,
         }
     }
 
@@ -334,6 +337,18 @@ fn same_keys(a: &[crate::secret::Secret], b: &[crate::secret::Secret]) -> bool {
 pub struct LiveMain {
     live: Arc<Live>,
     local: Arc<ArcSwap<(u64, MainService)>>,
+    /// The connection's facts, when the server told them
+    /// ([`ForConnection`]): every generation's service gets them.
+    conn: Option<ConnInfo>,
+}
+
+impl ForConnection for LiveMain {
+    fn for_connection(&self, conn: ConnInfo) -> Option<Self> {
+        Some(Self {
+            conn: Some(conn),
+            ..self.clone()
+        })
+    }
 }
 
 impl LiveMain {
@@ -360,9 +375,11 @@ impl Service<Request<Body>> for LiveMain {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        self.current().call(req)
+        self.current().told(self.conn).call(req)
     }
 }
+
+impl ForConnection for LiveAdmin {}
 
 /// The admin listener's service: the current gateway's admin router.
 #[derive(Clone)]

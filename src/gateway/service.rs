@@ -22,6 +22,7 @@ use crate::enforce::{AccessInfo, Mfa, MfaLayer, replace_path};
 use crate::error::{ApiError, ErrorCode};
 use crate::policy::normalize::normalize;
 use crate::proxy::Proxy;
+use crate::server::ForConnection;
 
 /// The response header carrying the request id.
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -31,6 +32,15 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Clone)]
 pub struct MainService {
     inner: Arc<Inner>,
+    /// The connection's facts, when the server told them once for all its
+    /// requests ([`ForConnection`]); else each request carries them.
+    conn: Option<ConnInfo>,
+}
+
+impl ForConnection for MainService {
+    fn for_connection(&self, conn: ConnInfo) -> Option<Self> {
+        Some(self.clone().told(Some(conn)))
+    }
 }
 
 struct Inner {
@@ -72,7 +82,16 @@ impl MainService {
                 home: tokio::runtime::Handle::try_current().ok(),
                 portal_at_home: false,
             }),
+            conn: None,
         }
+    }
+
+    /// This service with the connection's facts `conn`, when known.
+    pub(super) fn told(mut self, conn: Option<ConnInfo>) -> Self {
+        if conn.is_some() {
+            self.conn = conn;
+        }
+        self
     }
 
     /// The same service with its own upstream connection pools, for a serving
@@ -111,6 +130,7 @@ impl MainService {
                 home: self.inner.home.clone(),
                 portal_at_home: self.inner.home.is_some(),
             }),
+            conn: self.conn,
         }
     }
 }
@@ -177,8 +197,8 @@ impl MainService {
         let mut proxied = None;
         let (res, host, path) = self.route(&mut req, request_id.clone(), &mut proxied).await;
         let mut res = res;
-        // A proxied request's comes beside its response; the others' in
-        // the response's extensions.
+        // A proxied request's and a forward-auth check's come beside the
+        // response; the others' in the response's extensions.
         let info = proxied
             .or_else(|| res.extensions_mut().remove::<AccessInfo>())
             .unwrap_or_default();
@@ -210,7 +230,7 @@ impl MainService {
     /// Prepares and dispatches; returns the response and the host and path to
     /// log (the path shares the request's bytes: no copy per request). A
     /// request that went through enforcement to the upstream leaves what its
-    /// access line says in `proxied`.
+    /// access line says in `proxied` (so does a forward-auth check).
     async fn route(
         &mut self,
         req: &mut Request<Body>,
@@ -219,8 +239,8 @@ impl MainService {
     ) -> (Response<Body>, String, Option<PathAndQuery>) {
         let inner = &*self.inner;
         let cfg = &inner.state.config;
-        let Some(conn) = req.extensions().get::<ConnInfo>().copied() else {
-            // The server always inserts it; without it we cannot know the client.
+        let Some(conn) = self.conn.or_else(|| req.extensions().get::<ConnInfo>().copied()) else {
+            // The server always tells it; without it we cannot know the client.
             return (
                 ApiError::new(ErrorCode::E0000009).into_response(),
                 String::new(),
@@ -293,7 +313,9 @@ impl MainService {
             && let Some(fa) = &inner.forward_auth
             && let Some(endpoint) = fa.endpoint(path)
         {
-            return (fa.answer(endpoint, req, &ctx), host, logged_path);
+            let (res, info) = fa.answer(endpoint, req, &ctx);
+            *proxied = Some(info);
+            return (res, host, logged_path);
         }
         // The signed-in user of a portal request, for its access line (pages
         // that sign in or out name their user themselves). In memory only: the

@@ -17,8 +17,10 @@
 //! connection, TLS handshake included, holds a slot of the listener's
 //! [`ConnectionLimit`] until its socket closes; over the limit a connection is
 //! turned away at once (plain HTTP gets a `503`), and accepting goes on.
-//! Each request gets a [`ConnInfo`] extension (peer address, TLS or not), the
-//! only source of the client address the gateway trusts.
+//! Each request learns its connection's [`ConnInfo`] (peer address, TLS or
+//! not), the only source of the client address the gateway trusts: a service
+//! that takes it once per connection ([`ForConnection`], the gateway's) is
+//! told it then; any other finds it in every request's extensions.
 
 mod body;
 mod conn;
@@ -174,11 +176,28 @@ impl Drained {
     }
 }
 
+/// A service [`serve`] runs, which may take each connection's facts once.
+pub trait ForConnection: Sized {
+    /// This service for the requests of the connection `conn`, or `None` (the
+    /// default) to keep it as it is and insert `conn` into every request's
+    /// extensions instead, where routers and layers look for it. The
+    /// gateway's own service takes it here: an extensions map costs each
+    /// request three allocations.
+    fn for_connection(&self, _conn: ConnInfo) -> Option<Self> {
+        None
+    }
+}
+
+impl ForConnection for axum::Router {}
+
+impl<F> ForConnection for tower::util::ServiceFn<F> {}
+
 /// Serves `service` on `listener` until `shutdown`, then drains in-flight
 /// requests for at most `shutdown_timeout`, closes what is left and returns.
 pub async fn serve<S>(listener: TcpListener, service: S, opts: ListenerOptions, shutdown: Shutdown)
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + ForConnection
         + Clone
         + Send
         + 'static,
@@ -300,6 +319,7 @@ async fn connection<S>(
     shutdown: Shutdown,
 ) where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + ForConnection
         + Clone
         + Send
         + 'static,
@@ -329,13 +349,13 @@ async fn connection<S>(
             }
         }
     };
-    let svc = hyper_service(
-        service,
-        ConnInfo { peer, tls: is_tls },
-        drained,
-        activity.clone(),
-        timeouts.body,
-    );
+    let conn = ConnInfo { peer, tls: is_tls };
+    // The service told the connection's facts, or else each request.
+    let (service, insert) = match service.for_connection(conn) {
+        Some(told) => (told, None),
+        None => (service, Some(conn)),
+    };
+    let svc = hyper_service(service, conn, insert, drained, activity.clone(), timeouts.body);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
     // The watchdog (no request head in time, also before the first request:
@@ -410,11 +430,13 @@ async fn guard(activity: &Activity, shutdown: &Shutdown, timeouts: &Timeouts, cl
 }
 
 /// Adapts a tower service over `Body` into a hyper service over `Incoming`,
-/// inserting the connection facts into every request and keeping the request
-/// in flight (for the idle timeout) until its response body is done.
+/// inserting the connection facts (`insert`) into every request unless the
+/// service has them already, and keeping the request in flight (for the idle
+/// timeout) until its response body is done.
 fn hyper_service<S>(
     service: S,
     conn: ConnInfo,
+    insert: Option<ConnInfo>,
     drained: Drained,
     activity: Arc<Activity>,
     body_read_timeout: Duration,
@@ -426,6 +448,7 @@ fn hyper_service<S>(
 > + Clone
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + ForConnection
         + Clone
         + Send
         + 'static,
@@ -451,7 +474,9 @@ where
                 req
             }
         };
-        req.extensions_mut().insert(conn);
+        if let Some(conn) = insert {
+            req.extensions_mut().insert(conn);
+        }
         // Only an upgrade can outlive its request (a spliced WebSocket), so
         // only an upgrade request carries the drain signal.
         if req.headers().contains_key(http::header::UPGRADE) {
@@ -552,6 +577,7 @@ pub async fn serve_threads<F, S>(
 where
     F: Fn() -> S + Send + Sync + 'static,
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + ForConnection
         + Clone
         + Send
         + 'static,
@@ -636,6 +662,79 @@ mod tests {
         // A second gateway on the same address is refused, as with one socket.
         let again = bind_threads(addr, 2).await;
         assert_eq!(again.err().map(|e| e.kind()), Some(std::io::ErrorKind::AddrInUse));
+    }
+
+    /// A service that answers what it knows of the connection: what it was
+    /// told once (`told`), and what the request's extensions say.
+    #[derive(Clone)]
+    struct Teller {
+        takes: bool,
+        told: Option<ConnInfo>,
+    }
+
+    impl ForConnection for Teller {
+        fn for_connection(&self, conn: ConnInfo) -> Option<Self> {
+            self.takes.then_some(Self {
+                takes: true,
+                told: Some(conn),
+            })
+        }
+    }
+
+    impl Service<http::Request<Body>> for Teller {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+
+        fn poll_ready(
+            &mut self,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+            let told = self.told.map(|c| c.peer.to_string());
+            let carried = req.extensions().get::<ConnInfo>().map(|c| c.peer.to_string());
+            let text = format!("told={told:?} carried={carried:?}");
+            std::future::ready(Ok(http::Response::new(Body::from(text))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_learns_the_connection_once_or_from_every_request() {
+        for takes in [false, true] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let shutdown = Shutdown::new();
+            let served = tokio::spawn(serve(
+                listener,
+                Teller { takes, told: None },
+                test_options(10),
+                shutdown.clone(),
+            ));
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let me = stream.local_addr().unwrap().to_string();
+            // Two requests on one connection: the second is told as well.
+            tokio::io::AsyncWriteExt::write_all(
+                &mut stream,
+                b"GET / HTTP/1.1\r\nhost: x\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let mut answer = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer)
+                .await
+                .unwrap();
+            let expected = if takes {
+                format!("told=Some(\"{me}\") carried=None")
+            } else {
+                format!("told=None carried=Some(\"{me}\")")
+            };
+            assert_eq!(answer.matches(&expected).count(), 2, "{answer}");
+            shutdown.trigger();
+            served.await.unwrap();
+        }
     }
 
     #[tokio::test]
