@@ -664,6 +664,16 @@ mod tests {
         assert_eq!(again.err().map(|e| e.kind()), Some(std::io::ErrorKind::AddrInUse));
     }
 
+    /// Writes `raw` on `stream` and reads until the server closes it.
+    async fn exchange(stream: &mut TcpStream, raw: &[u8]) -> String {
+        tokio::io::AsyncWriteExt::write_all(stream, raw).await.unwrap();
+        let mut answer = String::new();
+        tokio::io::AsyncReadExt::read_to_string(stream, &mut answer)
+            .await
+            .unwrap();
+        answer
+    }
+
     /// A service that answers what it knows of the connection: what it was
     /// told once (`told`), and what the request's extensions say.
     #[derive(Clone)]
@@ -716,16 +726,11 @@ mod tests {
             let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
             let me = stream.local_addr().unwrap().to_string();
             // Two requests on one connection: the second is told as well.
-            tokio::io::AsyncWriteExt::write_all(
+            let answer = exchange(
                 &mut stream,
                 b"GET / HTTP/1.1\r\nhost: x\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
             )
-            .await
-            .unwrap();
-            let mut answer = String::new();
-            tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer)
-                .await
-                .unwrap();
+            .await;
             let expected = if takes {
                 format!("told=Some(\"{me}\") carried=None")
             } else {
@@ -750,16 +755,11 @@ mod tests {
         // Enough connections that both sockets get some.
         for _ in 0..16 {
             let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            tokio::io::AsyncWriteExt::write_all(
+            let answer = exchange(
                 &mut stream,
                 b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
             )
-            .await
-            .unwrap();
-            let mut answer = String::new();
-            tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer)
-                .await
-                .unwrap();
+            .await;
             assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
             assert!(answer.ends_with("hello"), "{answer}");
         }
