@@ -379,6 +379,9 @@ impl Service<Request<Body>> for LiveMain {
     }
 }
 
+/// Keeps the default on purpose: the admin router reads `ConnInfo` from each
+/// request's extensions (its throttle and audit address), and without it
+/// would take the client for 127.0.0.1.
 impl ForConnection for LiveAdmin {}
 
 /// The admin listener's service: the current gateway's admin router.

@@ -86,11 +86,10 @@ impl MainService {
         }
     }
 
-    /// This service with the connection's facts `conn`, when known.
+    /// This service with the connection's facts `conn` (`None`: each
+    /// request's extensions tell them).
     pub(super) fn told(mut self, conn: Option<ConnInfo>) -> Self {
-        if conn.is_some() {
-            self.conn = conn;
-        }
+        self.conn = conn;
         self
     }
 
@@ -130,7 +129,8 @@ impl MainService {
                 home: self.inner.home.clone(),
                 portal_at_home: self.inner.home.is_some(),
             }),
-            conn: self.conn,
+            // A template for a thread's connections, told nothing yet.
+            conn: None,
         }
     }
 }

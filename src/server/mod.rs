@@ -448,7 +448,6 @@ fn hyper_service<S>(
 > + Clone
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + ForConnection
         + Clone
         + Send
         + 'static,

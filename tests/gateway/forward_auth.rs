@@ -904,7 +904,15 @@ async fn direct_calls_untrusted_peers_and_garbage() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("decision=\"untrusted\""), "{metrics}");
+    // Every kind of answer above under its own decision (each comes beside
+    // the check's response, not in its extensions).
+    for decision in ["untrusted", "bypass", "invalid", "challenge"] {
+        assert!(
+            metrics.contains(&format!("decision=\"{decision}\"")),
+            "{decision}: {metrics}"
+        );
+    }
+    assert!(!metrics.contains("decision=\"error\""), "{metrics}");
 }
 
 #[tokio::test]
