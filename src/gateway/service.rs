@@ -145,30 +145,36 @@ impl Service<Request<Body>> for MainService {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        use futures_util::FutureExt as _;
         let this = self.clone();
-        // One box per request: the handler and its rescue in one future.
-        Box::pin(async move { Ok(rescued(this.handle(req)).await) })
+        // One box per request: the handler and its rescue in one future, of
+        // the handler's size (no async wrapper around it, which would hold
+        // the handler twice, as its argument and as what it awaits, and be
+        // copied whole on the way into the box).
+        Box::pin(rescued(this.handle(req)).map(Ok))
     }
 }
 
 /// The rescue: a bug that panics while a request is handled answers a
 /// generic 500 (the cause goes to the log) instead of dropping the
 /// connection. The response body is passed on as it is (no further boxing).
-async fn rescued(handling: impl Future<Output = Response<Body>>) -> Response<Body> {
+fn rescued(handling: impl Future<Output = Response<Body>>) -> impl Future<Output = Response<Body>> {
     use futures_util::FutureExt as _;
-    match std::panic::AssertUnwindSafe(handling).catch_unwind().await {
-        Ok(res) => res,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(panic = %what, "request handler panicked");
-            crate::metrics::request("panic", 500);
-            internal_error()
-        }
-    }
+    std::panic::AssertUnwindSafe(handling)
+        .catch_unwind()
+        .map(|caught| match caught {
+            Ok(res) => res,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, "request handler panicked");
+                crate::metrics::request("panic", 500);
+                internal_error()
+            }
+        })
 }
 
 /// A generic 500 (no detail reaches the client).
