@@ -431,18 +431,19 @@ impl Mfa<crate::proxy::Proxy> {
     /// the caller's future (the gateway's: no box per layer per request);
     /// what the access line says comes beside the response, not in its
     /// extensions.
-    pub(crate) async fn forward(
+    /// (Not an `async fn`: its future would hold `req` and `ctx` beside the
+    /// `enforce` future that holds them too.)
+    pub(crate) fn forward(
         &self,
         req: Request<Body>,
         ctx: RequestContext,
-    ) -> (Response<Body>, AccessInfo) {
+    ) -> impl Future<Output = (Response<Body>, AccessInfo)> + '_ {
         enforce(
             &self.enforcer,
             |req, ctx, principal| self.inner.forward_as(req, ctx, principal),
             req,
             Some(ctx),
         )
-        .await
     }
 }
 
@@ -450,114 +451,122 @@ impl Mfa<crate::proxy::Proxy> {
 /// context and the principal on an allowed protected route (`None` on a
 /// bypass route). The context is `ctx` (the gateway's), else the one in the
 /// request's extensions, else one derived here (an embedded layer).
-async fn enforce<F, Fut>(
-    e: &Enforcer,
+///
+/// A function returning an `async move` block rather than an `async fn`: the
+/// block works on `req` in place, where an `async fn` future would also hold
+/// a moved copy of it.
+// Written out on purpose (see above), not as the `async fn` clippy suggests.
+#[allow(clippy::manual_async_fn)]
+fn enforce<'a, F, Fut>(
+    e: &'a Enforcer,
     pass: F,
     mut req: Request<Body>,
     ctx: Option<RequestContext>,
-) -> (Response<Body>, AccessInfo)
+) -> impl Future<Output = (Response<Body>, AccessInfo)> + 'a
 where
-    F: FnOnce(Request<Body>, RequestContext, Option<Principal>) -> Fut,
-    Fut: Future<Output = Response<Body>>,
+    F: FnOnce(Request<Body>, RequestContext, Option<Principal>) -> Fut + 'a,
+    Fut: Future<Output = Response<Body>> + 'a,
 {
-    let invalid = |cause: &str| {
-        passed(
-            ApiError::new(ErrorCode::E0000001).cause(cause).into_response(),
-            "invalid",
-            None,
-        )
-    };
-    // The context first: deriving it may read a trusted proxy's X-Forwarded-For.
-    // It goes to `pass` with the request (the gateway's proxy takes it as it
-    // is; an embedded layer puts it back into the extensions).
-    let ctx = match ctx.or_else(|| req.extensions_mut().remove::<RequestContext>()) {
-        Some(ctx) => ctx,
-        None => match e.context(&req) {
-            Some(ctx) => ctx,
-            None => return invalid("missing or invalid Host"),
-        },
-    };
-    let client_addr = ctx.client_addr;
-    e.strip_identity(req.headers_mut());
-    // Normalize (the gateway already has; embedded, we must): rules match the
-    // normal form and it is what the inner service sees.
-    match normalize(req.uri().path()) {
-        Ok(std::borrow::Cow::Borrowed(_)) => {}
-        Ok(std::borrow::Cow::Owned(p)) => match replace_path(req.uri(), &p) {
-            Some(uri) => *req.uri_mut() = uri,
-            // Fail closed: never decide on (or pass on) the unnormalized path.
-            None => return invalid("invalid path"),
-        },
-        Err(reason) => {
-            crate::audit!("request.path_refused", reason = %reason, client = %client_addr);
-            return invalid("invalid path");
-        }
-    }
-    let facts = RequestFacts {
-        host: &ctx.host,
-        path: req.uri().path(),
-        method: req.method(),
-        client_addr,
-    };
-    // Decided on the strictest reading of the path (`;params` dropped,
-    // trailing dots trimmed: see `Policy::evaluate`); the session is read only
-    // when some reading needs one.
-    let now = e.clock.now();
-    let Ok((decision, state)) = e.decide(&facts, req.headers(), now) else {
-        return passed(
-            ApiError::new(ErrorCode::E0000009).into_response(),
-            "unavailable",
-            None,
-        );
-    };
-    let user = match &state {
-        SessionState::Valid(s) => Some(LoggedUser::User(s.user.clone())),
-        _ => None,
-    };
-
-    match decision {
-        Decision::Bypass => {
-            let res = pass(req, ctx, None).await;
-            passed(res, "bypass", None)
-        }
-        Decision::Allow => {
-            let SessionState::Valid(session) = state else {
-                // decide() allows only with a valid session; anything else is a bug: fail closed.
-                return passed(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
-            };
-            let principal = Enforcer::principal(&session);
-            let refresh = e.refreshed_cookie(&session, now);
-            let mut res = pass(req, ctx, Some(principal)).await;
-            if let Some(cookie) = refresh {
-                res.headers_mut().append(header::SET_COOKIE, cookie);
-            }
-            passed(res, "allow", user)
-        }
-        Decision::Deny | Decision::Forbidden => {
-            let res = if is_browser(req.headers()) {
-                denied::denied_page(e, req.headers(), req.uri().path())
-            } else {
-                ApiError::new(ErrorCode::E0000006).into_response()
-            };
+    async move {
+        let invalid = |cause: &str| {
             passed(
-                res,
-                if decision == Decision::Deny {
-                    "deny"
-                } else {
-                    "forbidden"
-                },
-                user,
+                ApiError::new(ErrorCode::E0000001).cause(cause).into_response(),
+                "invalid",
+                None,
             )
-        }
-        Decision::Challenge { level, step_up } => {
-            let signed_in = matches!(state, SessionState::Valid(_));
-            let cause = challenge_cause(signed_in, level, step_up);
-            let mut res = challenge(e, &ctx, &req, signed_in, cause);
-            if matches!(state, SessionState::Invalid(_)) {
-                res.headers_mut()
-                    .append(header::SET_COOKIE, e.sessions.clear_cookie());
+        };
+        // The context first: deriving it may read a trusted proxy's X-Forwarded-For.
+        // It goes to `pass` with the request (the gateway's proxy takes it as it
+        // is; an embedded layer puts it back into the extensions).
+        let ctx = match ctx.or_else(|| req.extensions_mut().remove::<RequestContext>()) {
+            Some(ctx) => ctx,
+            None => match e.context(&req) {
+                Some(ctx) => ctx,
+                None => return invalid("missing or invalid Host"),
+            },
+        };
+        let client_addr = ctx.client_addr;
+        e.strip_identity(req.headers_mut());
+        // Normalize (the gateway already has; embedded, we must): rules match the
+        // normal form and it is what the inner service sees.
+        match normalize(req.uri().path()) {
+            Ok(std::borrow::Cow::Borrowed(_)) => {}
+            Ok(std::borrow::Cow::Owned(p)) => match replace_path(req.uri(), &p) {
+                Some(uri) => *req.uri_mut() = uri,
+                // Fail closed: never decide on (or pass on) the unnormalized path.
+                None => return invalid("invalid path"),
+            },
+            Err(reason) => {
+                crate::audit!("request.path_refused", reason = %reason, client = %client_addr);
+                return invalid("invalid path");
             }
-            passed(res, "challenge", user)
+        }
+        let facts = RequestFacts {
+            host: &ctx.host,
+            path: req.uri().path(),
+            method: req.method(),
+            client_addr,
+        };
+        // Decided on the strictest reading of the path (`;params` dropped,
+        // trailing dots trimmed: see `Policy::evaluate`); the session is read only
+        // when some reading needs one.
+        let now = e.clock.now();
+        let Ok((decision, state)) = e.decide(&facts, req.headers(), now) else {
+            return passed(
+                ApiError::new(ErrorCode::E0000009).into_response(),
+                "unavailable",
+                None,
+            );
+        };
+        let user = match &state {
+            SessionState::Valid(s) => Some(LoggedUser::User(s.user.clone())),
+            _ => None,
+        };
+
+        match decision {
+            Decision::Bypass => {
+                let res = pass(req, ctx, None).await;
+                passed(res, "bypass", None)
+            }
+            Decision::Allow => {
+                let SessionState::Valid(session) = state else {
+                    // decide() allows only with a valid session; anything else is a bug: fail closed.
+                    return passed(ApiError::new(ErrorCode::E0000009).into_response(), "error", None);
+                };
+                let principal = Enforcer::principal(&session);
+                let refresh = e.refreshed_cookie(&session, now);
+                let mut res = pass(req, ctx, Some(principal)).await;
+                if let Some(cookie) = refresh {
+                    res.headers_mut().append(header::SET_COOKIE, cookie);
+                }
+                passed(res, "allow", user)
+            }
+            Decision::Deny | Decision::Forbidden => {
+                let res = if is_browser(req.headers()) {
+                    denied::denied_page(e, req.headers(), req.uri().path())
+                } else {
+                    ApiError::new(ErrorCode::E0000006).into_response()
+                };
+                passed(
+                    res,
+                    if decision == Decision::Deny {
+                        "deny"
+                    } else {
+                        "forbidden"
+                    },
+                    user,
+                )
+            }
+            Decision::Challenge { level, step_up } => {
+                let signed_in = matches!(state, SessionState::Valid(_));
+                let cause = challenge_cause(signed_in, level, step_up);
+                let mut res = challenge(e, &ctx, &req, signed_in, cause);
+                if matches!(state, SessionState::Invalid(_)) {
+                    res.headers_mut()
+                        .append(header::SET_COOKIE, e.sessions.clear_cookie());
+                }
+                passed(res, "challenge", user)
+            }
         }
     }
 }
