@@ -455,8 +455,10 @@ impl Mfa<crate::proxy::Proxy> {
 /// A function returning an `async move` block rather than an `async fn`: the
 /// block works on `req` in place, where an `async fn` future would also hold
 /// a moved copy of it.
-// Written out on purpose (see above), not as the `async fn` clippy suggests.
-#[allow(clippy::manual_async_fn)]
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold moved copies of its arguments"
+)]
 fn enforce<'a, F, Fut>(
     e: &'a Enforcer,
     pass: F,

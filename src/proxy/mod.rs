@@ -285,8 +285,10 @@ impl Proxy {
     /// the block works on its captured arguments in place, where an `async
     /// fn` future would also hold a moved copy of each (about 420 bytes more
     /// in every enforced request's future, copied whenever it is moved).
-    // Written out on purpose (see above), not as the `async fn` clippy suggests.
-    #[allow(clippy::manual_async_fn)]
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold moved copies of its arguments"
+    )]
     pub fn forward_as(
         &self,
         req: Request<Body>,
