@@ -6,11 +6,16 @@
 #
 # Stages, in order, on one gateway process: right after start-up; after one
 # sign-in (password + TOTP); wrk -t2 -c128 GET /small signed in, then on the
-# bypass rule (DURATION seconds each, as bench/proxy.sh); then the same signed-in
-# load while a second wrk (FLOOD_CONNS connections) sends wrong passwords to
-# the authentication API, so every login costs an argon2 verification. Prints
-# VmRSS after each stage and the peak (VmHWM) so far, the split of the final
-# resident set (heap and stacks vs the binary's mapped pages, from
+# bypass rule (DURATION seconds each, as bench/proxy.sh); a sign-in right after
+# that load (what bench/proxy.sh does before each run: the argon2 work area on
+# top of whatever the load left resident); 7 s of quiet (the upstream pool
+# closes its idle connections after 4 s) and a sign-in then; then the same
+# signed-in load while a second wrk (FLOOD_CONNS connections) sends wrong
+# passwords to the authentication API, so every login costs an argon2
+# verification. Prints, after each stage, VmRSS, its anonymous part (heap and
+# stacks: what the code allocates, not the binary's pages), the stage's own
+# peak (VmHWM, reset between stages through /proc/PID/clear_refs) and the
+# peak so far; then the split of the final resident set (from
 # /proc/PID/smaps_rollup), the thread count, and the signed-in throughput at
 # 128 connections during the flood over alone.
 #
@@ -40,14 +45,26 @@ fi
 
 kb() { awk -v k="$2" '$1 == k ":" { print $2 }' "$1"; }
 mb() { awk -v v="$1" 'BEGIN { printf "%.1f", v / 1024 }'; }
-stage() { # label -> one line: VmRSS now, VmHWM so far, threads
-  local s="/proc/$GW_PID/status"
-  printf '%-44s %8s %8s %8s\n' "$1" "$(mb "$(kb "$s" VmRSS)")" "$(mb "$(kb "$s" VmHWM)")" "$(kb "$s" Threads)"
+# The peak of each stage alone: writing 5 to clear_refs resets VmHWM to the
+# resident set now (Linux); the peak so far is kept here.
+PEAK_SO_FAR=0
+stage_peak_kb=0
+reset_peak() {
+  stage_peak_kb=$(kb "/proc/$GW_PID/status" VmHWM)
+  [ "$stage_peak_kb" -gt "$PEAK_SO_FAR" ] && PEAK_SO_FAR=$stage_peak_kb
+  echo 5 >"/proc/$GW_PID/clear_refs" 2>/dev/null || true
+}
+stage() { # label -> one line: VmRSS now, the stage's VmHWM, the peak so far, threads
+  local s="/proc/$GW_PID/status" hwm
+  hwm=$(kb "$s" VmHWM)
+  [ "$hwm" -gt "$PEAK_SO_FAR" ] && PEAK_SO_FAR=$hwm
+  printf '%-44s %8s %8s %10s %8s %8s\n' "$1" "$(mb "$(kb "$s" VmRSS)")" "$(mb "$(kb "$s" RssAnon)")" "$(mb "$hwm")" "$(mb "$PEAK_SO_FAR")" "$(kb "$s" Threads)"
+  reset_peak
 }
 
 URL="http://127.0.0.1:$GW_PORT$PATH_SMALL"
 echo
-printf '%-44s %8s %8s %8s\n' stage rss_mb peak_mb threads
+printf '%-44s %8s %8s %10s %8s %8s\n' stage rss_mb anon_mb stage_peak peak_mb threads
 stage "started"
 signin
 stage "one sign-in"
@@ -55,9 +72,17 @@ read -r session_rps _ < <(wrk_run "$CONNS" "$URL" "$AUTH_HOST" "$SESSION" "$GW_P
 stage "wrk $CONNS conns, ${SESSION_LEVEL}FA session"
 read -r bypass_rps _ < <(wrk_run "$CONNS" "$URL" "$BYPASS_HOST" "" "$GW_PID")
 stage "wrk $CONNS conns, bypass"
-PEAK_LOAD=$(peak_rss_mb "$GW_PID")
-
+# What bench/proxy.sh does between its runs: a sign-in right after a load,
+# when the load's memory may not have been given back yet.
 signin
+stage "a sign-in right after the load"
+PEAK_LOAD=$(mb "$PEAK_SO_FAR")
+# Quiet: the upstream pool closes connections idle for its pool_idle_timeout
+# (4 s), and the serving threads give back what that freed.
+sleep 7
+stage "7 s quiet (idle upstream connections closed)"
+signin
+stage "a sign-in after the quiet"
 timeout $((DURATION + 30)) wrk -t1 -c"$FLOOD_CONNS" -d$((DURATION + 2))s --timeout 10s \
   -s "$BENCH_DIR/login_flood.lua" -H "Host: $TWO_HOST" \
   "http://127.0.0.1:$GW_PORT/_portcullis/api/v1/authn" >"$WORK/flood.out" 2>&1 &
@@ -67,7 +92,7 @@ sleep 1 # let the password pool fill up
 read -r flooded_rps _ < <(wrk_run "$CONNS" "$URL" "$AUTH_HOST" "$SESSION" "$GW_PID")
 wait "$flood" || true
 stage "wrk $CONNS conns session + login flood"
-PEAK_FLOOD=$(peak_rss_mb "$GW_PID")
+PEAK_FLOOD=$(mb "$stage_peak_kb")
 logins=$(sed -nE 's/^RESULT requests=([0-9]+).*/\1/p' "$WORK/flood.out")
 
 r="/proc/$GW_PID/smaps_rollup"
@@ -77,5 +102,5 @@ echo "final resident set: $(mb "$(kb "$r" Rss)") MB = anonymous (heap, stacks) $
 echo "signed-in req/s at $CONNS conns: alone $session_rps, during the flood $flooded_rps" \
   "(ratio $(awk -v a="$session_rps" -v f="$flooded_rps" 'BEGIN { printf "%.2f", f / a }')); bypass $bypass_rps;" \
   "flood: ${logins:-?} logins answered in $((DURATION + 2))s"
-echo "peak RSS (VmHWM): after the $CONNS-connection runs ${PEAK_LOAD} MB; with the login flood ${PEAK_FLOOD} MB"
+echo "peak RSS (VmHWM): through the $CONNS-connection runs and a sign-in after them ${PEAK_LOAD} MB; during the login flood ${PEAK_FLOOD} MB"
 echo "single runs of ${DURATION}s; load now: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -33,6 +33,7 @@ pub mod identity;
 pub mod ids;
 pub mod ldap_escape;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod pages;
 pub mod passwords;

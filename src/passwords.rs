@@ -482,6 +482,7 @@ impl Shared {
         state.rescued += 1;
         drop(state);
         crate::metrics::password_rescue();
+        crate::memory::make_room();
         let shared = self.clone();
         let rescue = self.spawn("portcullis-argon2", THREAD_STACK, move || {
             let _flag = RescueFlag(&shared);
@@ -508,6 +509,9 @@ impl Shared {
         loop {
             let handed_back = next.take().and_then(|(priority, job)| {
                 self.state().started += 1;
+                // The serving threads give back their free memory before
+                // this thread's work area is faulted in.
+                crate::memory::make_room();
                 let shared = self.clone();
                 // No thread could be had: the job went with the closure, so
                 // its caller hears busy. A thread that panicked dropped its

@@ -603,10 +603,13 @@ where
                     }
                 };
                 runtime.block_on(async move {
+                    // Freed memory back to the system when this thread goes quiet.
+                    let upkeep = tokio::spawn(crate::memory::upkeep());
                     match TcpListener::from_std(socket) {
                         Ok(listener) => serve(listener, make_service(), opts, shutdown).await,
                         Err(e) => tracing::error!(error = %e, "cannot register the listener"),
                     }
+                    upkeep.abort();
                 });
                 // Connections still open after the drain are closed with the runtime.
                 drop(runtime);
