@@ -7,7 +7,8 @@
 # Regulation limits are set very high in the bench config so every flood
 # request really costs an argon2 verification instead of a lockout answer.
 # Prints the throughput ratio (target >= 0.8), the flood's login rate and the
-# gateway's peak RSS.
+# gateway's peak RSS, with the password pool's rescues (each one holds a second
+# 19 MiB argon2 area beside the stalled idle-class verification).
 #
 # Environment: DURATION (5), RUNS (3), AUTH_CONNS (16), FLOOD_CONNS (16),
 # BASE_PORT (24180), STORE (memory|sqlite), KEEP=1, NO_BUILD=1.
@@ -28,6 +29,10 @@ URL="http://127.0.0.1:$GW_PORT$PATH_SMALL"
 logins() { # result label -> count from the gateway's metrics
   curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" \
     | awk -v r="$1" '$0 ~ "^portcullis_logins_total" && $0 ~ "result=\"" r "\"" { s += $NF } END { printf "%d", s }'
+}
+rescues() { # verifications the password pool ran on a rescue thread so far
+  curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" \
+    | awk '$1 == "portcullis_password_rescues_total" { s += $2 } END { printf "%d", s }'
 }
 
 # Warm-up.
@@ -66,6 +71,6 @@ printf '%-34s %9s %8s\n' "authenticated GET, $AUTH_CONNS connections" req/s p99_
 printf '%-34s %9d %8d\n' "alone" "$a" "$ap"
 printf '%-34s %9d %8d\n' "during a login flood ($FLOOD_CONNS conns)" "$f" "$fp"
 awk -v a="$a" -v f="$f" 'BEGIN { printf "ratio flooded/alone: %.2f (target >= 0.80)\n", f / a }'
-echo "peak RSS (VmHWM) of the gateway over the runs: $(peak_rss_mb "$GW_PID") MB"
+echo "peak RSS (VmHWM) of the gateway over the runs: $(peak_rss_mb "$GW_PID") MB; rescued verifications: $(rescues)"
 echo "argon2 verifications during the flood: $(median "${RATES[@]}")/s (median); session level $SESSION_LEVEL"
 echo "medians of $RUNS runs x ${DURATION}s; load now: $(cut -d' ' -f1-3 /proc/loadavg)"

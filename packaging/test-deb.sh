@@ -55,6 +55,7 @@ grep -q '^CapabilityBoundingSet=CAP_NET_BIND_SERVICE$' "$unit" || fail "the unit
 awk '/^SystemCallFilter=~.*@resources/ { dropped = 1 }
      dropped && /^SystemCallFilter=[^~]/ && /sched_setscheduler/ && /setpriority/ { ok = 1 }
      END { exit !ok }' "$unit" || fail "the unit's system-call filter refuses sched_setscheduler/setpriority"
+grep -q '^LimitNICE=+0$' "$unit" || fail "a stalled password check cannot leave the idle class (no LimitNICE=+0): a second work area per stall"
 grep -q '^SystemCallErrorNumber=EPERM$' "$unit" || fail "a refused system call would kill the gateway (no SystemCallErrorNumber=EPERM)"
 
 # What systemd would do: the secrets as environment, the state folder owned by the user.

@@ -15,12 +15,16 @@
 //! that hung up while it waited) is dropped from the queue unrun. Should
 //! the idle-class threads make no progress for [`RESCUE_AFTER`] (every core
 //! kept busy at normal priority, by the proxied traffic or by an attacker),
-//! the oldest waiting verification runs on one extra thread at normal
-//! priority, so sign-ins still advance.
+//! the stalled verification leaves the idle class until it is done, in the
+//! work area it already has, so sign-ins still advance. Where leaving the
+//! idle class is refused (it needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that
+//! allows nice 0), the oldest waiting verification runs on one extra thread
+//! at normal priority instead, with a work area of its own.
 //!
 //! Memory: a verification's argon2 work area (19 MiB with the default
 //! parameters) lives on its thread's stack, so at most `concurrency` exist at
-//! once (one more while a stalled flood is rescued), and each goes back to the operating system when its thread ends. A
+//! once (one more while a stalled flood is rescued on an extra thread), and
+//! each goes back to the operating system when its thread ends. A
 //! thread takes the next waiting verification itself while there is one and
 //! its priority suits it (its work area is already in memory, which saves
 //! the faulting in of 19 MiB per verification in a flood), and ends when
@@ -30,6 +34,7 @@
 //! holds password-derived state.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -55,8 +60,10 @@ pub const MAX_QUEUED: usize = 256;
 pub const FLOOD_QUEUE: usize = 2;
 
 /// When the idle-class verification threads have made no progress for this
-/// long (normal-priority work has kept every core busy), the oldest waiting
-/// verification runs on an extra thread at normal priority.
+/// long (normal-priority work has kept every core busy), one of them leaves
+/// the idle class for the verification it is on (or, where that is refused,
+/// the oldest waiting verification runs on an extra thread at normal
+/// priority).
 pub const RESCUE_AFTER: Duration = Duration::from_secs(1);
 
 /// The pool was full: refuse the login as rate limited.
@@ -294,8 +301,20 @@ struct State {
     progress: Option<Instant>,
     /// True while a rescue thread runs (see [`Shared::rescue_if_stalled`]).
     rescuing: bool,
-    /// Verifications run by rescue threads so far.
+    /// The verification thread that left the idle class for the verification
+    /// it is on (see [`Shared::promote_if_stalled`]).
+    promoted: Option<std::thread::ThreadId>,
+    /// True once leaving the idle class has been refused: stalls are rescued
+    /// on an extra thread from then on.
+    promotion_refused: bool,
+    /// Stalled verifications rescued so far, either way.
     rescued: u64,
+    /// Whether leaving the idle class is refused (as without privileges).
+    #[cfg(test)]
+    refuse_promotion: bool,
+    /// Taken by the next verification, which waits for it before it runs.
+    #[cfg(test)]
+    hold: Option<std::sync::mpsc::Receiver<()>>,
     /// Whether each next thread start is refused (a process limit).
     #[cfg(test)]
     refuse: VecDeque<bool>,
@@ -319,6 +338,23 @@ impl State {
     fn waiting(&mut self) -> usize {
         self.queue.retain(|job| !job.reply.is_closed());
         self.queue.len()
+    }
+
+    /// True when every verification thread is in the idle class, none has
+    /// made progress for [`RESCUE_AFTER`], and no rescue is on.
+    fn stalled(&self) -> bool {
+        self.threads > 0
+            && self.idle >= self.threads
+            && !self.rescuing
+            && self.promoted.is_none()
+            && self.progress.is_some_and(|t| t.elapsed() >= RESCUE_AFTER)
+    }
+
+    /// Ends the calling thread's promotion, if it has one.
+    fn end_promotion(&mut self) {
+        if self.promoted == Some(std::thread::current().id()) {
+            self.promoted = None;
+        }
     }
 }
 
@@ -410,10 +446,11 @@ impl Shared {
             shared: self,
             idle: false,
         };
-        if priority == Priority::Idle {
-            mark.enter();
-        }
         loop {
+            if priority == Priority::Idle {
+                // Before each verification: a promotion lasts one.
+                mark.enter();
+            }
             self.run_job(job);
             let mut state = self.state();
             let next = state.next_job()?;
@@ -421,10 +458,7 @@ impl Shared {
             drop(state);
             match (priority, wanted) {
                 (Priority::Idle, Priority::Normal) => return Some(next),
-                (Priority::Normal, Priority::Idle) => {
-                    mark.enter();
-                    priority = Priority::Idle;
-                }
+                (Priority::Normal, Priority::Idle) => priority = Priority::Idle,
                 _ => {}
             }
             job = next;
@@ -440,9 +474,17 @@ impl Shared {
         } = job;
         if !reply.is_closed() {
             self.state().ran += 1;
+            #[cfg(test)]
+            {
+                let hold = self.state().hold.take();
+                if let Some(hold) = hold {
+                    let _ = hold.recv();
+                }
+            }
             let matched = verify_on_this_thread(&hash, password.expose());
             let mut state = self.state();
             state.progress = Some(Instant::now());
+            state.end_promotion();
             #[cfg(test)]
             state.classes.push(tests::own_policy());
             drop(state);
@@ -452,14 +494,52 @@ impl Shared {
         drop(password);
     }
 
-    /// Called by each waiting caller every half [`RESCUE_AFTER`].
-    /// When every verification thread is in the idle class and none has
-    /// made progress for that long (normal-priority work, the proxied
-    /// traffic or an attacker's, keeps every core busy), the oldest waiting
-    /// verification runs on one extra thread at normal priority. So sign-ins
-    /// still advance, by at least one every [`RESCUE_AFTER`] or so, on a host
-    /// that idle-class work cannot get onto, at the cost of at most one more
-    /// work area and one verification's CPU time per stall.
+    /// Called by a verification thread's supervisor every half
+    /// [`RESCUE_AFTER`] while the thread works. When every verification
+    /// thread is in the idle class and none has made progress for that long
+    /// (normal-priority work, the proxied traffic or an attacker's, keeps
+    /// every core busy), this one leaves the idle class for the verification
+    /// it is on (it goes back in before its next one). So sign-ins still
+    /// advance, by at least one every [`RESCUE_AFTER`] or so, on a host that
+    /// idle-class work cannot get onto, at the cost of one verification's CPU
+    /// time at normal priority per stall, in the work area that verification
+    /// already has. Leaving the idle class needs `CAP_SYS_NICE` or an
+    /// `RLIMIT_NICE` that allows the process's nice value (the kernel counts
+    /// the idle class as nice 20): once refused, the waiting callers rescue
+    /// stalls on an extra thread instead ([`Shared::rescue_if_stalled`]).
+    fn promote_if_stalled<T>(&self, worker: &JoinHandle<T>) {
+        // Never waits for the lock, for the reason in rescue_if_stalled.
+        let mut state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(state)) => state.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        if state.promotion_refused || !state.stalled() {
+            return;
+        }
+        #[cfg(test)]
+        let refused = state.refuse_promotion;
+        #[cfg(not(test))]
+        let refused = false;
+        if !refused && leave_idle_class(worker) {
+            state.promoted = Some(worker.thread().id());
+            state.rescued += 1;
+            drop(state);
+            crate::metrics::password_rescue();
+        } else {
+            // For good: what refused it (privileges, limits, a system-call
+            // filter) does not change while the process runs, and the
+            // extra-thread rescue always works.
+            state.promotion_refused = true;
+        }
+    }
+
+    /// Called by each waiting caller every half [`RESCUE_AFTER`], for
+    /// where a stalled verification cannot leave the idle class
+    /// ([`Shared::promote_if_stalled`]): when the pool is stalled, the oldest
+    /// waiting verification runs on one extra thread at normal priority, at
+    /// the cost of one more work area and one verification's CPU time per
+    /// stall.
     fn rescue_if_stalled(self: &Arc<Self>) {
         // Never waits for the lock: an idle-class thread may hold it while
         // it waits for a core, and the caller here serves requests.
@@ -468,11 +548,7 @@ impl Shared {
             Err(TryLockError::Poisoned(state)) => state.into_inner(),
             Err(TryLockError::WouldBlock) => return,
         };
-        let stalled = state.threads > 0
-            && state.idle >= state.threads
-            && !state.rescuing
-            && state.progress.is_some_and(|t| t.elapsed() >= RESCUE_AFTER);
-        if !stalled {
+        if !state.promotion_refused || !state.stalled() {
             return;
         }
         let Some(job) = state.next_job() else {
@@ -513,14 +589,22 @@ impl Shared {
                 // this thread's work area is faulted in.
                 crate::memory::make_room();
                 let shared = self.clone();
+                let (ended, working) = std::sync::mpsc::channel::<std::convert::Infallible>();
                 // No thread could be had: the job went with the closure, so
                 // its caller hears busy. A thread that panicked dropped its
                 // job too. Either way, the next waiting one is tried.
                 self.spawn("portcullis-argon2", THREAD_STACK, move || {
+                    // Dropped when the work ends, however it ends.
+                    let _ended = ended;
                     shared.work(priority, job)
                 })
                 .ok()
-                .and_then(|thread| thread.join().ok().flatten())
+                .and_then(|thread| {
+                    while working.recv_timeout(RESCUE_AFTER / 2) == Err(RecvTimeoutError::Timeout) {
+                        self.promote_if_stalled(&thread);
+                    }
+                    thread.join().ok().flatten()
+                })
             });
             let mut state = self.state();
             let Some(job) = handed_back.or_else(|| state.next_job()) else {
@@ -550,11 +634,12 @@ struct IdleMark<'a> {
 }
 
 impl IdleMark<'_> {
-    /// Moves the calling verification thread into the idle class.
+    /// Moves the calling verification thread into the idle class (again,
+    /// after a promotion).
     fn enter(&mut self) {
         // A thread the idle class was refused to runs at normal priority,
         // and is no reason for a rescue.
-        if self.idle || !enter_idle_class() {
+        if !enter_idle_class() || self.idle {
             return;
         }
         self.idle = true;
@@ -567,7 +652,10 @@ impl IdleMark<'_> {
 impl Drop for IdleMark<'_> {
     fn drop(&mut self) {
         if self.idle {
-            self.shared.state().idle -= 1;
+            let mut state = self.shared.state();
+            state.idle -= 1;
+            // A thread that panicked in a promoted verification.
+            state.end_promotion();
         }
     }
 }
@@ -590,6 +678,13 @@ impl PasswordPool {
     /// stays bounded at one 19 MiB work area per thread.
     pub fn for_this_machine() -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        if cfg!(target_os = "linux") && !may_leave_idle_class() {
+            tracing::info!(
+                "no CAP_SYS_NICE and RLIMIT_NICE below 20: a login flood's stalled password check \
+                 will be rescued on an extra thread, with a second 19 MiB work area \
+                 (LimitNICE=+0 in a systemd unit avoids it)"
+            );
+        }
         Self::new(cores / 2)
     }
 
@@ -691,6 +786,52 @@ fn enter_idle_class() -> bool {
         let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
         let _ = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle);
         thread_priority::unix::thread_schedule_policy().is_ok_and(|p| p == idle)
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+/// True when this process may move a thread out of the idle scheduling
+/// class (see [`Shared::promote_if_stalled`]): it has `CAP_SYS_NICE`, or an
+/// `RLIMIT_NICE` that allows nice 0 (the kernel counts the idle class as
+/// nice 20). Read from `/proc/self`; false where that cannot be read.
+pub fn may_leave_idle_class() -> bool {
+    const CAP_SYS_NICE: u32 = 23;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let capabilities = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    // "Max nice priority   <soft>   <hard>": the soft limit counts.
+    let nice = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max nice priority"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|soft| soft.parse::<u64>().ok())
+        .unwrap_or(0);
+    capabilities & (1 << CAP_SYS_NICE) != 0 || nice >= 20
+}
+
+/// Moves `thread` (not yet joined) from the idle class back to normal
+/// priority; true when it is there.
+fn leave_idle_class<T>(thread: &JoinHandle<T>) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::thread::JoinHandleExt as _;
+        use thread_priority::ThreadPriority;
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+            thread_schedule_policy_param,
+        };
+        let native = thread.as_pthread_t();
+        let normal = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
+        // The crate sets the policy of `native`, then the nice value given
+        // (0) of the calling thread: the supervisor's own, which only waits
+        // (and may fail, as for a niced process). So the policy is read back.
+        let _ = set_thread_priority_and_policy(native, ThreadPriority::Os(Default::default()), normal);
+        thread_schedule_policy_param(native).is_ok_and(|(policy, _)| policy == normal)
     }
     #[cfg(not(target_os = "linux"))]
     false
@@ -943,10 +1084,168 @@ mod tests {
         }
     }
 
+    /// Starts a supervisor, as a flood would, whose verification of `right`
+    /// for `hash` runs in the idle class and waits for the sender returned
+    /// before it hashes; with it, the answer and the supervisor thread.
+    fn held_idle_verification(
+        pool: &PasswordPool,
+        hash: &str,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        oneshot::Receiver<bool>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let (release, hold) = std::sync::mpsc::channel();
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut state = pool.shared.state();
+            state.hold = Some(hold);
+            state.threads += 1;
+        }
+        let job = Job {
+            hash: hash.into(),
+            password: Secret::new("right"),
+            reply,
+        };
+        let shared = pool.shared.clone();
+        let supervisor = std::thread::spawn(move || shared.supervise(Priority::Idle, job));
+        (release, answer, supervisor)
+    }
+
+    /// Waits until `pool` has a verification thread in the idle class, then
+    /// makes it look stalled (no progress for 5 s).
+    async fn stall_when_idle(pool: &PasswordPool) {
+        while pool.shared.state().idle == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        pool.shared.state().progress = Instant::now().checked_sub(Duration::from_secs(5));
+    }
+
+    /// Waits up to 3 s for `done` to hold of `pool`'s state.
+    async fn until(pool: &PasswordPool, done: impl Fn(&State) -> bool) {
+        for _ in 0..300 {
+            if done(&pool.shared.state()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not reached: {:?}", pool.shared.state());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_stalled_verification_leaves_the_idle_class_in_the_work_area_it_has() {
+        let pool = PasswordPool::new(1);
+        let hash = quick_hash("right");
+        if !may_leave_idle_class() {
+            let reason = "leaving the idle class is refused here (no CAP_SYS_NICE, RLIMIT_NICE < 20)";
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{reason}");
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+        let (release, answer, supervisor) = held_idle_verification(&pool, &hash);
+        stall_when_idle(&pool).await;
+        // Within half RESCUE_AFTER its supervisor moves it out of the idle class.
+        until(&pool, |s| s.promoted.is_some() || s.promotion_refused).await;
+        assert!(
+            !pool.shared.state().promotion_refused,
+            "refused with the privileges for it"
+        );
+        // Sign-ins queue behind it, a flood's worth.
+        let mut queued = Vec::new();
+        for _ in 0..FLOOD_QUEUE + 2 {
+            let (pool, hash) = (pool.clone(), hash.clone());
+            queued.push(tokio::spawn(async move {
+                pool.verify(&hash, Secret::new("wrong")).await
+            }));
+        }
+        until(&pool, |s| s.queue.len() == FLOOD_QUEUE + 2).await;
+        // No second rescue beside it: no extra thread takes one of them
+        // (their callers look for a stall every half RESCUE_AFTER).
+        pool.shared.state().progress = Instant::now().checked_sub(Duration::from_secs(5));
+        tokio::time::sleep(RESCUE_AFTER).await;
+        {
+            let state = pool.shared.state();
+            assert_eq!(
+                (state.queue.len(), state.rescued, state.started),
+                (FLOOD_QUEUE + 2, 1, 1)
+            );
+        }
+        release.send(()).unwrap();
+        assert_eq!(answer.await, Ok(true));
+        for task in queued {
+            assert_eq!(task.await.unwrap(), Ok(false));
+        }
+        settled(&pool).await;
+        supervisor.join().unwrap();
+        let state = pool.shared.state();
+        assert_eq!((state.promoted, state.idle), (None, 0));
+        if state.rescued > 1 {
+            // A machine so busy that the idle-class thread stalled again:
+            // promoted again, as it should be; then only the first is fixed.
+            eprintln!("note: {} stalls on a loaded machine", state.rescued);
+            assert_eq!(state.classes[0], Some(SCHED_OTHER));
+            return;
+        }
+        // The held one ran at normal priority; its thread went back into the
+        // idle class for the next (more than FLOOD_QUEUE waited behind it),
+        // then handed the rest to a new thread at normal priority.
+        assert_eq!(
+            state.classes,
+            [
+                Some(SCHED_OTHER),
+                Some(SCHED_IDLE),
+                Some(SCHED_OTHER),
+                Some(SCHED_OTHER),
+                Some(SCHED_OTHER)
+            ]
+        );
+        assert_eq!(state.started, 2);
+    }
+
+    #[tokio::test]
+    async fn where_leaving_the_idle_class_is_refused_a_stall_is_rescued_on_an_extra_thread() {
+        let pool = PasswordPool::new(1);
+        let hash = quick_hash("right");
+        pool.shared.state().refuse_promotion = true;
+        let (release, answer, supervisor) = held_idle_verification(&pool, &hash);
+        if !cfg!(target_os = "linux") {
+            // No idle class: nothing stalls.
+            release.send(()).unwrap();
+            supervisor.join().unwrap();
+            return;
+        }
+        let queued = {
+            let (pool, hash) = (pool.clone(), hash.clone());
+            tokio::spawn(async move { pool.verify(&hash, Secret::new("right")).await })
+        };
+        until(&pool, |s| s.queue.len() == 1).await;
+        stall_when_idle(&pool).await;
+        // The supervisor finds the promotion refused; the queued sign-in's
+        // caller then runs it on a rescue thread, while the held one waits.
+        assert_eq!(
+            tokio::time::timeout(RESCUE_AFTER * 3, queued)
+                .await
+                .unwrap()
+                .unwrap(),
+            Ok(true)
+        );
+        {
+            let state = pool.shared.state();
+            assert!(state.promotion_refused);
+            assert_eq!((state.rescued, state.promoted), (1, None));
+        }
+        release.send(()).unwrap();
+        assert_eq!(answer.await, Ok(true));
+        supervisor.join().unwrap();
+        settled(&pool).await;
+    }
+
     #[tokio::test]
     async fn a_stalled_flood_still_lets_the_oldest_sign_in_through_at_normal_priority() {
         let pool = PasswordPool::new(1);
         let hash = quick_hash("right");
+        pool.shared.state().promotion_refused = true;
         stall(&pool, Duration::from_secs(5));
         // The caller waits half RESCUE_AFTER, finds no progress, and its
         // verification runs on a rescue thread at normal priority.
