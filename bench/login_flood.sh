@@ -7,8 +7,9 @@
 # Regulation limits are set very high in the bench config so every flood
 # request really costs an argon2 verification instead of a lockout answer.
 # Prints the throughput ratio (target >= 0.8), the flood's login rate and the
-# gateway's peak RSS, with the password pool's rescues (each one holds a second
-# 19 MiB argon2 area beside the stalled idle-class verification).
+# gateway's peak RSS, with the password pool's rescues of stalled idle-class
+# verifications (moved out of the idle class; where that is refused, run on an
+# extra thread, which holds a second 19 MiB argon2 area).
 #
 # Environment: DURATION (5), RUNS (3), AUTH_CONNS (16), FLOOD_CONNS (16),
 # BASE_PORT (24180), STORE (memory|sqlite), KEEP=1, NO_BUILD=1.
@@ -30,7 +31,7 @@ logins() { # result label -> count from the gateway's metrics
   curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" \
     | awk -v r="$1" '$0 ~ "^portcullis_logins_total" && $0 ~ "result=\"" r "\"" { s += $NF } END { printf "%d", s }'
 }
-rescues() { # verifications the password pool ran on a rescue thread so far
+rescues() { # stalled verifications the password pool rescued so far
   curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" \
     | awk '$1 == "portcullis_password_rescues_total" { s += $2 } END { printf "%d", s }'
 }

@@ -301,6 +301,11 @@ struct State {
     progress: Option<Instant>,
     /// True while a rescue thread runs (see [`Shared::rescue_if_stalled`]).
     rescuing: bool,
+    /// The verification threads inside a verification now (from after their
+    /// priority was set for it until it is done): only these are promoted,
+    /// so a promotion cannot land between two verifications and be undone
+    /// by the thread's re-entry into the idle class.
+    verifying: Vec<std::thread::ThreadId>,
     /// The verification thread that left the idle class for the verification
     /// it is on (see [`Shared::promote_if_stalled`]).
     promoted: Option<std::thread::ThreadId>,
@@ -350,9 +355,17 @@ impl State {
             && self.progress.is_some_and(|t| t.elapsed() >= RESCUE_AFTER)
     }
 
-    /// Ends the calling thread's promotion, if it has one.
-    fn end_promotion(&mut self) {
-        if self.promoted == Some(std::thread::current().id()) {
+    /// Marks the calling thread as inside a verification.
+    fn start_verifying(&mut self) {
+        self.verifying.push(std::thread::current().id());
+    }
+
+    /// Marks the calling thread as outside any verification, and ends its
+    /// promotion, if it has one.
+    fn stop_verifying(&mut self) {
+        let me = std::thread::current().id();
+        self.verifying.retain(|id| *id != me);
+        if self.promoted == Some(me) {
             self.promoted = None;
         }
     }
@@ -473,7 +486,11 @@ impl Shared {
             reply,
         } = job;
         if !reply.is_closed() {
-            self.state().ran += 1;
+            {
+                let mut state = self.state();
+                state.ran += 1;
+                state.start_verifying();
+            }
             #[cfg(test)]
             {
                 let hold = self.state().hold.take();
@@ -484,7 +501,7 @@ impl Shared {
             let matched = verify_on_this_thread(&hash, password.expose());
             let mut state = self.state();
             state.progress = Some(Instant::now());
-            state.end_promotion();
+            state.stop_verifying();
             #[cfg(test)]
             state.classes.push(tests::own_policy());
             drop(state);
@@ -503,10 +520,12 @@ impl Shared {
     /// advance, by at least one every [`RESCUE_AFTER`] or so, on a host that
     /// idle-class work cannot get onto, at the cost of one verification's CPU
     /// time at normal priority per stall, in the work area that verification
-    /// already has. Leaving the idle class needs `CAP_SYS_NICE` or an
-    /// `RLIMIT_NICE` that allows the process's nice value (the kernel counts
-    /// the idle class as nice 20): once refused, the waiting callers rescue
-    /// stalls on an extra thread instead ([`Shared::rescue_if_stalled`]).
+    /// already has. Only a thread inside a verification is moved (one between
+    /// two would go back into the idle class at once). Leaving the idle class
+    /// needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows the thread's nice
+    /// value (20 for nice 0; the kernel counts the idle class as nice 20):
+    /// once refused, the waiting callers rescue stalls on an extra thread
+    /// instead ([`Shared::rescue_if_stalled`]).
     fn promote_if_stalled<T>(&self, worker: &JoinHandle<T>) {
         // Never waits for the lock, for the reason in rescue_if_stalled.
         let mut state = match self.state.try_lock() {
@@ -514,15 +533,19 @@ impl Shared {
             Err(TryLockError::Poisoned(state)) => state.into_inner(),
             Err(TryLockError::WouldBlock) => return,
         };
-        if state.promotion_refused || !state.stalled() {
+        let id = worker.thread().id();
+        if state.promotion_refused || !state.stalled() || !state.verifying.contains(&id) {
             return;
         }
+        // The lock is held until the policy has been read back: the worker
+        // cannot end this verification (and go back into the idle class)
+        // in between.
         #[cfg(test)]
         let refused = state.refuse_promotion;
         #[cfg(not(test))]
         let refused = false;
         if !refused && leave_idle_class(worker) {
-            state.promoted = Some(worker.thread().id());
+            state.promoted = Some(id);
             state.rescued += 1;
             drop(state);
             crate::metrics::password_rescue();
@@ -639,13 +662,18 @@ impl IdleMark<'_> {
     fn enter(&mut self) {
         // A thread the idle class was refused to runs at normal priority,
         // and is no reason for a rescue.
-        if !enter_idle_class() || self.idle {
+        let entered = enter_idle_class();
+        if entered == self.idle {
             return;
         }
-        self.idle = true;
+        self.idle = entered;
         let mut state = self.shared.state();
-        state.idle += 1;
-        state.progress = Some(Instant::now());
+        if entered {
+            state.idle += 1;
+            state.progress = Some(Instant::now());
+        } else {
+            state.idle -= 1;
+        }
     }
 }
 
@@ -654,8 +682,8 @@ impl Drop for IdleMark<'_> {
         if self.idle {
             let mut state = self.shared.state();
             state.idle -= 1;
-            // A thread that panicked in a promoted verification.
-            state.end_promotion();
+            // A thread that panicked in a verification.
+            state.stop_verifying();
         }
     }
 }
@@ -809,7 +837,10 @@ pub fn may_leave_idle_class() -> bool {
         .lines()
         .find_map(|l| l.strip_prefix("Max nice priority"))
         .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|soft| soft.parse::<u64>().ok())
+        .and_then(|soft| match soft {
+            "unlimited" => Some(u64::MAX),
+            soft => soft.parse::<u64>().ok(),
+        })
         .unwrap_or(0);
     capabilities & (1 << CAP_SYS_NICE) != 0 || nice >= 20
 }
@@ -828,10 +859,14 @@ fn leave_idle_class<T>(thread: &JoinHandle<T>) -> bool {
         let native = thread.as_pthread_t();
         let normal = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
         // The crate sets the policy of `native`, then the nice value given
-        // (0) of the calling thread: the supervisor's own, which only waits
-        // (and may fail, as for a niced process). So the policy is read back.
-        let _ = set_thread_priority_and_policy(native, ThreadPriority::Os(Default::default()), normal);
-        thread_schedule_policy_param(native).is_ok_and(|(policy, _)| policy == normal)
+        // (0) of the calling thread. So it is called from a thread of its
+        // own: the supervisor keeps its nice value (and so do the threads it
+        // starts later), and the policy is read back for the answer.
+        let set = spawn_thread("portcullis-pool", SUPERVISOR_STACK, move || {
+            let _ = set_thread_priority_and_policy(native, ThreadPriority::Os(Default::default()), normal);
+        });
+        set.is_ok_and(|set| set.join().is_ok())
+            && thread_schedule_policy_param(native).is_ok_and(|(policy, _)| policy == normal)
     }
     #[cfg(not(target_os = "linux"))]
     false
@@ -840,6 +875,8 @@ fn leave_idle_class<T>(thread: &JoinHandle<T>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::test_skip as skip;
 
     #[tokio::test]
     async fn verifies_argon2id_hashes() {
@@ -1115,9 +1152,7 @@ mod tests {
     /// Waits until `pool` has a verification thread in the idle class, then
     /// makes it look stalled (no progress for 5 s).
     async fn stall_when_idle(pool: &PasswordPool) {
-        while pool.shared.state().idle == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        until(pool, |s| s.idle > 0).await;
         pool.shared.state().progress = Instant::now().checked_sub(Duration::from_secs(5));
     }
 
@@ -1138,9 +1173,10 @@ mod tests {
         let pool = PasswordPool::new(1);
         let hash = quick_hash("right");
         if !may_leave_idle_class() {
-            let reason = "leaving the idle class is refused here (no CAP_SYS_NICE, RLIMIT_NICE < 20)";
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{reason}");
-            eprintln!("SKIPPED: {reason}");
+            skip::test(
+                &skip::current_test(),
+                "leaving the idle class is refused here (no CAP_SYS_NICE, RLIMIT_NICE < 20)",
+            );
             return;
         }
         let (release, answer, supervisor) = held_idle_verification(&pool, &hash);
@@ -1201,6 +1237,49 @@ mod tests {
             ]
         );
         assert_eq!(state.started, 2);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_a_thread_inside_a_verification_leaves_the_idle_class() {
+        if !may_leave_idle_class() {
+            skip::test(
+                &skip::current_test(),
+                "leaving the idle class is refused here (no CAP_SYS_NICE, RLIMIT_NICE < 20)",
+            );
+            return;
+        }
+        let pool = PasswordPool::new(1);
+        // A thread in the idle class, as a verification thread between two
+        // verifications is; it reports its class when told to go on.
+        let (go_on, wait) = std::sync::mpsc::channel::<()>();
+        let (entered, idle) = std::sync::mpsc::channel::<bool>();
+        let thread = spawn_thread("portcullis-argon2", THREAD_STACK, move || {
+            entered.send(enter_idle_class()).unwrap();
+            let _ = wait.recv();
+            own_policy()
+        })
+        .unwrap();
+        assert!(idle.recv().unwrap());
+        {
+            let mut state = pool.shared.state();
+            state.threads = 1;
+            state.idle = 1;
+            state.progress = Instant::now().checked_sub(Duration::from_secs(5));
+        }
+        pool.shared.promote_if_stalled(&thread);
+        assert_eq!(
+            pool.shared.state().promoted,
+            None,
+            "promoted between verifications"
+        );
+        // Inside a verification: promoted.
+        pool.shared.state().verifying.push(thread.thread().id());
+        pool.shared.promote_if_stalled(&thread);
+        assert_eq!(pool.shared.state().promoted, Some(thread.thread().id()));
+        go_on.send(()).unwrap();
+        assert_eq!(thread.join().unwrap(), Some(SCHED_OTHER));
+        assert!(!pool.shared.state().promotion_refused);
     }
 
     #[tokio::test]

@@ -513,9 +513,10 @@ async fn a_stalled_login_flood_holds_one_argon2_work_area() {
     use std::time::{Duration, Instant};
     // The gateway inherits this process's capabilities and limits.
     if !portcullis::passwords::may_leave_idle_class() {
-        let reason = "no CAP_SYS_NICE and RLIMIT_NICE < 20: stalls are rescued on an extra thread here";
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{reason}");
-        eprintln!("SKIPPED: {reason}");
+        crate::skip::test(
+            &crate::skip::current_test(),
+            "no CAP_SYS_NICE and RLIMIT_NICE < 20: stalls are rescued on an extra thread here",
+        );
         return;
     }
     let (_child, pid, base, client, _dir, admin) = start_binary(
@@ -571,6 +572,7 @@ async fn a_stalled_login_flood_holds_one_argon2_work_area() {
         let client = client.clone();
         let url = format!("{base}{AUTHN}");
         async move {
+            // Answers that came while the cores were busy.
             let mut answered = 0;
             while Instant::now() < until {
                 let res = client
@@ -583,7 +585,9 @@ async fn a_stalled_login_flood_holds_one_argon2_work_area() {
                     .await;
                 if let Ok(res) = res {
                     assert!([401, 429].contains(&res.status().as_u16()), "{}", res.status());
-                    answered += 1;
+                    if res.status() == 401 && Instant::now() < until {
+                        answered += 1;
+                    }
                 }
             }
             answered
@@ -596,12 +600,20 @@ async fn a_stalled_login_flood_holds_one_argon2_work_area() {
     let peak = peak_kib(pid);
     let rescued = rescues().await;
     println!(
-        "{answered} flood answers, {rescued} stalls rescued; peak {before} KiB before the flood, {peak} KiB during it"
+        "{answered} wrong passwords answered while the cores were busy, {rescued} stalls rescued; \
+         peak {before} KiB before the flood, {peak} KiB during it"
     );
     assert!(rescued >= 1, "no stall: the flood did not test the rescue");
-    // One work area is 19 MiB; a second one beside it would add as much again.
+    // Without a rescue an idle-class verification gets almost no CPU here.
     assert!(
-        peak < before + 19 * 1024 + 8 * 1024,
-        "peak {peak} KiB against {before} KiB before: more than one argon2 work area at once"
+        answered >= 2,
+        "only {answered} verifications went through the stall"
+    );
+    // One work area (19 MiB) per verification thread (half the cores); a
+    // rescue thread beside a stalled one would add another.
+    let areas = (cores as u64 / 2).max(1);
+    assert!(
+        peak < before + areas * 19 * 1024 + 8 * 1024,
+        "peak {peak} KiB against {before} KiB before: more than {areas} argon2 work area(s) at once"
     );
 }

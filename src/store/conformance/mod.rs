@@ -29,9 +29,7 @@ use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use serde_json::json;
 
-/// Skips reported like the integration tests' (see the file).
-#[path = "../../../tests/support/skip.rs"]
-mod skip;
+use crate::test_skip as skip;
 
 use super::{
     AuditCursor, AuditQuery, AuditRecord, CounterKey, FactorRecord, FactorStatus, RevocationEvent,
