@@ -373,6 +373,11 @@ wrk_run() {
 
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
+rescues() { # -> stalled password verifications the gateway rescued so far (its metrics)
+  curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" \
+    | awk '$1 == "portcullis_password_rescues_total" { s += $2 } END { printf "%d", s }'
+}
+
 peak_rss_mb() { # pid -> VmHWM in MB
   awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
 }

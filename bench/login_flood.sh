@@ -31,10 +31,6 @@ logins() { # result label -> count from the gateway's metrics
   curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" \
     | awk -v r="$1" '$0 ~ "^portcullis_logins_total" && $0 ~ "result=\"" r "\"" { s += $NF } END { printf "%d", s }'
 }
-rescues() { # stalled verifications the password pool rescued so far
-  curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" \
-    | awk '$1 == "portcullis_password_rescues_total" { s += $2 } END { printf "%d", s }'
-}
 
 # Warm-up.
 saved=$DURATION

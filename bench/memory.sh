@@ -103,5 +103,6 @@ echo "final resident set: $(mb "$(kb "$r" Rss)") MB = anonymous (heap, stacks) $
 echo "signed-in req/s at $CONNS conns: alone $session_rps, during the flood $flooded_rps" \
   "(ratio $(awk -v a="$session_rps" -v f="$flooded_rps" 'BEGIN { printf "%.2f", f / a }')); bypass $bypass_rps;" \
   "flood: ${logins:-?} logins answered in $((DURATION + 2))s"
-echo "peak RSS (VmHWM): through the $CONNS-connection runs and a sign-in after them ${PEAK_LOAD} MB; during the login flood ${PEAK_FLOOD} MB"
+echo "peak RSS (VmHWM): through the $CONNS-connection runs and a sign-in after them ${PEAK_LOAD} MB; during the login flood ${PEAK_FLOOD} MB;" \
+  "stalled verifications rescued: $(rescues)"
 echo "single runs of ${DURATION}s; load now: $(cut -d' ' -f1-3 /proc/loadavg)"
