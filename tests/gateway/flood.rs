@@ -313,13 +313,33 @@ async fn oversized_admin_bodies_get_413() {
     assert_eq!(error_code(res).await, (400, "E0000001".to_owned()));
 }
 
-/// Anonymous resident memory of a process, in KiB (`RssAnon` in
-/// `/proc/<pid>/status`: the heap and stacks, not the binary's pages).
+/// A figure in KiB of `/proc/<pid>/status`, by its field name.
+#[cfg(target_os = "linux")]
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Anonymous resident memory of a process, in KiB (`RssAnon`: the heap and
+/// stacks, not the binary's pages).
 #[cfg(target_os = "linux")]
 fn anonymous_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    status_kib(pid, "RssAnon:")
+}
+
+/// Alice's password sign-in through the authentication API: its status.
+#[cfg(target_os = "linux")]
+async fn alice_signs_in(client: &reqwest::Client, base: &str) -> u16 {
+    client
+        .post(format!("{base}{AUTHN}"))
+        .header("content-type", "application/json")
+        .body(json!({ "username": ALICE.username, "password": ALICE.password }).to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 /// The release contract's way in: the `portcullis` binary serving the demo
@@ -401,14 +421,7 @@ async fn what_a_load_freed_goes_back_to_the_system() {
     assert!(grown >= 2048, "the load added {grown} KiB: too little to tell");
     // A sign-in right away: before its argon2 thread starts, the serving
     // threads give back what the closed connections freed.
-    let res = client
-        .post(format!("{base}{AUTHN}"))
-        .header("content-type", "application/json")
-        .body(json!({ "username": ALICE.username, "password": ALICE.password }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(alice_signs_in(&client, &base).await, 200);
     // Read once the argon2 thread has ended (its stack gone), within 5 s,
     // then for at most 300 ms more until the freed memory is seen to go:
     // soon enough that the once-a-second pass cannot have purged what the
@@ -497,9 +510,7 @@ async fn sign_ins_give_their_argon2_memory_back() {
 /// `VmHWM` (the peak of resident memory) of a process, in KiB.
 #[cfg(target_os = "linux")]
 fn peak_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    status_kib(pid, "VmHWM:")
 }
 
 /// A login flood while every core is kept busy at normal priority: the
@@ -541,14 +552,7 @@ async fn a_stalled_login_flood_holds_one_argon2_work_area() {
         }
     };
     // A sign-in first, so what every one needs besides argon2 is resident.
-    let res = client
-        .post(format!("{base}{AUTHN}"))
-        .header("content-type", "application/json")
-        .body(json!({ "username": ALICE.username, "password": ALICE.password }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(alice_signs_in(&client, &base).await, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The peak from here on.
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
