@@ -37,7 +37,6 @@ pub mod memory;
 pub mod metrics;
 pub mod pages;
 pub mod passwords;
-
 pub mod policy;
 pub mod portal;
 pub mod proxy;
@@ -49,10 +48,6 @@ pub mod session;
 pub mod state;
 pub mod store;
 pub mod telemetry;
-/// Skips of unit tests, reported like the integration tests' (see the file).
-#[cfg(test)]
-#[path = "../tests/support/skip.rs"]
-pub(crate) mod test_skip;
 pub mod users;
 
 pub use gateway::Gateway;

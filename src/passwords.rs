@@ -876,7 +876,7 @@ fn leave_idle_class<T>(thread: &JoinHandle<T>) -> bool {
 mod tests {
     use super::*;
 
-    use crate::test_skip as skip;
+    use crate::store::conformance::skip;
 
     #[tokio::test]
     async fn verifies_argon2id_hashes() {

@@ -29,7 +29,10 @@ use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use serde_json::json;
 
-use crate::test_skip as skip;
+/// Skips reported like the integration tests' (see the file); the library's
+/// other unit tests use it from here (it can be loaded only once).
+#[path = "../../../tests/support/skip.rs"]
+pub(crate) mod skip;
 
 use super::{
     AuditCursor, AuditQuery, AuditRecord, CounterKey, FactorRecord, FactorStatus, RevocationEvent,
