@@ -320,6 +320,9 @@ struct State {
     /// Taken by the next verification, which waits for it before it runs.
     #[cfg(test)]
     hold: Option<std::sync::mpsc::Receiver<()>>,
+    /// Whether the next verification panics (after it was counted as one).
+    #[cfg(test)]
+    panic_next: bool,
     /// Whether each next thread start is refused (a process limit).
     #[cfg(test)]
     refuse: VecDeque<bool>,
@@ -486,22 +489,27 @@ impl Shared {
             reply,
         } = job;
         if !reply.is_closed() {
-            {
+            let verifying = {
                 let mut state = self.state();
                 state.ran += 1;
                 state.start_verifying();
-            }
+                Verifying(Some(self))
+            };
             #[cfg(test)]
             {
-                let hold = self.state().hold.take();
+                let (hold, panic) = {
+                    let mut state = self.state();
+                    (state.hold.take(), std::mem::take(&mut state.panic_next))
+                };
                 if let Some(hold) = hold {
                     let _ = hold.recv();
                 }
+                assert!(!panic, "a verification panicked (test)");
             }
             let matched = verify_on_this_thread(&hash, password.expose());
             let mut state = self.state();
             state.progress = Some(Instant::now());
-            state.stop_verifying();
+            verifying.end(&mut state);
             #[cfg(test)]
             state.classes.push(tests::own_policy());
             drop(state);
@@ -680,10 +688,29 @@ impl IdleMark<'_> {
 impl Drop for IdleMark<'_> {
     fn drop(&mut self) {
         if self.idle {
-            let mut state = self.shared.state();
-            state.idle -= 1;
-            // A thread that panicked in a verification.
-            state.stop_verifying();
+            self.shared.state().idle -= 1;
+        }
+    }
+}
+
+/// Counts the calling thread inside a verification (see
+/// [`State::verifying`]) until [`Verifying::end`] or, when the verification
+/// panics, until it is dropped: on a thread of any priority, a rescue
+/// thread's included, so no id of a thread that has gone is left behind.
+struct Verifying<'a>(Option<&'a Shared>);
+
+impl Verifying<'_> {
+    /// The verification is done (under the lock the caller holds).
+    fn end(mut self, state: &mut State) {
+        state.stop_verifying();
+        self.0 = None;
+    }
+}
+
+impl Drop for Verifying<'_> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0 {
+            shared.state().stop_verifying();
         }
     }
 }
@@ -1424,6 +1451,24 @@ mod tests {
         }));
         assert!(unwound.is_err());
         assert!(area.iter().all(|b| b.as_ref().iter().all(|w| *w == 0)));
+    }
+
+    #[tokio::test]
+    async fn a_verification_that_panics_is_not_left_counted_as_running() {
+        let pool = PasswordPool::new(1);
+        let hash = quick_hash("right");
+        pool.shared.state().panic_next = true;
+        // A lone sign-in runs at normal priority: no idle-class bookkeeping
+        // would clean up after it.
+        assert_eq!(pool.verify(&hash, Secret::new("right")).await, Err(Busy));
+        assert!(
+            pool.shared.state().verifying.is_empty(),
+            "{:?}",
+            pool.shared.state()
+        );
+        // The pool goes on.
+        assert_eq!(pool.verify(&hash, Secret::new("right")).await, Ok(true));
+        assert!(pool.shared.state().verifying.is_empty());
     }
 
     #[tokio::test]

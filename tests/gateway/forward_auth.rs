@@ -898,12 +898,7 @@ async fn direct_calls_untrusted_peers_and_garbage() {
     assert_eq!(res.status, 200);
 
     // Counted like inline decisions, and audited refusals are in the log.
-    let metrics = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     // Every kind of answer above under its own decision (each comes beside
     // the check's response, not in its extensions).
     for decision in ["untrusted", "bypass", "invalid", "challenge"] {

@@ -479,15 +479,7 @@ async fn ldap_sign_in_enrollment_totp_groups_and_refused_attempts() {
     let factors: Value = res.json().await.unwrap();
     assert_eq!(factors[0]["factorType"], "token:software:totp", "{factors}");
 
-    let metrics = gw
-        .client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("portcullis_directory_duration_seconds"),
         "{metrics}"

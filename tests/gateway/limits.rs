@@ -419,15 +419,7 @@ async fn the_connection_cap_refuses_politely_and_recovers() {
     let (_, head) = keep_alive_get(&gw).await;
     assert!(head.starts_with("HTTP/1.1 503"), "the cap still holds: {head}");
 
-    let metrics = gw
-        .client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics
             .lines()
@@ -872,15 +864,7 @@ async fn one_address_gets_only_its_share_of_connections() {
     assert!(head.starts_with("HTTP/1.1 503"), "the cap still holds: {head}");
     drop(other);
 
-    let metrics = gw
-        .client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics
             .lines()

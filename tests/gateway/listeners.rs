@@ -283,9 +283,7 @@ hosts = ["zero-check.example"]
 "#,
     )
     .await;
-    let res = gw.client().get(gw.admin_url("/metrics")).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    let text = res.text().await.unwrap();
+    let text = gw.metrics().await;
     // The value of the series with exactly these labels, if there is one.
     let value = |metric: &str, labels: &str| {
         text.lines()
@@ -379,9 +377,7 @@ async fn admin_listener_health_readiness_and_metrics() {
     assert_eq!(res.status(), 401);
     assert!(set_cookie(&res, "portcullis_session").is_none());
 
-    let res = client.get(gw.admin_url("/metrics")).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    let text = res.text().await.unwrap();
+    let text = gw.metrics().await;
     // A series with these labels that has counted something (counters with
     // closed label sets are registered at zero from start-up).
     let has = |metric: &str, labels: &[&str]| {

@@ -419,6 +419,19 @@ impl TestGateway {
         format!("http://{}{path}", self.admin)
     }
 
+    /// The admin listener's `/metrics` text (Prometheus exposition format);
+    /// fails the test unless it answers 200.
+    pub async fn metrics(&self) -> String {
+        let res = self
+            .client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.text().await.unwrap()
+    }
+
     /// A client that does not follow redirects and keeps no cookies (tests
     /// send cookies explicitly); trusts the gateway's certificate when TLS.
     pub fn client(&self) -> reqwest::Client {
