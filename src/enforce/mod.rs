@@ -431,6 +431,9 @@ impl Mfa<crate::proxy::Proxy> {
     /// the caller's future (the gateway's: no box per layer per request);
     /// what the access line says comes beside the response, not in its
     /// extensions.
+    /// `req`'s path must be normalized already (the gateway's `route` does,
+    /// before it builds `ctx`); the reserved inbound headers are left to the
+    /// proxy, which strips them as it forwards.
     /// (Not an `async fn`: its future would hold `req` and `ctx` beside the
     /// `enforce` future that holds them too.)
     pub(crate) fn forward(
@@ -449,8 +452,11 @@ impl Mfa<crate::proxy::Proxy> {
 
 /// Decides on `req` and hands it to `pass` when it may go on, with its
 /// context and the principal on an allowed protected route (`None` on a
-/// bypass route). The context is `ctx` (the gateway's), else the one in the
-/// request's extensions, else one derived here (an embedded layer).
+/// bypass route). The context is `ctx` (the gateway's: the path is then
+/// normalized already and `pass` is the proxy, which strips the reserved
+/// headers), else the one in the request's extensions, else one derived here
+/// (an embedded layer: the headers are stripped and the path normalized
+/// here).
 ///
 /// A function returning an `async move` block rather than an `async fn`: the
 /// block works on `req` in place, where an `async fn` future would also hold
@@ -480,6 +486,7 @@ where
         // The context first: deriving it may read a trusted proxy's X-Forwarded-For.
         // It goes to `pass` with the request (the gateway's proxy takes it as it
         // is; an embedded layer puts it back into the extensions).
+        let from_gateway = ctx.is_some();
         let ctx = match ctx.or_else(|| req.extensions_mut().remove::<RequestContext>()) {
             Some(ctx) => ctx,
             None => match e.context(&req) {
@@ -488,19 +495,31 @@ where
             },
         };
         let client_addr = ctx.client_addr;
-        e.strip_identity(req.headers_mut());
-        // Normalize (the gateway already has; embedded, we must): rules match the
-        // normal form and it is what the inner service sees.
-        match normalize(req.uri().path()) {
-            Ok(std::borrow::Cow::Borrowed(_)) => {}
-            Ok(std::borrow::Cow::Owned(p)) => match replace_path(req.uri(), &p) {
-                Some(uri) => *req.uri_mut() = uri,
-                // Fail closed: never decide on (or pass on) the unnormalized path.
-                None => return invalid("invalid path"),
-            },
-            Err(reason) => {
-                crate::audit!("request.path_refused", reason = %reason, client = %client_addr);
-                return invalid("invalid path");
+        if from_gateway {
+            // The gateway has normalized the path (`MainService::route`), and
+            // its proxy, the only `pass` it gives, strips the reserved headers
+            // as it forwards (`rewrite_request_headers`): neither is done
+            // twice per request. The decision reads no header they concern,
+            // and normalizing is idempotent (the policy's property test
+            // `normalizing_is_idempotent_and_readings_are_normal` and the
+            // `path_policy` fuzz target hold it), so a second pass would
+            // change nothing.
+            debug_assert!(normalize(req.uri().path()).is_ok_and(|p| p == req.uri().path()));
+        } else {
+            e.strip_identity(req.headers_mut());
+            // Normalize (embedded, nobody has): rules match the normal form
+            // and it is what the inner service sees.
+            match normalize(req.uri().path()) {
+                Ok(std::borrow::Cow::Borrowed(_)) => {}
+                Ok(std::borrow::Cow::Owned(p)) => match replace_path(req.uri(), &p) {
+                    Some(uri) => *req.uri_mut() = uri,
+                    // Fail closed: never decide on (or pass on) the unnormalized path.
+                    None => return invalid("invalid path"),
+                },
+                Err(reason) => {
+                    crate::audit!("request.path_refused", reason = %reason, client = %client_addr);
+                    return invalid("invalid path");
+                }
             }
         }
         let facts = RequestFacts {

@@ -103,7 +103,7 @@ const STAYS_RAW: u8 = 2;
 const PLAIN: u8 = 4;
 
 /// Each byte's classes: one load per byte of a path instead of a dozen
-/// comparisons (normalizing runs twice on every request).
+/// comparisons (every request's path is normalized).
 static CLASS: [u8; 256] = {
     let mut table = [0u8; 256];
     let mut i = 0;
@@ -239,6 +239,12 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     let ends_dir = decoded.ends_with("/.") || decoded.ends_with("/..");
     if ends_dir && !result.ends_with('/') {
         result.push('/');
+    }
+    // A path already in its normal form (kept escapes such as `%20` or
+    // `%C3%A9` are not clean, yet often normal) is borrowed: the caller
+    // keeps the request's target as it is instead of rebuilding it.
+    if result == path {
+        return Ok(Cow::Borrowed(path));
     }
     Ok(Cow::Owned(result))
 }
@@ -545,6 +551,7 @@ mod tests {
                 let normal = normalize(&path);
                 proptest::prop_assert_eq!(normal.as_deref(), Ok(path.as_str()));
             }
+
         }
     }
 
@@ -553,6 +560,12 @@ mod tests {
         assert!(matches!(normalize("/a/b/c.html"), Ok(Cow::Borrowed(_))));
         assert!(matches!(normalize("/"), Ok(Cow::Borrowed(_))));
         assert!(matches!(normalize("/a/b/"), Ok(Cow::Borrowed(_))));
+        // Not clean (escapes to look at), but normal already.
+        assert!(matches!(normalize("/caf%C3%A9/a%20b"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(normalize("/100%25"), Ok(Cow::Borrowed(_))));
+        // Changed: owned.
+        assert!(matches!(normalize("/caf%c3%a9"), Ok(Cow::Owned(_))));
+        assert!(matches!(normalize("/a/../b"), Ok(Cow::Owned(_))));
     }
 
     #[test]

@@ -74,6 +74,42 @@ async fn bypass_never_sets_identity_even_with_a_session() {
 }
 
 #[tokio::test]
+async fn a_signed_in_request_carries_only_the_gateways_identity_and_forwarding() {
+    let gw = TestGateway::start("").await;
+    let login = gw.login(ALICE).await;
+    let res = raw(
+        gw.main,
+        &format!(
+            "GET /private HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nCookie: {}\r\n\
+             Remote_User: mallory\r\nREMOTE-USER: mallory\r\nremote_groups: admins\r\n\
+             Remote-Email: mallory@evil.example\r\nREMOTE_NAME: Mallory\r\n\
+             X-Forwarded-For: 6.6.6.6\r\nX_Forwarded_Host: evil.example\r\nX-Real-IP: 6.6.6.6\r\n\
+             Forwarded: for=6.6.6.6;proto=https;host=evil.example\r\nConnection: close\r\n\r\n",
+            gw.main,
+            login.cookie()
+        ),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let echo = res.echo();
+    // Only the gateway's own spelling of each identity header, set from the session.
+    for name in echo.names() {
+        if is_identity_spelling(&name) {
+            assert!(!name.contains('_'), "{name} reached the upstream");
+        }
+    }
+    assert_eq!(echo.header("remote-user").as_deref(), Some("alice"));
+    assert_eq!(echo.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    let everything = echo.0.to_string();
+    for spoof in ["mallory", "Mallory", "6.6.6.6", "evil.example"] {
+        assert!(
+            !everything.contains(spoof),
+            "{spoof} reached the upstream: {everything}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn deny_answers_403_json_for_api_clients_and_html_for_browsers() {
     let gw = TestGateway::start("").await;
     let client = gw.client();
