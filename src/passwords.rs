@@ -702,8 +702,9 @@ struct Verifying<'a>(Option<&'a Shared>);
 impl Verifying<'_> {
     /// The verification is done (under the lock the caller holds).
     fn end(mut self, state: &mut State) {
-        state.stop_verifying();
+        // Disarmed first: the drop must never take the lock held here.
         self.0 = None;
+        state.stop_verifying();
     }
 }
 

@@ -432,8 +432,9 @@ impl Mfa<crate::proxy::Proxy> {
     /// what the access line says comes beside the response, not in its
     /// extensions.
     /// `req`'s path must be normalized already (the gateway's `route` does,
-    /// before it builds `ctx`); the reserved inbound headers are left to the
-    /// proxy, which strips them as it forwards.
+    /// before it builds `ctx`; one that is not is refused, 400); the reserved
+    /// inbound headers are left to the proxy, which strips them as it
+    /// forwards.
     /// (Not an `async fn`: its future would hold `req` and `ctx` beside the
     /// `enforce` future that holds them too.)
     pub(crate) fn forward(
@@ -499,12 +500,18 @@ where
             // The gateway has normalized the path (`MainService::route`), and
             // its proxy, the only `pass` it gives, strips the reserved headers
             // as it forwards (`rewrite_request_headers`): neither is done
-            // twice per request. The decision reads no header they concern,
-            // and normalizing is idempotent (the policy's property test
+            // twice per request. The decision reads none of those headers
+            // (an identity header an operator named `Accept` could only change
+            // a refusal's format). The path is still checked, failing closed:
+            // normalizing is idempotent (the policy's property test
             // `normalizing_is_idempotent_and_readings_are_normal` and the
-            // `path_policy` fuzz target hold it), so a second pass would
-            // change nothing.
-            debug_assert!(normalize(req.uri().path()).is_ok_and(|p| p == req.uri().path()));
+            // `path_policy` fuzz target hold it), so a normal path is borrowed
+            // after one scan of its bytes, and one that a caller forgot to
+            // normalize is refused instead of decided on.
+            if !matches!(normalize(req.uri().path()), Ok(std::borrow::Cow::Borrowed(_))) {
+                tracing::error!(request_id = %ctx.request_id, "a request reached enforcement unnormalized; refused");
+                return invalid("invalid path");
+            }
         } else {
             e.strip_identity(req.headers_mut());
             // Normalize (embedded, nobody has): rules match the normal form
@@ -773,6 +780,38 @@ groups = ["admins"]
     async fn body(res: Response<Body>) -> String {
         let b = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
         String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    /// The gateway's path trusts `route` to have normalized the target; a
+    /// request handed over without that is refused, never decided on.
+    #[tokio::test]
+    async fn the_gateway_path_refuses_a_request_handed_over_unnormalized() {
+        use tower::Layer as _;
+        let (gw, _app, _clock) = app().await;
+        let config = &gw.state().config;
+        let proxy = crate::proxy::Proxy::new(crate::proxy::ProxySettings {
+            upstreams: config.upstreams.clone(),
+            identity: config.identity_headers.clone(),
+            gateway_cookies: config.session.gateway_cookie_names(),
+        })
+        .unwrap();
+        let protected = gw.mfa_layer().layer(proxy);
+        for (path, status, decision) in [
+            // Unnormalized: a bypass rule's path after `..`, an encoded dot.
+            ("/x/../public", StatusCode::BAD_REQUEST, "invalid"),
+            ("/%70ublic", StatusCode::BAD_REQUEST, "invalid"),
+            // Normal: decided (bypass) and passed on to the (closed) upstream.
+            ("/public", StatusCode::BAD_GATEWAY, "bypass"),
+        ] {
+            let request = req(path, None);
+            let ctx = gw.state().enforcer.context(&request).unwrap();
+            let ctx = RequestContext {
+                upstream: Some(0),
+                ..ctx
+            };
+            let (res, info) = protected.forward(request, ctx).await;
+            assert_eq!((res.status(), info.decision), (status, decision), "{path}");
+        }
     }
 
     #[test]

@@ -169,16 +169,24 @@ impl Upstream {
     /// the request's (already normalized) path and query.
     fn uri(&self, request: &Uri) -> Option<Uri> {
         let path_and_query = match request.path_and_query() {
+            // `*` (OPTIONS *) addresses the server, not a path under the prefix.
+            Some(pq) if pq.as_str() == "*" => pq.clone(),
             // The common case shares the request's bytes: no allocation.
-            Some(pq) if self.prefix.is_empty() => pq.clone(),
-            Some(pq) if pq.as_str().starts_with('/') => {
-                let mut joined = String::with_capacity(self.prefix.len() + pq.as_str().len());
+            Some(pq) if self.prefix.is_empty() && pq.as_str().starts_with('/') => pq.clone(),
+            // Under the prefix; also an absolute-form target with an empty
+            // path (`http://host?x=1`), whose text starts at the `?` while its
+            // path, what the policy decided on, is `/`.
+            Some(pq) => {
+                let (path, query) = (pq.path(), pq.query());
+                let mut joined = String::with_capacity(self.prefix.len() + pq.as_str().len() + 1);
                 joined.push_str(&self.prefix);
-                joined.push_str(pq.as_str());
+                joined.push_str(path);
+                if let Some(query) = query {
+                    joined.push('?');
+                    joined.push_str(query);
+                }
                 PathAndQuery::from_maybe_shared(Bytes::from(joined)).ok()?
             }
-            // `*` (OPTIONS *) addresses the server, not a path under the prefix.
-            Some(pq) => pq.clone(),
             None if self.prefix.is_empty() => PathAndQuery::from_static("/"),
             None => PathAndQuery::from_maybe_shared(Bytes::from(format!("{}/", self.prefix))).ok()?,
         };
@@ -862,6 +870,17 @@ mod tests {
                 .unwrap();
             let echo = json(proxy.forward(req).await).await;
             assert_eq!(echo["uri"], format!("{prefix}/x?y=1"));
+            // One with an empty path: its path is `/` (what a policy sees),
+            // and so it goes under the prefix, query and all.
+            for (target, sent) in [
+                ("http://app.example.com?y=1", format!("{prefix}/?y=1")),
+                ("http://app.example.com", format!("{prefix}/")),
+            ] {
+                let req = request(target).body(Body::empty()).unwrap();
+                assert_eq!(req.uri().path(), "/");
+                let echo = json(proxy.forward(req).await).await;
+                assert_eq!(echo["uri"], sent, "{target}");
+            }
             let req = request("*").method("OPTIONS").body(Body::empty()).unwrap();
             let echo = json(proxy.forward(req).await).await;
             assert_eq!(echo["method"], "OPTIONS");
