@@ -30,7 +30,7 @@ use crate::config::IdentityHeaders;
 use crate::context::{self, ConnInfo, RequestContext};
 use crate::error::{ApiError, ErrorCode};
 use crate::identity::{Principal, PrincipalInfo};
-use crate::policy::normalize::normalize;
+use crate::policy::normalize::{NormalTarget, TargetError, normalize_target};
 use crate::policy::{Decision, Policy, RequestFacts};
 use crate::session::revocation::RevocationView;
 use crate::session::{SessionClaims, SessionCodec, SessionReject};
@@ -431,33 +431,35 @@ impl Mfa<crate::proxy::Proxy> {
     /// the caller's future (the gateway's: no box per layer per request);
     /// what the access line says comes beside the response, not in its
     /// extensions.
-    /// `req`'s path must be normalized already (the gateway's `route` does,
-    /// before it builds `ctx`; one that is not is refused, 400); the reserved
-    /// inbound headers are left to the proxy, which strips them as it
-    /// forwards.
+    /// `req`'s path must be normalized already, `normal` the proof of it
+    /// (the gateway's `route` normalizes before it builds `ctx`; a request
+    /// whose target is not the one `normal` vouches for is refused, 400); the
+    /// reserved inbound headers are left to the proxy, which strips them as
+    /// it forwards.
     /// (Not an `async fn`: its future would hold `req` and `ctx` beside the
     /// `enforce` future that holds them too.)
     pub(crate) fn forward(
         &self,
         req: Request<Body>,
         ctx: RequestContext,
+        normal: NormalTarget,
     ) -> impl Future<Output = (Response<Body>, AccessInfo)> + '_ {
         enforce(
             &self.enforcer,
             |req, ctx, principal| self.inner.forward_as(req, ctx, principal),
             req,
-            Some(ctx),
+            Some((ctx, normal)),
         )
     }
 }
 
 /// Decides on `req` and hands it to `pass` when it may go on, with its
 /// context and the principal on an allowed protected route (`None` on a
-/// bypass route). The context is `ctx` (the gateway's: the path is then
-/// normalized already and `pass` is the proxy, which strips the reserved
-/// headers), else the one in the request's extensions, else one derived here
-/// (an embedded layer: the headers are stripped and the path normalized
-/// here).
+/// bypass route). The context is the gateway's (`from_gateway`: the path is
+/// then normalized already, with the proof of it, and `pass` is the proxy,
+/// which strips the reserved headers), else the one in the request's
+/// extensions, else one derived here (an embedded layer: the headers are
+/// stripped and the path normalized here).
 ///
 /// A function returning an `async move` block rather than an `async fn`: the
 /// block works on `req` in place, where an `async fn` future would also hold
@@ -470,7 +472,7 @@ fn enforce<'a, F, Fut>(
     e: &'a Enforcer,
     pass: F,
     mut req: Request<Body>,
-    ctx: Option<RequestContext>,
+    from_gateway: Option<(RequestContext, NormalTarget)>,
 ) -> impl Future<Output = (Response<Body>, AccessInfo)> + 'a
 where
     F: FnOnce(Request<Body>, RequestContext, Option<Principal>) -> Fut + 'a,
@@ -487,7 +489,10 @@ where
         // The context first: deriving it may read a trusted proxy's X-Forwarded-For.
         // It goes to `pass` with the request (the gateway's proxy takes it as it
         // is; an embedded layer puts it back into the extensions).
-        let from_gateway = ctx.is_some();
+        let (ctx, normal) = match from_gateway {
+            Some((ctx, normal)) => (Some(ctx), Some(normal)),
+            None => (None, None),
+        };
         let ctx = match ctx.or_else(|| req.extensions_mut().remove::<RequestContext>()) {
             Some(ctx) => ctx,
             None => match e.context(&req) {
@@ -496,37 +501,31 @@ where
             },
         };
         let client_addr = ctx.client_addr;
-        if from_gateway {
+        if let Some(normal) = normal {
             // The gateway has normalized the path (`MainService::route`), and
             // its proxy, the only `pass` it gives, strips the reserved headers
             // as it forwards (`rewrite_request_headers`): neither is done
             // twice per request. The decision reads none of those headers
             // (an identity header an operator named `Accept` could only change
-            // a refusal's format). The path is still checked, failing closed:
-            // normalizing is idempotent (the policy's property test
-            // `normalizing_is_idempotent_and_readings_are_normal` and the
-            // `path_policy` fuzz target hold it), so a normal path is borrowed
-            // after one scan of its bytes, and one that a caller forgot to
-            // normalize is refused instead of decided on.
-            if !matches!(normalize(req.uri().path()), Ok(std::borrow::Cow::Borrowed(_))) {
-                tracing::error!(request_id = %ctx.request_id, "a request reached enforcement unnormalized; refused");
+            // a refusal's format). The proof is still checked, failing closed:
+            // a target other than the one normalized (rebuilt or replaced on
+            // the way) is refused instead of decided on.
+            if !normal.holds_for(req.uri()) {
+                tracing::error!(request_id = %ctx.request_id, "a request reached enforcement with a target other than the one normalized; refused");
                 return invalid("invalid path");
             }
         } else {
             e.strip_identity(req.headers_mut());
             // Normalize (embedded, nobody has): rules match the normal form
-            // and it is what the inner service sees.
-            match normalize(req.uri().path()) {
-                Ok(std::borrow::Cow::Borrowed(_)) => {}
-                Ok(std::borrow::Cow::Owned(p)) => match replace_path(req.uri(), &p) {
-                    Some(uri) => *req.uri_mut() = uri,
-                    // Fail closed: never decide on (or pass on) the unnormalized path.
-                    None => return invalid("invalid path"),
-                },
-                Err(reason) => {
+            // and it is what the inner service sees. Fail closed: never
+            // decide on (or pass on) the unnormalized path.
+            match normalize_target(req.uri_mut()) {
+                Ok(_) => {}
+                Err(TargetError::Path(reason)) => {
                     crate::audit!("request.path_refused", reason = %reason, client = %client_addr);
                     return invalid("invalid path");
                 }
+                Err(TargetError::Unrepresentable) => return invalid("invalid path"),
             }
         }
         let facts = RequestFacts {
@@ -672,17 +671,6 @@ pub(crate) fn api_challenge(prefix: &str, cause: &str) -> Response<Body> {
     err.into_response()
 }
 
-/// `uri` with its path replaced by `path` (query kept).
-pub fn replace_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
-    let pq = match uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
-    };
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(pq.parse().ok()?);
-    http::Uri::from_parts(parts).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -785,7 +773,7 @@ groups = ["admins"]
     /// The gateway's path trusts `route` to have normalized the target; a
     /// request handed over without that is refused, never decided on.
     #[tokio::test]
-    async fn the_gateway_path_refuses_a_request_handed_over_unnormalized() {
+    async fn the_gateway_path_refuses_a_request_without_its_own_proof_of_normal_form() {
         use tower::Layer as _;
         let (gw, _app, _clock) = app().await;
         let config = &gw.state().config;
@@ -796,21 +784,47 @@ groups = ["admins"]
         })
         .unwrap();
         let protected = gw.mfa_layer().layer(proxy);
-        for (path, status, decision) in [
-            // Unnormalized: a bypass rule's path after `..`, an encoded dot.
-            ("/x/../public", StatusCode::BAD_REQUEST, "invalid"),
-            ("/%70ublic", StatusCode::BAD_REQUEST, "invalid"),
-            // Normal: decided (bypass) and passed on to the (closed) upstream.
-            ("/public", StatusCode::BAD_GATEWAY, "bypass"),
-        ] {
+        let context = |request: &Request<Body>| RequestContext {
+            upstream: Some(0),
+            ..gw.state().enforcer.context(request).unwrap()
+        };
+        // A proof made for another request's target (here a normal one)
+        // does not carry over: an unnormalized path (a bypass rule's path
+        // after `..`, an encoded letter) or even an equal one is refused.
+        let mut other = req("/public", None);
+        let foreign = crate::policy::normalize::normalize_target(other.uri_mut()).unwrap();
+        for path in ["/x/../public", "/%70ublic", "/public"] {
             let request = req(path, None);
-            let ctx = gw.state().enforcer.context(&request).unwrap();
-            let ctx = RequestContext {
-                upstream: Some(0),
-                ..ctx
-            };
-            let (res, info) = protected.forward(request, ctx).await;
-            assert_eq!((res.status(), info.decision), (status, decision), "{path}");
+            let ctx = context(&request);
+            let (res, info) = protected.forward(request, ctx, foreign).await;
+            assert_eq!(
+                (res.status(), info.decision),
+                (StatusCode::BAD_REQUEST, "invalid"),
+                "{path}"
+            );
+        }
+        // Nor does it hold once the target it was made for is replaced.
+        let mut request = req("/public", None);
+        let normal = crate::policy::normalize::normalize_target(request.uri_mut()).unwrap();
+        *request.uri_mut() = "/%70ublic".parse().unwrap();
+        let ctx = context(&request);
+        let (res, info) = protected.forward(request, ctx, normal).await;
+        assert_eq!(
+            (res.status(), info.decision),
+            (StatusCode::BAD_REQUEST, "invalid")
+        );
+        // Normalized with its proof: decided (bypass) on the normal form and
+        // passed on to the (closed) upstream.
+        for path in ["/public", "/x/../%70ublic"] {
+            let mut request = req(path, None);
+            let normal = crate::policy::normalize::normalize_target(request.uri_mut()).unwrap();
+            let ctx = context(&request);
+            let (res, info) = protected.forward(request, ctx, normal).await;
+            assert_eq!(
+                (res.status(), info.decision),
+                (StatusCode::BAD_GATEWAY, "bypass"),
+                "{path}"
+            );
         }
     }
 

@@ -1,7 +1,6 @@
 //! The main listener's service: prepare each request, split portal from
 //! application traffic, enforce, proxy; then log one access line.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -18,9 +17,9 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::AppState;
 use crate::context::{self, ConnInfo, RequestContext};
-use crate::enforce::{AccessInfo, Mfa, MfaLayer, replace_path};
+use crate::enforce::{AccessInfo, Mfa, MfaLayer};
 use crate::error::{ApiError, ErrorCode};
-use crate::policy::normalize::normalize;
+use crate::policy::normalize::{TargetError, normalize_target};
 use crate::proxy::Proxy;
 use crate::server::ForConnection;
 
@@ -275,16 +274,13 @@ impl MainService {
             });
             return (res, String::new(), None);
         };
-        match normalize(req.uri().path()) {
-            Ok(Cow::Borrowed(_)) => {}
-            Ok(Cow::Owned(normal)) => match replace_path(req.uri(), &normal) {
-                Some(uri) => *req.uri_mut() = uri,
-                None => {
-                    let raw = req.uri().path_and_query().cloned();
-                    return (bad_request("invalid path"), host, raw);
-                }
-            },
-            Err(e) => {
+        let normal = match normalize_target(req.uri_mut()) {
+            Ok(normal) => normal,
+            Err(TargetError::Unrepresentable) => {
+                let raw = req.uri().path_and_query().cloned();
+                return (bad_request("invalid path"), host, raw);
+            }
+            Err(TargetError::Path(e)) => {
                 let raw = req.uri().path_and_query().cloned();
                 crate::audit!(
                     "request.path_refused",
@@ -299,7 +295,7 @@ impl MainService {
                 });
                 return (res, host, raw);
             }
-        }
+        };
         let path = req.uri().path();
         let prefix = &cfg.portal.prefix;
         let in_portal = path
@@ -378,7 +374,7 @@ impl MainService {
         // and held inline every future around it would be as large and be
         // copied whole each time one is built or moved (measured: four such
         // copies per request cost more than this allocation).
-        let (res, info) = Box::pin(inner.protected.forward(req_owned, ctx)).await;
+        let (res, info) = Box::pin(inner.protected.forward(req_owned, ctx, normal)).await;
         *proxied = Some(info);
         (res, host, logged_path)
     }

@@ -249,6 +249,76 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(result))
 }
 
+/// Why a request target was refused by [`normalize_target`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// The path is one back ends disagree about (see the module docs).
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// The normal form did not make a valid URI again (never seen: the
+    /// normal form is ASCII without spaces); refused rather than decided on
+    /// the old spelling.
+    #[error("normalized path does not form a valid URI")]
+    Unrepresentable,
+}
+
+/// Proof that a request target's path is in normal form. Only
+/// [`normalize_target`] makes one, so code that takes it (the gateway's
+/// enforcement, [`crate::enforce::Mfa`]'s `forward`) cannot be handed a
+/// request nobody normalized. It names the bytes it vouches for (their
+/// address and length: a URI's parts are immutable shared bytes, which a move
+/// of the request does not move), so [`NormalTarget::holds_for`] tells in two
+/// comparisons, without scanning the path again, whether a target is still
+/// the one that was normalized; a rebuilt or replaced URI fails it. (An
+/// address is only reused once the bytes it held are freed, that is once the
+/// target the proof was made for is gone: replacing the target between
+/// normalizing and enforcing, which nothing does, would be needed even to
+/// try; the unit tests check the proof against copies and replacements.)
+#[derive(Debug, Clone, Copy)]
+#[must_use]
+pub struct NormalTarget {
+    at: usize,
+    len: usize,
+}
+
+impl NormalTarget {
+    fn of(uri: &http::Uri) -> Self {
+        let path = uri.path();
+        Self {
+            at: path.as_ptr() as usize,
+            len: path.len(),
+        }
+    }
+
+    /// True when `uri`'s path is the very bytes this proof was made for.
+    pub fn holds_for(&self, uri: &http::Uri) -> bool {
+        let path = uri.path();
+        path.as_ptr() as usize == self.at && path.len() == self.len
+    }
+}
+
+/// Normalizes the path of a request target in place (query and the rest
+/// kept; a target already normal is left untouched, without a copy) and
+/// returns the proof of it. On an error `uri` is left as it was.
+pub fn normalize_target(uri: &mut http::Uri) -> Result<NormalTarget, TargetError> {
+    match normalize(uri.path())? {
+        Cow::Borrowed(_) => {}
+        Cow::Owned(normal) => *uri = replace_path(uri, &normal).ok_or(TargetError::Unrepresentable)?,
+    }
+    Ok(NormalTarget::of(uri))
+}
+
+/// `uri` with its path replaced by `path` (query kept).
+fn replace_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// The byte of the escape `%XY` starting at `i`, if well formed.
@@ -566,6 +636,40 @@ mod tests {
         // Changed: owned.
         assert!(matches!(normalize("/caf%c3%a9"), Ok(Cow::Owned(_))));
         assert!(matches!(normalize("/a/../b"), Ok(Cow::Owned(_))));
+    }
+
+    #[test]
+    fn targets_are_normalized_in_place_with_a_proof_of_their_bytes() {
+        // Normal already: the very bytes are kept, and the proof holds for
+        // the request however it is moved.
+        let mut uri: http::Uri = "/a%20b/c?x=%2e%2e".parse().unwrap();
+        let before = uri.path().as_ptr();
+        let proof = normalize_target(&mut uri).unwrap();
+        assert_eq!(uri.path().as_ptr(), before);
+        assert_eq!(uri, "/a%20b/c?x=%2e%2e");
+        let moved = Box::new(uri);
+        assert!(proof.holds_for(&moved));
+        // Rebuilt: the normal path, the query as it was (not normalized).
+        let mut uri: http::Uri = "http://app.example/x/../%61dmin?q=/../".parse().unwrap();
+        let proof = normalize_target(&mut uri).unwrap();
+        assert_eq!(uri, "http://app.example/admin?q=/../");
+        assert!(proof.holds_for(&uri));
+        // A proof is for those bytes only: not for an equal copy, not for a
+        // target that was replaced after it was made.
+        let copy: http::Uri = uri.to_string().parse().unwrap();
+        assert_eq!(copy, uri);
+        assert!(!proof.holds_for(&copy));
+        let mut replaced = uri.clone();
+        assert!(proof.holds_for(&replaced), "a clone shares the bytes");
+        replaced = "http://app.example/%61dmin".parse().unwrap();
+        assert!(!proof.holds_for(&replaced));
+        // Refused: no proof, the target left as it was.
+        let mut uri: http::Uri = "/a/%2e%2e;x/b?y".parse().unwrap();
+        assert_eq!(
+            normalize_target(&mut uri).unwrap_err(),
+            TargetError::Path(PathError::DotSegmentParameters)
+        );
+        assert_eq!(uri, "/a/%2e%2e;x/b?y");
     }
 
     #[test]
