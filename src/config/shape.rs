@@ -109,26 +109,74 @@ fn deserialize_reporting<T: DeserializeOwned>(
         report_shape_error(cx, prefix, whole);
         return None;
     };
-    let mut bad = Vec::new();
-    for (k, v) in &table {
-        let mut one = toml::Table::new();
-        one.insert(k.clone(), v.clone());
-        if let Err(e) = deserialize::<T>(toml::Value::Table(one)) {
-            report_shape_error(cx, prefix, e);
-            bad.push(k.clone());
-        }
-    }
-    if bad.is_empty() {
+    if !remove_bad_keys::<T>(cx, prefix, &mut Vec::new(), &mut table) {
         report_shape_error(cx, prefix, whole);
         return None;
     }
     // Check the rest of the section too, so that one mistyped key does not
     // hide a bad value next to it.
-    for k in bad {
-        table.remove(&k);
-        cx.malformed.push(join_key(prefix, &k));
-    }
     deserialize::<T>(toml::Value::Table(table)).ok()
+}
+
+/// `inner` placed at `path` inside the section (`["tls"]`, `{cert = 5}`:
+/// `{tls = {cert = 5}}`).
+fn nest(path: &[String], inner: toml::Table) -> toml::Value {
+    path.iter().rev().fold(toml::Value::Table(inner), |value, key| {
+        let mut outer = toml::Table::new();
+        outer.insert(key.clone(), value);
+        toml::Value::Table(outer)
+    })
+}
+
+/// Tries each key of `table` (at `path` inside the section; every raw
+/// struct has defaults, so one key alone deserializes when it is right)
+/// and reports and removes those that fail. A key holding a table is
+/// searched the same way, so that one bad key deep inside it
+/// (`server.tls.kee`) is reported with its own path and does not hide the
+/// table's other keys and their checks. Returns whether anything was
+/// removed; the removed keys are remembered as malformed.
+fn remove_bad_keys<T: DeserializeOwned>(
+    cx: &mut Ctx<'_>,
+    prefix: &str,
+    path: &mut Vec<String>,
+    table: &mut toml::Table,
+) -> bool {
+    let alone = |path: &[String], key: &str, value: &toml::Value| {
+        let mut one = toml::Table::new();
+        one.insert(key.to_owned(), value.clone());
+        deserialize::<T>(nest(path, one))
+    };
+    let mut bad = Vec::new();
+    let mut found = false;
+    for (key, value) in table.iter_mut() {
+        let Err(error) = alone(path, key, value) else {
+            continue;
+        };
+        if let toml::Value::Table(inner) = value {
+            path.push(key.clone());
+            let inside = remove_bad_keys::<T>(cx, prefix, path, inner);
+            path.pop();
+            if inside {
+                found = true;
+                match alone(path, key, value) {
+                    // Kept without its bad keys: the table's own checks run.
+                    Ok(_) => continue,
+                    Err(rest) => report_shape_error(cx, prefix, rest),
+                }
+                bad.push(key.clone());
+                continue;
+            }
+        }
+        report_shape_error(cx, prefix, error);
+        bad.push(key.clone());
+    }
+    for key in &bad {
+        table.remove(key);
+        path.push(key.clone());
+        cx.malformed.push(join_key(prefix, &path.join(".")));
+        path.pop();
+    }
+    found || !bad.is_empty()
 }
 
 /// A table section: absent means all defaults; `None` means it was reported as
@@ -190,6 +238,30 @@ mod tests {
         assert_has(&errs, "server.tls.chain", "unknown key");
         assert_has(&errs, "factors.sms.delivery.tone", "unknown key");
         assert_has(&errs, "factors.fax", "unknown key");
+    }
+
+    #[test]
+    fn a_bad_key_inside_a_nested_table_hides_neither_its_neighbours_nor_their_checks() {
+        // Inline and as a [table]: the misspelt key, the mistyped one beside
+        // it, and what the table's own checks find in the rest (no cert: the
+        // key alone is not enough).
+        for tls in [
+            "[server]\ntls = { kee = \"a\", chain = 5, key = \"/nonexistent/key.pem\" }\n",
+            "[server.tls]\nkee = \"a\"\nchain = 5\nkey = \"/nonexistent/key.pem\"\n",
+        ] {
+            let errs = errors(&with(tls));
+            assert_has(&errs, "server.tls.kee", "unknown key");
+            assert_has(&errs, "server.tls.chain", "unknown key");
+            assert_has(&errs, "server.tls.cert", "is required");
+            assert_has(&errs, "server.tls.key", "/nonexistent/key.pem");
+            assert!(!has(&errs, "server.tls", "invalid type"), "{errs:#?}");
+        }
+        // Two levels down, with a mistyped value beside the unknown key.
+        let errs = errors(&with(
+            "[factors.sms]\ndelivery = { kind = \"log\", tone = 1, url = 5 }\n",
+        ));
+        assert_has(&errs, "factors.sms.delivery.tone", "unknown key");
+        assert_has(&errs, "factors.sms.delivery.url", "invalid value");
     }
 
     #[test]
