@@ -266,13 +266,19 @@ impl FromRequestParts<Arc<AppState>> for Admin {
 
 /// The client address of an admin call as the main listener resolves it
 /// (the socket peer, or X-Forwarded-For's right-most untrusted hop when the
-/// peer is in `trusted_proxies`).
+/// peer is in `trusted_proxies`). A call whose peer is unknown (a router
+/// served without the listener's connection info, as an embedding might)
+/// counts as the unspecified address `0.0.0.0`, with X-Forwarded-For
+/// ignored: such calls share one throttle, and no header can spread them
+/// over many (an assumed loopback peer would trust the header whenever
+/// 127.0.0.1 is a trusted proxy).
 fn client_addr(st: &AppState, parts: &Parts) -> IpAddr {
-    let peer = parts
-        .extensions
-        .get::<crate::context::ConnInfo>()
-        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.peer.ip());
-    crate::context::client_addr(peer, &parts.headers, &st.config.server.trusted_proxies)
+    match parts.extensions.get::<crate::context::ConnInfo>() {
+        Some(conn) => {
+            crate::context::client_addr(conn.peer.ip(), &parts.headers, &st.config.server.trusted_proxies)
+        }
+        None => IpAddr::from([0, 0, 0, 0]),
+    }
 }
 
 /// The index of the admin token of a call, after the per-address throttle
@@ -427,6 +433,41 @@ enabled = false
             r = r.header("authorization", a);
         }
         r.body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn calls_from_an_unknown_peer_share_one_throttle_whatever_they_forward() {
+        // Loopback trusted as a proxy: were an unknown peer taken for it,
+        // each X-Forwarded-For value would get a throttle of its own.
+        let text = CONFIG.replacen(
+            "[admin]",
+            "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[admin]",
+            1,
+        );
+        let loaded = crate::config::load_str(&text, &|_| None).expect("config");
+        let gw = Gateway::build(loaded.config).await.expect("gateway");
+        let app = gw.admin_router();
+        let wrong = |i: u32| {
+            let mut r = call("GET", "/api/v1/users", Some("SSWS wrong-token"));
+            r.headers_mut()
+                .insert("x-forwarded-for", format!("198.51.100.{i}").parse().unwrap());
+            r
+        };
+        for i in 0..throttle::MAX_FAILURES {
+            let res = app.clone().oneshot(wrong(i)).await.unwrap();
+            assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "call {i}");
+        }
+        let res = app.clone().oneshot(wrong(200)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        // The same from a known peer (the listener's connection info) still
+        // follows the trusted proxy's header: another client, not throttled.
+        let mut known = wrong(201);
+        known.extensions_mut().insert(crate::context::ConnInfo {
+            peer: "127.0.0.1:40000".parse().unwrap(),
+            tls: false,
+        });
+        let res = app.clone().oneshot(known).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]

@@ -77,20 +77,28 @@ pub(super) fn convert_server(cx: &mut Ctx<'_>, raw: RawServer) -> ServerConfig {
     );
     let external_url = match raw.external_url.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(text) => match http_url(text) {
-            Ok(url) if url.path() != "/" => {
-                cx.error(
-                    "server.external_url",
-                    "must not have a path (scheme and host only, e.g. \"https://app.example.com\")",
-                );
-                None
+        Some(text) => {
+            const NO_PATH: &str =
+                "must not have a path (scheme and host only, e.g. \"https://app.example.com\")";
+            match http_url(text) {
+                Ok(url) if url.path() != "/" => {
+                    cx.error("server.external_url", NO_PATH);
+                    None
+                }
+                Ok(url) => Some(url),
+                Err(e) => {
+                    // Every problem at once: a URL with a query and a path
+                    // names both, not the path only after the query is gone.
+                    let with_path = url::Url::parse(text).is_ok_and(|url| url.path() != "/");
+                    if with_path {
+                        cx.error("server.external_url", format!("{e}; it also {NO_PATH}"));
+                    } else {
+                        cx.error("server.external_url", e);
+                    }
+                    None
+                }
             }
-            Ok(url) => Some(url),
-            Err(e) => {
-                cx.error("server.external_url", e);
-                None
-            }
-        },
+        }
     };
     let idle_timeout = duration(
         cx,
@@ -335,6 +343,11 @@ mod tests {
         ));
         assert_has(&errs, "server.external_url", "scheme must be http or https");
         assert_has(&errs, "server.max_header_bytes", "between 8192 and 1048576");
+        let errs = errors(&with(
+            "[server]\nexternal_url = \"https://example.com/app?x=1\"\n",
+        ));
+        assert_has(&errs, "server.external_url", "must not have a query");
+        assert_has(&errs, "server.external_url", "also must not have a path");
     }
 
     #[test]

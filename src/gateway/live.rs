@@ -381,7 +381,7 @@ impl Service<Request<Body>> for LiveMain {
 
 /// Keeps the default on purpose: the admin router reads `ConnInfo` from each
 /// request's extensions (its throttle and audit address), and without it
-/// would take the client for 127.0.0.1.
+/// would count every caller as one unknown client (0.0.0.0).
 impl ForConnection for LiveAdmin {}
 
 /// The admin listener's service: the current gateway's admin router.
