@@ -89,7 +89,8 @@ pub(super) fn convert_server(cx: &mut Ctx<'_>, raw: RawServer) -> ServerConfig {
                 Err(e) => {
                     // Every problem at once: a URL with a query and a path
                     // names both, not the path only after the query is gone.
-                    let with_path = url::Url::parse(text).is_ok_and(|url| url.path() != "/");
+                    let with_path = url::Url::parse(text)
+                        .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.path() != "/");
                     if with_path {
                         cx.error("server.external_url", format!("{e}; it also {NO_PATH}"));
                     } else {
@@ -348,6 +349,11 @@ mod tests {
         ));
         assert_has(&errs, "server.external_url", "must not have a query");
         assert_has(&errs, "server.external_url", "also must not have a path");
+        // Not an http URL at all (`localhost:8080` has the scheme
+        // `localhost`): the scheme is the problem, not a path.
+        let errs = errors(&with("[server]\nexternal_url = \"localhost:8080\"\n"));
+        assert_has(&errs, "server.external_url", "scheme must be http or https");
+        assert!(!has(&errs, "server.external_url", "path"), "{errs:#?}");
     }
 
     #[test]

@@ -152,7 +152,12 @@ fn remove_bad_keys<T: DeserializeOwned>(
         let Err(error) = alone(path, key, value) else {
             continue;
         };
-        if let toml::Value::Table(inner) = value {
+        // Searched inside only when the key is one that takes a table (an
+        // unknown key, or a table where a string belongs, is one problem).
+        let takes_a_table = || alone(path, key, &toml::Value::Table(toml::Table::new())).is_ok();
+        if let toml::Value::Table(inner) = value
+            && takes_a_table()
+        {
             path.push(key.clone());
             let inside = remove_bad_keys::<T>(cx, prefix, path, inner);
             path.pop();
@@ -256,6 +261,22 @@ mod tests {
             assert_has(&errs, "server.tls.key", "/nonexistent/key.pem");
             assert!(!has(&errs, "server.tls", "invalid type"), "{errs:#?}");
         }
+        // An unknown key holding a table, and a table where a string
+        // belongs, are one problem each (not one per key inside).
+        let errs = errors(&with(
+            "[server]\nlisten = { a = \"x\", b = \"y\" }\n[server.tlss]\ncert = \"a\"\nkey = \"b\"\n",
+        ));
+        assert_eq!(
+            errs.iter().filter(|e| e.starts_with("server.listen: ")).count(),
+            1,
+            "{errs:#?}"
+        );
+        assert_eq!(
+            errs.iter().filter(|e| e.starts_with("server.tlss")).count(),
+            1,
+            "{errs:#?}"
+        );
+        assert_has(&errs, "server.tlss", "unknown key");
         // Two levels down, with a mistyped value beside the unknown key.
         let errs = errors(&with(
             "[factors.sms]\ndelivery = { kind = \"log\", tone = 1, url = 5 }\n",

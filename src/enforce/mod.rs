@@ -796,7 +796,7 @@ groups = ["admins"]
         for path in ["/x/../public", "/%70ublic", "/public"] {
             let request = req(path, None);
             let ctx = context(&request);
-            let (res, info) = protected.forward(request, ctx, foreign).await;
+            let (res, info) = protected.forward(request, ctx, foreign.clone()).await;
             assert_eq!(
                 (res.status(), info.decision),
                 (StatusCode::BAD_REQUEST, "invalid"),
@@ -825,6 +825,15 @@ groups = ["admins"]
                 (StatusCode::BAD_GATEWAY, "bypass"),
                 "{path}"
             );
+        }
+        // An empty path (absolute form), read as `/`, with and without a
+        // query: decided on (`/` is no bypass route here), not refused.
+        for target in ["http://app.test", "http://app.test?x=1"] {
+            let mut request = req(target, None);
+            let normal = crate::policy::normalize::normalize_target(request.uri_mut()).unwrap();
+            let ctx = context(&request);
+            let (_, info) = protected.forward(request, ctx, normal).await;
+            assert_eq!(info.decision, "challenge", "{target}");
         }
     }
 

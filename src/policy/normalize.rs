@@ -265,35 +265,31 @@ pub enum TargetError {
 /// Proof that a request target's path is in normal form. Only
 /// [`normalize_target`] makes one, so code that takes it (the gateway's
 /// enforcement, [`crate::enforce::Mfa`]'s `forward`) cannot be handed a
-/// request nobody normalized. It names the bytes it vouches for (their
-/// address and length: a URI's parts are immutable shared bytes, which a move
-/// of the request does not move), so [`NormalTarget::holds_for`] tells in two
-/// comparisons, without scanning the path again, whether a target is still
-/// the one that was normalized; a rebuilt or replaced URI fails it. (An
-/// address is only reused once the bytes it held are freed, that is once the
-/// target the proof was made for is gone: replacing the target between
-/// normalizing and enforcing, which nothing does, would be needed even to
-/// try; the unit tests check the proof against copies and replacements.)
-#[derive(Debug, Clone, Copy)]
+/// request nobody normalized. It holds the target it vouches for (a shared
+/// reference to its immutable bytes, which a move of the request does not
+/// move and which stay allocated while the proof lives), so
+/// [`NormalTarget::holds_for`] tells in two comparisons, without scanning the
+/// path again, whether a target is still that one: the same address and
+/// length can only be the same bytes. A rebuilt or replaced target, even an
+/// equal copy, fails it.
+#[derive(Debug, Clone)]
 #[must_use]
 pub struct NormalTarget {
-    at: usize,
-    len: usize,
+    target: http::uri::PathAndQuery,
 }
 
 impl NormalTarget {
-    fn of(uri: &http::Uri) -> Self {
-        let path = uri.path();
-        Self {
-            at: path.as_ptr() as usize,
-            len: path.len(),
-        }
-    }
-
-    /// True when `uri`'s path is the very bytes this proof was made for.
+    /// True when `uri`'s path and query are the very bytes this proof was
+    /// made for. `/` is normal however it is spelt: an empty path (`GET
+    /// http://host HTTP/1.1`) reads as a `/` that is a constant of the `http`
+    /// crate, whose address the compiler does not promise to be one, so that
+    /// one target is compared by its text.
     pub fn holds_for(&self, uri: &http::Uri) -> bool {
-        let path = uri.path();
-        path.as_ptr() as usize == self.at && path.len() == self.len
+        let Some(target) = uri.path_and_query() else {
+            return false;
+        };
+        let (now, then) = (target.as_str(), self.target.as_str());
+        (now.as_ptr() == then.as_ptr() && now.len() == then.len()) || (now == "/" && then == "/")
     }
 }
 
@@ -305,7 +301,14 @@ pub fn normalize_target(uri: &mut http::Uri) -> Result<NormalTarget, TargetError
         Cow::Borrowed(_) => {}
         Cow::Owned(normal) => *uri = replace_path(uri, &normal).ok_or(TargetError::Unrepresentable)?,
     }
-    Ok(NormalTarget::of(uri))
+    // A target with a path has a path-and-query part (`path()` is empty
+    // without one, and refused above as not absolute).
+    match uri.path_and_query() {
+        Some(target) => Ok(NormalTarget {
+            target: target.clone(),
+        }),
+        None => Err(TargetError::Path(PathError::NotAbsolute)),
+    }
 }
 
 /// `uri` with its path replaced by `path` (query kept).
@@ -655,14 +658,35 @@ mod tests {
         assert_eq!(uri, "http://app.example/admin?q=/../");
         assert!(proof.holds_for(&uri));
         // A proof is for those bytes only: not for an equal copy, not for a
-        // target that was replaced after it was made.
+        // target that replaced them, of the same length or not.
         let copy: http::Uri = uri.to_string().parse().unwrap();
         assert_eq!(copy, uri);
         assert!(!proof.holds_for(&copy));
         let mut replaced = uri.clone();
         assert!(proof.holds_for(&replaced), "a clone shares the bytes");
-        replaced = "http://app.example/%61dmin".parse().unwrap();
+        replaced = "http://app.example/%61dmin?q=/../".parse().unwrap();
         assert!(!proof.holds_for(&replaced));
+        // The proof keeps its bytes: once the target it was made for is
+        // gone, a target of the same length parsed next (which an allocator
+        // likes to place where the old one was) is still not vouched for.
+        let mut uri: http::Uri = "/public".parse().unwrap();
+        let proof = normalize_target(&mut uri).unwrap();
+        drop(uri);
+        for _ in 0..10 {
+            let next: http::Uri = "/%70ubl".parse().unwrap();
+            assert!(!proof.holds_for(&next));
+        }
+        // An empty path reads as `/`: vouched for by its text, with or
+        // without a query beside it (the query's bytes are compared).
+        let mut uri: http::Uri = "http://app.example".parse().unwrap();
+        let proof = normalize_target(&mut uri).unwrap();
+        assert!(proof.holds_for(&uri));
+        assert!(proof.holds_for(&"/".parse().unwrap()));
+        assert!(!proof.holds_for(&"/a".parse().unwrap()));
+        let mut uri: http::Uri = "http://app.example?x=1".parse().unwrap();
+        let proof = normalize_target(&mut uri).unwrap();
+        assert!(proof.holds_for(&uri));
+        assert!(!proof.holds_for(&"http://app.example?x=1".parse().unwrap()));
         // Refused: no proof, the target left as it was.
         let mut uri: http::Uri = "/a/%2e%2e;x/b?y".parse().unwrap();
         assert_eq!(
