@@ -247,9 +247,10 @@ mod tests {
 
     #[test]
     fn a_bad_key_inside_a_nested_table_hides_neither_its_neighbours_nor_their_checks() {
-        // Inline and as a [table]: the misspelt key, the mistyped one beside
-        // it, and what the table's own checks find in the rest (no cert: the
-        // key alone is not enough).
+        // Inline and as a [table]: the misspelt key, a second unknown key
+        // beside it (with a value of no string type either), and what the
+        // table's own checks find in the rest (no cert: the key alone is not
+        // enough).
         for tls in [
             "[server]\ntls = { kee = \"a\", chain = 5, key = \"/nonexistent/key.pem\" }\n",
             "[server.tls]\nkee = \"a\"\nchain = 5\nkey = \"/nonexistent/key.pem\"\n",

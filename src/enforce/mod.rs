@@ -489,10 +489,7 @@ where
         // The context first: deriving it may read a trusted proxy's X-Forwarded-For.
         // It goes to `pass` with the request (the gateway's proxy takes it as it
         // is; an embedded layer puts it back into the extensions).
-        let (ctx, normal) = match from_gateway {
-            Some((ctx, normal)) => (Some(ctx), Some(normal)),
-            None => (None, None),
-        };
+        let (ctx, normal) = from_gateway.unzip();
         let ctx = match ctx.or_else(|| req.extensions_mut().remove::<RequestContext>()) {
             Some(ctx) => ctx,
             None => match e.context(&req) {
