@@ -10,6 +10,11 @@
 //! [`Enforcer::decide`] (the strictest reading of every rule, the session
 //! cookie with its lifetime, idle time and revocation, levels, groups,
 //! `max_age`), and the outcome is logged and counted as an inline request's.
+//! One difference follows from who forwards: inline sends the app the normal
+//! form it decided on, while the front proxy sends the path as the client
+//! wrote it. So the decision here also covers that path as written
+//! ([`Enforcer::decide_as_sent`]), and dot segments, which an app may or may
+//! not resolve, are refused.
 //!
 //! Invariants: only peers in `server.trusted_proxies` are answered (others get
 //! 403 and an audit event), since whoever calls these endpoints chooses the
@@ -31,7 +36,7 @@ use crate::enforce::{
     redirect,
 };
 use crate::error::{ApiError, ErrorCode};
-use crate::policy::normalize::normalize;
+use crate::policy::normalize::{PathError, has_dot_segment, normalize};
 use crate::policy::{Decision, RequestFacts};
 
 /// Path of the nginx / ingress-nginx endpoint, under the portal prefix.
@@ -181,7 +186,14 @@ impl ForwardAuth {
         };
         // The inline normalizer: the same refusals (encoded `/`, double
         // encoding, `..;`, overlong UTF-8, ...) and the same canonical path.
-        let path = match normalize(original.path) {
+        // Dot segments as well: inline resolves them and forwards the result,
+        // but the front proxy forwards the path as sent, where an app that
+        // does not resolve them would read `/admin/../public/x` as `/admin/`.
+        let normal = match normalize(original.path) {
+            Ok(_) if has_dot_segment(original.path) => Err(PathError::DotSegment),
+            other => other,
+        };
+        let path = match normal {
             Ok(p) => p,
             Err(e) => {
                 crate::audit!(
@@ -202,7 +214,8 @@ impl ForwardAuth {
         };
         let e = &*self.enforcer;
         let now = e.clock.now();
-        let Ok((decision, state)) = e.decide(&facts, headers, now) else {
+        // The app gets `original.path`, not `path`: decided on both.
+        let Ok((decision, state)) = e.decide_as_sent(&facts, original.path, headers, now) else {
             return passed(
                 ApiError::new(ErrorCode::E0000009).into_response(),
                 "unavailable",

@@ -213,7 +213,35 @@ impl Enforcer {
         headers: &http::HeaderMap,
         now: crate::clock::UnixTime,
     ) -> Result<(Decision, SessionState), StoreUnavailable> {
-        let evaluation = self.policy.evaluate(facts);
+        self.decide_on(self.policy.evaluate(facts), headers, now)
+    }
+
+    /// [`Enforcer::decide`] for a request its app receives with `sent` as
+    /// the path instead of the normalized `facts.path`: forward-auth, where
+    /// the front proxy forwards the path as the client wrote it. The decision
+    /// is the strictest over the readings of both paths: an app that neither
+    /// decodes nor merges (`/%70ublic/x`, `/api//public/x`) reads `sent`
+    /// literally, one that does reads the normal form.
+    pub fn decide_as_sent(
+        &self,
+        facts: &RequestFacts<'_>,
+        sent: &str,
+        headers: &http::HeaderMap,
+        now: crate::clock::UnixTime,
+    ) -> Result<(Decision, SessionState), StoreUnavailable> {
+        let mut evaluation = self.policy.evaluate(facts);
+        if sent != facts.path {
+            evaluation = evaluation.with(&self.policy.evaluate(&RequestFacts { path: sent, ..*facts }));
+        }
+        self.decide_on(evaluation, headers, now)
+    }
+
+    fn decide_on(
+        &self,
+        evaluation: crate::policy::Evaluation<'_>,
+        headers: &http::HeaderMap,
+        now: crate::clock::UnixTime,
+    ) -> Result<(Decision, SessionState), StoreUnavailable> {
         if !evaluation.needs_session() {
             let (decision, requirement) = evaluation.decide(None, now);
             self.policy.count(&requirement, decision);
@@ -561,6 +589,9 @@ where
                 let refresh = e.refreshed_cookie(&session, now);
                 let mut res = pass(req, ctx, Some(principal)).await;
                 if let Some(cookie) = refresh {
+                    // The app's answer now holds this user's session: no
+                    // shared cache may keep it for anyone else.
+                    crate::proxy::headers::keep_from_shared_caches(res.headers_mut());
                     res.headers_mut().append(header::SET_COOKIE, cookie);
                 }
                 passed(res, "allow", user)

@@ -182,6 +182,32 @@ impl<'p> Evaluation<'p> {
             .any(|r| matches!(r.policy, PolicyKind::OneFactor | PolicyKind::TwoFactor))
     }
 
+    /// This evaluation with the requirements of `other` (another path's
+    /// readings) that it does not hold yet; more distinct requirements than
+    /// fit: deny, as [`Policy::evaluate`] does.
+    #[must_use]
+    pub fn with(mut self, other: &Evaluation<'p>) -> Self {
+        for r in other.requirements() {
+            // By rule and policy: the default and a Windows alias's deny both
+            // have no rule.
+            if self
+                .requirements()
+                .any(|q| q.rule == r.rule && q.policy == r.policy)
+            {
+                continue;
+            }
+            match self.requirements.iter_mut().find(|slot| slot.is_none()) {
+                Some(slot) => *slot = Some(*r),
+                None => {
+                    self.requirements = [None; 8];
+                    self.requirements[0] = Some(Requirement::DENY);
+                    return self;
+                }
+            }
+        }
+        self
+    }
+
     /// The strictest decision over every reading, and the requirement that
     /// gave it (the first reading's on a tie). Precedence: deny, then
     /// forbidden, then challenge (for the highest level asked; step-up when
@@ -828,6 +854,54 @@ mod tests {
         // Deny wins over everything.
         let (d, req) = p.decide_request(&facts("a", "/secret;x/y", &get), Some((&c2, &[])), 1_000);
         assert_eq!((d, req.rule), (Decision::Deny, Some(3)));
+    }
+
+    #[test]
+    fn two_paths_combine_to_the_strictest_of_both() {
+        let p = hostile_policy(false).deny_windows_aliases(true);
+        let get = Method::GET;
+        let eval = |path| p.evaluate(&facts("a", path, &get));
+        // A bypass path beside a path some rule protects: that rule decides.
+        let both = eval("/public/x").with(&eval("/admin/x"));
+        assert_eq!(both.requirements().count(), 2);
+        let (d, req) = both.decide(None, 1_000);
+        assert_eq!(
+            (d, req.rule),
+            (
+                Decision::Challenge {
+                    level: 1,
+                    step_up: false
+                },
+                Some(1)
+            )
+        );
+        // The same rule twice is held once.
+        assert_eq!(
+            eval("/public/x").with(&eval("/public/y")).requirements().count(),
+            1
+        );
+        // A Windows alias's deny has no rule, as the default has none: it is
+        // kept beside the default, not taken for it.
+        let (d, _) = eval("/other").with(&eval("/ADMINI~1/x")).decide(None, 1_000);
+        assert_eq!(d, Decision::Deny);
+        // Eight distinct requirements fit; a ninth leaves only a deny.
+        let paths = [
+            "/public/x",
+            "/admin/x",
+            "/pay",
+            "/secret",
+            "/app/x",
+            "/odata/$metadata",
+            "/%C3%BCber/x",
+            "/vault",
+        ];
+        let eight = paths[1..]
+            .iter()
+            .fold(eval(paths[0]), |e, path| e.with(&eval(path)));
+        assert_eq!(eight.requirements().count(), 8);
+        let nine = eight.with(&eval("/other"));
+        let all: Vec<_> = nine.requirements().map(|r| (r.policy, r.rule)).collect();
+        assert_eq!(all, [(PolicyKind::Deny, None)]);
     }
 
     #[test]

@@ -64,6 +64,36 @@ pub enum PathError {
     EncodedSemicolon,
     #[error("segment of dots and spaces")]
     DotLookalike,
+    /// Forward-auth only: the front proxy forwards the path as sent, and
+    /// apps differ on how (and whether) they resolve it.
+    #[error("dot segment in a path forwarded as sent")]
+    DotSegment,
+}
+
+/// True when a segment of the raw `path` is `.` or `..`, spelled with `%2e`
+/// or not. Inline, such segments are resolved and the result is forwarded;
+/// forward-auth cannot rewrite what the front proxy forwards, so it refuses
+/// them (browsers resolve them before sending).
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let mut rest = seg.as_bytes();
+        let mut dots = 0;
+        while !rest.is_empty() {
+            if rest[0] == b'.' {
+                rest = &rest[1..];
+            } else if rest.len() >= 3
+                && rest[0] == b'%'
+                && rest[1] == b'2'
+                && rest[2].eq_ignore_ascii_case(&b'e')
+            {
+                rest = &rest[3..];
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots == 1 || dots == 2
+    })
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -625,6 +655,39 @@ mod tests {
                 proptest::prop_assert_eq!(normal.as_deref(), Ok(path.as_str()));
             }
 
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_found_however_spelled() {
+        for path in [
+            "/a/../b",
+            "/a/./b",
+            "/a/..",
+            "/a/.",
+            "/..",
+            "/.",
+            "/a/%2e%2E/b",
+            "/a/.%2e/b",
+            "/a/%2E/b",
+            "/a//../b",
+        ] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in [
+            "/",
+            "/a/b",
+            "/a/.b",
+            "/a/b.",
+            "/a/.../b",
+            "/a/..b/c",
+            "/a/%2e%2e%2e/b",
+            "/a/%2ex",
+            "/a/%2f",
+            "/a//b",
+            "/.well-known/x",
+        ] {
+            assert!(!has_dot_segment(path), "{path}");
         }
     }
 

@@ -510,6 +510,7 @@ pub(crate) async fn authn(
             sid: level1.sid,
             sin: level1.sin,
         }),
+        epoch: st.enforcer.revocations.epoch(&user.id),
         ..AuthnState::default()
     };
     let listed: Vec<Value> = if enrolling {
@@ -669,6 +670,7 @@ pub(crate) async fn begin_passwordless(st: &AppState, login: &str) -> Result<Sta
         state.mode = Mode::Decoy;
         decoy_factors(st, login)
     } else {
+        state.epoch = st.enforcer.revocations.epoch(&user.id);
         listed
     };
     if state.mode.is_decoy() {
@@ -785,6 +787,12 @@ pub(crate) async fn load_token(st: &AppState, token: &str) -> Result<Loaded, Res
     let Some(user) = user else {
         return Err(ApiError::new(ErrorCode::E0000011).into_response());
     };
+    // Signed out everywhere (or the password changed) since it began: the
+    // transaction ends with the sessions of that time, so a second factor
+    // approved later cannot sign in whoever started it.
+    if !state.mode.is_decoy() && state.epoch != st.enforcer.revocations.epoch(&user.id) {
+        return Err(ApiError::new(ErrorCode::E0000011).into_response());
+    }
     Ok(Loaded {
         token,
         record,

@@ -107,6 +107,10 @@ pub(crate) struct AuthnState {
     /// the second factor upgrades it (the verify call need not carry that
     /// cookie), and its sign-in id, which the upgraded session continues.
     pub(crate) session: Option<IssuedSession>,
+    /// The user's session epoch when the transaction began: signing the
+    /// user out everywhere (or a password change) moves it, and ends the
+    /// transactions begun before as it ends their sessions.
+    pub(crate) epoch: u64,
 }
 
 impl AuthnState {
@@ -168,7 +172,8 @@ pub(crate) struct Pending {
     pub(crate) expires_at: UnixTime,
 }
 
-/// The stored shape (unchanged).
+/// The stored shape (`epoch` added; a transaction stored without it reads
+/// as epoch 0, so it ends if the user's epoch ever moved).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Stored {
     status: Status,
@@ -186,6 +191,8 @@ struct Stored {
     challenge: Option<Pending>,
     #[serde(default)]
     session: Option<IssuedSession>,
+    #[serde(default)]
+    epoch: u64,
 }
 
 impl From<Stored> for AuthnState {
@@ -205,6 +212,7 @@ impl From<Stored> for AuthnState {
             login: s.login,
             challenge: s.challenge,
             session: s.session,
+            epoch: s.epoch,
         }
     }
 }
@@ -222,6 +230,7 @@ impl From<AuthnState> for Stored {
             login: s.login,
             challenge: s.challenge,
             session: s.session,
+            epoch: s.epoch,
         }
     }
 }

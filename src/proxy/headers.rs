@@ -442,13 +442,19 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap, gateway: &[String]) {
     }
 }
 
-/// The cookie name a `Set-Cookie` value sets.
+/// The cookie name a `Set-Cookie` value sets, as browsers send it back. A
+/// nameless cookie (`=portcullis_session=x`, RFC 6265bis: the name is
+/// empty, the value `portcullis_session=x`) comes back as its bare value,
+/// which reads as the name and value it holds: that name is the one it sets.
 fn set_cookie_name(value: &[u8]) -> &[u8] {
     let pair = match value.iter().position(|&b| b == b';') {
         Some(i) => &value[..i],
         None => value,
     };
-    pair_name(pair)
+    match (pair_name(pair), find_byte(pair, b'=')) {
+        (b"", Some(i)) => pair_name(&pair[i + 1..]),
+        (name, _) => name,
+    }
 }
 
 /// Drops every `Set-Cookie` that would set one of the gateway's cookies.
@@ -471,6 +477,75 @@ pub fn filter_set_cookies(headers: &mut HeaderMap, gateway: &[String]) {
     for value in kept {
         headers.append(header::SET_COOKIE, value);
     }
+}
+
+/// Keeps a response that now carries a session cookie out of shared caches
+/// (a CDN or caching proxy in front of the gateway): whatever the app said,
+/// its `Cache-Control` becomes `private` (its `public` and `s-maxage`
+/// dropped, its other directives kept for the browser's own cache). Left as
+/// it is when it already says `private` or `no-store`.
+pub fn keep_from_shared_caches(headers: &mut HeaderMap) {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut private = false;
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        // A value that is not text cannot be read: dropped, `private` holds.
+        let Ok(text) = value.to_str() else { continue };
+        for directive in directives(text) {
+            let name = directive.split('=').next().unwrap_or("").trim();
+            if name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("private") {
+                private = true;
+            } else if !name.eq_ignore_ascii_case("public") && !name.eq_ignore_ascii_case("s-maxage") {
+                kept.push(directive);
+            }
+        }
+    }
+    if private {
+        return;
+    }
+    let mut value = String::from("private");
+    for directive in kept {
+        value.push_str(", ");
+        value.push_str(directive);
+    }
+    // From a valid header value's own text, so it cannot fail.
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(header::CACHE_CONTROL, value);
+    }
+}
+
+/// The comma-separated directives of a `Cache-Control` value, trimmed, with
+/// commas inside quoted arguments (`no-cache="a, b"`) kept.
+fn directives(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        loop {
+            if rest.is_empty() {
+                return None;
+            }
+            let mut quoted = false;
+            let mut escaped = false;
+            let end = rest
+                .char_indices()
+                .find(|&(_, c)| {
+                    if escaped {
+                        escaped = false;
+                    } else if quoted && c == '\\' {
+                        escaped = true;
+                    } else if c == '"' {
+                        quoted = !quoted;
+                    } else if c == ',' && !quoted {
+                        return true;
+                    }
+                    false
+                })
+                .map_or(rest.len(), |(i, _)| i);
+            let directive = rest[..end].trim();
+            rest = rest.get(end + 1..).unwrap_or("");
+            if !directive.is_empty() {
+                return Some(directive);
+            }
+        }
+    })
 }
 
 /// Percent-encodes an identity value: `%`, controls and non-ASCII (as UTF-8).
@@ -839,15 +914,49 @@ mod tests {
             ("set-cookie", " portcullis_session =y"),
             ("set-cookie", "portcullis_session"),
             ("set-cookie", "other=2; Domain=portcullis_session"),
+            // Nameless: browsers send these back as `portcullis_session=..`.
+            ("set-cookie", "=portcullis_session=forged; Path=/app"),
+            ("set-cookie", " = PORTCULLIS_SESSION =x"),
+            ("set-cookie", "=app=3"),
         ]);
         filter_set_cookies(&mut h, &gateway());
         assert_eq!(
             all(&h, "set-cookie"),
-            ["app=1; Path=/", "other=2; Domain=portcullis_session"]
+            ["app=1; Path=/", "other=2; Domain=portcullis_session", "=app=3"]
         );
         let mut untouched = map(&[("set-cookie", "a=1"), ("set-cookie", "b=2")]);
         filter_set_cookies(&mut untouched, &gateway());
         assert_eq!(all(&untouched, "set-cookie"), ["a=1", "b=2"]);
+    }
+
+    #[test]
+    fn answers_with_a_session_cookie_are_kept_from_shared_caches() {
+        let after = |pairs: &[(&str, &str)]| {
+            let mut h = map(pairs);
+            keep_from_shared_caches(&mut h);
+            all(&h, "cache-control")
+        };
+        assert_eq!(after(&[]), ["private"]);
+        assert_eq!(
+            after(&[("cache-control", "public, max-age=3600, s-maxage=600")]),
+            ["private, max-age=3600"]
+        );
+        assert_eq!(
+            after(&[
+                ("cache-control", "PUBLIC"),
+                ("cache-control", r#"no-cache="set-cookie, x", max-age=5"#)
+            ]),
+            [r#"private, no-cache="set-cookie, x", max-age=5"#]
+        );
+        assert_eq!(
+            after(&[("cache-control", "max-age=0, private")]),
+            ["max-age=0, private"]
+        );
+        assert_eq!(after(&[("cache-control", "no-store")]), ["no-store"]);
+        assert_eq!(
+            after(&[("cache-control", r#"x="a\",public", , max-age=1"#)]),
+            [r#"private, x="a\",public", max-age=1"#]
+        );
     }
 
     #[test]

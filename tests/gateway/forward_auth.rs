@@ -312,7 +312,7 @@ fn assert_no_spoof(echo: &Echo) {
 
 /// Request targets that spell protected paths differently (the hostile-requests
 /// set, through the front proxy).
-const TRICKS: [&str; 44] = [
+const TRICKS: [&str; 53] = [
     "/public/x",
     "/private",
     "/admin/x",
@@ -357,6 +357,18 @@ const TRICKS: [&str; 44] = [
     "/public/../denied",
     "/public/..\\admin/x",
     "/public/x?/../../admin",
+    // Away from the protected path: the front proxy forwards the path as
+    // sent, and an app that resolves no dot segments, merges no slashes or
+    // decodes nothing routes these by their first segment.
+    "/admin/../public/x",
+    "/admin//../public/x",
+    "/admin/%2e%2e/public/x",
+    "/admin/..",
+    "/two/./../public/x",
+    "/denied/../private",
+    "/%70ublic/x",
+    "/admin//public/x",
+    "//public/x",
 ];
 
 /// The strictest reading of a path an app received, by our own small rules:
@@ -402,7 +414,7 @@ fn under(path: &str, top: &str) -> bool {
 
 /// Sends every trick as `who` (a `Cookie` header or none) and returns the
 /// violations: the app received a path this caller may not reach, read the
-/// strictest way. Also returns how many reached the app.
+/// strictest way or as written. Also returns how many reached the app.
 async fn tricks(
     front: &Front,
     cookie: Option<&str>,
@@ -439,12 +451,15 @@ async fn tricks(
             continue;
         };
         reached += 1;
-        let read = strictest(&path);
-        if !may_reach(&read) {
-            violations.push(format!(
-                "{} {target}: {} reached the app as {path:?} (read as {read})",
-                front.name, res.status
-            ));
+        // Read the strictest way, and as written (an app that decodes,
+        // resolves and merges nothing, in any case).
+        for read in [strictest(&path), path.to_ascii_lowercase()] {
+            if !may_reach(&read) {
+                violations.push(format!(
+                    "{} {target}: {} reached the app as {path:?} (read as {read})",
+                    front.name, res.status
+                ));
+            }
         }
     }
     (violations, reached)
@@ -801,6 +816,11 @@ async fn direct_calls_untrusted_peers_and_garbage() {
         "http://app.example.com/public/%c0%ae%c0%ae/admin",
         "http://app.example.com/public/x#frag",
         "http://app.example.com:80http://app.example.com/public/x",
+        // Dot segments, which the front proxy would forward unresolved.
+        "http://app.example.com/admin/../public/x",
+        "http://app.example.com/admin/%2E%2e/public/x",
+        "http://app.example.com/public/./x",
+        "http://app.example.com/public/x/..",
     ] {
         let res = raw_from(
             "127.0.0.1",
@@ -819,11 +839,34 @@ async fn direct_calls_untrusted_peers_and_garbage() {
         "http://app.example.com/public/x",
         "/public/%2fx",
         "/public/..;/x",
+        "/admin/../public/x",
+        "/admin/.%2e/public/x",
     ] {
         let mut h = fwd.to_vec();
         h[3] = ("X-Forwarded-Uri", uri);
         let res = raw_from("127.0.0.1", gw.main, &call("forward-auth", &h)).await;
         assert_eq!(res.status, 400, "X-Forwarded-Uri {uri:?}: {}", res.text());
+    }
+    // Decided on the path as sent as well as on its normal form: a bypass
+    // only when both are on the bypass route (an app that decodes or merges
+    // nothing reads `/%70ublic/x` and `//public/x` as other routes).
+    for (url, status) in [
+        ("http://app.example.com/public//x", 200),
+        ("http://app.example.com/PUBLIC/x", 200),
+        ("http://app.example.com/%70ublic/x", 401),
+        ("http://app.example.com//public/x", 401),
+        ("http://app.example.com/public%2Dx/../x", 400),
+    ] {
+        let res = raw_from(
+            "127.0.0.1",
+            gw.main,
+            &call(
+                "auth-request",
+                &[("X-Original-Method", "GET"), ("X-Original-URL", url)],
+            ),
+        )
+        .await;
+        assert_eq!(res.status, status, "X-Original-URL {url:?}: {}", res.text());
     }
     // Missing method, two URLs.
     let res = raw_from(

@@ -279,6 +279,57 @@ async fn with_reveal_lockout_the_right_password_is_told_to_wait() {
     );
 }
 
+/// A sign-in begun before the user's sessions were ended (the admin API's
+/// `DELETE /api/v1/users/{id}/sessions`, as after a reported attack) cannot
+/// be finished afterwards: a second factor given later (a push approved by
+/// mistake, a code) signs no one in on that transaction.
+#[tokio::test]
+async fn a_sign_in_begun_before_its_users_sessions_ended_cannot_finish() {
+    let gw = start("").await;
+    let client = gw.client();
+    let begin = || async {
+        let res = client
+            .post(gw.url("/_portcullis/api/v1/authn"))
+            .header("content-type", "application/json")
+            .body(r#"{"username":"carol","password":"carol-tr0ub4dor-3"}"#)
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["status"], "MFA_REQUIRED", "{body}");
+        body
+    };
+    let finish = |body: serde_json::Value| {
+        let fid = body["_embedded"]["factors"][0]["id"].as_str().unwrap().to_owned();
+        let payload = serde_json::json!({ "stateToken": body["stateToken"], "passCode": code(&gw) });
+        client
+            .post(gw.url(&format!("/_portcullis/api/v1/authn/factors/{fid}/verify")))
+            .header("content-type", "application/json")
+            .body(payload.to_string())
+            .send()
+    };
+    let begun = begin().await;
+    let res = client
+        .delete(gw.admin_url(&format!("/api/v1/users/{}/sessions", TestGateway::uid("carol"))))
+        .header("authorization", "SSWS test-admin-token-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = finish(begun).await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(set_cookie(&res, "portcullis_session").is_none());
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["errorCode"], "E0000011", "{body}");
+    // A sign-in begun afterwards finishes.
+    let res = finish(begin().await).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap()["status"],
+        "SUCCESS"
+    );
+}
+
 #[tokio::test]
 async fn the_api_flow_uses_the_provisioned_factor() {
     let gw = start("").await;

@@ -101,6 +101,11 @@ async fn activity_slides_the_idle_timeout() {
     let res = private(&gw, &login.session).await;
     assert_eq!(res.status(), 200);
     assert!(set_cookie(&res, "portcullis_session").is_none(), "not yet");
+    assert_eq!(
+        res.headers().get("cache-control"),
+        None,
+        "the app's answer as it was"
+    );
 
     gw.clock.advance(31);
     let res = private(&gw, &login.session).await;
@@ -109,6 +114,8 @@ async fn activity_slides_the_idle_timeout() {
     assert_ne!(fresh, login.session);
     assert!(header.contains(&format!("Max-Age={}", 8 * 3600 - 61)), "{header}");
     assert!(header.contains("HttpOnly"), "{header}");
+    // An answer that carries a session cookie is for this browser only.
+    assert_eq!(res.headers()["cache-control"], "private");
     // The old cookie keeps working within its idle timeout.
     assert_eq!(private(&gw, &login.session).await.status(), 200);
 
