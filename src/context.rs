@@ -164,7 +164,7 @@ pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(http::uri::Aut
         (None, Some(h)) => parse(h)?,
         (None, None) => return None,
     };
-    if auth.as_str().contains('@') {
+    if !is_plain_authority(auth.as_str()) {
         return None;
     }
     let host = auth.host().trim_end_matches('.').to_ascii_lowercase();
@@ -172,6 +172,44 @@ pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(http::uri::Aut
         return None;
     }
     Some((auth, host))
+}
+
+/// True when `text` is a host name or IPv4 address of letters, digits, `.`,
+/// `-` and `_` (or a bracketed IPv6 address), with at most a port of 1 to 5
+/// digits. The `http` crate also lets through what no configured host can
+/// be (`hosts` entries are plain names) but what upstreams may read as
+/// something else: `,` (a list: Spring and Express take the first entry of
+/// `X-Forwarded-Host: admin.example,x`, others the last), `;`, `=`, `(`,
+/// `*`, userinfo (`@`), an empty or non-numeric port.
+pub fn is_plain_authority(text: &str) -> bool {
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, after))
+                if !ip.is_empty()
+                    && ip
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') =>
+            {
+                if after.is_empty() {
+                    return true;
+                }
+                match after.strip_prefix(':') {
+                    Some(port) => ("x", Some(port)),
+                    None => return false,
+                }
+            }
+            _ => return false,
+        },
+        None => match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        },
+    };
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// True when two authorities name the same host and port (case-insensitive
@@ -247,6 +285,52 @@ mod tests {
         bad.insert("host", HeaderValue::from_static("user@evil"));
         assert_eq!(authority(&"/".parse().unwrap(), &bad), None);
         assert_eq!(authority(&"/".parse().unwrap(), &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn hosts_are_plain_names_and_ports_digits() {
+        for ok in [
+            "a.example",
+            "A-b_c.example.:8080",
+            "10.0.0.1",
+            "10.0.0.1:1",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "localhost",
+        ] {
+            assert!(is_plain_authority(ok), "{ok}");
+            let mut h = HeaderMap::new();
+            h.insert("host", HeaderValue::from_str(ok).unwrap());
+            assert!(authority(&"/".parse().unwrap(), &h).is_some(), "{ok}");
+        }
+        for bad in [
+            "admin.example,x",
+            "x,admin.example",
+            "a.example;x",
+            "a=b",
+            "a(b)",
+            "a*b",
+            "a!$&'+b",
+            "user@a.example",
+            "a.example:",
+            "a.example:x",
+            "a.example:123456",
+            "a.example:80:80",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[fe80::1%25eth0]",
+            "[]",
+            ":80",
+            "",
+        ] {
+            assert!(!is_plain_authority(bad), "{bad}");
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(bad) {
+                h.insert("host", v);
+                assert_eq!(authority(&"/".parse().unwrap(), &h), None, "{bad}");
+            }
+        }
     }
 
     #[test]

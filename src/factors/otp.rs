@@ -220,6 +220,12 @@ fn flow_tag(key: &[u8], flow: &Flow) -> String {
     )
 }
 
+/// [`flow_tag`] under the server's key: what a push transaction stores of
+/// the flow it was started in.
+pub(crate) fn flow_tag_of(st: &Handles, flow: &Flow) -> String {
+    flow_tag(server_key(st).expose(), flow)
+}
+
 /// What the `otp` record holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CodeState {

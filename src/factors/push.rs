@@ -94,6 +94,11 @@ pub struct PushTx {
     /// Why it was rejected (`denied`, `wrong_number`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The tag of the flow it was started in (see `otp::flow_tag_of`): only
+    /// that flow may use its approval. Empty in transactions stored before
+    /// pushes were bound to flows: no flow matches.
+    #[serde(default)]
+    pub flow: String,
 }
 
 fn tx_of(rec: &TransactionRecord) -> Option<PushTx> {
@@ -265,6 +270,7 @@ async fn new_tx(
     st: &Handles,
     user_id: &str,
     factor_id: &str,
+    flow: &Flow,
     now: UnixTime,
 ) -> Result<(String, UnixTime, u8), StoreError> {
     let ttl = i64::try_from(st.config.factors.push.ttl.as_secs()).unwrap_or(i64::MAX / 4);
@@ -279,6 +285,7 @@ async fn new_tx(
         expires_at: rfc3339(expires),
         created: now,
         reason: None,
+        flow: super::otp::flow_tag_of(st, flow),
     };
     st.store
         .put_transaction(&TransactionRecord {
@@ -320,7 +327,7 @@ pub async fn challenge(
         return Err(ChallengeError::RateLimited(reset));
     }
     let now = st.clock.now();
-    let (tid, expires, number) = new_tx(st, &user.id, &factor.record.id, now)
+    let (tid, expires, number) = new_tx(st, &user.id, &factor.record.id, &ctx.flow, now)
         .await
         .map_err(unavailable)?;
     let app = super::otp::app_name(st);
@@ -465,7 +472,12 @@ pub async fn status_by_id(st: &Handles, tid: &str) -> Result<Option<PushResult>,
 /// A push transaction for a decoy factor (passwordless sign-in of an
 /// unknown user): rate limited and stored like a real one, so it answers
 /// polls the same way (WAITING, then TIMEOUT), but no message is sent.
-pub async fn decoy(st: &Handles, user_id: &str, factor_id: &str) -> Result<Challenge, ChallengeError> {
+pub async fn decoy(
+    st: &Handles,
+    user_id: &str,
+    factor_id: &str,
+    flow: &Flow,
+) -> Result<Challenge, ChallengeError> {
     let unavailable = |e: StoreError| {
         tracing::error!(error = %e, "store error while starting a push");
         ChallengeError::Unavailable
@@ -477,7 +489,9 @@ pub async fn decoy(st: &Handles, user_id: &str, factor_id: &str) -> Result<Chall
         return Err(ChallengeError::RateLimited(reset));
     }
     let now = st.clock.now();
-    let (tid, expires, number) = new_tx(st, user_id, factor_id, now).await.map_err(unavailable)?;
+    let (tid, expires, number) = new_tx(st, user_id, factor_id, flow, now)
+        .await
+        .map_err(unavailable)?;
     Ok(Challenge::Push {
         transaction_id: tid,
         expires_at: expires,
@@ -486,10 +500,26 @@ pub async fn decoy(st: &Handles, user_id: &str, factor_id: &str) -> Result<Chall
 }
 
 /// Uses up an approved transaction (a sign-in completes once): true if it
-/// was approved and this caller took it. A locked user is refused like a
-/// wrong code (or told, with `reveal_lockout`).
-pub async fn consume(st: &Handles, user: &User, factor: &Factor, tid: &str) -> Result<bool, VerifyError> {
-    if status(st, user, factor, tid).await? != Some(PushResult::Success) {
+/// was approved, started in `flow` and this caller took it. A locked user is
+/// refused like a wrong code (or told, with `reveal_lockout`). Another
+/// flow's approval is not taken: it completes only the sign-in it was
+/// started for.
+pub async fn consume(
+    st: &Handles,
+    user: &User,
+    factor: &Factor,
+    tid: &str,
+    flow: &Flow,
+) -> Result<bool, VerifyError> {
+    let tag = super::otp::flow_tag_of(st, flow);
+    let ours = st
+        .store
+        .get_transaction(KIND, tid, st.clock.now())
+        .await?
+        .as_ref()
+        .and_then(tx_of)
+        .is_some_and(|tx| crate::secret::ct_eq(tx.flow.as_bytes(), tag.as_bytes()));
+    if !ours || status(st, user, factor, tid).await? != Some(PushResult::Success) {
         return Ok(false);
     }
     if super::locked(st, user).await? {
@@ -987,9 +1017,12 @@ mod tests {
             "repeated"
         );
         assert_eq!(push_status(st, &f, &tid).await, Some(PushResult::Success));
-        assert!(consume(st, &user(), &f, &tid).await.unwrap());
+        // Not by another flow (another sign-in), which leaves it to its own.
+        let other = super::super::Flow::Session("another sign-in".into());
+        assert!(!consume(st, &user(), &f, &tid, &other).await.unwrap());
+        assert!(consume(st, &user(), &f, &tid, &ctx().flow).await.unwrap());
         assert!(
-            !consume(st, &user(), &f, &tid).await.unwrap(),
+            !consume(st, &user(), &f, &tid, &ctx().flow).await.unwrap(),
             "a sign-in completes once"
         );
     }
@@ -1074,7 +1107,7 @@ mod tests {
             Err(AnswerError::Answered),
             "one guess only"
         );
-        assert!(!consume(st, &user(), &f, &tid).await.unwrap());
+        assert!(!consume(st, &user(), &f, &tid, &ctx().flow).await.unwrap());
         // The failure was counted (50 allowed in this config: not locked).
         assert!(st.regulator.user_locked(&user().id).await.unwrap().is_none());
     }
@@ -1119,7 +1152,7 @@ mod tests {
         let late = signed(&tid, &f, "approve", u32::from(number), &exp, &device_key());
         assert_eq!(answer(st, &tid, &late, ip()).await, Err(AnswerError::Cancelled));
         assert_eq!(push_status(st, &f, &tid).await, Some(PushResult::Rejected));
-        assert!(!consume(st, &user(), &f, &tid).await.unwrap());
+        assert!(!consume(st, &user(), &f, &tid, &ctx().flow).await.unwrap());
         assert_eq!(
             cancel(st, &user(), &f, &tid).await.unwrap(),
             Some(PushResult::Rejected),

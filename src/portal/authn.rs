@@ -177,15 +177,28 @@ fn decoy_factors(st: &AppState, login: &str) -> Vec<Factor> {
     chosen
         .into_iter()
         .map(|t| {
-            let (id, provider) = if t == TOTP_TYPE {
-                // What a users-file TOTP of this login would be called.
-                (
-                    factors::config_factor_id(&crate::users::file_user_id(login)),
-                    "GOOGLE",
-                )
+            // Shaped as a real factor of the type is, each of its shapes
+            // equally likely (stable per login): a users-file TOTP's id can be
+            // computed by anyone, an enrolled one's cannot, so a decoy that
+            // always took one shape would tell unknown logins from users with
+            // the other.
+            let kind = kind_of(t);
+            let providers = kind.map_or(&["OKTA"][..], |k| k.providers());
+            let style = usize::from(
+                pseudonym(st, "style", &format!("{t}|{login}"), 1)
+                    .bytes()
+                    .next()
+                    .unwrap_or(0),
+            );
+            let file_totp = t == TOTP_TYPE && style % (providers.len() + 1) == providers.len();
+            let provider = providers[style % providers.len()];
+            let id = if file_totp {
+                factors::config_factor_id(&crate::users::file_user_id(login))
             } else {
-                (format!("opf{}", pseudonym(st, t, login, 17)), "OKTA")
+                let prefix = kind.map_or("fac", |k| k.id_prefix(provider));
+                format!("{prefix}{}", pseudonym(st, t, login, 17))
             };
+            let provider = if file_totp { "GOOGLE" } else { provider };
             Factor {
                 record: FactorRecord {
                     id,
@@ -1024,7 +1037,7 @@ async fn start_push(st: &AppState, ctx: &Ctx, loaded: &Loaded, factor: &Factor) 
         factors::push::abandon(st, old).await;
     }
     let started = if loaded.state.mode.is_decoy() {
-        factors::push::decoy(st, &loaded.record.user_id, &factor.record.id).await
+        factors::push::decoy(st, &loaded.record.user_id, &factor.record.id, &loaded.flow()).await
     } else {
         factors::challenge(st, &loaded.user, factor, &challenge_context(ctx, loaded)).await
     };
@@ -1112,11 +1125,13 @@ async fn poll_push(
             factor,
             Some((PushResult::Waiting, pending.correct_answer)),
         ),
-        PushResult::Success => match factors::push::consume(st, &loaded.user, factor, tid).await {
-            Ok(true) => complete(st, headers, loaded, amr_of(&factor.record.factor_type)).await,
-            Ok(false) => ApiError::new(ErrorCode::E0000011).into_response(),
-            Err(e) => verify_error(e),
-        },
+        PushResult::Success => {
+            match factors::push::consume(st, &loaded.user, factor, tid, &loaded.flow()).await {
+                Ok(true) => complete(st, headers, loaded, amr_of(&factor.record.factor_type)).await,
+                Ok(false) => ApiError::new(ErrorCode::E0000011).into_response(),
+                Err(e) => verify_error(e),
+            }
+        }
         done @ (PushResult::Rejected | PushResult::Timeout) => {
             let state = loaded.state.challenge_ended();
             match save(st, loaded, &state).await {

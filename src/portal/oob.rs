@@ -343,14 +343,16 @@ pub async fn push_check(
         PushResult::Waiting => {
             return push_wait(&p, &headers, &factor, &f.tx, f.number.parse().unwrap_or(0));
         }
-        PushResult::Success => match factors::push::consume(&p.st, &p.s.user, &factor, &f.tx).await {
-            Ok(true) => {
-                let amr = factors::amr_of(&factor.record.factor_type);
-                return challenge::upgraded(&p.st, &p.s, amr, &p.rd).await;
+        PushResult::Success => {
+            match factors::push::consume(&p.st, &p.s.user, &factor, &f.tx, &session_flow(&p.s)).await {
+                Ok(true) => {
+                    let amr = factors::amr_of(&factor.record.factor_type);
+                    return challenge::upgraded(&p.st, &p.s, amr, &p.rd).await;
+                }
+                Ok(false) => t("push.used"),
+                Err(e) => challenge::verify_message(e).1,
             }
-            Ok(false) => t("push.used"),
-            Err(e) => challenge::verify_message(e).1,
-        },
+        }
         PushResult::Rejected => t("push.rejected"),
         PushResult::Timeout => t("push.expired"),
     };

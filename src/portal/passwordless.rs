@@ -265,14 +265,16 @@ pub async fn factor_step(
                 let page = waiting_page(&st, &token, &rd, &loaded, &factor, &f.tx, number);
                 return mfa::with_csrf(html(StatusCode::OK, page), set);
             }
-            PushResult::Success => match factors::push::consume(&st, &loaded.user, &factor, &f.tx).await {
-                Ok(true) => {
-                    let amr = factors::amr_of(&factor.record.factor_type);
-                    return signed_in(&st, &ctx, &headers, &loaded, amr, &rd).await;
+            PushResult::Success => {
+                match factors::push::consume(&st, &loaded.user, &factor, &f.tx, &loaded.flow()).await {
+                    Ok(true) => {
+                        let amr = factors::amr_of(&factor.record.factor_type);
+                        return signed_in(&st, &ctx, &headers, &loaded, amr, &rd).await;
+                    }
+                    Ok(false) => crate::i18n::t("push.used"),
+                    Err(e) => mfa::verify_message(e).1,
                 }
-                Ok(false) => crate::i18n::t("push.used"),
-                Err(e) => mfa::verify_message(e).1,
-            },
+            }
             PushResult::Rejected => crate::i18n::t("push.rejected"),
             PushResult::Timeout => crate::i18n::t("push.expired"),
         };
@@ -290,7 +292,7 @@ pub async fn factor_step(
         factors::push::abandon(&st, old).await;
     }
     let started = if loaded.state.mode.is_decoy() {
-        factors::push::decoy(&st, &loaded.user.id, &factor.record.id).await
+        factors::push::decoy(&st, &loaded.user.id, &factor.record.id, &loaded.flow()).await
     } else {
         let cctx = ChallengeContext {
             client_addr: addr,

@@ -219,6 +219,43 @@ async fn distributed_guessing_still_locks_the_user() {
     assert_eq!(res.status(), 200, "the lockout ends");
 }
 
+/// A decoy's authenticator app takes each shape a real one has: the id a
+/// users-file TOTP gets (anyone can compute it from the login) and the
+/// random-looking ids of enrolled ones, under either provider. A decoy of
+/// one shape only would tell unknown logins from users of the others.
+#[tokio::test]
+async fn decoy_factors_take_every_shape_a_real_one_has() {
+    use std::collections::BTreeMap;
+    let gw = TestGateway::start(&passwordless_config("")).await;
+    let mut shapes: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in 0..45 {
+        let login = format!("nobody{i}");
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let from = format!("192.0.2.{}", 100 + i);
+            let res = post_json(&gw, &from, json!({ "username": login }).to_string()).await;
+            let body: Value = res.json().await.unwrap();
+            let factor = &body["_embedded"]["factors"][0];
+            assert_eq!(factor["factorType"], "token:software:totp", "{body}");
+            let id = factor["id"].as_str().unwrap().to_owned();
+            ids.push((id, factor["provider"].as_str().unwrap().to_owned()));
+        }
+        assert_eq!(ids[0], ids[1], "stable for a login");
+        let (id, provider) = &ids[0];
+        let file = portcullis::factors::config_factor_id(&portcullis::users::file_user_id(&login));
+        let shape = match (id == &file, &id[..3], provider.as_str()) {
+            (true, _, "GOOGLE") => "users file",
+            (false, "uft", "GOOGLE") => "enrolled, GOOGLE",
+            (false, "ost", "OKTA") => "enrolled, OKTA",
+            other => panic!("{login}: a decoy no real factor looks like: {other:?}"),
+        };
+        assert_eq!(id.len(), 20);
+        *shapes.entry(shape).or_default() += 1;
+    }
+    assert_eq!(shapes.len(), 3, "{shapes:?}");
+    assert!(shapes.values().all(|&n| n >= 5), "{shapes:?}");
+}
+
 #[tokio::test]
 async fn passwordless_transactions_are_limited_per_address() {
     let gw = TestGateway::start(&passwordless_config("")).await;

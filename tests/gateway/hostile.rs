@@ -440,7 +440,7 @@ async fn a_method_spelled_in_lower_case_cannot_slip_past_a_method_rule() {
 }
 
 #[tokio::test]
-async fn two_hosts_or_a_disagreeing_absolute_target_answer_400() {
+async fn two_hosts_a_host_list_or_a_disagreeing_absolute_target_answer_400() {
     let (gw, log) = start("").await;
     for request in [
         "GET /public/x HTTP/1.1\r\nHost: {host}\r\nHost: other.example\r\nConnection: close\r\n\r\n",
@@ -449,6 +449,11 @@ async fn two_hosts_or_a_disagreeing_absolute_target_answer_400() {
         "GET http://other.example/public/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
         "GET http://{host}/public/x HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
         "GET http://127.0.0.1:1/public/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        // A list, or what upstreams may read as one, in one Host.
+        "GET /public/x HTTP/1.1\r\nHost: {host},admin.example\r\nConnection: close\r\n\r\n",
+        "GET /public/x HTTP/1.1\r\nHost: admin.example,{host}\r\nConnection: close\r\n\r\n",
+        "GET /public/x HTTP/1.1\r\nHost: {host};admin\r\nConnection: close\r\n\r\n",
+        "GET http://a.example,b.example/public/x HTTP/1.1\r\nConnection: close\r\n\r\n",
     ] {
         let res = send(&gw, request).await;
         assert_eq!(res.status, 400, "{request:?}: {}", res.text());
