@@ -13,7 +13,7 @@
 //! One difference follows from who forwards: inline sends the app the normal
 //! form it decided on, while the front proxy sends the path as the client
 //! wrote it. So the decision here also covers that path as written
-//! ([`Enforcer::decide_as_sent`]), and dot segments, which an app may or may
+//! (`also` in [`Enforcer::decide`]), and dot segments, which an app may or may
 //! not resolve, are refused.
 //!
 //! Invariants: only peers in `server.trusted_proxies` are answered (others get
@@ -214,8 +214,29 @@ impl ForwardAuth {
         };
         let e = &*self.enforcer;
         let now = e.clock.now();
-        // The app gets `original.path`, not `path`: decided on both.
-        let Ok((decision, state)) = e.decide_as_sent(&facts, original.path, headers, now) else {
+        // The app gets `original.path`, not `path`: decided on both (and on
+        // a WebDAV `Destination`, as inline).
+        let decided = match crate::policy::normalize::destination(headers, &original.host) {
+            Ok(None) => e.decide(&facts, original.query, &[original.path], headers, now),
+            Ok(Some((raw, normal))) => e.decide(
+                &facts,
+                original.query,
+                &[original.path, raw, &normal],
+                headers,
+                now,
+            ),
+            Err(reason) => {
+                crate::audit!(
+                    "request.path_refused",
+                    reason = %reason,
+                    client = %ctx.client_addr,
+                    endpoint = endpoint.name(),
+                    request_id = %ctx.request_id,
+                );
+                return invalid(&format!("invalid Destination: {reason}"));
+            }
+        };
+        let Ok((decision, state)) = decided else {
             return passed(
                 ApiError::new(ErrorCode::E0000009).into_response(),
                 "unavailable",

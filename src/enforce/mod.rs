@@ -30,7 +30,7 @@ use crate::config::IdentityHeaders;
 use crate::context::{self, ConnInfo, RequestContext};
 use crate::error::{ApiError, ErrorCode};
 use crate::identity::{Principal, PrincipalInfo};
-use crate::policy::normalize::{NormalTarget, TargetError, normalize_target};
+use crate::policy::normalize::{self, NormalTarget, TargetError, normalize_target};
 use crate::policy::{Decision, Policy, RequestFacts};
 use crate::session::revocation::RevocationView;
 use crate::session::{SessionClaims, SessionCodec, SessionReject};
@@ -207,31 +207,36 @@ impl Enforcer {
     /// `headers` read only when some reading needs one, and the strictest
     /// outcome. `Err(StoreUnavailable)` when the revocation view is too stale to
     /// trust a session (fail closed: answer 503).
+    ///
+    /// `also` are more paths the request reaches or acts on, decided on as
+    /// well: forward-auth passes the path as the client wrote it (the front
+    /// proxy forwards that, not the normal form `facts.path`, and an app that
+    /// neither decodes nor merges reads `/%70ublic/x` or `/api//public/x`
+    /// literally); both modes pass a WebDAV `Destination` path, raw and
+    /// normalized ([`normalize::destination`]). The method is read the ways
+    /// apps read it too ([`crate::policy::method_aliases`]: HEAD as GET, a
+    /// POST's `_method` in `query`).
     pub fn decide(
         &self,
         facts: &RequestFacts<'_>,
-        headers: &http::HeaderMap,
-        now: crate::clock::UnixTime,
-    ) -> Result<(Decision, SessionState), StoreUnavailable> {
-        self.decide_on(self.policy.evaluate(facts), headers, now)
-    }
-
-    /// [`Enforcer::decide`] for a request its app receives with `sent` as
-    /// the path instead of the normalized `facts.path`: forward-auth, where
-    /// the front proxy forwards the path as the client wrote it. The decision
-    /// is the strictest over the readings of both paths: an app that neither
-    /// decodes nor merges (`/%70ublic/x`, `/api//public/x`) reads `sent`
-    /// literally, one that does reads the normal form.
-    pub fn decide_as_sent(
-        &self,
-        facts: &RequestFacts<'_>,
-        sent: &str,
+        query: Option<&str>,
+        also: &[&str],
         headers: &http::HeaderMap,
         now: crate::clock::UnixTime,
     ) -> Result<(Decision, SessionState), StoreUnavailable> {
         let mut evaluation = self.policy.evaluate(facts);
-        if sent != facts.path {
-            evaluation = evaluation.with(&self.policy.evaluate(&RequestFacts { path: sent, ..*facts }));
+        let alias = crate::policy::method_aliases(facts.method, query);
+        let methods = std::iter::once(facts.method).chain(alias.as_ref());
+        for (m, method) in methods.enumerate() {
+            let facts = RequestFacts { method, ..*facts };
+            if m > 0 {
+                evaluation = evaluation.with(&self.policy.evaluate(&facts));
+            }
+            for (i, path) in also.iter().enumerate() {
+                if *path != facts.path && !also[..i].contains(path) {
+                    evaluation = evaluation.with(&self.policy.evaluate(&RequestFacts { path, ..facts }));
+                }
+            }
         }
         self.decide_on(evaluation, headers, now)
     }
@@ -560,10 +565,21 @@ where
             client_addr,
         };
         // Decided on the strictest reading of the path (`;params` dropped,
-        // trailing dots trimmed: see `Policy::evaluate`); the session is read only
-        // when some reading needs one.
+        // trailing dots trimmed: see `Policy::evaluate`) and, for WebDAV's
+        // COPY and MOVE, of the path in `Destination`, which they act on as
+        // well; the session is read only when some reading needs one.
         let now = e.clock.now();
-        let Ok((decision, state)) = e.decide(&facts, req.headers(), now) else {
+        let decided = match normalize::destination(req.headers(), &ctx.host) {
+            Ok(None) => e.decide(&facts, req.uri().query(), &[], req.headers(), now),
+            Ok(Some((raw, normal))) => {
+                e.decide(&facts, req.uri().query(), &[raw, &normal], req.headers(), now)
+            }
+            Err(reason) => {
+                crate::audit!("request.path_refused", reason = %reason, client = %client_addr);
+                return invalid("invalid Destination");
+            }
+        };
+        let Ok((decision, state)) = decided else {
             return passed(
                 ApiError::new(ErrorCode::E0000009).into_response(),
                 "unavailable",

@@ -19,6 +19,39 @@ use crate::clock::UnixTime;
 use crate::config::{PolicyKind, RuleConfig};
 use crate::session::SessionClaims;
 
+/// Another method an app may run a request as, to be decided on as well:
+/// GET for HEAD (frameworks answer HEAD with the GET handler, so a rule for
+/// GET covers it), and for a POST the `_method` of its query (Laravel and
+/// Symfony take it as the method; the header forms are stripped before
+/// forwarding, a form body's field cannot be seen: see the README).
+pub fn method_aliases(method: &Method, query: Option<&str>) -> Option<Method> {
+    if method == Method::HEAD {
+        return Some(Method::GET);
+    }
+    if method != Method::POST {
+        return None;
+    }
+    // Any spelling PHP reads as `_method` (it decodes, drops leading spaces
+    // and turns ` `, `.` and `[` in names into `_`), in any case.
+    let query = query.filter(|q| q.contains('%') || q.to_ascii_lowercase().contains("method"))?;
+    let is_override = |k: &str| {
+        let k = k.trim_start_matches(' ');
+        k.len() == 7
+            && k.bytes().zip(b"_method").all(|(a, &b)| {
+                let a = if matches!(a, b' ' | b'.' | b'[') {
+                    b'_'
+                } else {
+                    a.to_ascii_lowercase()
+                };
+                a == b
+            })
+    };
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| is_override(k))
+        .and_then(|(_, v)| Method::from_bytes(v.trim().to_ascii_uppercase().as_bytes()).ok())
+        .filter(|m| m != Method::POST)
+}
+
 /// The compiled rule set.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -854,6 +887,35 @@ mod tests {
         // Deny wins over everything.
         let (d, req) = p.decide_request(&facts("a", "/secret;x/y", &get), Some((&c2, &[])), 1_000);
         assert_eq!((d, req.rule), (Decision::Deny, Some(3)));
+    }
+
+    #[test]
+    fn methods_are_also_read_as_apps_read_them() {
+        let alias = |m: Method, q: Option<&str>| method_aliases(&m, q);
+        assert_eq!(alias(Method::HEAD, None), Some(Method::GET));
+        assert_eq!(
+            alias(Method::GET, Some("_method=DELETE")),
+            None,
+            "only a POST is overridden"
+        );
+        assert_eq!(alias(Method::POST, None), None);
+        assert_eq!(alias(Method::POST, Some("a=1")), None);
+        assert_eq!(alias(Method::POST, Some("_method=POST")), None);
+        for q in [
+            "_method=DELETE",
+            "a=1&_method=delete",
+            "%5Fmethod=DELETE",
+            "_%6Dethod=DELETE",
+            "_METHOD=DELETE",
+            ".method=DELETE",
+            "+_method=DELETE",
+            "[method=DELETE",
+            "_method=%20delete%20",
+        ] {
+            assert_eq!(alias(Method::POST, Some(q)), Some(Method::DELETE), "{q}");
+        }
+        assert_eq!(alias(Method::POST, Some("x_method=DELETE")), None);
+        assert_eq!(alias(Method::POST, Some("_method=DEL%20ETE")), None, "no method");
     }
 
     #[test]

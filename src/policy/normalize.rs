@@ -68,6 +68,61 @@ pub enum PathError {
     /// apps differ on how (and whether) they resolve it.
     #[error("dot segment in a path forwarded as sent")]
     DotSegment,
+    /// WebDAV's `Destination`: doubled, not a URL or path, or of another host.
+    #[error("invalid Destination")]
+    BadDestination,
+}
+
+/// The path of a request's WebDAV `Destination` header (COPY and MOVE act on
+/// it as well as on the request's own path), raw as the upstream will read
+/// it, with its normal form; `Ok(None)` without the header. Refused: two
+/// headers, a value that is not an absolute path or an `http(s)` URL of the
+/// request's own `host`, a path [`normalize`] refuses, a dot segment (the
+/// header goes upstream as sent, unlike the request's own path).
+pub fn destination<'h>(
+    headers: &'h http::HeaderMap,
+    host: &str,
+) -> Result<Option<(&'h str, Cow<'h, str>)>, PathError> {
+    let mut values = headers.get_all("destination").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(PathError::BadDestination);
+    }
+    let text = value.to_str().map_err(|_| PathError::BadDestination)?;
+    let path_and_query = match text.find("://") {
+        Some(i) => {
+            let scheme = &text[..i];
+            if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+                return Err(PathError::BadDestination);
+            }
+            let rest = &text[i + 3..];
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let authority = &rest[..end];
+            if !crate::context::is_plain_authority(authority) {
+                return Err(PathError::BadDestination);
+            }
+            let named = authority
+                .rsplit_once(':')
+                .filter(|(_, p)| !p.contains(']'))
+                .map_or(authority, |(h, _)| h);
+            if !named.trim_end_matches('.').eq_ignore_ascii_case(host) {
+                return Err(PathError::BadDestination);
+            }
+            &rest[end..]
+        }
+        None => text,
+    };
+    let path = path_and_query.split(['?', '#']).next().unwrap_or("");
+    if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(PathError::BadDestination);
+    }
+    if has_dot_segment(path) {
+        return Err(PathError::DotSegment);
+    }
+    let normal = normalize(path)?;
+    Ok(Some((path, normal)))
 }
 
 /// True when a segment of the raw `path` is `.` or `..`, spelled with `%2e`
@@ -656,6 +711,43 @@ mod tests {
             }
 
         }
+    }
+
+    #[test]
+    fn destinations_are_paths_of_the_same_host() {
+        let of = |values: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append("destination", http::HeaderValue::from_str(v).unwrap());
+            }
+            destination(&h, "app.example")
+                .map(|d| d.map(|(raw, normal)| (raw.to_owned(), normal.into_owned())))
+        };
+        assert_eq!(of(&[]), Ok(None));
+        for (value, raw, normal) in [
+            ("/a/b", "/a/b", "/a/b"),
+            ("http://app.example/a//%62?q#f", "/a//%62", "/a/b"),
+            ("HTTPS://App.Example.:8443/a", "/a", "/a"),
+            ("http://app.example/", "/", "/"),
+        ] {
+            assert_eq!(of(&[value]), Ok(Some((raw.into(), normal.into()))), "{value}");
+        }
+        for value in [
+            "a/b",
+            "http://other.example/a",
+            "http://app.example.evil/a",
+            "http://user@app.example/a",
+            "http://app.example,x/a",
+            "http://app.example",
+            "ftp://app.example/a",
+            "http://app.example/a/%2f/b",
+            "http://app.example/a/../b",
+            "/a/%2E/b",
+            "",
+        ] {
+            assert!(of(&[value]).is_err(), "{value}");
+        }
+        assert_eq!(of(&["/a", "/a"]), Err(PathError::BadDestination));
     }
 
     #[test]

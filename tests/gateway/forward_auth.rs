@@ -868,6 +868,29 @@ async fn direct_calls_untrusted_peers_and_garbage() {
         .await;
         assert_eq!(res.status, status, "X-Original-URL {url:?}: {}", res.text());
     }
+    // A WebDAV Destination is decided on as well, and must be of the host.
+    for (destination, status) in [
+        ("http://app.example.com/public/y", 200),
+        ("http://app.example.com/two/y", 401),
+        ("/two/y", 401),
+        ("http://other.example/public/y", 400),
+        ("http://app.example.com/public/../two/y", 400),
+    ] {
+        let res = raw_from(
+            "127.0.0.1",
+            gw.main,
+            &call(
+                "auth-request",
+                &[
+                    ("X-Original-Method", "MOVE"),
+                    ("X-Original-URL", "http://app.example.com/public/x"),
+                    ("Destination", destination),
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(res.status, status, "Destination {destination:?}: {}", res.text());
+    }
     // Missing method, two URLs.
     let res = raw_from(
         "127.0.0.1",

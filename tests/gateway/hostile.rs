@@ -356,6 +356,94 @@ async fn send(gw: &TestGateway, request: &str) -> RawResponse {
     raw(gw.main, &request.replace("{host}", &gw.main.to_string())).await
 }
 
+/// WebDAV's COPY and MOVE act on the path in `Destination` as well: it is
+/// decided on like the request's own (the strictest of both), and one that
+/// cannot be (another host, a dot segment, an encoded slash, two of them)
+/// is refused before the upstream.
+#[tokio::test]
+async fn webdav_destinations_are_decided_like_paths() {
+    let (gw, log) = start("").await;
+    let mv = |dest: &str| {
+        format!(
+            "MOVE /public/x HTTP/1.1\r\nHost: {{host}}\r\nDestination: {dest}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    for dest in [
+        "http://other.example/public/y",
+        "http://{host}/public/../admin/x",
+        "http://{host}/public/%2e%2e/admin/x",
+        "http://{host}/public/..%2fadmin/x",
+        "ftp://{host}/public/y",
+        "public/y",
+        "http://{host},admin.example/public/y",
+    ] {
+        let res = send(&gw, &mv(dest)).await;
+        assert_eq!(res.status, 400, "{dest}: {}", res.text());
+        assert!(take(&log).is_empty(), "{dest} reached the upstream");
+    }
+    let two = "MOVE /public/x HTTP/1.1\r\nHost: {host}\r\nDestination: /public/y\r\nDestination: /admin/y\r\nConnection: close\r\n\r\n";
+    assert_eq!(send(&gw, two).await.status, 400);
+    assert!(take(&log).is_empty());
+    for dest in [
+        "http://{host}/admin/x",
+        "/admin/x",
+        "http://{host}/%61dmin/x",
+        "http://{host}/admin;x/y",
+        "/denied",
+    ] {
+        let res = send(&gw, &mv(dest)).await;
+        assert!(
+            res.status == 401 || res.status == 403,
+            "{dest}: {} {}",
+            res.status,
+            res.text()
+        );
+        assert!(take(&log).is_empty(), "{dest} reached the upstream");
+    }
+    for dest in ["http://{host}/public/y", "/public/y", "HTTP://{host}/public/%7Ey"] {
+        let res = send(&gw, &mv(dest)).await;
+        assert_eq!(res.status, 200, "{dest}: {}", res.text());
+        assert_eq!(take(&log).len(), 1, "{dest}");
+    }
+}
+
+/// A rule for a method also holds for what apps run as that method: HEAD
+/// (answered by the GET handler) and a POST with `_method` in its query
+/// (Laravel, Symfony).
+#[tokio::test]
+async fn rules_for_a_method_hold_for_its_overrides_and_head() {
+    let (gw, log) = start(
+        "[[rules]]\npath = \"^/public/\"\nmethods = [\"DELETE\"]\npolicy = \"deny\"\n\n\
+         [[rules]]\npath = \"^/public/reports/\"\nmethods = [\"GET\"]\npolicy = \"one_factor\"\n",
+    )
+    .await;
+    let req = |line: &str| {
+        format!("{line} HTTP/1.1\r\nHost: {{host}}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    };
+    for (line, status) in [
+        ("POST /public/x?_method=DELETE", 403),
+        ("POST /public/x?a=1&_%6Dethod=delete", 403),
+        ("POST /public/x?.method=DELETE", 403),
+        ("DELETE /public/x", 403),
+        ("HEAD /public/reports/x", 401),
+        ("GET /public/reports/x", 401),
+    ] {
+        let res = send(&gw, &req(line)).await;
+        assert_eq!(res.status, status, "{line}: {}", res.text());
+        assert!(take(&log).is_empty(), "{line} reached the upstream");
+    }
+    for line in [
+        "POST /public/x?_method=PUT",
+        "POST /public/x",
+        "HEAD /public/x",
+        "GET /public/x?_method=DELETE",
+    ] {
+        let res = send(&gw, &req(line)).await;
+        assert_eq!(res.status, 200, "{line}: {}", res.text());
+        assert_eq!(take(&log).len(), 1, "{line}");
+    }
+}
+
 #[tokio::test]
 async fn only_websocket_upgrades_reach_the_upstream() {
     let (gw, log) = start("").await;
