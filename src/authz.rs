@@ -216,7 +216,7 @@ impl ForwardAuth {
         let now = e.clock.now();
         // The app gets `original.path`, not `path`: decided on both (and on
         // a WebDAV `Destination`, as inline).
-        let decided = match crate::policy::normalize::destination(headers, &original.host) {
+        let decided = match crate::policy::normalize::destination(&original.method, headers, &original.host) {
             Ok(None) => e.decide(&facts, original.query, &[original.path], headers, now),
             Ok(Some((raw, normal))) => e.decide(
                 &facts,

@@ -215,7 +215,7 @@ impl Enforcer {
     /// literally); both modes pass a WebDAV `Destination` path, raw and
     /// normalized ([`normalize::destination`]). The method is read the ways
     /// apps read it too ([`crate::policy::method_aliases`]: HEAD as GET, a
-    /// POST's `_method` in `query`).
+    /// POST's `_method` in `query` and override headers).
     pub fn decide(
         &self,
         facts: &RequestFacts<'_>,
@@ -225,8 +225,8 @@ impl Enforcer {
         now: crate::clock::UnixTime,
     ) -> Result<(Decision, SessionState), StoreUnavailable> {
         let mut evaluation = self.policy.evaluate(facts);
-        let alias = crate::policy::method_aliases(facts.method, query);
-        let methods = std::iter::once(facts.method).chain(alias.as_ref());
+        let aliases = crate::policy::method_aliases(facts.method, query, headers);
+        let methods = std::iter::once(facts.method).chain(&aliases);
         for (m, method) in methods.enumerate() {
             let facts = RequestFacts { method, ..*facts };
             if m > 0 {
@@ -569,7 +569,7 @@ where
         // COPY and MOVE, of the path in `Destination`, which they act on as
         // well; the session is read only when some reading needs one.
         let now = e.clock.now();
-        let decided = match normalize::destination(req.headers(), &ctx.host) {
+        let decided = match normalize::destination(req.method(), req.headers(), &ctx.host) {
             Ok(None) => e.decide(&facts, req.uri().query(), &[], req.headers(), now),
             Ok(Some((raw, normal))) => {
                 e.decide(&facts, req.uri().query(), &[raw, &normal], req.headers(), now)

@@ -19,37 +19,57 @@ use crate::clock::UnixTime;
 use crate::config::{PolicyKind, RuleConfig};
 use crate::session::SessionClaims;
 
-/// Another method an app may run a request as, to be decided on as well:
+/// Other methods an app may run a request as, to be decided on as well:
 /// GET for HEAD (frameworks answer HEAD with the GET handler, so a rule for
-/// GET covers it), and for a POST the `_method` of its query (Laravel and
-/// Symfony take it as the method; the header forms are stripped before
-/// forwarding, a form body's field cannot be seen: see the README).
-pub fn method_aliases(method: &Method, query: Option<&str>) -> Option<Method> {
+/// GET covers it), and for a POST each method its query's `_method` names
+/// (Laravel and Symfony take it, PHP the last of several, so every one
+/// counts) and each its override headers name (`X-HTTP-Method-Override`,
+/// `X-HTTP-Method`, `X-Method-Override`: stripped before an inline request
+/// is forwarded, but a front proxy in forward-auth passes them on). A form
+/// body's `_method` cannot be seen: see the README. Empty (no allocation)
+/// for other requests.
+pub fn method_aliases(method: &Method, query: Option<&str>, headers: &http::HeaderMap) -> Vec<Method> {
     if method == Method::HEAD {
-        return Some(Method::GET);
+        return vec![Method::GET];
     }
+    let mut out: Vec<Method> = Vec::new();
     if method != Method::POST {
-        return None;
+        return out;
     }
-    // Any spelling PHP reads as `_method` (it decodes, drops leading spaces
-    // and turns ` `, `.` and `[` in names into `_`), in any case.
-    let query = query.filter(|q| q.contains('%') || q.to_ascii_lowercase().contains("method"))?;
-    let is_override = |k: &str| {
-        let k = k.trim_start_matches(' ');
-        k.len() == 7
-            && k.bytes().zip(b"_method").all(|(a, &b)| {
-                let a = if matches!(a, b' ' | b'.' | b'[') {
-                    b'_'
-                } else {
-                    a.to_ascii_lowercase()
-                };
-                a == b
-            })
+    let mut add = |name: &[u8]| {
+        let name = name.trim_ascii().to_ascii_uppercase();
+        if let Ok(m) = Method::from_bytes(&name)
+            && m != Method::POST
+            && !out.contains(&m)
+        {
+            out.push(m);
+        }
     };
-    url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| is_override(k))
-        .and_then(|(_, v)| Method::from_bytes(v.trim().to_ascii_uppercase().as_bytes()).ok())
-        .filter(|m| m != Method::POST)
+    for header in ["x-http-method-override", "x-http-method", "x-method-override"] {
+        for value in headers.get_all(header) {
+            add(value.as_bytes());
+        }
+    }
+    // Any spelling PHP reads as `_method`: it decodes, cuts a name at NUL,
+    // drops leading spaces and turns ` `, `.` and `[` into `_`; any case.
+    if let Some(query) = query.filter(|q| q.contains('%') || q.to_ascii_lowercase().contains("method")) {
+        let is_override = |k: &str| {
+            let k = k.split('\0').next().unwrap_or("").trim_start_matches(' ');
+            k.len() == 7
+                && k.bytes().zip(b"_method").all(|(a, &b)| {
+                    let a = if matches!(a, b' ' | b'.' | b'[') {
+                        b'_'
+                    } else {
+                        a.to_ascii_lowercase()
+                    };
+                    a == b
+                })
+        };
+        for (_, value) in url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| is_override(k)) {
+            add(value.as_bytes());
+        }
+    }
+    out
 }
 
 /// The compiled rule set.
@@ -891,16 +911,18 @@ mod tests {
 
     #[test]
     fn methods_are_also_read_as_apps_read_them() {
-        let alias = |m: Method, q: Option<&str>| method_aliases(&m, q);
-        assert_eq!(alias(Method::HEAD, None), Some(Method::GET));
+        let none = http::HeaderMap::new();
+        let nothing: [Method; 0] = [];
+        let alias = |m: Method, q: Option<&str>| method_aliases(&m, q, &none);
+        assert_eq!(alias(Method::HEAD, None), [Method::GET]);
         assert_eq!(
             alias(Method::GET, Some("_method=DELETE")),
-            None,
+            nothing,
             "only a POST is overridden"
         );
-        assert_eq!(alias(Method::POST, None), None);
-        assert_eq!(alias(Method::POST, Some("a=1")), None);
-        assert_eq!(alias(Method::POST, Some("_method=POST")), None);
+        assert_eq!(alias(Method::POST, None), nothing);
+        assert_eq!(alias(Method::POST, Some("a=1")), nothing);
+        assert_eq!(alias(Method::POST, Some("_method=POST")), nothing);
         for q in [
             "_method=DELETE",
             "a=1&_method=delete",
@@ -910,12 +932,31 @@ mod tests {
             ".method=DELETE",
             "+_method=DELETE",
             "[method=DELETE",
+            "_method%00x=DELETE",
             "_method=%20delete%20",
+            "_method=POST&_method=DELETE",
+            "_method=DELETE&_method=delete",
         ] {
-            assert_eq!(alias(Method::POST, Some(q)), Some(Method::DELETE), "{q}");
+            assert_eq!(alias(Method::POST, Some(q)), [Method::DELETE], "{q}");
         }
-        assert_eq!(alias(Method::POST, Some("x_method=DELETE")), None);
-        assert_eq!(alias(Method::POST, Some("_method=DEL%20ETE")), None, "no method");
+        assert_eq!(
+            alias(Method::POST, Some("_method=GET&_method=DELETE")),
+            [Method::GET, Method::DELETE]
+        );
+        assert_eq!(alias(Method::POST, Some("x_method=DELETE")), nothing);
+        assert_eq!(
+            alias(Method::POST, Some("_method=DEL%20ETE")),
+            nothing,
+            "no method"
+        );
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-http-method-override", http::HeaderValue::from_static("put"));
+        headers.append("x-method-override", http::HeaderValue::from_static("PATCH"));
+        assert_eq!(
+            method_aliases(&Method::POST, Some("_method=DELETE"), &headers),
+            [Method::PUT, Method::PATCH, Method::DELETE]
+        );
+        assert_eq!(method_aliases(&Method::GET, None, &headers), nothing);
     }
 
     #[test]

@@ -73,16 +73,23 @@ pub enum PathError {
     BadDestination,
 }
 
-/// The path of a request's WebDAV `Destination` header (COPY and MOVE act on
+/// The path of a COPY's or MOVE's WebDAV `Destination` header (they act on
 /// it as well as on the request's own path), raw as the upstream will read
-/// it, with its normal form; `Ok(None)` without the header. Refused: two
-/// headers, a value that is not an absolute path or an `http(s)` URL of the
-/// request's own `host`, a path [`normalize`] refuses, a dot segment (the
-/// header goes upstream as sent, unlike the request's own path).
+/// it, with its normal form; `Ok(None)` for other methods and without the
+/// header. Refused: two headers, a value that is not an absolute path or an
+/// `http(s)` URL of the request's own `host` (a network-path reference
+/// `//host/path` included: Go's and Python's WebDAV servers read its host),
+/// a path [`normalize`] refuses, a dot segment (the header goes upstream as
+/// sent, unlike the request's own path). Raw UTF-8 is read as the path's
+/// own characters, as [`normalize`] reads them.
 pub fn destination<'h>(
+    method: &http::Method,
     headers: &'h http::HeaderMap,
     host: &str,
 ) -> Result<Option<(&'h str, Cow<'h, str>)>, PathError> {
+    if method.as_str() != "MOVE" && method.as_str() != "COPY" {
+        return Ok(None);
+    }
     let mut values = headers.get_all("destination").iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -90,8 +97,17 @@ pub fn destination<'h>(
     if values.next().is_some() {
         return Err(PathError::BadDestination);
     }
-    let text = value.to_str().map_err(|_| PathError::BadDestination)?;
-    let path_and_query = match text.find("://") {
+    let text = std::str::from_utf8(value.as_bytes()).map_err(|_| PathError::BadDestination)?;
+    // A scheme is a letter, then letters, digits, `+`, `-`, `.`: a `://`
+    // later in a path (`/files/http://x`) is no URL.
+    let scheme_end = text.find("://").filter(|&i| {
+        let scheme = &text.as_bytes()[..i];
+        scheme.first().is_some_and(u8::is_ascii_alphabetic)
+            && scheme
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    });
+    let path_and_query = match scheme_end {
         Some(i) => {
             let scheme = &text[..i];
             if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
@@ -112,10 +128,11 @@ pub fn destination<'h>(
             }
             &rest[end..]
         }
+        None if text.starts_with("//") => return Err(PathError::BadDestination),
         None => text,
     };
     let path = path_and_query.split(['?', '#']).next().unwrap_or("");
-    if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+    if !path.starts_with('/') {
         return Err(PathError::BadDestination);
     }
     if has_dot_segment(path) {
@@ -718,17 +735,36 @@ mod tests {
         let of = |values: &[&str]| {
             let mut h = http::HeaderMap::new();
             for v in values {
-                h.append("destination", http::HeaderValue::from_str(v).unwrap());
+                h.append(
+                    "destination",
+                    http::HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+                );
             }
-            destination(&h, "app.example")
+            destination(&http::Method::from_bytes(b"MOVE").unwrap(), &h, "app.example")
                 .map(|d| d.map(|(raw, normal)| (raw.to_owned(), normal.into_owned())))
         };
         assert_eq!(of(&[]), Ok(None));
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "destination",
+            http::HeaderValue::from_static("http://other.example/x"),
+        );
+        assert_eq!(
+            destination(&http::Method::GET, &h, "app.example"),
+            Ok(None),
+            "only COPY and MOVE"
+        );
         for (value, raw, normal) in [
             ("/a/b", "/a/b", "/a/b"),
             ("http://app.example/a//%62?q#f", "/a//%62", "/a/b"),
             ("HTTPS://App.Example.:8443/a", "/a", "/a"),
             ("http://app.example/", "/", "/"),
+            ("/files/http://x", "/files/http://x", "/files/http:/x"),
+            (
+                "/caf\u{e9} au lait",
+                "/caf\u{e9} au lait",
+                "/caf%C3%A9%20au%20lait",
+            ),
         ] {
             assert_eq!(of(&[value]), Ok(Some((raw.into(), normal.into()))), "{value}");
         }
@@ -743,6 +779,8 @@ mod tests {
             "http://app.example/a/%2f/b",
             "http://app.example/a/../b",
             "/a/%2E/b",
+            "//app.example/admin/x",
+            "gopher://app.example/a",
             "",
         ] {
             assert!(of(&[value]).is_err(), "{value}");

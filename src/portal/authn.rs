@@ -165,6 +165,12 @@ fn decoy_factors(st: &AppState, login: &str) -> Vec<Factor> {
         return Vec::new();
     }
     let bits = pseudonym(st, "subset", login, 1).bytes().next().unwrap_or(0);
+    let any_file_totp = st
+        .enforcer
+        .users
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .any_config_totp();
     let mut chosen: Vec<&String> = types
         .iter()
         .enumerate()
@@ -177,11 +183,12 @@ fn decoy_factors(st: &AppState, login: &str) -> Vec<Factor> {
     chosen
         .into_iter()
         .map(|t| {
-            // Shaped as a real factor of the type is, each of its shapes
-            // equally likely (stable per login): a users-file TOTP's id can be
-            // computed by anyone, an enrolled one's cannot, so a decoy that
-            // always took one shape would tell unknown logins from users with
-            // the other.
+            // Shaped as a real factor of the type is, each shape this
+            // deployment can give a real user equally likely (stable per
+            // login): a users-file TOTP's id can be computed by anyone, an
+            // enrolled one's cannot, so a decoy that always took one shape
+            // would tell unknown logins from users with the other, and one of
+            // a shape no real user can have would tell them apart outright.
             let kind = kind_of(t);
             let providers = kind.map_or(&["OKTA"][..], |k| k.providers());
             let style = usize::from(
@@ -190,7 +197,8 @@ fn decoy_factors(st: &AppState, login: &str) -> Vec<Factor> {
                     .next()
                     .unwrap_or(0),
             );
-            let file_totp = t == TOTP_TYPE && style % (providers.len() + 1) == providers.len();
+            let file_totp =
+                t == TOTP_TYPE && any_file_totp && style % (providers.len() + 1) == providers.len();
             let provider = providers[style % providers.len()];
             let id = if file_totp {
                 factors::config_factor_id(&crate::users::file_user_id(login))
@@ -803,7 +811,9 @@ pub(crate) async fn load_token(st: &AppState, token: &str) -> Result<Loaded, Res
     // Signed out everywhere (or the password changed) since it began: the
     // transaction ends with the sessions of that time, so a second factor
     // approved later cannot sign in whoever started it.
-    if !state.mode.is_decoy() && state.epoch != st.enforcer.revocations.epoch(&user.id) {
+    // Older only: a replica whose view lags behind the one that began the
+    // transaction sees a newer epoch in it, which is no sign-out.
+    if !state.mode.is_decoy() && state.epoch < st.enforcer.revocations.epoch(&user.id) {
         return Err(ApiError::new(ErrorCode::E0000011).into_response());
     }
     Ok(Loaded {

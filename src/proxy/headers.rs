@@ -482,33 +482,37 @@ pub fn filter_set_cookies(headers: &mut HeaderMap, gateway: &[String]) {
 /// Keeps a response that now carries a session cookie out of shared caches
 /// (a CDN or caching proxy in front of the gateway): whatever the app said,
 /// its `Cache-Control` becomes `private` (its `public` and `s-maxage`
-/// dropped, its other directives kept for the browser's own cache). Left as
-/// it is when it already says `private` or `no-store`.
+/// dropped, its other directives kept for the browser's own cache), left as
+/// it is when it already says `private` or `no-store`; the CDN-targeted
+/// controls (`CDN-Cache-Control`, `Surrogate-Control`) are removed.
 pub fn keep_from_shared_caches(headers: &mut HeaderMap) {
-    let mut kept: Vec<&str> = Vec::new();
     let mut private = false;
-    for value in headers.get_all(header::CACHE_CONTROL) {
+    let mut value = String::from("private");
+    for cache_control in headers.get_all(header::CACHE_CONTROL) {
         // A value that is not text cannot be read: dropped, `private` holds.
-        let Ok(text) = value.to_str() else { continue };
+        let Ok(text) = cache_control.to_str() else {
+            continue;
+        };
         for directive in directives(text) {
             let name = directive.split('=').next().unwrap_or("").trim();
             if name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("private") {
                 private = true;
             } else if !name.eq_ignore_ascii_case("public") && !name.eq_ignore_ascii_case("s-maxage") {
-                kept.push(directive);
+                value.push_str(", ");
+                value.push_str(directive);
             }
         }
     }
-    if private {
-        return;
-    }
-    let mut value = String::from("private");
-    for directive in kept {
-        value.push_str(", ");
-        value.push_str(directive);
+    // Targeted controls (RFC 9213) that CDNs obey over `Cache-Control`.
+    for targeted in [
+        "cdn-cache-control",
+        "surrogate-control",
+        "cloudflare-cdn-cache-control",
+    ] {
+        headers.remove(targeted);
     }
     // From a valid header value's own text, so it cannot fail.
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if !private && let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(header::CACHE_CONTROL, value);
     }
 }
@@ -953,6 +957,14 @@ mod tests {
             ["max-age=0, private"]
         );
         assert_eq!(after(&[("cache-control", "no-store")]), ["no-store"]);
+        let mut h = map(&[
+            ("cache-control", "private"),
+            ("cdn-cache-control", "max-age=600"),
+            ("surrogate-control", "max-age=600"),
+            ("cloudflare-cdn-cache-control", "max-age=600"),
+        ]);
+        keep_from_shared_caches(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(
             after(&[("cache-control", r#"x="a\",public", , max-age=1"#)]),
             [r#"private, x="a\",public", max-age=1"#]

@@ -387,6 +387,11 @@ impl UserDirectory {
     }
 
     /// Number of users.
+    /// True when some user has a TOTP secret from the users file.
+    pub fn any_config_totp(&self) -> bool {
+        self.by_id.values().any(|u| u.config_totp.is_some())
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.len()
     }

@@ -219,21 +219,52 @@ async fn distributed_guessing_still_locks_the_user() {
     assert_eq!(res.status(), 200, "the lockout ends");
 }
 
-/// A decoy's authenticator app takes each shape a real one has: the id a
-/// users-file TOTP gets (anyone can compute it from the login) and the
-/// random-looking ids of enrolled ones, under either provider. A decoy of
-/// one shape only would tell unknown logins from users of the others.
+/// A decoy's authenticator app takes each shape a real one can have in the
+/// deployment: the random-looking ids of enrolled ones, under either
+/// provider, and, where the users file gives someone a TOTP, the id such a
+/// factor gets (anyone can compute it from the login). A decoy of one shape
+/// only would tell unknown logins from users of the others, and one of a
+/// shape no real user has would tell them outright.
 #[tokio::test]
 async fn decoy_factors_take_every_shape_a_real_one_has() {
-    use std::collections::BTreeMap;
-    let gw = TestGateway::start(&passwordless_config("")).await;
-    let mut shapes: BTreeMap<&str, usize> = BTreeMap::new();
+    use std::collections::BTreeSet;
+    let plain = TestGateway::start(&passwordless_config("")).await;
+    let enrolled = BTreeSet::from(["enrolled, GOOGLE", "enrolled, OKTA"]);
+    assert_eq!(decoy_shapes(&plain).await, enrolled);
+    // A users-file TOTP somewhere: its shape too.
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    let hash = portcullis::passwords::hash_password(b"carol-password-0451").unwrap();
+    std::fs::write(
+        &users,
+        format!(
+            "[[users]]\nusername = \"carol\"\npassword = {}\ntotp = {{ secret = \"GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ\" }}\n",
+            crate::support::toml_str(&hash)
+        ),
+    )
+    .unwrap();
+    let with_file = TestGateway::start(&format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n\
+         [users]\nfile = {}\npasswordless = true\npasswordless_factors = [\"token:software:totp\"]\n\n\
+         [factors.totp]\nenabled = true\n",
+        crate::support::toml_str(&users.display().to_string())
+    ))
+    .await;
+    let mut all = enrolled.clone();
+    all.insert("users file");
+    assert_eq!(decoy_shapes(&with_file).await, all);
+}
+
+/// The shapes of the decoy TOTP ids of 45 unknown logins (each asked twice:
+/// stable), with at least 5 of each.
+async fn decoy_shapes(gw: &TestGateway) -> std::collections::BTreeSet<&'static str> {
+    let mut shapes: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for i in 0..45 {
         let login = format!("nobody{i}");
         let mut ids = Vec::new();
         for _ in 0..2 {
             let from = format!("192.0.2.{}", 100 + i);
-            let res = post_json(&gw, &from, json!({ "username": login }).to_string()).await;
+            let res = post_json(gw, &from, json!({ "username": login }).to_string()).await;
             let body: Value = res.json().await.unwrap();
             let factor = &body["_embedded"]["factors"][0];
             assert_eq!(factor["factorType"], "token:software:totp", "{body}");
@@ -252,8 +283,8 @@ async fn decoy_factors_take_every_shape_a_real_one_has() {
         assert_eq!(id.len(), 20);
         *shapes.entry(shape).or_default() += 1;
     }
-    assert_eq!(shapes.len(), 3, "{shapes:?}");
     assert!(shapes.values().all(|&n| n >= 5), "{shapes:?}");
+    shapes.into_keys().collect()
 }
 
 #[tokio::test]

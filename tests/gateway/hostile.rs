@@ -376,6 +376,8 @@ async fn webdav_destinations_are_decided_like_paths() {
         "ftp://{host}/public/y",
         "public/y",
         "http://{host},admin.example/public/y",
+        "//{host}/admin/x",
+        "//other.example/public/y",
     ] {
         let res = send(&gw, &mv(dest)).await;
         assert_eq!(res.status, 400, "{dest}: {}", res.text());
