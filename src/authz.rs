@@ -13,7 +13,7 @@
 //! One difference follows from who forwards: inline sends the app the normal
 //! form it decided on, while the front proxy sends the path as the client
 //! wrote it. So the decision here also covers that path as written
-//! (`also` in [`Enforcer::decide`]), and dot segments, which an app may or may
+//! (`sent` in [`Enforcer::decide`]), and dot segments, which an app may or may
 //! not resolve, are refused.
 //!
 //! Invariants: only peers in `server.trusted_proxies` are answered (others get
@@ -37,7 +37,7 @@ use crate::enforce::{
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::policy::normalize::{PathError, has_dot_segment, normalize};
-use crate::policy::{Decision, RequestFacts};
+use crate::policy::{Decision, Readings, RequestFacts};
 
 /// Path of the nginx / ingress-nginx endpoint, under the portal prefix.
 pub const AUTH_REQUEST_PATH: &str = "/authz/auth-request";
@@ -215,16 +215,9 @@ impl ForwardAuth {
         let e = &*self.enforcer;
         let now = e.clock.now();
         // The app gets `original.path`, not `path`: decided on both (and on
-        // a WebDAV `Destination`, as inline).
-        let decided = match crate::policy::normalize::destination(&original.method, headers, &original.host) {
-            Ok(None) => e.decide(&facts, original.query, &[original.path], headers, now),
-            Ok(Some((raw, normal))) => e.decide(
-                &facts,
-                original.query,
-                &[original.path, raw, &normal],
-                headers,
-                now,
-            ),
+        // the methods and `Destination` it may be read with, as inline).
+        let decided = match Readings::of(&original.method, original.query, headers, &original.host) {
+            Ok(readings) => e.decide(&facts, &readings, Some(original.path), headers, now),
             Err(reason) => {
                 crate::audit!(
                     "request.path_refused",
@@ -233,7 +226,7 @@ impl ForwardAuth {
                     endpoint = endpoint.name(),
                     request_id = %ctx.request_id,
                 );
-                return invalid(&format!("invalid Destination: {reason}"));
+                return invalid(&reason.to_string());
             }
         };
         let Ok((decision, state)) = decided else {

@@ -30,8 +30,8 @@ use crate::config::IdentityHeaders;
 use crate::context::{self, ConnInfo, RequestContext};
 use crate::error::{ApiError, ErrorCode};
 use crate::identity::{Principal, PrincipalInfo};
-use crate::policy::normalize::{self, NormalTarget, TargetError, normalize_target};
-use crate::policy::{Decision, Policy, RequestFacts};
+use crate::policy::normalize::{NormalTarget, TargetError, normalize_target};
+use crate::policy::{Decision, Policy, Readings, RequestFacts};
 use crate::session::revocation::RevocationView;
 use crate::session::{SessionClaims, SessionCodec, SessionReject};
 use crate::users::{SharedUsers, User};
@@ -208,32 +208,38 @@ impl Enforcer {
     /// outcome. `Err(StoreUnavailable)` when the revocation view is too stale to
     /// trust a session (fail closed: answer 503).
     ///
-    /// `also` are more paths the request reaches or acts on, decided on as
-    /// well: forward-auth passes the path as the client wrote it (the front
-    /// proxy forwards that, not the normal form `facts.path`, and an app that
-    /// neither decodes nor merges reads `/%70ublic/x` or `/api//public/x`
-    /// literally); both modes pass a WebDAV `Destination` path, raw and
-    /// normalized ([`normalize::destination`]). The method is read the ways
-    /// apps read it too ([`crate::policy::method_aliases`]: HEAD as GET, a
-    /// POST's `_method` in `query` and override headers).
+    /// Decided on as well, with every method: the other methods and the
+    /// `Destination` path in `readings` ([`Readings::of`]: HEAD as GET, a
+    /// POST's method overrides, a COPY's or MOVE's target, raw and
+    /// normalized), and `sent`, the path as the client wrote it where that
+    /// is what the app gets (forward-auth: the front proxy forwards it, not
+    /// the normal form `facts.path`, and an app that neither decodes nor
+    /// merges reads `/%70ublic/x` or `/api//public/x` literally).
     pub fn decide(
         &self,
         facts: &RequestFacts<'_>,
-        query: Option<&str>,
-        also: &[&str],
+        readings: &Readings<'_>,
+        sent: Option<&str>,
         headers: &http::HeaderMap,
         now: crate::clock::UnixTime,
     ) -> Result<(Decision, SessionState), StoreUnavailable> {
         let mut evaluation = self.policy.evaluate(facts);
-        let aliases = crate::policy::method_aliases(facts.method, query, headers);
-        let methods = std::iter::once(facts.method).chain(&aliases);
-        for (m, method) in methods.enumerate() {
+        let (raw, normal) = readings
+            .destination
+            .as_ref()
+            .map(|(r, n)| (*r, n.as_ref()))
+            .unzip();
+        let paths: [Option<&str>; 3] = [sent, raw, normal];
+        for (m, method) in std::iter::once(facts.method).chain(&readings.methods).enumerate() {
             let facts = RequestFacts { method, ..*facts };
             if m > 0 {
                 evaluation = evaluation.with(&self.policy.evaluate(&facts));
             }
-            for (i, path) in also.iter().enumerate() {
-                if *path != facts.path && !also[..i].contains(path) {
+            for (i, path) in paths.iter().enumerate() {
+                if let Some(path) = *path
+                    && path != facts.path
+                    && !paths[..i].contains(&Some(path))
+                {
                     evaluation = evaluation.with(&self.policy.evaluate(&RequestFacts { path, ..facts }));
                 }
             }
@@ -565,18 +571,16 @@ where
             client_addr,
         };
         // Decided on the strictest reading of the path (`;params` dropped,
-        // trailing dots trimmed: see `Policy::evaluate`) and, for WebDAV's
-        // COPY and MOVE, of the path in `Destination`, which they act on as
-        // well; the session is read only when some reading needs one.
+        // trailing dots trimmed: see `Policy::evaluate`), of the method (and
+        // the methods it may be read as) and, for WebDAV's COPY and MOVE, of
+        // the path in `Destination`, which they act on as well; the session
+        // is read only when some reading needs one.
         let now = e.clock.now();
-        let decided = match normalize::destination(req.method(), req.headers(), &ctx.host) {
-            Ok(None) => e.decide(&facts, req.uri().query(), &[], req.headers(), now),
-            Ok(Some((raw, normal))) => {
-                e.decide(&facts, req.uri().query(), &[raw, &normal], req.headers(), now)
-            }
+        let decided = match Readings::of(req.method(), req.uri().query(), req.headers(), &ctx.host) {
+            Ok(readings) => e.decide(&facts, &readings, None, req.headers(), now),
             Err(reason) => {
                 crate::audit!("request.path_refused", reason = %reason, client = %client_addr);
-                return invalid("invalid Destination");
+                return invalid(&reason.to_string());
             }
         };
         let Ok((decision, state)) = decided else {

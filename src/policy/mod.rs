@@ -19,35 +19,84 @@ use crate::clock::UnixTime;
 use crate::config::{PolicyKind, RuleConfig};
 use crate::session::SessionClaims;
 
-/// Other methods an app may run a request as, to be decided on as well:
-/// GET for HEAD (frameworks answer HEAD with the GET handler, so a rule for
-/// GET covers it), and for a POST each method its query's `_method` names
-/// (Laravel and Symfony take it, PHP the last of several, so every one
-/// counts) and each its override headers name (`X-HTTP-Method-Override`,
-/// `X-HTTP-Method`, `X-Method-Override`: stripped before an inline request
-/// is forwarded, but a front proxy in forward-auth passes them on). A form
-/// body's `_method` cannot be seen: see the README. Empty (no allocation)
-/// for other requests.
-pub fn method_aliases(method: &Method, query: Option<&str>, headers: &http::HeaderMap) -> Vec<Method> {
+/// The most methods a request may name besides its own (query `_method`s
+/// and override headers together); more answer 400, as deciding on each
+/// costs a pass over the rules.
+pub const MAX_METHOD_ALIASES: usize = 4;
+
+/// What a request makes an app read besides its own method and path, to be
+/// decided on as well (see [`Readings::of`]).
+#[derive(Debug, Default)]
+pub struct Readings<'h> {
+    /// Other methods it may run as.
+    pub methods: Vec<Method>,
+    /// A COPY's or MOVE's `Destination` path: raw, and normalized.
+    pub destination: Option<(&'h str, std::borrow::Cow<'h, str>)>,
+}
+
+impl<'h> Readings<'h> {
+    /// The other methods an app may run a request as: GET for HEAD
+    /// (frameworks answer HEAD with the GET handler, so a rule for GET covers
+    /// it), and for a POST each method its query's `_method` names (Laravel
+    /// and Symfony take it, PHP the last of several, so every one counts) and
+    /// each its override headers name, in any spelling of the header and
+    /// each entry of a list (`X-HTTP-Method-Override`, `X-HTTP-Method`,
+    /// `X-Method-Override`: stripped before an inline request is forwarded,
+    /// but a front proxy in forward-auth passes them on); then, when one of
+    /// the methods is COPY or MOVE, the path of its WebDAV `Destination`
+    /// ([`normalize::destination`]). A form body's `_method` cannot be seen:
+    /// see the README. No allocation for a request with none of these.
+    pub fn of(
+        method: &Method,
+        query: Option<&str>,
+        headers: &'h http::HeaderMap,
+        host: &str,
+    ) -> Result<Self, normalize::PathError> {
+        let methods = method_aliases(method, query, headers)?;
+        let dav = |m: &Method| matches!(m.as_str(), "COPY" | "MOVE");
+        let destination = if dav(method) || methods.iter().any(dav) {
+            normalize::destination(headers, host)?
+        } else {
+            None
+        };
+        Ok(Readings { methods, destination })
+    }
+}
+
+fn method_aliases(
+    method: &Method,
+    query: Option<&str>,
+    headers: &http::HeaderMap,
+) -> Result<Vec<Method>, normalize::PathError> {
     if method == Method::HEAD {
-        return vec![Method::GET];
+        return Ok(vec![Method::GET]);
     }
     let mut out: Vec<Method> = Vec::new();
     if method != Method::POST {
-        return out;
+        return Ok(out);
     }
-    let mut add = |name: &[u8]| {
-        let name = name.trim_ascii().to_ascii_uppercase();
-        if let Ok(m) = Method::from_bytes(&name)
-            && m != Method::POST
-            && !out.contains(&m)
-        {
-            out.push(m);
+    let mut add = |name: &[u8]| -> Result<(), normalize::PathError> {
+        for name in name.split(|&b| b == b',') {
+            let name = name.trim_ascii().to_ascii_uppercase();
+            if let Ok(m) = Method::from_bytes(&name)
+                && m != Method::POST
+                && !out.contains(&m)
+            {
+                if out.len() == MAX_METHOD_ALIASES {
+                    return Err(normalize::PathError::MethodOverrides);
+                }
+                out.push(m);
+            }
         }
+        Ok(())
     };
-    for header in ["x-http-method-override", "x-http-method", "x-method-override"] {
-        for value in headers.get_all(header) {
-            add(value.as_bytes());
+    const OVERRIDES: [&[u8]; 3] = [b"x-http-method-override", b"x-http-method", b"x-method-override"];
+    for (name, value) in headers {
+        if OVERRIDES
+            .iter()
+            .any(|o| crate::proxy::headers::same_name_loosely(name.as_str().as_bytes(), o))
+        {
+            add(value.as_bytes())?;
         }
     }
     // Any spelling PHP reads as `_method`: it decodes, cuts a name at NUL,
@@ -66,10 +115,10 @@ pub fn method_aliases(method: &Method, query: Option<&str>, headers: &http::Head
                 })
         };
         for (_, value) in url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| is_override(k)) {
-            add(value.as_bytes());
+            add(value.as_bytes())?;
         }
     }
-    out
+    Ok(out)
 }
 
 /// The compiled rule set.
@@ -356,7 +405,9 @@ impl Policy {
                 .and_then(|i| self.rules[i].path.as_ref())
                 .and_then(|re| re.find(facts.path))
                 .is_some_and(|m| m.start() == 0 && m.end() == facts.path.len());
-        let cut = &facts.path[..facts.path.len().saturating_sub(1)];
+        // (A raw path, as forward-auth decides on, may end in a character
+        // of several bytes: cut at the `/` only.)
+        let cut = facts.path.strip_suffix('/').unwrap_or(facts.path);
         let mut full = false;
         let mut add = |r: Requirement<'p>, requirements: &mut [Option<Requirement<'p>>; 8]| {
             let seen = requirements
@@ -913,7 +964,7 @@ mod tests {
     fn methods_are_also_read_as_apps_read_them() {
         let none = http::HeaderMap::new();
         let nothing: [Method; 0] = [];
-        let alias = |m: Method, q: Option<&str>| method_aliases(&m, q, &none);
+        let alias = |m: Method, q: Option<&str>| method_aliases(&m, q, &none).unwrap();
         assert_eq!(alias(Method::HEAD, None), [Method::GET]);
         assert_eq!(
             alias(Method::GET, Some("_method=DELETE")),
@@ -952,11 +1003,28 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.append("x-http-method-override", http::HeaderValue::from_static("put"));
         headers.append("x-method-override", http::HeaderValue::from_static("PATCH"));
+        headers.append("x_http_method", http::HeaderValue::from_static("MOVE, copy"));
+        assert_eq!(
+            method_aliases(&Method::POST, None, &headers).unwrap(),
+            [
+                Method::PUT,
+                Method::PATCH,
+                Method::from_bytes(b"MOVE").unwrap(),
+                Method::from_bytes(b"COPY").unwrap()
+            ]
+        );
         assert_eq!(
             method_aliases(&Method::POST, Some("_method=DELETE"), &headers),
-            [Method::PUT, Method::PATCH, Method::DELETE]
+            Err(normalize::PathError::MethodOverrides),
+            "more than {MAX_METHOD_ALIASES}"
         );
-        assert_eq!(method_aliases(&Method::GET, None, &headers), nothing);
+        assert_eq!(method_aliases(&Method::GET, None, &headers).unwrap(), nothing);
+        // An overridden MOVE reads its Destination as a MOVE does.
+        headers.insert("destination", http::HeaderValue::from_static("/admin/x"));
+        let r = Readings::of(&Method::POST, None, &headers, "app.example").unwrap();
+        assert_eq!(r.destination.map(|(raw, _)| raw), Some("/admin/x"));
+        let r = Readings::of(&Method::PUT, None, &headers, "app.example").unwrap();
+        assert!(r.methods.is_empty() && r.destination.is_none());
     }
 
     #[test]
@@ -1249,6 +1317,10 @@ mod tests {
                         let _ = p.decide_request(&facts("a", &n, &get), None, 0);
                     }
                     let _ = readings(t);
+                    // Raw text too (forward-auth's path as sent, a
+                    // Destination), a directory's own path included.
+                    let _ = p.evaluate(&facts("a", t, &get));
+                    let _ = p.evaluate(&facts("a", &format!("/public/{t}/"), &get));
                 }
             }
         }

@@ -71,11 +71,14 @@ pub enum PathError {
     /// WebDAV's `Destination`: doubled, not a URL or path, or of another host.
     #[error("invalid Destination")]
     BadDestination,
+    /// More methods named by overrides than are decided on.
+    #[error("too many method overrides")]
+    MethodOverrides,
 }
 
 /// The path of a COPY's or MOVE's WebDAV `Destination` header (they act on
-/// it as well as on the request's own path), raw as the upstream will read
-/// it, with its normal form; `Ok(None)` for other methods and without the
+/// it as well as on the request's own path; see `Readings::of`), raw as the
+/// upstream will read it, with its normal form; `Ok(None)` without the
 /// header. Refused: two headers, a value that is not an absolute path or an
 /// `http(s)` URL of the request's own `host` (a network-path reference
 /// `//host/path` included: Go's and Python's WebDAV servers read its host),
@@ -83,13 +86,9 @@ pub enum PathError {
 /// sent, unlike the request's own path). Raw UTF-8 is read as the path's
 /// own characters, as [`normalize`] reads them.
 pub fn destination<'h>(
-    method: &http::Method,
     headers: &'h http::HeaderMap,
     host: &str,
 ) -> Result<Option<(&'h str, Cow<'h, str>)>, PathError> {
-    if method.as_str() != "MOVE" && method.as_str() != "COPY" {
-        return Ok(None);
-    }
     let mut values = headers.get_all("destination").iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -740,20 +739,10 @@ mod tests {
                     http::HeaderValue::from_bytes(v.as_bytes()).unwrap(),
                 );
             }
-            destination(&http::Method::from_bytes(b"MOVE").unwrap(), &h, "app.example")
+            destination(&h, "app.example")
                 .map(|d| d.map(|(raw, normal)| (raw.to_owned(), normal.into_owned())))
         };
         assert_eq!(of(&[]), Ok(None));
-        let mut h = http::HeaderMap::new();
-        h.insert(
-            "destination",
-            http::HeaderValue::from_static("http://other.example/x"),
-        );
-        assert_eq!(
-            destination(&http::Method::GET, &h, "app.example"),
-            Ok(None),
-            "only COPY and MOVE"
-        );
         for (value, raw, normal) in [
             ("/a/b", "/a/b", "/a/b"),
             ("http://app.example/a//%62?q#f", "/a//%62", "/a/b"),

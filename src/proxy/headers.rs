@@ -484,7 +484,8 @@ pub fn filter_set_cookies(headers: &mut HeaderMap, gateway: &[String]) {
 /// its `Cache-Control` becomes `private` (its `public` and `s-maxage`
 /// dropped, its other directives kept for the browser's own cache), left as
 /// it is when it already says `private` or `no-store`; the CDN-targeted
-/// controls (`CDN-Cache-Control`, `Surrogate-Control`) are removed.
+/// controls (`CDN-Cache-Control`, `Surrogate-Control` and kin) and nginx's
+/// `X-Accel-Expires` are removed.
 pub fn keep_from_shared_caches(headers: &mut HeaderMap) {
     let mut private = false;
     let mut value = String::from("private");
@@ -503,11 +504,15 @@ pub fn keep_from_shared_caches(headers: &mut HeaderMap) {
             }
         }
     }
-    // Targeted controls (RFC 9213) that CDNs obey over `Cache-Control`.
+    // Targeted controls (RFC 9213) and cache timers that CDNs and nginx's
+    // cache obey over `Cache-Control`.
     for targeted in [
         "cdn-cache-control",
         "surrogate-control",
         "cloudflare-cdn-cache-control",
+        "edge-control",
+        "akamai-cache-control",
+        "x-accel-expires",
     ] {
         headers.remove(targeted);
     }

@@ -134,6 +134,8 @@ pub struct UserDirectory {
     directory_pending: bool,
     /// How many users' password hashes have each cost.
     hash_costs: BTreeMap<HashCost, usize>,
+    /// How many users have a TOTP secret from the users file.
+    config_totp_users: usize,
 }
 
 impl UserDirectory {
@@ -224,6 +226,9 @@ impl UserDirectory {
     }
 
     fn count_cost(&mut self, user: &User, by: isize) {
+        if user.config_totp.is_some() {
+            self.config_totp_users = self.config_totp_users.saturating_add_signed(by);
+        }
         let Some(cost) = user.password_hash.as_deref().and_then(HashCost::of) else {
             return;
         };
@@ -386,12 +391,13 @@ impl UserDirectory {
         self.remove(id)
     }
 
-    /// Number of users.
-    /// True when some user has a TOTP secret from the users file.
+    /// True when some user has a TOTP secret from the users file (kept as
+    /// users come and go: no scan).
     pub fn any_config_totp(&self) -> bool {
-        self.by_id.values().any(|u| u.config_totp.is_some())
+        self.config_totp_users > 0
     }
 
+    /// Number of users.
     pub fn len(&self) -> usize {
         self.by_id.len()
     }

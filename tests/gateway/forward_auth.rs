@@ -856,6 +856,9 @@ async fn direct_calls_untrusted_peers_and_garbage() {
         ("http://app.example.com/%70ublic/x", 401),
         ("http://app.example.com//public/x", 401),
         ("http://app.example.com/public%2Dx/../x", 400),
+        // Raw UTF-8 in the path as sent, at its end too.
+        ("http://app.example.com/public/caf\u{e9}", 200),
+        ("http://app.example.com/two/r\u{e9}sum\u{e9}", 401),
     ] {
         let res = raw_from(
             "127.0.0.1",

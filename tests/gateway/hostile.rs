@@ -383,6 +383,14 @@ async fn webdav_destinations_are_decided_like_paths() {
         assert_eq!(res.status, 400, "{dest}: {}", res.text());
         assert!(take(&log).is_empty(), "{dest} reached the upstream");
     }
+    // A POST run as MOVE reads its Destination as a MOVE does.
+    let res = send(
+        &gw,
+        "POST /public/x?_method=MOVE HTTP/1.1\r\nHost: {host}\r\nDestination: /admin/x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(res.status, 401, "{}", res.text());
+    assert!(take(&log).is_empty());
     let two = "MOVE /public/x HTTP/1.1\r\nHost: {host}\r\nDestination: /public/y\r\nDestination: /admin/y\r\nConnection: close\r\n\r\n";
     assert_eq!(send(&gw, two).await.status, 400);
     assert!(take(&log).is_empty());
@@ -402,7 +410,12 @@ async fn webdav_destinations_are_decided_like_paths() {
         );
         assert!(take(&log).is_empty(), "{dest} reached the upstream");
     }
-    for dest in ["http://{host}/public/y", "/public/y", "HTTP://{host}/public/%7Ey"] {
+    for dest in [
+        "http://{host}/public/y",
+        "/public/y",
+        "HTTP://{host}/public/%7Ey",
+        "/public/r\u{e9}sum\u{e9}",
+    ] {
         let res = send(&gw, &mv(dest)).await;
         assert_eq!(res.status, 200, "{dest}: {}", res.text());
         assert_eq!(take(&log).len(), 1, "{dest}");
