@@ -182,34 +182,47 @@ pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(http::uri::Aut
 /// `X-Forwarded-Host: admin.example,x`, others the last), `;`, `=`, `(`,
 /// `*`, userinfo (`@`), an empty or non-numeric port.
 pub fn is_plain_authority(text: &str) -> bool {
-    let (host, port) = match text.strip_prefix('[') {
-        Some(rest) => match rest.split_once(']') {
-            Some((ip, after))
-                if !ip.is_empty()
-                    && ip
-                        .bytes()
-                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') =>
-            {
-                if after.is_empty() {
-                    return true;
-                }
-                match after.strip_prefix(':') {
-                    Some(port) => ("x", Some(port)),
-                    None => return false,
-                }
-            }
-            _ => return false,
-        },
-        None => match text.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (text, None),
-        },
+    /// The bytes of a plain host name: letters, digits, `.`, `-`, `_`.
+    const HOST_BYTE: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            let c = i as u8;
+            t[i] = c.is_ascii_alphanumeric() || c == b'.' || c == b'-' || c == b'_';
+            i += 1;
+        }
+        t
     };
-    !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-        && port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+    // One pass over the bytes (every request's Host comes through here).
+    let b = text.as_bytes();
+    let rest = if b.first() == Some(&b'[') {
+        let Some(close) = b.iter().position(|&c| c == b']') else {
+            return false;
+        };
+        let ip = &b[1..close];
+        if ip.is_empty()
+            || !ip
+                .iter()
+                .all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
+        {
+            return false;
+        }
+        &b[close + 1..]
+    } else {
+        let name = b
+            .iter()
+            .position(|&c| !HOST_BYTE[usize::from(c)])
+            .unwrap_or(b.len());
+        if name == 0 {
+            return false;
+        }
+        &b[name..]
+    };
+    match rest {
+        [] => true,
+        [b':', port @ ..] => (1..=5).contains(&port.len()) && port.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
 }
 
 /// True when two authorities name the same host and port (case-insensitive

@@ -224,6 +224,13 @@ impl Enforcer {
         now: crate::clock::UnixTime,
     ) -> Result<(Decision, SessionState), StoreUnavailable> {
         let mut evaluation = self.policy.evaluate(facts);
+        if readings.methods.is_empty()
+            && readings.destination.is_none()
+            && sent.is_none_or(|s| s == facts.path)
+        {
+            // The usual request: its own method and path only.
+            return self.decide_on(evaluation, headers, now);
+        }
         let (raw, normal) = readings
             .destination
             .as_ref()
