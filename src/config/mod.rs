@@ -26,7 +26,7 @@ mod proptests;
 mod raw;
 mod regulation;
 mod rules;
-mod secrets;
+pub(crate) mod secrets;
 mod session;
 mod shape;
 mod store;

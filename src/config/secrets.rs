@@ -4,6 +4,31 @@
 use super::context::Ctx;
 use crate::secret::Secret;
 
+/// The environment variables named by `env:` secrets (any config loaded by
+/// this process), kept out of the programs the gateway starts.
+static SECRET_VARIABLES: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+pub(crate) fn note_secret_variable(name: &str) {
+    let mut names = SECRET_VARIABLES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !names.contains(name) {
+        names.insert(name.to_owned());
+    }
+}
+
+/// Whether a child process must not inherit the environment variable
+/// `name`: the gateway's own (`PORTCULLIS_*`: session and store keys, admin
+/// token) and every variable an `env:` secret of the config named.
+pub fn is_secret_variable(name: &str) -> bool {
+    name.starts_with("PORTCULLIS_")
+        || SECRET_VARIABLES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(name)
+}
+
 /// Resolves an inline, `file:PATH` or `env:NAME` secret. Messages name the
 /// file or variable, never the value.
 pub(super) fn secret(cx: &mut Ctx<'_>, key: &str, value: &str) -> Option<Secret> {
@@ -37,6 +62,7 @@ pub(super) fn secret(cx: &mut Ctx<'_>, key: &str, value: &str) -> Option<Secret>
             cx.error(key, "\"env:\" needs a variable name, e.g. \"env:MY_SECRET\"");
             return None;
         }
+        note_secret_variable(name);
         match (cx.env)(name) {
             Some(v) if v.is_empty() => {
                 cx.error(key, format!("environment variable {name} is empty"));

@@ -22,7 +22,20 @@ pub async fn run(
     stdin_json: &[u8],
     timeout: Duration,
 ) -> Result<(), DeliveryError> {
-    let mut child = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    // The gateway's secrets stay with it: a delivery program (or whatever it
+    // runs, or reads `/proc/PID/environ`) gets no session or store key, no
+    // admin token, no variable an `env:` secret names; the rest of the
+    // environment (PATH, the program's own credentials) is inherited.
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_str()
+            .is_none_or(crate::config::secrets::is_secret_variable)
+        {
+            command.env_remove(&name);
+        }
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -68,6 +81,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(std::fs::read_to_string(out).unwrap(), r#"{"kind":"sms"}"#);
+    }
+
+    /// The gateway's secret variables are not passed on; the rest is. A
+    /// variable cargo sets for every test stands in for a secret one (the
+    /// list is the process's, so a real one would reach other tests too).
+    #[tokio::test]
+    async fn programs_do_not_inherit_the_gateways_secrets() {
+        let (Ok(_), Ok(_)) = (
+            std::env::var("CARGO_PKG_NAME"),
+            std::env::var("CARGO_PKG_VERSION"),
+        ) else {
+            panic!("cargo sets CARGO_PKG_NAME and CARGO_PKG_VERSION for its tests");
+        };
+        crate::config::secrets::note_secret_variable("CARGO_PKG_NAME");
+        assert!(crate::config::secrets::is_secret_variable(
+            "PORTCULLIS_SESSION_SECRET"
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("env");
+        let script = format!("env > '{}'", out.display());
+        run(Path::new("/bin/sh"), &sh(&script), b"{}", TIMEOUT)
+            .await
+            .unwrap();
+        let env = std::fs::read_to_string(out).unwrap();
+        assert!(env.lines().any(|l| l.starts_with("CARGO_PKG_VERSION=")), "{env}");
+        assert!(!env.lines().any(|l| l.starts_with("CARGO_PKG_NAME=")), "{env}");
+        assert!(!env.lines().any(|l| l.starts_with("PORTCULLIS_")), "{env}");
     }
 
     #[tokio::test]

@@ -151,8 +151,11 @@ async fn attempt(
     let exchange = async {
         let res = client.request(req).await?;
         let status = res.status();
-        // Read (and drop) the answer so the connection can be reused.
-        let _ = res.into_body().collect().await;
+        // Read (and drop) a short answer so the connection can be reused;
+        // a longer one is not read into memory (the connection then closes).
+        let _ = http_body_util::Limited::new(res.into_body(), 64 * 1024)
+            .collect()
+            .await;
         Ok::<_, hyper_util::client::legacy::Error>(status)
     };
     match tokio::time::timeout(timeout, exchange).await {
@@ -204,14 +207,15 @@ pub async fn send(
     )))
 }
 
-/// The URL without credentials or query (which may hold a relay token), for logs.
+/// The URL's scheme, host and port only, for logs: credentials, path and
+/// query may all hold a relay's token (`/services/T0/B0/SECRET`).
 fn redacted(url: &url::Url) -> String {
     format!(
         "{}://{}{}",
         url.scheme(),
         url.host_str().unwrap_or_default(),
         url.port().map(|p| format!(":{p}")).unwrap_or_default()
-    ) + url.path()
+    )
 }
 
 #[cfg(test)]
