@@ -771,6 +771,12 @@ fn call(path: &str, headers: &[(&str, &str)]) -> String {
     req
 }
 
+/// A GET asked about through the auth-request endpoint, from a trusted peer.
+async fn asked_about(gw: &TestGateway, url: &str) -> RawResponse {
+    let headers = [("X-Original-Method", "GET"), ("X-Original-URL", url)];
+    raw_from("127.0.0.1", gw.main, &call("auth-request", &headers)).await
+}
+
 #[tokio::test]
 async fn direct_calls_untrusted_peers_and_garbage() {
     let gw = gateway("").await;
@@ -822,15 +828,7 @@ async fn direct_calls_untrusted_peers_and_garbage() {
         "http://app.example.com/public/./x",
         "http://app.example.com/public/x/..",
     ] {
-        let res = raw_from(
-            "127.0.0.1",
-            gw.main,
-            &call(
-                "auth-request",
-                &[("X-Original-Method", "GET"), ("X-Original-URL", url)],
-            ),
-        )
-        .await;
+        let res = asked_about(&gw, url).await;
         assert_eq!(res.status, 400, "X-Original-URL {url:?}: {}", res.text());
     }
     for uri in [
@@ -860,15 +858,7 @@ async fn direct_calls_untrusted_peers_and_garbage() {
         ("http://app.example.com/public/caf\u{e9}", 200),
         ("http://app.example.com/two/r\u{e9}sum\u{e9}", 401),
     ] {
-        let res = raw_from(
-            "127.0.0.1",
-            gw.main,
-            &call(
-                "auth-request",
-                &[("X-Original-Method", "GET"), ("X-Original-URL", url)],
-            ),
-        )
-        .await;
+        let res = asked_about(&gw, url).await;
         assert_eq!(res.status, status, "X-Original-URL {url:?}: {}", res.text());
     }
     // A WebDAV Destination is decided on as well, and must be of the host.

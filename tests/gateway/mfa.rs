@@ -279,6 +279,17 @@ async fn with_reveal_lockout_the_right_password_is_told_to_wait() {
     );
 }
 
+/// carol's password through the authentication API (the first step).
+async fn carol_password_step(gw: &TestGateway) -> reqwest::Response {
+    gw.client()
+        .post(gw.url("/_portcullis/api/v1/authn"))
+        .header("content-type", "application/json")
+        .body(r#"{"username":"carol","password":"carol-tr0ub4dor-3"}"#)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A sign-in begun before the user's sessions were ended (the admin API's
 /// `DELETE /api/v1/users/{id}/sessions`, as after a reported attack) cannot
 /// be finished afterwards: a second factor given later (a push approved by
@@ -288,13 +299,7 @@ async fn a_sign_in_begun_before_its_users_sessions_ended_cannot_finish() {
     let gw = start("").await;
     let client = gw.client();
     let begin = || async {
-        let res = client
-            .post(gw.url("/_portcullis/api/v1/authn"))
-            .header("content-type", "application/json")
-            .body(r#"{"username":"carol","password":"carol-tr0ub4dor-3"}"#)
-            .send()
-            .await
-            .unwrap();
+        let res = carol_password_step(&gw).await;
         let body: serde_json::Value = res.json().await.unwrap();
         assert_eq!(body["status"], "MFA_REQUIRED", "{body}");
         body
@@ -334,13 +339,7 @@ async fn a_sign_in_begun_before_its_users_sessions_ended_cannot_finish() {
 async fn the_api_flow_uses_the_provisioned_factor() {
     let gw = start("").await;
     let client = gw.client();
-    let res = client
-        .post(gw.url("/_portcullis/api/v1/authn"))
-        .header("content-type", "application/json")
-        .body(r#"{"username":"carol","password":"carol-tr0ub4dor-3"}"#)
-        .send()
-        .await
-        .unwrap();
+    let res = carol_password_step(&gw).await;
     assert_eq!(res.status(), 200);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["status"], "MFA_REQUIRED");
