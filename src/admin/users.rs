@@ -265,6 +265,29 @@ fn login_exists() -> Response {
     ])
 }
 
+/// Most groups a user may be given through the API, and the longest name.
+const MAX_GROUPS: usize = 100;
+const MAX_GROUP_NAME: usize = 255;
+
+/// A character that should not be in a login, a name or a group: control
+/// characters and the invisible ones (zero-width, bidirectional overrides,
+/// soft hyphen, byte order mark) that make two different names look alike
+/// in the console and the logs (`alice\u{200B}`, `\u{202E}ecila`).
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
 /// Checks a profile object and returns it normalized (trimmed strings,
 /// `null`s dropped) with its login. `base` is the profile being updated
 /// (partial updates merge into it); `None` for a full profile.
@@ -291,12 +314,12 @@ pub(crate) fn check_profile(given: &Value, base: Option<&Value>) -> Result<(Stri
     let mut out = Map::new();
     let text = |k: &str, v: &Value, min: usize, max: usize, causes: &mut Vec<String>| -> Option<String> {
         match v.as_str().map(str::trim) {
-            Some(t) if (min..=max).contains(&t.chars().count()) && !t.chars().any(char::is_control) => {
+            Some(t) if (min..=max).contains(&t.chars().count()) && !t.chars().any(hidden) => {
                 Some(t.to_owned())
             }
             Some(_) => {
                 causes.push(format!(
-                    "{k}: must be {min} to {max} characters, without control characters"
+                    "{k}: must be {min} to {max} characters, without control or invisible characters"
                 ));
                 None
             }
@@ -325,11 +348,13 @@ pub(crate) fn check_profile(given: &Value, base: Option<&Value>) -> Result<(Stri
     if let Some(v) = merged.get("email")
         && let Some(e) = text("email", v, 5, 100, &mut causes)
     {
-        match e.split_once('@') {
-            Some((local, domain)) if !local.is_empty() && domain.contains('.') && !e.contains(' ') => {
+        // The e-mail factor's own check: the address goes upstream in an
+        // identity header, where `,` or `<` would read as a second address.
+        match crate::factors::otp::normalize_email(&e) {
+            Ok(e) => {
                 out.insert("email".into(), json!(e));
             }
-            _ => causes.push("email: Does not match required pattern".into()),
+            Err(_) => causes.push("email: Does not match required pattern".into()),
         }
     }
     for (k, max) in [("firstName", 50), ("lastName", 50)] {
@@ -357,14 +382,20 @@ pub(crate) fn check_profile(given: &Value, base: Option<&Value>) -> Result<(Stri
     if let Some(v) = merged.get("groups") {
         match v.as_array() {
             Some(groups)
-                if groups
-                    .iter()
-                    .all(|g| g.as_str().is_some_and(|g| !g.trim().is_empty())) =>
+                if groups.len() <= MAX_GROUPS
+                    && groups.iter().all(|g| {
+                        g.as_str().is_some_and(|g| {
+                            let g = g.trim();
+                            !g.is_empty() && g.chars().count() <= MAX_GROUP_NAME && !g.chars().any(hidden)
+                        })
+                    }) =>
             {
                 let groups: Vec<&str> = groups.iter().filter_map(|g| g.as_str()).map(str::trim).collect();
                 out.insert("groups".into(), json!(groups));
             }
-            _ => causes.push("groups: must be an array of non-empty strings".into()),
+            _ => causes.push(format!(
+                "groups: must be an array of at most {MAX_GROUPS} names of 1 to {MAX_GROUP_NAME} characters, without control or invisible characters"
+            )),
         }
     }
     match login {

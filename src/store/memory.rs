@@ -46,7 +46,10 @@ pub struct MemoryStore {
     /// Stored users and their change log, under one lock.
     users: Mutex<Users>,
     /// Audit events in insertion (`seq`) order, and the last `seq` given.
-    audit: Mutex<(Vec<AuditRecord>, i64)>,
+    /// The audit log, its last sequence number, and the uuids it holds (a
+    /// duplicate is refused, as the SQL stores' unique key does, without a
+    /// scan of the whole log per insert).
+    audit: Mutex<(Vec<AuditRecord>, i64, std::collections::HashSet<String>)>,
 }
 
 /// Users by id, deletion entries, and the last change sequence number.
@@ -548,11 +551,16 @@ impl Store for MemoryStore {
 
     async fn insert_audit_events(&self, events: &[AuditRecord]) -> StoreResult<()> {
         let mut audit = self.audit.lock().unwrap_or_else(|p| p.into_inner());
-        let (log, seq) = &mut *audit;
-        if events.iter().any(|e| log.iter().any(|l| l.uuid == e.uuid)) {
+        let (log, seq, uuids) = &mut *audit;
+        let mut batch = std::collections::HashSet::with_capacity(events.len());
+        if events
+            .iter()
+            .any(|e| uuids.contains(&e.uuid) || !batch.insert(e.uuid.as_str()))
+        {
             return Err(StoreError::Unavailable("audit event uuid exists".into()));
         }
         for e in events {
+            uuids.insert(e.uuid.clone());
             *seq += 1;
             log.push(AuditRecord {
                 seq: *seq,
@@ -589,9 +597,16 @@ impl Store for MemoryStore {
 
     async fn purge_audit_events(&self, before_ms: i64) -> StoreResult<u64> {
         let mut audit = self.audit.lock().unwrap_or_else(|p| p.into_inner());
-        let n = audit.0.len();
-        audit.0.retain(|e| e.published_ms >= before_ms);
-        Ok((n - audit.0.len()) as u64)
+        let (log, _, uuids) = &mut *audit;
+        let n = log.len();
+        log.retain(|e| {
+            let keep = e.published_ms >= before_ms;
+            if !keep {
+                uuids.remove(&e.uuid);
+            }
+            keep
+        });
+        Ok((n - log.len()) as u64)
     }
 
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<()> {

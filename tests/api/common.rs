@@ -107,8 +107,14 @@ pub async fn admin(gw: &TestGateway, method: Method, path: &str, body: Option<Va
 
 /// Creates a stored user through the API (asserting 200) and returns it.
 pub async fn create_user(gw: &TestGateway, login: &str, password: Option<&str>) -> Value {
+    // A login that is an address is its own e-mail.
+    let email = if login.contains('@') {
+        login.to_owned()
+    } else {
+        format!("{login}@example.com")
+    };
     let mut body = serde_json::json!({
-        "profile": { "login": login, "email": format!("{login}@example.com"), "firstName": "Test", "lastName": "User" }
+        "profile": { "login": login, "email": email, "firstName": "Test", "lastName": "User" }
     });
     if let Some(p) = password {
         body["credentials"] = serde_json::json!({ "password": { "value": p } });

@@ -219,6 +219,17 @@ async fn logins_are_unique_and_profiles_checked() {
         json!({ "profile": {} }),
         json!({ "profile": { "login": "a b" } }),
         json!({ "profile": { "login": "gina", "email": "not-an-email" } }),
+        // A second address where the e-mail identity header would carry it.
+        json!({ "profile": { "login": "gina", "email": "g@example.com,boss@example.com" } }),
+        json!({ "profile": { "login": "gina", "email": "\"<x>\"@example.com" } }),
+        // Logins and names that look like others.
+        json!({ "profile": { "login": "alice\u{200B}" } }),
+        json!({ "profile": { "login": "\u{202E}anig" } }),
+        json!({ "profile": { "login": "gina", "firstName": "Gi\u{FEFF}na" } }),
+        // Groups: control characters, overlong names, too many.
+        json!({ "profile": { "login": "gina", "groups": ["a\u{0}b"] } }),
+        json!({ "profile": { "login": "gina", "groups": ["x".repeat(256)] } }),
+        json!({ "profile": { "login": "gina", "groups": (0..101).map(|i| format!("g{i}")).collect::<Vec<_>>() } }),
         json!({ "profile": { "login": "gina", "nickName": "g" } }),
         json!({ "profile": { "login": "gina" }, "credentials": { "password": { "value": "short" } } }),
         json!({}),
