@@ -527,16 +527,21 @@ async fn what_a_load_freed_goes_back_to_the_system() {
         });
         futures_util::future::join_all(requests).await;
     }
+    // What the load left resident, its connections still open.
+    let loaded = anonymous_kib(pid);
+    let grown = loaded.saturating_sub(before);
+    assert!(grown >= 2048, "the load added {grown} KiB: too little to tell");
     // The load's connections are closed by its client as it goes, and the
     // gateway frees them when it sees that: wait for it (a sign-in's
-    // collection that ran before those frees would find nothing to give back).
+    // collection that ran before those frees would find nothing to give
+    // back). Under the suite's load this wait can outlast the allocator's
+    // purge delay, and the once-a-second pass may then give some of it back
+    // first: the check below is on the outcome (less resident than the load
+    // left once the sign-in is over), whichever of the two gave it back.
     let deadline = Instant::now() + Duration::from_secs(10);
     while server_sockets(port) > connected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let loaded = anonymous_kib(pid);
-    let grown = loaded.saturating_sub(before);
-    assert!(grown >= 2048, "the load added {grown} KiB: too little to tell");
     // A sign-in right away: before its argon2 thread starts, the serving
     // threads give back what the closed connections freed.
     assert_eq!(alice_signs_in(&client, &base).await, 200);
