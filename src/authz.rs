@@ -189,12 +189,24 @@ impl ForwardAuth {
         // Dot segments as well: inline resolves them and forwards the result,
         // but the front proxy forwards the path as sent, where an app that
         // does not resolve them would read `/admin/../public/x` as `/admin/`.
-        let normal = match normalize(original.path) {
-            Ok(_) if has_dot_segment(original.path) => Err(PathError::DotSegment),
-            other => other,
-        };
-        let path = match normal {
-            Ok(p) => p,
+        // Then what an app may read besides (other methods, a Destination),
+        // as inline.
+        let checked = normalize(original.path)
+            .and_then(|p| {
+                if has_dot_segment(original.path) {
+                    Err(PathError::DotSegment)
+                } else {
+                    Ok(p)
+                }
+            })
+            .and_then(|p| {
+                Ok((
+                    p,
+                    Readings::of(&original.method, original.query, headers, &original.host)?,
+                ))
+            });
+        let (path, readings) = match checked {
+            Ok(checked) => checked,
             Err(e) => {
                 crate::audit!(
                     "request.path_refused",
@@ -214,21 +226,8 @@ impl ForwardAuth {
         };
         let e = &*self.enforcer;
         let now = e.clock.now();
-        // The app gets `original.path`, not `path`: decided on both (and on
-        // the methods and `Destination` it may be read with, as inline).
-        let decided = match Readings::of(&original.method, original.query, headers, &original.host) {
-            Ok(readings) => e.decide(&facts, &readings, Some(original.path), headers, now),
-            Err(reason) => {
-                crate::audit!(
-                    "request.path_refused",
-                    reason = %reason,
-                    client = %ctx.client_addr,
-                    endpoint = endpoint.name(),
-                    request_id = %ctx.request_id,
-                );
-                return invalid(&reason.to_string());
-            }
-        };
+        // The app gets `original.path`, not `path`: decided on both.
+        let decided = e.decide(&facts, &readings, Some(original.path), headers, now);
         let Ok((decision, state)) = decided else {
             return passed(
                 ApiError::new(ErrorCode::E0000009).into_response(),

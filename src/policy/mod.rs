@@ -101,7 +101,9 @@ fn method_aliases(
     }
     // Any spelling PHP reads as `_method`: it decodes, cuts a name at NUL,
     // drops leading spaces and turns ` `, `.` and `[` into `_`; any case.
-    if let Some(query) = query.filter(|q| q.contains('%') || q.to_ascii_lowercase().contains("method")) {
+    if let Some(query) = query
+        .filter(|q| q.contains('%') || q.as_bytes().windows(6).any(|w| w.eq_ignore_ascii_case(b"method")))
+    {
         let is_override = |k: &str| {
             let k = k.split('\0').next().unwrap_or("").trim_start_matches(' ');
             k.len() == 7
