@@ -558,7 +558,11 @@ async fn what_a_load_freed_goes_back_to_the_system() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut signed_in = anonymous_kib(pid);
-    let deadline = Instant::now() + Duration::from_millis(300);
+    // Within 3 s: under the suite's load the serving threads' collection
+    // can run late (a 300 ms window failed twice in CI), and the check is on
+    // the outcome, whichever pass gives it back (the mechanism has its unit
+    // tests in memory.rs).
+    let deadline = Instant::now() + Duration::from_secs(3);
     while signed_in + 256 > loaded && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
         signed_in = anonymous_kib(pid);
