@@ -9,7 +9,10 @@
 //! Attempts: at most [`RetryPolicy::attempts`], each bounded by
 //! [`RetryPolicy::timeout`]; retried (after 200 ms, then 800 ms) only on a
 //! connect failure or a 5xx answer. A timeout or a 4xx is final: the relay
-//! may have acted on a slow request, and a 4xx will not change.
+//! may have acted on a slow request, and a 4xx will not change. Connecting
+//! gives up after [`CONNECT_TIMEOUT`], well inside an attempt, so a relay
+//! that cannot be reached (packets dropped) is a connect failure, tried again,
+//! not a final timeout: nothing was sent.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -28,11 +31,16 @@ use crate::secret::{Secret, ct_eq};
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "portcullis-signature";
 
+/// How long a connection to a relay may take (TCP and TLS set-up).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How hard to try.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub attempts: u32,
-    /// Bounds each attempt (connect, send, and read the status).
+    /// Bounds each attempt (connect, send, and read the status); longer than
+    /// [`CONNECT_TIMEOUT`], or a connection that cannot be made is a final
+    /// timeout.
     pub timeout: Duration,
     /// Waits before the 2nd, 3rd, ... attempt.
     pub backoff: Vec<Duration>,
@@ -105,7 +113,7 @@ fn client() -> Result<&'static WebhookClient, DeliveryError> {
             let mut http = HttpConnector::new();
             http.enforce_http(false);
             http.set_nodelay(true);
-            http.set_connect_timeout(Some(Duration::from_secs(5)));
+            http.set_connect_timeout(Some(CONNECT_TIMEOUT));
             let https = HttpsConnectorBuilder::new()
                 .with_tls_config(tls)
                 .https_or_http()
@@ -309,6 +317,42 @@ mod tests {
             }
         });
         (format!("http://{addr}/hook").parse().unwrap(), count)
+    }
+
+    /// A relay whose address drops connection attempts (here: a listener
+    /// whose accept queue is full) is tried again after the connect timeout,
+    /// not given up on as a final timeout.
+    #[tokio::test]
+    async fn an_unreachable_relay_is_tried_again() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Fill the accept queue: then the kernel drops new connection attempts.
+        let mut queued = Vec::new();
+        loop {
+            let connect = tokio::net::TcpStream::connect(addr);
+            match tokio::time::timeout(Duration::from_millis(300), connect).await {
+                Ok(stream) => queued.push(stream.unwrap()),
+                Err(_) => break,
+            }
+            assert!(queued.len() < 64, "the accept queue never filled");
+        }
+        let policy = RetryPolicy {
+            attempts: 2,
+            timeout: CONNECT_TIMEOUT + Duration::from_secs(1),
+            backoff: vec![Duration::from_millis(10)],
+        };
+        let url: url::Url = format!("http://{addr}/hook").parse().unwrap();
+        let err = send(&url, &Secret::new("s3cret"), b"{}", 1_700_000_000, &policy)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("connect failed") && err.contains("after 2 attempts"),
+            "{err}"
+        );
+        drop(listener);
     }
 
     #[tokio::test]

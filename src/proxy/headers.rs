@@ -144,12 +144,17 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// address, a method override. The policy never saw them, so a client must
 /// not be able to send them through (a bypass rule would otherwise reach
 /// another path, method or client identity).
-const OVERRIDES: [&[u8]; 12] = [
+const OVERRIDES: [&[u8]; 16] = [
     b"x-original-url",
     b"x-rewrite-url",
     b"x-original-uri",
     b"true-client-ip",
     b"x-client-ip",
+    // PHP's classic "client address" helpers read `HTTP_CLIENT_IP` first.
+    b"client-ip",
+    b"x-originating-ip",
+    b"x-remote-ip",
+    b"x-remote-addr",
     b"cf-connecting-ip",
     b"x-cluster-client-ip",
     b"fastly-client-ip",
@@ -176,8 +181,12 @@ pub fn is_reserved_inbound(name: &HeaderName, identity: &IdentityHeaders) -> boo
 
 /// `X-Forwarded-*` (the prefix of the fixed names below).
 const XF: &[u8] = b"x-forwarded-";
-/// The other fixed reserved names (besides the [`OVERRIDES`]).
-const FIXED: [&[u8]; 2] = [b"forwarded", b"x-real-ip"];
+/// The other fixed reserved names (besides the [`OVERRIDES`]). `Proxy` is
+/// no HTTP header at all: CGI hands it to the application as `HTTP_PROXY`,
+/// the variable HTTP client libraries take their outbound proxy from
+/// ("httpoxy", CVE-2016-5385 and its kin), so a client could route the
+/// application's own outbound calls through a host of its choosing.
+const FIXED: [&[u8]; 3] = [b"forwarded", b"x-real-ip", b"proxy"];
 
 /// True for `X-Forwarded-*`, one of [`FIXED`] or one of the [`OVERRIDES`], in
 /// any case and with `_` for `-`.
@@ -674,6 +683,13 @@ mod tests {
             "true-client-ip",
             "CF-Connecting-IP",
             "x-http-method-override",
+            "Client-IP",
+            "client_ip",
+            "X-Originating-IP",
+            "X-Remote-IP",
+            "X-Remote-Addr",
+            "Proxy",
+            "PROXY",
         ] {
             let n = HeaderName::from_bytes(name.as_bytes()).unwrap();
             assert!(is_reserved_inbound(&n, &id), "{name}");
@@ -683,6 +699,12 @@ mod tests {
             &id
         ));
         assert!(!is_reserved_inbound(&HeaderName::from_static("accept"), &id));
+        for kept in ["proxy-x", "proxies", "client-ips", "x-remote-user", "ip"] {
+            assert!(
+                !is_reserved_inbound(&HeaderName::from_static(kept), &id),
+                "{kept}"
+            );
+        }
     }
 
     #[test]

@@ -281,8 +281,10 @@ async fn echo_of(res: reqwest::Response) -> Echo {
     Echo(serde_json::from_str(&body).unwrap_or_else(|e| panic!("not the app's answer ({e}): {body}")))
 }
 
-/// Identity headers spelt every way a client might try.
-const SPOOFED: [(&str, &str); 8] = [
+/// Identity headers spelt every way a client might try, and httpoxy's `Proxy`
+/// (which the recipes clear).
+const SPOOFED: [(&str, &str); 9] = [
+    ("Proxy", "http://mallory.example:3128"),
     ("Remote-User", "mallory"),
     ("remote-user", "mallory2"),
     ("REMOTE-GROUPS", "admins"),
@@ -296,6 +298,10 @@ const SPOOFED: [(&str, &str); 8] = [
 fn assert_no_spoof(echo: &Echo) {
     for name in echo.names() {
         let folded = name.to_ascii_lowercase().replace('_', "-");
+        assert_ne!(
+            folded, "proxy",
+            "a client's Proxy header reached the app (httpoxy)"
+        );
         if folded.starts_with("remote-") {
             for value in echo.header_all(&name) {
                 assert!(
