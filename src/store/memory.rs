@@ -573,7 +573,11 @@ impl Store for MemoryStore {
     async fn query_audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
         let audit = self.audit.lock().unwrap_or_else(|p| p.into_inner());
         let key = |e: &AuditRecord| (e.published_ms, e.seq);
-        let mut out: Vec<AuditRecord> = audit
+        let order = |a: &&AuditRecord, b: &&AuditRecord| {
+            let o = key(a).cmp(&key(b));
+            if query.descending { o.reverse() } else { o }
+        };
+        let mut hits: Vec<&AuditRecord> = audit
             .0
             .iter()
             .filter(|e| query.since_ms.is_none_or(|s| e.published_ms >= s))
@@ -585,14 +589,18 @@ impl Store for MemoryStore {
                     if query.descending { key(e) < c } else { key(e) > c }
                 })
             })
-            .cloned()
             .collect();
-        out.sort_by_key(key);
-        if query.descending {
-            out.reverse();
+        // Only the page is sorted and copied, not every matching event (keys
+        // are unique: `seq` is).
+        let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
+        if limit == 0 {
+            hits.clear();
+        } else if hits.len() > limit {
+            hits.select_nth_unstable_by(limit - 1, order);
+            hits.truncate(limit);
         }
-        out.truncate(query.limit as usize);
-        Ok(out)
+        hits.sort_unstable_by(order);
+        Ok(hits.into_iter().cloned().collect())
     }
 
     async fn purge_audit_events(&self, before_ms: i64) -> StoreResult<u64> {

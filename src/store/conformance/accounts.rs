@@ -455,6 +455,48 @@ pub(super) async fn audit_events_page_after_a_cursor_in_both_orders(store: Share
     }
 }
 
+/// Events stored out of time order (clocks of several replicas): a page
+/// shorter than the matches holds the first of them in the asked order.
+pub(super) async fn a_short_page_holds_the_first_events_in_order(store: SharedStore) {
+    let times = [7, 2, 9, 0, 5, 8, 1, 6, 3, 4];
+    let events: Vec<AuditRecord> = times
+        .iter()
+        .map(|&t| audit_event(t, MS + i64::from(t) * 1000, "user.session.start", "alice"))
+        .collect();
+    store.insert_audit_events(&events).await.unwrap();
+    for (limit, descending, want) in [
+        (3, false, &["uuid-0000", "uuid-0001", "uuid-0002"][..]),
+        (3, true, &["uuid-0009", "uuid-0008", "uuid-0007"][..]),
+        (1, false, &["uuid-0000"][..]),
+        (
+            9,
+            true,
+            &[
+                "uuid-0009",
+                "uuid-0008",
+                "uuid-0007",
+                "uuid-0006",
+                "uuid-0005",
+                "uuid-0004",
+                "uuid-0003",
+                "uuid-0002",
+                "uuid-0001",
+            ][..],
+        ),
+        (0, false, &[][..]),
+    ] {
+        let got = store
+            .query_audit_events(&AuditQuery {
+                limit,
+                descending,
+                ..all_audit()
+            })
+            .await
+            .unwrap();
+        assert_eq!(uuids(&got), want, "limit {limit}, descending {descending}");
+    }
+}
+
 pub(super) async fn purge_audit_events_keeps_what_is_within_retention(store: SharedStore) {
     let events: Vec<AuditRecord> = (0..5)
         .map(|i| audit_event(i, MS + i64::from(i) * 1000, "user.session.start", "alice"))

@@ -1344,5 +1344,6 @@ suite!(memory, sqlite, postgres; {
     audit_events_round_trip_in_time_order,
     audit_events_filter_by_time_and_text,
     audit_events_page_after_a_cursor_in_both_orders,
+    a_short_page_holds_the_first_events_in_order,
     purge_audit_events_keeps_what_is_within_retention,
 });
