@@ -23,8 +23,8 @@ use minijinja::value::Value;
 use serde::Deserialize;
 
 use super::mfa::{self, with_csrf};
-use super::{Ctx, csrf_token, enc, form_allowed, html, redirect, see_other};
-use crate::enforce::ActiveSession;
+use super::{Ctx, csrf, csrf_token, enc, form_allowed, html, redirect, see_other};
+use crate::enforce::{AccessInfo, ActiveSession};
 use crate::factors::webauthn::{self as wa, WEBAUTHN_TYPE};
 use crate::factors::{self, Challenge, ChallengeContext, Enrolled, Factor};
 use crate::ids::Ids;
@@ -496,11 +496,29 @@ pub struct RdQuery {
 async fn passkey_render(
     st: &AppState,
     headers: &HeaderMap,
+    addr: std::net::IpAddr,
     rd: &str,
     error: Option<&str>,
     status: StatusCode,
 ) -> Response {
     let (token, set) = csrf_token(st, headers);
+    // Each page stores a ceremony for a stranger: counted like the other
+    // sign-in transactions a client may start without a password.
+    if let Err(r) = st.regulator.transaction_admitted(addr) {
+        crate::metrics::login("rate_limited");
+        crate::audit!("signin.passwordless.limited", client = %addr, method = "passkey");
+        let page = crate::pages::message_page(
+            &st.config.portal.prefix,
+            crate::i18n::t("common.unavailable_title"),
+            crate::i18n::t("passwordless.too_many"),
+        );
+        let mut res = with_csrf(html(StatusCode::TOO_MANY_REQUESTS, page), set);
+        let wait = (r.reset - st.clock.now()).max(1);
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return res;
+    }
     let (options, _) = match wa::challenge_discoverable(st, &passkey_flow(&token)).await {
         Ok(x) => x,
         Err(_) => return unavailable(st),
@@ -537,7 +555,7 @@ pub async fn passkey_page(
     if passkey_href(&st, &rd).is_none() {
         return see_other(&format!("{}/login?rd={}", st.config.portal.prefix, enc(&rd)));
     }
-    passkey_render(&st, &headers, &rd, None, StatusCode::OK).await
+    passkey_render(&st, &headers, ctx.0.client_addr, &rd, None, StatusCode::OK).await
 }
 
 /// `POST {prefix}/login/passkey`: the passkey's answer. With user
@@ -557,6 +575,7 @@ pub async fn passkey_submit(
         return passkey_render(
             &st,
             &headers,
+            ctx.0.client_addr,
             &rd,
             Some("This form expired. Try again."),
             StatusCode::FORBIDDEN,
@@ -579,6 +598,7 @@ pub async fn passkey_submit(
             return passkey_render(
                 &st,
                 &headers,
+                ctx.0.client_addr,
                 &rd,
                 Some("That passkey was not accepted. Try again, or sign in another way."),
                 StatusCode::UNAUTHORIZED,
@@ -597,5 +617,14 @@ pub async fn passkey_submit(
     let (_, cookie) = super::login::issue_session(&st, &user, level, amr, None);
     let mut res = see_other(&rd);
     res.headers_mut().append(header::SET_COOKIE, cookie);
+    // A new session gets a new CSRF token too (the old one named this
+    // ceremony's flow, and may have been seen before the sign-in).
+    let token = csrf::new_token(&st.csrf_key);
+    res.headers_mut()
+        .append(header::SET_COOKIE, csrf::cookie(&st.config.session, &token));
+    res.extensions_mut().insert(AccessInfo {
+        decision: "portal",
+        user: Some(user.username.clone().into()),
+    });
     res
 }

@@ -243,3 +243,41 @@ async fn authn_api_signs_in_with_a_key_and_never_with_a_bad_answer() {
     locked.expect(403, Some("E0000068"));
     assert!(no_session(&locked));
 }
+
+/// The passkey sign-in page stores a ceremony for whoever asks, signed in or
+/// not: it is counted like the other sign-in transactions a client may start
+/// without a password (`max_transactions_per_ip_per_minute`), so a loop of
+/// GETs cannot fill the store.
+#[tokio::test]
+async fn the_passkey_page_is_limited_per_address() {
+    let gw = gateway(&format!(
+        "{WEBAUTHN}[users]\npasswordless_factors = [\"webauthn\"]\n\
+         [regulation]\nmax_transactions_per_ip_per_minute = 3\n"
+    ))
+    .await;
+    let page = || async {
+        // No cookie jar: each request is a stranger's first visit.
+        let res = gw
+            .client()
+            .get(gw.url("/_portcullis/login/passkey?rd=/"))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let retry = res
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, retry, res.text().await.unwrap())
+    };
+    for n in 0..3 {
+        let (status, _, body) = page().await;
+        assert_eq!(status, 200, "page {n}: {body}");
+        assert!(body.contains("data-options"), "page {n} holds a ceremony: {body}");
+    }
+    let (status, retry, body) = page().await;
+    assert_eq!(status, 429, "{body}");
+    assert!(retry.is_some_and(|s| s.parse::<u64>().unwrap() >= 1));
+    assert!(!body.contains("data-options"), "no ceremony once limited: {body}");
+}

@@ -179,8 +179,23 @@ async fn browser_security_key_and_passkey() {
     me.click_and_load("#passkey-link").await;
     me.on("/_portcullis/login/passkey").await;
     me.screenshot("webauthn-passkey.png").await;
+    let csrf = async || {
+        me.b.get_named_cookie("portcullis_csrf")
+            .await
+            .map(|c| c.value().to_owned())
+            .ok()
+    };
+    let before = csrf().await;
+    assert!(before.is_some(), "the passkey page sets a CSRF cookie");
     ceremony(&me).await;
     me.at_the_app().await;
+    // The token that named the ceremony (and may have been seen before the
+    // sign-in) does not carry over into the new session.
+    let after = csrf().await;
+    assert!(
+        after.is_some() && after != before,
+        "a passkey sign-in keeps its CSRF token"
+    );
 
     me.b.clone().close().await.unwrap();
     eprintln!(
