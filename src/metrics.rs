@@ -110,16 +110,20 @@ pub enum UpstreamError {
     Timeout,
     Protocol,
     Upgrade,
+    /// No connection made: the process holds as many upstream connections
+    /// as `server.max_connections` already.
+    Busy,
 }
 
 impl UpstreamError {
     /// Every kind, in the order of [`UpstreamErrors`]' handles.
-    pub const ALL: [UpstreamError; 5] = [
+    pub const ALL: [UpstreamError; 6] = [
         UpstreamError::Connect,
         UpstreamError::Request,
         UpstreamError::Timeout,
         UpstreamError::Protocol,
         UpstreamError::Upgrade,
+        UpstreamError::Busy,
     ];
 
     /// The label value (and log field).
@@ -130,6 +134,7 @@ impl UpstreamError {
             UpstreamError::Timeout => "timeout",
             UpstreamError::Protocol => "protocol",
             UpstreamError::Upgrade => "upgrade",
+            UpstreamError::Busy => "busy",
         }
     }
 }
@@ -139,7 +144,7 @@ impl UpstreamError {
 #[derive(Clone)]
 pub struct UpstreamErrors {
     /// By [`UpstreamError`], in the order of [`UpstreamError::ALL`].
-    counters: [Counter; 5],
+    counters: [Counter; 6],
 }
 
 impl UpstreamErrors {

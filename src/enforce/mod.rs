@@ -836,6 +836,7 @@ groups = ["admins"]
             upstreams: config.upstreams.clone(),
             identity: config.identity_headers.clone(),
             gateway_cookies: config.session.gateway_cookie_names(),
+            upstream_connections: crate::proxy::ConnectionBudget::new(config.server.max_connections),
         })
         .unwrap();
         let protected = gw.mfa_layer().layer(proxy);

@@ -12,7 +12,7 @@ use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::ProxyError;
-use super::pool::Pool;
+use super::pool::{ConnectionBudget, Pool};
 use crate::config::{HeaderCase, UpstreamConfig};
 
 /// Builds the rustls client config for one upstream.
@@ -39,7 +39,7 @@ fn tls_config(upstream: &UpstreamConfig) -> Result<rustls::ClientConfig, ProxyEr
 }
 
 /// Builds one upstream's connection pool (for one serving thread).
-pub fn build(upstream: &UpstreamConfig, target: Uri) -> Result<Pool, ProxyError> {
+pub fn build(upstream: &UpstreamConfig, target: Uri, budget: ConnectionBudget) -> Result<Pool, ProxyError> {
     let mut http = HttpConnector::new();
     // Small request/response exchanges must not wait for Nagle.
     http.set_nodelay(true);
@@ -61,5 +61,11 @@ pub fn build(upstream: &UpstreamConfig, target: Uri) -> Result<Pool, ProxyError>
     // (`Remote-User`), so names go out in title case unless the operator
     // chose lower case (hyper's own spelling, which saves the re-casing).
     let title_case = upstream.header_case == HeaderCase::Title;
-    Ok(Pool::new(https, target, upstream.pool_idle_timeout, title_case))
+    Ok(Pool::new(
+        https,
+        target,
+        upstream.pool_idle_timeout,
+        title_case,
+        budget,
+    ))
 }

@@ -51,6 +51,7 @@ use crate::config::{IdentityHeaders, UpstreamConfig};
 use crate::context::RequestContext;
 use crate::identity::Principal;
 use crate::metrics::UpstreamError;
+pub use pool::ConnectionBudget;
 
 /// What the proxy needs from the configuration.
 #[derive(Debug, Clone)]
@@ -61,6 +62,9 @@ pub struct ProxySettings {
     pub identity: IdentityHeaders,
     /// Cookie names owned by the gateway (session cookie, "portcullis_csrf", ...).
     pub gateway_cookies: Vec<String>,
+    /// Upstream connections the whole process may hold open (shared by the
+    /// proxies of every serving thread: a clone shares the count).
+    pub upstream_connections: ConnectionBudget,
 }
 
 /// Why the proxy could not be built from its settings.
@@ -120,7 +124,7 @@ struct Upstream {
 }
 
 impl Upstream {
-    fn new(config: &UpstreamConfig) -> Result<Self, ProxyError> {
+    fn new(config: &UpstreamConfig, budget: &ConnectionBudget) -> Result<Self, ProxyError> {
         let url = &config.url;
         let fail = |reason| ProxyError::Url {
             upstream: config.name.clone(),
@@ -160,7 +164,7 @@ impl Upstream {
             host: authority_header,
             preserve_host: config.preserve_host,
             timeout: config.timeout,
-            pool: client::build(config, target)?,
+            pool: client::build(config, target, budget.clone())?,
         })
     }
 
@@ -243,7 +247,7 @@ impl Proxy {
         let upstreams = settings
             .upstreams
             .iter()
-            .map(Upstream::new)
+            .map(|u| Upstream::new(u, &settings.upstream_connections))
             .collect::<Result<Vec<_>, _>>()?;
         let default = upstreams.iter().position(|u| u.hosts.is_empty());
         Ok(Self {
@@ -364,20 +368,24 @@ impl Proxy {
             let mut res = match sent {
                 Ok(Ok(res)) => res,
                 Ok(Err(error)) => {
-                    let (kind, message) = if error.is_connect() {
-                        (UpstreamError::Connect, "upstream connect failed")
-                    } else {
-                        (UpstreamError::Request, "upstream request failed")
+                    let (kind, status, message) = match error {
+                        pool::SendError::Busy => (
+                            UpstreamError::Busy,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no upstream connection left",
+                        ),
+                        pool::SendError::Connect(_) => (
+                            UpstreamError::Connect,
+                            StatusCode::BAD_GATEWAY,
+                            "upstream connect failed",
+                        ),
+                        pool::SendError::Request(_) => (
+                            UpstreamError::Request,
+                            StatusCode::BAD_GATEWAY,
+                            "upstream request failed",
+                        ),
                     };
-                    return upstream_error(
-                        upstream,
-                        &ctx,
-                        wants_html,
-                        kind,
-                        StatusCode::BAD_GATEWAY,
-                        message,
-                        &error,
-                    );
+                    return upstream_error(upstream, &ctx, wants_html, kind, status, message, &error);
                 }
                 Err(elapsed) => {
                     return upstream_error(
@@ -691,6 +699,7 @@ mod tests {
             upstreams,
             identity: identity(),
             gateway_cookies: vec!["portcullis_session".into(), "portcullis_csrf".into()],
+            upstream_connections: ConnectionBudget::new(usize::MAX),
         })
         .unwrap()
     }
@@ -1141,6 +1150,7 @@ mod tests {
                 upstreams: vec![cfg],
                 identity: identity(),
                 gateway_cookies: vec![],
+                upstream_connections: ConnectionBudget::new(usize::MAX),
             });
             assert!(matches!(err, Err(ProxyError::Url { .. })), "{url}");
         }

@@ -29,6 +29,7 @@
 //!   stops.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -77,6 +78,53 @@ fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
     Some(copy)
 }
 
+/// How many upstream connections the whole process may hold open at once,
+/// all upstreams and serving threads together (`server.max_connections`: the
+/// open-file budget counts one upstream connection per client connection).
+/// An HTTP/2 client multiplies its requests over one connection, and a
+/// request never waits for a busy upstream connection, so without this bound
+/// a few clients could open upstream sockets until the process runs out of
+/// descriptors (and the store, the logs and new clients with it).
+#[derive(Debug, Clone)]
+pub struct ConnectionBudget {
+    max: usize,
+    open: Arc<AtomicUsize>,
+}
+
+impl ConnectionBudget {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// A place for one more connection, if there is one.
+    fn take(&self) -> Option<BudgetSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| BudgetSlot(self.open.clone()))
+    }
+
+    /// Upstream connections open now (for tests and metrics).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// One upstream connection's place in the [`ConnectionBudget`], given back
+/// when dropped (its connection has ended, or was never made).
+struct BudgetSlot(Arc<AtomicUsize>);
+
+impl Drop for BudgetSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Why a request got no response from the upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -86,6 +134,9 @@ pub enum SendError {
     /// The connection failed while the request or the response head was on it.
     #[error(transparent)]
     Request(hyper::Error),
+    /// No connection was made: the [`ConnectionBudget`] is spent.
+    #[error("as many upstream connections are open as server.max_connections allows")]
+    Busy,
 }
 
 impl SendError {
@@ -107,6 +158,7 @@ struct Shared {
     builder: http1::Builder,
     idle_timeout: Duration,
     idle: Mutex<Idle>,
+    budget: ConnectionBudget,
 }
 
 #[derive(Default)]
@@ -134,7 +186,13 @@ impl Pool {
     /// A pool connecting to `target` (`scheme://authority`) through `connector`.
     /// `title_case` writes header names in title case (`Remote-User`), for
     /// legacy upstreams that compare them case-sensitively.
-    pub fn new(connector: Connector, target: Uri, idle_timeout: Duration, title_case: bool) -> Self {
+    pub fn new(
+        connector: Connector,
+        target: Uri,
+        idle_timeout: Duration,
+        title_case: bool,
+        budget: ConnectionBudget,
+    ) -> Self {
         let mut builder = http1::Builder::new();
         builder.title_case_headers(title_case);
         Self {
@@ -144,6 +202,7 @@ impl Pool {
                 builder,
                 idle_timeout,
                 idle: Mutex::new(Idle::default()),
+                budget,
             }),
         }
     }
@@ -225,6 +284,8 @@ impl Pool {
 
     async fn connect(&self) -> Result<SendRequest<Body>, SendError> {
         let shared = &self.shared;
+        // Held by the connection's task until the connection ends.
+        let slot = shared.budget.take().ok_or(SendError::Busy)?;
         let io = shared
             .connector
             .clone()
@@ -237,6 +298,7 @@ impl Pool {
             .await
             .map_err(|e| SendError::Connect(Box::new(e)))?;
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(error) = conn.with_upgrades().await {
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
@@ -481,7 +543,13 @@ mod tests {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        Pool::new(connector, target.clone(), idle_timeout, true)
+        Pool::new(
+            connector,
+            target.clone(),
+            idle_timeout,
+            true,
+            ConnectionBudget::new(usize::MAX),
+        )
     }
 
     fn get() -> Request<Body> {

@@ -47,6 +47,10 @@ use crate::config::{ServerConfig, defaults};
 use crate::context::ConnInfo;
 use conn::{Activity, Io, Quiet, Watched};
 
+/// Streams one HTTP/2 connection may have open at once (past it the client
+/// is told `REFUSED_STREAM` and may retry).
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+
 /// Settings for one listener.
 #[derive(Debug, Clone)]
 pub struct ListenerOptions {
@@ -214,6 +218,9 @@ where
     builder
         .http2()
         .timer(TokioTimer::new())
+        // nginx's default: hyper's 200 lets one connection hold more
+        // upstream connections and portal work than a browser ever needs.
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));

@@ -327,6 +327,48 @@ async fn slow_upstream_is_504() {
     assert!(body.len() < 512, "{body}");
 }
 
+/// HTTP/2 multiplies requests over one client connection, and a request
+/// never waits for another's upstream connection: upstream connections are
+/// bounded by `server.max_connections` all the same (the open-file budget
+/// counts one per client connection). Past it: 503, not another socket.
+#[tokio::test]
+async fn upstream_connections_stay_within_max_connections_under_http2() {
+    let upstream = spawn_upstream(|_req| async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"late")))
+    })
+    .await;
+    let gw = TestGateway::start(&format!(
+        "[server]\nmax_connections = 3\n\
+         [[upstreams]]\nname = \"slow\"\nurl = \"http://{upstream}\"\n"
+    ))
+    .await;
+    let client = gw.client_builder().http2_prior_knowledge().build().unwrap();
+    let answers = futures_util::future::join_all((0..6).map(|_| {
+        let client = client.clone();
+        let url = gw.url("/public/x");
+        async move {
+            let res = client
+                .get(url)
+                .header("accept", "application/json")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.version(), reqwest::Version::HTTP_2);
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    }))
+    .await;
+    let served = answers.iter().filter(|(s, _)| *s == 200).count();
+    let busy: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
+    assert_eq!((served, busy.len()), (3, 3), "{answers:?}");
+    assert!(busy[0].1.contains("E0000009"), "{answers:?}");
+    // The budget comes back as the connections close: later requests reuse
+    // or reopen them.
+    let res = client.get(gw.url("/public/y")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
 #[tokio::test]
 async fn routes_by_host_and_answers_421_for_unknown_hosts() {
     let a = portcullis::demo::spawn_echo("127.0.0.1:0".parse().unwrap())
