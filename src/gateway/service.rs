@@ -334,7 +334,10 @@ impl MainService {
             r.extensions_mut().insert(ctx);
             let answer = inner.portal.clone().oneshot(r);
             let mut res = match inner.home.as_ref().filter(|_| inner.portal_at_home) {
-                Some(home) => match home.spawn(answer).await {
+                // Ended with this request: a client that hangs up (an HTTP/2
+                // stream reset, a closed socket) leaves no work running behind
+                // it, as when the portal runs on the serving thread.
+                Some(home) => match AbortOnDrop(home.spawn(answer)).await {
                     Ok(res) => res.unwrap_or_else(|never| match never {}),
                     // The rescue around `handle` answers it like any other panic.
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -377,6 +380,27 @@ impl MainService {
         let (res, info) = Box::pin(inner.protected.forward(req_owned, ctx, normal)).await;
         *proxied = Some(info);
         (res, host, logged_path)
+    }
+}
+
+/// A task of another runtime, aborted when its waiter is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        // A no-op once the task has finished.
+        self.0.abort();
     }
 }
 

@@ -751,3 +751,53 @@ async fn a_stalled_login_flood_holds_one_argon2_work_area() {
         "peak {peak} KiB against {before} KiB before: more than {areas} argon2 work area(s) at once"
     );
 }
+
+/// A sign-in whose client hangs up before its answer leaves nothing running
+/// behind it: the portal's work (on the main runtime, not the serving
+/// thread) ends with the request, as a proxied request's does. Here wrong
+/// passwords whose clients hung up (right after sending, long before the
+/// argon2 check could end) do not count toward the (user, address) block, so
+/// the right password still signs in; were the abandoned sign-ins run to
+/// their end, four of them would block the pair (checked first with answered
+/// ones on another user).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_abandoned_by_its_client_ends_with_it() {
+    use std::time::Duration;
+    let (_child, _pid, base, client, _dir, _admin) =
+        start_binary("[regulation]\nmax_password_failures = 2\n").await;
+    let url = format!("{base}/_portcullis/api/v1/authn");
+    let sign_in = |username: &'static str, password: &'static str| {
+        client
+            .post(&url)
+            .json(&serde_json::json!({ "username": username, "password": password }))
+            .send()
+    };
+    // Answered wrong passwords do block the pair.
+    for _ in 0..4 {
+        let res = sign_in(crate::support::BOB.username, "not-his-password")
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+    }
+    let res = sign_in(crate::support::BOB.username, crate::support::BOB.password)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "four answered failures block the pair");
+    // Abandoned ones do not.
+    for _ in 0..4 {
+        let gone = tokio::time::timeout(
+            Duration::from_millis(5),
+            sign_in(crate::support::ALICE.username, "not-her-password"),
+        )
+        .await;
+        assert!(gone.is_err(), "an argon2 check answered within 5 ms");
+    }
+    // Long enough for abandoned checks to have ended and been counted.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let res = sign_in(crate::support::ALICE.username, crate::support::ALICE.password)
+        .await
+        .unwrap();
+    let status = res.status();
+    assert_eq!(status, 200, "{}", res.text().await.unwrap_or_default());
+}
