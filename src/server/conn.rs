@@ -156,6 +156,9 @@ impl Drop for Refusing {
 #[derive(Debug)]
 pub struct AddressLimit {
     listener: &'static str,
+    /// What is counted, for the refusal metric and log: `connections_per_ip`
+    /// or `tls_handshakes_per_ip`.
+    limit: &'static str,
     max: usize,
     exempt: Vec<ipnet::IpNet>,
     open: Mutex<HashMap<u128, usize>>,
@@ -164,9 +167,20 @@ pub struct AddressLimit {
 impl AddressLimit {
     /// `max` connections per address on `listener`; `None` when `max` is 0 (off).
     pub fn new(listener: &'static str, max: usize, exempt: Vec<ipnet::IpNet>) -> Option<Arc<Self>> {
+        Self::counting(listener, "connections_per_ip", max, exempt)
+    }
+
+    /// The same cap on something else an address holds (`limit` names it).
+    pub fn counting(
+        listener: &'static str,
+        limit: &'static str,
+        max: usize,
+        exempt: Vec<ipnet::IpNet>,
+    ) -> Option<Arc<Self>> {
         (max > 0).then(|| {
             Arc::new(Self {
                 listener,
+                limit,
                 max,
                 exempt,
                 open: Mutex::new(HashMap::new()),
@@ -194,8 +208,8 @@ impl AddressLimit {
         let n = open.entry(key).or_insert(0);
         if *n >= self.max {
             drop(open);
-            crate::metrics::connection_refused(self.listener, "connections_per_ip");
-            tracing::debug!(listener = self.listener, client = %ip, limit = self.max, "connection refused: server.max_connections_per_ip reached for this address");
+            crate::metrics::connection_refused(self.listener, self.limit);
+            tracing::debug!(listener = self.listener, client = %ip, limit = self.max, kind = self.limit, "connection refused: this address holds as many as it may");
             return None;
         }
         *n += 1;

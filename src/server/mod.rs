@@ -47,6 +47,13 @@ use crate::config::{ServerConfig, defaults};
 use crate::context::ConnInfo;
 use conn::{Activity, Io, Quiet, Watched};
 
+/// TLS handshakes one client address (an IPv4 address, an IPv6 /64) may have
+/// in progress at once on the main listener; `server.max_tls_handshakes` is
+/// for all together, and without a share a few addresses holding silent
+/// connections (reopened every `tls_handshake_timeout`) would take them all.
+/// Peers in `server.trusted_proxies` are not capped.
+pub const MAX_TLS_HANDSHAKES_PER_IP: usize = 16;
+
 /// Streams one HTTP/2 connection may have open at once (past it the client
 /// is told `REFUSED_STREAM` and may retry).
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
@@ -68,6 +75,8 @@ pub struct ListenerOptions {
     pub handshakes: Arc<ConnectionLimit>,
     /// Connections per client address, shared likewise; `None` = no cap.
     pub per_address: Option<Arc<AddressLimit>>,
+    /// TLS handshakes per client address, shared likewise; `None` = no cap.
+    pub handshakes_per_address: Option<Arc<AddressLimit>>,
     /// How long a request body may take (see [`body`]).
     pub body_read_timeout: Duration,
 }
@@ -89,6 +98,12 @@ impl ListenerOptions {
                 server.max_connections_per_ip,
                 server.trusted_proxies.clone(),
             ),
+            handshakes_per_address: AddressLimit::counting(
+                "main",
+                "tls_handshakes_per_ip",
+                MAX_TLS_HANDSHAKES_PER_IP,
+                server.trusted_proxies.clone(),
+            ),
             body_read_timeout: server.body_read_timeout,
         }
     }
@@ -104,6 +119,7 @@ impl ListenerOptions {
             handshakes: ConnectionLimit::new("admin", "tls_handshakes", max.min(server.max_tls_handshakes)),
             // Operators' own listener: its small budget is the bound.
             per_address: None,
+            handshakes_per_address: None,
             ..Self::main(server)
         }
     }
@@ -266,11 +282,21 @@ where
                 };
                 let tls = match &acceptor {
                     None => None,
-                    Some(acceptor) => match opts.handshakes.try_acquire() {
-                        Some(handshake) => Some((acceptor.clone(), handshake)),
-                        // Dropping the stream (and the slot) closes it.
-                        None => continue,
-                    },
+                    // The address's share first, then a place of all;
+                    // dropping the stream (and the slots) closes it.
+                    Some(acceptor) => {
+                        let share = match &opts.handshakes_per_address {
+                            None => None,
+                            Some(limit) => match limit.try_acquire(peer.ip()) {
+                                Some(share) => Some(share),
+                                None => continue,
+                            },
+                        };
+                        match opts.handshakes.try_acquire() {
+                            Some(handshake) => Some((acceptor.clone(), (handshake, share))),
+                            None => continue,
+                        }
+                    }
                 };
                 let _ = stream.set_nodelay(true);
                 connections.spawn(connection(
@@ -318,7 +344,7 @@ async fn connection<S>(
     stream: TcpStream,
     peer: SocketAddr,
     (slot, address): (Slot, Option<AddressSlot>),
-    tls: Option<(tokio_rustls::TlsAcceptor, Slot)>,
+    tls: Option<(tokio_rustls::TlsAcceptor, (Slot, Option<AddressSlot>))>,
     builder: Arc<Builder<TokioExecutor>>,
     service: S,
     drained: Drained,

@@ -947,6 +947,45 @@ async fn concurrent_tls_handshakes_are_bounded() {
     }
 }
 
+/// One address cannot take every TLS handshake place: it holds at most 16
+/// at once (`server.max_tls_handshakes` is for all addresses together), so
+/// a client from another address is still served while the first stalls
+/// as many handshakes as it can open.
+#[tokio::test]
+async fn one_address_takes_at_most_its_share_of_tls_handshakes() {
+    let gw = TestGateway::builder()
+        .tls()
+        .toml("[server]\nmax_tls_handshakes = 24\ntls_handshake_timeout = \"20s\"\n")
+        .start()
+        .await;
+    // 127.0.0.2 is a loopback address too: another client address.
+    let from = |ip: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        socket.connect(gw.main)
+    };
+    let mut stalled = Vec::new();
+    for _ in 0..24 {
+        stalled.push(from("127.0.0.2").await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Past its share, its connections were closed at once...
+    let took = closed_within(stalled.last_mut().unwrap(), Duration::from_secs(2)).await;
+    assert!(
+        took.is_some(),
+        "a handshake past the address's share is refused at once"
+    );
+    // ...while its first 16 wait for their handshakes.
+    assert!(
+        closed_within(&mut stalled[0], Duration::from_millis(200))
+            .await
+            .is_none()
+    );
+    // Another address is served.
+    let res = gw.client().get(gw.url("/public/x")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
 // --- the open-file limit -----------------------------------------------------
 
 /// The soft and hard "Max open files" of a process.
