@@ -681,6 +681,7 @@ mod tests {
             connections: ConnectionLimit::new("test", "connections", max_connections),
             handshakes: ConnectionLimit::new("test", "tls_handshakes", 16),
             per_address: None,
+            handshakes_per_address: None,
             body_read_timeout: Duration::from_secs(10),
         }
     }
