@@ -837,6 +837,7 @@ groups = ["admins"]
             identity: config.identity_headers.clone(),
             gateway_cookies: config.session.gateway_cookie_names(),
             upstream_connections: crate::proxy::ConnectionBudget::new(config.server.max_connections),
+            tunnel_idle_timeout: config.server.idle_timeout,
         })
         .unwrap();
         let protected = gw.mfa_layer().layer(proxy);

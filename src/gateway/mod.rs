@@ -126,6 +126,7 @@ impl Gateway {
             identity: config.identity_headers.clone(),
             gateway_cookies: config.session.gateway_cookie_names(),
             upstream_connections: crate::proxy::ConnectionBudget::new(config.server.max_connections),
+            tunnel_idle_timeout: config.server.idle_timeout,
         })
         .map_err(|e| BuildError::Proxy(e.to_string()))?;
         // Unknown logins are counted under a hash keyed by this; replicas

@@ -65,6 +65,9 @@ pub struct ProxySettings {
     /// Upstream connections the whole process may hold open (shared by the
     /// proxies of every serving thread: a clone shares the count).
     pub upstream_connections: ConnectionBudget,
+    /// An upgraded (WebSocket) connection with no byte either way for this
+    /// long is closed (`server.idle_timeout`).
+    pub tunnel_idle_timeout: Duration,
 }
 
 /// Why the proxy could not be built from its settings.
@@ -424,6 +427,7 @@ impl Proxy {
                     upstream.errors.clone(),
                     ctx.request_id,
                     drained,
+                    self.inner.settings.tunnel_idle_timeout,
                 );
             } else {
                 let h = res.headers_mut();
@@ -700,6 +704,7 @@ mod tests {
             identity: identity(),
             gateway_cookies: vec!["portcullis_session".into(), "portcullis_csrf".into()],
             upstream_connections: ConnectionBudget::new(usize::MAX),
+            tunnel_idle_timeout: Duration::from_secs(60),
         })
         .unwrap()
     }
@@ -1151,6 +1156,7 @@ mod tests {
                 identity: identity(),
                 gateway_cookies: vec![],
                 upstream_connections: ConnectionBudget::new(usize::MAX),
+                tunnel_idle_timeout: Duration::from_secs(60),
             });
             assert!(matches!(err, Err(ProxyError::Url { .. })), "{url}");
         }

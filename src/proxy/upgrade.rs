@@ -5,14 +5,24 @@
 //! (hyper put an `OnUpgrade` in its extensions). Anything else is an ordinary
 //! response and no bytes ever flow outside HTTP framing.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Waits for both sides to finish switching protocols, then copies bytes both
-/// ways until either side closes, or until the listener that accepted the
-/// client has drained (`drained`): upgraded connections are outside hyper's
-/// graceful shutdown, so they end when the drain does. Runs on its own task so
-/// the 101 can be sent.
+/// ways until either side closes, no byte has crossed in either direction for
+/// `idle` (as nginx's `proxy_read_timeout` ends a quiet WebSocket; the
+/// connection's own watchdog ended with hyper's part of it), or the listener
+/// that accepted the client has drained (`drained`): upgraded connections are
+/// outside hyper's graceful shutdown, so they end when the drain does. Runs on
+/// its own task so the 101 can be sent.
 pub fn splice(
     client: OnUpgrade,
     upstream: OnUpgrade,
@@ -20,6 +30,7 @@ pub fn splice(
     errors: crate::metrics::UpstreamErrors,
     request_id: String,
     drained: Option<crate::server::Drained>,
+    idle: Duration,
 ) {
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
@@ -30,18 +41,27 @@ pub fn splice(
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
+        let quiet = Quiet::new();
+        let mut client = Counted(TokioIo::new(client), quiet.clone());
+        let mut upstream = Counted(TokioIo::new(upstream), quiet.clone());
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-        let result = match drained {
-            Some(d) => tokio::select! {
-                r = copy => r,
-                () = d.wait() => {
-                    tracing::debug!(upstream = %upstream_name, request_id, "closing an upgraded connection at shutdown");
-                    return;
-                }
-            },
-            None => copy.await,
+        let idled = quiet.outlasting(idle);
+        let drain = async {
+            match drained {
+                Some(d) => d.wait().await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            r = copy => r,
+            () = idled => {
+                tracing::debug!(upstream = %upstream_name, request_id, "closing an upgraded connection quiet for idle_timeout");
+                return;
+            }
+            () = drain => {
+                tracing::debug!(upstream = %upstream_name, request_id, "closing an upgraded connection at shutdown");
+                return;
+            }
         };
         match result {
             Ok((to_upstream, to_client)) => {
@@ -53,4 +73,73 @@ pub fn splice(
             }
         }
     });
+}
+
+/// When a byte last crossed a tunnel, either way.
+#[derive(Clone)]
+struct Quiet {
+    origin: Instant,
+    /// Milliseconds after `origin`.
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Quiet {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Ends once nothing has crossed for `idle` (looked at when the last
+    /// crossing would have run out, so a busy tunnel costs no timer per byte).
+    async fn outlasting(&self, idle: Duration) {
+        loop {
+            let last = self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let Some(until) = last.checked_add(idle) else {
+                return std::future::pending().await;
+            };
+            if Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep_until(until.into()).await;
+        }
+    }
+}
+
+/// One side of a tunnel, noting each byte read from it.
+struct Counted<T>(T, Quiet);
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.0).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.1.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }

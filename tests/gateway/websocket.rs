@@ -163,3 +163,49 @@ async fn shutdown_closes_open_websockets_after_the_drain() {
     .await;
     assert!(closed.is_ok(), "the WebSocket is still open after shutdown");
 }
+
+/// A WebSocket with no byte either way for `server.idle_timeout` is closed
+/// (the connection's own watchdog ended with hyper's part of it, so a quiet
+/// tunnel would otherwise hold its client and upstream sockets for ever), as
+/// nginx's `proxy_read_timeout` ends one; a WebSocket that keeps talking is
+/// not.
+#[tokio::test]
+async fn a_quiet_websocket_is_closed_after_idle_timeout() {
+    let (upstream, _seen) = spawn_ws_upstream().await;
+    let gw = TestGateway::start(&format!(
+        "[server]\nidle_timeout = \"1s\"\n\n[[upstreams]]\nname = \"ws\"\nurl = \"http://{upstream}\"\n"
+    ))
+    .await;
+    let login = gw.login(ALICE).await;
+    let open = || async {
+        let mut req = format!("ws://{}/ws", gw.main).into_client_request().unwrap();
+        req.headers_mut()
+            .insert("cookie", login.cookie().parse().unwrap());
+        tokio_tungstenite::connect_async(req).await.unwrap().0
+    };
+    let mut quiet = open().await;
+    let mut talking = open().await;
+    // 2.5 idle timeouts, a message every 0.3 s on one of them.
+    for n in 0..8 {
+        let text = format!("still here {n}");
+        talking.send(Message::text(text.clone())).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(2), talking.next())
+            .await
+            .expect("a talking WebSocket is not closed");
+        assert_eq!(echoed.unwrap().unwrap().into_text().unwrap().as_str(), text);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match quiet.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a WebSocket quiet for 2.5 idle timeouts is still open"
+    );
+}
