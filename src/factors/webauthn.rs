@@ -285,7 +285,15 @@ enum Ceremony {
 /// credential once active.
 #[derive(Serialize, Deserialize)]
 enum Sealed {
+    /// Pending, as sealed before registrations recorded when they began:
+    /// counted from the factor's creation.
     Registration(Registration),
+    /// Pending: the registration ceremony, and when it began (an answer to
+    /// it is taken for [`CEREMONY_SECS`]).
+    Begun {
+        registration: Registration,
+        at: UnixTime,
+    },
     Credential(Passkey),
 }
 
@@ -313,7 +321,7 @@ fn open(st: &Handles, record: &FactorRecord) -> Option<Sealed> {
 fn credential(st: &Handles, record: &FactorRecord) -> Option<Passkey> {
     match open(st, record)? {
         Sealed::Credential(p) => Some(p),
-        Sealed::Registration(_) => None,
+        Sealed::Registration(_) | Sealed::Begun { .. } => None,
     }
 }
 
@@ -437,7 +445,15 @@ pub async fn enroll(
     let now = st.clock.now();
     let id = super::new_factor_id(WEBAUTHN_TYPE, PROVIDER);
     let (options, reg) = new_registration(st, &w, user, existing_ids(st, user, &id).await?)?;
-    let secret = seal(st, &id, &user.id, &Sealed::Registration(reg))?;
+    let secret = seal(
+        st,
+        &id,
+        &user.id,
+        &Sealed::Begun {
+            registration: reg,
+            at: now,
+        },
+    )?;
     let factor = FactorRecord {
         id,
         user_id: user.id.clone(),
@@ -468,7 +484,15 @@ pub async fn restart_registration(st: &Handles, user: &User, factor: &Factor) ->
         return Err(EnrollError::NotSupported);
     };
     let (options, reg) = new_registration(st, &w, user, existing_ids(st, user, &rec.id).await?)?;
-    let new = seal(st, &rec.id, &user.id, &Sealed::Registration(reg))?;
+    let new = seal(
+        st,
+        &rec.id,
+        &user.id,
+        &Sealed::Begun {
+            registration: reg,
+            at: st.clock.now(),
+        },
+    )?;
     if !st.store.replace_factor_secret(&rec.id, old, &new).await? {
         return Err(EnrollError::Invalid(
             "the key changed meanwhile; try again".into(),
@@ -498,9 +522,18 @@ pub async fn activate(
         audit!("factor.verify.refused", user = %user.username, client = %addr, reason = "user locked");
         return Err(super::locked_answer(st));
     }
-    let (Some(old), Some(Sealed::Registration(reg))) = (rec.secret.as_ref(), open(st, rec)) else {
-        return Err(VerifyError::Unavailable);
+    let (old, reg, began) = match (rec.secret.as_ref(), open(st, rec)) {
+        (Some(old), Some(Sealed::Begun { registration, at })) => (old, registration, at),
+        (Some(old), Some(Sealed::Registration(registration))) => (old, registration, rec.created),
+        _ => return Err(VerifyError::Unavailable),
     };
+    // The challenge is good for the ceremony's time, as a sign-in's is: an
+    // answer kept from an abandoned enrollment does not activate a key
+    // later. (A new page, or `restart_registration`, begins a new one.)
+    if st.clock.now() - began > CEREMONY_SECS {
+        super::failed(st, user, WEBAUTHN_TYPE, addr, "expired").await?;
+        return Err(VerifyError::Invalid);
+    }
     let Some(answer) = parse_proof(proof).as_ref().and_then(registration_of) else {
         super::failed(st, user, WEBAUTHN_TYPE, addr, "malformed").await?;
         return Err(VerifyError::Invalid);
@@ -886,6 +919,7 @@ impl FactorKind for WebAuthn {
             "invalid",
             "malformed",
             "duplicate",
+            "expired",
             "replayed",
             "counter_regressed",
             "unknown_credential",

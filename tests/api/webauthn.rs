@@ -281,3 +281,54 @@ async fn the_passkey_page_is_limited_per_address() {
     assert!(retry.is_some_and(|s| s.parse::<u64>().unwrap() >= 1));
     assert!(!body.contains("data-options"), "no ceremony once limited: {body}");
 }
+
+/// A registration challenge is good for the ceremony's five minutes, as a
+/// sign-in's is: an answer kept from an abandoned enrollment does not
+/// activate the key later, and a new ceremony for the same pending key works.
+#[tokio::test]
+async fn a_registration_answer_is_taken_for_the_ceremonys_time_only() {
+    let gw = gateway(WEBAUTHN).await;
+    let u = create_user(&gw, "walter", None).await;
+    let uid = u["id"].as_str().unwrap().to_owned();
+    let base = format!("/api/v1/users/{uid}/factors");
+    let enroll = || async {
+        let e = admin(
+            &gw,
+            Method::POST,
+            &base,
+            Some(json!({ "factorType": "webauthn", "provider": "FIDO", "profile": { "authenticatorName": "Late key" } })),
+        )
+        .await;
+        e.expect(200, None);
+        (
+            e.body["id"].as_str().unwrap().to_owned(),
+            e.body["_embedded"]["activation"].clone(),
+        )
+    };
+    let activate = |fid: String, answer: Value| {
+        let gw = &gw;
+        let base = &base;
+        async move {
+            admin(
+                gw,
+                Method::POST,
+                &format!("{base}/{fid}/lifecycle/activate"),
+                Some(json!({ "clientData": answer["clientData"], "attestation": answer["attestation"] })),
+            )
+            .await
+        }
+    };
+    let mut key = SoftKey::new(ORIGIN);
+    let (fid, activation) = enroll().await;
+    let answer = key.register(&activation);
+    gw.clock.advance(301);
+    let late = activate(fid.clone(), answer).await;
+    assert_eq!(late.status, 403, "{}", late.text);
+    let listed = admin(&gw, Method::GET, &format!("{base}/{fid}"), None).await;
+    assert_eq!(listed.body["status"], "PENDING_ACTIVATION", "{}", listed.text);
+    // Within the time, a fresh enrollment activates.
+    let (fid, activation) = enroll().await;
+    let answer = key.register(&activation);
+    gw.clock.advance(299);
+    activate(fid, answer).await.expect(200, None);
+}
