@@ -58,6 +58,11 @@ pub const MAX_TLS_HANDSHAKES_PER_IP: usize = 16;
 /// is told `REFUSED_STREAM` and may retry).
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 
+/// Request body bytes one HTTP/2 connection, and one stream, may have sent
+/// and not yet read by the gateway.
+pub const H2_CONNECTION_WINDOW: u32 = 512 * 1024;
+pub const H2_STREAM_WINDOW: u32 = 256 * 1024;
+
 /// Settings for one listener.
 #[derive(Debug, Clone)]
 pub struct ListenerOptions {
@@ -237,6 +242,11 @@ where
         // nginx's default: hyper's 200 lets one connection hold more
         // upstream connections and portal work than a browser ever needs.
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // What a client may send before the gateway reads it: hyper's 1 MiB
+        // per connection (and per stream) is what 64 HTTP/1.1 connections'
+        // buffers hold. An upload still streams at window / round trip.
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
         .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));

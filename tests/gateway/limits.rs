@@ -875,6 +875,50 @@ async fn one_address_gets_only_its_share_of_connections() {
     );
 }
 
+/// What an HTTP/2 client is told it may send before the gateway reads: at
+/// most 128 streams at once, 256 KiB per stream and 512 KiB per connection
+/// (hyper's defaults are 200 streams and 1 MiB each), so 10 000 connections
+/// cannot park 10 GiB of request bodies in the gateway.
+#[tokio::test]
+async fn http2_clients_are_told_small_windows_and_few_streams() {
+    let gw = TestGateway::start("").await;
+    let mut conn = h2c_get(&gw, "/public/x").await;
+    let (mut streams, mut stream_window, mut conn_window) = (None, 65_535u32, 65_535u32);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(frame) = read_frame(&mut conn).await {
+            match frame.kind {
+                SETTINGS if frame.flags & ACK == 0 => {
+                    for setting in frame.payload.chunks_exact(6) {
+                        let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+                        match u16::from_be_bytes([setting[0], setting[1]]) {
+                            0x3 => streams = Some(value),
+                            0x4 => stream_window = value,
+                            _ => {}
+                        }
+                    }
+                }
+                WINDOW_UPDATE if frame.stream == 0 => {
+                    let grow = u32::from_be_bytes([
+                        frame.payload[0],
+                        frame.payload[1],
+                        frame.payload[2],
+                        frame.payload[3],
+                    ]);
+                    conn_window += grow & 0x7fff_ffff;
+                }
+                _ => {}
+            }
+            if frame.kind == HEADERS && frame.stream == 1 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert_eq!(streams, Some(128));
+    assert_eq!(stream_window, 256 * 1024);
+    assert_eq!(conn_window, 512 * 1024);
+}
+
 // --- TLS handshakes ------------------------------------------------------------
 
 /// Waits until the server closes `conn`; how long it took.
