@@ -40,12 +40,13 @@ const LOCKOUT_KINDS: [&str; 2] = ["user", "client"];
 /// Upstream errors counted without an upstream (`upstream=""`): a request
 /// that reached the proxy without its context or an upstream.
 const UNROUTED_UPSTREAM_ERRORS: [&str; 2] = ["no_context", "no_upstream"];
-const REFUSED: [(&str, &str); 6] = [
+const REFUSED: [(&str, &str); 7] = [
     ("main", "connections"),
     ("main", "tls_handshakes"),
     ("main", "connections_per_ip"),
     ("main", "tls_handshakes_per_ip"),
     ("admin", "connections"),
+    ("admin", "connections_per_ip"),
     ("admin", "tls_handshakes"),
 ];
 

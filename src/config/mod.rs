@@ -78,6 +78,9 @@ pub mod defaults {
     /// The admin listener's own connection budget (not configurable): a flood
     /// on the main listener never locks out health checks and operators.
     pub const ADMIN_MAX_CONNECTIONS: usize = 256;
+    /// Of those, what one client address (not a trusted proxy) may hold, so
+    /// that one address cannot lock operators and health checks out.
+    pub const ADMIN_MAX_CONNECTIONS_PER_IP: usize = 32;
     pub const UPSTREAM_TIMEOUT_SECS: u64 = 30;
     pub const POOL_IDLE_TIMEOUT_SECS: u64 = 4;
     pub const COOKIE_NAME: &str = "portcullis_session";

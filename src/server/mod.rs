@@ -122,8 +122,13 @@ impl ListenerOptions {
             tls,
             connections: ConnectionLimit::new("admin", "connections", max),
             handshakes: ConnectionLimit::new("admin", "tls_handshakes", max.min(server.max_tls_handshakes)),
-            // Operators' own listener: its small budget is the bound.
-            per_address: None,
+            // Operators' own listener: its small budget, and a share of it
+            // per address.
+            per_address: AddressLimit::new(
+                "admin",
+                defaults::ADMIN_MAX_CONNECTIONS_PER_IP,
+                server.trusted_proxies.clone(),
+            ),
             handshakes_per_address: None,
             ..Self::main(server)
         }

@@ -875,6 +875,41 @@ async fn one_address_gets_only_its_share_of_connections() {
     );
 }
 
+/// The admin listener (health checks, metrics, the admin API) has a small
+/// budget of its own: one address holds at most 32 of its connections, so it
+/// cannot take them all and lock operators out.
+#[tokio::test]
+async fn one_address_cannot_take_the_admin_listener() {
+    let gw = TestGateway::start("").await;
+    let admin_get = |from: &'static str| {
+        let target = gw.admin;
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+            let mut conn = socket.connect(target).await.unwrap();
+            conn.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut head = [0u8; 12];
+            tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut head))
+                .await
+                .expect("an answer")
+                .unwrap();
+            (conn, String::from_utf8_lossy(&head).into_owned())
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        let (conn, head) = admin_get("127.0.0.2").await;
+        assert_eq!(head, "HTTP/1.1 200", "{head}");
+        held.push(conn);
+    }
+    let (_, head) = admin_get("127.0.0.2").await;
+    assert_eq!(head, "HTTP/1.1 503", "the 33rd from one address");
+    let (_, head) = admin_get("127.0.0.1").await;
+    assert_eq!(head, "HTTP/1.1 200", "another address is served");
+}
+
 /// What an HTTP/2 client is told it may send before the gateway reads: at
 /// most 128 streams at once, 256 KiB per stream and 512 KiB per connection
 /// (hyper's defaults are 200 streams and 1 MiB each), so 10 000 connections
