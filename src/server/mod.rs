@@ -52,7 +52,7 @@ use conn::{Activity, Io, Quiet, Watched};
 /// for all together, and without a share a few addresses holding silent
 /// connections (reopened every `tls_handshake_timeout`) would take them all.
 /// Peers in `server.trusted_proxies` are not capped.
-pub const MAX_TLS_HANDSHAKES_PER_IP: usize = 16;
+pub const MAX_TLS_HANDSHAKES_PER_IP: usize = 32;
 
 /// Streams one HTTP/2 connection may have open at once (past it the client
 /// is told `REFUSED_STREAM` and may retry).

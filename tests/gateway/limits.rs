@@ -1026,7 +1026,7 @@ async fn concurrent_tls_handshakes_are_bounded() {
     }
 }
 
-/// One address cannot take every TLS handshake place: it holds at most 16
+/// One address cannot take every TLS handshake place: it holds at most 32
 /// at once (`server.max_tls_handshakes` is for all addresses together), so
 /// a client from another address is still served while the first stalls
 /// as many handshakes as it can open.
@@ -1034,7 +1034,7 @@ async fn concurrent_tls_handshakes_are_bounded() {
 async fn one_address_takes_at_most_its_share_of_tls_handshakes() {
     let gw = TestGateway::builder()
         .tls()
-        .toml("[server]\nmax_tls_handshakes = 24\ntls_handshake_timeout = \"20s\"\n")
+        .toml("[server]\nmax_tls_handshakes = 40\ntls_handshake_timeout = \"20s\"\n")
         .start()
         .await;
     // 127.0.0.2 is a loopback address too: another client address.
@@ -1044,7 +1044,7 @@ async fn one_address_takes_at_most_its_share_of_tls_handshakes() {
         socket.connect(gw.main)
     };
     let mut stalled = Vec::new();
-    for _ in 0..24 {
+    for _ in 0..40 {
         stalled.push(from("127.0.0.2").await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1054,7 +1054,7 @@ async fn one_address_takes_at_most_its_share_of_tls_handshakes() {
         took.is_some(),
         "a handshake past the address's share is refused at once"
     );
-    // ...while its first 16 wait for their handshakes.
+    // ...while its first 32 wait for their handshakes.
     assert!(
         closed_within(&mut stalled[0], Duration::from_millis(200))
             .await
