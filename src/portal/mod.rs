@@ -186,6 +186,15 @@ pub(crate) fn html(status: StatusCode, body: String) -> Response {
     res
 }
 
+/// `res` told to come back when the rate window ending at `reset` (Unix
+/// seconds) is over, at least a second from now.
+pub(crate) fn retry_after(mut res: Response, st: &AppState, reset: crate::clock::UnixTime) -> Response {
+    let wait = (reset - st.clock.now()).max(1);
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+    res
+}
+
 pub(crate) fn see_other(location: &str) -> Response {
     let mut res = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(location) {

@@ -110,12 +110,8 @@ pub async fn start(
                 crate::limits::shown_login(username),
                 Some(crate::i18n::t("passwordless.too_many")),
             );
-            let mut res = mfa::with_csrf(html(StatusCode::TOO_MANY_REQUESTS, page), set);
-            let wait = (r.reset - st.clock.now()).max(1);
-            if let Ok(v) = http::HeaderValue::from_str(&wait.to_string()) {
-                res.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            return res;
+            let res = mfa::with_csrf(html(StatusCode::TOO_MANY_REQUESTS, page), set);
+            return super::retry_after(res, st, r.reset);
         }
     }
     match authn::begin_passwordless(st, username).await {

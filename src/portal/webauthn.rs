@@ -504,20 +504,15 @@ async fn passkey_render(
     let (token, set) = csrf_token(st, headers);
     // Each page stores a ceremony for a stranger: counted like the other
     // sign-in transactions a client may start without a password.
-    if let Err(r) = st.regulator.transaction_admitted(addr) {
-        crate::metrics::login("rate_limited");
-        crate::audit!("signin.passwordless.limited", client = %addr, method = "passkey");
+    // (No login here, so only the address's rate can refuse it.)
+    if let Err(super::authn::Refused::Limited(r)) = super::authn::admit_passwordless(st, "", addr) {
         let page = crate::pages::message_page(
             &st.config.portal.prefix,
             crate::i18n::t("common.unavailable_title"),
             crate::i18n::t("passwordless.too_many"),
         );
-        let mut res = with_csrf(html(StatusCode::TOO_MANY_REQUESTS, page), set);
-        let wait = (r.reset - st.clock.now()).max(1);
-        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
-            res.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return res;
+        let res = with_csrf(html(StatusCode::TOO_MANY_REQUESTS, page), set);
+        return super::retry_after(res, st, r.reset);
     }
     let (options, _) = match wa::challenge_discoverable(st, &passkey_flow(&token)).await {
         Ok(x) => x,

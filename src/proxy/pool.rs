@@ -108,11 +108,6 @@ impl ConnectionBudget {
             .ok()
             .map(|_| BudgetSlot(self.open.clone()))
     }
-
-    /// Upstream connections open now (for tests and metrics).
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
 }
 
 /// One upstream connection's place in the [`ConnectionBudget`], given back

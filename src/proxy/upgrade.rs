@@ -41,11 +41,11 @@ pub fn splice(
                 return;
             }
         };
-        let quiet = Quiet::new();
-        let mut client = Counted(TokioIo::new(client), quiet.clone());
-        let mut upstream = Counted(TokioIo::new(upstream), quiet.clone());
+        let crossed = LastCrossing::new();
+        let mut client = Counted(TokioIo::new(client), crossed.clone());
+        let mut upstream = Counted(TokioIo::new(upstream), crossed.clone());
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-        let idled = quiet.outlasting(idle);
+        let idled = crossed.outlasting(idle);
         let drain = async {
             match drained {
                 Some(d) => d.wait().await,
@@ -77,13 +77,13 @@ pub fn splice(
 
 /// When a byte last crossed a tunnel, either way.
 #[derive(Clone)]
-struct Quiet {
+struct LastCrossing {
     origin: Instant,
     /// Milliseconds after `origin`.
     last_ms: Arc<AtomicU64>,
 }
 
-impl Quiet {
+impl LastCrossing {
     fn new() -> Self {
         Self {
             origin: Instant::now(),
@@ -113,7 +113,7 @@ impl Quiet {
 }
 
 /// One side of a tunnel, noting each byte read from it.
-struct Counted<T>(T, Quiet);
+struct Counted<T>(T, LastCrossing);
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     fn poll_read(

@@ -145,8 +145,9 @@ impl Drop for Refusing {
     }
 }
 
-/// A cap on the connections one client address holds open on a listener
-/// (`server.max_connections_per_ip`), counted by socket peer: an IPv4
+/// A cap on what one client address holds on a listener (its connections,
+/// `server.max_connections_per_ip`; its TLS handshakes in progress), counted
+/// by socket peer: an IPv4
 /// address, or an IPv6 /64 (one host usually has a whole /64). Peers in
 /// `server.trusted_proxies` are exempt (a front proxy carries many users).
 ///
@@ -214,6 +215,15 @@ impl AddressLimit {
         }
         *n += 1;
         Some(AddressSlot(Some((self.clone(), key))))
+    }
+
+    /// `ip`'s share under `limit`: `Some(None)` when there is no cap,
+    /// `None` (counted) when the address holds the maximum already.
+    pub fn share(limit: Option<&Arc<Self>>, ip: IpAddr) -> Option<Option<AddressSlot>> {
+        match limit {
+            None => Some(None),
+            Some(limit) => limit.try_acquire(ip).map(Some),
+        }
     }
 
     /// Addresses with a connection open (tests, metrics).

@@ -281,15 +281,9 @@ where
                 };
                 // One address over its share is refused before it takes a
                 // place under the listener's limit.
-                let address = match &opts.per_address {
-                    None => None,
-                    Some(limit) => match limit.try_acquire(peer.ip()) {
-                        Some(address) => Some(address),
-                        None => {
-                            conn::refuse(stream, &opts.connections, acceptor.is_some());
-                            continue;
-                        }
-                    },
+                let Some(address) = AddressLimit::share(opts.per_address.as_ref(), peer.ip()) else {
+                    conn::refuse(stream, &opts.connections, acceptor.is_some());
+                    continue;
                 };
                 let Some(slot) = opts.connections.try_acquire() else {
                     conn::refuse(stream, &opts.connections, acceptor.is_some());
@@ -300,12 +294,9 @@ where
                     // The address's share first, then a place of all;
                     // dropping the stream (and the slots) closes it.
                     Some(acceptor) => {
-                        let share = match &opts.handshakes_per_address {
-                            None => None,
-                            Some(limit) => match limit.try_acquire(peer.ip()) {
-                                Some(share) => Some(share),
-                                None => continue,
-                            },
+                        let Some(share) = AddressLimit::share(opts.handshakes_per_address.as_ref(), peer.ip())
+                        else {
+                            continue;
                         };
                         match opts.handshakes.try_acquire() {
                             Some(handshake) => Some((acceptor.clone(), (handshake, share))),
