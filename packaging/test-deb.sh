@@ -19,6 +19,7 @@ step "built $deb"
 
 # A leftover from an earlier run would hide what this package does.
 dpkg --purge portcullis >/dev/null 2>&1 || true
+rm -rf /var/lib/portcullis
 
 step "installing with dpkg -i"
 dpkg -i "$deb" >/dev/null
@@ -58,10 +59,10 @@ awk '/^SystemCallFilter=~.*@resources/ { dropped = 1 }
 grep -q '^LimitNICE=+0$' "$unit" || fail "a stalled password check cannot leave the idle class (no LimitNICE=+0): a second work area per stall"
 grep -q '^SystemCallErrorNumber=EPERM$' "$unit" || fail "a refused system call would kill the gateway (no SystemCallErrorNumber=EPERM)"
 
-# What systemd would do: the secrets as environment, the state folder owned by the user.
-mkdir -p /var/lib/portcullis
-chown portcullis:portcullis /var/lib/portcullis
-chmod 0700 /var/lib/portcullis
+# The package made the state folder (StateDirectory= needs systemd; containers have none).
+[ "$(stat -c '%U:%G %a' /var/lib/portcullis 2>/dev/null)" = "portcullis:portcullis 700" ] \
+  || fail "the package did not make /var/lib/portcullis (portcullis:portcullis 0700): $(stat -c '%U:%G %a' /var/lib/portcullis 2>&1)"
+# What systemd would do: the secrets as environment.
 mapfile -t secrets < <(grep -v '^#' /etc/portcullis/secrets.env)
 # setpriv execs the command itself (runuser would stay in between and turn a
 # clean SIGTERM exit into 143).

@@ -275,9 +275,12 @@ impl ForwardAuth {
             Decision::Challenge { level, step_up } => {
                 let signed_in = matches!(state, SessionState::Valid(_));
                 let cause = challenge_cause(signed_in, level, step_up);
+                // Back to the URL as the client asked for it: the front proxy
+                // forwards the raw path, not the normal form decided on.
+                let raw = original.path;
                 let target = match &original.query {
-                    Some(q) => format!("{}://{}{path}?{q}", original.scheme, original.authority),
-                    None => format!("{}://{}{path}", original.scheme, original.authority),
+                    Some(q) => format!("{}://{}{raw}?{q}", original.scheme, original.authority),
+                    None => format!("{}://{}{raw}", original.scheme, original.authority),
                 };
                 let base = self
                     .portal_origin

@@ -85,6 +85,18 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// `portcullis_requests_total`'s usual (decision, status) pairs, registered
+/// at zero so the series exists before the first request (its statuses are
+/// not a closed set: others appear when first counted).
+const USUAL_REQUESTS: [(&str, &str); 6] = [
+    ("allow", "200"),
+    ("bypass", "200"),
+    ("challenge", "302"),
+    ("challenge", "401"),
+    ("deny", "403"),
+    ("portal", "200"),
+];
+
 /// Registers the closed-set counters at zero (see [`LOGIN_RESULTS`]).
 fn register_zeroes() {
     for result in LOGIN_RESULTS {
@@ -98,6 +110,13 @@ fn register_zeroes() {
             .increment(0);
     }
     metrics::counter!("portcullis_password_rescues_total").increment(0);
+    for (decision, status) in USUAL_REQUESTS {
+        metrics::counter!("portcullis_requests_total", "decision" => decision, "status" => status)
+            .increment(0);
+    }
+    for result in ["applied", "ignored"] {
+        metrics::counter!("portcullis_store_notifications_total", "result" => result).increment(0);
+    }
     for kind in UNROUTED_UPSTREAM_ERRORS {
         metrics::counter!("portcullis_upstream_errors_total", "upstream" => "", "kind" => kind).increment(0);
     }

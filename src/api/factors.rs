@@ -270,6 +270,9 @@ pub(crate) async fn enroll(st: &Handles, scope: &Scope, activate: Option<bool>, 
                 ));
             }
             Err(EnrollError::Invalid(cause)) => return validation(cause),
+            Err(EnrollError::Limited(e)) => {
+                return super::challenge_error(st, Caller::Factors, &factor_type, e);
+            }
             Err(EnrollError::Delivery) => {
                 return ApiError::new(ErrorCode::E0000009)
                     .cause("the activation message could not be delivered; try again later")

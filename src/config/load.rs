@@ -157,7 +157,12 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     let case_insensitive_paths = convert_case_insensitive_paths(&mut cx, raw_case_insensitive);
     let server = section::<RawServer>(&mut cx, "server", raw_server).map(|r| convert_server(&mut cx, r));
     let admin = section::<RawAdmin>(&mut cx, "admin", raw_admin).map(|r| convert_admin(&mut cx, r));
-    let upstreams = convert_upstreams(&mut cx, raw_upstreams);
+    let forward_auth =
+        section::<super::forward_auth::RawForwardAuth>(&mut cx, "forward_auth", raw_forward_auth)
+            .map(super::forward_auth::convert);
+    // A gateway that only answers another proxy's checks forwards nothing.
+    let forward_auth_only = forward_auth.as_ref().is_some_and(|fa| fa.enabled);
+    let upstreams = convert_upstreams(&mut cx, raw_upstreams, forward_auth_only);
     let session = section::<RawSession>(&mut cx, "session", raw_session).map(|r| convert_session(&mut cx, r));
     let identity_headers = section::<RawIdentityHeaders>(&mut cx, "identity_headers", raw_identity)
         .map(|r| convert_identity_headers(&mut cx, r));
@@ -169,9 +174,6 @@ fn load_text(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<LoadedCo
     let factors = convert_factors(&mut cx, raw_factors);
     let rules = convert_rules(&mut cx, raw_rules, case_insensitive_paths.unwrap_or(false));
     let log = section::<RawLog>(&mut cx, "log", raw_log).map(|r| convert_log(&mut cx, r));
-    let forward_auth =
-        section::<super::forward_auth::RawForwardAuth>(&mut cx, "forward_auth", raw_forward_auth)
-            .map(super::forward_auth::convert);
     let audit = super::audit::convert(raw_audit, &mut |k, m| cx.error(k, m));
     for (key, message) in forward_auth.as_ref().map_or_else(Vec::new, |fa| {
         super::forward_auth::check(fa, server.as_ref().map(|s| s.trusted_proxies.as_slice()))
@@ -634,6 +636,22 @@ format = "xml"
     fn missing_upstreams_is_an_error() {
         let errs = errors("[server]\nlisten = \"127.0.0.1:8080\"\n");
         assert_has(&errs, "upstreams", "at least one");
+        assert_has(&errs, "upstreams", "[forward_auth] enabled = true");
+        let errs = errors("upstreams = []\n[forward_auth]\nenabled = false\n");
+        assert_has(&errs, "upstreams", "at least one");
+    }
+
+    /// Behind nginx or Caddy the front proxy forwards to the app: a gateway
+    /// that only answers their checks needs no upstream of its own.
+    #[test]
+    fn forward_auth_alone_needs_no_upstream() {
+        let only = "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[forward_auth]\nenabled = true\n";
+        assert!(ok(only).config.upstreams.is_empty());
+        assert!(ok(&format!("upstreams = []\n{only}")).config.upstreams.is_empty());
+        // Its other problems are still every one reported.
+        let errs = errors("[server]\n[forward_auth]\nenabled = true\n[log]\nformat = \"xml\"\n");
+        assert_has(&errs, "log.format", "must be one of");
+        assert!(!has(&errs, "upstreams", ""), "{errs:#?}");
     }
 
     #[test]

@@ -10,11 +10,28 @@ use super::raw::RawUpstream;
 use super::shape::array_section;
 use super::{HeaderCase, UpstreamConfig, defaults};
 
-pub(super) fn convert_upstreams(cx: &mut Ctx<'_>, value: Option<toml::Value>) -> Option<Vec<UpstreamConfig>> {
-    let absent = value.is_none();
-    let items = array_section::<RawUpstream>(cx, "upstreams", value)?;
-    if absent || items.is_empty() {
-        cx.error("upstreams", "at least one [[upstreams]] entry is required");
+const NONE: &str = "at least one [[upstreams]] entry is required (or [forward_auth] enabled = true, for a gateway that only answers another proxy's checks)";
+
+/// `may_be_empty`: forward-auth is enabled, so the gateway may serve only the
+/// portal and another proxy's checks, with no app of its own to forward to.
+pub(super) fn convert_upstreams(
+    cx: &mut Ctx<'_>,
+    value: Option<toml::Value>,
+    may_be_empty: bool,
+) -> Option<Vec<UpstreamConfig>> {
+    let Some(value) = value else {
+        if may_be_empty {
+            return Some(Vec::new());
+        }
+        cx.error("upstreams", NONE);
+        return None;
+    };
+    let items = array_section::<RawUpstream>(cx, "upstreams", Some(value))?;
+    if items.is_empty() {
+        if may_be_empty {
+            return Some(Vec::new());
+        }
+        cx.error("upstreams", NONE);
         return None;
     }
     let before = cx.error_count();

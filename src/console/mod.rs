@@ -164,19 +164,41 @@ pub(crate) fn unavailable(st: &AppState, what: &dyn std::fmt::Display) -> Respon
     )
 }
 
-/// Lets an administrator in, or answers: to the sign-in page without a
-/// session, 403 for a non-member, to the second-factor challenge below
-/// level 2. `here` is the path (below the prefix) to come back to.
+/// Lets an administrator in to a page, or answers as the gateway answers on
+/// any protected route: a browser to the sign-in page without a session, or
+/// to the second-factor challenge below level 2 (302), another client 401
+/// (Okta's `E0000011`); 403 for a non-member. `here` is the path (below the
+/// prefix) to come back to.
 pub fn admit(st: &AppState, headers: &HeaderMap, here: &str) -> Result<ConsoleAdmin, Box<Response>> {
+    admit_as(st, headers, here, StatusCode::FOUND)
+}
+
+/// [`admit`], sending browsers on with `status` (303 after a form's POST).
+fn admit_as(
+    st: &AppState,
+    headers: &HeaderMap,
+    here: &str,
+    status: StatusCode,
+) -> Result<ConsoleAdmin, Box<Response>> {
     let prefix = &st.config.portal.prefix;
     let back = format!("{prefix}{here}");
+    let send_on = |page: &str, cause: &str| {
+        if crate::enforce::is_browser(headers) {
+            Box::new(crate::enforce::redirect(
+                status,
+                &format!("{prefix}/{page}rd={}", enc(&back)),
+            ))
+        } else {
+            Box::new(crate::enforce::api_challenge(prefix, cause))
+        }
+    };
     let s = match st.enforcer.session(headers) {
         SessionState::Valid(s) => s,
         SessionState::Unavailable => {
             return Err(Box::new(unavailable(st, &"the revocation view is stale")));
         }
         SessionState::None | SessionState::Invalid(_) => {
-            return Err(Box::new(see_other(&format!("{prefix}/login?rd={}", enc(&back)))));
+            return Err(send_on("login?", "a session is required"));
         }
     };
     if !is_member(st, &s.user.groups) {
@@ -191,10 +213,7 @@ pub fn admit(st: &AppState, headers: &HeaderMap, here: &str) -> Result<ConsoleAd
     if s.claims.lvl < 2 {
         // `fresh`: the challenge is shown even though the policy's rule for
         // the portal's own paths would let the session through.
-        return Err(Box::new(see_other(&format!(
-            "{prefix}/mfa?fresh=1&rd={}",
-            enc(&back)
-        ))));
+        return Err(send_on("mfa?fresh=1&", "a second factor is required"));
     }
     Ok(ConsoleAdmin { session: s })
 }
@@ -220,7 +239,7 @@ pub fn admit_change(
             None,
         )));
     }
-    let admin = admit(st, headers, back)?;
+    let admin = admit_as(st, headers, back, StatusCode::SEE_OTHER)?;
     if !admin.fresh(st) {
         let prefix = &st.config.portal.prefix;
         let rd = format!("{prefix}{back}");

@@ -269,6 +269,11 @@ impl Enforcer {
         let (decision, requirement) = match &state {
             SessionState::Unavailable => return Err(StoreUnavailable),
             SessionState::Valid(s) => evaluation.decide(Some((&s.claims, &s.user.groups)), now),
+            // Without a usable session, a protected route's answer is a sign-in,
+            // which needs the store: while it is out of reach (the same
+            // staleness that fails sessions closed) the answer is 503 for
+            // everyone, not a challenge that cannot be completed.
+            _ if !self.revocations.is_fresh(Instant::now()) => return Err(StoreUnavailable),
             _ => evaluation.decide(None, now),
         };
         self.policy.count(&requirement, decision);

@@ -222,6 +222,10 @@ pub enum EnrollError {
     /// Sending the activation code or push failed.
     #[error("delivery failed")]
     Delivery,
+    /// The activation code was not sent: the user's sends are limited (429,
+    /// like a resend; [`ChallengeError::RateLimited`] or `TooSoon`).
+    #[error("too many codes sent")]
+    Limited(ChallengeError),
     #[error(
         "no store.encryption_keys configured: factor secrets cannot be stored (with PostgreSQL every replica needs the same key: `portcullis gen-key`)"
     )]

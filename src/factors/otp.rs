@@ -603,9 +603,7 @@ pub async fn enroll(
                 tracing::warn!(error = %de, "could not remove a factor whose activation code was not sent");
             }
             Err(match e {
-                ChallengeError::RateLimited(_) | ChallengeError::TooSoon(_) => EnrollError::Invalid(
-                    "Too many codes were sent to this user recently. Try again later.".into(),
-                ),
+                e @ (ChallengeError::RateLimited(_) | ChallengeError::TooSoon(_)) => EnrollError::Limited(e),
                 ChallengeError::Unavailable => {
                     EnrollError::Store(StoreError::Unavailable("sending the activation code".into()))
                 }

@@ -59,6 +59,21 @@ fn read_or_create(file: &Path) -> Result<Secret, String> {
         use base64::Engine;
         format!("{}\n", base64::engine::general_purpose::STANDARD.encode(&key))
     };
+    // A first start in a fresh directory: the database's folder (default
+    // `data/`) does not exist yet, and the key is made before the store opens.
+    // Folders made here are the owner's only: the database lives in them too.
+    if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let mut folders = std::fs::DirBuilder::new();
+        folders.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut folders, 0o700);
+        folders.create(parent).map_err(|e| {
+            format!(
+                "store key file {}: cannot create its directory: {e}",
+                file.display()
+            )
+        })?;
+    }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -362,7 +362,16 @@ impl MainService {
             return (res, host, logged_path);
         }
         let Some(upstream) = inner.proxy.select(&host) else {
-            let mut res = (StatusCode::MISDIRECTED_REQUEST, "unknown host\n").into_response();
+            let mut res = if inner.proxy.forwards_nothing() {
+                // Forward-auth only: the front proxy forwards to the app.
+                (
+                    StatusCode::NOT_FOUND,
+                    "not found: this gateway forwards nothing (forward-auth only)\n",
+                )
+                    .into_response()
+            } else {
+                (StatusCode::MISDIRECTED_REQUEST, "unknown host\n").into_response()
+            };
             res.extensions_mut().insert(AccessInfo {
                 decision: "misdirected",
                 user: None,

@@ -1330,6 +1330,7 @@ pub(crate) async fn enroll(
         Err(factors::EnrollError::Invalid(cause)) => {
             return ApiError::new(ErrorCode::E0000001).cause(cause).into_response();
         }
+        Err(factors::EnrollError::Limited(e)) => return challenge_error(&st, &factor_type, e),
         Err(factors::EnrollError::Delivery) => {
             return ApiError::new(ErrorCode::E0000009)
                 .cause("The activation code could not be delivered. Try again later.")

@@ -626,6 +626,10 @@ pub async fn enroll_start(
             )
         }
         Err(factors::EnrollError::Invalid(msg)) => rerender(StatusCode::BAD_REQUEST, &msg),
+        Err(factors::EnrollError::Limited(e)) => {
+            let (status, msg) = challenge_message(&p.st, &e);
+            rerender(status, &msg)
+        }
         Err(factors::EnrollError::NotSupported) => {
             rerender(StatusCode::BAD_REQUEST, t("enroll.not_available"))
         }

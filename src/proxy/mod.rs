@@ -272,6 +272,12 @@ impl Proxy {
 
     /// Index of the upstream serving `host` (lower-cased, no port): the one listing
     /// it, else the default (empty hosts), else None.
+    /// True when there is no upstream at all (a gateway that only answers
+    /// forward-auth checks).
+    pub fn forwards_nothing(&self) -> bool {
+        self.inner.upstreams.is_empty()
+    }
+
     pub fn select(&self, host: &str) -> Option<usize> {
         self.inner
             .upstreams
@@ -412,6 +418,9 @@ impl Proxy {
                     return error_response(StatusCode::BAD_GATEWAY, wants_html, &ctx.request_id);
                 };
                 let upstream_upgrade = hyper::upgrade::on(&mut res);
+                // The upstream socket's place in the connection budget, kept by
+                // the tunnel: hyper's part of the connection, which held it, ends.
+                let place = res.extensions_mut().remove::<pool::TunnelPlace>();
                 let protocol = res.headers().get(header::UPGRADE).cloned();
                 let h = res.headers_mut();
                 headers::strip_hop_by_hop(h);
@@ -428,6 +437,7 @@ impl Proxy {
                     ctx.request_id,
                     drained,
                     self.inner.settings.tunnel_idle_timeout,
+                    place,
                 );
             } else {
                 let h = res.headers_mut();

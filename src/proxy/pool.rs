@@ -27,6 +27,10 @@
 //! - A sweeper task, running only while connections are idle, closes those
 //!   idle for longer than `pool_idle_timeout`, so none is held open once traffic
 //!   stops.
+//! - Every upstream connection, idle, busy or switched to a WebSocket tunnel,
+//!   holds a place in the process-wide [`ConnectionBudget`]. When it is spent,
+//!   the connection idle longest in any pool (any thread's) is closed to make
+//!   room; a request is refused (503) only when none is idle.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -85,39 +89,147 @@ fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
 /// request never waits for a busy upstream connection, so without this bound
 /// a few clients could open upstream sockets until the process runs out of
 /// descriptors (and the store, the logs and new clients with it).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectionBudget {
     max: usize,
-    open: Arc<AtomicUsize>,
+    counter: Arc<Counter>,
 }
+
+struct Counter {
+    open: AtomicUsize,
+    /// Told when a place is given back, for a request waiting on an idle
+    /// connection it had closed.
+    freed: tokio::sync::Notify,
+    /// Every pool drawing on the budget, to find idle connections to close.
+    pools: Mutex<Vec<Weak<Shared>>>,
+}
+
+/// How long a request waits for the place of an idle connection it closed:
+/// the connection's task (on its own serving thread) ends as soon as it sees
+/// its sender gone, so this is only reached when that thread is stalled.
+const FREED_WAIT: Duration = Duration::from_millis(250);
 
 impl ConnectionBudget {
     pub fn new(max: usize) -> Self {
         Self {
             max,
-            open: Arc::new(AtomicUsize::new(0)),
+            counter: Arc::new(Counter {
+                open: AtomicUsize::new(0),
+                freed: tokio::sync::Notify::new(),
+                pools: Mutex::new(Vec::new()),
+            }),
         }
     }
 
     /// A place for one more connection, if there is one.
     fn take(&self) -> Option<BudgetSlot> {
-        self.open
+        self.counter
+            .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
                 (open < self.max).then_some(open + 1)
             })
             .ok()
-            .map(|_| BudgetSlot(self.open.clone()))
+            .map(|_| BudgetSlot(self.counter.clone()))
     }
+
+    /// A place, closing idle connections (the longest idle first, in any
+    /// pool) to make one when the budget is spent; `None` when every
+    /// connection is in use. A few rounds at most: another request may take a
+    /// place freed for this one.
+    async fn take_or_make_room(&self) -> Option<BudgetSlot> {
+        for _ in 0..4 {
+            let freed = self.counter.freed.notified();
+            tokio::pin!(freed);
+            // Listening before closing, so the place given back is not missed.
+            freed.as_mut().enable();
+            if let Some(slot) = self.take() {
+                return Some(slot);
+            }
+            // None idle: every connection is in use. One that is, dropped
+            // outside every lock: hyper then closes the connection and its
+            // task gives the place back.
+            drop(self.oldest_idle()?);
+            if tokio::time::timeout(FREED_WAIT, freed).await.is_err() {
+                return self.take();
+            }
+        }
+        self.take()
+    }
+
+    /// Removes the connection idle longest from whichever pool holds it.
+    fn oldest_idle(&self) -> Option<SendRequest<Body>> {
+        let live: Vec<Arc<Shared>> = lock(&self.counter.pools)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let oldest = live
+            .iter()
+            .filter_map(|pool| Some((pool.idle().conns.first()?.since, pool)))
+            .min_by_key(|(since, _)| *since)?
+            .1;
+        let mut idle = oldest.idle();
+        // Another request may have taken it meanwhile: then none is closed
+        // this round, and the caller's next round looks again.
+        (!idle.conns.is_empty()).then(|| idle.conns.remove(0).sender)
+    }
+
+    /// A place for a connection already counted, for as long as it outlives
+    /// its HTTP exchange (a WebSocket tunnel after the 101, when hyper's part
+    /// of the connection, which held the first place, ends). Counted even past
+    /// the limit: the socket is already open, and its first place is about to
+    /// be given back.
+    fn hold(&self) -> BudgetSlot {
+        self.counter.open.fetch_add(1, Ordering::AcqRel);
+        BudgetSlot(self.counter.clone())
+    }
+
+    fn register(&self, pool: &Arc<Shared>) {
+        let mut pools = lock(&self.counter.pools);
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(pool));
+    }
+
+    /// Upstream connections open now (for tests).
+    #[cfg(test)]
+    fn open(&self) -> usize {
+        self.counter.open.load(Ordering::Acquire)
+    }
+}
+
+impl std::fmt::Debug for ConnectionBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionBudget")
+            .field("max", &self.max)
+            .field("open", &self.counter.open.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Nothing is left half-changed under these locks, so a panic elsewhere does
+/// not make their contents unusable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One upstream connection's place in the [`ConnectionBudget`], given back
 /// when dropped (its connection has ended, or was never made).
-struct BudgetSlot(Arc<AtomicUsize>);
+struct BudgetSlot(Arc<Counter>);
 
 impl Drop for BudgetSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        // Once per connection, not per request: with nobody waiting, an
+        // uncontended lock and an atomic add.
+        self.0.freed.notify_waiters();
     }
+}
+
+/// The budget place of an upstream connection switched to a tunnel by a
+/// `101 Switching Protocols`, in that response's extensions: whoever runs
+/// the tunnel keeps it until the tunnel ends.
+#[derive(Clone)]
+pub struct TunnelPlace {
+    _held: Arc<BudgetSlot>,
 }
 
 /// Why a request got no response from the upstream.
@@ -171,9 +283,7 @@ struct IdleConn {
 
 impl Shared {
     fn idle(&self) -> MutexGuard<'_, Idle> {
-        // Nothing is left half-changed under this lock, so a panic elsewhere
-        // does not make its contents unusable.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.idle)
     }
 }
 
@@ -190,16 +300,16 @@ impl Pool {
     ) -> Self {
         let mut builder = http1::Builder::new();
         builder.title_case_headers(title_case);
-        Self {
-            shared: Arc::new(Shared {
-                connector,
-                target,
-                builder,
-                idle_timeout,
-                idle: Mutex::new(Idle::default()),
-                budget,
-            }),
-        }
+        let shared = Arc::new(Shared {
+            connector,
+            target,
+            builder,
+            idle_timeout,
+            idle: Mutex::new(Idle::default()),
+            budget,
+        });
+        shared.budget.register(&shared);
+        Self { shared }
     }
 
     /// Sends `req` (origin-form URI, `Host` set) and waits for the response
@@ -280,7 +390,10 @@ impl Pool {
     async fn connect(&self) -> Result<SendRequest<Body>, SendError> {
         let shared = &self.shared;
         // Held by the connection's task until the connection ends.
-        let slot = shared.budget.take().ok_or(SendError::Busy)?;
+        let slot = match shared.budget.take() {
+            Some(slot) => slot,
+            None => shared.budget.take_or_make_room().await.ok_or(SendError::Busy)?,
+        };
         let io = shared
             .connector
             .clone()
@@ -309,7 +422,11 @@ impl Pool {
             tokio::spawn(async move {
                 let _ = std::future::poll_fn(|cx| sender.poll_ready(cx)).await;
             });
-            return res.map(|inner| PooledBody { inner, slot: None });
+            let mut res = res.map(|inner| PooledBody { inner, slot: None });
+            res.extensions_mut().insert(TunnelPlace {
+                _held: Arc::new(self.shared.budget.hold()),
+            });
+            return res;
         }
         if res.body().is_end_stream() {
             give_back(&pool, sender);
@@ -442,6 +559,8 @@ mod tests {
         Hangup,
         /// A 1 MiB body, kept alive.
         Large,
+        /// `101 Switching Protocols`, then the socket stays open, unread.
+        Switch,
     }
 
     /// A raw HTTP/1.1 upstream: counts connections, requests, and connections
@@ -507,6 +626,10 @@ mod tests {
                     b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok".to_vec()
                 }
                 Script::Hangup => return,
+                Script::Switch => {
+                    b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+                        .to_vec()
+                }
                 Script::Large => {
                     let mut a = b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n".to_vec();
                     a.resize(a.len() + (1 << 20), b'x');
@@ -519,10 +642,21 @@ mod tests {
             if matches!(script, Script::CloseSilently | Script::ConnectionClose) {
                 return;
             }
+            if matches!(script, Script::Switch) {
+                // The tunnel: open until the client closes it.
+                let mut rest = [0u8; 64];
+                while !matches!(stream.read(&mut rest).await, Ok(0) | Err(_)) {}
+                closed.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
         }
     }
 
     fn pool(target: &Uri, idle_timeout: Duration) -> Pool {
+        pool_in(target, idle_timeout, ConnectionBudget::new(usize::MAX))
+    }
+
+    fn pool_in(target: &Uri, idle_timeout: Duration, budget: ConnectionBudget) -> Pool {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -538,13 +672,7 @@ mod tests {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        Pool::new(
-            connector,
-            target.clone(),
-            idle_timeout,
-            true,
-            ConnectionBudget::new(usize::MAX),
-        )
+        Pool::new(connector, target.clone(), idle_timeout, true, budget)
     }
 
     fn get() -> Request<Body> {
@@ -827,6 +955,82 @@ mod tests {
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes().len(), 1 << 20);
         assert_eq!(up.connections.load(Ordering::SeqCst), 2);
         assert_eq!(pool.idle_count(), 1, "read to its end: back in the pool");
+    }
+
+    /// Two serving threads' pools on one budget: a connection left idle in
+    /// one is closed to make room for the other's request, instead of a 503
+    /// until it idles out.
+    #[tokio::test]
+    async fn an_idle_connection_anywhere_makes_room_when_the_budget_is_spent() {
+        let up = upstream(Script::KeepAlive).await;
+        let budget = ConnectionBudget::new(1);
+        let one = pool_in(&up.target, Duration::from_secs(30), budget.clone());
+        let other = pool_in(&up.target, Duration::from_secs(30), budget.clone());
+        assert_eq!(get_ok(&one).await, "ok");
+        assert_eq!(one.idle_count(), 1);
+        assert_eq!(budget.open(), 1);
+        assert_eq!(get_ok(&other).await, "ok", "served, not Busy");
+        assert_eq!(one.idle_count(), 0, "the idle one was closed for it");
+        eventually("the upstream sees the idle connection closed", || {
+            up.closed_by_client.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert_eq!(budget.open(), 1);
+        assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+        // And back: the other pool's idle connection makes room in turn.
+        assert_eq!(get_ok(&one).await, "ok");
+        assert_eq!((one.idle_count(), other.idle_count()), (1, 0));
+    }
+
+    /// Only idle connections are closed: one still carrying a response is
+    /// not, and the request that found no room is refused at once.
+    #[tokio::test]
+    async fn a_connection_in_use_is_never_closed_to_make_room() {
+        let up = upstream(Script::Large).await;
+        let budget = ConnectionBudget::new(1);
+        let one = pool_in(&up.target, Duration::from_secs(30), budget.clone());
+        let other = pool_in(&up.target, Duration::from_secs(30), budget.clone());
+        let res = one.send(get(), Instant::now()).await.unwrap();
+        let started = Instant::now();
+        let refused = other.send(get(), Instant::now()).await.err();
+        assert!(matches!(refused, Some(SendError::Busy)), "{refused:?}");
+        assert!(started.elapsed() < FREED_WAIT, "{:?}", started.elapsed());
+        // The first response is whole.
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes().len(), 1 << 20);
+        assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+    }
+
+    /// After a `101` hyper's part of the connection ends and gives its place
+    /// back, but the socket lives on as a tunnel: the place the response
+    /// carries keeps it counted until the tunnel is done with.
+    #[tokio::test]
+    async fn a_switched_connection_keeps_its_place_while_its_tunnel_lives() {
+        let up = upstream(Script::Switch).await;
+        let budget = ConnectionBudget::new(1);
+        let pool = pool_in(&up.target, Duration::from_secs(30), budget.clone());
+        let upgrade = Request::builder()
+            .uri("/ws")
+            .header("host", "upstream")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Body::empty())
+            .unwrap();
+        let mut res = pool.send(upgrade, Instant::now()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let place = res.extensions_mut().remove::<TunnelPlace>().expect("a place");
+        let tunnel = hyper::upgrade::on(&mut res).await.expect("upgraded");
+        // hyper's connection task has ended with the hand-over.
+        eventually("only the tunnel's place is held", || budget.open() == 1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(budget.open(), 1, "the tunnel's socket is still counted");
+        let refused = pool.send(get(), Instant::now()).await.err();
+        assert!(matches!(refused, Some(SendError::Busy)), "{refused:?}");
+        drop((place, tunnel));
+        assert_eq!(budget.open(), 0);
+        eventually("the upstream sees the tunnel closed", || {
+            up.closed_by_client.load(Ordering::SeqCst) == 1
+        })
+        .await;
     }
 
     #[tokio::test]

@@ -22,7 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// connection's own watchdog ended with hyper's part of it), or the listener
 /// that accepted the client has drained (`drained`): upgraded connections are
 /// outside hyper's graceful shutdown, so they end when the drain does. Runs on
-/// its own task so the 101 can be sent.
+/// its own task so the 101 can be sent. `place` is the upstream socket's
+/// place in the connection budget, held for as long as the tunnel is open.
+#[allow(clippy::too_many_arguments)]
 pub fn splice(
     client: OnUpgrade,
     upstream: OnUpgrade,
@@ -31,8 +33,11 @@ pub fn splice(
     request_id: String,
     drained: Option<crate::server::Drained>,
     idle: Duration,
+    place: Option<super::pool::TunnelPlace>,
 ) {
     tokio::spawn(async move {
+        // Given back when the tunnel ends, however it ends.
+        let _place = place;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(both) => both,
             Err(error) => {

@@ -394,13 +394,23 @@ fn erin_path() -> String {
 #[tokio::test]
 async fn only_two_factor_members_get_in() {
     let gw = start().await;
-    // No session: to the sign-in page, coming back to the console.
+    // No session: to the sign-in page, coming back to the console (302, as
+    // on any protected route); a client that is no browser gets 401.
     let p = browse(&gw, &format!("{CONSOLE}/"), "").await;
-    assert_eq!(p.status, 303);
+    assert_eq!(p.status, 302);
     assert_eq!(
         p.location,
         format!("/_portcullis/login?rd={}", enc(&format!("{CONSOLE}/")))
     );
+    let res = gw
+        .client()
+        .get(gw.url(&format!("{CONSOLE}/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.headers().contains_key("www-authenticate"));
+    assert!(res.text().await.unwrap().contains("E0000011"));
     // Bare /console goes to /console/.
     let p = browse(&gw, CONSOLE, "").await;
     assert_eq!((p.status, p.location.as_str()), (303, "/_portcullis/console/"));
@@ -408,7 +418,7 @@ async fn only_two_factor_members_get_in() {
     // A member with the password only: to the second-factor challenge.
     let one = gw.login_rd("carol", PASSWORD, &format!("{CONSOLE}/")).await;
     let p = browse(&gw, &format!("{CONSOLE}/"), &one.cookie()).await;
-    assert_eq!(p.status, 303);
+    assert_eq!(p.status, 302);
     assert_eq!(
         p.location,
         format!("/_portcullis/mfa?fresh=1&rd={}", enc(&format!("{CONSOLE}/")))

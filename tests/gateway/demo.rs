@@ -98,6 +98,24 @@ async fn demo_folder_is_private_has_an_admin_token_and_goes_on_ctrl_c() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(listed.status(), 200);
+    // Before any request on the main listener, the counters are there at zero.
+    let metrics = client
+        .get(format!("http://{admin_addr}/metrics"))
+        .header("authorization", format!("SSWS {token}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "portcullis_requests_total{decision=\"allow\",status=\"200\"} 0",
+        "portcullis_requests_total{decision=\"challenge\",status=\"401\"} 0",
+        "portcullis_store_notifications_total{result=\"applied\"} 0",
+        "portcullis_logins_total{result=\"success\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series} in:\n{metrics}");
+    }
     let body = listed.text().await.unwrap();
     assert!(body.contains("\"demo\""), "the demo user is listed: {body}");
     let refused = client.get(&users).send().await.unwrap();

@@ -638,9 +638,16 @@ async fn through(gw: &TestGateway, front: &Front) {
     }
 }
 
+/// The recipes run the gateway as README's forward-auth snippet has it: no
+/// `[[upstreams]]` (the front proxy forwards to the app itself).
+const NO_UPSTREAMS: &str = "upstreams = []\n";
+
 #[tokio::test]
 async fn nginx_auth_request_recipe() {
-    let gw = gateway("").await;
+    let gw = gateway(NO_UPSTREAMS).await;
+    // Asked directly, it has nothing to forward to.
+    let res = reqwest::get(gw.url("/private")).await.unwrap();
+    assert_eq!(res.status(), 404);
     let Some(front) = start_nginx(&["nginx"], gw.main, gw.echo, None).await else {
         return;
     };
@@ -649,7 +656,7 @@ async fn nginx_auth_request_recipe() {
 
 #[tokio::test]
 async fn caddy_forward_auth_recipe() {
-    let gw = gateway("").await;
+    let gw = gateway(NO_UPSTREAMS).await;
     let Some(front) = start_caddy(gw.main, gw.echo).await else {
         return;
     };
@@ -812,6 +819,26 @@ async fn direct_calls_untrusted_peers_and_garbage() {
             .await
             .status,
         403
+    );
+
+    // `rd` is the original URL as the client sent it (the front proxy
+    // forwards that, not the normal form the decision also covered).
+    let original = "http://app.example.com/two/%70age?x=%41";
+    let res = asked_about(&gw, original).await;
+    assert_eq!(res.status, 401, "{}", res.text());
+    let location = res
+        .head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
+        .unwrap_or_else(|| panic!("no Location in {}", res.head))
+        .to_owned();
+    assert_eq!(
+        query_param(&location, "rd").as_deref(),
+        Some(original),
+        "{location}"
     );
 
     // Garbage or hostile original URLs: 400, never 200.

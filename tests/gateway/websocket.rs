@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::support::{ALICE, TestGateway};
+use crate::support::{ALICE, TestGateway, spawn_upstream};
 
 /// What the WebSocket upstream saw.
 #[derive(Default)]
@@ -208,4 +208,67 @@ async fn a_quiet_websocket_is_closed_after_idle_timeout() {
         closed.is_ok(),
         "a WebSocket quiet for 2.5 idle timeouts is still open"
     );
+}
+
+/// An open tunnel's upstream socket counts against `server.max_connections`
+/// like any upstream connection: hyper's part of it ends at the 101, and the
+/// tunnel keeps its place until it closes.
+#[tokio::test]
+async fn open_websockets_count_against_the_upstream_connection_budget() {
+    let (ws, _seen) = spawn_ws_upstream().await;
+    let slow = spawn_upstream(|_req| async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"late")))
+    })
+    .await;
+    let gw = TestGateway::start(&format!(
+        "[server]\nmax_connections = 3\n\n\
+         [[upstreams]]\nname = \"ws\"\nurl = \"http://{ws}\"\nhosts = [\"ws.test\"]\n\n\
+         [[upstreams]]\nname = \"slow\"\nurl = \"http://{slow}\"\n"
+    ))
+    .await;
+    let open = || async {
+        let mut req = format!("ws://{}/public/ws", gw.main)
+            .into_client_request()
+            .unwrap();
+        let host = format!("ws.test:{}", gw.main.port());
+        req.headers_mut().insert("host", host.parse().unwrap());
+        tokio_tungstenite::connect_async(req).await.unwrap().0
+    };
+    let mut tunnels = vec![open().await, open().await];
+    for ws in &mut tunnels {
+        ws.send(Message::text("up")).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(),
+            "up"
+        );
+    }
+    // Two requests at once on one HTTP/2 connection: two upstream
+    // connections wanted, one place left beside the two tunnels.
+    let client = gw.client_builder().http2_prior_knowledge().build().unwrap();
+    let two_at_once = || {
+        futures_util::future::join_all((0..2).map(|_| {
+            let request = client
+                .get(gw.url("/public/x"))
+                .header("accept", "application/json")
+                .send();
+            async move { request.await.unwrap().status().as_u16() }
+        }))
+    };
+    let mut statuses = two_at_once().await;
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 503], "the tunnels hold two of three places");
+    for mut ws in tunnels {
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+    }
+    // Closed tunnels give their places back.
+    for attempt in 0.. {
+        let statuses = two_at_once().await;
+        if statuses == [200, 200] {
+            break;
+        }
+        assert!(attempt < 20, "places not given back: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -167,3 +167,65 @@ async fn a_code_is_only_good_in_the_flow_that_sent_it() {
         "{body}"
     );
 }
+
+/// A new code factor's activation code counts against the user's sends like
+/// any other: past `max_sends_per_hour` the enrollment answers 429
+/// `E0000047` with the rate-limit headers, in the Factors API and in a
+/// sign-in's enrollment, and no factor is left behind.
+#[tokio::test]
+async fn enrolling_past_the_send_limit_answers_429_like_a_resend() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("messages.jsonl");
+    let gw = gateway(&format!(
+        "default_policy = \"two_factor\"\n\
+         [factors.sms]\nenabled = true\nmax_sends_per_hour = 2\n\
+         delivery = {{ kind = \"file\", path = {:?} }}\n",
+        file.display().to_string()
+    ))
+    .await;
+    let uid = TestGateway::uid("alice");
+    let factors = format!("/api/v1/users/{uid}/factors");
+    let sms =
+        json!({ "factorType": "sms", "provider": "OKTA", "profile": { "phoneNumber": "+15555550100" } });
+    for _ in 0..2 {
+        let (s, f) = admin(&gw, Method::POST, &factors, sms.clone()).await;
+        assert_eq!(s, 200, "{f}");
+        let fid = f["id"].as_str().unwrap();
+        let (s, body) = admin(&gw, Method::DELETE, &format!("{factors}/{fid}"), json!({})).await;
+        assert_eq!(s, 204, "{body}");
+    }
+    assert_eq!(messages(&file).len(), 2);
+
+    let (s, body) = admin(&gw, Method::POST, &factors, sms.clone()).await;
+    assert_eq!((s, body["errorCode"].as_str()), (429, Some("E0000047")), "{body}");
+
+    let a = authn(&gw, "alice", Some(ALICE.password)).await;
+    assert_eq!(a.json["status"], "MFA_ENROLL", "{}", a.json);
+    let e = post(
+        &gw,
+        "/_portcullis/api/v1/authn/factors",
+        json!({ "stateToken": a.json["stateToken"], "factorType": "sms", "provider": "OKTA",
+                "profile": { "phoneNumber": "+15555550100" } }),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (e.status, e.json["errorCode"].as_str()),
+        (429, Some("E0000047")),
+        "{}",
+        e.json
+    );
+    assert_eq!(e.header("x-rate-limit-limit").as_deref(), Some("2"));
+    assert_eq!(e.header("x-rate-limit-remaining").as_deref(), Some("0"));
+    let retry: i64 = e.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry), "{retry}");
+    assert!(e.header("x-rate-limit-reset").is_some() && e.header("date").is_some());
+
+    assert_eq!(messages(&file).len(), 2, "nothing more was sent");
+    let (s, list) = admin(&gw, Method::GET, &factors, json!({})).await;
+    assert_eq!(s, 200);
+    assert!(
+        !list.as_array().unwrap().iter().any(|f| f["factorType"] == "sms"),
+        "no half-enrolled factor: {list}"
+    );
+}

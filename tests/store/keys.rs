@@ -175,12 +175,15 @@ fn ok_text(out: &Output) -> String {
 }
 
 /// Without `store.encryption_keys`, SQLite gets a key file beside the
-/// database (mode 0600), created once and used again after a restart.
+/// database (mode 0600), created once and used again after a restart. The
+/// first start is in a fresh folder: the database's directory (like the
+/// default `data/`) does not exist yet.
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_without_keys_generates_a_private_key_file_and_keeps_using_it() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = CountingUpstream::spawn().await;
-    let db = dir.path().join("portcullis.db");
+    let data = dir.path().join("data");
+    let db = data.join("portcullis.db");
     let mut cfg = GatewayConfig::new(
         dir.path(),
         upstream.addr(),
@@ -188,7 +191,7 @@ async fn sqlite_without_keys_generates_a_private_key_file_and_keeps_using_it() {
         vec!["alice".into()],
     );
     cfg.keys = vec![];
-    let key_file = dir.path().join("portcullis.db.key");
+    let key_file = data.join("portcullis.db.key");
 
     // check-config says what will happen.
     let config = cfg.write(free_port(), free_port());
@@ -197,7 +200,7 @@ async fn sqlite_without_keys_generates_a_private_key_file_and_keeps_using_it() {
         text.contains("store.encryption_keys") && text.contains(&key_file.display().to_string()),
         "{text}"
     );
-    assert!(!key_file.exists(), "check-config creates nothing");
+    assert!(!data.exists(), "check-config creates nothing");
 
     let gw = Gateway::start(&cfg, "generated-key").await;
     let alice = gw.enroll_totp("alice", |_| {}).await.unwrap();
@@ -214,6 +217,8 @@ async fn sqlite_without_keys_generates_a_private_key_file_and_keeps_using_it() {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "the database's folder: {mode:o}");
     }
     assert!(
         !log.contains(String::from_utf8_lossy(&written).trim()),
