@@ -242,6 +242,12 @@ pub fn admit_change(
     let admin = admit_as(st, headers, back, StatusCode::SEE_OTHER)?;
     if !admin.fresh(st) {
         let prefix = &st.config.portal.prefix;
+        if !crate::enforce::is_browser(headers) {
+            return Err(Box::new(crate::enforce::api_challenge(
+                prefix,
+                "a recent second factor is required",
+            )));
+        }
         let rd = format!("{prefix}{back}");
         return Err(Box::new(see_other(&format!(
             "{prefix}/mfa?fresh=1&rd={}",

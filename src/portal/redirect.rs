@@ -47,6 +47,9 @@ pub fn same_origin_target(rd: Option<&str>, own_host: &str) -> String {
         return safe;
     }
     match url::Url::parse(&safe) {
+        // `https://own.example//evil.example/x` has the path `//evil.example/x`,
+        // which as a link on its own names another host.
+        Ok(u) if u.path().starts_with("//") => "/".into(),
         Ok(u) => match u.query() {
             Some(q) => format!("{}?{q}", u.path()),
             None => u.path().to_owned(),
@@ -71,6 +74,9 @@ mod tests {
             "//evil.example",
             "javascript:alert(1)",
             "/\\evil",
+            "https://a.example//evil.example/x",
+            "https://a.example/\\evil.example/x",
+            "https://a.example:8443//evil.example",
         ] {
             assert_eq!(same_origin_target(Some(bad), "a.example"), "/", "{bad}");
         }

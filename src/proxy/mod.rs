@@ -270,14 +270,14 @@ impl Proxy {
         Self::new(self.inner.settings.clone())
     }
 
-    /// Index of the upstream serving `host` (lower-cased, no port): the one listing
-    /// it, else the default (empty hosts), else None.
     /// True when there is no upstream at all (a gateway that only answers
     /// forward-auth checks).
     pub fn forwards_nothing(&self) -> bool {
         self.inner.upstreams.is_empty()
     }
 
+    /// Index of the upstream serving `host` (lower-cased, no port): the one listing
+    /// it, else the default (empty hosts), else None.
     pub fn select(&self, host: &str) -> Option<usize> {
         self.inner
             .upstreams

@@ -100,6 +100,9 @@ struct Counter {
     /// Told when a place is given back, for a request waiting on an idle
     /// connection it had closed.
     freed: tokio::sync::Notify,
+    /// Requests waiting on `freed`: without any, a place given back tells
+    /// nobody (no lock taken per closed connection).
+    waiting: AtomicUsize,
     /// Every pool drawing on the budget, to find idle connections to close.
     pools: Mutex<Vec<Weak<Shared>>>,
 }
@@ -116,6 +119,7 @@ impl ConnectionBudget {
             counter: Arc::new(Counter {
                 open: AtomicUsize::new(0),
                 freed: tokio::sync::Notify::new(),
+                waiting: AtomicUsize::new(0),
                 pools: Mutex::new(Vec::new()),
             }),
         }
@@ -123,9 +127,11 @@ impl ConnectionBudget {
 
     /// A place for one more connection, if there is one.
     fn take(&self) -> Option<BudgetSlot> {
+        // SeqCst with `waiting` (see `BudgetSlot::drop`): a place given back
+        // is either seen here or announced to a waiter.
         self.counter
             .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
                 (open < self.max).then_some(open + 1)
             })
             .ok()
@@ -137,6 +143,9 @@ impl ConnectionBudget {
     /// connection is in use. A few rounds at most: another request may take a
     /// place freed for this one.
     async fn take_or_make_room(&self) -> Option<BudgetSlot> {
+        // Places given back are announced only while someone waits here.
+        self.counter.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.counter);
         for _ in 0..4 {
             let freed = self.counter.freed.notified();
             tokio::pin!(freed);
@@ -149,28 +158,40 @@ impl ConnectionBudget {
             // outside every lock: hyper then closes the connection and its
             // task gives the place back.
             drop(self.oldest_idle()?);
-            if tokio::time::timeout(FREED_WAIT, freed).await.is_err() {
-                return self.take();
-            }
+            // Its task runs on its own thread; a stalled one only costs this
+            // round.
+            let _ = tokio::time::timeout(FREED_WAIT, freed).await;
         }
         self.take()
     }
 
-    /// Removes the connection idle longest from whichever pool holds it.
+    /// Removes the connection idle longest that can be closed at once, from
+    /// whichever pool holds it: open, and its last exchange over (one still
+    /// sending a request body would give its place back only when the upload
+    /// ends). Closed ones met on the way are dropped: their places are
+    /// already given back.
     fn oldest_idle(&self) -> Option<SendRequest<Body>> {
+        /// Where the oldest closable connection of a pool is, pruning closed ones.
+        fn oldest(idle: &mut Idle) -> Option<(usize, Instant)> {
+            idle.conns.retain(|c| !c.sender.is_closed());
+            idle.conns
+                .iter()
+                .position(|c| c.sender.is_ready())
+                .map(|at| (at, idle.conns[at].since))
+        }
         let live: Vec<Arc<Shared>> = lock(&self.counter.pools)
             .iter()
             .filter_map(Weak::upgrade)
             .collect();
-        let oldest = live
+        let pool = live
             .iter()
-            .filter_map(|pool| Some((pool.idle().conns.first()?.since, pool)))
+            .filter_map(|pool| Some((oldest(&mut pool.idle())?.1, pool)))
             .min_by_key(|(since, _)| *since)?
             .1;
-        let mut idle = oldest.idle();
-        // Another request may have taken it meanwhile: then none is closed
-        // this round, and the caller's next round looks again.
-        (!idle.conns.is_empty()).then(|| idle.conns.remove(0).sender)
+        let mut idle = pool.idle();
+        // Looked at again: another request may have taken it meanwhile.
+        let (at, _) = oldest(&mut idle)?;
+        Some(idle.conns.remove(at).sender)
     }
 
     /// A place for a connection already counted, for as long as it outlives
@@ -217,10 +238,22 @@ struct BudgetSlot(Arc<Counter>);
 
 impl Drop for BudgetSlot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-        // Once per connection, not per request: with nobody waiting, an
-        // uncontended lock and an atomic add.
-        self.0.freed.notify_waiters();
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        // A waiter counts itself before it looks at `open`: either it sees
+        // this place, or this sees it waiting.
+        if self.0.waiting.load(Ordering::SeqCst) > 0 {
+            self.0.freed.notify_waiters();
+        }
+    }
+}
+
+/// A request's turn in [`ConnectionBudget::take_or_make_room`], ended when
+/// dropped (however the wait ends).
+struct Waiting<'a>(&'a Counter);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -998,6 +1031,34 @@ mod tests {
         // The first response is whole.
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes().len(), 1 << 20);
         assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+    }
+
+    /// An idle connection still sending a request body (the upstream
+    /// answered early) would give its place back only when the upload ends:
+    /// the one closed to make room is the oldest that can close at once.
+    #[tokio::test]
+    async fn a_connection_still_uploading_is_not_the_one_closed_to_make_room() {
+        let up = upstream(Script::KeepAlive).await;
+        let budget = ConnectionBudget::new(2);
+        let one = pool_in(&up.target, Duration::from_secs(30), budget.clone());
+        let other = pool_in(&up.target, Duration::from_secs(30), budget.clone());
+        let upload = Request::builder()
+            .method("POST")
+            .uri("/upload")
+            .header("host", "upstream")
+            .body(Body::from_stream(futures_util::stream::pending::<
+                Result<Bytes, std::io::Error>,
+            >()))
+            .unwrap();
+        let res = one.send(upload, Instant::now()).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(get_ok(&one).await, "ok");
+        assert_eq!((one.idle_count(), budget.open()), (2, 2));
+        let started = Instant::now();
+        assert_eq!(get_ok(&other).await, "ok", "served, not Busy");
+        assert!(started.elapsed() < FREED_WAIT, "{:?}", started.elapsed());
+        assert_eq!(one.idle_count(), 1, "the upload's connection is left alone");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 3);
     }
 
     /// After a `101` hyper's part of the connection ends and gives its place

@@ -128,7 +128,14 @@ async fn create_file(path: &Path) -> StoreResult<()> {
     let io_error =
         |what: &str, e: std::io::Error| StoreError::Unavailable(format!("{what} {}: {e}", path.display()));
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        tokio::fs::create_dir_all(parent)
+        // Folders made here are the owner's only (as for the key file beside
+        // the database, `gateway::keys`).
+        let mut folders = tokio::fs::DirBuilder::new();
+        folders.recursive(true);
+        #[cfg(unix)]
+        folders.mode(0o700);
+        folders
+            .create(parent)
             .await
             .map_err(|e| io_error("cannot create the directory of", e))?;
     }
@@ -868,6 +875,9 @@ mod tests {
             use std::os::unix::fs::PermissionsExt as _;
             let meta = std::fs::metadata(dir.path().join("data/portcullis.db")).unwrap();
             assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+            // The folder the store made for it is the owner's only too.
+            let meta = std::fs::metadata(dir.path().join("data")).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o700);
         }
     }
 
