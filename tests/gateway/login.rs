@@ -197,7 +197,7 @@ async fn login_form_needs_csrf_and_same_origin() {
         &[("sec-fetch-site", "same-site")],
     ] {
         let res = gw
-            .post_login(&client, &csrf, "alice", ALICE.password, "/", &headers)
+            .post_login(&client, &csrf, "alice", ALICE.password, "/", headers)
             .await;
         assert_eq!(res.status(), 403, "{headers:?}");
         assert!(set_cookie(&res, "portcullis_session").is_none());
