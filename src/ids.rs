@@ -39,6 +39,26 @@ pub fn is_user_key(s: &str) -> bool {
                 .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')))
 }
 
+/// True for the characters a name shown to people (a login, a display name,
+/// a group, a security key's or a device's name) may not hold: control
+/// characters and the invisible ones (zero-width, bidirectional overrides,
+/// soft hyphen, byte order mark) that make two different names look alike
+/// in the console and the logs (`alice\u{200B}`, `\u{202E}ecila`).
+pub fn is_hidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
 /// The answer to a malformed id: the not-found answer its route gives.
 fn not_found(param: &str) -> Response {
     let code = if param == "transactionId" {
@@ -101,5 +121,13 @@ mod tests {
         assert!(!is_user_key("alice\n"));
         assert!(!is_user_key("alice\u{2028}"));
         assert!(!is_user_key(&"a@".repeat(200)));
+    }
+
+    #[test]
+    fn names_may_not_hide_characters() {
+        for c in ['\n', '\u{200B}', '\u{202E}', '\u{2066}', '\u{FEFF}', '\u{00AD}'] {
+            assert!(is_hidden_char(c), "{c:?}");
+        }
+        assert!(!"Zoë's key 🔑 (Ünïcode)".chars().any(is_hidden_char));
     }
 }

@@ -319,19 +319,15 @@ fn origin(st: &AppState, parts: &Parts) -> String {
     } else {
         "http"
     };
+    // Only a plain host and port: the value goes into `Link` headers and
+    // `_links`, where `>`, `;` or `"` would forge another entry.
     let authority = parts
         .uri
         .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| st.config.admin.listen.to_string());
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .filter(|a| crate::context::is_plain_authority(a))
+        .map_or_else(|| st.config.admin.listen.to_string(), str::to_owned);
     format!("{scheme}://{authority}")
 }
 

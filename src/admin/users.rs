@@ -269,25 +269,6 @@ fn login_exists() -> Response {
 const MAX_GROUPS: usize = 100;
 const MAX_GROUP_NAME: usize = 255;
 
-/// A character that should not be in a login, a name or a group: control
-/// characters and the invisible ones (zero-width, bidirectional overrides,
-/// soft hyphen, byte order mark) that make two different names look alike
-/// in the console and the logs (`alice\u{200B}`, `\u{202E}ecila`).
-fn hidden(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{00AD}'
-                | '\u{061C}'
-                | '\u{180E}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{2069}'
-                | '\u{FEFF}'
-        )
-}
-
 /// Checks a profile object and returns it normalized (trimmed strings,
 /// `null`s dropped) with its login. `base` is the profile being updated
 /// (partial updates merge into it); `None` for a full profile.
@@ -314,7 +295,9 @@ pub(crate) fn check_profile(given: &Value, base: Option<&Value>) -> Result<(Stri
     let mut out = Map::new();
     let text = |k: &str, v: &Value, min: usize, max: usize, causes: &mut Vec<String>| -> Option<String> {
         match v.as_str().map(str::trim) {
-            Some(t) if (min..=max).contains(&t.chars().count()) && !t.chars().any(hidden) => {
+            Some(t)
+                if (min..=max).contains(&t.chars().count()) && !t.chars().any(crate::ids::is_hidden_char) =>
+            {
                 Some(t.to_owned())
             }
             Some(_) => {
@@ -386,7 +369,7 @@ pub(crate) fn check_profile(given: &Value, base: Option<&Value>) -> Result<(Stri
                     && groups.iter().all(|g| {
                         g.as_str().is_some_and(|g| {
                             let g = g.trim();
-                            !g.is_empty() && g.chars().count() <= MAX_GROUP_NAME && !g.chars().any(hidden)
+                            !g.is_empty() && g.chars().count() <= MAX_GROUP_NAME && !g.chars().any(crate::ids::is_hidden_char)
                         })
                     }) =>
             {

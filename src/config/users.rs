@@ -212,10 +212,13 @@ fn file_user(cx: &mut Ctx<'_>, i: usize, raw: RawUser) -> Option<FileUser> {
                 MAX_LOGIN_BYTES
             ),
         );
-    } else if username.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    } else if username
+        .chars()
+        .any(|c| c.is_whitespace() || crate::ids::is_hidden_char(c))
+    {
         cx.error(
             k("username"),
-            format!("must not contain whitespace or control characters (got {username:?})"),
+            format!("must not contain whitespace, control or invisible characters (got {username:?})"),
         );
     }
     let password_hash = raw.password.unwrap_or_default();
@@ -482,7 +485,8 @@ mod tests {
                  [[users]]\nusername = \"dave\"\npassword = \"{good}\"\ntotp = {{ secret = \"JBSWY3DPEHPK3\" }}\n\
                  [[users]]\nusername = \"erin\"\npassword = \"{good}\"\ntotp = {{ secret = \"not base32!\" }}\n\
                  [[users]]\nusername = \"frank\"\npasword = \"{good}\"\n\
-                 [[users]]\npassword = \"{good}\"\n"
+                 [[users]]\npassword = \"{good}\"\n\
+                 [[users]]\nusername = \"\u{202E}ecila\"\npassword = \"{good}\"\n"
             ),
         );
         let errs = errors(&text);
@@ -503,6 +507,12 @@ mod tests {
         );
         assert_has(&errs, "users.file", "users[3].password: is not a PHC string");
         assert_has(&errs, "users.file", "users[3].phone: must be E.164");
+        // Looks like `alice` reversed in a console, is something else.
+        assert_has(
+            &errs,
+            "users.file",
+            "users[8].username: must not contain whitespace, control or invisible",
+        );
         assert_has(&errs, "users.file", "users[3].email: is not an e-mail address");
         assert_has(
             &errs,

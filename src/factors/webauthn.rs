@@ -421,7 +421,7 @@ pub fn name_of(profile: &Value) -> Result<String, EnrollError> {
         .unwrap_or("")
         .trim();
     let name = if raw.is_empty() { "Security key" } else { raw };
-    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(crate::ids::is_hidden_char) {
         return Err(EnrollError::Invalid(format!(
             "profile.authenticatorName: at most {MAX_NAME_CHARS} printable characters"
         )));
@@ -1031,6 +1031,21 @@ mod tests {
 
     fn ip() -> IpAddr {
         ADDR.parse().unwrap()
+    }
+
+    #[test]
+    fn key_names_are_printable_and_show_what_they_are() {
+        assert_eq!(
+            name_of(&json!({ "authenticatorName": " Zoë's key " })).unwrap(),
+            "Zoë's key"
+        );
+        assert_eq!(name_of(&json!({})).unwrap(), "Security key");
+        for hidden in ["a\nb", "\u{202E}yek-nimda", "admin\u{200B}-key"] {
+            assert!(
+                name_of(&json!({ "authenticatorName": hidden })).is_err(),
+                "{hidden:?}"
+            );
+        }
     }
 
     async fn gateway(uv: &str, max_failures: u32) -> (Gateway, ManualClock) {

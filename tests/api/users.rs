@@ -340,6 +340,28 @@ async fn users_page_by_id_with_link_headers() {
     }
     assert_eq!(seen, want, "every user once, in id order");
     assert_eq!(pages, 4);
+    // The links name the listener as the caller reached it, but only by a plain
+    // host and port: a `Host` that would forge another `Link` entry is not used.
+    let hostile = gw
+        .client()
+        .get(gw.admin_url("/api/v1/users?limit=2"))
+        .header("authorization", format!("SSWS {TOKEN}"))
+        .header("host", "x>;rel=\"next\",<https://evil.example/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hostile.status(), 200);
+    let links: Vec<String> = hostile
+        .headers()
+        .get_all("link")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(links.len(), 2, "self and next: {links:?}");
+    for link in &links {
+        assert!(!link.contains("evil"), "{links:?}");
+        assert_eq!(link.matches('<').count(), 1, "one entry: {links:?}");
+    }
     // Users-file users are listed too, marked by nothing but their read-only answers.
     for limit in ["0", "201", "x"] {
         admin(&gw, Method::GET, &format!("/api/v1/users?limit={limit}"), None)
