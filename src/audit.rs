@@ -53,6 +53,8 @@ pub struct RawEvent {
 static SENDERS: RwLock<Vec<mpsc::Sender<RawEvent>>> = RwLock::new(Vec::new());
 /// Events dropped because the channel was full (or the store refused them).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Writers whose loop has not ended (see [`finish`]).
+static RUNNING: AtomicU64 = AtomicU64::new(0);
 
 /// Hands an event to the writers without waiting; counts it as dropped when
 /// a queue is full.
@@ -136,7 +138,32 @@ pub fn start(store: SharedStore, retention: Duration) -> tokio::task::AbortHandl
     senders.retain(|tx| !tx.is_closed());
     senders.push(tx);
     drop(senders);
-    tokio::spawn(write_loop(store, rx, retention)).abort_handle()
+    RUNNING.fetch_add(1, Ordering::SeqCst);
+    tokio::spawn(async move {
+        /// Counts the writer out however its task ends (done or aborted).
+        struct Running;
+        impl Drop for Running {
+            fn drop(&mut self) {
+                RUNNING.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _running = Running;
+        write_loop(store, rx, retention).await;
+    })
+    .abort_handle()
+}
+
+/// Lets the writers write what they were given and end, waiting up to
+/// `within`: for a process about to exit (a `users` command, `store
+/// rotate-key`, the end of `serve`), whose events would otherwise go with
+/// its aborted tasks. Events emitted afterwards are logged only.
+pub async fn finish(within: Duration) {
+    // Closing the channels: each writer drains its queue, then ends.
+    SENDERS.write().unwrap_or_else(|p| p.into_inner()).clear();
+    let deadline = tokio::time::Instant::now() + within;
+    while RUNNING.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn write_loop(store: SharedStore, mut rx: mpsc::Receiver<RawEvent>, retention: Duration) {

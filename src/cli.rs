@@ -157,10 +157,41 @@ pub fn main() -> ExitCode {
 
 /// Loads a config, printing every problem to stderr; `None` when invalid.
 fn load(path: &Path) -> Option<LoadedConfig> {
-    match config::load_file(path) {
+    report(path, config::load_file(path), true)
+}
+
+/// Loads a config for a command that manages the store (`users`, `store`).
+/// It signs no cookie and serves no API, so the session secret and the admin
+/// tokens may be missing from its environment (a root shell without the
+/// service's `secrets.env`): stand-ins are used for their default variables.
+/// The store key is not stood in for: it must be the real one. Warnings
+/// belong to `check-config` and `serve`, and are not repeated here.
+fn load_for_tool(path: &Path) -> Option<LoadedConfig> {
+    use base64::Engine;
+    use config::defaults::{ADMIN_TOKEN_ENV, SESSION_SECRET_ENV};
+    let stand_in = base64::engine::general_purpose::STANDARD.encode(crate::crypto::random_bytes(32));
+    let env = |name: &str| {
+        std::env::var(name).ok().or_else(|| {
+            [SESSION_SECRET_ENV, ADMIN_TOKEN_ENV]
+                .contains(&name)
+                .then(|| stand_in.clone())
+        })
+    };
+    report(path, config::load_file_with_env(path, &env), false)
+}
+
+/// A loaded config, or its problems printed to stderr.
+fn report(
+    path: &Path,
+    loaded: Result<LoadedConfig, config::ConfigError>,
+    warnings: bool,
+) -> Option<LoadedConfig> {
+    match loaded {
         Ok(loaded) => {
-            for w in &loaded.warnings {
-                eprintln!("warning: {w}");
+            if warnings {
+                for w in &loaded.warnings {
+                    eprintln!("warning: {w}");
+                }
             }
             Some(loaded)
         }
@@ -294,6 +325,8 @@ pub async fn run(
         return ExitCode::FAILURE;
     }
     let _ = admin.await;
+    // The last requests' audit events reach the store before the writer stops.
+    crate::audit::finish(std::time::Duration::from_secs(2)).await;
     live.gateway().stop();
     tracing::info!("stopped");
     // Access lines are written in batches; none may be lost on the way out.
@@ -351,10 +384,12 @@ fn hash_password() -> ExitCode {
 /// `store rotate-key`: re-seals every factor secret not under the first key.
 async fn rotate_key(path: &Path) -> ExitCode {
     use crate::sealing::{self, KeyCheckError, Sealer};
-    let Some(loaded) = load(path) else {
+    let Some(loaded) = load_for_tool(path) else {
         return ExitCode::from(EXIT_CONFIG);
     };
     let cfg = loaded.config;
+    // Its audit event goes to the log and, below, to the store.
+    crate::telemetry::init_cli(&cfg.log);
     let sealer = match Sealer::new(&cfg.store.encryption_keys) {
         Ok(s) => s,
         Err(e) => {
@@ -382,9 +417,12 @@ async fn rotate_key(path: &Path) -> ExitCode {
         }
     }
     let key_id = sealer.current_key_id();
+    let writer = crate::audit::start(store.clone(), cfg.audit.retention);
     match sealing::rotate(store.as_ref(), &sealer).await {
         Ok(n) => {
             crate::audit!("store.key_rotated", key_id = %key_id, resealed = n, actor = %"cli");
+            crate::audit::finish(std::time::Duration::from_secs(5)).await;
+            writer.abort();
             println!("re-sealed {n} factor secret(s) under key id {key_id}");
             ExitCode::SUCCESS
         }

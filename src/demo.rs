@@ -158,6 +158,10 @@ impl Drop for DemoDir {
 /// chooses another one (both are held at once: the same address twice is
 /// refused too).
 fn check_ports(listen: SocketAddr, admin: SocketAddr) -> Result<(), ExitCode> {
+    if listen == admin {
+        eprintln!("error: --admin-listen must differ from --listen (both {listen})");
+        return Err(ExitCode::from(crate::cli::EXIT_CONFIG));
+    }
     let mut held = Vec::new();
     for (addr, option) in [(listen, "--listen"), (admin, "--admin-listen")] {
         match std::net::TcpListener::bind(addr) {

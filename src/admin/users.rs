@@ -571,7 +571,7 @@ impl std::fmt::Display for UserOpError {
             UserOpError::LoginTaken(s) => write!(f, "the login already exists (source: {})", s.as_str()),
             UserOpError::FactorNotFound => f.write_str("the user has no factor with that id"),
             UserOpError::FactorReadOnly => f.write_str(
-                "the factor is provisioned by the users file (totp_secret): remove it there",
+                "the factor is provisioned by the users file (its `totp` entry): remove it there",
             ),
             UserOpError::Invalid(causes) => f.write_str(&causes.join("; ")),
             UserOpError::Unavailable(e) => write!(f, "the store: {e}"),

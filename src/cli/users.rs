@@ -18,7 +18,7 @@ use std::sync::Arc;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::{EXIT_CONFIG, load};
+use super::{EXIT_CONFIG, load_for_tool};
 use crate::admin::users::{self as ops, Actor, Source, Subject, UserOpError};
 use crate::gateway::Gateway;
 use crate::state::AppState;
@@ -54,6 +54,7 @@ pub enum UsersCommand {
         /// No password (the user cannot sign in with one).
         #[arg(long)]
         no_password: bool,
+        /// E-mail address (for e-mail codes; a login that is an address is its own).
         #[arg(long)]
         email: Option<String>,
         /// First name.
@@ -117,7 +118,7 @@ impl UsersCommand {
 
 /// Runs a `users` command.
 pub fn run(runtime: &tokio::runtime::Runtime, command: UsersCommand) -> ExitCode {
-    let Some(loaded) = load(command.config()) else {
+    let Some(loaded) = load_for_tool(command.config()) else {
         return ExitCode::from(EXIT_CONFIG);
     };
     let config = loaded.config;
@@ -147,7 +148,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, command: UsersCommand) -> ExitCode
     // A command prints warnings and errors of libraries only (no sqlx notices).
     crate::telemetry::init_cli(&config.log);
     runtime.block_on(async move {
-        let gateway = match Gateway::build(config).await {
+        let gateway = match Gateway::build_for_tool(config).await {
             Ok(g) => g,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -165,6 +166,8 @@ pub fn run(runtime: &tokio::runtime::Runtime, command: UsersCommand) -> ExitCode
             eprintln!("warning: the directory (users.ldap) did not answer: {e}; its users are missing here");
         }
         let code = execute(&st, command, password).await;
+        // The command's audit events reach the store before the writer stops.
+        crate::audit::finish(std::time::Duration::from_secs(5)).await;
         gateway.stop();
         crate::telemetry::flush();
         code
@@ -272,7 +275,9 @@ async fn execute(
                         "{}: {} factor(s) removed; their sessions ended{}",
                         s.login(),
                         reset.removed.len(),
-                        if st.config.users.enrollment == crate::config::Enrollment::FirstLogin {
+                        if reset.read_only > 0 {
+                            ""
+                        } else if st.config.users.enrollment == crate::config::Enrollment::FirstLogin {
                             "; they enroll again at the next sign-in"
                         } else {
                             "; users.enrollment = \"admin_only\": enroll a factor for them through the API"
@@ -280,7 +285,7 @@ async fn execute(
                     );
                     if reset.read_only > 0 {
                         println!(
-                            "{}: {} factor(s) from the users file (totp_secret) kept: remove them there",
+                            "{}: {} factor(s) from the users file (its `totp` entry) kept: remove them there",
                             s.login(),
                             reset.read_only
                         );
@@ -335,6 +340,12 @@ async fn describe(st: &AppState, s: &Subject) -> Result<Value, UserOpError> {
     let status = match s {
         Subject::Stored(r) => r.status.as_str(),
         Subject::File(_) => "ACTIVE",
+    };
+    // As the admin API shows it: an active user who is locked out.
+    let status = if status == "ACTIVE" && locked.is_some() {
+        "LOCKED_OUT"
+    } else {
+        status
     };
     Ok(json!({
         "login": s.login(),

@@ -121,6 +121,23 @@ fn postgres_url(cx: &mut Ctx<'_>, key: &str, text: &str) -> Secret {
                     key,
                     "must be a postgres:// or postgresql:// URL (value not shown)",
                 );
+            } else if let Some(text) = url.expose_str() {
+                // What the store will parse at start-up (a bad port, an unknown
+                // `sslmode`): found here, not when `serve` opens the store.
+                if let Err(e) = text.parse::<sqlx::postgres::PgConnectOptions>() {
+                    let reason = e.to_string();
+                    // The driver's words, unless they quote the URL.
+                    let reason = if reason.contains(text)
+                        || text
+                            .split([':', '@', '/'])
+                            .any(|p| p.len() > 3 && reason.contains(p))
+                    {
+                        "not a valid connection URL".to_owned()
+                    } else {
+                        reason
+                    };
+                    cx.error(key, format!("{reason} (value not shown)"));
+                }
             }
             url
         }
@@ -199,6 +216,15 @@ mod tests {
             "[store]\nkind = \"postgres\"\nurl = \"mysql://secret-password@db\"\n",
         ));
         assert_has(&errs, "store.url", "postgres://");
+        // What the store would refuse at start-up is refused here, secret kept.
+        for bad in [
+            "postgres://u:hunter2@db:99999/x",
+            "postgres://u:hunter2@db:5432/x?sslmode=bogus",
+        ] {
+            let errs = errors(&with(&format!("[store]\nkind = \"postgres\"\nurl = \"{bad}\"\n")));
+            assert_has(&errs, "store.url", "value not shown");
+            assert!(!errs.iter().any(|e| e.contains("hunter2")), "{errs:#?}");
+        }
         assert!(!errs.join("\n").contains("secret-password"));
         let env = |name: &str| match name {
             "DATABASE_URL" => Some("postgres://u:p@db/portcullis".to_owned()),

@@ -23,6 +23,20 @@ pub fn key_file_path(db: &Path) -> PathBuf {
 
 /// Fills in the default key when none is configured. Errors name the key file.
 pub fn resolve(store: &mut StoreConfig) -> Result<(), String> {
+    resolve_as(store, true)
+}
+
+/// [`resolve`] for a command that manages the store (`portcullis users`):
+/// an existing key file is read, none is created. Only the gateway makes the
+/// key, at its first start: a command run elsewhere (a root shell without the
+/// service's `PORTCULLIS_STORE_KEY`) must not leave a second key beside a
+/// database sealed with the first. Without one, sealed secrets stay closed
+/// and the key check says which key the database needs.
+pub fn resolve_existing(store: &mut StoreConfig) -> Result<(), String> {
+    resolve_as(store, false)
+}
+
+fn resolve_as(store: &mut StoreConfig, create: bool) -> Result<(), String> {
     if !store.encryption_keys.is_empty() {
         return Ok(());
     }
@@ -35,7 +49,9 @@ pub fn resolve(store: &mut StoreConfig) -> Result<(), String> {
         }
         StoreKind::Sqlite { path } => {
             let file = key_file_path(path);
-            store.encryption_keys = vec![read_or_create(&file)?];
+            if create || file.exists() {
+                store.encryption_keys = vec![read_or_create(&file)?];
+            }
         }
         StoreKind::Postgres { .. } => {
             tracing::warn!(

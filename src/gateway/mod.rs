@@ -65,6 +65,15 @@ impl Gateway {
         Self::build_with(config, crate::clock::system()).await
     }
 
+    /// Builds for a command that manages the store (`portcullis users`): as
+    /// [`Gateway::build`], but a missing key file is not created
+    /// ([`keys::resolve_existing`]).
+    pub async fn build_for_tool(mut config: Config) -> Result<Self, BuildError> {
+        keys::resolve_existing(&mut config.store).map_err(BuildError::Keys)?;
+        let store = crate::store::open(&config.store).await?;
+        Self::build_with_store(config, crate::clock::system(), store).await
+    }
+
     /// Builds with an explicit clock (tests).
     /// Without `store.encryption_keys`, the default key ([`keys::resolve`]).
     pub async fn build_with(mut config: Config, clock: SharedClock) -> Result<Self, BuildError> {

@@ -663,6 +663,26 @@ path = "{tmp}/portcullis.db"
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("carol: removed"), "{out}");
     assert!(audited_by_cli(&err, "admin.user.deleted"), "{err}");
+    // The commands' audit events are in the store, by the command line.
+    let res = gw
+        .client()
+        .get(gw.admin_url("/api/v1/logs?q=carol&limit=100"))
+        .header("authorization", "SSWS test-admin-token-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let events: serde_json::Value = res.json().await.unwrap();
+    for kind in ["user.lifecycle.create", "user.lifecycle.delete.completed"] {
+        assert!(
+            events
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["eventType"] == kind && e["actor"]["id"] == "cli"),
+            "no stored {kind} by the command line: {events:#}"
+        );
+    }
 
     // Unknown users: exit 2 and a clear message, for every command.
     for args in [
@@ -694,6 +714,51 @@ path = "{tmp}/portcullis.db"
     // Bad arguments are a usage error (64), not clap's 2.
     let (code, _, _) = users_cli(&["users", "frobnicate"], &config, None).await;
     assert_eq!(code, Some(64));
+}
+
+/// `portcullis users` manages the store: in a root shell without the
+/// service's secrets (the session secret, the admin token) it still runs, and
+/// it never makes a store key: only the gateway's first start does, so a
+/// command cannot leave a second key beside a database sealed with the first.
+#[tokio::test]
+async fn users_commands_need_no_service_secrets_and_make_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = good_config(dir.path(), free_port(), free_port(), "http://127.0.0.1:9")
+        .replace(
+            &format!("secrets = [\"{}\"]\n", crate::support::SESSION_SECRET),
+            "",
+        )
+        .replace("tokens = []", "tokens = [\"env:PORTCULLIS_ADMIN_TOKEN\"]")
+        .replace(
+            "kind = \"memory\"\nencryption_keys = []",
+            &format!(
+                "kind = \"sqlite\"\npath = {}",
+                toml_str(&dir.path().join("data/portcullis.db").display().to_string())
+            ),
+        );
+    assert!(!text.contains("secrets = ["), "{text}");
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        portcullis(&["users", "list", "--config", config.to_str().unwrap()])
+            .env_remove("PORTCULLIS_SESSION_SECRET")
+            .env_remove("PORTCULLIS_ADMIN_TOKEN")
+            .env_remove("PORTCULLIS_STORE_KEY")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("alice"), "{stdout}");
+    assert!(
+        !dir.path().join("data/portcullis.db.key").exists(),
+        "a command made a store key"
+    );
 }
 
 /// `portcullis users ...` prints libraries' warnings and errors only: no
