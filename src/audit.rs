@@ -53,8 +53,6 @@ pub struct RawEvent {
 static SENDERS: RwLock<Vec<mpsc::Sender<RawEvent>>> = RwLock::new(Vec::new());
 /// Events dropped because the channel was full (or the store refused them).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
-/// Writers whose loop has not ended (see [`finish`]).
-static RUNNING: AtomicU64 = AtomicU64::new(0);
 
 /// Hands an event to the writers without waiting; counts it as dropped when
 /// a queue is full.
@@ -129,40 +127,46 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Starts a writer on `store` and returns its task (aborting it stops the
-/// writer); events older than `retention` are purged.
-pub fn start(store: SharedStore, retention: Duration) -> tokio::task::AbortHandle {
+/// A running writer (see [`start`]).
+pub struct Writer {
+    /// Its channel's sender, as registered: to take it out again.
+    tx: mpsc::Sender<RawEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a writer on `store`; events older than `retention` are purged.
+pub fn start(store: SharedStore, retention: Duration) -> Writer {
     metrics::counter!("portcullis_audit_dropped_total").increment(0);
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut senders = SENDERS.write().unwrap_or_else(|p| p.into_inner());
     senders.retain(|tx| !tx.is_closed());
-    senders.push(tx);
+    senders.push(tx.clone());
     drop(senders);
-    RUNNING.fetch_add(1, Ordering::SeqCst);
-    tokio::spawn(async move {
-        /// Counts the writer out however its task ends (done or aborted).
-        struct Running;
-        impl Drop for Running {
-            fn drop(&mut self) {
-                RUNNING.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        let _running = Running;
-        write_loop(store, rx, retention).await;
-    })
-    .abort_handle()
+    Writer {
+        tx,
+        task: tokio::spawn(write_loop(store, rx, retention)),
+    }
 }
 
-/// Lets the writers write what they were given and end, waiting up to
-/// `within`: for a process about to exit (a `users` command, `store
-/// rotate-key`, the end of `serve`), whose events would otherwise go with
-/// its aborted tasks. Events emitted afterwards are logged only.
-pub async fn finish(within: Duration) {
-    // Closing the channels: each writer drains its queue, then ends.
-    SENDERS.write().unwrap_or_else(|p| p.into_inner()).clear();
-    let deadline = tokio::time::Instant::now() + within;
-    while RUNNING.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+impl Writer {
+    /// Stops the writer at once (queued events are lost).
+    pub fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.task.abort_handle()
+    }
+
+    /// Lets this writer store what it was given, then end, waiting up to
+    /// `within`: for a process about to exit (a `users` command, `store
+    /// rotate-key`, the end of `serve`), whose queued events would otherwise
+    /// go with its aborted task. Other writers in the process go on; events
+    /// emitted afterwards reach only them (and the log).
+    pub async fn finish(self, within: Duration) {
+        SENDERS
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|tx| !tx.same_channel(&self.tx));
+        // The last sender gone, the writer drains its queue and ends.
+        drop(self.tx);
+        let _ = tokio::time::timeout(within, self.task).await;
     }
 }
 

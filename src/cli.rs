@@ -326,7 +326,9 @@ pub async fn run(
     }
     let _ = admin.await;
     // The last requests' audit events reach the store before the writer stops.
-    crate::audit::finish(std::time::Duration::from_secs(2)).await;
+    live.gateway()
+        .finish_audit(std::time::Duration::from_secs(2))
+        .await;
     live.gateway().stop();
     tracing::info!("stopped");
     // Access lines are written in batches; none may be lost on the way out.
@@ -421,8 +423,7 @@ async fn rotate_key(path: &Path) -> ExitCode {
     match sealing::rotate(store.as_ref(), &sealer).await {
         Ok(n) => {
             crate::audit!("store.key_rotated", key_id = %key_id, resealed = n, actor = %"cli");
-            crate::audit::finish(std::time::Duration::from_secs(5)).await;
-            writer.abort();
+            writer.finish(std::time::Duration::from_secs(5)).await;
             println!("re-sealed {n} factor secret(s) under key id {key_id}");
             ExitCode::SUCCESS
         }

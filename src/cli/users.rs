@@ -167,7 +167,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, command: UsersCommand) -> ExitCode
         }
         let code = execute(&st, command, password).await;
         // The command's audit events reach the store before the writer stops.
-        crate::audit::finish(std::time::Duration::from_secs(5)).await;
+        gateway.finish_audit(std::time::Duration::from_secs(5)).await;
         gateway.stop();
         crate::telemetry::flush();
         code

@@ -51,6 +51,8 @@ pub struct Gateway {
     /// admin router this gateway hands out).
     admin_throttle: Arc<crate::admin::throttle::TokenThrottle>,
     background: Arc<Vec<tokio::task::AbortHandle>>,
+    /// The audit writer, to let it finish before the process exits.
+    audit: Arc<std::sync::Mutex<Option<crate::audit::Writer>>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -185,7 +187,8 @@ impl Gateway {
             directory,
         });
         // Audit events into the (shared) store, kept for `audit.retention`.
-        background.push(crate::audit::start(store.clone(), config.audit.retention));
+        let audit = crate::audit::start(store.clone(), config.audit.retention);
+        background.push(audit.abort_handle());
         // Revocations pushed by PostgreSQL (see `store::notify`): a revoked
         // session id is applied at once; a wake-up (also sent for an epoch
         // change) makes the refresher read the log now.
@@ -205,7 +208,17 @@ impl Gateway {
             proxy,
             admin_throttle: Arc::default(),
             background: Arc::new(background),
+            audit: Arc::new(std::sync::Mutex::new(Some(audit))),
         })
+    }
+
+    /// Lets this gateway's audit writer store the events it was given, up to
+    /// `within`, before the process exits (see [`crate::audit::Writer::finish`]).
+    pub async fn finish_audit(&self, within: std::time::Duration) {
+        let writer = self.audit.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = writer {
+            writer.finish(within).await;
+        }
     }
 
     /// The shared state.

@@ -68,8 +68,7 @@ pub fn same_origin(
     external: Option<&url::Url>,
     trusted: &[String],
 ) -> bool {
-    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    match fetch_site {
+    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
         // The browser vouches for it (scripts cannot set `Sec-Fetch-*`). Its
         // `Origin` may well be `null`: a page served with `Referrer-Policy:
         // no-referrer`, as every portal page is, posts its forms with
@@ -87,18 +86,6 @@ pub fn same_origin(
     let Some(origin) = headers.get(http::header::ORIGIN) else {
         return true;
     };
-    // Plain http on a host name that is not a secure context (not
-    // `localhost`): browsers send no `Sec-Fetch-Site` there, and a form on a
-    // `Referrer-Policy: no-referrer` page (every portal page, as SPEC asks)
-    // posts with `Origin: null`. Only on plain http, where a network attacker
-    // could forge anything anyway, is that taken, and the CSRF token (its
-    // cookie `SameSite=Strict`, never sent on a cross-site post) decides. Over
-    // https every current browser says `Sec-Fetch-Site`, so there `null`
-    // without it is refused.
-    let plain_http = ctx.scheme == "http" && external.is_none_or(|e| e.scheme() == "http");
-    if fetch_site.is_none() && plain_http && origin.as_bytes() == b"null" {
-        return true;
-    }
     let Some(origin) = origin.to_str().ok().and_then(origin_of) else {
         return false;
     };
@@ -171,16 +158,6 @@ mod tests {
         // Without the browser's word, or from another site, `null` is refused.
         h.remove("sec-fetch-site");
         assert!(!same_origin(&h, &ctx(), None, &[]));
-        // ... except on plain http, where browsers do not say `Sec-Fetch-Site`
-        // (the CSRF token decides there), unless the external URL is https.
-        let mut plain = ctx();
-        plain.scheme = "http";
-        assert!(same_origin(&h, &plain, None, &[]));
-        let https: url::Url = "https://app.example.com/".parse().unwrap();
-        assert!(!same_origin(&h, &plain, Some(&https), &[]));
-        h.insert("sec-fetch-site", HeaderValue::from_static("none"));
-        assert!(!same_origin(&h, &plain, None, &[]));
-        h.remove("sec-fetch-site");
         h.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
         assert!(!same_origin(&h, &ctx(), None, &[]));
         h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));

@@ -107,6 +107,20 @@ struct Counter {
     pools: Mutex<Vec<Weak<Shared>>>,
 }
 
+/// What [`ConnectionBudget::oldest_idle`] found.
+enum Found<T> {
+    /// The connection idle longest that can close at once, taken out of its pool.
+    Closable(T),
+    /// Idle connections whose last exchange hyper has not seen end yet.
+    NotYet,
+    /// No idle connection anywhere.
+    None,
+}
+
+/// How long a request waits, at most, before looking again at idle
+/// connections that were not closable yet (a place given back ends it early).
+const NOT_YET_WAIT: Duration = Duration::from_millis(5);
+
 /// How long a request waits for the place of an idle connection it closed:
 /// the connection's task (on its own serving thread) ends as soon as it sees
 /// its sender gone, so this is only reached when that thread is stalled.
@@ -154,13 +168,21 @@ impl ConnectionBudget {
             if let Some(slot) = self.take() {
                 return Some(slot);
             }
-            // None idle: every connection is in use. One that is, dropped
-            // outside every lock: hyper then closes the connection and its
-            // task gives the place back.
-            drop(self.oldest_idle()?);
-            // Its task runs on its own thread; a stalled one only costs this
-            // round.
-            let _ = tokio::time::timeout(FREED_WAIT, freed).await;
+            let wait = match self.oldest_idle() {
+                // Dropped outside every lock: hyper then closes the connection
+                // and its task (on its own thread) gives the place back.
+                Found::Closable(sender) => {
+                    drop(sender);
+                    FREED_WAIT
+                }
+                // Back in a pool, but hyper has yet to see its exchange end
+                // (or it is still sending a body): closable soon, or its place
+                // comes back when it ends.
+                Found::NotYet => NOT_YET_WAIT,
+                // Every connection is in use.
+                Found::None => return None,
+            };
+            let _ = tokio::time::timeout(wait, freed).await;
         }
         self.take()
     }
@@ -170,7 +192,7 @@ impl ConnectionBudget {
     /// sending a request body would give its place back only when the upload
     /// ends). Closed ones met on the way are dropped: their places are
     /// already given back.
-    fn oldest_idle(&self) -> Option<SendRequest<Body>> {
+    fn oldest_idle(&self) -> Found<SendRequest<Body>> {
         /// Where the oldest closable connection of a pool is, pruning closed ones.
         fn oldest(idle: &mut Idle) -> Option<(usize, Instant)> {
             idle.conns.retain(|c| !c.sender.is_closed());
@@ -183,15 +205,25 @@ impl ConnectionBudget {
             .iter()
             .filter_map(Weak::upgrade)
             .collect();
+        let mut not_yet = false;
         let pool = live
             .iter()
-            .filter_map(|pool| Some((oldest(&mut pool.idle())?.1, pool)))
-            .min_by_key(|(since, _)| *since)?
-            .1;
+            .filter_map(|pool| {
+                let mut idle = pool.idle();
+                let found = oldest(&mut idle);
+                not_yet |= found.is_none() && !idle.conns.is_empty();
+                Some((found?.1, pool))
+            })
+            .min_by_key(|(since, _)| *since);
+        let Some((_, pool)) = pool else {
+            return if not_yet { Found::NotYet } else { Found::None };
+        };
         let mut idle = pool.idle();
         // Looked at again: another request may have taken it meanwhile.
-        let (at, _) = oldest(&mut idle)?;
-        Some(idle.conns.remove(at).sender)
+        match oldest(&mut idle) {
+            Some((at, _)) => Found::Closable(idle.conns.remove(at).sender),
+            None => Found::NotYet,
+        }
     }
 
     /// A place for a connection already counted, for as long as it outlives

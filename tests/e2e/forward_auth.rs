@@ -49,9 +49,12 @@ async fn browser_through_nginx_forward_auth() {
         profile.path(),
         &[
             format!("--host-resolver-rules=MAP {APP} 127.0.0.1"),
-            // Plain http on a real host name, not a secure context: Chromium
-            // sends no `Sec-Fetch-Site` and (the portal's `Referrer-Policy:
-            // no-referrer`) `Origin: null` with the portal's forms.
+            // Plain http on a real host name is not a secure context, so
+            // Chromium would send no `Sec-Fetch-Site` and (the portal's
+            // `Referrer-Policy: no-referrer`) `Origin: null`, which the
+            // portal's cross-site check refuses. Behind TLS it is a secure
+            // context; this flag stands in for the certificate.
+            format!("--unsafely-treat-insecure-origin-as-secure={}", front.origin(APP)),
             "--disable-features=HttpsUpgrades".to_owned(),
         ],
     )
