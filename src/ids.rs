@@ -40,7 +40,7 @@ pub fn is_user_key(s: &str) -> bool {
 }
 
 /// True for the characters a name shown to people (a login, a display name,
-/// a group, a security key's or a device's name) may not hold: control
+/// a group; key and device names take [`is_hidden_in_label`]) may not hold: control
 /// characters and the invisible ones (zero-width, bidirectional overrides,
 /// soft hyphen, byte order mark) that make two different names look alike
 /// in the console and the logs (`alice\u{200B}`, `\u{202E}ecila`).
@@ -53,7 +53,7 @@ pub fn is_hidden_char(c: char) -> bool {
                 | '\u{061C}'
                 | '\u{115F}'
                 | '\u{1160}'
-                | '\u{180B}'..='\u{180F}'
+                | '\u{180E}'
                 | '\u{200B}'..='\u{200F}'
                 | '\u{2028}'..='\u{202E}'
                 | '\u{2060}'..='\u{2064}'
@@ -64,6 +64,13 @@ pub fn is_hidden_char(c: char) -> bool {
                 | '\u{FFF9}'..='\u{FFFB}'
                 | '\u{E0000}'..='\u{E007F}'
         )
+}
+
+/// [`is_hidden_char`] for a label a user chooses for a security key or a
+/// device: the zero-width joiner and non-joiner are let through there (emoji
+/// sequences such as 🧑‍💻, Persian and Indic text).
+pub fn is_hidden_in_label(c: char) -> bool {
+    is_hidden_char(c) && !matches!(c, '\u{200C}' | '\u{200D}')
 }
 
 /// The answer to a malformed id: the not-found answer its route gives.
@@ -146,5 +153,7 @@ mod tests {
             assert!(is_hidden_char(c), "{c:?}");
         }
         assert!(!"Zoë's key 🔑 (Ünïcode)".chars().any(is_hidden_char));
+        assert!(!"🧑\u{200D}💻 می\u{200C}خواهم".chars().any(is_hidden_in_label));
+        assert!("\u{202E}yek".chars().any(is_hidden_in_label));
     }
 }

@@ -139,11 +139,13 @@ mod tests {
         assert_has(&errs, "session.idle_timeout", "greater than zero");
         assert_has(&errs, "server.header_read_timeout", "greater than zero");
         assert_has(&errs, "regulation.window", "greater than zero");
-        // Zero is meaningful for these.
-        let loaded = ok(&with(
-            "[server]\nshutdown_timeout = \"0s\"\n[session]\nrevocation_check = \"0s\"\n",
-        ));
+        // Zero is meaningful for this one.
+        let loaded = ok(&with("[server]\nshutdown_timeout = \"0s\"\n"));
         assert_eq!(loaded.config.server.shutdown_timeout, Duration::ZERO);
+        // Not for this one: a view of revocations never fresh (every protected
+        // route 503) and refreshed without pause.
+        let errs = errors(&with("[session]\nrevocation_check = \"0s\"\n"));
+        assert_has(&errs, "session.revocation_check", "greater than zero");
         let errs = errors(&with("[session]\nlifetime = \"8 hours\"\n"));
         assert_has(&errs, "session.lifetime", "invalid duration");
     }

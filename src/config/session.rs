@@ -74,13 +74,14 @@ pub(super) fn convert_session(cx: &mut Ctx<'_>, raw: RawSession) -> SessionConfi
             "is longer than session.lifetime, so it never applies",
         );
     }
-    // Zero is meaningful: consult the store on every request.
+    // Not zero: each replica reads the revocation log every half of it, and
+    // a view older than it fails protected routes closed (503).
     let revocation_check = duration(
         cx,
         "session.revocation_check",
         raw.revocation_check,
         defaults::REVOCATION_CHECK_SECS,
-        true,
+        false,
     );
     let domain = match raw.domain.as_deref().map(str::trim) {
         None | Some("") => None,

@@ -269,12 +269,16 @@ impl Enforcer {
         let (decision, requirement) = match &state {
             SessionState::Unavailable => return Err(StoreUnavailable),
             SessionState::Valid(s) => evaluation.decide(Some((&s.claims, &s.user.groups)), now),
-            // Without a usable session, a protected route's answer is a sign-in,
-            // which needs the store: while it is out of reach (the same
-            // staleness that fails sessions closed) the answer is 503 for
-            // everyone, not a challenge that cannot be completed.
-            _ if !self.revocations.is_fresh(Instant::now()) => return Err(StoreUnavailable),
-            _ => evaluation.decide(None, now),
+            _ => match evaluation.decide(None, now) {
+                // Without a usable session the answer is a sign-in, which needs
+                // the store: while it is out of reach (the staleness that fails
+                // sessions closed) that is 503 for everyone, not a challenge
+                // that cannot be completed. A refusal needs no store.
+                (Decision::Challenge { .. }, _) if !self.revocations.is_fresh(Instant::now()) => {
+                    return Err(StoreUnavailable);
+                }
+                decided => decided,
+            },
         };
         self.policy.count(&requirement, decision);
         Ok((decision, state))
@@ -828,6 +832,40 @@ groups = ["admins"]
     async fn body(res: Response<Body>) -> String {
         let b = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
         String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    /// With the store out of reach longer than `revocation_check` (here:
+    /// the refresher stopped), a sign-in cannot be completed, so a protected
+    /// route answers 503 without a session as with one; a route every reading
+    /// of which refuses still answers 403, and a bypass route still passes.
+    #[tokio::test]
+    async fn a_stale_view_fails_challenges_closed_but_not_refusals() {
+        let text = CONFIG.replace(
+            "[[rules]]\npath = \"^/public$\"",
+            "[[rules]]\npath = \"^/closed\"\npolicy = \"deny\"\n[[rules]]\npath = \"^/public$\"",
+        );
+        let text = text.replacen("[session]\n", "[session]\nrevocation_check = \"1s\"\n", 1);
+        assert!(
+            text.contains("revocation_check = \"1s\"") && text.contains("^/closed"),
+            "{text}"
+        );
+        let loaded = crate::config::load_str(&text, &|_| None).expect("config");
+        let gw = Gateway::build(loaded.config).await.expect("gateway");
+        let app = axum::Router::new()
+            .route("/admin", get(|| async { "admin" }))
+            .route("/closed", get(|| async { "closed" }))
+            .route("/public", get(|| async { "public" }))
+            .layer(gw.mfa_layer());
+        let status = |path: &'static str| {
+            let app = app.clone();
+            async move { app.oneshot(req(path, None)).await.unwrap().status() }
+        };
+        assert_eq!(status("/admin").await, StatusCode::UNAUTHORIZED);
+        gw.stop();
+        tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+        assert_eq!(status("/admin").await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status("/closed").await, StatusCode::FORBIDDEN);
+        assert_eq!(status("/public").await, StatusCode::OK);
     }
 
     /// The gateway's path trusts `route` to have normalized the target; a

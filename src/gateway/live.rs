@@ -148,9 +148,7 @@ impl Live {
         let old_config = old.gateway.state().config.clone();
         let (config, needs_restart) = keep_restart_settings(&old_config, loaded.config);
         let tls = [config.server.tls.clone(), config.admin.tls.clone()];
-        let store = old.gateway.state().store.clone();
-        let clock = old.gateway.state().clock.clone();
-        let gateway = match Gateway::build_with_store(config, clock, store).await {
+        let gateway = match old.gateway.rebuild(config).await {
             Ok(g) => g,
             Err(e) => return ReloadOutcome::Refused(vec![e.to_string()]),
         };

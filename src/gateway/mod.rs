@@ -90,6 +90,26 @@ impl Gateway {
         clock: SharedClock,
         store: SharedStore,
     ) -> Result<Self, BuildError> {
+        let budget = crate::proxy::ConnectionBudget::new(config.server.max_connections);
+        Self::build_parts(config, clock, store, budget).await
+    }
+
+    /// The gateway that replaces `self` on a reload: the same store, clock
+    /// and upstream connection budget (`server.max_connections` takes a
+    /// restart), so the old gateway's open connections and WebSocket
+    /// tunnels stay counted while they live.
+    pub async fn rebuild(&self, config: Config) -> Result<Self, BuildError> {
+        let st = self.state();
+        let (clock, store) = (st.clock.clone(), st.store.clone());
+        Self::build_parts(config, clock, store, self.proxy.upstream_budget()).await
+    }
+
+    async fn build_parts(
+        config: Config,
+        clock: SharedClock,
+        store: SharedStore,
+        budget: crate::proxy::ConnectionBudget,
+    ) -> Result<Self, BuildError> {
         crate::metrics::install();
         crate::factors::register_metrics(&config.factors);
         let config = Arc::new(config);
@@ -136,7 +156,7 @@ impl Gateway {
             upstreams: config.upstreams.clone(),
             identity: config.identity_headers.clone(),
             gateway_cookies: config.session.gateway_cookie_names(),
-            upstream_connections: crate::proxy::ConnectionBudget::new(config.server.max_connections),
+            upstream_connections: budget,
             tunnel_idle_timeout: config.server.idle_timeout,
         })
         .map_err(|e| BuildError::Proxy(e.to_string()))?;
@@ -187,8 +207,9 @@ impl Gateway {
             directory,
         });
         // Audit events into the (shared) store, kept for `audit.retention`.
+        // Kept apart from `background`: a retired gateway's writer stores
+        // what it was given before it ends (see `retire`).
         let audit = crate::audit::start(store.clone(), config.audit.retention);
-        background.push(audit.abort_handle());
         // Revocations pushed by PostgreSQL (see `store::notify`): a revoked
         // session id is applied at once; a wake-up (also sent for an epoch
         // change) makes the refresher read the log now.
@@ -215,8 +236,7 @@ impl Gateway {
     /// Lets this gateway's audit writer store the events it was given, up to
     /// `within`, before the process exits (see [`crate::audit::Writer::finish`]).
     pub async fn finish_audit(&self, within: std::time::Duration) {
-        let writer = self.audit.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(writer) = writer {
+        if let Some(writer) = self.take_audit() {
             writer.finish(within).await;
         }
     }
@@ -251,18 +271,30 @@ impl Gateway {
         )
     }
 
-    /// Stops background tasks (also done when the last clone is dropped).
+    /// Stops background tasks, the audit writer with them (see
+    /// [`Gateway::finish_audit`] to let it store its queue first).
     pub fn stop(&self) {
         for h in self.background.iter() {
             h.abort();
         }
+        if let Some(writer) = self.take_audit() {
+            writer.abort_handle().abort();
+        }
     }
 
     /// Stops background tasks and retires the policy's decision counters:
-    /// a reload replaced this gateway.
+    /// a reload replaced this gateway. Its audit writer first stores the
+    /// events it was given (on its own, up to 5 s), as a reload loses none.
     pub fn retire(&self) {
+        if let Some(writer) = self.take_audit() {
+            tokio::spawn(writer.finish(std::time::Duration::from_secs(5)));
+        }
         self.stop();
         self.state.enforcer.policy.retire_counters();
+    }
+
+    fn take_audit(&self) -> Option<crate::audit::Writer> {
+        self.audit.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -397,4 +429,50 @@ fn spawn_refresher(
         }
     })
     .abort_handle()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+default_policy = "one_factor"
+[server]
+max_connections = 7
+[[upstreams]]
+name = "app"
+url = "http://127.0.0.1:9"
+[session]
+secrets = ["0123456789abcdef0123456789abcdef"]
+[store]
+kind = "memory"
+encryption_keys = []
+[factors.totp]
+enabled = false
+[factors.recovery_codes]
+enabled = false
+"#;
+
+    /// The old gateway's upstream connections and WebSocket tunnels live on
+    /// after a reload: the new gateway counts against the same budget, or the
+    /// process could hold `max_connections` more sockets after each reload.
+    #[tokio::test]
+    async fn a_reload_keeps_the_upstream_connection_budget() {
+        let config = || crate::config::load_str(CONFIG, &|_| None).expect("config").config;
+        let old = Gateway::build(config()).await.expect("gateway");
+        let reloaded = old.rebuild(config()).await.expect("rebuilt");
+        assert!(
+            reloaded
+                .proxy
+                .upstream_budget()
+                .same_as(&old.proxy.upstream_budget())
+        );
+        let another = Gateway::build(config()).await.expect("gateway");
+        assert!(
+            !another
+                .proxy
+                .upstream_budget()
+                .same_as(&old.proxy.upstream_budget())
+        );
+    }
 }

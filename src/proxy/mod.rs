@@ -270,6 +270,11 @@ impl Proxy {
         Self::new(self.inner.settings.clone())
     }
 
+    /// The process-wide budget of upstream connections this proxy draws on.
+    pub fn upstream_budget(&self) -> ConnectionBudget {
+        self.inner.settings.upstream_connections.clone()
+    }
+
     /// True when there is no upstream at all (a gateway that only answers
     /// forward-auth checks).
     pub fn forwards_nothing(&self) -> bool {
