@@ -753,6 +753,18 @@ mod tests {
             .unwrap()
     }
 
+    /// A POST whose body never ends (the upstream answers without reading it).
+    fn endless_upload() -> Request<Body> {
+        Request::builder()
+            .method("POST")
+            .uri("/upload")
+            .header("host", "upstream")
+            .body(Body::from_stream(futures_util::stream::pending::<
+                Result<Bytes, std::io::Error>,
+            >()))
+            .unwrap()
+    }
+
     async fn get_ok(pool: &Pool) -> Bytes {
         let res = pool.send(get(), Instant::now()).await.expect("a response");
         assert_eq!(res.status(), StatusCode::OK);
@@ -927,14 +939,7 @@ mod tests {
         // never ends: the response is over, the connection is not.
         let up = upstream(Script::KeepAlive).await;
         let pool = pool(&up.target, Duration::from_secs(30));
-        let upload = Request::builder()
-            .method("POST")
-            .uri("/upload")
-            .header("host", "upstream")
-            .body(Body::from_stream(futures_util::stream::pending::<
-                Result<Bytes, std::io::Error>,
-            >()))
-            .unwrap();
+        let upload = endless_upload();
         let res = pool.send(upload, Instant::now()).await.unwrap();
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
         // The next request goes out on another connection at once.
@@ -1079,14 +1084,7 @@ mod tests {
         let budget = ConnectionBudget::new(2);
         let one = pool_in(&up.target, Duration::from_secs(30), budget.clone());
         let other = pool_in(&up.target, Duration::from_secs(30), budget.clone());
-        let upload = Request::builder()
-            .method("POST")
-            .uri("/upload")
-            .header("host", "upstream")
-            .body(Body::from_stream(futures_util::stream::pending::<
-                Result<Bytes, std::io::Error>,
-            >()))
-            .unwrap();
+        let upload = endless_upload();
         let res = one.send(upload, Instant::now()).await.unwrap();
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(get_ok(&one).await, "ok");
