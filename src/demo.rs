@@ -160,7 +160,8 @@ impl Drop for DemoDir {
 fn check_ports(listen: SocketAddr, admin: SocketAddr) -> Result<(), ExitCode> {
     if listen == admin {
         eprintln!("error: --admin-listen must differ from --listen (both {listen})");
-        return Err(ExitCode::from(crate::cli::EXIT_CONFIG));
+        // EX_USAGE, as for any bad argument (the command line's `EXIT_CONFIG`).
+        return Err(ExitCode::from(64));
     }
     let mut held = Vec::new();
     for (addr, option) in [(listen, "--listen"), (admin, "--admin-listen")] {

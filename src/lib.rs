@@ -35,6 +35,7 @@ pub mod ldap_escape;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
+pub mod names;
 pub mod pages;
 pub mod passwords;
 pub mod policy;

@@ -296,7 +296,8 @@ pub(crate) fn check_profile(given: &Value, base: Option<&Value>) -> Result<(Stri
     let text = |k: &str, v: &Value, min: usize, max: usize, causes: &mut Vec<String>| -> Option<String> {
         match v.as_str().map(str::trim) {
             Some(t)
-                if (min..=max).contains(&t.chars().count()) && !t.chars().any(crate::ids::is_hidden_char) =>
+                if (min..=max).contains(&t.chars().count())
+                    && !t.chars().any(crate::names::is_hidden_char) =>
             {
                 Some(t.to_owned())
             }
@@ -369,7 +370,7 @@ pub(crate) fn check_profile(given: &Value, base: Option<&Value>) -> Result<(Stri
                     && groups.iter().all(|g| {
                         g.as_str().is_some_and(|g| {
                             let g = g.trim();
-                            !g.is_empty() && g.chars().count() <= MAX_GROUP_NAME && !g.chars().any(crate::ids::is_hidden_char)
+                            !g.is_empty() && g.chars().count() <= MAX_GROUP_NAME && !g.chars().any(crate::names::is_hidden_char)
                         })
                     }) =>
             {

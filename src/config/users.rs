@@ -214,7 +214,7 @@ fn file_user(cx: &mut Ctx<'_>, i: usize, raw: RawUser) -> Option<FileUser> {
         );
     } else if username
         .chars()
-        .any(|c| c.is_whitespace() || crate::ids::is_hidden_char(c))
+        .any(|c| c.is_whitespace() || crate::names::is_hidden_char(c))
     {
         cx.error(
             k("username"),

@@ -185,7 +185,7 @@ impl From<StoreError> for DeviceError {
 }
 
 fn printable(s: &str) -> bool {
-    !s.chars().any(crate::ids::is_hidden_in_label)
+    !s.chars().any(crate::names::is_hidden_in_label)
 }
 
 /// Pairs a device: checks the fields, consumes the activation token and

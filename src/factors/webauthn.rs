@@ -421,7 +421,7 @@ pub fn name_of(profile: &Value) -> Result<String, EnrollError> {
         .unwrap_or("")
         .trim();
     let name = if raw.is_empty() { "Security key" } else { raw };
-    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(crate::ids::is_hidden_in_label) {
+    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(crate::names::is_hidden_in_label) {
         return Err(EnrollError::Invalid(format!(
             "profile.authenticatorName: at most {MAX_NAME_CHARS} printable characters"
         )));
