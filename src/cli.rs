@@ -243,6 +243,15 @@ pub fn paths_summary(case_insensitive: bool) -> String {
 }
 
 async fn serve_file(path: &Path) -> ExitCode {
+    // A `SIGHUP` (`systemctl reload`, a renewal hook) that comes while the
+    // gateway is still starting would end the process by default, and
+    // systemd does not restart one ended by it. Handled from here on (tokio
+    // keeps a handler for the process's life): one that comes before the
+    // reload handler listens is let go, the configuration just read is current.
+    #[cfg(unix)]
+    if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        eprintln!("warning: cannot handle SIGHUP ({e}): a reload while starting would end the process");
+    }
     let Some(loaded) = load(path) else {
         return ExitCode::from(EXIT_CONFIG);
     };

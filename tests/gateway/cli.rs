@@ -826,3 +826,57 @@ async fn users_commands_print_no_library_info_lines() {
         }
     }
 }
+
+/// A `SIGHUP` (`systemctl reload`, a certificate renewal hook) while the
+/// gateway is still starting (here: waiting for a store that accepts
+/// connections and never answers) does not end the process: systemd would
+/// not restart one ended by `SIGHUP`.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_sighup_while_starting_does_not_end_the_process() {
+    // A "database" that takes connections and says nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let store = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let text = good_config(dir.path(), free_port(), free_port(), "http://127.0.0.1:9").replace(
+        "kind = \"memory\"\nencryption_keys = []",
+        &format!(
+            "kind = \"postgres\"\nurl = \"postgres://portcullis@{store}/portcullis\"\nencryption_keys = []"
+        ),
+    );
+    assert!(text.contains("postgres://"), "{text}");
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = Reap(
+        portcullis(&["serve", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Well into start-up: the store does not answer.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(child.0.try_wait().unwrap().is_none(), "ended before the signal");
+    let pid = child.0.id().to_string();
+    let sent = tokio::task::spawn_blocking(move || Command::new("kill").args(["-HUP", &pid]).status())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sent.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = child.0.try_wait().unwrap();
+    {
+        use std::os::unix::process::ExitStatusExt as _;
+        assert!(
+            status.is_none_or(|s| s.signal().is_none()),
+            "ended by the signal: {status:?}"
+        );
+    }
+    held.abort();
+}
