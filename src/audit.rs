@@ -150,8 +150,8 @@ pub fn start(store: SharedStore, retention: Duration) -> Writer {
 
 impl Writer {
     /// Stops the writer at once (queued events are lost).
-    pub fn abort_handle(&self) -> tokio::task::AbortHandle {
-        self.task.abort_handle()
+    pub fn abort(self) {
+        self.task.abort();
     }
 
     /// Lets this writer store what it was given, then end, waiting up to

@@ -19,14 +19,8 @@ pub(super) fn convert_upstreams(
     value: Option<toml::Value>,
     may_be_empty: bool,
 ) -> Option<Vec<UpstreamConfig>> {
-    let Some(value) = value else {
-        if may_be_empty {
-            return Some(Vec::new());
-        }
-        cx.error("upstreams", NONE);
-        return None;
-    };
-    let items = array_section::<RawUpstream>(cx, "upstreams", Some(value))?;
+    // Absent reads as empty.
+    let items = array_section::<RawUpstream>(cx, "upstreams", value)?;
     if items.is_empty() {
         if may_be_empty {
             return Some(Vec::new());

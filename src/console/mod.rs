@@ -173,6 +173,29 @@ pub fn admit(st: &AppState, headers: &HeaderMap, here: &str) -> Result<ConsoleAd
     admit_as(st, headers, here, StatusCode::FOUND)
 }
 
+/// Sends a browser on to the portal's `page` (with its query so far, `?` or
+/// `...&`) and back to `here` (a console path below the prefix) afterwards,
+/// with `status`; another client gets 401 (`E0000011`) saying `cause`, as on
+/// any protected route.
+fn send_on(
+    st: &AppState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    page: &str,
+    here: &str,
+    cause: &str,
+) -> Box<Response> {
+    let prefix = &st.config.portal.prefix;
+    if !crate::enforce::is_browser(headers) {
+        return Box::new(crate::enforce::api_challenge(prefix, cause));
+    }
+    let back = format!("{prefix}{here}");
+    Box::new(crate::enforce::redirect(
+        status,
+        &format!("{prefix}/{page}rd={}", enc(&back)),
+    ))
+}
+
 /// [`admit`], sending browsers on with `status` (303 after a form's POST).
 fn admit_as(
     st: &AppState,
@@ -180,18 +203,7 @@ fn admit_as(
     here: &str,
     status: StatusCode,
 ) -> Result<ConsoleAdmin, Box<Response>> {
-    let prefix = &st.config.portal.prefix;
-    let back = format!("{prefix}{here}");
-    let send_on = |page: &str, cause: &str| {
-        if crate::enforce::is_browser(headers) {
-            Box::new(crate::enforce::redirect(
-                status,
-                &format!("{prefix}/{page}rd={}", enc(&back)),
-            ))
-        } else {
-            Box::new(crate::enforce::api_challenge(prefix, cause))
-        }
-    };
+    let send_on = |page: &str, cause: &str| send_on(st, headers, status, page, here, cause);
     let s = match st.enforcer.session(headers) {
         SessionState::Valid(s) => s,
         SessionState::Unavailable => {
@@ -241,18 +253,14 @@ pub fn admit_change(
     }
     let admin = admit_as(st, headers, back, StatusCode::SEE_OTHER)?;
     if !admin.fresh(st) {
-        let prefix = &st.config.portal.prefix;
-        if !crate::enforce::is_browser(headers) {
-            return Err(Box::new(crate::enforce::api_challenge(
-                prefix,
-                "a recent second factor is required",
-            )));
-        }
-        let rd = format!("{prefix}{back}");
-        return Err(Box::new(see_other(&format!(
-            "{prefix}/mfa?fresh=1&rd={}",
-            enc(&rd)
-        ))));
+        return Err(send_on(
+            st,
+            headers,
+            StatusCode::SEE_OTHER,
+            "mfa?fresh=1&",
+            back,
+            "a recent second factor is required",
+        ));
     }
     Ok(admin)
 }

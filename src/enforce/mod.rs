@@ -842,7 +842,7 @@ groups = ["admins"]
     async fn a_stale_view_fails_challenges_closed_but_not_refusals() {
         let text = CONFIG.replace(
             "[[rules]]\npath = \"^/public$\"",
-            "[[rules]]\npath = \"^/closed\"\npolicy = \"deny\"\n[[rules]]\npath = \"^/public$\"",
+            "[[rules]]\npath = \"^/closed$\"\npolicy = \"deny\"\n[[rules]]\npath = \"^/public$\"",
         );
         let text = text.replacen("[session]\n", "[session]\nrevocation_check = \"1s\"\n", 1);
         assert!(
@@ -865,6 +865,9 @@ groups = ["admins"]
         tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
         assert_eq!(status("/admin").await, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(status("/closed").await, StatusCode::FORBIDDEN);
+        // `/closed/` is read both as itself (the default: a session) and
+        // without its trailing `/` (denied): a refusal, which needs no store.
+        assert_eq!(status("/closed/").await, StatusCode::FORBIDDEN);
         assert_eq!(status("/public").await, StatusCode::OK);
     }
 

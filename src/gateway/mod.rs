@@ -70,16 +70,23 @@ impl Gateway {
     /// Builds for a command that manages the store (`portcullis users`): as
     /// [`Gateway::build`], but a missing key file is not created
     /// ([`keys::resolve_existing`]).
-    pub async fn build_for_tool(mut config: Config) -> Result<Self, BuildError> {
-        keys::resolve_existing(&mut config.store).map_err(BuildError::Keys)?;
-        let store = crate::store::open(&config.store).await?;
-        Self::build_with_store(config, crate::clock::system(), store).await
+    pub async fn build_for_tool(config: Config) -> Result<Self, BuildError> {
+        Self::open_and_build(config, crate::clock::system(), keys::resolve_existing).await
     }
 
     /// Builds with an explicit clock (tests).
     /// Without `store.encryption_keys`, the default key ([`keys::resolve`]).
-    pub async fn build_with(mut config: Config, clock: SharedClock) -> Result<Self, BuildError> {
-        keys::resolve(&mut config.store).map_err(BuildError::Keys)?;
+    pub async fn build_with(config: Config, clock: SharedClock) -> Result<Self, BuildError> {
+        Self::open_and_build(config, clock, keys::resolve).await
+    }
+
+    /// Fills in the store key (`resolve`), opens the store, builds on it.
+    async fn open_and_build(
+        mut config: Config,
+        clock: SharedClock,
+        resolve: fn(&mut crate::config::StoreConfig) -> Result<(), String>,
+    ) -> Result<Self, BuildError> {
+        resolve(&mut config.store).map_err(BuildError::Keys)?;
         let store = crate::store::open(&config.store).await?;
         Self::build_with_store(config, clock, store).await
     }
@@ -278,7 +285,7 @@ impl Gateway {
             h.abort();
         }
         if let Some(writer) = self.take_audit() {
-            writer.abort_handle().abort();
+            writer.abort();
         }
     }
 

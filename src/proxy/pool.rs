@@ -227,7 +227,8 @@ impl ConnectionBudget {
     }
 
     /// True when both count the same connections (one process-wide budget).
-    pub fn same_as(&self, other: &Self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.counter, &other.counter)
     }
 
