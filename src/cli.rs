@@ -308,6 +308,17 @@ pub async fn run(
     tracing::info!(main = %format!("{main_scheme}://{main_addr}"), admin = %format!("{admin_scheme}://{admin_addr}"), "portcullis listening");
     let reloadable = config_path.is_some();
     let live = crate::gateway::Live::new(gateway, config_path);
+    live.follow_trusted_proxies(
+        [
+            &main_opts.per_address,
+            &main_opts.handshakes_per_address,
+            &admin_opts.per_address,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect(),
+    );
     #[cfg(unix)]
     if reloadable {
         live.reload_on_sighup();

@@ -81,6 +81,31 @@ pub fn derive_key(secret: &Secret, purpose: &str) -> Secret {
     Secret::new(hmac_sha256(secret.expose(), label.as_bytes()).to_vec())
 }
 
+/// The keys for one purpose derived from every configured session secret:
+/// new values are MACed under the first, values already handed out are
+/// accepted under any. Prepending a secret (a rotation, then a reload) so
+/// keeps forms already open, codes already sent and pushes already started
+/// working, as sessions do.
+#[derive(Debug, Clone, Default)]
+pub struct KeyRing(Vec<Secret>);
+
+impl KeyRing {
+    /// One key per secret, in order, for `purpose` (see [`derive_key`]).
+    pub fn derive(secrets: &[Secret], purpose: &str) -> Self {
+        Self(secrets.iter().map(|s| derive_key(s, purpose)).collect())
+    }
+
+    /// The key new values are made under (empty without secrets).
+    pub fn first(&self) -> &[u8] {
+        self.0.first().map_or(&[], |k| k.expose())
+    }
+
+    /// Every key, the first first.
+    pub fn all(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.iter().map(Secret::expose)
+    }
+}
+
 /// An HMAC-SHA256 key with its padded key blocks already hashed: a tag then
 /// costs the message's blocks and one more, not two more for the key (the
 /// session cookie is verified on every signed-in request).

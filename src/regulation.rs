@@ -21,7 +21,8 @@
 
 use std::net::IpAddr;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::clock::{SharedClock, UnixTime};
 use crate::config::RegulationConfig;
@@ -63,6 +64,103 @@ pub struct Regulator {
     subject_key: Secret,
     /// Unauthenticated sign-in transactions per address (this process).
     transactions: Arc<AddressLimiter>,
+    /// Attempts at one subject's secret, one at a time (see [`Regulator::one_at_a_time`]).
+    attempts: Arc<OneAtATime>,
+}
+
+/// Runs password attempts that share a key (a subject and an address
+/// bucket) one after the other in this process.
+///
+/// A password attempt reads the locks, checks the password, then counts a
+/// failure: without this, a burst from one address (HTTP/2 streams, many
+/// connections) would have every attempt read "not blocked" before the first
+/// failure was counted, and `max_password_failures` would allow as many
+/// guesses as the burst held. Keyed by address too, so strangers elsewhere
+/// never queue a user's own sign-in behind theirs; past [`MAX_WAITING`]
+/// attempts on one key the next is refused at once (counted like a blocked
+/// one). Second-factor codes need no queue: their attempt is counted before
+/// it is checked ([`Regulator::factor_attempt`]).
+#[derive(Debug, Default)]
+pub struct OneAtATime {
+    turns: Mutex<HashMap<String, Waiting>>,
+}
+
+/// Attempts running or waiting on one key, waiting ones included.
+#[derive(Debug, Default)]
+struct Waiting {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    attempts: usize,
+}
+
+/// Attempts one key may have running or waiting at once.
+pub const MAX_WAITING: usize = 8;
+
+/// One attempt's place on its key, taken back when dropped (also when the
+/// attempt is dropped while it waits).
+#[derive(Debug)]
+struct Place {
+    owner: Arc<OneAtATime>,
+    key: String,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut turns = self.owner.turns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = turns.get_mut(&self.key) {
+            w.attempts = w.attempts.saturating_sub(1);
+            if w.attempts == 0 {
+                turns.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// One attempt's turn; the next waiting attempt goes on when it is dropped.
+#[derive(Debug)]
+pub struct Turn {
+    // Released before the place is given back (fields drop in order).
+    _held: tokio::sync::OwnedMutexGuard<()>,
+    _place: Place,
+}
+
+impl OneAtATime {
+    /// Waits until no other attempt for `key` runs here; `None` (at once)
+    /// when [`MAX_WAITING`] attempts already run or wait on it.
+    pub async fn turn(self: &Arc<Self>, key: String) -> Option<Turn> {
+        let lock = {
+            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            let w = turns.entry(key.clone()).or_default();
+            if w.attempts >= MAX_WAITING {
+                return None;
+            }
+            w.attempts += 1;
+            w.lock.clone()
+        };
+        let place = Place {
+            owner: self.clone(),
+            key,
+        };
+        let held = lock.lock_owned().await;
+        Some(Turn {
+            _held: held,
+            _place: place,
+        })
+    }
+
+    /// Keys with an attempt running or waiting.
+    pub fn keys(&self) -> usize {
+        self.turns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// A second-factor attempt that may be checked: it was counted toward the
+/// user's lock before the check (see [`Regulator::factor_attempt`]).
+#[derive(Debug)]
+pub struct FactorAttempt {
+    /// The user's count with this attempt (second factor); `None` for a
+    /// first factor (counted like a password, after the check).
+    counted: Option<u32>,
+    _turn: Option<Turn>,
 }
 
 /// Whether a sign-in attempt may be checked at all.
@@ -78,6 +176,10 @@ pub enum Blocked {
 
 fn user_lock(uid: &str) -> String {
     format!("lock:user:{uid}")
+}
+/// The count of a user's wrong second-factor codes.
+fn mfa_key(uid: &str) -> String {
+    format!("mfa:{uid}")
 }
 /// Set beside the user's lock when wrong second-factor codes locked the user:
 /// a correct password may then be told to wait (it proved who is asking) on
@@ -111,13 +213,135 @@ impl Regulator {
             clock,
             subject_key: Secret::default(),
             transactions,
+            attempts: Arc::default(),
         }
+    }
+
+    /// Waits for the turn of a password attempt for `subject` (a user id,
+    /// or an unknown login's [`Self::anonymous_subject`]) from `addr`:
+    /// attempts of one subject from one address run one at a time in this
+    /// process, so each sees the failures counted before it ([`OneAtATime`]).
+    /// `None` when too many wait already: refuse the attempt.
+    pub async fn password_turn(&self, subject: &str, addr: IpAddr) -> Option<Turn> {
+        let key = format!("{subject}:{}", address_bucket(addr));
+        self.attempts.turn(key).await
+    }
+
+    /// Waits for the turn of an operation on `uid`'s factors that reads
+    /// them and then changes them (removing one, activating a first one), so
+    /// two at once cannot both act on what the other is about to change.
+    /// `None` when too many wait already.
+    pub async fn factor_change_turn(&self, uid: &str) -> Option<Turn> {
+        self.attempts.turn(format!("factors:{uid}")).await
+    }
+
+    /// Takes one attempt at a guessable second factor (a TOTP code, a
+    /// recovery code) of `uid` before it is checked. As a second factor the
+    /// attempt is counted toward the user's lock first, so however many
+    /// arrive at once (on any replica) at most `max_factor_failures` are
+    /// checked per window; `None` when the user is locked or this attempt is
+    /// past the limit (then the user is locked). Report the outcome with
+    /// [`Self::factor_attempt_failed`] or [`Self::factor_attempt_succeeded`].
+    /// As a first factor ([`as_first_factor`]) it is counted like a
+    /// password: attempts from one address take turns.
+    pub async fn factor_attempt(&self, uid: &str, addr: IpAddr) -> StoreResult<Option<FactorAttempt>> {
+        if counting_first_factor() {
+            let Some(turn) = self.password_turn(uid, addr).await else {
+                let why = Blocked::Client(self.clock.now());
+                self.password_refused(Some(uid), uid, addr, why).await?;
+                return Ok(None);
+            };
+            if self.possession_blocked(uid, addr).await? {
+                return Ok(None);
+            }
+            return Ok(Some(FactorAttempt {
+                counted: None,
+                _turn: Some(turn),
+            }));
+        }
+        if self.user_locked(uid).await?.is_some() {
+            return Ok(None);
+        }
+        let now = self.clock.now();
+        let key = CounterKey::for_user(mfa_key(uid), uid);
+        let n = self
+            .store
+            .record_failure(&key, Self::secs(self.cfg.window), now)
+            .await?;
+        if n > self.cfg.max_factor_failures {
+            // A burst past the limit: the user is locked (the attempt that
+            // reached the limit locks too, once it is known to be wrong).
+            self.lock_user_for_factors(uid).await?;
+            return Ok(None);
+        }
+        Ok(Some(FactorAttempt {
+            counted: Some(n),
+            _turn: None,
+        }))
+    }
+
+    /// The attempt was wrong: counts it for the address (and, as a first
+    /// factor, like a wrong password); true if it locked the user.
+    pub async fn factor_attempt_failed(
+        &self,
+        attempt: FactorAttempt,
+        uid: &str,
+        addr: IpAddr,
+    ) -> StoreResult<bool> {
+        let Some(n) = attempt.counted else {
+            return self.password_failed(Some(uid), uid, addr).await;
+        };
+        let now = self.clock.now();
+        let ip = CounterKey::anonymous(ip_key(&address_bucket(addr)));
+        if self
+            .store
+            .record_failure(&ip, Self::secs(self.cfg.window), now)
+            .await?
+            >= self.cfg.max_failures_per_ip
+        {
+            self.store.lock(&ip, now + Self::secs(self.cfg.lockout)).await?;
+        }
+        if n >= self.cfg.max_factor_failures {
+            self.lock_user_for_factors(uid).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The attempt was right: it takes back the failure it was counted as.
+    pub async fn factor_attempt_succeeded(&self, attempt: FactorAttempt, uid: &str) -> StoreResult<()> {
+        if attempt.counted.is_some() {
+            self.store.forgive_failure(&mfa_key(uid)).await?;
+        }
+        Ok(())
+    }
+
+    async fn lock_user_for_factors(&self, uid: &str) -> StoreResult<()> {
+        let until = self.clock.now() + Self::secs(self.cfg.lockout);
+        self.store
+            .lock(&CounterKey::for_user(user_lock(uid), uid), until)
+            .await?;
+        self.store
+            .lock(&CounterKey::for_user(factor_lock(uid), uid), until)
+            .await
     }
 
     /// Sets the key of [`Self::anonymous_subject`]. Replicas sharing a store
     /// must share it (the gateway derives it from the first session secret).
     pub fn with_subject_key(mut self, key: Secret) -> Self {
         self.subject_key = key;
+        self
+    }
+
+    /// Keeps counting where `old` (the regulator a reload replaces) left
+    /// off: sign-in transactions per address (when the limit is unchanged; a
+    /// new limit starts a new count), and attempts taking turns.
+    pub fn carrying_counts_of(mut self, old: &Regulator) -> Self {
+        if old.cfg.max_transactions_per_ip_per_minute == self.cfg.max_transactions_per_ip_per_minute {
+            self.transactions = old.transactions.clone();
+        }
+        // Attempts in flight in the old gateway still take turns with new ones.
+        self.attempts = old.attempts.clone();
         self
     }
 
@@ -316,14 +540,9 @@ impl Regulator {
         if self.store.record_failure(&ip, window, now).await? >= self.cfg.max_failures_per_ip {
             self.store.lock(&ip, until).await?;
         }
-        let key = CounterKey::for_user(format!("mfa:{uid}"), uid);
+        let key = CounterKey::for_user(mfa_key(uid), uid);
         if self.store.record_failure(&key, window, now).await? >= self.cfg.max_factor_failures {
-            self.store
-                .lock(&CounterKey::for_user(user_lock(uid), uid), until)
-                .await?;
-            self.store
-                .lock(&CounterKey::for_user(factor_lock(uid), uid), until)
-                .await?;
+            self.lock_user_for_factors(uid).await?;
             return Ok(true);
         }
         Ok(false)
@@ -389,6 +608,76 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// Attempts in flight at once: each is counted before it is checked,
+    /// so only `max_factor_failures` of them are checked at all.
+    #[tokio::test]
+    async fn factor_attempts_are_counted_before_they_are_checked() {
+        let clock = ManualClock::new(1_000);
+        let r = regulator(&clock);
+        let mut in_flight = Vec::new();
+        for _ in 0..10 {
+            in_flight.push(r.factor_attempt("u1", ip("192.0.2.1")).await.unwrap());
+        }
+        assert_eq!(in_flight.iter().filter(|a| a.is_some()).count(), 3);
+        assert!(
+            r.user_locked("u1").await.unwrap().is_some(),
+            "the burst locked the user"
+        );
+        assert!(
+            r.factor_attempt("u2", ip("192.0.2.1")).await.unwrap().is_some(),
+            "per user"
+        );
+    }
+
+    /// A right code gives back the failure it was counted as: a user who
+    /// signs in often is never locked by it; wrong ones still lock.
+    #[tokio::test]
+    async fn a_right_attempt_takes_its_count_back() {
+        let clock = ManualClock::new(1_000);
+        let r = regulator(&clock);
+        for _ in 0..10 {
+            let a = r.factor_attempt("u1", ip("192.0.2.1")).await.unwrap().unwrap();
+            r.factor_attempt_succeeded(a, "u1").await.unwrap();
+        }
+        assert!(r.user_locked("u1").await.unwrap().is_none());
+        for i in 0..3 {
+            let a = r.factor_attempt("u1", ip("192.0.2.1")).await.unwrap().unwrap();
+            assert_eq!(
+                r.factor_attempt_failed(a, "u1", ip("192.0.2.1")).await.unwrap(),
+                i == 2
+            );
+        }
+        assert!(r.factor_attempt("u1", ip("192.0.2.1")).await.unwrap().is_none());
+    }
+
+    /// At most `MAX_WAITING` attempts run or wait on one key; one given up
+    /// while it waits gives its place back, and the table empties.
+    #[tokio::test]
+    async fn turns_are_capped_and_given_back_by_attempts_given_up() {
+        let q = Arc::new(OneAtATime::default());
+        let first = q.turn("k".into()).await.unwrap();
+        let waiting: Vec<_> = (1..MAX_WAITING)
+            .map(|_| {
+                let q = q.clone();
+                tokio::spawn(async move { q.turn("k".into()).await.is_some() })
+            })
+            .collect();
+        while q.turns.lock().unwrap().get("k").map_or(0, |w| w.attempts) < MAX_WAITING {
+            tokio::task::yield_now().await;
+        }
+        assert!(q.turn("k".into()).await.is_none(), "one too many");
+        assert!(q.turn("other".into()).await.is_some(), "per key");
+        let mut waiting = waiting.into_iter();
+        let next = waiting.next().unwrap();
+        for w in waiting {
+            w.abort();
+            assert!(w.await.unwrap_err().is_cancelled());
+        }
+        drop(first);
+        assert!(next.await.unwrap(), "the next one went on");
+        assert_eq!(q.keys(), 0, "nothing left behind");
     }
 
     #[tokio::test]

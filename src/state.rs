@@ -17,7 +17,6 @@ use crate::enforce::Enforcer;
 use crate::passwords::PasswordPool;
 use crate::regulation::Regulator;
 use crate::sealing::Sealer;
-use crate::secret::Secret;
 use crate::session::revocation::RevocationView;
 use crate::store::SharedStore;
 use crate::users::SharedUsers;
@@ -45,8 +44,8 @@ pub struct AppState {
     pub handles: Handles,
     pub enforcer: Arc<Enforcer>,
     pub passwords: PasswordPool,
-    /// Key for CSRF tokens (derived from the first session secret).
-    pub csrf_key: Secret,
+    /// Keys for CSRF tokens (one per session secret; the first issues).
+    pub csrf_key: crate::crypto::KeyRing,
     /// `[users.ldap]`: the directory users sign in against, if configured.
     pub directory: Option<Arc<crate::users::ldap::LdapDirectory>>,
 }

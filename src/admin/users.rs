@@ -741,14 +741,23 @@ pub async fn reset_factors(
 ) -> Result<(Subject, FactorReset), UserOpError> {
     let s = find_subject(st, key).await?;
     let user = s.user();
-    let all = factors::list(st, &user).await.map_err(unavailable_op)?;
+    let mut all = factors::list(st, &user).await.map_err(unavailable_op)?;
+    if let Some(id) = factor {
+        match all.iter().find(|f| f.record.id == id) {
+            Some(f) if f.from_config => return Err(UserOpError::FactorReadOnly),
+            Some(_) => {}
+            None => return Err(UserOpError::FactorNotFound),
+        }
+    }
+    // Sessions end first, then the factors are read again: a session of the
+    // user's (perhaps an attacker's) cannot add a factor the reset misses.
+    end_sessions_op(st, s.id()).await?;
+    if factor.is_none() {
+        all = factors::list(st, &user).await.map_err(unavailable_op)?;
+    }
     let mut reset = FactorReset::default();
     let chosen: Vec<&factors::Factor> = match factor {
-        Some(id) => match all.iter().find(|f| f.record.id == id) {
-            Some(f) if f.from_config => return Err(UserOpError::FactorReadOnly),
-            Some(f) => vec![f],
-            None => return Err(UserOpError::FactorNotFound),
-        },
+        Some(id) => all.iter().filter(|f| f.record.id == id).collect(),
         None => {
             reset.read_only = all.iter().filter(|f| f.from_config).count();
             all.iter().filter(|f| !f.from_config).collect()
@@ -764,7 +773,7 @@ pub async fn reset_factors(
         )
         .await
         {
-            Ok(()) | Err(factors::RemoveError::NotFound) => reset.removed.push(f.record.id.clone()),
+            Ok(_) | Err(factors::RemoveError::NotFound) => reset.removed.push(f.record.id.clone()),
             Err(factors::RemoveError::ReadOnly) => reset.read_only += 1,
             Err(factors::RemoveError::LastFactor) => {
                 return Err(UserOpError::Unavailable("the last factor was kept".into()));
@@ -774,8 +783,6 @@ pub async fn reset_factors(
             }
         }
     }
-    // Pending factors do not move the epoch when removed; a reset always ends sessions.
-    end_sessions_op(st, s.id()).await?;
     audit!("user.factors.reset", user = %s.login(), user_id = %s.id(), removed = reset.removed.len(), factor_id = factor, actor = %actor, token = actor.token());
     Ok((s, reset))
 }

@@ -614,8 +614,8 @@ pub(crate) async fn delete(st: &Handles, scope: &Scope, id: &str) -> Response {
     } else {
         factors::Remover::User
     };
-    match factors::remove_by(st, &scope.user, id, scope.actor, by).await {
-        Ok(()) => {}
+    let moved = match factors::remove_by(st, &scope.user, id, scope.actor, by).await {
+        Ok(moved) => moved,
         Err(factors::RemoveError::NotFound) => return not_found(),
         Err(factors::RemoveError::ReadOnly) => {
             return ApiError::new(ErrorCode::E0000006)
@@ -628,7 +628,11 @@ pub(crate) async fn delete(st: &Handles, scope: &Scope, id: &str) -> Response {
                 .into_response();
         }
         Err(factors::RemoveError::Unavailable) => return unavailable("removing a factor failed"),
-    }
+    };
     audit!("factor.removed.api", user = %scope.user.username, factor_id = %id, actor = %scope.actor, token = scope.token);
-    StatusCode::NO_CONTENT.into_response()
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    if let Some(moved) = moved {
+        res.extensions_mut().insert(moved);
+    }
+    res
 }

@@ -8,13 +8,12 @@ use minijinja::context;
 
 use super::{Enforcer, SessionState};
 use crate::config::SessionConfig;
-use crate::secret::Secret;
 
 /// What the denied page needs to offer sign-out.
 #[derive(Clone)]
 pub struct SignOut {
     /// The portal's CSRF key.
-    pub csrf_key: Secret,
+    pub csrf_key: crate::crypto::KeyRing,
     /// The session settings (the CSRF cookie's name and flags).
     pub session: SessionConfig,
     /// The portal's branding.

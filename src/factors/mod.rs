@@ -284,6 +284,54 @@ async fn failed(
     Ok(())
 }
 
+/// Takes an attempt at a guessable factor (TOTP, recovery codes) before it
+/// is checked ([`crate::regulation::Regulator::factor_attempt`]); `None`:
+/// blocked (counted as such), answer [`locked_answer`].
+async fn attempt(
+    st: &Handles,
+    user: &User,
+    factor_type: &str,
+    addr: IpAddr,
+) -> Result<Option<crate::regulation::FactorAttempt>, VerifyError> {
+    let attempt = st.regulator.factor_attempt(&user.id, addr).await?;
+    if attempt.is_none() {
+        crate::metrics::factor_verification(factor_type, "locked");
+        audit!("factor.verify.refused", user = %user.username, factor_type = factor_type, client = %addr, reason = "user locked");
+    }
+    Ok(attempt)
+}
+
+/// The attempt taken by [`attempt`] was wrong (`why`).
+async fn attempt_failed(
+    st: &Handles,
+    attempt: crate::regulation::FactorAttempt,
+    user: &User,
+    factor_type: &str,
+    addr: IpAddr,
+    why: &'static str,
+) -> Result<(), VerifyError> {
+    crate::metrics::factor_verification(factor_type, why);
+    audit!("factor.verify.failed", user = %user.username, factor_type = factor_type, client = %addr, reason = why);
+    if st
+        .regulator
+        .factor_attempt_failed(attempt, &user.id, addr)
+        .await?
+    {
+        crate::metrics::lockout("user");
+        audit!("user.locked", user = %user.username, reason = "factor failures");
+    }
+    Ok(())
+}
+
+/// The attempt taken by [`attempt`] was right.
+async fn attempt_succeeded(
+    st: &Handles,
+    attempt: crate::regulation::FactorAttempt,
+    user: &User,
+) -> Result<(), VerifyError> {
+    Ok(st.regulator.factor_attempt_succeeded(attempt, &user.id).await?)
+}
+
 fn locked_answer(st: &Handles) -> VerifyError {
     if st.config.regulation.reveal_lockout {
         VerifyError::LockedRevealed
@@ -580,9 +628,23 @@ pub enum RemoveError {
 
 /// Removes a stored factor of `user`, for the user themselves: the last
 /// active factor stays while policy requires two. See [`remove_by`].
-pub async fn remove(st: &Handles, user: &User, factor_id: &str, actor: &str) -> Result<(), RemoveError> {
+pub async fn remove(
+    st: &Handles,
+    user: &User,
+    factor_id: &str,
+    actor: &str,
+) -> Result<Option<EpochMoved>, RemoveError> {
     remove_by(st, user, factor_id, actor, Remover::User).await
 }
+
+/// The user's session epoch after a removal moved it (what the store
+/// answered, other changes made meanwhile included). A session that goes on
+/// after it ([`crate::portal::login::reissue`]) may do so only if this is
+/// its own epoch plus one: else something else ended the user's sessions
+/// too (an administrator, a password change) and this one ends with them.
+/// The Factors API also hands it on in its response's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochMoved(pub u64);
 
 /// Who removes a factor: the user may not remove their last active factor
 /// while policy requires two; an administrator (the admin API, the command
@@ -598,14 +660,19 @@ pub enum Remover {
 /// user's session epoch first, so every session of the user ends (a factor
 /// reset, by an administrator or by the user: a session that a lost or stolen
 /// factor helped open must not outlive the factor). A caller acting for the
-/// user's own session re-issues it with the new epoch.
+/// user's own session re-issues it with the new epoch (see [`EpochMoved`]).
 pub async fn remove_by(
     st: &Handles,
     user: &User,
     factor_id: &str,
     actor: &str,
     by: Remover,
-) -> Result<(), RemoveError> {
+) -> Result<Option<EpochMoved>, RemoveError> {
+    // Two removals at once must not both count the other's factor as the
+    // one left (this process; see `Regulator::factor_change_turn`).
+    let Some(_turn) = st.regulator.factor_change_turn(&user.id).await else {
+        return Err(RemoveError::Unavailable);
+    };
     let factors = list(st, user).await.map_err(|_| RemoveError::Unavailable)?;
     let Some(factor) = factors.iter().find(|f| f.record.id == factor_id) else {
         return Err(RemoveError::NotFound);
@@ -620,6 +687,7 @@ pub async fn remove_by(
     if by == Remover::User && factor.is_active() && active_left == 0 && policy_requires_two(st) {
         return Err(RemoveError::LastFactor);
     }
+    let mut moved = None;
     if factor.is_active() {
         // Before the delete: if the epoch cannot move, nothing is removed.
         let epoch = st.store.bump_epoch(&user.id).await.map_err(|e| {
@@ -627,12 +695,13 @@ pub async fn remove_by(
             RemoveError::Unavailable
         })?;
         st.revocations.note_epoch(&user.id, epoch);
+        moved = Some(EpochMoved(epoch));
     }
     match st.store.delete_factor(&user.id, factor_id).await {
         Ok(true) => {
             crate::metrics::factor_event("removed", &factor.record.factor_type);
             audit!("factor.removed", user = %user.username, factor_type = %factor.record.factor_type, factor_id = %factor_id, actor = %actor);
-            Ok(())
+            Ok(moved)
         }
         Ok(false) => Err(RemoveError::NotFound),
         Err(_) => Err(RemoveError::Unavailable),
@@ -836,7 +905,7 @@ reveal_lockout = {reveal}
             .unwrap();
             ids.push(e.factor.id);
         }
-        assert_eq!(remove(st, &u, &ids[0], "test").await, Ok(()));
+        assert_eq!(remove(st, &u, &ids[0], "test").await, Ok(Some(EpochMoved(1))));
         assert_eq!(
             remove(st, &u, &ids[1], "test").await,
             Err(RemoveError::LastFactor)

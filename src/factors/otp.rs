@@ -194,14 +194,11 @@ pub fn generate_code(len: u32) -> String {
         .collect()
 }
 
-/// The key codes are MACed under: derived from the first session secret.
-fn server_key(st: &Handles) -> Secret {
-    st.config
-        .session
-        .secrets
-        .first()
-        .map(|s| crate::crypto::derive_key(s, "otp"))
-        .unwrap_or_default()
+/// The keys codes are MACed under, one per session secret: a code is sent
+/// under the first and checked under the one its flow tag was made with, so a
+/// code sent before a secret rotation still works.
+fn server_keys(st: &Handles) -> crate::crypto::KeyRing {
+    crate::crypto::KeyRing::derive(&st.config.session.secrets, "otp")
 }
 
 /// The stored form of a code: HMAC-SHA256 bound to the factor, the purpose
@@ -220,10 +217,18 @@ fn flow_tag(key: &[u8], flow: &Flow) -> String {
     )
 }
 
-/// [`flow_tag`] under the server's key: what a push transaction stores of
-/// the flow it was started in.
+/// [`flow_tag`] under the server's first key: what a push transaction
+/// stores of the flow it was started in.
 pub(crate) fn flow_tag_of(st: &Handles, flow: &Flow) -> String {
-    flow_tag(server_key(st).expose(), flow)
+    flow_tag(server_keys(st).first(), flow)
+}
+
+/// True when `stored` is `flow`'s tag under any of the server's keys (one
+/// made before a secret rotation included).
+pub(crate) fn is_flow_tag_of(st: &Handles, flow: &Flow, stored: &str) -> bool {
+    server_keys(st)
+        .all()
+        .any(|k| ct_eq(flow_tag(k, flow).as_bytes(), stored.as_bytes()))
 }
 
 /// What the `otp` record holds.
@@ -403,10 +408,10 @@ pub async fn send_code(
         return Err(ChallengeError::RateLimited(reset));
     }
     let code = generate_code(cfg.code_length);
-    let key = server_key(st);
+    let keys = server_keys(st);
     let purpose = purpose(factor);
-    let mac = hex::encode(code_mac(key.expose(), &factor.id, purpose, flow, &code));
-    let tag = flow_tag(key.expose(), flow);
+    let mac = hex::encode(code_mac(keys.first(), &factor.id, purpose, flow, &code));
+    let tag = flow_tag(keys.first(), flow);
     let claimed = upsert(st, KIND, &record_id(&factor.id), &user.id, |cur, now| {
         if let Some(state) = cur.and_then(|c| serde_json::from_value::<CodeState>(c.data.clone()).ok())
             && state.sent_at + resend_after > now
@@ -499,10 +504,17 @@ pub async fn check_code(
         return Err(super::locked_answer(st));
     }
     let code: String = code.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
-    let key = server_key(st);
     let purpose = purpose(&factor.record);
-    let presented = code_mac(key.expose(), &factor.record.id, purpose, flow, &code);
-    let tag = flow_tag(key.expose(), flow);
+    // Under each key: the flow's tag, and the MAC of the code presented.
+    let candidates: Vec<(String, [u8; 32])> = server_keys(st)
+        .all()
+        .map(|k| {
+            (
+                flow_tag(k, flow),
+                code_mac(k, &factor.record.id, purpose, flow, &code),
+            )
+        })
+        .collect();
     let outcome = upsert(st, KIND, &record_id(&factor.record.id), &user.id, |cur, now| {
         let Some(cur) = cur else { return Err("no_code") };
         let Ok(mut state) = serde_json::from_value::<CodeState>(cur.data.clone()) else {
@@ -513,16 +525,19 @@ pub async fn check_code(
         };
         // A code of another flow is no code for this one, and this attempt
         // leaves it alone (its own flow can still use it).
-        if !ct_eq(state.flow.as_bytes(), tag.as_bytes()) {
+        let Some((_, presented)) = candidates
+            .iter()
+            .find(|(tag, _)| ct_eq(state.flow.as_bytes(), tag.as_bytes()))
+        else {
             return Err("no_code");
-        }
+        };
         if state.purpose != purpose || now >= state.code_expires {
             return Err("expired");
         }
         if state.attempts >= MAX_ATTEMPTS {
             return Err("too_many_attempts");
         }
-        let matched = ct_eq(&presented, &mac);
+        let matched = ct_eq(presented, &mac);
         state.attempts += 1;
         if matched || state.attempts >= MAX_ATTEMPTS {
             // Used, or dead after its last attempt.
@@ -1051,6 +1066,49 @@ ttl = "60s"
             );
         }
         // ...and the code still works in its own flow.
+        super::super::verify(st, &u, &f, &code, ip(), &one).await.unwrap();
+    }
+
+    /// `session.secrets` with a new secret put first, as a rotation does.
+    pub(crate) fn rotated(gw: &Gateway) -> crate::config::Config {
+        let mut config = (*gw.state().config).clone();
+        let new = Secret::new("fedcba9876543210fedcba9876543210");
+        config.session.secrets.insert(0, new);
+        config
+    }
+
+    #[tokio::test]
+    async fn a_code_sent_before_a_secret_rotation_works_after_the_reload() {
+        let (gw, clock, dir) = gateway("").await;
+        let u = user();
+        let f = active_sms(gw.state(), &dir, &clock).await;
+        let one = Flow::Authn("tx-one".into());
+        let sent_in = super::super::ChallengeContext {
+            flow: one.clone(),
+            ..ctx()
+        };
+        super::super::challenge(gw.state(), &u, &f, &sent_in)
+            .await
+            .unwrap();
+        let code = last_code(&dir);
+        let after = gw.rebuild(rotated(&gw)).await.unwrap();
+        let st = after.state();
+        assert_eq!(
+            super::super::verify(st, &u, &f, &code, ip(), &Flow::Authn("tx-two".into())).await,
+            Err(VerifyError::Invalid),
+            "still bound to its flow"
+        );
+        super::super::verify(st, &u, &f, &code, ip(), &one).await.unwrap();
+        // New codes are made under the new secret: a gateway that knows only
+        // the old one finds no code for the flow.
+        clock.advance(30);
+        super::super::challenge(st, &u, &f, &sent_in).await.unwrap();
+        let code = last_code(&dir);
+        let old_only = after.rebuild((*gw.state().config).clone()).await.unwrap();
+        assert_eq!(
+            super::super::verify(old_only.state(), &u, &f, &code, ip(), &one).await,
+            Err(VerifyError::Invalid)
+        );
         super::super::verify(st, &u, &f, &code, ip(), &one).await.unwrap();
     }
 

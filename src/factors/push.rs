@@ -511,14 +511,13 @@ pub async fn consume(
     tid: &str,
     flow: &Flow,
 ) -> Result<bool, VerifyError> {
-    let tag = super::otp::flow_tag_of(st, flow);
     let ours = st
         .store
         .get_transaction(KIND, tid, st.clock.now())
         .await?
         .as_ref()
         .and_then(tx_of)
-        .is_some_and(|tx| crate::secret::ct_eq(tx.flow.as_bytes(), tag.as_bytes()));
+        .is_some_and(|tx| super::otp::is_flow_tag_of(st, flow, &tx.flow));
     if !ours || status(st, user, factor, tid).await? != Some(PushResult::Success) {
         return Ok(false);
     }
@@ -1025,6 +1024,31 @@ mod tests {
             !consume(st, &user(), &f, &tid, &ctx().flow).await.unwrap(),
             "a sign-in completes once"
         );
+    }
+
+    #[tokio::test]
+    async fn a_push_started_before_a_secret_rotation_completes_after_the_reload() {
+        let (gw, _clock, _dir) = gateway("").await;
+        let f = paired(gw.state()).await;
+        let (tid, number, exp) = push(gw.state(), &f).await;
+        let after = gw.rebuild(super::super::otp::tests::rotated(&gw)).await.unwrap();
+        let st = after.state();
+        let ans = signed(&tid, &f, "approve", u32::from(number), &exp, &device_key());
+        assert_eq!(answer(st, &tid, &ans, ip()).await, Ok(PushResult::Success));
+        let other = super::super::Flow::Session("another sign-in".into());
+        assert!(!consume(st, &user(), &f, &tid, &other).await.unwrap());
+        assert!(consume(st, &user(), &f, &tid, &ctx().flow).await.unwrap());
+        // One started after it is tagged under the new secret only.
+        let (tid, number, exp) = push(st, &f).await;
+        let ans = signed(&tid, &f, "approve", u32::from(number), &exp, &device_key());
+        assert_eq!(answer(st, &tid, &ans, ip()).await, Ok(PushResult::Success));
+        let old_only = after.rebuild((*gw.state().config).clone()).await.unwrap();
+        assert!(
+            !consume(old_only.state(), &user(), &f, &tid, &ctx().flow)
+                .await
+                .unwrap()
+        );
+        assert!(consume(st, &user(), &f, &tid, &ctx().flow).await.unwrap());
     }
 
     async fn push_status(st: &Handles, f: &Factor, tid: &str) -> Option<PushResult> {

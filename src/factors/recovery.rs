@@ -68,19 +68,19 @@ pub async fn verify_recovery(st: &Handles, user: &User, code: &str, addr: IpAddr
     if !st.config.factors.recovery_codes.enabled {
         return Err(VerifyError::NotActive);
     }
-    if super::blocked(st, user, addr).await? {
-        crate::metrics::factor_verification(RECOVERY_TYPE, "locked");
+    let Some(attempt) = super::attempt(st, user, RECOVERY_TYPE, addr).await? else {
         return Err(super::locked_answer(st));
-    }
+    };
     if canonical(code).len() != 12
         || !st
             .store
             .use_recovery_code(&user.id, &hash(&user.id, code))
             .await?
     {
-        super::failed(st, user, RECOVERY_TYPE, addr, "invalid").await?;
+        super::attempt_failed(st, attempt, user, RECOVERY_TYPE, addr, "invalid").await?;
         return Err(VerifyError::Invalid);
     }
+    super::attempt_succeeded(st, attempt, user).await?;
     crate::metrics::factor_verification(RECOVERY_TYPE, "success");
     audit!("factor.verified", user = %user.username, factor_type = RECOVERY_TYPE, client = %addr);
     Ok(())

@@ -186,22 +186,23 @@ pub async fn verify_totp(
     if !factor.is_active() && !pending_ok {
         return Err(VerifyError::NotActive);
     }
-    if super::blocked(st, user, addr).await? {
-        crate::metrics::factor_verification(TOTP_TYPE, "locked");
-        audit!("factor.verify.refused", user = %user.username, client = %addr, reason = "user locked");
-        return Err(super::locked_answer(st));
-    }
     let Some(secret) = totp_secret(st, user, factor) else {
         return Err(VerifyError::Unavailable);
     };
+    // Counted before it is checked: guesses sent at once cannot all be
+    // checked before the first failure locks the user.
+    let Some(attempt) = super::attempt(st, user, TOTP_TYPE, addr).await? else {
+        return Err(super::locked_answer(st));
+    };
     let Some(step) = check(&st.config.factors.totp, secret.expose(), code, st.clock.now()) else {
-        super::failed(st, user, TOTP_TYPE, addr, "invalid").await?;
+        super::attempt_failed(st, attempt, user, TOTP_TYPE, addr, "invalid").await?;
         return Err(VerifyError::Invalid);
     };
     if !st.store.claim_totp_step(&factor.record.id, step).await? {
-        super::failed(st, user, TOTP_TYPE, addr, "replayed").await?;
+        super::attempt_failed(st, attempt, user, TOTP_TYPE, addr, "replayed").await?;
         return Err(VerifyError::Replayed);
     }
+    super::attempt_succeeded(st, attempt, user).await?;
     crate::metrics::factor_verification(TOTP_TYPE, "success");
     audit!("factor.verified", user = %user.username, factor_type = TOTP_TYPE, factor_id = %factor.record.id, client = %addr);
     Ok(())

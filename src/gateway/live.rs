@@ -46,6 +46,9 @@ pub struct Live {
     /// Reloads run one at a time.
     reloading: tokio::sync::Mutex<()>,
     config_path: Option<PathBuf>,
+    /// The listeners' per-address caps, which exempt `server.trusted_proxies`
+    /// (given by [`Live::follow_trusted_proxies`]).
+    address_limits: std::sync::OnceLock<Vec<Arc<crate::server::AddressLimit>>>,
 }
 
 impl std::fmt::Debug for Live {
@@ -77,7 +80,14 @@ impl Live {
             generation: AtomicU64::new(0),
             reloading: tokio::sync::Mutex::new(()),
             config_path,
+            address_limits: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Has every reload hand its `server.trusted_proxies` to these
+    /// per-address caps (the listeners', bound at start-up).
+    pub fn follow_trusted_proxies(&self, limits: Vec<Arc<crate::server::AddressLimit>>) {
+        let _ = self.address_limits.set(limits);
     }
 
     /// The gateway serving now.
@@ -152,8 +162,12 @@ impl Live {
             Ok(g) => g,
             Err(e) => return ReloadOutcome::Refused(vec![e.to_string()]),
         };
+        let proxies = gateway.state().config.server.trusted_proxies.clone();
         self.current.store(Arc::new(Current::of(gateway)));
         self.generation.fetch_add(1, Ordering::AcqRel);
+        for limit in self.address_limits.get().into_iter().flatten() {
+            limit.set_exempt(proxies.clone());
+        }
         for (key, tls) in ["server.tls", "admin.tls"].into_iter().zip(tls) {
             if let Some(tls) = tls {
                 renew_certificate(key, &tls);

@@ -98,17 +98,22 @@ impl Gateway {
         store: SharedStore,
     ) -> Result<Self, BuildError> {
         let budget = crate::proxy::ConnectionBudget::new(config.server.max_connections);
-        Self::build_parts(config, clock, store, budget).await
+        Self::build_parts(config, clock, store, budget, None).await
     }
 
-    /// The gateway that replaces `self` on a reload: the same store, clock
-    /// and upstream connection budget (`server.max_connections` takes a
-    /// restart), so the old gateway's open connections and WebSocket
-    /// tunnels stay counted while they live.
+    /// The gateway that replaces `self` on a reload. It works on the same
+    /// store, clock and upstream connection budget (`server.max_connections`
+    /// takes a restart), so the old gateway's open connections and WebSocket
+    /// tunnels stay counted while they live, and it carries over what this
+    /// one learned and counted: the revocation view and its freshness, the
+    /// stored users and (same directory) the `[users.ldap]` users, the
+    /// password pool, the admin API's wrong-token counts and the per-address
+    /// sign-in transaction counts. A reload while the store or the directory
+    /// is out of reach then changes nothing for signed-in users.
     pub async fn rebuild(&self, config: Config) -> Result<Self, BuildError> {
         let st = self.state();
         let (clock, store) = (st.clock.clone(), st.store.clone());
-        Self::build_parts(config, clock, store, self.proxy.upstream_budget()).await
+        Self::build_parts(config, clock, store, self.proxy.upstream_budget(), Some(self)).await
     }
 
     async fn build_parts(
@@ -116,18 +121,49 @@ impl Gateway {
         clock: SharedClock,
         store: SharedStore,
         budget: crate::proxy::ConnectionBudget,
+        replaced: Option<&Gateway>,
     ) -> Result<Self, BuildError> {
         crate::metrics::install();
         crate::factors::register_metrics(&config.factors);
         let config = Arc::new(config);
-        let revocations = Arc::new(RevocationView::new(config.session.revocation_check));
-        let users = Arc::new(std::sync::RwLock::new(UserDirectory::from_file_users(
-            &config.users.file_users,
-        )));
+        let old = replaced.map(|g| g.state.as_ref());
+        // The directory to read is the same one: its users are carried over.
+        let same_directory = old.and_then(|o| o.directory.as_deref()).filter(|d| {
+            config
+                .users
+                .ldap
+                .as_ref()
+                .is_some_and(|c| d.reads_same_users_as(c))
+        });
+        let carried_health = same_directory.map(|d| d.carried_health());
+        let mut directory = UserDirectory::from_file_users(&config.users.file_users);
+        if let Some(o) = old {
+            directory.carry_from(&read_users(&o.users), same_directory.is_some());
+        }
+        let users = Arc::new(std::sync::RwLock::new(directory));
+        let revocations = match old {
+            Some(o) => o.revocations.clone(),
+            None => Arc::new(RevocationView::new(config.session.revocation_check)),
+        };
         // A password changed in the users file ends that user's old sessions.
         // Until this has been checked, the view is not refreshed: protected
         // routes fail closed rather than trust a session the change ended.
         let passwords_checked = sync_file_passwords(&store, &users, &revocations, clock.now()).await;
+        // On a reload that could not check a password the file changes, the
+        // view carried over could accept that user's ended sessions: start
+        // from an empty one instead (fail closed until the store answers).
+        let revocations = match old {
+            Some(o)
+                if !passwords_checked
+                    && file_passwords_changed(&read_users(&o.users), &read_users(&users)) =>
+            {
+                tracing::warn!(
+                    "a users-file password changed while the store is out of reach: protected routes answer 503 until it answers"
+                );
+                Arc::new(RevocationView::new(config.session.revocation_check))
+            }
+            _ => revocations,
+        };
         if passwords_checked && let Err(e) = revocations.refresh(&store, clock.now(), Instant::now()).await {
             // Not fatal: protected routes answer 503 until the store answers.
             tracing::error!(error = %e, "initial revocation refresh failed; failing closed until the store answers");
@@ -137,12 +173,7 @@ impl Gateway {
         if let Err(e) = user_sync.refresh(&store, &users).await {
             tracing::error!(error = %e, "loading the stored users failed; they can sign in once the store answers");
         }
-        let csrf_key = config
-            .session
-            .secrets
-            .first()
-            .map(|s| crate::crypto::derive_key(s, "csrf"))
-            .unwrap_or_default();
+        let csrf_key = crate::crypto::KeyRing::derive(&config.session.secrets, "csrf");
         let enforcer = Arc::new(Enforcer {
             policy: Policy::new(config.rules.clone(), config.default_policy)
                 .deny_windows_aliases(config.case_insensitive_paths),
@@ -195,12 +226,26 @@ impl Gateway {
                 );
             }
         }
-        let directory = crate::users::ldap::build(&config, &store, &revocations, &users, &mut background)
-            .map_err(BuildError::Directory)?;
+        let directory = crate::users::ldap::build(
+            &config,
+            &store,
+            &revocations,
+            &users,
+            &mut background,
+            carried_health,
+        )
+        .map_err(BuildError::Directory)?;
+        // Nothing below can refuse the reload: a carried view takes the new
+        // `revocation_check` only now (a refused reload leaves it alone).
+        revocations.set_max_staleness(config.session.revocation_check);
+        let mut regulator = Regulator::new(store.clone(), config.regulation.clone(), clock.clone())
+            .with_subject_key(subject_key);
+        if let Some(o) = old {
+            regulator = regulator.carrying_counts_of(&o.regulator);
+        }
         let state = Arc::new(AppState {
             handles: Handles {
-                regulator: Regulator::new(store.clone(), config.regulation.clone(), clock.clone())
-                    .with_subject_key(subject_key),
+                regulator,
                 config: config.clone(),
                 clock: clock.clone(),
                 store: store.clone(),
@@ -208,7 +253,7 @@ impl Gateway {
                 revocations: revocations.clone(),
                 users: users.clone(),
             },
-            passwords: PasswordPool::for_this_machine(),
+            passwords: old.map_or_else(PasswordPool::for_this_machine, |o| o.passwords.clone()),
             enforcer,
             csrf_key,
             directory,
@@ -234,7 +279,7 @@ impl Gateway {
         Ok(Self {
             state,
             proxy,
-            admin_throttle: Arc::default(),
+            admin_throttle: replaced.map_or_else(Arc::default, |g| g.admin_throttle.clone()),
             background: Arc::new(background),
             audit: Arc::new(std::sync::Mutex::new(Some(audit))),
         })
@@ -303,6 +348,19 @@ impl Gateway {
     fn take_audit(&self) -> Option<crate::audit::Writer> {
         self.audit.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
+}
+
+fn read_users(users: &SharedUsers) -> std::sync::RwLockReadGuard<'_, UserDirectory> {
+    users.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// True when a users-file user of `new` has another password hash in `old`,
+/// or was not in it: a user removed by an earlier reload and back now may
+/// have sessions from before, which the store must end or confirm.
+fn file_passwords_changed(old: &UserDirectory, new: &UserDirectory) -> bool {
+    new.file_users()
+        .iter()
+        .any(|u| old.get(&u.id).is_none_or(|o| o.password_hash != u.password_hash))
 }
 
 /// Checks the users file's password hashes against the stored fingerprints
@@ -460,6 +518,45 @@ enabled = false
 enabled = false
 "#;
 
+    /// A reload keeps what the process learned and counted: the revocation
+    /// view (what was revoked, and that it is fresh), the per-address
+    /// sign-in transaction counts and the admin API's wrong-token counts. A
+    /// changed `revocation_check` applies to the view carried over.
+    #[tokio::test]
+    async fn a_reload_carries_the_revocation_view_and_the_counts() {
+        let config = |check: &str| {
+            let text = format!("{CONFIG}[regulation]\nmax_transactions_per_ip_per_minute = 2\n").replace(
+                "[session]\n",
+                &format!("[session]\nrevocation_check = \"{check}\"\n"),
+            );
+            crate::config::load_str(&text, &|_| None).expect("config").config
+        };
+        let old = Gateway::build(config("30s")).await.expect("gateway");
+        let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..2 {
+            assert!(old.state.regulator.transaction_admitted(ip).is_ok());
+        }
+        assert!(old.state.revocations.is_fresh(Instant::now()));
+        let reloaded = old.rebuild(config("30s")).await.expect("rebuilt");
+        assert!(Arc::ptr_eq(&reloaded.state.revocations, &old.state.revocations));
+        assert!(
+            reloaded.state.revocations.is_fresh(Instant::now()),
+            "fresh at once"
+        );
+        assert!(
+            reloaded.state.regulator.transaction_admitted(ip).is_err(),
+            "the third transaction of the minute, after a reload"
+        );
+        assert!(Arc::ptr_eq(&reloaded.admin_throttle, &old.admin_throttle));
+        // A new revocation_check applies to the carried view.
+        let shorter = reloaded.rebuild(config("10ms")).await.expect("rebuilt");
+        shorter.stop();
+        reloaded.stop();
+        old.stop();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!shorter.state.revocations.is_fresh(Instant::now()));
+    }
+
     /// The old gateway's upstream connections and WebSocket tunnels live on
     /// after a reload: the new gateway counts against the same budget, or the
     /// process could hold `max_connections` more sockets after each reload.
@@ -475,6 +572,7 @@ enabled = false
                 .same_as(&old.proxy.upstream_budget())
         );
         let another = Gateway::build(config()).await.expect("gateway");
+        assert!(!Arc::ptr_eq(&another.state.revocations, &old.state.revocations));
         assert!(
             !another
                 .proxy

@@ -222,7 +222,7 @@ pub async fn logout(
     }
     match st.enforcer.session(&headers) {
         SessionState::Valid(s) => {
-            if let Err(e) = login::revoke(&st, &s.claims).await {
+            if let Err(e) = login::sign_out(&st, &s.claims).await {
                 tracing::error!(error = %e, "revoking a session failed");
                 return ApiError::new(ErrorCode::E0000009).into_response();
             }

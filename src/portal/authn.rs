@@ -359,10 +359,19 @@ fn enroll_activate_links(st: &AppState, body: &mut Value, record: &FactorRecord)
     }
 }
 
+/// True when the user's sessions were ended (epoch moved) since the sign-in
+/// that began at epoch `began` (none: a sign-in that begins now).
+fn ended_since(st: &AppState, user: &User, began: Option<u64>) -> bool {
+    began.is_some_and(|b| b < st.enforcer.revocations.epoch(&user.id))
+}
+
 /// Issues the level-2 (or level-1) session, a one-time sessionToken, and the
 /// `SUCCESS` answer with the cookie.
 /// `replaces` is the session this one upgrades (same sign-in): its sign-in
-/// id carries over and its session id is retired.
+/// id carries over and its session id is retired. `began` is the epoch the
+/// sign-in began at (of the session or the transaction it continues): if the
+/// user's sessions were ended since, nothing is issued.
+#[allow(clippy::too_many_arguments)]
 async fn success(
     st: &AppState,
     user: &User,
@@ -370,10 +379,16 @@ async fn success(
     amr: Vec<String>,
     auth: UnixTime,
     replaces: Option<&IssuedSession>,
+    began: Option<u64>,
     extra: Option<(&str, Value)>,
 ) -> Response {
     let now = st.clock.now();
-    let epoch = st.enforcer.revocations.epoch(&user.id);
+    if ended_since(st, user, began) {
+        return ApiError::new(ErrorCode::E0000011).into_response();
+    }
+    // Not below the sign-in's own: a replica whose view lags must not issue
+    // a session the others would refuse.
+    let epoch = st.enforcer.revocations.epoch(&user.id).max(began.unwrap_or(0));
     let mut claims = SessionClaims::new(
         &user.id,
         level,
@@ -494,12 +509,22 @@ pub(crate) async fn authn(
             sid: s.claims.sid.clone(),
             sin: s.claims.sin.clone(),
         };
-        return success(&st, &user, 2, amr, s.claims.auth, Some(&replaced), None).await;
+        return success(
+            &st,
+            &user,
+            2,
+            amr,
+            s.claims.auth,
+            Some(&replaced),
+            Some(s.claims.ep),
+            None,
+        )
+        .await;
     }
     let amr = vec!["pwd".to_owned()];
     if !st.config.factors.any_second_factor() {
         login::end_prior_sign_in(&st, &headers).await;
-        return success(&st, &user, 1, amr, now, None, None).await;
+        return success(&st, &user, 1, amr, now, None, None, None).await;
     }
     let factors = match factors::list(&st, &user).await {
         Ok(f) => factors::usable(&st, &f),
@@ -928,6 +953,9 @@ pub(crate) async fn decoy_verify(
 /// `headers` are the request's: a passwordless sign-in is a new one, which
 /// ends the sign-in of a valid session cookie they carry.
 async fn complete(st: &AppState, headers: &HeaderMap, loaded: &Loaded, method: &str) -> Response {
+    if ended_since(st, &loaded.user, Some(loaded.state.epoch)) {
+        return ApiError::new(ErrorCode::E0000011).into_response();
+    }
     if let Err(r) = finish(st, loaded).await {
         return r;
     }
@@ -936,7 +964,17 @@ async fn complete(st: &AppState, headers: &HeaderMap, loaded: &Loaded, method: &
     if loaded.state.mode.is_passwordless() {
         crate::audit!("signin.passwordless.succeeded", user = %loaded.user.username, method = method);
         login::end_prior_sign_in(st, headers).await;
-        success(st, &loaded.user, 1, amr, st.clock.now(), None, None).await
+        success(
+            st,
+            &loaded.user,
+            1,
+            amr,
+            st.clock.now(),
+            None,
+            Some(loaded.state.epoch),
+            None,
+        )
+        .await
     } else {
         success(
             st,
@@ -945,6 +983,7 @@ async fn complete(st: &AppState, headers: &HeaderMap, loaded: &Loaded, method: &
             amr,
             loaded.state.auth,
             loaded.state.session.as_ref(),
+            Some(loaded.state.epoch),
             None,
         )
         .await
@@ -1431,6 +1470,21 @@ pub(crate) async fn activate(
     if !loaded.state.is_activating(&factor_id) {
         return ApiError::new(ErrorCode::E0000079).into_response();
     }
+    // Enrolling signs in only a user without an active factor: one activated
+    // since this transaction enrolled (the portal, another transaction) must
+    // be verified instead, or a password alone could add a factor and sign
+    // in after the user secured the account. Two activations at once take
+    // turns, so the second sees the first's factor.
+    let Some(_turn) = st.regulator.factor_change_turn(&user.id).await else {
+        return ApiError::new(ErrorCode::E0000047).into_response();
+    };
+    match factors::list(&st, &user).await {
+        Ok(f) if factors::usable(&st, &f).iter().any(|u| u.record.id != factor_id) => {
+            return ApiError::new(ErrorCode::E0000079).into_response();
+        }
+        Ok(_) => {}
+        Err(e) => return unavailable(e),
+    }
     let method = amr_of(&factor.record.factor_type);
     if kind_of(&factor.record.factor_type).is_some_and(|k| !k.activated_by_code()) {
         // The device activates the factor; this polls for it.
@@ -1470,6 +1524,11 @@ pub(crate) async fn activate(
             return verify_error(e);
         }
     }
+    // Before the codes are replaced: a refused sign-in must not leave the
+    // user with new recovery codes nobody saw.
+    if ended_since(&st, &user, Some(loaded.state.epoch)) {
+        return ApiError::new(ErrorCode::E0000011).into_response();
+    }
     if let Err(r) = finish(&st, &loaded).await {
         return r;
     }
@@ -1490,6 +1549,7 @@ pub(crate) async fn activate(
         amr,
         loaded.state.auth,
         loaded.state.session.as_ref(),
+        Some(loaded.state.epoch),
         codes.as_ref().map(|c| ("recoveryCodes", c.clone())),
     )
     .await

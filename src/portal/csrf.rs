@@ -7,29 +7,32 @@
 use http::{HeaderMap, HeaderValue};
 
 use crate::context::RequestContext;
-use crate::crypto;
-use crate::secret::{Secret, ct_eq};
+use crate::crypto::{self, KeyRing};
+use crate::secret::ct_eq;
 
-/// A fresh token (the cookie value and the form field value).
-pub fn new_token(key: &Secret) -> String {
+/// A fresh token (the cookie value and the form field value), MACed under
+/// the first session secret's key.
+pub fn new_token(key: &KeyRing) -> String {
     let random = crypto::random_token();
-    let mac = crypto::hmac_sha256(key.expose(), random.as_bytes());
+    let mac = crypto::hmac_sha256(key.first(), random.as_bytes());
     format!("{random}.{}", crypto::b64(&mac[..16]))
 }
 
-/// True when `token` carries a valid MAC.
-pub fn well_formed(key: &Secret, token: &str) -> bool {
+/// True when `token` carries a valid MAC under any session secret's key
+/// (a token issued before a secret rotation stays good).
+pub fn well_formed(key: &KeyRing, token: &str) -> bool {
     let Some((random, mac)) = token.split_once('.') else {
         return false;
     };
     let Some(mac) = crypto::unb64(mac) else {
         return false;
     };
-    ct_eq(&crypto::hmac_sha256(key.expose(), random.as_bytes())[..16], &mac)
+    key.all()
+        .any(|k| ct_eq(&crypto::hmac_sha256(k, random.as_bytes())[..16], &mac))
 }
 
 /// True when the submitted token equals the cookie's and both are genuine.
-pub fn verify(key: &Secret, cookie: Option<&str>, submitted: Option<&str>) -> bool {
+pub fn verify(key: &KeyRing, cookie: Option<&str>, submitted: Option<&str>) -> bool {
     match (cookie, submitted) {
         (Some(c), Some(s)) => well_formed(key, c) && ct_eq(c.as_bytes(), s.as_bytes()),
         _ => false,
@@ -113,9 +116,17 @@ mod tests {
         }
     }
 
+    fn ring(secrets: &[u8]) -> KeyRing {
+        let secrets: Vec<_> = secrets
+            .iter()
+            .map(|b| crate::secret::Secret::new(vec![*b; 32]))
+            .collect();
+        KeyRing::derive(&secrets, "csrf")
+    }
+
     #[test]
     fn tokens_verify_only_when_genuine_and_equal() {
-        let key = Secret::new(vec![1; 32]);
+        let key = ring(&[1]);
         let t = new_token(&key);
         assert!(verify(&key, Some(&t), Some(&t)));
         assert!(!verify(&key, Some(&t), Some(&new_token(&key))));
@@ -124,7 +135,23 @@ mod tests {
             !verify(&key, Some("abc.def"), Some("abc.def")),
             "a planted token without a valid MAC"
         );
-        assert!(!verify(&Secret::new(vec![2; 32]), Some(&t), Some(&t)));
+        assert!(!verify(&ring(&[2]), Some(&t), Some(&t)));
+    }
+
+    #[test]
+    fn a_rotation_keeps_tokens_already_handed_out() {
+        let before = new_token(&ring(&[1]));
+        // A new secret prepended: new tokens use it, old ones still pass.
+        let rotated = ring(&[2, 1]);
+        assert!(verify(&rotated, Some(&before), Some(&before)));
+        let after = new_token(&rotated);
+        assert!(
+            verify(&ring(&[2]), Some(&after), Some(&after)),
+            "issued under the first"
+        );
+        assert!(!verify(&ring(&[1]), Some(&after), Some(&after)));
+        // The old secret dropped: its tokens end.
+        assert!(!verify(&ring(&[2]), Some(&before), Some(&before)));
     }
 
     #[test]

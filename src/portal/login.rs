@@ -80,7 +80,13 @@ pub async fn check_password(
     let subject = user_id
         .clone()
         .unwrap_or_else(|| st.regulator.anonymous_subject(login));
-    let blocked = password_blocked(st, user_id.as_deref(), &subject, addr).await?;
+    // A burst from one address takes turns: each attempt sees the failures
+    // counted before it. Too many waiting: refused like a blocked attempt.
+    let turn = st.regulator.password_turn(&subject, addr).await;
+    let blocked = match turn {
+        Some(_) => password_blocked(st, user_id.as_deref(), &subject, addr).await?,
+        None => Blocked::Client(st.clock.now()),
+    };
     let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
     let password = if password.len() > MAX_PASSWORD_LEN {
         Secret::new("")
@@ -158,7 +164,13 @@ async fn check_directory_password(
     let subject = user_id
         .clone()
         .unwrap_or_else(|| st.regulator.anonymous_subject(login));
-    let blocked = password_blocked(st, user_id.as_deref(), &subject, addr).await?;
+    // A burst from one address takes turns: each attempt sees the failures
+    // counted before it. Too many waiting: refused like a blocked attempt.
+    let turn = st.regulator.password_turn(&subject, addr).await;
+    let blocked = match turn {
+        Some(_) => password_blocked(st, user_id.as_deref(), &subject, addr).await?,
+        None => Blocked::Client(st.clock.now()),
+    };
     let password = if password.len() > MAX_PASSWORD_LEN {
         Secret::new("")
     } else {
@@ -305,7 +317,9 @@ pub fn issue_session(
     let prior = prior.filter(|p| p.uid == user.id);
     let auth = prior.map_or(now, |p| p.auth);
     let mfa = (level >= 2).then_some(now);
-    let epoch = st.enforcer.revocations.epoch(&user.id);
+    // An upgrade keeps the epoch its sign-in began at: a revocation that
+    // lands while it is under way ends the upgraded session too.
+    let epoch = prior.map_or_else(|| st.enforcer.revocations.epoch(&user.id), |p| p.ep);
     let method = amr.join(" ");
     let mut claims = SessionClaims::new(&user.id, level, amr, auth, mfa, epoch, now);
     if let Some(p) = prior {
@@ -318,16 +332,30 @@ pub fn issue_session(
     (claims, cookie)
 }
 
-/// Re-issues the current session with the user's current epoch (after this
-/// user's own change moved it, so the session that made the change carries
-/// on while every other one ends). Same session and sign-in ids.
-pub fn reissue(st: &AppState, claims: &SessionClaims) -> HeaderValue {
+/// Re-issues the current session after this user's own change (a factor
+/// removed), with the epoch that change `moved` it to, so the session that
+/// made the change carries on while every other one ends. Same session and
+/// sign-in ids. `None` (no cookie: the session ends) when the epoch moved
+/// further than this change alone could have moved it.
+pub fn reissue(
+    st: &AppState,
+    claims: &SessionClaims,
+    moved: Option<crate::factors::EpochMoved>,
+) -> Option<HeaderValue> {
+    let ep = match moved {
+        None => claims.ep,
+        // Only this session's own change moved the epoch: it goes on.
+        Some(crate::factors::EpochMoved(e)) if Some(e) == claims.ep.checked_add(1) => e,
+        // Something else ended the user's sessions too: this one ends with
+        // them (never re-issued past an administrator's revocation).
+        Some(_) => return None,
+    };
     let now = st.clock.now();
     let mut c = claims.clone();
-    c.ep = st.enforcer.revocations.epoch(&c.uid).max(c.ep);
+    c.ep = ep;
     c.iat = now;
     c.last = now;
-    st.enforcer.sessions.set_cookie(&c, now)
+    Some(st.enforcer.sessions.set_cookie(&c, now))
 }
 
 /// Revokes one session id (one replaced by a later step of its sign-in) in
@@ -342,6 +370,19 @@ pub async fn retire(
     st.store.revoke_session(sid, expires_at).await?;
     st.enforcer.revocations.note_revoked(sid, expires_at);
     Ok(())
+}
+
+/// [`revoke`] on a task of its own: a client that hangs up while it runs
+/// drops its request, not the sign-out, which still reaches the store.
+pub async fn sign_out(st: &Arc<AppState>, claims: &SessionClaims) -> Result<(), crate::store::StoreError> {
+    let (st, claims) = (st.clone(), claims.clone());
+    tokio::spawn(async move { revoke(&st, &claims).await })
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::store::StoreError::Unavailable(
+                "sign-out did not finish".into(),
+            ))
+        })
 }
 
 /// Signs out: revokes the session id and its whole sign-in (every id issued

@@ -312,8 +312,10 @@ async fn delete(
     let mut res = api::delete(&st, &scope, &fid).await;
     if res.status().is_success() {
         // Every other session of the user ended; this one carries on.
-        res.headers_mut()
-            .append(header::SET_COOKIE, super::login::reissue(&st, &current));
+        let moved = res.extensions().get::<crate::factors::EpochMoved>().copied();
+        if let Some(cookie) = super::login::reissue(&st, &current, moved) {
+            res.headers_mut().append(header::SET_COOKIE, cookie);
+        }
     }
     res
 }

@@ -512,9 +512,9 @@ pub async fn remove(
     };
     let mut reissued = None;
     let (notice, status) = match factors::remove(&st, &s.user, &id, "self").await {
-        Ok(()) => {
+        Ok(moved) => {
             // The epoch moved: every other session of the user ended; this one carries on.
-            reissued = Some(login::reissue(&st, &s.claims));
+            reissued = login::reissue(&st, &s.claims, moved);
             (t("factors.removed"), StatusCode::OK)
         }
         Err(factors::RemoveError::LastFactor) => (t("factors.last"), StatusCode::CONFLICT),

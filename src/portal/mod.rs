@@ -415,7 +415,7 @@ async fn logout_submit(
     }
     let mut user = None;
     if let SessionState::Valid(s) = st.enforcer.session(&headers) {
-        if let Err(e) = login::revoke(&st, &s.claims).await {
+        if let Err(e) = login::sign_out(&st, &s.claims).await {
             tracing::error!(error = %e, "revoking a session failed");
             return html(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -161,7 +161,8 @@ pub struct AddressLimit {
     /// or `tls_handshakes_per_ip`.
     limit: &'static str,
     max: usize,
-    exempt: Vec<ipnet::IpNet>,
+    /// `server.trusted_proxies`; a reload replaces it ([`AddressLimit::set_exempt`]).
+    exempt: arc_swap::ArcSwap<Vec<ipnet::IpNet>>,
     open: Mutex<HashMap<u128, usize>>,
 }
 
@@ -183,7 +184,7 @@ impl AddressLimit {
                 listener,
                 limit,
                 max,
-                exempt,
+                exempt: arc_swap::ArcSwap::from_pointee(exempt),
                 open: Mutex::new(HashMap::new()),
             })
         })
@@ -201,7 +202,12 @@ impl AddressLimit {
     /// Takes a place for a connection from `ip`, or `None` (counted) when
     /// that address already holds the maximum.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
-        if self.exempt.iter().any(|net| net.contains(&ip.to_canonical())) {
+        if self
+            .exempt
+            .load()
+            .iter()
+            .any(|net| net.contains(&ip.to_canonical()))
+        {
             return Some(AddressSlot(None));
         }
         let key = Self::bucket(ip);
@@ -224,6 +230,12 @@ impl AddressLimit {
             None => Some(None),
             Some(limit) => limit.try_acquire(ip).map(Some),
         }
+    }
+
+    /// Exempts these peers from now on (a reloaded `server.trusted_proxies`);
+    /// connections already open keep the place they have, or had none.
+    pub fn set_exempt(&self, exempt: Vec<ipnet::IpNet>) {
+        self.exempt.store(Arc::new(exempt));
     }
 
     /// Addresses with a connection open (tests, metrics).
@@ -917,6 +929,23 @@ mod tests {
         drop((b, c, other, v6, v6b, proxied));
         assert_eq!(limit.tracked(), 0, "entries go when their count drops to 0");
         assert!(AddressLimit::new("test", 0, Vec::new()).is_none(), "0 is off");
+    }
+
+    #[test]
+    fn a_reloaded_trusted_proxy_list_applies_to_new_connections() {
+        let limit = AddressLimit::new("test", 1, Vec::new()).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let first = limit.try_acquire(ip("10.1.2.3")).unwrap();
+        assert!(limit.try_acquire(ip("10.1.2.3")).is_none());
+        limit.set_exempt(vec!["10.0.0.0/8".parse().unwrap()]);
+        let more: Vec<_> = (0..3)
+            .map(|_| limit.try_acquire(ip("10.1.2.3")).unwrap())
+            .collect();
+        limit.set_exempt(Vec::new());
+        assert!(limit.try_acquire(ip("10.1.2.3")).is_none(), "counted again");
+        drop((first, more));
+        assert_eq!(limit.tracked(), 0);
+        assert!(limit.try_acquire(ip("10.1.2.3")).is_some());
     }
 
     #[test]

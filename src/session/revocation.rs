@@ -10,6 +10,7 @@
 
 use foldhash::HashMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{SessionClaims, SessionReject};
@@ -27,10 +28,15 @@ struct State {
 }
 
 /// The in-memory revocation view.
+///
+/// A reload hands the view on to the gateway it builds (see
+/// [`crate::gateway::Gateway::rebuild`]), so what this replica knows, and how
+/// fresh it is, survives the swap; only `revocation_check` may change.
 #[derive(Debug)]
 pub struct RevocationView {
     state: RwLock<State>,
-    max_staleness: Duration,
+    /// `revocation_check`, in nanoseconds.
+    max_staleness: AtomicU64,
 }
 
 impl RevocationView {
@@ -38,8 +44,17 @@ impl RevocationView {
     pub fn new(max_staleness: Duration) -> Self {
         Self {
             state: RwLock::new(State::default()),
-            max_staleness,
+            max_staleness: AtomicU64::new(nanos(max_staleness)),
         }
+    }
+
+    /// Applies a reloaded `revocation_check`.
+    pub fn set_max_staleness(&self, max_staleness: Duration) {
+        self.max_staleness.store(nanos(max_staleness), Ordering::Relaxed);
+    }
+
+    fn max_staleness(&self) -> Duration {
+        Duration::from_nanos(self.max_staleness.load(Ordering::Relaxed))
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -55,7 +70,7 @@ impl RevocationView {
     pub fn check(&self, claims: &SessionClaims, now_instant: Instant) -> Result<(), SessionReject> {
         let s = self.read();
         match s.last_ok {
-            Some(t) if now_instant.saturating_duration_since(t) <= self.max_staleness => {}
+            Some(t) if now_instant.saturating_duration_since(t) <= self.max_staleness() => {}
             _ => return Err(SessionReject::Unavailable),
         }
         // The session id (replaced by a later step, or signed out) or its
@@ -73,7 +88,7 @@ impl RevocationView {
     pub fn is_fresh(&self, now_instant: Instant) -> bool {
         self.read()
             .last_ok
-            .is_some_and(|t| now_instant.saturating_duration_since(t) <= self.max_staleness)
+            .is_some_and(|t| now_instant.saturating_duration_since(t) <= self.max_staleness())
     }
 
     /// The user's current epoch, for a session being issued.
@@ -131,6 +146,10 @@ impl RevocationView {
         s.last_ok = Some(now_instant);
         Ok(())
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Records that `sid` is revoked until at least `expires_at`. A second

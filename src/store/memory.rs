@@ -181,6 +181,15 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn forgive_failure(&self, key: &str) -> StoreResult<()> {
+        // As in SQL: a count of one goes, a larger one drops by one.
+        self.counters.remove_if_mut(key, |_, c| {
+            c.count = c.count.saturating_sub(1);
+            c.count == 0
+        });
+        Ok(())
+    }
+
     async fn lock(&self, key: &CounterKey, until: UnixTime) -> StoreResult<()> {
         let mut l = self.locks.entry(key.key.clone()).or_insert(Lock {
             user_id: key.user_id.clone(),

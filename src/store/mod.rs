@@ -353,6 +353,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Forgets `key`'s failures.
     async fn clear_failures(&self, key: &str) -> StoreResult<()>;
 
+    /// Takes one failure back from `key`'s count (never below zero): an
+    /// attempt counted before it was checked turned out right.
+    async fn forgive_failure(&self, key: &str) -> StoreResult<()>;
+
     /// Locks `key` until `until` (a later lock never shortens an existing one).
     async fn lock(&self, key: &CounterKey, until: UnixTime) -> StoreResult<()>;
 

@@ -591,6 +591,23 @@ pub(super) fn record_failure(key: &CounterKey, window: i64, now: UnixTime) -> St
     )
 }
 
+/// Takes one failure back: a count of one goes (the table holds positive
+/// counts only), a larger one drops by one. Run together, in one transaction.
+pub(super) fn forgive_failure(key: &str) -> Vec<Statement<'_>> {
+    vec![
+        Statement::write(
+            "forgive failure",
+            "DELETE FROM failure_counters WHERE key = $1 AND count <= 1",
+            args![key],
+        ),
+        Statement::write(
+            "forgive failure",
+            "UPDATE failure_counters SET count = count - 1 WHERE key = $1 AND count > 1",
+            args![key],
+        ),
+    ]
+}
+
 pub(super) fn clear_failures(key: &str) -> Statement<'_> {
     Statement::write(
         "clear failures",

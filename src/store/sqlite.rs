@@ -358,6 +358,11 @@ impl Store for SqliteStore {
         self.execute(sql::clear_failures(key)).await.map(drop)
     }
 
+    async fn forgive_failure(&self, key: &str) -> StoreResult<()> {
+        self.execute_all("forgive failure", sql::forgive_failure(key))
+            .await
+    }
+
     async fn lock(&self, key: &CounterKey, until: UnixTime) -> StoreResult<()> {
         self.execute(sql::lock(DIALECT, key, until)).await.map(drop)
     }

@@ -158,6 +158,37 @@ impl UserDirectory {
         dir
     }
 
+    /// Takes over, on a reload, what the directory being replaced (`old`)
+    /// learned from the store, and with `directory` what it read from
+    /// `[users.ldap]` (when the directory to read is the same), so those users
+    /// keep working until the first reads of this gateway. The users file is
+    /// this directory's own and wins a login or id it shares with a carried
+    /// user (as in [`UserDirectory::apply_record`]); a stored user wins over a
+    /// directory user, as when both are read.
+    pub fn carry_from(&mut self, old: &UserDirectory, directory: bool) {
+        self.store_seq = old.store_seq.clone();
+        let (mut stored, mut mirrored) = (Vec::new(), Vec::new());
+        for u in old.by_id.values().filter(|u| !u.from_file) {
+            match old.directory.get(&u.id) {
+                None => stored.push(u),
+                Some(at) => mirrored.push((u, at)),
+            }
+        }
+        for u in stored {
+            if self.by_id.contains_key(&u.id) || self.by_login(&u.username).is_some() {
+                continue;
+            }
+            self.insert(User::clone(u));
+        }
+        if directory {
+            for (u, at) in mirrored {
+                self.upsert_directory_user(User::clone(u), at.clone());
+            }
+            self.directory_pending = old.directory_pending;
+            self.directory_stale = old.directory_stale;
+        }
+    }
+
     /// Adds or replaces a user.
     pub fn insert(&mut self, user: User) {
         let user = Arc::new(user);
@@ -583,6 +614,42 @@ mod tests {
         assert!(dir.upsert_directory_user(renamed, at));
         assert!(dir.by_login("dana").is_none());
         assert!(dir.by_login("dana2").is_some());
+    }
+
+    #[test]
+    fn a_reload_carries_stored_and_directory_users_and_the_new_file_wins() {
+        let mut old = file_dir();
+        old.apply_record(&record("00uS", "sam", UserStatus::Active, 4));
+        old.apply_record(&record("00uT", "tess", UserStatus::Active, 5));
+        old.apply_deleted("00uG", 6);
+        old.replace_directory_users(vec![dir_user("uuid-1", "dana", &["admins"])]);
+        old.set_directory_stale(true);
+        let dana = ldap::directory_user_id("uuid-1");
+        // The new users file adds tess, who now wins her login.
+        let file = |extra: &[&str]| {
+            let mut users = vec![hashed_user("Alice", "$argon2id$...".into())];
+            users.extend(extra.iter().map(|n| hashed_user(n, "$argon2id$...".into())));
+            UserDirectory::from_file_users(&users)
+        };
+        let mut new = file(&["tess"]);
+        new.carry_from(&old, true);
+        assert_eq!(new.by_login("sam").unwrap().id, "00uS");
+        assert!(new.by_login("tess").unwrap().from_file, "the file wins");
+        assert!(new.get("00uT").is_none());
+        assert!(new.is_directory(&dana) && new.get(&dana).unwrap().groups == ["admins"]);
+        assert!(new.directory_stale() && !new.directory_pending());
+        // What the store said is remembered: an older state read late loses.
+        new.apply_record(&record("00uG", "gone", UserStatus::Active, 3));
+        assert!(new.get("00uG").is_none());
+        new.apply_record(&record("00uS", "sam", UserStatus::Suspended, 2));
+        assert!(new.get("00uS").is_some());
+        // Another directory: its users are not carried, nor its state.
+        let mut other = file(&[]);
+        other.set_directory_pending(true);
+        other.carry_from(&old, false);
+        assert!(other.get(&dana).is_none() && other.directory_users().is_empty());
+        assert!(other.directory_pending() && !other.directory_stale());
+        assert_eq!(other.by_login("tess").unwrap().id, "00uT", "a stored user again");
     }
 
     #[test]

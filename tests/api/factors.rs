@@ -528,3 +528,46 @@ async fn enrolling_again_replaces_a_pending_factor_and_keeps_active_ones() {
     want.sort();
     assert_eq!(got, want, "{}", list.text);
 }
+
+/// Wrong codes sent all at once (many connections, a store with real
+/// latency: SQLite) cannot get around `max_factor_failures`: each attempt is
+/// counted toward the lock before it is checked, so only three are checked
+/// and the rest are refused. Before, every one of them read "not locked"
+/// before the first failure was counted: hundreds of guesses per lockout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_sent_at_once_are_checked_one_after_another() {
+    use portcullis::clock::Clock as _;
+    use portcullis::store::{CounterKey, SharedStore, sqlite::SqliteStore};
+    let dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = std::sync::Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.unwrap());
+    let gw = TestGateway::builder()
+        .toml(&format!(
+            "{}\n[regulation]\nmax_factor_failures = 3\n",
+            crate::common::FACTORS
+        ))
+        .store(store.clone())
+        .start()
+        .await;
+    let uid = TestGateway::uid("bob");
+    let (fid, secret) = active_totp(&gw, &uid).await;
+    let right: Vec<String> = (-1..=1).map(|s| totp(&gw, &secret, s)).collect();
+    let path = format!("/api/v1/users/{uid}/factors/{fid}/verify");
+    let wrong = (0u32..)
+        .map(|i| format!("{:06}", 100_003 + i * 7_919))
+        .filter(|c| !right.contains(c))
+        .take(30);
+    // 30: within the admin listener's 32 connections per address.
+    let answers = futures_util::future::join_all(
+        wrong.map(|code| admin(&gw, Method::POST, &path, Some(json!({ "passCode": code })))),
+    )
+    .await;
+    assert!(answers.iter().all(|a| a.status == 403), "all refused");
+    // Wrong codes that were checked count for the address too (refused ones
+    // do not): read the store's count by adding one.
+    let key = CounterKey::anonymous("ip:127.0.0.1");
+    let counted = store.record_failure(&key, 3_600, gw.clock.now()).await.unwrap();
+    assert_eq!(counted - 1, 3, "codes checked before the lock");
+    admin(&gw, Method::POST, &path, Some(json!({ "passCode": right[1] })))
+        .await
+        .expect(403, Some("E0000068"));
+}

@@ -479,3 +479,63 @@ async fn a_password_alone_cannot_take_over_a_pending_factor() {
     .await;
     assert_eq!(f.body["status"], "PENDING_ACTIVATION");
 }
+
+/// Removing one's own factor on one replica while an administrator ends the
+/// user's sessions on another (that replica has not heard of it yet): the
+/// removal's new epoch includes the administrator's, and the session must
+/// not be re-issued past it (it was, carrying on a stolen session).
+#[tokio::test]
+async fn a_factor_removed_during_an_admin_revocation_does_not_carry_the_session_on() {
+    let store: portcullis::store::SharedStore =
+        std::sync::Arc::new(portcullis::store::memory::MemoryStore::new());
+    let clock = portcullis::clock::ManualClock::new(crate::support::T0);
+    let replica = || {
+        TestGateway::builder()
+            .toml(&format!(
+                "{}\n[session]\nrevocation_check = \"120s\"\n",
+                crate::common::FACTORS
+            ))
+            .store(store.clone())
+            .clock(clock.clone())
+            .start()
+    };
+    let (a, b) = (replica().await, replica().await);
+    let uid = TestGateway::uid("alice");
+    let csrf = a.login(ALICE).await.csrf;
+    let (fid, secret) = active_totp(&a, &uid).await;
+    let (other, _) = active_totp(&a, &uid).await;
+    let session = level2(&a, "alice", ALICE.password, &fid, &secret).await;
+    let cookies = format!("portcullis_session={session}; portcullis_csrf={csrf}");
+
+    admin(&b, Method::DELETE, &format!("/api/v1/users/{uid}/sessions"), None)
+        .await
+        .expect(204, None);
+    let removed = me(
+        &a,
+        Method::DELETE,
+        &format!("/{other}"),
+        &cookies,
+        Some(&csrf),
+        None,
+    )
+    .await;
+    removed.expect(204, None);
+    assert!(
+        removed
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .all(|c| !c.to_str().unwrap().starts_with("portcullis_session=")),
+        "no session re-issued: {:?}",
+        removed.headers
+    );
+    let after = b
+        .client()
+        .get(b.url("/private"))
+        .header("accept", "application/json")
+        .header("cookie", format!("portcullis_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401, "the session ended everywhere");
+}

@@ -704,3 +704,47 @@ async fn a_level1_session_on_a_two_factor_route_is_told_a_second_factor_is_requi
         assert_eq!(a.body["errorCauses"][0]["errorSummary"], cause, "{}", a.text);
     }
 }
+
+/// A transaction that enrolled a factor while the user had none cannot sign
+/// in by activating it once the user has an active factor from elsewhere
+/// (the portal, another transaction, a helpdesk): a password alone would add
+/// a factor after the account was secured. The enrollment must be verified
+/// with the existing factor instead.
+#[tokio::test]
+async fn an_enrollment_overtaken_by_another_active_factor_cannot_sign_in() {
+    let gw = gateway("").await;
+    let user = crate::common::create_user(&gw, "dora", Some("enroll-password-1")).await;
+    let uid = user["id"].as_str().unwrap().to_owned();
+    let a = send(
+        gw.client()
+            .post(gw.url(AUTHN))
+            .json(&json!({ "username": "dora", "password": "enroll-password-1" })),
+    )
+    .await;
+    assert_eq!(a.body["status"], "MFA_ENROLL", "{}", a.text);
+    let state = a.body["stateToken"].as_str().unwrap().to_owned();
+    let e = send(
+        gw.client()
+            .post(gw.url(&format!("{AUTHN}/factors")))
+            .json(&json!({ "stateToken": state, "factorType": "token:software:totp", "provider": "OKTA" })),
+    )
+    .await;
+    assert_eq!(e.body["status"], "MFA_ENROLL_ACTIVATE", "{}", e.text);
+    let fid = e.body["_embedded"]["factor"]["id"].as_str().unwrap().to_owned();
+    let secret = e.body["_embedded"]["factor"]["_embedded"]["activation"]["sharedSecret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Meanwhile the account gets an active factor elsewhere.
+    active_totp(&gw, &uid).await;
+    let done = gw
+        .client()
+        .post(gw.url(&format!("{AUTHN}/factors/{fid}/lifecycle/activate")))
+        .json(&json!({ "stateToken": state, "passCode": totp(&gw, &secret, 0) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 403);
+    assert!(set_cookie(&done, "portcullis_session").is_none());
+    assert!(done.text().await.unwrap().contains("E0000079"));
+}

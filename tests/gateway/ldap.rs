@@ -896,3 +896,57 @@ async fn ldap_lockout_is_keyed_by_the_stable_id() {
     let (status, body, _) = password(&gw, "erin", "erin-new-pw").await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// `SIGHUP` while the directory is down: the reloaded gateway carries over
+/// the directory users already read, so their sessions keep working (they
+/// answered 503 until the directory could be read again). A reload that
+/// reads another part of the directory starts without them and fails
+/// closed until it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_while_the_directory_is_down_keeps_directory_sessions() {
+    if !have_slapd("a_reload_while_the_directory_is_down_keeps_directory_sessions") {
+        return;
+    }
+    let mut slapd = Slapd::start(&openldap_ldif(), false, None);
+    let dir = tempfile::tempdir().unwrap();
+    let echo = portcullis::demo::spawn_echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (main, admin) = (free_port(), free_port());
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(dir.path().join("users.toml"), users_file()).unwrap();
+    let url = slapd.url();
+    let write = |base_dn: &str| {
+        let ldap = format!(
+            "\n[users.ldap]\nurl = \"{url}\"\nbind_dn = \"{ADMIN_DN}\"\nbind_password = \"{ADMIN_PW}\"\n\
+             base_dn = \"{base_dn}\"\ntimeout = \"2s\"\nrefresh_interval = \"60s\"\n"
+        );
+        let base = crate::reload::config(dir.path(), main, admin, &format!("http://{echo}"), "bypass");
+        std::fs::write(&path, base + &ldap).unwrap();
+    };
+    write("dc=example,dc=com");
+    let gw = crate::reload::start(&path, main, admin).await;
+    let session = gw
+        .sign_in("erin", "erin-directory-pw")
+        .await
+        .expect("erin signs in");
+    assert_eq!(gw.status("/private", Some(&session)).await, 200);
+
+    slapd.stop();
+    gw.hup();
+    gw.wait_log("configuration reloaded", 1).await;
+    assert_eq!(
+        gw.status("/private", Some(&session)).await,
+        200,
+        "a directory user's session after a reload while the directory is down"
+    );
+
+    write("ou=people,dc=example,dc=com");
+    gw.hup();
+    gw.wait_log("configuration reloaded", 2).await;
+    assert_eq!(
+        gw.status("/private", Some(&session)).await,
+        503,
+        "another base: its users are not known until it is read"
+    );
+}

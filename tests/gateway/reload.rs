@@ -14,7 +14,7 @@ use crate::support::{
     users_file,
 };
 
-fn config(dir: &Path, main: u16, admin: u16, upstream: &str, public_policy: &str) -> String {
+pub(crate) fn config(dir: &Path, main: u16, admin: u16, upstream: &str, public_policy: &str) -> String {
     format!(
         r#"default_policy = "one_factor"
 
@@ -59,7 +59,7 @@ level = "info"
     )
 }
 
-struct Running {
+pub(crate) struct Running {
     child: Reap,
     log: Arc<Mutex<String>>,
     client: reqwest::Client,
@@ -68,7 +68,7 @@ struct Running {
 }
 
 impl Running {
-    fn hup(&self) {
+    pub(crate) fn hup(&self) {
         let pid = self.child.0.id().to_string();
         assert!(
             Command::new("kill")
@@ -84,7 +84,7 @@ impl Running {
     }
 
     /// Waits until `needle` occurs `count` times in the log.
-    async fn wait_log(&self, needle: &str, count: usize) {
+    pub(crate) async fn wait_log(&self, needle: &str, count: usize) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while self.log().matches(needle).count() < count {
             assert!(
@@ -96,7 +96,7 @@ impl Running {
         }
     }
 
-    async fn status(&self, path: &str, session: Option<&str>) -> u16 {
+    pub(crate) async fn status(&self, path: &str, session: Option<&str>) -> u16 {
         let mut req = self
             .client
             .get(format!("{}{path}", self.base))
@@ -108,7 +108,7 @@ impl Running {
     }
 
     /// Signs in through the form; the session cookie, or `None` if refused.
-    async fn sign_in(&self, username: &str, password: &str) -> Option<String> {
+    pub(crate) async fn sign_in(&self, username: &str, password: &str) -> Option<String> {
         let res = self
             .client
             .get(format!("{}/_portcullis/login?rd=/private", self.base))
@@ -172,7 +172,7 @@ fn serve_logged(path: &Path) -> (Reap, Arc<Mutex<String>>) {
     (child, log)
 }
 
-async fn start(path: &Path, main: u16, admin: u16) -> Running {
+pub(crate) async fn start(path: &Path, main: u16, admin: u16) -> Running {
     let (child, log) = serve_logged(path);
     // One client, one pool: requests after a reload reuse kept-alive connections.
     let client = reqwest::Client::builder()
@@ -601,4 +601,53 @@ async fn sighup_serves_a_renewed_tls_certificate_to_new_connections() {
     assert_eq!(trusting(&second).get(&url).send().await.unwrap().status(), 200);
     assert_eq!(log.matches("TLS certificate reloaded").count(), 1, "{log}");
     assert!(!log.contains("PRIVATE KEY"), "{log}");
+}
+
+/// A reloaded `server.trusted_proxies` reaches the listener's per-address
+/// connection cap: a front proxy added to the list is no longer held to
+/// `max_connections_per_ip` (it was until a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_trusted_proxies_to_the_per_address_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = portcullis::demo::spawn_echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let upstream = format!("http://{echo}");
+    let (main, admin) = (free_port(), free_port());
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(dir.path().join("users.toml"), users_file()).unwrap();
+    let write = |proxies: &str| {
+        let text = config(dir.path(), main, admin, &upstream, "bypass").replace(
+            "shutdown_timeout = \"2s\"",
+            &format!("shutdown_timeout = \"2s\"\nmax_connections_per_ip = 3\ntrusted_proxies = [{proxies}]"),
+        );
+        std::fs::write(&path, text).unwrap();
+    };
+    write("");
+    let gw = start(&path, main, admin).await;
+    // The running gateway's own client holds one connection; two more idle ones.
+    let _held: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", main)).unwrap())
+        .collect();
+    let fresh = || async {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        match client.get(format!("{}/public/x", gw.base)).send().await {
+            Ok(res) => res.status().as_u16(),
+            Err(_) => 0,
+        }
+    };
+    assert_eq!(gw.status("/public/x", None).await, 200);
+    let refused = fresh().await;
+    assert!(
+        [0, 503].contains(&refused),
+        "a fourth connection from 127.0.0.1: {refused}"
+    );
+    write("\"127.0.0.1/32\"");
+    gw.hup();
+    gw.wait_log("configuration reloaded", 1).await;
+    assert_eq!(fresh().await, 200, "a trusted proxy is not capped");
+    assert!(
+        !gw.log().contains("server.trusted_proxies"),
+        "not logged as needing a restart"
+    );
 }

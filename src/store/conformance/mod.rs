@@ -265,6 +265,24 @@ async fn record_failure_counts_within_a_window_and_resets_after_it(store: Shared
     assert_eq!(store.record_failure(&other, 60, T + 31).await.unwrap(), 2);
 }
 
+async fn forgive_failure_takes_one_back_and_stops_at_zero(store: SharedStore) {
+    let a = CounterKey::for_user("mfa:alice", "alice");
+    for _ in 0..3 {
+        store.record_failure(&a, 300, T).await.unwrap();
+    }
+    store.forgive_failure("mfa:alice").await.unwrap();
+    assert_eq!(store.record_failure(&a, 300, T + 1).await.unwrap(), 3);
+    for _ in 0..5 {
+        store.forgive_failure("mfa:alice").await.unwrap();
+    }
+    assert_eq!(
+        store.record_failure(&a, 300, T + 2).await.unwrap(),
+        1,
+        "never below zero"
+    );
+    store.forgive_failure("mfa:nobody").await.unwrap();
+}
+
 async fn clear_failures_forgets_only_that_key(store: SharedStore) {
     let a = CounterKey::for_user("mfa:alice", "alice");
     let b = CounterKey::for_user("pw:alice:192.0.2.1", "alice");
@@ -1305,6 +1323,7 @@ suite!(memory, sqlite, postgres; {
     expired_session_events_are_skipped_but_the_cursor_advances,
     record_failure_counts_within_a_window_and_resets_after_it,
     clear_failures_forgets_only_that_key,
+    forgive_failure_takes_one_back_and_stops_at_zero,
     lock_never_shortens_an_existing_lock,
     locked_until_takes_the_latest_lock_in_force,
     unlock_user_clears_only_that_users_locks_and_counters,

@@ -164,6 +164,10 @@ impl DirError {
     }
 }
 
+/// A directory's health handed to the gateway a reload builds.
+#[derive(Debug)]
+pub struct CarriedHealth(Health);
+
 /// The directory's health, for `/readyz` and the session check.
 #[derive(Debug, Default)]
 struct Health {
@@ -266,6 +270,42 @@ impl LdapDirectory {
             None => Ok(()),
             Some(e) => Err(e.clone()),
         }
+    }
+
+    /// True when `cfg` reads the same users as this directory's config (the
+    /// same server, account, base, filters and attributes): a reload then
+    /// carries the users already read ([`crate::users::UserDirectory::carry_from`]).
+    /// The TLS settings (`start_tls`, `ca`) do not change which users are
+    /// read, and the next read uses the new ones.
+    pub fn reads_same_users_as(&self, cfg: &LdapConfig) -> bool {
+        let a = &self.cfg;
+        (
+            &a.url,
+            &a.bind_dn,
+            &a.base_dn,
+            a.implementation,
+            &a.user_filter,
+            &a.group_filter,
+            &a.attributes,
+        ) == (
+            &cfg.url,
+            &cfg.bind_dn,
+            &cfg.base_dn,
+            cfg.implementation,
+            &cfg.user_filter,
+            &cfg.group_filter,
+            &cfg.attributes,
+        )
+    }
+
+    /// What a reload carries of this directory's health; taken before its
+    /// users are carried, so they are never older than it says.
+    pub fn carried_health(&self) -> CarriedHealth {
+        let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        CarriedHealth(Health {
+            last_refresh: h.last_refresh,
+            last_error: h.last_error.clone(),
+        })
     }
 
     /// True while the mirror is older than `refresh_interval` (+ `timeout`)
@@ -761,15 +801,23 @@ pub fn build(
     view: &Arc<crate::session::revocation::RevocationView>,
     users: &super::SharedUsers,
     background: &mut Vec<tokio::task::AbortHandle>,
+    carried: Option<CarriedHealth>,
 ) -> Result<Option<Arc<LdapDirectory>>, String> {
     let Some(cfg) = &config.users.ldap else {
         return Ok(None);
     };
     let dir = Arc::new(LdapDirectory::new(cfg.clone())?);
-    users
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .set_directory_pending(true);
+    match carried {
+        // A reload of the same directory: its users were carried over
+        // (`users` holds them), and so is how fresh they are.
+        Some(CarriedHealth(health)) => {
+            *dir.health.lock().unwrap_or_else(|p| p.into_inner()) = health;
+        }
+        None => users
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_directory_pending(true),
+    }
     background.push(spawn_refresher(
         dir.clone(),
         users.clone(),
