@@ -153,14 +153,21 @@ impl OneAtATime {
     }
 }
 
-/// A second-factor attempt that may be checked: it was counted toward the
-/// user's lock before the check (see [`Regulator::factor_attempt`]).
+/// A possession-factor attempt that may be checked: it was counted toward
+/// the user's lock before the check (see [`Regulator::factor_attempt`]).
 #[derive(Debug)]
 pub struct FactorAttempt {
-    /// The user's count with this attempt (second factor); `None` for a
-    /// first factor (counted like a password, after the check).
-    counted: Option<u32>,
+    counted: Counted,
     _turn: Option<Turn>,
+}
+
+/// The user's count with the attempt in it.
+#[derive(Debug, Clone, Copy)]
+enum Counted {
+    /// Wrong second-factor codes (`mfa:`).
+    SecondFactor(u32),
+    /// As a first factor: the user-wide count of wrong passwords (`pwuser:`).
+    FirstFactor(u32),
 }
 
 /// Whether a sign-in attempt may be checked at all.
@@ -223,7 +230,7 @@ impl Regulator {
     /// process, so each sees the failures counted before it ([`OneAtATime`]).
     /// `None` when too many wait already: refuse the attempt.
     pub async fn password_turn(&self, subject: &str, addr: IpAddr) -> Option<Turn> {
-        let key = format!("{subject}:{}", address_bucket(addr));
+        let key = format!("password:{subject}:{}", address_bucket(addr));
         self.attempts.turn(key).await
     }
 
@@ -245,75 +252,97 @@ impl Regulator {
     /// As a first factor ([`as_first_factor`]) it is counted like a
     /// password: attempts from one address take turns.
     pub async fn factor_attempt(&self, uid: &str, addr: IpAddr) -> StoreResult<Option<FactorAttempt>> {
+        let now = self.clock.now();
+        let window = Self::secs(self.cfg.window);
         if counting_first_factor() {
             let Some(turn) = self.password_turn(uid, addr).await else {
-                let why = Blocked::Client(self.clock.now());
+                let why = Blocked::Client(now);
                 self.password_refused(Some(uid), uid, addr, why).await?;
                 return Ok(None);
             };
             if self.possession_blocked(uid, addr).await? {
                 return Ok(None);
             }
+            // The user-wide count first, as for a second factor: attempts
+            // from many addresses at once are not all checked.
+            let key = CounterKey::for_user(user_count_key(uid), uid);
+            let n = self.store.record_failure(&key, window, now).await?;
+            if n > self.cfg.max_password_failures_per_user {
+                self.give_back(&key.key).await;
+                self.password_refused(Some(uid), uid, addr, Blocked::Client(now))
+                    .await?;
+                return Ok(None);
+            }
             return Ok(Some(FactorAttempt {
-                counted: None,
+                counted: Counted::FirstFactor(n),
                 _turn: Some(turn),
             }));
         }
         if self.user_locked(uid).await?.is_some() {
             return Ok(None);
         }
-        let now = self.clock.now();
         let key = CounterKey::for_user(mfa_key(uid), uid);
-        let n = self
-            .store
-            .record_failure(&key, Self::secs(self.cfg.window), now)
-            .await?;
+        let n = self.store.record_failure(&key, window, now).await?;
         if n > self.cfg.max_factor_failures {
-            // A burst past the limit: the user is locked (the attempt that
-            // reached the limit locks too, once it is known to be wrong).
-            self.lock_user_for_factors(uid).await?;
+            // Past the limit while others are still being checked: refused
+            // unchecked, and not left counted (the one that reached the limit
+            // locks the user if it is wrong).
+            self.give_back(&key.key).await;
             return Ok(None);
         }
         Ok(Some(FactorAttempt {
-            counted: Some(n),
+            counted: Counted::SecondFactor(n),
             _turn: None,
         }))
     }
 
     /// The attempt was wrong: counts it for the address (and, as a first
-    /// factor, like a wrong password); true if it locked the user.
+    /// factor, for the pair like a wrong password); true if it locked the user.
     pub async fn factor_attempt_failed(
         &self,
         attempt: FactorAttempt,
         uid: &str,
         addr: IpAddr,
     ) -> StoreResult<bool> {
-        let Some(n) = attempt.counted else {
-            return self.password_failed(Some(uid), uid, addr).await;
-        };
-        let now = self.clock.now();
-        let ip = CounterKey::anonymous(ip_key(&address_bucket(addr)));
-        if self
-            .store
-            .record_failure(&ip, Self::secs(self.cfg.window), now)
-            .await?
-            >= self.cfg.max_failures_per_ip
-        {
-            self.store.lock(&ip, now + Self::secs(self.cfg.lockout)).await?;
+        match attempt.counted {
+            Counted::FirstFactor(n) => {
+                self.count_password_failure(Some(uid), uid, addr, Blocked::No, Some(n))
+                    .await
+            }
+            Counted::SecondFactor(n) => {
+                let now = self.clock.now();
+                let ip = CounterKey::anonymous(ip_key(&address_bucket(addr)));
+                if self
+                    .store
+                    .record_failure(&ip, Self::secs(self.cfg.window), now)
+                    .await?
+                    >= self.cfg.max_failures_per_ip
+                {
+                    self.store.lock(&ip, now + Self::secs(self.cfg.lockout)).await?;
+                }
+                if n >= self.cfg.max_factor_failures {
+                    self.lock_user_for_factors(uid).await?;
+                    return Ok(true);
+                }
+                Ok(false)
+            }
         }
-        if n >= self.cfg.max_factor_failures {
-            self.lock_user_for_factors(uid).await?;
-            return Ok(true);
-        }
-        Ok(false)
     }
 
-    /// The attempt was right: it takes back the failure it was counted as.
-    pub async fn factor_attempt_succeeded(&self, attempt: FactorAttempt, uid: &str) -> StoreResult<()> {
-        if attempt.counted.is_some() {
-            self.store.forgive_failure(&mfa_key(uid)).await?;
+    /// The attempt was right: it takes back the failure it was counted as
+    /// (best effort: a store error leaves it counted, the stricter way).
+    pub async fn factor_attempt_succeeded(&self, attempt: FactorAttempt, uid: &str) {
+        match attempt.counted {
+            Counted::FirstFactor(_) => self.give_back(&user_count_key(uid)).await,
+            Counted::SecondFactor(_) => self.give_back(&mfa_key(uid)).await,
         }
-        Ok(())
+    }
+
+    /// Takes one failure back from `key`; a store error leaves it counted.
+    async fn give_back(&self, key: &str) {
+        if let Err(e) = self.store.forgive_failure(key).await {
+            tracing::warn!(error = %e, "an attempt counted before its check stays counted");
+        }
     }
 
     async fn lock_user_for_factors(&self, uid: &str) -> StoreResult<()> {
@@ -392,6 +421,71 @@ impl Regulator {
         })
     }
 
+    /// Takes a password attempt for `subject` (the user id, or an unknown
+    /// login's [`Self::anonymous_subject`]) from `addr`: whether it is
+    /// blocked and, when it may be checked, the user-wide count with it in:
+    /// the attempt is counted toward `max_password_failures_per_user` before
+    /// the password is checked, so attempts from many addresses at once are
+    /// not all checked (past the limit one is refused as
+    /// [`Blocked::Client`], not left counted). Report a right password with
+    /// [`Self::password_attempt_succeeded`], a wrong one with
+    /// [`Self::password_attempt_failed`].
+    pub async fn password_attempt(
+        &self,
+        user_id: Option<&str>,
+        subject: &str,
+        addr: IpAddr,
+    ) -> StoreResult<(Blocked, Option<u32>)> {
+        let blocked = self.password_blocked(user_id, subject, addr).await?;
+        if blocked != Blocked::No {
+            return Ok((blocked, None));
+        }
+        let now = self.clock.now();
+        let name = user_count_key(user_id.unwrap_or(subject));
+        let key = match user_id {
+            Some(uid) => CounterKey::for_user(name, uid),
+            None => CounterKey::anonymous(name),
+        };
+        let n = self
+            .store
+            .record_failure(&key, Self::secs(self.cfg.window), now)
+            .await?;
+        if n > self.cfg.max_password_failures_per_user {
+            self.give_back(&key.key).await;
+            return Ok((Blocked::Client(now), None));
+        }
+        Ok((Blocked::No, Some(n)))
+    }
+
+    /// A password attempt taken with [`Self::password_attempt`] (user-wide
+    /// count `counted`) was wrong; true if it locked the user.
+    pub async fn password_attempt_failed(
+        &self,
+        user_id: Option<&str>,
+        subject: &str,
+        addr: IpAddr,
+        counted: Option<u32>,
+    ) -> StoreResult<bool> {
+        self.count_password_failure(user_id, subject, addr, Blocked::No, counted)
+            .await
+    }
+
+    /// A password attempt taken with [`Self::password_attempt`] was right:
+    /// the pair's count is cleared and the user-wide count given back.
+    pub async fn password_attempt_succeeded(
+        &self,
+        user_id: Option<&str>,
+        subject: &str,
+        addr: IpAddr,
+        counted: Option<u32>,
+    ) -> StoreResult<()> {
+        self.password_succeeded(subject, addr).await?;
+        if counted.is_some() {
+            self.give_back(&user_count_key(user_id.unwrap_or(subject))).await;
+        }
+        Ok(())
+    }
+
     /// Counts a checked, failed password attempt (it was not blocked);
     /// returns true if it locked the user.
     pub async fn password_failed(
@@ -400,7 +494,7 @@ impl Regulator {
         subject: &str,
         addr: IpAddr,
     ) -> StoreResult<bool> {
-        self.count_password_failure(user_id, subject, addr, Blocked::No)
+        self.count_password_failure(user_id, subject, addr, Blocked::No, None)
             .await
     }
 
@@ -424,17 +518,20 @@ impl Regulator {
         } else {
             why
         };
-        self.count_password_failure(user_id, subject, addr, why)
+        self.count_password_failure(user_id, subject, addr, why, None)
             .await
             .map(|_| ())
     }
 
+    /// `user_counted`: the user-wide count already taken before the check
+    /// (with this attempt in it), so it is not counted twice.
     async fn count_password_failure(
         &self,
         user_id: Option<&str>,
         subject: &str,
         addr: IpAddr,
         blocked: Blocked,
+        user_counted: Option<u32>,
     ) -> StoreResult<bool> {
         let now = self.clock.now();
         let window = Self::secs(self.cfg.window);
@@ -467,10 +564,14 @@ impl Regulator {
                 .await?;
             return Ok(false);
         }
-        let count = self
-            .store
-            .record_failure(&tie(user_count_key(subject)), window, now)
-            .await?;
+        let count = match user_counted {
+            Some(n) => n,
+            None => {
+                self.store
+                    .record_failure(&tie(user_count_key(subject)), window, now)
+                    .await?
+            }
+        };
         if let Some(uid) = user_id
             && count >= self.cfg.max_password_failures_per_user
         {
@@ -622,12 +723,86 @@ mod tests {
         }
         assert_eq!(in_flight.iter().filter(|a| a.is_some()).count(), 3);
         assert!(
-            r.user_locked("u1").await.unwrap().is_some(),
-            "the burst locked the user"
-        );
-        assert!(
             r.factor_attempt("u2", ip("192.0.2.1")).await.unwrap().is_some(),
             "per user"
+        );
+        // The three checked turn out wrong: the last locks the user.
+        let mut locked = Vec::new();
+        for a in in_flight.into_iter().flatten() {
+            locked.push(r.factor_attempt_failed(a, "u1", ip("192.0.2.1")).await.unwrap());
+        }
+        assert_eq!(locked, [false, false, true]);
+        assert!(r.factor_attempt("u1", ip("192.0.2.1")).await.unwrap().is_none());
+    }
+
+    /// As a first factor (passwordless), attempts from many addresses at
+    /// once are counted user-wide before they are checked: at most
+    /// `max_password_failures_per_user` of them are checked.
+    #[tokio::test]
+    async fn first_factor_attempts_from_many_addresses_are_counted_first() {
+        let clock = ManualClock::new(1_000);
+        let r = regulator(&clock);
+        as_first_factor(true, async {
+            let mut in_flight = Vec::new();
+            for i in 0..10 {
+                let from = ip(&format!("198.51.100.{i}"));
+                in_flight.push((r.factor_attempt("u1", from).await.unwrap(), from));
+            }
+            assert_eq!(in_flight.iter().filter(|(a, _)| a.is_some()).count(), 6);
+            let mut locked = false;
+            for (a, from) in in_flight {
+                if let Some(a) = a {
+                    locked = r.factor_attempt_failed(a, "u1", from).await.unwrap();
+                }
+            }
+            assert!(locked, "the sixth wrong one locked the user");
+            assert!(r.user_locked("u1").await.unwrap().is_some());
+        })
+        .await;
+    }
+
+    /// Password attempts from many addresses at once are counted user-wide
+    /// before they are checked: at most `max_password_failures_per_user` are
+    /// checked; a right one takes its count back.
+    #[tokio::test]
+    async fn password_attempts_are_counted_user_wide_before_they_are_checked() {
+        let clock = ManualClock::new(1_000);
+        let r = regulator(&clock);
+        let mut in_flight = Vec::new();
+        for i in 0..10 {
+            let from = ip(&format!("198.51.100.{i}"));
+            in_flight.push((r.password_attempt(Some("u1"), "u1", from).await.unwrap(), from));
+        }
+        let checked: Vec<_> = in_flight.iter().filter(|((b, _), _)| *b == Blocked::No).collect();
+        assert_eq!(checked.len(), 6);
+        assert!(
+            in_flight
+                .iter()
+                .all(|((b, n), _)| (*b == Blocked::No) == n.is_some())
+        );
+        // Five wrong, then the sixth right: it gives its count back, so the
+        // next attempt is checked, and locks the user when wrong.
+        let mut locked = Vec::new();
+        let checked: Vec<_> = checked.into_iter().map(|((_, n), from)| (*n, *from)).collect();
+        for (n, from) in &checked[..5] {
+            locked.push(
+                r.password_attempt_failed(Some("u1"), "u1", *from, *n)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(locked, [false; 5]);
+        let (n, from) = checked[5];
+        r.password_attempt_succeeded(Some("u1"), "u1", from, n)
+            .await
+            .unwrap();
+        let from = ip("203.0.113.1");
+        let (blocked, n) = r.password_attempt(Some("u1"), "u1", from).await.unwrap();
+        assert_eq!((blocked, n), (Blocked::No, Some(6)));
+        assert!(
+            r.password_attempt_failed(Some("u1"), "u1", from, n)
+                .await
+                .unwrap()
         );
     }
 
@@ -639,7 +814,7 @@ mod tests {
         let r = regulator(&clock);
         for _ in 0..10 {
             let a = r.factor_attempt("u1", ip("192.0.2.1")).await.unwrap().unwrap();
-            r.factor_attempt_succeeded(a, "u1").await.unwrap();
+            r.factor_attempt_succeeded(a, "u1").await;
         }
         assert!(r.user_locked("u1").await.unwrap().is_none());
         for i in 0..3 {

@@ -275,13 +275,20 @@ async fn failed(
     addr: IpAddr,
     why: &'static str,
 ) -> Result<(), VerifyError> {
+    let locked = st.regulator.possession_failed(&user.id, addr).await?;
+    report_failure(user, factor_type, addr, why, locked);
+    Ok(())
+}
+
+/// Metrics and audit events of a wrong second-factor attempt (`locked`: it
+/// locked the user).
+fn report_failure(user: &User, factor_type: &str, addr: IpAddr, why: &'static str, locked: bool) {
     crate::metrics::factor_verification(factor_type, why);
     audit!("factor.verify.failed", user = %user.username, factor_type = factor_type, client = %addr, reason = why);
-    if st.regulator.possession_failed(&user.id, addr).await? {
+    if locked {
         crate::metrics::lockout("user");
         audit!("user.locked", user = %user.username, reason = "factor failures");
     }
-    Ok(())
 }
 
 /// Takes an attempt at a guessable factor (TOTP, recovery codes) before it
@@ -310,26 +317,17 @@ async fn attempt_failed(
     addr: IpAddr,
     why: &'static str,
 ) -> Result<(), VerifyError> {
-    crate::metrics::factor_verification(factor_type, why);
-    audit!("factor.verify.failed", user = %user.username, factor_type = factor_type, client = %addr, reason = why);
-    if st
+    let locked = st
         .regulator
         .factor_attempt_failed(attempt, &user.id, addr)
-        .await?
-    {
-        crate::metrics::lockout("user");
-        audit!("user.locked", user = %user.username, reason = "factor failures");
-    }
+        .await?;
+    report_failure(user, factor_type, addr, why, locked);
     Ok(())
 }
 
 /// The attempt taken by [`attempt`] was right.
-async fn attempt_succeeded(
-    st: &Handles,
-    attempt: crate::regulation::FactorAttempt,
-    user: &User,
-) -> Result<(), VerifyError> {
-    Ok(st.regulator.factor_attempt_succeeded(attempt, &user.id).await?)
+async fn attempt_succeeded(st: &Handles, attempt: crate::regulation::FactorAttempt, user: &User) {
+    st.regulator.factor_attempt_succeeded(attempt, &user.id).await;
 }
 
 fn locked_answer(st: &Handles) -> VerifyError {

@@ -80,7 +80,7 @@ pub async fn verify_recovery(st: &Handles, user: &User, code: &str, addr: IpAddr
         super::attempt_failed(st, attempt, user, RECOVERY_TYPE, addr, "invalid").await?;
         return Err(VerifyError::Invalid);
     }
-    super::attempt_succeeded(st, attempt, user).await?;
+    super::attempt_succeeded(st, attempt, user).await;
     crate::metrics::factor_verification(RECOVERY_TYPE, "success");
     audit!("factor.verified", user = %user.username, factor_type = RECOVERY_TYPE, client = %addr);
     Ok(())

@@ -202,7 +202,7 @@ pub async fn verify_totp(
         super::attempt_failed(st, attempt, user, TOTP_TYPE, addr, "replayed").await?;
         return Err(VerifyError::Replayed);
     }
-    super::attempt_succeeded(st, attempt, user).await?;
+    super::attempt_succeeded(st, attempt, user).await;
     crate::metrics::factor_verification(TOTP_TYPE, "success");
     audit!("factor.verified", user = %user.username, factor_type = TOTP_TYPE, factor_id = %factor.record.id, client = %addr);
     Ok(())

@@ -933,16 +933,18 @@ pub(crate) async fn decoy_verify(
 ) -> Result<(), VerifyError> {
     let uid = &loaded.record.user_id;
     // Decoys only exist in passwordless sign-ins: a first factor.
+    // The same attempt a real user's code takes (its turn, its counts), so
+    // neither answers nor timing tell a decoy from a user.
     crate::regulation::as_first_factor(true, async {
-        if st.regulator.possession_blocked(uid, addr).await? {
+        let Some(attempt) = st.regulator.factor_attempt(uid, addr).await? else {
             return Err(if st.config.regulation.reveal_lockout {
                 VerifyError::LockedRevealed
             } else {
                 VerifyError::Invalid
             });
-        }
+        };
         crate::audit!("factor.verify.failed", user = %loaded.state.login, client = %addr, reason = "invalid");
-        st.regulator.possession_failed(uid, addr).await?;
+        st.regulator.factor_attempt_failed(attempt, uid, addr).await?;
         Err(VerifyError::Invalid)
     })
     .await

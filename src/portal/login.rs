@@ -83,9 +83,9 @@ pub async fn check_password(
     // A burst from one address takes turns: each attempt sees the failures
     // counted before it. Too many waiting: refused like a blocked attempt.
     let turn = st.regulator.password_turn(&subject, addr).await;
-    let blocked = match turn {
-        Some(_) => password_blocked(st, user_id.as_deref(), &subject, addr).await?,
-        None => Blocked::Client(st.clock.now()),
+    let (blocked, counted) = match turn {
+        Some(_) => password_attempt(st, user_id.as_deref(), &subject, addr).await?,
+        None => (Blocked::Client(st.clock.now()), None),
     };
     let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
     let password = if password.len() > MAX_PASSWORD_LEN {
@@ -107,7 +107,7 @@ pub async fn check_password(
         crate::metrics::login("busy");
         LoginError::Busy
     })?;
-    settle(st, user, &subject, blocked, matched, addr).await
+    settle(st, user, &subject, (blocked, counted), matched, addr).await
 }
 
 /// The hash cost a sign-in for `login`, which names no one with a password,
@@ -122,14 +122,14 @@ fn imitated_cost(st: &AppState, login: &str) -> Option<crate::passwords::HashCos
         .cost_for_unknown(&key)
 }
 
-async fn password_blocked(
+async fn password_attempt(
     st: &AppState,
     user_id: Option<&str>,
     subject: &str,
     addr: IpAddr,
-) -> Result<Blocked, LoginError> {
+) -> Result<(Blocked, Option<u32>), LoginError> {
     st.regulator
-        .password_blocked(user_id, subject, addr)
+        .password_attempt(user_id, subject, addr)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "regulation check failed");
@@ -167,9 +167,9 @@ async fn check_directory_password(
     // A burst from one address takes turns: each attempt sees the failures
     // counted before it. Too many waiting: refused like a blocked attempt.
     let turn = st.regulator.password_turn(&subject, addr).await;
-    let blocked = match turn {
-        Some(_) => password_blocked(st, user_id.as_deref(), &subject, addr).await?,
-        None => Blocked::Client(st.clock.now()),
+    let (blocked, counted) = match turn {
+        Some(_) => password_attempt(st, user_id.as_deref(), &subject, addr).await?,
+        None => (Blocked::Client(st.clock.now()), None),
     };
     let password = if password.len() > MAX_PASSWORD_LEN {
         Secret::new("")
@@ -209,18 +209,29 @@ async fn check_directory_password(
         None => None,
     };
     let matched = matched && user.as_ref().is_some_and(|(_, m)| *m);
-    settle(st, user.map(|(u, _)| u), &subject, blocked, matched, addr).await
+    settle(
+        st,
+        user.map(|(u, _)| u),
+        &subject,
+        (blocked, counted),
+        matched,
+        addr,
+    )
+    .await
 }
 
 /// Counts, audits and answers a checked password step.
+/// `attempt`: what [`crate::regulation::Regulator::password_attempt`] answered (blocked, and
+/// the user-wide count taken before the check).
 async fn settle(
     st: &AppState,
     user: Option<Arc<User>>,
     subject: &str,
-    blocked: Blocked,
+    attempt: (Blocked, Option<u32>),
     matched: bool,
     addr: IpAddr,
 ) -> Result<Arc<User>, LoginError> {
+    let (blocked, counted) = attempt;
     let user_id = user.as_ref().map(|u| u.id.clone());
     let unavailable = |e: crate::store::StoreError| {
         tracing::error!(error = %e, "recording a sign-in failed");
@@ -229,7 +240,7 @@ async fn settle(
     match (user, blocked) {
         (Some(user), Blocked::No) if matched => {
             st.regulator
-                .password_succeeded(subject, addr)
+                .password_attempt_succeeded(user_id.as_deref(), subject, addr, counted)
                 .await
                 .map_err(unavailable)?;
             crate::metrics::login("success");
@@ -284,7 +295,7 @@ async fn settle(
             // refused because its pair or address is blocked does not.
             let locked_now = if blocked == Blocked::No {
                 st.regulator
-                    .password_failed(user_id.as_deref(), subject, addr)
+                    .password_attempt_failed(user_id.as_deref(), subject, addr, counted)
                     .await
                     .map_err(unavailable)?
             } else {

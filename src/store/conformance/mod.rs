@@ -281,6 +281,12 @@ async fn forgive_failure_takes_one_back_and_stops_at_zero(store: SharedStore) {
         "never below zero"
     );
     store.forgive_failure("mfa:nobody").await.unwrap();
+    // From two: one back leaves one.
+    let b = CounterKey::for_user("mfa:bob", "bob");
+    store.record_failure(&b, 300, T).await.unwrap();
+    store.record_failure(&b, 300, T).await.unwrap();
+    store.forgive_failure("mfa:bob").await.unwrap();
+    assert_eq!(store.record_failure(&b, 300, T + 1).await.unwrap(), 2);
 }
 
 async fn clear_failures_forgets_only_that_key(store: SharedStore) {
