@@ -149,16 +149,17 @@ impl Gateway {
         // Until this has been checked, the view is not refreshed: protected
         // routes fail closed rather than trust a session the change ended.
         let passwords_checked = sync_file_passwords(&store, &users, &revocations, clock.now()).await;
-        // On a reload that could not check a password the file changes, the
-        // view carried over could accept that user's ended sessions: start
-        // from an empty one instead (fail closed until the store answers).
+        // On a reload that could not check a password the file changes (or a
+        // user it adds back), the view carried over could accept that user's
+        // ended sessions: start from an empty one instead (fail closed until
+        // the store answers).
         let revocations = match old {
             Some(o)
                 if !passwords_checked
                     && file_passwords_changed(&read_users(&o.users), &read_users(&users)) =>
             {
                 tracing::warn!(
-                    "a users-file password changed while the store is out of reach: protected routes answer 503 until it answers"
+                    "a users-file password changed, or a user was added, while the store is out of reach: protected routes answer 503 until it answers"
                 );
                 Arc::new(RevocationView::new(config.session.revocation_check))
             }
