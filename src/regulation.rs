@@ -253,7 +253,6 @@ impl Regulator {
     /// password: attempts from one address take turns.
     pub async fn factor_attempt(&self, uid: &str, addr: IpAddr) -> StoreResult<Option<FactorAttempt>> {
         let now = self.clock.now();
-        let window = Self::secs(self.cfg.window);
         if counting_first_factor() {
             let Some(turn) = self.password_turn(uid, addr).await else {
                 let why = Blocked::Client(now);
@@ -266,13 +265,14 @@ impl Regulator {
             // The user-wide count first, as for a second factor: attempts
             // from many addresses at once are not all checked.
             let key = CounterKey::for_user(user_count_key(uid), uid);
-            let n = self.store.record_failure(&key, window, now).await?;
-            if n > self.cfg.max_password_failures_per_user {
-                self.give_back(&key.key).await;
+            let Some(n) = self
+                .count_first(&key, self.cfg.max_password_failures_per_user)
+                .await?
+            else {
                 self.password_refused(Some(uid), uid, addr, Blocked::Client(now))
                     .await?;
                 return Ok(None);
-            }
+            };
             return Ok(Some(FactorAttempt {
                 counted: Counted::FirstFactor(n),
                 _turn: Some(turn),
@@ -281,15 +281,12 @@ impl Regulator {
         if self.user_locked(uid).await?.is_some() {
             return Ok(None);
         }
+        // Past the limit while others are still being checked: refused
+        // unchecked (the one that reached the limit locks the user if wrong).
         let key = CounterKey::for_user(mfa_key(uid), uid);
-        let n = self.store.record_failure(&key, window, now).await?;
-        if n > self.cfg.max_factor_failures {
-            // Past the limit while others are still being checked: refused
-            // unchecked, and not left counted (the one that reached the limit
-            // locks the user if it is wrong).
-            self.give_back(&key.key).await;
+        let Some(n) = self.count_first(&key, self.cfg.max_factor_failures).await? else {
             return Ok(None);
-        }
+        };
         Ok(Some(FactorAttempt {
             counted: Counted::SecondFactor(n),
             _turn: None,
@@ -446,15 +443,28 @@ impl Regulator {
             Some(uid) => CounterKey::for_user(name, uid),
             None => CounterKey::anonymous(name),
         };
-        let n = self
-            .store
-            .record_failure(&key, Self::secs(self.cfg.window), now)
-            .await?;
-        if n > self.cfg.max_password_failures_per_user {
+        Ok(
+            match self
+                .count_first(&key, self.cfg.max_password_failures_per_user)
+                .await?
+            {
+                Some(n) => (Blocked::No, Some(n)),
+                None => (Blocked::Client(now), None),
+            },
+        )
+    }
+
+    /// Counts an attempt on `key` before it is checked: the count with it in
+    /// while within `limit`; past it `None`, and the attempt is not left
+    /// counted (it will not be checked).
+    async fn count_first(&self, key: &CounterKey, limit: u32) -> StoreResult<Option<u32>> {
+        let window = Self::secs(self.cfg.window);
+        let n = self.store.record_failure(key, window, self.clock.now()).await?;
+        if n > limit {
             self.give_back(&key.key).await;
-            return Ok((Blocked::Client(now), None));
+            return Ok(None);
         }
-        Ok((Blocked::No, Some(n)))
+        Ok(Some(n))
     }
 
     /// A password attempt taken with [`Self::password_attempt`] (user-wide
