@@ -27,8 +27,9 @@ pub use users::EXIT_NO_USER;
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version, about)]
 pub struct Cli {
-    /// Config file (same as `serve --config`).
-    #[arg(long, global = false, env = "PORTCULLIS_CONFIG")]
+    /// The config file, before or after the command (`serve`, `check-config`,
+    /// `users`, `store`); alone, `portcullis --config FILE` serves.
+    #[arg(long, global = true, env = "PORTCULLIS_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -37,11 +38,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway.
-    Serve {
-        /// The config file.
-        #[arg(long, env = "PORTCULLIS_CONFIG")]
-        config: PathBuf,
-    },
+    Serve,
     /// Run the whole flow locally: the gateway in front of a built-in echo app.
     Demo {
         /// Main listener address.
@@ -55,11 +52,7 @@ enum Command {
         memory: bool,
     },
     /// Load and validate a config; print every problem and warning.
-    CheckConfig {
-        /// The config file.
-        #[arg(long, env = "PORTCULLIS_CONFIG")]
-        config: PathBuf,
-    },
+    CheckConfig,
     /// Read a password from stdin and print its argon2id hash.
     HashPassword,
     /// Print a new random 32-byte key, base64.
@@ -80,11 +73,7 @@ enum Command {
 enum StoreCommand {
     /// Re-encrypt every stored secret under the first key of `store.encryption_keys`
     /// (safe while gateways keep running; each must already have that key).
-    RotateKey {
-        /// The config file.
-        #[arg(long, env = "PORTCULLIS_CONFIG")]
-        config: PathBuf,
-    },
+    RotateKey,
 }
 
 /// Runs the command line; returns the process exit code.
@@ -108,22 +97,21 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match (cli.command, cli.config) {
-        (Some(Command::Serve { config }), _) | (None, Some(config)) => runtime.block_on(serve_file(&config)),
-        (None, None) => {
+    let config = cli.config.as_deref();
+    match cli.command {
+        Some(Command::Serve) => with_config(config, "serve", |path| runtime.block_on(serve_file(path))),
+        None if config.is_some() => with_config(config, "serve", |path| runtime.block_on(serve_file(path))),
+        None => {
             eprintln!(
                 "error: no command; try `portcullis demo` or `portcullis serve --config FILE` (see --help)"
             );
             ExitCode::from(EXIT_CONFIG)
         }
-        (
-            Some(Command::Demo {
-                listen,
-                admin_listen,
-                memory,
-            }),
-            _,
-        ) => runtime.block_on(async {
+        Some(Command::Demo {
+            listen,
+            admin_listen,
+            memory,
+        }) => runtime.block_on(async {
             match crate::demo::prepare(listen, admin_listen, memory).await {
                 Ok((config, dir)) => {
                     let code = run(config, None, None).await;
@@ -135,9 +123,9 @@ pub fn main() -> ExitCode {
                 Err(code) => code,
             }
         }),
-        (Some(Command::CheckConfig { config }), _) => check_config(&config),
-        (Some(Command::HashPassword), _) => hash_password(),
-        (Some(Command::GenKey), _) => {
+        Some(Command::CheckConfig) => with_config(config, "check-config", check_config),
+        Some(Command::HashPassword) => hash_password(),
+        Some(Command::GenKey) => {
             use base64::Engine;
             println!(
                 "{}",
@@ -145,13 +133,25 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        (Some(Command::Users { command }), _) => users::run(&runtime, command),
-        (
-            Some(Command::Store {
-                command: StoreCommand::RotateKey { config },
-            }),
-            _,
-        ) => runtime.block_on(rotate_key(&config)),
+        Some(Command::Users { command }) => {
+            with_config(config, "users", |path| users::run(&runtime, command, path))
+        }
+        Some(Command::Store {
+            command: StoreCommand::RotateKey,
+        }) => with_config(config, "store rotate-key", |path| {
+            runtime.block_on(rotate_key(path))
+        }),
+    }
+}
+
+/// `then` with the config file, or exit 64 saying `portcullis {command}` needs one.
+fn with_config(config: Option<&Path>, command: &str, then: impl FnOnce(&Path) -> ExitCode) -> ExitCode {
+    match config {
+        Some(path) => then(path),
+        None => {
+            eprintln!("error: `portcullis {command}` needs --config FILE (or PORTCULLIS_CONFIG)");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 //! a read-only user or factor); 2 no such user (or factor); 64 bad config or
 //! arguments.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -33,18 +33,12 @@ pub enum UsersCommand {
         /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
-        /// The config file.
-        #[arg(long, env = "PORTCULLIS_CONFIG")]
-        config: PathBuf,
     },
     /// Show where a user comes from (users file, API, directory), their groups,
     /// factors and lockout.
     Show {
         /// Login or user id.
         user: String,
-        /// The config file.
-        #[arg(long, env = "PORTCULLIS_CONFIG")]
-        config: PathBuf,
     },
     /// Create a user in the store (an API user); the password is read from
     /// stdin (no echo on a terminal).
@@ -69,17 +63,11 @@ pub enum UsersCommand {
         /// A group (repeat for more).
         #[arg(long = "group")]
         groups: Vec<String>,
-        /// The config file.
-        #[arg(long, env = "PORTCULLIS_CONFIG")]
-        config: PathBuf,
     },
     /// Delete a user of the store (with their factors) and end their sessions.
     Remove {
         /// Login or user id.
         user: String,
-        /// The config file.
-        #[arg(long, env = "PORTCULLIS_CONFIG")]
-        config: PathBuf,
     },
     /// Remove a user's factors (all, or one), the last one included, and end
     /// their sessions; they enroll again at the next sign-in.
@@ -89,36 +77,17 @@ pub enum UsersCommand {
         /// Only this factor.
         #[arg(long)]
         factor: Option<String>,
-        /// The config file.
-        #[arg(long, env = "PORTCULLIS_CONFIG")]
-        config: PathBuf,
     },
     /// Clear a user's lockout.
     Unlock {
         /// Login or user id.
         user: String,
-        /// The config file.
-        #[arg(long, env = "PORTCULLIS_CONFIG")]
-        config: PathBuf,
     },
 }
 
-impl UsersCommand {
-    fn config(&self) -> &Path {
-        match self {
-            UsersCommand::List { config, .. }
-            | UsersCommand::Show { config, .. }
-            | UsersCommand::Add { config, .. }
-            | UsersCommand::Remove { config, .. }
-            | UsersCommand::ResetFactors { config, .. }
-            | UsersCommand::Unlock { config, .. } => config,
-        }
-    }
-}
-
 /// Runs a `users` command.
-pub fn run(runtime: &tokio::runtime::Runtime, command: UsersCommand) -> ExitCode {
-    let Some(loaded) = load_for_tool(command.config()) else {
+pub fn run(runtime: &tokio::runtime::Runtime, command: UsersCommand, config: &Path) -> ExitCode {
+    let Some(loaded) = load_for_tool(config) else {
         return ExitCode::from(EXIT_CONFIG);
     };
     let config = loaded.config;

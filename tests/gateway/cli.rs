@@ -137,6 +137,64 @@ policy = "bypass"
     assert!(stderr.contains("rules[1].path:"), "{stderr}");
 }
 
+/// `--config` goes before or after the command, or comes from
+/// `PORTCULLIS_CONFIG`; a command that needs a config and has none says so
+/// and exits 64.
+#[test]
+fn the_config_option_comes_before_or_after_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &path,
+        good_config(dir.path(), free_port(), free_port(), "http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let run = |args: &[&str], env: Option<&str>| {
+        let mut cmd = portcullis(args);
+        cmd.env_remove("PORTCULLIS_CONFIG");
+        if let Some(file) = env {
+            cmd.env("PORTCULLIS_CONFIG", file);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (args, env) in [
+        (vec!["check-config", "--config", p], None),
+        (vec!["--config", p, "check-config"], None),
+        (vec!["check-config"], Some(p)),
+    ] {
+        let (code, out, err) = run(&args, env);
+        assert_eq!(code, Some(0), "{args:?}: {out}{err}");
+        assert!(out.contains(": OK"), "{args:?}: {out}");
+    }
+    for args in [
+        vec!["--config", p, "users", "list"],
+        vec!["users", "list", "--config", p],
+    ] {
+        let (code, out, err) = run(&args, None);
+        assert_eq!(code, Some(0), "{args:?}: {out}{err}");
+        assert!(out.contains("alice"), "{args:?}: {out}");
+    }
+    for (args, named) in [
+        (vec!["check-config"], "portcullis check-config"),
+        (vec!["users", "list"], "portcullis users"),
+        (vec!["store", "rotate-key"], "portcullis store rotate-key"),
+        (vec!["serve"], "portcullis serve"),
+    ] {
+        let (code, out, err) = run(&args, None);
+        assert_eq!(code, Some(64), "{args:?}: {out}{err}");
+        assert!(
+            err.contains(named) && err.contains("needs --config FILE"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// Duplicate upstream names, a second default upstream and a CIDR with host
 /// bits come out in one run, next to the other errors and the warnings.
 #[test]
