@@ -349,6 +349,26 @@ async fn hash_password_reads_stdin() {
         Ok(false),
         "the newline ends the password"
     );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "a long enough password is not warned about"
+    );
+
+    // A short one is hashed (users files are the operator's call) with a warning.
+    let mut child = portcullis(&["hash-password"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"pw\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fewer than 8 characters"), "{stderr}");
+    assert!(!stderr.contains("pw\n") && !stderr.contains("\"pw\""), "{stderr}");
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(pool.verify(&hash, Secret::new("pw")).await, Ok(true));
 }
 
 #[test]
