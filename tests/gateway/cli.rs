@@ -938,8 +938,28 @@ async fn a_sighup_while_starting_does_not_end_the_process() {
             .spawn()
             .unwrap(),
     );
-    // Well into start-up: the store does not answer.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Well into start-up (the store does not answer) once the process has
+    // a handler for SIGHUP: bit 0 of `SigCgt` (or `SigIgn`) in its status.
+    let catches_sighup = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status.lines().any(|l| {
+            (l.starts_with("SigCgt:") || l.starts_with("SigIgn:"))
+                && l.split_whitespace()
+                    .nth(1)
+                    .and_then(|mask| u64::from_str_radix(mask, 16).ok())
+                    .is_some_and(|mask| mask & 1 == 1)
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !catches_sighup(child.0.id()) {
+        assert!(child.0.try_wait().unwrap().is_none(), "ended before the signal");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no SIGHUP handler after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(child.0.try_wait().unwrap().is_none(), "ended before the signal");
     let pid = child.0.id().to_string();
     let sent = tokio::task::spawn_blocking(move || Command::new("kill").args(["-HUP", &pid]).status())

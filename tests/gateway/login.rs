@@ -128,16 +128,18 @@ async fn unknown_logins_take_as_long_as_the_users_own_hashes() {
         }
     };
     let (mut known, mut unknown) = (Vec::new(), Vec::new());
-    for i in 0..3 {
+    // Interleaved, medians of 5: a burst of load elsewhere on the machine
+    // moves single samples, not both medians one way.
+    for i in 0..5 {
         known.push(timed("heavy").await);
-        unknown.push(timed(["nobody", "ghost", "nemo"][i]).await);
+        unknown.push(timed(["nobody", "ghost", "nemo", "nix", "none"][i]).await);
     }
     known.sort();
     unknown.sort();
-    let (known, unknown) = (known[1], unknown[1]);
+    let (known, unknown) = (known[2], unknown[2]);
     assert!(
         unknown * 2 > known && known * 2 > unknown,
-        "median of 3: a real user's wrong password {known:?}, an unknown login {unknown:?}"
+        "median of 5: a real user's wrong password {known:?}, an unknown login {unknown:?}"
     );
 }
 

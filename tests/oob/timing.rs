@@ -1,6 +1,6 @@
 //! Passwordless push timing (issue 10): a real user's push must not wait for
 //! the relay, or its answer time tells real users from decoys. The relay
-//! here sleeps 300 ms before answering.
+//! here sleeps 1.5 s before answering.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,7 +11,9 @@ use super::harness::{authn, eventually, gateway, post};
 use crate::push_approver::Device;
 use crate::support::{ALICE, spawn_upstream};
 
-const RELAY_DELAY: Duration = Duration::from_millis(300);
+/// Long enough that no answer of a loaded machine's debug build comes near
+/// it unless it waited for the relay.
+const RELAY_DELAY: Duration = Duration::from_millis(1500);
 const ROUNDS: usize = 5;
 
 /// Starts a passwordless sign-in of `login` and its push; returns the time
@@ -124,12 +126,12 @@ async fn real_and_decoy_pushes_answer_alike_with_a_slow_relay() {
     }
     let (mr, mf) = (median(real.clone()), median(fake.clone()));
     println!(
-        "push verify medians with a 300 ms relay: real {mr:?}, decoy {mf:?} (real {real:?}, decoy {fake:?})"
+        "push verify medians with a {RELAY_DELAY:?} relay: real {mr:?}, decoy {mf:?} (real {real:?}, decoy {fake:?})"
     );
     assert_eq!(real_shape, fake_shape, "the answers differ in shape");
     assert_eq!(real_shape.unwrap()["factorResult"], "WAITING");
     let gap = mr.abs_diff(mf);
-    assert!(gap < Duration::from_millis(100), "real {mr:?} vs decoy {mf:?}");
+    assert!(gap < Duration::from_millis(250), "real {mr:?} vs decoy {mf:?}");
     // An answer that waited for the relay takes at least RELAY_DELAY.
     assert!(
         mr < RELAY_DELAY && mf < RELAY_DELAY,

@@ -155,6 +155,20 @@ async fn listener_backend(url: &str, gw: &Gateway, within: Duration) -> Option<i
     }
 }
 
+/// Waits (up to 15 s) until `gw` has logged `line`.
+async fn wait_logged(gw: &Gateway, line: &str) {
+    let start = Instant::now();
+    while !gw.log_text().contains(line) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{} never logged {line:?}:\n{}",
+            gw.name,
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn three_replicas_one_behind_pgbouncer_get_revocations_pushed() {
     let Some(bin) = pgbouncer_binary() else {
@@ -188,6 +202,11 @@ async fn three_replicas_one_behind_pgbouncer_get_revocations_pushed() {
             Gateway::start(&pooled, "replica-c-pgbouncer"),
         );
         let fleet = [&a, &b, &c];
+        // A notification sent before a replica runs LISTEN is lost to it (it
+        // then learns from the poll): measure pushes once all three listen.
+        for gw in fleet {
+            wait_logged(gw, "revocation notifications: listening").await;
+        }
 
         // ---- sign-out on one, refused by the other two: 50 trials ----------
         let mut delays = Vec::new();
@@ -272,6 +291,8 @@ async fn three_replicas_one_behind_pgbouncer_get_revocations_pushed() {
             "replica-b did not listen again:\n{}",
             b.log_text()
         );
+        // Its backend shows before it has run LISTEN; the log line comes after.
+        wait_logged(&b, "revocation notifications: listening again").await;
         let relisten = start.elapsed();
         let cookie = a.sign_in("carol").await.unwrap();
         assert_eq!(b.app_status(Some(&cookie)).await, 200);
