@@ -50,6 +50,21 @@ pub struct AppState {
     pub directory: Option<Arc<crate::users::ldap::LdapDirectory>>,
 }
 
+impl Handles {
+    /// Is this session still good by what the store says now, not only by
+    /// this replica's view (which may be up to `session.revocation_check`
+    /// behind another replica's sign-out or an administrator's reset)? Asked
+    /// before a session adds or removes a factor; the answer also brings the
+    /// view up to date for every later request.
+    pub async fn still_current(
+        &self,
+        claims: &crate::session::SessionClaims,
+    ) -> Result<bool, crate::store::StoreError> {
+        self.revocations.catch_up(&self.store, self.clock.now()).await?;
+        Ok(self.revocations.check(claims, std::time::Instant::now()).is_ok())
+    }
+}
+
 impl Deref for AppState {
     type Target = Handles;
 

@@ -1480,6 +1480,15 @@ pub(crate) async fn activate(
     let Some(_turn) = st.regulator.factor_change_turn(&user.id).await else {
         return ApiError::new(ErrorCode::E0000047).into_response();
     };
+    // Nor for a user whose sessions were ended since this transaction began,
+    // by what the store says now (another replica's reset a moment ago):
+    // the factor would outlive the refusal below.
+    if let Err(e) = st.revocations.catch_up(&st.store, st.clock.now()).await {
+        return unavailable(e);
+    }
+    if ended_since(&st, &user, Some(loaded.state.epoch)) {
+        return ApiError::new(ErrorCode::E0000011).into_response();
+    }
     match factors::list(&st, &user).await {
         Ok(f) if factors::usable(&st, &f).iter().any(|u| u.record.id != factor_id) => {
             return ApiError::new(ErrorCode::E0000079).into_response();

@@ -229,7 +229,13 @@ pub(super) fn has_recent_mfa(st: &AppState, s: &ActiveSession) -> bool {
 
 /// May this session enroll a factor now? First enrollment (no active factor)
 /// with `first_login`, or any time with a recent second factor.
+///
+/// Never for a session the store says has ended (another replica's sign-out
+/// or an administrator's reset a moment ago): a factor would outlive it.
 pub(super) async fn may_enroll(st: &AppState, s: &ActiveSession) -> Result<bool, ()> {
+    if !st.still_current(&s.claims).await.map_err(|_| ())? {
+        return Ok(false);
+    }
     if has_recent_mfa(st, s) {
         return Ok(true);
     }

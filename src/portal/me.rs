@@ -172,6 +172,17 @@ async fn scope(
             .cause("adding or removing a factor needs a second factor verified within the last 10 minutes")
             .into_response());
     }
+    // A factor outlives the session: one ended on another replica (signed
+    // out, or every session of the user ended by an administrator's reset)
+    // a moment ago must not add or remove one here.
+    if need != Need::Session
+        && !st
+            .still_current(&s.claims)
+            .await
+            .map_err(crate::api::unavailable)?
+    {
+        return Err(ApiError::new(ErrorCode::E0000011).into_response());
+    }
     let origin = match &st.config.server.external_url {
         Some(u) => u.origin().ascii_serialization(),
         None => format!("{}://{}", ctx.0.scheme, ctx.0.authority),

@@ -113,11 +113,37 @@ impl RevocationView {
     /// loads every user's epoch. On failure the view keeps what it knew and
     /// its freshness runs down.
     pub async fn refresh(&self, store: &SharedStore, now: UnixTime, now_instant: Instant) -> StoreResult<()> {
-        let (cursor, first) = {
+        let first = {
             let s = self.read();
-            (s.cursor, s.last_ok.is_none() && s.cursor == 0)
+            s.last_ok.is_none() && s.cursor == 0
         };
         let epochs = if first { Some(store.epochs().await?) } else { None };
+        self.pull(store, now, epochs).await?;
+        self.write().last_ok = Some(now_instant);
+        Ok(())
+    }
+
+    /// Pulls the revocation events written since the last refresh, now,
+    /// without vouching for the view's freshness (only the refresher does:
+    /// at start-up it has other checks to finish first). Called before a
+    /// session changes what outlives it (adds or removes a factor), so one
+    /// that another replica ended a moment ago cannot.
+    /// Before the first refresh it does nothing (that one loads every epoch
+    /// first; the view is stale until then anyway).
+    pub async fn catch_up(&self, store: &SharedStore, now: UnixTime) -> StoreResult<()> {
+        if self.read().last_ok.is_none() {
+            return Ok(());
+        }
+        self.pull(store, now, None).await
+    }
+
+    async fn pull(
+        &self,
+        store: &SharedStore,
+        now: UnixTime,
+        epochs: Option<Vec<(String, u64)>>,
+    ) -> StoreResult<()> {
+        let cursor = self.read().cursor;
         // Re-read a little behind the cursor: sequence numbers can become visible
         // out of order on PostgreSQL; applying an event twice is harmless.
         let batch = store
@@ -143,7 +169,6 @@ impl RevocationView {
         }
         s.cursor = s.cursor.max(batch.cursor);
         s.revoked.retain(|_, exp| *exp > now);
-        s.last_ok = Some(now_instant);
         Ok(())
     }
 }
@@ -182,6 +207,36 @@ mod tests {
             last: 0,
             ep,
         }
+    }
+
+    /// `catch_up` applies what other replicas wrote without vouching for
+    /// freshness, and does nothing before the first refresh (which must
+    /// load every epoch first: a cursor moved by a catch-up would skip it).
+    #[tokio::test]
+    async fn catching_up_applies_changes_but_never_makes_the_view_fresh() {
+        let store: SharedStore = Arc::new(MemoryStore::new());
+        store.bump_epoch("u1").await.unwrap();
+        let view = RevocationView::new(Duration::from_secs(2));
+        let t0 = Instant::now();
+        view.catch_up(&store, 100).await.unwrap();
+        assert!(!view.is_fresh(t0), "a catch-up made a new view fresh");
+        assert_eq!(view.epoch("u1"), 0, "nothing pulled before the first refresh");
+        view.refresh(&store, 100, t0).await.unwrap();
+        assert_eq!(view.epoch("u1"), 1);
+        store.bump_epoch("u1").await.unwrap();
+        store.revoke_session("s9", 10_000).await.unwrap();
+        let later = t0 + Duration::from_secs(5);
+        view.catch_up(&store, 101).await.unwrap();
+        assert_eq!(view.epoch("u1"), 2);
+        assert!(!view.is_fresh(later), "a catch-up vouched for freshness");
+        assert_eq!(
+            view.check(&claims("s9", "u2", 0), t0),
+            Err(SessionReject::Revoked)
+        );
+        assert_eq!(
+            view.check(&claims("s1", "u1", 1), t0),
+            Err(SessionReject::Revoked)
+        );
     }
 
     #[tokio::test]

@@ -510,6 +510,8 @@ async fn a_factor_removed_during_an_admin_revocation_does_not_carry_the_session_
     admin(&b, Method::DELETE, &format!("/api/v1/users/{uid}/sessions"), None)
         .await
         .expect(204, None);
+    // A asks the store before a factor changes, so it learns of the
+    // revocation and refuses (before it asked, it removed the factor).
     let removed = me(
         &a,
         Method::DELETE,
@@ -519,7 +521,15 @@ async fn a_factor_removed_during_an_admin_revocation_does_not_carry_the_session_
         None,
     )
     .await;
-    removed.expect(204, None);
+    removed.expect(401, Some("E0000011"));
+    admin(
+        &a,
+        Method::GET,
+        &format!("/api/v1/users/{uid}/factors/{other}"),
+        None,
+    )
+    .await
+    .expect(200, None);
     assert!(
         removed
             .headers
@@ -538,4 +548,77 @@ async fn a_factor_removed_during_an_admin_revocation_does_not_carry_the_session_
         .await
         .unwrap();
     assert_eq!(after.status(), 401, "the session ended everywhere");
+}
+
+/// A session an administrator ended on another replica a moment ago (this
+/// one has not heard of it yet) cannot add a factor that would outlive it:
+/// the self-service API and the portal's enrollment ask the store first.
+#[tokio::test]
+async fn a_session_ended_on_another_replica_cannot_add_a_factor() {
+    let store: portcullis::store::SharedStore =
+        std::sync::Arc::new(portcullis::store::memory::MemoryStore::new());
+    let clock = portcullis::clock::ManualClock::new(crate::support::T0);
+    let replica = || {
+        TestGateway::builder()
+            .toml(&format!(
+                "{}\n[session]\nrevocation_check = \"120s\"\n",
+                crate::common::FACTORS
+            ))
+            .store(store.clone())
+            .clock(clock.clone())
+            .start()
+    };
+    let (a, b) = (replica().await, replica().await);
+    let uid = TestGateway::uid("alice");
+    let csrf = a.login(ALICE).await.csrf;
+    let (fid, secret) = active_totp(&a, &uid).await;
+    let session = level2(&a, "alice", ALICE.password, &fid, &secret).await;
+    let cookies = format!("portcullis_session={session}; portcullis_csrf={csrf}");
+    let enroll = json!({ "factorType": "token:software:totp", "provider": "GOOGLE" });
+    // Before the revocation the session may enroll (and a pending factor
+    // it made may not be activated after it).
+    let pending = me(&a, Method::POST, "", &cookies, Some(&csrf), Some(enroll.clone())).await;
+    pending.expect(200, None);
+    let pending_id = pending.body["id"].as_str().unwrap().to_owned();
+    let pending_secret = pending.body["_embedded"]["activation"]["sharedSecret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    admin(&b, Method::DELETE, &format!("/api/v1/users/{uid}/sessions"), None)
+        .await
+        .expect(204, None);
+    me(&a, Method::POST, "", &cookies, Some(&csrf), Some(enroll))
+        .await
+        .expect(401, Some("E0000011"));
+    me(
+        &a,
+        Method::POST,
+        &format!("/{pending_id}/lifecycle/activate"),
+        &cookies,
+        Some(&csrf),
+        Some(json!({ "passCode": totp(&a, &pending_secret, 0) })),
+    )
+    .await
+    .expect(401, Some("E0000011"));
+    let listed = admin(&a, Method::GET, &format!("/api/v1/users/{uid}/factors"), None).await;
+    listed.expect(200, None);
+    let active: Vec<&Value> = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["status"] == "ACTIVE")
+        .collect();
+    assert_eq!(active.len(), 1, "only the factor from before: {}", listed.body);
+    // Asking the store brought A up to date: the session is refused there now.
+    let after = a
+        .client()
+        .get(a.url("/private"))
+        .header("accept", "application/json")
+        .header("cookie", format!("portcullis_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401);
 }

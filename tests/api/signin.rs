@@ -748,3 +748,55 @@ async fn an_enrollment_overtaken_by_another_active_factor_cannot_sign_in() {
     assert!(set_cookie(&done, "portcullis_session").is_none());
     assert!(done.text().await.unwrap().contains("E0000079"));
 }
+
+/// A transaction enrolling a factor for a user whose sessions were ended
+/// since it began, on another replica a moment ago (this gateway's view has
+/// not heard of it): the activation is refused before the factor is
+/// activated (it was activated, then the sign-in refused, so the factor
+/// outlived the administrator's reset).
+#[tokio::test]
+async fn an_enrollment_after_the_users_sessions_ended_elsewhere_activates_nothing() {
+    let gw = gateway("[session]\nrevocation_check = \"120s\"\n").await;
+    let user = crate::common::create_user(&gw, "dora", Some("enroll-password-1")).await;
+    let uid = user["id"].as_str().unwrap().to_owned();
+    let a = send(
+        gw.client()
+            .post(gw.url(AUTHN))
+            .json(&json!({ "username": "dora", "password": "enroll-password-1" })),
+    )
+    .await;
+    assert_eq!(a.body["status"], "MFA_ENROLL", "{}", a.text);
+    let state = a.body["stateToken"].as_str().unwrap().to_owned();
+    let e = send(
+        gw.client()
+            .post(gw.url(&format!("{AUTHN}/factors")))
+            .json(&json!({ "stateToken": state, "factorType": "token:software:totp", "provider": "OKTA" })),
+    )
+    .await;
+    assert_eq!(e.body["status"], "MFA_ENROLL_ACTIVATE", "{}", e.text);
+    let fid = e.body["_embedded"]["factor"]["id"].as_str().unwrap().to_owned();
+    let secret = e.body["_embedded"]["factor"]["_embedded"]["activation"]["sharedSecret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Another replica ends dora's sessions: only the store knows.
+    gw.gateway.state().store.bump_epoch(&uid).await.unwrap();
+    let done = gw
+        .client()
+        .post(gw.url(&format!("{AUTHN}/factors/{fid}/lifecycle/activate")))
+        .json(&json!({ "stateToken": state, "passCode": totp(&gw, &secret, 0) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 401);
+    assert!(set_cookie(&done, "portcullis_session").is_none());
+    assert!(done.text().await.unwrap().contains("E0000011"));
+    let f = admin(
+        &gw,
+        Method::GET,
+        &format!("/api/v1/users/{uid}/factors/{fid}"),
+        None,
+    )
+    .await;
+    assert_eq!(f.body["status"], "PENDING_ACTIVATION", "{}", f.text);
+}

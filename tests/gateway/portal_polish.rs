@@ -134,6 +134,74 @@ async fn the_factors_page_links_back_only_on_this_origin() {
     assert_eq!(href_of(&html, "back-to-app"), "/app/");
 }
 
+/// A sign-in whose sessions were ended elsewhere a moment ago (another
+/// replica, an administrator; this gateway's view has not heard of it, as
+/// `revocation_check` is long) cannot finish enrolling a factor in the
+/// portal: the factor would outlive the ended session.
+#[tokio::test]
+async fn enrollment_asks_the_store_whether_the_session_was_ended_elsewhere() {
+    let gw = TestGateway::start(
+        "[factors.totp]\nenabled = true\n\n[factors.recovery_codes]\nenabled = true\n\n\
+         [session]\nrevocation_check = \"120s\"\n\n\
+         [[rules]]\npath = \"^/secure(/|$)\"\npolicy = \"two_factor\"\n",
+    )
+    .await;
+    let login = gw.login_rd(ALICE.username, ALICE.password, "/secure/").await;
+    let html = browse(&gw, "/_portcullis/enroll?rd=/secure/", &login.cookie(), "")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let marker = "data-secret=\"";
+    let start = html.find(marker).unwrap() + marker.len();
+    let secret = &html[start..start + html[start..].find('"').unwrap()];
+    let seed = base32::decode(base32::Alphabet::Rfc4648 { padding: false }, secret).unwrap();
+    let cfg = TotpConfig {
+        enabled: true,
+        issuer: "Portcullis".into(),
+        digits: 6,
+        period: 30,
+        algorithm: TotpAlgorithm::Sha1,
+        skew: 1,
+    };
+    let code = portcullis::factors::totp::code_at(&cfg, &seed, gw.clock.now());
+    // Another replica ends alice's sessions: only the store knows.
+    let store = gw.gateway.state().store.clone();
+    let uid = TestGateway::uid("alice");
+    store.bump_epoch(&uid).await.unwrap();
+    let res = gw
+        .client()
+        .post(gw.url("/_portcullis/enroll/activate"))
+        .header("accept", "text/html")
+        .header("cookie", login.cookie())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("csrf", &csrf_field(&html)),
+            ("rd", "/secure/"),
+            ("factor", &field(&html, "factor")),
+            ("code", &code),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert!(
+        res.headers()
+            .get("set-cookie")
+            .is_none_or(|c| !c.to_str().unwrap().starts_with("portcullis_session=v1."))
+    );
+    let factors = store.list_factors(&uid).await.unwrap();
+    assert!(
+        factors
+            .iter()
+            .all(|f| f.status != portcullis::store::FactorStatus::Active),
+        "a factor was activated: {factors:?}"
+    );
+    // The gateway learned of it on the way: the session is over here too.
+    let after = browse(&gw, "/secure/", &login.cookie(), "").await;
+    assert_ne!(after.status(), 200);
+}
+
 #[tokio::test]
 async fn enrollment_offers_an_otpauth_link_and_recovery_codes_to_copy_and_download() {
     let gw = TestGateway::start(
