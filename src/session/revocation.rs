@@ -143,19 +143,36 @@ impl RevocationView {
         now: UnixTime,
         epochs: Option<Vec<(String, u64)>>,
     ) -> StoreResult<()> {
-        let cursor = self.read().cursor;
-        // Re-read a little behind the cursor: sequence numbers can become visible
-        // out of order on PostgreSQL; applying an event twice is harmless.
-        let batch = store
-            .revocations_since((cursor - REVOCATION_OVERLAP).max(0), now)
-            .await?;
-        let mut s = self.write();
         if let Some(epochs) = epochs {
+            let mut s = self.write();
             for (uid, ep) in epochs {
                 let e = s.epochs.entry(uid).or_insert(0);
                 *e = (*e).max(ep);
             }
         }
+        // Every page the store has: a view far behind (a new replica, a long
+        // outage) must not call itself fresh after reading only the oldest
+        // batch of a long log.
+        loop {
+            let cursor = self.read().cursor;
+            // Re-read a little behind the cursor: sequence numbers can become
+            // visible out of order on PostgreSQL; applying an event twice is
+            // harmless.
+            let batch = store
+                .revocations_since((cursor - REVOCATION_OVERLAP).max(0), now)
+                .await?;
+            let (more, advanced) = (batch.more, batch.cursor > cursor);
+            self.apply(batch, now);
+            // A full batch that did not move the cursor (a limit no larger
+            // than the overlap) would be read again forever.
+            if !(more && advanced) {
+                return Ok(());
+            }
+        }
+    }
+
+    fn apply(&self, batch: crate::store::RevocationBatch, now: UnixTime) {
+        let mut s = self.write();
         for ev in batch.events {
             match ev {
                 RevocationEvent::Session { sid, expires_at } => {
@@ -169,7 +186,6 @@ impl RevocationView {
         }
         s.cursor = s.cursor.max(batch.cursor);
         s.revoked.retain(|_, exp| *exp > now);
-        Ok(())
     }
 }
 

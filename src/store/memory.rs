@@ -151,6 +151,7 @@ impl Store for MemoryStore {
         let mut batch = RevocationBatch {
             events: Vec::new(),
             cursor,
+            more: false,
         };
         for (seq, ev) in log.iter().filter(|(s, _)| *s > cursor) {
             batch.cursor = *seq;

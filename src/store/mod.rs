@@ -104,6 +104,9 @@ pub struct RevocationBatch {
     pub events: Vec<RevocationEvent>,
     /// The highest `seq` returned (or the cursor given, when none).
     pub cursor: i64,
+    /// The store stopped at its batch limit: rows after `cursor` may be
+    /// waiting, and a reader that must be complete asks again from there.
+    pub more: bool,
 }
 
 /// A factor's lifecycle state.

@@ -360,7 +360,7 @@ impl Store for PostgresStore {
         let rows = self
             .fetch_all(sql::revocations_since(cursor, self.batch_limit))
             .await?;
-        sql::revocation_batch(rows, cursor, now)
+        sql::revocation_batch(rows, cursor, now, self.batch_limit)
     }
 
     async fn record_failure(&self, key: &CounterKey, window: i64, now: UnixTime) -> StoreResult<u32> {

@@ -150,14 +150,18 @@ pub(super) type RevocationRow = (
 /// Turns rows read in `seq` order after `cursor` into a batch: expired session
 /// events are dropped, but the cursor still moves past them, so a reader does
 /// not read them again.
+/// `limit` is the most rows the query could return: a batch that reached it
+/// says there may be more.
 pub(super) fn revocation_batch(
     rows: Vec<RevocationRow>,
     cursor: i64,
     now: UnixTime,
+    limit: i64,
 ) -> StoreResult<RevocationBatch> {
     let mut batch = RevocationBatch {
         events: Vec::with_capacity(rows.len()),
         cursor,
+        more: i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit,
     };
     for (seq, kind, sid, user_id, epoch, expires_at) in rows {
         batch.cursor = batch.cursor.max(seq);
@@ -1035,8 +1039,13 @@ mod tests {
                 Some(50),
             ),
         ];
-        let batch = revocation_batch(rows, 3, 60).unwrap();
+        let batch = revocation_batch(rows.clone(), 3, 60, 10).unwrap();
         assert_eq!(batch.cursor, 9);
+        assert!(!batch.more, "3 rows of at most 10");
+        assert!(
+            revocation_batch(rows, 3, 60, 3).unwrap().more,
+            "3 rows of at most 3"
+        );
         assert_eq!(
             batch.events,
             [
@@ -1051,7 +1060,10 @@ mod tests {
             ]
         );
         let bad = vec![(1, "session".to_owned(), None, None, None, Some(1))];
-        assert!(matches!(revocation_batch(bad, 0, 0), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            revocation_batch(bad, 0, 0, 10),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[test]

@@ -346,7 +346,7 @@ impl Store for SqliteStore {
         let rows = self
             .fetch_all(sql::revocations_since(cursor, self.batch_limit))
             .await?;
-        sql::revocation_batch(rows, cursor, now)
+        sql::revocation_batch(rows, cursor, now, self.batch_limit)
     }
 
     async fn record_failure(&self, key: &CounterKey, window: i64, now: UnixTime) -> StoreResult<u32> {
@@ -915,6 +915,72 @@ mod tests {
         }
         assert_eq!(sizes, [1, 2, 0]);
         assert_eq!(sids, ["s1", "s3", "s5"]);
+    }
+
+    /// A revocation view far behind a long log (a new replica) reads every
+    /// page before it calls itself fresh: it read only the oldest batch, and
+    /// accepted the newest signed-out sessions while looking fresh.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_view_behind_a_long_log_reads_every_page() {
+        use crate::session::revocation::RevocationView;
+        use crate::store::{REVOCATION_OVERLAP, SharedStore};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open_in(&dir).await;
+        // Pages that move on (the limit must exceed the overlap re-read).
+        let limit = REVOCATION_OVERLAP + 100;
+        store.batch_limit = limit;
+        let rows = 3 * limit;
+        let writer = store.writer.clone();
+        let revoke = |from: i64, to: i64| {
+            let writer = writer.clone();
+            async move {
+                let mut tx = writer.begin().await.unwrap();
+                for i in from..to {
+                    sqlx::query(
+                        "INSERT INTO revocations (kind, sid, expires_at) VALUES ('session', $1, 10000)",
+                    )
+                    .bind(format!("s{i}"))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+        };
+        revoke(0, rows).await;
+        let store: SharedStore = std::sync::Arc::new(store);
+        let view = RevocationView::new(std::time::Duration::from_secs(2));
+        let t0 = std::time::Instant::now();
+        view.refresh(&store, 100, t0).await.unwrap();
+        assert!(view.is_fresh(t0));
+        let newest = crate::session::SessionClaims {
+            sid: format!("s{}", rows - 1),
+            sin: "in".into(),
+            uid: "u".into(),
+            lvl: 1,
+            amr: vec![],
+            auth: 0,
+            mfa: None,
+            iat: 0,
+            last: 0,
+            ep: 0,
+        };
+        assert_eq!(
+            view.check(&newest, t0),
+            Err(crate::session::SessionReject::Revoked),
+            "the newest signed-out session is accepted by a fresh view"
+        );
+        // A catch-up reads every page too.
+        revoke(rows, 2 * rows).await;
+        view.catch_up(&store, 100).await.unwrap();
+        let newest = crate::session::SessionClaims {
+            sid: format!("s{}", 2 * rows - 1),
+            ..newest
+        };
+        assert_eq!(
+            view.check(&newest, t0),
+            Err(crate::session::SessionReject::Revoked)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
