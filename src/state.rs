@@ -55,13 +55,21 @@ impl Handles {
     /// this replica's view (which may be up to `session.revocation_check`
     /// behind another replica's sign-out or an administrator's reset)? Asked
     /// before a session adds or removes a factor; the answer also brings the
-    /// view up to date for every later request.
+    /// view up to date for every later request. A view not fresh enough to
+    /// trust is an error (the store is away), not an ended session.
     pub async fn still_current(
         &self,
         claims: &crate::session::SessionClaims,
     ) -> Result<bool, crate::store::StoreError> {
+        use crate::session::SessionReject;
         self.revocations.catch_up(&self.store, self.clock.now()).await?;
-        Ok(self.revocations.check(claims, std::time::Instant::now()).is_ok())
+        match self.revocations.check(claims, std::time::Instant::now()) {
+            Ok(()) => Ok(true),
+            Err(SessionReject::Unavailable) => Err(crate::store::StoreError::Unavailable(
+                "the revocation view is not fresh".into(),
+            )),
+            Err(_) => Ok(false),
+        }
     }
 }
 

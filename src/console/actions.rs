@@ -66,14 +66,14 @@ fn failed(st: &AppState, login: &str, e: &UserOpError) -> Response {
 
 /// [`admit_change`] for a change to the user `id`, whose page the admin
 /// returns to; an id that cannot name a user answers "no such user".
-fn admit_user_change(
+async fn admit_user_change(
     st: &AppState,
     ctx: &Ctx,
     headers: &HeaderMap,
     csrf: &str,
     id: &str,
 ) -> Result<ConsoleAdmin, Box<Response>> {
-    let admin = admit_change(st, ctx, headers, csrf, &user_path(id))?;
+    let admin = admit_change(st, ctx, headers, csrf, &user_path(id)).await?;
     if !crate::ids::is_user_key(id) {
         return Err(Box::new(no_such_user(st)));
     }
@@ -89,7 +89,7 @@ pub async fn reset(
     Path(id): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let admin = match admit_user_change(&st, &ctx, &headers, &f.csrf, &id) {
+    let admin = match admit_user_change(&st, &ctx, &headers, &f.csrf, &id).await {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -111,7 +111,7 @@ pub async fn unlock(
     Path(id): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let admin = match admit_user_change(&st, &ctx, &headers, &f.csrf, &id) {
+    let admin = match admit_user_change(&st, &ctx, &headers, &f.csrf, &id).await {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -130,7 +130,7 @@ pub async fn revoke(
     Path(id): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let admin = match admit_user_change(&st, &ctx, &headers, &f.csrf, &id) {
+    let admin = match admit_user_change(&st, &ctx, &headers, &f.csrf, &id).await {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -149,7 +149,7 @@ pub async fn recovery_codes(
     Path(id): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let admin = match admit_user_change(&st, &ctx, &headers, &f.csrf, &id) {
+    let admin = match admit_user_change(&st, &ctx, &headers, &f.csrf, &id).await {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -181,7 +181,7 @@ pub async fn delete(
     Path(id): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let admin = match admit_user_change(&st, &ctx, &headers, &f.csrf, &id) {
+    let admin = match admit_user_change(&st, &ctx, &headers, &f.csrf, &id).await {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -225,7 +225,7 @@ pub async fn create_user(
     headers: HeaderMap,
     Form(f): Form<NewUserForm>,
 ) -> Response {
-    let admin = match admit_change(&st, &ctx, &headers, &f.csrf, "/console/new-user") {
+    let admin = match admit_change(&st, &ctx, &headers, &f.csrf, "/console/new-user").await {
         Ok(a) => a,
         Err(r) => return *r,
     };

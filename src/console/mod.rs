@@ -235,7 +235,7 @@ fn admit_as(
 /// then a second factor older than `admin.console_max_age` sends the
 /// browser to step up and come back to `back` (a console path below the
 /// prefix, built by the handler).
-pub fn admit_change(
+pub async fn admit_change(
     st: &AppState,
     ctx: &Ctx,
     headers: &HeaderMap,
@@ -262,7 +262,20 @@ pub fn admit_change(
             "a recent second factor is required",
         ));
     }
-    Ok(admin)
+    // Signed out (or ended by another administrator) on another replica a
+    // moment ago: no change in this session's name.
+    match st.still_current(&admin.session.claims).await {
+        Ok(true) => Ok(admin),
+        Ok(false) => Err(send_on(
+            st,
+            headers,
+            StatusCode::SEE_OTHER,
+            "login?",
+            back,
+            "the session has ended",
+        )),
+        Err(e) => Err(Box::new(unavailable(st, &e))),
+    }
 }
 
 /// The path of a user's page, below the prefix.

@@ -233,15 +233,13 @@ pub(super) fn has_recent_mfa(st: &AppState, s: &ActiveSession) -> bool {
 /// Never for a session the store says has ended (another replica's sign-out
 /// or an administrator's reset a moment ago): a factor would outlive it.
 pub(super) async fn may_enroll(st: &AppState, s: &ActiveSession) -> Result<bool, ()> {
-    if !st.still_current(&s.claims).await.map_err(|_| ())? {
-        return Ok(false);
-    }
-    if has_recent_mfa(st, s) {
-        return Ok(true);
-    }
-    let all = factors::list(st, &s.user).await.map_err(|_| ())?;
-    Ok(factors::usable(st, &all).is_empty()
-        && st.config.users.enrollment == crate::config::Enrollment::FirstLogin)
+    let allowed = has_recent_mfa(st, s) || {
+        let all = factors::list(st, &s.user).await.map_err(|_| ())?;
+        factors::usable(st, &all).is_empty()
+            && st.config.users.enrollment == crate::config::Enrollment::FirstLogin
+    };
+    // Last: it reads the store's revocation log.
+    Ok(allowed && st.still_current(&s.claims).await.map_err(|_| ())?)
 }
 
 /// After a factor was activated: recovery codes when it is the user's first

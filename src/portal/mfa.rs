@@ -472,9 +472,10 @@ pub struct CsrfForm {
     csrf: String,
 }
 
-/// Guards a factor change: a session, CSRF, and a recent second factor
-/// (else a step-up that comes back to the factors page).
-pub(super) fn change_guard(
+/// Guards a factor change: a session, CSRF, a recent second factor (else a
+/// step-up that comes back to the factors page), and a session the store
+/// says has not ended (another replica's sign-out a moment ago).
+pub(super) async fn change_guard(
     st: &AppState,
     ctx: &Ctx,
     headers: &HeaderMap,
@@ -495,7 +496,11 @@ pub(super) fn change_guard(
             enc(&target)
         ))));
     }
-    Ok(s)
+    match st.still_current(&s.claims).await {
+        Ok(true) => Ok(s),
+        Ok(false) => Err(Box::new(to_login(st, &target))),
+        Err(_) => Err(Box::new(unavailable_page(st))),
+    }
 }
 
 /// `POST {prefix}/factors/{id}/remove`.
@@ -506,7 +511,7 @@ pub async fn remove(
     Ids(id): Ids<String>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    let s = match change_guard(&st, &ctx, &headers, &f.csrf) {
+    let s = match change_guard(&st, &ctx, &headers, &f.csrf).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -536,7 +541,7 @@ pub async fn regenerate(
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    let s = match change_guard(&st, &ctx, &headers, &f.csrf) {
+    let s = match change_guard(&st, &ctx, &headers, &f.csrf).await {
         Ok(s) => s,
         Err(r) => return *r,
     };

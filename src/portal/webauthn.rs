@@ -429,7 +429,7 @@ pub async fn rename_submit(
     Ids(id): Ids<String>,
     Form(f): Form<RenameForm>,
 ) -> Response {
-    let s = match mfa::change_guard(&st, &ctx, &headers, &f.csrf) {
+    let s = match mfa::change_guard(&st, &ctx, &headers, &f.csrf).await {
         Ok(s) => s,
         Err(r) => return *r,
     };

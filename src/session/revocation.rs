@@ -128,11 +128,13 @@ impl RevocationView {
     /// at start-up it has other checks to finish first). Called before a
     /// session changes what outlives it (adds or removes a factor), so one
     /// that another replica ended a moment ago cannot.
-    /// Before the first refresh it does nothing (that one loads every epoch
-    /// first; the view is stale until then anyway).
+    /// Before the first refresh it is an error (that one loads every epoch
+    /// first, and a cursor moved here would skip it).
     pub async fn catch_up(&self, store: &SharedStore, now: UnixTime) -> StoreResult<()> {
         if self.read().last_ok.is_none() {
-            return Ok(());
+            return Err(crate::store::StoreError::Unavailable(
+                "the revocation view has not been loaded yet".into(),
+            ));
         }
         self.pull(store, now, None).await
     }
@@ -233,18 +235,24 @@ mod tests {
         let store: SharedStore = Arc::new(MemoryStore::new());
         store.bump_epoch("u1").await.unwrap();
         let view = RevocationView::new(Duration::from_secs(2));
-        let t0 = Instant::now();
-        view.catch_up(&store, 100).await.unwrap();
-        assert!(!view.is_fresh(t0), "a catch-up made a new view fresh");
+        assert!(
+            view.catch_up(&store, 100).await.is_err(),
+            "nothing to catch up on yet"
+        );
+        assert!(!view.is_fresh(Instant::now()), "a catch-up made a new view fresh");
         assert_eq!(view.epoch("u1"), 0, "nothing pulled before the first refresh");
+        // Last refreshed 10 s ago: stale now, and a catch-up must not change that.
+        let t0 = Instant::now()
+            .checked_sub(Duration::from_secs(10))
+            .expect("the machine has been up for 10 s");
         view.refresh(&store, 100, t0).await.unwrap();
         assert_eq!(view.epoch("u1"), 1);
+        assert!(!view.is_fresh(Instant::now()));
         store.bump_epoch("u1").await.unwrap();
         store.revoke_session("s9", 10_000).await.unwrap();
-        let later = t0 + Duration::from_secs(5);
         view.catch_up(&store, 101).await.unwrap();
         assert_eq!(view.epoch("u1"), 2);
-        assert!(!view.is_fresh(later), "a catch-up vouched for freshness");
+        assert!(!view.is_fresh(Instant::now()), "a catch-up vouched for freshness");
         assert_eq!(
             view.check(&claims("s9", "u2", 0), t0),
             Err(SessionReject::Revoked)

@@ -869,3 +869,39 @@ async fn the_events_page_lists_and_filters_the_audit_log() {
     let p = browse(&gw, &erin_path(), &carol.cookie()).await;
     assert!(p.body.contains("Unlock user account by admin"), "{}", p.body);
 }
+
+/// Sessions ended on another replica a moment ago (this gateway's view
+/// has not heard of it: `revocation_check` is long) change nothing: not new
+/// recovery codes on the portal's factors page, not a console reset in the
+/// administrator's name. The gateway asks the store first.
+#[tokio::test]
+async fn a_session_ended_elsewhere_changes_nothing() {
+    let gw = start_with("console_groups = [\"helpdesk\"]\n\n[session]\nrevocation_check = \"120s\"\n").await;
+    let uid = TestGateway::uid("erin");
+    stored_totp(&gw, &uid).await;
+    let store = gw.gateway.state().store.clone();
+    let carol_id = TestGateway::uid("carol");
+
+    // The portal: new recovery codes.
+    let carol = two_factor(&gw, "carol").await;
+    store.bump_epoch(&carol_id).await.unwrap();
+    let p = submit(&gw, "/_portcullis/factors/recovery", &carol, &[]).await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert!(p.location.contains("/login?"), "{}", p.location);
+    assert!(!p.body.contains("recovery-codes"), "{}", p.body);
+
+    // The console: a reset of erin's factors.
+    let carol = two_factor(&gw, "carol").await;
+    store.bump_epoch(&carol_id).await.unwrap();
+    let p = submit(&gw, &format!("{}/reset", erin_path()), &carol, &[]).await;
+    assert_eq!(p.status, 303);
+    assert!(p.location.contains("/login?"), "{}", p.location);
+    let (_, list) = admin_api(
+        &gw,
+        reqwest::Method::GET,
+        &format!("/api/v1/users/{uid}/factors"),
+        None,
+    )
+    .await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+}

@@ -199,7 +199,15 @@ async fn enrollment_asks_the_store_whether_the_session_was_ended_elsewhere() {
     );
     // The gateway learned of it on the way: the session is over here too.
     let after = browse(&gw, "/secure/", &login.cookie(), "").await;
-    assert_ne!(after.status(), 200);
+    let to = after
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert!(
+        to.contains("/_portcullis/login"),
+        "a session still good here goes to the second factor: {to}"
+    );
 }
 
 #[tokio::test]

@@ -155,10 +155,10 @@ async fn listener_backend(url: &str, gw: &Gateway, within: Duration) -> Option<i
     }
 }
 
-/// Waits (up to 15 s) until `gw` has logged `line`.
-async fn wait_logged(gw: &Gateway, line: &str) {
+/// Waits (up to 15 s) until `gw` has logged `line` `times` times.
+async fn wait_logged(gw: &Gateway, line: &str, times: usize) {
     let start = Instant::now();
-    while !gw.log_text().contains(line) {
+    while gw.log_text().matches(line).count() < times {
         assert!(
             start.elapsed() < Duration::from_secs(15),
             "{} never logged {line:?}:\n{}",
@@ -205,7 +205,7 @@ async fn three_replicas_one_behind_pgbouncer_get_revocations_pushed() {
         // A notification sent before a replica runs LISTEN is lost to it (it
         // then learns from the poll): measure pushes once all three listen.
         for gw in fleet {
-            wait_logged(gw, "revocation notifications: listening").await;
+            wait_logged(gw, "revocation notifications: listening", 1).await;
         }
 
         // ---- sign-out on one, refused by the other two: 50 trials ----------
@@ -261,6 +261,7 @@ async fn three_replicas_one_behind_pgbouncer_get_revocations_pushed() {
         let survivor = a.sign_in("carol").await.unwrap();
         assert_eq!(b.app_status(Some(&cookie)).await, 200);
         let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+        let relistened = b.log_text().matches("revocation notifications: listening again").count();
         let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
             .bind(old)
             .fetch_one(&mut conn)
@@ -292,7 +293,7 @@ async fn three_replicas_one_behind_pgbouncer_get_revocations_pushed() {
             b.log_text()
         );
         // Its backend shows before it has run LISTEN; the log line comes after.
-        wait_logged(&b, "revocation notifications: listening again").await;
+        wait_logged(&b, "revocation notifications: listening again", relistened + 1).await;
         let relisten = start.elapsed();
         let cookie = a.sign_in("carol").await.unwrap();
         assert_eq!(b.app_status(Some(&cookie)).await, 200);
