@@ -417,3 +417,55 @@ pub async fn end_prior_sign_in(st: &AppState, headers: &HeaderMap) {
         tracing::warn!(error = %e, "could not revoke the sign-in a new one replaces");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock as _;
+    use crate::factors::EpochMoved;
+
+    fn claims(ep: u64, now: crate::clock::UnixTime) -> SessionClaims {
+        SessionClaims {
+            sid: "sid".into(),
+            sin: "sin".into(),
+            uid: "u1".into(),
+            lvl: 2,
+            amr: vec!["pwd".into(), "otp".into()],
+            auth: now,
+            mfa: Some(now),
+            iat: now,
+            last: now,
+            ep,
+        }
+    }
+
+    /// The session that removed a factor carries on at the epoch its own
+    /// removal moved to; an epoch moved further (an administrator ended the
+    /// user's sessions meanwhile) ends it.
+    #[tokio::test]
+    async fn a_session_is_reissued_only_past_its_own_change() {
+        let (gw, clock, _dir) = crate::factors::otp::tests::gateway("").await;
+        let st = gw.state();
+        let value = |cookie: HeaderValue| {
+            let text = cookie.to_str().unwrap().to_owned();
+            let pair = text.split(';').next().unwrap().to_owned();
+            pair.split_once('=').unwrap().1.to_owned()
+        };
+        let now = clock.now();
+        let claims = |ep| claims(ep, now);
+        let same = reissue(st, &claims(3), None).expect("no epoch moved: re-issued as it is");
+        assert_eq!(st.enforcer.sessions.decode(&value(same), now).unwrap().ep, 3);
+        let own = reissue(st, &claims(3), Some(EpochMoved(4))).expect("its own change");
+        let own = st.enforcer.sessions.decode(&value(own), now).unwrap();
+        assert_eq!((own.ep, own.sid.as_str(), own.sin.as_str()), (4, "sid", "sin"));
+        assert!(
+            reissue(st, &claims(3), Some(EpochMoved(5))).is_none(),
+            "moved twice"
+        );
+        assert!(
+            reissue(st, &claims(3), Some(EpochMoved(3))).is_none(),
+            "not moved by it"
+        );
+        assert!(reissue(st, &claims(u64::MAX), Some(EpochMoved(0))).is_none());
+    }
+}
