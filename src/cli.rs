@@ -78,8 +78,23 @@ enum StoreCommand {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let cli = match parsed {
+        Ok((cli, matches)) => {
+            // `--config` typed for a command that reads none is a mistake
+            // worth saying (from PORTCULLIS_CONFIG it is just ignored).
+            if let Some((name, sub)) = matches.subcommand()
+                && ["demo", "hash-password", "gen-key"].contains(&name)
+                && sub.value_source("config") == Some(clap::parser::ValueSource::CommandLine)
+            {
+                eprintln!("error: `portcullis {name}` reads no config; leave out --config");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            cli
+        }
         // Help and version go to stdout with 0; bad arguments exit 64 (not clap's 2).
         Err(e) if !e.use_stderr() => {
             let _ = e.print();

@@ -180,6 +180,16 @@ fn the_config_option_comes_before_or_after_the_command() {
         assert_eq!(code, Some(0), "{args:?}: {out}{err}");
         assert!(out.contains("alice"), "{args:?}: {out}");
     }
+    // Commands that read no config: PORTCULLIS_CONFIG is ignored, a typed
+    // --config refused.
+    let (code, out, err) = run(&["gen-key"], Some(p));
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, _, err) = run(&["gen-key", "--config", p], None);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("reads no config"), "{err}");
+    let (code, _, err) = run(&["--config", p, "demo"], None);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("reads no config"), "{err}");
     for (args, named) in [
         (vec!["check-config"], "portcullis check-config"),
         (vec!["users", "list"], "portcullis users"),
