@@ -131,12 +131,20 @@ pub async fn enroll(st: &Handles, user: &User, provider: &str) -> Result<Enrolle
     st.store.insert_factor(&factor).await?;
     let token = crate::crypto::random_token();
     let expires_at = now + ACTIVATION_TTL;
+    // The epoch recorded below is read after the store's latest, so a view
+    // that lags does not void the pairing it hands out (best effort: a lag
+    // left here only refuses the pairing).
+    if let Err(e) = st.revocations.catch_up(&st.store, now).await {
+        tracing::debug!(error = %e, "reading the revocation log before a push enrollment");
+    }
     st.store
         .put_transaction(&TransactionRecord {
             id: crate::crypto::token_id(&token),
             kind: ACTIVATION_KIND.into(),
             user_id: user.id.clone(),
-            data: json!({ "factor_id": factor.id }),
+            // The user's session epoch now: ending the user's sessions
+            // voids pairings handed out before (see `register_device`).
+            data: json!({ "factor_id": factor.id, "epoch": st.revocations.epoch(&user.id) }),
             version: 0,
             expires_at,
         })
@@ -226,6 +234,17 @@ pub async fn register_device(st: &Handles, reg: &DeviceRegistration) -> Result<F
         return Err(DeviceError::InvalidToken);
     };
     let factor_id = token.data["factor_id"].as_str().unwrap_or_default();
+    // The user's sessions were ended since this pairing was handed out (an
+    // administrator, "sign out everywhere", on any replica: read from the
+    // store now): the code was shown to a session that is over, so it pairs
+    // nothing. Tokens from before the epoch was recorded have none.
+    if let Some(began) = token.data["epoch"].as_u64() {
+        st.revocations.catch_up(&st.store, now).await?;
+        if st.revocations.epoch(&token.user_id) > began {
+            audit!("factor.pairing_refused", user_id = %token.user_id, factor_id = %factor_id, reason = "sessions ended since enrollment");
+            return Err(DeviceError::InvalidToken);
+        }
+    }
     let Some(pending) = st.store.get_factor(&token.user_id, factor_id).await? else {
         return Err(DeviceError::InvalidToken);
     };

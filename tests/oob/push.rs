@@ -587,3 +587,52 @@ async fn password_then_push_through_the_portal() {
     assert_eq!(me["amr"], json!(["pwd", "push"]));
     assert_eq!(gw.status("/", Some(&cookie)).await, 200);
 }
+
+/// An activation QR code handed out before the user's sessions were ended
+/// (an administrator, "sign out everywhere", on another replica a moment
+/// ago: only the store knows) pairs no device; one handed out after does.
+#[tokio::test]
+async fn ending_the_users_sessions_voids_pairings_handed_out_before() {
+    let gw = gateway(&format!(
+        "default_policy = \"two_factor\"\n[session]\nrevocation_check = \"120s\"\n\
+         [factors.push]\nenabled = true\nttl = \"60s\"\n\
+         delivery = {{ kind = \"webhook\", url = \"http://127.0.0.1:9/push\", secret = \"{SECRET}\" }}\n"
+    ))
+    .await;
+    let enroll = || async {
+        let a = authn(&gw, "alice", Some(ALICE.password)).await;
+        assert_eq!(a.json["status"], "MFA_ENROLL", "{}", a.json);
+        let token = a.json["stateToken"].as_str().unwrap().to_owned();
+        let e = post(
+            &gw,
+            "/_portcullis/api/v1/authn/factors",
+            json!({ "stateToken": token, "factorType": "push", "provider": "OKTA" }),
+            None,
+        )
+        .await;
+        assert_eq!(e.json["status"], "MFA_ENROLL_ACTIVATE", "{}", e.json);
+        let factor = e.json["_embedded"]["factor"]["id"].as_str().unwrap().to_owned();
+        let activation = e.json["_embedded"]["factor"]["_embedded"]["activation"]["activationToken"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (factor, activation)
+    };
+    let (factor, before) = enroll().await;
+    let uid = TestGateway::uid("alice");
+    let store = gw.gateway.state().store.clone();
+    store.bump_epoch(&uid).await.unwrap();
+    let mut device = Device::generate(&gw.url("/_portcullis")).unwrap();
+    let refused = device.pair(&before, "Phone", "http://127.0.0.1:9/push").await;
+    assert!(refused.is_err(), "paired with a code from before: {refused:?}");
+    let pending = store.get_factor(&uid, &factor).await.unwrap().unwrap();
+    assert_eq!(pending.status, portcullis::store::FactorStatus::PendingActivation);
+    // A new enrollment after the sessions ended pairs as usual, even where
+    // the gateway has not heard of the end yet.
+    store.bump_epoch(&uid).await.unwrap();
+    let (_, after) = enroll().await;
+    device
+        .pair(&after, "Phone", "http://127.0.0.1:9/push")
+        .await
+        .expect("a code handed out after pairs");
+}
