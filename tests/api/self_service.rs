@@ -480,12 +480,9 @@ async fn a_password_alone_cannot_take_over_a_pending_factor() {
     assert_eq!(f.body["status"], "PENDING_ACTIVATION");
 }
 
-/// Removing one's own factor on one replica while an administrator ends the
-/// user's sessions on another (that replica has not heard of it yet): the
-/// removal's new epoch includes the administrator's, and the session must
-/// not be re-issued past it (it was, carrying on a stolen session).
-#[tokio::test]
-async fn a_factor_removed_during_an_admin_revocation_does_not_carry_the_session_on() {
+/// Two replicas on one memory store and clock, each hearing of the other's
+/// revocations only after `revocation_check` (120 s: not within a test).
+async fn two_slow_replicas() -> (TestGateway, TestGateway) {
     let store: portcullis::store::SharedStore =
         std::sync::Arc::new(portcullis::store::memory::MemoryStore::new());
     let clock = portcullis::clock::ManualClock::new(crate::support::T0);
@@ -500,6 +497,16 @@ async fn a_factor_removed_during_an_admin_revocation_does_not_carry_the_session_
             .start()
     };
     let (a, b) = (replica().await, replica().await);
+    (a, b)
+}
+
+/// Removing one's own factor on one replica while an administrator ends the
+/// user's sessions on another (that replica has not heard of it yet): the
+/// removal's new epoch includes the administrator's, and the session must
+/// not be re-issued past it (it was, carrying on a stolen session).
+#[tokio::test]
+async fn a_factor_removed_during_an_admin_revocation_does_not_carry_the_session_on() {
+    let (a, b) = two_slow_replicas().await;
     let uid = TestGateway::uid("alice");
     let csrf = a.login(ALICE).await.csrf;
     let (fid, secret) = active_totp(&a, &uid).await;
@@ -555,20 +562,7 @@ async fn a_factor_removed_during_an_admin_revocation_does_not_carry_the_session_
 /// the self-service API and the portal's enrollment ask the store first.
 #[tokio::test]
 async fn a_session_ended_on_another_replica_cannot_add_a_factor() {
-    let store: portcullis::store::SharedStore =
-        std::sync::Arc::new(portcullis::store::memory::MemoryStore::new());
-    let clock = portcullis::clock::ManualClock::new(crate::support::T0);
-    let replica = || {
-        TestGateway::builder()
-            .toml(&format!(
-                "{}\n[session]\nrevocation_check = \"120s\"\n",
-                crate::common::FACTORS
-            ))
-            .store(store.clone())
-            .clock(clock.clone())
-            .start()
-    };
-    let (a, b) = (replica().await, replica().await);
+    let (a, b) = two_slow_replicas().await;
     let uid = TestGateway::uid("alice");
     let csrf = a.login(ALICE).await.csrf;
     let (fid, secret) = active_totp(&a, &uid).await;

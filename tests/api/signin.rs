@@ -705,15 +705,11 @@ async fn a_level1_session_on_a_two_factor_route_is_told_a_second_factor_is_requi
     }
 }
 
-/// A transaction that enrolled a factor while the user had none cannot sign
-/// in by activating it once the user has an active factor from elsewhere
-/// (the portal, another transaction, a helpdesk): a password alone would add
-/// a factor after the account was secured. The enrollment must be verified
-/// with the existing factor instead.
-#[tokio::test]
-async fn an_enrollment_overtaken_by_another_active_factor_cannot_sign_in() {
-    let gw = gateway("").await;
-    let user = crate::common::create_user(&gw, "dora", Some("enroll-password-1")).await;
+/// dora, a new API user without factors, signs in with her password and
+/// enrolls TOTP through the authn API: her id, the state token, the pending
+/// factor's id and its shared secret.
+async fn dora_enrolls_totp(gw: &TestGateway) -> (String, String, String, String) {
+    let user = crate::common::create_user(gw, "dora", Some("enroll-password-1")).await;
     let uid = user["id"].as_str().unwrap().to_owned();
     let a = send(
         gw.client()
@@ -735,6 +731,18 @@ async fn an_enrollment_overtaken_by_another_active_factor_cannot_sign_in() {
         .as_str()
         .unwrap()
         .to_owned();
+    (uid, state, fid, secret)
+}
+
+/// A transaction that enrolled a factor while the user had none cannot sign
+/// in by activating it once the user has an active factor from elsewhere
+/// (the portal, another transaction, a helpdesk): a password alone would add
+/// a factor after the account was secured. The enrollment must be verified
+/// with the existing factor instead.
+#[tokio::test]
+async fn an_enrollment_overtaken_by_another_active_factor_cannot_sign_in() {
+    let gw = gateway("").await;
+    let (uid, state, fid, secret) = dora_enrolls_totp(&gw).await;
     // Meanwhile the account gets an active factor elsewhere.
     active_totp(&gw, &uid).await;
     let done = gw
@@ -757,28 +765,7 @@ async fn an_enrollment_overtaken_by_another_active_factor_cannot_sign_in() {
 #[tokio::test]
 async fn an_enrollment_after_the_users_sessions_ended_elsewhere_activates_nothing() {
     let gw = gateway("[session]\nrevocation_check = \"120s\"\n").await;
-    let user = crate::common::create_user(&gw, "dora", Some("enroll-password-1")).await;
-    let uid = user["id"].as_str().unwrap().to_owned();
-    let a = send(
-        gw.client()
-            .post(gw.url(AUTHN))
-            .json(&json!({ "username": "dora", "password": "enroll-password-1" })),
-    )
-    .await;
-    assert_eq!(a.body["status"], "MFA_ENROLL", "{}", a.text);
-    let state = a.body["stateToken"].as_str().unwrap().to_owned();
-    let e = send(
-        gw.client()
-            .post(gw.url(&format!("{AUTHN}/factors")))
-            .json(&json!({ "stateToken": state, "factorType": "token:software:totp", "provider": "OKTA" })),
-    )
-    .await;
-    assert_eq!(e.body["status"], "MFA_ENROLL_ACTIVATE", "{}", e.text);
-    let fid = e.body["_embedded"]["factor"]["id"].as_str().unwrap().to_owned();
-    let secret = e.body["_embedded"]["factor"]["_embedded"]["activation"]["sharedSecret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (uid, state, fid, secret) = dora_enrolls_totp(&gw).await;
     // Another replica ends dora's sessions: only the store knows.
     gw.gateway.state().store.bump_epoch(&uid).await.unwrap();
     let done = gw

@@ -134,6 +134,30 @@ async fn the_factors_page_links_back_only_on_this_origin() {
     assert_eq!(href_of(&html, "back-to-app"), "/app/");
 }
 
+/// The TOTP enrollment page for `/secure/`: its HTML, the secret it shows
+/// and the code for it now.
+async fn totp_enrollment(gw: &TestGateway, login: &Login) -> (String, String, String) {
+    let html = browse(gw, "/_portcullis/enroll?rd=/secure/", &login.cookie(), "")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let marker = "data-secret=\"";
+    let start = html.find(marker).unwrap() + marker.len();
+    let secret = html[start..start + html[start..].find('"').unwrap()].to_owned();
+    let seed = base32::decode(base32::Alphabet::Rfc4648 { padding: false }, &secret).unwrap();
+    let cfg = TotpConfig {
+        enabled: true,
+        issuer: "Portcullis".into(),
+        digits: 6,
+        period: 30,
+        algorithm: TotpAlgorithm::Sha1,
+        skew: 1,
+    };
+    let code = portcullis::factors::totp::code_at(&cfg, &seed, gw.clock.now());
+    (html, secret, code)
+}
+
 /// A sign-in whose sessions were ended elsewhere a moment ago (another
 /// replica, an administrator; this gateway's view has not heard of it, as
 /// `revocation_check` is long) cannot finish enrolling a factor in the
@@ -147,24 +171,7 @@ async fn enrollment_asks_the_store_whether_the_session_was_ended_elsewhere() {
     )
     .await;
     let login = gw.login_rd(ALICE.username, ALICE.password, "/secure/").await;
-    let html = browse(&gw, "/_portcullis/enroll?rd=/secure/", &login.cookie(), "")
-        .await
-        .text()
-        .await
-        .unwrap();
-    let marker = "data-secret=\"";
-    let start = html.find(marker).unwrap() + marker.len();
-    let secret = &html[start..start + html[start..].find('"').unwrap()];
-    let seed = base32::decode(base32::Alphabet::Rfc4648 { padding: false }, secret).unwrap();
-    let cfg = TotpConfig {
-        enabled: true,
-        issuer: "Portcullis".into(),
-        digits: 6,
-        period: 30,
-        algorithm: TotpAlgorithm::Sha1,
-        skew: 1,
-    };
-    let code = portcullis::factors::totp::code_at(&cfg, &seed, gw.clock.now());
+    let (html, _, code) = totp_enrollment(&gw, &login).await;
     // Another replica ends alice's sessions: only the store knows.
     let store = gw.gateway.state().store.clone();
     let uid = TestGateway::uid("alice");
@@ -218,27 +225,10 @@ async fn enrollment_offers_an_otpauth_link_and_recovery_codes_to_copy_and_downlo
     )
     .await;
     let login = gw.login_rd(ALICE.username, ALICE.password, "/secure/").await;
-    let html = browse(&gw, "/_portcullis/enroll?rd=/secure/", &login.cookie(), "")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let (html, secret, code) = totp_enrollment(&gw, &login).await;
     let link = href_of(&html, "otpauth-link").replace("&amp;", "&");
     assert!(link.starts_with("otpauth://totp/"), "{link}");
-    let marker = "data-secret=\"";
-    let start = html.find(marker).unwrap() + marker.len();
-    let secret = &html[start..start + html[start..].find('"').unwrap()];
     assert!(link.contains(&format!("secret={secret}")), "{link}");
-    let seed = base32::decode(base32::Alphabet::Rfc4648 { padding: false }, secret).unwrap();
-    let cfg = TotpConfig {
-        enabled: true,
-        issuer: "Portcullis".into(),
-        digits: 6,
-        period: 30,
-        algorithm: TotpAlgorithm::Sha1,
-        skew: 1,
-    };
-    let code = portcullis::factors::totp::code_at(&cfg, &seed, gw.clock.now());
     let res = gw
         .client()
         .post(gw.url("/_portcullis/enroll/activate"))
