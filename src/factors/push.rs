@@ -112,11 +112,23 @@ pub fn public_key(factor: &FactorRecord) -> Option<VerifyingKey> {
 }
 
 /// Enrolls a push factor and returns its activation token.
-pub async fn enroll(st: &Handles, user: &User, provider: &str) -> Result<Enrolled, EnrollError> {
+///
+/// Enrolled by a session or a sign-in (not the admin API), the token
+/// records the user's session epoch: ending the user's sessions voids it.
+pub async fn enroll(st: &Handles, user: &User, provider: &str, flow: &Flow) -> Result<Enrolled, EnrollError> {
     if !st.config.factors.push.enabled || provider != "OKTA" {
         return Err(EnrollError::NotSupported);
     }
     let now = st.clock.now();
+    // The epoch recorded below is read after the store's latest, so a view
+    // that lags does not void the pairing it hands out.
+    let epoch = match flow {
+        Flow::Admin => None,
+        Flow::Authn(_) | Flow::Session(_) => {
+            st.revocations.catch_up(&st.store, now).await?;
+            Some(st.revocations.epoch(&user.id))
+        }
+    };
     let factor = FactorRecord {
         id: super::new_factor_id("push", provider),
         user_id: user.id.clone(),
@@ -131,20 +143,14 @@ pub async fn enroll(st: &Handles, user: &User, provider: &str) -> Result<Enrolle
     st.store.insert_factor(&factor).await?;
     let token = crate::crypto::random_token();
     let expires_at = now + ACTIVATION_TTL;
-    // The epoch recorded below is read after the store's latest, so a view
-    // that lags does not void the pairing it hands out (best effort: a lag
-    // left here only refuses the pairing).
-    if let Err(e) = st.revocations.catch_up(&st.store, now).await {
-        tracing::debug!(error = %e, "reading the revocation log before a push enrollment");
-    }
     st.store
         .put_transaction(&TransactionRecord {
             id: crate::crypto::token_id(&token),
             kind: ACTIVATION_KIND.into(),
             user_id: user.id.clone(),
-            // The user's session epoch now: ending the user's sessions
-            // voids pairings handed out before (see `register_device`).
-            data: json!({ "factor_id": factor.id, "epoch": st.revocations.epoch(&user.id) }),
+            // Ending the user's sessions voids pairings handed out before
+            // (see `register_device`).
+            data: json!({ "factor_id": factor.id, "epoch": epoch }),
             version: 0,
             expires_at,
         })
@@ -222,6 +228,9 @@ pub async fn register_device(st: &Handles, reg: &DeviceRegistration) -> Result<F
         return Err(DeviceError::InvalidToken);
     }
     let now = st.clock.now();
+    // Before the token is used up: a store that does not answer leaves it
+    // for the device's retry.
+    st.revocations.catch_up(&st.store, now).await?;
     let Some(token) = st
         .store
         .take_transaction(
@@ -238,12 +247,11 @@ pub async fn register_device(st: &Handles, reg: &DeviceRegistration) -> Result<F
     // administrator, "sign out everywhere", on any replica: read from the
     // store now): the code was shown to a session that is over, so it pairs
     // nothing. Tokens from before the epoch was recorded have none.
-    if let Some(began) = token.data["epoch"].as_u64() {
-        st.revocations.catch_up(&st.store, now).await?;
-        if st.revocations.epoch(&token.user_id) > began {
-            audit!("factor.pairing_refused", user_id = %token.user_id, factor_id = %factor_id, reason = "sessions ended since enrollment");
-            return Err(DeviceError::InvalidToken);
-        }
+    if let Some(began) = token.data["epoch"].as_u64()
+        && st.revocations.epoch(&token.user_id) > began
+    {
+        audit!("factor.pairing_refused", user_id = %token.user_id, factor_id = %factor_id, reason = "sessions ended since enrollment");
+        return Err(DeviceError::InvalidToken);
     }
     let Some(pending) = st.store.get_factor(&token.user_id, factor_id).await? else {
         return Err(DeviceError::InvalidToken);
@@ -776,9 +784,9 @@ impl FactorKind for Push {
         user: &'a User,
         provider: &'a str,
         _profile: &'a Value,
-        _flow: &'a Flow,
+        flow: &'a Flow,
     ) -> BoxFuture<'a, Result<Enrolled, EnrollError>> {
-        Box::pin(enroll(st, user, provider))
+        Box::pin(enroll(st, user, provider, flow))
     }
 
     fn challenge<'a>(
@@ -841,7 +849,7 @@ mod tests {
             factor,
             activation_token,
             ..
-        } = enroll(st, u, "OKTA").await.unwrap()
+        } = enroll(st, u, "OKTA", &Flow::Admin).await.unwrap()
         else {
             panic!("not a push enrollment")
         };

@@ -164,16 +164,23 @@ impl RevocationView {
                 .revocations_since((cursor - REVOCATION_OVERLAP).max(0), now)
                 .await?;
             let (more, advanced) = (batch.more, batch.cursor > cursor);
-            self.apply(batch, now);
-            // A full batch that did not move the cursor (a limit no larger
-            // than the overlap) would be read again forever.
-            if !(more && advanced) {
+            self.apply(batch);
+            if !more {
+                self.write().revoked.retain(|_, exp| *exp > now);
                 return Ok(());
+            }
+            // A full batch that did not move the cursor (a store limit no
+            // larger than the overlap) would be read again forever, and the
+            // rest never: not complete, so not fresh.
+            if !advanced {
+                return Err(crate::store::StoreError::Unavailable(
+                    "the revocation log did not advance past a full batch".into(),
+                ));
             }
         }
     }
 
-    fn apply(&self, batch: crate::store::RevocationBatch, now: UnixTime) {
+    fn apply(&self, batch: crate::store::RevocationBatch) {
         let mut s = self.write();
         for ev in batch.events {
             match ev {
@@ -187,7 +194,6 @@ impl RevocationView {
             }
         }
         s.cursor = s.cursor.max(batch.cursor);
-        s.revoked.retain(|_, exp| *exp > now);
     }
 }
 

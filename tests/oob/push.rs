@@ -635,4 +635,26 @@ async fn ending_the_users_sessions_voids_pairings_handed_out_before() {
         .pair(&after, "Phone", "http://127.0.0.1:9/push")
         .await
         .expect("a code handed out after pairs");
+
+    // The admin API enrolls for no session: its codes outlive an ending.
+    let res = gw
+        .client()
+        .post(gw.admin_url(&format!("/api/v1/users/{uid}/factors")))
+        .header("authorization", "SSWS test-admin-token-0123456789abcdef")
+        .json(&json!({ "factorType": "push", "provider": "OKTA" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    let code = body["_embedded"]["activation"]["activationToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned();
+    store.bump_epoch(&uid).await.unwrap();
+    Device::generate(&gw.url("/_portcullis"))
+        .unwrap()
+        .pair(&code, "Tablet", "http://127.0.0.1:9/push")
+        .await
+        .expect("an administrator's pairing code is not a session's");
 }
