@@ -212,13 +212,14 @@ fn keep_revoked(revoked: &mut HashMap<String, UnixTime>, sid: String, expires_at
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
     use crate::store::memory::MemoryStore;
 
-    fn claims(sid: &str, uid: &str, ep: u64) -> SessionClaims {
+    /// Level-1 claims of session `sid` of `uid` at epoch `ep`.
+    pub(crate) fn claims(sid: &str, uid: &str, ep: u64) -> SessionClaims {
         SessionClaims {
             sid: sid.into(),
             sin: format!("in-{sid}"),

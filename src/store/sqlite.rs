@@ -953,18 +953,8 @@ mod tests {
         let t0 = std::time::Instant::now();
         view.refresh(&store, 100, t0).await.unwrap();
         assert!(view.is_fresh(t0));
-        let newest = crate::session::SessionClaims {
-            sid: format!("s{}", rows - 1),
-            sin: "in".into(),
-            uid: "u".into(),
-            lvl: 1,
-            amr: vec![],
-            auth: 0,
-            mfa: None,
-            iat: 0,
-            last: 0,
-            ep: 0,
-        };
+        let claims = |n: i64| crate::session::revocation::tests::claims(&format!("s{n}"), "u", 0);
+        let newest = claims(rows - 1);
         assert_eq!(
             view.check(&newest, t0),
             Err(crate::session::SessionReject::Revoked),
@@ -973,10 +963,7 @@ mod tests {
         // A catch-up reads every page too.
         revoke(rows, 2 * rows).await;
         view.catch_up(&store, 100).await.unwrap();
-        let newest = crate::session::SessionClaims {
-            sid: format!("s{}", 2 * rows - 1),
-            ..newest
-        };
+        let newest = claims(2 * rows - 1);
         assert_eq!(
             view.check(&newest, t0),
             Err(crate::session::SessionReject::Revoked)

@@ -158,6 +158,24 @@ async fn totp_enrollment(gw: &TestGateway, login: &Login) -> (String, String, St
     (html, secret, code)
 }
 
+/// Posts the enrollment page's activation form with `code`.
+async fn activate(gw: &TestGateway, login: &Login, html: &str, code: &str) -> reqwest::Response {
+    gw.client()
+        .post(gw.url("/_portcullis/enroll/activate"))
+        .header("accept", "text/html")
+        .header("cookie", login.cookie())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("csrf", &csrf_field(html)),
+            ("rd", "/secure/"),
+            ("factor", &field(html, "factor")),
+            ("code", code),
+        ]))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A sign-in whose sessions were ended elsewhere a moment ago (another
 /// replica, an administrator; this gateway's view has not heard of it, as
 /// `revocation_check` is long) cannot finish enrolling a factor in the
@@ -176,21 +194,7 @@ async fn enrollment_asks_the_store_whether_the_session_was_ended_elsewhere() {
     let store = gw.gateway.state().store.clone();
     let uid = TestGateway::uid("alice");
     store.bump_epoch(&uid).await.unwrap();
-    let res = gw
-        .client()
-        .post(gw.url("/_portcullis/enroll/activate"))
-        .header("accept", "text/html")
-        .header("cookie", login.cookie())
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[
-            ("csrf", &csrf_field(&html)),
-            ("rd", "/secure/"),
-            ("factor", &field(&html, "factor")),
-            ("code", &code),
-        ]))
-        .send()
-        .await
-        .unwrap();
+    let res = activate(&gw, &login, &html, &code).await;
     assert_eq!(res.status(), 403);
     assert!(
         res.headers()
@@ -229,21 +233,7 @@ async fn enrollment_offers_an_otpauth_link_and_recovery_codes_to_copy_and_downlo
     let link = href_of(&html, "otpauth-link").replace("&amp;", "&");
     assert!(link.starts_with("otpauth://totp/"), "{link}");
     assert!(link.contains(&format!("secret={secret}")), "{link}");
-    let res = gw
-        .client()
-        .post(gw.url("/_portcullis/enroll/activate"))
-        .header("accept", "text/html")
-        .header("cookie", login.cookie())
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[
-            ("csrf", &csrf_field(&html)),
-            ("rd", "/secure/"),
-            ("factor", &field(&html, "factor")),
-            ("code", &code),
-        ]))
-        .send()
-        .await
-        .unwrap();
+    let res = activate(&gw, &login, &html, &code).await;
     assert_eq!(res.status(), 200);
     let page = res.text().await.unwrap();
     assert!(page.contains("<ul id=\"recovery-codes\">"), "{page}");
