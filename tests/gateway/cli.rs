@@ -205,6 +205,49 @@ fn the_config_option_comes_before_or_after_the_command() {
     }
 }
 
+/// `--help`, `help`, a command's `--help` and `--version` print to stdout and
+/// exit 0 (a script reading them must not see a failure); an unknown command
+/// or option, or no command at all, is a usage error: exit 64, on stderr.
+#[test]
+fn help_and_version_exit_zero_and_usage_errors_exit_64() {
+    let run = |args: &[&str]| {
+        let out = portcullis(args).stdin(Stdio::null()).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for args in [
+        vec!["--help"],
+        vec!["help"],
+        vec!["users", "--help"],
+        vec!["serve", "--help"],
+    ] {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(out.contains("Usage:"), "{args:?}: {out}");
+    }
+    for args in [vec!["--version"], vec!["-V"]] {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert_eq!(
+            out.trim(),
+            format!("portcullis {}", env!("CARGO_PKG_VERSION")),
+            "{args:?}"
+        );
+    }
+    for (args, says) in [
+        (vec!["bogus"], "unrecognized subcommand"),
+        (vec!["--nope"], "unexpected argument"),
+        (vec![], "no command"),
+    ] {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, Some(64), "{args:?}: {out}{err}");
+        assert!(out.is_empty() && err.contains(says), "{args:?}: {err}");
+    }
+}
+
 /// Duplicate upstream names, a second default upstream and a CIDR with host
 /// bits come out in one run, next to the other errors and the warnings.
 #[test]
