@@ -11,8 +11,11 @@
 #
 #   bench/counts.sh                  # N=200 requests per measurement
 #
-# Environment: N (200), WARM (50 warm-up requests), FLAME_DIR (also write flame graphs there), NO_BUILD=1, PORTCULLIS_BIN / ECHO_BIN (other builds),
-# BASE_PORT (24280). Allocations are allocation requests (malloc, calloc,
+# Environment: N (200), WARM (50 warm-up requests), FLAME_DIR (also write flame
+# graphs there), NO_BUILD=1, PORTCULLIS_BIN / ECHO_BIN (other builds), BASE_PORT
+# (24280), KEEP=1 (keep the work directory: its callgrind.<route> files are read
+# by bench/callgrind_self.py, self costs per function or their moves between two
+# builds). Allocations are allocation requests (malloc, calloc,
 # realloc and their kin): calls into the linked allocator (the C library's,
 # mimalloc or jemalloc) from outside it, so they count the same whichever
 # global allocator is linked and with or without LTO (see callgrind_totals).
