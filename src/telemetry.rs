@@ -188,7 +188,7 @@ pub fn access(line: &AccessLine<'_>) {
                     return;
                 };
                 buf.clear();
-                format_access(&mut buf, line, *json, time::OffsetDateTime::now_utc());
+                format_access(&mut buf, line, *json, Stamp::now());
                 sink.0.append(&clean_line(&buf, sink.0.mode));
                 // A freak long line does not keep its buffer.
                 buf.shrink_to(4096);
@@ -215,7 +215,7 @@ const TIMESTAMP: &[time::format_description::BorrowedFormatItem<'static>] =
 /// Writes `line` as the subscriber would: text (`SafeFields`' rules: a
 /// `Display` value bare when it is a plain token, a `&str` always quoted) or
 /// JSON (flattened fields, target last).
-fn format_access(out: &mut Vec<u8>, line: &AccessLine<'_>, json: bool, now: time::OffsetDateTime) {
+fn format_access(out: &mut Vec<u8>, line: &AccessLine<'_>, json: bool, now: Stamp) {
     use std::io::Write as _;
     if json {
         let string = |out: &mut Vec<u8>, s: &str| {
@@ -269,38 +269,102 @@ fn format_access(out: &mut Vec<u8>, line: &AccessLine<'_>, json: bool, now: time
     }
 }
 
-/// `TIMESTAMP`'s text, written field by field (the formatter's generic path
-/// cost about 1 100 instructions per access line). Years outside four digits
-/// go through the formatter.
-fn write_timestamp(out: &mut Vec<u8>, now: time::OffsetDateTime) {
-    let now = now.to_offset(time::UtcOffset::UTC);
-    let year = now.year();
-    if !(1000..=9999).contains(&year) {
-        let _ = now.format_into(out, TIMESTAMP);
-        return;
+/// A moment of the wall clock, as the access line writes it: whole seconds
+/// since the Unix epoch (rounded down) and the microseconds past them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Stamp {
+    secs: i64,
+    micros: u32,
+}
+
+impl Stamp {
+    /// Now, without the calendar arithmetic of `OffsetDateTime::now_utc`
+    /// (done once a second, in [`write_timestamp`]). The system's clock, as
+    /// the subscriber's own lines read it: a log line is stamped with when it
+    /// was written, whatever clock the gateway's decisions run on.
+    #[allow(clippy::disallowed_methods)]
+    fn now() -> Self {
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => Self {
+                secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                micros: d.subsec_micros(),
+            },
+            // A clock set before 1970.
+            Err(e) => {
+                let nanos = -i128::try_from(e.duration().as_nanos()).unwrap_or(i128::MAX);
+                Self {
+                    secs: i64::try_from(nanos.div_euclid(1_000_000_000)).unwrap_or(i64::MIN),
+                    micros: u32::try_from(nanos.rem_euclid(1_000_000_000) / 1000).unwrap_or(0),
+                }
+            }
+        }
     }
-    let two = |out: &mut Vec<u8>, n: u8| out.extend_from_slice(&[b'0' + n / 10, b'0' + n % 10]);
-    write_u64(out, year.unsigned_abs().into());
-    out.push(b'-');
-    two(out, u8::from(now.month()));
-    out.push(b'-');
-    two(out, now.day());
-    out.push(b'T');
-    two(out, now.hour());
-    out.push(b':');
-    two(out, now.minute());
-    out.push(b':');
-    two(out, now.second());
-    out.push(b'.');
-    let micros = now.microsecond();
-    let mut digits = [b'0'; 6];
-    let mut rest = micros;
-    for d in digits.iter_mut().rev() {
+
+    #[cfg(test)]
+    fn of(t: time::OffsetDateTime) -> Self {
+        Self {
+            secs: t.unix_timestamp(),
+            micros: t.microsecond(),
+        }
+    }
+}
+
+/// `TIMESTAMP`'s text, written field by field (the formatter's generic path
+/// cost about 1 100 instructions per access line). The date and time up to
+/// the second are made once a second per thread and copied until the second
+/// changes (access lines come by the thousand a second). Years outside four
+/// digits go through the formatter.
+fn write_timestamp(out: &mut Vec<u8>, now: Stamp) {
+    /// `YYYY-MM-DDTHH:MM:SS.` of one second.
+    type Prefix = [u8; 20];
+    thread_local! {
+        static SECOND: std::cell::Cell<Option<(i64, Prefix)>> = const { std::cell::Cell::new(None) };
+    }
+    let prefix = SECOND.with(|cached| match cached.get() {
+        Some((secs, prefix)) if secs == now.secs => Some(prefix),
+        _ => {
+            let prefix = second_prefix(now.secs)?;
+            cached.set(Some((now.secs, prefix)));
+            Some(prefix)
+        }
+    });
+    let Some(prefix) = prefix else {
+        let t = time::OffsetDateTime::from_unix_timestamp(now.secs)
+            .map(|t| t + time::Duration::microseconds(now.micros.into()));
+        if let Ok(t) = t {
+            let _ = t.format_into(out, TIMESTAMP);
+        }
+        return;
+    };
+    out.extend_from_slice(&prefix);
+    let mut digits = [b'0'; 7];
+    digits[6] = b'Z';
+    let mut rest = now.micros;
+    for d in digits[..6].iter_mut().rev() {
         *d = b'0' + (rest % 10) as u8;
         rest /= 10;
     }
     out.extend_from_slice(&digits);
-    out.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of the second `secs` past the epoch, for a
+/// four-digit year.
+fn second_prefix(secs: i64) -> Option<[u8; 20]> {
+    let t = time::OffsetDateTime::from_unix_timestamp(secs).ok()?;
+    let year = u16::try_from(t.year())
+        .ok()
+        .filter(|y| (1000..=9999).contains(y))?;
+    let two = |n: u8| [b'0' + n / 10, b'0' + n % 10];
+    let [y0, y1] = two((year / 100) as u8);
+    let [y2, y3] = two((year % 100) as u8);
+    let [mo0, mo1] = two(u8::from(t.month()));
+    let [d0, d1] = two(t.day());
+    let [h0, h1] = two(t.hour());
+    let [mi0, mi1] = two(t.minute());
+    let [s0, s1] = two(t.second());
+    Some([
+        y0, y1, y2, y3, b'-', mo0, mo1, b'-', d0, d1, b'T', h0, h1, b':', mi0, mi1, b':', s0, s1, b'.',
+    ])
 }
 
 /// A number in decimal.
@@ -974,7 +1038,7 @@ mod tests {
                     );
                 });
                 let mut ours = Vec::new();
-                format_access(&mut ours, &line, json, now);
+                format_access(&mut ours, &line, json, Stamp::of(now));
                 let mode = Mode { json, ansi: false };
                 let ours = String::from_utf8(clean_line(&ours, mode).into_owned()).unwrap();
                 // Everything after the timestamp is the same; the timestamps
@@ -1025,9 +1089,47 @@ mod tests {
         fn timestamps_are_the_formatters_own(secs in -377_000_000_000i64..253_000_000_000, nanos in 0u32..1_000_000_000) {
             let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap() + time::Duration::nanoseconds(nanos.into());
             let mut ours = Vec::new();
-            write_timestamp(&mut ours, t);
+            write_timestamp(&mut ours, Stamp::of(t));
             proptest::prop_assert_eq!(String::from_utf8(ours).unwrap(), t.format(TIMESTAMP).unwrap());
         }
+    }
+
+    /// The date and time kept for the current second are used for that
+    /// second only: a run of stamps that stays in a second, moves on, goes
+    /// back (a clock set back) or leaves four-digit years is written as the
+    /// formatter writes each, and `Stamp::now` is the clock's reading.
+    #[test]
+    fn timestamps_kept_for_a_second_serve_that_second_only() {
+        let at = |secs: i64, micros: u32| {
+            time::OffsetDateTime::from_unix_timestamp(secs).unwrap()
+                + time::Duration::microseconds(micros.into())
+        };
+        let run = [
+            at(1_796_000_000, 1),
+            at(1_796_000_000, 999_999),
+            at(1_796_000_001, 0),
+            at(1_796_000_000, 500_000),
+            at(1_796_086_400, 42),
+            at(-62_135_596_800, 7),
+            at(253_402_300_799, 3),
+            at(-30_610_224_001, 5),
+            at(-1, 999_999),
+            at(0, 0),
+            at(0, 1),
+        ];
+        for t in run {
+            let mut ours = Vec::new();
+            write_timestamp(&mut ours, Stamp::of(t));
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                t.format(TIMESTAMP).unwrap(),
+                "{t}"
+            );
+        }
+        let before = time::OffsetDateTime::now_utc();
+        let now = Stamp::now();
+        let after = time::OffsetDateTime::now_utc();
+        assert!(Stamp::of(before) <= now && now <= Stamp::of(after), "{now:?}");
     }
 
     #[test]
