@@ -361,13 +361,12 @@ impl Proxy {
                 upgrade_protocol,
             );
 
-            // A fresh request: the client's extensions (principal, upgrade handle,
-            // server internals) stay on this side.
-            let mut outbound = Request::new(body);
-            *outbound.method_mut() = parts.method;
-            *outbound.uri_mut() = uri;
-            *outbound.version_mut() = Version::HTTP_11;
-            *outbound.headers_mut() = parts.headers;
+            // The client's extensions (principal, upgrade handle, server
+            // internals) stay on this side: dropped here, none go upstream.
+            parts.extensions = http::Extensions::new();
+            parts.uri = uri;
+            parts.version = Version::HTTP_11;
+            let outbound = Request::from_parts(parts, body);
 
             let started = Instant::now();
             // The deadline from the same clock reading (one read fewer per request).
@@ -451,12 +450,12 @@ impl Proxy {
             }
 
             // Status and headers only: the upstream connection's extensions are not
-            // the client's business.
-            let (parts, body) = res.into_parts();
-            let mut out = Response::new(Body::new(body));
-            *out.status_mut() = parts.status;
-            *out.headers_mut() = parts.headers;
-            out
+            // the client's business, nor its HTTP version (an HTTP/1.0 upstream's
+            // answer goes to the client as the gateway's own HTTP/1.1 one).
+            let (mut parts, body) = res.into_parts();
+            parts.extensions = http::Extensions::new();
+            parts.version = Version::HTTP_11;
+            Response::from_parts(parts, Body::new(body))
         }
     }
 }
@@ -861,6 +860,31 @@ mod tests {
             .unwrap();
         assert_eq!(proxy.forward(req).await.status(), StatusCode::NO_CONTENT);
         upstream.await.unwrap()
+    }
+
+    /// An HTTP/1.0 upstream's answer goes to the client as the gateway's own
+    /// HTTP/1.1 answer (hyper would write an HTTP/1.0 status line and close
+    /// a kept-alive client connection otherwise), its status, headers and
+    /// body unchanged.
+    #[tokio::test]
+    async fn an_http10_upstreams_answer_goes_out_as_http11() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut chunk = [0u8; 4096];
+            let _ = conn.read(&mut chunk).await.unwrap();
+            conn.write_all(b"HTTP/1.0 201 Created\r\nx-app: old\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+        });
+        let proxy = proxy(addr, "", true);
+        let res = proxy.forward(request("/x").body(Body::empty()).unwrap()).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        assert_eq!(res.version(), Version::HTTP_11);
+        assert_eq!(res.headers()["x-app"], "old");
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
     }
 
     #[tokio::test]
