@@ -481,9 +481,9 @@ fn hyper_service<S>(
     body_read_timeout: Duration,
 ) -> impl hyper::service::Service<
     http::Request<Incoming>,
-    Response = http::Response<Body>,
+    Response = http::Response<conn::Tracked<Body>>,
     Error = Infallible,
-    Future = impl Future<Output = Result<http::Response<Body>, Infallible>> + Send,
+    Future = impl Future<Output = Result<http::Response<conn::Tracked<Body>>, Infallible>> + Send,
 > + Clone
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
@@ -528,7 +528,9 @@ where
                 response = body::timed_out(api, version);
             }
             let h2 = version == http::Version::HTTP_2;
-            Ok(response.map(|body| Body::new(conn::Tracked::answer(body, busy, h2))))
+            // Handed to hyper as it is: boxing it again would cost an
+            // allocation and a dynamic call per poll of every answer.
+            Ok(response.map(|body| conn::Tracked::answer(body, busy, h2)))
         }
     })
 }
