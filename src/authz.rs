@@ -372,15 +372,11 @@ fn scheme(text: &str) -> Option<&'static str> {
 /// userinfo, no list, a non-empty host.
 fn authority(text: &str) -> Option<(&str, Cow<'_, str>)> {
     // An empty port (`host:`) is legal but never sent by a front proxy: it
-    // is how `http://hosthttp://evil/x` would smuggle a second URL in.
-    if !crate::context::is_plain_authority(text) {
-        return None;
-    }
-    // Parsed to validate it; the parts are slices of `text` (an authority is
-    // taken as it is written, so the parsed host is the same text).
-    let auth: http::uri::Authority = text.parse().ok()?;
-    // No userinfo (refused above): the host opens the authority.
-    let host = text.get(..auth.host().len())?.trim_end_matches('.');
+    // is how `http://hosthttp://evil/x` would smuggle a second URL in. A
+    // plain authority is one the `http` crate parses, with this host (see
+    // `context::plain_host_len`); no userinfo, so the host opens it.
+    let host_len = crate::context::plain_host_len(text)?;
+    let host = text.get(..host_len)?.trim_end_matches('.');
     if host.is_empty() {
         return None;
     }

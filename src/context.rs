@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 /// Facts about a request established by the gateway before policy runs.
@@ -22,13 +22,82 @@ pub struct RequestContext {
     /// `"http"` or `"https"`, as the client sees it.
     pub scheme: &'static str,
     /// The Host the client asked for, as sent (may include a port).
-    pub authority: http::uri::Authority,
+    pub authority: Authority,
     /// Lower-cased host without port.
     pub host: String,
     /// Index into `Config.upstreams` chosen by Host (`None` = no upstream).
     pub upstream: Option<usize>,
     /// The request id (also in logs and the response).
-    pub request_id: String,
+    pub request_id: RequestId,
+}
+
+/// A request's id: 16 random letters and digits (about 95 bits), made for
+/// every request, written in its access line and sent back as
+/// `X-Request-Id`. A value of fixed size: copied, never allocated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RequestId {
+    bytes: [u8; RequestId::LEN],
+    len: u8,
+}
+
+impl RequestId {
+    /// The length of the ids the gateway makes.
+    pub const LEN: usize = 16;
+
+    /// A new random id.
+    pub fn random() -> Self {
+        let mut bytes = [0; Self::LEN];
+        crate::crypto::fill_id(&mut bytes);
+        Self {
+            bytes,
+            len: Self::LEN as u8,
+        }
+    }
+
+    /// No id (a context made outside the gateway's own request handling).
+    pub const fn none() -> Self {
+        Self {
+            bytes: [0; Self::LEN],
+            len: 0,
+        }
+    }
+
+    /// `text` as an id, if it is at most [`Self::LEN`] ASCII letters,
+    /// digits, `-` or `_` (for tests and ids made elsewhere).
+    pub fn from_text(text: &str) -> Option<Self> {
+        let mut bytes = [0; Self::LEN];
+        bytes.get_mut(..text.len())?.copy_from_slice(text.as_bytes());
+        text.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+            .then_some(Self {
+                bytes,
+                len: text.len() as u8,
+            })
+    }
+
+    /// The id as text (empty for [`Self::none`]).
+    pub fn as_str(&self) -> &str {
+        let bytes = self.bytes.get(..usize::from(self.len)).unwrap_or_default();
+        // ASCII letters and digits (`random`, `from_text`): always UTF-8.
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
+
+    /// The id as a header value (`X-Request-Id`).
+    pub fn header_value(&self) -> Option<HeaderValue> {
+        HeaderValue::from_str(self.as_str()).ok()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 /// How a connection reached us; inserted by the server into every request.
@@ -140,38 +209,80 @@ pub fn is_canonical_method(method: &http::Method) -> bool {
             .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
 }
 
+/// The authority a client asked for, as it was sent: a host and perhaps a
+/// port that passed [`is_plain_authority`] (so plain ASCII). Kept as the
+/// header value it came in, so that it goes upstream as `Host` without a
+/// copy, and read as text where a URL is written with it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Authority(HeaderValue);
+
+impl Authority {
+    /// `text` if it is a plain authority ([`is_plain_authority`]).
+    pub fn new(text: &str) -> Option<Self> {
+        plain_host_len(text)?;
+        HeaderValue::from_str(text).ok().map(Self)
+    }
+
+    /// The authority as text.
+    pub fn as_str(&self) -> &str {
+        // ASCII, checked when it was made.
+        std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
+    }
+
+    /// The authority as a header value (the same bytes; a cheap clone).
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// The authority the client asked for (URI authority for HTTP/2 and absolute
 /// form, else `Host`), and its lower-cased host without port. `None` when
 /// missing or malformed, when there are two `Host` headers, or when a `Host`
 /// header disagrees with the URI's authority (an absolute-form target or
 /// HTTP/2's `:authority`): the policy and the upstream must see one host.
-pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(http::uri::Authority, String)> {
+///
+/// The usual request (HTTP/1.1, origin form, one `Host`) is read in one pass
+/// over its bytes and kept as the header value it is: a plain authority is
+/// always one the `http` crate parses, with the same host (a property test
+/// holds the two to each other), so it is not parsed again.
+pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(Authority, String)> {
     let mut hosts = headers.get_all(http::header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
         return None;
     }
-    let parse = |v: &http::HeaderValue| -> Option<http::uri::Authority> { v.to_str().ok()?.parse().ok() };
-    let auth: http::uri::Authority = match (uri.authority(), host_header) {
+    let value = match (uri.authority(), host_header) {
         (Some(a), Some(h)) => {
-            let h = parse(h)?;
+            let h: http::uri::Authority = h.to_str().ok()?.parse().ok()?;
             if !same_authority(a, &h, uri.scheme_str()) {
                 return None;
             }
-            a.clone()
+            HeaderValue::from_str(a.as_str()).ok()?
         }
-        (Some(a), None) => a.clone(),
-        (None, Some(h)) => parse(h)?,
+        (Some(a), None) => HeaderValue::from_str(a.as_str()).ok()?,
+        (None, Some(h)) => h.clone(),
         (None, None) => return None,
     };
-    if !is_plain_authority(auth.as_str()) {
-        return None;
-    }
-    let host = auth.host().trim_end_matches('.').to_ascii_lowercase();
+    // Bytes outside ASCII are not UTF-8 here: `plain_host_len` refuses them.
+    let text = std::str::from_utf8(value.as_bytes()).ok()?;
+    let host_len = plain_host_len(text)?;
+    let host = text.get(..host_len)?.trim_end_matches('.').to_ascii_lowercase();
     if host.is_empty() {
         return None;
     }
-    Some((auth, host))
+    Some((Authority(value), host))
 }
 
 /// True when `text` is a host name or IPv4 address of letters, digits, `.`,
@@ -182,6 +293,13 @@ pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(http::uri::Aut
 /// `X-Forwarded-Host: admin.example,x`, others the last), `;`, `=`, `(`,
 /// `*`, userinfo (`@`), an empty or non-numeric port.
 pub fn is_plain_authority(text: &str) -> bool {
+    plain_host_len(text).is_some()
+}
+
+/// For a plain authority ([`is_plain_authority`]), the length of its host
+/// (a name, an IPv4 address or a bracketed IPv6 address; what
+/// `http::uri::Authority::host` returns); `None` for any other text.
+pub fn plain_host_len(text: &str) -> Option<usize> {
     /// The bytes of a plain host name: letters, digits, `.`, `-`, `_`.
     const HOST_BYTE: [bool; 256] = {
         let mut t = [false; 256];
@@ -195,34 +313,33 @@ pub fn is_plain_authority(text: &str) -> bool {
     };
     // One pass over the bytes (every request's Host comes through here).
     let b = text.as_bytes();
-    let rest = if b.first() == Some(&b'[') {
-        let Some(close) = b.iter().position(|&c| c == b']') else {
-            return false;
-        };
+    let host_len = if b.first() == Some(&b'[') {
+        let close = b.iter().position(|&c| c == b']')?;
         let ip = &b[1..close];
         if ip.is_empty()
             || !ip
                 .iter()
                 .all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
         {
-            return false;
+            return None;
         }
-        &b[close + 1..]
+        close + 1
     } else {
         let name = b
             .iter()
             .position(|&c| !HOST_BYTE[usize::from(c)])
             .unwrap_or(b.len());
         if name == 0 {
-            return false;
+            return None;
         }
-        &b[name..]
+        name
     };
-    match rest {
+    let plain = match b.get(host_len..)? {
         [] => true,
         [b':', port @ ..] => (1..=5).contains(&port.len()) && port.iter().all(u8::is_ascii_digit),
         _ => false,
-    }
+    };
+    plain.then_some(host_len)
 }
 
 /// True when two authorities name the same host and port (case-insensitive
@@ -403,5 +520,64 @@ mod tests {
             ),
             "https"
         );
+    }
+
+    #[test]
+    fn request_ids_are_sixteen_random_letters_and_digits() {
+        let a = RequestId::random();
+        let b = RequestId::random();
+        assert_ne!(a, b);
+        for id in [a, b] {
+            assert_eq!(id.as_str().len(), RequestId::LEN);
+            assert!(id.as_str().bytes().all(|c| c.is_ascii_alphanumeric()), "{id}");
+            assert_eq!(id.header_value().unwrap().as_bytes(), id.as_str().as_bytes());
+            assert_eq!(id.to_string(), id.as_str());
+        }
+        assert_eq!(RequestId::none().as_str(), "");
+        assert_eq!(RequestId::from_text("req-1").unwrap().as_str(), "req-1");
+        assert_eq!(RequestId::from_text("x".repeat(17).as_str()), None);
+        assert_eq!(RequestId::from_text("a b"), None);
+        assert_eq!(RequestId::from_text("\n"), None);
+    }
+
+    proptest::proptest! {
+        /// The fast path's promise: text the one-pass check calls plain is an
+        /// authority the `http` crate parses, as written, with the same host
+        /// (so `Host` is not parsed a second time). Strings are drawn from
+        /// the bytes that matter (name bytes, brackets, colons, digits, and
+        /// a few the check must refuse), and fully arbitrary ones besides.
+        #[test]
+        fn what_the_scan_calls_plain_the_http_crate_parses_with_the_same_host(
+            text in proptest::prop_oneof![
+                "[a-zA-Z0-9._\\-]{0,12}(:[0-9]{0,7})?",
+                "\\[[0-9a-fA-F:.%]{0,10}\\](:[0-9]{0,6})?",
+                "[a-z0-9.:\\[\\]@,;=%*_-]{0,16}",
+                "\\PC{0,16}",
+            ]
+        ) {
+            if let Some(n) = plain_host_len(&text) {
+                let parsed: http::uri::Authority = text.parse().expect("a plain authority parses");
+                proptest::prop_assert_eq!(parsed.as_str(), text.as_str());
+                proptest::prop_assert_eq!(parsed.host(), &text[..n]);
+                proptest::prop_assert!(HeaderValue::from_str(&text).is_ok());
+                let mut h = HeaderMap::new();
+                h.insert("host", HeaderValue::from_str(&text).unwrap());
+                let got = authority(&"/".parse().unwrap(), &h);
+                let want = parsed.host().trim_end_matches('.').to_ascii_lowercase();
+                if want.is_empty() {
+                    proptest::prop_assert!(got.is_none());
+                } else {
+                    let (auth, host) = got.expect("a plain authority is read");
+                    proptest::prop_assert_eq!(auth.as_str(), text.as_str());
+                    proptest::prop_assert_eq!(host, want);
+                }
+            } else {
+                let mut h = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(&text) {
+                    h.insert("host", v);
+                    proptest::prop_assert!(authority(&"/".parse().unwrap(), &h).is_none());
+                }
+            }
+        }
     }
 }

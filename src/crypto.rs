@@ -18,28 +18,37 @@ pub fn token_id(token: &str) -> String {
 }
 
 /// A random identifier of `len` characters from `[a-zA-Z0-9]` (5.95 bits each).
+pub fn random_id(len: usize) -> String {
+    let mut out = vec![0u8; len];
+    fill_id(&mut out);
+    // ASCII from the alphabet: always UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Fills `out` with random characters from `[a-zA-Z0-9]` (5.95 bits each).
 ///
 /// Each random 64-bit word gives ten 6-bit values; the two past the
 /// alphabet are skipped, so every character is uniform (a draw and a range
 /// reduction per character cost more: this runs for every request's id).
-pub fn random_id(len: usize) -> String {
+pub fn fill_id(out: &mut [u8]) {
     const _: () = assert!(ID_ALPHABET.len() == 62);
     let mut rng = rand::rng();
-    let mut out = Vec::with_capacity(len);
-    'draw: while out.len() < len {
+    let mut rest = out.iter_mut();
+    let mut next = rest.next();
+    'draw: while next.is_some() {
         let mut bits: u64 = rng.random();
         for _ in 0..10 {
             if let Some(&c) = ID_ALPHABET.get((bits & 63) as usize) {
-                out.push(c);
-                if out.len() == len {
+                let Some(slot) = next else { break 'draw };
+                *slot = c;
+                next = rest.next();
+                if next.is_none() {
                     break 'draw;
                 }
             }
             bits >>= 6;
         }
     }
-    // ASCII from the alphabet: always UTF-8.
-    String::from_utf8(out).unwrap_or_default()
 }
 
 /// `n` random bytes from the operating system's CSPRNG.

@@ -198,7 +198,7 @@ impl Enforcer {
             authority,
             host,
             upstream: None,
-            request_id: String::new(),
+            request_id: context::RequestId::none(),
         })
     }
 

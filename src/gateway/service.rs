@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::response::IntoResponse;
-use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
@@ -198,9 +197,9 @@ impl MainService {
     async fn handle(mut self, mut req: Request<Body>) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
-        let request_id = crate::crypto::random_id(16);
+        let request_id = context::RequestId::random();
         let mut proxied = None;
-        let (res, host, path) = self.route(&mut req, request_id.clone(), &mut proxied).await;
+        let (res, host, path) = self.route(&mut req, request_id, &mut proxied).await;
         let mut res = res;
         // A proxied request's and a forward-auth check's come beside the
         // response; the others' in the response's extensions.
@@ -215,7 +214,7 @@ impl MainService {
         let status = res.status().as_u16();
         crate::metrics::request(decision, status);
         crate::telemetry::access(&crate::telemetry::AccessLine {
-            request_id: &request_id,
+            request_id: request_id.as_str(),
             method: method.as_str(),
             host: &host,
             path: path.as_ref().map_or("", PathAndQuery::path),
@@ -225,8 +224,8 @@ impl MainService {
             // Whole microseconds: `0.412`, not `0.41203700000000003`.
             duration_ms: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX) as f64 / 1000.0,
         });
-        // The id is alphanumeric: always a valid value, taken without a copy.
-        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(request_id)) {
+        // The id is alphanumeric: always a valid value.
+        if let Some(v) = request_id.header_value() {
             res.headers_mut().insert(X_REQUEST_ID.clone(), v);
         }
         res
@@ -239,7 +238,7 @@ impl MainService {
     async fn route(
         &mut self,
         req: &mut Request<Body>,
-        request_id: String,
+        request_id: context::RequestId,
         proxied: &mut Option<AccessInfo>,
     ) -> (Response<Body>, String, Option<PathAndQuery>) {
         let inner = &*self.inner;

@@ -109,10 +109,10 @@ mod tests {
             peer_addr: "127.0.0.1:1".parse().unwrap(),
             client_addr: "127.0.0.1".parse().unwrap(),
             scheme: "https",
-            authority: http::uri::Authority::from_static("app.example.com"),
+            authority: crate::context::Authority::new("app.example.com").unwrap(),
             host: "app.example.com".into(),
             upstream: None,
-            request_id: String::new(),
+            request_id: crate::context::RequestId::none(),
         }
     }
 

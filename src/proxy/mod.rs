@@ -221,19 +221,16 @@ impl Inner {
         // identity headers; Host replaces the client's) at once, instead of
         // the map growing twice on the way (hyper sized it for the client's).
         h.reserve(5 + if principal.is_some() { 4 } else { 0 });
-        // Usually the client's own Host header: share its bytes instead of copying.
-        let authority = match h.get(header::HOST) {
-            Some(host) if host.as_bytes() == ctx.authority.as_str().as_bytes() => Some(host.clone()),
-            _ => HeaderValue::from_str(ctx.authority.as_str()).ok(),
-        }
-        .filter(|a| !a.is_empty());
-        headers::set_forwarding(h, ctx.client_addr, ctx.scheme, authority.as_ref());
+        // Usually the client's own Host header's bytes, shared (not copied).
+        let authority = ctx.authority.header_value();
+        headers::set_forwarding(h, ctx.client_addr, ctx.scheme, Some(authority));
         if let Some(principal) = principal {
             headers::set_identity(h, &self.identity, principal);
         }
-        let host = match authority {
-            Some(authority) if upstream.preserve_host => authority,
-            _ => upstream.host.clone(),
+        let host = if upstream.preserve_host {
+            authority.clone()
+        } else {
+            upstream.host.clone()
         };
         h.insert(header::HOST, host);
         if let Some(protocol) = upgrade_protocol {
@@ -328,15 +325,19 @@ impl Proxy {
                 tracing::warn!(request_id = %ctx.request_id, host = %ctx.host, "no upstream for this request; not forwarding");
                 metrics::counter!("portcullis_upstream_errors_total", "upstream" => "", "kind" => "no_upstream")
                 .increment(1);
-                return error_response(StatusCode::BAD_GATEWAY, wants_html, &ctx.request_id);
+                return error_response(StatusCode::BAD_GATEWAY, wants_html, ctx.request_id.as_str());
             };
             if parts.method == Method::CONNECT {
                 // A reverse proxy has nothing to tunnel to; forwarding would open one.
-                return error_response(StatusCode::METHOD_NOT_ALLOWED, wants_html, &ctx.request_id);
+                return error_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    wants_html,
+                    ctx.request_id.as_str(),
+                );
             }
             let Some(uri) = upstream.uri(&parts.uri) else {
                 tracing::warn!(upstream = %upstream.name, request_id = %ctx.request_id, "cannot build the upstream URI");
-                return error_response(StatusCode::BAD_GATEWAY, wants_html, &ctx.request_id);
+                return error_response(StatusCode::BAD_GATEWAY, wants_html, ctx.request_id.as_str());
             };
 
             // Only a WebSocket upgrade on a connection hyper can actually upgrade
@@ -419,7 +420,7 @@ impl Proxy {
                 let Some(client_upgrade) = client_upgrade else {
                     tracing::warn!(upstream = %upstream.name, request_id = %ctx.request_id, "upstream switched protocols without being asked");
                     upstream.errors.count(UpstreamError::Protocol);
-                    return error_response(StatusCode::BAD_GATEWAY, wants_html, &ctx.request_id);
+                    return error_response(StatusCode::BAD_GATEWAY, wants_html, ctx.request_id.as_str());
                 };
                 let upstream_upgrade = hyper::upgrade::on(&mut res);
                 // The upstream socket's place in the connection budget, kept by
@@ -498,7 +499,7 @@ fn upstream_error(
 ) -> Response<Body> {
     tracing::warn!(upstream = %upstream.name, request_id = %ctx.request_id, kind = kind.as_str(), error = %Chain(error), "{message}");
     upstream.errors.count(kind);
-    error_response(status, wants_html, &ctx.request_id)
+    error_response(status, wants_html, ctx.request_id.as_str())
 }
 
 /// An error with its sources, `a: b: c` (hyper's own Display stops at the top).
@@ -737,10 +738,10 @@ mod tests {
             peer_addr: SocketAddr::new(client_addr, 40000),
             client_addr,
             scheme: "https",
-            authority: http::uri::Authority::from_static("app.example.com:8443"),
+            authority: crate::context::Authority::new("app.example.com:8443").unwrap(),
             host: "app.example.com".into(),
             upstream: Some(0),
-            request_id: "req-1".into(),
+            request_id: crate::context::RequestId::from_text("req-1").unwrap(),
         }
     }
 

@@ -30,7 +30,7 @@ pub fn splice(
     upstream: OnUpgrade,
     upstream_name: metrics::SharedString,
     errors: crate::metrics::UpstreamErrors,
-    request_id: String,
+    request_id: crate::context::RequestId,
     drained: Option<crate::server::Drained>,
     idle: Duration,
     place: Option<super::pool::TunnelPlace>,
@@ -41,7 +41,7 @@ pub fn splice(
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(both) => both,
             Err(error) => {
-                tracing::warn!(upstream = %upstream_name, request_id, %error, "upgrade failed before splicing");
+                tracing::warn!(upstream = %upstream_name, %request_id, %error, "upgrade failed before splicing");
                 errors.count(crate::metrics::UpstreamError::Upgrade);
                 return;
             }
@@ -60,21 +60,21 @@ pub fn splice(
         let result = tokio::select! {
             r = copy => r,
             () = idled => {
-                tracing::debug!(upstream = %upstream_name, request_id, "closing an upgraded connection quiet for idle_timeout");
+                tracing::debug!(upstream = %upstream_name, %request_id, "closing an upgraded connection quiet for idle_timeout");
                 return;
             }
             () = drain => {
-                tracing::debug!(upstream = %upstream_name, request_id, "closing an upgraded connection at shutdown");
+                tracing::debug!(upstream = %upstream_name, %request_id, "closing an upgraded connection at shutdown");
                 return;
             }
         };
         match result {
             Ok((to_upstream, to_client)) => {
-                tracing::debug!(upstream = %upstream_name, request_id, to_upstream, to_client, "upgraded connection closed");
+                tracing::debug!(upstream = %upstream_name, %request_id, to_upstream, to_client, "upgraded connection closed");
             }
             // Resets on either side are the normal end of many WebSockets.
             Err(error) => {
-                tracing::debug!(upstream = %upstream_name, request_id, %error, "upgraded connection ended with an error");
+                tracing::debug!(upstream = %upstream_name, %request_id, %error, "upgraded connection ended with an error");
             }
         }
     });

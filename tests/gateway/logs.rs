@@ -66,8 +66,9 @@ level = "info"
 }
 
 /// Runs the binary with `format` logs, sends the hostile requests, stops it
-/// with SIGTERM and returns everything it logged.
-async fn hostile_run(format: &str, push: bool) -> String {
+/// with SIGTERM and returns everything it logged, and the `X-Request-Id` of
+/// an upstream path's answer (`/app/request-id-probe`).
+async fn hostile_run(format: &str, push: bool) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let echo = portcullis::demo::spawn_echo("127.0.0.1:0".parse().unwrap())
         .await
@@ -105,6 +106,16 @@ async fn hostile_run(format: &str, push: bool) -> String {
         assert!(child.0.try_wait().unwrap().is_none(), "the gateway exited");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // An upstream path without a session: refused (401), with the id its
+    // access line has.
+    let res = client
+        .get(format!("http://127.0.0.1:{main}/app/request-id-probe"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let request_id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
 
     // A transaction id that ends a line, then a well-formed audit line: a
     // control character in a path is refused before any route sees it.
@@ -208,7 +219,7 @@ async fn hostile_run(format: &str, push: bool) -> String {
         assert!(Instant::now() < deadline, "still running after SIGTERM");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stderr.join().unwrap()
+    (stderr.join().unwrap(), request_id)
 }
 
 /// No raw control character (but the line ends), no Unicode line
@@ -230,8 +241,16 @@ fn assert_unforged(log: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_log_lines_cannot_be_forged() {
-    let log = hostile_run("text", false).await;
+    let (log, request_id) = hostile_run("text", false).await;
     assert_unforged(&log);
+    let access = log
+        .lines()
+        .find(|l| l.contains("portcullis::access") && l.contains("/app/request-id-probe"))
+        .unwrap_or_else(|| panic!("no access line for the probe in:\n{log}"));
+    assert!(
+        access.contains(&format!("request_id={request_id} ")),
+        "{request_id}: {access}"
+    );
     // The values are there, escaped inside one quoted field.
     let decoy = log
         .lines()
@@ -264,12 +283,22 @@ async fn text_log_lines_cannot_be_forged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_lines_cannot_be_forged() {
-    let log = hostile_run("json", true).await;
+    let (log, request_id) = hostile_run("json", true).await;
     assert_unforged(&log);
     let lines: Vec<Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
+    // The answer's id is its access line's: 16 random letters and digits.
+    assert!(
+        request_id.len() == 16 && request_id.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{request_id}"
+    );
+    let access = lines
+        .iter()
+        .find(|l| l["target"] == "portcullis::access" && l["path"] == "/app/request-id-probe")
+        .unwrap_or_else(|| panic!("no access line for the probe in:\n{log}"));
+    assert_eq!(access["request_id"], request_id.as_str(), "{access}");
     // Nothing lost: the decoy login reads back whole.
     let decoy = lines
         .iter()
