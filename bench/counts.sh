@@ -18,7 +18,7 @@
 # builds). Allocations are allocation requests (malloc, calloc,
 # realloc and their kin): calls into the linked allocator (the C library's,
 # mimalloc or jemalloc) from outside it, so they count the same whichever
-# global allocator is linked and with or without LTO (see callgrind_totals).
+# global allocator is linked and with or without LTO (see bench/callgrind_self.py).
 
 BASE_PORT=${BASE_PORT:-24280}
 # Forward-auth on, and only 127.0.0.2 trusted to ask (the forward-auth calls
@@ -56,62 +56,10 @@ requests() { # host [cookie] [count]; REQ_PATH: another path than PATH_SMALL
   curl "${args[@]}" "${urls[@]}" >/dev/null
 }
 
-# Callgrind totals of the events since the last zeroing: "Ir allocs".
+# Callgrind totals of the events since the last zeroing: "Ir allocs" (how
+# allocations are counted: bench/callgrind_self.py).
 callgrind_totals() { # out-file
-  python3 - "$1" <<'PY'
-import re, sys
-# Allocation requests are counted where they reach the allocator: calls of
-# an allocator's entry points (the C library's malloc family, mimalloc's
-# mi_* functions, jemalloc's) from code outside that allocator. Rust's own
-# entry points (__rust_alloc and the shims behind it) are not counted: fat
-# LTO inlines them into their callers, so their calls vanish from the
-# profile, while the call into the allocator, a C library linked as such,
-# stays. Every Rust allocation makes exactly one such call (the system
-# allocator's shim calls malloc or posix_memalign; MiMalloc calls
-# mi_malloc_aligned, mi_zalloc_aligned or mi_realloc_aligned), and so does
-# every C library's, so the count is the same whichever global allocator is
-# linked and with or without LTO. Calls an allocator makes into its own entry
-# points (an aligned allocation falling back to a plain one) are its own
-# business and not counted again. Frees are not counted.
-ENTRY = {
-    # C library
-    "malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign", "valloc",
-    # mimalloc (the binary's global allocator, and its C API)
-    "mi_malloc", "mi_zalloc", "mi_calloc", "mi_realloc", "mi_reallocf", "mi_malloc_small",
-    "mi_zalloc_small", "mi_malloc_aligned", "mi_zalloc_aligned", "mi_calloc_aligned",
-    "mi_realloc_aligned", "mi_malloc_aligned_at", "mi_zalloc_aligned_at", "mi_realloc_aligned_at",
-    "mi_heap_malloc", "mi_heap_zalloc", "mi_heap_malloc_aligned", "mi_heap_zalloc_aligned",
-    "mi_heap_realloc", "mi_heap_realloc_aligned", "mi_new", "mi_new_aligned",
-    # jemalloc as tikv-jemallocator links it
-    "_rjem_malloc", "_rjem_mallocx", "_rjem_calloc", "_rjem_realloc", "_rjem_rallocx",
-    "_rjem_posix_memalign", "_rjem_aligned_alloc",
-}
-INTERNAL_PREFIXES = ("mi_", "_mi_", "__libc_", "_int_", "_rjem_", "je_", "tcache_")
-def internal(caller):
-    return caller in ENTRY or caller.startswith(INTERNAL_PREFIXES)
-names, ir, allocs, fn, callee = {}, 0, 0, "", None
-def name(m):
-    if m.group(2):
-        names[m.group(1)] = m.group(2).strip()
-    return names.get(m.group(1), "")
-for line in open(sys.argv[1], errors="replace"):
-    if line.startswith("summary:") or line.startswith("totals:"):
-        ir = int(line.split()[1])
-        continue
-    m = re.match(r"fn=\((\d+)\)(?: (.*))?", line)
-    if m:
-        fn = name(m)
-        continue
-    m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line)
-    if m:
-        callee = name(m)
-        continue
-    if line.startswith("calls=") and callee is not None:
-        if callee in ENTRY and not internal(fn):
-            allocs += int(line.split("=")[1].split()[0])
-        callee = None
-print(ir, allocs)
-PY
+  python3 "$(dirname "${BASH_SOURCE[0]}")/callgrind_self.py" --totals "$1"
 }
 
 measure_callgrind() { # label host [cookie]
