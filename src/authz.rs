@@ -375,7 +375,7 @@ fn authority(text: &str) -> Option<(&str, Cow<'_, str>)> {
     // is how `http://hosthttp://evil/x` would smuggle a second URL in. A
     // plain authority is one the `http` crate parses, with this host (see
     // `context::plain_host_len`); no userinfo, so the host opens it.
-    let host_len = crate::context::plain_host_len(text)?;
+    let host_len = crate::context::plain_host_len(text.as_bytes())?;
     let host = text.get(..host_len)?.trim_end_matches('.');
     if host.is_empty() {
         return None;

@@ -84,7 +84,7 @@ impl RequestId {
 
     /// The id as a header value (`X-Request-Id`).
     pub fn header_value(&self) -> Option<HeaderValue> {
-        HeaderValue::from_str(self.as_str()).ok()
+        HeaderValue::from_bytes(self.bytes.get(..usize::from(self.len))?).ok()
     }
 }
 
@@ -151,11 +151,13 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAd
     }
     let mut current = peer;
     // Right to left, across the field lines in order (no list is built).
+    // Split on a one-character array rather than a `char`: a hop is a few
+    // bytes, which a plain scan reads sooner than `memrchr` sets up.
     let hops = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        .flat_map(|v| v.split([',']))
         .map(str::trim);
     for hop in hops.rev() {
         let Some(addr) = parse_hop(hop) else {
@@ -185,7 +187,7 @@ pub fn scheme(conn: &ConnInfo, headers: &HeaderMap, proxies: &[IpNet]) -> &'stat
     if trusted(conn.peer.ip(), proxies)
         && let Some(p) = headers.get(&X_FORWARDED_PROTO).and_then(|v| v.to_str().ok())
     {
-        let last = p.rsplit(',').next().unwrap_or_default().trim();
+        let last = p.rsplit([',']).next().unwrap_or_default().trim();
         if last.eq_ignore_ascii_case("https") {
             return "https";
         }
@@ -219,7 +221,7 @@ pub struct Authority(HeaderValue);
 impl Authority {
     /// `text` if it is a plain authority ([`is_plain_authority`]).
     pub fn new(text: &str) -> Option<Self> {
-        plain_host_len(text)?;
+        plain_host_len(text.as_bytes())?;
         HeaderValue::from_str(text).ok().map(Self)
     }
 
@@ -275,13 +277,16 @@ pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(Authority, Str
         (None, Some(h)) => h.clone(),
         (None, None) => return None,
     };
-    // Bytes outside ASCII are not UTF-8 here: `plain_host_len` refuses them.
-    let text = std::str::from_utf8(value.as_bytes()).ok()?;
-    let host_len = plain_host_len(text)?;
-    let host = text.get(..host_len)?.trim_end_matches('.').to_ascii_lowercase();
+    let bytes = value.as_bytes();
+    let mut host = bytes.get(..plain_host_len(bytes)?)?;
+    while let [name @ .., b'.'] = host {
+        host = name;
+    }
     if host.is_empty() {
         return None;
     }
+    // ASCII (`plain_host_len` refuses any other byte): one char per byte.
+    let host = host.iter().map(|&b| char::from(b.to_ascii_lowercase())).collect();
     Some((Authority(value), host))
 }
 
@@ -293,13 +298,14 @@ pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(Authority, Str
 /// `X-Forwarded-Host: admin.example,x`, others the last), `;`, `=`, `(`,
 /// `*`, userinfo (`@`), an empty or non-numeric port.
 pub fn is_plain_authority(text: &str) -> bool {
-    plain_host_len(text).is_some()
+    plain_host_len(text.as_bytes()).is_some()
 }
 
 /// For a plain authority ([`is_plain_authority`]), the length of its host
 /// (a name, an IPv4 address or a bracketed IPv6 address; what
-/// `http::uri::Authority::host` returns); `None` for any other text.
-pub fn plain_host_len(text: &str) -> Option<usize> {
+/// `http::uri::Authority::host` returns); `None` for any other text (any
+/// byte outside ASCII included).
+pub fn plain_host_len(b: &[u8]) -> Option<usize> {
     /// The bytes of a plain host name: letters, digits, `.`, `-`, `_`.
     const HOST_BYTE: [bool; 256] = {
         let mut t = [false; 256];
@@ -312,7 +318,6 @@ pub fn plain_host_len(text: &str) -> Option<usize> {
         t
     };
     // One pass over the bytes (every request's Host comes through here).
-    let b = text.as_bytes();
     let host_len = if b.first() == Some(&b'[') {
         let close = b.iter().position(|&c| c == b']')?;
         let ip = &b[1..close];
@@ -555,7 +560,7 @@ mod tests {
                 "\\PC{0,16}",
             ]
         ) {
-            if let Some(n) = plain_host_len(&text) {
+            if let Some(n) = plain_host_len(text.as_bytes()) {
                 let parsed: http::uri::Authority = text.parse().expect("a plain authority parses");
                 proptest::prop_assert_eq!(parsed.as_str(), text.as_str());
                 proptest::prop_assert_eq!(parsed.host(), &text[..n]);

@@ -146,8 +146,10 @@ pub fn destination<'h>(
 /// forward-auth cannot rewrite what the front proxy forwards, so it refuses
 /// them (browsers resolve them before sending).
 pub fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let mut rest = seg.as_bytes();
+    // Split as bytes: segments are short, and a `char` pattern would call
+    // `memchr` for each.
+    path.as_bytes().split(|&b| b == b'/').any(|seg| {
+        let mut rest = seg;
         let mut dots = 0;
         while !rest.is_empty() {
             if rest[0] == b'.' {
