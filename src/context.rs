@@ -82,9 +82,13 @@ impl RequestId {
         std::str::from_utf8(bytes).unwrap_or_default()
     }
 
-    /// The id as a header value (`X-Request-Id`).
+    /// The id as a header value (`X-Request-Id`); `None` for [`Self::none`].
     pub fn header_value(&self) -> Option<HeaderValue> {
-        HeaderValue::from_bytes(self.bytes.get(..usize::from(self.len))?).ok()
+        let bytes = self
+            .bytes
+            .get(..usize::from(self.len))
+            .filter(|b| !b.is_empty())?;
+        HeaderValue::from_bytes(bytes).ok()
     }
 }
 
@@ -320,14 +324,12 @@ pub fn plain_host_len(b: &[u8]) -> Option<usize> {
     // One pass over the bytes (every request's Host comes through here).
     let host_len = if b.first() == Some(&b'[') {
         let close = b.iter().position(|&c| c == b']')?;
-        let ip = &b[1..close];
-        if ip.is_empty()
-            || !ip
-                .iter()
-                .all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
-        {
-            return None;
-        }
+        // An IPv6 address: not just its characters (`[::::]`, `[1.2.3.4]`
+        // and a ninth colon, which `http` refuses, are no address).
+        std::str::from_utf8(b.get(1..close)?)
+            .ok()?
+            .parse::<std::net::Ipv6Addr>()
+            .ok()?;
         close + 1
     } else {
         let name = b
@@ -431,6 +433,8 @@ mod tests {
             "10.0.0.1:1",
             "[::1]",
             "[2001:db8::1]:443",
+            "[::1:2:3:4:5:6:7]",
+            "[::ffff:192.0.2.1]:8080",
             "localhost",
         ] {
             assert!(is_plain_authority(ok), "{ok}");
@@ -456,6 +460,11 @@ mod tests {
             "[::1]:",
             "[fe80::1%25eth0]",
             "[]",
+            "[1:2:3:4:5:6:7:8:9]",
+            "[:::::::::]:80",
+            "[::::]",
+            "[1.2.3.4]",
+            "[::1::2]",
             ":80",
             "",
         ] {
@@ -539,6 +548,7 @@ mod tests {
             assert_eq!(id.to_string(), id.as_str());
         }
         assert_eq!(RequestId::none().as_str(), "");
+        assert_eq!(RequestId::none().header_value(), None);
         assert_eq!(RequestId::from_text("req-1").unwrap().as_str(), "req-1");
         assert_eq!(RequestId::from_text("x".repeat(17).as_str()), None);
         assert_eq!(RequestId::from_text("a b"), None);
@@ -556,6 +566,8 @@ mod tests {
             text in proptest::prop_oneof![
                 "[a-zA-Z0-9._\\-]{0,12}(:[0-9]{0,7})?",
                 "\\[[0-9a-fA-F:.%]{0,10}\\](:[0-9]{0,6})?",
+                "\\[[0-9a-f:.]{0,48}\\](:[0-9]{1,5})?",
+                "\\[(:|[0-9a-f]{1,4}:|::){1,10}[0-9a-f]{0,4}\\]",
                 "[a-z0-9.:\\[\\]@,;=%*_-]{0,16}",
                 "\\PC{0,16}",
             ]
