@@ -9,6 +9,22 @@ cd "$(dirname "$0")/.."
 fail() { echo "test-deb: FAILED: $*" >&2; exit 1; }
 step() { printf 'test-deb: %s\n' "$*"; }
 
+# dpkg ARGS..., waiting (up to 10 minutes) while another dpkg or apt holds
+# its lock (unattended upgrades, an install of .ci/run's), as .ci/run's own
+# installs wait; any other failure is reported at once.
+dpkg_waiting() {
+  local out i
+  for i in $(seq 120); do
+    if out=$(dpkg "$@" 2>&1); then return 0; fi
+    case "$out" in
+      *"lock"*) [ "$i" = 1 ] && step "dpkg is locked by another process; waiting" ; sleep 5 ;;
+      *) printf '%s\n' "$out" >&2; return 1 ;;
+    esac
+  done
+  printf '%s\n' "$out" >&2
+  return 1
+}
+
 [ "$(id -u)" = 0 ] || fail "needs root (dpkg -i)"
 command -v cargo-deb >/dev/null 2>&1 || fail "cargo-deb is not installed (cargo install cargo-deb --locked)"
 
@@ -18,11 +34,11 @@ deb=$(cargo deb 2>/dev/null | tail -n 1)
 step "built $deb"
 
 # A leftover from an earlier run would hide what this package does.
-dpkg --purge portcullis >/dev/null 2>&1 || true
+dpkg_waiting --purge portcullis >/dev/null 2>&1 || true
 rm -rf /var/lib/portcullis
 
 step "installing with dpkg -i"
-dpkg -i "$deb" >/dev/null
+dpkg_waiting -i "$deb" >/dev/null || fail "dpkg -i $deb failed"
 
 [ -x /usr/bin/portcullis ] || fail "/usr/bin/portcullis missing"
 getent passwd portcullis >/dev/null || fail "the service user portcullis was not created"
@@ -107,7 +123,7 @@ trap - EXIT
 rm -f "$log"
 
 step "purging"
-dpkg --purge portcullis >/dev/null
+dpkg_waiting --purge portcullis >/dev/null || fail "dpkg --purge failed"
 [ ! -e /usr/bin/portcullis ] || fail "/usr/bin/portcullis left after purge"
 [ ! -e /etc/portcullis/secrets.env ] || fail "secrets.env left after purge"
 step "ok"
