@@ -115,10 +115,10 @@ fn request(path: &str, body: Vec<u8>, client: IpAddr) -> Request<Body> {
         peer_addr: SocketAddr::new(client, 40000),
         client_addr: client,
         scheme: "http",
-        authority: http::uri::Authority::from_static("app.example.com"),
+        authority: portcullis::context::Authority::new("app.example.com").unwrap(),
         host: "app.example.com".into(),
         upstream: None,
-        request_id: "fuzz".into(),
+        request_id: portcullis::context::RequestId::from_text("fuzz").unwrap(),
     });
     req
 }
