@@ -374,12 +374,8 @@ fn authority(text: &str) -> Option<(&str, Cow<'_, str>)> {
     // An empty port (`host:`) is legal but never sent by a front proxy: it
     // is how `http://hosthttp://evil/x` would smuggle a second URL in. A
     // plain authority is one the `http` crate parses, with this host (see
-    // `context::plain_host_len`); no userinfo, so the host opens it.
-    let host_len = crate::context::plain_host_len(text.as_bytes())?;
-    let host = text.get(..host_len)?.trim_end_matches('.');
-    if host.is_empty() {
-        return None;
-    }
+    // `context::plain_host`); no userinfo, so the host opens it.
+    let host = text.get(..crate::context::plain_host(text.as_bytes())?.len())?;
     let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {

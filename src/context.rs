@@ -75,19 +75,19 @@ impl RequestId {
             })
     }
 
+    fn used(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or_default()
+    }
+
     /// The id as text (empty for [`Self::none`]).
     pub fn as_str(&self) -> &str {
-        let bytes = self.bytes.get(..usize::from(self.len)).unwrap_or_default();
         // ASCII letters and digits (`random`, `from_text`): always UTF-8.
-        std::str::from_utf8(bytes).unwrap_or_default()
+        std::str::from_utf8(self.used()).unwrap_or_default()
     }
 
     /// The id as a header value (`X-Request-Id`); `None` for [`Self::none`].
     pub fn header_value(&self) -> Option<HeaderValue> {
-        let bytes = self
-            .bytes
-            .get(..usize::from(self.len))
-            .filter(|b| !b.is_empty())?;
+        let bytes = Some(self.used()).filter(|b| !b.is_empty())?;
         HeaderValue::from_bytes(bytes).ok()
     }
 }
@@ -281,14 +281,7 @@ pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<(Authority, Str
         (None, Some(h)) => h.clone(),
         (None, None) => return None,
     };
-    let bytes = value.as_bytes();
-    let mut host = bytes.get(..plain_host_len(bytes)?)?;
-    while let [name @ .., b'.'] = host {
-        host = name;
-    }
-    if host.is_empty() {
-        return None;
-    }
+    let host = plain_host(value.as_bytes())?;
     // ASCII (`plain_host_len` refuses any other byte): one char per byte.
     let host = host.iter().map(|&b| char::from(b.to_ascii_lowercase())).collect();
     Some((Authority(value), host))
@@ -305,11 +298,22 @@ pub fn is_plain_authority(text: &str) -> bool {
     plain_host_len(text.as_bytes()).is_some()
 }
 
+/// The host of a plain authority ([`is_plain_authority`]) without its
+/// trailing dots, as its policy and upstream choice read it (not lower-cased);
+/// `None` for any other text, and for a host of dots only.
+pub fn plain_host(b: &[u8]) -> Option<&[u8]> {
+    let mut host = b.get(..plain_host_len(b)?)?;
+    while let [name @ .., b'.'] = host {
+        host = name;
+    }
+    (!host.is_empty()).then_some(host)
+}
+
 /// For a plain authority ([`is_plain_authority`]), the length of its host
 /// (a name, an IPv4 address or a bracketed IPv6 address; what
 /// `http::uri::Authority::host` returns); `None` for any other text (any
 /// byte outside ASCII included).
-pub fn plain_host_len(b: &[u8]) -> Option<usize> {
+fn plain_host_len(b: &[u8]) -> Option<usize> {
     /// The bytes of a plain host name: letters, digits, `.`, `-`, `_`.
     const HOST_BYTE: [bool; 256] = {
         let mut t = [false; 256];

@@ -33,20 +33,20 @@ pub fn random_id(len: usize) -> String {
 pub fn fill_id(out: &mut [u8]) {
     const _: () = assert!(ID_ALPHABET.len() == 62);
     let mut rng = rand::rng();
-    let mut rest = out.iter_mut();
-    let mut next = rest.next();
-    'draw: while next.is_some() {
-        let mut bits: u64 = rng.random();
-        for _ in 0..10 {
-            if let Some(&c) = ID_ALPHABET.get((bits & 63) as usize) {
-                let Some(slot) = next else { break 'draw };
-                *slot = c;
-                next = rest.next();
-                if next.is_none() {
-                    break 'draw;
-                }
+    let (mut bits, mut left) = (0u64, 0);
+    for slot in out {
+        loop {
+            if left == 0 {
+                bits = rng.random();
+                left = 10;
             }
+            let c = ID_ALPHABET.get((bits & 63) as usize);
             bits >>= 6;
+            left -= 1;
+            if let Some(&c) = c {
+                *slot = c;
+                break;
+            }
         }
     }
 }
